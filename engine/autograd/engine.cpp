@@ -1,0 +1,295 @@
+#include "engine/autograd/engine.h"
+
+#include <algorithm>
+#include <atomic>
+#include <unordered_map>
+
+#include "engine/autograd/node.h"
+#include "engine/ops.h"
+
+namespace mt::autograd {
+
+namespace {
+std::atomic<uint64_t> g_next_sequence_nr{0};
+}
+
+Node::Node() : sequence_nr_(g_next_sequence_nr.fetch_add(1, std::memory_order_relaxed)) {}
+
+SavedTensor::SavedTensor(const Tensor& t, bool is_output) {
+  if (!t.defined()) return;
+  saved_version_ = t.storage().version();
+  if (!is_output) {
+    input_ = t.impl_ptr();
+    return;
+  }
+  TensorImpl* impl = t.impl();
+  storage_ = impl->storage;
+  grad_fn_ = impl->grad_fn;
+  shape_ = impl->shape;
+  strides_ = impl->strides;
+  offset_ = impl->offset;
+  dtype_ = impl->dtype;
+}
+
+Tensor SavedTensor::unpack(const Node& owner, size_t index) const {
+  if (!defined()) return Tensor();  // an optional input that was not given
+  const Storage& storage = input_ ? *input_->storage : *storage_;
+  MT_CHECK(storage.version() == saved_version_,
+           "{}: tensor #{} saved for the backward pass was modified in place after it was saved "
+           "(storage version {} now, {} when saved); clone() it before the in-place write, or "
+           "write after the backward pass",
+           owner.name(), index, storage.version(), saved_version_);
+  if (input_) return Tensor(input_);
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = storage_;
+  impl->shape = shape_;
+  impl->strides = strides_;
+  impl->offset = offset_;
+  impl->dtype = dtype_;
+  impl->grad_fn = grad_fn_.lock();
+  impl->requires_grad = impl->grad_fn != nullptr;
+  return Tensor(std::move(impl));
+}
+
+Tensor Node::saved(size_t i) const {
+  MT_CHECK(!released_,
+           "{}: trying to backward through the graph a second time (its saved tensors were freed "
+           "by the first backward); pass retain_graph=true to the first grad()/backward() call",
+           name());
+  MT_CHECK(i < saved_.size(), "{}: saved tensor #{} does not exist (internal error)", name(), i);
+  return saved_[i].unpack(*this, i);
+}
+
+TensorList AccumulateGrad::apply(const Tensor& g) {
+  // Runs with grad mode = create_graph. Without create_graph the stored gradient is detached
+  // and owned by the leaf, so later accumulation may add in place.
+  if (!leaf_->grad) {
+    leaf_->grad = GradMode::is_enabled() ? g.impl_ptr() : g.detach().clone().impl_ptr();
+  } else if (GradMode::is_enabled()) {
+    leaf_->grad = add(Tensor(leaf_->grad), g).impl_ptr();
+  } else {
+    Tensor(leaf_->grad).add_(g.detach());
+  }
+  return {};
+}
+
+std::shared_ptr<Node> gradient_edge(const Tensor& t) {
+  TensorImpl* impl = t.impl();
+  if (impl->grad_fn) return impl->grad_fn;
+  if (!impl->requires_grad) return nullptr;
+  if (auto acc = impl->grad_accumulator.lock()) return acc;
+  auto acc = std::make_shared<AccumulateGrad>(t.impl_ptr());
+  impl->grad_accumulator = acc;
+  return acc;
+}
+
+namespace {
+
+struct NodeTask {
+  int dependencies = 0;   // edges from nodes still to run
+  bool needed = false;    // is, or leads to, a captured input (grad) or a leaf (backward)
+  bool propagate = false; // some input edge leads to a needed node
+  bool visited = false;
+  Tensor grad;            // sum of incoming gradients for the node's output
+};
+
+// Checks one gradient against its edge's metadata and reduces a broadcast gradient to the input
+// shape. Returns the gradient to pass on.
+Tensor conform(const Node& node, size_t i, Tensor g) {
+  const InputMeta& meta = node.input_meta(i);
+  MT_CHECK(g.dtype() == meta.dtype,
+           "backward of {}: gradient for input #{} has dtype {} but the input has dtype {}",
+           node.name(), i, dtype_name(g.dtype()), dtype_name(meta.dtype));
+  if (!(g.shape() == meta.shape)) g = sum_to(g, meta.shape);
+  return g;
+}
+
+class GraphTask {
+ public:
+  GraphTask(bool create_graph, bool retain_graph, bool accumulate)
+      : create_graph_(create_graph), retain_graph_(retain_graph), accumulate_(accumulate) {}
+
+  // Runs the backward pass from roots[i] seeded with root_grads[i]. When `captures` is not
+  // empty, records the gradient reaching each capture node instead of running it.
+  void run(const std::vector<std::shared_ptr<Node>>& roots, const TensorList& root_grads,
+           const std::vector<std::shared_ptr<Node>>& captures, TensorList* captured) {
+    std::unordered_map<Node*, int> capture_index;
+    for (size_t i = 0; i < captures.size(); ++i)
+      if (captures[i]) capture_index.emplace(captures[i].get(), int(i));
+
+    // Pass 1: dependency counts and which nodes are needed (post-order DFS, no recursion).
+    struct Frame {
+      Node* node;
+      size_t next_child;
+    };
+    std::vector<Frame> stack;
+    for (const auto& r : roots) {
+      NodeTask& t = tasks_[r.get()];
+      if (t.visited) continue;
+      t.visited = true;
+      stack.push_back({r.get(), 0});
+      while (!stack.empty()) {
+        Frame& f = stack.back();
+        if (f.next_child < f.node->num_inputs()) {
+          Node* child = f.node->edge(f.next_child++).fn.get();
+          if (!child) continue;
+          NodeTask& ct = tasks_[child];
+          ct.dependencies++;
+          if (!ct.visited) {
+            ct.visited = true;
+            stack.push_back({child, 0});
+          }
+          continue;
+        }
+        NodeTask& nt = tasks_[f.node];
+        nt.needed = accumulate_ ? dynamic_cast<AccumulateGrad*>(f.node) != nullptr
+                                : capture_index.count(f.node) > 0;
+        for (size_t i = 0; i < f.node->num_inputs(); ++i)
+          if (Node* c = f.node->edge(i).fn.get()) nt.propagate |= tasks_[c].needed;
+        nt.needed |= nt.propagate;
+        stack.pop_back();
+      }
+    }
+
+    // Seed the roots, then run nodes in dependency order.
+    for (size_t i = 0; i < roots.size(); ++i) add_grad(*roots[i], root_grads[i]);
+    std::vector<Node*> ready;
+    for (const auto& r : roots) {
+      NodeTask& t = tasks_[r.get()];
+      if (t.dependencies == 0) ready.push_back(r.get());
+    }
+    // Deduplicate roots that appear twice.
+    std::sort(ready.begin(), ready.end());
+    ready.erase(std::unique(ready.begin(), ready.end()), ready.end());
+
+    while (!ready.empty()) {
+      Node* node = ready.back();
+      ready.pop_back();
+      NodeTask& task = tasks_[node];
+      Tensor g = std::move(task.grad);
+      if (auto it = capture_index.find(node); it != capture_index.end()) {
+        (*captured)[it->second] = g;
+      }
+      if (!task.needed) continue;
+      TensorList input_grads;
+      bool is_accumulator = dynamic_cast<AccumulateGrad*>(node) != nullptr;
+      if (g.defined() && (is_accumulator ? accumulate_ : task.propagate)) {
+        input_grads = node->apply(g);
+        MT_CHECK(input_grads.size() == node->num_inputs() || is_accumulator,
+                 "backward of {} returned {} gradients for {} inputs (internal error)",
+                 node->name(), input_grads.size(), node->num_inputs());
+      }
+      if (!retain_graph_ && !is_accumulator) node->release_saved();
+      for (size_t i = 0; i < node->num_inputs(); ++i) {
+        Node* child = node->edge(i).fn.get();
+        if (!child) continue;
+        NodeTask& ct = tasks_[child];
+        if (i < input_grads.size() && input_grads[i].defined() && ct.needed) {
+          add_grad(*child, conform(*node, i, std::move(input_grads[i])));
+        }
+        if (--ct.dependencies == 0) ready.push_back(child);
+      }
+    }
+  }
+
+ private:
+  void add_grad(Node& node, Tensor g) {
+    NodeTask& t = tasks_[&node];
+    if (!g.defined()) return;
+    if (!t.grad.defined()) {
+      t.grad = std::move(g);
+    } else {
+      // Differentiable when create_graph (grad mode is on), plain otherwise.
+      t.grad = add(t.grad, g);
+    }
+  }
+
+  bool create_graph_;
+  bool retain_graph_;
+  bool accumulate_;
+  std::unordered_map<Node*, NodeTask> tasks_;
+};
+
+TensorList make_root_grads(const TensorList& outputs, const TensorList& grad_outputs) {
+  MT_CHECK(grad_outputs.empty() || grad_outputs.size() == outputs.size(),
+           "grad_outputs has {} entries but there are {} outputs; give one per output or none",
+           grad_outputs.size(), outputs.size());
+  TensorList roots;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const Tensor& out = outputs[i];
+    MT_CHECK(out.defined(), "outputs[{}] is an undefined tensor", i);
+    MT_CHECK(out.requires_grad(),
+             "outputs[{}] does not require grad and has no grad_fn: it was computed from tensors "
+             "that do not require grad, or under a no-grad guard",
+             i);
+    Tensor g = grad_outputs.empty() ? Tensor() : grad_outputs[i];
+    if (!g.defined()) {
+      MT_CHECK(out.numel() == 1,
+               "a gradient can only be created implicitly for a one-element output; outputs[{}] "
+               "has shape {}, so pass grad_outputs[{}]",
+               i, out.shape().str(), i);
+      g = ones_like(out);
+    } else {
+      MT_CHECK(g.shape() == out.shape(),
+               "grad_outputs[{}] has shape {} but outputs[{}] has shape {}; they must match", i,
+               g.shape().str(), i, out.shape().str());
+      MT_CHECK(g.dtype() == out.dtype(),
+               "grad_outputs[{}] has dtype {} but outputs[{}] has dtype {}; they must match", i,
+               dtype_name(g.dtype()), i, dtype_name(out.dtype()));
+      MT_CHECK(g.device() == out.device(),
+               "grad_outputs[{}] is on {} but outputs[{}] is on {}; they must match", i,
+               g.device().str(), i, out.device().str());
+    }
+    roots.push_back(std::move(g));
+  }
+  return roots;
+}
+
+}  // namespace
+
+TensorList grad(const TensorList& outputs, const TensorList& inputs,
+                const TensorList& grad_outputs, std::optional<bool> retain_graph,
+                bool create_graph, bool allow_unused) {
+  TensorList root_grads = make_root_grads(outputs, grad_outputs);
+  std::vector<std::shared_ptr<Node>> roots, captures;
+  for (const auto& o : outputs) roots.push_back(gradient_edge(o));
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    MT_CHECK(inputs[i].defined() && inputs[i].requires_grad(),
+             "inputs[{}] does not require grad; call set_requires_grad() on it before the forward "
+             "pass",
+             i);
+    captures.push_back(gradient_edge(inputs[i]));
+  }
+  TensorList captured(inputs.size());
+  {
+    GradModeGuard mode(create_graph);
+    GraphTask task(create_graph, retain_graph.value_or(create_graph), /*accumulate=*/false);
+    task.run(roots, root_grads, captures, &captured);
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (!captured[i].defined()) {
+      MT_CHECK(allow_unused,
+               "inputs[{}] (shape {}) was not used to compute the outputs, so it has no gradient; "
+               "pass allow_unused=true to get an undefined tensor for it",
+               i, inputs[i].shape().str());
+      continue;
+    }
+    if (!(captured[i].shape() == inputs[i].shape())) {
+      GradModeGuard mode(create_graph);
+      captured[i] = sum_to(captured[i], inputs[i].shape());
+    }
+  }
+  return captured;
+}
+
+void backward(const TensorList& outputs, const TensorList& grad_outputs,
+              std::optional<bool> retain_graph, bool create_graph) {
+  TensorList root_grads = make_root_grads(outputs, grad_outputs);
+  std::vector<std::shared_ptr<Node>> roots;
+  for (const auto& o : outputs) roots.push_back(gradient_edge(o));
+  GradModeGuard mode(create_graph);
+  GraphTask task(create_graph, retain_graph.value_or(create_graph), /*accumulate=*/true);
+  task.run(roots, root_grads, {}, nullptr);
+}
+
+}  // namespace mt::autograd

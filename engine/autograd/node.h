@@ -1,0 +1,164 @@
+// Tape nodes. A node is created by an op when grad mode is on and an input requires grad; it
+// holds one edge per forward input (to the node that produced it, or to the leaf's gradient
+// accumulator), the metadata the engine needs to check and reduce incoming gradients, and the
+// tensors its backward rule reads. Every node has exactly one output: ops with several results
+// (split) are built from single-output ops.
+//
+// Backward rules are written with the engine's own differentiable ops; the engine runs them with
+// grad mode = create_graph, so the same rule gives first-order gradients or records a graph of
+// the backward pass for gradients of any order.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "engine/autograd/grad_mode.h"
+#include "engine/core/small_vector.h"
+#include "engine/core/tensor.h"
+
+namespace mt::autograd {
+
+class Node;
+
+struct InputMeta {
+  Shape shape;
+  DType dtype = DType::f32;
+  Device device;
+};
+
+// Where the gradient of a forward input goes.
+struct Edge {
+  std::shared_ptr<Node> fn;  // null when the input does not require grad
+  InputMeta meta;
+};
+
+// A tensor kept for the backward pass. Inputs are held by reference (the input's own impl, so
+// leaves keep their identity); outputs are held as their raw fields plus a weak link to the
+// node, which avoids the cycle output -> node -> output.
+class SavedTensor {
+ public:
+  SavedTensor() = default;
+  SavedTensor(const Tensor& t, bool is_output);
+  Tensor unpack(const Node& owner, size_t index) const;
+  bool defined() const { return input_ != nullptr || storage_ != nullptr; }
+
+ private:
+  std::shared_ptr<TensorImpl> input_;  // is_output == false
+  // is_output == true:
+  std::shared_ptr<Storage> storage_;
+  std::weak_ptr<Node> grad_fn_;
+  Shape shape_, strides_;
+  int64_t offset_ = 0;
+  DType dtype_ = DType::f32;
+  uint32_t saved_version_ = 0;
+};
+
+class Node : public std::enable_shared_from_this<Node> {
+ public:
+  Node();
+  virtual ~Node() = default;
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+
+  virtual const char* name() const = 0;
+  // grad_output = dL/d(output) (output's shape). Returns one entry per forward input: the
+  // gradient for it, or undefined when it needs none. An entry may have the output's broadcast
+  // shape; the engine sums it down to the input's shape (one place for broadcast reduction).
+  virtual TensorList apply(const Tensor& grad_output) = 0;
+
+  size_t num_inputs() const { return edges_.size(); }
+  const Edge& edge(size_t i) const { return edges_[i]; }
+  bool needs_input_grad(size_t i) const { return edges_[i].fn != nullptr; }
+  const InputMeta& input_meta(size_t i) const { return edges_[i].meta; }
+  uint64_t sequence_nr() const { return sequence_nr_; }
+
+  void add_edge(Edge e) { edges_.push_back(std::move(e)); }
+  void save(const Tensor& t) { saved_.push_back(SavedTensor(t, false)); }
+  void save_output(const Tensor& t) { saved_.push_back(SavedTensor(t, true)); }
+  // The i-th saved tensor; throws if it was freed by an earlier backward or modified in place.
+  Tensor saved(size_t i) const;
+
+  bool released() const { return released_; }
+  void release_saved() {
+    saved_.clear();
+    released_ = true;
+  }
+
+ private:
+  SmallVector<Edge, 3> edges_;
+  SmallVector<SavedTensor, 3> saved_;
+  uint64_t sequence_nr_;
+  bool released_ = false;
+};
+
+// A node whose backward rule is a callable: TensorList rule(const Node& self, const Tensor& g).
+// The callable may capture plain values (dims, shapes, scalars); tensors go through save().
+template <class Rule>
+class FunctionNode final : public Node {
+ public:
+  FunctionNode(const char* name, Rule rule) : name_(name), rule_(std::move(rule)) {}
+  const char* name() const override { return name_; }
+  TensorList apply(const Tensor& grad_output) override { return rule_(*this, grad_output); }
+
+ private:
+  const char* name_;
+  Rule rule_;
+};
+
+// The node that receives the gradient of a leaf tensor (accumulates into .grad in backward()).
+class AccumulateGrad final : public Node {
+ public:
+  explicit AccumulateGrad(std::shared_ptr<TensorImpl> leaf) : leaf_(std::move(leaf)) {}
+  const char* name() const override { return "AccumulateGrad"; }
+  TensorList apply(const Tensor& grad_output) override;
+  const std::shared_ptr<TensorImpl>& leaf() const { return leaf_; }
+
+ private:
+  std::shared_ptr<TensorImpl> leaf_;
+};
+
+// The node a gradient for t flows into: t's grad_fn, its accumulator (leaf), or null.
+std::shared_ptr<Node> gradient_edge(const Tensor& t);
+
+inline bool needs_grad(const Tensor& t) { return t.defined() && t.requires_grad(); }
+template <class... Ts>
+bool any_requires_grad(const Ts&... ts) {
+  return GradMode::is_enabled() && (needs_grad(ts) || ...);
+}
+
+// Creates the node for `output` with one edge per input and attaches it as output's history.
+// Returns the node so the op can save what its rule reads.
+template <class Rule>
+Node& record(const char* name, Tensor& output, std::initializer_list<const Tensor*> inputs,
+             Rule rule) {
+  auto node = std::make_shared<FunctionNode<Rule>>(name, std::move(rule));
+  for (const Tensor* in : inputs) {
+    Edge e;
+    if (in->defined()) {
+      e.meta = InputMeta{in->shape(), in->dtype(), in->device()};
+      if (in->requires_grad()) e.fn = gradient_edge(*in);
+    }
+    node->add_edge(std::move(e));
+  }
+  TensorImpl* out = output.impl();
+  out->requires_grad = true;
+  out->grad_fn = node;
+  return *node;
+}
+
+// The same for a variable number of inputs (cat, stack).
+template <class Rule>
+Node& record_list(const char* name, Tensor& output, const TensorList& inputs, Rule rule) {
+  auto node = std::make_shared<FunctionNode<Rule>>(name, std::move(rule));
+  for (const Tensor& in : inputs) {
+    Edge e;
+    e.meta = InputMeta{in.shape(), in.dtype(), in.device()};
+    if (in.requires_grad()) e.fn = gradient_edge(in);
+    node->add_edge(std::move(e));
+  }
+  output.impl()->requires_grad = true;
+  output.impl()->grad_fn = node;
+  return *node;
+}
+
+}  // namespace mt::autograd

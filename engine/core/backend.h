@@ -1,0 +1,15 @@
+// Which backends this build has and which devices are present. Safe to call on machines without
+// a GPU or driver: the counts are then zero, never an error.
+#pragma once
+
+#include <string>
+
+namespace mt {
+
+bool built_with_cuda();
+int cuda_device_count();
+inline bool cuda_is_available() { return cuda_device_count() > 0; }
+// "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)"; empty when the device does not exist.
+std::string cuda_device_description(int index);
+
+}  // namespace mt

@@ -1,0 +1,271 @@
+#include "engine/core/tensor.h"
+
+#include <Eigen/Core>
+
+#include <cstring>
+
+#include "engine/autograd/engine.h"
+#include "engine/autograd/grad_mode.h"
+#include "engine/cpu/loops.h"
+#include "engine/ops.h"
+#include "engine/ops/elementwise.h"
+
+namespace mt {
+
+bool Tensor::is_contiguous() const {
+  const Shape& s = impl_->shape;
+  const Shape& st = impl_->strides;
+  int64_t expected = 1;
+  for (int i = s.size() - 1; i >= 0; --i) {
+    if (s[i] != 1 && st[i] != expected) return false;
+    expected *= s[i];
+  }
+  return true;
+}
+
+std::string Tensor::str() const {
+  if (!defined()) return "Tensor(undefined)";
+  return fmt::format("Tensor({}, {}, {})", dtype_name(dtype()), shape().str(), device().str());
+}
+
+template <class T>
+T Tensor::item() const {
+  MT_CHECK(numel() == 1, "item(): tensor has {} elements (shape {}); item() needs exactly one",
+           numel(), shape().str());
+  return to_vector<T>()[0];
+}
+
+template <class T>
+std::vector<T> Tensor::to_vector() const {
+  MT_CHECK(device().is_cpu(), "to_vector(): tensor is on {}; copy it to the CPU first",
+           device().str());
+  std::vector<T> out(static_cast<size_t>(numel()));
+  switch (dtype()) {
+    case DType::f32: cpu::copy_strided<T, float>(*this, out.data()); break;
+    case DType::f64: cpu::copy_strided<T, double>(*this, out.data()); break;
+    case DType::i64: cpu::copy_strided<T, int64_t>(*this, out.data()); break;
+    case DType::f16: {
+      Tensor f = to(DType::f32);
+      cpu::copy_strided<T, float>(f, out.data());
+      break;
+    }
+    case DType::bf16: {
+      Tensor f = to(DType::f32);
+      cpu::copy_strided<T, float>(f, out.data());
+      break;
+    }
+  }
+  return out;
+}
+
+template float Tensor::item<float>() const;
+template double Tensor::item<double>() const;
+template int64_t Tensor::item<int64_t>() const;
+template std::vector<float> Tensor::to_vector<float>() const;
+template std::vector<double> Tensor::to_vector<double>() const;
+template std::vector<int64_t> Tensor::to_vector<int64_t>() const;
+
+Tensor& Tensor::set_requires_grad(bool requires_grad) {
+  MT_CHECK(is_leaf(),
+           "set_requires_grad() is only for leaf tensors; this one was produced by {} (use "
+           "detach() to make a new leaf)",
+           impl_->grad_fn ? "an op" : "?");
+  MT_CHECK(!requires_grad || is_floating(dtype()),
+           "set_requires_grad(): only floating-point tensors can require grad (this one is {})",
+           dtype_name(dtype()));
+  impl_->requires_grad = requires_grad;
+  return *this;
+}
+
+Tensor Tensor::detach() const {
+  return make_view(*this, shape(), strides(), offset());
+}
+
+void Tensor::backward(const Tensor& grad_output, std::optional<bool> retain_graph,
+                      bool create_graph) const {
+  autograd::backward({*this}, grad_output.defined() ? TensorList{grad_output} : TensorList{},
+                     retain_graph, create_graph);
+}
+
+Tensor make_view(const Tensor& t, const Shape& shape, const Shape& strides, int64_t offset) {
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = t.impl()->storage;
+  impl->shape = shape;
+  impl->strides = strides;
+  impl->offset = offset;
+  impl->dtype = t.dtype();
+  return Tensor(std::move(impl));
+}
+
+// ---- in-place writes ----
+
+namespace {
+void check_inplace(const Tensor& t, const char* op) {
+  MT_CHECK(!(GradMode::is_enabled() && t.requires_grad()),
+           "{}: in-place write to a tensor that requires grad; do it under a NoGradGuard (as an "
+           "optimizer step does) or on a detach()ed copy",
+           op);
+  MT_CHECK(t.device().is_cpu(), "{}: in-place writes on {} need the CUDA backend", op,
+           t.device().str());
+}
+
+// Applies f(dst_element) -> new value over a strided tensor in place.
+template <class T, class F>
+void apply_inplace(Tensor& t, F f) {
+  T* p = t.data_ptr<T>();
+  cpu::for_each_row<1>(t.shape(), {t.strides()},
+                       [&](const std::array<int64_t, 1>& off, int64_t len,
+                           const std::array<int64_t, 1>& step) {
+                         for (int64_t j = 0; j < len; ++j) {
+                           T& v = p[off[0] + j * step[0]];
+                           v = f(v, j);
+                         }
+                       });
+}
+}  // namespace
+
+Tensor& Tensor::copy_(const Tensor& src) {
+  check_inplace(*this, "copy_");
+  MT_CHECK(broadcast_shapes(src.shape(), shape(), "copy_") == shape(),
+           "copy_: source shape {} does not broadcast to destination shape {}", src.shape().str(),
+           shape().str());
+  copy_into(src, *this);
+  storage().bump_version();
+  return *this;
+}
+
+Tensor& Tensor::fill_(double value) {
+  check_inplace(*this, "fill_");
+  if (dtype() == DType::i64) {
+    apply_inplace<int64_t>(*this, [&](int64_t, int64_t) { return int64_t(value); });
+  } else {
+    dispatch_float(dtype(), "fill_", [&]<class T>() {
+      apply_inplace<T>(*this, [&](T, int64_t) { return T(value); });
+    });
+  }
+  storage().bump_version();
+  return *this;
+}
+
+Tensor& Tensor::add_(const Tensor& other, double alpha) {
+  check_inplace(*this, "add_");
+  Tensor o = mt::expand(other.detach(), shape()).contiguous();
+  MT_CHECK(o.dtype() == dtype(), "add_: dtype {} added to {}; convert with .to()",
+           dtype_name(o.dtype()), dtype_name(dtype()));
+  dispatch_float(dtype(), "add_", [&]<class T>() {
+    const T* q = o.data_ptr<T>();
+    T a = T(alpha);
+    int64_t pos = 0;
+    T* p = data_ptr<T>();
+    cpu::for_each_row<1>(shape(), {strides()},
+                         [&](const std::array<int64_t, 1>& off, int64_t len,
+                             const std::array<int64_t, 1>& step) {
+                           for (int64_t j = 0; j < len; ++j) p[off[0] + j * step[0]] += a * q[pos + j];
+                           pos += len;
+                         });
+  });
+  storage().bump_version();
+  return *this;
+}
+
+Tensor& Tensor::mul_(double value) {
+  check_inplace(*this, "mul_");
+  dispatch_float(dtype(), "mul_", [&]<class T>() {
+    apply_inplace<T>(*this, [&](T v, int64_t) { return T(v * value); });
+  });
+  storage().bump_version();
+  return *this;
+}
+
+// ---- view methods forward to the ops ----
+Tensor Tensor::view(const Shape& s) const {
+  MT_CHECK(is_contiguous(), "view(): tensor of shape {} is not contiguous; use reshape()",
+           shape().str());
+  return mt::reshape(*this, s);
+}
+Tensor Tensor::reshape(const Shape& s) const { return mt::reshape(*this, s); }
+Tensor Tensor::permute(const Shape& d) const { return mt::permute(*this, d); }
+Tensor Tensor::transpose(int64_t d0, int64_t d1) const { return mt::transpose(*this, d0, d1); }
+Tensor Tensor::narrow(int64_t d, int64_t s, int64_t l) const { return mt::narrow(*this, d, s, l); }
+Tensor Tensor::expand(const Shape& s) const { return mt::expand(*this, s); }
+Tensor Tensor::unsqueeze(int64_t d) const { return mt::unsqueeze(*this, d); }
+Tensor Tensor::squeeze(int64_t d) const { return mt::squeeze(*this, d); }
+Tensor Tensor::contiguous() const { return mt::contiguous(*this); }
+Tensor Tensor::clone() const { return mt::clone(*this); }
+Tensor Tensor::to(DType t) const { return mt::to_dtype(*this, t); }
+
+// ---- factories ----
+Tensor empty(const Shape& shape, DType dtype, Device device) {
+  for (int64_t d : shape)
+    MT_CHECK(d >= 0, "empty(): negative dimension in shape {}", shape.str());
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = std::make_shared<Storage>(size_t(shape.numel()) * itemsize(dtype), device);
+  impl->shape = shape;
+  impl->strides = contiguous_strides(shape);
+  impl->dtype = dtype;
+  return Tensor(std::move(impl));
+}
+
+Tensor full(const Shape& shape, double value, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
+  NoGradGuard no_grad;
+  t.fill_(value);
+  return t;
+}
+Tensor zeros(const Shape& shape, DType dtype, Device device) {
+  return full(shape, 0.0, dtype, device);
+}
+Tensor ones(const Shape& shape, DType dtype, Device device) {
+  return full(shape, 1.0, dtype, device);
+}
+Tensor empty_like(const Tensor& t) { return empty(t.shape(), t.dtype(), t.device()); }
+Tensor zeros_like(const Tensor& t) { return zeros(t.shape(), t.dtype(), t.device()); }
+Tensor ones_like(const Tensor& t) { return ones(t.shape(), t.dtype(), t.device()); }
+Tensor full_like(const Tensor& t, double v) { return full(t.shape(), v, t.dtype(), t.device()); }
+Tensor scalar_tensor(double value, DType dtype, Device device) {
+  return full(Shape{}, value, dtype, device);
+}
+
+Tensor arange(int64_t n, DType dtype, Device device) {
+  MT_CHECK(device.is_cpu(), "arange(): only the CPU is supported here; create then copy");
+  Tensor t = empty(Shape{n}, dtype, device);
+  if (dtype == DType::i64) {
+    for (int64_t i = 0; i < n; ++i) t.data_ptr<int64_t>()[i] = i;
+  } else {
+    dispatch_float(dtype, "arange", [&]<class T>() {
+      for (int64_t i = 0; i < n; ++i) t.data_ptr<T>()[i] = T(i);
+    });
+  }
+  return t;
+}
+
+Tensor from_vector(std::span<const double> values, const Shape& shape, DType dtype) {
+  MT_CHECK(int64_t(values.size()) == shape.numel(),
+           "from_vector(): {} values given for shape {} ({} elements)", values.size(),
+           shape.str(), shape.numel());
+  Tensor t = empty(shape, dtype);
+  dispatch_float(dtype, "from_vector", [&]<class T>() {
+    for (size_t i = 0; i < values.size(); ++i) t.data_ptr<T>()[i] = T(values[i]);
+  });
+  return t;
+}
+
+Tensor from_vector(std::span<const float> values, const Shape& shape) {
+  MT_CHECK(int64_t(values.size()) == shape.numel(),
+           "from_vector(): {} values given for shape {} ({} elements)", values.size(),
+           shape.str(), shape.numel());
+  Tensor t = empty(shape, DType::f32);
+  std::memcpy(t.data_ptr<float>(), values.data(), values.size() * sizeof(float));
+  return t;
+}
+
+Tensor from_indices(std::span<const int64_t> values, const Shape& shape) {
+  MT_CHECK(int64_t(values.size()) == shape.numel(),
+           "from_indices(): {} values given for shape {} ({} elements)", values.size(),
+           shape.str(), shape.numel());
+  Tensor t = empty(shape, DType::i64);
+  std::memcpy(t.data_ptr<int64_t>(), values.data(), values.size() * sizeof(int64_t));
+  return t;
+}
+
+}  // namespace mt

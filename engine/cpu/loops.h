@@ -1,0 +1,120 @@
+// CPU loop helpers shared by the op files: broadcasting elementwise maps and strided index walks.
+// The output of a map is always a fresh contiguous tensor; inputs may be any strided views.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <utility>
+
+#include "engine/core/tensor.h"
+
+namespace mt::cpu {
+
+// Strides of t as seen from a tensor of shape `out` it broadcasts to (0 on broadcast dims).
+inline Shape broadcast_strides(const Tensor& t, const Shape& out) {
+  Shape s = Shape::filled(out.size(), 0);
+  int lead = out.size() - t.dim();
+  for (int i = 0; i < t.dim(); ++i) s[lead + i] = t.shape()[i] == 1 ? 0 : t.strides()[i];
+  return s;
+}
+
+// Walks every index of `shape` in row-major order; offsets[k] tracks the element offset of
+// operand k under strides[k]. Calls body(offsets) once per innermost row with the row length
+// and the operands' innermost strides, so the hot loop is a plain strided loop.
+template <size_t N, class Body>
+void for_each_row(const Shape& shape, const std::array<Shape, N>& strides, Body&& body) {
+  int rank = shape.size();
+  std::array<int64_t, N> off{};
+  if (rank == 0) {
+    std::array<int64_t, N> inner{};
+    body(off, int64_t(1), inner);
+    return;
+  }
+  if (shape.numel() == 0) return;
+  int64_t inner_len = shape[rank - 1];
+  std::array<int64_t, N> inner{};
+  for (size_t k = 0; k < N; ++k) inner[k] = strides[k][rank - 1];
+  int64_t rows = shape.numel() / inner_len;
+  std::array<int64_t, kMaxDims> idx{};
+  for (int64_t r = 0; r < rows; ++r) {
+    body(off, inner_len, inner);
+    for (int d = rank - 2; d >= 0; --d) {
+      if (++idx[d] < shape[d]) {
+        for (size_t k = 0; k < N; ++k) off[k] += strides[k][d];
+        break;
+      }
+      for (size_t k = 0; k < N; ++k) off[k] -= strides[k][d] * (shape[d] - 1);
+      idx[d] = 0;
+    }
+  }
+}
+
+// out[i] = f(in0[i], in1[i], ...) with broadcasting; out is contiguous with the broadcast shape.
+// Fast path: every input is either laid out like out or a single element (scalar operands).
+template <class Tout, class Tin, class F, class... Ins>
+void map(Tensor& out, F f, const Ins&... ins) {
+  constexpr size_t N = sizeof...(Ins);
+  Tout* o = out.data_ptr<Tout>();
+  const int64_t n = out.numel();
+  std::array<const Tin*, N> p{ins.template data_ptr<Tin>()...};
+  const bool flat =
+      (((ins.is_contiguous() && ins.shape() == out.shape()) || ins.numel() == 1) && ...);
+  if (flat) {
+    const std::array<int64_t, N> step{int64_t(ins.numel() == 1 && n != 1 ? 0 : 1)...};
+    [&]<size_t... K>(std::index_sequence<K...>) {
+      if (((step[K] == 1) && ...)) {
+        for (int64_t i = 0; i < n; ++i) o[i] = f(p[K][i]...);
+      } else {
+        for (int64_t i = 0; i < n; ++i) o[i] = f(p[K][i * step[K]]...);
+      }
+    }(std::make_index_sequence<N>{});
+    return;
+  }
+  std::array<Shape, N> strides{broadcast_strides(ins, out.shape())...};
+  int64_t pos = 0;
+  for_each_row<N>(out.shape(), strides,
+                  [&](const std::array<int64_t, N>& off, int64_t len,
+                      const std::array<int64_t, N>& step) {
+                    [&]<size_t... K>(std::index_sequence<K...>) {
+                      for (int64_t j = 0; j < len; ++j) o[pos + j] = f(p[K][off[K] + j * step[K]]...);
+                    }(std::make_index_sequence<N>{});
+                    pos += len;
+                  });
+}
+
+// dst[i] = src[i] over dst's shape, both strided, src broadcast to dst (with type conversion).
+template <class Tdst, class Tsrc, class Convert>
+void copy_into(const Tensor& src, Tensor& dst, Convert convert) {
+  const Tsrc* s = src.data_ptr<Tsrc>();
+  Tdst* d = dst.data_ptr<Tdst>();
+  if (src.is_contiguous() && dst.is_contiguous() && src.shape() == dst.shape()) {
+    for (int64_t i = 0, n = dst.numel(); i < n; ++i) d[i] = convert(s[i]);
+    return;
+  }
+  for_each_row<2>(dst.shape(), {dst.strides(), broadcast_strides(src, dst.shape())},
+                  [&](const std::array<int64_t, 2>& off, int64_t len,
+                      const std::array<int64_t, 2>& step) {
+                    for (int64_t j = 0; j < len; ++j)
+                      d[off[0] + j * step[0]] = convert(s[off[1] + j * step[1]]);
+                  });
+}
+
+// Copies a strided tensor into a contiguous buffer of the same shape (possibly converting type).
+template <class Tdst, class Tsrc>
+void copy_strided(const Tensor& src, Tdst* dst) {
+  const Tsrc* p = src.data_ptr<Tsrc>();
+  if (src.is_contiguous()) {
+    for (int64_t i = 0, n = src.numel(); i < n; ++i) dst[i] = static_cast<Tdst>(p[i]);
+    return;
+  }
+  int64_t pos = 0;
+  for_each_row<1>(src.shape(), {src.strides()},
+                  [&](const std::array<int64_t, 1>& off, int64_t len,
+                      const std::array<int64_t, 1>& step) {
+                    for (int64_t j = 0; j < len; ++j)
+                      dst[pos + j] = static_cast<Tdst>(p[off[0] + j * step[0]]);
+                    pos += len;
+                  });
+}
+
+}  // namespace mt::cpu

@@ -1,0 +1,82 @@
+#include "engine/nn/module.h"
+
+#include <cmath>
+
+namespace mt::nn {
+
+std::vector<std::pair<std::string, Tensor>> Module::named_parameters() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  collect("", out);
+  return out;
+}
+
+void Module::collect(const std::string& prefix,
+                     std::vector<std::pair<std::string, Tensor>>& out) const {
+  for (const auto& [name, t] : params_) out.emplace_back(prefix + name, t);
+  for (const auto& [name, child] : children_) child->collect(prefix + name + ".", out);
+}
+
+void Module::set_prefix(const std::string& prefix) {
+  prefix_ = prefix;
+  for (auto& [name, child] : children_) child->set_prefix(prefix + name + ".");
+}
+
+TensorList Module::parameters() const {
+  TensorList out;
+  for (auto& [name, t] : named_parameters()) out.push_back(t);
+  return out;
+}
+
+ParamMap Module::parameter_map() const {
+  ParamMap out;
+  for (auto& [name, t] : named_parameters()) out.emplace(name, t);
+  return out;
+}
+
+void Module::zero_grad() {
+  for (auto& t : parameters()) t.zero_grad();
+}
+
+Tensor& Module::register_parameter(const std::string& name, Tensor value) {
+  MT_CHECK(name.find('.') == std::string::npos,
+           "register_parameter: name '{}' must not contain '.' (dots separate modules)", name);
+  for (const auto& [n, t] : params_)
+    MT_CHECK(n != name, "register_parameter: '{}' is registered twice", name);
+  value.set_requires_grad(true);
+  params_.emplace_back(name, std::move(value));
+  return params_.back().second;
+}
+
+const Tensor& Module::param(const ParamMap* overrides, const std::string& name,
+                            const Tensor& own) const {
+  if (overrides) {
+    auto it = overrides->find(prefix_ + name);
+    if (it != overrides->end()) {
+      MT_CHECK(it->second.shape() == own.shape() && it->second.dtype() == own.dtype(),
+               "override for parameter '{}' has {} {} but the parameter is {} {}", it->first,
+               dtype_name(it->second.dtype()), it->second.shape().str(), dtype_name(own.dtype()),
+               own.shape().str());
+      return it->second;
+    }
+  }
+  return own;
+}
+
+Linear::Linear(int64_t in_features, int64_t out_features, bool bias, Generator& gen, DType dtype)
+    : in_(in_features), out_(out_features) {
+  MT_CHECK(in_features > 0 && out_features > 0, "Linear: features must be positive, got {} -> {}",
+           in_features, out_features);
+  const double bound = 1.0 / std::sqrt(double(in_features));
+  weight_ = register_parameter("weight", uniform(Shape{out_, in_}, -bound, bound, gen, dtype));
+  if (bias) bias_ = register_parameter("bias", uniform(Shape{out_}, -bound, bound, gen, dtype));
+}
+
+Tensor Linear::forward(const Tensor& x, const ParamMap* overrides) const {
+  MT_CHECK(x.dim() >= 1 && x.size(-1) == in_,
+           "Linear '{}': input {} must end in {} features", prefix(), x.shape().str(), in_);
+  Tensor y = matmul(x, transpose(param(overrides, "weight", weight_), 0, 1));
+  if (bias_.defined()) y = add(y, param(overrides, "bias", bias_));
+  return y;
+}
+
+}  // namespace mt::nn

@@ -1,0 +1,79 @@
+// Modules with named parameters and functional forward passes.
+//
+// Meta-learning runs one model many times per step with substituted parameters ("fast weights"
+// = initial weights - lr * grads, still attached to the graph). So every parameter has a stable
+// dotted name ("encoder.0.weight") and every forward takes an optional ParamMap that overrides
+// any subset of them by name; the module's own tensors are never copied or modified.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/core/generator.h"
+#include "engine/ops.h"
+
+namespace mt::nn {
+
+// name -> tensor; an ordered map so iteration (and thus checkpoints) is deterministic.
+using ParamMap = std::map<std::string, Tensor>;
+
+class Module {
+ public:
+  virtual ~Module() = default;
+  Module() = default;
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+
+  // Every parameter of this module and its children, with full dotted names, in registration
+  // order.
+  std::vector<std::pair<std::string, Tensor>> named_parameters() const;
+  TensorList parameters() const;
+  ParamMap parameter_map() const;
+  void zero_grad();
+
+ protected:
+  // Registers a parameter (a leaf that requires grad) under `name`.
+  Tensor& register_parameter(const std::string& name, Tensor value);
+  template <class M>
+  std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> child) {
+    MT_CHECK(name.find('.') == std::string::npos && child != nullptr,
+             "register_module: '{}' must be a non-null module with a name without '.'", name);
+    children_.emplace_back(name, child);
+    child->set_prefix(prefix_ + name + ".");  // re-run for the subtree when this one is adopted
+    return child;
+  }
+  // The tensor a forward pass uses for parameter `own` registered as `name`: the override from
+  // `overrides` under this module's full name prefix, if there is one, else `own`.
+  const Tensor& param(const ParamMap* overrides, const std::string& name, const Tensor& own) const;
+  const std::string& prefix() const { return prefix_; }
+
+ private:
+  void collect(const std::string& prefix, std::vector<std::pair<std::string, Tensor>>& out) const;
+  void set_prefix(const std::string& prefix);
+
+  std::vector<std::pair<std::string, Tensor>> params_;
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
+  std::string prefix_;  // full name of this module followed by '.', empty at the root
+};
+
+// y = x W^T + b with W (out, in), b (out): the layout of torch.nn.Linear, so weights exchange
+// with PyTorch without transposes. Initialised as torch does: U(-1/sqrt(in), 1/sqrt(in)).
+class Linear : public Module {
+ public:
+  Linear(int64_t in_features, int64_t out_features, bool bias, Generator& gen,
+         DType dtype = DType::f32);
+  Tensor forward(const Tensor& x, const ParamMap* overrides = nullptr) const;  // (..., in)
+
+  int64_t in_features() const { return in_; }
+  int64_t out_features() const { return out_; }
+
+ private:
+  int64_t in_, out_;
+  Tensor weight_;  // (out, in)
+  Tensor bias_;    // (out) or undefined
+};
+
+}  // namespace mt::nn

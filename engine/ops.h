@@ -1,0 +1,133 @@
+// The engine's differentiable ops. Each family lives in one file under engine/ops/ holding its
+// forward dispatch, backward rule and CPU kernel; CUDA kernels fill the same dispatch slots from
+// kernels/. Every op broadcasts by numpy rules where it takes several tensors, requires equal
+// dtypes (convert with .to()), and records itself on the tape when grad mode is on and an input
+// requires grad. Backward rules call these same ops, so gradients of any order work.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "engine/core/tensor.h"
+
+namespace mt {
+
+class Generator;
+
+// ---- elementwise binary (engine/ops/binary.cpp) ----
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor pow(const Tensor& a, const Tensor& b);
+Tensor pow(const Tensor& a, double exponent);
+// Comparisons return masks of 1 and 0 in the inputs' dtype; they carry no gradient.
+Tensor eq(const Tensor& a, const Tensor& b);
+Tensor ne(const Tensor& a, const Tensor& b);
+Tensor lt(const Tensor& a, const Tensor& b);
+Tensor le(const Tensor& a, const Tensor& b);
+Tensor gt(const Tensor& a, const Tensor& b);
+Tensor ge(const Tensor& a, const Tensor& b);
+// where(mask, a, b): a where mask != 0, else b; the mask gets no gradient.
+Tensor where(const Tensor& mask, const Tensor& a, const Tensor& b);
+
+// ---- elementwise unary (engine/ops/unary.cpp) ----
+Tensor neg(const Tensor& x);
+Tensor exp(const Tensor& x);
+Tensor log(const Tensor& x);
+Tensor sqrt(const Tensor& x);
+Tensor rsqrt(const Tensor& x);
+Tensor abs(const Tensor& x);
+Tensor sign(const Tensor& x);  // no gradient (zero almost everywhere)
+Tensor tanh(const Tensor& x);
+Tensor sigmoid(const Tensor& x);
+Tensor relu(const Tensor& x);
+Tensor erf(const Tensor& x);
+Tensor gelu(const Tensor& x);  // exact: x * Phi(x) with the normal CDF via erf
+Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi);
+
+// ---- reductions (engine/ops/reduce.cpp); empty dims = all dims ----
+Tensor sum(const Tensor& x, std::vector<int64_t> dims = {}, bool keepdim = false);
+Tensor mean(const Tensor& x, std::vector<int64_t> dims = {}, bool keepdim = false);
+// Max over dims; the gradient is split evenly between tied maxima.
+Tensor max(const Tensor& x, std::vector<int64_t> dims = {}, bool keepdim = false);
+// Variance with Bessel's correction (correction = 1) by default, as torch.var.
+Tensor var(const Tensor& x, std::vector<int64_t> dims = {}, bool keepdim = false,
+           int64_t correction = 1);
+// Sums a broadcast tensor down to `shape` (the reverse of expand).
+Tensor sum_to(const Tensor& x, const Shape& shape);
+
+// ---- views and copies (engine/ops/view.cpp) ----
+Tensor reshape(const Tensor& x, const Shape& shape);  // one dim may be -1
+Tensor permute(const Tensor& x, const Shape& dims);
+Tensor transpose(const Tensor& x, int64_t d0, int64_t d1);
+Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length);
+Tensor expand(const Tensor& x, const Shape& shape);
+Tensor unsqueeze(const Tensor& x, int64_t dim);
+Tensor squeeze(const Tensor& x, int64_t dim);
+Tensor contiguous(const Tensor& x);
+Tensor clone(const Tensor& x);
+Tensor to_dtype(const Tensor& x, DType dtype);
+// Zeros of `shape` with x written at [start, start + x.size(dim)) along dim: the backward of
+// narrow, itself differentiable (its backward is narrow).
+Tensor narrow_scatter(const Tensor& x, const Shape& shape, int64_t dim, int64_t start);
+
+// ---- joins (engine/ops/join.cpp) ----
+Tensor cat(const TensorList& xs, int64_t dim);
+Tensor stack(const TensorList& xs, int64_t dim);
+TensorList split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim);
+TensorList split(const Tensor& x, int64_t chunk, int64_t dim);
+
+// ---- matmul (engine/ops/matmul.cpp) ----
+// torch.matmul semantics: 1-D operands are promoted and the added dim removed; batch dims
+// broadcast.
+Tensor matmul(const Tensor& a, const Tensor& b);
+
+// ---- softmax family (engine/ops/softmax.cpp) ----
+Tensor softmax(const Tensor& x, int64_t dim);
+Tensor log_softmax(const Tensor& x, int64_t dim);
+
+// ---- normalisation (engine/ops/layer_norm.cpp) ----
+// Normalises over the last normalized_rank dims; weight and bias (optional) have those dims.
+Tensor layer_norm(const Tensor& x, int normalized_rank, const Tensor& weight, const Tensor& bias,
+                  double eps = 1e-5);
+
+// ---- embedding (engine/ops/embedding.cpp) ----
+// weight (V, D), indices i64 of any shape -> (indices.shape..., D). The backward is a
+// scatter-add into a (V, D) gradient; the indices get no gradient.
+Tensor embedding(const Tensor& weight, const Tensor& indices);
+// rows (indices.shape..., D) summed into zeros (num_rows, D) at indices (deterministic).
+Tensor embedding_backward(const Tensor& rows, const Tensor& indices, int64_t num_rows);
+
+// ---- losses (engine/ops/loss.cpp) ----
+Tensor mse_loss(const Tensor& prediction, const Tensor& target);  // mean of squared error
+
+// ---- randomness (engine/ops/random.cpp; see engine/core/generator.h) ----
+Tensor dropout(const Tensor& x, double p, bool training, Generator& gen);
+Tensor normal(const Shape& shape, double mean, double std, Generator& gen,
+              DType dtype = DType::f32);
+Tensor uniform(const Shape& shape, double lo, double hi, Generator& gen, DType dtype = DType::f32);
+// Mask of 1 with probability keep_prob, else 0.
+Tensor bernoulli_mask(const Shape& shape, double keep_prob, Generator& gen,
+                      DType dtype = DType::f32);
+
+// ---- operators ----
+Tensor operator+(const Tensor& a, const Tensor& b);
+Tensor operator-(const Tensor& a, const Tensor& b);
+Tensor operator*(const Tensor& a, const Tensor& b);
+Tensor operator/(const Tensor& a, const Tensor& b);
+Tensor operator-(const Tensor& x);
+Tensor operator+(const Tensor& a, double b);
+Tensor operator-(const Tensor& a, double b);
+Tensor operator*(const Tensor& a, double b);
+Tensor operator/(const Tensor& a, double b);
+Tensor operator+(double a, const Tensor& b);
+Tensor operator-(double a, const Tensor& b);
+Tensor operator*(double a, const Tensor& b);
+Tensor operator/(double a, const Tensor& b);
+
+// A 0-d tensor holding value with t's dtype and device (scalar operands of binary ops).
+Tensor scalar_like(const Tensor& t, double value);
+
+}  // namespace mt

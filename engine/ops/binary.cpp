@@ -1,0 +1,171 @@
+// Elementwise binary ops and comparisons: forward dispatch, backward rules, CPU kernels.
+// Inputs broadcast; each rule returns gradients of the broadcast output shape and the engine
+// sums them back to each input's shape.
+#include <cmath>
+
+#include "engine/cpu/loops.h"
+#include "engine/ops/elementwise.h"
+
+namespace mt {
+
+using autograd::Node;
+using autograd::any_requires_grad;
+using autograd::record;
+
+// ---- CPU kernels ----
+#define MT_CPU_BINARY(name, expr)                                                  \
+  DispatchStub<BinaryKernel> name##_kernel(#name);                                \
+  static void name##_cpu(const Tensor& a, const Tensor& b, Tensor& out) {         \
+    dispatch_float(out.dtype(), #name, [&]<class T>() {                            \
+      cpu::map<T, T>(out, [](T x, T y) -> T { return expr; }, a, b);              \
+    });                                                                            \
+  }                                                                                \
+  [[maybe_unused]] static const bool name##_registered =                           \
+      (name##_kernel.set(DeviceType::CPU, &name##_cpu), true);
+
+MT_CPU_BINARY(add, x + y)
+MT_CPU_BINARY(sub, x - y)
+MT_CPU_BINARY(mul, x * y)
+MT_CPU_BINARY(div, x / y)
+MT_CPU_BINARY(pow, std::pow(x, y))
+MT_CPU_BINARY(eq, T(x == y))
+MT_CPU_BINARY(ne, T(x != y))
+MT_CPU_BINARY(lt, T(x < y))
+MT_CPU_BINARY(le, T(x <= y))
+MT_CPU_BINARY(gt, T(x > y))
+MT_CPU_BINARY(ge, T(x >= y))
+#undef MT_CPU_BINARY
+
+DispatchStub<TernaryKernel> where_kernel("where");
+static void where_cpu(const Tensor& mask, const Tensor& a, const Tensor& b, Tensor& out) {
+  dispatch_float(out.dtype(), "where", [&]<class T>() {
+    cpu::map<T, T>(out, [](T m, T x, T y) -> T { return m != T(0) ? x : y; }, mask, a, b);
+  });
+}
+[[maybe_unused]] static const bool where_registered =
+    (where_kernel.set(DeviceType::CPU, &where_cpu), true);
+
+// ---- forward entry ----
+namespace {
+Tensor binary_forward(const DispatchStub<BinaryKernel>& kernel, const Tensor& a, const Tensor& b) {
+  check_operands(kernel.name, {&a, &b});
+  Tensor out = empty(broadcast_shapes(a.shape(), b.shape(), kernel.name), a.dtype(), a.device());
+  kernel(a.device(), a, b, out);
+  return out;
+}
+}  // namespace
+
+Tensor scalar_like(const Tensor& t, double value) {
+  return scalar_tensor(value, t.dtype(), t.device());
+}
+
+// ---- ops with backward rules ----
+Tensor add(const Tensor& a, const Tensor& b) {
+  Tensor out = binary_forward(add_kernel, a, b);
+  if (any_requires_grad(a, b)) {
+    record("add", out, {&a, &b}, [](const Node&, const Tensor& g) -> TensorList {
+      return {g, g};
+    });
+  }
+  return out;
+}
+
+Tensor sub(const Tensor& a, const Tensor& b) {
+  Tensor out = binary_forward(sub_kernel, a, b);
+  if (any_requires_grad(a, b)) {
+    record("sub", out, {&a, &b}, [](const Node& n, const Tensor& g) -> TensorList {
+      return {g, n.needs_input_grad(1) ? neg(g) : Tensor()};
+    });
+  }
+  return out;
+}
+
+Tensor mul(const Tensor& a, const Tensor& b) {
+  Tensor out = binary_forward(mul_kernel, a, b);
+  if (any_requires_grad(a, b)) {
+    auto& node = record("mul", out, {&a, &b}, [](const Node& n, const Tensor& g) -> TensorList {
+      // d(a*b)/da = b, d(a*b)/db = a
+      return {n.needs_input_grad(0) ? mul(g, n.saved(1)) : Tensor(),
+              n.needs_input_grad(1) ? mul(g, n.saved(0)) : Tensor()};
+    });
+    node.save(a);
+    node.save(b);
+  }
+  return out;
+}
+
+Tensor div(const Tensor& a, const Tensor& b) {
+  Tensor out = binary_forward(div_kernel, a, b);
+  if (any_requires_grad(a, b)) {
+    auto& node = record("div", out, {&a, &b}, [](const Node& n, const Tensor& g) -> TensorList {
+      Tensor b = n.saved(1);
+      // d(a/b)/da = 1/b, d(a/b)/db = -a/b^2
+      return {n.needs_input_grad(0) ? div(g, b) : Tensor(),
+              n.needs_input_grad(1) ? neg(div(mul(g, n.saved(0)), mul(b, b))) : Tensor()};
+    });
+    node.save(a);
+    node.save(b);
+  }
+  return out;
+}
+
+Tensor pow(const Tensor& a, const Tensor& b) {
+  Tensor out = binary_forward(pow_kernel, a, b);
+  if (any_requires_grad(a, b)) {
+    auto& node = record("pow", out, {&a, &b}, [](const Node& n, const Tensor& g) -> TensorList {
+      Tensor a = n.saved(0), b = n.saved(1);
+      // d(a^b)/da = b a^(b-1), d(a^b)/db = a^b log(a) (defined for a > 0)
+      return {n.needs_input_grad(0) ? mul(g, mul(b, pow(a, sub(b, scalar_like(b, 1.0)))))
+                                    : Tensor(),
+              n.needs_input_grad(1) ? mul(g, mul(n.saved(2), log(a))) : Tensor()};
+    });
+    node.save(a);
+    node.save(b);
+    node.save_output(out);
+  }
+  return out;
+}
+
+Tensor pow(const Tensor& a, double exponent) { return pow(a, scalar_like(a, exponent)); }
+
+Tensor eq(const Tensor& a, const Tensor& b) { return binary_forward(eq_kernel, a, b); }
+Tensor ne(const Tensor& a, const Tensor& b) { return binary_forward(ne_kernel, a, b); }
+Tensor lt(const Tensor& a, const Tensor& b) { return binary_forward(lt_kernel, a, b); }
+Tensor le(const Tensor& a, const Tensor& b) { return binary_forward(le_kernel, a, b); }
+Tensor gt(const Tensor& a, const Tensor& b) { return binary_forward(gt_kernel, a, b); }
+Tensor ge(const Tensor& a, const Tensor& b) { return binary_forward(ge_kernel, a, b); }
+
+Tensor where(const Tensor& mask, const Tensor& a, const Tensor& b) {
+  check_operands("where", {&mask, &a, &b});
+  Shape shape = broadcast_shapes(broadcast_shapes(mask.shape(), a.shape(), "where"), b.shape(),
+                                 "where");
+  Tensor out = empty(shape, a.dtype(), a.device());
+  where_kernel(a.device(), mask, a, b, out);
+  if (any_requires_grad(a, b)) {
+    auto& node =
+        record("where", out, {&mask, &a, &b}, [](const Node& n, const Tensor& g) -> TensorList {
+          Tensor m = n.saved(0), zero = scalar_like(g, 0.0);
+          return {Tensor(), n.needs_input_grad(1) ? where(m, g, zero) : Tensor(),
+                  n.needs_input_grad(2) ? where(m, zero, g) : Tensor()};
+        });
+    node.save(mask);
+  }
+  return out;
+}
+
+// ---- operators ----
+Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
+Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
+Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
+Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
+Tensor operator-(const Tensor& x) { return neg(x); }
+Tensor operator+(const Tensor& a, double b) { return add(a, scalar_like(a, b)); }
+Tensor operator-(const Tensor& a, double b) { return sub(a, scalar_like(a, b)); }
+Tensor operator*(const Tensor& a, double b) { return mul(a, scalar_like(a, b)); }
+Tensor operator/(const Tensor& a, double b) { return div(a, scalar_like(a, b)); }
+Tensor operator+(double a, const Tensor& b) { return add(scalar_like(b, a), b); }
+Tensor operator-(double a, const Tensor& b) { return sub(scalar_like(b, a), b); }
+Tensor operator*(double a, const Tensor& b) { return mul(scalar_like(b, a), b); }
+Tensor operator/(double a, const Tensor& b) { return div(scalar_like(b, a), b); }
+
+}  // namespace mt

@@ -1,0 +1,41 @@
+// Dispatch stubs of the elementwise ops (CPU kernels in binary.cpp / unary.cpp; the CUDA backend
+// fills the CUDA slots) and the checked entry shared by them.
+#pragma once
+
+#include "engine/autograd/node.h"
+#include "engine/core/dispatch.h"
+#include "engine/ops.h"
+
+namespace mt {
+
+using UnaryKernel = void(const Tensor& x, Tensor& out);
+using BinaryKernel = void(const Tensor& a, const Tensor& b, Tensor& out);
+using TernaryKernel = void(const Tensor& a, const Tensor& b, const Tensor& c, Tensor& out);
+// clamp's kernel takes its bounds as values (NaN = no bound).
+using ClampKernel = void(const Tensor& x, double lo, double hi, Tensor& out);
+
+extern DispatchStub<BinaryKernel> add_kernel, sub_kernel, mul_kernel, div_kernel, pow_kernel,
+    eq_kernel, ne_kernel, lt_kernel, le_kernel, gt_kernel, ge_kernel;
+extern DispatchStub<TernaryKernel> where_kernel;
+extern DispatchStub<UnaryKernel> neg_kernel, exp_kernel, log_kernel, sqrt_kernel, rsqrt_kernel,
+    abs_kernel, sign_kernel, tanh_kernel, sigmoid_kernel, relu_kernel, erf_kernel, gelu_kernel;
+extern DispatchStub<ClampKernel> clamp_kernel;
+
+// dst (any strides) = src broadcast to dst's shape, converting dtype; no autograd recording.
+void copy_into(const Tensor& src, Tensor& dst);
+
+// Checks that every operand has the same dtype and device (naming the op and the fix).
+inline void check_operands(const char* op, std::initializer_list<const Tensor*> ts) {
+  const Tensor* first = *ts.begin();
+  for (const Tensor* t : ts) {
+    MT_CHECK(t->defined(), "{}: an operand is an undefined tensor", op);
+    MT_CHECK(t->dtype() == first->dtype(),
+             "{}: dtype mismatch ({} vs {}); convert one operand with .to()", op,
+             dtype_name(first->dtype()), dtype_name(t->dtype()));
+    MT_CHECK(t->device() == first->device(),
+             "{}: operands are on different devices ({} vs {}); copy one of them first", op,
+             first->device().str(), t->device().str());
+  }
+}
+
+}  // namespace mt

@@ -1,0 +1,133 @@
+// Matrix products. The core op is a batched matmul of (..., M, K) by (..., K, N) with broadcast
+// batch dims; matmul() adds torch's handling of 1-D operands as views around it. The CPU kernel
+// maps each operand onto Eigen without copying when either of its last two dims is unit-stride
+// (so the transposed views made by the backward rule cost nothing) and lets Eigen's GEMM run.
+#include <Eigen/Core>
+
+#include "engine/cpu/loops.h"
+#include "engine/ops/elementwise.h"
+
+namespace mt {
+
+using autograd::Node;
+using autograd::any_requires_grad;
+using autograd::record;
+
+// a (..., M, K), b (..., K, N), out (batch..., M, N) contiguous.
+using MatmulKernel = void(const Tensor& a, const Tensor& b, Tensor& out);
+DispatchStub<MatmulKernel> matmul_kernel("matmul");
+
+namespace {
+
+template <class T>
+using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using ConstMap = Eigen::Map<const RowMajor<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+// Calls fn with an Eigen expression for the (rows x cols) matrix at p with the given strides:
+// a row-major map, the transpose of a row-major map, or (for other layouts) a packed copy.
+template <class T, class Fn>
+void with_matrix(const T* p, int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride,
+                 Fn&& fn) {
+  if (col_stride == 1 && row_stride >= std::max<int64_t>(cols, 1)) {
+    fn(ConstMap<T>(p, rows, cols, Eigen::OuterStride<>(row_stride)));
+  } else if (row_stride == 1 && col_stride >= std::max<int64_t>(rows, 1)) {
+    fn(ConstMap<T>(p, cols, rows, Eigen::OuterStride<>(col_stride)).transpose());
+  } else {
+    RowMajor<T> packed(rows, cols);
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j) packed(i, j) = p[i * row_stride + j * col_stride];
+    fn(packed);
+  }
+}
+
+void matmul_cpu(const Tensor& a, const Tensor& b, Tensor& out) {
+  const int r = out.dim();
+  const int64_t M = out.shape()[r - 2], N = out.shape()[r - 1], K = a.shape()[a.dim() - 1];
+  Shape batch = out.shape();
+  batch.resize(r - 2);
+  // Batch strides of a and b as seen from the output's batch dims (0 where broadcast).
+  auto batch_strides = [&](const Tensor& t) {
+    Shape s = Shape::filled(batch.size(), 0);
+    int lead = batch.size() - (t.dim() - 2);
+    for (int i = 0; i < t.dim() - 2; ++i)
+      s[lead + i] = t.shape()[i] == 1 ? 0 : t.strides()[i];
+    return s;
+  };
+  dispatch_float(out.dtype(), "matmul", [&]<class T>() {
+    const T* pa = a.data_ptr<T>();
+    const T* pb = b.data_ptr<T>();
+    T* po = out.data_ptr<T>();
+    const int64_t as0 = a.strides()[a.dim() - 2], as1 = a.strides()[a.dim() - 1];
+    const int64_t bs0 = b.strides()[b.dim() - 2], bs1 = b.strides()[b.dim() - 1];
+    int64_t index = 0;
+    auto one = [&](int64_t a_off, int64_t b_off) {
+      Eigen::Map<RowMajor<T>> C(po + index * M * N, M, N);
+      if (K == 0) {
+        C.setZero();
+      } else {
+        with_matrix(pa + a_off, M, K, as0, as1, [&](const auto& A) {
+          with_matrix(pb + b_off, K, N, bs0, bs1, [&](const auto& B) { C.noalias() = A * B; });
+        });
+      }
+      ++index;
+    };
+    if (batch.size() == 0) {
+      one(0, 0);
+      return;
+    }
+    // Walk the batch index; the innermost batch dim is the row of for_each_row.
+    cpu::for_each_row<2>(batch, {batch_strides(a), batch_strides(b)},
+                         [&](const std::array<int64_t, 2>& off, int64_t len,
+                             const std::array<int64_t, 2>& step) {
+                           for (int64_t j = 0; j < len; ++j)
+                             one(off[0] + j * step[0], off[1] + j * step[1]);
+                         });
+  });
+}
+[[maybe_unused]] const bool registered = (matmul_kernel.set(DeviceType::CPU, &matmul_cpu), true);
+
+// The batched core: both operands have rank >= 2.
+Tensor batched_matmul(const Tensor& a, const Tensor& b) {
+  const int64_t K = a.shape()[a.dim() - 1];
+  MT_CHECK(b.shape()[b.dim() - 2] == K,
+           "matmul: inner dims differ: a is {} and b is {} ({} vs {}); a's last dim must equal "
+           "b's second-to-last",
+           a.shape().str(), b.shape().str(), K, b.shape()[b.dim() - 2]);
+  Shape batch_a = a.shape(), batch_b = b.shape();
+  batch_a.resize(a.dim() - 2);
+  batch_b.resize(b.dim() - 2);
+  Shape shape = broadcast_shapes(batch_a, batch_b, "matmul (batch dims)");
+  shape.push_back(a.shape()[a.dim() - 2]);
+  shape.push_back(b.shape()[b.dim() - 1]);
+  Tensor out = empty(shape, a.dtype(), a.device());
+  matmul_kernel(a.device(), a, b, out);
+  if (any_requires_grad(a, b)) {
+    auto& node = record("matmul", out, {&a, &b}, [](const Node& n, const Tensor& g) -> TensorList {
+      // dL/da = g b^T, dL/db = a^T g; the engine sums broadcast batch dims.
+      return {n.needs_input_grad(0) ? batched_matmul(g, transpose(n.saved(1), -1, -2)) : Tensor(),
+              n.needs_input_grad(1) ? batched_matmul(transpose(n.saved(0), -1, -2), g)
+                                    : Tensor()};
+    });
+    node.save(a);
+    node.save(b);
+  }
+  return out;
+}
+
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  check_operands("matmul", {&a, &b});
+  MT_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: operands must have rank >= 1 (got {} and {})",
+           a.shape().str(), b.shape().str());
+  if (a.dim() >= 2 && b.dim() >= 2) return batched_matmul(a, b);
+  Tensor a2 = a.dim() == 1 ? unsqueeze(a, 0) : a;
+  Tensor b2 = b.dim() == 1 ? unsqueeze(b, -1) : b;
+  Tensor out = batched_matmul(a2, b2);
+  if (b.dim() == 1) out = squeeze(out, -1);
+  if (a.dim() == 1) out = squeeze(out, a2.dim() == 2 && b.dim() == 1 ? 0 : -2);
+  return out;
+}
+
+}  // namespace mt

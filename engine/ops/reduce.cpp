@@ -1,0 +1,166 @@
+// Reductions over dims (sum, max; mean and var composed from them) and sum_to, the one place
+// where broadcast gradients are reduced back to an input's shape.
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "engine/cpu/loops.h"
+#include "engine/ops/elementwise.h"
+
+namespace mt {
+
+using autograd::Node;
+using autograd::any_requires_grad;
+using autograd::record;
+
+// out has x's rank with 1 on every reduced dim.
+using ReduceKernel = void(const Tensor& x, Tensor& out);
+DispatchStub<ReduceKernel> sum_kernel("sum"), max_kernel("max");
+
+namespace {
+
+// Accumulates x into out (keepdim shape) with acc(acc_value, x_value); accumulators are double so
+// f32 sums of many terms keep f32 accuracy. Deterministic: x is walked in one fixed order.
+template <class T, class Acc>
+void reduce_cpu(const Tensor& x, Tensor& out, double init, Acc acc) {
+  std::vector<double> buf(size_t(out.numel()), init);
+  const T* p = x.data_ptr<T>();
+  // Strides of the contiguous accumulator as seen from x (0 on reduced dims).
+  Shape acc_strides = contiguous_strides(out.shape());
+  for (int d = 0; d < out.dim(); ++d)
+    if (out.shape()[d] == 1) acc_strides[d] = 0;
+  cpu::for_each_row<2>(x.shape(), {x.strides(), acc_strides},
+                       [&](const std::array<int64_t, 2>& off, int64_t len,
+                           const std::array<int64_t, 2>& step) {
+                         for (int64_t j = 0; j < len; ++j) {
+                           double& a = buf[size_t(off[1] + j * step[1])];
+                           a = acc(a, double(p[off[0] + j * step[0]]));
+                         }
+                       });
+  T* o = out.data_ptr<T>();
+  for (size_t i = 0; i < buf.size(); ++i) o[i] = T(buf[i]);
+}
+
+void sum_cpu(const Tensor& x, Tensor& out) {
+  dispatch_float(x.dtype(), "sum", [&]<class T>() {
+    reduce_cpu<T>(x, out, 0.0, [](double a, double v) { return a + v; });
+  });
+}
+void max_cpu(const Tensor& x, Tensor& out) {
+  dispatch_float(x.dtype(), "max", [&]<class T>() {
+    reduce_cpu<T>(x, out, -std::numeric_limits<double>::infinity(),
+                  [](double a, double v) { return (v > a || std::isnan(v)) ? v : a; });
+  });
+}
+[[maybe_unused]] const bool registered = (sum_kernel.set(DeviceType::CPU, &sum_cpu),
+                                          max_kernel.set(DeviceType::CPU, &max_cpu), true);
+
+// The keepdim shape of reducing `dims` of x (all dims when empty), checked.
+Shape reduced_shape(const Tensor& x, const std::vector<int64_t>& dims, const char* op) {
+  Shape out = x.shape();
+  if (dims.empty()) {
+    for (int d = 0; d < x.dim(); ++d) out[d] = 1;
+    return out;
+  }
+  std::vector<bool> seen(size_t(x.dim()), false);
+  for (int64_t d : dims) {
+    int w = wrap_dim(d, x.dim(), op);
+    MT_CHECK(x.dim() > 0, "{}: cannot reduce over dim {} of a 0-d tensor", op, d);
+    MT_CHECK(!seen[size_t(w)], "{}: dim {} appears twice in the reduction dims", op, d);
+    seen[size_t(w)] = true;
+    out[w] = 1;
+  }
+  return out;
+}
+
+// Drops the reduced dims of a keepdim result (a view).
+Tensor drop_dims(const Tensor& y, const Tensor& x, const std::vector<int64_t>& dims) {
+  Shape s;
+  std::vector<bool> reduced(size_t(x.dim()), dims.empty());
+  for (int64_t d : dims) reduced[size_t(wrap_dim(d, x.dim(), "reduce"))] = true;
+  for (int d = 0; d < x.dim(); ++d)
+    if (!reduced[size_t(d)]) s.push_back(x.shape()[d]);
+  return reshape(y, s);
+}
+
+Tensor sum_keepdim(const Tensor& x, const Shape& out_shape) {
+  check_operands("sum", {&x});
+  Tensor y = empty(out_shape, x.dtype(), x.device());
+  sum_kernel(x.device(), x, y);
+  if (any_requires_grad(x)) {
+    Shape in_shape = x.shape();
+    record("sum", y, {&x}, [in_shape](const Node&, const Tensor& g) -> TensorList {
+      return {expand(g, in_shape)};
+    });
+  }
+  return y;
+}
+
+}  // namespace
+
+Tensor sum(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
+  Tensor y = sum_keepdim(x, reduced_shape(x, dims, "sum"));
+  return keepdim ? y : drop_dims(y, x, dims);
+}
+
+Tensor mean(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
+  Shape s = reduced_shape(x, dims, "mean");
+  int64_t count = s.numel() == 0 ? 0 : x.numel() / std::max<int64_t>(s.numel(), 1);
+  MT_CHECK(count > 0, "mean: reducing {} elements of shape {}; the mean of nothing is undefined",
+           count, x.shape().str());
+  Tensor y = mul(sum_keepdim(x, s), scalar_like(x, 1.0 / double(count)));
+  return keepdim ? y : drop_dims(y, x, dims);
+}
+
+Tensor max(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
+  check_operands("max", {&x});
+  MT_CHECK(x.numel() > 0, "max: tensor of shape {} is empty", x.shape().str());
+  Tensor y = empty(reduced_shape(x, dims, "max"), x.dtype(), x.device());
+  max_kernel(x.device(), x, y);
+  if (any_requires_grad(x)) {
+    auto& node = record("max", y, {&x}, [dims](const Node& n, const Tensor& g) -> TensorList {
+      // Gradient shared evenly by the elements equal to the max (torch.amax's rule).
+      Tensor x = n.saved(0), y = n.saved(1);
+      Tensor is_max = eq(x, y);
+      Tensor count = sum(is_max, dims, /*keepdim=*/true);
+      return {mul(g, div(is_max, count))};
+    });
+    node.save(x);
+    node.save_output(y);
+  }
+  return keepdim ? y : drop_dims(y, x, dims);
+}
+
+Tensor var(const Tensor& x, std::vector<int64_t> dims, bool keepdim, int64_t correction) {
+  Shape s = reduced_shape(x, dims, "var");
+  int64_t count = x.numel() / std::max<int64_t>(s.numel(), 1);
+  MT_CHECK(count - correction > 0,
+           "var: {} elements per reduction with correction {} leaves no degrees of freedom", count,
+           correction);
+  Tensor centred = sub(x, mean(x, dims, /*keepdim=*/true));
+  Tensor y = mul(sum_keepdim(mul(centred, centred), s),
+                 scalar_like(x, 1.0 / double(count - correction)));
+  return keepdim ? y : drop_dims(y, x, dims);
+}
+
+Tensor sum_to(const Tensor& x, const Shape& shape) {
+  if (x.shape() == shape) return x;
+  const int lead = x.dim() - shape.size();
+  MT_CHECK(lead >= 0, "sum_to: cannot reduce shape {} to the larger rank of {}", x.shape().str(),
+           shape.str());
+  std::vector<int64_t> dims;
+  for (int d = 0; d < x.dim(); ++d) {
+    if (d < lead) {
+      dims.push_back(d);
+    } else if (shape[d - lead] == 1 && x.shape()[d] != 1) {
+      dims.push_back(d);
+    } else {
+      MT_CHECK(shape[d - lead] == x.shape()[d], "sum_to: shape {} does not broadcast to {}",
+               shape.str(), x.shape().str());
+    }
+  }
+  if (dims.empty()) return reshape(x, shape);
+  return reshape(sum(x, dims, /*keepdim=*/true), shape);
+}
+
+}  // namespace mt

@@ -1,0 +1,214 @@
+// Elementwise unary ops: forward dispatch, backward rules, CPU kernels. Each rule is written
+// with differentiable ops (reading the saved input x or output y), so it can be differentiated
+// again.
+#include <cmath>
+#include <limits>
+#include <numbers>
+
+#include "engine/cpu/loops.h"
+#include "engine/ops/elementwise.h"
+
+namespace mt {
+
+using autograd::Node;
+using autograd::any_requires_grad;
+using autograd::record;
+
+// ---- CPU kernels ----
+#define MT_CPU_UNARY(name, expr)                                          \
+  DispatchStub<UnaryKernel> name##_kernel(#name);                        \
+  static void name##_cpu(const Tensor& x, Tensor& out) {                 \
+    dispatch_float(out.dtype(), #name, [&]<class T>() {                   \
+      cpu::map<T, T>(out, [](T v) -> T { return expr; }, x);             \
+    });                                                                   \
+  }                                                                       \
+  [[maybe_unused]] static const bool name##_registered =                  \
+      (name##_kernel.set(DeviceType::CPU, &name##_cpu), true);
+
+MT_CPU_UNARY(neg, -v)
+MT_CPU_UNARY(exp, std::exp(v))
+MT_CPU_UNARY(log, std::log(v))
+MT_CPU_UNARY(sqrt, std::sqrt(v))
+MT_CPU_UNARY(rsqrt, T(1) / std::sqrt(v))
+MT_CPU_UNARY(abs, std::abs(v))
+MT_CPU_UNARY(sign, T((v > T(0)) - (v < T(0))))
+MT_CPU_UNARY(tanh, std::tanh(v))
+MT_CPU_UNARY(sigmoid, T(1) / (T(1) + std::exp(-v)))
+MT_CPU_UNARY(relu, v > T(0) ? v : T(0))
+MT_CPU_UNARY(erf, std::erf(v))
+MT_CPU_UNARY(gelu, T(0.5) * v * (T(1) + std::erf(v * T(std::numbers::sqrt2 / 2))))
+#undef MT_CPU_UNARY
+
+DispatchStub<ClampKernel> clamp_kernel("clamp");
+static void clamp_cpu(const Tensor& x, double lo, double hi, Tensor& out) {
+  dispatch_float(out.dtype(), "clamp", [&]<class T>() {
+    const T l = std::isnan(lo) ? -std::numeric_limits<T>::infinity() : T(lo);
+    const T h = std::isnan(hi) ? std::numeric_limits<T>::infinity() : T(hi);
+    cpu::map<T, T>(out, [l, h](T v) -> T { return v < l ? l : (v > h ? h : v); }, x);
+  });
+}
+[[maybe_unused]] static const bool clamp_registered =
+    (clamp_kernel.set(DeviceType::CPU, &clamp_cpu), true);
+
+// ---- forward entry ----
+namespace {
+Tensor unary_forward(const DispatchStub<UnaryKernel>& kernel, const Tensor& x) {
+  check_operands(kernel.name, {&x});
+  Tensor out = empty(x.shape(), x.dtype(), x.device());
+  kernel(x.device(), x, out);
+  return out;
+}
+
+// Records a unary op whose rule reads the saved input (what = input) or output.
+enum class Save { input, output };
+template <class Rule>
+void record_unary(const char* name, const Tensor& x, Tensor& out, Save what, Rule rule) {
+  auto& node = record(name, out, {&x}, [rule](const Node& n, const Tensor& g) -> TensorList {
+    return {rule(g, n.saved(0))};
+  });
+  if (what == Save::input) {
+    node.save(x);
+  } else {
+    node.save_output(out);
+  }
+}
+}  // namespace
+
+Tensor neg(const Tensor& x) {
+  Tensor y = unary_forward(neg_kernel, x);
+  if (any_requires_grad(x)) {
+    record("neg", y, {&x}, [](const Node&, const Tensor& g) -> TensorList { return {neg(g)}; });
+  }
+  return y;
+}
+
+Tensor exp(const Tensor& x) {
+  Tensor y = unary_forward(exp_kernel, x);
+  if (any_requires_grad(x)) {
+    record_unary("exp", x, y, Save::output, [](const Tensor& g, const Tensor& y) {
+      return mul(g, y);  // d exp(x) = exp(x)
+    });
+  }
+  return y;
+}
+
+Tensor log(const Tensor& x) {
+  Tensor y = unary_forward(log_kernel, x);
+  if (any_requires_grad(x)) {
+    record_unary("log", x, y, Save::input, [](const Tensor& g, const Tensor& x) {
+      return div(g, x);  // d log(x) = 1/x
+    });
+  }
+  return y;
+}
+
+Tensor sqrt(const Tensor& x) {
+  Tensor y = unary_forward(sqrt_kernel, x);
+  if (any_requires_grad(x)) {
+    record_unary("sqrt", x, y, Save::output, [](const Tensor& g, const Tensor& y) {
+      return div(g, mul(y, scalar_like(y, 2.0)));  // d sqrt(x) = 1 / (2 sqrt(x))
+    });
+  }
+  return y;
+}
+
+Tensor rsqrt(const Tensor& x) {
+  Tensor y = unary_forward(rsqrt_kernel, x);
+  if (any_requires_grad(x)) {
+    record_unary("rsqrt", x, y, Save::output, [](const Tensor& g, const Tensor& y) {
+      return mul(mul(g, scalar_like(y, -0.5)), mul(y, mul(y, y)));  // d x^-1/2 = -x^-3/2 / 2
+    });
+  }
+  return y;
+}
+
+Tensor abs(const Tensor& x) {
+  Tensor y = unary_forward(abs_kernel, x);
+  if (any_requires_grad(x)) {
+    record_unary("abs", x, y, Save::input, [](const Tensor& g, const Tensor& x) {
+      return mul(g, sign(x));  // sign(0) = 0: the subgradient torch uses
+    });
+  }
+  return y;
+}
+
+Tensor sign(const Tensor& x) { return unary_forward(sign_kernel, x); }
+
+Tensor tanh(const Tensor& x) {
+  Tensor y = unary_forward(tanh_kernel, x);
+  if (any_requires_grad(x)) {
+    record_unary("tanh", x, y, Save::output, [](const Tensor& g, const Tensor& y) {
+      return mul(g, sub(scalar_like(y, 1.0), mul(y, y)));  // 1 - tanh^2
+    });
+  }
+  return y;
+}
+
+Tensor sigmoid(const Tensor& x) {
+  Tensor y = unary_forward(sigmoid_kernel, x);
+  if (any_requires_grad(x)) {
+    record_unary("sigmoid", x, y, Save::output, [](const Tensor& g, const Tensor& y) {
+      return mul(g, mul(y, sub(scalar_like(y, 1.0), y)));  // s (1 - s)
+    });
+  }
+  return y;
+}
+
+Tensor relu(const Tensor& x) {
+  Tensor y = unary_forward(relu_kernel, x);
+  if (any_requires_grad(x)) {
+    record_unary("relu", x, y, Save::input, [](const Tensor& g, const Tensor& x) {
+      return mul(g, gt(x, scalar_like(x, 0.0)));  // step(x); 0 at the kink, as torch
+    });
+  }
+  return y;
+}
+
+Tensor erf(const Tensor& x) {
+  Tensor y = unary_forward(erf_kernel, x);
+  if (any_requires_grad(x)) {
+    record_unary("erf", x, y, Save::input, [](const Tensor& g, const Tensor& x) {
+      // d erf(x) = 2/sqrt(pi) exp(-x^2)
+      Tensor e = exp(neg(mul(x, x)));
+      return mul(g, mul(e, scalar_like(x, 2.0 * std::numbers::inv_sqrtpi)));
+    });
+  }
+  return y;
+}
+
+Tensor gelu(const Tensor& x) {
+  Tensor y = unary_forward(gelu_kernel, x);
+  if (any_requires_grad(x)) {
+    record_unary("gelu", x, y, Save::input, [](const Tensor& g, const Tensor& x) {
+      // gelu(x) = x Phi(x);  d/dx = Phi(x) + x phi(x), Phi(x) = (1 + erf(x/sqrt2)) / 2,
+      // phi(x) = exp(-x^2/2) / sqrt(2 pi).
+      Tensor cdf = mul(add(erf(mul(x, scalar_like(x, std::numbers::sqrt2 / 2))),
+                           scalar_like(x, 1.0)),
+                       scalar_like(x, 0.5));
+      Tensor pdf = mul(exp(mul(mul(x, x), scalar_like(x, -0.5))),
+                       scalar_like(x, 0.5 * std::numbers::inv_sqrtpi * std::numbers::sqrt2));
+      return mul(g, add(cdf, mul(x, pdf)));
+    });
+  }
+  return y;
+}
+
+Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi) {
+  check_operands("clamp", {&x});
+  MT_CHECK(!(lo && hi && *lo > *hi), "clamp: lower bound {} exceeds upper bound {}", *lo, *hi);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  Tensor y = empty(x.shape(), x.dtype(), x.device());
+  clamp_kernel(x.device(), x, lo.value_or(nan), hi.value_or(nan), y);
+  if (any_requires_grad(x)) {
+    record_unary("clamp", x, y, Save::input, [lo, hi](const Tensor& g, const Tensor& x) {
+      // Gradient passes where lo <= x <= hi (torch's convention at the bounds).
+      Tensor pass = g;
+      if (lo) pass = mul(pass, ge(x, scalar_like(x, *lo)));
+      if (hi) pass = mul(pass, le(x, scalar_like(x, *hi)));
+      return pass;
+    });
+  }
+  return y;
+}
+
+}  // namespace mt

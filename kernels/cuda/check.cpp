@@ -1,0 +1,13 @@
+#include "kernels/cuda/check.h"
+
+#include "engine/core/error.h"
+
+namespace mt::cuda {
+
+void fail(const char* file, int line, const char* call, cudaError_t status) {
+  ::mt::detail::fail(file, line,
+                     fmt::format("CUDA error {} ({}) in {}", cudaGetErrorName(status),
+                                 cudaGetErrorString(status), call));
+}
+
+}  // namespace mt::cuda

@@ -1,0 +1,17 @@
+// Error checks for CUDA runtime calls, usable from .cu files (no fmt here: the message is built
+// in check.cpp). Reports the call, the CUDA error name and text, and file:line.
+#pragma once
+
+#include <cuda_runtime.h>
+
+namespace mt::cuda {
+[[noreturn]] void fail(const char* file, int line, const char* call, cudaError_t status);
+}  // namespace mt::cuda
+
+#define MT_CUDA_CHECK(call)                                                  \
+  do {                                                                       \
+    cudaError_t mt_cuda_status_ = (call);                                    \
+    if (mt_cuda_status_ != cudaSuccess) [[unlikely]] {                       \
+      ::mt::cuda::fail(__FILE__, __LINE__, #call, mt_cuda_status_);          \
+    }                                                                        \
+  } while (0)
