@@ -229,7 +229,8 @@ TEST_CASE("golden file: damaged copies are rejected with clear messages", "[gold
 
   SECTION("one flipped byte in the checksum") {
     auto bad = original;
-    bad.back() ^= 0x01;
+    const size_t last = original.size() - 1;  // the checksum's last byte
+    bad.at(last) = static_cast<unsigned char>(bad.at(last) ^ 0x01);
     const auto p = tmp.write("flipped_checksum.bin", bad);
     REQUIRE_THROWS_WITH(GoldenFile::load(p), Catch::Contains("checksum mismatch"));
   }

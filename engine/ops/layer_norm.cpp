@@ -17,16 +17,15 @@ using autograd::any_requires_grad;
 using autograd::record;
 
 // x contiguous (rows, D); weight, bias contiguous (D) or undefined; out (rows, D).
-using LayerNormKernel = void(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
-                             Tensor& out);
+using LayerNormKernel = void(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t D,
+                             double eps, Tensor& out);
 DispatchStub<LayerNormKernel> layer_norm_kernel("layer_norm");
 
 namespace {
 
-void layer_norm_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
-                    Tensor& out) {
+void layer_norm_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t D,
+                    double eps, Tensor& out) {
   dispatch_float(x.dtype(), "layer_norm", [&]<class T>() {
-    const int64_t D = weight.defined() ? weight.numel() : out.shape().back();
     const int64_t rows = D == 0 ? 0 : x.numel() / D;
     const T* px = x.data_ptr<T>();
     const T* pw = weight.defined() ? weight.data_ptr<T>() : nullptr;
@@ -79,7 +78,7 @@ Tensor layer_norm(const Tensor& x, int normalized_rank, const Tensor& weight, co
     if (bias.defined()) bc = contiguous(bias);
   }
   Tensor y = empty(x.shape(), x.dtype(), x.device());
-  layer_norm_kernel(x.device(), xc, wc, bc, eps, y);
+  layer_norm_kernel(x.device(), xc, wc, bc, norm_shape.numel(), eps, y);
   if (any_requires_grad(x, weight, bias)) {
     std::vector<int64_t> dims;
     for (int i = x.dim() - normalized_rank; i < x.dim(); ++i) dims.push_back(i);

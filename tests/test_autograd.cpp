@@ -1,0 +1,173 @@
+// The tape and the backward engine: grad() and backward() semantics, accumulation, graph
+// pruning, higher orders, and the errors users hit.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+
+#include "support/gradcheck.h"
+
+using namespace mt;
+using namespace mt::testing;
+
+namespace {
+Tensor leaf(std::vector<double> v, Shape shape) {
+  Tensor t = from_vector(v, shape, DType::f64);
+  t.set_requires_grad(true);
+  return t;
+}
+constexpr double kExactTol = 1e-12;  // closed-form derivatives of a few f64 ops
+}  // namespace
+
+TEST_CASE("backward accumulates into leaves; grad() leaves .grad alone", "[autograd]") {
+  Tensor x = leaf({1, 2, 3}, Shape{3});
+  Tensor y = sum(mul(x, x));
+  y.backward(Tensor(), /*retain_graph=*/true);
+  CHECK(x.grad().to_vector<double>() == std::vector<double>{2, 4, 6});
+  y.backward();
+  CHECK(x.grad().to_vector<double>() == std::vector<double>{4, 8, 12});
+  x.zero_grad();
+  Tensor z = sum(mul(x, x));
+  auto g = autograd::grad({z}, {x});
+  CHECK(g[0].to_vector<double>() == std::vector<double>{2, 4, 6});
+  CHECK_FALSE(x.grad().defined());
+}
+
+TEST_CASE("shared subexpressions and several outputs sum their gradients", "[autograd]") {
+  Tensor x = leaf({0.5, -1.5}, Shape{2});
+  Tensor a = exp(x);
+  Tensor y1 = sum(mul(a, a)), y2 = sum(a);
+  auto g = autograd::grad({y1, y2}, {x}, {ones_like(y1), full_like(y2, 3.0)});
+  auto xv = x.to_vector<double>();
+  auto gv = g[0].to_vector<double>();
+  for (size_t i = 0; i < 2; ++i)
+    CHECK(std::abs(gv[i] - (2 * std::exp(2 * xv[i]) + 3 * std::exp(xv[i]))) < kExactTol);
+}
+
+TEST_CASE("gradient with respect to an intermediate tensor", "[autograd]") {
+  Tensor x = leaf({1, 2}, Shape{2});
+  Tensor h = mul(x, x);
+  Tensor y = sum(mul(h, h));
+  auto g = autograd::grad({y}, {h, x});
+  CHECK(g[0].to_vector<double>() == std::vector<double>{2, 8});   // 2h
+  CHECK(g[1].to_vector<double>() == std::vector<double>{4, 32});  // 4x^3
+}
+
+TEST_CASE("third-order derivative of a scalar chain", "[autograd][higher]") {
+  // f(x) = exp(x) x^3:  f''' = exp(x) (x^3 + 9x^2 + 18x + 6)
+  for (double xv : {-1.3, 0.4, 1.1}) {
+    Tensor x = leaf({xv}, Shape{});
+    Tensor f = mul(exp(x), pow(x, 3.0));
+    Tensor d1 = autograd::grad({f}, {x}, {}, std::nullopt, /*create_graph=*/true)[0];
+    Tensor d2 = autograd::grad({d1}, {x}, {}, std::nullopt, /*create_graph=*/true)[0];
+    Tensor d3 = autograd::grad({d2}, {x})[0];
+    double expect = std::exp(xv) * (xv * xv * xv + 9 * xv * xv + 18 * xv + 6);
+    CHECK(std::abs(d3.item<double>() - expect) < 1e-10 * std::max(1.0, std::abs(expect)));
+  }
+  // And against finite differences of the autograd second derivative.
+  auto second = [](double xv) {
+    Tensor x = leaf({xv}, Shape{});
+    Tensor f = mul(tanh(x), sigmoid(mul(x, x)));
+    Tensor d1 = autograd::grad({f}, {x}, {}, std::nullopt, true)[0];
+    return autograd::grad({d1}, {x}, {}, std::nullopt, true)[0];
+  };
+  const double x0 = 0.7, h = 1e-5;
+  Tensor d2 = second(x0);
+  Tensor x = leaf({x0}, Shape{});
+  Tensor f = mul(tanh(x), sigmoid(mul(x, x)));
+  Tensor d1 = autograd::grad({f}, {x}, {}, std::nullopt, true)[0];
+  Tensor d2g = autograd::grad({d1}, {x}, {}, std::nullopt, true)[0];
+  double d3 = autograd::grad({d2g}, {x})[0].item<double>();
+  double fd = (second(x0 + h).item<double>() - second(x0 - h).item<double>()) / (2 * h);
+  CHECK(std::abs(d3 - fd) < 1e-6);  // central difference of step 1e-5: error ~h^2 f'''''
+  (void)d2;
+}
+
+TEST_CASE("errors: unused input, no grad, freed graph, grad_outputs mismatch", "[autograd][errors]") {
+  Tensor x = leaf({1, 2}, Shape{2});
+  Tensor unused = leaf({3}, Shape{1});
+  Tensor y = sum(exp(x));
+  CHECK_THROWS_WITH(autograd::grad({y}, {unused}, {}, true),
+                    Catch::Contains("inputs[0]") && Catch::Contains("allow_unused"));
+  auto g = autograd::grad({y}, {x, unused}, {}, true, false, /*allow_unused=*/true);
+  CHECK(g[0].defined());
+  CHECK_FALSE(g[1].defined());
+
+  Tensor c = from_vector(std::vector<double>{1}, Shape{1}, DType::f64);
+  CHECK_THROWS_WITH(autograd::grad({sum(c)}, {x}), Catch::Contains("does not require grad"));
+  CHECK_THROWS_WITH(autograd::grad({y}, {c}), Catch::Contains("set_requires_grad"));
+
+  Tensor v = exp(x);
+  CHECK_THROWS_WITH(autograd::grad({v}, {x}), Catch::Contains("one-element output") &&
+                                                  Catch::Contains("grad_outputs"));
+  CHECK_THROWS_WITH(autograd::grad({v}, {x}, {ones(Shape{3}, DType::f64)}),
+                    Catch::Contains("grad_outputs[0] has shape (3,)"));
+  CHECK_THROWS_WITH(autograd::grad({v}, {x}, {ones(Shape{2}, DType::f32)}),
+                    Catch::Contains("dtype f32"));
+
+  Tensor w = sum(mul(x, x));
+  autograd::grad({w}, {x});  // frees the graph
+  CHECK_THROWS_WITH(autograd::grad({w}, {x}),
+                    Catch::Contains("second time") && Catch::Contains("retain_graph"));
+}
+
+TEST_CASE("in-place modification of a saved tensor is detected", "[autograd][errors]") {
+  Tensor x = leaf({1, 2}, Shape{2});
+  Tensor h = mul(x, 2.0);
+  Tensor y = sum(mul(h, h));  // saves h
+  {
+    NoGradGuard no_grad;
+    h.fill_(0.0);  // h is not a leaf but the write bypasses the tape
+  }
+  CHECK_THROWS_WITH(autograd::grad({y}, {x}), Catch::Contains("modified in place") &&
+                                                  Catch::Contains("mul"));
+  Tensor e = exp(x);  // saves its output
+  Tensor z = sum(e);
+  Tensor ze = sum(mul(e, 3.0));
+  (void)z;
+  {
+    NoGradGuard no_grad;
+    e.mul_(2.0);
+  }
+  CHECK_THROWS_WITH(autograd::grad({ze}, {x}), Catch::Contains("exp"));
+}
+
+TEST_CASE("no-grad guard and detach stop recording", "[autograd]") {
+  Tensor x = leaf({1, 2}, Shape{2});
+  {
+    NoGradGuard no_grad;
+    Tensor y = mul(x, x);
+    CHECK_FALSE(y.requires_grad());
+    CHECK(y.grad_fn() == nullptr);
+  }
+  Tensor d = x.detach();
+  CHECK_FALSE(d.requires_grad());
+  CHECK(&d.storage() == &x.storage());
+  Tensor y = sum(mul(x, x.detach()));
+  auto g = autograd::grad({y}, {x});
+  CHECK(g[0].to_vector<double>() == std::vector<double>{1, 2});  // detached factor is a constant
+  CHECK_THROWS_WITH(mul(x, x).set_requires_grad(true), Catch::Contains("leaf"));
+}
+
+TEST_CASE("create_graph gradients of a whole expression match finite differences",
+          "[autograd][higher]") {
+  // A mixed expression through every op family at once.
+  Tensor a = random_tensor(Shape{3, 4}, -1, 1, 60), b = random_tensor(Shape{4, 2}, -1, 1, 61);
+  Tensor w = random_tensor(Shape{2}, 0.5, 1.5, 62);
+  auto f = [](const TensorList& in) {
+    Tensor h = gelu(matmul(in[0], in[1]));
+    Tensor n = layer_norm(h, 1, in[2], Tensor());
+    return sum(mul(log_softmax(n, -1), softmax(h, 0)), {1});
+  };
+  CHECK(check_gradients("mixed", f, {a, b, w}) > 0);
+  CHECK(check_second_order("mixed", f, {a, b, w}) > 0);
+}
+
+TEST_CASE("backward frees saved tensors unless retain_graph", "[autograd][memory]") {
+  Tensor x = leaf({1, 2, 3}, Shape{3});
+  Tensor y = sum(exp(mul(x, x)));
+  auto node = y.grad_fn();
+  REQUIRE(node);
+  autograd::grad({y}, {x});
+  // The sum's input node (exp) released its saved output: a second call fails fast.
+  CHECK_THROWS(autograd::grad({y}, {x}));
+}

@@ -1,0 +1,234 @@
+// Network ops: matmul (batched, broadcast, 1-D, transposed operands), softmax, log_softmax,
+// layer_norm, embedding, mse_loss, dropout and seeded random tensors.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+
+#include "engine/core/generator.h"
+#include "support/gradcheck.h"
+
+using namespace mt;
+using namespace mt::testing;
+
+namespace {
+// f64 products of K <= 8 terms of size ~1 against a triple loop: rounding ~1e-15.
+constexpr double kMatmulTol = 1e-12;
+// softmax / layer_norm in f64: a handful of roundings of O(1) values.
+constexpr double kNormTol = 1e-12;
+
+// Reference (M, K) x (K, N) in f64 by a triple loop.
+std::vector<double> naive_matmul(const std::vector<double>& a, const std::vector<double>& b,
+                                 int64_t M, int64_t K, int64_t N) {
+  std::vector<double> c(size_t(M * N), 0.0);
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j)
+      for (int64_t k = 0; k < K; ++k) c[size_t(i * N + j)] += a[size_t(i * K + k)] * b[size_t(k * N + j)];
+  return c;
+}
+}  // namespace
+
+TEST_CASE("matmul: forward for 2-D, batched, broadcast, transposed and 1-D operands",
+          "[ops][matmul]") {
+  Tensor a = random_tensor(Shape{3, 4}, -1, 1, 30), b = random_tensor(Shape{4, 5}, -1, 1, 31);
+  auto ref = naive_matmul(a.to_vector<double>(), b.to_vector<double>(), 3, 4, 5);
+  Tensor c = matmul(a, b);
+  REQUIRE(c.shape() == Shape{3, 5});
+  auto cv = c.to_vector<double>();
+  for (size_t i = 0; i < ref.size(); ++i) CHECK(std::abs(cv[i] - ref[i]) <= kMatmulTol);
+
+  // Transposed views of contiguous buffers (the layouts the backward produces).
+  Tensor at = a.transpose(0, 1).contiguous().transpose(0, 1);
+  Tensor bt = b.transpose(0, 1).contiguous().transpose(0, 1);
+  CHECK_FALSE(at.is_contiguous());
+  CHECK(max_abs_diff(matmul(at, bt), c) <= kMatmulTol);
+  // A strided view that is neither layout (packed internally).
+  Tensor wide = random_tensor(Shape{3, 8}, -1, 1, 32);
+  Tensor every_other = wide.reshape(Shape{3, 4, 2}).narrow(2, 0, 1).reshape(Shape{3, 4});
+  CHECK(max_abs_diff(matmul(every_other, b), matmul(every_other.contiguous(), b)) <= kMatmulTol);
+
+  // Batched with broadcast batch dims: (2, 1, 3, 4) x (5, 4, 2) -> (2, 5, 3, 2).
+  Tensor ba = random_tensor(Shape{2, 1, 3, 4}, -1, 1, 33);
+  Tensor bb = random_tensor(Shape{5, 4, 2}, -1, 1, 34);
+  Tensor bc = matmul(ba, bb);
+  REQUIRE(bc.shape() == Shape{2, 5, 3, 2});
+  for (int64_t i = 0; i < 2; ++i)
+    for (int64_t j = 0; j < 5; ++j) {
+      Tensor expect = matmul(ba.narrow(0, i, 1).reshape(Shape{3, 4}),
+                             bb.narrow(0, j, 1).reshape(Shape{4, 2}));
+      CHECK(max_abs_diff(bc.narrow(0, i, 1).narrow(1, j, 1).reshape(Shape{3, 2}), expect) <=
+            kMatmulTol);
+    }
+
+  // 1-D operands as torch.matmul.
+  Tensor v = random_tensor(Shape{4}, -1, 1, 35);
+  CHECK(matmul(a, v).shape() == Shape{3});
+  CHECK(matmul(v, b).shape() == Shape{5});
+  CHECK(matmul(v, v).shape() == Shape{});
+  CHECK(matmul(v, bb).shape() == Shape{5, 2});
+  CHECK(std::abs(matmul(v, v).item<double>() - sum(mul(v, v)).item<double>()) <= kMatmulTol);
+  CHECK_THROWS_WITH(matmul(a, a), Catch::Contains("inner dims differ") &&
+                                      Catch::Contains("(3, 4)"));
+}
+
+TEST_CASE("matmul: first- and second-order gradients", "[ops][matmul][grad]") {
+  struct Case {
+    Shape a, b;
+  };
+  for (const auto& c : {Case{Shape{3, 4}, Shape{4, 2}}, Case{Shape{2, 3, 4}, Shape{4, 2}},
+                        Case{Shape{2, 1, 2, 3}, Shape{3, 3, 2}}, Case{Shape{4}, Shape{4, 3}},
+                        Case{Shape{3, 4}, Shape{4}}}) {
+    Tensor a = random_tensor(c.a, -1, 1, 36), b = random_tensor(c.b, -1, 1, 37);
+    auto f = [](const TensorList& in) { return matmul(in[0], in[1]); };
+    std::string label = "matmul " + c.a.str() + " x " + c.b.str();
+    CHECK(check_gradients(label, f, {a, b}) > 0);
+    CHECK(check_second_order(label, f, {a, b}) > 0);
+  }
+  // Transposed operand inside the graph.
+  Tensor a = random_tensor(Shape{4, 3}, -1, 1, 38), b = random_tensor(Shape{4, 2}, -1, 1, 39);
+  auto ft = [](const TensorList& in) { return matmul(in[0].transpose(0, 1), tanh(in[1])); };
+  CHECK(check_gradients("matmul(a^T, tanh b)", ft, {a, b}) > 0);
+  CHECK(check_second_order("matmul(a^T, tanh b)", ft, {a, b}) > 0);
+}
+
+TEST_CASE("softmax and log_softmax: forward, stability, gradients", "[ops][softmax]") {
+  Tensor x = random_tensor(Shape{3, 4}, -2, 2, 40);
+  for (int64_t dim : {0, 1, -1}) {
+    INFO("dim " << dim);
+    Tensor s = softmax(x, dim);
+    Tensor ls = log_softmax(x, dim);
+    Tensor e = exp(x);
+    Tensor ref = div(e, sum(e, {dim}, true));
+    CHECK(max_abs_diff(s, ref) <= kNormTol);
+    CHECK(max_abs_diff(ls, log(ref)) <= kNormTol);
+    CHECK(max_abs_diff(sum(s, {dim}), ones(sum(s, {dim}).shape(), DType::f64)) <= kNormTol);
+    Tensor w = random_tensor(Shape{3, 4}, -1, 1, 41);
+    auto fs = [&](const TensorList& in) { return mul(softmax(in[0], dim), w); };
+    auto fl = [&](const TensorList& in) { return mul(log_softmax(in[0], dim), w); };
+    CHECK(check_gradients("softmax", fs, {x}) == 144);
+    CHECK(check_second_order("softmax", fs, {x}) > 0);
+    CHECK(check_gradients("log_softmax", fl, {x}) == 144);
+    CHECK(check_second_order("log_softmax", fl, {x}) > 0);
+  }
+  // Large logits must not overflow (max subtraction); f32 on purpose.
+  Tensor big = from_vector(std::vector<float>{1000.f, 1001.f, 1002.f}, Shape{3});
+  auto p = softmax(big, 0).to_vector<double>();
+  CHECK(std::abs(p[2] - 0.6652409557748219) < 1e-6);
+  auto lp = log_softmax(big, 0).to_vector<double>();
+  CHECK(std::isfinite(lp[0]));
+}
+
+TEST_CASE("layer_norm: forward and gradients with and without affine", "[ops][layer_norm]") {
+  Tensor x = random_tensor(Shape{2, 3, 4}, -2, 2, 42);
+  Tensor w = random_tensor(Shape{4}, 0.5, 1.5, 43), b = random_tensor(Shape{4}, -0.5, 0.5, 44);
+  const double eps = 1e-5;
+  Tensor y = layer_norm(x, 1, w, b, eps);
+  // Reference from composed ops (biased variance, as torch).
+  Tensor mu = mean(x, {-1}, true);
+  Tensor v = mean(mul(sub(x, mu), sub(x, mu)), {-1}, true);
+  Tensor ref = add(mul(div(sub(x, mu), sqrt(add(v, scalar_like(v, eps)))), w), b);
+  CHECK(max_abs_diff(y, ref) <= kNormTol);
+
+  Tensor wout = random_tensor(Shape{2, 3, 4}, -1, 1, 45);  // non-uniform output weighting
+  auto f_affine = [&](const TensorList& in) {
+    return mul(layer_norm(in[0], 1, in[1], in[2], eps), wout);
+  };
+  CHECK(check_gradients("layer_norm affine", f_affine, {x, w, b}) > 0);
+  CHECK(check_second_order("layer_norm affine", f_affine, {x, w, b}) > 0);
+
+  auto f_plain = [&](const TensorList& in) {
+    return mul(layer_norm(in[0], 2, Tensor(), Tensor(), eps), wout);
+  };
+  CHECK(check_gradients("layer_norm over 2 dims", f_plain, {x}) > 0);
+  CHECK(check_second_order("layer_norm over 2 dims", f_plain, {x}) > 0);
+
+  CHECK_THROWS_WITH(layer_norm(x, 1, random_tensor(Shape{3}, 0, 1, 1), Tensor()),
+                    Catch::Contains("weight has shape (3,)") && Catch::Contains("(4,)"));
+}
+
+TEST_CASE("embedding: gather, scatter-add backward, second order", "[ops][embedding]") {
+  Tensor table = random_tensor(Shape{5, 3}, -1, 1, 46);
+  Tensor idx = from_indices(std::vector<int64_t>{4, 0, 4, 2, 1, 4}, Shape{2, 3});
+  Tensor rows = embedding(table, idx);
+  REQUIRE(rows.shape() == Shape{2, 3, 3});
+  auto tv = table.to_vector<double>(), rv = rows.to_vector<double>();
+  for (int j = 0; j < 3; ++j) CHECK(rv[size_t(j)] == tv[size_t(4 * 3 + j)]);
+  // Repeated index 4 accumulates three rows of gradient.
+  Tensor leaf = table.detach().clone();
+  leaf.set_requires_grad(true);
+  auto g = autograd::grad({sum(embedding(leaf, idx))}, {leaf});
+  CHECK(g[0].to_vector<double>() ==
+        std::vector<double>{1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 3, 3, 3});
+  auto f = [&](const TensorList& in) { return tanh(embedding(in[0], idx)); };
+  CHECK(check_gradients("embedding", f, {table}) > 0);
+  CHECK(check_second_order("embedding", f, {table}) > 0);
+  auto fb = [&](const TensorList& in) { return tanh(embedding_backward(in[0], idx, 5)); };
+  CHECK(check_gradients("embedding_backward", fb, {rows}) > 0);
+  CHECK(check_second_order("embedding_backward", fb, {rows}) > 0);
+  CHECK_THROWS_WITH(embedding(table, from_indices(std::vector<int64_t>{5}, Shape{1})),
+                    Catch::Contains("index 5") && Catch::Contains("5 rows"));
+}
+
+TEST_CASE("mse_loss: value and gradients", "[ops][loss]") {
+  Tensor p = random_tensor(Shape{4, 3}, -1, 1, 47), t = random_tensor(Shape{4, 3}, -1, 1, 48);
+  auto pv = p.to_vector<double>(), tv = t.to_vector<double>();
+  double ref = 0;
+  for (size_t i = 0; i < pv.size(); ++i) ref += (pv[i] - tv[i]) * (pv[i] - tv[i]);
+  CHECK(std::abs(mse_loss(p, t).item<double>() - ref / 12) <= kNormTol);
+  auto f = [](const TensorList& in) { return mse_loss(tanh(in[0]), in[1]); };
+  CHECK(check_gradients("mse_loss", f, {p, t}) == 24);
+  CHECK(check_second_order("mse_loss", f, {p, t}) > 0);
+  CHECK_THROWS_WITH(mse_loss(p, t.reshape(Shape{12})), Catch::Contains("same shape"));
+}
+
+TEST_CASE("Philox4x32-10 matches the published known-answer vectors", "[random]") {
+  // Random123 kat_vectors: philox4x32_10 with counter 0 and key 0.
+  auto r = Generator::philox(0, 0);
+  CHECK(r[0] == 0x6627e8d5u);
+  CHECK(r[1] == 0xe169c58du);
+  CHECK(r[2] == 0xbc57ac4cu);
+  CHECK(r[3] == 0x9b00dbd8u);
+}
+
+TEST_CASE("seeded random tensors: reproducible, right moments", "[random]") {
+  Generator g1(7), g2(7);
+  Tensor a = normal(Shape{20000}, 1.0, 2.0, g1);
+  Tensor b = normal(Shape{20000}, 1.0, 2.0, g2);
+  CHECK(max_abs_diff(a, b) == 0);
+  // Mean and std of 20000 draws: standard errors 2/sqrt(20000) = 0.014 and ~0.01; 5 sigma.
+  CHECK(std::abs(mean(a).item<double>() - 1.0) < 0.07);
+  CHECK(std::abs(std::sqrt(var(a).item<double>()) - 2.0) < 0.05);
+  Tensor c = normal(Shape{20000}, 1.0, 2.0, g1);  // the generator advanced: a new draw
+  CHECK(max_abs_diff(a, c) > 0.1);
+  Tensor u = uniform(Shape{20000}, -1.0, 3.0, g1, DType::f64);
+  CHECK(max(u).item<double>() < 3.0);
+  CHECK(-max(neg(u)).item<double>() >= -1.0);
+  CHECK(std::abs(mean(u).item<double>() - 1.0) < 0.06);  // std 4/sqrt(12)/sqrt(20000) = 0.008
+}
+
+TEST_CASE("dropout: seeded mask, scaling, gradient through the mask", "[ops][dropout]") {
+  Tensor x = random_tensor(Shape{1000}, 1, 2, 49);
+  Generator g1(3), g2(3);
+  Tensor y1 = dropout(x, 0.25, true, g1);
+  Tensor y2 = dropout(x, 0.25, true, g2);
+  CHECK(max_abs_diff(y1, y2) == 0);
+  auto xv = x.to_vector<double>(), yv = y1.to_vector<double>();
+  int64_t kept = 0;
+  for (size_t i = 0; i < xv.size(); ++i) {
+    if (yv[i] != 0) {
+      ++kept;
+      CHECK(std::abs(yv[i] - xv[i] / 0.75) < 1e-12);
+    }
+  }
+  // Binomial(1000, 0.75): std 13.7; 5 sigma.
+  CHECK(std::abs(double(kept) - 750.0) < 70);
+  CHECK(max_abs_diff(dropout(x, 0.25, false, g1), x) == 0);
+  // Fixed mask per evaluation (fresh generator with the same seed each call).
+  auto f = [](const TensorList& in) {
+    Generator g(11);
+    return dropout(mul(in[0], in[0]), 0.5, true, g);
+  };
+  Tensor small = random_tensor(Shape{6}, -1, 1, 50);
+  CHECK(check_gradients("dropout", f, {small}) == 36);
+  CHECK(check_second_order("dropout", f, {small}) > 0);
+  CHECK_THROWS_WITH(dropout(x, 1.0, true, g1), Catch::Contains("[0, 1)"));
+}

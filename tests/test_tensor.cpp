@@ -1,0 +1,75 @@
+// Tensor core: factories, metadata, dtypes, in-place writes, memory statistics, backends.
+#include <catch2/catch.hpp>
+
+#include "engine/core/backend.h"
+#include "support/gradcheck.h"
+
+using namespace mt;
+using namespace mt::testing;
+
+TEST_CASE("factories and metadata", "[tensor]") {
+  Tensor z = zeros(Shape{2, 3});
+  CHECK(z.dtype() == DType::f32);
+  CHECK(z.numel() == 6);
+  CHECK(z.dim() == 2);
+  CHECK(z.size(-1) == 3);
+  CHECK(z.stride(0) == 3);
+  CHECK(z.device() == kCPU);
+  CHECK(z.str() == "Tensor(f32, (2, 3), cpu)");
+  CHECK(full(Shape{2}, 2.5, DType::f64).to_vector<double>() == std::vector<double>{2.5, 2.5});
+  CHECK(scalar_tensor(4.0).dim() == 0);
+  CHECK(scalar_tensor(4.0).item<float>() == 4.0f);
+  CHECK(arange(4, DType::i64).to_vector<int64_t>() == std::vector<int64_t>{0, 1, 2, 3});
+  CHECK_THROWS_WITH(from_vector(std::vector<double>{1, 2, 3}, Shape{2, 2}),
+                    Catch::Contains("3 values given for shape (2, 2)"));
+  CHECK_THROWS_WITH(z.item<float>(), Catch::Contains("6 elements"));
+  CHECK_THROWS_WITH(empty(Shape{1, 2, 3, 4, 5, 6, 7, 8, 9}), Catch::Contains("maximum of 8"));
+  CHECK_THROWS_WITH(z.size(2), Catch::Contains("out of range"));
+}
+
+TEST_CASE("in-place writes bump the version and are refused on tensors requiring grad",
+          "[tensor]") {
+  Tensor x = zeros(Shape{3}, DType::f64);
+  uint32_t v0 = x.storage().version();
+  x.fill_(2.0);
+  x.add_(ones(Shape{3}, DType::f64), 0.5);
+  x.mul_(2.0);
+  CHECK(x.to_vector<double>() == std::vector<double>{5, 5, 5});
+  CHECK(x.storage().version() == v0 + 3);
+  Tensor y = zeros(Shape{3}, DType::f64);
+  y.copy_(arange(3, DType::f64));
+  CHECK(y.to_vector<double>() == std::vector<double>{0, 1, 2});
+  y.set_requires_grad(true);
+  CHECK_THROWS_WITH(y.fill_(1.0), Catch::Contains("NoGradGuard"));
+  {
+    NoGradGuard no_grad;  // what an optimizer step does
+    y.add_(ones(Shape{3}, DType::f64), -1.0);
+  }
+  CHECK(y.to_vector<double>() == std::vector<double>{-1, 0, 1});
+}
+
+TEST_CASE("memory statistics track current and peak bytes", "[tensor][memory]") {
+  reset_peak_memory_stats();
+  const MemoryStats before = memory_stats();
+  {
+    Tensor a = empty(Shape{1024, 256}, DType::f32);  // 1 MiB
+    MemoryStats during = memory_stats();
+    CHECK(during.allocated_bytes - before.allocated_bytes == 1 << 20);
+    CHECK(during.peak_allocated_bytes >= during.allocated_bytes);
+    CHECK(during.num_allocs > before.num_allocs);
+  }
+  MemoryStats after = memory_stats();
+  CHECK(after.allocated_bytes == before.allocated_bytes);
+  CHECK(after.peak_allocated_bytes >= before.allocated_bytes + (1 << 20));
+  reset_peak_memory_stats();
+  CHECK(memory_stats().peak_allocated_bytes == memory_stats().allocated_bytes);
+}
+
+TEST_CASE("backend queries work without a GPU", "[tensor][backend]") {
+  // Builds with nvcc report built_with_cuda; the device count is 0 on machines without a GPU and
+  // must never throw.
+  const int n = cuda_device_count();
+  CHECK(n >= 0);
+  CHECK(cuda_device_description(n).empty());  // out of range
+  if (n == 0) SUCCEED("no CUDA device here: CUDA device cases are skipped");
+}
