@@ -8,9 +8,10 @@
 //
 // Timing is plain std::chrono: warm-up, then the median of several repeats. The table goes to
 // stdout; with --json PATH every figure is also written to PATH (atomically).
-#include <CLI/CLI.hpp>
-#include <Eigen/Core>
-#include <nlohmann/json.hpp>
+#include "engine/autograd/engine.h"
+
+#include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -22,15 +23,15 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <stdexcept>
 #include <iostream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
-#include <omp.h>
-#include <unistd.h>
+#include <CLI/CLI.hpp>
+#include <Eigen/Core>
+#include <nlohmann/json.hpp>
 
-#include "engine/autograd/engine.h"
 #include "engine/autograd/grad_mode.h"
 #include "engine/core/generator.h"
 #include "engine/ops.h"
@@ -48,7 +49,9 @@ constexpr double kGoalNsPerOp = 1000.0;
 
 // Keeps results observable so no timed work can be dropped.
 volatile uintptr_t g_sink = 0;
-void consume(const mt::Tensor& t) { g_sink = g_sink + reinterpret_cast<uintptr_t>(t.impl()); }
+void consume(const mt::Tensor& t) {
+  g_sink = g_sink + reinterpret_cast<uintptr_t>(t.impl());
+}
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -126,7 +129,7 @@ void write_atomically(const std::filesystem::path& path, const std::string& text
 
 struct OverheadRow {
   std::string key, label, shape;
-  int64_t iterations = 0;   // loop trips per repeat
+  int64_t iterations = 0;  // loop trips per repeat
   int ops_per_iteration = 1;
   int repeats = 0;
   double ns_median = 0, ns_min = 0;
@@ -134,9 +137,8 @@ struct OverheadRow {
 
 // Times `body` (which runs ops_per_iteration ops) in a loop of `iterations` trips, after a
 // warm-up of a tenth of that, `repeats` times; reports ns per op.
-OverheadRow time_overhead(std::string key, std::string label, std::string shape,
-                          int64_t iterations, int ops_per_iteration, int repeats,
-                          const std::function<void()>& body) {
+OverheadRow time_overhead(std::string key, std::string label, std::string shape, int64_t iterations,
+                          int ops_per_iteration, int repeats, const std::function<void()>& body) {
   for (int64_t i = 0; i < std::max<int64_t>(iterations / 10, 1); ++i) body();
   std::vector<double> ns;
   for (int r = 0; r < repeats; ++r) {
@@ -144,8 +146,8 @@ OverheadRow time_overhead(std::string key, std::string label, std::string shape,
     for (int64_t i = 0; i < iterations; ++i) body();
     ns.push_back(seconds_since(start) * 1e9 / double(iterations * ops_per_iteration));
   }
-  OverheadRow row{std::move(key), std::move(label), std::move(shape), iterations,
-                  ops_per_iteration, repeats};
+  OverheadRow row{std::move(key), std::move(label),  std::move(shape),
+                  iterations,     ops_per_iteration, repeats};
   row.ns_median = median(ns);
   row.ns_min = *std::min_element(ns.begin(), ns.end());
   return row;
@@ -172,32 +174,31 @@ std::vector<OverheadRow> bench_overhead(bool quick) {
     rows.push_back(time_overhead("add_nograd", "add, grad mode off", "(4,)", iters, 1, repeats,
                                  [&] { consume(mt::add(a, b)); }));
   }
-  rows.push_back(time_overhead("add_record", "add, input requires grad", "(4,)", iters, 1,
-                               repeats, [&] { consume(mt::add(ag, b)); }));
-  rows.push_back(time_overhead("mul_record", "mul, input requires grad", "(4,)", iters, 1,
-                               repeats, [&] { consume(mt::mul(ag, b)); }));
-  rows.push_back(time_overhead("exp_record", "exp, input requires grad", "(4,)", iters, 1,
-                               repeats, [&] { consume(mt::exp(ag)); }));
-  rows.push_back(time_overhead("matmul_record", "matmul, input requires grad", "(2, 2)", iters,
-                               1, repeats, [&] { consume(mt::matmul(mg, m)); }));
-  rows.push_back(time_overhead("sum_record", "sum, input requires grad", "(4,)", iters, 1,
-                               repeats, [&] { consume(mt::sum(ag)); }));
+  rows.push_back(time_overhead("add_record", "add, input requires grad", "(4,)", iters, 1, repeats,
+                               [&] { consume(mt::add(ag, b)); }));
+  rows.push_back(time_overhead("mul_record", "mul, input requires grad", "(4,)", iters, 1, repeats,
+                               [&] { consume(mt::mul(ag, b)); }));
+  rows.push_back(time_overhead("exp_record", "exp, input requires grad", "(4,)", iters, 1, repeats,
+                               [&] { consume(mt::exp(ag)); }));
+  rows.push_back(time_overhead("matmul_record", "matmul, input requires grad", "(2, 2)", iters, 1,
+                               repeats, [&] { consume(mt::matmul(mg, m)); }));
+  rows.push_back(time_overhead("sum_record", "sum, input requires grad", "(4,)", iters, 1, repeats,
+                               [&] { consume(mt::sum(ag)); }));
   // Ten recorded ops, then the backward pass over them (which runs their backward rules).
-  rows.push_back(time_overhead(
-      "chain10_record_backward", "10-op chain, record + backward", "(4,)", chain_iters, 10,
-      repeats, [&] {
-        mt::Tensor t = mt::mul(ag, ag);   // 1
-        t = mt::add(t, ag);               // 2
-        t = mt::tanh(t);                  // 3
-        t = mt::mul(t, b);                // 4
-        t = mt::sub(t, half);             // 5
-        t = mt::exp(t);                   // 6
-        t = mt::mul(t, half);             // 7
-        t = mt::add(t, ag);               // 8
-        t = mt::sigmoid(t);               // 9
-        mt::Tensor loss = mt::sum(t);     // 10
-        consume(mt::autograd::grad({loss}, {ag})[0]);
-      }));
+  rows.push_back(time_overhead("chain10_record_backward", "10-op chain, record + backward", "(4,)",
+                               chain_iters, 10, repeats, [&] {
+                                 mt::Tensor t = mt::mul(ag, ag);  // 1
+                                 t = mt::add(t, ag);              // 2
+                                 t = mt::tanh(t);                 // 3
+                                 t = mt::mul(t, b);               // 4
+                                 t = mt::sub(t, half);            // 5
+                                 t = mt::exp(t);                  // 6
+                                 t = mt::mul(t, half);            // 7
+                                 t = mt::add(t, ag);              // 8
+                                 t = mt::sigmoid(t);              // 9
+                                 mt::Tensor loss = mt::sum(t);    // 10
+                                 consume(mt::autograd::grad({loss}, {ag})[0]);
+                               }));
   return rows;
 }
 
@@ -292,8 +293,8 @@ int run(int argc, char** argv) {
     return rc == 0 ? 0 : 2;
   }
   if (threads_option < 0) {
-    std::cerr << "metatape-bench-engine: --threads must be >= 1, or 0 for the OpenMP default (got " << threads_option
-              << ")\n";
+    std::cerr << "metatape-bench-engine: --threads must be >= 1, or 0 for the OpenMP default (got "
+              << threads_option << ")\n";
     return 2;
   }
   if (threads_option > 0) omp_set_num_threads(threads_option);
@@ -301,8 +302,8 @@ int run(int argc, char** argv) {
   const std::string model = cpu_model();
   const int threads = Eigen::nbThreads();
   std::printf("metatape engine benchmark%s\n", quick ? " (--quick)" : "");
-  std::printf("device: cpu (%s), threads: %d, commit: %s, compiler: %s\n\n", model.c_str(),
-              threads, METATAPE_GIT_COMMIT, compiler().c_str());
+  std::printf("device: cpu (%s), threads: %d, commit: %s, compiler: %s\n\n", model.c_str(), threads,
+              METATAPE_GIT_COMMIT, compiler().c_str());
 
   // a) Per-op overhead.
   std::printf("a) per-op overhead, f32, tiny tensors\n");
@@ -326,8 +327,8 @@ int run(int argc, char** argv) {
     int64_t n;
     int warmup, repeats;
   };
-  const std::vector<Size> sizes =
-      quick ? std::vector<Size>{{256, 1, 3}, {1024, 1, 2}} : std::vector<Size>{{512, 2, 9}, {2048, 1, 3}};
+  const std::vector<Size> sizes = quick ? std::vector<Size>{{256, 1, 3}, {1024, 1, 2}}
+                                        : std::vector<Size>{{512, 2, 9}, {2048, 1, 3}};
   std::vector<MatmulRow> matmul_rows;
   for (const auto& s : sizes) {
     MatmulRow row;

@@ -8,9 +8,6 @@
 // query loss at the fast weights w.r.t. p includes the second-order term. The fast weights are
 // substituted into the model by name through the ParamMap argument of forward(); the model's
 // own parameters are never copied or modified except by the outer optimizer step.
-#include <CLI/CLI.hpp>
-#include <fmt/format.h>
-
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -23,6 +20,9 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
 
 #include "engine/autograd/engine.h"
 #include "engine/autograd/grad_mode.h"
@@ -105,8 +105,8 @@ class Adam {
     }
   }
   void step(const mt::TensorList& grads) {
-    MT_CHECK(grads.size() == params_.size(), "Adam: {} gradients for {} parameters",
-             grads.size(), params_.size());
+    MT_CHECK(grads.size() == params_.size(), "Adam: {} gradients for {} parameters", grads.size(),
+             params_.size());
     mt::NoGradGuard no_grad;
     ++t_;
     const double bc1 = 1.0 - std::pow(kBeta1, double(t_));
@@ -135,8 +135,7 @@ mt::nn::ParamMap inner_step(const mt::nn::ParamMap& weights, const mt::Tensor& l
                             double inner_lr, bool create_graph) {
   mt::TensorList inputs;
   for (const auto& [name, w] : weights) inputs.push_back(w);
-  const mt::TensorList grads =
-      mt::autograd::grad({loss}, inputs, {}, std::nullopt, create_graph);
+  const mt::TensorList grads = mt::autograd::grad({loss}, inputs, {}, std::nullopt, create_graph);
   mt::nn::ParamMap fast;
   size_t i = 0;
   for (const auto& [name, w] : weights) {
@@ -167,10 +166,11 @@ void meta_train(SineNet& net, const Options& opt, mt::Generator& task_gen) {
   for (const auto& [name, p] : params) param_list.push_back(p);
   Adam adam(param_list, opt.outer_lr);
 
-  std::printf("meta-training: %d steps x %d tasks, K=%lld support / %lld query points, "
-              "%d inner step(s) at lr %g, Adam at lr %g\n",
-              opt.steps, opt.tasks_per_step, static_cast<long long>(kShots),
-              static_cast<long long>(kQuery), opt.inner_steps, opt.inner_lr, opt.outer_lr);
+  std::printf(
+      "meta-training: %d steps x %d tasks, K=%lld support / %lld query points, "
+      "%d inner step(s) at lr %g, Adam at lr %g\n",
+      opt.steps, opt.tasks_per_step, static_cast<long long>(kShots), static_cast<long long>(kQuery),
+      opt.inner_steps, opt.inner_lr, opt.outer_lr);
   std::printf("%8s %18s %18s %12s\n", "step", "query MSE pre", "query MSE post", "ms/step");
 
   double window_pre = 0, window_post = 0, window_seconds = 0;
@@ -250,11 +250,10 @@ std::string validate(const Options& opt) {
   auto positive_int = [](const char* name, int v) {
     return v > 0 ? std::string() : fmt::format("{} must be positive (got {})", name, v);
   };
-  for (auto [name, value] : {std::pair{"--steps", opt.steps},
-                             std::pair{"--tasks-per-step", opt.tasks_per_step},
-                             std::pair{"--inner-steps", opt.inner_steps},
-                             std::pair{"--eval-tasks", opt.eval_tasks},
-                             std::pair{"--log-every", opt.log_every}}) {
+  for (auto [name, value] :
+       {std::pair{"--steps", opt.steps}, std::pair{"--tasks-per-step", opt.tasks_per_step},
+        std::pair{"--inner-steps", opt.inner_steps}, std::pair{"--eval-tasks", opt.eval_tasks},
+        std::pair{"--log-every", opt.log_every}}) {
     if (std::string error = positive_int(name, value); !error.empty()) return error;
   }
   if (!positive_finite(opt.inner_lr))
