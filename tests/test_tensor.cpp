@@ -65,6 +65,31 @@ TEST_CASE("memory statistics track current and peak bytes", "[tensor][memory]") 
   CHECK(memory_stats().peak_allocated_bytes == memory_stats().allocated_bytes);
 }
 
+TEST_CASE("large CPU blocks are cached and reused; empty_cache returns them", "[tensor][memory]") {
+  empty_cache();
+  const MemoryStats s0 = memory_stats();
+  const void* first = nullptr;
+  {
+    Tensor a = empty(Shape{1 << 18}, DType::f32);  // 1 MiB: above the 256 KiB cache threshold
+    first = a.raw_data();
+  }
+  const MemoryStats s1 = memory_stats();
+  CHECK(s1.allocated_bytes == s0.allocated_bytes);
+  CHECK(s1.reserved_bytes - s0.reserved_bytes == 1 << 20);  // kept for reuse
+  {
+    Tensor b = empty(Shape{1 << 18}, DType::f32);
+    CHECK(b.raw_data() == first);  // the same block came back
+    CHECK(memory_stats().reserved_bytes == s1.reserved_bytes);
+  }
+  // A size in the same quarter-power-of-two bin reuses the block too (1 MiB - 4 KiB).
+  {
+    Tensor c = empty(Shape{(1 << 18) - 1024}, DType::f32);
+    CHECK(c.raw_data() == first);
+  }
+  empty_cache();
+  CHECK(memory_stats().reserved_bytes == s0.reserved_bytes);
+}
+
 TEST_CASE("backend queries work without a GPU", "[tensor][backend]") {
   // Builds with nvcc report built_with_cuda; the device count is 0 on machines without a GPU and
   // must never throw.
