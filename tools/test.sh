@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs dependencies, configures, builds and runs the whole ctest suite.
+# Installs dependencies, configures, builds (tools/build.sh) and runs the whole ctest suite.
 # Usage: tools/test.sh [extra cmake configure arguments...]
 #   BUILD_DIR=dir tools/test.sh   builds into dir instead of build/
 # Exits with ctest's status.
@@ -7,19 +7,10 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BUILD_DIR="${BUILD_DIR:-build}"
-JOBS="$(nproc)"
+export BUILD_DIR
 
-bash tools/install-deps.sh
-
-cmake -S . -B "$BUILD_DIR" -G Ninja \
-  -DCMAKE_BUILD_TYPE=Release \
-  -DMETATAPE_BUILD_TESTS=ON \
-  -DMETATAPE_BUILD_BENCH=ON \
-  -DMETATAPE_WERROR=ON \
-  "$@"
-
-cmake --build "$BUILD_DIR" -j "$JOBS"
+bash tools/build.sh "$@"
 
 status=0
-ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" || status=$?
+ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$(nproc)" || status=$?
 exit "$status"
