@@ -49,6 +49,8 @@ Tensor tanh(const Tensor& x);
 Tensor sigmoid(const Tensor& x);
 Tensor relu(const Tensor& x);
 Tensor erf(const Tensor& x);
+Tensor sin(const Tensor& x);
+Tensor cos(const Tensor& x);
 Tensor gelu(const Tensor& x);  // exact: x * Phi(x) with the normal CDF via erf
 Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi);
 
@@ -104,6 +106,29 @@ Tensor layer_norm(const Tensor& x, int normalized_rank, const Tensor& weight, co
 Tensor embedding(const Tensor& weight, const Tensor& indices);
 // rows (indices.shape..., D) summed into zeros (num_rows, D) at indices (deterministic).
 Tensor embedding_backward(const Tensor& rows, const Tensor& indices, int64_t num_rows);
+
+// ---- attention (engine/ops/attention.cpp) ----
+// Rotary time embedding of x (n, heads, dh) at times (n): pair k = (2k, 2k+1) of every head is
+// rotated by the angle times[i] * inv_freq[k]; inv_freq (dh/2) may hold zeros for pairs that are
+// not rotated. Differentiable in x (times and frequencies are data).
+Tensor rotary(const Tensor& x, const Tensor& times, const Tensor& inv_freq);
+// Frequencies of POYO/POCO's rotary embedding: 2 pi / (t_min (t_max/t_min)^(2k/(dh/2))) for the
+// first dh/4 pairs, zero for the rest (half of the head dims are not rotated), t_min = t_max/1000.
+Tensor rotary_inv_freq(int64_t dim_head, double t_max, DType dtype = DType::f32);
+
+struct VarlenAttention {
+  int64_t heads = 1;
+  std::vector<int64_t> q_lengths;  // (B) queries per sample; sum = q.size(0)
+  std::vector<int64_t> k_lengths;  // (B) keys per sample; sum = k.size(0)
+  Tensor q_times, k_times;         // (Nq), (Nk) rotary times; undefined = no rotary
+  Tensor inv_freq;                 // (dh/2) rotary frequencies
+  bool rotate_value = false;       // rotate v by key time and the output back by query time
+};
+// Block-diagonal multi-head attention: q (Nq, heads*dh), k and v (Nk, heads*dh); sample b's
+// queries attend only to sample b's keys. softmax(q k^T / sqrt(dh)) v per sample and head.
+// Composed from differentiable ops: the reference for fused kernels, correct to any order.
+Tensor varlen_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                        const VarlenAttention& spec);
 
 // ---- losses (engine/ops/loss.cpp) ----
 Tensor mse_loss(const Tensor& prediction, const Tensor& target);  // mean of squared error

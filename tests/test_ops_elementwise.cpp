@@ -49,6 +49,8 @@ std::vector<UnaryCase> unary_cases() {
       {"relu(neg side)", [](const Tensor& x) { return relu(x); },
        [](double v) { return v > 0 ? v : 0.0; }, -2, -0.1},
       {"erf", [](const Tensor& x) { return erf(x); }, [](double v) { return std::erf(v); }, -2, 2},
+      {"sin", [](const Tensor& x) { return sin(x); }, [](double v) { return std::sin(v); }, -3, 3},
+      {"cos", [](const Tensor& x) { return cos(x); }, [](double v) { return std::cos(v); }, -3, 3},
       {"gelu", [](const Tensor& x) { return gelu(x); },
        [s2](double v) { return 0.5 * v * (1 + std::erf(v / s2)); }, -3, 3},
       // clamp: inputs avoid the bounds by the domain (inside) and the separate cases below.

@@ -79,4 +79,26 @@ Tensor Linear::forward(const Tensor& x, const ParamMap* overrides) const {
   return y;
 }
 
+LayerNorm::LayerNorm(int64_t dim, double eps, DType dtype) : eps_(eps) {
+  weight_ = register_parameter("weight", ones(Shape{dim}, dtype));
+  bias_ = register_parameter("bias", zeros(Shape{dim}, dtype));
+}
+
+Tensor LayerNorm::forward(const Tensor& x, const ParamMap* overrides) const {
+  return layer_norm(x, 1, param(overrides, "weight", weight_), param(overrides, "bias", bias_),
+                    eps_);
+}
+
+Embedding::Embedding(int64_t rows, int64_t dim, double init_std, Generator& gen, DType dtype) {
+  weight_ = register_parameter("weight", normal(Shape{rows, dim}, 0.0, init_std, gen, dtype));
+}
+
+const Tensor& Embedding::table(const ParamMap* overrides) const {
+  return param(overrides, "weight", weight_);
+}
+
+Tensor Embedding::forward(const Tensor& indices, const ParamMap* overrides) const {
+  return embedding(table(overrides), indices);
+}
+
 }  // namespace mt::nn

@@ -76,4 +76,27 @@ class Linear : public Module {
   Tensor bias_;    // (out) or undefined
 };
 
+// LayerNorm over the last dim with affine weight (ones) and bias (zeros), as torch.nn.LayerNorm.
+class LayerNorm : public Module {
+ public:
+  LayerNorm(int64_t dim, double eps = 1e-5, DType dtype = DType::f32);
+  Tensor forward(const Tensor& x, const ParamMap* overrides = nullptr) const;  // (..., dim)
+
+ private:
+  double eps_;
+  Tensor weight_, bias_;  // (dim)
+};
+
+// A table of rows gathered by index, initialised N(0, init_std).
+class Embedding : public Module {
+ public:
+  Embedding(int64_t rows, int64_t dim, double init_std, Generator& gen, DType dtype = DType::f32);
+  Tensor forward(const Tensor& indices, const ParamMap* overrides = nullptr) const;
+  // The table itself (or its override).
+  const Tensor& table(const ParamMap* overrides = nullptr) const;
+
+ private:
+  Tensor weight_;  // (rows, dim)
+};
+
 }  // namespace mt::nn

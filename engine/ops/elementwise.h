@@ -18,7 +18,8 @@ extern DispatchStub<BinaryKernel> add_kernel, sub_kernel, mul_kernel, div_kernel
     eq_kernel, ne_kernel, lt_kernel, le_kernel, gt_kernel, ge_kernel;
 extern DispatchStub<TernaryKernel> where_kernel;
 extern DispatchStub<UnaryKernel> neg_kernel, exp_kernel, log_kernel, sqrt_kernel, rsqrt_kernel,
-    abs_kernel, sign_kernel, tanh_kernel, sigmoid_kernel, relu_kernel, erf_kernel, gelu_kernel;
+    abs_kernel, sign_kernel, tanh_kernel, sigmoid_kernel, relu_kernel, erf_kernel, gelu_kernel,
+    sin_kernel, cos_kernel;
 extern DispatchStub<ClampKernel> clamp_kernel;
 
 // dst (any strides) = src broadcast to dst's shape, converting dtype; no autograd recording.

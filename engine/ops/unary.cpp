@@ -36,6 +36,8 @@ MT_CPU_UNARY(tanh, std::tanh(v))
 MT_CPU_UNARY(sigmoid, T(1) / (T(1) + std::exp(-v)))
 MT_CPU_UNARY(relu, v > T(0) ? v : T(0))
 MT_CPU_UNARY(erf, std::erf(v))
+MT_CPU_UNARY(sin, std::sin(v))
+MT_CPU_UNARY(cos, std::cos(v))
 MT_CPU_UNARY(gelu, T(0.5) * v * (T(1) + std::erf(v * T(std::numbers::sqrt2 / 2))))
 #undef MT_CPU_UNARY
 
@@ -171,6 +173,26 @@ Tensor erf(const Tensor& x) {
       // d erf(x) = 2/sqrt(pi) exp(-x^2)
       Tensor e = exp(neg(mul(x, x)));
       return mul(g, mul(e, scalar_like(x, 2.0 * std::numbers::inv_sqrtpi)));
+    });
+  }
+  return y;
+}
+
+Tensor sin(const Tensor& x) {
+  Tensor y = unary_forward(sin_kernel, x);
+  if (any_requires_grad(x)) {
+    record_unary("sin", x, y, Save::input, [](const Tensor& g, const Tensor& x) {
+      return mul(g, cos(x));
+    });
+  }
+  return y;
+}
+
+Tensor cos(const Tensor& x) {
+  Tensor y = unary_forward(cos_kernel, x);
+  if (any_requires_grad(x)) {
+    record_unary("cos", x, y, Save::input, [](const Tensor& g, const Tensor& x) {
+      return neg(mul(g, sin(x)));
     });
   }
   return y;

@@ -1,0 +1,104 @@
+// Rotary time embeddings and block-diagonal (variable-length) multi-head attention, composed
+// from the engine's differentiable ops. This is the CPU path and the oracle for the fused CUDA
+// kernels: because it is made of ops, its gradients of every order are right by construction.
+#include <cmath>
+#include <numbers>
+#include <numeric>
+
+#include "engine/ops/elementwise.h"
+
+namespace mt {
+
+Tensor rotary_inv_freq(int64_t dim_head, double t_max, DType dtype) {
+  MT_CHECK(dim_head > 0 && dim_head % 4 == 0,
+           "rotary_inv_freq: dim_head must be a positive multiple of 4, got {}", dim_head);
+  MT_CHECK(t_max > 0, "rotary_inv_freq: t_max must be positive, got {}", t_max);
+  const double t_min = t_max / 1000.0;
+  const int64_t half = dim_head / 2;
+  std::vector<double> f(size_t(half), 0.0);
+  for (int64_t k = 0; k < dim_head / 4; ++k)
+    f[size_t(k)] = 2.0 * std::numbers::pi /
+                   (t_min * std::pow(t_max / t_min, double(2 * k) / double(half)));
+  return from_vector(f, Shape{half}, dtype);
+}
+
+Tensor rotary(const Tensor& x, const Tensor& times, const Tensor& inv_freq) {
+  MT_CHECK(x.dim() == 3 && x.size(2) % 2 == 0,
+           "rotary: x must be (n, heads, dh) with even dh, got {}", x.shape().str());
+  MT_CHECK(times.dim() == 1 && times.size(0) == x.size(0),
+           "rotary: times must be (n) = ({}), got {}", x.size(0), times.shape().str());
+  const int64_t n = x.size(0), heads = x.size(1), half = x.size(2) / 2;
+  MT_CHECK(inv_freq.dim() == 1 && inv_freq.size(0) == half,
+           "rotary: inv_freq must be (dh/2) = ({}), got {}", half, inv_freq.shape().str());
+  // angle (n, 1, dh/2, 1): the same for every head and for both members of a pair.
+  Tensor angle = mul(times.reshape(Shape{n, 1}), inv_freq.reshape(Shape{1, half}))
+                     .reshape(Shape{n, 1, half, 1});
+  Tensor c = cos(angle), s = sin(angle);
+  Tensor pairs = x.reshape(Shape{n, heads, half, 2});
+  Tensor even = pairs.narrow(3, 0, 1), odd = pairs.narrow(3, 1, 1);
+  // (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin)
+  Tensor y = cat({sub(mul(even, c), mul(odd, s)), add(mul(odd, c), mul(even, s))}, 3);
+  return y.reshape(x.shape());
+}
+
+namespace {
+// Offsets (B+1) of a list of lengths, checked against the rows they must cover.
+std::vector<int64_t> offsets(const std::vector<int64_t>& lengths, int64_t total, const char* what) {
+  std::vector<int64_t> cu(lengths.size() + 1, 0);
+  for (size_t b = 0; b < lengths.size(); ++b) {
+    MT_CHECK(lengths[b] >= 0, "varlen_attention: {}[{}] is negative ({})", what, b, lengths[b]);
+    cu[b + 1] = cu[b] + lengths[b];
+  }
+  MT_CHECK(cu.back() == total, "varlen_attention: {} add up to {} but the tensor has {} rows",
+           what, cu.back(), total);
+  return cu;
+}
+}  // namespace
+
+Tensor varlen_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                        const VarlenAttention& spec) {
+  MT_CHECK(q.dim() == 2 && k.dim() == 2 && v.dim() == 2,
+           "varlen_attention: q, k, v must be (rows, heads*dh); got {}, {}, {}", q.shape().str(),
+           k.shape().str(), v.shape().str());
+  const int64_t H = spec.heads;
+  MT_CHECK(H > 0 && q.size(1) % H == 0, "varlen_attention: {} features do not split into {} heads",
+           q.size(1), H);
+  MT_CHECK(k.shape() == v.shape() && k.size(1) == q.size(1),
+           "varlen_attention: k {} and v {} must match each other and q's features {}",
+           k.shape().str(), v.shape().str(), q.size(1));
+  MT_CHECK(spec.q_lengths.size() == spec.k_lengths.size(),
+           "varlen_attention: {} query lengths but {} key lengths; give one of each per sample",
+           spec.q_lengths.size(), spec.k_lengths.size());
+  const int64_t dh = q.size(1) / H, Nq = q.size(0), Nk = k.size(0);
+  const auto cq = offsets(spec.q_lengths, Nq, "q_lengths");
+  const auto ck = offsets(spec.k_lengths, Nk, "k_lengths");
+  const bool rotate = spec.q_times.defined();
+  MT_CHECK(rotate == spec.k_times.defined(),
+           "varlen_attention: give both q_times and k_times for rotary, or neither");
+  MT_CHECK(!spec.rotate_value || rotate, "varlen_attention: rotate_value needs rotary times");
+
+  Tensor q3 = q.reshape(Shape{Nq, H, dh}), k3 = k.reshape(Shape{Nk, H, dh}),
+         v3 = v.reshape(Shape{Nk, H, dh});
+  if (rotate) {
+    q3 = rotary(q3, spec.q_times, spec.inv_freq);
+    k3 = rotary(k3, spec.k_times, spec.inv_freq);
+    if (spec.rotate_value) v3 = rotary(v3, spec.k_times, spec.inv_freq);
+  }
+  const double scale = 1.0 / std::sqrt(double(dh));
+  TensorList outs;
+  for (size_t b = 0; b + 1 < cq.size(); ++b) {
+    const int64_t nq = spec.q_lengths[b], nk = spec.k_lengths[b];
+    if (nq == 0) continue;
+    MT_CHECK(nk > 0, "varlen_attention: sample {} has {} queries but no keys to attend to", b, nq);
+    Tensor qb = q3.narrow(0, cq[b], nq).permute(Shape{1, 0, 2});  // (H, nq, dh)
+    Tensor kb = k3.narrow(0, ck[b], nk).permute(Shape{1, 2, 0});  // (H, dh, nk)
+    Tensor vb = v3.narrow(0, ck[b], nk).permute(Shape{1, 0, 2});  // (H, nk, dh)
+    Tensor p = softmax(mul(matmul(qb, kb), scale), -1);          // (H, nq, nk)
+    outs.push_back(matmul(p, vb).permute(Shape{1, 0, 2}));       // (nq, H, dh)
+  }
+  Tensor o = outs.empty() ? zeros(Shape{0, H, dh}, q.dtype(), q.device()) : cat(outs, 0);
+  if (spec.rotate_value) o = rotary(o, neg(spec.q_times), spec.inv_freq);
+  return o.reshape(Shape{Nq, H * dh});
+}
+
+}  // namespace mt
