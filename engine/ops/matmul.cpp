@@ -121,6 +121,13 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   check_operands("matmul", {&a, &b});
   MT_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: operands must have rank >= 1 (got {} and {})",
            a.shape().str(), b.shape().str());
+  if (a.dim() > 2 && b.dim() == 2) {
+    // (..., M, K) x (K, N): one GEMM over all rows instead of one per batch entry; the backward
+    // then also runs as two large GEMMs (no per-batch products summed afterwards).
+    Shape out_shape = a.shape();
+    out_shape[a.dim() - 1] = b.size(1);
+    return batched_matmul(a.reshape(Shape{-1, a.size(-1)}), b).reshape(out_shape);
+  }
   if (a.dim() >= 2 && b.dim() >= 2) return batched_matmul(a, b);
   Tensor a2 = a.dim() == 1 ? unsqueeze(a, 0) : a;
   Tensor b2 = b.dim() == 1 ? unsqueeze(b, -1) : b;

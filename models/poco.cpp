@@ -1,0 +1,267 @@
+#include "models/poco.h"
+
+#include <numeric>
+
+#include "engine/autograd/grad_mode.h"
+
+namespace mt::models {
+
+void PocoConfig::validate() const {
+  auto positive = [](int64_t v, const char* name) {
+    MT_CHECK(v > 0, "POCO config: {} must be positive, got {}", name, v);
+  };
+  positive(dim, "dim");
+  positive(dim_head, "dim_head");
+  positive(cross_heads, "cross_heads");
+  positive(self_heads, "self_heads");
+  positive(num_latents, "num_latents");
+  positive(seq_length, "seq_length");
+  positive(pred_length, "pred_length");
+  positive(patch, "patch");
+  positive(conditioning_dim, "conditioning_dim");
+  MT_CHECK(depth >= 0, "POCO config: depth must be >= 0, got {}", depth);
+  MT_CHECK(pred_length < seq_length,
+           "POCO config: pred_length {} must be smaller than seq_length {} (the context is their "
+           "difference)",
+           pred_length, seq_length);
+  MT_CHECK(context() % patch == 0,
+           "POCO config: the context seq_length - pred_length = {} must be a multiple of patch {}",
+           context(), patch);
+  MT_CHECK(dim_head % 4 == 0, "POCO config: dim_head {} must be a multiple of 4 (rotary pairs)",
+           dim_head);
+  MT_CHECK(rotary_t_max > 0, "POCO config: rotary_t_max must be positive, got {}", rotary_t_max);
+  MT_CHECK(ffn_dropout >= 0 && ffn_dropout < 1 && lin_dropout >= 0 && lin_dropout < 1,
+           "POCO config: dropout rates must be in [0, 1) (ffn_dropout {}, lin_dropout {})",
+           ffn_dropout, lin_dropout);
+}
+
+PocoConfig PocoConfig::paper() { return PocoConfig{}; }
+
+PocoConfig PocoConfig::seed() {
+  PocoConfig c;
+  c.dim = 512;
+  c.num_latents = 64;
+  c.depth = 2;
+  c.self_heads = 8;
+  c.seq_length = 24;
+  c.pred_length = 12;
+  c.patch = 4;
+  return c;
+}
+
+PocoConfig PocoConfig::named(const std::string& name) {
+  if (name == "poco-paper") return paper();
+  if (name == "poco-seed") return seed();
+  MT_FAIL("unknown POCO configuration '{}'; the named ones are poco-paper and poco-seed", name);
+}
+
+// ---- blocks ----
+
+FeedForward::FeedForward(int64_t dim, double dropout, Generator& gen, DType dtype)
+    : dropout_(dropout) {
+  norm_ = register_module("norm", std::make_shared<nn::LayerNorm>(dim, 1e-5, dtype));
+  fc1_ = register_module("fc1", std::make_shared<nn::Linear>(dim, 8 * dim, true, gen, dtype));
+  fc2_ = register_module("fc2", std::make_shared<nn::Linear>(4 * dim, dim, true, gen, dtype));
+}
+
+Tensor FeedForward::forward(const Tensor& x, const nn::ParamMap* ov, Generator* gen) const {
+  Tensor h = fc1_->forward(norm_->forward(x, ov), ov);  // (n, 8D)
+  const int64_t half = h.size(-1) / 2;
+  Tensor a = mul(h.narrow(-1, 0, half), gelu(h.narrow(-1, half, half)));  // GEGLU
+  if (gen) a = dropout(a, dropout_, true, *gen);
+  return fc2_->forward(a, ov);
+}
+
+CrossAttention::CrossAttention(int64_t dim, int64_t heads, int64_t dim_head, bool rotate_value,
+                               Generator& gen, DType dtype)
+    : heads_(heads), dim_head_(dim_head), rotate_value_(rotate_value) {
+  const int64_t inner = heads * dim_head;
+  norm_ = register_module("norm", std::make_shared<nn::LayerNorm>(dim, 1e-5, dtype));
+  norm_context_ = register_module("norm_context", std::make_shared<nn::LayerNorm>(dim, 1e-5, dtype));
+  q_proj_ = register_module("q_proj", std::make_shared<nn::Linear>(dim, inner, false, gen, dtype));
+  kv_proj_ =
+      register_module("kv_proj", std::make_shared<nn::Linear>(dim, 2 * inner, false, gen, dtype));
+  out_proj_ = register_module("out_proj", std::make_shared<nn::Linear>(inner, dim, true, gen, dtype));
+}
+
+Tensor CrossAttention::forward(const Tensor& xq, const Tensor& xc, const AttentionLayout& layout,
+                               const Tensor& inv_freq, const nn::ParamMap* ov) const {
+  const int64_t inner = heads_ * dim_head_;
+  Tensor q = q_proj_->forward(norm_->forward(xq, ov), ov);                  // (nq, inner)
+  Tensor kv = kv_proj_->forward(norm_context_->forward(xc, ov), ov);        // (nk, 2 inner)
+  VarlenAttention spec{heads_, layout.q_lengths, layout.k_lengths, layout.q_times,
+                       layout.k_times, inv_freq, rotate_value_};
+  Tensor o = varlen_attention(q, kv.narrow(1, 0, inner), kv.narrow(1, inner, inner), spec);
+  return out_proj_->forward(o, ov);
+}
+
+SelfAttention::SelfAttention(int64_t dim, int64_t heads, int64_t dim_head, Generator& gen,
+                             DType dtype)
+    : heads_(heads), dim_head_(dim_head) {
+  const int64_t inner = heads * dim_head;
+  norm_ = register_module("norm", std::make_shared<nn::LayerNorm>(dim, 1e-5, dtype));
+  qkv_proj_ =
+      register_module("qkv_proj", std::make_shared<nn::Linear>(dim, 3 * inner, false, gen, dtype));
+  out_proj_ = register_module("out_proj", std::make_shared<nn::Linear>(inner, dim, true, gen, dtype));
+}
+
+Tensor SelfAttention::forward(const Tensor& x, const AttentionLayout& layout,
+                              const Tensor& inv_freq, const nn::ParamMap* ov) const {
+  const int64_t inner = heads_ * dim_head_;
+  Tensor qkv = qkv_proj_->forward(norm_->forward(x, ov), ov);  // (n, 3 inner)
+  VarlenAttention spec{heads_, layout.q_lengths, layout.k_lengths, layout.q_times,
+                       layout.k_times, inv_freq, /*rotate_value=*/true};
+  Tensor o = varlen_attention(qkv.narrow(1, 0, inner), qkv.narrow(1, inner, inner),
+                              qkv.narrow(1, 2 * inner, inner), spec);
+  return out_proj_->forward(o, ov);
+}
+
+// ---- the model ----
+
+Poco::Poco(const PocoConfig& config, std::vector<int64_t> session_sizes, Generator& gen,
+           DType dtype)
+    : config_(config), session_sizes_(std::move(session_sizes)), dtype_(dtype) {
+  config_.validate();
+  MT_CHECK(!session_sizes_.empty(), "POCO: at least one session is needed");
+  int64_t total = 0;
+  for (size_t s = 0; s < session_sizes_.size(); ++s) {
+    MT_CHECK(session_sizes_[s] > 0, "POCO: session {} has {} neurons", s, session_sizes_[s]);
+    unit_offsets_.push_back(total);
+    total += session_sizes_[s];
+  }
+  const PocoConfig& c = config_;
+  const int64_t D = c.dim;
+  unit_emb_ = register_module("unit_emb",
+                              std::make_shared<nn::Embedding>(total, D, c.emb_init_std, gen, dtype));
+  session_emb_ = register_module(
+      "session_emb", std::make_shared<nn::Embedding>(int64_t(session_sizes_.size()), D,
+                                                     c.emb_init_std, gen, dtype));
+  latent_emb_ = register_module(
+      "latent_emb", std::make_shared<nn::Embedding>(c.num_latents, D, c.emb_init_std, gen, dtype));
+  input_proj_ =
+      register_module("input_proj", std::make_shared<nn::Linear>(c.patch, D, true, gen, dtype));
+
+  auto encoder = register_module("encoder", std::make_shared<Group>());
+  enc_cross_ = encoder->register_module(
+      "cross", std::make_shared<CrossAttention>(D, c.cross_heads, c.dim_head, true, gen, dtype));
+  enc_ffn_ = encoder->register_module("ffn",
+                                      std::make_shared<FeedForward>(D, c.ffn_dropout, gen, dtype));
+  auto process = register_module("process", std::make_shared<Group>());
+  for (int64_t i = 0; i < c.depth; ++i) {
+    auto layer = process->register_module(std::to_string(i), std::make_shared<Group>());
+    proc_attn_.push_back(layer->register_module(
+        "attn", std::make_shared<SelfAttention>(D, c.self_heads, c.dim_head, gen, dtype)));
+    proc_ffn_.push_back(
+        layer->register_module("ffn", std::make_shared<FeedForward>(D, c.ffn_dropout, gen, dtype)));
+  }
+  auto decoder = register_module("decoder", std::make_shared<Group>());
+  dec_cross_ = decoder->register_module(
+      "cross", std::make_shared<CrossAttention>(D, c.cross_heads, c.dim_head, false, gen, dtype));
+  dec_ffn_ = decoder->register_module("ffn",
+                                      std::make_shared<FeedForward>(D, c.ffn_dropout, gen, dtype));
+
+  auto head = register_module("head", std::make_shared<Group>());
+  const int64_t H = c.conditioning_dim;
+  head_in_ = head->register_module("in_proj",
+                                   std::make_shared<nn::Linear>(c.context(), H, true, gen, dtype));
+  head_alpha_ = head->register_module("alpha", std::make_shared<nn::Linear>(D, H, true, gen, dtype));
+  head_beta_ = head->register_module("beta", std::make_shared<nn::Linear>(D, H, true, gen, dtype));
+  head_out_ = head->register_module(
+      "out_proj", std::make_shared<nn::Linear>(H, c.pred_length, true, gen, dtype));
+  {
+    // FiLM starts as the identity-free map: alpha = beta = 0, so the prediction begins as the
+    // out_proj bias and the population conditioning is learned from there (as POCO does).
+    NoGradGuard no_grad;
+    for (auto& t : head_alpha_->parameters()) t.zero_();
+    for (auto& t : head_beta_->parameters()) t.zero_();
+  }
+  inv_freq_ = rotary_inv_freq(c.dim_head, c.rotary_t_max, dtype);
+}
+
+int64_t Poco::unit_offset(int64_t session) const {
+  MT_CHECK(session >= 0 && session < int64_t(session_sizes_.size()),
+           "POCO: session {} does not exist (the model has {})", session, session_sizes_.size());
+  return unit_offsets_[size_t(session)];
+}
+
+int64_t Poco::backbone_parameter_count() const {
+  int64_t n = 0;
+  for (const auto& [name, t] : named_parameters())
+    if (name.rfind("unit_emb.", 0) != 0 && name.rfind("session_emb.", 0) != 0 &&
+        name.rfind("latent_emb.", 0) != 0)
+      n += t.numel();
+  return n;
+}
+
+void Poco::check_batch(const PocoBatch& b) const {
+  const int64_t Tin = config_.context();
+  MT_CHECK(b.x.defined() && b.x.dim() == 2 && b.x.size(1) == Tin,
+           "POCO batch: x must be (neurons, {}) (the context seq_length - pred_length), got {}",
+           Tin, b.x.defined() ? b.x.shape().str() : "undefined");
+  MT_CHECK(b.x.dtype() == dtype_, "POCO batch: x is {} but the model is {}",
+           dtype_name(b.x.dtype()), dtype_name(dtype_));
+  const int64_t n = b.x.size(0);
+  MT_CHECK(b.unit_index.defined() && b.unit_index.shape() == Shape{n} &&
+               b.neuron_session.defined() && b.neuron_session.shape() == Shape{n},
+           "POCO batch: unit_index and neuron_session must be ({}) i64", n);
+  MT_CHECK(b.sample_neurons.size() == b.sample_sessions.size() && !b.sample_neurons.empty(),
+           "POCO batch: sample_neurons ({}) and sample_sessions ({}) must be non-empty and equal "
+           "in length",
+           b.sample_neurons.size(), b.sample_sessions.size());
+  const int64_t total = std::accumulate(b.sample_neurons.begin(), b.sample_neurons.end(), int64_t(0));
+  MT_CHECK(total == n, "POCO batch: sample_neurons add up to {} but x has {} rows", total, n);
+  for (int64_t s : b.sample_sessions) unit_offset(s);  // range check
+  if (b.target.defined())
+    MT_CHECK(b.target.shape() == (Shape{n, config_.pred_length}),
+             "POCO batch: target must be ({}, {}), got {}", n, config_.pred_length,
+             b.target.shape().str());
+}
+
+Tensor Poco::forward(const PocoBatch& b, const nn::ParamMap* ov, Generator* gen) const {
+  check_batch(b);
+  const PocoConfig& c = config_;
+  const int64_t N = b.total_neurons(), L = c.patches(), P = c.patch, D = c.dim;
+  const int64_t B = int64_t(b.sample_neurons.size()), NL = c.num_latents;
+  const double Tin = double(c.context());
+
+  // Layout data: lengths and rotary times of tokens, latents and output queries.
+  std::vector<double> token_t(size_t(N * L)), latent_t(size_t(B * NL)), query_t(size_t(N), Tin);
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t l = 0; l < L; ++l) token_t[size_t(i * L + l)] = double(l * P);
+  for (int64_t s = 0; s < B; ++s)
+    for (int64_t j = 0; j < NL; ++j) latent_t[size_t(s * NL + j)] = double(j) * Tin / double(NL);
+  std::vector<int64_t> tokens_per_sample, latents_per_sample(size_t(B), NL);
+  for (int64_t n : b.sample_neurons) tokens_per_sample.push_back(n * L);
+  Tensor t_tokens = from_vector(token_t, Shape{N * L}, dtype_);
+  Tensor t_latents = from_vector(latent_t, Shape{B * NL}, dtype_);
+  Tensor t_queries = from_vector(query_t, Shape{N}, dtype_);
+  const AttentionLayout encode{latents_per_sample, tokens_per_sample, t_latents, t_tokens};
+  const AttentionLayout process{latents_per_sample, latents_per_sample, t_latents, t_latents};
+  const AttentionLayout decode{b.sample_neurons, latents_per_sample, t_queries, t_latents};
+
+  // 1. Tokens: unit identity + projected patch.
+  Tensor unit = add(unit_emb_->forward(b.unit_index, ov), session_emb_->forward(b.neuron_session, ov));
+  Tensor patches = b.x.reshape(Shape{N, L, P});
+  Tensor tokens = add(unit.unsqueeze(1), input_proj_->forward(patches, ov)).reshape(Shape{N * L, D});
+  // 2. Latents, one set per sample.
+  Tensor lat = latent_emb_->table(ov).unsqueeze(0).expand(Shape{B, NL, D}).reshape(Shape{B * NL, D});
+  // 3.-4. Perceiver-IO.
+  lat = add(lat, enc_cross_->forward(lat, tokens, encode, inv_freq_, ov));
+  lat = add(lat, enc_ffn_->forward(lat, ov, gen));
+  for (size_t i = 0; i < proc_attn_.size(); ++i) {
+    Tensor a = proc_attn_[i]->forward(lat, process, inv_freq_, ov);
+    if (gen) a = dropout(a, c.lin_dropout, true, *gen);
+    lat = add(lat, a);
+    Tensor f = proc_ffn_[i]->forward(lat, ov, gen);
+    if (gen) f = dropout(f, c.lin_dropout, true, *gen);
+    lat = add(lat, f);
+  }
+  Tensor q = add(unit, dec_cross_->forward(unit, lat, decode, inv_freq_, ov));
+  Tensor e = add(q, dec_ffn_->forward(q, ov, gen));  // (N, D)
+  // 5. FiLM head.
+  Tensor alpha = head_alpha_->forward(e, ov), beta = head_beta_->forward(e, ov);
+  Tensor h = relu(head_in_->forward(b.x, ov));
+  return head_out_->forward(add(mul(h, alpha), beta), ov);  // (N, pred_length)
+}
+
+}  // namespace mt::models
