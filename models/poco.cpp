@@ -1,5 +1,7 @@
 #include "models/poco.h"
 
+#include <nlohmann/json.hpp>
+
 #include <numeric>
 
 #include "engine/autograd/grad_mode.h"
@@ -30,9 +32,64 @@ void PocoConfig::validate() const {
   MT_CHECK(dim_head % 4 == 0, "POCO config: dim_head {} must be a multiple of 4 (rotary pairs)",
            dim_head);
   MT_CHECK(rotary_t_max > 0, "POCO config: rotary_t_max must be positive, got {}", rotary_t_max);
-  MT_CHECK(ffn_dropout >= 0 && ffn_dropout < 1 && lin_dropout >= 0 && lin_dropout < 1,
-           "POCO config: dropout rates must be in [0, 1) (ffn_dropout {}, lin_dropout {})",
-           ffn_dropout, lin_dropout);
+  MT_CHECK(dropout_ffn >= 0 && dropout_ffn < 1 && dropout_lin >= 0 && dropout_lin < 1,
+           "POCO config: dropout rates must be in [0, 1) (dropout_ffn {}, dropout_lin {})",
+           dropout_ffn, dropout_lin);
+}
+
+namespace {
+// One list of (key, member) pairs serves both directions, so they cannot drift apart.
+template <class Config, class Fn>
+void for_each_field(Config& c, Fn&& fn) {
+  fn("dim", c.dim);
+  fn("dim_head", c.dim_head);
+  fn("cross_heads", c.cross_heads);
+  fn("self_heads", c.self_heads);
+  fn("num_latents", c.num_latents);
+  fn("depth", c.depth);
+  fn("seq_length", c.seq_length);
+  fn("pred_length", c.pred_length);
+  fn("patch", c.patch);
+  fn("conditioning_dim", c.conditioning_dim);
+  fn("rotary_t_max", c.rotary_t_max);
+  fn("dropout_ffn", c.dropout_ffn);
+  fn("dropout_lin", c.dropout_lin);
+  fn("emb_init_std", c.emb_init_std);
+}
+}  // namespace
+
+nlohmann::json PocoConfig::to_json() const {
+  nlohmann::json j = nlohmann::json::object();
+  PocoConfig c = *this;
+  for_each_field(c, [&](const char* key, auto& v) { j[key] = v; });
+  return j;
+}
+
+PocoConfig PocoConfig::from_json(const nlohmann::json& j) { return from_json(j, PocoConfig{}); }
+
+PocoConfig PocoConfig::from_json(const nlohmann::json& j, const PocoConfig& defaults) {
+  MT_CHECK(j.is_object(), "POCO config: expected a JSON object, got {}", j.type_name());
+  PocoConfig c = defaults;
+  std::string known;
+  for_each_field(c, [&](const char* key, auto&) { known += std::string(known.empty() ? "" : ", ") + key; });
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    bool found = false;
+    for_each_field(c, [&](const char* key, auto& v) {
+      if (it.key() != key) return;
+      found = true;
+      using T = std::remove_reference_t<decltype(v)>;
+      MT_CHECK(it.value().is_number(), "POCO config: '{}' must be a number, got {}", key,
+               it.value().dump());
+      if constexpr (std::is_integral_v<T>) {
+        MT_CHECK(it.value().is_number_integer(), "POCO config: '{}' must be an integer, got {}",
+                 key, it.value().dump());
+      }
+      v = it.value().get<T>();
+    });
+    MT_CHECK(found, "POCO config: unknown key '{}' (known keys: {})", it.key(), known);
+  }
+  c.validate();
+  return c;
 }
 
 PocoConfig PocoConfig::paper() { return PocoConfig{}; }
@@ -145,20 +202,20 @@ Poco::Poco(const PocoConfig& config, std::vector<int64_t> session_sizes, Generat
   enc_cross_ = encoder->register_module(
       "cross", std::make_shared<CrossAttention>(D, c.cross_heads, c.dim_head, true, gen, dtype));
   enc_ffn_ = encoder->register_module("ffn",
-                                      std::make_shared<FeedForward>(D, c.ffn_dropout, gen, dtype));
+                                      std::make_shared<FeedForward>(D, c.dropout_ffn, gen, dtype));
   auto process = register_module("process", std::make_shared<Group>());
   for (int64_t i = 0; i < c.depth; ++i) {
     auto layer = process->register_module(std::to_string(i), std::make_shared<Group>());
     proc_attn_.push_back(layer->register_module(
         "attn", std::make_shared<SelfAttention>(D, c.self_heads, c.dim_head, gen, dtype)));
     proc_ffn_.push_back(
-        layer->register_module("ffn", std::make_shared<FeedForward>(D, c.ffn_dropout, gen, dtype)));
+        layer->register_module("ffn", std::make_shared<FeedForward>(D, c.dropout_ffn, gen, dtype)));
   }
   auto decoder = register_module("decoder", std::make_shared<Group>());
   dec_cross_ = decoder->register_module(
       "cross", std::make_shared<CrossAttention>(D, c.cross_heads, c.dim_head, false, gen, dtype));
   dec_ffn_ = decoder->register_module("ffn",
-                                      std::make_shared<FeedForward>(D, c.ffn_dropout, gen, dtype));
+                                      std::make_shared<FeedForward>(D, c.dropout_ffn, gen, dtype));
 
   auto head = register_module("head", std::make_shared<Group>());
   const int64_t H = c.conditioning_dim;
@@ -250,10 +307,10 @@ Tensor Poco::forward(const PocoBatch& b, const nn::ParamMap* ov, Generator* gen)
   lat = add(lat, enc_ffn_->forward(lat, ov, gen));
   for (size_t i = 0; i < proc_attn_.size(); ++i) {
     Tensor a = proc_attn_[i]->forward(lat, process, inv_freq_, ov);
-    if (gen) a = dropout(a, c.lin_dropout, true, *gen);
+    if (gen) a = dropout(a, c.dropout_lin, true, *gen);
     lat = add(lat, a);
     Tensor f = proc_ffn_[i]->forward(lat, ov, gen);
-    if (gen) f = dropout(f, c.lin_dropout, true, *gen);
+    if (gen) f = dropout(f, c.dropout_lin, true, *gen);
     lat = add(lat, f);
   }
   Tensor q = add(unit, dec_cross_->forward(unit, lat, decode, inv_freq_, ov));

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "engine/core/generator.h"
 #include "engine/nn/module.h"
 
@@ -25,13 +27,19 @@ struct PocoConfig {
   int64_t patch = 16;
   int64_t conditioning_dim = 1024;
   double rotary_t_max = 100.0;
-  double ffn_dropout = 0.2;
-  double lin_dropout = 0.4;
+  double dropout_ffn = 0.2;
+  double dropout_lin = 0.4;
   double emb_init_std = 0.02;
 
   int64_t context() const { return seq_length - pred_length; }  // Tin
   int64_t patches() const { return context() / patch; }          // L
   void validate() const;  // throws naming the field and the fix
+
+  // JSON with the field names above; unknown keys are errors naming the key and the known ones.
+  nlohmann::json to_json() const;
+  // Keys not given keep the values of `defaults` (poco-paper when omitted).
+  static PocoConfig from_json(const nlohmann::json& j);
+  static PocoConfig from_json(const nlohmann::json& j, const PocoConfig& defaults);
 
   static PocoConfig paper();  // "poco-paper"
   static PocoConfig seed();   // "poco-seed"

@@ -16,6 +16,9 @@ PACKAGES=(
   catch2
   libcli11-dev
   libbenchmark-dev
+  libzip-dev
+  libhdf5-dev
+  zlib1g-dev
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1; then

@@ -1,0 +1,70 @@
+// Reading and writing the safetensors format, the tensor file format of Hugging Face's
+// `safetensors` package (https://github.com/huggingface/safetensors):
+//
+//   u64 N (little-endian) | N bytes of UTF-8 JSON header | byte buffer
+//
+// The header maps each tensor name to {"dtype": "F32"|"F64"|"F16"|"BF16"|"I64", "shape": [...],
+// "data_offsets": [begin, end]} (byte offsets relative to the buffer start) and may hold
+// "__metadata__": {string: string}. Tensor data is row-major, little-endian, and the tensors
+// cover the buffer exactly (no gaps, no overlaps, nothing after the last one), as the reference
+// implementation requires. Files written here load with `safetensors.torch.load_file` and files
+// written by `safetensors.torch.save_file` load here (tests/test_io_safetensors.cpp).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/core/tensor.h"
+
+namespace mt::io {
+
+// name -> tensor, in a chosen order (a checkpoint's order is its parameters' order).
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+
+struct SafetensorsContents {
+  NamedTensors tensors;                         // in file order (position in the byte buffer)
+  std::map<std::string, std::string> metadata;  // the header's "__metadata__", if any
+
+  // The tensor called `name`, or nullptr.
+  const Tensor* find(const std::string& name) const;
+};
+
+// One header entry, as stored (see read_safetensors_header).
+struct SafetensorsEntry {
+  std::string name;
+  DType dtype = DType::f32;
+  Shape shape;
+  uint64_t begin = 0;  // byte offsets into the buffer, [begin, end)
+  uint64_t end = 0;
+};
+
+struct SafetensorsHeader {
+  std::vector<SafetensorsEntry> entries;  // in file order
+  std::map<std::string, std::string> metadata;
+  uint64_t buffer_offset = 0;  // file offset of the byte buffer (8 + header length)
+};
+
+// Writes `tensors` (CPU tensors of any strides; distinct, non-empty names other than
+// "__metadata__") in the given order, with `metadata` as the header's "__metadata__" (omitted
+// when empty). The header is padded with spaces to a multiple of 8 bytes, so the buffer starts
+// 8-byte aligned in the file; tensors follow each other without gaps. The write is atomic: the
+// file is written to a temporary file in the same folder, flushed to disk (fsync) and renamed
+// over `path`; on any error the temporary file is removed and `path` is left as it was.
+void save_safetensors(const std::string& path, const NamedTensors& tensors,
+                      const std::map<std::string, std::string>& metadata = {});
+
+// Reads and validates the whole file: new CPU tensors, in file order. Every error is an
+// mt::Error that names the file, the problem and how to fix it.
+SafetensorsContents load_safetensors(const std::string& path);
+
+// Reads and validates the header only (names, dtypes, shapes, offsets and metadata) without
+// reading tensor data.
+SafetensorsHeader read_safetensors_header(const std::string& path);
+
+// The format's dtype names ("F32", ...) and back; the parser accepts exactly these five.
+const char* safetensors_dtype_name(DType dtype);
+
+}  // namespace mt::io

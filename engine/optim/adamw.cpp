@@ -1,0 +1,127 @@
+// AdamW: the optimizer (state, validation, dispatch) and its CPU kernel.
+#include "engine/optim/adamw.h"
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "engine/autograd/grad_mode.h"
+#include "engine/optim/kernels.h"
+
+namespace mt::optim {
+
+// ---- CPU kernel ----
+DispatchStub<AdamWKernel> adamw_kernel("adamw");
+
+namespace {
+
+// NaN-propagating maximum, as torch.maximum.
+template <class T>
+T maximum(T a, T b) {
+  if (std::isnan(a) || std::isnan(b)) return a + b;
+  return a < b ? b : a;
+}
+
+// The arithmetic follows torch's single-tensor AdamW operation by operation (scalars computed in
+// double as Python computes them, elementwise maths at the parameter's precision), so f64 runs
+// agree with PyTorch to the last bits; torch's vectorised lerp uses a fused multiply-add, the
+// one source of difference.
+void adamw_cpu(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+               Tensor& max_exp_avg_sq, int64_t step, const AdamWHyper& h) {
+  dispatch_float(param.dtype(), "adamw", [&]<class T>() {
+    T* p = param.data_ptr<T>();
+    const T* g = grad.data_ptr<T>();
+    T* m = exp_avg.data_ptr<T>();
+    T* v = exp_avg_sq.data_ptr<T>();
+    T* vmax = h.amsgrad ? max_exp_avg_sq.data_ptr<T>() : nullptr;
+    const int64_t n = param.numel();
+
+    const bool decay = h.weight_decay != 0;
+    const T decay_factor = T(1 - h.lr * h.weight_decay);
+    const T w = T(1 - h.beta1);  // exp_avg.lerp_(grad, 1 - beta1)
+    const bool small_w = std::abs(1 - h.beta1) < 0.5;
+    const T beta2 = T(h.beta2);
+    const T one_minus_beta2 = T(1 - h.beta2);
+    const double bias_correction1 = 1 - std::pow(h.beta1, double(step));
+    const double bias_correction2 = 1 - std::pow(h.beta2, double(step));
+    const T neg_step_size = T(-(h.lr / bias_correction1));
+    const T bias_correction2_sqrt = T(std::pow(bias_correction2, 0.5));
+    const T eps = T(h.eps);
+
+    for (int64_t i = 0; i < n; ++i) {
+      const T gi = h.maximize ? -g[i] : g[i];
+      T pi = p[i];
+      if (decay) pi = pi * decay_factor;
+      T mi = m[i];
+      mi = small_w ? mi + w * (gi - mi) : gi - (gi - mi) * (T(1) - w);
+      const T vi = v[i] * beta2 + one_minus_beta2 * gi * gi;
+      T vn = vi;
+      if (vmax) {
+        vn = maximum(vmax[i], vi);
+        vmax[i] = vn;
+      }
+      const T denom = std::sqrt(vn) / bias_correction2_sqrt + eps;
+      p[i] = pi + neg_step_size * mi / denom;
+      m[i] = mi;
+      v[i] = vi;
+    }
+  });
+}
+
+[[maybe_unused]] const bool adamw_registered =
+    (adamw_kernel.set(DeviceType::CPU, &adamw_cpu), true);
+
+}  // namespace
+
+// ---- optimizer ----
+AdamW::AdamW(NamedParams params, AdamWOptions options)
+    : Optimizer(std::move(params), "AdamW"), options_(options) {
+  const AdamWOptions& o = options_;
+  MT_CHECK(o.lr >= 0, "AdamW: lr = {} must be >= 0", o.lr);
+  MT_CHECK(o.eps >= 0, "AdamW: eps = {} must be >= 0", o.eps);
+  MT_CHECK(o.beta1 >= 0 && o.beta1 < 1, "AdamW: beta1 = {} must be in [0, 1)", o.beta1);
+  MT_CHECK(o.beta2 >= 0 && o.beta2 < 1, "AdamW: beta2 = {} must be in [0, 1)", o.beta2);
+  MT_CHECK(o.weight_decay >= 0, "AdamW: weight_decay = {} must be >= 0", o.weight_decay);
+}
+
+void AdamW::set_lr(double lr) {
+  MT_CHECK(lr >= 0, "AdamW: lr = {} must be >= 0", lr);
+  options_.lr = lr;
+}
+
+std::vector<std::string> AdamW::state_names() const {
+  std::vector<std::string> names{"step", "exp_avg", "exp_avg_sq"};
+  if (options_.amsgrad) names.push_back("max_exp_avg_sq");
+  return names;
+}
+
+std::map<std::string, std::string> AdamW::hyperparameters() const {
+  const AdamWOptions& o = options_;
+  return {{"lr", fmt::format("{}", o.lr)},
+          {"beta1", fmt::format("{}", o.beta1)},
+          {"beta2", fmt::format("{}", o.beta2)},
+          {"eps", fmt::format("{}", o.eps)},
+          {"weight_decay", fmt::format("{}", o.weight_decay)},
+          {"amsgrad", o.amsgrad ? "true" : "false"},
+          {"maximize", o.maximize ? "true" : "false"}};
+}
+
+void AdamW::step() {
+  NoGradGuard no_grad;
+  const AdamWOptions& o = options_;
+  const AdamWHyper hyper{o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.amsgrad, o.maximize};
+  Tensor none;
+  for (size_t i = 0; i < params().size(); ++i) {
+    const Tensor g = gradient(i);
+    if (!g.defined()) continue;
+    if (state(i).empty()) init_state(i);
+    std::vector<Tensor>& s = state(i);
+    int64_t& count = s[0].data_ptr<int64_t>()[0];  // a CPU scalar, as torch keeps it
+    ++count;
+    Tensor p = params()[i].second;
+    adamw_kernel(p.device(), p, g, s[1], s[2], o.amsgrad ? s[3] : none, count, hyper);
+    p.storage().bump_version();
+  }
+}
+
+}  // namespace mt::optim

@@ -1,0 +1,39 @@
+// AdamW (Loshchilov & Hutter), exactly as torch.optim.AdamW: decoupled weight decay, bias
+// correction, optional AMSGrad (normalising by the running maximum of exp_avg_sq).
+// State per parameter: step (0-d i64), exp_avg, exp_avg_sq, and max_exp_avg_sq with amsgrad.
+#pragma once
+
+#include "engine/optim/optimizer.h"
+
+namespace mt::optim {
+
+// torch.optim.AdamW's defaults.
+struct AdamWOptions {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 1e-2;
+  bool amsgrad = false;
+  bool maximize = false;
+};
+
+class AdamW final : public Optimizer {
+ public:
+  explicit AdamW(NamedParams params, AdamWOptions options = {});
+
+  void step() override;
+  const char* name() const override { return "AdamW"; }
+  double lr() const override { return options_.lr; }
+  void set_lr(double lr) override;
+  std::map<std::string, std::string> hyperparameters() const override;
+  const AdamWOptions& options() const { return options_; }
+
+ protected:
+  std::vector<std::string> state_names() const override;
+
+ private:
+  AdamWOptions options_;
+};
+
+}  // namespace mt::optim

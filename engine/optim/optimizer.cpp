@@ -1,0 +1,179 @@
+#include "engine/optim/optimizer.h"
+
+#include <cmath>
+#include <set>
+
+#include <fmt/ranges.h>
+
+#include "engine/autograd/grad_mode.h"
+#include "engine/core/error.h"
+#include "engine/ops.h"
+
+namespace mt::optim {
+
+namespace {
+constexpr const char* kStep = "step";
+
+// Zeros like p. The CPU cannot fill 16-bit tensors, so those are converted from f32 zeros.
+Tensor zeros_of(const Tensor& p) {
+  if (p.dtype() == DType::f16 || p.dtype() == DType::bf16)
+    return zeros(p.shape(), DType::f32, p.device()).to(p.dtype());
+  return zeros_like(p);
+}
+}  // namespace
+
+Optimizer::Optimizer(NamedParams params, const char* kind)
+    : kind_(kind), params_(std::move(params)), state_(params_.size()) {
+  MT_CHECK(!params_.empty(), "{}: the parameter list is empty; pass module.named_parameters()",
+           kind_);
+  std::map<const TensorImpl*, std::string> seen;
+  std::set<std::string> names;
+  for (const auto& [name, p] : params_) {
+    MT_CHECK(p.defined(), "{}: parameter '{}' is an undefined tensor", kind_, name);
+    MT_CHECK(names.insert(name).second, "{}: the parameter name '{}' is given twice", kind_, name);
+    auto [it, fresh] = seen.emplace(p.impl(), name);
+    MT_CHECK(fresh, "{}: parameters '{}' and '{}' are the same tensor; pass it once", kind_,
+             it->second, name);
+    MT_CHECK(is_floating(p.dtype()),
+             "{}: parameter '{}' has dtype {}; only floating-point "
+             "tensors can be optimized",
+             kind_, name, dtype_name(p.dtype()));
+    MT_CHECK(p.is_leaf(),
+             "{}: parameter '{}' is not a leaf (an op produced it); optimize the "
+             "leaf it was computed from, or detach() it",
+             kind_, name);
+    MT_CHECK(p.is_contiguous(),
+             "{}: parameter '{}' ({}) is not contiguous; optimizers update "
+             "parameters in place and need contiguous ones",
+             kind_, name, p.shape().str());
+  }
+}
+
+void Optimizer::zero_grad() {
+  for (auto& [name, p] : params_) p.zero_grad();
+}
+
+void Optimizer::init_state(size_t i) {
+  const Tensor& p = params_[i].second;
+  std::vector<Tensor>& s = state_[i];
+  s.clear();
+  for (const std::string& n : state_names())
+    s.push_back(n == kStep ? zeros(Shape{}, DType::i64) : zeros_of(p));
+}
+
+Tensor Optimizer::gradient(size_t i) const {
+  const auto& [name, p] = params_[i];
+  Tensor g = p.grad();
+  if (!g.defined()) return g;
+  MT_CHECK(g.shape() == p.shape() && g.dtype() == p.dtype() && g.device() == p.device(),
+           "{}: the gradient of parameter '{}' is {} but the parameter is {}; set grads that "
+           "match their parameters",
+           kind_, name, g.str(), p.str());
+  return g.is_contiguous() ? g : g.contiguous();
+}
+
+NamedParams Optimizer::state_dict() const {
+  NoGradGuard no_grad;
+  const std::vector<std::string> names = state_names();
+  NamedParams out;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    for (size_t k = 0; k < state_[i].size(); ++k)
+      out.emplace_back(params_[i].first + "." + names[k], state_[i][k].clone());
+  }
+  return out;
+}
+
+void Optimizer::load_state_dict(const NamedParams& state) {
+  const std::vector<std::string> names = state_names();
+  std::map<std::string, const Tensor*> given;
+  std::vector<std::string> problems;
+  for (const auto& [name, t] : state) {
+    if (!given.emplace(name, &t).second)
+      problems.push_back(fmt::format("'{}' is given twice", name));
+  }
+  std::set<std::string> used;
+  std::vector<std::vector<Tensor>> next(params_.size());
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const auto& [pname, p] = params_[i];
+    std::vector<const Tensor*> found;
+    std::vector<std::string> absent;
+    for (const std::string& n : names) {
+      auto it = given.find(pname + "." + n);
+      if (it == given.end()) {
+        absent.push_back(n);
+        continue;
+      }
+      used.insert(it->first);
+      const Tensor& t = *it->second;
+      const bool is_step = n == kStep;
+      const Shape want_shape = is_step ? Shape{} : p.shape();
+      const DType want_dtype = is_step ? DType::i64 : p.dtype();
+      if (!t.defined() || !(t.shape() == want_shape) || t.dtype() != want_dtype) {
+        problems.push_back(fmt::format("'{}.{}' is {} but must be {} {}", pname, n,
+                                       t.defined() ? t.str() : "undefined", dtype_name(want_dtype),
+                                       want_shape.str()));
+      }
+      found.push_back(&t);
+    }
+    if (!found.empty() && !absent.empty()) {
+      problems.push_back(
+          fmt::format("parameter '{}' has state but lacks '{}'", pname, fmt::join(absent, "', '")));
+    }
+    if (absent.empty() && problems.empty()) {
+      for (size_t k = 0; k < names.size(); ++k) {
+        Tensor s = names[k] == kStep ? empty(Shape{}, DType::i64) : empty_like(p);
+        s.copy_(*found[k]);
+        next[i].push_back(std::move(s));
+      }
+    }
+  }
+  for (const auto& [name, t] : state) {
+    if (!used.count(name)) {
+      problems.push_back(
+          fmt::format("'{}' is not a state of this {} (its states are '{}' per parameter)", name,
+                      kind_, fmt::join(names, "', '")));
+    }
+  }
+  MT_CHECK(problems.empty(),
+           "{}::load_state_dict: {} problem{}, the state was not changed:\n  - {}\nload a state "
+           "saved from an optimizer of the same kind and options over the same parameters",
+           kind_, problems.size(), problems.size() == 1 ? "" : "s", fmt::join(problems, "\n  - "));
+  state_ = std::move(next);
+}
+
+double clip_grad_norm(const TensorList& params, double max_norm) {
+  NoGradGuard no_grad;
+  std::vector<Tensor> with_grad;
+  double total_sq = 0;
+  for (const Tensor& p : params) {
+    Tensor g = p.grad();
+    if (!g.defined()) continue;
+    const Tensor g64 = g.dtype() == DType::f64 ? g : g.to(DType::f64);
+    // Per-gradient norms first, then the norm of the norms, as torch computes it.
+    const double norm = std::sqrt(sum(mul(g64, g64)).item<double>());
+    total_sq += norm * norm;
+    with_grad.push_back(p);
+  }
+  const double total = std::sqrt(total_sq);
+  const double coef = max_norm / (total + 1e-6);
+  // torch multiplies by min(coef, 1); a factor of exactly 1 changes nothing, so it is skipped.
+  if (coef < 1.0 || std::isnan(coef)) {
+    for (Tensor& p : with_grad) {
+      Tensor g = p.grad();
+      if (g.is_contiguous()) {
+        g.mul_(coef);
+      } else {
+        p.set_grad(mul(g, coef));  // a broadcast view must not be scaled in place
+      }
+    }
+  }
+  return total;
+}
+
+double clip_grad_norm(const NamedParams& params, double max_norm) {
+  TensorList list;
+  for (const auto& [name, p] : params) list.push_back(p);
+  return clip_grad_norm(list, max_norm);
+}
+
+}  // namespace mt::optim

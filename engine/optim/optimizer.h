@@ -1,0 +1,83 @@
+// Optimizers over a list of named parameters, and gradient clipping.
+//
+// An optimizer holds the parameters' handles (the same tensors as the model's, so updates are
+// seen by every holder) and a per-parameter state, created on a parameter's first update. step()
+// updates every parameter that has a gradient, in place under a NoGradGuard, through a
+// per-parameter kernel behind a DispatchStub (engine/optim/kernels.h); parameters without a
+// gradient are skipped and keep their state. Same inputs give bitwise the same results.
+//
+// State as named tensors: state_dict() returns "<parameter name>.<state name>" tensors (e.g.
+// "fc1.weight.exp_avg"); a state called "step" is a 0-d i64 CPU tensor, every other state has
+// its parameter's shape, dtype and device. Saved with io::save_safetensors and loaded back with
+// load_state_dict(), a run resumes bitwise.
+#pragma once
+
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/core/tensor.h"
+
+namespace mt::optim {
+
+// (name, parameter) pairs, e.g. nn::Module::named_parameters().
+using NamedParams = std::vector<std::pair<std::string, Tensor>>;
+
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  Optimizer(const Optimizer&) = delete;
+  Optimizer& operator=(const Optimizer&) = delete;
+
+  // One update of every parameter that has a gradient.
+  virtual void step() = 0;
+  // Drops every parameter's gradient, so the next backward() starts from none (torch's
+  // zero_grad(set_to_none=True)).
+  void zero_grad();
+
+  virtual const char* name() const = 0;  // "AdamW", "SGD"
+  virtual double lr() const = 0;
+  virtual void set_lr(double lr) = 0;  // for learning-rate schedules
+  // The hyperparameters as text (shortest round-trip form), for checkpoint metadata and logs.
+  virtual std::map<std::string, std::string> hyperparameters() const = 0;
+
+  const NamedParams& params() const { return params_; }
+
+  // Copies of the state of every parameter updated at least once, in parameter order.
+  NamedParams state_dict() const;
+  // Replaces the whole state with copies of `state` (as returned by state_dict()). A parameter
+  // has all of its state entries or none (none = not updated yet). Shapes, dtypes and names are
+  // checked first; the error lists every problem and nothing is changed.
+  void load_state_dict(const NamedParams& state);
+
+ protected:
+  // Checks the list: defined, floating-point leaves under distinct names, each tensor once.
+  Optimizer(NamedParams params, const char* kind);
+
+  // The names of the per-parameter state tensors, in the order state(i) holds them.
+  virtual std::vector<std::string> state_names() const = 0;
+
+  // The state of parameter i: empty until its first update, else one tensor per state_names()
+  // entry. init_state() creates it: "step" = 0, everything else zeros.
+  std::vector<Tensor>& state(size_t i) { return state_[i]; }
+  void init_state(size_t i);
+
+  // The gradient of parameter i to update it with: undefined when it has none, else checked
+  // against the parameter (shape, dtype, device) and contiguous.
+  Tensor gradient(size_t i) const;
+
+ private:
+  const char* kind_;
+  NamedParams params_;
+  std::vector<std::vector<Tensor>> state_;
+};
+
+// Clips gradients by their global L2 norm, as torch.nn.utils.clip_grad_norm_: the total norm
+// is sqrt(sum_i ||g_i||^2) over the parameters that have a gradient (norms computed in f64);
+// when max_norm / (total + 1e-6) < 1 every gradient is multiplied by that factor, in place.
+// Returns the total norm before clipping (read on the host: one synchronisation on a device).
+double clip_grad_norm(const TensorList& params, double max_norm);
+double clip_grad_norm(const NamedParams& params, double max_norm);
+
+}  // namespace mt::optim

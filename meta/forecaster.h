@@ -1,0 +1,70 @@
+// Forecasters behind one interface (POCO and the baselines), the conversion of data windows into
+// model batches, and the forecasting metrics POCO reports.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "data/preprocess.h"
+#include "models/baselines.h"
+#include "models/poco.h"
+
+namespace mt::meta {
+
+// A forecaster maps a batch's contexts to (sum N, pred_length) predictions.
+class Forecaster {
+ public:
+  virtual ~Forecaster() = default;
+  virtual std::string kind() const = 0;  // "poco", "nlinear", "mlp", "copy_last"
+  // The trainable module, or nullptr (copy_last has no parameters).
+  virtual nn::Module* module() = 0;
+  virtual Tensor predict(const models::PocoBatch& batch, const nn::ParamMap* overrides = nullptr,
+                         Generator* dropout_gen = nullptr) const = 0;
+  // Sessions the forecaster has per-session parameters for (POCO's embedding rows).
+  virtual std::vector<int64_t> session_sizes() const { return {}; }
+};
+
+struct ModelSpec {
+  std::string kind = "poco";          // poco | nlinear | mlp | copy_last
+  std::string preset = "poco-paper";  // POCO's named configuration
+  nlohmann::json poco = nlohmann::json::object();  // overrides of the preset's fields
+  int64_t mlp_hidden = 1024;
+  int64_t seq_length = 0, pred_length = 0;  // filled from the POCO config for every kind
+
+  // Resolves preset + overrides (and the window lengths) and validates.
+  models::PocoConfig poco_config() const;
+};
+
+// session_sizes: neurons of each session the forecaster is built for.
+std::unique_ptr<Forecaster> make_forecaster(const ModelSpec& spec,
+                                            const std::vector<int64_t>& session_sizes,
+                                            Generator& gen);
+
+// Window batch -> tensors. `session_of` maps the batch's dataset session index to the model's
+// session index (for POCO's embedding rows); identity when empty.
+models::PocoBatch to_batch(const data::WindowBatch& windows, const Forecaster& forecaster,
+                           const std::vector<int64_t>& session_of = {});
+
+struct SessionMetrics {
+  std::string name;
+  int64_t windows = 0;
+  double mse = 0, mae = 0, copy_mse = 0;
+  double score = 0;  // 1 - mse / copy_mse
+  double r2 = 0;     // 1 - SSE / sum over neurons of (y - mean_y)^2
+};
+struct Metrics {
+  std::vector<SessionMetrics> sessions;
+  double mse = 0, mae = 0, score = 0, r2 = 0;  // averages over sessions
+  nlohmann::json to_json() const;
+};
+
+// Evaluates on every window of `split` of the given dataset sessions (all when empty), in
+// batches; no gradients are recorded.
+Metrics evaluate(const Forecaster& forecaster, const data::PreparedData& data, data::Split split,
+                 const std::vector<int64_t>& sessions = {}, int64_t batch_size = 32,
+                 const std::vector<int64_t>& session_of = {}, const nn::ParamMap* overrides = nullptr);
+
+}  // namespace mt::meta

@@ -1,0 +1,172 @@
+#include "meta/training.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include "engine/autograd/engine.h"
+#include "engine/autograd/grad_mode.h"
+#include "engine/optim/adamw.h"
+
+namespace mt::meta {
+
+nlohmann::json TrainOptions::to_json() const {
+  return {{"steps", steps},           {"batch_size", batch_size},
+          {"lr", lr},                 {"weight_decay", weight_decay},
+          {"amsgrad", amsgrad},       {"clip", clip},
+          {"eval_every", eval_every}, {"eval_batch_size", eval_batch_size},
+          {"seed", seed},             {"dropout", dropout},
+          {"trainable", trainable}};
+}
+
+nlohmann::json TrainResult::to_json() const {
+  nlohmann::json c = nlohmann::json::array();
+  for (const auto& p : curve)
+    c.push_back({{"step", p.step}, {"train_loss", p.train_loss}, {"seconds", p.seconds},
+                 {"val_score", p.val.score}, {"val_mse", p.val.mse}, {"val_mae", p.val.mae},
+                 {"val_r2", p.val.r2}});
+  return {{"best_step", best_step},   {"best_score", best_score},
+          {"seconds", seconds},       {"peak_bytes", peak_bytes},
+          {"steps_to_95", steps_to_95}, {"trainable_parameters", trainable_parameters},
+          {"curve", c}};
+}
+
+std::vector<std::string> finetune_prefixes(const std::string& mode) {
+  if (mode == "embeddings") return {"unit_emb.", "session_emb."};
+  if (mode == "embeddings+head") return {"unit_emb.", "session_emb.", "head."};
+  if (mode == "all") return {};
+  MT_FAIL("fine-tuning mode '{}' is not known; use embeddings, embeddings+head or all", mode);
+}
+
+namespace {
+
+bool selected(const std::string& name, const std::vector<std::string>& prefixes) {
+  if (prefixes.empty()) return true;
+  for (const auto& p : prefixes)
+    if (name.rfind(p, 0) == 0) return true;
+  return false;
+}
+
+std::string format_eta(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  const int64_t s = int64_t(seconds + 0.5);
+  return s >= 60 ? fmt::format("{}m{:02d}s", s / 60, s % 60) : fmt::format("{}s", s);
+}
+
+}  // namespace
+
+TrainResult train(Forecaster& f, const data::PreparedData& data,
+                  const std::vector<int64_t>& sessions_in, const TrainOptions& opt,
+                  const std::vector<int64_t>& session_of,
+                  const std::function<void(const EvalPoint&)>& on_eval,
+                  const std::function<void(const EvalPoint&)>& on_best) {
+  MT_CHECK(opt.steps >= 0 && opt.batch_size > 0 && opt.eval_every > 0 && opt.lr > 0,
+           "training options: steps ({}) must be >= 0, batch_size ({}), eval_every ({}) and lr "
+           "({}) positive",
+           opt.steps, opt.batch_size, opt.eval_every, opt.lr);
+  std::vector<int64_t> sessions = sessions_in;
+  if (sessions.empty())
+    for (int64_t s = 0; s < data.num_sessions(); ++s) sessions.push_back(s);
+  std::vector<data::WindowRef> pool;
+  for (int64_t s : sessions)
+    for (int64_t start : data.windows(s, data::Split::Train)) pool.push_back({s, start});
+  MT_CHECK(!pool.empty(), "training: the selected sessions have no training windows");
+
+  nn::Module* module = f.module();
+  optim::NamedParams params;
+  if (module)
+    for (auto& [name, t] : module->named_parameters())
+      if (selected(name, opt.trainable)) params.emplace_back(name, t);
+  TrainResult result;
+  for (auto& [n, t] : params) result.trainable_parameters += t.numel();
+  MT_CHECK(module == nullptr || opt.steps == 0 || !params.empty(),
+           "training: no parameter matches the trainable prefixes");
+
+  optim::AdamWOptions ao;
+  ao.lr = opt.lr;
+  ao.weight_decay = opt.weight_decay;
+  ao.amsgrad = opt.amsgrad;
+  std::unique_ptr<optim::AdamW> adam;
+  if (!params.empty()) adam = std::make_unique<optim::AdamW>(params, ao);
+  TensorList param_tensors;
+  for (auto& [n, t] : params) param_tensors.push_back(t);
+
+  std::mt19937_64 rng(opt.seed);
+  std::uniform_int_distribution<size_t> pick(0, pool.size() - 1);
+  Generator dropout_gen(opt.seed ^ 0x9E3779B97F4A7C15ull);
+  reset_peak_memory_stats();
+  const auto start = std::chrono::steady_clock::now();
+  auto elapsed = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  std::vector<Tensor> best_params;
+  result.best_score = -INFINITY;
+  double loss_sum = 0;
+  int64_t loss_count = 0;
+
+  auto evaluate_point = [&](int64_t step) {
+    EvalPoint p;
+    p.step = step;
+    p.train_loss = loss_count ? loss_sum / double(loss_count) : NAN;
+    p.val = evaluate(f, data, data::Split::Val, sessions, opt.eval_batch_size, session_of);
+    p.seconds = elapsed();
+    loss_sum = 0;
+    loss_count = 0;
+    result.curve.push_back(p);
+    if (on_eval) on_eval(p);
+    if (p.val.score > result.best_score) {
+      result.best_score = p.val.score;
+      result.best_step = step;
+      NoGradGuard no_grad;
+      best_params.clear();
+      for (auto& t : param_tensors) best_params.push_back(t.detach().clone());
+      if (on_best) on_best(p);
+    }
+  };
+
+  evaluate_point(0);
+  for (int64_t step = 1; step <= opt.steps && adam; ++step) {
+    std::vector<data::WindowRef> refs;
+    for (int64_t i = 0; i < opt.batch_size; ++i) refs.push_back(pool[pick(rng)]);
+    models::PocoBatch b = to_batch(data.batch(refs), f, session_of);
+    Tensor pred = f.predict(b, nullptr, opt.dropout ? &dropout_gen : nullptr);
+    Tensor loss = mse_loss(pred, b.target);
+    const double loss_value = loss.item<double>();
+    MT_CHECK(std::isfinite(loss_value),
+             "training: the loss became {} at step {}; lower train.lr (now {}) or check the data",
+             loss_value, step, opt.lr);
+    adam->zero_grad();
+    autograd::backward({loss});
+    if (opt.clip > 0) optim::clip_grad_norm(params, opt.clip);
+    adam->step();
+    loss_sum += loss_value;
+    ++loss_count;
+    if (opt.log_progress && (step % 10 == 0 || step == opt.steps)) {
+      const double t = elapsed(), rate = double(step) / t;
+      std::fprintf(stderr, "\rstep %lld/%lld  loss %.4f  %.1f steps/s  ETA %s   ",
+                   (long long)step, (long long)opt.steps, loss_value, rate,
+                   format_eta(double(opt.steps - step) / rate).c_str());
+      std::fflush(stderr);
+    }
+    if (step % opt.eval_every == 0 || step == opt.steps) evaluate_point(step);
+  }
+  if (opt.log_progress && opt.steps > 0) std::fprintf(stderr, "\n");
+  result.seconds = elapsed();
+  result.peak_bytes = memory_stats().peak_allocated_bytes;
+  // Restore the best parameters.
+  if (!best_params.empty()) {
+    NoGradGuard no_grad;
+    for (size_t i = 0; i < param_tensors.size(); ++i) param_tensors[i].copy_(best_params[i]);
+  }
+  const double final_score = result.curve.back().val.score;
+  if (final_score > 0)
+    for (const auto& p : result.curve)
+      if (p.val.score >= 0.95 * final_score) {
+        result.steps_to_95 = p.step;
+        break;
+      }
+  return result;
+}
+
+}  // namespace mt::meta

@@ -1,0 +1,66 @@
+// Standard multi-session training and fine-tuning (adaptation to new sessions) of a forecaster:
+// AdamW, gradient-norm clipping, periodic evaluation, best-model tracking, and the adaptation
+// curve with steps-to-95%-of-final.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "meta/forecaster.h"
+
+namespace mt::meta {
+
+struct TrainOptions {
+  int64_t steps = 2000;
+  int64_t batch_size = 32;       // windows per step, drawn from all training sessions
+  double lr = 1e-3;
+  double weight_decay = 1e-4;
+  bool amsgrad = false;
+  double clip = 1.0;             // max gradient norm; 0 = no clipping
+  int64_t eval_every = 100;      // steps between validation passes (and at the last step)
+  int64_t eval_batch_size = 64;
+  uint64_t seed = 0;             // window sampling and dropout
+  bool dropout = true;           // apply the model's dropout while training
+  // Parameter name prefixes to train (empty = all), e.g. {"unit_emb.", "session_emb."}.
+  std::vector<std::string> trainable;
+  bool log_progress = true;      // a progress line on stderr
+
+  nlohmann::json to_json() const;
+};
+
+struct EvalPoint {
+  int64_t step = 0;
+  double train_loss = 0;  // mean training loss since the previous point
+  double seconds = 0;     // wall time since training started
+  Metrics val;
+};
+
+struct TrainResult {
+  std::vector<EvalPoint> curve;
+  int64_t best_step = 0;
+  double best_score = 0;
+  double seconds = 0;
+  int64_t peak_bytes = 0;   // peak CPU tensor bytes during the run
+  int64_t steps_to_95 = -1; // first evaluated step whose score reached 95% of the final score
+  int64_t trainable_parameters = 0;
+  nlohmann::json to_json() const;
+};
+
+// Trains `forecaster` on the training windows of `sessions` (all when empty), evaluating on their
+// validation windows. `on_eval` is called at every evaluation point (for metrics.jsonl);
+// `on_best` when the validation score improves (for the best checkpoint). At the end the
+// parameters of the best evaluation are restored into the model.
+TrainResult train(Forecaster& forecaster, const data::PreparedData& data,
+                  const std::vector<int64_t>& sessions, const TrainOptions& options,
+                  const std::vector<int64_t>& session_of = {},
+                  const std::function<void(const EvalPoint&)>& on_eval = {},
+                  const std::function<void(const EvalPoint&)>& on_best = {});
+
+// Named fine-tuning modes: which parameters adapt to a new session.
+// "embeddings" (unit and session embeddings), "embeddings+head" (plus the FiLM head), "all".
+std::vector<std::string> finetune_prefixes(const std::string& mode);
+
+}  // namespace mt::meta

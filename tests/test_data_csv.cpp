@@ -1,0 +1,142 @@
+// The CSV loader (data/csv.h): values, timestamps from the sampling rate, errors with line and
+// column, and the two real zebrafish recordings in ../shared/data (skipped when absent).
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+
+#include <catch2/catch.hpp>
+
+#include "data/csv.h"
+#include "data/load.h"
+#include "data/session.h"
+
+#ifndef METATAPE_SOURCE_DIR
+#error "METATAPE_SOURCE_DIR must be defined as a string literal naming the repository root"
+#endif
+
+namespace fs = std::filesystem;
+using Catch::Contains;
+using namespace mt::data;
+
+namespace {
+
+class TempDir {
+ public:
+  TempDir() {
+    std::random_device rd;
+    path_ = fs::temp_directory_path() /
+            ("mt_data_csv_" + std::to_string(rd()) + "_" + std::to_string(rd()));
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  // Writes `text` to a file in the folder and returns its path.
+  std::string write(const std::string& name, const std::string& text) const {
+    const std::string p = (path_ / name).string();
+    std::ofstream(p, std::ios::binary) << text;
+    return p;
+  }
+  std::string str() const { return path_.string(); }
+
+ private:
+  fs::path path_;
+};
+
+}  // namespace
+
+TEST_CASE("csv: rows are neurons, columns are frames", "[data][csv]") {
+  TempDir dir;
+  const std::string p =
+      dir.write("fish.csv", "0.5,1.5,-2e-1,3\n 4 , 5,6.25,+7\r\n1e3,nan_free,0,0\n");
+  SECTION("non-numeric cell names line and column") {
+    REQUIRE_THROWS_WITH(load_csv(p), Contains("fish.csv") && Contains("session 'fish'") &&
+                                         Contains("line 3, column 2") &&
+                                         Contains("'nan_free' is not a number"));
+  }
+  const std::string q =
+      dir.write("fish2.csv", "0.5,1.5,-2e-1,3\n 4 , 5,6.25,+7\r\n1e3,0,0,0\n\n\n");
+  CsvOptions o;
+  o.sampling_rate_hz = 2.0;
+  const Session s = load_csv(q, o);
+  CHECK(s.name == "fish2");
+  REQUIRE(s.num_neurons == 3);
+  REQUIRE(s.num_frames == 4);
+  CHECK(s.at(0, 2) == -0.2f);
+  CHECK(s.at(1, 0) == 4.0f);
+  CHECK(s.at(1, 3) == 7.0f);
+  CHECK(s.at(2, 0) == 1000.0f);
+  CHECK(s.timestamps == std::vector<double>{0.0, 0.5, 1.0, 1.5});
+  // Default 1 Hz.
+  CHECK(load_csv(q).timestamps[3] == 3.0);
+}
+
+TEST_CASE("csv: malformed files are refused with line and column", "[data][csv]") {
+  TempDir dir;
+  SECTION("ragged rows") {
+    const std::string p = dir.write("ragged.csv", "1,2,3\n4,5,6\n7,8\n");
+    REQUIRE_THROWS_WITH(load_csv(p), Contains("ragged.csv") && Contains("line 3 has 2 columns") &&
+                                         Contains("line 1 has 3") && Contains("ragged"));
+  }
+  SECTION("header row") {
+    const std::string p = dir.write("header.csv", "frame0,frame1\n1,2\n");
+    REQUIRE_THROWS_WITH(load_csv(p), Contains("header.csv") && Contains("line 1, column 1") &&
+                                         Contains("no header row"));
+  }
+  SECTION("empty cell") {
+    const std::string p = dir.write("hole.csv", "1,2,3\n4,,6\n");
+    REQUIRE_THROWS_WITH(load_csv(p), Contains("hole.csv") && Contains("line 2, column 2 is empty"));
+  }
+  SECTION("empty file") {
+    const std::string p = dir.write("empty.csv", "");
+    REQUIRE_THROWS_WITH(load_csv(p), Contains("empty.csv") && Contains("the file is empty"));
+    const std::string blank = dir.write("blank.csv", "\n\n  \n");
+    REQUIRE_THROWS_WITH(load_csv(blank), Contains("blank.csv") && Contains("the file is empty"));
+  }
+  SECTION("blank line between rows") {
+    const std::string p = dir.write("gap.csv", "1,2\n\n3,4\n");
+    REQUIRE_THROWS_WITH(load_csv(p), Contains("gap.csv") && Contains("line 2 is blank"));
+  }
+  SECTION("NaN cell names the neuron and frame") {
+    const std::string p = dir.write("gaps.csv", "1,2,3\n4,5,NaN\n");
+    REQUIRE_THROWS_WITH(load_csv(p), Contains("gaps.csv") && Contains("session 'gaps'") &&
+                                         Contains("neuron 1, frame 2 is nan"));
+  }
+  SECTION("missing file and bad option") {
+    REQUIRE_THROWS_WITH(load_csv(dir.str() + "/absent.csv"),
+                        Contains("absent.csv") && Contains("no such file"));
+    const std::string p = dir.write("ok.csv", "1,2\n");
+    CsvOptions o;
+    o.sampling_rate_hz = 0;
+    REQUIRE_THROWS_WITH(load_csv(p, o), Contains("ok.csv") && Contains("sampling_rate_hz"));
+  }
+}
+
+TEST_CASE("csv: the two zebrafish recordings load", "[data][csv][real]") {
+  const std::string dir = METATAPE_SOURCE_DIR "/../shared/data/zebrafish-triplett2018";
+  if (!fs::exists(dir)) {
+    WARN("skipped: " << dir << " is missing (the real recordings live in ../shared/data)");
+    return;
+  }
+  LoadOptions o;
+  o.csv.sampling_rate_hz = 2.2;
+  const auto t0 = std::chrono::steady_clock::now();
+  const Dataset d = load_folder(dir, o);
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  REQUIRE(d.size() == 2);
+  CHECK(d[0].name == "zf_20151104-f1_activity_matrix");
+  CHECK(d[0].num_neurons == 114);
+  CHECK(d[0].num_frames == 4245);
+  CHECK(d[1].name == "zf_20170215-f3_activity_matrix");
+  CHECK(d[1].num_neurons == 75);
+  CHECK(d[1].num_frames == 5660);
+  CHECK(d[0].at(0, 0) == 0.19215f);  // first cell of the file
+  CHECK(d[0].at(0, 1) == 0.17771f);
+  CHECK(d[1].frame_interval() == Approx(1.0 / 2.2));
+  WARN("zebrafish folder (2 sessions) loaded in " << ms << " ms");
+}

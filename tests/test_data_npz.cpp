@@ -1,0 +1,262 @@
+// The .npz reader and writer (data/npz.h) against files written by numpy
+// (tests/fixtures/data/, made by tools/reference/make_data_fixtures.py), a write/read round
+// trip, and every way an archive can be unusable.
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include "data/load.h"
+#include "data/npz.h"
+#include "data/session.h"
+
+#ifndef METATAPE_SOURCE_DIR
+#error "METATAPE_SOURCE_DIR must be defined as a string literal naming the repository root"
+#endif
+
+namespace fs = std::filesystem;
+using Catch::Contains;
+using namespace mt::data;
+
+namespace {
+
+std::string fixture(const std::string& name) {
+  return std::string(METATAPE_SOURCE_DIR) + "/tests/fixtures/data/" + name;
+}
+
+// A fresh directory under the system temp dir, removed on scope exit.
+class TempDir {
+ public:
+  TempDir() {
+    std::random_device rd;
+    path_ = fs::temp_directory_path() /
+            ("mt_data_npz_" + std::to_string(rd()) + "_" + std::to_string(rd()));
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+std::vector<char> read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE(in.good());
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+void write_bytes(const std::string& path, const std::vector<char>& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  REQUIRE(out.good());
+}
+
+// The fixtures' values: M[n, t] = 10 n + t + 0.25 (n % 2); t = 0.5 + 0.125 frame.
+void check_fixture(const Session& s, int64_t n, int64_t t, bool has_t, double dt = 1.0) {
+  REQUIRE(s.num_neurons == n);
+  REQUIRE(s.num_frames == t);
+  REQUIRE(s.activity.size() == static_cast<size_t>(n * t));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < t; ++j)
+      REQUIRE(s.at(i, j) == static_cast<float>(10.0 * i + j + 0.25 * (i % 2)));
+  for (int64_t j = 0; j < t; ++j)
+    REQUIRE(s.timestamps[static_cast<size_t>(j)] ==
+            (has_t ? 0.5 + 0.125 * j : static_cast<double>(j) * dt));
+}
+
+Session small_session(const std::string& name, int64_t n, int64_t t) {
+  Session s;
+  s.name = name;
+  s.num_neurons = n;
+  s.num_frames = t;
+  for (int64_t i = 0; i < n * t; ++i) s.activity.push_back(std::sin(0.37f * static_cast<float>(i)));
+  for (int64_t j = 0; j < t; ++j) s.timestamps.push_back(100.0 + 0.45 * static_cast<double>(j));
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("npz: numpy-written fixtures load with the right values", "[data][npz]") {
+  SECTION("stored, float32, C order, with t") {
+    const Session s = load_npz(fixture("stored_f4_c.npz"));
+    CHECK(s.name == "stored_f4_c");
+    CHECK(s.source == fixture("stored_f4_c.npz"));
+    check_fixture(s, 3, 5, true);
+  }
+  SECTION("deflated, float32, C order, with t") {
+    check_fixture(load_npz(fixture("deflated_f4_c.npz")), 4, 7, true);
+  }
+  SECTION("stored, float64, Fortran order, with t") {
+    check_fixture(load_npz(fixture("stored_f8_fortran.npz")), 3, 6, true);
+  }
+  SECTION("deflated, float64, Fortran order, no t: timestamps from dt") {
+    check_fixture(load_npz(fixture("deflated_f8_fortran.npz")), 5, 4, false);
+    NpzOptions o;
+    o.dt = 0.25;
+    check_fixture(load_npz(fixture("deflated_f8_fortran.npz"), o), 5, 4, false, 0.25);
+  }
+  SECTION("deflated, float32, Fortran order") {
+    check_fixture(load_npz(fixture("deflated_f4_fortran_no_t.npz")), 2, 9, false);
+  }
+  SECTION(".npy format versions 2.0 and 3.0") {
+    check_fixture(load_npz(fixture("v2_stored_f4.npz")), 3, 4, true);
+    check_fixture(load_npz(fixture("v3_deflated_f8_fortran.npz")), 4, 3, false);
+  }
+}
+
+TEST_CASE("npz: round trip through save_npz, stored and deflated", "[data][npz]") {
+  TempDir dir;
+  const Session s = small_session("roundtrip", 7, 33);
+  for (bool compress : {false, true}) {
+    const std::string path = dir.file(compress ? "deflated.npz" : "stored.npz");
+    save_npz(s, path, {compress});
+    const Session r = load_npz(path);
+    CHECK(r.name == (compress ? "deflated" : "stored"));
+    REQUIRE(r.num_neurons == s.num_neurons);
+    REQUIRE(r.num_frames == s.num_frames);
+    CHECK(r.activity == s.activity);      // bit for bit
+    CHECK(r.timestamps == s.timestamps);  // t is stored as float64
+  }
+  // Overwriting goes through a temporary file and a rename: no temporary is left behind.
+  save_npz(small_session("other", 2, 3), dir.file("stored.npz"));
+  CHECK(load_npz(dir.file("stored.npz")).num_neurons == 2);
+  int64_t files = 0;
+  for (const auto& e : fs::directory_iterator(dir.path())) {
+    (void)e;
+    ++files;
+  }
+  CHECK(files == 2);
+}
+
+TEST_CASE("npz: a folder loads sorted by file name", "[data][npz]") {
+  TempDir dir;
+  save_npz(small_session("x", 3, 10), dir.file("b_session.npz"));
+  save_npz(small_session("x", 4, 12), dir.file("a_session.npz"));
+  { std::ofstream(dir.file("README.md")) << "not a session\n"; }
+  for (const Dataset& d :
+       {load_npz_folder(dir.path().string()), load_folder(dir.path().string())}) {
+    REQUIRE(d.size() == 2);
+    CHECK(d[0].name == "a_session");
+    CHECK(d[0].num_neurons == 4);
+    CHECK(d[1].name == "b_session");
+    CHECK(d.total_neurons() == 7);
+    CHECK(d.max_neurons() == 4);
+    CHECK(d.find("b_session") == 1);
+    CHECK(d.find("nope") == -1);
+  }
+}
+
+TEST_CASE("npz: unusable archives are refused with the file and the fix", "[data][npz]") {
+  SECTION("missing file") {
+    REQUIRE_THROWS_WITH(load_npz("/nonexistent/folder/missing.npz"),
+                        Contains("missing.npz") && Contains("no such file"));
+  }
+  SECTION("missing M") {
+    REQUIRE_THROWS_WITH(load_npz(fixture("bad_missing_M.npz")),
+                        Contains("bad_missing_M.npz") && Contains("no member 'M'") &&
+                            Contains("X.npy") && Contains("np.savez(path, M=activity)"));
+  }
+  SECTION("NaN names the session, neuron and frame") {
+    REQUIRE_THROWS_WITH(load_npz(fixture("bad_nan.npz")),
+                        Contains("bad_nan.npz") && Contains("session 'bad_nan'") &&
+                            Contains("neuron 1, frame 2 is nan") && Contains("interpolate"));
+  }
+  SECTION("integer dtype") {
+    REQUIRE_THROWS_WITH(load_npz(fixture("bad_int.npz")), Contains("bad_int.npz") &&
+                                                              Contains("'<i4' is not supported") &&
+                                                              Contains("astype(np.float32)"));
+  }
+  SECTION("big-endian dtype") {
+    REQUIRE_THROWS_WITH(load_npz(fixture("bad_big_endian.npz")),
+                        Contains("bad_big_endian.npz") && Contains("'>f4' is not supported"));
+  }
+  SECTION("1-D M") {
+    REQUIRE_THROWS_WITH(load_npz(fixture("bad_1d.npz")), Contains("bad_1d.npz") &&
+                                                             Contains("(5,) is not 2-D") &&
+                                                             Contains("M[None, :]"));
+  }
+  SECTION("M stored (frames, neurons)") {
+    REQUIRE_THROWS_WITH(load_npz(fixture("bad_transposed.npz")),
+                        Contains("bad_transposed.npz") && Contains("matches M's first dim") &&
+                            Contains("save M.T"));
+  }
+  SECTION("truncated archive") {
+    TempDir dir;
+    for (const char* name : {"stored_f4_c.npz", "deflated_f4_c.npz"}) {
+      std::vector<char> bytes = read_bytes(fixture(name));
+      for (size_t keep : {bytes.size() - 10, bytes.size() / 2, size_t{30}, size_t{0}}) {
+        const std::string path = dir.file(fmt::format("truncated_{}_{}", keep, name));
+        write_bytes(path,
+                    std::vector<char>(bytes.begin(), bytes.begin() + static_cast<long>(keep)));
+        REQUIRE_THROWS_WITH(load_npz(path), Contains(path) && Contains("not a readable zip") &&
+                                                Contains("truncated or corrupt"));
+      }
+    }
+  }
+  SECTION("corrupt member data (CRC or deflate error)") {
+    TempDir dir;
+    for (const char* name : {"stored_f4_c.npz", "deflated_f4_c.npz"}) {
+      std::vector<char> bytes = read_bytes(fixture(name));
+      // Flip bytes inside the first member's data, which starts at byte 35 (30-byte local
+      // header and the name M.npy) or 55 (plus numpy's 20-byte zip64 extra field) and is over
+      // 100 bytes long.
+      for (size_t i = 60; i < 80; ++i) bytes[i] = static_cast<char>(bytes[i] ^ 0x5A);
+      const std::string path = dir.file(std::string("corrupt_") + name);
+      write_bytes(path, bytes);
+      REQUIRE_THROWS_WITH(load_npz(path),
+                          Contains(path) && Contains("member M") && Contains("corrupt"));
+    }
+  }
+  SECTION("not a zip at all") {
+    TempDir dir;
+    const std::string path = dir.file("text.npz");
+    { std::ofstream(path) << "hello, this is not an archive\n"; }
+    REQUIRE_THROWS_WITH(load_npz(path), Contains("text.npz") && Contains("not a readable zip"));
+  }
+  SECTION("empty folder") {
+    TempDir dir;
+    REQUIRE_THROWS_WITH(load_npz_folder(dir.path().string()), Contains("no .npz files"));
+    REQUIRE_THROWS_WITH(load_folder(dir.path().string()), Contains("no recordings"));
+  }
+  SECTION("save_npz refuses an invalid session and a missing folder") {
+    Session s = small_session("bad", 2, 4);
+    s.activity[5] = std::numeric_limits<float>::infinity();
+    REQUIRE_THROWS_WITH(save_npz(s, "/tmp/never_written.npz"),
+                        Contains("session 'bad'") && Contains("neuron 1, frame 1 is inf"));
+    REQUIRE_THROWS_WITH(save_npz(small_session("ok", 2, 4), "/nonexistent/dir/x.npz"),
+                        Contains("/nonexistent/dir") && Contains("does not exist"));
+  }
+}
+
+TEST_CASE("npy: header parsing edge cases", "[data][npz]") {
+  const float v[6] = {1, 2, 3, 4, 5, 6};
+  std::vector<char> npy = make_npy_f32({2, 3}, v);
+  CHECK(npy.size() % 64 == 24);  // 64-byte aligned header, then 24 data bytes
+  NpyArray a = parse_npy(npy, "mem");
+  CHECK(a.descr == "<f4");
+  CHECK(a.shape == std::vector<int64_t>{2, 3});
+  CHECK(a.to_float() == std::vector<float>(v, v + 6));
+  CHECK(a.to_double()[5] == 6.0);
+
+  std::vector<char> truncated(npy.begin(), npy.end() - 4);
+  REQUIRE_THROWS_WITH(parse_npy(truncated, "mem"),
+                      Contains("needs 24 data bytes") && Contains("truncated"));
+  std::vector<char> bad_magic = npy;
+  bad_magic[1] = 'X';
+  REQUIRE_THROWS_WITH(parse_npy(bad_magic, "mem"), Contains("not a .npy array"));
+  std::vector<char> bad_version = npy;
+  bad_version[6] = 9;
+  REQUIRE_THROWS_WITH(parse_npy(bad_version, "mem"), Contains("version 9.0 is not supported"));
+}

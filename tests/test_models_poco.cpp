@@ -1,0 +1,181 @@
+// The POCO model against the PyTorch reference (tools/reference/poco_reference.py): same weights
+// (tests/golden/poco_tiny_v1.safetensors), same batch, same prediction, loss, gradient of every
+// parameter, and the second-order meta-gradient of one inner step on the embeddings. Plus the
+// parameter count of poco-paper and config validation.
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+
+#include "engine/io/safetensors.h"
+#include "models/baselines.h"
+#include "models/poco.h"
+#include "support/golden_file.h"
+#include "support/gradcheck.h"
+
+using namespace mt;
+using namespace mt::testing;
+
+namespace {
+
+// f64 against torch f64. The two differ in summation order (GEMM blocking, softmax and
+// layer-norm reductions) and in the last bit of exp/erf/sin/cos; through the ~60 ops of a
+// forward and backward pass on O(1) values that stays below ~1e-13 relative. 1e-11 absolute plus
+// 1e-9 relative keeps two orders of margin and fails on any wrong term.
+constexpr Tolerance kPocoGolden{1e-11, 1e-9};
+
+const std::string kDir = std::string(METATAPE_SOURCE_DIR) + "/tests/golden/";
+
+struct Loaded {
+  std::unique_ptr<models::Poco> model;
+  GoldenFile golden;
+};
+
+std::vector<int64_t> as_indices(const GoldenTensor& t) {
+  std::vector<int64_t> v;
+  for (double x : t.values) v.push_back(int64_t(std::llround(x)));
+  return v;
+}
+
+Loaded load_golden() {
+  auto st = io::load_safetensors(kDir + "poco_tiny_v1.safetensors");
+  auto config = models::PocoConfig::from_json(nlohmann::json::parse(st.metadata.at("config")));
+  auto sizes = nlohmann::json::parse(st.metadata.at("session_sizes")).get<std::vector<int64_t>>();
+  Generator gen(0);
+  Loaded out{std::make_unique<models::Poco>(config, sizes, gen, DType::f64),
+             GoldenFile::load(kDir + "poco_tiny_v1.bin")};
+  NoGradGuard no_grad;
+  for (auto& [name, param] : out.model->named_parameters()) {
+    const Tensor* t = st.find(name);
+    INFO("parameter " << name);
+    REQUIRE(t != nullptr);
+    REQUIRE(t->shape() == param.shape());
+    param.copy_(*t);
+  }
+  REQUIRE(out.model->named_parameters().size() == st.tensors.size());
+  return out;
+}
+
+models::PocoBatch make_batch(const models::Poco& m, const GoldenFile& g, const std::string& x_name,
+                             const std::string& target_name) {
+  models::PocoBatch b;
+  b.sample_neurons = as_indices(g.at("sample_sizes"));
+  b.sample_sessions = as_indices(g.at("sample_sessions"));
+  const GoldenTensor& x = g.at(x_name);
+  b.x = from_vector(x.values, Shape(x.shape), DType::f64);
+  b.unit_index = from_indices(as_indices(g.at("unit_index")), Shape{b.x.size(0)});
+  std::vector<int64_t> ns;
+  for (size_t s = 0; s < b.sample_neurons.size(); ++s)
+    for (int64_t n = 0; n < b.sample_neurons[s]; ++n) ns.push_back(b.sample_sessions[s]);
+  b.neuron_session = from_indices(ns, Shape{int64_t(ns.size())});
+  const GoldenTensor& t = g.at(target_name);
+  b.target = from_vector(t.values, Shape(t.shape), DType::f64);
+  (void)m;
+  return b;
+}
+
+void expect_close(const GoldenFile& g, const std::string& name, const Tensor& actual) {
+  const GoldenTensor& ref = g.at(name);
+  INFO("tensor " << name);
+  REQUIRE(actual.shape() == Shape(ref.shape));
+  auto v = actual.to_vector<double>();
+  for (size_t i = 0; i < v.size(); ++i) {
+    const double err = std::abs(v[i] - ref.values[i]);
+    if (err > kPocoGolden.atol + kPocoGolden.rtol * std::abs(ref.values[i]))
+      FAIL(fmt::format("{}[{}]: got {:.17g}, golden {:.17g}", name, i, v[i], ref.values[i]));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("POCO configs: named ones, parameter count, validation", "[models][poco]") {
+  Generator gen(1);
+  models::Poco paper(models::PocoConfig::paper(), {40, 30}, gen);
+  CHECK(paper.backbone_parameter_count() == 1518480);  // models/POCO.md
+  auto j = models::PocoConfig::seed().to_json();
+  CHECK(models::PocoConfig::from_json(j).dim == 512);
+  CHECK_THROWS_WITH(models::PocoConfig::from_json(nlohmann::json{{"dimm", 3}}),
+                    Catch::Contains("unknown key 'dimm'") && Catch::Contains("dim_head"));
+  CHECK_THROWS_WITH(models::PocoConfig::from_json(nlohmann::json{{"patch", 5}}),
+                    Catch::Contains("multiple of patch 5"));
+  CHECK_THROWS_WITH(models::PocoConfig::from_json(nlohmann::json{{"depth", 1.5}}),
+                    Catch::Contains("'depth' must be an integer"));
+  CHECK_THROWS_WITH(models::PocoConfig::named("poco-large"), Catch::Contains("poco-paper"));
+}
+
+TEST_CASE("POCO forward, loss and every gradient match PyTorch", "[models][poco][golden]") {
+  Loaded L = load_golden();
+  models::PocoBatch b = make_batch(*L.model, L.golden, "x_all", "targets");
+  Tensor pred = L.model->forward(b);
+  Tensor loss = mse_loss(pred, b.target);
+  expect_close(L.golden, "prediction", pred);
+  expect_close(L.golden, "loss", loss);
+  auto named = L.model->named_parameters();
+  TensorList params;
+  for (auto& [n, p] : named) params.push_back(p);
+  TensorList grads = autograd::grad({loss}, params);
+  for (size_t i = 0; i < named.size(); ++i) expect_close(L.golden, "grad." + named[i].first, grads[i]);
+}
+
+TEST_CASE("POCO second-order meta-gradient through an embedding step matches PyTorch",
+          "[models][poco][golden][meta]") {
+  Loaded L = load_golden();
+  const models::Poco& m = *L.model;
+  models::PocoBatch support = make_batch(m, L.golden, "x_all", "targets");
+  models::PocoBatch query = make_batch(m, L.golden, "query.x_all", "query.targets");
+  const double lr = L.golden.at("inner_lr").values.at(0);
+  nn::ParamMap params = m.parameter_map();
+  Tensor loss = mse_loss(m.forward(support), support.target);
+  TensorList inner = autograd::grad({loss}, {params["unit_emb.weight"], params["session_emb.weight"]},
+                                    {}, std::nullopt, /*create_graph=*/true);
+  nn::ParamMap fast{{"unit_emb.weight", sub(params["unit_emb.weight"], mul(inner[0], lr))},
+                    {"session_emb.weight", sub(params["session_emb.weight"], mul(inner[1], lr))}};
+  expect_close(L.golden, "fast.unit_emb.weight", fast["unit_emb.weight"]);
+  Tensor q_pred = m.forward(query, &fast);
+  Tensor q_loss = mse_loss(q_pred, query.target);
+  expect_close(L.golden, "query.prediction", q_pred);
+  expect_close(L.golden, "query_loss", q_loss);
+  auto named = m.named_parameters();
+  TensorList all;
+  for (auto& [n, p] : named) all.push_back(p);
+  TensorList meta = autograd::grad({q_loss}, all);
+  for (size_t i = 0; i < named.size(); ++i) expect_close(L.golden, "meta_grad." + named[i].first, meta[i]);
+}
+
+TEST_CASE("POCO: samples do not see each other; batch errors are clear", "[models][poco]") {
+  Loaded L = load_golden();
+  models::PocoBatch b = make_batch(*L.model, L.golden, "x_all", "targets");
+  Tensor full = L.model->forward(b);
+  // Changing sample 1's data leaves sample 0's predictions unchanged (block-diagonal attention).
+  models::PocoBatch changed = b;
+  changed.x = b.x.clone();
+  {
+    NoGradGuard no_grad;
+    changed.x.narrow(0, b.sample_neurons[0], b.sample_neurons[1]).fill_(3.0);
+  }
+  Tensor other = L.model->forward(changed);
+  CHECK(max_abs_diff(full.narrow(0, 0, b.sample_neurons[0]),
+                     other.narrow(0, 0, b.sample_neurons[0])) == 0);
+  CHECK(max_abs_diff(full, other) > 1e-6);
+  models::PocoBatch bad = b;
+  bad.sample_neurons[0] += 1;
+  CHECK_THROWS_WITH(L.model->forward(bad), Catch::Contains("sample_neurons add up to"));
+  bad = b;
+  bad.sample_sessions[0] = 9;
+  CHECK_THROWS_WITH(L.model->forward(bad), Catch::Contains("session 9 does not exist"));
+}
+
+TEST_CASE("baselines: copy-last, NLinear, MLP", "[models][baselines]") {
+  Tensor ctx = random_tensor(Shape{3, 6}, -1, 1, 95);
+  Tensor c = models::copy_last(ctx, 4);
+  CHECK(c.shape() == Shape{3, 4});
+  CHECK(max_abs_diff(c.narrow(1, 2, 1), ctx.narrow(1, 5, 1)) == 0);
+  Generator gen(3);
+  models::NLinear nl(6, 4, gen, DType::f64);
+  // NLinear is shift-equivariant: adding a constant to the context adds it to the forecast.
+  CHECK(max_abs_diff(nl.forward(add(ctx, 2.5)), add(nl.forward(ctx), 2.5)) < 1e-12);
+  models::MlpForecaster mlp(6, 8, 4, gen, DType::f64);
+  CHECK(mlp.forward(ctx).shape() == Shape{3, 4});
+  CHECK(mlp.named_parameters().size() == 4);
+}
