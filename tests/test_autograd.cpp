@@ -18,7 +18,7 @@ Tensor leaf(std::vector<double> v, Shape shape) {
 constexpr double kExactTol = 1e-12;  // closed-form derivatives of a few f64 ops
 }  // namespace
 
-TEST_CASE("backward accumulates into leaves; grad() leaves .grad alone", "[autograd]") {
+TEST_CASE("backward accumulates into leaves, grad() leaves .grad alone", "[autograd]") {
   Tensor x = leaf({1, 2, 3}, Shape{3});
   Tensor y = sum(mul(x, x));
   y.backward(Tensor(), /*retain_graph=*/true);

@@ -143,7 +143,7 @@ TEST_CASE("POCO second-order meta-gradient through an embedding step matches PyT
   for (size_t i = 0; i < named.size(); ++i) expect_close(L.golden, "meta_grad." + named[i].first, meta[i]);
 }
 
-TEST_CASE("POCO: samples do not see each other; batch errors are clear", "[models][poco]") {
+TEST_CASE("POCO: samples do not see each other, batch errors are clear", "[models][poco]") {
   Loaded L = load_golden();
   models::PocoBatch b = make_batch(*L.model, L.golden, "x_all", "targets");
   Tensor full = L.model->forward(b);

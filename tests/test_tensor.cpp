@@ -65,7 +65,7 @@ TEST_CASE("memory statistics track current and peak bytes", "[tensor][memory]") 
   CHECK(memory_stats().peak_allocated_bytes == memory_stats().allocated_bytes);
 }
 
-TEST_CASE("large CPU blocks are cached and reused; empty_cache returns them", "[tensor][memory]") {
+TEST_CASE("large CPU blocks are cached and reused, empty_cache returns them", "[tensor][memory]") {
   empty_cache();
   const MemoryStats s0 = memory_stats();
   const void* first = nullptr;
