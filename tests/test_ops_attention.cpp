@@ -11,6 +11,8 @@ using namespace mt;
 using namespace mt::testing;
 
 namespace {
+constexpr int64_t kDense = int64_t(1) << 24;  // the default: this test's batch runs dense
+constexpr int64_t kPerSample = 0;             // forces one attention per sample
 // f64 attention of a few O(1) terms: rounding ~1e-15; the reference sums in another order.
 constexpr double kAttnTol = 1e-12;
 
@@ -72,7 +74,7 @@ std::vector<double> attention_ref(const Tensor& q, const Tensor& k, const Tensor
   return out;
 }
 
-VarlenAttention make_spec(bool rotate, bool rotate_value) {
+VarlenAttention make_spec(bool rotate, bool rotate_value, int64_t dense_limit) {
   // Samples: 3 queries x 4 keys, 0 queries x 2 keys, 2 queries x 1 key.
   VarlenAttention s;
   s.heads = 2;
@@ -84,6 +86,7 @@ VarlenAttention make_spec(bool rotate, bool rotate_value) {
     s.inv_freq = rotary_inv_freq(8, 100.0, DType::f64);
   }
   s.rotate_value = rotate_value;
+  s.dense_limit = dense_limit;
   return s;
 }
 }  // namespace
@@ -116,17 +119,20 @@ TEST_CASE("varlen attention: forward against dense loops", "[ops][attention]") {
   Tensor q = random_tensor(Shape{5, 16}, -1, 1, 85);
   Tensor k = random_tensor(Shape{7, 16}, -1, 1, 86);
   Tensor v = random_tensor(Shape{7, 16}, -1, 1, 87);
-  for (auto [rotate, rotate_value] : {std::pair{false, false}, {true, false}, {true, true}}) {
-    INFO("rotary " << rotate << " rotate_value " << rotate_value);
-    VarlenAttention s = make_spec(rotate, rotate_value);
-    Tensor o = varlen_attention(q, k, v, s);
-    REQUIRE(o.shape() == Shape{5, 16});
-    auto ref = attention_ref(q, k, v, s);
-    auto ov = o.to_vector<double>();
-    for (size_t i = 0; i < ov.size(); ++i) CHECK(std::abs(ov[i] - ref[i]) < kAttnTol);
+  // Both forms: dense with a block mask (default for small batches) and one attention per sample.
+  for (int64_t limit : {kDense, kPerSample}) {
+    for (auto [rotate, rotate_value] : {std::pair{false, false}, {true, false}, {true, true}}) {
+      INFO("rotary " << rotate << " rotate_value " << rotate_value << " dense_limit " << limit);
+      VarlenAttention s = make_spec(rotate, rotate_value, limit);
+      Tensor o = varlen_attention(q, k, v, s);
+      REQUIRE(o.shape() == Shape{5, 16});
+      auto ref = attention_ref(q, k, v, s);
+      auto ov = o.to_vector<double>();
+      for (size_t i = 0; i < ov.size(); ++i) CHECK(std::abs(ov[i] - ref[i]) < kAttnTol);
+    }
   }
   // The last sample has one key: its outputs are exactly that key's value (per head).
-  VarlenAttention plain = make_spec(false, false);
+  VarlenAttention plain = make_spec(false, false, kDense);
   Tensor o = varlen_attention(q, k, v, plain);
   CHECK(max_abs_diff(o.narrow(0, 3, 2), v.narrow(0, 6, 1).expand(Shape{2, 16})) < kAttnTol);
 }
@@ -136,12 +142,17 @@ TEST_CASE("varlen attention: first- and second-order gradients", "[ops][attentio
   Tensor k = random_tensor(Shape{7, 16}, -1, 1, 89);
   Tensor v = random_tensor(Shape{7, 16}, -1, 1, 90);
   Tensor w = random_tensor(Shape{5, 16}, -1, 1, 91);
-  for (auto [rotate, rotate_value] : {std::pair{false, false}, {true, true}}) {
-    VarlenAttention s = make_spec(rotate, rotate_value);
-    auto f = [&](const TensorList& in) { return sum(mul(varlen_attention(in[0], in[1], in[2], s), w), {1}); };
-    std::string label = rotate_value ? "attention rotary+value" : "attention";
-    CHECK(check_gradients(label, f, {q, k, v}) > 0);
-    CHECK(check_second_order(label, f, {q, k, v}) > 0);
+  for (int64_t limit : {kDense, kPerSample}) {
+    for (auto [rotate, rotate_value] : {std::pair{false, false}, {true, true}}) {
+      VarlenAttention s = make_spec(rotate, rotate_value, limit);
+      auto f = [&](const TensorList& in) {
+        return sum(mul(varlen_attention(in[0], in[1], in[2], s), w), {1});
+      };
+      std::string label = std::string(rotate_value ? "attention rotary+value" : "attention") +
+                          (limit == kDense ? " (dense)" : " (per sample)");
+      CHECK(check_gradients(label, f, {q, k, v}) > 0);
+      CHECK(check_second_order(label, f, {q, k, v}) > 0);
+    }
   }
 }
 
@@ -159,5 +170,7 @@ TEST_CASE("varlen attention: errors name the problem", "[ops][attention][errors]
   s.heads = 2;
   s.q_lengths = {2, 1};
   s.k_lengths = {4, 0};
+  CHECK_THROWS_WITH(varlen_attention(q, k, k, s), Catch::Contains("no keys"));
+  s.dense_limit = 0;
   CHECK_THROWS_WITH(varlen_attention(q, k, k, s), Catch::Contains("no keys"));
 }

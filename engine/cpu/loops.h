@@ -2,6 +2,8 @@
 // The output of a map is always a fresh contiguous tensor; inputs may be any strided views.
 #pragma once
 
+#include <omp.h>
+
 #include <array>
 #include <cstdint>
 #include <utility>
@@ -18,9 +20,75 @@ inline Shape broadcast_strides(const Tensor& t, const Shape& out) {
   return s;
 }
 
-// Walks every index of `shape` in row-major order; offsets[k] tracks the element offset of
-// operand k under strides[k]. Calls body(offsets) once per innermost row with the row length
-// and the operands' innermost strides, so the hot loop is a plain strided loop.
+// Elements below which a loop stays on one thread (thread start-up costs more than it saves).
+inline constexpr int64_t kParallelGrain = int64_t(1) << 15;
+
+// Calls body(begin, end) over [0, n) split into one contiguous chunk per OpenMP thread when n
+// is at least `grain` elements' worth of work, else once. Chunks are fixed by n and the thread
+// count, and each element is computed by exactly one thread, so results do not depend on timing.
+template <class Body>
+void parallel_range(int64_t n, int64_t work_per_item, Body&& body) {
+  if (n <= 1 || n * work_per_item < kParallelGrain) {
+    body(int64_t(0), n);
+    return;
+  }
+#pragma omp parallel
+  {
+    const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t begin = n * t / threads, end = n * (t + 1) / threads;
+    if (begin < end) body(begin, end);
+  }
+}
+
+// Walks every index of `shape` in row-major order, rows [row_begin, row_end) of the innermost
+// dim; offsets[k] tracks the element offset of operand k under strides[k]. Calls
+// body(row, offsets, len, inner_strides) once per innermost row, so the hot loop is a plain
+// strided loop.
+template <size_t N, class Body>
+void for_rows(const Shape& shape, const std::array<Shape, N>& strides, int64_t row_begin,
+              int64_t row_end, Body&& body) {
+  const int rank = shape.size();
+  const int64_t inner_len = shape[rank - 1];
+  std::array<int64_t, N> inner{}, off{};
+  for (size_t k = 0; k < N; ++k) inner[k] = strides[k][rank - 1];
+  // Unravel row_begin into the index of the outer dims.
+  std::array<int64_t, kMaxDims> idx{};
+  for (int64_t r = row_begin, d = rank - 2; d >= 0; --d) {
+    idx[size_t(d)] = r % shape[int(d)];
+    r /= shape[int(d)];
+    for (size_t k = 0; k < N; ++k) off[k] += idx[size_t(d)] * strides[k][int(d)];
+  }
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    body(r, off, inner_len, inner);
+    for (int d = rank - 2; d >= 0; --d) {
+      if (++idx[size_t(d)] < shape[d]) {
+        for (size_t k = 0; k < N; ++k) off[k] += strides[k][d];
+        break;
+      }
+      for (size_t k = 0; k < N; ++k) off[k] -= strides[k][d] * (shape[d] - 1);
+      idx[size_t(d)] = 0;
+    }
+  }
+}
+
+// for_rows over all rows, split across threads by parallel_range when large.
+template <size_t N, class Body>
+void parallel_rows(const Shape& shape, const std::array<Shape, N>& strides, Body&& body) {
+  if (shape.size() == 0) {
+    std::array<int64_t, N> zero{};
+    body(int64_t(0), zero, int64_t(1), zero);
+    return;
+  }
+  if (shape.numel() == 0) return;
+  const int64_t len = shape[shape.size() - 1], rows = shape.numel() / len;
+  parallel_range(rows, len, [&](int64_t begin, int64_t end) {
+    for_rows<N>(shape, strides, begin, end, body);
+  });
+}
+
+// Walks every index of `shape` in row-major order on one thread; offsets[k] tracks the element
+// offset of operand k under strides[k]. Calls body(offsets, len, inner_strides) once per
+// innermost row.
 template <size_t N, class Body>
 void for_each_row(const Shape& shape, const std::array<Shape, N>& strides, Body&& body) {
   int rank = shape.size();
@@ -61,25 +129,26 @@ void map(Tensor& out, F f, const Ins&... ins) {
       (((ins.is_contiguous() && ins.shape() == out.shape()) || ins.numel() == 1) && ...);
   if (flat) {
     const std::array<int64_t, N> step{int64_t(ins.numel() == 1 && n != 1 ? 0 : 1)...};
-    [&]<size_t... K>(std::index_sequence<K...>) {
-      if (((step[K] == 1) && ...)) {
-        for (int64_t i = 0; i < n; ++i) o[i] = f(p[K][i]...);
-      } else {
-        for (int64_t i = 0; i < n; ++i) o[i] = f(p[K][i * step[K]]...);
-      }
-    }(std::make_index_sequence<N>{});
+    parallel_range(n, 1, [&](int64_t begin, int64_t end) {
+      [&]<size_t... K>(std::index_sequence<K...>) {
+        if (((step[K] == 1) && ...)) {
+          for (int64_t i = begin; i < end; ++i) o[i] = f(p[K][i]...);
+        } else {
+          for (int64_t i = begin; i < end; ++i) o[i] = f(p[K][i * step[K]]...);
+        }
+      }(std::make_index_sequence<N>{});
+    });
     return;
   }
   std::array<Shape, N> strides{broadcast_strides(ins, out.shape())...};
-  int64_t pos = 0;
-  for_each_row<N>(out.shape(), strides,
-                  [&](const std::array<int64_t, N>& off, int64_t len,
-                      const std::array<int64_t, N>& step) {
-                    [&]<size_t... K>(std::index_sequence<K...>) {
-                      for (int64_t j = 0; j < len; ++j) o[pos + j] = f(p[K][off[K] + j * step[K]]...);
-                    }(std::make_index_sequence<N>{});
-                    pos += len;
-                  });
+  parallel_rows<N>(out.shape(), strides,
+                   [&](int64_t row, const std::array<int64_t, N>& off, int64_t len,
+                       const std::array<int64_t, N>& step) {
+                     Tout* orow = o + row * len;
+                     [&]<size_t... K>(std::index_sequence<K...>) {
+                       for (int64_t j = 0; j < len; ++j) orow[j] = f(p[K][off[K] + j * step[K]]...);
+                     }(std::make_index_sequence<N>{});
+                   });
 }
 
 // dst[i] = src[i] over dst's shape, both strided, src broadcast to dst (with type conversion).
@@ -88,15 +157,17 @@ void copy_into(const Tensor& src, Tensor& dst, Convert convert) {
   const Tsrc* s = src.data_ptr<Tsrc>();
   Tdst* d = dst.data_ptr<Tdst>();
   if (src.is_contiguous() && dst.is_contiguous() && src.shape() == dst.shape()) {
-    for (int64_t i = 0, n = dst.numel(); i < n; ++i) d[i] = convert(s[i]);
+    parallel_range(dst.numel(), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) d[i] = convert(s[i]);
+    });
     return;
   }
-  for_each_row<2>(dst.shape(), {dst.strides(), broadcast_strides(src, dst.shape())},
-                  [&](const std::array<int64_t, 2>& off, int64_t len,
-                      const std::array<int64_t, 2>& step) {
-                    for (int64_t j = 0; j < len; ++j)
-                      d[off[0] + j * step[0]] = convert(s[off[1] + j * step[1]]);
-                  });
+  parallel_rows<2>(dst.shape(), {dst.strides(), broadcast_strides(src, dst.shape())},
+                   [&](int64_t, const std::array<int64_t, 2>& off, int64_t len,
+                       const std::array<int64_t, 2>& step) {
+                     for (int64_t j = 0; j < len; ++j)
+                       d[off[0] + j * step[0]] = convert(s[off[1] + j * step[1]]);
+                   });
 }
 
 // Copies a strided tensor into a contiguous buffer of the same shape (possibly converting type).

@@ -55,6 +55,11 @@ std::vector<int64_t> offsets(const std::vector<int64_t>& lengths, int64_t total,
 }
 }  // namespace
 
+namespace {
+Tensor per_sample(const Tensor& q3, const Tensor& k3, const Tensor& v3, const VarlenAttention& spec,
+                  const std::vector<int64_t>& cq, const std::vector<int64_t>& ck, double scale);
+}  // namespace
+
 Tensor varlen_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                         const VarlenAttention& spec) {
   MT_CHECK(q.dim() == 2 && k.dim() == 2 && v.dim() == 2,
@@ -85,6 +90,36 @@ Tensor varlen_attention(const Tensor& q, const Tensor& k, const Tensor& v,
     if (spec.rotate_value) v3 = rotary(v3, spec.k_times, spec.inv_freq);
   }
   const double scale = 1.0 / std::sqrt(double(dh));
+  Tensor o;
+  if (H * Nq * Nk <= spec.dense_limit) {
+    // One attention over the whole batch with a block-diagonal mask: 0 where query and key
+    // belong to the same sample, -inf elsewhere (softmax gives those keys exactly zero weight).
+    std::vector<double> mask(size_t(Nq * Nk), -INFINITY);
+    for (size_t b = 0; b + 1 < cq.size(); ++b) {
+      MT_CHECK(spec.q_lengths[b] == 0 || spec.k_lengths[b] > 0,
+               "varlen_attention: sample {} has {} queries but no keys to attend to", b,
+               spec.q_lengths[b]);
+      for (int64_t i = cq[b]; i < cq[b + 1]; ++i)
+        std::fill_n(mask.begin() + i * Nk + ck[b], spec.k_lengths[b], 0.0);
+    }
+    Tensor bias = from_vector(mask, Shape{Nq, Nk}, q.dtype());
+    Tensor qh = q3.permute(Shape{1, 0, 2});  // (H, Nq, dh)
+    Tensor kh = k3.permute(Shape{1, 2, 0});  // (H, dh, Nk)
+    Tensor vh = v3.permute(Shape{1, 0, 2});  // (H, Nk, dh)
+    Tensor p = softmax(add(mul(matmul(qh, kh), scale), bias), -1);  // (H, Nq, Nk)
+    o = matmul(p, vh).permute(Shape{1, 0, 2});                      // (Nq, H, dh)
+  } else {
+    o = per_sample(q3, k3, v3, spec, cq, ck, scale);
+  }
+  if (spec.rotate_value) o = rotary(o, neg(spec.q_times), spec.inv_freq);
+  return o.reshape(Shape{Nq, H * dh});
+}
+
+namespace {
+// One dense attention per sample (for batches too large for the masked form).
+Tensor per_sample(const Tensor& q3, const Tensor& k3, const Tensor& v3, const VarlenAttention& spec,
+                  const std::vector<int64_t>& cq, const std::vector<int64_t>& ck, double scale) {
+  const int64_t H = q3.size(1), dh = q3.size(2);
   TensorList outs;
   for (size_t b = 0; b + 1 < cq.size(); ++b) {
     const int64_t nq = spec.q_lengths[b], nk = spec.k_lengths[b];
@@ -96,9 +131,8 @@ Tensor varlen_attention(const Tensor& q, const Tensor& k, const Tensor& v,
     Tensor p = softmax(mul(matmul(qb, kb), scale), -1);          // (H, nq, nk)
     outs.push_back(matmul(p, vb).permute(Shape{1, 0, 2}));       // (nq, H, dh)
   }
-  Tensor o = outs.empty() ? zeros(Shape{0, H, dh}, q.dtype(), q.device()) : cat(outs, 0);
-  if (spec.rotate_value) o = rotary(o, neg(spec.q_times), spec.inv_freq);
-  return o.reshape(Shape{Nq, H * dh});
+  return outs.empty() ? zeros(Shape{0, H, dh}, q3.dtype(), q3.device()) : cat(outs, 0);
 }
+}  // namespace
 
 }  // namespace mt

@@ -19,11 +19,12 @@ DispatchStub<ReduceKernel> sum_kernel("sum"), max_kernel("max");
 
 namespace {
 
-// Accumulates x into out (keepdim shape) with acc(acc_value, x_value); accumulators are double so
-// f32 sums of many terms keep f32 accuracy. Deterministic: x is walked in one fixed order.
+// Accumulates x into out (keepdim shape, any strides) with acc(acc_value, x_value);
+// accumulators are double so f32 sums of many terms keep f32 accuracy. x is walked in one fixed
+// order, so the result is deterministic.
 template <class T, class Acc>
-void reduce_cpu(const Tensor& x, Tensor& out, double init, Acc acc) {
-  std::vector<double> buf(size_t(out.numel()), init);
+void reduce_serial(const Tensor& x, Tensor& out, double init, Acc acc) {
+  std::vector<double> buf(static_cast<size_t>(out.numel()), init);
   const T* p = x.data_ptr<T>();
   // Strides of the contiguous accumulator as seen from x (0 on reduced dims).
   Shape acc_strides = contiguous_strides(out.shape());
@@ -38,7 +39,37 @@ void reduce_cpu(const Tensor& x, Tensor& out, double init, Acc acc) {
                          }
                        });
   T* o = out.data_ptr<T>();
-  for (size_t i = 0; i < buf.size(); ++i) o[i] = T(buf[i]);
+  size_t i = 0;
+  cpu::for_each_row<1>(out.shape(), {out.strides()},
+                       [&](const std::array<int64_t, 1>& off, int64_t len,
+                           const std::array<int64_t, 1>& step) {
+                         for (int64_t j = 0; j < len; ++j) o[off[0] + j * step[0]] = T(buf[i++]);
+                       });
+}
+
+// Splits the largest kept dim into one slice per thread and reduces the slices independently:
+// every output element is still reduced by one thread in the serial order (deterministic).
+template <class T, class Acc>
+void reduce_cpu(const Tensor& x, Tensor& out, double init, Acc acc) {
+  int split = -1;
+  for (int d = 0; d < out.dim(); ++d)
+    if (out.shape()[d] > 1 && (split < 0 || out.shape()[d] > out.shape()[split])) split = d;
+  if (split < 0) {
+    reduce_serial<T>(x, out, init, acc);
+    return;
+  }
+  const int64_t n = out.shape()[split];
+  cpu::parallel_range(n, x.numel() / n, [&](int64_t begin, int64_t end) {
+    if (begin == 0 && end == n) {
+      reduce_serial<T>(x, out, init, acc);
+      return;
+    }
+    Shape xshape = x.shape(), oshape = out.shape();
+    xshape[split] = oshape[split] = end - begin;
+    Tensor xs = make_view(x, xshape, x.strides(), x.offset() + begin * x.strides()[split]);
+    Tensor os = make_view(out, oshape, out.strides(), out.offset() + begin * out.strides()[split]);
+    reduce_serial<T>(xs, os, init, acc);
+  });
 }
 
 void sum_cpu(const Tensor& x, Tensor& out) {
