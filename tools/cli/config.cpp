@@ -171,7 +171,9 @@ nlohmann::json RunConfig::to_json() const {
                       {"poco", model.poco},
                       {"mlp_hidden", model.mlp_hidden},
                       {"resolved", model.poco_config().to_json()}};
-  nlohmann::json a = {{"modes", adapt.modes}, {"train", adapt.train.to_json()}};
+  nlohmann::json a = {{"modes", adapt.modes},
+                      {"train", adapt.train.to_json()},
+                      {"lr_by_mode", adapt.lr_by_mode}};
   return {{"data", d}, {"model", m}, {"train", train.to_json()}, {"adapt", a}, {"threads", threads}};
 }
 
@@ -225,15 +227,23 @@ RunConfig config_from_json(const nlohmann::json& j) {
     Reader r(aj, "adapt");
     r.get("modes", c.adapt.modes);
     read_train(r.child("train"), "adapt.train", c.adapt.train);
+    r.get("lr_by_mode", c.adapt.lr_by_mode);
     r.finish();
   }
   top.get("threads", c.threads);
   top.finish();
   // Resolve and validate the model now, so a bad value fails before any data is read.
+  const std::string& kind = c.model.kind;
+  MT_CHECK(kind == "poco" || kind == "nlinear" || kind == "mlp" || kind == "copy_last",
+           "config: model.kind '{}' is not known; use poco, nlinear, mlp or copy_last", kind);
   const models::PocoConfig pc = c.model.poco_config();
   c.data.prep.window.seq_length = pc.seq_length;
   c.data.prep.window.pred_length = pc.pred_length;
   for (const auto& mode : c.adapt.modes) meta::finetune_prefixes(mode);
+  for (const auto& [mode, lr] : c.adapt.lr_by_mode) {
+    meta::finetune_prefixes(mode);
+    MT_CHECK(lr > 0, "config: adapt.lr_by_mode.{} must be positive, got {}", mode, lr);
+  }
   return c;
 }
 

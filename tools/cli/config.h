@@ -3,6 +3,7 @@
 // `--set section.key=value` overrides applied before reading.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,9 @@ struct DataSpec {
 struct AdaptSpec {
   std::vector<std::string> modes = {"embeddings", "embeddings+head", "all"};
   meta::TrainOptions train;  // steps, lr, eval_every, ... of the fine-tuning runs
+  // Learning rate per mode (overrides train.lr): fewer tuned parameters take larger steps.
+  std::map<std::string, double> lr_by_mode = {
+      {"embeddings", 3e-3}, {"embeddings+head", 1e-3}, {"all", 3e-4}};
 };
 
 struct RunConfig {

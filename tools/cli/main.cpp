@@ -165,6 +165,7 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     }
     meta::TrainOptions t = c.adapt.train;
     if (f->kind() == "poco") t.trainable = meta::finetune_prefixes(mode);
+    if (auto it = c.adapt.lr_by_mode.find(mode); it != c.adapt.lr_by_mode.end()) t.lr = it->second;
     t.log_progress = false;
     row("finetune:" + mode, meta::train(*f, prepared, {}, t));
   }
@@ -264,7 +265,8 @@ int main(int argc, char** argv) {
       std::vector<std::string> demo_sets = {
           "data.synthetic.num_sessions=6", "data.synthetic.min_neurons=48",
           "data.synthetic.max_neurons=96", "data.synthetic.num_frames=1200",
-          R"(data.holdout=["synth_004","synth_005"])", "train.steps=300", "train.batch_size=8",
+          "data.synthetic.steps_per_frame=5",  // frames 0.5 time constants apart
+          R"(data.holdout=["synth_004","synth_005"])", "train.steps=400", "train.batch_size=16",
           "train.eval_every=50", "train.lr=1e-3", "adapt.train.steps=100",
           "adapt.train.eval_every=10", "adapt.train.batch_size=8"};
       demo_sets.insert(demo_sets.end(), sets.begin(), sets.end());

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# End-to-end check of build/bin/metatape: synthetic data, a short training run of each model
+# kind, evaluation, adaptation, and the error paths (unknown config key, missing data folder,
+# bad --set). Prints "N passed, N failed" and exits non-zero on any failure.
+set -uo pipefail
+bin="$1"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+passed=0
+failed=0
+check() {  # check "description" command...
+  local what="$1"
+  shift
+  if "$@" >"$work/out.txt" 2>&1; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    echo "FAILED: $what"
+    tail -n 20 "$work/out.txt"
+  fi
+}
+fails_with() {  # fails_with "description" "expected text" command...
+  local what="$1" text="$2"
+  shift 2
+  if "$@" >"$work/out.txt" 2>&1; then
+    failed=$((failed + 1))
+    echo "FAILED (exit 0): $what"
+  elif grep -qF -- "$text" "$work/out.txt"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    echo "FAILED (message): $what; expected '$text' in:"
+    cat "$work/out.txt"
+  fi
+}
+
+small=(--set data.synthetic.num_sessions=3 --set data.synthetic.min_neurons=8
+       --set data.synthetic.max_neurons=12 --set data.synthetic.num_frames=400
+       --set data.synthetic.n_total=64 --set 'data.holdout=["synth_002"]'
+       --set model.poco.dim=16 --set model.poco.dim_head=8 --set model.poco.self_heads=2
+       --set model.poco.conditioning_dim=16 --set model.poco.num_latents=4
+       --set model.poco.seq_length=16 --set model.poco.pred_length=4 --set model.poco.patch=4
+       --set train.steps=6 --set train.batch_size=4 --set train.eval_every=3
+       --set train.log_progress=false --set adapt.train.steps=4 --set adapt.train.eval_every=2)
+
+check "data synth" "$bin" data synth --out "$work/synth" --set data.synthetic.num_sessions=2 \
+  --set data.synthetic.num_frames=300 --set data.synthetic.n_total=64 \
+  --set data.synthetic.min_neurons=8 --set data.synthetic.max_neurons=10
+check "synth wrote npz" test -f "$work/synth/synth_000.npz"
+check "train poco" "$bin" train --run "$work/poco" "${small[@]}"
+for f in config.json metrics.jsonl model.safetensors summary.json; do
+  check "run folder has $f" test -s "$work/poco/$f"
+done
+check "metrics.jsonl has one line per evaluation" test "$(wc -l <"$work/poco/metrics.jsonl")" -eq 3
+check "eval" "$bin" eval --run "$work/poco" --split test
+check "eval wrote json" test -s "$work/poco/eval_test.json"
+check "adapt" "$bin" adapt --run "$work/poco" --set 'adapt.modes=["embeddings"]'
+check "adapt wrote json" test -s "$work/poco/adapt.json"
+check "train nlinear on the npz folder" "$bin" train --run "$work/nl" "${small[@]}" \
+  --set model.kind=nlinear --set "data.path=\"$work/synth\"" --set 'data.holdout=[]'
+check "train mlp" "$bin" train --run "$work/mlp" "${small[@]}" --set model.kind=mlp \
+  --set model.mlp_hidden=8
+
+fails_with "unknown config key" "unknown key 'train.stepz'" "$bin" train --run "$work/x" --set train.stepz=3
+fails_with "bad type" "'train.steps'" "$bin" train --run "$work/x" --set train.steps=abc
+fails_with "missing data folder" "no such file or folder" "$bin" train --run "$work/x" \
+  --set 'data.path="/nonexistent/metatape"'
+fails_with "unknown model kind" "model.kind 'rnn'" "$bin" train --run "$work/x" "${small[@]}" \
+  --set model.kind=rnn
+fails_with "eval without a run" "config.json" "$bin" eval --run "$work/none"
+fails_with "holdout names a missing session" "synth_009" "$bin" train --run "$work/x" \
+  "${small[@]}" --set 'data.holdout=["synth_009"]'
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
