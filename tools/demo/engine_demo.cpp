@@ -1,4 +1,4 @@
-// metatape-demo: second-order MAML on synthetic sinusoid regression, on the CPU in f32.
+// metatape-maml-demo: second-order MAML on synthetic sinusoid regression, on the CPU in f32.
 //
 // Each task is y = a * sin(x + phase) with the amplitude a and the phase drawn per task; a task
 // shows K = 10 (x, y) pairs (the support set) and is scored on 10 more (the query set). MAML
@@ -289,7 +289,7 @@ int run(int argc, char** argv) {
     return rc == 0 ? 0 : 2;
   }
   if (std::string error = validate(opt); !error.empty()) {
-    std::cerr << "metatape-demo: " << error << "\n";
+    std::cerr << "metatape-maml-demo: " << error << "\n";
     return 2;
   }
 
@@ -312,10 +312,10 @@ int main(int argc, char** argv) {
   try {
     return run(argc, argv);
   } catch (const mt::Error& e) {
-    std::cerr << "metatape-demo: engine error: " << e.what() << "\n";
+    std::cerr << "metatape-maml-demo: engine error: " << e.what() << "\n";
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "metatape-demo: error: " << e.what() << "\n";
+    std::cerr << "metatape-maml-demo: error: " << e.what() << "\n";
     return 1;
   }
 }
