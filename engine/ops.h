@@ -123,10 +123,12 @@ struct VarlenAttention {
   Tensor q_times, k_times;         // (Nq), (Nk) rotary times; undefined = no rotary
   Tensor inv_freq;                 // (dh/2) rotary frequencies
   bool rotate_value = false;       // rotate v by key time and the output back by query time
-  // Up to this many score entries (heads * Nq * Nk) the op runs as one dense masked attention
-  // over the whole batch (big GEMMs, every gradient O(batch)); above it, one attention per
-  // sample. Both compute the same function.
-  int64_t dense_limit = int64_t(1) << 24;
+  // How the batch is evaluated; all compute the same function. padded: samples gathered into
+  // (B, max_len) blocks with masked padding, one batched attention (big GEMMs; gradients stay
+  // O(batch) because gathers scatter back); per_sample: one attention per sample; automatic:
+  // padded unless padding would more than quadruple the score entries.
+  enum class Mode { automatic, padded, per_sample };
+  Mode mode = Mode::automatic;
 };
 // Block-diagonal multi-head attention: q (Nq, heads*dh), k and v (Nk, heads*dh); sample b's
 // queries attend only to sample b's keys. softmax(q k^T / sqrt(dh)) v per sample and head.

@@ -11,8 +11,8 @@ using namespace mt;
 using namespace mt::testing;
 
 namespace {
-constexpr int64_t kDense = int64_t(1) << 24;  // the default: this test's batch runs dense
-constexpr int64_t kPerSample = 0;             // forces one attention per sample
+constexpr auto kDense = VarlenAttention::Mode::padded;  // samples gathered into padded blocks
+constexpr auto kPerSample = VarlenAttention::Mode::per_sample;
 // f64 attention of a few O(1) terms: rounding ~1e-15; the reference sums in another order.
 constexpr double kAttnTol = 1e-12;
 
@@ -74,7 +74,7 @@ std::vector<double> attention_ref(const Tensor& q, const Tensor& k, const Tensor
   return out;
 }
 
-VarlenAttention make_spec(bool rotate, bool rotate_value, int64_t dense_limit) {
+VarlenAttention make_spec(bool rotate, bool rotate_value, VarlenAttention::Mode mode) {
   // Samples: 3 queries x 4 keys, 0 queries x 2 keys, 2 queries x 1 key.
   VarlenAttention s;
   s.heads = 2;
@@ -86,7 +86,7 @@ VarlenAttention make_spec(bool rotate, bool rotate_value, int64_t dense_limit) {
     s.inv_freq = rotary_inv_freq(8, 100.0, DType::f64);
   }
   s.rotate_value = rotate_value;
-  s.dense_limit = dense_limit;
+  s.mode = mode;
   return s;
 }
 }  // namespace
@@ -120,9 +120,9 @@ TEST_CASE("varlen attention: forward against dense loops", "[ops][attention]") {
   Tensor k = random_tensor(Shape{7, 16}, -1, 1, 86);
   Tensor v = random_tensor(Shape{7, 16}, -1, 1, 87);
   // Both forms: dense with a block mask (default for small batches) and one attention per sample.
-  for (int64_t limit : {kDense, kPerSample}) {
+  for (auto limit : {kDense, kPerSample}) {
     for (auto [rotate, rotate_value] : {std::pair{false, false}, {true, false}, {true, true}}) {
-      INFO("rotary " << rotate << " rotate_value " << rotate_value << " dense_limit " << limit);
+      INFO("rotary " << rotate << " rotate_value " << rotate_value << " padded " << (limit == kDense));
       VarlenAttention s = make_spec(rotate, rotate_value, limit);
       Tensor o = varlen_attention(q, k, v, s);
       REQUIRE(o.shape() == Shape{5, 16});
@@ -142,14 +142,14 @@ TEST_CASE("varlen attention: first- and second-order gradients", "[ops][attentio
   Tensor k = random_tensor(Shape{7, 16}, -1, 1, 89);
   Tensor v = random_tensor(Shape{7, 16}, -1, 1, 90);
   Tensor w = random_tensor(Shape{5, 16}, -1, 1, 91);
-  for (int64_t limit : {kDense, kPerSample}) {
+  for (auto limit : {kDense, kPerSample}) {
     for (auto [rotate, rotate_value] : {std::pair{false, false}, {true, true}}) {
       VarlenAttention s = make_spec(rotate, rotate_value, limit);
       auto f = [&](const TensorList& in) {
         return sum(mul(varlen_attention(in[0], in[1], in[2], s), w), {1});
       };
       std::string label = std::string(rotate_value ? "attention rotary+value" : "attention") +
-                          (limit == kDense ? " (dense)" : " (per sample)");
+                          (limit == kDense ? " (padded)" : " (per sample)");
       CHECK(check_gradients(label, f, {q, k, v}) > 0);
       CHECK(check_second_order(label, f, {q, k, v}) > 0);
     }
@@ -171,6 +171,6 @@ TEST_CASE("varlen attention: errors name the problem", "[ops][attention][errors]
   s.q_lengths = {2, 1};
   s.k_lengths = {4, 0};
   CHECK_THROWS_WITH(varlen_attention(q, k, k, s), Catch::Contains("no keys"));
-  s.dense_limit = 0;
+  s.mode = VarlenAttention::Mode::per_sample;
   CHECK_THROWS_WITH(varlen_attention(q, k, k, s), Catch::Contains("no keys"));
 }

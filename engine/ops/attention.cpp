@@ -58,6 +58,10 @@ std::vector<int64_t> offsets(const std::vector<int64_t>& lengths, int64_t total,
 namespace {
 Tensor per_sample(const Tensor& q3, const Tensor& k3, const Tensor& v3, const VarlenAttention& spec,
                   const std::vector<int64_t>& cq, const std::vector<int64_t>& ck, double scale);
+Tensor padded_attention(const Tensor& q3, const Tensor& k3, const Tensor& v3,
+                        const VarlenAttention& spec, const std::vector<int64_t>& cq,
+                        const std::vector<int64_t>& ck, int64_t max_q, int64_t max_k,
+                        double scale);
 }  // namespace
 
 Tensor varlen_attention(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -90,33 +94,67 @@ Tensor varlen_attention(const Tensor& q, const Tensor& k, const Tensor& v,
     if (spec.rotate_value) v3 = rotary(v3, spec.k_times, spec.inv_freq);
   }
   const double scale = 1.0 / std::sqrt(double(dh));
-  Tensor o;
-  if (H * Nq * Nk <= spec.dense_limit) {
-    // One attention over the whole batch with a block-diagonal mask: 0 where query and key
-    // belong to the same sample, -inf elsewhere (softmax gives those keys exactly zero weight).
-    std::vector<double> mask(size_t(Nq * Nk), -INFINITY);
-    for (size_t b = 0; b + 1 < cq.size(); ++b) {
-      MT_CHECK(spec.q_lengths[b] == 0 || spec.k_lengths[b] > 0,
-               "varlen_attention: sample {} has {} queries but no keys to attend to", b,
-               spec.q_lengths[b]);
-      for (int64_t i = cq[b]; i < cq[b + 1]; ++i)
-        std::fill_n(mask.begin() + i * Nk + ck[b], spec.k_lengths[b], 0.0);
-    }
-    Tensor bias = from_vector(mask, Shape{Nq, Nk}, q.dtype());
-    Tensor qh = q3.permute(Shape{1, 0, 2});  // (H, Nq, dh)
-    Tensor kh = k3.permute(Shape{1, 2, 0});  // (H, dh, Nk)
-    Tensor vh = v3.permute(Shape{1, 0, 2});  // (H, Nk, dh)
-    Tensor p = softmax(add(mul(matmul(qh, kh), scale), bias), -1);  // (H, Nq, Nk)
-    o = matmul(p, vh).permute(Shape{1, 0, 2});                      // (Nq, H, dh)
-  } else {
-    o = per_sample(q3, k3, v3, spec, cq, ck, scale);
+  for (size_t b = 0; b + 1 < cq.size(); ++b)
+    MT_CHECK(spec.q_lengths[b] == 0 || spec.k_lengths[b] > 0,
+             "varlen_attention: sample {} has {} queries but no keys to attend to", b,
+             spec.q_lengths[b]);
+  int64_t max_q = 0, max_k = 0, scores = 0;
+  for (size_t b = 0; b + 1 < cq.size(); ++b) {
+    max_q = std::max(max_q, spec.q_lengths[b]);
+    max_k = std::max(max_k, spec.k_lengths[b]);
+    scores += spec.q_lengths[b] * spec.k_lengths[b];
   }
+  const int64_t B = int64_t(spec.q_lengths.size());
+  bool padded = spec.mode == VarlenAttention::Mode::padded;
+  if (spec.mode == VarlenAttention::Mode::automatic) padded = B * max_q * max_k <= 4 * scores;
+  Tensor o = padded ? padded_attention(q3, k3, v3, spec, cq, ck, max_q, max_k, scale)
+                    : per_sample(q3, k3, v3, spec, cq, ck, scale);
   if (spec.rotate_value) o = rotary(o, neg(spec.q_times), spec.inv_freq);
   return o.reshape(Shape{Nq, H * dh});
 }
 
 namespace {
-// One dense attention per sample (for batches too large for the masked form).
+// Rows of x (n, H, dh) gathered into (B, max_len, H, dh) blocks: block b holds sample b's rows
+// [cu[b], cu[b+1]) and zero rows after them. A gather (embedding) from x with one zero row
+// appended, so the backward is a scatter-add of size O(n), not one full-size gradient per sample.
+Tensor to_blocks(const Tensor& x, const std::vector<int64_t>& cu, int64_t max_len) {
+  const int64_t n = x.size(0), H = x.size(1), dh = x.size(2), B = int64_t(cu.size()) - 1;
+  std::vector<int64_t> index(size_t(B * max_len), n);  // n = the appended zero row
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = cu[size_t(b)]; i < cu[size_t(b) + 1]; ++i)
+      index[size_t(b * max_len + i - cu[size_t(b)])] = i;
+  Tensor rows = cat({x.reshape(Shape{n, H * dh}), zeros(Shape{1, H * dh}, x.dtype(), x.device())}, 0);
+  return embedding(rows, from_indices(index, Shape{B * max_len})).reshape(Shape{B, max_len, H, dh});
+}
+
+Tensor padded_attention(const Tensor& q3, const Tensor& k3, const Tensor& v3,
+                        const VarlenAttention& spec, const std::vector<int64_t>& cq,
+                        const std::vector<int64_t>& ck, int64_t max_q, int64_t max_k,
+                        double scale) {
+  const int64_t H = q3.size(1), dh = q3.size(2), B = int64_t(spec.q_lengths.size());
+  if (q3.size(0) == 0) return zeros(Shape{0, H, dh}, q3.dtype(), q3.device());
+  Tensor qb = to_blocks(q3, cq, max_q).permute(Shape{0, 2, 1, 3});  // (B, H, max_q, dh)
+  Tensor kb = to_blocks(k3, ck, max_k).permute(Shape{0, 2, 3, 1});  // (B, H, dh, max_k)
+  Tensor vb = to_blocks(v3, ck, max_k).permute(Shape{0, 2, 1, 3});  // (B, H, max_k, dh)
+  // Padded keys get -inf (zero weight); a sample without keys has no queries either, and its
+  // padded rows attend uniformly to zero keys instead of producing NaN.
+  std::vector<double> mask(size_t(B * max_k), 0.0);
+  for (int64_t b = 0; b < B; ++b)
+    if (spec.k_lengths[size_t(b)] > 0)
+      for (int64_t j = spec.k_lengths[size_t(b)]; j < max_k; ++j)
+        mask[size_t(b * max_k + j)] = -INFINITY;
+  Tensor bias = from_vector(mask, Shape{B, 1, 1, max_k}, q3.dtype());
+  Tensor p = softmax(add(mul(matmul(qb, kb), scale), bias), -1);  // (B, H, max_q, max_k)
+  Tensor ob = matmul(p, vb).permute(Shape{0, 2, 1, 3}).reshape(Shape{B * max_q, H * dh});
+  // Back to the samples' rows.
+  std::vector<int64_t> index;
+  index.reserve(size_t(q3.size(0)));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < spec.q_lengths[size_t(b)]; ++i) index.push_back(b * max_q + i);
+  return embedding(ob, from_indices(index, Shape{q3.size(0)})).reshape(q3.shape());
+}
+
+// One dense attention per sample (for batches whose lengths differ too much to pad).
 Tensor per_sample(const Tensor& q3, const Tensor& k3, const Tensor& v3, const VarlenAttention& spec,
                   const std::vector<int64_t>& cq, const std::vector<int64_t>& ck, double scale) {
   const int64_t H = q3.size(1), dh = q3.size(2);

@@ -98,8 +98,17 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
       io::save_checkpoint(model_path, *f->module(),
                           {{"config", config}, {"step", p.step}, {"val_score", p.val.score}});
   };
-  std::fprintf(stderr, "training %s on %lld sessions (%lld windows), %lld steps\n",
-               f->kind().c_str(), (long long)d.train.size(),
+  int64_t total = 0, embeddings = 0;
+  if (f->module())
+    for (const auto& [name, t] : f->module()->named_parameters()) {
+      total += t.numel();
+      if (name.find("_emb.") != std::string::npos) embeddings += t.numel();
+    }
+  std::fprintf(stderr,
+               "training %s (%lld parameters, %lld besides the embedding tables) on %lld sessions "
+               "(%lld windows), %lld steps\n",
+               f->kind().c_str(), (long long)total, (long long)(total - embeddings),
+               (long long)d.train.size(),
                (long long)prepared.all_windows(data::Split::Train).size(), (long long)c.train.steps);
   meta::TrainResult r = meta::train(*f, prepared, {}, c.train, {}, on_eval, on_best);
   meta::Metrics test = meta::evaluate(*f, prepared, data::Split::Test, {}, c.train.eval_batch_size);
