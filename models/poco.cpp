@@ -114,6 +114,18 @@ PocoConfig PocoConfig::named(const std::string& name) {
 
 // ---- blocks ----
 
+namespace {
+// Output features [begin, begin + count) of a Linear: x W[begin:begin+count]^T (+ the bias
+// slice). Fused projections (kv, qkv, GEGLU's value and gate) are split this way so that the
+// backward narrows the small weight instead of the large activation.
+Tensor linear_rows(const nn::Linear& l, const Tensor& x, int64_t begin, int64_t count,
+                   const nn::ParamMap* ov) {
+  Tensor y = matmul(x, transpose(l.weight(ov).narrow(0, begin, count), 0, 1));
+  const Tensor b = l.bias(ov);
+  return b.defined() ? add(y, b.narrow(0, begin, count)) : y;
+}
+}  // namespace
+
 FeedForward::FeedForward(int64_t dim, double dropout, Generator& gen, DType dtype)
     : dropout_(dropout) {
   norm_ = register_module("norm", std::make_shared<nn::LayerNorm>(dim, 1e-5, dtype));
@@ -122,9 +134,11 @@ FeedForward::FeedForward(int64_t dim, double dropout, Generator& gen, DType dtyp
 }
 
 Tensor FeedForward::forward(const Tensor& x, const nn::ParamMap* ov, Generator* gen) const {
-  Tensor h = fc1_->forward(norm_->forward(x, ov), ov);  // (n, 8D)
-  const int64_t half = h.size(-1) / 2;
-  Tensor a = mul(h.narrow(-1, 0, half), gelu(h.narrow(-1, half, half)));  // GEGLU
+  // GEGLU: fc1's rows are [value; gate]. The two halves are computed as two products with the
+  // halves of the weight, so the backward narrows the (8D, D) weight, not the (n, 8D) output.
+  Tensor xn = norm_->forward(x, ov);
+  const int64_t half = fc1_->out_features() / 2;
+  Tensor a = mul(linear_rows(*fc1_, xn, 0, half, ov), gelu(linear_rows(*fc1_, xn, half, half, ov)));
   if (gen) a = dropout(a, dropout_, true, *gen);
   return fc2_->forward(a, ov);
 }
@@ -145,10 +159,12 @@ Tensor CrossAttention::forward(const Tensor& xq, const Tensor& xc, const Attenti
                                const Tensor& inv_freq, const nn::ParamMap* ov) const {
   const int64_t inner = heads_ * dim_head_;
   Tensor q = q_proj_->forward(norm_->forward(xq, ov), ov);                  // (nq, inner)
-  Tensor kv = kv_proj_->forward(norm_context_->forward(xc, ov), ov);        // (nk, 2 inner)
+  Tensor xcn = norm_context_->forward(xc, ov);
+  Tensor k = linear_rows(*kv_proj_, xcn, 0, inner, ov);                      // (nk, inner)
+  Tensor v = linear_rows(*kv_proj_, xcn, inner, inner, ov);                  // (nk, inner)
   VarlenAttention spec{heads_, layout.q_lengths, layout.k_lengths, layout.q_times,
                        layout.k_times, inv_freq, rotate_value_};
-  Tensor o = varlen_attention(q, kv.narrow(1, 0, inner), kv.narrow(1, inner, inner), spec);
+  Tensor o = varlen_attention(q, k, v, spec);
   return out_proj_->forward(o, ov);
 }
 
@@ -165,11 +181,12 @@ SelfAttention::SelfAttention(int64_t dim, int64_t heads, int64_t dim_head, Gener
 Tensor SelfAttention::forward(const Tensor& x, const AttentionLayout& layout,
                               const Tensor& inv_freq, const nn::ParamMap* ov) const {
   const int64_t inner = heads_ * dim_head_;
-  Tensor qkv = qkv_proj_->forward(norm_->forward(x, ov), ov);  // (n, 3 inner)
+  Tensor xn = norm_->forward(x, ov);
   VarlenAttention spec{heads_, layout.q_lengths, layout.k_lengths, layout.q_times,
                        layout.k_times, inv_freq, /*rotate_value=*/true};
-  Tensor o = varlen_attention(qkv.narrow(1, 0, inner), qkv.narrow(1, inner, inner),
-                              qkv.narrow(1, 2 * inner, inner), spec);
+  Tensor o = varlen_attention(linear_rows(*qkv_proj_, xn, 0, inner, ov),
+                              linear_rows(*qkv_proj_, xn, inner, inner, ov),
+                              linear_rows(*qkv_proj_, xn, 2 * inner, inner, ov), spec);
   return out_proj_->forward(o, ov);
 }
 

@@ -69,6 +69,13 @@ class Linear : public Module {
 
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }
+  // The parameters a forward with these overrides uses (bias may be undefined).
+  const Tensor& weight(const ParamMap* overrides = nullptr) const {
+    return param(overrides, "weight", weight_);
+  }
+  Tensor bias(const ParamMap* overrides = nullptr) const {
+    return bias_.defined() ? param(overrides, "bias", bias_) : Tensor();
+  }
 
  private:
   int64_t in_, out_;
