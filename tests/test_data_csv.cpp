@@ -3,8 +3,6 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
-#include <random>
 #include <string>
 
 #include <catch2/catch.hpp>
@@ -12,6 +10,7 @@
 #include "data/csv.h"
 #include "data/load.h"
 #include "data/session.h"
+#include "support/temp_dir.h"
 
 #ifndef METATAPE_SOURCE_DIR
 #error "METATAPE_SOURCE_DIR must be defined as a string literal naming the repository root"
@@ -19,38 +18,11 @@
 
 namespace fs = std::filesystem;
 using Catch::Contains;
+using mt::testing::TempDir;
 using namespace mt::data;
 
-namespace {
-
-class TempDir {
- public:
-  TempDir() {
-    std::random_device rd;
-    path_ = fs::temp_directory_path() /
-            ("mt_data_csv_" + std::to_string(rd()) + "_" + std::to_string(rd()));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  // Writes `text` to a file in the folder and returns its path.
-  std::string write(const std::string& name, const std::string& text) const {
-    const std::string p = (path_ / name).string();
-    std::ofstream(p, std::ios::binary) << text;
-    return p;
-  }
-  std::string str() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
-
-}  // namespace
-
 TEST_CASE("csv: rows are neurons, columns are frames", "[data][csv]") {
-  TempDir dir;
+  TempDir dir("test_data_csv");
   const std::string p =
       dir.write("fish.csv", "0.5,1.5,-2e-1,3\n 4 , 5,6.25,+7\r\n1e3,nan_free,0,0\n");
   SECTION("non-numeric cell names line and column") {
@@ -76,7 +48,7 @@ TEST_CASE("csv: rows are neurons, columns are frames", "[data][csv]") {
 }
 
 TEST_CASE("csv: malformed files are refused with line and column", "[data][csv]") {
-  TempDir dir;
+  TempDir dir("test_data_csv");
   SECTION("ragged rows") {
     const std::string p = dir.write("ragged.csv", "1,2,3\n4,5,6\n7,8\n");
     REQUIRE_THROWS_WITH(load_csv(p), Contains("ragged.csv") && Contains("line 3 has 2 columns") &&
@@ -107,7 +79,7 @@ TEST_CASE("csv: malformed files are refused with line and column", "[data][csv]"
                                          Contains("neuron 1, frame 2 is nan"));
   }
   SECTION("missing file and bad option") {
-    REQUIRE_THROWS_WITH(load_csv(dir.str() + "/absent.csv"),
+    REQUIRE_THROWS_WITH(load_csv(dir.file("absent.csv")),
                         Contains("absent.csv") && Contains("no such file"));
     const std::string p = dir.write("ok.csv", "1,2\n");
     CsvOptions o;

@@ -7,9 +7,6 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -18,6 +15,7 @@
 #include "data/hdf5.h"
 #include "data/load.h"
 #include "data/session.h"
+#include "support/temp_dir.h"
 
 #ifndef METATAPE_SOURCE_DIR
 #error "METATAPE_SOURCE_DIR must be defined as a string literal naming the repository root"
@@ -25,28 +23,11 @@
 
 namespace fs = std::filesystem;
 using Catch::Contains;
+using mt::testing::read_bytes;
+using mt::testing::TempDir;
 using namespace mt::data;
 
 namespace {
-
-class TempDir {
- public:
-  TempDir() {
-    std::random_device rd;
-    path_ = fs::temp_directory_path() /
-            ("mt_data_h5_" + std::to_string(rd()) + "_" + std::to_string(rd()));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  std::string str() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
 
 // Writes HDF5 files with the C library, creating intermediate groups.
 class H5Writer {
@@ -134,7 +115,7 @@ hsize_t h(int64_t v) {
 }  // namespace
 
 TEST_CASE("hdf5: orientation comes from the timestamps", "[data][hdf5]") {
-  TempDir dir;
+  TempDir dir("test_data_hdf5");
   const int64_t N = 5, T = 12;
   SECTION("Flavell layout stored (T, N), as Julia writes it") {
     const std::string path = dir.file("worm-like.h5");
@@ -193,7 +174,7 @@ TEST_CASE("hdf5: orientation comes from the timestamps", "[data][hdf5]") {
 }
 
 TEST_CASE("hdf5: NWB TimeSeries are (time, channels)", "[data][hdf5]") {
-  TempDir dir;
+  TempDir dir("test_data_hdf5");
   const int64_t N = 4, T = 10;
   const std::string series = "processing/ophys/Fluorescence/RoiResponseSeries";
   SECTION("with a timestamps sibling") {
@@ -227,7 +208,7 @@ TEST_CASE("hdf5: NWB TimeSeries are (time, channels)", "[data][hdf5]") {
 
 TEST_CASE("hdf5: unusable files and options are refused with the file and the fix",
           "[data][hdf5]") {
-  TempDir dir;
+  TempDir dir("test_data_hdf5");
   const int64_t N = 5, T = 12;
   const std::string good = dir.file("good.h5");
   {
@@ -345,21 +326,15 @@ TEST_CASE("hdf5: unusable files and options are refused with the file and the fi
     REQUIRE_THROWS_WITH(load_hdf5(path), Contains("vector.h5") && Contains("must be 2-D"));
   }
   SECTION("truncated and non-HDF5 files") {
-    std::ifstream in(good, std::ios::binary);
-    std::vector<char> bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-    const std::string cut = dir.file("cut.h5");
-    {
-      std::ofstream out(cut, std::ios::binary);
-      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size() / 3));
-    }
+    const std::string bytes = read_bytes(good);
+    const std::string cut = dir.write("cut.h5", bytes.substr(0, bytes.size() / 3));
     REQUIRE_THROWS_WITH(load_hdf5(cut), Contains("cut.h5") && Contains("truncated or corrupt"));
-    const std::string text = dir.file("text.h5");
-    { std::ofstream(text) << "not hdf5\n"; }
+    const std::string text = dir.write("text.h5", "not hdf5\n");
     REQUIRE_THROWS_WITH(load_hdf5(text), Contains("text.h5") && Contains("not a readable HDF5"));
   }
   SECTION("a folder mixing file kinds") {
-    { std::ofstream(dir.file("extra.csv")) << "1,2,3\n"; }
-    REQUIRE_THROWS_WITH(load_folder(dir.str()),
+    dir.write("extra.csv", "1,2,3\n");
+    REQUIRE_THROWS_WITH(load_folder(dir.path().string()),
                         Contains("mixes file kinds") && Contains(".csv") && Contains(".h5"));
   }
 }

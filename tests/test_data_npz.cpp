@@ -3,10 +3,7 @@
 // trip, and every way an archive can be unusable.
 #include <cmath>
 #include <cstdint>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
-#include <random>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -16,51 +13,22 @@
 #include "data/load.h"
 #include "data/npz.h"
 #include "data/session.h"
+#include "support/temp_dir.h"
 
 #ifndef METATAPE_SOURCE_DIR
 #error "METATAPE_SOURCE_DIR must be defined as a string literal naming the repository root"
 #endif
 
-namespace fs = std::filesystem;
 using Catch::Contains;
+using mt::testing::read_bytes;
+using mt::testing::TempDir;
+using mt::testing::write_bytes;
 using namespace mt::data;
 
 namespace {
 
 std::string fixture(const std::string& name) {
   return std::string(METATAPE_SOURCE_DIR) + "/tests/fixtures/data/" + name;
-}
-
-// A fresh directory under the system temp dir, removed on scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::random_device rd;
-    path_ = fs::temp_directory_path() /
-            ("mt_data_npz_" + std::to_string(rd()) + "_" + std::to_string(rd()));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-std::vector<char> read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in.good());
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-void write_bytes(const std::string& path, const std::vector<char>& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  REQUIRE(out.good());
 }
 
 // The fixtures' values: M[n, t] = 10 n + t + 0.25 (n % 2); t = 0.5 + 0.125 frame.
@@ -117,7 +85,7 @@ TEST_CASE("npz: numpy-written fixtures load with the right values", "[data][npz]
 }
 
 TEST_CASE("npz: round trip through save_npz, stored and deflated", "[data][npz]") {
-  TempDir dir;
+  TempDir dir("test_data_npz");
   const Session s = small_session("roundtrip", 7, 33);
   for (bool compress : {false, true}) {
     const std::string path = dir.file(compress ? "deflated.npz" : "stored.npz");
@@ -132,19 +100,14 @@ TEST_CASE("npz: round trip through save_npz, stored and deflated", "[data][npz]"
   // Overwriting goes through a temporary file and a rename: no temporary is left behind.
   save_npz(small_session("other", 2, 3), dir.file("stored.npz"));
   CHECK(load_npz(dir.file("stored.npz")).num_neurons == 2);
-  int64_t files = 0;
-  for (const auto& e : fs::directory_iterator(dir.path())) {
-    (void)e;
-    ++files;
-  }
-  CHECK(files == 2);
+  CHECK(dir.entries().size() == 2);
 }
 
 TEST_CASE("npz: a folder loads sorted by file name", "[data][npz]") {
-  TempDir dir;
+  TempDir dir("test_data_npz");
   save_npz(small_session("x", 3, 10), dir.file("b_session.npz"));
   save_npz(small_session("x", 4, 12), dir.file("a_session.npz"));
-  { std::ofstream(dir.file("README.md")) << "not a session\n"; }
+  dir.write("README.md", "not a session\n");
   for (const Dataset& d :
        {load_npz_folder(dir.path().string()), load_folder(dir.path().string())}) {
     REQUIRE(d.size() == 2);
@@ -193,9 +156,9 @@ TEST_CASE("npz: unusable archives are refused with the file and the fix", "[data
                             Contains("save M.T"));
   }
   SECTION("truncated archive") {
-    TempDir dir;
+    TempDir dir("test_data_npz");
     for (const char* name : {"stored_f4_c.npz", "deflated_f4_c.npz"}) {
-      std::vector<char> bytes = read_bytes(fixture(name));
+      std::vector<char> bytes = read_bytes<std::vector<char>>(fixture(name));
       for (size_t keep : {bytes.size() - 10, bytes.size() / 2, size_t{30}, size_t{0}}) {
         const std::string path = dir.file(fmt::format("truncated_{}_{}", keep, name));
         write_bytes(path,
@@ -206,9 +169,9 @@ TEST_CASE("npz: unusable archives are refused with the file and the fix", "[data
     }
   }
   SECTION("corrupt member data (CRC or deflate error)") {
-    TempDir dir;
+    TempDir dir("test_data_npz");
     for (const char* name : {"stored_f4_c.npz", "deflated_f4_c.npz"}) {
-      std::vector<char> bytes = read_bytes(fixture(name));
+      std::vector<char> bytes = read_bytes<std::vector<char>>(fixture(name));
       // Flip bytes inside the first member's data, which starts at byte 35 (30-byte local
       // header and the name M.npy) or 55 (plus numpy's 20-byte zip64 extra field) and is over
       // 100 bytes long.
@@ -220,13 +183,12 @@ TEST_CASE("npz: unusable archives are refused with the file and the fix", "[data
     }
   }
   SECTION("not a zip at all") {
-    TempDir dir;
-    const std::string path = dir.file("text.npz");
-    { std::ofstream(path) << "hello, this is not an archive\n"; }
+    TempDir dir("test_data_npz");
+    const std::string path = dir.write("text.npz", "hello, this is not an archive\n");
     REQUIRE_THROWS_WITH(load_npz(path), Contains("text.npz") && Contains("not a readable zip"));
   }
   SECTION("empty folder") {
-    TempDir dir;
+    TempDir dir("test_data_npz");
     REQUIRE_THROWS_WITH(load_npz_folder(dir.path().string()), Contains("no .npz files"));
     REQUIRE_THROWS_WITH(load_folder(dir.path().string()), Contains("no recordings"));
   }

@@ -4,8 +4,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <filesystem>
-#include <random>
 #include <set>
 #include <span>
 #include <string>
@@ -15,9 +13,10 @@
 
 #include "data/load.h"
 #include "data/synth.h"
+#include "support/temp_dir.h"
 
-namespace fs = std::filesystem;
 using Catch::Contains;
+using mt::testing::TempDir;
 using namespace mt::data;
 
 namespace {
@@ -134,18 +133,16 @@ TEST_CASE("synth: config errors name the field", "[data][synth]") {
 }
 
 TEST_CASE("synth: write_dataset_npz exports POCO's format", "[data][synth][npz]") {
-  std::random_device rd;
-  const fs::path dir = fs::temp_directory_path() / ("mt_data_synth_" + std::to_string(rd()));
+  const TempDir dir("test_data_synth");
   const Dataset d = synthesize(small_config(5));
-  write_dataset_npz(d, (dir / "nested").string());
-  const Dataset r = load_folder((dir / "nested").string());
+  write_dataset_npz(d, dir.file("nested"));
+  const Dataset r = load_folder(dir.file("nested"));
   REQUIRE(r.size() == d.size());
   for (int64_t s = 0; s < d.size(); ++s) {
     CHECK(r[s].name == d[s].name);
     CHECK(r[s].activity == d[s].activity);
     CHECK(r[s].timestamps == d[s].timestamps);
   }
-  fs::remove_all(dir);
 }
 
 TEST_CASE("synth: default network, 4 sessions x 256 neurons x 2000 frames, is fast",

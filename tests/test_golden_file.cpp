@@ -3,73 +3,28 @@
 // deliberately damaged copies of it.
 #include <cmath>
 #include <cstdint>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
-#include <random>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include <catch2/catch.hpp>
 
 #include "support/golden_file.h"
+#include "support/temp_dir.h"
 
 #ifndef METATAPE_SOURCE_DIR
 #error "METATAPE_SOURCE_DIR must be defined as a string literal naming the repository root"
 #endif
 
-namespace fs = std::filesystem;
 using mt::testing::GoldenFile;
 using mt::testing::GoldenTensor;
+using mt::testing::read_bytes;
+using mt::testing::TempDir;
 
 namespace {
 
 std::string golden_path() {
   return std::string(METATAPE_SOURCE_DIR) + "/tests/golden/mlp_meta_v1.bin";
 }
-
-std::vector<unsigned char> read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in.good());
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-// A fresh directory under the system temp dir, removed on scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::random_device rd;
-    const auto base = fs::temp_directory_path();
-    for (int attempt = 0; attempt < 100; ++attempt) {
-      auto candidate = base / ("metatape_golden_test_" + std::to_string(rd()));
-      if (fs::create_directory(candidate)) {
-        dir_ = std::move(candidate);
-        return;
-      }
-    }
-    FAIL("could not create a temporary directory under " << base.string());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  std::string write(const std::string& name, const std::vector<unsigned char>& bytes) const {
-    const auto p = (dir_ / name).string();
-    std::ofstream out(p, std::ios::binary | std::ios::trunc);
-    out.write(reinterpret_cast<const char*>(bytes.data()),
-              static_cast<std::streamsize>(bytes.size()));
-    out.close();
-    REQUIRE(out.good());
-    return p;
-  }
-
- private:
-  fs::path dir_;
-};
 
 void put_u32(std::vector<unsigned char>& b, size_t off, uint32_t v) {
   for (size_t i = 0; i < 4; ++i) b.at(off + i) = static_cast<unsigned char>(v >> (8 * i));
@@ -169,7 +124,7 @@ TEST_CASE("golden file: reference MLP meta-learning file loads with the expected
 }
 
 TEST_CASE("golden file: missing file is reported with the regeneration command", "[golden][io]") {
-  TempDir tmp;
+  TempDir tmp("test_golden_file");
   const auto p = tmp.write("placeholder.bin", {});
   const auto missing = p + ".absent";
   REQUIRE_THROWS_WITH(GoldenFile::load(missing),
@@ -178,9 +133,9 @@ TEST_CASE("golden file: missing file is reported with the regeneration command",
 }
 
 TEST_CASE("golden file: damaged copies are rejected with clear messages", "[golden][io]") {
-  const auto original = read_bytes(golden_path());
+  const auto original = read_bytes<std::vector<unsigned char>>(golden_path());
   REQUIRE(original.size() > 200);
-  TempDir tmp;
+  TempDir tmp("test_golden_file");
 
   SECTION("unmodified copy loads") {
     const auto p = tmp.write("copy.bin", original);
@@ -240,7 +195,7 @@ TEST_CASE("golden file: damaged copies are rejected with clear messages", "[gold
     bad[0] = 'X';
     const auto p = tmp.write("bad_magic.bin", bad);
     REQUIRE_THROWS_WITH(GoldenFile::load(p), Catch::Contains("bad magic") && Catch::Contains(p));
-    const auto short_bad = tmp.write("bad_magic_short.bin", {'M', 'T', 'X'});
+    const auto short_bad = tmp.write("bad_magic_short.bin", "MTX");
     REQUIRE_THROWS_WITH(GoldenFile::load(short_bad), Catch::Contains("bad magic"));
   }
 

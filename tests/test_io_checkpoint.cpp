@@ -1,40 +1,20 @@
 // engine/io/checkpoint: saving a module's parameters with JSON metadata, strict loads that list
 // every mismatch, partial loads with their report, and in-place copies into the parameters.
-#include <unistd.h>
-
 #include <cstring>
-#include <filesystem>
 
 #include <catch2/catch.hpp>
-#include <fmt/format.h>
 
 #include "engine/autograd/grad_mode.h"
 #include "engine/core/generator.h"
 #include "engine/io/checkpoint.h"
+#include "support/temp_dir.h"
 
 using namespace mt;
 using namespace mt::io;
 using Catch::Contains;
+using mt::testing::TempDir;
 
 namespace {
-
-struct TempDir {
-  std::filesystem::path path;
-  TempDir() {
-    static int counter = 0;
-    path = std::filesystem::temp_directory_path() /
-           fmt::format("metatape_test_io_checkpoint_{}_{}", ::getpid(), counter++);
-    std::filesystem::remove_all(path);
-    std::filesystem::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 // Two layers with an embedding-like table whose row count varies between sessions.
 class Net : public nn::Module {
@@ -64,7 +44,7 @@ void scramble(nn::Module& m) {
 }  // namespace
 
 TEST_CASE("checkpoint round trip: strict load restores every parameter in place", "[io]") {
-  TempDir dir;
+  TempDir dir("test_io_checkpoint");
   const std::string path = dir.file("net.safetensors");
   Generator gen(1);
   Net net(gen, 5, 8);
@@ -111,7 +91,7 @@ TEST_CASE("checkpoint round trip: strict load restores every parameter in place"
 }
 
 TEST_CASE("strict load lists every mismatch and loads nothing", "[io]") {
-  TempDir dir;
+  TempDir dir("test_io_checkpoint");
   const std::string path = dir.file("ckpt.safetensors");
   save_checkpoint(path,
                   NamedTensors{{"a", zeros(Shape{3, 4})},
@@ -148,7 +128,7 @@ TEST_CASE("strict load lists every mismatch and loads nothing", "[io]") {
 }
 
 TEST_CASE("partial load copies matching tensors and reports the rest", "[io]") {
-  TempDir dir;
+  TempDir dir("test_io_checkpoint");
   const std::string path = dir.file("warm.safetensors");
   Generator gen(5);
   // A new session: the table has 7 rows instead of 5, and the file has an extra tensor.

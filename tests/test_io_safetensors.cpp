@@ -1,63 +1,25 @@
 // engine/io/safetensors: round trips of every dtype, a file written by Python's safetensors
 // package (tests/golden/optim_io_fixture.safetensors, from tools/reference/optim_reference.py),
 // every malformed-file error, and atomic saves.
-#include <unistd.h>
-
-#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <limits>
 #include <numbers>
 
 #include <catch2/catch.hpp>
-#include <fmt/format.h>
 
 #include "engine/io/safetensors.h"
+#include "support/temp_dir.h"
 
 using namespace mt;
 using namespace mt::io;
 using Catch::Contains;
+using mt::testing::read_bytes;
+using mt::testing::TempDir;
+using mt::testing::write_bytes;
 
 namespace {
-
-// A fresh folder under the system's temporary folder, removed with everything in it.
-struct TempDir {
-  std::filesystem::path path;
-  TempDir() {
-    static int counter = 0;
-    path = std::filesystem::temp_directory_path() /
-           fmt::format("metatape_test_io_safetensors_{}_{}", ::getpid(), counter++);
-    std::filesystem::remove_all(path);
-    std::filesystem::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string file(const std::string& name) const { return (path / name).string(); }
-  std::vector<std::string> entries() const {
-    std::vector<std::string> out;
-    for (const auto& e : std::filesystem::directory_iterator(path))
-      out.push_back(e.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-};
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), std::streamsize(bytes.size()));
-}
 
 // A safetensors file from a header text and a buffer (no padding added).
 std::string make_file(const std::string& header, const std::string& buffer) {
@@ -88,7 +50,7 @@ std::string fixture_path() {
 }  // namespace
 
 TEST_CASE("safetensors round trip of every dtype, 0-d and empty tensors, metadata", "[io]") {
-  TempDir dir;
+  TempDir dir("test_io_safetensors");
   const std::string path = dir.file("all.safetensors");
   const double inf = std::numeric_limits<double>::infinity();
   NamedTensors tensors = {
@@ -195,7 +157,7 @@ TEST_CASE("safetensors reads a file written by the Python safetensors package", 
 }
 
 TEST_CASE("safetensors errors name the file, the problem and the fix", "[io]") {
-  TempDir dir;
+  TempDir dir("test_io_safetensors");
 
   SECTION("missing file") {
     const std::string path = dir.file("nope.safetensors");
@@ -205,8 +167,8 @@ TEST_CASE("safetensors errors name the file, the problem and the fix", "[io]") {
   }
 
   SECTION("a folder instead of a file") {
-    REQUIRE_THROWS_WITH(load_safetensors(dir.path.string()),
-                        Contains(dir.path.string()) && Contains("not a regular file"));
+    REQUIRE_THROWS_WITH(load_safetensors(dir.path().string()),
+                        Contains(dir.path().string()) && Contains("not a regular file"));
   }
 
   SECTION("truncated at several lengths") {
@@ -333,7 +295,7 @@ TEST_CASE("safetensors errors name the file, the problem and the fix", "[io]") {
 }
 
 TEST_CASE("safetensors saves are atomic and check their inputs first", "[io]") {
-  TempDir dir;
+  TempDir dir("test_io_safetensors");
   const NamedTensors tensors = {{"a", arange(4, DType::f32)}};
 
   SECTION("into a missing folder: no file, no temporary file") {

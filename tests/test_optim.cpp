@@ -2,11 +2,8 @@
 // Nesterov) and clip_grad_norm, 5 steps each on the problem of tools/reference/optim_reference.py
 // (tests/golden/optim_v1.bin, float64); bitwise resumption through safetensors; skipped
 // parameters, state validation, in-place semantics.
-#include <unistd.h>
-
 #include <cmath>
 #include <cstring>
-#include <filesystem>
 #include <memory>
 
 #include <catch2/catch.hpp>
@@ -18,6 +15,7 @@
 #include "engine/optim/optim.h"
 #include "support/golden_file.h"
 #include "support/gradcheck.h"
+#include "support/temp_dir.h"
 
 using namespace mt;
 using namespace mt::testing;
@@ -163,24 +161,6 @@ void run_against_reference(const std::string& run, DType dtype, Tolerance tol) {
   }
 }
 
-struct TempDir {
-  std::filesystem::path path;
-  TempDir() {
-    static int counter = 0;
-    path = std::filesystem::temp_directory_path() /
-           fmt::format("metatape_test_optim_{}_{}", ::getpid(), counter++);
-    std::filesystem::remove_all(path);
-    std::filesystem::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
-
 }  // namespace
 
 TEST_CASE("optimizer kernels are registered behind dispatch stubs", "[optim]") {
@@ -242,7 +222,7 @@ TEST_CASE("clip_grad_norm matches torch.nn.utils.clip_grad_norm_", "[optim][gold
 }
 
 TEST_CASE("a run resumed from saved state is bitwise identical to a straight run", "[optim][io]") {
-  TempDir dir;
+  TempDir dir("test_optim");
   for (const char* run : {"adamw_amsgrad", "sgd_momentum", "adamw_clip"}) {
     for (DType dtype : {DType::f32, DType::f64}) {
       INFO(run << " " << dtype_name(dtype));
