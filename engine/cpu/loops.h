@@ -71,9 +71,41 @@ void for_rows(const Shape& shape, const std::array<Shape, N>& strides, int64_t r
   }
 }
 
-// for_rows over all rows, split across threads by parallel_range when large.
+// Simplifies an iteration space without changing the elements visited or their order: drops
+// dims of size 1 and merges neighbouring dims that every operand steps through as one
+// (strides[d] == strides[d+1] * shape[d+1]), so the innermost rows are as long as possible
+// (a (n, 1) broadcast or a permuted view becomes one long strided row where it can).
+template <size_t N>
+void coalesce(Shape& shape, std::array<Shape, N>& strides) {
+  Shape s;
+  std::array<Shape, N> st;
+  for (int d = 0; d < shape.size(); ++d) {
+    if (shape[d] == 1) continue;
+    if (s.size() > 0) {
+      const int last = s.size() - 1;
+      bool merge = true;
+      for (size_t k = 0; k < N; ++k) merge &= st[k][last] == strides[k][d] * shape[d];
+      if (merge) {
+        s[last] *= shape[d];
+        for (size_t k = 0; k < N; ++k) st[k][last] = strides[k][d];
+        continue;
+      }
+    }
+    s.push_back(shape[d]);
+    for (size_t k = 0; k < N; ++k) st[k].push_back(strides[k][d]);
+  }
+  if (s.size() == 0 && shape.numel() == 1 && shape.size() > 0) {  // all ones: one element
+    s.push_back(1);
+    for (size_t k = 0; k < N; ++k) st[k].push_back(0);
+  }
+  shape = s;
+  strides = st;
+}
+
+// for_rows over all rows (after coalescing), split across threads by parallel_range when large.
 template <size_t N, class Body>
-void parallel_rows(const Shape& shape, const std::array<Shape, N>& strides, Body&& body) {
+void parallel_rows(Shape shape, std::array<Shape, N> strides, Body&& body) {
+  coalesce<N>(shape, strides);
   if (shape.size() == 0) {
     std::array<int64_t, N> zero{};
     body(int64_t(0), zero, int64_t(1), zero);
@@ -90,7 +122,8 @@ void parallel_rows(const Shape& shape, const std::array<Shape, N>& strides, Body
 // offset of operand k under strides[k]. Calls body(offsets, len, inner_strides) once per
 // innermost row.
 template <size_t N, class Body>
-void for_each_row(const Shape& shape, const std::array<Shape, N>& strides, Body&& body) {
+void for_each_row(Shape shape, std::array<Shape, N> strides, Body&& body) {
+  coalesce<N>(shape, strides);
   int rank = shape.size();
   std::array<int64_t, N> off{};
   if (rank == 0) {
@@ -140,15 +173,18 @@ void map(Tensor& out, F f, const Ins&... ins) {
     });
     return;
   }
-  std::array<Shape, N> strides{broadcast_strides(ins, out.shape())...};
-  parallel_rows<N>(out.shape(), strides,
-                   [&](int64_t row, const std::array<int64_t, N>& off, int64_t len,
-                       const std::array<int64_t, N>& step) {
-                     Tout* orow = o + row * len;
-                     [&]<size_t... K>(std::index_sequence<K...>) {
-                       for (int64_t j = 0; j < len; ++j) orow[j] = f(p[K][off[K] + j * step[K]]...);
-                     }(std::make_index_sequence<N>{});
-                   });
+  // Output first, then the inputs' broadcast strides; coalescing treats them alike.
+  std::array<Shape, N + 1> strides{out.strides(), broadcast_strides(ins, out.shape())...};
+  parallel_rows<N + 1>(out.shape(), strides,
+                       [&](int64_t, const std::array<int64_t, N + 1>& off, int64_t len,
+                           const std::array<int64_t, N + 1>& step) {
+                         Tout* orow = o + off[0];
+                         const int64_t os = step[0];
+                         [&]<size_t... K>(std::index_sequence<K...>) {
+                           for (int64_t j = 0; j < len; ++j)
+                             orow[j * os] = f(p[K][off[K + 1] + j * step[K + 1]]...);
+                         }(std::make_index_sequence<N>{});
+                       });
 }
 
 // dst[i] = src[i] over dst's shape, both strided, src broadcast to dst (with type conversion).

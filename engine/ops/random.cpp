@@ -1,9 +1,11 @@
-// Seeded random tensors and dropout. Element i of a draw uses Philox block (offset + i) of the
-// generator (engine/core/generator.h), so a CUDA kernel can produce the same numbers in parallel.
+// Seeded random tensors and dropout. Element i of a draw comes from Philox block
+// (offset + i / lanes), lane i % lanes (engine/core/generator.h), so any backend and any thread
+// split produce the same numbers.
 #include <cmath>
 #include <numbers>
 
 #include "engine/core/generator.h"
+#include "engine/cpu/loops.h"
 #include "engine/ops/elementwise.h"
 
 namespace mt {
@@ -17,25 +19,48 @@ DispatchStub<RandomKernel> random_kernel("random");
 
 namespace {
 
+// Values per Philox block (4 x 32 random bits): f32 uses one word per uniform and a word pair
+// per two normals (Box-Muller gives both the cos and the sin branch); f64 uses two words per
+// uniform.
+int64_t values_per_block(DType dtype) { return dtype == DType::f64 ? 2 : 4; }
+
 void random_cpu(Tensor& out, Distribution dist, double a, double b, uint64_t seed,
                 uint64_t first_block) {
   dispatch_float(out.dtype(), "random", [&]<class T>() {
+    constexpr bool wide = std::is_same_v<T, double>;
+    constexpr int64_t lanes = wide ? 2 : 4;
     T* o = out.data_ptr<T>();
-    const bool wide = std::is_same_v<T, double>;
-    for (int64_t i = 0, n = out.numel(); i < n; ++i) {
-      auto r = Generator::philox(seed, first_block + uint64_t(i));
-      double u1 = wide ? Generator::to_unit53(r[0], r[1]) : Generator::to_unit(r[0]);
-      switch (dist) {
-        case Distribution::normal: {
-          double u2 = wide ? Generator::to_unit53(r[2], r[3]) : Generator::to_unit(r[1]);
-          // Box-Muller; u1 is never 0.
-          o[i] = T(a + b * std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2));
-          break;
+    const int64_t n = out.numel(), blocks = (n + lanes - 1) / lanes;
+    // Block i fills elements [i*lanes, i*lanes + lanes): independent of the thread split.
+    cpu::parallel_range(blocks, lanes * 8, [&](int64_t begin, int64_t end) {
+      double u[4] = {}, z[4] = {};
+      for (int64_t i = begin; i < end; ++i) {
+        auto r = Generator::philox(seed, first_block + uint64_t(i));
+        if constexpr (wide) {
+          u[0] = Generator::to_unit53(r[0], r[1]);
+          u[1] = Generator::to_unit53(r[2], r[3]);
+        } else {
+          for (int k = 0; k < 4; ++k) u[k] = Generator::to_unit(r[size_t(k)]);
         }
-        case Distribution::uniform: o[i] = T(a + (b - a) * u1); break;
-        case Distribution::bernoulli: o[i] = u1 < a ? T(b) : T(0); break;
+        if (dist == Distribution::normal) {
+          for (int64_t k = 0; k < lanes; k += 2) {
+            // Box-Muller on (u[k], u[k+1]); u is never 0, so the log is finite.
+            const double radius = std::sqrt(-2.0 * std::log(u[k]));
+            const double angle = 2.0 * std::numbers::pi * u[k + 1];
+            z[k] = radius * std::cos(angle);
+            z[k + 1] = radius * std::sin(angle);
+          }
+        }
+        for (int64_t k = 0; k < lanes && i * lanes + k < n; ++k) {
+          T& v = o[i * lanes + k];
+          switch (dist) {
+            case Distribution::normal: v = T(a + b * z[k]); break;
+            case Distribution::uniform: v = T(a + (b - a) * u[k]); break;
+            case Distribution::bernoulli: v = u[k] < a ? T(b) : T(0); break;
+          }
+        }
       }
-    }
+    });
   });
 }
 [[maybe_unused]] const bool registered = (random_kernel.set(DeviceType::CPU, &random_cpu), true);
@@ -43,7 +68,8 @@ void random_cpu(Tensor& out, Distribution dist, double a, double b, uint64_t see
 Tensor draw(const Shape& shape, DType dtype, Distribution dist, double a, double b,
             Generator& gen) {
   Tensor out = empty(shape, dtype);
-  random_kernel(out.device(), out, dist, a, b, gen.seed(), gen.advance(uint64_t(out.numel())));
+  const int64_t blocks = (out.numel() + values_per_block(dtype) - 1) / values_per_block(dtype);
+  random_kernel(out.device(), out, dist, a, b, gen.seed(), gen.advance(uint64_t(blocks)));
   return out;
 }
 
@@ -71,8 +97,9 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
   // Kept elements are scaled by 1/(1-p) so the expectation is unchanged; the mask is a constant,
   // so the gradient is the same mask times the incoming gradient.
   Tensor scaled_mask = empty(x.shape(), x.dtype(), x.device());
+  const int64_t per = values_per_block(x.dtype());
   random_kernel(x.device(), scaled_mask, Distribution::bernoulli, 1.0 - p, 1.0 / (1.0 - p),
-                gen.seed(), gen.advance(uint64_t(x.numel())));
+                gen.seed(), gen.advance(uint64_t((x.numel() + per - 1) / per)));
   return mul(x, scaled_mask);
 }
 
