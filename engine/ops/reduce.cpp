@@ -33,9 +33,17 @@ void reduce_serial(const Tensor& x, Tensor& out, double init, Acc acc) {
   cpu::for_each_row<2>(x.shape(), {x.strides(), acc_strides},
                        [&](const std::array<int64_t, 2>& off, int64_t len,
                            const std::array<int64_t, 2>& step) {
-                         for (int64_t j = 0; j < len; ++j) {
-                           double& a = buf[size_t(off[1] + j * step[1])];
-                           a = acc(a, double(p[off[0] + j * step[0]]));
+                         double* a = buf.data() + off[1];
+                         const T* v = p + off[0];
+                         if (step[0] == 1 && step[1] == 1) {  // a row into a row: vectorises
+                           for (int64_t j = 0; j < len; ++j) a[j] = acc(a[j], double(v[j]));
+                         } else if (step[1] == 0) {  // a row into one value
+                           double r = *a;
+                           for (int64_t j = 0; j < len; ++j) r = acc(r, double(v[j * step[0]]));
+                           *a = r;
+                         } else {
+                           for (int64_t j = 0; j < len; ++j)
+                             a[j * step[1]] = acc(a[j * step[1]], double(v[j * step[0]]));
                          }
                        });
   T* o = out.data_ptr<T>();
