@@ -52,6 +52,8 @@ Tensor erf(const Tensor& x);
 Tensor sin(const Tensor& x);
 Tensor cos(const Tensor& x);
 Tensor gelu(const Tensor& x);  // exact: x * Phi(x) with the normal CDF via erf
+// g * gelu'(x) in one pass: gelu's backward, itself differentiable (in g and x).
+Tensor gelu_backward(const Tensor& g, const Tensor& x);
 Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi);
 
 // ---- reductions (engine/ops/reduce.cpp); empty dims = all dims ----

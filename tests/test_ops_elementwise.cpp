@@ -95,6 +95,23 @@ TEST_CASE("unary ops: first- and second-order gradients", "[ops][unary][grad]") 
   }
 }
 
+TEST_CASE("gelu_backward: value, and its own first- and second-order gradients",
+          "[ops][unary][grad]") {
+  // gelu's backward is a fused op; its derivatives in g and x are checked like any other op's,
+  // so third-order gradients of gelu are right too.
+  Tensor g = random_tensor(Shape{2, 3}, -1, 1, 13), x = random_tensor(Shape{2, 3}, -3, 3, 14);
+  auto gv = g.to_vector<double>(), xv = x.to_vector<double>();
+  auto y = gelu_backward(g, x).to_vector<double>();
+  for (size_t i = 0; i < y.size(); ++i) {
+    const double v = xv[i], cdf = 0.5 * (1 + std::erf(v / std::sqrt(2.0)));
+    const double pdf = std::exp(-0.5 * v * v) / std::sqrt(2 * std::numbers::pi);
+    CHECK(std::abs(y[i] - gv[i] * (cdf + v * pdf)) <= kForwardTolF64);
+  }
+  auto f = [](const TensorList& in) { return gelu_backward(in[0], in[1]); };
+  CHECK(check_gradients("gelu_backward", f, {g, x}) == 72);
+  CHECK(check_second_order("gelu_backward", f, {g, x}) > 0);
+}
+
 TEST_CASE("sign carries no gradient", "[ops][unary]") {
   Tensor x = random_tensor(Shape{4}, -1, 1, 3);
   x.set_requires_grad(true);

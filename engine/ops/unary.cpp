@@ -202,17 +202,53 @@ Tensor gelu(const Tensor& x) {
   Tensor y = unary_forward(gelu_kernel, x);
   if (any_requires_grad(x)) {
     record_unary("gelu", x, y, Save::input, [](const Tensor& g, const Tensor& x) {
-      // gelu(x) = x Phi(x);  d/dx = Phi(x) + x phi(x), Phi(x) = (1 + erf(x/sqrt2)) / 2,
-      // phi(x) = exp(-x^2/2) / sqrt(2 pi).
-      Tensor cdf = mul(add(erf(mul(x, scalar_like(x, std::numbers::sqrt2 / 2))),
-                           scalar_like(x, 1.0)),
-                       scalar_like(x, 0.5));
-      Tensor pdf = mul(exp(mul(mul(x, x), scalar_like(x, -0.5))),
-                       scalar_like(x, 0.5 * std::numbers::inv_sqrtpi * std::numbers::sqrt2));
-      return mul(g, add(cdf, mul(x, pdf)));
+      return gelu_backward(g, x);  // one fused pass instead of a dozen elementwise ops
     });
   }
   return y;
+}
+
+// gelu(x) = x Phi(x), Phi(x) = (1 + erf(x/sqrt2)) / 2, phi(x) = exp(-x^2/2) / sqrt(2 pi):
+//   gelu'(x)  = Phi(x) + x phi(x)
+//   gelu''(x) = phi(x) (2 - x^2)
+DispatchStub<BinaryKernel> gelu_backward_kernel("gelu_backward");
+static void gelu_backward_cpu(const Tensor& g, const Tensor& x, Tensor& out) {
+  dispatch_float(out.dtype(), "gelu_backward", [&]<class T>() {
+    cpu::map<T, T>(
+        out,
+        [](T gv, T v) -> T {
+          const T cdf = T(0.5) * (T(1) + std::erf(v * T(std::numbers::sqrt2 / 2)));
+          const T pdf = std::exp(T(-0.5) * v * v) * T(0.5 * std::numbers::inv_sqrtpi * std::numbers::sqrt2);
+          return gv * (cdf + v * pdf);
+        },
+        g, x);
+  });
+}
+[[maybe_unused]] static const bool gelu_backward_registered =
+    (gelu_backward_kernel.set(DeviceType::CPU, &gelu_backward_cpu), true);
+
+Tensor gelu_backward(const Tensor& g, const Tensor& x) {
+  check_operands("gelu_backward", {&g, &x});
+  Tensor out = empty(broadcast_shapes(g.shape(), x.shape(), "gelu_backward"), x.dtype(), x.device());
+  gelu_backward_kernel(x.device(), g, x, out);
+  if (any_requires_grad(g, x)) {
+    auto& node = record("gelu_backward", out, {&g, &x},
+                        [](const Node& n, const Tensor& gg) -> TensorList {
+                          Tensor g = n.saved(0), x = n.saved(1);
+                          Tensor dg, dx;
+                          if (n.needs_input_grad(0)) dg = gelu_backward(gg, x);  // gg gelu'(x)
+                          if (n.needs_input_grad(1)) {
+                            // gg g gelu''(x) = gg g phi(x) (2 - x^2)
+                            Tensor pdf = mul(exp(mul(mul(x, x), -0.5)),
+                                             0.5 * std::numbers::inv_sqrtpi * std::numbers::sqrt2);
+                            dx = mul(mul(gg, g), mul(pdf, sub(scalar_like(x, 2.0), mul(x, x))));
+                          }
+                          return {dg, dx};
+                        });
+    node.save(g);
+    node.save(x);
+  }
+  return out;
 }
 
 Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi) {
