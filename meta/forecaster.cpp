@@ -10,8 +10,9 @@ namespace {
 
 class PocoForecaster final : public Forecaster {
  public:
-  PocoForecaster(const models::PocoConfig& c, const std::vector<int64_t>& sizes, Generator& gen)
-      : model_(c, sizes, gen) {}
+  PocoForecaster(const models::PocoConfig& c, const std::vector<int64_t>& sizes, Generator& gen,
+                 DType dtype)
+      : model_(c, sizes, gen, dtype) {}
   std::string kind() const override { return "poco"; }
   nn::Module* module() override { return &model_; }
   Tensor predict(const models::PocoBatch& b, const nn::ParamMap* ov, Generator* g) const override {
@@ -26,7 +27,8 @@ class PocoForecaster final : public Forecaster {
 
 class NLinearForecaster final : public Forecaster {
  public:
-  NLinearForecaster(int64_t ctx, int64_t pred, Generator& gen) : model_(ctx, pred, gen) {}
+  NLinearForecaster(int64_t ctx, int64_t pred, Generator& gen, DType dtype)
+      : model_(ctx, pred, gen, dtype) {}
   std::string kind() const override { return "nlinear"; }
   nn::Module* module() override { return &model_; }
   Tensor predict(const models::PocoBatch& b, const nn::ParamMap* ov, Generator*) const override {
@@ -39,8 +41,8 @@ class NLinearForecaster final : public Forecaster {
 
 class MlpForecaster final : public Forecaster {
  public:
-  MlpForecaster(int64_t ctx, int64_t hidden, int64_t pred, Generator& gen)
-      : model_(ctx, hidden, pred, gen) {}
+  MlpForecaster(int64_t ctx, int64_t hidden, int64_t pred, Generator& gen, DType dtype)
+      : model_(ctx, hidden, pred, gen, dtype) {}
   std::string kind() const override { return "mlp"; }
   nn::Module* module() override { return &model_; }
   Tensor predict(const models::PocoBatch& b, const nn::ParamMap* ov, Generator*) const override {
@@ -72,13 +74,15 @@ models::PocoConfig ModelSpec::poco_config() const {
 }
 
 std::unique_ptr<Forecaster> make_forecaster(const ModelSpec& spec,
-                                            const std::vector<int64_t>& sizes, Generator& gen) {
+                                            const std::vector<int64_t>& sizes, Generator& gen,
+                                            DType dtype) {
   const models::PocoConfig c = spec.poco_config();
-  if (spec.kind == "poco") return std::make_unique<PocoForecaster>(c, sizes, gen);
-  if (spec.kind == "nlinear") return std::make_unique<NLinearForecaster>(c.context(), c.pred_length, gen);
+  if (spec.kind == "poco") return std::make_unique<PocoForecaster>(c, sizes, gen, dtype);
+  if (spec.kind == "nlinear")
+    return std::make_unique<NLinearForecaster>(c.context(), c.pred_length, gen, dtype);
   if (spec.kind == "mlp") {
     MT_CHECK(spec.mlp_hidden > 0, "model.mlp_hidden must be positive, got {}", spec.mlp_hidden);
-    return std::make_unique<MlpForecaster>(c.context(), spec.mlp_hidden, c.pred_length, gen);
+    return std::make_unique<MlpForecaster>(c.context(), spec.mlp_hidden, c.pred_length, gen, dtype);
   }
   if (spec.kind == "copy_last") return std::make_unique<CopyLastForecaster>(c.pred_length);
   MT_FAIL("model.kind '{}' is not known; use poco, nlinear, mlp or copy_last", spec.kind);

@@ -39,9 +39,10 @@ struct ModelSpec {
 };
 
 // session_sizes: neurons of each session the forecaster is built for.
+// dtype: of the parameters (f32 for training; f64 for gradient checks).
 std::unique_ptr<Forecaster> make_forecaster(const ModelSpec& spec,
                                             const std::vector<int64_t>& session_sizes,
-                                            Generator& gen);
+                                            Generator& gen, DType dtype = DType::f32);
 
 // Window batch -> tensors. `session_of` maps the batch's dataset session index to the model's
 // session index (for POCO's embedding rows); identity when empty.

@@ -1,0 +1,115 @@
+#include "meta/maml.h"
+
+#include "engine/autograd/engine.h"
+
+namespace mt::meta {
+
+namespace {
+bool selected(const std::string& name, const std::vector<std::string>& prefixes) {
+  for (const auto& p : prefixes)
+    if (name.rfind(p, 0) == 0) return true;
+  return false;
+}
+}  // namespace
+
+InnerResult inner_loop(const Forecaster& f, const nn::ParamMap& init,
+                       const std::vector<models::PocoBatch>& support, const InnerLoopOptions& opt) {
+  MT_CHECK(opt.steps >= 0 && opt.inner_lr > 0,
+           "inner loop: steps ({}) must be >= 0 and inner_lr ({}) positive", opt.steps,
+           opt.inner_lr);
+  MT_CHECK(opt.steps == 0 || !support.empty(), "inner loop: no support batches");
+  InnerResult r;
+  std::vector<std::string> names;
+  for (const auto& [name, t] : init)
+    if (selected(name, opt.params)) {
+      names.push_back(name);
+      r.fast[name] = t;
+    }
+  MT_CHECK(!names.empty(), "inner loop: no parameter matches the test-time prefixes");
+  nn::ParamMap current = init;
+  for (int64_t step = 0; step < opt.steps; ++step) {
+    const models::PocoBatch& b = support[size_t(step) % support.size()];
+    Tensor loss = mse_loss(f.predict(b, &current), b.target);
+    TensorList params;
+    for (const auto& n : names) params.push_back(r.fast[n]);
+    TensorList g = autograd::grad({loss}, params, {}, std::nullopt, opt.create_graph,
+                                  /*allow_unused=*/true);
+    for (size_t i = 0; i < names.size(); ++i) {
+      if (!g[i].defined()) continue;
+      // Without create_graph the step is taken on detached values: first order.
+      Tensor step_dir = opt.create_graph ? g[i] : g[i].detach();
+      r.fast[names[i]] = sub(r.fast[names[i]], mul(step_dir, opt.inner_lr));
+      current[names[i]] = r.fast[names[i]];
+    }
+    r.inner_losses.push_back(loss);
+  }
+  return r;
+}
+
+namespace {
+nn::ParamMap current_params(Forecaster& f, std::vector<std::string>& names, TensorList& tensors) {
+  MT_CHECK(f.module() != nullptr, "meta-learning needs a forecaster with parameters");
+  nn::ParamMap map;
+  for (auto& [name, t] : f.module()->named_parameters()) {
+    names.push_back(name);
+    tensors.push_back(t);
+    map[name] = t;
+  }
+  return map;
+}
+}  // namespace
+
+MetaGradient e2e_ttt_gradient(Forecaster& f, const std::vector<models::PocoBatch>& support,
+                              const models::PocoBatch& query, InnerLoopOptions opt,
+                              bool include_inner_losses) {
+  opt.create_graph = true;
+  MetaGradient m;
+  TensorList params;
+  nn::ParamMap init = current_params(f, m.names, params);
+  InnerResult inner = inner_loop(f, init, support, opt);
+  nn::ParamMap adapted = init;
+  for (auto& [name, t] : inner.fast) adapted[name] = t;
+  m.query_loss = mse_loss(f.predict(query, &adapted), query.target);
+  m.meta_loss = m.query_loss;
+  if (include_inner_losses && !inner.inner_losses.empty()) {
+    Tensor inner_sum = inner.inner_losses[0];
+    for (size_t i = 1; i < inner.inner_losses.size(); ++i)
+      inner_sum = add(inner_sum, inner.inner_losses[i]);
+    m.meta_loss = add(m.meta_loss, div(inner_sum, double(inner.inner_losses.size())));
+  }
+  m.grads = autograd::grad({m.meta_loss}, params, {}, std::nullopt, false, /*allow_unused=*/true);
+  for (size_t i = 0; i < params.size(); ++i)
+    if (!m.grads[i].defined()) m.grads[i] = zeros_like(params[i]);
+  return m;
+}
+
+MetaGradient fomaml_gradient(Forecaster& f, const std::vector<models::PocoBatch>& support,
+                             const models::PocoBatch& query, InnerLoopOptions opt) {
+  opt.create_graph = false;
+  MetaGradient m;
+  TensorList params;
+  nn::ParamMap init = current_params(f, m.names, params);
+  InnerResult inner = inner_loop(f, init, support, opt);
+  // The adapted values become leaves of the query pass: the gradient stops there.
+  nn::ParamMap adapted = init;
+  TensorList wrt;
+  for (size_t i = 0; i < m.names.size(); ++i) {
+    auto it = inner.fast.find(m.names[i]);
+    if (it != inner.fast.end()) {
+      Tensor leaf = it->second.detach();
+      leaf.set_requires_grad(true);
+      adapted[m.names[i]] = leaf;
+      wrt.push_back(leaf);
+    } else {
+      wrt.push_back(params[i]);
+    }
+  }
+  m.query_loss = mse_loss(f.predict(query, &adapted), query.target);
+  m.meta_loss = m.query_loss;
+  m.grads = autograd::grad({m.query_loss}, wrt, {}, std::nullopt, false, /*allow_unused=*/true);
+  for (size_t i = 0; i < wrt.size(); ++i)
+    if (!m.grads[i].defined()) m.grads[i] = zeros_like(params[i]);
+  return m;
+}
+
+}  // namespace mt::meta

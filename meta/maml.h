@@ -1,0 +1,50 @@
+// Inner loops over a chosen set of test-time parameters, and the meta-gradients of FOMAML and
+// second-order E2E-TTT built on them. The model runs functionally: fast weights are a ParamMap
+// override, the model itself is never copied or modified.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "meta/forecaster.h"
+
+namespace mt::meta {
+
+struct InnerLoopOptions {
+  int64_t steps = 3;        // SGD steps on the support batches (cycled if fewer batches)
+  double inner_lr = 1e-3;
+  // Name prefixes of the test-time parameters (default: unit and session embeddings).
+  std::vector<std::string> params = {"unit_emb.", "session_emb."};
+  bool create_graph = true;  // keep the inner gradients in the graph (second order)
+};
+
+struct InnerResult {
+  nn::ParamMap fast;         // the adapted test-time parameters, by name
+  TensorList inner_losses;   // the support loss before each step
+};
+
+// K SGD steps of the selected parameters of `f` (starting from `init`, which maps every
+// parameter name to its current tensor) on the support batches.
+InnerResult inner_loop(const Forecaster& f, const nn::ParamMap& init,
+                       const std::vector<models::PocoBatch>& support, const InnerLoopOptions& opt);
+
+struct MetaGradient {
+  Tensor meta_loss;            // what was differentiated
+  Tensor query_loss;           // the query loss at the adapted parameters
+  std::vector<std::string> names;
+  TensorList grads;            // one per name (every parameter of the model), in model order
+};
+
+// Second-order E2E-TTT: create_graph through every inner step; meta-loss = query loss +
+// (include_inner_losses ? mean of the inner losses : 0); gradients w.r.t. every parameter.
+MetaGradient e2e_ttt_gradient(Forecaster& f, const std::vector<models::PocoBatch>& support,
+                              const models::PocoBatch& query, InnerLoopOptions opt,
+                              bool include_inner_losses = true);
+
+// FOMAML: inner gradients without create_graph; the query gradient at the adapted parameters is
+// the meta-gradient of the initial ones (test-time parameters take the gradient w.r.t. their fast
+// value; the others their plain query gradient).
+MetaGradient fomaml_gradient(Forecaster& f, const std::vector<models::PocoBatch>& support,
+                             const models::PocoBatch& query, InnerLoopOptions opt);
+
+}  // namespace mt::meta
