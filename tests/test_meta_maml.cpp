@@ -12,6 +12,7 @@
 #include "engine/io/checkpoint.h"
 #include "meta/maml.h"
 #include "support/golden_file.h"
+#include "support/poco_golden.h"
 #include "support/gradcheck.h"
 
 using namespace mt;
@@ -25,12 +26,6 @@ constexpr Tolerance kMetaGolden{1e-11, 1e-9};
 constexpr double kSameGraphTol = 1e-12;
 
 const std::string kDir = std::string(METATAPE_SOURCE_DIR) + "/tests/golden/";
-
-std::vector<int64_t> as_indices(const GoldenTensor& t) {
-  std::vector<int64_t> v;
-  for (double x : t.values) v.push_back(int64_t(std::llround(x)));
-  return v;
-}
 
 struct Fixture {
   std::unique_ptr<meta::Forecaster> f;
@@ -46,23 +41,8 @@ struct Fixture {
     f = meta::make_forecaster(spec, sizes, gen, DType::f64);
     NoGradGuard no_grad;
     for (auto& [name, p] : f->module()->named_parameters()) p.copy_(*st.find(name));
-    support = batch("x_all", "targets");
-    query = batch("query.x_all", "query.targets");
-  }
-  models::PocoBatch batch(const std::string& x_name, const std::string& t_name) {
-    models::PocoBatch b;
-    b.sample_neurons = as_indices(golden.at("sample_sizes"));
-    b.sample_sessions = as_indices(golden.at("sample_sessions"));
-    const GoldenTensor& x = golden.at(x_name);
-    b.x = from_vector(x.values, Shape(x.shape), DType::f64);
-    b.unit_index = from_indices(as_indices(golden.at("unit_index")), Shape{b.x.size(0)});
-    std::vector<int64_t> ns;
-    for (size_t s = 0; s < b.sample_neurons.size(); ++s)
-      for (int64_t n = 0; n < b.sample_neurons[s]; ++n) ns.push_back(b.sample_sessions[s]);
-    b.neuron_session = from_indices(ns, Shape{int64_t(ns.size())});
-    const GoldenTensor& t = golden.at(t_name);
-    b.target = from_vector(t.values, Shape(t.shape), DType::f64);
-    return b;
+    support = golden_batch(golden, "x_all", "targets");
+    query = golden_batch(golden, "query.x_all", "query.targets");
   }
 };
 

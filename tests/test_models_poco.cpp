@@ -12,6 +12,7 @@
 #include "models/baselines.h"
 #include "models/poco.h"
 #include "support/golden_file.h"
+#include "support/poco_golden.h"
 #include "support/gradcheck.h"
 
 using namespace mt;
@@ -32,12 +33,6 @@ struct Loaded {
   GoldenFile golden;
 };
 
-std::vector<int64_t> as_indices(const GoldenTensor& t) {
-  std::vector<int64_t> v;
-  for (double x : t.values) v.push_back(int64_t(std::llround(x)));
-  return v;
-}
-
 Loaded load_golden() {
   auto st = io::load_safetensors(kDir + "poco_tiny_v1.safetensors");
   auto config = models::PocoConfig::from_json(nlohmann::json::parse(st.metadata.at("config")));
@@ -55,24 +50,6 @@ Loaded load_golden() {
   }
   REQUIRE(out.model->named_parameters().size() == st.tensors.size());
   return out;
-}
-
-models::PocoBatch make_batch(const models::Poco& m, const GoldenFile& g, const std::string& x_name,
-                             const std::string& target_name) {
-  models::PocoBatch b;
-  b.sample_neurons = as_indices(g.at("sample_sizes"));
-  b.sample_sessions = as_indices(g.at("sample_sessions"));
-  const GoldenTensor& x = g.at(x_name);
-  b.x = from_vector(x.values, Shape(x.shape), DType::f64);
-  b.unit_index = from_indices(as_indices(g.at("unit_index")), Shape{b.x.size(0)});
-  std::vector<int64_t> ns;
-  for (size_t s = 0; s < b.sample_neurons.size(); ++s)
-    for (int64_t n = 0; n < b.sample_neurons[s]; ++n) ns.push_back(b.sample_sessions[s]);
-  b.neuron_session = from_indices(ns, Shape{int64_t(ns.size())});
-  const GoldenTensor& t = g.at(target_name);
-  b.target = from_vector(t.values, Shape(t.shape), DType::f64);
-  (void)m;
-  return b;
 }
 
 void expect_close(const GoldenFile& g, const std::string& name, const Tensor& actual) {
@@ -106,7 +83,7 @@ TEST_CASE("POCO configs: named ones, parameter count, validation", "[models][poc
 
 TEST_CASE("POCO forward, loss and every gradient match PyTorch", "[models][poco][golden]") {
   Loaded L = load_golden();
-  models::PocoBatch b = make_batch(*L.model, L.golden, "x_all", "targets");
+  models::PocoBatch b = golden_batch(L.golden, "x_all", "targets");
   Tensor pred = L.model->forward(b);
   Tensor loss = mse_loss(pred, b.target);
   expect_close(L.golden, "prediction", pred);
@@ -122,8 +99,8 @@ TEST_CASE("POCO second-order meta-gradient through an embedding step matches PyT
           "[models][poco][golden][meta]") {
   Loaded L = load_golden();
   const models::Poco& m = *L.model;
-  models::PocoBatch support = make_batch(m, L.golden, "x_all", "targets");
-  models::PocoBatch query = make_batch(m, L.golden, "query.x_all", "query.targets");
+  models::PocoBatch support = golden_batch(L.golden, "x_all", "targets");
+  models::PocoBatch query = golden_batch(L.golden, "query.x_all", "query.targets");
   const double lr = L.golden.at("inner_lr").values.at(0);
   nn::ParamMap params = m.parameter_map();
   Tensor loss = mse_loss(m.forward(support), support.target);
@@ -145,7 +122,7 @@ TEST_CASE("POCO second-order meta-gradient through an embedding step matches PyT
 
 TEST_CASE("POCO: samples do not see each other, batch errors are clear", "[models][poco]") {
   Loaded L = load_golden();
-  models::PocoBatch b = make_batch(*L.model, L.golden, "x_all", "targets");
+  models::PocoBatch b = golden_batch(L.golden, "x_all", "targets");
   Tensor full = L.model->forward(b);
   // Changing sample 1's data leaves sample 0's predictions unchanged (block-diagonal attention).
   models::PocoBatch changed = b;
