@@ -25,6 +25,7 @@ TEST_CASE("factories and metadata", "[tensor]") {
   CHECK_THROWS_WITH(z.item<float>(), Catch::Contains("6 elements"));
   CHECK_THROWS_WITH(empty(Shape{1, 2, 3, 4, 5, 6, 7, 8, 9}), Catch::Contains("maximum of 8"));
   CHECK_THROWS_WITH(z.size(2), Catch::Contains("out of range"));
+  CHECK(empty(Shape{4, 0}).is_contiguous());  // an empty tensor is contiguous whatever its strides
 }
 
 TEST_CASE("in-place writes bump the version and are refused on tensors requiring grad",

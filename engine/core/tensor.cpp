@@ -13,6 +13,7 @@
 namespace mt {
 
 bool Tensor::is_contiguous() const {
+  if (numel() == 0) return true;  // nothing to lay out (as torch)
   const Shape& s = impl_->shape;
   const Shape& st = impl_->strides;
   int64_t expected = 1;
