@@ -3,16 +3,24 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <random>
 
 #include "engine/autograd/engine.h"
 #include "engine/autograd/grad_mode.h"
 #include "engine/optim/adamw.h"
+#include "meta/maml.h"
 
 namespace mt::meta {
 
 nlohmann::json TrainOptions::to_json() const {
-  return {{"steps", steps},           {"batch_size", batch_size},
+  nlohmann::json m = {{"meta_batch", meta.meta_batch},
+                      {"inner_steps", meta.inner_steps},
+                      {"inner_lr", meta.inner_lr},
+                      {"params", meta.params},
+                      {"include_inner_losses", meta.include_inner_losses}};
+  return {{"method", method},         {"meta", m},
+          {"steps", steps},           {"batch_size", batch_size},
           {"lr", lr},                 {"weight_decay", weight_decay},
           {"amsgrad", amsgrad},       {"clip", clip},
           {"eval_every", eval_every}, {"eval_batch_size", eval_batch_size},
@@ -126,18 +134,79 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
   };
 
   evaluate_point(0);
-  for (int64_t step = 1; step <= opt.steps && adam; ++step) {
+  const bool meta_method = opt.method != "standard";
+  MT_CHECK(!meta_method || opt.method == "fomaml" || opt.method == "e2e-ttt",
+           "training: method '{}' is not known; use standard, fomaml or e2e-ttt", opt.method);
+  // Sessions with both support and query windows take part in meta-learning.
+  std::vector<int64_t> meta_sessions;
+  if (meta_method) {
+    MT_CHECK(opt.meta.meta_batch > 0, "training: meta.meta_batch must be positive");
+    for (int64_t s : sessions)
+      if (!data.support(s).empty() && !data.query(s).empty()) meta_sessions.push_back(s);
+    MT_CHECK(!meta_sessions.empty(),
+             "training: no session has both support and query windows for {}", opt.method);
+  }
+  auto sample = [&](const std::vector<int64_t>& starts, int64_t s) {
     std::vector<data::WindowRef> refs;
-    for (int64_t i = 0; i < opt.batch_size; ++i) refs.push_back(pool[pick(rng)]);
-    models::PocoBatch b = to_batch(data.batch(refs), f, session_of);
-    Tensor pred = f.predict(b, nullptr, opt.dropout ? &dropout_gen : nullptr);
-    Tensor loss = mse_loss(pred, b.target);
-    const double loss_value = loss.item<double>();
+    std::uniform_int_distribution<size_t> any(0, starts.size() - 1);
+    for (int64_t i = 0; i < opt.batch_size; ++i) refs.push_back({s, starts[any(rng)]});
+    return to_batch(data.batch(refs), f, session_of);
+  };
+  // One outer step of FOMAML / E2E-TTT: gradients averaged over meta_batch sessions, left in
+  // the parameters' .grad for the optimizer. Returns the mean meta-loss.
+  auto meta_step = [&]() {
+    std::map<std::string, Tensor> sum;
+    double loss_total = 0;
+    std::uniform_int_distribution<size_t> pick_session(0, meta_sessions.size() - 1);
+    InnerLoopOptions inner;
+    inner.steps = opt.meta.inner_steps;
+    inner.inner_lr = opt.meta.inner_lr;
+    inner.params = opt.meta.params;
+    for (int64_t m = 0; m < opt.meta.meta_batch; ++m) {
+      const int64_t s = meta_sessions[pick_session(rng)];
+      models::PocoBatch support = sample(data.support(s), s), query = sample(data.query(s), s);
+      MetaGradient g = opt.method == "fomaml"
+                           ? fomaml_gradient(f, {support}, query, inner)
+                           : e2e_ttt_gradient(f, {support}, query, inner,
+                                              opt.meta.include_inner_losses);
+      loss_total += g.meta_loss.item<double>();
+      NoGradGuard no_grad;
+      for (size_t i = 0; i < g.names.size(); ++i) {
+        auto it = sum.find(g.names[i]);
+        if (it == sum.end()) {
+          sum.emplace(g.names[i], g.grads[i].detach().clone());
+        } else {
+          it->second.add_(g.grads[i]);
+        }
+      }
+    }
+    NoGradGuard no_grad;
+    for (auto& [name, t] : params) {
+      auto it = sum.find(name);
+      if (it == sum.end()) continue;
+      it->second.mul_(1.0 / double(opt.meta.meta_batch));
+      t.set_grad(it->second);
+    }
+    return loss_total / double(opt.meta.meta_batch);
+  };
+
+  for (int64_t step = 1; step <= opt.steps && adam; ++step) {
+    double loss_value = 0;
+    adam->zero_grad();
+    if (meta_method) {
+      loss_value = meta_step();
+    } else {
+      std::vector<data::WindowRef> refs;
+      for (int64_t i = 0; i < opt.batch_size; ++i) refs.push_back(pool[pick(rng)]);
+      models::PocoBatch b = to_batch(data.batch(refs), f, session_of);
+      Tensor pred = f.predict(b, nullptr, opt.dropout ? &dropout_gen : nullptr);
+      Tensor loss = mse_loss(pred, b.target);
+      loss_value = loss.item<double>();
+      autograd::backward({loss});
+    }
     MT_CHECK(std::isfinite(loss_value),
              "training: the loss became {} at step {}; lower train.lr (now {}) or check the data",
              loss_value, step, opt.lr);
-    adam->zero_grad();
-    autograd::backward({loss});
     if (opt.clip > 0) optim::clip_grad_norm(params, opt.clip);
     adam->step();
     loss_sum += loss_value;

@@ -13,7 +13,20 @@
 
 namespace mt::meta {
 
+// Meta-learning settings used when TrainOptions::method is fomaml or e2e-ttt.
+struct MetaOptions {
+  int64_t meta_batch = 2;    // sessions per outer step (gradients averaged)
+  int64_t inner_steps = 3;   // SGD steps on each session's support batch
+  double inner_lr = 1e-3;
+  std::vector<std::string> params = {"unit_emb.", "session_emb."};  // test-time parameters
+  bool include_inner_losses = true;  // E2E-TTT meta-loss = query loss + mean inner loss
+};
+
 struct TrainOptions {
+  // standard: minimise the loss on training windows; fomaml / e2e-ttt: meta-learn the initial
+  // weights so that `meta.inner_steps` steps on a session's support windows fit its query windows.
+  std::string method = "standard";
+  MetaOptions meta;
   int64_t steps = 2000;
   int64_t batch_size = 32;       // windows per step, drawn from all training sessions
   double lr = 1e-3;

@@ -61,6 +61,13 @@ check "train nlinear on the npz folder" "$bin" train --run "$work/nl" "${small[@
 check "train mlp" "$bin" train --run "$work/mlp" "${small[@]}" --set model.kind=mlp \
   --set model.mlp_hidden=8
 
+check "train fomaml" "$bin" train --run "$work/fomaml" "${small[@]}" --method fomaml \
+  --set train.meta.inner_steps=2
+check "train e2e-ttt" "$bin" train --run "$work/e2e" "${small[@]}" --method e2e-ttt \
+  --set train.meta.inner_steps=2 --set train.meta.meta_batch=2
+check "e2e-ttt run recorded its method" grep -q '"method": "e2e-ttt"' "$work/e2e/config.json"
+fails_with "unknown method" "method 'maml'" "$bin" train --run "$work/x" --method maml
+
 fails_with "unknown config key" "unknown key 'train.stepz'" "$bin" train --run "$work/x" --set train.stepz=3
 fails_with "bad type" "'train.steps'" "$bin" train --run "$work/x" --set train.steps=abc
 fails_with "missing data folder" "no such file or folder" "$bin" train --run "$work/x" \

@@ -62,8 +62,22 @@ class Reader {
   std::vector<std::string> known_;
 };
 
+void read_meta(const nlohmann::json& j, const std::string& where, meta::MetaOptions& m) {
+  Reader r(j, where);
+  r.get("meta_batch", m.meta_batch);
+  r.get("inner_steps", m.inner_steps);
+  r.get("inner_lr", m.inner_lr);
+  r.get("params", m.params);
+  r.get("include_inner_losses", m.include_inner_losses);
+  r.finish();
+}
+
 void read_train(const nlohmann::json& j, const std::string& where, meta::TrainOptions& t) {
   Reader r(j, where);
+  r.get("method", t.method);
+  MT_CHECK(t.method == "standard" || t.method == "fomaml" || t.method == "e2e-ttt",
+           "config: {}.method '{}' is not known; use standard, fomaml or e2e-ttt", where, t.method);
+  read_meta(r.child("meta"), where + ".meta", t.meta);
   r.get("steps", t.steps);
   r.get("batch_size", t.batch_size);
   r.get("lr", t.lr);

@@ -222,6 +222,8 @@ int main(int argc, char** argv) {
   train->add_option("--config", config_file, "run config JSON (defaults when omitted)");
   train->add_option("--set", sets, "override a config value, e.g. --set train.lr=3e-4");
   train->add_option("--run", run_dir, "run folder to create")->required();
+  std::string method;
+  train->add_option("--method", method, "standard, fomaml or e2e-ttt (same as --set train.method=...)");
 
   auto* eval = app.add_subcommand("eval", "evaluate a run's model");
   eval->add_option("--run", run_dir, "run folder written by train")->required();
@@ -252,6 +254,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (train->parsed()) {
+      if (!method.empty()) sets.push_back("train.method=\"" + method + "\"");
       cli::RunConfig c = cli::load_config(config_file, sets);
       apply_threads(c);
       Data d = load_data(c);
