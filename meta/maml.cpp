@@ -1,5 +1,6 @@
 #include "meta/maml.h"
 
+#include "engine/autograd/checkpoint.h"
 #include "engine/autograd/engine.h"
 
 namespace mt::meta {
@@ -27,21 +28,51 @@ InnerResult inner_loop(const Forecaster& f, const nn::ParamMap& init,
     }
   MT_CHECK(!names.empty(), "inner loop: no parameter matches the test-time prefixes");
   nn::ParamMap current = init;
+  // Every parameter, in a fixed order: the inputs of a checkpointed step.
+  std::vector<std::string> all;
+  for (const auto& [name, t] : init) all.push_back(name);
   for (int64_t step = 0; step < opt.steps; ++step) {
     const models::PocoBatch& b = support[size_t(step) % support.size()];
-    Tensor loss = mse_loss(f.predict(b, &current), b.target);
-    TensorList params;
-    for (const auto& n : names) params.push_back(r.fast[n]);
-    TensorList g = autograd::grad({loss}, params, {}, std::nullopt, opt.create_graph,
-                                  /*allow_unused=*/true);
-    for (size_t i = 0; i < names.size(); ++i) {
-      if (!g[i].defined()) continue;
-      // Without create_graph the step is taken on detached values: first order.
-      Tensor step_dir = opt.create_graph ? g[i] : g[i].detach();
-      r.fast[names[i]] = sub(r.fast[names[i]], mul(step_dir, opt.inner_lr));
-      current[names[i]] = r.fast[names[i]];
+    // One SGD step: (every parameter, with the current fast values) -> (new fast values, loss).
+    // Captures by value: a checkpointed step runs it again during the outer backward, after
+    // this function has returned.
+    const Forecaster* model = &f;
+    const double lr = opt.inner_lr;
+    auto one_step = [model, b, names, lr](const nn::ParamMap& at, bool create_graph) {
+      Tensor loss = mse_loss(model->predict(b, &at), b.target);
+      TensorList params;
+      for (const auto& n : names) params.push_back(at.at(n));
+      TensorList g = autograd::grad({loss}, params, {}, std::nullopt, create_graph,
+                                    /*allow_unused=*/true);
+      TensorList next;
+      for (size_t i = 0; i < names.size(); ++i) {
+        // Without create_graph the step is taken on detached values: first order.
+        next.push_back(!g[i].defined()
+                           ? params[i]
+                           : sub(params[i], mul(create_graph ? g[i] : g[i].detach(), lr)));
+      }
+      next.push_back(loss);
+      return next;
+    };
+    TensorList next;
+    if (opt.checkpoint_steps && opt.create_graph) {
+      TensorList in;
+      for (const auto& n : all) in.push_back(current.at(n));
+      next = autograd::checkpoint(
+          [one_step, all](const TensorList& xs) {
+            nn::ParamMap at;
+            for (size_t i = 0; i < all.size(); ++i) at[all[i]] = xs[i];
+            return one_step(at, /*create_graph=*/true);
+          },
+          in);
+    } else {
+      next = one_step(current, opt.create_graph);
     }
-    r.inner_losses.push_back(loss);
+    for (size_t i = 0; i < names.size(); ++i) {
+      r.fast[names[i]] = next[i];
+      current[names[i]] = next[i];
+    }
+    r.inner_losses.push_back(next.back());
   }
   return r;
 }

@@ -16,6 +16,9 @@ struct InnerLoopOptions {
   // Name prefixes of the test-time parameters (default: unit and session embeddings).
   std::vector<std::string> params = {"unit_emb.", "session_emb."};
   bool create_graph = true;  // keep the inner gradients in the graph (second order)
+  // Recompute each inner step during the outer backward instead of keeping its intermediates
+  // (engine/autograd/checkpoint.h): the same meta-gradient with less peak memory.
+  bool checkpoint_steps = false;
 };
 
 struct InnerResult {

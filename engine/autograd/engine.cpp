@@ -178,8 +178,10 @@ class GraphTask {
         MT_CHECK(input_grads.size() == node->num_inputs() || is_accumulator,
                  "backward of {} returned {} gradients for {} inputs (internal error)",
                  node->name(), input_grads.size(), node->num_inputs());
+        // Only a node that ran frees its saved tensors: a node where the pass only captured a
+        // gradient (an intermediate `input` of grad()) still belongs to a graph others may use.
+        if (!retain_graph_ && !is_accumulator) node->release_saved();
       }
-      if (!retain_graph_ && !is_accumulator) node->release_saved();
       for (size_t i = 0; i < node->num_inputs(); ++i) {
         Node* child = node->edge(i).fn.get();
         if (!child) continue;

@@ -1,0 +1,93 @@
+#include "engine/autograd/checkpoint.h"
+
+#include "engine/autograd/engine.h"
+#include "engine/autograd/node.h"
+#include "engine/ops.h"
+
+namespace mt::autograd {
+
+namespace {
+// All outputs flattened into one tensor (nodes have one output), and the shapes to undo it.
+Tensor pack(const TensorList& outs, std::vector<Shape>& shapes) {
+  TensorList flat;
+  shapes.clear();
+  for (const Tensor& t : outs) {
+    MT_CHECK(t.defined(), "checkpoint: the region returned an undefined tensor");
+    shapes.push_back(t.shape());
+    flat.push_back(t.reshape(Shape{-1}));
+  }
+  MT_CHECK(!flat.empty(), "checkpoint: the region returned no tensors");
+  return flat.size() == 1 ? flat[0] : cat(flat, 0);
+}
+}  // namespace
+
+TensorList checkpoint(const Region& fn, const TensorList& inputs) {
+  std::vector<Shape> shapes;
+  Tensor packed;
+  {
+    // The region runs on detached copies of the inputs (so it may itself take gradients, as an
+    // inner optimisation step does) and its result is detached: every intermediate is freed
+    // when this block ends; only the inputs are kept, by the node below.
+    TensorList leaves;
+    for (const Tensor& t : inputs) {
+      Tensor d = t.detach();
+      if (needs_grad(t)) d.set_requires_grad(true);
+      leaves.push_back(d);
+    }
+    Tensor out = pack(fn(leaves), shapes);
+    packed = make_view(out, out.shape(), out.strides(), out.offset());  // a fresh, detached impl
+  }
+  bool any = false;
+  for (const Tensor& t : inputs) any |= needs_grad(t);
+  if (any && GradMode::is_enabled()) {
+    auto node = std::make_shared<FunctionNode<std::function<TensorList(const Node&, const Tensor&)>>>(
+        "checkpoint", [fn, n = inputs.size()](const Node& self, const Tensor& g) -> TensorList {
+          TensorList saved;
+          for (size_t i = 0; i < n; ++i) saved.push_back(self.saved(i));
+          // Recompute from fresh views of the saved inputs: each view is a new node with one edge
+          // to its input, so grad() below stops there (the partial derivative for each input,
+          // not a total derivative through inputs that depend on each other) while, with
+          // create_graph, the gradients stay attached to everything upstream of the inputs.
+          const bool create_graph = GradMode::is_enabled();
+          std::vector<Shape> unused;
+          Tensor again;
+          TensorList views(n), wrt;
+          std::vector<size_t> index;
+          {
+            GradModeGuard on(true);
+            for (size_t i = 0; i < n; ++i) {
+              views[i] = needs_grad(saved[i]) ? saved[i].unsqueeze(0).squeeze(0) : saved[i];
+              if (self.needs_input_grad(i)) {
+                wrt.push_back(views[i]);
+                index.push_back(i);
+              }
+            }
+            again = pack(fn(views), unused);
+          }
+          TensorList grads(n);
+          if (!again.requires_grad()) return grads;  // the outputs do not depend on the inputs
+          TensorList got = grad({again}, wrt, {g}, /*retain_graph=*/create_graph, create_graph,
+                                /*allow_unused=*/true);
+          for (size_t k = 0; k < index.size(); ++k) grads[index[k]] = got[k];
+          return grads;
+        });
+    for (const Tensor& t : inputs) {
+      Edge e;
+      e.meta = InputMeta{t.shape(), t.dtype(), t.device()};
+      if (needs_grad(t)) e.fn = gradient_edge(t);
+      node->add_edge(std::move(e));
+      node->save(t);
+    }
+    packed.impl()->requires_grad = true;
+    packed.impl()->grad_fn = node;
+  }
+  TensorList outs;
+  int64_t offset = 0;
+  for (const Shape& s : shapes) {
+    outs.push_back(packed.narrow(0, offset, s.numel()).reshape(s));
+    offset += s.numel();
+  }
+  return outs;
+}
+
+}  // namespace mt::autograd

@@ -1,0 +1,21 @@
+// Gradient checkpointing: run a region without keeping its intermediates, and recompute it
+// during the backward pass. Composes with create_graph: the recomputation runs with grad mode on
+// and its gradients are taken with create_graph = the backward's own mode, so a checkpointed
+// inner step of a meta-learning loop still gives the exact second-order meta-gradient.
+#pragma once
+
+#include <functional>
+
+#include "engine/core/tensor.h"
+
+namespace mt::autograd {
+
+using Region = std::function<TensorList(const TensorList&)>;
+
+// outputs = fn(inputs), with only `inputs` kept for the backward. `inputs` must hold every tensor
+// requiring grad that fn reads (fn must not capture other differentiable tensors: their gradient
+// would be lost; captured constants are fine). fn must be deterministic (dropout: reseed inside)
+// and may call grad() on its inputs (they require grad inside fn when they do outside).
+TensorList checkpoint(const Region& fn, const TensorList& inputs);
+
+}  // namespace mt::autograd

@@ -1,0 +1,98 @@
+// Gradient checkpointing: the same gradients (first and second order) as the plain graph, the
+// region's intermediates freed in the forward, and checkpointed inner steps giving the same
+// E2E-TTT meta-gradient with lower peak memory.
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "engine/autograd/checkpoint.h"
+#include "engine/io/safetensors.h"
+#include "meta/maml.h"
+#include "support/gradcheck.h"
+#include "support/poco_golden.h"
+
+using namespace mt;
+using namespace mt::testing;
+
+namespace {
+// The recomputation repeats the same f64 operations in the same order: results agree to rounding
+// of the gradient accumulation order, far below this.
+constexpr double kSameTol = 1e-12;
+
+TensorList region(const TensorList& in) {
+  Tensor h = tanh(matmul(in[0], in[1]));
+  return {mul(h, h), sum(h, {1})};
+}
+}  // namespace
+
+TEST_CASE("checkpoint: values and gradients equal the plain graph, to second order",
+          "[autograd][checkpoint]") {
+  Tensor x = random_tensor(Shape{3, 4}, -1, 1, 101), w = random_tensor(Shape{4, 2}, -1, 1, 102);
+  auto plain = [](const TensorList& in) {
+    TensorList o = region(in);
+    return add(sum(o[0], {1}), mul(o[1], o[1]));
+  };
+  auto checkpointed = [](const TensorList& in) {
+    TensorList o = autograd::checkpoint(region, in);
+    return add(sum(o[0], {1}), mul(o[1], o[1]));
+  };
+  CHECK(max_abs_diff(plain({x, w}), checkpointed({x, w})) == 0);
+  CHECK(check_gradients("checkpoint", checkpointed, {x, w}) > 0);
+  CHECK(check_second_order("checkpoint", checkpointed, {x, w}) > 0);
+}
+
+TEST_CASE("checkpoint keeps only its inputs in the forward", "[autograd][checkpoint][memory]") {
+  Tensor x = random_tensor(Shape{256, 256}, -1, 1, 103);
+  x.set_requires_grad(true);
+  auto heavy = [](const TensorList& in) {
+    Tensor h = in[0];
+    for (int i = 0; i < 8; ++i) h = tanh(matmul(h, in[0]));  // 8 saved 512 KiB intermediates
+    return TensorList{sum(h)};
+  };
+  const int64_t base = memory_stats().allocated_bytes;
+  Tensor plain = heavy({x})[0];
+  const int64_t plain_bytes = memory_stats().allocated_bytes - base;
+  Tensor ck = autograd::checkpoint(heavy, {x})[0];
+  const int64_t both_bytes = memory_stats().allocated_bytes - base;
+  CHECK(both_bytes - plain_bytes < 4096);  // the checkpointed graph holds (almost) nothing
+  CHECK(plain_bytes > 8 * 256 * 256 * 8);
+  auto g1 = autograd::grad({plain}, {x}), g2 = autograd::grad({ck}, {x});
+  CHECK(max_abs_diff(g1[0], g2[0]) <= kSameTol);
+}
+
+TEST_CASE("checkpointed inner steps give the same E2E-TTT meta-gradient with less memory",
+          "[meta][checkpoint]") {
+  const std::string dir = std::string(METATAPE_SOURCE_DIR) + "/tests/golden/";
+  auto st = io::load_safetensors(dir + "poco_tiny_v1.safetensors");
+  meta::ModelSpec spec;
+  spec.poco = nlohmann::json::parse(st.metadata.at("config"));
+  Generator gen(0);
+  auto f = meta::make_forecaster(
+      spec, nlohmann::json::parse(st.metadata.at("session_sizes")).get<std::vector<int64_t>>(), gen,
+      DType::f64);
+  {
+    NoGradGuard no_grad;
+    for (auto& [name, p] : f->module()->named_parameters()) p.copy_(*st.find(name));
+  }
+  GoldenFile g = GoldenFile::load(dir + "poco_tiny_v1.bin");
+  models::PocoBatch support = golden_batch(g, "x_all", "targets");
+  models::PocoBatch query = golden_batch(g, "query.x_all", "query.targets");
+  meta::InnerLoopOptions opt;
+  opt.steps = 3;
+  opt.inner_lr = 0.05;
+  opt.params = {"unit_emb.", "session_emb.", "head."};
+  reset_peak_memory_stats();
+  const int64_t base = memory_stats().allocated_bytes;
+  meta::MetaGradient plain = meta::e2e_ttt_gradient(*f, {support, query}, query, opt);
+  const int64_t plain_peak = memory_stats().peak_allocated_bytes - base;
+  opt.checkpoint_steps = true;
+  reset_peak_memory_stats();
+  meta::MetaGradient ck = meta::e2e_ttt_gradient(*f, {support, query}, query, opt);
+  const int64_t ck_peak = memory_stats().peak_allocated_bytes - base;
+  CHECK(std::abs(plain.meta_loss.item<double>() - ck.meta_loss.item<double>()) <= kSameTol);
+  for (size_t i = 0; i < plain.names.size(); ++i) {
+    INFO(plain.names[i]);
+    CHECK(max_abs_diff(plain.grads[i], ck.grads[i]) <= kSameTol);
+  }
+  WARN("peak bytes of the meta-gradient: plain " << plain_peak << ", checkpointed " << ck_peak);
+  CHECK(ck_peak < plain_peak);
+}
