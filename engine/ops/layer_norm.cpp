@@ -1,6 +1,7 @@
 // layer_norm over the last k dims with optional affine weight and bias.
 // Forward: a fused CPU kernel over rows (mean, variance, normalise, scale, shift).
-// Backward: written with differentiable ops, recomputing mean and rstd from the saved input so
+// Backward: with create_graph, written with differentiable ops, recomputing mean and rstd from
+// the saved input so
 // that the rule depends on x through them (needed for second order):
 //   xhat = (x - mu) * rstd,  gh = g * w
 //   dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat)),  dw = g * xhat,  db = g
@@ -8,6 +9,7 @@
 #include <cmath>
 #include <vector>
 
+#include "engine/cpu/loops.h"
 #include "engine/ops/elementwise.h"
 
 namespace mt {
@@ -48,8 +50,72 @@ void layer_norm_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias, i
     }
   });
 }
+// First-order backward in one pass over the rows: x, g contiguous (rows, D); weight (D) or
+// undefined; dx (rows, D); dw, db (D) (undefined when not wanted). Used only when the backward
+// is not being recorded (create_graph = false): its result is never differentiated again.
+using LayerNormBackwardKernel = void(const Tensor& x, const Tensor& weight, const Tensor& g,
+                                     int64_t D, double eps, Tensor& dx, Tensor& dw, Tensor& db);
+DispatchStub<LayerNormBackwardKernel> layer_norm_backward_kernel("layer_norm_backward");
+
+void layer_norm_backward_cpu(const Tensor& x, const Tensor& weight, const Tensor& g, int64_t D,
+                             double eps, Tensor& dx, Tensor& dw, Tensor& db) {
+  dispatch_float(x.dtype(), "layer_norm_backward", [&]<class T>() {
+    const int64_t rows = D == 0 ? 0 : x.numel() / D;
+    const T* px = x.data_ptr<T>();
+    const T* pg = g.data_ptr<T>();
+    const T* pw = weight.defined() ? weight.data_ptr<T>() : nullptr;
+    T* pdx = dx.data_ptr<T>();
+    std::vector<double> mean(static_cast<size_t>(rows)), rstd(static_cast<size_t>(rows));
+    cpu::parallel_range(rows, 4 * D, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const T* xr = px + r * D;
+        const T* gr = pg + r * D;
+        double mu = 0, m2 = 0;
+        for (int64_t j = 0; j < D; ++j) mu += double(xr[j]);
+        mu /= double(D);
+        for (int64_t j = 0; j < D; ++j) m2 += (double(xr[j]) - mu) * (double(xr[j]) - mu);
+        const double rs = 1.0 / std::sqrt(m2 / double(D) + eps);
+        mean[size_t(r)] = mu;
+        rstd[size_t(r)] = rs;
+        // dx = rstd (gh - mean(gh) - xhat mean(gh xhat)), gh = g w
+        double s1 = 0, s2 = 0;
+        for (int64_t j = 0; j < D; ++j) {
+          const double gh = double(gr[j]) * (pw ? double(pw[j]) : 1.0);
+          s1 += gh;
+          s2 += gh * (double(xr[j]) - mu) * rs;
+        }
+        s1 /= double(D);
+        s2 /= double(D);
+        for (int64_t j = 0; j < D; ++j) {
+          const double xhat = (double(xr[j]) - mu) * rs;
+          const double gh = double(gr[j]) * (pw ? double(pw[j]) : 1.0);
+          pdx[r * D + j] = T(rs * (gh - s1 - xhat * s2));
+        }
+      }
+    });
+    // dw = sum over rows of g xhat, db = sum of g: one fixed row order (deterministic).
+    if (dw.defined() || db.defined()) {
+      std::vector<double> sw(static_cast<size_t>(D), 0.0), sb(static_cast<size_t>(D), 0.0);
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* xr = px + r * D;
+        const T* gr = pg + r * D;
+        const double mu = mean[size_t(r)], rs = rstd[size_t(r)];
+        for (int64_t j = 0; j < D; ++j) {
+          sw[size_t(j)] += double(gr[j]) * (double(xr[j]) - mu) * rs;
+          sb[size_t(j)] += double(gr[j]);
+        }
+      }
+      if (dw.defined())
+        for (int64_t j = 0; j < D; ++j) dw.data_ptr<T>()[j] = T(sw[size_t(j)]);
+      if (db.defined())
+        for (int64_t j = 0; j < D; ++j) db.data_ptr<T>()[j] = T(sb[size_t(j)]);
+    }
+  });
+}
+
 [[maybe_unused]] const bool registered =
-    (layer_norm_kernel.set(DeviceType::CPU, &layer_norm_cpu), true);
+    (layer_norm_kernel.set(DeviceType::CPU, &layer_norm_cpu),
+     layer_norm_backward_kernel.set(DeviceType::CPU, &layer_norm_backward_cpu), true);
 
 }  // namespace
 
@@ -83,8 +149,22 @@ Tensor layer_norm(const Tensor& x, int normalized_rank, const Tensor& weight, co
     std::vector<int64_t> dims;
     for (int i = x.dim() - normalized_rank; i < x.dim(); ++i) dims.push_back(i);
     auto& node = record("layer_norm", y, {&x, &weight, &bias},
-                        [dims, eps](const Node& n, const Tensor& g) -> TensorList {
+                        [dims, eps, norm_shape](const Node& n, const Tensor& g) -> TensorList {
                           Tensor x = n.saved(0), w = n.saved(1);
+                          if (!GradMode::is_enabled()) {
+                            // Not recorded (create_graph = false): one fused pass.
+                            Tensor xc = contiguous(x), gc = contiguous(g);
+                            Tensor wc = w.defined() ? contiguous(w) : w;
+                            Tensor dx = empty(x.shape(), x.dtype(), x.device());
+                            Tensor dw = n.needs_input_grad(1)
+                                            ? empty(norm_shape, x.dtype(), x.device()) : Tensor();
+                            Tensor db = n.needs_input_grad(2)
+                                            ? empty(norm_shape, x.dtype(), x.device()) : Tensor();
+                            layer_norm_backward_kernel(x.device(), xc, wc, gc, norm_shape.numel(),
+                                                       eps, dx, dw, db);
+                            return {n.needs_input_grad(0) ? dx : Tensor(), dw, db};
+                          }
+                          // Recorded (create_graph): the rule in differentiable ops.
                           Tensor centred = sub(x, mean(x, dims, true));
                           Tensor rstd = rsqrt(add(mean(mul(centred, centred), dims, true),
                                                   scalar_like(x, eps)));
