@@ -1,0 +1,148 @@
+#include "meta/online.h"
+
+#include <chrono>
+#include <random>
+
+#include "engine/autograd/engine.h"
+#include "engine/autograd/grad_mode.h"
+
+namespace mt::meta {
+
+namespace {
+
+// The window whose context is [t - context, t) and target [t, t + horizon) as a batch.
+models::PocoBatch window(const Forecaster& f, const data::Session& s, int64_t model_session,
+                         int64_t t, int64_t context, int64_t horizon) {
+  data::WindowBatch w;
+  w.context_length = context;
+  w.pred_length = horizon;
+  w.session = {0};
+  w.start = {t - context};
+  w.neuron_offset = {0, s.num_neurons};
+  for (int64_t n = 0; n < s.num_neurons; ++n) {
+    auto trace = s.trace(n);
+    w.context.insert(w.context.end(), trace.begin() + (t - context), trace.begin() + t);
+    w.target.insert(w.target.end(), trace.begin() + t, trace.begin() + t + horizon);
+  }
+  return to_batch(w, f, {model_session});
+}
+
+// Test-time parameters as fresh leaves (copies), plus the override map that uses them.
+struct Adapted {
+  std::vector<std::string> names;
+  TensorList leaves;
+  nn::ParamMap overrides;
+};
+Adapted copy_params(Forecaster& f, const std::vector<std::string>& prefixes) {
+  Adapted a;
+  nn::Module* m = f.module();
+  MT_CHECK(m != nullptr, "online adaptation needs a forecaster with parameters");
+  for (auto& [name, t] : m->named_parameters()) {
+    bool take = prefixes.empty();
+    for (const auto& p : prefixes) take |= name.rfind(p, 0) == 0;
+    if (!take) continue;
+    Tensor leaf = t.detach().clone();
+    leaf.set_requires_grad(true);
+    a.names.push_back(name);
+    a.leaves.push_back(leaf);
+    a.overrides[name] = leaf;
+  }
+  MT_CHECK(!a.names.empty(), "online adaptation: no parameter matches the test-time prefixes");
+  return a;
+}
+
+void sgd_step(const Forecaster& f, Adapted& a, const models::PocoBatch& b, double lr) {
+  Tensor loss = mse_loss(f.predict(b, &a.overrides), b.target);
+  TensorList g = autograd::grad({loss}, a.leaves, {}, std::nullopt, false, /*allow_unused=*/true);
+  NoGradGuard no_grad;
+  for (size_t i = 0; i < a.leaves.size(); ++i)
+    if (g[i].defined()) a.leaves[i].add_(g[i], -lr);
+}
+
+struct Score {
+  double sse = 0, copy_sse = 0;
+  void add(const Tensor& pred, const models::PocoBatch& b) {
+    auto p = pred.to_vector<double>(), y = b.target.to_vector<double>();
+    auto x = b.x.to_vector<double>();
+    const int64_t ctx = b.x.size(1), H = b.target.size(1);
+    for (size_t i = 0; i < p.size(); ++i) {
+      const double last = x[(i / size_t(H)) * size_t(ctx) + size_t(ctx - 1)];
+      sse += (p[i] - y[i]) * (p[i] - y[i]);
+      copy_sse += (last - y[i]) * (last - y[i]);
+    }
+  }
+  double value() const { return copy_sse > 0 ? 1.0 - sse / copy_sse : 0.0; }
+};
+
+}  // namespace
+
+OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t model_session,
+                        int64_t begin, int64_t end, int64_t context, int64_t horizon,
+                        const OnlineOptions& opt) {
+  MT_CHECK(opt.stride > 0 && opt.lr >= 0 && opt.calibration_frames >= 0,
+           "online: stride must be positive and lr, calibration_frames non-negative");
+  MT_CHECK(begin >= 0 && end <= session.num_frames && begin < end,
+           "online: frames [{}, {}) are not inside session '{}' ({} frames)", begin, end,
+           session.name, session.num_frames);
+  const int64_t scored_from = begin + std::max(opt.calibration_frames, context);
+  MT_CHECK(scored_from + horizon <= end,
+           "online: session '{}' frames [{}, {}) are too short for the calibration segment ({}), "
+           "the context ({}) and one horizon ({})",
+           session.name, begin, end, opt.calibration_frames, context, horizon);
+  OnlineScores out;
+
+  // Frozen and offline: the same predictions, with the initial or the calibrated parameters.
+  Adapted offline = copy_params(f, opt.params);
+  {
+    const int64_t first = begin + context, last = begin + opt.calibration_frames - horizon;
+    if (last >= first && opt.calibration_steps > 0) {
+      std::mt19937_64 rng(opt.seed);
+      std::uniform_int_distribution<int64_t> pick(first, last);
+      for (int64_t step = 0; step < opt.calibration_steps; ++step) {
+        // A batch of calibration windows: several samples of the same session.
+        std::vector<models::PocoBatch> parts;
+        for (int64_t i = 0; i < opt.calibration_batch; ++i)
+          parts.push_back(window(f, session, model_session, pick(rng), context, horizon));
+        models::PocoBatch b = parts[0];
+        TensorList xs, ts, us, ss;
+        for (auto& p : parts) {
+          xs.push_back(p.x);
+          ts.push_back(p.target);
+          us.push_back(p.unit_index);
+          ss.push_back(p.neuron_session);
+        }
+        b.x = cat(xs, 0);
+        b.target = cat(ts, 0);
+        b.unit_index = cat(us, 0);
+        b.neuron_session = cat(ss, 0);
+        b.sample_neurons.assign(parts.size(), session.num_neurons);
+        b.sample_sessions.assign(parts.size(), model_session);
+        sgd_step(f, offline, b, opt.lr);
+      }
+    }
+  }
+  Score frozen, offline_score, online_score;
+  Adapted online = copy_params(f, opt.params);
+  const auto start = std::chrono::steady_clock::now();
+  for (int64_t t = begin + context; t + horizon <= end; t += opt.stride) {
+    // The window predicted `horizon` frames ago is complete now: learn from it first.
+    const int64_t done = t - horizon;
+    if (done >= begin + context && (done - begin - context) % opt.stride == 0)
+      sgd_step(f, online, window(f, session, model_session, done, context, horizon), opt.lr);
+    if (t < scored_from) continue;
+    models::PocoBatch b = window(f, session, model_session, t, context, horizon);
+    NoGradGuard no_grad;
+    online_score.add(f.predict(b, &online.overrides), b);
+    offline_score.add(f.predict(b, &offline.overrides), b);
+    frozen.add(f.predict(b), b);
+    ++out.predictions;
+  }
+  out.online_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  out.frozen = frozen.value();
+  out.offline = offline_score.value();
+  out.online = online_score.value();
+  return out;
+}
+
+}  // namespace mt::meta

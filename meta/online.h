@@ -1,0 +1,39 @@
+// Online adaptation on a stream of frames: at time t the forecaster predicts frames
+// t .. t+H-1 from the context before t with its current weights; once those frames have
+// arrived (H frames later) it takes one SGD step of the test-time parameters on that delayed
+// loss. Compared with offline adaptation (K steps on a calibration segment at the start of the
+// stream, then frozen) and with the frozen model, all scored on the same predictions after the
+// calibration segment.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "meta/forecaster.h"
+
+namespace mt::meta {
+
+struct OnlineOptions {
+  double lr = 1e-3;                 // SGD step size of the online and the offline updates
+  std::vector<std::string> params = {"unit_emb.", "session_emb."};  // test-time parameters
+  int64_t stride = 1;               // frames between predictions
+  int64_t calibration_frames = 200; // start of the stream used by the offline method
+  int64_t calibration_steps = 50;   // its SGD steps (batches of windows of the segment)
+  int64_t calibration_batch = 8;
+  uint64_t seed = 0;
+};
+
+struct OnlineScores {
+  double frozen = 0, offline = 0, online = 0;  // 1 - MSE / MSE of copy-last, same predictions
+  int64_t predictions = 0;                     // windows scored per method
+  double online_seconds = 0;                   // wall time of the online pass
+};
+
+// `session` is the (z-scored) recording; frames [begin, end) form the stream; `model_session` is
+// the forecaster's session index for it (POCO's embedding rows). The forecaster's own parameters
+// are not modified: every method adapts copies.
+OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t model_session,
+                        int64_t begin, int64_t end, int64_t context, int64_t horizon,
+                        const OnlineOptions& options);
+
+}  // namespace mt::meta
