@@ -56,10 +56,15 @@ check "eval" "$bin" eval --run "$work/poco" --split test
 check "eval wrote json" test -s "$work/poco/eval_test.json"
 check "adapt" "$bin" adapt --run "$work/poco" --set 'adapt.modes=["embeddings"]'
 check "adapt wrote json" test -s "$work/poco/adapt.json"
+check "online with a drift sweep" "$bin" online --run "$work/poco" --drift 0 0.2 \
+  --set online.calibration_steps=2 --set online.stride=4
+check "online wrote json" test -s "$work/poco/online.json"
 check "train nlinear on the npz folder" "$bin" train --run "$work/nl" "${small[@]}" \
   --set model.kind=nlinear --set "data.path=\"$work/synth\"" --set 'data.holdout=[]'
 check "train mlp" "$bin" train --run "$work/mlp" "${small[@]}" --set model.kind=mlp \
   --set model.mlp_hidden=8
+fails_with "online --drift on recorded data" "regenerates synthetic data" "$bin" online \
+  --run "$work/nl" --drift 0.1
 
 check "train fomaml" "$bin" train --run "$work/fomaml" "${small[@]}" --method fomaml \
   --set train.meta.inner_steps=2

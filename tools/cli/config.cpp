@@ -185,10 +185,18 @@ nlohmann::json RunConfig::to_json() const {
                       {"poco", model.poco},
                       {"mlp_hidden", model.mlp_hidden},
                       {"resolved", model.poco_config().to_json()}};
+  nlohmann::json o = {{"lr", online.lr},
+                      {"params", online.params},
+                      {"stride", online.stride},
+                      {"calibration_frames", online.calibration_frames},
+                      {"calibration_steps", online.calibration_steps},
+                      {"calibration_batch", online.calibration_batch},
+                      {"seed", online.seed}};
   nlohmann::json a = {{"modes", adapt.modes},
                       {"train", adapt.train.to_json()},
                       {"lr_by_mode", adapt.lr_by_mode}};
-  return {{"data", d}, {"model", m}, {"train", train.to_json()}, {"adapt", a}, {"threads", threads}};
+  return {{"data", d},  {"model", m},  {"train", train.to_json()},
+          {"adapt", a}, {"online", o}, {"threads", threads}};
 }
 
 RunConfig config_from_json(const nlohmann::json& j) {
@@ -242,6 +250,18 @@ RunConfig config_from_json(const nlohmann::json& j) {
     r.get("modes", c.adapt.modes);
     read_train(r.child("train"), "adapt.train", c.adapt.train);
     r.get("lr_by_mode", c.adapt.lr_by_mode);
+    r.finish();
+  }
+  {
+    nlohmann::json oj = top.child("online");
+    Reader r(oj, "online");
+    r.get("lr", c.online.lr);
+    r.get("params", c.online.params);
+    r.get("stride", c.online.stride);
+    r.get("calibration_frames", c.online.calibration_frames);
+    r.get("calibration_steps", c.online.calibration_steps);
+    r.get("calibration_batch", c.online.calibration_batch);
+    r.get("seed", c.online.seed);
     r.finish();
   }
   top.get("threads", c.threads);

@@ -12,6 +12,7 @@
 #include "data/preprocess.h"
 #include "data/synth.h"
 #include "meta/forecaster.h"
+#include "meta/online.h"
 #include "meta/training.h"
 
 namespace mt::cli {
@@ -36,6 +37,7 @@ struct RunConfig {
   meta::ModelSpec model;
   meta::TrainOptions train;
   AdaptSpec adapt;
+  meta::OnlineOptions online;  // `metatape online`
   int threads = 0;  // OpenMP threads for the CPU kernels; 0 = the runtime's default
 
   nlohmann::json to_json() const;

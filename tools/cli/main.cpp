@@ -183,6 +183,59 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   return out;
 }
 
+// ---- online ----
+// For every training session: the stream is its validation + test frames (the validation part is
+// the offline method's calibration segment); frozen, offline and online scores. With `drifts`
+// (synthetic data only), the data are regenerated with each drift magnitude.
+json run_online_cmd(const std::string& run_dir, const std::vector<double>& drifts,
+                    const std::vector<std::string>& sets) {
+  Run run = read_run(run_dir);
+  cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
+  apply_threads(c);
+  MT_CHECK(drifts.empty() || c.data.path.empty(),
+           "online: --drift regenerates synthetic data; this run was trained on {}", c.data.path);
+  std::vector<double> sweep = drifts.empty() ? std::vector<double>{c.data.synthetic.drift} : drifts;
+  const models::PocoConfig pc = c.model.poco_config();
+  json rows = json::array();
+  std::printf("%8s %-24s %8s %10s %10s %10s %9s\n", "drift", "session", "windows", "frozen",
+              "offline", "online", "online_s");
+  for (double drift : sweep) {
+    cli::RunConfig cd = c;
+    cd.data.synthetic.drift = drift;
+    Data d = load_data(cd);
+    data::PreparedData prepared(d.train, cd.data.prep);
+    Generator gen(0);
+    auto f = meta::make_forecaster(cd.model, sizes_of(d.train), gen);
+    if (f->module()) io::load_parameters(*f->module(), run_dir + "/model.safetensors", io::LoadMode::strict);
+    meta::OnlineOptions opt = cd.online;
+    double sums[3] = {0, 0, 0};
+    for (int64_t s = 0; s < prepared.num_sessions(); ++s) {
+      const auto& splits = prepared.splits(s);
+      MT_CHECK(!splits.val.empty() && !splits.test.empty(),
+               "online: session '{}' has no validation or test frames", prepared.session(s).name);
+      const int64_t begin = splits.val.front().begin, end = splits.test.back().end;
+      opt.calibration_frames = std::min<int64_t>(cd.online.calibration_frames, data::SessionSplits::frames(splits.val));
+      meta::OnlineScores r = meta::run_online(*f, prepared.session(s), s, begin, end, pc.context(),
+                                              pc.pred_length, opt);
+      std::printf("%8.2f %-24s %8lld %10.4f %10.4f %10.4f %9.2f\n", drift,
+                  prepared.session(s).name.c_str(), (long long)r.predictions, r.frozen, r.offline,
+                  r.online, r.online_seconds);
+      sums[0] += r.frozen;
+      sums[1] += r.offline;
+      sums[2] += r.online;
+      rows.push_back({{"drift", drift}, {"session", prepared.session(s).name},
+                      {"windows", r.predictions}, {"frozen", r.frozen}, {"offline", r.offline},
+                      {"online", r.online}, {"online_seconds", r.online_seconds}});
+    }
+    const double n = double(prepared.num_sessions());
+    std::printf("%8.2f %-24s %8s %10.4f %10.4f %10.4f\n", drift, "mean", "", sums[0] / n,
+                sums[1] / n, sums[2] / n);
+  }
+  json out = {{"rows", rows}, {"options", c.to_json()["online"]}};
+  cli::write_file_atomic(run_dir + "/online.json", out.dump(2) + "\n");
+  return out;
+}
+
 int run_eval(const std::string& run_dir, const std::string& split_name) {
   Run run = read_run(run_dir);
   apply_threads(run.config);
@@ -233,6 +286,13 @@ int main(int argc, char** argv) {
   adapt->add_option("--run", run_dir, "run folder written by train")->required();
   adapt->add_option("--set", sets, "override, e.g. --set adapt.train.steps=100");
 
+  auto* online = app.add_subcommand(
+      "online", "online vs offline adaptation on each session's validation + test stream");
+  online->add_option("--run", run_dir, "run folder written by train")->required();
+  std::vector<double> drifts;
+  online->add_option("--drift", drifts, "synthetic drift magnitudes to sweep, e.g. --drift 0 0.1 0.2 0.3");
+  online->add_option("--set", sets, "override, e.g. --set online.lr=1e-2");
+
   auto* demo = app.add_subcommand("demo", "synthetic data -> train POCO -> adapt to 2 unseen sessions");
   demo->add_option("--run", run_dir, "run folder (default: a fresh folder under /tmp)");
   demo->add_option("--set", sets, "override a demo config value");
@@ -262,6 +322,10 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (eval->parsed()) return run_eval(run_dir, split);
+    if (online->parsed()) {
+      run_online_cmd(run_dir, drifts, sets);
+      return 0;
+    }
     if (adapt->parsed()) {
       Run run = read_run(run_dir);
       cli::RunConfig c = run.config;
