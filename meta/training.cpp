@@ -13,21 +13,6 @@
 
 namespace mt::meta {
 
-nlohmann::json TrainOptions::to_json() const {
-  nlohmann::json m = {{"meta_batch", meta.meta_batch},
-                      {"inner_steps", meta.inner_steps},
-                      {"inner_lr", meta.inner_lr},
-                      {"params", meta.params},
-                      {"include_inner_losses", meta.include_inner_losses}};
-  return {{"method", method},         {"meta", m},
-          {"steps", steps},           {"batch_size", batch_size},
-          {"lr", lr},                 {"weight_decay", weight_decay},
-          {"amsgrad", amsgrad},       {"clip", clip},
-          {"eval_every", eval_every}, {"eval_batch_size", eval_batch_size},
-          {"seed", seed},             {"dropout", dropout},
-          {"trainable", trainable}};
-}
-
 nlohmann::json TrainResult::to_json() const {
   nlohmann::json c = nlohmann::json::array();
   for (const auto& p : curve)

@@ -40,8 +40,6 @@ struct TrainOptions {
   // Parameter name prefixes to train (empty = all), e.g. {"unit_emb.", "session_emb."}.
   std::vector<std::string> trainable;
   bool log_progress = true;      // a progress line on stderr
-
-  nlohmann::json to_json() const;
 };
 
 struct EvalPoint {

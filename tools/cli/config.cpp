@@ -62,77 +62,95 @@ class Reader {
   std::vector<std::string> known_;
 };
 
-void read_meta(const nlohmann::json& j, const std::string& where, meta::MetaOptions& m) {
+// One list of (key, member) per settings struct serves reading and writing, so the two cannot
+// drift apart.
+template <class Fn>
+void visit(data::SynthConfig& s, Fn&& fn) {
+  fn("seed", s.seed);
+  fn("num_sessions", s.num_sessions);
+  fn("n_total", s.n_total);
+  fn("min_neurons", s.min_neurons);
+  fn("max_neurons", s.max_neurons);
+  fn("num_frames", s.num_frames);
+  fn("burn_in_frames", s.burn_in_frames);
+  fn("steps_per_frame", s.steps_per_frame);
+  fn("g", s.g);
+  fn("tau", s.tau);
+  fn("dt", s.dt);
+  fn("noise_std", s.noise_std);
+  fn("min_perturbation", s.min_perturbation);
+  fn("max_perturbation", s.max_perturbation);
+  fn("drift", s.drift);
+  fn("obs_noise_std", s.obs_noise_std);
+  fn("name_prefix", s.name_prefix);
+}
+
+template <class Fn>
+void visit(meta::MetaOptions& m, Fn&& fn) {
+  fn("meta_batch", m.meta_batch);
+  fn("inner_steps", m.inner_steps);
+  fn("inner_lr", m.inner_lr);
+  fn("params", m.params);
+  fn("include_inner_losses", m.include_inner_losses);
+}
+
+// The scalar fields of TrainOptions (method and meta are handled by read_train/train_json).
+template <class Fn>
+void visit(meta::TrainOptions& t, Fn&& fn) {
+  fn("method", t.method);
+  fn("steps", t.steps);
+  fn("batch_size", t.batch_size);
+  fn("lr", t.lr);
+  fn("weight_decay", t.weight_decay);
+  fn("amsgrad", t.amsgrad);
+  fn("clip", t.clip);
+  fn("eval_every", t.eval_every);
+  fn("eval_batch_size", t.eval_batch_size);
+  fn("seed", t.seed);
+  fn("dropout", t.dropout);
+  fn("trainable", t.trainable);
+  fn("log_progress", t.log_progress);
+}
+
+template <class Fn>
+void visit(meta::OnlineOptions& o, Fn&& fn) {
+  fn("lr", o.lr);
+  fn("params", o.params);
+  fn("stride", o.stride);
+  fn("calibration_frames", o.calibration_frames);
+  fn("calibration_steps", o.calibration_steps);
+  fn("calibration_batch", o.calibration_batch);
+  fn("seed", o.seed);
+}
+
+// Reads every visited field of `out` from the object j (strict: unknown keys are errors).
+template <class T>
+void read_fields(const nlohmann::json& j, const std::string& where, T& out) {
   Reader r(j, where);
-  r.get("meta_batch", m.meta_batch);
-  r.get("inner_steps", m.inner_steps);
-  r.get("inner_lr", m.inner_lr);
-  r.get("params", m.params);
-  r.get("include_inner_losses", m.include_inner_losses);
+  visit(out, [&](const char* key, auto& field) { r.get(key, field); });
   r.finish();
+}
+
+template <class T>
+nlohmann::json fields_json(T copy) {
+  nlohmann::json j = nlohmann::json::object();
+  visit(copy, [&](const char* key, const auto& field) { j[key] = field; });
+  return j;
 }
 
 void read_train(const nlohmann::json& j, const std::string& where, meta::TrainOptions& t) {
-  Reader r(j, where);
-  r.get("method", t.method);
+  nlohmann::json scalars = j;
+  if (scalars.is_object()) scalars.erase("meta");
+  read_fields(scalars, where, t);
   MT_CHECK(t.method == "standard" || t.method == "fomaml" || t.method == "e2e-ttt",
            "config: {}.method '{}' is not known; use standard, fomaml or e2e-ttt", where, t.method);
-  read_meta(r.child("meta"), where + ".meta", t.meta);
-  r.get("steps", t.steps);
-  r.get("batch_size", t.batch_size);
-  r.get("lr", t.lr);
-  r.get("weight_decay", t.weight_decay);
-  r.get("amsgrad", t.amsgrad);
-  r.get("clip", t.clip);
-  r.get("eval_every", t.eval_every);
-  r.get("eval_batch_size", t.eval_batch_size);
-  r.get("seed", t.seed);
-  r.get("dropout", t.dropout);
-  r.get("trainable", t.trainable);
-  r.get("log_progress", t.log_progress);
-  r.finish();
+  if (j.is_object() && j.contains("meta")) read_fields(j.at("meta"), where + ".meta", t.meta);
 }
 
-nlohmann::json synth_to_json(const data::SynthConfig& s) {
-  return {{"seed", s.seed},
-          {"num_sessions", s.num_sessions},
-          {"n_total", s.n_total},
-          {"min_neurons", s.min_neurons},
-          {"max_neurons", s.max_neurons},
-          {"num_frames", s.num_frames},
-          {"burn_in_frames", s.burn_in_frames},
-          {"steps_per_frame", s.steps_per_frame},
-          {"g", s.g},
-          {"tau", s.tau},
-          {"dt", s.dt},
-          {"noise_std", s.noise_std},
-          {"min_perturbation", s.min_perturbation},
-          {"max_perturbation", s.max_perturbation},
-          {"drift", s.drift},
-          {"obs_noise_std", s.obs_noise_std},
-          {"name_prefix", s.name_prefix}};
-}
-
-void read_synth(const nlohmann::json& j, data::SynthConfig& s) {
-  Reader r(j, "data.synthetic");
-  r.get("seed", s.seed);
-  r.get("num_sessions", s.num_sessions);
-  r.get("n_total", s.n_total);
-  r.get("min_neurons", s.min_neurons);
-  r.get("max_neurons", s.max_neurons);
-  r.get("num_frames", s.num_frames);
-  r.get("burn_in_frames", s.burn_in_frames);
-  r.get("steps_per_frame", s.steps_per_frame);
-  r.get("g", s.g);
-  r.get("tau", s.tau);
-  r.get("dt", s.dt);
-  r.get("noise_std", s.noise_std);
-  r.get("min_perturbation", s.min_perturbation);
-  r.get("max_perturbation", s.max_perturbation);
-  r.get("drift", s.drift);
-  r.get("obs_noise_std", s.obs_noise_std);
-  r.get("name_prefix", s.name_prefix);
-  r.finish();
+nlohmann::json train_json(const meta::TrainOptions& t) {
+  nlohmann::json j = fields_json(t);
+  j["meta"] = fields_json(t.meta);
+  return j;
 }
 
 // Sets j[a][b]... = value for a dotted path, creating objects on the way.
@@ -169,7 +187,7 @@ void set_path(nlohmann::json& j, const std::string& assignment) {
 nlohmann::json RunConfig::to_json() const {
   const auto& p = data.prep;
   nlohmann::json d = {{"path", data.path},
-                      {"synthetic", synth_to_json(data.synthetic)},
+                      {"synthetic", fields_json(data.synthetic)},
                       {"split", p.split.mode == data::SplitMode::Blocks ? "poco_blocks" : "chronological"},
                       {"train_fraction", p.split.train},
                       {"val_fraction", p.split.val},
@@ -185,18 +203,11 @@ nlohmann::json RunConfig::to_json() const {
                       {"poco", model.poco},
                       {"mlp_hidden", model.mlp_hidden},
                       {"resolved", model.poco_config().to_json()}};
-  nlohmann::json o = {{"lr", online.lr},
-                      {"params", online.params},
-                      {"stride", online.stride},
-                      {"calibration_frames", online.calibration_frames},
-                      {"calibration_steps", online.calibration_steps},
-                      {"calibration_batch", online.calibration_batch},
-                      {"seed", online.seed}};
   nlohmann::json a = {{"modes", adapt.modes},
-                      {"train", adapt.train.to_json()},
+                      {"train", train_json(adapt.train)},
                       {"lr_by_mode", adapt.lr_by_mode}};
-  return {{"data", d},  {"model", m},  {"train", train.to_json()},
-          {"adapt", a}, {"online", o}, {"threads", threads}};
+  return {{"data", d},  {"model", m},  {"train", train_json(train)},
+          {"adapt", a}, {"online", fields_json(online)}, {"threads", threads}};
 }
 
 RunConfig config_from_json(const nlohmann::json& j) {
@@ -212,7 +223,7 @@ RunConfig config_from_json(const nlohmann::json& j) {
     nlohmann::json dj = top.child("data");
     Reader r(dj, "data");
     r.get("path", c.data.path);
-    read_synth(r.child("synthetic"), c.data.synthetic);
+    read_fields(r.child("synthetic"), "data.synthetic", c.data.synthetic);
     std::string split = "chronological";
     r.get("split", split);
     if (split == "poco_blocks") {
@@ -252,18 +263,7 @@ RunConfig config_from_json(const nlohmann::json& j) {
     r.get("lr_by_mode", c.adapt.lr_by_mode);
     r.finish();
   }
-  {
-    nlohmann::json oj = top.child("online");
-    Reader r(oj, "online");
-    r.get("lr", c.online.lr);
-    r.get("params", c.online.params);
-    r.get("stride", c.online.stride);
-    r.get("calibration_frames", c.online.calibration_frames);
-    r.get("calibration_steps", c.online.calibration_steps);
-    r.get("calibration_batch", c.online.calibration_batch);
-    r.get("seed", c.online.seed);
-    r.finish();
-  }
+  read_fields(top.child("online"), "online", c.online);
   top.get("threads", c.threads);
   top.finish();
   // Resolve and validate the model now, so a bad value fails before any data is read.
