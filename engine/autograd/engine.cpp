@@ -106,8 +106,9 @@ Tensor conform(const Node& node, size_t i, Tensor g) {
 
 class GraphTask {
  public:
-  GraphTask(bool create_graph, bool retain_graph, bool accumulate)
-      : create_graph_(create_graph), retain_graph_(retain_graph), accumulate_(accumulate) {}
+  // create_graph reaches the rules through grad mode (set by the caller), not through the task.
+  GraphTask(bool retain_graph, bool accumulate)
+      : retain_graph_(retain_graph), accumulate_(accumulate) {}
 
   // Runs the backward pass from roots[i] seeded with root_grads[i]. When `captures` is not
   // empty, records the gradient reaching each capture node instead of running it.
@@ -206,7 +207,6 @@ class GraphTask {
     }
   }
 
-  bool create_graph_;
   bool retain_graph_;
   bool accumulate_;
   std::unordered_map<Node*, NodeTask> tasks_;
@@ -265,7 +265,7 @@ TensorList grad(const TensorList& outputs, const TensorList& inputs,
   TensorList captured(inputs.size());
   {
     GradModeGuard mode(create_graph);
-    GraphTask task(create_graph, retain_graph.value_or(create_graph), /*accumulate=*/false);
+    GraphTask task(retain_graph.value_or(create_graph), /*accumulate=*/false);
     task.run(roots, root_grads, captures, &captured);
   }
   for (size_t i = 0; i < inputs.size(); ++i) {
@@ -290,7 +290,7 @@ void backward(const TensorList& outputs, const TensorList& grad_outputs,
   std::vector<std::shared_ptr<Node>> roots;
   for (const auto& o : outputs) roots.push_back(gradient_edge(o));
   GradModeGuard mode(create_graph);
-  GraphTask task(create_graph, retain_graph.value_or(create_graph), /*accumulate=*/true);
+  GraphTask task(retain_graph.value_or(create_graph), /*accumulate=*/true);
   task.run(roots, root_grads, {}, nullptr);
 }
 
