@@ -1,5 +1,6 @@
 // Shared by the POCO and meta-learning tests: the batches stored in the PyTorch golden file
-// tests/golden/poco_tiny_v1.bin (written by tools/reference/poco_reference.py).
+// tests/golden/poco_tiny_v1.bin and e2e_ttt_tiny_v1.bin (written by
+// tools/reference/poco_reference.py).
 #pragma once
 
 #include <string>
@@ -17,5 +18,10 @@ std::vector<int64_t> as_indices(const GoldenTensor& t);
 // golden file's sample sizes, sessions and unit indices.
 models::PocoBatch golden_batch(const GoldenFile& g, const std::string& x_name,
                                const std::string& target_name);
+
+// A batch stored with its own layout under `prefix` (tests/golden/e2e_ttt_tiny_v1.bin):
+// `<prefix>x_all`, `<prefix>targets`, `<prefix>sample_sizes`, `<prefix>sample_sessions` and
+// `<prefix>unit_index`.
+models::PocoBatch golden_batch_at(const GoldenFile& g, const std::string& prefix);
 
 }  // namespace mt::testing

@@ -12,6 +12,7 @@ Usage:
     python3 tools/reference/poco_reference.py              # parameter counts of the named configs
     python3 tools/reference/poco_reference.py --golden     # write tests/golden/poco_tiny_v1.*
     python3 tools/reference/poco_reference.py --golden --out-dir DIR
+    python3 tools/reference/poco_reference.py --e2e-ttt-golden   # write tests/golden/e2e_ttt_tiny_v1.bin
 
 Only torch and the standard library are needed. The golden mode writes, in float64 with
 ``torch.manual_seed(0)``:
@@ -20,6 +21,10 @@ Only torch and the standard library are needed. The golden mode writes, in float
   - poco_tiny_v1.bin: MTGOLDEN version 1 (the writer of golden_mlp.py): inputs, targets,
     intermediates, prediction, loss, gradients ``grad.<name>``, and a second-order
     meta-learning case (``meta_grad.<name>``, ``query_loss``).
+The E2E-TTT golden mode writes e2e_ttt_tiny_v1.bin (MTGOLDEN version 1): the same weights,
+support and query batches of two samples with different neuron counts, 3 inner SGD steps on
+the unit, session and latent embeddings with create_graph=True, and the meta-gradient of
+query loss + mean inner loss w.r.t. every parameter (``meta_grad.<name>``).
 """
 
 import argparse
@@ -484,21 +489,29 @@ FILM_INIT_STD = 0.1
 INNER_PARAMS = ("unit_emb.weight", "session_emb.weight")
 
 
+def make_tiny_model():
+    """The golden model (float64, call with float64 as the default dtype): torch.manual_seed(0),
+    POCO(poco-tiny, TINY_SESSION_SIZES), head.alpha / head.beta overwritten with N(0, 0.1) draws,
+    evaluation mode. Returns (config, model); the weights are those of poco_tiny_v1.safetensors."""
+    torch.manual_seed(0)
+    cfg = dict(CONFIGS["poco-tiny"])
+    model = POCO(cfg, TINY_SESSION_SIZES)
+    # Exercise the FiLM path: replace the zero init of head.alpha / head.beta.
+    with torch.no_grad():
+        for lin in (model.head.alpha, model.head.beta):
+            lin.weight.copy_(torch.randn_like(lin.weight) * FILM_INIT_STD)
+            lin.bias.copy_(torch.randn_like(lin.bias) * FILM_INIT_STD)
+    model.eval()
+    return cfg, model
+
+
 def build_golden():
     """Returns (config, params [(name, tensor)], bin tensors [(name, tensor)], metadata)."""
-    torch.manual_seed(0)
     dt = torch.float64
     prev_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dt)
     try:
-        cfg = dict(CONFIGS["poco-tiny"])
-        model = POCO(cfg, TINY_SESSION_SIZES)
-        # Exercise the FiLM path: replace the zero init of head.alpha / head.beta.
-        with torch.no_grad():
-            for lin in (model.head.alpha, model.head.beta):
-                lin.weight.copy_(torch.randn_like(lin.weight) * FILM_INIT_STD)
-                lin.bias.copy_(torch.randn_like(lin.bias) * FILM_INIT_STD)
-        model.eval()
+        cfg, model = make_tiny_model()
 
         sizes = [TINY_SESSION_SIZES[s] for s in TINY_SAMPLE_SESSIONS]
         n_total, tin = sum(sizes), context_length(cfg)
@@ -585,6 +598,127 @@ def build_golden():
         return cfg, param_list, tensors, metadata
     finally:
         torch.set_default_dtype(prev_dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# E2E-TTT golden case: the second-order meta-gradient through K inner SGD steps
+# ---------------------------------------------------------------------------------------------
+
+E2E_GOLDEN_STEM = "e2e_ttt_tiny_v1"
+E2E_DATA_SEED = 1
+E2E_INNER_STEPS = 3
+E2E_INNER_LR = 0.5
+# Test-time parameters: the tables whose names start with metatape's default prefixes
+# "unit_emb." and "session_emb.", plus "latent_emb.".
+E2E_INNER_PARAMS = ("unit_emb.weight", "session_emb.weight", "latent_emb.weight")
+# Two samples of different neuron counts (sessions 1 and 2: 7 and 3 neurons) in each batch; the
+# query batch holds them in the other order.
+E2E_SUPPORT_SESSIONS = [1, 2]
+E2E_QUERY_SESSIONS = [2, 1]
+
+
+def build_e2e_ttt_golden():
+    """Second-order E2E-TTT on the golden model, as metatape's meta::e2e_ttt_gradient computes it.
+
+    Inner loop: E2E_INNER_STEPS SGD steps (lr E2E_INNER_LR) of E2E_INNER_PARAMS on the one
+    support batch, each step's gradient taken with create_graph=True at the current fast values;
+    the inner losses are the support losses before each step. Meta-loss = query loss at the
+    adapted parameters + mean of the inner losses; its gradient w.r.t. every parameter.
+    Returns [(name, tensor)] for the MTGOLDEN file.
+    """
+    dt = torch.float64
+    prev_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dt)
+    try:
+        cfg, model = make_tiny_model()
+        torch.manual_seed(E2E_DATA_SEED)
+        tin, pred = context_length(cfg), cfg["pred_length"]
+
+        def batch(sessions):
+            sizes = [TINY_SESSION_SIZES[s] for s in sessions]
+            n = sum(sizes)
+            return {
+                "sample_sessions": sessions,
+                "sample_sizes": sizes,
+                "session_index": torch.tensor(sessions, dtype=torch.int64),
+                "unit_index": model.make_unit_index(sessions),
+                "x_all": torch.randn(n, tin),
+                "targets": torch.randn(n, pred),
+            }
+
+        support = batch(E2E_SUPPORT_SESSIONS)
+        query = batch(E2E_QUERY_SESSIONS)
+        names = [n for n, _ in model.named_parameters()]
+        params = dict(model.named_parameters())
+
+        def loss_at(weights, b):
+            out = torch.func.functional_call(
+                model, weights, (b["x_all"], b["unit_index"], b["session_index"],
+                                 b["sample_sizes"]))
+            return mse(out, b["targets"])
+
+        current = dict(params)
+        inner_losses = []
+        for _ in range(E2E_INNER_STEPS):
+            loss = loss_at(current, support)
+            g = torch.autograd.grad(loss, [current[n] for n in E2E_INNER_PARAMS],
+                                    create_graph=True)
+            for n, gn in zip(E2E_INNER_PARAMS, g):
+                current[n] = current[n] - E2E_INNER_LR * gn
+            inner_losses.append(loss)
+        query_loss = loss_at(current, query)
+        meta_loss = query_loss + torch.stack(inner_losses).mean()
+        meta = torch.autograd.grad(meta_loss, [params[n] for n in names])
+
+        # Self-check: the steps matter (the support loss falls by more than 1% per step).
+        values = [float(v.detach()) for v in inner_losses]
+        if not all(b < 0.99 * a for a, b in zip(values, values[1:])):
+            raise SystemExit(f"self-check failed: inner losses {values} do not fall")
+
+        f64 = lambda v: torch.tensor([float(a) for a in v], dtype=dt)  # noqa: E731
+        tensors = [
+            ("inner_lr", torch.tensor(E2E_INNER_LR, dtype=dt)),
+            ("inner_steps", torch.tensor(float(E2E_INNER_STEPS), dtype=dt)),
+            # Sum of |w| over every parameter: ties the file to the weights of
+            # poco_tiny_v1.safetensors, which the test loads.
+            ("param_abs_sum", sum(params[n].detach().abs().sum() for n in names)),
+        ]
+        for prefix, b in (("support.", support), ("query.", query)):
+            tensors += [
+                (prefix + "sample_sessions", f64(b["sample_sessions"])),
+                (prefix + "sample_sizes", f64(b["sample_sizes"])),
+                (prefix + "unit_index", b["unit_index"].to(dt)),
+                (prefix + "x_all", b["x_all"]),
+                (prefix + "targets", b["targets"]),
+            ]
+        tensors += [
+            ("inner_losses", torch.stack(inner_losses)),
+        ]
+        tensors += [("fast." + n, current[n]) for n in E2E_INNER_PARAMS]
+        tensors += [
+            ("query_loss", query_loss),
+            ("meta_loss", meta_loss),
+        ]
+        tensors += [("meta_grad." + n, g) for n, g in zip(names, meta)]
+        return [(n, t.detach().to(dt).contiguous()) for n, t in tensors]
+    finally:
+        torch.set_default_dtype(prev_dtype)
+
+
+def write_e2e_ttt_golden(out_dir):
+    tensors = build_e2e_ttt_golden()
+    path = os.path.join(out_dir, E2E_GOLDEN_STEM + ".bin")
+    data = encode(tensors)
+    write_atomic(path, data)
+    verify_bin(path, tensors)
+    by_name = dict(tensors)
+    print(f"wrote {path}")
+    print(f"  tensors:      {len(tensors)}")
+    print(f"  bytes:        {len(data)}")
+    print("  inner_losses: " + ", ".join(f"{v:.17g}" for v in by_name["inner_losses"].tolist()))
+    print(f"  query_loss:   {by_name['query_loss'].item():.17g}")
+    print(f"  meta_loss:    {by_name['meta_loss'].item():.17g}")
+    print("  round-trip:   ok")
 
 
 def bits(values, fmt="d"):
@@ -674,10 +808,15 @@ def main(argv=None) -> int:
                         help="write the tiny-config golden files (float64, seed 0)")
     parser.add_argument("--out-dir", default=DEFAULT_GOLDEN_DIR,
                         help=f"folder of the golden files (default: {DEFAULT_GOLDEN_DIR})")
+    parser.add_argument("--e2e-ttt-golden", action="store_true",
+                        help=f"write {E2E_GOLDEN_STEM}.bin: the second-order E2E-TTT meta-gradient "
+                             "of the golden model through 3 inner steps (float64)")
     args = parser.parse_args(argv)
     rc = print_counts()
     if args.golden:
         write_golden(args.out_dir)
+    if args.e2e_ttt_golden:
+        write_e2e_ttt_golden(args.out_dir)
     return rc
 
 
