@@ -1,0 +1,205 @@
+// One CPU meta-step of second-order E2E-TTT on POCO, timed the same way as its peers
+// tools/reference/meta_step_bench.py (PyTorch) and tools/reference/meta_step_jax.py (JAX);
+// bench/meta_step_vs_peers.py runs all three and prints the ratios.
+//
+// One meta-step is what `metatape train --method e2e-ttt` does per outer step (meta/training.cpp):
+// for each of --meta-batch sessions, meta::e2e_ttt_gradient on one support batch and one query
+// batch of that session (--inner-steps SGD steps of lr --inner-lr on the unit and session
+// embeddings, create_graph through every step, meta-loss = query loss + mean inner loss);
+// the meta-gradients averaged over the sessions, clipped to global norm --clip, one AdamW step.
+// Synthetic data: --sessions sessions of --neurons neurons; session m of the meta-batch is
+// session m; its support and query batches hold --batch samples of all its neurons each, x and
+// targets standard normal; f32, no dropout (the inner loop runs the model without dropout).
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "engine/autograd/grad_mode.h"
+#include "engine/optim/adamw.h"
+#include "engine/optim/optimizer.h"
+#include "meta/maml.h"
+
+using namespace mt;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+double ms_since(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"metatape E2E-TTT meta-step benchmark (CPU)"};
+  std::string config = "poco-paper", json_path;
+  int threads = 2, meta_batch = 2, batch = 32, neurons = 128, sessions = 8, inner_steps = 3,
+      warmup = 1, repeats = 5;
+  double inner_lr = 1e-3, meta_lr = 1e-4, weight_decay = 1e-4, clip = 1.0;
+  bool checkpoint = false;
+  app.add_option("--config", config, "poco-paper or poco-seed");
+  app.add_option("--threads", threads, "OpenMP threads (default 2)");
+  app.add_option("--meta-batch", meta_batch, "sessions per meta-step (default 2)");
+  app.add_option("--batch", batch, "samples per support / query batch (default 32)");
+  app.add_option("--neurons", neurons, "neurons per sample = per session (default 128)");
+  app.add_option("--sessions", sessions, "sessions of the model (default 8)");
+  app.add_option("--inner-steps", inner_steps, "inner SGD steps (default 3)");
+  app.add_option("--inner-lr", inner_lr, "inner SGD learning rate (default 1e-3)");
+  app.add_option("--meta-lr", meta_lr, "AdamW learning rate (default 1e-4)");
+  app.add_option("--weight-decay", weight_decay, "AdamW weight decay (default 1e-4)");
+  app.add_option("--clip", clip, "max global gradient norm, 0 = none (default 1.0)");
+  app.add_flag("--checkpoint", checkpoint, "checkpointed inner steps");
+  app.add_option("--warmup", warmup, "untimed meta-steps (default 1)");
+  app.add_option("--repeats", repeats, "timed meta-steps (default 5)");
+  app.add_option("--json", json_path, "write the results as JSON to this path");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    MT_CHECK(meta_batch > 0 && batch > 0 && neurons > 0 && sessions >= meta_batch &&
+                 repeats > 0 && warmup >= 0 && threads > 0 && inner_steps > 0,
+             "meta-batch, batch, neurons, repeats, threads and inner steps must be positive and "
+             "sessions >= meta-batch");
+    omp_set_num_threads(threads);
+    meta::ModelSpec spec;
+    spec.preset = config;
+    const models::PocoConfig c = spec.poco_config();
+    Generator gen(0);
+    auto f = meta::make_forecaster(spec, std::vector<int64_t>(size_t(sessions), neurons), gen);
+    const auto* poco = dynamic_cast<const models::Poco*>(f->module());
+    MT_CHECK(poco != nullptr, "the benchmark needs a POCO model");
+    auto make_batch = [&](int64_t session) {
+      models::PocoBatch b;
+      std::vector<int64_t> units, owner;
+      for (int s = 0; s < batch; ++s) {
+        b.sample_neurons.push_back(neurons);
+        b.sample_sessions.push_back(session);
+        for (int64_t n = 0; n < neurons; ++n) {
+          units.push_back(poco->unit_offset(session) + n);
+          owner.push_back(session);
+        }
+      }
+      const int64_t N = int64_t(units.size());
+      b.x = normal(Shape{N, c.context()}, 0, 1, gen);
+      b.target = normal(Shape{N, c.pred_length}, 0, 1, gen);
+      b.unit_index = from_indices(units, Shape{N});
+      b.neuron_session = from_indices(owner, Shape{N});
+      return b;
+    };
+    std::vector<models::PocoBatch> support, query;
+    for (int m = 0; m < meta_batch; ++m) {
+      support.push_back(make_batch(m));
+      query.push_back(make_batch(m));
+    }
+    meta::InnerLoopOptions inner;
+    inner.steps = inner_steps;
+    inner.inner_lr = inner_lr;
+    inner.params = {"unit_emb.", "session_emb."};
+    inner.checkpoint_steps = checkpoint;
+    auto params = f->module()->named_parameters();
+    optim::AdamWOptions ao;
+    ao.lr = meta_lr;
+    ao.weight_decay = weight_decay;
+    optim::AdamW adam(params, ao);
+
+    std::vector<double> total, grad_ms, opt_ms;
+    double loss_value = 0;
+    for (int i = 0; i < warmup + repeats; ++i) {
+      const auto t0 = Clock::now();
+      adam.zero_grad();
+      // As meta/training.cpp: per-session meta-gradients, summed, averaged, set as .grad.
+      std::map<std::string, Tensor> sum;
+      double loss_total = 0;
+      for (int m = 0; m < meta_batch; ++m) {
+        meta::MetaGradient g = meta::e2e_ttt_gradient(*f, {support[size_t(m)]}, query[size_t(m)],
+                                                      inner, /*include_inner_losses=*/true);
+        loss_total += g.meta_loss.item<double>();
+        NoGradGuard no_grad;
+        for (size_t k = 0; k < g.names.size(); ++k) {
+          auto it = sum.find(g.names[k]);
+          if (it == sum.end())
+            sum.emplace(g.names[k], g.grads[k].detach().clone());
+          else
+            it->second.add_(g.grads[k]);
+        }
+      }
+      {
+        NoGradGuard no_grad;
+        for (auto& [name, t] : params) {
+          Tensor& s = sum.at(name);
+          s.mul_(1.0 / double(meta_batch));
+          t.set_grad(s);
+        }
+      }
+      const double g_ms = ms_since(t0);
+      const auto t1 = Clock::now();
+      if (clip > 0) optim::clip_grad_norm(params, clip);
+      adam.step();
+      const double o_ms = ms_since(t1);
+      loss_value = loss_total / double(meta_batch);
+      if (i < warmup) continue;
+      total.push_back(ms_since(t0));
+      grad_ms.push_back(g_ms);
+      opt_ms.push_back(o_ms);
+    }
+    MT_CHECK(std::isfinite(loss_value), "the meta-loss is not finite ({})", loss_value);
+    int64_t n_params = 0;
+    for (auto& [name, p] : params) n_params += p.numel();
+    std::printf("metatape %s E2E-TTT meta-step: meta-batch %d sessions x %d samples x %d neurons, "
+                "%d inner steps (lr %g) on unit+session embeddings%s, %lld parameters, f32, "
+                "%d threads\n",
+                config.c_str(), meta_batch, batch, neurons, inner_steps, inner_lr,
+                checkpoint ? ", checkpointed" : "", (long long)n_params, threads);
+    std::printf("  %.1f ms/meta-step (median of %d; min %.1f)\n", median(total), repeats,
+                *std::min_element(total.begin(), total.end()));
+    std::printf("  meta-gradients %.1f ms, clip+AdamW %.1f ms (medians); peak %.1f MiB; "
+                "last meta-loss %.6f\n",
+                median(grad_ms), median(opt_ms),
+                double(memory_stats().peak_allocated_bytes) / (1 << 20), loss_value);
+    if (!json_path.empty()) {
+      nlohmann::json j = {{"engine", "metatape"},
+                          {"benchmark", "e2e_ttt_meta_step"},
+                          {"config", config},
+                          {"threads", threads},
+                          {"meta_batch", meta_batch},
+                          {"batch", batch},
+                          {"neurons_per_sample", neurons},
+                          {"sessions", sessions},
+                          {"inner_steps", inner_steps},
+                          {"inner_lr", inner_lr},
+                          {"inner_params", inner.params},
+                          {"checkpoint_steps", checkpoint},
+                          {"meta_lr", meta_lr},
+                          {"weight_decay", weight_decay},
+                          {"clip", clip},
+                          {"parameters", n_params},
+                          {"warmup", warmup},
+                          {"repeats", repeats},
+                          {"ms_per_step_median", median(total)},
+                          {"ms_per_step_min", *std::min_element(total.begin(), total.end())},
+                          {"ms_per_step_all", total},
+                          {"meta_gradients_ms_median", median(grad_ms)},
+                          {"optimizer_ms_median", median(opt_ms)},
+                          {"peak_bytes", memory_stats().peak_allocated_bytes},
+                          {"last_meta_loss", loss_value},
+                          {"commit", METATAPE_GIT_COMMIT}};
+      const std::string tmp = fmt::format("{}.tmp", json_path);
+      std::ofstream(tmp) << j.dump(2) << "\n";
+      std::filesystem::rename(tmp, json_path);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

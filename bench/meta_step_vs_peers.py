@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""POCO E2E-TTT meta-step on the CPU: metatape against PyTorch and JAX on the same cores.
+
+Runs build/bin/metatape-bench-meta-step (bench/meta_step_bench.cpp), the PyTorch peer
+tools/reference/meta_step_bench.py and the JAX peer tools/reference/meta_step_jax.py (jit of
+grad of grad) with the same meta-step: poco-paper, meta-batch of 2 sessions, support and query
+batches of 32 samples x 128 neurons each, 3 inner SGD steps (lr 1e-3) on the unit and session
+embeddings with the second-order path (create_graph), meta-loss = query loss + mean inner loss,
+meta-gradients averaged, clipped at norm 1, one AdamW step; float32, no dropout, --threads
+threads (default 2). Each engine reports the median of --repeats meta-steps after warm-up; with
+--rounds R the three run in turn R times and the median of the R medians is kept (robust to a
+machine that is busy part of the time). Prints the medians and metatape / PyTorch (goal <= 0.7)
+and metatape / JAX; writes the whole record (per-round figures, commit, machine, load average)
+to --json (default bench/results/e2e_ttt_meta_step_cpu.json).
+
+Usage: python3 bench/meta_step_vs_peers.py [--threads 2] [--rounds 3] [--repeats 5]
+           [--bin build/bin/metatape-bench-meta-step] [--json PATH] [--no-jax]
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOAL = 0.7
+
+
+def run(cmd, env=None):
+    """Runs cmd; returns (ok, stdout + stderr tail)."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    sys.stdout.write(proc.stdout)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        return False, (proc.stdout + proc.stderr)[-2000:]
+    return True, ""
+
+
+def git(*args):
+    try:
+        return subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def loadavg():
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
+def write_json_atomic(path, obj):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".meta-step-", suffix=".tmp", dir=folder)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="poco-paper")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--meta-batch", type=int, default=2)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--neurons", type=int, default=128)
+    p.add_argument("--sessions", type=int, default=8)
+    p.add_argument("--inner-steps", type=int, default=3)
+    p.add_argument("--inner-lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="run the three engines in turn this many times (default 3)")
+    p.add_argument("--bin", default=os.path.join(ROOT, "build", "bin", "metatape-bench-meta-step"))
+    p.add_argument("--no-jax", action="store_true", help="skip the JAX peer")
+    p.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine state)")
+    p.add_argument("--json", default=os.path.join(ROOT, "bench", "results",
+                                                  "e2e_ttt_meta_step_cpu.json"))
+    a = p.parse_args()
+    if not os.path.exists(a.bin):
+        sys.exit(f"error: {a.bin} does not exist; build first with tools/build.sh "
+                 "(METATAPE_BUILD_BENCH=ON)")
+    common = ["--config", a.config, "--threads", str(a.threads), "--meta-batch", str(a.meta_batch),
+              "--batch", str(a.batch), "--neurons", str(a.neurons), "--sessions", str(a.sessions),
+              "--inner-steps", str(a.inner_steps), "--inner-lr", repr(a.inner_lr),
+              "--warmup", str(a.warmup), "--repeats", str(a.repeats)]
+    engines = {
+        "metatape": [a.bin],
+        "pytorch": [sys.executable, os.path.join(ROOT, "tools", "reference", "meta_step_bench.py")],
+    }
+    jax_error = None
+    if a.no_jax:
+        jax_error = "skipped (--no-jax)"
+    else:
+        probe = subprocess.run([sys.executable, "-c", "import jax, jaxlib"], capture_output=True,
+                               text=True)
+        if probe.returncode != 0:
+            jax_error = ("jax is not installed (pip install jax): "
+                         + probe.stderr.strip().splitlines()[-1])
+            print(f"JAX peer skipped: {jax_error}")
+        else:
+            engines["jax"] = [sys.executable,
+                              os.path.join(ROOT, "tools", "reference", "meta_step_jax.py")]
+    # Every engine runs with the same thread count; OpenMP and MKL read these too.
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
+    load_start = loadavg()
+    rounds = {name: [] for name in engines}
+    failures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(a.rounds):
+            print(f"--- round {r + 1} of {a.rounds} (load average {loadavg()})")
+            for name, cmd in engines.items():
+                if name in failures:
+                    continue
+                out = os.path.join(tmp, f"{name}-{r}.json")
+                ok, err = run([*cmd, *common, "--json", out], env=env)
+                if not ok:
+                    failures[name] = err
+                    continue
+                rounds[name].append(json.load(open(out)))
+    load_end = loadavg()
+
+    def step_ms(result):
+        m = result.get("ms_per_step_median")
+        return m if m is not None else result["ms_per_step"]["median"]
+
+    def step_min(result):
+        m = result.get("ms_per_step_min")
+        return m if m is not None else result["ms_per_step"]["min"]
+
+    medians = {name: statistics.median(step_ms(x) for x in runs)
+               for name, runs in rounds.items() if runs}
+    # The fastest single meta-step of each engine: less sensitive to other load on the machine.
+    minima = {name: min(step_min(x) for x in runs) for name, runs in rounds.items() if runs}
+    print()
+    for name, ms in medians.items():
+        per_round = ", ".join(f"{step_ms(x):.0f}" for x in rounds[name])
+        print(f"{name:9s} {ms:9.1f} ms/meta-step (median over {len(rounds[name])} rounds: "
+              f"{per_round}; fastest step {minima[name]:.0f})")
+    ratios = {}
+    if "metatape" in medians and "pytorch" in medians:
+        ratios["metatape_over_pytorch"] = medians["metatape"] / medians["pytorch"]
+    if "metatape" in medians and "jax" in medians:
+        ratios["metatape_over_jax"] = medians["metatape"] / medians["jax"]
+    if "jax" in medians and "pytorch" in medians:
+        ratios["jax_over_pytorch"] = medians["jax"] / medians["pytorch"]
+    ratios_of_minima = {}
+    for x, y in (("metatape", "pytorch"), ("metatape", "jax"), ("jax", "pytorch")):
+        if x in minima and y in minima:
+            ratios_of_minima[f"{x}_over_{y}"] = minima[x] / minima[y]
+    if "metatape_over_pytorch" in ratios:
+        r = ratios["metatape_over_pytorch"]
+        print(f"metatape / PyTorch = {r:.2f} (goal <= {GOAL}: {'met' if r <= GOAL else 'NOT met'})")
+    if "metatape_over_jax" in ratios:
+        print(f"metatape / JAX     = {ratios['metatape_over_jax']:.2f}")
+    if ratios_of_minima:
+        print("ratios of the fastest steps: " + ", ".join(
+            f"{k.replace('_over_', ' / ')} {v:.2f}" for k, v in ratios_of_minima.items()))
+    for name, err in failures.items():
+        print(f"{name} failed: {err.strip().splitlines()[-1] if err.strip() else 'no output'}")
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    record = {
+        "benchmark": "e2e_ttt_meta_step",
+        "description": ("one second-order E2E-TTT meta-step of POCO on the CPU: per session of "
+                        "the meta-batch, inner SGD steps on the unit and session embeddings "
+                        "with create_graph, meta-loss = query loss + mean inner loss, "
+                        "meta-gradient w.r.t. every parameter; averaged, clipped at norm 1, "
+                        "AdamW; float32, no dropout"),
+        "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "working_tree_dirty": bool(status) if status != "unknown" else None,
+        "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(),
+                    "platform": platform.platform(), "python": platform.python_version(),
+                    "load_average_start": load_start, "load_average_end": load_end},
+        "note": a.note,
+        "settings": {"config": a.config, "threads": a.threads, "meta_batch": a.meta_batch,
+                     "batch": a.batch, "neurons_per_sample": a.neurons, "sessions": a.sessions,
+                     "inner_steps": a.inner_steps, "inner_lr": a.inner_lr,
+                     "inner_params": ["unit_emb.weight", "session_emb.weight"],
+                     "meta_lr": 1e-4, "weight_decay": 1e-4, "clip": 1.0,
+                     "warmup": a.warmup, "repeats": a.repeats, "rounds": a.rounds},
+        "ms_per_meta_step_median": medians,
+        "ratios": ratios,
+        "ms_per_meta_step_min": minima,
+        "ratios_of_minima": ratios_of_minima,
+        "goal_metatape_over_pytorch": GOAL,
+        "rounds": rounds,
+    }
+    if jax_error:
+        record["jax_unavailable"] = jax_error
+    if failures:
+        record["failures"] = failures
+    write_json_atomic(a.json, record)
+    print(f"wrote {a.json}")
+    return 1 if failures or "metatape" not in medians else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
