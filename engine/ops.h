@@ -78,6 +78,10 @@ Tensor squeeze(const Tensor& x, int64_t dim);
 Tensor contiguous(const Tensor& x);
 Tensor clone(const Tensor& x);
 Tensor to_dtype(const Tensor& x, DType dtype);
+// An explicit copy to another device (x itself when already there); differentiable: the
+// gradient is copied back. Copying to the CPU waits for the device (a host read point);
+// copying to a device does not wait for the copy to finish.
+Tensor to_device(const Tensor& x, Device device);
 // Zeros of `shape` with x written at [start, start + x.size(dim)) along dim: the backward of
 // narrow, itself differentiable (its backward is narrow).
 Tensor narrow_scatter(const Tensor& x, const Shape& shape, int64_t dim, int64_t start);

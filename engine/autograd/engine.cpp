@@ -100,6 +100,9 @@ Tensor conform(const Node& node, size_t i, Tensor g) {
   MT_CHECK(g.dtype() == meta.dtype,
            "backward of {}: gradient for input #{} has dtype {} but the input has dtype {}",
            node.name(), i, dtype_name(g.dtype()), dtype_name(meta.dtype));
+  MT_CHECK(g.device() == meta.device,
+           "backward of {}: gradient for input #{} is on {} but the input is on {}", node.name(), i,
+           g.device().str(), meta.device.str());
   if (!(g.shape() == meta.shape)) g = sum_to(g, meta.shape);
   return g;
 }

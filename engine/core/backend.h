@@ -12,4 +12,10 @@ inline bool cuda_is_available() { return cuda_device_count() > 0; }
 // "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)"; empty when the device does not exist.
 std::string cuda_device_description(int index);
 
+// Registers the CUDA caching allocator and the CUDA kernels in the dispatch tables, once; called
+// on first use of a CUDA device (allocator_for(DeviceType::CUDA)). Kernels are registered from
+// this explicit call, not by static initialisation, because the linker drops unreferenced
+// objects of a static library. Does nothing in a build without CUDA.
+void init_cuda_backend();
+
 }  // namespace mt

@@ -5,4 +5,5 @@ namespace mt {
 bool built_with_cuda() { return false; }
 int cuda_device_count() { return 0; }
 std::string cuda_device_description(int) { return {}; }
+void init_cuda_backend() {}
 }  // namespace mt

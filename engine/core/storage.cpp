@@ -6,6 +6,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "engine/core/backend.h"
 #include "engine/core/error.h"
 
 namespace mt {
@@ -22,7 +23,7 @@ class CpuAllocator final : public Allocator {
 
   ~CpuAllocator() override { release_cache(); }
 
-  void* allocate(size_t nbytes) override {
+  void* allocate(size_t nbytes, int) override {
     const size_t size = bin_size(nbytes);
     void* p = nullptr;
     if (size >= kCacheMin) {
@@ -40,7 +41,7 @@ class CpuAllocator final : public Allocator {
         p = std::aligned_alloc(64, size);
       }
       if (p == nullptr) {
-        MemoryStats s = stats();
+        MemoryStats s = stats(0);
         MT_FAIL("CPU out of memory: could not allocate {} bytes ({} bytes held by tensors, peak "
                 "{}); reduce the batch or model size",
                 nbytes, s.allocated_bytes, s.peak_allocated_bytes);
@@ -52,7 +53,7 @@ class CpuAllocator final : public Allocator {
     return p;
   }
 
-  void deallocate(void* ptr, size_t nbytes) override {
+  void deallocate(void* ptr, size_t nbytes, int) override {
     const size_t size = bin_size(nbytes);
     allocated_.fetch_sub(int64_t(size), std::memory_order_relaxed);
     if (size >= kCacheMin) {
@@ -64,7 +65,7 @@ class CpuAllocator final : public Allocator {
     reserved_.fetch_sub(int64_t(size), std::memory_order_relaxed);
   }
 
-  MemoryStats stats() const override {
+  MemoryStats stats(int) const override {
     MemoryStats s;
     s.allocated_bytes = allocated_.load(std::memory_order_relaxed);
     s.peak_allocated_bytes = peak_.load(std::memory_order_relaxed);
@@ -73,11 +74,11 @@ class CpuAllocator final : public Allocator {
     s.num_allocs = num_allocs_.load(std::memory_order_relaxed);
     return s;
   }
-  void reset_peak() override {
+  void reset_peak(int) override {
     peak_.store(allocated_.load());
     peak_reserved_.store(reserved_.load());
   }
-  void empty_cache() override { release_cache(); }
+  void empty_cache(int) override { release_cache(); }
 
  private:
   // 64-byte multiples below the cache threshold; above it, the next of 2^k * {1, 5/4, 6/4, 7/4}.
@@ -118,6 +119,10 @@ Allocator*& slot(DeviceType type) {
 
 Allocator* allocator_for(DeviceType type) {
   Allocator* a = slot(type);
+  if (a == nullptr && type == DeviceType::CUDA) {
+    init_cuda_backend();  // registers the allocator on first use (a no-op without CUDA)
+    a = slot(type);
+  }
   MT_CHECK(a != nullptr, "no allocator for device type {}: metatape was built without that backend",
            int(type));
   return a;
@@ -125,15 +130,19 @@ Allocator* allocator_for(DeviceType type) {
 
 void register_allocator(DeviceType type, Allocator* allocator) { slot(type) = allocator; }
 
-MemoryStats memory_stats(Device device) { return allocator_for(device.type)->stats(); }
-void reset_peak_memory_stats(Device device) { allocator_for(device.type)->reset_peak(); }
-void empty_cache(Device device) { allocator_for(device.type)->empty_cache(); }
+MemoryStats memory_stats(Device device) {
+  return allocator_for(device.type)->stats(device.index);
+}
+void reset_peak_memory_stats(Device device) {
+  allocator_for(device.type)->reset_peak(device.index);
+}
+void empty_cache(Device device) { allocator_for(device.type)->empty_cache(device.index); }
 
 Storage::Storage(size_t nbytes, Device device)
     : nbytes_(nbytes), device_(device), allocator_(allocator_for(device.type)) {
-  data_ = allocator_->allocate(nbytes);
+  data_ = allocator_->allocate(nbytes, device.index);
 }
 
-Storage::~Storage() { allocator_->deallocate(data_, nbytes_); }
+Storage::~Storage() { allocator_->deallocate(data_, nbytes_, device_.index); }
 
 }  // namespace mt

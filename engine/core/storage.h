@@ -20,18 +20,21 @@ struct MemoryStats {
   int64_t num_allocs = 0;            // allocations served since start
 };
 
+// One allocator per backend; `device` is the device index within it (the CPU has only 0).
+// Statistics are kept per device.
 class Allocator {
  public:
   virtual ~Allocator() = default;
-  virtual void* allocate(size_t nbytes) = 0;
-  virtual void deallocate(void* ptr, size_t nbytes) = 0;
-  virtual MemoryStats stats() const = 0;
-  virtual void reset_peak() = 0;
-  virtual void empty_cache() {}
+  virtual void* allocate(size_t nbytes, int device) = 0;
+  virtual void deallocate(void* ptr, size_t nbytes, int device) = 0;
+  virtual MemoryStats stats(int device) const = 0;
+  virtual void reset_peak(int device) = 0;
+  virtual void empty_cache(int /*device*/) {}
 };
 
-// The allocator of a backend; the CPU one is always present. A backend registers its own at
-// start-up (the CUDA caching allocator does so from kernels/cuda).
+// The allocator of a backend; the CPU one is always present. Other backends register theirs
+// when first used: allocator_for(CUDA) runs init_cuda_backend() (engine/core/backend.h), which
+// registers the CUDA caching allocator and kernels from kernels/cuda.
 Allocator* allocator_for(DeviceType type);
 void register_allocator(DeviceType type, Allocator* allocator);
 

@@ -38,8 +38,9 @@ T Tensor::item() const {
 
 template <class T>
 std::vector<T> Tensor::to_vector() const {
-  MT_CHECK(device().is_cpu(), "to_vector(): tensor is on {}; copy it to the CPU first",
-           device().str());
+  // A device tensor is copied to the host first: this is an explicit read point, so it waits for
+  // the device.
+  if (!device().is_cpu()) return mt::to_device(detach(), kCPU).to_vector<T>();
   std::vector<T> out(static_cast<size_t>(numel()));
   switch (dtype()) {
     case DType::f32: cpu::copy_strided<T, float>(*this, out.data()); break;
@@ -106,8 +107,6 @@ void check_inplace(const Tensor& t, const char* op) {
            "{}: in-place write to a tensor that requires grad; do it under a NoGradGuard (as an "
            "optimizer step does) or on a detach()ed copy",
            op);
-  MT_CHECK(t.device().is_cpu(), "{}: in-place writes on {} need the CUDA backend", op,
-           t.device().str());
 }
 
 // Applies f(dst_element) -> new value over a strided tensor in place.
@@ -123,57 +122,83 @@ void apply_inplace(Tensor& t, F f) {
                          }
                        });
 }
-}  // namespace
 
-Tensor& Tensor::copy_(const Tensor& src) {
-  check_inplace(*this, "copy_");
-  MT_CHECK(broadcast_shapes(src.shape(), shape(), "copy_") == shape(),
-           "copy_: source shape {} does not broadcast to destination shape {}", src.shape().str(),
-           shape().str());
-  copy_into(src, *this);
-  storage().bump_version();
-  return *this;
-}
-
-Tensor& Tensor::fill_(double value) {
-  check_inplace(*this, "fill_");
-  if (dtype() == DType::i64) {
-    apply_inplace<int64_t>(*this, [&](int64_t, int64_t) { return int64_t(value); });
+// ---- CPU kernels of the in-place writes ----
+void fill_cpu(Tensor& t, double value) {
+  if (t.dtype() == DType::i64) {
+    apply_inplace<int64_t>(t, [&](int64_t, int64_t) { return int64_t(value); });
   } else {
-    dispatch_float(dtype(), "fill_", [&]<class T>() {
-      apply_inplace<T>(*this, [&](T, int64_t) { return T(value); });
+    dispatch_float(t.dtype(), "fill_", [&]<class T>() {
+      apply_inplace<T>(t, [&](T, int64_t) { return T(value); });
     });
   }
-  storage().bump_version();
-  return *this;
 }
 
-Tensor& Tensor::add_(const Tensor& other, double alpha) {
-  check_inplace(*this, "add_");
-  Tensor o = mt::expand(other.detach(), shape()).contiguous();
-  MT_CHECK(o.dtype() == dtype(), "add_: dtype {} added to {}; convert with .to()",
-           dtype_name(o.dtype()), dtype_name(dtype()));
-  dispatch_float(dtype(), "add_", [&]<class T>() {
+void add_inplace_cpu(Tensor& t, const Tensor& other, double alpha) {
+  Tensor o = mt::expand(other, t.shape()).contiguous();
+  dispatch_float(t.dtype(), "add_", [&]<class T>() {
     const T* q = o.data_ptr<T>();
     T a = T(alpha);
     int64_t pos = 0;
-    T* p = data_ptr<T>();
-    cpu::for_each_row<1>(shape(), {strides()},
+    T* p = t.data_ptr<T>();
+    cpu::for_each_row<1>(t.shape(), {t.strides()},
                          [&](const std::array<int64_t, 1>& off, int64_t len,
                              const std::array<int64_t, 1>& step) {
                            for (int64_t j = 0; j < len; ++j) p[off[0] + j * step[0]] += a * q[pos + j];
                            pos += len;
                          });
   });
+}
+
+void mul_inplace_cpu(Tensor& t, double value) {
+  dispatch_float(t.dtype(), "mul_", [&]<class T>() {
+    apply_inplace<T>(t, [&](T v, int64_t) { return T(v * value); });
+  });
+}
+}  // namespace
+
+DispatchStub<FillKernel> fill_kernel("fill_");
+DispatchStub<AddInplaceKernel> add_inplace_kernel("add_");
+DispatchStub<MulInplaceKernel> mul_inplace_kernel("mul_");
+[[maybe_unused]] static const bool inplace_registered =
+    (fill_kernel.set(DeviceType::CPU, &fill_cpu),
+     add_inplace_kernel.set(DeviceType::CPU, &add_inplace_cpu),
+     mul_inplace_kernel.set(DeviceType::CPU, &mul_inplace_cpu), true);
+
+Tensor& Tensor::copy_(const Tensor& src) {
+  check_inplace(*this, "copy_");
+  MT_CHECK(broadcast_shapes(src.shape(), shape(), "copy_") == shape(),
+           "copy_: source shape {} does not broadcast to destination shape {}", src.shape().str(),
+           shape().str());
+  // A source on another device is transferred first (an explicit copy between devices).
+  copy_into(src.device() == device() ? src : mt::to_device(src.detach(), device()), *this);
+  storage().bump_version();
+  return *this;
+}
+
+Tensor& Tensor::fill_(double value) {
+  check_inplace(*this, "fill_");
+  fill_kernel(device(), *this, value);
+  storage().bump_version();
+  return *this;
+}
+
+Tensor& Tensor::add_(const Tensor& other, double alpha) {
+  check_inplace(*this, "add_");
+  MT_CHECK(other.dtype() == dtype(), "add_: dtype {} added to {}; convert with .to()",
+           dtype_name(other.dtype()), dtype_name(dtype()));
+  MT_CHECK(other.device() == device(), "add_: a tensor on {} added to one on {}; copy it first",
+           other.device().str(), device().str());
+  MT_CHECK(broadcast_shapes(other.shape(), shape(), "add_") == shape(),
+           "add_: shape {} does not broadcast to {}", other.shape().str(), shape().str());
+  add_inplace_kernel(device(), *this, other.detach(), alpha);
   storage().bump_version();
   return *this;
 }
 
 Tensor& Tensor::mul_(double value) {
   check_inplace(*this, "mul_");
-  dispatch_float(dtype(), "mul_", [&]<class T>() {
-    apply_inplace<T>(*this, [&](T v, int64_t) { return T(v * value); });
-  });
+  mul_inplace_kernel(device(), *this, value);
   storage().bump_version();
   return *this;
 }
@@ -194,6 +219,7 @@ Tensor Tensor::squeeze(int64_t d) const { return mt::squeeze(*this, d); }
 Tensor Tensor::contiguous() const { return mt::contiguous(*this); }
 Tensor Tensor::clone() const { return mt::clone(*this); }
 Tensor Tensor::to(DType t) const { return mt::to_dtype(*this, t); }
+Tensor Tensor::to(Device d) const { return mt::to_device(*this, d); }
 
 // ---- factories ----
 Tensor empty(const Shape& shape, DType dtype, Device device) {

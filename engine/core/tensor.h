@@ -97,6 +97,7 @@ class Tensor {
   Tensor contiguous() const;
   Tensor clone() const;
   Tensor to(DType dtype) const;
+  Tensor to(Device device) const;  // explicit host<->device copy, differentiable (to_device)
 
   // In-place writes (not recorded on the tape; refused on tensors that require grad while grad
   // mode is on). Each bumps the storage version.

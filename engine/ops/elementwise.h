@@ -21,6 +21,28 @@ extern DispatchStub<UnaryKernel> neg_kernel, exp_kernel, log_kernel, sqrt_kernel
     abs_kernel, sign_kernel, tanh_kernel, sigmoid_kernel, relu_kernel, erf_kernel, gelu_kernel,
     sin_kernel, cos_kernel;
 extern DispatchStub<ClampKernel> clamp_kernel;
+extern DispatchStub<BinaryKernel> gelu_backward_kernel;
+
+// Reductions (reduce.cpp): out has x's rank with 1 on every reduced dim.
+using ReduceKernel = void(const Tensor& x, Tensor& out);
+extern DispatchStub<ReduceKernel> sum_kernel, max_kernel;
+
+// Copies (view.cpp): dst (any strides, already allocated) = src broadcast to dst's shape,
+// converting dtype; both on the same device.
+using CopyKernel = void(const Tensor& src, Tensor& dst);
+extern DispatchStub<CopyKernel> copy_kernel;
+// Copies between the CPU and a device, either direction (to_device): src and dst contiguous,
+// same shape and dtype. Registered by the device backend and dispatched on the device side.
+extern DispatchStub<CopyKernel> transfer_kernel;
+
+// In-place writes of Tensor (tensor.cpp); t may have any strides. add_: t += alpha * other with
+// other (same dtype and device) broadcast to t.
+using FillKernel = void(Tensor& t, double value);
+using AddInplaceKernel = void(Tensor& t, const Tensor& other, double alpha);
+using MulInplaceKernel = void(Tensor& t, double value);
+extern DispatchStub<FillKernel> fill_kernel;
+extern DispatchStub<AddInplaceKernel> add_inplace_kernel;
+extern DispatchStub<MulInplaceKernel> mul_inplace_kernel;
 
 // dst (any strides) = src broadcast to dst's shape, converting dtype; no autograd recording.
 void copy_into(const Tensor& src, Tensor& dst);

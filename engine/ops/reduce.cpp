@@ -13,8 +13,6 @@ using autograd::Node;
 using autograd::any_requires_grad;
 using autograd::record;
 
-// out has x's rank with 1 on every reduced dim.
-using ReduceKernel = void(const Tensor& x, Tensor& out);
 DispatchStub<ReduceKernel> sum_kernel("sum"), max_kernel("max");
 
 namespace {

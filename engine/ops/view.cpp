@@ -12,9 +12,8 @@ using autograd::Node;
 using autograd::any_requires_grad;
 using autograd::record;
 
-// dst (any strides, already allocated) = src broadcast to dst's shape, converting dtype.
-using CopyKernel = void(const Tensor& src, Tensor& dst);
 DispatchStub<CopyKernel> copy_kernel("copy");
+DispatchStub<CopyKernel> transfer_kernel("to_device");
 
 namespace {
 
@@ -205,6 +204,22 @@ Tensor to_dtype(const Tensor& x, DType dtype) {
     DType from = x.dtype();
     record("to_dtype", y, {&x}, [from](const Node&, const Tensor& g) -> TensorList {
       return {to_dtype(g, from)};
+    });
+  }
+  return y;
+}
+
+Tensor to_device(const Tensor& x, Device device) {
+  if (x.device() == device) return x;
+  Tensor src = x.contiguous();
+  Tensor y = empty(x.shape(), x.dtype(), device);
+  // The non-CPU side owns the copy (a CPU-to-CPU copy between devices does not exist).
+  const Device side = device.is_cpu() ? src.device() : device;
+  if (src.numel() > 0) transfer_kernel(side, src, y);
+  if (any_requires_grad(x)) {
+    Device from = x.device();
+    record("to_device", y, {&x}, [from](const Node&, const Tensor& g) -> TensorList {
+      return {to_device(g, from)};
     });
   }
   return y;

@@ -2,7 +2,7 @@
 
 #include "engine/core/error.h"
 
-namespace mt::cuda {
+namespace mt::gpu {
 
 void fail(const char* file, int line, const char* call, cudaError_t status) {
   ::mt::detail::fail(file, line,
@@ -10,4 +10,4 @@ void fail(const char* file, int line, const char* call, cudaError_t status) {
                                  cudaGetErrorString(status), call));
 }
 
-}  // namespace mt::cuda
+}  // namespace mt::gpu

@@ -4,14 +4,14 @@
 
 #include <cuda_runtime.h>
 
-namespace mt::cuda {
+namespace mt::gpu {
 [[noreturn]] void fail(const char* file, int line, const char* call, cudaError_t status);
-}  // namespace mt::cuda
+}  // namespace mt::gpu
 
 #define MT_CUDA_CHECK(call)                                                  \
   do {                                                                       \
     cudaError_t mt_cuda_status_ = (call);                                    \
     if (mt_cuda_status_ != cudaSuccess) [[unlikely]] {                       \
-      ::mt::cuda::fail(__FILE__, __LINE__, #call, mt_cuda_status_);          \
+      ::mt::gpu::fail(__FILE__, __LINE__, #call, mt_cuda_status_);          \
     }                                                                        \
   } while (0)

@@ -1,0 +1,264 @@
+// The CUDA launchers behind the engine's dispatch stubs: each turns its Tensors into raw pointers
+// and a coalesced iteration space (launch.h), makes the device current and launches on the
+// device's compute stream. register_kernels() fills the stubs' CUDA slots; kernels/README.md
+// lists the stubs that have no CUDA kernel yet.
+#include <cuda_runtime.h>
+
+#include <array>
+
+#include "engine/cpu/loops.h"
+#include "engine/ops/elementwise.h"
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/launch.h"
+#include "kernels/cuda/register.h"
+#include "kernels/cuda/stream.h"
+
+namespace mt::gpu {
+namespace {
+
+static_assert(int(ScalarType::f32) == int(DType::f32) && int(ScalarType::f64) == int(DType::f64) &&
+              int(ScalarType::f16) == int(DType::f16) && int(ScalarType::bf16) == int(DType::bf16) &&
+              int(ScalarType::i64) == int(DType::i64));
+static_assert(kMaxRank == mt::kMaxDims);
+
+ScalarType scalar_type(DType t) { return ScalarType(int(t)); }
+
+// The device of a launch: made current for the scope, with its stream and SM count.
+struct Launch {
+  explicit Launch(Device d) : guard(d.index), stream(gpu::stream(d.index)), sms(sm_count(d.index)) {}
+  DeviceGuard guard;
+  cudaStream_t stream;
+  int sms;
+};
+
+// The iteration space of writing `out` (any strides) from inputs broadcast to its shape.
+template <size_t N>
+Iter make_iter(const Tensor& out, const std::array<const Tensor*, N>& ins) {
+  Shape shape = out.shape();
+  std::array<Shape, N + 1> strides;
+  strides[0] = out.strides();
+  for (size_t k = 0; k < N; ++k) strides[k + 1] = cpu::broadcast_strides(*ins[k], shape);
+  cpu::coalesce<N + 1>(shape, strides);
+  Iter it;
+  it.num_operands = int(N + 1);
+  it.numel = out.numel();
+  it.rank = shape.size();
+  for (int d = 0; d < it.rank; ++d) {
+    it.sizes[d] = shape[d];
+    for (size_t k = 0; k <= N; ++k) it.strides[k][d] = strides[k][d];
+  }
+  if (it.numel == 1) {
+    it.rank = 0;  // one element: every operand is read at offset 0
+    it.flat = true;
+  } else if (it.rank == 1) {
+    bool flat = it.strides[0][0] == 1;
+    for (size_t k = 1; k <= N; ++k) flat = flat && (it.strides[k][0] == 1 || it.strides[k][0] == 0);
+    it.flat = flat;
+  }
+  return it;
+}
+
+void check_float(const Tensor& t, const char* op) {
+  MT_CHECK(is_floating(t.dtype()), "{}: dtype {} is not supported on CUDA (f32, f64, f16 and "
+           "bf16 are); convert with .to()", op, dtype_name(t.dtype()));
+}
+
+// ---- elementwise ----
+template <UnaryOp op>
+void unary_cuda(const Tensor& x, Tensor& out) {
+  check_float(out, "unary op");
+  Launch l(out.device());
+  unary(op, scalar_type(out.dtype()), make_iter<1>(out, {&x}), out.raw_data(), x.raw_data(), 0.0,
+        0.0, l.stream, l.sms);
+}
+
+void clamp_cuda(const Tensor& x, double lo, double hi, Tensor& out) {
+  check_float(out, "clamp");
+  Launch l(out.device());
+  unary(UnaryOp::clamp, scalar_type(out.dtype()), make_iter<1>(out, {&x}), out.raw_data(),
+        x.raw_data(), lo, hi, l.stream, l.sms);
+}
+
+template <BinaryOp op>
+void binary_cuda(const Tensor& a, const Tensor& b, Tensor& out) {
+  check_float(out, "binary op");
+  Launch l(out.device());
+  binary(op, scalar_type(out.dtype()), make_iter<2>(out, {&a, &b}), out.raw_data(), a.raw_data(),
+         b.raw_data(), 0.0, l.stream, l.sms);
+}
+
+void where_cuda(const Tensor& mask, const Tensor& a, const Tensor& b, Tensor& out) {
+  check_float(out, "where");
+  Launch l(out.device());
+  where(scalar_type(out.dtype()), make_iter<3>(out, {&mask, &a, &b}), out.raw_data(),
+        mask.raw_data(), a.raw_data(), b.raw_data(), l.stream, l.sms);
+}
+
+// ---- in-place writes ----
+void fill_cuda(Tensor& t, double value) {
+  Launch l(t.device());
+  fill(scalar_type(t.dtype()), make_iter<0>(t, {}), t.raw_data(), value, l.stream, l.sms);
+}
+
+void add_inplace_cuda(Tensor& t, const Tensor& other, double alpha) {
+  check_float(t, "add_");
+  Launch l(t.device());
+  binary(BinaryOp::axpy, scalar_type(t.dtype()), make_iter<2>(t, {&t, &other}), t.raw_data(),
+         t.raw_data(), other.raw_data(), alpha, l.stream, l.sms);
+}
+
+void mul_inplace_cuda(Tensor& t, double value) {
+  check_float(t, "mul_");
+  Launch l(t.device());
+  unary(UnaryOp::scale, scalar_type(t.dtype()), make_iter<1>(t, {&t}), t.raw_data(), t.raw_data(),
+        value, 0.0, l.stream, l.sms);
+}
+
+// ---- copies ----
+void copy_cuda(const Tensor& src, Tensor& dst) {
+  MT_CHECK(src.device() == dst.device(), "copy: source on {} and destination on {}; use to()",
+           src.device().str(), dst.device().str());
+  Launch l(dst.device());
+  copy(scalar_type(dst.dtype()), scalar_type(src.dtype()), make_iter<1>(dst, {&src}),
+       dst.raw_data(), src.raw_data(), l.stream, l.sms);
+}
+
+// Host <-> device (and device <-> device) copies of contiguous tensors of equal size. A copy to
+// the host waits for it (the caller reads the values next); a copy from pageable host memory
+// returns once the source has been staged, so the host tensor may be freed right after.
+void transfer_cuda(const Tensor& src, Tensor& dst) {
+  const size_t nbytes = size_t(src.numel()) * itemsize(src.dtype());
+  MT_CHECK(src.is_contiguous() && dst.is_contiguous() && src.numel() == dst.numel() &&
+               src.dtype() == dst.dtype(),
+           "to_device: internal error: {} -> {}", src.str(), dst.str());
+  if (nbytes == 0) return;
+  const Device from = src.device(), to = dst.device();
+  if (from.is_cpu()) {
+    Launch l(to);
+    MT_CUDA_CHECK(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), nbytes, cudaMemcpyHostToDevice,
+                                  l.stream));
+  } else if (to.is_cpu()) {
+    Launch l(from);
+    MT_CUDA_CHECK(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), nbytes, cudaMemcpyDeviceToHost,
+                                  l.stream));
+    MT_CUDA_CHECK(cudaStreamSynchronize(l.stream));
+  } else {
+    // Between two GPUs: the destination's stream waits for the source's work, then copies; the
+    // source's stream waits for the copy before it may reuse the source's memory.
+    cudaStream_t s_from = stream(from.index), s_to = stream(to.index);
+    cudaEvent_t ready, done;
+    {
+      DeviceGuard g(from.index);
+      MT_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+      MT_CUDA_CHECK(cudaEventRecord(ready, s_from));
+    }
+    {
+      DeviceGuard g(to.index);
+      MT_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+      MT_CUDA_CHECK(cudaStreamWaitEvent(s_to, ready, 0));
+      MT_CUDA_CHECK(cudaMemcpyPeerAsync(dst.raw_data(), to.index, src.raw_data(), from.index,
+                                        nbytes, s_to));
+      MT_CUDA_CHECK(cudaEventRecord(done, s_to));
+    }
+    DeviceGuard g(from.index);
+    MT_CUDA_CHECK(cudaStreamWaitEvent(s_from, done, 0));
+    MT_CUDA_CHECK(cudaEventDestroy(ready));
+    MT_CUDA_CHECK(cudaEventDestroy(done));
+  }
+}
+
+// ---- reductions ----
+template <ReduceOp op>
+void reduce_cuda(const Tensor& x, Tensor& out) {
+  check_float(x, op == ReduceOp::sum ? "sum" : "max");
+  // Kept dims (out has x's size) iterate the outputs; reduced dims (out has 1) the elements.
+  Shape outer, outer_x, outer_out, inner, inner_x;
+  for (int d = 0; d < x.dim(); ++d) {
+    if (x.shape()[d] == out.shape()[d]) {
+      outer.push_back(x.shape()[d]);
+      outer_x.push_back(x.strides()[d]);
+      outer_out.push_back(out.strides()[d]);
+    } else {
+      inner.push_back(x.shape()[d]);
+      inner_x.push_back(x.strides()[d]);
+    }
+  }
+  std::array<Shape, 2> os{outer_x, outer_out};
+  std::array<Shape, 1> is{inner_x};
+  ReduceDesc d;
+  d.outer = outer.numel();
+  d.inner = inner.numel();
+  cpu::coalesce<2>(outer, os);
+  cpu::coalesce<1>(inner, is);
+  d.outer_rank = outer.size();
+  d.inner_rank = inner.size();
+  for (int i = 0; i < d.outer_rank; ++i) {
+    d.outer_sizes[i] = outer[i];
+    d.outer_x_strides[i] = os[0][i];
+    d.outer_out_strides[i] = os[1][i];
+  }
+  for (int i = 0; i < d.inner_rank; ++i) {
+    d.inner_sizes[i] = inner[i];
+    d.inner_x_strides[i] = is[0][i];
+  }
+  auto magnitude = [](int64_t v) { return v < 0 ? -v : v; };
+  d.rows = d.inner_rank > 0 &&
+           (d.outer_rank == 0 || magnitude(d.inner_x_strides[d.inner_rank - 1]) <=
+                                     magnitude(d.outer_x_strides[d.outer_rank - 1]));
+  d.splits = reduce_splits(d);
+  Tensor workspace;
+  if (d.splits > 1) {
+    workspace = empty(Shape{d.outer * d.splits}, x.dtype() == DType::f64 ? DType::f64 : DType::f32,
+                      x.device());
+  }
+  Launch l(out.device());
+  reduce(op, scalar_type(x.dtype()), d, out.raw_data(), x.raw_data(),
+         workspace.defined() ? workspace.raw_data() : nullptr, l.stream, l.sms);
+  // The workspace returns to the cache here; the stream orders its next user after this kernel.
+}
+
+}  // namespace
+
+void register_kernels() {
+  constexpr DeviceType kCuda = DeviceType::CUDA;
+  neg_kernel.set(kCuda, &unary_cuda<UnaryOp::neg>);
+  exp_kernel.set(kCuda, &unary_cuda<UnaryOp::exp>);
+  log_kernel.set(kCuda, &unary_cuda<UnaryOp::log>);
+  sqrt_kernel.set(kCuda, &unary_cuda<UnaryOp::sqrt>);
+  rsqrt_kernel.set(kCuda, &unary_cuda<UnaryOp::rsqrt>);
+  abs_kernel.set(kCuda, &unary_cuda<UnaryOp::abs>);
+  sign_kernel.set(kCuda, &unary_cuda<UnaryOp::sign>);
+  tanh_kernel.set(kCuda, &unary_cuda<UnaryOp::tanh>);
+  sigmoid_kernel.set(kCuda, &unary_cuda<UnaryOp::sigmoid>);
+  relu_kernel.set(kCuda, &unary_cuda<UnaryOp::relu>);
+  erf_kernel.set(kCuda, &unary_cuda<UnaryOp::erf>);
+  sin_kernel.set(kCuda, &unary_cuda<UnaryOp::sin>);
+  cos_kernel.set(kCuda, &unary_cuda<UnaryOp::cos>);
+  gelu_kernel.set(kCuda, &unary_cuda<UnaryOp::gelu>);
+  clamp_kernel.set(kCuda, &clamp_cuda);
+
+  add_kernel.set(kCuda, &binary_cuda<BinaryOp::add>);
+  sub_kernel.set(kCuda, &binary_cuda<BinaryOp::sub>);
+  mul_kernel.set(kCuda, &binary_cuda<BinaryOp::mul>);
+  div_kernel.set(kCuda, &binary_cuda<BinaryOp::div>);
+  pow_kernel.set(kCuda, &binary_cuda<BinaryOp::pow>);
+  eq_kernel.set(kCuda, &binary_cuda<BinaryOp::eq>);
+  ne_kernel.set(kCuda, &binary_cuda<BinaryOp::ne>);
+  lt_kernel.set(kCuda, &binary_cuda<BinaryOp::lt>);
+  le_kernel.set(kCuda, &binary_cuda<BinaryOp::le>);
+  gt_kernel.set(kCuda, &binary_cuda<BinaryOp::gt>);
+  ge_kernel.set(kCuda, &binary_cuda<BinaryOp::ge>);
+  gelu_backward_kernel.set(kCuda, &binary_cuda<BinaryOp::gelu_backward>);
+  where_kernel.set(kCuda, &where_cuda);
+
+  sum_kernel.set(kCuda, &reduce_cuda<ReduceOp::sum>);
+  max_kernel.set(kCuda, &reduce_cuda<ReduceOp::max>);
+
+  copy_kernel.set(kCuda, &copy_cuda);
+  transfer_kernel.set(kCuda, &transfer_cuda);
+  fill_kernel.set(kCuda, &fill_cuda);
+  add_inplace_kernel.set(kCuda, &add_inplace_cuda);
+  mul_inplace_kernel.set(kCuda, &mul_inplace_cuda);
+}
+
+}  // namespace mt::gpu

@@ -1,0 +1,138 @@
+// The CUDA caching allocator: statistics (current and peak, allocated and reserved), reuse of
+// freed blocks, splitting and merging inside a segment, empty_cache, the out-of-memory message,
+// and the private pool of a CUDA-graph capture (a captured step replays with new inputs).
+// Every case skips, with a warning, when no CUDA device is present.
+#include <catch2/catch.hpp>
+
+#include "support/cuda_compare.h"
+
+#if METATAPE_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/allocator.h"
+#include "kernels/cuda/stream.h"
+#endif
+
+using namespace mt;
+using namespace mt::testing;
+
+namespace {
+constexpr int64_t kMiB = int64_t(1) << 20;
+}
+
+TEST_CASE("CUDA allocator: allocated and peak bytes rise and fall, reset_peak works", "[cuda][memory]") {
+  MT_SKIP_WITHOUT_CUDA();
+  const Device d = gpu0();
+  const MemoryStats cpu_before = memory_stats(kCPU);
+  const MemoryStats before = memory_stats(d);
+  {
+    Tensor big = empty(Shape{4 * kMiB / 4}, DType::f32, d);  // 4 MiB: a large-pool segment
+    Tensor small = empty(Shape{25}, DType::f32, d);           // 100 bytes, rounded to 512
+    const MemoryStats during = memory_stats(d);
+    CHECK(during.allocated_bytes - before.allocated_bytes == 4 * kMiB + 512);
+    CHECK(during.peak_allocated_bytes >= during.allocated_bytes);
+    CHECK(during.reserved_bytes >= during.allocated_bytes);
+    CHECK(during.num_allocs - before.num_allocs == 2);
+    // Device memory is not counted on the CPU.
+    CHECK(memory_stats(kCPU).allocated_bytes == cpu_before.allocated_bytes);
+  }
+  const MemoryStats after = memory_stats(d);
+  CHECK(after.allocated_bytes == before.allocated_bytes);
+  CHECK(after.peak_allocated_bytes >= before.allocated_bytes + 4 * kMiB + 512);
+  CHECK(after.reserved_bytes >= after.allocated_bytes);  // kept in the cache
+  reset_peak_memory_stats(d);
+  CHECK(memory_stats(d).peak_allocated_bytes == memory_stats(d).allocated_bytes);
+  CHECK(memory_stats(d).peak_reserved_bytes == memory_stats(d).reserved_bytes);
+}
+
+TEST_CASE("CUDA allocator: freed blocks are reused and empty_cache releases them", "[cuda][memory]") {
+  MT_SKIP_WITHOUT_CUDA();
+  const Device d = gpu0();
+  empty_cache(d);
+  const MemoryStats s0 = memory_stats(d);
+  void* first = nullptr;
+  {
+    Tensor t = empty(Shape{3 * kMiB}, DType::f32, d);  // 12 MiB
+    first = t.raw_data();
+  }
+  const MemoryStats s1 = memory_stats(d);
+  CHECK(s1.reserved_bytes - s0.reserved_bytes == 12 * kMiB);
+  {
+    Tensor t = empty(Shape{3 * kMiB}, DType::f32, d);
+    CHECK(t.raw_data() == first);                        // the cached block, no cudaMalloc
+    CHECK(memory_stats(d).reserved_bytes == s1.reserved_bytes);
+  }
+  // Small blocks share one 2 MiB segment: split on allocation, merged back when all are free.
+  {
+    std::vector<Tensor> pieces;
+    for (int i = 0; i < 8; ++i) pieces.push_back(empty(Shape{1000}, DType::f32, d));  // 4000 B
+    const MemoryStats s2 = memory_stats(d);
+    CHECK(s2.reserved_bytes - s1.reserved_bytes <= 2 * kMiB);
+    CHECK(s2.allocated_bytes - s1.allocated_bytes == 8 * 4096);  // 4000 rounded up to 4096
+  }
+  empty_cache(d);
+  CHECK(memory_stats(d).reserved_bytes == s0.reserved_bytes);  // whole segments went back
+}
+
+TEST_CASE("CUDA allocator: out of memory names the size and the statistics", "[cuda][memory]") {
+  MT_SKIP_WITHOUT_CUDA();
+  const int64_t n = int64_t(1) << 48;  // 1 PiB of f32: more than any device has
+  try {
+    Tensor t = empty(Shape{n}, DType::f32, gpu0());
+    FAIL("allocating 1 PiB did not throw");
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    INFO(msg);
+    CHECK(msg.find("CUDA out of memory on cuda:0") != std::string::npos);
+    CHECK(msg.find(std::to_string(n * 4) + " bytes") != std::string::npos);
+    CHECK(msg.find("allocated by tensors") != std::string::npos);
+    CHECK(msg.find("reserved") != std::string::npos);
+  }
+  // The allocator still works after the failure.
+  CHECK(full(Shape{3}, 1.0, DType::f32, gpu0()).to_vector<float>() == std::vector<float>{1, 1, 1});
+}
+
+TEST_CASE("CUDA allocator: a captured graph uses a private pool and replays", "[cuda][memory]") {
+  MT_SKIP_WITHOUT_CUDA();
+#if METATAPE_WITH_CUDA
+  const Device d = gpu0();
+  cudaStream_t s = gpu::stream(d.index);
+  Tensor x = from_vector(std::vector<double>{1, 2, 3, 4}, Shape{4}, DType::f32).to(d);
+  // Warm up: the kernels and the scalar operands run once outside the capture.
+  Tensor warm = add(mul(x, 2.0), 1.0);
+  gpu::synchronize(d.index);
+
+  Tensor y;
+  cudaGraph_t graph = nullptr;
+  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed) == cudaSuccess);
+  const unsigned long long id = gpu::current_capture_id(d.index);
+  CHECK(id != 0);
+  {
+    Tensor tmp = mul(x, 2.0);  // freed inside the capture: back to the private pool
+    y = add(tmp, 1.0);
+  }
+  REQUIRE(cudaStreamEndCapture(s, &graph) == cudaSuccess);
+  CHECK(gpu::current_capture_id(d.index) == 0);
+  CHECK(gpu::graph_pool_bytes(d.index) > 0);
+  cudaGraphExec_t exec = nullptr;
+  REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+
+  // Memory allocated after the capture never lands in the graph's blocks.
+  Tensor other = full(Shape{4}, 9.0, DType::f32, d);
+  REQUIRE(cudaGraphLaunch(exec, s) == cudaSuccess);
+  check_equal(y, from_vector(std::vector<double>{3, 5, 7, 9}, Shape{4}), "first replay");
+  {
+    NoGradGuard no_grad;
+    x.copy_(from_vector(std::vector<double>{10, 20, 30, 40}, Shape{4}, DType::f32));
+  }
+  REQUIRE(cudaGraphLaunch(exec, s) == cudaSuccess);
+  check_equal(y, from_vector(std::vector<double>{21, 41, 61, 81}, Shape{4}), "replay, new input");
+  check_equal(other, full(Shape{4}, 9.0, DType::f64), "memory allocated after the capture");
+
+  REQUIRE(cudaGraphExecDestroy(exec) == cudaSuccess);
+  REQUIRE(cudaGraphDestroy(graph) == cudaSuccess);
+  y = Tensor();
+  gpu::release_graph_pool(d.index, id);
+  CHECK(gpu::graph_pool_bytes(d.index) == 0);
+#endif
+}
