@@ -1,0 +1,370 @@
+// metatape-bench-cuda-kernels: bandwidth of the hand-written CUDA kernels (kernels/cuda) at the
+// shapes POCO uses, rows 1e3..1e6 x hidden 128 / 512. Each kernel is called through the same
+// launch functions the engine's ops use (kernels/cuda/launch.h), on raw device buffers, so the
+// figure is the kernel's alone (no op dispatch, no allocation).
+//
+// Timing: 3 warm-up runs, then `--repeats` runs, each preceded by an L2 flush (a memset of a
+// buffer twice the L2 size) and timed with its own pair of CUDA events; the median is reported.
+// GB/s counts the bytes the kernel must move (inputs read once, outputs written once); the
+// fraction is against the device's theoretical DRAM bandwidth, 2 x memory clock x bus width.
+// The smallest size of every kernel is checked against a host computation first.
+//
+// Usage: metatape-bench-cuda-kernels [--json FILE] [--commit SHA] [--repeats N] [--quick]
+// Exits with status 2 and a message when no CUDA device is present.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/launch.h"
+
+#ifndef METATAPE_GIT_COMMIT
+#define METATAPE_GIT_COMMIT "unknown"
+#endif
+
+namespace {
+
+using namespace mt::gpu;
+
+// Benchmark-local error check: the message and a non-zero exit, never a silent success.
+#define BENCH_CHECK(call)                                                                    \
+  do {                                                                                       \
+    cudaError_t status_ = (call);                                                            \
+    if (status_ != cudaSuccess) {                                                            \
+      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #call,              \
+                   cudaGetErrorString(status_));                                             \
+      std::exit(1);                                                                          \
+    }                                                                                        \
+  } while (0)
+
+struct Result {
+  std::string kernel, dtype;
+  int64_t rows = 0, hidden = 0;
+  double bytes = 0, median_us = 0, gbps = 0, fraction = 0;
+};
+
+struct Bench {
+  cudaStream_t stream = nullptr;
+  int sms = 0;
+  double peak_gbps = 0;
+  void* flush = nullptr;
+  size_t flush_bytes = 0;
+  int repeats = 20;
+
+  // Median time in microseconds of fn() over `repeats` L2-flushed runs.
+  double time_us(const std::function<void()>& fn) {
+    for (int i = 0; i < 3; ++i) fn();
+    cudaEvent_t start, stop;
+    BENCH_CHECK(cudaEventCreate(&start));
+    BENCH_CHECK(cudaEventCreate(&stop));
+    std::vector<double> times;
+    for (int i = 0; i < repeats; ++i) {
+      BENCH_CHECK(cudaMemsetAsync(flush, i & 0xff, flush_bytes, stream));
+      BENCH_CHECK(cudaEventRecord(start, stream));
+      fn();
+      BENCH_CHECK(cudaEventRecord(stop, stream));
+      BENCH_CHECK(cudaEventSynchronize(stop));
+      float ms = 0;
+      BENCH_CHECK(cudaEventElapsedTime(&ms, start, stop));
+      times.push_back(double(ms) * 1e3);
+    }
+    BENCH_CHECK(cudaEventDestroy(start));
+    BENCH_CHECK(cudaEventDestroy(stop));
+    std::sort(times.begin(), times.end());
+    return times[times.size() / 2];
+  }
+};
+
+Iter flat_iter(int64_t n, int operands) {
+  Iter it;
+  it.rank = 1;
+  it.num_operands = operands;
+  it.numel = n;
+  it.flat = true;
+  it.sizes[0] = n;
+  for (int k = 0; k < operands; ++k) it.strides[k][0] = 1;
+  return it;
+}
+
+// (rows, hidden) + (hidden): the bias broadcast, on the strided path.
+Iter bias_iter(int64_t rows, int64_t hidden) {
+  Iter it;
+  it.rank = 2;
+  it.num_operands = 3;
+  it.numel = rows * hidden;
+  it.sizes[0] = rows;
+  it.sizes[1] = hidden;
+  it.strides[0][0] = it.strides[1][0] = hidden;
+  it.strides[0][1] = it.strides[1][1] = 1;
+  it.strides[2][0] = 0;
+  it.strides[2][1] = 1;
+  return it;
+}
+
+ReduceDesc reduce_desc(int64_t rows, int64_t hidden, bool over_hidden) {
+  ReduceDesc d;
+  d.outer_rank = d.inner_rank = 1;
+  if (over_hidden) {  // (rows, hidden) -> (rows): one row per output
+    d.outer = d.outer_sizes[0] = rows;
+    d.outer_x_strides[0] = hidden;
+    d.inner = d.inner_sizes[0] = hidden;
+    d.inner_x_strides[0] = 1;
+    d.rows = true;
+  } else {  // (rows, hidden) -> (hidden): the bias gradient
+    d.outer = d.outer_sizes[0] = hidden;
+    d.outer_x_strides[0] = 1;
+    d.inner = d.inner_sizes[0] = rows;
+    d.inner_x_strides[0] = hidden;
+    d.rows = false;
+  }
+  d.outer_out_strides[0] = 1;
+  d.splits = reduce_splits(d);
+  return d;
+}
+
+bool near(double got, double want, double tol) { return std::abs(got - want) <= tol * (1 + std::abs(want)); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json_path, commit = METATAPE_GIT_COMMIT;
+  Bench b;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--json" && i + 1 < argc) {
+      json_path = argv[++i];
+    } else if (a == "--commit" && i + 1 < argc) {
+      commit = argv[++i];
+    } else if (a == "--repeats" && i + 1 < argc) {
+      b.repeats = std::max(1, std::atoi(argv[++i]));
+    } else if (a == "--quick") {
+      quick = true;
+    } else {
+      std::fprintf(stderr, "usage: %s [--json FILE] [--commit SHA] [--repeats N] [--quick]\n",
+                   argv[0]);
+      return 2;
+    }
+  }
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    std::fprintf(stderr, "metatape-bench-cuda-kernels: no CUDA device (%s); nothing to measure\n",
+                 count == 0 ? "no GPU or no driver visible" : cudaGetErrorString(cudaGetLastError()));
+    return 2;
+  }
+  cudaDeviceProp prop{};
+  BENCH_CHECK(cudaGetDeviceProperties(&prop, 0));
+  int mem_clock_khz = 0, bus_bits = 0, l2_bytes = 0;
+  BENCH_CHECK(cudaDeviceGetAttribute(&mem_clock_khz, cudaDevAttrMemoryClockRate, 0));
+  BENCH_CHECK(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, 0));
+  BENCH_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, 0));
+  BENCH_CHECK(cudaDeviceGetAttribute(&b.sms, cudaDevAttrMultiProcessorCount, 0));
+  b.peak_gbps = 2.0 * double(mem_clock_khz) * 1e3 * double(bus_bits) / 8.0 / 1e9;
+  BENCH_CHECK(cudaStreamCreateWithFlags(&b.stream, cudaStreamNonBlocking));
+  b.flush_bytes = size_t(std::max(l2_bytes, 1 << 20)) * 2;
+  BENCH_CHECK(cudaMalloc(&b.flush, b.flush_bytes));
+  std::printf("device: %s (sm_%d%d, %d SMs), memory %d MHz x %d bit -> peak %.0f GB/s, L2 %d MiB\n",
+              prop.name, prop.major, prop.minor, b.sms, mem_clock_khz / 1000, bus_bits,
+              b.peak_gbps, l2_bytes >> 20);
+  std::printf("commit %s, median of %d L2-flushed runs\n\n", commit.c_str(), b.repeats);
+  std::printf("%-22s %-5s %9s %6s %10s %10s %8s %7s\n", "kernel", "dtype", "rows", "hidden",
+              "MiB moved", "time us", "GB/s", "of peak");
+
+  const std::vector<int64_t> rows_list =
+      quick ? std::vector<int64_t>{1000, 100000} : std::vector<int64_t>{1000, 10000, 100000, 1000000};
+  const std::vector<int64_t> hidden_list{128, 512};
+  const int64_t max_n = rows_list.back() * hidden_list.back();
+  float *x = nullptr, *y = nullptr, *out = nullptr, *bias = nullptr, *ws = nullptr;
+  __nv_bfloat16* out16 = nullptr;
+  BENCH_CHECK(cudaMalloc(&x, size_t(max_n) * 4));
+  BENCH_CHECK(cudaMalloc(&y, size_t(max_n) * 4));
+  BENCH_CHECK(cudaMalloc(&out, size_t(max_n) * 4));
+  BENCH_CHECK(cudaMalloc(&out16, size_t(max_n) * 2));
+  BENCH_CHECK(cudaMalloc(&bias, 512 * 4));
+  BENCH_CHECK(cudaMalloc(&ws, size_t(1) << 24));
+  {  // inputs: x[i] = (i % 97) / 97 - 0.5, y[i] = (i % 89) / 89, bias[j] = j / 512
+    std::vector<float> hx(static_cast<size_t>(max_n)), hy(static_cast<size_t>(max_n)), hb(512);
+    for (int64_t i = 0; i < max_n; ++i) {
+      hx[size_t(i)] = float(i % 97) / 97.f - 0.5f;
+      hy[size_t(i)] = float(i % 89) / 89.f;
+    }
+    for (int j = 0; j < 512; ++j) hb[size_t(j)] = float(j) / 512.f;
+    BENCH_CHECK(cudaMemcpy(x, hx.data(), hx.size() * 4, cudaMemcpyHostToDevice));
+    BENCH_CHECK(cudaMemcpy(y, hy.data(), hy.size() * 4, cudaMemcpyHostToDevice));
+    BENCH_CHECK(cudaMemcpy(bias, hb.data(), hb.size() * 4, cudaMemcpyHostToDevice));
+  }
+  auto hx = [](int64_t i) { return double(float(i % 97) / 97.f - 0.5f); };
+  auto hy = [](int64_t i) { return double(float(i % 89) / 89.f); };
+
+  struct Kernel {
+    const char* name;
+    const char* dtype;
+    std::function<double(int64_t, int64_t)> bytes;  // moved per call
+    std::function<void(int64_t, int64_t)> run;
+    std::function<bool(int64_t, int64_t)> check;  // on the output after run
+  };
+  auto read_out = [&](int64_t n) {
+    std::vector<float> h(static_cast<size_t>(n));
+    BENCH_CHECK(cudaMemcpy(h.data(), out, size_t(n) * 4, cudaMemcpyDeviceToHost));
+    return h;
+  };
+  const std::vector<Kernel> kernels{
+      {"add", "f32", [](int64_t r, int64_t h) { return 3.0 * double(r * h) * 4; },
+       [&](int64_t r, int64_t h) {
+         binary(BinaryOp::add, ScalarType::f32, flat_iter(r * h, 3), out, x, y, 0, b.stream, b.sms);
+       },
+       [&](int64_t r, int64_t h) {
+         auto o = read_out(r * h);
+         for (int64_t i = 0; i < r * h; ++i)
+           if (!near(o[size_t(i)], hx(i) + hy(i), 1e-6)) return false;
+         return true;
+       }},
+      {"gelu", "f32", [](int64_t r, int64_t h) { return 2.0 * double(r * h) * 4; },
+       [&](int64_t r, int64_t h) {
+         unary(UnaryOp::gelu, ScalarType::f32, flat_iter(r * h, 2), out, x, 0, 0, b.stream, b.sms);
+       },
+       [&](int64_t r, int64_t h) {
+         auto o = read_out(r * h);
+         for (int64_t i = 0; i < r * h; ++i) {
+           const double v = hx(i), want = 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
+           if (!near(o[size_t(i)], want, 1e-5)) return false;
+         }
+         return true;
+       }},
+      {"add bias (broadcast)", "f32",
+       [](int64_t r, int64_t h) { return 2.0 * double(r * h) * 4 + double(h) * 4; },
+       [&](int64_t r, int64_t h) {
+         binary(BinaryOp::add, ScalarType::f32, bias_iter(r, h), out, x, bias, 0, b.stream, b.sms);
+       },
+       [&](int64_t r, int64_t h) {
+         auto o = read_out(r * h);
+         for (int64_t i = 0; i < r * h; ++i)
+           if (!near(o[size_t(i)], hx(i) + double(float(i % h) / 512.f), 1e-6)) return false;
+         return true;
+       }},
+      {"to bf16", "f32>bf16", [](int64_t r, int64_t h) { return double(r * h) * 6; },
+       [&](int64_t r, int64_t h) {
+         copy(ScalarType::bf16, ScalarType::f32, flat_iter(r * h, 2), out16, x, b.stream, b.sms);
+       },
+       [&](int64_t r, int64_t h) {
+         std::vector<__nv_bfloat16> o(static_cast<size_t>(r * h));
+         BENCH_CHECK(cudaMemcpy(o.data(), out16, o.size() * 2, cudaMemcpyDeviceToHost));
+         for (int64_t i = 0; i < r * h; ++i)
+           if (!near(double(__bfloat162float(o[size_t(i)])), hx(i), 1.0 / 128)) return false;
+         return true;
+       }},
+      {"sum over hidden", "f32", [](int64_t r, int64_t h) { return double(r * h + r) * 4; },
+       [&](int64_t r, int64_t h) {
+         ReduceDesc d = reduce_desc(r, h, true);
+         reduce(ReduceOp::sum, ScalarType::f32, d, out, x, ws, b.stream, b.sms);
+       },
+       [&](int64_t r, int64_t h) {
+         auto o = read_out(r);
+         for (int64_t i = 0; i < r; ++i) {
+           double want = 0;
+           for (int64_t j = 0; j < h; ++j) want += hx(i * h + j);
+           if (!near(o[size_t(i)], want, 1e-4)) return false;
+         }
+         return true;
+       }},
+      {"sum over rows", "f32", [](int64_t r, int64_t h) { return double(r * h + h) * 4; },
+       [&](int64_t r, int64_t h) {
+         ReduceDesc d = reduce_desc(r, h, false);
+         reduce(ReduceOp::sum, ScalarType::f32, d, out, x, ws, b.stream, b.sms);
+       },
+       [&](int64_t r, int64_t h) {
+         auto o = read_out(h);
+         for (int64_t j = 0; j < h; ++j) {
+           double want = 0;
+           for (int64_t i = 0; i < r; ++i) want += hx(i * h + j);
+           if (!near(o[size_t(j)], want, 1e-4)) return false;
+         }
+         return true;
+       }},
+      {"max over hidden", "f32", [](int64_t r, int64_t h) { return double(r * h + r) * 4; },
+       [&](int64_t r, int64_t h) {
+         ReduceDesc d = reduce_desc(r, h, true);
+         reduce(ReduceOp::max, ScalarType::f32, d, out, x, ws, b.stream, b.sms);
+       },
+       [&](int64_t r, int64_t h) {
+         auto o = read_out(r);
+         for (int64_t i = 0; i < r; ++i) {
+           double want = -1e30;
+           for (int64_t j = 0; j < h; ++j) want = std::max(want, hx(i * h + j));
+           if (o[size_t(i)] != float(want)) return false;
+         }
+         return true;
+       }},
+  };
+
+  std::vector<Result> results;
+  bool all_correct = true;
+  for (const Kernel& k : kernels) {
+    // Correctness first, at the smallest shape of each hidden size.
+    for (int64_t h : hidden_list) {
+      k.run(rows_list.front(), h);
+      BENCH_CHECK(cudaStreamSynchronize(b.stream));
+      if (!k.check(rows_list.front(), h)) {
+        std::fprintf(stderr, "%s: wrong result at rows %lld hidden %lld\n", k.name,
+                     (long long)rows_list.front(), (long long)h);
+        all_correct = false;
+      }
+    }
+    for (int64_t r : rows_list) {
+      for (int64_t h : hidden_list) {
+        Result res;
+        res.kernel = k.name;
+        res.dtype = k.dtype;
+        res.rows = r;
+        res.hidden = h;
+        res.bytes = k.bytes(r, h);
+        res.median_us = b.time_us([&] { k.run(r, h); });
+        res.gbps = res.bytes / (res.median_us * 1e-6) / 1e9;
+        res.fraction = res.gbps / b.peak_gbps;
+        std::printf("%-22s %-5s %9lld %6lld %10.2f %10.2f %8.1f %6.1f%%\n", res.kernel.c_str(),
+                    res.dtype.c_str(), (long long)r, (long long)h, res.bytes / (1 << 20),
+                    res.median_us, res.gbps, 100 * res.fraction);
+        results.push_back(res);
+      }
+    }
+  }
+  BENCH_CHECK(cudaGetLastError());
+
+  if (!json_path.empty()) {
+    FILE* f = std::fopen(json_path.c_str(), "w");
+    if (f == nullptr) {
+      std::fprintf(stderr, "cannot write %s\n", json_path.c_str());
+      return 1;
+    }
+    std::fprintf(f, "{\n  \"benchmark\": \"cuda_kernels\",\n  \"device\": \"%s\",\n", prop.name);
+    std::fprintf(f, "  \"sm\": \"%d%d\",\n  \"commit\": \"%s\",\n", prop.major, prop.minor,
+                 commit.c_str());
+    std::fprintf(f, "  \"peak_gbps\": %.1f,\n  \"repeats\": %d,\n  \"correct\": %s,\n",
+                 b.peak_gbps, b.repeats, all_correct ? "true" : "false");
+    std::fprintf(f, "  \"results\": [\n");
+    for (size_t i = 0; i < results.size(); ++i) {
+      const Result& r = results[i];
+      std::fprintf(f,
+                   "    {\"kernel\": \"%s\", \"dtype\": \"%s\", \"rows\": %lld, \"hidden\": %lld, "
+                   "\"bytes\": %.0f, \"median_us\": %.3f, \"gbps\": %.2f, \"fraction_of_peak\": "
+                   "%.4f}%s\n",
+                   r.kernel.c_str(), r.dtype.c_str(), (long long)r.rows, (long long)r.hidden,
+                   r.bytes, r.median_us, r.gbps, r.fraction, i + 1 < results.size() ? "," : "");
+    }
+    std::fprintf(f, "  ]\n}\n");
+    std::fclose(f);
+    std::printf("\nwrote %s\n", json_path.c_str());
+  }
+  if (!all_correct) {
+    std::fprintf(stderr, "some kernels gave wrong results (see above)\n");
+    return 1;
+  }
+  return 0;
+}

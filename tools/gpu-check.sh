@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The one command to run on a machine with an NVIDIA GPU: configures and builds for the GPU that
+# is present (CMAKE_CUDA_ARCHITECTURES=native) into its own build folder, runs every [cuda] test
+# case, runs them again under compute-sanitizer's memcheck, and runs the CUDA kernel benchmark.
+# Logs and JSON go to the folder given as the first argument (default: $OUT, else
+# gpu-check-results/).
+#
+# Usage: tools/gpu-check.sh [OUTPUT_DIR]
+#   BUILD_DIR=dir   build folder (default build-gpu)
+#   JOBS=n          parallel build jobs (default: all cores)
+# Exits non-zero when any step fails; every step still runs, and summary.json lists them.
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT_DIR="${1:-${OUT:-gpu-check-results}}"
+BUILD_DIR="${BUILD_DIR:-build-gpu}"
+JOBS="${JOBS:-$(nproc)}"
+mkdir -p "$OUT_DIR"
+OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if ! git diff --quiet HEAD 2>/dev/null; then COMMIT="${COMMIT}-dirty"; fi
+
+export PATH="/usr/local/cuda/bin:$PATH"
+declare -A status
+run_step() {  # run_step NAME LOGFILE COMMAND...
+  local name="$1" log="$2"
+  shift 2
+  echo "=== $name (log: $log)"
+  "$@" >"$OUT_DIR/$log" 2>&1
+  status[$name]=$?
+  tail -n 15 "$OUT_DIR/$log"
+  echo "=== $name: exit ${status[$name]}"
+}
+
+{
+  echo "commit: $COMMIT"
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  nvidia-smi 2>&1 || echo "nvidia-smi not available"
+  nvcc --version 2>&1 | tail -n 2
+} >"$OUT_DIR/environment.txt"
+cat "$OUT_DIR/environment.txt"
+
+run_step configure configure.log \
+  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMETATAPE_CUDA=ON \
+  -DCMAKE_CUDA_ARCHITECTURES=native -DMETATAPE_BUILD_TESTS=ON -DMETATAPE_BUILD_BENCH=ON \
+  -DMETATAPE_WERROR=ON
+run_step build build.log cmake --build "$BUILD_DIR" -j "$JOBS"
+
+TESTS="$BUILD_DIR/bin/metatape_tests"
+if [[ -x "$TESTS" ]]; then
+  # Every [cuda] case, with a JUnit report; -s shows the skip warnings if no device is visible.
+  run_step cuda_tests cuda_tests.log \
+    "$TESTS" "[cuda]" --durations yes --reporter junit --out "$OUT_DIR/cuda_tests.junit.xml"
+  "$TESTS" "[cuda]" --list-tests >"$OUT_DIR/cuda_tests_list.txt" 2>&1 || true
+  SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null || true)"
+  if [[ -n "$SANITIZER" ]]; then
+    run_step memcheck memcheck.log \
+      "$SANITIZER" --tool memcheck --error-exitcode 3 "$TESTS" "[cuda]"
+  else
+    echo "compute-sanitizer not found" >"$OUT_DIR/memcheck.log"
+    status[memcheck]=127
+  fi
+  # The whole suite too: the CPU backend must not have changed.
+  run_step all_tests all_tests.log ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS"
+else
+  status[cuda_tests]=127
+fi
+
+BENCH="$BUILD_DIR/bin/metatape-bench-cuda-kernels"
+if [[ -x "$BENCH" ]]; then
+  run_step bench_kernels bench_kernels.log \
+    "$BENCH" --json "$OUT_DIR/cuda_kernels_bench.json" --commit "$COMMIT"
+else
+  status[bench_kernels]=127
+fi
+
+# summary.json: one entry per step with its exit status.
+{
+  echo "{"
+  echo "  \"commit\": \"$COMMIT\","
+  echo "  \"device\": \"$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)\","
+  echo "  \"steps\": {"
+  first=1
+  for name in configure build cuda_tests memcheck all_tests bench_kernels; do
+    [[ -n "${status[$name]+x}" ]] || continue
+    [[ $first -eq 1 ]] || echo ","
+    printf '    "%s": %s' "$name" "${status[$name]}"
+    first=0
+  done
+  echo ""
+  echo "  }"
+  echo "}"
+} >"$OUT_DIR/summary.json"
+cat "$OUT_DIR/summary.json"
+
+for name in "${!status[@]}"; do
+  if [[ "${status[$name]}" -ne 0 ]]; then
+    echo "gpu-check: step '$name' failed (exit ${status[$name]}); see $OUT_DIR" >&2
+    exit 1
+  fi
+done
+echo "gpu-check: all steps passed; results in $OUT_DIR"
