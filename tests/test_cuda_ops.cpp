@@ -249,9 +249,10 @@ TEST_CASE("CUDA: binary ops and where match the CPU with broadcasting", "[cuda]"
       for (const auto& [sa, sb] : broadcast_pairs()) {
         const std::string what =
             fmt::format("{} {} {} with {}", c.name, dtype_name(t), sa.str(), sb.str());
-        Tensor a = random_tensor(sa, c.lo, c.hi, 31).to(t);
-        Tensor b = random_tensor(sb, c.lo, c.hi, 32).to(t);
+        Tensor a = random_tensor(sa, c.lo, c.hi, 31), b = random_tensor(sb, c.lo, c.hi, 32);
         if (sa == sb) b = where(gt(a, scalar_like(a, 0.5)), a, b);  // ties for the comparisons
+        a = a.to(t);
+        b = b.to(t);
         Tensor ref =
             cpu_reference([&](const TensorList& v) { return c.op(v[0], v[1]); }, {a, b}, t);
         check_close(c.op(on_gpu(a), on_gpu(b)), ref, tol_for(t), what);
@@ -286,7 +287,7 @@ TEST_CASE("CUDA: binary ops and where match the CPU with broadcasting", "[cuda]"
 TEST_CASE("CUDA: dtype conversions and strided copies are exact", "[cuda]") {
   MT_SKIP_WITHOUT_CUDA();
   const std::vector<DType> all{DType::f32, DType::f64, DType::f16, DType::bf16, DType::i64};
-  Tensor base = mul(random_tensor(Shape{13, 21}, -300, 300, 41), 1.0);
+  Tensor base = random_tensor(Shape{13, 21}, -300, 300, 41);
   for (DType from : all) {
     for (DType to : all) {
       const std::string what = fmt::format("{} -> {}", dtype_name(from), dtype_name(to));
