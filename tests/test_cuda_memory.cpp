@@ -83,7 +83,7 @@ TEST_CASE("CUDA allocator: out of memory names the size and the statistics", "[c
   } catch (const Error& e) {
     const std::string msg = e.what();
     INFO(msg);
-    CHECK(msg.find("CUDA out of memory on cuda:0") != std::string::npos);
+    CHECK(msg.find("CUDA out of memory on device 0") != std::string::npos);
     CHECK(msg.find(std::to_string(n * 4) + " bytes") != std::string::npos);
     CHECK(msg.find("allocated by tensors") != std::string::npos);
     CHECK(msg.find("reserved") != std::string::npos);
