@@ -11,7 +11,7 @@
 # Exits non-zero when any step fails; every step still runs, and summary.json lists them.
 set -uo pipefail
 
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 OUT_DIR="${1:-${OUT:-gpu-check-results}}"
 BUILD_DIR="${BUILD_DIR:-build-gpu}"
 JOBS="${JOBS:-$(nproc)}"
