@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/indexing.h"
 #include "kernels/cuda/launch.h"
 
 namespace mt::gpu {
@@ -65,32 +66,6 @@ __device__ __forceinline__ T store_acc(A v) {
   } else {
     return static_cast<T>(v);
   }
-}
-
-// Offsets of every operand of element `linear` (row-major over it.sizes).
-template <int N>
-__device__ __forceinline__ void offsets(const Iter& it, int64_t linear, int64_t (&off)[N]) {
-#pragma unroll
-  for (int k = 0; k < N; ++k) off[k] = 0;
-  for (int d = it.rank - 1; d >= 0; --d) {
-    const int64_t size = it.sizes[d];
-    const int64_t idx = linear % size;
-    linear /= size;
-#pragma unroll
-    for (int k = 0; k < N; ++k) off[k] += idx * it.strides[k][d];
-  }
-}
-
-// Offset of index `linear` in a (sizes, strides) space of `rank` dims.
-__device__ __forceinline__ int64_t offset_of(int64_t linear, int rank, const int64_t* sizes,
-                                             const int64_t* strides) {
-  int64_t off = 0;
-  for (int d = rank - 1; d >= 0; --d) {
-    const int64_t size = sizes[d];
-    off += (linear % size) * strides[d];
-    linear /= size;
-  }
-  return off;
 }
 
 inline constexpr int kBlock = 256;

@@ -9,6 +9,7 @@
 #include "engine/cpu/loops.h"
 #include "engine/ops/elementwise.h"
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/describe.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/register.h"
 #include "kernels/cuda/stream.h"
@@ -171,6 +172,21 @@ void transfer_cuda(const Tensor& src, Tensor& dst) {
 template <ReduceOp op>
 void reduce_cuda(const Tensor& x, Tensor& out) {
   check_float(x, op == ReduceOp::sum ? "sum" : "max");
+  const ReduceDesc d = describe_reduction(x, out);
+  Tensor workspace;
+  if (d.splits > 1) {
+    workspace = empty(Shape{d.outer * d.splits}, x.dtype() == DType::f64 ? DType::f64 : DType::f32,
+                      x.device());
+  }
+  Launch l(out.device());
+  reduce(op, scalar_type(x.dtype()), d, out.raw_data(), x.raw_data(),
+         workspace.defined() ? workspace.raw_data() : nullptr, l.stream, l.sms);
+  // The workspace returns to the cache here; the stream orders its next user after this kernel.
+}
+
+}  // namespace
+
+ReduceDesc describe_reduction(const Tensor& x, const Tensor& out) {
   // Kept dims (out has x's size) iterate the outputs; reduced dims (out has 1) the elements.
   Shape outer, outer_x, outer_out, inner, inner_x;
   for (int d = 0; d < x.dim(); ++d) {
@@ -206,18 +222,19 @@ void reduce_cuda(const Tensor& x, Tensor& out) {
            (d.outer_rank == 0 || magnitude(d.inner_x_strides[d.inner_rank - 1]) <=
                                      magnitude(d.outer_x_strides[d.outer_rank - 1]));
   d.splits = reduce_splits(d);
-  Tensor workspace;
-  if (d.splits > 1) {
-    workspace = empty(Shape{d.outer * d.splits}, x.dtype() == DType::f64 ? DType::f64 : DType::f32,
-                      x.device());
-  }
-  Launch l(out.device());
-  reduce(op, scalar_type(x.dtype()), d, out.raw_data(), x.raw_data(),
-         workspace.defined() ? workspace.raw_data() : nullptr, l.stream, l.sms);
-  // The workspace returns to the cache here; the stream orders its next user after this kernel.
+  return d;
 }
 
-}  // namespace
+Iter describe_elementwise(const Tensor& out, std::initializer_list<const Tensor*> ins) {
+  const Tensor* const* p = ins.begin();
+  switch (ins.size()) {
+    case 0: return make_iter<0>(out, {});
+    case 1: return make_iter<1>(out, {p[0]});
+    case 2: return make_iter<2>(out, {p[0], p[1]});
+    case 3: return make_iter<3>(out, {p[0], p[1], p[2]});
+    default: MT_FAIL("describe_elementwise: {} inputs; at most 3 are supported", ins.size());
+  }
+}
 
 void register_kernels() {
   constexpr DeviceType kCuda = DeviceType::CUDA;

@@ -58,17 +58,6 @@ __device__ __forceinline__ A block_reduce(A v, Op op, A* shared) {
   return v;
 }
 
-__device__ __forceinline__ int64_t inner_offset(const ReduceDesc& d, int64_t k) {
-  return d.inner_rank == 1 ? k * d.inner_x_strides[0]
-                           : offset_of(k, d.inner_rank, d.inner_sizes, d.inner_x_strides);
-}
-__device__ __forceinline__ int64_t outer_x_offset(const ReduceDesc& d, int64_t m) {
-  return offset_of(m, d.outer_rank, d.outer_sizes, d.outer_x_strides);
-}
-__device__ __forceinline__ int64_t outer_out_offset(const ReduceDesc& d, int64_t m) {
-  return offset_of(m, d.outer_rank, d.outer_sizes, d.outer_out_strides);
-}
-
 // The result for output m from split `split`: the output itself, or a partial in the workspace.
 template <class T, class A>
 __device__ __forceinline__ void write(const ReduceDesc& d, T* out, A* ws, int64_t m, int split,
@@ -88,8 +77,8 @@ __global__ void __launch_bounds__(kBlock)
   using A = acc_t<T>;
   __shared__ A shared[kWarps];
   const int split = blockIdx.y;
-  const int64_t chunk = (d.inner + d.splits - 1) / d.splits;
-  const int64_t k0 = split * chunk, k1 = k0 + chunk < d.inner ? k0 + chunk : d.inner;
+  int64_t k0, k1;
+  split_range(d, split, k0, k1);
   if constexpr (kWarpPerRow) {
     const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
     for (int64_t m = int64_t(blockIdx.x) * kWarps + warp; m < d.outer;
@@ -122,8 +111,8 @@ __global__ void __launch_bounds__(kBlock)
   __shared__ A shared[kWarps][kWarp + 1];
   const int tx = threadIdx.x % kWarp, ty = threadIdx.x / kWarp;
   const int split = blockIdx.y;
-  const int64_t chunk = (d.inner + d.splits - 1) / d.splits;
-  const int64_t k0 = split * chunk, k1 = k0 + chunk < d.inner ? k0 + chunk : d.inner;
+  int64_t k0, k1;
+  split_range(d, split, k0, k1);
   for (int64_t base = int64_t(blockIdx.x) * kWarp; base < d.outer;
        base += int64_t(gridDim.x) * kWarp) {
     const int64_t m = base + tx;
