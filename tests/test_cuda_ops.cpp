@@ -167,6 +167,20 @@ TEST_CASE("CUDA: host to device and back is exact for every dtype", "[cuda]") {
   CHECK(full(Shape{}, 2.5, DType::f32, gpu0()).item<float>() == 2.5f);
 }
 
+TEST_CASE("CUDA: a host tensor may be overwritten as soon as its copy to the device returns", "[cuda]") {
+  MT_SKIP_WITHOUT_CUDA();
+  // Copies go through pinned staging buffers; a buffer is reused only after its copy is done.
+  Tensor host = empty(Shape{100000}, DType::f32);
+  TensorList on_device;
+  for (int i = 0; i < 20; ++i) {
+    host.fill_(double(i));
+    on_device.push_back(host.to(gpu0()));
+  }
+  for (int i = 0; i < 20; ++i)
+    check_equal(on_device[size_t(i)], full(Shape{100000}, double(i), DType::f64),
+                fmt::format("copy #{}", i));
+}
+
 TEST_CASE("CUDA: to(device) is differentiable in both directions", "[cuda]") {
   MT_SKIP_WITHOUT_CUDA();
   Tensor x = random_tensor(Shape{3, 4}, -1, 1, 13).set_requires_grad();

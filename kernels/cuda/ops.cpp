@@ -12,6 +12,7 @@
 #include "kernels/cuda/describe.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/register.h"
+#include "kernels/cuda/staging.h"
 #include "kernels/cuda/stream.h"
 
 namespace mt::gpu {
@@ -125,8 +126,8 @@ void copy_cuda(const Tensor& src, Tensor& dst) {
 }
 
 // Host <-> device (and device <-> device) copies of contiguous tensors of equal size. A copy to
-// the host waits for it (the caller reads the values next); a copy from pageable host memory
-// returns once the source has been staged, so the host tensor may be freed right after.
+// the host waits for it (the caller reads the values next); a copy to the device goes through a
+// pinned staging buffer (staging.h), so it neither waits nor keeps the host tensor in use.
 void transfer_cuda(const Tensor& src, Tensor& dst) {
   const size_t nbytes = size_t(src.numel()) * itemsize(src.dtype());
   MT_CHECK(src.is_contiguous() && dst.is_contiguous() && src.numel() == dst.numel() &&
@@ -135,9 +136,7 @@ void transfer_cuda(const Tensor& src, Tensor& dst) {
   if (nbytes == 0) return;
   const Device from = src.device(), to = dst.device();
   if (from.is_cpu()) {
-    Launch l(to);
-    MT_CUDA_CHECK(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), nbytes, cudaMemcpyHostToDevice,
-                                  l.stream));
+    copy_host_to_device(dst.raw_data(), src.raw_data(), nbytes, to.index);
   } else if (to.is_cpu()) {
     Launch l(from);
     MT_CUDA_CHECK(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), nbytes, cudaMemcpyDeviceToHost,
