@@ -35,8 +35,11 @@ Tensor replay_add(const Tensor& a, const Tensor& b) {
       const bool sa = it.rank == 0 || it.strides[1][0] == 0, sb = it.rank == 0 || it.strides[2][0] == 0;
       o[i] = pa[sa ? 0 : i] + pb[sb ? 0 : i];
     } else {
-      int64_t off[3];
+      int64_t off[3], off32[3];
       gpu::offsets<3>(it, i, off);
+      gpu::offsets<3, int32_t>(it, i, off32);  // the kernels' 32-bit path, where it fits
+      if (gpu::fits_int32(it) && (off32[0] != off[0] || off32[1] != off[1] || off32[2] != off[2]))
+        FAIL("32-bit offsets differ from 64-bit ones at element " << i);
       o[off[0]] = pa[off[1]] + pb[off[2]];
     }
   }
@@ -126,6 +129,26 @@ TEST_CASE("CUDA launch: replayed elementwise descriptors give the CPU's results"
   };
   for (const Case& c : cases)
     check_equal(replay_add(c.a, c.b), add(c.a, c.b), c.name);
+}
+
+TEST_CASE("CUDA launch: 32-bit indexing only where every offset fits", "[cuda][launch]") {
+  Iter it;
+  it.rank = 2;
+  it.num_operands = 2;
+  it.sizes[0] = 1000;
+  it.sizes[1] = 1000;
+  it.numel = 1000000;
+  it.strides[0][0] = 1000;
+  it.strides[0][1] = 1;
+  it.strides[1][0] = 0;
+  it.strides[1][1] = 1;
+  CHECK(gpu::fits_int32(it));
+  it.strides[1][0] = int64_t(1) << 22;  // 999 * 2^22 > 2^31
+  CHECK_FALSE(gpu::fits_int32(it));
+  it.strides[1][0] = 0;
+  it.sizes[0] = int64_t(1) << 22;  // 2^32 elements
+  it.numel = it.sizes[0] * 1000;
+  CHECK_FALSE(gpu::fits_int32(it));
 }
 
 TEST_CASE("CUDA launch: replayed reduction descriptors give the CPU's sums", "[cuda][launch]") {

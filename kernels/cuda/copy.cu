@@ -52,13 +52,13 @@ __global__ void __launch_bounds__(kBlock) fill_flat(int64_t n, T* out, double va
   }
 }
 
-template <class T>
+template <class T, class Index>
 __global__ void __launch_bounds__(kBlock) fill_strided(Iter it, T* out, double value) {
   const T v = from_double<T>(value);
   const int64_t step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < it.numel; i += step) {
     int64_t off[1];
-    offsets<1>(it, i, off);
+    offsets<1, Index>(it, i, off);
     out[off[0]] = v;
   }
 }
@@ -84,12 +84,12 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-template <class Td, class Ts>
+template <class Td, class Ts, class Index>
 __global__ void __launch_bounds__(kBlock) copy_strided(Iter it, Td* dst, const Ts* src) {
   const int64_t step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < it.numel; i += step) {
     int64_t off[2];
-    offsets<2>(it, i, off);
+    offsets<2, Index>(it, i, off);
     dst[off[0]] = convert<Td>(src[off[1]]);
   }
 }
@@ -111,7 +111,11 @@ void run_copy(const Iter& it, void* dst, const void* src, cudaStream_t s, int sm
       copy_flat<Td, Ts, 1><<<grid_for(it.numel, sms), kBlock, 0, s>>>(it.numel, d, p, scalar);
     }
   } else {
-    copy_strided<Td, Ts><<<grid_for(it.numel, sms), kBlock, 0, s>>>(it, d, p);
+    if (fits_int32(it)) {
+      copy_strided<Td, Ts, int32_t><<<grid_for(it.numel, sms), kBlock, 0, s>>>(it, d, p);
+    } else {
+      copy_strided<Td, Ts, int64_t><<<grid_for(it.numel, sms), kBlock, 0, s>>>(it, d, p);
+    }
   }
   MT_CUDA_CHECK(cudaGetLastError());
 }
@@ -130,7 +134,11 @@ void fill(ScalarType t, const Iter& it, void* out, double value, cudaStream_t st
     } else if (it.flat) {
       fill_flat<T, 1><<<grid_for(it.numel, sm_count), kBlock, 0, stream>>>(it.numel, o, value);
     } else {
-      fill_strided<T><<<grid_for(it.numel, sm_count), kBlock, 0, stream>>>(it, o, value);
+      if (fits_int32(it)) {
+        fill_strided<T, int32_t><<<grid_for(it.numel, sm_count), kBlock, 0, stream>>>(it, o, value);
+      } else {
+        fill_strided<T, int64_t><<<grid_for(it.numel, sm_count), kBlock, 0, stream>>>(it, o, value);
+      }
     }
     MT_CUDA_CHECK(cudaGetLastError());
   });

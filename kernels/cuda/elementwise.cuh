@@ -78,15 +78,16 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-// Strided: element i of the iteration space, offsets per operand from `it` (operand 0 = out).
-template <class T, int N, class F>
+// Strided: element i of the iteration space, offsets per operand from `it` (operand 0 = out),
+// computed in Index (int32_t when they fit).
+template <class T, int N, class F, class Index>
 __global__ void __launch_bounds__(kBlock)
     strided_kernel(Iter it, T* out, Inputs<T, N> in, F f) {
   using A = acc_t<T>;
   const int64_t step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < it.numel; i += step) {
     int64_t off[N + 1];
-    offsets<N + 1>(it, i, off);
+    offsets<N + 1, Index>(it, i, off);
     A args[N];
 #pragma unroll
     for (int k = 0; k < N; ++k) args[k] = load_acc(in.p[k][off[k + 1]]);
@@ -123,7 +124,13 @@ void launch_elementwise(const Iter& it, void* out, const void* const (&ins)[N], 
           <<<grid_for(it.numel, sm_count), kBlock, 0, stream>>>(it.numel, o, in, scalar_mask, f);
     }
   } else {
-    strided_kernel<T, N, F><<<grid_for(it.numel, sm_count), kBlock, 0, stream>>>(it, o, in, f);
+    if (fits_int32(it)) {
+      strided_kernel<T, N, F, int32_t>
+          <<<grid_for(it.numel, sm_count), kBlock, 0, stream>>>(it, o, in, f);
+    } else {
+      strided_kernel<T, N, F, int64_t>
+          <<<grid_for(it.numel, sm_count), kBlock, 0, stream>>>(it, o, in, f);
+    }
   }
   MT_CUDA_CHECK(cudaGetLastError());
 }
