@@ -6,7 +6,9 @@
 namespace mt::meta {
 
 namespace {
+// Empty prefixes select every parameter.
 bool selected(const std::string& name, const std::vector<std::string>& prefixes) {
+  if (prefixes.empty()) return true;
   for (const auto& p : prefixes)
     if (name.rfind(p, 0) == 0) return true;
   return false;

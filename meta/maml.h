@@ -13,7 +13,8 @@ namespace mt::meta {
 struct InnerLoopOptions {
   int64_t steps = 3;        // SGD steps on the support batches (cycled if fewer batches)
   double inner_lr = 1e-3;
-  // Name prefixes of the test-time parameters (default: unit and session embeddings).
+  // Name prefixes of the test-time parameters (default: unit and session embeddings; empty =
+  // every parameter).
   std::vector<std::string> params = {"unit_emb.", "session_emb."};
   bool create_graph = true;  // keep the inner gradients in the graph (second order)
   // Recompute each inner step during the outer backward instead of keeping its intermediates

@@ -9,6 +9,7 @@
 #include "engine/autograd/engine.h"
 #include "engine/autograd/grad_mode.h"
 #include "engine/optim/adamw.h"
+#include "meta/adaptation.h"
 #include "meta/maml.h"
 
 namespace mt::meta {
@@ -28,8 +29,12 @@ nlohmann::json TrainResult::to_json() const {
 std::vector<std::string> finetune_prefixes(const std::string& mode) {
   if (mode == "embeddings") return {"unit_emb.", "session_emb."};
   if (mode == "embeddings+head") return {"unit_emb.", "session_emb.", "head."};
+  if (mode == "embeddings+latents") return {"unit_emb.", "session_emb.", "latent_emb."};
+  // POCO's last Perceiver-IO layer: the decoder's cross-attention and feed-forward.
+  if (mode == "embeddings+last_layer") return {"unit_emb.", "session_emb.", "decoder."};
   if (mode == "all") return {};
-  MT_FAIL("fine-tuning mode '{}' is not known; use embeddings, embeddings+head or all", mode);
+  MT_FAIL("parameter set '{}' is not known; use embeddings, embeddings+head, embeddings+latents, "
+          "embeddings+last_layer or all", mode);
 }
 
 namespace {
@@ -93,6 +98,9 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
   auto elapsed = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
+  const bool meta_method = opt.method != "standard";
+  MT_CHECK(!meta_method || opt.method == "fomaml" || opt.method == "e2e-ttt",
+           "training: method '{}' is not known; use standard, fomaml or e2e-ttt", opt.method);
   std::vector<Tensor> best_params;
   result.best_score = -INFINITY;
   double loss_sum = 0;
@@ -102,7 +110,13 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
     EvalPoint p;
     p.step = step;
     p.train_loss = loss_count ? loss_sum / double(loss_count) : NAN;
-    p.val = evaluate(f, data, data::Split::Val, sessions, opt.eval_batch_size, session_of);
+    // A meta-learned model is validated as it is used: after its inner loop on each session.
+    p.val = meta_method ? evaluate_after_inner_loop(f, data, sessions, opt.meta.inner_steps,
+                                                    opt.meta.inner_lr, opt.meta.params,
+                                                    opt.batch_size, opt.eval_batch_size,
+                                                    opt.seed, data::Split::Val, session_of)
+                        : evaluate(f, data, data::Split::Val, sessions, opt.eval_batch_size,
+                                   session_of);
     p.seconds = elapsed();
     loss_sum = 0;
     loss_count = 0;
@@ -119,9 +133,6 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
   };
 
   evaluate_point(0);
-  const bool meta_method = opt.method != "standard";
-  MT_CHECK(!meta_method || opt.method == "fomaml" || opt.method == "e2e-ttt",
-           "training: method '{}' is not known; use standard, fomaml or e2e-ttt", opt.method);
   // Sessions with both support and query windows take part in meta-learning.
   std::vector<int64_t> meta_sessions;
   if (meta_method) {

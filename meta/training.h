@@ -70,8 +70,10 @@ TrainResult train(Forecaster& forecaster, const data::PreparedData& data,
                   const std::function<void(const EvalPoint&)>& on_eval = {},
                   const std::function<void(const EvalPoint&)>& on_best = {});
 
-// Named fine-tuning modes: which parameters adapt to a new session.
-// "embeddings" (unit and session embeddings), "embeddings+head" (plus the FiLM head), "all".
+// Named sets of test-time parameters (fine-tuning modes, adaptation ablations) as name prefixes:
+// "embeddings" (unit and session embeddings), "embeddings+head" (plus the FiLM head),
+// "embeddings+latents" (plus the learned latents), "embeddings+last_layer" (plus the decoder, the
+// last Perceiver-IO layer), "all" (empty list: every parameter).
 std::vector<std::string> finetune_prefixes(const std::string& mode);
 
 }  // namespace mt::meta

@@ -73,6 +73,24 @@ check "train e2e-ttt" "$bin" train --run "$work/e2e" "${small[@]}" --method e2e-
 check "e2e-ttt run recorded its method" grep -q '"method": "e2e-ttt"' "$work/e2e/config.json"
 fails_with "unknown method" "method 'maml'" "$bin" train --run "$work/x" --method maml
 
+bench_small=(--set bench.train_steps.standard=4 --set bench.train_steps.fomaml=2
+             --set bench.train_steps.e2e-ttt=2 --set train.meta.inner_steps=2
+             --set bench.adapt_steps=4 --set bench.adapt_eval_every=2 --set bench.adapt_batch_size=4
+             --set 'bench.param_sets=["embeddings","all"]')
+check "bench adaptation" "$bin" bench adaptation --out "$work/bench" "${small[@]}" "${bench_small[@]}"
+check "bench adaptation wrote json" test -s "$work/bench/adaptation.json"
+# 3 methods x (2 parameter sets + 1 cross-procedure control) rows.
+check "bench adaptation table has 9 rows" test "$(grep -c '"procedure"' "$work/bench/adaptation.json")" -ge 9
+check "bench memory" "$bin" bench memory --out "$work/mem" "${small[@]}" \
+  --set 'bench.memory_inner_steps=[1,2]' --set bench.memory_batch_size=2
+check "bench memory wrote json" test -s "$work/mem/memory.json"
+fails_with "bench with no held-out session" "data.holdout" "$bin" bench adaptation \
+  --out "$work/x" "${small[@]}" --set 'data.holdout=[]'
+fails_with "bench with an unknown method" "bench.methods names 'maml'" "$bin" bench adaptation \
+  --out "$work/x" "${small[@]}" --set 'bench.methods=["maml"]'
+fails_with "bench with an unknown parameter set" "parameter set 'heads'" "$bin" bench adaptation \
+  --out "$work/x" "${small[@]}" --set 'bench.param_sets=["heads"]'
+
 fails_with "unknown config key" "unknown key 'train.stepz'" "$bin" train --run "$work/x" --set train.stepz=3
 fails_with "bad type" "'train.steps'" "$bin" train --run "$work/x" --set train.steps=abc
 fails_with "missing data folder" "no such file or folder" "$bin" train --run "$work/x" \

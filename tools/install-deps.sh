@@ -19,6 +19,7 @@ PACKAGES=(
   libzip-dev
   libhdf5-dev
   zlib1g-dev
+  python3-matplotlib
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1; then

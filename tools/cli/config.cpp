@@ -8,6 +8,7 @@
 #include <fmt/ranges.h>
 
 #include "engine/core/error.h"
+#include "meta/adaptation.h"
 
 namespace mt::cli {
 
@@ -123,6 +124,21 @@ void visit(meta::OnlineOptions& o, Fn&& fn) {
   fn("seed", o.seed);
 }
 
+template <class Fn>
+void visit(BenchSpec& b, Fn&& fn) {
+  fn("methods", b.methods);
+  fn("train_steps", b.train_steps);
+  fn("param_sets", b.param_sets);
+  fn("cross_procedures", b.cross_procedures);
+  fn("meta_from_standard", b.meta_from_standard);
+  fn("adapt_steps", b.adapt_steps);
+  fn("adapt_eval_every", b.adapt_eval_every);
+  fn("adapt_batch_size", b.adapt_batch_size);
+  fn("new_session_init", b.new_session_init);
+  fn("memory_inner_steps", b.memory_inner_steps);
+  fn("memory_batch_size", b.memory_batch_size);
+}
+
 // Reads every visited field of `out` from the object j (strict: unknown keys are errors).
 template <class T>
 void read_fields(const nlohmann::json& j, const std::string& where, T& out) {
@@ -207,7 +223,8 @@ nlohmann::json RunConfig::to_json() const {
                       {"train", train_json(adapt.train)},
                       {"lr_by_mode", adapt.lr_by_mode}};
   return {{"data", d},  {"model", m},  {"train", train_json(train)},
-          {"adapt", a}, {"online", fields_json(online)}, {"threads", threads}};
+          {"adapt", a}, {"online", fields_json(online)}, {"bench", fields_json(bench)},
+          {"threads", threads}};
 }
 
 RunConfig config_from_json(const nlohmann::json& j) {
@@ -264,6 +281,7 @@ RunConfig config_from_json(const nlohmann::json& j) {
     r.finish();
   }
   read_fields(top.child("online"), "online", c.online);
+  read_fields(top.child("bench"), "bench", c.bench);
   top.get("threads", c.threads);
   top.finish();
   // Resolve and validate the model now, so a bad value fails before any data is read.
@@ -274,6 +292,22 @@ RunConfig config_from_json(const nlohmann::json& j) {
   c.data.prep.window.seq_length = pc.seq_length;
   c.data.prep.window.pred_length = pc.pred_length;
   for (const auto& mode : c.adapt.modes) meta::finetune_prefixes(mode);
+  for (const auto& m : c.bench.methods)
+    MT_CHECK(m == "standard" || m == "fomaml" || m == "e2e-ttt",
+             "config: bench.methods names '{}'; use standard, fomaml or e2e-ttt", m);
+  for (const auto& [m, steps] : c.bench.train_steps)
+    MT_CHECK((m == "standard" || m == "fomaml" || m == "e2e-ttt") && steps >= 0,
+             "config: bench.train_steps.{} = {}: the key must be standard, fomaml or e2e-ttt and "
+             "the value >= 0", m, steps);
+  MT_CHECK(!c.bench.param_sets.empty(), "config: bench.param_sets must name at least one set");
+  for (const auto& set : c.bench.param_sets) meta::finetune_prefixes(set);
+  MT_CHECK(c.bench.adapt_steps >= 0 && c.bench.adapt_eval_every > 0 && c.bench.adapt_batch_size > 0 &&
+               c.bench.memory_batch_size > 0,
+           "config: bench.adapt_steps must be >= 0 and bench.adapt_eval_every, "
+           "bench.adapt_batch_size, bench.memory_batch_size positive");
+  meta::parse_new_session_init(c.bench.new_session_init);
+  for (int64_t k : c.bench.memory_inner_steps)
+    MT_CHECK(k >= 1, "config: bench.memory_inner_steps must be >= 1, got {}", k);
   for (const auto& [mode, lr] : c.adapt.lr_by_mode) {
     meta::finetune_prefixes(mode);
     MT_CHECK(lr > 0, "config: adapt.lr_by_mode.{} must be positive, got {}", mode, lr);

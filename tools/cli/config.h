@@ -29,7 +29,32 @@ struct AdaptSpec {
   meta::TrainOptions train;  // steps, lr, eval_every, ... of the fine-tuning runs
   // Learning rate per mode (overrides train.lr): fewer tuned parameters take larger steps.
   std::map<std::string, double> lr_by_mode = {
-      {"embeddings", 3e-3}, {"embeddings+head", 1e-3}, {"all", 3e-4}};
+      {"embeddings", 3e-3},         {"embeddings+head", 1e-3}, {"embeddings+latents", 3e-3},
+      {"embeddings+last_layer", 1e-3}, {"all", 3e-4}};
+};
+
+// `metatape bench adaptation` and `metatape bench memory`.
+struct BenchSpec {
+  std::vector<std::string> methods = {"standard", "fomaml", "e2e-ttt"};
+  // Training steps per method (a method not named trains train.steps).
+  std::map<std::string, int64_t> train_steps;
+  // Test-time parameter sets adapted on the held-out sessions (the ablation); the first is the
+  // headline row of each method.
+  std::vector<std::string> param_sets = {"embeddings", "embeddings+latents",
+                                         "embeddings+last_layer", "all"};
+  // Also adapt each model by the other procedure (fine-tuning for meta-learned models, the SGD
+  // inner loop for the standard one) on the first parameter set.
+  bool cross_procedures = true;
+  // FOMAML and E2E-TTT start from the weights standard training reached (and then take their own
+  // steps) instead of from the initial weights.
+  bool meta_from_standard = true;
+  int64_t adapt_steps = 200;
+  int64_t adapt_eval_every = 5;
+  int64_t adapt_batch_size = 32;
+  std::string new_session_init = "mean";  // random | mean (meta/adaptation.h)
+  // Memory benchmark: E2E-TTT meta-gradient peak memory against the number of inner steps.
+  std::vector<int64_t> memory_inner_steps = {1, 3, 10, 30};
+  int64_t memory_batch_size = 32;
 };
 
 struct RunConfig {
@@ -38,6 +63,7 @@ struct RunConfig {
   meta::TrainOptions train;
   AdaptSpec adapt;
   meta::OnlineOptions online;  // `metatape online`
+  BenchSpec bench;             // `metatape bench`
   int threads = 0;  // OpenMP threads for the CPU kernels; 0 = the runtime's default
 
   nlohmann::json to_json() const;

@@ -4,6 +4,8 @@
 //                metrics.jsonl, model.safetensors (best validation score) and summary.json
 //   eval         evaluate a run's model on a split
 //   adapt        adapt a run's model to held-out sessions by fine-tuning (per mode), with curves
+//   bench        adaptation: the meta-learning experiment plan end to end; memory: E2E-TTT peak
+//                memory against inner steps, with and without checkpointing
 //   demo         synthetic data -> train POCO -> adapt to two unseen sessions, in minutes
 // Errors print one line naming the file/field and the fix, and exit non-zero.
 #include <CLI/CLI.hpp>
@@ -18,60 +20,21 @@
 
 #include "data/load.h"
 #include "engine/io/checkpoint.h"
+#include "tools/cli/bench.h"
+#include "tools/cli/common.h"
 #include "tools/cli/config.h"
 
 namespace fs = std::filesystem;
 using namespace mt;
 using nlohmann::json;
+using cli::Data;
+using cli::apply_threads;
+using cli::load_data;
+using cli::print_metrics;
+using cli::session_json;
+using cli::sizes_of;
 
 namespace {
-
-struct Data {
-  data::Dataset train, holdout;  // sessions used for training, and held out for adaptation
-};
-
-Data load_data(const cli::RunConfig& c) {
-  data::Dataset all = c.data.path.empty() ? data::synthesize(c.data.synthetic)
-                                          : data::load_folder(c.data.path);
-  data::validate(all);
-  Data d;
-  for (const auto& name : c.data.holdout)
-    MT_CHECK(all.find(name) >= 0, "data.holdout names session '{}', which is not in the data ({})",
-             name, fmt::join(all.names(), ", "));
-  for (auto& s : all.sessions) {
-    bool held = std::find(c.data.holdout.begin(), c.data.holdout.end(), s.name) != c.data.holdout.end();
-    (held ? d.holdout : d.train).sessions.push_back(std::move(s));
-  }
-  MT_CHECK(!d.train.empty(), "no training sessions left after data.holdout");
-  return d;
-}
-
-std::vector<int64_t> sizes_of(const data::Dataset& d) {
-  std::vector<int64_t> v;
-  for (const auto& s : d.sessions) v.push_back(s.num_neurons);
-  return v;
-}
-
-json session_json(const data::Dataset& d) {
-  json j = json::array();
-  for (const auto& s : d.sessions)
-    j.push_back({{"name", s.name}, {"neurons", s.num_neurons}, {"frames", s.num_frames}});
-  return j;
-}
-
-void print_metrics(const char* title, const meta::Metrics& m) {
-  std::printf("%s\n  %-28s %8s %10s %10s %8s %8s\n", title, "session", "windows", "mse", "mae",
-              "score", "r2");
-  for (const auto& s : m.sessions)
-    std::printf("  %-28s %8lld %10.4f %10.4f %8.4f %8.4f\n", s.name.c_str(), (long long)s.windows,
-                s.mse, s.mae, s.score, s.r2);
-  std::printf("  %-28s %8s %10.4f %10.4f %8.4f %8.4f\n", "mean over sessions", "", m.mse, m.mae,
-              m.score, m.r2);
-}
-
-void apply_threads(const cli::RunConfig& c) {
-  if (c.threads > 0) omp_set_num_threads(c.threads);
-}
 
 // ---- train ----
 json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& d) {
@@ -293,6 +256,18 @@ int main(int argc, char** argv) {
   online->add_option("--drift", drifts, "synthetic drift magnitudes to sweep, e.g. --drift 0 0.1 0.2 0.3");
   online->add_option("--set", sets, "override, e.g. --set online.lr=1e-2");
 
+  auto* bench = app.add_subcommand("bench", "benchmarks: adaptation (the experiment plan), memory");
+  bench->require_subcommand(1);
+  auto* bench_adapt = bench->add_subcommand(
+      "adaptation", "train standard / FOMAML / E2E-TTT, adapt each to the held-out sessions");
+  auto* bench_memory = bench->add_subcommand(
+      "memory", "E2E-TTT meta-gradient peak memory against inner steps, with and without checkpointing");
+  for (auto* b : {bench_adapt, bench_memory}) {
+    b->add_option("--config", config_file, "run config JSON (defaults when omitted)");
+    b->add_option("--set", sets, "override, e.g. --set bench.adapt_steps=100");
+    b->add_option("--out", out_dir, "folder for the JSON results and plots")->required();
+  }
+
   auto* demo = app.add_subcommand("demo", "synthetic data -> train POCO -> adapt to 2 unseen sessions");
   demo->add_option("--run", run_dir, "run folder (default: a fresh folder under /tmp)");
   demo->add_option("--set", sets, "override a demo config value");
@@ -333,6 +308,13 @@ int main(int argc, char** argv) {
       apply_threads(c);
       Data d = load_data(c);
       run_adapt(c, run_dir, d);
+      return 0;
+    }
+    if (bench_adapt->parsed() || bench_memory->parsed()) {
+      cli::RunConfig c = cli::load_config(config_file, sets);
+      apply_threads(c);
+      if (bench_adapt->parsed()) cli::run_bench_adaptation(c, out_dir);
+      else cli::run_bench_memory(c, out_dir);
       return 0;
     }
     if (demo->parsed()) {

@@ -1,0 +1,250 @@
+#include "meta/adaptation.h"
+
+#include <chrono>
+#include <cmath>
+#include <random>
+
+#include "engine/autograd/engine.h"
+#include "engine/autograd/grad_mode.h"
+#include "engine/optim/adamw.h"
+#include "meta/maml.h"
+
+namespace mt::meta {
+
+NewSessionInit parse_new_session_init(const std::string& name) {
+  if (name == "random") return NewSessionInit::random;
+  if (name == "mean") return NewSessionInit::mean;
+  MT_FAIL("new-session embedding init '{}' is not known; use random or mean", name);
+}
+
+const char* new_session_init_name(NewSessionInit init) {
+  return init == NewSessionInit::random ? "random" : "mean";
+}
+
+namespace {
+
+bool is_session_table(const std::string& name) {
+  return name.rfind("unit_emb.", 0) == 0 || name.rfind("session_emb.", 0) == 0;
+}
+
+bool selected(const std::string& name, const std::vector<std::string>& prefixes) {
+  if (prefixes.empty()) return true;
+  for (const auto& p : prefixes)
+    if (name.rfind(p, 0) == 0) return true;
+  return false;
+}
+
+}  // namespace
+
+int64_t transfer_to_new_sessions(Forecaster& trained, Forecaster& fresh, NewSessionInit init) {
+  MT_CHECK(trained.kind() == fresh.kind(), "transfer: trained forecaster is {}, the new one {}",
+           trained.kind(), fresh.kind());
+  if (trained.module() == nullptr) return 0;
+  nn::ParamMap from = trained.module()->parameter_map();
+  NoGradGuard no_grad;
+  int64_t copied = 0;
+  for (auto& [name, t] : fresh.module()->named_parameters()) {
+    auto it = from.find(name);
+    MT_CHECK(it != from.end(), "transfer: parameter '{}' of the new forecaster is not in the "
+             "trained one (different model configuration?)", name);
+    const Tensor& src = it->second;
+    if (is_session_table(name)) {
+      MT_CHECK(src.dim() == 2 && t.dim() == 2 && src.size(1) == t.size(1),
+               "transfer: '{}' is {} in the trained model and {} in the new one", name,
+               src.shape().str(), t.shape().str());
+      if (init == NewSessionInit::mean) t.copy_(expand(mean(src, {0}, true), t.shape()));
+      continue;
+    }
+    MT_CHECK(src.shape() == t.shape(), "transfer: '{}' is {} in the trained model and {} in the "
+             "new one", name, src.shape().str(), t.shape().str());
+    t.copy_(src);
+    ++copied;
+  }
+  return copied;
+}
+
+int64_t steps_to_fraction_of_final(const std::vector<std::pair<int64_t, double>>& curve,
+                                   double fraction) {
+  if (curve.empty() || !(curve.back().second > 0)) return -1;
+  const double goal = fraction * curve.back().second;
+  for (const auto& [step, score] : curve)
+    if (score >= goal) return step;
+  return -1;
+}
+
+int64_t steps_to_fraction_of_gain(const std::vector<std::pair<int64_t, double>>& curve,
+                                  double fraction) {
+  if (curve.empty()) return -1;
+  const double first = curve.front().second, last = curve.back().second;
+  if (!(last > first)) return curve.front().first;  // no gain: nothing to wait for
+  const double goal = first + fraction * (last - first);
+  for (const auto& [step, score] : curve)
+    if (score >= goal) return step;
+  return -1;
+}
+
+nlohmann::json AdaptResult::to_json() const {
+  nlohmann::json c = nlohmann::json::array();
+  for (const auto& p : curve) {
+    nlohmann::json q = {{"step", p.step}, {"seconds", p.seconds}, {"val_score", p.val_score},
+                        {"val_mse", p.val_mse}};
+    if (std::isfinite(p.train_loss)) q["train_loss"] = p.train_loss;
+    c.push_back(q);
+  }
+  return {{"session", session},
+          {"initial_score", initial_score},
+          {"final_score", final_score},
+          {"test_score", test_score},
+          {"test_mse", test_mse},
+          {"steps_to_95", steps_to_95},
+          {"steps_to_95_gain", steps_to_95_gain},
+          {"seconds", seconds},
+          {"ms_per_step", ms_per_step},
+          {"peak_bytes", peak_bytes},
+          {"adapted_parameters", adapted_parameters},
+          {"curve", c}};
+}
+
+AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, int64_t session,
+                          const AdaptOptions& opt) {
+  MT_CHECK(opt.procedure == "finetune" || opt.procedure == "inner",
+           "adaptation: procedure '{}' is not known; use finetune or inner", opt.procedure);
+  MT_CHECK(opt.steps >= 0 && opt.lr > 0 && opt.batch_size > 0 && opt.eval_every > 0,
+           "adaptation: steps ({}) must be >= 0, lr ({}), batch_size ({}) and eval_every ({}) "
+           "positive", opt.steps, opt.lr, opt.batch_size, opt.eval_every);
+  MT_CHECK(session >= 0 && session < data.num_sessions(), "adaptation: no session {}", session);
+  nn::Module* module = const_cast<Forecaster&>(f).module();
+  AdaptResult r;
+  r.session = data.session(session).name;
+  const auto& starts = data.windows(session, data::Split::Train);
+  MT_CHECK(opt.steps == 0 || !starts.empty(), "adaptation: session '{}' has no training windows",
+           r.session);
+
+  // The adapted parameters: copies of the selected ones, as leaves of each step's graph.
+  std::vector<std::string> names;
+  TensorList leaves;
+  nn::ParamMap overrides;
+  if (module)
+    for (auto& [name, t] : module->named_parameters()) {
+      if (!selected(name, opt.params)) continue;
+      Tensor leaf = t.detach().clone();
+      leaf.set_requires_grad(true);
+      names.push_back(name);
+      leaves.push_back(leaf);
+      overrides[name] = leaf;
+      r.adapted_parameters += t.numel();
+    }
+  MT_CHECK(module == nullptr || opt.steps == 0 || !leaves.empty(),
+           "adaptation: no parameter matches the prefixes");
+  std::unique_ptr<optim::AdamW> adam;
+  if (opt.procedure == "finetune" && !leaves.empty()) {
+    optim::NamedParams np;
+    for (size_t i = 0; i < names.size(); ++i) np.emplace_back(names[i], leaves[i]);
+    optim::AdamWOptions ao;
+    ao.lr = opt.lr;
+    ao.weight_decay = opt.weight_decay;
+    adam = std::make_unique<optim::AdamW>(np, ao);
+  }
+
+  std::vector<std::pair<int64_t, double>> scores;
+  double seconds = 0, last_loss = NAN;
+  auto eval_point = [&](int64_t step) {
+    Metrics m = evaluate(f, data, data::Split::Val, {session}, opt.eval_batch_size, {},
+                         leaves.empty() ? nullptr : &overrides);
+    r.curve.push_back({step, seconds, last_loss, m.score, m.mse});
+    scores.emplace_back(step, m.score);
+  };
+  eval_point(0);
+  std::mt19937_64 rng(opt.seed);
+  std::uniform_int_distribution<size_t> pick(0, starts.empty() ? 0 : starts.size() - 1);
+  for (int64_t step = 1; step <= opt.steps && !leaves.empty(); ++step) {
+    std::vector<data::WindowRef> refs;
+    for (int64_t i = 0; i < opt.batch_size; ++i) refs.push_back({session, starts[pick(rng)]});
+    models::PocoBatch b = to_batch(data.batch(refs), f);
+    reset_peak_memory_stats();
+    const auto t0 = std::chrono::steady_clock::now();
+    Tensor loss = mse_loss(f.predict(b, &overrides), b.target);
+    TensorList g = autograd::grad({loss}, leaves, {}, std::nullopt, false, /*allow_unused=*/true);
+    {
+      NoGradGuard no_grad;
+      if (adam) {
+        for (size_t i = 0; i < leaves.size(); ++i)
+          leaves[i].set_grad(g[i].defined() ? g[i] : zeros_like(leaves[i]));
+        adam->step();
+      } else {
+        for (size_t i = 0; i < leaves.size(); ++i)
+          if (g[i].defined()) leaves[i].add_(g[i], -opt.lr);
+      }
+    }
+    last_loss = loss.item<double>();
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    r.peak_bytes = std::max(r.peak_bytes, memory_stats().peak_allocated_bytes);
+    MT_CHECK(std::isfinite(last_loss),
+             "adaptation of session '{}': the loss became {} at step {}; lower the learning rate "
+             "(now {})", r.session, last_loss, step, opt.lr);
+    if (step % opt.eval_every == 0 || step == opt.steps) eval_point(step);
+  }
+  r.initial_score = scores.front().second;
+  r.final_score = scores.back().second;
+  r.steps_to_95 = steps_to_fraction_of_final(scores, 0.95);
+  r.steps_to_95_gain = steps_to_fraction_of_gain(scores, 0.95);
+  r.seconds = seconds;
+  r.ms_per_step = opt.steps > 0 ? 1e3 * seconds / double(opt.steps) : 0;
+  Metrics test = evaluate(f, data, data::Split::Test, {session}, opt.eval_batch_size, {},
+                          leaves.empty() ? nullptr : &overrides);
+  r.test_score = test.score;
+  r.test_mse = test.mse;
+  return r;
+}
+
+Metrics evaluate_after_inner_loop(const Forecaster& f, const data::PreparedData& data,
+                                  const std::vector<int64_t>& sessions_in, int64_t inner_steps,
+                                  double inner_lr, const std::vector<std::string>& params,
+                                  int64_t batch_size, int64_t eval_batch_size, uint64_t seed,
+                                  data::Split split, const std::vector<int64_t>& session_of) {
+  std::vector<int64_t> sessions = sessions_in;
+  if (sessions.empty())
+    for (int64_t s = 0; s < data.num_sessions(); ++s) sessions.push_back(s);
+  nn::Module* module = const_cast<Forecaster&>(f).module();
+  MT_CHECK(module != nullptr, "evaluation after the inner loop needs a forecaster with parameters");
+  Metrics all;
+  for (int64_t s : sessions) {
+    const auto& support = data.support(s);
+    if (support.empty() || inner_steps == 0) {
+      Metrics m = evaluate(f, data, split, {s}, eval_batch_size, session_of);
+      all.sessions.push_back(m.sessions.at(0));
+      continue;
+    }
+    // One fixed support batch per session, the same at every evaluation point.
+    std::mt19937_64 rng(seed + uint64_t(s));
+    std::uniform_int_distribution<size_t> pick(0, support.size() - 1);
+    std::vector<data::WindowRef> refs;
+    for (int64_t i = 0; i < batch_size; ++i) refs.push_back({s, support[pick(rng)]});
+    models::PocoBatch b = to_batch(data.batch(refs), f, session_of);
+    InnerLoopOptions opt;
+    opt.steps = inner_steps;
+    opt.inner_lr = inner_lr;
+    opt.params = params;
+    opt.create_graph = false;
+    nn::ParamMap init;
+    for (auto& [name, t] : module->named_parameters()) init[name] = t.detach();
+    // Detached values do not require grad: the inner loop needs leaves that do.
+    for (auto& [name, t] : init)
+      if (selected(name, params)) t.set_requires_grad(true);
+    InnerResult inner = inner_loop(f, init, {b}, opt);
+    nn::ParamMap adapted;
+    for (auto& [name, t] : inner.fast) adapted[name] = t.detach();
+    Metrics m = evaluate(f, data, split, {s}, eval_batch_size, session_of, &adapted);
+    all.sessions.push_back(m.sessions.at(0));
+  }
+  for (const auto& s : all.sessions) {
+    const double n = double(all.sessions.size());
+    all.mse += s.mse / n;
+    all.mae += s.mae / n;
+    all.score += s.score / n;
+    all.r2 += s.r2 / n;
+  }
+  return all;
+}
+
+}  // namespace mt::meta

@@ -1,0 +1,90 @@
+// Adaptation of a trained forecaster to sessions it never saw: the new sessions' embedding rows
+// are initialised, then a chosen set of test-time parameters is updated for a fixed number of
+// steps, either by fine-tuning (AdamW) or by the meta-learned inner loop (plain SGD at the inner
+// learning rate), with the validation curve, steps to 95% of the final score, wall time and
+// peak memory recorded. The forecaster is never modified: adapted values live in a ParamMap.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "meta/forecaster.h"
+
+namespace mt::meta {
+
+// How the embedding rows of sessions the trained model never saw start.
+//   random: POCO's initialisation of a fresh table (unit rows N(0, emb_init_std)).
+//   mean:   every new unit row is the mean of the trained unit rows, the new session row the mean
+//           of the trained session rows: the "average neuron" the backbone has learned.
+enum class NewSessionInit { random, mean };
+NewSessionInit parse_new_session_init(const std::string& name);
+const char* new_session_init_name(NewSessionInit init);
+
+// Copies every parameter of `trained` into `fresh` whose name and shape agree; the per-session
+// embedding tables (unit_emb., session_emb.), whose shapes differ, are set by `init`. Both must be
+// the same kind of forecaster; returns the number of tensors copied.
+int64_t transfer_to_new_sessions(Forecaster& trained, Forecaster& fresh, NewSessionInit init);
+
+struct AdaptOptions {
+  // finetune: AdamW (lr, weight_decay) on batches of the session's training windows.
+  // inner:    plain SGD at lr on the same batches, the update the meta-learned inner loop uses.
+  std::string procedure = "finetune";
+  std::vector<std::string> params = {"unit_emb.", "session_emb."};  // name prefixes; empty = all
+  int64_t steps = 200;
+  double lr = 3e-3;
+  double weight_decay = 0;
+  int64_t batch_size = 32;
+  int64_t eval_every = 5;       // validation every this many steps (and at 0 and the last step)
+  int64_t eval_batch_size = 64;
+  uint64_t seed = 0;            // batch sampling
+};
+
+struct AdaptPoint {
+  int64_t step = 0;
+  double seconds = 0;       // adaptation time so far, evaluation excluded
+  double train_loss = 0;    // loss of the last step's batch (NaN at step 0)
+  double val_score = 0, val_mse = 0;
+};
+
+struct AdaptResult {
+  std::string session;
+  std::vector<AdaptPoint> curve;
+  double initial_score = 0;   // validation score before any step
+  double final_score = 0;     // validation score after the last step
+  double test_score = 0;      // test split score after the last step
+  double test_mse = 0;
+  // First evaluated step whose validation score reached 95% of the final score (-1 when the final
+  // score is not positive), and the first reaching initial + 95% of the gain (final - initial).
+  int64_t steps_to_95 = -1;
+  int64_t steps_to_95_gain = -1;
+  double seconds = 0;         // wall time of the adaptation steps alone
+  double ms_per_step = 0;
+  int64_t peak_bytes = 0;     // peak CPU tensor bytes during a step (model and data included)
+  int64_t adapted_parameters = 0;
+  nlohmann::json to_json() const;
+};
+
+// Adapts `f` (already carrying the transferred weights) to dataset session `session` of `data`.
+AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, int64_t session,
+                          const AdaptOptions& options);
+
+// Steps-to-95 rules of AdaptResult / TrainResult applied to a curve of (step, score).
+int64_t steps_to_fraction_of_final(const std::vector<std::pair<int64_t, double>>& curve,
+                                   double fraction);
+int64_t steps_to_fraction_of_gain(const std::vector<std::pair<int64_t, double>>& curve,
+                                  double fraction);
+
+// Validation of a meta-learned model as it is meant to be used: for each session, `inner_steps`
+// SGD steps (first order) of the test-time parameters on one fixed batch of its support windows,
+// then the validation split with the adapted values. Sessions without support windows are
+// evaluated unadapted.
+Metrics evaluate_after_inner_loop(const Forecaster& f, const data::PreparedData& data,
+                                  const std::vector<int64_t>& sessions, int64_t inner_steps,
+                                  double inner_lr, const std::vector<std::string>& params,
+                                  int64_t batch_size, int64_t eval_batch_size, uint64_t seed,
+                                  data::Split split = data::Split::Val,
+                                  const std::vector<int64_t>& session_of = {});
+
+}  // namespace mt::meta

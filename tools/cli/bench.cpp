@@ -1,0 +1,360 @@
+#include "tools/cli/bench.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include <sys/wait.h>
+
+#include "engine/autograd/grad_mode.h"
+#include "engine/io/checkpoint.h"
+#include "meta/adaptation.h"
+#include "meta/maml.h"
+#include "tools/cli/common.h"
+
+#ifndef METATAPE_SOURCE_DIR
+#define METATAPE_SOURCE_DIR ""
+#endif
+#ifndef METATAPE_GIT_COMMIT
+#define METATAPE_GIT_COMMIT "unknown"
+#endif
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace mt::cli {
+
+namespace {
+
+std::string cpu_name() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) {
+      auto colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(colon + 2);
+    }
+  return "unknown CPU";
+}
+
+json machine_json() {
+  return {{"device", "cpu"},
+          {"cpu", cpu_name()},
+          {"threads", omp_get_max_threads()},
+          {"commit", METATAPE_GIT_COMMIT}};
+}
+
+double mib(int64_t bytes) { return double(bytes) / double(1 << 20); }
+
+// The adaptation procedure a method's model is meant to be used with.
+std::string own_procedure(const std::string& method) {
+  return method == "standard" ? "finetune" : "inner";
+}
+
+struct RunKey {
+  std::string method, procedure, params;
+};
+
+}  // namespace
+
+json run_bench_adaptation(const RunConfig& c, const std::string& out_dir) {
+  fs::create_directories(out_dir);
+  Data d = load_data(c);
+  MT_CHECK(!d.holdout.empty(),
+           "bench adaptation: no held-out sessions; set data.holdout to the sessions the training "
+           "must not see (e.g. --set 'data.holdout=[\"a\",\"b\"]')");
+  MT_CHECK(c.model.kind == "poco", "bench adaptation: model.kind must be poco, got {}",
+           c.model.kind);
+  const meta::NewSessionInit init = meta::parse_new_session_init(c.bench.new_session_init);
+  data::PreparedData train_data(d.train, c.data.prep), held(d.holdout, c.data.prep);
+  for (const auto& note : train_data.notes()) std::fprintf(stderr, "note: %s\n", note.c_str());
+  for (const auto& note : held.notes()) std::fprintf(stderr, "note: %s\n", note.c_str());
+  std::printf("bench adaptation: %lld training sessions, %lld held out (%s); methods %s; "
+              "%lld adaptation steps; new-session embeddings: %s\n",
+              (long long)d.train.size(), (long long)d.holdout.size(),
+              fmt::format("{}", fmt::join(d.holdout.names(), ", ")).c_str(),
+              fmt::format("{}", fmt::join(c.bench.methods, ", ")).c_str(),
+              (long long)c.bench.adapt_steps, c.bench.new_session_init.c_str());
+  std::fflush(stdout);
+
+  json out = {{"machine", machine_json()},
+              {"config", c.to_json()},
+              {"train_sessions", session_json(d.train)},
+              {"holdout_sessions", session_json(d.holdout)}};
+  json trainings = json::array(), runs = json::array();
+  struct Row {
+    RunKey key;
+    std::vector<meta::AdaptResult> per_session;
+  };
+  std::vector<Row> rows;
+
+  std::unique_ptr<meta::Forecaster> standard_model;
+  for (const auto& method : c.bench.methods) {
+    // Every method starts from the same initial weights; with bench.meta_from_standard the
+    // meta-learned ones continue from the standard model instead.
+    Generator gen(c.train.seed);
+    auto f = meta::make_forecaster(c.model, sizes_of(d.train), gen);
+    const bool from_standard = method != "standard" && c.bench.meta_from_standard;
+    if (from_standard) {
+      MT_CHECK(standard_model != nullptr,
+               "bench adaptation: bench.meta_from_standard needs \"standard\" before the "
+               "meta-learning methods in bench.methods");
+      NoGradGuard no_grad;
+      auto src = standard_model->module()->named_parameters();
+      auto dst = f->module()->named_parameters();
+      for (size_t i = 0; i < dst.size(); ++i) dst[i].second.copy_(src.at(i).second);
+    }
+    meta::TrainOptions t = c.train;
+    t.method = method;
+    if (auto it = c.bench.train_steps.find(method); it != c.bench.train_steps.end())
+      t.steps = it->second;
+    std::fprintf(stderr, "training %s: %lld steps%s\n", method.c_str(), (long long)t.steps,
+                 from_standard ? ", starting from the standard model" : "");
+    meta::TrainResult tr = meta::train(*f, train_data, {}, t);
+    std::printf("trained %-9s %5lld steps in %7.1f s (%.0f ms/step), peak %.1f MiB, best "
+                "validation score %.4f at step %lld%s\n",
+                method.c_str(), (long long)t.steps, tr.seconds,
+                t.steps ? 1e3 * tr.seconds / double(t.steps) : 0.0, mib(tr.peak_bytes),
+                tr.best_score, (long long)tr.best_step,
+                method == "standard" ? "" : " (after the inner loop)");
+    std::fflush(stdout);
+    io::save_checkpoint(fmt::format("{}/model_{}.safetensors", out_dir, method), *f->module(),
+                        {{"method", method}, {"steps", t.steps}});
+    json tj = tr.to_json();
+    tj["method"] = method;
+    tj["steps"] = t.steps;
+    tj["from_standard"] = from_standard;
+    trainings.push_back(tj);
+
+    Generator gen_new(c.adapt.train.seed);
+    auto fresh = meta::make_forecaster(c.model, sizes_of(d.holdout), gen_new);
+    meta::transfer_to_new_sessions(*f, *fresh, init);
+
+    if (method == "standard") {
+      Generator g0(0);
+      standard_model = meta::make_forecaster(c.model, sizes_of(d.train), g0);
+      NoGradGuard no_grad;
+      auto src = f->module()->named_parameters();
+      auto dst = standard_model->module()->named_parameters();
+      for (size_t i = 0; i < dst.size(); ++i) dst[i].second.copy_(src.at(i).second);
+    }
+
+    std::vector<RunKey> keys;
+    for (const auto& set : c.bench.param_sets) keys.push_back({method, own_procedure(method), set});
+    if (c.bench.cross_procedures)
+      keys.push_back({method, own_procedure(method) == "inner" ? "finetune" : "inner",
+                      c.bench.param_sets.front()});
+    for (const auto& key : keys) {
+      meta::AdaptOptions a;
+      a.procedure = key.procedure;
+      a.params = meta::finetune_prefixes(key.params);
+      a.steps = c.bench.adapt_steps;
+      a.batch_size = c.bench.adapt_batch_size;
+      a.eval_every = c.bench.adapt_eval_every;
+      a.eval_batch_size = c.adapt.train.eval_batch_size;
+      a.seed = c.adapt.train.seed;
+      if (key.procedure == "inner") {
+        a.lr = c.train.meta.inner_lr;
+      } else {
+        a.lr = c.adapt.train.lr;
+        if (auto it = c.adapt.lr_by_mode.find(key.params); it != c.adapt.lr_by_mode.end())
+          a.lr = it->second;
+        a.weight_decay = c.adapt.train.weight_decay;
+      }
+      Row row{key, {}};
+      for (int64_t s = 0; s < held.num_sessions(); ++s) {
+        meta::AdaptResult r = meta::adapt_session(*fresh, held, s, a);
+        std::printf("  %-9s %-8s %-22s %-22s steps_to_95 %4lld (gain %4lld)  score %.4f -> "
+                    "%.4f  test %.4f  %6.2f s  %.1f MiB\n",
+                    key.method.c_str(), key.procedure.c_str(), key.params.c_str(),
+                    r.session.c_str(), (long long)r.steps_to_95, (long long)r.steps_to_95_gain,
+                    r.initial_score, r.final_score, r.test_score, r.seconds, mib(r.peak_bytes));
+        std::fflush(stdout);
+        json rj = r.to_json();
+        rj["method"] = key.method;
+        rj["procedure"] = key.procedure;
+        rj["params"] = key.params;
+        rj["lr"] = a.lr;
+        runs.push_back(rj);
+        row.per_session.push_back(std::move(r));
+      }
+      rows.push_back(std::move(row));
+    }
+  }
+
+  // The table: per (method, procedure, parameter set), the mean over held-out sessions; steps to
+  // 95% are read off the mean validation curve.
+  json table = json::array();
+  std::printf("\nadaptation to %lld unseen sessions, mean over sessions (steps to 95%% from the "
+              "mean validation curve):\n",
+              (long long)held.num_sessions());
+  std::printf("%-9s %-8s %-22s %10s %11s %9s %9s %9s %10s %9s %9s\n", "method", "adapt",
+              "params", "adapted", "steps_to_95", "(gain)", "initial", "final", "test",
+              "seconds", "peak_MiB");
+  for (const auto& row : rows) {
+    const auto& ps = row.per_session;
+    const double n = double(ps.size());
+    std::vector<std::pair<int64_t, double>> mean_curve;
+    for (size_t i = 0; i < ps.front().curve.size(); ++i) {
+      double v = 0;
+      for (const auto& r : ps) v += r.curve.at(i).val_score / n;
+      mean_curve.emplace_back(ps.front().curve[i].step, v);
+    }
+    double initial = 0, fin = 0, test = 0, secs = 0;
+    int64_t peak = 0;
+    for (const auto& r : ps) {
+      initial += r.initial_score / n;
+      fin += r.final_score / n;
+      test += r.test_score / n;
+      secs += r.seconds / n;
+      peak = std::max(peak, r.peak_bytes);
+    }
+    const int64_t s95 = meta::steps_to_fraction_of_final(mean_curve, 0.95);
+    const int64_t s95g = meta::steps_to_fraction_of_gain(mean_curve, 0.95);
+    std::printf("%-9s %-8s %-22s %10lld %11lld %9lld %9.4f %9.4f %10.4f %9.2f %9.1f\n",
+                row.key.method.c_str(), row.key.procedure.c_str(), row.key.params.c_str(),
+                (long long)ps.front().adapted_parameters, (long long)s95, (long long)s95g, initial,
+                fin, test, secs, mib(peak));
+    json curve = json::array();
+    for (const auto& [step, v] : mean_curve) curve.push_back({{"step", step}, {"val_score", v}});
+    table.push_back({{"method", row.key.method},
+                     {"procedure", row.key.procedure},
+                     {"params", row.key.params},
+                     {"adapted_parameters", ps.front().adapted_parameters},
+                     {"steps_to_95", s95},
+                     {"steps_to_95_gain", s95g},
+                     {"initial_score", initial},
+                     {"final_score", fin},
+                     {"test_score", test},
+                     {"seconds", secs},
+                     {"peak_bytes", peak},
+                     {"mean_curve", curve}});
+  }
+  out["training"] = trainings;
+  out["runs"] = runs;
+  out["table"] = table;
+  const std::string path = out_dir + "/adaptation.json";
+  write_file_atomic(path, out.dump(2) + "\n");
+  std::printf("wrote %s\n", path.c_str());
+  plot_results("adaptation", path, out_dir);
+  return out;
+}
+
+json run_bench_memory(const RunConfig& c, const std::string& out_dir) {
+  fs::create_directories(out_dir);
+  Data d = load_data(c);
+  data::PreparedData prepared(d.train, c.data.prep);
+  Generator gen(c.train.seed);
+  auto f = meta::make_forecaster(c.model, sizes_of(d.train), gen);
+  MT_CHECK(f->module() != nullptr, "bench memory: model.kind {} has no parameters", c.model.kind);
+  int64_t s = -1;
+  for (int64_t i = 0; i < prepared.num_sessions() && s < 0; ++i)
+    if (!prepared.support(i).empty() && !prepared.query(i).empty()) s = i;
+  MT_CHECK(s >= 0, "bench memory: no session has support and query windows");
+  std::mt19937_64 rng(c.train.seed);
+  auto sample = [&](const std::vector<int64_t>& starts) {
+    std::uniform_int_distribution<size_t> pick(0, starts.size() - 1);
+    std::vector<data::WindowRef> refs;
+    for (int64_t i = 0; i < c.bench.memory_batch_size; ++i) refs.push_back({s, starts[pick(rng)]});
+    return meta::to_batch(prepared.batch(refs), *f);
+  };
+  models::PocoBatch support = sample(prepared.support(s)), query = sample(prepared.query(s));
+  int64_t param_bytes = 0;
+  for (auto& [name, t] : f->module()->named_parameters()) param_bytes += t.numel() * int64_t(itemsize(t.dtype()));
+  std::printf("bench memory: E2E-TTT meta-gradient of %s on session '%s', batch %lld windows "
+              "(%lld neuron rows), test-time parameters %s; parameters %.1f MiB\n",
+              c.model.preset.c_str(), prepared.session(s).name.c_str(),
+              (long long)c.bench.memory_batch_size, (long long)support.x.size(0),
+              fmt::format("{}", fmt::join(c.train.meta.params, " ")).c_str(), mib(param_bytes));
+  std::printf("%6s %14s %14s %8s %10s %10s %14s\n", "K", "peak_MiB", "ckpt_peak_MiB", "ratio",
+              "seconds", "ckpt_s", "max_rel_diff");
+  json rows = json::array();
+  for (int64_t K : c.bench.memory_inner_steps) {
+    meta::InnerLoopOptions opt;
+    opt.steps = K;
+    opt.inner_lr = c.train.meta.inner_lr;
+    opt.params = c.train.meta.params;
+    int64_t peaks[2] = {0, 0};
+    double seconds[2] = {0, 0};
+    TensorList grads[2];
+    for (int ck = 0; ck < 2; ++ck) {
+      opt.checkpoint_steps = ck == 1;
+      const int64_t before = memory_stats().allocated_bytes;
+      reset_peak_memory_stats();
+      const auto t0 = std::chrono::steady_clock::now();
+      meta::MetaGradient g = meta::e2e_ttt_gradient(*f, {support}, query, opt,
+                                                    c.train.meta.include_inner_losses);
+      seconds[ck] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      peaks[ck] = memory_stats().peak_allocated_bytes - before;
+      grads[ck] = g.grads;
+    }
+    // Largest difference between the two meta-gradients, relative to the largest entry.
+    double diff = 0, scale = 0;
+    {
+      NoGradGuard no_grad;
+      for (size_t i = 0; i < grads[0].size(); ++i) {
+        auto a = grads[0][i].to_vector<double>(), b = grads[1][i].to_vector<double>();
+        for (size_t k = 0; k < a.size(); ++k) {
+          diff = std::max(diff, std::abs(a[k] - b[k]));
+          scale = std::max(scale, std::abs(a[k]));
+        }
+      }
+    }
+    const double rel = scale > 0 ? diff / scale : diff;
+    std::printf("%6lld %14.1f %14.1f %8.3f %10.2f %10.2f %14.2e\n", (long long)K, mib(peaks[0]),
+                mib(peaks[1]), double(peaks[1]) / double(std::max<int64_t>(peaks[0], 1)),
+                seconds[0], seconds[1], rel);
+    std::fflush(stdout);
+    rows.push_back({{"inner_steps", K},
+                    {"peak_bytes", peaks[0]},
+                    {"checkpointed_peak_bytes", peaks[1]},
+                    {"seconds", seconds[0]},
+                    {"checkpointed_seconds", seconds[1]},
+                    {"max_relative_difference", rel}});
+  }
+  json out = {{"machine", machine_json()},
+              {"model", c.model.preset},
+              {"session", prepared.session(s).name},
+              {"batch_windows", c.bench.memory_batch_size},
+              {"neuron_rows", support.x.size(0)},
+              {"test_time_params", c.train.meta.params},
+              {"parameter_bytes", param_bytes},
+              {"note", "peak_bytes: peak CPU tensor bytes above those allocated before the "
+                       "meta-gradient (the model's parameters and the batches)"},
+              {"rows", rows}};
+  const std::string path = out_dir + "/memory.json";
+  write_file_atomic(path, out.dump(2) + "\n");
+  std::printf("wrote %s\n", path.c_str());
+  plot_results("memory", path, out_dir);
+  return out;
+}
+
+void plot_results(const std::string& kind, const std::string& json_path,
+                  const std::string& out_dir) {
+  std::string script = std::string(METATAPE_SOURCE_DIR) + "/tools/plot.py";
+  if (!fs::exists(script)) {
+    std::printf("plots: tools/plot.py not found; run python3 <metatape>/tools/plot.py %s %s %s\n",
+                kind.c_str(), json_path.c_str(), out_dir.c_str());
+    return;
+  }
+  // Debian's interpreter is the one that sees python3-matplotlib, whatever else is on PATH.
+  const std::string python = fs::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
+  const std::string cmd =
+      fmt::format("{} '{}' {} '{}' '{}'", python, script, kind, json_path, out_dir);
+  std::fflush(stdout);
+  const int status = std::system(cmd.c_str());
+  if (status != 0)
+    std::printf("plots: '%s' failed (exit %d); is python3-matplotlib installed "
+                "(tools/install-deps.sh)?\n",
+                cmd.c_str(), WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+}
+
+}  // namespace mt::cli

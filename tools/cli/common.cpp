@@ -1,0 +1,56 @@
+#include "tools/cli/common.h"
+
+#include <fmt/ranges.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdio>
+
+#include "data/load.h"
+
+namespace mt::cli {
+
+Data load_data(const RunConfig& c) {
+  data::Dataset all = c.data.path.empty() ? data::synthesize(c.data.synthetic)
+                                          : data::load_folder(c.data.path);
+  data::validate(all);
+  Data d;
+  for (const auto& name : c.data.holdout)
+    MT_CHECK(all.find(name) >= 0, "data.holdout names session '{}', which is not in the data ({})",
+             name, fmt::join(all.names(), ", "));
+  for (auto& s : all.sessions) {
+    bool held = std::find(c.data.holdout.begin(), c.data.holdout.end(), s.name) != c.data.holdout.end();
+    (held ? d.holdout : d.train).sessions.push_back(std::move(s));
+  }
+  MT_CHECK(!d.train.empty(), "no training sessions left after data.holdout");
+  return d;
+}
+
+std::vector<int64_t> sizes_of(const data::Dataset& d) {
+  std::vector<int64_t> v;
+  for (const auto& s : d.sessions) v.push_back(s.num_neurons);
+  return v;
+}
+
+nlohmann::json session_json(const data::Dataset& d) {
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& s : d.sessions)
+    j.push_back({{"name", s.name}, {"neurons", s.num_neurons}, {"frames", s.num_frames}});
+  return j;
+}
+
+void print_metrics(const char* title, const meta::Metrics& m) {
+  std::printf("%s\n  %-28s %8s %10s %10s %8s %8s\n", title, "session", "windows", "mse", "mae",
+              "score", "r2");
+  for (const auto& s : m.sessions)
+    std::printf("  %-28s %8lld %10.4f %10.4f %8.4f %8.4f\n", s.name.c_str(), (long long)s.windows,
+                s.mse, s.mae, s.score, s.r2);
+  std::printf("  %-28s %8s %10.4f %10.4f %8.4f %8.4f\n", "mean over sessions", "", m.mse, m.mae,
+              m.score, m.r2);
+}
+
+void apply_threads(const RunConfig& c) {
+  if (c.threads > 0) omp_set_num_threads(c.threads);
+}
+
+}  // namespace mt::cli
