@@ -60,8 +60,7 @@ void matmul_cpu(const Tensor& a, const Tensor& b, Tensor& out) {
     T* po = out.data_ptr<T>();
     const int64_t as0 = a.strides()[a.dim() - 2], as1 = a.strides()[a.dim() - 1];
     const int64_t bs0 = b.strides()[b.dim() - 2], bs1 = b.strides()[b.dim() - 1];
-    int64_t index = 0;
-    auto one = [&](int64_t a_off, int64_t b_off) {
+    auto one = [&](int64_t index, int64_t a_off, int64_t b_off) {
       Eigen::Map<RowMajor<T>> C(po + index * M * N, M, N);
       if (K == 0) {
         C.setZero();
@@ -70,19 +69,28 @@ void matmul_cpu(const Tensor& a, const Tensor& b, Tensor& out) {
           with_matrix(pb + b_off, K, N, bs0, bs1, [&](const auto& B) { C.noalias() = A * B; });
         });
       }
-      ++index;
     };
     if (batch.size() == 0) {
-      one(0, 0);
+      one(0, 0, 0);  // a single product: Eigen parallelises it internally when large
       return;
     }
-    // Walk the batch index; the innermost batch dim is the row of for_each_row.
+    // The operand offsets of every batch entry (the innermost batch dim is the row of
+    // for_each_row), then the products split across threads: attention runs many small products
+    // (heads x samples) that one Eigen call each would leave on one core. Inside the parallel
+    // region Eigen runs single-threaded; each output block is written by exactly one thread.
+    std::vector<std::array<int64_t, 2>> offsets;
+    offsets.reserve(size_t(batch.numel()));
     cpu::for_each_row<2>(batch, {batch_strides(a), batch_strides(b)},
                          [&](const std::array<int64_t, 2>& off, int64_t len,
                              const std::array<int64_t, 2>& step) {
                            for (int64_t j = 0; j < len; ++j)
-                             one(off[0] + j * step[0], off[1] + j * step[1]);
+                             offsets.push_back({off[0] + j * step[0], off[1] + j * step[1]});
                          });
+    cpu::parallel_range(int64_t(offsets.size()), M * N * std::max<int64_t>(K, 1),
+                        [&](int64_t begin, int64_t end) {
+                          for (int64_t i = begin; i < end; ++i)
+                            one(i, offsets[size_t(i)][0], offsets[size_t(i)][1]);
+                        });
   });
 }
 [[maybe_unused]] const bool registered = (matmul_kernel.set(DeviceType::CPU, &matmul_cpu), true);
