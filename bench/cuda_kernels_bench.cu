@@ -1,5 +1,7 @@
 // metatape-bench-cuda-kernels: bandwidth of the hand-written CUDA kernels (kernels/cuda) at the
-// shapes POCO uses, rows 1e3..1e6 x hidden 128 / 512. Each kernel is called through the same
+// shapes POCO uses, rows 1e3..1e6 x hidden 128 / 512 (elementwise, reductions, softmax,
+// layer_norm), and the linear layer's GEMM (rows x hidden) x (hidden x hidden) through
+// metatape's gemm() against cuBLASLt called directly in the same binary (TFLOP/s and the ratio). Each kernel is called through the same
 // launch functions the engine's ops use (kernels/cuda/launch.h), on raw device buffers, so the
 // figure is the kernel's alone (no op dispatch, no allocation).
 //
@@ -11,6 +13,7 @@
 //
 // Usage: metatape-bench-cuda-kernels [--json FILE] [--commit SHA] [--repeats N] [--quick]
 // Exits with status 2 and a message when no CUDA device is present.
+#include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -128,6 +131,70 @@ ReduceDesc reduce_desc(int64_t rows, int64_t hidden, bool over_hidden) {
   d.splits = reduce_splits(d);
   return d;
 }
+
+struct GemmResult {
+  std::string dtype;
+  int64_t rows = 0, hidden = 0;
+  double ours_us = 0, direct_us = 0, tflops = 0, ratio = 0;
+};
+
+#define BENCH_CUBLAS(call)                                                                   \
+  do {                                                                                       \
+    cublasStatus_t status_ = (call);                                                         \
+    if (status_ != CUBLAS_STATUS_SUCCESS) {                                                  \
+      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #call,              \
+                   cublasGetStatusString(status_));                                          \
+      std::exit(1);                                                                          \
+    }                                                                                        \
+  } while (0)
+
+// The peer: the same (non-batched, untransposed) problem planned once with cuBLASLt directly.
+struct DirectLt {
+  cublasLtHandle_t handle = nullptr;
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  size_t ws_bytes = 0;
+
+  DirectLt(const GemmDesc& d, bool tf32, size_t workspace_bytes) : ws_bytes(workspace_bytes) {
+    const cudaDataType t = d.t == ScalarType::bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    BENCH_CUBLAS(cublasLtCreate(&handle));
+    BENCH_CUBLAS(cublasLtMatmulDescCreate(
+        &op, tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    BENCH_CUBLAS(cublasLtMatrixLayoutCreate(&la, t, uint64_t(d.m), uint64_t(d.k), d.a.ld));
+    BENCH_CUBLAS(cublasLtMatrixLayoutCreate(&lb, t, uint64_t(d.k), uint64_t(d.n), d.b.ld));
+    BENCH_CUBLAS(cublasLtMatrixLayoutCreate(&lc, t, uint64_t(d.m), uint64_t(d.n), d.ldc));
+    cublasLtMatmulPreference_t pref;
+    BENCH_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
+    BENCH_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes, sizeof(ws_bytes)));
+    cublasLtMatmulHeuristicResult_t result{};
+    int count = 0;
+    BENCH_CUBLAS(cublasLtMatmulAlgoGetHeuristic(handle, op, la, lb, lc, lc, pref, 1, &result,
+                                                &count));
+    if (count == 0) {
+      std::fprintf(stderr, "cuBLASLt offers no algorithm for the benchmark's GEMM\n");
+      std::exit(1);
+    }
+    algo = result.algo;
+    BENCH_CUBLAS(cublasLtMatmulPreferenceDestroy(pref));
+  }
+  ~DirectLt() {
+    cublasLtMatrixLayoutDestroy(lc);
+    cublasLtMatrixLayoutDestroy(lb);
+    cublasLtMatrixLayoutDestroy(la);
+    cublasLtMatmulDescDestroy(op);
+    cublasLtDestroy(handle);
+  }
+  DirectLt(const DirectLt&) = delete;
+  DirectLt& operator=(const DirectLt&) = delete;
+
+  void run(const void* a, const void* b, void* c, void* ws, cudaStream_t s) {
+    const float alpha = 1, beta = 0;
+    BENCH_CUBLAS(cublasLtMatmul(handle, op, &alpha, a, la, b, lb, &beta, c, lc, c, lc, &algo, ws,
+                                ws_bytes, s));
+  }
+};
 
 bool near(double got, double want, double tol) { return std::abs(got - want) <= tol * (1 + std::abs(want)); }
 
@@ -288,6 +355,39 @@ int main(int argc, char** argv) {
          }
          return true;
        }},
+      {"softmax", "f32", [](int64_t r, int64_t h) { return 2.0 * double(r * h) * 4; },
+       [&](int64_t r, int64_t h) { softmax(ScalarType::f32, r, h, x, out, false, b.stream, b.sms); },
+       [&](int64_t r, int64_t h) {
+         auto o = read_out(r * h);
+         for (int64_t i = 0; i < r; ++i) {
+           double m = -1e30, s = 0;
+           for (int64_t j = 0; j < h; ++j) m = std::max(m, hx(i * h + j));
+           for (int64_t j = 0; j < h; ++j) s += std::exp(hx(i * h + j) - m);
+           for (int64_t j = 0; j < h; ++j)
+             if (!near(o[size_t(i * h + j)], std::exp(hx(i * h + j) - m) / s, 1e-5)) return false;
+         }
+         return true;
+       }},
+      {"layer_norm (affine)", "f32",
+       [](int64_t r, int64_t h) { return 2.0 * double(r * h) * 4 + 2.0 * double(h) * 4; },
+       [&](int64_t r, int64_t h) {
+         layer_norm(ScalarType::f32, r, h, x, bias, bias, 1e-5, out, b.stream, b.sms);
+       },
+       [&](int64_t r, int64_t h) {
+         auto o = read_out(r * h);
+         for (int64_t i = 0; i < r; ++i) {
+           double mu = 0, m2 = 0;
+           for (int64_t j = 0; j < h; ++j) mu += hx(i * h + j);
+           mu /= double(h);
+           for (int64_t j = 0; j < h; ++j) m2 += (hx(i * h + j) - mu) * (hx(i * h + j) - mu);
+           const double rstd = 1 / std::sqrt(m2 / double(h) + 1e-5);
+           for (int64_t j = 0; j < h; ++j) {
+             const double w = double(float(j) / 512.f);
+             if (!near(o[size_t(i * h + j)], (hx(i * h + j) - mu) * rstd * w + w, 1e-4)) return false;
+           }
+         }
+         return true;
+       }},
       {"max over hidden", "f32", [](int64_t r, int64_t h) { return double(r * h + r) * 4; },
        [&](int64_t r, int64_t h) {
          ReduceDesc d = reduce_desc(r, h, true);
@@ -337,6 +437,100 @@ int main(int argc, char** argv) {
   }
   BENCH_CHECK(cudaGetLastError());
 
+  // ---- GEMM: the linear layer y (rows, hidden) = x (rows, hidden) W (hidden, hidden), through
+  // metatape's gemm() (launch.h: plan cache, cuBLASLt) and through cuBLASLt called directly with
+  // the same problem planned once outside the timing; the ratio is metatape / direct (goal:
+  // within 1.10). TFLOP/s counts 2 rows hidden^2.
+  std::printf("\n%-22s %-5s %9s %6s %12s %12s %9s %7s\n", "gemm", "dtype", "rows", "hidden",
+              "metatape us", "cuBLASLt us", "TFLOP/s", "ratio");
+  std::vector<GemmResult> gemm_results;
+  void* gemm_ws = nullptr;
+  BENCH_CHECK(cudaMalloc(&gemm_ws, kGemmWorkspaceBytes));
+  void *w16 = nullptr, *x16 = nullptr;
+  BENCH_CHECK(cudaMalloc(&w16, 512 * 512 * 2));
+  BENCH_CHECK(cudaMalloc(&x16, size_t(max_n) * 2));
+  copy(ScalarType::bf16, ScalarType::f32, flat_iter(512 * 512, 2), w16, y, b.stream, b.sms);
+  copy(ScalarType::bf16, ScalarType::f32, flat_iter(max_n, 2), x16, x, b.stream, b.sms);
+  struct GemmCase {
+    const char* name;
+    ScalarType t;
+    bool tf32;
+  };
+  for (const GemmCase& gc : {GemmCase{"f32", ScalarType::f32, false},
+                             GemmCase{"tf32", ScalarType::f32, true},
+                             GemmCase{"bf16", ScalarType::bf16, false}}) {
+    const bool half = gc.t == ScalarType::bf16;
+    const void* W = half ? w16 : static_cast<const void*>(y);  // y's first hidden^2 values
+    const void* X = half ? x16 : static_cast<const void*>(x);
+    void* Y = half ? static_cast<void*>(out16) : static_cast<void*>(out);
+    for (int64_t r : rows_list) {
+      for (int64_t h : hidden_list) {
+        GemmDesc d;
+        d.t = gc.t;
+        d.m = h;  // C^T (hidden x rows) = W^T x^T in cuBLAS's column-major terms
+        d.n = r;
+        d.k = h;
+        d.a.ld = h;
+        d.b.ld = h;
+        d.ldc = h;
+        d.batch_stride_c = r * h;
+        auto ours = [&] {
+          gemm(d, W, X, Y, gc.tf32, gemm_ws, kGemmWorkspaceBytes, 0, b.stream);
+        };
+        DirectLt direct(d, gc.tf32, kGemmWorkspaceBytes);
+        auto theirs = [&] { direct.run(W, X, Y, gemm_ws, b.stream); };
+        // Correctness at the smallest row count: a few entries against the host.
+        if (r == rows_list.front()) {
+          ours();
+          BENCH_CHECK(cudaStreamSynchronize(b.stream));
+          const double tol = gc.tf32 ? 1e-2 : (half ? 2e-2 : 1e-4);
+          for (int64_t i : {int64_t(0), r / 2, r - 1}) {
+            for (int64_t j : {int64_t(0), h - 1}) {
+              double want = 0;
+              for (int64_t l = 0; l < h; ++l) {
+                double xv = hx(i * h + l), wv = hy(l * h + j);
+                if (half) {
+                  xv = double(__bfloat162float(__float2bfloat16(float(xv))));
+                  wv = double(__bfloat162float(__float2bfloat16(float(wv))));
+                }
+                want += xv * wv;
+              }
+              double got = 0;
+              if (half) {
+                __nv_bfloat16 v;
+                BENCH_CHECK(cudaMemcpy(&v, static_cast<__nv_bfloat16*>(Y) + i * h + j, 2,
+                                       cudaMemcpyDeviceToHost));
+                got = double(__bfloat162float(v));
+              } else {
+                float v;
+                BENCH_CHECK(cudaMemcpy(&v, static_cast<float*>(Y) + i * h + j, 4,
+                                       cudaMemcpyDeviceToHost));
+                got = double(v);
+              }
+              if (!near(got, want, tol)) {
+                std::fprintf(stderr, "gemm %s: wrong result at rows %lld hidden %lld (%g vs %g)\n",
+                             gc.name, (long long)r, (long long)h, got, want);
+                all_correct = false;
+              }
+            }
+          }
+        }
+        GemmResult g;
+        g.dtype = gc.name;
+        g.rows = r;
+        g.hidden = h;
+        g.ours_us = b.time_us(ours);
+        g.direct_us = b.time_us(theirs);
+        g.tflops = 2.0 * double(r) * double(h) * double(h) / (g.ours_us * 1e-6) / 1e12;
+        g.ratio = g.ours_us / g.direct_us;
+        std::printf("%-22s %-5s %9lld %6lld %12.2f %12.2f %9.2f %7.3f\n", "linear", g.dtype.c_str(),
+                    (long long)r, (long long)h, g.ours_us, g.direct_us, g.tflops, g.ratio);
+        gemm_results.push_back(g);
+      }
+    }
+  }
+  BENCH_CHECK(cudaGetLastError());
+
   if (!json_path.empty()) {
     FILE* f = std::fopen(json_path.c_str(), "w");
     if (f == nullptr) {
@@ -357,6 +551,16 @@ int main(int argc, char** argv) {
                    "%.4f}%s\n",
                    r.kernel.c_str(), r.dtype.c_str(), (long long)r.rows, (long long)r.hidden,
                    r.bytes, r.median_us, r.gbps, r.fraction, i + 1 < results.size() ? "," : "");
+    }
+    std::fprintf(f, "  ],\n  \"gemm\": [\n");
+    for (size_t i = 0; i < gemm_results.size(); ++i) {
+      const GemmResult& g = gemm_results[i];
+      std::fprintf(f,
+                   "    {\"op\": \"linear\", \"dtype\": \"%s\", \"rows\": %lld, \"hidden\": %lld, "
+                   "\"metatape_us\": %.3f, \"cublaslt_us\": %.3f, \"tflops\": %.3f, "
+                   "\"ratio\": %.4f}%s\n",
+                   g.dtype.c_str(), (long long)g.rows, (long long)g.hidden, g.ours_us, g.direct_us,
+                   g.tflops, g.ratio, i + 1 < gemm_results.size() ? "," : "");
     }
     std::fprintf(f, "  ]\n}\n");
     std::fclose(f);

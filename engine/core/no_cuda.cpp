@@ -1,9 +1,15 @@
 // Backend queries of a build configured without CUDA (METATAPE_CUDA=OFF).
 #include "engine/core/backend.h"
+#include "engine/core/matmul_settings.h"
 
 namespace mt {
 bool built_with_cuda() { return false; }
 int cuda_device_count() { return 0; }
 std::string cuda_device_description(int) { return {}; }
 void init_cuda_backend() {}
+namespace {
+bool allow_tf32 = false;
+}
+void set_cuda_matmul_allow_tf32(bool allow) { allow_tf32 = allow; }
+bool cuda_matmul_allow_tf32() { return allow_tf32; }
 }  // namespace mt

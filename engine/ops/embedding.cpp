@@ -2,6 +2,7 @@
 // any order flow through the rows (the indices are data, never differentiated).
 #include "engine/cpu/loops.h"
 #include "engine/ops/elementwise.h"
+#include "engine/ops/kernels.h"
 
 namespace mt {
 
@@ -9,11 +10,6 @@ using autograd::Node;
 using autograd::any_requires_grad;
 using autograd::record;
 
-// weight (V, D) contiguous, indices contiguous i64 (n), out (n, D).
-using GatherKernel = void(const Tensor& weight, const Tensor& indices, Tensor& out);
-// rows (n, D) contiguous, indices (n), out (V, D) zero-initialised; adds in index order, which
-// makes the result deterministic.
-using ScatterAddKernel = void(const Tensor& rows, const Tensor& indices, Tensor& out);
 DispatchStub<GatherKernel> embedding_kernel("embedding");
 DispatchStub<ScatterAddKernel> embedding_backward_kernel("embedding_backward");
 

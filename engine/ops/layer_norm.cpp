@@ -11,6 +11,7 @@
 
 #include "engine/cpu/loops.h"
 #include "engine/ops/elementwise.h"
+#include "engine/ops/kernels.h"
 
 namespace mt {
 
@@ -18,10 +19,8 @@ using autograd::Node;
 using autograd::any_requires_grad;
 using autograd::record;
 
-// x contiguous (rows, D); weight, bias contiguous (D) or undefined; out (rows, D).
-using LayerNormKernel = void(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t D,
-                             double eps, Tensor& out);
 DispatchStub<LayerNormKernel> layer_norm_kernel("layer_norm");
+DispatchStub<LayerNormBackwardKernel> layer_norm_backward_kernel("layer_norm_backward");
 
 namespace {
 
@@ -50,12 +49,7 @@ void layer_norm_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias, i
     }
   });
 }
-// First-order backward in one pass over the rows: x, g contiguous (rows, D); weight (D) or
-// undefined; dx (rows, D); dw, db (D) (undefined when not wanted). Used only when the backward
-// is not being recorded (create_graph = false): its result is never differentiated again.
-using LayerNormBackwardKernel = void(const Tensor& x, const Tensor& weight, const Tensor& g,
-                                     int64_t D, double eps, Tensor& dx, Tensor& dw, Tensor& db);
-DispatchStub<LayerNormBackwardKernel> layer_norm_backward_kernel("layer_norm_backward");
+// First-order backward (see the stub in engine/ops/kernels.h).
 
 void layer_norm_backward_cpu(const Tensor& x, const Tensor& weight, const Tensor& g, int64_t D,
                              double eps, Tensor& dx, Tensor& dw, Tensor& db) {

@@ -7,14 +7,10 @@
 #include "engine/core/generator.h"
 #include "engine/cpu/loops.h"
 #include "engine/ops/elementwise.h"
+#include "engine/ops/kernels.h"
 
 namespace mt {
 
-
-enum class Distribution { normal, uniform, bernoulli };
-// out contiguous; (a, b) = (mean, std), (lo, hi) or (keep_prob, value when kept).
-using RandomKernel = void(Tensor& out, Distribution dist, double a, double b, uint64_t seed,
-                          uint64_t first_block);
 DispatchStub<RandomKernel> random_kernel("random");
 
 namespace {

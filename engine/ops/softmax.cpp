@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "engine/ops/elementwise.h"
+#include "engine/ops/kernels.h"
 
 namespace mt {
 
@@ -13,8 +14,6 @@ using autograd::Node;
 using autograd::any_requires_grad;
 using autograd::record;
 
-// x contiguous (rows, D) viewed; out contiguous same shape.
-using SoftmaxKernel = void(const Tensor& x, Tensor& out, bool log);
 DispatchStub<SoftmaxKernel> softmax_kernel("softmax");
 
 namespace {

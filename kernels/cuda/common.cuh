@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
@@ -89,6 +90,53 @@ void dispatch_storage(ScalarType t, Fn&& fn) {
     case ScalarType::bf16: fn.template operator()<__nv_bfloat16>(); break;
     case ScalarType::i64: fn.template operator()<int64_t>(); break;
   }
+}
+
+
+// The same for the float types only (i64 is refused by the launchers in ops.cpp, never here).
+template <class Fn>
+void dispatch_float_storage(ScalarType t, Fn&& fn) {
+  switch (t) {
+    case ScalarType::f32: fn.template operator()<float>(); break;
+    case ScalarType::f64: fn.template operator()<double>(); break;
+    case ScalarType::f16: fn.template operator()<__half>(); break;
+    case ScalarType::bf16: fn.template operator()<__nv_bfloat16>(); break;
+    case ScalarType::i64: break;  // refused by the launcher in ops.cpp
+  }
+}
+
+inline constexpr int kWarpSize = 32;
+
+// Sum and max over the 32 lanes of a warp, the result in every lane (butterfly shuffles: the
+// order of the additions is fixed, so results are reproducible).
+template <class A>
+__device__ __forceinline__ A warp_allsum(A v) {
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+template <class A>
+__device__ __forceinline__ A warp_allmax(A v) {
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    const A o = __shfl_xor_sync(0xffffffffu, v, offset);
+    v = o > v ? o : v;
+  }
+  return v;
+}
+// The same over a 1-D block of blockDim.x (a multiple of 32, at most 1024) threads; `shared`
+// holds 32 accumulators. Every thread gets the result.
+template <class A, bool kMax>
+__device__ __forceinline__ A block_allreduce(A v, A* shared) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int warps = int(blockDim.x) / kWarpSize;
+  v = kMax ? warp_allmax(v) : warp_allsum(v);
+  __syncthreads();  // shared may still be read by the previous call
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  A r = lane < warps ? shared[lane] : (kMax ? A(-INFINITY) : A(0));
+  return kMax ? warp_allmax(r) : warp_allsum(r);
 }
 
 }  // namespace mt::gpu

@@ -82,4 +82,94 @@ void reduce(ReduceOp op, ScalarType t, const ReduceDesc& d, void* out, const voi
 // How many blocks share one output, from the shape only (so results do not depend on the GPU).
 int reduce_splits(const ReduceDesc& d);
 
+
+// ---- row kernels over the last dim (softmax.cu, layer_norm.cu) ----
+// x, out contiguous (rows, D). One warp per row for D <= 1024, one block per row beyond;
+// accumulation in f32 (f64 for f64). log: log_softmax.
+void softmax(ScalarType t, int64_t rows, int64_t D, const void* x, void* out, bool log,
+             cudaStream_t stream, int sm_count);
+// x, out contiguous (rows, D); weight, bias (D) or nullptr. Mean and variance in f32 (f64 for
+// f64), two passes over the row held in registers/shared memory.
+void layer_norm(ScalarType t, int64_t rows, int64_t D, const void* x, const void* weight,
+                const void* bias, double eps, void* out, cudaStream_t stream, int sm_count);
+// dx (rows, D); dw, db (D) or nullptr. Each row's mean and rstd go to `workspace`; the
+// (D)-sized sums run over rows in a fixed order: each of layer_norm_partials(rows) row chunks
+// writes partial sums, then one pass adds the chunks in chunk order (deterministic).
+// workspace: layer_norm_backward_workspace(t, rows, D) bytes.
+int64_t layer_norm_partials(int64_t rows);
+size_t layer_norm_backward_workspace(ScalarType t, int64_t rows, int64_t D);
+void layer_norm_backward(ScalarType t, int64_t rows, int64_t D, const void* x,
+                         const void* weight, const void* g, double eps, void* dx, void* dw,
+                         void* db, void* workspace, cudaStream_t stream, int sm_count);
+
+// ---- embedding (embedding.cu) ----
+// out (n, D) = weight (V, D) rows at indices (n). An index outside [0, V) stops the kernel
+// with a device trap (a sticky error reported by the next CUDA call), as the CPU's range check
+// would stop the op; the host never reads the indices.
+void embedding(ScalarType t, int64_t n, int64_t D, int64_t V, const void* weight,
+               const int64_t* indices, void* out, cudaStream_t stream, int sm_count);
+// out (V, D) += rows (n, D) scattered to indices (n), deterministically: the positions are
+// stably sorted by index (cub radix sort), then each run of equal indices is summed in position
+// order by one thread per column, so the additions happen in the CPU's order, never in atomic
+// order. workspace: embedding_backward_workspace(n, V) bytes.
+size_t embedding_backward_workspace(int64_t n, int64_t V);
+void embedding_backward(ScalarType t, int64_t n, int64_t D, int64_t V, const void* rows,
+                        const int64_t* indices, void* out, void* workspace,
+                        size_t workspace_bytes, cudaStream_t stream, int sm_count);
+
+// ---- random numbers (random.cu) ----
+// Philox4x32-10 with the CPU generator's stream layout (engine/core/generator.h): element i of
+// out (contiguous, n elements) comes from block first_block + i / lanes, lane i % lanes, lanes
+// = 2 for f64 (53-bit uniforms from word pairs), 4 otherwise.
+enum class RandomDist : uint8_t { normal, uniform, bernoulli };
+void random(ScalarType t, RandomDist dist, int64_t n, double a, double b, uint64_t seed,
+            uint64_t first_block, void* out, cudaStream_t stream, int sm_count);
+
+// ---- optimizer updates (optim.cu) ----
+// Scalars precomputed on the host in double, exactly as engine/optim's CPU kernels do.
+struct AdamWScalars {
+  double decay_factor;            // 1 - lr * weight_decay (used when decay)
+  double w;                       // 1 - beta1 (lerp weight)
+  double beta2, one_minus_beta2;
+  double neg_step_size;           // -(lr / bias_correction1)
+  double bias_correction2_sqrt;
+  double eps;
+  bool decay, small_w, amsgrad, maximize;
+};
+// param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad only, else nullptr): n elements.
+void adamw(ScalarType t, int64_t n, void* param, const void* grad, void* exp_avg,
+           void* exp_avg_sq, void* max_exp_avg_sq, const AdamWScalars& s, cudaStream_t stream,
+           int sm_count);
+struct SgdScalars {
+  double weight_decay, momentum, one_minus_dampening, neg_lr;
+  bool decay, nesterov, maximize, first;
+};
+// momentum_buffer: nullptr when momentum is 0.
+void sgd(ScalarType t, int64_t n, void* param, const void* grad, void* momentum_buffer,
+         const SgdScalars& s, cudaStream_t stream, int sm_count);
+
+// ---- GEMM (gemm.cpp: cuBLASLt, cuBLAS for f64) ----
+// A batched product in cuBLAS's column-major terms. The engine's row-major C (M, N) = A B is
+// computed as C^T (N x M) = B^T A^T: cuBLAS's first operand `a` is the engine's b and its
+// second `b` the engine's a. Each operand is stored column-major with leading dimension ld and
+// used transposed or not, so transposed views need no copy; batch entry i of an operand starts
+// at i * batch_stride (0: broadcast).
+struct GemmOperand {
+  bool trans = false;
+  int64_t ld = 1;
+  int64_t batch_stride = 0;
+};
+struct GemmDesc {
+  ScalarType t = ScalarType::f32;
+  int64_t m = 0, n = 0, k = 0, batch = 1;
+  GemmOperand a, b;         // op(a) is (m x k), op(b) is (k x n)
+  int64_t ldc = 1, batch_stride_c = 0;  // c (m x n) column-major, contiguous batches
+};
+// c = op(a) op(b) on `device`'s compute stream. k == 0 writes zeros. f32 uses TF32 tensor cores
+// only when allow_tf32; f16/bf16 accumulate in f32; f64 goes through cublasDgemmStridedBatched.
+// workspace: cuBLAS(Lt)'s scratch (kGemmWorkspaceBytes from the caching allocator), or nullptr.
+inline constexpr size_t kGemmWorkspaceBytes = size_t(32) << 20;
+void gemm(const GemmDesc& d, const void* a, const void* b, void* c, bool allow_tf32,
+          void* workspace, size_t workspace_bytes, int device, cudaStream_t stream);
+
 }  // namespace mt::gpu

@@ -4,10 +4,16 @@
 // lists the stubs that have no CUDA kernel yet.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 
+#include "engine/autograd/grad_mode.h"
+#include "engine/core/matmul_settings.h"
 #include "engine/cpu/loops.h"
 #include "engine/ops/elementwise.h"
+#include "engine/ops/kernels.h"
+#include "engine/optim/kernels.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/describe.h"
 #include "kernels/cuda/launch.h"
@@ -183,7 +189,219 @@ void reduce_cuda(const Tensor& x, Tensor& out) {
   // The workspace returns to the cache here; the stream orders its next user after this kernel.
 }
 
+
+// ---- matmul ----
+// Copies only where the layout cannot be expressed to cuBLAS (describe_matmul).
+void matmul_cuda(const Tensor& a, const Tensor& b, Tensor& out) {
+  check_float(out, "matmul");
+  if (out.numel() == 0) return;
+  if (a.shape()[a.dim() - 1] == 0) {  // K = 0: an empty sum, whatever the operands' layouts
+    Launch l(out.device());
+    fill(scalar_type(out.dtype()), make_iter<0>(out, {}), out.raw_data(), 0.0, l.stream, l.sms);
+    return;
+  }
+  Tensor ac = a, bc = b;
+  GemmPlan plan = describe_matmul(ac, bc, out);
+  if (!plan.a_fits || !plan.b_fits) {
+    NoGradGuard no_grad;
+    if (!plan.a_fits) ac = contiguous(ac);
+    if (!plan.b_fits) bc = contiguous(bc);
+    plan = describe_matmul(ac, bc, out);
+    // Still no single batch stride: materialise the operand over the full batch.
+    Shape batch = out.shape();
+    batch.resize(out.dim() - 2);
+    auto full = [&](const Tensor& t) {
+      Shape s = batch;
+      s.push_back(t.shape()[t.dim() - 2]);
+      s.push_back(t.shape()[t.dim() - 1]);
+      return contiguous(expand(t, s));
+    };
+    if (!plan.a_fits) ac = full(ac);
+    if (!plan.b_fits) bc = full(bc);
+    plan = describe_matmul(ac, bc, out);
+    MT_CHECK(plan.a_fits && plan.b_fits, "matmul: internal error: no GEMM layout for {} x {}",
+             a.str(), b.str());
+  }
+  Tensor workspace = empty(Shape{int64_t(kGemmWorkspaceBytes / 8)}, DType::i64, out.device());
+  Launch l(out.device());
+  // cuBLAS's first operand is the engine's b (C^T = B^T A^T, see launch.h).
+  gemm(plan.desc, bc.raw_data(), ac.raw_data(), out.raw_data(), cuda_matmul_allow_tf32(),
+       workspace.raw_data(), kGemmWorkspaceBytes, out.device().index, l.stream);
+}
+
+// ---- softmax, layer_norm ----
+void softmax_cuda(const Tensor& x, Tensor& out, bool log) {
+  check_float(x, log ? "log_softmax" : "softmax");
+  const int64_t D = x.dim() == 0 ? 1 : x.shape()[x.dim() - 1];
+  const int64_t rows = D == 0 ? 0 : x.numel() / D;
+  Launch l(out.device());
+  softmax(scalar_type(x.dtype()), rows, D, x.raw_data(), out.raw_data(), log, l.stream, l.sms);
+}
+
+const void* data_or_null(const Tensor& t) { return t.defined() ? t.raw_data() : nullptr; }
+void* data_or_null(Tensor& t) { return t.defined() ? t.raw_data() : nullptr; }
+
+void layer_norm_cuda(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t D,
+                     double eps, Tensor& out) {
+  check_float(x, "layer_norm");
+  const int64_t rows = D == 0 ? 0 : x.numel() / D;
+  Launch l(out.device());
+  layer_norm(scalar_type(x.dtype()), rows, D, x.raw_data(), data_or_null(weight),
+             data_or_null(bias), eps, out.raw_data(), l.stream, l.sms);
+}
+
+void layer_norm_backward_cuda(const Tensor& x, const Tensor& weight, const Tensor& g, int64_t D,
+                              double eps, Tensor& dx, Tensor& dw, Tensor& db) {
+  check_float(x, "layer_norm_backward");
+  const int64_t rows = D == 0 ? 0 : x.numel() / D;
+  const ScalarType t = scalar_type(x.dtype());
+  Tensor workspace;
+  if (dw.defined() || db.defined()) {
+    const size_t bytes = layer_norm_backward_workspace(t, rows, D);
+    workspace = empty(Shape{int64_t(bytes / 8 + 1)}, DType::i64, x.device());
+  }
+  Launch l(x.device());
+  layer_norm_backward(t, rows, D, x.raw_data(), data_or_null(weight), g.raw_data(), eps,
+                      data_or_null(dx), data_or_null(dw), data_or_null(db),
+                      data_or_null(workspace), l.stream, l.sms);
+}
+
+// ---- embedding ----
+void embedding_cuda(const Tensor& weight, const Tensor& indices, Tensor& out) {
+  check_float(weight, "embedding");
+  Launch l(out.device());
+  embedding(scalar_type(weight.dtype()), indices.numel(), weight.shape()[1], weight.shape()[0],
+            weight.raw_data(), indices.data_ptr<int64_t>(), out.raw_data(), l.stream, l.sms);
+}
+
+void embedding_backward_cuda(const Tensor& rows, const Tensor& indices, Tensor& out) {
+  check_float(rows, "embedding_backward");
+  const int64_t n = indices.numel(), V = out.shape()[0], D = out.shape()[1];
+  const size_t bytes = embedding_backward_workspace(n, V);
+  Tensor workspace;
+  if (bytes > 0) workspace = empty(Shape{int64_t(bytes / 8 + 1)}, DType::i64, out.device());
+  Launch l(out.device());
+  embedding_backward(scalar_type(rows.dtype()), n, D, V, rows.raw_data(),
+                     indices.data_ptr<int64_t>(), out.raw_data(), data_or_null(workspace),
+                     bytes, l.stream, l.sms);
+}
+
+// ---- random ----
+void random_cuda(Tensor& out, Distribution dist, double a, double b, uint64_t seed,
+                 uint64_t first_block) {
+  check_float(out, "random");
+  const RandomDist d = dist == Distribution::normal    ? RandomDist::normal
+                       : dist == Distribution::uniform ? RandomDist::uniform
+                                                       : RandomDist::bernoulli;
+  Launch l(out.device());
+  random(scalar_type(out.dtype()), d, out.numel(), a, b, seed, first_block, out.raw_data(),
+         l.stream, l.sms);
+}
+
+// ---- optimizers: the scalars exactly as engine/optim's CPU kernels compute them ----
+void adamw_cuda(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                Tensor& max_exp_avg_sq, int64_t step, const optim::AdamWHyper& h) {
+  check_float(param, "adamw");
+  AdamWScalars s;
+  s.decay = h.weight_decay != 0;
+  s.decay_factor = 1 - h.lr * h.weight_decay;
+  s.w = 1 - h.beta1;
+  s.small_w = std::abs(1 - h.beta1) < 0.5;
+  s.beta2 = h.beta2;
+  s.one_minus_beta2 = 1 - h.beta2;
+  const double bias_correction1 = 1 - std::pow(h.beta1, double(step));
+  const double bias_correction2 = 1 - std::pow(h.beta2, double(step));
+  s.neg_step_size = -(h.lr / bias_correction1);
+  s.bias_correction2_sqrt = std::pow(bias_correction2, 0.5);
+  s.eps = h.eps;
+  s.amsgrad = h.amsgrad;
+  s.maximize = h.maximize;
+  Launch l(param.device());
+  adamw(scalar_type(param.dtype()), param.numel(), param.raw_data(), grad.raw_data(),
+        exp_avg.raw_data(), exp_avg_sq.raw_data(), h.amsgrad ? max_exp_avg_sq.raw_data() : nullptr,
+        s, l.stream, l.sms);
+}
+
+void sgd_cuda(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, bool first,
+              const optim::SgdHyper& h) {
+  check_float(param, "sgd");
+  SgdScalars s;
+  s.decay = h.weight_decay != 0;
+  s.weight_decay = h.weight_decay;
+  s.momentum = h.momentum;
+  s.one_minus_dampening = 1 - h.dampening;
+  s.neg_lr = -h.lr;
+  s.nesterov = h.nesterov;
+  s.maximize = h.maximize;
+  s.first = first;
+  Launch l(param.device());
+  sgd(scalar_type(param.dtype()), param.numel(), param.raw_data(), grad.raw_data(),
+      h.momentum != 0 ? momentum_buffer.raw_data() : nullptr, s, l.stream, l.sms);
+}
+
 }  // namespace
+
+namespace {
+
+// A (R x C) row-major-indexed matrix with strides (s0, s1) as a cuBLAS operand whose op is its
+// transpose (C x R): stored column-major (C x R) untransposed when rows are unit-stride, or
+// (R x C) transposed when columns are. Size-1 dims may have any stride. False: needs a copy.
+bool matrix_layout(int64_t R, int64_t C, int64_t s0, int64_t s1, GemmOperand& o) {
+  if ((s1 == 1 || C == 1) && (R == 1 || s0 >= std::max<int64_t>(C, 1))) {
+    o.trans = false;
+    o.ld = R == 1 ? std::max<int64_t>(C, 1) : s0;
+    return true;
+  }
+  if ((s0 == 1 || R == 1) && (C == 1 || s1 >= std::max<int64_t>(R, 1))) {
+    o.trans = true;
+    o.ld = C == 1 ? std::max<int64_t>(R, 1) : s1;
+    return true;
+  }
+  return false;
+}
+
+// Whether batch entry i (row-major over sizes) starts at i * stride for one stride; sets it.
+bool single_batch_stride(const Shape& sizes, const Shape& strides, int64_t& stride) {
+  int d = sizes.size() - 1;
+  while (d >= 0 && sizes[d] == 1) --d;
+  stride = d >= 0 ? strides[d] : 0;
+  int64_t expected = stride;
+  for (; d >= 0; --d) {
+    if (sizes[d] == 1) continue;
+    if (strides[d] != expected) return false;
+    expected *= sizes[d];
+  }
+  return true;
+}
+
+}  // namespace
+
+GemmPlan describe_matmul(const Tensor& a, const Tensor& b, const Tensor& out) {
+  const int r = out.dim();
+  const int64_t M = out.shape()[r - 2], N = out.shape()[r - 1], K = a.shape()[a.dim() - 1];
+  Shape batch = out.shape();
+  batch.resize(r - 2);
+  auto operand = [&](const Tensor& t, int64_t R, int64_t C, GemmOperand& o) {
+    if (!matrix_layout(R, C, t.strides()[t.dim() - 2], t.strides()[t.dim() - 1], o)) return false;
+    // Batch strides as seen from the output's batch dims (0 where broadcast), as the CPU kernel.
+    Shape s = Shape::filled(batch.size(), 0);
+    const int lead = batch.size() - (t.dim() - 2);
+    for (int i = 0; i < t.dim() - 2; ++i) s[lead + i] = t.shape()[i] == 1 ? 0 : t.strides()[i];
+    return single_batch_stride(batch, s, o.batch_stride);
+  };
+  GemmPlan plan;
+  GemmDesc& d = plan.desc;
+  d.t = scalar_type(out.dtype());
+  d.m = N;
+  d.n = M;
+  d.k = K;
+  d.batch = batch.numel();
+  plan.b_fits = operand(b, K, N, d.a);  // cuBLAS's a is the engine's b
+  plan.a_fits = operand(a, M, K, d.b);
+  d.ldc = std::max<int64_t>(N, 1);
+  d.batch_stride_c = M * N;
+  return plan;
+}
 
 ReduceDesc describe_reduction(const Tensor& x, const Tensor& out) {
   // Kept dims (out has x's size) iterate the outputs; reduced dims (out has 1) the elements.
@@ -275,6 +493,16 @@ void register_kernels() {
   fill_kernel.set(kCuda, &fill_cuda);
   add_inplace_kernel.set(kCuda, &add_inplace_cuda);
   mul_inplace_kernel.set(kCuda, &mul_inplace_cuda);
+
+  matmul_kernel.set(kCuda, &matmul_cuda);
+  softmax_kernel.set(kCuda, &softmax_cuda);
+  layer_norm_kernel.set(kCuda, &layer_norm_cuda);
+  layer_norm_backward_kernel.set(kCuda, &layer_norm_backward_cuda);
+  embedding_kernel.set(kCuda, &embedding_cuda);
+  embedding_backward_kernel.set(kCuda, &embedding_backward_cuda);
+  random_kernel.set(kCuda, &random_cuda);
+  optim::adamw_kernel.set(kCuda, &adamw_cuda);
+  optim::sgd_kernel.set(kCuda, &sgd_cuda);
 }
 
 }  // namespace mt::gpu

@@ -1,0 +1,13 @@
+// Global settings of the matmul kernels. Kept out of backend.h (which every tensor header pulls
+// in) so changing them rebuilds little.
+#pragma once
+
+namespace mt {
+
+// Whether f32 matmuls on CUDA may use TF32 tensor cores (10-bit mantissa inputs, f32
+// accumulation). Off by default, so CUDA results match the CPU within f32 tolerance; read at
+// each matmul (kernels/cuda/gemm.cpp). Without CUDA the flag is kept but has no effect.
+void set_cuda_matmul_allow_tf32(bool allow);
+bool cuda_matmul_allow_tf32();
+
+}  // namespace mt

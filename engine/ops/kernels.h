@@ -1,0 +1,49 @@
+// Dispatch stubs of the ops whose CPU kernels live beside them in engine/ops/*.cpp (matmul,
+// softmax, layer_norm, embedding, random), declared here so a device backend can fill its slot
+// (kernels/cuda/ops.cpp). The elementwise and reduction stubs are in elementwise.h.
+// matmul.cpp declares MatmulKernel itself (the same alias; its stub links against this
+// declaration, and a mismatch of the function type is a link error).
+#pragma once
+
+#include <cstdint>
+
+#include "engine/core/dispatch.h"
+#include "engine/core/tensor.h"
+
+namespace mt {
+
+// a (..., M, K), b (..., K, N), out (batch..., M, N) contiguous.
+using MatmulKernel = void(const Tensor& a, const Tensor& b, Tensor& out);
+extern DispatchStub<MatmulKernel> matmul_kernel;
+
+// x contiguous (rows, D) viewed; out contiguous same shape.
+using SoftmaxKernel = void(const Tensor& x, Tensor& out, bool log);
+extern DispatchStub<SoftmaxKernel> softmax_kernel;
+
+// x contiguous (rows, D); weight, bias contiguous (D) or undefined; out (rows, D).
+using LayerNormKernel = void(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t D,
+                             double eps, Tensor& out);
+extern DispatchStub<LayerNormKernel> layer_norm_kernel;
+// First-order backward in one pass over the rows: x, g contiguous (rows, D); weight (D) or
+// undefined; dx (rows, D); dw, db (D) (undefined when not wanted). Used only when the backward
+// is not being recorded (create_graph = false): its result is never differentiated again.
+using LayerNormBackwardKernel = void(const Tensor& x, const Tensor& weight, const Tensor& g,
+                                     int64_t D, double eps, Tensor& dx, Tensor& dw, Tensor& db);
+extern DispatchStub<LayerNormBackwardKernel> layer_norm_backward_kernel;
+
+// weight (V, D) contiguous, indices contiguous i64 (n), out (n, D).
+using GatherKernel = void(const Tensor& weight, const Tensor& indices, Tensor& out);
+// rows (n, D) contiguous, indices (n), out (V, D) zero-initialised; adds in index order, which
+// makes the result deterministic.
+using ScatterAddKernel = void(const Tensor& rows, const Tensor& indices, Tensor& out);
+extern DispatchStub<GatherKernel> embedding_kernel;
+extern DispatchStub<ScatterAddKernel> embedding_backward_kernel;
+
+enum class Distribution { normal, uniform, bernoulli };
+// out contiguous; (a, b) = (mean, std), (lo, hi) or (keep_prob, value when kept). Element i comes
+// from Philox block first_block + i / lanes, lane i % lanes (lanes = 2 for f64, else 4).
+using RandomKernel = void(Tensor& out, Distribution dist, double a, double b, uint64_t seed,
+                          uint64_t first_block);
+extern DispatchStub<RandomKernel> random_kernel;
+
+}  // namespace mt
