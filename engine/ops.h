@@ -147,12 +147,14 @@ Tensor mse_loss(const Tensor& prediction, const Tensor& target);  // mean of squ
 
 // ---- randomness (engine/ops/random.cpp; see engine/core/generator.h) ----
 Tensor dropout(const Tensor& x, double p, bool training, Generator& gen);
+// Draws land on `device`; every backend gives the same numbers for the same generator state.
 Tensor normal(const Shape& shape, double mean, double std, Generator& gen,
-              DType dtype = DType::f32);
-Tensor uniform(const Shape& shape, double lo, double hi, Generator& gen, DType dtype = DType::f32);
+              DType dtype = DType::f32, Device device = kCPU);
+Tensor uniform(const Shape& shape, double lo, double hi, Generator& gen, DType dtype = DType::f32,
+               Device device = kCPU);
 // Mask of 1 with probability keep_prob, else 0.
 Tensor bernoulli_mask(const Shape& shape, double keep_prob, Generator& gen,
-                      DType dtype = DType::f32);
+                      DType dtype = DType::f32, Device device = kCPU);
 
 // ---- operators ----
 Tensor operator+(const Tensor& a, const Tensor& b);

@@ -474,6 +474,26 @@ TEST_CASE("CUDA random: the same numbers as the CPU for the same seed and offset
   }
 }
 
+TEST_CASE("CUDA normal, uniform and bernoulli_mask draw on the device what the CPU draws", "[cuda]") {
+  MT_SKIP_WITHOUT_CUDA();
+  for (DType t : {DType::f32, DType::f64}) {
+    Generator g_cpu(77), g_gpu(77);
+    // Several draws in a row: the generator's offset advances the same on both.
+    for (int i = 0; i < 3; ++i) {
+      const Shape s{13, 7 + i};
+      Tensor u = uniform(s, -1, 1, g_gpu, t, gpu0());
+      CHECK(u.device() == gpu0());
+      check_equal(u, uniform(s, -1, 1, g_cpu, t), fmt::format("uniform #{} {}", i, dtype_name(t)));
+      check_close(normal(s, 1, 3, g_gpu, t, gpu0()), normal(s, 1, 3, g_cpu, t),
+                  t == DType::f64 ? kNormalF64 : kNormalF32,
+                  fmt::format("normal #{} {}", i, dtype_name(t)));
+      check_equal(bernoulli_mask(s, 0.4, g_gpu, t, gpu0()), bernoulli_mask(s, 0.4, g_cpu, t),
+                  fmt::format("bernoulli_mask #{} {}", i, dtype_name(t)));
+      CHECK(g_cpu.offset() == g_gpu.offset());
+    }
+  }
+}
+
 TEST_CASE("CUDA dropout: the CPU's mask for the same generator state", "[cuda]") {
   MT_SKIP_WITHOUT_CUDA();
   for (DType t : {DType::f32, DType::f64}) {

@@ -124,7 +124,9 @@ Tensor to_blocks(const Tensor& x, const std::vector<int64_t>& cu, int64_t max_le
     for (int64_t i = cu[size_t(b)]; i < cu[size_t(b) + 1]; ++i)
       index[size_t(b * max_len + i - cu[size_t(b)])] = i;
   Tensor rows = cat({x.reshape(Shape{n, H * dh}), zeros(Shape{1, H * dh}, x.dtype(), x.device())}, 0);
-  return embedding(rows, from_indices(index, Shape{B * max_len})).reshape(Shape{B, max_len, H, dh});
+  // The gather's indices are built on the host and copied to x's device (a no-op on the CPU).
+  return embedding(rows, from_indices(index, Shape{B * max_len}).to(x.device()))
+      .reshape(Shape{B, max_len, H, dh});
 }
 
 Tensor padded_attention(const Tensor& q3, const Tensor& k3, const Tensor& v3,
@@ -143,7 +145,7 @@ Tensor padded_attention(const Tensor& q3, const Tensor& k3, const Tensor& v3,
     if (spec.k_lengths[size_t(b)] > 0)
       for (int64_t j = spec.k_lengths[size_t(b)]; j < max_k; ++j)
         mask[size_t(b * max_k + j)] = -INFINITY;
-  Tensor bias = from_vector(mask, Shape{B, 1, 1, max_k}, q3.dtype());
+  Tensor bias = from_vector(mask, Shape{B, 1, 1, max_k}, q3.dtype()).to(q3.device());
   Tensor p = softmax(add(mul(matmul(qb, kb), scale), bias), -1);  // (B, H, max_q, max_k)
   Tensor ob = matmul(p, vb).permute(Shape{0, 2, 1, 3}).reshape(Shape{B * max_q, H * dh});
   // Back to the samples' rows.
@@ -151,7 +153,7 @@ Tensor padded_attention(const Tensor& q3, const Tensor& k3, const Tensor& v3,
   index.reserve(size_t(q3.size(0)));
   for (int64_t b = 0; b < B; ++b)
     for (int64_t i = 0; i < spec.q_lengths[size_t(b)]; ++i) index.push_back(b * max_q + i);
-  return embedding(ob, from_indices(index, Shape{q3.size(0)})).reshape(q3.shape());
+  return embedding(ob, from_indices(index, Shape{q3.size(0)}).to(q3.device())).reshape(q3.shape());
 }
 
 // One dense attention per sample (for batches whose lengths differ too much to pad).

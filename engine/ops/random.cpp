@@ -62,8 +62,8 @@ void random_cpu(Tensor& out, Distribution dist, double a, double b, uint64_t see
 [[maybe_unused]] const bool registered = (random_kernel.set(DeviceType::CPU, &random_cpu), true);
 
 Tensor draw(const Shape& shape, DType dtype, Distribution dist, double a, double b,
-            Generator& gen) {
-  Tensor out = empty(shape, dtype);
+            Generator& gen, Device device) {
+  Tensor out = empty(shape, dtype, device);
   const int64_t blocks = (out.numel() + values_per_block(dtype) - 1) / values_per_block(dtype);
   random_kernel(out.device(), out, dist, a, b, gen.seed(), gen.advance(uint64_t(blocks)));
   return out;
@@ -71,20 +71,23 @@ Tensor draw(const Shape& shape, DType dtype, Distribution dist, double a, double
 
 }  // namespace
 
-Tensor normal(const Shape& shape, double mean, double std, Generator& gen, DType dtype) {
+Tensor normal(const Shape& shape, double mean, double std, Generator& gen, DType dtype,
+              Device device) {
   MT_CHECK(std >= 0, "normal: std must be non-negative, got {}", std);
-  return draw(shape, dtype, Distribution::normal, mean, std, gen);
+  return draw(shape, dtype, Distribution::normal, mean, std, gen, device);
 }
 
-Tensor uniform(const Shape& shape, double lo, double hi, Generator& gen, DType dtype) {
+Tensor uniform(const Shape& shape, double lo, double hi, Generator& gen, DType dtype,
+               Device device) {
   MT_CHECK(lo <= hi, "uniform: lo {} exceeds hi {}", lo, hi);
-  return draw(shape, dtype, Distribution::uniform, lo, hi, gen);
+  return draw(shape, dtype, Distribution::uniform, lo, hi, gen, device);
 }
 
-Tensor bernoulli_mask(const Shape& shape, double keep_prob, Generator& gen, DType dtype) {
+Tensor bernoulli_mask(const Shape& shape, double keep_prob, Generator& gen, DType dtype,
+                      Device device) {
   MT_CHECK(keep_prob >= 0 && keep_prob <= 1, "bernoulli_mask: probability {} is not in [0, 1]",
            keep_prob);
-  return draw(shape, dtype, Distribution::bernoulli, keep_prob, 1.0, gen);
+  return draw(shape, dtype, Distribution::bernoulli, keep_prob, 1.0, gen, device);
 }
 
 Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
