@@ -1,9 +1,10 @@
 // metatape-bench-cuda-kernels: bandwidth of the hand-written CUDA kernels (kernels/cuda) at the
 // shapes POCO uses, rows 1e3..1e6 x hidden 128 / 512 (elementwise, reductions, softmax,
 // layer_norm), and the linear layer's GEMM (rows x hidden) x (hidden x hidden) through
-// metatape's gemm() against cuBLASLt called directly in the same binary (TFLOP/s and the ratio). Each kernel is called through the same
-// launch functions the engine's ops use (kernels/cuda/launch.h), on raw device buffers, so the
-// figure is the kernel's alone (no op dispatch, no allocation).
+// metatape's gemm() against cuBLASLt called directly in the same binary (TFLOP/s and the ratio).
+// Each kernel is called through the same launch functions the engine's ops use
+// (kernels/cuda/launch.h), on raw device buffers, so the figure is the kernel's alone (no op
+// dispatch, no allocation).
 //
 // Timing: 3 warm-up runs, then `--repeats` runs, each preceded by an L2 flush (a memset of a
 // buffer twice the L2 size) and timed with its own pair of CUDA events; the median is reported.
@@ -356,7 +357,9 @@ int main(int argc, char** argv) {
          return true;
        }},
       {"softmax", "f32", [](int64_t r, int64_t h) { return 2.0 * double(r * h) * 4; },
-       [&](int64_t r, int64_t h) { softmax(ScalarType::f32, r, h, x, out, false, b.stream, b.sms); },
+       [&](int64_t r, int64_t h) {
+         softmax(ScalarType::f32, r, h, x, out, false, b.stream, b.sms);
+       },
        [&](int64_t r, int64_t h) {
          auto o = read_out(r * h);
          for (int64_t i = 0; i < r; ++i) {
@@ -383,7 +386,8 @@ int main(int argc, char** argv) {
            const double rstd = 1 / std::sqrt(m2 / double(h) + 1e-5);
            for (int64_t j = 0; j < h; ++j) {
              const double w = double(float(j) / 512.f);
-             if (!near(o[size_t(i * h + j)], (hx(i * h + j) - mu) * rstd * w + w, 1e-4)) return false;
+             const double want = (hx(i * h + j) - mu) * rstd * w + w;
+             if (!near(o[size_t(i * h + j)], want, 1e-4)) return false;
            }
          }
          return true;

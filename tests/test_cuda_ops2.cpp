@@ -304,7 +304,8 @@ TEST_CASE("CUDA layer_norm matches the CPU (affine or not, sentinels)", "[cuda]"
           return layer_norm(v[0], 1, affine >= 1 ? v[1] : Tensor(), affine == 2 ? v[2] : Tensor(),
                             1e-5);
         };
-        TensorList in{x, w.defined() ? w : zeros(Shape{D}, t), b.defined() ? b : zeros(Shape{D}, t)};
+        TensorList in{x, w.defined() ? w : zeros(Shape{D}, t),
+                      b.defined() ? b : zeros(Shape{D}, t)};
         Tensor ref = cpu_reference(f, in, t);
         TensorList in_gpu;
         for (const Tensor& v : in) in_gpu.push_back(on_gpu(v));
@@ -466,7 +467,8 @@ TEST_CASE("CUDA random: the same numbers as the CPU for the same seed and offset
             const Tolerance tol = dist.d != Distribution::normal ? Tolerance{0, 0}
                                   : t == DType::f16               ? kF16
                                                                   : kBF16;
-            check_close(got, ref.to(t), tol, fmt::format("{} n={} {}", dist.name, n, dtype_name(t)));
+            check_close(got, ref.to(t), tol,
+                        fmt::format("{} n={} {}", dist.name, n, dtype_name(t)));
           }
         }
       }
@@ -543,7 +545,8 @@ TEST_CASE("CUDA AdamW and SGD: fused updates equal the CPU kernels over several 
               Tensor g = random_tensor(shape, -1, 1, 290 + uint64_t(step)).to(t);
               Tensor g_gpu = on_gpu(g);
               Tensor none;
-              optim::adamw_kernel(kCPU, cpu[0], g, cpu[1], cpu[2], amsgrad ? cpu[3] : none, step, h);
+              optim::adamw_kernel(kCPU, cpu[0], g, cpu[1], cpu[2], amsgrad ? cpu[3] : none, step,
+                                  h);
               optim::adamw_kernel(gpu0(), gpu[0], g_gpu, gpu[1], gpu[2], amsgrad ? gpu[3] : none,
                                   step, h);
             }

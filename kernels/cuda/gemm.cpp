@@ -2,9 +2,9 @@
 // as the fallback when cuBLASLt's heuristic offers no algorithm), on the device's compute
 // stream. Handles are created once per device; the descriptors and the algorithm chosen for a
 // problem (dtype, sizes, transposes, leading dims, batch strides, pointer alignments, TF32) are
-// cached, so a repeated shape costs one map lookup on the host. Workspace: a per-call block from the caching allocator (the
-// launcher in ops.cpp), returned to the cache when the call is queued; the stream orders its
-// reuse.
+// cached, so a repeated shape costs one map lookup on the host. Workspace: a per-call block
+// from the caching allocator (the launcher in ops.cpp), returned to the cache when the call is
+// queued; the stream orders its reuse.
 #include <cublasLt.h>
 #include <cublas_v2.h>
 
@@ -92,7 +92,9 @@ uint32_t alignment(const void* p) {
 cublasOperation_t op(bool trans) { return trans ? CUBLAS_OP_T : CUBLAS_OP_N; }
 
 // The leading dims of the stored (not transposed) matrices.
-int64_t stored_rows(const GemmOperand& o, int64_t rows, int64_t cols) { return o.trans ? cols : rows; }
+int64_t stored_rows(const GemmOperand& o, int64_t rows, int64_t cols) {
+  return o.trans ? cols : rows;
+}
 
 void gemm_f64(const GemmDesc& d, const void* a, const void* b, void* c, void* ws, size_t ws_bytes,
               int device, cudaStream_t s) {
@@ -132,8 +134,10 @@ struct LtProblem {
     MT_CUBLAS_CHECK(cublasLtMatmulDescCreate(
         &op_desc, tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t ta = op(d.a.trans), tb = op(d.b.trans);
-    MT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-    MT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    MT_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(op_desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+    MT_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(op_desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
     layout(&a, t, stored_rows(d.a, d.m, d.k), stored_rows(d.a, d.k, d.m), d.a.ld, d.batch,
            d.a.batch_stride);
     layout(&b, t, stored_rows(d.b, d.k, d.n), stored_rows(d.b, d.n, d.k), d.b.ld, d.batch,

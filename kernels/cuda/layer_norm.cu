@@ -328,7 +328,8 @@ size_t layer_norm_backward_workspace(ScalarType t, int64_t rows, int64_t D) {
 
 void layer_norm(ScalarType t, int64_t rows, int64_t D, const void* x, const void* weight,
                 const void* bias, double eps, void* out, cudaStream_t stream, int /*sm_count*/) {
-  dispatch_float_storage(t, [&]<class T>() { forward<T>(rows, D, x, weight, bias, eps, out, stream); });
+  dispatch_float_storage(
+      t, [&]<class T>() { forward<T>(rows, D, x, weight, bias, eps, out, stream); });
 }
 
 void layer_norm_backward(ScalarType t, int64_t rows, int64_t D, const void* x,

@@ -81,7 +81,8 @@ __global__ void __launch_bounds__(kBlock)
     s = block_allreduce<A, false>(s, shared);
     if (log) {
       const A lse = m_log(s) + m;
-      for (int64_t j = threadIdx.x; j < D; j += blockDim.x) yr[j] = store_acc<T>(load_acc(xr[j]) - lse);
+      for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
+        yr[j] = store_acc<T>(load_acc(xr[j]) - lse);
     } else {
       const A inv = A(1) / s;
       for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
