@@ -9,6 +9,7 @@
 
 #if METATAPE_WITH_CUDA
 
+#include <cmath>
 #include <functional>
 #include <string>
 #include <vector>
@@ -166,12 +167,29 @@ TEST_CASE("CUDA launch: the random kernel's element-to-block mapping replays the
         double u[4];
         gpu::philox_uniforms(seed, first_block + uint64_t(i), wide, u);
         for (int64_t k = 0; k < lanes && i * lanes + k < n; ++k) {
-          const double v = -1 + 3 * u[k];
+          const double v = std::fma(3.0, u[k], -1.0);
           got[size_t(i * lanes + k)] = wide ? v : double(float(v));
         }
       }
       check_equal(from_vector(got, Shape{n}, DType::f64), ref,
                   fmt::format("uniform replay n={} {}", n, dtype_name(t)));
+      // Normals: Box-Muller on the lane pairs (u[0], u[1]) and (u[2], u[3]) of each block.
+      Tensor ref_normal = empty(Shape{n}, t);
+      random_kernel(kCPU, ref_normal, Distribution::normal, 0.5, 2, seed, first_block);
+      for (int64_t i = 0; i < (n + lanes - 1) / lanes; ++i) {
+        double u[4];
+        gpu::philox_uniforms(seed, first_block + uint64_t(i), wide, u);
+        for (int64_t k = 0; k < lanes && i * lanes + k < n; ++k) {
+          const int64_t pair = k - k % 2;
+          const double radius = std::sqrt(-2.0 * std::log(u[pair]));
+          const double angle = 2.0 * 3.14159265358979323846 * u[pair + 1];
+          const double z = radius * (k % 2 == 0 ? std::cos(angle) : std::sin(angle));
+          const double v = std::fma(2.0, z, 0.5);
+          got[size_t(i * lanes + k)] = wide ? v : double(float(v));
+        }
+      }
+      check_equal(from_vector(got, Shape{n}, DType::f64), ref_normal,
+                  fmt::format("normal replay n={} {}", n, dtype_name(t)));
     }
   }
 }

@@ -50,8 +50,10 @@ void random_cpu(Tensor& out, Distribution dist, double a, double b, uint64_t see
         for (int64_t k = 0; k < lanes && i * lanes + k < n; ++k) {
           T& v = o[i * lanes + k];
           switch (dist) {
-            case Distribution::normal: v = T(a + b * z[k]); break;
-            case Distribution::uniform: v = T(a + (b - a) * u[k]); break;
+            // Explicit fused multiply-adds: the same rounding whatever the compiler contracts
+            // (the CUDA kernel uses the same two, random.cu).
+            case Distribution::normal: v = T(std::fma(b, z[k], a)); break;
+            case Distribution::uniform: v = T(std::fma(b - a, u[k], a)); break;
             case Distribution::bernoulli: v = u[k] < a ? T(b) : T(0); break;
           }
         }

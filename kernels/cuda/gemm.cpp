@@ -196,10 +196,11 @@ PlanKey key_of(const GemmDesc& d, bool tf32, uint32_t aa, uint32_t ab, uint32_t 
 const LtPlan& plan_for(const GemmDesc& d, bool tf32, uint32_t aa, uint32_t ab, uint32_t ac,
                        size_t ws_bytes, int device) {
   static std::mutex mutex;
-  static std::map<PlanKey, std::unique_ptr<LtPlan>> cache;
+  // Never destroyed, like the handles: no descriptor outlives the library at exit.
+  static auto* cache = new std::map<PlanKey, std::unique_ptr<LtPlan>>();
   const PlanKey key = key_of(d, tf32, aa, ab, ac, ws_bytes, device);
   std::lock_guard<std::mutex> lock(mutex);
-  std::unique_ptr<LtPlan>& entry = cache[key];
+  std::unique_ptr<LtPlan>& entry = (*cache)[key];
   if (!entry) {
     auto plan = std::make_unique<LtPlan>();
     plan->problem = std::make_unique<LtProblem>(d, tf32, aa, ab, ac, ws_bytes);

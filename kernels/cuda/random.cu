@@ -42,8 +42,9 @@ __global__ void __launch_bounds__(kBlock)
     for (int64_t k = 0; k < lanes && i * lanes + k < n; ++k) {
       T& v = out[i * lanes + k];
       switch (dist) {
-        case RandomDist::normal: v = from_double<T>(a + b * z[k]); break;
-        case RandomDist::uniform: v = from_double<T>(a + (b - a) * u[k]); break;
+        // Explicit fused multiply-adds, as the CPU kernel (no compiler-dependent contraction).
+        case RandomDist::normal: v = from_double<T>(fma(b, z[k], a)); break;
+        case RandomDist::uniform: v = from_double<T>(fma(b - a, u[k], a)); break;
         case RandomDist::bernoulli: v = u[k] < a ? from_double<T>(b) : from_double<T>(0.0); break;
       }
     }
