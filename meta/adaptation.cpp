@@ -98,6 +98,7 @@ nlohmann::json AdaptResult::to_json() const {
           {"test_mse", test_mse},
           {"steps_to_95", steps_to_95},
           {"steps_to_95_gain", steps_to_95_gain},
+          {"diverged_at", diverged_at},
           {"seconds", seconds},
           {"ms_per_step", ms_per_step},
           {"peak_bytes", peak_bytes},
@@ -146,6 +147,9 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
     adam = std::make_unique<optim::AdamW>(np, ao);
   }
 
+  std::vector<double> lr_of;  // per leaf
+  for (const auto& name : names)
+    lr_of.push_back(opt.backbone_lr >= 0 && !is_session_table(name) ? opt.backbone_lr : opt.lr);
   std::vector<std::pair<int64_t, double>> scores;
   double seconds = 0, last_loss = NAN;
   auto eval_point = [&](int64_t step) {
@@ -165,6 +169,12 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
     const auto t0 = std::chrono::steady_clock::now();
     Tensor loss = mse_loss(f.predict(b, &overrides), b.target);
     TensorList g = autograd::grad({loss}, leaves, {}, std::nullopt, false, /*allow_unused=*/true);
+    last_loss = loss.item<double>();
+    if (!std::isfinite(last_loss)) {
+      // Diverged: no update from a non-finite gradient; the run ends here with NaN scores.
+      r.diverged_at = step;
+      break;
+    }
     {
       NoGradGuard no_grad;
       if (adam) {
@@ -173,18 +183,19 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
         adam->step();
       } else {
         for (size_t i = 0; i < leaves.size(); ++i)
-          if (g[i].defined()) leaves[i].add_(g[i], -opt.lr);
+          if (g[i].defined()) leaves[i].add_(g[i], -lr_of[i]);
       }
     }
-    last_loss = loss.item<double>();
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     r.peak_bytes = std::max(r.peak_bytes, memory_stats().peak_allocated_bytes);
-    MT_CHECK(std::isfinite(last_loss),
-             "adaptation of session '{}': the loss became {} at step {}; lower the learning rate "
-             "(now {})", r.session, last_loss, step, opt.lr);
     if (step % opt.eval_every == 0 || step == opt.steps) eval_point(step);
   }
   r.initial_score = scores.front().second;
+  if (r.diverged_at >= 0) {
+    r.final_score = r.test_score = r.test_mse = NAN;
+    r.seconds = seconds;
+    return r;
+  }
   r.final_score = scores.back().second;
   r.steps_to_95 = steps_to_fraction_of_final(scores, 0.95);
   r.steps_to_95_gain = steps_to_fraction_of_gain(scores, 0.95);

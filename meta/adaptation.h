@@ -34,6 +34,9 @@ struct AdaptOptions {
   std::vector<std::string> params = {"unit_emb.", "session_emb."};  // name prefixes; empty = all
   int64_t steps = 200;
   double lr = 3e-3;
+  // inner only: the SGD step size of the selected parameters other than the unit and session
+  // embeddings (whose gradients are orders of magnitude smaller per entry); < 0 = lr.
+  double backbone_lr = -1;
   double weight_decay = 0;
   int64_t batch_size = 32;
   int64_t eval_every = 5;       // validation every this many steps (and at 0 and the last step)
@@ -51,6 +54,8 @@ struct AdaptPoint {
 struct AdaptResult {
   std::string session;
   std::vector<AdaptPoint> curve;
+  // The step whose loss was not finite (the run stops there; the scores after it are NaN), or -1.
+  int64_t diverged_at = -1;
   double initial_score = 0;   // validation score before any step
   double final_score = 0;     // validation score after the last step
   double test_score = 0;      // test split score after the last step

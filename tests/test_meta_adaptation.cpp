@@ -4,6 +4,8 @@
 // validation of meta-learned models after their inner loop.
 #include <catch2/catch.hpp>
 
+#include <cmath>
+
 #include "engine/autograd/grad_mode.h"
 #include "data/synth.h"
 #include "meta/adaptation.h"
@@ -130,6 +132,16 @@ TEST_CASE("adaptation moves only the chosen parameters and leaves the model unto
   meta::AdaptResult z = meta::adapt_session(*f, data, 0, none);
   CHECK(z.curve.size() == 1);
   CHECK(z.final_score == r.initial_score);
+
+  // A step size that blows up: the run stops at the first non-finite loss and reports it.
+  meta::AdaptOptions huge = opt;
+  huge.procedure = "inner";
+  huge.lr = 1e6;
+  meta::AdaptResult d = meta::adapt_session(*f, data, 0, huge);
+  CHECK(d.diverged_at > 0);
+  CHECK(d.diverged_at <= huge.steps);
+  CHECK(std::isnan(d.final_score));
+  CHECK(std::isnan(d.test_score));
 
   meta::AdaptOptions bad = opt;
   bad.procedure = "adam";

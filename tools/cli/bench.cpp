@@ -163,6 +163,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir) {
       a.seed = c.adapt.train.seed;
       if (key.procedure == "inner") {
         a.lr = c.train.meta.inner_lr;
+        a.backbone_lr = c.bench.inner_backbone_lr;
       } else {
         a.lr = c.adapt.train.lr;
         if (auto it = c.adapt.lr_by_mode.find(key.params); it != c.adapt.lr_by_mode.end())
@@ -172,17 +173,24 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir) {
       Row row{key, {}};
       for (int64_t s = 0; s < held.num_sessions(); ++s) {
         meta::AdaptResult r = meta::adapt_session(*fresh, held, s, a);
-        std::printf("  %-9s %-8s %-22s %-22s steps_to_95 %4lld (gain %4lld)  score %.4f -> "
-                    "%.4f  test %.4f  %6.2f s  %.1f MiB\n",
-                    key.method.c_str(), key.procedure.c_str(), key.params.c_str(),
-                    r.session.c_str(), (long long)r.steps_to_95, (long long)r.steps_to_95_gain,
-                    r.initial_score, r.final_score, r.test_score, r.seconds, mib(r.peak_bytes));
+        if (r.diverged_at >= 0) {
+          std::printf("  %-9s %-8s %-22s %-22s DIVERGED at step %lld (lr %g)\n",
+                      key.method.c_str(), key.procedure.c_str(), key.params.c_str(),
+                      r.session.c_str(), (long long)r.diverged_at, a.lr);
+        } else {
+          std::printf("  %-9s %-8s %-22s %-22s steps_to_95 %4lld (gain %4lld)  score %.4f -> "
+                      "%.4f  test %.4f  %6.2f s  %.1f MiB\n",
+                      key.method.c_str(), key.procedure.c_str(), key.params.c_str(),
+                      r.session.c_str(), (long long)r.steps_to_95, (long long)r.steps_to_95_gain,
+                      r.initial_score, r.final_score, r.test_score, r.seconds, mib(r.peak_bytes));
+        }
         std::fflush(stdout);
         json rj = r.to_json();
         rj["method"] = key.method;
         rj["procedure"] = key.procedure;
         rj["params"] = key.params;
         rj["lr"] = a.lr;
+        if (key.procedure == "inner") rj["backbone_lr"] = a.backbone_lr;
         runs.push_back(rj);
         row.per_session.push_back(std::move(r));
       }
@@ -202,8 +210,16 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir) {
   for (const auto& row : rows) {
     const auto& ps = row.per_session;
     const double n = double(ps.size());
+    // A run that diverged ends early: the mean curve stops where the shortest one does, and the
+    // row's final and test scores are NaN.
+    int64_t diverged = 0;
+    size_t points = ps.front().curve.size();
+    for (const auto& r : ps) {
+      points = std::min(points, r.curve.size());
+      diverged += r.diverged_at >= 0;
+    }
     std::vector<std::pair<int64_t, double>> mean_curve;
-    for (size_t i = 0; i < ps.front().curve.size(); ++i) {
+    for (size_t i = 0; i < points; ++i) {
       double v = 0;
       for (const auto& r : ps) v += r.curve.at(i).val_score / n;
       mean_curve.emplace_back(ps.front().curve[i].step, v);
@@ -217,8 +233,8 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir) {
       secs += r.seconds / n;
       peak = std::max(peak, r.peak_bytes);
     }
-    const int64_t s95 = meta::steps_to_fraction_of_final(mean_curve, 0.95);
-    const int64_t s95g = meta::steps_to_fraction_of_gain(mean_curve, 0.95);
+    const int64_t s95 = diverged ? -1 : meta::steps_to_fraction_of_final(mean_curve, 0.95);
+    const int64_t s95g = diverged ? -1 : meta::steps_to_fraction_of_gain(mean_curve, 0.95);
     std::printf("%-9s %-8s %-22s %10lld %11lld %9lld %9.4f %9.4f %10.4f %9.2f %9.1f\n",
                 row.key.method.c_str(), row.key.procedure.c_str(), row.key.params.c_str(),
                 (long long)ps.front().adapted_parameters, (long long)s95, (long long)s95g, initial,
@@ -231,6 +247,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir) {
                      {"adapted_parameters", ps.front().adapted_parameters},
                      {"steps_to_95", s95},
                      {"steps_to_95_gain", s95g},
+                     {"diverged_sessions", diverged},
                      {"initial_score", initial},
                      {"final_score", fin},
                      {"test_score", test},
