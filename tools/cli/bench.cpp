@@ -114,6 +114,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir) {
     }
     meta::TrainOptions t = c.train;
     t.method = method;
+    if (method != "standard") t.lr = c.bench.meta_lr;
     if (auto it = c.bench.train_steps.find(method); it != c.bench.train_steps.end())
       t.steps = it->second;
     std::fprintf(stderr, "training %s: %lld steps%s\n", method.c_str(), (long long)t.steps,
@@ -125,6 +126,11 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir) {
                 t.steps ? 1e3 * tr.seconds / double(t.steps) : 0.0, mib(tr.peak_bytes),
                 tr.best_score, (long long)tr.best_step,
                 method == "standard" ? "" : " (after the inner loop)");
+    if (method != "standard" && tr.best_step == 0 && t.steps > 0)
+      std::printf("note: %s never improved the validation score of its starting point in %lld "
+                  "steps; its model is that starting point (lower bench.meta_lr, now %g, or "
+                  "train longer)\n",
+                  method.c_str(), (long long)t.steps, t.lr);
     std::fflush(stdout);
     io::save_checkpoint(fmt::format("{}/model_{}.safetensors", out_dir, method), *f->module(),
                         {{"method", method}, {"steps", t.steps}});
@@ -132,6 +138,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir) {
     tj["method"] = method;
     tj["steps"] = t.steps;
     tj["from_standard"] = from_standard;
+    tj["lr"] = t.lr;
     trainings.push_back(tj);
 
     Generator gen_new(c.adapt.train.seed);

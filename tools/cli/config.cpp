@@ -131,6 +131,7 @@ void visit(BenchSpec& b, Fn&& fn) {
   fn("param_sets", b.param_sets);
   fn("cross_procedures", b.cross_procedures);
   fn("meta_from_standard", b.meta_from_standard);
+  fn("meta_lr", b.meta_lr);
   fn("inner_backbone_lr", b.inner_backbone_lr);
   fn("adapt_steps", b.adapt_steps);
   fn("adapt_eval_every", b.adapt_eval_every);
@@ -307,6 +308,7 @@ RunConfig config_from_json(const nlohmann::json& j) {
            "config: bench.adapt_steps must be >= 0 and bench.adapt_eval_every, "
            "bench.adapt_batch_size, bench.memory_batch_size positive");
   meta::parse_new_session_init(c.bench.new_session_init);
+  MT_CHECK(c.bench.meta_lr > 0, "config: bench.meta_lr must be positive, got {}", c.bench.meta_lr);
   MT_CHECK(c.bench.inner_backbone_lr > 0, "config: bench.inner_backbone_lr must be positive, got {}",
            c.bench.inner_backbone_lr);
   for (int64_t k : c.bench.memory_inner_steps)

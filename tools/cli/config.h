@@ -48,6 +48,9 @@ struct BenchSpec {
   // FOMAML and E2E-TTT start from the weights standard training reached (and then take their own
   // steps) instead of from the initial weights.
   bool meta_from_standard = true;
+  // Outer (AdamW) learning rate of FOMAML and E2E-TTT (the experiment plan's meta_lr); standard
+  // training uses train.lr.
+  double meta_lr = 1e-4;
   // SGD step size of the non-embedding parameters in the inner-loop procedure (the embeddings
   // take train.meta.inner_lr, the step size they were meta-learned with).
   double inner_backbone_lr = 1e-3;
