@@ -128,8 +128,8 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir) {
                 method == "standard" ? "" : " (after the inner loop)");
     if (method != "standard" && tr.best_step == 0 && t.steps > 0)
       std::printf("note: %s never improved the validation score of its starting point in %lld "
-                  "steps; its model is that starting point (lower bench.meta_lr, now %g, or "
-                  "train longer)\n",
+                  "steps; its model is that starting point (try another bench.meta_lr, now %g, or "
+                  "more steps)\n",
                   method.c_str(), (long long)t.steps, t.lr);
     std::fflush(stdout);
     io::save_checkpoint(fmt::format("{}/model_{}.safetensors", out_dir, method), *f->module(),
