@@ -27,13 +27,6 @@ bool is_session_table(const std::string& name) {
   return name.rfind("unit_emb.", 0) == 0 || name.rfind("session_emb.", 0) == 0;
 }
 
-bool selected(const std::string& name, const std::vector<std::string>& prefixes) {
-  if (prefixes.empty()) return true;
-  for (const auto& p : prefixes)
-    if (name.rfind(p, 0) == 0) return true;
-  return false;
-}
-
 }  // namespace
 
 int64_t transfer_to_new_sessions(Forecaster& trained, Forecaster& fresh, NewSessionInit init) {
@@ -127,7 +120,7 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
   nn::ParamMap overrides;
   if (module)
     for (auto& [name, t] : module->named_parameters()) {
-      if (!selected(name, opt.params)) continue;
+      if (!matches_prefixes(name, opt.params)) continue;
       Tensor leaf = t.detach().clone();
       leaf.set_requires_grad(true);
       names.push_back(name);
@@ -241,7 +234,7 @@ Metrics evaluate_after_inner_loop(const Forecaster& f, const data::PreparedData&
     for (auto& [name, t] : module->named_parameters()) init[name] = t.detach();
     // Detached values do not require grad: the inner loop needs leaves that do.
     for (auto& [name, t] : init)
-      if (selected(name, params)) t.set_requires_grad(true);
+      if (matches_prefixes(name, params)) t.set_requires_grad(true);
     InnerResult inner = inner_loop(f, init, {b}, opt);
     nn::ParamMap adapted;
     for (auto& [name, t] : inner.fast) adapted[name] = t.detach();

@@ -124,6 +124,13 @@ models::PocoBatch to_batch(const data::WindowBatch& w, const Forecaster& f,
   return b;
 }
 
+bool matches_prefixes(const std::string& name, const std::vector<std::string>& prefixes) {
+  if (prefixes.empty()) return true;
+  for (const auto& p : prefixes)
+    if (name.rfind(p, 0) == 0) return true;
+  return false;
+}
+
 nlohmann::json Metrics::to_json() const {
   nlohmann::json per = nlohmann::json::array();
   for (const auto& s : sessions)

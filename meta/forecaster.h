@@ -27,6 +27,9 @@ class Forecaster {
   virtual std::vector<int64_t> session_sizes() const { return {}; }
 };
 
+// Whether parameter `name` starts with one of `prefixes`; an empty list selects every parameter.
+bool matches_prefixes(const std::string& name, const std::vector<std::string>& prefixes);
+
 struct ModelSpec {
   std::string kind = "poco";          // poco | nlinear | mlp | copy_last
   std::string preset = "poco-paper";  // POCO's named configuration

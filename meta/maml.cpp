@@ -5,16 +5,6 @@
 
 namespace mt::meta {
 
-namespace {
-// Empty prefixes select every parameter.
-bool selected(const std::string& name, const std::vector<std::string>& prefixes) {
-  if (prefixes.empty()) return true;
-  for (const auto& p : prefixes)
-    if (name.rfind(p, 0) == 0) return true;
-  return false;
-}
-}  // namespace
-
 InnerResult inner_loop(const Forecaster& f, const nn::ParamMap& init,
                        const std::vector<models::PocoBatch>& support, const InnerLoopOptions& opt) {
   MT_CHECK(opt.steps >= 0 && opt.inner_lr > 0,
@@ -24,7 +14,7 @@ InnerResult inner_loop(const Forecaster& f, const nn::ParamMap& init,
   InnerResult r;
   std::vector<std::string> names;
   for (const auto& [name, t] : init)
-    if (selected(name, opt.params)) {
+    if (matches_prefixes(name, opt.params)) {
       names.push_back(name);
       r.fast[name] = t;
     }

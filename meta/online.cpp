@@ -38,9 +38,7 @@ Adapted copy_params(Forecaster& f, const std::vector<std::string>& prefixes) {
   nn::Module* m = f.module();
   MT_CHECK(m != nullptr, "online adaptation needs a forecaster with parameters");
   for (auto& [name, t] : m->named_parameters()) {
-    bool take = prefixes.empty();
-    for (const auto& p : prefixes) take |= name.rfind(p, 0) == 0;
-    if (!take) continue;
+    if (!matches_prefixes(name, prefixes)) continue;
     Tensor leaf = t.detach().clone();
     leaf.set_requires_grad(true);
     a.names.push_back(name);

@@ -39,13 +39,6 @@ std::vector<std::string> finetune_prefixes(const std::string& mode) {
 
 namespace {
 
-bool selected(const std::string& name, const std::vector<std::string>& prefixes) {
-  if (prefixes.empty()) return true;
-  for (const auto& p : prefixes)
-    if (name.rfind(p, 0) == 0) return true;
-  return false;
-}
-
 std::string format_eta(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
   const int64_t s = int64_t(seconds + 0.5);
@@ -75,7 +68,7 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
   optim::NamedParams params;
   if (module)
     for (auto& [name, t] : module->named_parameters())
-      if (selected(name, opt.trainable)) params.emplace_back(name, t);
+      if (matches_prefixes(name, opt.trainable)) params.emplace_back(name, t);
   TrainResult result;
   for (auto& [n, t] : params) result.trainable_parameters += t.numel();
   MT_CHECK(module == nullptr || opt.steps == 0 || !params.empty(),

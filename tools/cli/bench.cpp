@@ -59,6 +59,15 @@ std::string own_procedure(const std::string& method) {
   return method == "standard" ? "finetune" : "inner";
 }
 
+// Copies every parameter of `from` into `to` (the same model configuration and sessions).
+void copy_parameters(meta::Forecaster& from, meta::Forecaster& to) {
+  NoGradGuard no_grad;
+  auto src = from.module()->named_parameters();
+  auto dst = to.module()->named_parameters();
+  MT_CHECK(src.size() == dst.size(), "bench: models with different parameter lists");
+  for (size_t i = 0; i < dst.size(); ++i) dst[i].second.copy_(src[i].second);
+}
+
 struct RunKey {
   std::string method, procedure, params;
 };
@@ -107,10 +116,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir) {
       MT_CHECK(standard_model != nullptr,
                "bench adaptation: bench.meta_from_standard needs \"standard\" before the "
                "meta-learning methods in bench.methods");
-      NoGradGuard no_grad;
-      auto src = standard_model->module()->named_parameters();
-      auto dst = f->module()->named_parameters();
-      for (size_t i = 0; i < dst.size(); ++i) dst[i].second.copy_(src.at(i).second);
+      copy_parameters(*standard_model, *f);
     }
     meta::TrainOptions t = c.train;
     t.method = method;
@@ -148,10 +154,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir) {
     if (method == "standard") {
       Generator g0(0);
       standard_model = meta::make_forecaster(c.model, sizes_of(d.train), g0);
-      NoGradGuard no_grad;
-      auto src = f->module()->named_parameters();
-      auto dst = standard_model->module()->named_parameters();
-      for (size_t i = 0; i < dst.size(); ++i) dst[i].second.copy_(src.at(i).second);
+      copy_parameters(*f, *standard_model);
     }
 
     std::vector<RunKey> keys;
