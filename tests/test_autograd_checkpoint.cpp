@@ -9,6 +9,7 @@
 #include "meta/maml.h"
 #include "support/gradcheck.h"
 #include "support/poco_golden.h"
+#include "support/golden_file.h"
 
 using namespace mt;
 using namespace mt::testing;
@@ -61,8 +62,7 @@ TEST_CASE("checkpoint keeps only its inputs in the forward", "[autograd][checkpo
 
 TEST_CASE("checkpointed inner steps give the same E2E-TTT meta-gradient with less memory",
           "[meta][checkpoint]") {
-  const std::string dir = std::string(METATAPE_SOURCE_DIR) + "/tests/golden/";
-  auto st = io::load_safetensors(dir + "poco_tiny_v1.safetensors");
+  auto st = io::load_safetensors(mt::testing::golden_path("poco_tiny_v1.safetensors"));
   meta::ModelSpec spec;
   spec.poco = nlohmann::json::parse(st.metadata.at("config"));
   Generator gen(0);
@@ -73,7 +73,7 @@ TEST_CASE("checkpointed inner steps give the same E2E-TTT meta-gradient with les
     NoGradGuard no_grad;
     for (auto& [name, p] : f->module()->named_parameters()) p.copy_(*st.find(name));
   }
-  GoldenFile g = GoldenFile::load(dir + "poco_tiny_v1.bin");
+  GoldenFile g = GoldenFile::load(mt::testing::golden_path("poco_tiny_v1.bin"));
   models::PocoBatch support = golden_batch(g, "x_all", "targets");
   models::PocoBatch query = golden_batch(g, "query.x_all", "query.targets");
   meta::InnerLoopOptions opt;

@@ -26,11 +26,7 @@ constexpr Tolerance kF64{1e-13, 1e-13};
 // f32 elementwise: CUDA's f32 functions (expf, erff, tanhf, sinf, ...) are within 1-4 ulp
 // (2^-23 = 1.2e-7 relative each); composites stack a few of them. 1e-5 relative is ~80 ulp.
 constexpr Tolerance kF32{1e-6, 1e-5};
-// 16-bit storage: both sides compute in f32 and round once to 16 bits; the f32 results may sit
-// on either side of a rounding boundary, so one 16-bit ulp (2^-10 for f16, 2^-7 for bf16)
-// relative to the value.
-constexpr Tolerance kF16{1e-3, 2.0 / 1024};
-constexpr Tolerance kBF16{1e-2, 2.0 / 128};
+// 16-bit storage: kF16 / kBF16 (support/cuda_compare.h).
 // Gradients in f64 (first and second order): a backward pass chains a dozen ops of f64 error
 // each; 1e-11 is still far below any wrong term (O(1)).
 constexpr Tolerance kGradF64{1e-11, 1e-11};

@@ -34,10 +34,7 @@ constexpr Tolerance kRowF64{1e-13, 1e-12};
 // layer_norm's statistics): the sum of D terms carries ~log2(D) x 2^-24 relative error in a
 // tree order, and expf within 2 ulp; 2e-5 relative covers D up to 5000 with margin.
 constexpr Tolerance kRowF32{1e-6, 2e-5};
-// 16-bit storage: both sides compute in f32 and round once; the f32 values may straddle a
-// rounding boundary: one 16-bit ulp (2^-10 f16, 2^-7 bf16) relative, twice for margin.
-constexpr Tolerance kF16{1e-3, 2.0 / 1024};
-constexpr Tolerance kBF16{1e-2, 2.0 / 128};
+// 16-bit storage: kF16 / kBF16 (support/cuda_compare.h).
 // GEMM, inputs in [-1, 1], K <= 300: both sides accumulate in the storage precision (f32:
 // Eigen's and cuBLAS's blockings differ), error <= K x eps x sum|a||b| ~ 300 x 6e-8 x 300 in
 // the worst case, ~sqrt(K) x eps x |c| typically; 1e-4 absolute is far below any wrong term.

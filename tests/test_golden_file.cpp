@@ -22,9 +22,7 @@ using mt::testing::TempDir;
 
 namespace {
 
-std::string golden_path() {
-  return std::string(METATAPE_SOURCE_DIR) + "/tests/golden/mlp_meta_v1.bin";
-}
+std::string golden_path() { return mt::testing::golden_path("mlp_meta_v1.bin"); }
 
 void put_u32(std::vector<unsigned char>& b, size_t off, uint32_t v) {
   for (size_t i = 0; i < 4; ++i) b.at(off + i) = static_cast<unsigned char>(v >> (8 * i));

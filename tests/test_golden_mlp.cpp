@@ -24,9 +24,7 @@ constexpr Tolerance kGoldenF64{1e-12, 1e-10};
 // ~1. 1e-6 absolute + 1e-5 relative keeps a 10x margin and still fails on any wrong term.
 constexpr Tolerance kGoldenF32{1e-6, 1e-5};
 
-std::string golden_path() {
-  return std::string(METATAPE_SOURCE_DIR) + "/tests/golden/mlp_meta_v1.bin";
-}
+std::string golden_path() { return mt::testing::golden_path("mlp_meta_v1.bin"); }
 
 Tensor load(const GoldenFile& file, const std::string& name, DType dtype) {
   const GoldenTensor& g = file.at(name);

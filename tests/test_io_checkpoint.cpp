@@ -8,6 +8,7 @@
 #include "engine/core/generator.h"
 #include "engine/io/checkpoint.h"
 #include "support/temp_dir.h"
+#include "support/golden_file.h"
 
 using namespace mt;
 using namespace mt::io;
@@ -166,8 +167,7 @@ TEST_CASE("partial load copies matching tensors and reports the rest", "[io]") {
         olds[1].second.to_vector<double>());
 
   // A safetensors file without checkpoint metadata (written by Python) loads too.
-  const std::string fixture =
-      std::string(METATAPE_SOURCE_DIR) + "/tests/golden/optim_io_fixture.safetensors";
+  const std::string fixture = mt::testing::golden_path("optim_io_fixture.safetensors");
   const nn::ParamMap map = {{"layer.0.weight", zeros(Shape{3, 2})}, {"other", zeros(Shape{1})}};
   const LoadReport py = load_parameters(map, fixture, LoadMode::partial);
   CHECK(py.loaded == std::vector<std::string>{"layer.0.weight"});

@@ -11,6 +11,7 @@
 
 #include "engine/io/safetensors.h"
 #include "support/temp_dir.h"
+#include "support/golden_file.h"
 
 using namespace mt;
 using namespace mt::io;
@@ -44,7 +45,7 @@ Tensor from_bits(std::vector<Bits> bits, const Shape& shape, DType dtype) {
 }
 
 std::string fixture_path() {
-  return std::string(METATAPE_SOURCE_DIR) + "/tests/golden/optim_io_fixture.safetensors";
+  return mt::testing::golden_path("optim_io_fixture.safetensors");
 }
 
 }  // namespace

@@ -32,16 +32,14 @@ constexpr Tolerance kE2eGolden{1e-11, 1e-9};
 // to the rounding of summing ~70,000 values in a different order.
 constexpr double kWeightsFingerprintRtol = 1e-12;
 
-const std::string kDir = std::string(METATAPE_SOURCE_DIR) + "/tests/golden/";
-
 struct E2eFixture {
   std::unique_ptr<meta::Forecaster> f;
-  GoldenFile golden = GoldenFile::load(kDir + "e2e_ttt_tiny_v1.bin");
+  GoldenFile golden = GoldenFile::load(golden_path("e2e_ttt_tiny_v1.bin"));
   models::PocoBatch support, query;
   meta::InnerLoopOptions opt;
 
   E2eFixture() {
-    auto st = io::load_safetensors(kDir + "poco_tiny_v1.safetensors");
+    auto st = io::load_safetensors(golden_path("poco_tiny_v1.safetensors"));
     meta::ModelSpec spec;
     spec.poco = nlohmann::json::parse(st.metadata.at("config"));
     auto sizes = nlohmann::json::parse(st.metadata.at("session_sizes")).get<std::vector<int64_t>>();

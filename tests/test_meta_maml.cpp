@@ -25,15 +25,13 @@ constexpr Tolerance kMetaGolden{1e-11, 1e-9};
 // Two gradient computations of the same f64 graph in a different order of operations.
 constexpr double kSameGraphTol = 1e-12;
 
-const std::string kDir = std::string(METATAPE_SOURCE_DIR) + "/tests/golden/";
-
 struct Fixture {
   std::unique_ptr<meta::Forecaster> f;
-  GoldenFile golden = GoldenFile::load(kDir + "poco_tiny_v1.bin");
+  GoldenFile golden = GoldenFile::load(golden_path("poco_tiny_v1.bin"));
   models::PocoBatch support, query;
 
   Fixture() {
-    auto st = io::load_safetensors(kDir + "poco_tiny_v1.safetensors");
+    auto st = io::load_safetensors(golden_path("poco_tiny_v1.safetensors"));
     meta::ModelSpec spec;
     spec.poco = nlohmann::json::parse(st.metadata.at("config"));
     auto sizes = nlohmann::json::parse(st.metadata.at("session_sizes")).get<std::vector<int64_t>>();

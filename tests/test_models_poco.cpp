@@ -26,20 +26,18 @@ namespace {
 // 1e-9 relative keeps two orders of margin and fails on any wrong term.
 constexpr Tolerance kPocoGolden{1e-11, 1e-9};
 
-const std::string kDir = std::string(METATAPE_SOURCE_DIR) + "/tests/golden/";
-
 struct Loaded {
   std::unique_ptr<models::Poco> model;
   GoldenFile golden;
 };
 
 Loaded load_golden() {
-  auto st = io::load_safetensors(kDir + "poco_tiny_v1.safetensors");
+  auto st = io::load_safetensors(golden_path("poco_tiny_v1.safetensors"));
   auto config = models::PocoConfig::from_json(nlohmann::json::parse(st.metadata.at("config")));
   auto sizes = nlohmann::json::parse(st.metadata.at("session_sizes")).get<std::vector<int64_t>>();
   Generator gen(0);
   Loaded out{std::make_unique<models::Poco>(config, sizes, gen, DType::f64),
-             GoldenFile::load(kDir + "poco_tiny_v1.bin")};
+             GoldenFile::load(golden_path("poco_tiny_v1.bin"))};
   NoGradGuard no_grad;
   for (auto& [name, param] : out.model->named_parameters()) {
     const Tensor* t = st.find(name);

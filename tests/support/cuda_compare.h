@@ -26,6 +26,12 @@ namespace mt::testing {
 
 inline Device gpu0() { return cuda(0); }
 
+// 16-bit storage: both sides compute in f32 and round once to 16 bits; the f32 results may sit
+// on either side of a rounding boundary: one 16-bit ulp (2^-10 for f16, 2^-7 for bf16) relative
+// to the value, twice for margin.
+constexpr Tolerance kF16{1e-3, 2.0 / 1024};
+constexpr Tolerance kBF16{1e-2, 2.0 / 128};
+
 // Checks |got - ref| <= atol + rtol * |ref| for every element (both read on the host in f64; NaN
 // matches NaN). Reports the worst element and its index.
 void check_close(const Tensor& got, const Tensor& ref, Tolerance tol, const std::string& what);

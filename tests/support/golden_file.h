@@ -16,6 +16,11 @@
 
 namespace mt::testing {
 
+// Path of a file in tests/golden/ of the source tree (the build passes METATAPE_SOURCE_DIR).
+inline std::string golden_path(const std::string& name) {
+  return std::string(METATAPE_SOURCE_DIR) + "/tests/golden/" + name;
+}
+
 struct GoldenTensor {
   std::string name;
   std::vector<int64_t> shape;  // empty for a 0-d tensor
