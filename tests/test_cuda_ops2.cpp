@@ -301,8 +301,9 @@ TEST_CASE("CUDA layer_norm matches the CPU (affine or not, sentinels)", "[cuda]"
           return layer_norm(v[0], 1, affine >= 1 ? v[1] : Tensor(), affine == 2 ? v[2] : Tensor(),
                             1e-5);
         };
-        TensorList in{x, w.defined() ? w : zeros(Shape{D}, t),
-                      b.defined() ? b : zeros(Shape{D}, t)};
+        // (The CPU fills f32 and f64 only: 16-bit placeholders are converted from f32 zeros.)
+        TensorList in{x, w.defined() ? w : zeros(Shape{D}).to(t),
+                      b.defined() ? b : zeros(Shape{D}).to(t)};
         Tensor ref = cpu_reference(f, in, t);
         TensorList in_gpu;
         for (const Tensor& v : in) in_gpu.push_back(on_gpu(v));

@@ -13,6 +13,7 @@
 #include "data/load.h"
 #include "data/npz.h"
 #include "data/session.h"
+#include "support/golden_file.h"
 #include "support/temp_dir.h"
 
 #ifndef METATAPE_SOURCE_DIR
@@ -21,6 +22,7 @@
 
 using Catch::Contains;
 using mt::testing::read_bytes;
+using mt::testing::source_dir;
 using mt::testing::TempDir;
 using mt::testing::write_bytes;
 using namespace mt::data;
@@ -28,7 +30,7 @@ using namespace mt::data;
 namespace {
 
 std::string fixture(const std::string& name) {
-  return std::string(METATAPE_SOURCE_DIR) + "/tests/fixtures/data/" + name;
+  return source_dir() + "/tests/fixtures/data/" + name;
 }
 
 // The fixtures' values: M[n, t] = 10 n + t + 0.25 (n % 2); t = 0.5 + 0.125 frame.

@@ -39,7 +39,7 @@ constexpr int kSteps = 5;
 
 const GoldenFile& golden() {
   static const GoldenFile file =
-      GoldenFile::load(std::string(METATAPE_SOURCE_DIR) + "/tests/golden/optim_v1.bin");
+      GoldenFile::load(golden_path("optim_v1.bin"));
   return file;
 }
 

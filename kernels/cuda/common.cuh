@@ -80,6 +80,16 @@ inline unsigned grid_for(int64_t work, int sm_count) {
   return unsigned(g > 0 ? g : 1);
 }
 
+// Grid for streaming kernels (elementwise, copies): one block per kBlock items, up to CUDA's
+// limit, so that each thread handles its items once and exits. On an H100 this moved 3-5% more
+// bytes per second than a grid capped at a few blocks per SM looping over the work. The kernels
+// keep their grid-stride loops, so any grid is correct.
+inline unsigned grid_cover(int64_t work) {
+  const int64_t needed = (work + kBlock - 1) / kBlock;
+  constexpr int64_t kMaxBlocks = 0x7fffffff;
+  return unsigned(needed < 1 ? 1 : (needed < kMaxBlocks ? needed : kMaxBlocks));
+}
+
 // Calls fn.template operator()<T>() with the storage type of t.
 template <class Fn>
 void dispatch_storage(ScalarType t, Fn&& fn) {

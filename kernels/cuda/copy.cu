@@ -106,7 +106,7 @@ void run_copy(const Iter& it, void* dst, const void* src, cudaStream_t s, int sm
                         reinterpret_cast<uintptr_t>(p) % (sizeof(Ts) * kVec) == 0;
     if (vec_ok) {
       copy_flat<Td, Ts, kVec>
-          <<<grid_for((it.numel + kVec - 1) / kVec, sms), kBlock, 0, s>>>(it.numel, d, p, false);
+          <<<grid_cover((it.numel + kVec - 1) / kVec), kBlock, 0, s>>>(it.numel, d, p, false);
     } else {
       copy_flat<Td, Ts, 1><<<grid_for(it.numel, sms), kBlock, 0, s>>>(it.numel, d, p, scalar);
     }

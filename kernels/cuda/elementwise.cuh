@@ -31,50 +31,101 @@ __device__ __forceinline__ A apply(const F& f, const A (&v)[N]) {
 }
 
 // Flat: out[i] = f(in_0[i], ...) for i < n; operand k with bit k of scalar_mask set is a single
-// element read once. Threads own VEC consecutive elements per step, so loads and stores are
-// 16-byte vector accesses (the launcher checks alignment and falls back to VEC = 1). `out` may
-// alias an input (Tensor::add_): each element is read and written by the same thread.
-template <class T, int N, int VEC, class F>
+// element read once. Threads own VEC consecutive elements per access, so loads and stores are
+// 16-byte vector accesses (the launcher checks alignment and falls back to VEC = 1), and UNROLL
+// such vectors per step, a block's width apart (coalesced), all loaded before the first is used:
+// several independent loads in flight per thread are what keeps HBM busy when f costs more than
+// an add (gelu, erf). `out` may alias an input (Tensor::add_): each element is read and written
+// by the same thread.
+template <class T, int N, int VEC, int UNROLL, class F>
 __global__ void __launch_bounds__(kBlock)
     flat_kernel(int64_t n, T* out, Inputs<T, N> in, unsigned scalar_mask, F f) {
   using A = acc_t<T>;
   A scalars[N];
 #pragma unroll
   for (int k = 0; k < N; ++k) scalars[k] = (scalar_mask >> k) & 1u ? load_acc(in.p[k][0]) : A(0);
-  const int64_t step = int64_t(gridDim.x) * blockDim.x * VEC;
-  for (int64_t base = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * VEC; base < n;
+  const int64_t width = int64_t(blockDim.x) * VEC;  // elements between a thread's vectors
+  const int64_t step = int64_t(gridDim.x) * width * UNROLL;
+  for (int64_t base = int64_t(blockIdx.x) * width * UNROLL + int64_t(threadIdx.x) * VEC; base < n;
        base += step) {
-    if (base + VEC <= n) {
-      A v[N][VEC];
+    if (base + (UNROLL - 1) * width + VEC <= n) {
+      Vec<T, VEC> x[N][UNROLL];
 #pragma unroll
-      for (int k = 0; k < N; ++k) {
-        if ((scalar_mask >> k) & 1u) {
+      for (int k = 0; k < N; ++k)
+        if (!((scalar_mask >> k) & 1u)) {
 #pragma unroll
-          for (int j = 0; j < VEC; ++j) v[k][j] = scalars[k];
-        } else {
-          const Vec<T, VEC> x = *reinterpret_cast<const Vec<T, VEC>*>(in.p[k] + base);
-#pragma unroll
-          for (int j = 0; j < VEC; ++j) v[k][j] = load_acc(x.v[j]);
+          for (int u = 0; u < UNROLL; ++u)
+            x[k][u] = *reinterpret_cast<const Vec<T, VEC>*>(in.p[k] + base + u * width);
         }
-      }
-      Vec<T, VEC> o;
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        A args[N];
+      for (int u = 0; u < UNROLL; ++u) {
+        Vec<T, VEC> o;
 #pragma unroll
-        for (int k = 0; k < N; ++k) args[k] = v[k][j];
-        o.v[j] = store_acc<T>(apply<N>(f, args));
+        for (int j = 0; j < VEC; ++j) {
+          A args[N];
+#pragma unroll
+          for (int k = 0; k < N; ++k)
+            args[k] = (scalar_mask >> k) & 1u ? scalars[k] : load_acc(x[k][u].v[j]);
+          o.v[j] = store_acc<T>(apply<N>(f, args));
+        }
+        *reinterpret_cast<Vec<T, VEC>*>(out + base + u * width) = o;
       }
-      *reinterpret_cast<Vec<T, VEC>*>(out + base) = o;
     } else {
-      for (int64_t i = base; i < n; ++i) {
-        A args[N];
+      // The last, partial step: element by element.
+      for (int u = 0; u < UNROLL; ++u)
+        for (int64_t i = base + u * width; i < base + u * width + VEC && i < n; ++i) {
+          A args[N];
 #pragma unroll
-        for (int k = 0; k < N; ++k)
-          args[k] = (scalar_mask >> k) & 1u ? scalars[k] : load_acc(in.p[k][i]);
-        out[i] = store_acc<T>(apply<N>(f, args));
+          for (int k = 0; k < N; ++k)
+            args[k] = (scalar_mask >> k) & 1u ? scalars[k] : load_acc(in.p[k][i]);
+          out[i] = store_acc<T>(apply<N>(f, args));
+        }
+    }
+  }
+}
+
+// Rows: a contiguous (rows, D) output whose inputs are read along a row either contiguously
+// (column stride 1) or as one element per row (column stride 0: a per-row value), each with its
+// own row stride (0 for a row vector such as a bias). The broadcasts a model makes (x + bias,
+// x * gamma, x - mean) take this path instead of the strided one: one division per vector of VEC
+// elements, in Index, instead of one per element and dimension. D and every contiguous input's
+// row stride are multiples of VEC, so a vector never crosses a row.
+template <int N>
+struct RowStrides {
+  int64_t row[N > 0 ? N : 1];
+};
+template <class T, int N, int VEC, class F, class Index>
+__global__ void __launch_bounds__(kBlock)
+    rows_kernel(int64_t vectors, int64_t D, T* out, Inputs<T, N> in, RowStrides<N> rs,
+                unsigned per_row_mask, F f) {
+  using A = acc_t<T>;
+  const int64_t step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t v = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; v < vectors; v += step) {
+    const Index base = Index(v) * Index(VEC);
+    const Index r = base / Index(D), c = base - r * Index(D);
+    A x[N][VEC];
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      if ((per_row_mask >> k) & 1u) {
+        const A s = load_acc(in.p[k][int64_t(r) * rs.row[k]]);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) x[k][j] = s;
+      } else {
+        const Vec<T, VEC> l =
+            *reinterpret_cast<const Vec<T, VEC>*>(in.p[k] + int64_t(r) * rs.row[k] + c);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) x[k][j] = load_acc(l.v[j]);
       }
     }
+    Vec<T, VEC> o;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      A args[N];
+#pragma unroll
+      for (int k = 0; k < N; ++k) args[k] = x[k][j];
+      o.v[j] = store_acc<T>(apply<N>(f, args));
+    }
+    *reinterpret_cast<Vec<T, VEC>*>(out + int64_t(base)) = o;
   }
 }
 
@@ -97,6 +148,24 @@ __global__ void __launch_bounds__(kBlock)
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+// Whether rows_kernel can run `it`: a contiguous (rows, D) output, every input read along a row
+// with column stride 1 or 0, vectors that never cross a row and 16-byte aligned vector accesses.
+template <class T, int N>
+bool rows_path_applies(const Iter& it, const T* out, const Inputs<T, N>& in) {
+  constexpr int64_t kVec = 16 / int64_t(sizeof(T));
+  if (it.rank != 2 || it.sizes[1] % kVec != 0) return false;
+  if (it.strides[0][1] != 1 || it.strides[0][0] != it.sizes[1] || !aligned16(out)) return false;
+  for (int k = 0; k < N; ++k) {
+    const int64_t row = it.strides[k + 1][0], col = it.strides[k + 1][1];
+    if (col == 1) {
+      if (row < 0 || row % kVec != 0 || !aligned16(in.p[k])) return false;
+    } else if (col != 0 || row < 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
 // Launches f over `it` with N inputs of storage type T.
 template <class T, int N, class F>
 void launch_elementwise(const Iter& it, void* out, const void* const (&ins)[N], F f,
@@ -105,6 +174,7 @@ void launch_elementwise(const Iter& it, void* out, const void* const (&ins)[N], 
   Inputs<T, N> in;
   for (int k = 0; k < N; ++k) in.p[k] = static_cast<const T*>(ins[k]);
   T* o = static_cast<T*>(out);
+  constexpr int kVec = 16 / int(sizeof(T));
   if (it.flat) {
     unsigned scalar_mask = 0;
     bool vec_ok = aligned16(o);
@@ -115,13 +185,31 @@ void launch_elementwise(const Iter& it, void* out, const void* const (&ins)[N], 
         vec_ok = vec_ok && aligned16(in.p[k]);
       }
     }
-    constexpr int kVec = 16 / int(sizeof(T));
+    // Unary ops get more vectors in flight per thread than binary ones, whose two inputs
+    // already double them (and whose registers would otherwise limit occupancy).
+    constexpr int kUnroll = N == 1 ? 4 : 2;
     if (vec_ok && it.numel >= kVec) {
-      flat_kernel<T, N, kVec, F><<<grid_for((it.numel + kVec - 1) / kVec, sm_count), kBlock, 0,
-                                   stream>>>(it.numel, o, in, scalar_mask, f);
+      flat_kernel<T, N, kVec, kUnroll, F>
+          <<<grid_cover((it.numel + kVec * kUnroll - 1) / (kVec * kUnroll)), kBlock, 0, stream>>>(
+              it.numel, o, in, scalar_mask, f);
     } else {
-      flat_kernel<T, N, 1, F>
+      flat_kernel<T, N, 1, 1, F>
           <<<grid_for(it.numel, sm_count), kBlock, 0, stream>>>(it.numel, o, in, scalar_mask, f);
+    }
+  } else if (rows_path_applies<T, N>(it, o, in)) {
+    const int64_t D = it.sizes[1], vectors = it.numel / kVec;
+    RowStrides<N> rs;
+    unsigned per_row_mask = 0;
+    for (int k = 0; k < N; ++k) {
+      rs.row[k] = it.strides[k + 1][0];
+      if (it.strides[k + 1][1] == 0) per_row_mask |= 1u << k;
+    }
+    if (fits_int32(it)) {
+      rows_kernel<T, N, kVec, F, int32_t><<<grid_cover(vectors), kBlock, 0, stream>>>(
+          vectors, D, o, in, rs, per_row_mask, f);
+    } else {
+      rows_kernel<T, N, kVec, F, int64_t><<<grid_cover(vectors), kBlock, 0, stream>>>(
+          vectors, D, o, in, rs, per_row_mask, f);
     }
   } else {
     if (fits_int32(it)) {

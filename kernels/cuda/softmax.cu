@@ -1,8 +1,8 @@
 // softmax and log_softmax over the last dim of a contiguous (rows, D) tensor (the CUDA side of
 // engine/ops/softmax.cpp, which moves any other dim last first). Accumulation in f32 (f64 for
 // f64) for every storage type.
-//   D <= 1024: one warp per row, the row held in registers (kPerLane values per lane), so x is
-//              read once;
+//   D <= 1024: one warp per row, the row held in registers (16-byte vectors where D and the
+//              pointers allow), so x is read once and each element costs one exp;
 //   D > 1024:  one block per row, three passes over the row (max, sum of exp, write), which L2
 //              serves after the first.
 // A row of -inf shifts by 0 instead of -inf, as the CPU kernel does, so it gives NaN only where
@@ -20,44 +20,60 @@ __device__ __forceinline__ A shift_of(A m) {
   return (isinf(m) && m < A(0)) ? A(0) : m;
 }
 
-template <class T, int kPerLane>
+// One warp per row; lane l holds vectors l, l + 32, ... of VEC consecutive elements (16-byte
+// loads when VEC * sizeof(T) == 16), kVecs of them, so the row is read once. exp(x - max) is
+// kept from the sum for the write, so each element costs one exp.
+template <class T, int VEC, int kVecs>
 __global__ void __launch_bounds__(kBlock)
     softmax_warp(int64_t rows, int D, const T* x, T* y, bool log) {
   using A = acc_t<T>;
+  using V = Vec<T, VEC>;
   const int lane = threadIdx.x % kWarpSize;
   const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / kWarpSize;
   if (row >= rows) return;  // whole warps leave together: the shuffles below stay full
   const T* xr = x + row * D;
   T* yr = y + row * D;
-  A v[kPerLane];
+  A v[kVecs][VEC];
   A m = A(-INFINITY);
 #pragma unroll
-  for (int k = 0; k < kPerLane; ++k) {
-    const int j = lane + k * kWarpSize;
-    v[k] = j < D ? load_acc(xr[j]) : A(-INFINITY);
-    m = v[k] > m ? v[k] : m;
+  for (int k = 0; k < kVecs; ++k) {
+    const int j = (lane + k * kWarpSize) * VEC;
+    if (j < D) {
+      const V l = *reinterpret_cast<const V*>(xr + j);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) v[k][e] = load_acc(l.v[e]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) v[k][e] = A(-INFINITY);
+    }
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) m = v[k][e] > m ? v[k][e] : m;
   }
   m = shift_of(warp_allmax(m));
   A s = 0;
 #pragma unroll
-  for (int k = 0; k < kPerLane; ++k) {
-    const int j = lane + k * kWarpSize;
-    if (j < D) s += m_exp(v[k] - m);
+  for (int k = 0; k < kVecs; ++k) {
+    const int j = (lane + k * kWarpSize) * VEC;
+    if (j < D) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        const A shifted = v[k][e] - m;
+        const A p = m_exp(shifted);
+        s += p;
+        v[k][e] = log ? shifted : p;
+      }
+    }
   }
   s = warp_allsum(s);
-  if (log) {
-    const A lse = m_log(s) + m;
+  const A log_s = m_log(s), inv = A(1) / s;
 #pragma unroll
-    for (int k = 0; k < kPerLane; ++k) {
-      const int j = lane + k * kWarpSize;
-      if (j < D) yr[j] = store_acc<T>(v[k] - lse);
-    }
-  } else {
-    const A inv = A(1) / s;
+  for (int k = 0; k < kVecs; ++k) {
+    const int j = (lane + k * kWarpSize) * VEC;
+    if (j < D) {
+      V o;
 #pragma unroll
-    for (int k = 0; k < kPerLane; ++k) {
-      const int j = lane + k * kWarpSize;
-      if (j < D) yr[j] = store_acc<T>(m_exp(v[k] - m) * inv);
+      for (int e = 0; e < VEC; ++e) o.v[e] = store_acc<T>(log ? v[k][e] - log_s : v[k][e] * inv);
+      *reinterpret_cast<V*>(yr + j) = o;
     }
   }
 }
@@ -101,18 +117,42 @@ void run(int64_t rows, int64_t D, const void* x_v, void* y_v, bool log, cudaStre
   if (D <= 1024) {
     const unsigned grid = unsigned((rows + kWarps - 1) / kWarps);
     const int d = int(D);
-    if (D <= 32) {
-      softmax_warp<T, 1><<<grid, kBlock, 0, s>>>(rows, d, x, y, log);
-    } else if (D <= 64) {
-      softmax_warp<T, 2><<<grid, kBlock, 0, s>>>(rows, d, x, y, log);
-    } else if (D <= 128) {
-      softmax_warp<T, 4><<<grid, kBlock, 0, s>>>(rows, d, x, y, log);
-    } else if (D <= 256) {
-      softmax_warp<T, 8><<<grid, kBlock, 0, s>>>(rows, d, x, y, log);
-    } else if (D <= 512) {
-      softmax_warp<T, 16><<<grid, kBlock, 0, s>>>(rows, d, x, y, log);
+    constexpr int kVec = 16 / int(sizeof(T));
+    const bool vec_ok = D % kVec == 0 && (reinterpret_cast<uintptr_t>(x) & 15u) == 0 &&
+                        (reinterpret_cast<uintptr_t>(y) & 15u) == 0;
+    // Elements per lane: the smallest power of two that covers the row.
+    const int64_t per_lane = (D + kWarpSize - 1) / kWarpSize;
+    auto go = [&](auto vec, auto vecs) {
+      softmax_warp<T, decltype(vec)::value, decltype(vecs)::value>
+          <<<grid, kBlock, 0, s>>>(rows, d, x, y, log);
+    };
+    using I1 = std::integral_constant<int, 1>;
+    using IV = std::integral_constant<int, kVec>;
+    if (vec_ok && per_lane >= kVec) {
+      // per_lane / kVec vectors per lane (kVec is 2, 4 or 8; per_lane at most 32).
+      if (per_lane <= kVec) {
+        go(IV{}, I1{});
+      } else if (per_lane <= 2 * kVec) {
+        go(IV{}, std::integral_constant<int, 2>{});
+      } else if (per_lane <= 4 * kVec) {
+        go(IV{}, std::integral_constant<int, 4>{});
+      } else if (per_lane <= 8 * kVec) {
+        go(IV{}, std::integral_constant<int, 8>{});
+      } else {
+        go(IV{}, std::integral_constant<int, 16>{});
+      }
+    } else if (per_lane <= 1) {
+      go(I1{}, I1{});
+    } else if (per_lane <= 2) {
+      go(I1{}, std::integral_constant<int, 2>{});
+    } else if (per_lane <= 4) {
+      go(I1{}, std::integral_constant<int, 4>{});
+    } else if (per_lane <= 8) {
+      go(I1{}, std::integral_constant<int, 8>{});
+    } else if (per_lane <= 16) {
+      go(I1{}, std::integral_constant<int, 16>{});
     } else {
-      softmax_warp<T, 32><<<grid, kBlock, 0, s>>>(rows, d, x, y, log);
+      go(I1{}, std::integral_constant<int, 32>{});
     }
   } else {
     const unsigned grid = unsigned(rows < kMaxGrid ? rows : kMaxGrid);

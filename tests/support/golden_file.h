@@ -11,14 +11,23 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
 namespace mt::testing {
 
-// Path of a file in tests/golden/ of the source tree (the build passes METATAPE_SOURCE_DIR).
+// The repository root: the build passes METATAPE_SOURCE_DIR; the environment variable of the same
+// name overrides it, for a test binary built on one machine and run from a copy of the tree on
+// another (tools/gpu-check.sh --prebuilt).
+inline std::string source_dir() {
+  const char* env = std::getenv("METATAPE_SOURCE_DIR");
+  return (env != nullptr && *env != '\0') ? std::string(env) : std::string(METATAPE_SOURCE_DIR);
+}
+
+// Path of a file in tests/golden/ of the source tree.
 inline std::string golden_path(const std::string& name) {
-  return std::string(METATAPE_SOURCE_DIR) + "/tests/golden/" + name;
+  return source_dir() + "/tests/golden/" + name;
 }
 
 struct GoldenTensor {
