@@ -1,6 +1,8 @@
-# metatape-bench-cuda-kernels: bandwidth of the CUDA kernels (bench/cuda_kernels_bench.cu), built
-# when both the benchmarks and the CUDA backend are on. Included from the top-level
-# CMakeLists.txt. The commit is taken at configure time (gpu-check.sh also passes --commit).
+# The CUDA benchmarks, built when both the benchmarks and the CUDA backend are on (included from
+# the top-level CMakeLists.txt): metatape-bench-cuda-kernels, bandwidth of the CUDA kernels
+# (bench/cuda_kernels_bench.cu), and metatape-bench-embedding-update, the sparse row updates of
+# an embedding table with the gather and scatter-add (bench/embedding_update_bench.cu); both use
+# bench/cuda_bench.h. The commit is taken at configure time (gpu-check.sh also passes --commit).
 set(metatape_cuda_bench_commit "unknown")
 find_package(Git QUIET)
 if(GIT_FOUND)
@@ -18,4 +20,9 @@ endif()
 add_executable(metatape-bench-cuda-kernels ${PROJECT_SOURCE_DIR}/bench/cuda_kernels_bench.cu)
 target_link_libraries(metatape-bench-cuda-kernels PRIVATE metatape metatape_warnings CUDA::cudart)
 target_compile_definitions(metatape-bench-cuda-kernels
+  PRIVATE METATAPE_GIT_COMMIT="${metatape_cuda_bench_commit}")
+
+add_executable(metatape-bench-embedding-update ${PROJECT_SOURCE_DIR}/bench/embedding_update_bench.cu)
+target_link_libraries(metatape-bench-embedding-update PRIVATE metatape metatape_warnings CUDA::cudart)
+target_compile_definitions(metatape-bench-embedding-update
   PRIVATE METATAPE_GIT_COMMIT="${metatape_cuda_bench_commit}")

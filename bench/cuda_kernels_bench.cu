@@ -6,8 +6,8 @@
 // (kernels/cuda/launch.h), on raw device buffers, so the figure is the kernel's alone (no op
 // dispatch, no allocation).
 //
-// Timing: 3 warm-up runs, then `--repeats` runs, each preceded by an L2 flush (a memset of a
-// buffer twice the L2 size) and timed with its own pair of CUDA events; the median is reported.
+// Timing (bench/cuda_bench.h): 3 warm-up runs, then `--repeats` runs, each preceded by an L2
+// flush and timed with its own pair of CUDA events; the median is reported.
 // GB/s counts the bytes the kernel must move (inputs read once, outputs written once); the
 // fraction is against the device's theoretical DRAM bandwidth, 2 x memory clock x bus width.
 // The smallest size of every kernel is checked against a host computation first.
@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/cuda_bench.h"
 #include "kernels/cuda/launch.h"
 
 #ifndef METATAPE_GIT_COMMIT
@@ -36,54 +37,12 @@
 namespace {
 
 using namespace mt::gpu;
-
-// Benchmark-local error check: the message and a non-zero exit, never a silent success.
-#define BENCH_CHECK(call)                                                                    \
-  do {                                                                                       \
-    cudaError_t status_ = (call);                                                            \
-    if (status_ != cudaSuccess) {                                                            \
-      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #call,              \
-                   cudaGetErrorString(status_));                                             \
-      std::exit(1);                                                                          \
-    }                                                                                        \
-  } while (0)
+using mt::bench::Bench;
 
 struct Result {
   std::string kernel, dtype;
   int64_t rows = 0, hidden = 0;
   double bytes = 0, median_us = 0, gbps = 0, fraction = 0;
-};
-
-struct Bench {
-  cudaStream_t stream = nullptr;
-  int sms = 0;
-  double peak_gbps = 0;
-  void* flush = nullptr;
-  size_t flush_bytes = 0;
-  int repeats = 20;
-
-  // Median time in microseconds of fn() over `repeats` L2-flushed runs.
-  double time_us(const std::function<void()>& fn) {
-    for (int i = 0; i < 3; ++i) fn();
-    cudaEvent_t start, stop;
-    BENCH_CHECK(cudaEventCreate(&start));
-    BENCH_CHECK(cudaEventCreate(&stop));
-    std::vector<double> times;
-    for (int i = 0; i < repeats; ++i) {
-      BENCH_CHECK(cudaMemsetAsync(flush, i & 0xff, flush_bytes, stream));
-      BENCH_CHECK(cudaEventRecord(start, stream));
-      fn();
-      BENCH_CHECK(cudaEventRecord(stop, stream));
-      BENCH_CHECK(cudaEventSynchronize(stop));
-      float ms = 0;
-      BENCH_CHECK(cudaEventElapsedTime(&ms, start, stop));
-      times.push_back(double(ms) * 1e3);
-    }
-    BENCH_CHECK(cudaEventDestroy(start));
-    BENCH_CHECK(cudaEventDestroy(stop));
-    std::sort(times.begin(), times.end());
-    return times[times.size() / 2];
-  }
 };
 
 Iter flat_iter(int64_t n, int operands) {
@@ -221,26 +180,8 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    std::fprintf(stderr, "metatape-bench-cuda-kernels: no CUDA device (%s); nothing to measure\n",
-                 count == 0 ? "no GPU or no driver visible" : cudaGetErrorString(cudaGetLastError()));
-    return 2;
-  }
-  cudaDeviceProp prop{};
-  BENCH_CHECK(cudaGetDeviceProperties(&prop, 0));
-  int mem_clock_khz = 0, bus_bits = 0, l2_bytes = 0;
-  BENCH_CHECK(cudaDeviceGetAttribute(&mem_clock_khz, cudaDevAttrMemoryClockRate, 0));
-  BENCH_CHECK(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, 0));
-  BENCH_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, 0));
-  BENCH_CHECK(cudaDeviceGetAttribute(&b.sms, cudaDevAttrMultiProcessorCount, 0));
-  b.peak_gbps = 2.0 * double(mem_clock_khz) * 1e3 * double(bus_bits) / 8.0 / 1e9;
-  BENCH_CHECK(cudaStreamCreateWithFlags(&b.stream, cudaStreamNonBlocking));
-  b.flush_bytes = size_t(std::max(l2_bytes, 1 << 20)) * 2;
-  BENCH_CHECK(cudaMalloc(&b.flush, b.flush_bytes));
-  std::printf("device: %s (sm_%d%d, %d SMs), memory %d MHz x %d bit -> peak %.0f GB/s, L2 %d MiB\n",
-              prop.name, prop.major, prop.minor, b.sms, mem_clock_khz / 1000, bus_bits,
-              b.peak_gbps, l2_bytes >> 20);
+  if (!b.open("metatape-bench-cuda-kernels")) return 2;
+  const cudaDeviceProp& prop = b.prop;
   std::printf("commit %s, median of %d L2-flushed runs\n\n", commit.c_str(), b.repeats);
   std::printf("%-22s %-5s %9s %6s %10s %10s %8s %7s\n", "kernel", "dtype", "rows", "hidden",
               "MiB moved", "time us", "GB/s", "of peak");

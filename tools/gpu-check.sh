@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command to run on a machine with an NVIDIA GPU: configures and builds for the GPU that
 # is present (CMAKE_CUDA_ARCHITECTURES=native) into its own build folder, runs every [cuda] test
-# case, runs them again under compute-sanitizer's memcheck, and runs the CUDA kernel benchmark.
+# case, runs them again under compute-sanitizer's memcheck, and runs the CUDA benchmarks (kernel
+# bandwidth, embedding sparse updates).
 # Logs and JSON go to the folder given as the first argument (default: $OUT, else
 # gpu-check-results/).
 #
@@ -99,6 +100,13 @@ if [[ -x "$BENCH" ]]; then
 else
   status[bench_kernels]=127
 fi
+BENCH_EMB="$BUILD_DIR/bin/metatape-bench-embedding-update"
+if [[ -x "$BENCH_EMB" ]]; then
+  run_step bench_embedding_update bench_embedding_update.log \
+    "$BENCH_EMB" --json "$OUT_DIR/embedding_update_bench.json" --commit "$COMMIT"
+else
+  status[bench_embedding_update]=127
+fi
 
 # summary.json: one entry per step with its exit status.
 {
@@ -107,7 +115,7 @@ fi
   echo "  \"device\": \"$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)\","
   echo "  \"steps\": {"
   first=1
-  for name in configure build cuda_tests memcheck all_tests bench_kernels; do
+  for name in configure build cuda_tests memcheck all_tests bench_kernels bench_embedding_update; do
     [[ -n "${status[$name]+x}" ]] || continue
     [[ $first -eq 1 ]] || echo ","
     printf '    "%s": %s' "$name" "${status[$name]}"

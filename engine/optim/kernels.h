@@ -40,4 +40,21 @@ using SgdKernel = void(Tensor& param, const Tensor& grad, Tensor& momentum_buffe
                        const SgdHyper& hyper);
 extern DispatchStub<SgdKernel> sgd_kernel;
 
+// ---- sparse row updates of an embedding table (engine/optim/sparse_rows.h) ----
+// weight (V, D) contiguous; indices contiguous i64 (n); grad_rows contiguous (n, D), the
+// weight's dtype. Row indices[i] receives grad_rows[i]; the rows of equal indices are summed
+// first, in position order (at f32 for f32/f16/bf16, f64 for f64), then every distinct row gets
+// one update with the dense kernel's arithmetic; rows not in `indices` are not touched. The
+// entry point has validated everything but the index range (a device kernel traps on it).
+// SGD: hyper.momentum == 0 (no buffer).
+using SparseSgdRowsKernel = void(Tensor& weight, const Tensor& indices, const Tensor& grad_rows,
+                                 const SgdHyper& hyper);
+extern DispatchStub<SparseSgdRowsKernel> sparse_sgd_rows_kernel;
+// AdamW: exp_avg, exp_avg_sq (V, D) contiguous, the weight's dtype or (16-bit weights) f32;
+// `step` is the table's step count including this update; hyper.amsgrad is false.
+using SparseAdamWRowsKernel = void(Tensor& weight, Tensor& exp_avg, Tensor& exp_avg_sq,
+                                   const Tensor& indices, const Tensor& grad_rows, int64_t step,
+                                   const AdamWHyper& hyper);
+extern DispatchStub<SparseAdamWRowsKernel> sparse_adamw_rows_kernel;
+
 }  // namespace mt::optim

@@ -85,16 +85,14 @@ void embedding(ScalarType t, int64_t n, int64_t D, int64_t V, const void* weight
   });
 }
 
-size_t embedding_backward_workspace(int64_t n, int64_t V) {
+size_t index_sort_workspace(int64_t n, int64_t V) {
   if (n == 0) return 0;
   // sorted keys, positions before and after the sort, cub's scratch
   return 3 * round_up(size_t(n) * 8) + round_up(sort_temp_bytes(n, V));
 }
 
-void embedding_backward(ScalarType t, int64_t n, int64_t D, int64_t V, const void* rows,
-                        const int64_t* indices, void* out, void* workspace,
+IndexSort sort_by_index(int64_t n, int64_t V, const int64_t* indices, void* workspace,
                         size_t workspace_bytes, cudaStream_t stream, int sm_count) {
-  if (n == 0 || D == 0) return;
   char* ws = static_cast<char*>(workspace);
   uint64_t* sorted_keys = reinterpret_cast<uint64_t*>(ws);
   int64_t* positions = reinterpret_cast<int64_t*>(ws + round_up(size_t(n) * 8));
@@ -104,14 +102,25 @@ void embedding_backward(ScalarType t, int64_t n, int64_t D, int64_t V, const voi
   iota<<<grid_for(n, sm_count), kBlock, 0, stream>>>(n, positions);
   MT_CUDA_CHECK(cudaGetLastError());
   // Indices as uint64: [0, V) sorts by its low bits_for(V) bits; anything outside (negative
-  // included) is caught in sum_runs whatever its place in the order.
+  // included) is caught by the kernel reading the runs, whatever its place in the order.
   MT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
       temp, temp_bytes, reinterpret_cast<const uint64_t*>(indices), sorted_keys,
       static_cast<const int64_t*>(positions), sorted_positions, n, 0, bits_for(V), stream));
+  return {sorted_keys, sorted_positions};
+}
+
+size_t embedding_backward_workspace(int64_t n, int64_t V) { return index_sort_workspace(n, V); }
+
+void embedding_backward(ScalarType t, int64_t n, int64_t D, int64_t V, const void* rows,
+                        const int64_t* indices, void* out, void* workspace,
+                        size_t workspace_bytes, cudaStream_t stream, int sm_count) {
+  if (n == 0 || D == 0) return;
+  const IndexSort sorted =
+      sort_by_index(n, V, indices, workspace, workspace_bytes, stream, sm_count);
   const unsigned grid = unsigned(n < kMaxGrid ? n : kMaxGrid);
   const unsigned threads = D <= 128 ? 128 : kBlock;
   dispatch_float_storage(t, [&]<class T>() {
-    sum_runs<T><<<grid, threads, 0, stream>>>(n, D, V, sorted_keys, sorted_positions,
+    sum_runs<T><<<grid, threads, 0, stream>>>(n, D, V, sorted.keys, sorted.positions,
                                               static_cast<const T*>(rows), static_cast<T*>(out));
     MT_CUDA_CHECK(cudaGetLastError());
   });

@@ -116,6 +116,37 @@ size_t embedding_backward_workspace(int64_t n, int64_t V);
 void embedding_backward(ScalarType t, int64_t n, int64_t D, int64_t V, const void* rows,
                         const int64_t* indices, void* out, void* workspace,
                         size_t workspace_bytes, cudaStream_t stream, int sm_count);
+// The sort both the scatter-add and the sparse row updates start from: positions 0..n-1 stably
+// radix-sorted by index (indices read as uint64 over the low bits covering [0, V), so an index
+// outside [0, V), negative included, lands somewhere in the order and is caught by the kernel
+// that reads the runs). workspace: index_sort_workspace(n, V) bytes; the sorted keys and
+// positions are returned inside it.
+struct IndexSort {
+  const uint64_t* keys = nullptr;       // (n) indices in increasing order
+  const int64_t* positions = nullptr;   // (n) their positions, equal keys in position order
+};
+size_t index_sort_workspace(int64_t n, int64_t V);
+IndexSort sort_by_index(int64_t n, int64_t V, const int64_t* indices, void* workspace,
+                        size_t workspace_bytes, cudaStream_t stream, int sm_count);
+
+// ---- sparse row updates of an embedding table (embedding_update.cu) ----
+// weight (V, D); indices (n); grad_rows (n, D), the weight's type t. The gradient rows of equal
+// indices are summed in position order (f32 accumulation, f64 for f64), then every distinct
+// row gets one fused update, one warp per row, 16-byte accesses when D and the pointers allow
+// it; rows not in `indices` are not read or written. An index outside [0, V) traps. workspace:
+// index_sort_workspace(n, V) bytes. Scalars as for the dense updates (AdamWScalars below; the
+// launcher in ops.cpp computes them as the CPU kernel does; amsgrad must be false).
+struct AdamWScalars;
+struct SgdScalars;
+// SGD without momentum.
+void sparse_sgd_rows(ScalarType t, int64_t n, int64_t D, int64_t V, void* weight,
+                     const int64_t* indices, const void* grad_rows, const SgdScalars& s,
+                     void* workspace, size_t workspace_bytes, cudaStream_t stream, int sm_count);
+// exp_avg, exp_avg_sq (V, D) of type moment_t: t, or f32 when t is f16/bf16.
+void sparse_adamw_rows(ScalarType t, ScalarType moment_t, int64_t n, int64_t D, int64_t V,
+                       void* weight, void* exp_avg, void* exp_avg_sq, const int64_t* indices,
+                       const void* grad_rows, const AdamWScalars& s, void* workspace,
+                       size_t workspace_bytes, cudaStream_t stream, int sm_count);
 
 // ---- random numbers (random.cu) ----
 // Philox4x32-10 with the CPU generator's stream layout (engine/core/generator.h): element i of

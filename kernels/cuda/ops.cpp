@@ -299,9 +299,7 @@ void random_cuda(Tensor& out, Distribution dist, double a, double b, uint64_t se
 }
 
 // ---- optimizers: the scalars exactly as engine/optim's CPU kernels compute them ----
-void adamw_cuda(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
-                Tensor& max_exp_avg_sq, int64_t step, const optim::AdamWHyper& h) {
-  check_float(param, "adamw");
+AdamWScalars adamw_scalars(int64_t step, const optim::AdamWHyper& h) {
   AdamWScalars s;
   s.decay = h.weight_decay != 0;
   s.decay_factor = 1 - h.lr * h.weight_decay;
@@ -316,15 +314,20 @@ void adamw_cuda(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_
   s.eps = h.eps;
   s.amsgrad = h.amsgrad;
   s.maximize = h.maximize;
+  return s;
+}
+
+void adamw_cuda(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                Tensor& max_exp_avg_sq, int64_t step, const optim::AdamWHyper& h) {
+  check_float(param, "adamw");
+  const AdamWScalars s = adamw_scalars(step, h);
   Launch l(param.device());
   adamw(scalar_type(param.dtype()), param.numel(), param.raw_data(), grad.raw_data(),
         exp_avg.raw_data(), exp_avg_sq.raw_data(), h.amsgrad ? max_exp_avg_sq.raw_data() : nullptr,
         s, l.stream, l.sms);
 }
 
-void sgd_cuda(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, bool first,
-              const optim::SgdHyper& h) {
-  check_float(param, "sgd");
+SgdScalars sgd_scalars(bool first, const optim::SgdHyper& h) {
   SgdScalars s;
   s.decay = h.weight_decay != 0;
   s.weight_decay = h.weight_decay;
@@ -334,9 +337,50 @@ void sgd_cuda(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, bool f
   s.nesterov = h.nesterov;
   s.maximize = h.maximize;
   s.first = first;
+  return s;
+}
+
+void sgd_cuda(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, bool first,
+              const optim::SgdHyper& h) {
+  check_float(param, "sgd");
+  const SgdScalars s = sgd_scalars(first, h);
   Launch l(param.device());
   sgd(scalar_type(param.dtype()), param.numel(), param.raw_data(), grad.raw_data(),
       h.momentum != 0 ? momentum_buffer.raw_data() : nullptr, s, l.stream, l.sms);
+}
+
+// ---- sparse row updates of an embedding table: the sort's workspace from the allocator ----
+Tensor index_sort_buffer(int64_t n, int64_t V, Device d, size_t& bytes) {
+  bytes = index_sort_workspace(n, V);
+  return bytes > 0 ? empty(Shape{int64_t(bytes / 8 + 1)}, DType::i64, d) : Tensor();
+}
+
+void sparse_sgd_rows_cuda(Tensor& weight, const Tensor& indices, const Tensor& grad_rows,
+                          const optim::SgdHyper& h) {
+  check_float(weight, "sparse_sgd_rows");
+  const int64_t n = indices.numel(), V = weight.shape()[0], D = weight.shape()[1];
+  size_t bytes = 0;
+  Tensor workspace = index_sort_buffer(n, V, weight.device(), bytes);
+  const SgdScalars s = sgd_scalars(false, h);
+  Launch l(weight.device());
+  sparse_sgd_rows(scalar_type(weight.dtype()), n, D, V, weight.raw_data(),
+                  indices.data_ptr<int64_t>(), grad_rows.raw_data(), s,
+                  data_or_null(workspace), bytes, l.stream, l.sms);
+}
+
+void sparse_adamw_rows_cuda(Tensor& weight, Tensor& exp_avg, Tensor& exp_avg_sq,
+                            const Tensor& indices, const Tensor& grad_rows, int64_t step,
+                            const optim::AdamWHyper& h) {
+  check_float(weight, "sparse_adamw_rows");
+  const int64_t n = indices.numel(), V = weight.shape()[0], D = weight.shape()[1];
+  size_t bytes = 0;
+  Tensor workspace = index_sort_buffer(n, V, weight.device(), bytes);
+  const AdamWScalars s = adamw_scalars(step, h);
+  Launch l(weight.device());
+  sparse_adamw_rows(scalar_type(weight.dtype()), scalar_type(exp_avg.dtype()), n, D, V,
+                    weight.raw_data(), exp_avg.raw_data(), exp_avg_sq.raw_data(),
+                    indices.data_ptr<int64_t>(), grad_rows.raw_data(), s,
+                    data_or_null(workspace), bytes, l.stream, l.sms);
 }
 
 }  // namespace
@@ -503,6 +547,8 @@ void register_kernels() {
   random_kernel.set(kCuda, &random_cuda);
   optim::adamw_kernel.set(kCuda, &adamw_cuda);
   optim::sgd_kernel.set(kCuda, &sgd_cuda);
+  optim::sparse_sgd_rows_kernel.set(kCuda, &sparse_sgd_rows_cuda);
+  optim::sparse_adamw_rows_kernel.set(kCuda, &sparse_adamw_rows_cuda);
 }
 
 }  // namespace mt::gpu
