@@ -25,6 +25,11 @@ namespace {
 // ulps per step, as the dense optimizer kernels (tests/test_cuda_ops2.cpp), three steps.
 constexpr Tolerance kOptimF64{1e-14, 1e-13};
 constexpr Tolerance kOptimF32{1e-7, 1e-6};
+// SGD rows: a hot row sums ~200 gradients of magnitude up to 1, so a term of its update
+// (lr * sum, up to ~20) has an f32 ulp of ~2e-6 while the result may be small after cancelling;
+// an FMA on the device against a separate multiply and add on the host differs by up to that ulp
+// per step (seen on an H100: 1e-7..2e-7 at lr 0.1), three steps.
+constexpr Tolerance kSparseSgdF32{8e-6, 1e-6};
 
 Tolerance update_tol(DType t) {
   switch (t) {
@@ -94,7 +99,8 @@ TEST_CASE("CUDA sparse SGD rows equal the CPU's (duplicates, sentinels, untouche
           // lr = 1, no decay: w + (-1) * g is exact before its one rounding on both sides, FMA or
           // not, so the result shows the summed gradient is bitwise the CPU's.
           const bool exact = lr == 1.0 && weight_decay == 0;
-          check_padded(gpu, cpu, exact ? Tolerance{0, 0} : update_tol(t), what);
+          const Tolerance tol = t == DType::f32 ? kSparseSgdF32 : update_tol(t);
+          check_padded(gpu, cpu, exact ? Tolerance{0, 0} : tol, what);
           // Rows never touched: bitwise the initial values.
           if (c.touched < c.V)
             check_equal(gpu.window.narrow(0, c.touched, c.V - c.touched),
@@ -198,8 +204,9 @@ TEST_CASE("CUDA sparse AdamW rows of 16-bit tables (16-bit or f32 moments) match
         Tensor rw = w0.to(DType::f32), rm = zeros(Shape{V, D}, DType::f32),
                rv = zeros(Shape{V, D}, DType::f32);
         optim::sparse_adamw_rows_(rw, rm, rv, 1, indices, g.to(DType::f32), o);
-        Padded w = device_table(w0), m = device_table(zeros(Shape{V, D}, moment_t)),
-               v = device_table(zeros(Shape{V, D}, moment_t));
+        // (The CPU fills f32 and f64 only: 16-bit zeros are converted from f32 ones.)
+        Padded w = device_table(w0), m = device_table(zeros(Shape{V, D}).to(moment_t)),
+               v = device_table(zeros(Shape{V, D}).to(moment_t));
         optim::sparse_adamw_rows_(w.window, m.window, v.window, 1, indices.to(gpu0()),
                                   g.to(gpu0()), o);
         check_padded(w, rw.to(t), update_tol(t), what + " weight");
