@@ -131,9 +131,11 @@ struct VarlenAttention {
   bool rotate_value = false;       // rotate v by key time and the output back by query time
   // How the batch is evaluated; all compute the same function. padded: samples gathered into
   // (B, max_len) blocks with masked padding, one batched attention (big GEMMs; gradients stay
-  // O(batch) because gathers scatter back); per_sample: one attention per sample; automatic:
-  // padded unless padding would more than quadruple the score entries.
-  enum class Mode { automatic, padded, per_sample };
+  // O(batch) because gathers scatter back); per_sample: one attention per sample; fused: the
+  // flash_attention op below (no score matrix in memory); automatic: fused for CUDA tensors
+  // with dh <= 128, otherwise padded unless padding would more than quadruple the score
+  // entries. The CPU's automatic choice stays composite: it is the oracle for the fused kernels.
+  enum class Mode { automatic, padded, per_sample, fused };
   Mode mode = Mode::automatic;
 };
 // Block-diagonal multi-head attention: q (Nq, heads*dh), k and v (Nk, heads*dh); sample b's
@@ -141,6 +143,40 @@ struct VarlenAttention {
 // Composed from differentiable ops: the reference for fused kernels, correct to any order.
 Tensor varlen_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                         const VarlenAttention& spec);
+
+// ---- fused attention core (engine/ops/flash_attention.cpp) ----
+// The per-sample, per-head core of varlen_attention on already-rotated q (Nq, H, dh), k and v
+// (Nk, H, dh): o = softmax(scale q k^T) v, sample b's queries [cu_q[b], cu_q[b+1]) attending to
+// its keys [cu_k[b], cu_k[b+1]) (host offsets, B+1 each; a sample with queries needs a key).
+// One kernel with an online softmax; it keeps the row log-sum-exp (Nq, H) (f32, f64 for f64),
+// written to *lse when given. Which orders are fused:
+//   forward                    fused kernel (CPU: loops, the reference)
+//   first-order backward       flash_attention_backward, a fused op (recorded when the
+//                              backward is, so its result can be differentiated again)
+//   second order (backward of  fused double-backward kernel when that backward is not itself
+//   the backward)              recorded (create_graph = false: the meta-gradient's outer pass);
+//                              with create_graph = true, the closed-form composite below, made
+//                              of differentiable ops, so third and higher orders are right too.
+// dh <= 128 on CUDA (varlen_attention falls back to the composite beyond); f32, f64, f16, bf16
+// on CUDA (16-bit computed in f32), f32 and f64 on the CPU.
+Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                       const std::vector<int64_t>& cu_q, const std::vector<int64_t>& cu_k,
+                       double scale, Tensor* lse = nullptr);
+// {dq, dk, dv} of flash_attention given dO (the gradient of o), its output o and its lse (both
+// treated as saved values: the rule below accounts for their dependence on q, k and v).
+// Differentiable in q, k, v and dO.
+TensorList flash_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                    const Tensor& o, const Tensor& dO, const Tensor& lse,
+                                    const std::vector<int64_t>& cu_q,
+                                    const std::vector<int64_t>& cu_k, double scale);
+// {gq, gk, gv, gdO}: the gradients of <a, dq> + <b, dk> + <c, dv> (dq, dk, dv as above) with
+// respect to q, k, v and dO, in closed form from differentiable ops (per sample, P recomputed
+// from q and k), so it can be differentiated to any order. The CPU check of the fused
+// double-backward kernel's derivation (kernels/cuda/flash_attention.md).
+TensorList flash_attention_double_backward_composite(
+    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dO, const Tensor& a,
+    const Tensor& b, const Tensor& c, const std::vector<int64_t>& cu_q,
+    const std::vector<int64_t>& cu_k, double scale);
 
 // ---- losses (engine/ops/loss.cpp) ----
 Tensor mse_loss(const Tensor& prediction, const Tensor& target);  // mean of squared error

@@ -2,7 +2,8 @@
 # The one command to run on a machine with an NVIDIA GPU: configures and builds for the GPU that
 # is present (CMAKE_CUDA_ARCHITECTURES=native) into its own build folder, runs every [cuda] test
 # case, runs them again under compute-sanitizer's memcheck, and runs the CUDA benchmarks (kernel
-# bandwidth, embedding sparse updates).
+# bandwidth and GEMM, embedding sparse updates, fused attention with its PyTorch peer when torch
+# is present).
 # Logs and JSON go to the folder given as the first argument (default: $OUT, else
 # gpu-check-results/).
 #
@@ -108,6 +109,19 @@ else
   status[bench_embedding_update]=127
 fi
 
+FLASH_BENCH="$BUILD_DIR/bin/metatape-bench-flash-attention"
+if [[ -x "$FLASH_BENCH" ]]; then
+  run_step bench_flash_attention bench_flash_attention.log \
+    "$FLASH_BENCH" --json "$OUT_DIR/flash_attention_bench.json" --commit "$COMMIT"
+  # The PyTorch peer at the same shapes, when torch with CUDA is installed.
+  if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    run_step peer_flash_attention peer_flash_attention.log \
+      python3 tools/reference/attention_peer.py --json "$OUT_DIR/attention_peer.json"
+  fi
+else
+  status[bench_flash_attention]=127
+fi
+
 # summary.json: one entry per step with its exit status.
 {
   echo "{"
@@ -115,7 +129,8 @@ fi
   echo "  \"device\": \"$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)\","
   echo "  \"steps\": {"
   first=1
-  for name in configure build cuda_tests memcheck all_tests bench_kernels bench_embedding_update; do
+  for name in configure build cuda_tests memcheck all_tests bench_kernels bench_embedding_update \
+    bench_flash_attention peer_flash_attention; do
     [[ -n "${status[$name]+x}" ]] || continue
     [[ $first -eq 1 ]] || echo ","
     printf '    "%s": %s' "$name" "${status[$name]}"

@@ -1,6 +1,7 @@
 // Rotary time embeddings and block-diagonal (variable-length) multi-head attention, composed
 // from the engine's differentiable ops. This is the CPU path and the oracle for the fused CUDA
 // kernels: because it is made of ops, its gradients of every order are right by construction.
+// On devices the attention core (after rotary) is the fused flash_attention op instead.
 #include <cmath>
 #include <numbers>
 #include <numeric>
@@ -105,10 +106,16 @@ Tensor varlen_attention(const Tensor& q, const Tensor& k, const Tensor& v,
     scores += spec.q_lengths[b] * spec.k_lengths[b];
   }
   const int64_t B = int64_t(spec.q_lengths.size());
-  bool padded = spec.mode == VarlenAttention::Mode::padded;
-  if (spec.mode == VarlenAttention::Mode::automatic) padded = B * max_q * max_k <= 4 * scores;
-  Tensor o = padded ? padded_attention(q3, k3, v3, spec, cq, ck, max_q, max_k, scale)
-                    : per_sample(q3, k3, v3, spec, cq, ck, scale);
+  using Mode = VarlenAttention::Mode;
+  // The fused core on devices (engine/ops/flash_attention.cpp; its kernels take dh <= 128);
+  // the CPU keeps the composite, which is the oracle the fused kernels are tested against.
+  const bool fused = spec.mode == Mode::fused ||
+                     (spec.mode == Mode::automatic && !q.device().is_cpu() && dh <= 128);
+  bool padded = spec.mode == Mode::padded;
+  if (spec.mode == Mode::automatic) padded = B * max_q * max_k <= 4 * scores;
+  Tensor o = fused    ? flash_attention(q3, k3, v3, cq, ck, scale)
+             : padded ? padded_attention(q3, k3, v3, spec, cq, ck, max_q, max_k, scale)
+                      : per_sample(q3, k3, v3, spec, cq, ck, scale);
   if (spec.rotate_value) o = rotary(o, neg(spec.q_times), spec.inv_freq);
   return o.reshape(Shape{Nq, H * dh});
 }

@@ -1,11 +1,12 @@
 // Dispatch stubs of the ops whose CPU kernels live beside them in engine/ops/*.cpp (matmul,
-// softmax, layer_norm, embedding, random), declared here so a device backend can fill its slot
+// softmax, layer_norm, embedding, random, flash attention), declared here so a device backend can fill its slot
 // (kernels/cuda/ops.cpp). The elementwise and reduction stubs are in elementwise.h.
 // matmul.cpp declares MatmulKernel itself (the same alias; its stub links against this
 // declaration, and a mismatch of the function type is a link error).
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "engine/core/dispatch.h"
 #include "engine/core/tensor.h"
@@ -45,5 +46,34 @@ enum class Distribution { normal, uniform, bernoulli };
 using RandomKernel = void(Tensor& out, Distribution dist, double a, double b, uint64_t seed,
                           uint64_t first_block);
 extern DispatchStub<RandomKernel> random_kernel;
+
+// ---- fused variable-length attention (engine/ops/flash_attention.cpp) ----
+// The block-diagonal layout: sample b owns query rows [cu_q[b], cu_q[b+1]) and key rows
+// [cu_k[b], cu_k[b+1]) (host offsets, B+1 each, validated by the op). q (Nq, H, dh), k and v
+// (Nk, H, dh), o and every gradient contiguous; lse, the row log-sum-exp of the scaled scores,
+// is (Nq, H) in the accumulation dtype (f32 for f32/f16/bf16, f64 for f64).
+struct FlashAttentionLayout {
+  const std::vector<int64_t>* cu_q = nullptr;
+  const std::vector<int64_t>* cu_k = nullptr;
+  double scale = 1.0;
+};
+// o = softmax(scale q k^T) v per sample and head; lse as above.
+using FlashForwardKernel = void(const Tensor& q, const Tensor& k, const Tensor& v,
+                                const FlashAttentionLayout& layout, Tensor& o, Tensor& lse);
+// dq, dk, dv from dO (the gradient of o), recomputing P from lse; D = rowsum(dO o).
+using FlashBackwardKernel = void(const Tensor& q, const Tensor& k, const Tensor& v,
+                                 const Tensor& o, const Tensor& dO, const Tensor& lse,
+                                 const FlashAttentionLayout& layout, Tensor& dq, Tensor& dk,
+                                 Tensor& dv);
+// The backward of the backward: given the cotangents a, b, c of (dq, dk, dv), the gradients of
+// <a, dq> + <b, dk> + <c, dv> with respect to q, k, v and dO (kernels/cuda/flash_attention.md).
+using FlashDoubleBackwardKernel = void(const Tensor& q, const Tensor& k, const Tensor& v,
+                                       const Tensor& o, const Tensor& dO, const Tensor& lse,
+                                       const Tensor& a, const Tensor& b, const Tensor& c,
+                                       const FlashAttentionLayout& layout, Tensor& gq,
+                                       Tensor& gk, Tensor& gv, Tensor& gdO);
+extern DispatchStub<FlashForwardKernel> flash_attention_kernel;
+extern DispatchStub<FlashBackwardKernel> flash_attention_backward_kernel;
+extern DispatchStub<FlashDoubleBackwardKernel> flash_attention_double_backward_kernel;
 
 }  // namespace mt

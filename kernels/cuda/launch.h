@@ -179,6 +179,37 @@ struct SgdScalars {
 void sgd(ScalarType t, int64_t n, void* param, const void* grad, void* momentum_buffer,
          const SgdScalars& s, cudaStream_t stream, int sm_count);
 
+// ---- fused variable-length attention (flash_attention.cu; kernels/cuda/flash_attention.md) ----
+// q, o, dO, a, dq, gq, gdO: (Nq, heads, dh) contiguous; k, v, b, c, dk, dv, gk, gv: (Nk, heads,
+// dh); lse and the workspaces: (Nq, heads) in the accumulation type (f32, f64 for f64). Each CTA
+// takes kFlashBlockRows rows of one sample and one head (grid = blocks x heads); the block
+// tables hold (sample, first row within the sample) pairs built on the host from the offsets.
+inline constexpr int kFlashBlockRows = 16;
+inline constexpr int kFlashMaxHeadDim = 128;
+struct FlashDesc {
+  int64_t num_queries = 0, heads = 0, dh = 0;
+  double scale = 1.0;
+  const int64_t* cu_q = nullptr;      // device, (B+1) query offsets
+  const int64_t* cu_k = nullptr;      // device, (B+1) key offsets
+  const int64_t* q_blocks = nullptr;  // device, (num_q_blocks, 2)
+  const int64_t* k_blocks = nullptr;  // device, (num_k_blocks, 2)
+  int64_t num_q_blocks = 0, num_k_blocks = 0;
+};
+// o and lse from q, k, v (online softmax over key tiles).
+void flash_forward(ScalarType t, const FlashDesc& d, const void* q, const void* k, const void* v,
+                   void* o, void* lse, cudaStream_t stream);
+// dq (query-side kernel, which also writes D = rowsum(dO o) to workspace (Nq, heads)), then dk
+// and dv (key-side kernel): no atomics, so the result is deterministic.
+void flash_backward(ScalarType t, const FlashDesc& d, const void* q, const void* k,
+                    const void* v, const void* o, const void* dO, const void* lse, void* dq,
+                    void* dk, void* dv, void* workspace, cudaStream_t stream);
+// gq and gdO (query side: row statistics D, r, E to workspace (3, Nq, heads), then the outputs),
+// then gk and gv (key side).
+void flash_double_backward(ScalarType t, const FlashDesc& d, const void* q, const void* k,
+                           const void* v, const void* o, const void* dO, const void* lse,
+                           const void* a, const void* b, const void* c, void* gq, void* gk,
+                           void* gv, void* gdO, void* workspace, cudaStream_t stream);
+
 // ---- GEMM (gemm.cpp: cuBLASLt, cuBLAS for f64) ----
 // A batched product in cuBLAS's column-major terms. The engine's row-major C (M, N) = A B is
 // computed as C^T (N x M) = B^T A^T: cuBLAS's first operand `a` is the engine's b and its

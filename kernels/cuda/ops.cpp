@@ -298,6 +298,87 @@ void random_cuda(Tensor& out, Distribution dist, double a, double b, uint64_t se
          l.stream, l.sms);
 }
 
+// ---- fused attention ----
+// The offsets and the CTAs' (sample, first row) tables, built on the host from the host offsets
+// and copied to the device in one buffer (no read back, no wait). The buffer returns to the
+// cache when the launcher returns; the stream orders its next user after these kernels.
+struct FlashTables {
+  Tensor buffer;
+  FlashDesc desc;
+};
+FlashTables flash_tables(const Tensor& q, const FlashAttentionLayout& layout, const char* op) {
+  check_float(q, op);
+  MT_CHECK(q.size(2) <= kFlashMaxHeadDim,
+           "{}: head dim {} is larger than the CUDA kernels' {}; use varlen_attention's "
+           "composite modes (padded, per_sample)",
+           op, q.size(2), kFlashMaxHeadDim);
+  const std::vector<int64_t>& cq = *layout.cu_q;
+  const std::vector<int64_t>& ck = *layout.cu_k;
+  const int64_t B = int64_t(cq.size()) - 1;
+  std::vector<int64_t> host(cq.begin(), cq.end());
+  host.insert(host.end(), ck.begin(), ck.end());
+  auto blocks = [&](const std::vector<int64_t>& cu) {
+    int64_t count = 0;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t r = 0; r < cu[size_t(b) + 1] - cu[size_t(b)]; r += kFlashBlockRows, ++count) {
+        host.push_back(b);
+        host.push_back(r);
+      }
+    return count;
+  };
+  FlashTables t;
+  t.desc.num_q_blocks = blocks(cq);
+  t.desc.num_k_blocks = blocks(ck);
+  t.buffer = from_indices(host, Shape{int64_t(host.size())}).to(q.device());
+  const int64_t* base = t.buffer.data_ptr<int64_t>();
+  t.desc.num_queries = q.size(0);
+  t.desc.heads = q.size(1);
+  t.desc.dh = q.size(2);
+  t.desc.scale = layout.scale;
+  t.desc.cu_q = base;
+  t.desc.cu_k = base + (B + 1);
+  t.desc.q_blocks = base + 2 * (B + 1);
+  t.desc.k_blocks = t.desc.q_blocks + 2 * t.desc.num_q_blocks;
+  return t;
+}
+
+DType flash_acc_dtype(const Tensor& q) { return q.dtype() == DType::f64 ? DType::f64 : DType::f32; }
+
+void flash_attention_cuda(const Tensor& q, const Tensor& k, const Tensor& v,
+                          const FlashAttentionLayout& layout, Tensor& o, Tensor& lse) {
+  const FlashTables t = flash_tables(q, layout, "flash_attention");
+  Launch l(q.device());
+  flash_forward(scalar_type(q.dtype()), t.desc, q.raw_data(), k.raw_data(), v.raw_data(),
+                o.raw_data(), lse.raw_data(), l.stream);
+}
+
+void flash_attention_backward_cuda(const Tensor& q, const Tensor& k, const Tensor& v,
+                                   const Tensor& o, const Tensor& dO, const Tensor& lse,
+                                   const FlashAttentionLayout& layout, Tensor& dq, Tensor& dk,
+                                   Tensor& dv) {
+  const FlashTables t = flash_tables(q, layout, "flash_attention_backward");
+  Tensor workspace = empty(Shape{q.size(0) * q.size(1)}, flash_acc_dtype(q), q.device());  // D
+  Launch l(q.device());
+  flash_backward(scalar_type(q.dtype()), t.desc, q.raw_data(), k.raw_data(), v.raw_data(),
+                 o.raw_data(), dO.raw_data(), lse.raw_data(), dq.raw_data(), dk.raw_data(),
+                 dv.raw_data(), workspace.raw_data(), l.stream);
+}
+
+void flash_attention_double_backward_cuda(const Tensor& q, const Tensor& k, const Tensor& v,
+                                          const Tensor& o, const Tensor& dO, const Tensor& lse,
+                                          const Tensor& a, const Tensor& b, const Tensor& c,
+                                          const FlashAttentionLayout& layout, Tensor& gq,
+                                          Tensor& gk, Tensor& gv, Tensor& gdO) {
+  const FlashTables t = flash_tables(q, layout, "flash_attention_double_backward");
+  // D, r, E per query row and head.
+  Tensor workspace = empty(Shape{3 * q.size(0) * q.size(1)}, flash_acc_dtype(q), q.device());
+  Launch l(q.device());
+  flash_double_backward(scalar_type(q.dtype()), t.desc, q.raw_data(), k.raw_data(),
+                        v.raw_data(), o.raw_data(), dO.raw_data(), lse.raw_data(), a.raw_data(),
+                        b.raw_data(), c.raw_data(), gq.raw_data(), gk.raw_data(), gv.raw_data(),
+                        gdO.raw_data(), workspace.raw_data(), l.stream);
+}
+
 // ---- optimizers: the scalars exactly as engine/optim's CPU kernels compute them ----
 AdamWScalars adamw_scalars(int64_t step, const optim::AdamWHyper& h) {
   AdamWScalars s;
@@ -545,6 +626,9 @@ void register_kernels() {
   embedding_kernel.set(kCuda, &embedding_cuda);
   embedding_backward_kernel.set(kCuda, &embedding_backward_cuda);
   random_kernel.set(kCuda, &random_cuda);
+  flash_attention_kernel.set(kCuda, &flash_attention_cuda);
+  flash_attention_backward_kernel.set(kCuda, &flash_attention_backward_cuda);
+  flash_attention_double_backward_kernel.set(kCuda, &flash_attention_double_backward_cuda);
   optim::adamw_kernel.set(kCuda, &adamw_cuda);
   optim::sgd_kernel.set(kCuda, &sgd_cuda);
   optim::sparse_sgd_rows_kernel.set(kCuda, &sparse_sgd_rows_cuda);

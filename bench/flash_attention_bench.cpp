@@ -1,0 +1,261 @@
+// metatape-bench-flash-attention: the fused variable-length attention core (flash_attention,
+// kernels/cuda/flash_attention.cu) against the engine's composite attention on CUDA (the padded
+// path: batched cuBLAS GEMMs and softmax), at POCO's shapes:
+//   seed:  32 samples, 64 latent queries, 100..160 neurons x 3 tokens = 300..480 keys each
+//   paper: the same with 8 latent queries
+//   long:  8 samples, 64 queries, 3000 keys each
+// heads 8 and 16, head dim 64, f32 and bf16. Three measurements per configuration:
+//   fwd        the output only (no grad)
+//   fwd_bwd    output, then dq, dk, dv for a random dO
+//   double_bwd the first-order gradients with create_graph, <grads, z>, then its gradient with
+//              respect to q, k, v (the meta-gradient's pattern: the fused double backward)
+// Each is timed with CUDA events on the engine's compute stream after 3 warm-ups (median of
+// --repeats), and its peak memory above the inputs is read from the caching allocator's stats.
+// The fused forward and gradients are checked against the composite first; a mismatch fails the
+// run. Ratios composite / fused are printed. --json writes every figure with device and commit.
+//
+// Usage: metatape-bench-flash-attention [--json FILE] [--commit SHA] [--repeats N] [--quick]
+// Exits with status 2 when no CUDA device is present.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "engine/autograd/engine.h"
+#include "engine/autograd/grad_mode.h"
+#include "engine/core/backend.h"
+#include "engine/core/generator.h"
+#include "engine/core/storage.h"
+#include "engine/ops.h"
+#include "kernels/cuda/stream.h"
+
+#ifndef METATAPE_GIT_COMMIT
+#define METATAPE_GIT_COMMIT "unknown"
+#endif
+
+namespace {
+
+using namespace mt;
+
+#define BENCH_CHECK(call)                                                                    \
+  do {                                                                                       \
+    cudaError_t status_ = (call);                                                            \
+    if (status_ != cudaSuccess) {                                                            \
+      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #call,              \
+                   cudaGetErrorString(status_));                                             \
+      std::exit(1);                                                                          \
+    }                                                                                        \
+  } while (0)
+
+struct Config {
+  std::string name;
+  int64_t samples, queries, keys_lo, keys_hi, heads, dh;
+};
+
+struct Problem {
+  Tensor q, k, v, dO, zq, zk;  // (N, H*dh) on the device
+  VarlenAttention fused, composite;
+  double pairs = 0;  // sum over samples and heads of nq * nk
+};
+
+Problem make_problem(const Config& c, DType dtype, Generator& gen) {
+  Problem p;
+  std::vector<int64_t> ql, kl;
+  uint64_t state = 12345;
+  for (int64_t b = 0; b < c.samples; ++b) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    const int64_t span = c.keys_hi - c.keys_lo;
+    // POCO's keys are 3 tokens per neuron: round to a multiple of 3 when the range allows.
+    int64_t nk = c.keys_lo + (span > 0 ? int64_t((state >> 33) % uint64_t(span + 1)) : 0);
+    if (span > 0) nk -= nk % 3;
+    ql.push_back(c.queries);
+    kl.push_back(std::max<int64_t>(nk, 1));
+    p.pairs += double(c.queries) * double(kl.back()) * double(c.heads);
+  }
+  const int64_t Nq = c.samples * c.queries, Nk = std::accumulate(kl.begin(), kl.end(), int64_t(0));
+  const int64_t F = c.heads * c.dh;
+  const Device d = cuda(0);
+  p.q = normal(Shape{Nq, F}, 0, 1, gen, DType::f32, d).to(dtype);
+  p.k = normal(Shape{Nk, F}, 0, 1, gen, DType::f32, d).to(dtype);
+  p.v = normal(Shape{Nk, F}, 0, 1, gen, DType::f32, d).to(dtype);
+  p.dO = normal(Shape{Nq, F}, 0, 1, gen, DType::f32, d).to(dtype);
+  p.zq = normal(Shape{Nq, F}, 0, 1, gen, DType::f32, d).to(dtype);
+  p.zk = normal(Shape{Nk, F}, 0, 1, gen, DType::f32, d).to(dtype);
+  p.fused.heads = p.composite.heads = c.heads;
+  p.fused.q_lengths = p.composite.q_lengths = ql;
+  p.fused.k_lengths = p.composite.k_lengths = kl;
+  p.fused.mode = VarlenAttention::Mode::fused;
+  p.composite.mode = VarlenAttention::Mode::padded;
+  return p;
+}
+
+enum class Kind { fwd, fwd_bwd, double_bwd };
+const char* kind_name(Kind k) {
+  return k == Kind::fwd ? "fwd" : k == Kind::fwd_bwd ? "fwd_bwd" : "double_bwd";
+}
+
+// One measured step; returns the tensors a correctness check compares.
+TensorList step(const Problem& p, const VarlenAttention& spec, Kind kind) {
+  if (kind == Kind::fwd) {
+    NoGradGuard no_grad;
+    return {varlen_attention(p.q, p.k, p.v, spec)};
+  }
+  Tensor q = p.q.detach().set_requires_grad(), k = p.k.detach().set_requires_grad(),
+         v = p.v.detach().set_requires_grad();
+  Tensor o = varlen_attention(q, k, v, spec);
+  if (kind == Kind::fwd_bwd) return autograd::grad({o}, {q, k, v}, {p.dO});
+  TensorList g = autograd::grad({o}, {q, k, v}, {p.dO}, std::nullopt, /*create_graph=*/true);
+  Tensor l2 = add(add(sum(mul(g[0], p.zq)), sum(mul(g[1], p.zk))), sum(mul(g[2], p.zk)));
+  return autograd::grad({l2}, {q, k, v});
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+struct Timing {
+  double median_ms = 0;
+  int64_t peak_bytes = 0;
+};
+
+Timing measure(const std::function<void()>& fn, int repeats) {
+  cudaStream_t s = gpu::stream(0);
+  for (int i = 0; i < 3; ++i) fn();
+  gpu::synchronize(0);
+  Timing t;
+  // Peak memory of one run above what is live before it (the inputs).
+  const int64_t before = memory_stats(cuda(0)).allocated_bytes;
+  reset_peak_memory_stats(cuda(0));
+  fn();
+  gpu::synchronize(0);
+  t.peak_bytes = memory_stats(cuda(0)).peak_allocated_bytes - before;
+  cudaEvent_t start, stop;
+  BENCH_CHECK(cudaEventCreate(&start));
+  BENCH_CHECK(cudaEventCreate(&stop));
+  std::vector<double> times;
+  for (int i = 0; i < repeats; ++i) {
+    BENCH_CHECK(cudaEventRecord(start, s));
+    fn();
+    BENCH_CHECK(cudaEventRecord(stop, s));
+    BENCH_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    BENCH_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    times.push_back(double(ms));
+  }
+  BENCH_CHECK(cudaEventDestroy(start));
+  BENCH_CHECK(cudaEventDestroy(stop));
+  t.median_ms = median(times);
+  return t;
+}
+
+// max |a - b| / (1 + max |b|) over a list, on the host in f64.
+double rel_error(const TensorList& a, const TensorList& b) {
+  double err = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const auto x = a[i].detach().to(DType::f64).to_vector<double>();
+    const auto y = b[i].detach().to(DType::f64).to_vector<double>();
+    double m = 0, s = 0;
+    for (size_t j = 0; j < x.size(); ++j) {
+      m = std::max(m, std::abs(x[j] - y[j]));
+      s = std::max(s, std::abs(y[j]));
+    }
+    err = std::max(err, m / (1 + s));
+  }
+  return err;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"metatape fused attention benchmark: fused vs composite on CUDA"};
+  std::string json_path, commit = METATAPE_GIT_COMMIT;
+  int repeats = 20;
+  bool quick = false;
+  app.add_option("--json", json_path, "write every figure as JSON to this path");
+  app.add_option("--commit", commit, "commit recorded in the JSON (default: configure time)");
+  app.add_option("--repeats", repeats, "timed runs per measurement (median reported)");
+  app.add_flag("--quick", quick, "fewer configurations and repeats (a smoke run)");
+  CLI11_PARSE(app, argc, argv);
+  if (!cuda_is_available()) {
+    std::fprintf(stderr, "metatape-bench-flash-attention: no CUDA device\n");
+    return 2;
+  }
+  if (quick) repeats = std::min(repeats, 5);
+  cudaDeviceProp prop{};
+  BENCH_CHECK(cudaGetDeviceProperties(&prop, 0));
+
+  std::vector<Config> configs{
+      {"seed_h8", 32, 64, 300, 480, 8, 64},  {"seed_h16", 32, 64, 300, 480, 16, 64},
+      {"paper_h8", 32, 8, 300, 480, 8, 64},  {"paper_h16", 32, 8, 300, 480, 16, 64},
+      {"long_h8", 8, 64, 3000, 3000, 8, 64},
+  };
+  if (quick) configs = {configs[0], configs[4]};
+  // Relative error allowed between the fused and composite paths: f32 accumulations in
+  // different orders (1e-4); bf16 rounds every composite op to 8 bits (5e-2).
+  auto allowed = [](DType t) { return t == DType::f32 ? 1e-4 : 5e-2; };
+
+  nlohmann::json results = nlohmann::json::array();
+  bool ok = true;
+  Generator gen(2024);
+  std::printf("%-10s %-5s %-10s %12s %12s %7s %12s %12s %9s\n", "config", "dtype", "step",
+              "fused ms", "composite ms", "ratio", "fused MiB", "compos. MiB", "rel err");
+  for (const Config& c : configs) {
+    for (DType dtype : {DType::f32, DType::bf16}) {
+      Problem p = make_problem(c, dtype, gen);
+      for (Kind kind : {Kind::fwd, Kind::fwd_bwd, Kind::double_bwd}) {
+        const double err =
+            rel_error(step(p, p.fused, kind), step(p, p.composite, kind));
+        const bool pass = err <= allowed(dtype);
+        ok = ok && pass;
+        const Timing f = measure([&] { step(p, p.fused, kind); }, repeats);
+        const Timing m = measure([&] { step(p, p.composite, kind); }, repeats);
+        // Score-matrix FLOPs of the forward (QK^T and PV): 4 dh per (query, key, head) pair.
+        const double flops = 4.0 * double(c.dh) * p.pairs;
+        std::printf("%-10s %-5s %-10s %12.3f %12.3f %7.2f %12.1f %12.1f %9.1e%s\n",
+                    c.name.c_str(), dtype_name(dtype), kind_name(kind), f.median_ms, m.median_ms,
+                    m.median_ms / std::max(f.median_ms, 1e-9), double(f.peak_bytes) / 1048576.0,
+                    double(m.peak_bytes) / 1048576.0, err, pass ? "" : "  MISMATCH");
+        results.push_back({{"config", c.name},
+                           {"samples", c.samples},
+                           {"queries", c.queries},
+                           {"keys_lo", c.keys_lo},
+                           {"keys_hi", c.keys_hi},
+                           {"heads", c.heads},
+                           {"dh", c.dh},
+                           {"dtype", dtype_name(dtype)},
+                           {"step", kind_name(kind)},
+                           {"fused_ms", f.median_ms},
+                           {"composite_ms", m.median_ms},
+                           {"fused_peak_bytes", f.peak_bytes},
+                           {"composite_peak_bytes", m.peak_bytes},
+                           {"forward_tflops_fused", flops / (f.median_ms * 1e-3) / 1e12},
+                           {"rel_error", err},
+                           {"pass", pass}});
+      }
+    }
+  }
+  if (!json_path.empty()) {
+    nlohmann::json doc{{"benchmark", "flash_attention"},
+                       {"device", prop.name},
+                       {"commit", commit},
+                       {"repeats", repeats},
+                       {"results", results}};
+    std::ofstream(json_path) << doc.dump(2) << "\n";
+  }
+  if (!ok) {
+    std::fprintf(stderr, "metatape-bench-flash-attention: fused and composite results differ\n");
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,705 @@
+// Fused variable-length attention: forward, backward and double backward (the derivation is in
+// flash_attention.md beside this file; the CPU reference is engine/ops/flash_attention.cpp).
+//
+// Every kernel has the same shape. A CTA of 4 warps owns kFlashBlockRows = 16 "rows" of one
+// sample and one head (queries for the forward and the query-side kernels, keys for the
+// key-side kernels), 4 rows per warp, their vectors staged in shared memory. It loops over the
+// sample's "tile" side (keys, or queries) in tiles of kTile entries staged in shared memory
+// (row stride kD + 1, so both the lane-per-entry dot products and the lane-per-column
+// accumulations are free of bank conflicts). Lane l computes the pair quantities (scores, P,
+// dS, ...) of its warp's 4 rows with tile entries l, l + 32, ...; writes the coefficients to
+// shared memory; then every lane accumulates its own columns (l, l + 32, ...) of the output
+// rows over the tile. No N x M matrix exists anywhere, only tiles.
+//
+// Accumulation is in f32 (f64 for f64 storage); 16-bit inputs are converted when staged. The
+// output rows of a CTA are written by that CTA only and summed in a fixed order: no atomics,
+// deterministic results. Everything runs on the caller's stream; nothing waits for the device.
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/elementwise.cuh"  // m_exp, m_log
+
+namespace mt::gpu {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * kWarpSize;
+constexpr int kRows = kFlashBlockRows;  // rows per CTA
+constexpr int kRowsPerWarp = kRows / kWarps;
+static_assert(kRows == kWarps * kRowsPerWarp);
+
+struct Args {
+  const int64_t* cu_rows;   // (B+1) offsets of the row side
+  const int64_t* cu_tiles;  // (B+1) offsets of the tile side
+  const int64_t* blocks;    // (sample, first row) per CTA
+  int H, dh;
+};
+
+// Where a CTA's rows and tile entries lie.
+struct Span {
+  int64_t row0;   // first global row of the CTA
+  int nrows;      // valid rows (<= kRows)
+  int64_t tile0;  // first global tile entry of the sample
+  int64_t ntile;  // tile entries of the sample
+};
+__device__ __forceinline__ Span span_of(const Args& a) {
+  const int64_t sample = a.blocks[2 * blockIdx.x], first = a.blocks[2 * blockIdx.x + 1];
+  Span s;
+  s.row0 = a.cu_rows[sample] + first;
+  const int64_t left = a.cu_rows[sample + 1] - s.row0;
+  s.nrows = int(left < kRows ? left : kRows);
+  s.tile0 = a.cu_tiles[sample];
+  s.ntile = a.cu_tiles[sample + 1] - s.tile0;
+  return s;
+}
+
+// Shared-memory layout of one kernel: row vectors (kRows x kD), tile vectors (kTile x (kD+1)),
+// per-tile-entry scalars (kTile), coefficients (warps x kinds x rows per warp x kTile).
+template <class A, int kD, int kTile>
+struct Smem {
+  static constexpr int kTileStride = kD + 1;
+  static constexpr size_t bytes(int row_vecs, int tile_vecs, int tile_scalars, int coefs) {
+    return sizeof(A) * (size_t(row_vecs) * kRows * kD + size_t(tile_vecs) * kTile * kTileStride +
+                        size_t(tile_scalars) * kTile +
+                        size_t(coefs) * kWarps * kRowsPerWarp * kTile);
+  }
+};
+
+// rows [row0, row0 + nrows) of head h of x (N, H, dh) -> dst (kRows x kD), zeros elsewhere.
+template <class T, class A, int kD>
+__device__ __forceinline__ void stage_rows(const T* __restrict__ x, int64_t row0, int nrows,
+                                           const Args& a, int h, A* dst) {
+  for (int idx = threadIdx.x; idx < kRows * kD; idx += kThreads) {
+    const int r = idx / kD, c = idx % kD;
+    dst[idx] = (r < nrows && c < a.dh) ? load_acc(x[((row0 + r) * a.H + h) * a.dh + c]) : A(0);
+  }
+}
+// Tile entries [t0, t0 + n) of head h -> dst (kTile x (kD+1)), zeros elsewhere.
+template <class T, class A, int kD, int kTile>
+__device__ __forceinline__ void stage_tile(const T* __restrict__ x, int64_t t0, int n,
+                                           const Args& a, int h, A* dst) {
+  for (int idx = threadIdx.x; idx < kTile * kD; idx += kThreads) {
+    const int j = idx / kD, c = idx % kD;
+    dst[j * (kD + 1) + c] =
+        (j < n && c < a.dh) ? load_acc(x[((t0 + j) * a.H + h) * a.dh + c]) : A(0);
+  }
+}
+// Per-entry scalars s (N, H) of head h for tile entries [t0, t0 + n); `fill` elsewhere.
+template <class A, int kTile>
+__device__ __forceinline__ void stage_scalars(const A* __restrict__ s, int64_t t0, int n,
+                                              const Args& a, int h, A* dst, A fill) {
+  for (int j = threadIdx.x; j < kTile; j += kThreads) dst[j] = j < n ? s[(t0 + j) * a.H + h] : fill;
+}
+
+// out[r][t] = <row r of the warp, tile entry lane + 32 t>.
+template <class A, int kD, int kTile>
+__device__ __forceinline__ void dots(const A* rows, const A* tile, A (&out)[kRowsPerWarp][kTile / 32]) {
+  constexpr int TJ = kTile / 32;
+  const int lane = threadIdx.x % kWarpSize;
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+    for (int t = 0; t < TJ; ++t) out[r][t] = A(0);
+#pragma unroll 8
+  for (int c = 0; c < kD; ++c) {
+    A tv[TJ];
+#pragma unroll
+    for (int t = 0; t < TJ; ++t) tv[t] = tile[(lane + 32 * t) * (kD + 1) + c];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const A rv = rows[r * kD + c];  // the same address in every lane: a broadcast
+#pragma unroll
+      for (int t = 0; t < TJ; ++t) out[r][t] += rv * tv[t];
+    }
+  }
+}
+
+// acc[r][n] += sum_j coef[r][j] * tile[j][lane + 32 n] over the tile (coefficients of entries
+// past the end are zero, and so are their staged vectors).
+template <class A, int kD, int kTile>
+__device__ __forceinline__ void accumulate(const A* coef, const A* tile,
+                                           A (&acc)[kRowsPerWarp][kD / 32]) {
+  constexpr int NC = kD / 32;
+  const int lane = threadIdx.x % kWarpSize;
+#pragma unroll 4
+  for (int j = 0; j < kTile; ++j) {
+    A tv[NC];
+#pragma unroll
+    for (int n = 0; n < NC; ++n) tv[n] = tile[j * (kD + 1) + lane + 32 * n];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const A cf = coef[r * kTile + j];
+#pragma unroll
+      for (int n = 0; n < NC; ++n) acc[r][n] += cf * tv[n];
+    }
+  }
+}
+
+template <class A, int kD>
+__device__ __forceinline__ void zero(A (&acc)[kRowsPerWarp][kD / 32]) {
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+    for (int n = 0; n < kD / 32; ++n) acc[r][n] = A(0);
+}
+
+// Writes factor * acc for the warp's valid rows (columns < dh) of head h of out (N, H, dh).
+template <class T, class A, int kD>
+__device__ __forceinline__ void write_rows(const A (&acc)[kRowsPerWarp][kD / 32], A factor,
+                                           T* __restrict__ out, const Span& sp, const Args& a,
+                                           int h) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int row = warp * kRowsPerWarp + r;
+    if (row >= sp.nrows) continue;
+#pragma unroll
+    for (int n = 0; n < kD / 32; ++n) {
+      const int c = lane + 32 * n;
+      if (c < a.dh) out[((sp.row0 + row) * a.H + h) * a.dh + c] = store_acc<T>(factor * acc[r][n]);
+    }
+  }
+}
+
+// rowsum(x y) of the warp's rows, x staged (kRows x kD), y read from global memory.
+template <class T, class A, int kD>
+__device__ __forceinline__ void row_dots(const A* x, const T* __restrict__ y, const Span& sp,
+                                         const Args& a, int h, A (&out)[kRowsPerWarp]) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int row = warp * kRowsPerWarp + r;
+    A s = 0;
+    if (row < sp.nrows)
+      for (int c = lane; c < a.dh; c += kWarpSize)
+        s += x[row * kD + c] * load_acc(y[((sp.row0 + row) * a.H + h) * a.dh + c]);
+    out[r] = warp_allsum(s);
+  }
+}
+
+template <class A>
+__device__ __forceinline__ A* smem_base() {
+  extern __shared__ __align__(16) unsigned char flash_smem[];
+  return reinterpret_cast<A*>(flash_smem);
+}
+
+// ---------------------------------------------------------------------------------------------
+// forward: rows = queries, tile = keys. Online softmax: running max m, running sum l.
+// ---------------------------------------------------------------------------------------------
+template <class T, int kD, int kTile>
+__global__ void __launch_bounds__(kThreads)
+    flash_fwd(Args a, acc_t<T> scale, const T* __restrict__ q, const T* __restrict__ k,
+              const T* __restrict__ v, T* __restrict__ o, acc_t<T>* __restrict__ lse) {
+  using A = acc_t<T>;
+  constexpr int TJ = kTile / 32;
+  const int h = blockIdx.y, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const Span sp = span_of(a);
+  A* rq = smem_base<A>();
+  A* tk = rq + kRows * kD;
+  A* tv = tk + kTile * (kD + 1);
+  A* cf = tv + kTile * (kD + 1) + warp * kRowsPerWarp * kTile;
+  stage_rows<T, A, kD>(q, sp.row0, sp.nrows, a, h, rq);
+  A m[kRowsPerWarp], l[kRowsPerWarp], acc[kRowsPerWarp][kD / 32];
+  zero<A, kD>(acc);
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    m[r] = A(-INFINITY);
+    l[r] = A(0);
+  }
+  for (int64_t t0 = 0; t0 < sp.ntile; t0 += kTile) {
+    const int n = int(sp.ntile - t0 < kTile ? sp.ntile - t0 : kTile);
+    __syncthreads();  // the previous tile is consumed (and the rows are staged)
+    stage_tile<T, A, kD, kTile>(k, sp.tile0 + t0, n, a, h, tk);
+    stage_tile<T, A, kD, kTile>(v, sp.tile0 + t0, n, a, h, tv);
+    __syncthreads();
+    A s[kRowsPerWarp][TJ];
+    dots<A, kD, kTile>(rq + warp * kRowsPerWarp * kD, tk, s);
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      A tmax = A(-INFINITY);
+#pragma unroll
+      for (int t = 0; t < TJ; ++t) {
+        s[r][t] = lane + 32 * t < n ? s[r][t] * scale : A(-INFINITY);
+        tmax = s[r][t] > tmax ? s[r][t] : tmax;
+      }
+      tmax = warp_allmax(tmax);  // finite: the tile holds at least one key
+      const A mnew = m[r] > tmax ? m[r] : tmax;
+      const A alpha = m_exp(m[r] - mnew);  // 0 on the first tile (m = -inf)
+      A psum = 0;
+#pragma unroll
+      for (int t = 0; t < TJ; ++t) {
+        const A p = lane + 32 * t < n ? m_exp(s[r][t] - mnew) : A(0);
+        cf[r * kTile + lane + 32 * t] = p;
+        psum += p;
+      }
+      l[r] = l[r] * alpha + warp_allsum(psum);
+      m[r] = mnew;
+#pragma unroll
+      for (int c = 0; c < kD / 32; ++c) acc[r][c] *= alpha;
+    }
+    __syncwarp();
+    accumulate<A, kD, kTile>(cf, tv, acc);
+  }
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int row = warp * kRowsPerWarp + r;
+    if (row >= sp.nrows) continue;
+    const A inv = A(1) / l[r];
+#pragma unroll
+    for (int c = 0; c < kD / 32; ++c) acc[r][c] *= inv;
+    if (lane == 0) lse[(sp.row0 + row) * a.H + h] = m[r] + m_log(l[r]);
+  }
+  write_rows<T, A, kD>(acc, A(1), o, sp, a, h);
+}
+
+// ---------------------------------------------------------------------------------------------
+// backward, query side: D = rowsum(dO o) (to the workspace), dq = scale sum_j dS_ij k_j.
+// ---------------------------------------------------------------------------------------------
+template <class T, int kD, int kTile>
+__global__ void __launch_bounds__(kThreads)
+    flash_bwd_q(Args a, acc_t<T> scale, const T* __restrict__ q, const T* __restrict__ k,
+                const T* __restrict__ v, const T* __restrict__ o, const T* __restrict__ dO,
+                const acc_t<T>* __restrict__ lse, T* __restrict__ dq,
+                acc_t<T>* __restrict__ D_out) {
+  using A = acc_t<T>;
+  constexpr int TJ = kTile / 32;
+  const int h = blockIdx.y, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const Span sp = span_of(a);
+  A* rq = smem_base<A>();
+  A* rg = rq + kRows * kD;
+  A* tk = rg + kRows * kD;
+  A* tv = tk + kTile * (kD + 1);
+  A* cf = tv + kTile * (kD + 1) + warp * kRowsPerWarp * kTile;
+  stage_rows<T, A, kD>(q, sp.row0, sp.nrows, a, h, rq);
+  stage_rows<T, A, kD>(dO, sp.row0, sp.nrows, a, h, rg);
+  __syncthreads();
+  A D[kRowsPerWarp], L[kRowsPerWarp];
+  row_dots<T, A, kD>(rg, o, sp, a, h, D);
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int row = warp * kRowsPerWarp + r;
+    L[r] = row < sp.nrows ? lse[(sp.row0 + row) * a.H + h] : A(0);
+    if (row < sp.nrows && lane == 0) D_out[(sp.row0 + row) * a.H + h] = D[r];
+  }
+  const A* wq = rq + warp * kRowsPerWarp * kD;
+  const A* wg = rg + warp * kRowsPerWarp * kD;
+  A acc[kRowsPerWarp][kD / 32];
+  zero<A, kD>(acc);
+  for (int64_t t0 = 0; t0 < sp.ntile; t0 += kTile) {
+    const int n = int(sp.ntile - t0 < kTile ? sp.ntile - t0 : kTile);
+    __syncthreads();
+    stage_tile<T, A, kD, kTile>(k, sp.tile0 + t0, n, a, h, tk);
+    stage_tile<T, A, kD, kTile>(v, sp.tile0 + t0, n, a, h, tv);
+    __syncthreads();
+    A s[kRowsPerWarp][TJ], dp[kRowsPerWarp][TJ];
+    dots<A, kD, kTile>(wq, tk, s);
+    dots<A, kD, kTile>(wg, tv, dp);
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+      for (int t = 0; t < TJ; ++t) {
+        const int j = lane + 32 * t;
+        const A p = j < n ? m_exp(s[r][t] * scale - L[r]) : A(0);
+        cf[r * kTile + j] = p * (dp[r][t] - D[r]);
+      }
+    __syncwarp();
+    accumulate<A, kD, kTile>(cf, tk, acc);
+  }
+  write_rows<T, A, kD>(acc, scale, dq, sp, a, h);
+}
+
+// ---------------------------------------------------------------------------------------------
+// backward, key side: rows = keys, tile = queries. dv = sum_i P_ij dO_i, dk = scale sum_i dS_ij
+// q_i (D from the query-side kernel).
+// ---------------------------------------------------------------------------------------------
+template <class T, int kD, int kTile>
+__global__ void __launch_bounds__(kThreads)
+    flash_bwd_kv(Args a, acc_t<T> scale, const T* __restrict__ q, const T* __restrict__ k,
+                 const T* __restrict__ v, const T* __restrict__ dO,
+                 const acc_t<T>* __restrict__ lse, const acc_t<T>* __restrict__ Dq,
+                 T* __restrict__ dk, T* __restrict__ dv) {
+  using A = acc_t<T>;
+  constexpr int TJ = kTile / 32;
+  const int h = blockIdx.y, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const Span sp = span_of(a);
+  A* rk = smem_base<A>();
+  A* rv = rk + kRows * kD;
+  A* tq = rv + kRows * kD;
+  A* tg = tq + kTile * (kD + 1);
+  A* tl = tg + kTile * (kD + 1);
+  A* tD = tl + kTile;
+  A* cf = tD + kTile + warp * 2 * kRowsPerWarp * kTile;
+  A* cf_p = cf;
+  A* cf_ds = cf + kRowsPerWarp * kTile;
+  stage_rows<T, A, kD>(k, sp.row0, sp.nrows, a, h, rk);
+  stage_rows<T, A, kD>(v, sp.row0, sp.nrows, a, h, rv);
+  const A* wk = rk + warp * kRowsPerWarp * kD;
+  const A* wv = rv + warp * kRowsPerWarp * kD;
+  A acck[kRowsPerWarp][kD / 32], accv[kRowsPerWarp][kD / 32];
+  zero<A, kD>(acck);
+  zero<A, kD>(accv);
+  for (int64_t t0 = 0; t0 < sp.ntile; t0 += kTile) {
+    const int n = int(sp.ntile - t0 < kTile ? sp.ntile - t0 : kTile);
+    __syncthreads();
+    stage_tile<T, A, kD, kTile>(q, sp.tile0 + t0, n, a, h, tq);
+    stage_tile<T, A, kD, kTile>(dO, sp.tile0 + t0, n, a, h, tg);
+    stage_scalars<A, kTile>(lse, sp.tile0 + t0, n, a, h, tl, A(0));
+    stage_scalars<A, kTile>(Dq, sp.tile0 + t0, n, a, h, tD, A(0));
+    __syncthreads();
+    A s[kRowsPerWarp][TJ], dp[kRowsPerWarp][TJ];
+    dots<A, kD, kTile>(wk, tq, s);
+    dots<A, kD, kTile>(wv, tg, dp);
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+      for (int t = 0; t < TJ; ++t) {
+        const int j = lane + 32 * t;
+        const A p = j < n ? m_exp(s[r][t] * scale - tl[j]) : A(0);
+        cf_p[r * kTile + j] = p;
+        cf_ds[r * kTile + j] = p * (dp[r][t] - tD[j]);
+      }
+    __syncwarp();
+    accumulate<A, kD, kTile>(cf_p, tg, accv);
+    accumulate<A, kD, kTile>(cf_ds, tq, acck);
+  }
+  write_rows<T, A, kD>(acck, scale, dk, sp, a, h);
+  write_rows<T, A, kD>(accv, A(1), dv, sp, a, h);
+}
+
+// ---------------------------------------------------------------------------------------------
+// double backward, query side. Pair quantities (flash_attention.md): P, dP = dO.v, W =
+// scale (a.k + q.b), u = dO.c. Pass 1 over the keys: r = sum P W, t = sum P W dP, w = sum P u,
+// then E = t - 2 r D + w. Pass 2: gq = scale sum (dS b + gS k), gdO = sum (gdP v + P c).
+// ---------------------------------------------------------------------------------------------
+template <class A, int TJ>
+struct PairDots {
+  A s[kRowsPerWarp][TJ], dp[kRowsPerWarp][TJ], w[kRowsPerWarp][TJ], u[kRowsPerWarp][TJ];
+};
+
+template <class T, int kD, int kTile>
+__global__ void __launch_bounds__(kThreads)
+    flash_dd_q(Args a, acc_t<T> scale, const T* __restrict__ q, const T* __restrict__ k,
+               const T* __restrict__ v, const T* __restrict__ o, const T* __restrict__ dO,
+               const acc_t<T>* __restrict__ lse, const T* __restrict__ ga,
+               const T* __restrict__ gb, const T* __restrict__ gc, T* __restrict__ gq,
+               T* __restrict__ gdO, acc_t<T>* __restrict__ stats /* (3, Nq, H): D, r, E */,
+               int64_t Nq) {
+  using A = acc_t<T>;
+  constexpr int TJ = kTile / 32;
+  const int h = blockIdx.y, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const Span sp = span_of(a);
+  A* rq = smem_base<A>();
+  A* rg = rq + kRows * kD;
+  A* ra = rg + kRows * kD;
+  A* tk = ra + kRows * kD;
+  A* tv = tk + kTile * (kD + 1);
+  A* tb = tv + kTile * (kD + 1);
+  A* tc = tb + kTile * (kD + 1);
+  A* cf = tc + kTile * (kD + 1) + warp * 4 * kRowsPerWarp * kTile;
+  A* cf_ds = cf;
+  A* cf_gs = cf + kRowsPerWarp * kTile;
+  A* cf_gdp = cf + 2 * kRowsPerWarp * kTile;
+  A* cf_p = cf + 3 * kRowsPerWarp * kTile;
+  stage_rows<T, A, kD>(q, sp.row0, sp.nrows, a, h, rq);
+  stage_rows<T, A, kD>(dO, sp.row0, sp.nrows, a, h, rg);
+  stage_rows<T, A, kD>(ga, sp.row0, sp.nrows, a, h, ra);
+  __syncthreads();
+  A D[kRowsPerWarp], L[kRowsPerWarp], R[kRowsPerWarp], E[kRowsPerWarp];
+  row_dots<T, A, kD>(rg, o, sp, a, h, D);
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int row = warp * kRowsPerWarp + r;
+    L[r] = row < sp.nrows ? lse[(sp.row0 + row) * a.H + h] : A(0);
+  }
+  const A* wq = rq + warp * kRowsPerWarp * kD;
+  const A* wg = rg + warp * kRowsPerWarp * kD;
+  const A* wa = ra + warp * kRowsPerWarp * kD;
+  // The four dot products of a pair, and P (0 past the end of the tile).
+  auto pair = [&](PairDots<A, TJ>& d, A (&p)[kRowsPerWarp][TJ], int n) {
+    A t2[kRowsPerWarp][TJ];
+    dots<A, kD, kTile>(wq, tk, d.s);
+    dots<A, kD, kTile>(wg, tv, d.dp);
+    dots<A, kD, kTile>(wa, tk, d.w);
+    dots<A, kD, kTile>(wq, tb, t2);
+    dots<A, kD, kTile>(wg, tc, d.u);
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+      for (int t = 0; t < TJ; ++t) {
+        d.w[r][t] = scale * (d.w[r][t] + t2[r][t]);
+        p[r][t] = lane + 32 * t < n ? m_exp(d.s[r][t] * scale - L[r]) : A(0);
+      }
+  };
+  auto stage = [&](int64_t t0, int n) {
+    __syncthreads();
+    stage_tile<T, A, kD, kTile>(k, sp.tile0 + t0, n, a, h, tk);
+    stage_tile<T, A, kD, kTile>(v, sp.tile0 + t0, n, a, h, tv);
+    stage_tile<T, A, kD, kTile>(gb, sp.tile0 + t0, n, a, h, tb);
+    stage_tile<T, A, kD, kTile>(gc, sp.tile0 + t0, n, a, h, tc);
+    __syncthreads();
+  };
+  // Pass 1: row statistics.
+  A sum_pw[kRowsPerWarp] = {}, sum_pwdp[kRowsPerWarp] = {}, sum_pu[kRowsPerWarp] = {};
+  for (int64_t t0 = 0; t0 < sp.ntile; t0 += kTile) {
+    const int n = int(sp.ntile - t0 < kTile ? sp.ntile - t0 : kTile);
+    stage(t0, n);
+    PairDots<A, TJ> d;
+    A p[kRowsPerWarp][TJ];
+    pair(d, p, n);
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+      for (int t = 0; t < TJ; ++t) {
+        const A pw = p[r][t] * d.w[r][t];
+        sum_pw[r] += pw;
+        sum_pwdp[r] += pw * d.dp[r][t];
+        sum_pu[r] += p[r][t] * d.u[r][t];
+      }
+  }
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    R[r] = warp_allsum(sum_pw[r]);
+    E[r] = warp_allsum(sum_pwdp[r]) - A(2) * R[r] * D[r] + warp_allsum(sum_pu[r]);
+    const int row = warp * kRowsPerWarp + r;
+    if (row < sp.nrows && lane == 0) {
+      const int64_t at = (sp.row0 + row) * a.H + h;
+      stats[at] = D[r];
+      stats[Nq * a.H + at] = R[r];
+      stats[2 * Nq * a.H + at] = E[r];
+    }
+  }
+  // Pass 2: the query-side outputs.
+  A accq[kRowsPerWarp][kD / 32], acco[kRowsPerWarp][kD / 32];
+  zero<A, kD>(accq);
+  zero<A, kD>(acco);
+  for (int64_t t0 = 0; t0 < sp.ntile; t0 += kTile) {
+    const int n = int(sp.ntile - t0 < kTile ? sp.ntile - t0 : kTile);
+    stage(t0, n);
+    PairDots<A, TJ> d;
+    A p[kRowsPerWarp][TJ];
+    pair(d, p, n);
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+      for (int t = 0; t < TJ; ++t) {
+        const int j = lane + 32 * t;
+        const A pj = p[r][t], dpD = d.dp[r][t] - D[r];
+        const A gP = d.w[r][t] * dpD - R[r] * d.dp[r][t] + d.u[r][t];
+        cf_ds[r * kTile + j] = pj * dpD;
+        cf_gs[r * kTile + j] = pj * (gP - E[r]);
+        cf_gdp[r * kTile + j] = pj * (d.w[r][t] - R[r]);
+        cf_p[r * kTile + j] = pj;
+      }
+    __syncwarp();
+    accumulate<A, kD, kTile>(cf_ds, tb, accq);
+    accumulate<A, kD, kTile>(cf_gs, tk, accq);
+    accumulate<A, kD, kTile>(cf_gdp, tv, acco);
+    accumulate<A, kD, kTile>(cf_p, tc, acco);
+  }
+  write_rows<T, A, kD>(accq, scale, gq, sp, a, h);
+  write_rows<T, A, kD>(acco, A(1), gdO, sp, a, h);
+}
+
+// ---------------------------------------------------------------------------------------------
+// double backward, key side: rows = keys (k, v, b, c), tile = queries (q, dO, a and the row
+// statistics lse, D, r, E). gk = scale sum_i (dS_ij a_i + gS_ij q_i), gv = sum_i gdP_ij dO_i.
+// ---------------------------------------------------------------------------------------------
+template <class T, int kD, int kTile>
+__global__ void __launch_bounds__(kThreads)
+    flash_dd_kv(Args a, acc_t<T> scale, const T* __restrict__ q, const T* __restrict__ k,
+                const T* __restrict__ v, const T* __restrict__ dO,
+                const acc_t<T>* __restrict__ lse, const T* __restrict__ ga,
+                const T* __restrict__ gb, const T* __restrict__ gc, T* __restrict__ gk,
+                T* __restrict__ gv, const acc_t<T>* __restrict__ stats, int64_t Nq) {
+  using A = acc_t<T>;
+  constexpr int TJ = kTile / 32;
+  const int h = blockIdx.y, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const Span sp = span_of(a);
+  A* rk = smem_base<A>();
+  A* rv = rk + kRows * kD;
+  A* rb = rv + kRows * kD;
+  A* rc = rb + kRows * kD;
+  A* tq = rc + kRows * kD;
+  A* tg = tq + kTile * (kD + 1);
+  A* ta = tg + kTile * (kD + 1);
+  A* tl = ta + kTile * (kD + 1);
+  A* tD = tl + kTile;
+  A* tR = tD + kTile;
+  A* tE = tR + kTile;
+  A* cf = tE + kTile + warp * 3 * kRowsPerWarp * kTile;
+  A* cf_ds = cf;
+  A* cf_gs = cf + kRowsPerWarp * kTile;
+  A* cf_gdp = cf + 2 * kRowsPerWarp * kTile;
+  stage_rows<T, A, kD>(k, sp.row0, sp.nrows, a, h, rk);
+  stage_rows<T, A, kD>(v, sp.row0, sp.nrows, a, h, rv);
+  stage_rows<T, A, kD>(gb, sp.row0, sp.nrows, a, h, rb);
+  stage_rows<T, A, kD>(gc, sp.row0, sp.nrows, a, h, rc);
+  const A* wk = rk + warp * kRowsPerWarp * kD;
+  const A* wv = rv + warp * kRowsPerWarp * kD;
+  const A* wb = rb + warp * kRowsPerWarp * kD;
+  const A* wc = rc + warp * kRowsPerWarp * kD;
+  A acck[kRowsPerWarp][kD / 32], accv[kRowsPerWarp][kD / 32];
+  zero<A, kD>(acck);
+  zero<A, kD>(accv);
+  for (int64_t t0 = 0; t0 < sp.ntile; t0 += kTile) {
+    const int n = int(sp.ntile - t0 < kTile ? sp.ntile - t0 : kTile);
+    __syncthreads();
+    stage_tile<T, A, kD, kTile>(q, sp.tile0 + t0, n, a, h, tq);
+    stage_tile<T, A, kD, kTile>(dO, sp.tile0 + t0, n, a, h, tg);
+    stage_tile<T, A, kD, kTile>(ga, sp.tile0 + t0, n, a, h, ta);
+    stage_scalars<A, kTile>(lse, sp.tile0 + t0, n, a, h, tl, A(0));
+    stage_scalars<A, kTile>(stats, sp.tile0 + t0, n, a, h, tD, A(0));
+    stage_scalars<A, kTile>(stats + Nq * a.H, sp.tile0 + t0, n, a, h, tR, A(0));
+    stage_scalars<A, kTile>(stats + 2 * Nq * a.H, sp.tile0 + t0, n, a, h, tE, A(0));
+    __syncthreads();
+    A s[kRowsPerWarp][TJ], dp[kRowsPerWarp][TJ], w[kRowsPerWarp][TJ], w2[kRowsPerWarp][TJ],
+        u[kRowsPerWarp][TJ];
+    dots<A, kD, kTile>(wk, tq, s);    // k.q
+    dots<A, kD, kTile>(wv, tg, dp);   // v.dO
+    dots<A, kD, kTile>(wk, ta, w);    // k.a
+    dots<A, kD, kTile>(wb, tq, w2);   // b.q
+    dots<A, kD, kTile>(wc, tg, u);    // c.dO
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+      for (int t = 0; t < TJ; ++t) {
+        const int j = lane + 32 * t;
+        const A p = j < n ? m_exp(s[r][t] * scale - tl[j]) : A(0);
+        const A W = scale * (w[r][t] + w2[r][t]), dpD = dp[r][t] - tD[j];
+        const A gP = W * dpD - tR[j] * dp[r][t] + u[r][t];
+        cf_ds[r * kTile + j] = p * dpD;
+        cf_gs[r * kTile + j] = p * (gP - tE[j]);
+        cf_gdp[r * kTile + j] = p * (W - tR[j]);
+      }
+    __syncwarp();
+    accumulate<A, kD, kTile>(cf_ds, ta, acck);
+    accumulate<A, kD, kTile>(cf_gs, tq, acck);
+    accumulate<A, kD, kTile>(cf_gdp, tg, accv);
+  }
+  write_rows<T, A, kD>(acck, scale, gk, sp, a, h);
+  write_rows<T, A, kD>(accv, A(1), gv, sp, a, h);
+}
+
+// ---------------------------------------------------------------------------------------------
+// launchers
+// ---------------------------------------------------------------------------------------------
+
+// Launches kernel with `bytes` of dynamic shared memory, opting in past the 48 KiB default (a
+// host-side attribute of the function: no stream operation, nothing waits).
+template <class Kernel, class... Ts>
+void launch(Kernel kernel, int64_t blocks, int64_t heads, size_t bytes, cudaStream_t stream,
+            Ts... args) {
+  if (blocks == 0 || heads == 0) return;
+  if (bytes > 48 * 1024)
+    MT_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  kernel<<<dim3(unsigned(blocks), unsigned(heads)), kThreads, bytes, stream>>>(args...);
+  MT_CUDA_CHECK(cudaGetLastError());
+}
+
+// Tile sizes: 64 entries for head dims up to 64, 32 beyond and for the double backward (whose
+// kernels stage four tile vectors).
+template <int kD>
+constexpr int kTileFor = kD <= 64 ? 64 : 32;
+
+template <class Fn>
+void dispatch_head_dim(int64_t dh, Fn&& fn) {
+  if (dh <= 32) {
+    fn.template operator()<32>();
+  } else if (dh <= 64) {
+    fn.template operator()<64>();
+  } else {
+    fn.template operator()<128>();  // dh <= kFlashMaxHeadDim, checked by the launcher in ops.cpp
+  }
+}
+
+Args query_side(const FlashDesc& d) {
+  return Args{d.cu_q, d.cu_k, d.q_blocks, int(d.heads), int(d.dh)};
+}
+Args key_side(const FlashDesc& d) {
+  return Args{d.cu_k, d.cu_q, d.k_blocks, int(d.heads), int(d.dh)};
+}
+
+template <class T>
+void forward(const FlashDesc& d, const void* q, const void* k, const void* v, void* o, void* lse,
+             cudaStream_t stream) {
+  using A = acc_t<T>;
+  dispatch_head_dim(d.dh, [&]<int kD>() {
+    constexpr int kTile = kTileFor<kD>;
+    launch(flash_fwd<T, kD, kTile>, d.num_q_blocks, d.heads,
+           Smem<A, kD, kTile>::bytes(1, 2, 0, 1), stream, query_side(d), A(d.scale),
+           static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+           static_cast<T*>(o), static_cast<A*>(lse));
+  });
+}
+
+template <class T>
+void backward(const FlashDesc& d, const void* q, const void* k, const void* v, const void* o,
+              const void* dO, const void* lse, void* dq, void* dk, void* dv, void* workspace,
+              cudaStream_t stream) {
+  using A = acc_t<T>;
+  auto* D = static_cast<A*>(workspace);
+  dispatch_head_dim(d.dh, [&]<int kD>() {
+    constexpr int kTile = kTileFor<kD>;
+    launch(flash_bwd_q<T, kD, kTile>, d.num_q_blocks, d.heads,
+           Smem<A, kD, kTile>::bytes(2, 2, 0, 1), stream, query_side(d), A(d.scale),
+           static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+           static_cast<const T*>(o), static_cast<const T*>(dO), static_cast<const A*>(lse),
+           static_cast<T*>(dq), D);
+    launch(flash_bwd_kv<T, kD, kTile>, d.num_k_blocks, d.heads,
+           Smem<A, kD, kTile>::bytes(2, 2, 2, 2), stream, key_side(d), A(d.scale),
+           static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+           static_cast<const T*>(dO), static_cast<const A*>(lse), static_cast<const A*>(D),
+           static_cast<T*>(dk), static_cast<T*>(dv));
+  });
+}
+
+template <class T>
+void double_backward(const FlashDesc& d, const void* q, const void* k,
+                     const void* v, const void* o, const void* dO, const void* lse,
+                     const void* a, const void* b, const void* c, void* gq, void* gk, void* gv,
+                     void* gdO, void* workspace, cudaStream_t stream) {
+  using A = acc_t<T>;
+  auto* stats = static_cast<A*>(workspace);
+  const int64_t Nq = d.num_queries;
+  dispatch_head_dim(d.dh, [&]<int kD>() {
+    constexpr int kTile = 32;
+    launch(flash_dd_q<T, kD, kTile>, d.num_q_blocks, d.heads,
+           Smem<A, kD, kTile>::bytes(3, 4, 0, 4), stream, query_side(d), A(d.scale),
+           static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+           static_cast<const T*>(o), static_cast<const T*>(dO), static_cast<const A*>(lse),
+           static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(c),
+           static_cast<T*>(gq), static_cast<T*>(gdO), stats, Nq);
+    launch(flash_dd_kv<T, kD, kTile>, d.num_k_blocks, d.heads,
+           Smem<A, kD, kTile>::bytes(4, 3, 4, 3), stream, key_side(d), A(d.scale),
+           static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+           static_cast<const T*>(dO), static_cast<const A*>(lse), static_cast<const T*>(a),
+           static_cast<const T*>(b), static_cast<const T*>(c), static_cast<T*>(gk),
+           static_cast<T*>(gv), static_cast<const A*>(stats), Nq);
+  });
+}
+
+}  // namespace
+
+void flash_forward(ScalarType t, const FlashDesc& d, const void* q, const void* k, const void* v,
+                   void* o, void* lse, cudaStream_t stream) {
+  dispatch_float_storage(t, [&]<class T>() { forward<T>(d, q, k, v, o, lse, stream); });
+}
+
+void flash_backward(ScalarType t, const FlashDesc& d, const void* q, const void* k,
+                    const void* v, const void* o, const void* dO, const void* lse, void* dq,
+                    void* dk, void* dv, void* workspace, cudaStream_t stream) {
+  dispatch_float_storage(t, [&]<class T>() {
+    backward<T>(d, q, k, v, o, dO, lse, dq, dk, dv, workspace, stream);
+  });
+}
+
+void flash_double_backward(ScalarType t, const FlashDesc& d, const void* q,
+                           const void* k, const void* v, const void* o, const void* dO,
+                           const void* lse, const void* a, const void* b, const void* c,
+                           void* gq, void* gk, void* gv, void* gdO, void* workspace,
+                           cudaStream_t stream) {
+  dispatch_float_storage(t, [&]<class T>() {
+    double_backward<T>(d, q, k, v, o, dO, lse, a, b, c, gq, gk, gv, gdO, workspace, stream);
+  });
+}
+
+}  // namespace mt::gpu

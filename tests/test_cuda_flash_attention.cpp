@@ -1,0 +1,264 @@
+// The fused attention kernels (kernels/cuda/flash_attention.cu) against the CPU: the three
+// dispatch stubs (forward, backward, double backward) against their CPU loops for every float
+// dtype with sentinels around every output, and varlen_attention on CUDA (whose automatic mode
+// takes the fused core) against the CPU composite for outputs and first- and second-order
+// gradients, rotary on and off. Batches are variable-length with a sample of one key, a sample
+// without queries and one without either, and tile/block boundaries crossed. Every case skips,
+// with a warning, when no CUDA device is present.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "engine/autograd/engine.h"
+#include "engine/ops/kernels.h"
+#include "support/cuda_compare.h"
+
+using namespace mt;
+using namespace mt::testing;
+
+namespace {
+
+// ---- tolerances (|cuda - cpu| <= atol + rtol |cpu|) ----
+// f64 kernels against the CPU loops (also f64, summing in another order): a few hundred terms of
+// O(1) per output, a few ulps each.
+constexpr Tolerance kFlashF64{1e-11, 1e-10};
+// f32 kernels against the CPU loops, which read the same f32 inputs but sum in double: the GPU's
+// f32 sums over <= 3000 keys (dot products of dh <= 128) carry ~sqrt(n) 2^-24 relative error
+// of the largest terms, and expf 2 ulp; outputs and first-order gradients are O(1).
+constexpr Tolerance kFlashF32{2e-5, 2e-4};
+// Second order in f32: the row statistic E = t - 2 r D + w cancels terms of O(10) (flash_
+// attention.md), so an absolute error of ~10 x the first order's is expected.
+constexpr Tolerance kFlashF32Second{2e-4, 2e-3};
+// lse in f32: log of an f32 sum, absolute error ~ n 2^-24 relative of the sum -> 1e-5.
+constexpr Tolerance kLseF32{1e-5, 1e-5};
+// 16-bit storage: both sides compute in f32 from the same rounded inputs and round the result
+// once to 16 bits (kF16 / kBF16, support/cuda_compare.h); f32 order effects are far below.
+// Gradients through varlen_attention in f64 on both devices (rotary composite + fused core vs
+// the composite throughout): f64 rounding of a few hundred O(1) terms.
+constexpr Tolerance kGradF64{1e-10, 1e-10};
+
+Tolerance stub_tol(DType t, bool second_order = false) {
+  switch (t) {
+    case DType::f64: return kFlashF64;
+    case DType::f16: return kF16;
+    case DType::bf16: return kBF16;
+    default: return second_order ? kFlashF32Second : kFlashF32;
+  }
+}
+
+std::vector<int64_t> offsets_of(const std::vector<int64_t>& lengths) {
+  std::vector<int64_t> cu(lengths.size() + 1, 0);
+  std::partial_sum(lengths.begin(), lengths.end(), cu.begin() + 1);
+  return cu;
+}
+
+// 6 samples: a few queries, no queries (3 keys), 17 queries on one key, nothing, 33 queries (three
+// 16-row blocks) on 70 keys (two 64-key tiles), 2 queries on 129 keys (three tiles).
+const std::vector<int64_t> kQLengths{5, 0, 17, 0, 33, 2};
+const std::vector<int64_t> kKLengths{7, 3, 1, 0, 70, 129};
+
+struct Inputs {
+  Tensor q, k, v, dO, a, b, c;  // f64 on the CPU
+};
+Inputs make_inputs(const std::vector<int64_t>& ql, const std::vector<int64_t>& kl, int64_t H,
+                   int64_t dh, uint64_t seed, double range = 1.0) {
+  const int64_t Nq = std::accumulate(ql.begin(), ql.end(), int64_t(0));
+  const int64_t Nk = std::accumulate(kl.begin(), kl.end(), int64_t(0));
+  Inputs in;
+  in.q = random_tensor(Shape{Nq, H, dh}, -range, range, seed);
+  in.k = random_tensor(Shape{Nk, H, dh}, -range, range, seed + 1);
+  in.v = random_tensor(Shape{Nk, H, dh}, -1, 1, seed + 2);
+  in.dO = random_tensor(Shape{Nq, H, dh}, -1, 1, seed + 3);
+  in.a = random_tensor(Shape{Nq, H, dh}, -1, 1, seed + 4);
+  in.b = random_tensor(Shape{Nk, H, dh}, -1, 1, seed + 5);
+  in.c = random_tensor(Shape{Nk, H, dh}, -1, 1, seed + 6);
+  return in;
+}
+
+// The stubs on the GPU (outputs into sentinel-padded windows) against the CPU loops, for one
+// dtype: the CPU reads the same values (16-bit inputs widened to f32) and its results are
+// rounded to the dtype.
+void compare_stubs(const std::vector<int64_t>& ql, const std::vector<int64_t>& kl, int64_t H,
+                   int64_t dh, DType t, uint64_t seed, double range = 1.0) {
+  const std::string what = fmt::format("flash stubs H {} dh {} {}", H, dh, dtype_name(t));
+  INFO(what);
+  const DType ct = t == DType::f64 ? DType::f64 : DType::f32;
+  const std::vector<int64_t> cu_q = offsets_of(ql), cu_k = offsets_of(kl);
+  const FlashAttentionLayout layout{&cu_q, &cu_k, 1.0 / std::sqrt(double(dh))};
+  Inputs in = make_inputs(ql, kl, H, dh, seed, range);
+  auto stored = [&](const Tensor& x) { return x.to(t); };             // the dtype's values
+  auto wide = [&](const Tensor& x) { return x.to(t).to(ct); };       // those values, for the CPU
+  auto dev = [&](const Tensor& x) { return x.to(t).to(gpu0()); };    // those values, on the GPU
+  const int64_t Nq = in.q.size(0), Nk = in.k.size(0);
+  const Shape qs{Nq, H, dh}, ks{Nk, H, dh};
+
+  // forward
+  Tensor o_ref = empty(qs, ct), lse_ref = empty(Shape{Nq, H}, ct);
+  flash_attention_kernel(kCPU, wide(in.q), wide(in.k), wide(in.v), layout, o_ref, lse_ref);
+  Padded o = padded(qs, t, gpu0(), false), lse = padded(Shape{Nq, H}, ct, gpu0(), false);
+  flash_attention_kernel(gpu0(), dev(in.q), dev(in.k), dev(in.v), layout, o.window, lse.window);
+  check_padded(o, stored(o_ref), stub_tol(t), what + ": o");
+  check_padded(lse, lse_ref, t == DType::f64 ? kFlashF64 : kLseF32, what + ": lse");
+
+  // backward, from the CPU's o (in the dtype) and lse, so both sides see the same values
+  Tensor o_t = stored(o_ref);
+  Tensor dq_ref = empty(qs, ct), dk_ref = empty(ks, ct), dv_ref = empty(ks, ct);
+  flash_attention_backward_kernel(kCPU, wide(in.q), wide(in.k), wide(in.v), o_t.to(ct),
+                                  wide(in.dO), lse_ref, layout, dq_ref, dk_ref, dv_ref);
+  Padded dq = padded(qs, t, gpu0(), false), dk = padded(ks, t, gpu0(), false),
+         dv = padded(ks, t, gpu0(), false);
+  flash_attention_backward_kernel(gpu0(), dev(in.q), dev(in.k), dev(in.v), o_t.to(gpu0()),
+                                  dev(in.dO), lse_ref.to(gpu0()), layout, dq.window, dk.window,
+                                  dv.window);
+  check_padded(dq, stored(dq_ref), stub_tol(t), what + ": dq");
+  check_padded(dk, stored(dk_ref), stub_tol(t), what + ": dk");
+  check_padded(dv, stored(dv_ref), stub_tol(t), what + ": dv");
+
+  // double backward
+  Tensor gq_ref = empty(qs, ct), gk_ref = empty(ks, ct), gv_ref = empty(ks, ct),
+         gdo_ref = empty(qs, ct);
+  flash_attention_double_backward_kernel(kCPU, wide(in.q), wide(in.k), wide(in.v), o_t.to(ct),
+                                         wide(in.dO), lse_ref, wide(in.a), wide(in.b),
+                                         wide(in.c), layout, gq_ref, gk_ref, gv_ref, gdo_ref);
+  Padded gq = padded(qs, t, gpu0(), false), gk = padded(ks, t, gpu0(), false),
+         gv = padded(ks, t, gpu0(), false), gdo = padded(qs, t, gpu0(), false);
+  flash_attention_double_backward_kernel(
+      gpu0(), dev(in.q), dev(in.k), dev(in.v), o_t.to(gpu0()), dev(in.dO), lse_ref.to(gpu0()),
+      dev(in.a), dev(in.b), dev(in.c), layout, gq.window, gk.window, gv.window, gdo.window);
+  check_padded(gq, stored(gq_ref), stub_tol(t, true), what + ": grad q");
+  check_padded(gk, stored(gk_ref), stub_tol(t, true), what + ": grad k");
+  check_padded(gv, stored(gv_ref), stub_tol(t, true), what + ": grad v");
+  check_padded(gdo, stored(gdo_ref), stub_tol(t, true), what + ": grad dO");
+}
+
+// varlen_attention on the GPU (automatic: the fused core) against the CPU composite: outputs,
+// the gradient for a random grad_output (graph kept), and the gradient of <gradient, z> for a
+// random z (second order, through the fused double-backward kernel). Inputs (rows, H*dh).
+void compare_varlen(const VarlenAttention& spec_cpu, const std::vector<Shape>& shapes, DType t,
+                    Tolerance tol, Tolerance tol2, const std::string& name) {
+  INFO(name);
+  VarlenAttention spec_gpu = spec_cpu;
+  spec_gpu.mode = VarlenAttention::Mode::automatic;
+  if (spec_cpu.q_times.defined()) {
+    spec_gpu.q_times = spec_cpu.q_times.to(t).to(gpu0());
+    spec_gpu.k_times = spec_cpu.k_times.to(t).to(gpu0());
+    spec_gpu.inv_freq = spec_cpu.inv_freq.to(t).to(gpu0());
+  }
+  const DType ct = t == DType::f64 ? DType::f64 : DType::f32;
+  VarlenAttention spec_ref = spec_cpu;
+  if (spec_cpu.q_times.defined()) {
+    spec_ref.q_times = spec_cpu.q_times.to(t).to(ct);
+    spec_ref.k_times = spec_cpu.k_times.to(t).to(ct);
+    spec_ref.inv_freq = spec_cpu.inv_freq.to(t).to(ct);
+  }
+  TensorList xs_cpu, xs_gpu;
+  uint64_t seed = 401;
+  for (const Shape& s : shapes) {
+    Tensor x = random_tensor(s, -1.5, 1.5, seed++).to(t);
+    xs_cpu.push_back(x.to(ct).set_requires_grad());
+    xs_gpu.push_back(x.to(gpu0()).set_requires_grad());
+  }
+  auto run = [&](const TensorList& xs, const VarlenAttention& spec, Device d, DType dt) {
+    Tensor y = varlen_attention(xs[0], xs[1], xs[2], spec);
+    Tensor gy = random_tensor(y.shape(), -1, 1, 411).to(dt).to(d);
+    TensorList g = autograd::grad({y}, xs, {gy}, std::nullopt, true);
+    Tensor dot;
+    for (size_t i = 0; i < g.size(); ++i) {
+      Tensor term = sum(mul(g[i], random_tensor(g[i].shape(), -1, 1, 421 + i).to(dt).to(d)));
+      dot = dot.defined() ? add(dot, term) : term;
+    }
+    TensorList gg = autograd::grad({dot}, xs, {}, std::nullopt, false, /*allow_unused=*/true);
+    return std::make_tuple(y, g, gg);
+  };
+  auto [y_ref, g_ref, gg_ref] = run(xs_cpu, spec_ref, kCPU, ct);
+  auto [y, g, gg] = run(xs_gpu, spec_gpu, gpu0(), t);
+  check_close(y, y_ref.detach().to(t), tol, name + ": forward");
+  for (size_t i = 0; i < g.size(); ++i) {
+    check_close(g[i], g_ref[i].detach().to(t), tol, fmt::format("{}: grad #{}", name, i));
+    REQUIRE(gg[i].defined() == gg_ref[i].defined());
+    if (gg[i].defined())
+      check_close(gg[i], gg_ref[i].to(t), tol2, fmt::format("{}: second order #{}", name, i));
+  }
+}
+
+VarlenAttention spec_of(const std::vector<int64_t>& ql, const std::vector<int64_t>& kl,
+                        int64_t H, int64_t dh, bool rotate, bool rotate_value) {
+  VarlenAttention s;
+  s.heads = H;
+  s.q_lengths = ql;
+  s.k_lengths = kl;
+  s.mode = VarlenAttention::Mode::per_sample;  // the CPU reference: the composite
+  if (rotate) {
+    const int64_t Nq = std::accumulate(ql.begin(), ql.end(), int64_t(0));
+    const int64_t Nk = std::accumulate(kl.begin(), kl.end(), int64_t(0));
+    s.q_times = random_tensor(Shape{Nq}, 0, 5, 431);
+    s.k_times = random_tensor(Shape{Nk}, 0, 5, 432);
+    s.inv_freq = rotary_inv_freq(dh, 10.0, DType::f64);
+  }
+  s.rotate_value = rotate_value;
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("CUDA flash attention: the stubs match the CPU loops (every dtype, sentinels)",
+          "[cuda][flash]") {
+  MT_SKIP_WITHOUT_CUDA();
+  for (DType t : {DType::f64, DType::f32, DType::bf16, DType::f16}) {
+    // Head dims on each kernel width (32, 64, 128) and one that is not a multiple of 32.
+    compare_stubs(kQLengths, kKLengths, 3, 64, t, 441);
+    compare_stubs(kQLengths, kKLengths, 2, 40, t, 451);
+    compare_stubs(kQLengths, kKLengths, 2, 16, t, 461);
+    compare_stubs(kQLengths, kKLengths, 2, 128, t, 471);
+  }
+  // Large scores (a sharp softmax: the online rescaling matters) and an empty batch.
+  compare_stubs(kQLengths, kKLengths, 2, 64, DType::f32, 481, 4.0);
+  compare_stubs({0, 0}, {0, 2}, 2, 64, DType::f32, 491);
+}
+
+TEST_CASE("CUDA flash attention: long key sequences (3000 keys per sample)", "[cuda][flash]") {
+  MT_SKIP_WITHOUT_CUDA();
+  compare_stubs({64, 8}, {3000, 2100}, 2, 64, DType::f32, 501);
+  compare_stubs({64, 8}, {3000, 2100}, 2, 64, DType::bf16, 511);
+}
+
+TEST_CASE("CUDA flash attention: varlen_attention's gradients equal the CPU composite's",
+          "[cuda][flash]") {
+  MT_SKIP_WITHOUT_CUDA();
+  const int64_t H = 2, dh = 32;
+  const int64_t Nq = std::accumulate(kQLengths.begin(), kQLengths.end(), int64_t(0));
+  const int64_t Nk = std::accumulate(kKLengths.begin(), kKLengths.end(), int64_t(0));
+  const std::vector<Shape> shapes{Shape{Nq, H * dh}, Shape{Nk, H * dh}, Shape{Nk, H * dh}};
+  for (auto [rotate, rotate_value] : {std::pair{false, false}, {true, false}, {true, true}}) {
+    const VarlenAttention s = spec_of(kQLengths, kKLengths, H, dh, rotate, rotate_value);
+    const std::string label = fmt::format("varlen rotary {} rotate_value {}", rotate, rotate_value);
+    compare_varlen(s, shapes, DType::f64, kGradF64, kGradF64, label + " f64");
+    compare_varlen(s, shapes, DType::f32, kFlashF32, kFlashF32Second, label + " f32");
+  }
+  // bf16: on the GPU every composite op around the fused core (rotary's cos, sin, products and
+  // sums; the test's products and sums of gradients) rounds to bf16, on the CPU it stays in f32:
+  // a handful of bf16 roundings (2^-8 relative each) on O(1) values, first and second order.
+  constexpr Tolerance kBF16Chain{5e-2, 5e-2};
+  compare_varlen(spec_of(kQLengths, kKLengths, H, dh, true, true), shapes, DType::bf16,
+                 kBF16Chain, kBF16Chain, "varlen rotary+value bf16");
+}
+
+TEST_CASE("CUDA flash attention: the backward is deterministic and the op is on the tape",
+          "[cuda][flash]") {
+  MT_SKIP_WITHOUT_CUDA();
+  const std::vector<int64_t> cu_q = offsets_of(kQLengths), cu_k = offsets_of(kKLengths);
+  Inputs in = make_inputs(kQLengths, kKLengths, 4, 64, 521);
+  Tensor q = in.q.to(DType::f32).to(gpu0()).set_requires_grad();
+  Tensor k = in.k.to(DType::f32).to(gpu0()).set_requires_grad();
+  Tensor v = in.v.to(DType::f32).to(gpu0()).set_requires_grad();
+  Tensor dO = in.dO.to(DType::f32).to(gpu0());
+  auto grads = [&]() {
+    Tensor o = flash_attention(q, k, v, cu_q, cu_k, 0.125);
+    return autograd::grad({o}, {q, k, v}, {dO});
+  };
+  TensorList g1 = grads(), g2 = grads();
+  for (size_t i = 0; i < 3; ++i) check_equal(g1[i], g2[i], fmt::format("run-to-run grad #{}", i));
+}
