@@ -158,8 +158,8 @@ void compare_varlen(const VarlenAttention& spec_cpu, const std::vector<Shape>& s
   uint64_t seed = 401;
   for (const Shape& s : shapes) {
     Tensor x = random_tensor(s, -1.5, 1.5, seed++).to(t);
-    xs_cpu.push_back(x.to(ct).set_requires_grad());
-    xs_gpu.push_back(x.to(gpu0()).set_requires_grad());
+    xs_cpu.push_back(x.to(ct).detach().set_requires_grad());
+    xs_gpu.push_back(x.to(gpu0()).detach().set_requires_grad());
   }
   auto run = [&](const TensorList& xs, const VarlenAttention& spec, Device d, DType dt) {
     Tensor y = varlen_attention(xs[0], xs[1], xs[2], spec);

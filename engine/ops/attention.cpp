@@ -152,7 +152,9 @@ Tensor padded_attention(const Tensor& q3, const Tensor& k3, const Tensor& v3,
     if (spec.k_lengths[size_t(b)] > 0)
       for (int64_t j = spec.k_lengths[size_t(b)]; j < max_k; ++j)
         mask[size_t(b * max_k + j)] = -INFINITY;
-  Tensor bias = from_vector(mask, Shape{B, 1, 1, max_k}, q3.dtype()).to(q3.device());
+  // Built in f32 on the host (which has no 16-bit fill), converted on the queries' device.
+  Tensor bias =
+      from_vector(mask, Shape{B, 1, 1, max_k}, DType::f32).to(q3.device()).to(q3.dtype());
   Tensor p = softmax(add(mul(matmul(qb, kb), scale), bias), -1);  // (B, H, max_q, max_k)
   Tensor ob = matmul(p, vb).permute(Shape{0, 2, 1, 3}).reshape(Shape{B * max_q, H * dh});
   // Back to the samples' rows.
