@@ -1,4 +1,5 @@
-// One CPU meta-step of second-order E2E-TTT on POCO, timed the same way as its peers
+// One meta-step of second-order E2E-TTT on POCO (CPU, or one CUDA device with --device cuda),
+// timed the same way as its peers
 // tools/reference/meta_step_bench.py (PyTorch) and tools/reference/meta_step_jax.py (JAX);
 // bench/meta_step_vs_peers.py runs all three and prints the ratios.
 //
@@ -10,6 +11,13 @@
 // Synthetic data: --sessions sessions of --neurons neurons; session m of the meta-batch is
 // session m; its support and query batches hold --batch samples of all its neurons each, x and
 // targets standard normal; f32, no dropout (the inner loop runs the model without dropout).
+//
+// --device cuda: the model is built on the CPU (the same initial weights as a CPU run) and moved
+// to cuda:0 with the batches; AdamW and clipping run there without host reads (clipping through
+// optim::clip_grad_norm_on_device). Each meta-step is timed from a synchronised device to a
+// synchronised device, with one synchronisation between the meta-gradients and clip+AdamW for
+// the split; the meta-loss is summed on the device and read after the step. Peak memory is the
+// CUDA caching allocator's peak allocated bytes over the timed steps (reset after warm-up).
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -24,6 +32,8 @@
 #include <map>
 
 #include "engine/autograd/grad_mode.h"
+#include "engine/core/backend.h"
+#include "engine/core/matmul_settings.h"
 #include "engine/optim/adamw.h"
 #include "engine/optim/optimizer.h"
 #include "meta/maml.h"
@@ -40,15 +50,22 @@ double median(std::vector<double> v) {
   const size_t n = v.size();
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
+std::string cpu_model() {
+  std::ifstream f("/proc/cpuinfo");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos)
+      return line.substr(line.find(':') + 2);
+  return "unknown";
+}
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"metatape E2E-TTT meta-step benchmark (CPU)"};
-  std::string config = "poco-paper", json_path;
+  CLI::App app{"metatape E2E-TTT meta-step benchmark (CPU or CUDA)"};
+  std::string config = "poco-paper", json_path, device_name = "cpu";
   int threads = 2, meta_batch = 2, batch = 32, neurons = 128, sessions = 8, inner_steps = 3,
       warmup = 1, repeats = 5;
   double inner_lr = 1e-3, meta_lr = 1e-4, weight_decay = 1e-4, clip = 1.0;
-  bool checkpoint = false;
+  bool checkpoint = false, tf32 = false;
   app.add_option("--config", config, "poco-paper or poco-seed");
   app.add_option("--threads", threads, "OpenMP threads (default 2)");
   app.add_option("--meta-batch", meta_batch, "sessions per meta-step (default 2)");
@@ -61,8 +78,11 @@ int main(int argc, char** argv) {
   app.add_option("--weight-decay", weight_decay, "AdamW weight decay (default 1e-4)");
   app.add_option("--clip", clip, "max global gradient norm, 0 = none (default 1.0)");
   app.add_flag("--checkpoint", checkpoint, "checkpointed inner steps");
+  app.add_flag("--tf32", tf32, "CUDA: f32 matmuls on TF32 tensor cores (default off, as torch)");
   app.add_option("--warmup", warmup, "untimed meta-steps (default 1)");
   app.add_option("--repeats", repeats, "timed meta-steps (default 5)");
+  app.add_option("--device", device_name, "cpu or cuda (= cuda:0) (default cpu)")
+      ->check(CLI::IsMember({"cpu", "cuda", "cuda:0"}));
   app.add_option("--json", json_path, "write the results as JSON to this path");
   CLI11_PARSE(app, argc, argv);
   try {
@@ -71,6 +91,14 @@ int main(int argc, char** argv) {
              "meta-batch, batch, neurons, repeats, threads and inner steps must be positive and "
              "sessions >= meta-batch");
     omp_set_num_threads(threads);
+    const Device device = device_name == "cpu" ? kCPU : cuda(0);
+    const bool on_cuda = device.is_cuda();
+    MT_CHECK(!on_cuda || cuda_is_available(), "--device cuda: {}",
+             built_with_cuda() ? "no CUDA device is visible on this machine"
+                               : "this build has no CUDA backend (configure with METATAPE_CUDA=ON)");
+    set_cuda_matmul_allow_tf32(tf32);
+    const std::string device_description =
+        on_cuda ? cuda_device_description(device.index) : cpu_model();
     meta::ModelSpec spec;
     spec.preset = config;
     const models::PocoConfig c = spec.poco_config();
@@ -78,6 +106,7 @@ int main(int argc, char** argv) {
     auto f = meta::make_forecaster(spec, std::vector<int64_t>(size_t(sessions), neurons), gen);
     const auto* poco = dynamic_cast<const models::Poco*>(f->module());
     MT_CHECK(poco != nullptr, "the benchmark needs a POCO model");
+    f->to(device);  // before the optimizer: its state is created on the parameters' device
     auto make_batch = [&](int64_t session) {
       models::PocoBatch b;
       std::vector<int64_t> units, owner;
@@ -94,7 +123,7 @@ int main(int argc, char** argv) {
       b.target = normal(Shape{N, c.pred_length}, 0, 1, gen);
       b.unit_index = from_indices(units, Shape{N});
       b.neuron_session = from_indices(owner, Shape{N});
-      return b;
+      return b.to(device);  // drawn on the CPU: the same data on every device
     };
     std::vector<models::PocoBatch> support, query;
     for (int m = 0; m < meta_batch; ++m) {
@@ -114,17 +143,20 @@ int main(int argc, char** argv) {
 
     std::vector<double> total, grad_ms, opt_ms;
     double loss_value = 0;
+    synchronize(device);
     for (int i = 0; i < warmup + repeats; ++i) {
+      if (i == warmup && on_cuda) reset_peak_memory_stats(device);
       const auto t0 = Clock::now();
       adam.zero_grad();
       // As meta/training.cpp: per-session meta-gradients, summed, averaged, set as .grad.
       std::map<std::string, Tensor> sum;
-      double loss_total = 0;
+      Tensor loss_total;  // 0-d f64 on the device: read once, after the step
       for (int m = 0; m < meta_batch; ++m) {
         meta::MetaGradient g = meta::e2e_ttt_gradient(*f, {support[size_t(m)]}, query[size_t(m)],
                                                       inner, /*include_inner_losses=*/true);
-        loss_total += g.meta_loss.item<double>();
         NoGradGuard no_grad;
+        const Tensor loss = g.meta_loss.detach().to(DType::f64);
+        loss_total = loss_total.defined() ? add(loss_total, loss) : loss;
         for (size_t k = 0; k < g.names.size(); ++k) {
           auto it = sum.find(g.names[k]);
           if (it == sum.end())
@@ -141,12 +173,19 @@ int main(int argc, char** argv) {
           t.set_grad(s);
         }
       }
+      synchronize(device);
       const double g_ms = ms_since(t0);
       const auto t1 = Clock::now();
-      if (clip > 0) optim::clip_grad_norm(params, clip);
+      if (clip > 0) {
+        if (on_cuda)
+          optim::clip_grad_norm_on_device(params, clip);
+        else
+          optim::clip_grad_norm(params, clip);
+      }
       adam.step();
+      synchronize(device);
       const double o_ms = ms_since(t1);
-      loss_value = loss_total / double(meta_batch);
+      loss_value = loss_total.item<double>() / double(meta_batch);
       if (i < warmup) continue;
       total.push_back(ms_since(t0));
       grad_ms.push_back(g_ms);
@@ -155,22 +194,26 @@ int main(int argc, char** argv) {
     MT_CHECK(std::isfinite(loss_value), "the meta-loss is not finite ({})", loss_value);
     int64_t n_params = 0;
     for (auto& [name, p] : params) n_params += p.numel();
+    const int64_t peak_bytes = memory_stats(device).peak_allocated_bytes;
     std::printf("metatape %s E2E-TTT meta-step: meta-batch %d sessions x %d samples x %d neurons, "
                 "%d inner steps (lr %g) on unit+session embeddings%s, %lld parameters, f32, "
-                "%d threads\n",
+                "%d threads, %s (%s)\n",
                 config.c_str(), meta_batch, batch, neurons, inner_steps, inner_lr,
-                checkpoint ? ", checkpointed" : "", (long long)n_params, threads);
+                checkpoint ? ", checkpointed" : "", (long long)n_params, threads,
+                device.str().c_str(), device_description.c_str());
     std::printf("  %.1f ms/meta-step (median of %d; min %.1f)\n", median(total), repeats,
                 *std::min_element(total.begin(), total.end()));
     std::printf("  meta-gradients %.1f ms, clip+AdamW %.1f ms (medians); peak %.1f MiB; "
                 "last meta-loss %.6f\n",
-                median(grad_ms), median(opt_ms),
-                double(memory_stats().peak_allocated_bytes) / (1 << 20), loss_value);
+                median(grad_ms), median(opt_ms), double(peak_bytes) / (1 << 20), loss_value);
     if (!json_path.empty()) {
       nlohmann::json j = {{"engine", "metatape"},
                           {"benchmark", "e2e_ttt_meta_step"},
                           {"config", config},
                           {"threads", threads},
+                          {"device", device.str()},
+                          {"device_name", device_description},
+                          {"cuda_matmul_tf32", tf32},
                           {"meta_batch", meta_batch},
                           {"batch", batch},
                           {"neurons_per_sample", neurons},
@@ -190,7 +233,10 @@ int main(int argc, char** argv) {
                           {"ms_per_step_all", total},
                           {"meta_gradients_ms_median", median(grad_ms)},
                           {"optimizer_ms_median", median(opt_ms)},
-                          {"peak_bytes", memory_stats().peak_allocated_bytes},
+                          {"peak_bytes", peak_bytes},
+                          {"peak_bytes_scope", on_cuda ? "timed steps (CUDA caching allocator, "
+                                                         "allocated bytes)"
+                                                       : "whole run (CPU allocator)"},
                           {"last_meta_loss", loss_value},
                           {"commit", METATAPE_GIT_COMMIT}};
       const std::string tmp = fmt::format("{}.tmp", json_path);

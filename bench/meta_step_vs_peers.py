@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""POCO E2E-TTT meta-step on the CPU: metatape against PyTorch and JAX on the same cores.
+"""POCO E2E-TTT meta-step: metatape against PyTorch and JAX on the same cores (or the same GPU).
 
 Runs build/bin/metatape-bench-meta-step (bench/meta_step_bench.cpp), the PyTorch peer
 tools/reference/meta_step_bench.py and the JAX peer tools/reference/meta_step_jax.py (jit of
@@ -13,8 +13,13 @@ machine that is busy part of the time). Prints the medians and metatape / PyTorc
 and metatape / JAX; writes the whole record (per-round figures, commit, machine, load average)
 to --json (default bench/results/e2e_ttt_meta_step_cpu.json).
 
+--device cuda runs metatape and PyTorch on cuda:0 (each synchronises the device around every
+meta-step and reports the peak device memory of the timed steps); the JAX peer is CPU-only here
+and is skipped. The record then goes to bench/results/e2e_ttt_meta_step_cuda.json by default.
+
 Usage: python3 bench/meta_step_vs_peers.py [--threads 2] [--rounds 3] [--repeats 5]
-           [--bin build/bin/metatape-bench-meta-step] [--json PATH] [--no-jax]
+           [--device cpu|cuda] [--tf32] [--bin build/bin/metatape-bench-meta-step] [--json PATH]
+           [--no-jax]
 """
 import argparse
 import datetime
@@ -92,17 +97,26 @@ def main():
                    help="run the three engines in turn this many times (default 3)")
     p.add_argument("--bin", default=os.path.join(ROOT, "build", "bin", "metatape-bench-meta-step"))
     p.add_argument("--no-jax", action="store_true", help="skip the JAX peer")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="cpu, or cuda (cuda:0) for metatape and PyTorch (default cpu)")
+    p.add_argument("--tf32", action="store_true",
+                   help="CUDA: let both engines run f32 matmuls on TF32 tensor cores")
     p.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine state)")
-    p.add_argument("--json", default=os.path.join(ROOT, "bench", "results",
-                                                  "e2e_ttt_meta_step_cpu.json"))
+    p.add_argument("--json", default=None,
+                   help="default bench/results/e2e_ttt_meta_step_<device>.json")
     a = p.parse_args()
+    on_cuda = a.device == "cuda"
+    if a.json is None:
+        a.json = os.path.join(ROOT, "bench", "results", f"e2e_ttt_meta_step_{a.device}.json")
     if not os.path.exists(a.bin):
         sys.exit(f"error: {a.bin} does not exist; build first with tools/build.sh "
                  "(METATAPE_BUILD_BENCH=ON)")
     common = ["--config", a.config, "--threads", str(a.threads), "--meta-batch", str(a.meta_batch),
               "--batch", str(a.batch), "--neurons", str(a.neurons), "--sessions", str(a.sessions),
               "--inner-steps", str(a.inner_steps), "--inner-lr", repr(a.inner_lr),
-              "--warmup", str(a.warmup), "--repeats", str(a.repeats)]
+              "--warmup", str(a.warmup), "--repeats", str(a.repeats), "--device", a.device]
+    if a.tf32:
+        common.append("--tf32")
     engines = {
         "metatape": [a.bin],
         "pytorch": [sys.executable, os.path.join(ROOT, "tools", "reference", "meta_step_bench.py")],
@@ -110,6 +124,9 @@ def main():
     jax_error = None
     if a.no_jax:
         jax_error = "skipped (--no-jax)"
+    elif on_cuda:
+        jax_error = "skipped (the JAX peer runs on the CPU only)"
+        print(f"JAX peer {jax_error}")
     else:
         probe = subprocess.run([sys.executable, "-c", "import jax, jaxlib"], capture_output=True,
                                text=True)
@@ -149,6 +166,9 @@ def main():
 
     medians = {name: statistics.median(step_ms(x) for x in runs)
                for name, runs in rounds.items() if runs}
+    # Peak device memory of the timed steps (CUDA runs report it), the largest over the rounds.
+    peaks = {name: max(x["peak_bytes"] for x in runs)
+             for name, runs in rounds.items() if runs and all("peak_bytes" in x for x in runs)}
     # The fastest single meta-step of each engine: less sensitive to other load on the machine.
     minima = {name: min(step_min(x) for x in runs) for name, runs in rounds.items() if runs}
     print()
@@ -175,13 +195,16 @@ def main():
     if ratios_of_minima:
         print("ratios of the fastest steps: " + ", ".join(
             f"{k.replace('_over_', ' / ')} {v:.2f}" for k, v in ratios_of_minima.items()))
+    if on_cuda:
+        for name, b in peaks.items():
+            print(f"{name:9s} peak device memory {b / 2**20:.1f} MiB")
     for name, err in failures.items():
         print(f"{name} failed: {err.strip().splitlines()[-1] if err.strip() else 'no output'}")
 
     status = git("status", "--porcelain", "--untracked-files=no")
     record = {
         "benchmark": "e2e_ttt_meta_step",
-        "description": ("one second-order E2E-TTT meta-step of POCO on the CPU: per session of "
+        "description": (f"one second-order E2E-TTT meta-step of POCO on {a.device}: per session of "
                         "the meta-batch, inner SGD steps on the unit and session embeddings "
                         "with create_graph, meta-loss = query loss + mean inner loss, "
                         "meta-gradient w.r.t. every parameter; averaged, clipped at norm 1, "
@@ -193,7 +216,8 @@ def main():
                     "platform": platform.platform(), "python": platform.python_version(),
                     "load_average_start": load_start, "load_average_end": load_end},
         "note": a.note,
-        "settings": {"config": a.config, "threads": a.threads, "meta_batch": a.meta_batch,
+        "settings": {"config": a.config, "device": a.device, "tf32": a.tf32,
+                     "threads": a.threads, "meta_batch": a.meta_batch,
                      "batch": a.batch, "neurons_per_sample": a.neurons, "sessions": a.sessions,
                      "inner_steps": a.inner_steps, "inner_lr": a.inner_lr,
                      "inner_params": ["unit_emb.weight", "session_emb.weight"],
@@ -206,6 +230,10 @@ def main():
         "goal_metatape_over_pytorch": GOAL,
         "rounds": rounds,
     }
+    if on_cuda:
+        record["peak_bytes"] = peaks
+        names = {x.get("device_name") for runs in rounds.values() for x in runs}
+        record["machine"]["gpu"] = sorted(n for n in names if n)
     if jax_error:
         record["jax_unavailable"] = jax_error
     if failures:

@@ -121,7 +121,7 @@ models::PocoBatch to_batch(const data::WindowBatch& w, const Forecaster& f,
   }
   b.unit_index = from_indices(units, Shape{n});
   b.neuron_session = from_indices(sessions, Shape{n});
-  return b;
+  return f.device().is_cpu() ? b : b.to(f.device());
 }
 
 bool matches_prefixes(const std::string& name, const std::vector<std::string>& prefixes) {

@@ -25,6 +25,17 @@ class Forecaster {
                          Generator* dropout_gen = nullptr) const = 0;
   // Sessions the forecaster has per-session parameters for (POCO's embedding rows).
   virtual std::vector<int64_t> session_sizes() const { return {}; }
+
+  // Moves the parameters and buffers to `device` (nn::Module::to: in place, names and handles
+  // kept); batches made by to_batch() land there too. Build the optimizer after moving.
+  void to(Device device) {
+    if (nn::Module* m = module()) m->to(device);
+    device_ = device;
+  }
+  Device device() const { return device_; }
+
+ private:
+  Device device_ = kCPU;
 };
 
 // Whether parameter `name` starts with one of `prefixes`; an empty list selects every parameter.
@@ -47,7 +58,8 @@ std::unique_ptr<Forecaster> make_forecaster(const ModelSpec& spec,
                                             const std::vector<int64_t>& session_sizes,
                                             Generator& gen, DType dtype = DType::f32);
 
-// Window batch -> tensors. `session_of` maps the batch's dataset session index to the model's
+// Window batch -> tensors on the forecaster's device (built on the host, then queued to the
+// device without waiting). `session_of` maps the batch's dataset session index to the model's
 // session index (for POCO's embedding rows); identity when empty.
 models::PocoBatch to_batch(const data::WindowBatch& windows, const Forecaster& forecaster,
                            const std::vector<int64_t>& session_of = {});

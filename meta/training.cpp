@@ -211,7 +211,7 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
   }
   if (opt.log_progress && opt.steps > 0) std::fprintf(stderr, "\n");
   result.seconds = elapsed();
-  result.peak_bytes = memory_stats().peak_allocated_bytes;
+  result.peak_bytes = memory_stats(f.device()).peak_allocated_bytes;
   // Restore the best parameters.
   if (!best_params.empty()) {
     NoGradGuard no_grad;

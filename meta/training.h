@@ -54,7 +54,7 @@ struct TrainResult {
   int64_t best_step = 0;
   double best_score = 0;
   double seconds = 0;
-  int64_t peak_bytes = 0;   // peak CPU tensor bytes during the run
+  int64_t peak_bytes = 0;   // peak tensor bytes on the forecaster's device during the run
   int64_t steps_to_95 = -1; // first evaluated step whose score reached 95% of the final score
   int64_t trainable_parameters = 0;
   nlohmann::json to_json() const;

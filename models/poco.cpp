@@ -249,7 +249,7 @@ Poco::Poco(const PocoConfig& config, std::vector<int64_t> session_sizes, Generat
     for (auto& t : head_alpha_->parameters()) t.zero_();
     for (auto& t : head_beta_->parameters()) t.zero_();
   }
-  inv_freq_ = rotary_inv_freq(c.dim_head, c.rotary_t_max, dtype);
+  inv_freq_ = register_buffer("inv_freq", rotary_inv_freq(c.dim_head, c.rotary_t_max, dtype));
 }
 
 int64_t Poco::unit_offset(int64_t session) const {
@@ -275,6 +275,15 @@ void Poco::check_batch(const PocoBatch& b) const {
   MT_CHECK(b.x.dtype() == dtype_, "POCO batch: x is {} but the model is {}",
            dtype_name(b.x.dtype()), dtype_name(dtype_));
   const int64_t n = b.x.size(0);
+  // One device check here names the fix; a mismatch would otherwise surface deep in an op.
+  const Device device = inv_freq_.device();
+  MT_CHECK(b.x.device() == device &&
+               (!b.unit_index.defined() || b.unit_index.device() == device) &&
+               (!b.neuron_session.defined() || b.neuron_session.device() == device) &&
+               (!b.target.defined() || b.target.device() == device),
+           "POCO batch: every tensor of the batch must be on the model's device {} (x is on {}); "
+           "move the batch with batch.to(device)",
+           device.str(), b.x.device().str());
   MT_CHECK(b.unit_index.defined() && b.unit_index.shape() == Shape{n} &&
                b.neuron_session.defined() && b.neuron_session.shape() == Shape{n},
            "POCO batch: unit_index and neuron_session must be ({}) i64", n);
@@ -306,9 +315,12 @@ Tensor Poco::forward(const PocoBatch& b, const nn::ParamMap* ov, Generator* gen)
     for (int64_t j = 0; j < NL; ++j) latent_t[size_t(s * NL + j)] = double(j) * Tin / double(NL);
   std::vector<int64_t> tokens_per_sample, latents_per_sample(size_t(B), NL);
   for (int64_t n : b.sample_neurons) tokens_per_sample.push_back(n * L);
-  Tensor t_tokens = from_vector(token_t, Shape{N * L}, dtype_);
-  Tensor t_latents = from_vector(latent_t, Shape{B * NL}, dtype_);
-  Tensor t_queries = from_vector(query_t, Shape{N}, dtype_);
+  // Built on the host and queued to the batch's device (no wait: copies go through pinned
+  // staging, engine/ops view.cpp to_device).
+  const Device device = b.x.device();
+  Tensor t_tokens = from_vector(token_t, Shape{N * L}, dtype_).to(device);
+  Tensor t_latents = from_vector(latent_t, Shape{B * NL}, dtype_).to(device);
+  Tensor t_queries = from_vector(query_t, Shape{N}, dtype_).to(device);
   const AttentionLayout encode{latents_per_sample, tokens_per_sample, t_latents, t_tokens};
   const AttentionLayout process{latents_per_sample, latents_per_sample, t_latents, t_latents};
   const AttentionLayout decode{b.sample_neurons, latents_per_sample, t_queries, t_latents};
@@ -336,6 +348,13 @@ Tensor Poco::forward(const PocoBatch& b, const nn::ParamMap* ov, Generator* gen)
   Tensor alpha = head_alpha_->forward(e, ov), beta = head_beta_->forward(e, ov);
   Tensor h = relu(head_in_->forward(b.x, ov));
   return head_out_->forward(add(mul(h, alpha), beta), ov);  // (N, pred_length)
+}
+
+PocoBatch PocoBatch::to(Device device) const {
+  PocoBatch out = *this;
+  for (Tensor* t : {&out.x, &out.unit_index, &out.neuron_session, &out.target})
+    if (t->defined()) *t = t->to(device);
+  return out;
 }
 
 }  // namespace mt::models

@@ -56,6 +56,10 @@ struct PocoBatch {
   std::vector<int64_t> sample_sessions;  // (B)
   Tensor target;          // (sum N, pred_length), may be undefined
   int64_t total_neurons() const { return x.size(0); }
+  Device device() const { return x.device(); }
+  // A copy with every tensor on `device` (the same tensors when already there); the lengths
+  // stay on the host, where the model reads them.
+  PocoBatch to(Device device) const;
 };
 
 // A module whose children are registered from outside (Perceiver stages, layer lists).
@@ -130,7 +134,7 @@ class Poco : public nn::Module {
   PocoConfig config_;
   std::vector<int64_t> session_sizes_, unit_offsets_;
   DType dtype_;
-  Tensor inv_freq_;  // (dim_head/2) rotary frequencies (data, not a parameter)
+  Tensor inv_freq_;  // (dim_head/2) rotary frequencies: buffer "inv_freq", not a parameter
   std::shared_ptr<nn::Embedding> unit_emb_, session_emb_, latent_emb_;
   std::shared_ptr<nn::Linear> input_proj_;
   std::shared_ptr<CrossAttention> enc_cross_, dec_cross_;

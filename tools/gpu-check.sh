@@ -2,8 +2,8 @@
 # The one command to run on a machine with an NVIDIA GPU: configures and builds for the GPU that
 # is present (CMAKE_CUDA_ARCHITECTURES=native) into its own build folder, runs every [cuda] test
 # case, runs them again under compute-sanitizer's memcheck, and runs the CUDA benchmarks (kernel
-# bandwidth and GEMM, embedding sparse updates, fused attention with its PyTorch peer when torch
-# is present).
+# bandwidth and GEMM, embedding sparse updates, fused attention, the E2E-TTT meta-step of poco-seed
+# and poco-paper; the PyTorch peers when torch with CUDA is installed).
 # Logs and JSON go to the folder given as the first argument (default: $OUT, else
 # gpu-check-results/).
 #
@@ -14,6 +14,7 @@
 #   BUILD_DIR=dir   build folder (default build-gpu)
 #   JOBS=n          parallel build jobs (default: all cores)
 #   MEMCHECK_TIMEOUT=s  stop compute-sanitizer after s seconds (default: no limit)
+#   META_STEP_BENCH=0   skip the E2E-TTT meta-step benchmark
 # Exits non-zero when any step fails; every step still runs, and summary.json lists them.
 set -uo pipefail
 
@@ -108,6 +109,29 @@ if [[ -x "$BENCH_EMB" ]]; then
 else
   status[bench_embedding_update]=127
 fi
+# The E2E-TTT meta-step of poco-seed and poco-paper on the GPU (bench/meta_step_bench.cpp), and
+# the PyTorch peer on the same GPU where torch with CUDA is importable (skipped otherwise).
+BENCH_META="$BUILD_DIR/bin/metatape-bench-meta-step"
+if [[ "${META_STEP_BENCH:-1}" == 0 ]]; then
+  echo "meta-step benchmark skipped (META_STEP_BENCH=0)"
+elif [[ -x "$BENCH_META" ]]; then
+  run_step bench_meta_step bench_meta_step.log bash -c '
+    for config in poco-seed poco-paper; do
+      "$1" --device cuda --config "$config" --warmup 2 --repeats 10 \
+        --json "$2/meta_step_${config}_cuda_metatape.json" || exit 1
+    done' _ "$BENCH_META" "$OUT_DIR"
+  if python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    run_step bench_meta_step_torch bench_meta_step_torch.log bash -c '
+      for config in poco-seed poco-paper; do
+        python3 tools/reference/meta_step_bench.py --device cuda --config "$config" --warmup 2 \
+          --repeats 10 --json "$1/meta_step_${config}_cuda_pytorch.json" || exit 1
+      done' _ "$OUT_DIR"
+  else
+    echo "torch with CUDA is not importable: PyTorch peer skipped" >"$OUT_DIR/bench_meta_step_torch.log"
+  fi
+else
+  status[bench_meta_step]=127
+fi
 
 FLASH_BENCH="$BUILD_DIR/bin/metatape-bench-flash-attention"
 if [[ -x "$FLASH_BENCH" ]]; then
@@ -130,7 +154,7 @@ fi
   echo "  \"steps\": {"
   first=1
   for name in configure build cuda_tests memcheck all_tests bench_kernels bench_embedding_update \
-    bench_flash_attention peer_flash_attention; do
+    bench_flash_attention peer_flash_attention bench_meta_step bench_meta_step_torch; do
     [[ -n "${status[$name]+x}" ]] || continue
     [[ $first -eq 1 ]] || echo ","
     printf '    "%s": %s' "$name" "${status[$name]}"

@@ -4,6 +4,8 @@
 
 #include <string>
 
+#include "engine/core/device.h"
+
 namespace mt {
 
 bool built_with_cuda();
@@ -17,5 +19,10 @@ std::string cuda_device_description(int index);
 // this explicit call, not by static initialisation, because the linker drops unreferenced
 // objects of a static library. Does nothing in a build without CUDA.
 void init_cuda_backend();
+
+// Waits until everything queued on `device` has run (its compute stream); nothing to wait for on
+// the CPU. An explicit host synchronisation point, for timing and for host reads of many
+// values at once; the engine itself never calls it on the hot path.
+void synchronize(Device device);
 
 }  // namespace mt

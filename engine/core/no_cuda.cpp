@@ -1,5 +1,6 @@
 // Backend queries of a build configured without CUDA (METATAPE_CUDA=OFF).
 #include "engine/core/backend.h"
+#include "engine/core/error.h"
 #include "engine/core/matmul_settings.h"
 
 namespace mt {
@@ -7,6 +8,10 @@ bool built_with_cuda() { return false; }
 int cuda_device_count() { return 0; }
 std::string cuda_device_description(int) { return {}; }
 void init_cuda_backend() {}
+void synchronize(Device device) {
+  MT_CHECK(device.is_cpu(), "synchronize: {} needs the CUDA backend (this build has METATAPE_CUDA=OFF)",
+           device.str());
+}
 namespace {
 bool allow_tf32 = false;
 }

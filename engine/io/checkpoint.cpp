@@ -60,7 +60,11 @@ void save_checkpoint(const std::string& path, const NamedTensors& params,
 
 void save_checkpoint(const std::string& path, const nn::Module& module,
                      const nlohmann::json& metadata) {
-  save_checkpoint(path, module.named_parameters(), metadata);
+  // Parameters on a device are written from CPU copies (a host read: a checkpoint is one).
+  NoGradGuard no_grad;
+  NamedTensors params = module.named_parameters();
+  for (auto& [name, t] : params) t = t.to(kCPU);
+  save_checkpoint(path, params, metadata);
 }
 
 void save_checkpoint(const std::string& path, const nn::ParamMap& params,

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "engine/autograd/grad_mode.h"
+
 namespace mt::nn {
 
 std::vector<std::pair<std::string, Tensor>> Module::named_parameters() const {
@@ -14,6 +16,50 @@ void Module::collect(const std::string& prefix,
                      std::vector<std::pair<std::string, Tensor>>& out) const {
   for (const auto& [name, t] : params_) out.emplace_back(prefix + name, t);
   for (const auto& [name, child] : children_) child->collect(prefix + name + ".", out);
+}
+
+std::vector<std::pair<std::string, Tensor>> Module::named_buffers() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  collect_buffers("", out);
+  return out;
+}
+
+void Module::collect_buffers(const std::string& prefix,
+                             std::vector<std::pair<std::string, Tensor>>& out) const {
+  for (const auto& [name, t] : buffers_) out.emplace_back(prefix + name, t);
+  for (const auto& [name, child] : children_) child->collect_buffers(prefix + name + ".", out);
+}
+
+namespace {
+// Points t's TensorImpl at a copy of its data on `device`. Every handle of the tensor shares
+// the impl, so all of them see the move (as torch's `param.data = param.data.to(device)`).
+void move_impl(const Tensor& t, Device device) {
+  if (!t.defined() || t.device() == device) return;
+  const Tensor moved = t.detach().to(device);  // contiguous, no history (under NoGradGuard)
+  TensorImpl* impl = t.impl();
+  impl->storage = moved.impl()->storage;
+  impl->offset = moved.offset();
+  impl->strides = moved.strides();
+}
+}  // namespace
+
+Module& Module::to(Device device) {
+  NoGradGuard no_grad;
+  for (auto& [name, t] : params_) {
+    move_impl(t, device);
+    const Tensor g = t.grad();
+    if (g.defined() && g.device() != device) t.set_grad(g.detach().to(device));
+  }
+  for (auto& [name, t] : buffers_) move_impl(t, device);
+  for (auto& [name, child] : children_) child->to(device);
+  return *this;
+}
+
+Device Module::device() const {
+  const auto params = named_parameters();
+  if (!params.empty()) return params.front().second.device();
+  const auto buffers = named_buffers();
+  return buffers.empty() ? kCPU : buffers.front().second.device();
 }
 
 void Module::set_prefix(const std::string& prefix) {
@@ -45,6 +91,18 @@ Tensor& Module::register_parameter(const std::string& name, Tensor value) {
   value.set_requires_grad(true);
   params_.emplace_back(name, std::move(value));
   return params_.back().second;
+}
+
+Tensor& Module::register_buffer(const std::string& name, Tensor value) {
+  MT_CHECK(name.find('.') == std::string::npos,
+           "register_buffer: name '{}' must not contain '.' (dots separate modules)", name);
+  MT_CHECK(value.defined(), "register_buffer: '{}' is an undefined tensor", name);
+  for (const auto& [n, t] : buffers_)
+    MT_CHECK(n != name, "register_buffer: '{}' is registered twice", name);
+  for (const auto& [n, t] : params_)
+    MT_CHECK(n != name, "register_buffer: '{}' is already a parameter", name);
+  buffers_.emplace_back(name, std::move(value));
+  return buffers_.back().second;
 }
 
 const Tensor& Module::param(const ParamMap* overrides, const std::string& name,

@@ -4,6 +4,9 @@
 // = initial weights - lr * grads, still attached to the graph). So every parameter has a stable
 // dotted name ("encoder.0.weight") and every forward takes an optional ParamMap that overrides
 // any subset of them by name; the module's own tensors are never copied or modified.
+//
+// Buffers are named tensors that are data, not parameters (POCO's rotary frequencies): they
+// move with the module but are not trained, returned by parameter_map() or checkpointed.
 #pragma once
 
 #include <map>
@@ -32,11 +35,28 @@ class Module {
   std::vector<std::pair<std::string, Tensor>> named_parameters() const;
   TensorList parameters() const;
   ParamMap parameter_map() const;
+  // Every buffer of this module and its children, with full dotted names, in registration order.
+  std::vector<std::pair<std::string, Tensor>> named_buffers() const;
   void zero_grad();
+
+  // Moves every parameter (and its .grad) and every buffer to `device`, in place, as
+  // torch.nn.Module.to: each tensor handle keeps its identity, name and requires_grad, so the
+  // module's own fields, optimizers built over named_parameters() and ParamMaps taken before
+  // the move see the moved data. Tensors already on `device` are left as they are (to(kCPU) of
+  // a CPU module changes nothing). Optimizer state created before the move stays where it was:
+  // build (or load) the optimizer after moving. Views of a parameter taken before the move keep
+  // the old storage. Runs without recording gradients.
+  Module& to(Device device);
+  // The device of the first parameter (else the first buffer); the CPU for a module with
+  // neither.
+  Device device() const;
 
  protected:
   // Registers a parameter (a leaf that requires grad) under `name`.
   Tensor& register_parameter(const std::string& name, Tensor value);
+  // Registers a buffer (data that moves with the module but is not trained) under `name`; the
+  // returned handle and the stored one share the tensor, so a move is seen through both.
+  Tensor& register_buffer(const std::string& name, Tensor value);
   template <class M>
   std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> child) {
     MT_CHECK(name.find('.') == std::string::npos && child != nullptr,
@@ -52,9 +72,12 @@ class Module {
 
  private:
   void collect(const std::string& prefix, std::vector<std::pair<std::string, Tensor>>& out) const;
+  void collect_buffers(const std::string& prefix,
+                       std::vector<std::pair<std::string, Tensor>>& out) const;
   void set_prefix(const std::string& prefix);
 
   std::vector<std::pair<std::string, Tensor>> params_;
+  std::vector<std::pair<std::string, Tensor>> buffers_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
   std::string prefix_;  // full name of this module followed by '.', empty at the root
 };

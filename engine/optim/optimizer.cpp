@@ -141,7 +141,35 @@ void Optimizer::load_state_dict(const NamedParams& state) {
   state_ = std::move(next);
 }
 
+Tensor clip_grad_norm_on_device(const TensorList& params, double max_norm) {
+  NoGradGuard no_grad;
+  TensorList norms;  // (1) each, f64
+  std::vector<Tensor> with_grad;
+  for (const Tensor& p : params) {
+    Tensor g = p.grad();
+    if (!g.defined()) continue;
+    const Tensor g64 = g.dtype() == DType::f64 ? g : g.to(DType::f64);
+    norms.push_back(sqrt(sum(mul(g64, g64))).reshape(Shape{1}));
+    with_grad.push_back(p);
+  }
+  if (norms.empty()) return scalar_tensor(0.0, DType::f64);
+  const Tensor stacked = cat(norms, 0);
+  const Tensor total = sqrt(sum(mul(stacked, stacked)));  // 0-d f64
+  // torch multiplies by clamp(coef, max=1); a factor of exactly 1 changes nothing.
+  const Tensor coef = clamp(div(scalar_like(total, max_norm), add(total, 1e-6)), std::nullopt, 1.0);
+  for (Tensor& p : with_grad) {
+    const Tensor g = p.grad();
+    p.set_grad(mul(g, g.dtype() == DType::f64 ? coef : coef.to(g.dtype())));
+  }
+  return total;
+}
+
 double clip_grad_norm(const TensorList& params, double max_norm) {
+  for (const Tensor& p : params) {
+    const Tensor g = p.grad();
+    if (g.defined() && !g.device().is_cpu())
+      return clip_grad_norm_on_device(params, max_norm).item<double>();
+  }
   NoGradGuard no_grad;
   std::vector<Tensor> with_grad;
   double total_sq = 0;
@@ -174,6 +202,12 @@ double clip_grad_norm(const NamedParams& params, double max_norm) {
   TensorList list;
   for (const auto& [name, p] : params) list.push_back(p);
   return clip_grad_norm(list, max_norm);
+}
+
+Tensor clip_grad_norm_on_device(const NamedParams& params, double max_norm) {
+  TensorList list;
+  for (const auto& [name, p] : params) list.push_back(p);
+  return clip_grad_norm_on_device(list, max_norm);
 }
 
 }  // namespace mt::optim

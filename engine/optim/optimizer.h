@@ -77,7 +77,17 @@ class Optimizer {
 // is sqrt(sum_i ||g_i||^2) over the parameters that have a gradient (norms computed in f64);
 // when max_norm / (total + 1e-6) < 1 every gradient is multiplied by that factor, in place.
 // Returns the total norm before clipping (read on the host: one synchronisation on a device).
+// With gradients on a device the norm is computed there and read once (the function below plus
+// item()); on the CPU the norms are computed one gradient at a time, as before.
 double clip_grad_norm(const TensorList& params, double max_norm);
 double clip_grad_norm(const NamedParams& params, double max_norm);
+
+// The same clipping without any host read, for a step that must not wait for the device:
+// the norms, the factor min(1, max_norm / (total + 1e-6)) and the products all stay on the
+// gradients' device (each gradient is replaced by a scaled copy). Returns the total norm before
+// clipping as a 0-d f64 tensor there (a 0-d CPU zero when no parameter has a gradient). All
+// gradients must be on one device.
+Tensor clip_grad_norm_on_device(const TensorList& params, double max_norm);
+Tensor clip_grad_norm_on_device(const NamedParams& params, double max_norm);
 
 }  // namespace mt::optim

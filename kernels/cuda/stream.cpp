@@ -61,3 +61,11 @@ DeviceGuard::~DeviceGuard() {
 }
 
 }  // namespace mt::gpu
+
+namespace mt {
+
+void synchronize(Device device) {
+  if (device.is_cuda()) gpu::synchronize(device.index);
+}
+
+}  // namespace mt

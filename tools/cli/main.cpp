@@ -19,6 +19,7 @@
 #include <iostream>
 
 #include "data/load.h"
+#include "engine/core/backend.h"
 #include "engine/io/checkpoint.h"
 #include "tools/cli/bench.h"
 #include "tools/cli/common.h"
@@ -37,12 +38,31 @@ using cli::sizes_of;
 namespace {
 
 // ---- train ----
-json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& d) {
+// "cpu" or "cuda[:i]" -> Device, checked against the build and the machine.
+Device parse_device(const std::string& name) {
+  if (name == "cpu") return kCPU;
+  int index = 0;
+  MT_CHECK(name == "cuda" || (name.rfind("cuda:", 0) == 0 && name.size() > 5 &&
+                              name.find_first_not_of("0123456789", 5) == std::string::npos),
+           "--device must be cpu, cuda or cuda:<index>, got '{}'", name);
+  if (name.size() > 5) index = std::stoi(name.substr(5));
+  MT_CHECK(built_with_cuda(), "--device {}: this build has no CUDA backend (METATAPE_CUDA=OFF)",
+           name);
+  MT_CHECK(index < cuda_device_count(), "--device {}: {} CUDA device(s) are visible", name,
+           cuda_device_count());
+  return cuda(index);
+}
+
+// The model is initialised (train) or loaded (adapt) on the CPU and then moved to `device`:
+// the same weights on every device; batches follow it (meta::to_batch).
+json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& d,
+               Device device = kCPU) {
   fs::create_directories(run_dir);
   data::PreparedData prepared(d.train, c.data.prep);
   for (const auto& note : prepared.notes()) std::fprintf(stderr, "note: %s\n", note.c_str());
   Generator gen(c.train.seed);
   auto f = meta::make_forecaster(c.model, sizes_of(d.train), gen);
+  f->to(device);
   json config = c.to_json();
   config["sessions"] = session_json(d.train);
   config["holdout_sessions"] = session_json(d.holdout);
@@ -96,7 +116,8 @@ Run read_run(const std::string& run_dir) {
 }
 
 // ---- adapt ----
-json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& d) {
+json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& d,
+               Device device = kCPU) {
   MT_CHECK(!d.holdout.empty(),
            "adapt: the run has no held-out sessions; set data.holdout to the session names to "
            "adapt to");
@@ -123,6 +144,7 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     meta::ModelSpec copy = c.model;
     copy.kind = "copy_last";
     auto f = meta::make_forecaster(copy, sizes_of(d.holdout), gen);
+    f->to(device);
     meta::TrainOptions none = c.adapt.train;
     none.steps = 0;
     none.log_progress = false;
@@ -135,6 +157,7 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
       io::LoadReport rep = io::load_parameters(*f->module(), model_path, io::LoadMode::partial);
       (void)rep;  // the new sessions' embedding tables differ in shape and keep their fresh init
     }
+    f->to(device);
     meta::TrainOptions t = c.adapt.train;
     if (f->kind() == "poco") t.trainable = meta::finetune_prefixes(mode);
     if (auto it = c.adapt.lr_by_mode.find(mode); it != c.adapt.lr_by_mode.end()) t.lr = it->second;
@@ -240,6 +263,8 @@ int main(int argc, char** argv) {
   train->add_option("--run", run_dir, "run folder to create")->required();
   std::string method;
   train->add_option("--method", method, "standard, fomaml or e2e-ttt (same as --set train.method=...)");
+  std::string device_name = "cpu";
+  train->add_option("--device", device_name, "cpu, cuda or cuda:<index> (default cpu)");
 
   auto* eval = app.add_subcommand("eval", "evaluate a run's model");
   eval->add_option("--run", run_dir, "run folder written by train")->required();
@@ -248,6 +273,7 @@ int main(int argc, char** argv) {
   auto* adapt = app.add_subcommand("adapt", "adapt a run's model to its held-out sessions");
   adapt->add_option("--run", run_dir, "run folder written by train")->required();
   adapt->add_option("--set", sets, "override, e.g. --set adapt.train.steps=100");
+  adapt->add_option("--device", device_name, "cpu, cuda or cuda:<index> (default cpu)");
 
   auto* online = app.add_subcommand(
       "online", "online vs offline adaptation on each session's validation + test stream");
@@ -293,7 +319,7 @@ int main(int argc, char** argv) {
       cli::RunConfig c = cli::load_config(config_file, sets);
       apply_threads(c);
       Data d = load_data(c);
-      run_train(c, run_dir, d);
+      run_train(c, run_dir, d, parse_device(device_name));
       return 0;
     }
     if (eval->parsed()) return run_eval(run_dir, split);
@@ -307,7 +333,7 @@ int main(int argc, char** argv) {
       if (!sets.empty()) c = cli::apply_overrides(run.config_json, sets);
       apply_threads(c);
       Data d = load_data(c);
-      run_adapt(c, run_dir, d);
+      run_adapt(c, run_dir, d, parse_device(device_name));
       return 0;
     }
     if (bench_adapt->parsed() || bench_memory->parsed()) {

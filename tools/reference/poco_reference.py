@@ -198,7 +198,8 @@ def block_attention(q, k, v, q_sizes, k_sizes, impl="loop"):
     kb = pad(list(torch.split(k, list(k_sizes))), batch_first=True).transpose(1, 2)
     vb = pad(list(torch.split(v, list(k_sizes))), batch_first=True).transpose(1, 2)
     nk_max = kb.shape[2]
-    key_ok = torch.arange(nk_max)[None, :] < torch.tensor(list(k_sizes))[:, None]  # (b, nk)
+    key_ok = (torch.arange(nk_max, device=q.device)[None, :]
+              < torch.tensor(list(k_sizes), device=q.device)[:, None])  # (b, nk)
     scores = torch.matmul(qb, kb.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~key_ok[:, None, None, :], float("-inf"))
     o = torch.matmul(torch.softmax(scores, dim=-1), vb).transpose(1, 2)  # (b, nq_max, heads, dh)
