@@ -31,10 +31,14 @@ Tensor rotary(const Tensor& x, const Tensor& times, const Tensor& inv_freq) {
   const int64_t n = x.size(0), heads = x.size(1), half = x.size(2) / 2;
   MT_CHECK(inv_freq.dim() == 1 && inv_freq.size(0) == half,
            "rotary: inv_freq must be (dh/2) = ({}), got {}", half, inv_freq.shape().str());
-  // angle (n, 1, dh/2, 1): the same for every head and for both members of a pair.
-  Tensor angle = mul(times.reshape(Shape{n, 1}), inv_freq.reshape(Shape{1, half}))
+  // angle (n, 1, dh/2, 1): the same for every head and for both members of a pair. Computed in
+  // f32 at least: times reach hundreds of seconds and frequencies 2 pi / t_min, so a 16-bit angle
+  // would be off by radians. cos and sin are then rounded once to x's dtype.
+  const DType angle_t = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  Tensor angle = mul(times.to(angle_t).reshape(Shape{n, 1}),
+                     inv_freq.to(angle_t).reshape(Shape{1, half}))
                      .reshape(Shape{n, 1, half, 1});
-  Tensor c = cos(angle), s = sin(angle);
+  Tensor c = cos(angle).to(x.dtype()), s = sin(angle).to(x.dtype());
   Tensor pairs = x.reshape(Shape{n, heads, half, 2});
   Tensor even = pairs.narrow(3, 0, 1), odd = pairs.narrow(3, 1, 1);
   // (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin)
