@@ -158,7 +158,7 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
     std::vector<data::WindowRef> refs;
     for (int64_t i = 0; i < opt.batch_size; ++i) refs.push_back({session, starts[pick(rng)]});
     models::PocoBatch b = to_batch(data.batch(refs), f);
-    reset_peak_memory_stats();
+    reset_peak_memory_stats(f.device());
     const auto t0 = std::chrono::steady_clock::now();
     Tensor loss = mse_loss(f.predict(b, &overrides), b.target);
     TensorList g = autograd::grad({loss}, leaves, {}, std::nullopt, false, /*allow_unused=*/true);
@@ -180,7 +180,7 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
       }
     }
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    r.peak_bytes = std::max(r.peak_bytes, memory_stats().peak_allocated_bytes);
+    r.peak_bytes = std::max(r.peak_bytes, memory_stats(f.device()).peak_allocated_bytes);
     if (step % opt.eval_every == 0 || step == opt.steps) eval_point(step);
   }
   r.initial_score = scores.front().second;

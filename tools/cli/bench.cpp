@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 
 #include "engine/autograd/grad_mode.h"
+#include "engine/core/backend.h"
 #include "engine/io/checkpoint.h"
 #include "meta/adaptation.h"
 #include "meta/maml.h"
@@ -45,11 +46,13 @@ std::string cpu_name() {
   return "unknown CPU";
 }
 
-json machine_json() {
-  return {{"device", "cpu"},
-          {"cpu", cpu_name()},
-          {"threads", omp_get_max_threads()},
-          {"commit", METATAPE_GIT_COMMIT}};
+json machine_json(Device device = kCPU) {
+  json m = {{"device", device.str()},
+            {"cpu", cpu_name()},
+            {"threads", omp_get_max_threads()},
+            {"commit", METATAPE_GIT_COMMIT}};
+  if (device.is_cuda()) m["device_name"] = cuda_device_description(device.index);
+  return m;
 }
 
 double mib(int64_t bytes) { return double(bytes) / double(1 << 20); }
@@ -74,7 +77,7 @@ struct RunKey {
 
 }  // namespace
 
-json run_bench_adaptation(const RunConfig& c, const std::string& out_dir) {
+json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device device) {
   fs::create_directories(out_dir);
   Data d = load_data(c);
   MT_CHECK(!d.holdout.empty(),
@@ -94,7 +97,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir) {
               (long long)c.bench.adapt_steps, c.bench.new_session_init.c_str());
   std::fflush(stdout);
 
-  json out = {{"machine", machine_json()},
+  json out = {{"machine", machine_json(device)},
               {"config", c.to_json()},
               {"train_sessions", session_json(d.train)},
               {"holdout_sessions", session_json(d.holdout)}};
@@ -118,6 +121,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir) {
                "meta-learning methods in bench.methods");
       copy_parameters(*standard_model, *f);
     }
+    f->to(device);
     meta::TrainOptions t = c.train;
     t.method = method;
     if (method != "standard") t.lr = c.bench.meta_lr;
@@ -138,6 +142,9 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir) {
                   "more steps)\n",
                   method.c_str(), (long long)t.steps, t.lr);
     std::fflush(stdout);
+    // Back on the CPU for the checkpoint and the copies below (the models they copy into live
+    // there); the held-out model moves to `device` once it is complete.
+    f->to(kCPU);
     io::save_checkpoint(fmt::format("{}/model_{}.safetensors", out_dir, method), *f->module(),
                         {{"method", method}, {"steps", t.steps}});
     json tj = tr.to_json();
@@ -156,6 +163,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir) {
       standard_model = meta::make_forecaster(c.model, sizes_of(d.train), g0);
       copy_parameters(*f, *standard_model);
     }
+    fresh->to(device);
 
     std::vector<RunKey> keys;
     for (const auto& set : c.bench.param_sets) keys.push_back({method, own_procedure(method), set});

@@ -14,11 +14,15 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/core/device.h"
 #include "tools/cli/config.h"
 
 namespace mt::cli {
 
-nlohmann::json run_bench_adaptation(const RunConfig& c, const std::string& out_dir);
+// Models train and adapt on `device` (initialised on the CPU and moved: the same weights on every
+// device); the JSON's machine record names it.
+nlohmann::json run_bench_adaptation(const RunConfig& c, const std::string& out_dir,
+                                    Device device = kCPU);
 nlohmann::json run_bench_memory(const RunConfig& c, const std::string& out_dir);
 
 // Runs tools/plot.py on a result file when python3 with matplotlib is present; otherwise prints

@@ -288,6 +288,7 @@ int main(int argc, char** argv) {
       "adaptation", "train standard / FOMAML / E2E-TTT, adapt each to the held-out sessions");
   auto* bench_memory = bench->add_subcommand(
       "memory", "E2E-TTT meta-gradient peak memory against inner steps, with and without checkpointing");
+  bench_adapt->add_option("--device", device_name, "cpu, cuda or cuda:<index> (default cpu)");
   for (auto* b : {bench_adapt, bench_memory}) {
     b->add_option("--config", config_file, "run config JSON (defaults when omitted)");
     b->add_option("--set", sets, "override, e.g. --set bench.adapt_steps=100");
@@ -339,7 +340,7 @@ int main(int argc, char** argv) {
     if (bench_adapt->parsed() || bench_memory->parsed()) {
       cli::RunConfig c = cli::load_config(config_file, sets);
       apply_threads(c);
-      if (bench_adapt->parsed()) cli::run_bench_adaptation(c, out_dir);
+      if (bench_adapt->parsed()) cli::run_bench_adaptation(c, out_dir, parse_device(device_name));
       else cli::run_bench_memory(c, out_dir);
       return 0;
     }
