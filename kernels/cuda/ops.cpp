@@ -308,15 +308,16 @@ struct FlashTables {
   FlashDesc desc;
 };
 // Key splits per sample for the query-side kernels (FlashDesc::kv_splits): 1 with the simple
-// kernels or when the grid of (query block, head) CTAs already fills the device; otherwise enough
-// splits for about 8 CTAs per SM, each split keeping at least 128 keys (two 64-key tiles) of the
-// longest sample, at most 16. A forced count (cuda_flash_kv_splits) wins, for tests.
+// kernels or when the grid of (query block, head) CTAs already gives 4 per SM (the seed shapes:
+// 1024 CTAs); otherwise enough splits for about 8 CTAs per SM, each split keeping at least 128
+// keys (two 64-key tiles) of the longest sample, at most 16. A forced count
+// (cuda_flash_kv_splits) wins, for tests.
 int64_t flash_kv_splits(int64_t ctas, int64_t max_keys, int sms) {
   if (cuda_flash_kernels() == FlashKernels::simple) return 1;
   if (const int forced = cuda_flash_kv_splits(); forced > 0) return std::min(forced, 64);
   if (ctas == 0) return 1;
   const int64_t target = 8 * int64_t(std::max(sms, 1));
-  if (ctas >= target) return 1;
+  if (ctas >= target / 2) return 1;
   const int64_t by_grid = (target + ctas - 1) / ctas;
   const int64_t by_keys = std::max<int64_t>(1, max_keys / 128);
   return std::max<int64_t>(1, std::min({by_grid, by_keys, int64_t(16)}));
