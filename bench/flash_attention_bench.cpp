@@ -13,8 +13,16 @@
 // --repeats), and its peak memory above the inputs is read from the caching allocator's stats.
 // The fused forward and gradients are checked against the composite first; a mismatch fails the
 // run. Ratios composite / fused are printed. --json writes every figure with device and commit.
+// Memory: "MiB" columns and *_peak_bytes are the step's own need, the allocator's peak during one
+// run minus what was allocated before it (the inputs); the JSON also keeps the baseline and the
+// absolute peak (*_baseline_bytes, *_peak_total_bytes). --peer FILE (the JSON of
+// tools/reference/attention_peer.py, same GPU) prints, per configuration, metatape fused against
+// PyTorch with ratios (torch ms / fused ms: > 1 means metatape is faster; fused MiB / torch MiB).
+// The fused kernels are the default split-KV ones unless METATAPE_FLASH_KERNELS=simple
+// (METATAPE_FLASH_KV_SPLITS=n forces n key splits); the JSON records which.
 //
 // Usage: metatape-bench-flash-attention [--json FILE] [--commit SHA] [--repeats N] [--quick]
+//                                       [--peer FILE]
 // Exits with status 2 when no CUDA device is present.
 #include <cuda_runtime.h>
 
@@ -33,6 +41,7 @@
 
 #include "engine/autograd/engine.h"
 #include "engine/autograd/grad_mode.h"
+#include "engine/core/attention_settings.h"
 #include "engine/core/backend.h"
 #include "engine/core/generator.h"
 #include "engine/core/storage.h"
@@ -126,7 +135,9 @@ double median(std::vector<double> v) {
 
 struct Timing {
   double median_ms = 0;
-  int64_t peak_bytes = 0;
+  int64_t peak_bytes = 0;      // peak during one run minus the baseline: the step's own need
+  int64_t baseline_bytes = 0;  // allocated before the run (the inputs)
+  int64_t peak_total_bytes = 0;
 };
 
 Timing measure(const std::function<void()>& fn, int repeats) {
@@ -139,7 +150,9 @@ Timing measure(const std::function<void()>& fn, int repeats) {
   reset_peak_memory_stats(cuda(0));
   fn();
   gpu::synchronize(0);
-  t.peak_bytes = memory_stats(cuda(0)).peak_allocated_bytes - before;
+  t.peak_total_bytes = memory_stats(cuda(0)).peak_allocated_bytes;
+  t.baseline_bytes = before;
+  t.peak_bytes = t.peak_total_bytes - before;
   cudaEvent_t start, stop;
   BENCH_CHECK(cudaEventCreate(&start));
   BENCH_CHECK(cudaEventCreate(&stop));
@@ -175,6 +188,36 @@ double rel_error(const TensorList& a, const TensorList& b) {
   return err;
 }
 
+// Metatape fused against the PyTorch peer's figures (same config, dtype and step).
+void print_peer(const nlohmann::json& results, const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    std::fprintf(stderr, "metatape-bench-flash-attention: cannot read --peer %s\n", path.c_str());
+    std::exit(1);
+  }
+  const nlohmann::json peer = nlohmann::json::parse(in);
+  std::printf("\nmetatape fused vs PyTorch (%s, torch %s)\n",
+              peer.value("device", std::string("?")).c_str(),
+              peer.value("torch", std::string("?")).c_str());
+  std::printf("%-10s %-5s %-10s %10s %10s %8s %10s %10s %8s\n", "config", "dtype", "step",
+              "fused ms", "torch ms", "speedup", "fused MiB", "torch MiB", "mem x");
+  for (const auto& r : results) {
+    for (const auto& p : peer.at("results")) {
+      if (p.at("config") != r.at("config") || p.at("dtype") != r.at("dtype") ||
+          p.at("step") != r.at("step"))
+        continue;
+      const double fms = r.at("fused_ms").get<double>(), tms = p.at("ms").get<double>();
+      const double fmb = r.at("fused_peak_bytes").get<double>() / 1048576.0;
+      const double tmb = p.at("peak_bytes").get<double>() / 1048576.0;
+      std::printf("%-10s %-5s %-10s %10.3f %10.3f %8.2f %10.1f %10.1f %8.3f\n",
+                  r.at("config").get<std::string>().c_str(),
+                  r.at("dtype").get<std::string>().c_str(), r.at("step").get<std::string>().c_str(),
+                  fms, tms, tms / std::max(fms, 1e-9), fmb, tmb, fmb / std::max(tmb, 1e-9));
+      break;
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -182,7 +225,10 @@ int main(int argc, char** argv) {
   std::string json_path, commit = METATAPE_GIT_COMMIT;
   int repeats = 20;
   bool quick = false;
+  std::string peer_path;
   app.add_option("--json", json_path, "write every figure as JSON to this path");
+  app.add_option("--peer", peer_path,
+                 "JSON of tools/reference/attention_peer.py: print fused vs PyTorch per config");
   app.add_option("--commit", commit, "commit recorded in the JSON (default: configure time)");
   app.add_option("--repeats", repeats, "timed runs per measurement (median reported)");
   app.add_flag("--quick", quick, "fewer configurations and repeats (a smoke run)");
@@ -239,17 +285,25 @@ int main(int argc, char** argv) {
                            {"composite_ms", m.median_ms},
                            {"fused_peak_bytes", f.peak_bytes},
                            {"composite_peak_bytes", m.peak_bytes},
+                           {"fused_baseline_bytes", f.baseline_bytes},
+                           {"composite_baseline_bytes", m.baseline_bytes},
+                           {"fused_peak_total_bytes", f.peak_total_bytes},
+                           {"composite_peak_total_bytes", m.peak_total_bytes},
                            {"forward_tflops_fused", flops / (f.median_ms * 1e-3) / 1e12},
                            {"rel_error", err},
                            {"pass", pass}});
       }
     }
   }
+  if (!peer_path.empty()) print_peer(results, peer_path);
   if (!json_path.empty()) {
     nlohmann::json doc{{"benchmark", "flash_attention"},
                        {"device", prop.name},
                        {"commit", commit},
                        {"repeats", repeats},
+                       {"flash_kernels",
+                        cuda_flash_kernels() == FlashKernels::simple ? "simple" : "split"},
+                       {"flash_kv_splits", cuda_flash_kv_splits()},
                        {"results", results}};
     std::ofstream(json_path) << doc.dump(2) << "\n";
   }

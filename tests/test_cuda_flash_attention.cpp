@@ -5,6 +5,11 @@
 // gradients, rotary on and off. Batches are variable-length with a sample of one key, a sample
 // without queries and one without either, and tile/block boundaries crossed. Every case skips,
 // with a warning, when no CUDA device is present.
+//
+// Every GPU comparison runs once per kernel setting (kKernelSettings): the simple kernels (the
+// fallback, METATAPE_FLASH_KERNELS=simple), the split-KV kernels with the automatic split count,
+// and forced split counts that give splits with no keys, with one key, and key ranges that are
+// not a multiple of the tile (kFlashTiles below), so one GPU run says which kernels are right.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -13,6 +18,7 @@
 #include <vector>
 
 #include "engine/autograd/engine.h"
+#include "engine/core/attention_settings.h"
 #include "engine/ops/kernels.h"
 #include "support/cuda_compare.h"
 
@@ -48,6 +54,36 @@ Tolerance stub_tol(DType t, bool second_order = false) {
     default: return second_order ? kFlashF32Second : kFlashF32;
   }
 }
+
+// The kernel settings every comparison sweeps. With kKLengths and the tiles of 64 keys (32 in the
+// double backward), 2 splits give 129 keys as 128 + 1 (96 + 33), 3 give 64 + 64 + 1 and 70 keys
+// as 64 + 6 + 0, 7 give four or more empty splits; a sample of one key has one non-empty split.
+struct KernelSetting {
+  const char* name;
+  FlashKernels kernels;
+  int splits;  // 0: automatic
+};
+const std::vector<KernelSetting> kKernelSettings{{"simple", FlashKernels::simple, 0},
+                                                 {"split auto", FlashKernels::split, 0},
+                                                 {"split 2", FlashKernels::split, 2},
+                                                 {"split 3", FlashKernels::split, 3},
+                                                 {"split 7", FlashKernels::split, 7}};
+// Selects a setting for its lifetime, then restores the previous one.
+struct UseKernels {
+  explicit UseKernels(const KernelSetting& s)
+      : kernels(cuda_flash_kernels()), splits(cuda_flash_kv_splits()) {
+    set_cuda_flash_kernels(s.kernels);
+    set_cuda_flash_kv_splits(s.splits);
+  }
+  ~UseKernels() {
+    set_cuda_flash_kernels(kernels);
+    set_cuda_flash_kv_splits(splits);
+  }
+  UseKernels(const UseKernels&) = delete;
+  UseKernels& operator=(const UseKernels&) = delete;
+  FlashKernels kernels;
+  int splits;
+};
 
 std::vector<int64_t> offsets_of(const std::vector<int64_t>& lengths) {
   std::vector<int64_t> cu(lengths.size() + 1, 0);
@@ -95,43 +131,53 @@ void compare_stubs(const std::vector<int64_t>& ql, const std::vector<int64_t>& k
   const int64_t Nq = in.q.size(0), Nk = in.k.size(0);
   const Shape qs{Nq, H, dh}, ks{Nk, H, dh};
 
-  // forward
+  // The CPU references. The backward starts from the CPU's o (in the dtype) and lse, so both
+  // sides see the same values.
   Tensor o_ref = empty(qs, ct), lse_ref = empty(Shape{Nq, H}, ct);
   flash_attention_kernel(kCPU, wide(in.q), wide(in.k), wide(in.v), layout, o_ref, lse_ref);
-  Padded o = padded(qs, t, gpu0(), false), lse = padded(Shape{Nq, H}, ct, gpu0(), false);
-  flash_attention_kernel(gpu0(), dev(in.q), dev(in.k), dev(in.v), layout, o.window, lse.window);
-  check_padded(o, stored(o_ref), stub_tol(t), what + ": o");
-  check_padded(lse, lse_ref, t == DType::f64 ? kFlashF64 : kLseF32, what + ": lse");
-
-  // backward, from the CPU's o (in the dtype) and lse, so both sides see the same values
   Tensor o_t = stored(o_ref);
   Tensor dq_ref = empty(qs, ct), dk_ref = empty(ks, ct), dv_ref = empty(ks, ct);
   flash_attention_backward_kernel(kCPU, wide(in.q), wide(in.k), wide(in.v), o_t.to(ct),
                                   wide(in.dO), lse_ref, layout, dq_ref, dk_ref, dv_ref);
-  Padded dq = padded(qs, t, gpu0(), false), dk = padded(ks, t, gpu0(), false),
-         dv = padded(ks, t, gpu0(), false);
-  flash_attention_backward_kernel(gpu0(), dev(in.q), dev(in.k), dev(in.v), o_t.to(gpu0()),
-                                  dev(in.dO), lse_ref.to(gpu0()), layout, dq.window, dk.window,
-                                  dv.window);
-  check_padded(dq, stored(dq_ref), stub_tol(t), what + ": dq");
-  check_padded(dk, stored(dk_ref), stub_tol(t), what + ": dk");
-  check_padded(dv, stored(dv_ref), stub_tol(t), what + ": dv");
-
-  // double backward
   Tensor gq_ref = empty(qs, ct), gk_ref = empty(ks, ct), gv_ref = empty(ks, ct),
          gdo_ref = empty(qs, ct);
   flash_attention_double_backward_kernel(kCPU, wide(in.q), wide(in.k), wide(in.v), o_t.to(ct),
                                          wide(in.dO), lse_ref, wide(in.a), wide(in.b),
                                          wide(in.c), layout, gq_ref, gk_ref, gv_ref, gdo_ref);
-  Padded gq = padded(qs, t, gpu0(), false), gk = padded(ks, t, gpu0(), false),
-         gv = padded(ks, t, gpu0(), false), gdo = padded(qs, t, gpu0(), false);
-  flash_attention_double_backward_kernel(
-      gpu0(), dev(in.q), dev(in.k), dev(in.v), o_t.to(gpu0()), dev(in.dO), lse_ref.to(gpu0()),
-      dev(in.a), dev(in.b), dev(in.c), layout, gq.window, gk.window, gv.window, gdo.window);
-  check_padded(gq, stored(gq_ref), stub_tol(t, true), what + ": grad q");
-  check_padded(gk, stored(gk_ref), stub_tol(t, true), what + ": grad k");
-  check_padded(gv, stored(gv_ref), stub_tol(t, true), what + ": grad v");
-  check_padded(gdo, stored(gdo_ref), stub_tol(t, true), what + ": grad dO");
+
+  for (const KernelSetting& setting : kKernelSettings) {
+    const UseKernels use(setting);
+    const std::string at = what + " [" + setting.name + "]";
+    INFO(at);
+    // forward
+    Padded o = padded(qs, t, gpu0(), false), lse = padded(Shape{Nq, H}, ct, gpu0(), false);
+    flash_attention_kernel(gpu0(), dev(in.q), dev(in.k), dev(in.v), layout, o.window,
+                           lse.window);
+    check_padded(o, stored(o_ref), stub_tol(t), at + ": o");
+    check_padded(lse, lse_ref, t == DType::f64 ? kFlashF64 : kLseF32, at + ": lse");
+
+    // backward
+    Padded dq = padded(qs, t, gpu0(), false), dk = padded(ks, t, gpu0(), false),
+           dv = padded(ks, t, gpu0(), false);
+    flash_attention_backward_kernel(gpu0(), dev(in.q), dev(in.k), dev(in.v), o_t.to(gpu0()),
+                                    dev(in.dO), lse_ref.to(gpu0()), layout, dq.window,
+                                    dk.window, dv.window);
+    check_padded(dq, stored(dq_ref), stub_tol(t), at + ": dq");
+    check_padded(dk, stored(dk_ref), stub_tol(t), at + ": dk");
+    check_padded(dv, stored(dv_ref), stub_tol(t), at + ": dv");
+
+    // double backward
+    Padded gq = padded(qs, t, gpu0(), false), gk = padded(ks, t, gpu0(), false),
+           gv = padded(ks, t, gpu0(), false), gdo = padded(qs, t, gpu0(), false);
+    flash_attention_double_backward_kernel(
+        gpu0(), dev(in.q), dev(in.k), dev(in.v), o_t.to(gpu0()), dev(in.dO),
+        lse_ref.to(gpu0()), dev(in.a), dev(in.b), dev(in.c), layout, gq.window, gk.window,
+        gv.window, gdo.window);
+    check_padded(gq, stored(gq_ref), stub_tol(t, true), at + ": grad q");
+    check_padded(gk, stored(gk_ref), stub_tol(t, true), at + ": grad k");
+    check_padded(gv, stored(gv_ref), stub_tol(t, true), at + ": grad v");
+    check_padded(gdo, stored(gdo_ref), stub_tol(t, true), at + ": grad dO");
+  }
 }
 
 // varlen_attention on the GPU (automatic: the fused core) against the CPU composite: outputs,
@@ -217,6 +263,12 @@ TEST_CASE("CUDA flash attention: the stubs match the CPU loops (every dtype, sen
   // Large scores (a sharp softmax: the online rescaling matters) and an empty batch.
   compare_stubs(kQLengths, kKLengths, 2, 64, DType::f32, 481, 4.0);
   compare_stubs({0, 0}, {0, 2}, 2, 64, DType::f32, 491);
+  // Split-KV edges: one query on one key (every split but the first empty), 65 keys (a split of
+  // one key after a full tile), 100 keys under a sharp softmax (the split maxima differ widely,
+  // so the combine's rescaling matters).
+  compare_stubs({1, 3}, {1, 65}, 1, 32, DType::f32, 493);
+  compare_stubs({1, 3}, {1, 65}, 1, 32, DType::bf16, 495);
+  compare_stubs({16, 5}, {100, 33}, 2, 64, DType::f32, 497, 4.0);
 }
 
 TEST_CASE("CUDA flash attention: long key sequences (3000 keys per sample)", "[cuda][flash]") {
@@ -232,9 +284,12 @@ TEST_CASE("CUDA flash attention: varlen_attention's gradients equal the CPU comp
   const int64_t Nq = std::accumulate(kQLengths.begin(), kQLengths.end(), int64_t(0));
   const int64_t Nk = std::accumulate(kKLengths.begin(), kKLengths.end(), int64_t(0));
   const std::vector<Shape> shapes{Shape{Nq, H * dh}, Shape{Nk, H * dh}, Shape{Nk, H * dh}};
+  for (const KernelSetting& setting : {kKernelSettings[0], kKernelSettings[3]})
   for (auto [rotate, rotate_value] : {std::pair{false, false}, {true, false}, {true, true}}) {
+    const UseKernels use(setting);
     const VarlenAttention s = spec_of(kQLengths, kKLengths, H, dh, rotate, rotate_value);
-    const std::string label = fmt::format("varlen rotary {} rotate_value {}", rotate, rotate_value);
+    const std::string label = fmt::format("varlen rotary {} rotate_value {} [{}]", rotate,
+                                          rotate_value, setting.name);
     compare_varlen(s, shapes, DType::f64, kGradF64, kGradF64, label + " f64");
     compare_varlen(s, shapes, DType::f32, kFlashF32, kFlashF32Second, label + " f32");
   }
@@ -259,6 +314,10 @@ TEST_CASE("CUDA flash attention: the backward is deterministic and the op is on 
     Tensor o = flash_attention(q, k, v, cu_q, cu_k, 0.125);
     return autograd::grad({o}, {q, k, v}, {dO});
   };
-  TensorList g1 = grads(), g2 = grads();
-  for (size_t i = 0; i < 3; ++i) check_equal(g1[i], g2[i], fmt::format("run-to-run grad #{}", i));
+  for (const KernelSetting& setting : kKernelSettings) {
+    const UseKernels use(setting);
+    TensorList g1 = grads(), g2 = grads();
+    for (size_t i = 0; i < 3; ++i)
+      check_equal(g1[i], g2[i], fmt::format("run-to-run grad #{} [{}]", i, setting.name));
+  }
 }

@@ -14,6 +14,8 @@
 // Accumulation is in f32 (f64 for f64 storage); 16-bit inputs are converted when staged. The
 // output rows of a CTA are written by that CTA only and summed in a fixed order: no atomics,
 // deterministic results. Everything runs on the caller's stream; nothing waits for the device.
+#include <algorithm>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/elementwise.cuh"  // m_exp, m_log
 
@@ -31,6 +33,8 @@ struct Args {
   const int64_t* cu_tiles;  // (B+1) offsets of the tile side
   const int64_t* blocks;    // (sample, first row) per CTA
   int H, dh;
+  int splits = 1;          // key splits per sample (gridDim.z) of the split kernels
+  int64_t total_rows = 0;  // rows of the row side (Nq): the stride of the split partials
 };
 
 // Where a CTA's rows and tile entries lie.
@@ -49,6 +53,20 @@ __device__ __forceinline__ Span span_of(const Args& a) {
   s.tile0 = a.cu_tiles[sample];
   s.ntile = a.cu_tiles[sample + 1] - s.tile0;
   return s;
+}
+
+// The tile entries [kb, ke) (relative to the sample) of split blockIdx.z of a split kernel: the
+// sample's tiles dealt out in whole tiles, ceil(tiles / splits) to each split; the last splits
+// may hold fewer entries, a partial tile, or none (kb = ke). CTA-uniform, so the loops over it
+// keep their barriers uniform.
+template <int kTile>
+__device__ __forceinline__ void split_range(const Span& sp, int splits, int64_t& kb,
+                                            int64_t& ke) {
+  const int64_t tiles = (sp.ntile + kTile - 1) / kTile;
+  const int64_t per = (tiles + splits - 1) / splits;
+  const int64_t start = int64_t(blockIdx.z) * per * kTile;
+  kb = start < sp.ntile ? start : sp.ntile;
+  ke = kb + per * kTile < sp.ntile ? kb + per * kTile : sp.ntile;
 }
 
 // Shared-memory layout of one kernel: row vectors (kRows x kD), tile vectors (kTile x (kD+1)),
@@ -183,11 +201,15 @@ __device__ __forceinline__ A* smem_base() {
 
 // ---------------------------------------------------------------------------------------------
 // forward: rows = queries, tile = keys. Online softmax: running max m, running sum l.
+// kSplit: the CTA covers the keys of split blockIdx.z only and writes its unnormalised acc, m
+// and l to `part` ((S, Nq, H, dh) acc, then (S, Nq, H) m, then (S, Nq, H) l); flash_fwd_combine
+// makes o and lse of them. An empty split writes acc = 0, m = -inf, l = 0.
 // ---------------------------------------------------------------------------------------------
-template <class T, int kD, int kTile>
+template <class T, int kD, int kTile, bool kSplit>
 __global__ void __launch_bounds__(kThreads)
     flash_fwd(Args a, acc_t<T> scale, const T* __restrict__ q, const T* __restrict__ k,
-              const T* __restrict__ v, T* __restrict__ o, acc_t<T>* __restrict__ lse) {
+              const T* __restrict__ v, T* __restrict__ o, acc_t<T>* __restrict__ lse,
+              acc_t<T>* __restrict__ part) {
   using A = acc_t<T>;
   constexpr int TJ = kTile / 32;
   const int h = blockIdx.y, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
@@ -204,8 +226,10 @@ __global__ void __launch_bounds__(kThreads)
     m[r] = A(-INFINITY);
     l[r] = A(0);
   }
-  for (int64_t t0 = 0; t0 < sp.ntile; t0 += kTile) {
-    const int n = int(sp.ntile - t0 < kTile ? sp.ntile - t0 : kTile);
+  int64_t kb = 0, ke = sp.ntile;
+  if constexpr (kSplit) split_range<kTile>(sp, a.splits, kb, ke);
+  for (int64_t t0 = kb; t0 < ke; t0 += kTile) {
+    const int n = int(ke - t0 < kTile ? ke - t0 : kTile);
     __syncthreads();  // the previous tile is consumed (and the rows are staged)
     stage_tile<T, A, kD, kTile>(k, sp.tile0 + t0, n, a, h, tk);
     stage_tile<T, A, kD, kTile>(v, sp.tile0 + t0, n, a, h, tv);
@@ -238,27 +262,85 @@ __global__ void __launch_bounds__(kThreads)
     __syncwarp();
     accumulate<A, kD, kTile>(cf, tv, acc);
   }
+  if constexpr (kSplit) {
+    const int64_t NH = a.total_rows * a.H, z = blockIdx.z;
+    A* pm = part + a.splits * NH * a.dh + z * NH;
+    A* pl = part + a.splits * NH * (a.dh + 1) + z * NH;
 #pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) {
-    const int row = warp * kRowsPerWarp + r;
-    if (row >= sp.nrows) continue;
-    const A inv = A(1) / l[r];
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const int row = warp * kRowsPerWarp + r;
+      if (row < sp.nrows && lane == 0) {
+        pm[(sp.row0 + row) * a.H + h] = m[r];
+        pl[(sp.row0 + row) * a.H + h] = l[r];
+      }
+    }
+    write_rows<A, A, kD>(acc, A(1), part + z * NH * a.dh, sp, a, h);
+  } else {
 #pragma unroll
-    for (int c = 0; c < kD / 32; ++c) acc[r][c] *= inv;
-    if (lane == 0) lse[(sp.row0 + row) * a.H + h] = m[r] + m_log(l[r]);
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const int row = warp * kRowsPerWarp + r;
+      if (row >= sp.nrows) continue;
+      const A inv = A(1) / l[r];
+#pragma unroll
+      for (int c = 0; c < kD / 32; ++c) acc[r][c] *= inv;
+      if (lane == 0) lse[(sp.row0 + row) * a.H + h] = m[r] + m_log(l[r]);
+    }
+    write_rows<T, A, kD>(acc, A(1), o, sp, a, h);
   }
-  write_rows<T, A, kD>(acc, A(1), o, sp, a, h);
+}
+
+// o and lse from the forward's split partials, each (row, head) merged over the splits in order
+// s = 0, 1, ...: M = max_s m_s, l = sum_s e^(m_s - M) l_s, o = sum_s e^(m_s - M) acc_s / l,
+// lse = M + log l. Split 0 of a row always holds a key (a sample with queries has keys), so M
+// is finite and the e^(-inf) of empty splits is 0. One thread per output element.
+template <class T>
+__global__ void flash_fwd_combine(int64_t NH, int dh, int splits, const acc_t<T>* __restrict__ part,
+                                  T* __restrict__ o, acc_t<T>* __restrict__ lse) {
+  using A = acc_t<T>;
+  const A* pm = part + int64_t(splits) * NH * dh;
+  const A* pl = pm + int64_t(splits) * NH;
+  const int64_t n = NH * dh;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t rh = e / dh;  // (row, head)
+    A M = A(-INFINITY);
+    for (int s = 0; s < splits; ++s) M = pm[s * NH + rh] > M ? pm[s * NH + rh] : M;
+    A l = 0, acc = 0;
+    for (int s = 0; s < splits; ++s) {
+      const A w = m_exp(pm[s * NH + rh] - M);
+      l += w * pl[s * NH + rh];
+      acc += w * part[s * n + e];
+    }
+    o[e] = store_acc<T>(acc * (A(1) / l));
+    if (e % dh == 0) lse[rh] = M + m_log(l);
+  }
+}
+
+// out = factor * sum_s part[s] (in order s = 0, 1, ...) for the split partials (S, n) of a
+// query-side output (dq, gq, gdO).
+template <class T>
+__global__ void flash_sum_splits(int64_t n, int splits, acc_t<T> factor,
+                                 const acc_t<T>* __restrict__ part, T* __restrict__ out) {
+  using A = acc_t<T>;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    A acc = 0;
+    for (int s = 0; s < splits; ++s) acc += part[s * n + e];
+    out[e] = store_acc<T>(factor * acc);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
 // backward, query side: D = rowsum(dO o) (to the workspace), dq = scale sum_j dS_ij k_j.
+// kSplit: the keys of split blockIdx.z only; every split computes D (split 0 writes it) and
+// writes sum_j dS_ij k_j over its keys to `part` (S, Nq, H, dh); flash_sum_splits makes dq.
 // ---------------------------------------------------------------------------------------------
-template <class T, int kD, int kTile>
+template <class T, int kD, int kTile, bool kSplit>
 __global__ void __launch_bounds__(kThreads)
     flash_bwd_q(Args a, acc_t<T> scale, const T* __restrict__ q, const T* __restrict__ k,
                 const T* __restrict__ v, const T* __restrict__ o, const T* __restrict__ dO,
                 const acc_t<T>* __restrict__ lse, T* __restrict__ dq,
-                acc_t<T>* __restrict__ D_out) {
+                acc_t<T>* __restrict__ D_out, acc_t<T>* __restrict__ part) {
   using A = acc_t<T>;
   constexpr int TJ = kTile / 32;
   const int h = blockIdx.y, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
@@ -277,14 +359,16 @@ __global__ void __launch_bounds__(kThreads)
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int row = warp * kRowsPerWarp + r;
     L[r] = row < sp.nrows ? lse[(sp.row0 + row) * a.H + h] : A(0);
-    if (row < sp.nrows && lane == 0) D_out[(sp.row0 + row) * a.H + h] = D[r];
+    if (row < sp.nrows && lane == 0 && blockIdx.z == 0) D_out[(sp.row0 + row) * a.H + h] = D[r];
   }
   const A* wq = rq + warp * kRowsPerWarp * kD;
   const A* wg = rg + warp * kRowsPerWarp * kD;
   A acc[kRowsPerWarp][kD / 32];
   zero<A, kD>(acc);
-  for (int64_t t0 = 0; t0 < sp.ntile; t0 += kTile) {
-    const int n = int(sp.ntile - t0 < kTile ? sp.ntile - t0 : kTile);
+  int64_t kb = 0, ke = sp.ntile;
+  if constexpr (kSplit) split_range<kTile>(sp, a.splits, kb, ke);
+  for (int64_t t0 = kb; t0 < ke; t0 += kTile) {
+    const int n = int(ke - t0 < kTile ? ke - t0 : kTile);
     __syncthreads();
     stage_tile<T, A, kD, kTile>(k, sp.tile0 + t0, n, a, h, tk);
     stage_tile<T, A, kD, kTile>(v, sp.tile0 + t0, n, a, h, tv);
@@ -303,7 +387,10 @@ __global__ void __launch_bounds__(kThreads)
     __syncwarp();
     accumulate<A, kD, kTile>(cf, tk, acc);
   }
-  write_rows<T, A, kD>(acc, scale, dq, sp, a, h);
+  if constexpr (kSplit)
+    write_rows<A, A, kD>(acc, A(1), part + blockIdx.z * a.total_rows * a.H * a.dh, sp, a, h);
+  else
+    write_rows<T, A, kD>(acc, scale, dq, sp, a, h);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -368,20 +455,26 @@ __global__ void __launch_bounds__(kThreads)
 // double backward, query side. Pair quantities (flash_attention.md): P, dP = dO.v, W =
 // scale (a.k + q.b), u = dO.c. Pass 1 over the keys: r = sum P W, t = sum P W dP, w = sum P u,
 // then E = t - 2 r D + w. Pass 2: gq = scale sum (dS b + gS k), gdO = sum (gdP v + P c).
+// kPass 0: both passes over all keys (one kernel). Split over keys (split blockIdx.z):
+//   kPass 1: pass 1 over the split's keys; the three partial sums to part_stats (S, 3, Nq, H)
+//            and (split 0) D to stats[0]; flash_dd_stats_combine makes r and E.
+//   kPass 2: pass 2 over the split's keys with D, r, E read from stats; the unscaled partial
+//            gq and gdO to part_q and part_o (S, Nq, H, dh) each; flash_sum_splits sums them.
 // ---------------------------------------------------------------------------------------------
 template <class A, int TJ>
 struct PairDots {
   A s[kRowsPerWarp][TJ], dp[kRowsPerWarp][TJ], w[kRowsPerWarp][TJ], u[kRowsPerWarp][TJ];
 };
 
-template <class T, int kD, int kTile>
+template <class T, int kD, int kTile, int kPass>
 __global__ void __launch_bounds__(kThreads)
     flash_dd_q(Args a, acc_t<T> scale, const T* __restrict__ q, const T* __restrict__ k,
                const T* __restrict__ v, const T* __restrict__ o, const T* __restrict__ dO,
                const acc_t<T>* __restrict__ lse, const T* __restrict__ ga,
                const T* __restrict__ gb, const T* __restrict__ gc, T* __restrict__ gq,
                T* __restrict__ gdO, acc_t<T>* __restrict__ stats /* (3, Nq, H): D, r, E */,
-               int64_t Nq) {
+               int64_t Nq, acc_t<T>* __restrict__ part_stats, acc_t<T>* __restrict__ part_q,
+               acc_t<T>* __restrict__ part_o) {
   using A = acc_t<T>;
   constexpr int TJ = kTile / 32;
   const int h = blockIdx.y, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
@@ -436,10 +529,14 @@ __global__ void __launch_bounds__(kThreads)
     stage_tile<T, A, kD, kTile>(gc, sp.tile0 + t0, n, a, h, tc);
     __syncthreads();
   };
+  int64_t kb = 0, ke = sp.ntile;
+  if constexpr (kPass != 0) split_range<kTile>(sp, a.splits, kb, ke);
+  const int64_t NH = Nq * a.H;
+  if constexpr (kPass != 2) {
   // Pass 1: row statistics.
   A sum_pw[kRowsPerWarp] = {}, sum_pwdp[kRowsPerWarp] = {}, sum_pu[kRowsPerWarp] = {};
-  for (int64_t t0 = 0; t0 < sp.ntile; t0 += kTile) {
-    const int n = int(sp.ntile - t0 < kTile ? sp.ntile - t0 : kTile);
+  for (int64_t t0 = kb; t0 < ke; t0 += kTile) {
+    const int n = int(ke - t0 < kTile ? ke - t0 : kTile);
     stage(t0, n);
     PairDots<A, TJ> d;
     A p[kRowsPerWarp][TJ];
@@ -456,22 +553,42 @@ __global__ void __launch_bounds__(kThreads)
   }
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
+    const A t_sum = warp_allsum(sum_pwdp[r]), w_sum = warp_allsum(sum_pu[r]);
     R[r] = warp_allsum(sum_pw[r]);
-    E[r] = warp_allsum(sum_pwdp[r]) - A(2) * R[r] * D[r] + warp_allsum(sum_pu[r]);
+    E[r] = t_sum - A(2) * R[r] * D[r] + w_sum;
     const int row = warp * kRowsPerWarp + r;
     if (row < sp.nrows && lane == 0) {
       const int64_t at = (sp.row0 + row) * a.H + h;
-      stats[at] = D[r];
-      stats[Nq * a.H + at] = R[r];
-      stats[2 * Nq * a.H + at] = E[r];
+      if constexpr (kPass == 0) {
+        stats[at] = D[r];
+        stats[NH + at] = R[r];
+        stats[2 * NH + at] = E[r];
+      } else {
+        const int64_t z = blockIdx.z;
+        if (z == 0) stats[at] = D[r];
+        part_stats[(3 * z) * NH + at] = R[r];
+        part_stats[(3 * z + 1) * NH + at] = t_sum;
+        part_stats[(3 * z + 2) * NH + at] = w_sum;
+      }
+    }
+  }
+  }  // pass 1
+  if constexpr (kPass != 1) {
+  if constexpr (kPass == 2) {
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const int row = warp * kRowsPerWarp + r;
+      const int64_t at = (sp.row0 + row) * a.H + h;
+      R[r] = row < sp.nrows ? stats[NH + at] : A(0);
+      E[r] = row < sp.nrows ? stats[2 * NH + at] : A(0);
     }
   }
   // Pass 2: the query-side outputs.
   A accq[kRowsPerWarp][kD / 32], acco[kRowsPerWarp][kD / 32];
   zero<A, kD>(accq);
   zero<A, kD>(acco);
-  for (int64_t t0 = 0; t0 < sp.ntile; t0 += kTile) {
-    const int n = int(sp.ntile - t0 < kTile ? sp.ntile - t0 : kTile);
+  for (int64_t t0 = kb; t0 < ke; t0 += kTile) {
+    const int n = int(ke - t0 < kTile ? ke - t0 : kTile);
     stage(t0, n);
     PairDots<A, TJ> d;
     A p[kRowsPerWarp][TJ];
@@ -494,8 +611,32 @@ __global__ void __launch_bounds__(kThreads)
     accumulate<A, kD, kTile>(cf_gdp, tv, acco);
     accumulate<A, kD, kTile>(cf_p, tc, acco);
   }
-  write_rows<T, A, kD>(accq, scale, gq, sp, a, h);
-  write_rows<T, A, kD>(acco, A(1), gdO, sp, a, h);
+  if constexpr (kPass == 0) {
+    write_rows<T, A, kD>(accq, scale, gq, sp, a, h);
+    write_rows<T, A, kD>(acco, A(1), gdO, sp, a, h);
+  } else {
+    write_rows<A, A, kD>(accq, A(1), part_q + blockIdx.z * NH * a.dh, sp, a, h);
+    write_rows<A, A, kD>(acco, A(1), part_o + blockIdx.z * NH * a.dh, sp, a, h);
+  }
+  }  // pass 2
+}
+
+// r and E of every (query, head) from the split partial sums of pass 1 (in order s = 0, 1, ...)
+// and D (written to stats[0] by split 0): r = sum_s r_s, E = sum_s t_s - 2 r D + sum_s w_s.
+template <class A>
+__global__ void flash_dd_stats_combine(int64_t NH, int splits, const A* __restrict__ part_stats,
+                                       A* __restrict__ stats) {
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < NH;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    A r = 0, t = 0, w = 0;
+    for (int s = 0; s < splits; ++s) {
+      r += part_stats[(3 * int64_t(s)) * NH + e];
+      t += part_stats[(3 * int64_t(s) + 1) * NH + e];
+      w += part_stats[(3 * int64_t(s) + 2) * NH + e];
+    }
+    stats[NH + e] = r;
+    stats[2 * NH + e] = t - A(2) * r * stats[e] + w;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -582,16 +723,27 @@ __global__ void __launch_bounds__(kThreads)
 // launchers
 // ---------------------------------------------------------------------------------------------
 
-// Launches kernel with `bytes` of dynamic shared memory, opting in past the 48 KiB default (a
-// host-side attribute of the function: no stream operation, nothing waits).
+// Launches kernel on a (blocks, heads, splits) grid with `bytes` of dynamic shared memory,
+// opting in past the 48 KiB default (a host-side attribute of the function: no stream
+// operation, nothing waits).
 template <class Kernel, class... Ts>
-void launch(Kernel kernel, int64_t blocks, int64_t heads, size_t bytes, cudaStream_t stream,
-            Ts... args) {
+void launch(Kernel kernel, int64_t blocks, int64_t heads, int splits, size_t bytes,
+            cudaStream_t stream, Ts... args) {
   if (blocks == 0 || heads == 0) return;
   if (bytes > 48 * 1024)
     MT_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-  kernel<<<dim3(unsigned(blocks), unsigned(heads)), kThreads, bytes, stream>>>(args...);
+  kernel<<<dim3(unsigned(blocks), unsigned(heads), unsigned(splits)), kThreads, bytes, stream>>>(
+      args...);
+  MT_CUDA_CHECK(cudaGetLastError());
+}
+
+// An elementwise combine kernel over n items (grid-stride).
+template <class Kernel, class... Ts>
+void launch_combine(Kernel kernel, int64_t n, cudaStream_t stream, Ts... args) {
+  if (n == 0) return;
+  const int64_t grid = std::min<int64_t>((n + kBlock - 1) / kBlock, 65535);
+  kernel<<<unsigned(grid), kBlock, 0, stream>>>(args...);
   MT_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -612,7 +764,10 @@ void dispatch_head_dim(int64_t dh, Fn&& fn) {
 }
 
 Args query_side(const FlashDesc& d) {
-  return Args{d.cu_q, d.cu_k, d.q_blocks, int(d.heads), int(d.dh)};
+  Args a{d.cu_q, d.cu_k, d.q_blocks, int(d.heads), int(d.dh)};
+  a.splits = int(d.kv_splits);
+  a.total_rows = d.num_queries;
+  return a;
 }
 Args key_side(const FlashDesc& d) {
   return Args{d.cu_k, d.cu_q, d.k_blocks, int(d.heads), int(d.dh)};
@@ -620,14 +775,25 @@ Args key_side(const FlashDesc& d) {
 
 template <class T>
 void forward(const FlashDesc& d, const void* q, const void* k, const void* v, void* o, void* lse,
-             cudaStream_t stream) {
+             void* workspace, cudaStream_t stream) {
   using A = acc_t<T>;
+  const int S = int(d.kv_splits);
+  auto* part = static_cast<A*>(workspace);
   dispatch_head_dim(d.dh, [&]<int kD>() {
     constexpr int kTile = kTileFor<kD>;
-    launch(flash_fwd<T, kD, kTile>, d.num_q_blocks, d.heads,
-           Smem<A, kD, kTile>::bytes(1, 2, 0, 1), stream, query_side(d), A(d.scale),
-           static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
-           static_cast<T*>(o), static_cast<A*>(lse));
+    const size_t bytes = Smem<A, kD, kTile>::bytes(1, 2, 0, 1);
+    if (S > 1) {
+      launch(flash_fwd<T, kD, kTile, true>, d.num_q_blocks, d.heads, S, bytes, stream,
+             query_side(d), A(d.scale), static_cast<const T*>(q), static_cast<const T*>(k),
+             static_cast<const T*>(v), static_cast<T*>(o), static_cast<A*>(lse), part);
+      launch_combine(flash_fwd_combine<T>, d.num_queries * d.heads * d.dh, stream,
+                     d.num_queries * d.heads, int(d.dh), S, static_cast<const A*>(part),
+                     static_cast<T*>(o), static_cast<A*>(lse));
+    } else {
+      launch(flash_fwd<T, kD, kTile, false>, d.num_q_blocks, d.heads, 1, bytes, stream,
+             query_side(d), A(d.scale), static_cast<const T*>(q), static_cast<const T*>(k),
+             static_cast<const T*>(v), static_cast<T*>(o), static_cast<A*>(lse), part);
+    }
   });
 }
 
@@ -636,15 +802,27 @@ void backward(const FlashDesc& d, const void* q, const void* k, const void* v, c
               const void* dO, const void* lse, void* dq, void* dk, void* dv, void* workspace,
               cudaStream_t stream) {
   using A = acc_t<T>;
+  const int S = int(d.kv_splits);
+  const int64_t NH = d.num_queries * d.heads;
   auto* D = static_cast<A*>(workspace);
+  A* part = D + NH;  // (S, Nq, H, dh) when split
   dispatch_head_dim(d.dh, [&]<int kD>() {
     constexpr int kTile = kTileFor<kD>;
-    launch(flash_bwd_q<T, kD, kTile>, d.num_q_blocks, d.heads,
-           Smem<A, kD, kTile>::bytes(2, 2, 0, 1), stream, query_side(d), A(d.scale),
-           static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
-           static_cast<const T*>(o), static_cast<const T*>(dO), static_cast<const A*>(lse),
-           static_cast<T*>(dq), D);
-    launch(flash_bwd_kv<T, kD, kTile>, d.num_k_blocks, d.heads,
+    const size_t bytes_q = Smem<A, kD, kTile>::bytes(2, 2, 0, 1);
+    if (S > 1) {
+      launch(flash_bwd_q<T, kD, kTile, true>, d.num_q_blocks, d.heads, S, bytes_q, stream,
+             query_side(d), A(d.scale), static_cast<const T*>(q), static_cast<const T*>(k),
+             static_cast<const T*>(v), static_cast<const T*>(o), static_cast<const T*>(dO),
+             static_cast<const A*>(lse), static_cast<T*>(dq), D, part);
+      launch_combine(flash_sum_splits<T>, NH * d.dh, stream, NH * d.dh, S, A(d.scale),
+                     static_cast<const A*>(part), static_cast<T*>(dq));
+    } else {
+      launch(flash_bwd_q<T, kD, kTile, false>, d.num_q_blocks, d.heads, 1, bytes_q, stream,
+             query_side(d), A(d.scale), static_cast<const T*>(q), static_cast<const T*>(k),
+             static_cast<const T*>(v), static_cast<const T*>(o), static_cast<const T*>(dO),
+             static_cast<const A*>(lse), static_cast<T*>(dq), D, part);
+    }
+    launch(flash_bwd_kv<T, kD, kTile>, d.num_k_blocks, d.heads, 1,
            Smem<A, kD, kTile>::bytes(2, 2, 2, 2), stream, key_side(d), A(d.scale),
            static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
            static_cast<const T*>(dO), static_cast<const A*>(lse), static_cast<const A*>(D),
@@ -658,17 +836,36 @@ void double_backward(const FlashDesc& d, const void* q, const void* k,
                      const void* a, const void* b, const void* c, void* gq, void* gk, void* gv,
                      void* gdO, void* workspace, cudaStream_t stream) {
   using A = acc_t<T>;
-  auto* stats = static_cast<A*>(workspace);
-  const int64_t Nq = d.num_queries;
+  const int S = int(d.kv_splits);
+  const int64_t Nq = d.num_queries, NH = Nq * d.heads;
+  auto* stats = static_cast<A*>(workspace);   // (3, Nq, H): D, r, E
+  A* part_stats = stats + 3 * NH;             // (S, 3, Nq, H) when split
+  A* part_q = part_stats + 3 * S * NH;        // (S, Nq, H, dh) when split
+  A* part_o = part_q + S * NH * d.dh;         // (S, Nq, H, dh) when split
   dispatch_head_dim(d.dh, [&]<int kD>() {
     constexpr int kTile = 32;
-    launch(flash_dd_q<T, kD, kTile>, d.num_q_blocks, d.heads,
-           Smem<A, kD, kTile>::bytes(3, 4, 0, 4), stream, query_side(d), A(d.scale),
-           static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
-           static_cast<const T*>(o), static_cast<const T*>(dO), static_cast<const A*>(lse),
-           static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(c),
-           static_cast<T*>(gq), static_cast<T*>(gdO), stats, Nq);
-    launch(flash_dd_kv<T, kD, kTile>, d.num_k_blocks, d.heads,
+    const size_t bytes_q = Smem<A, kD, kTile>::bytes(3, 4, 0, 4);
+    auto query_kernel = [&](auto kernel, int splits) {
+      launch(kernel, d.num_q_blocks, d.heads, splits, bytes_q, stream, query_side(d),
+             A(d.scale), static_cast<const T*>(q), static_cast<const T*>(k),
+             static_cast<const T*>(v), static_cast<const T*>(o), static_cast<const T*>(dO),
+             static_cast<const A*>(lse), static_cast<const T*>(a), static_cast<const T*>(b),
+             static_cast<const T*>(c), static_cast<T*>(gq), static_cast<T*>(gdO), stats, Nq,
+             part_stats, part_q, part_o);
+    };
+    if (S > 1) {
+      query_kernel(flash_dd_q<T, kD, kTile, 1>, S);
+      launch_combine(flash_dd_stats_combine<A>, NH, stream, NH, S,
+                     static_cast<const A*>(part_stats), stats);
+      query_kernel(flash_dd_q<T, kD, kTile, 2>, S);
+      launch_combine(flash_sum_splits<T>, NH * d.dh, stream, NH * d.dh, S, A(d.scale),
+                     static_cast<const A*>(part_q), static_cast<T*>(gq));
+      launch_combine(flash_sum_splits<T>, NH * d.dh, stream, NH * d.dh, S, A(1),
+                     static_cast<const A*>(part_o), static_cast<T*>(gdO));
+    } else {
+      query_kernel(flash_dd_q<T, kD, kTile, 0>, 1);
+    }
+    launch(flash_dd_kv<T, kD, kTile>, d.num_k_blocks, d.heads, 1,
            Smem<A, kD, kTile>::bytes(4, 3, 4, 3), stream, key_side(d), A(d.scale),
            static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
            static_cast<const T*>(dO), static_cast<const A*>(lse), static_cast<const T*>(a),
@@ -680,8 +877,8 @@ void double_backward(const FlashDesc& d, const void* q, const void* k,
 }  // namespace
 
 void flash_forward(ScalarType t, const FlashDesc& d, const void* q, const void* k, const void* v,
-                   void* o, void* lse, cudaStream_t stream) {
-  dispatch_float_storage(t, [&]<class T>() { forward<T>(d, q, k, v, o, lse, stream); });
+                   void* o, void* lse, void* workspace, cudaStream_t stream) {
+  dispatch_float_storage(t, [&]<class T>() { forward<T>(d, q, k, v, o, lse, workspace, stream); });
 }
 
 void flash_backward(ScalarType t, const FlashDesc& d, const void* q, const void* k,

@@ -194,10 +194,27 @@ struct FlashDesc {
   const int64_t* q_blocks = nullptr;  // device, (num_q_blocks, 2)
   const int64_t* k_blocks = nullptr;  // device, (num_k_blocks, 2)
   int64_t num_q_blocks = 0, num_k_blocks = 0;
+  // Key splits per sample of the query-side kernels (flash-decoding style): 1 runs the one-pass
+  // kernels; S > 1 gives each (block, head) S CTAs over disjoint key ranges whose partials, in the
+  // workspace, a combine kernel sums in a fixed order (deterministic, no atomics).
+  int64_t kv_splits = 1;
 };
+// Workspace of each launcher, in accumulation-type elements.
+inline int64_t flash_forward_workspace(const FlashDesc& d) {  // (S, Nq, H, dh + 2) when split
+  const int64_t nh = d.num_queries * d.heads;
+  return d.kv_splits > 1 ? d.kv_splits * nh * (d.dh + 2) : 0;
+}
+inline int64_t flash_backward_workspace(const FlashDesc& d) {  // D, then (S, Nq, H, dh)
+  const int64_t nh = d.num_queries * d.heads;
+  return nh + (d.kv_splits > 1 ? d.kv_splits * nh * d.dh : 0);
+}
+inline int64_t flash_double_backward_workspace(const FlashDesc& d) {  // D, r, E, then partials
+  const int64_t nh = d.num_queries * d.heads;
+  return 3 * nh + (d.kv_splits > 1 ? d.kv_splits * nh * (3 + 2 * d.dh) : 0);
+}
 // o and lse from q, k, v (online softmax over key tiles).
 void flash_forward(ScalarType t, const FlashDesc& d, const void* q, const void* k, const void* v,
-                   void* o, void* lse, cudaStream_t stream);
+                   void* o, void* lse, void* workspace, cudaStream_t stream);
 // dq (query-side kernel, which also writes D = rowsum(dO o) to workspace (Nq, heads)), then dk
 // and dv (key-side kernel): no atomics, so the result is deterministic.
 void flash_backward(ScalarType t, const FlashDesc& d, const void* q, const void* k,

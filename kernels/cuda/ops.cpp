@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "engine/autograd/grad_mode.h"
+#include "engine/core/attention_settings.h"
 #include "engine/core/matmul_settings.h"
 #include "engine/cpu/loops.h"
 #include "engine/ops/elementwise.h"
@@ -306,6 +307,22 @@ struct FlashTables {
   Tensor buffer;
   FlashDesc desc;
 };
+// Key splits per sample for the query-side kernels (FlashDesc::kv_splits): 1 with the simple
+// kernels or when the grid of (query block, head) CTAs already gives 4 per SM (the seed shapes:
+// 1024 CTAs); otherwise enough splits for about 8 CTAs per SM, each split keeping at least 128
+// keys (two 64-key tiles) of the longest sample, at most 16. A forced count
+// (cuda_flash_kv_splits) wins, for tests.
+int64_t flash_kv_splits(int64_t ctas, int64_t max_keys, int sms) {
+  if (cuda_flash_kernels() == FlashKernels::simple) return 1;
+  if (const int forced = cuda_flash_kv_splits(); forced > 0) return std::min(forced, 64);
+  if (ctas == 0) return 1;
+  const int64_t target = 8 * int64_t(std::max(sms, 1));
+  if (ctas >= target / 2) return 1;
+  const int64_t by_grid = (target + ctas - 1) / ctas;
+  const int64_t by_keys = std::max<int64_t>(1, max_keys / 128);
+  return std::max<int64_t>(1, std::min({by_grid, by_keys, int64_t(16)}));
+}
+
 FlashTables flash_tables(const Tensor& q, const FlashAttentionLayout& layout, const char* op) {
   check_float(q, op);
   MT_CHECK(q.size(2) <= kFlashMaxHeadDim,
@@ -339,6 +356,10 @@ FlashTables flash_tables(const Tensor& q, const FlashAttentionLayout& layout, co
   t.desc.cu_k = base + (B + 1);
   t.desc.q_blocks = base + 2 * (B + 1);
   t.desc.k_blocks = t.desc.q_blocks + 2 * t.desc.num_q_blocks;
+  int64_t max_keys = 0;
+  for (int64_t b = 0; b < B; ++b) max_keys = std::max(max_keys, ck[size_t(b) + 1] - ck[size_t(b)]);
+  t.desc.kv_splits = flash_kv_splits(t.desc.num_q_blocks * t.desc.heads, max_keys,
+                                     sm_count(q.device().index));
   return t;
 }
 
@@ -347,9 +368,11 @@ DType flash_acc_dtype(const Tensor& q) { return q.dtype() == DType::f64 ? DType:
 void flash_attention_cuda(const Tensor& q, const Tensor& k, const Tensor& v,
                           const FlashAttentionLayout& layout, Tensor& o, Tensor& lse) {
   const FlashTables t = flash_tables(q, layout, "flash_attention");
+  // Split partials (acc, m, l), empty without splits.
+  Tensor workspace = empty(Shape{flash_forward_workspace(t.desc)}, flash_acc_dtype(q), q.device());
   Launch l(q.device());
   flash_forward(scalar_type(q.dtype()), t.desc, q.raw_data(), k.raw_data(), v.raw_data(),
-                o.raw_data(), lse.raw_data(), l.stream);
+                o.raw_data(), lse.raw_data(), workspace.raw_data(), l.stream);
 }
 
 void flash_attention_backward_cuda(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -357,7 +380,8 @@ void flash_attention_backward_cuda(const Tensor& q, const Tensor& k, const Tenso
                                    const FlashAttentionLayout& layout, Tensor& dq, Tensor& dk,
                                    Tensor& dv) {
   const FlashTables t = flash_tables(q, layout, "flash_attention_backward");
-  Tensor workspace = empty(Shape{q.size(0) * q.size(1)}, flash_acc_dtype(q), q.device());  // D
+  // D, then the split partials of dq.
+  Tensor workspace = empty(Shape{flash_backward_workspace(t.desc)}, flash_acc_dtype(q), q.device());
   Launch l(q.device());
   flash_backward(scalar_type(q.dtype()), t.desc, q.raw_data(), k.raw_data(), v.raw_data(),
                  o.raw_data(), dO.raw_data(), lse.raw_data(), dq.raw_data(), dk.raw_data(),
@@ -370,8 +394,9 @@ void flash_attention_double_backward_cuda(const Tensor& q, const Tensor& k, cons
                                           const FlashAttentionLayout& layout, Tensor& gq,
                                           Tensor& gk, Tensor& gv, Tensor& gdO) {
   const FlashTables t = flash_tables(q, layout, "flash_attention_double_backward");
-  // D, r, E per query row and head.
-  Tensor workspace = empty(Shape{3 * q.size(0) * q.size(1)}, flash_acc_dtype(q), q.device());
+  // D, r, E per query row and head, then the split partials.
+  Tensor workspace =
+      empty(Shape{flash_double_backward_workspace(t.desc)}, flash_acc_dtype(q), q.device());
   Launch l(q.device());
   flash_double_backward(scalar_type(q.dtype()), t.desc, q.raw_data(), k.raw_data(),
                         v.raw_data(), o.raw_data(), dO.raw_data(), lse.raw_data(), a.raw_data(),

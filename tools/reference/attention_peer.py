@@ -11,8 +11,11 @@ longest and masks padded keys (the memory-efficient backend, which takes a mask;
 sample is padded), --layout nested uses jagged nested tensors (flash / efficient varlen). The
 double backward uses the math backend (the fused SDPA backends do not support double backward).
 
-Timing: 3 warm-ups, then --repeats runs timed with CUDA events, median reported. Peak memory:
-torch.cuda.max_memory_allocated during one run minus what was allocated before it.
+Timing: 3 warm-ups, then --repeats runs timed with CUDA events, median reported. Peak memory
+(the "MiB" column and peak_bytes): torch.cuda.max_memory_allocated during one run minus what was
+allocated before it, i.e. what the step itself needs beyond its inputs; the JSON also keeps the
+baseline (baseline_bytes) and the absolute peak (peak_total_bytes). Give this JSON to
+metatape-bench-flash-attention --peer FILE for a side-by-side table with ratios.
 
 Usage:
     python3 tools/reference/attention_peer.py [--json PATH] [--repeats 20] [--quick]
@@ -95,7 +98,8 @@ def measure(fn, repeats):
     torch.cuda.reset_peak_memory_stats()
     fn()
     torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - before
+    peak_total = torch.cuda.max_memory_allocated()
+    peak = peak_total - before
     times = []
     for _ in range(repeats):
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -104,7 +108,7 @@ def measure(fn, repeats):
         stop.record()
         stop.synchronize()
         times.append(start.elapsed_time(stop))
-    return statistics.median(times), peak
+    return statistics.median(times), peak, before, peak_total
 
 
 def main():
@@ -134,7 +138,7 @@ def main():
             for kind in ("fwd", "fwd_bwd", "double_bwd"):
                 if kind == "double_bwd" and args.layout == "nested":
                     continue  # the math backend does not take jagged tensors with grad of grad
-                ms, peak = measure(lambda: step(q, k, v, mask, kind, dO, z, fused), repeats)
+                ms, peak, baseline, peak_total = measure(lambda: step(q, k, v, mask, kind, dO, z, fused), repeats)
                 print(f"{name:10s} {str(dtype):9s} {kind:10s} {ms:10.3f} {peak / 2**20:10.1f}")
                 results.append(
                     {
@@ -151,6 +155,8 @@ def main():
                         "backend": "math" if kind == "double_bwd" else "flash/efficient",
                         "ms": ms,
                         "peak_bytes": peak,
+                        "baseline_bytes": baseline,
+                        "peak_total_bytes": peak_total,
                     }
                 )
     if args.json:

@@ -1,0 +1,34 @@
+// The fused attention settings (attention_settings.h): process-wide atomics, the kernel choice
+// initialised from METATAPE_FLASH_KERNELS and METATAPE_FLASH_KV_SPLITS.
+#include "engine/core/attention_settings.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+namespace mt {
+namespace {
+
+FlashKernels kernels_from_env() {
+  const char* env = std::getenv("METATAPE_FLASH_KERNELS");
+  return env != nullptr && std::strcmp(env, "simple") == 0 ? FlashKernels::simple
+                                                            : FlashKernels::split;
+}
+
+int splits_from_env() {
+  const char* env = std::getenv("METATAPE_FLASH_KV_SPLITS");
+  const int n = env != nullptr ? std::atoi(env) : 0;
+  return n > 0 ? n : 0;
+}
+
+std::atomic<FlashKernels> flash_kernels{kernels_from_env()};
+std::atomic<int> flash_kv_splits{splits_from_env()};
+
+}  // namespace
+
+void set_cuda_flash_kernels(FlashKernels kernels) { flash_kernels.store(kernels); }
+FlashKernels cuda_flash_kernels() { return flash_kernels.load(); }
+void set_cuda_flash_kv_splits(int splits) { flash_kv_splits.store(splits < 0 ? 0 : splits); }
+int cuda_flash_kv_splits() { return flash_kv_splits.load(); }
+
+}  // namespace mt

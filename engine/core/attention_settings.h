@@ -1,0 +1,23 @@
+// Global settings of the fused attention kernels (kernels/cuda/flash_attention.cu). Kept apart
+// from backend.h, like matmul_settings.h, so that changing them rebuilds little.
+#pragma once
+
+namespace mt {
+
+// Which CUDA kernels the fused attention ops run.
+//   split  (default): the query-side kernels (forward, dq, the double backward's query side)
+//          split the keys of a sample over several CTAs when the grid is too small for the
+//          device, then a combine kernel sums the splits in a fixed order (deterministic).
+//   simple: the one-CTA-per-16-queries kernels with no split, the fallback. The environment
+//          variable METATAPE_FLASH_KERNELS=simple selects it at start-up.
+enum class FlashKernels { split, simple };
+void set_cuda_flash_kernels(FlashKernels kernels);
+FlashKernels cuda_flash_kernels();
+
+// Key splits per sample for the split kernels: 0 (default) chooses from the grid size and the
+// device's SM count; n > 0 forces n (tests use it to reach empty and one-key splits). The
+// environment variable METATAPE_FLASH_KV_SPLITS=n sets it at start-up (benchmark sweeps).
+void set_cuda_flash_kv_splits(int splits);
+int cuda_flash_kv_splits();
+
+}  // namespace mt
