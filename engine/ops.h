@@ -207,7 +207,9 @@ Tensor operator-(double a, const Tensor& b);
 Tensor operator*(double a, const Tensor& b);
 Tensor operator/(double a, const Tensor& b);
 
-// A 0-d tensor holding value with t's dtype and device (scalar operands of binary ops).
+// A 0-d tensor holding value with t's dtype and device (scalar operands of binary ops). Shared
+// and read-only: the same constant is returned for the same device, dtype and value; write into
+// a copy (clone()) instead.
 Tensor scalar_like(const Tensor& t, double value);
 
 }  // namespace mt

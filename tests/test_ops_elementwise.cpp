@@ -228,3 +228,17 @@ TEST_CASE("elementwise ops refuse mismatched dtypes and shapes with clear messag
   Tensor idx = zeros(Shape{3}, DType::i64);
   CHECK_THROWS_WITH(exp(idx), Catch::Contains("i64") && Catch::Contains("not supported"));
 }
+
+TEST_CASE("scalar operands are shared constants, replaced once written into", "[ops]") {
+  Tensor x = zeros(Shape{3}, DType::f32);
+  Tensor a = scalar_like(x, 0.25), b = scalar_like(x, 0.25);
+  CHECK(a.raw_data() == b.raw_data());  // one constant per device, dtype and value
+  CHECK(scalar_like(x, 0.5).raw_data() != a.raw_data());
+  CHECK(scalar_like(zeros(Shape{3}, DType::f64), 0.25).dtype() == DType::f64);
+  // Somebody writes into the shared constant: the next request gets a fresh, correct one.
+  a.fill_(7.0);
+  Tensor c = scalar_like(x, 0.25);
+  CHECK(c.raw_data() != a.raw_data());
+  CHECK(c.item<double>() == 0.25);
+  CHECK(add(x, 0.25).to_vector<double>() == std::vector<double>{0.25, 0.25, 0.25});
+}

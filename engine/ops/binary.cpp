@@ -2,6 +2,10 @@
 // Inputs broadcast; each rule returns gradients of the broadcast output shape and the engine
 // sums them back to each input's shape.
 #include <cmath>
+#include <compare>
+#include <cstring>
+#include <map>
+#include <mutex>
 
 #include "engine/cpu/loops.h"
 #include "engine/ops/elementwise.h"
@@ -55,8 +59,36 @@ Tensor binary_forward(const DispatchStub<BinaryKernel>& kernel, const Tensor& a,
 }
 }  // namespace
 
+// Scalar operands are shared 0-d constants, one per (device, dtype, value): on a GPU a fresh one
+// costs an allocation and a fill kernel per scalar op, as many launches as the op itself. A
+// constant somebody wrote into (its storage version moved) or marked as requiring grad is
+// replaced, never handed out again. Bounded: the table is emptied when it reaches kMaxEntries
+// (values are mostly a model's few constants and learning rates).
 Tensor scalar_like(const Tensor& t, double value) {
-  return scalar_tensor(value, t.dtype(), t.device());
+  struct Key {
+    int device_type, device_index, dtype;
+    uint64_t bits;
+    auto operator<=>(const Key&) const = default;
+  };
+  constexpr size_t kMaxEntries = 4096;
+  static std::mutex mutex;
+  struct Entry {
+    Tensor constant;
+    uint32_t version;  // the storage version when made: a write moves it
+  };
+  static auto* cache = new std::map<Key, Entry>();  // never destroyed: outlives the allocators
+  uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof bits);
+  const Key key{int(t.device().type), t.device().index, int(t.dtype()), bits};
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache->find(key);
+  if (it != cache->end() && it->second.constant.storage().version() == it->second.version &&
+      !it->second.constant.requires_grad())
+    return it->second.constant;
+  if (cache->size() >= kMaxEntries) cache->clear();
+  Tensor s = scalar_tensor(value, t.dtype(), t.device());
+  (*cache)[key] = Entry{s, s.storage().version()};
+  return s;
 }
 
 // ---- ops with backward rules ----
