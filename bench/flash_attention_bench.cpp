@@ -18,8 +18,9 @@
 // absolute peak (*_baseline_bytes, *_peak_total_bytes). --peer FILE (the JSON of
 // tools/reference/attention_peer.py, same GPU) prints, per configuration, metatape fused against
 // PyTorch with ratios (torch ms / fused ms: > 1 means metatape is faster; fused MiB / torch MiB).
-// The fused kernels are the default split-KV ones unless METATAPE_FLASH_KERNELS=simple
-// (METATAPE_FLASH_KV_SPLITS=n forces n key splits); the JSON records which.
+// The fused kernels are the default split-KV ones unless METATAPE_FLASH_KERNELS=simple or =mma
+// (tensor-core 16-bit forward) (METATAPE_FLASH_KV_SPLITS=n forces n key splits); the JSON
+// records which, and the header line prints it.
 //
 // Usage: metatape-bench-flash-attention [--json FILE] [--commit SHA] [--repeats N] [--quick]
 //                                       [--peer FILE]
@@ -55,6 +56,14 @@
 namespace {
 
 using namespace mt;
+
+const char* flash_kernels_name() {
+  switch (cuda_flash_kernels()) {
+    case FlashKernels::simple: return "simple";
+    case FlashKernels::mma: return "mma";
+    default: return "split";
+  }
+}
 
 #define BENCH_CHECK(call)                                                                    \
   do {                                                                                       \
@@ -254,6 +263,8 @@ int main(int argc, char** argv) {
   nlohmann::json results = nlohmann::json::array();
   bool ok = true;
   Generator gen(2024);
+  std::printf("flash kernels: %s, kv splits: %d (0: automatic)\n", flash_kernels_name(),
+              cuda_flash_kv_splits());
   std::printf("%-10s %-5s %-10s %12s %12s %7s %12s %12s %9s\n", "config", "dtype", "step",
               "fused ms", "composite ms", "ratio", "fused MiB", "compos. MiB", "rel err");
   for (const Config& c : configs) {
@@ -301,8 +312,7 @@ int main(int argc, char** argv) {
                        {"device", prop.name},
                        {"commit", commit},
                        {"repeats", repeats},
-                       {"flash_kernels",
-                        cuda_flash_kernels() == FlashKernels::simple ? "simple" : "split"},
+                       {"flash_kernels", flash_kernels_name()},
                        {"flash_kv_splits", cuda_flash_kv_splits()},
                        {"results", results}};
     std::ofstream(json_path) << doc.dump(2) << "\n";

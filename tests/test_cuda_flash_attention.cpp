@@ -9,7 +9,9 @@
 // Every GPU comparison runs once per kernel setting (kKernelSettings): the simple kernels (the
 // fallback, METATAPE_FLASH_KERNELS=simple), the split-KV kernels with the automatic split count,
 // and forced split counts that give splits with no keys, with one key, and key ranges that are
-// not a multiple of the tile (kFlashTiles below), so one GPU run says which kernels are right.
+// not a multiple of the tile (kFlashTiles below), so one GPU run says which kernels are right;
+// and the mma setting (the tensor-core forward for bf16/f16 at dh 32, 64, 128, the split kernels
+// elsewhere), automatic and forced to 3 and 7 splits.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -41,7 +43,10 @@ constexpr Tolerance kFlashF32Second{2e-4, 2e-3};
 // lse in f32: log of an f32 sum, absolute error ~ n 2^-24 relative of the sum -> 1e-5.
 constexpr Tolerance kLseF32{1e-5, 1e-5};
 // 16-bit storage: both sides compute in f32 from the same rounded inputs and round the result
-// once to 16 bits (kF16 / kBF16, support/cuda_compare.h); f32 order effects are far below.
+// once to 16 bits (kF16 / kBF16, support/cuda_compare.h); f32 order effects are far below. The
+// mma forward rounds P to the storage type before P V: each weight moves by <= 2^-9 (bf16) or
+// 2^-12 (f16) relative while l stays f32, so o moves by <= 2^-9 max|v| (2^-12): inside the same
+// absolute tolerances (1e-2, 1e-3) for the tests' |v| <= 1.
 // Gradients through varlen_attention in f64 on both devices (rotary composite + fused core vs
 // the composite throughout): f64 rounding of a few hundred O(1) terms.
 constexpr Tolerance kGradF64{1e-10, 1e-10};
@@ -67,7 +72,10 @@ const std::vector<KernelSetting> kKernelSettings{{"simple", FlashKernels::simple
                                                  {"split auto", FlashKernels::split, 0},
                                                  {"split 2", FlashKernels::split, 2},
                                                  {"split 3", FlashKernels::split, 3},
-                                                 {"split 7", FlashKernels::split, 7}};
+                                                 {"split 7", FlashKernels::split, 7},
+                                                 {"mma auto", FlashKernels::mma, 0},
+                                                 {"mma 3", FlashKernels::mma, 3},
+                                                 {"mma 7", FlashKernels::mma, 7}};
 // Selects a setting for its lifetime, then restores the previous one.
 struct UseKernels {
   explicit UseKernels(const KernelSetting& s)
@@ -319,5 +327,20 @@ TEST_CASE("CUDA flash attention: the backward is deterministic and the op is on 
     TensorList g1 = grads(), g2 = grads();
     for (size_t i = 0; i < 3; ++i)
       check_equal(g1[i], g2[i], fmt::format("run-to-run grad #{} [{}]", i, setting.name));
+  }
+  // bf16 (the tensor-core kernels under the mma settings).
+  Tensor qb = in.q.to(DType::bf16).to(gpu0()).set_requires_grad();
+  Tensor kb = in.k.to(DType::bf16).to(gpu0()).set_requires_grad();
+  Tensor vb = in.v.to(DType::bf16).to(gpu0()).set_requires_grad();
+  Tensor dOb = in.dO.to(DType::bf16).to(gpu0());
+  auto grads_bf16 = [&]() {
+    Tensor o = flash_attention(qb, kb, vb, cu_q, cu_k, 0.125);
+    return autograd::grad({o}, {qb, kb, vb}, {dOb});
+  };
+  for (const KernelSetting& setting : kKernelSettings) {
+    const UseKernels use(setting);
+    TensorList g1 = grads_bf16(), g2 = grads_bf16();
+    for (size_t i = 0; i < 3; ++i)
+      check_equal(g1[i], g2[i], fmt::format("run-to-run bf16 grad #{} [{}]", i, setting.name));
   }
 }

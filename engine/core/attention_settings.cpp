@@ -11,8 +11,9 @@ namespace {
 
 FlashKernels kernels_from_env() {
   const char* env = std::getenv("METATAPE_FLASH_KERNELS");
-  return env != nullptr && std::strcmp(env, "simple") == 0 ? FlashKernels::simple
-                                                            : FlashKernels::split;
+  if (env != nullptr && std::strcmp(env, "simple") == 0) return FlashKernels::simple;
+  if (env != nullptr && std::strcmp(env, "mma") == 0) return FlashKernels::mma;
+  return FlashKernels::split;
 }
 
 int splits_from_env() {

@@ -10,7 +10,12 @@ namespace mt {
 //          device, then a combine kernel sums the splits in a fixed order (deterministic).
 //   simple: the one-CTA-per-16-queries kernels with no split, the fallback. The environment
 //          variable METATAPE_FLASH_KERNELS=simple selects it at start-up.
-enum class FlashKernels { split, simple };
+//   mma:   the split kernels, except that the forward and the first-order backward of 16-bit
+//          storage (bf16, f16) with head dim 32, 64 or 128 run on tensor cores (mma.sync
+//          m16n8k16, f32 accumulation; P and dS rounded to the storage type before their second
+//          product), split-KV like the split setting (flash_attention.md).
+//          METATAPE_FLASH_KERNELS=mma selects it at start-up.
+enum class FlashKernels { split, simple, mma };
 void set_cuda_flash_kernels(FlashKernels kernels);
 FlashKernels cuda_flash_kernels();
 

@@ -15,6 +15,7 @@
 // output rows of a CTA are written by that CTA only and summed in a fixed order: no atomics,
 // deterministic results. Everything runs on the caller's stream; nothing waits for the device.
 #include <algorithm>
+#include <cstdint>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/elementwise.cuh"  // m_exp, m_log
@@ -287,6 +288,507 @@ __global__ void __launch_bounds__(kThreads)
     }
     write_rows<T, A, kD>(acc, A(1), o, sp, a, h);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core forward (FlashKernels::mma): 16-bit storage, dh in {32, 64, 128}; other dtypes and
+// head dims run flash_fwd. Same grid, block tables, split ranges and outputs (o, lse, or the
+// split partials acc/m/l for flash_fwd_combine) as flash_fwd.
+//
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32: D (16x8 f32) = A (16x16) B
+// (16x8) + C. Lane = 4 g + t (g = groupID = lane / 4, t = threadID_in_group = lane % 4). Each A/B
+// register is 32 bits holding two 16-bit elements, the lower-indexed one in the low half; C/D
+// registers hold one f32 each:
+//   A (16 x 16, rows m, cols k, "row"): a0 = A[g][2t, 2t+1]      a1 = A[g+8][2t, 2t+1]
+//                                       a2 = A[g][2t+8, 2t+9]    a3 = A[g+8][2t+8, 2t+9]
+//   B (16 x 8, rows k, cols n, "col"):  b0 = B[2t, 2t+1][g]      b1 = B[2t+8, 2t+9][g]
+//   C, D (16 x 8):                      c0, c1 = C[g][2t, 2t+1]  c2, c3 = C[g+8][2t, 2t+1]
+// The CTA (4 warps, the 16 queries of its block) stages key tiles of kMmaTile = 64 keys (K and V
+// as raw 16-bit rows of kD + 8 elements: 16-byte rows, conflict-free fragment loads); warp w
+// takes keys [16 w, 16 w + 16) of every tile, with its own online softmax (m, l, acc) over all 16
+// rows; the 4 warps' states are merged at the end in a fixed order (deterministic). Per warp and
+// tile, keys j0 = 16 w ...:
+//   S = Q K^T: A = Q (16 x kD, kD / 16 k-steps, held in registers for the whole kernel, loaded
+//     from global memory), B = K^T (k = head-dim column, n = key): b0 = K[j0 + 8 nt + g][16 ks +
+//     2t, +1], two adjacent elements of a K row (one 32-bit load), b1 the columns + 8; n-tiles
+//     nt = 0, 1 cover the 16 keys. Score registers s[nt][i]: row g + 8 (i / 2), key j0 + 8 nt +
+//     2t + (i % 2).
+//   O += P V: A = P (16 queries x 16 keys): the C registers of the two S n-tiles are exactly
+//     its fragment: a0 = s[0][0,1], a1 = s[0][2,3], a2 = s[1][0,1], a3 = s[1][2,3] (P rounded
+//     to the storage type, as flash kernels do); B = V (k = key, n = head-dim column): b0 =
+//     {V[j0 + 2t][8 nd + g], V[j0 + 2t + 1][8 nd + g]}, b1 = the keys + 8 (two 16-bit loads each).
+//   acc[nd][0, 1] = O[g][8 nd + 2t, +1], acc[nd][2, 3] = O[g + 8][8 nd + 2t, +1].
+// Scores are kept in base 2 (scale log2(e) folded into the scale, exp2f): m and lse are
+// converted back to natural units when written.
+// Rounding P to 16 bits changes each weight by at most 2^-9 (bf16) or 2^-12 (f16) relative,
+// while l sums the f32 weights, so |o - o_exact| <= 2^-9 max |v| (2^-12 for f16): inside the
+// tests' kBF16 / kF16 absolute tolerances for |v| <= 1.
+// ---------------------------------------------------------------------------------------------
+constexpr int kMmaKeys = 16;                  // keys per warp per tile
+constexpr int kMmaTile = kWarps * kMmaKeys;   // keys per staged tile
+
+template <int kD>
+struct MmaSmem {
+  static constexpr int kStride = kD + 8;     // 16-bit elements per staged K/V row
+  static constexpr int kRedStride = kD + 4;  // floats per row of the final merge
+  static constexpr size_t kv_bytes = size_t(2) * kMmaTile * kStride * sizeof(uint16_t);
+  static constexpr size_t red_bytes =
+      sizeof(float) * (size_t(kWarps) * kRows * kRedStride + 2 * size_t(kWarps) * kRows);
+  static constexpr size_t bytes = kv_bytes > red_bytes ? kv_bytes : red_bytes;
+};
+
+template <class T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                          uint32_t b1) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    static_assert(std::is_same_v<T, __half>);
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Two f32 -> one register of two 16-bit elements (lo in the low half), round to nearest even.
+template <class T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  return uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(lo))) |
+         (uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  return uint32_t(__half_as_ushort(__float2half_rn(lo))) |
+         (uint32_t(__half_as_ushort(__float2half_rn(hi))) << 16);
+}
+
+// Keys [t0, t0 + n) of head h of x (N, H, kD) -> dst (kMmaTile rows of kStride 16-bit elements),
+// zeros past n; 16-byte loads (the launcher checks the alignment).
+template <class T, int kD>
+__device__ __forceinline__ void stage_tile_raw(const T* __restrict__ x, int64_t t0, int n,
+                                               const Args& a, int h, uint16_t* dst) {
+  constexpr int kVecs = kD / 8;
+  for (int idx = threadIdx.x; idx < kMmaTile * kVecs; idx += kThreads) {
+    const int j = idx / kVecs, c = (idx % kVecs) * 8;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (j < n) val = *reinterpret_cast<const uint4*>(x + ((t0 + j) * a.H + h) * kD + c);
+    *reinterpret_cast<uint4*>(dst + j * MmaSmem<kD>::kStride + c) = val;
+  }
+}
+
+template <class T, int kD, bool kSplit>
+__global__ void __launch_bounds__(kThreads)
+    flash_fwd_mma(Args a, float scale_log2, const T* __restrict__ q, const T* __restrict__ k,
+                  const T* __restrict__ v, T* __restrict__ o, float* __restrict__ lse,
+                  float* __restrict__ part) {
+  using Sm = MmaSmem<kD>;
+  constexpr int KS = kD / 16;  // k-steps of S = Q K^T over the head dim
+  constexpr int ND = kD / 8;   // n-tiles of O
+  constexpr int ST = Sm::kStride;
+  constexpr float kLn2 = 0.6931471805599453f;
+  const int h = blockIdx.y, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int g = lane / 4, t = lane % 4;
+  const Span sp = span_of(a);
+  uint16_t* ks = smem_base<uint16_t>();
+  uint16_t* vs = ks + kMmaTile * ST;
+
+  // Q's A fragments (rows past the block's end are zero).
+  uint32_t qf[KS][4];
+  const auto* q32 = reinterpret_cast<const uint32_t*>(q);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = g + 8 * half;
+    const int64_t base = ((sp.row0 + r) * a.H + h) * kD + 2 * t;
+#pragma unroll
+    for (int s = 0; s < KS; ++s) {
+      qf[s][half] = r < sp.nrows ? q32[(base + 16 * s) / 2] : 0u;
+      qf[s][2 + half] = r < sp.nrows ? q32[(base + 16 * s + 8) / 2] : 0u;
+    }
+  }
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, acc[ND][4];
+#pragma unroll
+  for (int nd = 0; nd < ND; ++nd)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[nd][i] = 0.f;
+
+  int64_t kb = 0, ke = sp.ntile;
+  if constexpr (kSplit) split_range<kMmaTile>(sp, a.splits, kb, ke);
+  const int j0 = warp * kMmaKeys;
+  for (int64_t t0 = kb; t0 < ke; t0 += kMmaTile) {
+    const int n = int(ke - t0 < kMmaTile ? ke - t0 : kMmaTile);
+    __syncthreads();  // the previous tile is consumed
+    stage_tile_raw<T, kD>(k, sp.tile0 + t0, n, a, h, ks);
+    stage_tile_raw<T, kD>(v, sp.tile0 + t0, n, a, h, vs);
+    __syncthreads();
+    if (j0 >= n) continue;  // warp-uniform: this warp's keys are past the end of the tile
+    float s[2][4];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) s[nt][i] = 0.f;
+#pragma unroll
+    for (int st = 0; st < KS; ++st)
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const uint16_t* kr = ks + (j0 + 8 * nt + g) * ST + 16 * st + 2 * t;
+        mma_16816<T>(s[nt], qf[st], *reinterpret_cast<const uint32_t*>(kr),
+                     *reinterpret_cast<const uint32_t*>(kr + 8));
+      }
+    float tmax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int key = j0 + 8 * nt + 2 * t + (i & 1);
+        s[nt][i] = key < n ? s[nt][i] * scale_log2 : -INFINITY;
+        tmax[i / 2] = fmaxf(tmax[i / 2], s[nt][i]);
+      }
+    float alpha[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {  // the quad (lanes 4g .. 4g+3) holds row g (and g + 8)
+      tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 1));
+      tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 2));
+      const float mnew = fmaxf(m[r], tmax[r]);  // finite: key j0 < n is in the chunk
+      alpha[r] = exp2f(m[r] - mnew);             // 0 on the warp's first keys (m = -inf)
+      m[r] = mnew;
+    }
+    float psum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        s[nt][i] = exp2f(s[nt][i] - m[i / 2]);  // masked keys: exp2(-inf) = 0
+        psum[i / 2] += s[nt][i];
+      }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      psum[r] += __shfl_xor_sync(0xffffffffu, psum[r], 1);
+      psum[r] += __shfl_xor_sync(0xffffffffu, psum[r], 2);
+      l[r] = l[r] * alpha[r] + psum[r];
+    }
+#pragma unroll
+    for (int nd = 0; nd < ND; ++nd) {
+      acc[nd][0] *= alpha[0];
+      acc[nd][1] *= alpha[0];
+      acc[nd][2] *= alpha[1];
+      acc[nd][3] *= alpha[1];
+    }
+    const uint32_t pf[4] = {pack2<T>(s[0][0], s[0][1]), pack2<T>(s[0][2], s[0][3]),
+                            pack2<T>(s[1][0], s[1][1]), pack2<T>(s[1][2], s[1][3])};
+#pragma unroll
+    for (int nd = 0; nd < ND; ++nd) {
+      const uint16_t* vc = vs + (j0 + 2 * t) * ST + 8 * nd + g;
+      const uint32_t b0 = uint32_t(vc[0]) | (uint32_t(vc[ST]) << 16);
+      const uint32_t b1 = uint32_t(vc[8 * ST]) | (uint32_t(vc[9 * ST]) << 16);
+      mma_16816<T>(acc[nd], pf, b0, b1);
+    }
+  }
+
+  // Merge the warps' states: M = max_w m_w, L = sum_w e^(m_w - M) l_w, O = sum_w e^(m_w - M)
+  // acc_w (warps in order 0..3; a warp that saw no key has m = -inf and weighs 0).
+  __syncthreads();  // the staged tiles are consumed: their memory becomes the merge buffer
+  float* red = smem_base<float>();
+  float* wm = red + kWarps * kRows * Sm::kRedStride;
+  float* wl = wm + kWarps * kRows;
+  if (t == 0) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      wm[warp * kRows + g + 8 * r] = m[r];
+      wl[warp * kRows + g + 8 * r] = l[r];
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = g + 8 * r;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, wm[w * kRows + row]);
+    const float f = m[r] == -INFINITY ? 0.f : exp2f(m[r] - M);
+    float* dst = red + (warp * kRows + row) * Sm::kRedStride + 2 * t;
+#pragma unroll
+    for (int nd = 0; nd < ND; ++nd) {
+      dst[8 * nd] = acc[nd][2 * r] * f;
+      dst[8 * nd + 1] = acc[nd][2 * r + 1] * f;
+    }
+  }
+  __syncthreads();
+  const int64_t NH = a.total_rows * a.H, z = blockIdx.z;
+  for (int idx = threadIdx.x; idx < kRows * kD; idx += kThreads) {
+    const int row = idx / kD, c = idx % kD;
+    if (row >= sp.nrows) continue;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, wm[w * kRows + row]);
+    float L = 0.f, sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float mw = wm[w * kRows + row];
+      L += (mw == -INFINITY ? 0.f : exp2f(mw - M)) * wl[w * kRows + row];
+      sum += red[(w * kRows + row) * Sm::kRedStride + c];
+    }
+    const int64_t rh = (sp.row0 + row) * a.H + h;
+    if constexpr (kSplit) {
+      part[z * NH * kD + rh * kD + c] = sum;
+      if (c == 0) {
+        part[int64_t(a.splits) * NH * kD + z * NH + rh] = M * kLn2;  // -inf for an empty split
+        part[int64_t(a.splits) * NH * (kD + 1) + z * NH + rh] = L;
+      }
+    } else {
+      o[rh * kD + c] = store_acc<T>(sum / L);
+      if (c == 0) lse[rh] = (M + log2f(L)) * kLn2;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core backward (FlashKernels::mma; 16-bit storage, dh in {32, 64, 128}): the same
+// fragment layouts as flash_fwd_mma (see there). Helpers, per warp and 16-entry chunk j0 of a
+// staged tile (raw 16-bit rows of kStride elements):
+//   mma_scores: s[nt][i] = <row g + 8 (i / 2) of X, tile entry j0 + 8 nt + 2t + (i % 2)>, X's A
+//     fragments xf held in registers (B = tile^T: two adjacent elements of a tile row).
+//   mma_accumulate: acc[nd] += C (16 rows x 16 entries, packed A fragment cf, built from the
+//     score registers exactly as P in the forward) times the tile (16 entries x kD; B: two 16-bit
+//     loads from rows j0 + 2t, +1 (+8) at column 8 nd + g).
+// Each warp takes entries [16 w, 16 w + 16) of every 64-entry tile; the warps' partial sums are
+// added in order 0..3 at the end (deterministic). The products dS and P are rounded to the
+// storage type before the second product, as the forward's P.
+// ---------------------------------------------------------------------------------------------
+template <class T, int kD>
+__device__ __forceinline__ void mma_load_rows(const T* __restrict__ x, const Span& sp,
+                                              const Args& a, int h, uint32_t (&xf)[kD / 16][4]) {
+  const int lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
+  const auto* x32 = reinterpret_cast<const uint32_t*>(x);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = g + 8 * half;
+    const int64_t base = ((sp.row0 + r) * a.H + h) * kD + 2 * t;
+#pragma unroll
+    for (int s = 0; s < kD / 16; ++s) {
+      xf[s][half] = r < sp.nrows ? x32[(base + 16 * s) / 2] : 0u;
+      xf[s][2 + half] = r < sp.nrows ? x32[(base + 16 * s + 8) / 2] : 0u;
+    }
+  }
+}
+
+template <class T, int kD>
+__device__ __forceinline__ void mma_scores(const uint32_t (&xf)[kD / 16][4], const uint16_t* tile,
+                                           int j0, float (&s)[2][4]) {
+  constexpr int ST = MmaSmem<kD>::kStride;
+  const int lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) s[nt][i] = 0.f;
+#pragma unroll
+  for (int st = 0; st < kD / 16; ++st)
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const uint16_t* tr = tile + (j0 + 8 * nt + g) * ST + 16 * st + 2 * t;
+      mma_16816<T>(s[nt], xf[st], *reinterpret_cast<const uint32_t*>(tr),
+                   *reinterpret_cast<const uint32_t*>(tr + 8));
+    }
+}
+
+template <class T>
+__device__ __forceinline__ void mma_pack(const float (&c)[2][4], uint32_t (&cf)[4]) {
+  cf[0] = pack2<T>(c[0][0], c[0][1]);
+  cf[1] = pack2<T>(c[0][2], c[0][3]);
+  cf[2] = pack2<T>(c[1][0], c[1][1]);
+  cf[3] = pack2<T>(c[1][2], c[1][3]);
+}
+
+template <class T, int kD>
+__device__ __forceinline__ void mma_accumulate(float (&acc)[kD / 8][4], const uint32_t (&cf)[4],
+                                               const uint16_t* tile, int j0) {
+  constexpr int ST = MmaSmem<kD>::kStride;
+  const int lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int nd = 0; nd < kD / 8; ++nd) {
+    const uint16_t* tc = tile + (j0 + 2 * t) * ST + 8 * nd + g;
+    const uint32_t b0 = uint32_t(tc[0]) | (uint32_t(tc[ST]) << 16);
+    const uint32_t b1 = uint32_t(tc[8 * ST]) | (uint32_t(tc[9 * ST]) << 16);
+    mma_16816<T>(acc[nd], cf, b0, b1);
+  }
+}
+
+// Sums the 4 warps' acc (in warp order) through shared memory `red` (kWarps x kRows x
+// kRedStride floats) and calls out(row, column, sum) for the valid rows. Starts and ends with a
+// barrier (red may alias the staged tiles).
+template <int kD, class Out>
+__device__ __forceinline__ void mma_merge(const float (&acc)[kD / 8][4], float* red,
+                                          const Span& sp, Out&& out) {
+  constexpr int RS = MmaSmem<kD>::kRedStride;
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize, g = lane / 4,
+            t = lane % 4;
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float* dst = red + (warp * kRows + g + 8 * r) * RS + 2 * t;
+#pragma unroll
+    for (int nd = 0; nd < kD / 8; ++nd) {
+      dst[8 * nd] = acc[nd][2 * r];
+      dst[8 * nd + 1] = acc[nd][2 * r + 1];
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < kRows * kD; idx += kThreads) {
+    const int row = idx / kD, c = idx % kD;
+    if (row >= sp.nrows) continue;
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum += red[(w * kRows + row) * RS + c];
+    out(row, c, sum);
+  }
+  __syncthreads();
+}
+
+// Backward, query side (as flash_bwd_q): D = rowsum(dO o) (split 0 writes it), dq = scale sum_j
+// dS_ij k_j; kSplit: the unscaled sum of split blockIdx.z to part (S, Nq, H, dh).
+template <class T, int kD, bool kSplit>
+__global__ void __launch_bounds__(kThreads)
+    flash_bwd_q_mma(Args a, float scale, float scale_log2, const T* __restrict__ q,
+                    const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ o,
+                    const T* __restrict__ dO, const float* __restrict__ lse,
+                    T* __restrict__ dq, float* __restrict__ D_out, float* __restrict__ part) {
+  constexpr int ST = MmaSmem<kD>::kStride;
+  constexpr float kLog2e = 1.4426950408889634f;
+  const int h = blockIdx.y, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int g = lane / 4, t = lane % 4;
+  const Span sp = span_of(a);
+  uint16_t* ks = smem_base<uint16_t>();
+  uint16_t* vs = ks + kMmaTile * ST;
+  uint32_t qf[kD / 16][4], gf[kD / 16][4];
+  mma_load_rows<T, kD>(q, sp, a, h, qf);
+  mma_load_rows<T, kD>(dO, sp, a, h, gf);
+  float D[2], L2[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {  // the quad of row g + 8 r sums columns t, t + 4, ...
+    const int row = g + 8 * r;
+    float d = 0.f;
+    if (row < sp.nrows) {
+      const int64_t base = ((sp.row0 + row) * a.H + h) * kD;
+      for (int c = t; c < kD; c += 4) d += load_acc(dO[base + c]) * load_acc(o[base + c]);
+    }
+    d += __shfl_xor_sync(0xffffffffu, d, 1);
+    d += __shfl_xor_sync(0xffffffffu, d, 2);
+    D[r] = d;
+    L2[r] = row < sp.nrows ? lse[(sp.row0 + row) * a.H + h] * kLog2e : 0.f;
+    if (row < sp.nrows && warp == 0 && t == 0 && blockIdx.z == 0)
+      D_out[(sp.row0 + row) * a.H + h] = d;
+  }
+  float acc[kD / 8][4];
+#pragma unroll
+  for (int nd = 0; nd < kD / 8; ++nd)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[nd][i] = 0.f;
+  int64_t kb = 0, ke = sp.ntile;
+  if constexpr (kSplit) split_range<kMmaTile>(sp, a.splits, kb, ke);
+  const int j0 = warp * kMmaKeys;
+  for (int64_t t0 = kb; t0 < ke; t0 += kMmaTile) {
+    const int n = int(ke - t0 < kMmaTile ? ke - t0 : kMmaTile);
+    __syncthreads();
+    stage_tile_raw<T, kD>(k, sp.tile0 + t0, n, a, h, ks);
+    stage_tile_raw<T, kD>(v, sp.tile0 + t0, n, a, h, vs);
+    __syncthreads();
+    if (j0 >= n) continue;  // warp-uniform
+    float s[2][4], dp[2][4];
+    mma_scores<T, kD>(qf, ks, j0, s);
+    mma_scores<T, kD>(gf, vs, j0, dp);
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int key = j0 + 8 * nt + 2 * t + (i & 1);
+        const float p = key < n ? exp2f(s[nt][i] * scale_log2 - L2[i / 2]) : 0.f;
+        s[nt][i] = p * (dp[nt][i] - D[i / 2]);  // dS
+      }
+    uint32_t cf[4];
+    mma_pack<T>(s, cf);
+    mma_accumulate<T, kD>(acc, cf, ks, j0);
+  }
+  const int64_t rows0 = (sp.row0 * a.H + h) * kD;
+  const int64_t row_stride = int64_t(a.H) * kD;
+  if constexpr (kSplit) {
+    float* dst = part + int64_t(blockIdx.z) * a.total_rows * a.H * kD + rows0;
+    mma_merge<kD>(acc, smem_base<float>(), sp,
+                  [&](int row, int c, float sum) { dst[row * row_stride + c] = sum; });
+  } else {
+    T* dst = dq + rows0;
+    mma_merge<kD>(acc, smem_base<float>(), sp, [&](int row, int c, float sum) {
+      dst[row * row_stride + c] = store_acc<T>(scale * sum);
+    });
+  }
+}
+
+// Backward, key side (as flash_bwd_kv): rows = keys, tile = the sample's queries; dv = sum_i
+// P_ij dO_i, dk = scale sum_i dS_ij q_i (lse and D per query staged with the tile).
+template <class T, int kD>
+__global__ void __launch_bounds__(kThreads)
+    flash_bwd_kv_mma(Args a, float scale, float scale_log2, const T* __restrict__ q,
+                     const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ dO,
+                     const float* __restrict__ lse, const float* __restrict__ Dq,
+                     T* __restrict__ dk, T* __restrict__ dv) {
+  constexpr int ST = MmaSmem<kD>::kStride;
+  constexpr float kLog2e = 1.4426950408889634f;
+  const int h = blockIdx.y, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int t = lane % 4;
+  const Span sp = span_of(a);
+  uint16_t* qs = smem_base<uint16_t>();
+  uint16_t* gs = qs + kMmaTile * ST;
+  float* tl = reinterpret_cast<float*>(gs + kMmaTile * ST);  // lse (base 2) per tile query
+  float* tD = tl + kMmaTile;                                 // D per tile query
+  uint32_t kf[kD / 16][4], vf[kD / 16][4];
+  mma_load_rows<T, kD>(k, sp, a, h, kf);
+  mma_load_rows<T, kD>(v, sp, a, h, vf);
+  float acck[kD / 8][4], accv[kD / 8][4];
+#pragma unroll
+  for (int nd = 0; nd < kD / 8; ++nd)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acck[nd][i] = accv[nd][i] = 0.f;
+  const int j0 = warp * kMmaKeys;
+  for (int64_t t0 = 0; t0 < sp.ntile; t0 += kMmaTile) {
+    const int n = int(sp.ntile - t0 < kMmaTile ? sp.ntile - t0 : kMmaTile);
+    __syncthreads();
+    stage_tile_raw<T, kD>(q, sp.tile0 + t0, n, a, h, qs);
+    stage_tile_raw<T, kD>(dO, sp.tile0 + t0, n, a, h, gs);
+    for (int j = threadIdx.x; j < kMmaTile; j += kThreads) {
+      const int64_t rh = (sp.tile0 + t0 + j) * a.H + h;
+      tl[j] = j < n ? lse[rh] * kLog2e : 0.f;
+      tD[j] = j < n ? Dq[rh] : 0.f;
+    }
+    __syncthreads();
+    if (j0 >= n) continue;  // warp-uniform
+    float s[2][4], dp[2][4];
+    mma_scores<T, kD>(kf, qs, j0, s);  // s[nt][i]: key g + 8 (i / 2), query j0 + 8 nt + 2t + i % 2
+    mma_scores<T, kD>(vf, gs, j0, dp);
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int j = j0 + 8 * nt + 2 * t + (i & 1);
+        const float p = j < n ? exp2f(s[nt][i] * scale_log2 - tl[j]) : 0.f;
+        s[nt][i] = p;
+        dp[nt][i] = p * (dp[nt][i] - tD[j]);  // dS (0 past the end: p = 0)
+      }
+    uint32_t pf[4], df[4];
+    mma_pack<T>(s, pf);
+    mma_pack<T>(dp, df);
+    mma_accumulate<T, kD>(accv, pf, gs, j0);
+    mma_accumulate<T, kD>(acck, df, qs, j0);
+  }
+  const int64_t rows0 = (sp.row0 * a.H + h) * kD;
+  const int64_t row_stride = int64_t(a.H) * kD;
+  mma_merge<kD>(acck, smem_base<float>(), sp, [&](int row, int c, float sum) {
+    dk[rows0 + row * row_stride + c] = store_acc<T>(scale * sum);
+  });
+  mma_merge<kD>(accv, smem_base<float>(), sp, [&](int row, int c, float sum) {
+    dv[rows0 + row * row_stride + c] = store_acc<T>(sum);
+  });
 }
 
 // o and lse from the forward's split partials, each (row, head) merged over the splits in order
@@ -773,10 +1275,53 @@ Args key_side(const FlashDesc& d) {
   return Args{d.cu_k, d.cu_q, d.k_blocks, int(d.heads), int(d.dh)};
 }
 
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// The tensor-core forward (flash_fwd_mma) when selected (FlashDesc::mma) for 16-bit storage, dh
+// 32, 64 or 128 and 16-byte aligned k and v; false (nothing launched) otherwise.
+template <class T>
+bool forward_mma(const FlashDesc& d, const void* q, const void* k, const void* v, void* o,
+                 void* lse, void* workspace, cudaStream_t stream) {
+  if constexpr (!is_16bit<T>) {
+    return false;
+  } else {
+    if (!d.mma || !(d.dh == 32 || d.dh == 64 || d.dh == 128) || !aligned16(q) || !aligned16(k) ||
+        !aligned16(v))
+      return false;
+    const int S = int(d.kv_splits);
+    auto* part = static_cast<float*>(workspace);
+    const float scale_log2 = float(d.scale * 1.4426950408889634);
+    auto run = [&]<int kD>() {
+      const size_t bytes = MmaSmem<kD>::bytes;
+      if (S > 1) {
+        launch(flash_fwd_mma<T, kD, true>, d.num_q_blocks, d.heads, S, bytes, stream,
+               query_side(d), scale_log2, static_cast<const T*>(q), static_cast<const T*>(k),
+               static_cast<const T*>(v), static_cast<T*>(o), static_cast<float*>(lse), part);
+        launch_combine(flash_fwd_combine<T>, d.num_queries * d.heads * d.dh, stream,
+                       d.num_queries * d.heads, int(d.dh), S, static_cast<const float*>(part),
+                       static_cast<T*>(o), static_cast<float*>(lse));
+      } else {
+        launch(flash_fwd_mma<T, kD, false>, d.num_q_blocks, d.heads, 1, bytes, stream,
+               query_side(d), scale_log2, static_cast<const T*>(q), static_cast<const T*>(k),
+               static_cast<const T*>(v), static_cast<T*>(o), static_cast<float*>(lse), part);
+      }
+    };
+    if (d.dh == 32) {
+      run.template operator()<32>();
+    } else if (d.dh == 64) {
+      run.template operator()<64>();
+    } else {
+      run.template operator()<128>();
+    }
+    return true;
+  }
+}
+
 template <class T>
 void forward(const FlashDesc& d, const void* q, const void* k, const void* v, void* o, void* lse,
              void* workspace, cudaStream_t stream) {
   using A = acc_t<T>;
+  if (forward_mma<T>(d, q, k, v, o, lse, workspace, stream)) return;
   const int S = int(d.kv_splits);
   auto* part = static_cast<A*>(workspace);
   dispatch_head_dim(d.dh, [&]<int kD>() {
@@ -797,11 +1342,61 @@ void forward(const FlashDesc& d, const void* q, const void* k, const void* v, vo
   });
 }
 
+// The tensor-core backward (flash_bwd_q_mma, flash_bwd_kv_mma) under the conditions of
+// forward_mma (q, k, v and dO 16-byte aligned); false (nothing launched) otherwise.
+template <class T>
+bool backward_mma(const FlashDesc& d, const void* q, const void* k, const void* v, const void* o,
+                  const void* dO, const void* lse, void* dq, void* dk, void* dv, void* workspace,
+                  cudaStream_t stream) {
+  if constexpr (!is_16bit<T>) {
+    return false;
+  } else {
+    if (!d.mma || !(d.dh == 32 || d.dh == 64 || d.dh == 128) || !aligned16(q) || !aligned16(k) ||
+        !aligned16(v) || !aligned16(dO))
+      return false;
+    const int S = int(d.kv_splits);
+    const int64_t NH = d.num_queries * d.heads;
+    auto* D = static_cast<float*>(workspace);
+    float* part = D + NH;  // (S, Nq, H, dh) when split
+    const float scale = float(d.scale), scale_log2 = float(d.scale * 1.4426950408889634);
+    auto run = [&]<int kD>() {
+      const size_t bytes_q = MmaSmem<kD>::bytes;
+      const size_t bytes_kv = MmaSmem<kD>::bytes + 2 * kMmaTile * sizeof(float);
+      auto query_kernel = [&](auto kernel, int splits) {
+        launch(kernel, d.num_q_blocks, d.heads, splits, bytes_q, stream, query_side(d), scale,
+               scale_log2, static_cast<const T*>(q), static_cast<const T*>(k),
+               static_cast<const T*>(v), static_cast<const T*>(o), static_cast<const T*>(dO),
+               static_cast<const float*>(lse), static_cast<T*>(dq), D, part);
+      };
+      if (S > 1) {
+        query_kernel(flash_bwd_q_mma<T, kD, true>, S);
+        launch_combine(flash_sum_splits<T>, NH * d.dh, stream, NH * d.dh, S, scale,
+                       static_cast<const float*>(part), static_cast<T*>(dq));
+      } else {
+        query_kernel(flash_bwd_q_mma<T, kD, false>, 1);
+      }
+      launch(flash_bwd_kv_mma<T, kD>, d.num_k_blocks, d.heads, 1, bytes_kv, stream, key_side(d),
+             scale, scale_log2, static_cast<const T*>(q), static_cast<const T*>(k),
+             static_cast<const T*>(v), static_cast<const T*>(dO), static_cast<const float*>(lse),
+             static_cast<const float*>(D), static_cast<T*>(dk), static_cast<T*>(dv));
+    };
+    if (d.dh == 32) {
+      run.template operator()<32>();
+    } else if (d.dh == 64) {
+      run.template operator()<64>();
+    } else {
+      run.template operator()<128>();
+    }
+    return true;
+  }
+}
+
 template <class T>
 void backward(const FlashDesc& d, const void* q, const void* k, const void* v, const void* o,
               const void* dO, const void* lse, void* dq, void* dk, void* dv, void* workspace,
               cudaStream_t stream) {
   using A = acc_t<T>;
+  if (backward_mma<T>(d, q, k, v, o, dO, lse, dq, dk, dv, workspace, stream)) return;
   const int S = int(d.kv_splits);
   const int64_t NH = d.num_queries * d.heads;
   auto* D = static_cast<A*>(workspace);

@@ -198,6 +198,10 @@ struct FlashDesc {
   // kernels; S > 1 gives each (block, head) S CTAs over disjoint key ranges whose partials, in the
   // workspace, a combine kernel sums in a fixed order (deterministic, no atomics).
   int64_t kv_splits = 1;
+  // FlashKernels::mma: the forward and the first-order backward run the tensor-core kernels for
+  // 16-bit storage and dh 32, 64, 128 (16-byte aligned q, k, v, dO); everything else runs the
+  // split kernels.
+  bool mma = false;
 };
 // Workspace of each launcher, in accumulation-type elements.
 inline int64_t flash_forward_workspace(const FlashDesc& d) {  // (S, Nq, H, dh + 2) when split
