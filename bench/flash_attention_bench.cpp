@@ -18,9 +18,9 @@
 // absolute peak (*_baseline_bytes, *_peak_total_bytes). --peer FILE (the JSON of
 // tools/reference/attention_peer.py, same GPU) prints, per configuration, metatape fused against
 // PyTorch with ratios (torch ms / fused ms: > 1 means metatape is faster; fused MiB / torch MiB).
-// The fused kernels are the default split-KV ones unless METATAPE_FLASH_KERNELS=simple or =mma
-// (tensor-core 16-bit forward) (METATAPE_FLASH_KV_SPLITS=n forces n key splits); the JSON
-// records which, and the header line prints it.
+// The fused kernels are the default ones (tensor cores for 16-bit, split-KV SIMT otherwise) unless
+// METATAPE_FLASH_KERNELS=split or =simple (METATAPE_FLASH_KV_SPLITS=n forces n key splits); the
+// JSON records which, and the header line prints it.
 //
 // Usage: metatape-bench-flash-attention [--json FILE] [--commit SHA] [--repeats N] [--quick]
 //                                       [--peer FILE]

@@ -12,8 +12,8 @@ namespace {
 FlashKernels kernels_from_env() {
   const char* env = std::getenv("METATAPE_FLASH_KERNELS");
   if (env != nullptr && std::strcmp(env, "simple") == 0) return FlashKernels::simple;
-  if (env != nullptr && std::strcmp(env, "mma") == 0) return FlashKernels::mma;
-  return FlashKernels::split;
+  if (env != nullptr && std::strcmp(env, "split") == 0) return FlashKernels::split;
+  return FlashKernels::mma;
 }
 
 int splits_from_env() {
