@@ -24,6 +24,7 @@ int splits_from_env() {
 
 std::atomic<FlashKernels> flash_kernels{kernels_from_env()};
 std::atomic<int> flash_kv_splits{splits_from_env()};
+std::atomic<long long> flash_mma_double_backward{0};
 
 }  // namespace
 
@@ -31,5 +32,7 @@ void set_cuda_flash_kernels(FlashKernels kernels) { flash_kernels.store(kernels)
 FlashKernels cuda_flash_kernels() { return flash_kernels.load(); }
 void set_cuda_flash_kv_splits(int splits) { flash_kv_splits.store(splits < 0 ? 0 : splits); }
 int cuda_flash_kv_splits() { return flash_kv_splits.load(); }
+void note_cuda_flash_mma_double_backward() { flash_mma_double_backward.fetch_add(1); }
+long long cuda_flash_mma_double_backward_count() { return flash_mma_double_backward.load(); }
 
 }  // namespace mt

@@ -10,10 +10,11 @@ namespace mt {
 //          device, then a combine kernel sums the splits in a fixed order (deterministic).
 //   simple: the one-CTA-per-16-queries kernels with no split, the fallback. The environment
 //          variable METATAPE_FLASH_KERNELS=simple selects it at start-up.
-//   mma (default): the split kernels, except that the forward and the first-order backward of 16-bit
+//   mma (default): the split kernels, except that the forward, the first-order backward and
+//          (since 2026-11-25, not yet timed on a GPU) the double backward of 16-bit
 //          storage (bf16, f16) with head dim 32, 64 or 128 run on tensor cores (mma.sync
-//          m16n8k16, f32 accumulation; P and dS rounded to the storage type before their second
-//          product), split-KV like the split setting (flash_attention.md). The default since
+//          m16n8k16, f32 accumulation; the pair coefficients P, dS (and gS, gdP) rounded to the
+//          storage type before their second product), split-KV like the split setting (flash_attention.md). The default since
 //          its first H100 run (every [cuda][flash] comparison passed, memcheck clean; 16-bit
 //          forward+backward 1.3-4.4x faster than the split kernels). METATAPE_FLASH_KERNELS=split
 //          selects the split kernels for every dtype at start-up.
@@ -26,5 +27,10 @@ FlashKernels cuda_flash_kernels();
 // environment variable METATAPE_FLASH_KV_SPLITS=n sets it at start-up (benchmark sweeps).
 void set_cuda_flash_kv_splits(int splits);
 int cuda_flash_kv_splits();
+
+// Debug counter: how many double-backward calls ran the tensor-core kernels (incremented by the
+// CUDA launcher; tests check that the mma setting does not silently fall back to SIMT).
+void note_cuda_flash_mma_double_backward();
+long long cuda_flash_mma_double_backward_count();
 
 }  // namespace mt

@@ -1222,6 +1222,328 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------------------------
+// Tensor-core double backward (FlashKernels::mma; 16-bit storage, dh in {32, 64, 128}): the
+// formulas of flash_dd_q / flash_dd_kv with the fragment layouts and helpers of the mma backward
+// (mma_scores, mma_pack, mma_accumulate, mma_merge). Per warp and 16-entry chunk the five pair
+// dot products (q.k, dO.v, a.k, q.b, dO.c; W = scale (a.k + q.b)) are five mma_scores products
+// of row fragments held in registers with staged tiles; the pair coefficients (dS, gS, gdP and
+// P) are formed in f32 in the score registers and rounded to the storage type only when packed
+// as the A operand of their second product (as the backward's dS and P); every sum and every
+// row statistic (D, r, t = sum P W dP, w = sum P u, E) stays f32. Same grids, split ranges and
+// workspace formats as the SIMT kernels, so flash_dd_stats_combine and flash_sum_splits are
+// shared. The warps' partial sums (statistics and outputs) are added in warp order 0..3
+// (deterministic, no atomics).
+// ---------------------------------------------------------------------------------------------
+template <int kD, int kTiles, int kScalars>
+struct DdMmaSmem {
+  static constexpr size_t tile_bytes =
+      size_t(kTiles) * kMmaTile * MmaSmem<kD>::kStride * sizeof(uint16_t) +
+      size_t(kScalars) * kMmaTile * sizeof(float);
+  static constexpr size_t body =
+      tile_bytes > MmaSmem<kD>::red_bytes ? tile_bytes : MmaSmem<kD>::red_bytes;
+  // Past the tiles / merge buffer: the warps' partial row statistics (kWarps x 3 x kRows).
+  static constexpr size_t bytes = body + sizeof(float) * kWarps * 3 * kRows;
+};
+
+// The five pair products of a 16-entry chunk. X1 = rows against tile T1 etc.:
+// s = x.t1, dp = y.t2, w = scale (z.t1 + x.t3), u = y.t4, where (x, y, z) = (q, dO, a) rows and
+// (t1, t2, t3, t4) = (k, v, b, c) tiles on the query side; on the key side (k, v, b, c) rows
+// against (q, dO, a) tiles: s = k.q, dp = v.dO, w = scale (k.a + b.q), u = c.dO.
+template <class T, int kD>
+__device__ __forceinline__ void dd_mma_pairs(const uint32_t (&xa)[kD / 16][4], const uint16_t* ta,
+                                             const uint32_t (&xb)[kD / 16][4], const uint16_t* tb,
+                                             const uint32_t (&xc)[kD / 16][4], const uint16_t* tc,
+                                             const uint32_t (&xd)[kD / 16][4], const uint16_t* td,
+                                             const uint32_t (&xe)[kD / 16][4], const uint16_t* te,
+                                             int j0, float scale, float (&s)[2][4],
+                                             float (&dp)[2][4], float (&w)[2][4],
+                                             float (&u)[2][4]) {
+  float w2[2][4];
+  mma_scores<T, kD>(xa, ta, j0, s);
+  mma_scores<T, kD>(xb, tb, j0, dp);
+  mma_scores<T, kD>(xc, tc, j0, w);
+  mma_scores<T, kD>(xd, td, j0, w2);
+  mma_scores<T, kD>(xe, te, j0, u);
+#pragma unroll
+  for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w[nt][i] = scale * (w[nt][i] + w2[nt][i]);
+}
+
+// Double backward, query side (as flash_dd_q, same kPass meaning and outputs).
+template <class T, int kD, int kPass>
+__global__ void __launch_bounds__(kThreads)
+    flash_dd_q_mma(Args a, float scale, float scale_log2, const T* __restrict__ q,
+                   const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ o,
+                   const T* __restrict__ dO, const float* __restrict__ lse,
+                   const T* __restrict__ ga, const T* __restrict__ gb, const T* __restrict__ gc,
+                   T* __restrict__ gq, T* __restrict__ gdO, float* __restrict__ stats,
+                   int64_t Nq, float* __restrict__ part_stats, float* __restrict__ part_q,
+                   float* __restrict__ part_o) {
+  using Sm = DdMmaSmem<kD, 4, 0>;
+  constexpr int ST = MmaSmem<kD>::kStride;
+  constexpr float kLog2e = 1.4426950408889634f;
+  const int h = blockIdx.y, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int g = lane / 4, t = lane % 4;
+  const Span sp = span_of(a);
+  uint16_t* ks = smem_base<uint16_t>();
+  uint16_t* vs = ks + kMmaTile * ST;
+  uint16_t* bs = vs + kMmaTile * ST;
+  uint16_t* cs = bs + kMmaTile * ST;
+  float* wst = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(ks) + Sm::body);
+  uint32_t qf[kD / 16][4], gf[kD / 16][4], af[kD / 16][4];
+  mma_load_rows<T, kD>(q, sp, a, h, qf);
+  mma_load_rows<T, kD>(dO, sp, a, h, gf);
+  mma_load_rows<T, kD>(ga, sp, a, h, af);
+  const int64_t NH = Nq * a.H;
+  float D[2], L2[2], R[2] = {0.f, 0.f}, E[2] = {0.f, 0.f};
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {  // the quad of row g + 8 r sums columns t, t + 4, ...
+    const int row = g + 8 * r;
+    float d = 0.f;
+    if (row < sp.nrows) {
+      const int64_t base = ((sp.row0 + row) * a.H + h) * kD;
+      for (int c = t; c < kD; c += 4) d += load_acc(dO[base + c]) * load_acc(o[base + c]);
+    }
+    d += __shfl_xor_sync(0xffffffffu, d, 1);
+    d += __shfl_xor_sync(0xffffffffu, d, 2);
+    D[r] = d;
+    L2[r] = row < sp.nrows ? lse[(sp.row0 + row) * a.H + h] * kLog2e : 0.f;
+  }
+  auto stage = [&](int64_t t0, int n) {
+    __syncthreads();
+    stage_tile_raw<T, kD>(k, sp.tile0 + t0, n, a, h, ks);
+    stage_tile_raw<T, kD>(v, sp.tile0 + t0, n, a, h, vs);
+    stage_tile_raw<T, kD>(gb, sp.tile0 + t0, n, a, h, bs);
+    stage_tile_raw<T, kD>(gc, sp.tile0 + t0, n, a, h, cs);
+    __syncthreads();
+  };
+  // P of the chunk (0 past the end of the tile), in place of the scores.
+  auto probs = [&](float (&s)[2][4], int j0, int n) {
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int key = j0 + 8 * nt + 2 * t + (i & 1);
+        s[nt][i] = key < n ? exp2f(s[nt][i] * scale_log2 - L2[i / 2]) : 0.f;
+      }
+  };
+  int64_t kb = 0, ke = sp.ntile;
+  if constexpr (kPass != 0) split_range<kMmaTile>(sp, a.splits, kb, ke);
+  const int j0 = warp * kMmaKeys;
+  if constexpr (kPass != 2) {
+    // Pass 1: row statistics. Lane sums of its entries of rows g, g + 8, then the quad, then
+    // the warps in order through wst.
+    float spw[2] = {0.f, 0.f}, spwdp[2] = {0.f, 0.f}, spu[2] = {0.f, 0.f};
+    for (int64_t t0 = kb; t0 < ke; t0 += kMmaTile) {
+      const int n = int(ke - t0 < kMmaTile ? ke - t0 : kMmaTile);
+      stage(t0, n);
+      if (j0 >= n) continue;  // warp-uniform
+      float s[2][4], dp[2][4], w[2][4], u[2][4];
+      dd_mma_pairs<T, kD>(qf, ks, gf, vs, af, ks, qf, bs, gf, cs, j0, scale, s, dp, w, u);
+      probs(s, j0, n);
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float pw = s[nt][i] * w[nt][i];
+          spw[i / 2] += pw;
+          spwdp[i / 2] += pw * dp[nt][i];
+          spu[i / 2] += s[nt][i] * u[nt][i];
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+#pragma unroll
+      for (int x = 1; x <= 2; x <<= 1) {
+        spw[r] += __shfl_xor_sync(0xffffffffu, spw[r], x);
+        spwdp[r] += __shfl_xor_sync(0xffffffffu, spwdp[r], x);
+        spu[r] += __shfl_xor_sync(0xffffffffu, spu[r], x);
+      }
+      if (t == 0) {
+        const int row = g + 8 * r;
+        wst[(warp * 3 + 0) * kRows + row] = spw[r];
+        wst[(warp * 3 + 1) * kRows + row] = spwdp[r];
+        wst[(warp * 3 + 2) * kRows + row] = spu[r];
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = g + 8 * r;
+      float rs = 0.f, ts = 0.f, us = 0.f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        rs += wst[(w * 3 + 0) * kRows + row];
+        ts += wst[(w * 3 + 1) * kRows + row];
+        us += wst[(w * 3 + 2) * kRows + row];
+      }
+      R[r] = rs;
+      E[r] = ts - 2.f * rs * D[r] + us;
+      if (row < sp.nrows && warp == 0 && t == 0) {
+        const int64_t at = (sp.row0 + row) * a.H + h;
+        if constexpr (kPass == 0) {
+          stats[at] = D[r];
+          stats[NH + at] = R[r];
+          stats[2 * NH + at] = E[r];
+        } else {
+          const int64_t z = blockIdx.z;
+          if (z == 0) stats[at] = D[r];
+          part_stats[(3 * z) * NH + at] = rs;
+          part_stats[(3 * z + 1) * NH + at] = ts;
+          part_stats[(3 * z + 2) * NH + at] = us;
+        }
+      }
+    }
+  }  // pass 1
+  if constexpr (kPass != 1) {
+    if constexpr (kPass == 2) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = g + 8 * r;
+        const int64_t at = (sp.row0 + row) * a.H + h;
+        R[r] = row < sp.nrows ? stats[NH + at] : 0.f;
+        E[r] = row < sp.nrows ? stats[2 * NH + at] : 0.f;
+      }
+    }
+    // Pass 2: gq = scale sum (dS b + gS k), gdO = sum (gdP v + P c).
+    float accq[kD / 8][4], acco[kD / 8][4];
+#pragma unroll
+    for (int nd = 0; nd < kD / 8; ++nd)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) accq[nd][i] = acco[nd][i] = 0.f;
+    for (int64_t t0 = kb; t0 < ke; t0 += kMmaTile) {
+      const int n = int(ke - t0 < kMmaTile ? ke - t0 : kMmaTile);
+      stage(t0, n);
+      if (j0 >= n) continue;  // warp-uniform
+      float s[2][4], dp[2][4], w[2][4], u[2][4];
+      dd_mma_pairs<T, kD>(qf, ks, gf, vs, af, ks, qf, bs, gf, cs, j0, scale, s, dp, w, u);
+      probs(s, j0, n);
+      float cds[2][4], cgs[2][4], cgdp[2][4];
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float p = s[nt][i], dpD = dp[nt][i] - D[i / 2];
+          const float gP = w[nt][i] * dpD - R[i / 2] * dp[nt][i] + u[nt][i];
+          cds[nt][i] = p * dpD;
+          cgs[nt][i] = p * (gP - E[i / 2]);
+          cgdp[nt][i] = p * (w[nt][i] - R[i / 2]);
+        }
+      uint32_t f[4];
+      mma_pack<T>(cds, f);
+      mma_accumulate<T, kD>(accq, f, bs, j0);
+      mma_pack<T>(cgs, f);
+      mma_accumulate<T, kD>(accq, f, ks, j0);
+      mma_pack<T>(cgdp, f);
+      mma_accumulate<T, kD>(acco, f, vs, j0);
+      mma_pack<T>(s, f);
+      mma_accumulate<T, kD>(acco, f, cs, j0);
+    }
+    const int64_t rows0 = (sp.row0 * a.H + h) * kD;
+    const int64_t row_stride = int64_t(a.H) * kD;
+    if constexpr (kPass == 0) {
+      mma_merge<kD>(accq, smem_base<float>(), sp, [&](int row, int c, float sum) {
+        gq[rows0 + row * row_stride + c] = store_acc<T>(scale * sum);
+      });
+      mma_merge<kD>(acco, smem_base<float>(), sp, [&](int row, int c, float sum) {
+        gdO[rows0 + row * row_stride + c] = store_acc<T>(sum);
+      });
+    } else {
+      float* dq = part_q + int64_t(blockIdx.z) * NH * kD + rows0;
+      float* dg = part_o + int64_t(blockIdx.z) * NH * kD + rows0;
+      mma_merge<kD>(accq, smem_base<float>(), sp,
+                    [&](int row, int c, float sum) { dq[row * row_stride + c] = sum; });
+      mma_merge<kD>(acco, smem_base<float>(), sp,
+                    [&](int row, int c, float sum) { dg[row * row_stride + c] = sum; });
+    }
+  }  // pass 2
+}
+
+// Double backward, key side (as flash_dd_kv): rows = keys (k, v, b, c fragments), tile =
+// queries (q, dO, a staged; lse (base 2), D, r, E per tile query). gk = scale sum_i (dS_ij a_i +
+// gS_ij q_i), gv = sum_i gdP_ij dO_i.
+template <class T, int kD>
+__global__ void __launch_bounds__(kThreads)
+    flash_dd_kv_mma(Args a, float scale, float scale_log2, const T* __restrict__ q,
+                    const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ dO,
+                    const float* __restrict__ lse, const T* __restrict__ ga,
+                    const T* __restrict__ gb, const T* __restrict__ gc, T* __restrict__ gk,
+                    T* __restrict__ gv, const float* __restrict__ stats, int64_t Nq) {
+  constexpr int ST = MmaSmem<kD>::kStride;
+  constexpr float kLog2e = 1.4426950408889634f;
+  const int h = blockIdx.y, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int t = lane % 4;
+  const Span sp = span_of(a);
+  uint16_t* qs = smem_base<uint16_t>();
+  uint16_t* gs = qs + kMmaTile * ST;
+  uint16_t* as = gs + kMmaTile * ST;
+  float* tl = reinterpret_cast<float*>(as + kMmaTile * ST);
+  float* tD = tl + kMmaTile;
+  float* tR = tD + kMmaTile;
+  float* tE = tR + kMmaTile;
+  uint32_t kf[kD / 16][4], vf[kD / 16][4], bf[kD / 16][4], cf[kD / 16][4];
+  mma_load_rows<T, kD>(k, sp, a, h, kf);
+  mma_load_rows<T, kD>(v, sp, a, h, vf);
+  mma_load_rows<T, kD>(gb, sp, a, h, bf);
+  mma_load_rows<T, kD>(gc, sp, a, h, cf);
+  const int64_t NH = Nq * a.H;
+  float acck[kD / 8][4], accv[kD / 8][4];
+#pragma unroll
+  for (int nd = 0; nd < kD / 8; ++nd)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acck[nd][i] = accv[nd][i] = 0.f;
+  const int j0 = warp * kMmaKeys;
+  for (int64_t t0 = 0; t0 < sp.ntile; t0 += kMmaTile) {
+    const int n = int(sp.ntile - t0 < kMmaTile ? sp.ntile - t0 : kMmaTile);
+    __syncthreads();
+    stage_tile_raw<T, kD>(q, sp.tile0 + t0, n, a, h, qs);
+    stage_tile_raw<T, kD>(dO, sp.tile0 + t0, n, a, h, gs);
+    stage_tile_raw<T, kD>(ga, sp.tile0 + t0, n, a, h, as);
+    for (int j = threadIdx.x; j < kMmaTile; j += kThreads) {
+      const int64_t rh = (sp.tile0 + t0 + j) * a.H + h;
+      tl[j] = j < n ? lse[rh] * kLog2e : 0.f;
+      tD[j] = j < n ? stats[rh] : 0.f;
+      tR[j] = j < n ? stats[NH + rh] : 0.f;
+      tE[j] = j < n ? stats[2 * NH + rh] : 0.f;
+    }
+    __syncthreads();
+    if (j0 >= n) continue;  // warp-uniform
+    // s[nt][i]: key g + 8 (i / 2), query j0 + 8 nt + 2t + i % 2.
+    float s[2][4], dp[2][4], w[2][4], u[2][4];
+    dd_mma_pairs<T, kD>(kf, qs, vf, gs, kf, as, bf, qs, cf, gs, j0, scale, s, dp, w, u);
+    float cds[2][4], cgs[2][4], cgdp[2][4];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int j = j0 + 8 * nt + 2 * t + (i & 1);
+        const float p = j < n ? exp2f(s[nt][i] * scale_log2 - tl[j]) : 0.f;
+        const float dpD = dp[nt][i] - tD[j];
+        const float gP = w[nt][i] * dpD - tR[j] * dp[nt][i] + u[nt][i];
+        cds[nt][i] = p * dpD;
+        cgs[nt][i] = p * (gP - tE[j]);
+        cgdp[nt][i] = p * (w[nt][i] - tR[j]);
+      }
+    uint32_t f[4];
+    mma_pack<T>(cds, f);
+    mma_accumulate<T, kD>(acck, f, as, j0);
+    mma_pack<T>(cgs, f);
+    mma_accumulate<T, kD>(acck, f, qs, j0);
+    mma_pack<T>(cgdp, f);
+    mma_accumulate<T, kD>(accv, f, gs, j0);
+  }
+  const int64_t rows0 = (sp.row0 * a.H + h) * kD;
+  const int64_t row_stride = int64_t(a.H) * kD;
+  mma_merge<kD>(acck, smem_base<float>(), sp, [&](int row, int c, float sum) {
+    gk[rows0 + row * row_stride + c] = store_acc<T>(scale * sum);
+  });
+  mma_merge<kD>(accv, smem_base<float>(), sp, [&](int row, int c, float sum) {
+    gv[rows0 + row * row_stride + c] = store_acc<T>(sum);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
 // launchers
 // ---------------------------------------------------------------------------------------------
 
@@ -1425,12 +1747,76 @@ void backward(const FlashDesc& d, const void* q, const void* k, const void* v, c
   });
 }
 
+// The tensor-core double backward (flash_dd_q_mma, flash_dd_kv_mma) under the conditions of
+// forward_mma (q, k, v, dO, a, b and c 16-byte aligned); false (nothing launched) otherwise. The
+// workspace holds what the SIMT launcher's does (f32 for 16-bit storage), and the combines are
+// the same kernels.
 template <class T>
-void double_backward(const FlashDesc& d, const void* q, const void* k,
+bool double_backward_mma(const FlashDesc& d, const void* q, const void* k, const void* v,
+                         const void* o, const void* dO, const void* lse, const void* a,
+                         const void* b, const void* c, void* gq, void* gk, void* gv, void* gdO,
+                         void* workspace, cudaStream_t stream) {
+  if constexpr (!is_16bit<T>) {
+    return false;
+  } else {
+    if (!d.mma || !(d.dh == 32 || d.dh == 64 || d.dh == 128) || !aligned16(q) || !aligned16(k) ||
+        !aligned16(v) || !aligned16(dO) || !aligned16(a) || !aligned16(b) || !aligned16(c))
+      return false;
+    const int S = int(d.kv_splits);
+    const int64_t Nq = d.num_queries, NH = Nq * d.heads;
+    auto* stats = static_cast<float*>(workspace);  // (3, Nq, H): D, r, E
+    float* part_stats = stats + 3 * NH;            // (S, 3, Nq, H) when split
+    float* part_q = part_stats + 3 * S * NH;       // (S, Nq, H, dh) when split
+    float* part_o = part_q + S * NH * d.dh;        // (S, Nq, H, dh) when split
+    const float scale = float(d.scale), scale_log2 = float(d.scale * 1.4426950408889634);
+    auto run = [&]<int kD>() {
+      auto query_kernel = [&](auto kernel, int splits) {
+        launch(kernel, d.num_q_blocks, d.heads, splits, DdMmaSmem<kD, 4, 0>::bytes, stream,
+               query_side(d), scale, scale_log2, static_cast<const T*>(q),
+               static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(o),
+               static_cast<const T*>(dO), static_cast<const float*>(lse),
+               static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(c),
+               static_cast<T*>(gq), static_cast<T*>(gdO), stats, Nq, part_stats, part_q,
+               part_o);
+      };
+      if (S > 1) {
+        query_kernel(flash_dd_q_mma<T, kD, 1>, S);
+        launch_combine(flash_dd_stats_combine<float>, NH, stream, NH, S,
+                       static_cast<const float*>(part_stats), stats);
+        query_kernel(flash_dd_q_mma<T, kD, 2>, S);
+        launch_combine(flash_sum_splits<T>, NH * d.dh, stream, NH * d.dh, S, scale,
+                       static_cast<const float*>(part_q), static_cast<T*>(gq));
+        launch_combine(flash_sum_splits<T>, NH * d.dh, stream, NH * d.dh, S, 1.f,
+                       static_cast<const float*>(part_o), static_cast<T*>(gdO));
+      } else {
+        query_kernel(flash_dd_q_mma<T, kD, 0>, 1);
+      }
+      launch(flash_dd_kv_mma<T, kD>, d.num_k_blocks, d.heads, 1, DdMmaSmem<kD, 3, 4>::bytes,
+             stream, key_side(d), scale, scale_log2, static_cast<const T*>(q),
+             static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(dO),
+             static_cast<const float*>(lse), static_cast<const T*>(a), static_cast<const T*>(b),
+             static_cast<const T*>(c), static_cast<T*>(gk), static_cast<T*>(gv),
+             static_cast<const float*>(stats), Nq);
+    };
+    if (d.dh == 32) {
+      run.template operator()<32>();
+    } else if (d.dh == 64) {
+      run.template operator()<64>();
+    } else {
+      run.template operator()<128>();
+    }
+    return true;
+  }
+}
+
+template <class T>
+bool double_backward(const FlashDesc& d, const void* q, const void* k,
                      const void* v, const void* o, const void* dO, const void* lse,
                      const void* a, const void* b, const void* c, void* gq, void* gk, void* gv,
                      void* gdO, void* workspace, cudaStream_t stream) {
   using A = acc_t<T>;
+  if (double_backward_mma<T>(d, q, k, v, o, dO, lse, a, b, c, gq, gk, gv, gdO, workspace, stream))
+    return true;
   const int S = int(d.kv_splits);
   const int64_t Nq = d.num_queries, NH = Nq * d.heads;
   auto* stats = static_cast<A*>(workspace);   // (3, Nq, H): D, r, E
@@ -1467,6 +1853,7 @@ void double_backward(const FlashDesc& d, const void* q, const void* k,
            static_cast<const T*>(b), static_cast<const T*>(c), static_cast<T*>(gk),
            static_cast<T*>(gv), static_cast<const A*>(stats), Nq);
   });
+  return false;
 }
 
 }  // namespace
@@ -1484,14 +1871,17 @@ void flash_backward(ScalarType t, const FlashDesc& d, const void* q, const void*
   });
 }
 
-void flash_double_backward(ScalarType t, const FlashDesc& d, const void* q,
+bool flash_double_backward(ScalarType t, const FlashDesc& d, const void* q,
                            const void* k, const void* v, const void* o, const void* dO,
                            const void* lse, const void* a, const void* b, const void* c,
                            void* gq, void* gk, void* gv, void* gdO, void* workspace,
                            cudaStream_t stream) {
+  bool mma = false;
   dispatch_float_storage(t, [&]<class T>() {
-    double_backward<T>(d, q, k, v, o, dO, lse, a, b, c, gq, gk, gv, gdO, workspace, stream);
+    mma = double_backward<T>(d, q, k, v, o, dO, lse, a, b, c, gq, gk, gv, gdO, workspace,
+                             stream);
   });
+  return mma;
 }
 
 }  // namespace mt::gpu

@@ -198,9 +198,9 @@ struct FlashDesc {
   // kernels; S > 1 gives each (block, head) S CTAs over disjoint key ranges whose partials, in the
   // workspace, a combine kernel sums in a fixed order (deterministic, no atomics).
   int64_t kv_splits = 1;
-  // FlashKernels::mma: the forward and the first-order backward run the tensor-core kernels for
-  // 16-bit storage and dh 32, 64, 128 (16-byte aligned q, k, v, dO); everything else runs the
-  // split kernels.
+  // FlashKernels::mma: the forward, the first-order and the double backward run the tensor-core
+  // kernels for 16-bit storage and dh 32, 64, 128 (16-byte aligned q, k, v, dO, and a, b, c);
+  // everything else runs the split kernels.
   bool mma = false;
 };
 // Workspace of each launcher, in accumulation-type elements.
@@ -225,8 +225,9 @@ void flash_backward(ScalarType t, const FlashDesc& d, const void* q, const void*
                     const void* v, const void* o, const void* dO, const void* lse, void* dq,
                     void* dk, void* dv, void* workspace, cudaStream_t stream);
 // gq and gdO (query side: row statistics D, r, E to workspace (3, Nq, heads), then the outputs),
-// then gk and gv (key side).
-void flash_double_backward(ScalarType t, const FlashDesc& d, const void* q, const void* k,
+// then gk and gv (key side). True when the tensor-core kernels ran (FlashDesc::mma, 16-bit
+// storage, dh 32/64/128, 16-byte aligned inputs), false for the SIMT kernels.
+bool flash_double_backward(ScalarType t, const FlashDesc& d, const void* q, const void* k,
                            const void* v, const void* o, const void* dO, const void* lse,
                            const void* a, const void* b, const void* c, void* gq, void* gk,
                            void* gv, void* gdO, void* workspace, cudaStream_t stream);

@@ -399,10 +399,11 @@ void flash_attention_double_backward_cuda(const Tensor& q, const Tensor& k, cons
   Tensor workspace =
       empty(Shape{flash_double_backward_workspace(t.desc)}, flash_acc_dtype(q), q.device());
   Launch l(q.device());
-  flash_double_backward(scalar_type(q.dtype()), t.desc, q.raw_data(), k.raw_data(),
-                        v.raw_data(), o.raw_data(), dO.raw_data(), lse.raw_data(), a.raw_data(),
-                        b.raw_data(), c.raw_data(), gq.raw_data(), gk.raw_data(), gv.raw_data(),
-                        gdO.raw_data(), workspace.raw_data(), l.stream);
+  const bool mma = flash_double_backward(
+      scalar_type(q.dtype()), t.desc, q.raw_data(), k.raw_data(), v.raw_data(), o.raw_data(),
+      dO.raw_data(), lse.raw_data(), a.raw_data(), b.raw_data(), c.raw_data(), gq.raw_data(),
+      gk.raw_data(), gv.raw_data(), gdO.raw_data(), workspace.raw_data(), l.stream);
+  if (mma) note_cuda_flash_mma_double_backward();
 }
 
 // ---- optimizers: the scalars exactly as engine/optim's CPU kernels compute them ----
