@@ -187,7 +187,7 @@ TEST_CASE("CUDA linear: odd sizes and layouts the epilogue cannot take still giv
   CHECK(cuda_linear_epilogue_calls() == before);
 }
 
-TEST_CASE("CUDA linear: nn::Linear and POCO's ReLU head take the epilogue", "[cuda][linear]") {
+TEST_CASE("CUDA linear: nn::Linear's ReLU forward takes the epilogue", "[cuda][linear]") {
   MT_SKIP_WITHOUT_CUDA();
   Generator gen(7);
   nn::Linear layer(32, 16, true, gen);
