@@ -573,7 +573,8 @@ int main(int argc, char** argv) {
             for (int64_t i : {int64_t(0), r / 2, r - 1}) {
               for (int64_t j : {int64_t(0), h - 1}) {
                 double want = stored(hx(j));  // the bias
-                for (int64_t l = 0; l < h; ++l) want += stored(hx(i * h + l)) * stored(hy(l * h + j));
+                for (int64_t l = 0; l < h; ++l)
+                  want += stored(hx(i * h + l)) * stored(hy(l * h + j));
                 if (ec.ours == GemmEpilogue::relu_bias) want = want > 0 ? want : 0;
                 if (ec.exact_gelu) want = 0.5 * want * (1 + std::erf(want / std::sqrt(2.0)));
                 double got = 0;
