@@ -1,7 +1,9 @@
 // metatape-bench-cuda-kernels: bandwidth of the hand-written CUDA kernels (kernels/cuda) at the
 // shapes POCO uses, rows 1e3..1e6 x hidden 128 / 512 (elementwise, reductions, softmax,
 // layer_norm), and the linear layer's GEMM (rows x hidden) x (hidden x hidden) through
-// metatape's gemm() against cuBLASLt called directly in the same binary (TFLOP/s and the ratio).
+// metatape's gemm() against cuBLASLt called directly in the same binary (TFLOP/s and the ratio),
+// and the same GEMM with a bias / ReLU / GELU epilogue (linear+bias, +relu, +gelu) against
+// cuBLASLt with that epilogue and against the unfused gemm-then-bias-add path.
 // Each kernel is called through the same launch functions the engine's ops use
 // (kernels/cuda/launch.h), on raw device buffers, so the figure is the kernel's alone (no op
 // dispatch, no allocation).
@@ -93,9 +95,10 @@ ReduceDesc reduce_desc(int64_t rows, int64_t hidden, bool over_hidden) {
 }
 
 struct GemmResult {
-  std::string dtype;
+  std::string op = "linear", dtype;
   int64_t rows = 0, hidden = 0;
   double ours_us = 0, direct_us = 0, tflops = 0, ratio = 0;
+  double unfused_us = 0;  // epilogue rows: gemm() then separate bias add (and activation)
 };
 
 #define BENCH_CUBLAS(call)                                                                   \
@@ -116,11 +119,20 @@ struct DirectLt {
   cublasLtMatmulAlgo_t algo{};
   size_t ws_bytes = 0;
 
-  DirectLt(const GemmDesc& d, bool tf32, size_t workspace_bytes) : ws_bytes(workspace_bytes) {
+  // epilogue: CUBLASLT_EPILOGUE_DEFAULT, or a bias epilogue reading `bias` (m entries).
+  DirectLt(const GemmDesc& d, bool tf32, size_t workspace_bytes,
+           cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT, const void* bias = nullptr)
+      : ws_bytes(workspace_bytes) {
     const cudaDataType t = d.t == ScalarType::bf16 ? CUDA_R_16BF : CUDA_R_32F;
     BENCH_CUBLAS(cublasLtCreate(&handle));
     BENCH_CUBLAS(cublasLtMatmulDescCreate(
         &op, tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    if (epilogue != CUBLASLT_EPILOGUE_DEFAULT) {
+      BENCH_CUBLAS(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
+                                                  sizeof(epilogue)));
+      BENCH_CUBLAS(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                                  sizeof(bias)));
+    }
     BENCH_CUBLAS(cublasLtMatrixLayoutCreate(&la, t, uint64_t(d.m), uint64_t(d.k), d.a.ld));
     BENCH_CUBLAS(cublasLtMatrixLayoutCreate(&lb, t, uint64_t(d.k), uint64_t(d.n), d.b.ld));
     BENCH_CUBLAS(cublasLtMatrixLayoutCreate(&lc, t, uint64_t(d.m), uint64_t(d.n), d.ldc));
@@ -490,6 +502,121 @@ int main(int argc, char** argv) {
   }
   BENCH_CHECK(cudaGetLastError());
 
+  // ---- The linear layer with its bias (and activation) in the GEMM's epilogue: metatape's
+  // gemm_epilogue() (what linear() runs on CUDA) against cuBLASLt called directly with the same
+  // epilogue, and the unfused path (gemm() then the bias add and activation kernels) for
+  // contrast. +gelu: metatape keeps the bias epilogue and runs its exact (erf) gelu kernel after
+  // it, because cuBLASLt's GELU epilogue is the tanh approximation; the cuBLASLt column is that
+  // GELU_BIAS epilogue (a different function: the ratio is the price of exactness). The bias is
+  // x's first `hidden` values.
+  std::printf("\n%-22s %-5s %9s %6s %12s %12s %12s %9s %7s\n", "gemm+epilogue", "dtype", "rows",
+              "hidden", "metatape us", "cuBLASLt us", "unfused us", "TFLOP/s", "ratio");
+  struct EpilogueCase {
+    const char* name;
+    GemmEpilogue ours;  // the epilogue metatape's call applies
+    bool exact_gelu;    // then metatape's gelu kernel
+    cublasLtEpilogue_t direct;
+  };
+  for (const GemmCase& gc : {GemmCase{"f32", ScalarType::f32, false},
+                             GemmCase{"bf16", ScalarType::bf16, false}}) {
+    const bool half = gc.t == ScalarType::bf16;
+    const void* W = half ? w16 : static_cast<const void*>(y);
+    const void* X = half ? x16 : static_cast<const void*>(x);
+    const void* bias = X;
+    void* Y = half ? static_cast<void*>(out16) : static_cast<void*>(out);
+    for (const EpilogueCase& ec :
+         {EpilogueCase{"linear+bias", GemmEpilogue::bias, false, CUBLASLT_EPILOGUE_BIAS},
+          EpilogueCase{"linear+relu", GemmEpilogue::relu_bias, false,
+                       CUBLASLT_EPILOGUE_RELU_BIAS},
+          EpilogueCase{"linear+gelu", GemmEpilogue::bias, true, CUBLASLT_EPILOGUE_GELU_BIAS}}) {
+      for (int64_t r : rows_list) {
+        for (int64_t h : hidden_list) {
+          GemmDesc d;
+          d.t = gc.t;
+          d.m = h;
+          d.n = r;
+          d.k = h;
+          d.a.ld = h;
+          d.b.ld = h;
+          d.ldc = h;
+          d.batch_stride_c = r * h;
+          d.epilogue = ec.ours;
+          bool fused_ok = true;
+          auto ours = [&] {
+            fused_ok = gemm_epilogue(d, W, X, bias, Y, false, gemm_ws, kGemmWorkspaceBytes, 0,
+                                     b.stream) && fused_ok;
+            if (ec.exact_gelu)
+              unary(UnaryOp::gelu, gc.t, flat_iter(r * h, 2), Y, Y, 0.0, 0.0, b.stream, b.sms);
+          };
+          auto unfused = [&] {
+            gemm(d, W, X, Y, false, gemm_ws, kGemmWorkspaceBytes, 0, b.stream);
+            binary(BinaryOp::add, gc.t, bias_iter(r, h), Y, Y, bias, 0.0, b.stream, b.sms);
+            if (ec.ours == GemmEpilogue::relu_bias)
+              unary(UnaryOp::relu, gc.t, flat_iter(r * h, 2), Y, Y, 0.0, 0.0, b.stream, b.sms);
+            if (ec.exact_gelu)
+              unary(UnaryOp::gelu, gc.t, flat_iter(r * h, 2), Y, Y, 0.0, 0.0, b.stream, b.sms);
+          };
+          DirectLt direct(d, false, kGemmWorkspaceBytes, ec.direct, bias);
+          auto theirs = [&] { direct.run(W, X, Y, gemm_ws, b.stream); };
+          if (r == rows_list.front()) {
+            ours();
+            BENCH_CHECK(cudaStreamSynchronize(b.stream));
+            if (!fused_ok) {
+              std::fprintf(stderr, "%s %s: cuBLASLt offered no algorithm with the epilogue\n",
+                           ec.name, gc.name);
+              all_correct = false;
+            }
+            const double tol = half ? 2e-2 : 1e-4;
+            auto stored = [&](double v) {
+              return half ? double(__bfloat162float(__float2bfloat16(float(v)))) : v;
+            };
+            for (int64_t i : {int64_t(0), r / 2, r - 1}) {
+              for (int64_t j : {int64_t(0), h - 1}) {
+                double want = stored(hx(j));  // the bias
+                for (int64_t l = 0; l < h; ++l)
+                  want += stored(hx(i * h + l)) * stored(hy(l * h + j));
+                if (ec.ours == GemmEpilogue::relu_bias) want = want > 0 ? want : 0;
+                if (ec.exact_gelu) want = 0.5 * want * (1 + std::erf(want / std::sqrt(2.0)));
+                double got = 0;
+                if (half) {
+                  __nv_bfloat16 v;
+                  BENCH_CHECK(cudaMemcpy(&v, static_cast<__nv_bfloat16*>(Y) + i * h + j, 2,
+                                         cudaMemcpyDeviceToHost));
+                  got = double(__bfloat162float(v));
+                } else {
+                  float v;
+                  BENCH_CHECK(cudaMemcpy(&v, static_cast<float*>(Y) + i * h + j, 4,
+                                         cudaMemcpyDeviceToHost));
+                  got = double(v);
+                }
+                if (!near(got, want, tol)) {
+                  std::fprintf(stderr, "%s %s: wrong result at rows %lld hidden %lld (%g vs %g)\n",
+                               ec.name, gc.name, (long long)r, (long long)h, got, want);
+                  all_correct = false;
+                }
+              }
+            }
+          }
+          GemmResult g;
+          g.op = ec.name;
+          g.dtype = gc.name;
+          g.rows = r;
+          g.hidden = h;
+          g.ours_us = b.time_us(ours);
+          g.direct_us = b.time_us(theirs);
+          g.unfused_us = b.time_us(unfused);
+          g.tflops = 2.0 * double(r) * double(h) * double(h) / (g.ours_us * 1e-6) / 1e12;
+          g.ratio = g.ours_us / g.direct_us;
+          std::printf("%-22s %-5s %9lld %6lld %12.2f %12.2f %12.2f %9.2f %7.3f\n", ec.name,
+                      g.dtype.c_str(), (long long)r, (long long)h, g.ours_us, g.direct_us,
+                      g.unfused_us, g.tflops, g.ratio);
+          gemm_results.push_back(g);
+        }
+      }
+    }
+  }
+  BENCH_CHECK(cudaGetLastError());
+
   if (!json_path.empty()) {
     FILE* f = std::fopen(json_path.c_str(), "w");
     if (f == nullptr) {
@@ -515,11 +642,15 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < gemm_results.size(); ++i) {
       const GemmResult& g = gemm_results[i];
       std::fprintf(f,
-                   "    {\"op\": \"linear\", \"dtype\": \"%s\", \"rows\": %lld, \"hidden\": %lld, "
+                   "    {\"op\": \"%s\", \"dtype\": \"%s\", \"rows\": %lld, \"hidden\": %lld, "
                    "\"metatape_us\": %.3f, \"cublaslt_us\": %.3f, \"tflops\": %.3f, "
-                   "\"ratio\": %.4f}%s\n",
-                   g.dtype.c_str(), (long long)g.rows, (long long)g.hidden, g.ours_us, g.direct_us,
-                   g.tflops, g.ratio, i + 1 < gemm_results.size() ? "," : "");
+                   "\"ratio\": %.4f",
+                   g.op.c_str(), g.dtype.c_str(), (long long)g.rows, (long long)g.hidden,
+                   g.ours_us, g.direct_us, g.tflops, g.ratio);
+      if (g.unfused_us > 0)
+        std::fprintf(f, ", \"unfused_us\": %.3f, \"fused_speedup\": %.4f", g.unfused_us,
+                     g.unfused_us / g.ours_us);
+      std::fprintf(f, "}%s\n", i + 1 < gemm_results.size() ? "," : "");
     }
     std::fprintf(f, "  ]\n}\n");
     std::fclose(f);

@@ -97,6 +97,20 @@ TensorList split(const Tensor& x, int64_t chunk, int64_t dim);
 // broadcast.
 Tensor matmul(const Tensor& a, const Tensor& b);
 
+// ---- linear layer (engine/ops/linear.cpp) ----
+enum class Activation { none, relu, gelu };
+// activation(x W^T + b): x (..., in), weight (out, in) as nn::Linear stores it, bias (out) or
+// undefined -> (..., out). The CPU computes the composite matmul + add + activation (the
+// reference). On CUDA (f32, f16, bf16, x and weight contiguous, bias 16-byte aligned) the
+// product, the bias and a ReLU run as one cuBLASLt call with a bias epilogue; gelu stays a
+// separate op (cuBLASLt's GELU epilogue is the tanh approximation, the engine's gelu is exact).
+// The fused node's backward rule is made of differentiable ops (the ReLU mask read from the
+// output), so gradients of any order work. Falls back to the composite where cuBLASLt offers no
+// algorithm for the epilogue (cuda_linear_epilogue_calls() in matmul_settings.h counts fused
+// calls).
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor(),
+              Activation activation = Activation::none);
+
 // ---- softmax family (engine/ops/softmax.cpp) ----
 Tensor softmax(const Tensor& x, int64_t dim);
 Tensor log_softmax(const Tensor& x, int64_t dim);

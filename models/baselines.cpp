@@ -32,7 +32,7 @@ MlpForecaster::MlpForecaster(int64_t context, int64_t hidden, int64_t pred_lengt
 }
 
 Tensor MlpForecaster::forward(const Tensor& context, const nn::ParamMap* ov) const {
-  return fc2_->forward(relu(fc1_->forward(context, ov)), ov);
+  return fc2_->forward(fc1_->forward(context, Activation::relu, ov), ov);
 }
 
 }  // namespace mt::models

@@ -118,11 +118,12 @@ namespace {
 // Output features [begin, begin + count) of a Linear: x W[begin:begin+count]^T (+ the bias
 // slice). Fused projections (kv, qkv, GEGLU's value and gate) are split this way so that the
 // backward narrows the small weight instead of the large activation.
+// One linear() op, so on CUDA the bias slice is the GEMM's epilogue.
 Tensor linear_rows(const nn::Linear& l, const Tensor& x, int64_t begin, int64_t count,
-                   const nn::ParamMap* ov) {
-  Tensor y = matmul(x, transpose(l.weight(ov).narrow(0, begin, count), 0, 1));
+                   const nn::ParamMap* ov, Activation activation = Activation::none) {
   const Tensor b = l.bias(ov);
-  return b.defined() ? add(y, b.narrow(0, begin, count)) : y;
+  return linear(x, l.weight(ov).narrow(0, begin, count),
+                b.defined() ? b.narrow(0, begin, count) : Tensor(), activation);
 }
 }  // namespace
 
@@ -138,7 +139,8 @@ Tensor FeedForward::forward(const Tensor& x, const nn::ParamMap* ov, Generator* 
   // halves of the weight, so the backward narrows the (8D, D) weight, not the (n, 8D) output.
   Tensor xn = norm_->forward(x, ov);
   const int64_t half = fc1_->out_features() / 2;
-  Tensor a = mul(linear_rows(*fc1_, xn, 0, half, ov), gelu(linear_rows(*fc1_, xn, half, half, ov)));
+  Tensor a = mul(linear_rows(*fc1_, xn, 0, half, ov),
+                 linear_rows(*fc1_, xn, half, half, ov, Activation::gelu));
   if (gen) a = dropout(a, dropout_, true, *gen);
   return fc2_->forward(a, ov);
 }
@@ -346,7 +348,7 @@ Tensor Poco::forward(const PocoBatch& b, const nn::ParamMap* ov, Generator* gen)
   Tensor e = add(q, dec_ffn_->forward(q, ov, gen));  // (N, D)
   // 5. FiLM head.
   Tensor alpha = head_alpha_->forward(e, ov), beta = head_beta_->forward(e, ov);
-  Tensor h = relu(head_in_->forward(b.x, ov));
+  Tensor h = head_in_->forward(b.x, Activation::relu, ov);
   return head_out_->forward(add(mul(h, alpha), beta), ov);  // (N, pred_length)
 }
 

@@ -10,4 +10,8 @@ namespace mt {
 void set_cuda_matmul_allow_tf32(bool allow);
 bool cuda_matmul_allow_tf32();
 
+// How many linear() forwards ran as one cuBLASLt call with a bias/ReLU epilogue since the
+// process started (all devices); 0 without CUDA. Tests read it to notice a silent fallback.
+unsigned long long cuda_linear_epilogue_calls();
+
 }  // namespace mt

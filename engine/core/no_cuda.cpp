@@ -17,4 +17,5 @@ bool allow_tf32 = false;
 }
 void set_cuda_matmul_allow_tf32(bool allow) { allow_tf32 = allow; }
 bool cuda_matmul_allow_tf32() { return allow_tf32; }
+unsigned long long cuda_linear_epilogue_calls() { return 0; }
 }  // namespace mt

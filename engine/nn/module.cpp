@@ -132,9 +132,13 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool bias, Generator& 
 Tensor Linear::forward(const Tensor& x, const ParamMap* overrides) const {
   MT_CHECK(x.dim() >= 1 && x.size(-1) == in_,
            "Linear '{}': input {} must end in {} features", prefix(), x.shape().str(), in_);
-  Tensor y = matmul(x, transpose(param(overrides, "weight", weight_), 0, 1));
-  if (bias_.defined()) y = add(y, param(overrides, "bias", bias_));
-  return y;
+  return forward(x, Activation::none, overrides);
+}
+
+Tensor Linear::forward(const Tensor& x, Activation activation, const ParamMap* overrides) const {
+  MT_CHECK(x.dim() >= 1 && x.size(-1) == in_,
+           "Linear '{}': input {} must end in {} features", prefix(), x.shape().str(), in_);
+  return linear(x, weight(overrides), bias(overrides), activation);
 }
 
 LayerNorm::LayerNorm(int64_t dim, double eps, DType dtype) : eps_(eps) {

@@ -89,6 +89,9 @@ class Linear : public Module {
   Linear(int64_t in_features, int64_t out_features, bool bias, Generator& gen,
          DType dtype = DType::f32);
   Tensor forward(const Tensor& x, const ParamMap* overrides = nullptr) const;  // (..., in)
+  // activation(forward(x)) as one linear() op (on CUDA one GEMM with a bias/ReLU epilogue).
+  Tensor forward(const Tensor& x, Activation activation,
+                 const ParamMap* overrides = nullptr) const;
 
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }

@@ -10,12 +10,21 @@
 
 #include "engine/core/dispatch.h"
 #include "engine/core/tensor.h"
+#include "engine/ops.h"
 
 namespace mt {
 
 // a (..., M, K), b (..., K, N), out (batch..., M, N) contiguous.
 using MatmulKernel = void(const Tensor& a, const Tensor& b, Tensor& out);
 extern DispatchStub<MatmulKernel> matmul_kernel;
+
+// activation(x w^T + bias) (rows, O) in one kernel: x (rows, in) contiguous, w (O, in), bias (O)
+// or undefined, activation none or relu. Returns an undefined tensor, having allocated and
+// launched nothing, where the backend has no fused kernel for these operands (the CPU never
+// has: linear() then runs the composite).
+using LinearKernel = Tensor(const Tensor& x, const Tensor& w, const Tensor& bias,
+                            Activation activation);
+extern DispatchStub<LinearKernel> linear_kernel;
 
 // x contiguous (rows, D) viewed; out contiguous same shape.
 using SoftmaxKernel = void(const Tensor& x, Tensor& out, bool log);

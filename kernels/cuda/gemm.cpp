@@ -2,9 +2,11 @@
 // as the fallback when cuBLASLt's heuristic offers no algorithm), on the device's compute
 // stream. Handles are created once per device; the descriptors and the algorithm chosen for a
 // problem (dtype, sizes, transposes, leading dims, batch strides, pointer alignments, TF32) are
-// cached, so a repeated shape costs one map lookup on the host. Workspace: a per-call block
-// from the caching allocator (the launcher in ops.cpp), returned to the cache when the call is
-// queued; the stream orders its reuse.
+// cached, so a repeated shape costs one map lookup on the host. gemm_epilogue adds a bias and
+// ReLU epilogue (part of the cached problem; the bias pointer is set on the cached descriptor
+// per call) and reports, instead of falling back itself, when no algorithm has it. Workspace:
+// a per-call block from the caching allocator (the launcher in ops.cpp), returned to the cache
+// when the call is queued; the stream orders its reuse.
 #include <cublasLt.h>
 #include <cublas_v2.h>
 
@@ -38,6 +40,9 @@ bool cuda_matmul_allow_tf32() { return allow_tf32.load(); }
 
 namespace gpu {
 namespace {
+
+// cuBLASLt calls that applied an epilogue (cuda_linear_epilogue_calls()).
+std::atomic<unsigned long long> epilogue_calls{0};
 
 constexpr int kMaxDevices = 64;
 
@@ -129,7 +134,7 @@ struct LtProblem {
   cublasLtMatmulPreference_t pref = nullptr;
 
   LtProblem(const GemmDesc& d, bool tf32, uint32_t align_a, uint32_t align_b, uint32_t align_c,
-            size_t ws_bytes) {
+            size_t ws_bytes, const void* bias) {
     const cudaDataType t = data_type(d.t);
     MT_CUBLAS_CHECK(cublasLtMatmulDescCreate(
         &op_desc, tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -138,6 +143,13 @@ struct LtProblem {
         cublasLtMatmulDescSetAttribute(op_desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
     MT_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(op_desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    if (d.epilogue != GemmEpilogue::none) {
+      const cublasLtEpilogue_t e = lt_epilogue(d.epilogue);
+      MT_CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(op_desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &e, sizeof(e)));
+      // The pointer of the first call; gemm_epilogue sets each call's own before launching.
+      if (bias != nullptr) set_bias(bias);
+    }
     layout(&a, t, stored_rows(d.a, d.m, d.k), stored_rows(d.a, d.k, d.m), d.a.ld, d.batch,
            d.a.batch_stride);
     layout(&b, t, stored_rows(d.b, d.k, d.n), stored_rows(d.b, d.n, d.k), d.b.ld, d.batch,
@@ -165,6 +177,20 @@ struct LtProblem {
   LtProblem(const LtProblem&) = delete;
   LtProblem& operator=(const LtProblem&) = delete;
 
+  void set_bias(const void* bias) const {
+    MT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                   &bias, sizeof(bias)));
+  }
+
+  static cublasLtEpilogue_t lt_epilogue(GemmEpilogue e) {
+    switch (e) {
+      case GemmEpilogue::bias: return CUBLASLT_EPILOGUE_BIAS;
+      case GemmEpilogue::relu: return CUBLASLT_EPILOGUE_RELU;
+      case GemmEpilogue::relu_bias: return CUBLASLT_EPILOGUE_RELU_BIAS;
+      default: return CUBLASLT_EPILOGUE_DEFAULT;
+    }
+  }
+
   static void layout(cublasLtMatrixLayout_t* l, cudaDataType t, int64_t rows, int64_t cols,
                      int64_t ld, int64_t batch, int64_t batch_stride) {
     MT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(l, t, uint64_t(rows), uint64_t(cols), ld));
@@ -183,6 +209,9 @@ struct LtPlan {
   std::unique_ptr<LtProblem> problem;
   bool found = false;
   cublasLtMatmulAlgo_t algo{};
+  // Held from setting an epilogue plan's bias pointer until cublasLtMatmul has read it, so two
+  // threads running the same problem cannot swap each other's bias.
+  std::mutex call_mutex;
 };
 
 PlanKey key_of(const GemmDesc& d, bool tf32, uint32_t aa, uint32_t ab, uint32_t ac,
@@ -190,11 +219,11 @@ PlanKey key_of(const GemmDesc& d, bool tf32, uint32_t aa, uint32_t ab, uint32_t 
   return {int64_t(d.t), d.m,        d.n,           d.k,  d.batch, d.a.trans, d.a.ld,
           d.a.batch_stride,         d.b.trans,     d.b.ld, d.b.batch_stride, d.ldc,
           d.batch_stride_c,         int64_t(tf32), int64_t(aa) << 20 | int64_t(ab) << 10 | ac,
-          int64_t(ws_bytes),        int64_t(device), 0};
+          int64_t(ws_bytes),        int64_t(device), int64_t(d.epilogue)};
 }
 
-const LtPlan& plan_for(const GemmDesc& d, bool tf32, uint32_t aa, uint32_t ab, uint32_t ac,
-                       size_t ws_bytes, int device) {
+LtPlan& plan_for(const GemmDesc& d, bool tf32, uint32_t aa, uint32_t ab, uint32_t ac,
+                 size_t ws_bytes, int device, const void* bias = nullptr) {
   static std::mutex mutex;
   // Never destroyed, like the handles: no descriptor outlives the library at exit.
   static auto* cache = new std::map<PlanKey, std::unique_ptr<LtPlan>>();
@@ -203,7 +232,7 @@ const LtPlan& plan_for(const GemmDesc& d, bool tf32, uint32_t aa, uint32_t ab, u
   std::unique_ptr<LtPlan>& entry = (*cache)[key];
   if (!entry) {
     auto plan = std::make_unique<LtPlan>();
-    plan->problem = std::make_unique<LtProblem>(d, tf32, aa, ab, ac, ws_bytes);
+    plan->problem = std::make_unique<LtProblem>(d, tf32, aa, ab, ac, ws_bytes, bias);
     const LtProblem& p = *plan->problem;
     cublasLtMatmulHeuristicResult_t result{};
     int count = 0;
@@ -233,7 +262,9 @@ void gemm(const GemmDesc& d, const void* a, const void* b, void* c, bool allow_t
   const bool tf32 = allow_tf32 && d.t == ScalarType::f32;
   const uint32_t aa = alignment(a), ab = alignment(b), ac = alignment(c);
   const size_t ws_bytes = workspace ? workspace_bytes : 0;
-  const LtPlan& plan = plan_for(d, tf32, aa, ab, ac, ws_bytes, device);
+  GemmDesc plain = d;
+  plain.epilogue = GemmEpilogue::none;
+  const LtPlan& plan = plan_for(plain, tf32, aa, ab, ac, ws_bytes, device);
   if (!plan.found) {
     gemm_ex(d, a, b, c, tf32, workspace, workspace_bytes, device, stream);
     return;
@@ -244,5 +275,35 @@ void gemm(const GemmDesc& d, const void* a, const void* b, void* c, bool allow_t
                                  p.c, c, p.c, &plan.algo, workspace, ws_bytes, stream));
 }
 
+bool gemm_epilogue(const GemmDesc& d, const void* a, const void* b, const void* bias, void* c,
+                   bool allow_tf32, void* workspace, size_t workspace_bytes, int device,
+                   cudaStream_t stream) {
+  if (d.t == ScalarType::f64 || d.t == ScalarType::i64 || d.k == 0 || d.m == 0 || d.n == 0 ||
+      d.batch == 0 || d.batch > 0x7fffffff)
+    return false;
+  const bool with_bias = d.epilogue == GemmEpilogue::bias || d.epilogue == GemmEpilogue::relu_bias;
+  MT_CHECK(!with_bias || bias != nullptr, "gemm_epilogue: a bias epilogue needs a bias pointer");
+  const bool tf32 = allow_tf32 && d.t == ScalarType::f32;
+  const uint32_t aa = alignment(a), ab = alignment(b), ac = alignment(c);
+  const size_t ws_bytes = workspace ? workspace_bytes : 0;
+  LtPlan& plan = plan_for(d, tf32, aa, ab, ac, ws_bytes, device, with_bias ? bias : nullptr);
+  if (!plan.found) return false;
+  const float alpha = 1, beta = 0;
+  const LtProblem& p = *plan.problem;
+  {
+    std::lock_guard<std::mutex> lock(plan.call_mutex);
+    if (with_bias) p.set_bias(bias);
+    MT_CUBLAS_CHECK(cublasLtMatmul(handles(device).lt, p.op_desc, &alpha, a, p.a, b, p.b, &beta,
+                                   c, p.c, c, p.c, &plan.algo, workspace, ws_bytes, stream));
+  }
+  epilogue_calls.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
 }  // namespace gpu
+
+unsigned long long cuda_linear_epilogue_calls() {
+  return gpu::epilogue_calls.load(std::memory_order_relaxed);
+}
+
 }  // namespace mt

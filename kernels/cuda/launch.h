@@ -243,11 +243,16 @@ struct GemmOperand {
   int64_t ld = 1;
   int64_t batch_stride = 0;
 };
+// What cuBLASLt applies to the product before writing c (gemm_epilogue). The bias has one entry
+// per row of the column-major c (m entries): in the engine's C^T = B^T A^T formulation that is
+// one per column of the row-major result, i.e. per output feature of x W^T.
+enum class GemmEpilogue : uint8_t { none, bias, relu, relu_bias };
 struct GemmDesc {
   ScalarType t = ScalarType::f32;
   int64_t m = 0, n = 0, k = 0, batch = 1;
   GemmOperand a, b;         // op(a) is (m x k), op(b) is (k x n)
   int64_t ldc = 1, batch_stride_c = 0;  // c (m x n) column-major, contiguous batches
+  GemmEpilogue epilogue = GemmEpilogue::none;  // gemm_epilogue only; gemm() ignores it
 };
 // c = op(a) op(b) on `device`'s compute stream. k == 0 writes zeros. f32 uses TF32 tensor cores
 // only when allow_tf32; f16/bf16 accumulate in f32; f64 goes through cublasDgemmStridedBatched.
@@ -255,5 +260,12 @@ struct GemmDesc {
 inline constexpr size_t kGemmWorkspaceBytes = size_t(32) << 20;
 void gemm(const GemmDesc& d, const void* a, const void* b, void* c, bool allow_tf32,
           void* workspace, size_t workspace_bytes, int device, cudaStream_t stream);
+// c = epilogue(op(a) op(b) [+ bias]) as one cuBLASLt call, for f32, f16 and bf16 with k > 0:
+// bias (m entries of d.t, 16-byte aligned) for GemmEpilogue::bias and relu_bias, else ignored.
+// Returns false, launching nothing, where cuBLASLt's heuristic has no algorithm for the
+// epilogue (or for f64 and k == 0): the caller then runs gemm() and separate ops.
+bool gemm_epilogue(const GemmDesc& d, const void* a, const void* b, const void* bias, void* c,
+                   bool allow_tf32, void* workspace, size_t workspace_bytes, int device,
+                   cudaStream_t stream);
 
 }  // namespace mt::gpu

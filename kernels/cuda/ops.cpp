@@ -230,6 +230,45 @@ void matmul_cuda(const Tensor& a, const Tensor& b, Tensor& out) {
        workspace.raw_data(), kGemmWorkspaceBytes, out.device().index, l.stream);
 }
 
+// ---- linear: the GEMM with a bias / ReLU epilogue ----
+// out (rows, O) = act(x w^T + bias) as one cuBLASLt call. Undefined (nothing launched) where the
+// epilogue does not apply, so linear() runs the composite: f64 (cuBLAS's f64 GEMM has no
+// epilogue), gelu (cuBLASLt's GELU is the tanh approximation, the engine's gelu is exact), no
+// bias and no activation (a plain GEMM already), empty problems, a bias that is not contiguous
+// and 16-byte aligned, a weight layout cuBLAS cannot take without a copy, and problems for
+// which cuBLASLt's heuristic offers no algorithm with the epilogue.
+Tensor linear_cuda(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act) {
+  const DType t = x.dtype();
+  if (t != DType::f32 && t != DType::f16 && t != DType::bf16) return Tensor();
+  if (act == Activation::gelu || (act == Activation::none && !bias.defined())) return Tensor();
+  if (x.dim() != 2 || !x.is_contiguous() || w.dim() != 2) return Tensor();
+  const int64_t rows = x.size(0), O = w.size(0), K = x.size(1);
+  if (rows == 0 || O == 0 || K == 0) return Tensor();
+  if (bias.defined() &&
+      (!bias.is_contiguous() || reinterpret_cast<uintptr_t>(bias.raw_data()) % 16 != 0))
+    return Tensor();
+  Tensor out = empty(Shape{rows, O}, t, x.device());
+  GemmPlan plan;
+  {
+    NoGradGuard no_grad;
+    plan = describe_matmul(x, transpose(w, 0, 1), out);
+  }
+  if (!plan.a_fits || !plan.b_fits) return Tensor();
+  plan.desc.epilogue = act == Activation::relu
+                           ? (bias.defined() ? GemmEpilogue::relu_bias : GemmEpilogue::relu)
+                           : GemmEpilogue::bias;
+  Tensor workspace = empty(Shape{int64_t(kGemmWorkspaceBytes / 8)}, DType::i64, out.device());
+  Launch l(out.device());
+  // cuBLAS's first operand is the engine's b = w^T (C^T = B^T A^T, see launch.h); the bias runs
+  // along cuBLAS's m = O, the output features.
+  if (!gemm_epilogue(plan.desc, w.raw_data(), x.raw_data(),
+                     bias.defined() ? bias.raw_data() : nullptr, out.raw_data(),
+                     cuda_matmul_allow_tf32(), workspace.raw_data(), kGemmWorkspaceBytes,
+                     out.device().index, l.stream))
+    return Tensor();
+  return out;
+}
+
 // ---- softmax, layer_norm ----
 void softmax_cuda(const Tensor& x, Tensor& out, bool log) {
   check_float(x, log ? "log_softmax" : "softmax");
@@ -647,6 +686,7 @@ void register_kernels() {
   mul_inplace_kernel.set(kCuda, &mul_inplace_cuda);
 
   matmul_kernel.set(kCuda, &matmul_cuda);
+  linear_kernel.set(kCuda, &linear_cuda);
   softmax_kernel.set(kCuda, &softmax_cuda);
   layer_norm_kernel.set(kCuda, &layer_norm_cuda);
   layer_norm_backward_kernel.set(kCuda, &layer_norm_backward_cuda);
