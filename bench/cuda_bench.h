@@ -1,6 +1,7 @@
-// Shared by the CUDA benchmarks (cuda_kernels_bench.cu, embedding_update_bench.cu): the error
-// check that exits non-zero, the device description with its theoretical DRAM bandwidth
-// (2 x memory clock x bus width), and the timer: 3 warm-up runs, then `repeats` runs, each
+// Shared by the CUDA benchmarks (cuda_kernels_bench.cu, embedding_update_bench.cu; the error
+// check also by flash_attention_bench.cpp): the options they take, the error check that exits
+// non-zero, the device description with its theoretical DRAM bandwidth (2 x memory clock x bus
+// width), and the timer: 3 warm-up runs, then `repeats` runs, each
 // preceded by an L2 flush (a memset of a buffer twice the L2 size) and timed with its own pair
 // of CUDA events; the median is reported.
 #pragma once
@@ -26,6 +27,13 @@ namespace mt::bench {
       std::exit(1);                                                                          \
     }                                                                                        \
   } while (0)
+
+// The options every CUDA benchmark takes: --json FILE, --commit SHA (default: the build's),
+// --repeats N (into Bench::repeats), --quick.
+struct BenchArgs {
+  std::string json_path, commit;
+  bool quick = false;
+};
 
 struct Bench {
   cudaDeviceProp prop{};
@@ -86,5 +94,28 @@ struct Bench {
     return times[times.size() / 2];
   }
 };
+
+// Parses argv into `args` and b.repeats; false, with the usage line, on anything else.
+inline bool parse_args(int argc, char** argv, const char* default_commit, Bench& b,
+                       BenchArgs& args) {
+  args.commit = default_commit;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--json" && i + 1 < argc) {
+      args.json_path = argv[++i];
+    } else if (a == "--commit" && i + 1 < argc) {
+      args.commit = argv[++i];
+    } else if (a == "--repeats" && i + 1 < argc) {
+      b.repeats = std::max(1, std::atoi(argv[++i]));
+    } else if (a == "--quick") {
+      args.quick = true;
+    } else {
+      std::fprintf(stderr, "usage: %s [--json FILE] [--commit SHA] [--repeats N] [--quick]\n",
+                   argv[0]);
+      return false;
+    }
+  }
+  return true;
+}
 
 }  // namespace mt::bench

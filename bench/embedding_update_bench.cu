@@ -43,6 +43,8 @@ namespace {
 
 using namespace mt::gpu;
 using mt::bench::Bench;
+using mt::bench::BenchArgs;
+using mt::bench::parse_args;
 
 // A reproducible value in [-1, 1) for element i under `salt`, the same on host and device.
 __host__ __device__ inline float hash_value(uint64_t i, uint64_t salt) {
@@ -106,25 +108,12 @@ std::vector<T> download(const T* d, int64_t n) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string json_path, commit = METATAPE_GIT_COMMIT;
   Bench b;
-  bool quick = false;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--json" && i + 1 < argc) {
-      json_path = argv[++i];
-    } else if (a == "--commit" && i + 1 < argc) {
-      commit = argv[++i];
-    } else if (a == "--repeats" && i + 1 < argc) {
-      b.repeats = std::max(1, std::atoi(argv[++i]));
-    } else if (a == "--quick") {
-      quick = true;
-    } else {
-      std::fprintf(stderr, "usage: %s [--json FILE] [--commit SHA] [--repeats N] [--quick]\n",
-                   argv[0]);
-      return 2;
-    }
-  }
+  BenchArgs args;
+  if (!parse_args(argc, argv, METATAPE_GIT_COMMIT, b, args)) return 2;
+  const std::string& json_path = args.json_path;
+  const std::string& commit = args.commit;
+  const bool quick = args.quick;
   if (!b.open("metatape-bench-embedding-update")) return 2;
   std::printf("commit %s, median of %d L2-flushed runs\n\n", commit.c_str(), b.repeats);
 

@@ -40,6 +40,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "bench/cuda_bench.h"
 #include "engine/autograd/engine.h"
 #include "engine/autograd/grad_mode.h"
 #include "engine/core/attention_settings.h"
@@ -64,16 +65,6 @@ const char* flash_kernels_name() {
     default: return "split";
   }
 }
-
-#define BENCH_CHECK(call)                                                                    \
-  do {                                                                                       \
-    cudaError_t status_ = (call);                                                            \
-    if (status_ != cudaSuccess) {                                                            \
-      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #call,              \
-                   cudaGetErrorString(status_));                                             \
-      std::exit(1);                                                                          \
-    }                                                                                        \
-  } while (0)
 
 struct Config {
   std::string name;

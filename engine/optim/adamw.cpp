@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "engine/autograd/grad_mode.h"
+#include "engine/optim/adamw_math.h"
 #include "engine/optim/kernels.h"
 
 namespace mt::optim {
@@ -14,13 +15,6 @@ namespace mt::optim {
 DispatchStub<AdamWKernel> adamw_kernel("adamw");
 
 namespace {
-
-// NaN-propagating maximum, as torch.maximum.
-template <class T>
-T maximum(T a, T b) {
-  if (std::isnan(a) || std::isnan(b)) return a + b;
-  return a < b ? b : a;
-}
 
 // The arithmetic follows torch's single-tensor AdamW operation by operation (scalars computed in
 // double as Python computes them, elementwise maths at the parameter's precision), so f64 runs
@@ -36,35 +30,8 @@ void adamw_cpu(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_a
     T* vmax = h.amsgrad ? max_exp_avg_sq.data_ptr<T>() : nullptr;
     const int64_t n = param.numel();
 
-    const bool decay = h.weight_decay != 0;
-    const T decay_factor = T(1 - h.lr * h.weight_decay);
-    const T w = T(1 - h.beta1);  // exp_avg.lerp_(grad, 1 - beta1)
-    const bool small_w = std::abs(1 - h.beta1) < 0.5;
-    const T beta2 = T(h.beta2);
-    const T one_minus_beta2 = T(1 - h.beta2);
-    const double bias_correction1 = 1 - std::pow(h.beta1, double(step));
-    const double bias_correction2 = 1 - std::pow(h.beta2, double(step));
-    const T neg_step_size = T(-(h.lr / bias_correction1));
-    const T bias_correction2_sqrt = T(std::pow(bias_correction2, 0.5));
-    const T eps = T(h.eps);
-
-    for (int64_t i = 0; i < n; ++i) {
-      const T gi = h.maximize ? -g[i] : g[i];
-      T pi = p[i];
-      if (decay) pi = pi * decay_factor;
-      T mi = m[i];
-      mi = small_w ? mi + w * (gi - mi) : gi - (gi - mi) * (T(1) - w);
-      const T vi = v[i] * beta2 + one_minus_beta2 * gi * gi;
-      T vn = vi;
-      if (vmax) {
-        vn = maximum(vmax[i], vi);
-        vmax[i] = vn;
-      }
-      const T denom = std::sqrt(vn) / bias_correction2_sqrt + eps;
-      p[i] = pi + neg_step_size * mi / denom;
-      m[i] = mi;
-      v[i] = vi;
-    }
+    const AdamWElementStep<T> update(h, step);
+    for (int64_t i = 0; i < n; ++i) update(p[i], m[i], v[i], vmax ? &vmax[i] : nullptr, g[i]);
   });
 }
 

@@ -10,6 +10,7 @@
 
 #include "engine/autograd/grad_mode.h"
 #include "engine/ops.h"
+#include "engine/optim/adamw_math.h"
 #include "engine/optim/kernels.h"
 
 namespace mt::optim {
@@ -84,33 +85,12 @@ void sparse_adamw_rows_cpu(Tensor& weight, Tensor& exp_avg, Tensor& exp_avg_sq,
     T* w = weight.data_ptr<T>();
     T* m = exp_avg.data_ptr<T>();
     T* v = exp_avg_sq.data_ptr<T>();
-    const bool decay = h.weight_decay != 0;
-    const T decay_factor = T(1 - h.lr * h.weight_decay);
-    const T lerp_w = T(1 - h.beta1);
-    const bool small_w = std::abs(1 - h.beta1) < 0.5;
-    const T beta2 = T(h.beta2);
-    const T one_minus_beta2 = T(1 - h.beta2);
-    const double bias_correction1 = 1 - std::pow(h.beta1, double(step));
-    const double bias_correction2 = 1 - std::pow(h.beta2, double(step));
-    const T neg_step_size = T(-(h.lr / bias_correction1));
-    const T bias_correction2_sqrt = T(std::pow(bias_correction2, 0.5));
-    const T eps = T(h.eps);
+    const AdamWElementStep<T> update(h, step);  // the dense kernel's arithmetic, row by row
     for_each_summed_row<T>(indices, grad_rows, D, [&](int64_t row, const T* g) {
       T* p = w + row * D;
       T* mr = m + row * D;
       T* vr = v + row * D;
-      for (int64_t j = 0; j < D; ++j) {
-        const T gj = h.maximize ? -g[j] : g[j];
-        T pj = p[j];
-        if (decay) pj = pj * decay_factor;
-        T mj = mr[j];
-        mj = small_w ? mj + lerp_w * (gj - mj) : gj - (gj - mj) * (T(1) - lerp_w);
-        const T vj = vr[j] * beta2 + one_minus_beta2 * gj * gj;
-        const T denom = std::sqrt(vj) / bias_correction2_sqrt + eps;
-        p[j] = pj + neg_step_size * mj / denom;
-        mr[j] = mj;
-        vr[j] = vj;
-      }
+      for (int64_t j = 0; j < D; ++j) update(p[j], mr[j], vr[j], nullptr, g[j]);
     });
   });
 }
