@@ -34,6 +34,7 @@
 #include "engine/autograd/grad_mode.h"
 #include "engine/core/backend.h"
 #include "engine/core/matmul_settings.h"
+#include "engine/core/profiler.h"
 #include "engine/optim/adamw.h"
 #include "engine/optim/optimizer.h"
 #include "meta/maml.h"
@@ -146,6 +147,7 @@ int main(int argc, char** argv) {
     synchronize(device);
     for (int i = 0; i < warmup + repeats; ++i) {
       if (i == warmup && on_cuda) reset_peak_memory_stats(device);
+      if (i == warmup) profiler::reset();  // METATAPE_PROFILE=1 reports the timed steps only
       const auto t0 = Clock::now();
       adam.zero_grad();
       // As meta/training.cpp: per-session meta-gradients, summed, averaged, set as .grad.

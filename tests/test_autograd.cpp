@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "engine/core/profiler.h"
 #include "support/gradcheck.h"
 
 using namespace mt;
@@ -50,6 +51,48 @@ TEST_CASE("gradient with respect to an intermediate tensor", "[autograd]") {
   auto g = autograd::grad({y}, {h, x});
   CHECK(g[0].to_vector<double>() == std::vector<double>{2, 8});   // 2h
   CHECK(g[1].to_vector<double>() == std::vector<double>{4, 32});  // 4x^3
+}
+
+namespace {
+// Calls of `kernel` counted by the kernel profiler while fn runs.
+template <class Fn>
+int64_t kernel_calls(const char* kernel, Fn&& fn) {
+  const bool was_on = profiler::enabled();
+  profiler::reset();
+  profiler::enable(true);
+  fn();
+  profiler::enable(was_on);
+  for (const auto& e : profiler::entries())
+    if (e.kernel == kernel) return e.calls;
+  return 0;
+}
+}  // namespace
+
+TEST_CASE("grad() computes only the input gradients that lead to what it was asked for",
+          "[autograd]") {
+  // loss = sum(tanh(x W) V): the weights W and V require grad (as a model's parameters do in an
+  // inner loop), but grad(loss, {x}) must not run the weight-gradient products: one matmul per
+  // layer (dx = g W^T), not two. Values must not change with what else is asked for.
+  Tensor x = random_tensor(Shape{5, 4}, -1, 1, 71), W = random_tensor(Shape{4, 3}, -1, 1, 72);
+  Tensor V = random_tensor(Shape{3, 2}, -1, 1, 73);
+  W.set_requires_grad(true);
+  V.set_requires_grad(true);
+  x.set_requires_grad(true);
+  auto loss = [&] { return sum(matmul(tanh(matmul(x, W)), V)); };
+  TensorList only_x, all;
+  CHECK(kernel_calls("matmul", [&] { only_x = autograd::grad({loss()}, {x}); }) == 2 + 2);
+  CHECK(kernel_calls("matmul", [&] { all = autograd::grad({loss()}, {x, W, V}); }) == 2 + 4);
+  CHECK(max_abs_diff(only_x[0], all[0]) == 0);
+  // Asking for V alone skips both input-side products below it: dV = h^T g only.
+  CHECK(kernel_calls("matmul", [&] { autograd::grad({loss()}, {V}); }) == 2 + 1);
+  // With create_graph the pruned pass is still differentiable: d/dW of |dloss/dx|^2 through it
+  // matches finite differences (second order through the skipped products' neighbours).
+  auto f = [&](const TensorList& in) {
+    Tensor l = sum(matmul(tanh(matmul(in[0], in[1])), in[2]));
+    Tensor gx = autograd::grad({l}, {in[0]}, {}, /*retain_graph=*/true, /*create_graph=*/true)[0];
+    return sum(mul(gx, gx));
+  };
+  CHECK(check_gradients("|d loss / dx|^2", f, {x, W, V}, kGradGradTol) > 0);
 }
 
 TEST_CASE("grad() w.r.t. an intermediate leaves the graph below it usable", "[autograd]") {

@@ -70,6 +70,42 @@ TEST_CASE("matmul: forward for 2-D, batched, broadcast, transposed and 1-D opera
                                       Catch::Contains("(3, 4)"));
 }
 
+TEST_CASE("matmul: f32 and f64 BLAS products at sizes that block and thread",
+          "[ops][matmul]") {
+  // Large enough for the BLAS's blocked, multi-threaded path; every operand layout the engine
+  // passes (row-major, transposed, a narrowed view whose leading dim exceeds its width, a packed
+  // copy), a batch split across threads, and K = 0.
+  const int64_t M = 67, K = 129, N = 53;
+  Tensor a64 = random_tensor(Shape{M, K}, -1, 1, 40), b64 = random_tensor(Shape{K, N}, -1, 1, 41);
+  auto ref = naive_matmul(a64.to_vector<double>(), b64.to_vector<double>(), M, K, N);
+  // f32: K = 129 products of magnitude <= 1 summed in f32: error <= K * 2^-24 * sum|a_k b_k|
+  // <= 129 * 6e-8 * 129 ~ 1e-3; 2e-3 allows for the inputs' own f32 rounding.
+  constexpr double kF32MatmulTol = 2e-3;
+  for (DType dt : {DType::f64, DType::f32}) {
+    const double tol = dt == DType::f64 ? 1e-12 : kF32MatmulTol;
+    Tensor a = a64.to(dt), b = b64.to(dt);
+    auto close_to_ref = [&](const Tensor& c) {
+      REQUIRE(c.shape() == Shape{M, N});
+      auto cv = c.to_vector<double>();
+      double worst = 0;
+      for (size_t i = 0; i < ref.size(); ++i) worst = std::max(worst, std::abs(cv[i] - ref[i]));
+      return worst <= tol;
+    };
+    CHECK(close_to_ref(matmul(a, b)));
+    CHECK(close_to_ref(matmul(a.transpose(0, 1).contiguous().transpose(0, 1),
+                              b.transpose(0, 1).contiguous().transpose(0, 1))));
+    Tensor a_wide = cat({a, a}, 1), b_wide = cat({b, b}, 1);  // (M, 2K), (K, 2N)
+    CHECK(close_to_ref(matmul(a_wide.narrow(1, K, K), b_wide.narrow(1, 0, N))));
+    Tensor a_every_other = make_view(stack({a, a}, 2), Shape{M, K}, Shape{2 * K, 2}, 0);
+    CHECK_FALSE(a_every_other.is_contiguous());
+    CHECK(close_to_ref(matmul(a_every_other, b)));
+    Tensor batched = matmul(stack({a, a, a, a, a, a}, 0), b);  // (6, M, N)
+    for (int64_t i = 0; i < 6; ++i) CHECK(close_to_ref(batched.narrow(0, i, 1).reshape(Shape{M, N})));
+    Tensor empty_k = matmul(zeros(Shape{M, 0}, dt), zeros(Shape{0, N}, dt));
+    CHECK(max_abs_diff(empty_k, zeros(Shape{M, N}, dt)) == 0);
+  }
+}
+
 TEST_CASE("matmul: first- and second-order gradients", "[ops][matmul][grad]") {
   struct Case {
     Shape a, b;

@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include "engine/core/backend.h"
+#include "engine/core/profiler.h"
 #include "support/gradcheck.h"
 
 using namespace mt;
@@ -98,4 +99,29 @@ TEST_CASE("backend queries work without a GPU", "[tensor][backend]") {
   CHECK(n >= 0);
   CHECK(cuda_device_description(n).empty());  // out of range
   if (n == 0) SUCCEED("no CUDA device here: CUDA device cases are skipped");
+}
+
+TEST_CASE("kernel profiler: counts dispatched kernels only while on, report lists them",
+          "[profiler]") {
+  const bool was_on = profiler::enabled();
+  Tensor a = ones(Shape{8, 8}), b = ones(Shape{8, 8});
+  profiler::enable(false);
+  profiler::reset();
+  (void)add(a, b);
+  CHECK(profiler::entries().empty());
+  profiler::enable(true);
+  for (int i = 0; i < 3; ++i) (void)matmul(add(a, b), b);
+  profiler::enable(was_on);
+  int64_t add_calls = 0, matmul_calls = 0;
+  for (const auto& e : profiler::entries()) {
+    CHECK(e.seconds >= 0);
+    if (e.kernel == "add") add_calls = e.calls;
+    if (e.kernel == "matmul") matmul_calls = e.calls;
+  }
+  CHECK(add_calls == 3);
+  CHECK(matmul_calls == 3);
+  const std::string r = profiler::report();
+  CHECK_THAT(r, Catch::Contains("matmul") && Catch::Contains("us/call"));
+  profiler::reset();
+  CHECK(profiler::entries().empty());
 }

@@ -11,6 +11,7 @@ PACKAGES=(
   ninja-build
   pkg-config
   libeigen3-dev
+  libopenblas-openmp-dev
   libfmt-dev
   nlohmann-json3-dev
   catch2

@@ -178,6 +178,17 @@ class GraphTask {
       TensorList input_grads;
       bool is_accumulator = dynamic_cast<AccumulateGrad*>(node) != nullptr;
       if (g.defined() && (is_accumulator ? accumulate_ : task.propagate)) {
+        // Only the inputs whose path leads to a needed node get a gradient computed (inputs past
+        // the 64th always do; see Node::needs_input_grad).
+        uint64_t mask = 0;
+        for (size_t i = 0; i < node->num_inputs() && i < 64; ++i)
+          if (Node* c = node->edge(i).fn.get(); c && tasks_[c].needed) mask |= uint64_t(1) << i;
+        struct MaskGuard {
+          Node* node;
+          uint64_t previous;
+          ~MaskGuard() { node->set_input_mask(previous); }
+        } guard{node, node->input_mask()};
+        node->set_input_mask(mask);
         input_grads = node->apply(g);
         MT_CHECK(input_grads.size() == node->num_inputs() || is_accumulator,
                  "backward of {} returned {} gradients for {} inputs (internal error)",

@@ -68,7 +68,15 @@ class Node : public std::enable_shared_from_this<Node> {
 
   size_t num_inputs() const { return edges_.size(); }
   const Edge& edge(size_t i) const { return edges_[i]; }
-  bool needs_input_grad(size_t i) const { return edges_[i].fn != nullptr; }
+  // Whether the running backward pass wants the gradient for input i: the input has a gradient
+  // path (a grad_fn or a leaf's accumulator) and, during a pass, that path leads to a tensor the
+  // pass was asked about. torch.autograd.grad(loss, [embeddings]) thus skips the weight
+  // gradients of every layer (the engine sets the mask around apply()).
+  bool needs_input_grad(size_t i) const {
+    return edges_[i].fn != nullptr && (i >= 64 || ((input_mask_ >> i) & 1u) != 0);
+  }
+  uint64_t input_mask() const { return input_mask_; }
+  void set_input_mask(uint64_t mask) { input_mask_ = mask; }
   const InputMeta& input_meta(size_t i) const { return edges_[i].meta; }
   uint64_t sequence_nr() const { return sequence_nr_; }
 
@@ -88,6 +96,7 @@ class Node : public std::enable_shared_from_this<Node> {
   SmallVector<Edge, 3> edges_;
   SmallVector<SavedTensor, 3> saved_;
   uint64_t sequence_nr_;
+  uint64_t input_mask_ = ~uint64_t(0);  // bit i: input i's gradient is wanted (inputs >= 64: always)
   bool released_ = false;
 };
 

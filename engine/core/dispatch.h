@@ -1,12 +1,14 @@
 // Per-backend kernel tables. Each op declares one DispatchStub per kernel it needs; the CPU
 // backend fills the CPU slot next to the op, the CUDA backend fills the CUDA slot from kernels/.
-// Op code calls the stub with the device of its inputs and never branches on the backend.
+// Op code calls the stub with the device of its inputs and never branches on the backend. Every
+// call is timed by the kernel profiler when it is on (engine/core/profiler.h).
 #pragma once
 
 #include <utility>
 
 #include "engine/core/device.h"
 #include "engine/core/error.h"
+#include "engine/core/profiler.h"
 
 namespace mt {
 
@@ -28,6 +30,7 @@ struct DispatchStub<R(Args...)> {
     Fn fn = table[int(d.type)];
     MT_CHECK(fn != nullptr, "{}: no kernel for device {} (was metatape built with that backend?)",
              name, d.str());
+    profiler::ScopedKernel timed(name);
     return fn(std::forward<A>(args)...);
   }
 };

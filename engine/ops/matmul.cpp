@@ -1,7 +1,11 @@
 // Matrix products. The core op is a batched matmul of (..., M, K) by (..., K, N) with broadcast
 // batch dims; matmul() adds torch's handling of 1-D operands as views around it. The CPU kernel
-// maps each operand onto Eigen without copying when either of its last two dims is unit-stride
-// (so the transposed views made by the backward rule cost nothing) and lets Eigen's GEMM run.
+// passes each operand to the GEMM without copying when either of its last two dims is unit-stride
+// (so the transposed views made by the backward rule cost nothing): OpenBLAS's sgemm / dgemm for
+// f32 and f64 (the OpenMP build: inside a parallel region it runs on the calling thread, outside
+// it uses the engine's thread count), Eigen's GEMM for the 16-bit types.
+#include <cblas.h>
+
 #include <Eigen/Core>
 
 #include "engine/cpu/loops.h"
@@ -41,6 +45,48 @@ void with_matrix(const T* p, int64_t rows, int64_t cols, int64_t row_stride, int
   }
 }
 
+// How a (rows x cols) operand with the given strides is handed to BLAS: as stored (row-major,
+// leading dim = row stride), as the transpose of a row-major matrix (leading dim = column stride),
+// or neither (then it is packed into `packed`, row-major).
+template <class T>
+CBLAS_TRANSPOSE blas_operand(const T*& p, int64_t rows, int64_t cols, int64_t row_stride,
+                             int64_t col_stride, std::vector<T>& packed, blasint& ld) {
+  if (col_stride == 1 && row_stride >= std::max<int64_t>(cols, 1)) {
+    ld = blasint(row_stride);
+    return CblasNoTrans;
+  }
+  if (row_stride == 1 && col_stride >= std::max<int64_t>(rows, 1)) {
+    ld = blasint(col_stride);
+    return CblasTrans;
+  }
+  packed.resize(size_t(rows * cols));
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) packed[size_t(i * cols + j)] = p[i * row_stride + j * col_stride];
+  p = packed.data();
+  ld = blasint(std::max<int64_t>(cols, 1));
+  return CblasNoTrans;
+}
+
+// c (M x N, contiguous) = a (M x K) b (K x N), K > 0.
+template <class T>
+void blas_gemm(const T* a, int64_t as0, int64_t as1, const T* b, int64_t bs0, int64_t bs1, T* c,
+               int64_t M, int64_t N, int64_t K) {
+  MT_CHECK(std::max({M, N, K, as0, as1, bs0, bs1}) <= std::numeric_limits<blasint>::max(),
+           "matmul: a dimension or stride exceeds the BLAS integer range ({}); split the product",
+           std::numeric_limits<blasint>::max());
+  std::vector<T> packed_a, packed_b;
+  blasint lda = 0, ldb = 0;
+  const CBLAS_TRANSPOSE ta = blas_operand(a, M, K, as0, as1, packed_a, lda);
+  const CBLAS_TRANSPOSE tb = blas_operand(b, K, N, bs0, bs1, packed_b, ldb);
+  if constexpr (std::is_same_v<T, float>) {
+    cblas_sgemm(CblasRowMajor, ta, tb, blasint(M), blasint(N), blasint(K), 1.0f, a, lda, b, ldb,
+                0.0f, c, blasint(std::max<int64_t>(N, 1)));
+  } else {
+    cblas_dgemm(CblasRowMajor, ta, tb, blasint(M), blasint(N), blasint(K), 1.0, a, lda, b, ldb,
+                0.0, c, blasint(std::max<int64_t>(N, 1)));
+  }
+}
+
 void matmul_cpu(const Tensor& a, const Tensor& b, Tensor& out) {
   const int r = out.dim();
   const int64_t M = out.shape()[r - 2], N = out.shape()[r - 1], K = a.shape()[a.dim() - 1];
@@ -61,23 +107,26 @@ void matmul_cpu(const Tensor& a, const Tensor& b, Tensor& out) {
     const int64_t as0 = a.strides()[a.dim() - 2], as1 = a.strides()[a.dim() - 1];
     const int64_t bs0 = b.strides()[b.dim() - 2], bs1 = b.strides()[b.dim() - 1];
     auto one = [&](int64_t index, int64_t a_off, int64_t b_off) {
-      Eigen::Map<RowMajor<T>> C(po + index * M * N, M, N);
+      T* c = po + index * M * N;
       if (K == 0) {
-        C.setZero();
+        std::fill(c, c + M * N, T(0));
+      } else if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+        blas_gemm(pa + a_off, as0, as1, pb + b_off, bs0, bs1, c, M, N, K);
       } else {
+        Eigen::Map<RowMajor<T>> C(c, M, N);
         with_matrix(pa + a_off, M, K, as0, as1, [&](const auto& A) {
           with_matrix(pb + b_off, K, N, bs0, bs1, [&](const auto& B) { C.noalias() = A * B; });
         });
       }
     };
     if (batch.size() == 0) {
-      one(0, 0, 0);  // a single product: Eigen parallelises it internally when large
+      one(0, 0, 0);  // a single product: the GEMM parallelises it internally when large
       return;
     }
     // The operand offsets of every batch entry (the innermost batch dim is the row of
     // for_each_row), then the products split across threads: attention runs many small products
     // (heads x samples) that one Eigen call each would leave on one core. Inside the parallel
-    // region Eigen runs single-threaded; each output block is written by exactly one thread.
+    // region the GEMM runs single-threaded; each output block is written by exactly one thread.
     std::vector<std::array<int64_t, 2>> offsets;
     offsets.reserve(size_t(batch.numel()));
     cpu::for_each_row<2>(batch, {batch_strides(a), batch_strides(b)},

@@ -5,7 +5,7 @@
 #include <limits>
 #include <numbers>
 
-#include "engine/cpu/loops.h"
+#include "engine/cpu/vectorized.h"
 #include "engine/ops/elementwise.h"
 
 namespace mt {
@@ -25,21 +25,38 @@ using autograd::record;
   [[maybe_unused]] static const bool name##_registered =                  \
       (name##_kernel.set(DeviceType::CPU, &name##_cpu), true);
 
+// The same with an Eigen array expression of `a` for contiguous f32 (engine/cpu/vectorized.h);
+// `expr` of `v` is the scalar form for the other dtypes and layouts. Written as one expression
+// each (Eigen nests sub-expressions by value, so no local may be returned inside it).
+#define MT_CPU_UNARY_VEC(name, array_expr, expr)                          \
+  DispatchStub<UnaryKernel> name##_kernel(#name);                        \
+  static void name##_cpu(const Tensor& x, Tensor& out) {                 \
+    dispatch_float(out.dtype(), #name, [&]<class T>() {                   \
+      cpu::map_vectorized<T>(                                             \
+          out, [](const auto& a) { return array_expr; },                  \
+          [](T v) -> T { return expr; }, x);                              \
+    });                                                                   \
+  }                                                                       \
+  [[maybe_unused]] static const bool name##_registered =                  \
+      (name##_kernel.set(DeviceType::CPU, &name##_cpu), true);
+
 MT_CPU_UNARY(neg, -v)
-MT_CPU_UNARY(exp, std::exp(v))
-MT_CPU_UNARY(log, std::log(v))
-MT_CPU_UNARY(sqrt, std::sqrt(v))
-MT_CPU_UNARY(rsqrt, T(1) / std::sqrt(v))
+MT_CPU_UNARY_VEC(exp, a.exp(), std::exp(v))
+MT_CPU_UNARY_VEC(log, a.log(), std::log(v))
+MT_CPU_UNARY_VEC(sqrt, a.sqrt(), std::sqrt(v))
+MT_CPU_UNARY_VEC(rsqrt, a.sqrt().inverse(), T(1) / std::sqrt(v))
 MT_CPU_UNARY(abs, std::abs(v))
 MT_CPU_UNARY(sign, T((v > T(0)) - (v < T(0))))
-MT_CPU_UNARY(tanh, std::tanh(v))
-MT_CPU_UNARY(sigmoid, T(1) / (T(1) + std::exp(-v)))
+MT_CPU_UNARY_VEC(tanh, a.tanh(), std::tanh(v))
+MT_CPU_UNARY_VEC(sigmoid, (T(1) + (-a).exp()).inverse(), T(1) / (T(1) + std::exp(-v)))
 MT_CPU_UNARY(relu, v > T(0) ? v : T(0))
-MT_CPU_UNARY(erf, std::erf(v))
-MT_CPU_UNARY(sin, std::sin(v))
-MT_CPU_UNARY(cos, std::cos(v))
-MT_CPU_UNARY(gelu, T(0.5) * v * (T(1) + std::erf(v * T(std::numbers::sqrt2 / 2))))
+MT_CPU_UNARY_VEC(erf, a.erf(), std::erf(v))
+MT_CPU_UNARY_VEC(sin, a.sin(), std::sin(v))
+MT_CPU_UNARY_VEC(cos, a.cos(), std::cos(v))
+MT_CPU_UNARY_VEC(gelu, T(0.5) * a * (T(1) + (a * T(std::numbers::sqrt2 / 2)).erf()),
+                 T(0.5) * v * (T(1) + std::erf(v * T(std::numbers::sqrt2 / 2))))
 #undef MT_CPU_UNARY
+#undef MT_CPU_UNARY_VEC
 
 DispatchStub<ClampKernel> clamp_kernel("clamp");
 static void clamp_cpu(const Tensor& x, double lo, double hi, Tensor& out) {
@@ -214,11 +231,17 @@ Tensor gelu(const Tensor& x) {
 DispatchStub<BinaryKernel> gelu_backward_kernel("gelu_backward");
 static void gelu_backward_cpu(const Tensor& g, const Tensor& x, Tensor& out) {
   dispatch_float(out.dtype(), "gelu_backward", [&]<class T>() {
-    cpu::map<T, T>(
+    static constexpr T kInvSqrt2 = T(std::numbers::sqrt2 / 2);
+    static constexpr T kInvSqrt2Pi = T(0.5 * std::numbers::inv_sqrtpi * std::numbers::sqrt2);
+    cpu::map_vectorized<T>(
         out,
+        [](const auto& ga, const auto& a) {
+          return ga * (T(0.5) * (T(1) + (a * kInvSqrt2).erf()) +
+                       a * (a.square() * T(-0.5)).exp() * kInvSqrt2Pi);
+        },
         [](T gv, T v) -> T {
-          const T cdf = T(0.5) * (T(1) + std::erf(v * T(std::numbers::sqrt2 / 2)));
-          const T pdf = std::exp(T(-0.5) * v * v) * T(0.5 * std::numbers::inv_sqrtpi * std::numbers::sqrt2);
+          const T cdf = T(0.5) * (T(1) + std::erf(v * kInvSqrt2));
+          const T pdf = std::exp(T(-0.5) * v * v) * kInvSqrt2Pi;
           return gv * (cdf + v * pdf);
         },
         g, x);
