@@ -1,4 +1,4 @@
-// linear(): the CPU composite's gradients (f64 finite differences, first and second order, each
+// linear(): the CPU kernel's and composite's gradients (f64 finite differences, first and second order, each
 // activation, with and without bias, batched leading dims), and on CUDA the fused cuBLASLt call
 // with a bias / ReLU-bias epilogue against the CPU: outputs, first- and second-order gradients
 // in f32 and bf16, sentinels around the epilogue GEMM's output, and the epilogue counter so a
@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/autograd/engine.h"
+#include "engine/autograd/node.h"
 #include "engine/core/matmul_settings.h"
 #include "engine/nn/module.h"
 #include "support/cuda_compare.h"
@@ -63,14 +64,39 @@ TEST_CASE("linear: composite gradients of first and second order (f64, CPU)", "[
         auto f = [act, with_bias](const TensorList& v) {
           return linear(v[0], v[1], with_bias ? v[2] : Tensor(), act);
         };
-        // The forward is the composite exactly (the CPU's reference).
+        // The CPU's fused kernel (bias broadcast into the output, GEMM accumulated onto it,
+        // ReLU in place) against the composite: the same terms summed with the bias first, so
+        // equal to rounding (f64, K = 4 products of O(1) values).
         Tensor z = matmul(x, transpose(w, 0, 1));
         if (with_bias) z = add(z, b);
-        CHECK(max_abs_diff(f(inputs), apply_act(z, act)) == 0.0);
+        CHECK(max_abs_diff(f(inputs), apply_act(z, act)) <= 1e-15);
+        // One node for the whole layer (its rule is what the gradient checks below exercise).
+        Tensor xg = x.detach();
+        xg.set_requires_grad(true);
+        const Tensor y = linear(xg, w, with_bias ? b : Tensor(), act);
+        CHECK(std::string(y.grad_fn()->name()) ==
+              (act == Activation::gelu ? "gelu" : xs.size() > 2 ? "reshape" : "linear"));
         CHECK(check_gradients(what, f, inputs) > 0);
         CHECK(check_second_order(what, f, inputs) > 0);
       }
     }
+  }
+}
+
+TEST_CASE("linear: the CPU kernel in f32 at sizes that block, with strided weights",
+          "[ops][linear]") {
+  // (300 x 200) x (200 x 150)^T + b in f32 against the f64 composite: K = 200 products of values
+  // in [-1, 1] summed in f32, error <= K 2^-24 sum|x w| ~ 200 x 6e-8 x 200 = 2.4e-3 at worst.
+  constexpr double kF32LinearTol = 3e-3;
+  Tensor x = random_tensor(Shape{300, 200}, -1, 1, 311), b = random_tensor(Shape{150}, -1, 1, 313);
+  Tensor w_t = random_tensor(Shape{200, 150}, -1, 1, 312);  // W^T stored: W is a transposed view
+  for (Activation act : {Activation::none, Activation::relu}) {
+    Tensor ref = matmul(x, w_t);
+    ref = apply_act(add(ref, b), act);
+    Tensor y = linear(x.to(DType::f32), transpose(w_t.to(DType::f32), 0, 1), b.to(DType::f32), act);
+    CHECK(max_abs_diff(y.to(DType::f64), ref) <= kF32LinearTol);
+    Tensor y0 = linear(x.to(DType::f32), transpose(w_t.to(DType::f32), 0, 1), Tensor(), act);
+    CHECK(max_abs_diff(y0.to(DType::f64), apply_act(matmul(x, w_t), act)) <= kF32LinearTol);
   }
 }
 

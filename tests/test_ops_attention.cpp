@@ -5,6 +5,7 @@
 #include <cmath>
 #include <numbers>
 
+#include "engine/core/profiler.h"
 #include "support/gradcheck.h"
 
 using namespace mt;
@@ -113,6 +114,48 @@ TEST_CASE("rotary: forward against loops, norm preserved, gradients", "[ops][att
   auto fn = [&](const TensorList& in) { return mul(rotary(in[0], t, f), rotary(in[0], t, f)); };
   CHECK(check_gradients("rotary", fn, {x}) > 0);
   CHECK(check_second_order("rotary", fn, {x}) > 0);
+}
+
+TEST_CASE("rotary: the fused CPU op, its third order, and gradients for the times",
+          "[ops][attention]") {
+  Tensor x = random_tensor(Shape{4, 3, 8}, -1, 1, 87);
+  Tensor t = random_tensor(Shape{4}, 0, 20, 88);
+  Tensor f = rotary_inv_freq(8, 10.0, DType::f64);
+  auto ref = rotate_ref(x.to_vector<double>(), 4, 3, 8, t.to_vector<double>(),
+                        f.to_vector<double>());
+  // The angles are data: one fused kernel, also for a non-contiguous x.
+  profiler::reset();
+  profiler::enable(true);
+  Tensor xt = x.transpose(0, 1).contiguous().transpose(0, 1);
+  REQUIRE_FALSE(xt.is_contiguous());
+  auto y = rotary(xt, t, f).to_vector<double>();
+  profiler::enable(false);
+  int64_t fused_calls = 0;
+  for (const auto& e : profiler::entries())
+    if (e.kernel == "rotate_pairs") fused_calls = e.calls;
+  CHECK(fused_calls == 1);
+  for (size_t i = 0; i < y.size(); ++i) CHECK(std::abs(y[i] - ref[i]) < kAttnTol);
+  // f32: the angle t f (up to ~1e4 rad here) is rounded three times (t, f, their product) at
+  // 2^-24 relative each, which moves each output by up to |x0| + |x1| <= 2 times that; cos, sin
+  // and the products add a few 1e-7.
+  double max_angle = 0;
+  for (double tv : t.to_vector<double>())
+    for (double fv : f.to_vector<double>()) max_angle = std::max(max_angle, tv * fv);
+  const double f32_tol = 2 * 3 * std::ldexp(max_angle, -24) + 1e-6;
+  auto y32 = rotary(x.to(DType::f32), t.to(DType::f32), f.to(DType::f32)).to_vector<double>();
+  for (size_t i = 0; i < y32.size(); ++i) CHECK(std::abs(y32[i] - ref[i]) < f32_tol);
+  // Third order through the fused op (its backward is the same op by the opposite angle): the
+  // gradient of sum(d/dx |d cube/dx|^2), cube = sum((R x)^3), against finite differences.
+  auto g2_sum = [&](const TensorList& in) {
+    Tensor c = sum(mul(mul(rotary(in[0], t, f), rotary(in[0], t, f)), rotary(in[0], t, f)));
+    Tensor d1 = autograd::grad({c}, {in[0]}, {}, true, true)[0];
+    return sum(autograd::grad({sum(mul(d1, d1))}, {in[0]}, {}, true, true)[0]);
+  };
+  CHECK(check_gradients("third order through rotary", g2_sum, {x}, kGradGradTol) > 0);
+  // Times that require grad take the composite path, which differentiates the angles too.
+  auto by_times = [&](const TensorList& in) { return rotary(x, in[0], f); };
+  CHECK(check_gradients("rotary w.r.t. times", by_times, {t}) > 0);
+  CHECK(check_second_order("rotary w.r.t. times", by_times, {t}) > 0);
 }
 
 TEST_CASE("varlen attention: forward against dense loops", "[ops][attention]") {

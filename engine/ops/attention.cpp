@@ -5,7 +5,10 @@
 #include <cmath>
 #include <numbers>
 #include <numeric>
+#include <optional>
 
+#include "engine/autograd/grad_mode.h"
+#include "engine/cpu/loops.h"
 #include "engine/ops/elementwise.h"
 
 namespace mt {
@@ -23,6 +26,63 @@ Tensor rotary_inv_freq(int64_t dim_head, double t_max, DType dtype) {
   return from_vector(f, Shape{half}, dtype);
 }
 
+// ---- rotate_pairs: y = R x for the rotation of each pair (x[2k], x[2k+1]) by the angle whose
+// cosine and sine are c[i, k], s[i, k] (the same for every head). Linear in x with R^T = R(c, -s),
+// so its backward is the same op with -s, and so on to any order. CPU kernel; other devices use
+// rotary's composite.
+using RotatePairsKernel = void(const Tensor& x, const Tensor& c, const Tensor& s, Tensor& out);
+DispatchStub<RotatePairsKernel> rotate_pairs_kernel("rotate_pairs");
+
+namespace {
+// x (n, heads, 2 half) contiguous, c and s (n, half) contiguous, out like x.
+void rotate_pairs_cpu(const Tensor& x, const Tensor& c, const Tensor& s, Tensor& out) {
+  const int64_t n = x.size(0), heads = x.size(1), half = x.size(2) / 2;
+  dispatch_float(x.dtype(), "rotate_pairs", [&]<class T>() {
+    const T* px = x.data_ptr<T>();
+    const T* pc = c.data_ptr<T>();
+    const T* ps = s.data_ptr<T>();
+    T* po = out.data_ptr<T>();
+    cpu::parallel_range(n, heads * half * 2, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const T* ci = pc + i * half;
+        const T* si = ps + i * half;
+        for (int64_t h = 0; h < heads; ++h) {
+          const T* xi = px + (i * heads + h) * 2 * half;
+          T* oi = po + (i * heads + h) * 2 * half;
+          for (int64_t k = 0; k < half; ++k) {
+            const T x0 = xi[2 * k], x1 = xi[2 * k + 1];
+            // (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin)
+            oi[2 * k] = T(x0 * ci[k] - x1 * si[k]);
+            oi[2 * k + 1] = T(x1 * ci[k] + x0 * si[k]);
+          }
+        }
+      }
+    });
+  });
+}
+[[maybe_unused]] const bool rotate_pairs_registered =
+    (rotate_pairs_kernel.set(DeviceType::CPU, &rotate_pairs_cpu), true);
+
+// c and s are constants of the graph (built from data under no grad).
+Tensor rotate_pairs(const Tensor& x, const Tensor& c, const Tensor& s) {
+  const Tensor xc = x.contiguous();
+  Tensor y = empty(x.shape(), x.dtype(), x.device());
+  {
+    NoGradGuard no_grad;  // the kernel's view of x is not part of the graph
+    rotate_pairs_kernel(x.device(), xc, c, s, y);
+  }
+  if (autograd::any_requires_grad(x)) {
+    auto& node = autograd::record("rotate_pairs", y, {&x},
+                                  [](const autograd::Node& n, const Tensor& g) -> TensorList {
+                                    return {rotate_pairs(g, n.saved(0), neg(n.saved(1)))};
+                                  });
+    node.save(c);
+    node.save(s);
+  }
+  return y;
+}
+}  // namespace
+
 Tensor rotary(const Tensor& x, const Tensor& times, const Tensor& inv_freq) {
   MT_CHECK(x.dim() == 3 && x.size(2) % 2 == 0,
            "rotary: x must be (n, heads, dh) with even dh, got {}", x.shape().str());
@@ -31,14 +91,25 @@ Tensor rotary(const Tensor& x, const Tensor& times, const Tensor& inv_freq) {
   const int64_t n = x.size(0), heads = x.size(1), half = x.size(2) / 2;
   MT_CHECK(inv_freq.dim() == 1 && inv_freq.size(0) == half,
            "rotary: inv_freq must be (dh/2) = ({}), got {}", half, inv_freq.shape().str());
+  // The fused path (one op, one pass over x) on the CPU when the angles are data: its backward
+  // rotates by the opposite angle and is itself differentiable. Gradients with respect to the
+  // times or the frequencies, and other devices, take the composite below.
+  const bool fused = x.device().is_cpu() && !autograd::any_requires_grad(times, inv_freq);
   // angle (n, 1, dh/2, 1): the same for every head and for both members of a pair. Computed in
   // f32 at least: times reach hundreds of seconds and frequencies 2 pi / t_min, so a 16-bit angle
   // would be off by radians. cos and sin are then rounded once to x's dtype.
   const DType angle_t = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  std::optional<NoGradGuard> constants;
+  if (fused) constants.emplace();
   Tensor angle = mul(times.to(angle_t).reshape(Shape{n, 1}),
-                     inv_freq.to(angle_t).reshape(Shape{1, half}))
-                     .reshape(Shape{n, 1, half, 1});
-  Tensor c = cos(angle).to(x.dtype()), s = sin(angle).to(x.dtype());
+                     inv_freq.to(angle_t).reshape(Shape{1, half}));
+  Tensor c = cos(angle).to(x.dtype()), s = sin(angle).to(x.dtype());  // (n, dh/2)
+  if (fused) {
+    constants.reset();
+    return rotate_pairs(x, c, s);
+  }
+  c = c.reshape(Shape{n, 1, half, 1});
+  s = s.reshape(Shape{n, 1, half, 1});
   Tensor pairs = x.reshape(Shape{n, heads, half, 2});
   Tensor even = pairs.narrow(3, 0, 1), odd = pairs.narrow(3, 1, 1);
   // (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin)

@@ -1,9 +1,12 @@
-// The linear layer as one op: activation(x W^T + b). The CPU (and any backend without a fused
-// kernel, or operands it does not take) computes the composite matmul + add + activation, so CPU
-// results are exactly those of the separate ops. A backend's fused kernel (CUDA: one cuBLASLt
-// call with a bias or ReLU-bias epilogue, kernels/cuda/ops.cpp) gets one node whose backward rule
-// is made of differentiable ops, so the gradient of the gradient works as for the composite.
+// The linear layer as one op: activation(x W^T + b). A backend's fused kernel gets one node whose
+// backward rule is made of differentiable ops, so the gradient of the gradient works as for the
+// composite: on CUDA one cuBLASLt call with a bias or ReLU-bias epilogue (kernels/cuda/ops.cpp);
+// on the CPU (f32, f64) the bias is broadcast into the output and the GEMM accumulates onto it
+// (beta = 1: no separate bias pass, no zeroing pass), then ReLU in place. Other dtypes and
+// operands a kernel does not take compute the composite matmul + add + activation.
 #include "engine/autograd/grad_mode.h"
+#include "engine/cpu/blas.h"
+#include "engine/cpu/loops.h"
 #include "engine/ops/elementwise.h"
 #include "engine/ops/kernels.h"
 
@@ -14,8 +17,36 @@ using autograd::any_requires_grad;
 using autograd::record;
 
 namespace {
-Tensor linear_cpu(const Tensor&, const Tensor&, const Tensor&, Activation) {
-  return Tensor();  // the composite below is the CPU's reference
+// x (rows, in) contiguous, w (out, in) any strides, bias (out) or undefined.
+Tensor linear_cpu(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act) {
+  if (x.dtype() != DType::f32 && x.dtype() != DType::f64) return Tensor();
+  const int64_t rows = x.size(0), in = x.size(1), out = w.size(0);
+  Tensor y = empty(Shape{rows, out}, x.dtype(), x.device());
+  dispatch_float(x.dtype(), "linear", [&]<class T>() {
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+      T* py = y.data_ptr<T>();
+      const Tensor b = bias.defined() ? bias.contiguous() : Tensor();
+      if (b.defined()) {
+        const T* pb = b.data_ptr<T>();
+        cpu::parallel_range(rows, out, [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) std::copy(pb, pb + out, py + i * out);
+        });
+      }
+      if (in == 0) {
+        if (!b.defined()) std::fill(py, py + rows * out, T(0));
+      } else {
+        // y (rows, out) = x (rows, in) W^T (in, out) [+ y]
+        cpu::blas_gemm(x.data_ptr<T>(), in, int64_t(1), w.data_ptr<T>(), w.stride(1), w.stride(0),
+                       py, rows, out, in, b.defined() ? T(1) : T(0));
+      }
+      if (act == Activation::relu) {
+        cpu::parallel_range(rows * out, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) py[i] = py[i] > T(0) ? py[i] : T(0);
+        });
+      }
+    }
+  });
+  return y;
 }
 }  // namespace
 

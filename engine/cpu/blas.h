@@ -1,0 +1,61 @@
+// The CPU's GEMM: OpenBLAS (the OpenMP build, see third_party/README.md) for f32 and f64, on
+// strided operands. Used by matmul and by the fused CPU linear.
+#pragma once
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "engine/core/error.h"
+
+namespace mt::cpu {
+
+// How a (rows x cols) operand with the given strides is handed to BLAS: as stored (row-major,
+// leading dim = row stride), as the transpose of a row-major matrix (leading dim = column stride),
+// or neither (then it is packed into `packed`, row-major).
+template <class T>
+inline CBLAS_TRANSPOSE blas_operand(const T*& p, int64_t rows, int64_t cols, int64_t row_stride,
+                                    int64_t col_stride, std::vector<T>& packed, blasint& ld) {
+  if (col_stride == 1 && row_stride >= std::max<int64_t>(cols, 1)) {
+    ld = blasint(row_stride);
+    return CblasNoTrans;
+  }
+  if (row_stride == 1 && col_stride >= std::max<int64_t>(rows, 1)) {
+    ld = blasint(col_stride);
+    return CblasTrans;
+  }
+  packed.resize(size_t(rows * cols));
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j)
+      packed[size_t(i * cols + j)] = p[i * row_stride + j * col_stride];
+  p = packed.data();
+  ld = blasint(std::max<int64_t>(cols, 1));
+  return CblasNoTrans;
+}
+
+// c (M x N, contiguous) = a (M x K) b (K x N) + beta c, K > 0; T is float or double. With
+// beta = 0, c's prior contents are ignored (NaN included).
+template <class T>
+void blas_gemm(const T* a, int64_t as0, int64_t as1, const T* b, int64_t bs0, int64_t bs1, T* c,
+               int64_t M, int64_t N, int64_t K, T beta) {
+  MT_CHECK(std::max({M, N, K, as0, as1, bs0, bs1}) <= std::numeric_limits<blasint>::max(),
+           "matmul: a dimension or stride exceeds the BLAS integer range ({}); split the product",
+           std::numeric_limits<blasint>::max());
+  std::vector<T> packed_a, packed_b;
+  blasint lda = 0, ldb = 0;
+  const CBLAS_TRANSPOSE ta = blas_operand(a, M, K, as0, as1, packed_a, lda);
+  const CBLAS_TRANSPOSE tb = blas_operand(b, K, N, bs0, bs1, packed_b, ldb);
+  if constexpr (std::is_same_v<T, float>) {
+    cblas_sgemm(CblasRowMajor, ta, tb, blasint(M), blasint(N), blasint(K), 1.0f, a, lda, b, ldb,
+                beta, c, blasint(std::max<int64_t>(N, 1)));
+  } else {
+    cblas_dgemm(CblasRowMajor, ta, tb, blasint(M), blasint(N), blasint(K), 1.0, a, lda, b, ldb,
+                beta, c, blasint(std::max<int64_t>(N, 1)));
+  }
+}
+
+}  // namespace mt::cpu
