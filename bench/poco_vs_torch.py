@@ -3,12 +3,17 @@
 
 Runs build/bin/metatape-bench-poco and tools/reference/poco_bench.py (torch from PyPI) with the
 same configuration, batch and thread count, then prints both medians and metatape / PyTorch
-(goal <= 0.7). With --json, writes both results and the ratio to that path (atomically).
-Usage: python3 bench/poco_vs_torch.py [--threads 2] [--config poco-paper] [--json PATH]
+(goal <= 0.7). With --rounds R the two run in turn R times and the ratio is taken per round
+(each round's two medians were measured minutes apart at most) and its median reported: on a
+shared machine whose speed drifts, a ratio of two runs made at different times misleads. With
+--json, writes every round's results and the ratios to that path (atomically).
+Usage: python3 bench/poco_vs_torch.py [--threads 2] [--config poco-paper] [--rounds 3]
+           [--json PATH]
 """
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +37,7 @@ def main():
     p.add_argument("--neurons", type=int, default=128)
     p.add_argument("--sessions", type=int, default=8)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=3, help="alternating runs of the two (default 3)")
     p.add_argument("--bin", default=os.path.join(ROOT, "build", "bin", "metatape-bench-poco"))
     p.add_argument("--json", default=None)
     a = p.parse_args()
@@ -39,19 +45,33 @@ def main():
         sys.exit(f"error: {a.bin} does not exist; build first with tools/build.sh")
     common = ["--config", a.config, "--threads", str(a.threads), "--batch", str(a.batch),
               "--neurons", str(a.neurons), "--sessions", str(a.sessions), "--repeats", str(a.repeats)]
+    if a.rounds < 1:
+        sys.exit("error: --rounds must be >= 1")
+    rounds = []
     with tempfile.TemporaryDirectory() as tmp:
-        mt_json, torch_json = os.path.join(tmp, "mt.json"), os.path.join(tmp, "torch.json")
-        run([a.bin, *common, "--json", mt_json])
-        run([sys.executable, os.path.join(ROOT, "tools", "reference", "poco_bench.py"), *common,
-             "--json", torch_json])
-        mt, torch = json.load(open(mt_json)), json.load(open(torch_json))
-    mt_ms = mt["ms_per_step_median"]
-    torch_ms = torch["ms_per_step"]["median"]
-    ratio = mt_ms / torch_ms
-    print(f"\nmetatape {mt_ms:.1f} ms/step, PyTorch {torch_ms:.1f} ms/step: "
-          f"ratio {ratio:.2f} (goal <= 0.7: {'met' if ratio <= 0.7 else 'NOT met'})")
+        for r in range(a.rounds):
+            mt_json = os.path.join(tmp, f"mt{r}.json")
+            torch_json = os.path.join(tmp, f"torch{r}.json")
+            run([a.bin, *common, "--json", mt_json])
+            run([sys.executable, os.path.join(ROOT, "tools", "reference", "poco_bench.py"),
+                 *common, "--json", torch_json])
+            mt, torch = json.load(open(mt_json)), json.load(open(torch_json))
+            mt_ms, torch_ms = mt["ms_per_step_median"], torch["ms_per_step"]["median"]
+            print(f"round {r + 1}/{a.rounds}: metatape {mt_ms:.1f} ms/step, PyTorch "
+                  f"{torch_ms:.1f} ms/step, ratio {mt_ms / torch_ms:.3f}\n")
+            rounds.append({"metatape": mt, "pytorch": torch, "ratio": mt_ms / torch_ms})
+    ratios = sorted(x["ratio"] for x in rounds)
+    ratio = statistics.median(ratios)
+    mt_ms = statistics.median(x["metatape"]["ms_per_step_median"] for x in rounds)
+    torch_ms = statistics.median(x["pytorch"]["ms_per_step"]["median"] for x in rounds)
+    print(f"metatape {mt_ms:.1f} ms/step, PyTorch {torch_ms:.1f} ms/step (medians of {a.rounds} "
+          f"rounds); ratio {ratio:.2f}, median of the per-round ratios {['%.3f' % x for x in ratios]} "
+          f"(goal <= 0.7: {'met' if ratio <= 0.7 else 'NOT met'})")
     if a.json:
-        out = {"metatape": mt, "pytorch": torch, "ratio_metatape_over_pytorch": ratio}
+        out = {"metatape": rounds[-1]["metatape"], "pytorch": rounds[-1]["pytorch"],
+               "rounds": rounds, "ratio_metatape_over_pytorch": ratio,
+               "per_round_ratios": [x["ratio"] for x in rounds],
+               "ms_per_step_median_of_rounds": {"metatape": mt_ms, "pytorch": torch_ms}}
         fd, tmp_path = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(a.json)) or ".")
         with os.fdopen(fd, "w") as f:
             json.dump(out, f, indent=2)

@@ -1,5 +1,6 @@
 // layer_norm over the last k dims with optional affine weight and bias.
-// Forward: a fused CPU kernel over rows (mean, variance, normalise, scale, shift).
+// Forward: a fused CPU kernel over rows (mean, variance, normalise, scale, shift), rows split
+// across threads.
 // Backward: with create_graph, written with differentiable ops, recomputing mean and rstd from
 // the saved input so
 // that the rule depends on x through them (needed for second order):
@@ -7,6 +8,7 @@
 //   dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat)),  dw = g * xhat,  db = g
 // (dw and db are returned at the input's shape and summed to (normalized dims) by the engine).
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "engine/cpu/loops.h"
@@ -24,6 +26,33 @@ DispatchStub<LayerNormBackwardKernel> layer_norm_backward_kernel("layer_norm_bac
 
 namespace {
 
+// sum_j f(j) over [0, D) in double with 8 partial sums (j into lane j mod 8, lanes added in
+// order): the loop vectorises instead of being one dependency chain, and the order depends on D
+// only.
+template <class F>
+double lane_sum(int64_t D, F f) {
+  constexpr int64_t kLanes = 8;
+  double part[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= D; j += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) part[l] += f(j + l);
+  double total = 0;
+  for (double q : part) total += q;
+  for (; j < D; ++j) total += f(j);
+  return total;
+}
+
+// Mean and 1 / sqrt(variance + eps) of one row, in double.
+template <class T>
+std::pair<double, double> row_moments(const T* xr, int64_t D, double eps) {
+  const double mu = lane_sum(D, [&](int64_t j) { return double(xr[j]); }) / double(D);
+  const double m2 = lane_sum(D, [&](int64_t j) {
+    const double d = double(xr[j]) - mu;
+    return d * d;
+  });
+  return {mu, 1.0 / std::sqrt(m2 / double(D) + eps)};
+}
+
 void layer_norm_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t D,
                     double eps, Tensor& out) {
   dispatch_float(x.dtype(), "layer_norm", [&]<class T>() {
@@ -32,21 +61,19 @@ void layer_norm_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias, i
     const T* pw = weight.defined() ? weight.data_ptr<T>() : nullptr;
     const T* pb = bias.defined() ? bias.data_ptr<T>() : nullptr;
     T* py = out.data_ptr<T>();
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* xr = px + r * D;
-      T* yr = py + r * D;
-      double mu = 0, m2 = 0;
-      for (int64_t j = 0; j < D; ++j) mu += double(xr[j]);
-      mu /= double(D);
-      for (int64_t j = 0; j < D; ++j) m2 += (double(xr[j]) - mu) * (double(xr[j]) - mu);
-      const double rstd = 1.0 / std::sqrt(m2 / double(D) + eps);
-      for (int64_t j = 0; j < D; ++j) {
-        T v = T((double(xr[j]) - mu) * rstd);
-        if (pw) v *= pw[j];
-        if (pb) v += pb[j];
-        yr[j] = v;
+    cpu::parallel_range(rows, 4 * D, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const T* xr = px + r * D;
+        T* yr = py + r * D;
+        const auto [mu, rstd] = row_moments(xr, D, eps);
+        for (int64_t j = 0; j < D; ++j) {
+          T v = T((double(xr[j]) - mu) * rstd);
+          if (pw) v *= pw[j];
+          if (pb) v += pb[j];
+          yr[j] = v;
+        }
       }
-    }
+    });
   });
 }
 // First-order backward (see the stub in engine/ops/kernels.h).
@@ -64,41 +91,35 @@ void layer_norm_backward_cpu(const Tensor& x, const Tensor& weight, const Tensor
       for (int64_t r = begin; r < end; ++r) {
         const T* xr = px + r * D;
         const T* gr = pg + r * D;
-        double mu = 0, m2 = 0;
-        for (int64_t j = 0; j < D; ++j) mu += double(xr[j]);
-        mu /= double(D);
-        for (int64_t j = 0; j < D; ++j) m2 += (double(xr[j]) - mu) * (double(xr[j]) - mu);
-        const double rs = 1.0 / std::sqrt(m2 / double(D) + eps);
+        const auto [mu, rs] = row_moments(xr, D, eps);
         mean[size_t(r)] = mu;
         rstd[size_t(r)] = rs;
         // dx = rstd (gh - mean(gh) - xhat mean(gh xhat)), gh = g w
-        double s1 = 0, s2 = 0;
-        for (int64_t j = 0; j < D; ++j) {
-          const double gh = double(gr[j]) * (pw ? double(pw[j]) : 1.0);
-          s1 += gh;
-          s2 += gh * (double(xr[j]) - mu) * rs;
-        }
-        s1 /= double(D);
-        s2 /= double(D);
+        auto gh = [&](int64_t j) { return double(gr[j]) * (pw ? double(pw[j]) : 1.0); };
+        const double s1 = lane_sum(D, gh) / double(D);
+        const double s2 =
+            lane_sum(D, [&](int64_t j) { return gh(j) * (double(xr[j]) - mu) * rs; }) / double(D);
         for (int64_t j = 0; j < D; ++j) {
           const double xhat = (double(xr[j]) - mu) * rs;
-          const double gh = double(gr[j]) * (pw ? double(pw[j]) : 1.0);
-          pdx[r * D + j] = T(rs * (gh - s1 - xhat * s2));
+          pdx[r * D + j] = T(rs * (gh(j) - s1 - xhat * s2));
         }
       }
     });
-    // dw = sum over rows of g xhat, db = sum of g: one fixed row order (deterministic).
+    // dw = sum over rows of g xhat, db = sum of g: each column summed over the rows in row order
+    // (deterministic), columns split across threads.
     if (dw.defined() || db.defined()) {
       std::vector<double> sw(static_cast<size_t>(D), 0.0), sb(static_cast<size_t>(D), 0.0);
-      for (int64_t r = 0; r < rows; ++r) {
-        const T* xr = px + r * D;
-        const T* gr = pg + r * D;
-        const double mu = mean[size_t(r)], rs = rstd[size_t(r)];
-        for (int64_t j = 0; j < D; ++j) {
-          sw[size_t(j)] += double(gr[j]) * (double(xr[j]) - mu) * rs;
-          sb[size_t(j)] += double(gr[j]);
+      cpu::parallel_range(D, 2 * rows, [&](int64_t j0, int64_t j1) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const T* xr = px + r * D;
+          const T* gr = pg + r * D;
+          const double mu = mean[size_t(r)], rs = rstd[size_t(r)];
+          for (int64_t j = j0; j < j1; ++j) {
+            sw[size_t(j)] += double(gr[j]) * (double(xr[j]) - mu) * rs;
+            sb[size_t(j)] += double(gr[j]);
+          }
         }
-      }
+      });
       if (dw.defined())
         for (int64_t j = 0; j < D; ++j) dw.data_ptr<T>()[j] = T(sw[size_t(j)]);
       if (db.defined())

@@ -5,7 +5,7 @@
 // (beta = 1: no separate bias pass, no zeroing pass), then ReLU in place. Other dtypes and
 // operands a kernel does not take compute the composite matmul + add + activation.
 #include "engine/autograd/grad_mode.h"
-#include "engine/cpu/blas.h"
+#include "engine/cpu/gemm.h"
 #include "engine/cpu/loops.h"
 #include "engine/ops/elementwise.h"
 #include "engine/ops/kernels.h"
@@ -36,8 +36,8 @@ Tensor linear_cpu(const Tensor& x, const Tensor& w, const Tensor& bias, Activati
         if (!b.defined()) std::fill(py, py + rows * out, T(0));
       } else {
         // y (rows, out) = x (rows, in) W^T (in, out) [+ y]
-        cpu::blas_gemm(x.data_ptr<T>(), in, int64_t(1), w.data_ptr<T>(), w.stride(1), w.stride(0),
-                       py, rows, out, in, b.defined() ? T(1) : T(0));
+        cpu::gemm(x.data_ptr<T>(), in, int64_t(1), w.data_ptr<T>(), w.stride(1), w.stride(0), py,
+                  rows, out, in, b.defined());
       }
       if (act == Activation::relu) {
         cpu::parallel_range(rows * out, 1, [&](int64_t begin, int64_t end) {

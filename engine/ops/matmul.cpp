@@ -1,12 +1,8 @@
 // Matrix products. The core op is a batched matmul of (..., M, K) by (..., K, N) with broadcast
 // batch dims; matmul() adds torch's handling of 1-D operands as views around it. The CPU kernel
-// passes each operand to the GEMM without copying when either of its last two dims is unit-stride
-// (so the transposed views made by the backward rule cost nothing): OpenBLAS's sgemm / dgemm for
-// f32 and f64 (the OpenMP build: inside a parallel region it runs on the calling thread, outside
-// it uses the engine's thread count), Eigen's GEMM for the 16-bit types.
-#include <Eigen/Core>
-
-#include "engine/cpu/blas.h"
+// passes each operand to the GEMM (engine/cpu/gemm.h) without copying when either of its last two
+// dims is unit-stride, so the transposed views made by the backward rule cost nothing.
+#include "engine/cpu/gemm.h"
 #include "engine/cpu/loops.h"
 #include "engine/ops/elementwise.h"
 
@@ -21,28 +17,6 @@ using MatmulKernel = void(const Tensor& a, const Tensor& b, Tensor& out);
 DispatchStub<MatmulKernel> matmul_kernel("matmul");
 
 namespace {
-
-template <class T>
-using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <class T>
-using ConstMap = Eigen::Map<const RowMajor<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
-
-// Calls fn with an Eigen expression for the (rows x cols) matrix at p with the given strides:
-// a row-major map, the transpose of a row-major map, or (for other layouts) a packed copy.
-template <class T, class Fn>
-void with_matrix(const T* p, int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride,
-                 Fn&& fn) {
-  if (col_stride == 1 && row_stride >= std::max<int64_t>(cols, 1)) {
-    fn(ConstMap<T>(p, rows, cols, Eigen::OuterStride<>(row_stride)));
-  } else if (row_stride == 1 && col_stride >= std::max<int64_t>(rows, 1)) {
-    fn(ConstMap<T>(p, cols, rows, Eigen::OuterStride<>(col_stride)).transpose());
-  } else {
-    RowMajor<T> packed(rows, cols);
-    for (int64_t i = 0; i < rows; ++i)
-      for (int64_t j = 0; j < cols; ++j) packed(i, j) = p[i * row_stride + j * col_stride];
-    fn(packed);
-  }
-}
 
 void matmul_cpu(const Tensor& a, const Tensor& b, Tensor& out) {
   const int r = out.dim();
@@ -67,13 +41,8 @@ void matmul_cpu(const Tensor& a, const Tensor& b, Tensor& out) {
       T* c = po + index * M * N;
       if (K == 0) {
         std::fill(c, c + M * N, T(0));
-      } else if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-        cpu::blas_gemm(pa + a_off, as0, as1, pb + b_off, bs0, bs1, c, M, N, K, T(0));
       } else {
-        Eigen::Map<RowMajor<T>> C(c, M, N);
-        with_matrix(pa + a_off, M, K, as0, as1, [&](const auto& A) {
-          with_matrix(pb + b_off, K, N, bs0, bs1, [&](const auto& B) { C.noalias() = A * B; });
-        });
+        cpu::gemm(pa + a_off, as0, as1, pb + b_off, bs0, bs1, c, M, N, K, false);
       }
     };
     if (batch.size() == 0) {

@@ -1,6 +1,7 @@
 // Seeded random tensors and dropout. Element i of a draw comes from Philox block
 // (offset + i / lanes), lane i % lanes (engine/core/generator.h), so any backend and any thread
 // split produce the same numbers.
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
@@ -20,45 +21,75 @@ namespace {
 // uniform.
 int64_t values_per_block(DType dtype) { return dtype == DType::f64 ? 2 : 4; }
 
+template <class T, Distribution dist>
+void random_fill(T* o, int64_t n, double a, double b, uint64_t seed, uint64_t first_block) {
+  constexpr bool wide = std::is_same_v<T, double>;
+  constexpr int64_t lanes = wide ? 2 : 4;
+  const int64_t blocks = (n + lanes - 1) / lanes;
+  // Block i fills elements [i*lanes, i*lanes + lanes): independent of the thread split.
+  if constexpr (!wide && dist == Distribution::bernoulli) {
+    // u = (j + 0.5) 2^-24 with j = bits >> 8, so u < a exactly when j < ceil(a 2^24 - 0.5)
+    // (both sides exact in double): one integer compare per value, the same masks.
+    const double threshold = std::ceil(a * 16777216.0 - 0.5);
+    const uint32_t keep_below = uint32_t(std::clamp(threshold, 0.0, 16777216.0));
+    const T kept = T(b);
+    cpu::parallel_range(blocks, lanes * 8, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const auto r = Generator::philox(seed, first_block + uint64_t(i));
+        for (int64_t k = 0; k < lanes && i * lanes + k < n; ++k)
+          o[i * lanes + k] = (r[size_t(k)] >> 8) < keep_below ? kept : T(0);
+      }
+    });
+    return;
+  }
+  auto fill_block = [&](int64_t i, const std::array<uint32_t, 4>& r) {
+    double u[4] = {}, z[4] = {};
+    if constexpr (wide) {
+      u[0] = Generator::to_unit53(r[0], r[1]);
+      u[1] = Generator::to_unit53(r[2], r[3]);
+    } else {
+      for (int k = 0; k < 4; ++k) u[k] = Generator::to_unit(r[size_t(k)]);
+    }
+    if constexpr (dist == Distribution::normal) {
+      for (int64_t k = 0; k < lanes; k += 2) {
+        // Box-Muller on (u[k], u[k+1]); u is never 0, so the log is finite.
+        const double radius = std::sqrt(-2.0 * std::log(u[k]));
+        const double angle = 2.0 * std::numbers::pi * u[k + 1];
+        z[k] = radius * std::cos(angle);
+        z[k + 1] = radius * std::sin(angle);
+      }
+    }
+    for (int64_t k = 0; k < lanes && i * lanes + k < n; ++k) {
+      T& v = o[i * lanes + k];
+      // Explicit fused multiply-adds: the same rounding whatever the compiler contracts (the
+      // CUDA kernel uses the same two, random.cu).
+      if constexpr (dist == Distribution::normal) v = T(std::fma(b, z[k], a));
+      if constexpr (dist == Distribution::uniform) v = T(std::fma(b - a, u[k], a));
+      if constexpr (dist == Distribution::bernoulli) v = T(b * double(u[k] < a));  // no branch
+    }
+  };
+  cpu::parallel_range(blocks, lanes * 8, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      fill_block(i, Generator::philox(seed, first_block + uint64_t(i)));
+  });
+}
+
 void random_cpu(Tensor& out, Distribution dist, double a, double b, uint64_t seed,
                 uint64_t first_block) {
   dispatch_float(out.dtype(), "random", [&]<class T>() {
-    constexpr bool wide = std::is_same_v<T, double>;
-    constexpr int64_t lanes = wide ? 2 : 4;
     T* o = out.data_ptr<T>();
-    const int64_t n = out.numel(), blocks = (n + lanes - 1) / lanes;
-    // Block i fills elements [i*lanes, i*lanes + lanes): independent of the thread split.
-    cpu::parallel_range(blocks, lanes * 8, [&](int64_t begin, int64_t end) {
-      double u[4] = {}, z[4] = {};
-      for (int64_t i = begin; i < end; ++i) {
-        auto r = Generator::philox(seed, first_block + uint64_t(i));
-        if constexpr (wide) {
-          u[0] = Generator::to_unit53(r[0], r[1]);
-          u[1] = Generator::to_unit53(r[2], r[3]);
-        } else {
-          for (int k = 0; k < 4; ++k) u[k] = Generator::to_unit(r[size_t(k)]);
-        }
-        if (dist == Distribution::normal) {
-          for (int64_t k = 0; k < lanes; k += 2) {
-            // Box-Muller on (u[k], u[k+1]); u is never 0, so the log is finite.
-            const double radius = std::sqrt(-2.0 * std::log(u[k]));
-            const double angle = 2.0 * std::numbers::pi * u[k + 1];
-            z[k] = radius * std::cos(angle);
-            z[k + 1] = radius * std::sin(angle);
-          }
-        }
-        for (int64_t k = 0; k < lanes && i * lanes + k < n; ++k) {
-          T& v = o[i * lanes + k];
-          switch (dist) {
-            // Explicit fused multiply-adds: the same rounding whatever the compiler contracts
-            // (the CUDA kernel uses the same two, random.cu).
-            case Distribution::normal: v = T(std::fma(b, z[k], a)); break;
-            case Distribution::uniform: v = T(std::fma(b - a, u[k], a)); break;
-            case Distribution::bernoulli: v = u[k] < a ? T(b) : T(0); break;
-          }
-        }
-      }
-    });
+    const int64_t n = out.numel();
+    switch (dist) {
+      case Distribution::normal:
+        random_fill<T, Distribution::normal>(o, n, a, b, seed, first_block);
+        break;
+      case Distribution::uniform:
+        random_fill<T, Distribution::uniform>(o, n, a, b, seed, first_block);
+        break;
+      case Distribution::bernoulli:
+        random_fill<T, Distribution::bernoulli>(o, n, a, b, seed, first_block);
+        break;
+    }
   });
 }
 [[maybe_unused]] const bool registered = (random_kernel.set(DeviceType::CPU, &random_cpu), true);

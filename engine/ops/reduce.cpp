@@ -35,7 +35,23 @@ void reduce_serial(const Tensor& x, Tensor& out, double init, Acc acc) {
                          const T* v = p + off[0];
                          if (step[0] == 1 && step[1] == 1) {  // a row into a row: vectorises
                            for (int64_t j = 0; j < len; ++j) a[j] = acc(a[j], double(v[j]));
-                         } else if (step[1] == 0) {  // a row into one value
+                         } else if (step[1] == 0 && step[0] == 1) {
+                           // A contiguous row into one value: 16 partial results (element j
+                           // into lane j mod 16, lanes combined in order) so the loop vectorises
+                           // and is not one long dependency chain; the order is fixed by the
+                           // row length alone.
+                           constexpr int64_t kLanes = 16;
+                           double part[kLanes];
+                           for (double& q : part) q = init;
+                           int64_t j = 0;
+                           for (; j + kLanes <= len; j += kLanes)
+                             for (int64_t l = 0; l < kLanes; ++l)
+                               part[l] = acc(part[l], double(v[j + l]));
+                           double r = *a;
+                           for (double q : part) r = acc(r, q);
+                           for (; j < len; ++j) r = acc(r, double(v[j]));
+                           *a = r;
+                         } else if (step[1] == 0) {  // a strided row into one value
                            double r = *a;
                            for (int64_t j = 0; j < len; ++j) r = acc(r, double(v[j * step[0]]));
                            *a = r;

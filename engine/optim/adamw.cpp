@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "engine/autograd/grad_mode.h"
+#include "engine/cpu/loops.h"
 #include "engine/optim/adamw_math.h"
 #include "engine/optim/kernels.h"
 
@@ -31,7 +32,15 @@ void adamw_cpu(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_a
     const int64_t n = param.numel();
 
     const AdamWElementStep<T> update(h, step);
-    for (int64_t i = 0; i < n; ++i) update(p[i], m[i], v[i], vmax ? &vmax[i] : nullptr, g[i]);
+    // Elements are independent: split across threads (same result), with the amsgrad branch
+    // outside the loops so they vectorise.
+    cpu::parallel_range(n, 16, [&](int64_t begin, int64_t end) {
+      if (vmax != nullptr) {
+        for (int64_t i = begin; i < end; ++i) update(p[i], m[i], v[i], &vmax[i], g[i]);
+      } else {
+        for (int64_t i = begin; i < end; ++i) update(p[i], m[i], v[i], nullptr, g[i]);
+      }
+    });
   });
 }
 

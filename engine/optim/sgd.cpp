@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include "engine/autograd/grad_mode.h"
+#include "engine/cpu/loops.h"
 #include "engine/optim/kernels.h"
 
 namespace mt::optim {
@@ -27,15 +28,18 @@ void sgd_cpu(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, bool fi
     const T momentum = T(h.momentum);
     const T one_minus_dampening = T(1 - h.dampening);
     const T neg_lr = T(-h.lr);
-    for (int64_t i = 0; i < n; ++i) {
-      T gi = h.maximize ? -g[i] : g[i];
-      if (decay) gi = gi + weight_decay * p[i];
-      if (buf) {
-        buf[i] = first ? gi : buf[i] * momentum + one_minus_dampening * gi;
-        gi = h.nesterov ? gi + momentum * buf[i] : buf[i];
+    // Elements are independent: split across threads (same result).
+    cpu::parallel_range(n, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        T gi = h.maximize ? -g[i] : g[i];
+        if (decay) gi = gi + weight_decay * p[i];
+        if (buf) {
+          buf[i] = first ? gi : buf[i] * momentum + one_minus_dampening * gi;
+          gi = h.nesterov ? gi + momentum * buf[i] : buf[i];
+        }
+        p[i] = p[i] + neg_lr * gi;
       }
-      p[i] = p[i] + neg_lr * gi;
-    }
+    });
   });
 }
 
