@@ -3,8 +3,9 @@
 // a) Per-op overhead: tiny f32 tensors, so the arithmetic is negligible and what is timed is
 //    dispatch, allocation of the result and (with an input that requires grad) recording the op
 //    on the tape. Each row times a loop of many calls as a whole; the figure is ns per op.
-// b) Matmul GFLOP/s: mt::matmul against Eigen's row-major GEMM called directly on the same
-//    inputs, with the results compared (a wrong result fails the run).
+// b) Matmul GFLOP/s: mt::matmul against the GEMM it runs (OpenBLAS's cblas_sgemm, see
+//    engine/cpu/gemm.h) called directly on the same inputs, and against Eigen's row-major GEMM,
+//    with the results compared (a wrong result fails the run).
 //
 // Timing is plain std::chrono: warm-up, then the median of several repeats. The table goes to
 // stdout; with --json PATH every figure is also written to PATH (atomically).
@@ -30,6 +31,7 @@
 
 #include <CLI/CLI.hpp>
 #include <Eigen/Core>
+#include <cblas.h>
 #include <nlohmann/json.hpp>
 
 #include "engine/autograd/grad_mode.h"
@@ -208,8 +210,8 @@ std::vector<OverheadRow> bench_overhead(bool quick) {
 struct MatmulRow {
   int64_t n = 0;
   int warmup = 0, repeats = 0;
-  double mt_ms = 0, eigen_ms = 0;  // medians
-  double mt_gflops = 0, eigen_gflops = 0;
+  double mt_ms = 0, blas_ms = 0, eigen_ms = 0;  // medians
+  double mt_gflops = 0, blas_gflops = 0, eigen_gflops = 0;
   double max_abs_diff = 0, tolerance = 0;
 };
 
@@ -224,11 +226,16 @@ bool bench_matmul(int64_t n, int warmup, int repeats, MatmulRow& row) {
     throw std::runtime_error("matmul bench: uniform() returned a non-contiguous tensor");
   const RowMajorF A = Eigen::Map<const RowMajorF>(a.data_ptr<float>(), n, n);
   const RowMajorF B = Eigen::Map<const RowMajorF>(b.data_ptr<float>(), n, n);
-  RowMajorF C(n, n);
+  RowMajorF C(n, n), C_blas(n, n);
 
   mt::NoGradGuard no_grad;
   mt::Tensor c;
   auto run_mt = [&] { c = mt::matmul(a, b); };
+  auto run_blas = [&] {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(n), blasint(n), blasint(n),
+                1.0f, a.data_ptr<float>(), blasint(n), b.data_ptr<float>(), blasint(n), 0.0f,
+                C_blas.data(), blasint(n));
+  };
   auto run_eigen = [&] { C.noalias() = A * B; };
   // The two are timed alternately, repeat by repeat, so drift in the machine's speed (other
   // load, frequency) affects both medians alike.
@@ -239,20 +246,24 @@ bool bench_matmul(int64_t n, int warmup, int repeats, MatmulRow& row) {
   };
   for (int i = 0; i < warmup; ++i) {
     run_mt();
+    run_blas();
     run_eigen();
   }
-  std::vector<double> mt_ms, eigen_ms;
+  std::vector<double> mt_ms, blas_ms, eigen_ms;
   for (int r = 0; r < repeats; ++r) {
     mt_ms.push_back(time_once_ms(run_mt));
+    blas_ms.push_back(time_once_ms(run_blas));
     eigen_ms.push_back(time_once_ms(run_eigen));
   }
   row.n = n;
   row.warmup = warmup;
   row.repeats = repeats;
   row.mt_ms = median(mt_ms);
+  row.blas_ms = median(blas_ms);
   row.eigen_ms = median(eigen_ms);
   const double flops = 2.0 * double(n) * double(n) * double(n);
   row.mt_gflops = flops / (row.mt_ms * 1e-3) / 1e9;
+  row.blas_gflops = flops / (row.blas_ms * 1e-3) / 1e9;
   row.eigen_gflops = flops / (row.eigen_ms * 1e-3) / 1e9;
 
   // Correctness: metatape's product against Eigen's, elementwise.
@@ -290,8 +301,8 @@ int run(int argc, char** argv) {
   app.add_option("--json", json_path, "also write every figure as JSON to this path");
   app.add_flag("--quick", quick, "fewer iterations and smaller matrices (a smoke run)");
   app.add_option("--threads", threads_option,
-                 "OpenMP threads for Eigen's GEMM, used by mt::matmul and the direct Eigen "
-                 "calls alike (default: OMP_NUM_THREADS, else one per core)");
+                 "OpenMP threads for the GEMMs (mt::matmul, OpenBLAS and Eigen called directly; "
+                 "default: OMP_NUM_THREADS, else one per core)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -326,8 +337,9 @@ int run(int argc, char** argv) {
 
   // b) Matmul.
   std::printf("\nb) matmul f32, square, C = A B (GFLOP/s = 2 n^3 / median time)\n");
-  std::printf("   %6s %14s %14s %14s %14s %9s %12s\n", "n", "metatape ms", "Eigen ms",
-              "metatape GF/s", "Eigen GF/s", "mt/Eigen", "max |diff|");
+  std::printf("   %6s %12s %12s %12s %14s %14s %11s %12s %12s\n", "n", "metatape ms",
+              "OpenBLAS ms", "Eigen ms", "metatape GF/s", "OpenBLAS GF/s", "Eigen GF/s",
+              "mt/OpenBLAS", "max |diff|");
   std::fflush(stdout);
   struct Size {
     int64_t n;
@@ -339,9 +351,10 @@ int run(int argc, char** argv) {
   for (const auto& s : sizes) {
     MatmulRow row;
     if (!bench_matmul(s.n, s.warmup, s.repeats, row)) return 1;
-    std::printf("   %6lld %14.3f %14.3f %14.2f %14.2f %9.3f %12.3g\n",
-                static_cast<long long>(row.n), row.mt_ms, row.eigen_ms, row.mt_gflops,
-                row.eigen_gflops, row.mt_gflops / row.eigen_gflops, row.max_abs_diff);
+    std::printf("   %6lld %12.3f %12.3f %12.3f %14.2f %14.2f %11.2f %12.3f %12.3g\n",
+                static_cast<long long>(row.n), row.mt_ms, row.blas_ms, row.eigen_ms,
+                row.mt_gflops, row.blas_gflops, row.eigen_gflops,
+                row.mt_gflops / row.blas_gflops, row.max_abs_diff);
     std::fflush(stdout);
     matmul_rows.push_back(row);
   }
@@ -382,9 +395,12 @@ int run(int argc, char** argv) {
                     {"warmup", r.warmup},
                     {"repeats", r.repeats},
                     {"metatape_ms_median", r.mt_ms},
+                    {"openblas_ms_median", r.blas_ms},
                     {"eigen_ms_median", r.eigen_ms},
                     {"metatape_gflops", r.mt_gflops},
+                    {"openblas_gflops", r.blas_gflops},
                     {"eigen_gflops", r.eigen_gflops},
+                    {"ratio_metatape_over_openblas", r.mt_gflops / r.blas_gflops},
                     {"ratio_metatape_over_eigen", r.mt_gflops / r.eigen_gflops},
                     {"max_abs_diff", r.max_abs_diff},
                     {"tolerance", r.tolerance}});

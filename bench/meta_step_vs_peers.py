@@ -187,6 +187,16 @@ def main():
     for x, y in (("metatape", "pytorch"), ("metatape", "jax"), ("jax", "pytorch")):
         if x in minima and y in minima:
             ratios_of_minima[f"{x}_over_{y}"] = minima[x] / minima[y]
+    # Ratios within each round (the engines of a round ran back to back): on a machine whose
+    # speed drifts over minutes these are steadier than ratios of medians taken across rounds.
+    per_round_ratios = {}
+    for x, y in (("metatape", "pytorch"), ("metatape", "jax")):
+        if rounds.get(x) and rounds.get(y) and len(rounds[x]) == len(rounds[y]):
+            per_round_ratios[f"{x}_over_{y}"] = [step_ms(p) / step_ms(q)
+                                                 for p, q in zip(rounds[x], rounds[y])]
+    for k, v in per_round_ratios.items():
+        print(f"{k.replace('_over_', ' / ')} per round: {', '.join(f'{x:.3f}' for x in v)} "
+              f"(median {statistics.median(v):.3f})")
     if "metatape_over_pytorch" in ratios:
         r = ratios["metatape_over_pytorch"]
         print(f"metatape / PyTorch = {r:.2f} (goal <= {GOAL}: {'met' if r <= GOAL else 'NOT met'})")
@@ -227,6 +237,8 @@ def main():
         "ratios": ratios,
         "ms_per_meta_step_min": minima,
         "ratios_of_minima": ratios_of_minima,
+        "per_round_ratios": per_round_ratios,
+        "per_round_ratio_medians": {k: statistics.median(v) for k, v in per_round_ratios.items()},
         "goal_metatape_over_pytorch": GOAL,
         "rounds": rounds,
     }

@@ -88,6 +88,8 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=("cpu",),
+                   help="the JAX peer runs on the CPU only (accepted for the driver's common options)")
     p.add_argument("--json", default=None)
     p.add_argument("--check", action="store_true",
                    help="compare with the PyTorch reference in float64 (needs torch), no timing")
