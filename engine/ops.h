@@ -54,6 +54,11 @@ Tensor cos(const Tensor& x);
 Tensor gelu(const Tensor& x);  // exact: x * Phi(x) with the normal CDF via erf
 // g * gelu'(x) in one pass: gelu's backward, itself differentiable (in g and x).
 Tensor gelu_backward(const Tensor& g, const Tensor& x);
+// gelu''(x) = phi(x) (2 - x^2) in one pass (gelu_backward's derivative in x); differentiable.
+Tensor gelu_second_derivative(const Tensor& x);
+// g * step(x), step(x) = 1 where x > 0, else 0 (torch's threshold_backward): relu's backward in
+// one pass. Differentiable in g (the mask is constant; no gradient flows to x).
+Tensor relu_backward(const Tensor& g, const Tensor& x);
 Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi);
 
 // ---- reductions (engine/ops/reduce.cpp); empty dims = all dims ----

@@ -53,6 +53,9 @@ std::vector<UnaryCase> unary_cases() {
       {"cos", [](const Tensor& x) { return cos(x); }, [](double v) { return std::cos(v); }, -3, 3},
       {"gelu", [](const Tensor& x) { return gelu(x); },
        [s2](double v) { return 0.5 * v * (1 + std::erf(v / s2)); }, -3, 3},
+      {"gelu_second_derivative", [](const Tensor& x) { return gelu_second_derivative(x); },
+       [](double v) { return std::exp(-0.5 * v * v) / std::sqrt(2 * std::numbers::pi) * (2 - v * v); },
+       -3, 3},
       // clamp: inputs avoid the bounds by the domain (inside) and the separate cases below.
       {"clamp(inside)", [](const Tensor& x) { return clamp(x, -1.0, 1.0); },
        [](double v) { return std::clamp(v, -1.0, 1.0); }, -0.9, 0.9},
@@ -110,6 +113,25 @@ TEST_CASE("gelu_backward: value, and its own first- and second-order gradients",
   auto f = [](const TensorList& in) { return gelu_backward(in[0], in[1]); };
   CHECK(check_gradients("gelu_backward", f, {g, x}) == 72);
   CHECK(check_second_order("gelu_backward", f, {g, x}) > 0);
+}
+
+TEST_CASE("relu_backward: g where x > 0, differentiable in g, no gradient to x",
+          "[ops][unary][grad]") {
+  Tensor g = random_tensor(Shape{3, 4}, -1, 1, 15), x = random_tensor(Shape{3, 4}, -1, 1, 16);
+  auto gv = g.to_vector<double>(), xv = x.to_vector<double>();
+  auto y = relu_backward(g, x).to_vector<double>();
+  for (size_t i = 0; i < y.size(); ++i) CHECK(y[i] == (xv[i] > 0 ? gv[i] : 0.0));
+  // The same for a broadcast mask and in f32.
+  Tensor row = random_tensor(Shape{4}, -1, 1, 17);
+  CHECK(max_abs_diff(relu_backward(g, row), mul(g, gt(row, scalar_like(row, 0.0)))) == 0);
+  CHECK(max_abs_diff(relu_backward(g.to(DType::f32), x.to(DType::f32)).to(DType::f64),
+                     relu_backward(g, x)) <= 1e-7);
+  auto f = [&](const TensorList& in) { return relu_backward(in[0], x); };
+  CHECK(check_gradients("relu_backward", f, {g}) == 144);
+  CHECK(check_second_order("relu_backward", f, {g}) > 0);
+  Tensor xg = x.detach();
+  xg.set_requires_grad(true);
+  CHECK_FALSE(relu_backward(g, xg).requires_grad());
 }
 
 TEST_CASE("sign carries no gradient", "[ops][unary]") {

@@ -21,7 +21,9 @@ void embedding_cpu(const Tensor& weight, const Tensor& indices, Tensor& out) {
   dispatch_float(weight.dtype(), "embedding", [&]<class T>() {
     const T* w = weight.data_ptr<T>();
     T* o = out.data_ptr<T>();
-    for (int64_t i = 0; i < n; ++i) std::copy_n(w + idx[i] * D, D, o + i * D);
+    cpu::parallel_range(n, D, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) std::copy_n(w + idx[i] * D, D, o + i * D);
+    });
   });
 }
 
@@ -31,8 +33,12 @@ void embedding_backward_cpu(const Tensor& rows, const Tensor& indices, Tensor& o
   dispatch_float(rows.dtype(), "embedding_backward", [&]<class T>() {
     const T* r = rows.data_ptr<T>();
     T* o = out.data_ptr<T>();
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < D; ++j) o[idx[i] * D + j] += r[i * D + j];
+    // Each thread owns a range of columns and adds the rows in index order: every output
+    // element sums its terms in the same order whatever the thread count (deterministic).
+    cpu::parallel_range(D, n, [&](int64_t j0, int64_t j1) {
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = j0; j < j1; ++j) o[idx[i] * D + j] += r[i * D + j];
+    });
   });
 }
 [[maybe_unused]] const bool registered =

@@ -72,8 +72,7 @@ void record_fused(const Tensor& x2, const Tensor& weight, const Tensor& bias, Ac
                       [relu_mask](const Node& n, const Tensor& g) -> TensorList {
                         Tensor dz = g;
                         if (relu_mask) {
-                          const Tensor y = n.saved(2);
-                          dz = mul(g, gt(y, scalar_like(y, 0.0)));
+                          dz = relu_backward(g, n.saved(2));
                         }
                         return {n.needs_input_grad(0) ? matmul(dz, n.saved(1)) : Tensor(),
                                 n.needs_input_grad(1) ? matmul(transpose(dz, 0, 1), n.saved(0))

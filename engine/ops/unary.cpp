@@ -55,6 +55,12 @@ MT_CPU_UNARY_VEC(sin, a.sin(), std::sin(v))
 MT_CPU_UNARY_VEC(cos, a.cos(), std::cos(v))
 MT_CPU_UNARY_VEC(gelu, T(0.5) * a * (T(1) + (a * T(std::numbers::sqrt2 / 2)).erf()),
                  T(0.5) * v * (T(1) + std::erf(v * T(std::numbers::sqrt2 / 2))))
+// gelu''(x) = phi(x) (2 - x^2), phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
+MT_CPU_UNARY_VEC(gelu_second_derivative,
+                 (a.square() * T(-0.5)).exp() * T(0.5 * std::numbers::inv_sqrtpi *
+                                                 std::numbers::sqrt2) * (T(2) - a.square()),
+                 std::exp(T(-0.5) * v * v) *
+                     T(0.5 * std::numbers::inv_sqrtpi * std::numbers::sqrt2) * (T(2) - v * v))
 #undef MT_CPU_UNARY
 #undef MT_CPU_UNARY_VEC
 
@@ -177,7 +183,7 @@ Tensor relu(const Tensor& x) {
   Tensor y = unary_forward(relu_kernel, x);
   if (any_requires_grad(x)) {
     record_unary("relu", x, y, Save::input, [](const Tensor& g, const Tensor& x) {
-      return mul(g, gt(x, scalar_like(x, 0.0)));  // step(x); 0 at the kink, as torch
+      return relu_backward(g, x);  // g step(x); 0 at the kink, as torch
     });
   }
   return y;
@@ -262,13 +268,56 @@ Tensor gelu_backward(const Tensor& g, const Tensor& x) {
                           if (n.needs_input_grad(0)) dg = gelu_backward(gg, x);  // gg gelu'(x)
                           if (n.needs_input_grad(1)) {
                             // gg g gelu''(x) = gg g phi(x) (2 - x^2)
-                            Tensor pdf = mul(exp(mul(mul(x, x), -0.5)),
-                                             0.5 * std::numbers::inv_sqrtpi * std::numbers::sqrt2);
-                            dx = mul(mul(gg, g), mul(pdf, sub(scalar_like(x, 2.0), mul(x, x))));
+                            dx = mul(mul(gg, g), gelu_second_derivative(x));
                           }
                           return {dg, dx};
                         });
     node.save(g);
+    node.save(x);
+  }
+  return out;
+}
+
+// The CPU has one-pass kernels for these two; other devices compose them from ops (the same
+// values; their kernels would be launch-for-launch what the composites run).
+Tensor gelu_second_derivative(const Tensor& x) {
+  check_operands("gelu_second_derivative", {&x});
+  if (!x.device().is_cpu()) {
+    Tensor pdf = mul(exp(mul(mul(x, x), -0.5)),
+                     0.5 * std::numbers::inv_sqrtpi * std::numbers::sqrt2);
+    return mul(pdf, sub(scalar_like(x, 2.0), mul(x, x)));
+  }
+  Tensor y = unary_forward(gelu_second_derivative_kernel, x);
+  if (any_requires_grad(x)) {
+    record_unary("gelu_second_derivative", x, y, Save::input, [](const Tensor& g, const Tensor& x) {
+      // d/dx phi(x) (2 - x^2) = -x phi(x) (2 - x^2) - 2 x phi(x) = x phi(x) (x^2 - 4)
+      Tensor pdf = mul(exp(mul(mul(x, x), -0.5)),
+                       0.5 * std::numbers::inv_sqrtpi * std::numbers::sqrt2);
+      return mul(g, mul(mul(x, pdf), sub(mul(x, x), scalar_like(x, 4.0))));
+    });
+  }
+  return y;
+}
+
+DispatchStub<BinaryKernel> relu_backward_kernel("relu_backward");
+static void relu_backward_cpu(const Tensor& g, const Tensor& x, Tensor& out) {
+  dispatch_float(out.dtype(), "relu_backward", [&]<class T>() {
+    cpu::map<T, T>(out, [](T gv, T v) -> T { return v > T(0) ? gv : T(0); }, g, x);
+  });
+}
+[[maybe_unused]] static const bool relu_backward_registered =
+    (relu_backward_kernel.set(DeviceType::CPU, &relu_backward_cpu), true);
+
+Tensor relu_backward(const Tensor& g, const Tensor& x) {
+  check_operands("relu_backward", {&g, &x});
+  if (!x.device().is_cpu()) return mul(g, gt(x, scalar_like(x, 0.0)));
+  Tensor out = empty(broadcast_shapes(g.shape(), x.shape(), "relu_backward"), g.dtype(), g.device());
+  relu_backward_kernel(g.device(), g, x, out);
+  if (any_requires_grad(g)) {
+    auto& node = record("relu_backward", out, {&g},
+                        [](const Node& n, const Tensor& gg) -> TensorList {
+                          return {relu_backward(gg, n.saved(0))};
+                        });
     node.save(x);
   }
   return out;
