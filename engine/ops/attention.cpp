@@ -27,20 +27,23 @@ Tensor rotary_inv_freq(int64_t dim_head, double t_max, DType dtype) {
 }
 
 // ---- rotate_pairs: y = R x for the rotation of each pair (x[2k], x[2k+1]) by the angle whose
-// cosine and sine are c[i, k], s[i, k] (the same for every head). Linear in x with R^T = R(c, -s),
-// so its backward is the same op with -s, and so on to any order. CPU kernel; other devices use
-// rotary's composite.
-using RotatePairsKernel = void(const Tensor& x, const Tensor& c, const Tensor& s, Tensor& out);
+// cosine and sine are c[i, k], sign * s[i, k] (the same for every head). Linear in x with
+// R^T = R(c, -s), so its backward is the same op with the opposite sign, and so on to any order.
+// CPU kernel; other devices use rotary's composite.
+using RotatePairsKernel = void(const Tensor& x, const Tensor& c, const Tensor& s, double sign,
+                               Tensor& out);
 DispatchStub<RotatePairsKernel> rotate_pairs_kernel("rotate_pairs");
 
 namespace {
 // x (n, heads, 2 half) contiguous, c and s (n, half) contiguous, out like x.
-void rotate_pairs_cpu(const Tensor& x, const Tensor& c, const Tensor& s, Tensor& out) {
+void rotate_pairs_cpu(const Tensor& x, const Tensor& c, const Tensor& s, double sign,
+                      Tensor& out) {
   const int64_t n = x.size(0), heads = x.size(1), half = x.size(2) / 2;
   dispatch_float(x.dtype(), "rotate_pairs", [&]<class T>() {
     const T* px = x.data_ptr<T>();
     const T* pc = c.data_ptr<T>();
     const T* ps = s.data_ptr<T>();
+    const T sg = T(sign);
     T* po = out.data_ptr<T>();
     cpu::parallel_range(n, heads * half * 2, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
@@ -52,8 +55,9 @@ void rotate_pairs_cpu(const Tensor& x, const Tensor& c, const Tensor& s, Tensor&
           for (int64_t k = 0; k < half; ++k) {
             const T x0 = xi[2 * k], x1 = xi[2 * k + 1];
             // (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin)
-            oi[2 * k] = T(x0 * ci[k] - x1 * si[k]);
-            oi[2 * k + 1] = T(x1 * ci[k] + x0 * si[k]);
+            const T sk = sg * si[k];
+            oi[2 * k] = T(x0 * ci[k] - x1 * sk);
+            oi[2 * k + 1] = T(x1 * ci[k] + x0 * sk);
           }
         }
       }
@@ -63,18 +67,18 @@ void rotate_pairs_cpu(const Tensor& x, const Tensor& c, const Tensor& s, Tensor&
 [[maybe_unused]] const bool rotate_pairs_registered =
     (rotate_pairs_kernel.set(DeviceType::CPU, &rotate_pairs_cpu), true);
 
-// c and s are constants of the graph (built from data under no grad).
-Tensor rotate_pairs(const Tensor& x, const Tensor& c, const Tensor& s) {
+// c and s are constants of the graph (built from data under no grad); sign is +1 or -1.
+Tensor rotate_pairs(const Tensor& x, const Tensor& c, const Tensor& s, double sign) {
   const Tensor xc = x.contiguous();
   Tensor y = empty(x.shape(), x.dtype(), x.device());
   {
     NoGradGuard no_grad;  // the kernel's view of x is not part of the graph
-    rotate_pairs_kernel(x.device(), xc, c, s, y);
+    rotate_pairs_kernel(x.device(), xc, c, s, sign, y);
   }
   if (autograd::any_requires_grad(x)) {
     auto& node = autograd::record("rotate_pairs", y, {&x},
-                                  [](const autograd::Node& n, const Tensor& g) -> TensorList {
-                                    return {rotate_pairs(g, n.saved(0), neg(n.saved(1)))};
+                                  [sign](const autograd::Node& n, const Tensor& g) -> TensorList {
+                                    return {rotate_pairs(g, n.saved(0), n.saved(1), -sign)};
                                   });
     node.save(c);
     node.save(s);
@@ -106,7 +110,7 @@ Tensor rotary(const Tensor& x, const Tensor& times, const Tensor& inv_freq) {
   Tensor c = cos(angle).to(x.dtype()), s = sin(angle).to(x.dtype());  // (n, dh/2)
   if (fused) {
     constants.reset();
-    return rotate_pairs(x, c, s);
+    return rotate_pairs(x, c, s, 1.0);
   }
   c = c.reshape(Shape{n, 1, half, 1});
   s = s.reshape(Shape{n, 1, half, 1});
