@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <limits>
 
 #include "engine/core/generator.h"
 #include "support/gradcheck.h"
@@ -151,6 +152,26 @@ TEST_CASE("softmax and log_softmax: forward, stability, gradients", "[ops][softm
   CHECK(std::abs(p[2] - 0.6652409557748219) < 1e-6);
   auto lp = log_softmax(big, 0).to_vector<double>();
   CHECK(std::isfinite(lp[0]));
+  // f32 rows (the vectorised path) against f64, with masked (-inf) entries and a fully masked
+  // row (NaN in both paths, as in torch: 0 / 0). f32 exp is within a few ulps: 1e-6 on
+  // probabilities <= 1, 1e-5 on log-probabilities of size <= 10.
+  const float ninf = -std::numeric_limits<float>::infinity();
+  Tensor rows = random_tensor(Shape{5, 37}, -6, 6, 45).to(DType::f32);
+  Tensor masked = cat({rows, from_vector(std::vector<float>(37, ninf), Shape{1, 37})}, 0);
+  std::vector<float> part(37, 0.5f);
+  for (size_t j = 0; j < 37; j += 3) part[j] = ninf;
+  masked = cat({masked, from_vector(part, Shape{1, 37})}, 0);  // (7, 37)
+  Tensor m64 = masked.to(DType::f64);
+  auto close = [](const Tensor& a, const Tensor& b, double tol) {
+    auto av = a.to_vector<double>(), bv = b.to_vector<double>();
+    for (size_t i = 0; i < av.size(); ++i)
+      if (!(av[i] == bv[i] || std::abs(av[i] - bv[i]) <= tol ||
+            (std::isnan(av[i]) && std::isnan(bv[i]))))
+        return false;
+    return true;
+  };
+  CHECK(close(softmax(masked, 1), softmax(m64, 1), 1e-6));
+  CHECK(close(log_softmax(masked, 1), log_softmax(m64, 1), 1e-5));
 }
 
 TEST_CASE("layer_norm: forward and gradients with and without affine", "[ops][layer_norm]") {

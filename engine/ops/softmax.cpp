@@ -1,10 +1,13 @@
 // softmax and log_softmax along one dim. The CPU kernel works on rows of the last dim (other dims
-// are moved there and back); the backward rules read the saved output:
+// are moved there and back), rows split across threads, f32 rows through Eigen's vectorised exp;
+// the backward rules read the saved output:
 //   softmax:     dx = y * (g - sum(g * y))
 //   log_softmax: dx = g - exp(y) * sum(g)
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
+#include "engine/cpu/vectorized.h"
 #include "engine/ops/elementwise.h"
 #include "engine/ops/kernels.h"
 
@@ -24,23 +27,39 @@ void softmax_cpu(const Tensor& x, Tensor& out, bool log) {
   dispatch_float(x.dtype(), "softmax", [&]<class T>() {
     const T* px = x.data_ptr<T>();
     T* py = out.data_ptr<T>();
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* xr = px + r * D;
-      T* yr = py + r * D;
-      T m = -std::numeric_limits<T>::infinity();
-      for (int64_t j = 0; j < D; ++j) m = std::max(m, xr[j]);
-      // A row of -inf stays finite-free: exp(-inf - -inf) would be NaN, so shift by 0 instead.
-      if (std::isinf(m) && m < 0) m = 0;
-      double s = 0;
-      for (int64_t j = 0; j < D; ++j) s += std::exp(double(xr[j] - m));
-      if (log) {
-        const T lse = T(std::log(s)) + m;
-        for (int64_t j = 0; j < D; ++j) yr[j] = xr[j] - lse;
-      } else {
-        const T inv = T(1.0 / s);
-        for (int64_t j = 0; j < D; ++j) yr[j] = T(std::exp(xr[j] - m)) * inv;
+    cpu::parallel_range(rows, 8 * D, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const T* xr = px + r * D;
+        T* yr = py + r * D;
+        T m = -std::numeric_limits<T>::infinity();
+        for (int64_t j = 0; j < D; ++j) m = std::max(m, xr[j]);
+        // A row of -inf stays finite-free: exp(-inf - -inf) would be NaN, so shift by 0 instead.
+        if (std::isinf(m) && m < 0) m = 0;
+        if constexpr (std::is_same_v<T, float>) {
+          // f32: exp(x - m) by Eigen's vectorised exp into the output row, summed in double.
+          cpu::ArrayMap<float> y(yr, D);
+          y = (cpu::ConstArrayMap<float>(xr, D) - m).exp();
+          double s = 0;
+          for (int64_t j = 0; j < D; ++j) s += double(yr[j]);
+          if (log) {
+            const float lse = float(std::log(s)) + m;
+            for (int64_t j = 0; j < D; ++j) yr[j] = xr[j] - lse;
+          } else {
+            y *= float(1.0 / s);
+          }
+        } else {
+          double s = 0;
+          for (int64_t j = 0; j < D; ++j) s += std::exp(double(xr[j] - m));
+          if (log) {
+            const T lse = T(std::log(s)) + m;
+            for (int64_t j = 0; j < D; ++j) yr[j] = xr[j] - lse;
+          } else {
+            const T inv = T(1.0 / s);
+            for (int64_t j = 0; j < D; ++j) yr[j] = T(std::exp(xr[j] - m)) * inv;
+          }
+        }
       }
-    }
+    });
   });
 }
 [[maybe_unused]] const bool registered =
