@@ -32,6 +32,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools", "reference"))
+from bench_io import cpu_model, write_json_atomic  # noqa: E402
 GOAL = 0.7
 
 
@@ -53,32 +55,11 @@ def git(*args):
         return "unknown"
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def loadavg():
     try:
         return list(os.getloadavg())
     except OSError:
         return None
-
-
-def write_json_atomic(path, obj):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".meta-step-", suffix=".tmp", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def main():
@@ -250,7 +231,7 @@ def main():
         record["jax_unavailable"] = jax_error
     if failures:
         record["failures"] = failures
-    write_json_atomic(a.json, record)
+    write_json_atomic(a.json, record, sort_keys=False)
     print(f"wrote {a.json}")
     return 1 if failures or "metatape" not in medians else 0
 

@@ -19,6 +19,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools", "reference"))
+from bench_io import write_json_atomic  # noqa: E402
 
 
 def run(cmd):
@@ -72,10 +74,7 @@ def main():
                "rounds": rounds, "ratio_metatape_over_pytorch": ratio,
                "per_round_ratios": [x["ratio"] for x in rounds],
                "ms_per_step_median_of_rounds": {"metatape": mt_ms, "pytorch": torch_ms}}
-        fd, tmp_path = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(a.json)) or ".")
-        with os.fdopen(fd, "w") as f:
-            json.dump(out, f, indent=2)
-        os.replace(tmp_path, a.json)
+        write_json_atomic(a.json, out, sort_keys=False)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ Usage:
 """
 
 import argparse
-import json
+import os
 import statistics
 import sys
 
@@ -167,8 +167,9 @@ def main():
             "repeats": repeats,
             "results": results,
         }
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from bench_io import write_json_atomic
+        write_json_atomic(args.json, doc, sort_keys=False)
     return 0
 
 

@@ -43,20 +43,9 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import poco_reference as ref  # noqa: E402
-from poco_bench import write_json_atomic  # noqa: E402
+from bench_io import cpu_model, write_json_atomic  # noqa: E402
 
 INNER_PARAMS = ("unit_emb.weight", "session_emb.weight")
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_batch(model, cfg, session, batch, dtype, device):

@@ -489,15 +489,8 @@ def main(a) -> int:
           f"(trace + compile + run) {first_ms:.0f} ms; last meta-loss {float(loss):.6f}")
     if a.json:
         sys.path.insert(0, HERE)
-        import json
-        import tempfile
-        folder = os.path.dirname(os.path.abspath(a.json))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".meta-step-jax-", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, a.json)
+        from bench_io import write_json_atomic
+        write_json_atomic(a.json, result)
     return 0
 
 
