@@ -77,6 +77,8 @@ std::vector<UnaryCase> unary_cases() {
       {"sin", [](const Tensor& x) { return sin(x); }, &sin_kernel, -3, 3},
       {"cos", [](const Tensor& x) { return cos(x); }, &cos_kernel, -3, 3},
       {"gelu", [](const Tensor& x) { return gelu(x); }, &gelu_kernel, -3, 3},
+      {"gelu_second_derivative", [](const Tensor& x) { return gelu_second_derivative(x); },
+       &gelu_second_derivative_kernel, -3, 3},
       {"clamp", [](const Tensor& x) { return clamp(x, -0.5, 0.7); }, nullptr, -2, 2},
       {"clamp(lower only)", [](const Tensor& x) { return clamp(x, -0.5, std::nullopt); }, nullptr,
        -2, 2},
@@ -105,6 +107,8 @@ std::vector<BinaryCase> binary_cases() {
       {"ge", [](const Tensor& a, const Tensor& b) { return ge(a, b); }, &ge_kernel, -2, 2},
       {"gelu_backward", [](const Tensor& a, const Tensor& b) { return gelu_backward(a, b); },
        &gelu_backward_kernel, -3, 3},
+      {"relu_backward", [](const Tensor& a, const Tensor& b) { return relu_backward(a, b); },
+       &relu_backward_kernel, -2, 2},
   };
 }
 

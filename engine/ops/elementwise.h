@@ -19,9 +19,9 @@ extern DispatchStub<BinaryKernel> add_kernel, sub_kernel, mul_kernel, div_kernel
 extern DispatchStub<TernaryKernel> where_kernel;
 extern DispatchStub<UnaryKernel> neg_kernel, exp_kernel, log_kernel, sqrt_kernel, rsqrt_kernel,
     abs_kernel, sign_kernel, tanh_kernel, sigmoid_kernel, relu_kernel, erf_kernel, gelu_kernel,
-    sin_kernel, cos_kernel;
+    sin_kernel, cos_kernel, gelu_second_derivative_kernel;
 extern DispatchStub<ClampKernel> clamp_kernel;
-extern DispatchStub<BinaryKernel> gelu_backward_kernel;
+extern DispatchStub<BinaryKernel> gelu_backward_kernel, relu_backward_kernel;
 
 // Reductions (reduce.cpp): out has x's rank with 1 on every reduced dim.
 using ReduceKernel = void(const Tensor& x, Tensor& out);

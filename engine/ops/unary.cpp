@@ -278,15 +278,7 @@ Tensor gelu_backward(const Tensor& g, const Tensor& x) {
   return out;
 }
 
-// The CPU has one-pass kernels for these two; other devices compose them from ops (the same
-// values; their kernels would be launch-for-launch what the composites run).
 Tensor gelu_second_derivative(const Tensor& x) {
-  check_operands("gelu_second_derivative", {&x});
-  if (!x.device().is_cpu()) {
-    Tensor pdf = mul(exp(mul(mul(x, x), -0.5)),
-                     0.5 * std::numbers::inv_sqrtpi * std::numbers::sqrt2);
-    return mul(pdf, sub(scalar_like(x, 2.0), mul(x, x)));
-  }
   Tensor y = unary_forward(gelu_second_derivative_kernel, x);
   if (any_requires_grad(x)) {
     record_unary("gelu_second_derivative", x, y, Save::input, [](const Tensor& g, const Tensor& x) {
@@ -310,7 +302,6 @@ static void relu_backward_cpu(const Tensor& g, const Tensor& x, Tensor& out) {
 
 Tensor relu_backward(const Tensor& g, const Tensor& x) {
   check_operands("relu_backward", {&g, &x});
-  if (!x.device().is_cpu()) return mul(g, gt(x, scalar_like(x, 0.0)));
   Tensor out = empty(broadcast_shapes(g.shape(), x.shape(), "relu_backward"), g.dtype(), g.device());
   relu_backward_kernel(g.device(), g, x, out);
   if (any_requires_grad(g)) {

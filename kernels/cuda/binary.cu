@@ -27,6 +27,7 @@ MT_BINARY_FUNCTOR(GeF, A(x >= y))
 MT_BINARY_FUNCTOR(GeluBackwardF,
                   x * (A(0.5) * (A(1) + m_erf(y * A(0.70710678118654752440))) +
                        y * m_exp(A(-0.5) * y * y) * A(0.39894228040143267794)))
+MT_BINARY_FUNCTOR(ReluBackwardF, y > A(0) ? x : A(0))
 #undef MT_BINARY_FUNCTOR
 
 struct AxpyF {
@@ -62,6 +63,9 @@ void run(BinaryOp op, const Iter& it, void* out, const void* a, const void* b, d
     case BinaryOp::ge: launch_elementwise<T, 2>(it, out, in, GeF{}, s, sms); break;
     case BinaryOp::gelu_backward:
       launch_elementwise<T, 2>(it, out, in, GeluBackwardF{}, s, sms);
+      break;
+    case BinaryOp::relu_backward:
+      launch_elementwise<T, 2>(it, out, in, ReluBackwardF{}, s, sms);
       break;
     case BinaryOp::axpy: launch_elementwise<T, 2>(it, out, in, AxpyF{p0}, s, sms); break;
   }

@@ -31,12 +31,14 @@ struct Iter {
 
 enum class UnaryOp : uint8_t {
   neg, exp, log, sqrt, rsqrt, abs, sign, tanh, sigmoid, relu, erf, sin, cos, gelu,
+  gelu_second_derivative,  // phi(x) (2 - x^2)
   clamp,  // p0 = lower bound, p1 = upper bound; NaN = none
   scale,  // x * p0, computed in double (Tensor::mul_)
 };
 enum class BinaryOp : uint8_t {
   add, sub, mul, div, pow, eq, ne, lt, le, gt, ge,
   gelu_backward,  // a = incoming gradient, b = x
+  relu_backward,  // a = incoming gradient, b = x: a where b > 0, else 0
   axpy,           // a + p0 * b (Tensor::add_, out aliases a)
 };
 

@@ -660,6 +660,7 @@ void register_kernels() {
   sin_kernel.set(kCuda, &unary_cuda<UnaryOp::sin>);
   cos_kernel.set(kCuda, &unary_cuda<UnaryOp::cos>);
   gelu_kernel.set(kCuda, &unary_cuda<UnaryOp::gelu>);
+  gelu_second_derivative_kernel.set(kCuda, &unary_cuda<UnaryOp::gelu_second_derivative>);
   clamp_kernel.set(kCuda, &clamp_cuda);
 
   add_kernel.set(kCuda, &binary_cuda<BinaryOp::add>);
@@ -674,6 +675,7 @@ void register_kernels() {
   gt_kernel.set(kCuda, &binary_cuda<BinaryOp::gt>);
   ge_kernel.set(kCuda, &binary_cuda<BinaryOp::ge>);
   gelu_backward_kernel.set(kCuda, &binary_cuda<BinaryOp::gelu_backward>);
+  relu_backward_kernel.set(kCuda, &binary_cuda<BinaryOp::relu_backward>);
   where_kernel.set(kCuda, &where_cuda);
 
   sum_kernel.set(kCuda, &reduce_cuda<ReduceOp::sum>);

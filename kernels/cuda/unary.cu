@@ -23,6 +23,9 @@ MT_UNARY_FUNCTOR(TanhF, m_tanh(v))
 MT_UNARY_FUNCTOR(SigmoidF, A(1) / (A(1) + m_exp(-v)))
 MT_UNARY_FUNCTOR(ReluF, v > A(0) ? v : A(0))
 MT_UNARY_FUNCTOR(ErfF, m_erf(v))
+// gelu''(x) = phi(x) (2 - x^2), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+MT_UNARY_FUNCTOR(GeluSecondDerivativeF,
+                 m_exp(A(-0.5) * v * v) * A(0.39894228040143267794) * (A(2) - v * v))
 MT_UNARY_FUNCTOR(SinF, m_sin(v))
 MT_UNARY_FUNCTOR(CosF, m_cos(v))
 // gelu(x) = x Phi(x) = x (1 + erf(x / sqrt2)) / 2
@@ -68,6 +71,9 @@ void run(UnaryOp op, const Iter& it, void* out, const void* x, double p0, double
     case UnaryOp::sin: launch_elementwise<T, 1>(it, out, in, SinF{}, s, sms); break;
     case UnaryOp::cos: launch_elementwise<T, 1>(it, out, in, CosF{}, s, sms); break;
     case UnaryOp::gelu: launch_elementwise<T, 1>(it, out, in, GeluF{}, s, sms); break;
+    case UnaryOp::gelu_second_derivative:
+      launch_elementwise<T, 1>(it, out, in, GeluSecondDerivativeF{}, s, sms);
+      break;
     case UnaryOp::clamp: launch_elementwise<T, 1>(it, out, in, ClampF{p0, p1}, s, sms); break;
     case UnaryOp::scale: launch_elementwise<T, 1>(it, out, in, ScaleF{p0}, s, sms); break;
   }
