@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_io.h"
 #include "bench/cuda_bench.h"
 #include "kernels/cuda/launch.h"
 
@@ -171,6 +172,20 @@ struct DirectLt {
 };
 
 bool near(double got, double want, double tol) { return std::abs(got - want) <= tol * (1 + std::abs(want)); }
+
+// Element `index` of a device array of bf16 (bf16 = true) or f32 values, read back as a double.
+double device_value(const void* p, int64_t index, bool bf16) {
+  if (bf16) {
+    __nv_bfloat16 v;
+    BENCH_CHECK(cudaMemcpy(&v, static_cast<const __nv_bfloat16*>(p) + index, sizeof v,
+                           cudaMemcpyDeviceToHost));
+    return double(__bfloat162float(v));
+  }
+  float v;
+  BENCH_CHECK(cudaMemcpy(&v, static_cast<const float*>(p) + index, sizeof v,
+                         cudaMemcpyDeviceToHost));
+  return double(v);
+}
 
 }  // namespace
 
@@ -455,18 +470,7 @@ int main(int argc, char** argv) {
                 }
                 want += xv * wv;
               }
-              double got = 0;
-              if (half) {
-                __nv_bfloat16 v;
-                BENCH_CHECK(cudaMemcpy(&v, static_cast<__nv_bfloat16*>(Y) + i * h + j, 2,
-                                       cudaMemcpyDeviceToHost));
-                got = double(__bfloat162float(v));
-              } else {
-                float v;
-                BENCH_CHECK(cudaMemcpy(&v, static_cast<float*>(Y) + i * h + j, 4,
-                                       cudaMemcpyDeviceToHost));
-                got = double(v);
-              }
+              const double got = device_value(Y, i * h + j, half);
               if (!near(got, want, tol)) {
                 std::fprintf(stderr, "gemm %s: wrong result at rows %lld hidden %lld (%g vs %g)\n",
                              gc.name, (long long)r, (long long)h, got, want);
@@ -566,18 +570,7 @@ int main(int argc, char** argv) {
                   want += stored(hx(i * h + l)) * stored(hy(l * h + j));
                 if (ec.ours == GemmEpilogue::relu_bias) want = want > 0 ? want : 0;
                 if (ec.exact_gelu) want = 0.5 * want * (1 + std::erf(want / std::sqrt(2.0)));
-                double got = 0;
-                if (half) {
-                  __nv_bfloat16 v;
-                  BENCH_CHECK(cudaMemcpy(&v, static_cast<__nv_bfloat16*>(Y) + i * h + j, 2,
-                                         cudaMemcpyDeviceToHost));
-                  got = double(__bfloat162float(v));
-                } else {
-                  float v;
-                  BENCH_CHECK(cudaMemcpy(&v, static_cast<float*>(Y) + i * h + j, 4,
-                                         cudaMemcpyDeviceToHost));
-                  got = double(v);
-                }
+                const double got = device_value(Y, i * h + j, half);
                 if (!near(got, want, tol)) {
                   std::fprintf(stderr, "%s %s: wrong result at rows %lld hidden %lld (%g vs %g)\n",
                                ec.name, gc.name, (long long)r, (long long)h, got, want);
@@ -607,42 +600,43 @@ int main(int argc, char** argv) {
   BENCH_CHECK(cudaGetLastError());
 
   if (!json_path.empty()) {
-    FILE* f = std::fopen(json_path.c_str(), "w");
-    if (f == nullptr) {
-      std::fprintf(stderr, "cannot write %s\n", json_path.c_str());
-      return 1;
-    }
-    std::fprintf(f, "{\n  \"benchmark\": \"cuda_kernels\",\n  \"device\": \"%s\",\n", prop.name);
-    std::fprintf(f, "  \"sm\": \"%d%d\",\n  \"commit\": \"%s\",\n", prop.major, prop.minor,
+    std::string json;
+    bench::appendf(json, "{\n  \"benchmark\": \"cuda_kernels\",\n  \"device\": \"%s\",\n", prop.name);
+    bench::appendf(json, "  \"sm\": \"%d%d\",\n  \"commit\": \"%s\",\n", prop.major, prop.minor,
                  commit.c_str());
-    std::fprintf(f, "  \"peak_gbps\": %.1f,\n  \"repeats\": %d,\n  \"correct\": %s,\n",
+    bench::appendf(json, "  \"peak_gbps\": %.1f,\n  \"repeats\": %d,\n  \"correct\": %s,\n",
                  b.peak_gbps, b.repeats, all_correct ? "true" : "false");
-    std::fprintf(f, "  \"results\": [\n");
+    bench::appendf(json, "  \"results\": [\n");
     for (size_t i = 0; i < results.size(); ++i) {
       const Result& r = results[i];
-      std::fprintf(f,
+      bench::appendf(json,
                    "    {\"kernel\": \"%s\", \"dtype\": \"%s\", \"rows\": %lld, \"hidden\": %lld, "
                    "\"bytes\": %.0f, \"median_us\": %.3f, \"gbps\": %.2f, \"fraction_of_peak\": "
                    "%.4f}%s\n",
                    r.kernel.c_str(), r.dtype.c_str(), (long long)r.rows, (long long)r.hidden,
                    r.bytes, r.median_us, r.gbps, r.fraction, i + 1 < results.size() ? "," : "");
     }
-    std::fprintf(f, "  ],\n  \"gemm\": [\n");
+    bench::appendf(json, "  ],\n  \"gemm\": [\n");
     for (size_t i = 0; i < gemm_results.size(); ++i) {
       const GemmResult& g = gemm_results[i];
-      std::fprintf(f,
+      bench::appendf(json,
                    "    {\"op\": \"%s\", \"dtype\": \"%s\", \"rows\": %lld, \"hidden\": %lld, "
                    "\"metatape_us\": %.3f, \"cublaslt_us\": %.3f, \"tflops\": %.3f, "
                    "\"ratio\": %.4f",
                    g.op.c_str(), g.dtype.c_str(), (long long)g.rows, (long long)g.hidden,
                    g.ours_us, g.direct_us, g.tflops, g.ratio);
       if (g.unfused_us > 0)
-        std::fprintf(f, ", \"unfused_us\": %.3f, \"fused_speedup\": %.4f", g.unfused_us,
+        bench::appendf(json, ", \"unfused_us\": %.3f, \"fused_speedup\": %.4f", g.unfused_us,
                      g.unfused_us / g.ours_us);
-      std::fprintf(f, "}%s\n", i + 1 < gemm_results.size() ? "," : "");
+      bench::appendf(json, "}%s\n", i + 1 < gemm_results.size() ? "," : "");
     }
-    std::fprintf(f, "  ]\n}\n");
-    std::fclose(f);
+    bench::appendf(json, "  ]\n}\n");
+    try {
+      bench::write_atomically(json_path, json);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "error: %s\n", e.what());
+      return 1;
+    }
     std::printf("\nwrote %s\n", json_path.c_str());
   }
   if (!all_correct) {

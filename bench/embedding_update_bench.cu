@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_io.h"
 #include "bench/cuda_bench.h"
 #include "kernels/cuda/launch.h"
 
@@ -312,33 +313,34 @@ int main(int argc, char** argv) {
   BENCH_CHECK(cudaStreamSynchronize(b.stream));
 
   if (!json_path.empty()) {
-    FILE* f = std::fopen(json_path.c_str(), "w");
-    if (f == nullptr) {
-      std::fprintf(stderr, "cannot write %s\n", json_path.c_str());
-      return 1;
-    }
-    std::fprintf(f, "{\n  \"benchmark\": \"embedding_update\",\n  \"device\": \"%s\",\n",
+    std::string json;
+    bench::appendf(json, "{\n  \"benchmark\": \"embedding_update\",\n  \"device\": \"%s\",\n",
                  b.prop.name);
-    std::fprintf(f, "  \"sm\": \"%d%d\",\n  \"commit\": \"%s\",\n", b.prop.major, b.prop.minor,
+    bench::appendf(json, "  \"sm\": \"%d%d\",\n  \"commit\": \"%s\",\n", b.prop.major, b.prop.minor,
                  commit.c_str());
-    std::fprintf(f, "  \"peak_gbps\": %.1f,\n  \"repeats\": %d,\n  \"correct\": %s,\n",
+    bench::appendf(json, "  \"peak_gbps\": %.1f,\n  \"repeats\": %d,\n  \"correct\": %s,\n",
                  b.peak_gbps, b.repeats, all_correct ? "true" : "false");
-    std::fprintf(f, "  \"results\": [\n");
+    bench::appendf(json, "  \"results\": [\n");
     for (size_t i = 0; i < results.size(); ++i) {
       const Result& r = results[i];
-      std::fprintf(f,
+      bench::appendf(json,
                    "    {\"kernel\": \"%s\", \"dtype\": \"%s\", \"rows\": %lld, \"dim\": %lld, "
                    "\"n\": %lld, \"unique\": %lld, \"bytes\": %.0f, \"median_us\": %.3f, "
                    "\"gbps\": %.2f, \"fraction_of_peak\": %.4f",
                    r.kernel.c_str(), r.dtype.c_str(), (long long)r.rows, (long long)r.dim,
                    (long long)r.n, (long long)r.unique, r.bytes, r.median_us, r.gbps, r.fraction);
       if (r.dense_us > 0)
-        std::fprintf(f, ", \"dense_us\": %.3f, \"speedup_over_dense\": %.3f", r.dense_us,
+        bench::appendf(json, ", \"dense_us\": %.3f, \"speedup_over_dense\": %.3f", r.dense_us,
                      r.dense_us / r.median_us);
-      std::fprintf(f, "}%s\n", i + 1 < results.size() ? "," : "");
+      bench::appendf(json, "}%s\n", i + 1 < results.size() ? "," : "");
     }
-    std::fprintf(f, "  ]\n}\n");
-    std::fclose(f);
+    bench::appendf(json, "  ]\n}\n");
+    try {
+      bench::write_atomically(json_path, json);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "error: %s\n", e.what());
+      return 1;
+    }
     std::printf("\nwrote %s\n", json_path.c_str());
   }
   if (!all_correct) {

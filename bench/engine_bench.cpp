@@ -34,6 +34,7 @@
 #include <cblas.h>
 #include <nlohmann/json.hpp>
 
+#include "bench/bench_io.h"
 #include "engine/autograd/grad_mode.h"
 #include "engine/core/generator.h"
 #include "engine/ops.h"
@@ -97,33 +98,6 @@ std::string utc_timestamp() {
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;
-}
-
-// Writes text to path through a temporary file in the same directory and a rename, so a reader
-// never sees a partial file.
-void write_atomically(const std::filesystem::path& path, const std::string& text) {
-  namespace fs = std::filesystem;
-  if (path.has_parent_path()) fs::create_directories(path.parent_path());
-  fs::path tmp = path;
-  tmp += ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw std::runtime_error("cannot open " + tmp.string() + " for writing");
-    out << text;
-    out.flush();
-    if (!out) {
-      out.close();
-      fs::remove(tmp);
-      throw std::runtime_error("failed writing " + tmp.string());
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    fs::remove(tmp);
-    throw std::runtime_error("cannot rename " + tmp.string() + " to " + path.string() + ": " +
-                             ec.message());
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -406,7 +380,7 @@ int run(int argc, char** argv) {
                     {"tolerance", r.tolerance}});
     }
     j["matmul"] = mm;
-    write_atomically(json_path, j.dump(2) + "\n");
+    bench::write_atomically(json_path, j.dump(2) + "\n");
     std::printf("\nwrote %s\n", json_path.c_str());
   }
   return 0;

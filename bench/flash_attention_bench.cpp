@@ -40,6 +40,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "bench/bench_io.h"
 #include "bench/cuda_bench.h"
 #include "engine/autograd/engine.h"
 #include "engine/autograd/grad_mode.h"
@@ -306,7 +307,12 @@ int main(int argc, char** argv) {
                        {"flash_kernels", flash_kernels_name()},
                        {"flash_kv_splits", cuda_flash_kv_splits()},
                        {"results", results}};
-    std::ofstream(json_path) << doc.dump(2) << "\n";
+    try {
+      ::bench::write_atomically(json_path, doc.dump(2) + "\n");
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "metatape-bench-flash-attention: %s\n", e.what());
+      return 1;
+    }
   }
   if (!ok) {
     std::fprintf(stderr, "metatape-bench-flash-attention: fused and composite results differ\n");

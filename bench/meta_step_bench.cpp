@@ -31,6 +31,7 @@
 #include <fstream>
 #include <map>
 
+#include "bench/bench_io.h"
 #include "engine/autograd/grad_mode.h"
 #include "engine/core/backend.h"
 #include "engine/core/matmul_settings.h"
@@ -241,9 +242,7 @@ int main(int argc, char** argv) {
                                                        : "whole run (CPU allocator)"},
                           {"last_meta_loss", loss_value},
                           {"commit", METATAPE_GIT_COMMIT}};
-      const std::string tmp = fmt::format("{}.tmp", json_path);
-      std::ofstream(tmp) << j.dump(2) << "\n";
-      std::filesystem::rename(tmp, json_path);
+      bench::write_atomically(json_path, j.dump(2) + "\n");
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "bench/bench_io.h"
 #include "engine/autograd/engine.h"
 #include "engine/core/profiler.h"
 #include "engine/optim/adamw.h"
@@ -116,9 +117,7 @@ int main(int argc, char** argv) {
                           {"optimizer_ms_median", median(opt)},
                           {"peak_bytes", memory_stats().peak_allocated_bytes},
                           {"commit", METATAPE_GIT_COMMIT}};
-      const std::string tmp = json_path + ".tmp";
-      std::ofstream(tmp) << j.dump(2) << "\n";
-      std::filesystem::rename(tmp, json_path);
+      bench::write_atomically(json_path, j.dump(2) + "\n");
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
