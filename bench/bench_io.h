@@ -60,4 +60,23 @@ inline void appendf(std::string& out, const char* format, ...) {
   va_end(again);
 }
 
+// The end of a CUDA benchmark: writes json to json_path (when given; atomically) and returns the
+// exit status: 1 when the file cannot be written or a kernel gave a wrong result, else 0.
+inline int finish(const std::string& json_path, const std::string& json, bool all_correct) {
+  if (!json_path.empty()) {
+    try {
+      write_atomically(json_path, json);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "error: %s\n", e.what());
+      return 1;
+    }
+    std::printf("\nwrote %s\n", json_path.c_str());
+  }
+  if (!all_correct) {
+    std::fprintf(stderr, "some kernels gave wrong results (see above)\n");
+    return 1;
+  }
+  return 0;
+}
+
 }  // namespace bench

@@ -599,49 +599,39 @@ int main(int argc, char** argv) {
   }
   BENCH_CHECK(cudaGetLastError());
 
+  std::string json;
   if (!json_path.empty()) {
-    std::string json;
     bench::appendf(json, "{\n  \"benchmark\": \"cuda_kernels\",\n  \"device\": \"%s\",\n", prop.name);
     bench::appendf(json, "  \"sm\": \"%d%d\",\n  \"commit\": \"%s\",\n", prop.major, prop.minor,
-                 commit.c_str());
+                   commit.c_str());
     bench::appendf(json, "  \"peak_gbps\": %.1f,\n  \"repeats\": %d,\n  \"correct\": %s,\n",
-                 b.peak_gbps, b.repeats, all_correct ? "true" : "false");
+                   b.peak_gbps, b.repeats, all_correct ? "true" : "false");
     bench::appendf(json, "  \"results\": [\n");
     for (size_t i = 0; i < results.size(); ++i) {
       const Result& r = results[i];
       bench::appendf(json,
-                   "    {\"kernel\": \"%s\", \"dtype\": \"%s\", \"rows\": %lld, \"hidden\": %lld, "
-                   "\"bytes\": %.0f, \"median_us\": %.3f, \"gbps\": %.2f, \"fraction_of_peak\": "
-                   "%.4f}%s\n",
-                   r.kernel.c_str(), r.dtype.c_str(), (long long)r.rows, (long long)r.hidden,
-                   r.bytes, r.median_us, r.gbps, r.fraction, i + 1 < results.size() ? "," : "");
+                     "    {\"kernel\": \"%s\", \"dtype\": \"%s\", \"rows\": %lld, "
+                     "\"hidden\": %lld, "
+                     "\"bytes\": %.0f, \"median_us\": %.3f, \"gbps\": %.2f, \"fraction_of_peak\": "
+                     "%.4f}%s\n",
+                     r.kernel.c_str(), r.dtype.c_str(), (long long)r.rows, (long long)r.hidden,
+                     r.bytes, r.median_us, r.gbps, r.fraction, i + 1 < results.size() ? "," : "");
     }
     bench::appendf(json, "  ],\n  \"gemm\": [\n");
     for (size_t i = 0; i < gemm_results.size(); ++i) {
       const GemmResult& g = gemm_results[i];
       bench::appendf(json,
-                   "    {\"op\": \"%s\", \"dtype\": \"%s\", \"rows\": %lld, \"hidden\": %lld, "
-                   "\"metatape_us\": %.3f, \"cublaslt_us\": %.3f, \"tflops\": %.3f, "
-                   "\"ratio\": %.4f",
-                   g.op.c_str(), g.dtype.c_str(), (long long)g.rows, (long long)g.hidden,
-                   g.ours_us, g.direct_us, g.tflops, g.ratio);
+                     "    {\"op\": \"%s\", \"dtype\": \"%s\", \"rows\": %lld, \"hidden\": %lld, "
+                     "\"metatape_us\": %.3f, \"cublaslt_us\": %.3f, \"tflops\": %.3f, "
+                     "\"ratio\": %.4f",
+                     g.op.c_str(), g.dtype.c_str(), (long long)g.rows, (long long)g.hidden,
+                     g.ours_us, g.direct_us, g.tflops, g.ratio);
       if (g.unfused_us > 0)
         bench::appendf(json, ", \"unfused_us\": %.3f, \"fused_speedup\": %.4f", g.unfused_us,
-                     g.unfused_us / g.ours_us);
+                       g.unfused_us / g.ours_us);
       bench::appendf(json, "}%s\n", i + 1 < gemm_results.size() ? "," : "");
     }
     bench::appendf(json, "  ]\n}\n");
-    try {
-      bench::write_atomically(json_path, json);
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "error: %s\n", e.what());
-      return 1;
-    }
-    std::printf("\nwrote %s\n", json_path.c_str());
   }
-  if (!all_correct) {
-    std::fprintf(stderr, "some kernels gave wrong results (see above)\n");
-    return 1;
-  }
-  return 0;
+  return bench::finish(json_path, json, all_correct);
 }

@@ -312,40 +312,29 @@ int main(int argc, char** argv) {
   BENCH_CHECK(cudaGetLastError());
   BENCH_CHECK(cudaStreamSynchronize(b.stream));
 
+  std::string json;
   if (!json_path.empty()) {
-    std::string json;
     bench::appendf(json, "{\n  \"benchmark\": \"embedding_update\",\n  \"device\": \"%s\",\n",
-                 b.prop.name);
+                   b.prop.name);
     bench::appendf(json, "  \"sm\": \"%d%d\",\n  \"commit\": \"%s\",\n", b.prop.major, b.prop.minor,
-                 commit.c_str());
+                   commit.c_str());
     bench::appendf(json, "  \"peak_gbps\": %.1f,\n  \"repeats\": %d,\n  \"correct\": %s,\n",
-                 b.peak_gbps, b.repeats, all_correct ? "true" : "false");
+                   b.peak_gbps, b.repeats, all_correct ? "true" : "false");
     bench::appendf(json, "  \"results\": [\n");
     for (size_t i = 0; i < results.size(); ++i) {
       const Result& r = results[i];
       bench::appendf(json,
-                   "    {\"kernel\": \"%s\", \"dtype\": \"%s\", \"rows\": %lld, \"dim\": %lld, "
-                   "\"n\": %lld, \"unique\": %lld, \"bytes\": %.0f, \"median_us\": %.3f, "
-                   "\"gbps\": %.2f, \"fraction_of_peak\": %.4f",
-                   r.kernel.c_str(), r.dtype.c_str(), (long long)r.rows, (long long)r.dim,
-                   (long long)r.n, (long long)r.unique, r.bytes, r.median_us, r.gbps, r.fraction);
+                     "    {\"kernel\": \"%s\", \"dtype\": \"%s\", \"rows\": %lld, \"dim\": %lld, "
+                     "\"n\": %lld, \"unique\": %lld, \"bytes\": %.0f, \"median_us\": %.3f, "
+                     "\"gbps\": %.2f, \"fraction_of_peak\": %.4f",
+                     r.kernel.c_str(), r.dtype.c_str(), (long long)r.rows, (long long)r.dim,
+                     (long long)r.n, (long long)r.unique, r.bytes, r.median_us, r.gbps, r.fraction);
       if (r.dense_us > 0)
         bench::appendf(json, ", \"dense_us\": %.3f, \"speedup_over_dense\": %.3f", r.dense_us,
-                     r.dense_us / r.median_us);
+                       r.dense_us / r.median_us);
       bench::appendf(json, "}%s\n", i + 1 < results.size() ? "," : "");
     }
     bench::appendf(json, "  ]\n}\n");
-    try {
-      bench::write_atomically(json_path, json);
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "error: %s\n", e.what());
-      return 1;
-    }
-    std::printf("\nwrote %s\n", json_path.c_str());
   }
-  if (!all_correct) {
-    std::fprintf(stderr, "some kernels gave wrong results (see above)\n");
-    return 1;
-  }
-  return 0;
+  return bench::finish(json_path, json, all_correct);
 }

@@ -69,12 +69,13 @@ void rotate_pairs_cpu(const Tensor& x, const Tensor& c, const Tensor& s, double 
 
 // c and s are constants of the graph (built from data under no grad); sign is +1 or -1.
 Tensor rotate_pairs(const Tensor& x, const Tensor& c, const Tensor& s, double sign) {
-  const Tensor xc = x.contiguous();
-  Tensor y = empty(x.shape(), x.dtype(), x.device());
+  Tensor xc;
   {
-    NoGradGuard no_grad;  // the kernel's view of x is not part of the graph
-    rotate_pairs_kernel(x.device(), xc, c, s, sign, y);
+    NoGradGuard no_grad;  // the kernel's contiguous copy of x is not part of the graph
+    xc = x.contiguous();
   }
+  Tensor y = empty(x.shape(), x.dtype(), x.device());
+  rotate_pairs_kernel(x.device(), xc, c, s, sign, y);
   if (autograd::any_requires_grad(x)) {
     auto& node = autograd::record("rotate_pairs", y, {&x},
                                   [sign](const autograd::Node& n, const Tensor& g) -> TensorList {
