@@ -204,8 +204,11 @@ namespace {
 // Rows of x (n, H, dh) gathered into (B, max_len, H, dh) blocks: block b holds sample b's rows
 // [cu[b], cu[b+1]) and zero rows after them. A gather (embedding) from x with one zero row
 // appended, so the backward is a scatter-add of size O(n), not one full-size gradient per sample.
+// When every sample has max_len rows (a batch of equal neuron counts, the common case) the
+// blocks are x itself, reshaped: no gather, no zero row, and a backward without a scatter.
 Tensor to_blocks(const Tensor& x, const std::vector<int64_t>& cu, int64_t max_len) {
   const int64_t n = x.size(0), H = x.size(1), dh = x.size(2), B = int64_t(cu.size()) - 1;
+  if (n == B * max_len) return x.reshape(Shape{B, max_len, H, dh});
   std::vector<int64_t> index(size_t(B * max_len), n);  // n = the appended zero row
   for (int64_t b = 0; b < B; ++b)
     for (int64_t i = cu[size_t(b)]; i < cu[size_t(b) + 1]; ++i)
@@ -225,19 +228,24 @@ Tensor padded_attention(const Tensor& q3, const Tensor& k3, const Tensor& v3,
   Tensor qb = to_blocks(q3, cq, max_q).permute(Shape{0, 2, 1, 3});  // (B, H, max_q, dh)
   Tensor kb = to_blocks(k3, ck, max_k).permute(Shape{0, 2, 3, 1});  // (B, H, dh, max_k)
   Tensor vb = to_blocks(v3, ck, max_k).permute(Shape{0, 2, 1, 3});  // (B, H, max_k, dh)
-  // Padded keys get -inf (zero weight); a sample without keys has no queries either, and its
-  // padded rows attend uniformly to zero keys instead of producing NaN.
-  std::vector<double> mask(size_t(B * max_k), 0.0);
-  for (int64_t b = 0; b < B; ++b)
-    if (spec.k_lengths[size_t(b)] > 0)
-      for (int64_t j = spec.k_lengths[size_t(b)]; j < max_k; ++j)
-        mask[size_t(b * max_k + j)] = -INFINITY;
-  // Built in f32 on the host (which has no 16-bit fill), converted on the queries' device.
-  Tensor bias =
-      from_vector(mask, Shape{B, 1, 1, max_k}, DType::f32).to(q3.device()).to(q3.dtype());
-  Tensor p = softmax(add(mul(matmul(qb, kb), scale), bias), -1);  // (B, H, max_q, max_k)
+  Tensor scores = mul(matmul(qb, kb), scale);  // (B, H, max_q, max_k)
+  if (k3.size(0) < B * max_k) {
+    // Padded keys get -inf (zero weight); a sample without keys has no queries either, and its
+    // padded rows attend uniformly to zero keys instead of producing NaN.
+    std::vector<double> mask(size_t(B * max_k), 0.0);
+    for (int64_t b = 0; b < B; ++b)
+      if (spec.k_lengths[size_t(b)] > 0)
+        for (int64_t j = spec.k_lengths[size_t(b)]; j < max_k; ++j)
+          mask[size_t(b * max_k + j)] = -INFINITY;
+    // Built in f32 on the host (which has no 16-bit fill), converted on the queries' device.
+    Tensor bias =
+        from_vector(mask, Shape{B, 1, 1, max_k}, DType::f32).to(q3.device()).to(q3.dtype());
+    scores = add(scores, bias);
+  }
+  Tensor p = softmax(scores, -1);
   Tensor ob = matmul(p, vb).permute(Shape{0, 2, 1, 3}).reshape(Shape{B * max_q, H * dh});
-  // Back to the samples' rows.
+  // Back to the samples' rows (the blocks themselves when no sample is padded).
+  if (q3.size(0) == B * max_q) return ob.reshape(q3.shape());
   std::vector<int64_t> index;
   index.reserve(size_t(q3.size(0)));
   for (int64_t b = 0; b < B; ++b)
