@@ -20,11 +20,18 @@ InnerResult inner_loop(const Forecaster& f, const nn::ParamMap& init,
     }
   MT_CHECK(!names.empty(), "inner loop: no parameter matches the test-time prefixes");
   nn::ParamMap current = init;
+  // The support batches, each with a PocoReuse: the model computes what does not depend on the
+  // test-time parameters (the head's input layer, the rotary times) once per batch instead of
+  // once per step. Not for checkpointed steps, whose regions must not keep intermediates.
+  std::vector<models::PocoBatch> batches = support;
+  if (!(opt.checkpoint_steps && opt.create_graph))
+    for (auto& b : batches)
+      if (b.reuse == nullptr) b.reuse = std::make_shared<models::PocoReuse>();
   // Every parameter, in a fixed order: the inputs of a checkpointed step.
   std::vector<std::string> all;
   for (const auto& [name, t] : init) all.push_back(name);
   for (int64_t step = 0; step < opt.steps; ++step) {
-    const models::PocoBatch& b = support[size_t(step) % support.size()];
+    const models::PocoBatch& b = batches[size_t(step) % batches.size()];
     // One SGD step: (every parameter, with the current fast values) -> (new fast values, loss).
     // Captures by value: a checkpointed step runs it again during the outer backward, after
     // this function has returned.

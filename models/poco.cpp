@@ -309,20 +309,32 @@ Tensor Poco::forward(const PocoBatch& b, const nn::ParamMap* ov, Generator* gen)
   const int64_t B = int64_t(b.sample_neurons.size()), NL = c.num_latents;
   const double Tin = double(c.context());
 
-  // Layout data: lengths and rotary times of tokens, latents and output queries.
-  std::vector<double> token_t(size_t(N * L)), latent_t(size_t(B * NL)), query_t(size_t(N), Tin);
-  for (int64_t i = 0; i < N; ++i)
-    for (int64_t l = 0; l < L; ++l) token_t[size_t(i * L + l)] = double(l * P);
-  for (int64_t s = 0; s < B; ++s)
-    for (int64_t j = 0; j < NL; ++j) latent_t[size_t(s * NL + j)] = double(j) * Tin / double(NL);
+  // Layout data: lengths and rotary times of tokens, latents and output queries (the times
+  // built once per batch when it carries a PocoReuse).
   std::vector<int64_t> tokens_per_sample, latents_per_sample(size_t(B), NL);
   for (int64_t n : b.sample_neurons) tokens_per_sample.push_back(n * L);
-  // Built on the host and queued to the batch's device (no wait: copies go through pinned
-  // staging, engine/ops view.cpp to_device).
-  const Device device = b.x.device();
-  Tensor t_tokens = from_vector(token_t, Shape{N * L}, dtype_).to(device);
-  Tensor t_latents = from_vector(latent_t, Shape{B * NL}, dtype_).to(device);
-  Tensor t_queries = from_vector(query_t, Shape{N}, dtype_).to(device);
+  PocoReuse* reuse = b.reuse.get();
+  if (reuse != nullptr && reuse->model != this) {
+    *reuse = PocoReuse();
+    reuse->model = this;
+  }
+  PocoReuse times_here;
+  PocoReuse& times = reuse != nullptr ? *reuse : times_here;
+  if (!times.t_tokens.defined()) {
+    std::vector<double> token_t(size_t(N * L)), latent_t(size_t(B * NL)), query_t(size_t(N), Tin);
+    for (int64_t i = 0; i < N; ++i)
+      for (int64_t l = 0; l < L; ++l) token_t[size_t(i * L + l)] = double(l * P);
+    for (int64_t s = 0; s < B; ++s)
+      for (int64_t j = 0; j < NL; ++j) latent_t[size_t(s * NL + j)] = double(j) * Tin / double(NL);
+    // Built on the host and queued to the batch's device (no wait: copies go through pinned
+    // staging, engine/ops view.cpp to_device).
+    const Device device = b.x.device();
+    times.t_tokens = from_vector(token_t, Shape{N * L}, dtype_).to(device);
+    times.t_latents = from_vector(latent_t, Shape{B * NL}, dtype_).to(device);
+    times.t_queries = from_vector(query_t, Shape{N}, dtype_).to(device);
+  }
+  const Tensor &t_tokens = times.t_tokens, &t_latents = times.t_latents,
+               &t_queries = times.t_queries;
   const AttentionLayout encode{latents_per_sample, tokens_per_sample, t_latents, t_tokens};
   const AttentionLayout process{latents_per_sample, latents_per_sample, t_latents, t_latents};
   const AttentionLayout decode{b.sample_neurons, latents_per_sample, t_queries, t_latents};
@@ -352,17 +364,46 @@ Tensor Poco::forward(const PocoBatch& b, const nn::ParamMap* ov, Generator* gen)
   // (N, H) beta tensor. The same function and parameters (rounding aside); about a fifth of the
   // model's forward FLOPs at poco-paper's sizes, and of its backward's.
   Tensor alpha = head_alpha_->forward(e, ov);
-  Tensor h = head_in_->forward(b.x, Activation::relu, ov);
+  Tensor h = head_input(b, ov);                                             // (N, H)
   const Tensor& w_out = head_out_->weight(ov);                              // (P, H)
   Tensor w_shift = matmul(w_out, head_beta_->weight(ov));                   // (P, D)
   Tensor b_shift = matmul(w_out, head_beta_->bias(ov));                     // (P)
   return add(head_out_->forward(mul(h, alpha), ov), linear(e, w_shift, b_shift));  // (N, P)
 }
 
+Tensor Poco::head_input(const PocoBatch& b, const nn::ParamMap* ov) const {
+  const Tensor& w = head_in_->weight(ov);
+  const Tensor bias = head_in_->bias(ov);
+  PocoReuse* r = b.reuse.get();
+  auto key = [](const Tensor& t) {
+    return PocoReuse::Key{t, t.defined() ? t.storage().version() : 0u,
+                          t.defined() && t.requires_grad()};
+  };
+  auto same = [](const PocoReuse::Key& k, const Tensor& t) {
+    return k.tensor.impl() == t.impl() &&
+           (!t.defined() ||
+            (k.version == t.storage().version() && k.requires_grad == t.requires_grad()));
+  };
+  if (r != nullptr && r->head_h.defined() && r->head_grad_mode == GradMode::is_enabled() &&
+      same(r->head_x, b.x) && same(r->head_w, w) && same(r->head_b, bias))
+    return r->head_h;
+  Tensor h = head_in_->forward(b.x, Activation::relu, ov);
+  if (r != nullptr) {
+    r->head_x = key(b.x);
+    r->head_w = key(w);
+    r->head_b = key(bias);
+    r->head_grad_mode = GradMode::is_enabled();
+    r->head_h = h;
+  }
+  return h;
+}
+
 PocoBatch PocoBatch::to(Device device) const {
   PocoBatch out = *this;
+  if (x.defined() && x.device() == device) return out;
   for (Tensor* t : {&out.x, &out.unit_index, &out.neuron_session, &out.target})
     if (t->defined()) *t = t->to(device);
+  out.reuse.reset();  // what it holds lives on the old device
   return out;
 }
 

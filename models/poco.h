@@ -46,6 +46,31 @@ struct PocoConfig {
   static PocoConfig named(const std::string& name);
 };
 
+class Poco;
+
+// What a forward computes from one batch that stays the same while only the embeddings change:
+// the rotary times of the attention layout and the FiLM head's input layer relu(W_in x + b_in)
+// (an (N, conditioning_dim) tensor). An inner loop that runs the model several times on one
+// support batch gives that batch a PocoReuse (meta/maml.cpp), and POCO computes these once.
+// The head input is reused only while x, W_in and b_in are the same tensors at the same storage
+// version, with the same requires_grad and grad mode; otherwise it is recomputed and replaces
+// the entry. A reused head input is one graph node shared by every forward that reads it: their
+// backward passes must keep the graph (create_graph or retain_graph) until the last one, as the
+// inner loops do, and a checkpointed region must not use a batch with a PocoReuse (it would hold
+// the region's intermediates alive). One PocoReuse serves one model.
+struct PocoReuse {
+  const Poco* model = nullptr;
+  Tensor t_tokens, t_latents, t_queries;  // rotary times of tokens, latents, output queries
+  struct Key {
+    Tensor tensor;
+    uint32_t version = 0;
+    bool requires_grad = false;
+  };
+  Key head_x, head_w, head_b;
+  bool head_grad_mode = false;
+  Tensor head_h;  // relu(W_in x + b_in), (N, conditioning_dim)
+};
+
 // One batch: B samples, sample b from session sample_sessions[b] with sample_neurons[b] neurons;
 // all neurons of all samples concatenated (sum_b N_b rows).
 struct PocoBatch {
@@ -55,6 +80,9 @@ struct PocoBatch {
   std::vector<int64_t> sample_neurons;   // (B)
   std::vector<int64_t> sample_sessions;  // (B)
   Tensor target;          // (sum N, pred_length), may be undefined
+  // Set by a caller that runs the model repeatedly on this batch (see PocoReuse); copies of the
+  // batch share it. Null: nothing is kept between forwards.
+  std::shared_ptr<PocoReuse> reuse;
   int64_t total_neurons() const { return x.size(0); }
   Device device() const { return x.device(); }
   // A copy with every tensor on `device` (the same tensors when already there); the lengths
@@ -130,6 +158,8 @@ class Poco : public nn::Module {
 
  private:
   void check_batch(const PocoBatch& batch) const;
+  // relu(W_in x + b_in), from batch.reuse when it holds it for the same tensors.
+  Tensor head_input(const PocoBatch& batch, const nn::ParamMap* ov) const;
 
   PocoConfig config_;
   std::vector<int64_t> session_sizes_, unit_offsets_;

@@ -8,6 +8,7 @@
 
 #include <cmath>
 
+#include "engine/core/profiler.h"
 #include "engine/io/safetensors.h"
 #include "models/baselines.h"
 #include "models/poco.h"
@@ -139,6 +140,79 @@ TEST_CASE("POCO: samples do not see each other, batch errors are clear", "[model
   bad = b;
   bad.sample_sessions[0] = 9;
   CHECK_THROWS_WITH(L.model->forward(bad), Catch::Contains("session 9 does not exist"));
+}
+
+namespace {
+// Calls of the `linear` kernel (the head's input layer is one of them) during fn.
+template <class Fn>
+int64_t linear_calls(Fn&& fn) {
+  const bool was_on = profiler::enabled();
+  profiler::reset();
+  profiler::enable(true);
+  fn();
+  profiler::enable(was_on);
+  int64_t calls = 0;
+  for (const auto& e : profiler::entries())
+    if (e.kernel == "linear") calls = e.calls;
+  return calls;
+}
+}  // namespace
+
+TEST_CASE("POCO: a batch's PocoReuse computes the head input once, for the same parameters",
+          "[models][poco]") {
+  Loaded L = load_golden();
+  models::Poco& m = *L.model;
+  const models::PocoBatch b = golden_batch(L.golden, "x_all", "targets");
+  Tensor plain;
+  const int64_t per_forward = linear_calls([&] { plain = m.forward(b); });
+  REQUIRE(per_forward > 1);
+  models::PocoBatch rb = b;
+  rb.reuse = std::make_shared<models::PocoReuse>();
+  Tensor y1, y2;
+  // The first forward fills the entry, the second reads it: one linear call fewer, same values.
+  CHECK(linear_calls([&] { y1 = m.forward(rb); }) == per_forward);
+  CHECK(linear_calls([&] { y2 = m.forward(rb); }) == per_forward - 1);
+  CHECK(max_abs_diff(y1, plain) == 0);
+  CHECK(max_abs_diff(y2, plain) == 0);
+  CHECK(rb.to(kCPU).reuse == rb.reuse);  // same device: the same batch, entry shared
+
+  // Gradients through the shared head input: two forwards that share it give twice one
+  // forward's gradient of W_in (one rounding of the sum: 1e-12 relative is ample in f64).
+  nn::ParamMap params;
+  for (const auto& [name, t] : m.named_parameters()) params[name] = t;
+  const Tensor w_in = params.at("head.in_proj.weight");
+  auto grad_w = [&](const Tensor& loss) {
+    return autograd::grad({loss}, {w_in}, {}, std::nullopt, false, false)[0];
+  };
+  Tensor g1 = grad_w(sum(mul(m.forward(b), m.forward(b))));
+  models::PocoBatch fresh = b;
+  fresh.reuse = std::make_shared<models::PocoReuse>();
+  Tensor g2 = grad_w(sum(mul(m.forward(fresh), m.forward(fresh))));
+  CHECK(max_abs_diff(g1, g2) <= 1e-12 * (1 + max_abs_diff(g1, zeros_like(g1))));
+
+  // Another W_in (a fast weight) is not the cached one: recomputed, and the entry follows it.
+  nn::ParamMap ov = params;
+  ov["head.in_proj.weight"] = mul(w_in, 1.5);
+  Tensor expected = m.forward(b, &ov);
+  Tensor got;
+  CHECK(linear_calls([&] { got = m.forward(rb, &ov); }) == per_forward);
+  CHECK(max_abs_diff(got, expected) == 0);
+  CHECK(linear_calls([&] { got = m.forward(rb, &ov); }) == per_forward - 1);
+  // An in-place update of the parameter (an optimizer step bumps its version): recomputed.
+  CHECK(linear_calls([&] { m.forward(rb); }) == per_forward);
+  {
+    NoGradGuard no_grad;
+    Tensor(w_in).add_(scalar_like(w_in, 0.25));
+  }
+  expected = m.forward(b);
+  CHECK(linear_calls([&] { got = m.forward(rb); }) == per_forward);
+  CHECK(max_abs_diff(got, expected) == 0);
+  // Grad mode off: not the recorded entry (its result must not carry a graph).
+  {
+    NoGradGuard no_grad;
+    CHECK(linear_calls([&] { got = m.forward(rb); }) == per_forward);
+    CHECK(got.grad_fn() == nullptr);
+  }
 }
 
 TEST_CASE("baselines: copy-last, NLinear, MLP", "[models][baselines]") {
