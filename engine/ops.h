@@ -124,6 +124,12 @@ Tensor log_softmax(const Tensor& x, int64_t dim);
 // Normalises over the last normalized_rank dims; weight and bias (optional) have those dims.
 Tensor layer_norm(const Tensor& x, int normalized_rank, const Tensor& weight, const Tensor& bias,
                   double eps = 1e-5);
+// The input gradient of layer_norm as one op: for an output gradient g (x's shape),
+// rstd (gh - mean(gh) - xhat mean(gh xhat)) with gh = g * weight (weight optional). layer_norm's
+// rule uses it when it is recorded (create_graph); its own backward (layer_norm's double
+// backward) is written with differentiable ops, so every order works.
+Tensor layer_norm_input_grad(const Tensor& x, int normalized_rank, const Tensor& weight,
+                             const Tensor& g, double eps = 1e-5);
 
 // ---- embedding (engine/ops/embedding.cpp) ----
 // weight (V, D), indices i64 of any shape -> (indices.shape..., D). The backward is a

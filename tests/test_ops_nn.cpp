@@ -202,6 +202,55 @@ TEST_CASE("layer_norm: forward and gradients with and without affine", "[ops][la
                     Catch::Contains("weight has shape (3,)") && Catch::Contains("(4,)"));
 }
 
+TEST_CASE("layer_norm_input_grad: the fused input gradient, differentiable to third order",
+          "[ops][layer_norm][grad]") {
+  Tensor x = random_tensor(Shape{3, 5}, -2, 2, 142);
+  Tensor w = random_tensor(Shape{5}, 0.5, 1.5, 143);
+  Tensor g = random_tensor(Shape{3, 5}, -1, 1, 144);
+  Tensor b = random_tensor(Shape{5}, -0.5, 0.5, 145);
+  const double eps = 1e-5;
+  // Its value is layer_norm's gradient with respect to x for the output gradient g.
+  Tensor leaf = x.detach().clone();
+  leaf.set_requires_grad(true);
+  Tensor ref = autograd::grad({sum(mul(layer_norm(leaf, 1, w, b, eps), g))}, {leaf})[0];
+  CHECK(max_abs_diff(layer_norm_input_grad(x, 1, w, g, eps), ref) <= kNormTol);
+  // First, second and third order with respect to x, the weight and the output gradient, with a
+  // non-uniform weighting of the output; over one and over two normalized dims, no weight.
+  Tensor wout = random_tensor(Shape{3, 5}, -1, 1, 146);
+  auto f = [&](const TensorList& in) {
+    return mul(layer_norm_input_grad(in[0], 1, in[1], in[2], eps), wout);
+  };
+  CHECK(check_gradients("layer_norm_input_grad", f, {x, w, g}) > 0);
+  CHECK(check_second_order("layer_norm_input_grad", f, {x, w, g}) > 0);
+  // Third order, as rotary's test does it: the gradient of sum(d2), d2 = the gradient of
+  // |d1|^2, d1 = the gradient of sum(f^2), against finite differences.
+  auto third = [&](const TensorList& in) {
+    Tensor s = sum(mul(f(in), f(in)));
+    TensorList d1 = autograd::grad({s}, in, {}, true, true);
+    Tensor n1 = add(add(sum(mul(d1[0], d1[0])), sum(mul(d1[1], d1[1]))), sum(mul(d1[2], d1[2])));
+    TensorList d2 = autograd::grad({n1}, in, {}, true, true);
+    return add(add(sum(d2[0]), sum(d2[1])), sum(d2[2]));
+  };
+  CHECK(check_gradients("layer_norm_input_grad, third order", third, {x, w, g}, kGradGradTol) > 0);
+  Tensor x2 = random_tensor(Shape{2, 2, 3}, -2, 2, 147), g2 = random_tensor(Shape{2, 2, 3}, -1, 1, 148);
+  auto f2 = [&](const TensorList& in) {
+    return tanh(layer_norm_input_grad(in[0], 2, Tensor(), in[1], eps));
+  };
+  CHECK(check_gradients("layer_norm_input_grad over 2 dims", f2, {x2, g2}) > 0);
+  CHECK(check_second_order("layer_norm_input_grad over 2 dims", f2, {x2, g2}) > 0);
+  // Third order of layer_norm itself, which now reaches this op's backward.
+  auto ln3 = [&](const TensorList& in) {
+    Tensor y = mul(layer_norm(in[0], 1, in[1], Tensor(), eps), wout);
+    TensorList d1 = autograd::grad({sum(mul(y, y))}, in, {}, true, true);
+    Tensor n1 = add(sum(mul(d1[0], d1[0])), sum(mul(d1[1], d1[1])));
+    TensorList d2 = autograd::grad({n1}, in, {}, true, true);
+    return add(sum(d2[0]), sum(d2[1]));
+  };
+  CHECK(check_gradients("layer_norm third order", ln3, {x, w}, kGradGradTol) > 0);
+  CHECK_THROWS_WITH(layer_norm_input_grad(x, 1, w, random_tensor(Shape{3, 4}, -1, 1, 1)),
+                    Catch::Contains("input's shape"));
+}
+
 TEST_CASE("embedding: gather, scatter-add backward, second order", "[ops][embedding]") {
   Tensor table = random_tensor(Shape{5, 3}, -1, 1, 46);
   Tensor idx = from_indices(std::vector<int64_t>{4, 0, 4, 2, 1, 4}, Shape{2, 3});

@@ -35,8 +35,9 @@ using LayerNormKernel = void(const Tensor& x, const Tensor& weight, const Tensor
                              double eps, Tensor& out);
 extern DispatchStub<LayerNormKernel> layer_norm_kernel;
 // First-order backward in one pass over the rows: x, g contiguous (rows, D); weight (D) or
-// undefined; dx (rows, D); dw, db (D) (undefined when not wanted). Used only when the backward
-// is not being recorded (create_graph = false): its result is never differentiated again.
+// undefined; dx (rows, D); dw, db (D) (undefined when not wanted). Used by layer_norm's
+// backward when it is not recorded, and as the forward of layer_norm_input_grad (dx only), whose
+// own backward is composed of other ops.
 using LayerNormBackwardKernel = void(const Tensor& x, const Tensor& weight, const Tensor& g,
                                      int64_t D, double eps, Tensor& dx, Tensor& dw, Tensor& db);
 extern DispatchStub<LayerNormBackwardKernel> layer_norm_backward_kernel;

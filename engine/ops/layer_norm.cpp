@@ -1,12 +1,19 @@
 // layer_norm over the last k dims with optional affine weight and bias.
 // Forward: a fused CPU kernel over rows (mean, variance, normalise, scale, shift), rows split
 // across threads.
-// Backward: with create_graph, written with differentiable ops, recomputing mean and rstd from
-// the saved input so
-// that the rule depends on x through them (needed for second order):
+// Backward:
 //   xhat = (x - mu) * rstd,  gh = g * w
 //   dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat)),  dw = g * xhat,  db = g
 // (dw and db are returned at the input's shape and summed to (normalized dims) by the engine).
+// Without create_graph one fused pass computes all three. With it, dx is the op
+// layer_norm_input_grad (the same fused pass, recorded) and dw = g * xhat is composed, xhat
+// recomputed from the saved input. layer_norm_input_grad's backward, for an upstream gradient v
+// of dx, with a = mean(gh), b = mean(gh xhat), mv = mean(v), mvx = mean(v xhat) (row means):
+//   d/dgh = rstd * (v - mv - xhat * mvx)             (layer_norm_input_grad of v, no weight)
+//   d/dg  = w * d/dgh,   d/dw = g * d/dgh
+//   d/dx  = -rstd^2 * (xhat * (mean(v gh) - a mv - 3 b mvx) + mvx (gh - a) + b (v - mv))
+// (differentiate rstd = (mean(c^2) + eps)^-1/2 and xhat = c rstd, c = x - mu, through
+// dx = rstd (gh - a) - rstd xhat b). All in differentiable ops: third order and beyond work.
 #include <cmath>
 #include <utility>
 #include <vector>
@@ -179,19 +186,13 @@ Tensor layer_norm(const Tensor& x, int normalized_rank, const Tensor& weight, co
                                                        eps, dx, dw, db);
                             return {n.needs_input_grad(0) ? dx : Tensor(), dw, db};
                           }
-                          // Recorded (create_graph): the rule in differentiable ops.
-                          Tensor centred = sub(x, mean(x, dims, true));
-                          Tensor rstd = rsqrt(add(mean(mul(centred, centred), dims, true),
-                                                  scalar_like(x, eps)));
-                          Tensor xhat = mul(centred, rstd);
+                          // Recorded (create_graph): dx as one recorded op, dw composed.
                           TensorList grads(3);
-                          if (n.needs_input_grad(0)) {
-                            Tensor gh = w.defined() ? mul(g, w) : g;
-                            Tensor inner = sub(sub(gh, mean(gh, dims, true)),
-                                               mul(xhat, mean(mul(gh, xhat), dims, true)));
-                            grads[0] = mul(rstd, inner);
-                          }
-                          if (n.needs_input_grad(1)) grads[1] = mul(g, xhat);
+                          const int rank = int(dims.size());
+                          if (n.needs_input_grad(0))
+                            grads[0] = layer_norm_input_grad(x, rank, w, g, eps);
+                          if (n.needs_input_grad(1))
+                            grads[1] = mul(g, layer_norm(x, rank, Tensor(), Tensor(), eps));
                           if (n.needs_input_grad(2)) grads[2] = g;
                           return grads;
                         });
@@ -199,6 +200,68 @@ Tensor layer_norm(const Tensor& x, int normalized_rank, const Tensor& weight, co
     node.save(weight);
   }
   return y;
+}
+
+Tensor layer_norm_input_grad(const Tensor& x, int normalized_rank, const Tensor& weight,
+                             const Tensor& g, double eps) {
+  check_operands("layer_norm_input_grad", {&x, &g});
+  MT_CHECK(g.shape() == x.shape(),
+           "layer_norm_input_grad: the gradient {} must have the input's shape {}",
+           g.shape().str(), x.shape().str());
+  MT_CHECK(normalized_rank >= 1 && normalized_rank <= x.dim(),
+           "layer_norm_input_grad: normalized_rank {} must be in [1, {}] for input {}",
+           normalized_rank, x.dim(), x.shape().str());
+  Shape norm_shape;
+  std::vector<int64_t> dims;
+  for (int i = x.dim() - normalized_rank; i < x.dim(); ++i) {
+    norm_shape.push_back(x.shape()[i]);
+    dims.push_back(i);
+  }
+  if (weight.defined()) {
+    check_operands("layer_norm_input_grad", {&x, &weight});
+    MT_CHECK(weight.shape() == norm_shape,
+             "layer_norm_input_grad: weight has shape {} but the normalized dims of input {} are {}",
+             weight.shape().str(), x.shape().str(), norm_shape.str());
+  }
+  Tensor dx = empty(x.shape(), x.dtype(), x.device());
+  {
+    NoGradGuard no_grad;
+    Tensor xc = contiguous(x), gc = contiguous(g), wc = weight.defined() ? contiguous(weight) : weight;
+    Tensor none;
+    layer_norm_backward_kernel(x.device(), xc, wc, gc, norm_shape.numel(), eps, dx, none, none);
+  }
+  if (any_requires_grad(x, weight, g)) {
+    auto& node = record(
+        "layer_norm_input_grad", dx, {&x, &weight, &g},
+        [dims, eps](const Node& n, const Tensor& v) -> TensorList {
+          const Tensor x = n.saved(0), w = n.saved(1), g = n.saved(2);
+          const int rank = int(dims.size());
+          auto row_mean = [&](const Tensor& t) { return mean(t, dims, true); };
+          TensorList grads(3);
+          // d/dgh = rstd (v - mean(v) - xhat mean(v xhat)): this op on v without a weight.
+          Tensor dgh;
+          if (n.needs_input_grad(1) || n.needs_input_grad(2))
+            dgh = layer_norm_input_grad(x, rank, Tensor(), v, eps);
+          if (n.needs_input_grad(1)) grads[1] = mul(g, dgh);  // summed to w's shape by the engine
+          if (n.needs_input_grad(2)) grads[2] = w.defined() ? mul(dgh, w) : dgh;
+          if (n.needs_input_grad(0)) {
+            Tensor centred = sub(x, row_mean(x));
+            Tensor rstd = rsqrt(add(row_mean(mul(centred, centred)), scalar_like(x, eps)));
+            Tensor xhat = mul(centred, rstd);
+            Tensor gh = w.defined() ? mul(g, w) : g;
+            Tensor a = row_mean(gh), b = row_mean(mul(gh, xhat));
+            Tensor mv = row_mean(v), mvx = row_mean(mul(v, xhat));
+            Tensor coef = sub(sub(row_mean(mul(v, gh)), mul(a, mv)), mul(mul(b, mvx), 3.0));
+            Tensor sum_terms = add(add(mul(xhat, coef), mul(mvx, sub(gh, a))), mul(b, sub(v, mv)));
+            grads[0] = neg(mul(mul(rstd, rstd), sum_terms));
+          }
+          return grads;
+        });
+    node.save(x);
+    node.save(weight);
+    node.save(g);
+  }
+  return dx;
 }
 
 }  // namespace mt
