@@ -29,6 +29,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
+#include <string>
 #include <map>
 
 #include "bench/bench_io.h"
@@ -67,7 +69,7 @@ int main(int argc, char** argv) {
   int threads = 2, meta_batch = 2, batch = 32, neurons = 128, sessions = 8, inner_steps = 3,
       warmup = 1, repeats = 5;
   double inner_lr = 1e-3, meta_lr = 1e-4, weight_decay = 1e-4, clip = 1.0;
-  bool checkpoint = false, tf32 = false;
+  bool checkpoint = false, tf32 = false, serve = false;
   app.add_option("--config", config, "poco-paper or poco-seed");
   app.add_option("--threads", threads, "OpenMP threads (default 2)");
   app.add_option("--meta-batch", meta_batch, "sessions per meta-step (default 2)");
@@ -86,6 +88,11 @@ int main(int argc, char** argv) {
   app.add_option("--device", device_name, "cpu or cuda (= cuda:0) (default cpu)")
       ->check(CLI::IsMember({"cpu", "cuda", "cuda:0"}));
   app.add_option("--json", json_path, "write the results as JSON to this path");
+  app.add_flag("--serve", serve,
+               "after the warm-up, print 'ready', then run one timed meta-step per line read from "
+               "stdin (until 'quit' or end of input) and answer each with 'step_ms <ms>'; "
+               "--repeats is "
+               "ignored (bench/meta_step_vs_peers.py --paired alternates engines step by step)");
   CLI11_PARSE(app, argc, argv);
   try {
     MT_CHECK(meta_batch > 0 && batch > 0 && neurons > 0 && sessions >= meta_batch &&
@@ -146,7 +153,15 @@ int main(int argc, char** argv) {
     std::vector<double> total, grad_ms, opt_ms;
     double loss_value = 0;
     synchronize(device);
-    for (int i = 0; i < warmup + repeats; ++i) {
+    for (int i = 0; serve || i < warmup + repeats; ++i) {
+      if (serve && i >= warmup) {
+        if (i == warmup) {  // warmed up: the driver starts timing once every engine says so
+          std::printf("ready\n");
+          std::fflush(stdout);
+        }
+        std::string line;
+        if (!std::getline(std::cin, line) || line == "quit") break;
+      }
       if (i == warmup && on_cuda) reset_peak_memory_stats(device);
       if (i == warmup) profiler::reset();  // METATAPE_PROFILE=1 reports the timed steps only
       const auto t0 = Clock::now();
@@ -193,7 +208,12 @@ int main(int argc, char** argv) {
       total.push_back(ms_since(t0));
       grad_ms.push_back(g_ms);
       opt_ms.push_back(o_ms);
+      if (serve) {
+        std::printf("step_ms %.3f\n", total.back());
+        std::fflush(stdout);
+      }
     }
+    MT_CHECK(!total.empty(), "no timed meta-step ran (--serve got no request)");
     MT_CHECK(std::isfinite(loss_value), "the meta-loss is not finite ({})", loss_value);
     int64_t n_params = 0;
     for (auto& [name, p] : params) n_params += p.numel();
@@ -204,7 +224,7 @@ int main(int argc, char** argv) {
                 config.c_str(), meta_batch, batch, neurons, inner_steps, inner_lr,
                 checkpoint ? ", checkpointed" : "", (long long)n_params, threads,
                 device.str().c_str(), device_description.c_str());
-    std::printf("  %.1f ms/meta-step (median of %d; min %.1f)\n", median(total), repeats,
+    std::printf("  %.1f ms/meta-step (median of %d; min %.1f)\n", median(total), int(total.size()),
                 *std::min_element(total.begin(), total.end()));
     std::printf("  meta-gradients %.1f ms, clip+AdamW %.1f ms (medians); peak %.1f MiB; "
                 "last meta-loss %.6f\n",
@@ -230,7 +250,8 @@ int main(int argc, char** argv) {
                           {"clip", clip},
                           {"parameters", n_params},
                           {"warmup", warmup},
-                          {"repeats", repeats},
+                          {"repeats", int64_t(total.size())},
+                          {"served", serve},
                           {"ms_per_step_median", median(total)},
                           {"ms_per_step_min", *std::min_element(total.begin(), total.end())},
                           {"ms_per_step_all", total},

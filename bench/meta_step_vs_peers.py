@@ -17,7 +17,12 @@ to --json (default bench/results/e2e_ttt_meta_step_cpu.json).
 meta-step and reports the peak device memory of the timed steps); the JAX peer is CPU-only here
 and is skipped. The record then goes to bench/results/e2e_ttt_meta_step_cuda.json by default.
 
-Usage: python3 bench/meta_step_vs_peers.py [--threads 2] [--rounds 3] [--repeats 5]
+With --paired N the two servers (metatape-bench-meta-step and meta_step_bench.py with --serve)
+take N meta-steps in alternation, each right after the other's, and the reported ratio is the
+median of the N per-pair ratios: this machine has periods of seconds to minutes in which its
+GEMM throughput drops by a third, and steps taken back to back see the same period.
+
+Usage: python3 bench/meta_step_vs_peers.py [--threads 2] [--rounds 3 | --paired N] [--repeats 5]
            [--device cpu|cuda] [--tf32] [--bin build/bin/metatape-bench-meta-step] [--json PATH]
            [--no-jax]
 """
@@ -62,6 +67,63 @@ def loadavg():
         return None
 
 
+def run_paired(engines, common, env, tmp, n, rounds, failures):
+    """Starts metatape and PyTorch with --serve and has them take n meta-steps in alternation
+    (metatape first in even pairs, PyTorch first in odd ones). Returns the pairs of step times;
+    each engine's own summary JSON goes to rounds[name] as one round."""
+    names = [x for x in ("metatape", "pytorch") if x in engines]
+    procs, outs = {}, {}
+    for name in names:
+        outs[name] = os.path.join(tmp, f"{name}-paired.json")
+        procs[name] = subprocess.Popen([*engines[name], *common, "--serve", "--json", outs[name]],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                       env=env)
+
+    def one_step(name):
+        proc = procs[name]
+        proc.stdin.write("step\n")
+        proc.stdin.flush()
+        for line in proc.stdout:
+            if line.startswith("step_ms "):
+                return float(line.split()[1])
+            sys.stdout.write(line)
+        raise RuntimeError(f"{name} ended before answering (exit {proc.wait()})")
+
+    def wait_ready(name):
+        for line in procs[name].stdout:
+            if line.strip() == "ready":
+                return
+            sys.stdout.write(line)
+        raise RuntimeError(f"{name} ended before its warm-up finished (exit {procs[name].wait()})")
+
+    pairs = []
+    try:
+        for name in names:  # both warmed up (they warm up side by side) before any timed step
+            wait_ready(name)
+        for i in range(n):
+            order = names if i % 2 == 0 else names[::-1]
+            pair = {name: one_step(name) for name in order}
+            pairs.append(pair)
+            print(f"pair {i + 1:3d}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in pair.items())
+                  + (f" ({pair['metatape'] / pair['pytorch']:.3f})" if len(pair) == 2 else ""),
+                  flush=True)
+    except (RuntimeError, BrokenPipeError, OSError) as e:
+        failures["paired"] = str(e)
+    for name, proc in procs.items():
+        try:
+            proc.stdin.write("quit\n")
+            proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+        rest = proc.stdout.read()
+        sys.stdout.write(rest)
+        if proc.wait() != 0 or not os.path.exists(outs[name]):
+            failures[name] = f"exit {proc.returncode}: {rest[-2000:]}"
+            continue
+        rounds[name].append(json.load(open(outs[name])))
+    return pairs if len(names) == 2 and "paired" not in failures else []
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="poco-paper")
@@ -76,6 +138,11 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3,
                    help="run the three engines in turn this many times (default 3)")
+    p.add_argument("--paired", type=int, default=0, metavar="N",
+                   help="instead of rounds: metatape and PyTorch run side by side as servers "
+                        "(--serve) and take N meta-steps in alternation, one engine right after "
+                        "the other (order swapped every pair); the ratio is the median of the N "
+                        "per-pair ratios. JAX is not run in this mode")
     p.add_argument("--bin", default=os.path.join(ROOT, "build", "bin", "metatape-bench-meta-step"))
     p.add_argument("--no-jax", action="store_true", help="skip the JAX peer")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
@@ -103,7 +170,10 @@ def main():
         "pytorch": [sys.executable, os.path.join(ROOT, "tools", "reference", "meta_step_bench.py")],
     }
     jax_error = None
-    if a.no_jax:
+    if a.paired > 0:
+        jax_error = "skipped (--paired runs metatape and PyTorch only)"
+        print(f"JAX peer {jax_error}")
+    elif a.no_jax:
         jax_error = "skipped (--no-jax)"
     elif on_cuda:
         jax_error = "skipped (the JAX peer runs on the CPU only)"
@@ -123,8 +193,11 @@ def main():
     load_start = loadavg()
     rounds = {name: [] for name in engines}
     failures = {}
+    pairs = []  # --paired: {engine: ms} of each pair of back-to-back meta-steps
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(a.rounds):
+        if a.paired > 0:
+            pairs = run_paired(engines, common, env, tmp, a.paired, rounds, failures)
+        for r in range(a.rounds if a.paired <= 0 else 0):
             print(f"--- round {r + 1} of {a.rounds} (load average {loadavg()})")
             for name, cmd in engines.items():
                 if name in failures:
@@ -178,6 +251,19 @@ def main():
     for k, v in per_round_ratios.items():
         print(f"{k.replace('_over_', ' / ')} per round: {', '.join(f'{x:.3f}' for x in v)} "
               f"(median {statistics.median(v):.3f})")
+    paired = None
+    if pairs:
+        per_pair = sorted(x["metatape"] / x["pytorch"] for x in pairs)
+        q = statistics.quantiles(per_pair, n=4) if len(per_pair) > 1 else per_pair * 3
+        paired = {"pairs": pairs, "metatape_over_pytorch_per_pair": [
+                      x["metatape"] / x["pytorch"] for x in pairs],
+                  "median": statistics.median(per_pair), "quartiles": [q[0], q[2]],
+                  "min": per_pair[0], "max": per_pair[-1]}
+        # The headline: back-to-back steps see the same machine, so their ratio is the figure.
+        ratios["metatape_over_pytorch"] = paired["median"]
+        print(f"metatape / pytorch over {len(pairs)} back-to-back pairs: median "
+              f"{paired['median']:.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}, range "
+              f"{per_pair[0]:.3f}-{per_pair[-1]:.3f})")
     if "metatape_over_pytorch" in ratios:
         r = ratios["metatape_over_pytorch"]
         print(f"metatape / PyTorch = {r:.2f} (goal <= {GOAL}: {'met' if r <= GOAL else 'NOT met'})")
@@ -213,7 +299,8 @@ def main():
                      "inner_steps": a.inner_steps, "inner_lr": a.inner_lr,
                      "inner_params": ["unit_emb.weight", "session_emb.weight"],
                      "meta_lr": 1e-4, "weight_decay": 1e-4, "clip": 1.0,
-                     "warmup": a.warmup, "repeats": a.repeats, "rounds": a.rounds},
+                     "warmup": a.warmup, "repeats": a.repeats,
+                     "rounds": a.rounds if a.paired <= 0 else 0, "paired": a.paired},
         "ms_per_meta_step_median": medians,
         "ratios": ratios,
         "ms_per_meta_step_min": minima,
@@ -227,6 +314,8 @@ def main():
         record["peak_bytes"] = peaks
         names = {x.get("device_name") for runs in rounds.values() for x in runs}
         record["machine"]["gpu"] = sorted(n for n in names if n)
+    if paired:
+        record["paired"] = paired
     if jax_error:
         record["jax_unavailable"] = jax_error
     if failures:

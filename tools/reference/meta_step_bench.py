@@ -105,6 +105,11 @@ def main(argv=None) -> int:
     parser.add_argument("--tf32", action="store_true",
                         help="CUDA: f32 matmuls on TF32 tensor cores (default off)")
     parser.add_argument("--json", default=None, help="write the results as JSON to PATH")
+    parser.add_argument("--serve", action="store_true",
+                        help="after the warm-up, print 'ready', then one timed meta-step per line "
+                             "read from stdin "
+                             "(until 'quit' or end of input), each answered with 'step_ms <ms>'; "
+                             "--repeats is ignored (bench/meta_step_vs_peers.py --paired)")
     args = parser.parse_args(argv)
     if min(args.repeats, args.batch, args.neurons, args.meta_batch, args.inner_steps) < 1 \
             or args.sessions < args.meta_batch:
@@ -164,12 +169,28 @@ def main(argv=None) -> int:
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
     totals, grad_ms, opt_ms, losses = [], [], [], []
-    for _ in range(args.repeats):
+
+    def requests():
+        if not args.serve:
+            yield from range(args.repeats)
+            return
+        print("ready", flush=True)  # warmed up: the driver starts timing once both say so
+        for line in sys.stdin:
+            if line.strip() == "quit":
+                return
+            yield line
+
+    for _ in requests():
         total, g, o, loss = step()
         totals.append(total)
         grad_ms.append(g)
         opt_ms.append(o)
         losses.append(loss)
+        if args.serve:
+            print(f"step_ms {total:.3f}", flush=True)
+    if not totals:
+        print("error: no timed meta-step ran (--serve got no request)", file=sys.stderr)
+        return 1
 
     med = statistics.median(totals)
     n_params = ref.count_parameters(model)
@@ -200,7 +221,8 @@ def main(argv=None) -> int:
                       "clip": args.clip},
         "parameters": n_params,
         "warmup": args.warmup,
-        "repeats": args.repeats,
+        "repeats": len(totals),
+        "served": bool(args.serve),
         "ms_per_step": {"median": med, "min": min(totals), "mean": statistics.fmean(totals),
                         "all": totals},
         "ms_median_split": {"meta_gradients": statistics.median(grad_ms),
@@ -214,7 +236,7 @@ def main(argv=None) -> int:
           f"{args.batch} samples x {args.neurons} neurons, {args.inner_steps} inner steps "
           f"(lr {args.inner_lr:g}) on unit+session embeddings, {n_params:,} parameters, float32, "
           f"{result['threads']} threads, {result['device']} ({result['device_name']})")
-    print(f"  {med:.1f} ms/meta-step (median of {args.repeats}; min {min(totals):.1f})")
+    print(f"  {med:.1f} ms/meta-step (median of {len(totals)}; min {min(totals):.1f})")
     print(f"  meta-gradients {result['ms_median_split']['meta_gradients']:.1f} ms, clip+AdamW "
           f"{result['ms_median_split']['optimizer']:.1f} ms (medians); "
           + (f"peak {result['peak_bytes'] / 2**20:.1f} MiB; " if on_cuda else "")
