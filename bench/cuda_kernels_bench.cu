@@ -33,9 +33,7 @@
 #include "bench/cuda_bench.h"
 #include "kernels/cuda/launch.h"
 
-#ifndef METATAPE_GIT_COMMIT
-#define METATAPE_GIT_COMMIT "unknown"
-#endif
+#include "metatape_git_commit.h"  // METATAPE_GIT_COMMIT
 
 namespace {
 

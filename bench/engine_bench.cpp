@@ -39,9 +39,7 @@
 #include "engine/core/generator.h"
 #include "engine/ops.h"
 
-#ifndef METATAPE_GIT_COMMIT
-#define METATAPE_GIT_COMMIT "unknown"
-#endif
+#include "metatape_git_commit.h"  // METATAPE_GIT_COMMIT
 
 namespace {
 

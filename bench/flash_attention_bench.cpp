@@ -51,9 +51,7 @@
 #include "engine/ops.h"
 #include "kernels/cuda/stream.h"
 
-#ifndef METATAPE_GIT_COMMIT
-#define METATAPE_GIT_COMMIT "unknown"
-#endif
+#include "metatape_git_commit.h"  // METATAPE_GIT_COMMIT
 
 namespace {
 

@@ -34,6 +34,7 @@
 #include <map>
 
 #include "bench/bench_io.h"
+#include "metatape_git_commit.h"  // METATAPE_GIT_COMMIT
 #include "engine/autograd/grad_mode.h"
 #include "engine/core/backend.h"
 #include "engine/core/matmul_settings.h"

@@ -13,6 +13,7 @@
 #include <fstream>
 
 #include "bench/bench_io.h"
+#include "metatape_git_commit.h"  // METATAPE_GIT_COMMIT
 #include "engine/autograd/engine.h"
 #include "engine/core/profiler.h"
 #include "engine/optim/adamw.h"

@@ -24,9 +24,7 @@
 #ifndef METATAPE_SOURCE_DIR
 #define METATAPE_SOURCE_DIR ""
 #endif
-#ifndef METATAPE_GIT_COMMIT
-#define METATAPE_GIT_COMMIT "unknown"
-#endif
+#include "metatape_git_commit.h"  // METATAPE_GIT_COMMIT
 
 namespace fs = std::filesystem;
 using nlohmann::json;
