@@ -251,6 +251,48 @@ TEST_CASE("layer_norm_input_grad: the fused input gradient, differentiable to th
                     Catch::Contains("input's shape"));
 }
 
+TEST_CASE("layer_norm_input_grad: the fused CPU double backward equals the composite",
+          "[ops][layer_norm][grad]") {
+  // Not recorded (create_graph = false) the CPU runs one fused pass; recorded it runs the
+  // composite of differentiable ops (itself checked against finite differences above). Same
+  // values in f64 up to summation order (1e-12), for every subset of wanted gradients, with and
+  // without a weight, over one and two normalized dims; and in f32 against the f64 composite
+  // (rows of O(1) values, sums of 5-12 terms: 1e-5 covers f32 rounding with margin).
+  const double eps = 1e-5;
+  struct Case {
+    Shape shape;
+    int rank;
+    bool weighted;
+  };
+  for (const Case& c : {Case{Shape{4, 6}, 1, true}, Case{Shape{4, 6}, 1, false},
+                        Case{Shape{2, 3, 4}, 2, true}}) {
+    Shape norm = c.rank == 1 ? Shape{c.shape[c.shape.size() - 1]}
+                             : Shape{c.shape[c.shape.size() - 2], c.shape[c.shape.size() - 1]};
+    Tensor x = random_tensor(c.shape, -2, 2, 150), g = random_tensor(c.shape, -1, 1, 151);
+    Tensor v = random_tensor(c.shape, -1, 1, 152);
+    Tensor w = c.weighted ? random_tensor(norm, 0.5, 1.5, 153) : Tensor();
+    TensorList all = c.weighted ? TensorList{x, w, g} : TensorList{x, g};
+    for (auto& t : all) t.set_requires_grad(true);
+    auto grads = [&](const TensorList& wrt, bool create_graph, DType dtype) {
+      Tensor xd = x.to(dtype), gd = g.to(dtype), wd = w.defined() ? w.to(dtype) : w;
+      Tensor out = layer_norm_input_grad(xd, c.rank, wd, gd, eps);
+      return autograd::grad({out}, wrt, {v.to(dtype)}, true, create_graph);
+    };
+    INFO("rank " << c.rank << " weighted " << c.weighted);
+    for (size_t k = 0; k < all.size(); ++k) {
+      const TensorList wrt{all[k]};
+      auto fused = grads(wrt, false, DType::f64), composite = grads(wrt, true, DType::f64);
+      for (size_t i = 0; i < wrt.size(); ++i) CHECK(max_abs_diff(fused[i], composite[i]) <= 1e-12);
+    }
+    auto fused = grads(all, false, DType::f64), composite = grads(all, true, DType::f64);
+    auto fused32 = grads(all, false, DType::f32);
+    for (size_t i = 0; i < all.size(); ++i) {
+      CHECK(max_abs_diff(fused[i], composite[i]) <= 1e-12);
+      CHECK(max_abs_diff(fused32[i].to(DType::f64), composite[i]) <= 1e-5);
+    }
+  }
+}
+
 TEST_CASE("embedding: gather, scatter-add backward, second order", "[ops][embedding]") {
   Tensor table = random_tensor(Shape{5, 3}, -1, 1, 46);
   Tensor idx = from_indices(std::vector<int64_t>{4, 0, 4, 2, 1, 4}, Shape{2, 3});

@@ -41,6 +41,15 @@ extern DispatchStub<LayerNormKernel> layer_norm_kernel;
 using LayerNormBackwardKernel = void(const Tensor& x, const Tensor& weight, const Tensor& g,
                                      int64_t D, double eps, Tensor& dx, Tensor& dw, Tensor& db);
 extern DispatchStub<LayerNormBackwardKernel> layer_norm_backward_kernel;
+// layer_norm_input_grad's backward when it is not recorded (layer norm's double backward), in one
+// pass over the rows: x, g, v contiguous (rows, D), v the gradient arriving at the input
+// gradient; weight (D) or undefined. Outputs, each undefined when not wanted: gx, gg (rows, D),
+// the gradients of x and of g; gw (D), of the weight, summed over the rows in row order. The
+// formulas are in engine/ops/layer_norm.cpp. CPU only: other devices run the composite.
+using LayerNormDoubleBackwardKernel = void(const Tensor& x, const Tensor& weight, const Tensor& g,
+                                           const Tensor& v, int64_t D, double eps, Tensor& gx,
+                                           Tensor& gw, Tensor& gg);
+extern DispatchStub<LayerNormDoubleBackwardKernel> layer_norm_double_backward_kernel;
 
 // weight (V, D) contiguous, indices contiguous i64 (n), out (n, D).
 using GatherKernel = void(const Tensor& weight, const Tensor& indices, Tensor& out);

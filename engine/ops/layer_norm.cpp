@@ -14,6 +14,9 @@
 //   d/dx  = -rstd^2 * (xhat * (mean(v gh) - a mv - 3 b mvx) + mvx (gh - a) + b (v - mv))
 // (differentiate rstd = (mean(c^2) + eps)^-1/2 and xhat = c rstd, c = x - mu, through
 // dx = rstd (gh - a) - rstd xhat b). All in differentiable ops: third order and beyond work.
+// When that backward is not itself recorded (the outer backward of a meta-gradient), the CPU
+// computes the three in one fused pass over the rows (layer_norm_double_backward_kernel, about
+// 35 composite ops per node otherwise); other devices run the composite.
 #include <cmath>
 #include <utility>
 #include <vector>
@@ -30,6 +33,8 @@ using autograd::record;
 
 DispatchStub<LayerNormKernel> layer_norm_kernel("layer_norm");
 DispatchStub<LayerNormBackwardKernel> layer_norm_backward_kernel("layer_norm_backward");
+DispatchStub<LayerNormDoubleBackwardKernel> layer_norm_double_backward_kernel(
+    "layer_norm_double_backward");
 
 namespace {
 
@@ -135,9 +140,80 @@ void layer_norm_backward_cpu(const Tensor& x, const Tensor& weight, const Tensor
   });
 }
 
+// Double backward (see the stub in engine/ops/kernels.h): per row, the statistics in double,
+// then gx and gg; gw as column sums over the rows in row order (deterministic), columns split
+// across threads, from the row statistics kept by the first pass.
+void layer_norm_double_backward_cpu(const Tensor& x, const Tensor& weight, const Tensor& g,
+                                    const Tensor& v, int64_t D, double eps, Tensor& gx, Tensor& gw,
+                                    Tensor& gg) {
+  dispatch_float(x.dtype(), "layer_norm_double_backward", [&]<class T>() {
+    const int64_t rows = D == 0 ? 0 : x.numel() / D;
+    const T* px = x.data_ptr<T>();
+    const T* pg = g.data_ptr<T>();
+    const T* pv = v.data_ptr<T>();
+    const T* pw = weight.defined() ? weight.data_ptr<T>() : nullptr;
+    T* pgx = gx.defined() ? gx.data_ptr<T>() : nullptr;
+    T* pgg = gg.defined() ? gg.data_ptr<T>() : nullptr;
+    // Per row: mean, rstd, mean(v), mean(v xhat) (what d/dgh needs, for the gw pass).
+    const size_t n_rows = static_cast<size_t>(rows);
+    std::vector<double> mean(n_rows), rstd(n_rows), mv(n_rows), mvx(n_rows);
+    cpu::parallel_range(rows, 8 * D, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const T* xr = px + r * D;
+        const T* gr = pg + r * D;
+        const T* vr = pv + r * D;
+        const auto [mu, rs] = row_moments(xr, D, eps);
+        auto xhat = [&](int64_t j) { return (double(xr[j]) - mu) * rs; };
+        auto gh = [&](int64_t j) { return pw ? double(gr[j]) * double(pw[j]) : double(gr[j]); };
+        const double inv_d = 1.0 / double(D);
+        const double a = lane_sum(D, gh) * inv_d;
+        const double b = lane_sum(D, [&](int64_t j) { return gh(j) * xhat(j); }) * inv_d;
+        const double m_v = lane_sum(D, [&](int64_t j) { return double(vr[j]); }) * inv_d;
+        const double m_vx = lane_sum(D, [&](int64_t j) { return double(vr[j]) * xhat(j); }) * inv_d;
+        const double m_vg = lane_sum(D, [&](int64_t j) { return double(vr[j]) * gh(j); }) * inv_d;
+        mean[size_t(r)] = mu;
+        rstd[size_t(r)] = rs;
+        mv[size_t(r)] = m_v;
+        mvx[size_t(r)] = m_vx;
+        const double coef = m_vg - a * m_v - 3.0 * b * m_vx;
+        for (int64_t j = 0; j < D; ++j) {
+          const double xh = xhat(j), vj = double(vr[j]);
+          if (pgx)
+            pgx[r * D + j] =
+                T(-rs * rs * (xh * coef + m_vx * (gh(j) - a) + b * (vj - m_v)));
+          if (pgg) {
+            const double dgh = rs * (vj - m_v - xh * m_vx);
+            pgg[r * D + j] = T(pw ? dgh * double(pw[j]) : dgh);
+          }
+        }
+      }
+    });
+    if (gw.defined()) {
+      std::vector<double> sw(size_t(D), 0.0);
+      cpu::parallel_range(D, 2 * rows, [&](int64_t j0, int64_t j1) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const T* xr = px + r * D;
+          const T* gr = pg + r * D;
+          const T* vr = pv + r * D;
+          const double mu = mean[size_t(r)], rs = rstd[size_t(r)], m_v = mv[size_t(r)],
+                       m_vx = mvx[size_t(r)];
+          for (int64_t j = j0; j < j1; ++j) {
+            const double xh = (double(xr[j]) - mu) * rs;
+            sw[size_t(j)] += double(gr[j]) * rs * (double(vr[j]) - m_v - xh * m_vx);
+          }
+        }
+      });
+      T* pgw = gw.data_ptr<T>();
+      for (int64_t j = 0; j < D; ++j) pgw[j] = T(sw[size_t(j)]);
+    }
+  });
+}
+
 [[maybe_unused]] const bool registered =
     (layer_norm_kernel.set(DeviceType::CPU, &layer_norm_cpu),
-     layer_norm_backward_kernel.set(DeviceType::CPU, &layer_norm_backward_cpu), true);
+     layer_norm_backward_kernel.set(DeviceType::CPU, &layer_norm_backward_cpu),
+     layer_norm_double_backward_kernel.set(DeviceType::CPU, &layer_norm_double_backward_cpu),
+     true);
 
 }  // namespace
 
@@ -233,9 +309,23 @@ Tensor layer_norm_input_grad(const Tensor& x, int normalized_rank, const Tensor&
   if (any_requires_grad(x, weight, g)) {
     auto& node = record(
         "layer_norm_input_grad", dx, {&x, &weight, &g},
-        [dims, eps](const Node& n, const Tensor& v) -> TensorList {
+        [dims, eps, norm_shape](const Node& n, const Tensor& v) -> TensorList {
           const Tensor x = n.saved(0), w = n.saved(1), g = n.saved(2);
           const int rank = int(dims.size());
+          if (!GradMode::is_enabled() && x.device().is_cpu()) {
+            // Not recorded (create_graph = false): one fused pass on the CPU.
+            Tensor xc = contiguous(x), gc = contiguous(g), vc = contiguous(v);
+            Tensor wc = w.defined() ? contiguous(w) : w;
+            auto wanted = [&](int i, const Shape& shape) {
+              return n.needs_input_grad(i) ? empty(shape, x.dtype(), x.device()) : Tensor();
+            };
+            Tensor gx = wanted(0, x.shape()), gg = wanted(2, x.shape());
+            Tensor gw = w.defined() ? wanted(1, norm_shape) : Tensor();
+            layer_norm_double_backward_kernel(x.device(), xc, wc, gc, vc, norm_shape.numel(), eps,
+                                              gx, gw, gg);
+            return {gx, gw, gg};
+          }
+          // Recorded, or another device: the rule in differentiable ops.
           auto row_mean = [&](const Tensor& t) { return mean(t, dims, true); };
           TensorList grads(3);
           // d/dgh = rstd (v - mean(v) - xhat mean(v xhat)): this op on v without a weight.
