@@ -356,6 +356,43 @@ TEST_CASE("CUDA layer_norm_backward (fused) matches the CPU's, sentinels include
   }
 }
 
+TEST_CASE("CUDA layer_norm_double_backward (fused) matches the CPU's, sentinels included",
+          "[cuda]") {
+  MT_SKIP_WITHOUT_CUDA();
+  for (const Shape& s : row_shapes()) {
+    const int64_t D = s[s.size() - 1];
+    const int64_t rows = D == 0 ? 0 : s.numel() / D;
+    for (DType t : kFloatDtypes) {
+      const std::string what = fmt::format("layer_norm_double_backward {} {}", s.str(),
+                                           dtype_name(t));
+      INFO(what);
+      Tensor x = random_tensor(Shape{rows, D}, -2, 3, 254).to(t);
+      Tensor w = random_tensor(Shape{D}, 0.5, 1.5, 255).to(t);
+      Tensor g = random_tensor(Shape{rows, D}, -1, 1, 256).to(t);
+      Tensor v = random_tensor(Shape{rows, D}, -1, 1, 257).to(t);
+      const DType ct = (t == DType::f64) ? DType::f64 : DType::f32;
+      Tensor xc = x.to(ct), wc = w.to(ct), gc = g.to(ct), vc = v.to(ct);
+      Tensor gx = empty(Shape{rows, D}, ct), gw = empty(Shape{D}, ct), gg = empty(Shape{rows, D}, ct);
+      layer_norm_double_backward_kernel(kCPU, xc, wc, gc, vc, D, 1e-5, gx, gw, gg);
+      Padded pgx = padded(Shape{rows, D}, t, gpu0(), false);
+      Padded pgw = padded(Shape{D}, t, gpu0(), false);
+      Padded pgg = padded(Shape{rows, D}, t, gpu0(), false);
+      layer_norm_double_backward_kernel(gpu0(), on_gpu(x), on_gpu(w), on_gpu(g), on_gpu(v), D,
+                                        1e-5, pgx.window, pgw.window, pgg.window);
+      // Row sums of a few O(1) terms, and gw over `rows` terms: as layer_norm_backward's.
+      check_padded(pgx, gx.to(t), row_tol(t), what + " gx");
+      check_padded(pgw, gw.to(t), row_tol(t), what + " gw");
+      check_padded(pgg, gg.to(t), row_tol(t), what + " gg");
+      // Without weight, gx only.
+      Tensor none, gx2 = empty(Shape{rows, D}, t, gpu0()), gx2_ref = empty(Shape{rows, D}, ct);
+      layer_norm_double_backward_kernel(kCPU, xc, none, gc, vc, D, 1e-5, gx2_ref, none, none);
+      layer_norm_double_backward_kernel(gpu0(), on_gpu(x), none, on_gpu(g), on_gpu(v), D, 1e-5,
+                                        gx2, none, none);
+      check_close(gx2, gx2_ref.to(t), row_tol(t), what + " gx without weight");
+    }
+  }
+}
+
 TEST_CASE("CUDA softmax and layer_norm: gradients of any order equal the CPU's", "[cuda]") {
   MT_SKIP_WITHOUT_CUDA();
   compare_gradients("softmax", [](const TensorList& v) { return softmax(mul(v[0], v[0]), 1); },
@@ -371,6 +408,16 @@ TEST_CASE("CUDA softmax and layer_norm: gradients of any order equal the CPU's",
                     1, false);
   compare_gradients("layer_norm wide (fused backward)", ln,
                     {Shape{3, 1500}, Shape{1500}, Shape{1500}}, -1, 1, false);
+  // The recorded input gradient; its backward is the fused double backward when not recorded.
+  auto ln_dx = [](const TensorList& v) {
+    return layer_norm_input_grad(v[0], 1, v[1], mul(v[2], v[2]), 1e-5);
+  };
+  compare_gradients("layer_norm_input_grad", ln_dx, {Shape{6, 20}, Shape{20}, Shape{6, 20}}, -1,
+                    1, true);
+  compare_gradients("layer_norm_input_grad (fused double backward)", ln_dx,
+                    {Shape{6, 20}, Shape{20}, Shape{6, 20}}, -1, 1, false);
+  compare_gradients("layer_norm_input_grad wide (fused double backward)", ln_dx,
+                    {Shape{3, 1500}, Shape{1500}, Shape{3, 1500}}, -1, 1, false);
 }
 
 // ---------------------------------------------------------------------------------------------

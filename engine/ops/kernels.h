@@ -45,7 +45,7 @@ extern DispatchStub<LayerNormBackwardKernel> layer_norm_backward_kernel;
 // pass over the rows: x, g, v contiguous (rows, D), v the gradient arriving at the input
 // gradient; weight (D) or undefined. Outputs, each undefined when not wanted: gx, gg (rows, D),
 // the gradients of x and of g; gw (D), of the weight, summed over the rows in row order. The
-// formulas are in engine/ops/layer_norm.cpp. CPU only: other devices run the composite.
+// formulas are in engine/ops/layer_norm.cpp.
 using LayerNormDoubleBackwardKernel = void(const Tensor& x, const Tensor& weight, const Tensor& g,
                                            const Tensor& v, int64_t D, double eps, Tensor& gx,
                                            Tensor& gw, Tensor& gg);

@@ -14,9 +14,9 @@
 //   d/dx  = -rstd^2 * (xhat * (mean(v gh) - a mv - 3 b mvx) + mvx (gh - a) + b (v - mv))
 // (differentiate rstd = (mean(c^2) + eps)^-1/2 and xhat = c rstd, c = x - mu, through
 // dx = rstd (gh - a) - rstd xhat b). All in differentiable ops: third order and beyond work.
-// When that backward is not itself recorded (the outer backward of a meta-gradient), the CPU
-// computes the three in one fused pass over the rows (layer_norm_double_backward_kernel, about
-// 35 composite ops per node otherwise); other devices run the composite.
+// When that backward is not itself recorded (the outer backward of a meta-gradient), one fused
+// pass over the rows computes the three (layer_norm_double_backward_kernel; about 35 composite
+// ops per node otherwise).
 #include <cmath>
 #include <utility>
 #include <vector>
@@ -312,8 +312,8 @@ Tensor layer_norm_input_grad(const Tensor& x, int normalized_rank, const Tensor&
         [dims, eps, norm_shape](const Node& n, const Tensor& v) -> TensorList {
           const Tensor x = n.saved(0), w = n.saved(1), g = n.saved(2);
           const int rank = int(dims.size());
-          if (!GradMode::is_enabled() && x.device().is_cpu()) {
-            // Not recorded (create_graph = false): one fused pass on the CPU.
+          if (!GradMode::is_enabled()) {
+            // Not recorded (create_graph = false): one fused pass.
             Tensor xc = contiguous(x), gc = contiguous(g), vc = contiguous(v);
             Tensor wc = w.defined() ? contiguous(w) : w;
             auto wanted = [&](int i, const Shape& shape) {
@@ -325,7 +325,7 @@ Tensor layer_norm_input_grad(const Tensor& x, int normalized_rank, const Tensor&
                                               gx, gw, gg);
             return {gx, gw, gg};
           }
-          // Recorded, or another device: the rule in differentiable ops.
+          // Recorded (create_graph): the rule in differentiable ops.
           auto row_mean = [&](const Tensor& t) { return mean(t, dims, true); };
           TensorList grads(3);
           // d/dgh = rstd (v - mean(v) - xhat mean(v xhat)): this op on v without a weight.

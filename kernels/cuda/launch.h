@@ -103,6 +103,14 @@ size_t layer_norm_backward_workspace(ScalarType t, int64_t rows, int64_t D);
 void layer_norm_backward(ScalarType t, int64_t rows, int64_t D, const void* x,
                          const void* weight, const void* g, double eps, void* dx, void* dw,
                          void* db, void* workspace, cudaStream_t stream, int sm_count);
+// Layer norm's double backward (engine/ops/kernels.h, layer_norm_double_backward_kernel): v
+// (rows, D) is the gradient arriving at the input gradient; gx, gg (rows, D) and gw (D) or
+// nullptr. gw is summed like dw above. workspace: layer_norm_double_backward_workspace bytes.
+size_t layer_norm_double_backward_workspace(ScalarType t, int64_t rows, int64_t D);
+void layer_norm_double_backward(ScalarType t, int64_t rows, int64_t D, const void* x,
+                                const void* weight, const void* g, const void* v, double eps,
+                                void* gx, void* gw, void* gg, void* workspace,
+                                cudaStream_t stream, int sm_count);
 
 // ---- embedding (embedding.cu) ----
 // out (n, D) = weight (V, D) rows at indices (n). An index outside [0, V) stops the kernel

@@ -306,6 +306,23 @@ void layer_norm_backward_cuda(const Tensor& x, const Tensor& weight, const Tenso
                       data_or_null(workspace), l.stream, l.sms);
 }
 
+void layer_norm_double_backward_cuda(const Tensor& x, const Tensor& weight, const Tensor& g,
+                                     const Tensor& v, int64_t D, double eps, Tensor& gx,
+                                     Tensor& gw, Tensor& gg) {
+  check_float(x, "layer_norm_double_backward");
+  const int64_t rows = D == 0 ? 0 : x.numel() / D;
+  const ScalarType t = scalar_type(x.dtype());
+  Tensor workspace;
+  if (gw.defined()) {
+    const size_t bytes = layer_norm_double_backward_workspace(t, rows, D);
+    workspace = empty(Shape{int64_t(bytes / 8 + 1)}, DType::i64, x.device());
+  }
+  Launch l(x.device());
+  layer_norm_double_backward(t, rows, D, x.raw_data(), data_or_null(weight), g.raw_data(),
+                             v.raw_data(), eps, data_or_null(gx), data_or_null(gw),
+                             data_or_null(gg), data_or_null(workspace), l.stream, l.sms);
+}
+
 // ---- embedding ----
 void embedding_cuda(const Tensor& weight, const Tensor& indices, Tensor& out) {
   check_float(weight, "embedding");
@@ -692,6 +709,7 @@ void register_kernels() {
   softmax_kernel.set(kCuda, &softmax_cuda);
   layer_norm_kernel.set(kCuda, &layer_norm_cuda);
   layer_norm_backward_kernel.set(kCuda, &layer_norm_backward_cuda);
+  layer_norm_double_backward_kernel.set(kCuda, &layer_norm_double_backward_cuda);
   embedding_kernel.set(kCuda, &embedding_cuda);
   embedding_backward_kernel.set(kCuda, &embedding_backward_cuda);
   random_kernel.set(kCuda, &random_cuda);
