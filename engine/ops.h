@@ -143,6 +143,17 @@ Tensor embedding_backward(const Tensor& rows, const Tensor& indices, int64_t num
 // rotated by the angle times[i] * inv_freq[k]; inv_freq (dh/2) may hold zeros for pairs that are
 // not rotated. Differentiable in x (times and frequencies are data).
 Tensor rotary(const Tensor& x, const Tensor& times, const Tensor& inv_freq);
+// cos and sin of the rotary angles times[i] * inv_freq[k], (n, dh/2) each in `dtype` (the angles
+// in f32 at least): constants of the graph, for times that several rotary calls share (a batch's
+// layout: keys and values, queries and the output). times and inv_freq must not require grad.
+struct RotaryTables {
+  Tensor cos, sin;
+  bool defined() const { return cos.defined(); }
+};
+RotaryTables rotary_tables(const Tensor& times, const Tensor& inv_freq, DType dtype);
+// x (n, heads, dh) rotated by precomputed tables (n, dh/2); sign -1 rotates by the opposite
+// angles. Differentiable in x.
+Tensor rotary(const Tensor& x, const RotaryTables& tables, double sign = 1.0);
 // Frequencies of POYO/POCO's rotary embedding: 2 pi / (t_min (t_max/t_min)^(2k/(dh/2))) for the
 // first dh/4 pairs, zero for the rest (half of the head dims are not rotated), t_min = t_max/1000.
 Tensor rotary_inv_freq(int64_t dim_head, double t_max, DType dtype = DType::f32);
@@ -153,6 +164,9 @@ struct VarlenAttention {
   std::vector<int64_t> k_lengths;  // (B) keys per sample; sum = k.size(0)
   Tensor q_times, k_times;         // (Nq), (Nk) rotary times; undefined = no rotary
   Tensor inv_freq;                 // (dh/2) rotary frequencies
+  // Optional: rotary_tables of q_times / k_times (q's dtype), when the caller keeps them for
+  // several calls; otherwise each call builds them once per side (if the times are constants).
+  RotaryTables q_tables, k_tables;
   bool rotate_value = false;       // rotate v by key time and the output back by query time
   // How the batch is evaluated; all compute the same function. padded: samples gathered into
   // (B, max_len) blocks with masked padding, one batched attention (big GEMMs; gradients stay

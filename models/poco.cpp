@@ -165,7 +165,8 @@ Tensor CrossAttention::forward(const Tensor& xq, const Tensor& xc, const Attenti
   Tensor k = linear_rows(*kv_proj_, xcn, 0, inner, ov);                      // (nk, inner)
   Tensor v = linear_rows(*kv_proj_, xcn, inner, inner, ov);                  // (nk, inner)
   VarlenAttention spec{heads_, layout.q_lengths, layout.k_lengths, layout.q_times,
-                       layout.k_times, inv_freq, rotate_value_};
+                       layout.k_times, inv_freq, layout.q_tables, layout.k_tables,
+                       rotate_value_};
   Tensor o = varlen_attention(q, k, v, spec);
   return out_proj_->forward(o, ov);
 }
@@ -185,7 +186,8 @@ Tensor SelfAttention::forward(const Tensor& x, const AttentionLayout& layout,
   const int64_t inner = heads_ * dim_head_;
   Tensor xn = norm_->forward(x, ov);
   VarlenAttention spec{heads_, layout.q_lengths, layout.k_lengths, layout.q_times,
-                       layout.k_times, inv_freq, /*rotate_value=*/true};
+                       layout.k_times, inv_freq, layout.q_tables, layout.k_tables,
+                       /*rotate_value=*/true};
   Tensor o = varlen_attention(linear_rows(*qkv_proj_, xn, 0, inner, ov),
                               linear_rows(*qkv_proj_, xn, inner, inner, ov),
                               linear_rows(*qkv_proj_, xn, 2 * inner, inner, ov), spec);
@@ -332,12 +334,16 @@ Tensor Poco::forward(const PocoBatch& b, const nn::ParamMap* ov, Generator* gen)
     times.t_tokens = from_vector(token_t, Shape{N * L}, dtype_).to(device);
     times.t_latents = from_vector(latent_t, Shape{B * NL}, dtype_).to(device);
     times.t_queries = from_vector(query_t, Shape{N}, dtype_).to(device);
+    times.r_tokens = rotary_tables(times.t_tokens, inv_freq_, dtype_);
+    times.r_latents = rotary_tables(times.t_latents, inv_freq_, dtype_);
+    times.r_queries = rotary_tables(times.t_queries, inv_freq_, dtype_);
   }
-  const Tensor &t_tokens = times.t_tokens, &t_latents = times.t_latents,
-               &t_queries = times.t_queries;
-  const AttentionLayout encode{latents_per_sample, tokens_per_sample, t_latents, t_tokens};
-  const AttentionLayout process{latents_per_sample, latents_per_sample, t_latents, t_latents};
-  const AttentionLayout decode{b.sample_neurons, latents_per_sample, t_queries, t_latents};
+  const AttentionLayout encode{latents_per_sample, tokens_per_sample, times.t_latents,
+                               times.t_tokens,     times.r_latents,   times.r_tokens};
+  const AttentionLayout process{latents_per_sample, latents_per_sample, times.t_latents,
+                                times.t_latents,    times.r_latents,    times.r_latents};
+  const AttentionLayout decode{b.sample_neurons, latents_per_sample, times.t_queries,
+                               times.t_latents,  times.r_queries,   times.r_latents};
 
   // 1. Tokens: unit identity + projected patch.
   Tensor unit = add(unit_emb_->forward(b.unit_index, ov), session_emb_->forward(b.neuron_session, ov));

@@ -49,7 +49,8 @@ struct PocoConfig {
 class Poco;
 
 // What a forward computes from one batch that stays the same while only the embeddings change:
-// the rotary times of the attention layout and the FiLM head's input layer relu(W_in x + b_in)
+// the rotary times and tables of the attention layout and the FiLM head's input layer
+// relu(W_in x + b_in)
 // (an (N, conditioning_dim) tensor). An inner loop that runs the model several times on one
 // support batch gives that batch a PocoReuse (meta/maml.cpp), and POCO computes these once.
 // The head input is reused only while x, W_in and b_in are the same tensors at the same storage
@@ -61,6 +62,7 @@ class Poco;
 struct PocoReuse {
   const Poco* model = nullptr;
   Tensor t_tokens, t_latents, t_queries;  // rotary times of tokens, latents, output queries
+  RotaryTables r_tokens, r_latents, r_queries;  // their rotary tables (the model's dtype)
   struct Key {
     Tensor tensor;
     uint32_t version = 0;
@@ -111,6 +113,7 @@ class FeedForward : public nn::Module {
 struct AttentionLayout {
   std::vector<int64_t> q_lengths, k_lengths;
   Tensor q_times, k_times;
+  RotaryTables q_tables, k_tables;  // rotary_tables of the times
 };
 
 class CrossAttention : public nn::Module {

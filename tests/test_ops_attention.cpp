@@ -158,6 +158,34 @@ TEST_CASE("rotary: the fused CPU op, its third order, and gradients for the time
   CHECK(check_second_order("rotary w.r.t. times", by_times, {t}) > 0);
 }
 
+TEST_CASE("rotary tables: the same rotation as from the times, reused across calls",
+          "[ops][attention]") {
+  Tensor x = random_tensor(Shape{4, 2, 8}, -1, 1, 183);
+  Tensor t = random_tensor(Shape{4}, 0, 20, 184);
+  Tensor f = rotary_inv_freq(8, 10.0, DType::f64);
+  const RotaryTables tab = rotary_tables(t, f, DType::f64);
+  REQUIRE(tab.cos.shape() == (Shape{4, 4}));
+  CHECK(max_abs_diff(rotary(x, tab), rotary(x, t, f)) == 0);
+  CHECK(max_abs_diff(rotary(x, tab, -1.0), rotary(x, neg(t), f)) <= kAttnTol);
+  CHECK(max_abs_diff(rotary(rotary(x, tab), tab, -1.0), x) <= kAttnTol);  // inverse
+  auto by_tables = [&](const TensorList& in) { return rotary(in[0], tab, -1.0); };
+  CHECK(check_gradients("rotary by tables", by_tables, {x}) > 0);
+  CHECK(check_second_order("rotary by tables", by_tables, {x}) > 0);
+  // varlen_attention with the caller's tables equals the one that builds them.
+  Tensor q = random_tensor(Shape{5, 16}, -1, 1, 185), k = random_tensor(Shape{7, 16}, -1, 1, 186);
+  Tensor v = random_tensor(Shape{7, 16}, -1, 1, 187);
+  VarlenAttention s = make_spec(true, true, kDense);
+  Tensor plain = varlen_attention(q, k, v, s);
+  s.q_tables = rotary_tables(s.q_times, s.inv_freq, DType::f64);
+  s.k_tables = rotary_tables(s.k_times, s.inv_freq, DType::f64);
+  CHECK(max_abs_diff(varlen_attention(q, k, v, s), plain) == 0);
+  Tensor tg = t.clone();
+  tg.set_requires_grad(true);
+  CHECK_THROWS_WITH(rotary_tables(tg, f, DType::f64), Catch::Contains("must not require grad"));
+  CHECK_THROWS_WITH(rotary(x, rotary_tables(t.narrow(0, 0, 3), f, DType::f64)),
+                    Catch::Contains("tables must be (n, dh/2) = (4, 4)"));
+}
+
 TEST_CASE("varlen attention: forward against dense loops", "[ops][attention]") {
   Tensor q = random_tensor(Shape{5, 16}, -1, 1, 85);
   Tensor k = random_tensor(Shape{7, 16}, -1, 1, 86);

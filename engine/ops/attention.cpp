@@ -96,29 +96,57 @@ Tensor rotary(const Tensor& x, const Tensor& times, const Tensor& inv_freq) {
   const int64_t n = x.size(0), heads = x.size(1), half = x.size(2) / 2;
   MT_CHECK(inv_freq.dim() == 1 && inv_freq.size(0) == half,
            "rotary: inv_freq must be (dh/2) = ({}), got {}", half, inv_freq.shape().str());
-  // The fused path (one op, one pass over x) on the CPU when the angles are data: its backward
-  // rotates by the opposite angle and is itself differentiable. Gradients with respect to the
-  // times or the frequencies, and other devices, take the composite below.
-  const bool fused = x.device().is_cpu() && !autograd::any_requires_grad(times, inv_freq);
+  // Angles that are data (the usual case): tables, then the fused CPU op or the composite.
+  if (!autograd::any_requires_grad(times, inv_freq))
+    return rotary(x, rotary_tables(times, inv_freq, x.dtype()), 1.0);
+  // Gradients with respect to the times or the frequencies: the whole rotation composed.
   // angle (n, 1, dh/2, 1): the same for every head and for both members of a pair. Computed in
   // f32 at least: times reach hundreds of seconds and frequencies 2 pi / t_min, so a 16-bit angle
   // would be off by radians. cos and sin are then rounded once to x's dtype.
   const DType angle_t = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
-  std::optional<NoGradGuard> constants;
-  if (fused) constants.emplace();
   Tensor angle = mul(times.to(angle_t).reshape(Shape{n, 1}),
                      inv_freq.to(angle_t).reshape(Shape{1, half}));
-  Tensor c = cos(angle).to(x.dtype()), s = sin(angle).to(x.dtype());  // (n, dh/2)
-  if (fused) {
-    constants.reset();
-    return rotate_pairs(x, c, s, 1.0);
-  }
-  c = c.reshape(Shape{n, 1, half, 1});
-  s = s.reshape(Shape{n, 1, half, 1});
+  Tensor c = cos(angle).to(x.dtype()).reshape(Shape{n, 1, half, 1});
+  Tensor s = sin(angle).to(x.dtype()).reshape(Shape{n, 1, half, 1});
   Tensor pairs = x.reshape(Shape{n, heads, half, 2});
   Tensor even = pairs.narrow(3, 0, 1), odd = pairs.narrow(3, 1, 1);
   // (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin)
   Tensor y = cat({sub(mul(even, c), mul(odd, s)), add(mul(odd, c), mul(even, s))}, 3);
+  return y.reshape(x.shape());
+}
+
+RotaryTables rotary_tables(const Tensor& times, const Tensor& inv_freq, DType dtype) {
+  MT_CHECK(times.dim() == 1 && inv_freq.dim() == 1,
+           "rotary_tables: times (n) and inv_freq (dh/2) must be 1-d, got {} and {}",
+           times.shape().str(), inv_freq.shape().str());
+  MT_CHECK(!autograd::any_requires_grad(times, inv_freq),
+           "rotary_tables: times and inv_freq must not require grad (the tables are constants); "
+           "call rotary(x, times, inv_freq) to differentiate through the angles");
+  NoGradGuard constants;
+  const DType angle_t = dtype == DType::f64 ? DType::f64 : DType::f32;  // see rotary above
+  Tensor angle = mul(times.to(angle_t).reshape(Shape{times.size(0), 1}),
+                     inv_freq.to(angle_t).reshape(Shape{1, inv_freq.size(0)}));
+  return {cos(angle).to(dtype), sin(angle).to(dtype)};
+}
+
+Tensor rotary(const Tensor& x, const RotaryTables& tables, double sign) {
+  MT_CHECK(x.dim() == 3 && x.size(2) % 2 == 0,
+           "rotary: x must be (n, heads, dh) with even dh, got {}", x.shape().str());
+  const int64_t n = x.size(0), heads = x.size(1), half = x.size(2) / 2;
+  MT_CHECK(tables.defined() && tables.cos.shape() == (Shape{n, half}) &&
+               tables.sin.shape() == (Shape{n, half}),
+           "rotary: tables must be (n, dh/2) = ({}, {}), got {}", n, half,
+           tables.defined() ? tables.cos.shape().str() : "undefined");
+  MT_CHECK(sign == 1.0 || sign == -1.0, "rotary: sign must be 1 or -1, got {}", sign);
+  const Tensor c = tables.cos.to(x.dtype()), s = tables.sin.to(x.dtype());
+  // The fused op (one pass over x) on the CPU: its backward rotates by the opposite angle and
+  // is itself differentiable. Other devices compose it.
+  if (x.device().is_cpu()) return rotate_pairs(x, c, s, sign);
+  Tensor c4 = c.reshape(Shape{n, 1, half, 1});
+  Tensor s4 = (sign < 0 ? neg(s) : s).reshape(Shape{n, 1, half, 1});
+  Tensor pairs = x.reshape(Shape{n, heads, half, 2});
+  Tensor even = pairs.narrow(3, 0, 1), odd = pairs.narrow(3, 1, 1);
+  Tensor y = cat({sub(mul(even, c4), mul(odd, s4)), add(mul(odd, c4), mul(even, s4))}, 3);
   return y.reshape(x.shape());
 }
 
@@ -169,10 +197,22 @@ Tensor varlen_attention(const Tensor& q, const Tensor& k, const Tensor& v,
 
   Tensor q3 = q.reshape(Shape{Nq, H, dh}), k3 = k.reshape(Shape{Nk, H, dh}),
          v3 = v.reshape(Shape{Nk, H, dh});
+  // Rotary tables: the caller's, or built once per side here when the angles are constants
+  // (keys and values share the key side's, queries and the rotated-back output the query side's).
+  RotaryTables q_tab = spec.q_tables, k_tab = spec.k_tables;
+  if (rotate && !autograd::any_requires_grad(spec.q_times, spec.k_times, spec.inv_freq)) {
+    if (!q_tab.defined()) q_tab = rotary_tables(spec.q_times, spec.inv_freq, q.dtype());
+    if (!k_tab.defined()) k_tab = rotary_tables(spec.k_times, spec.inv_freq, q.dtype());
+  }
+  auto rotate_by = [&](const Tensor& x3, const Tensor& times, const RotaryTables& tab,
+                       double sign) {
+    if (tab.defined()) return rotary(x3, tab, sign);
+    return rotary(x3, sign > 0 ? times : neg(times), spec.inv_freq);
+  };
   if (rotate) {
-    q3 = rotary(q3, spec.q_times, spec.inv_freq);
-    k3 = rotary(k3, spec.k_times, spec.inv_freq);
-    if (spec.rotate_value) v3 = rotary(v3, spec.k_times, spec.inv_freq);
+    q3 = rotate_by(q3, spec.q_times, q_tab, 1.0);
+    k3 = rotate_by(k3, spec.k_times, k_tab, 1.0);
+    if (spec.rotate_value) v3 = rotate_by(v3, spec.k_times, k_tab, 1.0);
   }
   const double scale = 1.0 / std::sqrt(double(dh));
   for (size_t b = 0; b + 1 < cq.size(); ++b)
@@ -196,7 +236,7 @@ Tensor varlen_attention(const Tensor& q, const Tensor& k, const Tensor& v,
   Tensor o = fused    ? flash_attention(q3, k3, v3, cq, ck, scale)
              : padded ? padded_attention(q3, k3, v3, spec, cq, ck, max_q, max_k, scale)
                       : per_sample(q3, k3, v3, spec, cq, ck, scale);
-  if (spec.rotate_value) o = rotary(o, neg(spec.q_times), spec.inv_freq);
+  if (spec.rotate_value) o = rotate_by(o, spec.q_times, q_tab, -1.0);
   return o.reshape(Shape{Nq, H * dh});
 }
 
