@@ -86,6 +86,17 @@ Tensor rotate_pairs(const Tensor& x, const Tensor& c, const Tensor& s, double si
   }
   return y;
 }
+
+// The same rotation composed of differentiable ops (other devices; angles that need gradients):
+// c, s (n, dh/2), (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin) for every head.
+Tensor rotate_pairs_composite(const Tensor& x, const Tensor& c, const Tensor& s) {
+  const int64_t n = x.size(0), heads = x.size(1), half = x.size(2) / 2;
+  Tensor c4 = c.reshape(Shape{n, 1, half, 1}), s4 = s.reshape(Shape{n, 1, half, 1});
+  Tensor pairs = x.reshape(Shape{n, heads, half, 2});
+  Tensor even = pairs.narrow(3, 0, 1), odd = pairs.narrow(3, 1, 1);
+  Tensor y = cat({sub(mul(even, c4), mul(odd, s4)), add(mul(odd, c4), mul(even, s4))}, 3);
+  return y.reshape(x.shape());
+}
 }  // namespace
 
 Tensor rotary(const Tensor& x, const Tensor& times, const Tensor& inv_freq) {
@@ -93,7 +104,7 @@ Tensor rotary(const Tensor& x, const Tensor& times, const Tensor& inv_freq) {
            "rotary: x must be (n, heads, dh) with even dh, got {}", x.shape().str());
   MT_CHECK(times.dim() == 1 && times.size(0) == x.size(0),
            "rotary: times must be (n) = ({}), got {}", x.size(0), times.shape().str());
-  const int64_t n = x.size(0), heads = x.size(1), half = x.size(2) / 2;
+  const int64_t n = x.size(0), half = x.size(2) / 2;
   MT_CHECK(inv_freq.dim() == 1 && inv_freq.size(0) == half,
            "rotary: inv_freq must be (dh/2) = ({}), got {}", half, inv_freq.shape().str());
   // Angles that are data (the usual case): tables, then the fused CPU op or the composite.
@@ -106,13 +117,7 @@ Tensor rotary(const Tensor& x, const Tensor& times, const Tensor& inv_freq) {
   const DType angle_t = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
   Tensor angle = mul(times.to(angle_t).reshape(Shape{n, 1}),
                      inv_freq.to(angle_t).reshape(Shape{1, half}));
-  Tensor c = cos(angle).to(x.dtype()).reshape(Shape{n, 1, half, 1});
-  Tensor s = sin(angle).to(x.dtype()).reshape(Shape{n, 1, half, 1});
-  Tensor pairs = x.reshape(Shape{n, heads, half, 2});
-  Tensor even = pairs.narrow(3, 0, 1), odd = pairs.narrow(3, 1, 1);
-  // (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin)
-  Tensor y = cat({sub(mul(even, c), mul(odd, s)), add(mul(odd, c), mul(even, s))}, 3);
-  return y.reshape(x.shape());
+  return rotate_pairs_composite(x, cos(angle).to(x.dtype()), sin(angle).to(x.dtype()));
 }
 
 RotaryTables rotary_tables(const Tensor& times, const Tensor& inv_freq, DType dtype) {
@@ -132,7 +137,7 @@ RotaryTables rotary_tables(const Tensor& times, const Tensor& inv_freq, DType dt
 Tensor rotary(const Tensor& x, const RotaryTables& tables, double sign) {
   MT_CHECK(x.dim() == 3 && x.size(2) % 2 == 0,
            "rotary: x must be (n, heads, dh) with even dh, got {}", x.shape().str());
-  const int64_t n = x.size(0), heads = x.size(1), half = x.size(2) / 2;
+  const int64_t n = x.size(0), half = x.size(2) / 2;
   MT_CHECK(tables.defined() && tables.cos.shape() == (Shape{n, half}) &&
                tables.sin.shape() == (Shape{n, half}),
            "rotary: tables must be (n, dh/2) = ({}, {}), got {}", n, half,
@@ -142,12 +147,7 @@ Tensor rotary(const Tensor& x, const RotaryTables& tables, double sign) {
   // The fused op (one pass over x) on the CPU: its backward rotates by the opposite angle and
   // is itself differentiable. Other devices compose it.
   if (x.device().is_cpu()) return rotate_pairs(x, c, s, sign);
-  Tensor c4 = c.reshape(Shape{n, 1, half, 1});
-  Tensor s4 = (sign < 0 ? neg(s) : s).reshape(Shape{n, 1, half, 1});
-  Tensor pairs = x.reshape(Shape{n, heads, half, 2});
-  Tensor even = pairs.narrow(3, 0, 1), odd = pairs.narrow(3, 1, 1);
-  Tensor y = cat({sub(mul(even, c4), mul(odd, s4)), add(mul(odd, c4), mul(even, s4))}, 3);
-  return y.reshape(x.shape());
+  return rotate_pairs_composite(x, c, sign < 0 ? neg(s) : s);
 }
 
 namespace {
