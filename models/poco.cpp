@@ -406,10 +406,13 @@ Tensor Poco::head_input(const PocoBatch& b, const nn::ParamMap* ov) const {
 
 PocoBatch PocoBatch::to(Device device) const {
   PocoBatch out = *this;
-  if (x.defined() && x.device() == device) return out;
+  bool moved = false;
   for (Tensor* t : {&out.x, &out.unit_index, &out.neuron_session, &out.target})
-    if (t->defined()) *t = t->to(device);
-  out.reuse.reset();  // what it holds lives on the old device
+    if (t->defined() && t->device() != device) {
+      *t = t->to(device);
+      moved = true;
+    }
+  if (moved) out.reuse.reset();  // what it holds was computed from the tensors as they were
   return out;
 }
 
