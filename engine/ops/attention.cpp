@@ -5,7 +5,6 @@
 #include <cmath>
 #include <numbers>
 #include <numeric>
-#include <optional>
 
 #include "engine/autograd/grad_mode.h"
 #include "engine/cpu/loops.h"
@@ -87,6 +86,15 @@ Tensor rotate_pairs(const Tensor& x, const Tensor& c, const Tensor& s, double si
   return y;
 }
 
+// The rotary angles times[i] * inv_freq[k], (n, dh/2), computed in f32 at least: times reach
+// hundreds of seconds and frequencies 2 pi / t_min, so a 16-bit angle would be off by radians
+// (cos and sin are rounded once to the target dtype afterwards). Differentiable in both.
+Tensor rotary_angles(const Tensor& times, const Tensor& inv_freq, DType dtype) {
+  const DType angle_t = dtype == DType::f64 ? DType::f64 : DType::f32;
+  return mul(times.to(angle_t).reshape(Shape{times.size(0), 1}),
+             inv_freq.to(angle_t).reshape(Shape{1, inv_freq.size(0)}));
+}
+
 // The same rotation composed of differentiable ops (other devices; angles that need gradients):
 // c, s (n, dh/2), (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin) for every head.
 Tensor rotate_pairs_composite(const Tensor& x, const Tensor& c, const Tensor& s) {
@@ -104,19 +112,14 @@ Tensor rotary(const Tensor& x, const Tensor& times, const Tensor& inv_freq) {
            "rotary: x must be (n, heads, dh) with even dh, got {}", x.shape().str());
   MT_CHECK(times.dim() == 1 && times.size(0) == x.size(0),
            "rotary: times must be (n) = ({}), got {}", x.size(0), times.shape().str());
-  const int64_t n = x.size(0), half = x.size(2) / 2;
+  const int64_t half = x.size(2) / 2;
   MT_CHECK(inv_freq.dim() == 1 && inv_freq.size(0) == half,
            "rotary: inv_freq must be (dh/2) = ({}), got {}", half, inv_freq.shape().str());
   // Angles that are data (the usual case): tables, then the fused CPU op or the composite.
   if (!autograd::any_requires_grad(times, inv_freq))
     return rotary(x, rotary_tables(times, inv_freq, x.dtype()), 1.0);
   // Gradients with respect to the times or the frequencies: the whole rotation composed.
-  // angle (n, 1, dh/2, 1): the same for every head and for both members of a pair. Computed in
-  // f32 at least: times reach hundreds of seconds and frequencies 2 pi / t_min, so a 16-bit angle
-  // would be off by radians. cos and sin are then rounded once to x's dtype.
-  const DType angle_t = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
-  Tensor angle = mul(times.to(angle_t).reshape(Shape{n, 1}),
-                     inv_freq.to(angle_t).reshape(Shape{1, half}));
+  Tensor angle = rotary_angles(times, inv_freq, x.dtype());  // (n, dh/2)
   return rotate_pairs_composite(x, cos(angle).to(x.dtype()), sin(angle).to(x.dtype()));
 }
 
@@ -128,9 +131,7 @@ RotaryTables rotary_tables(const Tensor& times, const Tensor& inv_freq, DType dt
            "rotary_tables: times and inv_freq must not require grad (the tables are constants); "
            "call rotary(x, times, inv_freq) to differentiate through the angles");
   NoGradGuard constants;
-  const DType angle_t = dtype == DType::f64 ? DType::f64 : DType::f32;  // see rotary above
-  Tensor angle = mul(times.to(angle_t).reshape(Shape{times.size(0), 1}),
-                     inv_freq.to(angle_t).reshape(Shape{1, inv_freq.size(0)}));
+  Tensor angle = rotary_angles(times, inv_freq, dtype);
   return {cos(angle).to(dtype), sin(angle).to(dtype)};
 }
 
