@@ -38,6 +38,7 @@
 #include "engine/autograd/grad_mode.h"
 #include "engine/core/backend.h"
 #include "engine/core/matmul_settings.h"
+#include "engine/core/generator.h"
 #include "engine/core/profiler.h"
 #include "engine/optim/adamw.h"
 #include "engine/optim/optimizer.h"
@@ -54,6 +55,23 @@ double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+// GFLOP/s of 512 x 512 x 512 f32 products (operands in cache) on `device`, over ~30 of them:
+// the machine's compute throughput right now. On the VM the CPU benchmarks run on it drops by a
+// third for seconds to minutes at a time (another tenant on the same cores); the paired driver
+// records it beside each pair of steps so that ratios can be read per machine state.
+double gemm_probe_gflops(Device device) {
+  NoGradGuard no_grad;
+  Generator gen(7);
+  const Tensor a = normal(Shape{512, 512}, 0, 1, gen).to(device);
+  const Tensor b = normal(Shape{512, 512}, 0, 1, gen).to(device);
+  for (int i = 0; i < 2; ++i) matmul(a, b);
+  synchronize(device);
+  const int reps = 30;
+  const auto t0 = Clock::now();
+  for (int i = 0; i < reps; ++i) matmul(a, b);
+  synchronize(device);
+  return 2.0 * 512 * 512 * 512 * reps / (ms_since(t0) * 1e6);
 }
 std::string cpu_model() {
   std::ifstream f("/proc/cpuinfo");
@@ -93,7 +111,9 @@ int main(int argc, char** argv) {
                "after the warm-up, print 'ready', then run one timed meta-step per line read from "
                "stdin (until 'quit' or end of input) and answer each with 'step_ms <ms>'; "
                "--repeats is "
-               "ignored (bench/meta_step_vs_peers.py --paired alternates engines step by step)");
+               "ignored (bench/meta_step_vs_peers.py --paired alternates engines step by step); "
+               "a line 'probe' is answered with 'probe_gflops <GFLOP/s>' of 512^3 f32 products "
+               "(the machine's compute throughput at that moment) and runs no step");
   CLI11_PARSE(app, argc, argv);
   try {
     MT_CHECK(meta_batch > 0 && batch > 0 && neurons > 0 && sessions >= meta_batch &&
@@ -161,7 +181,13 @@ int main(int argc, char** argv) {
           std::fflush(stdout);
         }
         std::string line;
-        if (!std::getline(std::cin, line) || line == "quit") break;
+        bool more = static_cast<bool>(std::getline(std::cin, line));
+        while (more && line == "probe") {  // the machine's GEMM throughput, right now
+          std::printf("probe_gflops %.1f\n", gemm_probe_gflops(device));
+          std::fflush(stdout);
+          more = static_cast<bool>(std::getline(std::cin, line));
+        }
+        if (!more || line == "quit") break;
       }
       if (i == warmup && on_cuda) reset_peak_memory_stats(device);
       if (i == warmup) profiler::reset();  // METATAPE_PROFILE=1 reports the timed steps only

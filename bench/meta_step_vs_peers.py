@@ -20,7 +20,11 @@ and is skipped. The record then goes to bench/results/e2e_ttt_meta_step_cuda.jso
 With --paired N the two servers (metatape-bench-meta-step and meta_step_bench.py with --serve)
 take N meta-steps in alternation, each right after the other's, and the reported ratio is the
 median of the N per-pair ratios: this machine has periods of seconds to minutes in which its
-GEMM throughput drops by a third, and steps taken back to back see the same period.
+GEMM throughput drops by a third, and steps taken back to back see the same period. Before and
+after every pair metatape's server measures the machine's compute throughput (512^3 f32
+products with operands in cache, ~0.1 s); the pairs are then also reported by machine state:
+'full' (both probes >= --probe-full-gflops, default 85% of the run's best), 'throttled'
+(neither) and 'mixed'.
 
 Usage: python3 bench/meta_step_vs_peers.py [--threads 2] [--rounds 3 | --paired N] [--repeats 5]
            [--device cpu|cuda] [--tf32] [--bin build/bin/metatape-bench-meta-step] [--json PATH]
@@ -40,6 +44,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools", "reference"))
 from bench_io import cpu_model, write_json_atomic  # noqa: E402
 GOAL = 0.7
+# A probe at or above this share of the run's best counts as the machine at full throughput.
+PROBE_FULL = 0.85
 
 
 def run(cmd, env=None):
@@ -67,7 +73,7 @@ def loadavg():
         return None
 
 
-def run_paired(engines, common, env, tmp, n, rounds, failures):
+def run_paired(engines, common, env, tmp, n, rounds, failures, probe_off=False):
     """Starts metatape and PyTorch with --serve and has them take n meta-steps in alternation
     (metatape first in even pairs, PyTorch first in odd ones). Returns the pairs of step times;
     each engine's own summary JSON goes to rounds[name] as one round."""
@@ -96,17 +102,36 @@ def run_paired(engines, common, env, tmp, n, rounds, failures):
             sys.stdout.write(line)
         raise RuntimeError(f"{name} ended before its warm-up finished (exit {procs[name].wait()})")
 
+    def probe():
+        """The machine's GEMM throughput now (metatape's server runs 512^3 f32 products)."""
+        if "metatape" not in procs or probe_off:
+            return None
+        proc = procs["metatape"]
+        proc.stdin.write("probe\n")
+        proc.stdin.flush()
+        for line in proc.stdout:
+            if line.startswith("probe_gflops "):
+                return float(line.split()[1])
+            sys.stdout.write(line)
+        raise RuntimeError(f"metatape ended before answering (exit {proc.wait()})")
+
     pairs = []
     try:
         for name in names:  # both warmed up (they warm up side by side) before any timed step
             wait_ready(name)
+        after = probe()
         for i in range(n):
             order = names if i % 2 == 0 else names[::-1]
+            before = after
             pair = {name: one_step(name) for name in order}
-            pairs.append(pair)
+            after = probe()
             print(f"pair {i + 1:3d}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in pair.items())
-                  + (f" ({pair['metatape'] / pair['pytorch']:.3f})" if len(pair) == 2 else ""),
+                  + (f" ({pair['metatape'] / pair['pytorch']:.3f})" if len(pair) == 2 else "")
+                  + (f"; probe {before:.0f} / {after:.0f} GFLOP/s" if after is not None else ""),
                   flush=True)
+            if after is not None:
+                pair["probe_gflops"] = [before, after]
+            pairs.append(pair)
     except (RuntimeError, BrokenPipeError, OSError) as e:
         failures["paired"] = str(e)
     for name, proc in procs.items():
@@ -124,6 +149,32 @@ def run_paired(engines, common, env, tmp, n, rounds, failures):
     return pairs if len(names) == 2 and "paired" not in failures else []
 
 
+def probe_states(pairs, full_gflops=0.0):
+    """Sorts the pairs by the machine's GEMM throughput measured right before and right after
+    them: 'full' when both probes reach the threshold, 'throttled' when neither does, 'mixed'
+    otherwise (the state changed during the pair). The threshold is full_gflops when given, else
+    PROBE_FULL of the best probe of the run (which labels a run spent wholly in one state
+    'full'). Returns the threshold and, per state, the number of pairs, the median ratio and each
+    engine's median step."""
+    probes = [x for p in pairs for x in p.get("probe_gflops", [])]
+    if not probes:
+        return None
+    threshold = full_gflops if full_gflops > 0 else PROBE_FULL * max(probes)
+    states = {"full": [], "throttled": [], "mixed": []}
+    for p in pairs:
+        hi = [x >= threshold for x in p["probe_gflops"]]
+        states["full" if all(hi) else "throttled" if not any(hi) else "mixed"].append(p)
+    out = {"probe_threshold_gflops": threshold, "probe_max_gflops": max(probes), "states": {}}
+    for state, ps in states.items():
+        out["states"][state] = {"pairs": len(ps)}
+        if ps:
+            out["states"][state].update({
+                "median": statistics.median(p["metatape"] / p["pytorch"] for p in ps),
+                "metatape_ms_median": statistics.median(p["metatape"] for p in ps),
+                "pytorch_ms_median": statistics.median(p["pytorch"] for p in ps)})
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="poco-paper")
@@ -138,6 +189,9 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3,
                    help="run the three engines in turn this many times (default 3)")
+    p.add_argument("--probe-full-gflops", type=float, default=0.0, metavar="GFLOPS",
+                   help="--paired: probe reading at and above which the machine counts as at "
+                        "full throughput (default: 85%% of the run's best probe)")
     p.add_argument("--paired", type=int, default=0, metavar="N",
                    help="instead of rounds: metatape and PyTorch run side by side as servers "
                         "(--serve) and take N meta-steps in alternation, one engine right after "
@@ -196,7 +250,8 @@ def main():
     pairs = []  # --paired: {engine: ms} of each pair of back-to-back meta-steps
     with tempfile.TemporaryDirectory() as tmp:
         if a.paired > 0:
-            pairs = run_paired(engines, common, env, tmp, a.paired, rounds, failures)
+            pairs = run_paired(engines, common, env, tmp, a.paired, rounds, failures,
+                               probe_off=a.device != "cpu")
         for r in range(a.rounds if a.paired <= 0 else 0):
             print(f"--- round {r + 1} of {a.rounds} (load average {loadavg()})")
             for name, cmd in engines.items():
@@ -264,6 +319,14 @@ def main():
         print(f"metatape / pytorch over {len(pairs)} back-to-back pairs: median "
               f"{paired['median']:.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}, range "
               f"{per_pair[0]:.3f}-{per_pair[-1]:.3f})")
+        by_state = probe_states(pairs, a.probe_full_gflops)
+        if by_state:
+            paired["by_machine_state"] = by_state
+            for state, v in by_state["states"].items():
+                if v["pairs"]:
+                    print(f"  {state:10s} {v['pairs']:3d} pairs: median {v['median']:.3f}, "
+                          f"metatape {v['metatape_ms_median']:.0f} ms, "
+                          f"pytorch {v['pytorch_ms_median']:.0f} ms")
     if "metatape_over_pytorch" in ratios:
         r = ratios["metatape_over_pytorch"]
         print(f"metatape / PyTorch = {r:.2f} (goal <= {GOAL}: {'met' if r <= GOAL else 'NOT met'})")
