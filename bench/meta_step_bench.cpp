@@ -18,6 +18,12 @@
 // synchronised device, with one synchronisation between the meta-gradients and clip+AdamW for
 // the split; the meta-loss is summed on the device and read after the step. Peak memory is the
 // CUDA caching allocator's peak allocated bytes over the timed steps (reset after warm-up).
+//
+// --graph (CUDA): after the eager warm-up, the whole meta-step (meta-gradients of every session,
+// clipping, AdamW with AdamWOptions::capturable) is captured once as a CUDA graph (CudaGraph,
+// engine/core/backend.h) and each timed step is one replay: the host's per-op work (autograd,
+// dispatch, allocation, launches) is paid once, at capture. The batches are the same every step,
+// as in the eager run.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -88,7 +94,7 @@ int main(int argc, char** argv) {
   int threads = 2, meta_batch = 2, batch = 32, neurons = 128, sessions = 8, inner_steps = 3,
       warmup = 1, repeats = 5;
   double inner_lr = 1e-3, meta_lr = 1e-4, weight_decay = 1e-4, clip = 1.0;
-  bool checkpoint = false, tf32 = false, serve = false;
+  bool checkpoint = false, tf32 = false, serve = false, graph = false;
   app.add_option("--config", config, "poco-paper or poco-seed");
   app.add_option("--threads", threads, "OpenMP threads (default 2)");
   app.add_option("--meta-batch", meta_batch, "sessions per meta-step (default 2)");
@@ -102,6 +108,9 @@ int main(int argc, char** argv) {
   app.add_option("--clip", clip, "max global gradient norm, 0 = none (default 1.0)");
   app.add_flag("--checkpoint", checkpoint, "checkpointed inner steps");
   app.add_flag("--tf32", tf32, "CUDA: f32 matmuls on TF32 tensor cores (default off, as torch)");
+  app.add_flag("--graph", graph,
+               "CUDA: after the warm-up, capture one whole meta-step (meta-gradients, clipping, "
+               "AdamW with its step count on the device) as a CUDA graph and time its replays");
   app.add_option("--warmup", warmup, "untimed meta-steps (default 1)");
   app.add_option("--repeats", repeats, "timed meta-steps (default 5)");
   app.add_option("--device", device_name, "cpu or cuda (= cuda:0) (default cpu)")
@@ -123,6 +132,10 @@ int main(int argc, char** argv) {
     omp_set_num_threads(threads);
     const Device device = device_name == "cpu" ? kCPU : cuda(0);
     const bool on_cuda = device.is_cuda();
+    MT_CHECK(!graph || on_cuda, "--graph captures a CUDA graph: it needs --device cuda");
+    MT_CHECK(!graph || warmup >= 1,
+             "--graph needs --warmup >= 1 (the eager warm-up creates the optimizer state and the "
+             "caches the capture must find in place)");
     MT_CHECK(!on_cuda || cuda_is_available(), "--device cuda: {}",
              built_with_cuda() ? "no CUDA device is visible on this machine"
                                : "this build has no CUDA backend (configure with METATAPE_CUDA=ON)");
@@ -169,33 +182,19 @@ int main(int argc, char** argv) {
     optim::AdamWOptions ao;
     ao.lr = meta_lr;
     ao.weight_decay = weight_decay;
+    ao.capturable = graph;
     optim::AdamW adam(params, ao);
 
     std::vector<double> total, grad_ms, opt_ms;
-    double loss_value = 0;
-    synchronize(device);
-    for (int i = 0; serve || i < warmup + repeats; ++i) {
-      if (serve && i >= warmup) {
-        if (i == warmup) {  // warmed up: the driver starts timing once every engine says so
-          std::printf("ready\n");
-          std::fflush(stdout);
-        }
-        std::string line;
-        bool more = static_cast<bool>(std::getline(std::cin, line));
-        while (more && line == "probe") {  // the machine's GEMM throughput, right now
-          std::printf("probe_gflops %.1f\n", gemm_probe_gflops(device));
-          std::fflush(stdout);
-          more = static_cast<bool>(std::getline(std::cin, line));
-        }
-        if (!more || line == "quit") break;
-      }
-      if (i == warmup && on_cuda) reset_peak_memory_stats(device);
-      if (i == warmup) profiler::reset();  // METATAPE_PROFILE=1 reports the timed steps only
+    Tensor loss_total;  // 0-d f64 on the device: summed over the sessions, read after the step
+    // One meta-step. `split` synchronises between the meta-gradients and clip+AdamW (eager
+    // timing); a captured step has no synchronisation (g_ms, o_ms stay 0).
+    auto meta_step = [&](bool split, double* g_ms, double* o_ms) {
       const auto t0 = Clock::now();
       adam.zero_grad();
       // As meta/training.cpp: per-session meta-gradients, summed, averaged, set as .grad.
       std::map<std::string, Tensor> sum;
-      Tensor loss_total;  // 0-d f64 on the device: read once, after the step
+      loss_total = Tensor();
       for (int m = 0; m < meta_batch; ++m) {
         meta::MetaGradient g = meta::e2e_ttt_gradient(*f, {support[size_t(m)]}, query[size_t(m)],
                                                       inner, /*include_inner_losses=*/true);
@@ -218,8 +217,10 @@ int main(int argc, char** argv) {
           t.set_grad(s);
         }
       }
-      synchronize(device);
-      const double g_ms = ms_since(t0);
+      if (split) {
+        synchronize(device);
+        *g_ms = ms_since(t0);
+      }
       const auto t1 = Clock::now();
       if (clip > 0) {
         if (on_cuda)
@@ -228,11 +229,51 @@ int main(int argc, char** argv) {
           optim::clip_grad_norm(params, clip);
       }
       adam.step();
+      if (split) {
+        synchronize(device);
+        *o_ms = ms_since(t1);
+      }
+    };
+    CudaGraph step_graph;
+    double loss_value = 0;
+    synchronize(device);
+    for (int i = 0; serve || i < warmup + repeats; ++i) {
+      if (serve && i >= warmup) {
+        if (i == warmup) {  // warmed up: the driver starts timing once every engine says so
+          std::printf("ready\n");
+          std::fflush(stdout);
+        }
+        std::string line;
+        bool more = static_cast<bool>(std::getline(std::cin, line));
+        while (more && line == "probe") {  // the machine's GEMM throughput, right now
+          std::printf("probe_gflops %.1f\n", gemm_probe_gflops(device));
+          std::fflush(stdout);
+          more = static_cast<bool>(std::getline(std::cin, line));
+        }
+        if (!more || line == "quit") break;
+      }
+      if (i == warmup && graph) {
+        // Captured after the eager warm-up (AdamW's state, the allocator's segments and the
+        // cuBLAS plans exist); the capture runs nothing, each replay is one meta-step.
+        const auto tc = Clock::now();
+        step_graph.capture(device, [&] { meta_step(false, nullptr, nullptr); });
+        std::printf("captured the meta-step as a CUDA graph in %.1f ms (private pool %.1f MiB)\n",
+                    ms_since(tc), double(step_graph.pool_bytes()) / (1 << 20));
+      }
+      if (i == warmup && on_cuda) reset_peak_memory_stats(device);
+      if (i == warmup) profiler::reset();  // METATAPE_PROFILE=1 reports the timed steps only
+      const auto t0 = Clock::now();
+      double g_ms = 0, o_ms = 0;
+      if (graph && i >= warmup) {
+        step_graph.replay();
+      } else {
+        meta_step(true, &g_ms, &o_ms);
+      }
       synchronize(device);
-      const double o_ms = ms_since(t1);
+      const double step_ms = ms_since(t0);
       loss_value = loss_total.item<double>() / double(meta_batch);
       if (i < warmup) continue;
-      total.push_back(ms_since(t0));
+      total.push_back(step_ms);
       grad_ms.push_back(g_ms);
       opt_ms.push_back(o_ms);
       if (serve) {
@@ -249,7 +290,8 @@ int main(int argc, char** argv) {
                 "%d inner steps (lr %g) on unit+session embeddings%s, %lld parameters, f32, "
                 "%d threads, %s (%s)\n",
                 config.c_str(), meta_batch, batch, neurons, inner_steps, inner_lr,
-                checkpoint ? ", checkpointed" : "", (long long)n_params, threads,
+                checkpoint ? ", checkpointed" : graph ? ", one CUDA graph per step" : "",
+                (long long)n_params, threads,
                 device.str().c_str(), device_description.c_str());
     std::printf("  %.1f ms/meta-step (median of %d; min %.1f)\n", median(total), int(total.size()),
                 *std::min_element(total.begin(), total.end()));
@@ -272,6 +314,7 @@ int main(int argc, char** argv) {
                           {"inner_lr", inner_lr},
                           {"inner_params", inner.params},
                           {"checkpoint_steps", checkpoint},
+                          {"cuda_graph", graph},
                           {"meta_lr", meta_lr},
                           {"weight_decay", weight_decay},
                           {"clip", clip},

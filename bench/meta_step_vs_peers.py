@@ -15,7 +15,8 @@ to --json (default bench/results/e2e_ttt_meta_step_cpu.json).
 
 --device cuda runs metatape and PyTorch on cuda:0 (each synchronises the device around every
 meta-step and reports the peak device memory of the timed steps); the JAX peer is CPU-only here
-and is skipped. The record then goes to bench/results/e2e_ttt_meta_step_cuda.json by default.
+and is skipped. --graph has metatape capture its meta-step once as a CUDA graph and time the
+replays (PyTorch eager, as the goal is stated). The record then goes to bench/results/e2e_ttt_meta_step_cuda.json by default.
 
 With --paired N the two servers (metatape-bench-meta-step and meta_step_bench.py with --serve)
 take N meta-steps in alternation, each right after the other's, and the reported ratio is the
@@ -27,7 +28,7 @@ products with operands in cache, ~0.1 s); the pairs are then also reported by ma
 (neither) and 'mixed'.
 
 Usage: python3 bench/meta_step_vs_peers.py [--threads 2] [--rounds 3 | --paired N] [--repeats 5]
-           [--device cpu|cuda] [--tf32] [--bin build/bin/metatape-bench-meta-step] [--json PATH]
+           [--device cpu|cuda] [--tf32] [--graph] [--bin build/bin/metatape-bench-meta-step] [--json PATH]
            [--no-jax]
 """
 import argparse
@@ -203,6 +204,9 @@ def main():
                    help="cpu, or cuda (cuda:0) for metatape and PyTorch (default cpu)")
     p.add_argument("--tf32", action="store_true",
                    help="CUDA: let both engines run f32 matmuls on TF32 tensor cores")
+    p.add_argument("--graph", action="store_true",
+                   help="CUDA: metatape replays its meta-step as one captured CUDA graph "
+                        "(PyTorch stays eager)")
     p.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine state)")
     p.add_argument("--json", default=None,
                    help="default bench/results/e2e_ttt_meta_step_<device>.json")
@@ -219,8 +223,10 @@ def main():
               "--warmup", str(a.warmup), "--repeats", str(a.repeats), "--device", a.device]
     if a.tf32:
         common.append("--tf32")
+    if a.graph and not on_cuda:
+        sys.exit("error: --graph needs --device cuda")
     engines = {
-        "metatape": [a.bin],
+        "metatape": [a.bin, *(["--graph"] if a.graph else [])],
         "pytorch": [sys.executable, os.path.join(ROOT, "tools", "reference", "meta_step_bench.py")],
     }
     jax_error = None
@@ -357,6 +363,7 @@ def main():
                     "load_average_start": load_start, "load_average_end": load_end},
         "note": a.note,
         "settings": {"config": a.config, "device": a.device, "tf32": a.tf32,
+                     "metatape_cuda_graph": a.graph,
                      "threads": a.threads, "meta_batch": a.meta_batch,
                      "batch": a.batch, "neurons_per_sample": a.neurons, "sessions": a.sessions,
                      "inner_steps": a.inner_steps, "inner_lr": a.inner_lr,

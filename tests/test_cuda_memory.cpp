@@ -1,9 +1,15 @@
 // The CUDA caching allocator: statistics (current and peak, allocated and reserved), reuse of
 // freed blocks, splitting and merging inside a segment, empty_cache, the out-of-memory message,
-// and the private pool of a CUDA-graph capture (a captured step replays with new inputs).
-// Every case skips, with a warning, when no CUDA device is present.
+// and the private pool of a CUDA-graph capture (a captured step replays with new inputs);
+// CudaGraph (engine/core/backend.h): host-to-device copies inside a capture, the errors of a host
+// read or synchronize() inside one, capturable AdamW replayed. The [cuda] cases skip, with a
+// warning, when no CUDA device is present; the last case checks CudaGraph's errors without one.
 #include <catch2/catch.hpp>
 
+#include "engine/autograd/grad_mode.h"
+#include "engine/core/backend.h"
+#include "engine/core/generator.h"
+#include "engine/optim/adamw.h"
 #include "support/cuda_compare.h"
 
 #if METATAPE_WITH_CUDA
@@ -135,4 +141,102 @@ TEST_CASE("CUDA allocator: a captured graph uses a private pool and replays", "[
   gpu::release_graph_pool(d.index, id);
   CHECK(gpu::graph_pool_bytes(d.index) == 0);
 #endif
+}
+
+TEST_CASE("CudaGraph: host-to-device copies replay their capture-time values", "[cuda][graph]") {
+  MT_SKIP_WITHOUT_CUDA();
+  const Device d = gpu0();
+  Tensor x = full(Shape{3}, 1.0, DType::f32, d);
+  Tensor warm = add(x, x);
+  synchronize(d);
+  Tensor y;
+  CudaGraph g;
+  g.capture(d, [&] {
+    CHECK(is_capturing(d));
+    const std::vector<double> host{10, 20, 30};  // gone when the capture ends
+    y = add(x, from_vector(host, Shape{3}, DType::f32).to(d));
+  });
+  CHECK(g.captured());
+  CHECK(g.device() == d);
+  CHECK_FALSE(is_capturing(d));
+  CHECK(g.pool_bytes() > 0);
+  // Later transfers reuse the staging buffers; the graph's copy reads its own buffer.
+  for (int i = 0; i < 8; ++i)
+    Tensor junk = from_vector(std::vector<double>{-1, -1, -1}, Shape{3}, DType::f32).to(d);
+  g.replay();
+  check_equal(y, from_vector(std::vector<double>{11, 21, 31}, Shape{3}), "first replay");
+  {
+    NoGradGuard no_grad;
+    x.fill_(2.0);
+  }
+  g.replay();
+  check_equal(y, from_vector(std::vector<double>{12, 22, 32}, Shape{3}), "replay, new input");
+  y = Tensor();
+  g.reset();
+  CHECK_FALSE(g.captured());
+}
+
+TEST_CASE("CudaGraph: a host read or synchronize() inside the capture is an error",
+          "[cuda][graph]") {
+  MT_SKIP_WITHOUT_CUDA();
+  const Device d = gpu0();
+  Tensor x = full(Shape{4}, 1.0, DType::f32, d);
+  synchronize(d);
+  CudaGraph g;
+  CHECK_THROWS_WITH(g.capture(d, [&] { (void)sum(add(x, 3.0)).item<double>(); }),
+                    Catch::Contains("captured into a CUDA graph") &&
+                        Catch::Contains("after CudaGraph::replay()"));
+  CHECK_FALSE(g.captured());
+  CHECK_FALSE(is_capturing(d));
+  CHECK_THROWS_WITH(g.capture(d, [&] { synchronize(d); }),
+                    Catch::Contains("synchronize(cuda:0) while its stream is being captured"));
+  CHECK_FALSE(is_capturing(d));
+  CHECK_THROWS_WITH(g.replay(), Catch::Contains("nothing was captured"));
+  // The stream works after the abandoned captures.
+  check_equal(add(x, 3.0), full(Shape{4}, 4.0, DType::f64), "after the abandoned captures");
+}
+
+TEST_CASE("CudaGraph: capturable AdamW replayed equals host-counted AdamW", "[cuda][graph]") {
+  MT_SKIP_WITHOUT_CUDA();
+  const Device d = gpu0();
+  Generator gen(5);
+  const Tensor init = normal(Shape{1000}, 0, 1, gen);
+  Tensor a = init.to(d).set_requires_grad(true), b = init.to(d).set_requires_grad(true);
+  optim::AdamW plain({{"p", a}}, {.lr = 0.05, .weight_decay = 0.01});
+  optim::AdamW capturable({{"p", b}}, {.lr = 0.05, .weight_decay = 0.01, .capturable = true});
+  // g = p (the gradient of |p|^2 / 2) each step, set without autograd.
+  auto step = [](Tensor& p, optim::AdamW& opt) {
+    {
+      NoGradGuard no_grad;
+      p.set_grad(mul(p, 1.0));
+    }
+    opt.step();
+  };
+  step(a, plain);
+  step(b, capturable);  // eager: creates the state (the count on the device)
+  CHECK(capturable.state_dict()[0].second.device() == d);
+  CudaGraph g;
+  g.capture(d, [&] { step(b, capturable); });
+  for (int i = 0; i < 4; ++i) {
+    step(a, plain);
+    g.replay();
+    // The bias corrections change every step: a count frozen at capture time would move b by
+    // a different amount (step size lr / (1 - 0.9^t): 0.26 at t = 2, 0.12 at t = 5).
+    // Both compute the scalars in double; the device's pow may differ in the last bit.
+    check_close(b.detach(), a.detach(), Tolerance{1e-7, 1e-6},
+                "capturable AdamW, replay " + std::to_string(i + 1));
+  }
+  CHECK(capturable.state_dict()[0].second.item<int64_t>() == 6);
+}
+
+TEST_CASE("CudaGraph: errors without a capture or a device", "[graph]") {
+  CudaGraph g;
+  CHECK_FALSE(g.captured());
+  CHECK_FALSE(is_capturing(kCPU));
+  CHECK_THROWS_WITH(g.replay(), Catch::Contains("nothing was captured"));
+  CHECK_THROWS_WITH(g.capture(kCPU, [] {}), Catch::Contains("CudaGraph::capture on cpu") ||
+                                                Catch::Contains("cpu is not a CUDA device"));
+  if (!cuda_is_available() && built_with_cuda())
+    CHECK_THROWS_WITH(g.capture(cuda(0), [] {}), Catch::Contains("does not exist on this machine"));
+  CHECK_FALSE(g.captured());
 }

@@ -16,6 +16,7 @@
 
 #include "engine/autograd/engine.h"
 #include "engine/autograd/grad_mode.h"
+#include "engine/core/backend.h"
 #include "engine/optim/adamw.h"
 #include "engine/optim/optimizer.h"
 #include "meta/maml.h"
@@ -374,4 +375,63 @@ TEST_CASE("CUDA: FOMAML and the meta-step's clip + AdamW equal the CPU's", "[cud
   adam_gpu.step();
   for (size_t i = 0; i < p_cpu.size(); ++i)
     check_close(p_gpu[i].second, p_cpu[i].second, kF32Update, "AdamW update of " + p_cpu[i].first);
+}
+
+TEST_CASE("CUDA: an E2E-TTT meta-step captured as a CUDA graph replays as eager meta-steps",
+          "[cuda][meta][graph]") {
+  MT_SKIP_WITHOUT_CUDA();
+  // Two equal models on the device: one takes eager meta-steps (AdamW counting on the host),
+  // the other one eager step, then replays of one captured step (AdamW counting on the device),
+  // as bench/meta_step_bench.cpp --graph. Batches with unequal lengths: the fused attention's
+  // host-built tables are copied inside the capture.
+  auto eager = tiny_forecaster("poco", DType::f32);
+  auto graphed = tiny_forecaster("poco", DType::f32);
+  eager->to(gpu0());
+  graphed->to(gpu0());
+  Generator gen(3);
+  const models::PocoBatch support = tiny_batch(gen, DType::f32).to(gpu0());
+  const models::PocoBatch query = tiny_batch(gen, DType::f32).to(gpu0());
+  const meta::InnerLoopOptions opt = two_steps("poco");
+  auto p_eager = eager->module()->named_parameters();
+  auto p_graphed = graphed->module()->named_parameters();
+  optim::AdamWOptions ao;
+  ao.lr = 1e-2;
+  ao.weight_decay = 1e-4;
+  optim::AdamW adam_eager(p_eager, ao);
+  ao.capturable = true;
+  optim::AdamW adam_graphed(p_graphed, ao);
+  auto meta_step = [&](meta::Forecaster& f, optim::AdamW& adam, optim::NamedParams& params,
+                       Tensor& loss) {
+    adam.zero_grad();
+    const meta::MetaGradient m = meta::e2e_ttt_gradient(f, {support}, query, opt);
+    {
+      NoGradGuard no_grad;
+      for (size_t i = 0; i < params.size(); ++i) params[i].second.set_grad(m.grads[i].detach());
+    }
+    optim::clip_grad_norm_on_device(params, 0.1);
+    adam.step();
+    loss = m.meta_loss.detach();
+  };
+  Tensor loss_eager, loss_graphed;
+  meta_step(*eager, adam_eager, p_eager, loss_eager);
+  meta_step(*graphed, adam_graphed, p_graphed, loss_graphed);
+  CudaGraph graph;
+  graph.capture(gpu0(), [&] { meta_step(*graphed, adam_graphed, p_graphed, loss_graphed); });
+  // The same kernels on the same values: equal to rounding noise of the device-side AdamW
+  // scalars (a stale step count, input or table would be off by orders of magnitude more).
+  constexpr Tolerance kReplay{1e-6, 1e-5};
+  std::vector<double> losses;
+  for (int r = 1; r <= 3; ++r) {
+    meta_step(*eager, adam_eager, p_eager, loss_eager);
+    graph.replay();
+    const std::string what = "replay " + std::to_string(r);
+    check_close(loss_graphed, loss_eager, kReplay, what + ": meta-loss");
+    losses.push_back(loss_graphed.item<double>());
+    for (size_t i = 0; i < p_eager.size(); ++i)
+      check_close(p_graphed[i].second.detach(), p_eager[i].second.detach(), kReplay,
+                  what + ": " + p_eager[i].first);
+  }
+  CHECK(adam_graphed.state_dict()[0].second.item<int64_t>() == 4);
+  // Each replay starts from the weights the previous one left: the meta-loss moves.
+  CHECK(losses[0] != losses[2]);
 }

@@ -388,3 +388,36 @@ TEST_CASE("optimizers check their parameters and options", "[optim]") {
   h.set_grad(zeros(Shape{2}).to(DType::f16));
   CHECK_THROWS_WITH(adamw.step(), Contains("adamw: dtype f16 is not supported"));
 }
+
+TEST_CASE("AdamW capturable: the step count on the parameter's device; on the CPU nothing changes",
+          "[optim][graph]") {
+  // Two equal parameters, one optimizer each; the capturable one counts through
+  // adamw_device_step_kernel (the count lives where the parameter does: here the CPU).
+  auto make = [] {
+    return from_vector(std::vector<double>{1, -2, 3, 0.5}, Shape{4}, DType::f32)
+        .set_requires_grad(true);
+  };
+  Tensor a = make(), b = make();
+  optim::AdamW plain({{"p", a}}, {.lr = 0.1, .weight_decay = 0.01});
+  optim::AdamW capturable({{"p", b}}, {.lr = 0.1, .weight_decay = 0.01, .capturable = true});
+  CHECK(capturable.hyperparameters().at("capturable") == "true");
+  CHECK(plain.hyperparameters().at("capturable") == "false");
+  for (int step = 1; step <= 4; ++step) {
+    for (Tensor* p : {&a, &b}) {
+      NoGradGuard no_grad;
+      p->set_grad(mul(*p, double(step)));
+    }
+    plain.step();
+    capturable.step();
+    INFO("step " << step);
+    CHECK(same_bits(a, b));  // the same scalars, computed by the same code
+    const optim::NamedParams s = capturable.state_dict();
+    CHECK(s[0].first == "p.step");
+    CHECK(s[0].second.device() == kCPU);
+    CHECK(s[0].second.item<int64_t>() == step);
+  }
+  // Its state loads into a plain optimizer and back (the count moves to where it belongs).
+  optim::AdamW reloaded({{"p", a}}, {.lr = 0.1, .weight_decay = 0.01, .capturable = true});
+  reloaded.load_state_dict(plain.state_dict());
+  CHECK(reloaded.state_dict()[0].second.item<int64_t>() == 4);
+}

@@ -3,7 +3,8 @@
 # is present (CMAKE_CUDA_ARCHITECTURES=native) into its own build folder, runs every [cuda] test
 # case, runs them again under compute-sanitizer's memcheck, and runs the CUDA benchmarks (kernel
 # bandwidth and GEMM, embedding sparse updates, fused attention, the E2E-TTT meta-step of poco-seed
-# and poco-paper; the PyTorch peers when torch with CUDA is installed).
+# and poco-paper, eager and replayed as a CUDA graph; the PyTorch peers when torch with CUDA is
+# installed).
 # Logs and JSON go to the folder given as the first argument (default: $OUT, else
 # gpu-check-results/).
 #
@@ -120,6 +121,13 @@ elif [[ -x "$BENCH_META" ]]; then
       "$1" --device cuda --config "$config" --warmup 2 --repeats 10 \
         --json "$2/meta_step_${config}_cuda_metatape.json" || exit 1
     done' _ "$BENCH_META" "$OUT_DIR"
+  # The same meta-step captured once as a CUDA graph and replayed (--graph), a step of its own so
+  # that a capture failure does not hide the eager figures.
+  run_step bench_meta_step_graph bench_meta_step_graph.log bash -c '
+    for config in poco-seed poco-paper; do
+      "$1" --device cuda --graph --config "$config" --warmup 2 --repeats 10 \
+        --json "$2/meta_step_${config}_cuda_metatape_graph.json" || exit 1
+    done' _ "$BENCH_META" "$OUT_DIR"
   if python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
     run_step bench_meta_step_torch bench_meta_step_torch.log bash -c '
       for config in poco-seed poco-paper; do
@@ -154,7 +162,8 @@ fi
   echo "  \"steps\": {"
   first=1
   for name in configure build cuda_tests memcheck all_tests bench_kernels bench_embedding_update \
-    bench_flash_attention peer_flash_attention bench_meta_step bench_meta_step_torch; do
+    bench_flash_attention peer_flash_attention bench_meta_step bench_meta_step_graph \
+    bench_meta_step_torch; do
     [[ -n "${status[$name]+x}" ]] || continue
     [[ $first -eq 1 ]] || echo ","
     printf '    "%s": %s' "$name" "${status[$name]}"

@@ -2,6 +2,9 @@
 // a GPU or driver: the counts are then zero, never an error.
 #pragma once
 
+#include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 
 #include "engine/core/device.h"
@@ -25,4 +28,56 @@ void init_cuda_backend();
 // values at once; the engine itself never calls it on the hot path.
 void synchronize(Device device);
 
+// Whether work queued for `device` is being captured into a CUDA graph right now (always false
+// for the CPU). Code that caches device tensors across calls must not cache what it makes during
+// a capture: the capture records kernels without running them, so such a tensor holds nothing
+// until the graph is replayed.
+bool is_capturing(Device device);
+
+// A CUDA graph of the work one host function queues on a device's compute stream, replayed as
+// one launch. The pattern (as for torch.cuda.graphs): run the function eagerly first (the
+// allocator's segments, cuBLAS plans, optimizer state and every per-layout cache are then in
+// place), capture it once, then replay it; inputs are fed by copying new values into the tensors
+// the function read during the capture, outputs read from the tensors it produced.
+//
+//   CudaGraph g;
+//   g.capture(cuda(0), [&] { loss = step(batch); });   // records, runs nothing
+//   for (...) { x.copy_(next); g.replay(); use(loss); }
+//
+// During the capture: tensors come from a private memory pool that stays reserved until the
+// graph is destroyed (replays write the same addresses); host-to-device copies read host buffers
+// the graph owns (replays copy the values of capture time); reading a device value on the host
+// and synchronize() are errors (the capture is abandoned, the stream left usable, and the error
+// names the cause). Host-side logic runs only at capture time: a replay repeats the kernels with
+// the shapes, scalars and branches of that one run (an optimizer whose scalars change per step
+// must keep them on the device, e.g. AdamWOptions::capturable).
+class CudaGraph {
+ public:
+  CudaGraph();
+  ~CudaGraph();  // frees the graph, then its memory pool and host buffers
+  CudaGraph(CudaGraph&&) noexcept;
+  CudaGraph& operator=(CudaGraph&&) noexcept;
+  CudaGraph(const CudaGraph&) = delete;
+  CudaGraph& operator=(const CudaGraph&) = delete;
+
+  // Captures what fn queues on device's compute stream (replacing an earlier capture). fn runs
+  // once, on the host; the kernels it queues do not run until replay(). If fn throws, the
+  // capture is abandoned and the exception passes on.
+  void capture(Device device, const std::function<void()>& fn);
+  // Queues the captured work on the device's compute stream (no wait; synchronize() to wait).
+  void replay();
+  bool captured() const;
+  Device device() const;
+  // Bytes reserved by the private memory pools of captures not yet released, on this graph's
+  // device (the memory its tensors live in).
+  int64_t pool_bytes() const;
+  void reset();  // destroys the graph, as the destructor does
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
 }  // namespace mt
+

@@ -12,6 +12,26 @@ void synchronize(Device device) {
   MT_CHECK(device.is_cpu(), "synchronize: {} needs the CUDA backend (this build has METATAPE_CUDA=OFF)",
            device.str());
 }
+bool is_capturing(Device) { return false; }
+
+struct CudaGraph::Impl {};
+CudaGraph::CudaGraph() = default;
+CudaGraph::~CudaGraph() = default;
+CudaGraph::CudaGraph(CudaGraph&&) noexcept = default;
+CudaGraph& CudaGraph::operator=(CudaGraph&&) noexcept = default;
+void CudaGraph::capture(Device device, const std::function<void()>&) {
+  MT_FAIL("CudaGraph::capture on {}: CUDA graphs need the CUDA backend (this build has "
+          "METATAPE_CUDA=OFF)",
+          device.str());
+}
+void CudaGraph::replay() {
+  MT_FAIL("CudaGraph::replay: nothing was captured (this build has METATAPE_CUDA=OFF)");
+}
+bool CudaGraph::captured() const { return false; }
+Device CudaGraph::device() const { return kCPU; }
+int64_t CudaGraph::pool_bytes() const { return 0; }
+void CudaGraph::reset() {}
+
 namespace {
 bool allow_tf32 = false;
 }

@@ -7,6 +7,7 @@
 #include <map>
 #include <mutex>
 
+#include "engine/core/backend.h"
 #include "engine/cpu/loops.h"
 #include "engine/ops/elementwise.h"
 
@@ -63,7 +64,8 @@ Tensor binary_forward(const DispatchStub<BinaryKernel>& kernel, const Tensor& a,
 // costs an allocation and a fill kernel per scalar op, as many launches as the op itself. A
 // constant somebody wrote into (its storage version moved) or marked as requiring grad is
 // replaced, never handed out again. Bounded: the table is emptied when it reaches kMaxEntries
-// (values are mostly a model's few constants and learning rates).
+// (values are mostly a model's few constants and learning rates). Nothing is added while the
+// device is capturing a CUDA graph.
 Tensor scalar_like(const Tensor& t, double value) {
   struct Key {
     int device_type, device_index, dtype;
@@ -85,6 +87,9 @@ Tensor scalar_like(const Tensor& t, double value) {
   if (it != cache->end() && it->second.constant.storage().version() == it->second.version &&
       !it->second.constant.requires_grad())
     return it->second.constant;
+  // Made during a CUDA-graph capture, a constant holds its value only once the graph has run:
+  // it serves that capture alone and is not kept.
+  if (is_capturing(t.device())) return scalar_tensor(value, t.dtype(), t.device());
   if (cache->size() >= kMaxEntries) cache->clear();
   Tensor s = scalar_tensor(value, t.dtype(), t.device());
   (*cache)[key] = Entry{s, s.storage().version()};

@@ -14,6 +14,7 @@ namespace mt::optim {
 
 // ---- CPU kernel ----
 DispatchStub<AdamWKernel> adamw_kernel("adamw");
+DispatchStub<AdamWDeviceStepKernel> adamw_device_step_kernel("adamw");
 
 namespace {
 
@@ -44,8 +45,17 @@ void adamw_cpu(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_a
   });
 }
 
+void adamw_device_step_cpu(Tensor& param, const Tensor& grad, Tensor& exp_avg,
+                           Tensor& exp_avg_sq, Tensor& max_exp_avg_sq, Tensor& step,
+                           const AdamWHyper& h) {
+  int64_t& count = step.data_ptr<int64_t>()[0];
+  ++count;
+  adamw_cpu(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, count, h);
+}
+
 [[maybe_unused]] const bool adamw_registered =
-    (adamw_kernel.set(DeviceType::CPU, &adamw_cpu), true);
+    (adamw_kernel.set(DeviceType::CPU, &adamw_cpu),
+     adamw_device_step_kernel.set(DeviceType::CPU, &adamw_device_step_cpu), true);
 
 }  // namespace
 
@@ -58,6 +68,10 @@ AdamW::AdamW(NamedParams params, AdamWOptions options)
   MT_CHECK(o.beta1 >= 0 && o.beta1 < 1, "AdamW: beta1 = {} must be in [0, 1)", o.beta1);
   MT_CHECK(o.beta2 >= 0 && o.beta2 < 1, "AdamW: beta2 = {} must be in [0, 1)", o.beta2);
   MT_CHECK(o.weight_decay >= 0, "AdamW: weight_decay = {} must be >= 0", o.weight_decay);
+}
+
+Device AdamW::step_device(const Tensor& param) const {
+  return options_.capturable ? param.device() : kCPU;
 }
 
 void AdamW::set_lr(double lr) {
@@ -79,7 +93,8 @@ std::map<std::string, std::string> AdamW::hyperparameters() const {
           {"eps", fmt::format("{}", o.eps)},
           {"weight_decay", fmt::format("{}", o.weight_decay)},
           {"amsgrad", o.amsgrad ? "true" : "false"},
-          {"maximize", o.maximize ? "true" : "false"}};
+          {"maximize", o.maximize ? "true" : "false"},
+          {"capturable", o.capturable ? "true" : "false"}};
 }
 
 void AdamW::step() {
@@ -92,10 +107,15 @@ void AdamW::step() {
     if (!g.defined()) continue;
     if (state(i).empty()) init_state(i);
     std::vector<Tensor>& s = state(i);
-    int64_t& count = s[0].data_ptr<int64_t>()[0];  // a CPU scalar, as torch keeps it
-    ++count;
     Tensor p = params()[i].second;
-    adamw_kernel(p.device(), p, g, s[1], s[2], o.amsgrad ? s[3] : none, count, hyper);
+    if (s[0].device() != kCPU) {  // capturable: the count lives on the parameter's device
+      adamw_device_step_kernel(p.device(), p, g, s[1], s[2], o.amsgrad ? s[3] : none, s[0],
+                               hyper);
+    } else {
+      int64_t& count = s[0].data_ptr<int64_t>()[0];  // a CPU scalar, as torch keeps it
+      ++count;
+      adamw_kernel(p.device(), p, g, s[1], s[2], o.amsgrad ? s[3] : none, count, hyper);
+    }
     p.storage().bump_version();
   }
 }

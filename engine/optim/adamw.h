@@ -16,6 +16,11 @@ struct AdamWOptions {
   double weight_decay = 1e-2;
   bool amsgrad = false;
   bool maximize = false;
+  // Keep each parameter's step count on its device and compute the bias corrections there
+  // (torch's capturable=True), so that a CUDA graph capturing step() (engine/core/backend.h
+  // CudaGraph) is right at every replay. The same updates otherwise; the lr and the other
+  // options are still read at capture time. On the CPU it changes nothing.
+  bool capturable = false;
 };
 
 class AdamW final : public Optimizer {
@@ -31,6 +36,7 @@ class AdamW final : public Optimizer {
 
  protected:
   std::vector<std::string> state_names() const override;
+  Device step_device(const Tensor& param) const override;
 
  private:
   AdamWOptions options_;

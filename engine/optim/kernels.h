@@ -25,6 +25,15 @@ struct AdamWHyper {
 using AdamWKernel = void(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
                          Tensor& max_exp_avg_sq, int64_t step, const AdamWHyper& hyper);
 extern DispatchStub<AdamWKernel> adamw_kernel;
+// The same update with the step count kept in `step`, a 0-d i64 tensor on the parameter's device
+// (AdamWOptions::capturable): the kernel adds one to it and takes the bias corrections from the
+// new count on the device, so a CUDA graph that captured the update stays right at every replay.
+// The arithmetic is adamw_kernel's (the CPU computes the scalars as it does; a device computes
+// them in double from the count it reads).
+using AdamWDeviceStepKernel = void(Tensor& param, const Tensor& grad, Tensor& exp_avg,
+                                   Tensor& exp_avg_sq, Tensor& max_exp_avg_sq, Tensor& step,
+                                   const AdamWHyper& hyper);
+extern DispatchStub<AdamWDeviceStepKernel> adamw_device_step_kernel;
 
 struct SgdHyper {
   double lr, momentum, dampening, weight_decay;

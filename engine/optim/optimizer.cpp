@@ -58,7 +58,7 @@ void Optimizer::init_state(size_t i) {
   std::vector<Tensor>& s = state_[i];
   s.clear();
   for (const std::string& n : state_names())
-    s.push_back(n == kStep ? zeros(Shape{}, DType::i64) : zeros_of(p));
+    s.push_back(n == kStep ? zeros(Shape{}, DType::i64).to(step_device(p)) : zeros_of(p));
 }
 
 Tensor Optimizer::gradient(size_t i) const {
@@ -123,6 +123,7 @@ void Optimizer::load_state_dict(const NamedParams& state) {
       for (size_t k = 0; k < names.size(); ++k) {
         Tensor s = names[k] == kStep ? empty(Shape{}, DType::i64) : empty_like(p);
         s.copy_(*found[k]);
+        if (names[k] == kStep) s = s.to(step_device(p));
         next[i].push_back(std::move(s));
       }
     }

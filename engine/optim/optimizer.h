@@ -57,6 +57,9 @@ class Optimizer {
 
   // The names of the per-parameter state tensors, in the order state(i) holds them.
   virtual std::vector<std::string> state_names() const = 0;
+  // Where a parameter's "step" count lives: the CPU (as torch keeps it), or the parameter's
+  // device for an optimizer whose kernels count on the device (AdamWOptions::capturable).
+  virtual Device step_device(const Tensor& /*param*/) const { return kCPU; }
 
   // The state of parameter i: empty until its first update, else one tensor per state_names()
   // entry. init_state() creates it: "step" = 0, everything else zeros.

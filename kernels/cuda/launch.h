@@ -176,6 +176,11 @@ struct AdamWScalars {
   double bias_correction2_sqrt;
   double eps;
   bool decay, small_w, amsgrad, maximize;
+  // AdamWOptions::capturable: the step count on the device. adamw() then first adds one to it
+  // (a one-thread kernel) and the update takes neg_step_size and bias_correction2_sqrt from the
+  // new count, computed in double from lr, beta1 and beta2 as the host does.
+  int64_t* device_step = nullptr;
+  double lr = 0, beta1 = 0;
 };
 // param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad only, else nullptr): n elements.
 void adamw(ScalarType t, int64_t n, void* param, const void* grad, void* exp_avg,

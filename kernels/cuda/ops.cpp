@@ -15,6 +15,7 @@
 #include "engine/ops/elementwise.h"
 #include "engine/ops/kernels.h"
 #include "engine/optim/kernels.h"
+#include "kernels/cuda/allocator.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/describe.h"
 #include "kernels/cuda/launch.h"
@@ -145,6 +146,11 @@ void transfer_cuda(const Tensor& src, Tensor& dst) {
   if (from.is_cpu()) {
     copy_host_to_device(dst.raw_data(), src.raw_data(), nbytes, to.index);
   } else if (to.is_cpu()) {
+    MT_CHECK(current_capture_id(from.index) == 0,
+             "reading {} on the host while {} is being captured into a CUDA graph: the captured "
+             "kernels have not run yet, and waiting for them would abandon the capture; read "
+             "values after CudaGraph::replay()",
+             src.str(), from.str());
     Launch l(from);
     MT_CUDA_CHECK(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), nbytes, cudaMemcpyDeviceToHost,
                                   l.stream));
@@ -491,6 +497,24 @@ void adamw_cuda(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_
         s, l.stream, l.sms);
 }
 
+void adamw_device_step_cuda(Tensor& param, const Tensor& grad, Tensor& exp_avg,
+                            Tensor& exp_avg_sq, Tensor& max_exp_avg_sq, Tensor& step,
+                            const optim::AdamWHyper& h) {
+  check_float(param, "adamw");
+  MT_CHECK(step.dtype() == DType::i64 && step.numel() == 1 && step.device() == param.device(),
+           "adamw (capturable): the step count must be a 0-d i64 tensor on {}, got {}",
+           param.device().str(), step.str());
+  AdamWScalars s = adamw_scalars(1, h);  // the step-dependent two are computed on the device
+  s.device_step = step.data_ptr<int64_t>();
+  s.lr = h.lr;
+  s.beta1 = h.beta1;
+  Launch l(param.device());
+  adamw(scalar_type(param.dtype()), param.numel(), param.raw_data(), grad.raw_data(),
+        exp_avg.raw_data(), exp_avg_sq.raw_data(), h.amsgrad ? max_exp_avg_sq.raw_data() : nullptr,
+        s, l.stream, l.sms);
+  step.storage().bump_version();
+}
+
 SgdScalars sgd_scalars(bool first, const optim::SgdHyper& h) {
   SgdScalars s;
   s.decay = h.weight_decay != 0;
@@ -717,6 +741,7 @@ void register_kernels() {
   flash_attention_backward_kernel.set(kCuda, &flash_attention_backward_cuda);
   flash_attention_double_backward_kernel.set(kCuda, &flash_attention_double_backward_cuda);
   optim::adamw_kernel.set(kCuda, &adamw_cuda);
+  optim::adamw_device_step_kernel.set(kCuda, &adamw_device_step_cuda);
   optim::sgd_kernel.set(kCuda, &sgd_cuda);
   optim::sparse_sgd_rows_kernel.set(kCuda, &sparse_sgd_rows_cuda);
   optim::sparse_adamw_rows_kernel.set(kCuda, &sparse_adamw_rows_cuda);

@@ -21,8 +21,13 @@ __global__ void __launch_bounds__(kBlock)
     adamw_kernel(int64_t n, T* p, const T* g, T* m, T* v, T* vmax, AdamWScalars s) {
   using A = acc_t<T>;
   const A decay_factor = A(s.decay_factor), w = A(s.w), beta2 = A(s.beta2);
-  const A one_minus_beta2 = A(s.one_minus_beta2), neg_step_size = A(s.neg_step_size);
-  const A bias_correction2_sqrt = A(s.bias_correction2_sqrt), eps = A(s.eps);
+  const A one_minus_beta2 = A(s.one_minus_beta2), eps = A(s.eps);
+  A neg_step_size = A(s.neg_step_size), bias_correction2_sqrt = A(s.bias_correction2_sqrt);
+  if (s.device_step != nullptr) {  // the host's formulas (ops.cpp adamw_scalars), in double
+    const double t = double(*s.device_step);
+    neg_step_size = A(-(s.lr / (1 - pow(s.beta1, t))));
+    bias_correction2_sqrt = A(pow(1 - pow(s.beta2, t), 0.5));
+  }
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     const A gi = s.maximize ? -load_acc(g[i]) : load_acc(g[i]);
@@ -42,6 +47,8 @@ __global__ void __launch_bounds__(kBlock)
     v[i] = store_acc<T>(vi);
   }
 }
+
+__global__ void increment_step_kernel(int64_t* step) { *step += 1; }
 
 template <class T>
 __global__ void __launch_bounds__(kBlock)
@@ -70,6 +77,10 @@ __global__ void __launch_bounds__(kBlock)
 void adamw(ScalarType t, int64_t n, void* param, const void* grad, void* exp_avg,
            void* exp_avg_sq, void* max_exp_avg_sq, const AdamWScalars& s, cudaStream_t stream,
            int sm_count) {
+  if (s.device_step != nullptr) {  // counted even for an empty parameter, as on the host
+    increment_step_kernel<<<1, 1, 0, stream>>>(s.device_step);
+    MT_CUDA_CHECK(cudaGetLastError());
+  }
   if (n == 0) return;
   dispatch_float_storage(t, [&]<class T>() {
     adamw_kernel<T><<<grid_for(n, sm_count), kBlock, 0, stream>>>(

@@ -6,6 +6,7 @@
 
 #include "engine/core/backend.h"
 #include "engine/core/error.h"
+#include "kernels/cuda/allocator.h"
 #include "kernels/cuda/check.h"
 
 namespace mt::gpu {
@@ -45,7 +46,13 @@ int sm_count(int device) {
   return counts[size_t(device)];
 }
 
-void synchronize(int device) { MT_CUDA_CHECK(cudaStreamSynchronize(stream(device))); }
+void synchronize(int device) {
+  MT_CHECK(current_capture_id(device) == 0,
+           "synchronize(cuda:{}) while its stream is being captured into a CUDA graph: the "
+           "captured kernels do not run until replay; synchronize after CudaGraph::replay()",
+           device);
+  MT_CUDA_CHECK(cudaStreamSynchronize(stream(device)));
+}
 
 DeviceGuard::DeviceGuard(int device) {
   MT_CUDA_CHECK(cudaGetDevice(&previous_));

@@ -1,0 +1,100 @@
+// CudaGraph (engine/core/backend.h) over the CUDA runtime's stream capture: relaxed mode on the
+// device's compute stream (the caching allocator may add a segment during the capture), the
+// allocator's private pool for the capture's tensors, and the staging code's capture-owned host
+// copies; both are released after the graph is destroyed.
+#include <cuda_runtime.h>
+
+#include "engine/core/backend.h"
+#include "engine/core/error.h"
+#include "kernels/cuda/allocator.h"
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/staging.h"
+#include "kernels/cuda/stream.h"
+
+namespace mt {
+
+bool is_capturing(Device device) {
+  return device.is_cuda() && gpu::current_capture_id(device.index) != 0;
+}
+
+struct CudaGraph::Impl {
+  Device device = kCPU;
+  unsigned long long capture_id = 0;
+  cudaGraphExec_t exec = nullptr;
+
+  ~Impl() {
+    if (exec != nullptr) {
+      gpu::DeviceGuard guard(device.index);
+      // Replays may still be queued: the graph's memory is handed back only once they ran.
+      (void)cudaStreamSynchronize(gpu::stream(device.index));
+      (void)cudaGraphExecDestroy(exec);
+    }
+    if (capture_id != 0) {
+      gpu::release_graph_pool(device.index, capture_id);
+      gpu::release_capture_copies(device.index, capture_id);
+    }
+  }
+};
+
+CudaGraph::CudaGraph() = default;
+CudaGraph::~CudaGraph() = default;
+CudaGraph::CudaGraph(CudaGraph&&) noexcept = default;
+CudaGraph& CudaGraph::operator=(CudaGraph&&) noexcept = default;
+
+void CudaGraph::capture(Device device, const std::function<void()>& fn) {
+  MT_CHECK(device.is_cuda(), "CudaGraph::capture: {} is not a CUDA device", device.str());
+  MT_CHECK(cuda_is_available() && device.index < cuda_device_count(),
+           "CudaGraph::capture: {} does not exist on this machine ({} CUDA devices)", device.str(),
+           cuda_device_count());
+  MT_CHECK(!is_capturing(device), "CudaGraph::capture: {} is already capturing a graph",
+           device.str());
+  reset();
+  init_cuda_backend();
+  auto impl = std::make_unique<Impl>();
+  impl->device = device;
+  gpu::DeviceGuard guard(device.index);
+  cudaStream_t s = gpu::stream(device.index);
+  // Work queued before the capture finishes first (nothing of it may be recorded or overlap).
+  MT_CUDA_CHECK(cudaStreamSynchronize(s));
+  MT_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  impl->capture_id = gpu::current_capture_id(device.index);
+  auto end_capture = [&](cudaGraph_t* graph) {
+    const cudaError_t status = cudaStreamEndCapture(s, graph);
+    if (status != cudaSuccess) (void)cudaGetLastError();
+    return status;
+  };
+  try {
+    fn();
+  } catch (...) {
+    cudaGraph_t graph = nullptr;
+    end_capture(&graph);
+    if (graph != nullptr) (void)cudaGraphDestroy(graph);
+    throw;  // impl's destructor releases the pool and the host copies
+  }
+  cudaGraph_t graph = nullptr;
+  const cudaError_t status = end_capture(&graph);
+  MT_CHECK(status == cudaSuccess && graph != nullptr,
+           "CudaGraph::capture on {}: the capture was invalidated ({}): the captured function "
+           "waited for the device (a host read of a device value, synchronize()) or used "
+           "another stream; move host reads after replay()",
+           device.str(), cudaGetErrorString(status));
+  const cudaError_t inst = cudaGraphInstantiate(&impl->exec, graph, 0);
+  (void)cudaGraphDestroy(graph);
+  MT_CUDA_CHECK(inst);
+  impl_ = std::move(impl);
+}
+
+void CudaGraph::replay() {
+  MT_CHECK(impl_ != nullptr, "CudaGraph::replay: nothing was captured");
+  gpu::DeviceGuard guard(impl_->device.index);
+  MT_CUDA_CHECK(cudaGraphLaunch(impl_->exec, gpu::stream(impl_->device.index)));
+}
+
+bool CudaGraph::captured() const { return impl_ != nullptr; }
+Device CudaGraph::device() const { return impl_ ? impl_->device : kCPU; }
+int64_t CudaGraph::pool_bytes() const {
+  return impl_ ? gpu::graph_pool_bytes(impl_->device.index) : 0;
+}
+void CudaGraph::reset() { impl_.reset(); }
+
+}  // namespace mt
