@@ -27,6 +27,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -44,7 +45,6 @@
 #include "engine/autograd/grad_mode.h"
 #include "engine/core/backend.h"
 #include "engine/core/matmul_settings.h"
-#include "engine/core/generator.h"
 #include "engine/core/profiler.h"
 #include "engine/optim/adamw.h"
 #include "engine/optim/optimizer.h"
@@ -62,22 +62,25 @@ double median(std::vector<double> v) {
   const size_t n = v.size();
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
-// GFLOP/s of 512 x 512 x 512 f32 products (operands in cache) on `device`, over ~30 of them:
-// the machine's compute throughput right now. On the VM the CPU benchmarks run on it drops by a
-// third for seconds to minutes at a time (another tenant on the same cores); the paired driver
-// records it beside each pair of steps so that ratios can be read per machine state.
-double gemm_probe_gflops(Device device) {
-  NoGradGuard no_grad;
-  Generator gen(7);
-  const Tensor a = normal(Shape{512, 512}, 0, 1, gen).to(device);
-  const Tensor b = normal(Shape{512, 512}, 0, 1, gen).to(device);
-  for (int i = 0; i < 2; ++i) matmul(a, b);
-  synchronize(device);
+// The machine's state, as GFLOP/s of OpenBLAS's own multithreaded SGEMM on 512 x 512 x 512
+// (operands in cache; ~30 products, ~0.1 s) with the engine's thread count. On the virtual
+// machine the CPU benchmarks run on, this figure drops from ~200 to ~145 for seconds to minutes
+// at a time (its two vCPUs placed far apart: threads that share packed panels wait on each
+// other), while two independent single-threaded GEMMs keep their speed; the engine's GEMM
+// (engine/cpu/gemm.h) splits products into per-thread blocks for that reason, so this probe
+// calls OpenBLAS directly. The paired driver records it beside each pair of steps.
+double gemm_probe_gflops() {
+  const int n = 512;
+  std::vector<float> a(size_t(n) * n, 0.5f), b(size_t(n) * n, 0.25f), c(size_t(n) * n);
+  auto product = [&] {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(),
+                n, 0.0f, c.data(), n);
+  };
+  for (int i = 0; i < 2; ++i) product();
   const int reps = 30;
   const auto t0 = Clock::now();
-  for (int i = 0; i < reps; ++i) matmul(a, b);
-  synchronize(device);
-  return 2.0 * 512 * 512 * 512 * reps / (ms_since(t0) * 1e6);
+  for (int i = 0; i < reps; ++i) product();
+  return 2.0 * n * n * n * reps / (ms_since(t0) * 1e6);
 }
 std::string cpu_model() {
   std::ifstream f("/proc/cpuinfo");
@@ -121,8 +124,8 @@ int main(int argc, char** argv) {
                "stdin (until 'quit' or end of input) and answer each with 'step_ms <ms>'; "
                "--repeats is "
                "ignored (bench/meta_step_vs_peers.py --paired alternates engines step by step); "
-               "a line 'probe' is answered with 'probe_gflops <GFLOP/s>' of 512^3 f32 products "
-               "(the machine's compute throughput at that moment) and runs no step");
+               "a line 'probe' is answered with 'probe_gflops <GFLOP/s>' of OpenBLAS's threaded "
+               "SGEMM on 512^3 (the machine's state at that moment) and runs no step");
   CLI11_PARSE(app, argc, argv);
   try {
     MT_CHECK(meta_batch > 0 && batch > 0 && neurons > 0 && sessions >= meta_batch &&
@@ -246,7 +249,7 @@ int main(int argc, char** argv) {
         std::string line;
         bool more = static_cast<bool>(std::getline(std::cin, line));
         while (more && line == "probe") {  // the machine's GEMM throughput, right now
-          std::printf("probe_gflops %.1f\n", gemm_probe_gflops(device));
+          std::printf("probe_gflops %.1f\n", gemm_probe_gflops());
           std::fflush(stdout);
           more = static_cast<bool>(std::getline(std::cin, line));
         }
@@ -259,6 +262,10 @@ int main(int argc, char** argv) {
         step_graph.capture(device, [&] { meta_step(false, nullptr, nullptr); });
         std::printf("captured the meta-step as a CUDA graph in %.1f ms (private pool %.1f MiB)\n",
                     ms_since(tc), double(step_graph.pool_bytes()) / (1 << 20));
+        // A replay allocates nothing: its memory is the graph's pool, reserved; the ordinary
+        // pool's cache (the eager warm-up's blocks) is returned so reserved bytes are the
+        // footprint (the pool plus live tensors: parameters, optimizer state, batches).
+        empty_cache(device);
       }
       if (i == warmup && on_cuda) reset_peak_memory_stats(device);
       if (i == warmup) profiler::reset();  // METATAPE_PROFILE=1 reports the timed steps only
@@ -285,7 +292,10 @@ int main(int argc, char** argv) {
     MT_CHECK(std::isfinite(loss_value), "the meta-loss is not finite ({})", loss_value);
     int64_t n_params = 0;
     for (auto& [name, p] : params) n_params += p.numel();
-    const int64_t peak_bytes = memory_stats(device).peak_allocated_bytes;
+    // With --graph, replays allocate nothing (their tensors live in the graph's private pool):
+    // the figure is then the peak reserved bytes (see the capture above).
+    const int64_t peak_bytes = graph ? memory_stats(device).peak_reserved_bytes
+                                     : memory_stats(device).peak_allocated_bytes;
     std::printf("metatape %s E2E-TTT meta-step: meta-batch %d sessions x %d samples x %d neurons, "
                 "%d inner steps (lr %g) on unit+session embeddings%s, %lld parameters, f32, "
                 "%d threads, %s (%s)\n",
@@ -328,9 +338,12 @@ int main(int argc, char** argv) {
                           {"meta_gradients_ms_median", median(grad_ms)},
                           {"optimizer_ms_median", median(opt_ms)},
                           {"peak_bytes", peak_bytes},
-                          {"peak_bytes_scope", on_cuda ? "timed steps (CUDA caching allocator, "
-                                                         "allocated bytes)"
-                                                       : "whole run (CPU allocator)"},
+                          {"peak_bytes_scope",
+                           graph     ? "timed replays (CUDA caching allocator, reserved bytes: the "
+                                       "graph's private pool and live tensors, the ordinary cache "
+                                       "emptied after the capture)"
+                           : on_cuda ? "timed steps (CUDA caching allocator, allocated bytes)"
+                                     : "whole run (CPU allocator)"},
                           {"last_meta_loss", loss_value},
                           {"commit", METATAPE_GIT_COMMIT}};
       bench::write_atomically(json_path, j.dump(2) + "\n");

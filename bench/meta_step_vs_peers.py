@@ -22,8 +22,9 @@ With --paired N the two servers (metatape-bench-meta-step and meta_step_bench.py
 take N meta-steps in alternation, each right after the other's, and the reported ratio is the
 median of the N per-pair ratios: this machine has periods of seconds to minutes in which its
 GEMM throughput drops by a third, and steps taken back to back see the same period. Before and
-after every pair metatape's server measures the machine's compute throughput (512^3 f32
-products with operands in cache, ~0.1 s); the pairs are then also reported by machine state:
+after every pair metatape's server measures the machine's state (OpenBLAS's own 2-thread SGEMM on
+512^3, operands in cache, ~0.1 s: ~200 GFLOP/s normally, ~145 in the slow periods, when
+threads that share work wait on each other); the pairs are then also reported by machine state:
 'full' (both probes >= --probe-full-gflops, default 85% of the run's best), 'throttled'
 (neither) and 'mixed'.
 

@@ -2,6 +2,8 @@
 // layer_norm, embedding, mse_loss, dropout and seeded random tensors.
 #include <catch2/catch.hpp>
 
+#include <omp.h>
+
 #include <cmath>
 #include <limits>
 
@@ -104,6 +106,45 @@ TEST_CASE("matmul: f32 and f64 BLAS products at sizes that block and thread",
     for (int64_t i = 0; i < 6; ++i) CHECK(close_to_ref(batched.narrow(0, i, 1).reshape(Shape{M, N})));
     Tensor empty_k = matmul(zeros(Shape{M, 0}, dt), zeros(Shape{0, N}, dt));
     CHECK(max_abs_diff(empty_k, zeros(Shape{M, N}, dt)) == 0);
+  }
+}
+
+TEST_CASE("matmul: products split into per-thread blocks equal the one-thread product",
+          "[ops][matmul]") {
+  // engine/cpu/gemm.h cuts products of >= 2^18 multiply-adds into one block of C per thread:
+  // rows when M >= N, columns otherwise, in multiples of 16; each block is one single-threaded
+  // GEMM call. Against the same product on one thread (one call): row and column splits with
+  // sizes that are not multiples of 16, strided and transposed operands, OpenBLAS's path and
+  // Eigen's (N <= 48), and linear's accumulation onto the bias. The blocks run the same kernels
+  // on the same K order; 1e-12 (f64) only allows for a GEMM that blocks K differently by M.
+  constexpr double kSplitTol = 1e-12;
+  const int threads_before = omp_get_max_threads();
+  struct Case {
+    int64_t M, K, N;
+  };
+  for (const Case c : {Case{211, 97, 53}, Case{53, 97, 211}, Case{301, 90, 40}, Case{35, 300, 45}}) {
+    INFO("M " << c.M << " K " << c.K << " N " << c.N);
+    REQUIRE(c.M * c.N * c.K >= (int64_t(1) << 18));
+    const Tensor a = random_tensor(Shape{c.M, c.K}, -1, 1, 50);
+    const Tensor bt = random_tensor(Shape{c.N, c.K}, -1, 1, 51);  // b = bt^T: a strided view
+    const Tensor bias = random_tensor(Shape{c.N}, -1, 1, 52);
+    auto products = [&] {
+      return std::vector<Tensor>{matmul(a, bt.transpose(0, 1)),
+                                 matmul(a.transpose(0, 1).contiguous().transpose(0, 1),
+                                        bt.transpose(0, 1).contiguous()),
+                                 linear(a, bt, bias)};
+    };
+    omp_set_num_threads(1);
+    const std::vector<Tensor> one = products();
+    for (int t : {2, 3, 4}) {
+      omp_set_num_threads(t);
+      const std::vector<Tensor> split = products();
+      for (size_t i = 0; i < one.size(); ++i) {
+        INFO(t << " threads, product " << i);
+        CHECK(max_abs_diff(split[i], one[i]) <= kSplitTol);
+      }
+    }
+    omp_set_num_threads(threads_before);
   }
 }
 

@@ -1,15 +1,25 @@
 // The CPU's GEMM on strided operands, used by matmul and by the fused CPU linear: OpenBLAS (the
 // OpenMP build, see third_party/README.md: inside a parallel region it runs on the calling
-// thread, outside it uses the engine's thread count) for f32 and f64, except for the skinny
-// products where Eigen's GEMM is faster, and Eigen for the 16-bit types. Measured at 2 threads on
-// the POCO shapes (2-core AMD EPYC, AVX-512): OpenBLAS 158-200 GFLOP/s against Eigen's 125-165 on
-// 4096 x 128 x 1024 and its transposes; with N <= 48 outputs or K <= 16 Eigen is up to 2.7x
-// faster (4096 x 1024 x 16: 114 vs 68; 12288 x 16 x 128: 48 vs 18).
+// thread) for f32 and f64, except for the skinny products where Eigen's GEMM is faster, and Eigen
+// for the 16-bit types. Measured at 2 threads on the POCO shapes (2-core AMD EPYC, AVX-512):
+// OpenBLAS 158-200 GFLOP/s against Eigen's 125-165 on 4096 x 128 x 1024 and its transposes; with
+// N <= 48 outputs or K <= 16 Eigen is up to 2.7x faster (4096 x 1024 x 16: 114 vs 68;
+// 12288 x 16 x 128: 48 vs 18).
+//
+// Threads: a large product is cut into one block of C per thread (rows, or columns when C is
+// wide), each computed by a single-threaded GEMM call: the threads share no packed panels and
+// never wait for each other inside the product. OpenBLAS's and Eigen's own threading do share
+// them, and on the virtual machine the benchmarks run on that costs up to 1.7x whenever its
+// two vCPUs sit far apart (for seconds to minutes at a time: OpenBLAS's 2-thread GEMM drops from
+// ~200 to ~145 GFLOP/s on 512^3 while two independent single-threaded GEMMs keep ~104 each; the
+// seven largest shapes of the E2E-TTT meta-step took 225 ms with OpenBLAS's threads and 135 ms
+// split, and 140 vs 130 ms otherwise).
 #pragma once
 
 #include <cblas.h>
 
 #include <Eigen/Core>
+#include <omp.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -44,24 +54,22 @@ inline CBLAS_TRANSPOSE blas_operand(const T*& p, int64_t rows, int64_t cols, int
   return CblasNoTrans;
 }
 
-// c (M x N, contiguous) = a (M x K) b (K x N) + beta c, K > 0; T is float or double. With
-// beta = 0, c's prior contents are ignored (NaN included).
+// c (M x N, row stride ldc) = a (M x K) b (K x N) + beta c, K > 0; T is float or double. With
+// beta = 0, c's prior contents are ignored (NaN included). Dimensions and strides are within the
+// BLAS integer range (checked by gemm()).
 template <class T>
 void blas_gemm(const T* a, int64_t as0, int64_t as1, const T* b, int64_t bs0, int64_t bs1, T* c,
-               int64_t M, int64_t N, int64_t K, T beta) {
-  MT_CHECK(std::max({M, N, K, as0, as1, bs0, bs1}) <= std::numeric_limits<blasint>::max(),
-           "matmul: a dimension or stride exceeds the BLAS integer range ({}); split the product",
-           std::numeric_limits<blasint>::max());
+               int64_t ldc, int64_t M, int64_t N, int64_t K, T beta) {
   std::vector<T> packed_a, packed_b;
   blasint lda = 0, ldb = 0;
   const CBLAS_TRANSPOSE ta = blas_operand(a, M, K, as0, as1, packed_a, lda);
   const CBLAS_TRANSPOSE tb = blas_operand(b, K, N, bs0, bs1, packed_b, ldb);
   if constexpr (std::is_same_v<T, float>) {
     cblas_sgemm(CblasRowMajor, ta, tb, blasint(M), blasint(N), blasint(K), 1.0f, a, lda, b, ldb,
-                beta, c, blasint(std::max<int64_t>(N, 1)));
+                beta, c, blasint(std::max<int64_t>(ldc, 1)));
   } else {
     cblas_dgemm(CblasRowMajor, ta, tb, blasint(M), blasint(N), blasint(K), 1.0, a, lda, b, ldb,
-                beta, c, blasint(std::max<int64_t>(N, 1)));
+                beta, c, blasint(std::max<int64_t>(ldc, 1)));
   }
 }
 
@@ -87,17 +95,19 @@ void with_matrix(const T* p, int64_t rows, int64_t cols, int64_t row_stride, int
   }
 }
 
-// c (M x N, contiguous) = a (M x K) b (K x N), plus c's prior contents when accumulate; K > 0.
+// c (M x N, row stride ldc) = a (M x K) b (K x N), plus c's prior contents when accumulate;
+// K > 0. One GEMM call: OpenBLAS or Eigen threads it only when called outside a parallel region.
 template <class T>
-void gemm(const T* a, int64_t as0, int64_t as1, const T* b, int64_t bs0, int64_t bs1, T* c,
-          int64_t M, int64_t N, int64_t K, bool accumulate) {
+void gemm_block(const T* a, int64_t as0, int64_t as1, const T* b, int64_t bs0, int64_t bs1, T* c,
+                int64_t ldc, int64_t M, int64_t N, int64_t K, bool accumulate) {
   if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
     if (N > 48 && K > 16) {
-      blas_gemm(a, as0, as1, b, bs0, bs1, c, M, N, K, accumulate ? T(1) : T(0));
+      blas_gemm(a, as0, as1, b, bs0, bs1, c, ldc, M, N, K, accumulate ? T(1) : T(0));
       return;
     }
   }
-  Eigen::Map<RowMajor<T>> C(c, M, N);
+  Eigen::Map<RowMajor<T>, Eigen::Unaligned, Eigen::OuterStride<>> C(c, M, N,
+                                                                    Eigen::OuterStride<>(ldc));
   with_matrix(a, M, K, as0, as1, [&](const auto& A) {
     with_matrix(b, K, N, bs0, bs1, [&](const auto& B) {
       if (accumulate) {
@@ -107,6 +117,51 @@ void gemm(const T* a, int64_t as0, int64_t as1, const T* b, int64_t bs0, int64_t
       }
     });
   });
+}
+
+// Products of at least this many multiply-adds are split across threads, in blocks of whole
+// multiples of kGemmBlockAlign rows or columns (the register tiles of the GEMM kernels). 2^18 is
+// where OpenBLAS starts threading a product itself (SMP_THRESHOLD_MIN x
+// GEMM_MULTITHREAD_THRESHOLD = 65536 x 4): smaller ones run on one thread either way.
+inline constexpr int64_t kGemmSplitMacs = int64_t(1) << 18;
+inline constexpr int64_t kGemmBlockAlign = 16;
+
+// c (M x N, contiguous) = a (M x K) b (K x N), plus c's prior contents when accumulate; K > 0.
+// Outside a parallel region a large product runs as one block of C per thread (see the top of
+// this file); each element of C is written by exactly one thread, with the same arithmetic as
+// the unsplit call, so results do not depend on the thread count beyond the GEMM kernels' own
+// blocking.
+template <class T>
+void gemm(const T* a, int64_t as0, int64_t as1, const T* b, int64_t bs0, int64_t bs1, T* c,
+          int64_t M, int64_t N, int64_t K, bool accumulate) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    MT_CHECK(std::max({M, N, K, as0, as1, bs0, bs1}) <= std::numeric_limits<blasint>::max(),
+             "matmul: a dimension or stride exceeds the BLAS integer range ({}); split the product",
+             std::numeric_limits<blasint>::max());
+  }
+  const bool by_rows = M >= N;
+  const int64_t extent = by_rows ? M : N;
+  const int64_t threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const int64_t blocks = std::min(threads, extent / kGemmBlockAlign);
+  if (blocks <= 1 || M * N * K < kGemmSplitMacs) {
+    gemm_block(a, as0, as1, b, bs0, bs1, c, N, M, N, K, accumulate);
+    return;
+  }
+  const int64_t units = (extent + kGemmBlockAlign - 1) / kGemmBlockAlign;
+#pragma omp parallel num_threads(int(blocks))
+  {
+    const int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
+    const int64_t begin = std::min(extent, units * t / n * kGemmBlockAlign);
+    const int64_t end = std::min(extent, units * (t + 1) / n * kGemmBlockAlign);
+    if (begin < end) {
+      if (by_rows)  // rows [begin, end) of a and c
+        gemm_block(a + begin * as0, as0, as1, b, bs0, bs1, c + begin * N, N, end - begin, N, K,
+                   accumulate);
+      else  // columns [begin, end) of b and c
+        gemm_block(a, as0, as1, b + begin * bs1, bs0, bs1, c + begin, N, M, end - begin, K,
+                   accumulate);
+    }
+  }
 }
 
 }  // namespace mt::cpu
