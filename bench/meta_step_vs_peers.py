@@ -87,15 +87,19 @@ def run_paired(engines, common, env, tmp, n, rounds, failures, probe_off=False):
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                        env=env)
 
-    def one_step(name):
+    def request(name, command, answer):
+        """Sends one command line to a server and returns the number of its answer line."""
         proc = procs[name]
-        proc.stdin.write("step\n")
+        proc.stdin.write(command + "\n")
         proc.stdin.flush()
         for line in proc.stdout:
-            if line.startswith("step_ms "):
+            if line.startswith(answer + " "):
                 return float(line.split()[1])
             sys.stdout.write(line)
         raise RuntimeError(f"{name} ended before answering (exit {proc.wait()})")
+
+    def one_step(name):
+        return request(name, "step", "step_ms")
 
     def wait_ready(name):
         for line in procs[name].stdout:
@@ -105,17 +109,10 @@ def run_paired(engines, common, env, tmp, n, rounds, failures, probe_off=False):
         raise RuntimeError(f"{name} ended before its warm-up finished (exit {procs[name].wait()})")
 
     def probe():
-        """The machine's GEMM throughput now (metatape's server runs 512^3 f32 products)."""
+        """The machine's state now: OpenBLAS's own threaded SGEMM, run by metatape's server."""
         if "metatape" not in procs or probe_off:
             return None
-        proc = procs["metatape"]
-        proc.stdin.write("probe\n")
-        proc.stdin.flush()
-        for line in proc.stdout:
-            if line.startswith("probe_gflops "):
-                return float(line.split()[1])
-            sys.stdout.write(line)
-        raise RuntimeError(f"metatape ended before answering (exit {proc.wait()})")
+        return request("metatape", "probe", "probe_gflops")
 
     pairs = []
     try:
