@@ -16,6 +16,10 @@
 #   JOBS=n          parallel build jobs (default: all cores)
 #   MEMCHECK_TIMEOUT=s  stop compute-sanitizer after s seconds (default: no limit)
 #   META_STEP_BENCH=0   skip the E2E-TTT meta-step benchmark
+#   STEPS="a b ..."     run only these steps (names as in summary.json, e.g. "cuda_tests
+#                       bench_meta_step_graph"): for a short device session
+#   CUDA_TESTS=spec     the Catch2 test spec of cuda_tests and memcheck (default "[cuda]"; e.g.
+#                       "[cuda][graph]" for the CUDA-graph cases)
 # Exits non-zero when any step fails; every step still runs, and summary.json lists them.
 set -uo pipefail
 
@@ -46,6 +50,10 @@ declare -A status
 run_step() {  # run_step NAME LOGFILE COMMAND...
   local name="$1" log="$2"
   shift 2
+  if [[ -n "${STEPS:-}" && " $STEPS " != *" $name "* ]]; then
+    echo "=== $name: not in STEPS, skipped"
+    return 0
+  fi
   echo "=== $name (log: $log)"
   "$@" >"$OUT_DIR/$log" 2>&1
   status[$name]=$?
@@ -73,15 +81,17 @@ TESTS="$BUILD_DIR/bin/metatape_tests"
 if [[ -x "$TESTS" ]]; then
   # Every [cuda] case, with a JUnit report; -s shows the skip warnings if no device is visible.
   run_step cuda_tests cuda_tests.log \
-    "$TESTS" "[cuda]" --durations yes --reporter junit --out "$OUT_DIR/cuda_tests.junit.xml"
-  "$TESTS" "[cuda]" --list-tests >"$OUT_DIR/cuda_tests_list.txt" 2>&1 || true
+    "$TESTS" "${CUDA_TESTS:-[cuda]}" --durations yes --reporter junit \
+    --out "$OUT_DIR/cuda_tests.junit.xml"
+  "$TESTS" "${CUDA_TESTS:-[cuda]}" --list-tests >"$OUT_DIR/cuda_tests_list.txt" 2>&1 || true
   SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null || true)"
   if [[ -n "$SANITIZER" ]]; then
     # Memory errors in kernels only: API errors are the engine's own to report (MT_CUDA_CHECK), and
     # the out-of-memory test provokes some on purpose.
     run_step memcheck memcheck.log \
       timeout "${MEMCHECK_TIMEOUT:-0}" \
-      "$SANITIZER" --tool memcheck --report-api-errors no --error-exitcode 3 "$TESTS" "[cuda]"
+      "$SANITIZER" --tool memcheck --report-api-errors no --error-exitcode 3 "$TESTS" \
+      "${CUDA_TESTS:-[cuda]}"
   else
     echo "compute-sanitizer not found" >"$OUT_DIR/memcheck.log"
     status[memcheck]=127
