@@ -111,18 +111,22 @@ TEST_CASE("matmul: f32 and f64 BLAS products at sizes that block and thread",
 
 TEST_CASE("matmul: products split into per-thread blocks equal the one-thread product",
           "[ops][matmul]") {
-  // engine/cpu/gemm.h cuts products of >= 2^18 multiply-adds into one block of C per thread:
-  // rows when M >= N, columns otherwise, in multiples of 16; each block is one single-threaded
-  // GEMM call. Against the same product on one thread (one call): row and column splits with
-  // sizes that are not multiples of 16, strided and transposed operands, OpenBLAS's path and
-  // Eigen's (N <= 48), and linear's accumulation onto the bias. The blocks run the same kernels
-  // on the same K order; 1e-12 (f64) only allows for a GEMM that blocks K differently by M.
+  // engine/cpu/gemm.h cuts products of >= 2^18 multiply-adds into one block per thread: rows
+  // of C when M >= N, columns otherwise, in multiples of 16, each block one single-threaded GEMM
+  // call; or, for K >= 4 max(M, N), blocks of K whose partial Cs are added in thread order.
+  // Against the same product on one thread (one call): row, column and K splits with sizes that
+  // are not multiples of 16, strided and transposed operands, OpenBLAS's path and Eigen's
+  // (N <= 48), and linear's accumulation onto the bias. Row and column blocks run the same
+  // kernels on the same K order; K blocks add ~97 / 16 partial sums in another order: f64
+  // rounding of sums of up to 700 products of magnitude <= 1 is ~700 x 1.1e-16 ~ 1e-13, so
+  // 1e-12 holds while a wrong block (a missing or doubled row of K) is off by O(1).
   constexpr double kSplitTol = 1e-12;
   const int threads_before = omp_get_max_threads();
   struct Case {
     int64_t M, K, N;
   };
-  for (const Case c : {Case{211, 97, 53}, Case{53, 97, 211}, Case{301, 90, 40}, Case{35, 300, 45}}) {
+  for (const Case c : {Case{211, 97, 53}, Case{53, 97, 211}, Case{301, 90, 40}, Case{35, 300, 45},
+                       Case{24, 700, 40}, Case{40, 1000, 9}}) {
     INFO("M " << c.M << " K " << c.K << " N " << c.N);
     REQUIRE(c.M * c.N * c.K >= (int64_t(1) << 18));
     const Tensor a = random_tensor(Shape{c.M, c.K}, -1, 1, 50);
