@@ -6,9 +6,9 @@
 // N <= 48 outputs or K <= 16 Eigen is up to 2.7x faster (4096 x 1024 x 16: 114 vs 68;
 // 12288 x 16 x 128: 48 vs 18).
 //
-// Threads: a large product is cut into one block of C per thread (rows, or columns when C is
-// wide), each computed by a single-threaded GEMM call: the threads share no packed panels and
-// never wait for each other inside the product. OpenBLAS's and Eigen's own threading do share
+// Threads: a large product is cut into one block per thread (rows of C, or columns when C is
+// wide, or K for a long reduction into a small C), each computed by a single-threaded GEMM call:
+// the threads share no packed panels and never wait for each other inside the product. OpenBLAS's and Eigen's own threading do share
 // them, and on the virtual machine the benchmarks run on that costs up to 1.7x whenever its
 // two vCPUs sit far apart (for seconds to minutes at a time: OpenBLAS's 2-thread GEMM drops from
 // ~200 to ~145 GFLOP/s on 512^3 while two independent single-threaded GEMMs keep ~104 each; the
