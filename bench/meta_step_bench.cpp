@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
   int threads = 2, meta_batch = 2, batch = 32, neurons = 128, sessions = 8, inner_steps = 3,
       warmup = 1, repeats = 5;
   double inner_lr = 1e-3, meta_lr = 1e-4, weight_decay = 1e-4, clip = 1.0;
-  bool checkpoint = false, tf32 = false, serve = false, graph = false;
+  bool checkpoint = false, tf32 = false, serve = false, graph = false, profile = false;
   app.add_option("--config", config, "poco-paper or poco-seed");
   app.add_option("--threads", threads, "OpenMP threads (default 2)");
   app.add_option("--meta-batch", meta_batch, "sessions per meta-step (default 2)");
@@ -114,6 +114,11 @@ int main(int argc, char** argv) {
   app.add_flag("--graph", graph,
                "CUDA: after the warm-up, capture one whole meta-step (meta-gradients, clipping, "
                "AdamW with its step count on the device) as a CUDA graph and time its replays");
+  app.add_flag("--profile", profile,
+               "profile the timed steps: calls and host time per engine kernel and, on CUDA, "
+               "device time per engine kernel and per CUDA kernel and how busy the device was "
+               "(CUPTI); printed after the results and written to the JSON as 'profile'. The "
+               "trace costs host time per launch: time steps without it");
   app.add_option("--warmup", warmup, "untimed meta-steps (default 1)");
   app.add_option("--repeats", repeats, "timed meta-steps (default 5)");
   app.add_option("--device", device_name, "cpu or cuda (= cuda:0) (default cpu)")
@@ -268,6 +273,12 @@ int main(int argc, char** argv) {
         empty_cache(device);
       }
       if (i == warmup && on_cuda) reset_peak_memory_stats(device);
+      if (i == warmup && profile) {
+        profiler::enable(true);
+        std::string why;
+        if (on_cuda && !profiler::enable_device_trace(true, &why))
+          std::fprintf(stderr, "--profile: host times only: %s\n", why.c_str());
+      }
       if (i == warmup) profiler::reset();  // METATAPE_PROFILE=1 reports the timed steps only
       const auto t0 = Clock::now();
       double g_ms = 0, o_ms = 0;
@@ -308,6 +319,32 @@ int main(int argc, char** argv) {
     std::printf("  meta-gradients %.1f ms, clip+AdamW %.1f ms (medians); peak %.1f MiB; "
                 "last meta-loss %.6f\n",
                 median(grad_ms), median(opt_ms), double(peak_bytes) / (1 << 20), loss_value);
+    nlohmann::json profile_json;
+    if (profile) {
+      profiler::enable(false);
+      std::printf("%s", profiler::report().c_str());  // waits for the device, reads its trace
+      nlohmann::json kernels = nlohmann::json::array();
+      for (const profiler::Entry& e : profiler::entries())
+        kernels.push_back({{"kernel", e.kernel},
+                           {"calls", e.calls},
+                           {"host_ms", e.seconds * 1e3},
+                           {"device_launches", e.device_launches},
+                           {"device_ms", e.device_seconds * 1e3}});
+      const profiler::DeviceSummary d = profiler::device_summary();
+      nlohmann::json device_kernels = nlohmann::json::array();
+      for (size_t k = 0; k < d.kernels.size() && k < 60; ++k)
+        device_kernels.push_back({{"name", d.kernels[k].name},
+                                  {"count", d.kernels[k].count},
+                                  {"device_ms", d.kernels[k].seconds * 1e3}});
+      profile_json = {{"steps", int64_t(total.size())},
+                      {"engine_kernels", kernels},
+                      {"device_activities", d.activities},
+                      {"device_busy_ms", d.busy_seconds * 1e3},
+                      {"device_span_ms", d.span_seconds * 1e3},
+                      {"device_kernel_ms_sum", d.kernel_seconds * 1e3},
+                      {"device_kernels_top", device_kernels}};
+      profiler::enable_device_trace(false);
+    }
     if (!json_path.empty()) {
       nlohmann::json j = {{"engine", "metatape"},
                           {"benchmark", "e2e_ttt_meta_step"},
@@ -345,7 +382,9 @@ int main(int argc, char** argv) {
                            : on_cuda ? "timed steps (CUDA caching allocator, allocated bytes)"
                                      : "whole run (CPU allocator)"},
                           {"last_meta_loss", loss_value},
+                          {"profiled", profile},
                           {"commit", METATAPE_GIT_COMMIT}};
+      if (profile) j["profile"] = profile_json;
       bench::write_atomically(json_path, j.dump(2) + "\n");
     }
   } catch (const std::exception& e) {

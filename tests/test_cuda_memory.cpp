@@ -9,6 +9,7 @@
 #include "engine/autograd/grad_mode.h"
 #include "engine/core/backend.h"
 #include "engine/core/generator.h"
+#include "engine/core/profiler.h"
 #include "engine/optim/adamw.h"
 #include "support/cuda_compare.h"
 
@@ -239,4 +240,51 @@ TEST_CASE("CudaGraph: errors without a capture or a device", "[graph]") {
   if (!cuda_is_available() && built_with_cuda())
     CHECK_THROWS_WITH(g.capture(cuda(0), [] {}), Catch::Contains("does not exist on this machine"));
   CHECK_FALSE(g.captured());
+}
+
+TEST_CASE("kernel profiler: device times of CUDA kernels, credited to the engine kernel that "
+          "launched them", "[cuda][profiler]") {
+  MT_SKIP_WITHOUT_CUDA();
+  const Device d = gpu0();
+  std::string why;
+  const bool traced = profiler::enable_device_trace(true, &why);
+  INFO(why);
+  REQUIRE(traced);
+  const bool was_on = profiler::enabled();
+  Tensor a = ones(Shape{1024, 1024}, DType::f32).to(d), b = ones(Shape{1024, 1024}, DType::f32).to(d);
+  synchronize(d);
+  profiler::reset();  // the copies above are dropped
+  profiler::enable(true);
+  for (int i = 0; i < 4; ++i) (void)matmul(add(a, b), b);  // 4 adds, 4 GEMMs on the device
+  profiler::enable(was_on);
+  const std::vector<profiler::Entry> all = profiler::entries();  // waits for the device
+  profiler::Entry add_e, matmul_e;
+  for (const auto& e : all) {
+    if (e.kernel == "add") add_e = e;
+    if (e.kernel == "matmul") matmul_e = e;
+  }
+  CHECK(add_e.calls == 4);
+  CHECK(add_e.device_launches == 4);  // one elementwise kernel per add
+  CHECK(add_e.device_seconds > 0);
+  CHECK(matmul_e.calls == 4);
+  CHECK(matmul_e.device_launches >= 4);  // cuBLASLt may split a GEMM into several kernels
+  // A 1024^3 f32 GEMM is ~2 GFLOP: far longer on the device than an add of 4 MiB.
+  CHECK(matmul_e.device_seconds > add_e.device_seconds);
+  const profiler::DeviceSummary s = profiler::device_summary();
+  CHECK(s.activities == add_e.device_launches + matmul_e.device_launches);
+  CHECK(s.busy_seconds > 0);
+  CHECK(s.busy_seconds <= s.span_seconds + 1e-9);
+  CHECK(s.busy_seconds <= s.kernel_seconds + 1e-9);
+  REQUIRE_FALSE(s.kernels.empty());
+  const std::string r = profiler::report();
+  CHECK_THAT(r, Catch::Contains("device ms") && Catch::Contains("busy"));
+  // Off again: nothing more is collected.
+  profiler::enable_device_trace(false);
+  CHECK_FALSE(profiler::device_trace_enabled());
+  profiler::reset();
+  profiler::enable(true);
+  (void)add(a, b);
+  profiler::enable(was_on);
+  for (const auto& e : profiler::entries()) CHECK(e.device_launches == 0);
+  profiler::reset();
 }

@@ -125,3 +125,29 @@ TEST_CASE("kernel profiler: counts dispatched kernels only while on, report list
   profiler::reset();
   CHECK(profiler::entries().empty());
 }
+
+TEST_CASE("kernel profiler: the device trace refuses, with the reason, where it cannot run",
+          "[profiler]") {
+  // Without a GPU (this build's CI machine) CUPTI or the build says why; with one, the [cuda]
+  // case in test_cuda_memory.cpp checks what it records.
+  if (cuda_device_count() > 0) {
+    SUCCEED("a CUDA device is present: see 'kernel profiler: device times ...' [cuda]");
+    return;
+  }
+  std::string why;
+  CHECK_FALSE(profiler::enable_device_trace(true, &why));
+  CHECK_FALSE(profiler::device_trace_enabled());
+  CHECK_FALSE(why.empty());
+  // The host profile is unchanged: no device columns, an empty device summary.
+  const bool was_on = profiler::enabled();
+  profiler::reset();
+  profiler::enable(true);
+  (void)add(ones(Shape{4}), ones(Shape{4}));
+  profiler::enable(was_on);
+  const std::string r = profiler::report();
+  CHECK_THAT(r, Catch::Contains("add") && !Catch::Contains("device ms"));
+  const profiler::DeviceSummary d = profiler::device_summary();
+  CHECK(d.activities == 0);
+  CHECK(d.kernels.empty());
+  profiler::reset();
+}

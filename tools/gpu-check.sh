@@ -21,6 +21,8 @@
 #   CUDA_TESTS=spec     the Catch2 test spec of cuda_tests and memcheck (default "[cuda]"; e.g.
 #                       "[cuda][graph]" for the CUDA-graph cases)
 # Exits non-zero when any step fails; every step still runs, and summary.json lists them.
+# The device tool brings back at most 8 files from $OUT: write to a folder of its own and pack it,
+#   tools/gpu-check.sh --prebuilt .gpu/bundle.tar.xz /tmp/r; s=$?; tar -C /tmp/r -czf $OUT/r.tgz .
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -138,6 +140,21 @@ elif [[ -x "$BENCH_META" ]]; then
       "$1" --device cuda --graph --config "$config" --warmup 2 --repeats 10 \
         --json "$2/meta_step_${config}_cuda_metatape_graph.json" || exit 1
     done' _ "$BENCH_META" "$OUT_DIR"
+  # poco-seed as the GPU goal needs it (both <= 0.1 of PyTorch's time and <= 0.5 of its memory):
+  # the graph with TF32 matmuls, with checkpointed inner steps, and with both.
+  run_step bench_meta_step_variants bench_meta_step_variants.log bash -c '
+    for variant in "--tf32" "--checkpoint" "--checkpoint --tf32"; do
+      tag="$(echo "$variant" | tr -d " -")"
+      # shellcheck disable=SC2086
+      "$1" --device cuda --graph $variant --config poco-seed --warmup 2 --repeats 10 \
+        --json "$2/meta_step_poco-seed_cuda_metatape_graph_${tag}.json" || exit 1
+    done' _ "$BENCH_META" "$OUT_DIR"
+  # Where the device time goes (CUPTI through the profiler): eager and replayed, poco-seed.
+  run_step profile_meta_step profile_meta_step.log bash -c '
+    "$1" --device cuda --config poco-seed --warmup 2 --repeats 2 --profile \
+      --json "$2/meta_step_poco-seed_cuda_profile.json" || exit 1
+    "$1" --device cuda --graph --config poco-seed --warmup 2 --repeats 3 --profile \
+      --json "$2/meta_step_poco-seed_cuda_graph_profile.json" || exit 1' _ "$BENCH_META" "$OUT_DIR"
   if python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
     run_step bench_meta_step_torch bench_meta_step_torch.log bash -c '
       for config in poco-seed poco-paper; do
@@ -173,7 +190,7 @@ fi
   first=1
   for name in configure build cuda_tests memcheck all_tests bench_kernels bench_embedding_update \
     bench_flash_attention peer_flash_attention bench_meta_step bench_meta_step_graph \
-    bench_meta_step_torch; do
+    bench_meta_step_variants profile_meta_step bench_meta_step_torch; do
     [[ -n "${status[$name]+x}" ]] || continue
     [[ $first -eq 1 ]] || echo ","
     printf '    "%s": %s' "$name" "${status[$name]}"

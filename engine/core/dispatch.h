@@ -30,7 +30,7 @@ struct DispatchStub<R(Args...)> {
     Fn fn = table[int(d.type)];
     MT_CHECK(fn != nullptr, "{}: no kernel for device {} (was metatape built with that backend?)",
              name, d.str());
-    profiler::ScopedKernel timed(name);
+    profiler::ScopedKernel timed(name, d.type == DeviceType::CUDA);
     return fn(std::forward<A>(args)...);
   }
 };

@@ -1,5 +1,6 @@
 // Backend queries of a build configured without CUDA (METATAPE_CUDA=OFF).
 #include "engine/core/backend.h"
+#include "engine/core/device_trace.h"
 #include "engine/core/error.h"
 #include "engine/core/matmul_settings.h"
 
@@ -38,4 +39,16 @@ bool allow_tf32 = false;
 void set_cuda_matmul_allow_tf32(bool allow) { allow_tf32 = allow; }
 bool cuda_matmul_allow_tf32() { return allow_tf32; }
 unsigned long long cuda_linear_epilogue_calls() { return 0; }
+
+namespace device_trace {
+bool start(std::string* why) {
+  if (why != nullptr)
+    *why = "device times need the CUDA backend (this build has METATAPE_CUDA=OFF)";
+  return false;
+}
+void stop() {}
+void push_op(uint64_t) {}
+void pop_op() {}
+void drain(const std::function<void(const Activity&)>&) {}
+}  // namespace device_trace
 }  // namespace mt

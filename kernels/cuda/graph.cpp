@@ -6,6 +6,7 @@
 
 #include "engine/core/backend.h"
 #include "engine/core/error.h"
+#include "engine/core/profiler.h"
 #include "kernels/cuda/allocator.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/staging.h"
@@ -87,6 +88,7 @@ void CudaGraph::capture(Device device, const std::function<void()>& fn) {
 void CudaGraph::replay() {
   MT_CHECK(impl_ != nullptr, "CudaGraph::replay: nothing was captured");
   gpu::DeviceGuard guard(impl_->device.index);
+  profiler::ScopedKernel timed("cuda_graph_replay", true);  // the replay's kernels, when traced
   MT_CUDA_CHECK(cudaGraphLaunch(impl_->exec, gpu::stream(impl_->device.index)));
 }
 

@@ -1,0 +1,218 @@
+// engine/core/device_trace.h over CUPTI's activity API: concurrent-kernel, memcpy and memset
+// records with device timestamps, and external-correlation records that carry the id the
+// profiler pushed around the engine kernel call that launched each one. CUPTI hands filled
+// buffers to buffer_completed (on its own thread or inside a flush); the records are parsed
+// there into `pending` and matched to their ids in drain(), once every buffer has arrived.
+// Without CUPTI at build time (METATAPE_WITH_CUPTI undefined) start() says so.
+#include "engine/core/device_trace.h"
+
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/core/backend.h"
+
+#if METATAPE_WITH_CUPTI
+#include <cupti.h>
+#include <cxxabi.h>
+
+#include "kernels/cuda/allocator.h"
+#endif
+
+namespace mt::device_trace {
+
+#if METATAPE_WITH_CUPTI
+namespace {
+
+constexpr size_t kBufferBytes = size_t(8) << 20;
+constexpr size_t kAlign = 8;
+constexpr CUpti_ExternalCorrelationKind kOpKind = CUPTI_EXTERNAL_CORRELATION_KIND_CUSTOM0;
+
+struct Raw {
+  std::string name;
+  uint64_t start = 0, end = 0;
+  uint32_t correlation = 0;
+};
+
+struct State {
+  std::mutex mutex;
+  bool callbacks_registered = false;
+  bool collecting = false;
+  std::vector<Raw> pending;                             // parsed, not yet drained
+  std::unordered_map<uint32_t, uint64_t> op_of;         // CUPTI correlation id -> pushed id
+  std::unordered_map<const char*, std::string> names;   // demangled kernel names by CUPTI's pointer
+  uint64_t dropped = 0;
+};
+
+State& state() {
+  static State* s = new State();  // never destroyed: CUPTI may call back during exit
+  return *s;
+}
+
+std::string result_string(CUptiResult r) {
+  const char* s = nullptr;
+  if (cuptiGetResultString(r, &s) != CUPTI_SUCCESS || s == nullptr) return "CUPTI error";
+  return s;
+}
+
+const std::string& kernel_name(State& st, const char* mangled) {
+  auto it = st.names.find(mangled);
+  if (it != st.names.end()) return it->second;
+  std::string name = mangled != nullptr ? mangled : "(unnamed kernel)";
+  if (mangled != nullptr) {
+    int status = 0;
+    char* d = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
+    if (status == 0 && d != nullptr) name = d;
+    std::free(d);
+  }
+  return st.names.emplace(mangled, std::move(name)).first->second;
+}
+
+const char* copy_name(uint8_t kind) {
+  switch (kind) {
+    case CUPTI_ACTIVITY_MEMCPY_KIND_HTOD: return "memcpy HtoD";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_DTOH: return "memcpy DtoH";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_DTOD: return "memcpy DtoD";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_HTOH: return "memcpy HtoH";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_PTOP: return "memcpy PtoP";
+    default: return "memcpy";
+  }
+}
+
+void CUPTIAPI buffer_requested(uint8_t** buffer, size_t* size, size_t* max_records) {
+  *buffer = static_cast<uint8_t*>(std::aligned_alloc(kAlign, kBufferBytes));
+  *size = *buffer != nullptr ? kBufferBytes : 0;
+  *max_records = 0;  // as many as fit
+}
+
+void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, size_t valid) {
+  State& st = state();
+  {
+    std::lock_guard<std::mutex> lock(st.mutex);
+    CUpti_Activity* record = nullptr;
+    while (cuptiActivityGetNextRecord(buffer, valid, &record) == CUPTI_SUCCESS) {
+      switch (record->kind) {
+        case CUPTI_ACTIVITY_KIND_KERNEL:
+        case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL: {
+          const auto* k = reinterpret_cast<const CUpti_ActivityKernel10*>(record);
+          st.pending.push_back({kernel_name(st, k->name), k->start, k->end, k->correlationId});
+          break;
+        }
+        case CUPTI_ACTIVITY_KIND_MEMCPY: {
+          const auto* m = reinterpret_cast<const CUpti_ActivityMemcpy6*>(record);
+          st.pending.push_back({copy_name(m->copyKind), m->start, m->end, m->correlationId});
+          break;
+        }
+        case CUPTI_ACTIVITY_KIND_MEMSET: {
+          const auto* m = reinterpret_cast<const CUpti_ActivityMemset4*>(record);
+          st.pending.push_back({"memset", m->start, m->end, m->correlationId});
+          break;
+        }
+        case CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION: {
+          const auto* e = reinterpret_cast<const CUpti_ActivityExternalCorrelation*>(record);
+          if (e->externalKind == kOpKind) st.op_of[e->correlationId] = e->externalId;
+          break;
+        }
+        default: break;
+      }
+    }
+    size_t dropped = 0;
+    if (cuptiActivityGetNumDroppedRecords(nullptr, 0, &dropped) == CUPTI_SUCCESS)
+      st.dropped += dropped;
+  }
+  std::free(buffer);
+}
+
+// The API kinds are enabled only because an external-correlation record is made for each API
+// record (the runtime's launches, and the driver's: cuBLASLt launches through the driver API);
+// their own records are skipped.
+constexpr CUpti_ActivityKind kKinds[] = {
+    CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY,
+    CUPTI_ACTIVITY_KIND_MEMSET,            CUPTI_ACTIVITY_KIND_RUNTIME,
+    CUPTI_ACTIVITY_KIND_DRIVER,            CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION};
+
+}  // namespace
+
+bool start(std::string* why) {
+  State& st = state();
+  std::lock_guard<std::mutex> lock(st.mutex);
+  if (st.collecting) return true;
+  auto fail = [&](const std::string& what) {
+    if (why != nullptr) *why = what;
+    return false;
+  };
+  if (!st.callbacks_registered) {
+    const CUptiResult r = cuptiActivityRegisterCallbacks(buffer_requested, buffer_completed);
+    if (r != CUPTI_SUCCESS)
+      return fail("CUPTI refused to register its activity buffers (" + result_string(r) +
+                  "): is another profiler (Nsight Systems, ncu) attached?");
+    st.callbacks_registered = true;
+  }
+  for (size_t i = 0; i < std::size(kKinds); ++i) {
+    const CUptiResult r = cuptiActivityEnable(kKinds[i]);
+    if (r != CUPTI_SUCCESS) {
+      for (size_t j = 0; j < i; ++j) (void)cuptiActivityDisable(kKinds[j]);
+      return fail("CUPTI could not enable activity tracing (" + result_string(r) +
+                  "); a CUDA driver and a GPU are needed");
+    }
+  }
+  st.collecting = true;
+  return true;
+}
+
+void stop() {
+  State& st = state();
+  std::lock_guard<std::mutex> lock(st.mutex);
+  if (!st.collecting) return;
+  for (CUpti_ActivityKind k : kKinds) (void)cuptiActivityDisable(k);
+  st.collecting = false;
+}
+
+void push_op(uint64_t id) { (void)cuptiActivityPushExternalCorrelationId(kOpKind, id); }
+
+void pop_op() {
+  uint64_t last = 0;
+  (void)cuptiActivityPopExternalCorrelationId(kOpKind, &last);
+}
+
+void drain(const std::function<void(const Activity&)>& sink) {
+  const int devices = cuda_device_count();
+  for (int d = 0; d < devices; ++d)
+    if (gpu::current_capture_id(d) != 0) return;  // a wait now would invalidate the capture
+  // Everything queued has run, then every buffer with a record in it is delivered.
+  if (devices > 0) (void)cudaDeviceSynchronize();
+  (void)cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+  std::vector<Raw> raw;
+  std::unordered_map<uint32_t, uint64_t> op_of;
+  {
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    raw.swap(st.pending);
+    op_of.swap(st.op_of);
+  }
+  for (const Raw& r : raw) {
+    auto it = op_of.find(r.correlation);
+    sink(Activity{r.name, r.start, r.end, it != op_of.end() ? it->second : 0});
+  }
+}
+
+#else  // built without CUPTI
+
+bool start(std::string* why) {
+  if (why != nullptr)
+    *why = "this build has no CUPTI (the CUDA toolkit's libcupti was not found at configure "
+           "time), so device times cannot be traced";
+  return false;
+}
+void stop() {}
+void push_op(uint64_t) {}
+void pop_op() {}
+void drain(const std::function<void(const Activity&)>&) {}
+
+#endif
+
+}  // namespace mt::device_trace
