@@ -56,6 +56,15 @@ Tensor gelu(const Tensor& x);  // exact: x * Phi(x) with the normal CDF via erf
 Tensor gelu_backward(const Tensor& g, const Tensor& x);
 // gelu''(x) = phi(x) (2 - x^2) in one pass (gelu_backward's derivative in x); differentiable.
 Tensor gelu_second_derivative(const Tensor& x);
+// GEGLU of a fused projection h (..., 2F) = [v | u] (value features, then gate features):
+// v * gelu(u), (..., F). Its backward and the terms of its double backward are fused ops too,
+// each differentiable (engine/ops/geglu.cpp derives them): with J and H the per-element
+// Jacobian and Hessian of geglu, t and the result of geglu_backward / geglu_hvp (..., 2F),
+//   geglu_backward(g, h) = J^T g,  geglu_jvp(h, t) = J t,  geglu_hvp(g, h, t) = g H t.
+Tensor geglu(const Tensor& h);
+Tensor geglu_backward(const Tensor& g, const Tensor& h);
+Tensor geglu_jvp(const Tensor& h, const Tensor& t);
+Tensor geglu_hvp(const Tensor& g, const Tensor& h, const Tensor& t);
 // g * step(x), step(x) = 1 where x > 0, else 0 (torch's threshold_backward): relu's backward in
 // one pass. Differentiable in g (the mask is constant; no gradient flows to x).
 Tensor relu_backward(const Tensor& g, const Tensor& x);

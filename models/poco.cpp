@@ -135,12 +135,11 @@ FeedForward::FeedForward(int64_t dim, double dropout, Generator& gen, DType dtyp
 }
 
 Tensor FeedForward::forward(const Tensor& x, const nn::ParamMap* ov, Generator* gen) const {
-  // GEGLU: fc1's rows are [value; gate]. The two halves are computed as two products with the
-  // halves of the weight, so the backward narrows the (8D, D) weight, not the (n, 8D) output.
+  // GEGLU: fc1's rows are [value; gate]: one product over the whole weight, then the fused
+  // value * gelu(gate) (engine/ops/geglu.cpp), whose backward writes both halves of the
+  // gradient of fc1's output, so fc1's backward is again one product per direction.
   Tensor xn = norm_->forward(x, ov);
-  const int64_t half = fc1_->out_features() / 2;
-  Tensor a = mul(linear_rows(*fc1_, xn, 0, half, ov),
-                 linear_rows(*fc1_, xn, half, half, ov, Activation::gelu));
+  Tensor a = geglu(fc1_->forward(xn, ov));
   if (gen) a = dropout(a, dropout_, true, *gen);
   return fc2_->forward(a, ov);
 }

@@ -420,6 +420,34 @@ TEST_CASE("CUDA softmax and layer_norm: gradients of any order equal the CPU's",
                     {Shape{3, 1500}, Shape{1500}, Shape{3, 1500}}, -1, 1, false);
 }
 
+TEST_CASE("CUDA geglu and its fused derivatives match the CPU (dtypes, layouts, gradients)",
+          "[cuda]") {
+  MT_SKIP_WITHOUT_CUDA();
+  const Tensor h = random_tensor(Shape{37, 2 * 300}, -3, 3, 191);
+  const Tensor g = random_tensor(Shape{37, 300}, -1, 1, 192);
+  const Tensor t = random_tensor(Shape{37, 2 * 300}, -1, 1, 193);
+  for (DType dt : {DType::f64, DType::f32, DType::bf16}) {
+    // The CPU reference computes 16-bit inputs in f32 (its kernels take f32 and f64).
+    const DType ref_dt = dt == DType::f64 ? DType::f64 : DType::f32;
+    const Tolerance tol = dt == DType::bf16 ? kBF16 : dt == DType::f32 ? Tolerance{1e-5, 1e-5} : kGradF64;
+    auto dev = [&](const Tensor& x) { return x.to(dt).to(gpu0()); };
+    auto ref = [&](const Tensor& x) { return x.to(dt).to(ref_dt); };
+    const std::string name = dtype_name(dt);
+    check_close(geglu(dev(h)), geglu(ref(h)), tol, "geglu " + name);
+    check_close(geglu_backward(dev(g), dev(h)), geglu_backward(ref(g), ref(h)), tol,
+                "geglu_backward " + name);
+    check_close(geglu_jvp(dev(h), dev(t)), geglu_jvp(ref(h), ref(t)), tol, "geglu_jvp " + name);
+    check_close(geglu_hvp(dev(g), dev(h), dev(t)), geglu_hvp(ref(g), ref(h), ref(t)), tol,
+                "geglu_hvp " + name);
+  }
+  // A non-contiguous h on the device (made contiguous by the op).
+  const Tensor ht = transpose(random_tensor(Shape{64, 9}, -3, 3, 194), 0, 1);
+  check_close(geglu(ht.to(gpu0())), geglu(ht), kGradF64, "geglu, transposed h");
+  // Gradients of the first and second order through a linear layer, against the CPU's.
+  compare_gradients("geglu", [](const TensorList& v) { return geglu(linear(v[0], v[1], v[2])); },
+                    {Shape{7, 6}, Shape{10, 6}, Shape{10}}, -1, 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // embedding
 // ---------------------------------------------------------------------------------------------

@@ -9,7 +9,12 @@
 #   BUILD_DIR=dir   build folder (default build-gpu-pack)
 #   CUDA_ARCH=list  CUDA architectures (default 90: H100/H200)
 #   JOBS=n          parallel build jobs (default: all cores)
-#   TARGETS="a b"   targets to build and pack (default: every target)
+#   TARGETS="a b"   targets to build and pack (default: every target). The device tool carries
+#                   at most 64 MiB of working tree and every binary holds the whole static engine
+#                   (~30 MB each, ~59 MB packed for all of them): for a device session pack what
+#                   gpu-check's steps run, e.g. TARGETS="metatape_tests metatape-bench-meta-step
+#                   metatape-bench-flash-attention metatape-bench-cuda-kernels
+#                   metatape-bench-embedding-update"
 # The binaries are built without -march=native so they run on any x86-64 host processor.
 set -euo pipefail
 
@@ -54,3 +59,7 @@ TMP_ARCHIVE="$ARCHIVE.tmp.$$"
 tar -C "$STAGE" -cJf "$TMP_ARCHIVE" .
 mv "$TMP_ARCHIVE" "$ARCHIVE"
 echo "gpu-pack: $(du -h "$ARCHIVE" | cut -f1) in $ARCHIVE (commit $(cat "$STAGE/COMMIT"))"
+if (( $(stat -c %s "$ARCHIVE") > 48 * 1024 * 1024 )); then
+  echo "gpu-pack: warning: the archive is over 48 MiB; with the tree it may exceed the device" \
+    "tool's 64 MiB: pack fewer TARGETS" >&2
+fi

@@ -51,6 +51,13 @@ using LayerNormDoubleBackwardKernel = void(const Tensor& x, const Tensor& weight
                                            Tensor& gw, Tensor& gg);
 extern DispatchStub<LayerNormDoubleBackwardKernel> layer_norm_double_backward_kernel;
 
+// GEGLU and its derivatives (engine/ops/geglu.cpp): every operand contiguous; h and t
+// (rows, 2F), g (rows, F) (undefined where the op has none), out (rows, F) for geglu and
+// geglu_jvp, (rows, 2F) for geglu_backward and geglu_hvp.
+using GegluKernel = void(const Tensor& g, const Tensor& h, const Tensor& t, Tensor& out);
+extern DispatchStub<GegluKernel> geglu_kernel, geglu_backward_kernel, geglu_jvp_kernel,
+    geglu_hvp_kernel;
+
 // weight (V, D) contiguous, indices contiguous i64 (n), out (n, D).
 using GatherKernel = void(const Tensor& weight, const Tensor& indices, Tensor& out);
 // rows (n, D) contiguous, indices (n), out (V, D) zero-initialised; adds in index order, which

@@ -42,6 +42,13 @@ enum class BinaryOp : uint8_t {
   axpy,           // a + p0 * b (Tensor::add_, out aliases a)
 };
 
+// GEGLU of h (rows, 2F) = [value | gate] and its fused derivatives (engine/ops/geglu.cpp):
+// forward out (rows, F) = v gelu(u); backward out (rows, 2F) = J^T g; jvp out (rows, F) = J t;
+// hvp out (rows, 2F) = g H t. Contiguous operands; g (rows, F), t (rows, 2F), null where unused.
+enum class GegluOp : uint8_t { forward, backward, jvp, hvp };
+void geglu(GegluOp op, ScalarType t, int64_t rows, int64_t F, const void* g, const void* h,
+           const void* tangent, void* out, cudaStream_t stream);
+
 // f32, f64, f16 and bf16 (16-bit types computed in f32).
 void unary(UnaryOp op, ScalarType t, const Iter& it, void* out, const void* x, double p0,
            double p1, cudaStream_t stream, int sm_count);

@@ -104,6 +104,16 @@ void where_cuda(const Tensor& mask, const Tensor& a, const Tensor& b, Tensor& ou
         mask.raw_data(), a.raw_data(), b.raw_data(), l.stream, l.sms);
 }
 
+template <GegluOp op>
+void geglu_cuda(const Tensor& g, const Tensor& h, const Tensor& t, Tensor& out) {
+  check_float(out, "geglu");
+  Launch l(out.device());
+  const int64_t F = h.size(-1) / 2;
+  const int64_t rows = F > 0 ? h.numel() / (2 * F) : 0;
+  geglu(op, scalar_type(out.dtype()), rows, F, g.defined() ? g.raw_data() : nullptr,
+        h.raw_data(), t.defined() ? t.raw_data() : nullptr, out.raw_data(), l.stream);
+}
+
 // ---- in-place writes ----
 void fill_cuda(Tensor& t, double value) {
   Launch l(t.device());
@@ -716,6 +726,10 @@ void register_kernels() {
   gt_kernel.set(kCuda, &binary_cuda<BinaryOp::gt>);
   ge_kernel.set(kCuda, &binary_cuda<BinaryOp::ge>);
   gelu_backward_kernel.set(kCuda, &binary_cuda<BinaryOp::gelu_backward>);
+  geglu_kernel.set(kCuda, &geglu_cuda<GegluOp::forward>);
+  geglu_backward_kernel.set(kCuda, &geglu_cuda<GegluOp::backward>);
+  geglu_jvp_kernel.set(kCuda, &geglu_cuda<GegluOp::jvp>);
+  geglu_hvp_kernel.set(kCuda, &geglu_cuda<GegluOp::hvp>);
   relu_backward_kernel.set(kCuda, &binary_cuda<BinaryOp::relu_backward>);
   where_kernel.set(kCuda, &where_cuda);
 
