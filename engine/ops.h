@@ -34,6 +34,9 @@ Tensor lt(const Tensor& a, const Tensor& b);
 Tensor le(const Tensor& a, const Tensor& b);
 Tensor gt(const Tensor& a, const Tensor& b);
 Tensor ge(const Tensor& a, const Tensor& b);
+// (a + b) + c in one pass: the additions and rounding of add(add(a, b), c), one kernel and no
+// intermediate tensor (the autograd engine sums three incoming gradients with it).
+Tensor add3(const Tensor& a, const Tensor& b, const Tensor& c);
 // where(mask, a, b): a where mask != 0, else b; the mask gets no gradient.
 Tensor where(const Tensor& mask, const Tensor& a, const Tensor& b);
 

@@ -244,3 +244,43 @@ TEST_CASE("backward with create_graph leaves a differentiable .grad", "[autograd
   auto xv = x.to_vector<double>(), ggv = gg[0].to_vector<double>();
   for (size_t i = 0; i < 2; ++i) CHECK(std::abs(ggv[i] - 6 * xv[i]) < kExactTol);
 }
+
+TEST_CASE("gradient accumulation: n incoming gradients are summed in arrival order, two per pass",
+          "[autograd]") {
+  // x feeds n products x * w_k; dL/dx = sum_k w_k arrives as n gradients. The engine adds them
+  // three at a time with add3 ((a + b) + c, one pass): ceil((n - 1) / 2) kernels instead of n - 1,
+  // with the additions and rounding of adding them one by one.
+  const int n = 7;
+  Tensor x = random_tensor(Shape{64}, -1, 1, 81, DType::f32).set_requires_grad();
+  TensorList ws;
+  for (int k = 0; k < n; ++k) ws.push_back(random_tensor(Shape{64}, -1e3, 1e3, 90 + k, DType::f32));
+  auto loss = [&] {
+    Tensor l;
+    for (const Tensor& w : ws) {
+      Tensor term = sum(mul(x, w));
+      l = l.defined() ? add(l, term) : term;
+    }
+    return l;
+  };
+  TensorList g;
+  const int64_t adds = kernel_calls("add", [&] { g = autograd::grad({loss()}, {x}); });
+  const int64_t add3s = kernel_calls("add3", [&] { (void)autograd::grad({loss()}, {x}); });
+  CHECK(add3s == (n - 1) / 2);  // 3 here: ((w0 + w1) + w2), (+ w3 + w4), (+ w5 + w6)
+  // The forward's n - 1 adds of the loss terms; no add left for the gradients (n - 1 even).
+  CHECK(adds == n - 1);
+  // The reverse pass visits the products in reverse creation order: the arrival order is
+  // w_{n-1}, ..., w_0. Bitwise the one-by-one sum in that order.
+  Tensor expect = ws[n - 1];
+  for (int k = n - 2; k >= 0; --k) expect = add(expect, ws[k]);
+  CHECK(max_abs_diff(g[0], expect) == 0);
+  // With create_graph the sum is differentiable (add3 passes the gradient to each input).
+  auto f = [&](const TensorList& in) {
+    Tensor l = sum(mul(mul(in[0], in[0]), in[1]));
+    for (int k = 0; k < 4; ++k) l = add(l, sum(mul(in[0], in[1])));
+    Tensor gx = autograd::grad({l}, {in[0]}, {}, std::nullopt, /*create_graph=*/true)[0];
+    return sum(mul(gx, gx));
+  };
+  CHECK(check_gradients("|d loss / dx|^2 with 5-way accumulation", f,
+                        {random_tensor(Shape{3}, -1, 1, 97), random_tensor(Shape{3}, -1, 1, 98)},
+                        kGradGradTol) > 0);
+}

@@ -420,6 +420,16 @@ TEST_CASE("CUDA softmax and layer_norm: gradients of any order equal the CPU's",
                     {Shape{3, 1500}, Shape{1500}, Shape{3, 1500}}, -1, 1, false);
 }
 
+TEST_CASE("CUDA add3 equals two adds (every float dtype, broadcast)", "[cuda]") {
+  MT_SKIP_WITHOUT_CUDA();
+  for (DType dt : {DType::f64, DType::f32, DType::bf16, DType::f16}) {
+    const Tensor a = random_tensor(Shape{33, 70}, -100, 100, 311).to(dt).to(gpu0());
+    const Tensor b = random_tensor(Shape{33, 70}, -1, 1, 312).to(dt).to(gpu0());
+    const Tensor c = random_tensor(Shape{70}, -100, 100, 313).to(dt).to(gpu0());
+    check_equal(add3(a, b, c), add(add(a, b), c), std::string("add3 ") + dtype_name(dt));
+  }
+}
+
 TEST_CASE("CUDA geglu and its fused derivatives match the CPU (dtypes, layouts, gradients)",
           "[cuda]") {
   MT_SKIP_WITHOUT_CUDA();

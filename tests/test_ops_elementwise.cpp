@@ -264,3 +264,19 @@ TEST_CASE("scalar operands are shared constants, replaced once written into", "[
   CHECK(c.item<double>() == 0.25);
   CHECK(add(x, 0.25).to_vector<double>() == std::vector<double>{0.25, 0.25, 0.25});
 }
+
+TEST_CASE("add3: (a + b) + c in one pass, broadcast, gradients of the first and second order",
+          "[ops][elementwise]") {
+  const Tensor a = random_tensor(Shape{4, 5}, -1e4, 1e4, 301, DType::f32);
+  const Tensor b = random_tensor(Shape{4, 5}, -1, 1, 302, DType::f32);
+  const Tensor c = random_tensor(Shape{5}, -1e4, 1e4, 303, DType::f32);  // broadcast over rows
+  // Bitwise the two adds (f32 rounding after each addition).
+  CHECK(max_abs_diff(add3(a, b, c), add(add(a, b), c)) == 0);
+  auto f = [](const TensorList& in) { return add3(mul(in[0], in[0]), in[1], in[2]); };
+  const TensorList in = {random_tensor(Shape{3, 2}, -1, 1, 304), random_tensor(Shape{3, 2}, -1, 1, 305),
+                         random_tensor(Shape{2}, -1, 1, 306)};
+  CHECK(check_gradients("add3", f, in) == 6 * (6 + 6 + 2));
+  CHECK(check_second_order("add3", f, in) > 0);
+  CHECK_THROWS_WITH(add3(a, b, random_tensor(Shape{3}, -1, 1, 307)), Catch::Contains("add3"));
+}
+

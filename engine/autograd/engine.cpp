@@ -90,7 +90,18 @@ struct NodeTask {
   bool needed = false;    // is, or leads to, a captured input (grad) or a leaf (backward)
   bool propagate = false; // some input edge leads to a needed node
   bool visited = false;
-  Tensor grad;            // sum of incoming gradients for the node's output
+  // The gradients arrived so far for the node's output: their running sum, and one more
+  // waiting to be added together with the next (add3: one pass for two additions, the same
+  // rounding as two adds). sum() gives the total once every edge has delivered.
+  Tensor grad;
+  Tensor pending;
+  Tensor sum() {
+    if (pending.defined()) {
+      grad = add(grad, pending);  // differentiable when create_graph (grad mode is on)
+      pending = Tensor();
+    }
+    return std::move(grad);
+  }
 };
 
 // Checks one gradient against its edge's metadata and reduces a broadcast gradient to the input
@@ -170,7 +181,7 @@ class GraphTask {
       Node* node = ready.back();
       ready.pop_back();
       NodeTask& task = tasks_[node];
-      Tensor g = std::move(task.grad);
+      Tensor g = task.sum();
       if (auto it = capture_index.find(node); it != capture_index.end()) {
         (*captured)[it->second] = g;
       }
@@ -215,9 +226,13 @@ class GraphTask {
     if (!g.defined()) return;
     if (!t.grad.defined()) {
       t.grad = std::move(g);
+    } else if (!t.pending.defined()) {
+      t.pending = std::move(g);
     } else {
-      // Differentiable when create_graph (grad mode is on), plain otherwise.
-      t.grad = add(t.grad, g);
+      // ((grad + pending) + g) in one kernel; differentiable when create_graph (grad mode is
+      // on), plain otherwise.
+      t.grad = add3(t.grad, t.pending, g);
+      t.pending = Tensor();
     }
   }
 

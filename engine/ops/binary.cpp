@@ -50,6 +50,16 @@ static void where_cpu(const Tensor& mask, const Tensor& a, const Tensor& b, Tens
 [[maybe_unused]] static const bool where_registered =
     (where_kernel.set(DeviceType::CPU, &where_cpu), true);
 
+// (a + b) + c: the same additions in the same order as two adds, in one pass.
+DispatchStub<TernaryKernel> add3_kernel("add3");
+static void add3_cpu(const Tensor& a, const Tensor& b, const Tensor& c, Tensor& out) {
+  dispatch_float(out.dtype(), "add3", [&]<class T>() {
+    cpu::map<T, T>(out, [](T x, T y, T z) -> T { return (x + y) + z; }, a, b, c);
+  });
+}
+[[maybe_unused]] static const bool add3_registered =
+    (add3_kernel.set(DeviceType::CPU, &add3_cpu), true);
+
 // ---- forward entry ----
 namespace {
 Tensor binary_forward(const DispatchStub<BinaryKernel>& kernel, const Tensor& a, const Tensor& b) {
@@ -175,6 +185,19 @@ Tensor lt(const Tensor& a, const Tensor& b) { return binary_forward(lt_kernel, a
 Tensor le(const Tensor& a, const Tensor& b) { return binary_forward(le_kernel, a, b); }
 Tensor gt(const Tensor& a, const Tensor& b) { return binary_forward(gt_kernel, a, b); }
 Tensor ge(const Tensor& a, const Tensor& b) { return binary_forward(ge_kernel, a, b); }
+
+Tensor add3(const Tensor& a, const Tensor& b, const Tensor& c) {
+  check_operands("add3", {&a, &b, &c});
+  Shape shape =
+      broadcast_shapes(broadcast_shapes(a.shape(), b.shape(), "add3"), c.shape(), "add3");
+  Tensor out = empty(shape, a.dtype(), a.device());
+  add3_kernel(a.device(), a, b, c, out);
+  if (any_requires_grad(a, b, c)) {
+    record("add3", out, {&a, &b, &c},
+           [](const Node&, const Tensor& g) -> TensorList { return {g, g, g}; });
+  }
+  return out;
+}
 
 Tensor where(const Tensor& mask, const Tensor& a, const Tensor& b) {
   check_operands("where", {&mask, &a, &b});

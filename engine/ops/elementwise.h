@@ -16,7 +16,7 @@ using ClampKernel = void(const Tensor& x, double lo, double hi, Tensor& out);
 
 extern DispatchStub<BinaryKernel> add_kernel, sub_kernel, mul_kernel, div_kernel, pow_kernel,
     eq_kernel, ne_kernel, lt_kernel, le_kernel, gt_kernel, ge_kernel;
-extern DispatchStub<TernaryKernel> where_kernel;
+extern DispatchStub<TernaryKernel> where_kernel, add3_kernel;
 extern DispatchStub<UnaryKernel> neg_kernel, exp_kernel, log_kernel, sqrt_kernel, rsqrt_kernel,
     abs_kernel, sign_kernel, tanh_kernel, sigmoid_kernel, relu_kernel, erf_kernel, gelu_kernel,
     sin_kernel, cos_kernel, gelu_second_derivative_kernel;

@@ -45,6 +45,17 @@ struct WhereF {
   }
 };
 
+// (x + y) + z, rounded to T after the first addition as well, so 16-bit results equal two adds.
+template <class T>
+struct Add3F {
+  template <class A>
+  __device__ __forceinline__ A operator()(A x, A y, A z) const {
+    A s = x + y;
+    if constexpr (is_16bit<T>) s = load_acc(store_acc<T>(s));
+    return s + z;
+  }
+};
+
 template <class T>
 void run(BinaryOp op, const Iter& it, void* out, const void* a, const void* b, double p0,
          cudaStream_t s, int sms) {
@@ -78,6 +89,13 @@ void run_where(const Iter& it, void* out, const void* m, const void* a, const vo
   launch_elementwise<T, 3>(it, out, in, WhereF{}, s, sms);
 }
 
+template <class T>
+void run_add3(const Iter& it, void* out, const void* a, const void* b, const void* c,
+              cudaStream_t s, int sms) {
+  const void* const in[3] = {a, b, c};
+  launch_elementwise<T, 3>(it, out, in, Add3F<T>{}, s, sms);
+}
+
 }  // namespace
 
 void binary(BinaryOp op, ScalarType t, const Iter& it, void* out, const void* a, const void* b,
@@ -98,6 +116,17 @@ void where(ScalarType t, const Iter& it, void* out, const void* mask, const void
     case ScalarType::f64: run_where<double>(it, out, mask, a, b, stream, sm_count); break;
     case ScalarType::f16: run_where<__half>(it, out, mask, a, b, stream, sm_count); break;
     case ScalarType::bf16: run_where<__nv_bfloat16>(it, out, mask, a, b, stream, sm_count); break;
+    case ScalarType::i64: break;
+  }
+}
+
+void add3(ScalarType t, const Iter& it, void* out, const void* a, const void* b, const void* c,
+          cudaStream_t stream, int sm_count) {
+  switch (t) {
+    case ScalarType::f32: run_add3<float>(it, out, a, b, c, stream, sm_count); break;
+    case ScalarType::f64: run_add3<double>(it, out, a, b, c, stream, sm_count); break;
+    case ScalarType::f16: run_add3<__half>(it, out, a, b, c, stream, sm_count); break;
+    case ScalarType::bf16: run_add3<__nv_bfloat16>(it, out, a, b, c, stream, sm_count); break;
     case ScalarType::i64: break;
   }
 }

@@ -57,6 +57,9 @@ void binary(BinaryOp op, ScalarType t, const Iter& it, void* out, const void* a,
 // out = mask != 0 ? a : b
 void where(ScalarType t, const Iter& it, void* out, const void* mask, const void* a,
            const void* b, cudaStream_t stream, int sm_count);
+// out = (a + b) + c (16-bit: rounded after each addition, as two adds)
+void add3(ScalarType t, const Iter& it, void* out, const void* a, const void* b, const void* c,
+          cudaStream_t stream, int sm_count);
 // Every dtype. it has one operand (the output).
 void fill(ScalarType t, const Iter& it, void* out, double value, cudaStream_t stream,
           int sm_count);

@@ -114,6 +114,13 @@ void geglu_cuda(const Tensor& g, const Tensor& h, const Tensor& t, Tensor& out) 
         h.raw_data(), t.defined() ? t.raw_data() : nullptr, out.raw_data(), l.stream);
 }
 
+void add3_cuda(const Tensor& a, const Tensor& b, const Tensor& c, Tensor& out) {
+  check_float(out, "add3");
+  Launch l(out.device());
+  add3(scalar_type(out.dtype()), make_iter<3>(out, {&a, &b, &c}), out.raw_data(), a.raw_data(),
+       b.raw_data(), c.raw_data(), l.stream, l.sms);
+}
+
 // ---- in-place writes ----
 void fill_cuda(Tensor& t, double value) {
   Launch l(t.device());
@@ -726,6 +733,7 @@ void register_kernels() {
   gt_kernel.set(kCuda, &binary_cuda<BinaryOp::gt>);
   ge_kernel.set(kCuda, &binary_cuda<BinaryOp::ge>);
   gelu_backward_kernel.set(kCuda, &binary_cuda<BinaryOp::gelu_backward>);
+  add3_kernel.set(kCuda, &add3_cuda);
   geglu_kernel.set(kCuda, &geglu_cuda<GegluOp::forward>);
   geglu_backward_kernel.set(kCuda, &geglu_cuda<GegluOp::backward>);
   geglu_jvp_kernel.set(kCuda, &geglu_cuda<GegluOp::jvp>);
