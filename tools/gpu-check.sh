@@ -21,8 +21,9 @@
 #   CUDA_TESTS=spec     the Catch2 test spec of cuda_tests and memcheck (default "[cuda]"; e.g.
 #                       "[cuda][graph]" for the CUDA-graph cases)
 # Exits non-zero when any step fails; every step still runs, and summary.json lists them.
-# The device tool brings back at most 8 files from $OUT: write to a folder of its own and pack it,
-#   tools/gpu-check.sh --prebuilt .gpu/bundle.tar.xz /tmp/r; s=$?; tar -C /tmp/r -czf $OUT/r.tgz .
+#   PACK_TO=file.tgz    also pack the output folder into this archive at the end (the device
+#                       tool brings back at most 8 files from $OUT:
+#                       PACK_TO=$OUT/results.tgz tools/gpu-check.sh --prebuilt ARCHIVE /tmp/r)
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -201,6 +202,10 @@ fi
   echo "}"
 } >"$OUT_DIR/summary.json"
 cat "$OUT_DIR/summary.json"
+
+if [[ -n "${PACK_TO:-}" ]]; then
+  tar -C "$OUT_DIR" -czf "$PACK_TO" . && echo "gpu-check: results packed into $PACK_TO"
+fi
 
 for name in "${!status[@]}"; do
   if [[ "${status[$name]}" -ne 0 ]]; then

@@ -2,6 +2,7 @@
 #include "kernels/cuda/stream.h"
 
 #include <array>
+#include <atomic>
 #include <mutex>
 
 #include "engine/core/backend.h"
@@ -24,15 +25,24 @@ void check_device(int device) {
 
 }  // namespace
 
+namespace {
+std::array<std::atomic<cudaStream_t>, kMaxDevices> streams{};
+std::array<std::once_flag, kMaxDevices> created;
+}  // namespace
+
 cudaStream_t stream(int device) {
-  static std::array<cudaStream_t, kMaxDevices> streams{};
-  static std::array<std::once_flag, kMaxDevices> created;
   check_device(device);
   std::call_once(created[size_t(device)], [device] {
     DeviceGuard guard(device);
-    MT_CUDA_CHECK(cudaStreamCreateWithFlags(&streams[size_t(device)], cudaStreamNonBlocking));
+    cudaStream_t s = nullptr;
+    MT_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    streams[size_t(device)].store(s);
   });
-  return streams[size_t(device)];
+  return streams[size_t(device)].load();
+}
+
+bool stream_created(int device) {
+  return device >= 0 && device < kMaxDevices && streams[size_t(device)].load() != nullptr;
 }
 
 int sm_count(int device) {

@@ -13,6 +13,8 @@ namespace mt::gpu {
 // every later use of the block is queued after every earlier one. To capture a CUDA graph,
 // capture this stream.
 cudaStream_t stream(int device);
+// Whether stream(device) has been created (no device is touched by asking).
+bool stream_created(int device);
 
 // Multiprocessor count of a device (cached); launchers size their grids with it.
 int sm_count(int device);

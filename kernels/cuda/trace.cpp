@@ -21,6 +21,7 @@
 #include <cxxabi.h>
 
 #include "kernels/cuda/allocator.h"
+#include "kernels/cuda/stream.h"
 #endif
 
 namespace mt::device_trace {
@@ -180,11 +181,17 @@ void pop_op() {
 }
 
 void drain(const std::function<void(const Activity&)>& sink) {
+  // Devices the engine has used (a stream exists): none may be capturing (a wait now would
+  // invalidate the capture); then everything queued on them has run, and every buffer with a
+  // record in it is delivered.
   const int devices = cuda_device_count();
   for (int d = 0; d < devices; ++d)
-    if (gpu::current_capture_id(d) != 0) return;  // a wait now would invalidate the capture
-  // Everything queued has run, then every buffer with a record in it is delivered.
-  if (devices > 0) (void)cudaDeviceSynchronize();
+    if (gpu::stream_created(d) && gpu::current_capture_id(d) != 0) return;
+  for (int d = 0; d < devices; ++d)
+    if (gpu::stream_created(d)) {
+      gpu::DeviceGuard guard(d);
+      (void)cudaStreamSynchronize(gpu::stream(d));
+    }
   (void)cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
   std::vector<Raw> raw;
   std::unordered_map<uint32_t, uint64_t> op_of;
