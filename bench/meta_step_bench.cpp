@@ -329,7 +329,8 @@ int main(int argc, char** argv) {
                            {"calls", e.calls},
                            {"host_ms", e.seconds * 1e3},
                            {"device_launches", e.device_launches},
-                           {"device_ms", e.device_seconds * 1e3}});
+                           {"device_ms", e.device_seconds * 1e3},
+                           {"gflop", e.flops * 1e-9}});
       const profiler::DeviceSummary d = profiler::device_summary();
       nlohmann::json device_kernels = nlohmann::json::array();
       for (size_t k = 0; k < d.kernels.size() && k < 60; ++k)

@@ -112,16 +112,26 @@ TEST_CASE("kernel profiler: counts dispatched kernels only while on, report list
   profiler::enable(true);
   for (int i = 0; i < 3; ++i) (void)matmul(add(a, b), b);
   profiler::enable(was_on);
+  profiler::enable(true);
+  (void)linear(ones(Shape{4, 5}), ones(Shape{3, 5}), ones(Shape{3}));  // the CPU's fused linear
+  profiler::enable(was_on);
   int64_t add_calls = 0, matmul_calls = 0;
+  double add_flops = -1, matmul_flops = 0, linear_flops = 0;
   for (const auto& e : profiler::entries()) {
     CHECK(e.seconds >= 0);
-    if (e.kernel == "add") add_calls = e.calls;
-    if (e.kernel == "matmul") matmul_calls = e.calls;
+    if (e.kernel == "add") add_calls = e.calls, add_flops = e.flops;
+    if (e.kernel == "matmul") matmul_calls = e.calls, matmul_flops = e.flops;
+    if (e.kernel == "linear") linear_flops = e.flops;
   }
   CHECK(add_calls == 3);
   CHECK(matmul_calls == 3);
+  // Products count 2 M N K each; elementwise ops count nothing.
+  CHECK(matmul_flops == 3 * 2.0 * 8 * 8 * 8);
+  CHECK(linear_flops == 2.0 * 4 * 3 * 5);
+  CHECK(add_flops == 0);
   const std::string r = profiler::report();
-  CHECK_THAT(r, Catch::Contains("matmul") && Catch::Contains("us/call"));
+  CHECK_THAT(r, Catch::Contains("matmul") && Catch::Contains("us/call") &&
+                    Catch::Contains("GFLOP"));
   profiler::reset();
   CHECK(profiler::entries().empty());
 }

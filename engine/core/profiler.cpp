@@ -106,6 +106,14 @@ void push_device_op(const char* kernel) {
 
 void pop_device_op() { device_trace::pop_op(); }
 
+void record_flops(const char* kernel, double flops) {
+  Table& t = table();
+  std::lock_guard<std::mutex> lock(t.mutex);
+  Entry& e = t.by_kernel[kernel];
+  if (e.kernel.empty()) e.kernel = kernel;
+  e.flops += flops;
+}
+
 }  // namespace detail
 
 void enable(bool on) { detail::enabled.store(on, std::memory_order_relaxed); }
@@ -199,6 +207,13 @@ std::string report() {
     launches += e.device_launches;
   }
   const bool device = launches > 0;
+  double flops = 0, flop_seconds = 0, flop_device_seconds = 0;
+  for (const Entry& e : all)
+    if (e.flops > 0) {
+      flops += e.flops;
+      flop_seconds += e.seconds;
+      flop_device_seconds += e.device_seconds;
+    }
   std::string s = fmt::format("metatape kernel profile: {} kernels, {} calls, {:.1f} ms\n",
                               all.size(), calls, total * 1e3);
   s += fmt::format("  {:<32} {:>9} {:>11} {:>7} {:>11}", "kernel", "calls", "total ms", "share",
@@ -212,6 +227,15 @@ std::string report() {
                               e.device_seconds * 1e3,
                               device_total > 0 ? 100.0 * e.device_seconds / device_total : 0.0)
                 : "\n";
+  }
+  if (flops > 0) {
+    s += fmt::format("arithmetic counted by the ops: {:.1f} GFLOP", flops * 1e-9);
+    for (const Entry& e : all)
+      if (e.flops > 0) s += fmt::format(", {} {:.1f}", e.kernel, e.flops * 1e-9);
+    s += fmt::format("; {:.1f} GFLOP/s over their host time", flops * 1e-9 / flop_seconds);
+    if (device && flop_device_seconds > 0)
+      s += fmt::format(", {:.1f} over their device time", flops * 1e-9 / flop_device_seconds);
+    s += "\n";
   }
   if (!device) return s;
   const DeviceSummary d = device_summary();

@@ -34,6 +34,7 @@ namespace detail {
 inline std::atomic<bool> enabled{false};
 // Adds one call of `kernel` (a string literal: the stub's name) lasting `seconds`.
 void record(const char* kernel, double seconds);
+void record_flops(const char* kernel, double flops);
 double now_seconds();
 inline std::atomic<bool> device_tracing{false};
 void push_device_op(const char* kernel);
@@ -50,6 +51,7 @@ struct Entry {
   double seconds = 0;          // host wall time inside the calls
   int64_t device_launches = 0; // kernels, copies and memsets the device ran for these calls
   double device_seconds = 0;   // their device time (device trace only)
+  double flops = 0;            // arithmetic counted by the op (matrix products: 2 M N K)
 };
 // Every kernel called since the last reset, slowest first.
 std::vector<Entry> entries();
@@ -64,6 +66,13 @@ std::string report();
 // the devices to finish their queued work and collect what they ran (not during a CUDA-graph
 // capture: collected later).
 bool enable_device_trace(bool on = true, std::string* why = nullptr);
+
+// Adds `flops` floating-point operations to `kernel`'s entry (a no-op while the profiler is off).
+// matmul and linear count theirs (2 M N K per product), so a profile says how much arithmetic a
+// step holds and the rate its products ran at.
+inline void add_flops(const char* kernel, double flops) {
+  if (enabled()) detail::record_flops(kernel, flops);
+}
 bool device_trace_enabled();
 
 struct DeviceKernel {

@@ -110,6 +110,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Activat
     }
     Tensor y = linear_kernel(x.device(), flat, weight, bias, activation);
     if (y.defined()) {
+      profiler::add_flops("linear", 2.0 * double(y.numel()) * double(weight.size(1)));
       if (any_requires_grad(x, weight, bias))
         record_fused(x.dim() > 2 ? x.reshape(rows_in) : x, weight, bias, activation, y);
       if (x.dim() == 2) return y;

@@ -84,6 +84,7 @@ Tensor batched_matmul(const Tensor& a, const Tensor& b) {
   shape.push_back(a.shape()[a.dim() - 2]);
   shape.push_back(b.shape()[b.dim() - 1]);
   Tensor out = empty(shape, a.dtype(), a.device());
+  profiler::add_flops("matmul", 2.0 * double(out.numel()) * double(K));
   matmul_kernel(a.device(), a, b, out);
   if (any_requires_grad(a, b)) {
     auto& node = record("matmul", out, {&a, &b}, [](const Node& n, const Tensor& g) -> TensorList {
