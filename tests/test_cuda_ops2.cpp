@@ -420,6 +420,36 @@ TEST_CASE("CUDA softmax and layer_norm: gradients of any order equal the CPU's",
                     {Shape{3, 1500}, Shape{1500}, Shape{3, 1500}}, -1, 1, false);
 }
 
+TEST_CASE("CUDA rotary (fused rotate_pairs) matches the CPU: values, both signs, gradients",
+          "[cuda]") {
+  MT_SKIP_WITHOUT_CUDA();
+  const int64_t n = 37, heads = 3, dh = 64;
+  const Tensor times = random_tensor(Shape{n}, 0, 50, 201);
+  const Tensor x = random_tensor(Shape{n, heads, dh}, -2, 2, 202);
+  for (DType dt : {DType::f64, DType::f32, DType::bf16}) {
+    // The CPU computes 16-bit inputs in f32 (its kernels take f32 and f64).
+    const DType ref_dt = dt == DType::f64 ? DType::f64 : DType::f32;
+    const Tolerance tol = dt == DType::bf16 ? kBF16 : dt == DType::f32 ? Tolerance{1e-6, 1e-5} : kGradF64;
+    const Tensor inv_freq = rotary_inv_freq(dh, 100.0, DType::f32);
+    const RotaryTables tab_ref = rotary_tables(times, inv_freq, ref_dt);
+    const RotaryTables tab_dev = rotary_tables(times.to(gpu0()), inv_freq.to(gpu0()), dt);
+    const Tensor xr = x.to(dt).to(ref_dt), xd = x.to(dt).to(gpu0());
+    for (double sign : {1.0, -1.0})
+      check_close(rotary(xd, tab_dev, sign), rotary(xr, tab_ref, sign), tol,
+                  fmt::format("rotary {} sign {}", dtype_name(dt), sign));
+  }
+  // First and second order through the fused op (its backward is the same op, opposite sign).
+  const Tensor inv64 = rotary_inv_freq(dh, 100.0, DType::f64);
+  compare_gradients(
+      "rotary",
+      [&](const TensorList& v) {
+        const Device d = v[0].device();
+        const RotaryTables tab = rotary_tables(times.to(d), inv64.to(d), DType::f64);
+        return rotary(mul(v[0], v[0]), tab, 1.0);
+      },
+      {Shape{n, heads, dh}}, -1, 1);
+}
+
 TEST_CASE("CUDA add3 equals two adds (every float dtype, broadcast)", "[cuda]") {
   MT_SKIP_WITHOUT_CUDA();
   for (DType dt : {DType::f64, DType::f32, DType::bf16, DType::f16}) {

@@ -58,6 +58,12 @@ using GegluKernel = void(const Tensor& g, const Tensor& h, const Tensor& t, Tens
 extern DispatchStub<GegluKernel> geglu_kernel, geglu_backward_kernel, geglu_jvp_kernel,
     geglu_hvp_kernel;
 
+// rotate_pairs (engine/ops/attention.cpp): x (n, heads, 2 half) contiguous, c and s (n, half)
+// contiguous, out like x: each pair (x[2k], x[2k+1]) of row i rotated by (c[i, k], sign s[i, k]).
+using RotatePairsKernel = void(const Tensor& x, const Tensor& c, const Tensor& s, double sign,
+                               Tensor& out);
+extern DispatchStub<RotatePairsKernel> rotate_pairs_kernel;
+
 // weight (V, D) contiguous, indices contiguous i64 (n), out (n, D).
 using GatherKernel = void(const Tensor& weight, const Tensor& indices, Tensor& out);
 // rows (n, D) contiguous, indices (n), out (V, D) zero-initialised; adds in index order, which

@@ -42,6 +42,10 @@ enum class BinaryOp : uint8_t {
   axpy,           // a + p0 * b (Tensor::add_, out aliases a)
 };
 
+// rotate_pairs: x (n, heads, 2 half), c and s (n, half), out like x; all contiguous.
+void rotate_pairs(ScalarType t, int64_t n, int64_t heads, int64_t half, const void* x,
+                  const void* c, const void* s, double sign, void* out, cudaStream_t stream);
+
 // GEGLU of h (rows, 2F) = [value | gate] and its fused derivatives (engine/ops/geglu.cpp):
 // forward out (rows, F) = v gelu(u); backward out (rows, 2F) = J^T g; jvp out (rows, F) = J t;
 // hvp out (rows, 2F) = g H t. Contiguous operands; g (rows, F), t (rows, 2F), null where unused.

@@ -121,6 +121,16 @@ void add3_cuda(const Tensor& a, const Tensor& b, const Tensor& c, Tensor& out) {
        b.raw_data(), c.raw_data(), l.stream, l.sms);
 }
 
+void rotate_pairs_cuda(const Tensor& x, const Tensor& c, const Tensor& s, double sign,
+                       Tensor& out) {
+  check_float(out, "rotate_pairs");
+  MT_CHECK(x.is_contiguous() && c.is_contiguous() && s.is_contiguous() && out.is_contiguous(),
+           "rotate_pairs: x, the tables and out must be contiguous (internal error)");
+  Launch l(out.device());
+  rotate_pairs(scalar_type(out.dtype()), x.size(0), x.size(1), x.size(2) / 2, x.raw_data(),
+               c.raw_data(), s.raw_data(), sign, out.raw_data(), l.stream);
+}
+
 // ---- in-place writes ----
 void fill_cuda(Tensor& t, double value) {
   Launch l(t.device());
@@ -734,6 +744,7 @@ void register_kernels() {
   ge_kernel.set(kCuda, &binary_cuda<BinaryOp::ge>);
   gelu_backward_kernel.set(kCuda, &binary_cuda<BinaryOp::gelu_backward>);
   add3_kernel.set(kCuda, &add3_cuda);
+  rotate_pairs_kernel.set(kCuda, &rotate_pairs_cuda);
   geglu_kernel.set(kCuda, &geglu_cuda<GegluOp::forward>);
   geglu_backward_kernel.set(kCuda, &geglu_cuda<GegluOp::backward>);
   geglu_jvp_kernel.set(kCuda, &geglu_cuda<GegluOp::jvp>);
