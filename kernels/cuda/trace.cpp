@@ -8,6 +8,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
 #include <string>
@@ -40,6 +41,10 @@ struct Raw {
 };
 
 struct State {
+  // `control` orders start/stop; `mutex` guards the records. CUPTI functions are never called
+  // with `mutex` held: CUPTI may deliver a buffer (buffer_completed takes `mutex`) from inside
+  // any of its calls.
+  std::mutex control;
   std::mutex mutex;
   bool callbacks_registered = false;
   bool collecting = false;
@@ -121,11 +126,17 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
         default: break;
       }
     }
-    size_t dropped = 0;
-    if (cuptiActivityGetNumDroppedRecords(nullptr, 0, &dropped) == CUPTI_SUCCESS)
-      st.dropped += dropped;
   }
   std::free(buffer);
+  size_t dropped = 0;
+  if (cuptiActivityGetNumDroppedRecords(nullptr, 0, &dropped) == CUPTI_SUCCESS && dropped > 0) {
+    std::lock_guard<std::mutex> lock(st.mutex);
+    if (st.dropped == 0)
+      std::fprintf(stderr, "metatape profiler: CUPTI dropped %zu activity records (its buffers "
+                   "filled faster than they were delivered); device times are incomplete\n",
+                   dropped);
+    st.dropped += dropped;
+  }
 }
 
 // The API kinds are enabled only because an external-correlation record is made for each API
@@ -140,7 +151,7 @@ constexpr CUpti_ActivityKind kKinds[] = {
 
 bool start(std::string* why) {
   State& st = state();
-  std::lock_guard<std::mutex> lock(st.mutex);
+  std::lock_guard<std::mutex> lock(st.control);
   if (st.collecting) return true;
   auto fail = [&](const std::string& what) {
     if (why != nullptr) *why = what;
@@ -167,7 +178,7 @@ bool start(std::string* why) {
 
 void stop() {
   State& st = state();
-  std::lock_guard<std::mutex> lock(st.mutex);
+  std::lock_guard<std::mutex> lock(st.control);
   if (!st.collecting) return;
   for (CUpti_ActivityKind k : kKinds) (void)cuptiActivityDisable(k);
   st.collecting = false;
