@@ -1,6 +1,7 @@
 #include "engine/optim/optimizer.h"
 
 #include <cmath>
+#include <map>
 #include <set>
 
 #include <fmt/ranges.h>
@@ -144,23 +145,28 @@ void Optimizer::load_state_dict(const NamedParams& state) {
 
 Tensor clip_grad_norm_on_device(const TensorList& params, double max_norm) {
   NoGradGuard no_grad;
-  TensorList norms;  // (1) each, f64
+  TensorList squares;  // (1) each, f64: the gradient's sum of squares
   std::vector<Tensor> with_grad;
   for (const Tensor& p : params) {
     Tensor g = p.grad();
     if (!g.defined()) continue;
     const Tensor g64 = g.dtype() == DType::f64 ? g : g.to(DType::f64);
-    norms.push_back(sqrt(sum(mul(g64, g64))).reshape(Shape{1}));
+    squares.push_back(sum(mul(g64, g64)).reshape(Shape{1}));
     with_grad.push_back(p);
   }
-  if (norms.empty()) return scalar_tensor(0.0, DType::f64);
-  const Tensor stacked = cat(norms, 0);
-  const Tensor total = sqrt(sum(mul(stacked, stacked)));  // 0-d f64
+  if (squares.empty()) return scalar_tensor(0.0, DType::f64);
+  // The norm of the per-gradient norms (torch's definition) is the root of the summed squares:
+  // no root and square per gradient (the host path's rounding differs by ~1e-16 relative).
+  const Tensor total = sqrt(sum(cat(squares, 0)));  // 0-d f64
   // torch multiplies by clamp(coef, max=1); a factor of exactly 1 changes nothing.
   const Tensor coef = clamp(div(scalar_like(total, max_norm), add(total, 1e-6)), std::nullopt, 1.0);
+  std::map<DType, Tensor> coef_as;  // the factor in each gradient dtype, converted once
+  coef_as[DType::f64] = coef;
   for (Tensor& p : with_grad) {
     const Tensor g = p.grad();
-    p.set_grad(mul(g, g.dtype() == DType::f64 ? coef : coef.to(g.dtype())));
+    Tensor& c = coef_as[g.dtype()];
+    if (!c.defined()) c = coef.to(g.dtype());
+    p.set_grad(mul(g, c));
   }
   return total;
 }
