@@ -260,6 +260,13 @@ int main(int argc, char** argv) {
         }
         if (!more || line == "quit") break;
       }
+      if (i == warmup && profile) {
+        // Before a capture: CUPTI instruments a graph's kernels when the graph is instantiated.
+        profiler::enable(true);
+        std::string why;
+        if (on_cuda && !profiler::enable_device_trace(true, &why))
+          std::fprintf(stderr, "--profile: host times only: %s\n", why.c_str());
+      }
       if (i == warmup && graph) {
         // Captured after the eager warm-up (AdamW's state, the allocator's segments and the
         // cuBLAS plans exist); the capture runs nothing, each replay is one meta-step.
@@ -273,12 +280,6 @@ int main(int argc, char** argv) {
         empty_cache(device);
       }
       if (i == warmup && on_cuda) reset_peak_memory_stats(device);
-      if (i == warmup && profile) {
-        profiler::enable(true);
-        std::string why;
-        if (on_cuda && !profiler::enable_device_trace(true, &why))
-          std::fprintf(stderr, "--profile: host times only: %s\n", why.c_str());
-      }
       if (i == warmup) profiler::reset();  // METATAPE_PROFILE=1 reports the timed steps only
       const auto t0 = Clock::now();
       double g_ms = 0, o_ms = 0;
