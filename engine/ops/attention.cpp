@@ -74,6 +74,8 @@ Tensor contiguous_constant(const Tensor& t) {
 
 // c and s are constants of the graph (built from data under no grad); sign is +1 or -1.
 Tensor rotate_pairs(const Tensor& x, const Tensor& c, const Tensor& s, double sign) {
+  // The kernels read the tables raw: same device and dtype as x (rotary converts the dtype).
+  check_operands("rotary", {&x, &c, &s});
   Tensor xc;
   {
     NoGradGuard no_grad;  // the kernel's contiguous copy of x is not part of the graph
