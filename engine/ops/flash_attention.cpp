@@ -192,9 +192,12 @@ void flash_double_backward_cpu(const Tensor& q, const Tensor& k, const Tensor& v
      flash_attention_double_backward_kernel.set(DeviceType::CPU, &flash_double_backward_cpu),
      true);
 
-// The offsets, shared by every node of one attention call (no copy per recorded op).
+// The offsets, shared by every node of one attention call (no copy per recorded op), and the
+// device backend's copy of its tables (FlashAttentionLayout::DeviceTables), made by the first
+// kernel of the call that needs it.
 struct Offsets {
   std::vector<int64_t> cu_q, cu_k;
+  mutable FlashAttentionLayout::DeviceTables device_tables;
 };
 using OffsetsPtr = std::shared_ptr<const Offsets>;
 
@@ -221,7 +224,7 @@ OffsetsPtr check_layout(const char* op, const Tensor& q, const Tensor& k, const 
     MT_CHECK(nq == 0 || nk > 0, "{}: sample {} has {} queries but no keys to attend to", op, b,
              nq);
   }
-  return std::make_shared<const Offsets>(Offsets{cu_q, cu_k});
+  return std::make_shared<const Offsets>(Offsets{cu_q, cu_k, {}});
 }
 
 Tensor contiguous_nograd(const Tensor& t) {
@@ -237,7 +240,7 @@ Tensor forward_impl(const Tensor& q, const Tensor& k, const Tensor& v, const Off
                     double scale, Tensor* lse_out) {
   Tensor o = empty(q.shape(), q.dtype(), q.device());
   Tensor lse = empty(Shape{q.size(0), q.size(1)}, acc_dtype(q.dtype()), q.device());
-  const FlashAttentionLayout layout{&off->cu_q, &off->cu_k, scale};
+  const FlashAttentionLayout layout{&off->cu_q, &off->cu_k, scale, &off->device_tables};
   flash_attention_kernel(q.device(), contiguous_nograd(q), contiguous_nograd(k),
                          contiguous_nograd(v), layout, o, lse);
   if (any_requires_grad(q, k, v)) {
@@ -267,7 +270,7 @@ TensorList double_backward_impl(const Tensor& q, const Tensor& k, const Tensor& 
                                                      scale);
   Tensor gq = empty(q.shape(), q.dtype(), q.device()), gk = empty(k.shape(), k.dtype(), k.device()),
          gv = empty(k.shape(), k.dtype(), k.device()), gdO = empty(q.shape(), q.dtype(), q.device());
-  const FlashAttentionLayout layout{&off->cu_q, &off->cu_k, scale};
+  const FlashAttentionLayout layout{&off->cu_q, &off->cu_k, scale, &off->device_tables};
   flash_attention_double_backward_kernel(
       q.device(), contiguous_nograd(q), contiguous_nograd(k), contiguous_nograd(v),
       contiguous_nograd(o), contiguous_nograd(dO), contiguous_nograd(lse), contiguous_nograd(a),
@@ -288,7 +291,7 @@ TensorList backward_impl(const Tensor& q, const Tensor& k, const Tensor& v, cons
     Tensor dq = packed.narrow(0, 0, nq).reshape(q_shape);
     Tensor dk = packed.narrow(0, nq, nk).reshape(k_shape);
     Tensor dv = packed.narrow(0, nq + nk, nk).reshape(k_shape);
-    const FlashAttentionLayout layout{&off->cu_q, &off->cu_k, scale};
+    const FlashAttentionLayout layout{&off->cu_q, &off->cu_k, scale, &off->device_tables};
     flash_attention_backward_kernel(q.device(), contiguous_nograd(q), contiguous_nograd(k),
                                     contiguous_nograd(v), contiguous_nograd(o),
                                     contiguous_nograd(dO), contiguous_nograd(lse), layout, dq,

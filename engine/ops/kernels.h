@@ -88,6 +88,16 @@ struct FlashAttentionLayout {
   const std::vector<int64_t>* cu_q = nullptr;
   const std::vector<int64_t>* cu_k = nullptr;
   double scale = 1.0;
+  // Optional: where a device backend keeps its copy of tables built from the offsets for the
+  // other kernels of the same attention call (forward, backward, double backward), so they are
+  // copied to the device once per call, not once per kernel. Owned by the op's shared offsets;
+  // `captured` records whether the copy was made inside a CUDA-graph capture (a copy is reused
+  // only in the same state: a graph must not read eager memory, nor eager code a graph's).
+  struct DeviceTables {
+    Tensor buffer;
+    bool captured = false;
+  };
+  DeviceTables* device_tables = nullptr;
 };
 // o = softmax(scale q k^T) v per sample and head; lse as above.
 using FlashForwardKernel = void(const Tensor& q, const Tensor& k, const Tensor& v,

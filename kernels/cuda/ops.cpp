@@ -10,6 +10,7 @@
 
 #include "engine/autograd/grad_mode.h"
 #include "engine/core/attention_settings.h"
+#include "engine/core/backend.h"
 #include "engine/core/matmul_settings.h"
 #include "engine/cpu/loops.h"
 #include "engine/ops/elementwise.h"
@@ -435,7 +436,17 @@ FlashTables flash_tables(const Tensor& q, const FlashAttentionLayout& layout, co
   FlashTables t;
   t.desc.num_q_blocks = blocks(cq);
   t.desc.num_k_blocks = blocks(ck);
-  t.buffer = from_indices(host, Shape{int64_t(host.size())}).to(q.device());
+  // One copy per attention call: the call's other kernels reuse it (same device, same capture
+  // state; the tables depend on the offsets alone).
+  FlashAttentionLayout::DeviceTables* cache = layout.device_tables;
+  const bool capturing = mt::is_capturing(q.device());
+  if (cache != nullptr && cache->buffer.defined() && cache->buffer.device() == q.device() &&
+      cache->captured == capturing && cache->buffer.numel() == int64_t(host.size())) {
+    t.buffer = cache->buffer;
+  } else {
+    t.buffer = from_indices(host, Shape{int64_t(host.size())}).to(q.device());
+    if (cache != nullptr) *cache = {t.buffer, capturing};
+  }
   const int64_t* base = t.buffer.data_ptr<int64_t>();
   t.desc.num_queries = q.size(0);
   t.desc.heads = q.size(1);
