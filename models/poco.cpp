@@ -370,33 +370,58 @@ Tensor Poco::forward(const PocoBatch& b, const nn::ParamMap* ov, Generator* gen)
   // model's forward FLOPs at poco-paper's sizes, and of its backward's.
   Tensor alpha = head_alpha_->forward(e, ov);
   Tensor h = head_input(b, ov);                                             // (N, H)
-  const Tensor& w_out = head_out_->weight(ov);                              // (P, H)
-  Tensor w_shift = matmul(w_out, head_beta_->weight(ov));                   // (P, D)
-  Tensor b_shift = matmul(w_out, head_beta_->bias(ov));                     // (P)
+  auto [w_shift, b_shift] = head_shift(b, ov);                              // (P, D), (P)
   return add(head_out_->forward(mul(h, alpha), ov), linear(e, w_shift, b_shift));  // (N, P)
+}
+
+namespace {
+// The cache keys of PocoReuse: the same tensor at the same storage version, with the same
+// requires_grad.
+PocoReuse::Key reuse_key(const Tensor& t) {
+  return PocoReuse::Key{t, t.defined() ? t.storage().version() : 0u,
+                        t.defined() && t.requires_grad()};
+}
+bool reuse_same(const PocoReuse::Key& k, const Tensor& t) {
+  return k.tensor.impl() == t.impl() &&
+         (!t.defined() ||
+          (k.version == t.storage().version() && k.requires_grad == t.requires_grad()));
+}
+}  // namespace
+
+std::pair<Tensor, Tensor> Poco::head_shift(const PocoBatch& b, const nn::ParamMap* ov) const {
+  const Tensor& w_out = head_out_->weight(ov);  // (P, H)
+  const Tensor& w_beta = head_beta_->weight(ov);
+  const Tensor b_beta = head_beta_->bias(ov);
+  PocoReuse* r = b.reuse.get();
+  if (r != nullptr && r->w_shift.defined() && r->shift_grad_mode == GradMode::is_enabled() &&
+      reuse_same(r->shift_w_out, w_out) && reuse_same(r->shift_w_beta, w_beta) &&
+      reuse_same(r->shift_b_beta, b_beta))
+    return {r->w_shift, r->b_shift};
+  Tensor w_shift = matmul(w_out, w_beta);  // (P, D)
+  Tensor b_shift = matmul(w_out, b_beta);  // (P)
+  if (r != nullptr) {
+    r->shift_w_out = reuse_key(w_out);
+    r->shift_w_beta = reuse_key(w_beta);
+    r->shift_b_beta = reuse_key(b_beta);
+    r->shift_grad_mode = GradMode::is_enabled();
+    r->w_shift = w_shift;
+    r->b_shift = b_shift;
+  }
+  return {w_shift, b_shift};
 }
 
 Tensor Poco::head_input(const PocoBatch& b, const nn::ParamMap* ov) const {
   const Tensor& w = head_in_->weight(ov);
   const Tensor bias = head_in_->bias(ov);
   PocoReuse* r = b.reuse.get();
-  auto key = [](const Tensor& t) {
-    return PocoReuse::Key{t, t.defined() ? t.storage().version() : 0u,
-                          t.defined() && t.requires_grad()};
-  };
-  auto same = [](const PocoReuse::Key& k, const Tensor& t) {
-    return k.tensor.impl() == t.impl() &&
-           (!t.defined() ||
-            (k.version == t.storage().version() && k.requires_grad == t.requires_grad()));
-  };
   if (r != nullptr && r->head_h.defined() && r->head_grad_mode == GradMode::is_enabled() &&
-      same(r->head_x, b.x) && same(r->head_w, w) && same(r->head_b, bias))
+      reuse_same(r->head_x, b.x) && reuse_same(r->head_w, w) && reuse_same(r->head_b, bias))
     return r->head_h;
   Tensor h = head_in_->forward(b.x, Activation::relu, ov);
   if (r != nullptr) {
-    r->head_x = key(b.x);
-    r->head_w = key(w);
-    r->head_b = key(bias);
+    r->head_x = reuse_key(b.x);
+    r->head_w = reuse_key(w);
+    r->head_b = reuse_key(bias);
     r->head_grad_mode = GradMode::is_enabled();
     r->head_h = h;
   }

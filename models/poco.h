@@ -49,13 +49,14 @@ struct PocoConfig {
 class Poco;
 
 // What a forward computes from one batch that stays the same while only the embeddings change:
-// the rotary times and tables of the attention layout and the FiLM head's input layer
-// relu(W_in x + b_in)
-// (an (N, conditioning_dim) tensor). An inner loop that runs the model several times on one
+// the rotary times and tables of the attention layout, the FiLM head's input layer
+// relu(W_in x + b_in) (an (N, conditioning_dim) tensor) and its shift through the output layer
+// (W_out W_beta, W_out b_beta). An inner loop that runs the model several times on one
 // support batch gives that batch a PocoReuse (meta/maml.cpp), and POCO computes these once.
 // The head input is reused only while x, W_in and b_in are the same tensors at the same storage
-// version, with the same requires_grad and grad mode; otherwise it is recomputed and replaces
-// the entry. A reused head input is one graph node shared by every forward that reads it: their
+// version, with the same requires_grad and grad mode (the shift: W_out, W_beta and b_beta);
+// otherwise it is recomputed and replaces the entry. A reused entry is one graph node shared by
+// every forward that reads it: their
 // backward passes must keep the graph (create_graph or retain_graph) until the last one, as the
 // inner loops do, and a checkpointed region must not use a batch with a PocoReuse (it would hold
 // the region's intermediates alive). One PocoReuse serves one model.
@@ -71,6 +72,12 @@ struct PocoReuse {
   Key head_x, head_w, head_b;
   bool head_grad_mode = false;
   Tensor head_h;  // relu(W_in x + b_in), (N, conditioning_dim)
+  // The FiLM shift through the output layer, W_out W_beta (pred_length, dim) and W_out b_beta
+  // (pred_length): a property of the weights alone, kept under the same rules while W_out,
+  // W_beta and b_beta stay the same tensors (the inner loops adapt embeddings).
+  Key shift_w_out, shift_w_beta, shift_b_beta;
+  bool shift_grad_mode = false;
+  Tensor w_shift, b_shift;
 };
 
 // One batch: B samples, sample b from session sample_sessions[b] with sample_neurons[b] neurons;
@@ -163,6 +170,8 @@ class Poco : public nn::Module {
   void check_batch(const PocoBatch& batch) const;
   // relu(W_in x + b_in), from batch.reuse when it holds it for the same tensors.
   Tensor head_input(const PocoBatch& batch, const nn::ParamMap* ov) const;
+  // W_out W_beta and W_out b_beta (through the batch's PocoReuse when it has one).
+  std::pair<Tensor, Tensor> head_shift(const PocoBatch& batch, const nn::ParamMap* ov) const;
 
   PocoConfig config_;
   std::vector<int64_t> session_sizes_, unit_offsets_;

@@ -145,6 +145,17 @@ TEST_CASE("POCO: samples do not see each other, batch errors are clear", "[model
 namespace {
 // Calls of the `linear` kernel (the head's input layer is one of them) during fn.
 template <class Fn>
+int64_t kernel_calls_of(const char* kernel, Fn&& fn) {
+  const bool was_on = profiler::enabled();
+  profiler::reset();
+  profiler::enable(true);
+  fn();
+  profiler::enable(was_on);
+  for (const auto& e : profiler::entries())
+    if (e.kernel == kernel) return e.calls;
+  return 0;
+}
+template <class Fn>
 int64_t linear_calls(Fn&& fn) {
   const bool was_on = profiler::enabled();
   profiler::reset();
@@ -172,6 +183,9 @@ TEST_CASE("POCO: a batch's PocoReuse computes the head input once, for the same 
   // The first forward fills the entry, the second reads it: one linear call fewer, same values.
   CHECK(linear_calls([&] { y1 = m.forward(rb); }) == per_forward);
   CHECK(linear_calls([&] { y2 = m.forward(rb); }) == per_forward - 1);
+  // The FiLM shift's two products (W_out W_beta, W_out b_beta) likewise.
+  const int64_t matmuls = kernel_calls_of("matmul", [&] { (void)m.forward(b); });
+  CHECK(kernel_calls_of("matmul", [&] { (void)m.forward(rb); }) == matmuls - 2);
   CHECK(max_abs_diff(y1, plain) == 0);
   CHECK(max_abs_diff(y2, plain) == 0);
   CHECK(rb.to(kCPU).reuse == rb.reuse);  // same device: the same batch, entry shared
@@ -189,6 +203,20 @@ TEST_CASE("POCO: a batch's PocoReuse computes the head input once, for the same 
   fresh.reuse = std::make_shared<models::PocoReuse>();
   Tensor g2 = grad_w(sum(mul(m.forward(fresh), m.forward(fresh))));
   CHECK(max_abs_diff(g1, g2) <= 1e-12 * (1 + max_abs_diff(g1, zeros_like(g1))));
+  // And through the shared shift: the gradients of W_out and W_beta.
+  for (const char* name : {"head.out_proj.weight", "head.beta.weight", "head.beta.bias"}) {
+    INFO(name);
+    REQUIRE(params.count(name) == 1);
+    const Tensor w = params.at(name);
+    auto grad_of = [&](const Tensor& loss) {
+      return autograd::grad({loss}, {w}, {}, std::nullopt, false, false)[0];
+    };
+    Tensor h1 = grad_of(sum(mul(m.forward(b), m.forward(b))));
+    models::PocoBatch shared = b;
+    shared.reuse = std::make_shared<models::PocoReuse>();
+    Tensor h2 = grad_of(sum(mul(m.forward(shared), m.forward(shared))));
+    CHECK(max_abs_diff(h1, h2) <= 1e-12 * (1 + max_abs_diff(h1, zeros_like(h1))));
+  }
 
   // Another W_in (a fast weight) is not the cached one: recomputed, and the entry follows it.
   nn::ParamMap ov = params;
