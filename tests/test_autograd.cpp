@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "engine/core/profiler.h"
+#include "support/kernel_calls.h"
 #include "support/gradcheck.h"
 
 using namespace mt;
@@ -53,20 +54,6 @@ TEST_CASE("gradient with respect to an intermediate tensor", "[autograd]") {
   CHECK(g[1].to_vector<double>() == std::vector<double>{4, 32});  // 4x^3
 }
 
-namespace {
-// Calls of `kernel` counted by the kernel profiler while fn runs.
-template <class Fn>
-int64_t kernel_calls(const char* kernel, Fn&& fn) {
-  const bool was_on = profiler::enabled();
-  profiler::reset();
-  profiler::enable(true);
-  fn();
-  profiler::enable(was_on);
-  for (const auto& e : profiler::entries())
-    if (e.kernel == kernel) return e.calls;
-  return 0;
-}
-}  // namespace
 
 TEST_CASE("grad() computes only the input gradients that lead to what it was asked for",
           "[autograd]") {

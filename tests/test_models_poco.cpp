@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "engine/core/profiler.h"
+#include "support/kernel_calls.h"
 #include "engine/io/safetensors.h"
 #include "models/baselines.h"
 #include "models/poco.h"
@@ -145,27 +146,8 @@ TEST_CASE("POCO: samples do not see each other, batch errors are clear", "[model
 namespace {
 // Calls of the `linear` kernel (the head's input layer is one of them) during fn.
 template <class Fn>
-int64_t kernel_calls_of(const char* kernel, Fn&& fn) {
-  const bool was_on = profiler::enabled();
-  profiler::reset();
-  profiler::enable(true);
-  fn();
-  profiler::enable(was_on);
-  for (const auto& e : profiler::entries())
-    if (e.kernel == kernel) return e.calls;
-  return 0;
-}
-template <class Fn>
 int64_t linear_calls(Fn&& fn) {
-  const bool was_on = profiler::enabled();
-  profiler::reset();
-  profiler::enable(true);
-  fn();
-  profiler::enable(was_on);
-  int64_t calls = 0;
-  for (const auto& e : profiler::entries())
-    if (e.kernel == "linear") calls = e.calls;
-  return calls;
+  return kernel_calls("linear", std::forward<Fn>(fn));
 }
 }  // namespace
 
@@ -184,38 +166,31 @@ TEST_CASE("POCO: a batch's PocoReuse computes the head input once, for the same 
   CHECK(linear_calls([&] { y1 = m.forward(rb); }) == per_forward);
   CHECK(linear_calls([&] { y2 = m.forward(rb); }) == per_forward - 1);
   // The FiLM shift's two products (W_out W_beta, W_out b_beta) likewise.
-  const int64_t matmuls = kernel_calls_of("matmul", [&] { (void)m.forward(b); });
-  CHECK(kernel_calls_of("matmul", [&] { (void)m.forward(rb); }) == matmuls - 2);
+  const int64_t matmuls = kernel_calls("matmul", [&] { (void)m.forward(b); });
+  CHECK(kernel_calls("matmul", [&] { (void)m.forward(rb); }) == matmuls - 2);
   CHECK(max_abs_diff(y1, plain) == 0);
   CHECK(max_abs_diff(y2, plain) == 0);
   CHECK(rb.to(kCPU).reuse == rb.reuse);  // same device: the same batch, entry shared
 
-  // Gradients through the shared head input: two forwards that share it give twice one
-  // forward's gradient of W_in (one rounding of the sum: 1e-12 relative is ample in f64).
+  // Gradients through the shared entries: two forwards that share the head input (W_in) and
+  // the FiLM shift (W_out, W_beta, b_beta) give twice one forward's gradient (one rounding of
+  // the sum: 1e-12 relative is ample in f64).
   nn::ParamMap params;
   for (const auto& [name, t] : m.named_parameters()) params[name] = t;
   const Tensor w_in = params.at("head.in_proj.weight");
-  auto grad_w = [&](const Tensor& loss) {
-    return autograd::grad({loss}, {w_in}, {}, std::nullopt, false, false)[0];
-  };
-  Tensor g1 = grad_w(sum(mul(m.forward(b), m.forward(b))));
-  models::PocoBatch fresh = b;
-  fresh.reuse = std::make_shared<models::PocoReuse>();
-  Tensor g2 = grad_w(sum(mul(m.forward(fresh), m.forward(fresh))));
-  CHECK(max_abs_diff(g1, g2) <= 1e-12 * (1 + max_abs_diff(g1, zeros_like(g1))));
-  // And through the shared shift: the gradients of W_out and W_beta.
-  for (const char* name : {"head.out_proj.weight", "head.beta.weight", "head.beta.bias"}) {
+  for (const char* name :
+       {"head.in_proj.weight", "head.out_proj.weight", "head.beta.weight", "head.beta.bias"}) {
     INFO(name);
     REQUIRE(params.count(name) == 1);
     const Tensor w = params.at(name);
     auto grad_of = [&](const Tensor& loss) {
       return autograd::grad({loss}, {w}, {}, std::nullopt, false, false)[0];
     };
-    Tensor h1 = grad_of(sum(mul(m.forward(b), m.forward(b))));
+    Tensor g1 = grad_of(sum(mul(m.forward(b), m.forward(b))));
     models::PocoBatch shared = b;
     shared.reuse = std::make_shared<models::PocoReuse>();
-    Tensor h2 = grad_of(sum(mul(m.forward(shared), m.forward(shared))));
-    CHECK(max_abs_diff(h1, h2) <= 1e-12 * (1 + max_abs_diff(h1, zeros_like(h1))));
+    Tensor g2 = grad_of(sum(mul(m.forward(shared), m.forward(shared))));
+    CHECK(max_abs_diff(g1, g2) <= 1e-12 * (1 + max_abs_diff(g1, zeros_like(g1))));
   }
 
   // Another W_in (a fast weight) is not the cached one: recomputed, and the entry follows it.
