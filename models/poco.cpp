@@ -116,14 +116,14 @@ PocoConfig PocoConfig::named(const std::string& name) {
 
 namespace {
 // Output features [begin, begin + count) of a Linear: x W[begin:begin+count]^T (+ the bias
-// slice). Fused projections (kv, qkv, GEGLU's value and gate) are split this way so that the
-// backward narrows the small weight instead of the large activation.
+// slice). The attention's fused projections (kv, qkv) are split this way so that the backward
+// narrows the small weight instead of the large activation.
 // One linear() op, so on CUDA the bias slice is the GEMM's epilogue.
 Tensor linear_rows(const nn::Linear& l, const Tensor& x, int64_t begin, int64_t count,
-                   const nn::ParamMap* ov, Activation activation = Activation::none) {
+                   const nn::ParamMap* ov) {
   const Tensor b = l.bias(ov);
   return linear(x, l.weight(ov).narrow(0, begin, count),
-                b.defined() ? b.narrow(0, begin, count) : Tensor(), activation);
+                b.defined() ? b.narrow(0, begin, count) : Tensor());
 }
 }  // namespace
 

@@ -56,10 +56,10 @@ class Poco;
 // The head input is reused only while x, W_in and b_in are the same tensors at the same storage
 // version, with the same requires_grad and grad mode (the shift: W_out, W_beta and b_beta);
 // otherwise it is recomputed and replaces the entry. A reused entry is one graph node shared by
-// every forward that reads it: their
-// backward passes must keep the graph (create_graph or retain_graph) until the last one, as the
-// inner loops do, and a checkpointed region must not use a batch with a PocoReuse (it would hold
-// the region's intermediates alive). One PocoReuse serves one model.
+// every forward that reads it: their backward passes must keep the graph (create_graph or
+// retain_graph) until the last one, as the inner loops do, and a checkpointed region must not
+// use a batch with a PocoReuse (it would hold the region's intermediates alive). One PocoReuse
+// serves one model.
 struct PocoReuse {
   const Poco* model = nullptr;
   Tensor t_tokens, t_latents, t_queries;  // rotary times of tokens, latents, output queries

@@ -53,6 +53,13 @@ struct Entry {
   double device_seconds = 0;   // their device time (device trace only)
   double flops = 0;            // arithmetic counted by the op (matrix products: 2 M N K)
 };
+// Adds `flops` floating-point operations to `kernel`'s entry (a no-op while the profiler is off).
+// matmul and linear count theirs (2 M N K per product), so a profile says how much arithmetic a
+// step holds and the rate its products ran at.
+inline void add_flops(const char* kernel, double flops) {
+  if (enabled()) detail::record_flops(kernel, flops);
+}
+
 // Every kernel called since the last reset, slowest first.
 std::vector<Entry> entries();
 // A table of entries(): kernel, calls, total ms, share of the total, microseconds per call;
@@ -67,12 +74,6 @@ std::string report();
 // capture: collected later).
 bool enable_device_trace(bool on = true, std::string* why = nullptr);
 
-// Adds `flops` floating-point operations to `kernel`'s entry (a no-op while the profiler is off).
-// matmul and linear count theirs (2 M N K per product), so a profile says how much arithmetic a
-// step holds and the rate its products ran at.
-inline void add_flops(const char* kernel, double flops) {
-  if (enabled()) detail::record_flops(kernel, flops);
-}
 bool device_trace_enabled();
 
 struct DeviceKernel {

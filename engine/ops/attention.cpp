@@ -65,24 +65,13 @@ void rotate_pairs_cpu(const Tensor& x, const Tensor& c, const Tensor& s, double 
 [[maybe_unused]] const bool rotate_pairs_registered =
     (rotate_pairs_kernel.set(DeviceType::CPU, &rotate_pairs_cpu), true);
 
-// A table as the kernels read it: contiguous (a copy outside the graph where it is not).
-Tensor contiguous_constant(const Tensor& t) {
-  if (t.is_contiguous()) return t;
-  NoGradGuard no_grad;
-  return t.contiguous();
-}
-
 // c and s are constants of the graph (built from data under no grad); sign is +1 or -1.
 Tensor rotate_pairs(const Tensor& x, const Tensor& c, const Tensor& s, double sign) {
   // The kernels read the tables raw: same device and dtype as x (rotary converts the dtype).
   check_operands("rotary", {&x, &c, &s});
-  Tensor xc;
-  {
-    NoGradGuard no_grad;  // the kernel's contiguous copy of x is not part of the graph
-    xc = x.contiguous();
-  }
   Tensor y = empty(x.shape(), x.dtype(), x.device());
-  rotate_pairs_kernel(x.device(), xc, c, s, sign, y);
+  rotate_pairs_kernel(x.device(), contiguous_nograd(x), contiguous_nograd(c), contiguous_nograd(s),
+                      sign, y);
   if (autograd::any_requires_grad(x)) {
     auto& node = autograd::record("rotate_pairs", y, {&x},
                                   [sign](const autograd::Node& n, const Tensor& g) -> TensorList {
@@ -152,8 +141,7 @@ Tensor rotary(const Tensor& x, const RotaryTables& tables, double sign) {
            "rotary: tables must be (n, dh/2) = ({}, {}), got {}", n, half,
            tables.defined() ? tables.cos.shape().str() : "undefined");
   MT_CHECK(sign == 1.0 || sign == -1.0, "rotary: sign must be 1 or -1, got {}", sign);
-  const Tensor c = contiguous_constant(tables.cos.to(x.dtype()));
-  const Tensor s = contiguous_constant(tables.sin.to(x.dtype()));
+  const Tensor c = tables.cos.to(x.dtype()), s = tables.sin.to(x.dtype());
   // The fused op (one pass over x, nothing of x saved): its backward rotates by the opposite
   // angle and is itself differentiable. One kernel instead of the composite's ten (narrows,
   // four products, a cat) forward and some twenty backward.

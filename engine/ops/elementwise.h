@@ -47,6 +47,11 @@ extern DispatchStub<MulInplaceKernel> mul_inplace_kernel;
 // dst (any strides) = src broadcast to dst's shape, converting dtype; no autograd recording.
 void copy_into(const Tensor& src, Tensor& dst);
 
+// t as a kernel reads it: contiguous, outside the graph (t itself, detached, when it already
+// is; a copy otherwise). For fused ops that hand raw buffers to their kernels and record their
+// own node.
+Tensor contiguous_nograd(const Tensor& t);
+
 // Checks that every operand has the same dtype and device (naming the op and the fix).
 inline void check_operands(const char* op, std::initializer_list<const Tensor*> ts) {
   const Tensor* first = *ts.begin();

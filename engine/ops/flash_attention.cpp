@@ -227,11 +227,6 @@ OffsetsPtr check_layout(const char* op, const Tensor& q, const Tensor& k, const 
   return std::make_shared<const Offsets>(Offsets{cu_q, cu_k, {}});
 }
 
-Tensor contiguous_nograd(const Tensor& t) {
-  NoGradGuard no_grad;
-  return contiguous(t.detach());
-}
-
 TensorList backward_impl(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
                          const Tensor& dO, const Tensor& lse, const OffsetsPtr& off,
                          double scale);

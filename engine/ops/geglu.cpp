@@ -78,11 +78,6 @@ void prefetch(const T* p, int64_t n) {
   for (int64_t k = 0; k < n; k += kLine) __builtin_prefetch(p + k);
 }
 
-template <class Body>
-void for_row_blocks(int64_t rows, int64_t F, Body&& body) {
-  cpu::parallel_range(rows, 16 * F, [&](int64_t begin, int64_t end) { body(begin, end); });
-}
-
 enum class Which { forward, backward, jvp, hvp };
 
 template <Which which>
@@ -95,7 +90,7 @@ void geglu_cpu(const Tensor& g, const Tensor& h, const Tensor& t, Tensor& out) {
     const T* pt = t.defined() ? t.data_ptr<T>() : nullptr;
     T* po = out.data_ptr<T>();
     if constexpr (std::is_same_v<T, float>) {
-      for_row_blocks(rows, F, [&](int64_t begin, int64_t end) {
+      cpu::parallel_range(rows, 16 * F, [&](int64_t begin, int64_t end) {
         GateRowF32 gate;
         for (int64_t r = begin; r < end; ++r) {
           if (r + 1 < end) {
@@ -126,7 +121,7 @@ void geglu_cpu(const Tensor& g, const Tensor& h, const Tensor& t, Tensor& out) {
         }
       });
     } else {
-      for_row_blocks(rows, F, [&](int64_t begin, int64_t end) {
+      cpu::parallel_range(rows, 16 * F, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r)
           for (int64_t j = 0; j < F; ++j) {
             const T v = ph[r * 2 * F + j], u = ph[r * 2 * F + F + j];
@@ -159,12 +154,6 @@ void geglu_cpu(const Tensor& g, const Tensor& h, const Tensor& t, Tensor& out) {
      geglu_hvp_kernel.set(DeviceType::CPU, &geglu_cpu<Which::hvp>), true);
 
 // ---- ops ----
-
-Tensor contiguous_nograd(const Tensor& x) {
-  if (x.is_contiguous()) return x;
-  NoGradGuard no_grad;
-  return x.contiguous();
-}
 
 Shape half_shape(const Shape& s) {
   Shape out = s;

@@ -197,6 +197,11 @@ Tensor clone(const Tensor& x) {
 
 Tensor contiguous(const Tensor& x) { return x.is_contiguous() ? x : clone(x); }
 
+Tensor contiguous_nograd(const Tensor& t) {
+  NoGradGuard no_grad;
+  return contiguous(t.detach());
+}
+
 Tensor to_dtype(const Tensor& x, DType dtype) {
   if (x.dtype() == dtype) return x;
   Tensor y = copy_to_new(x, dtype);

@@ -422,29 +422,35 @@ FlashTables flash_tables(const Tensor& q, const FlashAttentionLayout& layout, co
   const std::vector<int64_t>& cq = *layout.cu_q;
   const std::vector<int64_t>& ck = *layout.cu_k;
   const int64_t B = int64_t(cq.size()) - 1;
-  std::vector<int64_t> host(cq.begin(), cq.end());
-  host.insert(host.end(), ck.begin(), ck.end());
-  auto blocks = [&](const std::vector<int64_t>& cu) {
+  // Query-side and key-side CTAs: one per sample and block of kFlashBlockRows rows.
+  auto block_count = [&](const std::vector<int64_t>& cu) {
     int64_t count = 0;
     for (int64_t b = 0; b < B; ++b)
-      for (int64_t r = 0; r < cu[size_t(b) + 1] - cu[size_t(b)]; r += kFlashBlockRows, ++count) {
-        host.push_back(b);
-        host.push_back(r);
-      }
+      count += (cu[size_t(b) + 1] - cu[size_t(b)] + kFlashBlockRows - 1) / kFlashBlockRows;
     return count;
   };
   FlashTables t;
-  t.desc.num_q_blocks = blocks(cq);
-  t.desc.num_k_blocks = blocks(ck);
+  t.desc.num_q_blocks = block_count(cq);
+  t.desc.num_k_blocks = block_count(ck);
+  const int64_t table_size = 2 * (B + 1) + 2 * (t.desc.num_q_blocks + t.desc.num_k_blocks);
   // One copy per attention call: the call's other kernels reuse it (same device, same capture
-  // state; the tables depend on the offsets alone).
+  // state; the tables depend on the offsets alone). The host tables are built only for a copy.
   FlashAttentionLayout::DeviceTables* cache = layout.device_tables;
   const bool capturing = mt::is_capturing(q.device());
   if (cache != nullptr && cache->buffer.defined() && cache->buffer.device() == q.device() &&
-      cache->captured == capturing && cache->buffer.numel() == int64_t(host.size())) {
+      cache->captured == capturing && cache->buffer.numel() == table_size) {
     t.buffer = cache->buffer;
   } else {
-    t.buffer = from_indices(host, Shape{int64_t(host.size())}).to(q.device());
+    // cu_q, cu_k, then (sample, first row) of every query-side CTA, then of every key-side one.
+    std::vector<int64_t> host(cq.begin(), cq.end());
+    host.insert(host.end(), ck.begin(), ck.end());
+    for (const std::vector<int64_t>* cu : {&cq, &ck})
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t r = 0; r < (*cu)[size_t(b) + 1] - (*cu)[size_t(b)]; r += kFlashBlockRows) {
+          host.push_back(b);
+          host.push_back(r);
+        }
+    t.buffer = from_indices(host, Shape{table_size}).to(q.device());
     if (cache != nullptr) *cache = {t.buffer, capturing};
   }
   const int64_t* base = t.buffer.data_ptr<int64_t>();
