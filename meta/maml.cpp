@@ -22,11 +22,18 @@ InnerResult inner_loop(const Forecaster& f, const nn::ParamMap& init,
   nn::ParamMap current = init;
   // The support batches, each with a PocoReuse: the model computes what does not depend on the
   // test-time parameters (the head's input layer, the rotary times) once per batch instead of
-  // once per step. Not for checkpointed steps, whose regions must not keep intermediates.
+  // once per step. Checkpointed steps keep the rotary times and tables only (constants): their
+  // regions must not keep intermediates, nor read differentiable tensors they were not given.
+  const bool checkpointed = opt.checkpoint_steps && opt.create_graph;
   std::vector<models::PocoBatch> batches = support;
-  if (!(opt.checkpoint_steps && opt.create_graph))
-    for (auto& b : batches)
-      if (b.reuse == nullptr) b.reuse = std::make_shared<models::PocoReuse>();
+  for (auto& b : batches) {
+    if (checkpointed) {
+      b.reuse = std::make_shared<models::PocoReuse>();  // not the caller's: it may hold more
+      b.reuse->layout_only = true;
+    } else if (b.reuse == nullptr) {
+      b.reuse = std::make_shared<models::PocoReuse>();
+    }
+  }
   // Every parameter, in a fixed order: the inputs of a checkpointed step.
   std::vector<std::string> all;
   for (const auto& [name, t] : init) all.push_back(name);
@@ -61,7 +68,8 @@ InnerResult inner_loop(const Forecaster& f, const nn::ParamMap& init,
           [one_step, all](const TensorList& xs) {
             nn::ParamMap at;
             for (size_t i = 0; i < all.size(); ++i) at[all[i]] = xs[i];
-            return one_step(at, /*create_graph=*/true);
+            // The first pass only gives the step's values: no graph of its gradient then.
+            return one_step(at, /*create_graph=*/!autograd::checkpoint_values_only());
           },
           in);
     } else {

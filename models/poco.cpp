@@ -316,7 +316,9 @@ Tensor Poco::forward(const PocoBatch& b, const nn::ParamMap* ov, Generator* gen)
   for (int64_t n : b.sample_neurons) tokens_per_sample.push_back(n * L);
   PocoReuse* reuse = b.reuse.get();
   if (reuse != nullptr && reuse->model != this) {
+    const bool layout_only = reuse->layout_only;
     *reuse = PocoReuse();
+    reuse->layout_only = layout_only;
     reuse->model = this;
   }
   PocoReuse times_here;
@@ -393,6 +395,7 @@ std::pair<Tensor, Tensor> Poco::head_shift(const PocoBatch& b, const nn::ParamMa
   const Tensor& w_beta = head_beta_->weight(ov);
   const Tensor b_beta = head_beta_->bias(ov);
   PocoReuse* r = b.reuse.get();
+  if (r != nullptr && r->layout_only) r = nullptr;
   if (r != nullptr && r->w_shift.defined() && r->shift_grad_mode == GradMode::is_enabled() &&
       reuse_same(r->shift_w_out, w_out) && reuse_same(r->shift_w_beta, w_beta) &&
       reuse_same(r->shift_b_beta, b_beta))
@@ -414,6 +417,7 @@ Tensor Poco::head_input(const PocoBatch& b, const nn::ParamMap* ov) const {
   const Tensor& w = head_in_->weight(ov);
   const Tensor bias = head_in_->bias(ov);
   PocoReuse* r = b.reuse.get();
+  if (r != nullptr && r->layout_only) r = nullptr;
   if (r != nullptr && r->head_h.defined() && r->head_grad_mode == GradMode::is_enabled() &&
       reuse_same(r->head_x, b.x) && reuse_same(r->head_w, w) && reuse_same(r->head_b, bias))
     return r->head_h;

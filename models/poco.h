@@ -57,10 +57,13 @@ class Poco;
 // version, with the same requires_grad and grad mode (the shift: W_out, W_beta and b_beta);
 // otherwise it is recomputed and replaces the entry. A reused entry is one graph node shared by
 // every forward that reads it: their backward passes must keep the graph (create_graph or
-// retain_graph) until the last one, as the inner loops do, and a checkpointed region must not
-// use a batch with a PocoReuse (it would hold the region's intermediates alive). One PocoReuse
+// retain_graph) until the last one, as the inner loops do. A checkpointed region must not keep
+// the weight-dependent entries (they would hold the region's intermediates alive and take the
+// gradient of W_in, W_out, ... past the region's inputs): its batches carry a PocoReuse with
+// `layout_only`, which keeps the times and tables (constants) and nothing else. One PocoReuse
 // serves one model.
 struct PocoReuse {
+  bool layout_only = false;  // keep the rotary times and tables only (checkpointed regions)
   const Poco* model = nullptr;
   Tensor t_tokens, t_latents, t_queries;  // rotary times of tokens, latents, output queries
   RotaryTables r_tokens, r_latents, r_queries;  // their rotary tables (the model's dtype)

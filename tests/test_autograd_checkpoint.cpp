@@ -60,6 +60,33 @@ TEST_CASE("checkpoint keeps only its inputs in the forward", "[autograd][checkpo
   CHECK(max_abs_diff(g1[0], g2[0]) <= kSameTol);
 }
 
+TEST_CASE("checkpoint_values_only: true in the first pass only, restored after nesting",
+          "[autograd][checkpoint]") {
+  Tensor x = random_tensor(Shape{2, 3}, -1, 1, 104);
+  x.set_requires_grad(true);
+  std::vector<bool> outer_seen, inner_seen;
+  auto inner = [&](const TensorList& in) {
+    inner_seen.push_back(autograd::checkpoint_values_only());
+    return TensorList{tanh(in[0])};
+  };
+  auto outer = [&](const TensorList& in) {
+    outer_seen.push_back(autograd::checkpoint_values_only());
+    Tensor h = autograd::checkpoint(inner, {mul(in[0], in[0])})[0];
+    outer_seen.push_back(autograd::checkpoint_values_only());  // restored after the inner region
+    return TensorList{sum(h)};
+  };
+  CHECK_FALSE(autograd::checkpoint_values_only());
+  Tensor y = autograd::checkpoint(outer, {x})[0];
+  CHECK_FALSE(autograd::checkpoint_values_only());
+  REQUIRE(outer_seen == std::vector<bool>{true, true});
+  REQUIRE(inner_seen == std::vector<bool>{true});
+  autograd::grad({y}, {x});
+  // The backward recomputes the outer region (not values-only), whose inner region runs its
+  // first pass (values-only) and then its own recomputation.
+  CHECK(outer_seen == std::vector<bool>{true, true, false, false});
+  CHECK(inner_seen == std::vector<bool>{true, true, false});
+}
+
 TEST_CASE("checkpointed inner steps give the same E2E-TTT meta-gradient with less memory",
           "[meta][checkpoint]") {
   auto st = io::load_safetensors(mt::testing::golden_path("poco_tiny_v1.safetensors"));

@@ -7,6 +7,20 @@
 namespace mt::autograd {
 
 namespace {
+thread_local bool values_only = false;
+
+// Sets values_only for a scope and restores the previous value (regions may nest).
+class ValuesOnlyScope {
+ public:
+  explicit ValuesOnlyScope(bool on) : previous_(values_only) { values_only = on; }
+  ~ValuesOnlyScope() { values_only = previous_; }
+  ValuesOnlyScope(const ValuesOnlyScope&) = delete;
+  ValuesOnlyScope& operator=(const ValuesOnlyScope&) = delete;
+
+ private:
+  bool previous_;
+};
+
 // All outputs flattened into one tensor (nodes have one output), and the shapes to undo it.
 Tensor pack(const TensorList& outs, std::vector<Shape>& shapes) {
   TensorList flat;
@@ -21,6 +35,8 @@ Tensor pack(const TensorList& outs, std::vector<Shape>& shapes) {
 }
 }  // namespace
 
+bool checkpoint_values_only() { return values_only; }
+
 TensorList checkpoint(const Region& fn, const TensorList& inputs) {
   std::vector<Shape> shapes;
   Tensor packed;
@@ -34,7 +50,11 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
       if (needs_grad(t)) d.set_requires_grad(true);
       leaves.push_back(d);
     }
-    Tensor out = pack(fn(leaves), shapes);
+    Tensor out;
+    {
+      ValuesOnlyScope first_pass(true);
+      out = pack(fn(leaves), shapes);
+    }
     packed = make_view(out, out.shape(), out.strides(), out.offset());  // a fresh, detached impl
   }
   bool any = false;
@@ -55,6 +75,7 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
           std::vector<size_t> index;
           {
             GradModeGuard on(true);
+            ValuesOnlyScope recompute(false);
             for (size_t i = 0; i < n; ++i) {
               views[i] = needs_grad(saved[i]) ? saved[i].unsqueeze(0).squeeze(0) : saved[i];
               if (self.needs_input_grad(i)) {

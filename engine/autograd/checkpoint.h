@@ -18,4 +18,11 @@ using Region = std::function<TensorList(const TensorList&)>;
 // and may call grad() on its inputs (they require grad inside fn when they do outside).
 TensorList checkpoint(const Region& fn, const TensorList& inputs);
 
+// True while checkpoint() runs a region for its values only: the first pass, whose outputs are
+// detached and whose intermediates are dropped. A region that takes gradients inside (an inner
+// optimisation step) may then take them without create_graph: the values are the same and no
+// graph of the gradient is built only to be freed. False during the recomputation of the
+// backward pass and outside regions (nested regions: the innermost pass decides).
+bool checkpoint_values_only();
+
 }  // namespace mt::autograd
