@@ -200,8 +200,8 @@ int main(int argc, char** argv) {
     auto meta_step = [&](bool split, double* g_ms, double* o_ms) {
       const auto t0 = Clock::now();
       adam.zero_grad();
-      // As meta/training.cpp: per-session meta-gradients, summed, averaged, set as .grad.
-      std::map<std::string, Tensor> sum;
+      // As meta/training.cpp: per-session meta-gradients, averaged, set as .grad.
+      meta::MetaGradientMean mean;
       loss_total = Tensor();
       for (int m = 0; m < meta_batch; ++m) {
         meta::MetaGradient g = meta::e2e_ttt_gradient(*f, {support[size_t(m)]}, query[size_t(m)],
@@ -209,21 +209,15 @@ int main(int argc, char** argv) {
         NoGradGuard no_grad;
         const Tensor loss = g.meta_loss.detach().to(DType::f64);
         loss_total = loss_total.defined() ? add(loss_total, loss) : loss;
-        for (size_t k = 0; k < g.names.size(); ++k) {
-          auto it = sum.find(g.names[k]);
-          if (it == sum.end())
-            sum.emplace(g.names[k], g.grads[k].detach().clone());
-          else
-            it->second.add_(g.grads[k]);
-        }
+        mean.add(g);
       }
       {
         NoGradGuard no_grad;
-        for (auto& [name, t] : params) {
-          Tensor& s = sum.at(name);
-          s.mul_(1.0 / double(meta_batch));
-          t.set_grad(s);
-        }
+        const std::vector<std::string> names = mean.names();
+        const TensorList grads = mean.mean();
+        std::map<std::string, Tensor> by_name;
+        for (size_t k = 0; k < names.size(); ++k) by_name.emplace(names[k], grads[k]);
+        for (auto& [name, t] : params) t.set_grad(by_name.at(name));
       }
       if (split) {
         synchronize(device);

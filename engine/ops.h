@@ -229,6 +229,25 @@ TensorList flash_attention_double_backward_composite(
     const Tensor& b, const Tensor& c, const std::vector<int64_t>& cu_q,
     const std::vector<int64_t>& cu_k, double scale);
 
+// ---- multi-tensor arithmetic (engine/ops/foreach.cpp) ----
+// One call for a whole list of tensors: a device backend runs a few kernels for dozens of
+// tensors where the single-tensor ops launch one each (optimizer steps, gradient clipping and
+// averaging: a few kernels per step instead of a few per parameter). Outside autograd: no
+// operand may require grad while grad mode is on. Every tensor on one device with a float dtype;
+// entry i of each list has the shape and dtype of a[i] (entries may differ from each other).
+// Each entry is bitwise what the single-tensor op gives (noted where not).
+TensorList foreach_add(const TensorList& a, const TensorList& b);  // a[i] + b[i]
+void foreach_add_(const TensorList& a, const TensorList& b);       // a[i] += b[i] (a contiguous)
+void foreach_mul_(const TensorList& a, double factor);  // a[i].mul_(factor) (a contiguous)
+// a[i] * factor.to(a[i].dtype()), factor a 0-d f64 tensor on the operands' device (e.g. a
+// clipping coefficient computed there).
+TensorList foreach_mul(const TensorList& a, const Tensor& factor);
+// The sum over every element of every tensor of x^2, accumulated in f64: a 0-d f64 tensor on the
+// operands' device (0 on the CPU for an empty list). Equal to summing each entry's
+// sum(mul(x64, x64)) to rounding: the order of the additions is the backend's (fixed for given
+// shapes, so reproducible).
+Tensor foreach_sum_squares(const TensorList& a);
+
 // ---- losses (engine/ops/loss.cpp) ----
 Tensor mse_loss(const Tensor& prediction, const Tensor& target);  // mean of squared error
 

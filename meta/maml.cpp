@@ -2,6 +2,7 @@
 
 #include "engine/autograd/checkpoint.h"
 #include "engine/autograd/engine.h"
+#include "engine/autograd/grad_mode.h"
 
 namespace mt::meta {
 
@@ -119,6 +120,32 @@ MetaGradient e2e_ttt_gradient(Forecaster& f, const std::vector<models::PocoBatch
   for (size_t i = 0; i < params.size(); ++i)
     if (!m.grads[i].defined()) m.grads[i] = zeros_like(params[i]);
   return m;
+}
+
+void MetaGradientMean::add(const MetaGradient& g) {
+  NoGradGuard no_grad;
+  TensorList grads;
+  for (const Tensor& t : g.grads) grads.push_back(t.detach());
+  if (count_ == 0) {
+    names_ = g.names;
+    sum_ = grads;  // not written to: they may be shared between parameters, or held elsewhere
+  } else {
+    MT_CHECK(g.names == names_,
+             "meta-gradient mean: the sessions' meta-gradients name different parameters");
+    if (count_ == 1)
+      sum_ = foreach_add(sum_, grads);  // fresh tensors, summed into from here on
+    else
+      foreach_add_(sum_, grads);
+  }
+  ++count_;
+}
+
+TensorList MetaGradientMean::mean() {
+  MT_CHECK(count_ > 0, "meta-gradient mean: no meta-gradient was added");
+  NoGradGuard no_grad;
+  if (count_ > 1) foreach_mul_(sum_, 1.0 / double(count_));
+  count_ = 0;
+  return std::move(sum_);
 }
 
 MetaGradient fomaml_gradient(Forecaster& f, const std::vector<models::PocoBatch>& support,

@@ -45,6 +45,24 @@ MetaGradient e2e_ttt_gradient(Forecaster& f, const std::vector<models::PocoBatch
                               const models::PocoBatch& query, InnerLoopOptions opt,
                               bool include_inner_losses = true);
 
+// The mean of the meta-gradients of a meta-batch (one per session), by parameter: summed with
+// multi-tensor kernels (engine/ops/foreach.cpp: a few launches per session on CUDA instead of
+// a few per parameter), bitwise the one-by-one clone, add_ and mul_ of each gradient.
+class MetaGradientMean {
+ public:
+  void add(const MetaGradient& g);  // every MetaGradient of a meta-batch has the same names
+  int64_t count() const { return count_; }
+  const std::vector<std::string>& names() const { return names_; }
+  // The means, in names() order (after at least one add; a meta-batch of one gives its
+  // gradients themselves, else fresh tensors).
+  TensorList mean();
+
+ private:
+  std::vector<std::string> names_;
+  TensorList sum_;
+  int64_t count_ = 0;
+};
+
 // FOMAML: inner gradients without create_graph; the query gradient at the adapted parameters is
 // the meta-gradient of the initial ones (test-time parameters take the gradient w.r.t. their fast
 // value; the others their plain query gradient).

@@ -144,7 +144,7 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
   // One outer step of FOMAML / E2E-TTT: gradients averaged over meta_batch sessions, left in
   // the parameters' .grad for the optimizer. Returns the mean meta-loss.
   auto meta_step = [&]() {
-    std::map<std::string, Tensor> sum;
+    MetaGradientMean mean;
     double loss_total = 0;
     std::uniform_int_distribution<size_t> pick_session(0, meta_sessions.size() - 1);
     InnerLoopOptions inner;
@@ -159,22 +159,16 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
                            : e2e_ttt_gradient(f, {support}, query, inner,
                                               opt.meta.include_inner_losses);
       loss_total += g.meta_loss.item<double>();
-      NoGradGuard no_grad;
-      for (size_t i = 0; i < g.names.size(); ++i) {
-        auto it = sum.find(g.names[i]);
-        if (it == sum.end()) {
-          sum.emplace(g.names[i], g.grads[i].detach().clone());
-        } else {
-          it->second.add_(g.grads[i]);
-        }
-      }
+      mean.add(g);
     }
+    const std::vector<std::string> names = mean.names();
+    const TensorList grads = mean.mean();
+    std::map<std::string, Tensor> by_name;
+    for (size_t i = 0; i < names.size(); ++i) by_name.emplace(names[i], grads[i]);
     NoGradGuard no_grad;
     for (auto& [name, t] : params) {
-      auto it = sum.find(name);
-      if (it == sum.end()) continue;
-      it->second.mul_(1.0 / double(opt.meta.meta_batch));
-      t.set_grad(it->second);
+      auto it = by_name.find(name);
+      if (it != by_name.end()) t.set_grad(it->second);
     }
     return loss_total / double(opt.meta.meta_batch);
   };

@@ -51,6 +51,23 @@ using LayerNormDoubleBackwardKernel = void(const Tensor& x, const Tensor& weight
                                            Tensor& gw, Tensor& gg);
 extern DispatchStub<LayerNormDoubleBackwardKernel> layer_norm_double_backward_kernel;
 
+// Multi-tensor arithmetic (engine/ops/foreach.cpp): lists of equal length, entry i of each with
+// a[i]'s shape and dtype, every tensor contiguous and on one device; out[i] may be a[i].
+//   foreach_add:   out[i] = a[i] + b[i]
+//   foreach_scale: out[i] = T(double(a[i]) * factor)              (Tensor::mul_'s arithmetic)
+//   foreach_mul:   out[i] = a[i] * T(device_factor) in a[i]'s     (mul's, by a converted 0-d
+//                  accumulation type                                 f64 tensor on the device)
+//   foreach_sum_squares: out (0-d f64) = sum of x^2 over every element, in f64
+using ForeachAddKernel = void(const TensorList& a, const TensorList& b, const TensorList& out);
+using ForeachScaleKernel = void(const TensorList& a, double factor, const TensorList& out);
+using ForeachMulKernel = void(const TensorList& a, const Tensor& device_factor,
+                              const TensorList& out);
+using ForeachSumSquaresKernel = void(const TensorList& a, Tensor& out);
+extern DispatchStub<ForeachAddKernel> foreach_add_kernel;
+extern DispatchStub<ForeachScaleKernel> foreach_scale_kernel;
+extern DispatchStub<ForeachMulKernel> foreach_mul_kernel;
+extern DispatchStub<ForeachSumSquaresKernel> foreach_sum_squares_kernel;
+
 // GEGLU and its derivatives (engine/ops/geglu.cpp): every operand contiguous; h and t
 // (rows, 2F), g (rows, F) (undefined where the op has none), out (rows, F) for geglu and
 // geglu_jvp, (rows, 2F) for geglu_backward and geglu_hvp.

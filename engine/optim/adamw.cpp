@@ -1,7 +1,9 @@
 // AdamW: the optimizer (state, validation, dispatch) and its CPU kernel.
 #include "engine/optim/adamw.h"
 
+#include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -15,6 +17,7 @@ namespace mt::optim {
 // ---- CPU kernel ----
 DispatchStub<AdamWKernel> adamw_kernel("adamw");
 DispatchStub<AdamWDeviceStepKernel> adamw_device_step_kernel("adamw");
+DispatchStub<AdamWForeachKernel> adamw_foreach_kernel("adamw_foreach");
 
 namespace {
 
@@ -53,9 +56,21 @@ void adamw_device_step_cpu(Tensor& param, const Tensor& grad, Tensor& exp_avg,
   adamw_cpu(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, count, h);
 }
 
+// The list, one parameter after the other: the reference of every backend's multi-tensor update.
+void adamw_foreach_cpu(std::vector<AdamWEntry>& entries, const AdamWHyper& h) {
+  for (AdamWEntry& e : entries) {
+    if (e.device_step.defined())
+      adamw_device_step_cpu(e.param, e.grad, e.exp_avg, e.exp_avg_sq, e.max_exp_avg_sq,
+                            e.device_step, h);
+    else
+      adamw_cpu(e.param, e.grad, e.exp_avg, e.exp_avg_sq, e.max_exp_avg_sq, e.step, h);
+  }
+}
+
 [[maybe_unused]] const bool adamw_registered =
     (adamw_kernel.set(DeviceType::CPU, &adamw_cpu),
-     adamw_device_step_kernel.set(DeviceType::CPU, &adamw_device_step_cpu), true);
+     adamw_device_step_kernel.set(DeviceType::CPU, &adamw_device_step_cpu),
+     adamw_foreach_kernel.set(DeviceType::CPU, &adamw_foreach_cpu), true);
 
 }  // namespace
 
@@ -94,7 +109,8 @@ std::map<std::string, std::string> AdamW::hyperparameters() const {
           {"weight_decay", fmt::format("{}", o.weight_decay)},
           {"amsgrad", o.amsgrad ? "true" : "false"},
           {"maximize", o.maximize ? "true" : "false"},
-          {"capturable", o.capturable ? "true" : "false"}};
+          {"capturable", o.capturable ? "true" : "false"},
+          {"foreach", o.foreach ? "true" : "false"}};
 }
 
 void AdamW::step() {
@@ -102,13 +118,23 @@ void AdamW::step() {
   const AdamWOptions& o = options_;
   const AdamWHyper hyper{o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.amsgrad, o.maximize};
   Tensor none;
+  // foreach: the parameters of each device in one call (a few kernels on CUDA), in order.
+  std::vector<std::pair<Device, std::vector<AdamWEntry>>> lists;
   for (size_t i = 0; i < params().size(); ++i) {
     const Tensor g = gradient(i);
     if (!g.defined()) continue;
     if (state(i).empty()) init_state(i);
     std::vector<Tensor>& s = state(i);
     Tensor p = params()[i].second;
-    if (s[0].device() != kCPU) {  // capturable: the count lives on the parameter's device
+    const bool device_count = s[0].device() != kCPU;  // capturable: the count on the device
+    if (o.foreach) {
+      AdamWEntry e{p, g, s[1], s[2], o.amsgrad ? s[3] : none, device_count ? s[0] : none, 0};
+      if (!device_count) e.step = ++s[0].data_ptr<int64_t>()[0];
+      auto it = std::find_if(lists.begin(), lists.end(),
+                             [&](const auto& l) { return l.first == p.device(); });
+      if (it == lists.end()) it = lists.insert(lists.end(), {p.device(), {}});
+      it->second.push_back(std::move(e));
+    } else if (device_count) {
       adamw_device_step_kernel(p.device(), p, g, s[1], s[2], o.amsgrad ? s[3] : none, s[0],
                                hyper);
     } else {
@@ -117,6 +143,11 @@ void AdamW::step() {
       adamw_kernel(p.device(), p, g, s[1], s[2], o.amsgrad ? s[3] : none, count, hyper);
     }
     p.storage().bump_version();
+  }
+  for (auto& [device, entries] : lists) {
+    adamw_foreach_kernel(device, entries, hyper);
+    for (AdamWEntry& e : entries)
+      if (e.device_step.defined()) e.device_step.storage().bump_version();
   }
 }
 

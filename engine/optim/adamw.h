@@ -21,6 +21,10 @@ struct AdamWOptions {
   // CudaGraph) is right at every replay. The same updates otherwise; the lr and the other
   // options are still read at capture time. On the CPU it changes nothing.
   bool capturable = false;
+  // Update the parameters of each device with one multi-tensor call (torch's foreach=True): on
+  // CUDA a few kernels for the whole list instead of one (two when capturable) per parameter.
+  // The same arithmetic, bitwise; off: one kernel call per parameter.
+  bool foreach = true;
 };
 
 class AdamW final : public Optimizer {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "engine/core/dispatch.h"
 #include "engine/core/tensor.h"
@@ -34,6 +35,19 @@ using AdamWDeviceStepKernel = void(Tensor& param, const Tensor& grad, Tensor& ex
                                    Tensor& exp_avg_sq, Tensor& max_exp_avg_sq, Tensor& step,
                                    const AdamWHyper& hyper);
 extern DispatchStub<AdamWDeviceStepKernel> adamw_device_step_kernel;
+
+// AdamW over a list of parameters on one device (AdamWOptions::foreach): each entry exactly as
+// adamw_kernel (host count `step`, including this update) or, where `device_step` is defined,
+// adamw_device_step_kernel (its count on the device, incremented) updates it; a device backend
+// does it in a few launches for the whole list. Tensors as for adamw_kernel, dtypes may differ
+// between entries.
+struct AdamWEntry {
+  Tensor param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq;
+  Tensor device_step;  // 0-d i64 on the parameter's device, or undefined
+  int64_t step = 0;    // the host count including this update, when device_step is undefined
+};
+using AdamWForeachKernel = void(std::vector<AdamWEntry>& entries, const AdamWHyper& hyper);
+extern DispatchStub<AdamWForeachKernel> adamw_foreach_kernel;
 
 struct SgdHyper {
   double lr, momentum, dampening, weight_decay;

@@ -145,29 +145,24 @@ void Optimizer::load_state_dict(const NamedParams& state) {
 
 Tensor clip_grad_norm_on_device(const TensorList& params, double max_norm) {
   NoGradGuard no_grad;
-  TensorList squares;  // (1) each, f64: the gradient's sum of squares
+  TensorList grads;
   std::vector<Tensor> with_grad;
   for (const Tensor& p : params) {
     Tensor g = p.grad();
     if (!g.defined()) continue;
-    const Tensor g64 = g.dtype() == DType::f64 ? g : g.to(DType::f64);
-    squares.push_back(sum(mul(g64, g64)).reshape(Shape{1}));
+    grads.push_back(g);
     with_grad.push_back(p);
   }
-  if (squares.empty()) return scalar_tensor(0.0, DType::f64);
-  // The norm of the per-gradient norms (torch's definition) is the root of the summed squares:
-  // no root and square per gradient (the host path's rounding differs by ~1e-16 relative).
-  const Tensor total = sqrt(sum(cat(squares, 0)));  // 0-d f64
+  if (grads.empty()) return scalar_tensor(0.0, DType::f64);
+  // The norm of the per-gradient norms (torch's definition) is the root of the summed squares,
+  // summed over every gradient in one multi-tensor pass (engine/ops/foreach.cpp; the host path's
+  // rounding differs by ~1e-16 relative).
+  const Tensor total = sqrt(foreach_sum_squares(grads));  // 0-d f64
   // torch multiplies by clamp(coef, max=1); a factor of exactly 1 changes nothing.
   const Tensor coef = clamp(div(scalar_like(total, max_norm), add(total, 1e-6)), std::nullopt, 1.0);
-  std::map<DType, Tensor> coef_as;  // the factor in each gradient dtype, converted once
-  coef_as[DType::f64] = coef;
-  for (Tensor& p : with_grad) {
-    const Tensor g = p.grad();
-    Tensor& c = coef_as[g.dtype()];
-    if (!c.defined()) c = coef.to(g.dtype());
-    p.set_grad(mul(g, c));
-  }
+  // New gradients (a gradient may be a broadcast view, or shared): each g * coef.to(g.dtype()).
+  TensorList scaled = foreach_mul(grads, coef);
+  for (size_t i = 0; i < with_grad.size(); ++i) with_grad[i].set_grad(scaled[i]);
   return total;
 }
 

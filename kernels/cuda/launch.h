@@ -7,6 +7,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
+
+#include "kernels/cuda/foreach_plan.h"
 
 namespace mt::gpu {
 
@@ -207,6 +210,51 @@ struct SgdScalars {
 // momentum_buffer: nullptr when momentum is 0.
 void sgd(ScalarType t, int64_t n, void* param, const void* grad, void* momentum_buffer,
          const SgdScalars& s, cudaStream_t stream, int sm_count);
+// AdamW over a list of parameters of one storage type (AdamWOptions::foreach): each element as
+// adamw() computes it. Per parameter: its tensors (max_exp_avg_sq only with amsgrad) and either
+// its step-dependent scalars (computed on the host from its count, step = nullptr) or its count
+// on the device (capturable: the update takes the scalars from count + 1, in double, and one
+// more kernel then adds one to every count of the list: the same values as adamw()'s
+// increment-then-update). `s` holds the step-independent scalars (and lr, beta1).
+struct AdamWForeachEntry {
+  int64_t n;
+  void *param;
+  const void* grad;
+  void *exp_avg, *exp_avg_sq, *max_exp_avg_sq;
+  int64_t* step;
+  double neg_step_size, bias_correction2_sqrt;
+};
+void adamw_foreach(ScalarType t, const std::vector<AdamWForeachEntry>& e, const AdamWScalars& s,
+                   cudaStream_t stream);
+
+// ---- multi-tensor kernels (foreach.cu) ----
+// Lists of contiguous tensors of one storage type: each kernel launch covers up to
+// kForeachMaxTensors tensors in chunks of kForeachChunk elements (one CTA per chunk, at most
+// kForeachMaxBlocks chunks), the table of tensors and chunks passed by value (no copy to the
+// device, nothing to keep alive: a captured launch keeps its table). Longer lists take several
+// launches. Each element is computed as the single-tensor kernel computes it (noted per kernel).
+struct ForeachEntry {
+  int64_t n;        // elements
+  void* out;        // may equal a (in place)
+  const void* a;
+  const void* b;    // foreach_add only
+};
+// out = a + b, in the accumulation type (binary.cu's AddF).
+void foreach_add(ScalarType t, const std::vector<ForeachEntry>& e, cudaStream_t stream);
+// out = T(double(a) * factor) (unary.cu's ScaleF: Tensor::mul_).
+void foreach_scale(ScalarType t, const std::vector<ForeachEntry>& e, double factor,
+                   cudaStream_t stream);
+// out = a * c in the accumulation type, c = *factor (f64 on the device) converted to T as copy.cu
+// converts (binary.cu's MulF after factor.to(dtype)).
+void foreach_mul(ScalarType t, const std::vector<ForeachEntry>& e, const double* factor,
+                 cudaStream_t stream);
+// The chunks the entries make: the length of the partials buffer foreach_sum_squares fills.
+int64_t foreach_chunks(const std::vector<ForeachEntry>& e);
+// partials[k] = sum of double(x)^2 over chunk k of the entries (in entry order), then, with
+// foreach_sum_partials, out = the partials summed in order by one CTA: reproducible.
+void foreach_sum_squares(ScalarType t, const std::vector<ForeachEntry>& e, double* partials,
+                         cudaStream_t stream);
+void foreach_sum_partials(const double* partials, int64_t count, double* out, cudaStream_t stream);
 
 // ---- fused variable-length attention (flash_attention.cu; kernels/cuda/flash_attention.md) ----
 // q, o, dO, a, dq, gq, gdO: (Nq, heads, dh) contiguous; k, v, b, c, dk, dv, gk, gv: (Nk, heads,

@@ -512,6 +512,56 @@ void flash_attention_double_backward_cuda(const Tensor& q, const Tensor& k, cons
   if (mma) note_cuda_flash_mma_double_backward();
 }
 
+// ---- multi-tensor arithmetic: entries grouped by dtype, each group a few launches ----
+namespace {
+// The entries of `a` (and `b`, `out`) by storage type, in list order.
+std::vector<std::pair<ScalarType, std::vector<ForeachEntry>>> foreach_groups(
+    const TensorList& a, const TensorList* b, const TensorList* out, const char* op) {
+  std::vector<std::pair<ScalarType, std::vector<ForeachEntry>>> groups;
+  for (size_t i = 0; i < a.size(); ++i) {
+    check_float(a[i], op);
+    const ScalarType t = scalar_type(a[i].dtype());
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == t; });
+    if (it == groups.end()) it = groups.insert(groups.end(), {t, {}});
+    it->second.push_back(ForeachEntry{a[i].numel(), out ? (*out)[i].raw_data() : nullptr,
+                                      a[i].raw_data(), b ? (*b)[i].raw_data() : nullptr});
+  }
+  return groups;
+}
+}  // namespace
+
+void foreach_add_cuda(const TensorList& a, const TensorList& b, const TensorList& out) {
+  Launch l(a[0].device());
+  for (const auto& [t, e] : foreach_groups(a, &b, &out, "foreach_add")) foreach_add(t, e, l.stream);
+}
+
+void foreach_scale_cuda(const TensorList& a, double factor, const TensorList& out) {
+  Launch l(a[0].device());
+  for (const auto& [t, e] : foreach_groups(a, nullptr, &out, "foreach_mul_"))
+    foreach_scale(t, e, factor, l.stream);
+}
+
+void foreach_mul_cuda(const TensorList& a, const Tensor& factor, const TensorList& out) {
+  Launch l(a[0].device());
+  for (const auto& [t, e] : foreach_groups(a, nullptr, &out, "foreach_mul"))
+    foreach_mul(t, e, factor.data_ptr<double>(), l.stream);
+}
+
+void foreach_sum_squares_cuda(const TensorList& a, Tensor& out) {
+  Launch l(a[0].device());
+  const auto groups = foreach_groups(a, nullptr, nullptr, "foreach_sum_squares");
+  int64_t chunks = 0;
+  for (const auto& [t, e] : groups) chunks += foreach_chunks(e);
+  // One partial per chunk (a zero-element list has none: the sum is then 0).
+  Tensor partials = empty(Shape{std::max<int64_t>(chunks, 1)}, DType::f64, out.device());
+  double* p = partials.data_ptr<double>();
+  for (const auto& [t, e] : groups) {
+    foreach_sum_squares(t, e, p, l.stream);
+    p += foreach_chunks(e);
+  }
+  foreach_sum_partials(partials.data_ptr<double>(), chunks, out.data_ptr<double>(), l.stream);
+}
+
 // ---- optimizers: the scalars exactly as engine/optim's CPU kernels compute them ----
 AdamWScalars adamw_scalars(int64_t step, const optim::AdamWHyper& h) {
   AdamWScalars s;
@@ -557,6 +607,41 @@ void adamw_device_step_cuda(Tensor& param, const Tensor& grad, Tensor& exp_avg,
         exp_avg.raw_data(), exp_avg_sq.raw_data(), h.amsgrad ? max_exp_avg_sq.raw_data() : nullptr,
         s, l.stream, l.sms);
   step.storage().bump_version();
+}
+
+void adamw_foreach_cuda(std::vector<optim::AdamWEntry>& entries, const optim::AdamWHyper& h) {
+  AdamWScalars s = adamw_scalars(1, h);  // the step-independent scalars; lr, beta1 for counts
+  s.lr = h.lr;
+  s.beta1 = h.beta1;
+  std::vector<std::pair<ScalarType, std::vector<AdamWForeachEntry>>> groups;
+  for (optim::AdamWEntry& e : entries) {
+    check_float(e.param, "adamw");
+    AdamWForeachEntry x{};
+    x.n = e.param.numel();
+    x.param = e.param.raw_data();
+    x.grad = e.grad.raw_data();
+    x.exp_avg = e.exp_avg.raw_data();
+    x.exp_avg_sq = e.exp_avg_sq.raw_data();
+    x.max_exp_avg_sq = h.amsgrad ? e.max_exp_avg_sq.raw_data() : nullptr;
+    if (e.device_step.defined()) {
+      MT_CHECK(e.device_step.dtype() == DType::i64 && e.device_step.numel() == 1 &&
+                   e.device_step.device() == e.param.device(),
+               "adamw (capturable): the step count must be a 0-d i64 tensor on {}, got {}",
+               e.param.device().str(), e.device_step.str());
+      x.step = e.device_step.data_ptr<int64_t>();
+    } else {
+      const AdamWScalars own = adamw_scalars(e.step, h);
+      x.neg_step_size = own.neg_step_size;
+      x.bias_correction2_sqrt = own.bias_correction2_sqrt;
+    }
+    const ScalarType t = scalar_type(e.param.dtype());
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == t; });
+    if (it == groups.end()) it = groups.insert(groups.end(), {t, {}});
+    it->second.push_back(x);
+  }
+  if (entries.empty()) return;
+  Launch l(entries[0].param.device());
+  for (const auto& [t, e] : groups) adamw_foreach(t, e, s, l.stream);
 }
 
 SgdScalars sgd_scalars(bool first, const optim::SgdHyper& h) {
@@ -792,6 +877,11 @@ void register_kernels() {
   flash_attention_double_backward_kernel.set(kCuda, &flash_attention_double_backward_cuda);
   optim::adamw_kernel.set(kCuda, &adamw_cuda);
   optim::adamw_device_step_kernel.set(kCuda, &adamw_device_step_cuda);
+  optim::adamw_foreach_kernel.set(kCuda, &adamw_foreach_cuda);
+  foreach_add_kernel.set(kCuda, &foreach_add_cuda);
+  foreach_scale_kernel.set(kCuda, &foreach_scale_cuda);
+  foreach_mul_kernel.set(kCuda, &foreach_mul_cuda);
+  foreach_sum_squares_kernel.set(kCuda, &foreach_sum_squares_cuda);
   optim::sgd_kernel.set(kCuda, &sgd_cuda);
   optim::sparse_sgd_rows_kernel.set(kCuda, &sparse_sgd_rows_cuda);
   optim::sparse_adamw_rows_kernel.set(kCuda, &sparse_adamw_rows_cuda);

@@ -5,6 +5,7 @@
 // stored tensor once.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/elementwise.cuh"  // m_sqrt
+#include "kernels/cuda/foreach.cuh"
 
 namespace mt::gpu {
 namespace {
@@ -16,36 +17,95 @@ __device__ __forceinline__ A maximum(A a, A b) {
   return a < b ? b : a;
 }
 
+// One element's update, the CPU's AdamWElementStep (engine/optim/adamw_math.h) in the
+// accumulation type A: p, m, v (and vmax with amsgrad) read and written at index i.
+template <class T, class A>
+__device__ __forceinline__ void adamw_element(int64_t i, T* p, const T* g, T* m, T* v, T* vmax,
+                                              const AdamWScalars& s, A decay_factor, A w,
+                                              A beta2, A one_minus_beta2, A eps, A neg_step_size,
+                                              A bias_correction2_sqrt) {
+  const A gi = s.maximize ? -load_acc(g[i]) : load_acc(g[i]);
+  A pi = load_acc(p[i]);
+  if (s.decay) pi = pi * decay_factor;
+  A mi = load_acc(m[i]);
+  mi = s.small_w ? mi + w * (gi - mi) : gi - (gi - mi) * (A(1) - w);
+  const A vi = load_acc(v[i]) * beta2 + one_minus_beta2 * gi * gi;
+  A vn = vi;
+  if (s.amsgrad) {
+    vn = maximum(load_acc(vmax[i]), vi);
+    vmax[i] = store_acc<T>(vn);
+  }
+  const A denom = m_sqrt(vn) / bias_correction2_sqrt + eps;
+  p[i] = store_acc<T>(pi + neg_step_size * mi / denom);
+  m[i] = store_acc<T>(mi);
+  v[i] = store_acc<T>(vi);
+}
+
+// The step-dependent scalars from a count on the device: the host's formulas (ops.cpp
+// adamw_scalars), in double.
+__device__ __forceinline__ void adamw_step_scalars(const AdamWScalars& s, double t,
+                                                   double& neg_step_size,
+                                                   double& bias_correction2_sqrt) {
+  neg_step_size = -(s.lr / (1 - pow(s.beta1, t)));
+  bias_correction2_sqrt = pow(1 - pow(s.beta2, t), 0.5);
+}
+
 template <class T>
 __global__ void __launch_bounds__(kBlock)
     adamw_kernel(int64_t n, T* p, const T* g, T* m, T* v, T* vmax, AdamWScalars s) {
   using A = acc_t<T>;
+  double neg_step_size = s.neg_step_size, bias_correction2_sqrt = s.bias_correction2_sqrt;
+  if (s.device_step != nullptr)
+    adamw_step_scalars(s, double(*s.device_step), neg_step_size, bias_correction2_sqrt);
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    adamw_element<T, A>(i, p, g, m, v, vmax, s, A(s.decay_factor), A(s.w), A(s.beta2),
+                        A(s.one_minus_beta2), A(s.eps), A(neg_step_size),
+                        A(bias_correction2_sqrt));
+}
+
+// AdamW over a list (adamw_foreach): one CTA per chunk of a parameter (foreach.cuh).
+constexpr int kAdamWMaxTensors = 32, kAdamWMaxBlocks = 256;
+struct AdamWTable {
+  int64_t n[kAdamWMaxTensors];
+  void* p[5][kAdamWMaxTensors];  // param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq
+  int64_t* step[kAdamWMaxTensors];
+  double neg_step_size[kAdamWMaxTensors], bias_correction2_sqrt[kAdamWMaxTensors];
+  ForeachBlocks<kAdamWMaxBlocks> blocks;
+};
+static_assert(sizeof(AdamWTable) + sizeof(AdamWScalars) <= 4096,
+              "kernel arguments are limited to 4 KiB");
+
+template <class T>
+__global__ void __launch_bounds__(kForeachThreads) adamw_foreach_kernel(AdamWTable t,
+                                                                       AdamWScalars s) {
+  using A = acc_t<T>;
+  int64_t begin, end;
+  const int k = foreach_block(t.blocks, t.n, begin, end);
+  double neg_step_size = t.neg_step_size[k], bias_correction2_sqrt = t.bias_correction2_sqrt[k];
+  // The count is incremented after the whole list (adamw_foreach): this update's count is + 1.
+  if (t.step[k] != nullptr)
+    adamw_step_scalars(s, double(*t.step[k] + 1), neg_step_size, bias_correction2_sqrt);
+  T* p = static_cast<T*>(t.p[0][k]);
+  const T* g = static_cast<const T*>(t.p[1][k]);
+  T* m = static_cast<T*>(t.p[2][k]);
+  T* v = static_cast<T*>(t.p[3][k]);
+  T* vmax = static_cast<T*>(t.p[4][k]);
   const A decay_factor = A(s.decay_factor), w = A(s.w), beta2 = A(s.beta2);
   const A one_minus_beta2 = A(s.one_minus_beta2), eps = A(s.eps);
-  A neg_step_size = A(s.neg_step_size), bias_correction2_sqrt = A(s.bias_correction2_sqrt);
-  if (s.device_step != nullptr) {  // the host's formulas (ops.cpp adamw_scalars), in double
-    const double t = double(*s.device_step);
-    neg_step_size = A(-(s.lr / (1 - pow(s.beta1, t))));
-    bias_correction2_sqrt = A(pow(1 - pow(s.beta2, t), 0.5));
-  }
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const A gi = s.maximize ? -load_acc(g[i]) : load_acc(g[i]);
-    A pi = load_acc(p[i]);
-    if (s.decay) pi = pi * decay_factor;
-    A mi = load_acc(m[i]);
-    mi = s.small_w ? mi + w * (gi - mi) : gi - (gi - mi) * (A(1) - w);
-    const A vi = load_acc(v[i]) * beta2 + one_minus_beta2 * gi * gi;
-    A vn = vi;
-    if (s.amsgrad) {
-      vn = maximum(load_acc(vmax[i]), vi);
-      vmax[i] = store_acc<T>(vn);
-    }
-    const A denom = m_sqrt(vn) / bias_correction2_sqrt + eps;
-    p[i] = store_acc<T>(pi + neg_step_size * mi / denom);
-    m[i] = store_acc<T>(mi);
-    v[i] = store_acc<T>(vi);
-  }
+  for (int64_t i = begin + threadIdx.x; i < end; i += kForeachThreads)
+    adamw_element<T, A>(i, p, g, m, v, vmax, s, decay_factor, w, beta2, one_minus_beta2, eps,
+                        A(neg_step_size), A(bias_correction2_sqrt));
+}
+
+// Adds one to every count of the list (after its updates).
+constexpr int kMaxCounts = 256;
+struct Counts {
+  int64_t* step[kMaxCounts];
+  int n;
+};
+__global__ void increment_steps_kernel(Counts c) {
+  if (int(threadIdx.x) < c.n) *c.step[threadIdx.x] += 1;
 }
 
 __global__ void increment_step_kernel(int64_t* step) { *step += 1; }
@@ -88,6 +148,47 @@ void adamw(ScalarType t, int64_t n, void* param, const void* grad, void* exp_avg
         static_cast<T*>(exp_avg_sq), static_cast<T*>(max_exp_avg_sq), s);
     MT_CUDA_CHECK(cudaGetLastError());
   });
+}
+
+void adamw_foreach(ScalarType st, const std::vector<AdamWForeachEntry>& e, const AdamWScalars& s,
+                   cudaStream_t stream) {
+  std::vector<int64_t> n;
+  for (const AdamWForeachEntry& x : e) n.push_back(x.n);
+  dispatch_float_storage(st, [&]<class T>() {
+    for (const ForeachLaunch& l : plan_foreach(n, kAdamWMaxTensors, kAdamWMaxBlocks)) {
+      AdamWTable t{};
+      for (size_t k = 0; k < l.entries.size(); ++k) {
+        const AdamWForeachEntry& x = e[size_t(l.entries[k])];
+        t.n[k] = x.n;
+        t.p[0][k] = x.param;
+        t.p[1][k] = const_cast<void*>(x.grad);
+        t.p[2][k] = x.exp_avg;
+        t.p[3][k] = x.exp_avg_sq;
+        t.p[4][k] = x.max_exp_avg_sq;
+        t.step[k] = x.step;
+        t.neg_step_size[k] = x.neg_step_size;
+        t.bias_correction2_sqrt[k] = x.bias_correction2_sqrt;
+      }
+      fill_blocks(l, t.blocks);
+      adamw_foreach_kernel<T><<<unsigned(l.blocks.size()), kForeachThreads, 0, stream>>>(t, s);
+      MT_CUDA_CHECK(cudaGetLastError());
+    }
+  });
+  // Every count of the list, empty parameters included (as adamw() counts them), once.
+  Counts c{};
+  for (const AdamWForeachEntry& x : e) {
+    if (x.step == nullptr) continue;
+    c.step[c.n++] = x.step;
+    if (c.n == kMaxCounts) {
+      increment_steps_kernel<<<1, kMaxCounts, 0, stream>>>(c);
+      MT_CUDA_CHECK(cudaGetLastError());
+      c.n = 0;
+    }
+  }
+  if (c.n > 0) {
+    increment_steps_kernel<<<1, kMaxCounts, 0, stream>>>(c);
+    MT_CUDA_CHECK(cudaGetLastError());
+  }
 }
 
 void sgd(ScalarType t, int64_t n, void* param, const void* grad, void* momentum_buffer,
