@@ -6,6 +6,7 @@
 // warning, when no CUDA device is present; the last case checks CudaGraph's errors without one.
 #include <catch2/catch.hpp>
 
+#include "engine/autograd/engine.h"
 #include "engine/autograd/grad_mode.h"
 #include "engine/core/backend.h"
 #include "engine/core/generator.h"
@@ -228,6 +229,58 @@ TEST_CASE("CudaGraph: capturable AdamW replayed equals host-counted AdamW", "[cu
                 "capturable AdamW, replay " + std::to_string(i + 1));
   }
   CHECK(capturable.state_dict()[0].second.item<int64_t>() == 5);  // 1 eager + 4 replays
+}
+
+TEST_CASE("CudaGraph: a cached constant the graph reads outlives the constants cache",
+          "[cuda][graph]") {
+  MT_SKIP_WITHOUT_CUDA();
+  const Device d = gpu0();
+  Tensor x = full(Shape{3}, 2.0, DType::f32, d);
+  Tensor warm = mul(x, 0.5);  // 0.5 on d is cached eagerly: the capture reads that tensor
+  synchronize(d);
+  Tensor y;
+  CudaGraph g;
+  g.capture(d, [&] { y = mul(x, 0.5); });
+  // More distinct constants than the cache holds (it is cleared), then many small tensors
+  // that would take the freed blocks.
+  for (int i = 0; i < 5000; ++i) Tensor junk = mul(x, 1000.0 + i);
+  std::vector<Tensor> small;
+  for (int i = 0; i < 3000; ++i) small.push_back(full(Shape{}, 7.0, DType::f32, d));
+  g.replay();
+  check_equal(y, full(Shape{3}, 1.0, DType::f64), "replay after the cache was cleared");
+}
+
+TEST_CASE("CudaGraph: forward and backward of one attention call captured as two graphs",
+          "[cuda][graph]") {
+  MT_SKIP_WITHOUT_CUDA();
+  // The fused attention copies its block tables to the device once per call and reuses them in
+  // the call's backward: a second capture must make its own copy (the first graph's is written
+  // only by that graph's replays). Three samples of unequal lengths.
+  const Device d = gpu0();
+  const std::vector<int64_t> cu_q{0, 5, 5, 23}, cu_k{0, 7, 8, 40};
+  const Tensor q = random_tensor(Shape{23, 2, 32}, -1, 1, 11).to(DType::f32).to(d);
+  const Tensor k = random_tensor(Shape{40, 2, 32}, -1, 1, 12).to(DType::f32).to(d);
+  const Tensor v = random_tensor(Shape{40, 2, 32}, -1, 1, 13).to(DType::f32).to(d);
+  const Tensor w = random_tensor(Shape{23, 2, 32}, -1, 1, 14).to(DType::f32).to(d);
+  auto forward = [&](const Tensor& qq) { return flash_attention(qq, k, v, cu_q, cu_k, 0.17); };
+  Tensor q_eager = q.detach().set_requires_grad(true);
+  const Tensor dq_eager = autograd::grad({sum(mul(forward(q_eager), w))}, {q_eager})[0];
+  // Graph A: the forward (its autograd graph kept); graph B: the backward through it.
+  Tensor q_graph = q.detach().set_requires_grad(true);
+  Tensor loss, dq;
+  CudaGraph a, b;
+  {  // warm-up, eagerly, as the pattern asks
+    Tensor l = sum(mul(forward(q_graph), w));
+    (void)autograd::grad({l}, {q_graph});
+  }
+  synchronize(d);
+  a.capture(d, [&] { loss = sum(mul(forward(q_graph), w)); });
+  b.capture(d, [&] { dq = autograd::grad({loss}, {q_graph}, {}, /*retain_graph=*/true)[0]; });
+  for (int i = 0; i < 2; ++i) {
+    a.replay();
+    b.replay();
+    check_close(dq, dq_eager, Tolerance{1e-6, 1e-5}, "dq from the two graphs");
+  }
 }
 
 TEST_CASE("CudaGraph: errors without a capture or a device", "[graph]") {

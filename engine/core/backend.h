@@ -11,6 +11,8 @@
 
 namespace mt {
 
+class Tensor;
+
 bool built_with_cuda();
 int cuda_device_count();
 inline bool cuda_is_available() { return cuda_device_count() > 0; }
@@ -33,6 +35,10 @@ void synchronize(Device device);
 // a capture: the capture records kernels without running them, so such a tensor holds nothing
 // until the graph is replayed.
 bool is_capturing(Device device);
+// Inside a capture on t's device: keeps t alive until the graph of that capture is destroyed, for
+// a cached eager tensor (a constant) the captured kernels read, which the cache may drop later.
+// Otherwise nothing.
+void keep_alive_while_captured(const Tensor& t);
 
 // A CUDA graph of the work one host function queues on a device's compute stream, replayed as
 // one launch. The pattern (as for torch.cuda.graphs): run the function eagerly first (the

@@ -180,7 +180,10 @@ CachingAllocator::Block* CachingAllocator::new_segment(DeviceState& d, int devic
   const size_t seg =
       is_small ? kSmallSegment : (size + kLargeRound - 1) / kLargeRound * kLargeRound;
   void* p = source_.allocate_segment(seg, device);
-  if (p == nullptr) {  // give the cache back and try once more
+  // Give the cache back and try once more; not during a graph capture, where freeing memory
+  // would wait for the device and invalidate the capture (the message says what to do).
+  const bool capturing = pool.capture_id != 0;
+  if (p == nullptr && !capturing) {
     release_unused_segments(d, device, d.pool);
     p = source_.allocate_segment(seg, device);
   }
@@ -189,10 +192,13 @@ CachingAllocator::Block* CachingAllocator::new_segment(DeviceState& d, int devic
     MT_FAIL("{} out of memory on device {}: could not allocate {} bytes ({:.1f} MiB; a segment of "
             "{} bytes); {:.1f} MiB allocated by tensors (peak {:.1f} MiB), {:.1f} MiB reserved "
             "(peak {:.1f} MiB){}{}. Reduce the batch or model size, or free tensors and call "
-            "empty_cache()",
+            "empty_cache(){}",
             source_.name(), device, requested, mib(int64_t(requested)), seg, mib(d.allocated),
             mib(d.peak_allocated), mib(d.reserved), mib(d.peak_reserved),
-            info.empty() ? "" : "; ", info);
+            info.empty() ? "" : "; ", info,
+            capturing ? ". This happened during a CUDA-graph capture, which cannot return cached "
+                        "memory: call empty_cache() before capturing"
+                      : "");
   }
   d.reserved += int64_t(seg);
   d.peak_reserved = std::max(d.peak_reserved, d.reserved);

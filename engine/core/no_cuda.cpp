@@ -14,6 +14,7 @@ void synchronize(Device device) {
            device.str());
 }
 bool is_capturing(Device) { return false; }
+void keep_alive_while_captured(const Tensor&) {}
 
 struct CudaGraph::Impl {};
 CudaGraph::CudaGraph() = default;

@@ -120,6 +120,8 @@ void enable(bool on) { detail::enabled.store(on, std::memory_order_relaxed); }
 
 bool enable_device_trace(bool on, std::string* why) {
   if (!on) {
+    // What the device ran up to now is still credited (and not left for a later trace).
+    collect_device_work(table());
     detail::device_tracing.store(false, std::memory_order_relaxed);
     device_trace::stop();
     return true;

@@ -95,8 +95,11 @@ Tensor scalar_like(const Tensor& t, double value) {
   std::lock_guard<std::mutex> lock(mutex);
   auto it = cache->find(key);
   if (it != cache->end() && it->second.constant.storage().version() == it->second.version &&
-      !it->second.constant.requires_grad())
+      !it->second.constant.requires_grad()) {
+    // A capture reading it holds it until its graph is destroyed: the cache may drop it sooner.
+    keep_alive_while_captured(it->second.constant);
     return it->second.constant;
+  }
   // Made during a CUDA-graph capture, a constant holds its value only once the graph has run:
   // it serves that capture alone and is not kept.
   if (is_capturing(t.device())) return scalar_tensor(value, t.dtype(), t.device());

@@ -108,11 +108,12 @@ struct FlashAttentionLayout {
   // Optional: where a device backend keeps its copy of tables built from the offsets for the
   // other kernels of the same attention call (forward, backward, double backward), so they are
   // copied to the device once per call, not once per kernel. Owned by the op's shared offsets;
-  // `captured` records whether the copy was made inside a CUDA-graph capture (a copy is reused
-  // only in the same state: a graph must not read eager memory, nor eager code a graph's).
+  // `capture_id` records the CUDA-graph capture the copy was made in (0: none); a copy is reused
+  // only in the same one (a graph must not read eager memory, nor eager code or another graph
+  // a graph's, which only that graph's replays fill).
   struct DeviceTables {
     Tensor buffer;
-    bool captured = false;
+    unsigned long long capture_id = 0;
   };
   DeviceTables* device_tables = nullptr;
 };

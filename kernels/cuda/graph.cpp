@@ -4,9 +4,15 @@
 // copies; both are released after the graph is destroyed.
 #include <cuda_runtime.h>
 
+#include <map>
+#include <mutex>
+#include <utility>
+#include <vector>
+
 #include "engine/core/backend.h"
 #include "engine/core/error.h"
 #include "engine/core/profiler.h"
+#include "engine/core/tensor.h"
 #include "kernels/cuda/allocator.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/staging.h"
@@ -16,6 +22,21 @@ namespace mt {
 
 bool is_capturing(Device device) {
   return device.is_cuda() && gpu::current_capture_id(device.index) != 0;
+}
+
+namespace {
+// Tensors made outside a capture that its graph reads, by (device, capture id): held until the
+// graph is destroyed.
+std::mutex kept_mutex;
+std::map<std::pair<int, unsigned long long>, std::vector<Tensor>> kept;
+}  // namespace
+
+void keep_alive_while_captured(const Tensor& t) {
+  if (!t.defined() || !t.device().is_cuda()) return;
+  const unsigned long long id = gpu::current_capture_id(t.device().index);
+  if (id == 0) return;
+  std::lock_guard<std::mutex> lock(kept_mutex);
+  kept[{t.device().index, id}].push_back(t);
 }
 
 struct CudaGraph::Impl {
@@ -31,6 +52,16 @@ struct CudaGraph::Impl {
       (void)cudaGraphExecDestroy(exec);
     }
     if (capture_id != 0) {
+      std::vector<Tensor> held;  // freed outside the lock
+      {
+        std::lock_guard<std::mutex> lock(kept_mutex);
+        auto it = kept.find({device.index, capture_id});
+        if (it != kept.end()) {
+          held = std::move(it->second);
+          kept.erase(it);
+        }
+      }
+      held.clear();
       gpu::release_graph_pool(device.index, capture_id);
       gpu::release_capture_copies(device.index, capture_id);
     }

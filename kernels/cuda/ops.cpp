@@ -436,9 +436,9 @@ FlashTables flash_tables(const Tensor& q, const FlashAttentionLayout& layout, co
   // One copy per attention call: the call's other kernels reuse it (same device, same capture
   // state; the tables depend on the offsets alone). The host tables are built only for a copy.
   FlashAttentionLayout::DeviceTables* cache = layout.device_tables;
-  const bool capturing = mt::is_capturing(q.device());
+  const unsigned long long capture = current_capture_id(q.device().index);
   if (cache != nullptr && cache->buffer.defined() && cache->buffer.device() == q.device() &&
-      cache->captured == capturing && cache->buffer.numel() == table_size) {
+      cache->capture_id == capture && cache->buffer.numel() == table_size) {
     t.buffer = cache->buffer;
   } else {
     // cu_q, cu_k, then (sample, first row) of every query-side CTA, then of every key-side one.
@@ -451,7 +451,7 @@ FlashTables flash_tables(const Tensor& q, const FlashAttentionLayout& layout, co
           host.push_back(r);
         }
     t.buffer = from_indices(host, Shape{table_size}).to(q.device());
-    if (cache != nullptr) *cache = {t.buffer, capturing};
+    if (cache != nullptr) *cache = {t.buffer, capture};
   }
   const int64_t* base = t.buffer.data_ptr<int64_t>();
   t.desc.num_queries = q.size(0);
