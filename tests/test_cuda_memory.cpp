@@ -193,6 +193,10 @@ TEST_CASE("CudaGraph: a host read or synchronize() inside the capture is an erro
   CHECK_THROWS_WITH(g.capture(d, [&] { synchronize(d); }),
                     Catch::Contains("synchronize(cuda:0) while its stream is being captured"));
   CHECK_FALSE(is_capturing(d));
+  Generator gen(1);
+  CHECK_THROWS_WITH(g.capture(d, [&] { (void)normal(Shape{4}, 0, 1, gen, DType::f32, d); }),
+                    Catch::Contains("every replay would repeat the numbers"));
+  CHECK_FALSE(is_capturing(d));
   CHECK_THROWS_WITH(g.replay(), Catch::Contains("nothing was captured"));
   // The stream works after the abandoned captures.
   check_equal(add(x, 3.0), full(Shape{4}, 4.0, DType::f64), "after the abandoned captures");

@@ -52,9 +52,9 @@ void keep_alive_while_captured(const Tensor& t);
 //
 // During the capture: tensors come from a private memory pool that stays reserved until the
 // graph is destroyed (replays write the same addresses); host-to-device copies read host buffers
-// the graph owns (replays copy the values of capture time); reading a device value on the host
-// and synchronize() are errors (the capture is abandoned, the stream left usable, and the error
-// names the cause). Host-side logic runs only at capture time: a replay repeats the kernels with
+// the graph owns (replays copy the values of capture time); reading a device value on the host,
+// synchronize() and random draws (dropout: a replay would repeat the capture's numbers) are
+// errors (the capture is abandoned, the stream left usable, and the error names the cause). Host-side logic runs only at capture time: a replay repeats the kernels with
 // the shapes, scalars and branches of that one run (an optimizer whose scalars change per step
 // must keep them on the device, e.g. AdamWOptions::capturable).
 class CudaGraph {

@@ -381,6 +381,13 @@ void embedding_backward_cuda(const Tensor& rows, const Tensor& indices, Tensor& 
 void random_cuda(Tensor& out, Distribution dist, double a, double b, uint64_t seed,
                  uint64_t first_block) {
   check_float(out, "random");
+  // The seed and offset are kernel arguments fixed at capture: every replay would draw the same
+  // numbers (the same dropout mask each step), silently. Refused instead.
+  MT_CHECK(current_capture_id(out.device().index) == 0,
+           "random draws on {} while its stream is being captured into a CUDA graph: every "
+           "replay would repeat the numbers of the capture (the same dropout mask each step); "
+           "capture a step without dropout or random draws, or run it eagerly",
+           out.device().str());
   const RandomDist d = dist == Distribution::normal    ? RandomDist::normal
                        : dist == Distribution::uniform ? RandomDist::uniform
                                                        : RandomDist::bernoulli;
