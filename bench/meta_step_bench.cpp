@@ -97,7 +97,8 @@ int main(int argc, char** argv) {
   int threads = 2, meta_batch = 2, batch = 32, neurons = 128, sessions = 8, inner_steps = 3,
       warmup = 1, repeats = 5;
   double inner_lr = 1e-3, meta_lr = 1e-4, weight_decay = 1e-4, clip = 1.0;
-  bool checkpoint = false, tf32 = false, serve = false, graph = false, profile = false;
+  bool checkpoint = false, tf32 = false, serve = false, graph = false, profile = false,
+       graph_memory = false;
   app.add_option("--config", config, "poco-paper or poco-seed");
   app.add_option("--threads", threads, "OpenMP threads (default 2)");
   app.add_option("--meta-batch", meta_batch, "sessions per meta-step (default 2)");
@@ -119,6 +120,11 @@ int main(int argc, char** argv) {
                "device time per engine kernel and per CUDA kernel and how busy the device was "
                "(CUPTI); printed after the results and written to the JSON as 'profile'. The "
                "trace costs host time per launch: time steps without it");
+  app.add_flag("--graph-memory", graph_memory,
+               "in the first meta-step (a warm-up step when there is one), list what the first "
+               "session's graph holds just before its outer backward: saved bytes by node and "
+               "the largest saved tensors (autograd::graph_memory); printed and written to the "
+               "JSON as 'graph_memory'");
   app.add_option("--warmup", warmup, "untimed meta-steps (default 1)");
   app.add_option("--repeats", repeats, "timed meta-steps (default 5)");
   app.add_option("--device", device_name, "cpu or cuda (= cuda:0) (default cpu)")
@@ -197,6 +203,8 @@ int main(int argc, char** argv) {
     Tensor loss_total;  // 0-d f64 on the device: summed over the sessions, read after the step
     // One meta-step. `split` synchronises between the meta-gradients and clip+AdamW (eager
     // timing); a captured step has no synchronisation (g_ms, o_ms stay 0).
+    autograd::GraphMemory graph_held;  // --graph-memory: filled by the first meta-step
+    bool measure_graph = graph_memory;
     auto meta_step = [&](bool split, double* g_ms, double* o_ms) {
       const auto t0 = Clock::now();
       adam.zero_grad();
@@ -204,8 +212,9 @@ int main(int argc, char** argv) {
       meta::MetaGradientMean mean;
       loss_total = Tensor();
       for (int m = 0; m < meta_batch; ++m) {
-        meta::MetaGradient g = meta::e2e_ttt_gradient(*f, {support[size_t(m)]}, query[size_t(m)],
-                                                      inner, /*include_inner_losses=*/true);
+        meta::MetaGradient g = meta::e2e_ttt_gradient(
+            *f, {support[size_t(m)]}, query[size_t(m)], inner, /*include_inner_losses=*/true,
+            m == 0 && measure_graph ? &graph_held : nullptr);
         NoGradGuard no_grad;
         const Tensor loss = g.meta_loss.detach().to(DType::f64);
         loss_total = loss_total.defined() ? add(loss_total, loss) : loss;
@@ -281,6 +290,7 @@ int main(int argc, char** argv) {
         step_graph.replay();
       } else {
         meta_step(true, &g_ms, &o_ms);
+        measure_graph = false;  // the first step only
       }
       synchronize(device);
       const double step_ms = ms_since(t0);
@@ -314,6 +324,18 @@ int main(int argc, char** argv) {
     std::printf("  meta-gradients %.1f ms, clip+AdamW %.1f ms (medians); peak %.1f MiB; "
                 "last meta-loss %.6f\n",
                 median(grad_ms), median(opt_ms), double(peak_bytes) / (1 << 20), loss_value);
+    nlohmann::json graph_memory_json;
+    if (graph_memory) {
+      std::printf("%s", graph_held.table().c_str());
+      nlohmann::json rows = nlohmann::json::array(), largest = nlohmann::json::array();
+      for (const autograd::GraphMemoryRow& r : graph_held.rows)
+        rows.push_back({{"node", r.node}, {"nodes", r.nodes}, {"tensors", r.tensors},
+                        {"bytes", r.bytes}});
+      for (const auto& l : graph_held.largest)
+        largest.push_back({{"node", l.node}, {"shape", l.shape}, {"bytes", l.bytes}});
+      graph_memory_json = {{"nodes", graph_held.nodes}, {"tensors", graph_held.tensors},
+                           {"bytes", graph_held.bytes}, {"by_node", rows}, {"largest", largest}};
+    }
     nlohmann::json profile_json;
     if (profile) {
       profiler::enable(false);
@@ -381,6 +403,7 @@ int main(int argc, char** argv) {
                           {"profiled", profile},
                           {"commit", METATAPE_GIT_COMMIT}};
       if (profile) j["profile"] = profile_json;
+      if (graph_memory) j["graph_memory"] = graph_memory_json;
       bench::write_atomically(json_path, j.dump(2) + "\n");
     }
   } catch (const std::exception& e) {

@@ -100,7 +100,7 @@ nn::ParamMap current_params(Forecaster& f, std::vector<std::string>& names, Tens
 
 MetaGradient e2e_ttt_gradient(Forecaster& f, const std::vector<models::PocoBatch>& support,
                               const models::PocoBatch& query, InnerLoopOptions opt,
-                              bool include_inner_losses) {
+                              bool include_inner_losses, autograd::GraphMemory* graph_memory) {
   opt.create_graph = true;
   MetaGradient m;
   TensorList params;
@@ -116,6 +116,7 @@ MetaGradient e2e_ttt_gradient(Forecaster& f, const std::vector<models::PocoBatch
       inner_sum = add(inner_sum, inner.inner_losses[i]);
     m.meta_loss = add(m.meta_loss, div(inner_sum, double(inner.inner_losses.size())));
   }
+  if (graph_memory != nullptr) *graph_memory = autograd::graph_memory({m.meta_loss});
   m.grads = autograd::grad({m.meta_loss}, params, {}, std::nullopt, false, /*allow_unused=*/true);
   for (size_t i = 0; i < params.size(); ++i)
     if (!m.grads[i].defined()) m.grads[i] = zeros_like(params[i]);

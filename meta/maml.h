@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/autograd/engine.h"
 #include "meta/forecaster.h"
 
 namespace mt::meta {
@@ -41,9 +42,12 @@ struct MetaGradient {
 
 // Second-order E2E-TTT: create_graph through every inner step; meta-loss = query loss +
 // (include_inner_losses ? mean of the inner losses : 0); gradients w.r.t. every parameter.
+// graph_memory, when given, receives what the graph holds just before the outer backward (its
+// peak: autograd::graph_memory).
 MetaGradient e2e_ttt_gradient(Forecaster& f, const std::vector<models::PocoBatch>& support,
                               const models::PocoBatch& query, InnerLoopOptions opt,
-                              bool include_inner_losses = true);
+                              bool include_inner_losses = true,
+                              autograd::GraphMemory* graph_memory = nullptr);
 
 // The mean of the meta-gradients of a meta-batch (one per session), by parameter: summed with
 // multi-tensor kernels (engine/ops/foreach.cpp: a few launches per session on CUDA instead of

@@ -271,3 +271,22 @@ TEST_CASE("gradient accumulation: n incoming gradients are summed in arrival ord
                         {random_tensor(Shape{3}, -1, 1, 97), random_tensor(Shape{3}, -1, 1, 98)},
                         kGradGradTol) > 0);
 }
+
+TEST_CASE("graph_memory: the storages a graph saved, each once, by node", "[autograd][memory]") {
+  Tensor x = random_tensor(Shape{1000}, -1, 1, 31);  // f64: 8,000 bytes
+  x.set_requires_grad(true);
+  Tensor y = exp(x);               // saves its output y
+  Tensor z = sum(mul(y, x));       // mul saves y (again) and x
+  const autograd::GraphMemory m = autograd::graph_memory({z});
+  CHECK(m.bytes == 16000);         // y and x, once each
+  CHECK(m.tensors == 2);
+  REQUIRE(!m.rows.empty());
+  CHECK(m.rows[0].node == "mul");  // the newest node that saves them is credited
+  CHECK(m.rows[0].bytes == 16000);
+  REQUIRE(m.largest.size() == 2);
+  CHECK(m.largest[0].shape == "(1000,)");
+  CHECK(m.table().find("mul") != std::string::npos);
+  // A backward that frees the graph leaves nothing saved.
+  (void)autograd::grad({z}, {x});
+  CHECK(autograd::graph_memory({z}).bytes == 0);
+}

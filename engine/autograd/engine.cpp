@@ -2,7 +2,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
 #include <unordered_map>
+#include <unordered_set>
+
+#include <fmt/format.h>
 
 #include "engine/autograd/node.h"
 #include "engine/ops.h"
@@ -321,6 +325,64 @@ void backward(const TensorList& outputs, const TensorList& grad_outputs,
   GradModeGuard mode(create_graph);
   GraphTask task(retain_graph.value_or(create_graph), /*accumulate=*/true);
   task.run(roots, root_grads, {}, nullptr);
+}
+
+GraphMemory graph_memory(const TensorList& roots) {
+  GraphMemory m;
+  std::unordered_set<const Node*> seen;
+  std::unordered_set<const Storage*> counted;
+  std::map<std::string, GraphMemoryRow> by_name;
+  std::vector<const Node*> stack;
+  for (const Tensor& r : roots)
+    if (r.defined() && r.impl()->grad_fn) stack.push_back(r.impl()->grad_fn.get());
+  while (!stack.empty()) {
+    const Node* n = stack.back();
+    stack.pop_back();
+    if (!seen.insert(n).second) continue;
+    GraphMemoryRow& row = by_name[n->name()];
+    row.node = n->name();
+    ++row.nodes;
+    ++m.nodes;
+    for (size_t i = 0; i < n->num_saved(); ++i) {
+      const Storage* s = n->saved_storage(i);
+      if (s == nullptr || !counted.insert(s).second) continue;
+      ++row.tensors;
+      row.bytes += int64_t(s->nbytes());
+      m.largest.push_back({n->name(), n->saved_shape(i).str(), int64_t(s->nbytes())});
+    }
+    for (size_t i = 0; i < n->num_inputs(); ++i)
+      if (const Node* c = n->edge(i).fn.get(); c != nullptr && !seen.count(c)) stack.push_back(c);
+  }
+  for (auto& [name, row] : by_name) {
+    m.tensors += row.tensors;
+    m.bytes += row.bytes;
+    m.rows.push_back(row);
+  }
+  std::sort(m.largest.begin(), m.largest.end(),
+            [](const auto& a, const auto& b) { return a.bytes > b.bytes; });
+  if (m.largest.size() > 20) m.largest.resize(20);
+  std::sort(m.rows.begin(), m.rows.end(), [](const GraphMemoryRow& a, const GraphMemoryRow& b) {
+    return a.bytes != b.bytes ? a.bytes > b.bytes : a.node < b.node;
+  });
+  return m;
+}
+
+std::string GraphMemory::table(size_t max_rows) const {
+  std::string out = fmt::format("graph memory: {} nodes, {} saved storages, {:.1f} MiB\n", nodes,
+                                tensors, double(bytes) / (1 << 20));
+  out += fmt::format("  {:<32} {:>7} {:>8} {:>10} {:>6}\n", "node", "nodes", "tensors", "MiB",
+                     "share");
+  for (size_t i = 0; i < rows.size() && i < max_rows; ++i) {
+    const GraphMemoryRow& r = rows[i];
+    out += fmt::format("  {:<32} {:>7} {:>8} {:>10.1f} {:>5.1f}%\n", r.node, r.nodes, r.tensors,
+                       double(r.bytes) / (1 << 20),
+                       bytes > 0 ? 100.0 * double(r.bytes) / double(bytes) : 0.0);
+  }
+  if (rows.size() > max_rows) out += fmt::format("  ... {} more\n", rows.size() - max_rows);
+  out += "  largest saved storages:\n";
+  for (const Largest& l : largest)
+    out += fmt::format("    {:>8.1f} MiB  {:<28} {}\n", double(l.bytes) / (1 << 20), l.node, l.shape);
+  return out;
 }
 
 }  // namespace mt::autograd

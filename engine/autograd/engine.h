@@ -3,6 +3,8 @@
 #pragma once
 
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "engine/core/tensor.h"
 
@@ -19,6 +21,29 @@ namespace mt::autograd {
 TensorList grad(const TensorList& outputs, const TensorList& inputs,
                 const TensorList& grad_outputs = {}, std::optional<bool> retain_graph = std::nullopt,
                 bool create_graph = false, bool allow_unused = false);
+
+// What the graph behind `roots` keeps for its backward pass: the storages its nodes saved, each
+// counted once and credited to the first node that saves it (walking from the roots, newest
+// first), summed by node name. The memory a create_graph meta-gradient holds before its outer
+// backward is mostly this; `table()` lists it, largest first.
+struct GraphMemoryRow {
+  std::string node;
+  int64_t nodes = 0;    // nodes of that name
+  int64_t tensors = 0;  // distinct storages credited to them
+  int64_t bytes = 0;
+};
+struct GraphMemory {
+  int64_t nodes = 0, tensors = 0, bytes = 0;
+  std::vector<GraphMemoryRow> rows;  // by bytes, largest first
+  // The largest storages: (node that saves it, the saved tensor's shape, bytes), largest first.
+  struct Largest {
+    std::string node, shape;
+    int64_t bytes = 0;
+  };
+  std::vector<Largest> largest;
+  std::string table(size_t max_rows = 25) const;
+};
+GraphMemory graph_memory(const TensorList& roots);
 
 // Accumulates gradients into the .grad of every leaf reached from `outputs`.
 void backward(const TensorList& outputs, const TensorList& grad_outputs = {},

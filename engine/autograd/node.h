@@ -41,6 +41,9 @@ class SavedTensor {
   SavedTensor(const Tensor& t, bool is_output);
   Tensor unpack(const Node& owner, size_t index) const;
   bool defined() const { return input_ != nullptr || storage_ != nullptr; }
+  // The storage it keeps alive (null when undefined).
+  const Storage* storage() const { return input_ ? input_->storage.get() : storage_.get(); }
+  Shape shape() const { return input_ ? input_->shape : shape_; }
 
  private:
   std::shared_ptr<TensorImpl> input_;  // is_output == false
@@ -85,6 +88,10 @@ class Node : public std::enable_shared_from_this<Node> {
   void save_output(const Tensor& t) { saved_.push_back(SavedTensor(t, true)); }
   // The i-th saved tensor; throws if it was freed by an earlier backward or modified in place.
   Tensor saved(size_t i) const;
+
+  size_t num_saved() const { return saved_.size(); }
+  const Storage* saved_storage(size_t i) const { return saved_[i].storage(); }
+  Shape saved_shape(size_t i) const { return saved_[i].shape(); }
 
   bool released() const { return released_; }
   void release_saved() {
