@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
   double inner_lr = 1e-3, meta_lr = 1e-4, weight_decay = 1e-4, clip = 1.0;
   bool checkpoint = false, tf32 = false, serve = false, graph = false, profile = false,
        graph_memory = false;
+  std::string saved_recompute = "cuda";
   app.add_option("--config", config, "poco-paper or poco-seed");
   app.add_option("--threads", threads, "OpenMP threads (default 2)");
   app.add_option("--meta-batch", meta_batch, "sessions per meta-step (default 2)");
@@ -125,6 +126,12 @@ int main(int argc, char** argv) {
                "session's graph holds just before its outer backward: saved bytes by node and "
                "the largest saved tensors (autograd::graph_memory); printed and written to the "
                "JSON as 'graph_memory'");
+  app.add_option("--saved-recompute", saved_recompute,
+                 "outputs of cheaply recomputable ops (mul, geglu, layer_norm) saved for the "
+                 "backward pass: recomputed when read (less memory, a few elementwise passes "
+                 "more) 'always', 'never', or on CUDA only ('cuda', the default; "
+                 "autograd::SavedRecompute)")
+      ->check(CLI::IsMember({"cuda", "always", "never"}));
   app.add_option("--warmup", warmup, "untimed meta-steps (default 1)");
   app.add_option("--repeats", repeats, "timed meta-steps (default 5)");
   app.add_option("--device", device_name, "cpu or cuda (= cuda:0) (default cpu)")
@@ -154,6 +161,9 @@ int main(int argc, char** argv) {
              built_with_cuda() ? "no CUDA device is visible on this machine"
                                : "this build has no CUDA backend (configure with METATAPE_CUDA=ON)");
     set_cuda_matmul_allow_tf32(tf32);
+    SavedRecompute::set_policy(saved_recompute == "always"  ? SavedRecomputePolicy::always
+                               : saved_recompute == "never" ? SavedRecomputePolicy::never
+                                                            : SavedRecomputePolicy::cuda_only);
     const std::string device_description =
         on_cuda ? cuda_device_description(device.index) : cpu_model();
     meta::ModelSpec spec;
@@ -380,6 +390,7 @@ int main(int argc, char** argv) {
                           {"inner_params", inner.params},
                           {"checkpoint_steps", checkpoint},
                           {"cuda_graph", graph},
+                          {"saved_recompute", saved_recompute},
                           {"meta_lr", meta_lr},
                           {"weight_decay", weight_decay},
                           {"clip", clip},

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "engine/core/profiler.h"
+#include "engine/autograd/grad_mode.h"
 #include "support/kernel_calls.h"
 #include "support/gradcheck.h"
 
@@ -289,4 +290,100 @@ TEST_CASE("graph_memory: the storages a graph saved, each once, by node", "[auto
   // A backward that frees the graph leaves nothing saved.
   (void)autograd::grad({z}, {x});
   CHECK(autograd::graph_memory({z}).bytes == 0);
+}
+
+namespace {
+// Sets the saved-tensor recomputation policy for a scope.
+struct RecomputePolicy {
+  explicit RecomputePolicy(SavedRecomputePolicy p) : previous(SavedRecompute::policy()) {
+    SavedRecompute::set_policy(p);
+  }
+  ~RecomputePolicy() { SavedRecompute::set_policy(previous); }
+  SavedRecomputePolicy previous;
+};
+
+// A small network through every recomputable op (layer_norm, geglu, mul) whose outputs the next
+// op saves, and layer_norm_input_grad / geglu_backward in its gradient graph.
+Tensor recompute_net(const TensorList& in) {
+  const Tensor& x = in[0];  // (4, 6)
+  Tensor xn = layer_norm(x, 1, in[1], in[2], 1e-5);
+  Tensor a = geglu(linear(xn, in[3]));  // (4, 6)
+  Tensor m = mul(a, tanh(x));
+  return sum(mul(linear(m, in[4]), linear(m, in[4])));
+}
+
+TensorList recompute_inputs() {
+  return {random_tensor(Shape{4, 6}, -1, 1, 41), random_tensor(Shape{6}, 0.5, 1.5, 42),
+          random_tensor(Shape{6}, -1, 1, 43),    random_tensor(Shape{12, 6}, -1, 1, 44),
+          random_tensor(Shape{3, 6}, -1, 1, 45)};
+}
+}  // namespace
+
+TEST_CASE("saved-tensor recomputation: the same gradients of every order, less saved",
+          "[autograd][memory]") {
+  const TensorList inputs = recompute_inputs();
+  TensorList leaves;
+  for (const Tensor& t : inputs) leaves.push_back(t.detach().set_requires_grad(true));
+  auto run = [&](SavedRecomputePolicy p, int64_t* saved_bytes) {
+    RecomputePolicy policy(p);
+    Tensor y = recompute_net(leaves);
+    *saved_bytes = autograd::graph_memory({y}).bytes;
+    TensorList g = autograd::grad({y}, leaves, {}, std::nullopt, /*create_graph=*/true);
+    Tensor gsum = sum(mul(g[0], g[0]));
+    for (size_t i = 1; i < g.size(); ++i) gsum = add(gsum, sum(mul(g[i], g[i])));
+    TensorList gg = autograd::grad({gsum}, leaves);
+    g.insert(g.end(), gg.begin(), gg.end());
+    return g;
+  };
+  int64_t kept = 0, recomputed = 0;
+  const TensorList a = run(SavedRecomputePolicy::never, &kept);
+  const TensorList b = run(SavedRecomputePolicy::always, &recomputed);
+  REQUIRE(a.size() == b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    INFO("gradient " << i);
+    CHECK(max_abs_diff(a[i], b[i]) == 0);  // the same kernels on the same values
+  }
+  // xn and geglu's output a are not kept; m is (its mul saves a as a link: one level only).
+  CHECK(kept - recomputed == (4 * 6 + 4 * 6) * 8);
+  // The CPU default keeps them.
+  int64_t by_default = 0;
+  (void)run(SavedRecompute::policy(), &by_default);
+  CHECK(by_default == kept);
+  // Finite differences, first and second order, through the recomputing graph.
+  RecomputePolicy policy(SavedRecomputePolicy::always);
+  CHECK(check_gradients("recompute", [](const TensorList& in) { return recompute_net(in); },
+                        inputs) > 0);
+  CHECK(check_second_order("recompute", [](const TensorList& in) { return recompute_net(in); },
+                           inputs) > 0);
+}
+
+TEST_CASE("saved-tensor recomputation: uses the live tensor, recomputes once per pass, one level",
+          "[autograd][memory]") {
+  RecomputePolicy policy(SavedRecomputePolicy::always);
+  Tensor h = random_tensor(Shape{5, 8}, -1, 1, 51).set_requires_grad(true);
+  Tensor w = random_tensor(Shape{3, 4}, -1, 1, 52).set_requires_grad(true);
+  SECTION("a live output is read, not recomputed; a freed one once for all its savers") {
+    Tensor a = geglu(h);
+    Tensor y = sum(add(linear(a, w), linear(a, w)));  // two nodes save a
+    CHECK(kernel_calls("geglu", [&] { (void)autograd::grad({y}, {w}, {}, true); }) == 0);
+    a = Tensor();  // now only the links remain
+    CHECK(kernel_calls("geglu", [&] { (void)autograd::grad({y}, {w}); }) == 1);
+  }
+  SECTION("an in-place write to a live saved output is still caught") {
+    Tensor a = geglu(h);
+    Tensor y = sum(linear(a, w));
+    {
+      NoGradGuard no_grad;
+      a.mul_(2.0);
+    }
+    CHECK_THROWS_WITH(autograd::grad({y}, {w}), Catch::Contains("modified in place"));
+  }
+  SECTION("a node saving a recomputed tensor does not offer its own output") {
+    Tensor m1 = mul(h, h);
+    Tensor m2 = mul(m1, h);   // saves m1 as a link: m2 is not recomputable
+    Tensor m3 = mul(m2, h);   // so m2 is kept
+    Tensor y = sum(m3);
+    const int64_t bytes = autograd::graph_memory({y}).bytes;
+    CHECK(bytes == 2 * 5 * 8 * 8);  // h and m2
+  }
 }

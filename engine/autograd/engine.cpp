@@ -22,6 +22,18 @@ Node::Node() : sequence_nr_(g_next_sequence_nr.fetch_add(1, std::memory_order_re
 SavedTensor::SavedTensor(const Tensor& t, bool is_output) {
   if (!t.defined()) return;
   saved_version_ = t.storage().version();
+  TensorImpl* in = t.impl();
+  if (!is_output && in->grad_fn != nullptr && in->grad_fn->can_recompute() &&
+      SavedRecompute::applies_on_cuda(t.device().is_cuda())) {
+    // The whole output of a node that can give it again (views have nodes of their own).
+    producer_ = in->grad_fn;
+    weak_storage_ = in->storage;
+    shape_ = in->shape;
+    strides_ = in->strides;
+    offset_ = in->offset;
+    dtype_ = in->dtype;
+    return;
+  }
   if (!is_output) {
     input_ = t.impl_ptr();
     return;
@@ -37,6 +49,34 @@ SavedTensor::SavedTensor(const Tensor& t, bool is_output) {
 
 Tensor SavedTensor::unpack(const Node& owner, size_t index) const {
   if (!defined()) return Tensor();  // an optional input that was not given
+  if (producer_ != nullptr) {
+    auto impl = std::make_shared<TensorImpl>();
+    if (std::shared_ptr<Storage> alive = weak_storage_.lock()) {
+      MT_CHECK(alive->version() == saved_version_,
+               "{}: tensor #{} saved for the backward pass was modified in place after it was "
+               "saved (storage version {} now, {} when saved); clone() it before the in-place "
+               "write, or write after the backward pass",
+               owner.name(), index, alive->version(), saved_version_);
+      impl->storage = std::move(alive);
+      impl->shape = shape_;
+      impl->strides = strides_;
+      impl->offset = offset_;
+    } else {
+      Tensor again = producer_->recompute_output();
+      MT_CHECK(again.defined() && again.shape() == shape_ && again.dtype() == dtype_,
+               "{}: recomputing saved tensor #{} with {} gave {} (internal error)", owner.name(),
+               index, producer_->name(), again.defined() ? again.str() : std::string("nothing"));
+      TensorImpl* a = again.impl();
+      impl->storage = a->storage;
+      impl->shape = a->shape;
+      impl->strides = a->strides;
+      impl->offset = a->offset;
+    }
+    impl->dtype = dtype_;
+    impl->grad_fn = producer_;
+    impl->requires_grad = true;
+    return Tensor(std::move(impl));
+  }
   const Storage& storage = input_ ? *input_->storage : *storage_;
   MT_CHECK(storage.version() == saved_version_,
            "{}: tensor #{} saved for the backward pass was modified in place after it was saved "
@@ -53,6 +93,16 @@ Tensor SavedTensor::unpack(const Node& owner, size_t index) const {
   impl->grad_fn = grad_fn_.lock();
   impl->requires_grad = impl->grad_fn != nullptr;
   return Tensor(std::move(impl));
+}
+
+Tensor Node::recompute_output() const {
+  MT_CHECK(recompute_ != nullptr, "{}: this node cannot recompute its output (internal error)",
+           name());
+  if (!recomputed_.defined()) {
+    NoGradGuard no_grad;
+    recomputed_ = recompute_(*this);
+  }
+  return recomputed_;
 }
 
 Tensor Node::saved(size_t i) const {
@@ -185,6 +235,8 @@ class GraphTask {
       Node* node = ready.back();
       ready.pop_back();
       NodeTask& task = tasks_[node];
+      // Every node that saves this one's output ran before it: a recomputed output is done with.
+      node->drop_recomputed();
       Tensor g = task.sum();
       if (auto it = capture_index.find(node); it != capture_index.end()) {
         (*captured)[it->second] = g;

@@ -32,4 +32,25 @@ class NoGradGuard : public GradModeGuard {
   NoGradGuard() : GradModeGuard(false) {}
 };
 
+// Whether a node saving the output of a cheaply recomputable op (mul, geglu, layer_norm; see
+// engine/autograd/node.h SavedTensor) keeps only a link and recomputes the tensor when the
+// backward pass reads it (less memory, one elementwise or row-wise pass more per use) or keeps
+// the tensor. Measured on the poco-paper E2E-TTT meta-step (CPU, bench/README.md): peak 758 ->
+// 527 MiB for about 4% more time. The default recomputes on CUDA devices, where memory is the
+// scarce resource and the passes cost microseconds, and keeps on the CPU. Read when a tensor
+// is saved; thread-local, like grad mode.
+enum class SavedRecomputePolicy { cuda_only, always, never };
+class SavedRecompute {
+ public:
+  static SavedRecomputePolicy policy() { return policy_; }
+  static void set_policy(SavedRecomputePolicy p) { policy_ = p; }
+  static bool applies_on_cuda(bool is_cuda) {
+    return policy_ == SavedRecomputePolicy::always ||
+           (policy_ == SavedRecomputePolicy::cuda_only && is_cuda);
+  }
+
+ private:
+  static inline thread_local SavedRecomputePolicy policy_ = SavedRecomputePolicy::cuda_only;
+};
+
 }  // namespace mt

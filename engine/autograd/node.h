@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "engine/autograd/grad_mode.h"
@@ -34,22 +35,32 @@ struct Edge {
 
 // A tensor kept for the backward pass. Inputs are held by reference (the input's own impl, so
 // leaves keep their identity); outputs are held as their raw fields plus a weak link to the
-// node, which avoids the cycle output -> node -> output.
+// node, which avoids the cycle output -> node -> output. An input that is the whole output of a
+// node able to recompute it cheaply (Node::set_recompute: an elementwise or row-wise op whose
+// own saved tensors give its output again) is not kept: only a link to that node and a weak
+// link to the storage; unpacking uses the storage while someone else keeps it alive, else runs
+// the node's recomputation (the same kernel on the same values: the same bits).
 class SavedTensor {
  public:
   SavedTensor() = default;
   SavedTensor(const Tensor& t, bool is_output);
   Tensor unpack(const Node& owner, size_t index) const;
-  bool defined() const { return input_ != nullptr || storage_ != nullptr; }
-  // The storage it keeps alive (null when undefined).
+  bool defined() const {
+    return input_ != nullptr || storage_ != nullptr || producer_ != nullptr;
+  }
+  // The storage it keeps alive (null when undefined or recomputed).
   const Storage* storage() const { return input_ ? input_->storage.get() : storage_.get(); }
   Shape shape() const { return input_ ? input_->shape : shape_; }
+  bool recomputed() const { return producer_ != nullptr; }
 
  private:
   std::shared_ptr<TensorImpl> input_;  // is_output == false
   // is_output == true:
   std::shared_ptr<Storage> storage_;
   std::weak_ptr<Node> grad_fn_;
+  // A recomputable input: the node whose output it is, and its storage while it lives.
+  std::shared_ptr<Node> producer_;
+  std::weak_ptr<Storage> weak_storage_;
   Shape shape_, strides_;
   int64_t offset_ = 0;
   DType dtype_ = DType::f32;
@@ -89,6 +100,24 @@ class Node : public std::enable_shared_from_this<Node> {
   // The i-th saved tensor; throws if it was freed by an earlier backward or modified in place.
   Tensor saved(size_t i) const;
 
+  // A function giving this node's output again from its saved tensors (run without grad mode),
+  // set by ops whose output is cheap to recompute (one elementwise or row-wise pass: mul, geglu,
+  // layer_norm): a later node that saves that output then keeps no copy of it (SavedTensor).
+  // Only one level deep: a node that itself saves a recomputed tensor does not offer it (a
+  // chain of recomputations per unpack could cost as much as the forward).
+  using Recompute = std::function<Tensor(const Node&)>;
+  void set_recompute(Recompute fn) { recompute_ = std::move(fn); }
+  bool can_recompute() const {
+    if (recompute_ == nullptr || released_) return false;
+    for (size_t i = 0; i < saved_.size(); ++i)
+      if (saved_[i].recomputed()) return false;
+    return true;
+  }
+  // The recomputed output is kept for the other nodes that save it until the backward pass
+  // reaches this node (they all come before it) or the node is released.
+  Tensor recompute_output() const;
+  void drop_recomputed() { recomputed_ = Tensor(); }
+
   size_t num_saved() const { return saved_.size(); }
   const Storage* saved_storage(size_t i) const { return saved_[i].storage(); }
   Shape saved_shape(size_t i) const { return saved_[i].shape(); }
@@ -96,6 +125,7 @@ class Node : public std::enable_shared_from_this<Node> {
   bool released() const { return released_; }
   void release_saved() {
     saved_.clear();
+    recomputed_ = Tensor();
     released_ = true;
   }
 
@@ -105,6 +135,8 @@ class Node : public std::enable_shared_from_this<Node> {
   uint64_t sequence_nr_;
   uint64_t input_mask_ = ~uint64_t(0);  // bit i: input i's gradient is wanted (inputs >= 64: always)
   bool released_ = false;
+  Recompute recompute_;
+  mutable Tensor recomputed_;
 };
 
 // A node whose backward rule is a callable: TensorList rule(const Node& self, const Tensor& g).

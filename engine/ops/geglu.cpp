@@ -204,6 +204,8 @@ Tensor geglu(const Tensor& h) {
       return {geglu_backward(g, n.saved(0))};
     });
     node.save(h);
+    // One elementwise pass over h: a later node saving out keeps no copy (engine/autograd/node.h).
+    node.set_recompute([](const Node& n) { return geglu(n.saved(0)); });
   }
   return out;
 }
@@ -222,6 +224,7 @@ Tensor geglu_backward(const Tensor& g, const Tensor& h) {
                         });
     node.save(g);
     node.save(h);
+    node.set_recompute([](const Node& n) { return geglu_backward(n.saved(0), n.saved(1)); });
   }
   return dh;
 }

@@ -274,6 +274,12 @@ Tensor layer_norm(const Tensor& x, int normalized_rank, const Tensor& weight, co
                         });
     node.save(x);
     node.save(weight);
+    node.save(bias);  // for the recomputation only
+    // One row-wise pass over x: a later node saving y (the linear after a pre-norm) keeps no copy.
+    const int rank = normalized_rank;
+    node.set_recompute([rank, eps](const Node& n) {
+      return layer_norm(n.saved(0), rank, n.saved(1), n.saved(2), eps);
+    });
   }
   return y;
 }
@@ -350,6 +356,10 @@ Tensor layer_norm_input_grad(const Tensor& x, int normalized_rank, const Tensor&
     node.save(x);
     node.save(weight);
     node.save(g);
+    const int rank = normalized_rank;
+    node.set_recompute([rank, eps](const Node& n) {
+      return layer_norm_input_grad(n.saved(0), rank, n.saved(1), n.saved(2), eps);
+    });
   }
   return dx;
 }
