@@ -35,8 +35,8 @@ class NoGradGuard : public GradModeGuard {
 // Whether a node saving the output of a cheaply recomputable op (mul, geglu, layer_norm; see
 // engine/autograd/node.h SavedTensor) keeps only a link and recomputes the tensor when the
 // backward pass reads it (less memory, one elementwise or row-wise pass more per use) or keeps
-// the tensor. Measured on the poco-paper E2E-TTT meta-step (CPU, bench/README.md): peak 758 ->
-// 527 MiB for about 4% more time. The default recomputes on CUDA devices, where memory is the
+// the tensor. Measured on the poco-paper E2E-TTT meta-step (CPU, bench/README.md): peak 746 ->
+// 515 MiB for about 4% more time. The default recomputes on CUDA devices, where memory is the
 // scarce resource and the passes cost microseconds, and keeps on the CPU. Read when a tensor
 // is saved; thread-local, like grad mode.
 enum class SavedRecomputePolicy { cuda_only, always, never };
