@@ -95,7 +95,7 @@ int main(int argc, char** argv) {
   CLI::App app{"metatape E2E-TTT meta-step benchmark (CPU or CUDA)"};
   std::string config = "poco-paper", json_path, device_name = "cpu";
   int threads = 2, meta_batch = 2, batch = 32, neurons = 128, sessions = 8, inner_steps = 3,
-      warmup = 1, repeats = 5;
+      warmup = 1, repeats = 5, checkpoint_steps = -1;
   double inner_lr = 1e-3, meta_lr = 1e-4, weight_decay = 1e-4, clip = 1.0;
   bool checkpoint = false, tf32 = false, serve = false, graph = false, profile = false,
        graph_memory = false;
@@ -111,7 +111,10 @@ int main(int argc, char** argv) {
   app.add_option("--meta-lr", meta_lr, "AdamW learning rate (default 1e-4)");
   app.add_option("--weight-decay", weight_decay, "AdamW weight decay (default 1e-4)");
   app.add_option("--clip", clip, "max global gradient norm, 0 = none (default 1.0)");
-  app.add_flag("--checkpoint", checkpoint, "checkpointed inner steps");
+  app.add_flag("--checkpoint", checkpoint, "checkpointed inner steps (all of them)");
+  app.add_option("--checkpoint-steps", checkpoint_steps,
+                 "checkpoint only the first N inner steps (the peak memory of the kept ones or "
+                 "of one recomputed step, for N recomputations)");
   app.add_flag("--tf32", tf32, "CUDA: f32 matmuls on TF32 tensor cores (default off, as torch)");
   app.add_flag("--graph", graph,
                "CUDA: after the warm-up, capture one whole meta-step (meta-gradients, clipping, "
@@ -201,7 +204,9 @@ int main(int argc, char** argv) {
     inner.steps = inner_steps;
     inner.inner_lr = inner_lr;
     inner.params = {"unit_emb.", "session_emb."};
-    inner.checkpoint_steps = checkpoint;
+    inner.checkpoint_steps =
+        checkpoint_steps >= 0 ? checkpoint_steps : checkpoint ? inner_steps : 0;
+    checkpoint = inner.checkpoint_steps > 0;
     auto params = f->module()->named_parameters();
     optim::AdamWOptions ao;
     ao.lr = meta_lr;
@@ -326,7 +331,11 @@ int main(int argc, char** argv) {
                 "%d inner steps (lr %g) on unit+session embeddings%s, %lld parameters, f32, "
                 "%d threads, %s (%s)\n",
                 config.c_str(), meta_batch, batch, neurons, inner_steps, inner_lr,
-                checkpoint ? ", checkpointed" : graph ? ", one CUDA graph per step" : "",
+                checkpoint ? (inner.checkpoint_steps >= inner_steps
+                                  ? ", checkpointed"
+                                  : ", " + std::to_string(inner.checkpoint_steps) + " checkpointed")
+                                 .c_str()
+                           : graph ? ", one CUDA graph per step" : "",
                 (long long)n_params, threads,
                 device.str().c_str(), device_description.c_str());
     std::printf("  %.1f ms/meta-step (median of %d; min %.1f)\n", median(total), int(total.size()),
@@ -388,7 +397,7 @@ int main(int argc, char** argv) {
                           {"inner_steps", inner_steps},
                           {"inner_lr", inner_lr},
                           {"inner_params", inner.params},
-                          {"checkpoint_steps", checkpoint},
+                          {"checkpoint_steps", inner.checkpoint_steps},
                           {"cuda_graph", graph},
                           {"saved_recompute", saved_recompute},
                           {"meta_lr", meta_lr},

@@ -12,6 +12,8 @@ InnerResult inner_loop(const Forecaster& f, const nn::ParamMap& init,
            "inner loop: steps ({}) must be >= 0 and inner_lr ({}) positive", opt.steps,
            opt.inner_lr);
   MT_CHECK(opt.steps == 0 || !support.empty(), "inner loop: no support batches");
+  MT_CHECK(opt.checkpoint_steps >= 0, "inner loop: checkpoint_steps ({}) must be >= 0",
+           opt.checkpoint_steps);
   InnerResult r;
   std::vector<std::string> names;
   for (const auto& [name, t] : init)
@@ -23,23 +25,26 @@ InnerResult inner_loop(const Forecaster& f, const nn::ParamMap& init,
   nn::ParamMap current = init;
   // The support batches, each with a PocoReuse: the model computes what does not depend on the
   // test-time parameters (the head's input layer, the rotary times) once per batch instead of
-  // once per step. Checkpointed steps keep the rotary times and tables only (constants): their
-  // regions must not keep intermediates, nor read differentiable tensors they were not given.
-  const bool checkpointed = opt.checkpoint_steps && opt.create_graph;
-  std::vector<models::PocoBatch> batches = support;
-  for (auto& b : batches) {
-    if (checkpointed) {
+  // once per step. Checkpointed steps use copies that keep the rotary times and tables only
+  // (constants): their regions must not keep intermediates, nor read differentiable tensors
+  // they were not given.
+  std::vector<models::PocoBatch> batches = support, checkpoint_batches;
+  for (auto& b : batches)
+    if (b.reuse == nullptr) b.reuse = std::make_shared<models::PocoReuse>();
+  if (opt.checkpoint_steps > 0 && opt.create_graph) {
+    checkpoint_batches = support;
+    for (auto& b : checkpoint_batches) {
       b.reuse = std::make_shared<models::PocoReuse>();  // not the caller's: it may hold more
       b.reuse->layout_only = true;
-    } else if (b.reuse == nullptr) {
-      b.reuse = std::make_shared<models::PocoReuse>();
     }
   }
   // Every parameter, in a fixed order: the inputs of a checkpointed step.
   std::vector<std::string> all;
   for (const auto& [name, t] : init) all.push_back(name);
   for (int64_t step = 0; step < opt.steps; ++step) {
-    const models::PocoBatch& b = batches[size_t(step) % batches.size()];
+    const bool checkpointed = step < opt.checkpoint_steps && opt.create_graph;
+    const models::PocoBatch& b =
+        (checkpointed ? checkpoint_batches : batches)[size_t(step) % batches.size()];
     // One SGD step: (every parameter, with the current fast values) -> (new fast values, loss).
     // Captures by value: a checkpointed step runs it again during the outer backward, after
     // this function has returned.
@@ -62,7 +67,7 @@ InnerResult inner_loop(const Forecaster& f, const nn::ParamMap& init,
       return next;
     };
     TensorList next;
-    if (opt.checkpoint_steps && opt.create_graph) {
+    if (checkpointed) {
       TensorList in;
       for (const auto& n : all) in.push_back(current.at(n));
       next = autograd::checkpoint(

@@ -18,9 +18,13 @@ struct InnerLoopOptions {
   // every parameter).
   std::vector<std::string> params = {"unit_emb.", "session_emb."};
   bool create_graph = true;  // keep the inner gradients in the graph (second order)
-  // Recompute each inner step during the outer backward instead of keeping its intermediates
-  // (engine/autograd/checkpoint.h): the same meta-gradient with less peak memory.
-  bool checkpoint_steps = false;
+  // Inner steps whose intermediates are recomputed during the outer backward instead of kept
+  // (engine/autograd/checkpoint.h), counted from the first: 0 = none, >= steps = all. The same
+  // meta-gradient; each checkpointed step gives up its graph's memory for one more forward and
+  // inner backward. The first ones, because the outer backward frees the later steps' graphs
+  // before it recomputes the earlier ones: the peak is that of the kept steps or of one
+  // recomputed step, not their sum.
+  int64_t checkpoint_steps = 0;
 };
 
 struct InnerResult {

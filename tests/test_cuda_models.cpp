@@ -155,7 +155,7 @@ void compare_on_device(const std::string& kind, bool checkpoint_steps) {
 
   meta::InnerLoopOptions opt = two_steps(kind);
   const meta::MetaGradient m_cpu = meta::e2e_ttt_gradient(*cpu, {support}, query, opt);
-  opt.checkpoint_steps = checkpoint_steps;
+  opt.checkpoint_steps = checkpoint_steps ? opt.steps : 0;
   const meta::MetaGradient m_gpu = meta::e2e_ttt_gradient(*gpu, {support_gpu}, query_gpu, opt);
   REQUIRE(m_gpu.names == m_cpu.names);
   check_close(m_gpu.meta_loss, m_cpu.meta_loss, kF32Forward, kind + " meta-loss");

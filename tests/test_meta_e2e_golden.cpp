@@ -134,7 +134,7 @@ TEST_CASE("E2E-TTT meta-gradient through 3 inner steps on the embeddings equals 
 TEST_CASE("E2E-TTT meta-gradient with checkpointed inner steps equals PyTorch's",
           "[meta][golden]") {
   E2eFixture fx;
-  fx.opt.checkpoint_steps = true;
+  fx.opt.checkpoint_steps = fx.opt.steps;
   meta::MetaGradient m = meta::e2e_ttt_gradient(*fx.f, {fx.support}, fx.query, fx.opt);
   check_meta_gradient(fx, m);
 }

@@ -426,6 +426,9 @@ FlashTables flash_tables(const Tensor& q, const FlashAttentionLayout& layout, co
            "{}: head dim {} is larger than the CUDA kernels' {}; use varlen_attention's "
            "composite modes (padded, per_sample)",
            op, q.size(2), kFlashMaxHeadDim);
+  MT_CHECK(q.size(1) <= 65535,
+           "{}: {} heads; the CUDA kernels take at most 65535 (one grid row per head)", op,
+           q.size(1));
   const std::vector<int64_t>& cq = *layout.cu_q;
   const std::vector<int64_t>& ck = *layout.cu_k;
   const int64_t B = int64_t(cq.size()) - 1;

@@ -319,7 +319,7 @@ json run_bench_memory(const RunConfig& c, const std::string& out_dir) {
     double seconds[2] = {0, 0};
     TensorList grads[2];
     for (int ck = 0; ck < 2; ++ck) {
-      opt.checkpoint_steps = ck == 1;
+      opt.checkpoint_steps = ck == 1 ? opt.steps : 0;
       const int64_t before = memory_stats().allocated_bytes;
       reset_peak_memory_stats();
       const auto t0 = std::chrono::steady_clock::now();
