@@ -24,6 +24,34 @@ TensorList region(const TensorList& in) {
   Tensor h = tanh(matmul(in[0], in[1]));
   return {mul(h, h), sum(h, {1})};
 }
+
+// The tiny POCO of the golden files (f64) with its support and query batches, and three inner
+// steps on the embeddings and the head.
+struct TinyMeta {
+  std::unique_ptr<meta::Forecaster> f;
+  models::PocoBatch support, query;
+  meta::InnerLoopOptions opt;
+  TinyMeta() {
+    auto st = io::load_safetensors(mt::testing::golden_path("poco_tiny_v1.safetensors"));
+    meta::ModelSpec spec;
+    spec.poco = nlohmann::json::parse(st.metadata.at("config"));
+    Generator gen(0);
+    f = meta::make_forecaster(
+        spec,
+        nlohmann::json::parse(st.metadata.at("session_sizes")).get<std::vector<int64_t>>(), gen,
+        DType::f64);
+    {
+      NoGradGuard no_grad;
+      for (auto& [name, p] : f->module()->named_parameters()) p.copy_(*st.find(name));
+    }
+    GoldenFile g = GoldenFile::load(mt::testing::golden_path("poco_tiny_v1.bin"));
+    support = golden_batch(g, "x_all", "targets");
+    query = golden_batch(g, "query.x_all", "query.targets");
+    opt.steps = 3;
+    opt.inner_lr = 0.05;
+    opt.params = {"unit_emb.", "session_emb.", "head."};
+  }
+};
 }  // namespace
 
 TEST_CASE("checkpoint: values and gradients equal the plain graph, to second order",
@@ -90,24 +118,10 @@ TEST_CASE("checkpoint_values_only: true in the first pass only, restored after n
 
 TEST_CASE("checkpointed inner steps give the same E2E-TTT meta-gradient with less memory",
           "[meta][checkpoint]") {
-  auto st = io::load_safetensors(mt::testing::golden_path("poco_tiny_v1.safetensors"));
-  meta::ModelSpec spec;
-  spec.poco = nlohmann::json::parse(st.metadata.at("config"));
-  Generator gen(0);
-  auto f = meta::make_forecaster(
-      spec, nlohmann::json::parse(st.metadata.at("session_sizes")).get<std::vector<int64_t>>(), gen,
-      DType::f64);
-  {
-    NoGradGuard no_grad;
-    for (auto& [name, p] : f->module()->named_parameters()) p.copy_(*st.find(name));
-  }
-  GoldenFile g = GoldenFile::load(mt::testing::golden_path("poco_tiny_v1.bin"));
-  models::PocoBatch support = golden_batch(g, "x_all", "targets");
-  models::PocoBatch query = golden_batch(g, "query.x_all", "query.targets");
-  meta::InnerLoopOptions opt;
-  opt.steps = 3;
-  opt.inner_lr = 0.05;
-  opt.params = {"unit_emb.", "session_emb.", "head."};
+  TinyMeta tiny;
+  auto& f = tiny.f;
+  const models::PocoBatch &support = tiny.support, &query = tiny.query;
+  meta::InnerLoopOptions& opt = tiny.opt;
   reset_peak_memory_stats();
   const int64_t base = memory_stats().allocated_bytes;
   meta::MetaGradient plain = meta::e2e_ttt_gradient(*f, {support, query}, query, opt);
@@ -146,24 +160,10 @@ TEST_CASE("checkpointed inner steps give the same E2E-TTT meta-gradient with les
 
 TEST_CASE("recomputed saved tensors give the same E2E-TTT meta-gradient with less memory",
           "[meta][memory]") {
-  auto st = io::load_safetensors(mt::testing::golden_path("poco_tiny_v1.safetensors"));
-  meta::ModelSpec spec;
-  spec.poco = nlohmann::json::parse(st.metadata.at("config"));
-  Generator gen(0);
-  auto f = meta::make_forecaster(
-      spec, nlohmann::json::parse(st.metadata.at("session_sizes")).get<std::vector<int64_t>>(), gen,
-      DType::f64);
-  {
-    NoGradGuard no_grad;
-    for (auto& [name, p] : f->module()->named_parameters()) p.copy_(*st.find(name));
-  }
-  GoldenFile g = GoldenFile::load(mt::testing::golden_path("poco_tiny_v1.bin"));
-  models::PocoBatch support = golden_batch(g, "x_all", "targets");
-  models::PocoBatch query = golden_batch(g, "query.x_all", "query.targets");
-  meta::InnerLoopOptions opt;
-  opt.steps = 3;
-  opt.inner_lr = 0.05;
-  opt.params = {"unit_emb.", "session_emb.", "head."};
+  TinyMeta tiny;
+  auto& f = tiny.f;
+  const models::PocoBatch &support = tiny.support, &query = tiny.query;
+  meta::InnerLoopOptions& opt = tiny.opt;
   auto run = [&](SavedRecomputePolicy p, autograd::GraphMemory& held) {
     const SavedRecomputePolicy previous = SavedRecompute::policy();
     SavedRecompute::set_policy(p);

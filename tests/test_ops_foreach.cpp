@@ -51,6 +51,49 @@ TensorList mixed_list(uint64_t seed, Device device, bool big = false) {
   return out;
 }
 
+// AdamW with foreach against one kernel per parameter on the same values: three steps
+// (the second without a gradient for parameter 1), every parameter and state tensor bitwise.
+void check_adamw_foreach(const TensorList& init, Device device, bool capturable, bool amsgrad) {
+  TensorList a, b;
+  optim::NamedParams pa, pb;
+  for (size_t i = 0; i < init.size(); ++i) {
+    a.push_back(init[i].contiguous().clone().set_requires_grad(true));
+    b.push_back(init[i].contiguous().clone().set_requires_grad(true));
+    pa.emplace_back(fmt::format("p{}", i), a[i]);
+    pb.emplace_back(fmt::format("p{}", i), b[i]);
+  }
+  optim::AdamWOptions o{.lr = 0.05, .weight_decay = 0.01, .amsgrad = amsgrad,
+                        .capturable = capturable};
+  o.foreach = false;
+  optim::AdamW one(pa, o);
+  o.foreach = true;
+  optim::AdamW list(pb, o);
+  for (int step = 1; step <= 3; ++step) {
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (step == 2 && i == 1) continue;  // a parameter without a gradient: skipped
+      NoGradGuard no_grad;
+      const Tensor g =
+          random_tensor(a[i].shape(), -1, 1, 100 * step + i).to(a[i].dtype()).to(device);
+      a[i].set_grad(g);
+      b[i].set_grad(g.clone());
+    }
+    one.step();
+    list.step();
+    for (size_t i = 0; i < a.size(); ++i) {
+      INFO("step " << step << " parameter " << i);
+      CHECK(same_bits(a[i], b[i]));
+      a[i].set_grad(Tensor());
+      b[i].set_grad(Tensor());
+    }
+    const auto sa = one.state_dict(), sb = list.state_dict();
+    REQUIRE(sa.size() == sb.size());
+    for (size_t k = 0; k < sa.size(); ++k) {
+      INFO(sa[k].first);
+      CHECK(same_bits(sa[k].second, sb[k].second));
+    }
+  }
+}
+
 }  // namespace
 
 TEST_CASE("foreach ops: each entry equals the single-tensor op, bitwise", "[ops][foreach]") {
@@ -161,50 +204,13 @@ TEST_CASE("foreach launch plan: every chunk once, in order, within the table lim
 }
 
 TEST_CASE("AdamW foreach: the same updates as one kernel per parameter", "[optim][foreach]") {
-  for (bool capturable : {false, true}) {
+  TensorList init = mixed_list(30, kCPU);
+  init.erase(init.begin() + 2);  // 0-d
+  for (bool capturable : {false, true})
     for (bool amsgrad : {false, true}) {
       INFO("capturable " << capturable << " amsgrad " << amsgrad);
-      TensorList a = mixed_list(30, kCPU), b;
-      a.erase(a.begin() + 2);  // 0-d
-      a[3] = a[3].contiguous();
-      optim::NamedParams pa, pb;
-      for (size_t i = 0; i < a.size(); ++i) {
-        a[i] = a[i].contiguous().clone().set_requires_grad(true);
-        b.push_back(a[i].detach().clone().set_requires_grad(true));
-        pa.emplace_back(fmt::format("p{}", i), a[i]);
-        pb.emplace_back(fmt::format("p{}", i), b[i]);
-      }
-      optim::AdamWOptions o{.lr = 0.05, .weight_decay = 0.01, .amsgrad = amsgrad,
-                            .capturable = capturable};
-      o.foreach = false;
-      optim::AdamW one(pa, o);
-      o.foreach = true;
-      optim::AdamW list(pb, o);
-      for (int step = 1; step <= 3; ++step) {
-        for (size_t i = 0; i < a.size(); ++i) {
-          if (step == 2 && i == 1) continue;  // a parameter without a gradient: skipped
-          NoGradGuard no_grad;
-          const Tensor g = random_tensor(a[i].shape(), -1, 1, 100 * step + i).to(a[i].dtype());
-          a[i].set_grad(g);
-          b[i].set_grad(g.clone());
-        }
-        one.step();
-        list.step();
-        for (size_t i = 0; i < a.size(); ++i) {
-          INFO("step " << step << " parameter " << i);
-          CHECK(same_bits(a[i], b[i]));
-          a[i].set_grad(Tensor());
-          b[i].set_grad(Tensor());
-        }
-        const auto sa = one.state_dict(), sb = list.state_dict();
-        REQUIRE(sa.size() == sb.size());
-        for (size_t k = 0; k < sa.size(); ++k) {
-          INFO(sa[k].first);
-          CHECK(same_bits(sa[k].second, sb[k].second));
-        }
-      }
+      check_adamw_foreach(init, kCPU, capturable, amsgrad);
     }
-  }
   optim::AdamW adam({{"p", zeros(Shape{2}).set_requires_grad(true)}}, {});
   CHECK(adam.hyperparameters().at("foreach") == "true");
 }
@@ -284,51 +290,14 @@ TEST_CASE("CUDA foreach ops: each entry bitwise the single-tensor kernels", "[cu
 TEST_CASE("CUDA AdamW foreach: the same updates as one kernel per parameter",
           "[cuda][optim][foreach]") {
   MT_SKIP_WITHOUT_CUDA();
-  for (bool capturable : {false, true}) {
+  // 40 parameters (two launches of 32) of mixed dtypes, one of 9 M elements (> 256 chunks).
+  TensorList init;
+  for (uint64_t k = 0; k < 5; ++k)
+    for (const Tensor& t : mixed_list(50 + 10 * k, gpu0())) init.push_back(t);
+  init.push_back(random_tensor(Shape{9 << 20}, -1, 1, 7).to(DType::f32).to(gpu0()));
+  for (bool capturable : {false, true})
     for (bool amsgrad : {false, true}) {
       INFO("capturable " << capturable << " amsgrad " << amsgrad);
-      // 40 parameters (two launches of 32) of mixed dtypes, one of 9 M elements (> 256 chunks).
-      TensorList a, b;
-      for (uint64_t k = 0; k < 5; ++k)
-        for (const Tensor& t : mixed_list(50 + 10 * k, gpu0())) a.push_back(t.contiguous());
-      a.push_back(random_tensor(Shape{9 << 20}, -1, 1, 7).to(DType::f32).to(gpu0()));
-      optim::NamedParams pa, pb;
-      for (size_t i = 0; i < a.size(); ++i) {
-        a[i] = a[i].clone().set_requires_grad(true);
-        b.push_back(a[i].detach().clone().set_requires_grad(true));
-        pa.emplace_back(fmt::format("p{}", i), a[i]);
-        pb.emplace_back(fmt::format("p{}", i), b[i]);
-      }
-      optim::AdamWOptions o{.lr = 0.05, .weight_decay = 0.01, .amsgrad = amsgrad,
-                            .capturable = capturable};
-      o.foreach = false;
-      optim::AdamW one(pa, o);
-      o.foreach = true;
-      optim::AdamW list(pb, o);
-      for (int step = 1; step <= 3; ++step) {
-        for (size_t i = 0; i < a.size(); ++i) {
-          if (step == 2 && i == 1) continue;
-          NoGradGuard no_grad;
-          const Tensor g = random_tensor(a[i].shape(), -1, 1, 100 * step + i)
-                               .to(a[i].dtype())
-                               .to(gpu0());
-          a[i].set_grad(g);
-          b[i].set_grad(g.clone());
-        }
-        one.step();
-        list.step();
-        for (size_t i = 0; i < a.size(); ++i) {
-          INFO("step " << step << " parameter " << i);
-          CHECK(same_bits(a[i], b[i]));
-          a[i].set_grad(Tensor());
-          b[i].set_grad(Tensor());
-        }
-        const auto sa = one.state_dict(), sb = list.state_dict();
-        for (size_t k = 0; k < sa.size(); ++k) {
-          INFO(sa[k].first);
-          CHECK(same_bits(sa[k].second, sb[k].second));
-        }
-      }
+      check_adamw_foreach(init, gpu0(), capturable, amsgrad);
     }
-  }
 }
