@@ -23,8 +23,8 @@ SavedTensor::SavedTensor(const Tensor& t, bool is_output) {
   if (!t.defined()) return;
   saved_version_ = t.storage().version();
   TensorImpl* in = t.impl();
-  if (!is_output && in->grad_fn != nullptr && in->grad_fn->can_recompute() &&
-      SavedRecompute::applies_on_cuda(t.device().is_cuda())) {
+  if (!is_output && in->grad_fn != nullptr &&
+      SavedRecompute::applies_on_cuda(t.device().is_cuda()) && in->grad_fn->can_recompute()) {
     // The whole output of a node that can give it again (views have nodes of their own).
     producer_ = in->grad_fn;
     weak_storage_ = in->storage;
@@ -100,7 +100,7 @@ Tensor Node::recompute_output() const {
            name());
   if (!recomputed_.defined()) {
     NoGradGuard no_grad;
-    recomputed_ = recompute_(*this);
+    recomputed_ = recompute_(*this, recompute_a_, recompute_b_);
   }
   return recomputed_;
 }
@@ -433,7 +433,8 @@ std::string GraphMemory::table(size_t max_rows) const {
   if (rows.size() > max_rows) out += fmt::format("  ... {} more\n", rows.size() - max_rows);
   out += "  largest saved storages:\n";
   for (const Largest& l : largest)
-    out += fmt::format("    {:>8.1f} MiB  {:<28} {}\n", double(l.bytes) / (1 << 20), l.node, l.shape);
+    out += fmt::format("    {:>8.1f} MiB  {:<28} {}\n", double(l.bytes) / (1 << 20), l.node,
+                       l.shape);
   return out;
 }
 

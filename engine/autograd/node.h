@@ -10,7 +10,6 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <memory>
 
 #include "engine/autograd/grad_mode.h"
@@ -105,8 +104,13 @@ class Node : public std::enable_shared_from_this<Node> {
   // layer_norm): a later node that saves that output then keeps no copy of it (SavedTensor).
   // Only one level deep: a node that itself saves a recomputed tensor does not offer it (a
   // chain of recomputations per unpack could cost as much as the forward).
-  using Recompute = std::function<Tensor(const Node&)>;
-  void set_recompute(Recompute fn) { recompute_ = std::move(fn); }
+  // A plain function and two scalars (no allocation when an op records): fn(node, a, b).
+  using Recompute = Tensor (*)(const Node& node, double a, int64_t b);
+  void set_recompute(Recompute fn, double a = 0, int64_t b = 0) {
+    recompute_ = fn;
+    recompute_a_ = a;
+    recompute_b_ = b;
+  }
   bool can_recompute() const {
     if (recompute_ == nullptr || released_) return false;
     for (size_t i = 0; i < saved_.size(); ++i)
@@ -135,7 +139,9 @@ class Node : public std::enable_shared_from_this<Node> {
   uint64_t sequence_nr_;
   uint64_t input_mask_ = ~uint64_t(0);  // bit i: input i's gradient is wanted (inputs >= 64: always)
   bool released_ = false;
-  Recompute recompute_;
+  Recompute recompute_ = nullptr;
+  double recompute_a_ = 0;
+  int64_t recompute_b_ = 0;
   mutable Tensor recomputed_;
 };
 

@@ -141,7 +141,8 @@ Tensor mul(const Tensor& a, const Tensor& b) {
     node.save(a);
     node.save(b);
     // One elementwise pass: a later node saving out keeps no copy (engine/autograd/node.h).
-    node.set_recompute([](const Node& n) { return mul(n.saved(0), n.saved(1)); });
+    node.set_recompute(
+        [](const Node& n, double, int64_t) { return mul(n.saved(0), n.saved(1)); });
   }
   return out;
 }

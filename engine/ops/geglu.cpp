@@ -205,7 +205,7 @@ Tensor geglu(const Tensor& h) {
     });
     node.save(h);
     // One elementwise pass over h: a later node saving out keeps no copy (engine/autograd/node.h).
-    node.set_recompute([](const Node& n) { return geglu(n.saved(0)); });
+    node.set_recompute([](const Node& n, double, int64_t) { return geglu(n.saved(0)); });
   }
   return out;
 }
@@ -224,7 +224,8 @@ Tensor geglu_backward(const Tensor& g, const Tensor& h) {
                         });
     node.save(g);
     node.save(h);
-    node.set_recompute([](const Node& n) { return geglu_backward(n.saved(0), n.saved(1)); });
+    node.set_recompute(
+        [](const Node& n, double, int64_t) { return geglu_backward(n.saved(0), n.saved(1)); });
   }
   return dh;
 }

@@ -276,10 +276,11 @@ Tensor layer_norm(const Tensor& x, int normalized_rank, const Tensor& weight, co
     node.save(weight);
     node.save(bias);  // for the recomputation only
     // One row-wise pass over x: a later node saving y (the linear after a pre-norm) keeps no copy.
-    const int rank = normalized_rank;
-    node.set_recompute([rank, eps](const Node& n) {
-      return layer_norm(n.saved(0), rank, n.saved(1), n.saved(2), eps);
-    });
+    node.set_recompute(
+        [](const Node& n, double eps_, int64_t rank) {
+          return layer_norm(n.saved(0), int(rank), n.saved(1), n.saved(2), eps_);
+        },
+        eps, normalized_rank);
   }
   return y;
 }
@@ -356,10 +357,11 @@ Tensor layer_norm_input_grad(const Tensor& x, int normalized_rank, const Tensor&
     node.save(x);
     node.save(weight);
     node.save(g);
-    const int rank = normalized_rank;
-    node.set_recompute([rank, eps](const Node& n) {
-      return layer_norm_input_grad(n.saved(0), rank, n.saved(1), n.saved(2), eps);
-    });
+    node.set_recompute(
+        [](const Node& n, double eps_, int64_t rank) {
+          return layer_norm_input_grad(n.saved(0), int(rank), n.saved(1), n.saved(2), eps_);
+        },
+        eps, normalized_rank);
   }
   return dx;
 }
