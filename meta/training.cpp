@@ -149,6 +149,7 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
     std::uniform_int_distribution<size_t> pick_session(0, meta_sessions.size() - 1);
     InnerLoopOptions inner;
     inner.steps = opt.meta.inner_steps;
+    inner.checkpoint_steps = opt.meta.checkpoint_steps;
     inner.inner_lr = opt.meta.inner_lr;
     inner.params = opt.meta.params;
     for (int64_t m = 0; m < opt.meta.meta_batch; ++m) {

@@ -20,6 +20,10 @@ struct MetaOptions {
   double inner_lr = 1e-3;
   std::vector<std::string> params = {"unit_emb.", "session_emb."};  // test-time parameters
   bool include_inner_losses = true;  // E2E-TTT meta-loss = query loss + mean inner loss
+  // E2E-TTT: the first N inner steps recomputed during the outer backward instead of kept
+  // (InnerLoopOptions::checkpoint_steps; 0 = none, >= inner_steps = all): less memory, one
+  // more forward and inner backward per checkpointed step.
+  int64_t checkpoint_steps = 0;
 };
 
 struct TrainOptions {

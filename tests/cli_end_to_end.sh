@@ -71,6 +71,14 @@ check "train fomaml" "$bin" train --run "$work/fomaml" "${small[@]}" --method fo
 check "train e2e-ttt" "$bin" train --run "$work/e2e" "${small[@]}" --method e2e-ttt \
   --set train.meta.inner_steps=2 --set train.meta.meta_batch=2
 check "e2e-ttt run recorded its method" grep -q '"method": "e2e-ttt"' "$work/e2e/config.json"
+check "train e2e-ttt, first step checkpointed, saved outputs recomputed" "$bin" train \
+  --run "$work/e2e_ckpt" "${small[@]}" --method e2e-ttt --set train.meta.inner_steps=2 \
+  --set train.meta.checkpoint_steps=1 --set saved_recompute=always
+check "the run recorded its checkpointing" grep -q '"checkpoint_steps": 1' "$work/e2e_ckpt/config.json"
+fails_with "unknown saved_recompute" "saved_recompute 'sometimes' is not known" "$bin" train \
+  --run "$work/x" --set saved_recompute=sometimes
+fails_with "negative checkpoint_steps" "checkpoint_steps must be >= 0" "$bin" train \
+  --run "$work/x" --set train.meta.checkpoint_steps=-1
 fails_with "unknown method" "method 'maml'" "$bin" train --run "$work/x" --method maml
 
 bench_small=(--set bench.train_steps.standard=4 --set bench.train_steps.fomaml=2

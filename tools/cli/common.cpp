@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "data/load.h"
+#include "engine/autograd/grad_mode.h"
 
 namespace mt::cli {
 
@@ -51,6 +52,9 @@ void print_metrics(const char* title, const meta::Metrics& m) {
 
 void apply_threads(const RunConfig& c) {
   if (c.threads > 0) omp_set_num_threads(c.threads);
+  SavedRecompute::set_policy(c.saved_recompute == "always"  ? SavedRecomputePolicy::always
+                             : c.saved_recompute == "never" ? SavedRecomputePolicy::never
+                                                            : SavedRecomputePolicy::cuda_only);
 }
 
 }  // namespace mt::cli

@@ -21,6 +21,8 @@ Data load_data(const RunConfig& c);
 std::vector<int64_t> sizes_of(const data::Dataset& d);
 nlohmann::json session_json(const data::Dataset& d);
 void print_metrics(const char* title, const meta::Metrics& m);
+// The process-wide settings of the config: OpenMP threads and the saved-tensor recomputation
+// policy (this thread's).
 void apply_threads(const RunConfig& c);
 
 }  // namespace mt::cli

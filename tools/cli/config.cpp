@@ -93,6 +93,7 @@ void visit(meta::MetaOptions& m, Fn&& fn) {
   fn("inner_lr", m.inner_lr);
   fn("params", m.params);
   fn("include_inner_losses", m.include_inner_losses);
+  fn("checkpoint_steps", m.checkpoint_steps);
 }
 
 // The scalar fields of TrainOptions (method and meta are handled by read_train/train_json).
@@ -226,7 +227,7 @@ nlohmann::json RunConfig::to_json() const {
                       {"lr_by_mode", adapt.lr_by_mode}};
   return {{"data", d},  {"model", m},  {"train", train_json(train)},
           {"adapt", a}, {"online", fields_json(online)}, {"bench", fields_json(bench)},
-          {"threads", threads}};
+          {"threads", threads}, {"saved_recompute", saved_recompute}};
 }
 
 RunConfig config_from_json(const nlohmann::json& j) {
@@ -285,7 +286,17 @@ RunConfig config_from_json(const nlohmann::json& j) {
   read_fields(top.child("online"), "online", c.online);
   read_fields(top.child("bench"), "bench", c.bench);
   top.get("threads", c.threads);
+  top.get("saved_recompute", c.saved_recompute);
   top.finish();
+  MT_CHECK(c.saved_recompute == "cuda" || c.saved_recompute == "always" ||
+               c.saved_recompute == "never",
+           "config: saved_recompute '{}' is not known; use cuda (recompute cheap saved outputs "
+           "on CUDA only, the default), always or never",
+           c.saved_recompute);
+  for (const meta::TrainOptions* t : {&c.train, &c.adapt.train})
+    MT_CHECK(t->meta.checkpoint_steps >= 0,
+             "config: train.meta.checkpoint_steps must be >= 0 (0 = none), got {}",
+             t->meta.checkpoint_steps);
   // Resolve and validate the model now, so a bad value fails before any data is read.
   const std::string& kind = c.model.kind;
   MT_CHECK(kind == "poco" || kind == "nlinear" || kind == "mlp" || kind == "copy_last",

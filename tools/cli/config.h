@@ -71,6 +71,9 @@ struct RunConfig {
   meta::OnlineOptions online;  // `metatape online`
   BenchSpec bench;             // `metatape bench`
   int threads = 0;  // OpenMP threads for the CPU kernels; 0 = the runtime's default
+  // Outputs of cheap ops saved for the backward pass recomputed when read (autograd
+  // SavedRecompute): "cuda" (on CUDA devices only, the default), "always" or "never".
+  std::string saved_recompute = "cuda";
 
   nlohmann::json to_json() const;
 };
