@@ -125,8 +125,9 @@ meta::InnerLoopOptions two_steps(const std::string& kind) {
 }
 
 // Compares a forecaster on the device with the same one on the CPU: prediction, loss gradients,
-// and the E2E-TTT meta-gradient of two inner steps.
-void compare_on_device(const std::string& kind, bool checkpoint_steps) {
+// and the E2E-TTT meta-gradient of two inner steps (the first `checkpoint_steps` checkpointed on
+// the device).
+void compare_on_device(const std::string& kind, int64_t checkpoint_steps) {
   auto cpu = tiny_forecaster(kind, DType::f32);
   auto gpu = tiny_forecaster(kind, DType::f32);
   gpu->to(gpu0());
@@ -155,7 +156,7 @@ void compare_on_device(const std::string& kind, bool checkpoint_steps) {
 
   meta::InnerLoopOptions opt = two_steps(kind);
   const meta::MetaGradient m_cpu = meta::e2e_ttt_gradient(*cpu, {support}, query, opt);
-  opt.checkpoint_steps = checkpoint_steps ? opt.steps : 0;
+  opt.checkpoint_steps = checkpoint_steps;
   const meta::MetaGradient m_gpu = meta::e2e_ttt_gradient(*gpu, {support_gpu}, query_gpu, opt);
   REQUIRE(m_gpu.names == m_cpu.names);
   check_close(m_gpu.meta_loss, m_cpu.meta_loss, kF32Forward, kind + " meta-loss");
@@ -324,14 +325,15 @@ TEST_CASE("CUDA: moving a model keeps names, flags and values, and back again", 
 TEST_CASE("CUDA: POCO forward, gradients and E2E-TTT meta-gradient equal the CPU's",
           "[cuda][meta]") {
   MT_SKIP_WITHOUT_CUDA();
-  SECTION("inner steps kept") { compare_on_device("poco", /*checkpoint_steps=*/false); }
-  SECTION("inner steps checkpointed") { compare_on_device("poco", /*checkpoint_steps=*/true); }
+  SECTION("inner steps kept") { compare_on_device("poco", /*checkpoint_steps=*/0); }
+  SECTION("first inner step checkpointed") { compare_on_device("poco", /*checkpoint_steps=*/1); }
+  SECTION("inner steps checkpointed") { compare_on_device("poco", /*checkpoint_steps=*/2); }
 }
 
 TEST_CASE("CUDA: the baselines equal the CPU's", "[cuda][meta]") {
   MT_SKIP_WITHOUT_CUDA();
-  compare_on_device("nlinear", false);
-  compare_on_device("mlp", false);
+  compare_on_device("nlinear", 0);
+  compare_on_device("mlp", 0);
   auto cpu = tiny_forecaster("copy_last", DType::f32);
   auto gpu = tiny_forecaster("copy_last", DType::f32);
   gpu->to(gpu0());
