@@ -387,3 +387,16 @@ TEST_CASE("saved-tensor recomputation: uses the live tensor, recomputes once per
     CHECK(bytes == 2 * 5 * 8 * 8);  // h and m2
   }
 }
+
+TEST_CASE("saved-tensor recomputation: a link whose producer was freed says so", "[autograd][memory]") {
+  RecomputePolicy policy(SavedRecomputePolicy::always);
+  Tensor h = random_tensor(Shape{5, 8}, -1, 1, 53).set_requires_grad(true);
+  Tensor w = random_tensor(Shape{3, 4}, -1, 1, 54).set_requires_grad(true);
+  Tensor a = geglu(h);
+  Tensor y1 = sum(a);              // through geglu, not the linear
+  Tensor y2 = sum(linear(a, w));   // the linear saves a as a link
+  a = Tensor();
+  (void)autograd::grad({y1}, {h});  // frees geglu's saved h
+  CHECK_THROWS_WITH(autograd::grad({y2}, {w}),
+                    Catch::Contains("kept as a link") && Catch::Contains("retain_graph=true"));
+}

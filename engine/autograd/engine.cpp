@@ -62,6 +62,12 @@ Tensor SavedTensor::unpack(const Node& owner, size_t index) const {
       impl->strides = strides_;
       impl->offset = offset_;
     } else {
+      MT_CHECK(!producer_->released(),
+               "{}: saved tensor #{} is the output of {}, kept as a link and recomputed when read "
+               "(autograd::SavedRecompute), but an earlier backward pass without retain_graph "
+               "freed what {} saved; pass retain_graph=true to that pass, or set SavedRecompute "
+               "to never",
+               owner.name(), index, producer_->name(), producer_->name());
       Tensor again = producer_->recompute_output();
       MT_CHECK(again.defined() && again.shape() == shape_ && again.dtype() == dtype_,
                "{}: recomputing saved tensor #{} with {} gave {} (internal error)", owner.name(),

@@ -38,7 +38,9 @@ class NoGradGuard : public GradModeGuard {
 // the tensor. Measured on the poco-paper E2E-TTT meta-step (CPU, bench/README.md): peak 746 ->
 // 515 MiB for about 4% more time. The default recomputes on CUDA devices, where memory is the
 // scarce resource and the passes cost microseconds, and keeps on the CPU. Read when a tensor
-// is saved; thread-local, like grad mode.
+// is saved; thread-local, like grad mode. A link needs its producer's saved tensors: after a
+// backward pass without retain_graph freed them, a later pass that reads the link (through
+// another branch) fails with a message saying so, where a kept tensor would have served.
 enum class SavedRecomputePolicy { cuda_only, always, never };
 class SavedRecompute {
  public:
