@@ -10,8 +10,9 @@
 // fallback, METATAPE_FLASH_KERNELS=simple), the split-KV kernels with the automatic split count,
 // and forced split counts that give splits with no keys, with one key, and key ranges that are
 // not a multiple of the tile (kFlashTiles below), so one GPU run says which kernels are right;
-// and the mma setting (the tensor-core forward for bf16/f16 at dh 32, 64, 128, the split kernels
-// elsewhere), automatic and forced to 3 and 7 splits.
+// and the mma setting (the tensor-core kernels for bf16/f16 at dh 32, 64, 128 and for f32 as
+// 3xTF32 (the double backward up to dh 64), the split kernels elsewhere), automatic and forced to
+// 3 and 7 splits.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -21,6 +22,7 @@
 
 #include "engine/autograd/engine.h"
 #include "engine/core/attention_settings.h"
+#include "engine/core/matmul_settings.h"
 #include "engine/ops/kernels.h"
 #include "support/cuda_compare.h"
 
@@ -42,6 +44,19 @@ constexpr Tolerance kFlashF32{2e-5, 2e-4};
 constexpr Tolerance kFlashF32Second{2e-4, 2e-3};
 // lse in f32: log of an f32 sum, absolute error ~ n 2^-24 relative of the sum -> 1e-5.
 constexpr Tolerance kLseF32{1e-5, 1e-5};
+// The f32 tensor-core kernels (the mma setting, dh 32/64/128; the double backward up to 64)
+// compute each product as three TF32 products (3xTF32): tools/reference/flash_tf32_rounding.py
+// simulates that rounding on these shapes and needs at most 2.2e-7 absolute on top of kFlashF32's
+// and kFlashF32Second's relative parts, 100x inside their absolute parts, which therefore stay.
+// Under cuda_matmul_allow_tf32 they take one TF32 product: every operand of every product
+// (q, k, v, dO, a, b, c and the coefficients P, dS, gS, gdP) rounded to 11 significant bits
+// (2^-11 relative). The same simulation (8 seeds) needs at most 1.1e-3 absolute with 2e-3
+// relative for o, dq, dk, dv (score errors of ~1e-4 move P by as much, relative), 9.1e-4 with
+// 1e-2 relative for the second order, and 1.7e-4 with 2e-3 relative for lse: these tolerances
+// leave about 2.5x.
+constexpr Tolerance kFlashTf32{3e-3, 2e-3};
+constexpr Tolerance kFlashTf32Second{3e-3, 1e-2};
+constexpr Tolerance kLseTf32{5e-4, 2e-3};
 // 16-bit storage: both sides compute in f32 from the same rounded inputs and round the result
 // once to 16 bits (kF16 / kBF16, support/cuda_compare.h); f32 order effects are far below. The
 // mma forward rounds P to the storage type before P V: each weight moves by <= 2^-9 (bf16) or
@@ -60,7 +75,8 @@ constexpr Tolerance kLseF32{1e-5, 1e-5};
 // the composite throughout): f64 rounding of a few hundred O(1) terms.
 constexpr Tolerance kGradF64{1e-10, 1e-10};
 
-Tolerance stub_tol(DType t, bool second_order = false) {
+Tolerance stub_tol(DType t, bool second_order = false, bool tf32 = false) {
+  if (tf32 && t == DType::f32) return second_order ? kFlashTf32Second : kFlashTf32;
   switch (t) {
     case DType::f64: return kFlashF64;
     case DType::f16: return kF16;
@@ -131,13 +147,27 @@ Inputs make_inputs(const std::vector<int64_t>& ql, const std::vector<int64_t>& k
   return in;
 }
 
+// Sets cuda_matmul_allow_tf32 for its lifetime, then restores it.
+struct UseTf32 {
+  explicit UseTf32(bool allow) : previous(cuda_matmul_allow_tf32()) {
+    set_cuda_matmul_allow_tf32(allow);
+  }
+  ~UseTf32() { set_cuda_matmul_allow_tf32(previous); }
+  UseTf32(const UseTf32&) = delete;
+  UseTf32& operator=(const UseTf32&) = delete;
+  bool previous;
+};
+
 // The stubs on the GPU (outputs into sentinel-padded windows) against the CPU loops, for one
 // dtype: the CPU reads the same values (16-bit inputs widened to f32) and its results are
-// rounded to the dtype.
+// rounded to the dtype. tf32: with cuda_matmul_allow_tf32 (f32's tensor-core kernels take one
+// TF32 product instead of three).
 void compare_stubs(const std::vector<int64_t>& ql, const std::vector<int64_t>& kl, int64_t H,
-                   int64_t dh, DType t, uint64_t seed, double range = 1.0) {
-  const std::string what = fmt::format("flash stubs H {} dh {} {}", H, dh, dtype_name(t));
+                   int64_t dh, DType t, uint64_t seed, double range = 1.0, bool tf32 = false) {
+  const std::string what =
+      fmt::format("flash stubs H {} dh {} {}{}", H, dh, dtype_name(t), tf32 ? " tf32" : "");
   INFO(what);
+  const UseTf32 use_tf32(tf32);
   const DType ct = t == DType::f64 ? DType::f64 : DType::f32;
   const std::vector<int64_t> cu_q = offsets_of(ql), cu_k = offsets_of(kl);
   const FlashAttentionLayout layout{&cu_q, &cu_k, 1.0 / std::sqrt(double(dh))};
@@ -170,8 +200,10 @@ void compare_stubs(const std::vector<int64_t>& ql, const std::vector<int64_t>& k
     Padded o = padded(qs, t, gpu0(), false), lse = padded(Shape{Nq, H}, ct, gpu0(), false);
     flash_attention_kernel(gpu0(), dev(in.q), dev(in.k), dev(in.v), layout, o.window,
                            lse.window);
-    check_padded(o, stored(o_ref), stub_tol(t), at + ": o");
-    check_padded(lse, lse_ref, t == DType::f64 ? kFlashF64 : kLseF32, at + ": lse");
+    const bool tf32_mma = tf32 && t == DType::f32 && setting.kernels == FlashKernels::mma;
+    check_padded(o, stored(o_ref), stub_tol(t, false, tf32), at + ": o");
+    check_padded(lse, lse_ref, t == DType::f64 ? kFlashF64 : tf32_mma ? kLseTf32 : kLseF32,
+                 at + ": lse");
 
     // backward
     Padded dq = padded(qs, t, gpu0(), false), dk = padded(ks, t, gpu0(), false),
@@ -179,24 +211,26 @@ void compare_stubs(const std::vector<int64_t>& ql, const std::vector<int64_t>& k
     flash_attention_backward_kernel(gpu0(), dev(in.q), dev(in.k), dev(in.v), o_t.to(gpu0()),
                                     dev(in.dO), lse_ref.to(gpu0()), layout, dq.window,
                                     dk.window, dv.window);
-    check_padded(dq, stored(dq_ref), stub_tol(t), at + ": dq");
-    check_padded(dk, stored(dk_ref), stub_tol(t), at + ": dk");
-    check_padded(dv, stored(dv_ref), stub_tol(t), at + ": dv");
+    check_padded(dq, stored(dq_ref), stub_tol(t, false, tf32), at + ": dq");
+    check_padded(dk, stored(dk_ref), stub_tol(t, false, tf32), at + ": dk");
+    check_padded(dv, stored(dv_ref), stub_tol(t, false, tf32), at + ": dv");
 
     // double backward
     Padded gq = padded(qs, t, gpu0(), false), gk = padded(ks, t, gpu0(), false),
            gv = padded(ks, t, gpu0(), false), gdo = padded(qs, t, gpu0(), false);
-    // The tensor-core kernels must run exactly where they are meant to (no silent fallback).
+    // The tensor-core kernels must run exactly where they are meant to (no silent fallback):
+    // 16-bit storage at dh 32, 64, 128; f32 at 32 and 64.
     const bool mma = setting.kernels == FlashKernels::mma &&
-                     (t == DType::bf16 || t == DType::f16) &&
-                     (dh == 32 || dh == 64 || dh == 128);
+                     (((t == DType::bf16 || t == DType::f16) &&
+                       (dh == 32 || dh == 64 || dh == 128)) ||
+                      (t == DType::f32 && (dh == 32 || dh == 64)));
     const long long mma_before = cuda_flash_mma_double_backward_count();
     flash_attention_double_backward_kernel(
         gpu0(), dev(in.q), dev(in.k), dev(in.v), o_t.to(gpu0()), dev(in.dO),
         lse_ref.to(gpu0()), dev(in.a), dev(in.b), dev(in.c), layout, gq.window, gk.window,
         gv.window, gdo.window);
     CHECK(cuda_flash_mma_double_backward_count() - mma_before == (mma ? 1 : 0));
-    const Tolerance tol2 = stub_tol(t, true);
+    const Tolerance tol2 = stub_tol(t, true, tf32);
     check_padded(gq, stored(gq_ref), tol2, at + ": grad q");
     check_padded(gk, stored(gk_ref), tol2, at + ": grad k");
     check_padded(gv, stored(gv_ref), tol2, at + ": grad v");
@@ -295,6 +329,19 @@ TEST_CASE("CUDA flash attention: the stubs match the CPU loops (every dtype, sen
   compare_stubs({16, 5}, {100, 33}, 2, 64, DType::f32, 497, 4.0);
 }
 
+TEST_CASE("CUDA flash attention: f32 on TF32 tensor cores under cuda_matmul_allow_tf32",
+          "[cuda][flash]") {
+  MT_SKIP_WITHOUT_CUDA();
+  // Every head dim of the tensor-core kernels (the double backward's f32 limit, 64, and past
+  // it), one they do not take (40), and the split edges; the stubs' default (3xTF32) is covered
+  // above for every kernel setting.
+  for (int64_t dh : {32, 64, 128, 40})
+    compare_stubs(kQLengths, kKLengths, 2, dh, DType::f32, 541 + uint64_t(dh), 1.0, true);
+  compare_stubs({1, 3}, {1, 65}, 1, 32, DType::f32, 547, 1.0, true);
+  compare_stubs({64, 8}, {3000, 2100}, 2, 64, DType::f32, 549, 1.0, true);
+  CHECK_FALSE(cuda_matmul_allow_tf32());  // restored
+}
+
 TEST_CASE("CUDA flash attention: long key sequences (3000 keys per sample)", "[cuda][flash]") {
   MT_SKIP_WITHOUT_CUDA();
   compare_stubs({64, 8}, {3000, 2100}, 2, 64, DType::f32, 501);
@@ -308,7 +355,8 @@ TEST_CASE("CUDA flash attention: varlen_attention's gradients equal the CPU comp
   const int64_t Nq = std::accumulate(kQLengths.begin(), kQLengths.end(), int64_t(0));
   const int64_t Nk = std::accumulate(kKLengths.begin(), kKLengths.end(), int64_t(0));
   const std::vector<Shape> shapes{Shape{Nq, H * dh}, Shape{Nk, H * dh}, Shape{Nk, H * dh}};
-  for (const KernelSetting& setting : {kKernelSettings[0], kKernelSettings[3]})
+  for (const KernelSetting& setting :
+       {kKernelSettings[0], kKernelSettings[3], kKernelSettings[5]})
   for (auto [rotate, rotate_value] : {std::pair{false, false}, {true, false}, {true, true}}) {
     const UseKernels use(setting);
     const VarlenAttention s = spec_of(kQLengths, kKLengths, H, dh, rotate, rotate_value);

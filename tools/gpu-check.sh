@@ -175,6 +175,9 @@ FLASH_BENCH="$BUILD_DIR/bin/metatape-bench-flash-attention"
 if [[ -x "$FLASH_BENCH" ]]; then
   run_step bench_flash_attention bench_flash_attention.log \
     "$FLASH_BENCH" --json "$OUT_DIR/flash_attention_bench.json" --commit "$COMMIT"
+  # f32 with one TF32 product (the default above is 3xTF32), the composite on TF32 GEMMs.
+  run_step bench_flash_attention_tf32 bench_flash_attention_tf32.log \
+    "$FLASH_BENCH" --tf32 --json "$OUT_DIR/flash_attention_bench_tf32.json" --commit "$COMMIT"
   # The PyTorch peer at the same shapes, when torch with CUDA is installed.
   if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
     run_step peer_flash_attention peer_flash_attention.log \
@@ -192,7 +195,7 @@ fi
   echo "  \"steps\": {"
   first=1
   for name in configure build cuda_tests memcheck all_tests bench_kernels bench_embedding_update \
-    bench_flash_attention peer_flash_attention bench_meta_step bench_meta_step_graph \
+    bench_flash_attention bench_flash_attention_tf32 peer_flash_attention bench_meta_step bench_meta_step_graph \
     bench_meta_step_variants profile_meta_step bench_meta_step_torch; do
     [[ -n "${status[$name]+x}" ]] || continue
     [[ $first -eq 1 ]] || echo ","

@@ -16,8 +16,12 @@ namespace mt {
 //          m16n8k16, f32 accumulation; the pair coefficients P, dS (and gS, gdP) rounded to the
 //          storage type before their second product), split-KV like the split setting (flash_attention.md). The default since
 //          its first H100 run (every [cuda][flash] comparison passed, memcheck clean; 16-bit
-//          forward+backward 1.3-4.4x faster than the split kernels). METATAPE_FLASH_KERNELS=split
-//          selects the split kernels for every dtype at start-up.
+//          forward+backward 1.3-4.4x faster than the split kernels). f32 storage runs the same
+//          kernels (since 2026-12-06, not yet run on a GPU; the double backward up to head dim
+//          64), each product as three TF32 products (3xTF32, about f32 accuracy, as PyTorch's
+//          memory-efficient attention computes f32), or as one (TF32) under
+//          set_cuda_matmul_allow_tf32(true). METATAPE_FLASH_KERNELS=split selects the split
+//          kernels for every dtype at start-up.
 enum class FlashKernels { split, simple, mma };
 void set_cuda_flash_kernels(FlashKernels kernels);
 FlashKernels cuda_flash_kernels();

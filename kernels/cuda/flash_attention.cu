@@ -16,6 +16,8 @@
 // deterministic results. Everything runs on the caller's stream; nothing waits for the device.
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/elementwise.cuh"  // m_exp, m_log
@@ -327,11 +329,16 @@ __global__ void __launch_bounds__(kThreads)
 constexpr int kMmaKeys = 16;                  // keys per warp per tile
 constexpr int kMmaTile = kWarps * kMmaKeys;   // keys per staged tile
 
-template <int kD>
+// Elem: the raw element staged in shared memory (uint16_t for 16-bit storage, float for f32).
+// Rows of kD + 8 16-bit elements (16-byte padding) keep the 32-bit fragment loads of both
+// patterns (a row's adjacent pair; two rows' same column) conflict-free; f32 rows take kD + 4
+// floats, which keeps the two-row pattern (the more frequent one: the P V and dS K products)
+// conflict-free and costs the 64-bit adjacent-pair loads a two-way conflict.
+template <int kD, class Elem = uint16_t>
 struct MmaSmem {
-  static constexpr int kStride = kD + 8;     // 16-bit elements per staged K/V row
+  static constexpr int kStride = kD + (sizeof(Elem) == 2 ? 8 : 4);  // elements per staged row
   static constexpr int kRedStride = kD + 4;  // floats per row of the final merge
-  static constexpr size_t kv_bytes = size_t(2) * kMmaTile * kStride * sizeof(uint16_t);
+  static constexpr size_t kv_bytes = size_t(2) * kMmaTile * kStride * sizeof(Elem);
   static constexpr size_t red_bytes =
       sizeof(float) * (size_t(kWarps) * kRows * kRedStride + 2 * size_t(kWarps) * kRows);
   static constexpr size_t bytes = kv_bytes > red_bytes ? kv_bytes : red_bytes;
@@ -366,26 +373,154 @@ __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
          (uint32_t(__half_as_ushort(__float2half_rn(hi))) << 16);
 }
 
-// Keys [t0, t0 + n) of head h of x (N, H, kD) -> dst (kMmaTile rows of kStride 16-bit elements),
-// zeros past n; 16-byte loads (the launcher checks the alignment).
-template <class T, int kD>
-__device__ __forceinline__ void stage_tile_raw(const T* __restrict__ x, int64_t t0, int n,
-                                               const Args& a, int h, uint16_t* dst) {
-  constexpr int kVecs = kD / 8;
+// ---- fragment arithmetic by storage type ----
+// The tensor-core kernels below are written once over Frag, one of:
+//   Mma16<T> (bf16, f16 storage): a Pair (two elements of one fragment position: the adjacent
+//     indices 2t, 2t+1 of the layout above) is one 32-bit register; Frag::mma is one m16n8k16.
+//   MmaTf32<kTerms> (f32 storage): a Pair is two f32 values, and Frag::mma computes the same
+//     16 x 8 x 16 product D += A B as two m16n8k8 TF32 products per term
+//     (mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32). That instruction's layout gives lane
+//     (g, t) the k indices t and t + 4: a0 = A[g][t], a1 = A[g+8][t], a2 = A[g][t+4],
+//     a3 = A[g+8][t+4]; b0 = B[t][g], b1 = B[t+4][g]; C and D as m16n8k16. A sum over k does not
+//     depend on how k is numbered, so the first product takes the physical indices 2t (as its
+//     k = t) and 2t + 1 (as k = t + 4), the second 2t + 8 and 2t + 9: every lane feeds exactly
+//     the elements it holds in the m16n8k16 layout, for A and B alike, and each of the 16
+//     indices is used once.
+//     kTerms = 3 (f32's default, "3xTF32"): each input x = big + small, big = tf32(x) (round to
+//     nearest, 11 significant bits) and small = tf32(x - big) (x - big is exact in f32); A B is
+//     computed as small_a big_b + big_a small_b + big_a big_b, dropping small_a small_b
+//     (<= 2^-22 relative): each product within ~2^-21 relative, about f32's accuracy at
+//     tensor-core speed. PyTorch's memory-efficient attention computes f32 the same way on
+//     sm_80+ (CUTLASS's OpMultiplyAddFastF32).
+//     kTerms = 1 (f32 under cuda_matmul_allow_tf32, FlashDesc::tf32): big_a big_b only, each
+//     input rounded to 11 significant bits (2^-11 relative), as the TF32 GEMMs.
+//   P, dS (and the double backward's gS, gdP) enter their second product as Pairs too: rounded
+//   to the storage type by Mma16, kept in f32 (then split as above) by MmaTf32.
+template <class T_>
+struct Mma16 {
+  using T = T_;
+  using Elem = uint16_t;
+  using Pair = uint32_t;
+  __device__ static Pair zero() { return 0u; }
+  __device__ static Pair pack(float lo, float hi) { return pack2<T>(lo, hi); }
+  // p[0], p[1] (32-bit aligned)
+  __device__ static Pair load_pair(const Elem* p) { return *reinterpret_cast<const uint32_t*>(p); }
+  // *lo, *hi from two places
+  __device__ static Pair load_split(const Elem* lo, const Elem* hi) {
+    return uint32_t(*lo) | (uint32_t(*hi) << 16);
+  }
+  // x[i], x[i + 1] from global memory (i even, x 4-byte aligned)
+  __device__ static Pair global_pair(const T* __restrict__ x, int64_t i) {
+    return reinterpret_cast<const uint32_t*>(x)[i / 2];
+  }
+  __device__ static void mma(float (&d)[4], const Pair (&a)[4], Pair b0, Pair b1) {
+    mma_16816<T>(d, a, b0, b1);
+  }
+};
+
+struct F32Pair {
+  float lo, hi;
+};
+
+__device__ __forceinline__ uint32_t tf32_rna(float x) {
+  uint32_t r;
+  asm volatile("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+  return r;
+}
+
+__device__ __forceinline__ void mma_1688_tf32(float (&d)[4], const uint32_t (&a)[4],
+                                              const uint32_t (&b)[2]) {
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+template <int kTerms>
+struct MmaTf32 {
+  static_assert(kTerms == 1 || kTerms == 3);
+  using T = float;
+  using Elem = float;
+  using Pair = F32Pair;
+  __device__ static Pair zero() { return {0.f, 0.f}; }
+  __device__ static Pair pack(float lo, float hi) { return {lo, hi}; }
+  __device__ static Pair load_pair(const Elem* p) {  // 8-byte aligned
+    const float2 v = *reinterpret_cast<const float2*>(p);
+    return {v.x, v.y};
+  }
+  __device__ static Pair load_split(const Elem* lo, const Elem* hi) { return {*lo, *hi}; }
+  __device__ static Pair global_pair(const T* __restrict__ x, int64_t i) {  // i even
+    const float2 v = *reinterpret_cast<const float2*>(x + i);
+    return {v.x, v.y};
+  }
+  // One k-half: rows g (r0) and g + 8 (r8) of A and the column of B, each at the physical k
+  // indices (lo, hi) = (2t, 2t + 1) (+ 8 for the second half), as m16n8k8's k = t and t + 4.
+  __device__ static void half(float (&d)[4], Pair r0, Pair r8, Pair b) {
+    const uint32_t ab[4] = {tf32_rna(r0.lo), tf32_rna(r8.lo), tf32_rna(r0.hi), tf32_rna(r8.hi)};
+    const uint32_t bb[2] = {tf32_rna(b.lo), tf32_rna(b.hi)};
+    if constexpr (kTerms == 3) {
+      const uint32_t as[4] = {tf32_rna(r0.lo - __uint_as_float(ab[0])),
+                              tf32_rna(r8.lo - __uint_as_float(ab[1])),
+                              tf32_rna(r0.hi - __uint_as_float(ab[2])),
+                              tf32_rna(r8.hi - __uint_as_float(ab[3]))};
+      const uint32_t bs[2] = {tf32_rna(b.lo - __uint_as_float(bb[0])),
+                              tf32_rna(b.hi - __uint_as_float(bb[1]))};
+      mma_1688_tf32(d, as, bb);
+      mma_1688_tf32(d, ab, bs);
+    }
+    mma_1688_tf32(d, ab, bb);
+  }
+  __device__ static void mma(float (&d)[4], const Pair (&a)[4], Pair b0, Pair b1) {
+    half(d, a[0], a[1], b0);
+    half(d, a[2], a[3], b1);
+  }
+};
+
+// Entries [t0, t0 + n) of head h of x (N, H, kD) -> dst (kMmaTile rows of kStride raw
+// elements), zeros past n; 16-byte loads (the launcher checks the alignment).
+template <class Frag, int kD>
+__device__ __forceinline__ void stage_tile_raw(const typename Frag::T* __restrict__ x, int64_t t0,
+                                               int n, const Args& a, int h,
+                                               typename Frag::Elem* dst) {
+  using Elem = typename Frag::Elem;
+  constexpr int kPer = 16 / int(sizeof(Elem));  // elements per 16-byte vector
+  constexpr int kVecs = kD / kPer;
   for (int idx = threadIdx.x; idx < kMmaTile * kVecs; idx += kThreads) {
-    const int j = idx / kVecs, c = (idx % kVecs) * 8;
+    const int j = idx / kVecs, c = (idx % kVecs) * kPer;
     uint4 val = make_uint4(0, 0, 0, 0);
     if (j < n) val = *reinterpret_cast<const uint4*>(x + ((t0 + j) * a.H + h) * kD + c);
-    *reinterpret_cast<uint4*>(dst + j * MmaSmem<kD>::kStride + c) = val;
+    *reinterpret_cast<uint4*>(dst + j * MmaSmem<kD, Elem>::kStride + c) = val;
   }
 }
 
-template <class T, int kD, bool kSplit>
+// Rows g and g + 8 of the CTA's 16 (zero past its end) of head h of x (N, H, kD) as A
+// fragments: xf[s] covers head-dim columns [16 s, 16 s + 16).
+template <class Frag, int kD>
+__device__ __forceinline__ void mma_load_rows(const typename Frag::T* __restrict__ x,
+                                              const Span& sp, const Args& a, int h,
+                                              typename Frag::Pair (&xf)[kD / 16][4]) {
+  const int lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = g + 8 * half;
+    const int64_t base = ((sp.row0 + r) * a.H + h) * kD + 2 * t;
+#pragma unroll
+    for (int s = 0; s < kD / 16; ++s) {
+      xf[s][half] = r < sp.nrows ? Frag::global_pair(x, base + 16 * s) : Frag::zero();
+      xf[s][2 + half] = r < sp.nrows ? Frag::global_pair(x, base + 16 * s + 8) : Frag::zero();
+    }
+  }
+}
+
+template <class T, class Frag, int kD, bool kSplit>
 __global__ void __launch_bounds__(kThreads)
     flash_fwd_mma(Args a, float scale_log2, const T* __restrict__ q, const T* __restrict__ k,
                   const T* __restrict__ v, T* __restrict__ o, float* __restrict__ lse,
                   float* __restrict__ part) {
-  using Sm = MmaSmem<kD>;
+  static_assert(std::is_same_v<T, typename Frag::T>);
+  using Elem = typename Frag::Elem;
+  using Pair = typename Frag::Pair;
+  using Sm = MmaSmem<kD, Elem>;
   constexpr int KS = kD / 16;  // k-steps of S = Q K^T over the head dim
   constexpr int ND = kD / 8;   // n-tiles of O
   constexpr int ST = Sm::kStride;
@@ -393,22 +528,12 @@ __global__ void __launch_bounds__(kThreads)
   const int h = blockIdx.y, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int g = lane / 4, t = lane % 4;
   const Span sp = span_of(a);
-  uint16_t* ks = smem_base<uint16_t>();
-  uint16_t* vs = ks + kMmaTile * ST;
+  Elem* ks = smem_base<Elem>();
+  Elem* vs = ks + kMmaTile * ST;
 
   // Q's A fragments (rows past the block's end are zero).
-  uint32_t qf[KS][4];
-  const auto* q32 = reinterpret_cast<const uint32_t*>(q);
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = g + 8 * half;
-    const int64_t base = ((sp.row0 + r) * a.H + h) * kD + 2 * t;
-#pragma unroll
-    for (int s = 0; s < KS; ++s) {
-      qf[s][half] = r < sp.nrows ? q32[(base + 16 * s) / 2] : 0u;
-      qf[s][2 + half] = r < sp.nrows ? q32[(base + 16 * s + 8) / 2] : 0u;
-    }
-  }
+  Pair qf[KS][4];
+  mma_load_rows<Frag, kD>(q, sp, a, h, qf);
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, acc[ND][4];
 #pragma unroll
   for (int nd = 0; nd < ND; ++nd)
@@ -421,8 +546,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t t0 = kb; t0 < ke; t0 += kMmaTile) {
     const int n = int(ke - t0 < kMmaTile ? ke - t0 : kMmaTile);
     __syncthreads();  // the previous tile is consumed
-    stage_tile_raw<T, kD>(k, sp.tile0 + t0, n, a, h, ks);
-    stage_tile_raw<T, kD>(v, sp.tile0 + t0, n, a, h, vs);
+    stage_tile_raw<Frag, kD>(k, sp.tile0 + t0, n, a, h, ks);
+    stage_tile_raw<Frag, kD>(v, sp.tile0 + t0, n, a, h, vs);
     __syncthreads();
     if (j0 >= n) continue;  // warp-uniform: this warp's keys are past the end of the tile
     float s[2][4];
@@ -434,9 +559,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int st = 0; st < KS; ++st)
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt) {
-        const uint16_t* kr = ks + (j0 + 8 * nt + g) * ST + 16 * st + 2 * t;
-        mma_16816<T>(s[nt], qf[st], *reinterpret_cast<const uint32_t*>(kr),
-                     *reinterpret_cast<const uint32_t*>(kr + 8));
+        const Elem* kr = ks + (j0 + 8 * nt + g) * ST + 16 * st + 2 * t;
+        Frag::mma(s[nt], qf[st], Frag::load_pair(kr), Frag::load_pair(kr + 8));
       }
     float tmax[2] = {-INFINITY, -INFINITY};
 #pragma unroll
@@ -477,14 +601,12 @@ __global__ void __launch_bounds__(kThreads)
       acc[nd][2] *= alpha[1];
       acc[nd][3] *= alpha[1];
     }
-    const uint32_t pf[4] = {pack2<T>(s[0][0], s[0][1]), pack2<T>(s[0][2], s[0][3]),
-                            pack2<T>(s[1][0], s[1][1]), pack2<T>(s[1][2], s[1][3])};
+    const Pair pf[4] = {Frag::pack(s[0][0], s[0][1]), Frag::pack(s[0][2], s[0][3]),
+                        Frag::pack(s[1][0], s[1][1]), Frag::pack(s[1][2], s[1][3])};
 #pragma unroll
     for (int nd = 0; nd < ND; ++nd) {
-      const uint16_t* vc = vs + (j0 + 2 * t) * ST + 8 * nd + g;
-      const uint32_t b0 = uint32_t(vc[0]) | (uint32_t(vc[ST]) << 16);
-      const uint32_t b1 = uint32_t(vc[8 * ST]) | (uint32_t(vc[9 * ST]) << 16);
-      mma_16816<T>(acc[nd], pf, b0, b1);
+      const Elem* vc = vs + (j0 + 2 * t) * ST + 8 * nd + g;
+      Frag::mma(acc[nd], pf, Frag::load_split(vc, vc + ST), Frag::load_split(vc + 8 * ST, vc + 9 * ST));
     }
   }
 
@@ -558,27 +680,11 @@ __global__ void __launch_bounds__(kThreads)
 // added in order 0..3 at the end (deterministic). The products dS and P are rounded to the
 // storage type before the second product, as the forward's P.
 // ---------------------------------------------------------------------------------------------
-template <class T, int kD>
-__device__ __forceinline__ void mma_load_rows(const T* __restrict__ x, const Span& sp,
-                                              const Args& a, int h, uint32_t (&xf)[kD / 16][4]) {
-  const int lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
-  const auto* x32 = reinterpret_cast<const uint32_t*>(x);
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = g + 8 * half;
-    const int64_t base = ((sp.row0 + r) * a.H + h) * kD + 2 * t;
-#pragma unroll
-    for (int s = 0; s < kD / 16; ++s) {
-      xf[s][half] = r < sp.nrows ? x32[(base + 16 * s) / 2] : 0u;
-      xf[s][2 + half] = r < sp.nrows ? x32[(base + 16 * s + 8) / 2] : 0u;
-    }
-  }
-}
-
-template <class T, int kD>
-__device__ __forceinline__ void mma_scores(const uint32_t (&xf)[kD / 16][4], const uint16_t* tile,
-                                           int j0, float (&s)[2][4]) {
-  constexpr int ST = MmaSmem<kD>::kStride;
+template <class Frag, int kD>
+__device__ __forceinline__ void mma_scores(const typename Frag::Pair (&xf)[kD / 16][4],
+                                           const typename Frag::Elem* tile, int j0,
+                                           float (&s)[2][4]) {
+  constexpr int ST = MmaSmem<kD, typename Frag::Elem>::kStride;
   const int lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
 #pragma unroll
   for (int nt = 0; nt < 2; ++nt)
@@ -588,31 +694,29 @@ __device__ __forceinline__ void mma_scores(const uint32_t (&xf)[kD / 16][4], con
   for (int st = 0; st < kD / 16; ++st)
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
-      const uint16_t* tr = tile + (j0 + 8 * nt + g) * ST + 16 * st + 2 * t;
-      mma_16816<T>(s[nt], xf[st], *reinterpret_cast<const uint32_t*>(tr),
-                   *reinterpret_cast<const uint32_t*>(tr + 8));
+      const typename Frag::Elem* tr = tile + (j0 + 8 * nt + g) * ST + 16 * st + 2 * t;
+      Frag::mma(s[nt], xf[st], Frag::load_pair(tr), Frag::load_pair(tr + 8));
     }
 }
 
-template <class T>
-__device__ __forceinline__ void mma_pack(const float (&c)[2][4], uint32_t (&cf)[4]) {
-  cf[0] = pack2<T>(c[0][0], c[0][1]);
-  cf[1] = pack2<T>(c[0][2], c[0][3]);
-  cf[2] = pack2<T>(c[1][0], c[1][1]);
-  cf[3] = pack2<T>(c[1][2], c[1][3]);
+template <class Frag>
+__device__ __forceinline__ void mma_pack(const float (&c)[2][4], typename Frag::Pair (&cf)[4]) {
+  cf[0] = Frag::pack(c[0][0], c[0][1]);
+  cf[1] = Frag::pack(c[0][2], c[0][3]);
+  cf[2] = Frag::pack(c[1][0], c[1][1]);
+  cf[3] = Frag::pack(c[1][2], c[1][3]);
 }
 
-template <class T, int kD>
-__device__ __forceinline__ void mma_accumulate(float (&acc)[kD / 8][4], const uint32_t (&cf)[4],
-                                               const uint16_t* tile, int j0) {
-  constexpr int ST = MmaSmem<kD>::kStride;
+template <class Frag, int kD>
+__device__ __forceinline__ void mma_accumulate(float (&acc)[kD / 8][4],
+                                               const typename Frag::Pair (&cf)[4],
+                                               const typename Frag::Elem* tile, int j0) {
+  constexpr int ST = MmaSmem<kD, typename Frag::Elem>::kStride;
   const int lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
 #pragma unroll
   for (int nd = 0; nd < kD / 8; ++nd) {
-    const uint16_t* tc = tile + (j0 + 2 * t) * ST + 8 * nd + g;
-    const uint32_t b0 = uint32_t(tc[0]) | (uint32_t(tc[ST]) << 16);
-    const uint32_t b1 = uint32_t(tc[8 * ST]) | (uint32_t(tc[9 * ST]) << 16);
-    mma_16816<T>(acc[nd], cf, b0, b1);
+    const typename Frag::Elem* tc = tile + (j0 + 2 * t) * ST + 8 * nd + g;
+    Frag::mma(acc[nd], cf, Frag::load_split(tc, tc + ST), Frag::load_split(tc + 8 * ST, tc + 9 * ST));
   }
 }
 
@@ -649,22 +753,25 @@ __device__ __forceinline__ void mma_merge(const float (&acc)[kD / 8][4], float* 
 
 // Backward, query side (as flash_bwd_q): D = rowsum(dO o) (split 0 writes it), dq = scale sum_j
 // dS_ij k_j; kSplit: the unscaled sum of split blockIdx.z to part (S, Nq, H, dh).
-template <class T, int kD, bool kSplit>
+template <class T, class Frag, int kD, bool kSplit>
 __global__ void __launch_bounds__(kThreads)
     flash_bwd_q_mma(Args a, float scale, float scale_log2, const T* __restrict__ q,
                     const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ o,
                     const T* __restrict__ dO, const float* __restrict__ lse,
                     T* __restrict__ dq, float* __restrict__ D_out, float* __restrict__ part) {
-  constexpr int ST = MmaSmem<kD>::kStride;
+  static_assert(std::is_same_v<T, typename Frag::T>);
+  using Elem = typename Frag::Elem;
+  using Pair = typename Frag::Pair;
+  constexpr int ST = MmaSmem<kD, Elem>::kStride;
   constexpr float kLog2e = 1.4426950408889634f;
   const int h = blockIdx.y, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int g = lane / 4, t = lane % 4;
   const Span sp = span_of(a);
-  uint16_t* ks = smem_base<uint16_t>();
-  uint16_t* vs = ks + kMmaTile * ST;
-  uint32_t qf[kD / 16][4], gf[kD / 16][4];
-  mma_load_rows<T, kD>(q, sp, a, h, qf);
-  mma_load_rows<T, kD>(dO, sp, a, h, gf);
+  Elem* ks = smem_base<Elem>();
+  Elem* vs = ks + kMmaTile * ST;
+  Pair qf[kD / 16][4], gf[kD / 16][4];
+  mma_load_rows<Frag, kD>(q, sp, a, h, qf);
+  mma_load_rows<Frag, kD>(dO, sp, a, h, gf);
   float D[2], L2[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {  // the quad of row g + 8 r sums columns t, t + 4, ...
@@ -692,13 +799,13 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t t0 = kb; t0 < ke; t0 += kMmaTile) {
     const int n = int(ke - t0 < kMmaTile ? ke - t0 : kMmaTile);
     __syncthreads();
-    stage_tile_raw<T, kD>(k, sp.tile0 + t0, n, a, h, ks);
-    stage_tile_raw<T, kD>(v, sp.tile0 + t0, n, a, h, vs);
+    stage_tile_raw<Frag, kD>(k, sp.tile0 + t0, n, a, h, ks);
+    stage_tile_raw<Frag, kD>(v, sp.tile0 + t0, n, a, h, vs);
     __syncthreads();
     if (j0 >= n) continue;  // warp-uniform
     float s[2][4], dp[2][4];
-    mma_scores<T, kD>(qf, ks, j0, s);
-    mma_scores<T, kD>(gf, vs, j0, dp);
+    mma_scores<Frag, kD>(qf, ks, j0, s);
+    mma_scores<Frag, kD>(gf, vs, j0, dp);
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
@@ -707,9 +814,9 @@ __global__ void __launch_bounds__(kThreads)
         const float p = key < n ? exp2f(s[nt][i] * scale_log2 - L2[i / 2]) : 0.f;
         s[nt][i] = p * (dp[nt][i] - D[i / 2]);  // dS
       }
-    uint32_t cf[4];
-    mma_pack<T>(s, cf);
-    mma_accumulate<T, kD>(acc, cf, ks, j0);
+    Pair cf[4];
+    mma_pack<Frag>(s, cf);
+    mma_accumulate<Frag, kD>(acc, cf, ks, j0);
   }
   const int64_t rows0 = (sp.row0 * a.H + h) * kD;
   const int64_t row_stride = int64_t(a.H) * kD;
@@ -727,24 +834,27 @@ __global__ void __launch_bounds__(kThreads)
 
 // Backward, key side (as flash_bwd_kv): rows = keys, tile = the sample's queries; dv = sum_i
 // P_ij dO_i, dk = scale sum_i dS_ij q_i (lse and D per query staged with the tile).
-template <class T, int kD>
+template <class T, class Frag, int kD>
 __global__ void __launch_bounds__(kThreads)
     flash_bwd_kv_mma(Args a, float scale, float scale_log2, const T* __restrict__ q,
                      const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ dO,
                      const float* __restrict__ lse, const float* __restrict__ Dq,
                      T* __restrict__ dk, T* __restrict__ dv) {
-  constexpr int ST = MmaSmem<kD>::kStride;
+  static_assert(std::is_same_v<T, typename Frag::T>);
+  using Elem = typename Frag::Elem;
+  using Pair = typename Frag::Pair;
+  constexpr int ST = MmaSmem<kD, Elem>::kStride;
   constexpr float kLog2e = 1.4426950408889634f;
   const int h = blockIdx.y, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int t = lane % 4;
   const Span sp = span_of(a);
-  uint16_t* qs = smem_base<uint16_t>();
-  uint16_t* gs = qs + kMmaTile * ST;
+  Elem* qs = smem_base<Elem>();
+  Elem* gs = qs + kMmaTile * ST;
   float* tl = reinterpret_cast<float*>(gs + kMmaTile * ST);  // lse (base 2) per tile query
   float* tD = tl + kMmaTile;                                 // D per tile query
-  uint32_t kf[kD / 16][4], vf[kD / 16][4];
-  mma_load_rows<T, kD>(k, sp, a, h, kf);
-  mma_load_rows<T, kD>(v, sp, a, h, vf);
+  Pair kf[kD / 16][4], vf[kD / 16][4];
+  mma_load_rows<Frag, kD>(k, sp, a, h, kf);
+  mma_load_rows<Frag, kD>(v, sp, a, h, vf);
   float acck[kD / 8][4], accv[kD / 8][4];
 #pragma unroll
   for (int nd = 0; nd < kD / 8; ++nd)
@@ -754,8 +864,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t t0 = 0; t0 < sp.ntile; t0 += kMmaTile) {
     const int n = int(sp.ntile - t0 < kMmaTile ? sp.ntile - t0 : kMmaTile);
     __syncthreads();
-    stage_tile_raw<T, kD>(q, sp.tile0 + t0, n, a, h, qs);
-    stage_tile_raw<T, kD>(dO, sp.tile0 + t0, n, a, h, gs);
+    stage_tile_raw<Frag, kD>(q, sp.tile0 + t0, n, a, h, qs);
+    stage_tile_raw<Frag, kD>(dO, sp.tile0 + t0, n, a, h, gs);
     for (int j = threadIdx.x; j < kMmaTile; j += kThreads) {
       const int64_t rh = (sp.tile0 + t0 + j) * a.H + h;
       tl[j] = j < n ? lse[rh] * kLog2e : 0.f;
@@ -764,8 +874,8 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     if (j0 >= n) continue;  // warp-uniform
     float s[2][4], dp[2][4];
-    mma_scores<T, kD>(kf, qs, j0, s);  // s[nt][i]: key g + 8 (i / 2), query j0 + 8 nt + 2t + i % 2
-    mma_scores<T, kD>(vf, gs, j0, dp);
+    mma_scores<Frag, kD>(kf, qs, j0, s);  // s[nt][i]: key g + 8 (i / 2), query j0 + 8 nt + 2t + i % 2
+    mma_scores<Frag, kD>(vf, gs, j0, dp);
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
@@ -775,11 +885,11 @@ __global__ void __launch_bounds__(kThreads)
         s[nt][i] = p;
         dp[nt][i] = p * (dp[nt][i] - tD[j]);  // dS (0 past the end: p = 0)
       }
-    uint32_t pf[4], df[4];
-    mma_pack<T>(s, pf);
-    mma_pack<T>(dp, df);
-    mma_accumulate<T, kD>(accv, pf, gs, j0);
-    mma_accumulate<T, kD>(acck, df, qs, j0);
+    Pair pf[4], df[4];
+    mma_pack<Frag>(s, pf);
+    mma_pack<Frag>(dp, df);
+    mma_accumulate<Frag, kD>(accv, pf, gs, j0);
+    mma_accumulate<Frag, kD>(acck, df, qs, j0);
   }
   const int64_t rows0 = (sp.row0 * a.H + h) * kD;
   const int64_t row_stride = int64_t(a.H) * kD;
@@ -1234,10 +1344,10 @@ __global__ void __launch_bounds__(kThreads)
 // shared. The warps' partial sums (statistics and outputs) are added in warp order 0..3
 // (deterministic, no atomics).
 // ---------------------------------------------------------------------------------------------
-template <int kD, int kTiles, int kScalars>
+template <int kD, int kTiles, int kScalars, class Elem = uint16_t>
 struct DdMmaSmem {
   static constexpr size_t tile_bytes =
-      size_t(kTiles) * kMmaTile * MmaSmem<kD>::kStride * sizeof(uint16_t) +
+      size_t(kTiles) * kMmaTile * MmaSmem<kD, Elem>::kStride * sizeof(Elem) +
       size_t(kScalars) * kMmaTile * sizeof(float);
   static constexpr size_t body =
       tile_bytes > MmaSmem<kD>::red_bytes ? tile_bytes : MmaSmem<kD>::red_bytes;
@@ -1249,21 +1359,20 @@ struct DdMmaSmem {
 // s = x.t1, dp = y.t2, w = scale (z.t1 + x.t3), u = y.t4, where (x, y, z) = (q, dO, a) rows and
 // (t1, t2, t3, t4) = (k, v, b, c) tiles on the query side; on the key side (k, v, b, c) rows
 // against (q, dO, a) tiles: s = k.q, dp = v.dO, w = scale (k.a + b.q), u = c.dO.
-template <class T, int kD>
-__device__ __forceinline__ void dd_mma_pairs(const uint32_t (&xa)[kD / 16][4], const uint16_t* ta,
-                                             const uint32_t (&xb)[kD / 16][4], const uint16_t* tb,
-                                             const uint32_t (&xc)[kD / 16][4], const uint16_t* tc,
-                                             const uint32_t (&xd)[kD / 16][4], const uint16_t* td,
-                                             const uint32_t (&xe)[kD / 16][4], const uint16_t* te,
-                                             int j0, float scale, float (&s)[2][4],
-                                             float (&dp)[2][4], float (&w)[2][4],
-                                             float (&u)[2][4]) {
+template <class Frag, int kD>
+__device__ __forceinline__ void dd_mma_pairs(
+    const typename Frag::Pair (&xa)[kD / 16][4], const typename Frag::Elem* ta,
+    const typename Frag::Pair (&xb)[kD / 16][4], const typename Frag::Elem* tb,
+    const typename Frag::Pair (&xc)[kD / 16][4], const typename Frag::Elem* tc,
+    const typename Frag::Pair (&xd)[kD / 16][4], const typename Frag::Elem* td,
+    const typename Frag::Pair (&xe)[kD / 16][4], const typename Frag::Elem* te, int j0, float scale,
+    float (&s)[2][4], float (&dp)[2][4], float (&w)[2][4], float (&u)[2][4]) {
   float w2[2][4];
-  mma_scores<T, kD>(xa, ta, j0, s);
-  mma_scores<T, kD>(xb, tb, j0, dp);
-  mma_scores<T, kD>(xc, tc, j0, w);
-  mma_scores<T, kD>(xd, td, j0, w2);
-  mma_scores<T, kD>(xe, te, j0, u);
+  mma_scores<Frag, kD>(xa, ta, j0, s);
+  mma_scores<Frag, kD>(xb, tb, j0, dp);
+  mma_scores<Frag, kD>(xc, tc, j0, w);
+  mma_scores<Frag, kD>(xd, td, j0, w2);
+  mma_scores<Frag, kD>(xe, te, j0, u);
 #pragma unroll
   for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
@@ -1271,7 +1380,7 @@ __device__ __forceinline__ void dd_mma_pairs(const uint32_t (&xa)[kD / 16][4], c
 }
 
 // Double backward, query side (as flash_dd_q, same kPass meaning and outputs).
-template <class T, int kD, int kPass>
+template <class T, class Frag, int kD, int kPass>
 __global__ void __launch_bounds__(kThreads)
     flash_dd_q_mma(Args a, float scale, float scale_log2, const T* __restrict__ q,
                    const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ o,
@@ -1280,21 +1389,24 @@ __global__ void __launch_bounds__(kThreads)
                    T* __restrict__ gq, T* __restrict__ gdO, float* __restrict__ stats,
                    int64_t Nq, float* __restrict__ part_stats, float* __restrict__ part_q,
                    float* __restrict__ part_o) {
-  using Sm = DdMmaSmem<kD, 4, 0>;
-  constexpr int ST = MmaSmem<kD>::kStride;
+  static_assert(std::is_same_v<T, typename Frag::T>);
+  using Elem = typename Frag::Elem;
+  using Pair = typename Frag::Pair;
+  using Sm = DdMmaSmem<kD, 4, 0, Elem>;
+  constexpr int ST = MmaSmem<kD, Elem>::kStride;
   constexpr float kLog2e = 1.4426950408889634f;
   const int h = blockIdx.y, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int g = lane / 4, t = lane % 4;
   const Span sp = span_of(a);
-  uint16_t* ks = smem_base<uint16_t>();
-  uint16_t* vs = ks + kMmaTile * ST;
-  uint16_t* bs = vs + kMmaTile * ST;
-  uint16_t* cs = bs + kMmaTile * ST;
+  Elem* ks = smem_base<Elem>();
+  Elem* vs = ks + kMmaTile * ST;
+  Elem* bs = vs + kMmaTile * ST;
+  Elem* cs = bs + kMmaTile * ST;
   float* wst = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(ks) + Sm::body);
-  uint32_t qf[kD / 16][4], gf[kD / 16][4], af[kD / 16][4];
-  mma_load_rows<T, kD>(q, sp, a, h, qf);
-  mma_load_rows<T, kD>(dO, sp, a, h, gf);
-  mma_load_rows<T, kD>(ga, sp, a, h, af);
+  Pair qf[kD / 16][4], gf[kD / 16][4], af[kD / 16][4];
+  mma_load_rows<Frag, kD>(q, sp, a, h, qf);
+  mma_load_rows<Frag, kD>(dO, sp, a, h, gf);
+  mma_load_rows<Frag, kD>(ga, sp, a, h, af);
   const int64_t NH = Nq * a.H;
   float D[2], L2[2], R[2] = {0.f, 0.f}, E[2] = {0.f, 0.f};
 #pragma unroll
@@ -1312,10 +1424,10 @@ __global__ void __launch_bounds__(kThreads)
   }
   auto stage = [&](int64_t t0, int n) {
     __syncthreads();
-    stage_tile_raw<T, kD>(k, sp.tile0 + t0, n, a, h, ks);
-    stage_tile_raw<T, kD>(v, sp.tile0 + t0, n, a, h, vs);
-    stage_tile_raw<T, kD>(gb, sp.tile0 + t0, n, a, h, bs);
-    stage_tile_raw<T, kD>(gc, sp.tile0 + t0, n, a, h, cs);
+    stage_tile_raw<Frag, kD>(k, sp.tile0 + t0, n, a, h, ks);
+    stage_tile_raw<Frag, kD>(v, sp.tile0 + t0, n, a, h, vs);
+    stage_tile_raw<Frag, kD>(gb, sp.tile0 + t0, n, a, h, bs);
+    stage_tile_raw<Frag, kD>(gc, sp.tile0 + t0, n, a, h, cs);
     __syncthreads();
   };
   // P of the chunk (0 past the end of the tile), in place of the scores.
@@ -1340,7 +1452,7 @@ __global__ void __launch_bounds__(kThreads)
       stage(t0, n);
       if (j0 >= n) continue;  // warp-uniform
       float s[2][4], dp[2][4], w[2][4], u[2][4];
-      dd_mma_pairs<T, kD>(qf, ks, gf, vs, af, ks, qf, bs, gf, cs, j0, scale, s, dp, w, u);
+      dd_mma_pairs<Frag, kD>(qf, ks, gf, vs, af, ks, qf, bs, gf, cs, j0, scale, s, dp, w, u);
       probs(s, j0, n);
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt)
@@ -1417,7 +1529,7 @@ __global__ void __launch_bounds__(kThreads)
       stage(t0, n);
       if (j0 >= n) continue;  // warp-uniform
       float s[2][4], dp[2][4], w[2][4], u[2][4];
-      dd_mma_pairs<T, kD>(qf, ks, gf, vs, af, ks, qf, bs, gf, cs, j0, scale, s, dp, w, u);
+      dd_mma_pairs<Frag, kD>(qf, ks, gf, vs, af, ks, qf, bs, gf, cs, j0, scale, s, dp, w, u);
       probs(s, j0, n);
       float cds[2][4], cgs[2][4], cgdp[2][4];
 #pragma unroll
@@ -1430,15 +1542,15 @@ __global__ void __launch_bounds__(kThreads)
           cgs[nt][i] = p * (gP - E[i / 2]);
           cgdp[nt][i] = p * (w[nt][i] - R[i / 2]);
         }
-      uint32_t f[4];
-      mma_pack<T>(cds, f);
-      mma_accumulate<T, kD>(accq, f, bs, j0);
-      mma_pack<T>(cgs, f);
-      mma_accumulate<T, kD>(accq, f, ks, j0);
-      mma_pack<T>(cgdp, f);
-      mma_accumulate<T, kD>(acco, f, vs, j0);
-      mma_pack<T>(s, f);
-      mma_accumulate<T, kD>(acco, f, cs, j0);
+      Pair f[4];
+      mma_pack<Frag>(cds, f);
+      mma_accumulate<Frag, kD>(accq, f, bs, j0);
+      mma_pack<Frag>(cgs, f);
+      mma_accumulate<Frag, kD>(accq, f, ks, j0);
+      mma_pack<Frag>(cgdp, f);
+      mma_accumulate<Frag, kD>(acco, f, vs, j0);
+      mma_pack<Frag>(s, f);
+      mma_accumulate<Frag, kD>(acco, f, cs, j0);
     }
     const int64_t rows0 = (sp.row0 * a.H + h) * kD;
     const int64_t row_stride = int64_t(a.H) * kD;
@@ -1463,30 +1575,33 @@ __global__ void __launch_bounds__(kThreads)
 // Double backward, key side (as flash_dd_kv): rows = keys (k, v, b, c fragments), tile =
 // queries (q, dO, a staged; lse (base 2), D, r, E per tile query). gk = scale sum_i (dS_ij a_i +
 // gS_ij q_i), gv = sum_i gdP_ij dO_i.
-template <class T, int kD>
+template <class T, class Frag, int kD>
 __global__ void __launch_bounds__(kThreads)
     flash_dd_kv_mma(Args a, float scale, float scale_log2, const T* __restrict__ q,
                     const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ dO,
                     const float* __restrict__ lse, const T* __restrict__ ga,
                     const T* __restrict__ gb, const T* __restrict__ gc, T* __restrict__ gk,
                     T* __restrict__ gv, const float* __restrict__ stats, int64_t Nq) {
-  constexpr int ST = MmaSmem<kD>::kStride;
+  static_assert(std::is_same_v<T, typename Frag::T>);
+  using Elem = typename Frag::Elem;
+  using Pair = typename Frag::Pair;
+  constexpr int ST = MmaSmem<kD, Elem>::kStride;
   constexpr float kLog2e = 1.4426950408889634f;
   const int h = blockIdx.y, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int t = lane % 4;
   const Span sp = span_of(a);
-  uint16_t* qs = smem_base<uint16_t>();
-  uint16_t* gs = qs + kMmaTile * ST;
-  uint16_t* as = gs + kMmaTile * ST;
+  Elem* qs = smem_base<Elem>();
+  Elem* gs = qs + kMmaTile * ST;
+  Elem* as = gs + kMmaTile * ST;
   float* tl = reinterpret_cast<float*>(as + kMmaTile * ST);
   float* tD = tl + kMmaTile;
   float* tR = tD + kMmaTile;
   float* tE = tR + kMmaTile;
-  uint32_t kf[kD / 16][4], vf[kD / 16][4], bf[kD / 16][4], cf[kD / 16][4];
-  mma_load_rows<T, kD>(k, sp, a, h, kf);
-  mma_load_rows<T, kD>(v, sp, a, h, vf);
-  mma_load_rows<T, kD>(gb, sp, a, h, bf);
-  mma_load_rows<T, kD>(gc, sp, a, h, cf);
+  Pair kf[kD / 16][4], vf[kD / 16][4], bf[kD / 16][4], cf[kD / 16][4];
+  mma_load_rows<Frag, kD>(k, sp, a, h, kf);
+  mma_load_rows<Frag, kD>(v, sp, a, h, vf);
+  mma_load_rows<Frag, kD>(gb, sp, a, h, bf);
+  mma_load_rows<Frag, kD>(gc, sp, a, h, cf);
   const int64_t NH = Nq * a.H;
   float acck[kD / 8][4], accv[kD / 8][4];
 #pragma unroll
@@ -1497,9 +1612,9 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t t0 = 0; t0 < sp.ntile; t0 += kMmaTile) {
     const int n = int(sp.ntile - t0 < kMmaTile ? sp.ntile - t0 : kMmaTile);
     __syncthreads();
-    stage_tile_raw<T, kD>(q, sp.tile0 + t0, n, a, h, qs);
-    stage_tile_raw<T, kD>(dO, sp.tile0 + t0, n, a, h, gs);
-    stage_tile_raw<T, kD>(ga, sp.tile0 + t0, n, a, h, as);
+    stage_tile_raw<Frag, kD>(q, sp.tile0 + t0, n, a, h, qs);
+    stage_tile_raw<Frag, kD>(dO, sp.tile0 + t0, n, a, h, gs);
+    stage_tile_raw<Frag, kD>(ga, sp.tile0 + t0, n, a, h, as);
     for (int j = threadIdx.x; j < kMmaTile; j += kThreads) {
       const int64_t rh = (sp.tile0 + t0 + j) * a.H + h;
       tl[j] = j < n ? lse[rh] * kLog2e : 0.f;
@@ -1511,7 +1626,7 @@ __global__ void __launch_bounds__(kThreads)
     if (j0 >= n) continue;  // warp-uniform
     // s[nt][i]: key g + 8 (i / 2), query j0 + 8 nt + 2t + i % 2.
     float s[2][4], dp[2][4], w[2][4], u[2][4];
-    dd_mma_pairs<T, kD>(kf, qs, vf, gs, kf, as, bf, qs, cf, gs, j0, scale, s, dp, w, u);
+    dd_mma_pairs<Frag, kD>(kf, qs, vf, gs, kf, as, bf, qs, cf, gs, j0, scale, s, dp, w, u);
     float cds[2][4], cgs[2][4], cgdp[2][4];
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt)
@@ -1525,13 +1640,13 @@ __global__ void __launch_bounds__(kThreads)
         cgs[nt][i] = p * (gP - tE[j]);
         cgdp[nt][i] = p * (w[nt][i] - tR[j]);
       }
-    uint32_t f[4];
-    mma_pack<T>(cds, f);
-    mma_accumulate<T, kD>(acck, f, as, j0);
-    mma_pack<T>(cgs, f);
-    mma_accumulate<T, kD>(acck, f, qs, j0);
-    mma_pack<T>(cgdp, f);
-    mma_accumulate<T, kD>(accv, f, gs, j0);
+    Pair f[4];
+    mma_pack<Frag>(cds, f);
+    mma_accumulate<Frag, kD>(acck, f, as, j0);
+    mma_pack<Frag>(cgs, f);
+    mma_accumulate<Frag, kD>(acck, f, qs, j0);
+    mma_pack<Frag>(cgdp, f);
+    mma_accumulate<Frag, kD>(accv, f, gs, j0);
   }
   const int64_t rows0 = (sp.row0 * a.H + h) * kD;
   const int64_t row_stride = int64_t(a.H) * kD;
@@ -1599,44 +1714,79 @@ Args key_side(const FlashDesc& d) {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// The tensor-core forward (flash_fwd_mma) when selected (FlashDesc::mma) for 16-bit storage, dh
-// 32, 64 or 128 and 16-byte aligned k and v; false (nothing launched) otherwise.
+// The widest head dim the tensor-core kernels take, by storage and kernel: 128, except the f32
+// double backward, whose row fragments (four sets of two f32 per pair) and five score products
+// per chunk do not fit in registers at 128 (ptxas: 2-3 KB of spills per thread with sm_90,
+// against 144-724 bytes at 64); it runs the split kernels there.
+template <class T, bool kDouble>
+constexpr int kMmaMaxHeadDim = std::is_same_v<T, float> && kDouble ? 64 : 128;
+
+// Whether the tensor-core kernels take a call: the mma setting, 16-bit or f32 storage, dh 32,
+// 64 or 128 (up to kMmaMaxHeadDim), and every operand 16-byte aligned (the staged rows are
+// copied in 16-byte vectors).
+template <class T, bool kDouble = false>
+bool mma_takes(const FlashDesc& d, std::initializer_list<const void*> operands) {
+  if constexpr (!is_16bit<T> && !std::is_same_v<T, float>) {
+    return false;  // f64: the split kernels
+  } else {
+    if (!d.mma || !(d.dh == 32 || d.dh == 64 || d.dh == 128)) return false;
+    if (d.dh > kMmaMaxHeadDim<T, kDouble>) return false;
+    for (const void* p : operands)
+      if (!aligned16(p)) return false;
+    return true;
+  }
+}
+
+// fn.template operator()<Frag, kD>() with the fragment arithmetic of storage T (Mma16 for 16-bit;
+// for f32, MmaTf32<1> under FlashDesc::tf32, else MmaTf32<3>) and the head dim, for a call
+// mma_takes accepted.
+template <class T, bool kDouble = false, class Fn>
+void dispatch_mma(const FlashDesc& d, Fn&& fn) {
+  auto by_dim = [&]<class Frag>() {
+    if (d.dh == 32) {
+      fn.template operator()<Frag, 32>();
+    } else if (d.dh == 64 || kMmaMaxHeadDim<T, kDouble> == 64) {
+      fn.template operator()<Frag, 64>();
+    } else if constexpr (kMmaMaxHeadDim<T, kDouble> == 128) {
+      fn.template operator()<Frag, 128>();
+    }
+  };
+  if constexpr (is_16bit<T>) {
+    by_dim.template operator()<Mma16<T>>();
+  } else if constexpr (std::is_same_v<T, float>) {
+    if (d.tf32) {
+      by_dim.template operator()<MmaTf32<1>>();
+    } else {
+      by_dim.template operator()<MmaTf32<3>>();
+    }
+  }
+}
+
+// The tensor-core forward (flash_fwd_mma) when mma_takes the call; false (nothing launched)
+// otherwise.
 template <class T>
 bool forward_mma(const FlashDesc& d, const void* q, const void* k, const void* v, void* o,
                  void* lse, void* workspace, cudaStream_t stream) {
-  if constexpr (!is_16bit<T>) {
-    return false;
-  } else {
-    if (!d.mma || !(d.dh == 32 || d.dh == 64 || d.dh == 128) || !aligned16(q) || !aligned16(k) ||
-        !aligned16(v))
-      return false;
-    const int S = int(d.kv_splits);
-    auto* part = static_cast<float*>(workspace);
-    const float scale_log2 = float(d.scale * 1.4426950408889634);
-    auto run = [&]<int kD>() {
-      const size_t bytes = MmaSmem<kD>::bytes;
-      if (S > 1) {
-        launch(flash_fwd_mma<T, kD, true>, d.num_q_blocks, d.heads, S, bytes, stream,
-               query_side(d), scale_log2, static_cast<const T*>(q), static_cast<const T*>(k),
-               static_cast<const T*>(v), static_cast<T*>(o), static_cast<float*>(lse), part);
-        launch_combine(flash_fwd_combine<T>, d.num_queries * d.heads * d.dh, stream,
-                       d.num_queries * d.heads, int(d.dh), S, static_cast<const float*>(part),
-                       static_cast<T*>(o), static_cast<float*>(lse));
-      } else {
-        launch(flash_fwd_mma<T, kD, false>, d.num_q_blocks, d.heads, 1, bytes, stream,
-               query_side(d), scale_log2, static_cast<const T*>(q), static_cast<const T*>(k),
-               static_cast<const T*>(v), static_cast<T*>(o), static_cast<float*>(lse), part);
-      }
-    };
-    if (d.dh == 32) {
-      run.template operator()<32>();
-    } else if (d.dh == 64) {
-      run.template operator()<64>();
+  if (!mma_takes<T>(d, {q, k, v})) return false;
+  const int S = int(d.kv_splits);
+  auto* part = static_cast<float*>(workspace);
+  const float scale_log2 = float(d.scale * 1.4426950408889634);
+  dispatch_mma<T>(d, [&]<class Frag, int kD>() {
+    const size_t bytes = MmaSmem<kD, typename Frag::Elem>::bytes;
+    if (S > 1) {
+      launch(flash_fwd_mma<T, Frag, kD, true>, d.num_q_blocks, d.heads, S, bytes, stream,
+             query_side(d), scale_log2, static_cast<const T*>(q), static_cast<const T*>(k),
+             static_cast<const T*>(v), static_cast<T*>(o), static_cast<float*>(lse), part);
+      launch_combine(flash_fwd_combine<T>, d.num_queries * d.heads * d.dh, stream,
+                     d.num_queries * d.heads, int(d.dh), S, static_cast<const float*>(part),
+                     static_cast<T*>(o), static_cast<float*>(lse));
     } else {
-      run.template operator()<128>();
+      launch(flash_fwd_mma<T, Frag, kD, false>, d.num_q_blocks, d.heads, 1, bytes, stream,
+             query_side(d), scale_log2, static_cast<const T*>(q), static_cast<const T*>(k),
+             static_cast<const T*>(v), static_cast<T*>(o), static_cast<float*>(lse), part);
     }
-    return true;
-  }
+  });
+  return true;
 }
 
 template <class T>
@@ -1664,53 +1814,41 @@ void forward(const FlashDesc& d, const void* q, const void* k, const void* v, vo
   });
 }
 
-// The tensor-core backward (flash_bwd_q_mma, flash_bwd_kv_mma) under the conditions of
-// forward_mma (q, k, v and dO 16-byte aligned); false (nothing launched) otherwise.
+// The tensor-core backward (flash_bwd_q_mma, flash_bwd_kv_mma) when mma_takes the call (q, k, v
+// and dO); false (nothing launched) otherwise.
 template <class T>
 bool backward_mma(const FlashDesc& d, const void* q, const void* k, const void* v, const void* o,
                   const void* dO, const void* lse, void* dq, void* dk, void* dv, void* workspace,
                   cudaStream_t stream) {
-  if constexpr (!is_16bit<T>) {
-    return false;
-  } else {
-    if (!d.mma || !(d.dh == 32 || d.dh == 64 || d.dh == 128) || !aligned16(q) || !aligned16(k) ||
-        !aligned16(v) || !aligned16(dO))
-      return false;
-    const int S = int(d.kv_splits);
-    const int64_t NH = d.num_queries * d.heads;
-    auto* D = static_cast<float*>(workspace);
-    float* part = D + NH;  // (S, Nq, H, dh) when split
-    const float scale = float(d.scale), scale_log2 = float(d.scale * 1.4426950408889634);
-    auto run = [&]<int kD>() {
-      const size_t bytes_q = MmaSmem<kD>::bytes;
-      const size_t bytes_kv = MmaSmem<kD>::bytes + 2 * kMmaTile * sizeof(float);
-      auto query_kernel = [&](auto kernel, int splits) {
-        launch(kernel, d.num_q_blocks, d.heads, splits, bytes_q, stream, query_side(d), scale,
-               scale_log2, static_cast<const T*>(q), static_cast<const T*>(k),
-               static_cast<const T*>(v), static_cast<const T*>(o), static_cast<const T*>(dO),
-               static_cast<const float*>(lse), static_cast<T*>(dq), D, part);
-      };
-      if (S > 1) {
-        query_kernel(flash_bwd_q_mma<T, kD, true>, S);
-        launch_combine(flash_sum_splits<T>, NH * d.dh, stream, NH * d.dh, S, scale,
-                       static_cast<const float*>(part), static_cast<T*>(dq));
-      } else {
-        query_kernel(flash_bwd_q_mma<T, kD, false>, 1);
-      }
-      launch(flash_bwd_kv_mma<T, kD>, d.num_k_blocks, d.heads, 1, bytes_kv, stream, key_side(d),
-             scale, scale_log2, static_cast<const T*>(q), static_cast<const T*>(k),
-             static_cast<const T*>(v), static_cast<const T*>(dO), static_cast<const float*>(lse),
-             static_cast<const float*>(D), static_cast<T*>(dk), static_cast<T*>(dv));
+  if (!mma_takes<T>(d, {q, k, v, dO})) return false;
+  const int S = int(d.kv_splits);
+  const int64_t NH = d.num_queries * d.heads;
+  auto* D = static_cast<float*>(workspace);
+  float* part = D + NH;  // (S, Nq, H, dh) when split
+  const float scale = float(d.scale), scale_log2 = float(d.scale * 1.4426950408889634);
+  dispatch_mma<T>(d, [&]<class Frag, int kD>() {
+    using Sm = MmaSmem<kD, typename Frag::Elem>;
+    const size_t bytes_q = Sm::bytes;
+    const size_t bytes_kv = Sm::bytes + 2 * kMmaTile * sizeof(float);
+    auto query_kernel = [&](auto kernel, int splits) {
+      launch(kernel, d.num_q_blocks, d.heads, splits, bytes_q, stream, query_side(d), scale,
+             scale_log2, static_cast<const T*>(q), static_cast<const T*>(k),
+             static_cast<const T*>(v), static_cast<const T*>(o), static_cast<const T*>(dO),
+             static_cast<const float*>(lse), static_cast<T*>(dq), D, part);
     };
-    if (d.dh == 32) {
-      run.template operator()<32>();
-    } else if (d.dh == 64) {
-      run.template operator()<64>();
+    if (S > 1) {
+      query_kernel(flash_bwd_q_mma<T, Frag, kD, true>, S);
+      launch_combine(flash_sum_splits<T>, NH * d.dh, stream, NH * d.dh, S, scale,
+                     static_cast<const float*>(part), static_cast<T*>(dq));
     } else {
-      run.template operator()<128>();
+      query_kernel(flash_bwd_q_mma<T, Frag, kD, false>, 1);
     }
-    return true;
-  }
+    launch(flash_bwd_kv_mma<T, Frag, kD>, d.num_k_blocks, d.heads, 1, bytes_kv, stream, key_side(d),
+           scale, scale_log2, static_cast<const T*>(q), static_cast<const T*>(k),
+           static_cast<const T*>(v), static_cast<const T*>(dO), static_cast<const float*>(lse),
+           static_cast<const float*>(D), static_cast<T*>(dk), static_cast<T*>(dv));
+  });
+  return true;
 }
 
 template <class T>
@@ -1747,66 +1885,54 @@ void backward(const FlashDesc& d, const void* q, const void* k, const void* v, c
   });
 }
 
-// The tensor-core double backward (flash_dd_q_mma, flash_dd_kv_mma) under the conditions of
-// forward_mma (q, k, v, dO, a, b and c 16-byte aligned); false (nothing launched) otherwise. The
-// workspace holds what the SIMT launcher's does (f32 for 16-bit storage), and the combines are
-// the same kernels.
+// The tensor-core double backward (flash_dd_q_mma, flash_dd_kv_mma) when mma_takes the call (q,
+// k, v, dO, a, b and c); false (nothing launched) otherwise. The workspace holds what the SIMT
+// launcher's does (f32 for 16-bit and f32 storage), and the combines are the same kernels.
 template <class T>
 bool double_backward_mma(const FlashDesc& d, const void* q, const void* k, const void* v,
                          const void* o, const void* dO, const void* lse, const void* a,
                          const void* b, const void* c, void* gq, void* gk, void* gv, void* gdO,
                          void* workspace, cudaStream_t stream) {
-  if constexpr (!is_16bit<T>) {
-    return false;
-  } else {
-    if (!d.mma || !(d.dh == 32 || d.dh == 64 || d.dh == 128) || !aligned16(q) || !aligned16(k) ||
-        !aligned16(v) || !aligned16(dO) || !aligned16(a) || !aligned16(b) || !aligned16(c))
-      return false;
-    const int S = int(d.kv_splits);
-    const int64_t Nq = d.num_queries, NH = Nq * d.heads;
-    auto* stats = static_cast<float*>(workspace);  // (3, Nq, H): D, r, E
-    float* part_stats = stats + 3 * NH;            // (S, 3, Nq, H) when split
-    float* part_q = part_stats + 3 * S * NH;       // (S, Nq, H, dh) when split
-    float* part_o = part_q + S * NH * d.dh;        // (S, Nq, H, dh) when split
-    const float scale = float(d.scale), scale_log2 = float(d.scale * 1.4426950408889634);
-    auto run = [&]<int kD>() {
-      auto query_kernel = [&](auto kernel, int splits) {
-        launch(kernel, d.num_q_blocks, d.heads, splits, DdMmaSmem<kD, 4, 0>::bytes, stream,
-               query_side(d), scale, scale_log2, static_cast<const T*>(q),
-               static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(o),
-               static_cast<const T*>(dO), static_cast<const float*>(lse),
-               static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(c),
-               static_cast<T*>(gq), static_cast<T*>(gdO), stats, Nq, part_stats, part_q,
-               part_o);
-      };
-      if (S > 1) {
-        query_kernel(flash_dd_q_mma<T, kD, 1>, S);
-        launch_combine(flash_dd_stats_combine<float>, NH, stream, NH, S,
-                       static_cast<const float*>(part_stats), stats);
-        query_kernel(flash_dd_q_mma<T, kD, 2>, S);
-        launch_combine(flash_sum_splits<T>, NH * d.dh, stream, NH * d.dh, S, scale,
-                       static_cast<const float*>(part_q), static_cast<T*>(gq));
-        launch_combine(flash_sum_splits<T>, NH * d.dh, stream, NH * d.dh, S, 1.f,
-                       static_cast<const float*>(part_o), static_cast<T*>(gdO));
-      } else {
-        query_kernel(flash_dd_q_mma<T, kD, 0>, 1);
-      }
-      launch(flash_dd_kv_mma<T, kD>, d.num_k_blocks, d.heads, 1, DdMmaSmem<kD, 3, 4>::bytes,
-             stream, key_side(d), scale, scale_log2, static_cast<const T*>(q),
-             static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(dO),
-             static_cast<const float*>(lse), static_cast<const T*>(a), static_cast<const T*>(b),
-             static_cast<const T*>(c), static_cast<T*>(gk), static_cast<T*>(gv),
-             static_cast<const float*>(stats), Nq);
+  if (!mma_takes<T, true>(d, {q, k, v, dO, a, b, c})) return false;
+  const int S = int(d.kv_splits);
+  const int64_t Nq = d.num_queries, NH = Nq * d.heads;
+  auto* stats = static_cast<float*>(workspace);  // (3, Nq, H): D, r, E
+  float* part_stats = stats + 3 * NH;            // (S, 3, Nq, H) when split
+  float* part_q = part_stats + 3 * S * NH;       // (S, Nq, H, dh) when split
+  float* part_o = part_q + S * NH * d.dh;        // (S, Nq, H, dh) when split
+  const float scale = float(d.scale), scale_log2 = float(d.scale * 1.4426950408889634);
+  dispatch_mma<T, true>(d, [&]<class Frag, int kD>() {
+    using Elem = typename Frag::Elem;
+    auto query_kernel = [&](auto kernel, int splits) {
+      launch(kernel, d.num_q_blocks, d.heads, splits, DdMmaSmem<kD, 4, 0, Elem>::bytes, stream,
+             query_side(d), scale, scale_log2, static_cast<const T*>(q),
+             static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(o),
+             static_cast<const T*>(dO), static_cast<const float*>(lse),
+             static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(c),
+             static_cast<T*>(gq), static_cast<T*>(gdO), stats, Nq, part_stats, part_q,
+             part_o);
     };
-    if (d.dh == 32) {
-      run.template operator()<32>();
-    } else if (d.dh == 64) {
-      run.template operator()<64>();
+    if (S > 1) {
+      query_kernel(flash_dd_q_mma<T, Frag, kD, 1>, S);
+      launch_combine(flash_dd_stats_combine<float>, NH, stream, NH, S,
+                     static_cast<const float*>(part_stats), stats);
+      query_kernel(flash_dd_q_mma<T, Frag, kD, 2>, S);
+      launch_combine(flash_sum_splits<T>, NH * d.dh, stream, NH * d.dh, S, scale,
+                     static_cast<const float*>(part_q), static_cast<T*>(gq));
+      launch_combine(flash_sum_splits<T>, NH * d.dh, stream, NH * d.dh, S, 1.f,
+                     static_cast<const float*>(part_o), static_cast<T*>(gdO));
     } else {
-      run.template operator()<128>();
+      query_kernel(flash_dd_q_mma<T, Frag, kD, 0>, 1);
     }
-    return true;
-  }
+    launch(flash_dd_kv_mma<T, Frag, kD>, d.num_k_blocks, d.heads, 1,
+           DdMmaSmem<kD, 3, 4, Elem>::bytes,
+           stream, key_side(d), scale, scale_log2, static_cast<const T*>(q),
+           static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(dO),
+           static_cast<const float*>(lse), static_cast<const T*>(a), static_cast<const T*>(b),
+           static_cast<const T*>(c), static_cast<T*>(gk), static_cast<T*>(gv),
+           static_cast<const float*>(stats), Nq);
+  });
+  return true;
 }
 
 template <class T>

@@ -276,9 +276,12 @@ struct FlashDesc {
   // workspace, a combine kernel sums in a fixed order (deterministic, no atomics).
   int64_t kv_splits = 1;
   // FlashKernels::mma: the forward, the first-order and the double backward run the tensor-core
-  // kernels for 16-bit storage and dh 32, 64, 128 (16-byte aligned q, k, v, dO, and a, b, c);
-  // everything else runs the split kernels.
+  // kernels for 16-bit and f32 storage and dh 32, 64, 128 (16-byte aligned q, k, v, dO, and a,
+  // b, c); everything else (f64, other head dims) runs the split kernels.
   bool mma = false;
+  // f32 on tensor cores: false computes each product as three TF32 products (3xTF32, about f32
+  // accuracy); true (cuda_matmul_allow_tf32) as one, with inputs rounded to TF32.
+  bool tf32 = false;
 };
 // Workspace of each launcher, in accumulation-type elements.
 inline int64_t flash_forward_workspace(const FlashDesc& d) {  // (S, Nq, H, dh + 2) when split
@@ -302,8 +305,8 @@ void flash_backward(ScalarType t, const FlashDesc& d, const void* q, const void*
                     const void* v, const void* o, const void* dO, const void* lse, void* dq,
                     void* dk, void* dv, void* workspace, cudaStream_t stream);
 // gq and gdO (query side: row statistics D, r, E to workspace (3, Nq, heads), then the outputs),
-// then gk and gv (key side). True when the tensor-core kernels ran (FlashDesc::mma, 16-bit
-// storage, dh 32/64/128, 16-byte aligned inputs), false for the SIMT kernels.
+// then gk and gv (key side). True when the tensor-core kernels ran (FlashDesc::mma, 16-bit or
+// f32 storage, dh 32/64/128, 16-byte aligned inputs), false for the SIMT kernels.
 bool flash_double_backward(ScalarType t, const FlashDesc& d, const void* q, const void* k,
                            const void* v, const void* o, const void* dO, const void* lse,
                            const void* a, const void* b, const void* c, void* gq, void* gk,
