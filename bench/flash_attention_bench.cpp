@@ -274,12 +274,24 @@ int main(int argc, char** argv) {
         ok = ok && pass;
         const Timing f = measure([&] { step(p, p.fused, kind); }, repeats);
         const Timing m = measure([&] { step(p, p.composite, kind); }, repeats);
+        // f32 under the mma setting runs the tensor-core kernels (3xTF32, or TF32 with --tf32):
+        // the split (SIMT f32) kernels on the same problem, for the comparison.
+        double split_ms = 0;
+        if (dtype == DType::f32 && cuda_flash_kernels() == FlashKernels::mma) {
+          set_cuda_flash_kernels(FlashKernels::split);
+          split_ms = measure([&] { step(p, p.fused, kind); }, repeats).median_ms;
+          set_cuda_flash_kernels(FlashKernels::mma);
+        }
         // Score-matrix FLOPs of the forward (QK^T and PV): 4 dh per (query, key, head) pair.
         const double flops = 4.0 * double(c.dh) * p.pairs;
-        std::printf("%-10s %-5s %-10s %12.3f %12.3f %7.2f %12.1f %12.1f %9.1e%s\n",
-                    c.name.c_str(), dtype_name(dtype), kind_name(kind), f.median_ms, m.median_ms,
+        std::printf("%-10s %-5s %-10s %12.3f %12.3f %7.2f %12.1f %12.1f %9.1e%s", c.name.c_str(),
+                    dtype_name(dtype), kind_name(kind), f.median_ms, m.median_ms,
                     m.median_ms / std::max(f.median_ms, 1e-9), double(f.peak_bytes) / 1048576.0,
                     double(m.peak_bytes) / 1048576.0, err, pass ? "" : "  MISMATCH");
+        if (split_ms > 0)
+          std::printf("   (split kernels %.3f ms: %.2fx)", split_ms,
+                      split_ms / std::max(f.median_ms, 1e-9));
+        std::printf("\n");
         results.push_back({{"config", c.name},
                            {"samples", c.samples},
                            {"queries", c.queries},
@@ -300,6 +312,7 @@ int main(int argc, char** argv) {
                            {"forward_tflops_fused", flops / (f.median_ms * 1e-3) / 1e12},
                            {"rel_error", err},
                            {"pass", pass}});
+        if (split_ms > 0) results.back()["fused_split_kernels_ms"] = split_ms;
       }
     }
   }

@@ -293,8 +293,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tensor-core forward (FlashKernels::mma): 16-bit storage, dh in {32, 64, 128}; other dtypes and
-// head dims run flash_fwd. Same grid, block tables, split ranges and outputs (o, lse, or the
+// Tensor-core forward (FlashKernels::mma): 16-bit and f32 storage, dh in {32, 64, 128}; f64 and
+// other head dims run flash_fwd. Described below for 16-bit storage; f32 keeps the same layout
+// and data flow through the fragment arithmetic MmaTf32 (below, with Mma16). Same grid, block tables, split ranges and outputs (o, lse, or the
 // split partials acc/m/l for flash_fwd_combine) as flash_fwd.
 //
 // mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32: D (16x8 f32) = A (16x16) B
@@ -306,7 +307,7 @@ __global__ void __launch_bounds__(kThreads)
 //   B (16 x 8, rows k, cols n, "col"):  b0 = B[2t, 2t+1][g]      b1 = B[2t+8, 2t+9][g]
 //   C, D (16 x 8):                      c0, c1 = C[g][2t, 2t+1]  c2, c3 = C[g+8][2t, 2t+1]
 // The CTA (4 warps, the 16 queries of its block) stages key tiles of kMmaTile = 64 keys (K and V
-// as raw 16-bit rows of kD + 8 elements: 16-byte rows, conflict-free fragment loads); warp w
+// as raw 16-bit rows of kD + 8 elements, f32 rows of kD + 4: MmaSmem); warp w
 // takes keys [16 w, 16 w + 16) of every tile, with its own online softmax (m, l, acc) over all 16
 // rows; the 4 warps' states are merged at the end in a fixed order (deterministic). Per warp and
 // tile, keys j0 = 16 w ...:
@@ -317,7 +318,7 @@ __global__ void __launch_bounds__(kThreads)
 //     2t + (i % 2).
 //   O += P V: A = P (16 queries x 16 keys): the C registers of the two S n-tiles are exactly
 //     its fragment: a0 = s[0][0,1], a1 = s[0][2,3], a2 = s[1][0,1], a3 = s[1][2,3] (P rounded
-//     to the storage type, as flash kernels do); B = V (k = key, n = head-dim column): b0 =
+//     to 16-bit storage, as flash kernels do; f32: kept, then split into TF32 parts); B = V (k = key, n = head-dim column): b0 =
 //     {V[j0 + 2t][8 nd + g], V[j0 + 2t + 1][8 nd + g]}, b1 = the keys + 8 (two 16-bit loads each).
 //   acc[nd][0, 1] = O[g][8 nd + 2t, +1], acc[nd][2, 3] = O[g + 8][8 nd + 2t, +1].
 // Scores are kept in base 2 (scale log2(e) folded into the scale, exp2f): m and lse are
@@ -416,15 +417,29 @@ struct Mma16 {
   __device__ static void mma(float (&d)[4], const Pair (&a)[4], Pair b0, Pair b1) {
     mma_16816<T>(d, a, b0, b1);
   }
+  // An A fragment in the form mma_prep consumes (here: as it is), for a fragment used against
+  // several B fragments.
+  struct APrep {
+    Pair r[4];
+  };
+  __device__ static APrep prep_a(const Pair (&a)[4]) { return {{a[0], a[1], a[2], a[3]}}; }
+  __device__ static void mma_prep(float (&d)[4], const APrep& a, Pair b0, Pair b1) {
+    mma_16816<T>(d, a.r, b0, b1);
+  }
 };
 
 struct F32Pair {
   float lo, hi;
 };
 
+// x rounded to TF32 (to nearest, ties away; an f32 bit pattern with the low 13 bits zero).
+// satfinite: a value that would round past the largest finite TF32 gives that value, not inf,
+// so the split of a finite f32 stays finite. volatile: the compiler must not hoist the
+// conversions of register-held row fragments out of the tile loops (that doubled their
+// registers and spilled); conversions used more than once are made once explicitly (prep_a).
 __device__ __forceinline__ uint32_t tf32_rna(float x) {
   uint32_t r;
-  asm volatile("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+  asm volatile("cvt.rna.satfinite.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
   return r;
 }
 
@@ -453,26 +468,43 @@ struct MmaTf32 {
     const float2 v = *reinterpret_cast<const float2*>(x + i);
     return {v.x, v.y};
   }
-  // One k-half: rows g (r0) and g + 8 (r8) of A and the column of B, each at the physical k
-  // indices (lo, hi) = (2t, 2t + 1) (+ 8 for the second half), as m16n8k8's k = t and t + 4.
-  __device__ static void half(float (&d)[4], Pair r0, Pair r8, Pair b) {
-    const uint32_t ab[4] = {tf32_rna(r0.lo), tf32_rna(r8.lo), tf32_rna(r0.hi), tf32_rna(r8.hi)};
-    const uint32_t bb[2] = {tf32_rna(b.lo), tf32_rna(b.hi)};
-    if constexpr (kTerms == 3) {
-      const uint32_t as[4] = {tf32_rna(r0.lo - __uint_as_float(ab[0])),
-                              tf32_rna(r8.lo - __uint_as_float(ab[1])),
-                              tf32_rna(r0.hi - __uint_as_float(ab[2])),
-                              tf32_rna(r8.hi - __uint_as_float(ab[3]))};
-      const uint32_t bs[2] = {tf32_rna(b.lo - __uint_as_float(bb[0])),
-                              tf32_rna(b.hi - __uint_as_float(bb[1]))};
-      mma_1688_tf32(d, as, bb);
-      mma_1688_tf32(d, ab, bs);
+  // A fragment, split: for k-half h (physical k indices 2t, 2t + 1, plus 8 h), the m16n8k8
+  // registers {A[g][2t], A[g+8][2t], A[g][2t+1], A[g+8][2t+1]} (the instruction's a0..a3 at
+  // k = t, t + 4), as TF32 big parts and (3xTF32) small parts.
+  struct APrep {
+    uint32_t big[2][4];
+    uint32_t small[2][4];  // kTerms == 3 only
+  };
+  __device__ static APrep prep_a(const Pair (&a)[4]) {
+    APrep p;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float x[4] = {a[2 * h].lo, a[2 * h + 1].lo, a[2 * h].hi, a[2 * h + 1].hi};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        p.big[h][i] = tf32_rna(x[i]);
+        if constexpr (kTerms == 3) p.small[h][i] = tf32_rna(x[i] - __uint_as_float(p.big[h][i]));
+      }
     }
-    mma_1688_tf32(d, ab, bb);
+    return p;
+  }
+  // D += A B for a prepared A and B's pairs b0 (k = 2t, 2t + 1) and b1 (+ 8).
+  __device__ static void mma_prep(float (&d)[4], const APrep& a, Pair b0, Pair b1) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const Pair b = h == 0 ? b0 : b1;
+      const uint32_t bb[2] = {tf32_rna(b.lo), tf32_rna(b.hi)};
+      if constexpr (kTerms == 3) {
+        const uint32_t bs[2] = {tf32_rna(b.lo - __uint_as_float(bb[0])),
+                                tf32_rna(b.hi - __uint_as_float(bb[1]))};
+        mma_1688_tf32(d, a.small[h], bb);
+        mma_1688_tf32(d, a.big[h], bs);
+      }
+      mma_1688_tf32(d, a.big[h], bb);
+    }
   }
   __device__ static void mma(float (&d)[4], const Pair (&a)[4], Pair b0, Pair b1) {
-    half(d, a[0], a[1], b0);
-    half(d, a[2], a[3], b1);
+    mma_prep(d, prep_a(a), b0, b1);
   }
 };
 
@@ -556,12 +588,14 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int i = 0; i < 4; ++i) s[nt][i] = 0.f;
 #pragma unroll
-    for (int st = 0; st < KS; ++st)
+    for (int st = 0; st < KS; ++st) {
+      const typename Frag::APrep qa = Frag::prep_a(qf[st]);
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt) {
         const Elem* kr = ks + (j0 + 8 * nt + g) * ST + 16 * st + 2 * t;
-        Frag::mma(s[nt], qf[st], Frag::load_pair(kr), Frag::load_pair(kr + 8));
+        Frag::mma_prep(s[nt], qa, Frag::load_pair(kr), Frag::load_pair(kr + 8));
       }
+    }
     float tmax[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt)
@@ -603,10 +637,12 @@ __global__ void __launch_bounds__(kThreads)
     }
     const Pair pf[4] = {Frag::pack(s[0][0], s[0][1]), Frag::pack(s[0][2], s[0][3]),
                         Frag::pack(s[1][0], s[1][1]), Frag::pack(s[1][2], s[1][3])};
+    const typename Frag::APrep pa = Frag::prep_a(pf);
 #pragma unroll
     for (int nd = 0; nd < ND; ++nd) {
       const Elem* vc = vs + (j0 + 2 * t) * ST + 8 * nd + g;
-      Frag::mma(acc[nd], pf, Frag::load_split(vc, vc + ST), Frag::load_split(vc + 8 * ST, vc + 9 * ST));
+      Frag::mma_prep(acc[nd], pa, Frag::load_split(vc, vc + ST),
+                     Frag::load_split(vc + 8 * ST, vc + 9 * ST));
     }
   }
 
@@ -668,17 +704,17 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tensor-core backward (FlashKernels::mma; 16-bit storage, dh in {32, 64, 128}): the same
+// Tensor-core backward (FlashKernels::mma; 16-bit and f32 storage, dh in {32, 64, 128}): the same
 // fragment layouts as flash_fwd_mma (see there). Helpers, per warp and 16-entry chunk j0 of a
-// staged tile (raw 16-bit rows of kStride elements):
+// staged tile (raw rows of kStride elements):
 //   mma_scores: s[nt][i] = <row g + 8 (i / 2) of X, tile entry j0 + 8 nt + 2t + (i % 2)>, X's A
 //     fragments xf held in registers (B = tile^T: two adjacent elements of a tile row).
 //   mma_accumulate: acc[nd] += C (16 rows x 16 entries, packed A fragment cf, built from the
 //     score registers exactly as P in the forward) times the tile (16 entries x kD; B: two 16-bit
 //     loads from rows j0 + 2t, +1 (+8) at column 8 nd + g).
 // Each warp takes entries [16 w, 16 w + 16) of every 64-entry tile; the warps' partial sums are
-// added in order 0..3 at the end (deterministic). The products dS and P are rounded to the
-// storage type before the second product, as the forward's P.
+// added in order 0..3 at the end (deterministic). The products dS and P are rounded to 16-bit
+// storage before the second product, as the forward's P (f32: kept, then split).
 // ---------------------------------------------------------------------------------------------
 template <class Frag, int kD>
 __device__ __forceinline__ void mma_scores(const typename Frag::Pair (&xf)[kD / 16][4],
@@ -691,12 +727,14 @@ __device__ __forceinline__ void mma_scores(const typename Frag::Pair (&xf)[kD / 
 #pragma unroll
     for (int i = 0; i < 4; ++i) s[nt][i] = 0.f;
 #pragma unroll
-  for (int st = 0; st < kD / 16; ++st)
+  for (int st = 0; st < kD / 16; ++st) {
+    const typename Frag::APrep xa = Frag::prep_a(xf[st]);
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
       const typename Frag::Elem* tr = tile + (j0 + 8 * nt + g) * ST + 16 * st + 2 * t;
-      Frag::mma(s[nt], xf[st], Frag::load_pair(tr), Frag::load_pair(tr + 8));
+      Frag::mma_prep(s[nt], xa, Frag::load_pair(tr), Frag::load_pair(tr + 8));
     }
+  }
 }
 
 template <class Frag>
@@ -713,10 +751,12 @@ __device__ __forceinline__ void mma_accumulate(float (&acc)[kD / 8][4],
                                                const typename Frag::Elem* tile, int j0) {
   constexpr int ST = MmaSmem<kD, typename Frag::Elem>::kStride;
   const int lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
+  const typename Frag::APrep ca = Frag::prep_a(cf);
 #pragma unroll
   for (int nd = 0; nd < kD / 8; ++nd) {
     const typename Frag::Elem* tc = tile + (j0 + 2 * t) * ST + 8 * nd + g;
-    Frag::mma(acc[nd], cf, Frag::load_split(tc, tc + ST), Frag::load_split(tc + 8 * ST, tc + 9 * ST));
+    Frag::mma_prep(acc[nd], ca, Frag::load_split(tc, tc + ST),
+                   Frag::load_split(tc + 8 * ST, tc + 9 * ST));
   }
 }
 
@@ -1332,13 +1372,15 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tensor-core double backward (FlashKernels::mma; 16-bit storage, dh in {32, 64, 128}): the
+// Tensor-core double backward (FlashKernels::mma; 16-bit storage with dh in {32, 64, 128}, f32
+// with dh in {32, 64}: kMmaMaxHeadDim): the
 // formulas of flash_dd_q / flash_dd_kv with the fragment layouts and helpers of the mma backward
 // (mma_scores, mma_pack, mma_accumulate, mma_merge). Per warp and 16-entry chunk the five pair
 // dot products (q.k, dO.v, a.k, q.b, dO.c; W = scale (a.k + q.b)) are five mma_scores products
 // of row fragments held in registers with staged tiles; the pair coefficients (dS, gS, gdP and
-// P) are formed in f32 in the score registers and rounded to the storage type only when packed
-// as the A operand of their second product (as the backward's dS and P); every sum and every
+// P) are formed in f32 in the score registers and rounded to 16-bit storage only when packed
+// as the A operand of their second product (as the backward's dS and P; f32 storage keeps them
+// and splits them there); every sum and every
 // row statistic (D, r, t = sum P W dP, w = sum P u, E) stays f32. Same grids, split ranges and
 // workspace formats as the SIMT kernels, so flash_dd_stats_combine and flash_sum_splits are
 // shared. The warps' partial sums (statistics and outputs) are added in warp order 0..3
@@ -1745,10 +1787,13 @@ void dispatch_mma(const FlashDesc& d, Fn&& fn) {
   auto by_dim = [&]<class Frag>() {
     if (d.dh == 32) {
       fn.template operator()<Frag, 32>();
-    } else if (d.dh == 64 || kMmaMaxHeadDim<T, kDouble> == 64) {
+    } else if (d.dh == 64) {
       fn.template operator()<Frag, 64>();
-    } else if constexpr (kMmaMaxHeadDim<T, kDouble> == 128) {
-      fn.template operator()<Frag, 128>();
+    } else if (d.dh == 128 && kMmaMaxHeadDim<T, kDouble> == 128) {
+      if constexpr (kMmaMaxHeadDim<T, kDouble> == 128) fn.template operator()<Frag, 128>();
+    } else {  // mma_takes admits none other
+      fail(__FILE__, __LINE__, "dispatch_mma: a head dim that mma_takes refuses (internal error)",
+           cudaErrorInvalidValue);
     }
   };
   if constexpr (is_16bit<T>) {
