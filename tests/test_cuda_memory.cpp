@@ -287,6 +287,43 @@ TEST_CASE("CudaGraph: forward and backward of one attention call captured as two
   }
 }
 
+TEST_CASE("CudaGraph: a graph destroyed inside another capture is released after it",
+          "[cuda][graph]") {
+  MT_SKIP_WITHOUT_CUDA();
+#if METATAPE_WITH_CUDA
+  // Releasing a graph waits for the stream and hands its pool back: inside another capture on
+  // the same stream that would invalidate the capture, so the release waits for its end.
+  const Device d = gpu0();
+  Tensor x = full(Shape{4}, 3.0, DType::f32, d);
+  Tensor warm = add(mul(x, 2.0), 1.0);
+  synchronize(d);
+  Tensor ya, yb;
+  auto first = std::make_unique<CudaGraph>();
+  first->capture(d, [&] { ya = mul(x, 2.0); });
+  first->replay();
+  check_equal(ya, full(Shape{4}, 6.0, DType::f64), "the first graph");
+  ya = Tensor();  // the graph's own tensor: its block stays in the pool until the release
+  const int64_t pool_with_first = first->pool_bytes();
+  CHECK(pool_with_first > 0);
+  CHECK(cuda_graphs_awaiting_release() == 0);
+  CudaGraph second;
+  size_t awaiting_inside = 0;
+  int64_t pools_inside = 0;
+  second.capture(d, [&] {
+    yb = add(x, 1.0);
+    first.reset();  // destroyed mid-capture: deferred
+    awaiting_inside = cuda_graphs_awaiting_release();
+    pools_inside = gpu::graph_pool_bytes(d.index);  // both pools
+  });
+  CHECK(awaiting_inside == 1);
+  CHECK(cuda_graphs_awaiting_release() == 0);  // released when the capture ended
+  CHECK(pools_inside >= pool_with_first);
+  CHECK(second.pool_bytes() == pools_inside - pool_with_first);  // the first pool is gone
+  second.replay();
+  check_equal(yb, full(Shape{4}, 4.0, DType::f64), "the graph captured meanwhile replays");
+#endif
+}
+
 TEST_CASE("CudaGraph: errors without a capture or a device", "[graph]") {
   CudaGraph g;
   CHECK_FALSE(g.captured());

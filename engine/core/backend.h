@@ -60,7 +60,9 @@ void keep_alive_while_captured(const Tensor& t);
 class CudaGraph {
  public:
   CudaGraph();
-  ~CudaGraph();  // frees the graph, then its memory pool and host buffers
+  // Frees the graph, then its memory pool and host buffers; while the device is capturing
+  // another graph, once that capture ends (cuda_graphs_awaiting_release counts them until then).
+  ~CudaGraph();
   CudaGraph(CudaGraph&&) noexcept;
   CudaGraph& operator=(CudaGraph&&) noexcept;
   CudaGraph(const CudaGraph&) = delete;
@@ -84,6 +86,10 @@ class CudaGraph {
  private:
   std::unique_ptr<Impl> impl_;
 };
+
+// Graphs destroyed while their device was capturing another graph, held until that capture
+// ends (then released); 0 without CUDA.
+size_t cuda_graphs_awaiting_release();
 
 }  // namespace mt
 

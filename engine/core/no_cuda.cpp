@@ -33,6 +33,7 @@ bool CudaGraph::captured() const { return false; }
 Device CudaGraph::device() const { return kCPU; }
 int64_t CudaGraph::pool_bytes() const { return 0; }
 void CudaGraph::reset() {}
+size_t cuda_graphs_awaiting_release() { return 0; }
 
 namespace {
 bool allow_tf32 = false;

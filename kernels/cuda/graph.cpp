@@ -1,7 +1,10 @@
 // CudaGraph (engine/core/backend.h) over the CUDA runtime's stream capture: relaxed mode on the
 // device's compute stream (the caching allocator may add a segment during the capture), the
 // allocator's private pool for the capture's tensors, and the staging code's capture-owned host
-// copies; both are released after the graph is destroyed.
+// copies; both are released after the graph is destroyed. A graph destroyed while its device's
+// stream is capturing another one (a CudaGraph going out of scope inside a captured function)
+// is released when that capture ends: waiting for the stream or freeing device memory there
+// would invalidate the capture.
 #include <cuda_runtime.h>
 
 #include <map>
@@ -39,32 +42,92 @@ void keep_alive_while_captured(const Tensor& t) {
   kept[{t.device().index, id}].push_back(t);
 }
 
-struct CudaGraph::Impl {
+namespace {
+// What a captured graph holds on its device.
+struct GraphResources {
   Device device = kCPU;
   unsigned long long capture_id = 0;
   cudaGraphExec_t exec = nullptr;
+};
+
+void release(const GraphResources& r) {
+  if (r.exec != nullptr) {
+    gpu::DeviceGuard guard(r.device.index);
+    // Replays may still be queued: the graph's memory is handed back only once they ran.
+    (void)cudaStreamSynchronize(gpu::stream(r.device.index));
+    (void)cudaGraphExecDestroy(r.exec);
+  }
+  if (r.capture_id != 0) {
+    std::vector<Tensor> held;  // freed outside the lock
+    {
+      std::lock_guard<std::mutex> lock(kept_mutex);
+      auto it = kept.find({r.device.index, r.capture_id});
+      if (it != kept.end()) {
+        held = std::move(it->second);
+        kept.erase(it);
+      }
+    }
+    held.clear();
+    gpu::release_graph_pool(r.device.index, r.capture_id);
+    gpu::release_capture_copies(r.device.index, r.capture_id);
+  }
+}
+
+// Graphs destroyed during another capture on their device, released when it ends.
+std::mutex deferred_mutex;
+std::vector<GraphResources> deferred;
+
+bool capturing_now(int device) noexcept {
+  try {
+    return gpu::current_capture_id(device) != 0;
+  } catch (...) {
+    return false;  // no such device (any more): nothing captures on it
+  }
+}
+
+// Releases the deferred graphs of `device` (none may be captured on it now).
+void release_deferred(int device) noexcept {
+  std::vector<GraphResources> mine;
+  {
+    std::lock_guard<std::mutex> lock(deferred_mutex);
+    for (auto it = deferred.begin(); it != deferred.end();) {
+      if (it->device.index == device) {
+        mine.push_back(*it);
+        it = deferred.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (const GraphResources& r : mine) {
+    try {
+      release(r);
+    } catch (...) {  // best effort, as in a destructor
+    }
+  }
+}
+}  // namespace
+
+size_t cuda_graphs_awaiting_release() {
+  std::lock_guard<std::mutex> lock(deferred_mutex);
+  return deferred.size();
+}
+
+struct CudaGraph::Impl {
+  GraphResources r;
 
   ~Impl() {
-    if (exec != nullptr) {
-      gpu::DeviceGuard guard(device.index);
-      // Replays may still be queued: the graph's memory is handed back only once they ran.
-      (void)cudaStreamSynchronize(gpu::stream(device.index));
-      (void)cudaGraphExecDestroy(exec);
+    if (r.exec == nullptr && r.capture_id == 0) return;
+    if (capturing_now(r.device.index)) {
+      std::lock_guard<std::mutex> lock(deferred_mutex);
+      deferred.push_back(r);
+      return;
     }
-    if (capture_id != 0) {
-      std::vector<Tensor> held;  // freed outside the lock
-      {
-        std::lock_guard<std::mutex> lock(kept_mutex);
-        auto it = kept.find({device.index, capture_id});
-        if (it != kept.end()) {
-          held = std::move(it->second);
-          kept.erase(it);
-        }
-      }
-      held.clear();
-      gpu::release_graph_pool(device.index, capture_id);
-      gpu::release_capture_copies(device.index, capture_id);
+    try {
+      release(r);
+    } catch (...) {  // destructors do not throw
     }
+    release_deferred(r.device.index);
   }
 };
 
@@ -83,13 +146,13 @@ void CudaGraph::capture(Device device, const std::function<void()>& fn) {
   reset();
   init_cuda_backend();
   auto impl = std::make_unique<Impl>();
-  impl->device = device;
+  impl->r.device = device;
   gpu::DeviceGuard guard(device.index);
   cudaStream_t s = gpu::stream(device.index);
   // Work queued before the capture finishes first (nothing of it may be recorded or overlap).
   MT_CUDA_CHECK(cudaStreamSynchronize(s));
   MT_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
-  impl->capture_id = gpu::current_capture_id(device.index);
+  impl->r.capture_id = gpu::current_capture_id(device.index);
   auto end_capture = [&](cudaGraph_t* graph) {
     const cudaError_t status = cudaStreamEndCapture(s, graph);
     if (status != cudaSuccess) (void)cudaGetLastError();
@@ -101,16 +164,18 @@ void CudaGraph::capture(Device device, const std::function<void()>& fn) {
     cudaGraph_t graph = nullptr;
     end_capture(&graph);
     if (graph != nullptr) (void)cudaGraphDestroy(graph);
+    release_deferred(device.index);
     throw;  // impl's destructor releases the pool and the host copies
   }
   cudaGraph_t graph = nullptr;
   const cudaError_t status = end_capture(&graph);
+  release_deferred(device.index);  // graphs destroyed inside fn
   MT_CHECK(status == cudaSuccess && graph != nullptr,
            "CudaGraph::capture on {}: the capture was invalidated ({}): the captured function "
            "waited for the device (a host read of a device value, synchronize()) or used "
            "another stream; move host reads after replay()",
            device.str(), cudaGetErrorString(status));
-  const cudaError_t inst = cudaGraphInstantiate(&impl->exec, graph, 0);
+  const cudaError_t inst = cudaGraphInstantiate(&impl->r.exec, graph, 0);
   (void)cudaGraphDestroy(graph);
   MT_CUDA_CHECK(inst);
   impl_ = std::move(impl);
@@ -118,15 +183,15 @@ void CudaGraph::capture(Device device, const std::function<void()>& fn) {
 
 void CudaGraph::replay() {
   MT_CHECK(impl_ != nullptr, "CudaGraph::replay: nothing was captured");
-  gpu::DeviceGuard guard(impl_->device.index);
+  gpu::DeviceGuard guard(impl_->r.device.index);
   profiler::ScopedKernel timed("cuda_graph_replay", true);  // the replay's kernels, when traced
-  MT_CUDA_CHECK(cudaGraphLaunch(impl_->exec, gpu::stream(impl_->device.index)));
+  MT_CUDA_CHECK(cudaGraphLaunch(impl_->r.exec, gpu::stream(impl_->r.device.index)));
 }
 
 bool CudaGraph::captured() const { return impl_ != nullptr; }
-Device CudaGraph::device() const { return impl_ ? impl_->device : kCPU; }
+Device CudaGraph::device() const { return impl_ ? impl_->r.device : kCPU; }
 int64_t CudaGraph::pool_bytes() const {
-  return impl_ ? gpu::graph_pool_bytes(impl_->device.index) : 0;
+  return impl_ ? gpu::graph_pool_bytes(impl_->r.device.index) : 0;
 }
 void CudaGraph::reset() { impl_.reset(); }
 
