@@ -2,21 +2,23 @@
 // derived): one grid-stride pass over the (rows, F) elements, each thread reading the value and
 // gate of its element from h (rows, 2F) (and t, g where the op has them) and writing one element
 // of out (rows, F) or both halves of out (rows, 2F). Contiguous operands; math in f32 (f64 for
-// f64), 16-bit types stored as they are.
+// f64), 16-bit types stored as they are. Indices are 32-bit when every offset fits (below
+// 2^30, so the grid stride cannot overflow either): 64-bit division costs tens of instructions
+// per element.
 #include "kernels/cuda/elementwise.cuh"
 
 namespace mt::gpu {
 namespace {
 
-template <class T, GegluOp op>
-__global__ void geglu_kernel(int64_t rows, int64_t F, const T* __restrict__ g,
-                             const T* __restrict__ h, const T* __restrict__ t, T* __restrict__ out) {
+template <class T, GegluOp op, class I>
+__global__ void geglu_kernel(I rows, I F, const T* __restrict__ g, const T* __restrict__ h,
+                             const T* __restrict__ t, T* __restrict__ out) {
   using A = acc_t<T>;
-  const int64_t n = rows * F;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = i / F, j = i - r * F;
-    const int64_t iv = r * 2 * F + j, iu = iv + F;
+  const I n = rows * F;
+  for (I i = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); i < n;
+       i += I(gridDim.x) * I(blockDim.x)) {
+    const I r = i / F, j = i - r * F;
+    const I iv = r * 2 * F + j, iu = iv + F;
     const A v = load_acc(h[iv]), u = load_acc(h[iu]);
     const A cdf = A(0.5) * (A(1) + m_erf(u * A(0.70710678118654752440)));
     const A pdf = m_exp(A(-0.5) * u * u) * A(0.39894228040143267794);
@@ -48,9 +50,16 @@ struct Launch {
     if constexpr (std::is_same_v<T, int64_t>) {
       return;  // refused by the launcher in ops.cpp
     } else {
-      geglu_kernel<T, op><<<grid_cover(rows * F), kBlock, 0, stream>>>(
-          rows, F, static_cast<const T*>(g), static_cast<const T*>(h), static_cast<const T*>(t),
-          static_cast<T*>(out));
+      auto go = [&]<class I>() {
+        geglu_kernel<T, op, I><<<grid_cover(rows * F), kBlock, 0, stream>>>(
+            I(rows), I(F), static_cast<const T*>(g), static_cast<const T*>(h),
+            static_cast<const T*>(t), static_cast<T*>(out));
+      };
+      if (2 * rows * F < (int64_t(1) << 30)) {  // h and the backward's out are (rows, 2F)
+        go.template operator()<int32_t>();
+      } else {
+        go.template operator()<int64_t>();
+      }
       MT_CUDA_CHECK(cudaGetLastError());
     }
   }
