@@ -745,12 +745,16 @@ __device__ __forceinline__ void mma_pack(const float (&c)[2][4], typename Frag::
   cf[3] = Frag::pack(c[1][2], c[1][3]);
 }
 
+// acc += C T: the coefficients c in score registers (c[nt][i]: row g + 8 (i / 2), entry j0 +
+// 8 nt + 2t + (i % 2)), packed as an A fragment (mma_pack), times the staged tile's entries
+// [j0, j0 + 16).
 template <class Frag, int kD>
-__device__ __forceinline__ void mma_accumulate(float (&acc)[kD / 8][4],
-                                               const typename Frag::Pair (&cf)[4],
+__device__ __forceinline__ void mma_accumulate(float (&acc)[kD / 8][4], const float (&c)[2][4],
                                                const typename Frag::Elem* tile, int j0) {
   constexpr int ST = MmaSmem<kD, typename Frag::Elem>::kStride;
   const int lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
+  typename Frag::Pair cf[4];
+  mma_pack<Frag>(c, cf);
   const typename Frag::APrep ca = Frag::prep_a(cf);
 #pragma unroll
   for (int nd = 0; nd < kD / 8; ++nd) {
@@ -854,9 +858,7 @@ __global__ void __launch_bounds__(kThreads)
         const float p = key < n ? exp2f(s[nt][i] * scale_log2 - L2[i / 2]) : 0.f;
         s[nt][i] = p * (dp[nt][i] - D[i / 2]);  // dS
       }
-    Pair cf[4];
-    mma_pack<Frag>(s, cf);
-    mma_accumulate<Frag, kD>(acc, cf, ks, j0);
+    mma_accumulate<Frag, kD>(acc, s, ks, j0);
   }
   const int64_t rows0 = (sp.row0 * a.H + h) * kD;
   const int64_t row_stride = int64_t(a.H) * kD;
@@ -925,11 +927,8 @@ __global__ void __launch_bounds__(kThreads)
         s[nt][i] = p;
         dp[nt][i] = p * (dp[nt][i] - tD[j]);  // dS (0 past the end: p = 0)
       }
-    Pair pf[4], df[4];
-    mma_pack<Frag>(s, pf);
-    mma_pack<Frag>(dp, df);
-    mma_accumulate<Frag, kD>(accv, pf, gs, j0);
-    mma_accumulate<Frag, kD>(acck, df, qs, j0);
+    mma_accumulate<Frag, kD>(accv, s, gs, j0);
+    mma_accumulate<Frag, kD>(acck, dp, qs, j0);
   }
   const int64_t rows0 = (sp.row0 * a.H + h) * kD;
   const int64_t row_stride = int64_t(a.H) * kD;
@@ -1584,15 +1583,10 @@ __global__ void __launch_bounds__(kThreads)
           cgs[nt][i] = p * (gP - E[i / 2]);
           cgdp[nt][i] = p * (w[nt][i] - R[i / 2]);
         }
-      Pair f[4];
-      mma_pack<Frag>(cds, f);
-      mma_accumulate<Frag, kD>(accq, f, bs, j0);
-      mma_pack<Frag>(cgs, f);
-      mma_accumulate<Frag, kD>(accq, f, ks, j0);
-      mma_pack<Frag>(cgdp, f);
-      mma_accumulate<Frag, kD>(acco, f, vs, j0);
-      mma_pack<Frag>(s, f);
-      mma_accumulate<Frag, kD>(acco, f, cs, j0);
+      mma_accumulate<Frag, kD>(accq, cds, bs, j0);
+      mma_accumulate<Frag, kD>(accq, cgs, ks, j0);
+      mma_accumulate<Frag, kD>(acco, cgdp, vs, j0);
+      mma_accumulate<Frag, kD>(acco, s, cs, j0);
     }
     const int64_t rows0 = (sp.row0 * a.H + h) * kD;
     const int64_t row_stride = int64_t(a.H) * kD;
@@ -1682,13 +1676,9 @@ __global__ void __launch_bounds__(kThreads)
         cgs[nt][i] = p * (gP - tE[j]);
         cgdp[nt][i] = p * (w[nt][i] - tR[j]);
       }
-    Pair f[4];
-    mma_pack<Frag>(cds, f);
-    mma_accumulate<Frag, kD>(acck, f, as, j0);
-    mma_pack<Frag>(cgs, f);
-    mma_accumulate<Frag, kD>(acck, f, qs, j0);
-    mma_pack<Frag>(cgdp, f);
-    mma_accumulate<Frag, kD>(accv, f, gs, j0);
+    mma_accumulate<Frag, kD>(acck, cds, as, j0);
+    mma_accumulate<Frag, kD>(acck, cgs, qs, j0);
+    mma_accumulate<Frag, kD>(accv, cgdp, gs, j0);
   }
   const int64_t rows0 = (sp.row0 * a.H + h) * kD;
   const int64_t row_stride = int64_t(a.H) * kD;
