@@ -414,6 +414,9 @@ struct Mma16 {
   __device__ static Pair global_pair(const T* __restrict__ x, int64_t i) {
     return reinterpret_cast<const uint32_t*>(x)[i / 2];
   }
+  __device__ static Pair global_pair_in_place(const T* __restrict__ x, int64_t i) {
+    return global_pair(x, i);  // 16-bit kernels hold their rows (kHoldRows)
+  }
   __device__ static void mma(float (&d)[4], const Pair (&a)[4], Pair b0, Pair b1) {
     mma_16816<T>(d, a, b0, b1);
   }
@@ -467,6 +470,12 @@ struct MmaTf32 {
   __device__ static Pair global_pair(const T* __restrict__ x, int64_t i) {  // i even
     const float2 v = *reinterpret_cast<const float2*>(x + i);
     return {v.x, v.y};
+  }
+  // The same, as a load the compiler keeps where it is written (MmaRows<..., false>).
+  __device__ static Pair global_pair_in_place(const T* __restrict__ x, int64_t i) {
+    float lo, hi;
+    asm volatile("ld.global.nc.v2.f32 {%0, %1}, [%2];\n" : "=f"(lo), "=f"(hi) : "l"(x + i));
+    return {lo, hi};
   }
   // A fragment, split: for k-half h (physical k indices 2t, 2t + 1, plus 8 h), the m16n8k8
   // registers {A[g][2t], A[g+8][2t], A[g][2t+1], A[g+8][2t+1]} (the instruction's a0..a3 at
@@ -544,6 +553,59 @@ __device__ __forceinline__ void mma_load_rows(const typename Frag::T* __restrict
   }
 }
 
+// The CTA's rows of one head of x as the A operand of mma_scores, k-step by k-step (prep(st):
+// head-dim columns [16 st, 16 st + 16), prepared by Frag::prep_a). kHeld: the fragments are
+// loaded once (mma_load_rows) and held in registers for the whole kernel; otherwise they are
+// read again from global memory at each use (the CTA's 16 rows: L1 hits after the first), as
+// loads the compiler may not hoist out of the tile loop (kHoldRows below says which).
+template <class Frag, int kD, bool kHeld>
+struct MmaRows;
+
+template <class Frag, int kD>
+struct MmaRows<Frag, kD, true> {
+  typename Frag::Pair f[kD / 16][4];
+  __device__ MmaRows(const typename Frag::T* __restrict__ x, const Span& sp, const Args& a,
+                     int h) {
+    mma_load_rows<Frag, kD>(x, sp, a, h, f);
+  }
+  __device__ typename Frag::APrep prep(int st) const { return Frag::prep_a(f[st]); }
+};
+
+template <class Frag, int kD>
+struct MmaRows<Frag, kD, false> {
+  const typename Frag::T* __restrict__ x;
+  int64_t base[2];  // rows g and g + 8 at column 2t
+  bool valid[2];
+  __device__ MmaRows(const typename Frag::T* __restrict__ x_, const Span& sp, const Args& a,
+                     int h)
+      : x(x_) {
+    const int lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = g + 8 * half;
+      base[half] = ((sp.row0 + r) * a.H + h) * kD + 2 * t;
+      valid[half] = r < sp.nrows;
+    }
+  }
+  __device__ typename Frag::APrep prep(int st) const {
+    typename Frag::Pair p[4];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      p[half] = valid[half] ? Frag::global_pair_in_place(x, base[half] + 16 * st) : Frag::zero();
+      p[2 + half] =
+          valid[half] ? Frag::global_pair_in_place(x, base[half] + 16 * st + 8) : Frag::zero();
+    }
+    return Frag::prep_a(p);
+  }
+};
+
+// Whether the kernels hold their row fragments in registers (16-bit storage) or reload them at
+// each use (f32, whose pairs take two registers: held, the double backward spilled 88-760 bytes
+// per thread at dh 64 and the key-side backward 604 at dh 128 (ptxas, sm_90, 3xTF32); reloaded,
+// 0-276 and 12, and TF32 none).
+template <class Frag>
+constexpr bool kHoldRows = !std::is_same_v<typename Frag::T, float>;
+
 template <class T, class Frag, int kD, bool kSplit>
 __global__ void __launch_bounds__(kThreads)
     flash_fwd_mma(Args a, float scale_log2, const T* __restrict__ q, const T* __restrict__ k,
@@ -564,8 +626,7 @@ __global__ void __launch_bounds__(kThreads)
   Elem* vs = ks + kMmaTile * ST;
 
   // Q's A fragments (rows past the block's end are zero).
-  Pair qf[KS][4];
-  mma_load_rows<Frag, kD>(q, sp, a, h, qf);
+  const MmaRows<Frag, kD, kHoldRows<Frag>> qf(q, sp, a, h);
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, acc[ND][4];
 #pragma unroll
   for (int nd = 0; nd < ND; ++nd)
@@ -589,7 +650,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int i = 0; i < 4; ++i) s[nt][i] = 0.f;
 #pragma unroll
     for (int st = 0; st < KS; ++st) {
-      const typename Frag::APrep qa = Frag::prep_a(qf[st]);
+      const typename Frag::APrep qa = qf.prep(st);
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt) {
         const Elem* kr = ks + (j0 + 8 * nt + g) * ST + 16 * st + 2 * t;
@@ -716,10 +777,9 @@ __global__ void __launch_bounds__(kThreads)
 // added in order 0..3 at the end (deterministic). The products dS and P are rounded to 16-bit
 // storage before the second product, as the forward's P (f32: kept, then split).
 // ---------------------------------------------------------------------------------------------
-template <class Frag, int kD>
-__device__ __forceinline__ void mma_scores(const typename Frag::Pair (&xf)[kD / 16][4],
-                                           const typename Frag::Elem* tile, int j0,
-                                           float (&s)[2][4]) {
+template <class Frag, int kD, class Rows>
+__device__ __forceinline__ void mma_scores(const Rows& rows, const typename Frag::Elem* tile,
+                                           int j0, float (&s)[2][4]) {
   constexpr int ST = MmaSmem<kD, typename Frag::Elem>::kStride;
   const int lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
 #pragma unroll
@@ -728,7 +788,7 @@ __device__ __forceinline__ void mma_scores(const typename Frag::Pair (&xf)[kD / 
     for (int i = 0; i < 4; ++i) s[nt][i] = 0.f;
 #pragma unroll
   for (int st = 0; st < kD / 16; ++st) {
-    const typename Frag::APrep xa = Frag::prep_a(xf[st]);
+    const typename Frag::APrep xa = rows.prep(st);
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
       const typename Frag::Elem* tr = tile + (j0 + 8 * nt + g) * ST + 16 * st + 2 * t;
@@ -813,9 +873,7 @@ __global__ void __launch_bounds__(kThreads)
   const Span sp = span_of(a);
   Elem* ks = smem_base<Elem>();
   Elem* vs = ks + kMmaTile * ST;
-  Pair qf[kD / 16][4], gf[kD / 16][4];
-  mma_load_rows<Frag, kD>(q, sp, a, h, qf);
-  mma_load_rows<Frag, kD>(dO, sp, a, h, gf);
+  const MmaRows<Frag, kD, kHoldRows<Frag>> qf(q, sp, a, h), gf(dO, sp, a, h);
   float D[2], L2[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {  // the quad of row g + 8 r sums columns t, t + 4, ...
@@ -894,9 +952,7 @@ __global__ void __launch_bounds__(kThreads)
   Elem* gs = qs + kMmaTile * ST;
   float* tl = reinterpret_cast<float*>(gs + kMmaTile * ST);  // lse (base 2) per tile query
   float* tD = tl + kMmaTile;                                 // D per tile query
-  Pair kf[kD / 16][4], vf[kD / 16][4];
-  mma_load_rows<Frag, kD>(k, sp, a, h, kf);
-  mma_load_rows<Frag, kD>(v, sp, a, h, vf);
+  const MmaRows<Frag, kD, kHoldRows<Frag>> kf(k, sp, a, h), vf(v, sp, a, h);
   float acck[kD / 8][4], accv[kD / 8][4];
 #pragma unroll
   for (int nd = 0; nd < kD / 8; ++nd)
@@ -1400,14 +1456,12 @@ struct DdMmaSmem {
 // s = x.t1, dp = y.t2, w = scale (z.t1 + x.t3), u = y.t4, where (x, y, z) = (q, dO, a) rows and
 // (t1, t2, t3, t4) = (k, v, b, c) tiles on the query side; on the key side (k, v, b, c) rows
 // against (q, dO, a) tiles: s = k.q, dp = v.dO, w = scale (k.a + b.q), u = c.dO.
-template <class Frag, int kD>
+template <class Frag, int kD, class Ra, class Rb, class Rc, class Rd, class Re>
 __device__ __forceinline__ void dd_mma_pairs(
-    const typename Frag::Pair (&xa)[kD / 16][4], const typename Frag::Elem* ta,
-    const typename Frag::Pair (&xb)[kD / 16][4], const typename Frag::Elem* tb,
-    const typename Frag::Pair (&xc)[kD / 16][4], const typename Frag::Elem* tc,
-    const typename Frag::Pair (&xd)[kD / 16][4], const typename Frag::Elem* td,
-    const typename Frag::Pair (&xe)[kD / 16][4], const typename Frag::Elem* te, int j0, float scale,
-    float (&s)[2][4], float (&dp)[2][4], float (&w)[2][4], float (&u)[2][4]) {
+    const Ra& xa, const typename Frag::Elem* ta, const Rb& xb, const typename Frag::Elem* tb,
+    const Rc& xc, const typename Frag::Elem* tc, const Rd& xd, const typename Frag::Elem* td,
+    const Re& xe, const typename Frag::Elem* te, int j0, float scale, float (&s)[2][4],
+    float (&dp)[2][4], float (&w)[2][4], float (&u)[2][4]) {
   float w2[2][4];
   mma_scores<Frag, kD>(xa, ta, j0, s);
   mma_scores<Frag, kD>(xb, tb, j0, dp);
@@ -1444,10 +1498,8 @@ __global__ void __launch_bounds__(kThreads)
   Elem* bs = vs + kMmaTile * ST;
   Elem* cs = bs + kMmaTile * ST;
   float* wst = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(ks) + Sm::body);
-  Pair qf[kD / 16][4], gf[kD / 16][4], af[kD / 16][4];
-  mma_load_rows<Frag, kD>(q, sp, a, h, qf);
-  mma_load_rows<Frag, kD>(dO, sp, a, h, gf);
-  mma_load_rows<Frag, kD>(ga, sp, a, h, af);
+  const MmaRows<Frag, kD, kHoldRows<Frag>> qf(q, sp, a, h), gf(dO, sp, a, h),
+      af(ga, sp, a, h);
   const int64_t NH = Nq * a.H;
   float D[2], L2[2], R[2] = {0.f, 0.f}, E[2] = {0.f, 0.f};
 #pragma unroll
@@ -1633,11 +1685,8 @@ __global__ void __launch_bounds__(kThreads)
   float* tD = tl + kMmaTile;
   float* tR = tD + kMmaTile;
   float* tE = tR + kMmaTile;
-  Pair kf[kD / 16][4], vf[kD / 16][4], bf[kD / 16][4], cf[kD / 16][4];
-  mma_load_rows<Frag, kD>(k, sp, a, h, kf);
-  mma_load_rows<Frag, kD>(v, sp, a, h, vf);
-  mma_load_rows<Frag, kD>(gb, sp, a, h, bf);
-  mma_load_rows<Frag, kD>(gc, sp, a, h, cf);
+  const MmaRows<Frag, kD, kHoldRows<Frag>> kf(k, sp, a, h), vf(v, sp, a, h),
+      bf(gb, sp, a, h), cf(gc, sp, a, h);
   const int64_t NH = Nq * a.H;
   float acck[kD / 8][4], accv[kD / 8][4];
 #pragma unroll
@@ -1747,9 +1796,9 @@ Args key_side(const FlashDesc& d) {
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // The widest head dim the tensor-core kernels take, by storage and kernel: 128, except the f32
-// double backward, whose row fragments (four sets of two f32 per pair) and five score products
-// per chunk do not fit in registers at 128 (ptxas: 2-3 KB of spills per thread with sm_90,
-// against 144-724 bytes at 64); it runs the split kernels there.
+// double backward, whose accumulators and five score products per chunk with their TF32 splits
+// do not fit in registers at 128 (ptxas, sm_90, 3xTF32: 1-2 KB of spills per thread even with
+// the rows reloaded, against at most 276 bytes at 64); it runs the split kernels there.
 template <class T, bool kDouble>
 constexpr int kMmaMaxHeadDim = std::is_same_v<T, float> && kDouble ? 64 : 128;
 
