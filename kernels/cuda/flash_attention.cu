@@ -311,7 +311,8 @@ __global__ void __launch_bounds__(kThreads)
 // takes keys [16 w, 16 w + 16) of every tile, with its own online softmax (m, l, acc) over all 16
 // rows; the 4 warps' states are merged at the end in a fixed order (deterministic). Per warp and
 // tile, keys j0 = 16 w ...:
-//   S = Q K^T: A = Q (16 x kD, kD / 16 k-steps, held in registers for the whole kernel, loaded
+//   S = Q K^T: A = Q (16 x kD, kD / 16 k-steps, held in registers for the whole kernel (16-bit;
+//     f32 reloads them at each use: MmaRows), loaded
 //     from global memory), B = K^T (k = head-dim column, n = key): b0 = K[j0 + 8 nt + g][16 ks +
 //     2t, +1], two adjacent elements of a K row (one 32-bit load), b1 the columns + 8; n-tiles
 //     nt = 0, 1 cover the 16 keys. Score registers s[nt][i]: row g + 8 (i / 2), key j0 + 8 nt +
@@ -436,16 +437,22 @@ struct F32Pair {
 };
 
 // x rounded to TF32 (to nearest, ties away; an f32 bit pattern with the low 13 bits zero).
-// satfinite: a value that would round past the largest finite TF32 gives that value, not inf,
-// so the split of a finite f32 stays finite. volatile: the compiler must not hoist the
-// conversions of register-held row fragments out of the tile loops (that doubled their
-// registers and spilled); conversions used more than once are made once explicitly (prep_a).
+// volatile: the compiler must not hoist the conversions of row fragments out of the tile loops
+// (that doubled their registers and spilled); conversions used more than once are made once
+// explicitly (prep_a). inf and NaN pass through.
 __device__ __forceinline__ uint32_t tf32_rna(float x) {
+  uint32_t r;
+  asm volatile("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+  return r;
+}
+// The same, except that a finite x that would round past the largest finite TF32 gives that
+// value (satfinite) instead of inf, so that the 3xTF32 split of a finite f32 stays finite; an
+// infinite x also gives that value, and the small part, x - big = inf, then carries the inf.
+__device__ __forceinline__ uint32_t tf32_rna_big(float x) {
   uint32_t r;
   asm volatile("cvt.rna.satfinite.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
   return r;
 }
-
 __device__ __forceinline__ void mma_1688_tf32(float (&d)[4], const uint32_t (&a)[4],
                                               const uint32_t (&b)[2]) {
   asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
@@ -491,7 +498,7 @@ struct MmaTf32 {
       const float x[4] = {a[2 * h].lo, a[2 * h + 1].lo, a[2 * h].hi, a[2 * h + 1].hi};
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        p.big[h][i] = tf32_rna(x[i]);
+        p.big[h][i] = kTerms == 3 ? tf32_rna_big(x[i]) : tf32_rna(x[i]);
         if constexpr (kTerms == 3) p.small[h][i] = tf32_rna(x[i] - __uint_as_float(p.big[h][i]));
       }
     }
@@ -502,7 +509,8 @@ struct MmaTf32 {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const Pair b = h == 0 ? b0 : b1;
-      const uint32_t bb[2] = {tf32_rna(b.lo), tf32_rna(b.hi)};
+      const uint32_t bb[2] = {kTerms == 3 ? tf32_rna_big(b.lo) : tf32_rna(b.lo),
+                              kTerms == 3 ? tf32_rna_big(b.hi) : tf32_rna(b.hi)};
       if constexpr (kTerms == 3) {
         const uint32_t bs[2] = {tf32_rna(b.lo - __uint_as_float(bb[0])),
                                 tf32_rna(b.hi - __uint_as_float(bb[1]))};
@@ -602,7 +610,7 @@ struct MmaRows<Frag, kD, false> {
 // Whether the kernels hold their row fragments in registers (16-bit storage) or reload them at
 // each use (f32, whose pairs take two registers: held, the double backward spilled 88-760 bytes
 // per thread at dh 64 and the key-side backward 604 at dh 128 (ptxas, sm_90, 3xTF32); reloaded,
-// 0-276 and 12, and TF32 none).
+// 0-276 and 0, TF32 at most 8).
 template <class Frag>
 constexpr bool kHoldRows = !std::is_same_v<typename Frag::T, float>;
 
@@ -769,7 +777,8 @@ __global__ void __launch_bounds__(kThreads)
 // fragment layouts as flash_fwd_mma (see there). Helpers, per warp and 16-entry chunk j0 of a
 // staged tile (raw rows of kStride elements):
 //   mma_scores: s[nt][i] = <row g + 8 (i / 2) of X, tile entry j0 + 8 nt + 2t + (i % 2)>, X's A
-//     fragments xf held in registers (B = tile^T: two adjacent elements of a tile row).
+//     fragments from an MmaRows (held in registers for 16-bit storage, reloaded for f32; B =
+//     tile^T: two adjacent elements of a tile row).
 //   mma_accumulate: acc[nd] += C (16 rows x 16 entries, packed A fragment cf, built from the
 //     score registers exactly as P in the forward) times the tile (16 entries x kD; B: two 16-bit
 //     loads from rows j0 + 2t, +1 (+8) at column 8 nd + g).
@@ -1432,7 +1441,7 @@ __global__ void __launch_bounds__(kThreads)
 // formulas of flash_dd_q / flash_dd_kv with the fragment layouts and helpers of the mma backward
 // (mma_scores, mma_pack, mma_accumulate, mma_merge). Per warp and 16-entry chunk the five pair
 // dot products (q.k, dO.v, a.k, q.b, dO.c; W = scale (a.k + q.b)) are five mma_scores products
-// of row fragments held in registers with staged tiles; the pair coefficients (dS, gS, gdP and
+// of row fragments (MmaRows) with staged tiles; the pair coefficients (dS, gS, gdP and
 // P) are formed in f32 in the score registers and rounded to 16-bit storage only when packed
 // as the A operand of their second product (as the backward's dS and P; f32 storage keeps them
 // and splits them there); every sum and every

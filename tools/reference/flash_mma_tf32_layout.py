@@ -8,8 +8,11 @@ products):
   1. the abstract product: random A (16x16), B (16x8) as pair fragments -> A @ B;
   2. the kernels' own addressing: stage_tile_raw (16-byte vectors, rows of kD + 4 floats, the
      padding NaN so that a stray read shows), mma_load_rows (global pairs, rows past the block
-     zero), mma_scores (adjacent pairs of a tile row) and mma_pack + mma_accumulate (two-row
-     pairs), for kD 32/64/128 and partial blocks and tiles.
+     zero; MmaRows<..., false>, which the f32 kernels use, reads the same pairs at each use),
+     mma_scores (adjacent pairs of a tile row) and mma_pack + mma_accumulate (two-row pairs),
+     for kD 32/64/128 and partial blocks and tiles.
+The TF32 split itself (prep_a / mma_prep: big and small parts) is exact arithmetic here; its
+rounding is simulated by tools/reference/flash_tf32_rounding.py.
 It mirrors the CUDA code by hand: change both together. Run: python3
 tools/reference/flash_mma_tf32_layout.py (exits non-zero on a mismatch).
 """
