@@ -342,6 +342,51 @@ TEST_CASE("CUDA flash attention: f32 on TF32 tensor cores under cuda_matmul_allo
   CHECK_FALSE(cuda_matmul_allow_tf32());  // restored
 }
 
+TEST_CASE("CUDA flash attention: an infinite value stays non-finite in its own sample",
+          "[cuda][flash]") {
+  MT_SKIP_WITHOUT_CUDA();
+  // An inf in one value row of sample 0 makes that sample's outputs non-finite (P > 0 times
+  // inf), as on the CPU; every kernel setting, f32 (3xTF32 on the tensor-core setting, whose
+  // split must not turn the inf into a finite number) and f32 with TF32, and bf16. The other
+  // samples stay finite and equal the CPU's.
+  const std::vector<int64_t> ql{5, 17}, kl{7, 70};
+  const std::vector<int64_t> cu_q = offsets_of(ql), cu_k = offsets_of(kl);
+  const FlashAttentionLayout layout{&cu_q, &cu_k, 1.0 / std::sqrt(64.0)};
+  Inputs in = make_inputs(ql, kl, 2, 64, 561);
+  std::vector<double> v = in.v.to_vector<double>();
+  v[size_t(3 * 2 * 64 + 64 + 5)] = INFINITY;  // key 3 (sample 0), head 1, column 5
+  const Tensor v_inf = from_vector(v, in.v.shape(), DType::f64);
+  for (DType t : {DType::f32, DType::bf16})
+    for (bool tf32 : {false, true}) {
+      if (tf32 && t != DType::f32) continue;
+      const UseTf32 use_tf32(tf32);
+      const DType ct = DType::f32;
+      Tensor o_ref = empty(Shape{22, 2, 64}, ct), lse_ref = empty(Shape{22, 2}, ct);
+      flash_attention_kernel(kCPU, in.q.to(t).to(ct), in.k.to(t).to(ct), v_inf.to(t).to(ct),
+                             layout, o_ref, lse_ref);
+      for (const KernelSetting& setting : kKernelSettings) {
+        const UseKernels use(setting);
+        const std::string at = fmt::format("{}{} [{}]", dtype_name(t), tf32 ? " tf32" : "",
+                                           setting.name);
+        INFO(at);
+        Tensor o = empty(Shape{22, 2, 64}, t, gpu0()), lse = empty(Shape{22, 2}, ct, gpu0());
+        flash_attention_kernel(gpu0(), in.q.to(t).to(gpu0()), in.k.to(t).to(gpu0()),
+                               v_inf.to(t).to(gpu0()), layout, o, lse);
+        const std::vector<double> got = o.to(DType::f64).to_vector<double>();
+        const std::vector<double> ref = o_ref.to(DType::f64).to_vector<double>();
+        // Sample 0 (queries 0-4), head 1, column 5: non-finite on both sides.
+        for (int64_t i = 0; i < 5; ++i) {
+          const size_t at_i = size_t(i * 2 * 64 + 64 + 5);
+          CHECK_FALSE(std::isfinite(ref[at_i]));
+          CHECK_FALSE(std::isfinite(got[at_i]));
+        }
+        // Sample 1 (queries 5-21) is untouched.
+        const Tensor rows = o.narrow(0, 5, 17), rows_ref = o_ref.narrow(0, 5, 17).to(t);
+        check_close(rows, rows_ref, tf32 ? kFlashTf32 : stub_tol(t), at + ": sample 1");
+      }
+    }
+}
+
 TEST_CASE("CUDA flash attention: long key sequences (3000 keys per sample)", "[cuda][flash]") {
   MT_SKIP_WITHOUT_CUDA();
   compare_stubs({64, 8}, {3000, 2100}, 2, 64, DType::f32, 501);
