@@ -295,8 +295,9 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------
 // Tensor-core forward (FlashKernels::mma): 16-bit and f32 storage, dh in {32, 64, 128}; f64 and
 // other head dims run flash_fwd. Described below for 16-bit storage; f32 keeps the same layout
-// and data flow through the fragment arithmetic MmaTf32 (below, with Mma16). Same grid, block tables, split ranges and outputs (o, lse, or the
-// split partials acc/m/l for flash_fwd_combine) as flash_fwd.
+// and data flow through the fragment arithmetic MmaTf32 (below, with Mma16). Same grid, block
+// tables, split ranges and outputs (o, lse, or the split partials acc/m/l for
+// flash_fwd_combine) as flash_fwd.
 //
 // mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32: D (16x8 f32) = A (16x16) B
 // (16x8) + C. Lane = 4 g + t (g = groupID = lane / 4, t = threadID_in_group = lane % 4). Each A/B
@@ -319,8 +320,9 @@ __global__ void __launch_bounds__(kThreads)
 //     2t + (i % 2).
 //   O += P V: A = P (16 queries x 16 keys): the C registers of the two S n-tiles are exactly
 //     its fragment: a0 = s[0][0,1], a1 = s[0][2,3], a2 = s[1][0,1], a3 = s[1][2,3] (P rounded
-//     to 16-bit storage, as flash kernels do; f32: kept, then split into TF32 parts); B = V (k = key, n = head-dim column): b0 =
-//     {V[j0 + 2t][8 nd + g], V[j0 + 2t + 1][8 nd + g]}, b1 = the keys + 8 (two 16-bit loads each).
+//     to 16-bit storage, as flash kernels do; f32: kept, then split into TF32 parts); B = V
+//     (k = key, n = head-dim column): b0 = {V[j0 + 2t][8 nd + g], V[j0 + 2t + 1][8 nd + g]},
+//     b1 = the keys + 8 (two 16-bit loads each).
 //   acc[nd][0, 1] = O[g][8 nd + 2t, +1], acc[nd][2, 3] = O[g + 8][8 nd + 2t, +1].
 // Scores are kept in base 2 (scale log2(e) folded into the scale, exp2f): m and lse are
 // converted back to natural units when written.
@@ -981,7 +983,8 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     if (j0 >= n) continue;  // warp-uniform
     float s[2][4], dp[2][4];
-    mma_scores<Frag, kD>(kf, qs, j0, s);  // s[nt][i]: key g + 8 (i / 2), query j0 + 8 nt + 2t + i % 2
+    // s[nt][i]: key g + 8 (i / 2), query j0 + 8 nt + 2t + i % 2.
+    mma_scores<Frag, kD>(kf, qs, j0, s);
     mma_scores<Frag, kD>(vf, gs, j0, dp);
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt)
@@ -1865,19 +1868,14 @@ bool forward_mma(const FlashDesc& d, const void* q, const void* k, const void* v
   auto* part = static_cast<float*>(workspace);
   const float scale_log2 = float(d.scale * 1.4426950408889634);
   dispatch_mma<T>(d, [&]<class Frag, int kD>() {
-    const size_t bytes = MmaSmem<kD, typename Frag::Elem>::bytes;
-    if (S > 1) {
-      launch(flash_fwd_mma<T, Frag, kD, true>, d.num_q_blocks, d.heads, S, bytes, stream,
-             query_side(d), scale_log2, static_cast<const T*>(q), static_cast<const T*>(k),
-             static_cast<const T*>(v), static_cast<T*>(o), static_cast<float*>(lse), part);
+    auto kernel = S > 1 ? flash_fwd_mma<T, Frag, kD, true> : flash_fwd_mma<T, Frag, kD, false>;
+    launch(kernel, d.num_q_blocks, d.heads, S, MmaSmem<kD, typename Frag::Elem>::bytes, stream,
+           query_side(d), scale_log2, static_cast<const T*>(q), static_cast<const T*>(k),
+           static_cast<const T*>(v), static_cast<T*>(o), static_cast<float*>(lse), part);
+    if (S > 1)
       launch_combine(flash_fwd_combine<T>, d.num_queries * d.heads * d.dh, stream,
                      d.num_queries * d.heads, int(d.dh), S, static_cast<const float*>(part),
                      static_cast<T*>(o), static_cast<float*>(lse));
-    } else {
-      launch(flash_fwd_mma<T, Frag, kD, false>, d.num_q_blocks, d.heads, 1, bytes, stream,
-             query_side(d), scale_log2, static_cast<const T*>(q), static_cast<const T*>(k),
-             static_cast<const T*>(v), static_cast<T*>(o), static_cast<float*>(lse), part);
-    }
   });
   return true;
 }
@@ -1891,19 +1889,14 @@ void forward(const FlashDesc& d, const void* q, const void* k, const void* v, vo
   auto* part = static_cast<A*>(workspace);
   dispatch_head_dim(d.dh, [&]<int kD>() {
     constexpr int kTile = kTileFor<kD>;
-    const size_t bytes = Smem<A, kD, kTile>::bytes(1, 2, 0, 1);
-    if (S > 1) {
-      launch(flash_fwd<T, kD, kTile, true>, d.num_q_blocks, d.heads, S, bytes, stream,
-             query_side(d), A(d.scale), static_cast<const T*>(q), static_cast<const T*>(k),
-             static_cast<const T*>(v), static_cast<T*>(o), static_cast<A*>(lse), part);
+    auto kernel = S > 1 ? flash_fwd<T, kD, kTile, true> : flash_fwd<T, kD, kTile, false>;
+    launch(kernel, d.num_q_blocks, d.heads, S, Smem<A, kD, kTile>::bytes(1, 2, 0, 1), stream,
+           query_side(d), A(d.scale), static_cast<const T*>(q), static_cast<const T*>(k),
+           static_cast<const T*>(v), static_cast<T*>(o), static_cast<A*>(lse), part);
+    if (S > 1)
       launch_combine(flash_fwd_combine<T>, d.num_queries * d.heads * d.dh, stream,
                      d.num_queries * d.heads, int(d.dh), S, static_cast<const A*>(part),
                      static_cast<T*>(o), static_cast<A*>(lse));
-    } else {
-      launch(flash_fwd<T, kD, kTile, false>, d.num_q_blocks, d.heads, 1, bytes, stream,
-             query_side(d), A(d.scale), static_cast<const T*>(q), static_cast<const T*>(k),
-             static_cast<const T*>(v), static_cast<T*>(o), static_cast<A*>(lse), part);
-    }
   });
 }
 
