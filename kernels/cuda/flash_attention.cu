@@ -1807,6 +1807,23 @@ Args key_side(const FlashDesc& d) {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// The double backward's workspace (flash_double_backward_workspace, in accumulation-type
+// elements): the row statistics, then the split partials.
+template <class A>
+struct DdWorkspace {
+  A* stats;       // (3, Nq, H): D, r, E
+  A* part_stats;  // (S, 3, Nq, H) when split
+  A* part_q;      // (S, Nq, H, dh) when split
+  A* part_o;      // (S, Nq, H, dh) when split
+  DdWorkspace(void* workspace, const FlashDesc& d) {
+    const int64_t NH = d.num_queries * d.heads;
+    stats = static_cast<A*>(workspace);
+    part_stats = stats + 3 * NH;
+    part_q = part_stats + 3 * d.kv_splits * NH;
+    part_o = part_q + d.kv_splits * NH * d.dh;
+  }
+};
+
 // The widest head dim the tensor-core kernels take, by storage and kernel: 128, except the f32
 // double backward, whose accumulators and five score products per chunk with their TF32 splits
 // do not fit in registers at 128 (ptxas, sm_90, 3xTF32: 1-2 KB of spills per thread even with
@@ -1982,10 +1999,8 @@ bool double_backward_mma(const FlashDesc& d, const void* q, const void* k, const
   if (!mma_takes<T, true>(d, {q, k, v, dO, a, b, c})) return false;
   const int S = int(d.kv_splits);
   const int64_t Nq = d.num_queries, NH = Nq * d.heads;
-  auto* stats = static_cast<float*>(workspace);  // (3, Nq, H): D, r, E
-  float* part_stats = stats + 3 * NH;            // (S, 3, Nq, H) when split
-  float* part_q = part_stats + 3 * S * NH;       // (S, Nq, H, dh) when split
-  float* part_o = part_q + S * NH * d.dh;        // (S, Nq, H, dh) when split
+  const DdWorkspace<float> ws(workspace, d);
+  float *stats = ws.stats, *part_stats = ws.part_stats, *part_q = ws.part_q, *part_o = ws.part_o;
   const float scale = float(d.scale), scale_log2 = float(d.scale * 1.4426950408889634);
   dispatch_mma<T, true>(d, [&]<class Frag, int kD>() {
     using Elem = typename Frag::Elem;
@@ -2031,10 +2046,8 @@ bool double_backward(const FlashDesc& d, const void* q, const void* k,
     return true;
   const int S = int(d.kv_splits);
   const int64_t Nq = d.num_queries, NH = Nq * d.heads;
-  auto* stats = static_cast<A*>(workspace);   // (3, Nq, H): D, r, E
-  A* part_stats = stats + 3 * NH;             // (S, 3, Nq, H) when split
-  A* part_q = part_stats + 3 * S * NH;        // (S, Nq, H, dh) when split
-  A* part_o = part_q + S * NH * d.dh;         // (S, Nq, H, dh) when split
+  const DdWorkspace<A> ws(workspace, d);
+  A *stats = ws.stats, *part_stats = ws.part_stats, *part_q = ws.part_q, *part_o = ws.part_o;
   dispatch_head_dim(d.dh, [&]<int kD>() {
     constexpr int kTile = 32;
     const size_t bytes_q = Smem<A, kD, kTile>::bytes(3, 4, 0, 4);
