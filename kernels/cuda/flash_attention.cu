@@ -612,7 +612,7 @@ struct MmaRows<Frag, kD, false> {
 // Whether the kernels hold their row fragments in registers (16-bit storage) or reload them at
 // each use (f32, whose pairs take two registers: held, the double backward spilled 88-760 bytes
 // per thread at dh 64 and the key-side backward 604 at dh 128 (ptxas, sm_90, 3xTF32); reloaded,
-// 0-276 and 0, TF32 at most 8).
+// at most 128 and 0, and at most 32 with TF32).
 template <class Frag>
 constexpr bool kHoldRows = !std::is_same_v<typename Frag::T, float>;
 
