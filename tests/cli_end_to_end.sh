@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end check of build/bin/metatape: synthetic data, a short training run of each model
 # kind, evaluation, adaptation, and the error paths (unknown config key, missing data folder,
-# bad --set). Prints "N passed, N failed" and exits non-zero on any failure.
+# bad --set, bad attention settings in the environment). Prints "N passed, N failed" and exits non-zero on any failure.
 set -uo pipefail
 bin="$1"
 work="$(mktemp -d)"
@@ -100,6 +100,14 @@ fails_with "bench with an unknown parameter set" "parameter set 'heads'" "$bin" 
   --out "$work/x" "${small[@]}" --set 'bench.param_sets=["heads"]'
 
 fails_with "unknown config key" "unknown key 'train.stepz'" "$bin" train --run "$work/x" --set train.stepz=3
+fails_with "unknown attention kernels in the environment" \
+  "METATAPE_FLASH_KERNELS='spilt' is not one of mma, split, simple" \
+  env METATAPE_FLASH_KERNELS=spilt "$bin" --help
+fails_with "a split count that is not a number" \
+  "METATAPE_FLASH_KV_SPLITS='4x' is not a whole number" \
+  env METATAPE_FLASH_KV_SPLITS=4x "$bin" --help
+check "the attention settings' accepted values" env METATAPE_FLASH_KERNELS=split \
+  METATAPE_FLASH_KV_SPLITS=3 "$bin" --help
 fails_with "bad type" "'train.steps'" "$bin" train --run "$work/x" --set train.steps=abc
 fails_with "missing data folder" "no such file or folder" "$bin" train --run "$work/x" \
   --set 'data.path="/nonexistent/metatape"'

@@ -3,23 +3,37 @@
 #include "engine/core/attention_settings.h"
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
 namespace mt {
 namespace {
 
+// A value the variable does not take: said and the process stops (at start-up, before main),
+// rather than the default silently standing in for a typo.
+[[noreturn]] void bad_env(const char* name, const char* value, const char* takes) {
+  std::fprintf(stderr, "metatape: the environment variable %s='%s' is not %s; unset it or set "
+               "it to such a value\n", name, value, takes);
+  std::exit(2);
+}
+
 FlashKernels kernels_from_env() {
   const char* env = std::getenv("METATAPE_FLASH_KERNELS");
-  if (env != nullptr && std::strcmp(env, "simple") == 0) return FlashKernels::simple;
-  if (env != nullptr && std::strcmp(env, "split") == 0) return FlashKernels::split;
-  return FlashKernels::mma;
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "mma") == 0) return FlashKernels::mma;
+  if (std::strcmp(env, "simple") == 0) return FlashKernels::simple;
+  if (std::strcmp(env, "split") == 0) return FlashKernels::split;
+  bad_env("METATAPE_FLASH_KERNELS", env, "one of mma, split, simple");
 }
 
 int splits_from_env() {
   const char* env = std::getenv("METATAPE_FLASH_KV_SPLITS");
-  const int n = env != nullptr ? std::atoi(env) : 0;
-  return n > 0 ? n : 0;
+  if (env == nullptr || *env == '\0') return 0;
+  char* end = nullptr;
+  const long n = std::strtol(env, &end, 10);
+  if (*end != '\0' || n < 0 || n > 64)
+    bad_env("METATAPE_FLASH_KV_SPLITS", env, "a whole number from 0 (automatic) to 64");
+  return int(n);
 }
 
 std::atomic<FlashKernels> flash_kernels{kernels_from_env()};

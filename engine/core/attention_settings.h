@@ -28,7 +28,8 @@ FlashKernels cuda_flash_kernels();
 
 // Key splits per sample for the split kernels: 0 (default) chooses from the grid size and the
 // device's SM count; n > 0 forces n (tests use it to reach empty and one-key splits). The
-// environment variable METATAPE_FLASH_KV_SPLITS=n sets it at start-up (benchmark sweeps).
+// environment variable METATAPE_FLASH_KV_SPLITS=n sets it at start-up (benchmark sweeps). A value
+// either variable does not take (a typo) stops the process at start-up with a message naming it.
 void set_cuda_flash_kv_splits(int splits);
 int cuda_flash_kv_splits();
 
