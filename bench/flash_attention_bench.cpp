@@ -233,8 +233,8 @@ int main(int argc, char** argv) {
   app.add_option("--repeats", repeats, "timed runs per measurement (median reported)");
   app.add_flag("--quick", quick, "fewer configurations and repeats (a smoke run)");
   app.add_flag("--tf32", tf32,
-               "f32 on TF32 tensor cores: one TF32 product in the fused kernels (default: three, "
-               "3xTF32) and TF32 GEMMs in the composite (default: f32)");
+               "TF32 GEMMs in the composite (default: f32), and one TF32 product instead of three "
+               "(3xTF32) in the fused f32 tensor-core kernels");
   CLI11_PARSE(app, argc, argv);
   set_cuda_matmul_allow_tf32(tf32);
   if (!cuda_is_available()) {
@@ -260,8 +260,10 @@ int main(int argc, char** argv) {
   nlohmann::json results = nlohmann::json::array();
   bool ok = true;
   Generator gen(2024);
-  std::printf("flash kernels: %s, kv splits: %d (0: automatic), f32 products: %s\n",
-              flash_kernels_name(), cuda_flash_kv_splits(), tf32 ? "TF32" : "3xTF32 / f32");
+  std::printf("flash kernels: %s, kv splits: %d (0: automatic), f32 on tensor cores: %s (%s)\n",
+              flash_kernels_name(), cuda_flash_kv_splits(),
+              cuda_flash_f32_tensor_cores() ? "yes" : "no, timed beside",
+              tf32 ? "TF32" : "3xTF32");
   std::printf("%-10s %-5s %-10s %12s %12s %7s %12s %12s %9s\n", "config", "dtype", "step",
               "fused ms", "composite ms", "ratio", "fused MiB", "compos. MiB", "rel err");
   for (const Config& c : configs) {
@@ -274,13 +276,20 @@ int main(int argc, char** argv) {
         ok = ok && pass;
         const Timing f = measure([&] { step(p, p.fused, kind); }, repeats);
         const Timing m = measure([&] { step(p, p.composite, kind); }, repeats);
-        // f32 under the mma setting runs the tensor-core kernels (3xTF32, or TF32 with --tf32):
-        // the split (SIMT f32) kernels on the same problem, for the comparison.
-        double split_ms = 0;
-        if (dtype == DType::f32 && cuda_flash_kernels() == FlashKernels::mma) {
-          set_cuda_flash_kernels(FlashKernels::split);
-          split_ms = measure([&] { step(p, p.fused, kind); }, repeats).median_ms;
-          set_cuda_flash_kernels(FlashKernels::mma);
+        // f32 under the mma setting: both of its kernels on the same problem, the split (SIMT)
+        // ones and the tensor-core ones (cuda_flash_f32_tensor_cores: 3xTF32, or TF32 with
+        // --tf32), the one not selected checked against the composite like the other.
+        const bool f32_both = dtype == DType::f32 && cuda_flash_kernels() == FlashKernels::mma;
+        const bool tc = cuda_flash_f32_tensor_cores();
+        double other_ms = 0, other_err = 0;
+        bool other_pass = true;
+        if (f32_both) {
+          set_cuda_flash_f32_tensor_cores(!tc);
+          other_err = rel_error(step(p, p.fused, kind), step(p, p.composite, kind));
+          other_pass = other_err <= allowed(dtype);
+          ok = ok && other_pass;
+          other_ms = measure([&] { step(p, p.fused, kind); }, repeats).median_ms;
+          set_cuda_flash_f32_tensor_cores(tc);
         }
         // Score-matrix FLOPs of the forward (QK^T and PV): 4 dh per (query, key, head) pair.
         const double flops = 4.0 * double(c.dh) * p.pairs;
@@ -288,9 +297,12 @@ int main(int argc, char** argv) {
                     dtype_name(dtype), kind_name(kind), f.median_ms, m.median_ms,
                     m.median_ms / std::max(f.median_ms, 1e-9), double(f.peak_bytes) / 1048576.0,
                     double(m.peak_bytes) / 1048576.0, err, pass ? "" : "  MISMATCH");
-        if (split_ms > 0)
-          std::printf("   (split kernels %.3f ms: %.2fx)", split_ms,
-                      split_ms / std::max(f.median_ms, 1e-9));
+        if (f32_both) {
+          const double tc_ms = tc ? f.median_ms : other_ms, split_ms = tc ? other_ms : f.median_ms;
+          std::printf("   (tensor cores %.3f ms, split %.3f ms: %.2fx; %s err %.1e%s)", tc_ms,
+                      split_ms, split_ms / std::max(tc_ms, 1e-9), tc ? "split" : "tensor-core",
+                      other_err, other_pass ? "" : " MISMATCH");
+        }
         std::printf("\n");
         results.push_back({{"config", c.name},
                            {"samples", c.samples},
@@ -312,7 +324,13 @@ int main(int argc, char** argv) {
                            {"forward_tflops_fused", flops / (f.median_ms * 1e-3) / 1e12},
                            {"rel_error", err},
                            {"pass", pass}});
-        if (split_ms > 0) results.back()["fused_split_kernels_ms"] = split_ms;
+        if (f32_both) {
+          nlohmann::json& r = results.back();
+          r["fused_f32_tensor_cores_ms"] = tc ? f.median_ms : other_ms;
+          r["fused_f32_split_ms"] = tc ? other_ms : f.median_ms;
+          r[tc ? "rel_error_f32_split" : "rel_error_f32_tensor_cores"] = other_err;
+          r["pass"] = pass && other_pass;
+        }
       }
     }
   }
@@ -324,6 +342,7 @@ int main(int argc, char** argv) {
                        {"repeats", repeats},
                        {"flash_kernels", flash_kernels_name()},
                        {"flash_kv_splits", cuda_flash_kv_splits()},
+                       {"flash_f32_tensor_cores", cuda_flash_f32_tensor_cores()},
                        {"cuda_matmul_tf32", tf32},
                        {"results", results}};
     try {

@@ -115,7 +115,7 @@ int main(int argc, char** argv) {
   app.add_option("--checkpoint-steps", checkpoint_steps,
                  "checkpoint only the first N inner steps (the peak memory of the kept ones or "
                  "of one recomputed step, for N recomputations)");
-  app.add_flag("--tf32", tf32, "CUDA: f32 matmuls and fused attention on TF32 tensor cores (default off, as torch; without it the attention kernels take 3xTF32)");
+  app.add_flag("--tf32", tf32, "CUDA: f32 matmuls on TF32 tensor cores (default off, as torch); with METATAPE_FLASH_F32=tensor_cores the fused attention's f32 tensor-core kernels take one TF32 product instead of three");
   app.add_flag("--graph", graph,
                "CUDA: after the warm-up, capture one whole meta-step (meta-gradients, clipping, "
                "AdamW with its step count on the device) as a CUDA graph and time its replays");

@@ -106,8 +106,11 @@ fails_with "unknown attention kernels in the environment" \
 fails_with "a split count that is not a number" \
   "METATAPE_FLASH_KV_SPLITS='4x' is not a whole number" \
   env METATAPE_FLASH_KV_SPLITS=4x "$bin" --help
+fails_with "an unknown f32 attention choice" \
+  "METATAPE_FLASH_F32='yes' is not one of split, tensor_cores" \
+  env METATAPE_FLASH_F32=yes "$bin" --help
 check "the attention settings' accepted values" env METATAPE_FLASH_KERNELS=split \
-  METATAPE_FLASH_KV_SPLITS=3 "$bin" --help
+  METATAPE_FLASH_KV_SPLITS=3 METATAPE_FLASH_F32=tensor_cores "$bin" --help
 fails_with "bad type" "'train.steps'" "$bin" train --run "$work/x" --set train.steps=abc
 fails_with "missing data folder" "no such file or folder" "$bin" train --run "$work/x" \
   --set 'data.path="/nonexistent/metatape"'

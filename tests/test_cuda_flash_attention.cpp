@@ -101,21 +101,28 @@ const std::vector<KernelSetting> kKernelSettings{{"simple", FlashKernels::simple
                                                  {"mma auto", FlashKernels::mma, 0},
                                                  {"mma 3", FlashKernels::mma, 3},
                                                  {"mma 7", FlashKernels::mma, 7}};
-// Selects a setting for its lifetime, then restores the previous one.
+// Selects a setting for its lifetime, then restores the previous one. The mma settings turn on
+// f32's tensor-core kernels too (cuda_flash_f32_tensor_cores, off by default until verified on
+// a GPU), so that they are what these cases test.
 struct UseKernels {
   explicit UseKernels(const KernelSetting& s)
-      : kernels(cuda_flash_kernels()), splits(cuda_flash_kv_splits()) {
+      : kernels(cuda_flash_kernels()),
+        splits(cuda_flash_kv_splits()),
+        f32_tensor_cores(cuda_flash_f32_tensor_cores()) {
     set_cuda_flash_kernels(s.kernels);
     set_cuda_flash_kv_splits(s.splits);
+    set_cuda_flash_f32_tensor_cores(s.kernels == FlashKernels::mma);
   }
   ~UseKernels() {
     set_cuda_flash_kernels(kernels);
     set_cuda_flash_kv_splits(splits);
+    set_cuda_flash_f32_tensor_cores(f32_tensor_cores);
   }
   UseKernels(const UseKernels&) = delete;
   UseKernels& operator=(const UseKernels&) = delete;
   FlashKernels kernels;
   int splits;
+  bool f32_tensor_cores;
 };
 
 std::vector<int64_t> offsets_of(const std::vector<int64_t>& lengths) {

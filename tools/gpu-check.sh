@@ -144,7 +144,8 @@ elif [[ -x "$BENCH_META" ]]; then
   # poco-seed as the GPU goal needs it (both <= 0.1 of PyTorch's time and <= 0.5 of its memory):
   # the graph with TF32 matmuls, with checkpointed inner steps (all, or the first only), with
   # both, and with saved outputs kept instead of recomputed (what the recomputation costs); then
-  # the f32 attention on the split (SIMT) kernels instead of the tensor-core ones (3xTF32).
+  # the f32 attention on its tensor-core kernels (METATAPE_FLASH_F32=tensor_cores, 3xTF32; off
+  # by default until verified) instead of the split kernels.
   run_step bench_meta_step_variants bench_meta_step_variants.log bash -c '
     for variant in "--tf32" "--checkpoint" "--checkpoint --tf32" "--checkpoint-steps 1 --tf32" \
         "--tf32 --saved-recompute never"; do
@@ -153,8 +154,12 @@ elif [[ -x "$BENCH_META" ]]; then
       "$1" --device cuda --graph $variant --config poco-seed --warmup 2 --repeats 10 \
         --json "$2/meta_step_poco-seed_cuda_metatape_graph_${tag}.json" || exit 1
     done
-    METATAPE_FLASH_KERNELS=split "$1" --device cuda --graph --config poco-seed --warmup 2 \
-      --repeats 10 --json "$2/meta_step_poco-seed_cuda_metatape_graph_splitkernels.json" \
+    METATAPE_FLASH_F32=tensor_cores "$1" --device cuda --graph --config poco-seed --warmup 2 \
+      --repeats 10 --json "$2/meta_step_poco-seed_cuda_metatape_graph_f32tensorcores.json" \
+      || exit 1
+    METATAPE_FLASH_F32=tensor_cores "$1" --device cuda --graph --tf32 --checkpoint-steps 1 \
+      --config poco-seed --warmup 2 --repeats 10 \
+      --json "$2/meta_step_poco-seed_cuda_metatape_graph_checkpointsteps1tf32_f32tensorcores.json" \
       || exit 1' _ "$BENCH_META" "$OUT_DIR"
   # Where the device time goes (CUPTI through the profiler): eager and replayed, poco-seed.
   run_step profile_meta_step profile_meta_step.log bash -c '

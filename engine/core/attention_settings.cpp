@@ -36,7 +36,15 @@ int splits_from_env() {
   return int(n);
 }
 
+bool f32_tensor_cores_from_env() {
+  const char* env = std::getenv("METATAPE_FLASH_F32");
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "split") == 0) return false;
+  if (std::strcmp(env, "tensor_cores") == 0) return true;
+  bad_env("METATAPE_FLASH_F32", env, "one of split, tensor_cores");
+}
+
 std::atomic<FlashKernels> flash_kernels{kernels_from_env()};
+std::atomic<bool> flash_f32_tensor_cores{f32_tensor_cores_from_env()};
 std::atomic<int> flash_kv_splits{splits_from_env()};
 std::atomic<long long> flash_mma_double_backward{0};
 
@@ -44,6 +52,8 @@ std::atomic<long long> flash_mma_double_backward{0};
 
 void set_cuda_flash_kernels(FlashKernels kernels) { flash_kernels.store(kernels); }
 FlashKernels cuda_flash_kernels() { return flash_kernels.load(); }
+void set_cuda_flash_f32_tensor_cores(bool on) { flash_f32_tensor_cores.store(on); }
+bool cuda_flash_f32_tensor_cores() { return flash_f32_tensor_cores.load(); }
 void set_cuda_flash_kv_splits(int splits) { flash_kv_splits.store(splits < 0 ? 0 : splits); }
 int cuda_flash_kv_splits() { return flash_kv_splits.load(); }
 void note_cuda_flash_mma_double_backward() { flash_mma_double_backward.fetch_add(1); }

@@ -16,20 +16,28 @@ namespace mt {
 //          m16n8k16, f32 accumulation; the pair coefficients P, dS (and gS, gdP) rounded to the
 //          storage type before their second product), split-KV like the split setting (flash_attention.md). The default since
 //          its first H100 run (every [cuda][flash] comparison passed, memcheck clean; 16-bit
-//          forward+backward 1.3-4.4x faster than the split kernels). f32 storage runs the same
-//          kernels (since 2026-12-06, not yet run on a GPU; the double backward up to head dim
-//          64), each product as three TF32 products (3xTF32, about f32 accuracy, as PyTorch's
-//          memory-efficient attention computes f32), or as one (TF32) under
-//          set_cuda_matmul_allow_tf32(true). METATAPE_FLASH_KERNELS=split selects the split
-//          kernels for every dtype at start-up.
+//          forward+backward 1.3-4.4x faster than the split kernels). f32 storage takes them
+//          only where cuda_flash_f32_tensor_cores() (below). METATAPE_FLASH_KERNELS=split
+//          selects the split kernels for every dtype at start-up.
 enum class FlashKernels { split, simple, mma };
 void set_cuda_flash_kernels(FlashKernels kernels);
 FlashKernels cuda_flash_kernels();
 
+// Whether, under FlashKernels::mma, f32 storage runs the tensor-core kernels too (the double
+// backward up to head dim 64): each product as three TF32 products (3xTF32, about f32 accuracy,
+// as PyTorch's memory-efficient attention computes f32), or as one (TF32) under
+// set_cuda_matmul_allow_tf32(true). Written on 2026-12-06 and not yet run on a GPU, so off by
+// default (f32 runs the split kernels) until a GPU run has verified them: the [cuda][flash] tests
+// turn it on with the mma setting. The environment variable METATAPE_FLASH_F32=tensor_cores
+// turns it on at start-up (=split, the default, keeps it off).
+void set_cuda_flash_f32_tensor_cores(bool on);
+bool cuda_flash_f32_tensor_cores();
+
 // Key splits per sample for the split kernels: 0 (default) chooses from the grid size and the
 // device's SM count; n > 0 forces n (tests use it to reach empty and one-key splits). The
 // environment variable METATAPE_FLASH_KV_SPLITS=n sets it at start-up (benchmark sweeps). A value
-// either variable does not take (a typo) stops the process at start-up with a message naming it.
+// one of the three METATAPE_FLASH_* variables does not take (a typo) stops the process at
+// start-up with a message naming it.
 void set_cuda_flash_kv_splits(int splits);
 int cuda_flash_kv_splits();
 

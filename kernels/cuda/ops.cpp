@@ -474,7 +474,8 @@ FlashTables flash_tables(const Tensor& q, const FlashAttentionLayout& layout, co
   t.desc.k_blocks = t.desc.q_blocks + 2 * t.desc.num_q_blocks;
   int64_t max_keys = 0;
   for (int64_t b = 0; b < B; ++b) max_keys = std::max(max_keys, ck[size_t(b) + 1] - ck[size_t(b)]);
-  t.desc.mma = cuda_flash_kernels() == FlashKernels::mma;
+  t.desc.mma = cuda_flash_kernels() == FlashKernels::mma &&
+               (q.dtype() != DType::f32 || cuda_flash_f32_tensor_cores());
   t.desc.tf32 = cuda_matmul_allow_tf32();  // f32 attention products as matmuls: 1xTF32 or 3xTF32
   t.desc.kv_splits = flash_kv_splits(t.desc.num_q_blocks * t.desc.heads, max_keys,
                                      sm_count(q.device().index));
