@@ -380,9 +380,10 @@ __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
 // ---- fragment arithmetic by storage type ----
 // The tensor-core kernels below are written once over Frag, one of:
 //   Mma16<T> (bf16, f16 storage): a Pair (two elements of one fragment position: the adjacent
-//     indices 2t, 2t+1 of the layout above) is one 32-bit register; Frag::mma is one m16n8k16.
-//   MmaTf32<kTerms> (f32 storage): a Pair is two f32 values, and Frag::mma computes the same
-//     16 x 8 x 16 product D += A B as two m16n8k8 TF32 products per term
+//     indices 2t, 2t+1 of the layout above) is one 32-bit register; Frag::mma_prep (of an A
+//     fragment made ready once by Frag::prep_a) is one m16n8k16.
+//   MmaTf32<kTerms> (f32 storage): a Pair is two f32 values, and Frag::mma_prep computes the
+//     same 16 x 8 x 16 product D += A B as two m16n8k8 TF32 products per term
 //     (mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32). That instruction's layout gives lane
 //     (g, t) the k indices t and t + 4: a0 = A[g][t], a1 = A[g+8][t], a2 = A[g][t+4],
 //     a3 = A[g+8][t+4]; b0 = B[t][g], b1 = B[t+4][g]; C and D as m16n8k16. A sum over k does not
@@ -390,7 +391,7 @@ __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
 //     k = t) and 2t + 1 (as k = t + 4), the second 2t + 8 and 2t + 9: every lane feeds exactly
 //     the elements it holds in the m16n8k16 layout, for A and B alike, and each of the 16
 //     indices is used once.
-//     kTerms = 3 (f32's default, "3xTF32"): each input x = big + small, big = tf32(x) (round to
+//     kTerms = 3 (the default, "3xTF32"): each input x = big + small, big = tf32(x) (round to
 //     nearest, 11 significant bits) and small = tf32(x - big) (x - big is exact in f32); A B is
 //     computed as small_a big_b + big_a small_b + big_a big_b, dropping small_a small_b
 //     (<= 2^-22 relative): each product within ~2^-21 relative, about f32's accuracy at
@@ -416,12 +417,6 @@ struct Mma16 {
   // x[i], x[i + 1] from global memory (i even, x 4-byte aligned)
   __device__ static Pair global_pair(const T* __restrict__ x, int64_t i) {
     return reinterpret_cast<const uint32_t*>(x)[i / 2];
-  }
-  __device__ static Pair global_pair_in_place(const T* __restrict__ x, int64_t i) {
-    return global_pair(x, i);  // 16-bit kernels hold their rows (kHoldRows)
-  }
-  __device__ static void mma(float (&d)[4], const Pair (&a)[4], Pair b0, Pair b1) {
-    mma_16816<T>(d, a, b0, b1);
   }
   // An A fragment in the form mma_prep consumes (here: as it is), for a fragment used against
   // several B fragments.
@@ -521,9 +516,6 @@ struct MmaTf32 {
       }
       mma_1688_tf32(d, a.big[h], bb);
     }
-  }
-  __device__ static void mma(float (&d)[4], const Pair (&a)[4], Pair b0, Pair b1) {
-    mma_prep(d, prep_a(a), b0, b1);
   }
 };
 
