@@ -43,6 +43,9 @@ small=(--set data.synthetic.num_sessions=3 --set data.synthetic.min_neurons=8
        --set train.steps=6 --set train.batch_size=4 --set train.eval_every=3
        --set train.log_progress=false --set adapt.train.steps=4 --set adapt.train.eval_every=2)
 
+# CUPTI (the profiler's device trace) is loaded at run time, not linked: the tool starts on a
+# machine without libcupti.
+check "no link-time dependency on libcupti" bash -c '! readelf -d "$1" | grep -q "NEEDED.*libcupti"' _ "$bin"
 check "data synth" "$bin" data synth --out "$work/synth" --set data.synthetic.num_sessions=2 \
   --set data.synthetic.num_frames=300 --set data.synthetic.n_total=64 \
   --set data.synthetic.min_neurons=8 --set data.synthetic.max_neurons=10

@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include "engine/core/backend.h"
+#include "engine/core/device_trace.h"
 #include "engine/core/profiler.h"
 #include "support/gradcheck.h"
 
@@ -160,4 +161,16 @@ TEST_CASE("kernel profiler: the device trace refuses, with the reason, where it 
   CHECK(d.activities == 0);
   CHECK(d.kernels.empty());
   profiler::reset();
+}
+
+TEST_CASE("kernel profiler: CUPTI is loaded at run time, and a library that is not CUPTI is refused "
+          "with its name", "[profiler]") {
+  // start() checks each place it looks for CUPTI this way (METATAPE_CUPTI_LIBRARY, then the
+  // toolkit's soname, then the configured file) and names every refusal.
+  std::string why;
+  CHECK_FALSE(device_trace::library_loads("/nonexistent/libcupti.so.99", &why));
+  CHECK_THAT(why, Catch::Contains("/nonexistent/libcupti.so.99"));
+  why.clear();
+  CHECK_FALSE(device_trace::library_loads("libm.so.6", &why));  // loads, has no CUPTI functions
+  CHECK_THAT(why, Catch::Contains("libm.so.6") && Catch::Contains("cuptiGetResultString"));
 }

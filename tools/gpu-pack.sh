@@ -52,6 +52,13 @@ ldd "$STAGE"/bin/* 2>/dev/null | awk '/=> \// {print $1, $3}' | sort -u | while 
   esac
   cp -L "$path" "$STAGE/lib/$name"
 done
+# CUPTI is loaded at run time (the profiler's device trace), so ldd does not list it: carry the
+# toolkit's copy under its soname, found on LD_LIBRARY_PATH by the device trace.
+for cupti in /usr/local/cuda/lib64/libcupti.so.* /usr/local/cuda/extras/CUPTI/lib64/libcupti.so.*; do
+  [[ -f "$cupti" ]] || continue
+  soname="$(objdump -p "$cupti" | awk '/SONAME/ {print $2}')"
+  if [[ -n "$soname" && ! -e "$STAGE/lib/$soname" ]]; then cp -L "$cupti" "$STAGE/lib/$soname"; fi
+done
 git rev-parse --short HEAD >"$STAGE/COMMIT" 2>/dev/null || echo unknown >"$STAGE/COMMIT"
 git diff --quiet HEAD 2>/dev/null || sed -i 's/$/-dirty/' "$STAGE/COMMIT"
 mkdir -p "$(dirname "$ARCHIVE")"

@@ -20,8 +20,14 @@ struct Activity {
 };
 
 // Starts collecting activity records. False, with the reason in *why, where it cannot: a build
-// without CUDA or without CUPTI, or CUPTI refused (no driver, another profiler attached).
+// without CUDA or without CUPTI, CUPTI not loadable, or CUPTI refused (no driver, another
+// profiler attached). CUPTI is loaded at the first start, not linked: METATAPE_CUPTI_LIBRARY
+// names its file; otherwise the soname of the build's toolkit, then the file found at configure
+// time.
 bool start(std::string* why);
+// Whether the library at `path` loads and has every CUPTI function the trace calls (the check
+// start() makes of each place it looks); the reason in *why otherwise. Nothing stays loaded.
+bool library_loads(const std::string& path, std::string* why);
 // Stops collecting (records of work already queued are still delivered by drain()).
 void stop();
 // Tags the device work queued by this thread until the matching pop_op() with `id` (nested:

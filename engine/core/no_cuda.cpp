@@ -48,6 +48,10 @@ bool start(std::string* why) {
     *why = "device times need the CUDA backend (this build has METATAPE_CUDA=OFF)";
   return false;
 }
+bool library_loads(const std::string&, std::string* why) {
+  if (why != nullptr) *why = "CUPTI needs the CUDA backend (this build has METATAPE_CUDA=OFF)";
+  return false;
+}
 void stop() {}
 void push_op(uint64_t) {}
 void pop_op() {}

@@ -3,7 +3,9 @@
 // profiler pushed around the engine kernel call that launched each one. CUPTI hands filled
 // buffers to buffer_completed (on its own thread or inside a flush); the records are parsed
 // there into `pending` and matched to their ids in drain(), once every buffer has arrived.
-// Without CUPTI at build time (METATAPE_WITH_CUPTI undefined) start() says so.
+// CUPTI is loaded at the first start(), not linked: a program on a machine without libcupti
+// runs, and only the device trace refuses (naming what it tried). Without CUPTI's headers at
+// build time (METATAPE_WITH_CUPTI undefined) start() says so.
 #include "engine/core/device_trace.h"
 
 #include <cuda_runtime.h>
@@ -12,6 +14,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -20,6 +23,7 @@
 #if METATAPE_WITH_CUPTI
 #include <cupti.h>
 #include <cxxabi.h>
+#include <dlfcn.h>
 
 #include "kernels/cuda/allocator.h"
 #include "kernels/cuda/stream.h"
@@ -59,9 +63,99 @@ State& state() {
   return *s;
 }
 
+// The CUPTI functions the trace calls, resolved from the loaded library (types from the
+// header it was built with).
+struct Cupti {
+  decltype(&cuptiGetResultString) get_result_string = nullptr;
+  decltype(&cuptiActivityGetNextRecord) get_next_record = nullptr;
+  decltype(&cuptiActivityGetNumDroppedRecords) get_num_dropped_records = nullptr;
+  decltype(&cuptiActivityRegisterCallbacks) register_callbacks = nullptr;
+  decltype(&cuptiActivityEnable) enable = nullptr;
+  decltype(&cuptiActivityDisable) disable = nullptr;
+  decltype(&cuptiActivityPushExternalCorrelationId) push_external_correlation_id = nullptr;
+  decltype(&cuptiActivityPopExternalCorrelationId) pop_external_correlation_id = nullptr;
+  decltype(&cuptiActivityFlushAll) flush_all = nullptr;
+};
+
+// Opens the library at `path` (a file or a name the dynamic loader searches for) and resolves
+// every function; false with the loader's reason otherwise. `keep`: leave it loaded.
+bool open_cupti(const std::string& path, Cupti* out, bool keep, std::string* why) {
+  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (handle == nullptr) {
+    const char* e = dlerror();
+    *why = e != nullptr ? e : path + ": not loadable";
+    return false;
+  }
+  Cupti got;
+  bool all = true;
+  auto resolve = [&](auto* fn, const char* name) {
+    using Fn = std::remove_pointer_t<decltype(fn)>;
+    *fn = reinterpret_cast<Fn>(dlsym(handle, name));
+    if (*fn == nullptr && all) {
+      all = false;
+      *why = path + " has no " + name + " (not CUPTI, or an older CUPTI than CUPTI_API_VERSION " +
+             std::to_string(CUPTI_API_VERSION) + " this build was compiled against)";
+    }
+  };
+  resolve(&got.get_result_string, "cuptiGetResultString");
+  resolve(&got.get_next_record, "cuptiActivityGetNextRecord");
+  resolve(&got.get_num_dropped_records, "cuptiActivityGetNumDroppedRecords");
+  resolve(&got.register_callbacks, "cuptiActivityRegisterCallbacks");
+  resolve(&got.enable, "cuptiActivityEnable");
+  resolve(&got.disable, "cuptiActivityDisable");
+  resolve(&got.push_external_correlation_id, "cuptiActivityPushExternalCorrelationId");
+  resolve(&got.pop_external_correlation_id, "cuptiActivityPopExternalCorrelationId");
+  resolve(&got.flush_all, "cuptiActivityFlushAll");
+  if (!all || !keep) {
+    dlclose(handle);
+    return all;
+  }
+  *out = got;
+  return true;
+}
+
+// Where CUPTI is looked for, in order: METATAPE_CUPTI_LIBRARY alone when set; else the soname
+// of the toolkit the build was compiled against (found as the dynamic loader finds a linked
+// library: LD_LIBRARY_PATH, the cache, the system folders), then the file CMake found.
+std::vector<std::string> cupti_candidates() {
+  if (const char* env = std::getenv("METATAPE_CUPTI_LIBRARY"); env != nullptr && *env != '\0')
+    return {env};
+  std::vector<std::string> c{METATAPE_CUPTI_SONAME};
+  if (std::string(METATAPE_CUPTI_PATH) != METATAPE_CUPTI_SONAME) c.emplace_back(METATAPE_CUPTI_PATH);
+  return c;
+}
+
+// The loaded library's functions, or null where none of the candidates loads (then *why names
+// every candidate and its reason). Loaded once, on the first success, and kept.
+const Cupti* cupti(std::string* why) {
+  static std::mutex mutex;
+  static Cupti loaded_api;
+  static bool loaded = false;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (loaded) return &loaded_api;
+  std::string tried;
+  for (const std::string& path : cupti_candidates()) {
+    std::string reason;
+    if (open_cupti(path, &loaded_api, /*keep=*/true, &reason)) {
+      loaded = true;
+      return &loaded_api;
+    }
+    tried += (tried.empty() ? "" : "; ") + reason;
+  }
+  if (why != nullptr)
+    *why = "CUPTI (the CUDA toolkit's libcupti) could not be loaded, so device times cannot be "
+           "traced (" + tried + "); install the toolkit's CUPTI, or set METATAPE_CUPTI_LIBRARY "
+           "to the path of libcupti.so";
+  return nullptr;
+}
+
+// Set by start() before CUPTI can call back or any caller can push an id (both only while
+// collecting, which start() begins after loading).
+const Cupti* api = nullptr;
+
 std::string result_string(CUptiResult r) {
   const char* s = nullptr;
-  if (cuptiGetResultString(r, &s) != CUPTI_SUCCESS || s == nullptr) return "CUPTI error";
+  if (api->get_result_string(r, &s) != CUPTI_SUCCESS || s == nullptr) return "CUPTI error";
   return s;
 }
 
@@ -100,7 +194,7 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
   {
     std::lock_guard<std::mutex> lock(st.mutex);
     CUpti_Activity* record = nullptr;
-    while (cuptiActivityGetNextRecord(buffer, valid, &record) == CUPTI_SUCCESS) {
+    while (api->get_next_record(buffer, valid, &record) == CUPTI_SUCCESS) {
       switch (record->kind) {
         case CUPTI_ACTIVITY_KIND_KERNEL:
         case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL: {
@@ -129,7 +223,7 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
   }
   std::free(buffer);
   size_t dropped = 0;
-  if (cuptiActivityGetNumDroppedRecords(nullptr, 0, &dropped) == CUPTI_SUCCESS && dropped > 0) {
+  if (api->get_num_dropped_records(nullptr, 0, &dropped) == CUPTI_SUCCESS && dropped > 0) {
     std::lock_guard<std::mutex> lock(st.mutex);
     if (st.dropped == 0)
       std::fprintf(stderr, "metatape profiler: CUPTI dropped %zu activity records (its buffers "
@@ -157,17 +251,18 @@ bool start(std::string* why) {
     if (why != nullptr) *why = what;
     return false;
   };
+  if (api == nullptr && (api = cupti(why)) == nullptr) return false;
   if (!st.callbacks_registered) {
-    const CUptiResult r = cuptiActivityRegisterCallbacks(buffer_requested, buffer_completed);
+    const CUptiResult r = api->register_callbacks(buffer_requested, buffer_completed);
     if (r != CUPTI_SUCCESS)
       return fail("CUPTI refused to register its activity buffers (" + result_string(r) +
                   "): is another profiler (Nsight Systems, ncu) attached?");
     st.callbacks_registered = true;
   }
   for (size_t i = 0; i < std::size(kKinds); ++i) {
-    const CUptiResult r = cuptiActivityEnable(kKinds[i]);
+    const CUptiResult r = api->enable(kKinds[i]);
     if (r != CUPTI_SUCCESS) {
-      for (size_t j = 0; j < i; ++j) (void)cuptiActivityDisable(kKinds[j]);
+      for (size_t j = 0; j < i; ++j) (void)api->disable(kKinds[j]);
       return fail("CUPTI could not enable activity tracing (" + result_string(r) +
                   "); a CUDA driver and a GPU are needed");
     }
@@ -180,18 +275,27 @@ void stop() {
   State& st = state();
   std::lock_guard<std::mutex> lock(st.control);
   if (!st.collecting) return;
-  for (CUpti_ActivityKind k : kKinds) (void)cuptiActivityDisable(k);
+  for (CUpti_ActivityKind k : kKinds) (void)api->disable(k);
   st.collecting = false;
 }
 
-void push_op(uint64_t id) { (void)cuptiActivityPushExternalCorrelationId(kOpKind, id); }
+bool library_loads(const std::string& path, std::string* why) {
+  Cupti unused;
+  std::string reason;
+  const bool ok = open_cupti(path, &unused, /*keep=*/false, &reason);
+  if (!ok && why != nullptr) *why = reason;
+  return ok;
+}
+
+void push_op(uint64_t id) { (void)api->push_external_correlation_id(kOpKind, id); }
 
 void pop_op() {
   uint64_t last = 0;
-  (void)cuptiActivityPopExternalCorrelationId(kOpKind, &last);
+  (void)api->pop_external_correlation_id(kOpKind, &last);
 }
 
 void drain(const std::function<void(const Activity&)>& sink) {
+  if (api == nullptr) return;  // never started
   // Devices the engine has used (a stream exists): none may be capturing (a wait now would
   // invalidate the capture); then everything queued on them has run, and every buffer with a
   // record in it is delivered.
@@ -203,7 +307,7 @@ void drain(const std::function<void(const Activity&)>& sink) {
       gpu::DeviceGuard guard(d);
       (void)cudaStreamSynchronize(gpu::stream(d));
     }
-  (void)cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+  (void)api->flush_all(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
   std::vector<Raw> raw;
   std::unordered_map<uint32_t, uint64_t> op_of;
   {
@@ -224,6 +328,10 @@ bool start(std::string* why) {
   if (why != nullptr)
     *why = "this build has no CUPTI (the CUDA toolkit's libcupti was not found at configure "
            "time), so device times cannot be traced";
+  return false;
+}
+bool library_loads(const std::string&, std::string* why) {
+  if (why != nullptr) *why = "this build has no CUPTI";
   return false;
 }
 void stop() {}
