@@ -56,24 +56,30 @@ int64_t transfer_to_new_sessions(Forecaster& trained, Forecaster& fresh, NewSess
   return copied;
 }
 
+namespace {
+
+// The first step from which every later point of the curve is at least `goal` (the last point
+// always is, for the goals below).
+int64_t held_from(const std::vector<std::pair<int64_t, double>>& curve, double goal) {
+  size_t i = curve.size();
+  while (i > 0 && curve[i - 1].second >= goal) --i;
+  return i < curve.size() ? curve[i].first : -1;
+}
+
+}  // namespace
+
 int64_t steps_to_fraction_of_final(const std::vector<std::pair<int64_t, double>>& curve,
                                    double fraction) {
   if (curve.empty() || !(curve.back().second > 0)) return -1;
-  const double goal = fraction * curve.back().second;
-  for (const auto& [step, score] : curve)
-    if (score >= goal) return step;
-  return -1;
+  return held_from(curve, fraction * curve.back().second);
 }
 
 int64_t steps_to_fraction_of_gain(const std::vector<std::pair<int64_t, double>>& curve,
                                   double fraction) {
   if (curve.empty()) return -1;
   const double first = curve.front().second, last = curve.back().second;
-  if (!(last > first)) return curve.front().first;  // no gain: nothing to wait for
-  const double goal = first + fraction * (last - first);
-  for (const auto& [step, score] : curve)
-    if (score >= goal) return step;
-  return -1;
+  if (!(last > first)) return -1;  // no gain to reach
+  return held_from(curve, first + fraction * (last - first));
 }
 
 nlohmann::json AdaptResult::to_json() const {
@@ -107,6 +113,7 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
            "adaptation: steps ({}) must be >= 0, lr ({}), batch_size ({}) and eval_every ({}) "
            "positive", opt.steps, opt.lr, opt.batch_size, opt.eval_every);
   MT_CHECK(session >= 0 && session < data.num_sessions(), "adaptation: no session {}", session);
+  check_prefixes(f, opt.params, "adaptation parameter set");
   nn::Module* module = const_cast<Forecaster&>(f).module();
   AdaptResult r;
   r.session = data.session(session).name;

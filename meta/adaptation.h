@@ -60,8 +60,10 @@ struct AdaptResult {
   double final_score = 0;     // validation score after the last step
   double test_score = 0;      // test split score after the last step
   double test_mse = 0;
-  // First evaluated step whose validation score reached 95% of the final score (-1 when the final
-  // score is not positive), and the first reaching initial + 95% of the gain (final - initial).
+  // First evaluated step from which the validation score stays at or above 95% of the final
+  // score (-1 when the final score is not positive), and the first from which it stays at or
+  // above initial + 95% of the gain (final - initial; -1 when there is no gain). "Stays": a curve
+  // that touches the goal and falls back has not reached it yet.
   int64_t steps_to_95 = -1;
   int64_t steps_to_95_gain = -1;
   double seconds = 0;         // wall time of the adaptation steps alone

@@ -1,5 +1,8 @@
 #include "meta/forecaster.h"
 
+#include <fmt/ranges.h>
+
+#include <algorithm>
 #include <cmath>
 
 #include "engine/autograd/grad_mode.h"
@@ -129,6 +132,26 @@ bool matches_prefixes(const std::string& name, const std::vector<std::string>& p
   for (const auto& p : prefixes)
     if (name.rfind(p, 0) == 0) return true;
   return false;
+}
+
+void check_prefixes(const Forecaster& f, const std::vector<std::string>& prefixes,
+                    const std::string& what) {
+  nn::Module* module = const_cast<Forecaster&>(f).module();
+  if (module == nullptr) return;
+  const auto named = module->named_parameters();
+  for (const auto& p : prefixes) {
+    bool found = false;
+    for (const auto& [name, t] : named) found |= name.rfind(p, 0) == 0;
+    if (found) continue;
+    // The groups a prefix can name: each parameter's name up to and including its first dot.
+    std::vector<std::string> groups;
+    for (const auto& [name, t] : named) {
+      const std::string g = name.substr(0, name.find('.') + 1);
+      if (std::find(groups.begin(), groups.end(), g) == groups.end()) groups.push_back(g);
+    }
+    MT_FAIL("{}: '{}' selects no parameter of the {} model; name prefixes start with one of {}",
+            what, p, f.kind(), fmt::join(groups, ", "));
+  }
 }
 
 nlohmann::json Metrics::to_json() const {

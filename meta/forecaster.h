@@ -40,6 +40,11 @@ class Forecaster {
 
 // Whether parameter `name` starts with one of `prefixes`; an empty list selects every parameter.
 bool matches_prefixes(const std::string& name, const std::vector<std::string>& prefixes);
+// Checks that each of `prefixes` selects at least one parameter of `f` (a typo would otherwise
+// drop silently out of the selection); the error names `what` (the config field), the prefix and
+// the model's parameter groups. A forecaster without parameters passes.
+void check_prefixes(const Forecaster& f, const std::vector<std::string>& prefixes,
+                    const std::string& what);
 
 struct ModelSpec {
   std::string kind = "poco";          // poco | nlinear | mlp | copy_last

@@ -1,6 +1,7 @@
 #include "meta/online.h"
 
 #include <chrono>
+#include <cmath>
 #include <random>
 
 #include "engine/autograd/engine.h"
@@ -74,11 +75,24 @@ struct Score {
 
 }  // namespace
 
+void check_online_options(const OnlineOptions& o) {
+  MT_CHECK(std::isfinite(o.lr) && o.lr >= 0,
+           "online.lr must be a number >= 0 (0: no update, the frozen model), got {}", o.lr);
+  MT_CHECK(o.stride > 0, "online.stride must be positive (frames between predictions), got {}",
+           o.stride);
+  MT_CHECK(o.calibration_frames >= 0 && o.calibration_steps >= 0,
+           "online.calibration_frames ({}) and online.calibration_steps ({}) must be >= 0",
+           o.calibration_frames, o.calibration_steps);
+  MT_CHECK(o.calibration_batch > 0,
+           "online.calibration_batch must be positive (windows per calibration step), got {}",
+           o.calibration_batch);
+}
+
 OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t model_session,
                         int64_t begin, int64_t end, int64_t context, int64_t horizon,
                         const OnlineOptions& opt) {
-  MT_CHECK(opt.stride > 0 && opt.lr >= 0 && opt.calibration_frames >= 0,
-           "online: stride must be positive and lr, calibration_frames non-negative");
+  check_online_options(opt);
+  check_prefixes(f, opt.params, "online.params");
   MT_CHECK(begin >= 0 && end <= session.num_frames && begin < end,
            "online: frames [{}, {}) are not inside session '{}' ({} frames)", begin, end,
            session.name, session.num_frames);
@@ -93,7 +107,8 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
   Adapted offline = copy_params(f, opt.params);
   {
     const int64_t first = begin + context, last = begin + opt.calibration_frames - horizon;
-    if (last >= first && opt.calibration_steps > 0) {
+    out.offline_calibrated = last >= first && opt.calibration_steps > 0;
+    if (out.offline_calibrated) {
       std::mt19937_64 rng(opt.seed);
       std::uniform_int_distribution<int64_t> pick(first, last);
       for (int64_t step = 0; step < opt.calibration_steps; ++step) {

@@ -23,10 +23,17 @@ struct OnlineOptions {
   uint64_t seed = 0;
 };
 
+// Positive rates and sizes; errors name the config fields (online.*) and the fix.
+void check_online_options(const OnlineOptions& options);
+
 struct OnlineScores {
   double frozen = 0, offline = 0, online = 0;  // 1 - MSE / MSE of copy-last, same predictions
   int64_t predictions = 0;                     // windows scored per method
   double online_seconds = 0;                   // wall time of the online pass
+  // Whether the offline method took its calibration steps: false when the calibration segment
+  // holds no complete window (context + horizon frames) or calibration_steps is 0; its scores are
+  // then the frozen model's.
+  bool offline_calibrated = false;
 };
 
 // `session` is the (z-scored) recording; frames [begin, end) form the stream; `model_session` is

@@ -1,5 +1,6 @@
 #include "meta/training.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -21,7 +22,8 @@ nlohmann::json TrainResult::to_json() const {
                  {"val_score", p.val.score}, {"val_mse", p.val.mse}, {"val_mae", p.val.mae},
                  {"val_r2", p.val.r2}});
   return {{"best_step", best_step},   {"best_score", best_score},
-          {"seconds", seconds},       {"peak_bytes", peak_bytes},
+          {"seconds", seconds},       {"eval_seconds", eval_seconds},
+          {"peak_bytes", peak_bytes},
           {"steps_to_95", steps_to_95}, {"trainable_parameters", trainable_parameters},
           {"curve", c}};
 }
@@ -47,22 +49,90 @@ std::string format_eta(double seconds) {
 
 }  // namespace
 
+namespace {
+
+std::vector<int64_t> all_if_empty(const std::vector<int64_t>& sessions,
+                                  const data::PreparedData& data) {
+  if (!sessions.empty()) return sessions;
+  std::vector<int64_t> all;
+  for (int64_t s = 0; s < data.num_sessions(); ++s) all.push_back(s);
+  return all;
+}
+
+// Sessions with both support and query windows: those FOMAML and E2E-TTT learn from.
+std::vector<int64_t> meta_sessions_of(const data::PreparedData& data,
+                                      const std::vector<int64_t>& sessions) {
+  std::vector<int64_t> out;
+  for (int64_t s : sessions)
+    if (!data.support(s).empty() && !data.query(s).empty()) out.push_back(s);
+  return out;
+}
+
+}  // namespace
+
+void check_train_options(const TrainOptions& o, const std::string& where) {
+  MT_CHECK(o.method == "standard" || o.method == "fomaml" || o.method == "e2e-ttt",
+           "{}.method '{}' is not known; use standard, fomaml or e2e-ttt", where, o.method);
+  MT_CHECK(o.steps >= 0, "{}.steps must be >= 0, got {}", where, o.steps);
+  MT_CHECK(o.batch_size > 0 && o.eval_batch_size > 0,
+           "{}.batch_size ({}) and {}.eval_batch_size ({}) must be positive", where, o.batch_size,
+           where, o.eval_batch_size);
+  MT_CHECK(o.eval_every > 0, "{}.eval_every must be positive (steps between validations), got {}",
+           where, o.eval_every);
+  MT_CHECK(std::isfinite(o.lr) && o.lr > 0, "{}.lr must be a positive number, got {}", where, o.lr);
+  MT_CHECK(std::isfinite(o.weight_decay) && o.weight_decay >= 0,
+           "{}.weight_decay must be >= 0, got {}", where, o.weight_decay);
+  MT_CHECK(std::isfinite(o.clip) && o.clip >= 0,
+           "{}.clip must be >= 0 (the largest gradient norm; 0 = no clipping), got {}", where,
+           o.clip);
+  const MetaOptions& m = o.meta;
+  MT_CHECK(m.meta_batch > 0, "{}.meta.meta_batch must be positive, got {}", where, m.meta_batch);
+  MT_CHECK(m.inner_steps >= 0, "{}.meta.inner_steps must be >= 0, got {}", where, m.inner_steps);
+  MT_CHECK(std::isfinite(m.inner_lr) && m.inner_lr > 0,
+           "{}.meta.inner_lr must be a positive number, got {}", where, m.inner_lr);
+  MT_CHECK(m.checkpoint_steps >= 0, "{}.meta.checkpoint_steps must be >= 0 (0 = none), got {}",
+           where, m.checkpoint_steps);
+  MT_CHECK(o.method == "standard" || m.inner_steps >= 1,
+           "{}.meta.inner_steps is 0: {} without an inner loop is standard training; set it "
+           ">= 1 or use method standard", where, o.method);
+}
+
+void check_training(const Forecaster& f, const data::PreparedData& data,
+                    const std::vector<int64_t>& sessions_in, const TrainOptions& opt,
+                    const std::string& where) {
+  check_train_options(opt, where);
+  check_prefixes(f, opt.trainable, where + ".trainable");
+  const std::vector<int64_t> sessions = all_if_empty(sessions_in, data);
+  bool windows = false;
+  for (int64_t s : sessions) windows |= !data.windows(s, data::Split::Train).empty();
+  MT_CHECK(windows, "{}: the sessions have no training windows (recordings shorter than a "
+           "window of the model's seq_length + pred_length frames?)", where);
+  if (opt.method == "standard") return;
+  MT_CHECK(const_cast<Forecaster&>(f).module() != nullptr,
+           "{}.method {}: the {} model has no parameters to meta-learn", where, opt.method,
+           f.kind());
+  check_prefixes(f, opt.meta.params, where + ".meta.params");
+  const size_t usable = meta_sessions_of(data, sessions).size();
+  MT_CHECK(usable > 0,
+           "{}: no session has both support and query windows for {}; data.support_fraction "
+           "(the support share of each session's training windows) must leave both, e.g. 0.7",
+           where, opt.method);
+  MT_CHECK(int64_t(usable) >= opt.meta.meta_batch,
+           "{}.meta.meta_batch is {}, but only {} training session(s) have both support and "
+           "query windows; an outer step averages distinct sessions: lower it to at most {}",
+           where, opt.meta.meta_batch, usable, usable);
+}
+
 TrainResult train(Forecaster& f, const data::PreparedData& data,
                   const std::vector<int64_t>& sessions_in, const TrainOptions& opt,
                   const std::vector<int64_t>& session_of,
                   const std::function<void(const EvalPoint&)>& on_eval,
                   const std::function<void(const EvalPoint&)>& on_best) {
-  MT_CHECK(opt.steps >= 0 && opt.batch_size > 0 && opt.eval_every > 0 && opt.lr > 0,
-           "training options: steps ({}) must be >= 0, batch_size ({}), eval_every ({}) and lr "
-           "({}) positive",
-           opt.steps, opt.batch_size, opt.eval_every, opt.lr);
-  std::vector<int64_t> sessions = sessions_in;
-  if (sessions.empty())
-    for (int64_t s = 0; s < data.num_sessions(); ++s) sessions.push_back(s);
+  check_training(f, data, sessions_in, opt);
+  const std::vector<int64_t> sessions = all_if_empty(sessions_in, data);
   std::vector<data::WindowRef> pool;
   for (int64_t s : sessions)
     for (int64_t start : data.windows(s, data::Split::Train)) pool.push_back({s, start});
-  MT_CHECK(!pool.empty(), "training: the selected sessions have no training windows");
 
   nn::Module* module = f.module();
   optim::NamedParams params;
@@ -92,14 +162,13 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
   const bool meta_method = opt.method != "standard";
-  MT_CHECK(!meta_method || opt.method == "fomaml" || opt.method == "e2e-ttt",
-           "training: method '{}' is not known; use standard, fomaml or e2e-ttt", opt.method);
   std::vector<Tensor> best_params;
   result.best_score = -INFINITY;
   double loss_sum = 0;
   int64_t loss_count = 0;
 
   auto evaluate_point = [&](int64_t step) {
+    const double eval_start = elapsed();
     EvalPoint p;
     p.step = step;
     p.train_loss = loss_count ? loss_sum / double(loss_count) : NAN;
@@ -111,6 +180,7 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
                         : evaluate(f, data, data::Split::Val, sessions, opt.eval_batch_size,
                                    session_of);
     p.seconds = elapsed();
+    result.eval_seconds += p.seconds - eval_start;
     loss_sum = 0;
     loss_count = 0;
     result.curve.push_back(p);
@@ -126,15 +196,10 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
   };
 
   evaluate_point(0);
-  // Sessions with both support and query windows take part in meta-learning.
+  // Sessions with both support and query windows take part in meta-learning (check_training:
+  // at least meta_batch of them).
   std::vector<int64_t> meta_sessions;
-  if (meta_method) {
-    MT_CHECK(opt.meta.meta_batch > 0, "training: meta.meta_batch must be positive");
-    for (int64_t s : sessions)
-      if (!data.support(s).empty() && !data.query(s).empty()) meta_sessions.push_back(s);
-    MT_CHECK(!meta_sessions.empty(),
-             "training: no session has both support and query windows for {}", opt.method);
-  }
+  if (meta_method) meta_sessions = meta_sessions_of(data, sessions);
   auto sample = [&](const std::vector<int64_t>& starts, int64_t s) {
     std::vector<data::WindowRef> refs;
     std::uniform_int_distribution<size_t> any(0, starts.size() - 1);
@@ -146,14 +211,15 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
   auto meta_step = [&]() {
     MetaGradientMean mean;
     double loss_total = 0;
-    std::uniform_int_distribution<size_t> pick_session(0, meta_sessions.size() - 1);
+    // meta_batch distinct sessions: the first ones of a shuffled order.
+    std::shuffle(meta_sessions.begin(), meta_sessions.end(), rng);
     InnerLoopOptions inner;
     inner.steps = opt.meta.inner_steps;
     inner.checkpoint_steps = opt.meta.checkpoint_steps;
     inner.inner_lr = opt.meta.inner_lr;
     inner.params = opt.meta.params;
     for (int64_t m = 0; m < opt.meta.meta_batch; ++m) {
-      const int64_t s = meta_sessions[pick_session(rng)];
+      const int64_t s = meta_sessions[size_t(m)];
       models::PocoBatch support = sample(data.support(s), s), query = sample(data.query(s), s);
       MetaGradient g = opt.method == "fomaml"
                            ? fomaml_gradient(f, {support}, query, inner)
@@ -189,8 +255,13 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
       autograd::backward({loss});
     }
     MT_CHECK(std::isfinite(loss_value),
-             "training: the loss became {} at step {}; lower train.lr (now {}) or check the data",
-             loss_value, step, opt.lr);
+             "training: the loss became {} at step {}; lower train.lr (now {}){} or check the "
+             "data",
+             loss_value, step, opt.lr,
+             meta_method ? fmt::format(" (bench adaptation: bench.meta_lr) or "
+                                       "train.meta.inner_lr (now {})",
+                                       opt.meta.inner_lr)
+                         : std::string());
     if (opt.clip > 0) optim::clip_grad_norm(params, opt.clip);
     adam->step();
     loss_sum += loss_value;
@@ -205,20 +276,16 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
     if (step % opt.eval_every == 0 || step == opt.steps) evaluate_point(step);
   }
   if (opt.log_progress && opt.steps > 0) std::fprintf(stderr, "\n");
-  result.seconds = elapsed();
+  result.seconds = elapsed() - result.eval_seconds;
   result.peak_bytes = memory_stats(f.device()).peak_allocated_bytes;
   // Restore the best parameters.
   if (!best_params.empty()) {
     NoGradGuard no_grad;
     for (size_t i = 0; i < param_tensors.size(); ++i) param_tensors[i].copy_(best_params[i]);
   }
-  const double final_score = result.curve.back().val.score;
-  if (final_score > 0)
-    for (const auto& p : result.curve)
-      if (p.val.score >= 0.95 * final_score) {
-        result.steps_to_95 = p.step;
-        break;
-      }
+  std::vector<std::pair<int64_t, double>> scores;
+  for (const auto& p : result.curve) scores.emplace_back(p.step, p.val.score);
+  result.steps_to_95 = steps_to_fraction_of_final(scores, 0.95);
   return result;
 }
 

@@ -15,7 +15,7 @@ namespace mt::meta {
 
 // Meta-learning settings used when TrainOptions::method is fomaml or e2e-ttt.
 struct MetaOptions {
-  int64_t meta_batch = 2;    // sessions per outer step (gradients averaged)
+  int64_t meta_batch = 2;    // distinct sessions per outer step (gradients averaged)
   int64_t inner_steps = 3;   // SGD steps on each session's support batch
   double inner_lr = 1e-3;
   std::vector<std::string> params = {"unit_emb.", "session_emb."};  // test-time parameters
@@ -57,12 +57,26 @@ struct TrainResult {
   std::vector<EvalPoint> curve;
   int64_t best_step = 0;
   double best_score = 0;
-  double seconds = 0;
+  double seconds = 0;       // wall time of the training steps (evaluations excluded)
+  double eval_seconds = 0;  // wall time of the validation passes
   int64_t peak_bytes = 0;   // peak tensor bytes on the forecaster's device during the run
-  int64_t steps_to_95 = -1; // first evaluated step whose score reached 95% of the final score
+  int64_t steps_to_95 = -1; // first evaluated step from which the score stays >= 95% of the
+                            // final score (-1 when it is not positive; AdaptResult's rule)
   int64_t trainable_parameters = 0;
   nlohmann::json to_json() const;
 };
+
+// Checks the values of `options` alone (positive sizes and rates, a known method, an inner loop
+// for the meta-learning methods); errors name the config fields under `where` ("train",
+// "adapt.train") and the fix.
+void check_train_options(const TrainOptions& options, const std::string& where = "train");
+// check_train_options, and what needs the model and the data: every name prefix selects a
+// parameter, the sessions have training windows, and for FOMAML / E2E-TTT at least meta_batch
+// sessions have both support and query windows. train() starts with it; a caller that writes
+// files first (the CLI's run folder) calls it before.
+void check_training(const Forecaster& forecaster, const data::PreparedData& data,
+                    const std::vector<int64_t>& sessions, const TrainOptions& options,
+                    const std::string& where = "train");
 
 // Trains `forecaster` on the training windows of `sessions` (all when empty), evaluating on their
 // validation windows. `on_eval` is called at every evaluation point (for metrics.jsonl);

@@ -84,6 +84,47 @@ fails_with "negative checkpoint_steps" "checkpoint_steps must be >= 0" "$bin" tr
   --run "$work/x" --set train.meta.checkpoint_steps=-1
 fails_with "unknown method" "method 'maml'" "$bin" train --run "$work/x" --method maml
 
+# Meta-learned runs are evaluated as they are used: after the inner loop (eval and summary).
+check "fomaml summary names its test procedure" grep -q '"test_procedure": "after the 2-step inner loop' \
+  "$work/fomaml/summary.json"
+check "eval of a fomaml run" "$bin" eval --run "$work/fomaml" --split val
+check "eval after the inner loop" grep -q '"procedure": "after the 2-step inner loop' \
+  "$work/fomaml/eval_val.json"
+check "eval --unadapted" "$bin" eval --run "$work/fomaml" --split val --unadapted
+check "eval --unadapted wrote its own file" grep -q '"procedure": "initial weights' \
+  "$work/fomaml/eval_val_unadapted.json"
+# A run folder is never mixed: a second train refuses it, --overwrite removes the old run first.
+fails_with "train into a run folder that holds a run" "holds a run already" "$bin" train \
+  --run "$work/fomaml" "${small[@]}"
+check "train --overwrite" "$bin" train --run "$work/fomaml" "${small[@]}" --overwrite
+check "--overwrite removed the old run's results" test ! -e "$work/fomaml/eval_val_unadapted.json"
+check "--overwrite wrote the new method" grep -q '"method": "standard"' "$work/fomaml/config.json"
+check "a run's config.json is a valid --config" "$bin" train --config "$work/poco/config.json" \
+  --run "$work/poco_again" --set train.steps=2
+# Values checked before the run folder exists.
+fails_with "inner_lr 0" "train.meta.inner_lr must be a positive number" "$bin" train \
+  --run "$work/bad_inner" "${small[@]}" --method fomaml --set train.meta.inner_lr=0
+check "no run folder after a bad value" test ! -e "$work/bad_inner"
+fails_with "meta-batch above the sessions" "meta_batch is 5, but only 2 training session" \
+  "$bin" train --run "$work/bad_batch" "${small[@]}" --method fomaml --set train.meta.meta_batch=5
+check "no run folder after a meta-batch error" test ! -e "$work/bad_batch"
+fails_with "a test-time parameter prefix that selects nothing" "'sesion_emb.' selects no parameter" \
+  "$bin" train --run "$work/x" "${small[@]}" --method fomaml \
+  --set 'train.meta.params=["unit_emb.","sesion_emb."]'
+fails_with "e2e-ttt without inner steps" "inner_steps is 0" "$bin" train --run "$work/x" \
+  "${small[@]}" --method e2e-ttt --set train.meta.inner_steps=0
+fails_with "negative clip" "train.clip must be >= 0" "$bin" train --run "$work/x" --set train.clip=-1
+fails_with "a number out of range" "is not usable" "$bin" train --run "$work/x" --set train.lr=1e400
+fails_with "a number without a leading digit" "need a digit before the point" "$bin" train \
+  --run "$work/x" --set train.lr=.001
+fails_with "online calibration batch 0" "online.calibration_batch must be positive" "$bin" online \
+  --run "$work/poco" --set online.calibration_batch=0
+# adapt: the saved weights must fit, and the sessions must be new.
+fails_with "adapt with a model the weights do not fit" "does not fit the model" "$bin" adapt \
+  --run "$work/poco" --set model.poco.dim=32
+fails_with "adapt to a session the model was trained on" "the model was trained on" "$bin" adapt \
+  --run "$work/poco" --set 'data.holdout=["synth_000"]'
+
 bench_small=(--set bench.train_steps.standard=4 --set bench.train_steps.fomaml=2
              --set bench.train_steps.e2e-ttt=2 --set train.meta.inner_steps=2
              --set bench.adapt_steps=4 --set bench.adapt_eval_every=2 --set bench.adapt_batch_size=4
@@ -95,6 +136,10 @@ check "bench adaptation table has 9 rows" test "$(grep -c '"procedure"' "$work/b
 check "bench memory" "$bin" bench memory --out "$work/mem" "${small[@]}" \
   --set 'bench.memory_inner_steps=[1,2]' --set bench.memory_batch_size=2
 check "bench memory wrote json" test -s "$work/mem/memory.json"
+# The plot script is run without a shell: a quote in the output path is just a character.
+check "bench memory into a folder with a quote" bash -c 'out=$("$1" bench memory --out "$2" "${@:3}") && ! grep -q "plots:.*failed" <<<"$out"' _ \
+  "$bin" "$work/mem'q" "${small[@]}" --set 'bench.memory_inner_steps=[1]' --set bench.memory_batch_size=2
+check "the plot in the quoted folder" test -s "$work/mem'q/memory.png"
 fails_with "bench with no held-out session" "data.holdout" "$bin" bench adaptation \
   --out "$work/x" "${small[@]}" --set 'data.holdout=[]'
 fails_with "bench with an unknown method" "bench.methods names 'maml'" "$bin" bench adaptation \

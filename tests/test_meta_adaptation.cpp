@@ -65,10 +65,17 @@ TEST_CASE("steps to 95% of the final score and of the gain", "[meta][adaptation]
   CHECK(meta::steps_to_fraction_of_gain(rising, 0.95) == 20);   // 0.10 + 0.95 * 0.40 = 0.48
   const Curve flat = {{0, 0.40}, {10, 0.40}, {20, 0.40}};
   CHECK(meta::steps_to_fraction_of_final(flat, 0.95) == 0);
-  CHECK(meta::steps_to_fraction_of_gain(flat, 0.95) == 0);  // no gain: nothing to wait for
+  CHECK(meta::steps_to_fraction_of_gain(flat, 0.95) == -1);  // no gain to reach
+  const Curve falling = {{0, 0.50}, {10, 0.30}};
+  CHECK(meta::steps_to_fraction_of_final(falling, 0.95) == 0);
+  CHECK(meta::steps_to_fraction_of_gain(falling, 0.95) == -1);  // worse, not instant
   const Curve negative = {{0, -0.5}, {10, -0.2}};
   CHECK(meta::steps_to_fraction_of_final(negative, 0.95) == -1);
   CHECK(meta::steps_to_fraction_of_gain(negative, 0.95) == 10);
+  // Touching the goal and falling back is not reaching it: the step from which it holds counts.
+  const Curve dip = {{0, 0.10}, {10, 0.50}, {20, 0.30}, {30, 0.50}};
+  CHECK(meta::steps_to_fraction_of_final(dip, 0.95) == 30);  // 0.475 held from 30, not 10
+  CHECK(meta::steps_to_fraction_of_gain(dip, 0.95) == 30);   // 0.48 likewise
 }
 
 TEST_CASE("transfer to new sessions: backbone copied, embedding rows by the chosen init",

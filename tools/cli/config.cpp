@@ -1,6 +1,7 @@
 #include "tools/cli/config.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -13,6 +14,12 @@
 namespace mt::cli {
 
 namespace {
+
+bool looks_numeric(const std::string& text) {
+  char* end = nullptr;
+  (void)std::strtod(text.c_str(), &end);
+  return !text.empty() && end != text.c_str() && *end == '\0';
+}
 
 // Reads the fields of one JSON object; every key must be consumed, or finish() names it.
 class Reader {
@@ -38,7 +45,12 @@ class Reader {
       }
       out = it->get<T>();
     } catch (const std::exception& e) {
-      MT_FAIL("config: '{}.{}' = {}: {}", where_, key, it->dump(), e.what());
+      // A number written so JSON does not read it (".001", "1e-3 ") came through --set as text.
+      std::string hint;
+      if constexpr (std::is_arithmetic_v<T> && !std::is_same_v<T, bool>)
+        if (it->is_string() && looks_numeric(it->template get<std::string>()))
+          hint = " (JSON numbers need a digit before the point, e.g. 0.001)";
+      MT_FAIL("config: '{}.{}' = {}: {}{}", where_, key, it->dump(), e.what(), hint);
     }
   }
   nlohmann::json child(const char* key) {
@@ -183,6 +195,9 @@ void set_path(nlohmann::json& j, const std::string& assignment) {
     value = nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error&) {
     value = text;  // a bare string such as poco-seed
+  } catch (const nlohmann::json::exception& e) {  // e.g. a number out of double's range
+    MT_FAIL("--set '{}': the value is not usable ({}); give a value in range, e.g. 1e-3",
+            assignment, e.what());
   }
   nlohmann::json* node = &j;
   size_t begin = 0;
@@ -287,16 +302,25 @@ RunConfig config_from_json(const nlohmann::json& j) {
   read_fields(top.child("bench"), "bench", c.bench);
   top.get("threads", c.threads);
   top.get("saved_recompute", c.saved_recompute);
+  // Written by `metatape train` into a run's config.json (descriptive): a run's config can be
+  // given back as --config.
+  (void)top.child("sessions");
+  (void)top.child("holdout_sessions");
   top.finish();
   MT_CHECK(c.saved_recompute == "cuda" || c.saved_recompute == "always" ||
                c.saved_recompute == "never",
            "config: saved_recompute '{}' is not known; use cuda (recompute cheap saved outputs "
            "on CUDA only, the default), always or never",
            c.saved_recompute);
-  for (const meta::TrainOptions* t : {&c.train, &c.adapt.train})
-    MT_CHECK(t->meta.checkpoint_steps >= 0,
-             "config: train.meta.checkpoint_steps must be >= 0 (0 = none), got {}",
-             t->meta.checkpoint_steps);
+  meta::check_train_options(c.train, "config: train");
+  meta::check_train_options(c.adapt.train, "config: adapt.train");
+  MT_CHECK(c.adapt.train.method == "standard",
+           "config: adapt.train.method is '{}': `metatape adapt` fine-tunes (standard); the "
+           "meta-learned inner loop is set by train.meta.* and compared by `metatape bench "
+           "adaptation`", c.adapt.train.method);
+  MT_CHECK(!c.adapt.modes.empty(), "config: adapt.modes must name at least one parameter set "
+           "(embeddings, embeddings+head, embeddings+latents, embeddings+last_layer, all)");
+  meta::check_online_options(c.online);
   // Resolve and validate the model now, so a bad value fails before any data is read.
   const std::string& kind = c.model.kind;
   MT_CHECK(kind == "poco" || kind == "nlinear" || kind == "mlp" || kind == "copy_last",
@@ -322,6 +346,9 @@ RunConfig config_from_json(const nlohmann::json& j) {
   MT_CHECK(c.bench.meta_lr > 0, "config: bench.meta_lr must be positive, got {}", c.bench.meta_lr);
   MT_CHECK(c.bench.inner_backbone_lr > 0, "config: bench.inner_backbone_lr must be positive, got {}",
            c.bench.inner_backbone_lr);
+  MT_CHECK(!c.bench.memory_inner_steps.empty(),
+           "config: bench.memory_inner_steps must list at least one inner-step count, e.g. "
+           "[1, 3, 10, 30]");
   for (int64_t k : c.bench.memory_inner_steps)
     MT_CHECK(k >= 1, "config: bench.memory_inner_steps must be >= 1, got {}", k);
   for (const auto& [mode, lr] : c.adapt.lr_by_mode) {
@@ -342,6 +369,15 @@ RunConfig load_config(const std::string& file, const std::vector<std::string>& o
     return apply_overrides(j, overrides);
   } catch (const Error& e) {
     if (file.empty()) throw;
+    // The file is to blame where it fails on its own; otherwise an override is.
+    bool file_alone_reads = true;
+    try {
+      (void)config_from_json(j);
+    } catch (const Error&) {
+      file_alone_reads = false;
+    }
+    if (file_alone_reads && !overrides.empty())
+      throw Error(fmt::format("{} (from --set; {} alone reads)", e.what(), file));
     throw Error(fmt::format("{} (in {})", e.what(), file));
   }
 }

@@ -21,6 +21,7 @@
 #include "data/load.h"
 #include "engine/core/backend.h"
 #include "engine/io/checkpoint.h"
+#include "meta/adaptation.h"
 #include "tools/cli/bench.h"
 #include "tools/cli/common.h"
 #include "tools/cli/config.h"
@@ -53,15 +54,114 @@ Device parse_device(const std::string& name) {
   return cuda(index);
 }
 
+// How a run's model is evaluated: as it is meant to be used. A meta-learned model (fomaml,
+// e2e-ttt) first takes its inner loop on each session's support windows, as in the validation
+// of its training; `unadapted` evaluates the initial weights as they are.
+struct Evaluation {
+  meta::Metrics metrics;
+  std::string procedure;  // a phrase for the printed title and the JSON
+};
+Evaluation evaluate_run(const cli::RunConfig& c, const meta::Forecaster& f,
+                        const data::PreparedData& prepared, data::Split split,
+                        bool unadapted = false) {
+  const meta::TrainOptions& t = c.train;
+  if (t.method == "standard" || unadapted)
+    return {meta::evaluate(f, prepared, split, {}, t.eval_batch_size),
+            t.method == "standard" ? "as trained" : "initial weights, without the inner loop"};
+  return {meta::evaluate_after_inner_loop(f, prepared, {}, t.meta.inner_steps, t.meta.inner_lr,
+                                          t.meta.params, t.batch_size, t.eval_batch_size, t.seed,
+                                          split),
+          fmt::format("after the {}-step inner loop (SGD at lr {}) on each session's support "
+                      "windows, as validated in training",
+                      t.meta.inner_steps, t.meta.inner_lr)};
+}
+
+bool is_session_table(const std::string& name) {
+  return name.rfind("unit_emb.", 0) == 0 || name.rfind("session_emb.", 0) == 0;
+}
+
+// Loads a run's model.safetensors into `f`, which the run's config built. Every parameter must
+// come from the file, except, with `new_sessions`, the per-session embedding tables (adapt: the
+// held-out sessions' tables are new). Anything else missing or of another shape means the
+// config and the file describe different models: an error listing them.
+void load_run_model(meta::Forecaster& f, const std::string& run_dir, bool new_sessions,
+                    bool overridden) {
+  if (f.module() == nullptr) return;
+  const std::string path = run_dir + "/model.safetensors";
+  io::LoadReport rep = io::load_parameters(*f.module(), path, io::LoadMode::partial);
+  // What does not fit: a tensor of another shape (with the reason), or one only one side has.
+  std::vector<std::string> bad;
+  for (const auto& sk : rep.skipped)
+    if (!(new_sessions && is_session_table(sk.name))) bad.push_back(sk.name + ": " + sk.reason);
+  for (const auto& m : rep.missing) {
+    const bool mismatched = std::any_of(rep.skipped.begin(), rep.skipped.end(),
+                                        [&](const io::SkippedTensor& sk) { return sk.name == m; });
+    if (!mismatched && !(new_sessions && is_session_table(m)))
+      bad.push_back(m + ": not in the file");
+  }
+  if (bad.empty()) return;
+  const size_t shown = std::min<size_t>(bad.size(), 4);
+  MT_FAIL("{} does not fit the model {}/config.json describes{}: {} tensor(s) differ ({}{}); "
+          "restore the run's config.json{}",
+          path, run_dir, overridden ? " with the --set overrides" : "", bad.size(),
+          fmt::join(bad.begin(), bad.begin() + std::ptrdiff_t(shown), "; "),
+          bad.size() > shown ? fmt::format("; and {} more", bad.size() - shown) : "",
+          overridden ? " or drop the --set overrides of model.*" : "");
+}
+
+// The files `metatape train` writes into a run folder, and those later commands add
+// (eval_<split>[_unadapted].json).
+bool is_run_file(const std::string& name) {
+  for (const char* f : {"config.json", "metrics.jsonl", "model.safetensors", "summary.json",
+                        "adapt.json", "online.json"})
+    if (name == f) return true;
+  return name.rfind("eval_", 0) == 0 && name.size() > 10 &&
+         name.compare(name.size() - 5, 5, ".json") == 0;
+}
+
+// A run folder `train` may write into: new, empty, or (with `overwrite`) an earlier run whose
+// files are removed first, so no file of the old run outlives the new one.
+void prepare_run_folder(const std::string& run_dir, bool overwrite) {
+  if (fs::exists(run_dir)) {
+    MT_CHECK(fs::is_directory(run_dir), "--run {}: exists and is not a folder", run_dir);
+    const bool holds_run = fs::exists(run_dir + "/config.json") ||
+                           fs::exists(run_dir + "/model.safetensors");
+    MT_CHECK(!holds_run || overwrite,
+             "--run {}: the folder holds a run already; choose another folder, or pass "
+             "--overwrite to replace that run (its model, metrics and results are deleted)",
+             run_dir);
+    std::vector<fs::path> old;
+    for (const auto& e : fs::directory_iterator(run_dir))
+      if (e.is_regular_file() && is_run_file(e.path().filename().string())) old.push_back(e.path());
+    for (const auto& p : old) fs::remove(p);
+  }
+  fs::create_directories(run_dir);
+}
+
+// A run whose training stopped early (interrupted, failed) has no summary.json: its model is the
+// best checkpoint up to then. Said once on stderr by the commands that use it.
+void note_if_unfinished(const std::string& run_dir) {
+  if (!fs::exists(run_dir + "/summary.json"))
+    std::fprintf(stderr,
+                 "note: %s has no summary.json: its training did not finish (interrupted or "
+                 "failed); model.safetensors is the best validation checkpoint up to then\n",
+                 run_dir.c_str());
+}
+
 // The model is initialised (train) or loaded (adapt) on the CPU and then moved to `device`:
 // the same weights on every device; batches follow it (meta::to_batch).
 json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& d,
-               Device device = kCPU) {
-  fs::create_directories(run_dir);
+               Device device = kCPU, bool overwrite = false) {
   data::PreparedData prepared(d.train, c.data.prep);
   for (const auto& note : prepared.notes()) std::fprintf(stderr, "note: %s\n", note.c_str());
   Generator gen(c.train.seed);
   auto f = meta::make_forecaster(c.model, sizes_of(d.train), gen);
+  // Everything that can be checked before training is, before the run folder is touched.
+  meta::check_training(*f, prepared, {}, c.train);
+  if (c.train.method == "fomaml" && c.train.meta.checkpoint_steps > 0)
+    std::fprintf(stderr, "note: train.meta.checkpoint_steps has no effect with fomaml (its inner "
+                         "steps keep no graph to recompute)\n");
+  prepare_run_folder(run_dir, overwrite);
   f->to(device);
   json config = c.to_json();
   config["sessions"] = session_json(d.train);
@@ -94,11 +194,26 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                (long long)d.train.size(),
                (long long)prepared.all_windows(data::Split::Train).size(), (long long)c.train.steps);
   meta::TrainResult r = meta::train(*f, prepared, {}, c.train, {}, on_eval, on_best);
-  meta::Metrics test = meta::evaluate(*f, prepared, data::Split::Test, {}, c.train.eval_batch_size);
-  print_metrics("test split (best validation checkpoint):", test);
-  std::printf("best validation score %.4f at step %lld; %.1f s; peak %.1f MiB\n", r.best_score,
-              (long long)r.best_step, r.seconds, double(r.peak_bytes) / (1 << 20));
-  json summary = {{"train", r.to_json()}, {"test", test.to_json()}, {"kind", f->kind()}};
+  const Evaluation test = evaluate_run(c, *f, prepared, data::Split::Test);
+  print_metrics(("test split (best validation checkpoint, " + test.procedure + "):").c_str(),
+                test.metrics);
+  std::printf("best validation score %.4f at step %lld%s; %.1f s of steps + %.1f s of "
+              "validation; peak %.1f MiB\n",
+              r.best_score, (long long)r.best_step,
+              c.train.method == "standard" ? "" : " (after the inner loop)", r.seconds,
+              r.eval_seconds, double(r.peak_bytes) / (1 << 20));
+  if (r.best_step == 0 && c.train.steps > 0)
+    std::printf("note: no step improved the validation score of the initial model; the saved "
+                "model is that initial model (lower train.lr, now %g%s, or train longer)\n",
+                c.train.lr,
+                c.train.method == "standard"
+                    ? ""
+                    : fmt::format(", or train.meta.inner_lr, now {}", c.train.meta.inner_lr).c_str());
+  json summary = {{"train", r.to_json()},
+                  {"test", test.metrics.to_json()},
+                  {"test_procedure", test.procedure},
+                  {"method", c.train.method},
+                  {"kind", f->kind()}};
   cli::write_file_atomic(run_dir + "/summary.json", summary.dump(2) + "\n");
   return summary;
 }
@@ -107,22 +222,47 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
 struct Run {
   cli::RunConfig config;
   json config_json;
+  std::vector<std::string> trained_on;  // the sessions the model was trained on
 };
 Run read_run(const std::string& run_dir) {
   json j = cli::read_json_file(run_dir + "/config.json");
+  std::vector<std::string> trained_on;
+  if (j.contains("sessions") && j["sessions"].is_array())
+    for (const auto& s : j["sessions"])
+      if (s.is_object() && s.contains("name") && s["name"].is_string())
+        trained_on.push_back(s["name"].get<std::string>());
   j.erase("sessions");  // descriptive fields written by train
   j.erase("holdout_sessions");
-  return Run{cli::config_from_json(j), j};
+  note_if_unfinished(run_dir);
+  return Run{cli::config_from_json(j), j, trained_on};
 }
 
 // ---- adapt ----
 json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& d,
-               Device device = kCPU) {
+               Device device = kCPU, const std::vector<std::string>& trained_on = {},
+               bool overridden = false) {
   MT_CHECK(!d.holdout.empty(),
            "adapt: the run has no held-out sessions; set data.holdout to the session names to "
            "adapt to");
-  const std::string model_path = run_dir + "/model.safetensors";
+  for (const auto& name : d.holdout.names())
+    MT_CHECK(std::find(trained_on.begin(), trained_on.end(), name) == trained_on.end(),
+             "adapt: data.holdout names '{}', a session the model was trained on ({}/config.json "
+             "'sessions'); adaptation is to sessions the training never saw",
+             name, run_dir);
   data::PreparedData prepared(d.holdout, c.data.prep);
+  if (c.train.method != "standard")
+    std::printf("note: this run was meta-learned (%s); adapt fine-tunes with AdamW (adapt.train, "
+                "adapt.lr_by_mode) from fresh embedding rows. Its own procedure, the SGD inner "
+                "loop at train.meta.inner_lr, is compared with fine-tuning by `metatape bench "
+                "adaptation`.\n",
+                c.train.method.c_str());
+  for (const auto& mode : c.adapt.modes) {  // every mode runs: check them all before the first
+    meta::TrainOptions t = c.adapt.train;
+    if (c.model.kind == "poco") t.trainable = meta::finetune_prefixes(mode);
+    Generator gen(c.adapt.train.seed);
+    auto f = meta::make_forecaster(c.model, sizes_of(d.holdout), gen);
+    meta::check_training(*f, prepared, {}, t, "adapt.train");
+  }
   json results = json::array();
   std::printf("\nadaptation to %lld unseen sessions (%s)\n", (long long)d.holdout.size(),
               fmt::format("{}", fmt::join(d.holdout.names(), ", ")).c_str());
@@ -153,10 +293,8 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   for (const auto& mode : c.adapt.modes) {
     Generator gen(c.adapt.train.seed);
     auto f = meta::make_forecaster(c.model, sizes_of(d.holdout), gen);
-    if (f->module()) {
-      io::LoadReport rep = io::load_parameters(*f->module(), model_path, io::LoadMode::partial);
-      (void)rep;  // the new sessions' embedding tables differ in shape and keep their fresh init
-    }
+    // The new sessions' embedding tables differ in shape and keep their fresh initialisation.
+    load_run_model(*f, run_dir, /*new_sessions=*/true, overridden);
     f->to(device);
     meta::TrainOptions t = c.adapt.train;
     if (f->kind() == "poco") t.trainable = meta::finetune_prefixes(mode);
@@ -181,6 +319,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   MT_CHECK(drifts.empty() || c.data.path.empty(),
            "online: --drift regenerates synthetic data; this run was trained on {}", c.data.path);
   std::vector<double> sweep = drifts.empty() ? std::vector<double>{c.data.synthetic.drift} : drifts;
+  const bool synthetic = c.data.path.empty();  // drift is a property of synthetic data only
   const models::PocoConfig pc = c.model.poco_config();
   json rows = json::array();
   std::printf("%8s %-24s %8s %10s %10s %10s %9s\n", "drift", "session", "windows", "frozen",
@@ -188,11 +327,12 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   for (double drift : sweep) {
     cli::RunConfig cd = c;
     cd.data.synthetic.drift = drift;
+    const std::string drift_text = synthetic ? fmt::format("{:.2f}", drift) : "-";
     Data d = load_data(cd);
     data::PreparedData prepared(d.train, cd.data.prep);
     Generator gen(0);
     auto f = meta::make_forecaster(cd.model, sizes_of(d.train), gen);
-    if (f->module()) io::load_parameters(*f->module(), run_dir + "/model.safetensors", io::LoadMode::strict);
+    load_run_model(*f, run_dir, /*new_sessions=*/false, !sets.empty());
     meta::OnlineOptions opt = cd.online;
     double sums[3] = {0, 0, 0};
     for (int64_t s = 0; s < prepared.num_sessions(); ++s) {
@@ -203,41 +343,61 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
       opt.calibration_frames = std::min<int64_t>(cd.online.calibration_frames, data::SessionSplits::frames(splits.val));
       meta::OnlineScores r = meta::run_online(*f, prepared.session(s), s, begin, end, pc.context(),
                                               pc.pred_length, opt);
-      std::printf("%8.2f %-24s %8lld %10.4f %10.4f %10.4f %9.2f\n", drift,
+      if (!r.offline_calibrated)
+        std::fprintf(stderr,
+                     "note: session '%s': the offline method took no calibration step (%lld "
+                     "calibration frames hold no window of %lld context + %lld horizon frames, or "
+                     "online.calibration_steps is 0): its scores are the frozen model's; raise "
+                     "online.calibration_frames (capped by the validation split)\n",
+                     prepared.session(s).name.c_str(), (long long)opt.calibration_frames,
+                     (long long)pc.context(), (long long)pc.pred_length);
+      std::printf("%8s %-24s %8lld %10.4f %10.4f %10.4f %9.2f\n", drift_text.c_str(),
                   prepared.session(s).name.c_str(), (long long)r.predictions, r.frozen, r.offline,
                   r.online, r.online_seconds);
       sums[0] += r.frozen;
       sums[1] += r.offline;
       sums[2] += r.online;
-      rows.push_back({{"drift", drift}, {"session", prepared.session(s).name},
-                      {"windows", r.predictions}, {"frozen", r.frozen}, {"offline", r.offline},
-                      {"online", r.online}, {"online_seconds", r.online_seconds}});
+      json row = {{"session", prepared.session(s).name},
+                  {"windows", r.predictions},
+                  {"frozen", r.frozen},
+                  {"offline", r.offline},
+                  {"online", r.online},
+                  {"online_seconds", r.online_seconds},
+                  {"calibration_frames", opt.calibration_frames},
+                  {"offline_calibrated", r.offline_calibrated}};
+      if (synthetic) row["drift"] = drift;
+      rows.push_back(row);
     }
     const double n = double(prepared.num_sessions());
-    std::printf("%8.2f %-24s %8s %10.4f %10.4f %10.4f\n", drift, "mean", "", sums[0] / n,
-                sums[1] / n, sums[2] / n);
+    std::printf("%8s %-24s %8s %10.4f %10.4f %10.4f\n", drift_text.c_str(), "mean", "",
+                sums[0] / n, sums[1] / n, sums[2] / n);
   }
   json out = {{"rows", rows}, {"options", c.to_json()["online"]}};
   cli::write_file_atomic(run_dir + "/online.json", out.dump(2) + "\n");
   return out;
 }
 
-int run_eval(const std::string& run_dir, const std::string& split_name) {
+int run_eval(const std::string& run_dir, const std::string& split_name, bool unadapted) {
+  MT_CHECK(split_name == "val" || split_name == "train" || split_name == "test",
+           "eval: --split must be train, val or test, got '{}'", split_name);
   Run run = read_run(run_dir);
   apply_threads(run.config);
   Data d = load_data(run.config);
   data::PreparedData prepared(d.train, run.config.data.prep);
   Generator gen(0);
   auto f = meta::make_forecaster(run.config.model, sizes_of(d.train), gen);
-  if (f->module()) io::load_parameters(*f->module(), run_dir + "/model.safetensors", io::LoadMode::strict);
+  load_run_model(*f, run_dir, /*new_sessions=*/false, /*overridden=*/false);
   data::Split split = split_name == "val" ? data::Split::Val
                       : split_name == "train" ? data::Split::Train
                                               : data::Split::Test;
-  MT_CHECK(split_name == "val" || split_name == "train" || split_name == "test",
-           "eval: --split must be train, val or test, got '{}'", split_name);
-  meta::Metrics m = meta::evaluate(*f, prepared, split, {}, run.config.train.eval_batch_size);
-  print_metrics(("split " + split_name + ":").c_str(), m);
-  cli::write_file_atomic(run_dir + "/eval_" + split_name + ".json", m.to_json().dump(2) + "\n");
+  const Evaluation e = evaluate_run(run.config, *f, prepared, split, unadapted);
+  print_metrics(("split " + split_name + " (" + e.procedure + "):").c_str(), e.metrics);
+  json out = e.metrics.to_json();
+  out["procedure"] = e.procedure;
+  out["method"] = run.config.train.method;
+  const std::string name = unadapted ? "eval_" + split_name + "_unadapted.json"
+                                     : "eval_" + split_name + ".json";
+  cli::write_file_atomic(run_dir + "/" + name, out.dump(2) + "\n");
   return 0;
 }
 
@@ -261,6 +421,10 @@ int main(int argc, char** argv) {
   train->add_option("--config", config_file, "run config JSON (defaults when omitted)");
   train->add_option("--set", sets, "override a config value, e.g. --set train.lr=3e-4");
   train->add_option("--run", run_dir, "run folder to create")->required();
+  bool overwrite = false;
+  train->add_flag("--overwrite", overwrite,
+                  "replace the run already in the --run folder (its model, metrics and results "
+                  "are deleted first)");
   std::string method;
   train->add_option("--method", method, "standard, fomaml or e2e-ttt (same as --set train.method=...)");
   std::string device_name = "cpu";
@@ -269,6 +433,10 @@ int main(int argc, char** argv) {
   auto* eval = app.add_subcommand("eval", "evaluate a run's model");
   eval->add_option("--run", run_dir, "run folder written by train")->required();
   eval->add_option("--split", split, "train, val or test");
+  bool unadapted = false;
+  eval->add_flag("--unadapted", unadapted,
+                 "meta-learned runs (fomaml, e2e-ttt): evaluate the initial weights without the "
+                 "inner loop (default: after it, as in training's validation)");
 
   auto* adapt = app.add_subcommand("adapt", "adapt a run's model to its held-out sessions");
   adapt->add_option("--run", run_dir, "run folder written by train")->required();
@@ -298,6 +466,7 @@ int main(int argc, char** argv) {
   auto* demo = app.add_subcommand("demo", "synthetic data -> train POCO -> adapt to 2 unseen sessions");
   demo->add_option("--run", run_dir, "run folder (default: a fresh folder under /tmp)");
   demo->add_option("--set", sets, "override a demo config value");
+  demo->add_flag("--overwrite", overwrite, "replace the run already in the --run folder");
 
   try {
     app.parse(argc, argv);
@@ -320,10 +489,10 @@ int main(int argc, char** argv) {
       cli::RunConfig c = cli::load_config(config_file, sets);
       apply_threads(c);
       Data d = load_data(c);
-      run_train(c, run_dir, d, parse_device(device_name));
+      run_train(c, run_dir, d, parse_device(device_name), overwrite);
       return 0;
     }
-    if (eval->parsed()) return run_eval(run_dir, split);
+    if (eval->parsed()) return run_eval(run_dir, split, unadapted);
     if (online->parsed()) {
       run_online_cmd(run_dir, drifts, sets);
       return 0;
@@ -334,7 +503,7 @@ int main(int argc, char** argv) {
       if (!sets.empty()) c = cli::apply_overrides(run.config_json, sets);
       apply_threads(c);
       Data d = load_data(c);
-      run_adapt(c, run_dir, d, parse_device(device_name));
+      run_adapt(c, run_dir, d, parse_device(device_name), run.trained_on, !sets.empty());
       return 0;
     }
     if (bench_adapt->parsed() || bench_memory->parsed()) {
@@ -364,7 +533,7 @@ int main(int argc, char** argv) {
       std::printf("metatape demo: run folder %s\n", run_dir.c_str());
       const auto t0 = std::chrono::steady_clock::now();
       Data d = load_data(c);
-      run_train(c, run_dir, d);
+      run_train(c, run_dir, d, kCPU, overwrite);
       run_adapt(c, run_dir, d);
       std::printf("demo finished in %.1f s\n",
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
