@@ -1,5 +1,6 @@
 #include "meta/adaptation.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <random>
@@ -206,6 +207,33 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
   r.test_score = test.score;
   r.test_mse = test.mse;
   return r;
+}
+
+AdaptSummary summarize_adaptation(const std::vector<AdaptResult>& ps) {
+  MT_CHECK(!ps.empty(), "summarize_adaptation: no sessions");
+  AdaptSummary out;
+  const double n = double(ps.size());
+  size_t points = ps.front().curve.size();
+  for (const auto& r : ps) {
+    points = std::min(points, r.curve.size());
+    out.diverged_sessions += r.diverged_at >= 0;
+    out.initial_score += r.initial_score / n;
+    out.final_score += r.final_score / n;
+    out.test_score += r.test_score / n;
+    out.seconds += r.seconds / n;
+    out.peak_bytes = std::max(out.peak_bytes, r.peak_bytes);
+  }
+  for (size_t i = 0; i < points; ++i) {
+    double v = 0;
+    for (const auto& r : ps) v += r.curve.at(i).val_score / n;
+    out.mean_curve.emplace_back(ps.front().curve[i].step, v);
+  }
+  if (out.diverged_sessions == 0) {
+    out.steps_to_95 = steps_to_fraction_of_final(out.mean_curve, 0.95);
+    out.steps_to_95_gain = steps_to_fraction_of_gain(out.mean_curve, 0.95);
+  }
+  out.adapted_parameters = ps.front().adapted_parameters;
+  return out;
 }
 
 Metrics evaluate_after_inner_loop(const Forecaster& f, const data::PreparedData& data,

@@ -77,6 +77,19 @@ struct AdaptResult {
 AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, int64_t session,
                           const AdaptOptions& options);
 
+// The mean over sessions of one adaptation setting: the mean validation curve (cut where the
+// shortest curve ends: a diverged run stops early), steps to 95% read off it (-1 when any session
+// diverged), and the mean initial, final and test scores and seconds, the largest peak.
+struct AdaptSummary {
+  std::vector<std::pair<int64_t, double>> mean_curve;
+  int64_t steps_to_95 = -1, steps_to_95_gain = -1;
+  int64_t diverged_sessions = 0;
+  double initial_score = 0, final_score = 0, test_score = 0, seconds = 0;
+  int64_t peak_bytes = 0;
+  int64_t adapted_parameters = 0;
+};
+AdaptSummary summarize_adaptation(const std::vector<AdaptResult>& per_session);
+
 // Steps-to-95 rules of AdaptResult / TrainResult applied to a curve of (step, score).
 int64_t steps_to_fraction_of_final(const std::vector<std::pair<int64_t, double>>& curve,
                                    double fraction);

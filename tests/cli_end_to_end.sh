@@ -93,6 +93,8 @@ check "eval after the inner loop" grep -q '"procedure": "after the 2-step inner 
 check "eval --unadapted" "$bin" eval --run "$work/fomaml" --split val --unadapted
 check "eval --unadapted wrote its own file" grep -q '"procedure": "initial weights' \
   "$work/fomaml/eval_val_unadapted.json"
+check "adapt of a meta-learned run" "$bin" adapt --run "$work/e2e" --set 'adapt.modes=["embeddings"]'
+check "adapt ran its inner loop" grep -q '"method": "inner-loop"' "$work/e2e/adapt.json"
 # A run folder is never mixed: a second train refuses it, --overwrite removes the old run first.
 fails_with "train into a run folder that holds a run" "holds a run already" "$bin" train \
   --run "$work/fomaml" "${small[@]}"

@@ -230,51 +230,26 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
               "params", "adapted", "steps_to_95", "(gain)", "initial", "final", "test",
               "seconds", "peak_MiB");
   for (const auto& row : rows) {
-    const auto& ps = row.per_session;
-    const double n = double(ps.size());
-    // A run that diverged ends early: the mean curve stops where the shortest one does, and the
-    // row's final and test scores are NaN.
-    int64_t diverged = 0;
-    size_t points = ps.front().curve.size();
-    for (const auto& r : ps) {
-      points = std::min(points, r.curve.size());
-      diverged += r.diverged_at >= 0;
-    }
-    std::vector<std::pair<int64_t, double>> mean_curve;
-    for (size_t i = 0; i < points; ++i) {
-      double v = 0;
-      for (const auto& r : ps) v += r.curve.at(i).val_score / n;
-      mean_curve.emplace_back(ps.front().curve[i].step, v);
-    }
-    double initial = 0, fin = 0, test = 0, secs = 0;
-    int64_t peak = 0;
-    for (const auto& r : ps) {
-      initial += r.initial_score / n;
-      fin += r.final_score / n;
-      test += r.test_score / n;
-      secs += r.seconds / n;
-      peak = std::max(peak, r.peak_bytes);
-    }
-    const int64_t s95 = diverged ? -1 : meta::steps_to_fraction_of_final(mean_curve, 0.95);
-    const int64_t s95g = diverged ? -1 : meta::steps_to_fraction_of_gain(mean_curve, 0.95);
+    const meta::AdaptSummary m = meta::summarize_adaptation(row.per_session);
     std::printf("%-9s %-8s %-22s %10lld %11lld %9lld %9.4f %9.4f %10.4f %9.2f %9.1f\n",
                 row.key.method.c_str(), row.key.procedure.c_str(), row.key.params.c_str(),
-                (long long)ps.front().adapted_parameters, (long long)s95, (long long)s95g, initial,
-                fin, test, secs, mib(peak));
+                (long long)m.adapted_parameters, (long long)m.steps_to_95,
+                (long long)m.steps_to_95_gain, m.initial_score, m.final_score, m.test_score,
+                m.seconds, mib(m.peak_bytes));
     json curve = json::array();
-    for (const auto& [step, v] : mean_curve) curve.push_back({{"step", step}, {"val_score", v}});
+    for (const auto& [step, v] : m.mean_curve) curve.push_back({{"step", step}, {"val_score", v}});
     table.push_back({{"method", row.key.method},
                      {"procedure", row.key.procedure},
                      {"params", row.key.params},
-                     {"adapted_parameters", ps.front().adapted_parameters},
-                     {"steps_to_95", s95},
-                     {"steps_to_95_gain", s95g},
-                     {"diverged_sessions", diverged},
-                     {"initial_score", initial},
-                     {"final_score", fin},
-                     {"test_score", test},
-                     {"seconds", secs},
-                     {"peak_bytes", peak},
+                     {"adapted_parameters", m.adapted_parameters},
+                     {"steps_to_95", m.steps_to_95},
+                     {"steps_to_95_gain", m.steps_to_95_gain},
+                     {"diverged_sessions", m.diverged_sessions},
+                     {"initial_score", m.initial_score},
+                     {"final_score", m.final_score},
+                     {"test_score", m.test_score},
+                     {"seconds", m.seconds},
+                     {"peak_bytes", m.peak_bytes},
                      {"mean_curve", curve}});
   }
   out["training"] = trainings;

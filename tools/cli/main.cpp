@@ -222,25 +222,41 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
 struct Run {
   cli::RunConfig config;
   json config_json;
-  std::vector<std::string> trained_on;  // the sessions the model was trained on
+  // The sessions the model was trained on and their neuron counts (config.json 'sessions').
+  std::vector<std::string> trained_on;
+  std::vector<int64_t> trained_sizes;
 };
 Run read_run(const std::string& run_dir) {
-  json j = cli::read_json_file(run_dir + "/config.json");
-  std::vector<std::string> trained_on;
-  if (j.contains("sessions") && j["sessions"].is_array())
-    for (const auto& s : j["sessions"])
-      if (s.is_object() && s.contains("name") && s["name"].is_string())
-        trained_on.push_back(s["name"].get<std::string>());
+  const std::string path = run_dir + "/config.json";
+  json j = cli::read_json_file(path);
+  Run run;
+  if (j.contains("sessions")) {
+    const json& sessions = j["sessions"];
+    MT_CHECK(sessions.is_array(), "{}: 'sessions' must be the list train wrote", path);
+    for (const auto& s : sessions) {
+      MT_CHECK(s.is_object() && s.contains("name") && s["name"].is_string() &&
+                   s.contains("neurons") && s["neurons"].is_number_integer(),
+               "{}: each entry of 'sessions' needs a name and a neuron count (as train wrote "
+               "them); restore the file", path);
+      run.trained_on.push_back(s["name"].get<std::string>());
+      run.trained_sizes.push_back(s["neurons"].get<int64_t>());
+    }
+  }
   j.erase("sessions");  // descriptive fields written by train
   j.erase("holdout_sessions");
   note_if_unfinished(run_dir);
-  return Run{cli::config_from_json(j), j, trained_on};
+  run.config = cli::config_from_json(j);
+  run.config_json = j;
+  return run;
 }
 
 // ---- adapt ----
-json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& d,
-               Device device = kCPU, const std::vector<std::string>& trained_on = {},
-               bool overridden = false) {
+// Adapts the run's model to the held-out sessions: AdamW fine-tuning per adapt.modes and, for a
+// meta-learned run, the inner loop it was meta-learned for. `trained_on` / `trained_sizes`: the
+// training sessions (names, neuron counts) of the run.
+json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& d, Device device,
+               const std::vector<std::string>& trained_on,
+               const std::vector<int64_t>& trained_sizes, bool overridden = false) {
   MT_CHECK(!d.holdout.empty(),
            "adapt: the run has no held-out sessions; set data.holdout to the session names to "
            "adapt to");
@@ -250,11 +266,12 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
              "'sessions'); adaptation is to sessions the training never saw",
              name, run_dir);
   data::PreparedData prepared(d.holdout, c.data.prep);
-  if (c.train.method != "standard")
-    std::printf("note: this run was meta-learned (%s); adapt fine-tunes with AdamW (adapt.train, "
-                "adapt.lr_by_mode) from fresh embedding rows. Its own procedure, the SGD inner "
-                "loop at train.meta.inner_lr, is compared with fine-tuning by `metatape bench "
-                "adaptation`.\n",
+  const bool inner_row = c.train.method != "standard" && c.model.kind == "poco";
+  if (inner_row)
+    std::printf("note: this run was meta-learned (%s): the row inner-loop is the procedure it was "
+                "meta-learned for (SGD at train.meta.inner_lr on train.meta.params, new embedding "
+                "rows from bench.new_session_init, adapt.train.steps steps); the finetune rows use "
+                "AdamW (adapt.train, adapt.lr_by_mode) from fresh embedding rows\n",
                 c.train.method.c_str());
   for (const auto& mode : c.adapt.modes) {  // every mode runs: check them all before the first
     meta::TrainOptions t = c.adapt.train;
@@ -266,10 +283,10 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   json results = json::array();
   std::printf("\nadaptation to %lld unseen sessions (%s)\n", (long long)d.holdout.size(),
               fmt::format("{}", fmt::join(d.holdout.names(), ", ")).c_str());
-  std::printf("  %-18s %10s %12s %12s %10s %10s %10s\n", "method", "params", "steps_to_95",
+  std::printf("  %-24s %10s %12s %12s %10s %10s %10s\n", "method", "params", "steps_to_95",
               "final_score", "best", "seconds", "peak_MiB");
   auto row = [&](const std::string& name, const meta::TrainResult& r) {
-    std::printf("  %-18s %10lld %12lld %12.4f %10.4f %10.2f %10.1f\n", name.c_str(),
+    std::printf("  %-24s %10lld %12lld %12.4f %10.4f %10.2f %10.1f\n", name.c_str(),
                 (long long)r.trainable_parameters, (long long)r.steps_to_95,
                 r.curve.back().val.score, r.best_score, r.seconds,
                 double(r.peak_bytes) / (1 << 20));
@@ -301,6 +318,55 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     if (auto it = c.adapt.lr_by_mode.find(mode); it != c.adapt.lr_by_mode.end()) t.lr = it->second;
     t.log_progress = false;
     row("finetune:" + mode, meta::train(*f, prepared, {}, t));
+  }
+  if (inner_row) {
+    // The trained model (its own session tables) gives the new rows their initialisation.
+    Generator g0(0), g1(c.adapt.train.seed);
+    auto trained = meta::make_forecaster(c.model, trained_sizes, g0);
+    load_run_model(*trained, run_dir, /*new_sessions=*/false, overridden);
+    auto f = meta::make_forecaster(c.model, sizes_of(d.holdout), g1);
+    meta::transfer_to_new_sessions(*trained, *f,
+                                   meta::parse_new_session_init(c.bench.new_session_init));
+    f->to(device);
+    meta::AdaptOptions a;
+    a.procedure = "inner";
+    a.params = c.train.meta.params;
+    a.steps = c.adapt.train.steps;
+    a.lr = c.train.meta.inner_lr;
+    a.backbone_lr = c.bench.inner_backbone_lr;
+    a.batch_size = c.adapt.train.batch_size;
+    a.eval_every = c.adapt.train.eval_every;
+    a.eval_batch_size = c.adapt.train.eval_batch_size;
+    a.seed = c.adapt.train.seed;
+    std::vector<meta::AdaptResult> per_session;
+    for (int64_t s = 0; s < prepared.num_sessions(); ++s)
+      per_session.push_back(meta::adapt_session(*f, prepared, s, a));
+    const meta::AdaptSummary m = meta::summarize_adaptation(per_session);
+    double best = -INFINITY;
+    for (const auto& [step, v] : m.mean_curve) best = std::max(best, v);
+    std::printf("  %-24s %10lld %12lld %12.4f %10.4f %10.2f %10.1f%s\n", "inner-loop",
+                (long long)m.adapted_parameters, (long long)m.steps_to_95, m.final_score, best,
+                m.seconds, double(m.peak_bytes) / (1 << 20),
+                m.diverged_sessions ? "  (diverged: lower train.meta.inner_lr)" : "");
+    json curve = json::array();
+    for (const auto& [step, v] : m.mean_curve) curve.push_back({{"step", step}, {"val_score", v}});
+    json sessions = json::array();
+    for (const auto& r : per_session) sessions.push_back(r.to_json());
+    results.push_back({{"method", "inner-loop"},
+                       {"trainable_parameters", m.adapted_parameters},
+                       {"steps_to_95", m.steps_to_95},
+                       {"steps_to_95_gain", m.steps_to_95_gain},
+                       {"initial_score", m.initial_score},
+                       {"final_score", m.final_score},
+                       {"best_score", best},
+                       {"test_score", m.test_score},
+                       {"seconds", m.seconds},
+                       {"peak_bytes", m.peak_bytes},
+                       {"diverged_sessions", m.diverged_sessions},
+                       {"inner_lr", a.lr},
+                       {"new_session_init", c.bench.new_session_init},
+                       {"mean_curve", curve},
+                       {"sessions", sessions}});
   }
   json out = {{"sessions", session_json(d.holdout)}, {"methods", results}};
   cli::write_file_atomic(run_dir + "/adapt.json", out.dump(2) + "\n");
@@ -503,7 +569,8 @@ int main(int argc, char** argv) {
       if (!sets.empty()) c = cli::apply_overrides(run.config_json, sets);
       apply_threads(c);
       Data d = load_data(c);
-      run_adapt(c, run_dir, d, parse_device(device_name), run.trained_on, !sets.empty());
+      run_adapt(c, run_dir, d, parse_device(device_name), run.trained_on, run.trained_sizes,
+                !sets.empty());
       return 0;
     }
     if (bench_adapt->parsed() || bench_memory->parsed()) {
@@ -534,7 +601,7 @@ int main(int argc, char** argv) {
       const auto t0 = std::chrono::steady_clock::now();
       Data d = load_data(c);
       run_train(c, run_dir, d, kCPU, overwrite);
-      run_adapt(c, run_dir, d);
+      run_adapt(c, run_dir, d, kCPU, d.train.names(), sizes_of(d.train));
       std::printf("demo finished in %.1f s\n",
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       return 0;
