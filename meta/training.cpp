@@ -47,10 +47,6 @@ std::string format_eta(double seconds) {
   return s >= 60 ? fmt::format("{}m{:02d}s", s / 60, s % 60) : fmt::format("{}s", s);
 }
 
-}  // namespace
-
-namespace {
-
 std::vector<int64_t> all_if_empty(const std::vector<int64_t>& sessions,
                                   const data::PreparedData& data) {
   if (!sessions.empty()) return sessions;
