@@ -194,6 +194,36 @@ TEST_CASE("caching allocator: a graph capture allocates from its own pool until 
   CHECK(a.stats(0).allocated_bytes == 0);
 }
 
+TEST_CASE("caching allocator: a block of a released graph pool freed during another capture "
+          "returns to the ordinary pool", "[memory]") {
+  FakeSource src;
+  CachingAllocator a(src);
+  src.capture = 7;                       // graph G captures and makes an output
+  void* output = a.allocate(4096, 0);
+  src.capture = 0;
+  a.release_graph_pool(0, 7);            // G is destroyed; its output is still held
+  src.capture = 8;                       // capture X: the old output is freed (reassigned)
+  a.deallocate(output, 0, 0);
+  void* x = a.allocate(4096, 0);         // X's own pool
+  CHECK(x != output);                    // held back for X
+  a.deallocate(x, 0, 0);
+  src.capture = 0;
+  a.release_graph_pool(0, 8);            // X is destroyed: the held-back block is freed
+  a.empty_cache(0);                      // every block is back in the ordinary pool
+  CHECK(a.num_segments(0) == 0);
+  CHECK(src.in_use == 0);
+  CHECK(a.stats(0).reserved_bytes == 0);
+  // During a capture empty_cache returns nothing (it would wait for the device).
+  void* kept = a.allocate(4096, 0);
+  a.deallocate(kept, 0, 0);
+  src.capture = 9;
+  a.empty_cache(0);
+  CHECK(a.num_segments(0) == 1);
+  src.capture = 0;
+  a.empty_cache(0);
+  CHECK(a.num_segments(0) == 0);
+}
+
 TEST_CASE("caching allocator: destruction returns the cached segments", "[memory]") {
   FakeSource src;
   {

@@ -96,6 +96,9 @@ void CachingAllocator::reset_peak(int device) {
 }
 
 void CachingAllocator::empty_cache(int device) {
+  // Returning segments (cudaFree) waits for the device, which a capture on it forbids: during
+  // a capture the cache stays as it is.
+  if (source_.capture_id(device) != 0) return;
   std::lock_guard<std::mutex> lock(mutex_);
   DeviceState& d = state(device);
   release_unused_segments(d, device, d.pool);
@@ -108,7 +111,12 @@ void CachingAllocator::release_graph_pool(int device, unsigned long long capture
   if (it == d.graph_pools.end()) return;
   Pool& gp = *it->second;
   gp.released = true;
-  for (Block* b : gp.deferred) free_block(b);  // ordinary blocks held back during the capture
+  // Blocks of other pools held back during the capture; one whose pool's graph is gone by now
+  // returns to the ordinary pool (its own pool is never allocated from again).
+  for (Block* b : gp.deferred) {
+    if (b->pool->released) b->pool = &d.pool;
+    free_block(b);
+  }
   gp.deferred.clear();
   // Free blocks move to the ordinary pool. A block still held by a tensor keeps pointing at
   // the released pool and moves when it is freed. A block only merges with neighbours of its

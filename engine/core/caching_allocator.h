@@ -9,6 +9,7 @@
 // served by the smallest free block of the same stream and pool that fits, split when the rest
 // is worth keeping (>= 512 B in the small pool, > 1 MiB in the large), and a freed block merges
 // with the free neighbours of its segment. Memory goes back to the source only on empty_cache()
+// (which does nothing while the device is capturing a graph: freeing waits for the device)
 // or when the source is out of memory (then unused segments are released and the request is
 // tried once more before an error that names the size and the statistics).
 //

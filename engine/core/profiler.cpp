@@ -67,7 +67,13 @@ struct FromEnvironment {
     if (env == nullptr || *env == '\0' || std::string(env) == "0") return;
     table();  // constructed before this object, so still alive in the atexit handler
     enable(true);
-    std::atexit([] { std::fputs(report().c_str(), stderr); });
+    std::atexit([] {
+      try {
+        std::fputs(report().c_str(), stderr);
+      } catch (const std::exception& e) {  // an exception here would end the process badly
+        std::fprintf(stderr, "metatape profiler: no report at exit (%s)\n", e.what());
+      }
+    });
   }
 };
 const FromEnvironment from_environment;

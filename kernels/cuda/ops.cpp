@@ -185,7 +185,12 @@ void transfer_cuda(const Tensor& src, Tensor& dst) {
     MT_CUDA_CHECK(cudaStreamSynchronize(l.stream));
   } else {
     // Between two GPUs: the destination's stream waits for the source's work, then copies; the
-    // source's stream waits for the copy before it may reuse the source's memory.
+    // source's stream waits for the copy before it may reuse the source's memory. Those waits
+    // join the two devices' streams, which a graph capture on either cannot take in.
+    MT_CHECK(current_capture_id(from.index) == 0 && current_capture_id(to.index) == 0,
+             "copying {} to {} while {} is being captured into a CUDA graph: a graph holds the "
+             "work of one device; copy between devices outside the capture",
+             src.str(), to.str(), current_capture_id(from.index) != 0 ? from.str() : to.str());
     cudaStream_t s_from = stream(from.index), s_to = stream(to.index);
     cudaEvent_t ready, done;
     {

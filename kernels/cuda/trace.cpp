@@ -10,6 +10,7 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
@@ -149,13 +150,14 @@ const Cupti* cupti(std::string* why) {
   return nullptr;
 }
 
-// Set by start() before CUPTI can call back or any caller can push an id (both only while
-// collecting, which start() begins after loading).
-const Cupti* api = nullptr;
+// Set (release) by start() before CUPTI can call back or any caller can push an id (both only
+// while collecting, which start() begins after loading); read (acquire) by those, on any thread.
+std::atomic<const Cupti*> loaded{nullptr};
+const Cupti& api() { return *loaded.load(std::memory_order_acquire); }
 
 std::string result_string(CUptiResult r) {
   const char* s = nullptr;
-  if (api->get_result_string(r, &s) != CUPTI_SUCCESS || s == nullptr) return "CUPTI error";
+  if (api().get_result_string(r, &s) != CUPTI_SUCCESS || s == nullptr) return "CUPTI error";
   return s;
 }
 
@@ -189,27 +191,40 @@ void CUPTIAPI buffer_requested(uint8_t** buffer, size_t* size, size_t* max_recor
   *max_records = 0;  // as many as fit
 }
 
+bool timed(uint64_t start, uint64_t end) { return start != 0 && end >= start; }
+
 void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, size_t valid) {
   State& st = state();
   {
     std::lock_guard<std::mutex> lock(st.mutex);
     CUpti_Activity* record = nullptr;
-    while (api->get_next_record(buffer, valid, &record) == CUPTI_SUCCESS) {
+    while (api().get_next_record(buffer, valid, &record) == CUPTI_SUCCESS) {
       switch (record->kind) {
+        // A record without complete timestamps (work of a stream nobody waited for, handed over
+        // by a forced flush) is left out: it has no duration to credit.
         case CUPTI_ACTIVITY_KIND_KERNEL:
         case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL: {
           const auto* k = reinterpret_cast<const CUpti_ActivityKernel10*>(record);
-          st.pending.push_back({kernel_name(st, k->name), k->start, k->end, k->correlationId});
+          if (timed(k->start, k->end))
+            st.pending.push_back({kernel_name(st, k->name), k->start, k->end, k->correlationId});
           break;
         }
         case CUPTI_ACTIVITY_KIND_MEMCPY: {
           const auto* m = reinterpret_cast<const CUpti_ActivityMemcpy6*>(record);
-          st.pending.push_back({copy_name(m->copyKind), m->start, m->end, m->correlationId});
+          if (timed(m->start, m->end))
+            st.pending.push_back({copy_name(m->copyKind), m->start, m->end, m->correlationId});
+          break;
+        }
+        case CUPTI_ACTIVITY_KIND_MEMCPY2: {  // between two devices
+          const auto* m = reinterpret_cast<const CUpti_ActivityMemcpyPtoP4*>(record);
+          if (timed(m->start, m->end))
+            st.pending.push_back({"memcpy PtoP", m->start, m->end, m->correlationId});
           break;
         }
         case CUPTI_ACTIVITY_KIND_MEMSET: {
           const auto* m = reinterpret_cast<const CUpti_ActivityMemset4*>(record);
-          st.pending.push_back({"memset", m->start, m->end, m->correlationId});
+          if (timed(m->start, m->end))
+            st.pending.push_back({"memset", m->start, m->end, m->correlationId});
           break;
         }
         case CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION: {
@@ -223,7 +238,7 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
   }
   std::free(buffer);
   size_t dropped = 0;
-  if (api->get_num_dropped_records(nullptr, 0, &dropped) == CUPTI_SUCCESS && dropped > 0) {
+  if (api().get_num_dropped_records(nullptr, 0, &dropped) == CUPTI_SUCCESS && dropped > 0) {
     std::lock_guard<std::mutex> lock(st.mutex);
     if (st.dropped == 0)
       std::fprintf(stderr, "metatape profiler: CUPTI dropped %zu activity records (its buffers "
@@ -238,8 +253,9 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
 // their own records are skipped.
 constexpr CUpti_ActivityKind kKinds[] = {
     CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY,
-    CUPTI_ACTIVITY_KIND_MEMSET,            CUPTI_ACTIVITY_KIND_RUNTIME,
-    CUPTI_ACTIVITY_KIND_DRIVER,            CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION};
+    CUPTI_ACTIVITY_KIND_MEMCPY2,           CUPTI_ACTIVITY_KIND_MEMSET,
+    CUPTI_ACTIVITY_KIND_RUNTIME,           CUPTI_ACTIVITY_KIND_DRIVER,
+    CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION};
 
 }  // namespace
 
@@ -251,18 +267,22 @@ bool start(std::string* why) {
     if (why != nullptr) *why = what;
     return false;
   };
-  if (api == nullptr && (api = cupti(why)) == nullptr) return false;
+  if (loaded.load(std::memory_order_acquire) == nullptr) {
+    const Cupti* found = cupti(why);
+    if (found == nullptr) return false;
+    loaded.store(found, std::memory_order_release);
+  }
   if (!st.callbacks_registered) {
-    const CUptiResult r = api->register_callbacks(buffer_requested, buffer_completed);
+    const CUptiResult r = api().register_callbacks(buffer_requested, buffer_completed);
     if (r != CUPTI_SUCCESS)
       return fail("CUPTI refused to register its activity buffers (" + result_string(r) +
                   "): is another profiler (Nsight Systems, ncu) attached?");
     st.callbacks_registered = true;
   }
   for (size_t i = 0; i < std::size(kKinds); ++i) {
-    const CUptiResult r = api->enable(kKinds[i]);
+    const CUptiResult r = api().enable(kKinds[i]);
     if (r != CUPTI_SUCCESS) {
-      for (size_t j = 0; j < i; ++j) (void)api->disable(kKinds[j]);
+      for (size_t j = 0; j < i; ++j) (void)api().disable(kKinds[j]);
       return fail("CUPTI could not enable activity tracing (" + result_string(r) +
                   "); a CUDA driver and a GPU are needed");
     }
@@ -275,7 +295,7 @@ void stop() {
   State& st = state();
   std::lock_guard<std::mutex> lock(st.control);
   if (!st.collecting) return;
-  for (CUpti_ActivityKind k : kKinds) (void)api->disable(k);
+  for (CUpti_ActivityKind k : kKinds) (void)api().disable(k);
   st.collecting = false;
 }
 
@@ -287,27 +307,33 @@ bool library_loads(const std::string& path, std::string* why) {
   return ok;
 }
 
-void push_op(uint64_t id) { (void)api->push_external_correlation_id(kOpKind, id); }
+void push_op(uint64_t id) { (void)api().push_external_correlation_id(kOpKind, id); }
 
 void pop_op() {
   uint64_t last = 0;
-  (void)api->pop_external_correlation_id(kOpKind, &last);
+  (void)api().pop_external_correlation_id(kOpKind, &last);
 }
 
 void drain(const std::function<void(const Activity&)>& sink) {
-  if (api == nullptr) return;  // never started
+  if (loaded.load(std::memory_order_acquire) == nullptr) return;  // never started
   // Devices the engine has used (a stream exists): none may be capturing (a wait now would
   // invalidate the capture); then everything queued on them has run, and every buffer with a
-  // record in it is delivered.
+  // record in it is delivered. The query does not throw: drain also runs from an exit handler,
+  // possibly after the CUDA runtime has shut down (then there is nothing to wait for).
   const int devices = cuda_device_count();
-  for (int d = 0; d < devices; ++d)
-    if (gpu::stream_created(d) && gpu::current_capture_id(d) != 0) return;
+  for (int d = 0; d < devices; ++d) {
+    if (!gpu::stream_created(d)) continue;
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(gpu::stream(d), &status) != cudaSuccess ||
+        status != cudaStreamCaptureStatusNone)
+      return;
+  }
   for (int d = 0; d < devices; ++d)
     if (gpu::stream_created(d)) {
       gpu::DeviceGuard guard(d);
       (void)cudaStreamSynchronize(gpu::stream(d));
     }
-  (void)api->flush_all(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+  (void)api().flush_all(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
   std::vector<Raw> raw;
   std::unordered_map<uint32_t, uint64_t> op_of;
   {
