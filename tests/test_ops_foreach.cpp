@@ -166,6 +166,16 @@ TEST_CASE("foreach ops: errors name the entry and the fix", "[ops][foreach]") {
   }
   TensorList strided = {zeros(Shape{3, 4}).transpose(0, 1)};
   CHECK_THROWS_WITH(foreach_mul_(strided, 2.0), Catch::Contains("not contiguous"));
+  // An in-place target twice (or two views of one buffer that overlap) would be updated twice
+  // on the CPU and race on a GPU.
+  const Tensor shared = zeros(Shape{4, 3});
+  TensorList twice = {zeros(Shape{2}), shared, zeros(Shape{5}), shared};
+  CHECK_THROWS_WITH(foreach_mul_(twice, 2.0), Catch::Contains("entries 1 and 3 share memory"));
+  TensorList overlapping = {shared, shared.view(Shape{12}).narrow(0, 6, 3)};
+  CHECK_THROWS_WITH(foreach_add_(overlapping, {zeros(Shape{4, 3}), zeros(Shape{3})}),
+                    Catch::Contains("entries 0 and 1 share memory"));
+  TensorList disjoint = {shared.view(Shape{12}).narrow(0, 0, 6), shared.view(Shape{12}).narrow(0, 6, 6)};
+  foreach_mul_(disjoint, 2.0);  // rows of one buffer that do not overlap are fine
   CHECK_THROWS_WITH(foreach_mul(a, scalar_tensor(1.0, DType::f32)),
                     Catch::Contains("0-d f64 tensor"));
 }

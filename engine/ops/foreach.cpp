@@ -7,6 +7,10 @@
 // The CPU kernels loop over the single-tensor kernels: they are the reference, and a device
 // backend gives each entry bitwise what its own single-tensor kernels give (the sum of squares
 // to rounding: its order of summation is the backend's).
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
 #include "engine/autograd/grad_mode.h"
 #include "engine/ops/elementwise.h"
 #include "engine/ops/kernels.h"
@@ -101,6 +105,27 @@ void check_inplace_targets(const char* op, const TensorList& a) {
              "{}: entry {} ({}) is not contiguous; an in-place foreach op needs contiguous "
              "tensors (use the out-of-place form)",
              op, i, a[i].shape().str());
+  // Each target is updated once, all of them at the same time on CUDA: two entries that share
+  // memory would be updated twice on the CPU and race on a GPU.
+  std::vector<std::tuple<uintptr_t, uintptr_t, size_t>> ranges;  // [begin, end), entry
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].numel() == 0) continue;
+    const auto begin = reinterpret_cast<uintptr_t>(a[i].raw_data());
+    ranges.emplace_back(begin, begin + size_t(a[i].numel()) * itemsize(a[i].dtype()), i);
+  }
+  std::sort(ranges.begin(), ranges.end());
+  uintptr_t reach = 0;  // the furthest end so far, and its entry
+  size_t reach_entry = 0;
+  for (const auto& [begin, end, i] : ranges) {
+    MT_CHECK(begin >= reach,
+             "{}: entries {} and {} share memory; an in-place foreach op updates each entry "
+             "once: pass each tensor once",
+             op, std::min(i, reach_entry), std::max(i, reach_entry));
+    if (end > reach) {
+      reach = end;
+      reach_entry = i;
+    }
+  }
 }
 
 TensorList contiguous_all(const TensorList& a) {
