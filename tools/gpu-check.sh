@@ -18,6 +18,8 @@
 #   META_STEP_BENCH=0   skip the E2E-TTT meta-step benchmark
 #   STEPS="a b ..."     run only these steps (names as in summary.json, e.g. "cuda_tests
 #                       bench_meta_step_graph"): for a short device session
+#   STEP_TIMEOUT=s      stop any one step after s seconds (exit 124 in summary.json) so that a
+#                       hanging kernel cannot use up a short device session; the later steps run
 #   CUDA_TESTS=spec     the Catch2 test spec of cuda_tests and memcheck (default "[cuda]"; e.g.
 #                       "[cuda][graph]" for the CUDA-graph cases)
 # Exits non-zero when any step fails; every step still runs, and summary.json lists them.
@@ -50,16 +52,25 @@ fi
 
 export PATH="/usr/local/cuda/bin:$PATH"
 declare -A status
+wanted() { [[ -z "${STEPS:-}" || " $STEPS " == *" $1 "* ]]; }  # wanted NAME: the step is to run
+missing() { if wanted "$1"; then status[$1]=127; fi; }  # missing NAME: its binary was not built
 run_step() {  # run_step NAME LOGFILE COMMAND...
   local name="$1" log="$2"
   shift 2
-  if [[ -n "${STEPS:-}" && " $STEPS " != *" $name "* ]]; then
+  if ! wanted "$name"; then
     echo "=== $name: not in STEPS, skipped"
     return 0
   fi
   echo "=== $name (log: $log)"
-  "$@" >"$OUT_DIR/$log" 2>&1
+  if [[ -n "${STEP_TIMEOUT:-}" ]]; then
+    timeout --kill-after=10 "$STEP_TIMEOUT" "$@" >"$OUT_DIR/$log" 2>&1
+  else
+    "$@" >"$OUT_DIR/$log" 2>&1
+  fi
   status[$name]=$?
+  if [[ -n "${STEP_TIMEOUT:-}" && ( ${status[$name]} -eq 124 || ${status[$name]} -eq 137 ) ]]; then
+    echo "$name: stopped after STEP_TIMEOUT=${STEP_TIMEOUT}s (a hang, or a slower step)" >>"$OUT_DIR/$log"
+  fi
   tail -n 15 "$OUT_DIR/$log"
   echo "=== $name: exit ${status[$name]}"
 }
@@ -97,7 +108,7 @@ if [[ -x "$TESTS" ]]; then
       "${CUDA_TESTS:-[cuda]}"
   else
     echo "compute-sanitizer not found" >"$OUT_DIR/memcheck.log"
-    status[memcheck]=127
+    missing memcheck
   fi
   # The whole suite too: the CPU backend must not have changed.
   if [[ -n "$PREBUILT" ]]; then
@@ -106,7 +117,7 @@ if [[ -x "$TESTS" ]]; then
     run_step all_tests all_tests.log ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS"
   fi
 else
-  status[cuda_tests]=127
+  missing cuda_tests
 fi
 
 BENCH="$BUILD_DIR/bin/metatape-bench-cuda-kernels"
@@ -114,14 +125,14 @@ if [[ -x "$BENCH" ]]; then
   run_step bench_kernels bench_kernels.log \
     "$BENCH" --json "$OUT_DIR/cuda_kernels_bench.json" --commit "$COMMIT"
 else
-  status[bench_kernels]=127
+  missing bench_kernels
 fi
 BENCH_EMB="$BUILD_DIR/bin/metatape-bench-embedding-update"
 if [[ -x "$BENCH_EMB" ]]; then
   run_step bench_embedding_update bench_embedding_update.log \
     "$BENCH_EMB" --json "$OUT_DIR/embedding_update_bench.json" --commit "$COMMIT"
 else
-  status[bench_embedding_update]=127
+  missing bench_embedding_update
 fi
 # The E2E-TTT meta-step of poco-seed and poco-paper on the GPU (bench/meta_step_bench.cpp), and
 # the PyTorch peer on the same GPU where torch with CUDA is importable (skipped otherwise).
@@ -177,7 +188,7 @@ elif [[ -x "$BENCH_META" ]]; then
     echo "torch with CUDA is not importable: PyTorch peer skipped" >"$OUT_DIR/bench_meta_step_torch.log"
   fi
 else
-  status[bench_meta_step]=127
+  missing bench_meta_step
 fi
 
 FLASH_BENCH="$BUILD_DIR/bin/metatape-bench-flash-attention"
@@ -193,7 +204,7 @@ if [[ -x "$FLASH_BENCH" ]]; then
       python3 tools/reference/attention_peer.py --json "$OUT_DIR/attention_peer.json"
   fi
 else
-  status[bench_flash_attention]=127
+  missing bench_flash_attention
 fi
 
 # summary.json: one entry per step with its exit status.
