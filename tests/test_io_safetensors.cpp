@@ -295,6 +295,37 @@ TEST_CASE("safetensors errors name the file, the problem and the fix", "[io]") {
   }
 }
 
+TEST_CASE("safetensors data carry a CRC-32: a changed byte is refused, not loaded", "[io]") {
+  TempDir dir("test_io_safetensors");
+  const std::string path = dir.file("crc.safetensors");
+  const NamedTensors tensors = {{"w", arange(64, DType::f32)}, {"b", arange(3, DType::f64)}};
+  save_safetensors(path, tensors, {{"note", "x"}});
+  const std::string good = read_bytes(path);
+  CHECK(good.find("\"metatape.crc32\":\"") != std::string::npos);  // in the header
+  CHECK(load_safetensors(path).metadata ==
+        std::map<std::string, std::string>{{"note", "x"}});  // not in the metadata returned
+
+  // One bit of one value changed: the structure is intact, only the checksum can tell.
+  for (size_t at : {good.size() - 1, good.size() - 3 * 8 - 100}) {
+    std::string bad = good;
+    bad[at] = char(bad[at] ^ 0x10);
+    write_bytes(path, bad);
+    INFO("byte " << at);
+    CHECK_THROWS_WITH(load_safetensors(path),
+                      Contains(path) && Contains("do not match the checksum") &&
+                          Contains("corrupt"));
+  }
+  // A checksum entry that is not 8 hex digits: the header is damaged.
+  std::string bad = good;
+  const size_t digits = bad.find("\"metatape.crc32\":\"") + 18;
+  bad[digits] = 'z';
+  write_bytes(path, bad);
+  CHECK_THROWS_WITH(load_safetensors(path), Contains("not 8 hex digits"));
+  // The key is the writer's own.
+  CHECK_THROWS_WITH(save_safetensors(path, tensors, {{"metatape.crc32", "0"}}),
+                    Contains("reserved for the data checksum"));
+}
+
 TEST_CASE("safetensors saves are atomic and check their inputs first", "[io]") {
   TempDir dir("test_io_safetensors");
   const NamedTensors tensors = {{"a", arange(4, DType::f32)}};

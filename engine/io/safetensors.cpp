@@ -7,6 +7,7 @@
 #include <atomic>
 #include <bit>
 #include <cerrno>
+#include <cstdlib>
 #include <filesystem>
 #include <limits>
 #include <set>
@@ -15,6 +16,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 #include <sys/stat.h>
+#include <zlib.h>
 
 #include "engine/autograd/grad_mode.h"
 #include "engine/core/error.h"
@@ -30,6 +32,14 @@ namespace {
 using Json = nlohmann::ordered_json;
 
 constexpr const char* kMetadataKey = "__metadata__";
+// The metadata entry that carries the CRC-32 of the byte buffer (written by save_safetensors,
+// checked and removed from the metadata by the readers).
+constexpr const char* kChecksumKey = "metatape.crc32";
+
+// CRC-32 (zlib's) of n bytes, continuing `crc`.
+uint32_t crc32_of(uint32_t crc, const void* data, uint64_t n) {
+  return uint32_t(crc32_z(crc, static_cast<const Bytef*>(data), size_t(n)));
+}
 constexpr const char* kReexport =
     "the file is corrupt or was not written by a safetensors writer; re-export it (in Python: "
     "safetensors.torch.save_file)";
@@ -288,6 +298,18 @@ SafetensorsHeader parse_header(const std::string& path, int fd, uint64_t file_si
                        "(store numbers and structures as JSON text)",
                        mk, json_kind(mv));
         }
+        if (mk == kChecksumKey) {
+          const std::string text = mv.get<std::string>();
+          char* end = nullptr;
+          const unsigned long v = std::strtoul(text.c_str(), &end, 16);
+          if (text.size() != 8 || end != text.c_str() + 8 || v > 0xffffffffUL) {
+            MT_FAIL_FILE(path, "metadata '{}' is '{}', not 8 hex digits; the header is corrupt "
+                         "(restore the file from a good copy)", kChecksumKey, text);
+          }
+          h.data_crc32 = uint32_t(v);
+          h.has_data_crc32 = true;
+          continue;
+        }
         h.metadata.emplace(mk, mv.get<std::string>());
       }
       continue;
@@ -388,7 +410,8 @@ SafetensorsContents load_safetensors(const std::string& path) {
   SafetensorsContents out;
   out.metadata = std::move(h.metadata);
   out.tensors.reserve(h.entries.size());
-  for (const SafetensorsEntry& e : h.entries) {
+  uint32_t crc = uint32_t(crc32_z(0, Z_NULL, 0));
+  for (const SafetensorsEntry& e : h.entries) {  // file order: the buffer from start to end
     Tensor t = empty(e.shape, e.dtype);
     if (!read_at(fd.get(), t.raw_data(), e.end - e.begin, h.buffer_offset + e.begin)) {
       MT_FAIL_FILE(path,
@@ -396,7 +419,15 @@ SafetensorsContents load_safetensors(const std::string& path) {
                    "read?)",
                    e.name);
     }
+    if (h.has_data_crc32) crc = crc32_of(crc, t.raw_data(), e.end - e.begin);
     out.tensors.emplace_back(e.name, std::move(t));
+  }
+  if (h.has_data_crc32 && crc != h.data_crc32) {
+    MT_FAIL_FILE(path,
+                 "the tensor data do not match the checksum written with them (CRC-32 {:08x}, "
+                 "written {:08x}): the file is corrupt (changed bytes, a bad disk or copy); "
+                 "restore it from a good copy or write it again",
+                 crc, h.data_crc32);
   }
   return out;
 }
@@ -404,6 +435,10 @@ SafetensorsContents load_safetensors(const std::string& path) {
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata) {
   // Everything that can be checked is checked before the first byte is written.
+    MT_CHECK(metadata.count(kChecksumKey) == 0,
+             "save_safetensors '{}': the metadata key '{}' is reserved for the data checksum; "
+             "rename it",
+             path, kChecksumKey);
   std::set<std::string> names;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const auto& [name, t] = tensors[i];
@@ -422,10 +457,21 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
              t.device().str());
   }
 
+  // The data as written (contiguous), and their checksum, which the header carries.
+  NoGradGuard no_grad;  // contiguous() of a parameter must not be recorded
+  std::vector<Tensor> data;
+  data.reserve(tensors.size());
+  uint32_t crc = uint32_t(crc32_z(0, Z_NULL, 0));
+  for (const auto& [name, t] : tensors) {
+    data.push_back(t.contiguous());
+    crc = crc32_of(crc, data.back().raw_data(),
+                   uint64_t(data.back().numel()) * itemsize(data.back().dtype()));
+  }
   Json header = Json::object();
-  if (!metadata.empty()) {
+  {
     Json m = Json::object();
     for (const auto& [k, v] : metadata) m[k] = v;
+    m[kChecksumKey] = fmt::format("{:08x}", crc);
     header[kMetadataKey] = std::move(m);
   }
   uint64_t offset = 0;
@@ -487,10 +533,8 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<unsigned char>(text.size() >> (8 * i));
   check_io(write_all(fd.get(), len_bytes, 8), "writing the header");
   check_io(write_all(fd.get(), text.data(), text.size()), "writing the header");
-  NoGradGuard no_grad;  // contiguous() of a parameter must not be recorded
-  for (const auto& [name, t] : tensors) {
-    if (t.numel() == 0) continue;
-    const Tensor c = t.contiguous();
+  for (const Tensor& c : data) {
+    if (c.numel() == 0) continue;
     check_io(write_all(fd.get(), c.raw_data(), uint64_t(c.numel()) * itemsize(c.dtype())),
              "writing the tensor data");
   }

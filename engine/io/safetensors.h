@@ -43,21 +43,27 @@ struct SafetensorsEntry {
 
 struct SafetensorsHeader {
   std::vector<SafetensorsEntry> entries;  // in file order
-  std::map<std::string, std::string> metadata;
+  std::map<std::string, std::string> metadata;  // without the checksum entry
   uint64_t buffer_offset = 0;  // file offset of the byte buffer (8 + header length)
+  // CRC-32 of the byte buffer, where the writer recorded one (metadata "metatape.crc32").
+  bool has_data_crc32 = false;
+  uint32_t data_crc32 = 0;
 };
 
 // Writes `tensors` (CPU tensors of any strides; distinct, non-empty names other than
-// "__metadata__") in the given order, with `metadata` as the header's "__metadata__" (omitted
-// when empty). The header is padded with spaces to a multiple of 8 bytes, so the buffer starts
+// "__metadata__") in the given order, with `metadata` as the header's "__metadata__" plus the
+// entry "metatape.crc32": the CRC-32 (8 hex digits) of the byte buffer, which the readers check
+// (a file with changed bytes is refused, not loaded with wrong values) and leave out of the
+// metadata they return; other readers ignore it. The header is padded with spaces to a multiple of 8 bytes, so the buffer starts
 // 8-byte aligned in the file; tensors follow each other without gaps. The write is atomic: the
 // file is written to a temporary file in the same folder, flushed to disk (fsync) and renamed
 // over `path`; on any error the temporary file is removed and `path` is left as it was.
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 
-// Reads and validates the whole file: new CPU tensors, in file order. Every error is an
-// mt::Error that names the file, the problem and how to fix it.
+// Reads and validates the whole file: new CPU tensors, in file order; with a checksum entry,
+// the data must match it. Every error is an mt::Error that names the file, the problem and how
+// to fix it.
 SafetensorsContents load_safetensors(const std::string& path);
 
 // Reads and validates the header only (names, dtypes, shapes, offsets and metadata) without
