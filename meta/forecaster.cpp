@@ -19,6 +19,7 @@ class PocoForecaster final : public Forecaster {
   std::string kind() const override { return "poco"; }
   nn::Module* module() override { return &model_; }
   Tensor predict(const models::PocoBatch& b, const nn::ParamMap* ov, Generator* g) const override {
+    if (ov != nullptr) model_.check_overrides(*ov);
     return model_.forward(b, ov, g);
   }
   std::vector<int64_t> session_sizes() const override { return model_.session_sizes(); }
@@ -35,6 +36,7 @@ class NLinearForecaster final : public Forecaster {
   std::string kind() const override { return "nlinear"; }
   nn::Module* module() override { return &model_; }
   Tensor predict(const models::PocoBatch& b, const nn::ParamMap* ov, Generator*) const override {
+    if (ov != nullptr) model_.check_overrides(*ov);
     return model_.forward(b.x, ov);
   }
 
@@ -49,6 +51,7 @@ class MlpForecaster final : public Forecaster {
   std::string kind() const override { return "mlp"; }
   nn::Module* module() override { return &model_; }
   Tensor predict(const models::PocoBatch& b, const nn::ParamMap* ov, Generator*) const override {
+    if (ov != nullptr) model_.check_overrides(*ov);
     return model_.forward(b.x, ov);
   }
 

@@ -258,7 +258,7 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
                                        "train.meta.inner_lr (now {})",
                                        opt.meta.inner_lr)
                          : std::string());
-    if (opt.clip > 0) optim::clip_grad_norm(params, opt.clip);
+    if (opt.clip > 0) optim::clip_grad_norm(params, opt.clip, /*error_if_nonfinite=*/true);
     adam->step();
     loss_sum += loss_value;
     ++loss_count;

@@ -65,9 +65,16 @@ TEST_CASE("functional overrides substitute parameters without touching the modul
   Tensor partial = m.forward(x, &only_fc2);
   CHECK(max_abs_diff(partial, before) > 0);
   CHECK(max_abs_diff(partial, after) > 0);
-  // Wrong shape in an override names the parameter.
+  // Wrong shape in an override names the parameter; so does an undefined override.
   nn::ParamMap bad{{"fc1.bias", zeros(Shape{4}, DType::f64)}};
   CHECK_THROWS_WITH(m.forward(x, &bad), Catch::Contains("fc1.bias"));
+  nn::ParamMap undefined{{"fc1.bias", Tensor()}};
+  CHECK_THROWS_WITH(m.forward(x, &undefined), Catch::Contains("'fc1.bias' is an undefined"));
+  // A misspelt key would be ignored by forward(); check_overrides names it.
+  nn::ParamMap typo{{"fc1.wieght", fast["fc1.weight"]}, {"fc2.weight", fast["fc2.weight"]}};
+  CHECK_THROWS_WITH(m.check_overrides(typo),
+                    Catch::Contains("1 parameter(s) the model does not have: fc1.wieght"));
+  m.check_overrides(fast);
   // The meta-gradient through the fast weights matches finite differences of the whole
   // inner-step-then-query computation with respect to the initial parameters.
   auto meta_loss = [&](const TensorList& in) {

@@ -219,6 +219,20 @@ TEST_CASE("clip_grad_norm matches torch.nn.utils.clip_grad_norm_", "[optim][gold
   const double c = 2.0 * (1.0 / (std::sqrt(12.0) + 1e-6));
   for (double v : p.grad().to_vector<double>()) CHECK(v == Approx(c).epsilon(1e-15));
   CHECK(two.item<double>() == 2.0);
+
+  // max_norm must be a finite number >= 0 (a negative one would flip every gradient).
+  p.set_grad(from_vector(std::vector<double>{3, 4, 0}, Shape{3}, DType::f64));
+  CHECK_THROWS_WITH(optim::clip_grad_norm(TensorList{p}, -1.0), Contains("max_norm must be"));
+  CHECK_THROWS_WITH(optim::clip_grad_norm(TensorList{p}, NAN), Contains("max_norm must be"));
+  // A NaN gradient: as torch, every gradient becomes NaN; with error_if_nonfinite, an error and
+  // no gradient changed.
+  Tensor q = zeros(Shape{2}, DType::f64).set_requires_grad(true);
+  q.set_grad(from_vector(std::vector<double>{NAN, 1}, Shape{2}, DType::f64));
+  CHECK_THROWS_WITH(optim::clip_grad_norm(TensorList{p, q}, 1.0, /*error_if_nonfinite=*/true),
+                    Contains("holds NaN or inf") && Contains("no gradient was changed"));
+  CHECK(p.grad().to_vector<double>() == std::vector<double>{3, 4, 0});
+  CHECK(std::isnan(optim::clip_grad_norm(TensorList{p, q}, 1.0)));
+  CHECK(std::isnan(p.grad().to_vector<double>()[0]));
 }
 
 TEST_CASE("a run resumed from saved state is bitwise identical to a straight run", "[optim][io]") {
@@ -379,10 +393,10 @@ TEST_CASE("optimizers check their parameters and options", "[optim]") {
   CHECK_THROWS_WITH(optim::AdamW({{"t", zeros(Shape{2, 3}).transpose(0, 1)}}),
                     Contains("not contiguous"));
 
-  // Gradients must match their parameters; f16 parameters have no CPU kernel.
-  optim::SGD sgd({{"p", p}}, {.lr = 0.1});
-  p.set_grad(zeros(Shape{3}));
-  CHECK_THROWS_WITH(sgd.step(), Contains("gradient of parameter 'p' is Tensor(f32, (3,), cpu)"));
+  // Gradients must match their parameters (set_grad refuses another shape before any step);
+  // f16 parameters have no CPU kernel.
+  CHECK_THROWS_WITH(p.set_grad(zeros(Shape{3})),
+                    Contains("set_grad: the gradient is Tensor(f32, (3,), cpu)"));
   Tensor h = zeros(Shape{2}).to(DType::f16).set_requires_grad(true);
   optim::AdamW adamw({{"h", h}});
   h.set_grad(zeros(Shape{2}).to(DType::f16));

@@ -1,6 +1,8 @@
 // Tensor core: factories, metadata, dtypes, in-place writes, memory statistics, backends.
 #include <catch2/catch.hpp>
 
+#include <limits>
+
 #include "engine/core/backend.h"
 #include "engine/core/device_trace.h"
 #include "engine/core/profiler.h"
@@ -173,4 +175,52 @@ TEST_CASE("kernel profiler: CUPTI is loaded at run time, and a library that is n
   why.clear();
   CHECK_FALSE(device_trace::library_loads("libm.so.6", &why));  // loads, has no CUPTI functions
   CHECK_THAT(why, Catch::Contains("libm.so.6") && Catch::Contains("cuptiGetResultString"));
+}
+
+TEST_CASE("misuse of tensors is an error, not a crash or a wrong value", "[tensor]") {
+  // An undefined tensor: every op reads it through the checked accessors.
+  const Tensor undefined;
+  CHECK_THROWS_WITH(sum(undefined), Catch::Contains("undefined tensor"));
+  CHECK_THROWS_WITH(undefined.reshape(Shape{2}), Catch::Contains("undefined tensor"));
+  CHECK_THROWS_WITH(undefined.numel(), Catch::Contains("undefined tensor"));
+  Tensor x = zeros(Shape{2});
+  CHECK_THROWS_WITH(x.copy_(undefined), Catch::Contains("undefined tensor"));
+  CHECK_THROWS_WITH(x.add_(undefined), Catch::Contains("undefined tensor"));
+  // Element and byte counts that do not fit in 64 bits.
+  const int64_t big = int64_t(1) << 40;
+  CHECK_THROWS_WITH(zeros(Shape{big, big}), Catch::Contains("more than 2^63"));
+  CHECK_THROWS_WITH(ones(Shape{1, 1}).expand(Shape{int64_t(1) << 32, int64_t(1) << 32}),
+                    Catch::Contains("more than 2^63"));
+  // narrow: a start or length past the end, however large.
+  const Tensor m = zeros(Shape{2, 3});
+  const int64_t huge = std::numeric_limits<int64_t>::max();
+  CHECK_THROWS_WITH(m.narrow(1, huge, 1), Catch::Contains("narrow: start"));
+  CHECK_THROWS_WITH(m.narrow(1, 2, huge), Catch::Contains("narrow: start"));
+  CHECK(m.narrow(1, 3, 0).numel() == 0);  // an empty slice at the end is fine
+  // make_view inside the storage only.
+  CHECK_THROWS_WITH(make_view(m, Shape{10}, Shape{1}, 0), Catch::Contains("reaches elements"));
+  CHECK(make_view(m, Shape{3}, Shape{2}, 1).numel() == 3);  // elements 1, 3, 5
+  // In-place writes that would read what they already overwrote, or write an element twice.
+  Tensor base = from_vector(std::vector<float>{1, 2, 3}, Shape{1, 3});
+  CHECK_THROWS_WITH(base.expand(Shape{2, 3}).add_(ones(Shape{2, 3})),
+                    Catch::Contains("repeats elements"));
+  CHECK_THROWS_WITH(base.expand(Shape{2, 3}).mul_(2.0), Catch::Contains("repeats elements"));
+  Tensor b = from_vector(std::vector<float>{1, 2, 3, 4, 5}, Shape{5});
+  CHECK_THROWS_WITH(b.narrow(0, 1, 4).copy_(b.narrow(0, 0, 4)),
+                    Catch::Contains("shares memory with the tensor written to"));
+  CHECK_THROWS_WITH(b.narrow(0, 1, 4).add_(b.narrow(0, 0, 4)),
+                    Catch::Contains("shares memory with the tensor written to"));
+  Tensor sq = from_vector(std::vector<float>{1, 2, 3, 4}, Shape{2, 2});
+  CHECK_THROWS_WITH(sq.copy_(sq.transpose(0, 1)),
+                    Catch::Contains("shares memory with the tensor written to"));
+  CHECK(b.to_vector<float>() == std::vector<float>{1, 2, 3, 4, 5});  // nothing was written
+  b.add_(b);  // the same layout reads each element before writing it
+  CHECK(b.to_vector<float>() == std::vector<float>{2, 4, 6, 8, 10});
+  b.narrow(0, 0, 2).copy_(b.narrow(0, 3, 2));  // disjoint parts of one buffer
+  CHECK(b.to_vector<float>() == std::vector<float>{8, 10, 6, 8, 10});
+  // A gradient of another shape.
+  Tensor p = zeros(Shape{2}).set_requires_grad(true);
+  CHECK_THROWS_WITH(p.set_grad(zeros(Shape{3})), Catch::Contains("set_grad"));
+  CHECK_THROWS_WITH(autograd::grad({sum(p)}, {undefined}),
+                    Catch::Contains("inputs[0] is an undefined tensor"));
 }

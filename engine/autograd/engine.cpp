@@ -347,7 +347,9 @@ TensorList grad(const TensorList& outputs, const TensorList& inputs,
   std::vector<std::shared_ptr<Node>> roots, captures;
   for (const auto& o : outputs) roots.push_back(gradient_edge(o));
   for (size_t i = 0; i < inputs.size(); ++i) {
-    MT_CHECK(inputs[i].defined() && inputs[i].requires_grad(),
+    MT_CHECK(inputs[i].defined(), "inputs[{}] is an undefined tensor; pass the tensors to "
+             "differentiate by", i);
+    MT_CHECK(inputs[i].requires_grad(),
              "inputs[{}] does not require grad; call set_requires_grad() on it before the forward "
              "pass",
              i);

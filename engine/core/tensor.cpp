@@ -89,7 +89,44 @@ void Tensor::backward(const Tensor& grad_output, std::optional<bool> retain_grap
                      retain_graph, create_graph);
 }
 
+namespace {
+
+// The element count of `shape`, or an error naming `what` where it does not fit in int64.
+int64_t checked_numel(const Shape& shape, const char* what) {
+  for (int64_t d : shape)
+    if (d == 0) return 0;
+  int64_t n = 1;
+  for (int64_t d : shape)
+    MT_CHECK(d >= 0 && !__builtin_mul_overflow(n, d, &n),
+             "{}: shape {} has a negative size or more than 2^63 elements", what, shape.str());
+  return n;
+}
+
+}  // namespace
+
+void Tensor::undefined_tensor_error() {
+  MT_FAIL("an undefined tensor (Tensor(), which holds no data) was used where a tensor is "
+          "needed; pass a tensor (e.g. zeros(shape)), or test defined() first");
+}
+
 Tensor make_view(const Tensor& t, const Shape& shape, const Shape& strides, int64_t offset) {
+  // Every element of the view must lie inside the storage.
+  MT_CHECK(shape.size() == strides.size(), "make_view: shape {} and strides {} differ in rank",
+           shape.str(), strides.str());
+  if (checked_numel(shape, "make_view") > 0) {
+    int64_t low = offset, high = offset;
+    bool overflow = false;
+    for (int i = 0; i < shape.size(); ++i) {
+      int64_t reach = 0;
+      overflow |= __builtin_mul_overflow(shape[i] - 1, strides[i], &reach);
+      overflow |= __builtin_add_overflow(reach < 0 ? low : high, reach, reach < 0 ? &low : &high);
+    }
+    const int64_t elements = int64_t(t.storage().nbytes() / itemsize(t.dtype()));
+    MT_CHECK(!overflow && low >= 0 && high < elements,
+             "make_view: shape {} with strides {} at offset {} reaches elements [{}, {}] of a "
+             "storage of {} elements",
+             shape.str(), strides.str(), offset, low, high, elements);
+  }
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = t.impl()->storage;
   impl->shape = shape;
@@ -106,6 +143,37 @@ void check_inplace(const Tensor& t, const char* op) {
   MT_CHECK(!(GradMode::is_enabled() && t.requires_grad()),
            "{}: in-place write to a tensor that requires grad; do it under a NoGradGuard (as an "
            "optimizer step does) or on a detach()ed copy",
+           op);
+}
+
+// The first and last storage elements a non-empty tensor reaches (strides are >= 0).
+std::pair<int64_t, int64_t> reach(const Tensor& t) {
+  int64_t last = t.offset();
+  for (int i = 0; i < t.dim(); ++i) last += (t.shape()[i] - 1) * t.strides()[i];
+  return {t.offset(), last};
+}
+
+// An in-place write must reach each element of `dst` once, and read `src` as it was: refused
+// where `dst` repeats elements (a stride 0 from expand) or `src` shares memory with `dst` in
+// another layout (a shifted or transposed view of it), as torch refuses them. The same layout
+// (x.add_(x)) is fine: each element reads itself.
+void check_overlap(const Tensor& dst, const Tensor* src, const char* op) {
+  if (dst.numel() <= 1) return;
+  for (int i = 0; i < dst.dim(); ++i)
+    MT_CHECK(dst.shape()[i] <= 1 || dst.strides()[i] != 0,
+             "{}: the tensor written to repeats elements (dim {} of {} has stride 0, as expand "
+             "makes); write to a copy with its own memory (clone() or contiguous())",
+             op, i, dst.shape().str());
+  if (src == nullptr || src->numel() == 0 || &src->storage() != &dst.storage()) return;
+  if (src->offset() == dst.offset() && src->shape() == dst.shape() &&
+      src->strides() == dst.strides())
+    return;
+  const auto [d0, d1] = reach(dst);
+  const auto [s0, s1] = reach(*src);
+  MT_CHECK(s1 < d0 || d1 < s0,
+           "{}: the source shares memory with the tensor written to, in another layout (a "
+           "shifted or transposed view of it), so it would be read after being overwritten; "
+           "clone() the source first",
            op);
 }
 
@@ -165,8 +233,19 @@ DispatchStub<MulInplaceKernel> mul_inplace_kernel("mul_");
      add_inplace_kernel.set(DeviceType::CPU, &add_inplace_cpu),
      mul_inplace_kernel.set(DeviceType::CPU, &mul_inplace_cpu), true);
 
+void Tensor::set_grad(const Tensor& g) {
+  const TensorImpl& self = checked();
+  MT_CHECK(!g.defined() || (g.shape() == self.shape && g.dtype() == self.dtype &&
+                            g.device() == device()),
+           "set_grad: the gradient is {} but the tensor is {}; a gradient has the tensor's "
+           "shape, dtype and device",
+           g.str(), str());
+  impl_->grad = g.impl_;
+}
+
 Tensor& Tensor::copy_(const Tensor& src) {
   check_inplace(*this, "copy_");
+  check_overlap(*this, &src, "copy_");
   MT_CHECK(broadcast_shapes(src.shape(), shape(), "copy_") == shape(),
            "copy_: source shape {} does not broadcast to destination shape {}", src.shape().str(),
            shape().str());
@@ -191,6 +270,7 @@ Tensor& Tensor::add_(const Tensor& other, double alpha) {
            other.device().str(), device().str());
   MT_CHECK(broadcast_shapes(other.shape(), shape(), "add_") == shape(),
            "add_: shape {} does not broadcast to {}", other.shape().str(), shape().str());
+  check_overlap(*this, &other, "add_");
   add_inplace_kernel(device(), *this, other.detach(), alpha);
   storage().bump_version();
   return *this;
@@ -198,6 +278,7 @@ Tensor& Tensor::add_(const Tensor& other, double alpha) {
 
 Tensor& Tensor::mul_(double value) {
   check_inplace(*this, "mul_");
+  check_overlap(*this, nullptr, "mul_");
   mul_inplace_kernel(device(), *this, value);
   storage().bump_version();
   return *this;
@@ -225,8 +306,12 @@ Tensor Tensor::to(Device d) const { return mt::to_device(*this, d); }
 Tensor empty(const Shape& shape, DType dtype, Device device) {
   for (int64_t d : shape)
     MT_CHECK(d >= 0, "empty(): negative dimension in shape {}", shape.str());
+  int64_t bytes = 0;
+  MT_CHECK(!__builtin_mul_overflow(checked_numel(shape, "empty()"), int64_t(itemsize(dtype)),
+                                   &bytes),
+           "empty(): shape {} of {} needs more than 2^63 bytes", shape.str(), dtype_name(dtype));
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<Storage>(size_t(shape.numel()) * itemsize(dtype), device);
+  impl->storage = std::make_shared<Storage>(size_t(bytes), device);
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;

@@ -45,18 +45,19 @@ class Tensor {
   TensorImpl* impl() const { return impl_.get(); }
   const std::shared_ptr<TensorImpl>& impl_ptr() const { return impl_; }
 
-  // Metadata.
-  const Shape& shape() const { return impl_->shape; }
-  const Shape& strides() const { return impl_->strides; }
-  int dim() const { return impl_->shape.size(); }
+  // Metadata. On an undefined tensor (Tensor(): no data) these throw an mt::Error that says so,
+  // rather than dereference nothing: every op reads its operands through them.
+  const Shape& shape() const { return checked().shape; }
+  const Shape& strides() const { return checked().strides; }
+  int dim() const { return checked().shape.size(); }
   int64_t size(int64_t d) const { return impl_->shape[wrap_dim(d, dim(), "size")]; }
   int64_t stride(int64_t d) const { return impl_->strides[wrap_dim(d, dim(), "stride")]; }
-  int64_t numel() const { return impl_->shape.numel(); }
-  DType dtype() const { return impl_->dtype; }
-  Device device() const { return impl_->storage->device(); }
-  int64_t offset() const { return impl_->offset; }
+  int64_t numel() const { return checked().shape.numel(); }
+  DType dtype() const { return checked().dtype; }
+  Device device() const { return checked().storage->device(); }
+  int64_t offset() const { return checked().offset; }
   bool is_contiguous() const;
-  Storage& storage() const { return *impl_->storage; }
+  Storage& storage() const { return *checked().storage; }
   std::string str() const;  // short description: "Tensor(f32, (2, 3), cpu)"
 
   template <class T>
@@ -74,12 +75,13 @@ class Tensor {
   std::vector<T> to_vector() const;
 
   // Autograd.
-  bool requires_grad() const { return impl_->requires_grad; }
+  bool requires_grad() const { return checked().requires_grad; }
   Tensor& set_requires_grad(bool requires_grad = true);
   bool is_leaf() const { return impl_->grad_fn == nullptr; }
   const std::shared_ptr<autograd::Node>& grad_fn() const { return impl_->grad_fn; }
   Tensor grad() const { return Tensor(impl_->grad); }
-  void set_grad(const Tensor& g) { impl_->grad = g.impl_; }
+  // Sets .grad (undefined clears it); a gradient has the tensor's shape, dtype and device.
+  void set_grad(const Tensor& g);
   void zero_grad() { impl_->grad.reset(); }
   Tensor detach() const;  // same storage, no history
   void backward(const Tensor& grad_output = {}, std::optional<bool> retain_graph = std::nullopt,
@@ -108,6 +110,13 @@ class Tensor {
   Tensor& mul_(double value);
 
  private:
+  // The implementation; an mt::Error (not a null dereference) for an undefined tensor.
+  const TensorImpl& checked() const {
+    if (impl_ == nullptr) [[unlikely]]
+      undefined_tensor_error();
+    return *impl_;
+  }
+  [[noreturn]] static void undefined_tensor_error();
   std::shared_ptr<TensorImpl> impl_;
 };
 

@@ -1,5 +1,7 @@
 #include "engine/nn/module.h"
 
+#include <fmt/ranges.h>
+
 #include <cmath>
 
 #include "engine/autograd/grad_mode.h"
@@ -105,11 +107,27 @@ Tensor& Module::register_buffer(const std::string& name, Tensor value) {
   return buffers_.back().second;
 }
 
+void Module::check_overrides(const ParamMap& overrides) const {
+  const auto named = named_parameters();
+  std::vector<std::string> unknown;
+  for (const auto& [key, t] : overrides) {
+    bool found = false;
+    for (const auto& [name, p] : named) found |= name == key;
+    if (!found) unknown.push_back(key);
+  }
+  MT_CHECK(unknown.empty(),
+           "parameter overrides name {} parameter(s) the model does not have: {}; keys are the "
+           "dotted names of named_parameters(), e.g. '{}'",
+           unknown.size(), fmt::join(unknown, ", "), named.empty() ? "" : named.front().first);
+}
+
 const Tensor& Module::param(const ParamMap* overrides, const std::string& name,
                             const Tensor& own) const {
   if (overrides) {
     auto it = overrides->find(prefix_ + name);
     if (it != overrides->end()) {
+      MT_CHECK(it->second.defined(), "override for parameter '{}' is an undefined tensor",
+               it->first);
       MT_CHECK(it->second.shape() == own.shape() && it->second.dtype() == own.dtype(),
                "override for parameter '{}' has {} {} but the parameter is {} {}", it->first,
                dtype_name(it->second.dtype()), it->second.shape().str(), dtype_name(own.dtype()),

@@ -35,6 +35,10 @@ class Module {
   std::vector<std::pair<std::string, Tensor>> named_parameters() const;
   TensorList parameters() const;
   ParamMap parameter_map() const;
+  // Checks that every key of `overrides` names a parameter of this module (forward() looks up
+  // only the names it uses, so a misspelt key would otherwise be ignored silently); the error
+  // lists the unknown keys.
+  void check_overrides(const ParamMap& overrides) const;
   // Every buffer of this module and its children, with full dotted names, in registration order.
   std::vector<std::pair<std::string, Tensor>> named_buffers() const;
   void zero_grad();

@@ -192,6 +192,13 @@ Tensor varlen_attention(const Tensor& q, const Tensor& k, const Tensor& v,
   MT_CHECK(rotate == spec.k_times.defined(),
            "varlen_attention: give both q_times and k_times for rotary, or neither");
   MT_CHECK(!spec.rotate_value || rotate, "varlen_attention: rotate_value needs rotary times");
+  MT_CHECK(!rotate || spec.inv_freq.defined(),
+           "varlen_attention: q_times and k_times are set but inv_freq is not; set inv_freq to "
+           "the (dh/2) rotary frequencies (rotary_inv_freq)");
+  MT_CHECK(!rotate || (spec.q_times.numel() == Nq && spec.k_times.numel() == Nk),
+           "varlen_attention: q_times has {} entries and k_times {}; give one time per query row "
+           "({}) and per key row ({})",
+           spec.q_times.numel(), spec.k_times.numel(), Nq, Nk);
 
   Tensor q3 = q.reshape(Shape{Nq, H, dh}), k3 = k.reshape(Shape{Nk, H, dh}),
          v3 = v.reshape(Shape{Nk, H, dh});

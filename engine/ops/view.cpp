@@ -119,8 +119,8 @@ Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {
 Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
   int d = wrap_dim(dim, x.dim(), "narrow");
   MT_CHECK(x.dim() > 0, "narrow: cannot narrow a 0-d tensor");
-  MT_CHECK(start >= 0 && length >= 0 && start + length <= x.shape()[d],
-           "narrow: range [{}, {}) is outside dim {} of size {}", start, start + length, d,
+  MT_CHECK(start >= 0 && length >= 0 && start <= x.shape()[d] && length <= x.shape()[d] - start,
+           "narrow: start {} and length {} leave dim {} of size {}", start, length, d,
            x.shape()[d]);
   Shape shape = x.shape();
   shape[d] = length;

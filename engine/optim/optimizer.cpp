@@ -143,7 +143,26 @@ void Optimizer::load_state_dict(const NamedParams& state) {
   state_ = std::move(next);
 }
 
+namespace {
+
+void check_max_norm(double max_norm) {
+  MT_CHECK(std::isfinite(max_norm) && max_norm >= 0,
+           "clip_grad_norm: max_norm must be a finite number >= 0 (the largest total gradient "
+           "norm), got {}",
+           max_norm);
+}
+
+void check_total(double total, bool error_if_nonfinite) {
+  MT_CHECK(!error_if_nonfinite || std::isfinite(total),
+           "clip_grad_norm: the total gradient norm is {}: a gradient holds NaN or inf (a "
+           "diverged step; lower the learning rate or check the data); no gradient was changed",
+           total);
+}
+
+}  // namespace
+
 Tensor clip_grad_norm_on_device(const TensorList& params, double max_norm) {
+  check_max_norm(max_norm);
   NoGradGuard no_grad;
   TensorList grads;
   std::vector<Tensor> with_grad;
@@ -166,11 +185,20 @@ Tensor clip_grad_norm_on_device(const TensorList& params, double max_norm) {
   return total;
 }
 
-double clip_grad_norm(const TensorList& params, double max_norm) {
+double clip_grad_norm(const TensorList& params, double max_norm, bool error_if_nonfinite) {
+  check_max_norm(max_norm);
   for (const Tensor& p : params) {
     const Tensor g = p.grad();
-    if (g.defined() && !g.device().is_cpu())
+    if (g.defined() && !g.device().is_cpu()) {
+      if (error_if_nonfinite) {  // the norm first, then the clipping: two passes, one read
+        NoGradGuard no_grad;
+        TensorList grads;
+        for (const Tensor& q : params)
+          if (q.grad().defined()) grads.push_back(q.grad());
+        check_total(std::sqrt(foreach_sum_squares(grads).item<double>()), true);
+      }
       return clip_grad_norm_on_device(params, max_norm).item<double>();
+    }
   }
   NoGradGuard no_grad;
   std::vector<Tensor> with_grad;
@@ -185,6 +213,7 @@ double clip_grad_norm(const TensorList& params, double max_norm) {
     with_grad.push_back(p);
   }
   const double total = std::sqrt(total_sq);
+  check_total(total, error_if_nonfinite);
   const double coef = max_norm / (total + 1e-6);
   // torch multiplies by min(coef, 1); a factor of exactly 1 changes nothing, so it is skipped.
   if (coef < 1.0 || std::isnan(coef)) {
@@ -200,10 +229,10 @@ double clip_grad_norm(const TensorList& params, double max_norm) {
   return total;
 }
 
-double clip_grad_norm(const NamedParams& params, double max_norm) {
+double clip_grad_norm(const NamedParams& params, double max_norm, bool error_if_nonfinite) {
   TensorList list;
   for (const auto& [name, p] : params) list.push_back(p);
-  return clip_grad_norm(list, max_norm);
+  return clip_grad_norm(list, max_norm, error_if_nonfinite);
 }
 
 Tensor clip_grad_norm_on_device(const NamedParams& params, double max_norm) {

@@ -81,9 +81,12 @@ class Optimizer {
 // when max_norm / (total + 1e-6) < 1 every gradient is multiplied by that factor, in place.
 // Returns the total norm before clipping (read on the host: one synchronisation on a device).
 // With gradients on a device the norm is computed there and read once (the function below plus
-// item()); on the CPU the norms are computed one gradient at a time, as before.
-double clip_grad_norm(const TensorList& params, double max_norm);
-double clip_grad_norm(const NamedParams& params, double max_norm);
+// item()); on the CPU the norms are computed one gradient at a time, as before. max_norm must
+// be finite and >= 0. A NaN or inf gradient makes the total non-finite and, as in torch, every
+// gradient NaN after clipping; with `error_if_nonfinite` that is an error instead, before any
+// gradient is changed (torch's error_if_nonfinite).
+double clip_grad_norm(const TensorList& params, double max_norm, bool error_if_nonfinite = false);
+double clip_grad_norm(const NamedParams& params, double max_norm, bool error_if_nonfinite = false);
 
 // The same clipping without any host read, for a step that must not wait for the device:
 // the norms, the factor min(1, max_norm / (total + 1e-6)) and the products all stay on the
