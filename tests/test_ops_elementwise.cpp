@@ -132,6 +132,18 @@ TEST_CASE("relu_backward: g where x > 0, differentiable in g, no gradient to x",
   Tensor xg = x.detach();
   xg.set_requires_grad(true);
   CHECK_FALSE(relu_backward(g, xg).requires_grad());
+  // NaN, as torch: relu(NaN) = NaN (a diverged value is not hidden as 0), and its backward
+  // passes the gradient; the fused linear + relu of the CPU does the same.
+  const std::vector<double> nan_in{NAN, -1, 2};
+  const Tensor xn = from_vector(nan_in, Shape{3}, DType::f64);
+  const auto r = relu(xn).to_vector<double>();
+  CHECK(std::isnan(r[0]));
+  CHECK(r[1] == 0);
+  CHECK(r[2] == 2);
+  CHECK(relu_backward(ones(Shape{3}, DType::f64), xn).to_vector<double>() ==
+        std::vector<double>{1, 0, 1});
+  const Tensor w = ones(Shape{1, 3}, DType::f64);
+  CHECK(std::isnan(linear(xn.reshape(Shape{1, 3}), w, Tensor(), Activation::relu).item<double>()));
 }
 
 TEST_CASE("sign carries no gradient", "[ops][unary]") {

@@ -41,7 +41,7 @@ Tensor linear_cpu(const Tensor& x, const Tensor& w, const Tensor& bias, Activati
       }
       if (act == Activation::relu) {
         cpu::parallel_range(rows * out, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t i = begin; i < end; ++i) py[i] = py[i] > T(0) ? py[i] : T(0);
+          for (int64_t i = begin; i < end; ++i) py[i] = py[i] <= T(0) ? T(0) : py[i];
         });
       }
     }

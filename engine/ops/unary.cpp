@@ -49,7 +49,7 @@ MT_CPU_UNARY(abs, std::abs(v))
 MT_CPU_UNARY(sign, T((v > T(0)) - (v < T(0))))
 MT_CPU_UNARY_VEC(tanh, a.tanh(), std::tanh(v))
 MT_CPU_UNARY_VEC(sigmoid, (T(1) + (-a).exp()).inverse(), T(1) / (T(1) + std::exp(-v)))
-MT_CPU_UNARY(relu, v > T(0) ? v : T(0))
+MT_CPU_UNARY(relu, v <= T(0) ? T(0) : v)  // NaN stays NaN, as torch
 MT_CPU_UNARY_VEC(erf, a.erf(), std::erf(v))
 MT_CPU_UNARY_VEC(sin, a.sin(), std::sin(v))
 MT_CPU_UNARY_VEC(cos, a.cos(), std::cos(v))
@@ -294,7 +294,8 @@ Tensor gelu_second_derivative(const Tensor& x) {
 DispatchStub<BinaryKernel> relu_backward_kernel("relu_backward");
 static void relu_backward_cpu(const Tensor& g, const Tensor& x, Tensor& out) {
   dispatch_float(out.dtype(), "relu_backward", [&]<class T>() {
-    cpu::map<T, T>(out, [](T gv, T v) -> T { return v > T(0) ? gv : T(0); }, g, x);
+    // NaN inputs pass the gradient, as torch's threshold_backward (it reads relu's NaN output).
+    cpu::map<T, T>(out, [](T gv, T v) -> T { return v <= T(0) ? T(0) : gv; }, g, x);
   });
 }
 [[maybe_unused]] static const bool relu_backward_registered =

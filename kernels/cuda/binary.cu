@@ -27,7 +27,7 @@ MT_BINARY_FUNCTOR(GeF, A(x >= y))
 MT_BINARY_FUNCTOR(GeluBackwardF,
                   x * (A(0.5) * (A(1) + m_erf(y * A(0.70710678118654752440))) +
                        y * m_exp(A(-0.5) * y * y) * A(0.39894228040143267794)))
-MT_BINARY_FUNCTOR(ReluBackwardF, y > A(0) ? x : A(0))
+MT_BINARY_FUNCTOR(ReluBackwardF, y <= A(0) ? A(0) : x)  // NaN passes the gradient
 #undef MT_BINARY_FUNCTOR
 
 struct AxpyF {

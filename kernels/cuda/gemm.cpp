@@ -185,6 +185,8 @@ struct LtProblem {
   static cublasLtEpilogue_t lt_epilogue(GemmEpilogue e) {
     switch (e) {
       case GemmEpilogue::bias: return CUBLASLT_EPILOGUE_BIAS;
+      // cuBLASLt's ReLU may map NaN to 0 where the engine's relu keeps NaN (unverified on a
+      // GPU): only a NaN pre-activation, already a diverged value, can tell them apart.
       case GemmEpilogue::relu: return CUBLASLT_EPILOGUE_RELU;
       case GemmEpilogue::relu_bias: return CUBLASLT_EPILOGUE_RELU_BIAS;
       default: return CUBLASLT_EPILOGUE_DEFAULT;

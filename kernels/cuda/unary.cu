@@ -21,7 +21,7 @@ MT_UNARY_FUNCTOR(AbsF, m_abs(v))
 MT_UNARY_FUNCTOR(SignF, A(int(v > A(0)) - int(v < A(0))))
 MT_UNARY_FUNCTOR(TanhF, m_tanh(v))
 MT_UNARY_FUNCTOR(SigmoidF, A(1) / (A(1) + m_exp(-v)))
-MT_UNARY_FUNCTOR(ReluF, v > A(0) ? v : A(0))
+MT_UNARY_FUNCTOR(ReluF, v <= A(0) ? A(0) : v)  // NaN stays NaN (the CPU kernel's rule)
 MT_UNARY_FUNCTOR(ErfF, m_erf(v))
 // gelu''(x) = phi(x) (2 - x^2), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
 MT_UNARY_FUNCTOR(GeluSecondDerivativeF,
