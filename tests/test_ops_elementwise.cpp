@@ -213,6 +213,21 @@ TEST_CASE("binary ops: first- and second-order gradients with broadcasting",
   }
 }
 
+TEST_CASE("pow: torch's gradients where the formulas meet 0 * inf", "[ops][binary][grad]") {
+  // a = (0, 0, 2), b = (2, 0, 0): d/db of a^b at a = 0, b >= 0 is 0 (the limit of a^b log a);
+  // d/da of a^0 is 0, also at a = 0.
+  Tensor a = from_vector(std::vector<double>{0, 0, 2}, Shape{3}, DType::f64).set_requires_grad(true);
+  Tensor b = from_vector(std::vector<double>{2, 0, 0}, Shape{3}, DType::f64).set_requires_grad(true);
+  const TensorList g = autograd::grad({sum(pow(a, b))}, {a, b});
+  CHECK(g[0].to_vector<double>() == std::vector<double>{0, 0, 0});  // 2 * 0^1, 0, 0
+  CHECK(g[1].to_vector<double>() == std::vector<double>{0, 0, std::log(2.0)});
+  // Away from those points the rule is unchanged: first and second order against differences.
+  auto f = [](const TensorList& in) { return pow(in[0], in[1]); };
+  const Tensor pa = random_tensor(Shape{5}, 0.5, 2.0, 41), pb = random_tensor(Shape{5}, -1, 2, 42);
+  CHECK(check_gradients("pow", f, {pa, pb}) > 0);
+  CHECK(check_second_order("pow", f, {pa, pb}) > 0);
+}
+
 TEST_CASE("scalar operators", "[ops][binary]") {
   Tensor x = random_tensor(Shape{3}, 0.5, 2, 8);
   auto f = [](const TensorList& in) {

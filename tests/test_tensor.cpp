@@ -223,4 +223,23 @@ TEST_CASE("misuse of tensors is an error, not a crash or a wrong value", "[tenso
   CHECK_THROWS_WITH(p.set_grad(zeros(Shape{3})), Catch::Contains("set_grad"));
   CHECK_THROWS_WITH(autograd::grad({sum(p)}, {undefined}),
                     Catch::Contains("inputs[0] is an undefined tensor"));
+  // Attention and embedding arguments that used to fail deep inside (or not at all).
+  const Tensor q = zeros(Shape{3, 4}), kv = zeros(Shape{4, 4});
+  VarlenAttention spec;
+  spec.heads = 2;
+  spec.q_lengths = {3};
+  spec.k_lengths = {4};
+  spec.q_times = zeros(Shape{3});
+  spec.k_times = zeros(Shape{4});
+  CHECK_THROWS_WITH(varlen_attention(q, kv, kv, spec), Catch::Contains("inv_freq is not"));
+  spec.q_times = Tensor();
+  spec.k_times = Tensor();
+  CHECK_THROWS_WITH(varlen_attention(q.to(DType::f64), kv, kv, spec),
+                    Catch::Contains("give them one dtype"));
+  CHECK_THROWS_WITH(flash_attention(q.reshape(Shape{3, 2, 2}), kv.reshape(Shape{4, 2, 2}),
+                                    kv.reshape(Shape{4, 2, 2}), {0, 3}, {0, 4}, NAN),
+                    Catch::Contains("scale is nan"));
+  const std::vector<int64_t> rows{0, 1};
+  CHECK_THROWS_WITH(embedding_backward(zeros(Shape{2, 3}), from_indices(rows, Shape{2}), -1),
+                    Catch::Contains("num_rows is -1"));
 }

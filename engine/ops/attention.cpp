@@ -182,6 +182,9 @@ Tensor varlen_attention(const Tensor& q, const Tensor& k, const Tensor& v,
   MT_CHECK(k.shape() == v.shape() && k.size(1) == q.size(1),
            "varlen_attention: k {} and v {} must match each other and q's features {}",
            k.shape().str(), v.shape().str(), q.size(1));
+  MT_CHECK(k.dtype() == q.dtype() && v.dtype() == q.dtype(),
+           "varlen_attention: q, k, v are {}, {}, {}; give them one dtype (convert with .to())",
+           dtype_name(q.dtype()), dtype_name(k.dtype()), dtype_name(v.dtype()));
   MT_CHECK(spec.q_lengths.size() == spec.k_lengths.size(),
            "varlen_attention: {} query lengths but {} key lengths; give one of each per sample",
            spec.q_lengths.size(), spec.k_lengths.size());

@@ -167,10 +167,18 @@ Tensor pow(const Tensor& a, const Tensor& b) {
   if (any_requires_grad(a, b)) {
     auto& node = record("pow", out, {&a, &b}, [](const Node& n, const Tensor& g) -> TensorList {
       Tensor a = n.saved(0), b = n.saved(1);
-      // d(a^b)/da = b a^(b-1), d(a^b)/db = a^b log(a) (defined for a > 0)
-      return {n.needs_input_grad(0) ? mul(g, mul(b, pow(a, sub(b, scalar_like(b, 1.0)))))
-                                    : Tensor(),
-              n.needs_input_grad(1) ? mul(g, mul(n.saved(2), log(a))) : Tensor()};
+      const Tensor zero = scalar_like(g, 0.0);
+      // d(a^b)/da = b a^(b-1), and 0 where b = 0 (a^0 is constant, also at a = 0, where the
+      // product would be 0 * inf); d(a^b)/db = a^b log(a), and 0 where a = 0 and b >= 0 (the
+      // limit of a^b log(a)). torch's rules; the masks carry no gradient.
+      return {n.needs_input_grad(0)
+                  ? where(eq(b, scalar_like(b, 0.0)), zero,
+                          mul(g, mul(b, pow(a, sub(b, scalar_like(b, 1.0))))))
+                  : Tensor(),
+              n.needs_input_grad(1)
+                  ? where(mul(eq(a, scalar_like(a, 0.0)), ge(b, scalar_like(b, 0.0))), zero,
+                          mul(g, mul(n.saved(2), log(a))))
+                  : Tensor()};
     });
     node.save(a);
     node.save(b);

@@ -90,6 +90,8 @@ Tensor embedding(const Tensor& weight, const Tensor& indices) {
 
 Tensor embedding_backward(const Tensor& rows, const Tensor& indices, int64_t num_rows) {
   check_operands("embedding_backward", {&rows});
+  MT_CHECK(num_rows >= 0, "embedding_backward: num_rows is {}; give the table's row count",
+           num_rows);
   const int64_t D = rows.dim() == 0 ? 0 : rows.shape()[rows.dim() - 1];
   MT_CHECK(rows.dim() == indices.dim() + 1 && rows.numel() == indices.numel() * D,
            "embedding_backward: rows {} do not match indices {} (expected indices.shape + (D,))",

@@ -318,6 +318,8 @@ TensorList backward_impl(const Tensor& q, const Tensor& k, const Tensor& v, cons
 Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                        const std::vector<int64_t>& cu_q, const std::vector<int64_t>& cu_k,
                        double scale, Tensor* lse) {
+  MT_CHECK(std::isfinite(scale), "flash_attention: scale is {}; give a finite softmax scale "
+           "(usually 1/sqrt(dh))", scale);
   return forward_impl(q, k, v, check_layout("flash_attention", q, k, v, cu_q, cu_k), scale, lse);
 }
 
@@ -325,6 +327,8 @@ TensorList flash_attention_backward(const Tensor& q, const Tensor& k, const Tens
                                     const Tensor& o, const Tensor& dO, const Tensor& lse,
                                     const std::vector<int64_t>& cu_q,
                                     const std::vector<int64_t>& cu_k, double scale) {
+  MT_CHECK(std::isfinite(scale), "flash_attention_backward: scale is {}; give the forward's "
+           "finite softmax scale", scale);
   OffsetsPtr off = check_layout("flash_attention_backward", q, k, v, cu_q, cu_k);
   check_operands("flash_attention_backward", {&q, &o, &dO});
   MT_CHECK(o.shape() == q.shape() && dO.shape() == q.shape(),
