@@ -22,13 +22,9 @@ const char* new_session_init_name(NewSessionInit init) {
   return init == NewSessionInit::random ? "random" : "mean";
 }
 
-namespace {
-
 bool is_session_table(const std::string& name) {
   return name.rfind("unit_emb.", 0) == 0 || name.rfind("session_emb.", 0) == 0;
 }
-
-}  // namespace
 
 int64_t transfer_to_new_sessions(Forecaster& trained, Forecaster& fresh, NewSessionInit init) {
   MT_CHECK(trained.kind() == fresh.kind(), "transfer: trained forecaster is {}, the new one {}",

@@ -22,6 +22,10 @@ enum class NewSessionInit { random, mean };
 NewSessionInit parse_new_session_init(const std::string& name);
 const char* new_session_init_name(NewSessionInit init);
 
+// Whether parameter `name` is a per-session embedding table (unit_emb., session_emb.): the
+// parameters whose shapes follow the sessions a model is built for.
+bool is_session_table(const std::string& name);
+
 // Copies every parameter of `trained` into `fresh` whose name and shape agree; the per-session
 // embedding tables (unit_emb., session_emb.), whose shapes differ, are set by `init`. Both must be
 // the same kind of forecaster; returns the number of tensors copied.

@@ -76,10 +76,6 @@ Evaluation evaluate_run(const cli::RunConfig& c, const meta::Forecaster& f,
                       t.meta.inner_steps, t.meta.inner_lr)};
 }
 
-bool is_session_table(const std::string& name) {
-  return name.rfind("unit_emb.", 0) == 0 || name.rfind("session_emb.", 0) == 0;
-}
-
 // Loads a run's model.safetensors into `f`, which the run's config built. Every parameter must
 // come from the file, except, with `new_sessions`, the per-session embedding tables (adapt: the
 // held-out sessions' tables are new). Anything else missing or of another shape means the
@@ -92,11 +88,12 @@ void load_run_model(meta::Forecaster& f, const std::string& run_dir, bool new_se
   // What does not fit: a tensor of another shape (with the reason), or one only one side has.
   std::vector<std::string> bad;
   for (const auto& sk : rep.skipped)
-    if (!(new_sessions && is_session_table(sk.name))) bad.push_back(sk.name + ": " + sk.reason);
+    if (!(new_sessions && meta::is_session_table(sk.name)))
+      bad.push_back(sk.name + ": " + sk.reason);
   for (const auto& m : rep.missing) {
     const bool mismatched = std::any_of(rep.skipped.begin(), rep.skipped.end(),
                                         [&](const io::SkippedTensor& sk) { return sk.name == m; });
-    if (!mismatched && !(new_sessions && is_session_table(m)))
+    if (!mismatched && !(new_sessions && meta::is_session_table(m)))
       bad.push_back(m + ": not in the file");
   }
   if (bad.empty()) return;
