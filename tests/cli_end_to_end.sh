@@ -95,6 +95,11 @@ check "eval --unadapted wrote its own file" grep -q '"procedure": "initial weigh
   "$work/fomaml/eval_val_unadapted.json"
 check "adapt of a meta-learned run" "$bin" adapt --run "$work/e2e" --set 'adapt.modes=["embeddings"]'
 check "adapt ran its inner loop" grep -q '"method": "inner-loop"' "$work/e2e/adapt.json"
+check "adapt with POCO's random rows for the new sessions" "$bin" adapt --run "$work/e2e" \
+  --set 'adapt.modes=["embeddings"]' --set adapt.new_session_init=random
+check "adapt recorded the initialisation" grep -q '"new_session_init": "random"' "$work/e2e/adapt.json"
+fails_with "an unknown new-session initialisation" "'zeros' is not known" "$bin" adapt \
+  --run "$work/e2e" --set adapt.new_session_init=zeros
 # A run folder is never mixed: a second train refuses it, --overwrite removes the old run first.
 fails_with "train into a run folder that holds a run" "holds a run already" "$bin" train \
   --run "$work/fomaml" "${small[@]}"

@@ -239,7 +239,8 @@ nlohmann::json RunConfig::to_json() const {
                       {"resolved", model.poco_config().to_json()}};
   nlohmann::json a = {{"modes", adapt.modes},
                       {"train", train_json(adapt.train)},
-                      {"lr_by_mode", adapt.lr_by_mode}};
+                      {"lr_by_mode", adapt.lr_by_mode},
+                      {"new_session_init", adapt.new_session_init}};
   return {{"data", d},  {"model", m},  {"train", train_json(train)},
           {"adapt", a}, {"online", fields_json(online)}, {"bench", fields_json(bench)},
           {"threads", threads}, {"saved_recompute", saved_recompute}};
@@ -296,6 +297,7 @@ RunConfig config_from_json(const nlohmann::json& j) {
     r.get("modes", c.adapt.modes);
     read_train(r.child("train"), "adapt.train", c.adapt.train);
     r.get("lr_by_mode", c.adapt.lr_by_mode);
+    r.get("new_session_init", c.adapt.new_session_init);
     r.finish();
   }
   read_fields(top.child("online"), "online", c.online);
@@ -343,6 +345,7 @@ RunConfig config_from_json(const nlohmann::json& j) {
            "config: bench.adapt_steps must be >= 0 and bench.adapt_eval_every, "
            "bench.adapt_batch_size, bench.memory_batch_size positive");
   meta::parse_new_session_init(c.bench.new_session_init);
+  meta::parse_new_session_init(c.adapt.new_session_init);
   MT_CHECK(c.bench.meta_lr > 0, "config: bench.meta_lr must be positive, got {}", c.bench.meta_lr);
   MT_CHECK(c.bench.inner_backbone_lr > 0, "config: bench.inner_backbone_lr must be positive, got {}",
            c.bench.inner_backbone_lr);

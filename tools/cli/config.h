@@ -26,6 +26,9 @@ struct DataSpec {
 
 struct AdaptSpec {
   std::vector<std::string> modes = {"embeddings", "embeddings+head", "all"};
+  // How the held-out sessions' embedding rows start, for every row of `metatape adapt`:
+  // "mean" (the mean trained row, as bench.new_session_init) or "random" (POCO's init).
+  std::string new_session_init = "mean";
   meta::TrainOptions train;  // steps, lr, eval_every, ... of the fine-tuning runs
   // Learning rate per mode (overrides train.lr): fewer tuned parameters take larger steps.
   std::map<std::string, double> lr_by_mode = {

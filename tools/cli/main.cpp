@@ -257,6 +257,10 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   MT_CHECK(!d.holdout.empty(),
            "adapt: the run has no held-out sessions; set data.holdout to the session names to "
            "adapt to");
+  MT_CHECK(!trained_sizes.empty(),
+           "adapt: {}/config.json lists no training sessions ('sessions', written by train); "
+           "restore the file",
+           run_dir);
   for (const auto& name : d.holdout.names())
     MT_CHECK(std::find(trained_on.begin(), trained_on.end(), name) == trained_on.end(),
              "adapt: data.holdout names '{}', a session the model was trained on ({}/config.json "
@@ -266,10 +270,23 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   const bool inner_row = c.train.method != "standard" && c.model.kind == "poco";
   if (inner_row)
     std::printf("note: this run was meta-learned (%s): the row inner-loop is the procedure it was "
-                "meta-learned for (SGD at train.meta.inner_lr on train.meta.params, new embedding "
-                "rows from bench.new_session_init, adapt.train.steps steps); the finetune rows use "
-                "AdamW (adapt.train, adapt.lr_by_mode) from fresh embedding rows\n",
+                "meta-learned for (SGD at train.meta.inner_lr on train.meta.params for "
+                "adapt.train.steps steps); the finetune rows use AdamW (adapt.train, "
+                "adapt.lr_by_mode)\n",
                 c.train.method.c_str());
+  // The trained model, with its own session tables: every adapted model starts from its weights,
+  // the held-out sessions' embedding rows set by adapt.new_session_init.
+  Generator g_trained(0);
+  auto trained = meta::make_forecaster(c.model, trained_sizes, g_trained);
+  load_run_model(*trained, run_dir, /*new_sessions=*/false, overridden);
+  const meta::NewSessionInit init = meta::parse_new_session_init(c.adapt.new_session_init);
+  auto transferred = [&] {
+    Generator gen(c.adapt.train.seed);
+    auto f = meta::make_forecaster(c.model, sizes_of(d.holdout), gen);
+    meta::transfer_to_new_sessions(*trained, *f, init);
+    f->to(device);
+    return f;
+  };
   for (const auto& mode : c.adapt.modes) {  // every mode runs: check them all before the first
     meta::TrainOptions t = c.adapt.train;
     if (c.model.kind == "poco") t.trainable = meta::finetune_prefixes(mode);
@@ -305,11 +322,7 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     row("copy_last", meta::train(*f, prepared, {}, none));
   }
   for (const auto& mode : c.adapt.modes) {
-    Generator gen(c.adapt.train.seed);
-    auto f = meta::make_forecaster(c.model, sizes_of(d.holdout), gen);
-    // The new sessions' embedding tables differ in shape and keep their fresh initialisation.
-    load_run_model(*f, run_dir, /*new_sessions=*/true, overridden);
-    f->to(device);
+    auto f = transferred();
     meta::TrainOptions t = c.adapt.train;
     if (f->kind() == "poco") t.trainable = meta::finetune_prefixes(mode);
     if (auto it = c.adapt.lr_by_mode.find(mode); it != c.adapt.lr_by_mode.end()) t.lr = it->second;
@@ -317,14 +330,7 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     row("finetune:" + mode, meta::train(*f, prepared, {}, t));
   }
   if (inner_row) {
-    // The trained model (its own session tables) gives the new rows their initialisation.
-    Generator g0(0), g1(c.adapt.train.seed);
-    auto trained = meta::make_forecaster(c.model, trained_sizes, g0);
-    load_run_model(*trained, run_dir, /*new_sessions=*/false, overridden);
-    auto f = meta::make_forecaster(c.model, sizes_of(d.holdout), g1);
-    meta::transfer_to_new_sessions(*trained, *f,
-                                   meta::parse_new_session_init(c.bench.new_session_init));
-    f->to(device);
+    auto f = transferred();
     meta::AdaptOptions a;
     a.procedure = "inner";
     a.params = c.train.meta.params;
@@ -361,11 +367,13 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                        {"peak_bytes", m.peak_bytes},
                        {"diverged_sessions", m.diverged_sessions},
                        {"inner_lr", a.lr},
-                       {"new_session_init", c.bench.new_session_init},
+                       {"new_session_init", c.adapt.new_session_init},
                        {"mean_curve", curve},
                        {"sessions", sessions}});
   }
-  json out = {{"sessions", session_json(d.holdout)}, {"methods", results}};
+  json out = {{"sessions", session_json(d.holdout)},
+              {"new_session_init", c.adapt.new_session_init},
+              {"methods", results}};
   cli::write_file_atomic(run_dir + "/adapt.json", out.dump(2) + "\n");
   return out;
 }
