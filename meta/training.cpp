@@ -66,6 +66,16 @@ std::vector<int64_t> meta_sessions_of(const data::PreparedData& data,
 
 }  // namespace
 
+Metrics evaluate_as_used(const Forecaster& f, const data::PreparedData& data, data::Split split,
+                         const TrainOptions& opt, const std::vector<int64_t>& sessions,
+                         const std::vector<int64_t>& session_of) {
+  if (opt.method == "standard")
+    return evaluate(f, data, split, sessions, opt.eval_batch_size, session_of);
+  return evaluate_after_inner_loop(f, data, sessions, opt.meta.inner_steps, opt.meta.inner_lr,
+                                   opt.meta.params, opt.batch_size, opt.eval_batch_size, opt.seed,
+                                   split, session_of);
+}
+
 void check_train_options(const TrainOptions& o, const std::string& where) {
   MT_CHECK(o.method == "standard" || o.method == "fomaml" || o.method == "e2e-ttt",
            "{}.method '{}' is not known; use standard, fomaml or e2e-ttt", where, o.method);
@@ -168,13 +178,7 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
     EvalPoint p;
     p.step = step;
     p.train_loss = loss_count ? loss_sum / double(loss_count) : NAN;
-    // A meta-learned model is validated as it is used: after its inner loop on each session.
-    p.val = meta_method ? evaluate_after_inner_loop(f, data, sessions, opt.meta.inner_steps,
-                                                    opt.meta.inner_lr, opt.meta.params,
-                                                    opt.batch_size, opt.eval_batch_size,
-                                                    opt.seed, data::Split::Val, session_of)
-                        : evaluate(f, data, data::Split::Val, sessions, opt.eval_batch_size,
-                                   session_of);
+    p.val = evaluate_as_used(f, data, data::Split::Val, opt, sessions, session_of);
     p.seconds = elapsed();
     result.eval_seconds += p.seconds - eval_start;
     loss_sum = 0;

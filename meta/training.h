@@ -78,6 +78,14 @@ void check_training(const Forecaster& forecaster, const data::PreparedData& data
                     const std::vector<int64_t>& sessions, const TrainOptions& options,
                     const std::string& where = "train");
 
+// Scores `split` as a model trained with `options` is meant to be used: a meta-learned one
+// (fomaml, e2e-ttt) after its inner loop on each session's support windows
+// (evaluate_after_inner_loop), a standard one as it is (evaluate). Training validates with it.
+Metrics evaluate_as_used(const Forecaster& forecaster, const data::PreparedData& data,
+                         data::Split split, const TrainOptions& options,
+                         const std::vector<int64_t>& sessions = {},
+                         const std::vector<int64_t>& session_of = {});
+
 // Trains `forecaster` on the training windows of `sessions` (all when empty), evaluating on their
 // validation windows. `on_eval` is called at every evaluation point (for metrics.jsonl);
 // `on_best` when the validation score improves (for the best checkpoint). At the end the

@@ -159,9 +159,9 @@ void check_total(double total, bool error_if_nonfinite) {
            total);
 }
 
-}  // namespace
-
-Tensor clip_grad_norm_on_device(const TensorList& params, double max_norm) {
+// The device clipping of clip_grad_norm_on_device; with `error_if_nonfinite`, the total is read
+// (one synchronisation) and checked before any gradient changes.
+Tensor clip_on_device(const TensorList& params, double max_norm, bool error_if_nonfinite) {
   check_max_norm(max_norm);
   NoGradGuard no_grad;
   TensorList grads;
@@ -177,6 +177,7 @@ Tensor clip_grad_norm_on_device(const TensorList& params, double max_norm) {
   // summed over every gradient in one multi-tensor pass (engine/ops/foreach.cpp; the host path's
   // rounding differs by ~1e-16 relative).
   const Tensor total = sqrt(foreach_sum_squares(grads));  // 0-d f64
+  if (error_if_nonfinite) check_total(total.item<double>(), true);
   // torch multiplies by clamp(coef, max=1); a factor of exactly 1 changes nothing.
   const Tensor coef = clamp(div(scalar_like(total, max_norm), add(total, 1e-6)), std::nullopt, 1.0);
   // New gradients (a gradient may be a broadcast view, or shared): each g * coef.to(g.dtype()).
@@ -185,20 +186,18 @@ Tensor clip_grad_norm_on_device(const TensorList& params, double max_norm) {
   return total;
 }
 
+}  // namespace
+
+Tensor clip_grad_norm_on_device(const TensorList& params, double max_norm) {
+  return clip_on_device(params, max_norm, /*error_if_nonfinite=*/false);
+}
+
 double clip_grad_norm(const TensorList& params, double max_norm, bool error_if_nonfinite) {
   check_max_norm(max_norm);
   for (const Tensor& p : params) {
     const Tensor g = p.grad();
-    if (g.defined() && !g.device().is_cpu()) {
-      if (error_if_nonfinite) {  // the norm first, then the clipping: two passes, one read
-        NoGradGuard no_grad;
-        TensorList grads;
-        for (const Tensor& q : params)
-          if (q.grad().defined()) grads.push_back(q.grad());
-        check_total(std::sqrt(foreach_sum_squares(grads).item<double>()), true);
-      }
-      return clip_grad_norm_on_device(params, max_norm).item<double>();
-    }
+    if (g.defined() && !g.device().is_cpu())
+      return clip_on_device(params, max_norm, error_if_nonfinite).item<double>();
   }
   NoGradGuard no_grad;
   std::vector<Tensor> with_grad;

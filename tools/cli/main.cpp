@@ -64,13 +64,15 @@ struct Evaluation {
 Evaluation evaluate_run(const cli::RunConfig& c, const meta::Forecaster& f,
                         const data::PreparedData& prepared, data::Split split,
                         bool unadapted = false) {
-  const meta::TrainOptions& t = c.train;
-  if (t.method == "standard" || unadapted)
-    return {meta::evaluate(f, prepared, split, {}, t.eval_batch_size),
-            t.method == "standard" ? "as trained" : "initial weights, without the inner loop"};
-  return {meta::evaluate_after_inner_loop(f, prepared, {}, t.meta.inner_steps, t.meta.inner_lr,
-                                          t.meta.params, t.batch_size, t.eval_batch_size, t.seed,
-                                          split),
+  meta::TrainOptions t = c.train;
+  if (t.method == "standard")
+    return {meta::evaluate_as_used(f, prepared, split, t), "as trained"};
+  if (unadapted) {
+    t.method = "standard";  // the initial weights as they are
+    return {meta::evaluate_as_used(f, prepared, split, t),
+            "initial weights, without the inner loop"};
+  }
+  return {meta::evaluate_as_used(f, prepared, split, t),
           fmt::format("after the {}-step inner loop (SGD at lr {}) on each session's support "
                       "windows, as validated in training",
                       t.meta.inner_steps, t.meta.inner_lr)};
@@ -287,12 +289,14 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     f->to(device);
     return f;
   };
-  for (const auto& mode : c.adapt.modes) {  // every mode runs: check them all before the first
-    meta::TrainOptions t = c.adapt.train;
-    if (c.model.kind == "poco") t.trainable = meta::finetune_prefixes(mode);
+  {  // every mode runs: check them all before the first, on one model of the held-out sizes
     Generator gen(c.adapt.train.seed);
-    auto f = meta::make_forecaster(c.model, sizes_of(d.holdout), gen);
-    meta::check_training(*f, prepared, {}, t, "adapt.train");
+    const auto probe = meta::make_forecaster(c.model, sizes_of(d.holdout), gen);
+    for (const auto& mode : c.adapt.modes) {
+      meta::TrainOptions t = c.adapt.train;
+      if (c.model.kind == "poco") t.trainable = meta::finetune_prefixes(mode);
+      meta::check_training(*probe, prepared, {}, t, "adapt.train");
+    }
   }
   json results = json::array();
   std::printf("\nadaptation to %lld unseen sessions (%s)\n", (long long)d.holdout.size(),
