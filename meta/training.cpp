@@ -6,9 +6,12 @@
 #include <cstdio>
 #include <map>
 #include <random>
+#include <set>
+#include <sstream>
 
 #include "engine/autograd/engine.h"
 #include "engine/autograd/grad_mode.h"
+#include "engine/io/safetensors.h"
 #include "engine/optim/adamw.h"
 #include "meta/adaptation.h"
 #include "meta/maml.h"
@@ -64,7 +67,90 @@ std::vector<int64_t> meta_sessions_of(const data::PreparedData& data,
   return out;
 }
 
+// ---- training state (ResumeOptions) ----
+constexpr const char* kStateKey = "metatape.train_state";  // metadata: the state's JSON
+
+nlohmann::json number_or_null(double v) {
+  return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
+}
+
+nlohmann::json eval_point_json(const EvalPoint& p) {
+  return {{"step", p.step}, {"seconds", p.seconds}, {"train_loss", number_or_null(p.train_loss)},
+          {"val", p.val.to_json()}};
+}
+
+// The inverse of eval_point_json (and of Metrics::to_json); JSON doubles round-trip exactly.
+EvalPoint eval_point_from_json(const nlohmann::json& j) {
+  auto num = [](const nlohmann::json& v, double if_null) {
+    return v.is_null() ? if_null : v.get<double>();
+  };
+  EvalPoint p;
+  p.step = j.at("step").get<int64_t>();
+  p.seconds = j.at("seconds").get<double>();
+  p.train_loss = num(j.at("train_loss"), NAN);
+  const nlohmann::json& v = j.at("val");
+  p.val.mse = num(v.at("mse"), NAN);
+  p.val.mae = num(v.at("mae"), NAN);
+  p.val.score = num(v.at("score"), NAN);
+  p.val.r2 = num(v.at("r2"), NAN);
+  for (const auto& s : v.at("sessions")) {
+    SessionMetrics m;
+    m.name = s.at("session").get<std::string>();
+    m.windows = s.at("windows").get<int64_t>();
+    m.mse = num(s.at("mse"), NAN);
+    m.mae = num(s.at("mae"), NAN);
+    m.copy_mse = num(s.at("copy_mse"), NAN);
+    m.score = num(s.at("score"), NAN);
+    m.r2 = num(s.at("r2"), NAN);
+    p.val.sessions.push_back(m);
+  }
+  return p;
+}
+
+Tensor to_cpu_copy(const Tensor& t) {
+  NoGradGuard no_grad;
+  return t.detach().to(kCPU).contiguous();
+}
+
+// Where two identities first differ, as a JSON pointer ("/train/lr"), for the refusal message.
+std::string first_difference(const nlohmann::json& stored, const nlohmann::json& now) {
+  const nlohmann::json patch = nlohmann::json::diff(stored, now);
+  if (patch.empty()) return "";
+  return patch[0].value("path", std::string("/"));
+}
+
+// Copies `src` (a CPU tensor from the state file) into `dst`, checking the shape and dtype.
+void restore_into(Tensor& dst, const Tensor* src, const std::string& name,
+                  const std::string& path) {
+  MT_CHECK(src != nullptr,
+           "{}: the training state has no tensor '{}'; the file is not this run's state "
+           "(delete it to train from the start)",
+           path, name);
+  MT_CHECK(src->shape() == dst.shape() && src->dtype() == dst.dtype(),
+           "{}: '{}' is {} {} in the training state but {} {} in the model; the file is not this "
+           "run's state (delete it to train from the start)",
+           path, name, dtype_name(src->dtype()), src->shape().str(), dtype_name(dst.dtype()),
+           dst.shape().str());
+  NoGradGuard no_grad;
+  dst.copy_(*src);
+}
+
 }  // namespace
+
+nlohmann::json read_train_state_metadata(const std::string& path) {
+  const io::SafetensorsHeader h = io::read_safetensors_header(path);
+  auto it = h.metadata.find(kStateKey);
+  MT_CHECK(it != h.metadata.end(),
+           "{}: not a training state (no '{}' metadata); it is written by train with a state "
+           "path (metatape train writes <run>/train_state.safetensors)",
+           path, kStateKey);
+  nlohmann::json j = nlohmann::json::parse(it->second, nullptr, /*allow_exceptions=*/false);
+  MT_CHECK(j.is_object() && j.contains("step") && j.contains("curve") && j.contains("identity"),
+           "{}: the training state's metadata is damaged; delete the file to train from the "
+           "start",
+           path);
+  return j;
+}
 
 Metrics evaluate_as_used(const Forecaster& f, const data::PreparedData& data, data::Split split,
                          const TrainOptions& opt, const std::vector<int64_t>& sessions,
@@ -133,8 +219,11 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
                   const std::vector<int64_t>& sessions_in, const TrainOptions& opt,
                   const std::vector<int64_t>& session_of,
                   const std::function<void(const EvalPoint&)>& on_eval,
-                  const std::function<void(const EvalPoint&)>& on_best) {
+                  const std::function<void(const EvalPoint&)>& on_best,
+                  const ResumeOptions& resume) {
   check_training(f, data, sessions_in, opt);
+  MT_CHECK(!resume.resume || !resume.state_path.empty(),
+           "training: resuming needs the state file (ResumeOptions::state_path)");
   const std::vector<int64_t> sessions = all_if_empty(sessions_in, data);
   std::vector<data::WindowRef> pool;
   for (int64_t s : sessions)
@@ -164,8 +253,10 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
   Generator dropout_gen(opt.seed ^ 0x9E3779B97F4A7C15ull);
   reset_peak_memory_stats();
   const auto start = std::chrono::steady_clock::now();
+  double seconds_before = 0;  // wall time of the interrupted part of a resumed run
   auto elapsed = [&] {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return seconds_before +
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
   const bool meta_method = opt.method != "standard";
   std::vector<Tensor> best_params;
@@ -195,11 +286,116 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
     }
   };
 
-  evaluate_point(0);
   // Sessions with both support and query windows take part in meta-learning (check_training:
   // at least meta_batch of them).
   std::vector<int64_t> meta_sessions;
   if (meta_method) meta_sessions = meta_sessions_of(data, sessions);
+
+  // The whole state after the evaluation point of `step` (loss_sum and loss_count are 0 there).
+  int64_t peak_before = 0;  // peak bytes of the interrupted part of a resumed run
+  auto save_state = [&](int64_t step) {
+    io::NamedTensors tensors;
+    if (module)
+      for (auto& [name, t] : module->named_parameters())
+        tensors.emplace_back("param." + name, to_cpu_copy(t));
+    if (best_params.size() == params.size())
+      for (size_t i = 0; i < params.size(); ++i)
+        tensors.emplace_back("best." + params[i].first, to_cpu_copy(best_params[i]));
+    if (adam)
+      for (auto& [name, t] : adam->state_dict()) tensors.emplace_back("optim." + name, to_cpu_copy(t));
+    std::ostringstream rng_text;
+    rng_text << rng;
+    nlohmann::json curve = nlohmann::json::array();
+    for (const auto& p : result.curve) curve.push_back(eval_point_json(p));
+    std::vector<std::string> trainable;
+    for (auto& [name, t] : params) trainable.push_back(name);
+    const nlohmann::json state = {
+        {"version", 1},
+        {"step", step},
+        {"steps", opt.steps},
+        {"identity", resume.identity},
+        {"trainable", trainable},
+        {"best_step", result.best_step},
+        {"best_score", number_or_null(result.best_score)},
+        {"curve", curve},
+        {"seconds", elapsed()},
+        {"eval_seconds", result.eval_seconds},
+        {"peak_bytes", std::max(peak_before, memory_stats(f.device()).peak_allocated_bytes)},
+        {"window_rng", rng_text.str()},
+        {"dropout_generator", {dropout_gen.seed(), dropout_gen.offset()}},
+        {"meta_sessions", meta_sessions}};
+    io::save_safetensors(resume.state_path, tensors, {{kStateKey, state.dump()}});
+  };
+
+  int64_t first_step = 1;
+  if (resume.resume) {
+    const std::string& path = resume.state_path;
+    const nlohmann::json state = read_train_state_metadata(path);
+    const std::string differs = first_difference(state["identity"], resume.identity);
+    MT_CHECK(differs.empty(),
+             "{}: the training state was written by another run: its config differs at '{}'; "
+             "resume with the run's own config, or delete the file to train from the start",
+             path, differs);
+    try {
+      const int64_t step = state.at("step").get<int64_t>();
+      MT_CHECK(step <= opt.steps,
+               "{}: the training state is at step {}, past train.steps ({}); set train.steps to "
+               "at least {}",
+               path, step, opt.steps, step);
+      std::vector<std::string> trainable;
+      for (auto& [name, t] : params) trainable.push_back(name);
+      MT_CHECK(state.at("trainable").get<std::vector<std::string>>() == trainable,
+               "{}: the training state trains other parameters than train.trainable selects; "
+               "resume with the run's own config",
+               path);
+      const io::SafetensorsContents contents = io::load_safetensors(path);
+      if (module)
+        for (auto& [name, t] : module->named_parameters())
+          restore_into(t, contents.find("param." + name), "param." + name, path);
+      best_params.clear();
+      if (!params.empty() && contents.find("best." + params[0].first) != nullptr)
+        for (auto& [name, t] : params) {
+          Tensor b = t.detach().clone();
+          restore_into(b, contents.find("best." + name), "best." + name, path);
+          best_params.push_back(b);
+        }
+      if (adam) {
+        optim::NamedParams optim_state;
+        for (const auto& [name, t] : contents.tensors)
+          if (name.rfind("optim.", 0) == 0) optim_state.emplace_back(name.substr(6), t);
+        adam->load_state_dict(optim_state);
+      }
+      std::istringstream rng_text(state.at("window_rng").get<std::string>());
+      rng_text >> rng;
+      MT_CHECK(!rng_text.fail(), "{}: the training state's window_rng is damaged", path);
+      const auto gen_state = state.at("dropout_generator").get<std::vector<uint64_t>>();
+      MT_CHECK(gen_state.size() == 2, "{}: the training state's dropout_generator is damaged",
+               path);
+      dropout_gen.set_state(gen_state[0], gen_state[1]);
+      const auto order = state.at("meta_sessions").get<std::vector<int64_t>>();
+      MT_CHECK(std::multiset<int64_t>(order.begin(), order.end()) ==
+                   std::multiset<int64_t>(meta_sessions.begin(), meta_sessions.end()),
+               "{}: the training state's meta-learning sessions are not this data's; resume "
+               "with the run's own data",
+               path);
+      meta_sessions = order;
+      for (const auto& p : state.at("curve")) result.curve.push_back(eval_point_from_json(p));
+      result.best_step = state.at("best_step").get<int64_t>();
+      result.best_score =
+          state.at("best_score").is_null() ? -INFINITY : state.at("best_score").get<double>();
+      result.eval_seconds = state.at("eval_seconds").get<double>();
+      peak_before = state.at("peak_bytes").get<int64_t>();
+      seconds_before = state.at("seconds").get<double>();
+      first_step = step + 1;
+    } catch (const nlohmann::json::exception& e) {
+      MT_FAIL("{}: the training state's metadata is damaged ({}); delete the file to train from "
+              "the start",
+              path, e.what());
+    }
+  } else {
+    evaluate_point(0);
+    if (!resume.state_path.empty()) save_state(0);
+  }
   auto sample = [&](const std::vector<int64_t>& starts, int64_t s) {
     std::vector<data::WindowRef> refs;
     std::uniform_int_distribution<size_t> any(0, starts.size() - 1);
@@ -240,7 +436,8 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
     return loss_total / double(opt.meta.meta_batch);
   };
 
-  for (int64_t step = 1; step <= opt.steps && adam; ++step) {
+  const double seconds_at_first = elapsed();
+  for (int64_t step = first_step; step <= opt.steps && adam; ++step) {
     double loss_value = 0;
     adam->zero_grad();
     if (meta_method) {
@@ -267,17 +464,20 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
     loss_sum += loss_value;
     ++loss_count;
     if (opt.log_progress && (step % 10 == 0 || step == opt.steps)) {
-      const double t = elapsed(), rate = double(step) / t;
+      const double t = elapsed(), rate = double(step - first_step + 1) / (t - seconds_at_first);
       std::fprintf(stderr, "\rstep %lld/%lld  loss %.4f  %.1f steps/s  ETA %s   ",
                    (long long)step, (long long)opt.steps, loss_value, rate,
                    format_eta(double(opt.steps - step) / rate).c_str());
       std::fflush(stderr);
     }
-    if (step % opt.eval_every == 0 || step == opt.steps) evaluate_point(step);
+    if (step % opt.eval_every == 0 || step == opt.steps) {
+      evaluate_point(step);
+      if (!resume.state_path.empty()) save_state(step);
+    }
   }
-  if (opt.log_progress && opt.steps > 0) std::fprintf(stderr, "\n");
+  if (opt.log_progress && first_step <= opt.steps) std::fprintf(stderr, "\n");
   result.seconds = elapsed() - result.eval_seconds;
-  result.peak_bytes = memory_stats(f.device()).peak_allocated_bytes;
+  result.peak_bytes = std::max(peak_before, memory_stats(f.device()).peak_allocated_bytes);
   // Restore the best parameters.
   if (!best_params.empty()) {
     NoGradGuard no_grad;

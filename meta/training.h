@@ -86,15 +86,45 @@ Metrics evaluate_as_used(const Forecaster& forecaster, const data::PreparedData&
                          const std::vector<int64_t>& sessions = {},
                          const std::vector<int64_t>& session_of = {});
 
+// Resumable training: the whole state of a run, saved at every evaluation point, from which an
+// interrupted run continues as if it had not stopped.
+struct ResumeOptions {
+  // Where train() writes its state after every evaluation point (step 0 included): a
+  // safetensors file with the model's current parameters ("param.<name>"), the best evaluation's
+  // trainable parameters ("best.<name>"), the AdamW state ("optim.<name>.<state>") and, in its
+  // metadata, the step, the curve so far, the best step and score, the window-sampling and
+  // dropout random-number states, the meta-batch session order and the elapsed seconds.
+  // Written atomically (io::save_safetensors): a crash leaves the previous state. "" = none.
+  std::string state_path;
+  // Continue from the state in `state_path` instead of starting at step 0. With the same
+  // forecaster (as built, before training), data, options and device, the continued run's
+  // parameters, curve and best model are bitwise those of the run that did not stop.
+  // `options.steps` may be larger than the interrupted run's (train longer); it may not be
+  // smaller than the state's step.
+  bool resume = false;
+  // Stored in the state and compared on resume: a state written for another run (another
+  // config or data) is refused. Typically the run's config without `train.steps`.
+  nlohmann::json identity;
+};
+
 // Trains `forecaster` on the training windows of `sessions` (all when empty), evaluating on their
 // validation windows. `on_eval` is called at every evaluation point (for metrics.jsonl);
 // `on_best` when the validation score improves (for the best checkpoint). At the end the
-// parameters of the best evaluation are restored into the model.
+// parameters of the best evaluation are restored into the model. With `resume.state_path`, the
+// state is saved at every evaluation point, and `resume.resume` continues from it (the curve up
+// to the state's step is in the result; `on_eval` and `on_best` are called for the new points
+// only; seconds, eval_seconds and peak_bytes cover both parts).
 TrainResult train(Forecaster& forecaster, const data::PreparedData& data,
                   const std::vector<int64_t>& sessions, const TrainOptions& options,
                   const std::vector<int64_t>& session_of = {},
                   const std::function<void(const EvalPoint&)>& on_eval = {},
-                  const std::function<void(const EvalPoint&)>& on_best = {});
+                  const std::function<void(const EvalPoint&)>& on_best = {},
+                  const ResumeOptions& resume = {});
+
+// The metadata of a training state file (ResumeOptions::state_path) without its tensors: "step",
+// "steps" (train.steps of the run that wrote it), "best_step", "best_score", "curve", "identity".
+// Errors name the file.
+nlohmann::json read_train_state_metadata(const std::string& path);
 
 // Named sets of test-time parameters (fine-tuning modes, adaptation ablations) as name prefixes:
 // "embeddings" (unit and session embeddings), "embeddings+head" (plus the FiLM head),

@@ -108,6 +108,30 @@ check "--overwrite removed the old run's results" test ! -e "$work/fomaml/eval_v
 check "--overwrite wrote the new method" grep -q '"method": "standard"' "$work/fomaml/config.json"
 check "a run's config.json is a valid --config" "$bin" train --config "$work/poco/config.json" \
   --run "$work/poco_again" --set train.steps=2
+# Resumable training: train_state.safetensors holds the state of the last evaluation point. A run
+# that stopped at step 6 and is resumed to step 9 ends byte for byte as a 9-step run (same model
+# file, same curve); the config may change only in train.steps.
+check "train 9 steps" "$bin" train --run "$work/nine" "${small[@]}" --set train.steps=9
+check "train 6 steps" "$bin" train --run "$work/six" "${small[@]}"
+check "the run folder has a training state" test -s "$work/six/train_state.safetensors"
+fails_with "resume a finished run" "nothing to resume" "$bin" train --run "$work/six" --resume
+fails_with "resume with another config value" "at '/train/lr'" "$bin" train --run "$work/six" \
+  --resume --set train.steps=9 --set train.lr=0.5
+fails_with "resume with --config" "drop --config" "$bin" train --run "$work/six" --resume \
+  --config "$work/six/config.json"
+fails_with "resume a folder without a run" "no config.json" "$bin" train --run "$work/none" --resume
+check "resume 6 -> 9 steps" "$bin" train --run "$work/six" --resume --set train.steps=9
+check "the resumed run's model is the 9-step run's" cmp "$work/nine/model.safetensors" \
+  "$work/six/model.safetensors"
+check "the resumed run's curve is the 9-step run's" test \
+  "$(grep -o '"score":[^,]*' "$work/six/metrics.jsonl")" = \
+  "$(grep -o '"score":[^,]*' "$work/nine/metrics.jsonl")"
+check "the resumed run has 4 evaluation points" test "$(wc -l <"$work/six/metrics.jsonl")" -eq 4
+check "the resumed run's config has the new train.steps" grep -q '"steps": 9' "$work/six/config.json"
+rm "$work/six/train_state.safetensors"
+rm "$work/six/summary.json"
+fails_with "resume without a training state" "has no train_state.safetensors" "$bin" train \
+  --run "$work/six" --resume
 # Values checked before the run folder exists.
 fails_with "inner_lr 0" "train.meta.inner_lr must be a positive number" "$bin" train \
   --run "$work/bad_inner" "${small[@]}" --method fomaml --set train.meta.inner_lr=0

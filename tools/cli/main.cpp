@@ -1,7 +1,8 @@
 // metatape: the command-line tool. Subcommands:
 //   data synth   write a synthetic multi-session data set (POCO's npz format)
 //   train        train a forecaster on the training sessions; a run folder with config.json,
-//                metrics.jsonl, model.safetensors (best validation score) and summary.json
+//                metrics.jsonl, model.safetensors (best validation score),
+//                train_state.safetensors (to --resume from) and summary.json
 //   eval         evaluate a run's model on a split
 //   adapt        adapt a run's model to held-out sessions by fine-tuning (per mode), with curves
 //   bench        adaptation: the meta-learning experiment plan end to end; memory: E2E-TTT peak
@@ -112,7 +113,7 @@ void load_run_model(meta::Forecaster& f, const std::string& run_dir, bool new_se
 // (eval_<split>[_unadapted].json).
 bool is_run_file(const std::string& name) {
   for (const char* f : {"config.json", "metrics.jsonl", "model.safetensors", "summary.json",
-                        "adapt.json", "online.json"})
+                        "train_state.safetensors", "adapt.json", "online.json"})
     if (name == f) return true;
   return name.rfind("eval_", 0) == 0 && name.size() > 10 &&
          name.compare(name.size() - 5, 5, ".json") == 0;
@@ -143,14 +144,73 @@ void note_if_unfinished(const std::string& run_dir) {
   if (!fs::exists(run_dir + "/summary.json"))
     std::fprintf(stderr,
                  "note: %s has no summary.json: its training did not finish (interrupted or "
-                 "failed); model.safetensors is the best validation checkpoint up to then\n",
-                 run_dir.c_str());
+                 "failed); model.safetensors is the best validation checkpoint up to then "
+                 "(metatape train --resume --run %s continues the training)\n",
+                 run_dir.c_str(), run_dir.c_str());
+}
+
+// What a training state must match to be resumed: the run's data, sessions, model and training
+// options, except train.steps (a finished run may train longer) and the progress line. Threads
+// are left out: resuming with another thread count is allowed (sums may then differ in the last
+// bits from the uninterrupted run's).
+json training_identity(const json& config) {
+  json id = {{"data", config.at("data")},
+             {"model", config.at("model")},
+             {"train", config.at("train")},
+             {"saved_recompute", config.at("saved_recompute")},
+             {"sessions", config.at("sessions")}};
+  id["train"].erase("steps");
+  id["train"].erase("log_progress");
+  return id;
+}
+
+// The result files of a finished run that training longer makes stale (summary, eval, adapt,
+// online): removed, and named on stderr.
+void remove_results(const std::string& run_dir) {
+  std::vector<fs::path> stale;
+  for (const auto& e : fs::directory_iterator(run_dir)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_regular_file() && is_run_file(name) && name != "config.json" &&
+        name != "metrics.jsonl" && name != "model.safetensors" && name != "train_state.safetensors")
+      stale.push_back(e.path());
+  }
+  for (const auto& p : stale) {
+    std::fprintf(stderr, "note: removed %s (the results of the shorter run)\n", p.c_str());
+    fs::remove(p);
+  }
+}
+
+// Brings a run folder back to its training state before resuming: metrics.jsonl holds the
+// state's curve (points a crash left after the state are dropped; the resumed run writes them
+// again) and model.safetensors the state's best parameters.
+void restore_run_files(const std::string& run_dir, const std::string& state_path, const json& state,
+                       const json& config) {
+  std::string lines;
+  for (const auto& p : state.at("curve")) {
+    json line = {{"step", p.at("step")}, {"seconds", p.at("seconds")}, {"val", p.at("val")}};
+    if (!p.at("train_loss").is_null()) line["train_loss"] = p.at("train_loss");
+    lines += line.dump() + "\n";
+  }
+  cli::write_file_atomic(run_dir + "/metrics.jsonl", lines);
+  const io::SafetensorsContents contents = io::load_safetensors(state_path);
+  io::NamedTensors best;
+  for (const auto& [name, t] : contents.tensors) {
+    if (name.rfind("param.", 0) != 0) continue;
+    const std::string param = name.substr(6);
+    const Tensor* b = contents.find("best." + param);
+    best.emplace_back(param, b ? *b : t);
+  }
+  double best_score = state.at("best_score").is_null() ? NAN : state.at("best_score").get<double>();
+  io::save_checkpoint(run_dir + "/model.safetensors", best,
+                      {{"config", config}, {"step", state.at("best_step")}, {"val_score", best_score}});
 }
 
 // The model is initialised (train) or loaded (adapt) on the CPU and then moved to `device`:
 // the same weights on every device; batches follow it (meta::to_batch).
+// With `resume`, the run in `run_dir` (its config.json gave `c`) continues from its
+// train_state.safetensors.
 json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& d,
-               Device device = kCPU, bool overwrite = false) {
+               Device device = kCPU, bool overwrite = false, bool resume = false) {
   data::PreparedData prepared(d.train, c.data.prep);
   for (const auto& note : prepared.notes()) std::fprintf(stderr, "note: %s\n", note.c_str());
   Generator gen(c.train.seed);
@@ -160,13 +220,47 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   if (c.train.method == "fomaml" && c.train.meta.checkpoint_steps > 0)
     std::fprintf(stderr, "note: train.meta.checkpoint_steps has no effect with fomaml (its inner "
                          "steps keep no graph to recompute)\n");
-  prepare_run_folder(run_dir, overwrite);
-  f->to(device);
   json config = c.to_json();
   config["sessions"] = session_json(d.train);
   config["holdout_sessions"] = session_json(d.holdout);
+  meta::ResumeOptions state;
+  state.state_path = run_dir + "/train_state.safetensors";
+  state.identity = training_identity(config);
+  state.resume = resume;
+  if (resume) {
+    MT_CHECK(fs::exists(state.state_path),
+             "--resume: {} has no train_state.safetensors (a run trained before resumable "
+             "training, or one whose first validation did not finish); train it again with "
+             "--overwrite",
+             run_dir);
+    const json saved = meta::read_train_state_metadata(state.state_path);
+    const int64_t at = saved.at("step").get<int64_t>();
+    if (fs::exists(run_dir + "/summary.json")) {
+      MT_CHECK(c.train.steps > at,
+               "--resume: {} finished its {} steps; nothing to resume. To train it longer, raise "
+               "train.steps, e.g. --set train.steps={}",
+               run_dir, at, 2 * at);
+      remove_results(run_dir);
+    }
+    MT_CHECK(c.train.steps >= at,
+             "--resume: the training state of {} is at step {}, past train.steps ({}); set "
+             "train.steps to at least {}",
+             run_dir, at, c.train.steps, at);
+    const json patch = json::diff(saved.at("identity"), state.identity);
+    const std::string differs = patch.empty() ? "" : patch[0].value("path", "/");
+    MT_CHECK(differs.empty(),
+             "--resume: the config differs from the one {} was trained with at '{}' (only "
+             "train.steps may change when resuming); drop that --set",
+             run_dir, differs);
+    restore_run_files(run_dir, state.state_path, saved, config);
+    std::fprintf(stderr, "resuming %s from step %lld (its last evaluation point) to step %lld\n",
+                 run_dir.c_str(), (long long)at, (long long)c.train.steps);
+  } else {
+    prepare_run_folder(run_dir, overwrite);
+  }
+  f->to(device);
   cli::write_file_atomic(run_dir + "/config.json", config.dump(2) + "\n");
-  std::ofstream metrics(run_dir + "/metrics.jsonl", std::ios::trunc);
+  std::ofstream metrics(run_dir + "/metrics.jsonl", resume ? std::ios::app : std::ios::trunc);
   MT_CHECK(metrics.good(), "{}/metrics.jsonl: cannot write", run_dir);
   const std::string model_path = run_dir + "/model.safetensors";
   auto on_eval = [&](const meta::EvalPoint& p) {
@@ -192,7 +286,7 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                f->kind().c_str(), (long long)total, (long long)(total - embeddings),
                (long long)d.train.size(),
                (long long)prepared.all_windows(data::Split::Train).size(), (long long)c.train.steps);
-  meta::TrainResult r = meta::train(*f, prepared, {}, c.train, {}, on_eval, on_best);
+  meta::TrainResult r = meta::train(*f, prepared, {}, c.train, {}, on_eval, on_best, state);
   const Evaluation test = evaluate_run(c, *f, prepared, data::Split::Test);
   print_metrics(("test split (best validation checkpoint, " + test.procedure + "):").c_str(),
                 test.metrics);
@@ -225,7 +319,7 @@ struct Run {
   std::vector<std::string> trained_on;
   std::vector<int64_t> trained_sizes;
 };
-Run read_run(const std::string& run_dir) {
+Run read_run(const std::string& run_dir, bool note_unfinished = true) {
   const std::string path = run_dir + "/config.json";
   json j = cli::read_json_file(path);
   Run run;
@@ -243,7 +337,7 @@ Run read_run(const std::string& run_dir) {
   }
   j.erase("sessions");  // descriptive fields written by train
   j.erase("holdout_sessions");
-  note_if_unfinished(run_dir);
+  if (note_unfinished) note_if_unfinished(run_dir);
   run.config = cli::config_from_json(j);
   run.config_json = j;
   return run;
@@ -495,8 +589,13 @@ int main(int argc, char** argv) {
   auto* train = app.add_subcommand("train", "train a forecaster; writes a run folder");
   train->add_option("--config", config_file, "run config JSON (defaults when omitted)");
   train->add_option("--set", sets, "override a config value, e.g. --set train.lr=3e-4");
-  train->add_option("--run", run_dir, "run folder to create")->required();
-  bool overwrite = false;
+  train->add_option("--run", run_dir, "run folder to create (or, with --resume, to continue)")
+      ->required();
+  bool overwrite = false, resume = false;
+  train->add_flag("--resume", resume,
+                  "continue the run in --run from its last evaluation point (after an "
+                  "interruption; or a finished run, given a larger --set train.steps=N); its "
+                  "config.json is used, and only train.steps may change");
   train->add_flag("--overwrite", overwrite,
                   "replace the run already in the --run folder (its model, metrics and results "
                   "are deleted first)");
@@ -561,6 +660,20 @@ int main(int argc, char** argv) {
     }
     if (train->parsed()) {
       if (!method.empty()) sets.push_back("train.method=\"" + method + "\"");
+      if (resume) {
+        MT_CHECK(config_file.empty() && !overwrite,
+                 "train --resume continues the run with its own config.json: drop {}",
+                 overwrite ? "--overwrite" : "--config");
+        MT_CHECK(fs::exists(run_dir + "/config.json"),
+                 "train --resume: {} holds no run (no config.json); start it without --resume",
+                 run_dir);
+        Run run = read_run(run_dir, /*note_unfinished=*/false);
+        cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
+        apply_threads(c);
+        Data d = load_data(c);
+        run_train(c, run_dir, d, parse_device(device_name), false, true);
+        return 0;
+      }
       cli::RunConfig c = cli::load_config(config_file, sets);
       apply_threads(c);
       Data d = load_data(c);

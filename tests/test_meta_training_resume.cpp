@@ -1,0 +1,212 @@
+// Resumable training (meta::train with ResumeOptions): a run that stops after an evaluation
+// point and is resumed from its state file ends bitwise where the run that did not stop ends
+// (parameters, curve, best step), for standard training with dropout and for FOMAML (whose
+// meta-batch order is part of the state); a state written for another run or past train.steps
+// is refused with the file's name.
+#include <catch2/catch.hpp>
+
+#include <cstring>
+#include <filesystem>
+#include <stdexcept>
+
+#include "data/synth.h"
+#include "meta/training.h"
+#include "support/temp_dir.h"
+
+using namespace mt;
+using mt::testing::TempDir;
+
+namespace {
+
+data::PreparedData tiny_data() {
+  data::SynthConfig c;
+  c.seed = 3;
+  c.num_sessions = 3;
+  c.n_total = 48;
+  c.min_neurons = 6;
+  c.max_neurons = 9;
+  c.num_frames = 300;
+  data::PrepConfig p;
+  p.window.seq_length = 16;
+  p.window.pred_length = 4;
+  p.window.stride = 2;
+  return data::PreparedData(data::synthesize(c), p);
+}
+
+std::unique_ptr<meta::Forecaster> tiny_poco(const data::PreparedData& d) {
+  meta::ModelSpec spec;
+  spec.kind = "poco";
+  spec.preset = "poco-paper";
+  spec.poco = {{"dim", 16},       {"dim_head", 8},   {"self_heads", 2}, {"conditioning_dim", 16},
+               {"num_latents", 4}, {"seq_length", 16}, {"pred_length", 4}, {"patch", 4}};
+  std::vector<int64_t> sizes;
+  for (int64_t s = 0; s < d.num_sessions(); ++s) sizes.push_back(d.session(s).num_neurons);
+  Generator gen(11);  // the same initial weights for every run
+  return meta::make_forecaster(spec, sizes, gen);
+}
+
+meta::TrainOptions options(const std::string& method) {
+  meta::TrainOptions o;
+  o.method = method;
+  o.steps = 12;
+  o.eval_every = 4;
+  o.batch_size = 4;
+  o.eval_batch_size = 16;
+  o.lr = 3e-3;
+  o.seed = 5;
+  o.dropout = true;
+  o.log_progress = false;
+  o.meta.meta_batch = 2;
+  o.meta.inner_steps = 2;
+  return o;
+}
+
+struct Finished {
+  meta::TrainResult result;
+  std::vector<std::vector<float>> params;
+};
+
+Finished finish(meta::Forecaster& f, meta::TrainResult r) {
+  Finished out{std::move(r), {}};
+  for (auto& [name, t] : f.module()->named_parameters()) out.params.push_back(t.to_vector<float>());
+  return out;
+}
+
+// Bitwise: every parameter and every curve value.
+void require_same(const Finished& a, const Finished& b) {
+  REQUIRE(a.params.size() == b.params.size());
+  for (size_t i = 0; i < a.params.size(); ++i) {
+    REQUIRE(a.params[i].size() == b.params[i].size());
+    CHECK(std::memcmp(a.params[i].data(), b.params[i].data(), a.params[i].size() * sizeof(float)) ==
+          0);
+  }
+  CHECK(a.result.best_step == b.result.best_step);
+  CHECK(a.result.best_score == b.result.best_score);
+  REQUIRE(a.result.curve.size() == b.result.curve.size());
+  for (size_t i = 0; i < a.result.curve.size(); ++i) {
+    const auto &p = a.result.curve[i], &q = b.result.curve[i];
+    CHECK(p.step == q.step);
+    CHECK(p.val.score == q.val.score);
+    CHECK(p.val.mse == q.val.mse);
+    REQUIRE(p.val.sessions.size() == q.val.sessions.size());
+    for (size_t s = 0; s < p.val.sessions.size(); ++s)
+      CHECK(p.val.sessions[s].mse == q.val.sessions[s].mse);
+    if (std::isnan(p.train_loss)) CHECK(std::isnan(q.train_loss));
+    else CHECK(p.train_loss == q.train_loss);
+  }
+}
+
+struct Interrupted : std::runtime_error {
+  Interrupted() : std::runtime_error("interrupted") {}
+};
+
+}  // namespace
+
+TEST_CASE("a resumed training run ends bitwise where the uninterrupted run ends",
+          "[meta][training]") {
+  const data::PreparedData d = tiny_data();
+  for (const std::string method : {"standard", "fomaml"}) {
+    DYNAMIC_SECTION(method) {
+      TempDir dir("resume");
+      const meta::TrainOptions o = options(method);
+      const nlohmann::json identity = {{"method", method}, {"lr", o.lr}};
+
+      auto f_straight = tiny_poco(d);
+      meta::ResumeOptions plain;
+      plain.state_path = dir.file("straight.safetensors");
+      plain.identity = identity;
+      const Finished straight =
+          finish(*f_straight, meta::train(*f_straight, d, {}, o, {}, {}, {}, plain));
+      REQUIRE(straight.result.curve.size() == 4);  // steps 0, 4, 8, 12
+
+      // The run stops while evaluating step 8 (before that point's state is written): the
+      // state file holds step 4, and the resumed run redoes steps 5..8.
+      meta::ResumeOptions saving;
+      saving.state_path = dir.file("state.safetensors");
+      saving.identity = identity;
+      {
+        auto f = tiny_poco(d);
+        auto crash_at_8 = [](const meta::EvalPoint& p) {
+          if (p.step == 8) throw Interrupted();
+        };
+        CHECK_THROWS_AS(meta::train(*f, d, {}, o, {}, crash_at_8, {}, saving), Interrupted);
+      }
+      CHECK(meta::read_train_state_metadata(saving.state_path)["step"] == 4);
+
+      auto f_resumed = tiny_poco(d);  // fresh weights: the state replaces them
+      meta::ResumeOptions resuming = saving;
+      resuming.resume = true;
+      std::vector<int64_t> new_points;
+      const Finished resumed = finish(
+          *f_resumed,
+          meta::train(*f_resumed, d, {}, o, {},
+                      [&](const meta::EvalPoint& p) { new_points.push_back(p.step); }, {},
+                      resuming));
+      CHECK(new_points == std::vector<int64_t>{8, 12});
+      require_same(straight, resumed);
+      CHECK(resumed.result.seconds > 0);
+      CHECK(resumed.result.trainable_parameters == straight.result.trainable_parameters);
+
+      // Training longer from the finished run's state (train.steps raised) continues it.
+      meta::TrainOptions longer = o;
+      longer.steps = 16;
+      auto f_longer = tiny_poco(d);
+      meta::ResumeOptions from_end = plain;
+      from_end.resume = true;
+      const meta::TrainResult more = meta::train(*f_longer, d, {}, longer, {}, {}, {}, from_end);
+      REQUIRE(more.curve.size() == 5);
+      CHECK(more.curve[3].val.score == straight.result.curve[3].val.score);
+      CHECK(more.curve[4].step == 16);
+    }
+  }
+}
+
+TEST_CASE("a training state is refused for another run, past train.steps, or damaged",
+          "[meta][training]") {
+  const data::PreparedData d = tiny_data();
+  TempDir dir("resume_refused");
+  meta::TrainOptions o = options("standard");
+  meta::ResumeOptions r;
+  r.state_path = dir.file("state.safetensors");
+  r.identity = {{"train", {{"lr", o.lr}}}};
+  {
+    auto f = tiny_poco(d);
+    meta::train(*f, d, {}, o, {}, {}, {}, r);
+  }
+  r.resume = true;
+  SECTION("another run's config") {
+    meta::ResumeOptions other = r;
+    other.identity = {{"train", {{"lr", 1.0}}}};
+    auto f = tiny_poco(d);
+    CHECK_THROWS_WITH(meta::train(*f, d, {}, o, {}, {}, {}, other),
+                      Catch::Contains("state.safetensors") && Catch::Contains("/train/lr"));
+  }
+  SECTION("fewer steps than the state has done") {
+    meta::TrainOptions shorter = o;
+    shorter.steps = 8;
+    auto f = tiny_poco(d);
+    CHECK_THROWS_WITH(meta::train(*f, d, {}, shorter, {}, {}, {}, r),
+                      Catch::Contains("past train.steps") && Catch::Contains("at least 12"));
+  }
+  SECTION("other trainable parameters") {
+    meta::TrainOptions narrower = o;
+    narrower.trainable = {"unit_emb."};
+    auto f = tiny_poco(d);
+    CHECK_THROWS_WITH(meta::train(*f, d, {}, narrower, {}, {}, {}, r),
+                      Catch::Contains("other parameters"));
+  }
+  SECTION("a file that is not a training state") {
+    meta::ResumeOptions missing = r;
+    missing.state_path = dir.file("none.safetensors");
+    auto f = tiny_poco(d);
+    CHECK_THROWS_WITH(meta::train(*f, d, {}, o, {}, {}, {}, missing),
+                      Catch::Contains("none.safetensors"));
+  }
+  SECTION("without a state path") {
+    meta::ResumeOptions no_path;
+    no_path.resume = true;
+    auto f = tiny_poco(d);
+    CHECK_THROWS_WITH(meta::train(*f, d, {}, o, {}, {}, {}, no_path),
+                      Catch::Contains("state_path"));
+  }
+}
