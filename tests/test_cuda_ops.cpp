@@ -314,6 +314,13 @@ TEST_CASE("CUDA: dtype conversions and strided copies are exact", "[cuda]") {
       check_padded(p, xt.to(to), Tolerance{0, 0}, what + " transposed into a window");
     }
   }
+  // Floating point -> i64 at NaN, infinities and beyond the range: the CPU's rule (0, saturate).
+  const std::vector<double> edge = {NAN, INFINITY, -INFINITY, 1e30, -1e30, 2.5, -2.5};
+  for (DType from : {DType::f32, DType::f64, DType::f16, DType::bf16}) {
+    Tensor x = from_vector(edge, Shape{int64_t(edge.size())}, DType::f64).to(from);
+    CHECK(x.to(gpu0()).to(DType::i64).to(kCPU).to_vector<int64_t>() ==
+          x.to(DType::i64).to_vector<int64_t>());
+  }
   // Broadcast source, expanded views, narrow_scatter, cat/stack/split on the device.
   Tensor row = random_tensor(Shape{1, 6}, -1, 1, 42);
   check_equal(on_gpu(row).expand(Shape{4, 6}).contiguous(), row.expand(Shape{4, 6}).contiguous(),

@@ -3,6 +3,8 @@
 // and second order (composed with a non-linear op so the second order is not trivially zero).
 #include <catch2/catch.hpp>
 
+#include <limits>
+
 #include "support/gradcheck.h"
 
 using namespace mt;
@@ -83,6 +85,21 @@ TEST_CASE("dtype conversion round trips and carries gradients", "[ops][view][gra
   auto g = autograd::grad({y}, {leaf});
   CHECK(g[0].dtype() == DType::f64);
   CHECK(max_abs_diff(g[0], mul(x, 2.0)) < 1e-5);
+}
+
+TEST_CASE("floating point to i64: toward zero, NaN to 0, saturated beyond the range",
+          "[ops][view]") {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max(), kMin = std::numeric_limits<int64_t>::min();
+  const std::vector<double> values = {2.7, -2.7, NAN, 1e30, -1e30, INFINITY, -INFINITY,
+                                      9223372036854775808.0, -9223372036854775808.0, 0.0};
+  const std::vector<int64_t> want = {2, -2, 0, kMax, kMin, kMax, kMin, kMax, kMin, 0};
+  for (DType from : {DType::f64, DType::f32, DType::bf16, DType::f16}) {
+    Tensor x = from_vector(values, Shape{int64_t(values.size())}, DType::f64).to(from);
+    std::vector<int64_t> got = x.to(DType::i64).to_vector<int64_t>();
+    // f16 holds at most 65504: 1e30 and 2^63 are inf there, which saturates the same way.
+    INFO(dtype_name(from));
+    CHECK(got == want);
+  }
 }
 
 TEST_CASE("cat, stack and split: forward", "[ops][join]") {

@@ -375,6 +375,17 @@ TEST_CASE("load_state_dict checks everything first and lists every problem", "[o
                                            {"a.exp_avg_sq", zeros(Shape{3})}}),
                       Contains("'a.step' is Tensor(f32, (), cpu) but must be i64 ()"));
 
+  // Values: a negative second moment would make the next step's sqrt NaN; a non-finite moment
+  // or a negative step is a damaged state.
+  REQUIRE_THROWS_WITH(opt.load_state_dict({{"a.step", from_indices(std::vector<int64_t>{-1}, Shape{})},
+                                           {"a.exp_avg", from_vector(std::vector<float>{0, NAN, 0}, Shape{3})},
+                                           {"a.exp_avg_sq", from_vector(std::vector<float>{1, 2, -3}, Shape{3})}}),
+                      Contains("3 problems") && Contains("'a.step' is -1; a step count is >= 0") &&
+                          Contains("'a.exp_avg' holds nan at element 1") &&
+                          Contains("'a.exp_avg_sq' holds -3 at element 2; a second moment is >= 0"));
+  for (size_t i = 0; i < opt.state_dict().size(); ++i)
+    CHECK(same_bits(opt.state_dict()[i].second, before[i].second));
+
   // An empty state resets the optimizer (every parameter starts again at step 0).
   opt.load_state_dict({});
   CHECK(opt.state_dict().empty());

@@ -3,6 +3,10 @@
 // copy kernel. Each records its backward as another view or copy.
 #include <Eigen/Core>
 
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
 #include "engine/cpu/loops.h"
 #include "engine/ops/elementwise.h"
 
@@ -19,10 +23,24 @@ namespace {
 
 // CPU conversions of the 16-bit storage types go through Eigen's half and bfloat16 (round to
 // nearest even), via float.
+// Floating point to i64 truncates toward zero, as a C++ cast does where that is defined; NaN
+// gives 0 and values beyond the i64 range saturate (the C++ cast leaves these undefined). The
+// CUDA copy kernel (kernels/cuda/copy.cu) converts by the same rule, which is also PTX's cvt.
+template <class Tdst, class Tsrc>
+Tdst convert(Tsrc v) {
+  if constexpr (std::is_same_v<Tdst, int64_t> && std::is_floating_point_v<Tsrc>) {
+    constexpr Tsrc kLimit = Tsrc(9223372036854775808.0);  // 2^63, exact in f32 and f64
+    if (std::isnan(v)) return 0;
+    if (v >= kLimit) return std::numeric_limits<int64_t>::max();
+    if (v < -kLimit) return std::numeric_limits<int64_t>::min();
+  }
+  return static_cast<Tdst>(v);
+}
+
 template <class Tdst>
 void copy_from(const Tensor& src, Tensor& dst) {
-  auto to_dst = [](auto v) { return static_cast<Tdst>(static_cast<float>(v)); };
-  auto to_dst_exact = [](auto v) { return static_cast<Tdst>(v); };
+  auto to_dst = [](auto v) { return convert<Tdst>(static_cast<float>(v)); };
+  auto to_dst_exact = [](auto v) { return convert<Tdst>(v); };
   switch (src.dtype()) {
     case DType::f32: cpu::copy_into<Tdst, float>(src, dst, to_dst_exact); break;
     case DType::f64: cpu::copy_into<Tdst, double>(src, dst, to_dst_exact); break;

@@ -41,6 +41,9 @@ class AdamW final : public Optimizer {
  protected:
   std::vector<std::string> state_names() const override;
   Device step_device(const Tensor& param) const override;
+  std::vector<std::string> nonnegative_state_names() const override {
+    return {"exp_avg_sq", "max_exp_avg_sq"};
+  }
 
  private:
   AdamWOptions options_;

@@ -84,8 +84,31 @@ NamedParams Optimizer::state_dict() const {
   return out;
 }
 
+namespace {
+
+// What is wrong with the values of a state tensor ("" if nothing): a step below 0, a non-finite
+// moment, or a negative second moment. One pass over a host copy (a load is rare).
+std::string bad_state_values(const Tensor& t, bool is_step, bool nonnegative) {
+  if (is_step) {
+    const int64_t step = t.to(kCPU).item<int64_t>();
+    return step < 0 ? fmt::format("is {}; a step count is >= 0", step) : "";
+  }
+  const std::vector<double> v = t.to(kCPU).contiguous().to_vector<double>();
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (!std::isfinite(v[i]))
+      return fmt::format("holds {} at element {}; an optimizer state is finite", v[i], i);
+    if (nonnegative && v[i] < 0)
+      return fmt::format("holds {} at element {}; a second moment is >= 0", v[i], i);
+  }
+  return "";
+}
+
+}  // namespace
+
 void Optimizer::load_state_dict(const NamedParams& state) {
   const std::vector<std::string> names = state_names();
+  const std::vector<std::string> nonneg_list = nonnegative_state_names();
+  const std::set<std::string> nonnegative(nonneg_list.begin(), nonneg_list.end());
   std::map<std::string, const Tensor*> given;
   std::vector<std::string> problems;
   for (const auto& [name, t] : state) {
@@ -113,6 +136,9 @@ void Optimizer::load_state_dict(const NamedParams& state) {
         problems.push_back(fmt::format("'{}.{}' is {} but must be {} {}", pname, n,
                                        t.defined() ? t.str() : "undefined", dtype_name(want_dtype),
                                        want_shape.str()));
+      } else if (std::string bad = bad_state_values(t, is_step, nonnegative.count(n) > 0);
+                 !bad.empty()) {
+        problems.push_back(fmt::format("'{}.{}' {}", pname, n, bad));
       }
       found.push_back(&t);
     }

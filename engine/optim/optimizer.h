@@ -47,8 +47,9 @@ class Optimizer {
   // Copies of the state of every parameter updated at least once, in parameter order.
   NamedParams state_dict() const;
   // Replaces the whole state with copies of `state` (as returned by state_dict()). A parameter
-  // has all of its state entries or none (none = not updated yet). Shapes, dtypes and names are
-  // checked first; the error lists every problem and nothing is changed.
+  // has all of its state entries or none (none = not updated yet). Shapes, dtypes, names and
+  // values (finite; a step >= 0; second moments >= 0) are checked first; the error lists every
+  // problem and nothing is changed.
   void load_state_dict(const NamedParams& state);
 
  protected:
@@ -60,6 +61,9 @@ class Optimizer {
   // Where a parameter's "step" count lives: the CPU (as torch keeps it), or the parameter's
   // device for an optimizer whose kernels count on the device (AdamWOptions::capturable).
   virtual Device step_device(const Tensor& /*param*/) const { return kCPU; }
+  // The states that are never negative (second-moment estimates): load_state_dict refuses a
+  // negative value there (its square root would be NaN at the next step).
+  virtual std::vector<std::string> nonnegative_state_names() const { return {}; }
 
   // The state of parameter i: empty until its first update, else one tensor per state_names()
   // entry. init_state() creates it: "step" = 0, everything else zeros.

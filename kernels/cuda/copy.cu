@@ -6,8 +6,20 @@
 namespace mt::gpu {
 namespace {
 
+// Floating point -> i64 as the CPU converts it (engine/ops/view.cpp): toward zero, NaN -> 0, and
+// saturated beyond the range; spelled out rather than left to the cast, whose C++ meaning is
+// undefined there.
+template <class Tf>
+__device__ __forceinline__ int64_t float_to_i64(Tf v) {
+  constexpr Tf kLimit = Tf(9223372036854775808.0);  // 2^63
+  if (isnan(v)) return 0;
+  if (v >= kLimit) return INT64_MAX;
+  if (v < -kLimit) return INT64_MIN;
+  return static_cast<int64_t>(v);
+}
+
 // Conversions as the CPU does them: 16-bit types go through f32 (round to nearest even), the
-// others are plain casts.
+// others are plain casts (floating point -> i64 by float_to_i64).
 template <class Td, class Ts>
 __device__ __forceinline__ Td convert(Ts v) {
   if constexpr (std::is_same_v<Td, Ts>) {
@@ -16,11 +28,15 @@ __device__ __forceinline__ Td convert(Ts v) {
     const float f = to_float(v);
     if constexpr (is_16bit<Td>) {
       return from_float<Td>(f);
+    } else if constexpr (std::is_same_v<Td, int64_t>) {
+      return float_to_i64(f);
     } else {
       return static_cast<Td>(f);
     }
   } else if constexpr (is_16bit<Td>) {
     return from_float<Td>(static_cast<float>(v));
+  } else if constexpr (std::is_same_v<Td, int64_t> && std::is_floating_point_v<Ts>) {
+    return float_to_i64(v);
   } else {
     return static_cast<Td>(v);
   }
