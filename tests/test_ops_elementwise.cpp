@@ -276,6 +276,11 @@ TEST_CASE("elementwise ops refuse mismatched dtypes and shapes with clear messag
                                    Catch::Contains("(2, 3)") && Catch::Contains("(4,)"));
   Tensor idx = zeros(Shape{3}, DType::i64);
   CHECK_THROWS_WITH(exp(idx), Catch::Contains("i64") && Catch::Contains("not supported"));
+  // clamp's bounds: ordered, and never NaN (the kernel would read it as no bound, the backward
+  // as a bound no element meets).
+  CHECK_THROWS_WITH(clamp(a, 1.0, -1.0), Catch::Contains("lower bound 1 exceeds upper bound -1"));
+  CHECK_THROWS_WITH(clamp(a, std::nan(""), 1.0), Catch::Contains("a bound is NaN"));
+  CHECK_THROWS_WITH(clamp(a, std::nullopt, std::nan("")), Catch::Contains("a bound is NaN"));
 }
 
 TEST_CASE("scalar operands are shared constants, replaced once written into", "[ops]") {

@@ -317,6 +317,8 @@ Tensor relu_backward(const Tensor& g, const Tensor& x) {
 
 Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi) {
   check_operands("clamp", {&x});
+  MT_CHECK(!(lo && std::isnan(*lo)) && !(hi && std::isnan(*hi)),
+           "clamp: a bound is NaN; leave out a bound that should not apply (std::nullopt)");
   MT_CHECK(!(lo && hi && *lo > *hi), "clamp: lower bound {} exceeds upper bound {}", *lo, *hi);
   const double nan = std::numeric_limits<double>::quiet_NaN();
   Tensor y = empty(x.shape(), x.dtype(), x.device());
