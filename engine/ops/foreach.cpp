@@ -128,6 +128,46 @@ void check_inplace_targets(const char* op, const TensorList& a) {
   }
 }
 
+// The second list of an in-place op (a[i] op= b[i]) is read while the first is written, all
+// entries at once on CUDA: b[j] may be a[j] itself (each element is read and written by one
+// thread), but no other overlap (b[j] sharing memory with a[i], i != j, or a shifted view of
+// a[j]), which the CPU's sequential loop and a GPU's concurrent chunks would read differently.
+// check_inplace_targets has made the targets disjoint.
+void check_sources_apart(const char* op, const TensorList& a, const TensorList& b) {
+  std::vector<std::tuple<uintptr_t, uintptr_t, size_t>> targets;  // [begin, end), entry
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].numel() == 0) continue;
+    const auto begin = reinterpret_cast<uintptr_t>(a[i].raw_data());
+    targets.emplace_back(begin, begin + size_t(a[i].numel()) * itemsize(a[i].dtype()), i);
+  }
+  std::sort(targets.begin(), targets.end());
+  for (size_t j = 0; j < b.size(); ++j) {
+    if (b[j].numel() == 0) continue;
+    const auto begin = reinterpret_cast<uintptr_t>(b[j].raw_data());
+    // b[j]'s extent in memory (any strides: from its lowest to its highest element).
+    uintptr_t lo = begin, hi = begin + itemsize(b[j].dtype());
+    for (int d = 0; d < b[j].dim(); ++d) {
+      const int64_t reach = (b[j].size(d) - 1) * b[j].stride(d) * int64_t(itemsize(b[j].dtype()));
+      if (reach < 0) lo -= uintptr_t(-reach);
+      else hi += uintptr_t(reach);
+    }
+    // The targets that start before b[j] ends, latest first, while they end after it begins.
+    auto it = std::upper_bound(targets.begin(), targets.end(),
+                               std::make_tuple(hi, uintptr_t(0), size_t(0)));
+    while (it != targets.begin()) {
+      --it;
+      const auto& [t_begin, t_end, i] = *it;
+      if (t_end <= lo) break;
+      const bool itself = i == j && t_begin == begin && b[j].is_contiguous() &&
+                          b[j].shape() == a[i].shape() && b[j].dtype() == a[i].dtype();
+      MT_CHECK(itself,
+               "{}: entry {} of the second list shares memory with entry {} of the first, which "
+               "the op writes; pass a copy (clone) of it",
+               op, j, i);
+    }
+  }
+}
+
 TensorList contiguous_all(const TensorList& a) {
   TensorList out;
   out.reserve(a.size());
@@ -159,6 +199,7 @@ TensorList foreach_add(const TensorList& a, const TensorList& b) {
 void foreach_add_(const TensorList& a, const TensorList& b) {
   check_lists("foreach_add_", a, &b);
   check_inplace_targets("foreach_add_", a);
+  check_sources_apart("foreach_add_", a, b);
   if (a.empty()) return;
   TensorList targets;
   for (const Tensor& t : a) targets.push_back(t.detach());

@@ -4,6 +4,7 @@
 // the CPU tests check it (tests/test_ops_foreach.cpp).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <utility>
 #include <vector>

@@ -108,6 +108,9 @@ void where_cuda(const Tensor& mask, const Tensor& a, const Tensor& b, Tensor& ou
 template <GegluOp op>
 void geglu_cuda(const Tensor& g, const Tensor& h, const Tensor& t, Tensor& out) {
   check_float(out, "geglu");
+  MT_CHECK(h.is_contiguous() && out.is_contiguous() && (!g.defined() || g.is_contiguous()) &&
+               (!t.defined() || t.is_contiguous()),
+           "geglu: the operands must be contiguous (internal error)");
   Launch l(out.device());
   const int64_t F = h.size(-1) / 2;
   const int64_t rows = F > 0 ? h.numel() / (2 * F) : 0;
@@ -349,6 +352,11 @@ void layer_norm_double_backward_cuda(const Tensor& x, const Tensor& weight, cons
                                      const Tensor& v, int64_t D, double eps, Tensor& gx,
                                      Tensor& gw, Tensor& gg) {
   check_float(x, "layer_norm_double_backward");
+  MT_CHECK(x.is_contiguous() && g.is_contiguous() && v.is_contiguous() &&
+               (!weight.defined() || weight.is_contiguous()) &&
+               (!gx.defined() || gx.is_contiguous()) && (!gw.defined() || gw.is_contiguous()) &&
+               (!gg.defined() || gg.is_contiguous()),
+           "layer_norm_double_backward: the operands must be contiguous (internal error)");
   const int64_t rows = D == 0 ? 0 : x.numel() / D;
   const ScalarType t = scalar_type(x.dtype());
   Tensor workspace;
@@ -537,6 +545,9 @@ std::vector<std::pair<ScalarType, std::vector<ForeachEntry>>> foreach_groups(
   std::vector<std::pair<ScalarType, std::vector<ForeachEntry>>> groups;
   for (size_t i = 0; i < a.size(); ++i) {
     check_float(a[i], op);
+    MT_CHECK(a[i].is_contiguous() && (!b || (*b)[i].is_contiguous()) &&
+                 (!out || (*out)[i].is_contiguous()),
+             "{}: entry {} is not contiguous (internal error)", op, i);
     const ScalarType t = scalar_type(a[i].dtype());
     auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == t; });
     if (it == groups.end()) it = groups.insert(groups.end(), {t, {}});
@@ -580,6 +591,19 @@ void foreach_sum_squares_cuda(const TensorList& a, Tensor& out) {
 }
 
 // ---- optimizers: the scalars exactly as engine/optim's CPU kernels compute them ----
+// The AdamW kernels index every tensor flat: all of them contiguous, with the parameter's size.
+void check_adamw_layout(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
+                        const Tensor& exp_avg_sq, const Tensor& max_exp_avg_sq, bool amsgrad) {
+  bool ok = param.is_contiguous();
+  for (const Tensor* t : {&grad, &exp_avg, &exp_avg_sq})
+    ok = ok && t->is_contiguous() && t->numel() == param.numel();
+  if (amsgrad) ok = ok && max_exp_avg_sq.is_contiguous() && max_exp_avg_sq.numel() == param.numel();
+  MT_CHECK(ok,
+           "adamw: the parameter {}, its gradient and its state must be contiguous tensors of its "
+           "size (internal error)",
+           param.str());
+}
+
 AdamWScalars adamw_scalars(int64_t step, const optim::AdamWHyper& h) {
   AdamWScalars s;
   s.decay = h.weight_decay != 0;
@@ -601,6 +625,7 @@ AdamWScalars adamw_scalars(int64_t step, const optim::AdamWHyper& h) {
 void adamw_cuda(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
                 Tensor& max_exp_avg_sq, int64_t step, const optim::AdamWHyper& h) {
   check_float(param, "adamw");
+  check_adamw_layout(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, h.amsgrad);
   const AdamWScalars s = adamw_scalars(step, h);
   Launch l(param.device());
   adamw(scalar_type(param.dtype()), param.numel(), param.raw_data(), grad.raw_data(),
@@ -612,6 +637,7 @@ void adamw_device_step_cuda(Tensor& param, const Tensor& grad, Tensor& exp_avg,
                             Tensor& exp_avg_sq, Tensor& max_exp_avg_sq, Tensor& step,
                             const optim::AdamWHyper& h) {
   check_float(param, "adamw");
+  check_adamw_layout(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, h.amsgrad);
   MT_CHECK(step.dtype() == DType::i64 && step.numel() == 1 && step.device() == param.device(),
            "adamw (capturable): the step count must be a 0-d i64 tensor on {}, got {}",
            param.device().str(), step.str());
@@ -633,6 +659,7 @@ void adamw_foreach_cuda(std::vector<optim::AdamWEntry>& entries, const optim::Ad
   std::vector<std::pair<ScalarType, std::vector<AdamWForeachEntry>>> groups;
   for (optim::AdamWEntry& e : entries) {
     check_float(e.param, "adamw");
+    check_adamw_layout(e.param, e.grad, e.exp_avg, e.exp_avg_sq, e.max_exp_avg_sq, h.amsgrad);
     AdamWForeachEntry x{};
     x.n = e.param.numel();
     x.param = e.param.raw_data();

@@ -17,28 +17,67 @@ __device__ __forceinline__ A maximum(A a, A b) {
   return a < b ? b : a;
 }
 
-// One element's update, the CPU's AdamWElementStep (engine/optim/adamw_math.h) in the
-// accumulation type A: p, m, v (and vmax with amsgrad) read and written at index i.
+// One element's values: read, updated in registers, written back.
+template <class A>
+struct AdamWValues {
+  A g, p, m, v, vmax;
+};
+
+template <class T, class A>
+__device__ __forceinline__ AdamWValues<A> adamw_load(int64_t i, const T* p, const T* g,
+                                                     const T* m, const T* v, const T* vmax,
+                                                     const AdamWScalars& s) {
+  AdamWValues<A> x;
+  x.g = load_acc(g[i]);
+  x.p = load_acc(p[i]);
+  x.m = load_acc(m[i]);
+  x.v = load_acc(v[i]);
+  x.vmax = s.amsgrad ? load_acc(vmax[i]) : A(0);
+  return x;
+}
+
+// The CPU's AdamWElementStep (engine/optim/adamw_math.h) in the accumulation type A, on loaded
+// values: x.p, x.m, x.v (and x.vmax with amsgrad) become the values to store.
+template <class A>
+__device__ __forceinline__ void adamw_update(AdamWValues<A>& x, const AdamWScalars& s,
+                                             A decay_factor, A w, A beta2, A one_minus_beta2,
+                                             A eps, A neg_step_size, A bias_correction2_sqrt) {
+  const A gi = s.maximize ? -x.g : x.g;
+  A pi = x.p;
+  if (s.decay) pi = pi * decay_factor;
+  A mi = x.m;
+  mi = s.small_w ? mi + w * (gi - mi) : gi - (gi - mi) * (A(1) - w);
+  const A vi = x.v * beta2 + one_minus_beta2 * gi * gi;
+  A vn = vi;
+  if (s.amsgrad) {
+    vn = maximum(x.vmax, vi);
+    x.vmax = vn;
+  }
+  const A denom = m_sqrt(vn) / bias_correction2_sqrt + eps;
+  x.p = pi + neg_step_size * mi / denom;
+  x.m = mi;
+  x.v = vi;
+}
+
+template <class T, class A>
+__device__ __forceinline__ void adamw_store(int64_t i, const AdamWValues<A>& x, T* p, T* m, T* v,
+                                            T* vmax, const AdamWScalars& s) {
+  if (s.amsgrad) vmax[i] = store_acc<T>(x.vmax);
+  p[i] = store_acc<T>(x.p);
+  m[i] = store_acc<T>(x.m);
+  v[i] = store_acc<T>(x.v);
+}
+
+// One element's update at index i: load, update, store.
 template <class T, class A>
 __device__ __forceinline__ void adamw_element(int64_t i, T* p, const T* g, T* m, T* v, T* vmax,
                                               const AdamWScalars& s, A decay_factor, A w,
                                               A beta2, A one_minus_beta2, A eps, A neg_step_size,
                                               A bias_correction2_sqrt) {
-  const A gi = s.maximize ? -load_acc(g[i]) : load_acc(g[i]);
-  A pi = load_acc(p[i]);
-  if (s.decay) pi = pi * decay_factor;
-  A mi = load_acc(m[i]);
-  mi = s.small_w ? mi + w * (gi - mi) : gi - (gi - mi) * (A(1) - w);
-  const A vi = load_acc(v[i]) * beta2 + one_minus_beta2 * gi * gi;
-  A vn = vi;
-  if (s.amsgrad) {
-    vn = maximum(load_acc(vmax[i]), vi);
-    vmax[i] = store_acc<T>(vn);
-  }
-  const A denom = m_sqrt(vn) / bias_correction2_sqrt + eps;
-  p[i] = store_acc<T>(pi + neg_step_size * mi / denom);
-  m[i] = store_acc<T>(mi);
-  v[i] = store_acc<T>(vi);
+  AdamWValues<A> x = adamw_load<T, A>(i, p, g, m, v, vmax, s);
+  adamw_update(x, s, decay_factor, w, beta2, one_minus_beta2, eps, neg_step_size,
+               bias_correction2_sqrt);
+  adamw_store(i, x, p, m, v, vmax, s);
 }
 
 // The step-dependent scalars from a count on the device: the host's formulas (ops.cpp
@@ -47,7 +86,9 @@ __device__ __forceinline__ void adamw_step_scalars(const AdamWScalars& s, double
                                                    double& neg_step_size,
                                                    double& bias_correction2_sqrt) {
   neg_step_size = -(s.lr / (1 - pow(s.beta1, t)));
-  bias_correction2_sqrt = pow(1 - pow(s.beta2, t), 0.5);
+  // sqrt, not pow(., 0.5): correctly rounded, so it equals the host's pow(., 0.5) (glibc's is
+  // correctly rounded in practice) where the device pow may differ by an ulp.
+  bias_correction2_sqrt = sqrt(1 - pow(s.beta2, t));
 }
 
 template <class T>
@@ -93,9 +134,25 @@ __global__ void __launch_bounds__(kForeachThreads) adamw_foreach_kernel(AdamWTab
   T* vmax = static_cast<T*>(t.p[4][k]);
   const A decay_factor = A(s.decay_factor), w = A(s.w), beta2 = A(s.beta2);
   const A one_minus_beta2 = A(s.one_minus_beta2), eps = A(s.eps);
-  for (int64_t i = begin + threadIdx.x; i < end; i += kForeachThreads)
-    adamw_element<T, A>(i, p, g, m, v, vmax, s, decay_factor, w, beta2, one_minus_beta2, eps,
-                        A(neg_step_size), A(bias_correction2_sqrt));
+  // kForeachUnroll elements in flight per thread: every load of the group before the first
+  // store (one CTA per chunk and few CTAs per launch: the loads' latency must overlap).
+  for (int64_t base = begin + threadIdx.x; base < end;
+       base += int64_t(kForeachThreads) * kForeachUnroll) {
+    AdamWValues<A> x[kForeachUnroll];
+#pragma unroll
+    for (int u = 0; u < kForeachUnroll; ++u) {
+      const int64_t i = base + int64_t(u) * kForeachThreads;
+      if (i < end) x[u] = adamw_load<T, A>(i, p, g, m, v, vmax, s);
+    }
+#pragma unroll
+    for (int u = 0; u < kForeachUnroll; ++u) {
+      const int64_t i = base + int64_t(u) * kForeachThreads;
+      if (i >= end) continue;
+      adamw_update(x[u], s, decay_factor, w, beta2, one_minus_beta2, eps, A(neg_step_size),
+                   A(bias_correction2_sqrt));
+      adamw_store(i, x[u], p, m, v, vmax, s);
+    }
+  }
 }
 
 // Adds one to every count of the list (after its updates).
