@@ -291,9 +291,9 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
   std::vector<int64_t> meta_sessions;
   if (meta_method) meta_sessions = meta_sessions_of(data, sessions);
 
-  // The whole state after the evaluation point of `step` (loss_sum and loss_count are 0 there).
+  // The whole state after `step` (an evaluation point, or a step at which the run was stopped).
   int64_t peak_before = 0;  // peak bytes of the interrupted part of a resumed run
-  auto save_state = [&](int64_t step) {
+  auto save_state = [&](int64_t step, bool evaluated) {
     io::NamedTensors tensors;
     if (module)
       for (auto& [name, t] : module->named_parameters())
@@ -312,12 +312,15 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
     const nlohmann::json state = {
         {"version", 1},
         {"step", step},
+        {"evaluated", evaluated},
         {"steps", opt.steps},
         {"identity", resume.identity},
         {"trainable", trainable},
         {"best_step", result.best_step},
         {"best_score", number_or_null(result.best_score)},
         {"curve", curve},
+        {"loss_sum", loss_sum},
+        {"loss_count", loss_count},
         {"seconds", elapsed()},
         {"eval_seconds", result.eval_seconds},
         {"peak_bytes", std::max(peak_before, memory_stats(f.device()).peak_allocated_bytes)},
@@ -385,6 +388,8 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
           state.at("best_score").is_null() ? -INFINITY : state.at("best_score").get<double>();
       result.eval_seconds = state.at("eval_seconds").get<double>();
       peak_before = state.at("peak_bytes").get<int64_t>();
+      loss_sum = state.value("loss_sum", 0.0);
+      loss_count = state.value("loss_count", int64_t(0));
       seconds_before = state.at("seconds").get<double>();
       first_step = step + 1;
     } catch (const nlohmann::json::exception& e) {
@@ -394,7 +399,7 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
     }
   } else {
     evaluate_point(0);
-    if (!resume.state_path.empty()) save_state(0);
+    if (!resume.state_path.empty()) save_state(0, true);
   }
   auto sample = [&](const std::vector<int64_t>& starts, int64_t s) {
     std::vector<data::WindowRef> refs;
@@ -470,9 +475,16 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
                    format_eta(double(opt.steps - step) / rate).c_str());
       std::fflush(stderr);
     }
-    if (step % opt.eval_every == 0 || step == opt.steps) {
+    const bool evaluated = step % opt.eval_every == 0 || step == opt.steps;
+    if (evaluated) {
       evaluate_point(step);
-      if (!resume.state_path.empty()) save_state(step);
+      if (!resume.state_path.empty()) save_state(step, true);
+    }
+    if (step < opt.steps && resume.stop_after && resume.stop_after(step)) {
+      const bool saved = !resume.state_path.empty();
+      if (saved && !evaluated) save_state(step, false);
+      if (opt.log_progress) std::fprintf(stderr, "\n");
+      throw TrainingStopped(step, saved);
     }
   }
   if (opt.log_progress && first_step <= opt.steps) std::fprintf(stderr, "\n");

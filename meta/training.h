@@ -7,8 +7,10 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "engine/core/error.h"
 #include "meta/forecaster.h"
 
 namespace mt::meta {
@@ -86,8 +88,8 @@ Metrics evaluate_as_used(const Forecaster& forecaster, const data::PreparedData&
                          const std::vector<int64_t>& sessions = {},
                          const std::vector<int64_t>& session_of = {});
 
-// Resumable training: the whole state of a run, saved at every evaluation point, from which an
-// interrupted run continues as if it had not stopped.
+// Resumable training: the whole state of a run, saved at every evaluation point (and when asked
+// to stop), from which an interrupted run continues as if it had not stopped.
 struct ResumeOptions {
   // Where train() writes its state after every evaluation point (step 0 included): a
   // safetensors file with the model's current parameters ("param.<name>"), the best evaluation's
@@ -105,6 +107,20 @@ struct ResumeOptions {
   // Stored in the state and compared on resume: a state written for another run (another
   // config or data) is refused. Typically the run's config without `train.steps`.
   nlohmann::json identity;
+  // Asked after every step (with the step just done): true stops the run there. train() then
+  // writes the state at that step (with `state_path`) and throws TrainingStopped; resuming
+  // continues bitwise as from an evaluation point. The CLI's Ctrl-C handler answers it.
+  std::function<bool(int64_t step)> stop_after;
+};
+
+// Thrown by train() when ResumeOptions::stop_after asked it to stop.
+struct TrainingStopped : Error {
+  int64_t step = 0;        // the last step done (the state's step)
+  bool state_saved = false;
+  TrainingStopped(int64_t step_done, bool saved)
+      : Error(fmt::format("training stopped after step {}", step_done)),
+        step(step_done),
+        state_saved(saved) {}
 };
 
 // Trains `forecaster` on the training windows of `sessions` (all when empty), evaluating on their
@@ -122,7 +138,8 @@ TrainResult train(Forecaster& forecaster, const data::PreparedData& data,
                   const ResumeOptions& resume = {});
 
 // The metadata of a training state file (ResumeOptions::state_path) without its tensors: "step",
-// "steps" (train.steps of the run that wrote it), "best_step", "best_score", "curve", "identity".
+// "steps" (train.steps of the run that wrote it), "best_step", "best_score", "curve", "identity",
+// "evaluated" (whether the step is an evaluation point, the curve's last).
 // Errors name the file.
 nlohmann::json read_train_state_metadata(const std::string& path);
 

@@ -128,6 +128,21 @@ check "the resumed run's curve is the 9-step run's" test \
   "$(grep -o '"score":[^,]*' "$work/nine/metrics.jsonl")"
 check "the resumed run has 4 evaluation points" test "$(wc -l <"$work/six/metrics.jsonl")" -eq 4
 check "the resumed run's config has the new train.steps" grep -q '"steps": 9' "$work/six/config.json"
+# Ctrl-C (SIGINT) once the first evaluation is written: the run stops after its current step,
+# saves its state there, exits with 130, and resumed ends as the run that was not stopped.
+long=("${small[@]}" --set train.steps=4000 --set train.eval_every=1000)
+check "train 4000 steps" "$bin" train --run "$work/long" "${long[@]}"
+"$bin" train --run "$work/stopped" "${long[@]}" >"$work/stopped.txt" 2>&1 &
+pid=$!
+for _ in $(seq 200); do [ -s "$work/stopped/metrics.jsonl" ] && break; sleep 0.05; done
+kill -INT "$pid"
+wait "$pid"
+check "Ctrl-C stops training with exit code 130" test $? -eq 130
+check "Ctrl-C names the resume command" grep -q "continue with metatape train --resume" \
+  "$work/stopped.txt"
+check "resume after Ctrl-C" "$bin" train --run "$work/stopped" --resume
+check "the run resumed after Ctrl-C ends as the one not stopped" cmp \
+  "$work/long/model.safetensors" "$work/stopped/model.safetensors"
 rm "$work/six/train_state.safetensors"
 rm "$work/six/summary.json"
 fails_with "resume without a training state" "has no train_state.safetensors" "$bin" train \

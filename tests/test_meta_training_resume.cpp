@@ -1,8 +1,8 @@
 // Resumable training (meta::train with ResumeOptions): a run that stops after an evaluation
 // point and is resumed from its state file ends bitwise where the run that did not stop ends
 // (parameters, curve, best step), for standard training with dropout and for FOMAML (whose
-// meta-batch order is part of the state); a state written for another run or past train.steps
-// is refused with the file's name.
+// meta-batch order is part of the state), as does a run asked to stop between evaluation points;
+// a state written for another run or past train.steps is refused with the file's name.
 #include <catch2/catch.hpp>
 
 #include <cstring>
@@ -146,6 +146,33 @@ TEST_CASE("a resumed training run ends bitwise where the uninterrupted run ends"
       require_same(straight, resumed);
       CHECK(resumed.result.seconds > 0);
       CHECK(resumed.result.trainable_parameters == straight.result.trainable_parameters);
+
+      // Asked to stop after step 6 (between evaluation points; the CLI's Ctrl-C), the run saves
+      // its state there, training loss accumulators included, and resumes bitwise.
+      meta::ResumeOptions stopping;
+      stopping.state_path = dir.file("stopped.safetensors");
+      stopping.identity = identity;
+      stopping.stop_after = [](int64_t step) { return step == 6; };
+      {
+        auto f = tiny_poco(d);
+        try {
+          meta::train(*f, d, {}, o, {}, {}, {}, stopping);
+          FAIL("train did not stop");
+        } catch (const meta::TrainingStopped& e) {
+          CHECK(e.step == 6);
+          CHECK(e.state_saved);
+        }
+      }
+      const nlohmann::json at6 = meta::read_train_state_metadata(stopping.state_path);
+      CHECK(at6["step"] == 6);
+      CHECK(at6["evaluated"] == false);
+      CHECK(at6["loss_count"] == 2);  // steps 5 and 6 since the evaluation at 4
+      auto f_after_stop = tiny_poco(d);
+      meta::ResumeOptions continuing = stopping;
+      continuing.resume = true;
+      continuing.stop_after = {};
+      require_same(straight, finish(*f_after_stop, meta::train(*f_after_stop, d, {}, o, {}, {}, {},
+                                                               continuing)));
 
       // Training longer from the finished run's state (train.steps raised) continues it.
       meta::TrainOptions longer = o;

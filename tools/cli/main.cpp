@@ -13,6 +13,10 @@
 #include <fmt/ranges.h>
 #include <omp.h>
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -207,6 +211,43 @@ void restore_run_files(const std::string& run_dir, const std::string& state_path
 
 // The model is initialised (train) or loaded (adapt) on the CPU and then moved to `device`:
 // the same weights on every device; batches follow it (meta::to_batch).
+// Ctrl-C (SIGINT) or SIGTERM during training: the first asks train() to stop after the current
+// step and save its state (ResumeOptions::stop_after); the handler then resets itself
+// (SA_RESETHAND), so a second one ends the process at once.
+std::atomic<bool> stop_requested{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "set from a signal handler");
+
+extern "C" void request_stop(int) {
+  stop_requested.store(true);
+  static const char note[] =
+      "\nstopping after this step and saving the training state (again to abort at once)\n";
+  ssize_t ignored = ::write(STDERR_FILENO, note, sizeof note - 1);
+  (void)ignored;
+}
+
+// Installs request_stop for SIGINT and SIGTERM while it lives, then restores the handlers.
+class StopOnSignal {
+ public:
+  StopOnSignal() {
+    stop_requested.store(false);
+    struct sigaction action {};
+    action.sa_handler = request_stop;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESETHAND;
+    sigaction(SIGINT, &action, &old_int_);
+    sigaction(SIGTERM, &action, &old_term_);
+  }
+  ~StopOnSignal() {
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  StopOnSignal(const StopOnSignal&) = delete;
+  StopOnSignal& operator=(const StopOnSignal&) = delete;
+
+ private:
+  struct sigaction old_int_ {}, old_term_ {};
+};
+
 // With `resume`, the run in `run_dir` (its config.json gave `c`) continues from its
 // train_state.safetensors.
 json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& d,
@@ -253,8 +294,10 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
              "train.steps may change when resuming); drop that --set",
              run_dir, differs);
     restore_run_files(run_dir, state.state_path, saved, config);
-    std::fprintf(stderr, "resuming %s from step %lld (its last evaluation point) to step %lld\n",
-                 run_dir.c_str(), (long long)at, (long long)c.train.steps);
+    std::fprintf(stderr, "resuming %s from step %lld (%s) to step %lld\n", run_dir.c_str(),
+                 (long long)at,
+                 saved.value("evaluated", true) ? "its last evaluation point" : "where it stopped",
+                 (long long)c.train.steps);
   } else {
     prepare_run_folder(run_dir, overwrite);
   }
@@ -286,7 +329,12 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                f->kind().c_str(), (long long)total, (long long)(total - embeddings),
                (long long)d.train.size(),
                (long long)prepared.all_windows(data::Split::Train).size(), (long long)c.train.steps);
-  meta::TrainResult r = meta::train(*f, prepared, {}, c.train, {}, on_eval, on_best, state);
+  state.stop_after = [](int64_t) { return stop_requested.load(); };
+  meta::TrainResult r;
+  {
+    StopOnSignal stop_on_signal;
+    r = meta::train(*f, prepared, {}, c.train, {}, on_eval, on_best, state);
+  }
   const Evaluation test = evaluate_run(c, *f, prepared, data::Split::Test);
   print_metrics(("test split (best validation checkpoint, " + test.procedure + "):").c_str(),
                 test.metrics);
@@ -728,6 +776,12 @@ int main(int argc, char** argv) {
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       return 0;
     }
+  } catch (const meta::TrainingStopped& e) {  // Ctrl-C during train or demo
+    std::fprintf(stderr,
+                 "stopped after step %lld; the training state is saved in "
+                 "%s/train_state.safetensors: continue with metatape train --resume --run %s\n",
+                 (long long)e.step, run_dir.c_str(), run_dir.c_str());
+    return 130;  // as a process ended by SIGINT
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
