@@ -116,6 +116,22 @@ TEST_CASE("checkpoint_values_only: true in the first pass only, restored after n
   CHECK(inner_seen == std::vector<bool>{true, true, false});
 }
 
+TEST_CASE("checkpoint: a region that recomputes other shapes is named, not a shape error in grad",
+          "[autograd][checkpoint][errors]") {
+  Tensor x = random_tensor(Shape{6}, -1, 1, 105);
+  x.set_requires_grad(true);
+  int runs = 0;
+  auto changing = [&](const TensorList& in) {  // keeps a count outside its inputs
+    ++runs;
+    return TensorList{tanh(in[0].narrow(0, 0, runs == 1 ? 4 : 3))};
+  };
+  Tensor y = sum(autograd::checkpoint(changing, {x})[0]);
+  CHECK_THROWS_WITH(autograd::grad({y}, {x}),
+                    Catch::Contains("returned 1 tensor(s) of shapes (3,) where its first run "
+                                    "returned 1 of shapes (4,)") &&
+                        Catch::Contains("must compute the same thing"));
+}
+
 TEST_CASE("checkpointed inner steps give the same E2E-TTT meta-gradient with less memory",
           "[meta][checkpoint]") {
   TinyMeta tiny;

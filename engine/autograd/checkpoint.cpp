@@ -61,7 +61,8 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
   for (const Tensor& t : inputs) any |= needs_grad(t);
   if (any && GradMode::is_enabled()) {
     auto node = std::make_shared<FunctionNode<std::function<TensorList(const Node&, const Tensor&)>>>(
-        "checkpoint", [fn, n = inputs.size()](const Node& self, const Tensor& g) -> TensorList {
+        "checkpoint",
+        [fn, n = inputs.size(), shapes](const Node& self, const Tensor& g) -> TensorList {
           TensorList saved;
           for (size_t i = 0; i < n; ++i) saved.push_back(self.saved(i));
           // Recompute from fresh views of the saved inputs: each view is a new node with one edge
@@ -69,7 +70,7 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
           // not a total derivative through inputs that depend on each other) while, with
           // create_graph, the gradients stay attached to everything upstream of the inputs.
           const bool create_graph = GradMode::is_enabled();
-          std::vector<Shape> unused;
+          std::vector<Shape> shapes_again;
           Tensor again;
           TensorList views(n), wrt;
           std::vector<size_t> index;
@@ -83,8 +84,21 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
                 index.push_back(i);
               }
             }
-            again = pack(fn(views), unused);
+            again = pack(fn(views), shapes_again);
           }
+          // A region must compute the same thing twice; other shapes would otherwise surface
+          // as a shape error inside grad() that does not name the region.
+          auto list = [](const std::vector<Shape>& v) {
+            std::string s;
+            for (const Shape& x : v) s += (s.empty() ? "" : ", ") + x.str();
+            return s;
+          };
+          MT_CHECK(shapes_again == shapes,
+                   "checkpoint: recomputed in the backward, the region returned {} tensor(s) of "
+                   "shapes {} where its first run returned {} of shapes {}; a checkpointed region "
+                   "must compute the same thing each time it runs (no shapes that depend on "
+                   "random draws or on state outside its inputs)",
+                   shapes_again.size(), list(shapes_again), shapes.size(), list(shapes));
           TensorList grads(n);
           if (!again.requires_grad()) return grads;  // the outputs do not depend on the inputs
           TensorList got = grad({again}, wrt, {g}, /*retain_graph=*/create_graph, create_graph,
