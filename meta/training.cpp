@@ -69,6 +69,12 @@ std::vector<int64_t> meta_sessions_of(const data::PreparedData& data,
 
 // ---- training state (ResumeOptions) ----
 constexpr const char* kStateKey = "metatape.train_state";  // metadata: the state's JSON
+// ... and its CRC-32 (8 hex digits): the file's own checksum covers the tensor data only.
+constexpr const char* kStateCrcKey = "metatape.train_state.crc32";
+
+std::string crc_hex(const std::string& text) {
+  return fmt::format("{:08x}", io::crc32_of_bytes(text.data(), text.size()));
+}
 
 nlohmann::json number_or_null(double v) {
   return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
@@ -123,12 +129,12 @@ std::string first_difference(const nlohmann::json& stored, const nlohmann::json&
 void restore_into(Tensor& dst, const Tensor* src, const std::string& name,
                   const std::string& path) {
   MT_CHECK(src != nullptr,
-           "{}: the training state has no tensor '{}'; the file is not this run's state "
-           "(delete it to train from the start)",
+           "{}: the training state has no tensor '{}'; the file is not this run's state (train "
+           "the run again from the start)",
            path, name);
   MT_CHECK(src->shape() == dst.shape() && src->dtype() == dst.dtype(),
            "{}: '{}' is {} {} in the training state but {} {} in the model; the file is not this "
-           "run's state (delete it to train from the start)",
+           "run's state (train the run again from the start)",
            path, name, dtype_name(src->dtype()), src->shape().str(), dtype_name(dst.dtype()),
            dst.shape().str());
   NoGradGuard no_grad;
@@ -144,10 +150,15 @@ nlohmann::json read_train_state_metadata(const std::string& path) {
            "{}: not a training state (no '{}' metadata); it is written by train with a state "
            "path (metatape train writes <run>/train_state.safetensors)",
            path, kStateKey);
+  auto crc = h.metadata.find(kStateCrcKey);
+  MT_CHECK(crc != h.metadata.end() && crc->second == crc_hex(it->second),
+           "{}: the training state's metadata is damaged (its CRC-32 does not match); it cannot "
+           "be resumed: train the run again from the start",
+           path);
   nlohmann::json j = nlohmann::json::parse(it->second, nullptr, /*allow_exceptions=*/false);
   MT_CHECK(j.is_object() && j.contains("step") && j.contains("curve") && j.contains("identity"),
-           "{}: the training state's metadata is damaged; delete the file to train from the "
-           "start",
+           "{}: the training state's metadata is damaged; it cannot be resumed: train the run "
+           "again from the start",
            path);
   return j;
 }
@@ -327,17 +338,20 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
         {"window_rng", rng_text.str()},
         {"dropout_generator", {dropout_gen.seed(), dropout_gen.offset()}},
         {"meta_sessions", meta_sessions}};
-    io::save_safetensors(resume.state_path, tensors, {{kStateKey, state.dump()}});
+    const std::string text = state.dump();
+    io::save_safetensors(resume.state_path, tensors,
+                         {{kStateKey, text}, {kStateCrcKey, crc_hex(text)}});
   };
 
   int64_t first_step = 1;
+  bool state_evaluated = true;  // the resumed state's step is an evaluation point
   if (resume.resume) {
     const std::string& path = resume.state_path;
     const nlohmann::json state = read_train_state_metadata(path);
     const std::string differs = first_difference(state["identity"], resume.identity);
     MT_CHECK(differs.empty(),
              "{}: the training state was written by another run: its config differs at '{}'; "
-             "resume with the run's own config, or delete the file to train from the start",
+             "resume with the run's own config, or train the run again from the start",
              path, differs);
     try {
       const int64_t step = state.at("step").get<int64_t>();
@@ -392,14 +406,24 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
       loss_count = state.value("loss_count", int64_t(0));
       seconds_before = state.at("seconds").get<double>();
       first_step = step + 1;
+      state_evaluated = state.value("evaluated", true);
     } catch (const nlohmann::json::exception& e) {
-      MT_FAIL("{}: the training state's metadata is damaged ({}); delete the file to train from "
-              "the start",
+      MT_FAIL("{}: the training state's metadata is damaged ({}); it cannot be resumed: train "
+              "the run again from the start",
               path, e.what());
+    }
+    // Stopped at the step that is now the last (train.steps set to it): the run ends with
+    // that step's evaluation, as a run of that length does.
+    if (!state_evaluated && first_step - 1 == opt.steps && opt.steps > 0) {
+      evaluate_point(opt.steps);
+      save_state(opt.steps, true);
     }
   } else {
     evaluate_point(0);
     if (!resume.state_path.empty()) save_state(0, true);
+    // Asked to stop during the first evaluation: stop before the first step.
+    if (opt.steps > 0 && adam && resume.stop_after && resume.stop_after(0))
+      throw TrainingStopped(0, !resume.state_path.empty());
   }
   auto sample = [&](const std::vector<int64_t>& starts, int64_t s) {
     std::vector<data::WindowRef> refs;
@@ -442,50 +466,56 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
   };
 
   const double seconds_at_first = elapsed();
-  for (int64_t step = first_step; step <= opt.steps && adam; ++step) {
-    double loss_value = 0;
-    adam->zero_grad();
-    if (meta_method) {
-      loss_value = meta_step();
-    } else {
-      std::vector<data::WindowRef> refs;
-      for (int64_t i = 0; i < opt.batch_size; ++i) refs.push_back(pool[pick(rng)]);
-      models::PocoBatch b = to_batch(data.batch(refs), f, session_of);
-      Tensor pred = f.predict(b, nullptr, opt.dropout ? &dropout_gen : nullptr);
-      Tensor loss = mse_loss(pred, b.target);
-      loss_value = loss.item<double>();
-      autograd::backward({loss});
+  bool progress_line = false;  // a progress line without its newline is on stderr
+  try {
+    for (int64_t step = first_step; step <= opt.steps && adam; ++step) {
+      double loss_value = 0;
+      adam->zero_grad();
+      if (meta_method) {
+        loss_value = meta_step();
+      } else {
+        std::vector<data::WindowRef> refs;
+        for (int64_t i = 0; i < opt.batch_size; ++i) refs.push_back(pool[pick(rng)]);
+        models::PocoBatch b = to_batch(data.batch(refs), f, session_of);
+        Tensor pred = f.predict(b, nullptr, opt.dropout ? &dropout_gen : nullptr);
+        Tensor loss = mse_loss(pred, b.target);
+        loss_value = loss.item<double>();
+        autograd::backward({loss});
+      }
+      MT_CHECK(std::isfinite(loss_value),
+               "training: the loss became {} at step {}; lower train.lr (now {}){} or check the "
+               "data",
+               loss_value, step, opt.lr,
+               meta_method ? fmt::format(" (bench adaptation: bench.meta_lr) or "
+                                         "train.meta.inner_lr (now {})",
+                                         opt.meta.inner_lr)
+                           : std::string());
+      if (opt.clip > 0) optim::clip_grad_norm(params, opt.clip, /*error_if_nonfinite=*/true);
+      adam->step();
+      loss_sum += loss_value;
+      ++loss_count;
+      if (opt.log_progress && (step % 10 == 0 || step == opt.steps)) {
+        const double t = elapsed(), rate = double(step - first_step + 1) / (t - seconds_at_first);
+        std::fprintf(stderr, "\rstep %lld/%lld  loss %.4f  %.1f steps/s  ETA %s   ",
+                     (long long)step, (long long)opt.steps, loss_value, rate,
+                     format_eta(double(opt.steps - step) / rate).c_str());
+        std::fflush(stderr);
+        progress_line = true;
+      }
+      const bool evaluated = step % opt.eval_every == 0 || step == opt.steps;
+      if (evaluated) {
+        evaluate_point(step);
+        if (!resume.state_path.empty()) save_state(step, true);
+      }
+      if (step < opt.steps && resume.stop_after && resume.stop_after(step)) {
+        const bool saved = !resume.state_path.empty();
+        if (saved && !evaluated) save_state(step, false);
+        throw TrainingStopped(step, saved);
+      }
     }
-    MT_CHECK(std::isfinite(loss_value),
-             "training: the loss became {} at step {}; lower train.lr (now {}){} or check the "
-             "data",
-             loss_value, step, opt.lr,
-             meta_method ? fmt::format(" (bench adaptation: bench.meta_lr) or "
-                                       "train.meta.inner_lr (now {})",
-                                       opt.meta.inner_lr)
-                         : std::string());
-    if (opt.clip > 0) optim::clip_grad_norm(params, opt.clip, /*error_if_nonfinite=*/true);
-    adam->step();
-    loss_sum += loss_value;
-    ++loss_count;
-    if (opt.log_progress && (step % 10 == 0 || step == opt.steps)) {
-      const double t = elapsed(), rate = double(step - first_step + 1) / (t - seconds_at_first);
-      std::fprintf(stderr, "\rstep %lld/%lld  loss %.4f  %.1f steps/s  ETA %s   ",
-                   (long long)step, (long long)opt.steps, loss_value, rate,
-                   format_eta(double(opt.steps - step) / rate).c_str());
-      std::fflush(stderr);
-    }
-    const bool evaluated = step % opt.eval_every == 0 || step == opt.steps;
-    if (evaluated) {
-      evaluate_point(step);
-      if (!resume.state_path.empty()) save_state(step, true);
-    }
-    if (step < opt.steps && resume.stop_after && resume.stop_after(step)) {
-      const bool saved = !resume.state_path.empty();
-      if (saved && !evaluated) save_state(step, false);
-      if (opt.log_progress) std::fprintf(stderr, "\n");
-      throw TrainingStopped(step, saved);
-    }
+  } catch (...) {
+    if (progress_line) std::fprintf(stderr, "\n");  // what the caller prints starts a line
+    throw;
   }
   if (opt.log_progress && first_step <= opt.steps) std::fprintf(stderr, "\n");
   result.seconds = elapsed() - result.eval_seconds;

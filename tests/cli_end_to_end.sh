@@ -110,17 +110,23 @@ check "a run's config.json is a valid --config" "$bin" train --config "$work/poc
   --run "$work/poco_again" --set train.steps=2
 # Resumable training: train_state.safetensors holds the state of the last evaluation point. A run
 # that stopped at step 6 and is resumed to step 9 ends byte for byte as a 9-step run (same model
-# file, same curve); the config may change only in train.steps.
+# file, same curve); only settings that do not change the training may differ.
 check "train 9 steps" "$bin" train --run "$work/nine" "${small[@]}" --set train.steps=9
 check "train 6 steps" "$bin" train --run "$work/six" "${small[@]}"
 check "the run folder has a training state" test -s "$work/six/train_state.safetensors"
+check "eval the 6-step run" "$bin" eval --run "$work/six" --split test
 fails_with "resume a finished run" "nothing to resume" "$bin" train --run "$work/six" --resume
-fails_with "resume with another config value" "at '/train/lr'" "$bin" train --run "$work/six" \
-  --resume --set train.steps=9 --set train.lr=0.5
+fails_with "resume with another config value" "train.lr is 0.5 now, 0.001 in the run" "$bin" \
+  train --run "$work/six" --resume --set train.steps=9 --set train.lr=0.5
+fails_with "resume with another method" "train.method is \"fomaml\" now" "$bin" \
+  train --run "$work/six" --resume --set train.steps=9 --method fomaml
+check "a refused resume leaves the run's results" test -s "$work/six/summary.json" -a \
+  -s "$work/six/eval_test.json"
 fails_with "resume with --config" "drop --config" "$bin" train --run "$work/six" --resume \
   --config "$work/six/config.json"
 fails_with "resume a folder without a run" "no config.json" "$bin" train --run "$work/none" --resume
 check "resume 6 -> 9 steps" "$bin" train --run "$work/six" --resume --set train.steps=9
+check "resuming removed the stale evaluation" test ! -e "$work/six/eval_test.json"
 check "the resumed run's model is the 9-step run's" cmp "$work/nine/model.safetensors" \
   "$work/six/model.safetensors"
 check "the resumed run's curve is the 9-step run's" test \
@@ -128,21 +134,48 @@ check "the resumed run's curve is the 9-step run's" test \
   "$(grep -o '"score":[^,]*' "$work/nine/metrics.jsonl")"
 check "the resumed run has 4 evaluation points" test "$(wc -l <"$work/six/metrics.jsonl")" -eq 4
 check "the resumed run's config has the new train.steps" grep -q '"steps": 9' "$work/six/config.json"
+# The recordings are part of what a run resumes with: a moved data folder is fine, other contents
+# (same session names and sizes, another seed) are refused.
+check "train on the npz folder for resuming" "$bin" train --run "$work/nl_resume" "${small[@]}" \
+  --set model.kind=nlinear --set "data.path=\"$work/synth\"" --set 'data.holdout=[]'
+cp -r "$work/synth" "$work/synth_moved"
+"$bin" data synth --out "$work/synth_other" --set data.synthetic.num_sessions=2 \
+  --set data.synthetic.num_frames=300 --set data.synthetic.n_total=64 \
+  --set data.synthetic.min_neurons=8 --set data.synthetic.max_neurons=10 \
+  --set data.synthetic.seed=7 >/dev/null
+fails_with "resume on other recordings" "recordings differ" "$bin" train --run "$work/nl_resume" \
+  --resume --set train.steps=9 --set "data.path=\"$work/synth_other\""
+check "resume from a moved data folder, with another thread count" "$bin" train \
+  --run "$work/nl_resume" --resume --set train.steps=9 --set "data.path=\"$work/synth_moved\"" \
+  --set threads=1
+fails_with "resume a model without parameters" "nothing to resume" "$bin" train \
+  --run "$work/poco" --resume --set model.kind=copy_last
 # Ctrl-C (SIGINT) once the first evaluation is written: the run stops after its current step,
 # saves its state there, exits with 130, and resumed ends as the run that was not stopped.
-long=("${small[@]}" --set train.steps=4000 --set train.eval_every=1000)
-check "train 4000 steps" "$bin" train --run "$work/long" "${long[@]}"
+long=("${small[@]}" --set train.steps=6000 --set train.eval_every=1000)
+check "train 6000 steps" "$bin" train --run "$work/long" "${long[@]}"
 "$bin" train --run "$work/stopped" "${long[@]}" >"$work/stopped.txt" 2>&1 &
 pid=$!
 for _ in $(seq 200); do [ -s "$work/stopped/metrics.jsonl" ] && break; sleep 0.05; done
+# One train per run folder: a second one is refused while the first runs.
+fails_with "a second train on a folder in use" "another metatape train" "$bin" train \
+  --run "$work/stopped" --resume
 kill -INT "$pid"
 wait "$pid"
 check "Ctrl-C stops training with exit code 130" test $? -eq 130
 check "Ctrl-C names the resume command" grep -q "continue with metatape train --resume" \
   "$work/stopped.txt"
+fails_with "train into a stopped run names --resume" "train --resume --run" "$bin" train \
+  --run "$work/stopped" "${long[@]}"
 check "resume after Ctrl-C" "$bin" train --run "$work/stopped" --resume
 check "the run resumed after Ctrl-C ends as the one not stopped" cmp \
   "$work/long/model.safetensors" "$work/stopped/model.safetensors"
+"$bin" train --run "$work/termed" "${long[@]}" >"$work/termed.txt" 2>&1 &
+pid=$!
+for _ in $(seq 200); do [ -s "$work/termed/metrics.jsonl" ] && break; sleep 0.05; done
+kill -TERM "$pid"
+wait "$pid"
+check "SIGTERM stops training with exit code 143" test $? -eq 143
 rm "$work/six/train_state.safetensors"
 rm "$work/six/summary.json"
 fails_with "resume without a training state" "has no train_state.safetensors" "$bin" train \

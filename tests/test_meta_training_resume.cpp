@@ -5,7 +5,10 @@
 // a state written for another run or past train.steps is refused with the file's name.
 #include <catch2/catch.hpp>
 
+#include <cctype>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <filesystem>
 #include <stdexcept>
 
@@ -174,6 +177,30 @@ TEST_CASE("a resumed training run ends bitwise where the uninterrupted run ends"
       require_same(straight, finish(*f_after_stop, meta::train(*f_after_stop, d, {}, o, {}, {}, {},
                                                                continuing)));
 
+      // Stopped at 6 and resumed with train.steps = 6: the run ends with step 6's evaluation,
+      // as a 6-step run does.
+      {
+        meta::TrainOptions six = o;
+        six.steps = 6;
+        auto f_six = tiny_poco(d);
+        meta::ResumeOptions six_state;
+        six_state.state_path = dir.file("six.safetensors");
+        six_state.identity = identity;
+        const Finished six_straight =
+            finish(*f_six, meta::train(*f_six, d, {}, six, {}, {}, {}, six_state));
+        REQUIRE(six_straight.result.curve.back().step == 6);
+        meta::ResumeOptions stop6 = stopping;
+        stop6.state_path = dir.file("stopped6.safetensors");
+        auto f_stopped = tiny_poco(d);
+        CHECK_THROWS_AS(meta::train(*f_stopped, d, {}, o, {}, {}, {}, stop6),
+                        meta::TrainingStopped);
+        stop6.resume = true;
+        stop6.stop_after = {};
+        auto f_six_resumed = tiny_poco(d);
+        require_same(six_straight, finish(*f_six_resumed, meta::train(*f_six_resumed, d, {}, six,
+                                                                      {}, {}, {}, stop6)));
+      }
+
       // Training longer from the finished run's state (train.steps raised) continues it.
       meta::TrainOptions longer = o;
       longer.steps = 16;
@@ -221,6 +248,23 @@ TEST_CASE("a training state is refused for another run, past train.steps, or dam
     auto f = tiny_poco(d);
     CHECK_THROWS_WITH(meta::train(*f, d, {}, narrower, {}, {}, {}, r),
                       Catch::Contains("other parameters"));
+  }
+  SECTION("metadata changed on disk (the data's CRC-32 does not cover it)") {
+    std::string bytes;
+    {
+      std::ifstream in(r.state_path, std::ios::binary);
+      bytes.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    const size_t at = bytes.find("best_step\\\":");  // escaped inside the header's JSON string
+    REQUIRE(at != std::string::npos);
+    char& digit = bytes[at + 12];
+    REQUIRE(std::isdigit(static_cast<unsigned char>(digit)));
+    digit = digit == '9' ? '8' : char(digit + 1);
+    std::ofstream(r.state_path, std::ios::binary | std::ios::trunc) << bytes;
+    auto f = tiny_poco(d);
+    CHECK_THROWS_WITH(meta::train(*f, d, {}, o, {}, {}, {}, r),
+                      Catch::Contains("state.safetensors") &&
+                          Catch::Contains("CRC-32 does not match"));
   }
   SECTION("a file that is not a training state") {
     meta::ResumeOptions missing = r;

@@ -550,6 +550,10 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   }
 }
 
+uint32_t crc32_of_bytes(const void* data, size_t n, uint32_t crc) {
+  return crc32_of(crc, data, n);
+}
+
 }  // namespace mt::io
 
 #undef MT_FAIL_FILE

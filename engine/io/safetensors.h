@@ -66,6 +66,9 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
 // to fix it.
 SafetensorsContents load_safetensors(const std::string& path);
 
+// CRC-32 (zlib's, as the checksum entry uses) of n bytes, continuing from `crc` (0 to start).
+uint32_t crc32_of_bytes(const void* data, size_t n, uint32_t crc = 0);
+
 // Reads and validates the header only (names, dtypes, shapes, offsets and metadata) without
 // reading tensor data.
 SafetensorsHeader read_safetensors_header(const std::string& path);

@@ -13,12 +13,15 @@
 #include <fmt/ranges.h>
 #include <omp.h>
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -123,23 +126,61 @@ bool is_run_file(const std::string& name) {
          name.compare(name.size() - 5, 5, ".json") == 0;
 }
 
-// A run folder `train` may write into: new, empty, or (with `overwrite`) an earlier run whose
-// files are removed first, so no file of the old run outlives the new one.
-void prepare_run_folder(const std::string& run_dir, bool overwrite) {
-  if (fs::exists(run_dir)) {
-    MT_CHECK(fs::is_directory(run_dir), "--run {}: exists and is not a folder", run_dir);
-    const bool holds_run = fs::exists(run_dir + "/config.json") ||
-                           fs::exists(run_dir + "/model.safetensors");
-    MT_CHECK(!holds_run || overwrite,
-             "--run {}: the folder holds a run already; choose another folder, or pass "
-             "--overwrite to replace that run (its model, metrics and results are deleted)",
-             run_dir);
-    std::vector<fs::path> old;
-    for (const auto& e : fs::directory_iterator(run_dir))
-      if (e.is_regular_file() && is_run_file(e.path().filename().string())) old.push_back(e.path());
-    for (const auto& p : old) fs::remove(p);
+// One `metatape train` per run folder: an exclusive flock(2) on <run>/.train.lock, held for the
+// life of the object (the kernel releases it when the process ends, however it ends). The file
+// holds the owner's process id, for the refusal message.
+class RunLock {
+ public:
+  explicit RunLock(const std::string& run_dir) {
+    const std::string path = run_dir + "/.train.lock";
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    MT_CHECK(fd_ >= 0, "{}: cannot create the run's lock file ({})", path, std::strerror(errno));
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      char owner[32] = {};
+      const ssize_t got = ::pread(fd_, owner, sizeof owner - 1, 0);
+      ::close(fd_);
+      MT_FAIL("--run {}: another metatape train{} is writing this run folder; wait for it to "
+              "end (or stop it: Ctrl-C saves its state for --resume)",
+              run_dir, got > 0 ? fmt::format(" (process {})", std::string(owner, size_t(got))) : "");
+    }
+    const std::string pid = std::to_string(::getpid());
+    if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, pid.data(), pid.size(), 0) < 0) {
+      // The pid is only for messages: the lock holds without it.
+    }
   }
+  ~RunLock() { ::close(fd_); }
+  RunLock(const RunLock&) = delete;
+  RunLock& operator=(const RunLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+// A run folder `train` may write into: new, empty, or (with `overwrite`) an earlier run whose
+// files are removed first, so no file of the old run outlives the new one. Returns the folder's
+// lock, taken before anything in it is looked at or removed.
+std::unique_ptr<RunLock> prepare_run_folder(const std::string& run_dir, bool overwrite) {
+  MT_CHECK(!fs::exists(run_dir) || fs::is_directory(run_dir), "--run {}: exists and is not a folder",
+           run_dir);
   fs::create_directories(run_dir);
+  auto lock = std::make_unique<RunLock>(run_dir);
+  const bool holds_run = fs::exists(run_dir + "/config.json") ||
+                         fs::exists(run_dir + "/model.safetensors");
+  const bool resumable = fs::exists(run_dir + "/train_state.safetensors") &&
+                         fs::exists(run_dir + "/config.json") &&
+                         !fs::exists(run_dir + "/summary.json");
+  MT_CHECK(!holds_run || overwrite,
+           "--run {}: the folder holds a run already{}; choose another folder, or pass "
+           "--overwrite to replace that run (its model, metrics and results are deleted)",
+           run_dir,
+           resumable ? fmt::format(" (unfinished: metatape train --resume --run {} continues it)",
+                                   run_dir)
+                     : "");
+  std::vector<fs::path> old;
+  for (const auto& e : fs::directory_iterator(run_dir))
+    if (e.is_regular_file() && is_run_file(e.path().filename().string())) old.push_back(e.path());
+  for (const auto& p : old) fs::remove(p);
+  return lock;
 }
 
 // A run whose training stopped early (interrupted, failed) has no summary.json: its model is the
@@ -153,11 +194,13 @@ void note_if_unfinished(const std::string& run_dir) {
                  run_dir.c_str(), run_dir.c_str());
 }
 
-// What a training state must match to be resumed: the run's data, sessions, model and training
-// options, except train.steps (a finished run may train longer) and the progress line. Threads
-// are left out: resuming with another thread count is allowed (sums may then differ in the last
-// bits from the uninterrupted run's).
-json training_identity(const json& config) {
+// What a training state must match to be resumed: the run's data settings, sessions (with a
+// CRC-32 of each training session's recording: the same files, not just the same names), model
+// and training options. Left out, so they may change: train.steps (a finished run may train
+// longer), train.log_progress, data.path (a moved data folder; its contents are compared), and
+// threads (sums may then differ in the last bits from the uninterrupted run's), plus the
+// sections training does not read (adapt, online, bench).
+json training_identity(const json& config, const data::Dataset& train_sessions) {
   json id = {{"data", config.at("data")},
              {"model", config.at("model")},
              {"train", config.at("train")},
@@ -165,11 +208,35 @@ json training_identity(const json& config) {
              {"sessions", config.at("sessions")}};
   id["train"].erase("steps");
   id["train"].erase("log_progress");
+  id["data"].erase("path");
+  json crc = json::object();
+  for (const auto& s : train_sessions.sessions) {
+    uint32_t c = io::crc32_of_bytes(s.activity.data(), s.activity.size() * sizeof(float));
+    c = io::crc32_of_bytes(s.timestamps.data(), s.timestamps.size() * sizeof(double), c);
+    crc[s.name] = fmt::format("{:08x}", c);
+  }
+  id["recordings_crc32"] = crc;
   return id;
 }
 
-// The result files of a finished run that training longer makes stale (summary, eval, adapt,
-// online): removed, and named on stderr.
+// The first difference between the identity a run was trained with and the one now, in a
+// user's words: "train.lr is 0.5 now, 0.001 in the run".
+std::string describe_difference(const json& then, const json& now) {
+  const json patch = json::diff(then, now);
+  if (patch.empty()) return "";
+  const std::string pointer = patch[0].value("path", std::string("/"));
+  if (pointer.rfind("/recordings_crc32", 0) == 0 || pointer.rfind("/sessions", 0) == 0)
+    return "the training sessions' recordings differ from those the run was trained on (other "
+           "files, or their contents changed)";
+  std::string key = pointer.substr(1);
+  std::replace(key.begin(), key.end(), '/', '.');
+  const json::json_pointer ptr(pointer);
+  auto value = [&](const json& j) { return j.contains(ptr) ? j.at(ptr).dump() : "unset"; };
+  return fmt::format("{} is {} now, {} in the run", key, value(now), value(then));
+}
+
+// The result files that continuing a run's training makes stale (summary, eval, adapt,
+// online: computed from the model before the continuation): removed, and named on stderr.
 void remove_results(const std::string& run_dir) {
   std::vector<fs::path> stale;
   for (const auto& e : fs::directory_iterator(run_dir)) {
@@ -179,7 +246,8 @@ void remove_results(const std::string& run_dir) {
       stale.push_back(e.path());
   }
   for (const auto& p : stale) {
-    std::fprintf(stderr, "note: removed %s (the results of the shorter run)\n", p.c_str());
+    std::fprintf(stderr, "note: removed %s (computed from the model before this continuation)\n",
+                 p.c_str());
     fs::remove(p);
   }
 }
@@ -209,16 +277,14 @@ void restore_run_files(const std::string& run_dir, const std::string& state_path
                       {{"config", config}, {"step", state.at("best_step")}, {"val_score", best_score}});
 }
 
-// The model is initialised (train) or loaded (adapt) on the CPU and then moved to `device`:
-// the same weights on every device; batches follow it (meta::to_batch).
 // Ctrl-C (SIGINT) or SIGTERM during training: the first asks train() to stop after the current
 // step and save its state (ResumeOptions::stop_after); the handler then resets itself
 // (SA_RESETHAND), so a second one ends the process at once.
-std::atomic<bool> stop_requested{false};
-static_assert(std::atomic<bool>::is_always_lock_free, "set from a signal handler");
+std::atomic<int> stop_signal{0};  // the signal that asked to stop, 0 = none
+static_assert(std::atomic<int>::is_always_lock_free, "set from a signal handler");
 
-extern "C" void request_stop(int) {
-  stop_requested.store(true);
+extern "C" void request_stop(int signal_number) {
+  stop_signal.store(signal_number);
   static const char note[] =
       "\nstopping after this step and saving the training state (again to abort at once)\n";
   ssize_t ignored = ::write(STDERR_FILENO, note, sizeof note - 1);
@@ -229,7 +295,7 @@ extern "C" void request_stop(int) {
 class StopOnSignal {
  public:
   StopOnSignal() {
-    stop_requested.store(false);
+    stop_signal.store(0);
     struct sigaction action {};
     action.sa_handler = request_stop;
     sigemptyset(&action.sa_mask);
@@ -248,8 +314,9 @@ class StopOnSignal {
   struct sigaction old_int_ {}, old_term_ {};
 };
 
-// With `resume`, the run in `run_dir` (its config.json gave `c`) continues from its
-// train_state.safetensors.
+// The model is initialised (train) or loaded (adapt) on the CPU and then moved to `device`:
+// the same weights on every device; batches follow it (meta::to_batch). With `resume`, the run
+// in `run_dir` (its config.json gave `c`) continues from its train_state.safetensors.
 json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& d,
                Device device = kCPU, bool overwrite = false, bool resume = false) {
   data::PreparedData prepared(d.train, c.data.prep);
@@ -264,42 +331,48 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   json config = c.to_json();
   config["sessions"] = session_json(d.train);
   config["holdout_sessions"] = session_json(d.holdout);
+  // A model without parameters (copy_last) has nothing to train, save or resume.
+  const bool has_parameters = f->module() != nullptr;
   meta::ResumeOptions state;
-  state.state_path = run_dir + "/train_state.safetensors";
-  state.identity = training_identity(config);
+  if (has_parameters) state.state_path = run_dir + "/train_state.safetensors";
+  state.identity = training_identity(config, d.train);
   state.resume = resume;
+  std::unique_ptr<RunLock> lock;
   if (resume) {
+    MT_CHECK(has_parameters, "--resume: {} is a {} model: it has no parameters to train, so "
+             "nothing to resume", run_dir, f->kind());
+    lock = std::make_unique<RunLock>(run_dir);
     MT_CHECK(fs::exists(state.state_path),
              "--resume: {} has no train_state.safetensors (a run trained before resumable "
              "training, or one whose first validation did not finish); train it again with "
              "--overwrite",
              run_dir);
+    // Every check before any file of the run changes.
     const json saved = meta::read_train_state_metadata(state.state_path);
+    const std::string differs = describe_difference(saved.at("identity"), state.identity);
+    MT_CHECK(differs.empty(),
+             "--resume: {}: {}; a run continues with the settings it was trained with (only "
+             "train.steps, train.log_progress, threads, data.path and the adapt, online and bench "
+             "sections may change): restore it in --set, --method or {}/config.json",
+             run_dir, differs, run_dir);
     const int64_t at = saved.at("step").get<int64_t>();
-    if (fs::exists(run_dir + "/summary.json")) {
-      MT_CHECK(c.train.steps > at,
-               "--resume: {} finished its {} steps; nothing to resume. To train it longer, raise "
-               "train.steps, e.g. --set train.steps={}",
-               run_dir, at, 2 * at);
-      remove_results(run_dir);
-    }
+    const bool finished = fs::exists(run_dir + "/summary.json");
+    MT_CHECK(!finished || c.train.steps > at,
+             "--resume: {} finished its {} steps; nothing to resume. To train it longer, raise "
+             "train.steps, e.g. --set train.steps={}",
+             run_dir, at, 2 * at);
     MT_CHECK(c.train.steps >= at,
              "--resume: the training state of {} is at step {}, past train.steps ({}); set "
              "train.steps to at least {}",
              run_dir, at, c.train.steps, at);
-    const json patch = json::diff(saved.at("identity"), state.identity);
-    const std::string differs = patch.empty() ? "" : patch[0].value("path", "/");
-    MT_CHECK(differs.empty(),
-             "--resume: the config differs from the one {} was trained with at '{}' (only "
-             "train.steps may change when resuming); drop that --set",
-             run_dir, differs);
+    remove_results(run_dir);
     restore_run_files(run_dir, state.state_path, saved, config);
     std::fprintf(stderr, "resuming %s from step %lld (%s) to step %lld\n", run_dir.c_str(),
                  (long long)at,
                  saved.value("evaluated", true) ? "its last evaluation point" : "where it stopped",
                  (long long)c.train.steps);
   } else {
-    prepare_run_folder(run_dir, overwrite);
+    lock = prepare_run_folder(run_dir, overwrite);
   }
   f->to(device);
   cli::write_file_atomic(run_dir + "/config.json", config.dump(2) + "\n");
@@ -329,12 +402,13 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                f->kind().c_str(), (long long)total, (long long)(total - embeddings),
                (long long)d.train.size(),
                (long long)prepared.all_windows(data::Split::Train).size(), (long long)c.train.steps);
-  state.stop_after = [](int64_t) { return stop_requested.load(); };
-  meta::TrainResult r;
-  {
-    StopOnSignal stop_on_signal;
-    r = meta::train(*f, prepared, {}, c.train, {}, on_eval, on_best, state);
-  }
+  state.stop_after = [](int64_t) { return stop_signal.load() != 0; };
+  // Held until summary.json is written: a stop asked for after the last step lets the run end.
+  StopOnSignal stop_on_signal;
+  meta::TrainResult r = meta::train(*f, prepared, {}, c.train, {}, on_eval, on_best, state);
+  if (stop_signal.load() != 0)
+    std::fprintf(stderr, "note: the last step was done when the stop came: finishing the run "
+                         "(its test evaluation and summary)\n");
   const Evaluation test = evaluate_run(c, *f, prepared, data::Split::Test);
   print_metrics(("test split (best validation checkpoint, " + test.procedure + "):").c_str(),
                 test.metrics);
@@ -343,7 +417,7 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
               r.best_score, (long long)r.best_step,
               c.train.method == "standard" ? "" : " (after the inner loop)", r.seconds,
               r.eval_seconds, double(r.peak_bytes) / (1 << 20));
-  if (r.best_step == 0 && c.train.steps > 0)
+  if (r.best_step == 0 && c.train.steps > 0 && has_parameters)
     std::printf("note: no step improved the validation score of the initial model; the saved "
                 "model is that initial model (lower train.lr, now %g%s, or train longer)\n",
                 c.train.lr,
@@ -643,7 +717,8 @@ int main(int argc, char** argv) {
   train->add_flag("--resume", resume,
                   "continue the run in --run from its last evaluation point (after an "
                   "interruption; or a finished run, given a larger --set train.steps=N); its "
-                  "config.json is used, and only train.steps may change");
+                  "config.json is used; train.steps, threads, data.path (same recordings) and the "
+                  "adapt/online/bench sections may change, nothing else");
   train->add_flag("--overwrite", overwrite,
                   "replace the run already in the --run folder (its model, metrics and results "
                   "are deleted first)");
@@ -712,8 +787,13 @@ int main(int argc, char** argv) {
         MT_CHECK(config_file.empty() && !overwrite,
                  "train --resume continues the run with its own config.json: drop {}",
                  overwrite ? "--overwrite" : "--config");
-        MT_CHECK(fs::exists(run_dir + "/config.json"),
+        MT_CHECK(fs::exists(run_dir + "/config.json") ||
+                     fs::exists(run_dir + "/train_state.safetensors"),
                  "train --resume: {} holds no run (no config.json); start it without --resume",
+                 run_dir);
+        MT_CHECK(fs::exists(run_dir + "/config.json"),
+                 "train --resume: {}/config.json is missing, and a run resumes with the config "
+                 "it was trained with; restore the file, or start the run again with --overwrite",
                  run_dir);
         Run run = read_run(run_dir, /*note_unfinished=*/false);
         cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
@@ -781,7 +861,8 @@ int main(int argc, char** argv) {
                  "stopped after step %lld; the training state is saved in "
                  "%s/train_state.safetensors: continue with metatape train --resume --run %s\n",
                  (long long)e.step, run_dir.c_str(), run_dir.c_str());
-    return 130;  // as a process ended by SIGINT
+    const int signal_number = stop_signal.load();
+    return 128 + (signal_number != 0 ? signal_number : SIGINT);  // as the signal would have
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
