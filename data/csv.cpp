@@ -34,7 +34,7 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
   const std::string stem = fs::path(path).stem().string();
   const std::string where = fmt::format("load_csv: {} (session '{}')", path, stem);
   MT_DATA_CHECK(std::isfinite(options.sampling_rate_hz) && options.sampling_rate_hz > 0,
-                "{}: CsvOptions::sampling_rate_hz is {}; it must be a positive number of frames "
+                "{}: data.csv.sampling_rate_hz is {}; it must be a positive number of frames "
                 "per second",
                 where, options.sampling_rate_hz);
   std::error_code ec;

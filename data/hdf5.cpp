@@ -236,7 +236,7 @@ std::vector<int64_t> read_frame_ranges(const File& f, const DatasetInfo& info, i
     MT_DATA_CHECK(a >= 1 && b >= a && b <= static_cast<double>(num_times) && a == std::floor(a) &&
                       b == std::floor(b),
                   "{}: frame range {} of '{}' is [{}, {}], not within the {} timestamps (1-based, "
-                  "inclusive); pass Hdf5Options::time_axis and Hdf5Options::timestamps explicitly",
+                  "inclusive); pass data.hdf5.time_axis and data.hdf5.timestamps explicitly",
                   where, r, info.path, a, b, num_times);
     for (auto i = static_cast<int64_t>(a); i <= static_cast<int64_t>(b); ++i)
       frames.push_back(i - 1);
@@ -250,7 +250,7 @@ Session load_hdf5(const std::string& path, const Hdf5Options& options) {
   const std::string stem = fs::path(path).stem().string();
   const std::string where = fmt::format("load_hdf5: {} (session '{}')", path, stem);
   MT_DATA_CHECK(std::isfinite(options.dt) && options.dt > 0,
-                "{}: Hdf5Options::dt is {}; it must be a positive number of seconds per frame",
+                "{}: data.hdf5.dt is {}; it must be a positive number of seconds per frame",
                 where, options.dt);
   QuietErrors quiet;
   const File f(path, where);
@@ -260,8 +260,8 @@ Session load_hdf5(const std::string& path, const Hdf5Options& options) {
   std::string data_path = strip_slash(options.dataset);
   if (!data_path.empty()) {
     MT_DATA_CHECK(f.has_dataset(data_path),
-                  "{}: data set '{}' (Hdf5Options::dataset) not found; the file holds: {}; set "
-                  "Hdf5Options::dataset to the activity data set's path",
+                  "{}: data set '{}' (data.hdf5.dataset) not found; the file holds: {}; set "
+                  "data.hdf5.dataset to the activity data set's path",
                   where, data_path, f.listing());
   } else if (f.has_dataset("gcamp/trace_array")) {
     data_path = "gcamp/trace_array";
@@ -274,12 +274,12 @@ Session load_hdf5(const std::string& path, const Hdf5Options& options) {
     }
     MT_DATA_CHECK(!candidates.empty(),
                   "{}: no default activity data set (neither gcamp/trace_array nor a 2-D NWB "
-                  "TimeSeries 'data'); the file holds: {}; set Hdf5Options::dataset to the "
+                  "TimeSeries 'data'); the file holds: {}; set data.hdf5.dataset to the "
                   "activity data set's path",
                   where, f.listing());
     MT_DATA_CHECK(candidates.size() == 1,
                   "{}: several 2-D 'data' data sets could hold the activity ({}); set "
-                  "Hdf5Options::dataset to the one to load",
+                  "data.hdf5.dataset to the one to load",
                   where, fmt::join(candidates, ", "));
     data_path = candidates[0];
   }
@@ -295,8 +295,8 @@ Session load_hdf5(const std::string& path, const Hdf5Options& options) {
   std::string ts_path = strip_slash(options.timestamps);
   if (!ts_path.empty()) {
     MT_DATA_CHECK(f.has_dataset(ts_path),
-                  "{}: timestamps data set '{}' (Hdf5Options::timestamps) not found; the file "
-                  "holds: {}; set Hdf5Options::timestamps to the frame-time data set's path",
+                  "{}: timestamps data set '{}' (data.hdf5.timestamps) not found; the file "
+                  "holds: {}; set data.hdf5.timestamps to the frame-time data set's path",
                   where, ts_path, f.listing());
     ts_info = f.info(ts_path);
   } else if (f.has_dataset("timing/timestamp_confocal")) {
@@ -317,7 +317,7 @@ Session load_hdf5(const std::string& path, const Hdf5Options& options) {
     std::string fr_path = strip_slash(options.frame_ranges);
     if (!fr_path.empty()) {
       MT_DATA_CHECK(f.has_dataset(fr_path),
-                    "{}: frame-range data set '{}' (Hdf5Options::frame_ranges) not found; the "
+                    "{}: frame-range data set '{}' (data.hdf5.frame_ranges) not found; the "
                     "file holds: {}",
                     where, fr_path, f.listing());
     } else if (f.has_dataset("gcamp/idx_splits")) {
@@ -331,14 +331,14 @@ Session load_hdf5(const std::string& path, const Hdf5Options& options) {
       const int64_t len = options.time_axis == TimeAxis::Axis0 ? d0 : d1;
       MT_DATA_CHECK(nk == len,
                     "{}: time_axis {} of '{}' {} has {} frames, but timestamps '{}' has {} entries "
-                    "and frame ranges '{}' keep {}; check Hdf5Options::time_axis",
+                    "and frame ranges '{}' keep {}; check data.hdf5.time_axis",
                     where, static_cast<int>(options.time_axis), data_path, dims_str(data.dims), len,
                     ts_info->path, num_times, fr_path, nk);
       axis = static_cast<int>(options.time_axis);
     } else if (nk == d0 && nk == d1) {
       MT_DATA_CHECK(nwb,
                     "{}: cannot tell which axis of '{}' {} is time: the {} frames kept by '{}' "
-                    "match both dims; set Hdf5Options::time_axis to 0 or 1",
+                    "match both dims; set data.hdf5.time_axis to 0 or 1",
                     where, data_path, dims_str(data.dims), nk, fr_path);
       axis = 0;
     } else if (nk == d0 || nk == d1) {
@@ -355,8 +355,8 @@ Session load_hdf5(const std::string& path, const Hdf5Options& options) {
       const int a = static_cast<int>(options.time_axis);
       if ((a == 0 && !m0) || (a == 1 && !m1)) {
         MT_DATA_CHECK(try_frame_ranges(),
-                      "{}: Hdf5Options::time_axis = {} but that dim of '{}' {} has {} frames and "
-                      "timestamps '{}' has {} entries; fix time_axis or Hdf5Options::timestamps",
+                      "{}: data.hdf5.time_axis = {} but that dim of '{}' {} has {} frames and "
+                      "timestamps '{}' has {} entries; fix time_axis or data.hdf5.timestamps",
                       where, a, data_path, dims_str(data.dims), a == 0 ? d0 : d1, ts_info->path,
                       num_times);
       } else {
@@ -366,7 +366,7 @@ Session load_hdf5(const std::string& path, const Hdf5Options& options) {
       MT_DATA_CHECK(
           nwb,
           "{}: cannot tell which axis of '{}' {} is time: timestamps '{}' has {} entries, "
-          "matching both dims (ambiguous orientation); set Hdf5Options::time_axis to 0 "
+          "matching both dims (ambiguous orientation); set data.hdf5.time_axis to 0 "
           "or 1",
           where, data_path, dims_str(data.dims), ts_info->path, num_times);
       axis = 0;
@@ -375,8 +375,8 @@ Session load_hdf5(const std::string& path, const Hdf5Options& options) {
     } else {
       MT_DATA_CHECK(try_frame_ranges(),
                     "{}: timestamps '{}' has {} entries but '{}' is {}: neither dim is the time "
-                    "axis; set Hdf5Options::timestamps to the frame times of this data set (or "
-                    "Hdf5Options::time_axis and Hdf5Options::frame_ranges)",
+                    "axis; set data.hdf5.timestamps to the frame times of this data set (or "
+                    "data.hdf5.time_axis and data.hdf5.frame_ranges)",
                     where, ts_info->path, num_times, data_path, dims_str(data.dims));
     }
   } else if (options.time_axis != TimeAxis::Auto) {
@@ -386,8 +386,8 @@ Session load_hdf5(const std::string& path, const Hdf5Options& options) {
   } else {
     MT_DATA_FAIL(
         "{}: cannot tell which axis of '{}' {} is time: the file has no timestamps data "
-        "set and is not NWB; set Hdf5Options::time_axis to 0 or 1, or "
-        "Hdf5Options::timestamps to the frame times' data set",
+        "set and is not NWB; set data.hdf5.time_axis to 0 or 1, or "
+        "data.hdf5.timestamps to the frame times' data set",
         where, data_path, dims_str(data.dims));
   }
 
@@ -409,9 +409,25 @@ Session load_hdf5(const std::string& path, const Hdf5Options& options) {
     double start = 0.0, step = options.dt;
     const std::string st = join_path(parent_of(data_path), "starting_time");
     if (f.has_dataset(st)) {
-      const std::vector<double> v = read_vector(f, f.info(st), "starting_time", where);
-      if (!v.empty()) start = v[0];
-      if (auto rate = f.double_attribute(st, "rate"); rate && *rate > 0) step = 1.0 / *rate;
+      // NWB stores starting_time as a scalar (a 1-element array is read the same way).
+      const DatasetInfo st_info = f.info(st);
+      int64_t count = 1;
+      for (int64_t d : st_info.dims) count *= d;
+      MT_DATA_CHECK(count == 1,
+                    "{}: starting_time data set '{}' has shape {}; NWB's starting_time is one "
+                    "number (the first frame's time in seconds)",
+                    where, st, dims_str(st_info.dims));
+      const std::vector<double> v = f.read<double>(st_info);
+      start = v.at(0);
+      MT_DATA_CHECK(std::isfinite(start), "{}: starting_time '{}' is {}; it must be a finite "
+                    "number of seconds", where, st, start);
+      if (auto rate = f.double_attribute(st, "rate")) {
+        MT_DATA_CHECK(std::isfinite(*rate) && *rate > 0,
+                      "{}: the 'rate' attribute of '{}' is {}; it must be a positive number of "
+                      "frames per second",
+                      where, st, *rate);
+        step = 1.0 / *rate;
+      }
     }
     s.timestamps.resize(static_cast<size_t>(s.num_frames));
     for (int64_t t = 0; t < s.num_frames; ++t)

@@ -448,7 +448,7 @@ std::vector<char> make_npy_f64(const std::vector<int64_t>& shape, const double* 
 
 Session load_npz(const std::string& path, const NpzOptions& options) {
   MT_DATA_CHECK(std::isfinite(options.dt) && options.dt > 0,
-                "load_npz: {}: NpzOptions::dt is {}; it must be a positive number of seconds per "
+                "load_npz: {}: data.npz.dt is {}; it must be a positive number of seconds per "
                 "frame",
                 path, options.dt);
   const std::string stem = fs::path(path).stem().string();

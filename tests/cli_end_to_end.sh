@@ -180,6 +180,13 @@ rm "$work/six/train_state.safetensors"
 rm "$work/six/summary.json"
 fails_with "resume without a training state" "has no train_state.safetensors" "$bin" train \
   --run "$work/six" --resume
+# How files are read is part of the config (data.npz / hdf5 / csv), checked like the rest.
+fails_with "an hdf5 time axis of 2" "data.hdf5.time_axis = 2" "$bin" train --run "$work/x" \
+  --set data.hdf5.time_axis=2
+fails_with "a two-character csv delimiter" "data.csv.delimiter" "$bin" train --run "$work/x" \
+  --set 'data.csv.delimiter="ab"'
+fails_with "an unknown hdf5 key" "unknown key 'data.hdf5.bogus'" "$bin" train --run "$work/x" \
+  --set data.hdf5.bogus=1
 # Values checked before the run folder exists.
 fails_with "inner_lr 0" "train.meta.inner_lr must be a positive number" "$bin" train \
   --run "$work/bad_inner" "${small[@]}" --method fomaml --set train.meta.inner_lr=0

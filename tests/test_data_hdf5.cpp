@@ -204,6 +204,26 @@ TEST_CASE("hdf5: NWB TimeSeries are (time, channels)", "[data][hdf5]") {
     check_values(s, N, N);
     CHECK(s.timestamps == std::vector<double>{2.0, 2.25, 2.5, 2.75});
   }
+  SECTION("with a scalar starting_time (as pynwb writes it); a rate of 0 is refused") {
+    for (const double rate : {4.0, 0.0}) {
+      const std::string path = dir.file(rate > 0 ? "scalar.h5" : "rate0.h5");
+      {
+        H5Writer w(path);
+        w.string_attribute("nwb_version", "2.6.0");
+        w.dataset(series + "/data", {h(T), h(N)}, time_major(N, T));
+        w.dataset(series + "/starting_time", {}, {2.0});  // rank 0: a scalar data space
+        w.double_attribute(series + "/starting_time", "rate", rate);
+      }
+      if (rate > 0) {
+        const Session s = load_hdf5(path);
+        check_values(s, N, T);
+        CHECK(s.timestamps[1] == 2.25);
+      } else {
+        CHECK_THROWS_WITH(load_hdf5(path), Contains("rate0.h5") && Contains("'rate' attribute") &&
+                                               Contains("positive number of frames per second"));
+      }
+    }
+  }
 }
 
 TEST_CASE("hdf5: unusable files and options are refused with the file and the fix",
@@ -228,13 +248,13 @@ TEST_CASE("hdf5: unusable files and options are refused with the file and the fi
     REQUIRE_THROWS_WITH(load_hdf5(good, o), Contains("good.h5") && Contains("'gcamp/nope'") &&
                                                 Contains("not found") &&
                                                 Contains("gcamp/trace_array (12, 5)") &&
-                                                Contains("Hdf5Options::dataset"));
+                                                Contains("data.hdf5.dataset"));
   }
   SECTION("missing timestamps path") {
     Hdf5Options o;
     o.timestamps = "timing/absent";
     REQUIRE_THROWS_WITH(load_hdf5(good, o), Contains("good.h5") && Contains("'timing/absent'") &&
-                                                Contains("Hdf5Options::timestamps"));
+                                                Contains("data.hdf5.timestamps"));
   }
   SECTION("no default dataset") {
     const std::string path = dir.file("other.h5");
@@ -244,7 +264,7 @@ TEST_CASE("hdf5: unusable files and options are refused with the file and the fi
     }
     REQUIRE_THROWS_WITH(load_hdf5(path), Contains("other.h5") && Contains("no default activity") &&
                                              Contains("traces (5, 12)") &&
-                                             Contains("Hdf5Options::dataset"));
+                                             Contains("data.hdf5.dataset"));
   }
   SECTION("ambiguous orientation") {
     const std::string path = dir.file("square.h5");

@@ -13,7 +13,7 @@ namespace mt::cli {
 
 Data load_data(const RunConfig& c) {
   data::Dataset all = c.data.path.empty() ? data::synthesize(c.data.synthetic)
-                                          : data::load_folder(c.data.path);
+                                          : data::load_folder(c.data.path, c.data.load);
   data::validate(all);
   Data d;
   for (const auto& name : c.data.holdout)

@@ -99,6 +99,24 @@ void visit(data::SynthConfig& s, Fn&& fn) {
 }
 
 template <class Fn>
+void visit(data::NpzOptions& o, Fn&& fn) {
+  fn("dt", o.dt);
+}
+
+template <class Fn>
+void visit(data::Hdf5Options& o, Fn&& fn) {
+  fn("dataset", o.dataset);
+  fn("timestamps", o.timestamps);
+  fn("frame_ranges", o.frame_ranges);
+  fn("dt", o.dt);
+}
+
+template <class Fn>
+void visit(data::CsvOptions& o, Fn&& fn) {
+  fn("sampling_rate_hz", o.sampling_rate_hz);
+}
+
+template <class Fn>
 void visit(meta::MetaOptions& m, Fn&& fn) {
   fn("meta_batch", m.meta_batch);
   fn("inner_steps", m.inner_steps);
@@ -232,6 +250,13 @@ nlohmann::json RunConfig::to_json() const {
                       {"support_fraction", p.support_fraction},
                       {"seed", p.seed},
                       {"holdout", data.holdout}};
+  d["npz"] = fields_json(data.load.npz);
+  d["hdf5"] = fields_json(data.load.hdf5);
+  d["hdf5"]["time_axis"] = data.load.hdf5.time_axis == data::TimeAxis::Auto
+                               ? nlohmann::json("auto")
+                               : nlohmann::json(int(data.load.hdf5.time_axis));
+  d["csv"] = fields_json(data.load.csv);
+  d["csv"]["delimiter"] = std::string(1, data.load.csv.delimiter);
   nlohmann::json m = {{"kind", model.kind},
                       {"preset", model.preset},
                       {"poco", model.poco},
@@ -277,6 +302,37 @@ RunConfig config_from_json(const nlohmann::json& j) {
     r.get("support_fraction", c.data.prep.support_fraction);
     r.get("seed", c.data.prep.seed);
     r.get("holdout", c.data.holdout);
+    read_fields(r.child("npz"), "data.npz", c.data.load.npz);
+    {
+      nlohmann::json hj = r.child("hdf5");
+      nlohmann::json axis = "auto";
+      if (hj.is_object() && hj.contains("time_axis")) {
+        axis = hj["time_axis"];
+        hj.erase("time_axis");
+      }
+      read_fields(hj, "data.hdf5", c.data.load.hdf5);
+      MT_CHECK(axis == "auto" || axis == 0 || axis == 1,
+               "config: data.hdf5.time_axis = {}: use \"auto\", 0 (rows are frames) or 1 "
+               "(columns are frames)",
+               axis.dump());
+      c.data.load.hdf5.time_axis = axis == "auto" ? data::TimeAxis::Auto
+                                   : axis == 0    ? data::TimeAxis::Axis0
+                                                  : data::TimeAxis::Axis1;
+    }
+    {
+      nlohmann::json cj = r.child("csv");
+      std::string delimiter = ",";
+      if (cj.is_object() && cj.contains("delimiter")) {
+        MT_CHECK(cj["delimiter"].is_string() && cj["delimiter"].get<std::string>().size() == 1,
+                 "config: data.csv.delimiter = {}: one character, e.g. \",\", \";\" or "
+                 "\"\\t\"",
+                 cj["delimiter"].dump());
+        delimiter = cj["delimiter"].get<std::string>();
+        cj.erase("delimiter");
+      }
+      read_fields(cj, "data.csv", c.data.load.csv);
+      c.data.load.csv.delimiter = delimiter[0];
+    }
     r.finish();
   }
   {

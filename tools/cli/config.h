@@ -13,6 +13,7 @@
 #include "data/synth.h"
 #include "meta/forecaster.h"
 #include "meta/online.h"
+#include "data/load.h"
 #include "meta/training.h"
 
 namespace mt::cli {
@@ -22,6 +23,9 @@ struct DataSpec {
   data::SynthConfig synthetic;   // used when path is empty
   data::PrepConfig prep;         // split, z-score, windows (window lengths come from the model)
   std::vector<std::string> holdout;  // session names kept out of training (for adapt)
+  // How files are read (data.npz.*, data.hdf5.*, data.csv.*): data set paths, time axis, frame
+  // times where a file has none.
+  data::LoadOptions load;
 };
 
 struct AdaptSpec {
