@@ -1,5 +1,7 @@
 #include "data/check.h"
 
+#include <unistd.h>
+
 #include <string_view>
 
 namespace mt::data::detail {
@@ -8,6 +10,19 @@ void fail(const char* file, int line, const std::string& message) {
   std::string_view path(file);
   if (auto pos = path.rfind("data/"); pos != std::string_view::npos) path.remove_prefix(pos);
   throw Error(fmt::format("{} [{}:{}]", message, path, line));
+}
+
+double physical_memory_bytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? double(pages) * double(page) : 0.0;
+}
+
+void check_fits_in_memory(double bytes, const std::string& what, const std::string& fix) {
+  const double have = physical_memory_bytes();
+  if (have <= 0 || bytes <= have) return;
+  constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+  throw Error(fmt::format("{} needs about {:.3g} GiB, but this machine has {:.3g} GiB; {}", what,
+                          bytes / kGiB, have / kGiB, fix));
 }
 
 }  // namespace mt::data::detail

@@ -11,6 +11,13 @@
 
 namespace mt::data::detail {
 [[noreturn]] void fail(const char* file, int line, const std::string& message);
+
+// This machine's physical memory in bytes (0 if unknown).
+double physical_memory_bytes();
+// Refuses, before allocating, what would not fit in memory: `bytes` (a double, so a product of
+// huge sizes cannot wrap) against the physical memory; the message is "`what` needs about
+// X GiB, but this machine has Y GiB; `fix`".
+void check_fits_in_memory(double bytes, const std::string& what, const std::string& fix);
 }  // namespace mt::data::detail
 
 #define MT_DATA_CHECK(cond, ...)                                                \

@@ -435,6 +435,11 @@ Session load_hdf5(const std::string& path, const Hdf5Options& options) {
   }
 
   // ---- activity, neuron-major
+  detail::check_fits_in_memory(
+      4.0 * double(s.num_neurons) * double(s.num_frames) * 2.0,  // read, then reordered
+      fmt::format("{}: data set '{}' ({} neurons x {} frames, as f32)", where, data_path,
+                  s.num_neurons, s.num_frames),
+      "load a file of a size this machine holds (or check that its declared shape is right)");
   const std::vector<float> raw = f.read<float>(data);
   if (axis == 1) {
     s.activity = raw;  // stored (neurons, frames)

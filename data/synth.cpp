@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <filesystem>
 #include <numbers>
 
@@ -50,6 +51,17 @@ void check_config(const SynthConfig& c) {
                 c.drift);
   MT_DATA_CHECK(std::isfinite(c.obs_noise_std) && c.obs_noise_std >= 0,
                 "synthesize: obs_noise_std is {}; it must be >= 0", c.obs_noise_std);
+  // The template (n_total^2), then per session its connectivity (max_neurons^2), activity
+  // (max_neurons x num_frames f32) and timestamps (num_frames f64), in doubles so huge settings
+  // cannot wrap.
+  const double n = double(c.max_neurons), frames = double(c.num_frames);
+  const double bytes = 4.0 * double(c.n_total) * double(c.n_total) +
+                       double(c.num_sessions) * (4.0 * n * n + 4.0 * n * frames + 8.0 * frames);
+  detail::check_fits_in_memory(
+      bytes,
+      fmt::format("synthesize: {} sessions of up to {} neurons x {} frames (n_total {})",
+                  c.num_sessions, c.max_neurons, c.num_frames, c.n_total),
+      "lower data.synthetic.num_sessions, max_neurons, num_frames or n_total");
 }
 
 Matrix normal_matrix(int64_t n, Rng& rng) {
@@ -153,9 +165,19 @@ Dataset synthesize(const SynthConfig& config, SynthTruth* truth) {
   const Matrix templ = normal_matrix(config.n_total, template_rng);
 
   std::vector<SessionDraw> draws(static_cast<size_t>(config.num_sessions));
+  // An exception may not leave an OpenMP region (it would end the process): the first one is
+  // kept and rethrown after the loop.
+  std::exception_ptr failure;
 #pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t s = 0; s < config.num_sessions; ++s)
-    draws[static_cast<size_t>(s)] = simulate_session(config, templ, s);
+  for (int64_t s = 0; s < config.num_sessions; ++s) {
+    try {
+      draws[static_cast<size_t>(s)] = simulate_session(config, templ, s);
+    } catch (...) {
+#pragma omp critical(synthesize_failure)
+      if (!failure) failure = std::current_exception();
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
 
   Dataset d;
   if (truth) *truth = {};

@@ -130,6 +130,15 @@ TEST_CASE("synth: config errors name the field", "[data][synth]") {
   c = SynthConfig{};
   c.dt = 2.0;
   REQUIRE_THROWS_WITH(synthesize(c), Contains("dt (2) > tau (1)"));
+  // Sizes past the machine's memory are refused before anything is allocated (they used to end
+  // the process with std::bad_alloc inside the parallel simulation).
+  c = SynthConfig{};
+  c.num_frames = 2'000'000'000;
+  REQUIRE_THROWS_WITH(synthesize(c), Contains("GiB, but this machine has") &&
+                                         Contains("num_frames"));
+  c = SynthConfig{};
+  c.num_sessions = int64_t(1) << 40;
+  REQUIRE_THROWS_WITH(synthesize(c), Contains("GiB, but this machine has"));
 }
 
 TEST_CASE("synth: write_dataset_npz exports POCO's format", "[data][synth][npz]") {

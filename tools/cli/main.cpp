@@ -863,6 +863,12 @@ int main(int argc, char** argv) {
                  (long long)e.step, run_dir.c_str(), run_dir.c_str());
     const int signal_number = stop_signal.load();
     return 128 + (signal_number != 0 ? signal_number : SIGINT);  // as the signal would have
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr,
+                 "error: out of memory: what this command was asked to hold (data, model, batch) "
+                 "does not fit in this machine's memory; use fewer or shorter sessions, a smaller "
+                 "model or batch, or a machine with more memory\n");
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
