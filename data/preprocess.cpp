@@ -1,7 +1,10 @@
 #include "data/preprocess.h"
 
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "data/check.h"
 #include "data/random.h"
@@ -80,7 +83,12 @@ NormStats compute_stats(const Session& s, const std::vector<FrameRange>& frames)
         sq += d * d;
       }
     double sd = std::sqrt(sq / static_cast<double>(count));
-    if (!(sd > 1e-6 * std::max(1.0, std::abs(mean)))) {
+    // Constant: a spread of at most one f32 rounding step at the mean's magnitude (the values
+    // are f32: a trace that only flickers between neighbouring floats carries no signal),
+    // whatever the data's units: 1e-6-scale traces or a 1e6 offset are not constant.
+    const double resolution =
+        std::ldexp(std::max(std::abs(mean), double(std::numeric_limits<float>::min())), -24);
+    if (!(sd > resolution)) {
       sd = 1.0;
       st.constant_neurons.push_back(n);
     }
@@ -232,10 +240,23 @@ PreparedData::PreparedData(Dataset dataset, const PrepConfig& config)
     }
     if (config_.zscore) {
       p.stats = compute_stats(s, p.splits.train);
-      for (int64_t n : p.stats.constant_neurons) {
+      // One note per session, naming up to 8 neurons.
+      const auto& constant = p.stats.constant_neurons;
+      if (constant.size() == 1) {
         notes_.push_back(fmt::format(
             "{}: neuron {} is constant over the train split (value {}); its std is set to 1",
-            s.describe(), n, p.stats.mean[static_cast<size_t>(n)]));
+            s.describe(), constant[0], p.stats.mean[static_cast<size_t>(constant[0])]));
+      } else if (!constant.empty()) {
+        const size_t shown = std::min<size_t>(constant.size(), 8);
+        notes_.push_back(fmt::format(
+            "{}: {} of its {} neurons are constant over the train split (neurons {}{}); their "
+            "std is set to 1{}",
+            s.describe(), constant.size(), s.num_neurons,
+            fmt::join(constant.begin(), constant.begin() + std::ptrdiff_t(shown), ", "),
+            constant.size() > shown ? ", ..." : "",
+            int64_t(constant.size()) == s.num_neurons
+                ? "; the whole session is flat: check the recording (or leave it out)"
+                : ""));
       }
       apply_zscore(s, p.stats);
     }

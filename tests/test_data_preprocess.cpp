@@ -184,6 +184,28 @@ TEST_CASE("preprocess: z-scoring uses the train split's statistics", "[data][pre
     CHECK_THAT(q.notes()[0], Contains("synth_001") && Contains("neuron 3 is constant"));
     for (float v : q.session(1).trace(3)) CHECK(v == 0.0f);
   }
+  SECTION("constant is judged at the data's own scale: tiny units and large offsets are not") {
+    for (const double scale : {1e-6, 1e-20}) {
+      Dataset small = d;
+      for (auto& session : small.sessions)
+        for (float& v : session.activity) v = float(v * scale);
+      const PreparedData q(small, cfg);
+      INFO("scale " << scale);
+      CHECK(q.notes().empty());
+      CHECK(q.session(0).at(0, 0) == Approx(p.session(0).at(0, 0)).margin(1e-3));
+    }
+    Dataset offset = d;
+    for (auto& session : offset.sessions)
+      for (float& v : session.activity) v += 1e6f;  // f32 steps of 0.0625 there; the spread is larger
+    CHECK(PreparedData(offset, cfg).notes().empty());
+  }
+  SECTION("several constant neurons: one note for the session") {
+    Dataset c = d;
+    for (int64_t n : {1, 4, 6}) for (float& v : c[0].trace(n)) v = -1.0f;
+    const PreparedData q(c, cfg);
+    REQUIRE(q.notes().size() == 1);
+    CHECK_THAT(q.notes()[0], Contains("3 of its") && Contains("neurons 1, 4, 6"));
+  }
 }
 
 TEST_CASE("preprocess: support and query split the training windows", "[data][preprocess]") {
