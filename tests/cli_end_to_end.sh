@@ -50,6 +50,13 @@ check "data synth" "$bin" data synth --out "$work/synth" --set data.synthetic.nu
   --set data.synthetic.num_frames=300 --set data.synthetic.n_total=64 \
   --set data.synthetic.min_neurons=8 --set data.synthetic.max_neurons=10
 check "synth wrote npz" test -f "$work/synth/synth_000.npz"
+fails_with "synth into a folder holding a set" "holds 2 .npz file(s) already" "$bin" data synth \
+  --out "$work/synth" --set data.synthetic.num_sessions=1
+check "synth --overwrite replaces the set" "$bin" data synth --out "$work/synth_once" \
+  --set data.synthetic.num_sessions=2 --set data.synthetic.num_frames=300
+check "synth --overwrite replaces the set (second)" "$bin" data synth --out "$work/synth_once" \
+  --set data.synthetic.num_sessions=1 --set data.synthetic.num_frames=300 --overwrite
+check "the replaced set has one session" test "$(ls "$work/synth_once" | wc -l)" -eq 1
 check "train poco" "$bin" train --run "$work/poco" "${small[@]}"
 for f in config.json metrics.jsonl model.safetensors summary.json; do
   check "run folder has $f" test -s "$work/poco/$f"
@@ -145,6 +152,10 @@ cp -r "$work/synth" "$work/synth_moved"
   --set data.synthetic.seed=7 >/dev/null
 fails_with "resume on other recordings" "recordings differ" "$bin" train --run "$work/nl_resume" \
   --resume --set train.steps=9 --set "data.path=\"$work/synth_other\""
+cp -r "$work/nl_resume" "$work/nl_other"
+sed -i "s|$work/synth\"|$work/synth_other\"|" "$work/nl_other/config.json"
+fails_with "eval on other recordings" "is not the one the run was trained on" "$bin" eval \
+  --run "$work/nl_other"
 check "resume from a moved data folder, with another thread count" "$bin" train \
   --run "$work/nl_resume" --resume --set train.steps=9 --set "data.path=\"$work/synth_moved\"" \
   --set threads=1

@@ -8,6 +8,7 @@
 
 #include "data/load.h"
 #include "engine/autograd/grad_mode.h"
+#include "engine/io/safetensors.h"
 
 namespace mt::cli {
 
@@ -33,10 +34,19 @@ std::vector<int64_t> sizes_of(const data::Dataset& d) {
   return v;
 }
 
+std::string recording_crc32(const data::Session& s) {
+  uint32_t c = io::crc32_of_bytes(s.activity.data(), s.activity.size() * sizeof(float));
+  c = io::crc32_of_bytes(s.timestamps.data(), s.timestamps.size() * sizeof(double), c);
+  return fmt::format("{:08x}", c);
+}
+
 nlohmann::json session_json(const data::Dataset& d) {
   nlohmann::json j = nlohmann::json::array();
   for (const auto& s : d.sessions)
-    j.push_back({{"name", s.name}, {"neurons", s.num_neurons}, {"frames", s.num_frames}});
+    j.push_back({{"name", s.name},
+                 {"neurons", s.num_neurons},
+                 {"frames", s.num_frames},
+                 {"crc32", recording_crc32(s)}});
   return j;
 }
 

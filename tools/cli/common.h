@@ -19,6 +19,9 @@ struct Data {
 Data load_data(const RunConfig& c);
 
 std::vector<int64_t> sizes_of(const data::Dataset& d);
+// CRC-32 (8 hex digits) of a session's recording: its activity and timestamps as loaded.
+std::string recording_crc32(const data::Session& s);
+// name, neurons, frames and crc32 of each session (a run's config.json 'sessions').
 nlohmann::json session_json(const data::Dataset& d);
 void print_metrics(const char* title, const meta::Metrics& m);
 // The process-wide settings of the config: OpenMP threads and the saved-tensor recomputation

@@ -194,13 +194,13 @@ void note_if_unfinished(const std::string& run_dir) {
                  run_dir.c_str(), run_dir.c_str());
 }
 
-// What a training state must match to be resumed: the run's data settings, sessions (with a
-// CRC-32 of each training session's recording: the same files, not just the same names), model
-// and training options. Left out, so they may change: train.steps (a finished run may train
+// What a training state must match to be resumed: the run's data settings, sessions (with the
+// CRC-32 of each recording, session_json: the same files, not just the same names), model and
+// training options. Left out, so they may change: train.steps (a finished run may train
 // longer), train.log_progress, data.path (a moved data folder; its contents are compared), and
 // threads (sums may then differ in the last bits from the uninterrupted run's), plus the
 // sections training does not read (adapt, online, bench).
-json training_identity(const json& config, const data::Dataset& train_sessions) {
+json training_identity(const json& config) {
   json id = {{"data", config.at("data")},
              {"model", config.at("model")},
              {"train", config.at("train")},
@@ -209,13 +209,6 @@ json training_identity(const json& config, const data::Dataset& train_sessions) 
   id["train"].erase("steps");
   id["train"].erase("log_progress");
   id["data"].erase("path");
-  json crc = json::object();
-  for (const auto& s : train_sessions.sessions) {
-    uint32_t c = io::crc32_of_bytes(s.activity.data(), s.activity.size() * sizeof(float));
-    c = io::crc32_of_bytes(s.timestamps.data(), s.timestamps.size() * sizeof(double), c);
-    crc[s.name] = fmt::format("{:08x}", c);
-  }
-  id["recordings_crc32"] = crc;
   return id;
 }
 
@@ -225,7 +218,7 @@ std::string describe_difference(const json& then, const json& now) {
   const json patch = json::diff(then, now);
   if (patch.empty()) return "";
   const std::string pointer = patch[0].value("path", std::string("/"));
-  if (pointer.rfind("/recordings_crc32", 0) == 0 || pointer.rfind("/sessions", 0) == 0)
+  if (pointer.rfind("/sessions", 0) == 0)
     return "the training sessions' recordings differ from those the run was trained on (other "
            "files, or their contents changed)";
   std::string key = pointer.substr(1);
@@ -335,7 +328,7 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   const bool has_parameters = f->module() != nullptr;
   meta::ResumeOptions state;
   if (has_parameters) state.state_path = run_dir + "/train_state.safetensors";
-  state.identity = training_identity(config, d.train);
+  state.identity = training_identity(config);
   state.resume = resume;
   std::unique_ptr<RunLock> lock;
   if (resume) {
@@ -440,6 +433,7 @@ struct Run {
   // The sessions the model was trained on and their neuron counts (config.json 'sessions').
   std::vector<std::string> trained_on;
   std::vector<int64_t> trained_sizes;
+  std::vector<std::string> trained_crc32;  // "" where config.json has none (older runs)
 };
 Run read_run(const std::string& run_dir, bool note_unfinished = true) {
   const std::string path = run_dir + "/config.json";
@@ -455,6 +449,7 @@ Run read_run(const std::string& run_dir, bool note_unfinished = true) {
                "them); restore the file", path);
       run.trained_on.push_back(s["name"].get<std::string>());
       run.trained_sizes.push_back(s["neurons"].get<int64_t>());
+      run.trained_crc32.push_back(s.value("crc32", std::string()));
     }
   }
   j.erase("sessions");  // descriptive fields written by train
@@ -463,6 +458,26 @@ Run read_run(const std::string& run_dir, bool note_unfinished = true) {
   run.config = cli::config_from_json(j);
   run.config_json = j;
   return run;
+}
+
+// Scores of a run are of the recordings it was trained on: the data's training sessions must be
+// the run's (names) and, where config.json recorded their CRC-32, hold the same recordings.
+void check_same_recordings(const Run& run, const data::Dataset& train, const std::string& run_dir) {
+  if (run.trained_on.empty()) return;
+  MT_CHECK(train.names() == run.trained_on,
+           "{}: the data's training sessions ({}) are not those the run was trained on ({}, in "
+           "{}/config.json); check data.path and data.holdout",
+           run_dir, fmt::join(train.names(), ", "), fmt::join(run.trained_on, ", "), run_dir);
+  for (size_t i = 0; i < train.sessions.size(); ++i) {
+    const std::string& recorded = run.trained_crc32[i];
+    if (recorded.empty()) continue;
+    const std::string now = cli::recording_crc32(train.sessions[i]);
+    MT_CHECK(now == recorded,
+             "{}: the recording of session '{}' ({}) is not the one the run was trained on "
+             "(CRC-32 {} now, {} in {}/config.json): the scores would be of other data; restore "
+             "the recording, or train a new run on it",
+             run_dir, train.sessions[i].name, train.sessions[i].source, now, recorded, run_dir);
+  }
 }
 
 // ---- adapt ----
@@ -620,6 +635,12 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
     cd.data.synthetic.drift = drift;
     const std::string drift_text = synthetic ? fmt::format("{:.2f}", drift) : "-";
     Data d = load_data(cd);
+    // A drift sweep (or a --set of data.*) regenerates the recordings on purpose.
+    const bool data_changed_on_purpose =
+        !drifts.empty() || std::any_of(sets.begin(), sets.end(), [](const std::string& x) {
+          return x.rfind("data.", 0) == 0;
+        });
+    if (!data_changed_on_purpose) check_same_recordings(run, d.train, run_dir);
     data::PreparedData prepared(d.train, cd.data.prep);
     Generator gen(0);
     auto f = meta::make_forecaster(cd.model, sizes_of(d.train), gen);
@@ -674,6 +695,7 @@ int run_eval(const std::string& run_dir, const std::string& split_name, bool una
   Run run = read_run(run_dir);
   apply_threads(run.config);
   Data d = load_data(run.config);
+  check_same_recordings(run, d.train, run_dir);
   data::PreparedData prepared(d.train, run.config.data.prep);
   Generator gen(0);
   auto f = meta::make_forecaster(run.config.model, sizes_of(d.train), gen);
@@ -707,6 +729,10 @@ int main(int argc, char** argv) {
   synth->add_option("--out", out_dir, "folder for the .npz sessions")->required();
   synth->add_option("--config", config_file, "run config JSON (its data.synthetic section)");
   synth->add_option("--set", sets, "override, e.g. --set data.synthetic.num_sessions=8");
+  bool synth_overwrite = false;
+  synth->add_flag("--overwrite", synth_overwrite,
+                  "remove the .npz files already in --out first (else such a folder is refused: "
+                  "two sets would mix)");
 
   auto* train = app.add_subcommand("train", "train a forecaster; writes a run folder");
   train->add_option("--config", config_file, "run config JSON (defaults when omitted)");
@@ -773,7 +799,20 @@ int main(int argc, char** argv) {
   try {
     if (synth->parsed()) {
       cli::RunConfig c = cli::load_config(config_file, sets);
+      // A folder is one data set: files of an earlier set would be loaded with this one.
+      std::vector<fs::path> earlier;
+      if (fs::is_directory(out_dir))
+        for (const auto& e : fs::directory_iterator(out_dir))
+          if (e.is_regular_file() && e.path().extension() == ".npz") earlier.push_back(e.path());
+      std::sort(earlier.begin(), earlier.end());
+      MT_CHECK(earlier.empty() || synth_overwrite,
+               "data synth: {} holds {} .npz file(s) already ({}{}), which a training on the "
+               "folder would load with the new set; choose an empty folder, or pass --overwrite "
+               "to remove them first",
+               out_dir, earlier.size(), earlier.front().filename().string(),
+               earlier.size() > 1 ? ", ..." : "");
       data::Dataset d = data::synthesize(c.data.synthetic);
+      for (const auto& p : earlier) fs::remove(p);
       data::write_dataset_npz(d, out_dir);
       for (const auto& s : d.sessions)
         std::printf("%s: %lld neurons x %lld frames\n", s.name.c_str(), (long long)s.num_neurons,
