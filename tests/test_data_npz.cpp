@@ -3,6 +3,7 @@
 // trip, and every way an archive can be unusable.
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <limits>
 #include <string>
 #include <vector>
@@ -121,6 +122,24 @@ TEST_CASE("npz: a folder loads sorted by file name", "[data][npz]") {
     CHECK(d.find("b_session") == 1);
     CHECK(d.find("nope") == -1);
   }
+}
+
+TEST_CASE("npz: a folder's odd entries: hidden files skipped, broken links and non-UTF-8 names "
+          "named",
+          "[data][npz]") {
+  TempDir dir("test_data_npz");
+  save_npz(small_session("x", 3, 10), dir.file("a.npz"));
+  save_npz(small_session("x", 3, 10), dir.file(".hidden.npz"));  // and macOS's "._a.npz"
+  save_npz(small_session("x", 3, 10), dir.file("._a.npz"));
+  CHECK(load_folder(dir.path().string()).size() == 1);
+  std::filesystem::create_symlink(dir.file("gone.npz"), dir.file("b.npz"));
+  REQUIRE_THROWS_WITH(load_folder(dir.path().string()),
+                      Contains("b.npz") && Contains("symbolic link") &&
+                          Contains("fix or remove the link"));
+  std::filesystem::remove(dir.file("b.npz"));
+  save_npz(small_session("x", 3, 10), dir.file("c\xff.npz"));
+  REQUIRE_THROWS_WITH(load_folder(dir.path().string()),
+                      Contains("c\\xFF.npz") && Contains("not valid UTF-8"));
 }
 
 TEST_CASE("npz: unusable archives are refused with the file and the fix", "[data][npz]") {
