@@ -2,9 +2,11 @@
 
 #include <charconv>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <string>
 #include <string_view>
 
 #include "data/check.h"
@@ -41,7 +43,9 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
   MT_DATA_CHECK(fs::exists(path, ec), "load_csv: {}: no such file; check the path", path);
   std::ifstream in(path, std::ios::binary);
   MT_DATA_CHECK(in.good(), "load_csv: {}: cannot open the file for reading", path);
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // A UTF-8 byte order mark (Excel's "CSV UTF-8") is not part of the first cell.
+  if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);
 
   // Lines, with trailing blank lines dropped.
   std::vector<std::string_view> lines;
@@ -86,16 +90,34 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
       if (cell.front() == '+') cell.remove_prefix(1);
       float v = 0.0f;
       const auto [ptr, err] = std::from_chars(cell.data(), cell.data() + cell.size(), v);
-      if (err == std::errc::result_out_of_range) {
-        MT_DATA_FAIL("{}: line {}, column {}: '{}' is out of the float range", where, line_no, col,
-                     shorten(cell));
+      if (err == std::errc::result_out_of_range && ptr == cell.data() + cell.size()) {
+        // Below the smallest f32 (e.g. 1e-400) reads as 0, as numpy's float32 cast does;
+        // beyond the largest it is an error.
+        const double wide = std::strtod(std::string(cell).c_str(), nullptr);
+        MT_DATA_CHECK(std::abs(wide) < 1.0, "{}: line {}, column {}: '{}' is out of the float range",
+                      where, line_no, col, shorten(cell));
+        v = 0.0f;
+      } else if (!(err == std::errc() && ptr == cell.data() + cell.size())) {
+        // The usual causes: another delimiter (the whole line read as one cell), a header row,
+        // quoted numbers.
+        std::string hint;
+        for (const char other : {';', '\t', ' ', '|'})
+          if (other != options.delimiter && cell.find(other) != std::string_view::npos &&
+              trim(line).find(options.delimiter) == std::string_view::npos) {
+            hint = fmt::format("; the values seem to be separated by '{}', not '{}': set "
+                               "data.csv.delimiter",
+                               other == '\t' ? "\\t" : std::string(1, other),
+                               options.delimiter == '\t' ? "\\t" : std::string(1, options.delimiter));
+            break;
+          }
+        if (hint.empty() && cell.front() == '"')
+          hint = "; quoted cells are not read: write the numbers without quotes";
+        if (hint.empty() && line_no == 1)
+          hint = "; the file must have no header row (one row per neuron, one column per frame, "
+                 "numbers only)";
+        MT_DATA_FAIL("{}: line {}, column {}: '{}' is not a number{}", where, line_no, col,
+                     shorten(cell), hint);
       }
-      MT_DATA_CHECK(err == std::errc() && ptr == cell.data() + cell.size(),
-                    "{}: line {}, column {}: '{}' is not a number{}", where, line_no, col,
-                    shorten(cell),
-                    line_no == 1 ? "; the file must have no header row (one row per neuron, one "
-                                   "column per frame, numbers only)"
-                                 : "");
       s.activity.push_back(v);
       if (end == std::string_view::npos) break;
       pos = end + 1;

@@ -218,10 +218,15 @@ PreparedData::PreparedData(Dataset dataset, const PrepConfig& config)
       int64_t longest = 0;
       for (const auto& r : ranges) longest = std::max(longest, r.length());
       std::string fix;
-      if (longest > w.pred_length) fix = fmt::format("use seq_length <= {}, ", longest);
+      if (longest > w.pred_length)
+        fix = fmt::format("use seq_length <= {} (the CLI's model.poco.seq_length), ", longest);
       fix += fmt::format("use a larger {} fraction (now {}){}, or leave this session out",
                          split_name(split), fractions[k],
                          config_.split.mode == SplitMode::Blocks ? ", a longer block_length" : "");
+      if (s.num_neurons > s.num_frames)
+        fix += fmt::format(" (the session has more neurons, {}, than frames, {}: is its matrix "
+                           "transposed? recordings are (neurons, frames))",
+                           s.num_neurons, s.num_frames);
       if (config_.split.mode == SplitMode::Chronological) {
         const std::string span =
             ranges.empty() ? fmt::format("{} of {} frames, rounded", fractions[k], s.num_frames)

@@ -78,6 +78,24 @@ TEST_CASE("csv: malformed files are refused with line and column", "[data][csv]"
     REQUIRE_THROWS_WITH(load_csv(p), Contains("gaps.csv") && Contains("session 'gaps'") &&
                                          Contains("neuron 1, frame 2 is nan"));
   }
+  SECTION("another delimiter, quoted numbers: the hint names the cause") {
+    const std::string semi = dir.write("semi.csv", "1;2;3\n4;5;6\n");
+    REQUIRE_THROWS_WITH(load_csv(semi), Contains("semi.csv") && Contains("separated by ';'") &&
+                                            Contains("data.csv.delimiter"));
+    CsvOptions o;
+    o.delimiter = ';';
+    CHECK(load_csv(semi, o).num_frames == 3);
+    const std::string quoted = dir.write("quoted.csv", "\"1\",\"2\"\n");
+    REQUIRE_THROWS_WITH(load_csv(quoted), Contains("quoted cells"));
+  }
+  SECTION("a byte order mark is skipped; values below the f32 range read as 0") {
+    const std::string p = dir.write("bom.csv", "\xEF\xBB\xBF" "1,2,1e-400\n3,4,5\n");
+    const Session s = load_csv(p);
+    CHECK(s.at(0, 0) == 1.0f);
+    CHECK(s.at(0, 2) == 0.0f);
+    const std::string big = dir.write("big.csv", "1,2,1e400\n");
+    REQUIRE_THROWS_WITH(load_csv(big), Contains("out of the float range"));
+  }
   SECTION("missing file and bad option") {
     REQUIRE_THROWS_WITH(load_csv(dir.file("absent.csv")),
                         Contains("absent.csv") && Contains("no such file"));
