@@ -502,6 +502,20 @@ Session load_npz(const std::string& path, const NpzOptions& options) {
       s.timestamps[static_cast<size_t>(i)] = static_cast<double>(i) * options.dt;
   }
   s.activity = m.to_float();
+  if (m.descr == "<f8") {
+    // A finite float64 beyond the float32 range becomes inf in the conversion: say so, rather
+    // than let validate report an inf the file does not hold.
+    const auto inf = std::find_if(s.activity.begin(), s.activity.end(),
+                                  [](float v) { return std::isinf(v); });
+    if (inf != s.activity.end()) {
+      const int64_t at = inf - s.activity.begin();
+      const double original = m.to_double()[static_cast<size_t>(at)];
+      MT_DATA_CHECK(std::isinf(original),
+                    "{}: M holds {} at neuron {}, frame {}, beyond the float32 range the "
+                    "recordings are kept in (|x| <= 3.4e38); rescale the recording",
+                    where, original, at / s.num_frames, at % s.num_frames);
+    }
+  }
   validate(s);
   return s;
 }

@@ -152,7 +152,10 @@ TEST_CASE("npz: unusable archives are refused with the file and the fix", "[data
                         Contains("bad_missing_M.npz") && Contains("no member 'M'") &&
                             Contains("X.npy") && Contains("np.savez(path, M=activity)"));
   }
-  SECTION("NaN names the session, neuron and frame") {
+  SECTION("NaN, and float64 beyond float32, name the session, neuron and frame") {
+    REQUIRE_THROWS_WITH(load_npz(fixture("bad_f8_beyond_f4.npz")),
+                        Contains("bad_f8_beyond_f4.npz") && Contains("1e+300") &&
+                            Contains("neuron 2, frame 4") && Contains("float32 range"));
     REQUIRE_THROWS_WITH(load_npz(fixture("bad_nan.npz")),
                         Contains("bad_nan.npz") && Contains("session 'bad_nan'") &&
                             Contains("neuron 1, frame 2 is nan") && Contains("interpolate"));

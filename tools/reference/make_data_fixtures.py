@@ -106,6 +106,10 @@ def main():
     # Stored (frames, neurons) with 6 timestamps: the loader must say M looks transposed.
     savez(out("bad_transposed.npz"), False, M=activity(6, 3, np.float32), t=times(6))
     savez(out("bad_big_endian.npz"), False, M=activity(3, 5, ">f4"))
+    # A finite float64 beyond the float32 range: the loader must name it, not report an inf.
+    huge = activity(3, 5, np.float64)
+    huge[2, 4] = 1e300
+    savez(out("bad_f8_beyond_f4.npz"), False, M=huge)
 
     names = sorted(f for f in os.listdir(args.out) if f.endswith(".npz"))
     # Check every readable fixture round-trips through numpy.
