@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <set>
 
 #include "data/check.h"
@@ -105,13 +106,14 @@ void validate(const Session& s) {
 }
 
 void validate(const Dataset& dataset) {
-  std::set<std::string> seen;
+  std::map<std::string, const Session*> seen;
   for (const auto& s : dataset.sessions) {
     validate(s);
-    MT_DATA_CHECK(seen.insert(s.name).second,
-                  "dataset: two sessions are named '{}' (the second is {}); session names must be "
+    const auto [it, fresh] = seen.emplace(s.name, &s);
+    MT_DATA_CHECK(fresh,
+                  "dataset: two sessions are named '{}' ({} and {}); session names must be "
                   "unique: rename one of the files",
-                  s.name, s.describe());
+                  s.name, it->second->describe(), s.describe());
   }
 }
 

@@ -198,6 +198,8 @@ fails_with "a two-character csv delimiter" "data.csv.delimiter" "$bin" train --r
   --set 'data.csv.delimiter="ab"'
 fails_with "an unknown hdf5 key" "unknown key 'data.hdf5.bogus'" "$bin" train --run "$work/x" \
   --set data.hdf5.bogus=1
+fails_with "a holdout that is not a list" "must be a list of names" "$bin" train --run "$work/x" \
+  --set 'data.holdout="x"'
 # Values checked before the run folder exists.
 fails_with "inner_lr 0" "train.meta.inner_lr must be a positive number" "$bin" train \
   --run "$work/bad_inner" "${small[@]}" --method fomaml --set train.meta.inner_lr=0

@@ -1,5 +1,6 @@
 #include "tools/cli/config.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -42,6 +43,12 @@ class Reader {
         MT_CHECK(it->is_number(), "must be a number");
       } else if constexpr (std::is_same_v<T, bool>) {
         MT_CHECK(it->is_boolean(), "must be true or false");
+      } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+        MT_CHECK(it->is_array() && std::all_of(it->begin(), it->end(),
+                                               [](const nlohmann::json& x) { return x.is_string(); }),
+                 "must be a list of names, e.g. [\"a\", \"b\"] (on the command line: --set "
+                 "'{}.{}=[\"a\",\"b\"]')",
+                 where_, key);
       }
       out = it->get<T>();
     } catch (const std::exception& e) {
@@ -50,7 +57,11 @@ class Reader {
       if constexpr (std::is_arithmetic_v<T> && !std::is_same_v<T, bool>)
         if (it->is_string() && looks_numeric(it->template get<std::string>()))
           hint = " (JSON numbers need a digit before the point, e.g. 0.001)";
-      MT_FAIL("config: '{}.{}' = {}: {}{}", where_, key, it->dump(), e.what(), hint);
+      // The inner check's own source location is dropped: this message gets one.
+      std::string why = e.what();
+      if (const size_t at = why.rfind(" ["); at != std::string::npos && why.back() == ']')
+        why.erase(at);
+      MT_FAIL("config: '{}.{}' = {}: {}{}", where_, key, it->dump(), why, hint);
     }
   }
   nlohmann::json child(const char* key) {
