@@ -2,6 +2,9 @@
 
 #include <unistd.h>
 
+#include <cstdlib>
+#include <fstream>
+#include <string>
 #include <string_view>
 
 namespace mt::data::detail {
@@ -14,7 +17,16 @@ void fail(const char* file, int line, const std::string& message) {
 
 double physical_memory_bytes() {
   const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
-  return pages > 0 && page > 0 ? double(pages) * double(page) : 0.0;
+  double bytes = pages > 0 && page > 0 ? double(pages) * double(page) : 0.0;
+  // A container's limit (cgroup v2), where one is set, is what the process may really use.
+  std::ifstream limit("/sys/fs/cgroup/memory.max");
+  std::string text;
+  if (limit >> text && text != "max") {
+    char* end = nullptr;
+    const double v = std::strtod(text.c_str(), &end);
+    if (end != text.c_str() && v > 0 && (bytes == 0 || v < bytes)) bytes = v;
+  }
+  return bytes;
 }
 
 void check_fits_in_memory(double bytes, const std::string& what, const std::string& fix) {

@@ -24,21 +24,30 @@ bool valid_utf8(const std::string& s) {
   size_t i = 0;
   while (i < s.size()) {
     const auto c = static_cast<unsigned char>(s[i]);
-    size_t extra = 0;  // continuation bytes after the lead byte
+    // Continuation bytes after the lead byte, and the range of the first of them (RFC 3629:
+    // no overlong forms, no surrogates, nothing past U+10FFFF; JSON writers refuse those too).
+    size_t extra = 0;
+    unsigned char lo = 0x80, hi = 0xBF;
     if (c < 0x80) {
       extra = 0;
     } else if (c >= 0xC2 && c <= 0xDF) {
       extra = 1;
     } else if (c >= 0xE0 && c <= 0xEF) {
       extra = 2;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
     } else if (c >= 0xF0 && c <= 0xF4) {
       extra = 3;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
     } else {
       return false;
     }
     if (extra > 0 && i + extra >= s.size()) return false;  // truncated sequence
-    for (size_t k = 1; k <= extra; ++k)
-      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
+    for (size_t k = 1; k <= extra; ++k) {
+      const auto b = static_cast<unsigned char>(s[i + k]);
+      if (k == 1 ? (b < lo || b > hi) : (b & 0xC0) != 0x80) return false;
+    }
     i += extra + 1;
   }
   return true;

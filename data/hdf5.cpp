@@ -396,6 +396,12 @@ Session load_hdf5(const std::string& path, const Hdf5Options& options) {
   s.source = path;
   s.num_frames = axis == 0 ? d0 : d1;
   s.num_neurons = axis == 0 ? d1 : d0;
+  // Before anything of that size is allocated (a file of a few KB may declare any shape).
+  detail::check_fits_in_memory(
+      4.0 * double(s.num_neurons) * double(s.num_frames) * 2.0 + 8.0 * double(s.num_frames),
+      fmt::format("{}: data set '{}' ({} neurons x {} frames, as f32, read then reordered)",
+                  where, data_path, s.num_neurons, s.num_frames),
+      "load a file of a size this machine holds (or check that its declared shape is right)");
 
   // ---- times for each frame
   if (ts_info) {
@@ -435,14 +441,9 @@ Session load_hdf5(const std::string& path, const Hdf5Options& options) {
   }
 
   // ---- activity, neuron-major
-  detail::check_fits_in_memory(
-      4.0 * double(s.num_neurons) * double(s.num_frames) * 2.0,  // read, then reordered
-      fmt::format("{}: data set '{}' ({} neurons x {} frames, as f32)", where, data_path,
-                  s.num_neurons, s.num_frames),
-      "load a file of a size this machine holds (or check that its declared shape is right)");
-  const std::vector<float> raw = f.read<float>(data);
+  std::vector<float> raw = f.read<float>(data);
   if (axis == 1) {
-    s.activity = raw;  // stored (neurons, frames)
+    s.activity = std::move(raw);  // stored (neurons, frames)
   } else {
     s.activity.resize(raw.size());
     const int64_t T = s.num_frames, N = s.num_neurons;

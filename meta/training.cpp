@@ -312,8 +312,8 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
     if (best_params.size() == params.size())
       for (size_t i = 0; i < params.size(); ++i)
         tensors.emplace_back("best." + params[i].first, to_cpu_copy(best_params[i]));
-    if (adam)
-      for (auto& [name, t] : adam->state_dict()) tensors.emplace_back("optim." + name, to_cpu_copy(t));
+    if (adam)  // copied straight to the host: no device copy adds to the peak memory
+      for (auto& [name, t] : adam->state_views()) tensors.emplace_back("optim." + name, to_cpu_copy(t));
     std::ostringstream rng_text;
     rng_text << rng;
     nlohmann::json curve = nlohmann::json::array();
@@ -322,6 +322,7 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
     for (auto& [name, t] : params) trainable.push_back(name);
     const nlohmann::json state = {
         {"version", 1},
+        {"device", f.device().str()},
         {"step", step},
         {"evaluated", evaluated},
         {"steps", opt.steps},
@@ -354,6 +355,9 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
              "resume with the run's own config, or train the run again from the start",
              path, differs);
     try {
+      MT_CHECK(state.value("version", 0) == 1,
+               "{}: the training state has format version {}; this metatape reads version 1",
+               path, state.value("version", 0));
       const int64_t step = state.at("step").get<int64_t>();
       MT_CHECK(step <= opt.steps,
                "{}: the training state is at step {}, past train.steps ({}); set train.steps to "
@@ -407,6 +411,7 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
       seconds_before = state.at("seconds").get<double>();
       first_step = step + 1;
       state_evaluated = state.value("evaluated", true);
+      if (resume.on_restored) resume.on_restored(state, contents);
     } catch (const nlohmann::json::exception& e) {
       MT_FAIL("{}: the training state's metadata is damaged ({}); it cannot be resumed: train "
               "the run again from the start",
@@ -517,7 +522,7 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
     if (progress_line) std::fprintf(stderr, "\n");  // what the caller prints starts a line
     throw;
   }
-  if (opt.log_progress && first_step <= opt.steps) std::fprintf(stderr, "\n");
+  if (progress_line) std::fprintf(stderr, "\n");
   result.seconds = elapsed() - result.eval_seconds;
   result.peak_bytes = std::max(peak_before, memory_stats(f.device()).peak_allocated_bytes);
   // Restore the best parameters.

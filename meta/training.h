@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/core/error.h"
+#include "engine/io/safetensors.h"
 #include "meta/forecaster.h"
 
 namespace mt::meta {
@@ -107,6 +108,12 @@ struct ResumeOptions {
   // Stored in the state and compared on resume: a state written for another run (another
   // config or data) is refused. Typically the run's config without `train.steps`.
   nlohmann::json identity;
+  // Called once a resumed state has been read and fully checked and restored into the model
+  // and optimizer, before the first step: the state's metadata (read_train_state_metadata's)
+  // and its tensors ("param.", "best.", "optim." entries). A caller that keeps files beside
+  // the state (the CLI's metrics and best model) brings them in line here, after every check.
+  std::function<void(const nlohmann::json& state, const io::SafetensorsContents& tensors)>
+      on_restored;
   // Asked after every step (with the step just done): true stops the run there. train() then
   // writes the state at that step (with `state_path`) and throws TrainingStopped; resuming
   // continues bitwise as from an evaluation point. The CLI's Ctrl-C handler answers it.
@@ -139,7 +146,8 @@ TrainResult train(Forecaster& forecaster, const data::PreparedData& data,
 
 // The metadata of a training state file (ResumeOptions::state_path) without its tensors: "step",
 // "steps" (train.steps of the run that wrote it), "best_step", "best_score", "curve", "identity",
-// "evaluated" (whether the step is an evaluation point, the curve's last).
+// "evaluated" (whether the step is an evaluation point, the curve's last), "device" (where it
+// was trained).
 // Errors name the file.
 nlohmann::json read_train_state_metadata(const std::string& path);
 

@@ -165,9 +165,19 @@ fails_with "resume a model without parameters" "nothing to resume" "$bin" train 
 # saves its state there, exits with 130, and resumed ends as the run that was not stopped.
 long=("${small[@]}" --set train.steps=6000 --set train.eval_every=1000)
 check "train 6000 steps" "$bin" train --run "$work/long" "${long[@]}"
+# Waits until a background train has written its first evaluation (its signal handler is then
+# installed), or has ended; fails the check if neither happens within 60 s.
+wait_for_first_evaluation() {  # wait_for_first_evaluation run_dir pid
+  for _ in $(seq 1200); do
+    [ -s "$1/metrics.jsonl" ] && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.05
+  done
+  return 1
+}
 "$bin" train --run "$work/stopped" "${long[@]}" >"$work/stopped.txt" 2>&1 &
 pid=$!
-for _ in $(seq 200); do [ -s "$work/stopped/metrics.jsonl" ] && break; sleep 0.05; done
+check "the stopped run started training" wait_for_first_evaluation "$work/stopped" "$pid"
 # One train per run folder: a second one is refused while the first runs.
 fails_with "a second train on a folder in use" "another metatape train" "$bin" train \
   --run "$work/stopped" --resume
@@ -183,10 +193,14 @@ check "the run resumed after Ctrl-C ends as the one not stopped" cmp \
   "$work/long/model.safetensors" "$work/stopped/model.safetensors"
 "$bin" train --run "$work/termed" "${long[@]}" >"$work/termed.txt" 2>&1 &
 pid=$!
-for _ in $(seq 200); do [ -s "$work/termed/metrics.jsonl" ] && break; sleep 0.05; done
+check "the SIGTERM run started training" wait_for_first_evaluation "$work/termed" "$pid"
 kill -TERM "$pid"
 wait "$pid"
 check "SIGTERM stops training with exit code 143" test $? -eq 143
+check "SIGTERM saved the state" grep -q "stopped after step" "$work/termed.txt"
+check "resume after SIGTERM" "$bin" train --run "$work/termed" --resume
+check "the run resumed after SIGTERM ends as the one not stopped" cmp \
+  "$work/long/model.safetensors" "$work/termed/model.safetensors"
 rm "$work/six/train_state.safetensors"
 rm "$work/six/summary.json"
 fails_with "resume without a training state" "has no train_state.safetensors" "$bin" train \

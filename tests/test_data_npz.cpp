@@ -140,6 +140,12 @@ TEST_CASE("npz: a folder's odd entries: hidden files skipped, broken links and n
   save_npz(small_session("x", 3, 10), dir.file("c\xff.npz"));
   REQUIRE_THROWS_WITH(load_folder(dir.path().string()),
                       Contains("c\\xFF.npz") && Contains("not valid UTF-8"));
+  std::filesystem::remove(dir.file("c\xff.npz"));
+  save_npz(small_session("x", 3, 10), dir.file("d\xed\xa0\x80.npz"));  // a UTF-16 surrogate
+  REQUIRE_THROWS_WITH(load_folder(dir.path().string()), Contains("not valid UTF-8"));
+  std::filesystem::remove(dir.file("d\xed\xa0\x80.npz"));
+  save_npz(small_session("x", 3, 10), dir.file("\xc3\xa9t\xc3\xa9.npz"));  // "été"
+  CHECK(load_folder(dir.path().string()).size() == 2);
 }
 
 TEST_CASE("npz: unusable archives are refused with the file and the fix", "[data][npz]") {

@@ -99,6 +99,19 @@ void check_lists(const char* op, const TensorList& a, const TensorList* b) {
   }
 }
 
+// [begin, end) byte ranges of the non-empty entries of a list of contiguous tensors, with each
+// entry's index, sorted by begin.
+std::vector<std::tuple<uintptr_t, uintptr_t, size_t>> sorted_byte_ranges(const TensorList& a) {
+  std::vector<std::tuple<uintptr_t, uintptr_t, size_t>> ranges;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].numel() == 0) continue;
+    const auto begin = reinterpret_cast<uintptr_t>(a[i].raw_data());
+    ranges.emplace_back(begin, begin + size_t(a[i].numel()) * itemsize(a[i].dtype()), i);
+  }
+  std::sort(ranges.begin(), ranges.end());
+  return ranges;
+}
+
 void check_inplace_targets(const char* op, const TensorList& a) {
   for (size_t i = 0; i < a.size(); ++i)
     MT_CHECK(a[i].is_contiguous(),
@@ -107,13 +120,7 @@ void check_inplace_targets(const char* op, const TensorList& a) {
              op, i, a[i].shape().str());
   // Each target is updated once, all of them at the same time on CUDA: two entries that share
   // memory would be updated twice on the CPU and race on a GPU.
-  std::vector<std::tuple<uintptr_t, uintptr_t, size_t>> ranges;  // [begin, end), entry
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (a[i].numel() == 0) continue;
-    const auto begin = reinterpret_cast<uintptr_t>(a[i].raw_data());
-    ranges.emplace_back(begin, begin + size_t(a[i].numel()) * itemsize(a[i].dtype()), i);
-  }
-  std::sort(ranges.begin(), ranges.end());
+  const auto ranges = sorted_byte_ranges(a);
   uintptr_t reach = 0;  // the furthest end so far, and its entry
   size_t reach_entry = 0;
   for (const auto& [begin, end, i] : ranges) {
@@ -130,37 +137,24 @@ void check_inplace_targets(const char* op, const TensorList& a) {
 
 // The second list of an in-place op (a[i] op= b[i]) is read while the first is written, all
 // entries at once on CUDA: b[j] may be a[j] itself (each element is read and written by one
-// thread), but no other overlap (b[j] sharing memory with a[i], i != j, or a shifted view of
+// thread), but no other overlap (b[j] sharing memory with a[i], i != j, or a shifted window of
 // a[j]), which the CPU's sequential loop and a GPU's concurrent chunks would read differently.
-// check_inplace_targets has made the targets disjoint.
+// A non-contiguous b[j] is copied before anything is written (contiguous_all), so it cannot
+// overlap. check_inplace_targets has made the targets disjoint.
 void check_sources_apart(const char* op, const TensorList& a, const TensorList& b) {
-  std::vector<std::tuple<uintptr_t, uintptr_t, size_t>> targets;  // [begin, end), entry
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (a[i].numel() == 0) continue;
-    const auto begin = reinterpret_cast<uintptr_t>(a[i].raw_data());
-    targets.emplace_back(begin, begin + size_t(a[i].numel()) * itemsize(a[i].dtype()), i);
-  }
-  std::sort(targets.begin(), targets.end());
+  const auto targets = sorted_byte_ranges(a);
   for (size_t j = 0; j < b.size(); ++j) {
-    if (b[j].numel() == 0) continue;
+    if (b[j].numel() == 0 || !b[j].is_contiguous()) continue;
     const auto begin = reinterpret_cast<uintptr_t>(b[j].raw_data());
-    // b[j]'s extent in memory (any strides: from its lowest to its highest element).
-    uintptr_t lo = begin, hi = begin + itemsize(b[j].dtype());
-    for (int d = 0; d < b[j].dim(); ++d) {
-      const int64_t reach = (b[j].size(d) - 1) * b[j].stride(d) * int64_t(itemsize(b[j].dtype()));
-      if (reach < 0) lo -= uintptr_t(-reach);
-      else hi += uintptr_t(reach);
-    }
+    const uintptr_t end = begin + size_t(b[j].numel()) * itemsize(b[j].dtype());
     // The targets that start before b[j] ends, latest first, while they end after it begins.
     auto it = std::upper_bound(targets.begin(), targets.end(),
-                               std::make_tuple(hi, uintptr_t(0), size_t(0)));
+                               std::make_tuple(end, uintptr_t(0), size_t(0)));
     while (it != targets.begin()) {
       --it;
       const auto& [t_begin, t_end, i] = *it;
-      if (t_end <= lo) break;
-      const bool itself = i == j && t_begin == begin && b[j].is_contiguous() &&
-                          b[j].shape() == a[i].shape() && b[j].dtype() == a[i].dtype();
-      MT_CHECK(itself,
+      if (t_end <= begin) break;
+      MT_CHECK(i == j && t_begin == begin && t_end == end,
                "{}: entry {} of the second list shares memory with entry {} of the first, which "
                "the op writes; pass a copy (clone) of it",
                op, j, i);

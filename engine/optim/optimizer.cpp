@@ -73,14 +73,20 @@ Tensor Optimizer::gradient(size_t i) const {
   return g.is_contiguous() ? g : g.contiguous();
 }
 
-NamedParams Optimizer::state_dict() const {
-  NoGradGuard no_grad;
+NamedParams Optimizer::state_views() const {
   const std::vector<std::string> names = state_names();
   NamedParams out;
   for (size_t i = 0; i < params_.size(); ++i) {
     for (size_t k = 0; k < state_[i].size(); ++k)
-      out.emplace_back(params_[i].first + "." + names[k], state_[i][k].clone());
+      out.emplace_back(params_[i].first + "." + names[k], state_[i][k]);
   }
+  return out;
+}
+
+NamedParams Optimizer::state_dict() const {
+  NoGradGuard no_grad;
+  NamedParams out = state_views();
+  for (auto& [name, t] : out) t = t.clone();
   return out;
 }
 

@@ -46,6 +46,9 @@ class Optimizer {
 
   // Copies of the state of every parameter updated at least once, in parameter order.
   NamedParams state_dict() const;
+  // The same entries without copying: the live state tensors, valid until the next step() or
+  // load_state_dict() (for saving them straight to a file with no device copy).
+  NamedParams state_views() const;
   // Replaces the whole state with copies of `state` (as returned by state_dict()). A parameter
   // has all of its state entries or none (none = not updated yet). Shapes, dtypes, names and
   // values (finite; a step >= 0; second moments >= 0) are checked first; the error lists every

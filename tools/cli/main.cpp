@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -26,6 +27,7 @@
 #include <fstream>
 #include <iostream>
 
+#include "data/files.h"
 #include "data/load.h"
 #include "engine/core/backend.h"
 #include "engine/io/checkpoint.h"
@@ -136,6 +138,13 @@ class RunLock {
     fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     MT_CHECK(fd_ >= 0, "{}: cannot create the run's lock file ({})", path, std::strerror(errno));
     if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      if (err != EWOULDBLOCK) {
+        ::close(fd_);
+        MT_FAIL("{}: cannot lock the run folder ({}); a file system without flock (some network "
+                "mounts) cannot hold runs: use a local folder",
+                path, std::strerror(err));
+      }
       char owner[32] = {};
       const ssize_t got = ::pread(fd_, owner, sizeof owner - 1, 0);
       ::close(fd_);
@@ -221,9 +230,21 @@ std::string describe_difference(const json& then, const json& now) {
   if (pointer.rfind("/sessions", 0) == 0)
     return "the training sessions' recordings differ from those the run was trained on (other "
            "files, or their contents changed)";
-  std::string key = pointer.substr(1);
+  // Inside a list (an index, or "-" for an appended entry) the whole list is shown.
+  std::string path = pointer;
+  for (size_t slash = path.find('/', 1); slash != std::string::npos;
+       slash = path.find('/', slash + 1)) {
+    const std::string token = path.substr(slash + 1, path.find('/', slash + 1) - slash - 1);
+    if (token == "-" || (!token.empty() && std::all_of(token.begin(), token.end(), [](unsigned char ch) {
+                              return std::isdigit(ch) != 0;
+                            }))) {
+      path.erase(slash);
+      break;
+    }
+  }
+  std::string key = path.substr(1);
   std::replace(key.begin(), key.end(), '/', '.');
-  const json::json_pointer ptr(pointer);
+  const json::json_pointer ptr(path);
   auto value = [&](const json& j) { return j.contains(ptr) ? j.at(ptr).dump() : "unset"; };
   return fmt::format("{} is {} now, {} in the run", key, value(now), value(then));
 }
@@ -248,8 +269,8 @@ void remove_results(const std::string& run_dir) {
 // Brings a run folder back to its training state before resuming: metrics.jsonl holds the
 // state's curve (points a crash left after the state are dropped; the resumed run writes them
 // again) and model.safetensors the state's best parameters.
-void restore_run_files(const std::string& run_dir, const std::string& state_path, const json& state,
-                       const json& config) {
+void restore_run_files(const std::string& run_dir, const json& state,
+                       const io::SafetensorsContents& contents, const json& config) {
   std::string lines;
   for (const auto& p : state.at("curve")) {
     json line = {{"step", p.at("step")}, {"seconds", p.at("seconds")}, {"val", p.at("val")}};
@@ -257,7 +278,6 @@ void restore_run_files(const std::string& run_dir, const std::string& state_path
     lines += line.dump() + "\n";
   }
   cli::write_file_atomic(run_dir + "/metrics.jsonl", lines);
-  const io::SafetensorsContents contents = io::load_safetensors(state_path);
   io::NamedTensors best;
   for (const auto& [name, t] : contents.tensors) {
     if (name.rfind("param.", 0) != 0) continue;
@@ -274,14 +294,22 @@ void restore_run_files(const std::string& run_dir, const std::string& state_path
 // step and save its state (ResumeOptions::stop_after); the handler then resets itself
 // (SA_RESETHAND), so a second one ends the process at once.
 std::atomic<int> stop_signal{0};  // the signal that asked to stop, 0 = none
+std::atomic<bool> training_done{false};  // past the last step: the run is being finished
 static_assert(std::atomic<int>::is_always_lock_free, "set from a signal handler");
 
 extern "C" void request_stop(int signal_number) {
+  const int saved_errno = errno;
   stop_signal.store(signal_number);
-  static const char note[] =
+  static const char stopping[] =
       "\nstopping after this step and saving the training state (again to abort at once)\n";
-  ssize_t ignored = ::write(STDERR_FILENO, note, sizeof note - 1);
+  static const char finishing[] =
+      "\ntraining is done: finishing the run (test evaluation, summary; again to abort, then "
+      "train --resume finishes it)\n";
+  const bool done = training_done.load();
+  ssize_t ignored = ::write(STDERR_FILENO, done ? finishing : stopping,
+                            (done ? sizeof finishing : sizeof stopping) - 1);
   (void)ignored;
+  errno = saved_errno;
 }
 
 // Installs request_stop for SIGINT and SIGTERM while it lives, then restores the handlers.
@@ -289,6 +317,7 @@ class StopOnSignal {
  public:
   StopOnSignal() {
     stop_signal.store(0);
+    training_done.store(false);
     struct sigaction action {};
     action.sa_handler = request_stop;
     sigemptyset(&action.sa_mask);
@@ -353,24 +382,41 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     MT_CHECK(!finished || c.train.steps > at,
              "--resume: {} finished its {} steps; nothing to resume. To train it longer, raise "
              "train.steps, e.g. --set train.steps={}",
-             run_dir, at, 2 * at);
+             run_dir, at, std::max<int64_t>(2 * at, at + 1));
     MT_CHECK(c.train.steps >= at,
              "--resume: the training state of {} is at step {}, past train.steps ({}); set "
              "train.steps to at least {}",
              run_dir, at, c.train.steps, at);
-    remove_results(run_dir);
-    restore_run_files(run_dir, state.state_path, saved, config);
-    std::fprintf(stderr, "resuming %s from step %lld (%s) to step %lld\n", run_dir.c_str(),
-                 (long long)at,
-                 saved.value("evaluated", true) ? "its last evaluation point" : "where it stopped",
-                 (long long)c.train.steps);
   } else {
     lock = prepare_run_folder(run_dir, overwrite);
   }
   f->to(device);
-  cli::write_file_atomic(run_dir + "/config.json", config.dump(2) + "\n");
-  std::ofstream metrics(run_dir + "/metrics.jsonl", resume ? std::ios::app : std::ios::trunc);
-  MT_CHECK(metrics.good(), "{}/metrics.jsonl: cannot write", run_dir);
+  std::ofstream metrics;
+  auto open_metrics = [&](std::ios::openmode mode) {
+    metrics.open(run_dir + "/metrics.jsonl", mode);
+    MT_CHECK(metrics.good(), "{}/metrics.jsonl: cannot write", run_dir);
+  };
+  if (resume) {
+    // The run's files change only once train() has read, checked and restored the whole state.
+    state.on_restored = [&](const json& saved, const io::SafetensorsContents& tensors) {
+      remove_results(run_dir);
+      restore_run_files(run_dir, saved, tensors, config);
+      cli::write_file_atomic(run_dir + "/config.json", config.dump(2) + "\n");
+      open_metrics(std::ios::app);
+      std::fprintf(stderr, "resuming %s from step %lld (%s) to step %lld\n", run_dir.c_str(),
+                   (long long)saved.at("step").get<int64_t>(),
+                   saved.value("evaluated", true) ? "its last evaluation point" : "where it stopped",
+                   (long long)c.train.steps);
+      const std::string trained_on = saved.value("device", std::string("cpu"));
+      if (trained_on != f->device().str())
+        std::fprintf(stderr, "note: the run was trained on %s and continues on %s: the "
+                             "continuation is not bitwise what %s would have computed\n",
+                     trained_on.c_str(), f->device().str().c_str(), trained_on.c_str());
+    };
+  } else {
+    cli::write_file_atomic(run_dir + "/config.json", config.dump(2) + "\n");
+    open_metrics(std::ios::trunc);
+  }
   const std::string model_path = run_dir + "/model.safetensors";
   auto on_eval = [&](const meta::EvalPoint& p) {
     json line = {{"step", p.step}, {"seconds", p.seconds}, {"val", p.val.to_json()}};
@@ -399,6 +445,7 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   // Held until summary.json is written: a stop asked for after the last step lets the run end.
   StopOnSignal stop_on_signal;
   meta::TrainResult r = meta::train(*f, prepared, {}, c.train, {}, on_eval, on_best, state);
+  training_done.store(true);
   if (stop_signal.load() != 0)
     std::fprintf(stderr, "note: the last step was done when the stop came: finishing the run "
                          "(its test evaluation and summary)\n");
@@ -625,6 +672,12 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   MT_CHECK(drifts.empty() || c.data.path.empty(),
            "online: --drift regenerates synthetic data; this run was trained on {}", c.data.path);
   std::vector<double> sweep = drifts.empty() ? std::vector<double>{c.data.synthetic.drift} : drifts;
+  // A drift sweep (or a --set of data.synthetic.*) regenerates the recordings on purpose; any
+  // other run is scored on the recordings it was trained on.
+  const bool regenerated =
+      !drifts.empty() || std::any_of(sets.begin(), sets.end(), [](const std::string& x) {
+        return x.rfind("data.synthetic.", 0) == 0;
+      });
   const bool synthetic = c.data.path.empty();  // drift is a property of synthetic data only
   const models::PocoConfig pc = c.model.poco_config();
   json rows = json::array();
@@ -635,12 +688,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
     cd.data.synthetic.drift = drift;
     const std::string drift_text = synthetic ? fmt::format("{:.2f}", drift) : "-";
     Data d = load_data(cd);
-    // A drift sweep (or a --set of data.*) regenerates the recordings on purpose.
-    const bool data_changed_on_purpose =
-        !drifts.empty() || std::any_of(sets.begin(), sets.end(), [](const std::string& x) {
-          return x.rfind("data.", 0) == 0;
-        });
-    if (!data_changed_on_purpose) check_same_recordings(run, d.train, run_dir);
+    if (!regenerated) check_same_recordings(run, d.train, run_dir);
     data::PreparedData prepared(d.train, cd.data.prep);
     Generator gen(0);
     auto f = meta::make_forecaster(cd.model, sizes_of(d.train), gen);
@@ -741,8 +789,9 @@ int main(int argc, char** argv) {
       ->required();
   bool overwrite = false, resume = false;
   train->add_flag("--resume", resume,
-                  "continue the run in --run from its last evaluation point (after an "
-                  "interruption; or a finished run, given a larger --set train.steps=N); its "
+                  "continue the run in --run from its saved state (its last evaluation point, or "
+                  "the step where Ctrl-C stopped it; or a finished run, given a larger --set "
+                  "train.steps=N); its "
                   "config.json is used; train.steps, threads, data.path (same recordings) and the "
                   "adapt/online/bench sections may change, nothing else");
   train->add_flag("--overwrite", overwrite,
@@ -800,16 +849,15 @@ int main(int argc, char** argv) {
     if (synth->parsed()) {
       cli::RunConfig c = cli::load_config(config_file, sets);
       // A folder is one data set: files of an earlier set would be loaded with this one.
-      std::vector<fs::path> earlier;
+      // (The loaders' own listing: the files a training on the folder would read.)
+      std::vector<std::string> earlier;
       if (fs::is_directory(out_dir))
-        for (const auto& e : fs::directory_iterator(out_dir))
-          if (e.is_regular_file() && e.path().extension() == ".npz") earlier.push_back(e.path());
-      std::sort(earlier.begin(), earlier.end());
+        earlier = data::detail::list_files(out_dir, {".npz"}, "data synth");
       MT_CHECK(earlier.empty() || synth_overwrite,
                "data synth: {} holds {} .npz file(s) already ({}{}), which a training on the "
                "folder would load with the new set; choose an empty folder, or pass --overwrite "
                "to remove them first",
-               out_dir, earlier.size(), earlier.front().filename().string(),
+               out_dir, earlier.size(), fs::path(earlier.front()).filename().string(),
                earlier.size() > 1 ? ", ..." : "");
       data::Dataset d = data::synthesize(c.data.synthetic);
       for (const auto& p : earlier) fs::remove(p);
@@ -896,10 +944,13 @@ int main(int argc, char** argv) {
       return 0;
     }
   } catch (const meta::TrainingStopped& e) {  // Ctrl-C during train or demo
-    std::fprintf(stderr,
-                 "stopped after step %lld; the training state is saved in "
-                 "%s/train_state.safetensors: continue with metatape train --resume --run %s\n",
-                 (long long)e.step, run_dir.c_str(), run_dir.c_str());
+    if (e.state_saved)
+      std::fprintf(stderr,
+                   "stopped after step %lld; the training state is saved in "
+                   "%s/train_state.safetensors: continue with metatape train --resume --run '%s'\n",
+                   (long long)e.step, run_dir.c_str(), run_dir.c_str());
+    else
+      std::fprintf(stderr, "stopped after step %lld\n", (long long)e.step);
     const int signal_number = stop_signal.load();
     return 128 + (signal_number != 0 ? signal_number : SIGINT);  // as the signal would have
   } catch (const std::bad_alloc&) {
