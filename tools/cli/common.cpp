@@ -15,6 +15,10 @@ namespace mt::cli {
 Data load_data(const RunConfig& c) {
   data::Dataset all = c.data.path.empty() ? data::synthesize(c.data.synthetic)
                                           : data::load_folder(c.data.path, c.data.load);
+  if (c.data.path.empty())  // said, so an empty data.path is not taken for a folder by mistake
+    std::fprintf(stderr, "data: %lld synthetic sessions (data.path is empty; data.synthetic.* "
+                         "sets them)\n",
+                 (long long)all.size());
   data::validate(all);
   Data d;
   for (const auto& name : c.data.holdout)

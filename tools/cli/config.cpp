@@ -1,6 +1,7 @@
 #include "tools/cli/config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -38,7 +39,13 @@ class Reader {
         MT_CHECK(it->is_number_unsigned() || (it->is_number_integer() && it->get<int64_t>() >= 0),
                  "must be a non-negative integer");
       } else if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
-        MT_CHECK(it->is_number_integer(), "must be an integer");
+        // JSON reads 1e10 and 3.0 as floating point: say how to write a whole number.
+        MT_CHECK(it->is_number_integer(), "must be an integer{}",
+                 it->is_number_float() && std::isfinite(it->get<double>()) &&
+                         it->get<double>() == std::floor(it->get<double>())
+                     ? fmt::format(" written without a point or exponent, e.g. {:.0f}",
+                                   it->get<double>())
+                     : std::string());
       } else if constexpr (std::is_floating_point_v<T>) {
         MT_CHECK(it->is_number(), "must be a number");
       } else if constexpr (std::is_same_v<T, bool>) {
