@@ -165,6 +165,27 @@ nlohmann::json Metrics::to_json() const {
   return {{"mse", mse}, {"mae", mae}, {"score", score}, {"r2", r2}, {"sessions", per}};
 }
 
+Metrics Metrics::from_json(const nlohmann::json& v) {
+  auto num = [](const nlohmann::json& x) { return x.is_null() ? NAN : x.get<double>(); };
+  Metrics m;
+  m.mse = num(v.at("mse"));
+  m.mae = num(v.at("mae"));
+  m.score = num(v.at("score"));
+  m.r2 = num(v.at("r2"));
+  for (const auto& s : v.at("sessions")) {
+    SessionMetrics sm;
+    sm.name = s.at("session").get<std::string>();
+    sm.windows = s.at("windows").get<int64_t>();
+    sm.mse = num(s.at("mse"));
+    sm.mae = num(s.at("mae"));
+    sm.copy_mse = num(s.at("copy_mse"));
+    sm.score = num(s.at("score"));
+    sm.r2 = num(s.at("r2"));
+    m.sessions.push_back(sm);
+  }
+  return m;
+}
+
 Metrics evaluate(const Forecaster& f, const data::PreparedData& data, data::Split split,
                  const std::vector<int64_t>& sessions_in, int64_t batch_size,
                  const std::vector<int64_t>& session_of, const nn::ParamMap* ov) {

@@ -80,6 +80,8 @@ struct Metrics {
   std::vector<SessionMetrics> sessions;
   double mse = 0, mae = 0, score = 0, r2 = 0;  // averages over sessions
   nlohmann::json to_json() const;
+  // The inverse of to_json (null values, as JSON writes NaN, read back as NaN).
+  static Metrics from_json(const nlohmann::json& j);
 };
 
 // Evaluates on every window of `split` of the given dataset sessions (all when empty), in

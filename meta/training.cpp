@@ -31,6 +31,22 @@ nlohmann::json TrainResult::to_json() const {
           {"curve", c}};
 }
 
+nlohmann::json EvalPoint::to_json() const {
+  return {{"step", step},
+          {"seconds", seconds},
+          {"train_loss", std::isfinite(train_loss) ? nlohmann::json(train_loss) : nlohmann::json()},
+          {"val", val.to_json()}};
+}
+
+EvalPoint EvalPoint::from_json(const nlohmann::json& j) {
+  EvalPoint p;
+  p.step = j.at("step").get<int64_t>();
+  p.seconds = j.at("seconds").get<double>();
+  p.train_loss = j.at("train_loss").is_null() ? NAN : j.at("train_loss").get<double>();
+  p.val = Metrics::from_json(j.at("val"));
+  return p;
+}
+
 std::vector<std::string> finetune_prefixes(const std::string& mode) {
   if (mode == "embeddings") return {"unit_emb.", "session_emb."};
   if (mode == "embeddings+head") return {"unit_emb.", "session_emb.", "head."};
@@ -78,39 +94,6 @@ std::string crc_hex(const std::string& text) {
 
 nlohmann::json number_or_null(double v) {
   return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
-}
-
-nlohmann::json eval_point_json(const EvalPoint& p) {
-  return {{"step", p.step}, {"seconds", p.seconds}, {"train_loss", number_or_null(p.train_loss)},
-          {"val", p.val.to_json()}};
-}
-
-// The inverse of eval_point_json (and of Metrics::to_json); JSON doubles round-trip exactly.
-EvalPoint eval_point_from_json(const nlohmann::json& j) {
-  auto num = [](const nlohmann::json& v, double if_null) {
-    return v.is_null() ? if_null : v.get<double>();
-  };
-  EvalPoint p;
-  p.step = j.at("step").get<int64_t>();
-  p.seconds = j.at("seconds").get<double>();
-  p.train_loss = num(j.at("train_loss"), NAN);
-  const nlohmann::json& v = j.at("val");
-  p.val.mse = num(v.at("mse"), NAN);
-  p.val.mae = num(v.at("mae"), NAN);
-  p.val.score = num(v.at("score"), NAN);
-  p.val.r2 = num(v.at("r2"), NAN);
-  for (const auto& s : v.at("sessions")) {
-    SessionMetrics m;
-    m.name = s.at("session").get<std::string>();
-    m.windows = s.at("windows").get<int64_t>();
-    m.mse = num(s.at("mse"), NAN);
-    m.mae = num(s.at("mae"), NAN);
-    m.copy_mse = num(s.at("copy_mse"), NAN);
-    m.score = num(s.at("score"), NAN);
-    m.r2 = num(s.at("r2"), NAN);
-    p.val.sessions.push_back(m);
-  }
-  return p;
 }
 
 Tensor to_cpu_copy(const Tensor& t) {
@@ -317,7 +300,7 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
     std::ostringstream rng_text;
     rng_text << rng;
     nlohmann::json curve = nlohmann::json::array();
-    for (const auto& p : result.curve) curve.push_back(eval_point_json(p));
+    for (const auto& p : result.curve) curve.push_back(p.to_json());
     std::vector<std::string> trainable;
     for (auto& [name, t] : params) trainable.push_back(name);
     const nlohmann::json state = {
@@ -400,7 +383,7 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
                "with the run's own data",
                path);
       meta_sessions = order;
-      for (const auto& p : state.at("curve")) result.curve.push_back(eval_point_from_json(p));
+      for (const auto& p : state.at("curve")) result.curve.push_back(EvalPoint::from_json(p));
       result.best_step = state.at("best_step").get<int64_t>();
       result.best_score =
           state.at("best_score").is_null() ? -INFINITY : state.at("best_score").get<double>();

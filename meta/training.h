@@ -54,6 +54,10 @@ struct EvalPoint {
   double train_loss = 0;  // mean training loss since the previous point
   double seconds = 0;     // wall time since training started
   Metrics val;
+  // {"step", "seconds", "train_loss" (null when not a number: the first point), "val"}; the
+  // training state's curve, and (without a null train_loss) a line of the CLI's metrics.jsonl.
+  nlohmann::json to_json() const;
+  static EvalPoint from_json(const nlohmann::json& j);  // doubles round-trip exactly
 };
 
 struct TrainResult {

@@ -266,17 +266,21 @@ void remove_results(const std::string& run_dir) {
   }
 }
 
+// A line of metrics.jsonl: the evaluation point without a train_loss where there is none.
+json metrics_line(const meta::EvalPoint& p) {
+  json line = p.to_json();
+  if (line["train_loss"].is_null()) line.erase("train_loss");
+  return line;
+}
+
 // Brings a run folder back to its training state before resuming: metrics.jsonl holds the
 // state's curve (points a crash left after the state are dropped; the resumed run writes them
 // again) and model.safetensors the state's best parameters.
 void restore_run_files(const std::string& run_dir, const json& state,
                        const io::SafetensorsContents& contents, const json& config) {
   std::string lines;
-  for (const auto& p : state.at("curve")) {
-    json line = {{"step", p.at("step")}, {"seconds", p.at("seconds")}, {"val", p.at("val")}};
-    if (!p.at("train_loss").is_null()) line["train_loss"] = p.at("train_loss");
-    lines += line.dump() + "\n";
-  }
+  for (const auto& p : state.at("curve"))
+    lines += metrics_line(meta::EvalPoint::from_json(p)).dump() + "\n";
   cli::write_file_atomic(run_dir + "/metrics.jsonl", lines);
   io::NamedTensors best;
   for (const auto& [name, t] : contents.tensors) {
@@ -419,9 +423,7 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   }
   const std::string model_path = run_dir + "/model.safetensors";
   auto on_eval = [&](const meta::EvalPoint& p) {
-    json line = {{"step", p.step}, {"seconds", p.seconds}, {"val", p.val.to_json()}};
-    if (std::isfinite(p.train_loss)) line["train_loss"] = p.train_loss;
-    metrics << line.dump() << "\n";
+    metrics << metrics_line(p).dump() << "\n";
     metrics.flush();
   };
   auto on_best = [&](const meta::EvalPoint& p) {
