@@ -128,6 +128,14 @@ bool is_run_file(const std::string& name) {
          name.compare(name.size() - 5, 5, ".json") == 0;
 }
 
+// The files of `run_dir` that a run consists of (is_run_file), listed before any is removed.
+std::vector<fs::path> run_files(const std::string& run_dir) {
+  std::vector<fs::path> out;
+  for (const auto& e : fs::directory_iterator(run_dir))
+    if (e.is_regular_file() && is_run_file(e.path().filename().string())) out.push_back(e.path());
+  return out;
+}
+
 // One `metatape train` per run folder: an exclusive flock(2) on <run>/.train.lock, held for the
 // life of the object (the kernel releases it when the process ends, however it ends). The file
 // holds the owner's process id, for the refusal message.
@@ -185,10 +193,7 @@ std::unique_ptr<RunLock> prepare_run_folder(const std::string& run_dir, bool ove
            resumable ? fmt::format(" (unfinished: metatape train --resume --run {} continues it)",
                                    run_dir)
                      : "");
-  std::vector<fs::path> old;
-  for (const auto& e : fs::directory_iterator(run_dir))
-    if (e.is_regular_file() && is_run_file(e.path().filename().string())) old.push_back(e.path());
-  for (const auto& p : old) fs::remove(p);
+  for (const auto& p : run_files(run_dir)) fs::remove(p);
   return lock;
 }
 
@@ -252,14 +257,11 @@ std::string describe_difference(const json& then, const json& now) {
 // The result files that continuing a run's training makes stale (summary, eval, adapt,
 // online: computed from the model before the continuation): removed, and named on stderr.
 void remove_results(const std::string& run_dir) {
-  std::vector<fs::path> stale;
-  for (const auto& e : fs::directory_iterator(run_dir)) {
-    const std::string name = e.path().filename().string();
-    if (e.is_regular_file() && is_run_file(name) && name != "config.json" &&
-        name != "metrics.jsonl" && name != "model.safetensors" && name != "train_state.safetensors")
-      stale.push_back(e.path());
-  }
-  for (const auto& p : stale) {
+  for (const auto& p : run_files(run_dir)) {
+    const std::string name = p.filename().string();
+    if (name == "config.json" || name == "metrics.jsonl" || name == "model.safetensors" ||
+        name == "train_state.safetensors")
+      continue;
     std::fprintf(stderr, "note: removed %s (computed from the model before this continuation)\n",
                  p.c_str());
     fs::remove(p);
