@@ -333,6 +333,10 @@ ZipPtr open_archive(const std::string& path, const std::string& where) {
   MT_DATA_CHECK(fs::is_regular_file(path, ec), "load_npz: {}: not a regular file", path);
   int code = 0;
   zip_t* za = zip_open(path.c_str(), ZIP_RDONLY | ZIP_CHECKCONS, &code);
+  MT_DATA_CHECK(za != nullptr || code != ZIP_ER_EXISTS,
+                "{}: the archive holds two members of the same name (e.g. two M.npy), so which "
+                "one is the recording is unclear; re-create it with np.savez(path, M=activity)",
+                where);
   MT_DATA_CHECK(za != nullptr,
                 "{}: not a readable zip archive ({}); the file is truncated or "
                 "corrupt, or is not an .npz: re-create it with np.savez(path, M=activity)",

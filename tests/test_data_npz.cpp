@@ -158,6 +158,10 @@ TEST_CASE("npz: unusable archives are refused with the file and the fix", "[data
                         Contains("bad_missing_M.npz") && Contains("no member 'M'") &&
                             Contains("X.npy") && Contains("np.savez(path, M=activity)"));
   }
+  SECTION("two members named M.npy") {
+    REQUIRE_THROWS_WITH(load_npz(fixture("bad_duplicate_M.npz")),
+                        Contains("bad_duplicate_M.npz") && Contains("two members of the same name"));
+  }
   SECTION("NaN, and float64 beyond float32, name the session, neuron and frame") {
     REQUIRE_THROWS_WITH(load_npz(fixture("bad_f8_beyond_f4.npz")),
                         Contains("bad_f8_beyond_f4.npz") && Contains("1e+300") &&

@@ -25,6 +25,7 @@ import io
 import os
 import sys
 import tempfile
+import warnings
 import zipfile
 
 import numpy as np
@@ -110,6 +111,16 @@ def main():
     huge = activity(3, 5, np.float64)
     huge[2, 4] = 1e300
     savez(out("bad_f8_beyond_f4.npz"), False, M=huge)
+    # Two members named M.npy (zipfile allows it, with a warning): which is the recording?
+    def two_m(tmp):
+        buf = io.BytesIO()
+        np.save(buf, activity(3, 5, np.float32))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with zipfile.ZipFile(tmp, "w") as z:
+                z.writestr("M.npy", buf.getvalue())
+                z.writestr("M.npy", buf.getvalue())
+    atomic(out("bad_duplicate_M.npz"), two_m)
 
     names = sorted(f for f in os.listdir(args.out) if f.endswith(".npz"))
     # Check every readable fixture round-trips through numpy.
