@@ -113,20 +113,23 @@ TEST_CASE("a resumed training run ends bitwise where the uninterrupted run ends"
       TempDir dir("resume");
       const meta::TrainOptions o = options(method);
       const nlohmann::json identity = {{"method", method}, {"lr", o.lr}};
+      // Options that save this run's state to `file` in the test folder.
+      auto saving_to = [&](const char* file) {
+        meta::ResumeOptions r;
+        r.state_path = dir.file(file);
+        r.identity = identity;
+        return r;
+      };
 
       auto f_straight = tiny_poco(d);
-      meta::ResumeOptions plain;
-      plain.state_path = dir.file("straight.safetensors");
-      plain.identity = identity;
+      meta::ResumeOptions plain = saving_to("straight.safetensors");
       const Finished straight =
           finish(*f_straight, meta::train(*f_straight, d, {}, o, {}, {}, {}, plain));
       REQUIRE(straight.result.curve.size() == 4);  // steps 0, 4, 8, 12
 
       // The run stops while evaluating step 8 (before that point's state is written): the
       // state file holds step 4, and the resumed run redoes steps 5..8.
-      meta::ResumeOptions saving;
-      saving.state_path = dir.file("state.safetensors");
-      saving.identity = identity;
+      meta::ResumeOptions saving = saving_to("state.safetensors");
       {
         auto f = tiny_poco(d);
         auto crash_at_8 = [](const meta::EvalPoint& p) {
@@ -152,9 +155,7 @@ TEST_CASE("a resumed training run ends bitwise where the uninterrupted run ends"
 
       // Asked to stop after step 6 (between evaluation points; the CLI's Ctrl-C), the run saves
       // its state there, training loss accumulators included, and resumes bitwise.
-      meta::ResumeOptions stopping;
-      stopping.state_path = dir.file("stopped.safetensors");
-      stopping.identity = identity;
+      meta::ResumeOptions stopping = saving_to("stopped.safetensors");
       stopping.stop_after = [](int64_t step) { return step == 6; };
       {
         auto f = tiny_poco(d);
@@ -183,9 +184,7 @@ TEST_CASE("a resumed training run ends bitwise where the uninterrupted run ends"
         meta::TrainOptions six = o;
         six.steps = 6;
         auto f_six = tiny_poco(d);
-        meta::ResumeOptions six_state;
-        six_state.state_path = dir.file("six.safetensors");
-        six_state.identity = identity;
+        meta::ResumeOptions six_state = saving_to("six.safetensors");
         const Finished six_straight =
             finish(*f_six, meta::train(*f_six, d, {}, six, {}, {}, {}, six_state));
         REQUIRE(six_straight.result.curve.back().step == 6);
