@@ -1,5 +1,7 @@
 #include "data/csv.h"
 
+#include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
@@ -8,6 +10,7 @@
 #include <iterator>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "data/check.h"
 #include "data/files.h"
@@ -18,16 +21,120 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
-    s.remove_suffix(1);
+bool is_blank(char c, char delimiter) {
+  return (c == ' ' || c == '\t') && c != delimiter;
+}
+
+std::string_view trim(std::string_view s, char delimiter = ',') {
+  while (!s.empty() && is_blank(s.front(), delimiter)) s.remove_prefix(1);
+  while (!s.empty() && (is_blank(s.back(), delimiter) || s.back() == '\r')) s.remove_suffix(1);
   return s;
 }
 
 std::string shorten(std::string_view s) {
   if (s.size() <= 40) return std::string(s);
   return std::string(s.substr(0, 37)) + "...";
+}
+
+std::string show(char delimiter) {
+  return delimiter == '\t' ? std::string("\\t") : std::string(1, delimiter);
+}
+
+struct Cell {
+  std::string text;  // without the quotes, "" unescaped, spaces around trimmed
+  bool quoted = false;
+};
+
+// Splits one line into cells. A cell may be quoted (RFC 4180): delimiters inside the quotes
+// belong to the cell and "" is one quote. `cells` is reused between lines (its strings keep
+// their capacity). Returns the number of cells, or throws naming the line.
+size_t split_cells(std::string_view line, char delimiter, std::vector<Cell>& cells,
+                   const std::string& where, size_t line_no) {
+  size_t n = 0;
+  size_t pos = 0;
+  while (true) {
+    if (n == cells.size()) cells.emplace_back();
+    Cell& cell = cells[n++];
+    cell.text.clear();
+    cell.quoted = false;
+    while (pos < line.size() && is_blank(line[pos], delimiter)) ++pos;
+    if (pos < line.size() && line[pos] == '"') {
+      cell.quoted = true;
+      size_t i = pos + 1;
+      bool closed = false;
+      while (i < line.size()) {
+        if (line[i] == '"') {
+          if (i + 1 < line.size() && line[i + 1] == '"') {
+            cell.text.push_back('"');
+            i += 2;
+            continue;
+          }
+          closed = true;
+          ++i;
+          break;
+        }
+        cell.text.push_back(line[i++]);
+      }
+      MT_DATA_CHECK(closed,
+                    "{}: line {}, column {}: the quoted cell is not closed on this line (a line "
+                    "break inside quotes is not read): close the quote",
+                    where, line_no, n);
+      while (i < line.size() && is_blank(line[i], delimiter)) ++i;
+      if (i == line.size()) break;
+      MT_DATA_CHECK(line[i] == delimiter,
+                    "{}: line {}, column {}: text after the closing quote ('{}'); a quoted cell "
+                    "ends at its delimiter '{}' (write \"\" for a quote inside it)",
+                    where, line_no, n, shorten(line.substr(i)), show(delimiter));
+      pos = i + 1;
+      continue;
+    }
+    const size_t end = line.find(delimiter, pos);
+    cell.text.assign(
+        trim(line.substr(pos, end == std::string_view::npos ? std::string_view::npos : end - pos),
+             delimiter));
+    if (end == std::string_view::npos) break;
+    pos = end + 1;
+  }
+  return n;
+}
+
+// The column `options.time_column` names: a 1-based number, or else a header name (a name of
+// digits only, as pandas writes integer column labels, is taken as a number); -1 when unset.
+int64_t resolve_time_column(const CsvOptions& options, const std::vector<Cell>& header,
+                            size_t header_cells, size_t columns, const std::string& where) {
+  const std::string& want = options.time_column;
+  if (want.empty()) return -1;
+  const bool is_number =
+      std::all_of(want.begin(), want.end(), [](unsigned char ch) { return std::isdigit(ch); });
+  if (is_number) {
+    const int64_t number = want.size() <= 9 ? std::stoll(want) : 0;
+    MT_DATA_CHECK(number >= 1 && number <= static_cast<int64_t>(columns),
+                  "{}: data.csv.time_column is {}, but the file has {} columns (numbers start "
+                  "at 1)",
+                  where, want, columns);
+    return number - 1;
+  }
+  MT_DATA_CHECK(options.header,
+                "{}: data.csv.time_column '{}' is not a column number, and names can be used "
+                "only with a header row (data.csv.header=true)",
+                where, want);
+  int64_t found = -1;
+  for (size_t c = 0; c < header_cells; ++c) {
+    if (header[c].text != want) continue;
+    MT_DATA_CHECK(found < 0,
+                  "{}: data.csv.time_column '{}' names columns {} and {} of the header; give "
+                  "its number instead",
+                  where, want, found + 1, c + 1);
+    found = static_cast<int64_t>(c);
+  }
+  if (found >= 0) return found;
+  std::string names;
+  for (size_t c = 0; c < header_cells && c < 8; ++c)
+    names += fmt::format("{}'{}'", c ? ", " : "", shorten(header[c].text));
+  if (header_cells > 8) names += ", ...";
+  MT_DATA_FAIL("{}: data.csv.time_column '{}' is not a column of the header (line 1: {}); give "
+               "a name from it or a column number",
+               where, want, names);
 }
 
 }  // namespace
@@ -39,6 +146,16 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
                 "{}: data.csv.sampling_rate_hz is {}; it must be a positive number of frames "
                 "per second",
                 where, options.sampling_rate_hz);
+  MT_DATA_CHECK(options.time_axis == 0 || options.time_axis == 1,
+                "{}: data.csv.time_axis is {}; use 1 (columns are frames, rows are neurons) or 0 "
+                "(rows are frames, columns are neurons)",
+                where, options.time_axis);
+  MT_DATA_CHECK(options.time_column.empty() || options.time_axis == 0,
+                "{}: data.csv.time_column '{}' needs data.csv.time_axis=0 (rows are frames); with "
+                "frames as columns the times come from data.csv.sampling_rate_hz",
+                where, options.time_column);
+  MT_DATA_CHECK(options.delimiter != '"' && options.delimiter != '\n' && options.delimiter != '\r',
+                "{}: data.csv.delimiter cannot be a quote or a line break", where);
   std::error_code ec;
   MT_DATA_CHECK(fs::exists(path, ec), "load_csv: {}: no such file; check the path", path);
   std::ifstream in(path, std::ios::binary);
@@ -53,89 +170,143 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
     std::string_view rest(text);
     while (!rest.empty()) {
       const size_t nl = rest.find('\n');
-      lines.push_back(rest.substr(0, nl));
+      std::string_view line = rest.substr(0, nl);
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      lines.push_back(line);
       if (nl == std::string_view::npos) break;
       rest.remove_prefix(nl + 1);
     }
-    while (!lines.empty() && trim(lines.back()).empty()) lines.pop_back();
+    while (!lines.empty() && trim(lines.back(), options.delimiter).empty()) lines.pop_back();
   }
-  MT_DATA_CHECK(!lines.empty(),
-                "{}: the file is empty; expected one row per neuron with one "
-                "comma-separated value per frame",
-                where);
+  const std::string layout = options.time_axis == 1 ? "one row per neuron with one value per frame"
+                                                    : "one row per frame with one value per neuron";
+  MT_DATA_CHECK(!lines.empty(), "{}: the file is empty; expected {}", where, layout);
+  const size_t first_data = options.header ? 1 : 0;
+  MT_DATA_CHECK(lines.size() > first_data,
+                "{}: the file holds only its header row (data.csv.header=true); expected {} "
+                "below it",
+                where, layout);
+
+  std::vector<Cell> header, cells;
+  size_t header_cells = 0;
+  if (options.header) header_cells = split_cells(lines[0], options.delimiter, header, where, 1);
+  const size_t skip = options.label_column ? 1 : 0;
+
+  // Row-major values of the data lines, activity columns only; times when time_column is set.
+  std::vector<float> values;
+  std::vector<double> times;
+  size_t columns = 0;
+  int64_t time_col = -1;
+  size_t activity_columns = 0;
+  const size_t rows = lines.size() - first_data;
+  for (size_t li = first_data; li < lines.size(); ++li) {
+    const size_t line_no = li + 1;
+    const std::string_view line = lines[li];
+    MT_DATA_CHECK(!trim(line, options.delimiter).empty(),
+                  "{}: line {} is blank between rows; every line is one {}: remove the blank "
+                  "line",
+                  where, line_no, options.time_axis == 1 ? "neuron" : "frame");
+    const size_t n = split_cells(line, options.delimiter, cells, where, line_no);
+    if (li == first_data) {
+      columns = n;
+      MT_DATA_CHECK(!options.header || header_cells == columns,
+                    "{}: the header (line 1) has {} columns but line 2 has {}; every row needs "
+                    "one cell per column",
+                    where, header_cells, columns);
+      time_col = resolve_time_column(options, header, header_cells, columns, where);
+      activity_columns = columns;
+      if (skip) --activity_columns;
+      if (time_col >= static_cast<int64_t>(skip)) --activity_columns;
+      MT_DATA_CHECK(activity_columns > 0,
+                    "{}: line {} has {} column(s), and none is left for activity after the label "
+                    "column (data.csv.label_column) and the time column (data.csv.time_column)",
+                    where, line_no, columns);
+      values.reserve(activity_columns * rows);
+      if (time_col >= 0) times.reserve(rows);
+    } else {
+      MT_DATA_CHECK(n == columns,
+                    "{}: line {} has {} columns but line {} has {}; the rows are ragged: every "
+                    "row ({}) needs one value per {}",
+                    where, line_no, n, first_data + 1, columns,
+                    options.time_axis == 1 ? "neuron" : "frame",
+                    options.time_axis == 1 ? "frame" : "neuron");
+    }
+    for (size_t c = 0; c < n; ++c) {
+      const bool is_time = static_cast<int64_t>(c) == time_col;
+      if (c < skip && !is_time) continue;
+      std::string_view cell = cells[c].text;
+      MT_DATA_CHECK(!cell.empty(),
+                    "{}: line {}, column {} is empty; every cell must hold a number (write nan "
+                    "for a missing value, which is then reported)",
+                    where, line_no, c + 1);
+      if (cell.front() == '+') cell.remove_prefix(1);
+      double wide = 0.0;
+      float v = 0.0f;
+      std::from_chars_result r{};
+      if (is_time)
+        r = std::from_chars(cell.data(), cell.data() + cell.size(), wide);
+      else
+        r = std::from_chars(cell.data(), cell.data() + cell.size(), v);
+      const bool whole = r.ptr == cell.data() + cell.size();
+      if (r.ec == std::errc::result_out_of_range && whole) {
+        // Below the smallest float (e.g. 1e-400) reads as 0, as numpy's float32 cast does;
+        // beyond the largest it is an error.
+        const double big = std::strtod(std::string(cell).c_str(), nullptr);
+        MT_DATA_CHECK(std::abs(big) < 1.0, "{}: line {}, column {}: '{}' is out of the float range",
+                      where, line_no, c + 1, shorten(cell));
+        wide = 0.0;
+        v = 0.0f;
+      } else if (!(r.ec == std::errc() && whole)) {
+        // The usual causes: another delimiter (the whole line read as one cell), a header row,
+        // a column of labels.
+        std::string hint;
+        for (const char other : {';', '\t', ',', ' ', '|'})
+          if (other != options.delimiter && cell.find(other) != std::string_view::npos && n == 1) {
+            hint = fmt::format(
+                "; the values seem to be separated by '{}', not '{}': set "
+                "data.csv.delimiter",
+                show(other), show(options.delimiter));
+            break;
+          }
+        if (hint.empty() && li == 0)
+          hint = "; if line 1 holds labels (a header row), set data.csv.header=true";
+        if (hint.empty() && c == 0)
+          hint =
+              "; if column 1 holds labels (names, or frame numbers that are not times), set "
+              "data.csv.label_column=true";
+        MT_DATA_FAIL("{}: line {}, column {}: '{}' is not a number{}", where, line_no, c + 1,
+                     shorten(cell), hint);
+      }
+      if (is_time)
+        times.push_back(wide);
+      else
+        values.push_back(v);
+    }
+  }
 
   Session s;
   s.name = stem;
   s.source = path;
-  int64_t cols = -1;
-  for (size_t li = 0; li < lines.size(); ++li) {
-    const size_t line_no = li + 1;
-    std::string_view line = lines[li];
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    MT_DATA_CHECK(!trim(line).empty(),
-                  "{}: line {} is blank between rows; every line is one "
-                  "neuron: remove the blank line",
-                  where, line_no);
-    int64_t col = 0;
-    size_t pos = 0;
-    while (true) {
-      const size_t end = line.find(options.delimiter, pos);
-      std::string_view cell = trim(
-          line.substr(pos, end == std::string_view::npos ? std::string_view::npos : end - pos));
-      ++col;
-      MT_DATA_CHECK(!cell.empty(),
-                    "{}: line {}, column {} is empty; every cell must hold a "
-                    "number (write nan for a missing value, which is then reported)",
-                    where, line_no, col);
-      if (cell.front() == '+') cell.remove_prefix(1);
-      float v = 0.0f;
-      const auto [ptr, err] = std::from_chars(cell.data(), cell.data() + cell.size(), v);
-      if (err == std::errc::result_out_of_range && ptr == cell.data() + cell.size()) {
-        // Below the smallest f32 (e.g. 1e-400) reads as 0, as numpy's float32 cast does;
-        // beyond the largest it is an error.
-        const double wide = std::strtod(std::string(cell).c_str(), nullptr);
-        MT_DATA_CHECK(std::abs(wide) < 1.0, "{}: line {}, column {}: '{}' is out of the float range",
-                      where, line_no, col, shorten(cell));
-        v = 0.0f;
-      } else if (!(err == std::errc() && ptr == cell.data() + cell.size())) {
-        // The usual causes: another delimiter (the whole line read as one cell), a header row,
-        // quoted numbers.
-        std::string hint;
-        for (const char other : {';', '\t', ' ', '|'})
-          if (other != options.delimiter && cell.find(other) != std::string_view::npos &&
-              trim(line).find(options.delimiter) == std::string_view::npos) {
-            hint = fmt::format("; the values seem to be separated by '{}', not '{}': set "
-                               "data.csv.delimiter",
-                               other == '\t' ? "\\t" : std::string(1, other),
-                               options.delimiter == '\t' ? "\\t" : std::string(1, options.delimiter));
-            break;
-          }
-        if (hint.empty() && cell.front() == '"')
-          hint = "; quoted cells are not read: write the numbers without quotes";
-        if (hint.empty() && line_no == 1)
-          hint = "; the file must have no header row (one row per neuron, one column per frame, "
-                 "numbers only)";
-        MT_DATA_FAIL("{}: line {}, column {}: '{}' is not a number{}", where, line_no, col,
-                     shorten(cell), hint);
-      }
-      s.activity.push_back(v);
-      if (end == std::string_view::npos) break;
-      pos = end + 1;
-    }
-    if (cols < 0) {
-      cols = col;
-    } else {
-      MT_DATA_CHECK(col == cols,
-                    "{}: line {} has {} columns but line 1 has {}; the rows are "
-                    "ragged: every row (neuron) needs one value per frame",
-                    where, line_no, col, cols);
-    }
+  if (options.time_axis == 1) {
+    s.num_neurons = static_cast<int64_t>(rows);
+    s.num_frames = static_cast<int64_t>(activity_columns);
+    s.activity = std::move(values);
+  } else {
+    // (frames, neurons) in the file; sessions are (neurons, frames).
+    s.num_neurons = static_cast<int64_t>(activity_columns);
+    s.num_frames = static_cast<int64_t>(rows);
+    s.activity.resize(values.size());
+    for (size_t t = 0; t < rows; ++t)
+      for (size_t i = 0; i < activity_columns; ++i)
+        s.activity[i * rows + t] = values[t * activity_columns + i];
   }
-  s.num_neurons = static_cast<int64_t>(lines.size());
-  s.num_frames = cols;
-  s.timestamps.resize(static_cast<size_t>(cols));
-  for (int64_t t = 0; t < cols; ++t)
-    s.timestamps[static_cast<size_t>(t)] = static_cast<double>(t) / options.sampling_rate_hz;
+  if (time_col >= 0) {
+    s.timestamps = std::move(times);
+  } else {
+    s.timestamps.resize(static_cast<size_t>(s.num_frames));
+    for (int64_t t = 0; t < s.num_frames; ++t)
+      s.timestamps[static_cast<size_t>(t)] = static_cast<double>(t) / options.sampling_rate_hz;
+  }
   validate(s);
   return s;
 }

@@ -205,6 +205,35 @@ rm "$work/six/train_state.safetensors"
 rm "$work/six/summary.json"
 fails_with "resume without a training state" "has no train_state.safetensors" "$bin" train \
   --run "$work/six" --resume
+# A (frames, neurons) table as pandas' DataFrame.to_csv writes it: a header of neuron names, a
+# first column of times (quoted names; 2 Hz), one row per frame. data info reads it as training
+# would, and a short training runs on it.
+mkdir -p "$work/pandas"
+for session in 0 1 2; do
+  awk -v s="$session" 'BEGIN {
+    printf "time"; for (n = 0; n < 10; ++n) printf ",\"n%d, s%d\"", n, s; printf "\n";
+    for (t = 0; t < 600; ++t) {
+      printf "%.1f", t / 2.0;
+      for (n = 0; n < 10; ++n) printf ",%.4f", sin(0.05 * t * (n + 1) + s) + 0.1 * n;
+      printf "\n";
+    } }' >"$work/pandas/animal_$session.csv"
+done
+pandas_sets=(--set "data.path=\"$work/pandas\"" --set data.csv.time_axis=0
+             --set data.csv.header=true --set 'data.csv.time_column="time"')
+fails_with "a header row read as numbers: the hint names the option" "data.csv.header=true" \
+  "$bin" data info --set "data.path=\"$work/pandas\""
+check "data info reads a (frames, neurons) csv table" "$bin" data info "${pandas_sets[@]}" \
+  --set 'data.holdout=["animal_2"]'
+cp "$work/out.txt" "$work/info.txt"
+check "data info: 10 neurons x 600 frames at 0.5 s, held out as asked" grep -qE \
+  "^animal_2 +held out +10 +600 +299.5 +0.5 " "$work/info.txt"
+fails_with "a time column the header does not have" "is not a column of the header" \
+  "$bin" data info "${pandas_sets[@]}" --set 'data.csv.time_column="t"'
+check "train on the csv table" "$bin" train --run "$work/pandas_run" "${pandas_sets[@]}" \
+  --set 'data.holdout=["animal_2"]' --set model.poco.dim=16 --set model.poco.dim_head=8 \
+  --set model.poco.self_heads=2 --set train.steps=2 --set train.eval_every=1
+check "the run records the csv options" grep -q '"time_column": "time"' \
+  "$work/pandas_run/config.json"
 # How files are read is part of the config (data.npz / hdf5 / csv), checked like the rest.
 fails_with "an hdf5 time axis of 2" "data.hdf5.time_axis = 2" "$bin" train --run "$work/x" \
   --set data.hdf5.time_axis=2

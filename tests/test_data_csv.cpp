@@ -1,5 +1,6 @@
-// The CSV loader (data/csv.h): values, timestamps from the sampling rate, errors with line and
-// column, and the two real zebrafish recordings in ../shared/data (skipped when absent).
+// The CSV loader (data/csv.h): values, timestamps from the sampling rate or a time column, both
+// orientations, header rows, label columns and quoted cells, errors with line and column, and
+// the two real zebrafish recordings in ../shared/data (skipped when absent).
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -54,10 +55,13 @@ TEST_CASE("csv: malformed files are refused with line and column", "[data][csv]"
     REQUIRE_THROWS_WITH(load_csv(p), Contains("ragged.csv") && Contains("line 3 has 2 columns") &&
                                          Contains("line 1 has 3") && Contains("ragged"));
   }
-  SECTION("header row") {
+  SECTION("header row, label column: the hint names the option") {
     const std::string p = dir.write("header.csv", "frame0,frame1\n1,2\n");
     REQUIRE_THROWS_WITH(load_csv(p), Contains("header.csv") && Contains("line 1, column 1") &&
-                                         Contains("no header row"));
+                                         Contains("data.csv.header=true"));
+    const std::string q = dir.write("labels.csv", "1,2,3\nAVAL,4,5\n");
+    REQUIRE_THROWS_WITH(load_csv(q), Contains("labels.csv") && Contains("line 2, column 1") &&
+                                         Contains("data.csv.label_column=true"));
   }
   SECTION("empty cell") {
     const std::string p = dir.write("hole.csv", "1,2,3\n4,,6\n");
@@ -85,8 +89,8 @@ TEST_CASE("csv: malformed files are refused with line and column", "[data][csv]"
     CsvOptions o;
     o.delimiter = ';';
     CHECK(load_csv(semi, o).num_frames == 3);
-    const std::string quoted = dir.write("quoted.csv", "\"1\",\"2\"\n");
-    REQUIRE_THROWS_WITH(load_csv(quoted), Contains("quoted cells"));
+    const std::string tabs = dir.write("tabs.csv", "1\t2\t3\n");
+    REQUIRE_THROWS_WITH(load_csv(tabs), Contains("separated by '\\t', not ','"));
   }
   SECTION("a byte order mark is skipped; values below the f32 range read as 0") {
     const std::string p = dir.write("bom.csv", "\xEF\xBB\xBF" "1,2,1e-400\n3,4,5\n");
@@ -103,6 +107,115 @@ TEST_CASE("csv: malformed files are refused with line and column", "[data][csv]"
     CsvOptions o;
     o.sampling_rate_hz = 0;
     REQUIRE_THROWS_WITH(load_csv(p, o), Contains("ok.csv") && Contains("sampling_rate_hz"));
+  }
+}
+
+// The same 2 neurons x 3 frames, stored as pandas' DataFrame.to_csv writes a (frames, neurons)
+// table: a header of neuron names, an index column (here the times), one row per frame.
+TEST_CASE("csv: rows as frames, header, label and time columns", "[data][csv]") {
+  TempDir dir("test_data_csv");
+  const std::string plain = dir.write("plain.csv", "1,2,3\n4,5,6\n");
+  const std::string frames =
+      dir.write("frames.csv", "time,AVAL,\"RIM, left\"\n0.0,1,4\n0.25,2,5\n0.75,3,6\n");
+  CsvOptions o;
+  o.time_axis = 0;
+  o.header = true;
+  o.time_column = "time";
+  const Session s = load_csv(frames, o);
+  const Session ref = load_csv(plain);
+  REQUIRE(s.num_neurons == 2);
+  REQUIRE(s.num_frames == 3);
+  CHECK(s.activity == ref.activity);
+  CHECK(s.timestamps == std::vector<double>{0.0, 0.25, 0.75});
+  SECTION("the time column by number, and as the label column") {
+    o.time_column = "1";
+    CHECK(load_csv(frames, o).timestamps == s.timestamps);
+    o.label_column = true;
+    const Session l = load_csv(frames, o);
+    CHECK(l.activity == ref.activity);
+    CHECK(l.timestamps == s.timestamps);
+  }
+  SECTION("digits are a column number, even where the header has that name (pandas' integer "
+          "column labels)") {
+    const std::string ints = dir.write("ints.csv", ",0,1\n0.0,1,4\n0.25,2,5\n0.75,3,6\n");
+    o.time_column = "1";
+    const Session l = load_csv(ints, o);
+    CHECK(l.activity == ref.activity);
+    CHECK(l.timestamps == s.timestamps);
+  }
+  SECTION("a label column of frame numbers: times from the sampling rate") {
+    const std::string idx = dir.write("idx.csv", ",a,b\n0,1,4\n1,2,5\n2,3,6\n");
+    o.time_column.clear();
+    o.label_column = true;
+    o.sampling_rate_hz = 4.0;
+    const Session l = load_csv(idx, o);
+    CHECK(l.activity == ref.activity);
+    CHECK(l.timestamps == std::vector<double>{0.0, 0.25, 0.5});
+  }
+  SECTION("a header over neuron rows, and a label column of neuron names") {
+    const std::string named = dir.write("named.csv", "neuron,t0,t1,t2\nA,1,2,3\nB,4,5,6\n");
+    CsvOptions n;
+    n.header = true;
+    n.label_column = true;
+    const Session l = load_csv(named, n);
+    CHECK(l.activity == ref.activity);
+    CHECK(l.timestamps == ref.timestamps);
+  }
+  SECTION("errors name the option and the fix") {
+    o.time_column = "t";
+    REQUIRE_THROWS_WITH(load_csv(frames, o), Contains("frames.csv") &&
+                                                 Contains("data.csv.time_column 't'") &&
+                                                 Contains("'time', 'AVAL', 'RIM, left'"));
+    o.time_column = "4";
+    REQUIRE_THROWS_WITH(load_csv(frames, o), Contains("the file has 3 columns"));
+    o.time_column = "time";
+    o.header = false;
+    REQUIRE_THROWS_WITH(load_csv(frames, o), Contains("names can be used only with a header"));
+    CsvOptions bad;
+    bad.time_column = "1";
+    REQUIRE_THROWS_WITH(load_csv(plain, bad), Contains("needs data.csv.time_axis=0"));
+    bad.time_column.clear();
+    bad.time_axis = 2;
+    REQUIRE_THROWS_WITH(load_csv(plain, bad), Contains("data.csv.time_axis is 2"));
+    CsvOptions h;
+    h.header = true;
+    const std::string only = dir.write("only.csv", "a,b,c\n\n");
+    REQUIRE_THROWS_WITH(load_csv(only, h), Contains("only.csv") && Contains("only its header"));
+    const std::string wide = dir.write("wide.csv", "a,b\n1,2,3\n");
+    REQUIRE_THROWS_WITH(load_csv(wide, h), Contains("the header (line 1) has 2 columns but line 2 "
+                                                    "has 3"));
+    CsvOptions t;
+    t.time_axis = 0;
+    t.time_column = "1";
+    const std::string times = dir.write("times.csv", "0,1\n1,2\n1,3\n");
+    REQUIRE_THROWS_WITH(load_csv(times, t), Contains("times.csv") && Contains("frame 2"));
+    const std::string lone = dir.write("lone.csv", "0\n1\n");
+    REQUIRE_THROWS_WITH(load_csv(lone, t), Contains("none is left for activity"));
+  }
+}
+
+TEST_CASE("csv: quoted cells", "[data][csv]") {
+  TempDir dir("test_data_csv");
+  SECTION("quoted numbers and names with delimiters or quotes inside") {
+    const std::string p = dir.write(
+        "q.csv", "\"a, \"\"x\"\"\", \"b\"\n\"1.5\" , 2\n \"3\",\"4\"\n");
+    CsvOptions o;
+    o.header = true;
+    const Session s = load_csv(p, o);
+    REQUIRE(s.num_neurons == 2);
+    REQUIRE(s.num_frames == 2);
+    CHECK(s.at(0, 0) == 1.5f);
+    CHECK(s.at(1, 1) == 4.0f);
+  }
+  SECTION("an unclosed quote, text after the closing quote") {
+    const std::string open = dir.write("open.csv", "1,\"2\n3,4\n");
+    REQUIRE_THROWS_WITH(load_csv(open), Contains("open.csv") && Contains("line 1, column 2") &&
+                                            Contains("not closed on this line"));
+    const std::string tail = dir.write("tail.csv", "1,\"2\"x,3\n");
+    REQUIRE_THROWS_WITH(load_csv(tail), Contains("tail.csv") && Contains("line 1, column 2") &&
+                                            Contains("text after the closing quote"));
+    const std::string word = dir.write("word.csv", "1,\"two\"\n3,4\n");
+    REQUIRE_THROWS_WITH(load_csv(word), Contains("line 1, column 2: 'two' is not a number"));
   }
 }
 

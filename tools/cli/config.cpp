@@ -1,11 +1,13 @@
 #include "tools/cli/config.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include <fmt/ranges.h>
@@ -132,6 +134,10 @@ void visit(data::Hdf5Options& o, Fn&& fn) {
 template <class Fn>
 void visit(data::CsvOptions& o, Fn&& fn) {
   fn("sampling_rate_hz", o.sampling_rate_hz);
+  fn("time_axis", o.time_axis);
+  fn("header", o.header);
+  fn("label_column", o.label_column);
+  fn("time_column", o.time_column);
 }
 
 template <class Fn>
@@ -490,6 +496,76 @@ void write_file_atomic(const std::string& path, const std::string& text) {
     fs::remove(tmp);
     MT_FAIL("{}: cannot replace ({})", path, ec.message());
   }
+}
+
+// What a training state must match to be resumed: the run's data settings, sessions (with the
+// CRC-32 of each recording, session_json: the same files, not just the same names), model and
+// training options. Left out, so they may change: train.steps (a finished run may train
+// longer), train.log_progress, data.path (a moved data folder; its contents are compared), and
+// threads (sums may then differ in the last bits from the uninterrupted run's), plus the
+// sections training does not read (adapt, online, bench).
+nlohmann::json training_identity(const nlohmann::json& config) {
+  nlohmann::json id = {{"data", config.at("data")},
+                       {"model", config.at("model")},
+                       {"train", config.at("train")},
+                       {"saved_recompute", config.at("saved_recompute")},
+                       {"sessions", config.at("sessions")}};
+  id["train"].erase("steps");
+  id["train"].erase("log_progress");
+  id["data"].erase("path");
+  return id;
+}
+
+// A training identity written by an earlier metatape lacks the settings added since (e.g.
+// data.csv.time_axis), which held their defaults then: each key missing from `then` is taken from
+// the default config, so an old run resumes unless a new setting now differs from its default.
+nlohmann::json identity_with_defaults(nlohmann::json then, const nlohmann::json& now) {
+  nlohmann::json defaults = config_from_json(nlohmann::json::object()).to_json();
+  defaults["sessions"] = now.at("sessions");
+  const nlohmann::json base = training_identity(defaults);
+  std::function<void(nlohmann::json&, const nlohmann::json&)> fill =
+      [&](nlohmann::json& into, const nlohmann::json& from) {
+        if (!into.is_object() || !from.is_object()) return;
+        for (const auto& [key, value] : from.items()) {
+          if (!into.contains(key))
+            into[key] = value;
+          else
+            fill(into[key], value);
+        }
+      };
+  fill(then, base);
+  return then;
+}
+
+// The first difference between the identity a run was trained with and the one now, in a
+// user's words: "train.lr is 0.5 now, 0.001 in the run".
+std::string describe_identity_difference(const nlohmann::json& then, const nlohmann::json& now) {
+  const nlohmann::json patch = nlohmann::json::diff(then, now);
+  if (patch.empty()) return "";
+  const std::string pointer = patch[0].value("path", std::string("/"));
+  if (pointer.rfind("/sessions", 0) == 0)
+    return "the training sessions' recordings differ from those the run was trained on (other "
+           "files, or their contents changed)";
+  // Inside a list (an index, or "-" for an appended entry) the whole list is shown.
+  std::string path = pointer;
+  for (size_t slash = path.find('/', 1); slash != std::string::npos;
+       slash = path.find('/', slash + 1)) {
+    const std::string token = path.substr(slash + 1, path.find('/', slash + 1) - slash - 1);
+    const bool index = !token.empty() &&
+                       std::all_of(token.begin(), token.end(),
+                                   [](unsigned char ch) { return std::isdigit(ch) != 0; });
+    if (token == "-" || index) {
+      path.erase(slash);
+      break;
+    }
+  }
+  std::string key = path.substr(1);
+  std::replace(key.begin(), key.end(), '/', '.');
+  const nlohmann::json::json_pointer ptr(path);
+  auto value = [&](const nlohmann::json& j) {
+    return j.contains(ptr) ? j.at(ptr).dump() : "unset";
+  };
+  return fmt::format("{} is {} now, {} in the run", key, value(now), value(then));
 }
 
 }  // namespace mt::cli

@@ -97,4 +97,13 @@ nlohmann::json read_json_file(const std::string& path);
 // Writes text atomically: a temp file in the same folder, then rename.
 void write_file_atomic(const std::string& path, const std::string& text);
 
+// Resuming a run (metatape train --resume). training_identity: what a training state must
+// match, from a run config (to_json plus "sessions"). identity_with_defaults: a state's saved
+// identity with the settings added since it was written filled in at their defaults.
+// describe_identity_difference: the first difference in a user's words ("train.lr is 0.5 now,
+// 0.001 in the run"), or "" when there is none.
+nlohmann::json training_identity(const nlohmann::json& config);
+nlohmann::json identity_with_defaults(nlohmann::json then, const nlohmann::json& now);
+std::string describe_identity_difference(const nlohmann::json& then, const nlohmann::json& now);
+
 }  // namespace mt::cli

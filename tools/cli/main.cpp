@@ -1,5 +1,6 @@
 // metatape: the command-line tool. Subcommands:
 //   data synth   write a synthetic multi-session data set (POCO's npz format)
+//   data info    the sessions as a training would read them: sizes, times, range, windows
 //   train        train a forecaster on the training sessions; a run folder with config.json,
 //                metrics.jsonl, model.safetensors (best validation score),
 //                train_state.safetensors (to --resume from) and summary.json
@@ -208,52 +209,6 @@ void note_if_unfinished(const std::string& run_dir) {
                  run_dir.c_str(), run_dir.c_str());
 }
 
-// What a training state must match to be resumed: the run's data settings, sessions (with the
-// CRC-32 of each recording, session_json: the same files, not just the same names), model and
-// training options. Left out, so they may change: train.steps (a finished run may train
-// longer), train.log_progress, data.path (a moved data folder; its contents are compared), and
-// threads (sums may then differ in the last bits from the uninterrupted run's), plus the
-// sections training does not read (adapt, online, bench).
-json training_identity(const json& config) {
-  json id = {{"data", config.at("data")},
-             {"model", config.at("model")},
-             {"train", config.at("train")},
-             {"saved_recompute", config.at("saved_recompute")},
-             {"sessions", config.at("sessions")}};
-  id["train"].erase("steps");
-  id["train"].erase("log_progress");
-  id["data"].erase("path");
-  return id;
-}
-
-// The first difference between the identity a run was trained with and the one now, in a
-// user's words: "train.lr is 0.5 now, 0.001 in the run".
-std::string describe_difference(const json& then, const json& now) {
-  const json patch = json::diff(then, now);
-  if (patch.empty()) return "";
-  const std::string pointer = patch[0].value("path", std::string("/"));
-  if (pointer.rfind("/sessions", 0) == 0)
-    return "the training sessions' recordings differ from those the run was trained on (other "
-           "files, or their contents changed)";
-  // Inside a list (an index, or "-" for an appended entry) the whole list is shown.
-  std::string path = pointer;
-  for (size_t slash = path.find('/', 1); slash != std::string::npos;
-       slash = path.find('/', slash + 1)) {
-    const std::string token = path.substr(slash + 1, path.find('/', slash + 1) - slash - 1);
-    if (token == "-" || (!token.empty() && std::all_of(token.begin(), token.end(), [](unsigned char ch) {
-                              return std::isdigit(ch) != 0;
-                            }))) {
-      path.erase(slash);
-      break;
-    }
-  }
-  std::string key = path.substr(1);
-  std::replace(key.begin(), key.end(), '/', '.');
-  const json::json_pointer ptr(path);
-  auto value = [&](const json& j) { return j.contains(ptr) ? j.at(ptr).dump() : "unset"; };
-  return fmt::format("{} is {} now, {} in the run", key, value(now), value(then));
-}
-
 // The result files that continuing a run's training makes stale (summary, eval, adapt,
 // online: computed from the model before the continuation): removed, and named on stderr.
 void remove_results(const std::string& run_dir) {
@@ -363,7 +318,7 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   const bool has_parameters = f->module() != nullptr;
   meta::ResumeOptions state;
   if (has_parameters) state.state_path = run_dir + "/train_state.safetensors";
-  state.identity = training_identity(config);
+  state.identity = cli::training_identity(config);
   state.resume = resume;
   std::unique_ptr<RunLock> lock;
   if (resume) {
@@ -377,7 +332,8 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
              run_dir);
     // Every check before any file of the run changes.
     const json saved = meta::read_train_state_metadata(state.state_path);
-    const std::string differs = describe_difference(saved.at("identity"), state.identity);
+    const std::string differs = cli::describe_identity_difference(
+        cli::identity_with_defaults(saved.at("identity"), state.identity), state.identity);
     MT_CHECK(differs.empty(),
              "--resume: {}: {}; a run continues with the settings it was trained with (only "
              "train.steps, train.log_progress, threads, data.path and the adapt, online and bench "
@@ -741,6 +697,51 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   return out;
 }
 
+// `metatape data info`: the sessions as a training with this config would read them (loader
+// options, holdout, splits and windows), with the preprocessing notes; writes nothing.
+void run_data_info(const cli::RunConfig& c) {
+  const Data d = load_data(c);
+  std::printf("%s: %lld session(s), %lld for training, %lld held out\n",
+              c.data.path.empty() ? "synthetic data" : c.data.path.c_str(),
+              (long long)(d.train.size() + d.holdout.size()), (long long)d.train.size(),
+              (long long)d.holdout.size());
+  int width = 7;
+  for (const auto* set : {&d.train, &d.holdout})
+    for (const auto& s : set->sessions) width = std::max(width, int(s.name.size()));
+  std::printf("%-*s %-9s %8s %8s %10s %9s %21s %23s\n", width, "session", "role", "neurons",
+              "frames", "seconds", "s/frame", "activity min..max", "windows train/val/test");
+  // A split too short for one window is the error training would stop with: the table is
+  // printed first (windows "-"), then the error.
+  std::exception_ptr prepare_error;
+  for (const auto* set : {&d.train, &d.holdout}) {
+    if (set->empty()) continue;
+    std::unique_ptr<data::PreparedData> prepared;
+    try {
+      prepared = std::make_unique<data::PreparedData>(*set, c.data.prep);
+      for (const auto& note : prepared->notes())
+        std::fprintf(stderr, "note: %s\n", note.c_str());
+    } catch (const Error&) {
+      if (!prepare_error) prepare_error = std::current_exception();
+    }
+    for (int64_t i = 0; i < set->size(); ++i) {
+      const data::Session& s = (*set)[i];
+      const auto [lo, hi] = std::minmax_element(s.activity.begin(), s.activity.end());
+      const std::string range = fmt::format("{:.4g}..{:.4g}", *lo, *hi);
+      const std::string windows =
+          prepared ? fmt::format("{}/{}/{}", prepared->windows(i, data::Split::Train).size(),
+                                 prepared->windows(i, data::Split::Val).size(),
+                                 prepared->windows(i, data::Split::Test).size())
+                   : std::string("-");
+      std::printf("%-*s %-9s %8lld %8lld %10.1f %9.4g %21s %23s\n", width, s.name.c_str(),
+                  set == &d.train ? "train" : "held out", (long long)s.num_neurons,
+                  (long long)s.num_frames, s.timestamps.back() - s.timestamps.front(),
+                  s.frame_interval(), range.c_str(), windows.c_str());
+    }
+  }
+  std::fflush(stdout);
+  if (prepare_error) std::rethrow_exception(prepare_error);
+}
+
 int run_eval(const std::string& run_dir, const std::string& split_name, bool unadapted) {
   MT_CHECK(split_name == "val" || split_name == "train" || split_name == "test",
            "eval: --split must be train, val or test, got '{}'", split_name);
@@ -785,6 +786,12 @@ int main(int argc, char** argv) {
   synth->add_flag("--overwrite", synth_overwrite,
                   "remove the .npz files already in --out first (else such a folder is refused: "
                   "two sets would mix)");
+
+  auto* info = data_cmd->add_subcommand(
+      "info", "list the sessions as a training with this config would read them (writes nothing)");
+  info->add_option("--config", config_file, "run config JSON (its data section)");
+  info->add_option("--set", sets,
+                   "override, e.g. --set data.path=\"recordings\" --set data.csv.header=true");
 
   auto* train = app.add_subcommand("train", "train a forecaster; writes a run folder");
   train->add_option("--config", config_file, "run config JSON (defaults when omitted)");
@@ -870,6 +877,12 @@ int main(int argc, char** argv) {
         std::printf("%s: %lld neurons x %lld frames\n", s.name.c_str(), (long long)s.num_neurons,
                     (long long)s.num_frames);
       std::printf("wrote %lld sessions to %s\n", (long long)d.size(), out_dir.c_str());
+      return 0;
+    }
+    if (info->parsed()) {
+      cli::RunConfig c = cli::load_config(config_file, sets);
+      apply_threads(c);
+      run_data_info(c);
       return 0;
     }
     if (train->parsed()) {

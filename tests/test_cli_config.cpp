@@ -1,0 +1,79 @@
+// The CLI's run config (tools/cli/config.h): the CSV loader's options as config keys, and the
+// identity a resumed run is compared against. A training state written before a setting existed
+// resumes when the setting still holds its default, and is refused, naming the key and both
+// values, when it does not.
+#include <catch2/catch.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include "tools/cli/config.h"
+
+using namespace mt;
+using Catch::Contains;
+using nlohmann::json;
+
+namespace {
+
+json identity_of(const cli::RunConfig& c) {
+  json config = c.to_json();
+  config["sessions"] = json::array({{{"name", "a"}, {"crc32", 1234}}});
+  return cli::training_identity(config);
+}
+
+}  // namespace
+
+TEST_CASE("cli config: the CSV options are config keys", "[cli][config]") {
+  const cli::RunConfig c = cli::config_from_json(json::parse(
+      R"({"data": {"csv": {"time_axis": 0, "header": true, "label_column": true,
+                           "time_column": "time", "delimiter": ";", "sampling_rate_hz": 2.2}}})"));
+  const auto& o = c.data.load.csv;
+  CHECK(o.time_axis == 0);
+  CHECK(o.header);
+  CHECK(o.label_column);
+  CHECK(o.time_column == "time");
+  CHECK(o.delimiter == ';');
+  CHECK(o.sampling_rate_hz == 2.2);
+  // to_json writes them back, and reading that gives the same config.
+  const json again = cli::config_from_json(c.to_json()).to_json();
+  CHECK(again == c.to_json());
+  CHECK(again["data"]["csv"]["time_column"] == "time");
+  REQUIRE_THROWS_WITH(
+      cli::config_from_json(json::parse(R"({"data": {"csv": {"headers": true}}})")),
+      Contains("data.csv.headers"));
+  REQUIRE_THROWS_WITH(
+      cli::config_from_json(json::parse(R"({"data": {"csv": {"header": "yes"}}})")),
+      Contains("data.csv.header"));
+}
+
+TEST_CASE("cli config: a training identity from before a setting existed", "[cli][config]") {
+  const cli::RunConfig defaults = cli::config_from_json(json::object());
+  const json now = identity_of(defaults);
+  CHECK(cli::describe_identity_difference(now, now).empty());
+
+  // A state written before data.csv had these keys: it lacks them.
+  json then = now;
+  for (const char* key : {"time_axis", "header", "label_column", "time_column"})
+    REQUIRE(then["data"]["csv"].erase(key) == 1);
+  // Compared as it is, it differs; with the defaults filled in it does not.
+  CHECK_FALSE(cli::describe_identity_difference(then, now).empty());
+  CHECK(cli::describe_identity_difference(cli::identity_with_defaults(then, now), now).empty());
+
+  // A new setting away from its default is a difference, named with both values.
+  cli::RunConfig changed = defaults;
+  changed.data.load.csv.time_axis = 0;
+  const json now_changed = identity_of(changed);
+  CHECK(cli::describe_identity_difference(cli::identity_with_defaults(then, now_changed),
+                                          now_changed) ==
+        "data.csv.time_axis is 0 now, 1 in the run");
+  // Settings present in the saved identity are never replaced by defaults.
+  json then_lr = now;
+  then_lr["train"]["lr"] = 0.5;
+  CHECK(cli::describe_identity_difference(cli::identity_with_defaults(then_lr, now), now) ==
+        fmt::format("train.lr is {} now, 0.5 in the run", now["train"]["lr"].dump()));
+  // Other recordings are named as such.
+  json other = now;
+  other["sessions"][0]["crc32"] = 99;
+  CHECK(cli::describe_identity_difference(other, now) ==
+        "the training sessions' recordings differ from those the run was trained on (other "
+        "files, or their contents changed)");
+}
