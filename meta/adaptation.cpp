@@ -102,6 +102,33 @@ nlohmann::json AdaptResult::to_json() const {
           {"curve", c}};
 }
 
+AdaptResult AdaptResult::from_json(const nlohmann::json& j) {
+  auto num = [](const nlohmann::json& x) { return x.is_null() ? NAN : x.get<double>(); };
+  AdaptResult r;
+  r.session = j.at("session").get<std::string>();
+  r.initial_score = num(j.at("initial_score"));
+  r.final_score = num(j.at("final_score"));
+  r.test_score = num(j.at("test_score"));
+  r.test_mse = num(j.at("test_mse"));
+  r.steps_to_95 = j.at("steps_to_95").get<int64_t>();
+  r.steps_to_95_gain = j.at("steps_to_95_gain").get<int64_t>();
+  r.diverged_at = j.at("diverged_at").get<int64_t>();
+  r.seconds = num(j.at("seconds"));
+  r.ms_per_step = num(j.at("ms_per_step"));
+  r.peak_bytes = j.at("peak_bytes").get<int64_t>();
+  r.adapted_parameters = j.at("adapted_parameters").get<int64_t>();
+  for (const auto& q : j.at("curve")) {
+    AdaptPoint p;
+    p.step = q.at("step").get<int64_t>();
+    p.seconds = num(q.at("seconds"));
+    p.val_score = num(q.at("val_score"));
+    p.val_mse = num(q.at("val_mse"));
+    p.train_loss = q.contains("train_loss") ? num(q.at("train_loss")) : NAN;
+    r.curve.push_back(p);
+  }
+  return r;
+}
+
 AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, int64_t session,
                           const AdaptOptions& opt) {
   MT_CHECK(opt.procedure == "finetune" || opt.procedure == "inner",

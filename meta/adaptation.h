@@ -75,6 +75,9 @@ struct AdaptResult {
   int64_t peak_bytes = 0;     // peak CPU tensor bytes during a step (model and data included)
   int64_t adapted_parameters = 0;
   nlohmann::json to_json() const;
+  // The inverse of to_json (null scores, those of a diverged run, read as NaN): a resumed
+  // benchmark's earlier runs.
+  static AdaptResult from_json(const nlohmann::json& j);
 };
 
 // Adapts `f` (already carrying the transferred weights) to dataset session `session` of `data`.

@@ -273,6 +273,63 @@ bench_small=(--set bench.train_steps.standard=4 --set bench.train_steps.fomaml=2
              --set 'bench.param_sets=["embeddings","all"]')
 check "bench adaptation" "$bin" bench adaptation --out "$work/bench" "${small[@]}" "${bench_small[@]}"
 check "bench adaptation wrote json" test -s "$work/bench/adaptation.json"
+# A benchmark stopped by Ctrl-C in its first training, resumed, stopped again in its second and
+# resumed to the end gives the models and results of the benchmark that did not stop.
+bench_long=(--set bench.train_steps.standard=4000 --set bench.train_steps.fomaml=1500
+            --set bench.train_steps.e2e-ttt=20 --set train.meta.inner_steps=2
+            --set train.eval_every=200 --set bench.adapt_steps=20 --set bench.adapt_eval_every=10
+            --set bench.adapt_batch_size=4 --set 'bench.param_sets=["embeddings"]')
+wait_for_file() {  # wait_for_file path pid
+  for _ in $(seq 1200); do
+    [ -s "$1" ] && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.05
+  done
+  return 1
+}
+check "bench adaptation, not stopped" "$bin" bench adaptation --out "$work/bench_whole" \
+  "${small[@]}" "${bench_long[@]}"
+"$bin" bench adaptation --out "$work/bench_stopped" "${small[@]}" "${bench_long[@]}" \
+  >"$work/bench_stopped.txt" 2>&1 &
+pid=$!
+check "the benchmark started its first training" wait_for_file \
+  "$work/bench_stopped/train_state_standard.safetensors" "$pid"
+fails_with "a second benchmark on a folder in use" "another metatape bench adaptation" "$bin" \
+  bench adaptation --out "$work/bench_stopped" --resume
+kill -INT "$pid"
+wait "$pid"
+check "Ctrl-C stops the benchmark with exit code 130" test $? -eq 130
+check "the stopped benchmark says how to continue" grep -q "bench adaptation --resume --out" \
+  "$work/bench_stopped.txt"
+fails_with "a new benchmark over an unfinished one" "continue it with --resume, or pass --overwrite" \
+  "$bin" bench adaptation --out "$work/bench_stopped" "${small[@]}" "${bench_long[@]}"
+fails_with "resuming a benchmark with another setting" "train.lr is 0.5 now, 0.001 in the benchmark" \
+  "$bin" bench adaptation --out "$work/bench_stopped" --resume --set train.lr=0.5
+"$bin" bench adaptation --out "$work/bench_stopped" --resume >"$work/bench_stopped.txt" 2>&1 &
+pid=$!
+check "the resumed benchmark reached its second training" wait_for_file \
+  "$work/bench_stopped/train_state_fomaml.safetensors" "$pid"
+kill -INT "$pid"
+wait "$pid"
+check "Ctrl-C stops the resumed benchmark with exit code 130" test $? -eq 130
+check "resume the benchmark to the end" "$bin" bench adaptation --out "$work/bench_stopped" --resume
+for m in standard fomaml e2e-ttt; do
+  check "the resumed benchmark's $m model is the one not stopped" cmp \
+    "$work/bench_whole/model_$m.safetensors" "$work/bench_stopped/model_$m.safetensors"
+done
+check "the resumed benchmark's results are those of the one not stopped" python3 -c '
+import json, sys
+timing = {"seconds", "ms_per_step", "peak_bytes", "eval_seconds", "resumed"}
+def strip(x):
+    if isinstance(x, dict): return {k: strip(v) for k, v in x.items() if k not in timing}
+    if isinstance(x, list): return [strip(v) for v in x]
+    return x
+a, b = (json.load(open(p)) for p in sys.argv[1:])
+sys.exit(0 if all(strip(a[k]) == strip(b[k]) for k in ("training", "runs", "table")) else 1)
+' "$work/bench_whole/adaptation.json" "$work/bench_stopped/adaptation.json"
+check "a finished benchmark keeps no progress file" test ! -e "$work/bench_stopped/bench_state.json"
+fails_with "resuming a finished benchmark" "the benchmark there finished" "$bin" bench adaptation \
+  --out "$work/bench_stopped" --resume
 # 3 methods x (2 parameter sets + 1 cross-procedure control) rows.
 check "bench adaptation table has 9 rows" test "$(grep -c '"procedure"' "$work/bench/adaptation.json")" -ge 9
 check "bench memory" "$bin" bench memory --out "$work/mem" "${small[@]}" \

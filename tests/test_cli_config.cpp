@@ -70,10 +70,12 @@ TEST_CASE("cli config: a training identity from before a setting existed", "[cli
   then_lr["train"]["lr"] = 0.5;
   CHECK(cli::describe_identity_difference(cli::identity_with_defaults(then_lr, now), now) ==
         fmt::format("train.lr is {} now, 0.5 in the run", now["train"]["lr"].dump()));
-  // Other recordings are named as such.
+  // Other recordings are named as such; `what` names the run.
   json other = now;
   other["sessions"][0]["crc32"] = 99;
   CHECK(cli::describe_identity_difference(other, now) ==
         "the training sessions' recordings differ from those the run was trained on (other "
         "files, or their contents changed)");
+  CHECK(cli::describe_identity_difference(then_lr, now, "the benchmark") ==
+        fmt::format("train.lr is {} now, 0.5 in the benchmark", now["train"]["lr"].dump()));
 }

@@ -23,6 +23,7 @@
 #include "engine/io/checkpoint.h"
 #include "meta/adaptation.h"
 #include "meta/maml.h"
+#include "meta/training.h"
 #include "tools/cli/common.h"
 
 #ifndef METATAPE_SOURCE_DIR
@@ -79,10 +80,41 @@ struct RunKey {
   std::string method, procedure, params;
 };
 
+// A string member of a saved record ("" when absent or not a string).
+std::string text_of(const json& record, const char* key) {
+  const auto it = record.find(key);
+  return it != record.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
 }  // namespace
 
-json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device device) {
+std::string bench_state_path(const std::string& out_dir) { return out_dir + "/bench_state.json"; }
+
+nlohmann::json read_bench_state(const std::string& out_dir) {
+  const std::string path = bench_state_path(out_dir);
+  MT_CHECK(fs::exists(path),
+           "bench adaptation --resume: {} has no bench_state.json{}; start the benchmark without "
+           "--resume",
+           out_dir,
+           fs::exists(out_dir + "/adaptation.json")
+               ? " (the benchmark there finished: adaptation.json holds its results)"
+               : " (no benchmark was started there)");
+  const json state = read_json_file(path);
+  MT_CHECK(state.is_object() && state.value("version", 0) == 1 && state.contains("config") &&
+               state.contains("identity") && state.contains("trainings") &&
+               state["trainings"].is_array() && state.contains("runs") && state["runs"].is_array(),
+           "{}: not a benchmark state this metatape can read; start the benchmark again without "
+           "--resume",
+           path);
+  return state;
+}
+
+json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device device,
+                          const BenchControl& control) {
+  MT_CHECK(!fs::exists(out_dir) || fs::is_directory(out_dir), "--out {}: exists and is not a folder",
+           out_dir);
   fs::create_directories(out_dir);
+  const FolderLock lock(out_dir, ".bench.lock", "--out", "metatape bench adaptation");
   Data d = load_data(c);
   MT_CHECK(!d.holdout.empty(),
            "bench adaptation: no held-out sessions; set data.holdout to the sessions the training "
@@ -100,6 +132,58 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
               fmt::format("{}", fmt::join(c.bench.methods, ", ")).c_str(),
               (long long)c.bench.adapt_steps, c.bench.new_session_init.c_str());
   std::fflush(stdout);
+
+  // Progress (BenchControl). The identity is what a resumed benchmark must match: the config
+  // without the thread count, the recordings and the device kind.
+  json identity = c.to_json();
+  identity.erase("threads");
+  identity["train"].erase("log_progress");
+  identity["sessions"] = session_json(d.train);
+  identity["holdout_sessions"] = session_json(d.holdout);
+  identity["device"] = device.is_cuda() ? "cuda" : "cpu";
+  const std::string state_path = bench_state_path(out_dir);
+  json state = {{"version", 1},
+                {"config", c.to_json()},
+                {"identity", identity},
+                {"trainings", json::array()},
+                {"runs", json::array()}};
+  if (control.resume) {
+    const json saved = read_bench_state(out_dir);
+    const std::string differs =
+        describe_identity_difference(saved.at("identity"), identity, "the benchmark");
+    MT_CHECK(differs.empty(),
+             "bench adaptation --resume --out {}: {}; a benchmark continues with the settings, "
+             "recordings and device kind it started with (only threads may change): drop the "
+             "--set that differs, or start it again without --resume",
+             out_dir, differs);
+    state["trainings"] = saved.at("trainings");
+    state["runs"] = saved.at("runs");
+    std::printf("resuming: %zu training(s) and %zu adaptation run(s) done earlier\n",
+                state["trainings"].size(), state["runs"].size());
+  } else {
+    MT_CHECK(!fs::exists(state_path) || control.overwrite,
+             "--out {}: the folder holds an unfinished benchmark (bench_state.json); continue it "
+             "with --resume, or pass --overwrite to start again (its models and progress are "
+             "deleted)",
+             out_dir);
+    // An earlier benchmark's files in the folder are not this one's.
+    for (const auto& entry : fs::directory_iterator(out_dir)) {
+      const std::string name = entry.path().filename().string();
+      const bool ours = name == "bench_state.json" || name == "adaptation.json" ||
+                        (name.rfind("train_state_", 0) == 0 && entry.path().extension() == ".safetensors") ||
+                        (name.rfind("model_", 0) == 0 && entry.path().extension() == ".safetensors") ||
+                        (name.rfind("adaptation_", 0) == 0 && entry.path().extension() == ".png");
+      if (ours) fs::remove(entry.path());
+    }
+  }
+  write_file_atomic(state_path, state.dump(1) + "\n");
+  auto stop_requested = [&] { return control.stop_requested && control.stop_requested(); };
+  auto stopped = [&](const std::string& where) {
+    return BenchStopped(fmt::format(
+        "stopped {}; the progress is saved in {}: continue with metatape bench adaptation "
+        "--resume --out '{}'",
+        where, out_dir, out_dir));
+  };
 
   json out = {{"machine", machine_json(device)},
               {"config", c.to_json()},
@@ -131,31 +215,63 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
     if (method != "standard") t.lr = c.bench.meta_lr;
     if (auto it = c.bench.train_steps.find(method); it != c.bench.train_steps.end())
       t.steps = it->second;
-    std::fprintf(stderr, "training %s: %lld steps%s\n", method.c_str(), (long long)t.steps,
-                 from_standard ? ", starting from the standard model" : "");
-    meta::TrainResult tr = meta::train(*f, train_data, {}, t);
-    std::printf("trained %-9s %5lld steps in %7.1f s (%.0f ms/step), peak %.1f MiB, best "
-                "validation score %.4f at step %lld%s\n",
-                method.c_str(), (long long)t.steps, tr.seconds,
-                t.steps ? 1e3 * tr.seconds / double(t.steps) : 0.0, mib(tr.peak_bytes),
-                tr.best_score, (long long)tr.best_step,
-                method == "standard" ? "" : " (after the inner loop)");
-    if (method != "standard" && tr.best_step == 0 && t.steps > 0)
-      std::printf("note: %s never improved the validation score of its starting point in %lld "
-                  "steps; its model is that starting point (try another bench.meta_lr, now %g, or "
-                  "more steps)\n",
-                  method.c_str(), (long long)t.steps, t.lr);
-    std::fflush(stdout);
-    // Back on the CPU for the checkpoint and the copies below (the models they copy into live
-    // there); the held-out model moves to `device` once it is complete.
-    f->to(kCPU);
-    io::save_checkpoint(fmt::format("{}/model_{}.safetensors", out_dir, method), *f->module(),
-                        {{"method", method}, {"steps", t.steps}});
-    json tj = tr.to_json();
-    tj["method"] = method;
-    tj["steps"] = t.steps;
-    tj["from_standard"] = from_standard;
-    tj["lr"] = t.lr;
+    const std::string model_path = fmt::format("{}/model_{}.safetensors", out_dir, method);
+    json tj;
+    for (const auto& done : state["trainings"])
+      if (text_of(done, "method") == method) tj = done;
+    if (!tj.is_null()) {
+      // Trained before the benchmark stopped: its best model is the checkpoint.
+      MT_CHECK(fs::exists(model_path),
+               "bench adaptation --resume: {} is missing (the {} model, trained earlier); start "
+               "the benchmark again without --resume",
+               model_path, method);
+      f->to(kCPU);
+      io::load_parameters(*f->module(), model_path);
+      std::printf("trained %-9s earlier: best validation score %.4f at step %lld (%s)\n",
+                  method.c_str(), tj.at("best_score").is_null() ? NAN : tj.at("best_score").get<double>(),
+                  (long long)tj.at("best_step").get<int64_t>(), model_path.c_str());
+    } else {
+      std::fprintf(stderr, "training %s: %lld steps%s\n", method.c_str(), (long long)t.steps,
+                   from_standard ? ", starting from the standard model" : "");
+      meta::ResumeOptions r;
+      r.state_path = fmt::format("{}/train_state_{}.safetensors", out_dir, method);
+      r.resume = control.resume && fs::exists(r.state_path);
+      r.identity = {{"bench", identity}, {"method", method}};
+      r.stop_after = [&](int64_t) { return stop_requested(); };
+      if (r.resume) std::fprintf(stderr, "training %s: continuing from %s\n", method.c_str(),
+                                 r.state_path.c_str());
+      meta::TrainResult tr;
+      try {
+        tr = meta::train(*f, train_data, {}, t, {}, {}, {}, r);
+      } catch (const meta::TrainingStopped& e) {
+        throw stopped(fmt::format("in the training of {} after step {}", method, e.step));
+      }
+      std::printf("trained %-9s %5lld steps in %7.1f s (%.0f ms/step), peak %.1f MiB, best "
+                  "validation score %.4f at step %lld%s\n",
+                  method.c_str(), (long long)t.steps, tr.seconds,
+                  t.steps ? 1e3 * tr.seconds / double(t.steps) : 0.0, mib(tr.peak_bytes),
+                  tr.best_score, (long long)tr.best_step,
+                  method == "standard" ? "" : " (after the inner loop)");
+      if (method != "standard" && tr.best_step == 0 && t.steps > 0)
+        std::printf("note: %s never improved the validation score of its starting point in "
+                    "%lld steps; its model is that starting point (try another bench.meta_lr, now "
+                    "%g, or more steps)\n",
+                    method.c_str(), (long long)t.steps, t.lr);
+      std::fflush(stdout);
+      // Back on the CPU for the checkpoint and the copies below (the models they copy into live
+      // there); the held-out model moves to `device` once it is complete.
+      f->to(kCPU);
+      io::save_checkpoint(model_path, *f->module(), {{"method", method}, {"steps", t.steps}});
+      tj = tr.to_json();
+      tj["method"] = method;
+      tj["steps"] = t.steps;
+      tj["from_standard"] = from_standard;
+      tj["lr"] = t.lr;
+      if (r.resume) tj["resumed"] = true;  // peak_bytes then covers the continued part only
+      state["trainings"].push_back(tj);
+      write_file_atomic(state_path, state.dump(1) + "\n");
+      fs::remove(r.state_path);  // the checkpoint and the state file hold all that is needed
+    }
     trainings.push_back(tj);
 
     Generator gen_new(c.adapt.train.seed);
@@ -194,6 +310,24 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
       }
       Row row{key, {}};
       for (int64_t s = 0; s < held.num_sessions(); ++s) {
+        const json* earlier = nullptr;
+        for (const auto& done : state["runs"])
+          if (text_of(done, "method") == key.method &&
+              text_of(done, "procedure") == key.procedure && text_of(done, "params") == key.params &&
+              text_of(done, "session") == held.session(s).name)
+            earlier = &done;
+        if (earlier != nullptr) {
+          meta::AdaptResult r = meta::AdaptResult::from_json(*earlier);
+          std::printf("  %-9s %-8s %-22s %-22s done earlier: score %.4f -> %.4f  test %.4f\n",
+                      key.method.c_str(), key.procedure.c_str(), key.params.c_str(),
+                      r.session.c_str(), r.initial_score, r.final_score, r.test_score);
+          runs.push_back(*earlier);
+          row.per_session.push_back(std::move(r));
+          continue;
+        }
+        if (stop_requested())
+          throw stopped(fmt::format("before adapting {} ({}, {}) to {}", key.method,
+                                    key.procedure, key.params, held.session(s).name));
         meta::AdaptResult r = meta::adapt_session(*fresh, held, s, a);
         if (r.diverged_at >= 0) {
           std::printf("  %-9s %-8s %-22s %-22s DIVERGED at step %lld (lr %g)\n",
@@ -214,6 +348,8 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
         rj["lr"] = a.lr;
         if (key.procedure == "inner") rj["backbone_lr"] = a.backbone_lr;
         runs.push_back(rj);
+        state["runs"].push_back(rj);
+        write_file_atomic(state_path, state.dump(1) + "\n");
         row.per_session.push_back(std::move(r));
       }
       rows.push_back(std::move(row));
@@ -257,6 +393,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
   out["table"] = table;
   const std::string path = out_dir + "/adaptation.json";
   write_file_atomic(path, out.dump(2) + "\n");
+  fs::remove(state_path);  // finished: adaptation.json holds everything
   std::printf("wrote %s\n", path.c_str());
   plot_results("adaptation", path, out_dir);
   return out;

@@ -10,20 +10,50 @@
 // the two meta-gradients; writes memory.json and a plot.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 #include "engine/core/device.h"
+#include "engine/core/error.h"
 #include "tools/cli/config.h"
 
 namespace mt::cli {
 
+// How a `bench adaptation` run may be stopped and continued. Progress is kept in
+// <out>/bench_state.json (each method's finished training and each finished adaptation run,
+// written atomically as they end) beside model_<method>.safetensors, and a training in progress
+// in <out>/train_state_<method>.safetensors (meta::ResumeOptions, at every evaluation point).
+struct BenchControl {
+  // Continue the benchmark in the output folder: finished trainings and runs are taken from the
+  // state (the models from their checkpoints), a training in progress continues from its state
+  // bitwise, the rest runs. The config, the recordings (CRC-32) and the device kind must be
+  // those of the interrupted run (threads may differ). Without resume, the state and results
+  // of an earlier benchmark in the folder are removed first.
+  bool resume = false;
+  // Without resume, a folder holding an unfinished benchmark is refused unless this is set.
+  bool overwrite = false;
+  // Asked after every training step and every adaptation run: true saves the progress there and
+  // throws BenchStopped (the CLI's Ctrl-C).
+  std::function<bool()> stop_requested;
+};
+
+// Thrown when BenchControl::stop_requested stopped the benchmark; its progress is saved.
+struct BenchStopped : Error {
+  explicit BenchStopped(const std::string& what) : Error(what) {}
+};
+
 // Models train and adapt on `device` (initialised on the CPU and moved: the same weights on every
 // device); the JSON's machine record names it.
 nlohmann::json run_bench_adaptation(const RunConfig& c, const std::string& out_dir,
-                                    Device device = kCPU);
+                                    Device device = kCPU, const BenchControl& control = {});
 nlohmann::json run_bench_memory(const RunConfig& c, const std::string& out_dir);
+
+// <out>/bench_state.json, and that file read and checked (errors name the folder and the fix):
+// its "config" is the config the benchmark started with.
+std::string bench_state_path(const std::string& out_dir);
+nlohmann::json read_bench_state(const std::string& out_dir);
 
 // Runs tools/plot.py on a result file when python3 with matplotlib is present; otherwise prints
 // the command to run. Never fails the benchmark.

@@ -3,8 +3,14 @@
 #include <fmt/ranges.h>
 #include <omp.h>
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 #include "data/load.h"
 #include "engine/autograd/grad_mode.h"
@@ -70,5 +76,34 @@ void apply_threads(const RunConfig& c) {
                              : c.saved_recompute == "never" ? SavedRecomputePolicy::never
                                                             : SavedRecomputePolicy::cuda_only);
 }
+
+FolderLock::FolderLock(const std::string& dir, const std::string& file_name,
+                       const std::string& flag, const std::string& command) {
+  const std::string path = dir + "/" + file_name;
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  MT_CHECK(fd_ >= 0, "{}: cannot create the folder's lock file ({})", path, std::strerror(errno));
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    if (err != EWOULDBLOCK) {
+      ::close(fd_);
+      MT_FAIL("{}: cannot lock the folder ({}); a file system without flock (some network "
+              "mounts) cannot hold it: use a local folder",
+              path, std::strerror(err));
+    }
+    char owner[32] = {};
+    const ssize_t got = ::pread(fd_, owner, sizeof owner - 1, 0);
+    ::close(fd_);
+    MT_FAIL("{} {}: another {}{} is writing this folder; wait for it to end (or stop it: Ctrl-C "
+            "saves its state for --resume)",
+            flag, dir, command,
+            got > 0 ? fmt::format(" (process {})", std::string(owner, size_t(got))) : "");
+  }
+  const std::string pid = std::to_string(::getpid());
+  if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, pid.data(), pid.size(), 0) < 0) {
+    // The pid is only for messages: the lock holds without it.
+  }
+}
+
+FolderLock::~FolderLock() { ::close(fd_); }
 
 }  // namespace mt::cli

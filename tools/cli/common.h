@@ -1,7 +1,8 @@
 // Pieces the metatape subcommands share: the data of a run split into training and held-out
-// sessions, and the printing of metrics.
+// sessions, the printing of metrics, and the lock on a folder one command writes.
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -27,5 +28,21 @@ void print_metrics(const char* title, const meta::Metrics& m);
 // The process-wide settings of the config: OpenMP threads and the saved-tensor recomputation
 // policy (this thread's).
 void apply_threads(const RunConfig& c);
+
+// One writer per folder (a train run folder, a bench output folder): an exclusive flock(2) on
+// <dir>/<file_name>, held for the life of the object (the kernel releases it when the process
+// ends, however it ends). The file holds the owner's process id, for the refusal message, which
+// names `flag` (--run, --out) and `command`.
+class FolderLock {
+ public:
+  FolderLock(const std::string& dir, const std::string& file_name, const std::string& flag,
+             const std::string& command);
+  ~FolderLock();
+  FolderLock(const FolderLock&) = delete;
+  FolderLock& operator=(const FolderLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
 
 }  // namespace mt::cli

@@ -539,13 +539,19 @@ nlohmann::json identity_with_defaults(nlohmann::json then, const nlohmann::json&
 
 // The first difference between the identity a run was trained with and the one now, in a
 // user's words: "train.lr is 0.5 now, 0.001 in the run".
-std::string describe_identity_difference(const nlohmann::json& then, const nlohmann::json& now) {
+std::string describe_identity_difference(const nlohmann::json& then, const nlohmann::json& now,
+                                         const std::string& what) {
   const nlohmann::json patch = nlohmann::json::diff(then, now);
   if (patch.empty()) return "";
   const std::string pointer = patch[0].value("path", std::string("/"));
   if (pointer.rfind("/sessions", 0) == 0)
-    return "the training sessions' recordings differ from those the run was trained on (other "
-           "files, or their contents changed)";
+    return fmt::format("the training sessions' recordings differ from those {} was trained on "
+                       "(other files, or their contents changed)",
+                       what);
+  if (pointer.rfind("/holdout_sessions", 0) == 0)
+    return fmt::format("the held-out sessions' recordings differ from those of {} (other files, "
+                       "or their contents changed)",
+                       what);
   // Inside a list (an index, or "-" for an appended entry) the whole list is shown.
   std::string path = pointer;
   for (size_t slash = path.find('/', 1); slash != std::string::npos;
@@ -565,7 +571,7 @@ std::string describe_identity_difference(const nlohmann::json& then, const nlohm
   auto value = [&](const nlohmann::json& j) {
     return j.contains(ptr) ? j.at(ptr).dump() : "unset";
   };
-  return fmt::format("{} is {} now, {} in the run", key, value(now), value(then));
+  return fmt::format("{} is {} now, {} in {}", key, value(now), value(then), what);
 }
 
 }  // namespace mt::cli

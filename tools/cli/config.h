@@ -101,9 +101,10 @@ void write_file_atomic(const std::string& path, const std::string& text);
 // match, from a run config (to_json plus "sessions"). identity_with_defaults: a state's saved
 // identity with the settings added since it was written filled in at their defaults.
 // describe_identity_difference: the first difference in a user's words ("train.lr is 0.5 now,
-// 0.001 in the run"), or "" when there is none.
+// 0.001 in the run", `what` naming the run), or "" when there is none.
 nlohmann::json training_identity(const nlohmann::json& config);
 nlohmann::json identity_with_defaults(nlohmann::json then, const nlohmann::json& now);
-std::string describe_identity_difference(const nlohmann::json& then, const nlohmann::json& now);
+std::string describe_identity_difference(const nlohmann::json& then, const nlohmann::json& now,
+                                         const std::string& what = "the run");
 
 }  // namespace mt::cli

@@ -137,51 +137,14 @@ std::vector<fs::path> run_files(const std::string& run_dir) {
   return out;
 }
 
-// One `metatape train` per run folder: an exclusive flock(2) on <run>/.train.lock, held for the
-// life of the object (the kernel releases it when the process ends, however it ends). The file
-// holds the owner's process id, for the refusal message.
-class RunLock {
- public:
-  explicit RunLock(const std::string& run_dir) {
-    const std::string path = run_dir + "/.train.lock";
-    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    MT_CHECK(fd_ >= 0, "{}: cannot create the run's lock file ({})", path, std::strerror(errno));
-    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-      const int err = errno;
-      if (err != EWOULDBLOCK) {
-        ::close(fd_);
-        MT_FAIL("{}: cannot lock the run folder ({}); a file system without flock (some network "
-                "mounts) cannot hold runs: use a local folder",
-                path, std::strerror(err));
-      }
-      char owner[32] = {};
-      const ssize_t got = ::pread(fd_, owner, sizeof owner - 1, 0);
-      ::close(fd_);
-      MT_FAIL("--run {}: another metatape train{} is writing this run folder; wait for it to "
-              "end (or stop it: Ctrl-C saves its state for --resume)",
-              run_dir, got > 0 ? fmt::format(" (process {})", std::string(owner, size_t(got))) : "");
-    }
-    const std::string pid = std::to_string(::getpid());
-    if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, pid.data(), pid.size(), 0) < 0) {
-      // The pid is only for messages: the lock holds without it.
-    }
-  }
-  ~RunLock() { ::close(fd_); }
-  RunLock(const RunLock&) = delete;
-  RunLock& operator=(const RunLock&) = delete;
-
- private:
-  int fd_ = -1;
-};
-
 // A run folder `train` may write into: new, empty, or (with `overwrite`) an earlier run whose
 // files are removed first, so no file of the old run outlives the new one. Returns the folder's
 // lock, taken before anything in it is looked at or removed.
-std::unique_ptr<RunLock> prepare_run_folder(const std::string& run_dir, bool overwrite) {
+std::unique_ptr<cli::FolderLock> prepare_run_folder(const std::string& run_dir, bool overwrite) {
   MT_CHECK(!fs::exists(run_dir) || fs::is_directory(run_dir), "--run {}: exists and is not a folder",
            run_dir);
   fs::create_directories(run_dir);
-  auto lock = std::make_unique<RunLock>(run_dir);
+  auto lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run", "metatape train");
   const bool holds_run = fs::exists(run_dir + "/config.json") ||
                          fs::exists(run_dir + "/model.safetensors");
   const bool resumable = fs::exists(run_dir + "/train_state.safetensors") &&
@@ -256,6 +219,7 @@ void restore_run_files(const std::string& run_dir, const json& state,
 // (SA_RESETHAND), so a second one ends the process at once.
 std::atomic<int> stop_signal{0};  // the signal that asked to stop, 0 = none
 std::atomic<bool> training_done{false};  // past the last step: the run is being finished
+std::atomic<int> stop_context{0};  // 0: train; 1: bench adaptation
 static_assert(std::atomic<int>::is_always_lock_free, "set from a signal handler");
 
 extern "C" void request_stop(int signal_number) {
@@ -266,9 +230,14 @@ extern "C" void request_stop(int signal_number) {
   static const char finishing[] =
       "\ntraining is done: finishing the run (test evaluation, summary; again to abort, then "
       "train --resume finishes it)\n";
+  static const char stopping_bench[] =
+      "\nstopping after this training step or adaptation run and saving the progress (again to "
+      "abort at once)\n";
   const bool done = training_done.load();
-  ssize_t ignored = ::write(STDERR_FILENO, done ? finishing : stopping,
-                            (done ? sizeof finishing : sizeof stopping) - 1);
+  const bool bench = stop_context.load() == 1;
+  const char* text = bench ? stopping_bench : done ? finishing : stopping;
+  const size_t length = (bench ? sizeof stopping_bench : done ? sizeof finishing : sizeof stopping) - 1;
+  ssize_t ignored = ::write(STDERR_FILENO, text, length);
   (void)ignored;
   errno = saved_errno;
 }
@@ -320,11 +289,11 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   if (has_parameters) state.state_path = run_dir + "/train_state.safetensors";
   state.identity = cli::training_identity(config);
   state.resume = resume;
-  std::unique_ptr<RunLock> lock;
+  std::unique_ptr<cli::FolderLock> lock;
   if (resume) {
     MT_CHECK(has_parameters, "--resume: {} is a {} model: it has no parameters to train, so "
              "nothing to resume", run_dir, f->kind());
-    lock = std::make_unique<RunLock>(run_dir);
+    lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run", "metatape train");
     MT_CHECK(fs::exists(state.state_path),
              "--resume: {} has no train_state.safetensors (a run trained before resumable "
              "training, or one whose first validation did not finish); train it again with "
@@ -840,6 +809,16 @@ int main(int argc, char** argv) {
   auto* bench_memory = bench->add_subcommand(
       "memory", "E2E-TTT meta-gradient peak memory against inner steps, with and without checkpointing");
   bench_adapt->add_option("--device", device_name, "cpu, cuda or cuda:<index> (default cpu)");
+  bool bench_resume = false;
+  bench_adapt->add_flag("--resume", bench_resume,
+                        "continue the benchmark stopped in --out (Ctrl-C, a crash): finished "
+                        "trainings and adaptation runs are kept, a training in progress continues "
+                        "from its last evaluation point; its config is used (--set may change "
+                        "threads only)");
+  bool bench_overwrite = false;
+  bench_adapt->add_flag("--overwrite", bench_overwrite,
+                        "start again in an --out folder that holds an unfinished benchmark (its "
+                        "models and progress are deleted first)");
   for (auto* b : {bench_adapt, bench_memory}) {
     b->add_option("--config", config_file, "run config JSON (defaults when omitted)");
     b->add_option("--set", sets, "override, e.g. --set bench.adapt_steps=100");
@@ -927,11 +906,34 @@ int main(int argc, char** argv) {
                 !sets.empty());
       return 0;
     }
-    if (bench_adapt->parsed() || bench_memory->parsed()) {
+    if (bench_adapt->parsed()) {
+      cli::RunConfig c;
+      if (bench_resume) {
+        MT_CHECK(config_file.empty(),
+                 "bench adaptation --resume continues with the config the benchmark started with "
+                 "(in {}): drop --config",
+                 cli::bench_state_path(out_dir));
+        c = cli::apply_overrides(cli::read_bench_state(out_dir).at("config"), sets);
+      } else {
+        c = cli::load_config(config_file, sets);
+      }
+      apply_threads(c);
+      cli::BenchControl control;
+      MT_CHECK(!(bench_resume && bench_overwrite),
+               "bench adaptation: --resume continues a benchmark, --overwrite starts it again: "
+               "pass one of them");
+      control.resume = bench_resume;
+      control.overwrite = bench_overwrite;
+      control.stop_requested = [] { return stop_signal.load() != 0; };
+      stop_context.store(1);
+      StopOnSignal on_signal;
+      cli::run_bench_adaptation(c, out_dir, parse_device(device_name), control);
+      return 0;
+    }
+    if (bench_memory->parsed()) {
       cli::RunConfig c = cli::load_config(config_file, sets);
       apply_threads(c);
-      if (bench_adapt->parsed()) cli::run_bench_adaptation(c, out_dir, parse_device(device_name));
-      else cli::run_bench_memory(c, out_dir);
+      cli::run_bench_memory(c, out_dir);
       return 0;
     }
     if (demo->parsed()) {
@@ -960,6 +962,10 @@ int main(int argc, char** argv) {
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       return 0;
     }
+  } catch (const cli::BenchStopped& e) {  // Ctrl-C during bench adaptation
+    std::fprintf(stderr, "%s\n", e.what());
+    const int signal_number = stop_signal.load();
+    return 128 + (signal_number != 0 ? signal_number : SIGINT);
   } catch (const meta::TrainingStopped& e) {  // Ctrl-C during train or demo
     if (e.state_saved)
       std::fprintf(stderr,
