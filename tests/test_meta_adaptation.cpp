@@ -175,3 +175,34 @@ TEST_CASE("validation after the inner loop", "[meta][adaptation]") {
   meta::Metrics again = meta::evaluate_after_inner_loop(*f, data, {}, 3, 0.5, params, 8, 32, 0);
   CHECK(again.mse == adapted.mse);
 }
+
+TEST_CASE("an adaptation result survives its JSON form, a diverged one included",
+          "[meta][adaptation]") {
+  meta::AdaptResult r;
+  r.session = "animal_3";
+  r.curve = {{0, 0.0, NAN, 0.125, 0.5}, {10, 0.25, 0.75, 0.375, 0.25}, {20, 0.5, NAN, NAN, NAN}};
+  r.diverged_at = 17;
+  r.initial_score = 0.125;
+  r.final_score = NAN;
+  r.test_score = NAN;
+  r.test_mse = NAN;
+  r.steps_to_95 = -1;
+  r.steps_to_95_gain = 10;
+  r.seconds = 1.5;
+  r.ms_per_step = 0.0625;
+  r.peak_bytes = 123456789012;
+  r.adapted_parameters = 34176;
+  // Through text, as a resumed benchmark reads it (NaN is written as null).
+  const nlohmann::json text = nlohmann::json::parse(r.to_json().dump());
+  const meta::AdaptResult back = meta::AdaptResult::from_json(text);
+  CHECK(back.to_json().dump() == r.to_json().dump());
+  CHECK(back.session == "animal_3");
+  CHECK(back.diverged_at == 17);
+  CHECK(std::isnan(back.final_score));
+  CHECK(back.peak_bytes == 123456789012);
+  REQUIRE(back.curve.size() == 3);
+  CHECK(std::isnan(back.curve[0].train_loss));
+  CHECK(back.curve[1].train_loss == 0.75);
+  CHECK(std::isnan(back.curve[2].val_score));
+  REQUIRE_THROWS(meta::AdaptResult::from_json(nlohmann::json::parse(R"({"session": "x"})")));
+}
