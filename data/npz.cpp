@@ -448,6 +448,12 @@ std::vector<char> make_npy_f64(const std::vector<int64_t>& shape, const double* 
   return build_npy("<f8", shape, data, static_cast<size_t>(n) * sizeof(double));
 }
 
+std::vector<char> make_npy_i64(const std::vector<int64_t>& shape, const int64_t* data) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return build_npy("<i8", shape, data, static_cast<size_t>(n) * sizeof(int64_t));
+}
+
 // ---- archives
 
 Session load_npz(const std::string& path, const NpzOptions& options) {
@@ -536,43 +542,33 @@ Dataset load_npz_folder(const std::string& folder, const NpzOptions& options) {
   return d;
 }
 
-void save_npz(const Session& session, const std::string& path, const NpzWriteOptions& options) {
-  validate(session);
+void save_npz_members(const std::string& path, const std::vector<NpzMember>& members,
+                      const NpzWriteOptions& options, const std::string& what) {
   const fs::path target(path);
   const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
   std::error_code ec;
-  MT_DATA_CHECK(fs::is_directory(dir, ec),
-                "save_npz: {} (session '{}'): folder {} does not "
-                "exist; create it first",
-                path, session.name, dir.string());
-
-  const std::vector<char> m =
-      make_npy_f32({session.num_neurons, session.num_frames}, session.activity.data());
-  const std::vector<char> t = make_npy_f64({session.num_frames}, session.timestamps.data());
-
+  MT_DATA_CHECK(fs::is_directory(dir, ec), "{}: {}: folder {} does not exist; create it first",
+                what, path, dir.string());
   static std::atomic<uint64_t> counter{0};
   const fs::path tmp = dir / fmt::format(".{}.tmp-{}-{}", target.filename().string(),
                                          static_cast<long>(::getpid()), counter++);
   auto fail = [&](const std::string& why) {
     fs::remove(tmp, ec);
-    MT_DATA_FAIL(
-        "save_npz: {} (session '{}'): {}; check that the folder is writable and has "
-        "space",
-        path, session.name, why);
+    MT_DATA_FAIL("{}: {}: {}; check that the folder is writable and has space", what, path, why);
   };
   int code = 0;
   zip_t* za = zip_open(tmp.c_str(), ZIP_CREATE | ZIP_TRUNCATE, &code);
   if (!za) fail(fmt::format("cannot create {} ({})", tmp.string(), zip_code_message(code)));
   const zip_uint16_t method = options.compress ? ZIP_CM_DEFLATE : ZIP_CM_STORE;
-  for (const auto& [name, buf] : {std::pair<const char*, const std::vector<char>*>{"M.npy", &m},
-                                  std::pair<const char*, const std::vector<char>*>{"t.npy", &t}}) {
-    zip_source_t* src = zip_source_buffer(za, buf->data(), buf->size(), 0);
+  for (const auto& member : members) {
+    const std::string name = member.name + ".npy";
+    zip_source_t* src = zip_source_buffer(za, member.npy.data(), member.npy.size(), 0);
     if (!src) {
       const std::string why = zip_strerror(za);
       zip_discard(za);
       fail(fmt::format("cannot add {} ({})", name, why));
     }
-    const zip_int64_t idx = zip_file_add(za, name, src, ZIP_FL_OVERWRITE);
+    const zip_int64_t idx = zip_file_add(za, name.c_str(), src, ZIP_FL_OVERWRITE);
     if (idx < 0) {
       const std::string why = zip_strerror(za);
       zip_source_free(src);
@@ -592,6 +588,15 @@ void save_npz(const Session& session, const std::string& path, const NpzWriteOpt
   }
   fs::rename(tmp, target, ec);
   if (ec) fail(fmt::format("cannot rename {} to {} ({})", tmp.string(), path, ec.message()));
+}
+
+void save_npz(const Session& session, const std::string& path, const NpzWriteOptions& options) {
+  validate(session);
+  save_npz_members(
+      path,
+      {{"M", make_npy_f32({session.num_neurons, session.num_frames}, session.activity.data())},
+       {"t", make_npy_f64({session.num_frames}, session.timestamps.data())}},
+      options, fmt::format("save_npz (session '{}')", session.name));
 }
 
 }  // namespace mt::data

@@ -31,6 +31,15 @@ struct NpzWriteOptions {
 // a half-written file. The session is validated first.
 void save_npz(const Session& session, const std::string& path, const NpzWriteOptions& options = {});
 
+// Any arrays as one archive (np.load(path)[name]), written atomically as save_npz writes.
+// `what` starts the error messages ("predict", ...).
+struct NpzMember {
+  std::string name;       // without ".npy"
+  std::vector<char> npy;  // a whole .npy file (make_npy_*)
+};
+void save_npz_members(const std::string& path, const std::vector<NpzMember>& members,
+                      const NpzWriteOptions& options, const std::string& what);
+
 // A parsed .npy file: its header and the element bytes as stored (little-endian).
 struct NpyArray {
   std::string descr;           // '<f4' or '<f8'
@@ -46,8 +55,10 @@ struct NpyArray {
 };
 // Parses a whole .npy file held in memory. `what` names it in errors ("x.npz, member M.npy").
 NpyArray parse_npy(std::vector<char> bytes, const std::string& what);
-// Serialises a C-order array as .npy version 1.0 (descr '<f4' or '<f8').
+// Serialises a C-order array as .npy version 1.0 (descr '<f4', '<f8' or '<i8').
 std::vector<char> make_npy_f32(const std::vector<int64_t>& shape, const float* data);
 std::vector<char> make_npy_f64(const std::vector<int64_t>& shape, const double* data);
+std::vector<char> make_npy_i64(const std::vector<int64_t>& shape, const int64_t* data);  // '<i8'
+
 
 }  // namespace mt::data

@@ -130,7 +130,7 @@ AdaptResult AdaptResult::from_json(const nlohmann::json& j) {
 }
 
 AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, int64_t session,
-                          const AdaptOptions& opt) {
+                          const AdaptOptions& opt, nn::ParamMap* adapted) {
   MT_CHECK(opt.procedure == "finetune" || opt.procedure == "inner",
            "adaptation: procedure '{}' is not known; use finetune or inner", opt.procedure);
   MT_CHECK(opt.steps >= 0 && opt.lr > 0 && opt.batch_size > 0 && opt.eval_every > 0,
@@ -229,6 +229,8 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
                           leaves.empty() ? nullptr : &overrides);
   r.test_score = test.score;
   r.test_mse = test.mse;
+  if (adapted != nullptr)
+    for (size_t i = 0; i < names.size(); ++i) (*adapted)[names[i]] = leaves[i].detach();
   return r;
 }
 

@@ -80,9 +80,11 @@ struct AdaptResult {
   static AdaptResult from_json(const nlohmann::json& j);
 };
 
-// Adapts `f` (already carrying the transferred weights) to dataset session `session` of `data`.
+// Adapts `f` (already carrying the transferred weights) to dataset session `session` of `data`;
+// `f` is left unchanged. With `adapted`, the adapted values of the selected parameters (detached,
+// by name) are put there, unless the run diverged.
 AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, int64_t session,
-                          const AdaptOptions& options);
+                          const AdaptOptions& options, nn::ParamMap* adapted = nullptr);
 
 // The mean over sessions of one adaptation setting: the mean validation curve (cut where the
 // shortest curve ends: a diverged run stops early), steps to 95% read off it (-1 when any session

@@ -105,6 +105,16 @@ check "adapt ran its inner loop" grep -q '"method": "inner-loop"' "$work/e2e/ada
 check "adapt with POCO's random rows for the new sessions" "$bin" adapt --run "$work/e2e" \
   --set 'adapt.modes=["embeddings"]' --set adapt.new_session_init=random
 check "adapt recorded the initialisation" grep -q '"new_session_init": "random"' "$work/e2e/adapt.json"
+check "predict with the inner loop's adapted model" "$bin" predict --run "$work/e2e" \
+  --session synth_002 --method inner-loop --out "$work/e2e_pred.npz"
+inner_score=$(grep -o 'score [-0-9.]*' "$work/out.txt" | head -1 | cut -d' ' -f2)
+check "the saved inner-loop model scores as the adaptation did (test split)" python3 -c '
+import json, sys
+adapt = json.load(open(sys.argv[1]))
+inner = next(m for m in adapt["methods"] if m["method"] == "inner-loop")
+test = next(s["test_score"] for s in inner["sessions"] if s["session"] == "synth_002")
+sys.exit(0 if sys.argv[2] and "%.4f" % test == sys.argv[2] else 1)
+' "$work/e2e/adapt.json" "$inner_score"
 fails_with "an unknown new-session initialisation" "'zeros' is not known" "$bin" adapt \
   --run "$work/e2e" --set adapt.new_session_init=zeros
 # A run folder is never mixed: a second train refuses it, --overwrite removes the old run first.
@@ -234,6 +244,56 @@ check "train on the csv table" "$bin" train --run "$work/pandas_run" "${pandas_s
   --set model.poco.self_heads=2 --set train.steps=2 --set train.eval_every=1
 check "the run records the csv options" grep -q '"time_column": "time"' \
   "$work/pandas_run/config.json"
+# predict: forecasts of a training session from the trained model, of a held-out one from the
+# model adapt saved; targets and times are the recording's own (checked against the CSV file).
+fails_with "predict a held-out session before adapt" "adapt it first with metatape adapt" \
+  "$bin" predict --run "$work/pandas_run" --session animal_2 --out "$work/p.npz"
+check "adapt the csv run" "$bin" adapt --run "$work/pandas_run" --set adapt.train.steps=4 \
+  --set adapt.train.eval_every=2
+check "adapt saved an adapted model per mode" test -s \
+  "$work/pandas_run/adapted_embeddings.safetensors"
+check "adapt.json names the best method" grep -q '"best_method"' "$work/pandas_run/adapt.json"
+check "predict every window of the held-out session" "$bin" predict --run "$work/pandas_run" \
+  --session animal_2 --split all --out "$work/p_all.npz"
+check "predict after the last frame" "$bin" predict --run "$work/pandas_run" --session animal_2 \
+  --method finetune:all --split next --out "$work/p_next.npz"
+check "predict a training session's test windows" "$bin" predict --run "$work/pandas_run" \
+  --session animal_0 --out "$work/p_train.npz"
+predicted_score=$(grep -o 'score [-0-9.]*' "$work/out.txt" | head -1 | cut -d' ' -f2)
+check "predict printed a score" test -n "$predicted_score"
+check "eval the csv run" "$bin" eval --run "$work/pandas_run" --split test
+cp "$work/out.txt" "$work/eval.txt"
+check "predict scores a training session as eval does" grep -qE \
+  "^  animal_0 +[0-9]+ +[-0-9.]+ +[-0-9.]+ +$predicted_score " "$work/eval.txt"
+check "the forecasts' targets, starts and times are the recording's" python3 -c '
+import sys, numpy as np
+csv, all_path, next_path = sys.argv[1:]
+table = np.genfromtxt(csv, delimiter=",", skip_header=1)
+times, raw = table[:, 0], table[:, 1:].T.astype(np.float32)  # raw: (neurons, frames)
+z = np.load(all_path)
+W, N, H = z["pred"].shape
+assert (N, H) == (10, 16) and W == 600 - 64 + 1, z["pred"].shape
+assert np.all(np.isfinite(z["pred"]))
+assert list(z["start"]) == list(range(48, 48 + W))
+for w in (0, W // 2, W - 1):
+    s = z["start"][w]
+    assert np.allclose(z["target"][w], raw[:, s:s + H], rtol=1e-7, atol=0), w
+    assert np.array_equal(z["t"][w], times[s:s + H]), w
+n = np.load(next_path)
+assert n["pred"].shape == (1, 10, 16) and "target" not in n.files
+assert n["start"][0] == 600 and np.allclose(n["t"][0], 300.0 + 0.5 * np.arange(16))
+' "$work/pandas/animal_2.csv" "$work/p_all.npz" "$work/p_next.npz"
+fails_with "predict an unknown session" "no session 'animal_9'" "$bin" predict \
+  --run "$work/pandas_run" --session animal_9 --out "$work/p.npz"
+fails_with "predict with a method adapt did not run" "its methods with a model" "$bin" predict \
+  --run "$work/pandas_run" --session animal_2 --method inner-loop --out "$work/p.npz"
+fails_with "predict into a file that is not .npz" "name the file *.npz" "$bin" predict \
+  --run "$work/pandas_run" --session animal_2 --out "$work/p.csv"
+cp "$work/pandas/animal_2.csv" "$work/animal_2.csv.saved"
+sed -i '2s/^\([^,]*\),[^,]*/\1,7.5/' "$work/pandas/animal_2.csv"
+fails_with "predict on a recording changed since adapt" "is not the one" "$bin" predict \
+  --run "$work/pandas_run" --session animal_2 --out "$work/p.npz"
+mv "$work/animal_2.csv.saved" "$work/pandas/animal_2.csv"
 # How files are read is part of the config (data.npz / hdf5 / csv), checked like the rest.
 fails_with "an hdf5 time axis of 2" "data.hdf5.time_axis = 2" "$bin" train --run "$work/x" \
   --set data.hdf5.time_axis=2

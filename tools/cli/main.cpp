@@ -5,7 +5,9 @@
 //                metrics.jsonl, model.safetensors (best validation score),
 //                train_state.safetensors (to --resume from) and summary.json
 //   eval         evaluate a run's model on a split
-//   adapt        adapt a run's model to held-out sessions by fine-tuning (per mode), with curves
+//   adapt        adapt a run's model to held-out sessions by fine-tuning (per mode), with curves;
+//                saves the adapted models
+//   predict      forecasts of one session (trained or adapted model) as an .npz
 //   bench        adaptation: the meta-learning experiment plan end to end; memory: E2E-TTT peak
 //                memory against inner steps, with and without checkpointing
 //   demo         synthetic data -> train POCO -> adapt to two unseen sessions, in minutes
@@ -29,7 +31,10 @@
 #include <iostream>
 
 #include "data/files.h"
+#include "data/check.h"
 #include "data/load.h"
+#include "data/npz.h"
+#include "engine/autograd/grad_mode.h"
 #include "engine/core/backend.h"
 #include "engine/io/checkpoint.h"
 #include "meta/adaptation.h"
@@ -119,12 +124,34 @@ void load_run_model(meta::Forecaster& f, const std::string& run_dir, bool new_se
           overridden ? " or drop the --set overrides of model.*" : "");
 }
 
+// The adapted models `metatape adapt` writes: adapted_<mode>.safetensors for a fine-tuning mode
+// (every held-out session at once), adapted_inner-loop_<session>.safetensors per session.
+bool is_adapted_model_file(const std::string& name) {
+  return name.rfind("adapted_", 0) == 0 && name.size() > 20 &&
+         name.compare(name.size() - 12, 12, ".safetensors") == 0;
+}
+
+// Writes the parameters of `f`'s model, those in `overrides` replaced, as a checkpoint loadable
+// like model.safetensors (CPU copies, the model's order).
+void save_adapted_model(const std::string& path, meta::Forecaster& f,
+                        const nn::ParamMap* overrides, const json& metadata) {
+  io::NamedTensors tensors;
+  for (auto& [name, t] : f.module()->named_parameters()) {
+    const Tensor* v = &t;
+    if (overrides != nullptr)
+      if (auto it = overrides->find(name); it != overrides->end()) v = &it->second;
+    tensors.emplace_back(name, v->device().is_cpu() ? v->detach() : v->detach().to(kCPU));
+  }
+  io::save_checkpoint(path, tensors, metadata);
+}
+
 // The files `metatape train` writes into a run folder, and those later commands add
-// (eval_<split>[_unadapted].json).
+// (eval_<split>[_unadapted].json, adapt's adapted models).
 bool is_run_file(const std::string& name) {
   for (const char* f : {"config.json", "metrics.jsonl", "model.safetensors", "summary.json",
                         "train_state.safetensors", "adapt.json", "online.json"})
     if (name == f) return true;
+  if (is_adapted_model_file(name)) return true;
   return name.rfind("eval_", 0) == 0 && name.size() > 10 &&
          name.compare(name.size() - 5, 5, ".json") == 0;
 }
@@ -505,6 +532,17 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
       meta::check_training(*probe, prepared, {}, t, "adapt.train");
     }
   }
+  // The adapted models of an earlier adapt are not this one's.
+  for (const auto& e : fs::directory_iterator(run_dir))
+    if (is_adapted_model_file(e.path().filename().string())) fs::remove(e.path());
+  // An adapted model's metadata: what predict needs to rebuild it (its session tables are the
+  // held-out sessions', with their recordings' CRC-32) and how it was adapted.
+  auto adapted_metadata = [&](const std::string& method, const json& scores) {
+    return json{{"adapted", {{"method", method},
+                             {"sessions", session_json(d.holdout)},
+                             {"new_session_init", c.adapt.new_session_init},
+                             {"scores", scores}}}};
+  };
   json results = json::array();
   std::printf("\nadaptation to %lld unseen sessions (%s)\n", (long long)d.holdout.size(),
               fmt::format("{}", fmt::join(d.holdout.names(), ", ")).c_str());
@@ -538,7 +576,17 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     if (f->kind() == "poco") t.trainable = meta::finetune_prefixes(mode);
     if (auto it = c.adapt.lr_by_mode.find(mode); it != c.adapt.lr_by_mode.end()) t.lr = it->second;
     t.log_progress = false;
-    row("finetune:" + mode, meta::train(*f, prepared, {}, t));
+    const meta::TrainResult r = meta::train(*f, prepared, {}, t);
+    row("finetune:" + mode, r);
+    if (f->module() != nullptr) {
+      // train() left the best validation parameters in the model.
+      const std::string file = fmt::format("adapted_{}.safetensors", mode);
+      save_adapted_model(run_dir + "/" + file, *f, nullptr,
+                         adapted_metadata("finetune:" + mode,
+                                          {{"best_val_score", r.best_score},
+                                           {"best_step", r.best_step}}));
+      results.back()["model"] = file;
+    }
   }
   if (inner_row) {
     auto f = transferred();
@@ -553,8 +601,20 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     a.eval_batch_size = c.adapt.train.eval_batch_size;
     a.seed = c.adapt.train.seed;
     std::vector<meta::AdaptResult> per_session;
-    for (int64_t s = 0; s < prepared.num_sessions(); ++s)
-      per_session.push_back(meta::adapt_session(*f, prepared, s, a));
+    json models = json::object();
+    for (int64_t s = 0; s < prepared.num_sessions(); ++s) {
+      nn::ParamMap adapted;
+      per_session.push_back(meta::adapt_session(*f, prepared, s, a, &adapted));
+      const meta::AdaptResult& r = per_session.back();
+      if (r.diverged_at >= 0) continue;  // no model: its scores are NaN
+      // Per session: the inner loop adapts each session from the same starting point.
+      const std::string file = fmt::format("adapted_inner-loop_{}.safetensors", r.session);
+      json metadata = adapted_metadata("inner-loop", {{"final_val_score", r.final_score},
+                                                      {"test_score", r.test_score}});
+      metadata["adapted"]["session"] = r.session;
+      save_adapted_model(run_dir + "/" + file, *f, &adapted, metadata);
+      models[r.session] = file;
+    }
     const meta::AdaptSummary m = meta::summarize_adaptation(per_session);
     double best = -INFINITY;
     for (const auto& [step, v] : m.mean_curve) best = std::max(best, v);
@@ -580,13 +640,263 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                        {"inner_lr", a.lr},
                        {"new_session_init", c.adapt.new_session_init},
                        {"mean_curve", curve},
-                       {"sessions", sessions}});
+                       {"sessions", sessions},
+                       {"models", models}});
+  }
+  // The method predict uses by default: the best validation score of the saved models (a
+  // fine-tuning mode saves its best validation point; the inner loop its last step).
+  std::string best_method;
+  double best_final = -INFINITY;
+  for (const auto& m : results) {
+    const bool inner = m.contains("models");
+    if (!m.contains("model") && !inner) continue;
+    const json& v = inner ? m["final_score"] : m["best_score"];
+    const double score = v.is_number() ? v.get<double>() : NAN;
+    if (std::isfinite(score) && score > best_final) {
+      best_final = score;
+      best_method = m.at("method").get<std::string>();
+    }
   }
   json out = {{"sessions", session_json(d.holdout)},
               {"new_session_init", c.adapt.new_session_init},
               {"methods", results}};
+  if (!best_method.empty()) {
+    out["best_method"] = best_method;
+    std::printf("best: %s (validation score %.4f); metatape predict uses its model by default\n",
+                best_method.c_str(), best_final);
+  }
   cli::write_file_atomic(run_dir + "/adapt.json", out.dump(2) + "\n");
   return out;
+}
+
+// ---- predict ----
+// Forecasts of one session written as an .npz: a training session with the trained model, a
+// held-out one with a model `adapt` saved (`method`, default adapt.json's best_method). `split`:
+// train / val / test (that split's windows), all (every window of the recording, one frame
+// apart) or next (one forecast of the pred_length frames after the recording's last frame).
+void run_predict(const std::string& run_dir, const std::string& session_name,
+                 std::string method, const std::string& split, const std::string& out_path,
+                 const std::vector<std::string>& sets) {
+  MT_CHECK(split == "train" || split == "val" || split == "test" || split == "all" ||
+               split == "next",
+           "predict: --split {} is not known; use train, val, test, all or next", split);
+  MT_CHECK(fs::path(out_path).extension() == ".npz",
+           "predict: --out {}: the forecasts are written as a NumPy .npz archive; name the file "
+           "*.npz",
+           out_path);
+  Run run = read_run(run_dir);
+  cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
+  apply_threads(c);
+  Data d = load_data(c);
+  const data::Session* session = nullptr;
+  for (const auto* set : {&d.train, &d.holdout})
+    for (const auto& s : set->sessions)
+      if (s.name == session_name) session = &s;
+  if (session == nullptr) {
+    std::vector<std::string> names = d.train.names();
+    for (const auto& n : d.holdout.names()) names.push_back(n);
+    MT_FAIL("predict: no session '{}' in the data ({}); give one of these, or point data.path "
+            "at its recording (--set data.path=...)",
+            session_name, fmt::join(names, ", "));
+  }
+
+  // The model, with the session tables it was trained or adapted with, and the session's index.
+  std::vector<int64_t> sizes;
+  std::vector<std::string> names, crcs;
+  std::string model_path;
+  const auto trained_at = std::find(run.trained_on.begin(), run.trained_on.end(), session_name);
+  if (trained_at != run.trained_on.end()) {
+    MT_CHECK(method.empty() || method == "trained",
+             "predict: '{}' is a training session of {}: its forecasts come from the trained "
+             "model; drop --method {} (adapted models are of the held-out sessions)",
+             session_name, run_dir, method);
+    method = "trained";
+    sizes = run.trained_sizes;
+    names = run.trained_on;
+    crcs = run.trained_crc32;
+    model_path = run_dir + "/model.safetensors";
+    if (c.train.method != "standard")
+      std::fprintf(stderr, "note: %s was meta-learned (%s): these are the forecasts of its "
+                           "initial weights, without the inner loop\n",
+                   run_dir.c_str(), c.train.method.c_str());
+  } else {
+    const std::string adapt_path = run_dir + "/adapt.json";
+    MT_CHECK(fs::exists(adapt_path),
+             "predict: '{}' is not a training session of {}, and the run has no adapted models "
+             "(no adapt.json): adapt it first with metatape adapt --run {}{}",
+             session_name, run_dir, run_dir,
+             std::find(c.data.holdout.begin(), c.data.holdout.end(), session_name) ==
+                     c.data.holdout.end()
+                 ? fmt::format(" --set 'data.holdout=[\"{}\"]'", session_name)
+                 : "");
+    const json adapt = cli::read_json_file(adapt_path);
+    if (method.empty()) {
+      MT_CHECK(adapt.contains("best_method") && adapt["best_method"].is_string(),
+               "predict: {} names no best_method (an adapt of an earlier metatape, or one with "
+               "no model); adapt the run again, or give --method",
+               adapt_path);
+      method = adapt["best_method"].get<std::string>();
+    }
+    std::vector<std::string> known;
+    std::string file;
+    for (const auto& m : adapt.value("methods", json::array())) {
+      const std::string name = m.value("method", std::string());
+      if (m.contains("model") || m.contains("models")) known.push_back(name);
+      if (name != method) continue;
+      if (m.contains("model")) file = m["model"].get<std::string>();
+      if (m.contains("models") && m["models"].contains(session_name))
+        file = m["models"][session_name].get<std::string>();
+      MT_CHECK(!file.empty() || !m.contains("models"),
+               "predict: {} has no {} model for session '{}' (its adaptation diverged, or the "
+               "session was not held out then)",
+               adapt_path, method, session_name);
+    }
+    MT_CHECK(!file.empty(), "predict: {} has no model of method '{}'; its methods with a model: {}",
+             adapt_path, method, fmt::join(known, ", "));
+    model_path = run_dir + "/" + file;
+    MT_CHECK(fs::exists(model_path),
+             "predict: {} is missing (adapt.json names it); adapt the run again", model_path);
+    const json meta = io::read_checkpoint_metadata(model_path);
+    MT_CHECK(meta.is_object() && meta.contains("adapted") && meta["adapted"].contains("sessions"),
+             "predict: {} is not an adapted model written by metatape adapt", model_path);
+    for (const auto& s : meta["adapted"]["sessions"]) {
+      names.push_back(s.at("name").get<std::string>());
+      sizes.push_back(s.at("neurons").get<int64_t>());
+      crcs.push_back(s.value("crc32", std::string()));
+    }
+    MT_CHECK(std::find(names.begin(), names.end(), session_name) != names.end(),
+             "predict: {} was adapted to {}, not to '{}': adapt the run to it first with "
+             "metatape adapt --run {} --set 'data.holdout=[\"{}\"]'",
+             model_path, fmt::join(names, ", "), session_name, run_dir, session_name);
+  }
+  const size_t index = size_t(std::find(names.begin(), names.end(), session_name) - names.begin());
+  MT_CHECK(sizes[index] == session->num_neurons,
+           "predict: session '{}' has {} neurons, but the model's table for it has {} ({})",
+           session_name, session->num_neurons, sizes[index], model_path);
+  const std::string crc = cli::recording_crc32(*session);
+  MT_CHECK(crcs[index].empty() || crcs[index] == crc,
+           "predict: the recording of session '{}' ({}) is not the one {} was {} on (CRC-32 {} "
+           "now, {} then); restore it, or adapt the run to it again",
+           session_name, session->source, model_path,
+           method == "trained" ? "trained" : "adapted", crc, crcs[index]);
+  Generator gen(0);
+  auto f = meta::make_forecaster(c.model, sizes, gen);
+  if (f->module() != nullptr) io::load_parameters(*f->module(), model_path);
+
+  // The session alone, normalised as in training (its own train-split statistics).
+  data::Dataset one;
+  one.sessions.push_back(*session);
+  const data::PreparedData prepared(std::move(one), c.data.prep);
+  const data::WindowConfig& w = c.data.prep.window;
+  const int64_t L = w.context_length(), H = w.pred_length, N = session->num_neurons,
+                T = session->num_frames;
+  std::vector<int64_t> starts;  // window starts (context begins there)
+  if (split == "next") {
+    MT_CHECK(T >= L, "predict: session '{}' has {} frames, fewer than one context ({})",
+             session_name, T, L);
+  } else if (split == "all") {
+    for (int64_t t = 0; t + w.seq_length <= T; ++t) starts.push_back(t);
+  } else {
+    starts = prepared.windows(0, split == "train" ? data::Split::Train
+                                 : split == "val" ? data::Split::Val
+                                                  : data::Split::Test);
+  }
+  MT_CHECK(split == "next" || !starts.empty(),
+           "predict: session '{}' has no {} window (of {} frames)", session_name, split,
+           w.seq_length);
+  const int64_t W = split == "next" ? 1 : int64_t(starts.size());
+  const double bytes = double(W) * double(N) * double(H) * 4.0 * 2.0;
+  MT_CHECK(bytes < 0.5 * data::detail::physical_memory_bytes(),
+           "predict: {} windows x {} neurons x {} frames need {:.1f} GiB for the forecasts and "
+           "targets, more than half this machine's memory; use --split test or val",
+           W, N, H, bytes / double(1ull << 30));
+
+  const data::NormStats& stats = prepared.stats(0);
+  const bool zscored = c.data.prep.zscore;
+  std::vector<float> pred(static_cast<size_t>(W * N * H)), target;
+  std::vector<int64_t> first(static_cast<size_t>(W));  // each window's first forecast frame
+  std::vector<double> times(static_cast<size_t>(W * H));
+  const std::vector<int64_t> session_of = {int64_t(index)};
+  double sse = 0, copy_sse = 0;
+  const NoGradGuard no_grad;
+  const int64_t batch = std::max<int64_t>(1, c.train.eval_batch_size);
+  for (int64_t b0 = 0; b0 < W; b0 += batch) {
+    const int64_t nb = std::min(batch, W - b0);
+    data::WindowBatch wb;
+    if (split == "next") {
+      // Context: the last L frames (normalised); no targets.
+      wb.context_length = L;
+      wb.pred_length = H;
+      wb.session = {0};
+      wb.start = {T - L};
+      wb.neuron_offset = {0, N};
+      const data::Session& z = prepared.session(0);
+      for (int64_t n = 0; n < N; ++n)
+        wb.context.insert(wb.context.end(), z.activity.begin() + n * T + (T - L),
+                          z.activity.begin() + n * T + T);
+      wb.target.assign(size_t(N * H), 0.0f);
+    } else {
+      std::vector<data::WindowRef> refs;
+      for (int64_t i = b0; i < b0 + nb; ++i) refs.push_back({0, starts[size_t(i)]});
+      wb = prepared.batch(refs);
+    }
+    const models::PocoBatch pb = meta::to_batch(wb, *f, session_of);
+    const std::vector<float> p = f->predict(pb).to_vector<float>();  // (nb * N, H)
+    const std::vector<float> copy = models::copy_last(pb.x, H).to_vector<float>();
+    for (size_t k = 0; k < p.size(); ++k) {
+      if (split == "next") break;
+      const double e = p[k] - wb.target[k], ec = copy[k] - wb.target[k];
+      sse += e * e;
+      copy_sse += ec * ec;
+    }
+    for (int64_t i = 0; i < nb; ++i) {
+      const int64_t wi = b0 + i;
+      first[size_t(wi)] = wb.start[size_t(i)] + L;
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t h = 0; h < H; ++h) {
+          const float v = p[size_t((i * N + n) * H + h)];
+          pred[size_t((wi * N + n) * H + h)] =
+              zscored ? v * stats.std[size_t(n)] + stats.mean[size_t(n)] : v;
+        }
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t frame = first[size_t(wi)] + h;
+        times[size_t(wi * H + h)] =
+            frame < T ? session->timestamps[size_t(frame)]
+                      : session->timestamps[size_t(T - 1)] +
+                            double(frame - T + 1) * session->frame_interval();
+      }
+    }
+  }
+  if (split != "next") {
+    target.resize(pred.size());
+    for (int64_t wi = 0; wi < W; ++wi)
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t h = 0; h < H; ++h)
+          target[size_t((wi * N + n) * H + h)] = session->at(n, first[size_t(wi)] + h);
+  }
+
+  std::vector<data::NpzMember> members;
+  members.push_back({"pred", data::make_npy_f32({W, N, H}, pred.data())});
+  if (!target.empty()) members.push_back({"target", data::make_npy_f32({W, N, H}, target.data())});
+  members.push_back({"start", data::make_npy_i64({W}, first.data())});
+  members.push_back({"t", data::make_npy_f64({W, H}, times.data())});
+  if (zscored) {
+    members.push_back({"mean", data::make_npy_f32({N}, stats.mean.data())});
+    members.push_back({"std", data::make_npy_f32({N}, stats.std.data())});
+  }
+  data::save_npz_members(out_path, members, {}, "predict");
+  std::printf("predict: %s, session '%s' (%lld neurons), model %s (%s): %lld forecast(s) of %lld "
+              "frames from %lld frames of context%s\n",
+              run_dir.c_str(), session_name.c_str(), (long long)N, method.c_str(),
+              fs::path(model_path).filename().c_str(), (long long)W, (long long)H, (long long)L,
+              split == "next" ? ", after the last frame" : "");
+  if (split != "next")
+    std::printf("score %.4f on these windows (1 - MSE / MSE of repeating the last frame, on "
+                "normalised values, as eval and adapt compute it)\n",
+                copy_sse > 0 ? 1.0 - sse / copy_sse : 0.0);
+  std::printf("wrote %s: pred (%lld, %lld, %lld) in the recording's units%s, start, t%s\n",
+              out_path.c_str(), (long long)W, (long long)N, (long long)H,
+              target.empty() ? "" : ", target", zscored ? ", mean, std" : "");
 }
 
 // ---- online ----
@@ -795,6 +1105,23 @@ int main(int argc, char** argv) {
   adapt->add_option("--set", sets, "override, e.g. --set adapt.train.steps=100");
   adapt->add_option("--device", device_name, "cpu, cuda or cuda:<index> (default cpu)");
 
+  auto* predict = app.add_subcommand(
+      "predict", "forecasts of one session from a run's trained or adapted model, as an .npz");
+  predict->add_option("--run", run_dir, "run folder written by train (and adapt)")->required();
+  std::string predict_session, predict_method, predict_split = "test";
+  predict->add_option("--session", predict_session,
+                      "a training session of the run, or a held-out one adapt adapted")
+      ->required();
+  predict->add_option("--method", predict_method,
+                      "held-out sessions: the adapted model to use, e.g. finetune:embeddings or "
+                      "inner-loop (default: adapt.json's best_method)");
+  predict->add_option("--split", predict_split,
+                      "windows to forecast: train, val, test (default), all (every window) or "
+                      "next (the frames after the recording's end)");
+  predict->add_option("--out", out_dir, "the .npz to write (pred, target, start, t, mean, std)")
+      ->required();
+  predict->add_option("--set", sets, "override, e.g. --set data.path=\"new_recordings\"");
+
   auto* online = app.add_subcommand(
       "online", "online vs offline adaptation on each session's validation + test stream");
   online->add_option("--run", run_dir, "run folder written by train")->required();
@@ -892,6 +1219,10 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (eval->parsed()) return run_eval(run_dir, split, unadapted);
+    if (predict->parsed()) {
+      run_predict(run_dir, predict_session, predict_method, predict_split, out_dir, sets);
+      return 0;
+    }
     if (online->parsed()) {
       run_online_cmd(run_dir, drifts, sets);
       return 0;
