@@ -40,6 +40,18 @@ std::string show(char delimiter) {
   return delimiter == '\t' ? std::string("\\t") : std::string(1, delimiter);
 }
 
+// "; the values seem to be separated by ';', not ','..." when `line` holds no `delimiter` but
+// another usual one; "" otherwise.
+std::string delimiter_hint(std::string_view line, char delimiter) {
+  if (line.find(delimiter) != std::string_view::npos) return "";
+  for (const char other : {';', '\t', ',', ' ', '|'})
+    if (other != delimiter && trim(line, delimiter).find(other) != std::string_view::npos)
+      return fmt::format("; the values seem to be separated by '{}', not '{}': set "
+                         "data.csv.delimiter",
+                         show(other), show(delimiter));
+  return "";
+}
+
 struct Cell {
   std::string text;  // without the quotes, "" unescaped, spaces around trimmed
   bool quoted = false;
@@ -101,7 +113,8 @@ size_t split_cells(std::string_view line, char delimiter, std::vector<Cell>& cel
 // The column `options.time_column` names: a 1-based number, or else a header name (a name of
 // digits only, as pandas writes integer column labels, is taken as a number); -1 when unset.
 int64_t resolve_time_column(const CsvOptions& options, const std::vector<Cell>& header,
-                            size_t header_cells, size_t columns, const std::string& where) {
+                            size_t header_cells, size_t columns, const std::string& where,
+                            std::string_view first_line) {
   const std::string& want = options.time_column;
   if (want.empty()) return -1;
   const bool is_number =
@@ -133,8 +146,8 @@ int64_t resolve_time_column(const CsvOptions& options, const std::vector<Cell>& 
     names += fmt::format("{}'{}'", c ? ", " : "", shorten(header[c].text));
   if (header_cells > 8) names += ", ...";
   MT_DATA_FAIL("{}: data.csv.time_column '{}' is not a column of the header (line 1: {}); give "
-               "a name from it or a column number",
-               where, want, names);
+               "a name from it or a column number{}",
+               where, want, names, delimiter_hint(first_line, options.delimiter));
 }
 
 }  // namespace
@@ -213,14 +226,14 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
                     "{}: the header (line 1) has {} columns but line 2 has {}; every row needs "
                     "one cell per column",
                     where, header_cells, columns);
-      time_col = resolve_time_column(options, header, header_cells, columns, where);
+      time_col = resolve_time_column(options, header, header_cells, columns, where, lines[0]);
       activity_columns = columns;
       if (skip) --activity_columns;
       if (time_col >= static_cast<int64_t>(skip)) --activity_columns;
       MT_DATA_CHECK(activity_columns > 0,
                     "{}: line {} has {} column(s), and none is left for activity after the label "
-                    "column (data.csv.label_column) and the time column (data.csv.time_column)",
-                    where, line_no, columns);
+                    "column (data.csv.label_column) and the time column (data.csv.time_column){}",
+                    where, line_no, columns, delimiter_hint(line, options.delimiter));
       values.reserve(activity_columns * rows);
       if (time_col >= 0) times.reserve(rows);
     } else {
@@ -259,18 +272,14 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
       } else if (!(r.ec == std::errc() && whole)) {
         // The usual causes: another delimiter (the whole line read as one cell), a header row,
         // a column of labels.
-        std::string hint;
-        for (const char other : {';', '\t', ',', ' ', '|'})
-          if (other != options.delimiter && cell.find(other) != std::string_view::npos && n == 1) {
-            hint = fmt::format(
-                "; the values seem to be separated by '{}', not '{}': set "
-                "data.csv.delimiter",
-                show(other), show(options.delimiter));
-            break;
-          }
+        std::string hint = n == 1 ? delimiter_hint(line, options.delimiter) : "";
         if (hint.empty() && li == 0)
           hint = "; if line 1 holds labels (a header row), set data.csv.header=true";
-        if (hint.empty() && c == 0)
+        if (hint.empty() && is_time)
+          hint = fmt::format(
+              "; column {} is data.csv.time_column: it must hold each frame's time in seconds",
+              c + 1);
+        if (hint.empty() && c == 0 && !options.label_column)
           hint =
               "; if column 1 holds labels (names, or frame numbers that are not times), set "
               "data.csv.label_column=true";

@@ -151,6 +151,34 @@ check "the resumed run's curve is the 9-step run's" test \
   "$(grep -o '"score":[^,]*' "$work/nine/metrics.jsonl")"
 check "the resumed run has 4 evaluation points" test "$(wc -l <"$work/six/metrics.jsonl")" -eq 4
 check "the resumed run's config has the new train.steps" grep -q '"steps": 9' "$work/six/config.json"
+# A run written before a setting existed (its state and config.json lack data.csv.header,
+# time_axis, label_column, time_column) resumes, and ends as the run that did not stop.
+check "train 6 steps for the older-state resume" "$bin" train --run "$work/older" "${small[@]}"
+check "strip the settings added since from the run's state and config" python3 -c '
+import json, struct, sys, zlib
+run = sys.argv[1]
+new_keys = ("time_axis", "header", "label_column", "time_column")
+path = run + "/train_state.safetensors"
+raw = open(path, "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+header, data = json.loads(raw[8:8 + n]), raw[8 + n:]
+meta = header["__metadata__"]
+state = json.loads(meta["metatape.train_state"])
+for k in new_keys: del state["identity"]["data"]["csv"][k]
+text = json.dumps(state, separators=(",", ":"))
+meta["metatape.train_state"] = text
+meta["metatape.train_state.crc32"] = "%08x" % zlib.crc32(text.encode())
+h = json.dumps(header, separators=(",", ":")).encode()
+h += b" " * (-len(h) % 8)
+open(path, "wb").write(struct.pack("<Q", len(h)) + h + data)
+config = json.load(open(run + "/config.json"))
+for k in new_keys: del config["data"]["csv"][k]
+json.dump(config, open(run + "/config.json", "w"), indent=2)
+' "$work/older"
+check "a run from before the new settings resumes" "$bin" train --run "$work/older" --resume \
+  --set train.steps=9
+check "the older run, resumed, ends as the 9-step run" cmp "$work/nine/model.safetensors" \
+  "$work/older/model.safetensors"
 # The recordings are part of what a run resumes with: a moved data folder is fine, other contents
 # (same session names and sizes, another seed) are refused.
 check "train on the npz folder for resuming" "$bin" train --run "$work/nl_resume" "${small[@]}" \
@@ -294,6 +322,18 @@ sed -i '2s/^\([^,]*\),[^,]*/\1,7.5/' "$work/pandas/animal_2.csv"
 fails_with "predict on a recording changed since adapt" "is not the one" "$bin" predict \
   --run "$work/pandas_run" --session animal_2 --out "$work/p.npz"
 mv "$work/animal_2.csv.saved" "$work/pandas/animal_2.csv"
+# A later animal: its recording joins the folder; adapt and predict take it as held out, and
+# eval leaves it out of the run's training sessions with a note.
+sed '2s/^\([^,]*\),[^,]*/\1,2.5/' "$work/pandas/animal_1.csv" >"$work/pandas/animal_3.csv"
+check "adapt to a later animal" "$bin" adapt --run "$work/pandas_run" \
+  --set 'data.holdout=["animal_3"]' --set adapt.train.steps=4 --set adapt.train.eval_every=2
+check "predict the later animal" "$bin" predict --run "$work/pandas_run" --session animal_3 \
+  --out "$work/p3.npz"
+check "eval with a recording the run was not trained on in the folder" "$bin" eval \
+  --run "$work/pandas_run" --split test
+cp "$work/out.txt" "$work/eval_later.txt"
+check "eval names the session it left out" grep -q "left out 1 session(s).*animal_3" \
+  "$work/eval_later.txt"
 # How files are read is part of the config (data.npz / hdf5 / csv), checked like the rest.
 fails_with "an hdf5 time axis of 2" "data.hdf5.time_axis = 2" "$bin" train --run "$work/x" \
   --set data.hdf5.time_axis=2

@@ -191,6 +191,17 @@ TEST_CASE("csv: rows as frames, header, label and time columns", "[data][csv]") 
     REQUIRE_THROWS_WITH(load_csv(times, t), Contains("times.csv") && Contains("frame 2"));
     const std::string lone = dir.write("lone.csv", "0\n1\n");
     REQUIRE_THROWS_WITH(load_csv(lone, t), Contains("none is left for activity"));
+    const std::string semi = dir.write("semi.csv", "0;1\n1;2\n");
+    REQUIRE_THROWS_WITH(load_csv(semi, t), Contains("none is left for activity") &&
+                                               Contains("separated by ';'"));
+    const std::string word = dir.write("word.csv", "0,1\nsoon,2\n");
+    REQUIRE_THROWS_WITH(load_csv(word, t), Contains("line 2, column 1: 'soon' is not a number") &&
+                                               Contains("column 1 is data.csv.time_column"));
+    o.time_column = "time";
+    o.header = true;
+    const std::string semi_header = dir.write("semi_header.csv", "time;a\n0;1\n");
+    REQUIRE_THROWS_WITH(load_csv(semi_header, o), Contains("is not a column of the header") &&
+                                                      Contains("separated by ';'"));
   }
 }
 

@@ -80,11 +80,6 @@ struct RunKey {
   std::string method, procedure, params;
 };
 
-// A string member of a saved record ("" when absent or not a string).
-std::string text_of(const json& record, const char* key) {
-  const auto it = record.find(key);
-  return it != record.end() && it->is_string() ? it->get<std::string>() : std::string();
-}
 
 }  // namespace
 
@@ -135,12 +130,16 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
 
   // Progress (BenchControl). The identity is what a resumed benchmark must match: the config
   // without the thread count, the recordings and the device kind.
-  json identity = c.to_json();
-  identity.erase("threads");
-  identity["train"].erase("log_progress");
-  identity["sessions"] = session_json(d.train);
-  identity["holdout_sessions"] = session_json(d.holdout);
-  identity["device"] = device.is_cuda() ? "cuda" : "cpu";
+  const std::string device_kind = device.is_cuda() ? "cuda" : "cpu";
+  auto identity_of = [&](json config) {
+    config.erase("threads");
+    config["train"].erase("log_progress");
+    config["sessions"] = session_json(d.train);
+    config["holdout_sessions"] = session_json(d.holdout);
+    config["device"] = device_kind;
+    return config;
+  };
+  const json identity = identity_of(c.to_json());
   const std::string state_path = bench_state_path(out_dir);
   json state = {{"version", 1},
                 {"config", c.to_json()},
@@ -149,13 +148,21 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
                 {"runs", json::array()}};
   if (control.resume) {
     const json saved = read_bench_state(out_dir);
-    const std::string differs =
-        describe_identity_difference(saved.at("identity"), identity, "the benchmark");
+    // A state written before a setting existed lacks it: it held its default then.
+    const json then = with_missing_from(
+        saved.at("identity"), identity_of(config_from_json(json::object()).to_json()));
+    MT_CHECK(then.value("device", device_kind) == device_kind,
+             "bench adaptation --resume --out {}: the benchmark ran on {}; resume it there "
+             "(--device {})",
+             out_dir, then.value("device", device_kind), then.value("device", device_kind));
+    const std::string differs = describe_identity_difference(then, identity, "the benchmark");
     MT_CHECK(differs.empty(),
-             "bench adaptation --resume --out {}: {}; a benchmark continues with the settings, "
-             "recordings and device kind it started with (only threads may change): drop the "
-             "--set that differs, or start it again without --resume",
+             "bench adaptation --resume --out {}: {}; a benchmark continues with the settings "
+             "and recordings it started with (only threads may change): drop the --set that "
+             "differs, or start it again without --resume",
              out_dir, differs);
+    // The same benchmark: its identity stays as written (the trainings' states hold it).
+    state["identity"] = saved.at("identity");
     state["trainings"] = saved.at("trainings");
     state["runs"] = saved.at("runs");
     std::printf("resuming: %zu training(s) and %zu adaptation run(s) done earlier\n",
@@ -166,23 +173,26 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
              "with --resume, or pass --overwrite to start again (its models and progress are "
              "deleted)",
              out_dir);
-    // An earlier benchmark's files in the folder are not this one's.
+    // An earlier benchmark's files in the folder are not this one's (listed, then removed).
+    std::vector<fs::path> earlier;
     for (const auto& entry : fs::directory_iterator(out_dir)) {
       const std::string name = entry.path().filename().string();
-      const bool ours = name == "bench_state.json" || name == "adaptation.json" ||
-                        (name.rfind("train_state_", 0) == 0 && entry.path().extension() == ".safetensors") ||
-                        (name.rfind("model_", 0) == 0 && entry.path().extension() == ".safetensors") ||
-                        (name.rfind("adaptation_", 0) == 0 && entry.path().extension() == ".png");
-      if (ours) fs::remove(entry.path());
+      const std::string ext = entry.path().extension().string();
+      if (name == "bench_state.json" || name == "adaptation.json" ||
+          (name.rfind("train_state_", 0) == 0 && ext == ".safetensors") ||
+          (name.rfind("model_", 0) == 0 && ext == ".safetensors") ||
+          (name.rfind("adaptation_", 0) == 0 && ext == ".png"))
+        earlier.push_back(entry.path());
     }
+    for (const auto& p : earlier) fs::remove(p);
   }
   write_file_atomic(state_path, state.dump(1) + "\n");
   auto stop_requested = [&] { return control.stop_requested && control.stop_requested(); };
   auto stopped = [&](const std::string& where) {
     return BenchStopped(fmt::format(
         "stopped {}; the progress is saved in {}: continue with metatape bench adaptation "
-        "--resume --out '{}'",
-        where, out_dir, out_dir));
+        "--resume --out '{}'{}",
+        where, out_dir, out_dir, device.is_cuda() ? " --device " + device.str() : ""));
   };
 
   json out = {{"machine", machine_json(device)},
@@ -218,7 +228,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
     const std::string model_path = fmt::format("{}/model_{}.safetensors", out_dir, method);
     json tj;
     for (const auto& done : state["trainings"])
-      if (text_of(done, "method") == method) tj = done;
+      if (done.value("method", std::string()) == method) tj = done;
     if (!tj.is_null()) {
       // Trained before the benchmark stopped: its best model is the checkpoint.
       MT_CHECK(fs::exists(model_path),
@@ -227,16 +237,19 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
                model_path, method);
       f->to(kCPU);
       io::load_parameters(*f->module(), model_path);
+      // A state left by a process that ended between the two writes below.
+      fs::remove(fmt::format("{}/train_state_{}.safetensors", out_dir, method));
       std::printf("trained %-9s earlier: best validation score %.4f at step %lld (%s)\n",
                   method.c_str(), tj.at("best_score").is_null() ? NAN : tj.at("best_score").get<double>(),
                   (long long)tj.at("best_step").get<int64_t>(), model_path.c_str());
     } else {
+      if (stop_requested()) throw stopped(fmt::format("before the training of {}", method));
       std::fprintf(stderr, "training %s: %lld steps%s\n", method.c_str(), (long long)t.steps,
                    from_standard ? ", starting from the standard model" : "");
       meta::ResumeOptions r;
       r.state_path = fmt::format("{}/train_state_{}.safetensors", out_dir, method);
       r.resume = control.resume && fs::exists(r.state_path);
-      r.identity = {{"bench", identity}, {"method", method}};
+      r.identity = {{"bench", state["identity"]}, {"method", method}};
       r.stop_after = [&](int64_t) { return stop_requested(); };
       if (r.resume) std::fprintf(stderr, "training %s: continuing from %s\n", method.c_str(),
                                  r.state_path.c_str());
@@ -312,9 +325,9 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
       for (int64_t s = 0; s < held.num_sessions(); ++s) {
         const json* earlier = nullptr;
         for (const auto& done : state["runs"])
-          if (text_of(done, "method") == key.method &&
-              text_of(done, "procedure") == key.procedure && text_of(done, "params") == key.params &&
-              text_of(done, "session") == held.session(s).name)
+          if (done.value("method", std::string()) == key.method &&
+              done.value("procedure", std::string()) == key.procedure && done.value("params", std::string()) == key.params &&
+              done.value("session", std::string()) == held.session(s).name)
             earlier = &done;
         if (earlier != nullptr) {
           meta::AdaptResult r = meta::AdaptResult::from_json(*earlier);

@@ -519,10 +519,7 @@ nlohmann::json training_identity(const nlohmann::json& config) {
 // A training identity written by an earlier metatape lacks the settings added since (e.g.
 // data.csv.time_axis), which held their defaults then: each key missing from `then` is taken from
 // the default config, so an old run resumes unless a new setting now differs from its default.
-nlohmann::json identity_with_defaults(nlohmann::json then, const nlohmann::json& now) {
-  nlohmann::json defaults = config_from_json(nlohmann::json::object()).to_json();
-  defaults["sessions"] = now.at("sessions");
-  const nlohmann::json base = training_identity(defaults);
+nlohmann::json with_missing_from(nlohmann::json then, const nlohmann::json& base) {
   std::function<void(nlohmann::json&, const nlohmann::json&)> fill =
       [&](nlohmann::json& into, const nlohmann::json& from) {
         if (!into.is_object() || !from.is_object()) return;
@@ -535,6 +532,12 @@ nlohmann::json identity_with_defaults(nlohmann::json then, const nlohmann::json&
       };
   fill(then, base);
   return then;
+}
+
+nlohmann::json identity_with_defaults(nlohmann::json then, const nlohmann::json& now) {
+  nlohmann::json defaults = config_from_json(nlohmann::json::object()).to_json();
+  defaults["sessions"] = now.at("sessions");
+  return with_missing_from(std::move(then), training_identity(defaults));
 }
 
 // The first difference between the identity a run was trained with and the one now, in a

@@ -104,6 +104,8 @@ void write_file_atomic(const std::string& path, const std::string& text);
 // 0.001 in the run", `what` naming the run), or "" when there is none.
 nlohmann::json training_identity(const nlohmann::json& config);
 nlohmann::json identity_with_defaults(nlohmann::json then, const nlohmann::json& now);
+// `then` with every key of `base` it lacks (recursively, objects only) copied in.
+nlohmann::json with_missing_from(nlohmann::json then, const nlohmann::json& base);
 std::string describe_identity_difference(const nlohmann::json& then, const nlohmann::json& now,
                                          const std::string& what = "the run");
 

@@ -171,7 +171,7 @@ std::unique_ptr<cli::FolderLock> prepare_run_folder(const std::string& run_dir, 
   MT_CHECK(!fs::exists(run_dir) || fs::is_directory(run_dir), "--run {}: exists and is not a folder",
            run_dir);
   fs::create_directories(run_dir);
-  auto lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run", "metatape train");
+  auto lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run", "metatape train or adapt");
   const bool holds_run = fs::exists(run_dir + "/config.json") ||
                          fs::exists(run_dir + "/model.safetensors");
   const bool resumable = fs::exists(run_dir + "/train_state.safetensors") &&
@@ -320,7 +320,7 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   if (resume) {
     MT_CHECK(has_parameters, "--resume: {} is a {} model: it has no parameters to train, so "
              "nothing to resume", run_dir, f->kind());
-    lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run", "metatape train");
+    lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run", "metatape train or adapt");
     MT_CHECK(fs::exists(state.state_path),
              "--resume: {} has no train_state.safetensors (a run trained before resumable "
              "training, or one whose first validation did not finish); train it again with "
@@ -335,6 +335,9 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
              "train.steps, train.log_progress, threads, data.path and the adapt, online and bench "
              "sections may change): restore it in --set, --method or {}/config.json",
              run_dir, differs, run_dir);
+    // The same run: train() compares the state's identity as written (an older one lacks the
+    // settings added since), and the continued run keeps writing it.
+    state.identity = saved.at("identity");
     const int64_t at = saved.at("step").get<int64_t>();
     const bool finished = fs::exists(run_dir + "/summary.json");
     MT_CHECK(!finished || c.train.steps > at,
@@ -465,8 +468,20 @@ Run read_run(const std::string& run_dir, bool note_unfinished = true) {
 
 // Scores of a run are of the recordings it was trained on: the data's training sessions must be
 // the run's (names) and, where config.json recorded their CRC-32, hold the same recordings.
-void check_same_recordings(const Run& run, const data::Dataset& train, const std::string& run_dir) {
+// Sessions the run was not trained on (recordings added to the folder since, e.g. a new animal
+// adapted with --set data.holdout) are left out of `train`, with a note.
+void check_same_recordings(const Run& run, data::Dataset& train, const std::string& run_dir) {
   if (run.trained_on.empty()) return;
+  std::vector<std::string> others;
+  std::erase_if(train.sessions, [&](const data::Session& s) {
+    const bool other =
+        std::find(run.trained_on.begin(), run.trained_on.end(), s.name) == run.trained_on.end();
+    if (other) others.push_back(s.name);
+    return other;
+  });
+  if (!others.empty())
+    std::fprintf(stderr, "note: left out %zu session(s) the run was not trained on: %s\n",
+                 others.size(), fmt::format("{}", fmt::join(others, ", ")).c_str());
   MT_CHECK(train.names() == run.trained_on,
            "{}: the data's training sessions ({}) are not those the run was trained on ({}, in "
            "{}/config.json); check data.path and data.holdout",
@@ -532,9 +547,15 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
       meta::check_training(*probe, prepared, {}, t, "adapt.train");
     }
   }
-  // The adapted models of an earlier adapt are not this one's.
+  // One writer of the run folder at a time (train, resume, adapt). The results of an earlier
+  // adapt are not this one's: adapt.json and the adapted models go before the first is written.
+  const cli::FolderLock lock(run_dir, ".train.lock", "--run", "metatape train or adapt");
+  std::vector<fs::path> earlier;
   for (const auto& e : fs::directory_iterator(run_dir))
-    if (is_adapted_model_file(e.path().filename().string())) fs::remove(e.path());
+    if (is_adapted_model_file(e.path().filename().string()) ||
+        e.path().filename() == "adapt.json")
+      earlier.push_back(e.path());
+  for (const auto& p : earlier) fs::remove(p);
   // An adapted model's metadata: what predict needs to rebuild it (its session tables are the
   // held-out sessions', with their recordings' CRC-32) and how it was adapted.
   auto adapted_metadata = [&](const std::string& method, const json& scores) {
@@ -776,9 +797,11 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
   const std::string crc = cli::recording_crc32(*session);
   MT_CHECK(crcs[index].empty() || crcs[index] == crc,
            "predict: the recording of session '{}' ({}) is not the one {} was {} on (CRC-32 {} "
-           "now, {} then); restore it, or adapt the run to it again",
+           "now, {} then); restore it, or {}",
            session_name, session->source, model_path,
-           method == "trained" ? "trained" : "adapted", crc, crcs[index]);
+           method == "trained" ? "trained" : "adapted", crc, crcs[index],
+           method == "trained" ? "train a new run on it"
+                               : "adapt the run to it again (metatape adapt)");
   Generator gen(0);
   auto f = meta::make_forecaster(c.model, sizes, gen);
   if (f->module() != nullptr) io::load_parameters(*f->module(), model_path);
@@ -805,11 +828,11 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
            "predict: session '{}' has no {} window (of {} frames)", session_name, split,
            w.seq_length);
   const int64_t W = split == "next" ? 1 : int64_t(starts.size());
-  const double bytes = double(W) * double(N) * double(H) * 4.0 * 2.0;
-  MT_CHECK(bytes < 0.5 * data::detail::physical_memory_bytes(),
-           "predict: {} windows x {} neurons x {} frames need {:.1f} GiB for the forecasts and "
-           "targets, more than half this machine's memory; use --split test or val",
-           W, N, H, bytes / double(1ull << 30));
+  // Forecasts and targets, each held twice (the array and its .npy copy), and the times.
+  data::detail::check_fits_in_memory(
+      4.0 * double(W) * double(N) * double(H) * sizeof(float) + double(W * H) * sizeof(double),
+      fmt::format("predict: {} windows x {} neurons x {} frames (--split {})", W, N, H, split),
+      "use a shorter split (--split test or val are about 15% of the recording each)");
 
   const data::NormStats& stats = prepared.stats(0);
   const bool zscored = c.data.prep.zscore;
@@ -890,10 +913,16 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
               run_dir.c_str(), session_name.c_str(), (long long)N, method.c_str(),
               fs::path(model_path).filename().c_str(), (long long)W, (long long)H, (long long)L,
               split == "next" ? ", after the last frame" : "");
-  if (split != "next")
+  if (split != "next") {
+    std::string as;
+    if (split != "all")
+      as = method != "trained"                ? ", as adapt computes it"
+           : c.train.method == "standard"     ? ", as eval computes it"
+                                              : ", as eval --unadapted computes it";
     std::printf("score %.4f on these windows (1 - MSE / MSE of repeating the last frame, on "
-                "normalised values, as eval and adapt compute it)\n",
-                copy_sse > 0 ? 1.0 - sse / copy_sse : 0.0);
+                "normalised values%s)\n",
+                copy_sse > 0 ? 1.0 - sse / copy_sse : 0.0, as.c_str());
+  }
   std::printf("wrote %s: pred (%lld, %lld, %lld) in the recording's units%s, start, t%s\n",
               out_path.c_str(), (long long)W, (long long)N, (long long)H,
               target.empty() ? "" : ", target", zscored ? ", mean, std" : "");
@@ -1238,6 +1267,9 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (bench_adapt->parsed()) {
+      MT_CHECK(!(bench_resume && bench_overwrite),
+               "bench adaptation: --resume continues a benchmark, --overwrite starts it again: "
+               "pass one of them");
       cli::RunConfig c;
       if (bench_resume) {
         MT_CHECK(config_file.empty(),
@@ -1250,9 +1282,6 @@ int main(int argc, char** argv) {
       }
       apply_threads(c);
       cli::BenchControl control;
-      MT_CHECK(!(bench_resume && bench_overwrite),
-               "bench adaptation: --resume continues a benchmark, --overwrite starts it again: "
-               "pass one of them");
       control.resume = bench_resume;
       control.overwrite = bench_overwrite;
       control.stop_requested = [] { return stop_signal.load() != 0; };
