@@ -70,6 +70,8 @@ size_t split_cells(std::string_view line, char delimiter, std::vector<Cell>& cel
     cell.text.clear();
     cell.quoted = false;
     while (pos < line.size() && is_blank(line[pos], delimiter)) ++pos;
+    if (delimiter == ' ')
+      while (pos < line.size() && line[pos] == ' ') ++pos;
     if (pos < line.size() && line[pos] == '"') {
       cell.quoted = true;
       size_t i = pos + 1;
@@ -106,6 +108,12 @@ size_t split_cells(std::string_view line, char delimiter, std::vector<Cell>& cel
              delimiter));
     if (end == std::string_view::npos) break;
     pos = end + 1;
+    if (delimiter == ' ') {
+      // Space-separated (numpy.savetxt's default, aligned columns): a run of spaces is one
+      // separator, and spaces at the end of the line separate nothing.
+      while (pos < line.size() && (line[pos] == ' ' || line[pos] == '\t')) ++pos;
+      if (pos == line.size()) break;
+    }
   }
   return n;
 }
@@ -176,6 +184,9 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   // A UTF-8 byte order mark (Excel's "CSV UTF-8") is not part of the first cell.
   if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);
+
+  // Classic Mac OS line ends (Excel's "CSV (Macintosh)"): a carriage return alone.
+  if (text.find('\n') == std::string::npos) std::replace(text.begin(), text.end(), '\r', '\n');
 
   // Lines, with trailing blank lines dropped.
   std::vector<std::string_view> lines;
@@ -249,9 +260,12 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
       if (c < skip && !is_time) continue;
       std::string_view cell = cells[c].text;
       MT_DATA_CHECK(!cell.empty(),
-                    "{}: line {}, column {} is empty; every cell must hold a number (write nan "
-                    "for a missing value, which is then reported)",
-                    where, line_no, c + 1);
+                    "{}: line {}, column {} is empty; every cell must hold a number: recordings "
+                    "with missing values (empty cells, NaN) are not read, so fill or drop them "
+                    "first{}",
+                    where, line_no, c + 1,
+                    c + 1 == n && n > 1 ? " (or is there a delimiter at the end of the line?)"
+                                        : "");
       if (cell.front() == '+') cell.remove_prefix(1);
       double wide = 0.0;
       float v = 0.0f;
@@ -273,6 +287,15 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
         // The usual causes: another delimiter (the whole line read as one cell), a header row,
         // a column of labels.
         std::string hint = n == 1 ? delimiter_hint(line, options.delimiter) : "";
+        if (hint.empty() && options.delimiter != ',' && cell.find(',') != std::string_view::npos) {
+          std::string dotted(cell);
+          std::replace(dotted.begin(), dotted.end(), ',', '.');
+          float ignored = 0;
+          const auto [end, ec] =
+              std::from_chars(dotted.data(), dotted.data() + dotted.size(), ignored);
+          if (ec == std::errc() && end == dotted.data() + dotted.size())
+            hint = "; decimal commas are not read: export the numbers with a decimal point";
+        }
         if (hint.empty() && li == 0)
           hint = "; if line 1 holds labels (a header row), set data.csv.header=true";
         if (hint.empty() && is_time)
@@ -291,6 +314,48 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
       else
         values.push_back(v);
     }
+  }
+
+  // Layouts that parse but are misread: pandas' index column or a header row of labels or times
+  // taken for activity. Evenly spaced increasing values along a whole first row or column of 8
+  // or more are labels, not a recording.
+  auto evenly_spaced = [](auto value, size_t count) {
+    if (count < 8) return false;
+    const double step = double(value(1)) - double(value(0));
+    if (!(step > 0)) return false;
+    const double scale = std::max(std::abs(double(value(0))), std::abs(double(value(count - 1))));
+    for (size_t i = 2; i < count; ++i)
+      if (std::abs(double(value(i)) - double(value(i - 1)) - step) > 1e-5 * std::max(scale, step))
+        return false;
+    return true;
+  };
+  auto first_values = [](auto value, size_t count) {
+    std::string out;
+    for (size_t i = 0; i < std::min<size_t>(count, 3); ++i)
+      out += fmt::format("{}{}", i ? ", " : "", value(i));
+    return out + ", ...";
+  };
+  if (options.header && !options.label_column && time_col != 0)
+    MT_DATA_CHECK(!header.empty() && !header[0].text.empty(),
+                  "{}: the header's column 1 is empty, as pandas writes above a DataFrame's "
+                  "index: set data.csv.label_column=true (or data.csv.time_column=1 when the "
+                  "index holds times)",
+                  where);
+  if (skip == 0 && time_col != 0) {
+    auto column = [&](size_t r) { return values[r * activity_columns]; };
+    MT_DATA_CHECK(!evenly_spaced(column, rows),
+                  "{}: column 1 holds {} (evenly spaced down {} rows): an index or time column, "
+                  "not activity; set data.csv.label_column=true, or data.csv.time_column=1 when "
+                  "it holds times in seconds{}",
+                  where, first_values(column, rows), rows,
+                  options.time_axis == 1 ? " (and data.csv.time_axis=0 if rows are frames)" : "");
+  }
+  if (!options.header) {
+    auto row = [&](size_t i) { return values[i]; };
+    MT_DATA_CHECK(!evenly_spaced(row, activity_columns),
+                  "{}: line 1 holds {} (evenly spaced along {} columns): labels or times, not "
+                  "activity; set data.csv.header=true",
+                  where, first_values(row, activity_columns), activity_columns);
   }
 
   Session s;

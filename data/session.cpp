@@ -84,7 +84,7 @@ void validate(const Session& s) {
       MT_DATA_CHECK(ts > prev,
                     "{}: timestamps are not increasing at frame {} ({} s after {} s at frame {}); "
                     "frames must be in time order with distinct times: sort the frames or fix the "
-                    "timestamp data set",
+                    "timestamps (the npz's t, the HDF5 timestamps data set, data.csv.time_column)",
                     who, t, ts, prev, t - 1);
     }
   }

@@ -470,14 +470,16 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
         loss_value = loss.item<double>();
         autograd::backward({loss});
       }
-      MT_CHECK(std::isfinite(loss_value),
-               "training: the loss became {} at step {}; lower train.lr (now {}){} or check the "
-               "data",
-               loss_value, step, opt.lr,
-               meta_method ? fmt::format(" (bench adaptation: bench.meta_lr) or "
-                                         "train.meta.inner_lr (now {})",
-                                         opt.meta.inner_lr)
-                           : std::string());
+      if (!std::isfinite(loss_value))
+        throw TrainingDiverged(
+            fmt::format("training: the loss became {} at step {}; lower train.lr (now {}){} or "
+                        "check the data",
+                        loss_value, step, opt.lr,
+                        meta_method ? fmt::format(" (bench adaptation: bench.meta_lr) or "
+                                                  "train.meta.inner_lr (now {})",
+                                                  opt.meta.inner_lr)
+                                    : std::string()),
+            step, loss_value);
       if (opt.clip > 0) optim::clip_grad_norm(params, opt.clip, /*error_if_nonfinite=*/true);
       adam->step();
       loss_sum += loss_value;

@@ -334,6 +334,28 @@ check "eval with a recording the run was not trained on in the folder" "$bin" ev
 cp "$work/out.txt" "$work/eval_later.txt"
 check "eval names the session it left out" grep -q "left out 1 session(s).*animal_3" \
   "$work/eval_later.txt"
+# The new recording alone in its own folder is enough for predict (the model knows the rest).
+mkdir -p "$work/only_new"
+cp "$work/pandas/animal_3.csv" "$work/only_new/"
+check "predict from a folder holding only the new recording" "$bin" predict \
+  --run "$work/pandas_run" --session animal_3 --out "$work/p3_alone.npz" \
+  --set "data.path=\"$work/only_new\""
+check "the same forecasts from either folder" cmp "$work/p3.npz" "$work/p3_alone.npz"
+fails_with "predict with other preprocessing" "data.zscore is false now, true in the run" \
+  "$bin" predict --run "$work/pandas_run" --session animal_3 --out "$work/p.npz" \
+  --set data.zscore=false
+# A mode whose step size diverges is reported; the others still give models.
+check "adapt with one diverging mode" "$bin" adapt --run "$work/pandas_run" \
+  --set 'data.holdout=["animal_3"]' --set adapt.train.steps=4 --set adapt.train.eval_every=2 \
+  --set adapt.lr_by_mode.all=1e30
+cp "$work/out.txt" "$work/adapt_diverged.txt"
+check "the diverged mode names its setting" grep -q "finetune:all.*DIVERGED.*adapt.lr_by_mode.all" \
+  "$work/adapt_diverged.txt"
+check "the other modes saved their models" test -s \
+  "$work/pandas_run/adapted_embeddings.safetensors" -a \
+  ! -e "$work/pandas_run/adapted_all.safetensors"
+fails_with "predict with the diverged mode" "no model of method 'finetune:all'" "$bin" predict \
+  --run "$work/pandas_run" --session animal_3 --method finetune:all --out "$work/p.npz"
 # How files are read is part of the config (data.npz / hdf5 / csv), checked like the rest.
 fails_with "an hdf5 time axis of 2" "data.hdf5.time_axis = 2" "$bin" train --run "$work/x" \
   --set data.hdf5.time_axis=2
@@ -362,7 +384,7 @@ fails_with "a number without a leading digit" "need a digit before the point" "$
 fails_with "online calibration batch 0" "online.calibration_batch must be positive" "$bin" online \
   --run "$work/poco" --set online.calibration_batch=0
 # adapt: the saved weights must fit, and the sessions must be new.
-fails_with "adapt with a model the weights do not fit" "does not fit the model" "$bin" adapt \
+fails_with "adapt with another model architecture" "model.poco.dim is 32 now" "$bin" adapt \
   --run "$work/poco" --set model.poco.dim=32
 fails_with "adapt to a session the model was trained on" "the model was trained on" "$bin" adapt \
   --run "$work/poco" --set 'data.holdout=["synth_000"]'
@@ -373,6 +395,10 @@ bench_small=(--set bench.train_steps.standard=4 --set bench.train_steps.fomaml=2
              --set 'bench.param_sets=["embeddings","all"]')
 check "bench adaptation" "$bin" bench adaptation --out "$work/bench" "${small[@]}" "${bench_small[@]}"
 check "bench adaptation wrote json" test -s "$work/bench/adaptation.json"
+fails_with "a new benchmark over a finished one" "holds a finished benchmark" "$bin" bench \
+  adaptation --out "$work/bench" "${small[@]}" "${bench_small[@]}"
+check "--overwrite replaces a finished benchmark" "$bin" bench adaptation --out "$work/bench" \
+  --overwrite "${small[@]}" "${bench_small[@]}"
 # A benchmark stopped by Ctrl-C in its first training, resumed, stopped again in its second and
 # resumed to the end gives the models and results of the benchmark that did not stop.
 bench_long=(--set bench.train_steps.standard=4000 --set bench.train_steps.fomaml=1500

@@ -43,6 +43,22 @@ TEST_CASE("cli config: the CSV options are config keys", "[cli][config]") {
   REQUIRE_THROWS_WITH(
       cli::config_from_json(json::parse(R"({"data": {"csv": {"header": "yes"}}})")),
       Contains("data.csv.header"));
+  // The unknown-key message lists every known key, the delimiter included.
+  REQUIRE_THROWS_WITH(
+      cli::config_from_json(json::parse(R"({"data": {"csv": {"seperator": ";"}}})")),
+      Contains("data.csv.seperator") && Contains("delimiter") && Contains("time_column"));
+  // A column number as a JSON number; values checked before any file is read.
+  CHECK(cli::config_from_json(json::parse(R"({"data": {"csv": {"time_axis": 0, "time_column": 1}}})"))
+            .data.load.csv.time_column == "1");
+  REQUIRE_THROWS_WITH(
+      cli::config_from_json(json::parse(R"({"data": {"csv": {"time_axis": 2}}})")),
+      Contains("data.csv.time_axis = 2"));
+  REQUIRE_THROWS_WITH(
+      cli::config_from_json(json::parse(R"({"data": {"csv": {"sampling_rate_hz": 0}}})")),
+      Contains("data.csv.sampling_rate_hz = 0"));
+  REQUIRE_THROWS_WITH(
+      cli::config_from_json(json::parse(R"({"data": {"csv": {"time_column": "t"}}})")),
+      Contains("needs data.csv.time_axis=0"));
 }
 
 TEST_CASE("cli config: a training identity from before a setting existed", "[cli][config]") {

@@ -2,11 +2,13 @@
 // orientations, header rows, label columns and quoted cells, errors with line and column, and
 // the two real zebrafish recordings in ../shared/data (skipped when absent).
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <string>
 
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
 
 #include "data/csv.h"
 #include "data/load.h"
@@ -203,6 +205,61 @@ TEST_CASE("csv: rows as frames, header, label and time columns", "[data][csv]") 
     REQUIRE_THROWS_WITH(load_csv(semi_header, o), Contains("is not a column of the header") &&
                                                       Contains("separated by ';'"));
   }
+}
+
+// Files that parse but would be misread: refused, naming the option that reads them.
+TEST_CASE("csv: index columns and label rows are not taken for activity", "[data][csv]") {
+  TempDir dir("test_data_csv");
+  // 10 frames x 3 neurons as pandas writes them: an unnamed index (0..9) and integer labels.
+  std::string index_and_labels = ",0,1,2\n", no_index = "0,1,2\n", index_only;
+  for (int t = 0; t < 10; ++t) {
+    const std::string row = fmt::format("{},{},{}", 0.5 * std::sin(t), 0.25 * t * t, -0.1 * t * t);
+    index_and_labels += fmt::format("{},{}\n", t, row);
+    no_index += row + "\n";
+    index_only += fmt::format("{},{}\n", t, row);
+  }
+  CsvOptions o;
+  o.time_axis = 0;
+  o.header = true;
+  const std::string a = dir.write("a.csv", index_and_labels);
+  REQUIRE_THROWS_WITH(load_csv(a, o), Contains("a.csv") && Contains("header's column 1 is empty") &&
+                                          Contains("data.csv.label_column=true"));
+  o.label_column = true;
+  CHECK(load_csv(a, o).num_neurons == 3);
+  const std::string b = dir.write("b.csv", index_only);
+  CsvOptions frames;
+  frames.time_axis = 0;
+  REQUIRE_THROWS_WITH(load_csv(b, frames),
+                      Contains("b.csv") && Contains("column 1 holds 0, 1, 2, ...") &&
+                          Contains("data.csv.label_column=true"));
+  // A header row of 12 frame times over neuron rows, taken as a neuron.
+  std::string times = "0";
+  for (int t = 1; t < 12; ++t) times += fmt::format(",{}", 0.1 * t);
+  const std::string c = dir.write("c.csv", times + "\n" + times + "\n");
+  REQUIRE_THROWS_WITH(load_csv(c), Contains("c.csv") && Contains("line 1 holds 0, 0.1, 0.2, ...") &&
+                                       Contains("data.csv.header=true"));
+  // Fewer than 8 values along the row: no such guess.
+  CHECK(load_csv(dir.write("short.csv", "0,1,2,3\n5,1,2,4\n")).num_neurons == 2);
+}
+
+TEST_CASE("csv: Mac line ends, space-separated columns, hints for commas", "[data][csv]") {
+  TempDir dir("test_data_csv");
+  const Session mac = load_csv(dir.write("mac.csv", "1,2,3\r4,5,6\r"));
+  CHECK(mac.num_neurons == 2);
+  CHECK(mac.at(1, 2) == 6.0f);
+  CsvOptions spaces;
+  spaces.delimiter = ' ';
+  const Session aligned =
+      load_csv(dir.write("aligned.txt.csv", "  1.5   2   3 \n 10    -4  6\n"), spaces);
+  CHECK(aligned.num_frames == 3);
+  CHECK(aligned.at(1, 1) == -4.0f);
+  CsvOptions semi;
+  semi.delimiter = ';';
+  REQUIRE_THROWS_WITH(load_csv(dir.write("decimal.csv", "1,5;2,25\n3;4\n"), semi),
+                      Contains("'1,5' is not a number") && Contains("decimal commas"));
+  REQUIRE_THROWS_WITH(load_csv(dir.write("trailing.csv", "1,2,\n3,4,\n")),
+                      Contains("line 1, column 3 is empty") &&
+                          Contains("delimiter at the end of the line"));
 }
 
 TEST_CASE("csv: quoted cells", "[data][csv]") {

@@ -98,8 +98,8 @@ nlohmann::json read_bench_state(const std::string& out_dir) {
   MT_CHECK(state.is_object() && state.value("version", 0) == 1 && state.contains("config") &&
                state.contains("identity") && state.contains("trainings") &&
                state["trainings"].is_array() && state.contains("runs") && state["runs"].is_array(),
-           "{}: not a benchmark state this metatape can read; start the benchmark again without "
-           "--resume",
+           "{}: not a benchmark state this metatape can read; start the benchmark again with "
+           "--overwrite instead of --resume",
            path);
   return state;
 }
@@ -156,11 +156,13 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
              "(--device {})",
              out_dir, then.value("device", device_kind), then.value("device", device_kind));
     const std::string differs = describe_identity_difference(then, identity, "the benchmark");
+    const bool recordings = differs.find("recordings differ") != std::string::npos;
     MT_CHECK(differs.empty(),
              "bench adaptation --resume --out {}: {}; a benchmark continues with the settings "
-             "and recordings it started with (only threads may change): drop the --set that "
-             "differs, or start it again without --resume",
-             out_dir, differs);
+             "and recordings it started with (only threads may change): {}, or start it again "
+             "with --overwrite instead of --resume",
+             out_dir, differs,
+             recordings ? "restore the recordings (data.path)" : "drop the --set that differs");
     // The same benchmark: its identity stays as written (the trainings' states hold it).
     state["identity"] = saved.at("identity");
     state["trainings"] = saved.at("trainings");
@@ -171,6 +173,11 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
     MT_CHECK(!fs::exists(state_path) || control.overwrite,
              "--out {}: the folder holds an unfinished benchmark (bench_state.json); continue it "
              "with --resume, or pass --overwrite to start again (its models and progress are "
+             "deleted)",
+             out_dir);
+    MT_CHECK(!fs::exists(out_dir + "/adaptation.json") || control.overwrite,
+             "--out {}: the folder holds a finished benchmark (adaptation.json); choose another "
+             "folder, or pass --overwrite to replace it (its results, models and plots are "
              "deleted)",
              out_dir);
     // An earlier benchmark's files in the folder are not this one's (listed, then removed).
@@ -233,7 +240,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
       // Trained before the benchmark stopped: its best model is the checkpoint.
       MT_CHECK(fs::exists(model_path),
                "bench adaptation --resume: {} is missing (the {} model, trained earlier); start "
-               "the benchmark again without --resume",
+               "the benchmark again with --overwrite instead of --resume",
                model_path, method);
       f->to(kCPU);
       io::load_parameters(*f->module(), model_path);

@@ -32,7 +32,8 @@ struct BenchControl {
   // those of the interrupted run (threads may differ). Without resume, the state and results
   // of an earlier benchmark in the folder are removed first.
   bool resume = false;
-  // Without resume, a folder holding an unfinished benchmark is refused unless this is set.
+  // Without resume, a folder holding a benchmark (unfinished or finished) is refused unless
+  // this is set; its files are then removed first.
   bool overwrite = false;
   // Asked after every training step and every adaptation run: true saves the progress there and
   // throws BenchStopped (the CLI's Ctrl-C).

@@ -18,7 +18,7 @@
 
 namespace mt::cli {
 
-Data load_data(const RunConfig& c) {
+Data load_data(const RunConfig& c, const LoadDataOptions& options) {
   data::Dataset all = c.data.path.empty() ? data::synthesize(c.data.synthetic)
                                           : data::load_folder(c.data.path, c.data.load);
   if (c.data.path.empty())  // said, so an empty data.path is not taken for a folder by mistake
@@ -28,13 +28,15 @@ Data load_data(const RunConfig& c) {
   data::validate(all);
   Data d;
   for (const auto& name : c.data.holdout)
-    MT_CHECK(all.find(name) >= 0, "data.holdout names session '{}', which is not in the data ({})",
-             name, fmt::join(all.names(), ", "));
+    MT_CHECK(!options.need_holdout || all.find(name) >= 0,
+             "data.holdout names session '{}', which is not in the data ({})", name,
+             fmt::join(all.names(), ", "));
   for (auto& s : all.sessions) {
     bool held = std::find(c.data.holdout.begin(), c.data.holdout.end(), s.name) != c.data.holdout.end();
     (held ? d.holdout : d.train).sessions.push_back(std::move(s));
   }
-  MT_CHECK(!d.train.empty(), "no training sessions left after data.holdout");
+  MT_CHECK(!options.need_training || !d.train.empty(),
+           "no training sessions left after data.holdout");
   return d;
 }
 

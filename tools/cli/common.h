@@ -16,8 +16,14 @@ struct Data {
 };
 
 // Synthetic data (data.path empty) or the recordings at data.path, validated, split by
-// data.holdout (every named session must exist).
-Data load_data(const RunConfig& c);
+// data.holdout (every named session must exist). Commands that use a trained model (adapt,
+// predict) read folders without training sessions (`need_training` false), and predict one that
+// lacks the held-out sessions (`need_holdout` false).
+struct LoadDataOptions {
+  bool need_training = true;
+  bool need_holdout = true;
+};
+Data load_data(const RunConfig& c, const LoadDataOptions& options = {});
 
 std::vector<int64_t> sizes_of(const data::Dataset& d);
 // CRC-32 (8 hex digits) of a session's recording: its activity and timestamps as loaded.

@@ -352,10 +352,27 @@ RunConfig config_from_json(const nlohmann::json& j) {
                  "\"\\t\"",
                  cj["delimiter"].dump());
         delimiter = cj["delimiter"].get<std::string>();
-        cj.erase("delimiter");
       }
-      read_fields(cj, "data.csv", c.data.load.csv);
-      c.data.load.csv.delimiter = delimiter[0];
+      // A column number may be given as a number (--set data.csv.time_column=1).
+      if (cj.is_object() && cj.contains("time_column") && cj["time_column"].is_number_integer())
+        cj["time_column"] = std::to_string(cj["time_column"].get<int64_t>());
+      data::CsvOptions& o = c.data.load.csv;
+      Reader cr(cj, "data.csv");
+      visit(o, [&](const char* key, auto& field) { cr.get(key, field); });
+      (void)cr.child("delimiter");  // read above; listed among the known keys
+      cr.finish();
+      o.delimiter = delimiter[0];
+      MT_CHECK(std::isfinite(o.sampling_rate_hz) && o.sampling_rate_hz > 0,
+               "config: data.csv.sampling_rate_hz = {}: a positive number of frames per second",
+               o.sampling_rate_hz);
+      MT_CHECK(o.time_axis == 0 || o.time_axis == 1,
+               "config: data.csv.time_axis = {}: use 1 (columns are frames, rows are neurons) or "
+               "0 (rows are frames, columns are neurons)",
+               o.time_axis);
+      MT_CHECK(o.time_column.empty() || o.time_axis == 0,
+               "config: data.csv.time_column = \"{}\" needs data.csv.time_axis=0 (rows are "
+               "frames); with frames as columns the times come from data.csv.sampling_rate_hz",
+               o.time_column);
     }
     r.finish();
   }

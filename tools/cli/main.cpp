@@ -466,6 +466,25 @@ Run read_run(const std::string& run_dir, bool note_unfinished = true) {
   return run;
 }
 
+// What a trained model needs unchanged: its architecture (model) and the preprocessing its
+// inputs went through (data: split, fractions, windows, z-scoring, seed). --set may change where
+// and how recordings are read (data.path, data.holdout, the loaders' options, data.synthetic)
+// and the adapt / online / bench sections.
+void check_model_settings_kept(const Run& run, const cli::RunConfig& c, const char* command) {
+  auto kept = [](json j) {
+    json data = j.at("data");
+    for (const char* key : {"path", "holdout", "npz", "hdf5", "csv", "synthetic"}) data.erase(key);
+    return json{{"data", data}, {"model", j.at("model")}};
+  };
+  const std::string differs =
+      cli::describe_identity_difference(kept(run.config.to_json()), kept(c.to_json()));
+  MT_CHECK(differs.empty(),
+           "{}: {}; the model was trained with the run's model and preprocessing settings, and "
+           "its inputs must be prepared as they were: drop that --set (data.path, data.holdout "
+           "and how files are read may change)",
+           command, differs);
+}
+
 // Scores of a run are of the recordings it was trained on: the data's training sessions must be
 // the run's (names) and, where config.json recorded their CRC-32, hold the same recordings.
 // Sessions the run was not trained on (recordings added to the folder since, e.g. a new animal
@@ -597,7 +616,22 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     if (f->kind() == "poco") t.trainable = meta::finetune_prefixes(mode);
     if (auto it = c.adapt.lr_by_mode.find(mode); it != c.adapt.lr_by_mode.end()) t.lr = it->second;
     t.log_progress = false;
-    const meta::TrainResult r = meta::train(*f, prepared, {}, t);
+    meta::TrainResult r;
+    try {
+      r = meta::train(*f, prepared, {}, t);
+    } catch (const meta::TrainingDiverged& e) {
+      // One mode's step size is too large: the others still run; this one has no model.
+      const std::string key = c.adapt.lr_by_mode.count(mode) ? "adapt.lr_by_mode." + mode
+                                                             : std::string("adapt.train.lr");
+      std::printf("  %-24s DIVERGED: the loss became %g at step %lld; lower %s (now %g)\n",
+                  ("finetune:" + mode).c_str(), e.loss, (long long)e.step, key.c_str(), t.lr);
+      std::fflush(stdout);
+      results.push_back({{"method", "finetune:" + mode},
+                         {"diverged_at", e.step},
+                         {"lr", t.lr},
+                         {"lr_key", key}});
+      continue;
+    }
     row("finetune:" + mode, r);
     if (f->module() != nullptr) {
       // train() left the best validation parameters in the model.
@@ -705,10 +739,17 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
            "predict: --out {}: the forecasts are written as a NumPy .npz archive; name the file "
            "*.npz",
            out_path);
+  {
+    const fs::path parent = fs::path(out_path).has_parent_path() ? fs::path(out_path).parent_path()
+                                                                 : fs::path(".");
+    MT_CHECK(fs::is_directory(parent), "predict: --out {}: folder {} does not exist; create it first",
+             out_path, parent.string());
+  }
   Run run = read_run(run_dir);
   cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
+  check_model_settings_kept(run, c, "predict");
   apply_threads(c);
-  Data d = load_data(c);
+  Data d = load_data(c, {.need_training = false, .need_holdout = false});
   const data::Session* session = nullptr;
   for (const auto* set : {&d.train, &d.holdout})
     for (const auto& s : set->sessions)
@@ -726,7 +767,19 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
   std::vector<std::string> names, crcs;
   std::string model_path;
   const auto trained_at = std::find(run.trained_on.begin(), run.trained_on.end(), session_name);
-  if (trained_at != run.trained_on.end()) {
+  bool has_parameters = false;
+  {
+    Generator probe_gen(0);
+    has_parameters = meta::make_forecaster(c.model, {session->num_neurons}, probe_gen)->module() !=
+                     nullptr;
+  }
+  if (!has_parameters) {
+    // copy_last: nothing was trained or adapted; its forecasts are the same for every session.
+    method = c.model.kind;
+    sizes = {session->num_neurons};
+    names = {session_name};
+    crcs = {""};
+  } else if (trained_at != run.trained_on.end()) {
     MT_CHECK(method.empty() || method == "trained",
              "predict: '{}' is a training session of {}: its forecasts come from the trained "
              "model; drop --method {} (adapted models are of the held-out sessions)",
@@ -753,9 +806,10 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
     const json adapt = cli::read_json_file(adapt_path);
     if (method.empty()) {
       MT_CHECK(adapt.contains("best_method") && adapt["best_method"].is_string(),
-               "predict: {} names no best_method (an adapt of an earlier metatape, or one with "
-               "no model); adapt the run again, or give --method",
-               adapt_path);
+               "predict: {} names no best_method: it is from an earlier metatape, which saved "
+               "no adapted models, or every adaptation diverged; adapt the run again (metatape "
+               "adapt --run {})",
+               adapt_path, run_dir);
       method = adapt["best_method"].get<std::string>();
     }
     std::vector<std::string> known;
@@ -772,8 +826,11 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
                "session was not held out then)",
                adapt_path, method, session_name);
     }
-    MT_CHECK(!file.empty(), "predict: {} has no model of method '{}'; its methods with a model: {}",
-             adapt_path, method, fmt::join(known, ", "));
+    MT_CHECK(!file.empty(), "predict: {} has no model of method '{}'; {}", adapt_path, method,
+             known.empty() ? fmt::format("it has none (adapt the run again: metatape adapt --run "
+                                         "{})",
+                                         run_dir)
+                           : fmt::format("its methods with a model: {}", fmt::join(known, ", ")));
     model_path = run_dir + "/" + file;
     MT_CHECK(fs::exists(model_path),
              "predict: {} is missing (adapt.json names it); adapt the run again", model_path);
@@ -792,8 +849,12 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
   }
   const size_t index = size_t(std::find(names.begin(), names.end(), session_name) - names.begin());
   MT_CHECK(sizes[index] == session->num_neurons,
-           "predict: session '{}' has {} neurons, but the model's table for it has {} ({})",
-           session_name, session->num_neurons, sizes[index], model_path);
+           "predict: session '{}' has {} neurons, but the model's table for it has {} ({}): the "
+           "recording is read otherwise than when the model was {} (data.csv / data.hdf5 "
+           "options?); read it as then, or {}",
+           session_name, session->num_neurons, sizes[index], model_path,
+           method == "trained" ? "trained" : "adapted",
+           method == "trained" ? "train a new run on it" : "adapt the run to it again");
   const std::string crc = cli::recording_crc32(*session);
   MT_CHECK(crcs[index].empty() || crcs[index] == crc,
            "predict: the recording of session '{}' ({}) is not the one {} was {} on (CRC-32 {} "
@@ -805,6 +866,7 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
   Generator gen(0);
   auto f = meta::make_forecaster(c.model, sizes, gen);
   if (f->module() != nullptr) io::load_parameters(*f->module(), model_path);
+  if (model_path.empty()) model_path = "(no parameters)";
 
   // The session alone, normalised as in training (its own train-split statistics).
   data::Dataset one;
@@ -916,7 +978,7 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
   if (split != "next") {
     std::string as;
     if (split != "all")
-      as = method != "trained"                ? ", as adapt computes it"
+      as = method != "trained" && has_parameters ? ", as adapt computes it"
            : c.train.method == "standard"     ? ", as eval computes it"
                                               : ", as eval --unadapted computes it";
     std::printf("score %.4f on these windows (1 - MSE / MSE of repeating the last frame, on "
@@ -1260,8 +1322,9 @@ int main(int argc, char** argv) {
       Run run = read_run(run_dir);
       cli::RunConfig c = run.config;
       if (!sets.empty()) c = cli::apply_overrides(run.config_json, sets);
+      check_model_settings_kept(run, c, "adapt");
       apply_threads(c);
-      Data d = load_data(c);
+      Data d = load_data(c, {.need_training = false});
       run_adapt(c, run_dir, d, parse_device(device_name), run.trained_on, run.trained_sizes,
                 !sets.empty());
       return 0;
