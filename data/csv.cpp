@@ -265,7 +265,10 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
                     "first{}",
                     where, line_no, c + 1,
                     c + 1 == n && n > 1 ? " (or is there a delimiter at the end of the line?)"
-                                        : "");
+                    : li == 0 && c == 0 && !options.header
+                        ? " (or is line 1 a header over an index column, as pandas writes? set "
+                          "data.csv.header=true and data.csv.label_column=true)"
+                        : "");
       if (cell.front() == '+') cell.remove_prefix(1);
       double wide = 0.0;
       float v = 0.0f;

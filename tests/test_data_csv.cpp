@@ -226,6 +226,8 @@ TEST_CASE("csv: index columns and label rows are not taken for activity", "[data
                                           Contains("data.csv.label_column=true"));
   o.label_column = true;
   CHECK(load_csv(a, o).num_neurons == 3);
+  REQUIRE_THROWS_WITH(load_csv(a), Contains("line 1, column 1 is empty") &&
+                                       Contains("data.csv.header=true"));
   const std::string b = dir.write("b.csv", index_only);
   CsvOptions frames;
   frames.time_axis = 0;
