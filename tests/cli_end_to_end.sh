@@ -203,15 +203,19 @@ fails_with "resume a model without parameters" "nothing to resume" "$bin" train 
 # saves its state there, exits with 130, and resumed ends as the run that was not stopped.
 long=("${small[@]}" --set train.steps=6000 --set train.eval_every=1000)
 check "train 6000 steps" "$bin" train --run "$work/long" "${long[@]}"
-# Waits until a background train has written its first evaluation (its signal handler is then
-# installed), or has ended; fails the check if neither happens within 60 s.
-wait_for_first_evaluation() {  # wait_for_first_evaluation run_dir pid
+# Waits until a background process has written a file (its signal handler is then installed),
+# or has ended; fails the check if neither happens within 60 s.
+wait_for_file() {  # wait_for_file path pid
   for _ in $(seq 1200); do
-    [ -s "$1/metrics.jsonl" ] && return 0
+    [ -s "$1" ] && return 0
     kill -0 "$2" 2>/dev/null || return 1
     sleep 0.05
   done
   return 1
+}
+# ... for a background train: its first evaluation.
+wait_for_first_evaluation() {  # wait_for_first_evaluation run_dir pid
+  wait_for_file "$1/metrics.jsonl" "$2"
 }
 "$bin" train --run "$work/stopped" "${long[@]}" >"$work/stopped.txt" 2>&1 &
 pid=$!
@@ -405,14 +409,6 @@ bench_long=(--set bench.train_steps.standard=4000 --set bench.train_steps.fomaml
             --set bench.train_steps.e2e-ttt=20 --set train.meta.inner_steps=2
             --set train.eval_every=200 --set bench.adapt_steps=20 --set bench.adapt_eval_every=10
             --set bench.adapt_batch_size=4 --set 'bench.param_sets=["embeddings"]')
-wait_for_file() {  # wait_for_file path pid
-  for _ in $(seq 1200); do
-    [ -s "$1" ] && return 0
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.05
-  done
-  return 1
-}
 check "bench adaptation, not stopped" "$bin" bench adaptation --out "$work/bench_whole" \
   "${small[@]}" "${bench_long[@]}"
 "$bin" bench adaptation --out "$work/bench_stopped" "${small[@]}" "${bench_long[@]}" \
