@@ -65,13 +65,17 @@ size_t split_cells(std::string_view line, char delimiter, std::vector<Cell>& cel
   size_t n = 0;
   size_t pos = 0;
   while (true) {
+    if (delimiter == ' ') {
+      // Space-separated (numpy.savetxt's default, aligned columns): a run of spaces and tabs is
+      // one separator, and those at the start or end of the line separate nothing.
+      while (pos < line.size() && (line[pos] == ' ' || line[pos] == '\t')) ++pos;
+      if (pos == line.size() && n > 0) break;
+    }
     if (n == cells.size()) cells.emplace_back();
     Cell& cell = cells[n++];
     cell.text.clear();
     cell.quoted = false;
     while (pos < line.size() && is_blank(line[pos], delimiter)) ++pos;
-    if (delimiter == ' ')
-      while (pos < line.size() && line[pos] == ' ') ++pos;
     if (pos < line.size() && line[pos] == '"') {
       cell.quoted = true;
       size_t i = pos + 1;
@@ -108,12 +112,6 @@ size_t split_cells(std::string_view line, char delimiter, std::vector<Cell>& cel
              delimiter));
     if (end == std::string_view::npos) break;
     pos = end + 1;
-    if (delimiter == ' ') {
-      // Space-separated (numpy.savetxt's default, aligned columns): a run of spaces is one
-      // separator, and spaces at the end of the line separate nothing.
-      while (pos < line.size() && (line[pos] == ' ' || line[pos] == '\t')) ++pos;
-      if (pos == line.size()) break;
-    }
   }
   return n;
 }
@@ -200,7 +198,7 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
       if (nl == std::string_view::npos) break;
       rest.remove_prefix(nl + 1);
     }
-    while (!lines.empty() && trim(lines.back(), options.delimiter).empty()) lines.pop_back();
+    while (!lines.empty() && trim(lines.back()).empty()) lines.pop_back();
   }
   const std::string layout = options.time_axis == 1 ? "one row per neuron with one value per frame"
                                                     : "one row per frame with one value per neuron";
@@ -226,7 +224,7 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
   for (size_t li = first_data; li < lines.size(); ++li) {
     const size_t line_no = li + 1;
     const std::string_view line = lines[li];
-    MT_DATA_CHECK(!trim(line, options.delimiter).empty(),
+    MT_DATA_CHECK(!trim(line).empty(),
                   "{}: line {} is blank between rows; every line is one {}: remove the blank "
                   "line",
                   where, line_no, options.time_axis == 1 ? "neuron" : "frame");
@@ -290,7 +288,10 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
         // The usual causes: another delimiter (the whole line read as one cell), a header row,
         // a column of labels.
         std::string hint = n == 1 ? delimiter_hint(line, options.delimiter) : "";
-        if (hint.empty() && options.delimiter != ',' && cell.find(',') != std::string_view::npos) {
+        const size_t comma = cell.find(',');
+        if (hint.empty() && (options.delimiter != ',' || cells[c].quoted) &&
+            comma != std::string_view::npos && comma + 1 < cell.size() &&
+            std::isdigit(static_cast<unsigned char>(cell[comma + 1]))) {
           std::string dotted(cell);
           std::replace(dotted.begin(), dotted.end(), ',', '.');
           float ignored = 0;
@@ -324,12 +325,17 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
   // or more are labels, not a recording.
   auto evenly_spaced = [](auto value, size_t count) {
     if (count < 8) return false;
-    const double step = double(value(1)) - double(value(0));
-    if (!(step > 0)) return false;
-    const double scale = std::max(std::abs(double(value(0))), std::abs(double(value(count - 1))));
-    for (size_t i = 2; i < count; ++i)
-      if (std::abs(double(value(i)) - double(value(i - 1)) - step) > 1e-5 * std::max(scale, step))
+    // Strictly increasing, each value within 5% of a step of the straight line from the first
+    // to the last: frame numbers, and times written with few decimals (30 Hz to 3 decimals is
+    // off the line by up to 1.5% of a step) or with acquisition jitter.
+    const double first = double(value(0));
+    const double mean_step = (double(value(count - 1)) - first) / double(count - 1);
+    if (!(mean_step > 0)) return false;
+    for (size_t i = 1; i < count; ++i) {
+      if (!(double(value(i)) > double(value(i - 1)))) return false;
+      if (std::abs(double(value(i)) - (first + double(i) * mean_step)) > 0.05 * mean_step)
         return false;
+    }
     return true;
   };
   auto first_values = [](auto value, size_t count) {

@@ -470,17 +470,23 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
         loss_value = loss.item<double>();
         autograd::backward({loss});
       }
-      if (!std::isfinite(loss_value))
-        throw TrainingDiverged(
-            fmt::format("training: the loss became {} at step {}; lower train.lr (now {}){} or "
+      auto diverged = [&](const char* what, double value) {
+        return TrainingDiverged(
+            fmt::format("training: the {} became {} at step {}; lower train.lr (now {}){} or "
                         "check the data",
-                        loss_value, step, opt.lr,
+                        what, value, step, opt.lr,
                         meta_method ? fmt::format(" (bench adaptation: bench.meta_lr) or "
                                                   "train.meta.inner_lr (now {})",
                                                   opt.meta.inner_lr)
                                     : std::string()),
-            step, loss_value);
-      if (opt.clip > 0) optim::clip_grad_norm(params, opt.clip, /*error_if_nonfinite=*/true);
+            step, what, value);
+      };
+      if (!std::isfinite(loss_value)) throw diverged("loss", loss_value);
+      if (opt.clip > 0) {
+        // A finite loss can still give a non-finite gradient: no step is taken from it.
+        const double norm = optim::clip_grad_norm(params, opt.clip);
+        if (!std::isfinite(norm)) throw diverged("gradient norm", norm);
+      }
       adam->step();
       loss_sum += loss_value;
       ++loss_count;

@@ -124,13 +124,15 @@ struct ResumeOptions {
   std::function<bool(int64_t step)> stop_after;
 };
 
-// Thrown by train() when a step's loss is not finite (the message names train.lr and the
+// Thrown by train() when a step's loss or gradient norm is not finite (the message names
+// train.lr and the
 // meta-learning rates; callers with other settings may catch it and name theirs).
 struct TrainingDiverged : Error {
   int64_t step = 0;
-  double loss = 0;
-  TrainingDiverged(const std::string& what, int64_t at, double value)
-      : Error(what), step(at), loss(value) {}
+  std::string quantity;  // "loss" or "gradient norm"
+  double value = 0;
+  TrainingDiverged(const std::string& what, int64_t at, std::string which, double v)
+      : Error(what), step(at), quantity(std::move(which)), value(v) {}
 };
 
 // Thrown by train() when ResumeOptions::stop_after asked it to stop.

@@ -188,7 +188,7 @@ cp -r "$work/synth" "$work/synth_moved"
   --set data.synthetic.num_frames=300 --set data.synthetic.n_total=64 \
   --set data.synthetic.min_neurons=8 --set data.synthetic.max_neurons=10 \
   --set data.synthetic.seed=7 >/dev/null
-fails_with "resume on other recordings" "recordings differ" "$bin" train --run "$work/nl_resume" \
+fails_with "resume on other recordings" "is not the one the run was trained on" "$bin" train --run "$work/nl_resume" \
   --resume --set train.steps=9 --set "data.path=\"$work/synth_other\""
 cp -r "$work/nl_resume" "$work/nl_other"
 sed -i "s|$work/synth\"|$work/synth_other\"|" "$work/nl_other/config.json"
@@ -197,6 +197,13 @@ fails_with "eval on other recordings" "is not the one the run was trained on" "$
 check "resume from a moved data folder, with another thread count" "$bin" train \
   --run "$work/nl_resume" --resume --set train.steps=9 --set "data.path=\"$work/synth_moved\"" \
   --set threads=1
+cp -r "$work/synth_moved" "$work/synth_plus"
+cp "$work/synth_other/synth_000.npz" "$work/synth_plus/synth_009.npz"
+check "resume with a later recording added to the folder" "$bin" train --run "$work/nl_resume" \
+  --resume --set train.steps=12 --set "data.path=\"$work/synth_plus\""
+cp "$work/out.txt" "$work/resume_plus.txt"
+check "the resumed run left the later recording out" grep -q "left out 1 session(s).*synth_009" \
+  "$work/resume_plus.txt"
 fails_with "resume a model without parameters" "nothing to resume" "$bin" train \
   --run "$work/poco" --resume --set model.kind=copy_last
 # Ctrl-C (SIGINT) once the first evaluation is written: the run stops after its current step,

@@ -208,6 +208,12 @@ TEST_CASE("csv: rows as frames, header, label and time columns", "[data][csv]") 
 }
 
 // Files that parse but would be misread: refused, naming the option that reads them.
+static CsvOptions frames_of() {
+  CsvOptions o;
+  o.time_axis = 0;
+  return o;
+}
+
 TEST_CASE("csv: index columns and label rows are not taken for activity", "[data][csv]") {
   TempDir dir("test_data_csv");
   // 10 frames x 3 neurons as pandas writes them: an unnamed index (0..9) and integer labels.
@@ -228,6 +234,25 @@ TEST_CASE("csv: index columns and label rows are not taken for activity", "[data
   CHECK(load_csv(a, o).num_neurons == 3);
   REQUIRE_THROWS_WITH(load_csv(a), Contains("line 1, column 1 is empty") &&
                                        Contains("data.csv.header=true"));
+  // pandas' index=False: integer labels in the header, then the table; and a table of 10 x 10
+  // real-looking values passes both checks.
+  const std::string labels = dir.write("labels.csv", no_index);
+  CsvOptions labelled;
+  labelled.time_axis = 0;
+  labelled.header = true;
+  CHECK(load_csv(labels, labelled).num_neurons == 3);
+  std::string square;
+  for (int r = 0; r < 10; ++r) {
+    for (int c = 0; c < 10; ++c)
+      square += fmt::format("{}{:.4f}", c ? "," : "", std::sin(0.7 * r + 1.3 * c) + 0.01 * r);
+    square += "\n";
+  }
+  CHECK(load_csv(dir.write("square.csv", square)).num_neurons == 10);
+  // Times written with 3 decimals at 30 Hz (steps of 0.033 and 0.034) are times, not a neuron.
+  std::string jittered;
+  for (int t = 0; t < 40; ++t) jittered += fmt::format("{:.3f},{},{}\n", t / 30.0, (t * 7) % 5, 1);
+  REQUIRE_THROWS_WITH(load_csv(dir.write("jittered.csv", jittered), frames_of()),
+                      Contains("column 1 holds 0, 0.033, 0.067, ..."));
   const std::string b = dir.write("b.csv", index_only);
   CsvOptions frames;
   frames.time_axis = 0;

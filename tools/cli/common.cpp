@@ -95,8 +95,8 @@ FolderLock::FolderLock(const std::string& dir, const std::string& file_name,
     char owner[32] = {};
     const ssize_t got = ::pread(fd_, owner, sizeof owner - 1, 0);
     ::close(fd_);
-    MT_FAIL("{} {}: another {}{} is writing this folder; wait for it to end (or stop it: Ctrl-C "
-            "saves its state for --resume)",
+    MT_FAIL("{} {}: another {}{} is writing this folder; wait for it to end (a train or bench "
+            "stopped by Ctrl-C saves its state for --resume)",
             flag, dir, command,
             got > 0 ? fmt::format(" (process {})", std::string(owner, size_t(got))) : "");
   }

@@ -466,15 +466,23 @@ Run read_run(const std::string& run_dir, bool note_unfinished = true) {
   return run;
 }
 
-// What a trained model needs unchanged: its architecture (model) and the preprocessing its
-// inputs went through (data: split, fractions, windows, z-scoring, seed). --set may change where
-// and how recordings are read (data.path, data.holdout, the loaders' options, data.synthetic)
-// and the adapt / online / bench sections.
+// What a trained model needs unchanged: its architecture (model kind and resolved settings) and
+// the preprocessing its inputs went through (data: split, fractions, block length, z-scoring).
+// --set may change where and how recordings are read (data.path, data.holdout, the loaders'
+// options, data.synthetic), the window stride, support fraction and seed, and the adapt /
+// online / bench sections.
 void check_model_settings_kept(const Run& run, const cli::RunConfig& c, const char* command) {
   auto kept = [](json j) {
     json data = j.at("data");
-    for (const char* key : {"path", "holdout", "npz", "hdf5", "csv", "synthetic"}) data.erase(key);
-    return json{{"data", data}, {"model", j.at("model")}};
+    for (const char* key : {"path", "holdout", "npz", "hdf5", "csv", "synthetic", "stride",
+                            "support_fraction", "seed"})
+      data.erase(key);
+    const json& model = j.at("model");
+    return json{{"data", data},
+                {"model",
+                 {{"kind", model.at("kind")},
+                  {"mlp_hidden", model.at("mlp_hidden")},
+                  {"poco", model.at("resolved")}}}};
   };
   const std::string differs =
       cli::describe_identity_difference(kept(run.config.to_json()), kept(c.to_json()));
@@ -577,9 +585,10 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   for (const auto& p : earlier) fs::remove(p);
   // An adapted model's metadata: what predict needs to rebuild it (its session tables are the
   // held-out sessions', with their recordings' CRC-32) and how it was adapted.
+  const json holdout_sessions = session_json(d.holdout);  // CRC-32 of each recording, once
   auto adapted_metadata = [&](const std::string& method, const json& scores) {
     return json{{"adapted", {{"method", method},
-                             {"sessions", session_json(d.holdout)},
+                             {"sessions", holdout_sessions},
                              {"new_session_init", c.adapt.new_session_init},
                              {"scores", scores}}}};
   };
@@ -623,8 +632,9 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
       // One mode's step size is too large: the others still run; this one has no model.
       const std::string key = c.adapt.lr_by_mode.count(mode) ? "adapt.lr_by_mode." + mode
                                                              : std::string("adapt.train.lr");
-      std::printf("  %-24s DIVERGED: the loss became %g at step %lld; lower %s (now %g)\n",
-                  ("finetune:" + mode).c_str(), e.loss, (long long)e.step, key.c_str(), t.lr);
+      std::printf("  %-24s DIVERGED: the %s became %g at step %lld; lower %s (now %g)\n",
+                  ("finetune:" + mode).c_str(), e.quantity.c_str(), e.value, (long long)e.step,
+                  key.c_str(), t.lr);
       std::fflush(stdout);
       results.push_back({{"method", "finetune:" + mode},
                          {"diverged_at", e.step},
@@ -981,9 +991,9 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
       as = method != "trained" && has_parameters ? ", as adapt computes it"
            : c.train.method == "standard"     ? ", as eval computes it"
                                               : ", as eval --unadapted computes it";
-    std::printf("score %.4f on these windows (1 - MSE / MSE of repeating the last frame, on "
-                "normalised values%s)\n",
-                copy_sse > 0 ? 1.0 - sse / copy_sse : 0.0, as.c_str());
+    std::printf("score %.4f on these windows (1 - MSE / MSE of repeating the last frame%s%s)\n",
+                copy_sse > 0 ? 1.0 - sse / copy_sse : 0.0, zscored ? ", on normalised values" : "",
+                as.c_str());
   }
   std::printf("wrote %s: pred (%lld, %lld, %lld) in the recording's units%s, start, t%s\n",
               out_path.c_str(), (long long)W, (long long)N, (long long)H,
@@ -1300,6 +1310,8 @@ int main(int argc, char** argv) {
         cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
         apply_threads(c);
         Data d = load_data(c);
+        // Recordings added to the folder since (a later animal) are not part of the run.
+        check_same_recordings(run, d.train, run_dir);
         run_train(c, run_dir, d, parse_device(device_name), false, true);
         return 0;
       }
