@@ -367,6 +367,10 @@ check "the other modes saved their models" test -s \
   ! -e "$work/pandas_run/adapted_all.safetensors"
 fails_with "predict with the diverged mode" "no model of method 'finetune:all'" "$bin" predict \
   --run "$work/pandas_run" --session animal_3 --method finetune:all --out "$work/p.npz"
+fails_with "predict reading the recording otherwise than adapt did" \
+  "data.csv.label_column is true now, false in the adapt" "$bin" predict --run "$work/pandas_run" \
+  --session animal_3 --out "$work/p.npz" --set 'data.csv.time_column=""' \
+  --set data.csv.label_column=true
 # How files are read is part of the config (data.npz / hdf5 / csv), checked like the rest.
 fails_with "an hdf5 time axis of 2" "data.hdf5.time_axis = 2" "$bin" train --run "$work/x" \
   --set data.hdf5.time_axis=2

@@ -466,6 +466,16 @@ Run read_run(const std::string& run_dir, bool note_unfinished = true) {
   return run;
 }
 
+// Where and how the recordings were read (data.path and the loaders' options): stored with an
+// adapted model, so that predict can name what differs when a recording's CRC-32 does.
+json recordings_read_with(const cli::RunConfig& c) {
+  const json data = c.to_json().at("data");
+  return {{"path", data.at("path")},
+          {"npz", data.at("npz")},
+          {"hdf5", data.at("hdf5")},
+          {"csv", data.at("csv")}};
+}
+
 // What a trained model needs unchanged: its architecture (model kind and resolved settings) and
 // the preprocessing its inputs went through (data: split, fractions, block length, z-scoring).
 // --set may change where and how recordings are read (data.path, data.holdout, the loaders'
@@ -586,9 +596,11 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   // An adapted model's metadata: what predict needs to rebuild it (its session tables are the
   // held-out sessions', with their recordings' CRC-32) and how it was adapted.
   const json holdout_sessions = session_json(d.holdout);  // CRC-32 of each recording, once
+  const json read_with = recordings_read_with(c);
   auto adapted_metadata = [&](const std::string& method, const json& scores) {
     return json{{"adapted", {{"method", method},
                              {"sessions", holdout_sessions},
+                             {"read_with", read_with},
                              {"new_session_init", c.adapt.new_session_init},
                              {"scores", scores}}}};
   };
@@ -776,6 +788,7 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
   std::vector<int64_t> sizes;
   std::vector<std::string> names, crcs;
   std::string model_path;
+  json read_with_then;  // how adapt read the recordings (adapted models)
   const auto trained_at = std::find(run.trained_on.begin(), run.trained_on.end(), session_name);
   bool has_parameters = false;
   {
@@ -847,6 +860,8 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
     const json meta = io::read_checkpoint_metadata(model_path);
     MT_CHECK(meta.is_object() && meta.contains("adapted") && meta["adapted"].contains("sessions"),
              "predict: {} is not an adapted model written by metatape adapt", model_path);
+    if (meta["adapted"].contains("read_with"))
+      read_with_then = meta["adapted"]["read_with"];
     for (const auto& s : meta["adapted"]["sessions"]) {
       names.push_back(s.at("name").get<std::string>());
       sizes.push_back(s.at("neurons").get<int64_t>());
@@ -866,6 +881,15 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
            method == "trained" ? "trained" : "adapted",
            method == "trained" ? "train a new run on it" : "adapt the run to it again");
   const std::string crc = cli::recording_crc32(*session);
+  if (!crcs[index].empty() && crcs[index] != crc && read_with_then.is_object()) {
+    // Read otherwise than by adapt: name the setting, which is the likelier cause.
+    const std::string read_differs = cli::describe_identity_difference(
+        {{"data", read_with_then}}, {{"data", recordings_read_with(c)}}, "the adapt");
+    MT_CHECK(read_differs.empty(),
+             "predict: the recording of session '{}' ({}) is read otherwise than when {} was "
+             "adapted: {}; read it as then (--set), or adapt the run to it again",
+             session_name, session->source, model_path, read_differs);
+  }
   MT_CHECK(crcs[index].empty() || crcs[index] == crc,
            "predict: the recording of session '{}' ({}) is not the one {} was {} on (CRC-32 {} "
            "now, {} then); restore it, or {}",
