@@ -28,7 +28,13 @@ nlohmann::json TrainResult::to_json() const {
           {"seconds", seconds},       {"eval_seconds", eval_seconds},
           {"peak_bytes", peak_bytes},
           {"steps_to_95", steps_to_95}, {"trainable_parameters", trainable_parameters},
+          {"last_step", last_step},   {"stopped_early", stopped_early},
           {"curve", c}};
+}
+
+int64_t evaluations_since_best(const std::vector<EvalPoint>& curve, int64_t best_step) {
+  return std::count_if(curve.begin(), curve.end(),
+                       [&](const EvalPoint& p) { return p.step > best_step; });
 }
 
 nlohmann::json EvalPoint::to_json() const {
@@ -165,6 +171,10 @@ void check_train_options(const TrainOptions& o, const std::string& where) {
            where, o.eval_batch_size);
   MT_CHECK(o.eval_every > 0, "{}.eval_every must be positive (steps between validations), got {}",
            where, o.eval_every);
+  MT_CHECK(o.patience >= 0,
+           "{}.patience must be >= 0 (evaluations without a better validation score before "
+           "training stops; 0 = never stop early), got {}",
+           where, o.patience);
   MT_CHECK(std::isfinite(o.lr) && o.lr > 0, "{}.lr must be a positive number, got {}", where, o.lr);
   MT_CHECK(std::isfinite(o.weight_decay) && o.weight_decay >= 0,
            "{}.weight_decay must be >= 0, got {}", where, o.weight_decay);
@@ -280,6 +290,12 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
     }
   };
 
+  // Early stopping (TrainOptions::patience): the last `patience` evaluations did not improve.
+  auto patience_exhausted = [&] {
+    return opt.patience > 0 &&
+           evaluations_since_best(result.curve, result.best_step) >= opt.patience;
+  };
+
   // Sessions with both support and query windows take part in meta-learning (check_training:
   // at least meta_batch of them).
   std::vector<int64_t> meta_sessions;
@@ -321,7 +337,8 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
         {"peak_bytes", std::max(peak_before, memory_stats(f.device()).peak_allocated_bytes)},
         {"window_rng", rng_text.str()},
         {"dropout_generator", {dropout_gen.seed(), dropout_gen.offset()}},
-        {"meta_sessions", meta_sessions}};
+        {"meta_sessions", meta_sessions},
+        {"stopped_early", result.stopped_early}};
     const std::string text = state.dump();
     io::save_safetensors(resume.state_path, tensors,
                          {{kStateKey, text}, {kStateCrcKey, crc_hex(text)}});
@@ -455,8 +472,11 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
 
   const double seconds_at_first = elapsed();
   bool progress_line = false;  // a progress line without its newline is on stderr
+  result.last_step = first_step - 1;
+  // A resumed run whose last evaluations already exhaust the patience takes no step.
+  result.stopped_early = state_evaluated && patience_exhausted() && first_step <= opt.steps;
   try {
-    for (int64_t step = first_step; step <= opt.steps && adam; ++step) {
+    for (int64_t step = first_step; step <= opt.steps && adam && !result.stopped_early; ++step) {
       double loss_value = 0;
       adam->zero_grad();
       if (meta_method) {
@@ -488,6 +508,7 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
         if (!std::isfinite(norm)) throw diverged("gradient norm", norm);
       }
       adam->step();
+      result.last_step = step;
       loss_sum += loss_value;
       ++loss_count;
       if (opt.log_progress && (step % 10 == 0 || step == opt.steps)) {
@@ -501,7 +522,9 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
       const bool evaluated = step % opt.eval_every == 0 || step == opt.steps;
       if (evaluated) {
         evaluate_point(step);
+        result.stopped_early = step < opt.steps && patience_exhausted();
         if (!resume.state_path.empty()) save_state(step, true);
+        if (result.stopped_early) break;
       }
       if (step < opt.steps && resume.stop_after && resume.stop_after(step)) {
         const bool saved = !resume.state_path.empty();
@@ -514,6 +537,13 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
     throw;
   }
   if (progress_line) std::fprintf(stderr, "\n");
+  if (result.stopped_early && opt.log_progress)
+    std::fprintf(stderr,
+                 "stopped early at step %lld of %lld: %lld evaluation(s) in a row did not "
+                 "improve on the best validation score, %.4f at step %lld (patience %lld)\n",
+                 (long long)result.last_step, (long long)opt.steps,
+                 (long long)evaluations_since_best(result.curve, result.best_step),
+                 result.best_score, (long long)result.best_step, (long long)opt.patience);
   result.seconds = elapsed() - result.eval_seconds;
   result.peak_bytes = std::max(peak_before, memory_stats(f.device()).peak_allocated_bytes);
   // Restore the best parameters.

@@ -41,6 +41,10 @@ struct TrainOptions {
   bool amsgrad = false;
   double clip = 1.0;             // max gradient norm; 0 = no clipping
   int64_t eval_every = 100;      // steps between validation passes (and at the last step)
+  // Early stopping: training ends once `patience` evaluations in a row have not raised the best
+  // validation score (0 = off: all `steps` are taken). The best parameters are kept either way,
+  // so stopping early only saves the steps that would not have been kept.
+  int64_t patience = 0;
   int64_t eval_batch_size = 64;
   uint64_t seed = 0;             // window sampling and dropout
   bool dropout = true;           // apply the model's dropout while training
@@ -70,8 +74,14 @@ struct TrainResult {
   int64_t steps_to_95 = -1; // first evaluated step from which the score stays >= 95% of the
                             // final score (-1 when it is not positive; AdaptResult's rule)
   int64_t trainable_parameters = 0;
+  int64_t last_step = 0;      // the last step taken: `steps`, or earlier when stopped early
+  bool stopped_early = false; // `patience` evaluations in a row without a better score
   nlohmann::json to_json() const;
 };
+
+// Evaluation points of a curve after its best one (`best_step`): what TrainOptions::patience
+// counts.
+int64_t evaluations_since_best(const std::vector<EvalPoint>& curve, int64_t best_step);
 
 // Checks the values of `options` alone (positive sizes and rates, a known method, an inner loop
 // for the meta-learning methods); errors name the config fields under `where` ("train",

@@ -8,6 +8,10 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 passed=0
 failed=0
+# Debian's interpreter, with python3-numpy (tools/install-deps.sh), whatever python3 is first on
+# PATH.
+py=python3
+if [[ -x /usr/bin/python3 ]]; then py=/usr/bin/python3; fi
 check() {  # check "description" command...
   local what="$1"
   shift
@@ -108,7 +112,7 @@ check "adapt recorded the initialisation" grep -q '"new_session_init": "random"'
 check "predict with the inner loop's adapted model" "$bin" predict --run "$work/e2e" \
   --session synth_002 --method inner-loop --out "$work/e2e_pred.npz"
 inner_score=$(grep -o 'score [-0-9.]*' "$work/out.txt" | head -1 | cut -d' ' -f2)
-check "the saved inner-loop model scores as the adaptation did (test split)" python3 -c '
+check "the saved inner-loop model scores as the adaptation did (test split)" "$py" -c '
 import json, sys
 adapt = json.load(open(sys.argv[1]))
 inner = next(m for m in adapt["methods"] if m["method"] == "inner-loop")
@@ -151,10 +155,32 @@ check "the resumed run's curve is the 9-step run's" test \
   "$(grep -o '"score":[^,]*' "$work/nine/metrics.jsonl")"
 check "the resumed run has 4 evaluation points" test "$(wc -l <"$work/six/metrics.jsonl")" -eq 4
 check "the resumed run's config has the new train.steps" grep -q '"steps": 9' "$work/six/config.json"
+# Early stopping (train.patience): a run stops once 2 evaluations in a row have not improved on
+# the best (a large learning rate: the score stalls within 30 evaluations; step 11 here); resumed
+# with early stopping off it ends byte for byte as the run without it.
+stall=(--set train.steps=30 --set train.eval_every=1 --set train.lr=0.01)
+check "train with train.patience=2" "$bin" train --run "$work/patient" "${small[@]}" "${stall[@]}" \
+  --set train.patience=2
+cp "$work/out.txt" "$work/patient.txt"
+check "the early stop is printed" grep -q "stopped early at step" "$work/patient.txt"
+check "summary.json says it stopped early" grep -q '"stopped_early": true' "$work/patient/summary.json"
+check "the early-stopped run has fewer than 31 evaluation points" \
+  test "$(wc -l <"$work/patient/metrics.jsonl")" -lt 31
+fails_with "resume an early-stopped run with its patience" "raise train.patience above 2" \
+  "$bin" train --run "$work/patient" --resume
+check "train 30 steps without early stopping" "$bin" train --run "$work/impatient" "${small[@]}" \
+  "${stall[@]}"
+check "resume the early-stopped run with train.patience=0" "$bin" train --run "$work/patient" \
+  --resume --set train.patience=0
+check "it ends as the run without early stopping" cmp "$work/impatient/model.safetensors" \
+  "$work/patient/model.safetensors"
+check "with its 31 evaluation points" test "$(wc -l <"$work/patient/metrics.jsonl")" -eq 31
+fails_with "a negative train.patience" "train.patience must be >= 0" "$bin" train \
+  --run "$work/negative_patience" "${small[@]}" --set train.patience=-1
 # A run written before a setting existed (its state and config.json lack data.csv.header,
 # time_axis, label_column, time_column) resumes, and ends as the run that did not stop.
 check "train 6 steps for the older-state resume" "$bin" train --run "$work/older" "${small[@]}"
-check "strip the settings added since from the run's state and config" python3 -c '
+check "strip the settings added since from the run's state and config" "$py" -c '
 import json, struct, sys, zlib
 run = sys.argv[1]
 new_keys = ("time_axis", "header", "label_column", "time_column")
@@ -276,6 +302,21 @@ check "data info reads a (frames, neurons) csv table" "$bin" data info "${pandas
 cp "$work/out.txt" "$work/info.txt"
 check "data info: 10 neurons x 600 frames at 0.5 s, held out as asked" grep -qE \
   "^animal_2 +held out +10 +600 +299.5 +0.5 " "$work/info.txt"
+# Session names in tables are padded by characters, not bytes: a non-ASCII name lines up.
+mkdir -p "$work/umlaut"
+cp "$work/pandas/animal_0.csv" "$work/umlaut/animal_0.csv"
+cp "$work/pandas/animal_1.csv" "$work/umlaut/Tier_äöü.csv"
+check "data info on a non-ASCII session name" "$bin" data info "${pandas_sets[@]}" \
+  --set "data.path=\"$work/umlaut\"" --set 'data.holdout=["Tier_äöü"]'
+cp "$work/out.txt" "$work/umlaut.txt"
+check "its columns line up" "$py" -c '
+import sys
+lines = open(sys.argv[1], encoding="utf-8").read().splitlines()
+header = next(l for l in lines if l.startswith("session"))
+at = header.index(" role") + 1
+rows = [l for l in lines if l.startswith(("animal_0", "Tier_"))]
+assert len(rows) == 2 and all(r[at:at + 4] in ("trai", "held") for r in rows), (at, rows)
+' "$work/umlaut.txt"
 fails_with "a time column the header does not have" "is not a column of the header" \
   "$bin" data info "${pandas_sets[@]}" --set 'data.csv.time_column="t"'
 check "train on the csv table" "$bin" train --run "$work/pandas_run" "${pandas_sets[@]}" \
@@ -304,7 +345,7 @@ check "eval the csv run" "$bin" eval --run "$work/pandas_run" --split test
 cp "$work/out.txt" "$work/eval.txt"
 check "predict scores a training session as eval does" grep -qE \
   "^  animal_0 +[0-9]+ +[-0-9.]+ +[-0-9.]+ +$predicted_score " "$work/eval.txt"
-check "the forecasts' targets, starts and times are the recording's" python3 -c '
+check "the forecasts' targets, starts and times are the recording's" "$py" -c '
 import sys, numpy as np
 csv, all_path, next_path = sys.argv[1:]
 table = np.genfromtxt(csv, delimiter=",", skip_header=1)
@@ -450,7 +491,7 @@ for m in standard fomaml e2e-ttt; do
   check "the resumed benchmark's $m model is the one not stopped" cmp \
     "$work/bench_whole/model_$m.safetensors" "$work/bench_stopped/model_$m.safetensors"
 done
-check "the resumed benchmark's results are those of the one not stopped" python3 -c '
+check "the resumed benchmark's results are those of the one not stopped" "$py" -c '
 import json, sys
 timing = {"seconds", "ms_per_step", "peak_bytes", "eval_seconds", "resumed"}
 def strip(x):

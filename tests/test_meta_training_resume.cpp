@@ -280,3 +280,96 @@ TEST_CASE("a training state is refused for another run, past train.steps, or dam
                       Catch::Contains("state_path"));
   }
 }
+
+TEST_CASE("early stopping ends the run where `patience` evaluations did not improve, as a prefix "
+          "of the full run, and resumes",
+          "[meta][training]") {
+  const data::PreparedData d = tiny_data();
+  TempDir dir("patience");
+  meta::TrainOptions o = options("standard");
+  o.steps = 40;
+  o.eval_every = 2;
+  o.lr = 3e-2;  // a large step on a tiny model: the validation score stalls early
+  const nlohmann::json identity = {{"lr", o.lr}};
+  auto saving_to = [&](const char* file) {
+    meta::ResumeOptions r;
+    r.state_path = dir.file(file);
+    r.identity = identity;
+    return r;
+  };
+  auto f_full = tiny_poco(d);
+  const Finished full = finish(*f_full, meta::train(*f_full, d, {}, o, {}, {}, {},
+                                                    saving_to("full.safetensors")));
+  CHECK_FALSE(full.result.stopped_early);
+  CHECK(full.result.last_step == 40);
+
+  // Where the rule stops: the first point (before the last step) at which `patience` points in
+  // a row have followed the best score so far.
+  const int64_t patience = 2;
+  int64_t stop = -1;
+  size_t points_kept = 0;
+  {
+    double best = -INFINITY;
+    int64_t since = 0;
+    for (const auto& p : full.result.curve) {
+      ++points_kept;
+      if (p.val.score > best) {
+        best = p.val.score;
+        since = 0;
+      } else if (++since == patience && p.step < o.steps) {
+        stop = p.step;
+        break;
+      }
+    }
+  }
+  REQUIRE(stop > 0);  // the test needs a stall before the last step (else raise o.lr)
+  INFO("stops at step " << stop);
+
+  meta::TrainOptions early_options = o;
+  early_options.patience = patience;
+  meta::ResumeOptions early_state = saving_to("early.safetensors");
+  auto f_early = tiny_poco(d);
+  const Finished early =
+      finish(*f_early, meta::train(*f_early, d, {}, early_options, {}, {}, {}, early_state));
+  CHECK(early.result.stopped_early);
+  CHECK(early.result.last_step == stop);
+  CHECK(meta::evaluations_since_best(early.result.curve, early.result.best_step) == patience);
+  CHECK(meta::read_train_state_metadata(early_state.state_path)["stopped_early"] == true);
+
+  // Bitwise the run of `stop` steps without early stopping: same curve, best point and weights.
+  {
+    meta::TrainOptions short_options = o;
+    short_options.steps = stop;
+    auto f = tiny_poco(d);
+    const Finished short_run = finish(*f, meta::train(*f, d, {}, short_options));
+    REQUIRE(early.result.curve.size() == points_kept);
+    require_same(short_run, early);
+  }
+
+  // Resumed with the same patience: the state already meets the rule, no step is taken.
+  {
+    meta::ResumeOptions again = early_state;
+    again.resume = true;
+    auto f = tiny_poco(d);
+    const Finished resumed =
+        finish(*f, meta::train(*f, d, {}, early_options, {}, {}, {}, again));
+    CHECK(resumed.result.stopped_early);
+    CHECK(resumed.result.last_step == stop);
+    require_same(early, resumed);
+  }
+  // Resumed with early stopping off: the run continues to the end of the full run, bitwise.
+  {
+    meta::ResumeOptions on = early_state;
+    on.resume = true;
+    auto f = tiny_poco(d);
+    const Finished resumed = finish(*f, meta::train(*f, d, {}, o, {}, {}, {}, on));
+    CHECK_FALSE(resumed.result.stopped_early);
+    CHECK(resumed.result.last_step == 40);
+    require_same(full, resumed);
+  }
+
+  meta::TrainOptions negative = o;
+  negative.patience = -1;
+  auto f = tiny_poco(d);
+  CHECK_THROWS_WITH(meta::train(*f, d, {}, negative), Catch::Contains("train.patience must be >= 0"));
+}

@@ -21,6 +21,7 @@ PACKAGES=(
   libhdf5-dev
   zlib1g-dev
   python3-matplotlib
+  python3-numpy
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1; then

@@ -267,11 +267,14 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
         throw stopped(fmt::format("in the training of {} after step {}", method, e.step));
       }
       std::printf("trained %-9s %5lld steps in %7.1f s (%.0f ms/step), peak %.1f MiB, best "
-                  "validation score %.4f at step %lld%s\n",
-                  method.c_str(), (long long)t.steps, tr.seconds,
-                  t.steps ? 1e3 * tr.seconds / double(t.steps) : 0.0, mib(tr.peak_bytes),
-                  tr.best_score, (long long)tr.best_step,
-                  method == "standard" ? "" : " (after the inner loop)");
+                  "validation score %.4f at step %lld%s%s\n",
+                  method.c_str(), (long long)tr.last_step, tr.seconds,
+                  tr.last_step ? 1e3 * tr.seconds / double(tr.last_step) : 0.0,
+                  mib(tr.peak_bytes), tr.best_score, (long long)tr.best_step,
+                  method == "standard" ? "" : " (after the inner loop)",
+                  tr.stopped_early
+                      ? fmt::format("; stopped early (of {} steps)", t.steps).c_str()
+                      : "");
       if (method != "standard" && tr.best_step == 0 && t.steps > 0)
         std::printf("note: %s never improved the validation score of its starting point in "
                     "%lld steps; its model is that starting point (try another bench.meta_lr, now "
@@ -338,9 +341,9 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
             earlier = &done;
         if (earlier != nullptr) {
           meta::AdaptResult r = meta::AdaptResult::from_json(*earlier);
-          std::printf("  %-9s %-8s %-22s %-22s done earlier: score %.4f -> %.4f  test %.4f\n",
+          std::printf("  %-9s %-8s %-22s %s done earlier: score %.4f -> %.4f  test %.4f\n",
                       key.method.c_str(), key.procedure.c_str(), key.params.c_str(),
-                      r.session.c_str(), r.initial_score, r.final_score, r.test_score);
+                      padded(r.session, 22).c_str(), r.initial_score, r.final_score, r.test_score);
           runs.push_back(*earlier);
           row.per_session.push_back(std::move(r));
           continue;
@@ -350,14 +353,14 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
                                     key.procedure, key.params, held.session(s).name));
         meta::AdaptResult r = meta::adapt_session(*fresh, held, s, a);
         if (r.diverged_at >= 0) {
-          std::printf("  %-9s %-8s %-22s %-22s DIVERGED at step %lld (lr %g)\n",
+          std::printf("  %-9s %-8s %-22s %s DIVERGED at step %lld (lr %g)\n",
                       key.method.c_str(), key.procedure.c_str(), key.params.c_str(),
-                      r.session.c_str(), (long long)r.diverged_at, a.lr);
+                      padded(r.session, 22).c_str(), (long long)r.diverged_at, a.lr);
         } else {
-          std::printf("  %-9s %-8s %-22s %-22s steps_to_95 %4lld (gain %4lld)  score %.4f -> "
+          std::printf("  %-9s %-8s %-22s %s steps_to_95 %4lld (gain %4lld)  score %.4f -> "
                       "%.4f  test %.4f  %6.2f s  %.1f MiB\n",
                       key.method.c_str(), key.procedure.c_str(), key.params.c_str(),
-                      r.session.c_str(), (long long)r.steps_to_95, (long long)r.steps_to_95_gain,
+                      padded(r.session, 22).c_str(), (long long)r.steps_to_95, (long long)r.steps_to_95_gain,
                       r.initial_score, r.final_score, r.test_score, r.seconds, mib(r.peak_bytes));
         }
         std::fflush(stdout);
@@ -415,7 +418,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
   write_file_atomic(path, out.dump(2) + "\n");
   fs::remove(state_path);  // finished: adaptation.json holds everything
   std::printf("wrote %s\n", path.c_str());
-  plot_results("adaptation", path, out_dir);
+  plot_results("adaptation", path, out_dir, stop_requested);
   return out;
 }
 
@@ -516,7 +519,7 @@ json run_bench_memory(const RunConfig& c, const std::string& out_dir) {
 }
 
 void plot_results(const std::string& kind, const std::string& json_path,
-                  const std::string& out_dir) {
+                  const std::string& out_dir, const std::function<bool()>& stopped) {
   std::string script = std::string(METATAPE_SOURCE_DIR) + "/tools/plot.py";
   if (!fs::exists(script)) {
     std::printf("plots: tools/plot.py not found; run python3 <metatape>/tools/plot.py %s %s %s\n",
@@ -543,7 +546,13 @@ void plot_results(const std::string& kind, const std::string& json_path,
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+  const bool failed = !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+  if (failed && stopped && stopped()) {
+    std::printf("plots: stopped with the benchmark (its JSON is complete); make them with: %s\n",
+                shown.c_str());
+    return;
+  }
+  if (failed)
     std::printf("plots: '%s' failed (exit %d); is python3-matplotlib installed "
                 "(tools/install-deps.sh)?\n",
                 shown.c_str(), WIFEXITED(status) ? WEXITSTATUS(status) : -1);

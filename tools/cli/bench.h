@@ -58,6 +58,9 @@ nlohmann::json read_bench_state(const std::string& out_dir);
 
 // Runs tools/plot.py on a result file when python3 with matplotlib is present; otherwise prints
 // the command to run. Never fails the benchmark.
-void plot_results(const std::string& kind, const std::string& json_path, const std::string& out_dir);
+// `stopped` (may be empty) tells whether the user asked to stop: a script cut short by that
+// (Ctrl-C reaches it too) is reported with the command that makes the plots, not as a failure.
+void plot_results(const std::string& kind, const std::string& json_path, const std::string& out_dir,
+                  const std::function<bool()>& stopped = {});
 
 }  // namespace mt::cli

@@ -62,12 +62,23 @@ nlohmann::json session_json(const data::Dataset& d) {
   return j;
 }
 
+size_t text_width(const std::string& text) {
+  // Every byte that does not continue a multi-byte sequence (10xxxxxx) starts a character.
+  return size_t(std::count_if(text.begin(), text.end(),
+                              [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+}
+
+std::string padded(const std::string& text, size_t width) {
+  const size_t w = text_width(text);
+  return w >= width ? text : text + std::string(width - w, ' ');
+}
+
 void print_metrics(const char* title, const meta::Metrics& m) {
   std::printf("%s\n  %-28s %8s %10s %10s %8s %8s\n", title, "session", "windows", "mse", "mae",
               "score", "r2");
   for (const auto& s : m.sessions)
-    std::printf("  %-28s %8lld %10.4f %10.4f %8.4f %8.4f\n", s.name.c_str(), (long long)s.windows,
-                s.mse, s.mae, s.score, s.r2);
+    std::printf("  %s %8lld %10.4f %10.4f %8.4f %8.4f\n", padded(s.name, 28).c_str(),
+                (long long)s.windows, s.mse, s.mae, s.score, s.r2);
   std::printf("  %-28s %8s %10.4f %10.4f %8.4f %8.4f\n", "mean over sessions", "", m.mse, m.mae,
               m.score, m.r2);
 }

@@ -31,6 +31,11 @@ std::string recording_crc32(const data::Session& s);
 // name, neurons, frames and crc32 of each session (a run's config.json 'sessions').
 nlohmann::json session_json(const data::Dataset& d);
 void print_metrics(const char* title, const meta::Metrics& m);
+// Columns of session names: the width of UTF-8 text in characters (code points), not bytes, so
+// that a name such as "Fisch-Ä" lines up; `padded` fills it to `width` with spaces (a longer
+// text is left whole).
+size_t text_width(const std::string& text);
+std::string padded(const std::string& text, size_t width);
 // The process-wide settings of the config: OpenMP threads and the saved-tensor recomputation
 // policy (this thread's).
 void apply_threads(const RunConfig& c);

@@ -161,6 +161,7 @@ void visit(meta::TrainOptions& t, Fn&& fn) {
   fn("amsgrad", t.amsgrad);
   fn("clip", t.clip);
   fn("eval_every", t.eval_every);
+  fn("patience", t.patience);
   fn("eval_batch_size", t.eval_batch_size);
   fn("seed", t.seed);
   fn("dropout", t.dropout);
@@ -518,7 +519,7 @@ void write_file_atomic(const std::string& path, const std::string& text) {
 // What a training state must match to be resumed: the run's data settings, sessions (with the
 // CRC-32 of each recording, session_json: the same files, not just the same names), model and
 // training options. Left out, so they may change: train.steps (a finished run may train
-// longer), train.log_progress, data.path (a moved data folder; its contents are compared), and
+// longer), train.patience (nor may one that stopped early), train.log_progress, data.path (a moved data folder; its contents are compared), and
 // threads (sums may then differ in the last bits from the uninterrupted run's), plus the
 // sections training does not read (adapt, online, bench).
 nlohmann::json training_identity(const nlohmann::json& config) {
@@ -528,6 +529,7 @@ nlohmann::json training_identity(const nlohmann::json& config) {
                        {"saved_recompute", config.at("saved_recompute")},
                        {"sessions", config.at("sessions")}};
   id["train"].erase("steps");
+  id["train"].erase("patience");
   id["train"].erase("log_progress");
   id["data"].erase("path");
   return id;

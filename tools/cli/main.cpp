@@ -332,7 +332,7 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
         cli::identity_with_defaults(saved.at("identity"), state.identity), state.identity);
     MT_CHECK(differs.empty(),
              "--resume: {}: {}; a run continues with the settings it was trained with (only "
-             "train.steps, train.log_progress, threads, data.path and the adapt, online and bench "
+             "train.steps, train.patience, train.log_progress, threads, data.path and the adapt, online and bench "
              "sections may change): restore it in --set, --method or {}/config.json",
              run_dir, differs, run_dir);
     // The same run: train() compares the state's identity as written (an older one lacks the
@@ -344,6 +344,17 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
              "--resume: {} finished its {} steps; nothing to resume. To train it longer, raise "
              "train.steps, e.g. --set train.steps={}",
              run_dir, at, std::max<int64_t>(2 * at, at + 1));
+    if (finished && saved.value("stopped_early", false)) {
+      std::vector<meta::EvalPoint> curve;
+      for (const auto& p : saved.at("curve")) curve.push_back(meta::EvalPoint::from_json(p));
+      const int64_t best_step = saved.at("best_step").get<int64_t>();
+      const int64_t since_best = meta::evaluations_since_best(curve, best_step);
+      MT_CHECK(c.train.patience == 0 || c.train.patience > since_best,
+               "--resume: {} stopped early at step {}: its last {} evaluation(s) did not improve "
+               "on step {}'s validation score (train.patience {}); to train it further, raise "
+               "train.patience above {} or turn early stopping off: --set train.patience=0",
+               run_dir, at, since_best, best_step, c.train.patience, since_best);
+    }
     MT_CHECK(c.train.steps >= at,
              "--resume: the training state of {} is at step {}, past train.steps ({}); set "
              "train.steps to at least {}",
@@ -411,18 +422,23 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   const Evaluation test = evaluate_run(c, *f, prepared, data::Split::Test);
   print_metrics(("test split (best validation checkpoint, " + test.procedure + "):").c_str(),
                 test.metrics);
-  std::printf("best validation score %.4f at step %lld%s; %.1f s of steps + %.1f s of "
+  std::printf("best validation score %.4f at step %lld%s%s; %.1f s of steps + %.1f s of "
               "validation; peak %.1f MiB\n",
               r.best_score, (long long)r.best_step,
-              c.train.method == "standard" ? "" : " (after the inner loop)", r.seconds,
+              c.train.method == "standard" ? "" : " (after the inner loop)",
+              r.stopped_early
+                  ? fmt::format(" (stopped early at step {} of {})", r.last_step, c.train.steps).c_str()
+                  : "",
+              r.seconds,
               r.eval_seconds, double(r.peak_bytes) / (1 << 20));
   if (r.best_step == 0 && c.train.steps > 0 && has_parameters)
     std::printf("note: no step improved the validation score of the initial model; the saved "
-                "model is that initial model (lower train.lr, now %g%s, or train longer)\n",
+                "model is that initial model (lower train.lr, now %g%s, or train longer%s)\n",
                 c.train.lr,
                 c.train.method == "standard"
                     ? ""
-                    : fmt::format(", or train.meta.inner_lr, now {}", c.train.meta.inner_lr).c_str());
+                    : fmt::format(", or train.meta.inner_lr, now {}", c.train.meta.inner_lr).c_str(),
+                r.stopped_early ? ": raise train.patience" : "");
   json summary = {{"train", r.to_json()},
                   {"test", test.metrics.to_json()},
                   {"test_procedure", test.procedure},
@@ -1075,8 +1091,8 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                      "online.calibration_frames (capped by the validation split)\n",
                      prepared.session(s).name.c_str(), (long long)opt.calibration_frames,
                      (long long)pc.context(), (long long)pc.pred_length);
-      std::printf("%8s %-24s %8lld %10.4f %10.4f %10.4f %9.2f\n", drift_text.c_str(),
-                  prepared.session(s).name.c_str(), (long long)r.predictions, r.frozen, r.offline,
+      std::printf("%8s %s %8lld %10.4f %10.4f %10.4f %9.2f\n", drift_text.c_str(),
+                  cli::padded(prepared.session(s).name, 24).c_str(), (long long)r.predictions, r.frozen, r.offline,
                   r.online, r.online_seconds);
       sums[0] += r.frozen;
       sums[1] += r.offline;
@@ -1111,7 +1127,7 @@ void run_data_info(const cli::RunConfig& c) {
               (long long)d.holdout.size());
   int width = 7;
   for (const auto* set : {&d.train, &d.holdout})
-    for (const auto& s : set->sessions) width = std::max(width, int(s.name.size()));
+    for (const auto& s : set->sessions) width = std::max(width, int(cli::text_width(s.name)));
   std::printf("%-*s %-9s %8s %8s %10s %9s %21s %23s\n", width, "session", "role", "neurons",
               "frames", "seconds", "s/frame", "activity min..max", "windows train/val/test");
   // A split too short for one window is the error training would stop with: the table is
@@ -1136,7 +1152,8 @@ void run_data_info(const cli::RunConfig& c) {
                                  prepared->windows(i, data::Split::Val).size(),
                                  prepared->windows(i, data::Split::Test).size())
                    : std::string("-");
-      std::printf("%-*s %-9s %8lld %8lld %10.1f %9.4g %21s %23s\n", width, s.name.c_str(),
+      std::printf("%s %-9s %8lld %8lld %10.1f %9.4g %21s %23s\n",
+                  cli::padded(s.name, size_t(width)).c_str(),
                   set == &d.train ? "train" : "held out", (long long)s.num_neurons,
                   (long long)s.num_frames, s.timestamps.back() - s.timestamps.front(),
                   s.frame_interval(), range.c_str(), windows.c_str());
@@ -1387,6 +1404,10 @@ int main(int argc, char** argv) {
       stop_context.store(1);
       StopOnSignal on_signal;
       cli::run_bench_adaptation(c, out_dir, parse_device(device_name), control);
+      if (stop_signal.load() != 0)
+        std::fprintf(stderr, "note: the stop came during the last adaptation run or the plots: "
+                             "the benchmark finished (%s/adaptation.json)\n",
+                     out_dir.c_str());
       return 0;
     }
     if (bench_memory->parsed()) {
