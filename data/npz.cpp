@@ -575,6 +575,14 @@ void save_npz_members(const std::string& path, const std::vector<NpzMember>& mem
       zip_discard(za);
       fail(fmt::format("cannot add {} ({})", name, why));
     }
+    // A fixed member time (2000-01-01 12:00 UTC, a valid DOS date in every time zone): the same
+    // arrays give the same bytes, whenever they are written.
+    constexpr time_t kMemberTime = 946728000;
+    if (zip_file_set_mtime(za, static_cast<zip_uint64_t>(idx), kMemberTime, 0) != 0) {
+      const std::string why = zip_strerror(za);
+      zip_discard(za);
+      fail(fmt::format("cannot set the time of {} ({})", name, why));
+    }
     if (zip_set_file_compression(za, static_cast<zip_uint64_t>(idx), method, 0) != 0) {
       const std::string why = zip_strerror(za);
       zip_discard(za);
