@@ -451,6 +451,8 @@ bench_small=(--set bench.train_steps.standard=4 --set bench.train_steps.fomaml=2
              --set 'bench.param_sets=["embeddings","all"]')
 check "bench adaptation" "$bin" bench adaptation --out "$work/bench" "${small[@]}" "${bench_small[@]}"
 check "bench adaptation wrote json" test -s "$work/bench/adaptation.json"
+check "bench adaptation records the load average at start and end" grep -q \
+  '"load_average_at_end": \[' "$work/bench/adaptation.json"
 fails_with "a new benchmark over a finished one" "holds a finished benchmark" "$bin" bench \
   adaptation --out "$work/bench" "${small[@]}" "${bench_small[@]}"
 check "--overwrite replaces a finished benchmark" "$bin" bench adaptation --out "$work/bench" \

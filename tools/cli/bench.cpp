@@ -51,11 +51,38 @@ std::string cpu_name() {
   return "unknown CPU";
 }
 
+// The 1-, 5- and 15-minute load averages (/proc/loadavg; empty where there is none).
+std::vector<double> load_average() {
+  std::ifstream in("/proc/loadavg");
+  std::vector<double> load(3);
+  for (double& v : load)
+    if (!(in >> v)) return {};
+  return load;
+}
+
+// Threads that share work wait for each other at every parallel op: when other processes keep
+// the cores busy, a waiting thread's time slice is lost at each wait, and a training step of
+// poco-paper on 2 cores was measured 10x slower beside two compiler processes (1.8x slower than
+// its share beside a second training; see bench/README.md). Said before timings are taken.
+void note_if_busy(const std::vector<double>& load) {
+  const int cores = omp_get_num_procs(), threads = omp_get_max_threads();
+  if (load.empty() || load[0] + double(threads) <= double(cores) + 0.5) return;
+  std::fprintf(stderr,
+               "note: the machine is busy (load average %.2f over the last minute, %d core(s), %d "
+               "thread(s) here): timings taken while other processes compete for the cores are "
+               "slower than this machine's, by up to 10x; run the benchmark on an idle machine "
+               "(the JSON records the load at start and end)\n",
+               load[0], cores, threads);
+}
+
 json machine_json(Device device = kCPU) {
   json m = {{"device", device.str()},
             {"cpu", cpu_name()},
+            {"cores", omp_get_num_procs()},
             {"threads", omp_get_max_threads()},
+            {"load_average_at_start", load_average()},
             {"commit", METATAPE_GIT_COMMIT}};
+  if (const char* policy = std::getenv("OMP_WAIT_POLICY")) m["omp_wait_policy"] = policy;
   if (device.is_cuda()) m["device_name"] = cuda_device_description(device.index);
   return m;
 }
@@ -202,6 +229,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
         where, out_dir, out_dir, device.is_cuda() ? " --device " + device.str() : ""));
   };
 
+  note_if_busy(load_average());
   json out = {{"machine", machine_json(device)},
               {"config", c.to_json()},
               {"train_sessions", session_json(d.train)},
@@ -414,6 +442,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
   out["training"] = trainings;
   out["runs"] = runs;
   out["table"] = table;
+  out["machine"]["load_average_at_end"] = load_average();
   const std::string path = out_dir + "/adaptation.json";
   write_file_atomic(path, out.dump(2) + "\n");
   fs::remove(state_path);  // finished: adaptation.json holds everything
