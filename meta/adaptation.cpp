@@ -257,7 +257,10 @@ AdaptSummary summarize_adaptation(const std::vector<AdaptResult>& ps) {
     out.steps_to_95 = steps_to_fraction_of_final(out.mean_curve, 0.95);
     out.steps_to_95_gain = steps_to_fraction_of_gain(out.mean_curve, 0.95);
   }
-  out.adapted_parameters = ps.front().adapted_parameters;
+  // The same for every session of one model; pooled over models (bench.folds), their mean.
+  double adapted = 0;
+  for (const auto& r : ps) adapted += double(r.adapted_parameters);
+  out.adapted_parameters = int64_t(std::llround(adapted / double(ps.size())));
   return out;
 }
 

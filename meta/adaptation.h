@@ -95,7 +95,7 @@ struct AdaptSummary {
   int64_t diverged_sessions = 0;
   double initial_score = 0, final_score = 0, test_score = 0, seconds = 0;
   int64_t peak_bytes = 0;
-  int64_t adapted_parameters = 0;
+  int64_t adapted_parameters = 0;  // mean over the sessions (models differ across folds)
 };
 AdaptSummary summarize_adaptation(const std::vector<AdaptResult>& per_session);
 

@@ -506,6 +506,56 @@ sys.exit(0 if all(strip(a[k]) == strip(b[k]) for k in ("training", "runs", "tabl
 check "a finished benchmark keeps no progress file" test ! -e "$work/bench_stopped/bench_state.json"
 fails_with "resuming a finished benchmark" "the benchmark there finished" "$bin" bench adaptation \
   --out "$work/bench_stopped" --resume
+# Cross-validated benchmark (bench.folds): each of 3 groups (one session each) held out in turn,
+# one benchmark per fold in fold_<k>, pooled in adaptation.json. Stopped by Ctrl-C in the second
+# fold and resumed, it gives the results of the one that did not stop.
+folds_sets=(--set 'data.holdout=[]' --set bench.folds=3 --set bench.train_steps.standard=3000
+            --set bench.train_steps.fomaml=20 --set bench.train_steps.e2e-ttt=4
+            --set train.meta.inner_steps=2 --set train.eval_every=500 --set bench.adapt_steps=10
+            --set bench.adapt_eval_every=5 --set bench.adapt_batch_size=4
+            --set 'bench.param_sets=["embeddings"]')
+check "bench adaptation with bench.folds=3" "$bin" bench adaptation --out "$work/folds_whole" \
+  "${small[@]}" "${folds_sets[@]}"
+check "the pooled results: 3 folds, each session held out once, 3 sessions per row" "$py" -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert [f["holdout"] for f in r["folds"]] == [["synth_000"], ["synth_001"], ["synth_002"]], r["folds"]
+assert all(row["sessions"] == 3 for row in r["table"]), r["table"]
+assert len(r["training"]) == 9 and {t["fold"] for t in r["training"]} == {1, 2, 3}
+' "$work/folds_whole/adaptation.json"
+check "each fold has its own results" test -s "$work/folds_whole/fold_3/adaptation.json"
+"$bin" bench adaptation --out "$work/folds_stopped" "${small[@]}" "${folds_sets[@]}" \
+  >"$work/folds_stopped.txt" 2>&1 &
+pid=$!
+check "the cross-validated benchmark reached its second fold" wait_for_file \
+  "$work/folds_stopped/fold_2/train_state_standard.safetensors" "$pid"
+kill -INT "$pid"
+wait "$pid"
+check "Ctrl-C stops it with exit code 130" test $? -eq 130
+check "the stopped fold names the benchmark's folder to resume" grep -qF -- \
+  "--resume --out '$work/folds_stopped'" "$work/folds_stopped.txt"
+fails_with "a new benchmark over an unfinished cross-validated one" "pass --overwrite" \
+  "$bin" bench adaptation --out "$work/folds_stopped" "${small[@]}" "${folds_sets[@]}"
+check "resume the cross-validated benchmark" "$bin" bench adaptation --out "$work/folds_stopped" \
+  --resume
+cp "$work/out.txt" "$work/folds_resumed.txt"
+check "the first fold was not run again" grep -q "fold 1 finished earlier" "$work/folds_resumed.txt"
+check "the resumed cross-validated results are those of the one not stopped" "$py" -c '
+import json, sys
+timing = {"seconds", "ms_per_step", "peak_bytes", "eval_seconds", "resumed"}
+def strip(x):
+    if isinstance(x, dict): return {k: strip(v) for k, v in x.items() if k not in timing}
+    if isinstance(x, list): return [strip(v) for v in x]
+    return x
+a, b = (json.load(open(p)) for p in sys.argv[1:])
+sys.exit(0 if all(strip(a[k]) == strip(b[k]) for k in ("folds", "training", "runs", "table")) else 1)
+' "$work/folds_whole/adaptation.json" "$work/folds_stopped/adaptation.json"
+fails_with "bench.folds with data.holdout" "data.holdout must be empty" "$bin" bench adaptation \
+  --out "$work/x" "${small[@]}" --set bench.folds=3
+fails_with "bench.folds=1" "bench.folds is 1" "$bin" bench adaptation --out "$work/x" \
+  "${small[@]}" --set 'data.holdout=[]' --set bench.folds=1
+fails_with "more folds than sessions" "lower bench.folds to at most 3" "$bin" bench adaptation \
+  --out "$work/x" "${small[@]}" --set 'data.holdout=[]' --set bench.folds=4
 # 3 methods x (2 parameter sets + 1 cross-procedure control) rows.
 check "bench adaptation table has 9 rows" test "$(grep -c '"procedure"' "$work/bench/adaptation.json")" -ge 9
 check "bench memory" "$bin" bench memory --out "$work/mem" "${small[@]}" \

@@ -26,7 +26,8 @@ def title_of(result):
     cfg = result.get("config", {})
     data = cfg.get("data", {}).get("path") or "synthetic"
     machine = result.get("machine", {})
-    return f"{os.path.basename(str(data).rstrip('/'))} · {machine.get('cpu', '')} · {machine.get('commit', '')}"
+    folds = f" · {len(result['folds'])} folds" if result.get("folds") else ""
+    return f"{os.path.basename(str(data).rstrip('/'))}{folds} · {machine.get('cpu', '')} · {machine.get('commit', '')}"
 
 
 def plot_adaptation(result, out_dir):
@@ -81,10 +82,14 @@ def plot_adaptation(result, out_dir):
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    labelled = set()  # a cross-validated benchmark has one training per method and fold
     for t in result.get("training", []):
         steps = [p["step"] for p in t["curve"]]
         scores = [p["val_score"] for p in t["curve"]]
-        ax.plot(steps, scores, color=COLORS.get(t["method"]), label=t["method"])
+        label = None if t["method"] in labelled else t["method"]
+        labelled.add(t["method"])
+        ax.plot(steps, scores, color=COLORS.get(t["method"]), label=label,
+                alpha=0.6 if "fold" in t else 1.0)
     ax.set_xlabel("training steps (outer steps for meta-learning)")
     ax.set_ylabel("validation score of the training sessions")
     ax.set_title(f"training\n{title_of(result)}", fontsize=9)

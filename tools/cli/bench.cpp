@@ -107,6 +107,48 @@ struct RunKey {
   std::string method, procedure, params;
 };
 
+// A row of the results table: one (method, procedure, parameter set), every held-out session.
+struct Row {
+  RunKey key;
+  std::vector<meta::AdaptResult> per_session;
+};
+
+// Prints the table under `heading` and returns it as JSON: per row, the mean over its sessions;
+// steps to 95% are read off the mean validation curve.
+json adaptation_table(const std::vector<Row>& rows, const std::string& heading) {
+  json table = json::array();
+  std::printf("\n%s (steps to 95%% from the mean validation curve):\n", heading.c_str());
+  std::printf("%-9s %-8s %-22s %10s %11s %9s %9s %9s %10s %9s %9s\n", "method", "adapt",
+              "params", "adapted", "steps_to_95", "(gain)", "initial", "final", "test",
+              "seconds", "peak_MiB");
+  for (const auto& row : rows) {
+    const meta::AdaptSummary m = meta::summarize_adaptation(row.per_session);
+    std::printf("%-9s %-8s %-22s %10lld %11lld %9lld %9.4f %9.4f %10.4f %9.2f %9.1f\n",
+                row.key.method.c_str(), row.key.procedure.c_str(), row.key.params.c_str(),
+                (long long)m.adapted_parameters, (long long)m.steps_to_95,
+                (long long)m.steps_to_95_gain, m.initial_score, m.final_score, m.test_score,
+                m.seconds, mib(m.peak_bytes));
+    json curve = json::array();
+    for (const auto& [step, v] : m.mean_curve) curve.push_back({{"step", step}, {"val_score", v}});
+    table.push_back({{"method", row.key.method},
+                     {"procedure", row.key.procedure},
+                     {"params", row.key.params},
+                     {"sessions", row.per_session.size()},
+                     {"adapted_parameters", m.adapted_parameters},
+                     {"steps_to_95", m.steps_to_95},
+                     {"steps_to_95_gain", m.steps_to_95_gain},
+                     {"diverged_sessions", m.diverged_sessions},
+                     {"initial_score", m.initial_score},
+                     {"final_score", m.final_score},
+                     {"test_score", m.test_score},
+                     {"seconds", m.seconds},
+                     {"peak_bytes", m.peak_bytes},
+                     {"mean_curve", curve}});
+  }
+  std::fflush(stdout);
+  return table;
+}
+
 
 }  // namespace
 
@@ -131,10 +173,170 @@ nlohmann::json read_bench_state(const std::string& out_dir) {
   return state;
 }
 
+namespace {
+
+bool is_fold_dir(const fs::path& p) {
+  const std::string name = p.filename().string();
+  return name.size() > 5 && name.rfind("fold_", 0) == 0 &&
+         std::all_of(name.begin() + 5, name.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+}
+
+// bench.folds = K: the benchmark once per group of sessions held out, pooled (bench.h).
+json run_bench_folds(const RunConfig& c, const std::string& out_dir, Device device,
+                     const BenchControl& control) {
+  fs::create_directories(out_dir);
+  const FolderLock lock(out_dir, ".bench.lock", "--out", "metatape bench adaptation");
+  const Data all = load_data(c);  // data.holdout is empty: every session is in `train`
+  const int64_t n = all.train.size(), k_folds = c.bench.folds;
+  MT_CHECK(k_folds <= n,
+           "bench.folds = {}: {} session(s) cannot make {} held-out groups of at least one "
+           "session; lower bench.folds to at most {}",
+           k_folds, n, k_folds, n);
+  std::vector<std::vector<std::string>> groups;
+  for (int64_t k = 0; k < k_folds; ++k) {
+    std::vector<std::string> g;
+    for (int64_t i = k * n / k_folds; i < (k + 1) * n / k_folds; ++i) g.push_back(all.train[i].name);
+    groups.push_back(g);
+  }
+  auto fold_dir = [&](int64_t k) { return fmt::format("{}/fold_{}", out_dir, k + 1); };
+  auto fold_config = [&](int64_t k) {
+    RunConfig ck = c;
+    ck.bench.folds = 0;
+    ck.data.holdout = groups[size_t(k)];
+    return ck;
+  };
+
+  // The state: the config (what --resume reads) and what a resumed benchmark must match: the
+  // config without the thread count, every recording, the device kind.
+  const std::string device_kind = device.is_cuda() ? "cuda" : "cpu";
+  auto identity_of = [&](json config) {
+    config.erase("threads");
+    config["train"].erase("log_progress");
+    config["sessions"] = session_json(all.train);
+    config["device"] = device_kind;
+    return config;
+  };
+  const json identity = identity_of(c.to_json());
+  const std::string state_path = bench_state_path(out_dir);
+  json state = {{"version", 1},     {"config", c.to_json()},    {"identity", identity},
+                {"folds", groups},  {"trainings", json::array()}, {"runs", json::array()}};
+  if (control.resume) {
+    const json saved = read_bench_state(out_dir);
+    const json then = with_missing_from(
+        saved.at("identity"), identity_of(config_from_json(json::object()).to_json()));
+    const std::string differs = describe_identity_difference(then, identity, "the benchmark");
+    MT_CHECK(differs.empty(),
+             "bench adaptation --resume --out {}: {}; a benchmark continues with the settings, "
+             "recordings and device it started with (only threads may change), or start it again "
+             "with --overwrite instead of --resume",
+             out_dir, differs);
+    state["identity"] = saved.at("identity");
+  } else {
+    std::vector<fs::path> earlier;
+    for (const auto& entry : fs::directory_iterator(out_dir)) {
+      const std::string name = entry.path().filename().string();
+      const std::string ext = entry.path().extension().string();
+      if (name == "bench_state.json" || name == "adaptation.json" ||
+          (name.rfind("adaptation_", 0) == 0 && ext == ".png") ||
+          (entry.is_directory() && is_fold_dir(entry.path())))
+        earlier.push_back(entry.path());
+    }
+    MT_CHECK(earlier.empty() || control.overwrite,
+             "--out {}: the folder holds a benchmark ({}); continue an unfinished one with "
+             "--resume, or pass --overwrite to start again (its results, folds and models are "
+             "deleted)",
+             out_dir, earlier.front().filename().string());
+    for (const auto& p : earlier) fs::remove_all(p);
+  }
+  write_file_atomic(state_path, state.dump(1) + "\n");
+  note_if_busy(load_average());
+  json out = {{"machine", machine_json(device)},
+              {"config", c.to_json()},
+              {"sessions", session_json(all.train)},
+              {"holdout_sessions", session_json(all.train)}};
+  json folds = json::array(), trainings = json::array(), runs = json::array();
+  std::vector<Row> rows;
+  for (int64_t k = 0; k < k_folds; ++k) {
+    const std::string dir = fold_dir(k);
+    const RunConfig ck = fold_config(k);
+    std::printf("\n=== fold %lld of %lld: held out %s (%s) ===\n", (long long)(k + 1),
+                (long long)k_folds, fmt::format("{}", fmt::join(groups[size_t(k)], ", ")).c_str(),
+                dir.c_str());
+    std::fflush(stdout);
+    json result;
+    if (control.resume && fs::exists(dir + "/adaptation.json") &&
+        !fs::exists(bench_state_path(dir))) {
+      result = read_json_file(dir + "/adaptation.json");
+      // Finished before the stop: the same benchmark's fold (config, recordings) or refused.
+      json then = result.value("config", json::object()), now = ck.to_json();
+      for (json* j : {&then, &now}) {
+        j->erase("threads");
+        if (j->contains("train")) (*j)["train"].erase("log_progress");
+      }
+      MT_CHECK(then == now && result.value("holdout_sessions", json()) ==
+                                  session_json(load_data(ck).holdout),
+               "bench adaptation --resume --out {}: {}/adaptation.json is not this benchmark's "
+               "fold {} (other settings or recordings); start the benchmark again with "
+               "--overwrite",
+               out_dir, dir, k + 1);
+      std::printf("fold %lld finished earlier (%s/adaptation.json)\n", (long long)(k + 1),
+                  dir.c_str());
+    } else {
+      if (control.stop_requested && control.stop_requested())
+        throw BenchStopped(fmt::format(
+            "stopped before fold {}; the progress is saved in {}: continue with metatape bench "
+            "adaptation --resume --out '{}'{}",
+            k + 1, out_dir, out_dir, device.is_cuda() ? " --device " + device.str() : ""));
+      BenchControl fold_control = control;
+      fold_control.resume = control.resume && fs::exists(bench_state_path(dir));
+      fold_control.overwrite = !fold_control.resume;  // the folder is this benchmark's fold
+      fold_control.resume_dir = out_dir;
+      result = run_bench_adaptation(ck, dir, device, fold_control);
+    }
+    folds.push_back({{"fold", k + 1},
+                     {"holdout", groups[size_t(k)]},
+                     {"folder", fs::path(dir).filename().string()},
+                     {"table", result.at("table")}});
+    for (json t : result.at("training")) {
+      t["fold"] = k + 1;
+      trainings.push_back(t);
+    }
+    for (json r : result.at("runs")) {
+      r["fold"] = k + 1;
+      const RunKey key{r.value("method", std::string()), r.value("procedure", std::string()),
+                       r.value("params", std::string())};
+      auto it = std::find_if(rows.begin(), rows.end(), [&](const Row& row) {
+        return row.key.method == key.method && row.key.procedure == key.procedure &&
+               row.key.params == key.params;
+      });
+      if (it == rows.end()) it = rows.insert(rows.end(), Row{key, {}});
+      it->per_session.push_back(meta::AdaptResult::from_json(r));
+      runs.push_back(r);
+    }
+  }
+  const json table = adaptation_table(
+      rows, fmt::format("all {} folds: adaptation to {} unseen sessions, mean over sessions",
+                        k_folds, n));
+  out["folds"] = folds;
+  out["training"] = trainings;
+  out["runs"] = runs;
+  out["table"] = table;
+  out["machine"]["load_average_at_end"] = load_average();
+  const std::string path = out_dir + "/adaptation.json";
+  write_file_atomic(path, out.dump(2) + "\n");
+  fs::remove(state_path);
+  std::printf("wrote %s\n", path.c_str());
+  plot_results("adaptation", path, out_dir, control.stop_requested);
+  return out;
+}
+
+}  // namespace
+
 json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device device,
                           const BenchControl& control) {
   MT_CHECK(!fs::exists(out_dir) || fs::is_directory(out_dir), "--out {}: exists and is not a folder",
            out_dir);
+  if (c.bench.folds > 0) return run_bench_folds(c, out_dir, device, control);
   fs::create_directories(out_dir);
   const FolderLock lock(out_dir, ".bench.lock", "--out", "metatape bench adaptation");
   Data d = load_data(c);
@@ -226,7 +428,8 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
     return BenchStopped(fmt::format(
         "stopped {}; the progress is saved in {}: continue with metatape bench adaptation "
         "--resume --out '{}'{}",
-        where, out_dir, out_dir, device.is_cuda() ? " --device " + device.str() : ""));
+        where, out_dir, control.resume_dir.empty() ? out_dir : control.resume_dir,
+        device.is_cuda() ? " --device " + device.str() : ""));
   };
 
   note_if_busy(load_average());
@@ -235,10 +438,6 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
               {"train_sessions", session_json(d.train)},
               {"holdout_sessions", session_json(d.holdout)}};
   json trainings = json::array(), runs = json::array();
-  struct Row {
-    RunKey key;
-    std::vector<meta::AdaptResult> per_session;
-  };
   std::vector<Row> rows;
 
   std::unique_ptr<meta::Forecaster> standard_model;
@@ -407,38 +606,8 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
     }
   }
 
-  // The table: per (method, procedure, parameter set), the mean over held-out sessions; steps to
-  // 95% are read off the mean validation curve.
-  json table = json::array();
-  std::printf("\nadaptation to %lld unseen sessions, mean over sessions (steps to 95%% from the "
-              "mean validation curve):\n",
-              (long long)held.num_sessions());
-  std::printf("%-9s %-8s %-22s %10s %11s %9s %9s %9s %10s %9s %9s\n", "method", "adapt",
-              "params", "adapted", "steps_to_95", "(gain)", "initial", "final", "test",
-              "seconds", "peak_MiB");
-  for (const auto& row : rows) {
-    const meta::AdaptSummary m = meta::summarize_adaptation(row.per_session);
-    std::printf("%-9s %-8s %-22s %10lld %11lld %9lld %9.4f %9.4f %10.4f %9.2f %9.1f\n",
-                row.key.method.c_str(), row.key.procedure.c_str(), row.key.params.c_str(),
-                (long long)m.adapted_parameters, (long long)m.steps_to_95,
-                (long long)m.steps_to_95_gain, m.initial_score, m.final_score, m.test_score,
-                m.seconds, mib(m.peak_bytes));
-    json curve = json::array();
-    for (const auto& [step, v] : m.mean_curve) curve.push_back({{"step", step}, {"val_score", v}});
-    table.push_back({{"method", row.key.method},
-                     {"procedure", row.key.procedure},
-                     {"params", row.key.params},
-                     {"adapted_parameters", m.adapted_parameters},
-                     {"steps_to_95", m.steps_to_95},
-                     {"steps_to_95_gain", m.steps_to_95_gain},
-                     {"diverged_sessions", m.diverged_sessions},
-                     {"initial_score", m.initial_score},
-                     {"final_score", m.final_score},
-                     {"test_score", m.test_score},
-                     {"seconds", m.seconds},
-                     {"peak_bytes", m.peak_bytes},
-                     {"mean_curve", curve}});
-  }
+  const json table = adaptation_table(
+      rows, fmt::format("adaptation to {} unseen sessions, mean over sessions", held.num_sessions()));
   out["training"] = trainings;
   out["runs"] = runs;
   out["table"] = table;

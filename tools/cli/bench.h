@@ -38,6 +38,9 @@ struct BenchControl {
   // Asked after every training step and every adaptation run: true saves the progress there and
   // throws BenchStopped (the CLI's Ctrl-C).
   std::function<bool()> stop_requested;
+  // The folder a stopped benchmark names in its `--resume --out` hint (empty: the output folder;
+  // a fold of a cross-validated benchmark names the benchmark's own folder).
+  std::string resume_dir;
 };
 
 // Thrown when BenchControl::stop_requested stopped the benchmark; its progress is saved.
@@ -46,7 +49,10 @@ struct BenchStopped : Error {
 };
 
 // Models train and adapt on `device` (initialised on the CPU and moved: the same weights on every
-// device); the JSON's machine record names it.
+// device); the JSON's machine record names it. With bench.folds = K >= 2, the benchmark runs once
+// per fold in <out>/fold_<k> (each resumable as above), each holding out one of K contiguous
+// groups of the sessions in name order, and <out>/adaptation.json pools them: every fold's
+// trainings and runs (with their "fold") and the table over all held-out sessions.
 nlohmann::json run_bench_adaptation(const RunConfig& c, const std::string& out_dir,
                                     Device device = kCPU, const BenchControl& control = {});
 nlohmann::json run_bench_memory(const RunConfig& c, const std::string& out_dir);

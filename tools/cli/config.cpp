@@ -193,6 +193,7 @@ void visit(BenchSpec& b, Fn&& fn) {
   fn("adapt_eval_every", b.adapt_eval_every);
   fn("adapt_batch_size", b.adapt_batch_size);
   fn("new_session_init", b.new_session_init);
+  fn("folds", b.folds);
   fn("memory_inner_steps", b.memory_inner_steps);
   fn("memory_batch_size", b.memory_batch_size);
 }
@@ -444,6 +445,13 @@ RunConfig config_from_json(const nlohmann::json& j) {
            "bench.adapt_batch_size, bench.memory_batch_size positive");
   meta::parse_new_session_init(c.bench.new_session_init);
   meta::parse_new_session_init(c.adapt.new_session_init);
+  MT_CHECK(c.bench.folds == 0 || c.bench.folds >= 2,
+           "config: bench.folds is {}; use 0 (hold out data.holdout once) or K >= 2 (hold out each "
+           "of K groups of sessions in turn)", c.bench.folds);
+  MT_CHECK(c.bench.folds == 0 || c.data.holdout.empty(),
+           "config: bench.folds = {} holds out each group of sessions in turn, so data.holdout must "
+           "be empty (it names {}); drop it, or set bench.folds=0 to hold those out once",
+           c.bench.folds, fmt::format("{}", fmt::join(c.data.holdout, ", ")));
   MT_CHECK(c.bench.meta_lr > 0, "config: bench.meta_lr must be positive, got {}", c.bench.meta_lr);
   MT_CHECK(c.bench.inner_backbone_lr > 0, "config: bench.inner_backbone_lr must be positive, got {}",
            c.bench.inner_backbone_lr);

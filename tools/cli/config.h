@@ -65,6 +65,10 @@ struct BenchSpec {
   int64_t adapt_eval_every = 5;
   int64_t adapt_batch_size = 32;
   std::string new_session_init = "mean";  // random | mean (meta/adaptation.h)
+  // Cross-validation over held-out groups: 0 = hold out data.holdout once; K >= 2 = split all
+  // sessions (in name order) into K contiguous groups and run the benchmark K times, each group
+  // held out in turn (data.holdout must then be empty); the table pools every held-out session.
+  int64_t folds = 0;
   // Memory benchmark: E2E-TTT meta-gradient peak memory against the number of inner steps.
   std::vector<int64_t> memory_inner_steps = {1, 3, 10, 30};
   int64_t memory_batch_size = 32;
