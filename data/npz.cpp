@@ -575,10 +575,11 @@ void save_npz_members(const std::string& path, const std::vector<NpzMember>& mem
       zip_discard(za);
       fail(fmt::format("cannot add {} ({})", name, why));
     }
-    // A fixed member time (2000-01-01 12:00 UTC, a valid DOS date in every time zone): the same
-    // arrays give the same bytes, whenever they are written.
-    constexpr time_t kMemberTime = 946728000;
-    if (zip_file_set_mtime(za, static_cast<zip_uint64_t>(idx), kMemberTime, 0) != 0) {
+    // A fixed member time, 2000-01-01 12:00 as the DOS date and time fields themselves (no time
+    // zone conversion): the same arrays give the same bytes, whenever and wherever written.
+    constexpr zip_uint16_t kDosTime = 12 << 11;                        // hour << 11
+    constexpr zip_uint16_t kDosDate = (2000 - 1980) << 9 | 1 << 5 | 1;  // year, month, day
+    if (zip_file_set_dostime(za, static_cast<zip_uint64_t>(idx), kDosTime, kDosDate, 0) != 0) {
       const std::string why = zip_strerror(za);
       zip_discard(za);
       fail(fmt::format("cannot set the time of {} ({})", name, why));

@@ -42,8 +42,8 @@ struct TrainOptions {
   double clip = 1.0;             // max gradient norm; 0 = no clipping
   int64_t eval_every = 100;      // steps between validation passes (and at the last step)
   // Early stopping: training ends once `patience` evaluations in a row have not raised the best
-  // validation score (0 = off: all `steps` are taken). The best parameters are kept either way,
-  // so stopping early only saves the steps that would not have been kept.
+  // validation score (0 = off: all `steps` are taken). The best parameters are kept either way;
+  // the steps left are skipped (a later one might have improved: resume with a larger patience).
   int64_t patience = 0;
   int64_t eval_batch_size = 64;
   uint64_t seed = 0;             // window sampling and dropout

@@ -168,12 +168,19 @@ check "the early-stopped run has fewer than 31 evaluation points" \
   test "$(wc -l <"$work/patient/metrics.jsonl")" -lt 31
 fails_with "resume an early-stopped run with its patience" "raise train.patience above 2" \
   "$bin" train --run "$work/patient" --resume
+fails_with "adapt.train.patience" "adapt.train.patience is 3" "$bin" adapt --run "$work/patient" \
+  --set adapt.train.patience=3
 check "train 30 steps without early stopping" "$bin" train --run "$work/impatient" "${small[@]}" \
   "${stall[@]}"
 check "resume the early-stopped run with train.patience=0" "$bin" train --run "$work/patient" \
   --resume --set train.patience=0
 check "it ends as the run without early stopping" cmp "$work/impatient/model.safetensors" \
   "$work/patient/model.safetensors"
+# The run without early stopping has its best at step 28 of 30: patience 1 would stop it at once.
+fails_with "resume a finished run with a patience its curve already exhausts" \
+  "train.patience 1 stops it at once" "$bin" train --run "$work/impatient" --resume \
+  --set train.steps=60 --set train.patience=1
+check "the refused resume left the finished run's summary" test -s "$work/impatient/summary.json"
 check "with its 31 evaluation points" test "$(wc -l <"$work/patient/metrics.jsonl")" -eq 31
 fails_with "a negative train.patience" "train.patience must be >= 0" "$bin" train \
   --run "$work/negative_patience" "${small[@]}" --set train.patience=-1
@@ -238,8 +245,8 @@ long=("${small[@]}" --set train.steps=6000 --set train.eval_every=1000)
 check "train 6000 steps" "$bin" train --run "$work/long" "${long[@]}"
 # Waits until a background process has written a file (its signal handler is then installed),
 # or has ended; fails the check if neither happens within 60 s.
-wait_for_file() {  # wait_for_file path pid
-  for _ in $(seq 1200); do
+wait_for_file() {  # wait_for_file path pid [tries of 0.05 s, default 1200: a minute]
+  for _ in $(seq "${3:-1200}"); do
     [ -s "$1" ] && return 0
     kill -0 "$2" 2>/dev/null || return 1
     sleep 0.05
@@ -528,7 +535,7 @@ check "each fold has its own results" test -s "$work/folds_whole/fold_3/adaptati
   >"$work/folds_stopped.txt" 2>&1 &
 pid=$!
 check "the cross-validated benchmark reached its second fold" wait_for_file \
-  "$work/folds_stopped/fold_2/train_state_standard.safetensors" "$pid"
+  "$work/folds_stopped/fold_2/train_state_standard.safetensors" "$pid" 6000
 kill -INT "$pid"
 wait "$pid"
 check "Ctrl-C stops it with exit code 130" test $? -eq 130
@@ -551,7 +558,10 @@ a, b = (json.load(open(p)) for p in sys.argv[1:])
 sys.exit(0 if all(strip(a[k]) == strip(b[k]) for k in ("folds", "training", "runs", "table")) else 1)
 ' "$work/folds_whole/adaptation.json" "$work/folds_stopped/adaptation.json"
 fails_with "bench.folds with data.holdout" "data.holdout must be empty" "$bin" bench adaptation \
-  --out "$work/x" "${small[@]}" --set bench.folds=3
+  --out "$work/folds_refused" "${small[@]}" --set bench.folds=3
+check "the refused benchmark left no folder" test ! -e "$work/folds_refused"
+check "a run trained with bench.folds in its config adapts to a data.holdout" "$bin" train \
+  --run "$work/folds_config_run" "${small[@]}" --set bench.folds=3
 fails_with "bench.folds=1" "bench.folds is 1" "$bin" bench adaptation --out "$work/x" \
   "${small[@]}" --set 'data.holdout=[]' --set bench.folds=1
 fails_with "more folds than sessions" "lower bench.folds to at most 3" "$bin" bench adaptation \

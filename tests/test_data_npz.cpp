@@ -120,14 +120,17 @@ TEST_CASE("npz: save_npz writes the same bytes for the same arrays, whenever it 
   };
   const std::string a = bytes_of(dir.file("a.npz"));
   CHECK(a == bytes_of(dir.file("b.npz")));
-  // The first member's local header (signature PK\3\4) holds a fixed DOS date, 2000-01-01
-  // (year - 1980 in bits 9-15, month in bits 5-8), not the time of writing; the two files above
-  // could otherwise differ across a 2-second boundary.
+  // The first member's local header (signature PK\3\4) holds a fixed DOS time and date,
+  // 12:00 on 2000-01-01 in any time zone (hour in bits 11-15 of the time; year - 1980 in bits
+  // 9-15, month in bits 5-8, day in bits 0-4 of the date), not the time of writing; the two
+  // files above could otherwise differ across a 2-second boundary.
   REQUIRE(a.size() > 30);
   REQUIRE(a.compare(0, 4, "PK\3\4") == 0);
-  const unsigned date = static_cast<unsigned char>(a[12]) | static_cast<unsigned char>(a[13]) << 8;
-  CHECK((date >> 9) == 20);
-  CHECK(((date >> 5) & 15) == 1);
+  auto u16_at = [&](size_t i) {
+    return unsigned(static_cast<unsigned char>(a[i])) | unsigned(static_cast<unsigned char>(a[i + 1])) << 8;
+  };
+  CHECK(u16_at(10) == 12u << 11);
+  CHECK(u16_at(12) == (20u << 9 | 1u << 5 | 1u));
 }
 
 TEST_CASE("npz: a folder loads sorted by file name", "[data][npz]") {

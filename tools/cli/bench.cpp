@@ -4,6 +4,8 @@
 #include <fmt/ranges.h>
 #include <omp.h>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -11,8 +13,11 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
+#include <thread>
 
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 
 #include <cerrno>
@@ -60,19 +65,64 @@ std::vector<double> load_average() {
   return load;
 }
 
+// Cores in use by other processes over `window`: every CPU's busy time from /proc/stat, less
+// this process's own (getrusage), over the CPUs listed there; negative where it cannot be read.
+double busy_cores(std::chrono::milliseconds window) {
+  auto sample = [](double& busy, double& total, int& cpus) {
+    std::ifstream in("/proc/stat");
+    std::string line;
+    cpus = 0;
+    bool all = false;
+    while (std::getline(in, line)) {
+      if (line.rfind("cpu", 0) != 0) continue;
+      if (line.size() > 3 && std::isdigit(static_cast<unsigned char>(line[3]))) {
+        ++cpus;
+        continue;
+      }
+      std::istringstream fields(line.substr(3));
+      uint64_t v[8] = {};
+      for (uint64_t& x : v)
+        if (!(fields >> x)) return false;
+      total = 0;
+      for (uint64_t x : v) total += double(x);
+      busy = total - double(v[3]) - double(v[4]);  // idle and iowait: the 4th and 5th fields
+      all = true;
+    }
+    return all && cpus > 0;
+  };
+  auto own_seconds = [] {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+           1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+  };
+  double b0 = 0, t0 = 0, b1 = 0, t1 = 0;
+  int cpus = 0;
+  const auto start = std::chrono::steady_clock::now();
+  const double own0 = own_seconds();
+  if (!sample(b0, t0, cpus)) return -1;
+  std::this_thread::sleep_for(window);
+  if (!sample(b1, t1, cpus) || t1 <= t0) return -1;
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double all_busy = double(cpus) * (b1 - b0) / (t1 - t0);  // cores in use by everything
+  return std::max(0.0, all_busy - (own_seconds() - own0) / wall);
+}
+
 // Threads that share work wait for each other at every parallel op: when other processes keep
 // the cores busy, a waiting thread's time slice is lost at each wait, and a training step of
-// poco-paper on 2 cores was measured 10x slower beside two compiler processes (1.8x slower than
-// its share beside a second training; see bench/README.md). Said before timings are taken.
-void note_if_busy(const std::vector<double>& load) {
-  const int cores = omp_get_num_procs(), threads = omp_get_max_threads();
-  if (load.empty() || load[0] + double(threads) <= double(cores) + 0.5) return;
+// poco-paper on 2 cores was measured 9x slower beside two compiler processes (1.8x slower than
+// its share beside a second training; see bench/README.md). Said before timings are taken, from
+// the cores in use over a quarter second (the load average lags by minutes after a busy spell).
+void note_if_busy() {
+  const int cores = omp_get_num_procs(), threads = omp_get_max_threads();  // ours to use
+  const double busy = busy_cores(std::chrono::milliseconds(250));
+  if (busy < 0 || busy + double(threads) <= double(cores) + 0.5) return;
   std::fprintf(stderr,
-               "note: the machine is busy (load average %.2f over the last minute, %d core(s), %d "
+               "note: the machine is busy (%.1f of %d core(s) in use by other processes, %d "
                "thread(s) here): timings taken while other processes compete for the cores are "
                "slower than this machine's, by up to 10x; run the benchmark on an idle machine "
-               "(the JSON records the load at start and end)\n",
-               load[0], cores, threads);
+               "(the JSON records the load average at start and end)\n",
+               busy, cores, threads);
 }
 
 json machine_json(Device device = kCPU) {
@@ -175,6 +225,25 @@ nlohmann::json read_bench_state(const std::string& out_dir) {
 
 namespace {
 
+bool is_fold_dir(const fs::path& p);
+
+// The files and fold folders a benchmark (plain or cross-validated) leaves in its output folder:
+// what --overwrite removes.
+std::vector<fs::path> benchmark_files(const std::string& out_dir) {
+  std::vector<fs::path> found;
+  for (const auto& entry : fs::directory_iterator(out_dir)) {
+    const std::string name = entry.path().filename().string();
+    const std::string ext = entry.path().extension().string();
+    if (name == "bench_state.json" || name == "adaptation.json" ||
+        (name.rfind("train_state_", 0) == 0 && ext == ".safetensors") ||
+        (name.rfind("model_", 0) == 0 && ext == ".safetensors") ||
+        (name.rfind("adaptation_", 0) == 0 && ext == ".png") ||
+        (entry.is_directory() && is_fold_dir(entry.path())))
+      found.push_back(entry.path());
+  }
+  return found;
+}
+
 bool is_fold_dir(const fs::path& p) {
   const std::string name = p.filename().string();
   return name.size() > 5 && name.rfind("fold_", 0) == 0 &&
@@ -184,14 +253,19 @@ bool is_fold_dir(const fs::path& p) {
 // bench.folds = K: the benchmark once per group of sessions held out, pooled (bench.h).
 json run_bench_folds(const RunConfig& c, const std::string& out_dir, Device device,
                      const BenchControl& control) {
-  fs::create_directories(out_dir);
-  const FolderLock lock(out_dir, ".bench.lock", "--out", "metatape bench adaptation");
+  MT_CHECK(c.data.holdout.empty(),
+           "bench adaptation: bench.folds = {} holds out each group of sessions in turn, so "
+           "data.holdout must be empty (it names {}); drop it, or set bench.folds=0 to hold those "
+           "out once",
+           c.bench.folds, fmt::format("{}", fmt::join(c.data.holdout, ", ")));
   const Data all = load_data(c);  // data.holdout is empty: every session is in `train`
   const int64_t n = all.train.size(), k_folds = c.bench.folds;
   MT_CHECK(k_folds <= n,
            "bench.folds = {}: {} session(s) cannot make {} held-out groups of at least one "
            "session; lower bench.folds to at most {}",
            k_folds, n, k_folds, n);
+  fs::create_directories(out_dir);
+  const FolderLock lock(out_dir, ".bench.lock", "--out", "metatape bench adaptation");
   std::vector<std::vector<std::string>> groups;
   for (int64_t k = 0; k < k_folds; ++k) {
     std::vector<std::string> g;
@@ -232,15 +306,7 @@ json run_bench_folds(const RunConfig& c, const std::string& out_dir, Device devi
              out_dir, differs);
     state["identity"] = saved.at("identity");
   } else {
-    std::vector<fs::path> earlier;
-    for (const auto& entry : fs::directory_iterator(out_dir)) {
-      const std::string name = entry.path().filename().string();
-      const std::string ext = entry.path().extension().string();
-      if (name == "bench_state.json" || name == "adaptation.json" ||
-          (name.rfind("adaptation_", 0) == 0 && ext == ".png") ||
-          (entry.is_directory() && is_fold_dir(entry.path())))
-        earlier.push_back(entry.path());
-    }
+    const std::vector<fs::path> earlier = benchmark_files(out_dir);
     MT_CHECK(earlier.empty() || control.overwrite,
              "--out {}: the folder holds a benchmark ({}); continue an unfinished one with "
              "--resume, or pass --overwrite to start again (its results, folds and models are "
@@ -249,7 +315,6 @@ json run_bench_folds(const RunConfig& c, const std::string& out_dir, Device devi
     for (const auto& p : earlier) fs::remove_all(p);
   }
   write_file_atomic(state_path, state.dump(1) + "\n");
-  note_if_busy(load_average());
   json out = {{"machine", machine_json(device)},
               {"config", c.to_json()},
               {"sessions", session_json(all.train)},
@@ -268,17 +333,27 @@ json run_bench_folds(const RunConfig& c, const std::string& out_dir, Device devi
         !fs::exists(bench_state_path(dir))) {
       result = read_json_file(dir + "/adaptation.json");
       // Finished before the stop: the same benchmark's fold (config, recordings) or refused.
-      json then = result.value("config", json::object()), now = ck.to_json();
-      for (json* j : {&then, &now}) {
-        j->erase("threads");
-        if (j->contains("train")) (*j)["train"].erase("log_progress");
-      }
-      MT_CHECK(then == now && result.value("holdout_sessions", json()) ==
-                                  session_json(load_data(ck).holdout),
+      const Data dk = load_data(ck);
+      auto fold_identity = [&](json config, const json& sessions, const json& held_out) {
+        config.erase("threads");
+        config["train"].erase("log_progress");
+        config["sessions"] = sessions;
+        config["holdout_sessions"] = held_out;
+        return config;
+      };
+      const json now =
+          fold_identity(ck.to_json(), session_json(dk.train), session_json(dk.holdout));
+      const json then = with_missing_from(
+          fold_identity(result.value("config", json::object()),
+                        result.value("train_sessions", json::array()),
+                        result.value("holdout_sessions", json::array())),
+          fold_identity(config_from_json(json::object()).to_json(), json::array(),
+                        json::array()));
+      const std::string differs = describe_identity_difference(then, now, "the fold");
+      MT_CHECK(differs.empty(),
                "bench adaptation --resume --out {}: {}/adaptation.json is not this benchmark's "
-               "fold {} (other settings or recordings); start the benchmark again with "
-               "--overwrite",
-               out_dir, dir, k + 1);
+               "fold {}: {}; start the benchmark again with --overwrite",
+               out_dir, dir, k + 1, differs);
       std::printf("fold %lld finished earlier (%s/adaptation.json)\n", (long long)(k + 1),
                   dir.c_str());
     } else {
@@ -410,17 +485,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
              "deleted)",
              out_dir);
     // An earlier benchmark's files in the folder are not this one's (listed, then removed).
-    std::vector<fs::path> earlier;
-    for (const auto& entry : fs::directory_iterator(out_dir)) {
-      const std::string name = entry.path().filename().string();
-      const std::string ext = entry.path().extension().string();
-      if (name == "bench_state.json" || name == "adaptation.json" ||
-          (name.rfind("train_state_", 0) == 0 && ext == ".safetensors") ||
-          (name.rfind("model_", 0) == 0 && ext == ".safetensors") ||
-          (name.rfind("adaptation_", 0) == 0 && ext == ".png"))
-        earlier.push_back(entry.path());
-    }
-    for (const auto& p : earlier) fs::remove(p);
+    for (const auto& p : benchmark_files(out_dir)) fs::remove_all(p);
   }
   write_file_atomic(state_path, state.dump(1) + "\n");
   auto stop_requested = [&] { return control.stop_requested && control.stop_requested(); };
@@ -432,7 +497,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
         device.is_cuda() ? " --device " + device.str() : ""));
   };
 
-  note_if_busy(load_average());
+  note_if_busy();
   json out = {{"machine", machine_json(device)},
               {"config", c.to_json()},
               {"train_sessions", session_json(d.train)},
@@ -506,7 +571,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
         std::printf("note: %s never improved the validation score of its starting point in "
                     "%lld steps; its model is that starting point (try another bench.meta_lr, now "
                     "%g, or more steps)\n",
-                    method.c_str(), (long long)t.steps, t.lr);
+                    method.c_str(), (long long)tr.last_step, t.lr);
       std::fflush(stdout);
       // Back on the CPU for the checkpoint and the copies below (the models they copy into live
       // there); the held-out model moves to `device` once it is complete.

@@ -415,6 +415,9 @@ RunConfig config_from_json(const nlohmann::json& j) {
            c.saved_recompute);
   meta::check_train_options(c.train, "config: train");
   meta::check_train_options(c.adapt.train, "config: adapt.train");
+  MT_CHECK(c.adapt.train.patience == 0,
+           "config: adapt.train.patience is {}: adaptation takes every step (its curves and steps "
+           "to 95% are read off them); set it to 0", c.adapt.train.patience);
   MT_CHECK(c.adapt.train.method == "standard",
            "config: adapt.train.method is '{}': `metatape adapt` fine-tunes (standard); the "
            "meta-learned inner loop is set by train.meta.* and compared by `metatape bench "
@@ -448,10 +451,7 @@ RunConfig config_from_json(const nlohmann::json& j) {
   MT_CHECK(c.bench.folds == 0 || c.bench.folds >= 2,
            "config: bench.folds is {}; use 0 (hold out data.holdout once) or K >= 2 (hold out each "
            "of K groups of sessions in turn)", c.bench.folds);
-  MT_CHECK(c.bench.folds == 0 || c.data.holdout.empty(),
-           "config: bench.folds = {} holds out each group of sessions in turn, so data.holdout must "
-           "be empty (it names {}); drop it, or set bench.folds=0 to hold those out once",
-           c.bench.folds, fmt::format("{}", fmt::join(c.data.holdout, ", ")));
+
   MT_CHECK(c.bench.meta_lr > 0, "config: bench.meta_lr must be positive, got {}", c.bench.meta_lr);
   MT_CHECK(c.bench.inner_backbone_lr > 0, "config: bench.inner_backbone_lr must be positive, got {}",
            c.bench.inner_backbone_lr);
@@ -527,7 +527,7 @@ void write_file_atomic(const std::string& path, const std::string& text) {
 // What a training state must match to be resumed: the run's data settings, sessions (with the
 // CRC-32 of each recording, session_json: the same files, not just the same names), model and
 // training options. Left out, so they may change: train.steps (a finished run may train
-// longer), train.patience (nor may one that stopped early), train.log_progress, data.path (a moved data folder; its contents are compared), and
+// longer), train.patience (so may one that stopped early), train.log_progress, data.path (a moved data folder; its contents are compared), and
 // threads (sums may then differ in the last bits from the uninterrupted run's), plus the
 // sections training does not read (adapt, online, bench).
 nlohmann::json training_identity(const nlohmann::json& config) {

@@ -344,16 +344,19 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
              "--resume: {} finished its {} steps; nothing to resume. To train it longer, raise "
              "train.steps, e.g. --set train.steps={}",
              run_dir, at, std::max<int64_t>(2 * at, at + 1));
-    if (finished && saved.value("stopped_early", false)) {
+    if (finished && c.train.patience > 0) {
+      // A finished run whose last evaluations already exhaust the patience would take no step.
       std::vector<meta::EvalPoint> curve;
       for (const auto& p : saved.at("curve")) curve.push_back(meta::EvalPoint::from_json(p));
       const int64_t best_step = saved.at("best_step").get<int64_t>();
       const int64_t since_best = meta::evaluations_since_best(curve, best_step);
-      MT_CHECK(c.train.patience == 0 || c.train.patience > since_best,
-               "--resume: {} stopped early at step {}: its last {} evaluation(s) did not improve "
-               "on step {}'s validation score (train.patience {}); to train it further, raise "
-               "train.patience above {} or turn early stopping off: --set train.patience=0",
-               run_dir, at, since_best, best_step, c.train.patience, since_best);
+      MT_CHECK(c.train.patience > since_best,
+               "--resume: {} {} at step {}: its last {} evaluation(s) did not improve on step "
+               "{}'s validation score, so train.patience {} stops it at once; to train it "
+               "further, raise train.patience above {} or turn early stopping off: --set "
+               "train.patience=0",
+               run_dir, saved.value("stopped_early", false) ? "stopped early" : "finished", at,
+               since_best, best_step, c.train.patience, since_best);
     }
     MT_CHECK(c.train.steps >= at,
              "--resume: the training state of {} is at step {}, past train.steps ({}); set "
