@@ -92,6 +92,10 @@ nlohmann::json AdaptResult::to_json() const {
           {"final_score", final_score},
           {"test_score", test_score},
           {"test_mse", test_mse},
+          {"best_step", best_step},
+          {"best_score", best_score},
+          {"test_score_at_best", test_score_at_best},
+          {"test_score_initial", test_score_initial},
           {"steps_to_95", steps_to_95},
           {"steps_to_95_gain", steps_to_95_gain},
           {"diverged_at", diverged_at},
@@ -110,6 +114,11 @@ AdaptResult AdaptResult::from_json(const nlohmann::json& j) {
   r.final_score = num(j.at("final_score"));
   r.test_score = num(j.at("test_score"));
   r.test_mse = num(j.at("test_mse"));
+  // Absent from runs written before these readouts existed: not a number there.
+  r.best_step = j.value("best_step", int64_t(0));
+  r.best_score = j.contains("best_score") ? num(j.at("best_score")) : NAN;
+  r.test_score_at_best = j.contains("test_score_at_best") ? num(j.at("test_score_at_best")) : NAN;
+  r.test_score_initial = j.contains("test_score_initial") ? num(j.at("test_score_initial")) : NAN;
   r.steps_to_95 = j.at("steps_to_95").get<int64_t>();
   r.steps_to_95_gain = j.at("steps_to_95_gain").get<int64_t>();
   r.diverged_at = j.at("diverged_at").get<int64_t>();
@@ -176,11 +185,25 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
     lr_of.push_back(opt.backbone_lr >= 0 && !is_session_table(name) ? opt.backbone_lr : opt.lr);
   std::vector<std::pair<int64_t, double>> scores;
   double seconds = 0, last_loss = NAN;
+  auto test_of = [&](nn::ParamMap* params) {
+    return evaluate(f, data, data::Split::Test, {session}, opt.eval_batch_size, {},
+                    leaves.empty() ? nullptr : params);
+  };
+  // Early stopping's readout: the test split is scored at each new best validation point (no
+  // copy of the adapted values is kept, so the peak memory is the adaptation's own).
+  r.best_score = -INFINITY;
+  r.test_score_at_best = NAN;
+  r.test_score_initial = test_of(&overrides).score;
   auto eval_point = [&](int64_t step) {
     Metrics m = evaluate(f, data, data::Split::Val, {session}, opt.eval_batch_size, {},
                          leaves.empty() ? nullptr : &overrides);
     r.curve.push_back({step, seconds, last_loss, m.score, m.mse});
     scores.emplace_back(step, m.score);
+    if (m.score > r.best_score) {
+      r.best_score = m.score;
+      r.best_step = step;
+      r.test_score_at_best = step == 0 ? r.test_score_initial : test_of(&overrides).score;
+    }
   };
   eval_point(0);
   std::mt19937_64 rng(opt.seed);
@@ -215,6 +238,8 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
     if (step % opt.eval_every == 0 || step == opt.steps) eval_point(step);
   }
   r.initial_score = scores.front().second;
+  // Early stopping on validation would have kept the best point, a diverged run's too.
+  if (!std::isfinite(r.best_score)) r.best_score = NAN;
   if (r.diverged_at >= 0) {
     r.final_score = r.test_score = r.test_mse = NAN;
     r.seconds = seconds;
@@ -225,8 +250,7 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
   r.steps_to_95_gain = steps_to_fraction_of_gain(scores, 0.95);
   r.seconds = seconds;
   r.ms_per_step = opt.steps > 0 ? 1e3 * seconds / double(opt.steps) : 0;
-  Metrics test = evaluate(f, data, data::Split::Test, {session}, opt.eval_batch_size, {},
-                          leaves.empty() ? nullptr : &overrides);
+  Metrics test = test_of(&overrides);
   r.test_score = test.score;
   r.test_mse = test.mse;
   if (adapted != nullptr)
@@ -245,6 +269,9 @@ AdaptSummary summarize_adaptation(const std::vector<AdaptResult>& ps) {
     out.initial_score += r.initial_score / n;
     out.final_score += r.final_score / n;
     out.test_score += r.test_score / n;
+    out.test_score_initial += r.test_score_initial / n;
+    out.best_score += r.best_score / n;
+    out.test_score_at_best += r.test_score_at_best / n;
     out.seconds += r.seconds / n;
     out.peak_bytes = std::max(out.peak_bytes, r.peak_bytes);
   }

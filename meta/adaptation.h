@@ -64,6 +64,13 @@ struct AdaptResult {
   double final_score = 0;     // validation score after the last step
   double test_score = 0;      // test split score after the last step
   double test_mse = 0;
+  // The readout of early stopping on validation: the evaluated step with the best validation
+  // score (the first of equals; 0 = before any step) and the test split score there; and the test
+  // score before any step, the mark adaptation has to beat.
+  int64_t best_step = 0;
+  double best_score = 0;
+  double test_score_at_best = 0;
+  double test_score_initial = 0;
   // First evaluated step from which the validation score stays at or above 95% of the final
   // score (-1 when the final score is not positive), and the first from which it stays at or
   // above initial + 95% of the gain (final - initial; -1 when there is no gain). "Stays": a curve
@@ -94,6 +101,7 @@ struct AdaptSummary {
   int64_t steps_to_95 = -1, steps_to_95_gain = -1;
   int64_t diverged_sessions = 0;
   double initial_score = 0, final_score = 0, test_score = 0, seconds = 0;
+  double test_score_initial = 0, best_score = 0, test_score_at_best = 0;  // means (AdaptResult)
   int64_t peak_bytes = 0;
   int64_t adapted_parameters = 0;  // mean over the sessions (models differ across folds)
 };

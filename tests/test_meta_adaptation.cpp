@@ -150,6 +150,39 @@ TEST_CASE("adaptation moves only the chosen parameters and leaves the model unto
   CHECK(std::isnan(d.final_score));
   CHECK(std::isnan(d.test_score));
 
+  // Early stopping's readout: the best validation point and the test score there, which is the
+  // final test score of the same run cut at that step (same seed: the same batches up to it).
+  {
+    meta::AdaptOptions noisy = opt;
+    noisy.params = {"unit_emb.", "session_emb.", "head."};
+    noisy.lr = 3e-1;  // large steps: the validation curve is not monotone
+    noisy.steps = 40;
+    noisy.eval_every = 5;
+    const meta::AdaptResult full = meta::adapt_session(*f, data, 0, noisy);
+    double best = -INFINITY;
+    int64_t best_step = -1;
+    for (const auto& p : full.curve)
+      if (p.val_score > best) {
+        best = p.val_score;
+        best_step = p.step;
+      }
+    CHECK(full.best_step == best_step);
+    CHECK(full.best_score == best);
+    meta::AdaptOptions cut = noisy;
+    cut.steps = best_step;
+    const meta::AdaptResult at_best = meta::adapt_session(*f, data, 0, cut);
+    CHECK(full.test_score_at_best == at_best.test_score);
+    CHECK(full.test_score_initial == z.test_score);  // z: no step
+    CHECK(z.test_score_at_best == z.test_score);
+    CHECK(z.best_step == 0);
+    INFO("best validation at step " << best_step << " of 40");
+    // The readouts differ from the final ones when the best point is not the last.
+    if (best_step != 40) CHECK(full.test_score_at_best != full.test_score);
+  }
+  // A diverged run keeps the readout of its best point before the divergence.
+  CHECK(std::isfinite(d.test_score_at_best));
+  CHECK(d.best_step < d.diverged_at);
+
   meta::AdaptOptions bad = opt;
   bad.procedure = "adam";
   CHECK_THROWS_WITH(meta::adapt_session(*f, data, 0, bad), Catch::Contains("finetune or inner"));
@@ -186,6 +219,10 @@ TEST_CASE("an adaptation result survives its JSON form, a diverged one included"
   r.final_score = NAN;
   r.test_score = NAN;
   r.test_mse = NAN;
+  r.best_step = 10;
+  r.best_score = 0.375;
+  r.test_score_at_best = 0.25;
+  r.test_score_initial = -0.5;
   r.steps_to_95 = -1;
   r.steps_to_95_gain = 10;
   r.seconds = 1.5;
@@ -200,6 +237,16 @@ TEST_CASE("an adaptation result survives its JSON form, a diverged one included"
   CHECK(back.diverged_at == 17);
   CHECK(std::isnan(back.final_score));
   CHECK(back.peak_bytes == 123456789012);
+  CHECK(back.best_step == 10);
+  CHECK(back.test_score_at_best == 0.25);
+  CHECK(back.test_score_initial == -0.5);
+  // A run written before the early-stopping readouts existed reads them as not a number.
+  nlohmann::json older = text;
+  for (const char* key : {"best_step", "best_score", "test_score_at_best", "test_score_initial"})
+    older.erase(key);
+  const meta::AdaptResult old_run = meta::AdaptResult::from_json(older);
+  CHECK(std::isnan(old_run.test_score_at_best));
+  CHECK(std::isnan(old_run.test_score_initial));
   REQUIRE(back.curve.size() == 3);
   CHECK(std::isnan(back.curve[0].train_loss));
   CHECK(back.curve[1].train_loss == 0.75);

@@ -167,17 +167,20 @@ struct Row {
 // steps to 95% are read off the mean validation curve.
 json adaptation_table(const std::vector<Row>& rows, const std::string& heading) {
   json table = json::array();
-  std::printf("\n%s (steps to 95%% from the mean validation curve):\n", heading.c_str());
-  std::printf("%-9s %-8s %-22s %10s %11s %9s %9s %9s %10s %9s %9s\n", "method", "adapt",
-              "params", "adapted", "steps_to_95", "(gain)", "initial", "final", "test",
-              "seconds", "peak_MiB");
+  std::printf("\n%s (steps to 95%% from the mean validation curve; test@0: before any step; "
+              "test@best: at each session's best validation point, early stopping's readout):\n",
+              heading.c_str());
+  std::printf("%-9s %-8s %-22s %10s %11s %9s %9s %9s %10s %10s %10s %9s %9s\n", "method",
+              "adapt", "params", "adapted", "steps_to_95", "(gain)", "initial", "final", "test",
+              "test@0", "test@best", "seconds", "peak_MiB");
   for (const auto& row : rows) {
     const meta::AdaptSummary m = meta::summarize_adaptation(row.per_session);
-    std::printf("%-9s %-8s %-22s %10lld %11lld %9lld %9.4f %9.4f %10.4f %9.2f %9.1f\n",
+    std::printf("%-9s %-8s %-22s %10lld %11lld %9lld %9.4f %9.4f %10.4f %10.4f %10.4f %9.2f "
+                "%9.1f\n",
                 row.key.method.c_str(), row.key.procedure.c_str(), row.key.params.c_str(),
                 (long long)m.adapted_parameters, (long long)m.steps_to_95,
                 (long long)m.steps_to_95_gain, m.initial_score, m.final_score, m.test_score,
-                m.seconds, mib(m.peak_bytes));
+                m.test_score_initial, m.test_score_at_best, m.seconds, mib(m.peak_bytes));
     json curve = json::array();
     for (const auto& [step, v] : m.mean_curve) curve.push_back({{"step", step}, {"val_score", v}});
     table.push_back({{"method", row.key.method},
@@ -191,6 +194,9 @@ json adaptation_table(const std::vector<Row>& rows, const std::string& heading) 
                      {"initial_score", m.initial_score},
                      {"final_score", m.final_score},
                      {"test_score", m.test_score},
+                     {"test_score_initial", m.test_score_initial},
+                     {"best_score", m.best_score},
+                     {"test_score_at_best", m.test_score_at_best},
                      {"seconds", m.seconds},
                      {"peak_bytes", m.peak_bytes},
                      {"mean_curve", curve}});
@@ -650,10 +656,12 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
                       padded(r.session, 22).c_str(), (long long)r.diverged_at, a.lr);
         } else {
           std::printf("  %-9s %-8s %-22s %s steps_to_95 %4lld (gain %4lld)  score %.4f -> "
-                      "%.4f  test %.4f  %6.2f s  %.1f MiB\n",
+                      "%.4f  test %.4f -> %.4f (at best step %lld: %.4f)  %6.2f s  %.1f MiB\n",
                       key.method.c_str(), key.procedure.c_str(), key.params.c_str(),
-                      padded(r.session, 22).c_str(), (long long)r.steps_to_95, (long long)r.steps_to_95_gain,
-                      r.initial_score, r.final_score, r.test_score, r.seconds, mib(r.peak_bytes));
+                      padded(r.session, 22).c_str(), (long long)r.steps_to_95,
+                      (long long)r.steps_to_95_gain, r.initial_score, r.final_score,
+                      r.test_score_initial, r.test_score, (long long)r.best_step,
+                      r.test_score_at_best, r.seconds, mib(r.peak_bytes));
         }
         std::fflush(stdout);
         json rj = r.to_json();
