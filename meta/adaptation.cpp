@@ -115,7 +115,7 @@ AdaptResult AdaptResult::from_json(const nlohmann::json& j) {
   r.test_score = num(j.at("test_score"));
   r.test_mse = num(j.at("test_mse"));
   // Absent from runs written before these readouts existed: not a number there.
-  r.best_step = j.value("best_step", int64_t(0));
+  r.best_step = j.value("best_step", int64_t(-1));
   r.best_score = j.contains("best_score") ? num(j.at("best_score")) : NAN;
   r.test_score_at_best = j.contains("test_score_at_best") ? num(j.at("test_score_at_best")) : NAN;
   r.test_score_initial = j.contains("test_score_initial") ? num(j.at("test_score_initial")) : NAN;

@@ -66,7 +66,9 @@ struct AdaptResult {
   double test_mse = 0;
   // The readout of early stopping on validation: the evaluated step with the best validation
   // score (the first of equals; 0 = before any step) and the test split score there; and the test
-  // score before any step, the mark adaptation has to beat.
+  // score before any step, the mark adaptation has to beat. A diverged run keeps the readout of
+  // its best point before the divergence. A run read from JSON written before these existed has
+  // best_step -1 and NaN scores.
   int64_t best_step = 0;
   double best_score = 0;
   double test_score_at_best = 0;
@@ -95,7 +97,9 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
 
 // The mean over sessions of one adaptation setting: the mean validation curve (cut where the
 // shortest curve ends: a diverged run stops early), steps to 95% read off it (-1 when any session
-// diverged), and the mean initial, final and test scores and seconds, the largest peak.
+// diverged), and the mean initial, final and test scores and seconds, the largest peak. The final
+// and test means are NaN when a session diverged; the early-stopping readouts (best_score,
+// test_score_at_best) are finite, as early stopping would have kept each best point.
 struct AdaptSummary {
   std::vector<std::pair<int64_t, double>> mean_curve;
   int64_t steps_to_95 = -1, steps_to_95_gain = -1;

@@ -560,8 +560,26 @@ sys.exit(0 if all(strip(a[k]) == strip(b[k]) for k in ("folds", "training", "run
 fails_with "bench.folds with data.holdout" "data.holdout must be empty" "$bin" bench adaptation \
   --out "$work/folds_refused" "${small[@]}" --set bench.folds=3
 check "the refused benchmark left no folder" test ! -e "$work/folds_refused"
-check "a run trained with bench.folds in its config adapts to a data.holdout" "$bin" train \
+check "a run trained with bench.folds in its config" "$bin" train \
   --run "$work/folds_config_run" "${small[@]}" --set bench.folds=3
+check "adapts to its data.holdout" "$bin" adapt --run "$work/folds_config_run" \
+  --set 'adapt.modes=["embeddings"]'
+# A plain benchmark over a cross-validated one's folder, and files a benchmark did not write.
+fails_with "a plain benchmark over a cross-validated one" "holds a finished benchmark" \
+  "$bin" bench adaptation --out "$work/folds_whole" "${small[@]}" "${bench_small[@]}" \
+  --set 'data.holdout=["synth_002"]'
+rm "$work/folds_whole/adaptation.json"
+fails_with "... without its adaptation.json too" "holds another benchmark's files" \
+  "$bin" bench adaptation --out "$work/folds_whole" "${small[@]}" "${bench_small[@]}"
+check "--overwrite replaces it" "$bin" bench adaptation --out "$work/folds_whole" --overwrite \
+  "${small[@]}" "${bench_small[@]}"
+check "the folds are gone" test ! -e "$work/folds_whole/fold_1"
+mkdir -p "$work/own_files/fold_9"
+touch "$work/own_files/model_final.safetensors" "$work/own_files/fold_9/notes.txt"
+check "a benchmark leaves files it did not write" "$bin" bench adaptation \
+  --out "$work/own_files" "${small[@]}" "${bench_small[@]}"
+check "... in place" test -e "$work/own_files/model_final.safetensors" -a \
+  -e "$work/own_files/fold_9/notes.txt"
 fails_with "bench.folds=1" "bench.folds is 1" "$bin" bench adaptation --out "$work/x" \
   "${small[@]}" --set 'data.holdout=[]' --set bench.folds=1
 fails_with "more folds than sessions" "lower bench.folds to at most 3" "$bin" bench adaptation \

@@ -16,6 +16,7 @@
 #include <sstream>
 #include <thread>
 
+#include <sched.h>
 #include <spawn.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -65,30 +66,44 @@ std::vector<double> load_average() {
   return load;
 }
 
-// Cores in use by other processes over `window`: every CPU's busy time from /proc/stat, less
-// this process's own (getrusage), over the CPUs listed there; negative where it cannot be read.
-double busy_cores(std::chrono::milliseconds window) {
-  auto sample = [](double& busy, double& total, int& cpus) {
+// The CPUs this process may run on (sched_getaffinity; empty where it cannot be read).
+std::vector<int> allowed_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return cpus;
+  for (int i = 0; i < CPU_SETSIZE; ++i)
+    if (CPU_ISSET(i, &set)) cpus.push_back(i);
+  return cpus;
+}
+
+// Cores of `cpus` in use by other processes over `window`: their busy time from the cpuN lines
+// of /proc/stat, less this process's own (getrusage); negative where it cannot be read. A cgroup
+// CPU quota is not seen.
+double busy_cores(const std::vector<int>& cpus, std::chrono::milliseconds window) {
+  auto sample = [&](double& busy, double& total) {
     std::ifstream in("/proc/stat");
     std::string line;
-    cpus = 0;
-    bool all = false;
+    busy = total = 0;
+    size_t seen = 0;
     while (std::getline(in, line)) {
-      if (line.rfind("cpu", 0) != 0) continue;
-      if (line.size() > 3 && std::isdigit(static_cast<unsigned char>(line[3]))) {
-        ++cpus;
+      if (line.rfind("cpu", 0) != 0 || line.size() < 4 ||
+          !std::isdigit(static_cast<unsigned char>(line[3])))
         continue;
-      }
       std::istringstream fields(line.substr(3));
+      int index = -1;
       uint64_t v[8] = {};
+      if (!(fields >> index)) return false;
+      if (std::find(cpus.begin(), cpus.end(), index) == cpus.end()) continue;
       for (uint64_t& x : v)
         if (!(fields >> x)) return false;
-      total = 0;
-      for (uint64_t x : v) total += double(x);
-      busy = total - double(v[3]) - double(v[4]);  // idle and iowait: the 4th and 5th fields
-      all = true;
+      double t = 0;
+      for (uint64_t x : v) t += double(x);
+      total += t;
+      busy += t - double(v[3]) - double(v[4]);  // idle and iowait: the 4th and 5th fields
+      ++seen;
     }
-    return all && cpus > 0;
+    return seen == cpus.size();
   };
   auto own_seconds = [] {
     rusage u{};
@@ -96,15 +111,15 @@ double busy_cores(std::chrono::milliseconds window) {
     return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
            1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
   };
+  if (cpus.empty()) return -1;
   double b0 = 0, t0 = 0, b1 = 0, t1 = 0;
-  int cpus = 0;
   const auto start = std::chrono::steady_clock::now();
   const double own0 = own_seconds();
-  if (!sample(b0, t0, cpus)) return -1;
+  if (!sample(b0, t0)) return -1;
   std::this_thread::sleep_for(window);
-  if (!sample(b1, t1, cpus) || t1 <= t0) return -1;
+  if (!sample(b1, t1) || t1 <= t0) return -1;
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const double all_busy = double(cpus) * (b1 - b0) / (t1 - t0);  // cores in use by everything
+  const double all_busy = double(cpus.size()) * (b1 - b0) / (t1 - t0);  // cores in use
   return std::max(0.0, all_busy - (own_seconds() - own0) / wall);
 }
 
@@ -114,8 +129,9 @@ double busy_cores(std::chrono::milliseconds window) {
 // its share beside a second training; see bench/README.md). Said before timings are taken, from
 // the cores in use over a quarter second (the load average lags by minutes after a busy spell).
 void note_if_busy() {
-  const int cores = omp_get_num_procs(), threads = omp_get_max_threads();  // ours to use
-  const double busy = busy_cores(std::chrono::milliseconds(250));
+  const std::vector<int> cpus = allowed_cpus();
+  const int cores = int(cpus.size()), threads = omp_get_max_threads();  // ours to use
+  const double busy = busy_cores(cpus, std::chrono::milliseconds(250));
   if (busy < 0 || busy + double(threads) <= double(cores) + 0.5) return;
   std::fprintf(stderr,
                "note: the machine is busy (%.1f of %d core(s) in use by other processes, %d "
@@ -176,11 +192,16 @@ json adaptation_table(const std::vector<Row>& rows, const std::string& heading) 
   for (const auto& row : rows) {
     const meta::AdaptSummary m = meta::summarize_adaptation(row.per_session);
     std::printf("%-9s %-8s %-22s %10lld %11lld %9lld %9.4f %9.4f %10.4f %10.4f %10.4f %9.2f "
-                "%9.1f\n",
+                "%9.1f%s\n",
                 row.key.method.c_str(), row.key.procedure.c_str(), row.key.params.c_str(),
                 (long long)m.adapted_parameters, (long long)m.steps_to_95,
                 (long long)m.steps_to_95_gain, m.initial_score, m.final_score, m.test_score,
-                m.test_score_initial, m.test_score_at_best, m.seconds, mib(m.peak_bytes));
+                m.test_score_initial, m.test_score_at_best, m.seconds, mib(m.peak_bytes),
+                m.diverged_sessions > 0
+                    ? fmt::format("  ({} of {} diverged)", m.diverged_sessions,
+                                  row.per_session.size())
+                          .c_str()
+                    : "");
     json curve = json::array();
     for (const auto& [step, v] : m.mean_curve) curve.push_back({{"step", step}, {"val_score", v}});
     table.push_back({{"method", row.key.method},
@@ -231,29 +252,35 @@ nlohmann::json read_bench_state(const std::string& out_dir) {
 
 namespace {
 
-bool is_fold_dir(const fs::path& p);
-
-// The files and fold folders a benchmark (plain or cross-validated) leaves in its output folder:
-// what --overwrite removes.
-std::vector<fs::path> benchmark_files(const std::string& out_dir) {
-  std::vector<fs::path> found;
-  for (const auto& entry : fs::directory_iterator(out_dir)) {
-    const std::string name = entry.path().filename().string();
-    const std::string ext = entry.path().extension().string();
-    if (name == "bench_state.json" || name == "adaptation.json" ||
-        (name.rfind("train_state_", 0) == 0 && ext == ".safetensors") ||
-        (name.rfind("model_", 0) == 0 && ext == ".safetensors") ||
-        (name.rfind("adaptation_", 0) == 0 && ext == ".png") ||
-        (entry.is_directory() && is_fold_dir(entry.path())))
-      found.push_back(entry.path());
-  }
-  return found;
-}
-
 bool is_fold_dir(const fs::path& p) {
   const std::string name = p.filename().string();
   return name.size() > 5 && name.rfind("fold_", 0) == 0 &&
          std::all_of(name.begin() + 5, name.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+}
+
+// The files and fold folders a benchmark (plain or cross-validated) writes in its output folder,
+// by their exact names (a fold folder only when it holds a benchmark): what --overwrite removes
+// and what a new benchmark without it refuses to touch. Other files are left alone.
+std::vector<fs::path> benchmark_files(const std::string& out_dir) {
+  std::vector<fs::path> found;
+  std::vector<std::string> names = {"bench_state.json", "adaptation.json",
+                                    "adaptation_curves.png", "adaptation_ablation.png",
+                                    "adaptation_training.png"};
+  for (const char* method : {"standard", "fomaml", "e2e-ttt"}) {
+    names.push_back(fmt::format("model_{}.safetensors", method));
+    names.push_back(fmt::format("train_state_{}.safetensors", method));
+  }
+  for (const auto& entry : fs::directory_iterator(out_dir)) {
+    const fs::path& p = entry.path();
+    const std::string name = p.filename().string();
+    if (entry.is_directory()
+            ? is_fold_dir(p) && (fs::exists(p / "adaptation.json") ||
+                                 fs::exists(p / "bench_state.json"))
+            : std::find(names.begin(), names.end(), name) != names.end())
+      found.push_back(p);
+  }
+  std::sort(found.begin(), found.end());
+  return found;
 }
 
 // bench.folds = K: the benchmark once per group of sessions held out, pooled (bench.h).
@@ -341,8 +368,10 @@ json run_bench_folds(const RunConfig& c, const std::string& out_dir, Device devi
       // Finished before the stop: the same benchmark's fold (config, recordings) or refused.
       const Data dk = load_data(ck);
       auto fold_identity = [&](json config, const json& sessions, const json& held_out) {
+        if (!config.is_object()) config = json::object();
         config.erase("threads");
-        config["train"].erase("log_progress");
+        if (config.contains("train") && config["train"].is_object())
+          config["train"].erase("log_progress");
         config["sessions"] = sessions;
         config["holdout_sessions"] = held_out;
         return config;
@@ -490,8 +519,14 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
              "folder, or pass --overwrite to replace it (its results, models and plots are "
              "deleted)",
              out_dir);
-    // An earlier benchmark's files in the folder are not this one's (listed, then removed).
-    for (const auto& p : benchmark_files(out_dir)) fs::remove_all(p);
+    // Another benchmark's files in the folder (a stopped one's models, a cross-validated one's
+    // folds) are not this one's: refused, or removed with --overwrite.
+    const std::vector<fs::path> earlier = benchmark_files(out_dir);
+    MT_CHECK(earlier.empty() || control.overwrite,
+             "--out {}: the folder holds another benchmark's files ({}); choose another folder, "
+             "or pass --overwrite to remove them",
+             out_dir, earlier.front().filename().string());
+    for (const auto& p : earlier) fs::remove_all(p);
   }
   write_file_atomic(state_path, state.dump(1) + "\n");
   auto stop_requested = [&] { return control.stop_requested && control.stop_requested(); };
@@ -651,9 +686,11 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
                                     key.procedure, key.params, held.session(s).name));
         meta::AdaptResult r = meta::adapt_session(*fresh, held, s, a);
         if (r.diverged_at >= 0) {
-          std::printf("  %-9s %-8s %-22s %s DIVERGED at step %lld (lr %g)\n",
+          std::printf("  %-9s %-8s %-22s %s DIVERGED at step %lld (lr %g); test %.4f -> (at "
+                      "best step %lld: %.4f)\n",
                       key.method.c_str(), key.procedure.c_str(), key.params.c_str(),
-                      padded(r.session, 22).c_str(), (long long)r.diverged_at, a.lr);
+                      padded(r.session, 22).c_str(), (long long)r.diverged_at, a.lr,
+                      r.test_score_initial, (long long)r.best_step, r.test_score_at_best);
         } else {
           std::printf("  %-9s %-8s %-22s %s steps_to_95 %4lld (gain %4lld)  score %.4f -> "
                       "%.4f  test %.4f -> %.4f (at best step %lld: %.4f)  %6.2f s  %.1f MiB\n",

@@ -728,8 +728,12 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                        {"steps_to_95_gain", m.steps_to_95_gain},
                        {"initial_score", m.initial_score},
                        {"final_score", m.final_score},
-                       {"best_score", best},
+                       {"best_score", best},  // of the mean curve, as the fine-tuning rows
                        {"test_score", m.test_score},
+                       // Means over sessions: before any step, and at each session's own best
+                       // validation point (the saved models are the last step's).
+                       {"test_score_initial", m.test_score_initial},
+                       {"test_score_at_best", m.test_score_at_best},
                        {"seconds", m.seconds},
                        {"peak_bytes", m.peak_bytes},
                        {"diverged_sessions", m.diverged_sessions},
