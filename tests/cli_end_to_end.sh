@@ -464,6 +464,19 @@ fails_with "a new benchmark over a finished one" "holds a finished benchmark" "$
   adaptation --out "$work/bench" "${small[@]}" "${bench_small[@]}"
 check "--overwrite replaces a finished benchmark" "$bin" bench adaptation --out "$work/bench" \
   --overwrite "${small[@]}" "${bench_small[@]}"
+# Two benchmark results equal in the given sections but for their timings and peak memory.
+same_results() {  # same_results a.json b.json section...
+  "$py" -c '
+import json, sys
+timing = {"seconds", "ms_per_step", "peak_bytes", "eval_seconds", "resumed"}
+def strip(x):
+    if isinstance(x, dict): return {k: strip(v) for k, v in x.items() if k not in timing}
+    if isinstance(x, list): return [strip(v) for v in x]
+    return x
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+sys.exit(0 if all(strip(a[k]) == strip(b[k]) for k in sys.argv[3:]) else 1)
+' "$@"
+}
 # A benchmark stopped by Ctrl-C in its first training, resumed, stopped again in its second and
 # resumed to the end gives the models and results of the benchmark that did not stop.
 bench_long=(--set bench.train_steps.standard=4000 --set bench.train_steps.fomaml=1500
@@ -500,16 +513,8 @@ for m in standard fomaml e2e-ttt; do
   check "the resumed benchmark's $m model is the one not stopped" cmp \
     "$work/bench_whole/model_$m.safetensors" "$work/bench_stopped/model_$m.safetensors"
 done
-check "the resumed benchmark's results are those of the one not stopped" "$py" -c '
-import json, sys
-timing = {"seconds", "ms_per_step", "peak_bytes", "eval_seconds", "resumed"}
-def strip(x):
-    if isinstance(x, dict): return {k: strip(v) for k, v in x.items() if k not in timing}
-    if isinstance(x, list): return [strip(v) for v in x]
-    return x
-a, b = (json.load(open(p)) for p in sys.argv[1:])
-sys.exit(0 if all(strip(a[k]) == strip(b[k]) for k in ("training", "runs", "table")) else 1)
-' "$work/bench_whole/adaptation.json" "$work/bench_stopped/adaptation.json"
+check "the resumed benchmark's results are those of the one not stopped" same_results \
+  "$work/bench_whole/adaptation.json" "$work/bench_stopped/adaptation.json" training runs table
 check "a finished benchmark keeps no progress file" test ! -e "$work/bench_stopped/bench_state.json"
 fails_with "resuming a finished benchmark" "the benchmark there finished" "$bin" bench adaptation \
   --out "$work/bench_stopped" --resume
@@ -547,16 +552,9 @@ check "resume the cross-validated benchmark" "$bin" bench adaptation --out "$wor
   --resume
 cp "$work/out.txt" "$work/folds_resumed.txt"
 check "the first fold was not run again" grep -q "fold 1 finished earlier" "$work/folds_resumed.txt"
-check "the resumed cross-validated results are those of the one not stopped" "$py" -c '
-import json, sys
-timing = {"seconds", "ms_per_step", "peak_bytes", "eval_seconds", "resumed"}
-def strip(x):
-    if isinstance(x, dict): return {k: strip(v) for k, v in x.items() if k not in timing}
-    if isinstance(x, list): return [strip(v) for v in x]
-    return x
-a, b = (json.load(open(p)) for p in sys.argv[1:])
-sys.exit(0 if all(strip(a[k]) == strip(b[k]) for k in ("folds", "training", "runs", "table")) else 1)
-' "$work/folds_whole/adaptation.json" "$work/folds_stopped/adaptation.json"
+check "the resumed cross-validated results are those of the one not stopped" same_results \
+  "$work/folds_whole/adaptation.json" "$work/folds_stopped/adaptation.json" folds training runs \
+  table
 fails_with "bench.folds with data.holdout" "data.holdout must be empty" "$bin" bench adaptation \
   --out "$work/folds_refused" "${small[@]}" --set bench.folds=3
 check "the refused benchmark left no folder" test ! -e "$work/folds_refused"

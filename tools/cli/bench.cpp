@@ -252,6 +252,21 @@ nlohmann::json read_bench_state(const std::string& out_dir) {
 
 namespace {
 
+// The end of a benchmark, plain or cross-validated: <out_dir>/adaptation.json written (with the
+// table and the load average at the end), its progress file removed (adaptation.json holds
+// everything), the plots drawn.
+json finish_benchmark(json out, const json& table, const std::string& out_dir,
+                      const std::function<bool()>& stopped) {
+  out["table"] = table;
+  out["machine"]["load_average_at_end"] = load_average();
+  const std::string path = out_dir + "/adaptation.json";
+  write_file_atomic(path, out.dump(2) + "\n");
+  fs::remove(bench_state_path(out_dir));
+  std::printf("wrote %s\n", path.c_str());
+  plot_results("adaptation", path, out_dir, stopped);
+  return out;
+}
+
 bool is_fold_dir(const fs::path& p) {
   const std::string name = p.filename().string();
   return name.size() > 5 && name.rfind("fold_", 0) == 0 &&
@@ -430,14 +445,7 @@ json run_bench_folds(const RunConfig& c, const std::string& out_dir, Device devi
   out["folds"] = folds;
   out["training"] = trainings;
   out["runs"] = runs;
-  out["table"] = table;
-  out["machine"]["load_average_at_end"] = load_average();
-  const std::string path = out_dir + "/adaptation.json";
-  write_file_atomic(path, out.dump(2) + "\n");
-  fs::remove(state_path);
-  std::printf("wrote %s\n", path.c_str());
-  plot_results("adaptation", path, out_dir, control.stop_requested);
-  return out;
+  return finish_benchmark(std::move(out), table, out_dir, control.stop_requested);
 }
 
 }  // namespace
@@ -720,14 +728,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
       rows, fmt::format("adaptation to {} unseen sessions, mean over sessions", held.num_sessions()));
   out["training"] = trainings;
   out["runs"] = runs;
-  out["table"] = table;
-  out["machine"]["load_average_at_end"] = load_average();
-  const std::string path = out_dir + "/adaptation.json";
-  write_file_atomic(path, out.dump(2) + "\n");
-  fs::remove(state_path);  // finished: adaptation.json holds everything
-  std::printf("wrote %s\n", path.c_str());
-  plot_results("adaptation", path, out_dir, stop_requested);
-  return out;
+  return finish_benchmark(std::move(out), table, out_dir, stop_requested);
 }
 
 json run_bench_memory(const RunConfig& c, const std::string& out_dir) {
