@@ -99,6 +99,15 @@ void require_same(const Finished& a, const Finished& b) {
   }
 }
 
+// Options that save a run's state to `file` in the test folder, under `identity`.
+meta::ResumeOptions saving_state(const TempDir& dir, const char* file,
+                                 const nlohmann::json& identity) {
+  meta::ResumeOptions r;
+  r.state_path = dir.file(file);
+  r.identity = identity;
+  return r;
+}
+
 struct Interrupted : std::runtime_error {
   Interrupted() : std::runtime_error("interrupted") {}
 };
@@ -113,13 +122,7 @@ TEST_CASE("a resumed training run ends bitwise where the uninterrupted run ends"
       TempDir dir("resume");
       const meta::TrainOptions o = options(method);
       const nlohmann::json identity = {{"method", method}, {"lr", o.lr}};
-      // Options that save this run's state to `file` in the test folder.
-      auto saving_to = [&](const char* file) {
-        meta::ResumeOptions r;
-        r.state_path = dir.file(file);
-        r.identity = identity;
-        return r;
-      };
+      auto saving_to = [&](const char* file) { return saving_state(dir, file, identity); };
 
       auto f_straight = tiny_poco(d);
       meta::ResumeOptions plain = saving_to("straight.safetensors");
@@ -291,12 +294,7 @@ TEST_CASE("early stopping ends the run where `patience` evaluations did not impr
   o.eval_every = 2;
   o.lr = 3e-2;  // a large step on a tiny model: the validation score stalls early
   const nlohmann::json identity = {{"lr", o.lr}};
-  auto saving_to = [&](const char* file) {
-    meta::ResumeOptions r;
-    r.state_path = dir.file(file);
-    r.identity = identity;
-    return r;
-  };
+  auto saving_to = [&](const char* file) { return saving_state(dir, file, identity); };
   auto f_full = tiny_poco(d);
   const Finished full = finish(*f_full, meta::train(*f_full, d, {}, o, {}, {}, {},
                                                     saving_to("full.safetensors")));
