@@ -189,8 +189,10 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
     return evaluate(f, data, data::Split::Test, {session}, opt.eval_batch_size, {},
                     leaves.empty() ? nullptr : params);
   };
-  // Early stopping's readout: the test split is scored at each new best validation point (no
-  // copy of the adapted values is kept, so the peak memory is the adaptation's own).
+  // Early stopping's readout: the test split is scored at each new best validation point. The
+  // values there are copied only for `adapted`, so the benchmark's peak memory is the
+  // adaptation's own.
+  nn::ParamMap best_values;
   r.best_score = -INFINITY;
   r.test_score_at_best = NAN;
   r.test_score_initial = test_of(&overrides).score;
@@ -203,6 +205,8 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
       r.best_score = m.score;
       r.best_step = step;
       r.test_score_at_best = step == 0 ? r.test_score_initial : test_of(&overrides).score;
+      if (adapted != nullptr)
+        for (size_t i = 0; i < names.size(); ++i) best_values[names[i]] = leaves[i].detach().clone();
     }
   };
   eval_point(0);
@@ -254,7 +258,7 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
   r.test_score = test.score;
   r.test_mse = test.mse;
   if (adapted != nullptr)
-    for (size_t i = 0; i < names.size(); ++i) (*adapted)[names[i]] = leaves[i].detach();
+    for (auto& [name, value] : best_values) (*adapted)[name] = std::move(value);
   return r;
 }
 

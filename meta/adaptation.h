@@ -90,8 +90,10 @@ struct AdaptResult {
 };
 
 // Adapts `f` (already carrying the transferred weights) to dataset session `session` of `data`;
-// `f` is left unchanged. With `adapted`, the adapted values of the selected parameters (detached,
-// by name) are put there, unless the run diverged.
+// `f` is left unchanged. With `adapted`, the values of the selected parameters at the best
+// validation point (`best_step`, the first of equals; detached, by name) are put there, unless the
+// run diverged: what early stopping on validation keeps, as fine-tuning's train() does. Only then
+// is a copy of the selected values kept during the run (at each new best).
 AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, int64_t session,
                           const AdaptOptions& options, nn::ParamMap* adapted = nullptr);
 

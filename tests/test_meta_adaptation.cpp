@@ -186,6 +186,20 @@ TEST_CASE("adaptation moves only the chosen parameters and leaves the model unto
     CHECK(z.test_score_at_best == z.test_score);
     CHECK(z.best_step == 0);
     CHECK(full.test_score_at_best != full.test_score);
+    // `adapted` receives the values at the best point: bitwise those the cut run ends with, and
+    // the test score with them is the readout.
+    nn::ParamMap kept, cut_values;
+    meta::adapt_session(*f, data, 0, noisy, &kept);
+    meta::adapt_session(*f, data, 0, cut, &cut_values);
+    REQUIRE(kept.size() == cut_values.size());
+    size_t selected = 0;
+    for (const auto& [name, t] : f->module()->named_parameters())
+      for (const auto& prefix : noisy.params) selected += name.rfind(prefix, 0) == 0;
+    CHECK(selected > 2);
+    CHECK(kept.size() == selected);
+    for (const auto& [name, value] : cut_values) CHECK(max_abs_diff(kept.at(name), value) == 0);
+    CHECK(meta::evaluate(*f, data, data::Split::Test, {0}, noisy.eval_batch_size, {}, &kept)
+              .score == full.test_score_at_best);
 
     // The summary's readouts are the means over sessions; a diverged session makes the final
     // and test means NaN but keeps its best point's readout (early stopping would have).

@@ -705,15 +705,17 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
       if (r.diverged_at >= 0) continue;  // no model: its scores are NaN
       // Per session: the inner loop adapts each session from the same starting point.
       const std::string file = fmt::format("adapted_inner-loop_{}.safetensors", r.session);
-      json metadata = adapted_metadata("inner-loop", {{"final_val_score", r.final_score},
-                                                      {"test_score", r.test_score}});
+      // The values at the session's best validation point, as a fine-tuning mode saves.
+      json metadata = adapted_metadata("inner-loop", {{"best_val_score", r.best_score},
+                                                      {"best_step", r.best_step},
+                                                      {"test_score", r.test_score_at_best}});
       metadata["adapted"]["session"] = r.session;
       save_adapted_model(run_dir + "/" + file, *f, &adapted, metadata);
       models[r.session] = file;
     }
     const meta::AdaptSummary m = meta::summarize_adaptation(per_session);
-    double best = -INFINITY;
-    for (const auto& [step, v] : m.mean_curve) best = std::max(best, v);
+    // Each session's model is kept at its own best validation point: their mean score.
+    const double best = m.best_score;
     std::printf("  %-24s %10lld %12lld %12.4f %10.4f %10.2f %10.1f%s\n", "inner-loop",
                 (long long)m.adapted_parameters, (long long)m.steps_to_95, m.final_score, best,
                 m.seconds, double(m.peak_bytes) / (1 << 20),
@@ -728,10 +730,11 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                        {"steps_to_95_gain", m.steps_to_95_gain},
                        {"initial_score", m.initial_score},
                        {"final_score", m.final_score},
-                       {"best_score", best},  // of the mean curve, as the fine-tuning rows
+                       // Means over sessions of each session's best validation score and
+                       // the test score there: the saved models' (each session's model is
+                       // kept at its best point); test_score is after the last step.
+                       {"best_score", best},
                        {"test_score", m.test_score},
-                       // Means over sessions: before any step, and at each session's own best
-                       // validation point (the saved models are the last step's).
                        {"test_score_initial", m.test_score_initial},
                        {"test_score_at_best", m.test_score_at_best},
                        {"seconds", m.seconds},
@@ -743,14 +746,13 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                        {"sessions", sessions},
                        {"models", models}});
   }
-  // The method predict uses by default: the best validation score of the saved models (a
-  // fine-tuning mode saves its best validation point; the inner loop its last step).
+  // The method predict uses by default: the best validation score of the saved models (each
+  // saved at its best validation point).
   std::string best_method;
   double best_final = -INFINITY;
   for (const auto& m : results) {
-    const bool inner = m.contains("models");
-    if (!m.contains("model") && !inner) continue;
-    const json& v = inner ? m["final_score"] : m["best_score"];
+    if (!m.contains("model") && !m.contains("models")) continue;
+    const json& v = m["best_score"];
     const double score = v.is_number() ? v.get<double>() : NAN;
     if (std::isfinite(score) && score > best_final) {
       best_final = score;
