@@ -146,6 +146,8 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
            "adaptation: steps ({}) must be >= 0, lr ({}), batch_size ({}) and eval_every ({}) "
            "positive", opt.steps, opt.lr, opt.batch_size, opt.eval_every);
   MT_CHECK(session >= 0 && session < data.num_sessions(), "adaptation: no session {}", session);
+  for (const int64_t s : opt.eval_steps)
+    MT_CHECK(s >= 1, "adaptation: eval_steps holds {}; the steps validated after must be >= 1", s);
   check_prefixes(f, opt.params, "adaptation parameter set");
   nn::Module* module = const_cast<Forecaster&>(f).module();
   AdaptResult r;
@@ -239,7 +241,9 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
     }
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     r.peak_bytes = std::max(r.peak_bytes, memory_stats(f.device()).peak_allocated_bytes);
-    if (step % opt.eval_every == 0 || step == opt.steps) eval_point(step);
+    if (step % opt.eval_every == 0 || step == opt.steps ||
+        std::find(opt.eval_steps.begin(), opt.eval_steps.end(), step) != opt.eval_steps.end())
+      eval_point(step);
   }
   r.initial_score = scores.front().second;
   // Early stopping on validation would have kept the best point, a diverged run's too.
@@ -266,9 +270,7 @@ AdaptSummary summarize_adaptation(const std::vector<AdaptResult>& ps) {
   MT_CHECK(!ps.empty(), "summarize_adaptation: no sessions");
   AdaptSummary out;
   const double n = double(ps.size());
-  size_t points = ps.front().curve.size();
   for (const auto& r : ps) {
-    points = std::min(points, r.curve.size());
     out.diverged_sessions += r.diverged_at >= 0;
     out.initial_score += r.initial_score / n;
     out.final_score += r.final_score / n;
@@ -279,10 +281,21 @@ AdaptSummary summarize_adaptation(const std::vector<AdaptResult>& ps) {
     out.seconds += r.seconds / n;
     out.peak_bytes = std::max(out.peak_bytes, r.peak_bytes);
   }
-  for (size_t i = 0; i < points; ++i) {
+  // The steps every session was validated at: a diverged run's curve ends early, and a resumed
+  // benchmark may pool runs validated on different grids (bench.adapt_eval_steps).
+  for (const AdaptPoint& first : ps.front().curve) {
     double v = 0;
-    for (const auto& r : ps) v += r.curve.at(i).val_score / n;
-    out.mean_curve.emplace_back(ps.front().curve[i].step, v);
+    bool everywhere = true;
+    for (const auto& r : ps) {
+      const auto it = std::find_if(r.curve.begin(), r.curve.end(),
+                                   [&](const AdaptPoint& p) { return p.step == first.step; });
+      if (it == r.curve.end()) {
+        everywhere = false;
+        break;
+      }
+      v += it->val_score / n;
+    }
+    if (everywhere) out.mean_curve.emplace_back(first.step, v);
   }
   if (out.diverged_sessions == 0) {
     out.steps_to_95 = steps_to_fraction_of_final(out.mean_curve, 0.95);

@@ -44,6 +44,9 @@ struct AdaptOptions {
   double weight_decay = 0;
   int64_t batch_size = 32;
   int64_t eval_every = 5;       // validation every this many steps (and at 0 and the last step)
+  // Further steps validated after (each >= 1; those beyond `steps` are not reached): the first
+  // few steps, where a meta-learned inner loop is meant to work.
+  std::vector<int64_t> eval_steps;
   int64_t eval_batch_size = 64;
   uint64_t seed = 0;            // batch sampling
 };
@@ -97,8 +100,8 @@ struct AdaptResult {
 AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, int64_t session,
                           const AdaptOptions& options, nn::ParamMap* adapted = nullptr);
 
-// The mean over sessions of one adaptation setting: the mean validation curve (cut where the
-// shortest curve ends: a diverged run stops early), steps to 95% read off it (-1 when any session
+// The mean over sessions of one adaptation setting: the mean validation curve (at the steps
+// every session was validated at: a diverged run stops early), steps to 95% read off it (-1 when any session
 // diverged), and the mean initial, final and test scores and seconds, the largest peak. The final
 // and test means are NaN when a session diverged; the early-stopping readouts (best_score,
 // test_score_at_best) are finite, as early stopping would have kept each best point.

@@ -57,6 +57,7 @@ TEST_CASE("cli config: the CSV options are config keys", "[cli][config]") {
       {R"({"train": {"patience": -1}})", "train.patience must be >= 0"},
       {R"({"adapt": {"train": {"patience": 3}}})", "adapt.train.patience is 3"},
       {R"({"bench": {"folds": 1}})", "bench.folds is 1"},
+      {R"({"bench": {"adapt_eval_steps": [1, 0]}})", "bench.adapt_eval_steps holds 0"},
   };
   for (const auto& [text, message] : refused) {
     INFO(text);

@@ -215,12 +215,56 @@ TEST_CASE("adaptation moves only the chosen parameters and leaves the model unto
   CHECK(std::isfinite(d.test_score_at_best));
   if (d.best_step == 0) CHECK(d.test_score_at_best == d.test_score_initial);
 
+  // Further validation points: the first steps, in order with the regular ones, each once; a
+  // step beyond the run is not reached. The updates (same seed, same batches) do not change.
+  meta::AdaptOptions early = opt;
+  early.eval_steps = {3, 1, 2, 5, 10, 12, 99};
+  const meta::AdaptResult e = meta::adapt_session(*f, data, 0, early);
+  std::vector<int64_t> steps;
+  for (const auto& p : e.curve) steps.push_back(p.step);
+  CHECK(steps == std::vector<int64_t>{0, 1, 2, 3, 5, 10, 12, 20, 30});
+  CHECK(e.final_score == r.final_score);
+  CHECK(e.curve[5].val_score == r.curve[1].val_score);  // step 10
+
   meta::AdaptOptions bad = opt;
+  bad.eval_steps = {0};
+  CHECK_THROWS_WITH(meta::adapt_session(*f, data, 0, bad), Catch::Contains("eval_steps holds 0"));
+  bad = opt;
   bad.procedure = "adam";
   CHECK_THROWS_WITH(meta::adapt_session(*f, data, 0, bad), Catch::Contains("finetune or inner"));
   bad = opt;
   bad.params = {"no_such."};
   CHECK_THROWS_WITH(meta::adapt_session(*f, data, 0, bad), Catch::Contains("no parameter"));
+}
+
+TEST_CASE("the mean adaptation curve is taken at the steps every session was validated at",
+          "[meta][adaptation]") {
+  auto run = [](std::vector<std::pair<int64_t, double>> points) {
+    meta::AdaptResult r;
+    for (const auto& [step, score] : points) r.curve.push_back({step, 0, 0, score, 1 - score});
+    r.initial_score = points.front().second;
+    r.final_score = points.back().second;
+    return r;
+  };
+  // A run validated on a finer grid (bench.adapt_eval_steps) pooled with one on the plain grid,
+  // as a resumed benchmark of an earlier metatape may hold.
+  const meta::AdaptResult plain = run({{0, 0.1}, {10, 0.3}, {20, 0.4}});
+  const meta::AdaptResult fine = run({{0, 0.2}, {1, 0.5}, {3, 0.6}, {10, 0.5}, {20, 0.6}});
+  const meta::AdaptSummary m = meta::summarize_adaptation({plain, fine});
+  REQUIRE(m.mean_curve.size() == 3);
+  CHECK(m.mean_curve[0] == std::pair<int64_t, double>{0, 0.1 / 2 + 0.2 / 2});
+  CHECK(m.mean_curve[1] == std::pair<int64_t, double>{10, 0.3 / 2 + 0.5 / 2});
+  CHECK(m.mean_curve[2] == std::pair<int64_t, double>{20, 0.4 / 2 + 0.6 / 2});
+  // The finer run alone keeps its every point; a diverged run (its curve ends early) cuts the
+  // mean curve where it ends.
+  CHECK(meta::summarize_adaptation({fine}).mean_curve.size() == 5);
+  meta::AdaptResult diverged = run({{0, 0.2}, {1, 0.1}, {3, 0.0}});
+  diverged.diverged_at = 4;
+  const meta::AdaptSummary cut = meta::summarize_adaptation({fine, diverged});
+  REQUIRE(cut.mean_curve.size() == 3);
+  CHECK(cut.mean_curve.back().first == 3);
+  CHECK(cut.diverged_sessions == 1);
+  CHECK(cut.steps_to_95 == -1);
 }
 
 TEST_CASE("validation after the inner loop", "[meta][adaptation]") {

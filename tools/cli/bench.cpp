@@ -661,6 +661,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
       a.steps = c.bench.adapt_steps;
       a.batch_size = c.bench.adapt_batch_size;
       a.eval_every = c.bench.adapt_eval_every;
+      a.eval_steps = c.bench.adapt_eval_steps;
       a.eval_batch_size = c.adapt.train.eval_batch_size;
       a.seed = c.adapt.train.seed;
       if (key.procedure == "inner") {

@@ -191,6 +191,7 @@ void visit(BenchSpec& b, Fn&& fn) {
   fn("inner_backbone_lr", b.inner_backbone_lr);
   fn("adapt_steps", b.adapt_steps);
   fn("adapt_eval_every", b.adapt_eval_every);
+  fn("adapt_eval_steps", b.adapt_eval_steps);
   fn("adapt_batch_size", b.adapt_batch_size);
   fn("new_session_init", b.new_session_init);
   fn("folds", b.folds);
@@ -446,6 +447,9 @@ RunConfig config_from_json(const nlohmann::json& j) {
                c.bench.memory_batch_size > 0,
            "config: bench.adapt_steps must be >= 0 and bench.adapt_eval_every, "
            "bench.adapt_batch_size, bench.memory_batch_size positive");
+  for (const int64_t s : c.bench.adapt_eval_steps)
+    MT_CHECK(s >= 1, "config: bench.adapt_eval_steps holds {}; list adaptation steps >= 1 to "
+             "validate after (step 0 always is), e.g. [1, 2, 3, 5]", s);
   meta::parse_new_session_init(c.bench.new_session_init);
   meta::parse_new_session_init(c.adapt.new_session_init);
   MT_CHECK(c.bench.folds == 0 || c.bench.folds >= 2,
