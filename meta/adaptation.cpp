@@ -192,8 +192,8 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
                     leaves.empty() ? nullptr : params);
   };
   // Early stopping's readout: the test split is scored at each new best validation point. The
-  // values there are copied only for `adapted`, so the benchmark's peak memory is the
-  // adaptation's own.
+  // values there are copied only for `adapted` (then peak_bytes counts the copy), so the
+  // benchmark's peak memory is the adaptation's own.
   nn::ParamMap best_values;
   r.best_score = -INFINITY;
   r.test_score_at_best = NAN;

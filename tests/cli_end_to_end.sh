@@ -112,13 +112,20 @@ check "adapt recorded the initialisation" grep -q '"new_session_init": "random"'
 check "predict with the inner loop's adapted model" "$bin" predict --run "$work/e2e" \
   --session synth_002 --method inner-loop --out "$work/e2e_pred.npz"
 inner_score=$(grep -o 'score [-0-9.]*' "$work/out.txt" | head -1 | cut -d' ' -f2)
-check "the saved inner-loop model scores as the adaptation did at its best point (test split)" "$py" -c '
-import json, sys
+check "the saved inner-loop model is the one of its best point and scores as it did (test split)" "$py" -c '
+import json, struct, sys
 adapt = json.load(open(sys.argv[1]))
 inner = next(m for m in adapt["methods"] if m["method"] == "inner-loop")
-test = next(s["test_score_at_best"] for s in inner["sessions"] if s["session"] == "synth_002")
-sys.exit(0 if sys.argv[2] and "%.4f" % test == sys.argv[2] else 1)
-' "$work/e2e/adapt.json" "$inner_score"
+run = next(s for s in inner["sessions"] if s["session"] == "synth_002")
+with open(sys.argv[3], "rb") as f:
+    header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+saved = json.loads(header["__metadata__"]["metatape.metadata"])["adapted"]["scores"]
+assert saved["best_step"] == run["best_step"], (saved, run["best_step"])
+assert saved["test_score"] == run["test_score_at_best"], saved
+# Validated at steps 0, 1, 2 (the inner loop is meta-learned for 2 steps) and 4.
+assert [p["step"] for p in run["curve"]] == [0, 1, 2, 4], run["curve"]
+sys.exit(0 if sys.argv[2] and "%.4f" % run["test_score_at_best"] == sys.argv[2] else 1)
+' "$work/e2e/adapt.json" "$inner_score" "$work/e2e/adapted_inner-loop_synth_002.safetensors"
 fails_with "an unknown new-session initialisation" "'zeros' is not known" "$bin" adapt \
   --run "$work/e2e" --set adapt.new_session_init=zeros
 # A run folder is never mixed: a second train refuses it, --overwrite removes the old run first.

@@ -64,8 +64,9 @@ struct BenchSpec {
   int64_t adapt_steps = 200;
   int64_t adapt_eval_every = 5;
   // Also validated after these adaptation steps (each >= 1; those beyond adapt_steps are not
-  // reached): the few steps a meta-learned inner loop is trained for (train.meta.inner_steps).
-  std::vector<int64_t> adapt_eval_steps = {1, 2, 3, 5};
+  // reached), e.g. [1, 2, 3, 5]: the few steps a meta-learned inner loop is trained for
+  // (train.meta.inner_steps). Empty by default, as benchmarks written before it existed ran.
+  std::vector<int64_t> adapt_eval_steps;
   int64_t adapt_batch_size = 32;
   std::string new_session_init = "mean";  // random | mean (meta/adaptation.h)
   // Cross-validation over held-out groups: 0 = hold out data.holdout once; K >= 2 = split all

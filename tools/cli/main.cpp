@@ -694,6 +694,9 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     a.backbone_lr = c.bench.inner_backbone_lr;
     a.batch_size = c.adapt.train.batch_size;
     a.eval_every = c.adapt.train.eval_every;
+    // Also after each of the steps the inner loop was meta-learned for: its model may be best
+    // there.
+    for (int64_t k = 1; k <= c.train.meta.inner_steps; ++k) a.eval_steps.push_back(k);
     a.eval_batch_size = c.adapt.train.eval_batch_size;
     a.seed = c.adapt.train.seed;
     std::vector<meta::AdaptResult> per_session;
@@ -747,11 +750,14 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                        {"models", models}});
   }
   // The method predict uses by default: the best validation score of the saved models (each
-  // saved at its best validation point).
+  // saved at its best validation point; the inner loop's per session, so its mean of bests is
+  // the score of its models, each chosen on its own session). An inner loop that diverged on a
+  // session has no model for it and is not chosen.
   std::string best_method;
   double best_final = -INFINITY;
   for (const auto& m : results) {
     if (!m.contains("model") && !m.contains("models")) continue;
+    if (m.value("diverged_sessions", int64_t(0)) > 0) continue;
     const json& v = m["best_score"];
     const double score = v.is_number() ? v.get<double>() : NAN;
     if (std::isfinite(score) && score > best_final) {
