@@ -208,7 +208,8 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
       r.best_step = step;
       r.test_score_at_best = step == 0 ? r.test_score_initial : test_of(&overrides).score;
       if (adapted != nullptr)
-        for (size_t i = 0; i < names.size(); ++i) best_values[names[i]] = leaves[i].detach().clone();
+        for (size_t i = 0; i < names.size(); ++i)
+          best_values[names[i]] = leaves[i].detach().clone();
     }
   };
   eval_point(0);

@@ -101,10 +101,10 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
                           const AdaptOptions& options, nn::ParamMap* adapted = nullptr);
 
 // The mean over sessions of one adaptation setting: the mean validation curve (at the steps
-// every session was validated at: a diverged run stops early), steps to 95% read off it (-1 when any session
-// diverged), and the mean initial, final and test scores and seconds, the largest peak. The final
-// and test means are NaN when a session diverged; the early-stopping readouts (best_score,
-// test_score_at_best) are finite, as early stopping would have kept each best point.
+// every session was validated at: a diverged run stops early), steps to 95% read off it (-1 when
+// any session diverged), and the mean initial, final and test scores and seconds, the largest
+// peak. The final and test means are NaN when a session diverged; the early-stopping readouts
+// (best_score, test_score_at_best) are finite, as early stopping would have kept each best point.
 struct AdaptSummary {
   std::vector<std::pair<int64_t, double>> mean_curve;
   int64_t steps_to_95 = -1, steps_to_95_gain = -1;
