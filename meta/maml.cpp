@@ -1,5 +1,7 @@
 #include "meta/maml.h"
 
+#include <memory>
+
 #include "engine/autograd/checkpoint.h"
 #include "engine/autograd/engine.h"
 #include "engine/autograd/grad_mode.h"
@@ -50,8 +52,18 @@ InnerResult inner_loop(const Forecaster& f, const nn::ParamMap& init,
     // this function has returned.
     const Forecaster* model = &f;
     const double lr = opt.inner_lr;
-    auto one_step = [model, b, names, lr](const nn::ParamMap& at, bool create_graph) {
-      Tensor loss = mse_loss(model->predict(b, &at), b.target);
+    // Dropout: the step's masks come from a copy of the generator at the step's start (every
+    // pass of a checkpointed step draws the same ones); where the copy ends, the generator goes.
+    const bool dropout = opt.dropout != nullptr;
+    const uint64_t seed = dropout ? opt.dropout->seed() : 0;
+    const uint64_t offset = dropout ? opt.dropout->offset() : 0;
+    auto offset_after = std::make_shared<uint64_t>(offset);
+    auto one_step = [model, b, names, lr, dropout, seed, offset, offset_after](
+                        const nn::ParamMap& at, bool create_graph) {
+      Generator masks(seed);
+      masks.set_state(seed, offset);
+      Tensor loss = mse_loss(model->predict(b, &at, dropout ? &masks : nullptr), b.target);
+      *offset_after = masks.offset();
       TensorList params;
       for (const auto& n : names) params.push_back(at.at(n));
       TensorList g = autograd::grad({loss}, params, {}, std::nullopt, create_graph,
@@ -81,6 +93,7 @@ InnerResult inner_loop(const Forecaster& f, const nn::ParamMap& init,
     } else {
       next = one_step(current, opt.create_graph);
     }
+    if (dropout) opt.dropout->set_state(seed, *offset_after);
     for (size_t i = 0; i < names.size(); ++i) {
       r.fast[names[i]] = next[i];
       current[names[i]] = next[i];
@@ -113,7 +126,7 @@ MetaGradient e2e_ttt_gradient(Forecaster& f, const std::vector<models::PocoBatch
   InnerResult inner = inner_loop(f, init, support, opt);
   nn::ParamMap adapted = init;
   for (auto& [name, t] : inner.fast) adapted[name] = t;
-  m.query_loss = mse_loss(f.predict(query, &adapted), query.target);
+  m.query_loss = mse_loss(f.predict(query, &adapted, opt.dropout), query.target);
   m.meta_loss = m.query_loss;
   if (include_inner_losses && !inner.inner_losses.empty()) {
     Tensor inner_sum = inner.inner_losses[0];
@@ -175,7 +188,7 @@ MetaGradient fomaml_gradient(Forecaster& f, const std::vector<models::PocoBatch>
       wrt.push_back(params[i]);
     }
   }
-  m.query_loss = mse_loss(f.predict(query, &adapted), query.target);
+  m.query_loss = mse_loss(f.predict(query, &adapted, opt.dropout), query.target);
   m.meta_loss = m.query_loss;
   m.grads = autograd::grad({m.query_loss}, wrt, {}, std::nullopt, false, /*allow_unused=*/true);
   for (size_t i = 0; i < wrt.size(); ++i)

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/autograd/engine.h"
+#include "engine/core/generator.h"
 #include "meta/forecaster.h"
 
 namespace mt::meta {
@@ -25,6 +26,12 @@ struct InnerLoopOptions {
   // before it recomputes the earlier ones: the peak is that of the kept steps or of one
   // recomputed step, not their sum.
   int64_t checkpoint_steps = 0;
+  // Dropout in the inner steps' forwards and (fomaml_gradient, e2e_ttt_gradient) the query
+  // forward, masks drawn from this generator, which advances as a training step's would; nullptr
+  // = no dropout (evaluation, adaptation). Each inner step draws from the generator's state at
+  // its start, so a checkpointed step recomputes the masks of its first pass: the meta-gradient
+  // is the same with and without checkpointing.
+  Generator* dropout = nullptr;
 };
 
 struct InnerResult {

@@ -448,6 +448,7 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
     inner.checkpoint_steps = opt.meta.checkpoint_steps;
     inner.inner_lr = opt.meta.inner_lr;
     inner.params = opt.meta.params;
+    inner.dropout = opt.meta.dropout ? &dropout_gen : nullptr;
     for (int64_t m = 0; m < opt.meta.meta_batch; ++m) {
       const int64_t s = meta_sessions[size_t(m)];
       models::PocoBatch support = sample(data.support(s), s), query = sample(data.query(s), s);

@@ -27,6 +27,10 @@ struct MetaOptions {
   // (InnerLoopOptions::checkpoint_steps; 0 = none, >= inner_steps = all): less memory, one
   // more forward and inner backward per checkpointed step.
   int64_t checkpoint_steps = 0;
+  // The model's dropout in the inner steps and the query forward of each outer step (masks
+  // from the training's dropout generator; TrainOptions::dropout is standard training's). Off by
+  // default: the inner loop is then the one the model is adapted and evaluated with.
+  bool dropout = false;
 };
 
 struct TrainOptions {
@@ -47,7 +51,7 @@ struct TrainOptions {
   int64_t patience = 0;
   int64_t eval_batch_size = 64;
   uint64_t seed = 0;             // window sampling and dropout
-  bool dropout = true;           // apply the model's dropout while training
+  bool dropout = true;           // the model's dropout in standard training (meta: meta.dropout)
   // Parameter name prefixes to train (empty = all), e.g. {"unit_emb.", "session_emb."}.
   std::vector<std::string> trainable;
   bool log_progress = true;      // a progress line on stderr

@@ -2,7 +2,9 @@
 // - E2E-TTT with one step on the embeddings equals PyTorch's second-order meta-gradient;
 // - E2E-TTT with two steps and the inner losses in the meta-loss matches central finite
 //   differences of the whole inner-loop-then-query computation;
-// - FOMAML equals the first-order formula computed by hand.
+// - FOMAML equals the first-order formula computed by hand;
+// - with dropout in meta-training, both again (the masks fixed), and checkpointed inner steps
+//   recompute the masks of their first pass.
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
@@ -104,37 +106,146 @@ TEST_CASE("E2E-TTT meta-gradient (two steps, inner losses) matches finite differ
   }
 }
 
+namespace {
+
+// FOMAML by hand: one step on the embeddings, then the query gradient at the adapted point,
+// taken w.r.t. the adapted embeddings and the (unchanged) other parameters, in the order of
+// `names`. Dropout masks, when `masks` is given, drawn in the order the loop draws them: the
+// support forward, then the query forward.
+TensorList fomaml_by_hand(Fixture& fx, const std::vector<std::string>& names, double lr,
+                          Generator* masks) {
+  nn::ParamMap p = fx.f->module()->parameter_map();
+  Tensor ls = mse_loss(fx.f->predict(fx.support, nullptr, masks), fx.support.target);
+  TensorList g = autograd::grad({ls}, {p["unit_emb.weight"], p["session_emb.weight"]});
+  Tensor fu = sub(p["unit_emb.weight"].detach(), mul(g[0], lr)).detach();
+  Tensor fs = sub(p["session_emb.weight"].detach(), mul(g[1], lr)).detach();
+  fu.set_requires_grad(true);
+  fs.set_requires_grad(true);
+  nn::ParamMap adapted = p;
+  adapted["unit_emb.weight"] = fu;
+  adapted["session_emb.weight"] = fs;
+  Tensor lq = mse_loss(fx.f->predict(fx.query, &adapted, masks), fx.query.target);
+  TensorList wrt;
+  for (const auto& n : names)
+    wrt.push_back(n == "unit_emb.weight" ? fu : n == "session_emb.weight" ? fs : p[n]);
+  TensorList ref = autograd::grad({lq}, wrt, {}, std::nullopt, false, /*allow_unused=*/true);
+  for (size_t i = 0; i < ref.size(); ++i)
+    if (!ref[i].defined()) ref[i] = zeros_like(wrt[i]);
+  return ref;
+}
+
+double max_gap(const TensorList& a, const TensorList& b) {
+  double gap = 0;
+  for (size_t i = 0; i < a.size(); ++i) gap = std::max(gap, max_abs_diff(a[i], b[i]));
+  return gap;
+}
+
+}  // namespace
+
 TEST_CASE("FOMAML equals the first-order formula", "[meta]") {
   Fixture fx;
   meta::InnerLoopOptions opt;
   opt.steps = 1;
   opt.inner_lr = 0.05;
   meta::MetaGradient fo = meta::fomaml_gradient(*fx.f, {fx.support}, fx.query, opt);
-  // By hand: one step on the embeddings, then the query gradient at the adapted point, taken
-  // w.r.t. the adapted embeddings and the (unchanged) other parameters.
-  nn::ParamMap p = fx.f->module()->parameter_map();
-  Tensor ls = mse_loss(fx.f->predict(fx.support), fx.support.target);
-  TensorList g = autograd::grad({ls}, {p["unit_emb.weight"], p["session_emb.weight"]});
-  Tensor fu = sub(p["unit_emb.weight"].detach(), mul(g[0], 0.05)).detach();
-  Tensor fs = sub(p["session_emb.weight"].detach(), mul(g[1], 0.05)).detach();
-  fu.set_requires_grad(true);
-  fs.set_requires_grad(true);
-  nn::ParamMap adapted = p;
-  adapted["unit_emb.weight"] = fu;
-  adapted["session_emb.weight"] = fs;
-  Tensor lq = mse_loss(fx.f->predict(fx.query, &adapted), fx.query.target);
-  TensorList wrt;
-  for (const auto& n : fo.names)
-    wrt.push_back(n == "unit_emb.weight" ? fu : n == "session_emb.weight" ? fs : p[n]);
-  TensorList ref = autograd::grad({lq}, wrt, {}, std::nullopt, false, /*allow_unused=*/true);
+  TensorList ref = fomaml_by_hand(fx, fo.names, opt.inner_lr, nullptr);
   for (size_t i = 0; i < fo.names.size(); ++i) {
     INFO(fo.names[i]);
-    Tensor r = ref[i].defined() ? ref[i] : zeros_like(wrt[i]);
-    CHECK(max_abs_diff(fo.grads[i], r) <= kSameGraphTol);
+    CHECK(max_abs_diff(fo.grads[i], ref[i]) <= kSameGraphTol);
   }
   // First and second order differ (else the E2E tests could not tell them apart).
   meta::MetaGradient so = meta::e2e_ttt_gradient(*fx.f, {fx.support}, fx.query, opt, false);
-  double gap = 0;
-  for (size_t i = 0; i < fo.names.size(); ++i) gap = std::max(gap, max_abs_diff(fo.grads[i], so.grads[i]));
-  CHECK(gap > 1e-6);
+  CHECK(max_gap(fo.grads, so.grads) > 1e-6);
+}
+
+// Meta-training with dropout (MetaOptions::dropout): the tiny model has dropout 0.2 in its
+// feed-forwards and 0.4 on its processing layers.
+constexpr uint64_t kMaskSeed = 11;
+
+TEST_CASE("FOMAML with dropout draws the support masks, then the query masks", "[meta]") {
+  Fixture fx;
+  meta::InnerLoopOptions opt;
+  opt.steps = 1;
+  opt.inner_lr = 0.05;
+  Generator gen(kMaskSeed);
+  opt.dropout = &gen;
+  meta::MetaGradient fo = meta::fomaml_gradient(*fx.f, {fx.support}, fx.query, opt);
+  Generator by_hand_masks(kMaskSeed);
+  TensorList ref = fomaml_by_hand(fx, fo.names, opt.inner_lr, &by_hand_masks);
+  for (size_t i = 0; i < fo.names.size(); ++i) {
+    INFO(fo.names[i]);
+    CHECK(max_abs_diff(fo.grads[i], ref[i]) <= kSameGraphTol);
+  }
+  // The generator advanced past both forwards' masks, as the hand computation's did.
+  CHECK(gen.offset() == by_hand_masks.offset());
+  CHECK(gen.offset() > 0);
+  // The masks were applied: without them the meta-gradient differs.
+  opt.dropout = nullptr;
+  meta::MetaGradient plain = meta::fomaml_gradient(*fx.f, {fx.support}, fx.query, opt);
+  CHECK(max_gap(fo.grads, plain.grads) > 1e-6);
+}
+
+TEST_CASE("E2E-TTT with dropout matches finite differences with the masks fixed; checkpointed "
+          "steps recompute the same masks",
+          "[meta][grad][checkpoint]") {
+  Fixture fx;
+  meta::InnerLoopOptions opt;
+  opt.steps = 2;
+  opt.inner_lr = 0.05;
+  const std::vector<std::string> checked = {"session_emb.weight", "unit_emb.weight",
+                                            "latent_emb.weight", "decoder.ffn.fc2.bias"};
+  nn::ParamMap base = fx.f->module()->parameter_map();
+  const std::vector<models::PocoBatch> support = {fx.support, fx.query};
+  uint64_t offset_after = 0;
+  // The meta-loss as a function of the checked parameters, every evaluation with the same masks
+  // (a generator at the same seed and offset).
+  auto meta_loss = [&](const TensorList& in) {
+    Generator masks(kMaskSeed);
+    meta::InnerLoopOptions o = opt;
+    o.dropout = &masks;
+    nn::ParamMap init = base;
+    for (size_t i = 0; i < checked.size(); ++i) init[checked[i]] = in[i];
+    meta::InnerResult r = meta::inner_loop(*fx.f, init, support, o);
+    nn::ParamMap adapted = init;
+    for (auto& [n, t] : r.fast) adapted[n] = t;
+    Tensor q = mse_loss(fx.f->predict(fx.query, &adapted, &masks), fx.query.target);
+    offset_after = masks.offset();
+    return add(q, div(add(r.inner_losses[0], r.inner_losses[1]), 2.0));
+  };
+  TensorList start;
+  for (const auto& n : checked) start.push_back(base[n].detach());
+  CHECK(check_gradients("E2E-TTT meta-loss with dropout", meta_loss, start) > 0);
+
+  TensorList leaves;
+  for (auto& t : start) {
+    Tensor l = t.clone();
+    l.set_requires_grad(true);
+    leaves.push_back(l);
+  }
+  TensorList ref = autograd::grad({meta_loss(leaves)}, leaves);
+  // Plain, one and both inner steps checkpointed: the meta-gradient of the same masks, and the
+  // generator left where the uncheckpointed loop leaves it.
+  TensorList plain;
+  for (int64_t checkpoint_steps : {0, 1, 2}) {
+    INFO("checkpoint_steps " << checkpoint_steps);
+    Generator gen(kMaskSeed);
+    meta::InnerLoopOptions o = opt;
+    o.dropout = &gen;
+    o.checkpoint_steps = checkpoint_steps;
+    meta::MetaGradient m = meta::e2e_ttt_gradient(*fx.f, support, fx.query, o);
+    CHECK(gen.offset() == offset_after);
+    for (size_t i = 0; i < checked.size(); ++i) {
+      INFO(checked[i]);
+      auto it = std::find(m.names.begin(), m.names.end(), checked[i]);
+      REQUIRE(it != m.names.end());
+      CHECK(max_abs_diff(m.grads[size_t(it - m.names.begin())], ref[i]) <= kSameGraphTol);
+    }
+    if (checkpoint_steps == 0)
+      plain = m.grads;
+    else
+      CHECK(max_gap(m.grads, plain) <= kSameGraphTol);
+  }
+  // The masks were applied: without them the meta-gradient differs.
+  meta::MetaGradient no_dropout = meta::e2e_ttt_gradient(*fx.f, support, fx.query, opt);
+  CHECK(max_gap(no_dropout.grads, plain) > 1e-6);
 }

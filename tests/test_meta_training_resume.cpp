@@ -1,7 +1,7 @@
 // Resumable training (meta::train with ResumeOptions): a run that stops after an evaluation
 // point and is resumed from its state file ends bitwise where the run that did not stop ends
-// (parameters, curve, best step), for standard training with dropout and for FOMAML (whose
-// meta-batch order is part of the state), as does a run asked to stop between evaluation points;
+// (parameters, curve, best step), for standard training with dropout and for FOMAML with
+// dropout (whose meta-batch order is part of the state), as does a run asked to stop between evaluation points;
 // a state written for another run or past train.steps is refused with the file's name.
 #include <catch2/catch.hpp>
 
@@ -61,6 +61,7 @@ meta::TrainOptions options(const std::string& method) {
   o.log_progress = false;
   o.meta.meta_batch = 2;
   o.meta.inner_steps = 2;
+  o.meta.dropout = true;  // FOMAML's inner and query forwards draw from the dropout generator
   return o;
 }
 

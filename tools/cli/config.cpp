@@ -148,6 +148,7 @@ void visit(meta::MetaOptions& m, Fn&& fn) {
   fn("params", m.params);
   fn("include_inner_losses", m.include_inner_losses);
   fn("checkpoint_steps", m.checkpoint_steps);
+  fn("dropout", m.dropout);
 }
 
 // The scalar fields of TrainOptions (method and meta are handled by read_train/train_json).
