@@ -2,7 +2,8 @@
 // freed blocks, splitting and merging inside a segment, empty_cache, the out-of-memory message,
 // and the private pool of a CUDA-graph capture (a captured step replays with new inputs);
 // CudaGraph (engine/core/backend.h): host-to-device copies inside a capture, the errors of a host
-// read or synchronize() inside one, capturable AdamW replayed. The [cuda] cases skip, with a
+// read or synchronize() inside one, capturable AdamW replayed, optimizer steps refused in a
+// capture whose replays would be wrong. The [cuda] cases skip, with a
 // warning, when no CUDA device is present; the last case checks CudaGraph's errors without one.
 #include <catch2/catch.hpp>
 
@@ -233,6 +234,44 @@ TEST_CASE("CudaGraph: capturable AdamW replayed equals host-counted AdamW", "[cu
                 "capturable AdamW, replay " + std::to_string(i + 1));
   }
   CHECK(capturable.state_dict()[0].second.item<int64_t>() == 5);  // 1 eager + 4 replays
+}
+
+TEST_CASE("CudaGraph: optimizer steps whose replays would be wrong are refused in the capture",
+          "[cuda][graph]") {
+  MT_SKIP_WITHOUT_CUDA();
+  const Device d = gpu0();
+  Generator gen(6);
+  Tensor p = normal(Shape{100}, 0, 1, gen).to(d).set_requires_grad(true);
+  auto set_grad = [&] {
+    NoGradGuard no_grad;
+    p.set_grad(mul(p, 1.0));
+  };
+  set_grad();
+  CudaGraph g;
+  // Host-counted AdamW, one kernel per parameter or one for the list: the bias corrections of
+  // the capture's step would be replayed forever.
+  for (bool foreach : {true, false}) {
+    INFO("foreach " << foreach);
+    optim::AdamW host_counted({{"p", p}}, {.lr = 0.05, .foreach = foreach});
+    host_counted.step();  // eager: the state exists
+    CHECK_THROWS_WITH(g.capture(d, [&] { host_counted.step(); }),
+                      Catch::Contains("step count of parameter 'p' on the host") &&
+                          Catch::Contains("AdamWOptions::capturable"));
+    CHECK_FALSE(is_capturing(d));
+    CHECK(host_counted.state_dict()[0].second.item<int64_t>() == 1);  // refused before counting
+  }
+  // State created inside the capture would be reset by every replay.
+  optim::AdamW fresh({{"p", p}}, {.lr = 0.05, .capturable = true});
+  CHECK_THROWS_WITH(g.capture(d, [&] { fresh.step(); }),
+                    Catch::Contains("state of parameter 'p'") &&
+                        Catch::Contains("take one step before the capture"));
+  CHECK_FALSE(is_capturing(d));
+  // After one eager step the same optimizer captures.
+  fresh.step();
+  g.capture(d, [&] { fresh.step(); });
+  g.replay();
+  synchronize(d);
+  CHECK(fresh.state_dict()[0].second.item<int64_t>() == 2);
 }
 
 TEST_CASE("CudaGraph: a cached constant the graph reads outlives the constants cache",

@@ -321,6 +321,11 @@ TEST_CASE("CUDA: dtype conversions and strided copies are exact", "[cuda]") {
     CHECK(x.to(gpu0()).to(DType::i64).to(kCPU).to_vector<int64_t>() ==
           x.to(DType::i64).to_vector<int64_t>());
   }
+  for (double v : edge) {  // and fill_ of an i64 tensor
+    INFO("fill_(" << v << ")");
+    CHECK(empty(Shape{5}, DType::i64, gpu0()).fill_(v).to(kCPU).to_vector<int64_t>() ==
+          empty(Shape{5}, DType::i64).fill_(v).to_vector<int64_t>());
+  }
   // Broadcast source, expanded views, narrow_scatter, cat/stack/split on the device.
   Tensor row = random_tensor(Shape{1, 6}, -1, 1, 42);
   check_equal(on_gpu(row).expand(Shape{4, 6}).contiguous(), row.expand(Shape{4, 6}).contiguous(),

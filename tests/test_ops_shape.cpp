@@ -87,7 +87,8 @@ TEST_CASE("dtype conversion round trips and carries gradients", "[ops][view][gra
   CHECK(max_abs_diff(g[0], mul(x, 2.0)) < 1e-5);
 }
 
-TEST_CASE("floating point to i64: toward zero, NaN to 0, saturated beyond the range",
+TEST_CASE("floating point to i64 (casts and fill_): toward zero, NaN to 0, saturated beyond the "
+          "range",
           "[ops][view]") {
   constexpr int64_t kMax = std::numeric_limits<int64_t>::max(), kMin = std::numeric_limits<int64_t>::min();
   const std::vector<double> values = {2.7, -2.7, NAN, 1e30, -1e30, INFINITY, -INFINITY,
@@ -99,6 +100,12 @@ TEST_CASE("floating point to i64: toward zero, NaN to 0, saturated beyond the ra
     // f16 holds at most 65504: 1e30 and 2^63 are inf there, which saturates the same way.
     INFO(dtype_name(from));
     CHECK(got == want);
+  }
+  // fill_ of an i64 tensor by the same rule.
+  for (size_t i = 0; i < values.size(); ++i) {
+    INFO("fill_(" << values[i] << ")");
+    CHECK(empty(Shape{3}, DType::i64).fill_(values[i]).to_vector<int64_t>() ==
+          std::vector<int64_t>(3, want[i]));
   }
 }
 

@@ -3,8 +3,10 @@
 // work (the CPU converts them but does not compute in them); i64 holds indices.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 
 #include "engine/core/error.h"
 
@@ -35,6 +37,18 @@ constexpr const char* dtype_name(DType t) {
 }
 
 constexpr bool is_floating(DType t) { return t != DType::i64; }
+
+// Floating point to i64 as every backend converts it (copies, casts, fill_): toward zero, as a
+// C++ cast does where that is defined; NaN gives 0 and values beyond the i64 range saturate (the
+// cast leaves these undefined). kernels/cuda/copy.cu's float_to_i64 is its device twin. f32
+// values convert exactly to double first, so one function serves both.
+inline int64_t to_i64(double v) {
+  constexpr double kLimit = 9223372036854775808.0;  // 2^63
+  if (std::isnan(v)) return 0;
+  if (v >= kLimit) return std::numeric_limits<int64_t>::max();
+  if (v < -kLimit) return std::numeric_limits<int64_t>::min();
+  return static_cast<int64_t>(v);
+}
 
 template <class T> constexpr DType dtype_of();
 template <> constexpr DType dtype_of<float>() { return DType::f32; }

@@ -194,7 +194,7 @@ void apply_inplace(Tensor& t, F f) {
 // ---- CPU kernels of the in-place writes ----
 void fill_cpu(Tensor& t, double value) {
   if (t.dtype() == DType::i64) {
-    apply_inplace<int64_t>(t, [&](int64_t, int64_t) { return int64_t(value); });
+    apply_inplace<int64_t>(t, [&](int64_t, int64_t) { return to_i64(value); });
   } else {
     dispatch_float(t.dtype(), "fill_", [&]<class T>() {
       apply_inplace<T>(t, [&](T, int64_t) { return T(value); });

@@ -23,18 +23,15 @@ namespace {
 
 // CPU conversions of the 16-bit storage types go through Eigen's half and bfloat16 (round to
 // nearest even), via float.
-// Floating point to i64 truncates toward zero, as a C++ cast does where that is defined; NaN
-// gives 0 and values beyond the i64 range saturate (the C++ cast leaves these undefined). The
-// CUDA copy kernel (kernels/cuda/copy.cu) converts by the same rule, which is also PTX's cvt.
+// Floating point to i64 by to_i64 (engine/core/dtype.h): toward zero, NaN gives 0, saturated
+// beyond the range. The CUDA copy kernel (kernels/cuda/copy.cu) converts by the same rule, which
+// is also PTX's cvt.
 template <class Tdst, class Tsrc>
 Tdst convert(Tsrc v) {
-  if constexpr (std::is_same_v<Tdst, int64_t> && std::is_floating_point_v<Tsrc>) {
-    constexpr Tsrc kLimit = Tsrc(9223372036854775808.0);  // 2^63, exact in f32 and f64
-    if (std::isnan(v)) return 0;
-    if (v >= kLimit) return std::numeric_limits<int64_t>::max();
-    if (v < -kLimit) return std::numeric_limits<int64_t>::min();
-  }
-  return static_cast<Tdst>(v);
+  if constexpr (std::is_same_v<Tdst, int64_t> && std::is_floating_point_v<Tsrc>)
+    return to_i64(double(v));
+  else
+    return static_cast<Tdst>(v);
 }
 
 template <class Tdst>

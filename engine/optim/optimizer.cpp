@@ -7,6 +7,7 @@
 #include <fmt/ranges.h>
 
 #include "engine/autograd/grad_mode.h"
+#include "engine/core/backend.h"
 #include "engine/core/error.h"
 #include "engine/ops.h"
 
@@ -56,6 +57,11 @@ void Optimizer::zero_grad() {
 
 void Optimizer::init_state(size_t i) {
   const Tensor& p = params_[i].second;
+  // Captured, the zero-fill would be a kernel of the graph: every replay would reset the state.
+  MT_CHECK(!is_capturing(p.device()),
+           "{}: the state of parameter '{}' is created while {} is being captured into a CUDA "
+           "graph, and every replay would reset it; take one step before the capture",
+           kind_, params_[i].first, p.device().str());
   std::vector<Tensor>& s = state_[i];
   s.clear();
   for (const std::string& n : state_names())

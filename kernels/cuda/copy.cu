@@ -6,7 +6,7 @@
 namespace mt::gpu {
 namespace {
 
-// Floating point -> i64 as the CPU converts it (engine/ops/view.cpp): toward zero, NaN -> 0, and
+// Floating point -> i64 as the CPU converts it (engine/core/dtype.h to_i64): toward zero, NaN -> 0, and
 // saturated beyond the range; spelled out rather than left to the cast, whose C++ meaning is
 // undefined there.
 template <class Tf>
@@ -46,6 +46,8 @@ template <class T>
 __device__ __forceinline__ T from_double(double v) {
   if constexpr (is_16bit<T>) {
     return from_float<T>(static_cast<float>(v));
+  } else if constexpr (std::is_same_v<T, int64_t>) {
+    return float_to_i64(v);  // fill_ of an i64 tensor: the CPU's to_i64
   } else {
     return static_cast<T>(v);
   }
