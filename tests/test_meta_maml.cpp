@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <optional>
 
 #include "engine/io/checkpoint.h"
 #include "meta/maml.h"
@@ -68,42 +70,82 @@ TEST_CASE("E2E-TTT meta-gradient with one embedding step equals PyTorch's", "[me
   }
 }
 
-TEST_CASE("E2E-TTT meta-gradient (two steps, inner losses) matches finite differences",
-          "[meta][grad]") {
-  Fixture fx;
+namespace {
+
+// The E2E-TTT meta-loss of two inner steps (support batches: the support and the query batch),
+// query loss + mean inner loss, as a function of the `checked` parameters (the others as in the
+// model). With a mask seed, the model's dropout draws from a generator at that seed, the same
+// masks at every call; `offset_after` is where the generator ends.
+struct TwoStepMetaLoss {
+  Fixture& fx;
+  meta::InnerLoopOptions opt;
+  std::vector<std::string> checked;
+  std::optional<uint64_t> mask_seed;
+  nn::ParamMap base = fx.f->module()->parameter_map();
+  uint64_t offset_after = 0;
+
+  std::vector<models::PocoBatch> support() const { return {fx.support, fx.query}; }
+  Tensor operator()(const TensorList& in) {
+    std::optional<Generator> masks;
+    if (mask_seed) masks.emplace(*mask_seed);
+    meta::InnerLoopOptions o = opt;
+    o.dropout = masks ? &*masks : nullptr;
+    nn::ParamMap init = base;
+    for (size_t i = 0; i < checked.size(); ++i) init[checked[i]] = in[i];
+    meta::InnerResult r = meta::inner_loop(*fx.f, init, support(), o);
+    nn::ParamMap adapted = init;
+    for (auto& [n, t] : r.fast) adapted[n] = t;
+    Tensor q = mse_loss(fx.f->predict(fx.query, &adapted, o.dropout), fx.query.target);
+    if (masks) offset_after = masks->offset();
+    return add(q, div(add(r.inner_losses[0], r.inner_losses[1]), 2.0));
+  }
+  TensorList start() const {
+    TensorList t;
+    for (const auto& n : checked) t.push_back(base.at(n).detach());
+    return t;
+  }
+  // Its gradient at the model's values, by autograd through the same graph.
+  TensorList gradient() {
+    TensorList leaves;
+    for (auto& t : start()) {
+      Tensor l = t.clone();
+      l.set_requires_grad(true);
+      leaves.push_back(l);
+    }
+    return autograd::grad({(*this)(leaves)}, leaves);
+  }
+  // Checks that the checked parameters' meta-gradients in `m` are `ref`.
+  void check_same(const meta::MetaGradient& m, const TensorList& ref) const {
+    for (size_t i = 0; i < checked.size(); ++i) {
+      INFO(checked[i]);
+      auto it = std::find(m.names.begin(), m.names.end(), checked[i]);
+      REQUIRE(it != m.names.end());
+      CHECK(max_abs_diff(m.grads[size_t(it - m.names.begin())], ref[i]) <= kSameGraphTol);
+    }
+  }
+};
+
+meta::InnerLoopOptions two_steps() {
   meta::InnerLoopOptions opt;
   opt.steps = 2;
   opt.inner_lr = 0.05;
-  const std::vector<std::string> checked = {"session_emb.weight", "latent_emb.weight",
-                                            "head.out_proj.bias", "decoder.ffn.fc2.bias"};
-  nn::ParamMap base = fx.f->module()->parameter_map();
-  // The meta-loss as a function of the checked parameters (the others fixed).
-  auto meta_loss = [&](const TensorList& in) {
-    nn::ParamMap init = base;
-    for (size_t i = 0; i < checked.size(); ++i) init[checked[i]] = in[i];
-    meta::InnerResult r = meta::inner_loop(*fx.f, init, {fx.support, fx.query}, opt);
-    nn::ParamMap adapted = init;
-    for (auto& [n, t] : r.fast) adapted[n] = t;
-    Tensor q = mse_loss(fx.f->predict(fx.query, &adapted), fx.query.target);
-    return add(q, div(add(r.inner_losses[0], r.inner_losses[1]), 2.0));
-  };
-  TensorList start;
-  for (const auto& n : checked) start.push_back(base[n].detach());
-  CHECK(check_gradients("E2E-TTT meta-loss", meta_loss, start) > 0);
+  return opt;
+}
+
+}  // namespace
+
+TEST_CASE("E2E-TTT meta-gradient (two steps, inner losses) matches finite differences",
+          "[meta][grad]") {
+  Fixture fx;
+  TwoStepMetaLoss meta_loss{fx, two_steps(),
+                            {"session_emb.weight", "latent_emb.weight", "head.out_proj.bias",
+                             "decoder.ffn.fc2.bias"},
+                            std::nullopt};
+  CHECK(check_gradients("E2E-TTT meta-loss", std::ref(meta_loss), meta_loss.start()) > 0);
   // And e2e_ttt_gradient returns exactly these gradients.
-  meta::MetaGradient m = meta::e2e_ttt_gradient(*fx.f, {fx.support, fx.query}, fx.query, opt);
-  TensorList leaves;
-  for (auto& t : start) {
-    Tensor l = t.clone();
-    l.set_requires_grad(true);
-    leaves.push_back(l);
-  }
-  TensorList ref = autograd::grad({meta_loss(leaves)}, leaves);
-  for (size_t i = 0; i < checked.size(); ++i) {
-    auto it = std::find(m.names.begin(), m.names.end(), checked[i]);
-    REQUIRE(it != m.names.end());
-    CHECK(max_abs_diff(m.grads[size_t(it - m.names.begin())], ref[i]) <= kSameGraphTol);
-  }
+  meta_loss.check_same(
+      meta::e2e_ttt_gradient(*fx.f, meta_loss.support(), fx.query, meta_loss.opt),
+      meta_loss.gradient());
 }
 
 namespace {
@@ -189,63 +231,32 @@ TEST_CASE("E2E-TTT with dropout matches finite differences with the masks fixed;
           "steps recompute the same masks",
           "[meta][grad][checkpoint]") {
   Fixture fx;
-  meta::InnerLoopOptions opt;
-  opt.steps = 2;
-  opt.inner_lr = 0.05;
-  const std::vector<std::string> checked = {"session_emb.weight", "unit_emb.weight",
-                                            "latent_emb.weight", "decoder.ffn.fc2.bias"};
-  nn::ParamMap base = fx.f->module()->parameter_map();
-  const std::vector<models::PocoBatch> support = {fx.support, fx.query};
-  uint64_t offset_after = 0;
-  // The meta-loss as a function of the checked parameters, every evaluation with the same masks
-  // (a generator at the same seed and offset).
-  auto meta_loss = [&](const TensorList& in) {
-    Generator masks(kMaskSeed);
-    meta::InnerLoopOptions o = opt;
-    o.dropout = &masks;
-    nn::ParamMap init = base;
-    for (size_t i = 0; i < checked.size(); ++i) init[checked[i]] = in[i];
-    meta::InnerResult r = meta::inner_loop(*fx.f, init, support, o);
-    nn::ParamMap adapted = init;
-    for (auto& [n, t] : r.fast) adapted[n] = t;
-    Tensor q = mse_loss(fx.f->predict(fx.query, &adapted, &masks), fx.query.target);
-    offset_after = masks.offset();
-    return add(q, div(add(r.inner_losses[0], r.inner_losses[1]), 2.0));
-  };
-  TensorList start;
-  for (const auto& n : checked) start.push_back(base[n].detach());
-  CHECK(check_gradients("E2E-TTT meta-loss with dropout", meta_loss, start) > 0);
-
-  TensorList leaves;
-  for (auto& t : start) {
-    Tensor l = t.clone();
-    l.set_requires_grad(true);
-    leaves.push_back(l);
-  }
-  TensorList ref = autograd::grad({meta_loss(leaves)}, leaves);
+  TwoStepMetaLoss meta_loss{fx, two_steps(),
+                            {"session_emb.weight", "unit_emb.weight", "latent_emb.weight",
+                             "decoder.ffn.fc2.bias"},
+                            kMaskSeed};
+  CHECK(check_gradients("E2E-TTT meta-loss with dropout", std::ref(meta_loss), meta_loss.start()) >
+        0);
+  const TensorList ref = meta_loss.gradient();
   // Plain, one and both inner steps checkpointed: the meta-gradient of the same masks, and the
   // generator left where the uncheckpointed loop leaves it.
   TensorList plain;
   for (int64_t checkpoint_steps : {0, 1, 2}) {
     INFO("checkpoint_steps " << checkpoint_steps);
     Generator gen(kMaskSeed);
-    meta::InnerLoopOptions o = opt;
+    meta::InnerLoopOptions o = meta_loss.opt;
     o.dropout = &gen;
     o.checkpoint_steps = checkpoint_steps;
-    meta::MetaGradient m = meta::e2e_ttt_gradient(*fx.f, support, fx.query, o);
-    CHECK(gen.offset() == offset_after);
-    for (size_t i = 0; i < checked.size(); ++i) {
-      INFO(checked[i]);
-      auto it = std::find(m.names.begin(), m.names.end(), checked[i]);
-      REQUIRE(it != m.names.end());
-      CHECK(max_abs_diff(m.grads[size_t(it - m.names.begin())], ref[i]) <= kSameGraphTol);
-    }
+    meta::MetaGradient m = meta::e2e_ttt_gradient(*fx.f, meta_loss.support(), fx.query, o);
+    CHECK(gen.offset() == meta_loss.offset_after);
+    meta_loss.check_same(m, ref);
     if (checkpoint_steps == 0)
       plain = m.grads;
     else
       CHECK(max_gap(m.grads, plain) <= kSameGraphTol);
   }
   // The masks were applied: without them the meta-gradient differs.
-  meta::MetaGradient no_dropout = meta::e2e_ttt_gradient(*fx.f, support, fx.query, opt);
+  meta::MetaGradient no_dropout =
+      meta::e2e_ttt_gradient(*fx.f, meta_loss.support(), fx.query, meta_loss.opt);
   CHECK(max_gap(no_dropout.grads, plain) > 1e-6);
 }
