@@ -179,7 +179,7 @@ TEST_CASE("CudaGraph: host-to-device copies replay their capture-time values", "
   CHECK_FALSE(g.captured());
 }
 
-TEST_CASE("CudaGraph: a host read or synchronize() inside the capture is an error",
+TEST_CASE("CudaGraph: a host read, synchronize() or a replay inside the capture is an error",
           "[cuda][graph]") {
   MT_SKIP_WITHOUT_CUDA();
   const Device d = gpu0();
@@ -199,6 +199,15 @@ TEST_CASE("CudaGraph: a host read or synchronize() inside the capture is an erro
                     Catch::Contains("every replay would repeat the numbers"));
   CHECK_FALSE(is_capturing(d));
   CHECK_THROWS_WITH(g.replay(), Catch::Contains("nothing was captured"));
+  // A graph replayed inside another capture.
+  Tensor y;
+  g.capture(d, [&] { y = add(x, 1.0); });
+  CudaGraph outer;
+  CHECK_THROWS_WITH(outer.capture(d, [&] { g.replay(); }),
+                    Catch::Contains("being captured into another CUDA graph"));
+  CHECK_FALSE(is_capturing(d));
+  g.replay();
+  check_equal(y, full(Shape{4}, 2.0, DType::f64), "replayed after the refused capture");
   // The stream works after the abandoned captures.
   check_equal(add(x, 3.0), full(Shape{4}, 4.0, DType::f64), "after the abandoned captures");
 }

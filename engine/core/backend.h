@@ -73,6 +73,7 @@ class CudaGraph {
   // capture is abandoned and the exception passes on.
   void capture(Device device, const std::function<void()>& fn);
   // Queues the captured work on the device's compute stream (no wait; synchronize() to wait).
+  // Refused while the device is capturing (a graph inside another graph is not supported).
   void replay();
   bool captured() const;
   Device device() const;

@@ -6,9 +6,9 @@
 namespace mt::gpu {
 namespace {
 
-// Floating point -> i64 as the CPU converts it (engine/core/dtype.h to_i64): toward zero, NaN -> 0, and
-// saturated beyond the range; spelled out rather than left to the cast, whose C++ meaning is
-// undefined there.
+// Floating point -> i64 as the CPU converts it (engine/core/dtype.h to_i64): toward zero,
+// NaN -> 0, and saturated beyond the range; spelled out rather than left to the cast, whose C++
+// meaning is undefined there.
 template <class Tf>
 __device__ __forceinline__ int64_t float_to_i64(Tf v) {
   constexpr Tf kLimit = Tf(9223372036854775808.0);  // 2^63

@@ -183,6 +183,13 @@ void CudaGraph::capture(Device device, const std::function<void()>& fn) {
 
 void CudaGraph::replay() {
   MT_CHECK(impl_ != nullptr, "CudaGraph::replay: nothing was captured");
+  // Captured into another graph, the launch would become a node of that graph that reads this
+  // graph's memory pool, which is released when this graph is destroyed, not when that one is.
+  MT_CHECK(gpu::current_capture_id(impl_->r.device.index) == 0,
+           "CudaGraph::replay on {} while the device is being captured into another CUDA graph: "
+           "that graph would read this one's memory after it is freed; replay outside the "
+           "capture, or capture the work of both in one graph",
+           impl_->r.device.str());
   gpu::DeviceGuard guard(impl_->r.device.index);
   profiler::ScopedKernel timed("cuda_graph_replay", true);  // the replay's kernels, when traced
   MT_CUDA_CHECK(cudaGraphLaunch(impl_->r.exec, gpu::stream(impl_->r.device.index)));
