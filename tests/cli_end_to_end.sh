@@ -85,10 +85,13 @@ check "train fomaml" "$bin" train --run "$work/fomaml" "${small[@]}" --method fo
 check "train e2e-ttt" "$bin" train --run "$work/e2e" "${small[@]}" --method e2e-ttt \
   --set train.meta.inner_steps=2 --set train.meta.meta_batch=2
 check "e2e-ttt run recorded its method" grep -q '"method": "e2e-ttt"' "$work/e2e/config.json"
-check "train e2e-ttt, first step checkpointed, saved outputs recomputed" "$bin" train \
+check "train e2e-ttt, first step checkpointed, saved outputs recomputed, dropout" "$bin" train \
   --run "$work/e2e_ckpt" "${small[@]}" --method e2e-ttt --set train.meta.inner_steps=2 \
-  --set train.meta.checkpoint_steps=1 --set saved_recompute=always
+  --set train.meta.checkpoint_steps=1 --set saved_recompute=always --set train.meta.dropout=true
 check "the run recorded its checkpointing" grep -q '"checkpoint_steps": 1' "$work/e2e_ckpt/config.json"
+check "the run recorded dropout in meta-training" "$py" -c '
+import json, sys
+assert json.load(open(sys.argv[1]))["train"]["meta"]["dropout"] is True' "$work/e2e_ckpt/config.json"
 fails_with "unknown saved_recompute" "saved_recompute 'sometimes' is not known" "$bin" train \
   --run "$work/x" --set saved_recompute=sometimes
 fails_with "negative checkpoint_steps" "checkpoint_steps must be >= 0" "$bin" train \
@@ -192,7 +195,8 @@ check "with its 31 evaluation points" test "$(wc -l <"$work/patient/metrics.json
 fails_with "a negative train.patience" "train.patience must be >= 0" "$bin" train \
   --run "$work/negative_patience" "${small[@]}" --set train.patience=-1
 # A run written before a setting existed (its state and config.json lack data.csv.header,
-# time_axis, label_column, time_column) resumes, and ends as the run that did not stop.
+# time_axis, label_column, time_column and train.meta.dropout) resumes, and ends as the run that
+# did not stop.
 check "train 6 steps for the older-state resume" "$bin" train --run "$work/older" "${small[@]}"
 check "strip the settings added since from the run's state and config" "$py" -c '
 import json, struct, sys, zlib
@@ -205,6 +209,7 @@ header, data = json.loads(raw[8:8 + n]), raw[8 + n:]
 meta = header["__metadata__"]
 state = json.loads(meta["metatape.train_state"])
 for k in new_keys: del state["identity"]["data"]["csv"][k]
+del state["identity"]["train"]["meta"]["dropout"]
 text = json.dumps(state, separators=(",", ":"))
 meta["metatape.train_state"] = text
 meta["metatape.train_state.crc32"] = "%08x" % zlib.crc32(text.encode())
@@ -213,6 +218,7 @@ h += b" " * (-len(h) % 8)
 open(path, "wb").write(struct.pack("<Q", len(h)) + h + data)
 config = json.load(open(run + "/config.json"))
 for k in new_keys: del config["data"]["csv"][k]
+del config["train"]["meta"]["dropout"]
 json.dump(config, open(run + "/config.json", "w"), indent=2)
 ' "$work/older"
 check "a run from before the new settings resumes" "$bin" train --run "$work/older" --resume \
