@@ -91,7 +91,8 @@ check "train e2e-ttt, first step checkpointed, saved outputs recomputed, dropout
 check "the run recorded its checkpointing" grep -q '"checkpoint_steps": 1' "$work/e2e_ckpt/config.json"
 check "the run recorded dropout in meta-training" "$py" -c '
 import json, sys
-assert json.load(open(sys.argv[1]))["train"]["meta"]["dropout"] is True' "$work/e2e_ckpt/config.json"
+assert json.load(open(sys.argv[1]))["train"]["meta"]["dropout"] is True' \
+  "$work/e2e_ckpt/config.json"
 fails_with "unknown saved_recompute" "saved_recompute 'sometimes' is not known" "$bin" train \
   --run "$work/x" --set saved_recompute=sometimes
 fails_with "negative checkpoint_steps" "checkpoint_steps must be >= 0" "$bin" train \

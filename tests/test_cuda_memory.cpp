@@ -13,6 +13,7 @@
 #include "engine/core/generator.h"
 #include "engine/core/profiler.h"
 #include "engine/optim/adamw.h"
+#include "engine/optim/sgd.h"
 #include "support/cuda_compare.h"
 
 #if METATAPE_WITH_CUDA
@@ -272,7 +273,7 @@ TEST_CASE("CudaGraph: optimizer steps whose replays would be wrong are refused i
   // State created inside the capture would be reset by every replay.
   optim::AdamW fresh({{"p", p}}, {.lr = 0.05, .capturable = true});
   CHECK_THROWS_WITH(g.capture(d, [&] { fresh.step(); }),
-                    Catch::Contains("state of parameter 'p'") &&
+                    Catch::Contains("state of parameter 'p' would be created") &&
                         Catch::Contains("take one step before the capture"));
   CHECK_FALSE(is_capturing(d));
   // After one eager step the same optimizer captures.
@@ -281,6 +282,22 @@ TEST_CASE("CudaGraph: optimizer steps whose replays would be wrong are refused i
   g.replay();
   synchronize(d);
   CHECK(fresh.state_dict()[0].second.item<int64_t>() == 2);
+  // SGD with momentum: the first step creates the buffer (and sets it to the gradient).
+  Tensor q = normal(Shape{100}, 0, 1, gen).to(d).set_requires_grad(true);
+  {
+    NoGradGuard no_grad;
+    q.set_grad(full(Shape{100}, 1.0, DType::f32, d));
+  }
+  optim::SGD sgd({{"q", q}}, {.lr = 0.1, .momentum = 0.9});
+  const Tensor q0 = q.detach().clone();
+  CHECK_THROWS_WITH(g.capture(d, [&] { sgd.step(); }),
+                    Catch::Contains("state of parameter 'q' would be created"));
+  CHECK_FALSE(is_capturing(d));
+  check_equal(q.detach(), q0, "SGD refused: the parameter is untouched");
+  sgd.step();  // eager: buffer = g, q -= 0.1
+  g.capture(d, [&] { sgd.step(); });
+  g.replay();  // buffer = 0.9 * 1 + 1 = 1.9, q -= 0.19
+  check_close(q.detach(), sub(q0, 0.29), Tolerance{1e-6, 1e-6}, "SGD with momentum replayed");
 }
 
 TEST_CASE("CudaGraph: a cached constant the graph reads outlives the constants cache",

@@ -315,7 +315,8 @@ TEST_CASE("CUDA: dtype conversions and strided copies are exact", "[cuda]") {
     }
   }
   // Floating point -> i64 at NaN, infinities and beyond the range: the CPU's rule (0, saturate).
-  const std::vector<double> edge = {NAN, INFINITY, -INFINITY, 1e30, -1e30, 2.5, -2.5};
+  const std::vector<double> edge = {NAN, INFINITY, -INFINITY, 1e30, -1e30, 2.5, -2.5,
+                                    9223372036854775808.0, -9223372036854775808.0};
   for (DType from : {DType::f32, DType::f64, DType::f16, DType::bf16}) {
     Tensor x = from_vector(edge, Shape{int64_t(edge.size())}, DType::f64).to(from);
     CHECK(x.to(gpu0()).to(DType::i64).to(kCPU).to_vector<int64_t>() ==

@@ -1,8 +1,9 @@
 // Resumable training (meta::train with ResumeOptions): a run that stops after an evaluation
 // point and is resumed from its state file ends bitwise where the run that did not stop ends
 // (parameters, curve, best step), for standard training with dropout and for FOMAML with
-// dropout (whose meta-batch order is part of the state), as does a run asked to stop between evaluation points;
-// a state written for another run or past train.steps is refused with the file's name.
+// dropout (whose meta-batch order is part of the state), as does a run asked to stop between
+// evaluation points; a state written for another run or past train.steps is refused with the
+// file's name. Meta-training draws dropout masks only with train.meta.dropout.
 #include <catch2/catch.hpp>
 
 #include <cctype>
@@ -216,6 +217,27 @@ TEST_CASE("a resumed training run ends bitwise where the uninterrupted run ends"
       CHECK(more.curve[4].step == 16);
     }
   }
+}
+
+TEST_CASE("meta-training draws dropout masks only with train.meta.dropout", "[meta][training]") {
+  const data::PreparedData d = tiny_data();
+  TempDir dir("meta_dropout");
+  auto run = [&](bool dropout, const char* file) {
+    meta::TrainOptions o = options("fomaml");
+    o.meta.dropout = dropout;
+    auto f = tiny_poco(d);
+    meta::ResumeOptions r = saving_state(dir, file, {{"meta_dropout", dropout}});
+    Finished out = finish(*f, meta::train(*f, d, {}, o, {}, {}, {}, r));
+    return std::make_pair(std::move(out), meta::read_train_state_metadata(r.state_path));
+  };
+  const auto [with, with_state] = run(true, "with.safetensors");
+  const auto [without, without_state] = run(false, "without.safetensors");
+  // The training's dropout generator moved only with the setting (state: seed, offset) ...
+  CHECK(with_state.at("dropout_generator").at(1).get<uint64_t>() > 0);
+  CHECK(without_state.at("dropout_generator").at(1).get<uint64_t>() == 0);
+  // ... and its masks changed the meta-losses from the first outer step on.
+  REQUIRE(with.result.curve.size() > 1);
+  CHECK(with.result.curve[1].train_loss != without.result.curve[1].train_loss);
 }
 
 TEST_CASE("a training state is refused for another run, past train.steps, or damaged",

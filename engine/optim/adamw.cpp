@@ -119,24 +119,16 @@ void AdamW::step() {
   const AdamWOptions& o = options_;
   const AdamWHyper hyper{o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.amsgrad, o.maximize};
   Tensor none;
-  // Inside a CUDA-graph capture only what every replay repeats correctly is taken, and the
-  // refusal comes before any count moves: state created in the capture would be reset by each
-  // replay, and a count on the host would freeze the bias corrections at the capture's step.
-  for (size_t i = 0; i < params().size(); ++i) {
-    const Tensor& p = params()[i].second;
-    if (!gradient(i).defined() || !is_capturing(p.device())) continue;
-    MT_CHECK(!state(i).empty(),
-             "adamw: the state of parameter '{}' would be created while {} is being captured "
-             "into a CUDA graph, and every replay would reset it; take one step before the "
-             "capture",
-             params()[i].first, p.device().str());
+  // Inside a CUDA-graph capture only what every replay repeats correctly is taken, refused
+  // before any count moves: the state must exist, and a count on the host would freeze the bias
+  // corrections at the capture's step.
+  for (size_t i : captured_parameters(/*needs_state=*/true))
     MT_CHECK(state(i)[0].device() != kCPU,
              "adamw on {} while its stream is being captured into a CUDA graph, with the step "
              "count of parameter '{}' on the host: every replay would repeat the bias "
              "corrections of the capture's step; set AdamWOptions::capturable (the count and "
              "the corrections on the device)",
-             p.device().str(), params()[i].first);
-  }
+             params()[i].second.device().str(), params()[i].first);
   // foreach: the parameters of each device in one call (a few kernels on CUDA), in order.
   std::vector<std::pair<Device, std::vector<AdamWEntry>>> lists;
   for (size_t i = 0; i < params().size(); ++i) {

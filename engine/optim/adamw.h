@@ -19,7 +19,9 @@ struct AdamWOptions {
   // Keep each parameter's step count on its device and compute the bias corrections there
   // (torch's capturable=True), so that a CUDA graph capturing step() (engine/core/backend.h
   // CudaGraph) is right at every replay. The same updates otherwise; the lr and the other
-  // options are still read at capture time. On the CPU it changes nothing.
+  // options are still read at capture time (a later set_lr does not reach the replays). On the
+  // CPU it changes nothing. A step inside a capture without it, or before any eager step (the
+  // state would be created in the graph and reset by every replay), is refused.
   bool capturable = false;
   // Update the parameters of each device with one multi-tensor call (torch's foreach=True): on
   // CUDA a few kernels for the whole list instead of one (two when capturable) per parameter.

@@ -1,5 +1,6 @@
 #include "engine/optim/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <set>
@@ -55,9 +56,29 @@ void Optimizer::zero_grad() {
   for (auto& [name, p] : params_) p.zero_grad();
 }
 
+std::vector<size_t> Optimizer::captured_parameters(bool needs_state) {
+  std::vector<size_t> captured;
+  std::vector<std::pair<Device, bool>> devices;  // capture status by device, queried once
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const Tensor& p = params_[i].second;
+    if (!p.device().is_cuda() || !p.grad().defined()) continue;
+    auto it = std::find_if(devices.begin(), devices.end(),
+                           [&](const auto& d) { return d.first == p.device(); });
+    if (it == devices.end())
+      it = devices.insert(devices.end(), {p.device(), is_capturing(p.device())});
+    if (!it->second) continue;
+    MT_CHECK(!needs_state || !state_[i].empty(),
+             "{}: the state of parameter '{}' would be created while {} is being captured into a "
+             "CUDA graph, and every replay would reset it; take one step before the capture",
+             kind_, params_[i].first, p.device().str());
+    captured.push_back(i);
+  }
+  return captured;
+}
+
 void Optimizer::init_state(size_t i) {
   const Tensor& p = params_[i].second;
-  // Captured, the zero-fill would be a kernel of the graph: every replay would reset the state.
+  // A safety net for captured_parameters(), which every step() calls first.
   MT_CHECK(!is_capturing(p.device()),
            "{}: the state of parameter '{}' is created while {} is being captured into a CUDA "
            "graph, and every replay would reset it; take one step before the capture",

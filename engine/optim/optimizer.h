@@ -73,6 +73,12 @@ class Optimizer {
   std::vector<Tensor>& state(size_t i) { return state_[i]; }
   void init_state(size_t i);
 
+  // For a step() inside a CUDA-graph capture, called before anything moves: the parameters with a
+  // gradient on a capturing device. With `needs_state`, each must already have its state (taken
+  // one step before the capture): created in the capture, the zero-fill would be a kernel of the
+  // graph and every replay would reset the state. One capture query per device.
+  std::vector<size_t> captured_parameters(bool needs_state);
+
   // The gradient of parameter i to update it with: undefined when it has none, else checked
   // against the parameter (shape, dtype, device) and contiguous.
   Tensor gradient(size_t i) const;

@@ -86,6 +86,8 @@ void SGD::step() {
   const SgdHyper hyper{o.lr, o.momentum, o.dampening, o.weight_decay, o.nesterov, o.maximize};
   Tensor none;
   const bool has_buffer = o.momentum != 0;
+  // In a CUDA-graph capture: the momentum buffers must exist (refused before any update).
+  (void)captured_parameters(/*needs_state=*/has_buffer);
   for (size_t i = 0; i < params().size(); ++i) {
     const Tensor g = gradient(i);
     if (!g.defined()) continue;

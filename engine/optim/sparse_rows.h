@@ -46,7 +46,8 @@ void sparse_sgd_rows_(Tensor& weight, const Tensor& indices, const Tensor& grad_
 // One AdamW step of the touched rows, `step` >= 1 being the table's step count including this
 // update. exp_avg and exp_avg_sq have the weight's shape and are contiguous, of the weight's
 // dtype (f32/f64 on the CPU; f32/f64/f16/bf16 on CUDA), or f32 for an f16/bf16 weight on CUDA
-// (moments kept at f32 while the table is 16-bit). options.amsgrad must be false.
+// (moments kept at f32 while the table is 16-bit). options.amsgrad must be false. Refused inside
+// a CUDA-graph capture: `step` would be fixed at the capture's value for every replay.
 void sparse_adamw_rows_(Tensor& weight, Tensor& exp_avg, Tensor& exp_avg_sq, int64_t step,
                         const Tensor& indices, const Tensor& grad_rows,
                         const AdamWOptions& options);

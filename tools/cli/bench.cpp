@@ -754,10 +754,11 @@ json run_bench_memory(const RunConfig& c, const std::string& out_dir) {
   int64_t param_bytes = 0;
   for (auto& [name, t] : f->module()->named_parameters()) param_bytes += t.numel() * int64_t(itemsize(t.dtype()));
   std::printf("bench memory: E2E-TTT meta-gradient of %s on session '%s', batch %lld windows "
-              "(%lld neuron rows), test-time parameters %s; parameters %.1f MiB\n",
+              "(%lld neuron rows), test-time parameters %s%s; parameters %.1f MiB\n",
               c.model.preset.c_str(), prepared.session(s).name.c_str(),
               (long long)c.bench.memory_batch_size, (long long)support.x.size(0),
-              fmt::format("{}", fmt::join(c.train.meta.params, " ")).c_str(), mib(param_bytes));
+              fmt::format("{}", fmt::join(c.train.meta.params, " ")).c_str(),
+              c.train.meta.dropout ? ", dropout on (train.meta.dropout)" : "", mib(param_bytes));
   std::printf("%6s %14s %14s %8s %10s %10s %14s\n", "K", "peak_MiB", "ckpt_peak_MiB", "ratio",
               "seconds", "ckpt_s", "max_rel_diff");
   json rows = json::array();
@@ -766,6 +767,11 @@ json run_bench_memory(const RunConfig& c, const std::string& out_dir) {
     opt.steps = K;
     opt.inner_lr = c.train.meta.inner_lr;
     opt.params = c.train.meta.params;
+    // train.meta.dropout: masks (kept by the graph) as meta-training draws them; every
+    // meta-gradient from the same generator state, so both variants use the same masks.
+    Generator masks(c.train.seed);
+    if (c.train.meta.dropout) opt.dropout = &masks;
+    auto same_masks = [&] { masks.set_state(c.train.seed, 0); };
     int64_t peaks[2] = {0, 0};
     double seconds[2] = {0, 0};
     TensorList grads[2];
@@ -774,10 +780,12 @@ json run_bench_memory(const RunConfig& c, const std::string& out_dir) {
     if (K == c.bench.memory_inner_steps.front())
       for (int ck = 0; ck < 2; ++ck) {
         opt.checkpoint_steps = ck == 1 ? opt.steps : 0;
+        same_masks();
         (void)meta::e2e_ttt_gradient(*f, {support}, query, opt, c.train.meta.include_inner_losses);
       }
     for (int ck = 0; ck < 2; ++ck) {
       opt.checkpoint_steps = ck == 1 ? opt.steps : 0;
+      same_masks();
       const int64_t before = memory_stats().allocated_bytes;
       reset_peak_memory_stats();
       const auto t0 = std::chrono::steady_clock::now();
@@ -817,6 +825,7 @@ json run_bench_memory(const RunConfig& c, const std::string& out_dir) {
               {"batch_windows", c.bench.memory_batch_size},
               {"neuron_rows", support.x.size(0)},
               {"test_time_params", c.train.meta.params},
+              {"dropout", c.train.meta.dropout},
               {"parameter_bytes", param_bytes},
               {"note", "peak_bytes: peak CPU tensor bytes above those allocated before the "
                        "meta-gradient (the model's parameters and the batches)"},

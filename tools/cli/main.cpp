@@ -307,6 +307,12 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   if (c.train.method == "fomaml" && c.train.meta.checkpoint_steps > 0)
     std::fprintf(stderr, "note: train.meta.checkpoint_steps has no effect with fomaml (its inner "
                          "steps keep no graph to recompute)\n");
+  if (c.train.method == "standard" && c.train.meta.dropout)
+    std::fprintf(stderr, "note: train.meta.dropout has no effect with standard training (its "
+                         "dropout is train.dropout)\n");
+  if (c.train.method != "standard" && !c.train.dropout && c.train.meta.dropout)
+    std::fprintf(stderr, "note: train.dropout=false is standard training's; meta-training "
+                         "applies dropout by train.meta.dropout, which is on\n");
   json config = c.to_json();
   config["sessions"] = session_json(d.train);
   config["holdout_sessions"] = session_json(d.holdout);
