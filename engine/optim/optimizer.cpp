@@ -78,11 +78,6 @@ std::vector<size_t> Optimizer::captured_parameters(bool needs_state) {
 
 void Optimizer::init_state(size_t i) {
   const Tensor& p = params_[i].second;
-  // A safety net for captured_parameters(), which every step() calls first.
-  MT_CHECK(!is_capturing(p.device()),
-           "{}: the state of parameter '{}' is created while {} is being captured into a CUDA "
-           "graph, and every replay would reset it; take one step before the capture",
-           kind_, params_[i].first, p.device().str());
   std::vector<Tensor>& s = state_[i];
   s.clear();
   for (const std::string& n : state_names())

@@ -69,7 +69,8 @@ class Optimizer {
   virtual std::vector<std::string> nonnegative_state_names() const { return {}; }
 
   // The state of parameter i: empty until its first update, else one tensor per state_names()
-  // entry. init_state() creates it: "step" = 0, everything else zeros.
+  // entry. init_state() creates it: "step" = 0, everything else zeros (a step() calls
+  // captured_parameters() first, which refuses creating it inside a CUDA-graph capture).
   std::vector<Tensor>& state(size_t i) { return state_[i]; }
   void init_state(size_t i);
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/autograd/grad_mode.h"
+#include "engine/core/backend.h"
 #include "engine/ops.h"
 #include "engine/optim/adamw_math.h"
 #include "engine/optim/kernels.h"
@@ -194,6 +195,12 @@ void sparse_adamw_rows_(Tensor& weight, Tensor& exp_avg, Tensor& exp_avg_sq, int
            op);
   MT_CHECK(step >= 1, "{}: step = {} must be >= 1 (the table's step count including this update)",
            op, step);
+  // `step` is a kernel argument: every replay of a capture would repeat its bias corrections.
+  MT_CHECK(!is_capturing(weight.device()),
+           "{} on {} while its stream is being captured into a CUDA graph: the step count is "
+           "fixed at capture, and every replay would repeat the bias corrections of that step; "
+           "run the row update outside the capture",
+           op, weight.device().str());
   NoGradGuard no_grad;
   RowOperands r = check_rows(op, weight, indices, grad_rows);
   check_moment(op, "exp_avg", weight, exp_avg);

@@ -733,12 +733,6 @@ void sparse_adamw_rows_cuda(Tensor& weight, Tensor& exp_avg, Tensor& exp_avg_sq,
                             const Tensor& indices, const Tensor& grad_rows, int64_t step,
                             const optim::AdamWHyper& h) {
   check_float(weight, "sparse_adamw_rows");
-  // The step is a kernel argument: every replay of a capture would repeat its bias corrections.
-  MT_CHECK(current_capture_id(weight.device().index) == 0,
-           "sparse_adamw_rows_ on {} while its stream is being captured into a CUDA graph: the "
-           "step count is fixed at capture, and every replay would repeat the bias corrections "
-           "of that step; run the row update outside the capture",
-           weight.device().str());
   const int64_t n = indices.numel(), V = weight.shape()[0], D = weight.shape()[1];
   size_t bytes = 0;
   Tensor workspace = index_sort_buffer(n, V, weight.device(), bytes);
