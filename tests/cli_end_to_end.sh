@@ -476,8 +476,20 @@ check "bench adaptation records the load average at start and end" grep -q \
   '"load_average_at_end": \[' "$work/bench/adaptation.json"
 fails_with "a new benchmark over a finished one" "holds a finished benchmark" "$bin" bench \
   adaptation --out "$work/bench" "${small[@]}" "${bench_small[@]}"
+# Meta-training's weight decay is train.weight_decay unless bench.meta_weight_decay is set.
+weight_decays() {  # weight_decays adaptation.json: "method=decay ..." of its trainings
+  "$py" -c '
+import json, sys
+print(" ".join("%s=%g" % (t["method"], t["weight_decay"])
+               for t in json.load(open(sys.argv[1]))["training"]))
+' "$1"
+}
+check "meta-training takes train.weight_decay by default" test \
+  "$(weight_decays "$work/bench/adaptation.json")" = "standard=0.0001 fomaml=0.0001 e2e-ttt=0.0001"
 check "--overwrite replaces a finished benchmark" "$bin" bench adaptation --out "$work/bench" \
-  --overwrite "${small[@]}" "${bench_small[@]}"
+  --overwrite "${small[@]}" "${bench_small[@]}" --set bench.meta_weight_decay=0.05
+check "bench.meta_weight_decay sets meta-training's weight decay only" test \
+  "$(weight_decays "$work/bench/adaptation.json")" = "standard=0.0001 fomaml=0.05 e2e-ttt=0.05"
 # Two benchmark results equal in the given sections but for their timings and peak memory.
 same_results() {  # same_results a.json b.json section...
   "$py" -c '

@@ -58,6 +58,8 @@ TEST_CASE("cli config: the CSV options are config keys", "[cli][config]") {
       {R"({"adapt": {"train": {"patience": 3}}})", "adapt.train.patience is 3"},
       {R"({"bench": {"folds": 1}})", "bench.folds is 1"},
       {R"({"bench": {"adapt_eval_steps": [1, 0]}})", "bench.adapt_eval_steps holds 0"},
+      {R"({"bench": {"meta_weight_decay": -0.1}})", "bench.meta_weight_decay must be >= 0"},
+      {R"({"bench": {"meta_weight_decay": "0.1"}})", "must be a number, or null"},
   };
   for (const auto& [text, message] : refused) {
     INFO(text);
@@ -67,6 +69,24 @@ TEST_CASE("cli config: the CSV options are config keys", "[cli][config]") {
   // read such a config.
   CHECK_NOTHROW(cli::config_from_json(
       json::parse(R"({"bench": {"folds": 3}, "data": {"holdout": ["a"]}})")));
+}
+
+TEST_CASE("cli config: an optional setting is null while unset", "[cli][config]") {
+  // bench.meta_weight_decay: unset (FOMAML and E2E-TTT take train.weight_decay) unless given.
+  const cli::RunConfig defaults = cli::config_from_json(json::object());
+  CHECK_FALSE(defaults.bench.meta_weight_decay.has_value());
+  CHECK(defaults.to_json()["bench"]["meta_weight_decay"].is_null());
+  CHECK_FALSE(cli::config_from_json(defaults.to_json()).bench.meta_weight_decay.has_value());
+  const cli::RunConfig set =
+      cli::config_from_json(json::parse(R"({"bench": {"meta_weight_decay": 0.1}})"));
+  REQUIRE(set.bench.meta_weight_decay.has_value());
+  CHECK(*set.bench.meta_weight_decay == 0.1);
+  CHECK(cli::config_from_json(set.to_json()).to_json() == set.to_json());
+  // An explicit null is the default; 0 is a value (no decay), not unset.
+  CHECK_FALSE(cli::config_from_json(json::parse(R"({"bench": {"meta_weight_decay": null}})"))
+                  .bench.meta_weight_decay.has_value());
+  CHECK(cli::config_from_json(json::parse(R"({"bench": {"meta_weight_decay": 0}})"))
+            .bench.meta_weight_decay == 0.0);
 }
 
 TEST_CASE("cli config: a training identity from before a setting existed", "[cli][config]") {

@@ -570,7 +570,10 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
     f->to(device);
     meta::TrainOptions t = c.train;
     t.method = method;
-    if (method != "standard") t.lr = c.bench.meta_lr;
+    if (method != "standard") {
+      t.lr = c.bench.meta_lr;
+      t.weight_decay = c.bench.meta_weight_decay.value_or(t.weight_decay);
+    }
     if (auto it = c.bench.train_steps.find(method); it != c.bench.train_steps.end())
       t.steps = it->second;
     const std::string model_path = fmt::format("{}/model_{}.safetensors", out_dir, method);
@@ -631,6 +634,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
       tj["steps"] = t.steps;
       tj["from_standard"] = from_standard;
       tj["lr"] = t.lr;
+      tj["weight_decay"] = t.weight_decay;
       if (r.resume) tj["resumed"] = true;  // peak_bytes then covers the continued part only
       state["trainings"].push_back(tj);
       write_file_atomic(state_path, state.dump(1) + "\n");

@@ -50,6 +50,8 @@ class Reader {
                      : std::string());
       } else if constexpr (std::is_floating_point_v<T>) {
         MT_CHECK(it->is_number(), "must be a number");
+      } else if constexpr (std::is_same_v<T, std::optional<double>>) {
+        MT_CHECK(it->is_null() || it->is_number(), "must be a number, or null to leave it unset");
       } else if constexpr (std::is_same_v<T, bool>) {
         MT_CHECK(it->is_boolean(), "must be true or false");
       } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
@@ -189,6 +191,7 @@ void visit(BenchSpec& b, Fn&& fn) {
   fn("cross_procedures", b.cross_procedures);
   fn("meta_from_standard", b.meta_from_standard);
   fn("meta_lr", b.meta_lr);
+  fn("meta_weight_decay", b.meta_weight_decay);
   fn("inner_backbone_lr", b.inner_backbone_lr);
   fn("adapt_steps", b.adapt_steps);
   fn("adapt_eval_every", b.adapt_eval_every);
@@ -458,6 +461,10 @@ RunConfig config_from_json(const nlohmann::json& j) {
            "of K groups of sessions in turn)", c.bench.folds);
 
   MT_CHECK(c.bench.meta_lr > 0, "config: bench.meta_lr must be positive, got {}", c.bench.meta_lr);
+  MT_CHECK(!c.bench.meta_weight_decay ||
+               (std::isfinite(*c.bench.meta_weight_decay) && *c.bench.meta_weight_decay >= 0),
+           "config: bench.meta_weight_decay must be >= 0 (or null: train.weight_decay), got {}",
+           c.bench.meta_weight_decay.value_or(0));
   MT_CHECK(c.bench.inner_backbone_lr > 0, "config: bench.inner_backbone_lr must be positive, got {}",
            c.bench.inner_backbone_lr);
   MT_CHECK(!c.bench.memory_inner_steps.empty(),

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,21 @@
 #include "meta/online.h"
 #include "data/load.h"
 #include "meta/training.h"
+
+// An optional setting is JSON null when unset (BenchSpec::meta_weight_decay).
+namespace nlohmann {
+template <class T>
+struct adl_serializer<std::optional<T>> {
+  static void to_json(json& j, const std::optional<T>& value) {
+    if (value) j = *value;
+    else j = nullptr;
+  }
+  static void from_json(const json& j, std::optional<T>& value) {
+    if (j.is_null()) value.reset();
+    else value = j.get<T>();
+  }
+};
+}  // namespace nlohmann
 
 namespace mt::cli {
 
@@ -58,6 +74,8 @@ struct BenchSpec {
   // Outer (AdamW) learning rate of FOMAML and E2E-TTT (the experiment plan's meta_lr); standard
   // training uses train.lr.
   double meta_lr = 1e-4;
+  // Their AdamW weight decay; unset (null), train.weight_decay, as standard training's.
+  std::optional<double> meta_weight_decay;
   // SGD step size of the non-embedding parameters in the inner-loop procedure (the embeddings
   // take train.meta.inner_lr, the step size they were meta-learned with).
   double inner_backbone_lr = 1e-3;
