@@ -69,7 +69,8 @@ check "metrics.jsonl has one line per evaluation" test "$(wc -l <"$work/poco/met
 check "eval" "$bin" eval --run "$work/poco" --split test
 check "eval wrote json" test -s "$work/poco/eval_test.json"
 check "adapt" "$bin" adapt --run "$work/poco" --set 'adapt.modes=["embeddings"]'
-check "adapt wrote json" test -s "$work/poco/adapt.json"
+check "adapt wrote json into the adaptation's folder" test -s \
+  "$work/poco/adapt/synth_002/adapt.json"
 check "online with a drift sweep" "$bin" online --run "$work/poco" --drift 0 0.2 \
   --set online.calibration_steps=2 --set online.stride=4
 check "online wrote json" test -s "$work/poco/online.json"
@@ -109,10 +110,12 @@ check "eval --unadapted" "$bin" eval --run "$work/fomaml" --split val --unadapte
 check "eval --unadapted wrote its own file" grep -q '"procedure": "initial weights' \
   "$work/fomaml/eval_val_unadapted.json"
 check "adapt of a meta-learned run" "$bin" adapt --run "$work/e2e" --set 'adapt.modes=["embeddings"]'
-check "adapt ran its inner loop" grep -q '"method": "inner-loop"' "$work/e2e/adapt.json"
+check "adapt ran its inner loop" grep -q '"method": "inner-loop"' \
+  "$work/e2e/adapt/synth_002/adapt.json"
 check "adapt with POCO's random rows for the new sessions" "$bin" adapt --run "$work/e2e" \
   --set 'adapt.modes=["embeddings"]' --set adapt.new_session_init=random
-check "adapt recorded the initialisation" grep -q '"new_session_init": "random"' "$work/e2e/adapt.json"
+check "adapt recorded the initialisation" grep -q '"new_session_init": "random"' \
+  "$work/e2e/adapt/synth_002/adapt.json"
 check "predict with the inner loop's adapted model" "$bin" predict --run "$work/e2e" \
   --session synth_002 --method inner-loop --out "$work/e2e_pred.npz"
 inner_score=$(grep -o 'score [-0-9.]*' "$work/out.txt" | head -1 | cut -d' ' -f2)
@@ -129,14 +132,18 @@ assert saved["test_score"] == run["test_score_at_best"], saved
 # Validated at steps 0, 1, 2 (the inner loop is meta-learned for 2 steps) and 4.
 assert [p["step"] for p in run["curve"]] == [0, 1, 2, 4], run["curve"]
 sys.exit(0 if sys.argv[2] and "%.4f" % run["test_score_at_best"] == sys.argv[2] else 1)
-' "$work/e2e/adapt.json" "$inner_score" "$work/e2e/adapted_inner-loop_synth_002.safetensors"
+' "$work/e2e/adapt/synth_002/adapt.json" "$inner_score" \
+  "$work/e2e/adapt/synth_002/adapted_inner-loop_synth_002.safetensors"
 fails_with "an unknown new-session initialisation" "'zeros' is not known" "$bin" adapt \
   --run "$work/e2e" --set adapt.new_session_init=zeros
 # A run folder is never mixed: a second train refuses it, --overwrite removes the old run first.
 fails_with "train into a run folder that holds a run" "holds a run already" "$bin" train \
   --run "$work/fomaml" "${small[@]}"
+check "adapt the fomaml run" "$bin" adapt --run "$work/fomaml" --set 'adapt.modes=["embeddings"]' \
+  --set adapt.train.steps=2 --set adapt.train.eval_every=1
 check "train --overwrite" "$bin" train --run "$work/fomaml" "${small[@]}" --overwrite
-check "--overwrite removed the old run's results" test ! -e "$work/fomaml/eval_val_unadapted.json"
+check "--overwrite removed the old run's results" test ! -e "$work/fomaml/eval_val_unadapted.json" \
+  -a ! -e "$work/fomaml/adapt"
 check "--overwrite wrote the new method" grep -q '"method": "standard"' "$work/fomaml/config.json"
 check "a run's config.json is a valid --config" "$bin" train --config "$work/poco/config.json" \
   --run "$work/poco_again" --set train.steps=2
@@ -147,18 +154,21 @@ check "train 9 steps" "$bin" train --run "$work/nine" "${small[@]}" --set train.
 check "train 6 steps" "$bin" train --run "$work/six" "${small[@]}"
 check "the run folder has a training state" test -s "$work/six/train_state.safetensors"
 check "eval the 6-step run" "$bin" eval --run "$work/six" --split test
+check "adapt the 6-step run" "$bin" adapt --run "$work/six" --set 'adapt.modes=["embeddings"]' \
+  --set adapt.train.steps=2 --set adapt.train.eval_every=1
 fails_with "resume a finished run" "nothing to resume" "$bin" train --run "$work/six" --resume
 fails_with "resume with another config value" "train.lr is 0.5 now, 0.001 in the run" "$bin" \
   train --run "$work/six" --resume --set train.steps=9 --set train.lr=0.5
 fails_with "resume with another method" "train.method is \"fomaml\" now" "$bin" \
   train --run "$work/six" --resume --set train.steps=9 --method fomaml
 check "a refused resume leaves the run's results" test -s "$work/six/summary.json" -a \
-  -s "$work/six/eval_test.json"
+  -s "$work/six/eval_test.json" -a -s "$work/six/adapt/synth_002/adapt.json"
 fails_with "resume with --config" "drop --config" "$bin" train --run "$work/six" --resume \
   --config "$work/six/config.json"
 fails_with "resume a folder without a run" "no config.json" "$bin" train --run "$work/none" --resume
 check "resume 6 -> 9 steps" "$bin" train --run "$work/six" --resume --set train.steps=9
-check "resuming removed the stale evaluation" test ! -e "$work/six/eval_test.json"
+check "resuming removed the stale evaluation and adaptations" test \
+  ! -e "$work/six/eval_test.json" -a ! -e "$work/six/adapt"
 check "the resumed run's model is the 9-step run's" cmp "$work/nine/model.safetensors" \
   "$work/six/model.safetensors"
 check "the resumed run's curve is the 9-step run's" test \
@@ -352,8 +362,9 @@ fails_with "predict a held-out session before adapt" "adapt it first with metata
 check "adapt the csv run" "$bin" adapt --run "$work/pandas_run" --set adapt.train.steps=4 \
   --set adapt.train.eval_every=2
 check "adapt saved an adapted model per mode" test -s \
-  "$work/pandas_run/adapted_embeddings.safetensors"
-check "adapt.json names the best method" grep -q '"best_method"' "$work/pandas_run/adapt.json"
+  "$work/pandas_run/adapt/animal_2/adapted_embeddings.safetensors"
+check "adapt.json names the best method" grep -q '"best_method"' \
+  "$work/pandas_run/adapt/animal_2/adapt.json"
 check "predict every window of the held-out session" "$bin" predict --run "$work/pandas_run" \
   --session animal_2 --split all --out "$work/p_all.npz"
 check "predict after the last frame" "$bin" predict --run "$work/pandas_run" --session animal_2 \
@@ -402,6 +413,11 @@ check "adapt to a later animal" "$bin" adapt --run "$work/pandas_run" \
   --set 'data.holdout=["animal_3"]' --set adapt.train.steps=4 --set adapt.train.eval_every=2
 check "predict the later animal" "$bin" predict --run "$work/pandas_run" --session animal_3 \
   --out "$work/p3.npz"
+check "the earlier animal's adaptation is kept" test -s \
+  "$work/pandas_run/adapt/animal_2/adapt.json" -a -s "$work/pandas_run/adapt/animal_3/adapt.json"
+check "predict the earlier animal after adapting to the later one" "$bin" predict \
+  --run "$work/pandas_run" --session animal_2 --split all --out "$work/p_all_again.npz"
+check "its forecasts are those before" cmp "$work/p_all.npz" "$work/p_all_again.npz"
 check "eval with a recording the run was not trained on in the folder" "$bin" eval \
   --run "$work/pandas_run" --split test
 cp "$work/out.txt" "$work/eval_later.txt"
@@ -425,14 +441,60 @@ cp "$work/out.txt" "$work/adapt_diverged.txt"
 check "the diverged mode names its setting" grep -q "finetune:all.*DIVERGED.*adapt.lr_by_mode.all" \
   "$work/adapt_diverged.txt"
 check "the other modes saved their models" test -s \
-  "$work/pandas_run/adapted_embeddings.safetensors" -a \
-  ! -e "$work/pandas_run/adapted_all.safetensors"
+  "$work/pandas_run/adapt/animal_3/adapted_embeddings.safetensors" -a \
+  ! -e "$work/pandas_run/adapt/animal_3/adapted_all.safetensors"
 fails_with "predict with the diverged mode" "no model of method 'finetune:all'" "$bin" predict \
   --run "$work/pandas_run" --session animal_3 --method finetune:all --out "$work/p.npz"
 fails_with "predict reading the recording otherwise than adapt did" \
   "data.csv.label_column is true now, false in the adapt" "$bin" predict --run "$work/pandas_run" \
   --session animal_3 --out "$work/p.npz" --set 'data.csv.time_column=""' \
   --set data.csv.label_column=true
+# Both animals in one more adaptation: predict then needs to be told which.
+check "adapt to both animals under a label" "$bin" adapt --run "$work/pandas_run" \
+  --set 'data.holdout=["animal_3","animal_2"]' --set adapt.train.steps=2 \
+  --set adapt.train.eval_every=1 --set 'adapt.modes=["embeddings"]' --label both
+fails_with "predict a session two adaptations cover" "choose one with --adapted" "$bin" predict \
+  --run "$work/pandas_run" --session animal_2 --out "$work/p.npz"
+check "predict with the adaptation named" "$bin" predict --run "$work/pandas_run" \
+  --session animal_2 --split all --adapted animal_2 --out "$work/p_all_named.npz"
+check "the named adaptation's forecasts" cmp "$work/p_all.npz" "$work/p_all_named.npz"
+check "predict with the other adaptation" "$bin" predict --run "$work/pandas_run" \
+  --session animal_2 --adapted both --out "$work/p_both.npz"
+fails_with "predict with an adaptation there is not" "its adaptations: animal_2, animal_3, both" \
+  "$bin" predict --run "$work/pandas_run" --session animal_2 --adapted animal_9 \
+  --out "$work/p.npz"
+fails_with "predict with an adaptation of other sessions" \
+  "adaptations of 'animal_2': animal_2, both" "$bin" predict --run "$work/pandas_run" \
+  --session animal_2 --adapted animal_3 --out "$work/p.npz"
+fails_with "predict a training session with --adapted" "drop --method and --adapted" "$bin" \
+  predict --run "$work/pandas_run" --session animal_0 --adapted both --out "$work/p.npz"
+fails_with "an adaptation name that is not a folder name" \
+  "may neither start with '.' nor hold '/'" "$bin" adapt --run "$work/pandas_run" --label ../x
+fails_with "an adaptation name too long" "1 to 200 allowed" "$bin" adapt \
+  --run "$work/pandas_run" --label "$(printf 'a%.0s' {1..201})"
+check "nothing was written for the refused names" test ! -e "$work/pandas_run/x" -a \
+  "$(ls -A "$work/pandas_run/adapt" | tr '\n' ' ')" = "animal_2 animal_3 both "
+# An adaptation an earlier metatape wrote into the run folder itself: predict reads it there,
+# and the next adapt moves it into its own folder.
+mv "$work/pandas_run/adapt/animal_2"/* "$work/pandas_run/"
+rmdir "$work/pandas_run/adapt/animal_2"
+check "predict from an earlier metatape's adaptation" "$bin" predict --run "$work/pandas_run" \
+  --session animal_2 --split all --adapted . --out "$work/p_all_earlier.npz"
+check "its forecasts" cmp "$work/p_all.npz" "$work/p_all_earlier.npz"
+mkdir "$work/pandas_run/adapt/.both.partial"  # as an adapt that was killed leaves it
+check "adapt again under a name already there" "$bin" adapt --run "$work/pandas_run" \
+  --set 'data.holdout=["animal_3","animal_2"]' --set adapt.train.steps=2 \
+  --set adapt.train.eval_every=1 --set 'adapt.modes=["all"]' --label both
+check "the earlier metatape's adaptation moved into its folder" test -s \
+  "$work/pandas_run/adapt/animal_2/adapted_embeddings.safetensors" -a \
+  ! -e "$work/pandas_run/adapt.json" -a ! -e "$work/pandas_run/adapted_embeddings.safetensors"
+check "the replaced adaptation holds only the new models, and no work folder is left" test \
+  -s "$work/pandas_run/adapt/both/adapted_all.safetensors" -a \
+  ! -e "$work/pandas_run/adapt/both/adapted_embeddings.safetensors" -a \
+  "$(ls -A "$work/pandas_run/adapt" | tr '\n' ' ')" = "animal_2 animal_3 both "
+check "predict from the moved adaptation" "$bin" predict --run "$work/pandas_run" \
+  --session animal_2 --split all --adapted animal_2 --out "$work/p_all_moved.npz"
+check "its forecasts, moved" cmp "$work/p_all.npz" "$work/p_all_moved.npz"
 # How files are read is part of the config (data.npz / hdf5 / csv), checked like the rest.
 fails_with "an hdf5 time axis of 2" "data.hdf5.time_axis = 2" "$bin" train --run "$work/x" \
   --set data.hdf5.time_axis=2

@@ -6,7 +6,7 @@
 //                train_state.safetensors (to --resume from) and summary.json
 //   eval         evaluate a run's model on a split
 //   adapt        adapt a run's model to held-out sessions by fine-tuning (per mode), with curves;
-//                saves the adapted models
+//                saves the adapted models in adapt/<label>/, one folder per set of sessions
 //   predict      forecasts of one session (trained or adapted model) as an .npz
 //   bench        adaptation: the meta-learning experiment plan end to end; memory: E2E-TTT peak
 //                memory against inner steps, with and without checkpointing
@@ -18,9 +18,11 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <chrono>
@@ -124,11 +126,100 @@ void load_run_model(meta::Forecaster& f, const std::string& run_dir, bool new_se
           overridden ? " or drop the --set overrides of model.*" : "");
 }
 
-// The adapted models `metatape adapt` writes: adapted_<mode>.safetensors for a fine-tuning mode
-// (every held-out session at once), adapted_inner-loop_<session>.safetensors per session.
+// The adapted models `metatape adapt` writes into an adaptation's folder: adapted_<mode>.safetensors
+// for a fine-tuning mode (every held-out session at once), adapted_inner-loop_<session>.safetensors
+// per session.
 bool is_adapted_model_file(const std::string& name) {
   return name.rfind("adapted_", 0) == 0 && name.size() > 20 &&
          name.compare(name.size() - 12, 12, ".safetensors") == 0;
+}
+
+// ---- adaptations ----
+// `metatape adapt` keeps one folder per set of held-out sessions, <run>/adapt/<label>/ (the label:
+// --label, by default the sessions' names sorted and joined by '+'), holding adapt.json and the
+// adapted models. Adapting to another set leaves the earlier folders alone; adapting under a
+// label again replaces that folder, in one step once the new one is complete (an adapt that
+// fails or is killed leaves the earlier one as it was). An earlier metatape wrote adapt.json and
+// the models into the run folder itself (label "."): predict reads them there, and the next
+// adapt moves them into their own folder.
+std::string adaptations_dir(const std::string& run_dir) { return run_dir + "/adapt"; }
+
+std::string default_adaptation_label(std::vector<std::string> sessions) {
+  std::sort(sessions.begin(), sessions.end());
+  return fmt::format("{}", fmt::join(sessions, "+"));
+}
+
+// A label names one folder: 1-200 bytes, no '/', not starting with '.' (adapt's work folders).
+bool is_adaptation_label(const std::string& label) {
+  return !label.empty() && label.size() <= 200 && label.front() != '.' &&
+         label.find('/') == std::string::npos && label.find('\0') == std::string::npos;
+}
+
+// Refuses a label that is not one (is_adaptation_label), naming the fix.
+void check_adaptation_label(const std::string& label, bool given) {
+  const char* fix = given ? "give another --label" : "name the adaptation with --label NAME";
+  MT_CHECK(!label.empty() && label.size() <= 200,
+           "adapt: the adaptation's name '{}' is {} bytes long (1 to 200 allowed: it names its "
+           "folder under {{run}}/adapt/); {}",
+           label.size() > 60 ? label.substr(0, 60) + "..." : label, label.size(), fix);
+  MT_CHECK(label.front() != '.' && label.find('/') == std::string::npos &&
+               label.find('\0') == std::string::npos,
+           "adapt: the adaptation's name '{}' names its folder under {{run}}/adapt/, so it may "
+           "neither start with '.' nor hold '/'; {}",
+           label, fix);
+}
+
+struct Adaptation {
+  std::string label;  // "." for the run folder itself (an earlier metatape's adapt)
+  std::string dir;    // holds adapt.json and the models it names
+  json adapt;         // adapt.json
+  std::vector<std::string> sessions;
+};
+
+Adaptation read_adaptation(const std::string& label, const std::string& dir) {
+  Adaptation a{label, dir, cli::read_json_file(dir + "/adapt.json"), {}};
+  if (a.adapt.contains("sessions") && a.adapt["sessions"].is_array())
+    for (const auto& s : a.adapt["sessions"])
+      if (s.is_object() && s.contains("name") && s["name"].is_string())
+        a.sessions.push_back(s["name"].get<std::string>());
+  return a;
+}
+
+// The run's adaptations: the one an earlier metatape left in the run folder, then adapt/'s
+// folders by label. Folders starting with '.' are an adapt's work in progress.
+std::vector<Adaptation> find_adaptations(const std::string& run_dir) {
+  std::vector<Adaptation> out;
+  if (fs::exists(run_dir + "/adapt.json")) out.push_back(read_adaptation(".", run_dir));
+  const std::string top = adaptations_dir(run_dir);
+  if (!fs::is_directory(top)) return out;
+  std::vector<std::string> labels;
+  for (const auto& e : fs::directory_iterator(top)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_directory() && name.front() != '.' && fs::exists(e.path() / "adapt.json"))
+      labels.push_back(name);
+  }
+  std::sort(labels.begin(), labels.end());
+  for (const auto& label : labels) out.push_back(read_adaptation(label, top + "/" + label));
+  return out;
+}
+
+// Puts the complete folder `ready` at `dir`. A folder already there is exchanged with it in one
+// step (renameat2's RENAME_EXCHANGE) and then removed; where the file system cannot exchange,
+// the old one is moved aside first.
+void replace_folder(const fs::path& ready, const fs::path& dir) {
+  if (!fs::exists(dir)) {
+    fs::rename(ready, dir);
+    return;
+  }
+  if (::renameat2(AT_FDCWD, ready.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0) {
+    fs::remove_all(ready);  // the replaced folder, now here
+    return;
+  }
+  const fs::path old = ready.string() + ".old";
+  fs::remove_all(old);
+  fs::rename(dir, old);
+  fs::rename(ready, dir);
+  fs::remove_all(old);
 }
 
 // Writes the parameters of `f`'s model, those in `overrides` replaced, as a checkpoint loadable
@@ -146,7 +237,8 @@ void save_adapted_model(const std::string& path, meta::Forecaster& f,
 }
 
 // The files `metatape train` writes into a run folder, and those later commands add
-// (eval_<split>[_unadapted].json, adapt's adapted models).
+// (eval_<split>[_unadapted].json, online.json; adapt.json and the adapted models of an earlier
+// metatape's adapt, which now writes the folder adapt/ instead).
 bool is_run_file(const std::string& name) {
   for (const char* f : {"config.json", "metrics.jsonl", "model.safetensors", "summary.json",
                         "train_state.safetensors", "adapt.json", "online.json"})
@@ -185,6 +277,7 @@ std::unique_ptr<cli::FolderLock> prepare_run_folder(const std::string& run_dir, 
                                    run_dir)
                      : "");
   for (const auto& p : run_files(run_dir)) fs::remove(p);
+  if (holds_run) fs::remove_all(adaptations_dir(run_dir));
   return lock;
 }
 
@@ -210,6 +303,13 @@ void remove_results(const std::string& run_dir) {
     std::fprintf(stderr, "note: removed %s (computed from the model before this continuation)\n",
                  p.c_str());
     fs::remove(p);
+  }
+  if (fs::exists(adaptations_dir(run_dir))) {
+    std::fprintf(stderr,
+                 "note: removed %s/ (its adaptations started from the model before this "
+                 "continuation)\n",
+                 adaptations_dir(run_dir).c_str());
+    fs::remove_all(adaptations_dir(run_dir));
   }
 }
 
@@ -564,12 +664,18 @@ void check_same_recordings(const Run& run, data::Dataset& train, const std::stri
 // Adapts the run's model to the held-out sessions: AdamW fine-tuning per adapt.modes and, for a
 // meta-learned run, the inner loop it was meta-learned for. `trained_on` / `trained_sizes`: the
 // training sessions (names, neuron counts) of the run.
+// `label`: the adaptation's folder under <run>/adapt/ (empty: default_adaptation_label).
 json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& d, Device device,
                const std::vector<std::string>& trained_on,
-               const std::vector<int64_t>& trained_sizes, bool overridden = false) {
+               const std::vector<int64_t>& trained_sizes, bool overridden = false,
+               std::string label = "") {
   MT_CHECK(!d.holdout.empty(),
            "adapt: the run has no held-out sessions; set data.holdout to the session names to "
            "adapt to");
+  if (label.empty()) {
+    label = default_adaptation_label(d.holdout.names());
+    check_adaptation_label(label, /*given=*/false);
+  }
   MT_CHECK(!trained_sizes.empty(),
            "adapt: {}/config.json lists no training sessions ('sessions', written by train); "
            "restore the file",
@@ -609,15 +715,40 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
       meta::check_training(*probe, prepared, {}, t, "adapt.train");
     }
   }
-  // One writer of the run folder at a time (train, resume, adapt). The results of an earlier
-  // adapt are not this one's: adapt.json and the adapted models go before the first is written.
+  // One writer of the run folder at a time (train, resume, adapt).
   const cli::FolderLock lock(run_dir, ".train.lock", "--run", "metatape train or adapt");
-  std::vector<fs::path> earlier;
-  for (const auto& e : fs::directory_iterator(run_dir))
-    if (is_adapted_model_file(e.path().filename().string()) ||
-        e.path().filename() == "adapt.json")
-      earlier.push_back(e.path());
-  for (const auto& p : earlier) fs::remove(p);
+  const std::string top = adaptations_dir(run_dir);
+  fs::create_directories(top);
+  // Work in progress of an adapt that failed or was killed: not an adaptation.
+  for (const auto& e : fs::directory_iterator(top))
+    if (e.path().filename().string().front() == '.') fs::remove_all(e.path());
+  if (fs::exists(run_dir + "/adapt.json")) {
+    // An earlier metatape's adaptation, in the run folder itself: into its own folder.
+    const Adaptation earlier = read_adaptation(".", run_dir);
+    std::string earlier_label = default_adaptation_label(earlier.sessions);
+    if (!is_adaptation_label(earlier_label)) earlier_label = "earlier";
+    const fs::path moving = top + "/." + earlier_label + ".partial";
+    fs::create_directories(moving);
+    for (const auto& e : fs::directory_iterator(run_dir))
+      if (is_adapted_model_file(e.path().filename().string()))
+        fs::rename(e.path(), moving / e.path().filename());
+    fs::rename(run_dir + "/adapt.json", moving / "adapt.json");
+    replace_folder(moving, top + "/" + earlier_label);
+    std::printf("note: moved the adaptation an earlier metatape wrote into %s (adapt.json and its "
+                "models) to %s/%s/\n",
+                run_dir.c_str(), top.c_str(), earlier_label.c_str());
+  }
+  // This adaptation is written into a hidden folder and takes its place once complete.
+  const std::string dir = top + "/" + label, partial = top + "/." + label + ".partial";
+  fs::create_directories(partial);
+  struct RemoveUnlessDone {
+    std::string path;
+    bool done = false;
+    ~RemoveUnlessDone() {
+      std::error_code ignored;
+      if (!done) fs::remove_all(path, ignored);
+    }
+  } cleanup{partial};
   // An adapted model's metadata: what predict needs to rebuild it (its session tables are the
   // held-out sessions', with their recordings' CRC-32) and how it was adapted.
   const json holdout_sessions = session_json(d.holdout);  // CRC-32 of each recording, once
@@ -683,7 +814,7 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     if (f->module() != nullptr) {
       // train() left the best validation parameters in the model.
       const std::string file = fmt::format("adapted_{}.safetensors", mode);
-      save_adapted_model(run_dir + "/" + file, *f, nullptr,
+      save_adapted_model(partial + "/" + file, *f, nullptr,
                          adapted_metadata("finetune:" + mode,
                                           {{"best_val_score", r.best_score},
                                            {"best_step", r.best_step}}));
@@ -719,7 +850,7 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                                                       {"best_step", r.best_step},
                                                       {"test_score", r.test_score_at_best}});
       metadata["adapted"]["session"] = r.session;
-      save_adapted_model(run_dir + "/" + file, *f, &adapted, metadata);
+      save_adapted_model(partial + "/" + file, *f, &adapted, metadata);
       models[r.session] = file;
     }
     const meta::AdaptSummary m = meta::summarize_adaptation(per_session);
@@ -771,7 +902,8 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
       best_method = m.at("method").get<std::string>();
     }
   }
-  json out = {{"sessions", session_json(d.holdout)},
+  json out = {{"label", label},
+              {"sessions", holdout_sessions},
               {"new_session_init", c.adapt.new_session_init},
               {"methods", results}};
   if (!best_method.empty()) {
@@ -779,18 +911,24 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     std::printf("best: %s (validation score %.4f); metatape predict uses its model by default\n",
                 best_method.c_str(), best_final);
   }
-  cli::write_file_atomic(run_dir + "/adapt.json", out.dump(2) + "\n");
+  cli::write_file_atomic(partial + "/adapt.json", out.dump(2) + "\n");
+  const bool replaces = fs::exists(dir);
+  replace_folder(partial, dir);
+  cleanup.done = true;
+  std::printf("adaptation '%s' written to %s/%s\n", label.c_str(), dir.c_str(),
+              replaces ? " (replacing the earlier one of that name)" : "");
   return out;
 }
 
 // ---- predict ----
 // Forecasts of one session written as an .npz: a training session with the trained model, a
-// held-out one with a model `adapt` saved (`method`, default adapt.json's best_method). `split`:
+// held-out one with a model `adapt` saved (`method`, default adapt.json's best_method; `label`:
+// the adaptation, needed only where several adapted the session). `split`:
 // train / val / test (that split's windows), all (every window of the recording, one frame
 // apart) or next (one forecast of the pred_length frames after the recording's last frame).
 void run_predict(const std::string& run_dir, const std::string& session_name,
-                 std::string method, const std::string& split, const std::string& out_path,
-                 const std::vector<std::string>& sets) {
+                 std::string method, const std::string& label, const std::string& split,
+                 const std::string& out_path, const std::vector<std::string>& sets) {
   MT_CHECK(split == "train" || split == "val" || split == "test" || split == "all" ||
                split == "next",
            "predict: --split {} is not known; use train, val, test, all or next", split);
@@ -840,10 +978,10 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
     names = {session_name};
     crcs = {""};
   } else if (trained_at != run.trained_on.end()) {
-    MT_CHECK(method.empty() || method == "trained",
+    MT_CHECK((method.empty() || method == "trained") && label.empty(),
              "predict: '{}' is a training session of {}: its forecasts come from the trained "
-             "model; drop --method {} (adapted models are of the held-out sessions)",
-             session_name, run_dir, method);
+             "model; drop --method and --adapted (adapted models are of the held-out sessions)",
+             session_name, run_dir);
     method = "trained";
     sizes = run.trained_sizes;
     names = run.trained_on;
@@ -854,16 +992,53 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
                            "initial weights, without the inner loop\n",
                    run_dir.c_str(), c.train.method.c_str());
   } else {
-    const std::string adapt_path = run_dir + "/adapt.json";
-    MT_CHECK(fs::exists(adapt_path),
-             "predict: '{}' is not a training session of {}, and the run has no adapted models "
-             "(no adapt.json): adapt it first with metatape adapt --run {}{}",
-             session_name, run_dir, run_dir,
-             std::find(c.data.holdout.begin(), c.data.holdout.end(), session_name) ==
-                     c.data.holdout.end()
-                 ? fmt::format(" --set 'data.holdout=[\"{}\"]'", session_name)
-                 : "");
-    const json adapt = cli::read_json_file(adapt_path);
+    // The adaptations of this session: exactly one, or the one --adapted names.
+    const std::vector<Adaptation> all = find_adaptations(run_dir);
+    std::vector<std::string> labels, covering;
+    for (const auto& a : all) {
+      labels.push_back(a.label);
+      if (std::find(a.sessions.begin(), a.sessions.end(), session_name) != a.sessions.end())
+        covering.push_back(a.label);
+    }
+    const std::string how_to_adapt = fmt::format(
+        "metatape adapt --run {}{}", run_dir,
+        std::find(c.data.holdout.begin(), c.data.holdout.end(), session_name) ==
+                c.data.holdout.end()
+            ? fmt::format(" --set 'data.holdout=[\"{}\"]'", session_name)
+            : "");
+    if (!label.empty()) {
+      MT_CHECK(std::find(labels.begin(), labels.end(), label) != labels.end(),
+               "predict: --adapted {}: {} has no adaptation of that name ({}/{}/adapt.json); {}",
+               label, run_dir, adaptations_dir(run_dir), label,
+               labels.empty() ? "it has none"
+                              : fmt::format("its adaptations: {}", fmt::join(labels, ", ")));
+      MT_CHECK(std::find(covering.begin(), covering.end(), label) != covering.end(),
+               "predict: --adapted {} adapted the run to {}, not to '{}'; {}", label,
+               fmt::join(std::find_if(all.begin(), all.end(),
+                                      [&](const Adaptation& a) { return a.label == label; })
+                             ->sessions,
+                         ", "),
+               session_name,
+               covering.empty() ? "adapt the run to it first with " + how_to_adapt
+                                : fmt::format("adaptations of '{}': {}", session_name,
+                                              fmt::join(covering, ", ")));
+      covering = {label};
+    }
+    MT_CHECK(!covering.empty(),
+             "predict: '{}' is not a training session of {}, and no adaptation of the run covers "
+             "it ({}): adapt it first with {}",
+             session_name, run_dir,
+             labels.empty() ? std::string("it has none")
+                            : fmt::format("its adaptations: {}", fmt::join(labels, ", ")),
+             how_to_adapt);
+    MT_CHECK(covering.size() == 1,
+             "predict: '{}' was adapted in {} adaptations of {} ({}); choose one with --adapted "
+             "NAME",
+             session_name, covering.size(), run_dir, fmt::join(covering, ", "));
+    const Adaptation& chosen = *std::find_if(
+        all.begin(), all.end(), [&](const Adaptation& a) { return a.label == covering[0]; });
+    const std::string adapt_path = chosen.dir + "/adapt.json";
+    const json& adapt = chosen.adapt;
     if (method.empty()) {
       MT_CHECK(adapt.contains("best_method") && adapt["best_method"].is_string(),
                "predict: {} names no best_method: it is from an earlier metatape, which saved "
@@ -891,9 +1066,9 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
                                          "{})",
                                          run_dir)
                            : fmt::format("its methods with a model: {}", fmt::join(known, ", ")));
-    model_path = run_dir + "/" + file;
-    MT_CHECK(fs::exists(model_path),
-             "predict: {} is missing (adapt.json names it); adapt the run again", model_path);
+    model_path = chosen.dir + "/" + file;
+    MT_CHECK(fs::exists(model_path), "predict: {} is missing ({} names it); adapt the run again",
+             model_path, adapt_path);
     const json meta = io::read_checkpoint_metadata(model_path);
     MT_CHECK(meta.is_object() && meta.contains("adapted") && meta["adapted"].contains("sessions"),
              "predict: {} is not an adapted model written by metatape adapt", model_path);
@@ -1041,10 +1216,14 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
     members.push_back({"std", data::make_npy_f32({N}, stats.std.data())});
   }
   data::save_npz_members(out_path, members, {}, "predict");
+  // The model file within the run folder (an adapted one: adapt/<label>/...).
+  const std::string model_file = model_path.rfind(run_dir + "/", 0) == 0
+                                     ? model_path.substr(run_dir.size() + 1)
+                                     : model_path;
   std::printf("predict: %s, session '%s' (%lld neurons), model %s (%s): %lld forecast(s) of %lld "
               "frames from %lld frames of context%s\n",
               run_dir.c_str(), session_name.c_str(), (long long)N, method.c_str(),
-              fs::path(model_path).filename().c_str(), (long long)W, (long long)H, (long long)L,
+              model_file.c_str(), (long long)W, (long long)H, (long long)L,
               split == "next" ? ", after the last frame" : "");
   if (split != "next") {
     std::string as;
@@ -1267,6 +1446,11 @@ int main(int argc, char** argv) {
   adapt->add_option("--run", run_dir, "run folder written by train")->required();
   adapt->add_option("--set", sets, "override, e.g. --set adapt.train.steps=100");
   adapt->add_option("--device", device_name, "cpu, cuda or cuda:<index> (default cpu)");
+  std::string adapt_label;
+  adapt->add_option("--label", adapt_label,
+                    "the adaptation's name: its folder {run}/adapt/NAME/ (default: the held-out "
+                    "sessions' names, sorted, joined by '+'); adapting under a name again "
+                    "replaces that adaptation, other names are kept");
 
   auto* predict = app.add_subcommand(
       "predict", "forecasts of one session from a run's trained or adapted model, as an .npz");
@@ -1278,6 +1462,10 @@ int main(int argc, char** argv) {
   predict->add_option("--method", predict_method,
                       "held-out sessions: the adapted model to use, e.g. finetune:embeddings or "
                       "inner-loop (default: adapt.json's best_method)");
+  std::string predict_adapted;
+  predict->add_option("--adapted", predict_adapted,
+                      "held-out sessions: the adaptation (adapt --label) whose model to use; "
+                      "needed only where several adaptations of the run cover the session");
   predict->add_option("--split", predict_split,
                       "windows to forecast: train, val, test (default), all (every window) or "
                       "next (the frames after the recording's end)");
@@ -1385,7 +1573,8 @@ int main(int argc, char** argv) {
     }
     if (eval->parsed()) return run_eval(run_dir, split, unadapted);
     if (predict->parsed()) {
-      run_predict(run_dir, predict_session, predict_method, predict_split, out_dir, sets);
+      run_predict(run_dir, predict_session, predict_method, predict_adapted, predict_split,
+                  out_dir, sets);
       return 0;
     }
     if (online->parsed()) {
@@ -1393,6 +1582,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (adapt->parsed()) {
+      if (!adapt_label.empty()) check_adaptation_label(adapt_label, /*given=*/true);
       Run run = read_run(run_dir);
       cli::RunConfig c = run.config;
       if (!sets.empty()) c = cli::apply_overrides(run.config_json, sets);
@@ -1400,7 +1590,7 @@ int main(int argc, char** argv) {
       apply_threads(c);
       Data d = load_data(c, {.need_training = false});
       run_adapt(c, run_dir, d, parse_device(device_name), run.trained_on, run.trained_sizes,
-                !sets.empty());
+                !sets.empty(), adapt_label);
       return 0;
     }
     if (bench_adapt->parsed()) {
