@@ -478,6 +478,15 @@ check "nothing was written for the refused names" test ! -e "$work/pandas_run/x"
 # and the next adapt moves it into its own folder.
 mv "$work/pandas_run/adapt/animal_2"/* "$work/pandas_run/"
 rmdir "$work/pandas_run/adapt/animal_2"
+"$py" -c '
+import json, sys
+a = json.load(open(sys.argv[1]))
+del a["label"], a["trained_model_crc32"]  # keys an earlier metatape did not write
+json.dump(a, open(sys.argv[1], "w"), indent=2)
+' "$work/pandas_run/adapt.json"
+fails_with "predict names an earlier metatape's adaptation among those covering a session" \
+  "(., both); choose one with --adapted" "$bin" predict --run "$work/pandas_run" \
+  --session animal_2 --out "$work/p.npz"
 check "predict from an earlier metatape's adaptation" "$bin" predict --run "$work/pandas_run" \
   --session animal_2 --split all --adapted . --out "$work/p_all_earlier.npz"
 check "its forecasts" cmp "$work/p_all.npz" "$work/p_all_earlier.npz"
@@ -495,6 +504,50 @@ check "the replaced adaptation holds only the new models, and no work folder is 
 check "predict from the moved adaptation" "$bin" predict --run "$work/pandas_run" \
   --session animal_2 --split all --adapted animal_2 --out "$work/p_all_moved.npz"
 check "its forecasts, moved" cmp "$work/p_all.npz" "$work/p_all_moved.npz"
+# Every mode diverging saves nothing and keeps the adaptation of that name as it was.
+fails_with "an adapt where every mode diverges" "is kept as it was" "$bin" adapt \
+  --run "$work/pandas_run" --set 'data.holdout=["animal_3","animal_2"]' \
+  --set adapt.train.steps=2 --set adapt.train.eval_every=1 --set 'adapt.modes=["all"]' \
+  --set adapt.lr_by_mode.all=1e30 --label both
+check "the adaptation kept its model" test -s "$work/pandas_run/adapt/both/adapted_all.safetensors"
+# A default name already taken by an adaptation of other sessions is refused.
+check "adapt under a name another set of sessions has by default" "$bin" adapt \
+  --run "$work/pandas_run" --set 'data.holdout=["animal_2"]' --set adapt.train.steps=2 \
+  --set adapt.train.eval_every=1 --set 'adapt.modes=["embeddings"]' --label animal_2+animal_3
+fails_with "adapt by default into that name" "name this one with --label NAME" "$bin" adapt \
+  --run "$work/pandas_run" --set 'data.holdout=["animal_3","animal_2"]' \
+  --set adapt.train.steps=2 --set adapt.train.eval_every=1
+# One unreadable adaptation does not keep predict from the others.
+mkdir -p "$work/pandas_run/adapt/broken"
+echo "{" >"$work/pandas_run/adapt/broken/adapt.json"
+check "predict beside an unreadable adaptation" "$bin" predict --run "$work/pandas_run" \
+  --session animal_3 --adapted animal_3 --out "$work/p.npz"
+cp "$work/out.txt" "$work/predict_broken.txt"
+check "predict noted the unreadable one" grep -q "skipped the adaptation 'broken'" \
+  "$work/predict_broken.txt"
+fails_with "predict with the unreadable adaptation" "adapt the run again under that name" \
+  "$bin" predict --run "$work/pandas_run" --session animal_3 --adapted broken --out "$work/p.npz"
+rm -r "$work/pandas_run/adapt/broken"
+# An adaptation of another model than the run's (the run trained again since) is refused.
+"$py" -c '
+import json, sys
+a = json.load(open(sys.argv[1]))
+a["trained_model_crc32"] = "00000000"
+json.dump(a, open(sys.argv[1], "w"), indent=2)
+' "$work/pandas_run/adapt/animal_3/adapt.json"
+fails_with "predict from an adaptation of another model" "started from another model" "$bin" \
+  predict --run "$work/pandas_run" --session animal_3 --adapted animal_3 --out "$work/p.npz"
+# Adaptations whose run was removed by hand are not taken over by a new training.
+check "train a run to adapt" "$bin" train --run "$work/stale" "${small[@]}"
+check "adapt it" "$bin" adapt --run "$work/stale" --set 'adapt.modes=["embeddings"]' \
+  --set adapt.train.steps=2 --set adapt.train.eval_every=1
+find "$work/stale" -maxdepth 1 -type f -delete
+echo "a user's file" >"$work/stale/adapt/notes.txt"
+fails_with "train into a folder holding adaptations of a removed run" \
+  "holds adaptations of an earlier run" "$bin" train --run "$work/stale" "${small[@]}"
+check "train --overwrite there" "$bin" train --run "$work/stale" "${small[@]}" --overwrite
+check "--overwrite removed the adaptations, not the user's file" test \
+  ! -e "$work/stale/adapt/synth_002" -a -s "$work/stale/adapt/notes.txt"
 # How files are read is part of the config (data.npz / hdf5 / csv), checked like the rest.
 fails_with "an hdf5 time axis of 2" "data.hdf5.time_axis = 2" "$bin" train --run "$work/x" \
   --set data.hdf5.time_axis=2

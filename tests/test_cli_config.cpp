@@ -60,6 +60,7 @@ TEST_CASE("cli config: the CSV options are config keys", "[cli][config]") {
       {R"({"bench": {"adapt_eval_steps": [1, 0]}})", "bench.adapt_eval_steps holds 0"},
       {R"({"bench": {"meta_weight_decay": -0.1}})", "bench.meta_weight_decay must be >= 0"},
       {R"({"bench": {"meta_weight_decay": "0.1"}})", "must be a number, or null"},
+      {R"({"bench": {"meta_weight_decay": ".05"}})", "need a digit before the point"},
   };
   for (const auto& [text, message] : refused) {
     INFO(text);

@@ -65,7 +65,8 @@ class Reader {
     } catch (const std::exception& e) {
       // A number written so JSON does not read it (".001", "1e-3 ") came through --set as text.
       std::string hint;
-      if constexpr (std::is_arithmetic_v<T> && !std::is_same_v<T, bool>)
+      if constexpr ((std::is_arithmetic_v<T> && !std::is_same_v<T, bool>) ||
+                    std::is_same_v<T, std::optional<double>>)
         if (it->is_string() && looks_numeric(it->template get<std::string>()))
           hint = " (JSON numbers need a digit before the point, e.g. 0.001)";
       // The inner check's own source location is dropped: this message gets one.

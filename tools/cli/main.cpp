@@ -6,7 +6,7 @@
 //                train_state.safetensors (to --resume from) and summary.json
 //   eval         evaluate a run's model on a split
 //   adapt        adapt a run's model to held-out sessions by fine-tuning (per mode), with curves;
-//                saves the adapted models in adapt/<label>/, one folder per set of sessions
+//                saves the adapted models in adapt/<label>/, a folder per adaptation
 //   predict      forecasts of one session (trained or adapted model) as an .npz
 //   bench        adaptation: the meta-learning experiment plan end to end; memory: E2E-TTT peak
 //                memory against inner steps, with and without checkpointing
@@ -18,7 +18,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <stdio.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -40,6 +39,7 @@
 #include "engine/core/backend.h"
 #include "engine/io/checkpoint.h"
 #include "meta/adaptation.h"
+#include "tools/cli/adaptations.h"
 #include "tools/cli/bench.h"
 #include "tools/cli/common.h"
 #include "tools/cli/config.h"
@@ -47,7 +47,10 @@
 namespace fs = std::filesystem;
 using namespace mt;
 using nlohmann::json;
+using cli::Adaptation;
 using cli::Data;
+using cli::adaptations_dir;
+using cli::is_adapted_model_file;
 using cli::apply_threads;
 using cli::load_data;
 using cli::print_metrics;
@@ -126,102 +129,6 @@ void load_run_model(meta::Forecaster& f, const std::string& run_dir, bool new_se
           overridden ? " or drop the --set overrides of model.*" : "");
 }
 
-// The adapted models `metatape adapt` writes into an adaptation's folder: adapted_<mode>.safetensors
-// for a fine-tuning mode (every held-out session at once), adapted_inner-loop_<session>.safetensors
-// per session.
-bool is_adapted_model_file(const std::string& name) {
-  return name.rfind("adapted_", 0) == 0 && name.size() > 20 &&
-         name.compare(name.size() - 12, 12, ".safetensors") == 0;
-}
-
-// ---- adaptations ----
-// `metatape adapt` keeps one folder per set of held-out sessions, <run>/adapt/<label>/ (the label:
-// --label, by default the sessions' names sorted and joined by '+'), holding adapt.json and the
-// adapted models. Adapting to another set leaves the earlier folders alone; adapting under a
-// label again replaces that folder, in one step once the new one is complete (an adapt that
-// fails or is killed leaves the earlier one as it was). An earlier metatape wrote adapt.json and
-// the models into the run folder itself (label "."): predict reads them there, and the next
-// adapt moves them into their own folder.
-std::string adaptations_dir(const std::string& run_dir) { return run_dir + "/adapt"; }
-
-std::string default_adaptation_label(std::vector<std::string> sessions) {
-  std::sort(sessions.begin(), sessions.end());
-  return fmt::format("{}", fmt::join(sessions, "+"));
-}
-
-// A label names one folder: 1-200 bytes, no '/', not starting with '.' (adapt's work folders).
-bool is_adaptation_label(const std::string& label) {
-  return !label.empty() && label.size() <= 200 && label.front() != '.' &&
-         label.find('/') == std::string::npos && label.find('\0') == std::string::npos;
-}
-
-// Refuses a label that is not one (is_adaptation_label), naming the fix.
-void check_adaptation_label(const std::string& label, bool given) {
-  const char* fix = given ? "give another --label" : "name the adaptation with --label NAME";
-  MT_CHECK(!label.empty() && label.size() <= 200,
-           "adapt: the adaptation's name '{}' is {} bytes long (1 to 200 allowed: it names its "
-           "folder under {{run}}/adapt/); {}",
-           label.size() > 60 ? label.substr(0, 60) + "..." : label, label.size(), fix);
-  MT_CHECK(label.front() != '.' && label.find('/') == std::string::npos &&
-               label.find('\0') == std::string::npos,
-           "adapt: the adaptation's name '{}' names its folder under {{run}}/adapt/, so it may "
-           "neither start with '.' nor hold '/'; {}",
-           label, fix);
-}
-
-struct Adaptation {
-  std::string label;  // "." for the run folder itself (an earlier metatape's adapt)
-  std::string dir;    // holds adapt.json and the models it names
-  json adapt;         // adapt.json
-  std::vector<std::string> sessions;
-};
-
-Adaptation read_adaptation(const std::string& label, const std::string& dir) {
-  Adaptation a{label, dir, cli::read_json_file(dir + "/adapt.json"), {}};
-  if (a.adapt.contains("sessions") && a.adapt["sessions"].is_array())
-    for (const auto& s : a.adapt["sessions"])
-      if (s.is_object() && s.contains("name") && s["name"].is_string())
-        a.sessions.push_back(s["name"].get<std::string>());
-  return a;
-}
-
-// The run's adaptations: the one an earlier metatape left in the run folder, then adapt/'s
-// folders by label. Folders starting with '.' are an adapt's work in progress.
-std::vector<Adaptation> find_adaptations(const std::string& run_dir) {
-  std::vector<Adaptation> out;
-  if (fs::exists(run_dir + "/adapt.json")) out.push_back(read_adaptation(".", run_dir));
-  const std::string top = adaptations_dir(run_dir);
-  if (!fs::is_directory(top)) return out;
-  std::vector<std::string> labels;
-  for (const auto& e : fs::directory_iterator(top)) {
-    const std::string name = e.path().filename().string();
-    if (e.is_directory() && name.front() != '.' && fs::exists(e.path() / "adapt.json"))
-      labels.push_back(name);
-  }
-  std::sort(labels.begin(), labels.end());
-  for (const auto& label : labels) out.push_back(read_adaptation(label, top + "/" + label));
-  return out;
-}
-
-// Puts the complete folder `ready` at `dir`. A folder already there is exchanged with it in one
-// step (renameat2's RENAME_EXCHANGE) and then removed; where the file system cannot exchange,
-// the old one is moved aside first.
-void replace_folder(const fs::path& ready, const fs::path& dir) {
-  if (!fs::exists(dir)) {
-    fs::rename(ready, dir);
-    return;
-  }
-  if (::renameat2(AT_FDCWD, ready.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0) {
-    fs::remove_all(ready);  // the replaced folder, now here
-    return;
-  }
-  const fs::path old = ready.string() + ".old";
-  fs::remove_all(old);
-  fs::rename(dir, old);
-  fs::rename(ready, dir);
-  fs::remove_all(old);
-}
-
 // Writes the parameters of `f`'s model, those in `overrides` replaced, as a checkpoint loadable
 // like model.safetensors (CPU copies, the model's order).
 void save_adapted_model(const std::string& path, meta::Forecaster& f,
@@ -276,8 +183,13 @@ std::unique_ptr<cli::FolderLock> prepare_run_folder(const std::string& run_dir, 
            resumable ? fmt::format(" (unfinished: metatape train --resume --run {} continues it)",
                                    run_dir)
                      : "");
+  // Adaptations without their run (its files removed by hand) started from another model.
+  MT_CHECK(holds_run || overwrite || !cli::has_adaptations(run_dir),
+           "--run {}: the folder holds adaptations of an earlier run ({}/) but not the run; "
+           "choose another folder, or pass --overwrite to delete them",
+           run_dir, adaptations_dir(run_dir));
   for (const auto& p : run_files(run_dir)) fs::remove(p);
-  if (holds_run) fs::remove_all(adaptations_dir(run_dir));
+  cli::remove_adaptations(run_dir);
   return lock;
 }
 
@@ -304,13 +216,11 @@ void remove_results(const std::string& run_dir) {
                  p.c_str());
     fs::remove(p);
   }
-  if (fs::exists(adaptations_dir(run_dir))) {
+  for (const auto& removed : cli::remove_adaptations(run_dir))
     std::fprintf(stderr,
-                 "note: removed %s/ (its adaptations started from the model before this "
+                 "note: removed the adaptation %s (it started from the model before this "
                  "continuation)\n",
-                 adaptations_dir(run_dir).c_str());
-    fs::remove_all(adaptations_dir(run_dir));
-  }
+                 removed.c_str());
 }
 
 // A line of metrics.jsonl: the evaluation point without a train_loss where there is none.
@@ -668,14 +578,13 @@ void check_same_recordings(const Run& run, data::Dataset& train, const std::stri
 json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& d, Device device,
                const std::vector<std::string>& trained_on,
                const std::vector<int64_t>& trained_sizes, bool overridden = false,
-               std::string label = "") {
+               const std::string& given_label = "") {
   MT_CHECK(!d.holdout.empty(),
            "adapt: the run has no held-out sessions; set data.holdout to the session names to "
            "adapt to");
-  if (label.empty()) {
-    label = default_adaptation_label(d.holdout.names());
-    check_adaptation_label(label, /*given=*/false);
-  }
+  const std::string label =
+      given_label.empty() ? cli::default_adaptation_label(d.holdout.names()) : given_label;
+  cli::check_adaptation_label(label, /*given=*/!given_label.empty());
   MT_CHECK(!trained_sizes.empty(),
            "adapt: {}/config.json lists no training sessions ('sessions', written by train); "
            "restore the file",
@@ -693,11 +602,32 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                 "adapt.train.steps steps); the finetune rows use AdamW (adapt.train, "
                 "adapt.lr_by_mode)\n",
                 c.train.method.c_str());
+  // One writer of the run folder at a time (train, resume, adapt): taken before the model is
+  // read, so the model and its CRC-32 below are of the same file.
+  const cli::FolderLock lock(run_dir, ".train.lock", "--run", "metatape train or adapt");
+  const std::string top = adaptations_dir(run_dir);
+  MT_CHECK(!fs::exists(top) || fs::is_directory(top),
+           "adapt: {} is not a folder: adapt keeps its adaptations there; move that file away",
+           top);
+  const std::string dir = top + "/" + label, partial = top + "/." + label + ".partial";
+  if (given_label.empty() && fs::exists(dir + "/adapt.json")) {
+    // The same default name for other sessions (a session name holding '+').
+    std::vector<std::string> now = d.holdout.names(), then;
+    for (const auto& a : cli::find_adaptations(run_dir))
+      if (a.label == label) then = a.sessions;
+    std::sort(now.begin(), now.end());
+    std::sort(then.begin(), then.end());
+    MT_CHECK(then.empty() || then == now,
+             "adapt: the adaptation {}/ is of the sessions {}, this one of {}: they would share "
+             "the name '{}'; name this one with --label NAME",
+             dir, fmt::join(then, ", "), fmt::join(now, ", "), label);
+  }
   // The trained model, with its own session tables: every adapted model starts from its weights,
   // the held-out sessions' embedding rows set by adapt.new_session_init.
   Generator g_trained(0);
   auto trained = meta::make_forecaster(c.model, trained_sizes, g_trained);
   load_run_model(*trained, run_dir, /*new_sessions=*/false, overridden);
+  const std::string model_crc32 = cli::file_crc32(run_dir + "/model.safetensors");
   const meta::NewSessionInit init = meta::parse_new_session_init(c.adapt.new_session_init);
   auto transferred = [&] {
     Generator gen(c.adapt.train.seed);
@@ -715,31 +645,16 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
       meta::check_training(*probe, prepared, {}, t, "adapt.train");
     }
   }
-  // One writer of the run folder at a time (train, resume, adapt).
-  const cli::FolderLock lock(run_dir, ".train.lock", "--run", "metatape train or adapt");
-  const std::string top = adaptations_dir(run_dir);
   fs::create_directories(top);
-  // Work in progress of an adapt that failed or was killed: not an adaptation.
-  for (const auto& e : fs::directory_iterator(top))
-    if (e.path().filename().string().front() == '.') fs::remove_all(e.path());
-  if (fs::exists(run_dir + "/adapt.json")) {
-    // An earlier metatape's adaptation, in the run folder itself: into its own folder.
-    const Adaptation earlier = read_adaptation(".", run_dir);
-    std::string earlier_label = default_adaptation_label(earlier.sessions);
-    if (!is_adaptation_label(earlier_label)) earlier_label = "earlier";
-    const fs::path moving = top + "/." + earlier_label + ".partial";
-    fs::create_directories(moving);
-    for (const auto& e : fs::directory_iterator(run_dir))
-      if (is_adapted_model_file(e.path().filename().string()))
-        fs::rename(e.path(), moving / e.path().filename());
-    fs::rename(run_dir + "/adapt.json", moving / "adapt.json");
-    replace_folder(moving, top + "/" + earlier_label);
+  for (const auto& restored : cli::tidy_adaptations(run_dir))
+    std::printf("note: put back the adaptation '%s', which an adapt stopped while replacing it "
+                "had left aside\n",
+                restored.c_str());
+  if (const std::string moved = cli::move_earlier_adaptation(run_dir); !moved.empty())
     std::printf("note: moved the adaptation an earlier metatape wrote into %s (adapt.json and its "
                 "models) to %s/%s/\n",
-                run_dir.c_str(), top.c_str(), earlier_label.c_str());
-  }
-  // This adaptation is written into a hidden folder and takes its place once complete.
-  const std::string dir = top + "/" + label, partial = top + "/." + label + ".partial";
+                run_dir.c_str(), top.c_str(), moved.c_str());
+  // This adaptation is written into a work folder and takes its place once complete.
   fs::create_directories(partial);
   struct RemoveUnlessDone {
     std::string path;
@@ -902,7 +817,20 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
       best_method = m.at("method").get<std::string>();
     }
   }
+  // Every mode diverged: nothing to keep, and an adaptation of this name stays as it was.
+  size_t saved = 0, diverged = 0;
+  for (const auto& m : results) {
+    saved += m.contains("model") + (m.contains("models") ? m["models"].size() : 0);
+    diverged += m.contains("diverged_at") + (m.value("diverged_sessions", int64_t(0)) > 0);
+  }
+  MT_CHECK(saved > 0 || diverged == 0,
+           "adapt: every adaptation diverged (above: lower the step sizes they name); no model "
+           "was saved{}",
+           fs::exists(dir) ? fmt::format(", and the adaptation {}/ is kept as it was", dir) : "");
   json out = {{"label", label},
+              // The trained model every adapted model started from: predict refuses them once
+              // the run's model is another (trained again since).
+              {"trained_model_crc32", model_crc32},
               {"sessions", holdout_sessions},
               {"new_session_init", c.adapt.new_session_init},
               {"methods", results}};
@@ -913,7 +841,7 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   }
   cli::write_file_atomic(partial + "/adapt.json", out.dump(2) + "\n");
   const bool replaces = fs::exists(dir);
-  replace_folder(partial, dir);
+  cli::replace_folder(partial, dir);
   cleanup.done = true;
   std::printf("adaptation '%s' written to %s/%s\n", label.c_str(), dir.c_str(),
               replaces ? " (replacing the earlier one of that name)" : "");
@@ -992,33 +920,46 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
                            "initial weights, without the inner loop\n",
                    run_dir.c_str(), c.train.method.c_str());
   } else {
-    // The adaptations of this session: exactly one, or the one --adapted names.
-    const std::vector<Adaptation> all = find_adaptations(run_dir);
+    // The adaptations of this session: exactly one, or the one --adapted names. An unreadable
+    // adapt.json is skipped with a note unless it is the one named.
+    const std::vector<Adaptation> all = cli::find_adaptations(run_dir);
     std::vector<std::string> labels, covering;
     for (const auto& a : all) {
       labels.push_back(a.label);
+      if (!a.unreadable.empty() && a.label != label)
+        std::fprintf(stderr, "note: skipped the adaptation '%s': %s\n", a.label.c_str(),
+                     a.unreadable.c_str());
       if (std::find(a.sessions.begin(), a.sessions.end(), session_name) != a.sessions.end())
         covering.push_back(a.label);
     }
+    const auto named = [&](const std::string& l) -> const Adaptation& {
+      return *std::find_if(all.begin(), all.end(), [&](const Adaptation& a) { return a.label == l; });
+    };
     const std::string how_to_adapt = fmt::format(
         "metatape adapt --run {}{}", run_dir,
         std::find(c.data.holdout.begin(), c.data.holdout.end(), session_name) ==
                 c.data.holdout.end()
             ? fmt::format(" --set 'data.holdout=[\"{}\"]'", session_name)
             : "");
+    const std::string listed =
+        labels.empty() ? std::string("it has none")
+                       : fmt::format("its adaptations: {} ('.': the run folder itself, written by "
+                                     "an earlier metatape)",
+                                     fmt::join(labels, ", "));
     if (!label.empty()) {
+      const std::string where = label == "." ? run_dir + "/adapt.json"
+                                             : adaptations_dir(run_dir) + "/" + label + "/adapt.json";
       MT_CHECK(std::find(labels.begin(), labels.end(), label) != labels.end(),
-               "predict: --adapted {}: {} has no adaptation of that name ({}/{}/adapt.json); {}",
-               label, run_dir, adaptations_dir(run_dir), label,
-               labels.empty() ? "it has none"
-                              : fmt::format("its adaptations: {}", fmt::join(labels, ", ")));
+               "predict: --adapted {}: {} has no adaptation of that name (no {}); {}", label,
+               run_dir, where, listed);
+      const Adaptation& a = named(label);
+      MT_CHECK(a.unreadable.empty(),
+               "predict: --adapted {}: {}; adapt the run again under that name ({}), or remove "
+               "its folder",
+               label, a.unreadable, cli::readapt_command(run_dir, a));
       MT_CHECK(std::find(covering.begin(), covering.end(), label) != covering.end(),
                "predict: --adapted {} adapted the run to {}, not to '{}'; {}", label,
-               fmt::join(std::find_if(all.begin(), all.end(),
-                                      [&](const Adaptation& a) { return a.label == label; })
-                             ->sessions,
-                         ", "),
-               session_name,
+               fmt::join(a.sessions, ", "), session_name,
                covering.empty() ? "adapt the run to it first with " + how_to_adapt
                                 : fmt::format("adaptations of '{}': {}", session_name,
                                               fmt::join(covering, ", ")));
@@ -1027,24 +968,29 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
     MT_CHECK(!covering.empty(),
              "predict: '{}' is not a training session of {}, and no adaptation of the run covers "
              "it ({}): adapt it first with {}",
-             session_name, run_dir,
-             labels.empty() ? std::string("it has none")
-                            : fmt::format("its adaptations: {}", fmt::join(labels, ", ")),
-             how_to_adapt);
+             session_name, run_dir, listed, how_to_adapt);
     MT_CHECK(covering.size() == 1,
              "predict: '{}' was adapted in {} adaptations of {} ({}); choose one with --adapted "
              "NAME",
              session_name, covering.size(), run_dir, fmt::join(covering, ", "));
-    const Adaptation& chosen = *std::find_if(
-        all.begin(), all.end(), [&](const Adaptation& a) { return a.label == covering[0]; });
+    const Adaptation& chosen = named(covering[0]);
     const std::string adapt_path = chosen.dir + "/adapt.json";
+    const std::string readapt = cli::readapt_command(run_dir, chosen);
     const json& adapt = chosen.adapt;
+    // Adapted from the model the run holds now? (Recorded since adaptations have folders.)
+    if (adapt.contains("trained_model_crc32") && adapt["trained_model_crc32"].is_string()) {
+      const std::string then = adapt["trained_model_crc32"].get<std::string>(),
+                        now = cli::file_crc32(run_dir + "/model.safetensors");
+      MT_CHECK(then == now,
+               "predict: the adaptation {} started from another model than {}/model.safetensors "
+               "(CRC-32 {} then, {} now: the run was trained again since); adapt it again: {}",
+               adapt_path, run_dir, then, now, readapt);
+    }
     if (method.empty()) {
       MT_CHECK(adapt.contains("best_method") && adapt["best_method"].is_string(),
                "predict: {} names no best_method: it is from an earlier metatape, which saved "
-               "no adapted models, or every adaptation diverged; adapt the run again (metatape "
-               "adapt --run {})",
-               adapt_path, run_dir);
+               "no adapted models, or every adaptation diverged; adapt the run again: {}",
+               adapt_path, readapt);
       method = adapt["best_method"].get<std::string>();
     }
     std::vector<std::string> known;
@@ -1062,13 +1008,11 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
                adapt_path, method, session_name);
     }
     MT_CHECK(!file.empty(), "predict: {} has no model of method '{}'; {}", adapt_path, method,
-             known.empty() ? fmt::format("it has none (adapt the run again: metatape adapt --run "
-                                         "{})",
-                                         run_dir)
+             known.empty() ? fmt::format("it has none (adapt the run again: {})", readapt)
                            : fmt::format("its methods with a model: {}", fmt::join(known, ", ")));
     model_path = chosen.dir + "/" + file;
-    MT_CHECK(fs::exists(model_path), "predict: {} is missing ({} names it); adapt the run again",
-             model_path, adapt_path);
+    MT_CHECK(fs::exists(model_path), "predict: {} is missing ({} names it); adapt the run again: {}",
+             model_path, adapt_path, readapt);
     const json meta = io::read_checkpoint_metadata(model_path);
     MT_CHECK(meta.is_object() && meta.contains("adapted") && meta["adapted"].contains("sessions"),
              "predict: {} is not an adapted model written by metatape adapt", model_path);
@@ -1465,7 +1409,8 @@ int main(int argc, char** argv) {
   std::string predict_adapted;
   predict->add_option("--adapted", predict_adapted,
                       "held-out sessions: the adaptation (adapt --label) whose model to use; "
-                      "needed only where several adaptations of the run cover the session");
+                      "needed only where several adaptations of the run cover the session ('.': "
+                      "the one an earlier metatape wrote into the run folder itself)");
   predict->add_option("--split", predict_split,
                       "windows to forecast: train, val, test (default), all (every window) or "
                       "next (the frames after the recording's end)");
@@ -1582,7 +1527,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (adapt->parsed()) {
-      if (!adapt_label.empty()) check_adaptation_label(adapt_label, /*given=*/true);
+      if (!adapt_label.empty()) cli::check_adaptation_label(adapt_label, /*given=*/true);
       Run run = read_run(run_dir);
       cli::RunConfig c = run.config;
       if (!sets.empty()) c = cli::apply_overrides(run.config_json, sets);

@@ -1,0 +1,263 @@
+#include "tools/cli/adaptations.h"
+
+#include <stdio.h>  // renameat2, RENAME_EXCHANGE
+#include <fcntl.h>  // AT_FDCWD
+
+#include <algorithm>
+#include <fstream>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "engine/core/error.h"
+#include "engine/io/safetensors.h"
+#include "tools/cli/config.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace mt::cli {
+
+namespace {
+
+constexpr const char* kPartial = ".partial";
+constexpr const char* kPartialOld = ".partial.old";
+
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// A work folder of adapt (.<label>.partial or .<label>.partial.old): its label, or "".
+std::string work_folder_label(const std::string& name) {
+  if (name.size() < 2 || name.front() != '.') return "";
+  for (const std::string tail : {kPartialOld, kPartial})
+    if (ends_with(name, tail) && name.size() > tail.size() + 1) {
+      const std::string label = name.substr(1, name.size() - tail.size() - 1);
+      return is_adaptation_label(label) ? label : "";
+    }
+  return "";
+}
+
+Adaptation read_adaptation(const std::string& label, const std::string& dir) {
+  Adaptation a{label, dir, json(), {}, {}};
+  try {
+    a.adapt = read_json_file(dir + "/adapt.json");
+    MT_CHECK(a.adapt.is_object() && a.adapt.contains("sessions") && a.adapt["sessions"].is_array(),
+             "{}/adapt.json names no sessions (a 'sessions' list): it is not adapt's", dir);
+    for (const auto& s : a.adapt["sessions"]) {
+      MT_CHECK(s.is_object() && s.contains("name") && s["name"].is_string(),
+               "{}/adapt.json: an entry of 'sessions' has no name", dir);
+      a.sessions.push_back(s["name"].get<std::string>());
+    }
+  } catch (const std::exception& e) {
+    a.adapt = json();
+    a.sessions.clear();
+    a.unreadable = e.what();
+  }
+  return a;
+}
+
+std::vector<std::string> sorted(std::vector<std::string> v) {
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
+// Links `from` to `to` (the same file system, so no bytes are copied), or copies it where the
+// file system has no hard links.
+void link_or_copy(const fs::path& from, const fs::path& to) {
+  std::error_code ec;
+  fs::create_hard_link(from, to, ec);
+  if (ec) fs::copy_file(from, to, fs::copy_options::overwrite_existing);
+}
+
+}  // namespace
+
+std::string adaptations_dir(const std::string& run_dir) { return run_dir + "/adapt"; }
+
+bool is_adapted_model_file(const std::string& name) {
+  return name.rfind("adapted_", 0) == 0 && name.size() > 20 && ends_with(name, ".safetensors");
+}
+
+std::string default_adaptation_label(std::vector<std::string> sessions) {
+  return fmt::format("{}", fmt::join(sorted(std::move(sessions)), "+"));
+}
+
+bool is_adaptation_label(const std::string& label) {
+  return !label.empty() && label.size() <= 200 && label.front() != '.' &&
+         label.find('/') == std::string::npos && label.find('\0') == std::string::npos;
+}
+
+void check_adaptation_label(const std::string& label, bool given) {
+  const char* fix = given ? "give another --label" : "name the adaptation with --label NAME";
+  MT_CHECK(!label.empty() && label.size() <= 200,
+           "adapt: the adaptation's name '{}' is {} bytes long (1 to 200 allowed: it names its "
+           "folder under {{run}}/adapt/); {}",
+           label.size() > 60 ? label.substr(0, 60) + "..." : label, label.size(), fix);
+  MT_CHECK(is_adaptation_label(label),
+           "adapt: the adaptation's name '{}' names its folder under {{run}}/adapt/, so it may "
+           "neither start with '.' nor hold '/'; {}",
+           label, fix);
+}
+
+std::vector<Adaptation> find_adaptations(const std::string& run_dir) {
+  std::vector<Adaptation> out;
+  if (fs::exists(run_dir + "/adapt.json")) out.push_back(read_adaptation(".", run_dir));
+  const std::string top = adaptations_dir(run_dir);
+  if (!fs::is_directory(top)) return out;
+  std::vector<std::string> labels;
+  for (const auto& e : fs::directory_iterator(top)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_directory() && is_adaptation_label(name) && fs::exists(e.path() / "adapt.json"))
+      labels.push_back(name);
+  }
+  for (const auto& label : sorted(labels)) out.push_back(read_adaptation(label, top + "/" + label));
+  return out;
+}
+
+bool has_adaptations(const std::string& run_dir) {
+  if (!find_adaptations(run_dir).empty()) return true;
+  const std::string top = adaptations_dir(run_dir);
+  if (!fs::is_directory(top)) return false;
+  for (const auto& e : fs::directory_iterator(top))
+    if (e.is_directory() && !work_folder_label(e.path().filename().string()).empty()) return true;
+  return false;
+}
+
+std::string readapt_command(const std::string& run_dir, const Adaptation& a) {
+  std::vector<std::string> quoted;
+  for (const auto& s : a.sessions) quoted.push_back(json(s).dump());
+  return fmt::format("metatape adapt --run {}{}{}", run_dir,
+                     a.label == "." ? "" : " --label " + a.label,
+                     a.sessions.empty()
+                         ? std::string()
+                         : fmt::format(" --set 'data.holdout=[{}]'", fmt::join(quoted, ",")));
+}
+
+void replace_folder(const fs::path& ready, const fs::path& dir, bool exchange) {
+  if (!fs::exists(dir)) {
+    fs::rename(ready, dir);
+    return;
+  }
+  if (exchange &&
+      ::renameat2(AT_FDCWD, ready.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0) {
+    fs::remove_all(ready);  // the replaced folder, now here
+    return;
+  }
+  // ready = <top>/.<label>.partial: the old folder goes to <top>/.<label>.partial.old.
+  const fs::path old = ready.string() + ".old";
+  fs::remove_all(old);
+  fs::rename(dir, old);
+  fs::rename(ready, dir);
+  fs::remove_all(old);
+}
+
+std::vector<std::string> tidy_adaptations(const std::string& run_dir) {
+  const std::string top = adaptations_dir(run_dir);
+  std::vector<std::string> restored;
+  if (!fs::is_directory(top)) return restored;
+  std::vector<fs::path> entries;
+  for (const auto& e : fs::directory_iterator(top))
+    if (e.is_directory()) entries.push_back(e.path());
+  // The adaptations left aside first: their work folder .<label>.partial may be the newer,
+  // unfinished one and goes below.
+  for (const auto& p : entries) {
+    const std::string name = p.filename().string(), label = work_folder_label(name);
+    if (label.empty() || !ends_with(name, kPartialOld)) continue;
+    if (!fs::exists(top + "/" + label)) {
+      fs::rename(p, top + "/" + label);
+      restored.push_back(label);
+    } else {
+      fs::remove_all(p);
+    }
+  }
+  for (const auto& p : entries)
+    if (fs::exists(p) && !work_folder_label(p.filename().string()).empty()) fs::remove_all(p);
+  return restored;
+}
+
+std::vector<std::string> remove_adaptations(const std::string& run_dir) {
+  std::vector<std::string> removed;
+  for (const auto& a : find_adaptations(run_dir)) {
+    if (a.label == ".") {
+      for (const auto& e : fs::directory_iterator(run_dir))
+        if (is_adapted_model_file(e.path().filename().string())) fs::remove(e.path());
+      fs::remove(run_dir + "/adapt.json");
+      removed.push_back(run_dir + "/adapt.json and its models");
+    } else {
+      fs::remove_all(a.dir);
+      removed.push_back(a.dir + "/");
+    }
+  }
+  const std::string top = adaptations_dir(run_dir);
+  if (fs::is_directory(top)) {
+    for (const auto& e : fs::directory_iterator(top))
+      if (e.is_directory() && !work_folder_label(e.path().filename().string()).empty())
+        fs::remove_all(e.path());
+    if (fs::is_empty(top)) fs::remove(top);
+  }
+  return removed;
+}
+
+std::string move_earlier_adaptation(const std::string& run_dir) {
+  const std::string legacy = run_dir + "/adapt.json";
+  if (!fs::exists(legacy)) return "";
+  const Adaptation earlier = read_adaptation(".", run_dir);
+  MT_CHECK(earlier.unreadable.empty(),
+           "adapt: {} (an adaptation an earlier metatape wrote into the run folder) cannot be "
+           "read: {}; remove it and the adapted_*.safetensors beside it to go on",
+           legacy, earlier.unreadable);
+  const std::string top = adaptations_dir(run_dir);
+  fs::create_directories(top);
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(run_dir))
+    if (e.is_regular_file() && is_adapted_model_file(e.path().filename().string()))
+      files.push_back(e.path());
+
+  std::string base = default_adaptation_label(earlier.sessions);
+  if (!is_adaptation_label(base) || base.size() > 180) base = "earlier";
+  const std::string legacy_text = [&] {
+    std::ifstream in(legacy, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }();
+  std::string label;
+  for (int k = 0; label.empty(); ++k) {
+    const std::string candidate = k == 0   ? base
+                                  : k == 1 ? base + "-earlier"
+                                           : fmt::format("{}-earlier-{}", base, k);
+    const std::string dir = top + "/" + candidate;
+    if (!fs::exists(dir)) {
+      label = candidate;
+      break;
+    }
+    // A copy a killed process put in place before the originals went: finish with it.
+    std::ifstream in(dir + "/adapt.json", std::ios::binary);
+    if (in && std::string(std::istreambuf_iterator<char>(in), {}) == legacy_text) {
+      for (const auto& f : files) fs::remove(f);
+      fs::remove(legacy);
+      return candidate;
+    }
+  }
+  const fs::path moving = top + "/." + label + kPartial;
+  fs::remove_all(moving);
+  fs::create_directories(moving);
+  for (const auto& f : files) link_or_copy(f, moving / f.filename());
+  link_or_copy(legacy, moving / "adapt.json");
+  fs::rename(moving, top + "/" + label);
+  for (const auto& f : files) fs::remove(f);
+  fs::remove(legacy);
+  return label;
+}
+
+std::string file_crc32(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  MT_CHECK(in, "{}: cannot be read", path);
+  std::vector<char> buffer(1 << 20);
+  uint32_t crc = 0;
+  while (in) {
+    in.read(buffer.data(), std::streamsize(buffer.size()));
+    crc = io::crc32_of_bytes(buffer.data(), size_t(in.gcount()), crc);
+  }
+  return fmt::format("{:08x}", crc);
+}
+
+}  // namespace mt::cli
