@@ -548,6 +548,16 @@ fails_with "train into a folder holding adaptations of a removed run" \
 check "train --overwrite there" "$bin" train --run "$work/stale" "${small[@]}" --overwrite
 check "--overwrite removed the adaptations, not the user's file" test \
   ! -e "$work/stale/adapt/synth_002" -a -s "$work/stale/adapt/notes.txt"
+mkdir -p "$work/stale/adapt/mine"
+echo "a user's file" >"$work/stale/adapt/mine/keep.txt"
+fails_with "adapt under the name of a user's folder" "is there and is not an adaptation" "$bin" \
+  adapt --run "$work/stale" --label mine --set adapt.train.steps=2 --set adapt.train.eval_every=1
+check "the user's folder is kept" test -s "$work/stale/adapt/mine/keep.txt"
+# A model without parameters (copy_last) adapts and predicts too: nothing to fit, nothing saved.
+check "train copy_last" "$bin" train --run "$work/copy" "${small[@]}" --set model.kind=copy_last
+check "adapt copy_last" "$bin" adapt --run "$work/copy"
+check "predict copy_last's held-out session" "$bin" predict --run "$work/copy" \
+  --session synth_002 --out "$work/p_copy.npz"
 # How files are read is part of the config (data.npz / hdf5 / csv), checked like the rest.
 fails_with "an hdf5 time axis of 2" "data.hdf5.time_axis = 2" "$bin" train --run "$work/x" \
   --set data.hdf5.time_axis=2

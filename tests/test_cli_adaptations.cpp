@@ -90,6 +90,16 @@ TEST_CASE("cli adaptations: found by label, unreadable ones listed as such", "[c
   CHECK(cli::readapt_command("r", all[0]) == R"(metatape adapt --run r --set 'data.holdout=["s4"]')");
 }
 
+TEST_CASE("cli adaptations: suggested commands survive a shell", "[cli][adapt]") {
+  CHECK(cli::shell_quote("runs/r1") == "runs/r1");
+  CHECK(cli::shell_quote("") == "''");
+  CHECK(cli::shell_quote("my runs") == "'my runs'");
+  CHECK(cli::shell_quote("it's") == R"('it'\''s')");
+  CHECK(cli::adapt_command("my runs/r1", "x y", {"q it's", "a\"b"}) ==
+        R"(metatape adapt --run 'my runs/r1' --label 'x y' --set 'data.holdout=["q it'\''s","a\"b"]')");
+  CHECK(cli::adapt_command("r", ".", {}) == "metatape adapt --run r");
+}
+
 TEST_CASE("cli adaptations: a folder replaced in one step, or put back after a kill",
           "[cli][adapt]") {
   for (const bool exchange : {true, false}) {
@@ -108,6 +118,10 @@ TEST_CASE("cli adaptations: a folder replaced in one step, or put back after a k
     write(top / ".b.partial" / "adapt.json", "b");
     cli::replace_folder(top / ".b.partial", top / "b", exchange);
     CHECK(read(top / "b" / "adapt.json") == "b");
+    // A replacement that fails (here: nothing to put in place) leaves the old folder in place.
+    CHECK_THROWS(cli::replace_folder(top / ".b.partial", top / "b", exchange));
+    CHECK(read(top / "b" / "adapt.json") == "b");
+    CHECK_FALSE(fs::exists(top / ".b.partial.old"));
   }
 
   RunFolder run("tidy");
@@ -124,6 +138,17 @@ TEST_CASE("cli adaptations: a folder replaced in one step, or put back after a k
   write(top / ".gitignore", "*");
   write(top / ".notes" / "x.txt", "x");
   CHECK(cli::has_adaptations(run.str()));
+  // Until then the one left aside is the adaptation of its name.
+  {
+    write(top / ".a.partial.old" / "adapt.json", adapt_json(R"({"name": "s1"})"));
+    const auto all = cli::find_adaptations(run.str());
+    REQUIRE(all.size() == 2);
+    CHECK(all[0].label == "a");
+    CHECK(all[0].dir == (top / ".a.partial.old").string());
+    CHECK(all[0].sessions == std::vector<std::string>{"s1"});
+    CHECK(all[1].label == "b");
+    write(top / ".a.partial.old" / "adapt.json", "a, kept");
+  }
   CHECK(cli::tidy_adaptations(run.str()) == std::vector<std::string>{"a"});
   CHECK(read(top / "a" / "adapt.json") == "a, kept");
   CHECK(read(top / "b" / "adapt.json") == "b, new");

@@ -4,6 +4,8 @@
 #include <fcntl.h>  // AT_FDCWD
 
 #include <algorithm>
+#include <cctype>
+#include <cstring>
 #include <fstream>
 
 #include <fmt/format.h>
@@ -110,7 +112,18 @@ std::vector<Adaptation> find_adaptations(const std::string& run_dir) {
     if (e.is_directory() && is_adaptation_label(name) && fs::exists(e.path() / "adapt.json"))
       labels.push_back(name);
   }
-  for (const auto& label : sorted(labels)) out.push_back(read_adaptation(label, top + "/" + label));
+  // An adaptation left aside by replace_folder's fallback (killed between its two renames) is
+  // still the adaptation of that name until the next adapt puts it back.
+  std::vector<std::pair<std::string, std::string>> found;  // label, folder
+  for (const auto& label : labels) found.emplace_back(label, top + "/" + label);
+  for (const auto& e : fs::directory_iterator(top)) {
+    const std::string name = e.path().filename().string(), label = work_folder_label(name);
+    if (e.is_directory() && !label.empty() && ends_with(name, kPartialOld) &&
+        !fs::exists(top + "/" + label) && fs::exists(e.path() / "adapt.json"))
+      found.emplace_back(label, e.path().string());
+  }
+  std::sort(found.begin(), found.end());
+  for (const auto& [label, dir] : found) out.push_back(read_adaptation(label, dir));
   return out;
 }
 
@@ -123,14 +136,30 @@ bool has_adaptations(const std::string& run_dir) {
   return false;
 }
 
+std::string shell_quote(const std::string& word) {
+  const bool safe = !word.empty() && std::all_of(word.begin(), word.end(), [](char ch) {
+    return std::isalnum(static_cast<unsigned char>(ch)) || std::strchr("_-./+:=@%,", ch) != nullptr;
+  });
+  if (safe) return word;
+  std::string quoted = "'";
+  for (const char ch : word) quoted += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
+  return quoted + "'";
+}
+
+std::string adapt_command(const std::string& run_dir, const std::string& label,
+                          const std::vector<std::string>& sessions) {
+  std::string command = "metatape adapt --run " + shell_quote(run_dir);
+  if (!label.empty() && label != ".") command += " --label " + shell_quote(label);
+  if (!sessions.empty()) {
+    std::vector<std::string> names;
+    for (const auto& s : sessions) names.push_back(json(s).dump());
+    command += " --set " + shell_quote(fmt::format("data.holdout=[{}]", fmt::join(names, ",")));
+  }
+  return command;
+}
+
 std::string readapt_command(const std::string& run_dir, const Adaptation& a) {
-  std::vector<std::string> quoted;
-  for (const auto& s : a.sessions) quoted.push_back(json(s).dump());
-  return fmt::format("metatape adapt --run {}{}{}", run_dir,
-                     a.label == "." ? "" : " --label " + a.label,
-                     a.sessions.empty()
-                         ? std::string()
-                         : fmt::format(" --set 'data.holdout=[{}]'", fmt::join(quoted, ",")));
+  return adapt_command(run_dir, a.label, a.sessions);
 }
 
 void replace_folder(const fs::path& ready, const fs::path& dir, bool exchange) {
@@ -147,7 +176,12 @@ void replace_folder(const fs::path& ready, const fs::path& dir, bool exchange) {
   const fs::path old = ready.string() + ".old";
   fs::remove_all(old);
   fs::rename(dir, old);
-  fs::rename(ready, dir);
+  try {
+    fs::rename(ready, dir);
+  } catch (...) {
+    fs::rename(old, dir);  // the old folder back where it was
+    throw;
+  }
   fs::remove_all(old);
 }
 
@@ -184,7 +218,12 @@ std::vector<std::string> remove_adaptations(const std::string& run_dir) {
       fs::remove(run_dir + "/adapt.json");
       removed.push_back(run_dir + "/adapt.json and its models");
     } else {
-      fs::remove_all(a.dir);
+      // Renamed to a work folder first (one step), so a process killed while removing it leaves
+      // what the next tidy-up removes, not a folder of models without adapt.json.
+      const fs::path doomed = fs::path(adaptations_dir(run_dir)) / ("." + a.label + kPartial);
+      fs::remove_all(doomed);
+      fs::rename(a.dir, doomed);
+      fs::remove_all(doomed);
       removed.push_back(a.dir + "/");
     }
   }

@@ -51,6 +51,15 @@ std::vector<Adaptation> find_adaptations(const std::string& run_dir);
 // Whether the run folder holds adaptations (find_adaptations would list any, or work folders).
 bool has_adaptations(const std::string& run_dir);
 
+// `word` as a POSIX shell reads it back: as it is where it holds only safe characters, else in
+// single quotes (a ' inside written '\'').
+std::string shell_quote(const std::string& word);
+
+// The adapt command, ready to paste into a shell, for `sessions` (none: the run's data.holdout)
+// under `label` ("" or ".": the default name).
+std::string adapt_command(const std::string& run_dir, const std::string& label,
+                          const std::vector<std::string>& sessions);
+
 // The command that adapts the run to `a`'s sessions again under its label.
 std::string readapt_command(const std::string& run_dir, const Adaptation& a);
 

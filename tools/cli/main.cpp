@@ -185,9 +185,11 @@ std::unique_ptr<cli::FolderLock> prepare_run_folder(const std::string& run_dir, 
                      : "");
   // Adaptations without their run (its files removed by hand) started from another model.
   MT_CHECK(holds_run || overwrite || !cli::has_adaptations(run_dir),
-           "--run {}: the folder holds adaptations of an earlier run ({}/) but not the run; "
+           "--run {}: the folder holds adaptations of an earlier run ({}) but not the run; "
            "choose another folder, or pass --overwrite to delete them",
-           run_dir, adaptations_dir(run_dir));
+           run_dir,
+           fs::exists(run_dir + "/adapt.json") ? run_dir + "/adapt.json"
+                                               : adaptations_dir(run_dir) + "/");
   for (const auto& p : run_files(run_dir)) fs::remove(p);
   cli::remove_adaptations(run_dir);
   return lock;
@@ -609,8 +611,22 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   MT_CHECK(!fs::exists(top) || fs::is_directory(top),
            "adapt: {} is not a folder: adapt keeps its adaptations there; move that file away",
            top);
+  fs::create_directories(top);
+  for (const auto& restored : cli::tidy_adaptations(run_dir))
+    std::printf("note: put back the adaptation '%s', which an adapt stopped while replacing it "
+                "had left aside\n",
+                restored.c_str());
+  if (const std::string moved = cli::move_earlier_adaptation(run_dir); !moved.empty())
+    std::printf("note: moved the adaptation an earlier metatape wrote into %s (adapt.json and its "
+                "models) to %s/%s/\n",
+                run_dir.c_str(), top.c_str(), moved.c_str());
   const std::string dir = top + "/" + label, partial = top + "/." + label + ".partial";
-  if (given_label.empty() && fs::exists(dir + "/adapt.json")) {
+  // Only an adaptation is replaced: a user's file or folder of that name is left alone.
+  MT_CHECK(!fs::exists(dir) || (fs::is_directory(dir) && fs::exists(dir + "/adapt.json")),
+           "adapt: {} is there and is not an adaptation (no adapt.json in it); {}", dir,
+           given_label.empty() ? "name this adaptation with --label NAME"
+                               : "give another --label, or move it away");
+  if (given_label.empty() && fs::exists(dir)) {
     // The same default name for other sessions (a session name holding '+').
     std::vector<std::string> now = d.holdout.names(), then;
     for (const auto& a : cli::find_adaptations(run_dir))
@@ -627,7 +643,9 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   Generator g_trained(0);
   auto trained = meta::make_forecaster(c.model, trained_sizes, g_trained);
   load_run_model(*trained, run_dir, /*new_sessions=*/false, overridden);
-  const std::string model_crc32 = cli::file_crc32(run_dir + "/model.safetensors");
+  // (A model without parameters, copy_last, has no file.)
+  const std::string model_crc32 =
+      trained->module() != nullptr ? cli::file_crc32(run_dir + "/model.safetensors") : "";
   const meta::NewSessionInit init = meta::parse_new_session_init(c.adapt.new_session_init);
   auto transferred = [&] {
     Generator gen(c.adapt.train.seed);
@@ -645,15 +663,6 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
       meta::check_training(*probe, prepared, {}, t, "adapt.train");
     }
   }
-  fs::create_directories(top);
-  for (const auto& restored : cli::tidy_adaptations(run_dir))
-    std::printf("note: put back the adaptation '%s', which an adapt stopped while replacing it "
-                "had left aside\n",
-                restored.c_str());
-  if (const std::string moved = cli::move_earlier_adaptation(run_dir); !moved.empty())
-    std::printf("note: moved the adaptation an earlier metatape wrote into %s (adapt.json and its "
-                "models) to %s/%s/\n",
-                run_dir.c_str(), top.c_str(), moved.c_str());
   // This adaptation is written into a work folder and takes its place once complete.
   fs::create_directories(partial);
   struct RemoveUnlessDone {
@@ -830,7 +839,7 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   json out = {{"label", label},
               // The trained model every adapted model started from: predict refuses them once
               // the run's model is another (trained again since).
-              {"trained_model_crc32", model_crc32},
+              {"trained_model_crc32", model_crc32.empty() ? json() : json(model_crc32)},
               {"sessions", holdout_sessions},
               {"new_session_init", c.adapt.new_session_init},
               {"methods", results}};
@@ -935,12 +944,12 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
     const auto named = [&](const std::string& l) -> const Adaptation& {
       return *std::find_if(all.begin(), all.end(), [&](const Adaptation& a) { return a.label == l; });
     };
-    const std::string how_to_adapt = fmt::format(
-        "metatape adapt --run {}{}", run_dir,
-        std::find(c.data.holdout.begin(), c.data.holdout.end(), session_name) ==
-                c.data.holdout.end()
-            ? fmt::format(" --set 'data.holdout=[\"{}\"]'", session_name)
-            : "");
+    const bool held_out_in_config =
+        std::find(c.data.holdout.begin(), c.data.holdout.end(), session_name) !=
+        c.data.holdout.end();
+    const std::string how_to_adapt = cli::adapt_command(
+        run_dir, "", held_out_in_config ? std::vector<std::string>{}
+                                        : std::vector<std::string>{session_name});
     const std::string listed =
         labels.empty() ? std::string("it has none")
                        : fmt::format("its adaptations: {} ('.': the run folder itself, written by "
@@ -1024,9 +1033,9 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
       crcs.push_back(s.value("crc32", std::string()));
     }
     MT_CHECK(std::find(names.begin(), names.end(), session_name) != names.end(),
-             "predict: {} was adapted to {}, not to '{}': adapt the run to it first with "
-             "metatape adapt --run {} --set 'data.holdout=[\"{}\"]'",
-             model_path, fmt::join(names, ", "), session_name, run_dir, session_name);
+             "predict: {} was adapted to {}, not to '{}': adapt the run to it first with {}",
+             model_path, fmt::join(names, ", "), session_name,
+             cli::adapt_command(run_dir, "", {session_name}));
   }
   const size_t index = size_t(std::find(names.begin(), names.end(), session_name) - names.begin());
   MT_CHECK(sizes[index] == session->num_neurons,
