@@ -66,81 +66,6 @@ std::vector<double> load_average() {
   return load;
 }
 
-// The CPUs this process may run on (sched_getaffinity; empty where it cannot be read).
-std::vector<int> allowed_cpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  std::vector<int> cpus;
-  if (sched_getaffinity(0, sizeof(set), &set) != 0) return cpus;
-  for (int i = 0; i < CPU_SETSIZE; ++i)
-    if (CPU_ISSET(i, &set)) cpus.push_back(i);
-  return cpus;
-}
-
-// Cores of `cpus` in use by other processes over `window`: their busy time from the cpuN lines
-// of /proc/stat, less this process's own (getrusage); negative where it cannot be read. A cgroup
-// CPU quota is not seen.
-double busy_cores(const std::vector<int>& cpus, std::chrono::milliseconds window) {
-  auto sample = [&](double& busy, double& total) {
-    std::ifstream in("/proc/stat");
-    std::string line;
-    busy = total = 0;
-    size_t seen = 0;
-    while (std::getline(in, line)) {
-      if (line.rfind("cpu", 0) != 0 || line.size() < 4 ||
-          !std::isdigit(static_cast<unsigned char>(line[3])))
-        continue;
-      std::istringstream fields(line.substr(3));
-      int index = -1;
-      uint64_t v[8] = {};
-      if (!(fields >> index)) return false;
-      if (std::find(cpus.begin(), cpus.end(), index) == cpus.end()) continue;
-      for (uint64_t& x : v)
-        if (!(fields >> x)) return false;
-      double t = 0;
-      for (uint64_t x : v) t += double(x);
-      total += t;
-      busy += t - double(v[3]) - double(v[4]);  // idle and iowait: the 4th and 5th fields
-      ++seen;
-    }
-    return seen == cpus.size();
-  };
-  auto own_seconds = [] {
-    rusage u{};
-    getrusage(RUSAGE_SELF, &u);
-    return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
-           1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
-  };
-  if (cpus.empty()) return -1;
-  double b0 = 0, t0 = 0, b1 = 0, t1 = 0;
-  const auto start = std::chrono::steady_clock::now();
-  const double own0 = own_seconds();
-  if (!sample(b0, t0)) return -1;
-  std::this_thread::sleep_for(window);
-  if (!sample(b1, t1) || t1 <= t0) return -1;
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const double all_busy = double(cpus.size()) * (b1 - b0) / (t1 - t0);  // cores in use
-  return std::max(0.0, all_busy - (own_seconds() - own0) / wall);
-}
-
-// Threads that share work wait for each other at every parallel op: when other processes keep
-// the cores busy, a waiting thread's time slice is lost at each wait, and a training step of
-// poco-paper on 2 cores was measured 9x slower beside two compiler processes (1.8x slower than
-// its share beside a second training; see bench/README.md). Said before timings are taken, from
-// the cores in use over a quarter second (the load average lags by minutes after a busy spell).
-void note_if_busy() {
-  const std::vector<int> cpus = allowed_cpus();
-  const int cores = int(cpus.size()), threads = omp_get_max_threads();  // ours to use
-  const double busy = busy_cores(cpus, std::chrono::milliseconds(250));
-  if (busy < 0 || busy + double(threads) <= double(cores) + 0.5) return;
-  std::fprintf(stderr,
-               "note: the machine is busy (%.1f of %d core(s) in use by other processes, %d "
-               "thread(s) here): timings taken while other processes compete for the cores are "
-               "slower than this machine's, by up to 10x; run the benchmark on an idle machine "
-               "(the JSON records the load average at start and end)\n",
-               busy, cores, threads);
-}
-
 json machine_json(Device device = kCPU) {
   json m = {{"device", device.str()},
             {"cpu", cpu_name()},
@@ -149,6 +74,7 @@ json machine_json(Device device = kCPU) {
             {"load_average_at_start", load_average()},
             {"commit", METATAPE_GIT_COMMIT}};
   if (const char* policy = std::getenv("OMP_WAIT_POLICY")) m["omp_wait_policy"] = policy;
+  if (const char* spin = std::getenv("GOMP_SPINCOUNT")) m["gomp_spincount"] = spin;
   if (device.is_cuda()) m["device_name"] = cuda_device_description(device.index);
   return m;
 }
@@ -546,7 +472,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
         device.is_cuda() ? " --device " + device.str() : ""));
   };
 
-  note_if_busy();
+  note_if_busy("bench");
   json out = {{"machine", machine_json(device)},
               {"config", c.to_json()},
               {"train_sessions", session_json(d.train)},

@@ -36,6 +36,11 @@ void print_metrics(const char* title, const meta::Metrics& m);
 // text is left whole).
 size_t text_width(const std::string& text);
 std::string padded(const std::string& text, size_t width);
+// A note on stderr when other processes keep this process's CPUs busy, which slows every
+// parallel op. `what`: "bench" (timings are then not this machine's) or what runs, e.g.
+// "training" (with advice for a machine shared on purpose).
+void note_if_busy(const std::string& what);
+
 // The process-wide settings of the config: OpenMP threads and the saved-tensor recomputation
 // policy (this thread's).
 void apply_threads(const RunConfig& c);
