@@ -577,7 +577,8 @@ void check_same_recordings(const Run& run, data::Dataset& train, const std::stri
 // Adapts the run's model to the held-out sessions: AdamW fine-tuning per adapt.modes and, for a
 // meta-learned run, the inner loop it was meta-learned for. `trained_on` / `trained_sizes`: the
 // training sessions (names, neuron counts) of the run.
-// `label`: the adaptation's folder under <run>/adapt/ (empty: default_adaptation_label).
+// `given_label`: adapt's --label, the adaptation's folder under <run>/adapt/ (empty: the default
+// name of the held-out sessions, default_adaptation_label).
 json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& d, Device device,
                const std::vector<std::string>& trained_on,
                const std::vector<int64_t>& trained_sizes, bool overridden = false,
