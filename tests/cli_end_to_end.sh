@@ -553,9 +553,20 @@ echo "a user's file" >"$work/stale/adapt/mine/keep.txt"
 fails_with "adapt under the name of a user's folder" "is there and is not an adaptation" "$bin" \
   adapt --run "$work/stale" --label mine --set adapt.train.steps=2 --set adapt.train.eval_every=1
 check "the user's folder is kept" test -s "$work/stale/adapt/mine/keep.txt"
+echo "a user's file" >"$work/stale/adapt/synth_002"
+fails_with "adapt by default under the name of a user's file" "name this adaptation with --label" \
+  "$bin" adapt --run "$work/stale" --set adapt.train.steps=2 --set adapt.train.eval_every=1
+check "the user's file is kept" test -f "$work/stale/adapt/synth_002"
 # A model without parameters (copy_last) adapts and predicts too: nothing to fit, nothing saved.
 check "train copy_last" "$bin" train --run "$work/copy" "${small[@]}" --set model.kind=copy_last
 check "adapt copy_last" "$bin" adapt --run "$work/copy"
+check "copy_last's adaptation records its scores, no model and no model CRC" "$py" -c '
+import json, os, sys
+d = sys.argv[1]
+a = json.load(open(os.path.join(d, "adapt.json")))
+assert a["trained_model_crc32"] is None and a["methods"], a
+assert not [f for f in os.listdir(d) if f.startswith("adapted_")], os.listdir(d)
+' "$work/copy/adapt/synth_002"
 check "predict copy_last's held-out session" "$bin" predict --run "$work/copy" \
   --session synth_002 --out "$work/p_copy.npz"
 # How files are read is part of the config (data.npz / hdf5 / csv), checked like the rest.

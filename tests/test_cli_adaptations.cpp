@@ -1,6 +1,7 @@
 // The adaptation folders of a run (tools/cli/adaptations.h): labels, replacing a folder in one
 // step and the recovery from a process killed half-way, what is removed and what is left alone,
 // and moving an earlier metatape's adaptation out of the run folder.
+#include <cstdio>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -90,7 +91,7 @@ TEST_CASE("cli adaptations: found by label, unreadable ones listed as such", "[c
   CHECK(cli::readapt_command("r", all[0]) == R"(metatape adapt --run r --set 'data.holdout=["s4"]')");
 }
 
-TEST_CASE("cli adaptations: suggested commands survive a shell", "[cli][adapt]") {
+TEST_CASE("cli adaptations: suggested commands are quoted for a POSIX shell", "[cli][adapt]") {
   CHECK(cli::shell_quote("runs/r1") == "runs/r1");
   CHECK(cli::shell_quote("") == "''");
   CHECK(cli::shell_quote("my runs") == "'my runs'");
@@ -98,6 +99,26 @@ TEST_CASE("cli adaptations: suggested commands survive a shell", "[cli][adapt]")
   CHECK(cli::adapt_command("my runs/r1", "x y", {"q it's", "a\"b"}) ==
         R"(metatape adapt --run 'my runs/r1' --label 'x y' --set 'data.holdout=["q it'\''s","a\"b"]')");
   CHECK(cli::adapt_command("r", ".", {}) == "metatape adapt --run r");
+  CHECK(cli::shell_quote(std::string("a\0b", 3)) == std::string("'a\0b'", 5));
+  // Read back by sh, each word is what it quoted.
+  const std::string words[] = {"my runs/r1", "it's", "a\"b$c`d\\e", "data.holdout=[\"x y\"]"};
+  std::string command = "printf '%s\\n'";
+  for (const auto& w : words) {
+    command += ' ';
+    command += cli::shell_quote(w);
+  }
+  FILE* out = popen(command.c_str(), "r");
+  REQUIRE(out != nullptr);
+  std::string printed;
+  char buffer[256];
+  while (size_t n = fread(buffer, 1, sizeof(buffer), out)) printed.append(buffer, n);
+  REQUIRE(pclose(out) == 0);
+  std::string expected;
+  for (const auto& w : words) {
+    expected += w;
+    expected += '\n';
+  }
+  CHECK(printed == expected);
 }
 
 TEST_CASE("cli adaptations: a folder replaced in one step, or put back after a kill",
@@ -118,7 +139,9 @@ TEST_CASE("cli adaptations: a folder replaced in one step, or put back after a k
     write(top / ".b.partial" / "adapt.json", "b");
     cli::replace_folder(top / ".b.partial", top / "b", exchange);
     CHECK(read(top / "b" / "adapt.json") == "b");
-    // A replacement that fails (here: nothing to put in place) leaves the old folder in place.
+    // A replacement that fails (here: nothing to put in place) leaves the old folder in place,
+    // by either path (the exchange fails at once; the fallback's second rename fails and the
+    // old folder is put back).
     CHECK_THROWS(cli::replace_folder(top / ".b.partial", top / "b", exchange));
     CHECK(read(top / "b" / "adapt.json") == "b");
     CHECK_FALSE(fs::exists(top / ".b.partial.old"));
@@ -134,6 +157,9 @@ TEST_CASE("cli adaptations: a folder replaced in one step, or put back after a k
   write(top / ".b.partial.old" / "adapt.json", "b, old");
   // Killed while writing an adaptation of a new name.
   write(top / ".c.partial" / "adapted_all.safetensors", "c, unfinished");
+  // Left aside, and a user's folder of its name made since: left aside, still found as "d".
+  write(top / ".d.partial.old" / "adapt.json", adapt_json(R"({"name": "s5"})"));
+  write(top / "d" / "mine.txt", "a user's file");
   // A user's files.
   write(top / ".gitignore", "*");
   write(top / ".notes" / "x.txt", "x");
@@ -142,11 +168,13 @@ TEST_CASE("cli adaptations: a folder replaced in one step, or put back after a k
   {
     write(top / ".a.partial.old" / "adapt.json", adapt_json(R"({"name": "s1"})"));
     const auto all = cli::find_adaptations(run.str());
-    REQUIRE(all.size() == 2);
+    REQUIRE(all.size() == 3);
     CHECK(all[0].label == "a");
     CHECK(all[0].dir == (top / ".a.partial.old").string());
     CHECK(all[0].sessions == std::vector<std::string>{"s1"});
     CHECK(all[1].label == "b");
+    CHECK(all[2].label == "d");
+    CHECK(all[2].dir == (top / ".d.partial.old").string());
     write(top / ".a.partial.old" / "adapt.json", "a, kept");
   }
   CHECK(cli::tidy_adaptations(run.str()) == std::vector<std::string>{"a"});
@@ -156,6 +184,15 @@ TEST_CASE("cli adaptations: a folder replaced in one step, or put back after a k
     CHECK_FALSE(fs::exists(top / gone));
   CHECK(fs::exists(top / ".gitignore"));
   CHECK(fs::exists(top / ".notes" / "x.txt"));
+  CHECK(fs::exists(top / ".d.partial.old" / "adapt.json"));
+  CHECK(fs::exists(top / "d" / "mine.txt"));
+  // Removing the run's adaptations takes the one left aside too, and only the user's files stay.
+  const auto removed = cli::remove_adaptations(run.str());
+  CHECK(removed.size() == 3);  // a, b, d
+  CHECK_FALSE(fs::exists(top / ".d.partial.old"));
+  CHECK_FALSE(fs::exists(top / "a"));
+  CHECK(fs::exists(top / "d" / "mine.txt"));
+  CHECK(fs::exists(top / ".gitignore"));
 }
 
 TEST_CASE("cli adaptations: only adapt's folders are removed", "[cli][adapt]") {

@@ -4,6 +4,7 @@
 #include <fcntl.h>  // AT_FDCWD
 
 #include <algorithm>
+#include <cerrno>
 #include <cctype>
 #include <cstring>
 #include <fstream>
@@ -119,7 +120,7 @@ std::vector<Adaptation> find_adaptations(const std::string& run_dir) {
   for (const auto& e : fs::directory_iterator(top)) {
     const std::string name = e.path().filename().string(), label = work_folder_label(name);
     if (e.is_directory() && !label.empty() && ends_with(name, kPartialOld) &&
-        !fs::exists(top + "/" + label) && fs::exists(e.path() / "adapt.json"))
+        !fs::exists(top + "/" + label + "/adapt.json") && fs::exists(e.path() / "adapt.json"))
       found.emplace_back(label, e.path().string());
   }
   std::sort(found.begin(), found.end());
@@ -138,7 +139,8 @@ bool has_adaptations(const std::string& run_dir) {
 
 std::string shell_quote(const std::string& word) {
   const bool safe = !word.empty() && std::all_of(word.begin(), word.end(), [](char ch) {
-    return std::isalnum(static_cast<unsigned char>(ch)) || std::strchr("_-./+:=@%,", ch) != nullptr;
+    return std::isalnum(static_cast<unsigned char>(ch)) ||
+           (ch != '\0' && std::strchr("_-./+:=@%,", ch) != nullptr);
   });
   if (safe) return word;
   std::string quoted = "'";
@@ -167,10 +169,16 @@ void replace_folder(const fs::path& ready, const fs::path& dir, bool exchange) {
     fs::rename(ready, dir);
     return;
   }
-  if (exchange &&
-      ::renameat2(AT_FDCWD, ready.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0) {
-    fs::remove_all(ready);  // the replaced folder, now here
-    return;
+  if (exchange) {
+    if (::renameat2(AT_FDCWD, ready.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0) {
+      fs::remove_all(ready);  // the replaced folder, now here
+      return;
+    }
+    // Only a file system that cannot exchange takes the fallback; other failures are errors.
+    const int error = errno;
+    if (error != EINVAL && error != ENOSYS && error != EOPNOTSUPP)
+      throw fs::filesystem_error("cannot put the new adaptation in place", ready, dir,
+                                 std::error_code(error, std::generic_category()));
   }
   // ready = <top>/.<label>.partial: the old folder goes to <top>/.<label>.partial.old.
   const fs::path old = ready.string() + ".old";
@@ -179,7 +187,8 @@ void replace_folder(const fs::path& ready, const fs::path& dir, bool exchange) {
   try {
     fs::rename(ready, dir);
   } catch (...) {
-    fs::rename(old, dir);  // the old folder back where it was
+    std::error_code ignored;  // the first error is the one to report
+    fs::rename(old, dir, ignored);  // the old folder back where it was
     throw;
   }
   fs::remove_all(old);
@@ -197,15 +206,19 @@ std::vector<std::string> tidy_adaptations(const std::string& run_dir) {
   for (const auto& p : entries) {
     const std::string name = p.filename().string(), label = work_folder_label(name);
     if (label.empty() || !ends_with(name, kPartialOld)) continue;
-    if (!fs::exists(top + "/" + label)) {
-      fs::rename(p, top + "/" + label);
+    const std::string dir = top + "/" + label;
+    if (!fs::exists(dir)) {
+      fs::rename(p, dir);
       restored.push_back(label);
-    } else {
-      fs::remove_all(p);
+    } else if (fs::exists(dir + "/adapt.json")) {
+      fs::remove_all(p);  // replaced: the new one is in place
     }
+    // else: a user's file or folder of that name; the adaptation stays aside (find lists it).
   }
   for (const auto& p : entries)
-    if (fs::exists(p) && !work_folder_label(p.filename().string()).empty()) fs::remove_all(p);
+    if (fs::exists(p) && ends_with(p.filename().string(), kPartial) &&
+        !work_folder_label(p.filename().string()).empty())
+      fs::remove_all(p);
   return restored;
 }
 

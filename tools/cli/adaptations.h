@@ -44,8 +44,10 @@ struct Adaptation {
 };
 
 // The run's adaptations: the one an earlier metatape left in the run folder, then adapt/'s
-// folders holding adapt.json, by label. An unreadable adapt.json is listed with `unreadable`
-// set, so one broken adaptation does not hide the others.
+// folders holding adapt.json, by label; an adaptation left aside by replace_folder's fallback
+// (.<label>.partial.old, where <label> holds no adaptation) counts as <label>, with `dir` that
+// folder. An unreadable adapt.json is listed with `unreadable` set, so one broken adaptation
+// does not hide the others.
 std::vector<Adaptation> find_adaptations(const std::string& run_dir);
 
 // Whether the run folder holds adaptations (find_adaptations would list any, or work folders).
@@ -64,15 +66,18 @@ std::string adapt_command(const std::string& run_dir, const std::string& label,
 std::string readapt_command(const std::string& run_dir, const Adaptation& a);
 
 // Puts the complete folder `ready` at `dir`. A folder already there is exchanged with it in one
-// step (renameat2's RENAME_EXCHANGE) and then removed. Where the file system cannot exchange (or
-// `exchange` is false), the old folder is first renamed to <ready>.old: a process killed between
-// the two renames leaves it there, and tidy_adaptations puts it back.
+// step (renameat2's RENAME_EXCHANGE) and then removed. Where the file system cannot exchange
+// (EINVAL, ENOSYS, EOPNOTSUPP; or `exchange` is false), the old folder is first renamed to
+// <ready>.old: a second rename that fails puts it back before the error is thrown, and a process
+// killed between the two leaves it there, where find_adaptations still finds it and
+// tidy_adaptations puts it back.
 void replace_folder(const std::filesystem::path& ready, const std::filesystem::path& dir,
                     bool exchange = true);
 
 // Tidies adapt/ after adapts that failed or were killed: an adaptation left aside by
-// replace_folder (.<label>.partial.old, with no <label> folder) is put back; the other work
-// folders are removed. Returns the labels put back.
+// replace_folder (.<label>.partial.old, with nothing at <label>) is put back, one whose
+// replacement is in place is removed, one beside a user's file or folder of its name is left;
+// the unfinished work folders (.<label>.partial) are removed. Returns the labels put back.
 std::vector<std::string> tidy_adaptations(const std::string& run_dir);
 
 // Removes the run's adaptations (and an earlier metatape's in the run folder), as a training

@@ -13,12 +13,8 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
-#include <sstream>
-#include <thread>
 
-#include <sched.h>
 #include <spawn.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 
 #include <cerrno>

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -158,32 +159,48 @@ double busy_cores(const std::vector<int>& cpus, std::chrono::milliseconds window
 // training, 0.62 s per step (9x) beside two compiler processes; with GOMP_SPINCOUNT=10000
 // (threads spin shorter before they sleep) 10.6 s beside a second training and 3.7 s alone; with
 // threads=1, 6.7 s beside it and 6.5 s alone. Said from the cores in use over a quarter second
-// (the load average lags by minutes after a busy spell).
+// (the load average lags by minutes after a busy spell), or where the threads outnumber the
+// cores.
 void note_if_busy(const std::string& what) {
   const std::vector<int> cpus = allowed_cpus();
   const int cores = int(cpus.size()), threads = omp_get_max_threads();  // ours to use
+  const bool bench = what == "bench";
+  // One thread never waits for another: nothing to say outside a benchmark.
+  if (!bench && threads <= 1) return;
   const double busy = busy_cores(cpus, std::chrono::milliseconds(250));
   if (busy < 0 || busy + double(threads) <= double(cores) + 0.5) return;
+  if (busy < 0.5) {  // idle, but more threads than cores
+    std::fprintf(stderr,
+                 "note: %d threads on %d core(s): every parallel op waits for threads that wait "
+                 "for a core, so %s may run several times slower; use at most one thread per "
+                 "core (--set threads=%d)\n",
+                 threads, cores, bench ? "the benchmark" : what.c_str(), cores);
+    return;
+  }
+  const std::string load = fmt::format(
+      "{:.1f} of {} core(s) in use by other processes (or the hypervisor), {} thread(s) here",
+      busy, cores, threads);
+  if (bench) {
+    std::fprintf(stderr,
+                 "note: the machine is busy (%s): timings taken while other processes compete "
+                 "for the cores are slower than this machine's, by up to 10x; run the benchmark "
+                 "on an idle machine (the JSON records the load average at start and end)\n",
+                 load.c_str());
+    return;
+  }
   const int free_cores = std::max(1, int(std::lround(double(cores) - busy)));
-  const std::string advice = fmt::format(
-      "on a machine shared on purpose, use the free cores only (--set threads={}){}",
-      free_cores,
-      std::getenv("GOMP_SPINCOUNT") == nullptr && std::getenv("OMP_WAIT_POLICY") == nullptr
-          ? ", or set GOMP_SPINCOUNT=10000 in the environment (bench/README.md has the figures)"
-          : "");
-  if (what == "bench")
-    std::fprintf(stderr,
-                 "note: the machine is busy (%.1f of %d core(s) in use by other processes, %d "
-                 "thread(s) here): timings taken while other processes compete for the cores are "
-                 "slower than this machine's, by up to 10x; run the benchmark on an idle machine "
-                 "(the JSON records the load average at start and end)\n",
-                 busy, cores, threads);
-  else
-    std::fprintf(stderr,
-                 "note: the machine is busy (%.1f of %d core(s) in use by other processes, %d "
-                 "thread(s) here): %s waits at every parallel op for threads the other processes "
-                 "hold up, and may run several times slower; %s\n",
-                 busy, cores, threads, what.c_str(), advice.c_str());
+  // The user's own wait settings, which the spin-count advice would replace.
+  std::string own;
+  for (const char* name : {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"})
+    if (const char* v = std::getenv(name))
+      own += fmt::format("{}{}={}", own.empty() ? ", now " : ", ", name, v);
+  std::fprintf(stderr,
+               "note: the machine is busy (%s): %s waits at every parallel op for threads that "
+               "other work holds up, and may run several times slower; on a machine shared on "
+               "purpose, use the free cores only (--set threads=%d), or let waiting threads "
+               "sleep sooner (GOMP_SPINCOUNT=10000 in the environment%s; bench/README.md has "
+               "the figures)\n",
+               load.c_str(), what.c_str(), free_cores, own.c_str());
 }
 
 void apply_threads(const RunConfig& c) {

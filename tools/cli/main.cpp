@@ -384,7 +384,7 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     lock = prepare_run_folder(run_dir, overwrite);
   }
   f->to(device);
-  if (device.is_cpu() && c.train.steps > 0) cli::note_if_busy("training");
+  if (device.is_cpu() && c.train.steps > 0 && f->module() != nullptr) cli::note_if_busy("training");
   std::ofstream metrics;
   auto open_metrics = [&](std::ios::openmode mode) {
     metrics.open(run_dir + "/metrics.jsonl", mode);
