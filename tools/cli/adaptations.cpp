@@ -226,8 +226,10 @@ std::vector<std::string> remove_adaptations(const std::string& run_dir) {
   std::vector<std::string> removed;
   for (const auto& a : find_adaptations(run_dir)) {
     if (a.label == ".") {
+      std::vector<fs::path> models;  // listed before any is removed
       for (const auto& e : fs::directory_iterator(run_dir))
-        if (is_adapted_model_file(e.path().filename().string())) fs::remove(e.path());
+        if (is_adapted_model_file(e.path().filename().string())) models.push_back(e.path());
+      for (const auto& m : models) fs::remove(m);
       fs::remove(run_dir + "/adapt.json");
       removed.push_back(run_dir + "/adapt.json and its models");
     } else {
@@ -242,9 +244,11 @@ std::vector<std::string> remove_adaptations(const std::string& run_dir) {
   }
   const std::string top = adaptations_dir(run_dir);
   if (fs::is_directory(top)) {
+    std::vector<fs::path> work;  // listed before any is removed
     for (const auto& e : fs::directory_iterator(top))
       if (e.is_directory() && !work_folder_label(e.path().filename().string()).empty())
-        fs::remove_all(e.path());
+        work.push_back(e.path());
+    for (const auto& p : work) fs::remove_all(p);
     if (fs::is_empty(top)) fs::remove(top);
   }
   return removed;
