@@ -107,21 +107,18 @@ std::vector<Adaptation> find_adaptations(const std::string& run_dir) {
   if (fs::exists(run_dir + "/adapt.json")) out.push_back(read_adaptation(".", run_dir));
   const std::string top = adaptations_dir(run_dir);
   if (!fs::is_directory(top)) return out;
-  std::vector<std::string> labels;
-  for (const auto& e : fs::directory_iterator(top)) {
-    const std::string name = e.path().filename().string();
-    if (e.is_directory() && is_adaptation_label(name) && fs::exists(e.path() / "adapt.json"))
-      labels.push_back(name);
-  }
-  // An adaptation left aside by replace_folder's fallback (killed between its two renames) is
-  // still the adaptation of that name until the next adapt puts it back.
   std::vector<std::pair<std::string, std::string>> found;  // label, folder
-  for (const auto& label : labels) found.emplace_back(label, top + "/" + label);
   for (const auto& e : fs::directory_iterator(top)) {
-    const std::string name = e.path().filename().string(), label = work_folder_label(name);
-    if (e.is_directory() && !label.empty() && ends_with(name, kPartialOld) &&
-        !fs::exists(top + "/" + label + "/adapt.json") && fs::exists(e.path() / "adapt.json"))
-      found.emplace_back(label, e.path().string());
+    if (!e.is_directory() || !fs::exists(e.path() / "adapt.json")) continue;
+    const std::string name = e.path().filename().string(), aside = work_folder_label(name);
+    if (is_adaptation_label(name)) {
+      found.emplace_back(name, e.path().string());
+    } else if (!aside.empty() && ends_with(name, kPartialOld) &&
+               !fs::exists(top + "/" + aside + "/adapt.json")) {
+      // Left aside by replace_folder's fallback (killed between its two renames): still the
+      // adaptation of that name until the next adapt puts it back.
+      found.emplace_back(aside, e.path().string());
+    }
   }
   std::sort(found.begin(), found.end());
   for (const auto& [label, dir] : found) out.push_back(read_adaptation(label, dir));
