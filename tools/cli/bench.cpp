@@ -685,6 +685,8 @@ json run_bench_memory(const RunConfig& c, const std::string& out_dir) {
               (long long)c.bench.memory_batch_size, (long long)support.x.size(0),
               fmt::format("{}", fmt::join(c.train.meta.params, " ")).c_str(),
               c.train.meta.dropout ? ", dropout on (train.meta.dropout)" : "", mib(param_bytes));
+  std::fflush(stdout);
+  note_if_busy("bench");  // the seconds columns
   std::printf("%6s %14s %14s %8s %10s %10s %14s\n", "K", "peak_MiB", "ckpt_peak_MiB", "ratio",
               "seconds", "ckpt_s", "max_rel_diff");
   json rows = json::array();
