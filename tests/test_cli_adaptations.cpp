@@ -11,6 +11,8 @@
 
 #include <unistd.h>
 
+#include "engine/core/tensor.h"
+#include "engine/io/safetensors.h"
 #include "tools/cli/adaptations.h"
 
 namespace fs = std::filesystem;
@@ -268,9 +270,19 @@ TEST_CASE("cli adaptations: an earlier metatape's adaptation moves into its own 
                       Contains("adapt.json") && Contains("remove it"));
 }
 
-TEST_CASE("cli adaptations: the CRC-32 of a file", "[cli][adapt]") {
+TEST_CASE("cli adaptations: a checkpoint's identity is the CRC-32 its header records",
+          "[cli][adapt]") {
   RunFolder run("crc");
-  write(run.path / "f", "123456789");
-  CHECK(cli::file_crc32((run.path / "f").string()) == "cbf43926");  // the CRC-32 check value
-  REQUIRE_THROWS_WITH(cli::file_crc32((run.path / "missing").string()), Contains("cannot be read"));
+  const std::vector<double> values = {1.5, -2, 0.25};
+  const std::string a = (run.path / "a.safetensors").string(), b = (run.path / "b.safetensors").string();
+  io::save_safetensors(a, {{"w", from_vector(values, Shape{3}, DType::f32)}});
+  const std::vector<float> bytes(values.begin(), values.end());  // f32, as written
+  CHECK(cli::checkpoint_data_crc32(a) ==
+        fmt::format("{:08x}", io::crc32_of_bytes(bytes.data(), bytes.size() * sizeof(float))));
+  // Other metadata, same tensors: the same model; one value changed: another.
+  io::save_safetensors(b, {{"w", from_vector(values, Shape{3}, DType::f32)}}, {{"note", "x"}});
+  CHECK(cli::checkpoint_data_crc32(b) == cli::checkpoint_data_crc32(a));
+  io::save_safetensors(b, {{"w", from_vector(std::vector<double>{1.5, -2, 0.5}, Shape{3}, DType::f32)}});
+  CHECK(cli::checkpoint_data_crc32(b) != cli::checkpoint_data_crc32(a));
+  CHECK_THROWS(cli::checkpoint_data_crc32((run.path / "missing").string()));
 }

@@ -301,16 +301,9 @@ std::string move_earlier_adaptation(const std::string& run_dir) {
   return label;
 }
 
-std::string file_crc32(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  MT_CHECK(in, "{}: cannot be read", path);
-  std::vector<char> buffer(1 << 20);
-  uint32_t crc = 0;
-  while (in) {
-    in.read(buffer.data(), std::streamsize(buffer.size()));
-    crc = io::crc32_of_bytes(buffer.data(), size_t(in.gcount()), crc);
-  }
-  return fmt::format("{:08x}", crc);
+std::string checkpoint_data_crc32(const std::string& path) {
+  const io::SafetensorsHeader header = io::read_safetensors_header(path);
+  return header.has_data_crc32 ? fmt::format("{:08x}", header.data_crc32) : "";
 }
 
 }  // namespace mt::cli

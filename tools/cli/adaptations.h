@@ -93,7 +93,9 @@ std::vector<std::string> remove_adaptations(const std::string& run_dir);
 // none; throws where its adapt.json is unreadable.
 std::string move_earlier_adaptation(const std::string& run_dir);
 
-// CRC-32 of a file's bytes, as 8 hex digits.
-std::string file_crc32(const std::string& path);
+// The CRC-32 (8 hex digits) a checkpoint written by metatape records of its tensor bytes, read
+// from its header alone: the identity of the model an adaptation started from. "" where the file
+// records none (written by another program).
+std::string checkpoint_data_crc32(const std::string& path);
 
 }  // namespace mt::cli

@@ -645,9 +645,10 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   Generator g_trained(0);
   auto trained = meta::make_forecaster(c.model, trained_sizes, g_trained);
   load_run_model(*trained, run_dir, /*new_sessions=*/false, overridden);
-  // (A model without parameters, copy_last, has no file.)
+  // (A model without parameters, copy_last, has no file.) The CRC-32 the checkpoint records.
   const std::string model_crc32 =
-      trained->module() != nullptr ? cli::file_crc32(run_dir + "/model.safetensors") : "";
+      trained->module() != nullptr ? cli::checkpoint_data_crc32(run_dir + "/model.safetensors")
+                                   : "";
   const meta::NewSessionInit init = meta::parse_new_session_init(c.adapt.new_session_init);
   auto transferred = [&] {
     Generator gen(c.adapt.train.seed);
@@ -991,7 +992,7 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
     // Adapted from the model the run holds now? (Recorded since adaptations have folders.)
     if (adapt.contains("trained_model_crc32") && adapt["trained_model_crc32"].is_string()) {
       const std::string then = adapt["trained_model_crc32"].get<std::string>(),
-                        now = cli::file_crc32(run_dir + "/model.safetensors");
+                        now = cli::checkpoint_data_crc32(run_dir + "/model.safetensors");
       MT_CHECK(then == now,
                "predict: the adaptation {} started from another model than {}/model.safetensors "
                "(CRC-32 {} then, {} now: the run was trained again since); adapt it again: {}",
