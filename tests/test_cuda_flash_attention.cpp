@@ -203,10 +203,20 @@ void compare_stubs(const std::vector<int64_t>& ql, const std::vector<int64_t>& k
     const UseKernels use(setting);
     const std::string at = what + " [" + setting.name + "]";
     INFO(at);
+    // The tensor-core kernels must run exactly where they are meant to (no silent fallback):
+    // 16-bit storage at dh 32, 64, 128; f32 at the same for the forward and backward and at 32
+    // and 64 for the double backward.
+    const bool mma_setting = setting.kernels == FlashKernels::mma;
+    const bool mma_first = mma_setting && t != DType::f64 && (dh == 32 || dh == 64 || dh == 128);
+    const bool mma_second = mma_first && (t != DType::f32 || dh <= 64);
+    auto mma_calls = [](FlashPass pass) { return cuda_flash_mma_count(pass); };
+
     // forward
     Padded o = padded(qs, t, gpu0(), false), lse = padded(Shape{Nq, H}, ct, gpu0(), false);
+    const long long forward_before = mma_calls(FlashPass::forward);
     flash_attention_kernel(gpu0(), dev(in.q), dev(in.k), dev(in.v), layout, o.window,
                            lse.window);
+    CHECK(mma_calls(FlashPass::forward) - forward_before == (mma_first ? 1 : 0));
     const bool tf32_mma = tf32 && t == DType::f32 && setting.kernels == FlashKernels::mma;
     check_padded(o, stored(o_ref), stub_tol(t, false, tf32), at + ": o");
     check_padded(lse, lse_ref, t == DType::f64 ? kFlashF64 : tf32_mma ? kLseTf32 : kLseF32,
@@ -215,9 +225,11 @@ void compare_stubs(const std::vector<int64_t>& ql, const std::vector<int64_t>& k
     // backward
     Padded dq = padded(qs, t, gpu0(), false), dk = padded(ks, t, gpu0(), false),
            dv = padded(ks, t, gpu0(), false);
+    const long long backward_before = mma_calls(FlashPass::backward);
     flash_attention_backward_kernel(gpu0(), dev(in.q), dev(in.k), dev(in.v), o_t.to(gpu0()),
                                     dev(in.dO), lse_ref.to(gpu0()), layout, dq.window,
                                     dk.window, dv.window);
+    CHECK(mma_calls(FlashPass::backward) - backward_before == (mma_first ? 1 : 0));
     check_padded(dq, stored(dq_ref), stub_tol(t, false, tf32), at + ": dq");
     check_padded(dk, stored(dk_ref), stub_tol(t, false, tf32), at + ": dk");
     check_padded(dv, stored(dv_ref), stub_tol(t, false, tf32), at + ": dv");
@@ -225,18 +237,12 @@ void compare_stubs(const std::vector<int64_t>& ql, const std::vector<int64_t>& k
     // double backward
     Padded gq = padded(qs, t, gpu0(), false), gk = padded(ks, t, gpu0(), false),
            gv = padded(ks, t, gpu0(), false), gdo = padded(qs, t, gpu0(), false);
-    // The tensor-core kernels must run exactly where they are meant to (no silent fallback):
-    // 16-bit storage at dh 32, 64, 128; f32 at 32 and 64.
-    const bool mma = setting.kernels == FlashKernels::mma &&
-                     (((t == DType::bf16 || t == DType::f16) &&
-                       (dh == 32 || dh == 64 || dh == 128)) ||
-                      (t == DType::f32 && (dh == 32 || dh == 64)));
-    const long long mma_before = cuda_flash_mma_double_backward_count();
+    const long long double_before = mma_calls(FlashPass::double_backward);
     flash_attention_double_backward_kernel(
         gpu0(), dev(in.q), dev(in.k), dev(in.v), o_t.to(gpu0()), dev(in.dO),
         lse_ref.to(gpu0()), dev(in.a), dev(in.b), dev(in.c), layout, gq.window, gk.window,
         gv.window, gdo.window);
-    CHECK(cuda_flash_mma_double_backward_count() - mma_before == (mma ? 1 : 0));
+    CHECK(mma_calls(FlashPass::double_backward) - double_before == (mma_second ? 1 : 0));
     const Tolerance tol2 = stub_tol(t, true, tf32);
     check_padded(gq, stored(gq_ref), tol2, at + ": grad q");
     check_padded(gk, stored(gk_ref), tol2, at + ": grad k");

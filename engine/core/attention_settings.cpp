@@ -2,6 +2,7 @@
 // initialised from METATAPE_FLASH_KERNELS and METATAPE_FLASH_KV_SPLITS.
 #include "engine/core/attention_settings.h"
 
+#include <array>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -46,7 +47,7 @@ bool f32_tensor_cores_from_env() {
 std::atomic<FlashKernels> flash_kernels{kernels_from_env()};
 std::atomic<bool> flash_f32_tensor_cores{f32_tensor_cores_from_env()};
 std::atomic<int> flash_kv_splits{splits_from_env()};
-std::atomic<long long> flash_mma_double_backward{0};
+std::array<std::atomic<long long>, 3> flash_mma_calls{};  // by FlashPass
 
 }  // namespace
 
@@ -56,7 +57,7 @@ void set_cuda_flash_f32_tensor_cores(bool on) { flash_f32_tensor_cores.store(on)
 bool cuda_flash_f32_tensor_cores() { return flash_f32_tensor_cores.load(); }
 void set_cuda_flash_kv_splits(int splits) { flash_kv_splits.store(splits < 0 ? 0 : splits); }
 int cuda_flash_kv_splits() { return flash_kv_splits.load(); }
-void note_cuda_flash_mma_double_backward() { flash_mma_double_backward.fetch_add(1); }
-long long cuda_flash_mma_double_backward_count() { return flash_mma_double_backward.load(); }
+void note_cuda_flash_mma(FlashPass pass) { flash_mma_calls[size_t(pass)].fetch_add(1); }
+long long cuda_flash_mma_count(FlashPass pass) { return flash_mma_calls[size_t(pass)].load(); }
 
 }  // namespace mt

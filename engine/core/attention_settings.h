@@ -41,9 +41,10 @@ bool cuda_flash_f32_tensor_cores();
 void set_cuda_flash_kv_splits(int splits);
 int cuda_flash_kv_splits();
 
-// Debug counter: how many double-backward calls ran the tensor-core kernels (incremented by the
+// Debug counters: how many calls of each pass ran the tensor-core kernels (incremented by the
 // CUDA launcher; tests check that the mma setting does not silently fall back to SIMT).
-void note_cuda_flash_mma_double_backward();
-long long cuda_flash_mma_double_backward_count();
+enum class FlashPass { forward, backward, double_backward };
+void note_cuda_flash_mma(FlashPass pass);
+long long cuda_flash_mma_count(FlashPass pass);
 
 }  // namespace mt

@@ -1890,10 +1890,10 @@ bool forward_mma(const FlashDesc& d, const void* q, const void* k, const void* v
 }
 
 template <class T>
-void forward(const FlashDesc& d, const void* q, const void* k, const void* v, void* o, void* lse,
+bool forward(const FlashDesc& d, const void* q, const void* k, const void* v, void* o, void* lse,
              void* workspace, cudaStream_t stream) {
   using A = acc_t<T>;
-  if (forward_mma<T>(d, q, k, v, o, lse, workspace, stream)) return;
+  if (forward_mma<T>(d, q, k, v, o, lse, workspace, stream)) return true;
   const int S = int(d.kv_splits);
   auto* part = static_cast<A*>(workspace);
   dispatch_head_dim(d.dh, [&]<int kD>() {
@@ -1907,6 +1907,7 @@ void forward(const FlashDesc& d, const void* q, const void* k, const void* v, vo
                      d.num_queries * d.heads, int(d.dh), S, static_cast<const A*>(part),
                      static_cast<T*>(o), static_cast<A*>(lse));
   });
+  return false;
 }
 
 // The tensor-core backward (flash_bwd_q_mma, flash_bwd_kv_mma) when mma_takes the call (q, k, v
@@ -1947,11 +1948,11 @@ bool backward_mma(const FlashDesc& d, const void* q, const void* k, const void* 
 }
 
 template <class T>
-void backward(const FlashDesc& d, const void* q, const void* k, const void* v, const void* o,
+bool backward(const FlashDesc& d, const void* q, const void* k, const void* v, const void* o,
               const void* dO, const void* lse, void* dq, void* dk, void* dv, void* workspace,
               cudaStream_t stream) {
   using A = acc_t<T>;
-  if (backward_mma<T>(d, q, k, v, o, dO, lse, dq, dk, dv, workspace, stream)) return;
+  if (backward_mma<T>(d, q, k, v, o, dO, lse, dq, dk, dv, workspace, stream)) return true;
   const int S = int(d.kv_splits);
   const int64_t NH = d.num_queries * d.heads;
   auto* D = static_cast<A*>(workspace);
@@ -1978,6 +1979,7 @@ void backward(const FlashDesc& d, const void* q, const void* k, const void* v, c
            static_cast<const T*>(dO), static_cast<const A*>(lse), static_cast<const A*>(D),
            static_cast<T*>(dk), static_cast<T*>(dv));
   });
+  return false;
 }
 
 // The tensor-core double backward (flash_dd_q_mma, flash_dd_kv_mma) when mma_takes the call (q,
@@ -2075,17 +2077,23 @@ bool double_backward(const FlashDesc& d, const void* q, const void* k,
 
 }  // namespace
 
-void flash_forward(ScalarType t, const FlashDesc& d, const void* q, const void* k, const void* v,
+bool flash_forward(ScalarType t, const FlashDesc& d, const void* q, const void* k, const void* v,
                    void* o, void* lse, void* workspace, cudaStream_t stream) {
-  dispatch_float_storage(t, [&]<class T>() { forward<T>(d, q, k, v, o, lse, workspace, stream); });
+  bool mma = false;
+  dispatch_float_storage(t, [&]<class T>() {
+    mma = forward<T>(d, q, k, v, o, lse, workspace, stream);
+  });
+  return mma;
 }
 
-void flash_backward(ScalarType t, const FlashDesc& d, const void* q, const void* k,
+bool flash_backward(ScalarType t, const FlashDesc& d, const void* q, const void* k,
                     const void* v, const void* o, const void* dO, const void* lse, void* dq,
                     void* dk, void* dv, void* workspace, cudaStream_t stream) {
+  bool mma = false;
   dispatch_float_storage(t, [&]<class T>() {
-    backward<T>(d, q, k, v, o, dO, lse, dq, dk, dv, workspace, stream);
+    mma = backward<T>(d, q, k, v, o, dO, lse, dq, dk, dv, workspace, stream);
   });
+  return mma;
 }
 
 bool flash_double_backward(ScalarType t, const FlashDesc& d, const void* q,

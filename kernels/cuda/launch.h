@@ -296,12 +296,14 @@ inline int64_t flash_double_backward_workspace(const FlashDesc& d) {  // D, r, E
   const int64_t nh = d.num_queries * d.heads;
   return 3 * nh + (d.kv_splits > 1 ? d.kv_splits * nh * (3 + 2 * d.dh) : 0);
 }
-// o and lse from q, k, v (online softmax over key tiles).
-void flash_forward(ScalarType t, const FlashDesc& d, const void* q, const void* k, const void* v,
+// o and lse from q, k, v (online softmax over key tiles). True when the tensor-core kernels ran
+// (as flash_double_backward's, dh up to 128 for f32 too), false for the SIMT kernels.
+bool flash_forward(ScalarType t, const FlashDesc& d, const void* q, const void* k, const void* v,
                    void* o, void* lse, void* workspace, cudaStream_t stream);
 // dq (query-side kernel, which also writes D = rowsum(dO o) to workspace (Nq, heads)), then dk
-// and dv (key-side kernel): no atomics, so the result is deterministic.
-void flash_backward(ScalarType t, const FlashDesc& d, const void* q, const void* k,
+// and dv (key-side kernel): no atomics, so the result is deterministic. True when the
+// tensor-core kernels ran.
+bool flash_backward(ScalarType t, const FlashDesc& d, const void* q, const void* k,
                     const void* v, const void* o, const void* dO, const void* lse, void* dq,
                     void* dk, void* dv, void* workspace, cudaStream_t stream);
 // gq and gdO (query side: row statistics D, r, E to workspace (3, Nq, heads), then the outputs),

@@ -503,8 +503,10 @@ void flash_attention_cuda(const Tensor& q, const Tensor& k, const Tensor& v,
   // Split partials (acc, m, l), empty without splits.
   Tensor workspace = empty(Shape{flash_forward_workspace(t.desc)}, flash_acc_dtype(q), q.device());
   Launch l(q.device());
-  flash_forward(scalar_type(q.dtype()), t.desc, q.raw_data(), k.raw_data(), v.raw_data(),
-                o.raw_data(), lse.raw_data(), workspace.raw_data(), l.stream);
+  const bool mma =
+      flash_forward(scalar_type(q.dtype()), t.desc, q.raw_data(), k.raw_data(), v.raw_data(),
+                    o.raw_data(), lse.raw_data(), workspace.raw_data(), l.stream);
+  if (mma) note_cuda_flash_mma(FlashPass::forward);
 }
 
 void flash_attention_backward_cuda(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -515,9 +517,11 @@ void flash_attention_backward_cuda(const Tensor& q, const Tensor& k, const Tenso
   // D, then the split partials of dq.
   Tensor workspace = empty(Shape{flash_backward_workspace(t.desc)}, flash_acc_dtype(q), q.device());
   Launch l(q.device());
-  flash_backward(scalar_type(q.dtype()), t.desc, q.raw_data(), k.raw_data(), v.raw_data(),
-                 o.raw_data(), dO.raw_data(), lse.raw_data(), dq.raw_data(), dk.raw_data(),
-                 dv.raw_data(), workspace.raw_data(), l.stream);
+  const bool mma =
+      flash_backward(scalar_type(q.dtype()), t.desc, q.raw_data(), k.raw_data(), v.raw_data(),
+                     o.raw_data(), dO.raw_data(), lse.raw_data(), dq.raw_data(), dk.raw_data(),
+                     dv.raw_data(), workspace.raw_data(), l.stream);
+  if (mma) note_cuda_flash_mma(FlashPass::backward);
 }
 
 void flash_attention_double_backward_cuda(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -534,7 +538,7 @@ void flash_attention_double_backward_cuda(const Tensor& q, const Tensor& k, cons
       scalar_type(q.dtype()), t.desc, q.raw_data(), k.raw_data(), v.raw_data(), o.raw_data(),
       dO.raw_data(), lse.raw_data(), a.raw_data(), b.raw_data(), c.raw_data(), gq.raw_data(),
       gk.raw_data(), gv.raw_data(), gdO.raw_data(), workspace.raw_data(), l.stream);
-  if (mma) note_cuda_flash_mma_double_backward();
+  if (mma) note_cuda_flash_mma(FlashPass::double_backward);
 }
 
 // ---- multi-tensor arithmetic: entries grouped by dtype, each group a few launches ----
