@@ -199,6 +199,7 @@ TEST_CASE("CudaGraph: a host read, synchronize() or a replay inside the capture 
   CHECK_THROWS_WITH(g.capture(d, [&] { (void)normal(Shape{4}, 0, 1, gen, DType::f32, d); }),
                     Catch::Contains("every replay would repeat the numbers"));
   CHECK_FALSE(is_capturing(d));
+  CHECK(gen.offset() == 0);  // the refused draw did not move the generator
   CHECK_THROWS_WITH(g.replay(), Catch::Contains("nothing was captured"));
   // A graph replayed inside another capture.
   Tensor y;

@@ -282,12 +282,17 @@ TEST_CASE("MetaGradientMean: bitwise the one-by-one clone, add_ and mul_", "[met
 
 TEST_CASE("CUDA foreach ops: each entry bitwise the single-tensor kernels", "[cuda][foreach]") {
   MT_SKIP_WITHOUT_CUDA();
-  // Past the per-launch limits: 8 x 7 tensors (several launches of 48), and a long one.
+  // Past the per-launch limits (48 tensors and 320 chunks of 32768 in one launch), counted per
+  // dtype group, as the launcher plans each dtype apart: 14 lists of 8 give 56 f32 entries, then
+  // a long f32 tensor of 336 chunks split across launches (the table refilled, slots
+  // renumbered, the sum of squares' partials written at first_chunk > 0).
   TensorList a, b;
-  for (uint64_t k = 0; k < 7; ++k) {
+  for (uint64_t k = 0; k < 14; ++k) {
     for (const Tensor& t : mixed_list(10 + 100 * k, gpu0(), k == 3)) a.push_back(t);
     for (const Tensor& t : mixed_list(20 + 100 * k, gpu0(), k == 3)) b.push_back(t);
   }
+  a.push_back(random_tensor(Shape{336 * 32768 - 5}, -2, 2, 1001).to(DType::f32).to(gpu0()));
+  b.push_back(random_tensor(Shape{336 * 32768 - 5}, -2, 2, 1002).to(DType::f32).to(gpu0()));
   const TensorList sum = foreach_add(a, b);
   const Tensor factor = scalar_tensor(0.7123456789, DType::f64).to(gpu0());
   const TensorList prod = foreach_mul(a, factor);
@@ -295,7 +300,7 @@ TEST_CASE("CUDA foreach ops: each entry bitwise the single-tensor kernels", "[cu
   for (const Tensor& t : a) x.push_back(t.contiguous().clone());
   foreach_add_(x, b);
   foreach_mul_(x, 0.3);
-  double ref_sq = 0;
+  long double ref_sq = 0;  // 64-bit significand: the reference's own rounding far below 1e-12
   for (size_t i = 0; i < a.size(); ++i) {
     INFO("entry " << i << " " << a[i].str());
     CHECK(same_bits(sum[i], add(a[i], b[i])));
@@ -305,21 +310,26 @@ TEST_CASE("CUDA foreach ops: each entry bitwise the single-tensor kernels", "[cu
     ref.mul_(0.3);
     CHECK(same_bits(x[i], ref));
     const Tensor t64 = a[i].to(kCPU).to(DType::f64).contiguous();
-    for (int64_t j = 0; j < t64.numel(); ++j) ref_sq += t64.data_ptr<double>()[j] * t64.data_ptr<double>()[j];
+    const double* v = t64.data_ptr<double>();
+    for (int64_t j = 0; j < t64.numel(); ++j) ref_sq += (long double)v[j] * v[j];
   }
   const Tensor sq = foreach_sum_squares(a);
   CHECK(sq.device() == gpu0());
-  // f64 sums of ~400,000 terms in two orders: well within 1e-13 relative.
-  CHECK(sq.item<double>() == Approx(ref_sq).epsilon(1e-13));
+  // ~11.5 M positive f64 terms: the device sums at most 128 in a row per thread, then trees of
+  // 2^k, so its error is under ~150 f64 roundings (2e-14 relative); the reference's, in long
+  // double, under 11.5e6 x 2^-64 = 6e-13. Both bounds are worst cases.
+  constexpr double kSumSquaresRel = 1e-12;
+  CHECK(sq.item<double>() == Approx(double(ref_sq)).epsilon(kSumSquaresRel));
   CHECK(same_bits(foreach_sum_squares(a), sq));  // a fixed order: reproducible
 }
 
 TEST_CASE("CUDA AdamW foreach: the same updates as one kernel per parameter",
           "[cuda][optim][foreach]") {
   MT_SKIP_WITHOUT_CUDA();
-  // 40 parameters (two launches of 32) of mixed dtypes, one of 9 M elements (> 256 chunks).
+  // 73 parameters of mixed dtypes, among them 37 f32 (the launcher plans each dtype apart: two
+  // launches of at most 32 tensors), one of 9 M elements (288 chunks: past a launch's 256).
   TensorList init;
-  for (uint64_t k = 0; k < 5; ++k)
+  for (uint64_t k = 0; k < 9; ++k)
     for (const Tensor& t : mixed_list(50 + 10 * k, gpu0())) init.push_back(t);
   init.push_back(random_tensor(Shape{9 << 20}, -1, 1, 7).to(DType::f32).to(gpu0()));
   for (bool capturable : {false, true})

@@ -98,7 +98,11 @@ Tensor draw(const Shape& shape, DType dtype, Distribution dist, double a, double
             Generator& gen, Device device) {
   Tensor out = empty(shape, dtype, device);
   const int64_t blocks = (out.numel() + values_per_block(dtype) - 1) / values_per_block(dtype);
-  random_kernel(out.device(), out, dist, a, b, gen.seed(), gen.advance(uint64_t(blocks)));
+  // The generator moves only once the draw is launched: a refused draw (inside a CUDA-graph
+  // capture) leaves it where it was, so the eager run after an abandoned capture draws what it
+  // would have drawn without the attempt.
+  random_kernel(out.device(), out, dist, a, b, gen.seed(), gen.offset());
+  gen.advance(uint64_t(blocks));
   return out;
 }
 

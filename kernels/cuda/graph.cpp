@@ -9,6 +9,7 @@
 
 #include <map>
 #include <mutex>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -29,9 +30,14 @@ bool is_capturing(Device device) {
 
 namespace {
 // Tensors made outside a capture that its graph reads, by (device, capture id): held until the
-// graph is destroyed.
+// graph is destroyed. Each once, however often the capture reads it (a meta-step reads the same
+// few scalar constants thousands of times).
+struct Kept {
+  std::vector<Tensor> tensors;
+  std::unordered_set<const TensorImpl*> held;  // those of `tensors`, which keep them alive
+};
 std::mutex kept_mutex;
-std::map<std::pair<int, unsigned long long>, std::vector<Tensor>> kept;
+std::map<std::pair<int, unsigned long long>, Kept> kept;
 }  // namespace
 
 void keep_alive_while_captured(const Tensor& t) {
@@ -39,7 +45,8 @@ void keep_alive_while_captured(const Tensor& t) {
   const unsigned long long id = gpu::current_capture_id(t.device().index);
   if (id == 0) return;
   std::lock_guard<std::mutex> lock(kept_mutex);
-  kept[{t.device().index, id}].push_back(t);
+  Kept& k = kept[{t.device().index, id}];
+  if (k.held.insert(t.impl()).second) k.tensors.push_back(t);
 }
 
 namespace {
@@ -63,7 +70,7 @@ void release(const GraphResources& r) {
       std::lock_guard<std::mutex> lock(kept_mutex);
       auto it = kept.find({r.device.index, r.capture_id});
       if (it != kept.end()) {
-        held = std::move(it->second);
+        held = std::move(it->second.tensors);
         kept.erase(it);
       }
     }
@@ -152,13 +159,13 @@ void CudaGraph::capture(Device device, const std::function<void()>& fn) {
   // Work queued before the capture finishes first (nothing of it may be recorded or overlap).
   MT_CUDA_CHECK(cudaStreamSynchronize(s));
   MT_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
-  impl->r.capture_id = gpu::current_capture_id(device.index);
   auto end_capture = [&](cudaGraph_t* graph) {
     const cudaError_t status = cudaStreamEndCapture(s, graph);
     if (status != cudaSuccess) (void)cudaGetLastError();
     return status;
   };
   try {
+    impl->r.capture_id = gpu::current_capture_id(device.index);
     fn();
   } catch (...) {
     cudaGraph_t graph = nullptr;
@@ -175,9 +182,13 @@ void CudaGraph::capture(Device device, const std::function<void()>& fn) {
            "waited for the device (a host read of a device value, synchronize()) or used "
            "another stream; move host reads after replay()",
            device.str(), cudaGetErrorString(status));
-  const cudaError_t inst = cudaGraphInstantiate(&impl->r.exec, graph, 0);
+  // Into a local first: what a failed instantiation leaves in its output is not documented, and
+  // the destructor would destroy whatever r.exec holds.
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
   (void)cudaGraphDestroy(graph);
   MT_CUDA_CHECK(inst);
+  impl->r.exec = exec;
   impl_ = std::move(impl);
 }
 
