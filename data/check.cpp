@@ -7,12 +7,12 @@
 #include <string>
 #include <string_view>
 
+#include "engine/core/source_path.h"
+
 namespace mt::data::detail {
 
 void fail(const char* file, int line, const std::string& message) {
-  std::string_view path(file);
-  if (auto pos = path.rfind("data/"); pos != std::string_view::npos) path.remove_prefix(pos);
-  throw Error(fmt::format("{} [{}:{}]", message, path, line));
+  throw Error(fmt::format("{} [{}:{}]", message, ::mt::detail::source_path(file), line));
 }
 
 double physical_memory_bytes() {

@@ -313,10 +313,18 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
         MT_DATA_FAIL("{}: line {}, column {}: '{}' is not a number{}", where, line_no, c + 1,
                      shorten(cell), hint);
       }
-      if (is_time)
+      if (is_time) {
         times.push_back(wide);
-      else
+      } else {
+        // Said here, where the line and column are known (session validation would name the
+        // neuron and frame).
+        MT_DATA_CHECK(std::isfinite(v),
+                      "{}: line {}, column {}: '{}' is not a finite number; metatape does not "
+                      "train on missing values: interpolate the gaps or drop the neuron before "
+                      "loading",
+                      where, line_no, c + 1, shorten(cell));
         values.push_back(v);
+      }
     }
   }
 

@@ -74,8 +74,8 @@ Dataset load_folder(const std::string& path, const LoadOptions& options) {
     std::vector<std::string> parts;
     for (const auto& [k, f] : kinds) parts.push_back(fmt::format("{} ({})", kind_name(k), f));
     MT_DATA_FAIL(
-        "load_folder: {}: the folder mixes file kinds: {}; keep one kind per folder, or "
-        "load the files one by one with load_session",
+        "load_folder: {}: the folder mixes file kinds: {}; keep one kind per folder (move "
+        "the others into a folder of their own), or point data.path at a single file",
         path, fmt::join(parts, ", "));
   }
   for (const auto& f : files) d.sessions.push_back(load_session(f, options));

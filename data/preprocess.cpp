@@ -218,11 +218,24 @@ PreparedData::PreparedData(Dataset dataset, const PrepConfig& config)
       int64_t longest = 0;
       for (const auto& r : ranges) longest = std::max(longest, r.length());
       std::string fix;
-      if (longest > w.pred_length)
-        fix = fmt::format("use seq_length <= {} (the CLI's model.poco.seq_length), ", longest);
-      fix += fmt::format("use a larger {} fraction (now {}){}, or leave this session out",
-                         split_name(split), fractions[k],
-                         config_.split.mode == SplitMode::Blocks ? ", a longer block_length" : "");
+      if (s.num_frames < w.seq_length) {
+        // No fraction or block length gives a window: only a shorter window would.
+        fix = fmt::format("the whole recording ({} frames) is shorter than one window, so no "
+                          "split fraction helps: leave this session out",
+                          s.num_frames);
+        if (s.num_frames > w.pred_length)
+          fix += fmt::format(", or use windows of at most {} frames (the CLI's "
+                             "model.poco.seq_length, of which model.poco.pred_length, now {}, "
+                             "are forecast)",
+                             s.num_frames, w.pred_length);
+      } else {
+        if (longest > w.pred_length)
+          fix = fmt::format("use seq_length <= {} (the CLI's model.poco.seq_length), ", longest);
+        fix += fmt::format("use a larger {} fraction (now {}){}, or leave this session out",
+                           split_name(split), fractions[k],
+                           config_.split.mode == SplitMode::Blocks ? ", a longer block_length"
+                                                                   : "");
+      }
       if (s.num_neurons > s.num_frames)
         fix += fmt::format(" (the session has more neurons, {}, than frames, {}: is its matrix "
                            "transposed? recordings are (neurons, frames))",

@@ -98,7 +98,8 @@ void validate(const Session& s) {
   if (bad > 0) {
     const int64_t n = first / s.num_frames, t = first % s.num_frames;
     MT_DATA_FAIL(
-        "{}: neuron {}, frame {} is {} ({} non-finite value(s) in the {} x {} activity); "
+        "{}: neuron {}, frame {} is {} ({} non-finite value(s) in the {} x {} activity, "
+        "indices from 0); "
         "metatape does not train on missing values: interpolate the gaps or drop the "
         "neuron before loading",
         who, n, t, s.activity[static_cast<size_t>(first)], bad, s.num_neurons, s.num_frames);

@@ -9,6 +9,8 @@
 #include <set>
 #include <sstream>
 
+#include <unistd.h>
+
 #include "engine/autograd/engine.h"
 #include "engine/autograd/grad_mode.h"
 #include "engine/io/safetensors.h"
@@ -166,9 +168,11 @@ void check_train_options(const TrainOptions& o, const std::string& where) {
   MT_CHECK(o.method == "standard" || o.method == "fomaml" || o.method == "e2e-ttt",
            "{}.method '{}' is not known; use standard, fomaml or e2e-ttt", where, o.method);
   MT_CHECK(o.steps >= 0, "{}.steps must be >= 0, got {}", where, o.steps);
-  MT_CHECK(o.batch_size > 0 && o.eval_batch_size > 0,
-           "{}.batch_size ({}) and {}.eval_batch_size ({}) must be positive", where, o.batch_size,
-           where, o.eval_batch_size);
+  MT_CHECK(o.batch_size > 0, "{}.batch_size must be positive (windows per step), got {}", where,
+           o.batch_size);
+  MT_CHECK(o.eval_batch_size > 0,
+           "{}.eval_batch_size must be positive (windows per validation batch), got {}", where,
+           o.eval_batch_size);
   MT_CHECK(o.eval_every > 0, "{}.eval_every must be positive (steps between validations), got {}",
            where, o.eval_every);
   MT_CHECK(o.patience >= 0,
@@ -473,6 +477,10 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
 
   const double seconds_at_first = elapsed();
   bool progress_line = false;  // a progress line without its newline is on stderr
+  // On a terminal one line, rewritten; in a log file whole lines, about twenty of them.
+  const bool progress_on_terminal = ::isatty(STDERR_FILENO) == 1;
+  const int64_t progress_every =
+      progress_on_terminal ? 10 : std::max<int64_t>(10, (opt.steps / 20 + 9) / 10 * 10);
   result.last_step = first_step - 1;
   // A resumed run whose last evaluations already exhaust the patience takes no step.
   result.stopped_early = state_evaluated && patience_exhausted() && first_step <= opt.steps;
@@ -512,13 +520,15 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
       result.last_step = step;
       loss_sum += loss_value;
       ++loss_count;
-      if (opt.log_progress && (step % 10 == 0 || step == opt.steps)) {
+      if (opt.log_progress && (step % progress_every == 0 || step == opt.steps)) {
         const double t = elapsed(), rate = double(step - first_step + 1) / (t - seconds_at_first);
-        std::fprintf(stderr, "\rstep %lld/%lld  loss %.4f  %.1f steps/s  ETA %s   ",
+        std::fprintf(stderr, "%s%sstep %lld/%lld  loss %.4f  %.1f steps/s  ETA %s%s",
+                     progress_on_terminal ? "\r" : "", opt.progress_label.c_str(),
                      (long long)step, (long long)opt.steps, loss_value, rate,
-                     format_eta(double(opt.steps - step) / rate).c_str());
+                     format_eta(double(opt.steps - step) / rate).c_str(),
+                     progress_on_terminal ? "   " : "\n");
         std::fflush(stderr);
-        progress_line = true;
+        progress_line = progress_on_terminal;
       }
       const bool evaluated = step % opt.eval_every == 0 || step == opt.steps;
       if (evaluated) {

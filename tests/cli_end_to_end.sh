@@ -781,5 +781,53 @@ fails_with "eval without a run" "config.json" "$bin" eval --run "$work/none"
 fails_with "holdout names a missing session" "synth_009" "$bin" train --run "$work/x" \
   "${small[@]}" --set 'data.holdout=["synth_009"]'
 
+# What users get wrong: a misspelt command, a device the machine lacks, paths relative to another
+# folder, recordings that moved.
+fails_with "a misspelt command" "unknown command 'trian'" "$bin" trian --run "$work/x"
+fails_with "a device the machine lacks" "--device cuda:7" "$bin" train --run "$work/x" \
+  "${small[@]}" --device cuda:7
+mkdir -p "$work/relative"
+cp "$work/synth/"*.npz "$work/relative/"
+check "train with a relative data.path" bash -c 'cd "$1" && "$2" train --run rel_run "${@:3}"' \
+  _ "$work" "$(realpath "$bin")" "${small[@]}" --set 'data.path="relative"' --set 'data.holdout=[]'
+check "config.json records it as an absolute path" \
+  grep -qF "\"path\": \"$(realpath "$work")/relative\"" "$work/rel_run/config.json"
+check "eval from another folder" bash -c 'cd / && "$1" eval --run "$2"' _ "$(realpath "$bin")" \
+  "$work/rel_run"
+mv "$work/relative" "$work/moved"
+fails_with "eval after the recordings moved" "pass --set data.path=" "$bin" eval \
+  --run "$work/rel_run"
+check "eval --set data.path reads them where they are" "$bin" eval --run "$work/rel_run" \
+  --set "data.path=\"$work/moved\"" --unadapted
+cp "$work/out.txt" "$work/unadapted.txt"
+check "--unadapted on a standard run is noted" grep -q "has no inner loop" "$work/unadapted.txt"
+fails_with "eval --set of a model setting" "drop that --set" "$bin" eval --run "$work/rel_run" \
+  --set "data.path=\"$work/moved\"" --set model.poco.dim=32
+fails_with "adapt a run that holds no session out" "--set 'data.holdout=" "$bin" adapt \
+  --run "$work/rel_run" --set "data.path=\"$work/moved\""
+fails_with "a run into the recordings' folder" "is the recordings' folder" "$bin" train \
+  --run "$work/moved" "${small[@]}" --set "data.path=\"$work/moved\"" --set 'data.holdout=[]'
+mkdir -p "$work/csv_recordings"
+printf '1,2,3\n4,5,6\n' >"$work/csv_recordings/a.csv"
+fails_with "data synth into a folder of CSV recordings" "holds recordings already (a.csv)" \
+  "$bin" data synth --out "$work/csv_recordings"
+check "... which is left as it was" test "$(ls "$work/csv_recordings")" = a.csv
+# Ctrl-C during adapt (once its work folder exists: the handler is installed): nothing of that
+# adaptation is kept, and it says so. The signal comes twice at once, as `timeout` sends it (to
+# the process, then to its group): one request to stop, not a second Ctrl-C that aborts.
+"$bin" adapt --run "$work/poco" --label stopped --set adapt.train.steps=1000000 \
+  --set adapt.train.eval_every=500000 --set 'adapt.modes=["embeddings"]' \
+  >"$work/adapt_stopped.txt" 2>&1 &
+pid=$!
+check "the stopped adapt started" wait_for_file "$work/poco/adapt/.stopped.partial" "$pid"
+kill -INT "$pid"
+kill -INT "$pid"
+wait "$pid"
+check "Ctrl-C stops adapt with exit code 130" test $? -eq 130
+check "... saying that nothing was kept" grep -q "nothing of this adaptation was kept" \
+  "$work/adapt_stopped.txt"
+check "... and keeping nothing" test ! -e "$work/poco/adapt/stopped" -a \
+  ! -e "$work/poco/adapt/.stopped.partial"
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

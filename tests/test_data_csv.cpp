@@ -79,10 +79,11 @@ TEST_CASE("csv: malformed files are refused with line and column", "[data][csv]"
     const std::string p = dir.write("gap.csv", "1,2\n\n3,4\n");
     REQUIRE_THROWS_WITH(load_csv(p), Contains("gap.csv") && Contains("line 2 is blank"));
   }
-  SECTION("NaN cell names the neuron and frame") {
+  SECTION("NaN cell names its line and column") {
     const std::string p = dir.write("gaps.csv", "1,2,3\n4,5,NaN\n");
-    REQUIRE_THROWS_WITH(load_csv(p), Contains("gaps.csv") && Contains("session 'gaps'") &&
-                                         Contains("neuron 1, frame 2 is nan"));
+    REQUIRE_THROWS_WITH(load_csv(p), Contains("gaps.csv") && Contains("line 2, column 3") &&
+                                         Contains("'NaN' is not a finite number") &&
+                                         Contains("interpolate"));
   }
   SECTION("another delimiter, quoted numbers: the hint names the cause") {
     const std::string semi = dir.write("semi.csv", "1;2;3\n4;5;6\n");

@@ -266,4 +266,11 @@ TEST_CASE("preprocess: a split shorter than one window is an error", "[data][pre
   CHECK(p.windows(0, Split::Test).empty());
   CHECK(p.windows(0, Split::Val).size() == 21);
   REQUIRE_THROWS_WITH(PreparedData(d, PrepConfig{{}, {8, 8, 1}}), Contains("must exceed"));
+  // A recording shorter than one window: no fraction helps, and the fix says so.
+  Dataset tiny;
+  tiny.sessions.push_back(ramp_session("tiny", 4, 30));
+  REQUIRE_THROWS_WITH(PreparedData(tiny, PrepConfig{{}, {40, 8, 1}}),
+                      Contains("session 'tiny'") &&
+                          Contains("the whole recording (30 frames) is shorter than one window") &&
+                          Contains("at most 30 frames") && !Contains("larger"));
 }

@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <thread>
 #include <sstream>
 #include <fstream>
@@ -26,6 +27,8 @@
 #include "engine/io/safetensors.h"
 
 namespace mt::cli {
+
+namespace fs = std::filesystem;
 
 Data load_data(const RunConfig& c, const LoadDataOptions& options) {
   data::Dataset all = c.data.path.empty() ? data::synthesize(c.data.synthetic)
@@ -47,6 +50,26 @@ Data load_data(const RunConfig& c, const LoadDataOptions& options) {
   MT_CHECK(!options.need_training || !d.train.empty(),
            "no training sessions left after data.holdout");
   return d;
+}
+
+void make_data_path_absolute(RunConfig& c) {
+  if (c.data.path.empty() || fs::path(c.data.path).is_absolute()) return;
+  c.data.path = fs::absolute(fs::path(c.data.path)).lexically_normal().string();
+}
+
+void note_default_csv_rate(const RunConfig& c, const Data& d) {
+  const data::CsvOptions& csv = c.data.load.csv;
+  if (!csv.time_column.empty() || csv.sampling_rate_hz != data::CsvOptions{}.sampling_rate_hz)
+    return;
+  int64_t timed = 0;
+  for (const auto* set : {&d.train, &d.holdout})
+    for (const auto& s : set->sessions) timed += fs::path(s.source).extension() == ".csv";
+  if (timed > 0)
+    std::fprintf(stderr,
+                 "note: %lld CSV recording(s) are timed by data.csv.sampling_rate_hz, %g Hz by "
+                 "default (no data.csv.time_column): frame times enter the model; set it to the "
+                 "recordings' frame rate, e.g. --set data.csv.sampling_rate_hz=2.2\n",
+                 (long long)timed, csv.sampling_rate_hz);
 }
 
 std::vector<int64_t> sizes_of(const data::Dataset& d) {

@@ -25,6 +25,16 @@ struct LoadDataOptions {
 };
 Data load_data(const RunConfig& c, const LoadDataOptions& options = {});
 
+// data.path made absolute (lexically normal, against the current folder), so that a run's
+// config.json finds the recordings from any folder; empty (synthetic data) and absolute paths
+// are left as they are.
+void make_data_path_absolute(RunConfig& c);
+
+// A note on stderr when CSV recordings without a time column are timed by the default
+// data.csv.sampling_rate_hz (1 Hz): frame times enter the model (its rotary time embedding),
+// and the default is rarely a recording's rate.
+void note_default_csv_rate(const RunConfig& c, const Data& d);
+
 std::vector<int64_t> sizes_of(const data::Dataset& d);
 // CRC-32 (8 hex digits) of a session's recording: its activity and timestamps as loaded.
 std::string recording_crc32(const data::Session& s);

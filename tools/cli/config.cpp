@@ -85,10 +85,12 @@ class Reader {
     for (auto it = j_.begin(); it != j_.end(); ++it) {
       bool ok = false;
       for (const auto& k : known_) ok |= (it.key() == k);
-      if (!ok) {
+      if (!ok && where_ == "config")  // the top level
+        MT_FAIL("config: unknown key '{}' (known top-level keys: {})", it.key(),
+                fmt::join(known_, ", "));
+      if (!ok)
         MT_FAIL("config: unknown key '{}.{}' (known keys of '{}': {})", where_, it.key(), where_,
                 fmt::join(known_, ", "));
-      }
     }
   }
 
@@ -435,7 +437,16 @@ RunConfig config_from_json(const nlohmann::json& j) {
   const std::string& kind = c.model.kind;
   MT_CHECK(kind == "poco" || kind == "nlinear" || kind == "mlp" || kind == "copy_last",
            "config: model.kind '{}' is not known; use poco, nlinear, mlp or copy_last", kind);
-  const models::PocoConfig pc = c.model.poco_config();
+  models::PocoConfig pc;
+  try {
+    pc = c.model.poco_config();
+  } catch (const Error& e) {  // POCO's own message, named by its place in the config
+    std::string why = e.what();
+    if (const size_t at = why.rfind(" ["); at != std::string::npos && why.back() == ']')
+      why.erase(at);
+    if (why.rfind("POCO config: ", 0) == 0) why.erase(0, 13);
+    MT_FAIL("config: model.poco (preset '{}'): {}", c.model.preset, why);
+  }
   c.data.prep.window.seq_length = pc.seq_length;
   c.data.prep.window.pred_length = pc.pred_length;
   for (const auto& mode : c.adapt.modes) meta::finetune_prefixes(mode);

@@ -19,6 +19,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -70,8 +71,10 @@ Device parse_device(const std::string& name) {
   if (name.size() > 5) index = std::stoi(name.substr(5));
   MT_CHECK(built_with_cuda(), "--device {}: this build has no CUDA backend (METATAPE_CUDA=OFF)",
            name);
-  MT_CHECK(index < cuda_device_count(), "--device {}: {} CUDA device(s) are visible", name,
-           cuda_device_count());
+  const int visible = cuda_device_count();
+  MT_CHECK(index < visible, "--device {}: {} CUDA device(s) are visible{}", name, visible,
+           visible == 0 ? " (no GPU, or no driver for it, on this machine); use --device cpu"
+                        : fmt::format("; use cuda:0 .. cuda:{}", visible - 1));
   return cuda(index);
 }
 
@@ -254,15 +257,34 @@ void restore_run_files(const std::string& run_dir, const json& state,
 }
 
 // Ctrl-C (SIGINT) or SIGTERM during training: the first asks train() to stop after the current
-// step and save its state (ResumeOptions::stop_after); the handler then resets itself
-// (SA_RESETHAND), so a second one ends the process at once.
+// step and save its state (ResumeOptions::stop_after); a second one ends the process at once,
+// as the signal would have. A second within kSameStopNs of the first is the same request sent
+// twice (`timeout` signals the process and then its process group) and is not counted.
 std::atomic<int> stop_signal{0};  // the signal that asked to stop, 0 = none
+std::atomic<long long> stop_time_ns{0};  // CLOCK_MONOTONIC of the first stop signal, 0 = none
+constexpr long long kSameStopNs = 300'000'000;  // 0.3 s: quicker than two Ctrl-C by hand
 std::atomic<bool> training_done{false};  // past the last step: the run is being finished
-std::atomic<int> stop_context{0};  // 0: train; 1: bench adaptation
+std::atomic<int> stop_context{0};  // 0: train; 1: bench adaptation; 2: adapt
 static_assert(std::atomic<int>::is_always_lock_free, "set from a signal handler");
+static_assert(std::atomic<long long>::is_always_lock_free, "set from a signal handler");
 
 extern "C" void request_stop(int signal_number) {
   const int saved_errno = errno;
+  timespec now {};
+  ::clock_gettime(CLOCK_MONOTONIC, &now);  // async-signal-safe
+  const long long now_ns = (long long)now.tv_sec * 1'000'000'000LL + now.tv_nsec;
+  if (const long long first = stop_time_ns.load(); first != 0) {
+    if (now_ns - first >= kSameStopNs) {  // asked again: abort now, by the default action
+      struct sigaction fallback {};
+      fallback.sa_handler = SIG_DFL;
+      sigemptyset(&fallback.sa_mask);
+      ::sigaction(signal_number, &fallback, nullptr);
+      ::raise(signal_number);  // delivered as this handler returns
+    }
+    errno = saved_errno;
+    return;
+  }
+  stop_time_ns.store(now_ns);
   stop_signal.store(signal_number);
   static const char stopping[] =
       "\nstopping after this step and saving the training state (again to abort at once)\n";
@@ -272,25 +294,42 @@ extern "C" void request_stop(int signal_number) {
   static const char stopping_bench[] =
       "\nstopping after this training step or adaptation run and saving the progress (again to "
       "abort at once)\n";
+  static const char stopping_adapt[] =
+      "\nstopping after this step; this adaptation is abandoned (again to abort at once)\n";
   const bool done = training_done.load();
-  const bool bench = stop_context.load() == 1;
-  const char* text = bench ? stopping_bench : done ? finishing : stopping;
-  const size_t length = (bench ? sizeof stopping_bench : done ? sizeof finishing : sizeof stopping) - 1;
+  const int context = stop_context.load();
+  const char* text = context == 1 ? stopping_bench
+                     : context == 2 ? stopping_adapt
+                     : done         ? finishing
+                                    : stopping;
+  const size_t length = std::strlen(text);
   ssize_t ignored = ::write(STDERR_FILENO, text, length);
   (void)ignored;
   errno = saved_errno;
 }
+
+// Ctrl-C (or SIGTERM) during adapt: the adaptation in progress is abandoned (its work folder
+// removed); an earlier adaptation of that name stays as it was.
+struct AdaptationStopped : Error {
+  AdaptationStopped()
+      : Error("adapt: stopped; nothing of this adaptation was kept, and an earlier adaptation of "
+              "that name is as it was") {}
+};
+// Asked by adapt's training loops after every step.
+bool adapt_stop_requested(int64_t) { return stop_signal.load() != 0; }
 
 // Installs request_stop for SIGINT and SIGTERM while it lives, then restores the handlers.
 class StopOnSignal {
  public:
   StopOnSignal() {
     stop_signal.store(0);
+    stop_time_ns.store(0);
     training_done.store(false);
     struct sigaction action {};
     action.sa_handler = request_stop;
     sigemptyset(&action.sa_mask);
-    action.sa_flags = SA_RESETHAND;
+    sigaddset(&action.sa_mask, SIGINT);  // one handler at a time, whichever of the two came
+    sigaddset(&action.sa_mask, SIGTERM);
     sigaction(SIGINT, &action, &old_int_);
     sigaction(SIGTERM, &action, &old_term_);
   }
@@ -541,6 +580,32 @@ void check_model_settings_kept(const Run& run, const cli::RunConfig& c, const ch
            command, differs);
 }
 
+// A run's data.path that does not exist: the recordings moved, or the path is relative (as
+// --set gives it, or as an earlier metatape recorded it) and is taken from another folder than
+// the one the run was trained in. Said before any loader runs, naming where the path came from
+// and the fix; then the path is made absolute, as recorded with adapted models.
+void resolve_run_data_path(const std::string& run_dir, cli::RunConfig& c,
+                           const std::vector<std::string>& sets, const char* command) {
+  if (!c.data.path.empty() && !fs::exists(c.data.path)) {
+    const bool overridden = std::any_of(sets.begin(), sets.end(), [](const std::string& x) {
+      return x.rfind("data.path=", 0) == 0;
+    });
+    const std::string relative =
+        fs::path(c.data.path).is_absolute()
+            ? std::string()
+            : fmt::format(" (relative to the current folder, {})", fs::current_path().string());
+    if (overridden)
+      MT_FAIL("{}: --set data.path: '{}' does not exist{}; give the folder or file holding the "
+              "recordings",
+              command, c.data.path, relative);
+    MT_FAIL("{}: data.path '{}' in {}/config.json does not exist{}: the recordings have moved, "
+            "or the run was trained in another folder; pass --set data.path=\"<the recordings' "
+            "folder or file>\" to read them where they are now",
+            command, c.data.path, run_dir, relative);
+  }
+  cli::make_data_path_absolute(c);
+}
+
 // Scores of a run are of the recordings it was trained on: the data's training sessions must be
 // the run's (names) and, where config.json recorded their CRC-32, hold the same recordings.
 // Sessions the run was not trained on (recordings added to the folder since, e.g. a new animal
@@ -584,8 +649,10 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                const std::vector<int64_t>& trained_sizes, bool overridden = false,
                const std::string& given_label = "") {
   MT_CHECK(!d.holdout.empty(),
-           "adapt: the run has no held-out sessions; set data.holdout to the session names to "
-           "adapt to");
+           "adapt: no held-out sessions: data.holdout is empty, and adaptation is to sessions "
+           "the training never saw; put the new recordings beside the others (or point --set "
+           "data.path at them) and name them with --set 'data.holdout=[\"<session>\"]', or "
+           "train a run that holds sessions out (data.holdout)");
   const std::string label =
       given_label.empty() ? cli::default_adaptation_label(d.holdout.names()) : given_label;
   cli::check_adaptation_label(label, /*given=*/!given_label.empty());
@@ -688,7 +755,10 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                              {"scores", scores}}}};
   };
   json results = json::array();
-  std::printf("\nadaptation to %lld unseen sessions (%s)\n", (long long)d.holdout.size(),
+  double copy_last_score = NAN;  // the reference every adapted model should beat
+  if (device.is_cpu() && trained->module() != nullptr) cli::note_if_busy("adaptation");
+  std::printf("\nadaptation to %lld unseen session%s (%s)\n", (long long)d.holdout.size(),
+              d.holdout.size() == 1 ? "" : "s",
               fmt::format("{}", fmt::join(d.holdout.names(), ", ")).c_str());
   std::printf("  %-24s %10s %12s %12s %10s %10s %10s\n", "method", "params", "steps_to_95",
               "final_score", "best", "seconds", "peak_MiB");
@@ -712,17 +782,23 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     meta::TrainOptions none = c.adapt.train;
     none.steps = 0;
     none.log_progress = false;
-    row("copy_last", meta::train(*f, prepared, {}, none));
+    const meta::TrainResult r = meta::train(*f, prepared, {}, none);
+    copy_last_score = r.best_score;
+    row("copy_last", r);
   }
+  meta::ResumeOptions stoppable;  // Ctrl-C: stop after the current step (AdaptationStopped)
+  stoppable.stop_after = adapt_stop_requested;
   for (const auto& mode : c.adapt.modes) {
     auto f = transferred();
     meta::TrainOptions t = c.adapt.train;
     if (f->kind() == "poco") t.trainable = meta::finetune_prefixes(mode);
     if (auto it = c.adapt.lr_by_mode.find(mode); it != c.adapt.lr_by_mode.end()) t.lr = it->second;
-    t.log_progress = false;
+    t.progress_label = "  finetune:" + mode + ": ";  // under the table's rows
     meta::TrainResult r;
     try {
-      r = meta::train(*f, prepared, {}, t);
+      r = meta::train(*f, prepared, {}, t, {}, {}, {}, stoppable);
+    } catch (const meta::TrainingStopped&) {
+      throw AdaptationStopped();
     } catch (const meta::TrainingDiverged& e) {
       // One mode's step size is too large: the others still run; this one has no model.
       const std::string key = c.adapt.lr_by_mode.count(mode) ? "adapt.lr_by_mode." + mode
@@ -766,6 +842,11 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     std::vector<meta::AdaptResult> per_session;
     json models = json::object();
     for (int64_t s = 0; s < prepared.num_sessions(); ++s) {
+      if (stop_signal.load() != 0) throw AdaptationStopped();
+      if (c.adapt.train.log_progress)
+        std::fprintf(stderr, "inner-loop: session %lld of %lld (%s), %lld steps\n",
+                     (long long)s + 1, (long long)prepared.num_sessions(),
+                     prepared.session(s).name.c_str(), (long long)a.steps);
       nn::ParamMap adapted;
       per_session.push_back(meta::adapt_session(*f, prepared, s, a, &adapted));
       const meta::AdaptResult& r = per_session.back();
@@ -850,6 +931,13 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     out["best_method"] = best_method;
     std::printf("best: %s (validation score %.4f); metatape predict uses its model by default\n",
                 best_method.c_str(), best_final);
+    if (std::isfinite(copy_last_score) && best_final < copy_last_score)
+      std::fprintf(stderr,
+                   "note: every adapted model scores below the copy-last forecast on validation "
+                   "(best %.4f, copy_last %.4f): its forecasts are worse than repeating the last "
+                   "frame; try more adaptation steps (adapt.train.steps), another step size "
+                   "(adapt.train.lr), or a model trained longer or on more sessions\n",
+                   best_final, copy_last_score);
   }
   cli::write_file_atomic(partial + "/adapt.json", out.dump(2) + "\n");
   const bool replaces = fs::exists(dir);
@@ -885,6 +973,7 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
   Run run = read_run(run_dir);
   cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
   check_model_settings_kept(run, c, "predict");
+  resolve_run_data_path(run_dir, c, sets, "predict");
   apply_threads(c);
   Data d = load_data(c, {.need_training = false, .need_holdout = false});
   const data::Session* session = nullptr;
@@ -1204,7 +1293,9 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                     const std::vector<std::string>& sets) {
   Run run = read_run(run_dir);
   cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
+  resolve_run_data_path(run_dir, c, sets, "online");
   apply_threads(c);
+  if (c.model.kind == "poco") cli::note_if_busy("online adaptation");
   MT_CHECK(drifts.empty() || c.data.path.empty(),
            "online: --drift regenerates synthetic data; this run was trained on {}", c.data.path);
   std::vector<double> sweep = drifts.empty() ? std::vector<double>{c.data.synthetic.drift} : drifts;
@@ -1277,6 +1368,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
 // options, holdout, splits and windows), with the preprocessing notes; writes nothing.
 void run_data_info(const cli::RunConfig& c) {
   const Data d = load_data(c);
+  cli::note_default_csv_rate(c, d);
   std::printf("%s: %lld session(s), %lld for training, %lld held out\n",
               c.data.path.empty() ? "synthetic data" : c.data.path.c_str(),
               (long long)(d.train.size() + d.holdout.size()), (long long)d.train.size(),
@@ -1319,25 +1411,34 @@ void run_data_info(const cli::RunConfig& c) {
   if (prepare_error) std::rethrow_exception(prepare_error);
 }
 
-int run_eval(const std::string& run_dir, const std::string& split_name, bool unadapted) {
+int run_eval(const std::string& run_dir, const std::string& split_name, bool unadapted,
+             const std::vector<std::string>& sets) {
   MT_CHECK(split_name == "val" || split_name == "train" || split_name == "test",
            "eval: --split must be train, val or test, got '{}'", split_name);
   Run run = read_run(run_dir);
-  apply_threads(run.config);
-  Data d = load_data(run.config);
+  cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
+  check_model_settings_kept(run, c, "eval");
+  resolve_run_data_path(run_dir, c, sets, "eval");
+  if (unadapted && c.train.method == "standard") {
+    std::fprintf(stderr, "note: --unadapted: a standard run's model has no inner loop; it is "
+                         "evaluated as it is\n");
+    unadapted = false;
+  }
+  apply_threads(c);
+  Data d = load_data(c);
   check_same_recordings(run, d.train, run_dir);
-  data::PreparedData prepared(d.train, run.config.data.prep);
+  data::PreparedData prepared(d.train, c.data.prep);
   Generator gen(0);
-  auto f = meta::make_forecaster(run.config.model, sizes_of(d.train), gen);
-  load_run_model(*f, run_dir, /*new_sessions=*/false, /*overridden=*/false);
+  auto f = meta::make_forecaster(c.model, sizes_of(d.train), gen);
+  load_run_model(*f, run_dir, /*new_sessions=*/false, /*overridden=*/!sets.empty());
   data::Split split = split_name == "val" ? data::Split::Val
                       : split_name == "train" ? data::Split::Train
                                               : data::Split::Test;
-  const Evaluation e = evaluate_run(run.config, *f, prepared, split, unadapted);
+  const Evaluation e = evaluate_run(c, *f, prepared, split, unadapted);
   print_metrics(("split " + split_name + " (" + e.procedure + "):").c_str(), e.metrics);
   json out = e.metrics.to_json();
   out["procedure"] = e.procedure;
-  out["method"] = run.config.train.method;
+  out["method"] = c.train.method;
   const std::string name = unadapted ? "eval_" + split_name + "_unadapted.json"
                                      : "eval_" + split_name + ".json";
   cli::write_file_atomic(run_dir + "/" + name, out.dump(2) + "\n");
@@ -1393,6 +1494,9 @@ int main(int argc, char** argv) {
   auto* eval = app.add_subcommand("eval", "evaluate a run's model");
   eval->add_option("--run", run_dir, "run folder written by train")->required();
   eval->add_option("--split", split, "train, val or test");
+  eval->add_option("--set", sets,
+                   "override where and how recordings are read, e.g. --set "
+                   "data.path=\"recordings\"");
   bool unadapted = false;
   eval->add_flag("--unadapted", unadapted,
                  "meta-learned runs (fomaml, e2e-ttt): evaluate the initial weights without the "
@@ -1465,6 +1569,17 @@ int main(int argc, char** argv) {
   demo->add_option("--set", sets, "override a demo config value");
   demo->add_flag("--overwrite", overwrite, "replace the run already in the --run folder");
 
+  // A misspelt command: CLI11 would only say that a subcommand is required.
+  if (argc > 1 && argv[1][0] != '-') {
+    std::vector<std::string> names;
+    for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; }))
+      names.push_back(sub->get_name());
+    if (std::find(names.begin(), names.end(), argv[1]) == names.end()) {
+      std::fprintf(stderr, "error: unknown command '%s'; the commands are %s (metatape --help)\n",
+                   argv[1], fmt::format("{}", fmt::join(names, ", ")).c_str());
+      return static_cast<int>(CLI::ExitCodes::ExtrasError);
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -1474,10 +1589,19 @@ int main(int argc, char** argv) {
     if (synth->parsed()) {
       cli::RunConfig c = cli::load_config(config_file, sets);
       // A folder is one data set: files of an earlier set would be loaded with this one.
-      // (The loaders' own listing: the files a training on the folder would read.)
+      // (The loaders' own listing: the files a training on the folder would read.) Recordings
+      // of another kind (HDF5, CSV) are never removed: such a folder is refused.
       std::vector<std::string> earlier;
-      if (fs::is_directory(out_dir))
+      if (fs::is_directory(out_dir)) {
         earlier = data::detail::list_files(out_dir, {".npz"}, "data synth");
+        const auto others =
+            data::detail::list_files(out_dir, {".h5", ".hdf5", ".nwb", ".csv"}, "data synth");
+        MT_CHECK(others.empty(),
+                 "data synth: {} holds recordings already ({}{}), and a folder is one data set "
+                 "of one kind; choose an empty folder",
+                 out_dir, fs::path(others.front()).filename().string(),
+                 others.size() > 1 ? fmt::format(" and {} more", others.size() - 1) : "");
+      }
       MT_CHECK(earlier.empty() || synth_overwrite,
                "data synth: {} holds {} .npz file(s) already ({}{}), which a training on the "
                "folder would load with the new set; choose an empty folder, or pass --overwrite "
@@ -1515,20 +1639,32 @@ int main(int argc, char** argv) {
                  run_dir);
         Run run = read_run(run_dir, /*note_unfinished=*/false);
         cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
+        resolve_run_data_path(run_dir, c, sets, "train --resume");
+        const Device device = parse_device(device_name);  // before the data is read
         apply_threads(c);
         Data d = load_data(c);
         // Recordings added to the folder since (a later animal) are not part of the run.
         check_same_recordings(run, d.train, run_dir);
-        run_train(c, run_dir, d, parse_device(device_name), false, true);
+        run_train(c, run_dir, d, device, false, true);
         return 0;
       }
       cli::RunConfig c = cli::load_config(config_file, sets);
+      cli::make_data_path_absolute(c);  // config.json then reads the recordings from anywhere
+      std::error_code ec;
+      MT_CHECK(c.data.path.empty() || !fs::is_directory(c.data.path) ||
+                   !fs::exists(run_dir) || !fs::equivalent(run_dir, c.data.path, ec),
+               "train: --run {} is the recordings' folder (data.path): a run folder holds the "
+               "run's model and results, which would lie among the recordings; choose another "
+               "folder",
+               run_dir);
+      const Device device = parse_device(device_name);  // before the data is read
       apply_threads(c);
       Data d = load_data(c);
-      run_train(c, run_dir, d, parse_device(device_name), overwrite);
+      cli::note_default_csv_rate(c, d);
+      run_train(c, run_dir, d, device, overwrite);
       return 0;
     }
-    if (eval->parsed()) return run_eval(run_dir, split, unadapted);
+    if (eval->parsed()) return run_eval(run_dir, split, unadapted, sets);
     if (predict->parsed()) {
       run_predict(run_dir, predict_session, predict_method, predict_adapted, predict_split,
                   out_dir, sets);
@@ -1544,9 +1680,13 @@ int main(int argc, char** argv) {
       cli::RunConfig c = run.config;
       if (!sets.empty()) c = cli::apply_overrides(run.config_json, sets);
       check_model_settings_kept(run, c, "adapt");
+      resolve_run_data_path(run_dir, c, sets, "adapt");
+      const Device device = parse_device(device_name);  // before the data is read
       apply_threads(c);
       Data d = load_data(c, {.need_training = false});
-      run_adapt(c, run_dir, d, parse_device(device_name), run.trained_on, run.trained_sizes,
+      stop_context.store(2);
+      StopOnSignal on_signal;
+      run_adapt(c, run_dir, d, device, run.trained_on, run.trained_sizes,
                 !sets.empty(), adapt_label);
       return 0;
     }
@@ -1563,6 +1703,7 @@ int main(int argc, char** argv) {
         c = cli::apply_overrides(cli::read_bench_state(out_dir).at("config"), sets);
       } else {
         c = cli::load_config(config_file, sets);
+        cli::make_data_path_absolute(c);
       }
       apply_threads(c);
       cli::BenchControl control;
@@ -1610,6 +1751,10 @@ int main(int argc, char** argv) {
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       return 0;
     }
+  } catch (const AdaptationStopped& e) {  // Ctrl-C during adapt
+    std::fprintf(stderr, "%s\n", e.what());
+    const int signal_number = stop_signal.load();
+    return 128 + (signal_number != 0 ? signal_number : SIGINT);
   } catch (const cli::BenchStopped& e) {  // Ctrl-C during bench adaptation
     std::fprintf(stderr, "%s\n", e.what());
     const int signal_number = stop_signal.load();
