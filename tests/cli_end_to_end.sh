@@ -784,6 +784,11 @@ fails_with "holdout names a missing session" "synth_009" "$bin" train --run "$wo
 # What users get wrong: a misspelt command, a device the machine lacks, paths relative to another
 # folder, recordings that moved.
 fails_with "a misspelt command" "unknown command 'trian'" "$bin" trian --run "$work/x"
+check "a meta-learning setting in a standard training" "$bin" train --run "$work/meta_note" \
+  "${small[@]}" --set train.meta.inner_steps=5
+cp "$work/out.txt" "$work/meta_note.txt"
+check "... is noted" grep -q "standard training does not use train.meta.inner_steps" \
+  "$work/meta_note.txt"
 fails_with "a device the machine lacks" "--device cuda:7" "$bin" train --run "$work/x" \
   "${small[@]}" --device cuda:7
 mkdir -p "$work/relative"

@@ -358,9 +358,18 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   if (c.train.method == "fomaml" && c.train.meta.checkpoint_steps > 0)
     std::fprintf(stderr, "note: train.meta.checkpoint_steps has no effect with fomaml (its inner "
                          "steps keep no graph to recompute)\n");
-  if (c.train.method == "standard" && c.train.meta.dropout)
-    std::fprintf(stderr, "note: train.meta.dropout has no effect with standard training (its "
-                         "dropout is train.dropout)\n");
+  if (c.train.method == "standard") {  // meta-learning settings a standard run does not use
+    const json now = c.to_json()["train"]["meta"];
+    const json defaults = cli::RunConfig{}.to_json()["train"]["meta"];
+    std::vector<std::string> unused;
+    for (const auto& [key, value] : now.items())
+      if (!defaults.contains(key) || defaults[key] != value) unused.push_back("train.meta." + key);
+    if (!unused.empty())
+      std::fprintf(stderr, "note: standard training does not use %s (they set meta-learning: "
+                           "--method fomaml or e2e-ttt)%s\n",
+                   fmt::format("{}", fmt::join(unused, ", ")).c_str(),
+                   c.train.meta.dropout ? "; its dropout is train.dropout" : "");
+  }
   if (c.train.method != "standard" && !c.train.dropout && c.train.meta.dropout)
     std::fprintf(stderr, "note: train.dropout=false is standard training's; meta-training "
                          "applies dropout by train.meta.dropout, which is on\n");
@@ -1493,7 +1502,7 @@ int main(int argc, char** argv) {
 
   auto* eval = app.add_subcommand("eval", "evaluate a run's model");
   eval->add_option("--run", run_dir, "run folder written by train")->required();
-  eval->add_option("--split", split, "train, val or test");
+  eval->add_option("--split", split, "train, val or test")->capture_default_str();
   eval->add_option("--set", sets,
                    "override where and how recordings are read, e.g. --set "
                    "data.path=\"recordings\"");
