@@ -221,13 +221,13 @@ PreparedData::PreparedData(Dataset dataset, const PrepConfig& config)
       if (s.num_frames < w.seq_length) {
         // No fraction or block length gives a window: only a shorter window would.
         fix = fmt::format("the whole recording ({} frames) is shorter than one window, so no "
-                          "split fraction helps: leave this session out",
+                          "split fraction can hold one: leave this session out",
                           s.num_frames);
-        if (s.num_frames > w.pred_length)
-          fix += fmt::format(", or use windows of at most {} frames (the CLI's "
-                             "model.poco.seq_length, of which model.poco.pred_length, now {}, "
-                             "are forecast)",
-                             s.num_frames, w.pred_length);
+        if (longest > w.pred_length)
+          fix += fmt::format(", or use windows of at most {} frames, this split's length (the "
+                             "CLI's model.poco.seq_length, of which model.poco.pred_length, now "
+                             "{}, are forecast)",
+                             longest, w.pred_length);
       } else {
         if (longest > w.pred_length)
           fix = fmt::format("use seq_length <= {} (the CLI's model.poco.seq_length), ", longest);

@@ -200,6 +200,11 @@ TEST_CASE("CudaGraph: a host read, synchronize() or a replay inside the capture 
                     Catch::Contains("every replay would repeat the numbers"));
   CHECK_FALSE(is_capturing(d));
   CHECK(gen.offset() == 0);  // the refused draw did not move the generator
+  const Tensor ones_on_device = ones(Shape{4}).to(d);
+  CHECK_THROWS_WITH(
+      g.capture(d, [&] { (void)dropout(ones_on_device, 0.5, /*training=*/true, gen); }),
+      Catch::Contains("every replay would repeat the numbers"));
+  CHECK(gen.offset() == 0);  // nor did the refused dropout mask
   CHECK_THROWS_WITH(g.replay(), Catch::Contains("nothing was captured"));
   // A graph replayed inside another capture.
   Tensor y;

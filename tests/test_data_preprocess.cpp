@@ -272,5 +272,6 @@ TEST_CASE("preprocess: a split shorter than one window is an error", "[data][pre
   REQUIRE_THROWS_WITH(PreparedData(tiny, PrepConfig{{}, {40, 8, 1}}),
                       Contains("session 'tiny'") &&
                           Contains("the whole recording (30 frames) is shorter than one window") &&
-                          Contains("at most 30 frames") && !Contains("larger"));
+                          Contains("at most 21 frames, this split's length") &&
+                          !Contains("larger"));
 }

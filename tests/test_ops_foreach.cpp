@@ -283,11 +283,12 @@ TEST_CASE("MetaGradientMean: bitwise the one-by-one clone, add_ and mul_", "[met
 TEST_CASE("CUDA foreach ops: each entry bitwise the single-tensor kernels", "[cuda][foreach]") {
   MT_SKIP_WITHOUT_CUDA();
   // Past the per-launch limits (48 tensors and 320 chunks of 32768 in one launch), counted per
-  // dtype group, as the launcher plans each dtype apart: 14 lists of 8 give 56 f32 entries, then
-  // a long f32 tensor of 336 chunks split across launches (the table refilled, slots
-  // renumbered, the sum of squares' partials written at first_chunk > 0).
+  // dtype group, as the launcher plans each dtype apart, and empty tensors not counted: 17 lists
+  // of 8 give 51 non-empty f32 entries (and a few long ones), then a long f32 tensor of 336
+  // chunks split across launches (the table refilled, slots renumbered, the sum of squares'
+  // partials written at first_chunk > 0).
   TensorList a, b;
-  for (uint64_t k = 0; k < 14; ++k) {
+  for (uint64_t k = 0; k < 17; ++k) {
     for (const Tensor& t : mixed_list(10 + 100 * k, gpu0(), k == 3)) a.push_back(t);
     for (const Tensor& t : mixed_list(20 + 100 * k, gpu0(), k == 3)) b.push_back(t);
   }
@@ -326,10 +327,11 @@ TEST_CASE("CUDA foreach ops: each entry bitwise the single-tensor kernels", "[cu
 TEST_CASE("CUDA AdamW foreach: the same updates as one kernel per parameter",
           "[cuda][optim][foreach]") {
   MT_SKIP_WITHOUT_CUDA();
-  // 73 parameters of mixed dtypes, among them 37 f32 (the launcher plans each dtype apart: two
-  // launches of at most 32 tensors), one of 9 M elements (288 chunks: past a launch's 256).
+  // 97 parameters of mixed dtypes, among them 37 non-empty f32 (the launcher plans each dtype
+  // apart and skips empty tensors: two launches of at most 32 tensors), one of 9 M elements (288
+  // chunks: past a launch's 256).
   TensorList init;
-  for (uint64_t k = 0; k < 9; ++k)
+  for (uint64_t k = 0; k < 12; ++k)
     for (const Tensor& t : mixed_list(50 + 10 * k, gpu0())) init.push_back(t);
   init.push_back(random_tensor(Shape{9 << 20}, -1, 1, 7).to(DType::f32).to(gpu0()));
   for (bool capturable : {false, true})

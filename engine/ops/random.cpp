@@ -135,7 +135,8 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
   Tensor scaled_mask = empty(x.shape(), x.dtype(), x.device());
   const int64_t per = values_per_block(x.dtype());
   random_kernel(x.device(), scaled_mask, Distribution::bernoulli, 1.0 - p, 1.0 / (1.0 - p),
-                gen.seed(), gen.advance(uint64_t((x.numel() + per - 1) / per)));
+                gen.seed(), gen.offset());
+  gen.advance(uint64_t((x.numel() + per - 1) / per));  // once drawn, as in draw()
   return mul(x, scaled_mask);
 }
 

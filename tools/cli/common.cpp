@@ -54,7 +54,8 @@ Data load_data(const RunConfig& c, const LoadDataOptions& options) {
 
 void make_data_path_absolute(RunConfig& c) {
   if (c.data.path.empty() || fs::path(c.data.path).is_absolute()) return;
-  c.data.path = fs::absolute(fs::path(c.data.path)).lexically_normal().string();
+  // Not normalised: "link/.." means what the link points to, and stays so.
+  c.data.path = fs::absolute(fs::path(c.data.path)).string();
 }
 
 void note_default_csv_rate(const RunConfig& c, const Data& d) {

@@ -25,7 +25,7 @@ struct LoadDataOptions {
 };
 Data load_data(const RunConfig& c, const LoadDataOptions& options = {});
 
-// data.path made absolute (lexically normal, against the current folder), so that a run's
+// data.path made absolute (against the current folder), so that a run's
 // config.json finds the recordings from any folder; empty (synthetic data) and absolute paths
 // are left as they are.
 void make_data_path_absolute(RunConfig& c);

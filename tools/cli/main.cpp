@@ -273,7 +273,10 @@ extern "C" void request_stop(int signal_number) {
   timespec now {};
   ::clock_gettime(CLOCK_MONOTONIC, &now);  // async-signal-safe
   const long long now_ns = (long long)now.tv_sec * 1'000'000'000LL + now.tv_nsec;
-  if (const long long first = stop_time_ns.load(); first != 0) {
+  // The first stop signal claims the time; a second, even one another thread is handling at
+  // this moment, finds it taken.
+  long long first = 0;
+  if (!stop_time_ns.compare_exchange_strong(first, now_ns)) {
     if (now_ns - first >= kSameStopNs) {  // asked again: abort now, by the default action
       struct sigaction fallback {};
       fallback.sa_handler = SIG_DFL;
@@ -284,7 +287,6 @@ extern "C" void request_stop(int signal_number) {
     errno = saved_errno;
     return;
   }
-  stop_time_ns.store(now_ns);
   stop_signal.store(signal_number);
   static const char stopping[] =
       "\nstopping after this step and saving the training state (again to abort at once)\n";
@@ -942,18 +944,25 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                 best_method.c_str(), best_final);
     if (std::isfinite(copy_last_score) && best_final < copy_last_score)
       std::fprintf(stderr,
-                   "note: every adapted model scores below the copy-last forecast on validation "
-                   "(best %.4f, copy_last %.4f): its forecasts are worse than repeating the last "
-                   "frame; try more adaptation steps (adapt.train.steps), another step size "
-                   "(adapt.train.lr), or a model trained longer or on more sessions\n",
+                   "note: every adapted model kept scores below the copy-last forecast on "
+                   "validation (best %.4f, copy_last %.4f): its forecasts are worse than "
+                   "repeating the last frame; try more adaptation steps (adapt.train.steps), "
+                   "another step size (adapt.train.lr), or a model trained longer or on more "
+                   "sessions\n",
                    best_final, copy_last_score);
   }
+  // A stop the training loops did not see (during the last step, the last inner-loop session
+  // or the saving) still abandons the adaptation, as the handler said, up to this point.
+  if (stop_signal.load() != 0) throw AdaptationStopped();
   cli::write_file_atomic(partial + "/adapt.json", out.dump(2) + "\n");
   const bool replaces = fs::exists(dir);
   cli::replace_folder(partial, dir);
   cleanup.done = true;
   std::printf("adaptation '%s' written to %s/%s\n", label.c_str(), dir.c_str(),
               replaces ? " (replacing the earlier one of that name)" : "");
+  if (stop_signal.load() != 0)
+    std::fprintf(stderr, "note: the stop came as the finished adaptation was being put in place: "
+                         "it is kept\n");
   return out;
 }
 
@@ -1426,7 +1435,21 @@ int run_eval(const std::string& run_dir, const std::string& split_name, bool una
            "eval: --split must be train, val or test, got '{}'", split_name);
   Run run = read_run(run_dir);
   cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
-  check_model_settings_kept(run, c, "eval");
+  {  // the scores are of the run as trained and validated: only how recordings are read moves
+    auto scored = [](json j) {
+      for (const char* key : {"path", "npz", "hdf5", "csv"}) j["data"].erase(key);
+      for (const char* key : {"threads", "saved_recompute", "adapt", "online", "bench"})
+        j.erase(key);
+      j["train"].erase("log_progress");
+      return j;
+    };
+    const std::string differs =
+        cli::describe_identity_difference(scored(run.config.to_json()), scored(c.to_json()));
+    MT_CHECK(differs.empty(),
+             "eval: {}; eval scores the run as it was trained and validated: drop that --set "
+             "(data.path, how files are read and threads may change)",
+             differs);
+  }
   resolve_run_data_path(run_dir, c, sets, "eval");
   if (unadapted && c.train.method == "standard") {
     std::fprintf(stderr, "note: --unadapted: a standard run's model has no inner loop; it is "
@@ -1709,6 +1732,7 @@ int main(int argc, char** argv) {
                  "bench adaptation --resume continues with the config the benchmark started with "
                  "(in {}): drop --config",
                  cli::bench_state_path(out_dir));
+        // (Its data.path as it started: a resumed benchmark matches its recorded settings.)
         c = cli::apply_overrides(cli::read_bench_state(out_dir).at("config"), sets);
       } else {
         c = cli::load_config(config_file, sets);
@@ -1755,7 +1779,11 @@ int main(int argc, char** argv) {
       const auto t0 = std::chrono::steady_clock::now();
       Data d = load_data(c);
       run_train(c, run_dir, d, kCPU, overwrite);
-      run_adapt(c, run_dir, d, kCPU, d.train.names(), sizes_of(d.train));
+      {  // a stop asked for during training's finishing does not carry over
+        stop_context.store(2);
+        StopOnSignal on_signal;
+        run_adapt(c, run_dir, d, kCPU, d.train.names(), sizes_of(d.train));
+      }
       std::printf("demo finished in %.1f s\n",
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       return 0;
