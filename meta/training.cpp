@@ -497,7 +497,13 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
         Tensor pred = f.predict(b, nullptr, opt.dropout ? &dropout_gen : nullptr);
         Tensor loss = mse_loss(pred, b.target);
         loss_value = loss.item<double>();
-        autograd::backward({loss});
+        // Gradients of the trained parameters only: a frozen layer's weight gradient (a GEMM per
+        // linear layer) is not computed, which fine-tuning a few embedding rows would waste.
+        const TensorList grads = autograd::grad({loss}, param_tensors, {}, std::nullopt,
+                                                /*create_graph=*/false, /*allow_unused=*/true);
+        // Owned, as backward() would store them: the clipping may scale them in place.
+        for (size_t i = 0; i < grads.size(); ++i)
+          if (grads[i].defined()) params[i].second.set_grad(grads[i].detach().clone());
       }
       auto diverged = [&](const char* what, double value) {
         return TrainingDiverged(
