@@ -238,7 +238,8 @@ PreparedData::PreparedData(Dataset dataset, const PrepConfig& config)
       }
       if (s.num_neurons > s.num_frames)
         fix += fmt::format(" (the session has more neurons, {}, than frames, {}: is its matrix "
-                           "transposed? recordings are (neurons, frames))",
+                           "transposed? recordings are (neurons, frames): see "
+                           "data.csv.time_axis / data.hdf5.time_axis)",
                            s.num_neurons, s.num_frames);
       if (config_.split.mode == SplitMode::Chronological) {
         const std::string span =

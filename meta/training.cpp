@@ -481,6 +481,7 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
   const bool progress_on_terminal = ::isatty(STDERR_FILENO) == 1;
   const int64_t progress_every =
       progress_on_terminal ? 10 : std::max<int64_t>(10, (opt.steps / 20 + 9) / 10 * 10);
+  double last_progress_seconds = seconds_at_first;
   result.last_step = first_step - 1;
   // A resumed run whose last evaluations already exhaust the patience takes no step.
   result.stopped_early = state_evaluated && patience_exhausted() && first_step <= opt.steps;
@@ -526,8 +527,14 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
       result.last_step = step;
       loss_sum += loss_value;
       ++loss_count;
-      if (opt.log_progress && (step % progress_every == 0 || step == opt.steps)) {
+      // Also when a line is overdue (slow steps: meta-learning a large model), so that the
+      // first comes within seconds, not after ten steps.
+      const bool progress_overdue =
+          elapsed() - last_progress_seconds >= (progress_on_terminal ? 2.0 : 30.0);
+      if (opt.log_progress &&
+          (step % progress_every == 0 || step == opt.steps || progress_overdue)) {
         const double t = elapsed(), rate = double(step - first_step + 1) / (t - seconds_at_first);
+        last_progress_seconds = t;
         std::fprintf(stderr, "%s%sstep %lld/%lld  loss %.4f  %.1f steps/s  ETA %s%s",
                      progress_on_terminal ? "\r" : "", opt.progress_label.c_str(),
                      (long long)step, (long long)opt.steps, loss_value, rate,

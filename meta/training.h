@@ -54,9 +54,9 @@ struct TrainOptions {
   bool dropout = true;           // the model's dropout in standard training (meta: meta.dropout)
   // Parameter name prefixes to train (empty = all), e.g. {"unit_emb.", "session_emb."}.
   std::vector<std::string> trainable;
-  // A progress line on stderr: on a terminal one line rewritten every 10 steps; otherwise (a
-  // log file) a line each twentieth of the steps (at least 10 apart). Starts with
-  // `progress_label` (e.g. the adaptation mode; not part of a configuration).
+  // A progress line on stderr: on a terminal one line rewritten every 10 steps (or 2 s);
+  // otherwise (a log file) a line each twentieth of the steps (at least 10 apart, or 30 s).
+  // Starts with `progress_label` (e.g. the adaptation mode; not part of a configuration).
   bool log_progress = true;
   std::string progress_label;
 };

@@ -384,6 +384,19 @@ predicted_score=$(grep -o 'score [-0-9.]*' "$work/out.txt" | head -1 | cut -d' '
 check "predict printed a score" test -n "$predicted_score"
 check "eval the csv run" "$bin" eval --run "$work/pandas_run" --split test
 cp "$work/out.txt" "$work/eval.txt"
+# Read otherwise than by the training (another frame rate): the error names the setting, not an
+# edited recording.
+rate_sets=(--set "data.path=\"$work/pandas\"" --set data.csv.time_axis=0 --set data.csv.header=true
+           --set data.csv.label_column=true --set data.csv.sampling_rate_hz=2)
+check "train on the csv table timed by its rate" "$bin" train --run "$work/rate_run" \
+  "${rate_sets[@]}" --set 'data.holdout=["animal_2"]' --set model.poco.dim=16 \
+  --set model.poco.dim_head=8 --set model.poco.self_heads=2 --set train.steps=2 \
+  --set train.eval_every=1
+fails_with "eval at another frame rate names the setting" "data.csv.sampling_rate_hz is 1" \
+  "$bin" eval --run "$work/rate_run" --set data.csv.sampling_rate_hz=1
+fails_with "predict at another frame rate names the setting" "data.csv.sampling_rate_hz is 1" \
+  "$bin" predict --run "$work/rate_run" --session animal_0 --out "$work/rate.npz" \
+  --set data.csv.sampling_rate_hz=1
 check "predict scores a training session as eval does" grep -qE \
   "^  animal_0 +[0-9]+ +[-0-9.]+ +[-0-9.]+ +$predicted_score " "$work/eval.txt"
 check "the forecasts' targets, starts and times are the recording's" "$py" -c '
@@ -782,7 +795,7 @@ fails_with "an unknown f32 attention choice" \
 check "the attention settings' accepted values" env METATAPE_FLASH_KERNELS=split \
   METATAPE_FLASH_KV_SPLITS=3 METATAPE_FLASH_F32=tensor_cores "$bin" --help
 fails_with "bad type" "'train.steps'" "$bin" train --run "$work/x" --set train.steps=abc
-fails_with "missing data folder" "no such file or folder" "$bin" train --run "$work/x" \
+fails_with "missing data folder" "does not exist" "$bin" train --run "$work/x" \
   --set 'data.path="/nonexistent/metatape"'
 fails_with "unknown model kind" "model.kind 'rnn'" "$bin" train --run "$work/x" "${small[@]}" \
   --set model.kind=rnn

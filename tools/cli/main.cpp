@@ -45,6 +45,8 @@
 #include "tools/cli/common.h"
 #include "tools/cli/config.h"
 
+#include "metatape_git_commit.h"  // METATAPE_GIT_COMMIT
+
 namespace fs = std::filesystem;
 using namespace mt;
 using nlohmann::json;
@@ -372,6 +374,13 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                    fmt::format("{}", fmt::join(unused, ", ")).c_str(),
                    c.train.meta.dropout ? "; its dropout is train.dropout" : "");
   }
+  if (c.train.method != "standard" &&
+      c.train.meta.inner_lr == cli::RunConfig{}.train.meta.inner_lr)
+    std::fprintf(stderr, "note: train.meta.inner_lr is %g, the default: SGD steps that small "
+                         "barely move a POCO model, so the inner loop changes little (the "
+                         "meta-learning results in bench/README use 1.0 and 0.1); set it with "
+                         "--set train.meta.inner_lr=...\n",
+                 c.train.meta.inner_lr);
   if (c.train.method != "standard" && !c.train.dropout && c.train.meta.dropout)
     std::fprintf(stderr, "note: train.dropout=false is standard training's; meta-training "
                          "applies dropout by train.meta.dropout, which is on\n");
@@ -409,9 +418,11 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     const int64_t at = saved.at("step").get<int64_t>();
     const bool finished = fs::exists(run_dir + "/summary.json");
     MT_CHECK(!finished || c.train.steps > at,
-             "--resume: {} finished its {} steps; nothing to resume. To train it longer, raise "
-             "train.steps, e.g. --set train.steps={}",
-             run_dir, at, std::max<int64_t>(2 * at, at + 1));
+             "--resume: {} finished its {} steps{}; nothing to resume. To train it longer, raise "
+             "train.steps above {}, e.g. --set train.steps={}",
+             run_dir, at,
+             c.train.steps < at ? fmt::format(" (train.steps is {} now)", c.train.steps) : "",
+             at, std::max<int64_t>(2 * at, at + 1));
     if (finished && c.train.patience > 0) {
       // A finished run whose last evaluations already exhaust the patience would take no step.
       std::vector<meta::EvalPoint> curve;
@@ -595,25 +606,34 @@ void check_model_settings_kept(const Run& run, const cli::RunConfig& c, const ch
 // --set gives it, or as an earlier metatape recorded it) and is taken from another folder than
 // the one the run was trained in. Said before any loader runs, naming where the path came from
 // and the fix; then the path is made absolute, as recorded with adapted models.
+constexpr const char* kConfigPathCause =
+    "a relative data.path is taken from the current folder, not from the config file's";
+
+// A data.path that does not exist, said before any loader runs, naming where it came from
+// (`source`: a run's config.json, a --config file), the likely `cause` and the fix.
+void check_data_path(const cli::RunConfig& c, const std::vector<std::string>& sets,
+                     const char* command, const std::string& source, const char* cause) {
+  if (c.data.path.empty() || fs::exists(c.data.path)) return;
+  const bool overridden = std::any_of(sets.begin(), sets.end(), [](const std::string& x) {
+    return x.rfind("data.path=", 0) == 0;
+  });
+  const std::string relative =
+      fs::path(c.data.path).is_absolute()
+          ? std::string()
+          : fmt::format(" (relative to the current folder, {})", fs::current_path().string());
+  if (overridden || source.empty())
+    MT_FAIL("{}: --set data.path: '{}' does not exist{}; give the folder or file holding the "
+            "recordings",
+            command, c.data.path, relative);
+  MT_FAIL("{}: data.path '{}' in {} does not exist{}: {}; pass --set data.path=\"<the "
+          "recordings' folder or file>\" to read them where they are",
+          command, c.data.path, source, relative, cause);
+}
+
 void resolve_run_data_path(const std::string& run_dir, cli::RunConfig& c,
                            const std::vector<std::string>& sets, const char* command) {
-  if (!c.data.path.empty() && !fs::exists(c.data.path)) {
-    const bool overridden = std::any_of(sets.begin(), sets.end(), [](const std::string& x) {
-      return x.rfind("data.path=", 0) == 0;
-    });
-    const std::string relative =
-        fs::path(c.data.path).is_absolute()
-            ? std::string()
-            : fmt::format(" (relative to the current folder, {})", fs::current_path().string());
-    if (overridden)
-      MT_FAIL("{}: --set data.path: '{}' does not exist{}; give the folder or file holding the "
-              "recordings",
-              command, c.data.path, relative);
-    MT_FAIL("{}: data.path '{}' in {}/config.json does not exist{}: the recordings have moved, "
-            "or the run was trained in another folder; pass --set data.path=\"<the recordings' "
-            "folder or file>\" to read them where they are now",
-            command, c.data.path, run_dir, relative);
-  }
+  check_data_path(c, sets, command, run_dir + "/config.json",
+                  "the recordings have moved, or the run was trained in another folder");
   cli::make_data_path_absolute(c);
 }
 
@@ -621,7 +641,8 @@ void resolve_run_data_path(const std::string& run_dir, cli::RunConfig& c,
 // the run's (names) and, where config.json recorded their CRC-32, hold the same recordings.
 // Sessions the run was not trained on (recordings added to the folder since, e.g. a new animal
 // adapted with --set data.holdout) are left out of `train`, with a note.
-void check_same_recordings(const Run& run, data::Dataset& train, const std::string& run_dir) {
+void check_same_recordings(const Run& run, data::Dataset& train, const std::string& run_dir,
+                           const cli::RunConfig& now) {
   if (run.trained_on.empty()) return;
   std::vector<std::string> others;
   std::erase_if(train.sessions, [&](const data::Session& s) {
@@ -640,12 +661,22 @@ void check_same_recordings(const Run& run, data::Dataset& train, const std::stri
   for (size_t i = 0; i < train.sessions.size(); ++i) {
     const std::string& recorded = run.trained_crc32[i];
     if (recorded.empty()) continue;
-    const std::string now = cli::recording_crc32(train.sessions[i]);
-    MT_CHECK(now == recorded,
-             "{}: the recording of session '{}' ({}) is not the one the run was trained on "
-             "(CRC-32 {} now, {} in {}/config.json): the scores would be of other data; restore "
-             "the recording, or train a new run on it",
-             run_dir, train.sessions[i].name, train.sessions[i].source, now, recorded, run_dir);
+    const std::string crc = cli::recording_crc32(train.sessions[i]);
+    if (crc == recorded) continue;
+    // Read with other loader options (--set data.csv.*, ...): that is the likelier cause.
+    json then_read = recordings_read_with(run.config), now_read = recordings_read_with(now);
+    then_read.erase("path");
+    now_read.erase("path");
+    const std::string read_differs =
+        cli::describe_identity_difference({{"data", then_read}}, {{"data", now_read}});
+    MT_CHECK(read_differs.empty(),
+             "{}: the recording of session '{}' ({}) is read otherwise than when the run was "
+             "trained: {}; read it as then (drop that --set)",
+             run_dir, train.sessions[i].name, train.sessions[i].source, read_differs);
+    MT_FAIL("{}: the recording of session '{}' ({}) is not the one the run was trained on "
+            "(CRC-32 {} now, {} in {}/config.json): the scores would be of other data; restore "
+            "the recording, or train a new run on it",
+            run_dir, train.sessions[i].name, train.sessions[i].source, crc, recorded, run_dir);
   }
 }
 
@@ -767,6 +798,7 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   };
   json results = json::array();
   double copy_last_score = NAN;  // the reference every adapted model should beat
+  int64_t improved = 0;  // saved models whose best validation point is past step 0
   if (device.is_cpu() && trained->module() != nullptr) cli::note_if_busy("adaptation");
   std::printf("\nadaptation to %lld unseen session%s (%s)\n", (long long)d.holdout.size(),
               d.holdout.size() == 1 ? "" : "s",
@@ -825,6 +857,7 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
       continue;
     }
     row("finetune:" + mode, r);
+    improved += r.best_step > 0 ? 1 : 0;
     if (f->module() != nullptr) {
       // train() left the best validation parameters in the model.
       const std::string file = fmt::format("adapted_{}.safetensors", mode);
@@ -862,6 +895,7 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
       per_session.push_back(meta::adapt_session(*f, prepared, s, a, &adapted));
       const meta::AdaptResult& r = per_session.back();
       if (r.diverged_at >= 0) continue;  // no model: its scores are NaN
+      improved += r.best_step > 0 ? 1 : 0;
       // Per session: the inner loop adapts each session from the same starting point.
       const std::string file = fmt::format("adapted_inner-loop_{}.safetensors", r.session);
       // The values at the session's best validation point, as a fine-tuning mode saves.
@@ -942,6 +976,13 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     out["best_method"] = best_method;
     std::printf("best: %s (validation score %.4f); metatape predict uses its model by default\n",
                 best_method.c_str(), best_final);
+    if (improved == 0)
+      std::fprintf(stderr,
+                   "note: no adaptation step improved the validation score of any method: every "
+                   "saved model is the transferred starting point (step 0, its best); try more "
+                   "steps (adapt.train.steps) or another step size (adapt.train.lr, "
+                   "adapt.lr_by_mode%s)\n",
+                   inner_row ? ", train.meta.inner_lr for the inner loop" : "");
     if (std::isfinite(copy_last_score) && best_final < copy_last_score)
       std::fprintf(stderr,
                    "note: every adapted model kept scores below the copy-last forecast on "
@@ -1156,14 +1197,21 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
            method == "trained" ? "trained" : "adapted",
            method == "trained" ? "train a new run on it" : "adapt the run to it again");
   const std::string crc = cli::recording_crc32(*session);
+  if (method == "trained") {  // the run's own reading (its data.path aside: the folder may move)
+    read_with_then = recordings_read_with(run.config);
+    read_with_then["path"] = recordings_read_with(c).at("path");
+  }
   if (!crcs[index].empty() && crcs[index] != crc && read_with_then.is_object()) {
-    // Read otherwise than by adapt: name the setting, which is the likelier cause.
+    // Read otherwise than by adapt or train: name the setting, which is the likelier cause.
     const std::string read_differs = cli::describe_identity_difference(
-        {{"data", read_with_then}}, {{"data", recordings_read_with(c)}}, "the adapt");
+        {{"data", read_with_then}}, {{"data", recordings_read_with(c)}},
+        method == "trained" ? "the run" : "the adapt");
     MT_CHECK(read_differs.empty(),
              "predict: the recording of session '{}' ({}) is read otherwise than when {} was "
-             "adapted: {}; read it as then (--set), or adapt the run to it again",
-             session_name, session->source, model_path, read_differs);
+             "{}: {}; read it as then (--set), or {}",
+             session_name, session->source, model_path,
+             method == "trained" ? "trained" : "adapted", read_differs,
+             method == "trained" ? "train a new run on it" : "adapt the run to it again");
   }
   MT_CHECK(crcs[index].empty() || crcs[index] == crc,
            "predict: the recording of session '{}' ({}) is not the one {} was {} on (CRC-32 {} "
@@ -1333,7 +1381,12 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
     cd.data.synthetic.drift = drift;
     const std::string drift_text = synthetic ? fmt::format("{:.2f}", drift) : "-";
     Data d = load_data(cd);
-    if (!regenerated) check_same_recordings(run, d.train, run_dir);
+    if (!d.holdout.empty() && drift == sweep.front())
+      std::fprintf(stderr, "note: online scores the sessions the run was trained on; the "
+                           "held-out session(s) %s are not scored (online runs on trained "
+                           "sessions only; a new session is adapted by metatape adapt)\n",
+                   fmt::format("{}", fmt::join(d.holdout.names(), ", ")).c_str());
+    if (!regenerated) check_same_recordings(run, d.train, run_dir, cd);
     data::PreparedData prepared(d.train, cd.data.prep);
     Generator gen(0);
     auto f = meta::make_forecaster(cd.model, sizes_of(d.train), gen);
@@ -1458,7 +1511,7 @@ int run_eval(const std::string& run_dir, const std::string& split_name, bool una
   }
   apply_threads(c);
   Data d = load_data(c);
-  check_same_recordings(run, d.train, run_dir);
+  check_same_recordings(run, d.train, run_dir, c);
   data::PreparedData prepared(d.train, c.data.prep);
   Generator gen(0);
   auto f = meta::make_forecaster(c.model, sizes_of(d.train), gen);
@@ -1483,6 +1536,8 @@ int main(int argc, char** argv) {
   CLI::App app{"metatape: neural population forecasters that adapt to a new session in a few "
                "gradient steps"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", fmt::format("metatape, commit {} ({})", METATAPE_GIT_COMMIT,
+                                                built_with_cuda() ? "CPU and CUDA" : "CPU only"));
   std::string config_file, run_dir, out_dir, split = "test";
   std::vector<std::string> sets;
 
@@ -1513,13 +1568,16 @@ int main(int argc, char** argv) {
                   "continue the run in --run from its saved state (its last evaluation point, or "
                   "the step where Ctrl-C stopped it; or a finished run, given a larger --set "
                   "train.steps=N); its "
-                  "config.json is used; train.steps, threads, data.path (same recordings) and the "
-                  "adapt/online/bench sections may change, nothing else");
+                  "config.json is used; train.steps, train.patience, train.log_progress, "
+                  "threads, data.path (same recordings) and the adapt/online/bench sections may "
+                  "change, nothing else");
   train->add_flag("--overwrite", overwrite,
                   "replace the run already in the --run folder (its model, metrics and results "
                   "are deleted first)");
   std::string method;
-  train->add_option("--method", method, "standard, fomaml or e2e-ttt (same as --set train.method=...)");
+  train->add_option("--method", method,
+                    "standard (the default), fomaml or e2e-ttt (same as --set "
+                    "train.method=...)");
   std::string device_name = "cpu";
   train->add_option("--device", device_name, "cpu, cuda or cuda:<index> (default cpu)");
 
@@ -1560,17 +1618,21 @@ int main(int argc, char** argv) {
                       "needed only where several adaptations of the run cover the session ('.': "
                       "the one an earlier metatape wrote into the run folder itself)");
   predict->add_option("--split", predict_split,
-                      "windows to forecast: train, val, test (default), all (every window) or "
-                      "next (the frames after the recording's end)");
+                      "windows to forecast: train, val, test, all (every window) or next (the "
+                      "frames after the recording's end)")
+      ->capture_default_str();
   predict->add_option("--out", out_dir, "the .npz to write (pred, target, start, t, mean, std)")
       ->required();
   predict->add_option("--set", sets, "override, e.g. --set data.path=\"new_recordings\"");
 
   auto* online = app.add_subcommand(
-      "online", "online vs offline adaptation on each session's validation + test stream");
+      "online", "online vs offline adaptation on the validation + test stream of each session "
+                "the run was trained on (online.* settings; writes online.json)");
   online->add_option("--run", run_dir, "run folder written by train")->required();
   std::vector<double> drifts;
-  online->add_option("--drift", drifts, "synthetic drift magnitudes to sweep, e.g. --drift 0 0.1 0.2 0.3");
+  online->add_option("--drift", drifts,
+                     "synthetic runs only: drift magnitudes to sweep (the data regenerated for "
+                     "each), e.g. --drift 0 0.1 0.2 0.3");
   online->add_option("--set", sets, "override, e.g. --set online.lr=1e-2");
 
   auto* bench = app.add_subcommand("bench", "benchmarks: adaptation (the experiment plan), memory");
@@ -1584,15 +1646,17 @@ int main(int argc, char** argv) {
   bench_adapt->add_flag("--resume", bench_resume,
                         "continue the benchmark stopped in --out (Ctrl-C, a crash): finished "
                         "trainings and adaptation runs are kept, a training in progress continues "
-                        "from its last evaluation point; its config is used (--set may change "
-                        "threads only)");
+                        "from its saved state as if it had not stopped; its config is used (--set "
+                        "may change threads only)");
   bool bench_overwrite = false;
   bench_adapt->add_flag("--overwrite", bench_overwrite,
-                        "start again in an --out folder that holds an unfinished benchmark (its "
-                        "models and progress are deleted first)");
+                        "start again in an --out folder that holds a benchmark, finished or not "
+                        "(only the files a benchmark writes are deleted first)");
   for (auto* b : {bench_adapt, bench_memory}) {
     b->add_option("--config", config_file, "run config JSON (defaults when omitted)");
-    b->add_option("--set", sets, "override, e.g. --set bench.adapt_steps=100");
+    b->add_option("--set", sets,
+                  b == bench_adapt ? "override, e.g. --set bench.adapt_steps=100"
+                                   : "override, e.g. --set 'bench.memory_inner_steps=[1,3]'");
     b->add_option("--out", out_dir, "folder for the JSON results and plots")->required();
   }
 
@@ -1651,6 +1715,7 @@ int main(int argc, char** argv) {
     }
     if (info->parsed()) {
       cli::RunConfig c = cli::load_config(config_file, sets);
+      check_data_path(c, sets, "data info", config_file, kConfigPathCause);
       apply_threads(c);
       run_data_info(c);
       return 0;
@@ -1676,11 +1741,12 @@ int main(int argc, char** argv) {
         apply_threads(c);
         Data d = load_data(c);
         // Recordings added to the folder since (a later animal) are not part of the run.
-        check_same_recordings(run, d.train, run_dir);
+        check_same_recordings(run, d.train, run_dir, c);
         run_train(c, run_dir, d, device, false, true);
         return 0;
       }
       cli::RunConfig c = cli::load_config(config_file, sets);
+      check_data_path(c, sets, "train", config_file, kConfigPathCause);
       cli::make_data_path_absolute(c);  // config.json then reads the recordings from anywhere
       std::error_code ec;
       MT_CHECK(c.data.path.empty() || !fs::is_directory(c.data.path) ||
@@ -1736,6 +1802,7 @@ int main(int argc, char** argv) {
         c = cli::apply_overrides(cli::read_bench_state(out_dir).at("config"), sets);
       } else {
         c = cli::load_config(config_file, sets);
+        check_data_path(c, sets, "bench adaptation", config_file, kConfigPathCause);
         cli::make_data_path_absolute(c);
       }
       apply_threads(c);
