@@ -535,9 +535,12 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
           (step % progress_every == 0 || step == opt.steps || progress_overdue)) {
         const double t = elapsed(), rate = double(step - first_step + 1) / (t - seconds_at_first);
         last_progress_seconds = t;
-        std::fprintf(stderr, "%s%sstep %lld/%lld  loss %.4f  %.1f steps/s  ETA %s%s",
+        // Slow steps (under one a second) as seconds per step.
+        const std::string speed = rate >= 1 ? fmt::format("{:.1f} steps/s", rate)
+                                            : fmt::format("{:.1f} s/step", 1 / rate);
+        std::fprintf(stderr, "%s%sstep %lld/%lld  loss %.4f  %s  ETA %s%s",
                      progress_on_terminal ? "\r" : "", opt.progress_label.c_str(),
-                     (long long)step, (long long)opt.steps, loss_value, rate,
+                     (long long)step, (long long)opt.steps, loss_value, speed.c_str(),
                      format_eta(double(opt.steps - step) / rate).c_str(),
                      progress_on_terminal ? "   " : "\n");
         std::fflush(stderr);

@@ -374,7 +374,7 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                    fmt::format("{}", fmt::join(unused, ", ")).c_str(),
                    c.train.meta.dropout ? "; its dropout is train.dropout" : "");
   }
-  if (c.train.method != "standard" &&
+  if (c.train.method != "standard" && c.model.kind == "poco" &&
       c.train.meta.inner_lr == cli::RunConfig{}.train.meta.inner_lr)
     std::fprintf(stderr, "note: train.meta.inner_lr is %g, the default: SGD steps that small "
                          "barely move a POCO model, so the inner loop changes little (the "
@@ -575,6 +575,18 @@ json recordings_read_with(const cli::RunConfig& c) {
           {"csv", data.at("csv")}};
 }
 
+// The loader options of `read_with` (recordings_read_with's) that apply to the file `source`:
+// {"npz": ...}, {"hdf5": ...} or {"csv": ...}; empty for synthetic sessions (no file). Two
+// readings of one recording are compared by these alone (its folder may have moved).
+json reader_options_for(const json& read_with, const std::string& source) {
+  if (source.empty() || !read_with.is_object()) return json::object();
+  std::string ext = fs::path(source).extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(),
+                 [](unsigned char ch) { return char(std::tolower(ch)); });
+  const char* key = ext == ".npz" ? "npz" : ext == ".csv" ? "csv" : "hdf5";
+  return read_with.contains(key) ? json{{key, read_with.at(key)}} : json::object();
+}
+
 // What a trained model needs unchanged: its architecture (model kind and resolved settings) and
 // the preprocessing its inputs went through (data: split, fractions, block length, z-scoring).
 // --set may change where and how recordings are read (data.path, data.holdout, the loaders'
@@ -614,6 +626,8 @@ constexpr const char* kConfigPathCause =
 void check_data_path(const cli::RunConfig& c, const std::vector<std::string>& sets,
                      const char* command, const std::string& source, const char* cause) {
   if (c.data.path.empty() || fs::exists(c.data.path)) return;
+  if (fs::path(c.data.path).is_absolute() && cause == kConfigPathCause)
+    cause = "the recordings are not there (moved, or a typo)";
   const bool overridden = std::any_of(sets.begin(), sets.end(), [](const std::string& x) {
     return x.rfind("data.path=", 0) == 0;
   });
@@ -663,12 +677,11 @@ void check_same_recordings(const Run& run, data::Dataset& train, const std::stri
     if (recorded.empty()) continue;
     const std::string crc = cli::recording_crc32(train.sessions[i]);
     if (crc == recorded) continue;
-    // Read with other loader options (--set data.csv.*, ...): that is the likelier cause.
-    json then_read = recordings_read_with(run.config), now_read = recordings_read_with(now);
-    then_read.erase("path");
-    now_read.erase("path");
-    const std::string read_differs =
-        cli::describe_identity_difference({{"data", then_read}}, {{"data", now_read}});
+    // Read with other options of its loader (--set data.csv.*, ...): the likelier cause.
+    const std::string& source = train.sessions[i].source;
+    const std::string read_differs = cli::describe_identity_difference(
+        {{"data", reader_options_for(recordings_read_with(run.config), source)}},
+        {{"data", reader_options_for(recordings_read_with(now), source)}});
     MT_CHECK(read_differs.empty(),
              "{}: the recording of session '{}' ({}) is read otherwise than when the run was "
              "trained: {}; read it as then (drop that --set)",
@@ -976,7 +989,7 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     out["best_method"] = best_method;
     std::printf("best: %s (validation score %.4f); metatape predict uses its model by default\n",
                 best_method.c_str(), best_final);
-    if (improved == 0)
+    if (improved == 0 && c.adapt.train.steps > 0)
       std::fprintf(stderr,
                    "note: no adaptation step improved the validation score of any method: every "
                    "saved model is the transferred starting point (step 0, its best); try more "
@@ -1197,14 +1210,13 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
            method == "trained" ? "trained" : "adapted",
            method == "trained" ? "train a new run on it" : "adapt the run to it again");
   const std::string crc = cli::recording_crc32(*session);
-  if (method == "trained") {  // the run's own reading (its data.path aside: the folder may move)
-    read_with_then = recordings_read_with(run.config);
-    read_with_then["path"] = recordings_read_with(c).at("path");
-  }
+  if (method == "trained") read_with_then = recordings_read_with(run.config);  // the run's own
   if (!crcs[index].empty() && crcs[index] != crc && read_with_then.is_object()) {
-    // Read otherwise than by adapt or train: name the setting, which is the likelier cause.
+    // Read with other options of its loader than by adapt or train: name the setting, which is
+    // the likelier cause (the folder itself may have moved).
     const std::string read_differs = cli::describe_identity_difference(
-        {{"data", read_with_then}}, {{"data", recordings_read_with(c)}},
+        {{"data", reader_options_for(read_with_then, session->source)}},
+        {{"data", reader_options_for(recordings_read_with(c), session->source)}},
         method == "trained" ? "the run" : "the adapt");
     MT_CHECK(read_differs.empty(),
              "predict: the recording of session '{}' ({}) is read otherwise than when {} was "
@@ -1490,7 +1502,10 @@ int run_eval(const std::string& run_dir, const std::string& split_name, bool una
   cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
   {  // the scores are of the run as trained and validated: only how recordings are read moves
     auto scored = [](json j) {
-      for (const char* key : {"path", "npz", "hdf5", "csv"}) j["data"].erase(key);
+      // (data.holdout: eval scores the run's training sessions whatever is held out;
+      // train.eval_batch_size: memory, not the scores)
+      for (const char* key : {"path", "npz", "hdf5", "csv", "holdout"}) j["data"].erase(key);
+      j["train"].erase("eval_batch_size");
       for (const char* key : {"threads", "saved_recompute", "adapt", "online", "bench"})
         j.erase(key);
       j["train"].erase("log_progress");
@@ -1510,7 +1525,7 @@ int run_eval(const std::string& run_dir, const std::string& split_name, bool una
     unadapted = false;
   }
   apply_threads(c);
-  Data d = load_data(c);
+  Data d = load_data(c, {.need_training = true, .need_holdout = false});
   check_same_recordings(run, d.train, run_dir, c);
   data::PreparedData prepared(d.train, c.data.prep);
   Generator gen(0);
