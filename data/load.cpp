@@ -37,6 +37,19 @@ const char* kind_name(Kind k) {
 
 }  // namespace
 
+const char* loader_name(const std::string& path) {
+  switch (kind_of(path)) {
+    case Kind::Npz:
+      return "npz";
+    case Kind::Hdf5:
+      return "hdf5";
+    case Kind::Csv:
+      return "csv";
+    default:
+      return "";
+  }
+}
+
 Session load_session(const std::string& path, const LoadOptions& options) {
   switch (kind_of(path)) {
     case Kind::Npz:

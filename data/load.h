@@ -16,6 +16,10 @@ struct LoadOptions {
   CsvOptions csv;
 };
 
+// The loader a file's extension selects, named as its LoadOptions member (and config key):
+// "npz", "hdf5" (.h5, .hdf5, .nwb) or "csv"; "" for any other file.
+const char* loader_name(const std::string& path);
+
 // `path` is a folder or one file. A folder is loaded file by file, sorted by name, with the
 // loader its files' extension names: .npz (POCO's format), .h5 / .hdf5 / .nwb (HDF5, NWB),
 // .csv; other files (README.md, ...) are ignored. A folder mixing kinds, or holding none, is an

@@ -64,7 +64,8 @@ void note_default_csv_rate(const RunConfig& c, const Data& d) {
     return;
   int64_t timed = 0;
   for (const auto* set : {&d.train, &d.holdout})
-    for (const auto& s : set->sessions) timed += fs::path(s.source).extension() == ".csv";
+    for (const auto& s : set->sessions)
+      timed += std::strcmp(data::loader_name(s.source), "csv") == 0 ? 1 : 0;
   if (timed > 0)
     std::fprintf(stderr,
                  "note: %lld CSV recording(s) are timed by data.csv.sampling_rate_hz, %g Hz by "

@@ -579,12 +579,9 @@ json recordings_read_with(const cli::RunConfig& c) {
 // {"npz": ...}, {"hdf5": ...} or {"csv": ...}; empty for synthetic sessions (no file). Two
 // readings of one recording are compared by these alone (its folder may have moved).
 json reader_options_for(const json& read_with, const std::string& source) {
-  if (source.empty() || !read_with.is_object()) return json::object();
-  std::string ext = fs::path(source).extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(),
-                 [](unsigned char ch) { return char(std::tolower(ch)); });
-  const char* key = ext == ".npz" ? "npz" : ext == ".csv" ? "csv" : "hdf5";
-  return read_with.contains(key) ? json{{key, read_with.at(key)}} : json::object();
+  const std::string key = data::loader_name(source);
+  if (key.empty() || !read_with.is_object() || !read_with.contains(key)) return json::object();
+  return {{key, read_with.at(key)}};
 }
 
 // What a trained model needs unchanged: its architecture (model kind and resolved settings) and
@@ -614,10 +611,6 @@ void check_model_settings_kept(const Run& run, const cli::RunConfig& c, const ch
            command, differs);
 }
 
-// A run's data.path that does not exist: the recordings moved, or the path is relative (as
-// --set gives it, or as an earlier metatape recorded it) and is taken from another folder than
-// the one the run was trained in. Said before any loader runs, naming where the path came from
-// and the fix; then the path is made absolute, as recorded with adapted models.
 constexpr const char* kConfigPathCause =
     "a relative data.path is taken from the current folder, not from the config file's";
 
@@ -644,6 +637,10 @@ void check_data_path(const cli::RunConfig& c, const std::vector<std::string>& se
           command, c.data.path, source, relative, cause);
 }
 
+// A run's data.path that does not exist: the recordings moved, or the path is relative (as
+// --set gives it, or as an earlier metatape recorded it) and is taken from another folder than
+// the one the run was trained in. Then the path is made absolute, as recorded with adapted
+// models.
 void resolve_run_data_path(const std::string& run_dir, cli::RunConfig& c,
                            const std::vector<std::string>& sets, const char* command) {
   check_data_path(c, sets, command, run_dir + "/config.json",
