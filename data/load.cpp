@@ -38,16 +38,8 @@ const char* kind_name(Kind k) {
 }  // namespace
 
 const char* loader_name(const std::string& path) {
-  switch (kind_of(path)) {
-    case Kind::Npz:
-      return "npz";
-    case Kind::Hdf5:
-      return "hdf5";
-    case Kind::Csv:
-      return "csv";
-    default:
-      return "";
-  }
+  constexpr const char* kNames[] = {"npz", "hdf5", "csv", ""};  // by Kind
+  return kNames[static_cast<int>(kind_of(path))];
 }
 
 Session load_session(const std::string& path, const LoadOptions& options) {
