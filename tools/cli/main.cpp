@@ -319,8 +319,8 @@ struct AdaptationStopped : Error {
       : Error("adapt: stopped; nothing of this adaptation was kept, and an earlier adaptation of "
               "that name is as it was") {}
 };
-// Asked by adapt's training loops after every step.
-bool adapt_stop_requested(int64_t) { return stop_signal.load() != 0; }
+// ResumeOptions::stop_after of train's and adapt's training loops, asked after every step.
+bool stop_requested(int64_t) { return stop_signal.load() != 0; }
 
 // Installs request_stop for SIGINT and SIGTERM while it lives, then restores the handlers.
 class StopOnSignal {
@@ -494,7 +494,7 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                f->kind().c_str(), (long long)total, (long long)(total - embeddings),
                (long long)d.train.size(),
                (long long)prepared.all_windows(data::Split::Train).size(), (long long)c.train.steps);
-  state.stop_after = [](int64_t) { return stop_signal.load() != 0; };
+  state.stop_after = stop_requested;
   // Held until summary.json is written: a stop asked for after the last step lets the run end.
   StopOnSignal stop_on_signal;
   meta::TrainResult r = meta::train(*f, prepared, {}, c.train, {}, on_eval, on_best, state);
@@ -840,7 +840,7 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     row("copy_last", r);
   }
   meta::ResumeOptions stoppable;  // Ctrl-C: stop after the current step (AdaptationStopped)
-  stoppable.stop_after = adapt_stop_requested;
+  stoppable.stop_after = stop_requested;
   for (const auto& mode : c.adapt.modes) {
     auto f = transferred();
     meta::TrainOptions t = c.adapt.train;
