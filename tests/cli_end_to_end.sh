@@ -74,6 +74,21 @@ check "adapt wrote json into the adaptation's folder" test -s \
 check "online with a drift sweep" "$bin" online --run "$work/poco" --drift 0 0.2 \
   --set online.calibration_steps=2 --set online.stride=4
 check "online wrote json" test -s "$work/poco/online.json"
+# The held-out session is scored from its first frame, as a new recording would arrive: the
+# stream is its 400 frames, the offline method calibrates on the first 200, and the windows
+# scored after them are those starting at 200, 204, ..., 396 (stride 4, horizon 4): 50. Its
+# online SGD steps move the model (a score other than the frozen one).
+check "online scored the held-out session as a new one" "$py" -c '
+import json, sys
+rows = [r for r in json.load(open(sys.argv[1]))["rows"] if r["held_out"]]
+assert [r["session"] for r in rows] == ["synth_002", "synth_002"], rows
+for r in rows:
+    assert r["stream_frames"] == [0, 400] and r["calibration_frames"] == 200, r
+    assert r["windows"] == 50 and r["offline_calibrated"], r
+    assert r["online"] != r["frozen"], r
+trained = [r for r in json.load(open(sys.argv[1]))["rows"] if not r["held_out"]]
+assert sorted({r["session"] for r in trained}) == ["synth_000", "synth_001"], trained' \
+  "$work/poco/online.json"
 check "train nlinear on the npz folder" "$bin" train --run "$work/nl" "${small[@]}" \
   --set model.kind=nlinear --set "data.path=\"$work/synth\"" --set 'data.holdout=[]'
 check "train mlp" "$bin" train --run "$work/mlp" "${small[@]}" --set model.kind=mlp \
@@ -593,6 +608,7 @@ assert not [f for f in os.listdir(d) if f.startswith("adapted_")], os.listdir(d)
 ' "$work/copy/adapt/synth_002"
 check "predict copy_last's held-out session" "$bin" predict --run "$work/copy" \
   --session synth_002 --out "$work/p_copy.npz"
+fails_with "online of copy_last" "has no parameters to adapt" "$bin" online --run "$work/copy"
 # How files are read is part of the config (data.npz / hdf5 / csv), checked like the rest.
 fails_with "an hdf5 time axis of 2" "data.hdf5.time_axis = 2" "$bin" train --run "$work/x" \
   --set data.hdf5.time_axis=2

@@ -1362,13 +1362,20 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
 
 // ---- online ----
 // For every training session: the stream is its validation + test frames (the validation part is
-// the offline method's calibration segment); frozen, offline and online scores. With `drifts`
-// (synthetic data only), the data are regenerated with each drift magnitude.
+// the offline method's calibration segment). For every held-out session (new to the model, its
+// embedding rows set by adapt.new_session_init, as adapt starts): the stream is the whole
+// recording from its first frame, the start of it the calibration segment, as a new recording
+// session would arrive. Frozen, offline and online scores of each. With `drifts` (synthetic data
+// only), the data are regenerated with each drift magnitude.
 json run_online_cmd(const std::string& run_dir, const std::vector<double>& drifts,
                     const std::vector<std::string>& sets) {
   Run run = read_run(run_dir);
   cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
   resolve_run_data_path(run_dir, c, sets, "online");
+  MT_CHECK(c.model.kind != "copy_last",
+           "online: the run's model (copy_last, {}/config.json) has no parameters to adapt; "
+           "online adaptation is of a trained poco, nlinear or mlp model",
+           run_dir);
   apply_threads(c);
   if (c.model.kind == "poco") cli::note_if_busy("online adaptation");
   MT_CHECK(drifts.empty() || c.data.path.empty(),
@@ -1382,6 +1389,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
       });
   const bool synthetic = c.data.path.empty();  // drift is a property of synthetic data only
   const models::PocoConfig pc = c.model.poco_config();
+  const meta::NewSessionInit init = meta::parse_new_session_init(c.adapt.new_session_init);
   json rows = json::array();
   std::printf("%8s %-24s %8s %10s %10s %10s %9s\n", "drift", "session", "windows", "frozen",
               "offline", "online", "online_s");
@@ -1390,41 +1398,35 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
     cd.data.synthetic.drift = drift;
     const std::string drift_text = synthetic ? fmt::format("{:.2f}", drift) : "-";
     Data d = load_data(cd);
-    if (!d.holdout.empty() && drift == sweep.front())
-      std::fprintf(stderr, "note: online scores the sessions the run was trained on; the "
-                           "held-out session(s) %s are not scored (online runs on trained "
-                           "sessions only; a new session is adapted by metatape adapt)\n",
-                   fmt::format("{}", fmt::join(d.holdout.names(), ", ")).c_str());
     if (!regenerated) check_same_recordings(run, d.train, run_dir, cd);
-    data::PreparedData prepared(d.train, cd.data.prep);
     Generator gen(0);
     auto f = meta::make_forecaster(cd.model, sizes_of(d.train), gen);
     load_run_model(*f, run_dir, /*new_sessions=*/false, !sets.empty());
-    meta::OnlineOptions opt = cd.online;
-    double sums[3] = {0, 0, 0};
-    for (int64_t s = 0; s < prepared.num_sessions(); ++s) {
-      const auto& splits = prepared.splits(s);
-      MT_CHECK(!splits.val.empty() && !splits.test.empty(),
-               "online: session '{}' has no validation or test frames", prepared.session(s).name);
-      const int64_t begin = splits.val.front().begin, end = splits.test.back().end;
-      opt.calibration_frames = std::min<int64_t>(cd.online.calibration_frames, data::SessionSplits::frames(splits.val));
-      meta::OnlineScores r = meta::run_online(*f, prepared.session(s), s, begin, end, pc.context(),
-                                              pc.pred_length, opt);
+    // One session's stream, [begin, end) of its frames, the first `calibration_cap` of them at
+    // most the offline method's calibration segment; a row of the table and of online.json.
+    auto score_session = [&](meta::Forecaster& model, const data::PreparedData& prepared,
+                             int64_t s, int64_t begin, int64_t end, int64_t calibration_cap,
+                             bool held_out) {
+      meta::OnlineOptions opt = cd.online;
+      opt.calibration_frames = std::min<int64_t>(cd.online.calibration_frames, calibration_cap);
+      const std::string& name = prepared.session(s).name;
+      meta::OnlineScores r = meta::run_online(model, prepared.session(s), s, begin, end,
+                                              pc.context(), pc.pred_length, opt);
       if (!r.offline_calibrated)
         std::fprintf(stderr,
                      "note: session '%s': the offline method took no calibration step (%lld "
                      "calibration frames hold no window of %lld context + %lld horizon frames, or "
                      "online.calibration_steps is 0): its scores are the frozen model's; raise "
-                     "online.calibration_frames (capped by the validation split)\n",
-                     prepared.session(s).name.c_str(), (long long)opt.calibration_frames,
-                     (long long)pc.context(), (long long)pc.pred_length);
+                     "online.calibration_frames (capped by the %s)\n",
+                     name.c_str(), (long long)opt.calibration_frames, (long long)pc.context(),
+                     (long long)pc.pred_length,
+                     held_out ? "session's first training-split range" : "validation split");
       std::printf("%8s %s %8lld %10.4f %10.4f %10.4f %9.2f\n", drift_text.c_str(),
-                  cli::padded(prepared.session(s).name, 24).c_str(), (long long)r.predictions, r.frozen, r.offline,
-                  r.online, r.online_seconds);
-      sums[0] += r.frozen;
-      sums[1] += r.offline;
-      sums[2] += r.online;
-      json row = {{"session", prepared.session(s).name},
+                  cli::padded(name + (held_out ? " (new)" : ""), 24).c_str(),
+                  (long long)r.predictions, r.frozen, r.offline, r.online, r.online_seconds);
+      json row = {{"session", name},
+                  {"held_out", held_out},
+                  {"stream_frames", json::array({begin, end})},
                   {"windows", r.predictions},
                   {"frozen", r.frozen},
                   {"offline", r.offline},
@@ -1434,12 +1436,58 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                   {"offline_calibrated", r.offline_calibrated}};
       if (synthetic) row["drift"] = drift;
       rows.push_back(row);
+      return r;
+    };
+    auto print_mean = [&](const char* label, const std::vector<meta::OnlineScores>& scores) {
+      double sums[3] = {0, 0, 0};
+      for (const auto& r : scores) {
+        sums[0] += r.frozen;
+        sums[1] += r.offline;
+        sums[2] += r.online;
+      }
+      const double n = double(scores.size());
+      std::printf("%8s %-24s %8s %10.4f %10.4f %10.4f\n", drift_text.c_str(), label, "",
+                  sums[0] / n, sums[1] / n, sums[2] / n);
+    };
+    {
+      data::PreparedData prepared(d.train, cd.data.prep);
+      std::vector<meta::OnlineScores> scores;
+      for (int64_t s = 0; s < prepared.num_sessions(); ++s) {
+        const auto& splits = prepared.splits(s);
+        MT_CHECK(!splits.val.empty() && !splits.test.empty(),
+                 "online: session '{}' has no validation or test frames",
+                 prepared.session(s).name);
+        scores.push_back(score_session(*f, prepared, s, splits.val.front().begin,
+                                       splits.test.back().end,
+                                       data::SessionSplits::frames(splits.val), false));
+      }
+      print_mean(d.holdout.empty() ? "mean" : "mean (trained)", scores);
     }
-    const double n = double(prepared.num_sessions());
-    std::printf("%8s %-24s %8s %10.4f %10.4f %10.4f\n", drift_text.c_str(), "mean", "",
-                sums[0] / n, sums[1] / n, sums[2] / n);
+    if (!d.holdout.empty()) {
+      // The model as adapt starts it on the held-out sessions: the trained weights, their
+      // embedding rows new (adapt.new_session_init).
+      data::PreparedData prepared(d.holdout, cd.data.prep);
+      Generator g_new(cd.adapt.train.seed);
+      auto fresh = meta::make_forecaster(cd.model, sizes_of(d.holdout), g_new);
+      meta::transfer_to_new_sessions(*f, *fresh, init);
+      std::vector<meta::OnlineScores> scores;
+      for (int64_t s = 0; s < prepared.num_sessions(); ++s) {
+        const auto& splits = prepared.splits(s);
+        MT_CHECK(!splits.train.empty(),
+                 "online: held-out session '{}' has no training-split frames, the start of its "
+                 "stream the offline method calibrates on; give data.train_fraction a value "
+                 "> 0",
+                 prepared.session(s).name);
+        scores.push_back(score_session(*fresh, prepared, s, 0, prepared.session(s).num_frames,
+                                       splits.train.front().end - splits.train.front().begin,
+                                       true));
+      }
+      print_mean("mean (new sessions)", scores);
+    }
   }
-  json out = {{"rows", rows}, {"options", c.to_json()["online"]}};
+  json out = {{"rows", rows},
+              {"options", c.to_json()["online"]},
+              {"new_session_init", c.adapt.new_session_init}};
   cli::write_file_atomic(run_dir + "/online.json", out.dump(2) + "\n");
   return out;
 }
@@ -1638,8 +1686,9 @@ int main(int argc, char** argv) {
   predict->add_option("--set", sets, "override, e.g. --set data.path=\"new_recordings\"");
 
   auto* online = app.add_subcommand(
-      "online", "online vs offline adaptation on the validation + test stream of each session "
-                "the run was trained on (online.* settings; writes online.json)");
+      "online", "online vs offline adaptation: on the validation + test stream of each session "
+                "the run was trained on, and on the whole recording of each held-out session "
+                "(data.holdout), new to the model (online.* settings; writes online.json)");
   online->add_option("--run", run_dir, "run folder written by train")->required();
   std::vector<double> drifts;
   online->add_option("--drift", drifts,
