@@ -131,6 +131,24 @@ check "adapt with POCO's random rows for the new sessions" "$bin" adapt --run "$
   --set 'adapt.modes=["embeddings"]' --set adapt.new_session_init=random
 check "adapt recorded the initialisation" grep -q '"new_session_init": "random"' \
   "$work/e2e/adapt/synth_002/adapt.json"
+# test@0 is the transferred starting point, the same for the fine-tuning modes and the inner
+# loop (two code paths: evaluate, and adapt_session's evaluation before its first step), within
+# f32 summation order; copy_last scores 0 by definition (its forecast is the reference).
+check "adapt's test@0 is the starting point's for every method" "$py" -c '
+import json, sys
+m = {x["method"]: x for x in json.load(open(sys.argv[1]))["methods"]}
+ft, inner = m["finetune:embeddings"], m["inner-loop"]
+assert abs(ft["test_score_initial"] - inner["test_score_initial"]) < 1e-6, (ft, inner)
+assert abs(m["copy_last"]["test_score_at_best"]) < 1e-12, m["copy_last"]' \
+  "$work/e2e/adapt/synth_002/adapt.json"
+check "predict with a fine-tuned model" "$bin" predict --run "$work/e2e" --session synth_002 \
+  --method finetune:embeddings --out "$work/e2e_pred_ft.npz"
+ft_score=$(grep -o 'score [-0-9.]*' "$work/out.txt" | head -1 | cut -d' ' -f2)
+check "adapt's test@best is the saved fine-tuned model's test score" "$py" -c '
+import json, sys
+m = {x["method"]: x for x in json.load(open(sys.argv[1]))["methods"]}
+sys.exit(0 if sys.argv[2] and "%.4f" % m["finetune:embeddings"]["test_score_at_best"] == sys.argv[2] else 1)
+' "$work/e2e/adapt/synth_002/adapt.json" "$ft_score"
 check "predict with the inner loop's adapted model" "$bin" predict --run "$work/e2e" \
   --session synth_002 --method inner-loop --out "$work/e2e_pred.npz"
 inner_score=$(grep -o 'score [-0-9.]*' "$work/out.txt" | head -1 | cut -d' ' -f2)
@@ -846,6 +864,18 @@ check "eval --set data.path reads them where they are" "$bin" eval --run "$work/
   --set "data.path=\"$work/moved\"" --unadapted
 cp "$work/out.txt" "$work/unadapted.txt"
 check "--unadapted on a standard run is noted" grep -q "has no inner loop" "$work/unadapted.txt"
+# Each fine-tuning mode takes its step size from adapt.lr_by_mode: a changed adapt.train.lr would
+# go unused, and is named; the step size a mode took is in adapt.json.
+check "adapt with adapt.train.lr changed" "$bin" adapt --run "$work/poco" --label lr_note \
+  --set 'adapt.modes=["embeddings"]' --set adapt.train.lr=1e-4
+cp "$work/out.txt" "$work/lr_note.txt"
+check "... is noted as unused, with the key that is" grep -q \
+  "adapt.train.lr (0.0001) is not used.*adapt.lr_by_mode.embeddings=0.0001" "$work/lr_note.txt"
+check "adapt.json records each mode's step size and its key" "$py" -c '
+import json, sys
+m = next(x for x in json.load(open(sys.argv[1]))["methods"] if x["method"] == "finetune:embeddings")
+assert m["lr"] == 0.003 and m["lr_key"] == "adapt.lr_by_mode.embeddings", m' \
+  "$work/poco/adapt/lr_note/adapt.json"
 fails_with "eval --set of a model setting" "drop that --set" "$bin" eval --run "$work/rel_run" \
   --set "data.path=\"$work/moved\"" --set model.poco.dim=32
 fails_with "eval --set of a validation setting" "train.meta.inner_steps" "$bin" eval \

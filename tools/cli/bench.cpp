@@ -389,6 +389,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
   data::PreparedData train_data(d.train, c.data.prep), held(d.holdout, c.data.prep);
   for (const auto& note : train_data.notes()) std::fprintf(stderr, "note: %s\n", note.c_str());
   for (const auto& note : held.notes()) std::fprintf(stderr, "note: %s\n", note.c_str());
+  cli::note_unused_adapt_lr(c, c.bench.param_sets);  // the fine-tuning rows' step sizes
   std::printf("bench adaptation: %lld training sessions, %lld held out (%s); methods %s; "
               "%lld adaptation steps; new-session embeddings: %s\n",
               (long long)d.train.size(), (long long)d.holdout.size(),

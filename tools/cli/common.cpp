@@ -74,6 +74,23 @@ void note_default_csv_rate(const RunConfig& c, const Data& d) {
                  (long long)timed, csv.sampling_rate_hz);
 }
 
+void note_unused_adapt_lr(const RunConfig& c, const std::vector<std::string>& modes) {
+  if (c.adapt.train.lr == config_from_json(nlohmann::json::object()).adapt.train.lr) return;
+  std::vector<std::string> own;  // the modes' own step sizes, which fine-tuning takes
+  for (const auto& mode : modes) {
+    const auto it = c.adapt.lr_by_mode.find(mode);
+    if (it == c.adapt.lr_by_mode.end()) return;  // this mode takes adapt.train.lr
+    own.push_back(fmt::format("{} {}", mode, it->second));
+  }
+  if (own.empty()) return;
+  std::fprintf(stderr,
+               "note: adapt.train.lr (%g) is not used: adapt.lr_by_mode sets the step size of "
+               "each fine-tuning mode here (%s); set those instead, e.g. --set "
+               "adapt.lr_by_mode.%s=%g\n",
+               c.adapt.train.lr, fmt::format("{}", fmt::join(own, ", ")).c_str(),
+               modes.front().c_str(), c.adapt.train.lr);
+}
+
 std::vector<int64_t> sizes_of(const data::Dataset& d) {
   std::vector<int64_t> v;
   for (const auto& s : d.sessions) v.push_back(s.num_neurons);

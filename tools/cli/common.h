@@ -35,6 +35,11 @@ void make_data_path_absolute(RunConfig& c);
 // and the default is rarely a recording's rate.
 void note_default_csv_rate(const RunConfig& c, const Data& d);
 
+// A note on stderr when adapt.train.lr was changed from its default although adapt.lr_by_mode
+// gives every one of `modes` (fine-tuning modes or parameter sets) its own step size, so the
+// change takes no effect.
+void note_unused_adapt_lr(const RunConfig& c, const std::vector<std::string>& modes);
+
 std::vector<int64_t> sizes_of(const data::Dataset& d);
 // CRC-32 (8 hex digits) of a session's recording: its activity and timestamps as loaded.
 std::string recording_crc32(const data::Session& s);

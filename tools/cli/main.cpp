@@ -813,16 +813,28 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   std::printf("\nadaptation to %lld unseen session%s (%s)\n", (long long)d.holdout.size(),
               d.holdout.size() == 1 ? "" : "s",
               fmt::format("{}", fmt::join(d.holdout.names(), ", ")).c_str());
-  std::printf("  %-24s %10s %12s %12s %10s %10s %10s\n", "method", "params", "steps_to_95",
-              "final_score", "best", "seconds", "peak_MiB");
-  auto row = [&](const std::string& name, const meta::TrainResult& r) {
-    std::printf("  %-24s %10lld %12lld %12.4f %10.4f %10.2f %10.1f\n", name.c_str(),
+  // Validation scores choose the kept model; the test split is left for these two readouts:
+  // test@0, the transferred starting point (what adaptation has to beat), and test@best, the
+  // kept model (at the best validation point).
+  std::printf("  %-24s %10s %12s %12s %10s %9s %9s %10s %10s\n", "method", "params",
+              "steps_to_95", "final_score", "best", "test@0", "test@best", "seconds",
+              "peak_MiB");
+  auto test_score = [&](const meta::Forecaster& f) {
+    return meta::evaluate(f, prepared, data::Split::Test, {}, c.adapt.train.eval_batch_size).score;
+  };
+  // `f` holds the kept model (train() leaves the best validation parameters in it).
+  auto row = [&](const std::string& name, const meta::TrainResult& r, double test_initial,
+                 const meta::Forecaster& f) {
+    const double test_at_best = test_score(f);
+    std::printf("  %-24s %10lld %12lld %12.4f %10.4f %9.4f %9.4f %10.2f %10.1f\n", name.c_str(),
                 (long long)r.trainable_parameters, (long long)r.steps_to_95,
-                r.curve.back().val.score, r.best_score, r.seconds,
+                r.curve.back().val.score, r.best_score, test_initial, test_at_best, r.seconds,
                 double(r.peak_bytes) / (1 << 20));
     std::fflush(stdout);
     json j = r.to_json();
     j["method"] = name;
+    j["test_score_initial"] = test_initial;
+    j["test_score_at_best"] = test_at_best;
     results.push_back(j);
   };
   {
@@ -837,10 +849,13 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     none.log_progress = false;
     const meta::TrainResult r = meta::train(*f, prepared, {}, none);
     copy_last_score = r.best_score;
-    row("copy_last", r);
+    row("copy_last", r, test_score(*f), *f);
   }
+  // The transferred model's test score: where every fine-tuning mode and the inner loop start.
+  const double test_initial = test_score(*transferred());
   meta::ResumeOptions stoppable;  // Ctrl-C: stop after the current step (AdaptationStopped)
   stoppable.stop_after = stop_requested;
+  if (trained->module() != nullptr) cli::note_unused_adapt_lr(c, c.adapt.modes);
   for (const auto& mode : c.adapt.modes) {
     auto f = transferred();
     meta::TrainOptions t = c.adapt.train;
@@ -866,7 +881,10 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                          {"lr_key", key}});
       continue;
     }
-    row("finetune:" + mode, r);
+    row("finetune:" + mode, r, test_initial, *f);
+    results.back()["lr"] = t.lr;  // the step size this mode took, and the key that set it
+    results.back()["lr_key"] = c.adapt.lr_by_mode.count(mode) ? "adapt.lr_by_mode." + mode
+                                                               : std::string("adapt.train.lr");
     improved += r.best_step > 0 ? 1 : 0;
     if (f->module() != nullptr) {
       // train() left the best validation parameters in the model.
@@ -919,9 +937,10 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     const meta::AdaptSummary m = meta::summarize_adaptation(per_session);
     // Each session's model is kept at its own best validation point: their mean score.
     const double best = m.best_score;
-    std::printf("  %-24s %10lld %12lld %12.4f %10.4f %10.2f %10.1f%s\n", "inner-loop",
-                (long long)m.adapted_parameters, (long long)m.steps_to_95, m.final_score, best,
-                m.seconds, double(m.peak_bytes) / (1 << 20),
+    std::printf("  %-24s %10lld %12lld %12.4f %10.4f %9.4f %9.4f %10.2f %10.1f%s\n",
+                "inner-loop", (long long)m.adapted_parameters, (long long)m.steps_to_95,
+                m.final_score, best, m.test_score_initial, m.test_score_at_best, m.seconds,
+                double(m.peak_bytes) / (1 << 20),
                 m.diverged_sessions ? "  (diverged: lower train.meta.inner_lr)" : "");
     json curve = json::array();
     for (const auto& [step, v] : m.mean_curve) curve.push_back({{"step", step}, {"val_score", v}});
@@ -990,17 +1009,30 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
       std::fprintf(stderr,
                    "note: no adaptation step improved the validation score of any method: every "
                    "saved model is the transferred starting point (step 0, its best); try more "
-                   "steps (adapt.train.steps) or another step size (adapt.train.lr, "
-                   "adapt.lr_by_mode%s)\n",
+                   "steps (adapt.train.steps) or another step size (adapt.lr_by_mode.<mode>"
+                   "%s)\n",
                    inner_row ? ", train.meta.inner_lr for the inner loop" : "");
     if (std::isfinite(copy_last_score) && best_final < copy_last_score)
       std::fprintf(stderr,
                    "note: every adapted model kept scores below the copy-last forecast on "
                    "validation (best %.4f, copy_last %.4f): its forecasts are worse than "
                    "repeating the last frame; try more adaptation steps (adapt.train.steps), "
-                   "another step size (adapt.train.lr), or a model trained longer or on more "
-                   "sessions\n",
+                   "another step size (adapt.lr_by_mode.<mode>), or a model trained longer or "
+                   "on more sessions\n",
                    best_final, copy_last_score);
+    // Validation chose the kept models; the test split says whether that choice carries over.
+    double best_test = -INFINITY;
+    for (const auto& m : results)
+      if ((m.contains("model") || m.contains("models")) && m.contains("test_score_at_best") &&
+          m["test_score_at_best"].is_number())
+        best_test = std::max(best_test, m["test_score_at_best"].get<double>());
+    if (std::isfinite(best_test) && best_test < test_initial)
+      std::fprintf(stderr,
+                   "note: on the test split every kept model scores below the starting point "
+                   "(test@0 %.4f, the best test@best %.4f): the gains on the validation frames "
+                   "that chose them did not carry over; see the curves in adapt.json before "
+                   "relying on these models\n",
+                   test_initial, best_test);
   }
   // A stop the training loops did not see (during the last step, the last inner-loop session
   // or the saving) still abandons the adaptation, as the handler said, up to this point.
