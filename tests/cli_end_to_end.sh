@@ -89,10 +89,37 @@ for r in rows:
 trained = [r for r in json.load(open(sys.argv[1]))["rows"] if not r["held_out"]]
 assert sorted({r["session"] for r in trained}) == ["synth_000", "synth_001"], trained' \
   "$work/poco/online.json"
+# The calibration segment of a held-out session is capped by its first training-split range
+# (0.7 x 400 = 280 frames), and the stream is z-scored with the frames before the first scored
+# forecast: 30 windows from 280 to 396.
+check "online with a calibration segment longer than the training split" "$bin" online \
+  --run "$work/poco" --set online.calibration_frames=1000 --set online.calibration_steps=2 \
+  --set online.stride=4
+check "the held-out calibration segment was capped" "$py" -c '
+import json, sys
+r = next(r for r in json.load(open(sys.argv[1]))["rows"] if r["held_out"])
+assert r["calibration_frames"] == 280 and r["zscore_frames"] == [0, 280], r
+assert r["windows"] == 30, r' "$work/poco/online.json"
+fails_with "online holding out a trained session" "a session the model was trained on" "$bin" \
+  online --run "$work/poco" --drift 0.1 --set 'data.holdout=["synth_000"]'
 check "train nlinear on the npz folder" "$bin" train --run "$work/nl" "${small[@]}" \
   --set model.kind=nlinear --set "data.path=\"$work/synth\"" --set 'data.holdout=[]'
 check "train mlp" "$bin" train --run "$work/mlp" "${small[@]}" --set model.kind=mlp \
   --set model.mlp_hidden=8
+# A baseline has no embedding tables: online updates all of its parameters, adapt fine-tunes it
+# whole (one mode, whatever adapt.modes lists).
+check "online of an nlinear run" "$bin" online --run "$work/nl" --set online.stride=8 \
+  --set online.calibration_steps=2
+cp "$work/out.txt" "$work/online_nl.txt"
+check "... updates all of its parameters" grep -q "online steps update all of its parameters" \
+  "$work/online_nl.txt"
+check "adapt an mlp run" "$bin" adapt --run "$work/mlp"
+check "... in one mode" "$py" -c '
+import json, sys
+methods = [m["method"] for m in json.load(open(sys.argv[1]))["methods"]]
+assert methods == ["copy_last", "finetune:all"], methods' "$work/mlp/adapt/synth_002/adapt.json"
+fails_with "a misspelt mode in adapt.lr_by_mode" "adapt.lr_by_mode.embedings: parameter set" \
+  "$bin" adapt --run "$work/mlp" --set adapt.lr_by_mode.embedings=0.1
 fails_with "online --drift on recorded data" "regenerates synthetic data" "$bin" online \
   --run "$work/nl" --drift 0.1
 
@@ -167,6 +194,13 @@ assert [p["step"] for p in run["curve"]] == [0, 1, 2, 4], run["curve"]
 sys.exit(0 if sys.argv[2] and "%.4f" % run["test_score_at_best"] == sys.argv[2] else 1)
 ' "$work/e2e/adapt/synth_002/adapt.json" "$inner_score" \
   "$work/e2e/adapt/synth_002/adapted_inner-loop_synth_002.safetensors"
+# A meta-learned run adapts online at online.lr: another step size than its inner loop's is noted.
+check "online of a meta-learned run at another step size" "$bin" online --run "$work/e2e" \
+  --set online.lr=0.01 --set online.stride=8 --set online.calibration_steps=2
+cp "$work/out.txt" "$work/online_meta.txt"
+check "... is noted, with the settings of its inner loop" grep -q \
+  "meta-learned (e2e-ttt) for SGD at train.meta.inner_lr 0.001.*--set online.lr=0.001" \
+  "$work/online_meta.txt"
 fails_with "an unknown new-session initialisation" "'zeros' is not known" "$bin" adapt \
   --run "$work/e2e" --set adapt.new_session_init=zeros
 # A run folder is never mixed: a second train refuses it, --overwrite removes the old run first.

@@ -60,6 +60,14 @@ class Reader {
                  "must be a list of names, e.g. [\"a\", \"b\"] (on the command line: --set "
                  "'{}.{}=[\"a\",\"b\"]')",
                  where_, key);
+      } else if constexpr (std::is_same_v<T, std::map<std::string, double>>) {
+        MT_CHECK(it->is_object(),
+                 "must map names to numbers, e.g. {{\"embeddings\": 0.003}} (on the command "
+                 "line, one at a time: --set {}.{}.embeddings=0.003)",
+                 where_, key);
+        for (auto e = it->begin(); e != it->end(); ++e)
+          MT_CHECK(e.value().is_number(), "'{}' is {}, not a number (--set {}.{}.{}=0.003)",
+                   e.key(), e.value().dump(), where_, key, e.key());
       }
       out = it->get<T>();
     } catch (const std::exception& e) {
@@ -485,7 +493,14 @@ RunConfig config_from_json(const nlohmann::json& j) {
   for (int64_t k : c.bench.memory_inner_steps)
     MT_CHECK(k >= 1, "config: bench.memory_inner_steps must be >= 1, got {}", k);
   for (const auto& [mode, lr] : c.adapt.lr_by_mode) {
-    meta::finetune_prefixes(mode);
+    try {
+      meta::finetune_prefixes(mode);
+    } catch (const Error& e) {
+      std::string why = e.what();  // its own source location dropped: this message gets one
+      if (const size_t at = why.rfind(" ["); at != std::string::npos && why.back() == ']')
+        why.erase(at);
+      MT_FAIL("config: adapt.lr_by_mode.{}: {}", mode, why);
+    }
     MT_CHECK(lr > 0, "config: adapt.lr_by_mode.{} must be positive, got {}", mode, lr);
   }
   return c;

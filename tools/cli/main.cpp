@@ -651,9 +651,10 @@ void resolve_run_data_path(const std::string& run_dir, cli::RunConfig& c,
 // Scores of a run are of the recordings it was trained on: the data's training sessions must be
 // the run's (names) and, where config.json recorded their CRC-32, hold the same recordings.
 // Sessions the run was not trained on (recordings added to the folder since, e.g. a new animal
-// adapted with --set data.holdout) are left out of `train`, with a note.
+// adapted with --set data.holdout) are left out of `train`, with a note. Without
+// `compare_recordings` (data regenerated on purpose), only the names are checked.
 void check_same_recordings(const Run& run, data::Dataset& train, const std::string& run_dir,
-                           const cli::RunConfig& now) {
+                           const cli::RunConfig& now, bool compare_recordings = true) {
   if (run.trained_on.empty()) return;
   std::vector<std::string> others;
   std::erase_if(train.sessions, [&](const data::Session& s) {
@@ -669,6 +670,7 @@ void check_same_recordings(const Run& run, data::Dataset& train, const std::stri
            "{}: the data's training sessions ({}) are not those the run was trained on ({}, in "
            "{}/config.json); check data.path and data.holdout",
            run_dir, fmt::join(train.names(), ", "), fmt::join(run.trained_on, ", "), run_dir);
+  if (!compare_recordings) return;
   for (size_t i = 0; i < train.sessions.size(); ++i) {
     const std::string& recorded = run.trained_crc32[i];
     if (recorded.empty()) continue;
@@ -776,10 +778,24 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     f->to(device);
     return f;
   };
+  // The fine-tuning modes name parts of POCO. A baseline (nlinear, mlp) has one part, fine-tuned
+  // whole; copy_last has nothing to fine-tune: its row is the reference alone.
+  std::vector<std::string> modes = c.adapt.modes;
+  if (trained->module() == nullptr) {
+    modes.clear();
+    std::fprintf(stderr, "note: the %s model has no parameters: the table holds its scores alone\n",
+                 c.model.kind.c_str());
+  } else if (c.model.kind != "poco" && modes != std::vector<std::string>{"all"}) {
+    modes = {"all"};
+    std::fprintf(stderr,
+                 "note: the %s model has no embedding tables: it is fine-tuned whole (mode all); "
+                 "adapt.modes chooses parts of a poco model\n",
+                 c.model.kind.c_str());
+  }
   {  // every mode runs: check them all before the first, on one model of the held-out sizes
     Generator gen(c.adapt.train.seed);
     const auto probe = meta::make_forecaster(c.model, sizes_of(d.holdout), gen);
-    for (const auto& mode : c.adapt.modes) {
+    for (const auto& mode : modes) {
       meta::TrainOptions t = c.adapt.train;
       if (c.model.kind == "poco") t.trainable = meta::finetune_prefixes(mode);
       meta::check_training(*probe, prepared, {}, t, "adapt.train");
@@ -810,14 +826,16 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   double copy_last_score = NAN;  // the reference every adapted model should beat
   int64_t improved = 0;  // saved models whose best validation point is past step 0
   if (device.is_cpu() && trained->module() != nullptr) cli::note_if_busy("adaptation");
+  if (!modes.empty()) cli::note_unused_adapt_lr(c, modes);
   std::printf("\nadaptation to %lld unseen session%s (%s)\n", (long long)d.holdout.size(),
               d.holdout.size() == 1 ? "" : "s",
               fmt::format("{}", fmt::join(d.holdout.names(), ", ")).c_str());
   // Validation scores choose the kept model; the test split is left for these two readouts:
   // test@0, the transferred starting point (what adaptation has to beat), and test@best, the
-  // kept model (at the best validation point).
+  // kept model (at the best validation point). copy_last's row: its own score in both, 0 by the
+  // score's definition.
   std::printf("  %-24s %10s %12s %12s %10s %9s %9s %10s %10s\n", "method", "params",
-              "steps_to_95", "final_score", "best", "test@0", "test@best", "seconds",
+              "steps_to_95", "val_final", "val_best", "test@0", "test@best", "seconds",
               "peak_MiB");
   auto test_score = [&](const meta::Forecaster& f) {
     return meta::evaluate(f, prepared, data::Split::Test, {}, c.adapt.train.eval_batch_size).score;
@@ -855,8 +873,7 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   const double test_initial = test_score(*transferred());
   meta::ResumeOptions stoppable;  // Ctrl-C: stop after the current step (AdaptationStopped)
   stoppable.stop_after = stop_requested;
-  if (trained->module() != nullptr) cli::note_unused_adapt_lr(c, c.adapt.modes);
-  for (const auto& mode : c.adapt.modes) {
+  for (const auto& mode : modes) {
     auto f = transferred();
     meta::TrainOptions t = c.adapt.train;
     if (f->kind() == "poco") t.trainable = meta::finetune_prefixes(mode);
@@ -968,6 +985,10 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                        {"sessions", sessions},
                        {"models", models}});
   }
+  std::printf("  (val_*: validation split, after the last step and at the best point, where the "
+              "model is kept; steps_to_95: the first evaluated step from which the validation "
+              "score stays at or above 95%% of val_final, -1 when val_final is not positive; "
+              "test@0: the starting point, test@best: the kept model, on the test split)\n");
   // The method predict uses by default: the best validation score of the saved models (each
   // saved at its best validation point; the inner loop's per session, so its mean of bests is
   // the score of its models, each chosen on its own session). An inner loop that diverged on a
@@ -1009,16 +1030,16 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
       std::fprintf(stderr,
                    "note: no adaptation step improved the validation score of any method: every "
                    "saved model is the transferred starting point (step 0, its best); try more "
-                   "steps (adapt.train.steps) or another step size (adapt.lr_by_mode.<mode>"
-                   "%s)\n",
+                   "steps (adapt.train.steps) or another step size (adapt.lr_by_mode.<mode>, "
+                   "adapt.train.lr for a mode it does not list%s)\n",
                    inner_row ? ", train.meta.inner_lr for the inner loop" : "");
     if (std::isfinite(copy_last_score) && best_final < copy_last_score)
       std::fprintf(stderr,
                    "note: every adapted model kept scores below the copy-last forecast on "
                    "validation (best %.4f, copy_last %.4f): its forecasts are worse than "
                    "repeating the last frame; try more adaptation steps (adapt.train.steps), "
-                   "another step size (adapt.lr_by_mode.<mode>), or a model trained longer or "
-                   "on more sessions\n",
+                   "another step size (adapt.lr_by_mode.<mode>, adapt.train.lr for a mode it "
+                   "does not list), or a model trained longer or on more sessions\n",
                    best_final, copy_last_score);
     // Validation chose the kept models; the test split says whether that choice carries over.
     double best_test = -INFINITY;
@@ -1406,10 +1427,29 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   resolve_run_data_path(run_dir, c, sets, "online");
   MT_CHECK(c.model.kind != "copy_last",
            "online: the run's model (copy_last, {}/config.json) has no parameters to adapt; "
-           "online adaptation is of a trained poco, nlinear or mlp model",
+           "online adaptation is of a trained poco model (or nlinear / mlp, their parameters "
+           "named in online.params)",
            run_dir);
+  if (c.model.kind != "poco" && c.online.params == meta::OnlineOptions{}.params) {
+    // The default names POCO's embedding tables; the baselines have none.
+    std::fprintf(stderr,
+                 "note: the %s model has no embedding tables: online steps update all of its "
+                 "parameters (online.params names a part of them)\n",
+                 c.model.kind.c_str());
+    c.online.params.clear();
+  }
   apply_threads(c);
   if (c.model.kind == "poco") cli::note_if_busy("online adaptation");
+  if (c.train.method != "standard" && c.model.kind == "poco" &&
+      (c.online.lr != c.train.meta.inner_lr || c.online.params != c.train.meta.params))
+    std::fprintf(stderr,
+                 "note: this run was meta-learned (%s) for SGD at train.meta.inner_lr %g on %s; "
+                 "online steps take online.lr %g on %s; to adapt as it was meta-learned: --set "
+                 "online.lr=%g --set 'online.params=%s'\n",
+                 c.train.method.c_str(), c.train.meta.inner_lr,
+                 json(c.train.meta.params).dump().c_str(), c.online.lr,
+                 json(c.online.params).dump().c_str(), c.train.meta.inner_lr,
+                 json(c.train.meta.params).dump().c_str());
   MT_CHECK(drifts.empty() || c.data.path.empty(),
            "online: --drift regenerates synthetic data; this run was trained on {}", c.data.path);
   std::vector<double> sweep = drifts.empty() ? std::vector<double>{c.data.synthetic.drift} : drifts;
@@ -1423,36 +1463,60 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   const models::PocoConfig pc = c.model.poco_config();
   const meta::NewSessionInit init = meta::parse_new_session_init(c.adapt.new_session_init);
   json rows = json::array();
-  std::printf("%8s %-24s %8s %10s %10s %10s %9s\n", "drift", "session", "windows", "frozen",
-              "offline", "online", "online_s");
+  bool header_printed = false;  // once the data passed their checks
+  std::vector<std::string> below_copy_last;  // sessions where every method scores below 0
+  bool new_below_copy_last = false;          // held-out ones among them
   for (double drift : sweep) {
     cli::RunConfig cd = c;
     cd.data.synthetic.drift = drift;
     const std::string drift_text = synthetic ? fmt::format("{:.2f}", drift) : "-";
     Data d = load_data(cd);
-    if (!regenerated) check_same_recordings(run, d.train, run_dir, cd);
+    for (const auto& name : d.holdout.names())
+      MT_CHECK(std::find(run.trained_on.begin(), run.trained_on.end(), name) ==
+                   run.trained_on.end(),
+               "online: data.holdout names '{}', a session the model was trained on "
+               "({}/config.json 'sessions'); held-out sessions are scored as new to the model",
+               name, run_dir);
+    // Regenerated data have other CRC-32s; their sessions must still be the run's.
+    check_same_recordings(run, d.train, run_dir, cd, /*compare_recordings=*/!regenerated);
     Generator gen(0);
     auto f = meta::make_forecaster(cd.model, sizes_of(d.train), gen);
     load_run_model(*f, run_dir, /*new_sessions=*/false, !sets.empty());
     // One session's stream, [begin, end) of its frames, the first `calibration_cap` of them at
     // most the offline method's calibration segment; a row of the table and of online.json.
-    auto score_session = [&](meta::Forecaster& model, const data::PreparedData& prepared,
-                             int64_t s, int64_t begin, int64_t end, int64_t calibration_cap,
-                             bool held_out) {
+    auto score_session = [&](meta::Forecaster& model, const data::Session& session, int64_t s,
+                             int64_t begin, int64_t end, int64_t calibration_cap, bool held_out) {
+      if (!header_printed)
+        std::printf("%8s %-24s %8s %10s %10s %10s %9s\n", "drift", "session", "windows",
+                    "frozen", "offline", "online", "online_s");
+      header_printed = true;
       meta::OnlineOptions opt = cd.online;
       opt.calibration_frames = std::min<int64_t>(cd.online.calibration_frames, calibration_cap);
-      const std::string& name = prepared.session(s).name;
-      meta::OnlineScores r = meta::run_online(model, prepared.session(s), s, begin, end,
-                                              pc.context(), pc.pred_length, opt);
-      if (!r.offline_calibrated)
+      const std::string& name = session.name;
+      const char* cap_name =
+          held_out ? "the session's first training-split range" : "its validation split";
+      // (Noted when set: the default is capped by the validation split of most recordings.)
+      if (opt.calibration_frames < cd.online.calibration_frames && drift == sweep.front() &&
+          cd.online.calibration_frames != meta::OnlineOptions{}.calibration_frames)
         std::fprintf(stderr,
-                     "note: session '%s': the offline method took no calibration step (%lld "
-                     "calibration frames hold no window of %lld context + %lld horizon frames, or "
-                     "online.calibration_steps is 0): its scores are the frozen model's; raise "
-                     "online.calibration_frames (capped by the %s)\n",
+                     "note: session '%s': online.calibration_frames (%lld) is capped at %lld, "
+                     "%s\n",
+                     name.c_str(), (long long)cd.online.calibration_frames,
+                     (long long)opt.calibration_frames, cap_name);
+      meta::OnlineScores r = meta::run_online(model, session, s, begin, end, pc.context(),
+                                              pc.pred_length, opt);
+      if (!r.offline_calibrated && opt.calibration_steps > 0)
+        std::fprintf(stderr,
+                     "note: session '%s': the offline method took no calibration step: %lld "
+                     "calibration frames hold no window of %lld context + %lld horizon frames; "
+                     "its scores are the frozen model's; raise online.calibration_frames "
+                     "(capped by %s)\n",
                      name.c_str(), (long long)opt.calibration_frames, (long long)pc.context(),
-                     (long long)pc.pred_length,
-                     held_out ? "session's first training-split range" : "validation split");
+                     (long long)pc.pred_length, cap_name);
+      if (std::max({r.frozen, r.offline, r.online}) < 0) {
+        below_copy_last.push_back(name);
+        new_below_copy_last = new_below_copy_last || held_out;
+      }
       std::printf("%8s %s %8lld %10.4f %10.4f %10.4f %9.2f\n", drift_text.c_str(),
                   cli::padded(name + (held_out ? " (new)" : ""), 24).c_str(),
                   (long long)r.predictions, r.frozen, r.offline, r.online, r.online_seconds);
@@ -1489,7 +1553,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
         MT_CHECK(!splits.val.empty() && !splits.test.empty(),
                  "online: session '{}' has no validation or test frames",
                  prepared.session(s).name);
-        scores.push_back(score_session(*f, prepared, s, splits.val.front().begin,
+        scores.push_back(score_session(*f, prepared.session(s), s, splits.val.front().begin,
                                        splits.test.back().end,
                                        data::SessionSplits::frames(splits.val), false));
       }
@@ -1498,29 +1562,71 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
     if (!d.holdout.empty()) {
       // The model as adapt starts it on the held-out sessions: the trained weights, their
       // embedding rows new (adapt.new_session_init).
-      data::PreparedData prepared(d.holdout, cd.data.prep);
       Generator g_new(cd.adapt.train.seed);
       auto fresh = meta::make_forecaster(cd.model, sizes_of(d.holdout), g_new);
       meta::transfer_to_new_sessions(*f, *fresh, init);
       std::vector<meta::OnlineScores> scores;
-      for (int64_t s = 0; s < prepared.num_sessions(); ++s) {
-        const auto& splits = prepared.splits(s);
-        MT_CHECK(!splits.train.empty(),
-                 "online: held-out session '{}' has no training-split frames, the start of its "
-                 "stream the offline method calibrates on; give data.train_fraction a value "
-                 "> 0",
-                 prepared.session(s).name);
-        scores.push_back(score_session(*fresh, prepared, s, 0, prepared.session(s).num_frames,
-                                       splits.train.front().end - splits.train.front().begin,
-                                       true));
+      for (int64_t s = 0; s < d.holdout.size(); ++s) {
+        // A live session knows only its past: it is z-scored (data.zscore) with the statistics
+        // of the frames before its first scored forecast (the calibration segment, at least one
+        // context), not with those of its training split as adapt does.
+        data::Session session = d.holdout[s];
+        const data::SessionSplits splits = data::split_frames(session.num_frames,
+                                                              cd.data.prep.split);
+        const int64_t cap = splits.train.empty() ? 0 : splits.train.front().length();
+        const int64_t seen = std::min(session.num_frames,
+                                      std::max(std::min(cd.online.calibration_frames, cap),
+                                               pc.context()));
+        if (cd.data.prep.zscore) {
+          const data::NormStats stats = data::compute_stats(session, {{0, seen}});
+          if (!stats.constant_neurons.empty())
+            std::fprintf(stderr,
+                         "note: held-out session '%s': %zu of its %lld neurons are constant over "
+                         "its first %lld frames, which z-score the stream; their std is set to "
+                         "1\n",
+                         session.name.c_str(), stats.constant_neurons.size(),
+                         (long long)session.num_neurons, (long long)seen);
+          data::apply_zscore(session, stats);
+        }
+        scores.push_back(score_session(*fresh, session, s, 0, session.num_frames, cap, true));
+        rows.back()["zscore_frames"] = cd.data.prep.zscore ? json::array({0, seen}) : json();
       }
       print_mean("mean (new sessions)", scores);
     }
   }
-  json out = {{"rows", rows},
+  const char* legend =
+      "scores: 1 - MSE / MSE of repeating the last frame, on the windows after each stream's "
+      "calibration segment; frozen: the model as it is; offline: SGD on the calibration "
+      "segment, then frozen; online: one SGD step on each window once its frames have arrived. "
+      "Trained sessions: their validation + test frames. (new): held-out sessions, their whole "
+      "recording, embedding rows as adapt.new_session_init sets them, z-scored with the frames "
+      "before their first scored forecast (zscore_frames), not with their training split as "
+      "adapt does";
+  std::printf("scores: 1 - MSE / MSE of copy-last, after each stream's calibration segment; "
+              "(new): a held-out session from its first frame, z-scored with the frames before "
+              "its first scored forecast (online.json: legend, zscore_frames)\n");
+  if (!below_copy_last.empty()) {
+    std::sort(below_copy_last.begin(), below_copy_last.end());
+    below_copy_last.erase(std::unique(below_copy_last.begin(), below_copy_last.end()),
+                          below_copy_last.end());
+    std::fprintf(stderr,
+                 "note: on %s every method scores below the copy-last forecast (repeating the "
+                 "last frame)%s\n",
+                 fmt::format("{}", fmt::join(below_copy_last, ", ")).c_str(),
+                 new_below_copy_last
+                     ? "; a new session's longer calibration segment (online.calibration_frames) "
+                       "gives steadier normalisation statistics"
+                     : "");
+  }
+  json out = {{"run", fs::absolute(run_dir).lexically_normal().string()},
+              {"legend", legend},
+              {"rows", rows},
               {"options", c.to_json()["online"]},
               {"new_session_init", c.adapt.new_session_init}};
+  if (c.model.kind != "copy_last")
+    out["model_crc32"] = cli::checkpoint_data_crc32(run_dir + "/model.safetensors");
   cli::write_file_atomic(run_dir + "/online.json", out.dump(2) + "\n");
+  std::printf("wrote %s/online.json\n", run_dir.c_str());
   return out;
 }
 
