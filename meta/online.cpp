@@ -137,11 +137,16 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
   Score frozen, offline_score, online_score;
   Adapted online = copy_params(f, opt.params);
   const auto start = std::chrono::steady_clock::now();
-  for (int64_t t = begin + context; t + horizon <= end; t += opt.stride) {
-    // The window predicted `horizon` frames ago is complete now: learn from it first.
-    const int64_t done = t - horizon;
-    if (done >= begin + context && (done - begin - context) % opt.stride == 0)
+  const int64_t first = begin + context;
+  for (int64_t t = first; t + horizon <= end; t += opt.stride) {
+    // Learn first from the window whose frames completed since the previous prediction: the
+    // last one predicted at or before t - horizon (one per stride, whether or not the stride
+    // divides the horizon).
+    if (const int64_t ready = t - horizon; ready >= first) {
+      const int64_t done = ready - (ready - first) % opt.stride;
       sgd_step(f, online, window(f, session, model_session, done, context, horizon), opt.lr);
+      ++out.online_steps;
+    }
     if (t < scored_from) continue;
     models::PocoBatch b = window(f, session, model_session, t, context, horizon);
     NoGradGuard no_grad;

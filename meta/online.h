@@ -1,7 +1,7 @@
-// Online adaptation on a stream of frames: at time t the forecaster predicts frames
-// t .. t+H-1 from the context before t with its current weights; once those frames have
-// arrived (H frames later) it takes one SGD step of the test-time parameters on that delayed
-// loss. Compared with offline adaptation (K steps on a calibration segment at the start of the
+// Online adaptation on a stream of frames: every `stride` frames, at time t, the forecaster
+// predicts frames t .. t+H-1 from the context before t with its current weights; once those
+// frames have arrived (at the first prediction time >= t + H) it takes one SGD step of the
+// test-time parameters on that delayed loss. Compared with offline adaptation (K steps on a calibration segment at the start of the
 // stream, then frozen) and with the frozen model, all scored on the same predictions after the
 // calibration segment.
 #pragma once
@@ -29,6 +29,7 @@ void check_online_options(const OnlineOptions& options);
 struct OnlineScores {
   double frozen = 0, offline = 0, online = 0;  // 1 - MSE / MSE of copy-last, same predictions
   int64_t predictions = 0;                     // windows scored per method
+  int64_t online_steps = 0;  // the online method's SGD steps, the calibration segment's included
   double online_seconds = 0;                   // wall time of the online pass
   // Whether the offline method took its calibration steps: false when the calibration segment
   // holds no complete window (context + horizon frames) or calibration_steps is 0; its scores are

@@ -53,6 +53,29 @@ TEST_CASE("online adaptation follows a level shift better than frozen or calibra
   WARN("scores: frozen " << r.frozen << ", offline " << r.offline << ", online " << r.online);
   CHECK(r.offline > r.frozen);
   CHECK(r.online > r.offline);
+  CHECK(r.online_steps == 600 - 16 - 4 - 4 + 1);  // windows at 16..592 learned at 20..596
   CHECK_THROWS_WITH(meta::run_online(*f, drifting_session(), 0, 0, 150, 16, 4, opt),
                     Catch::Contains("too short") && Catch::Contains("drift"));
+}
+
+// Predictions every `stride` frames: each predicted window is learned from once its frames have
+// arrived, at the first prediction time at or after its end, whether or not the stride divides
+// the horizon (a stride of 8 with a horizon of 4 once took no step at all).
+TEST_CASE("online adaptation learns from every predicted window at any stride",
+          "[meta][online]") {
+  auto f = small_mlp();
+  meta::OnlineOptions opt;
+  opt.lr = 0.02;
+  opt.params = {};
+  opt.calibration_steps = 0;  // offline = frozen; only the online method moves
+  for (const auto& [stride, steps] : {std::pair<int64_t, int64_t>{8, 72}, {3, 192}, {4, 145}}) {
+    CAPTURE(stride);
+    opt.stride = stride;
+    // Predictions at 16, 16 + stride, ... while t + 4 <= 600; those made at t >= 20 each follow
+    // the completion of one earlier window.
+    auto r = meta::run_online(*f, drifting_session(), 0, 0, 600, 16, 4, opt);
+    CHECK(r.online_steps == steps);
+    CHECK(r.online > r.frozen);
+    CHECK(r.offline == r.frozen);
+  }
 }

@@ -389,7 +389,19 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
   data::PreparedData train_data(d.train, c.data.prep), held(d.holdout, c.data.prep);
   for (const auto& note : train_data.notes()) std::fprintf(stderr, "note: %s\n", note.c_str());
   for (const auto& note : held.notes()) std::fprintf(stderr, "note: %s\n", note.c_str());
-  cli::note_unused_adapt_lr(c, c.bench.param_sets);  // the fine-tuning rows' step sizes
+  {  // The parameter sets fine-tuned: every one for standard training, the first for the
+     // meta-learned methods' control row (bench.cross_procedures).
+    const bool standard = std::find(c.bench.methods.begin(), c.bench.methods.end(),
+                                    "standard") != c.bench.methods.end();
+    const bool meta_learned = std::any_of(c.bench.methods.begin(), c.bench.methods.end(),
+                                          [](const std::string& m) { return m != "standard"; });
+    std::vector<std::string> finetuned;
+    if (standard)
+      finetuned = c.bench.param_sets;
+    else if (meta_learned && c.bench.cross_procedures && !c.bench.param_sets.empty())
+      finetuned = {c.bench.param_sets.front()};
+    if (!finetuned.empty()) cli::note_unused_adapt_lr(c, finetuned);
+  }
   std::printf("bench adaptation: %lld training sessions, %lld held out (%s); methods %s; "
               "%lld adaptation steps; new-session embeddings: %s\n",
               (long long)d.train.size(), (long long)d.holdout.size(),
