@@ -90,7 +90,10 @@ void check_online_options(const OnlineOptions& o) {
 
 OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t model_session,
                         int64_t begin, int64_t end, int64_t context, int64_t horizon,
-                        const OnlineOptions& opt) {
+                        const OnlineOptions& opt, const std::function<bool()>& stop_requested) {
+  auto stop_if_asked = [&] {
+    if (stop_requested && stop_requested()) throw OnlineStopped();
+  };
   check_online_options(opt);
   check_prefixes(f, opt.params, "online.params");
   MT_CHECK(begin >= 0 && end <= session.num_frames && begin < end,
@@ -112,6 +115,7 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
       std::mt19937_64 rng(opt.seed);
       std::uniform_int_distribution<int64_t> pick(first, last);
       for (int64_t step = 0; step < opt.calibration_steps; ++step) {
+        stop_if_asked();
         // A batch of calibration windows: several samples of the same session.
         std::vector<models::PocoBatch> parts;
         for (int64_t i = 0; i < opt.calibration_batch; ++i)
@@ -139,6 +143,7 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
   const auto start = std::chrono::steady_clock::now();
   const int64_t first = begin + context;
   for (int64_t t = first; t + horizon <= end; t += opt.stride) {
+    stop_if_asked();
     // Learn first from the window whose frames completed since the previous prediction: the
     // last one predicted at or before t - horizon (one per stride, whether or not the stride
     // divides the horizon).

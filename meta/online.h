@@ -6,6 +6,7 @@
 // calibration segment.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -37,11 +38,18 @@ struct OnlineScores {
   bool offline_calibrated = false;
 };
 
+// Thrown by run_online when its `stop_requested` says so (Ctrl-C): no scores.
+struct OnlineStopped : Error {
+  OnlineStopped() : Error("online adaptation stopped") {}
+};
+
 // `session` is the (z-scored) recording; frames [begin, end) form the stream; `model_session` is
 // the forecaster's session index for it (POCO's embedding rows). The forecaster's own parameters
-// are not modified: every method adapts copies.
+// are not modified: every method adapts copies. `stop_requested`, when given, is asked before
+// every calibration step and every prediction time.
 OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t model_session,
                         int64_t begin, int64_t end, int64_t context, int64_t horizon,
-                        const OnlineOptions& options);
+                        const OnlineOptions& options,
+                        const std::function<bool()>& stop_requested = {});
 
 }  // namespace mt::meta

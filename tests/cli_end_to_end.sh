@@ -947,6 +947,29 @@ check "... saying that nothing was kept" grep -q "nothing of this adaptation was
   "$work/adapt_stopped.txt"
 check "... and keeping nothing" test ! -e "$work/poco/adapt/stopped" -a \
   ! -e "$work/poco/adapt/.stopped.partial"
+# Ctrl-C during online (a long regenerated stream): exit 130, a message, online.json as it was.
+cp "$work/poco/online.json" "$work/online_before_stop.json"
+"$bin" online --run "$work/poco" --set data.synthetic.num_frames=200000 \
+  >"$work/online_stopped.txt" 2>&1 &
+pid=$!
+wait_for_text() {  # wait_for_text file text pid: until the file holds the text, or pid ends
+  for _ in $(seq 1200); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    kill -0 "$3" 2>/dev/null || return 1
+    sleep 0.05
+  done
+  return 1
+}
+check "the stopped online started its first session" wait_for_text "$work/online_stopped.txt" \
+  "online: synth_000" "$pid"
+kill -INT "$pid"
+kill -INT "$pid" 2>/dev/null
+wait "$pid"
+check "Ctrl-C stops online with exit code 130" test $? -eq 130
+check "... saying that nothing was written" grep -q "online.json was not written" \
+  "$work/online_stopped.txt"
+check "... and leaving online.json as it was" cmp "$work/poco/online.json" \
+  "$work/online_before_stop.json"
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -266,7 +266,7 @@ std::atomic<int> stop_signal{0};  // the signal that asked to stop, 0 = none
 std::atomic<long long> stop_time_ns{0};  // CLOCK_MONOTONIC of the first stop signal, 0 = none
 constexpr long long kSameStopNs = 300'000'000;  // 0.3 s: quicker than two Ctrl-C by hand
 std::atomic<bool> training_done{false};  // past the last step: the run is being finished
-std::atomic<int> stop_context{0};  // 0: train; 1: bench adaptation; 2: adapt
+std::atomic<int> stop_context{0};  // 0: train; 1: bench adaptation; 2: adapt; 3: online
 static_assert(std::atomic<int>::is_always_lock_free, "set from a signal handler");
 static_assert(std::atomic<long long>::is_always_lock_free, "set from a signal handler");
 
@@ -300,10 +300,13 @@ extern "C" void request_stop(int signal_number) {
       "abort at once)\n";
   static const char stopping_adapt[] =
       "\nstopping after this step; this adaptation is abandoned (again to abort at once)\n";
+  static const char stopping_online[] =
+      "\nstopping online adaptation; nothing is written (again to abort at once)\n";
   const bool done = training_done.load();
   const int context = stop_context.load();
   const char* text = context == 1 ? stopping_bench
                      : context == 2 ? stopping_adapt
+                     : context == 3 ? stopping_online
                      : done         ? finishing
                                     : stopping;
   const size_t length = std::strlen(text);
@@ -988,7 +991,8 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   std::printf("  (val_*: validation split, after the last step and at the best point, where the "
               "model is kept; steps_to_95: the first evaluated step from which the validation "
               "score stays at or above 95%% of val_final, -1 when val_final is not positive; "
-              "test@0: the starting point, test@best: the kept model, on the test split)\n");
+              "test@0: the starting point, test@best: the kept model, on the test split; "
+              "seconds: the adaptation steps alone, validation excluded)\n");
   // The method predict uses by default: the best validation score of the saved models (each
   // saved at its best validation point; the inner loop's per session, so its mean of bests is
   // the score of its models, each chosen on its own session). An inner loop that diverged on a
@@ -1408,6 +1412,10 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
     std::printf("score %.4f on these windows (1 - MSE / MSE of repeating the last frame%s%s)\n",
                 copy_sse > 0 ? 1.0 - sse / copy_sse : 0.0, zscored ? ", on normalised values" : "",
                 as.c_str());
+    if (has_parameters && (split == "all" || split == "train"))
+      std::printf("note: %s windows of the training split, which the model was fit on: "
+                  "--split test scores frames it did not see\n",
+                  split == "all" ? "these include the" : "these are the");
   }
   std::printf("wrote %s: pred (%lld, %lld, %lld) in the recording's units%s, start, t%s\n",
               out_path.c_str(), (long long)W, (long long)N, (long long)H,
@@ -1465,6 +1473,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   const meta::NewSessionInit init = meta::parse_new_session_init(c.adapt.new_session_init);
   json rows = json::array();
   bool header_printed = false;  // once the data passed their checks
+  size_t name_width = 24;       // the session column: its longest name, "(new)" included
   std::vector<std::string> below_copy_last;  // sessions where every method scores below 0
   bool new_below_copy_last = false;          // held-out ones among them
   bool any_held_out = false;
@@ -1481,6 +1490,9 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                name, run_dir);
     // Regenerated data have other CRC-32s; their sessions must still be the run's.
     check_same_recordings(run, d.train, run_dir, cd, /*compare_recordings=*/!regenerated);
+    for (const auto& name : d.train.names()) name_width = std::max(name_width, name.size());
+    for (const auto& name : d.holdout.names())
+      name_width = std::max(name_width, name.size() + 6);
     Generator gen(0);
     auto f = meta::make_forecaster(cd.model, sizes_of(d.train), gen);
     load_run_model(*f, run_dir, /*new_sessions=*/false, !sets.empty());
@@ -1489,7 +1501,8 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
     auto score_session = [&](meta::Forecaster& model, const data::Session& session, int64_t s,
                              int64_t begin, int64_t end, int64_t calibration_cap, bool held_out) {
       if (!header_printed)
-        std::printf("%8s %-24s %8s %10s %10s %10s %9s\n", "drift", "session", "windows",
+        std::printf("%8s %s %8s %10s %10s %10s %9s\n", "drift",
+                    cli::padded("session", name_width).c_str(), "windows",
                     "frozen", "offline", "online", "online_s");
       header_printed = true;
       meta::OnlineOptions opt = cd.online;
@@ -1506,8 +1519,11 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                      "%s\n",
                      name.c_str(), (long long)cd.online.calibration_frames,
                      (long long)opt.calibration_frames, cap_name);
-      meta::OnlineScores r = meta::run_online(model, session, s, begin, end, pc.context(),
-                                              pc.pred_length, opt);
+      std::fprintf(stderr, "online: %s%s: frames %lld..%lld\n", name.c_str(),
+                   held_out ? " (new)" : "", (long long)begin, (long long)end);
+      meta::OnlineScores r =
+          meta::run_online(model, session, s, begin, end, pc.context(), pc.pred_length, opt,
+                           [] { return stop_signal.load() != 0; });
       if (!r.offline_calibrated && opt.calibration_steps > 0 && drift == sweep.front())
         std::fprintf(stderr,
                      "note: session '%s': the offline method took no calibration step: %lld "
@@ -1522,7 +1538,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
         new_below_copy_last = new_below_copy_last || held_out;
       }
       std::printf("%8s %s %8lld %10.4f %10.4f %10.4f %9.2f\n", drift_text.c_str(),
-                  cli::padded(name + (held_out ? " (new)" : ""), 24).c_str(),
+                  cli::padded(name + (held_out ? " (new)" : ""), name_width).c_str(),
                   (long long)r.predictions, r.frozen, r.offline, r.online, r.online_seconds);
       json row = {{"session", name},
                   {"held_out", held_out},
@@ -1547,7 +1563,8 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
         sums[2] += r.online;
       }
       const double n = double(scores.size());
-      std::printf("%8s %-24s %8s %10.4f %10.4f %10.4f\n", drift_text.c_str(), label, "",
+      std::printf("%8s %s %8s %10.4f %10.4f %10.4f\n", drift_text.c_str(),
+                  cli::padded(label, name_width).c_str(), "",
                   sums[0] / n, sums[1] / n, sums[2] / n);
     };
     {
@@ -1632,6 +1649,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
               {"new_session_init", c.adapt.new_session_init}};
   if (c.model.kind != "copy_last")
     out["model_crc32"] = cli::checkpoint_data_crc32(run_dir + "/model.safetensors");
+  if (stop_signal.load() != 0) throw meta::OnlineStopped();  // asked during the last session
   cli::write_file_atomic(run_dir + "/online.json", out.dump(2) + "\n");
   std::printf("wrote %s/online.json\n", run_dir.c_str());
   return out;
@@ -1833,7 +1851,9 @@ int main(int argc, char** argv) {
   auto* online = app.add_subcommand(
       "online", "online vs offline adaptation: on the validation + test stream of each session "
                 "the run was trained on, and on the whole recording of each held-out session "
-                "(data.holdout), new to the model (online.* settings; writes online.json)");
+                "(data.holdout), new to the model; --set 'data.holdout=[]' scores the trained ones "
+                "alone; online.stride frames between predictions, 1 by default: every window; "
+                "Ctrl-C stops it, writing nothing (online.* settings; writes online.json)");
   online->add_option("--run", run_dir, "run folder written by train")->required();
   std::vector<double> drifts;
   online->add_option("--drift", drifts,
@@ -1975,6 +1995,8 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (online->parsed()) {
+      stop_context.store(3);
+      StopOnSignal on_signal;
       run_online_cmd(run_dir, drifts, sets);
       return 0;
     }
@@ -2061,6 +2083,11 @@ int main(int argc, char** argv) {
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       return 0;
     }
+  } catch (const meta::OnlineStopped&) {  // Ctrl-C during online
+    std::fprintf(stderr, "online: stopped; online.json was not written (an earlier one is as it "
+                         "was)\n");
+    const int signal_number = stop_signal.load();
+    return 128 + (signal_number != 0 ? signal_number : SIGINT);
   } catch (const AdaptationStopped& e) {  // Ctrl-C during adapt
     std::fprintf(stderr, "%s\n", e.what());
     const int signal_number = stop_signal.load();
