@@ -789,7 +789,7 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     modes.clear();
     std::fprintf(stderr, "note: the %s model has no parameters: the table holds its scores alone\n",
                  c.model.kind.c_str());
-  } else if (c.model.kind != "poco" && modes.size() > 1) {
+  } else if (c.model.kind != "poco" && modes != std::vector<std::string>{"all"}) {
     std::fprintf(stderr,
                  "note: the %s model has no embedding tables: each mode fine-tunes all of its "
                  "parameters, at the mode's step size (adapt.lr_by_mode)\n",
@@ -992,7 +992,8 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
               "model is kept; steps_to_95: the first evaluated step from which the validation "
               "score stays at or above 95%% of val_final, -1 when val_final is not positive; "
               "test@0: the starting point, test@best: the kept model, on the test split; "
-              "seconds: the adaptation steps alone, validation excluded)\n");
+              "seconds: the adaptation steps alone, validation excluded; the inner loop's, a mean "
+              "per session)\n");
   // The method predict uses by default: the best validation score of the saved models (each
   // saved at its best validation point; the inner loop's per session, so its mean of bests is
   // the score of its models, each chosen on its own session). An inner loop that diverged on a
@@ -1519,8 +1520,10 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                      "%s\n",
                      name.c_str(), (long long)cd.online.calibration_frames,
                      (long long)opt.calibration_frames, cap_name);
-      std::fprintf(stderr, "online: %s%s: frames %lld..%lld\n", name.c_str(),
-                   held_out ? " (new)" : "", (long long)begin, (long long)end);
+      std::fprintf(stderr, "online: %s%s: frames [%lld, %lld)%s\n", name.c_str(),
+                   held_out ? " (new)" : "", (long long)begin, (long long)end,
+                   synthetic && sweep.size() > 1 ? fmt::format(", drift {}", drift).c_str()
+                                                 : "");
       meta::OnlineScores r =
           meta::run_online(model, session, s, begin, end, pc.context(), pc.pred_length, opt,
                            [] { return stop_signal.load() != 0; });
