@@ -939,9 +939,13 @@ check "... which is left as it was" test "$(ls "$work/csv_recordings")" = a.csv
   >"$work/adapt_stopped.txt" 2>&1 &
 pid=$!
 check "the stopped adapt started" wait_for_path "$work/poco/adapt/.stopped.partial" "$pid"
-kill -INT "$pid"
-kill -INT "$pid" 2>/dev/null
-wait "$pid"
+# Ctrl-C sent twice back to back to a background process; its exit status.
+stop_twice() {  # stop_twice pid
+  kill -INT "$1"
+  kill -INT "$1" 2>/dev/null
+  wait "$1"
+}
+stop_twice "$pid"
 check "Ctrl-C stops adapt with exit code 130" test $? -eq 130
 check "... saying that nothing was kept" grep -q "nothing of this adaptation was kept" \
   "$work/adapt_stopped.txt"
@@ -962,9 +966,7 @@ wait_for_text() {  # wait_for_text file text pid: until the file holds the text,
 }
 check "the stopped online started its first session" wait_for_text "$work/online_stopped.txt" \
   "online: synth_000" "$pid"
-kill -INT "$pid"
-kill -INT "$pid" 2>/dev/null
-wait "$pid"
+stop_twice "$pid"
 check "Ctrl-C stops online with exit code 130" test $? -eq 130
 check "... saying that nothing was written" grep -q "online.json was not written" \
   "$work/online_stopped.txt"

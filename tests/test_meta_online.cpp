@@ -30,13 +30,19 @@ std::unique_ptr<meta::Forecaster> small_mlp() {
   Generator gen(5);
   return meta::make_forecaster(spec, {6}, gen);  // f32, like the data windows
 }
+
+// Every parameter of the model is a test-time parameter, stepped at `lr`.
+meta::OnlineOptions every_parameter(double lr) {
+  meta::OnlineOptions opt;
+  opt.lr = lr;
+  opt.params = {};
+  return opt;
+}
 }  // namespace
 
 TEST_CASE("online adaptation: zero step size changes nothing", "[meta][online]") {
   auto f = small_mlp();
-  meta::OnlineOptions opt;
-  opt.lr = 0;
-  opt.params = {};  // every parameter is a test-time parameter
+  const meta::OnlineOptions opt = every_parameter(0);
   auto r = meta::run_online(*f, drifting_session(), 0, 0, 600, 16, 4, opt);
   CHECK(r.predictions == 600 - 200 - 4 + 1);
   CHECK(r.online == r.frozen);
@@ -46,9 +52,7 @@ TEST_CASE("online adaptation: zero step size changes nothing", "[meta][online]")
 TEST_CASE("online adaptation follows a level shift better than frozen or calibrated models",
           "[meta][online]") {
   auto f = small_mlp();
-  meta::OnlineOptions opt;
-  opt.lr = 0.02;
-  opt.params = {};
+  meta::OnlineOptions opt = every_parameter(0.02);
   auto r = meta::run_online(*f, drifting_session(), 0, 0, 600, 16, 4, opt);
   WARN("scores: frozen " << r.frozen << ", offline " << r.offline << ", online " << r.online);
   CHECK(r.offline > r.frozen);
@@ -64,9 +68,7 @@ TEST_CASE("online adaptation follows a level shift better than frozen or calibra
 TEST_CASE("online adaptation learns from every predicted window at any stride",
           "[meta][online]") {
   auto f = small_mlp();
-  meta::OnlineOptions opt;
-  opt.lr = 0.02;
-  opt.params = {};
+  meta::OnlineOptions opt = every_parameter(0.02);
   opt.calibration_steps = 0;  // offline = frozen; only the online method moves
   for (const auto& [stride, steps] : {std::pair<int64_t, int64_t>{8, 72}, {3, 192}, {4, 145}}) {
     CAPTURE(stride);
