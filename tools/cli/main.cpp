@@ -695,6 +695,18 @@ void check_same_recordings(const Run& run, data::Dataset& train, const std::stri
   }
 }
 
+// Every held-out session must be new to the run's model (`trained_on`, config.json 'sessions'):
+// an error naming the first that is not, `command` and `why` completing it.
+void check_holdout_is_new(const std::vector<std::string>& trained_on,
+                          const data::Dataset& holdout, const std::string& run_dir,
+                          const char* command, const char* why) {
+  for (const auto& name : holdout.names())
+    MT_CHECK(std::find(trained_on.begin(), trained_on.end(), name) == trained_on.end(),
+             "{}: data.holdout names '{}', a session the model was trained on ({}/config.json "
+             "'sessions'); {}",
+             command, name, run_dir, why);
+}
+
 // ---- adapt ----
 // Adapts the run's model to the held-out sessions: AdamW fine-tuning per adapt.modes and, for a
 // meta-learned run, the inner loop it was meta-learned for. `trained_on` / `trained_sizes`: the
@@ -717,11 +729,8 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
            "adapt: {}/config.json lists no training sessions ('sessions', written by train); "
            "restore the file",
            run_dir);
-  for (const auto& name : d.holdout.names())
-    MT_CHECK(std::find(trained_on.begin(), trained_on.end(), name) == trained_on.end(),
-             "adapt: data.holdout names '{}', a session the model was trained on ({}/config.json "
-             "'sessions'); adaptation is to sessions the training never saw",
-             name, run_dir);
+  check_holdout_is_new(trained_on, d.holdout, run_dir, "adapt",
+                       "adaptation is to sessions the training never saw");
   data::PreparedData prepared(d.holdout, c.data.prep);
   const bool inner_row = c.train.method != "standard" && c.model.kind == "poco";
   if (inner_row)
@@ -1483,12 +1492,8 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
     cd.data.synthetic.drift = drift;
     const std::string drift_text = synthetic ? fmt::format("{:.2f}", drift) : "-";
     Data d = load_data(cd);
-    for (const auto& name : d.holdout.names())
-      MT_CHECK(std::find(run.trained_on.begin(), run.trained_on.end(), name) ==
-                   run.trained_on.end(),
-               "online: data.holdout names '{}', a session the model was trained on "
-               "({}/config.json 'sessions'); held-out sessions are scored as new to the model",
-               name, run_dir);
+    check_holdout_is_new(run.trained_on, d.holdout, run_dir, "online",
+                         "held-out sessions are scored as new to the model");
     // Regenerated data have other CRC-32s; their sessions must still be the run's.
     check_same_recordings(run, d.train, run_dir, cd, /*compare_recordings=*/!regenerated);
     for (const auto& name : d.train.names()) name_width = std::max(name_width, name.size());
