@@ -1,9 +1,9 @@
 // Online adaptation on a stream of frames: every `stride` frames, at time t, the forecaster
 // predicts frames t .. t+H-1 from the context before t with its current weights; once those
 // frames have arrived (at the first prediction time >= t + H) it takes one SGD step of the
-// test-time parameters on that delayed loss. Compared with offline adaptation (K steps on a calibration segment at the start of the
-// stream, then frozen) and with the frozen model, all scored on the same predictions after the
-// calibration segment.
+// test-time parameters on that delayed loss. Compared with offline adaptation (K steps on a
+// calibration segment at the start of the stream, then frozen) and with the frozen model, all
+// scored on the same predictions after the calibration segment.
 #pragma once
 
 #include <functional>

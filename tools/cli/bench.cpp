@@ -393,12 +393,10 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
      // meta-learned methods' control row (bench.cross_procedures).
     const bool standard = std::find(c.bench.methods.begin(), c.bench.methods.end(),
                                     "standard") != c.bench.methods.end();
-    const bool meta_learned = std::any_of(c.bench.methods.begin(), c.bench.methods.end(),
-                                          [](const std::string& m) { return m != "standard"; });
     std::vector<std::string> finetuned;
     if (standard)
       finetuned = c.bench.param_sets;
-    else if (meta_learned && c.bench.cross_procedures && !c.bench.param_sets.empty())
+    else if (!c.bench.methods.empty() && c.bench.cross_procedures && !c.bench.param_sets.empty())
       finetuned = {c.bench.param_sets.front()};
     if (!finetuned.empty()) cli::note_unused_adapt_lr(c, finetuned);
   }

@@ -19,6 +19,15 @@ namespace mt::cli {
 
 namespace {
 
+// An error's message without the source location MT_CHECK appends (" [file:line]"): for a
+// message that wraps it and gets a location of its own.
+std::string without_source_location(const std::exception& e) {
+  std::string why = e.what();
+  if (const size_t at = why.rfind(" ["); at != std::string::npos && why.back() == ']')
+    why.erase(at);
+  return why;
+}
+
 bool looks_numeric(const std::string& text) {
   char* end = nullptr;
   (void)std::strtod(text.c_str(), &end);
@@ -78,9 +87,7 @@ class Reader {
         if (it->is_string() && looks_numeric(it->template get<std::string>()))
           hint = " (JSON numbers need a digit before the point, e.g. 0.001)";
       // The inner check's own source location is dropped: this message gets one.
-      std::string why = e.what();
-      if (const size_t at = why.rfind(" ["); at != std::string::npos && why.back() == ']')
-        why.erase(at);
+      const std::string why = without_source_location(e);
       MT_FAIL("config: '{}.{}' = {}: {}{}", where_, key, it->dump(), why, hint);
     }
   }
@@ -449,9 +456,7 @@ RunConfig config_from_json(const nlohmann::json& j) {
   try {
     pc = c.model.poco_config();
   } catch (const Error& e) {  // POCO's own message, named by its place in the config
-    std::string why = e.what();
-    if (const size_t at = why.rfind(" ["); at != std::string::npos && why.back() == ']')
-      why.erase(at);
+    std::string why = without_source_location(e);
     if (why.rfind("POCO config: ", 0) == 0) why.erase(0, 13);
     MT_FAIL("config: model.poco (preset '{}'): {}", c.model.preset, why);
   }
@@ -496,10 +501,7 @@ RunConfig config_from_json(const nlohmann::json& j) {
     try {
       meta::finetune_prefixes(mode);
     } catch (const Error& e) {
-      std::string why = e.what();  // its own source location dropped: this message gets one
-      if (const size_t at = why.rfind(" ["); at != std::string::npos && why.back() == ']')
-        why.erase(at);
-      MT_FAIL("config: adapt.lr_by_mode.{}: {}", mode, why);
+      MT_FAIL("config: adapt.lr_by_mode.{}: {}", mode, without_source_location(e));
     }
     MT_CHECK(lr > 0, "config: adapt.lr_by_mode.{} must be positive, got {}", mode, lr);
   }
