@@ -1,11 +1,13 @@
 #include "meta/online.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <random>
 
 #include "engine/autograd/engine.h"
 #include "engine/autograd/grad_mode.h"
+#include "engine/core/backend.h"
 
 namespace mt::meta {
 
@@ -58,22 +60,39 @@ void sgd_step(const Forecaster& f, Adapted& a, const models::PocoBatch& b, doubl
     if (g[i].defined()) a.leaves[i].add_(g[i], -lr);
 }
 
+// Squared errors of forecasts of frames [t, t + H) of `s` (N x H, host values), and those of
+// repeating frame t - 1.
 struct Score {
   double sse = 0, copy_sse = 0;
-  void add(const Tensor& pred, const models::PocoBatch& b) {
-    auto p = pred.to_vector<double>(), y = b.target.to_vector<double>();
-    auto x = b.x.to_vector<double>();
-    const int64_t ctx = b.x.size(1), H = b.target.size(1);
-    for (size_t i = 0; i < p.size(); ++i) {
-      const double last = x[(i / size_t(H)) * size_t(ctx) + size_t(ctx - 1)];
-      sse += (p[i] - y[i]) * (p[i] - y[i]);
-      copy_sse += (last - y[i]) * (last - y[i]);
-    }
+  void add(const std::vector<double>& pred, const data::Session& s, int64_t t, int64_t H) {
+    for (int64_t n = 0; n < s.num_neurons; ++n)
+      for (int64_t h = 0; h < H; ++h) {
+        const double y = s.at(n, t + h), p = pred[size_t(n * H + h)], last = s.at(n, t - 1);
+        sse += (p - y) * (p - y);
+        copy_sse += (last - y) * (last - y);
+      }
   }
   double value() const { return copy_sse > 0 ? 1.0 - sse / copy_sse : 0.0; }
 };
 
+double ms_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+      .count();
+}
+
 }  // namespace
+
+LatencyMs summarize_latency(std::vector<double> ms) {
+  LatencyMs out;
+  out.count = int64_t(ms.size());
+  if (ms.empty()) return out;
+  std::sort(ms.begin(), ms.end());
+  const size_t n = ms.size();
+  out.median = n % 2 ? ms[n / 2] : 0.5 * (ms[n / 2 - 1] + ms[n / 2]);
+  out.p95 = ms[size_t(std::ceil(0.95 * double(n))) - 1];
+  out.max = ms.back();
+  return out;
+}
 
 void check_online_options(const OnlineOptions& o) {
   MT_CHECK(std::isfinite(o.lr) && o.lr >= 0,
@@ -140,6 +159,8 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
   }
   Score frozen, offline_score, online_score;
   Adapted online = copy_params(f, opt.params);
+  std::vector<double> update_ms, forecast_ms, cycle_ms;
+  const Device device = f.device();
   const auto start = std::chrono::steady_clock::now();
   const int64_t first = begin + context;
   for (int64_t t = first; t + horizon <= end; t += opt.stride) {
@@ -147,19 +168,31 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
     // Learn first from the window whose frames completed since the previous prediction: the
     // last one predicted at or before t - horizon (one per stride, whether or not the stride
     // divides the horizon).
+    double cycle = 0;
     if (const int64_t ready = t - horizon; ready >= first) {
+      const auto step_start = std::chrono::steady_clock::now();
       const int64_t done = ready - (ready - first) % opt.stride;
       sgd_step(f, online, window(f, session, model_session, done, context, horizon), opt.lr);
+      synchronize(device);
+      cycle = ms_since(step_start);
+      update_ms.push_back(cycle);
       ++out.online_steps;
     }
     if (t < scored_from) continue;
-    models::PocoBatch b = window(f, session, model_session, t, context, horizon);
     NoGradGuard no_grad;
-    online_score.add(f.predict(b, &online.overrides), b);
-    offline_score.add(f.predict(b, &offline.overrides), b);
-    frozen.add(f.predict(b), b);
+    const auto forecast_start = std::chrono::steady_clock::now();
+    models::PocoBatch b = window(f, session, model_session, t, context, horizon);
+    const std::vector<double> online_pred = f.predict(b, &online.overrides).to_vector<double>();
+    forecast_ms.push_back(ms_since(forecast_start));
+    cycle_ms.push_back(cycle + forecast_ms.back());
+    online_score.add(online_pred, session, t, horizon);
+    offline_score.add(f.predict(b, &offline.overrides).to_vector<double>(), session, t, horizon);
+    frozen.add(f.predict(b).to_vector<double>(), session, t, horizon);
     ++out.predictions;
   }
+  out.update_ms = summarize_latency(std::move(update_ms));
+  out.forecast_ms = summarize_latency(std::move(forecast_ms));
+  out.cycle_ms = summarize_latency(std::move(cycle_ms));
   out.online_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   out.frozen = frozen.value();

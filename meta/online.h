@@ -27,11 +27,24 @@ struct OnlineOptions {
 // Positive rates and sizes; errors name the config fields (online.*) and the fix.
 void check_online_options(const OnlineOptions& options);
 
+// Milliseconds one kind of event took, over a stream: the median, the 95th percentile (nearest
+// rank) and the slowest (the first events include one-time allocations).
+struct LatencyMs {
+  double median = 0, p95 = 0, max = 0;
+  int64_t count = 0;
+};
+LatencyMs summarize_latency(std::vector<double> ms);
+
 struct OnlineScores {
   double frozen = 0, offline = 0, online = 0;  // 1 - MSE / MSE of copy-last, same predictions
   int64_t predictions = 0;                     // windows scored per method
   int64_t online_steps = 0;  // the online method's SGD steps, the calibration segment's included
   double online_seconds = 0;                   // wall time of the online pass
+  // What a live system would wait for, on the forecaster's device (each waited for):
+  // update: one online SGD step (the arrived window to tensors, forward, backward, step);
+  // forecast: the online method's forecast of one window (to tensors, forward, to the host);
+  // cycle: one scored prediction time, its update (if one was due) and its forecast.
+  LatencyMs update_ms, forecast_ms, cycle_ms;
   // Whether the offline method took its calibration steps: false when the calibration segment
   // holds no complete window (context + horizon frames) or calibration_steps is 0; its scores are
   // then the frozen model's.

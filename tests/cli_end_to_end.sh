@@ -100,6 +100,29 @@ import json, sys
 r = next(r for r in json.load(open(sys.argv[1]))["rows"] if r["held_out"])
 assert r["calibration_frames"] == 280 and r["zscore_frames"] == [0, 280], r
 assert r["windows"] == 30, r' "$work/poco/online.json"
+# Each row times the online method as a live system would wait for it: one update per online
+# step, one forecast and one cycle (update + forecast) per scored window; the time between two
+# prediction times is online.stride frames of the recording (synthetic: 0.1 s per frame).
+check "online timed every update, forecast and cycle" "$py" -c '
+import json, sys
+out = json.load(open(sys.argv[1]))
+assert out["device"] == "cpu", out["device"]
+for r in out["rows"]:
+    l = r["latency_ms"]
+    assert l["update"]["count"] == r["online_steps"], r
+    assert l["forecast"]["count"] == l["cycle"]["count"] == r["windows"], r
+    for kind in ("update", "forecast", "cycle"):
+        assert 0 < l[kind]["median"] <= l[kind]["p95"] <= l[kind]["max"], r
+    assert l["cycle"]["median"] > l["forecast"]["median"], r
+    assert abs(r["frame_interval_s"] - 0.1) < 1e-9, r
+    assert abs(r["prediction_interval_ms"] - 400) < 1e-6, r' "$work/poco/online.json"
+# Frames 1 us apart (data.synthetic.dt, regenerated): no cycle fits between two of them.
+check "online of a recording faster than its cycles" "$bin" online --run "$work/poco" \
+  --set data.synthetic.dt=1e-6 --set online.stride=4 --set online.calibration_steps=2
+cp "$work/out.txt" "$work/online_behind.txt"
+check "... notes that it would fall behind" grep -q \
+  "would fall behind a live recording of synth_000 (.* ms of 0.004 ms).*online.stride=[0-9]* would" \
+  "$work/online_behind.txt"
 fails_with "online holding out a trained session" "a session the model was trained on" "$bin" \
   online --run "$work/poco" --drift 0.1 --set 'data.holdout=["synth_000"]'
 check "train nlinear on the npz folder" "$bin" train --run "$work/nl" "${small[@]}" \

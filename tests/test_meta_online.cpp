@@ -58,6 +58,17 @@ TEST_CASE("online adaptation follows a level shift better than frozen or calibra
   CHECK(r.offline > r.frozen);
   CHECK(r.online > r.offline);
   CHECK(r.online_steps == 600 - 16 - 4 - 4 + 1);  // windows at 16..592 learned at 20..596
+  // One timed update per step, one timed forecast and cycle per scored window; every scored
+  // prediction time (from 200 on) follows an update, so a cycle outlasts its forecast.
+  CHECK(r.update_ms.count == r.online_steps);
+  CHECK(r.forecast_ms.count == r.predictions);
+  CHECK(r.cycle_ms.count == r.predictions);
+  for (const meta::LatencyMs& l : {r.update_ms, r.forecast_ms, r.cycle_ms}) {
+    CHECK(l.median > 0);
+    CHECK(l.median <= l.p95);
+    CHECK(l.p95 <= l.max);
+  }
+  CHECK(r.cycle_ms.median > r.forecast_ms.median);
   CHECK_THROWS_WITH(meta::run_online(*f, drifting_session(), 0, 0, 150, 16, 4, opt),
                     Catch::Contains("too short") && Catch::Contains("drift"));
 }
@@ -80,4 +91,17 @@ TEST_CASE("online adaptation learns from every predicted window at any stride",
     CHECK(r.online > r.frozen);
     CHECK(r.offline == r.frozen);
   }
+}
+
+// Nearest-rank percentiles: the 95th of 20 values is the 19th smallest.
+TEST_CASE("online latency summary: median, nearest-rank 95th percentile, max", "[meta][online]") {
+  std::vector<double> ms;
+  for (int i = 20; i >= 1; --i) ms.push_back(double(i));
+  const meta::LatencyMs l = meta::summarize_latency(ms);
+  CHECK(l.count == 20);
+  CHECK(l.median == 10.5);
+  CHECK(l.p95 == 19);
+  CHECK(l.max == 20);
+  CHECK(meta::summarize_latency({3.0, 1.0, 2.0}).median == 2.0);
+  CHECK(meta::summarize_latency({}).count == 0);
 }

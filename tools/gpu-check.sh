@@ -4,7 +4,7 @@
 # case, runs them again under compute-sanitizer's memcheck, and runs the CUDA benchmarks (kernel
 # bandwidth and GEMM, embedding sparse updates, fused attention, the E2E-TTT meta-step of poco-seed
 # and poco-paper, eager and replayed as a CUDA graph; the PyTorch peers when torch with CUDA is
-# installed).
+# installed; the latency of online adaptation on the GPU and on the CPU).
 # Logs and JSON go to the folder given as the first argument (default: $OUT, else
 # gpu-check-results/).
 #
@@ -207,6 +207,24 @@ else
   missing bench_flash_attention
 fi
 
+# Online adaptation as a live system runs it (metatape online): the latency of one SGD step of
+# the test-time parameters and of one forecast, on the GPU and on the host's cores, for a
+# poco-paper trained briefly on the default synthetic sessions, one of them held out (a new
+# session from its first frame). The scores are not the point: the milliseconds are.
+CLI="$BUILD_DIR/bin/metatape"
+if [[ -x "$CLI" ]]; then
+  run_step online_latency online_latency.log bash -c '
+    run="$(mktemp -d)/run"
+    "$1" train --run "$run" --device cuda --set train.steps=200 --set train.eval_every=100 \
+      --set "data.holdout=[\"synth_003\"]" || exit 1
+    for device in cuda cpu; do
+      "$1" online --run "$run" --device "$device" || exit 1
+      cp "$run/online.json" "$2/online_latency_${device}.json"
+    done' _ "$CLI" "$OUT_DIR"
+else
+  missing online_latency
+fi
+
 # summary.json: one entry per step with its exit status.
 {
   echo "{"
@@ -216,7 +234,7 @@ fi
   first=1
   for name in configure build cuda_tests memcheck all_tests bench_kernels bench_embedding_update \
     bench_flash_attention bench_flash_attention_tf32 peer_flash_attention bench_meta_step bench_meta_step_graph \
-    bench_meta_step_variants profile_meta_step bench_meta_step_torch; do
+    bench_meta_step_variants profile_meta_step bench_meta_step_torch online_latency; do
     [[ -n "${status[$name]+x}" ]] || continue
     [[ $first -eq 1 ]] || echo ","
     printf '    "%s": %s' "$name" "${status[$name]}"

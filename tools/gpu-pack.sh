@@ -14,7 +14,8 @@
 #                   (~30 MB each, ~59 MB packed for all of them): for a device session pack what
 #                   gpu-check's steps run, e.g. TARGETS="metatape_tests metatape-bench-meta-step
 #                   metatape-bench-flash-attention metatape-bench-cuda-kernels
-#                   metatape-bench-embedding-update"
+#                   metatape-bench-embedding-update metatape-cli" (metatape-cli: the command-line
+#                   tool, bin/metatape, for the online_latency step)
 # The binaries are built without -march=native so they run on any x86-64 host processor.
 set -euo pipefail
 
@@ -40,7 +41,10 @@ trap 'rm -rf "$STAGE"' EXIT
 mkdir -p "$STAGE/bin" "$STAGE/lib"
 for exe in "$BUILD_DIR"/bin/*; do
   [[ -x "$exe" && -f "$exe" ]] || continue
-  if [[ -n "${TARGETS:-}" && " $TARGETS " != *" $(basename "$exe") "* ]]; then continue; fi
+  # (the command-line tool's target is metatape-cli, its binary metatape)
+  target="$(basename "$exe")"
+  [[ "$target" == metatape ]] && target=metatape-cli
+  if [[ -n "${TARGETS:-}" && " $TARGETS " != *" $target "* ]]; then continue; fi
   cp "$exe" "$STAGE/bin/"
   strip --strip-unneeded "$STAGE/bin/$(basename "$exe")" 2>/dev/null || true
 done

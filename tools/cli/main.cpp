@@ -1440,7 +1440,7 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
 // session would arrive. Frozen, offline and online scores of each. With `drifts` (synthetic data
 // only), the data are regenerated with each drift magnitude.
 json run_online_cmd(const std::string& run_dir, const std::vector<double>& drifts,
-                    const std::vector<std::string>& sets) {
+                    const std::vector<std::string>& sets, Device device) {
   Run run = read_run(run_dir);
   cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
   resolve_run_data_path(run_dir, c, sets, "online");
@@ -1485,6 +1485,8 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   bool header_printed = false;  // once the data passed their checks
   size_t name_width = 24;       // the session column: its longest name, "(new)" included
   std::vector<std::string> below_copy_last;  // sessions where every method scores below 0
+  std::vector<std::string> behind;           // sessions whose cycles outlast their frames
+  int64_t stride_that_fits = 0;              // the smallest stride that fits all of them
   bool new_below_copy_last = false;          // held-out ones among them
   bool any_held_out = false;
   for (double drift : sweep) {
@@ -1502,14 +1504,24 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
     Generator gen(0);
     auto f = meta::make_forecaster(cd.model, sizes_of(d.train), gen);
     load_run_model(*f, run_dir, /*new_sessions=*/false, !sets.empty());
+    // The model as adapt starts it on the held-out sessions: the trained weights, their
+    // embedding rows new (adapt.new_session_init); made on the CPU, then moved.
+    std::unique_ptr<meta::Forecaster> fresh;
+    if (!d.holdout.empty()) {
+      Generator g_new(cd.adapt.train.seed);
+      fresh = meta::make_forecaster(cd.model, sizes_of(d.holdout), g_new);
+      meta::transfer_to_new_sessions(*f, *fresh, init);
+      fresh->to(device);
+    }
+    f->to(device);
     // One session's stream, [begin, end) of its frames, the first `calibration_cap` of them at
     // most the offline method's calibration segment; a row of the table and of online.json.
     auto score_session = [&](meta::Forecaster& model, const data::Session& session, int64_t s,
                              int64_t begin, int64_t end, int64_t calibration_cap, bool held_out) {
       if (!header_printed)
-        std::printf("%8s %s %8s %10s %10s %10s %9s\n", "drift",
-                    cli::padded("session", name_width).c_str(), "windows",
-                    "frozen", "offline", "online", "online_s");
+        std::printf("%8s %s %8s %10s %10s %10s %9s %9s %9s\n", "drift",
+                    cli::padded("session", name_width).c_str(), "windows", "frozen", "offline",
+                    "online", "online_s", "update_ms", "fcst_ms");
       header_printed = true;
       meta::OnlineOptions opt = cd.online;
       opt.calibration_frames = std::min<int64_t>(cd.online.calibration_frames, calibration_cap);
@@ -1545,9 +1557,25 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
         below_copy_last.push_back(name);
         new_below_copy_last = new_below_copy_last || held_out;
       }
-      std::printf("%8s %s %8lld %10.4f %10.4f %10.4f %9.2f\n", drift_text.c_str(),
+      std::printf("%8s %s %8lld %10.4f %10.4f %10.4f %9.2f %9.2f %9.2f\n", drift_text.c_str(),
                   cli::padded(name + (held_out ? " (new)" : ""), name_width).c_str(),
-                  (long long)r.predictions, r.frozen, r.offline, r.online, r.online_seconds);
+                  (long long)r.predictions, r.frozen, r.offline, r.online, r.online_seconds,
+                  r.update_ms.median, r.forecast_ms.median);
+      // A live recording gives a new prediction time every stride frames: the cycle (an update
+      // and a forecast) has to fit in between.
+      const double frame_interval_s = session.frame_interval();
+      const double interval_ms = 1000.0 * frame_interval_s * double(opt.stride);
+      if (r.cycle_ms.count > 0 && interval_ms > 0 && r.cycle_ms.p95 > interval_ms &&
+          drift == sweep.front())
+      {
+        behind.push_back(fmt::format("{} ({:.3g} ms of {:.3g} ms)", name, r.cycle_ms.p95,
+                                     interval_ms));
+        stride_that_fits = std::max(
+            stride_that_fits, int64_t(std::ceil(r.cycle_ms.p95 / (1000.0 * frame_interval_s))));
+      }
+      auto latency = [](const meta::LatencyMs& l) {
+        return json{{"median", l.median}, {"p95", l.p95}, {"max", l.max}, {"count", l.count}};
+      };
       json row = {{"session", name},
                   {"held_out", held_out},
                   {"stream_frames", json::array({begin, end})},
@@ -1557,6 +1585,11 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                   {"online", r.online},
                   {"online_seconds", r.online_seconds},
                   {"online_steps", r.online_steps},
+                  {"latency_ms", {{"update", latency(r.update_ms)},
+                                  {"forecast", latency(r.forecast_ms)},
+                                  {"cycle", latency(r.cycle_ms)}}},
+                  {"frame_interval_s", frame_interval_s},
+                  {"prediction_interval_ms", interval_ms},
                   {"calibration_frames", opt.calibration_frames},
                   {"offline_calibrated", r.offline_calibrated}};
       if (synthetic) row["drift"] = drift;
@@ -1590,11 +1623,6 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
       print_mean(d.holdout.empty() ? "mean" : "mean (trained)", scores);
     }
     if (!d.holdout.empty()) {
-      // The model as adapt starts it on the held-out sessions: the trained weights, their
-      // embedding rows new (adapt.new_session_init).
-      Generator g_new(cd.adapt.train.seed);
-      auto fresh = meta::make_forecaster(cd.model, sizes_of(d.holdout), g_new);
-      meta::transfer_to_new_sessions(*f, *fresh, init);
       std::vector<meta::OnlineScores> scores;
       for (int64_t s = 0; s < d.holdout.size(); ++s) {
         // A live session knows only its past: it is z-scored (data.zscore) with the statistics
@@ -1631,12 +1659,26 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
       "Trained sessions: their validation + test frames. (new): held-out sessions, their whole "
       "recording, embedding rows as adapt.new_session_init sets them, z-scored with the frames "
       "before their first scored forecast (zscore_frames), not with their training split as "
-      "adapt does";
+      "adapt does. latency_ms (on device): update, the online method's SGD step on one arrived "
+      "window; forecast, its forecast of one window, to the host; cycle, a scored prediction "
+      "time's update and forecast, which a live recording allows prediction_interval_ms "
+      "(online.stride x frame_interval_s) for";
   std::printf("scores: 1 - MSE / MSE of copy-last, after each stream's calibration segment%s\n",
               any_held_out ? "; (new): a held-out session from its first frame, z-scored with "
                              "the frames before its first scored forecast (online.json: legend, "
                              "zscore_frames)"
                            : "");
+  std::printf("update_ms, fcst_ms: median milliseconds of the online method's SGD step and of its "
+              "forecast of one window on %s (online.json: latency_ms, with p95 and max)\n",
+              device.str().c_str());
+  if (!behind.empty())
+    std::fprintf(stderr,
+                 "note: the online method would fall behind a live recording of %s: the 95th "
+                 "percentile of an update + forecast cycle is longer than the time between two "
+                 "prediction times (online.stride x the frame interval); online.stride=%lld would "
+                 "fit%s\n",
+                 fmt::format("{}", fmt::join(behind, ", ")).c_str(), (long long)stride_that_fits,
+                 device.is_cpu() && built_with_cuda() ? ", or run on a GPU (--device cuda)" : "");
   if (!below_copy_last.empty()) {
     std::sort(below_copy_last.begin(), below_copy_last.end());
     below_copy_last.erase(std::unique(below_copy_last.begin(), below_copy_last.end()),
@@ -1651,6 +1693,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                      : "");
   }
   json out = {{"run", fs::absolute(run_dir).lexically_normal().string()},
+              {"device", device.str()},
               {"legend", legend},
               {"rows", rows},
               {"options", c.to_json()["online"]},
@@ -1868,6 +1911,9 @@ int main(int argc, char** argv) {
                      "synthetic runs only: drift magnitudes to sweep (the data regenerated for "
                      "each), e.g. --drift 0 0.1 0.2 0.3");
   online->add_option("--set", sets, "override, e.g. --set online.lr=1e-2");
+  online->add_option("--device", device_name,
+                     "cpu, cuda or cuda:<index> (default cpu): where the model runs, and whose "
+                     "update and forecast milliseconds are reported");
 
   auto* bench = app.add_subcommand("bench", "benchmarks: adaptation (the experiment plan), memory");
   bench->require_subcommand(1);
@@ -2005,7 +2051,7 @@ int main(int argc, char** argv) {
     if (online->parsed()) {
       stop_context.store(3);
       StopOnSignal on_signal;
-      run_online_cmd(run_dir, drifts, sets);
+      run_online_cmd(run_dir, drifts, sets, parse_device(device_name));
       return 0;
     }
     if (adapt->parsed()) {
