@@ -7,8 +7,11 @@ same configuration, batch and thread count, then prints both medians and metatap
 (each round's two medians were measured minutes apart at most) and its median reported: on a
 shared machine whose speed drifts, a ratio of two runs made at different times misleads. With
 --json, writes every round's results and the ratios to that path (atomically).
+--online: the step of online adaptation instead (an SGD update of the embedding tables on one
+batch, and a forecast; `--batch 1` is what `metatape online` does per prediction time): both
+medians and both ratios are printed; there is no goal for them.
 Usage: python3 bench/poco_vs_torch.py [--threads 2] [--config poco-paper] [--rounds 3]
-           [--json PATH]
+           [--online] [--json PATH]
 """
 import argparse
 import json
@@ -41,6 +44,8 @@ def main():
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3, help="alternating runs of the two (default 3)")
     p.add_argument("--bin", default=os.path.join(ROOT, "build", "bin", "metatape-bench-poco"))
+    p.add_argument("--online", action="store_true",
+                   help="time online adaptation's update and forecast (with --batch 1: one window)")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     if not os.path.exists(a.bin):
@@ -49,6 +54,8 @@ def main():
               "--neurons", str(a.neurons), "--sessions", str(a.sessions), "--repeats", str(a.repeats)]
     if a.rounds < 1:
         sys.exit("error: --rounds must be >= 1")
+    if a.online:
+        return online(a, common)
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds):
@@ -75,6 +82,41 @@ def main():
                "per_round_ratios": [x["ratio"] for x in rounds],
                "ms_per_step_median_of_rounds": {"metatape": mt_ms, "pytorch": torch_ms}}
         write_json_atomic(a.json, out, sort_keys=False)
+
+
+def online(a, common):
+    rounds = []
+    kinds = ("update", "forecast")
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(a.rounds):
+            mt_json = os.path.join(tmp, f"mt{r}.json")
+            torch_json = os.path.join(tmp, f"torch{r}.json")
+            run([a.bin, *common, "--online", "--json", mt_json])
+            run([sys.executable, os.path.join(ROOT, "tools", "reference", "poco_bench.py"),
+                 *common, "--online", "--json", torch_json])
+            mt, torch = json.load(open(mt_json)), json.load(open(torch_json))
+            row = {"metatape": mt, "pytorch": torch}
+            for k in kinds:
+                row[f"{k}_ratio"] = mt[f"{k}_ms_median"] / torch[f"{k}_ms"]["median"]
+            print(f"round {r + 1}/{a.rounds}: " + "; ".join(
+                f"{k} metatape {mt[f'{k}_ms_median']:.3f} ms, PyTorch "
+                f"{torch[f'{k}_ms']['median']:.3f} ms, ratio {row[f'{k}_ratio']:.3f}"
+                for k in kinds) + "\n")
+            rounds.append(row)
+    summary = {}
+    for k in kinds:
+        summary[k] = {
+            "metatape_ms": statistics.median(x["metatape"][f"{k}_ms_median"] for x in rounds),
+            "pytorch_ms": statistics.median(x["pytorch"][f"{k}_ms"]["median"] for x in rounds),
+            "ratio_metatape_over_pytorch": statistics.median(x[f"{k}_ratio"] for x in rounds),
+            "per_round_ratios": [x[f"{k}_ratio"] for x in rounds],
+        }
+        print(f"{k}: metatape {summary[k]['metatape_ms']:.3f} ms, PyTorch "
+              f"{summary[k]['pytorch_ms']:.3f} ms (medians of {a.rounds} rounds); ratio "
+              f"{summary[k]['ratio_metatape_over_pytorch']:.2f} (median of the per-round ratios)")
+    if a.json:
+        write_json_atomic(a.json, {"benchmark": "poco_online_step", "summary": summary,
+                                   "rounds": rounds}, sort_keys=False)
 
 
 if __name__ == "__main__":

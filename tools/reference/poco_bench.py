@@ -10,13 +10,20 @@ Synthetic batch: --sessions sessions of --neurons neurons each; sample b of the 
 samples holds every neuron of session b mod --sessions, so every sample has --neurons neurons.
 x and targets are standard normal.
 
+--online: instead, what metatape's online adaptation does per prediction time (meta/online.cpp;
+bench/poco_bench.cpp --online), in evaluation mode: an update, one SGD step (lr --lr) of copies of
+unit_emb.weight and session_emb.weight passed to the model by torch.func.functional_call, their
+gradients alone (torch.autograd.grad), and a forecast, a forward under torch.no_grad with the
+updated copies, read back as a NumPy array. Both are timed; --batch 1 is one window.
+
 Usage:
     python3 tools/reference/poco_bench.py [--config poco-paper] [--threads 2] [--batch 32]
         [--neurons 128] [--sessions 8] [--warmup 5] [--repeats 20]
-        [--attention batched|loop] [--eval] [--json PATH]
+        [--attention batched|loop] [--eval] [--online] [--json PATH]
 """
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -48,7 +55,10 @@ def main(argv=None) -> int:
                              "Python loop over samples (the golden reference)")
     parser.add_argument("--eval", action="store_true",
                         help="no dropout (evaluation mode); default is training mode")
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    parser.add_argument("--lr", type=float, default=1e-3,
+                        help="AdamW learning rate (--online: the SGD step size)")
+    parser.add_argument("--online", action="store_true",
+                        help="time an online update and forecast instead of a training step")
     parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write the results as JSON to PATH")
@@ -73,6 +83,9 @@ def main(argv=None) -> int:
     session_index = torch.tensor(sample_sessions, dtype=torch.int64)
     x_all = torch.randn(n_total, tin, dtype=dt)
     targets = torch.randn(n_total, cfg["pred_length"], dtype=dt)
+
+    if args.online:
+        return online(args, model, cfg, x_all, unit_index, session_index, sizes, targets)
 
     def step():
         t0 = time.perf_counter()
@@ -144,6 +157,69 @@ def main(argv=None) -> int:
     split = result["ms_median_split"]
     print(f"  forward+loss {split['forward_loss']:.2f} ms, backward {split['backward']:.2f} ms, "
           f"AdamW {split['optimizer']:.2f} ms (medians)")
+    if args.json:
+        write_json_atomic(args.json, result)
+        print(f"  wrote {args.json}")
+    return 0
+
+
+def online(args, model, cfg, x_all, unit_index, session_index, sizes, targets):
+    model.eval()
+    fast = {name: p.detach().clone().requires_grad_(True)
+            for name, p in model.named_parameters()
+            if name in ("unit_emb.weight", "session_emb.weight")}
+    leaves = list(fast.values())
+
+    def step():
+        t0 = time.perf_counter()
+        pred = torch.func.functional_call(model, fast, (x_all, unit_index, session_index, sizes))
+        grads = torch.autograd.grad(ref.mse(pred, targets), leaves)
+        with torch.no_grad():
+            for leaf, g in zip(leaves, grads):
+                leaf.add_(g, alpha=-args.lr)
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            forecast = torch.func.functional_call(
+                model, fast, (x_all, unit_index, session_index, sizes)).numpy()
+        t2 = time.perf_counter()
+        return (t1 - t0) * 1e3, (t2 - t1) * 1e3, float(forecast.flat[0])
+
+    for _ in range(args.warmup):
+        step()
+    update, forecast = [], []
+    for _ in range(args.repeats):
+        u, f, first = step()
+        update.append(u)
+        forecast.append(f)
+    if not math.isfinite(first):
+        sys.exit(f"error: the forecast is not finite ({first})")
+    result = {
+        "benchmark": "poco_online_step",
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "dtype": "float32",
+        "device": "cpu",
+        "config_name": args.config,
+        "config": cfg,
+        "batch": args.batch,
+        "neurons_per_sample": args.neurons,
+        "sessions": args.sessions,
+        "attention": args.attention,
+        "lr": args.lr,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "update_ms": {"median": statistics.median(update), "min": min(update), "all": update},
+        "forecast_ms": {"median": statistics.median(forecast), "min": min(forecast),
+                        "all": forecast},
+    }
+    print(f"{args.config} online: batch {args.batch} x {args.neurons} neurons, "
+          f"{args.sessions} sessions, float32, {result['threads']} threads")
+    print(f"  update {statistics.median(update):.3f} ms (median of {args.repeats}; min "
+          f"{min(update):.3f}), forecast {statistics.median(forecast):.3f} ms "
+          f"(min {min(forecast):.3f})")
     if args.json:
         write_json_atomic(args.json, result)
         print(f"  wrote {args.json}")
