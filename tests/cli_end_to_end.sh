@@ -914,6 +914,13 @@ check "... is noted" grep -q "standard training does not use train.meta.inner_st
   "$work/meta_note.txt"
 fails_with "a device the machine lacks" "--device cuda:7" "$bin" train --run "$work/x" \
   "${small[@]}" --device cuda:7
+for command in eval online; do
+  fails_with "$command on a device the machine lacks" "--device cuda:7" "$bin" "$command" \
+    --run "$work/poco" --device cuda:7
+done
+fails_with "predict on a device the machine lacks" "--device cuda:7" "$bin" predict \
+  --run "$work/poco" --session synth_000 --out "$work/x.npz" --device cuda:7
+check "... and wrote nothing" test ! -e "$work/x.npz"
 mkdir -p "$work/relative"
 cp "$work/synth/"*.npz "$work/relative/"
 check "train with a relative data.path" bash -c 'cd "$1" && "$2" train --run rel_run "${@:3}"' \

@@ -1093,7 +1093,8 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
 // apart) or next (one forecast of the pred_length frames after the recording's last frame).
 void run_predict(const std::string& run_dir, const std::string& session_name,
                  std::string method, const std::string& label, const std::string& split,
-                 const std::string& out_path, const std::vector<std::string>& sets) {
+                 const std::string& out_path, const std::vector<std::string>& sets,
+                 Device device) {
   MT_CHECK(split == "train" || split == "val" || split == "test" || split == "all" ||
                split == "next",
            "predict: --split {} is not known; use train, val, test, all or next", split);
@@ -1300,6 +1301,7 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
   Generator gen(0);
   auto f = meta::make_forecaster(c.model, sizes, gen);
   if (f->module() != nullptr) io::load_parameters(*f->module(), model_path);
+  f->to(device);
   if (model_path.empty()) model_path = "(no parameters)";
 
   // The session alone, normalised as in training (its own train-split statistics).
@@ -1754,7 +1756,7 @@ void run_data_info(const cli::RunConfig& c) {
 }
 
 int run_eval(const std::string& run_dir, const std::string& split_name, bool unadapted,
-             const std::vector<std::string>& sets) {
+             const std::vector<std::string>& sets, Device device) {
   MT_CHECK(split_name == "val" || split_name == "train" || split_name == "test",
            "eval: --split must be train, val or test, got '{}'", split_name);
   Run run = read_run(run_dir);
@@ -1790,6 +1792,7 @@ int run_eval(const std::string& run_dir, const std::string& split_name, bool una
   Generator gen(0);
   auto f = meta::make_forecaster(c.model, sizes_of(d.train), gen);
   load_run_model(*f, run_dir, /*new_sessions=*/false, /*overridden=*/!sets.empty());
+  f->to(device);
   data::Split split = split_name == "val" ? data::Split::Val
                       : split_name == "train" ? data::Split::Train
                                               : data::Split::Test;
@@ -1865,6 +1868,7 @@ int main(int argc, char** argv) {
   eval->add_flag("--unadapted", unadapted,
                  "meta-learned runs (fomaml, e2e-ttt): evaluate the initial weights without the "
                  "inner loop (default: after it, as in training's validation)");
+  eval->add_option("--device", device_name, "cpu, cuda or cuda:<index> (default cpu)");
 
   auto* adapt = app.add_subcommand("adapt", "adapt a run's model to its held-out sessions");
   adapt->add_option("--run", run_dir, "run folder written by train")->required();
@@ -1898,6 +1902,7 @@ int main(int argc, char** argv) {
   predict->add_option("--out", out_dir, "the .npz to write (pred, target, start, t, mean, std)")
       ->required();
   predict->add_option("--set", sets, "override, e.g. --set data.path=\"new_recordings\"");
+  predict->add_option("--device", device_name, "cpu, cuda or cuda:<index> (default cpu)");
 
   auto* online = app.add_subcommand(
       "online", "online vs offline adaptation: on the validation + test stream of each session "
@@ -2042,10 +2047,10 @@ int main(int argc, char** argv) {
       run_train(c, run_dir, d, device, overwrite);
       return 0;
     }
-    if (eval->parsed()) return run_eval(run_dir, split, unadapted, sets);
+    if (eval->parsed()) return run_eval(run_dir, split, unadapted, sets, parse_device(device_name));
     if (predict->parsed()) {
       run_predict(run_dir, predict_session, predict_method, predict_adapted, predict_split,
-                  out_dir, sets);
+                  out_dir, sets, parse_device(device_name));
       return 0;
     }
     if (online->parsed()) {
