@@ -195,6 +195,8 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
   out.cycle_ms = summarize_latency(std::move(cycle_ms));
   out.online_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  for (size_t i = 0; i < online.names.size(); ++i)
+    out.online_parameters[online.names[i]] = online.leaves[i].detach();
   out.frozen = frozen.value();
   out.offline = offline_score.value();
   out.online = online_score.value();

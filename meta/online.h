@@ -49,6 +49,9 @@ struct OnlineScores {
   // holds no complete window (context + horizon frames) or calibration_steps is 0; its scores are
   // then the frozen model's.
   bool offline_calibrated = false;
+  // The online method's test-time parameters at the end of the stream (its copies, by name): with
+  // the forecaster's other parameters, the model online adaptation leaves behind.
+  nn::ParamMap online_parameters;
 };
 
 // Thrown by run_online when its `stop_requested` says so (Ctrl-C): no scores.

@@ -123,6 +123,62 @@ cp "$work/out.txt" "$work/online_behind.txt"
 check "... notes that it would fall behind" grep -q \
   "would fall behind a live recording of synth_000 (.* ms of 0.004 ms).*online.stride=[0-9]* would" \
   "$work/online_behind.txt"
+# online --label keeps each held-out session's online-adapted model as an adaptation, which
+# predict uses with the session z-scored as its stream was (the statistics of frames 0-200).
+# With online.lr=0 the kept model is the transferred one, whose forecasts online scored as
+# "frozen": predict's forecasts of the same windows (every window from frame 200) score the same.
+cp -a "$work/poco" "$work/poco_live"
+check "online keeps the held-out models under a label" "$bin" online --run "$work/poco_live" \
+  --label live --set online.stride=4 --set online.calibration_steps=2 --set online.lr=0.05
+check "... as an adaptation that names them" "$py" -c '
+import json, os, sys
+a = json.load(open(os.path.join(sys.argv[1], "adapt.json")))
+assert a["made_by"] == "online" and a["best_method"] == "online", a
+assert [s["name"] for s in a["sessions"]] == ["synth_002"], a
+(m,) = a["methods"]
+assert m["models"] == {"synth_002": "adapted_online_synth_002.safetensors"}, m
+assert m["sessions"][0]["zscore_frames"] == [0, 200], m
+assert os.path.getsize(os.path.join(sys.argv[1], m["models"]["synth_002"])) > 0' \
+  "$work/poco_live/adapt/live"
+check "online keeps the unmoved model under another label" "$bin" online \
+  --run "$work/poco_live" --label zero --set online.lr=0 --set online.calibration_steps=0
+fails_with "predict with two adaptations of the session" "choose one with --adapted NAME" \
+  "$bin" predict --run "$work/poco_live" --session synth_002 --out "$work/live.npz"
+check "predict with the unmoved online model" "$bin" predict --run "$work/poco_live" \
+  --session synth_002 --adapted zero --split all --out "$work/zero.npz"
+check "... scores the windows online scored as its frozen model did" "$py" -c '
+import json, sys
+import numpy as np
+z = np.load(sys.argv[1])
+row = next(r for r in json.load(open(sys.argv[2]))["rows"] if r["held_out"])
+norm = lambda v: (v - z["mean"][None, :, None]) / z["std"][None, :, None]
+pred, target, start = norm(z["pred"]), norm(z["target"]), z["start"]
+# copy-last: the frame before each window, the first target of the window one frame earlier
+keep = start >= 200
+last = target[np.flatnonzero(keep) - 1, :, :1]
+score = 1 - ((pred[keep] - target[keep]) ** 2).sum() / ((last - target[keep]) ** 2).sum()
+assert keep.sum() == row["windows"] == 197, (keep.sum(), row)
+assert abs(score - row["frozen"]) < 1e-4, (score, row["frozen"])' "$work/zero.npz" \
+  "$work/poco_live/online.json"
+check "predict with the online-adapted model" "$bin" predict --run "$work/poco_live" \
+  --session synth_002 --adapted live --split all --out "$work/live.npz"
+cp "$work/out.txt" "$work/predict_live.txt"
+check "... notes that it learned from every window" grep -q "learned from every window" \
+  "$work/predict_live.txt"
+check "... whose forecasts are another model's" "$py" -c '
+import sys
+import numpy as np
+a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
+assert (a["mean"] == b["mean"]).all() and abs(a["pred"] - b["pred"]).max() > 1e-4' \
+  "$work/live.npz" "$work/zero.npz"
+rm "$work/poco_live/adapt/live/adapted_online_synth_002.safetensors"
+fails_with "predict with a kept model deleted: online keeps it again" \
+  "metatape online --run $work/poco_live --label live" "$bin" predict --run "$work/poco_live" \
+  --session synth_002 --adapted live --out "$work/live.npz"
+fails_with "online --label of a drift sweep" "drop --label" "$bin" online \
+  --run "$work/poco_live" --label drift --drift 0.1
+fails_with "online --label without held-out sessions" "data.holdout is empty" "$bin" online \
+  --run "$work/poco_live" --label none --set 'data.holdout=[]'
 fails_with "online holding out a trained session" "a session the model was trained on" "$bin" \
   online --run "$work/poco" --drift 0.1 --set 'data.holdout=["synth_000"]'
 check "train nlinear on the npz folder" "$bin" train --run "$work/nl" "${small[@]}" \

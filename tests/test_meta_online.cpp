@@ -69,6 +69,14 @@ TEST_CASE("online adaptation follows a level shift better than frozen or calibra
     CHECK(l.p95 <= l.max);
   }
   CHECK(r.cycle_ms.median > r.forecast_ms.median);
+  // The online parameters it leaves behind: every parameter of the model (every_parameter),
+  // moved away from the forecaster's own (which run_online does not modify).
+  const nn::ParamMap before = f->module()->parameter_map();
+  CHECK(r.online_parameters.size() == before.size());
+  double moved = 0;
+  for (const auto& [name, value] : r.online_parameters)
+    moved += max(abs(value - before.at(name))).item<double>();
+  CHECK(moved > 0);
   CHECK_THROWS_WITH(meta::run_online(*f, drifting_session(), 0, 0, 150, 16, 4, opt),
                     Catch::Contains("too short") && Catch::Contains("drift"));
 }

@@ -90,16 +90,16 @@ bool is_adaptation_label(const std::string& label) {
          label.find('/') == std::string::npos && label.find('\0') == std::string::npos;
 }
 
-void check_adaptation_label(const std::string& label, bool given) {
+void check_adaptation_label(const std::string& label, bool given, const std::string& command) {
   const char* fix = given ? "give another --label" : "name the adaptation with --label NAME";
   MT_CHECK(!label.empty() && label.size() <= 200,
-           "adapt: the adaptation's name '{}' is {} bytes long (1 to 200 allowed: it names its "
+           "{}: the adaptation's name '{}' is {} bytes long (1 to 200 allowed: it names its "
            "folder under {{run}}/adapt/); {}",
-           label.size() > 60 ? label.substr(0, 60) + "..." : label, label.size(), fix);
+           command, label.size() > 60 ? label.substr(0, 60) + "..." : label, label.size(), fix);
   MT_CHECK(is_adaptation_label(label),
-           "adapt: the adaptation's name '{}' names its folder under {{run}}/adapt/, so it may "
+           "{}: the adaptation's name '{}' names its folder under {{run}}/adapt/, so it may "
            "neither start with '.' nor hold '/'; {}",
-           label, fix);
+           command, label, fix);
 }
 
 std::vector<Adaptation> find_adaptations(const std::string& run_dir) {
@@ -158,6 +158,12 @@ std::string adapt_command(const std::string& run_dir, const std::string& label,
 }
 
 std::string readapt_command(const std::string& run_dir, const Adaptation& a) {
+  if (a.adapt.is_object() && a.adapt.value("made_by", std::string()) == "online") {
+    // online keeps models under the --label it was given, of data.holdout's sessions.
+    std::string command = adapt_command(run_dir, a.label, a.sessions);
+    command.replace(0, std::string("metatape adapt").size(), "metatape online");
+    return command;
+  }
   return adapt_command(run_dir, a.label, a.sessions);
 }
 

@@ -32,8 +32,10 @@ std::string default_adaptation_label(std::vector<std::string> sessions);
 // A label names one folder: 1-200 bytes, no '/', not starting with '.' (the work folders).
 bool is_adaptation_label(const std::string& label);
 
-// Refuses a label that is not one, naming the fix (`given`: it came from --label).
-void check_adaptation_label(const std::string& label, bool given);
+// Refuses a label that is not one, naming the fix (`given`: it came from --label); the message
+// starts with `command` (adapt, online).
+void check_adaptation_label(const std::string& label, bool given,
+                            const std::string& command = "adapt");
 
 struct Adaptation {
   std::string label;  // "." for the run folder itself (an earlier metatape's adapt)
@@ -62,7 +64,8 @@ std::string shell_quote(const std::string& word);
 std::string adapt_command(const std::string& run_dir, const std::string& label,
                           const std::vector<std::string>& sessions);
 
-// The command that adapts the run to `a`'s sessions again under its label.
+// The command that adapts the run to `a`'s sessions again under its label: adapt's, or online's
+// for an adaptation online kept (adapt.json's made_by).
 std::string readapt_command(const std::string& run_dir, const Adaptation& a);
 
 // Puts the complete folder `ready` at `dir`. A folder already there is exchanged with it in one

@@ -175,7 +175,7 @@ std::unique_ptr<cli::FolderLock> prepare_run_folder(const std::string& run_dir, 
   MT_CHECK(!fs::exists(run_dir) || fs::is_directory(run_dir), "--run {}: exists and is not a folder",
            run_dir);
   fs::create_directories(run_dir);
-  auto lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run", "metatape train or adapt");
+  auto lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run", "metatape train, adapt or online");
   const bool holds_run = fs::exists(run_dir + "/config.json") ||
                          fs::exists(run_dir + "/model.safetensors");
   const bool resumable = fs::exists(run_dir + "/train_state.safetensors") &&
@@ -400,7 +400,7 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   if (resume) {
     MT_CHECK(has_parameters, "--resume: {} is a {} model: it has no parameters to train, so "
              "nothing to resume", run_dir, f->kind());
-    lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run", "metatape train or adapt");
+    lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run", "metatape train, adapt or online");
     MT_CHECK(fs::exists(state.state_path),
              "--resume: {} has no train_state.safetensors (a run trained before resumable "
              "training, or one whose first validation did not finish); train it again with "
@@ -708,6 +708,77 @@ void check_holdout_is_new(const std::vector<std::string>& trained_on,
 }
 
 // ---- adapt ----
+// One adaptation's folder, {run}/adapt/<label>/, written by adapt or by online (`command`): its
+// files go into a work folder (.<label>.partial) that takes the adaptation's place once complete
+// (put_in_place) and is removed if it never does. The caller holds the run's .train.lock (one
+// writer of the run folder at a time) from before it reads the model until this is done.
+class AdaptationFolder {
+ public:
+  AdaptationFolder(const std::string& run_dir, const std::string& label, bool label_given,
+                   std::vector<std::string> sessions, const char* command)
+      : label_(label) {
+    const std::string top = adaptations_dir(run_dir);
+    MT_CHECK(!fs::exists(top) || fs::is_directory(top),
+             "{}: {} is not a folder: adaptations are kept there; move that file away", command,
+             top);
+    fs::create_directories(top);
+    for (const auto& restored : cli::tidy_adaptations(run_dir))
+      std::printf("note: put back the adaptation '%s', which an adapt stopped while replacing "
+                  "it had left aside\n",
+                  restored.c_str());
+    if (const std::string moved = cli::move_earlier_adaptation(run_dir); !moved.empty())
+      std::printf("note: moved the adaptation an earlier metatape wrote into %s (adapt.json and "
+                  "its models) to %s/%s/\n",
+                  run_dir.c_str(), top.c_str(), moved.c_str());
+    dir_ = top + "/" + label;
+    partial_ = top + "/." + label + ".partial";
+    // Only an adaptation is replaced: a user's file or folder of that name is left alone.
+    MT_CHECK(!fs::exists(dir_) || (fs::is_directory(dir_) && fs::exists(dir_ + "/adapt.json")),
+             "{}: {} is there and is not an adaptation (no adapt.json in it); {}", command, dir_,
+             label_given ? "give another --label, or move it away"
+                         : "name this adaptation with --label NAME");
+    if (!label_given && fs::exists(dir_)) {
+      // The same default name for other sessions (a session name holding '+').
+      std::vector<std::string> then;
+      for (const auto& a : cli::find_adaptations(run_dir))
+        if (a.label == label) then = a.sessions;
+      std::sort(sessions.begin(), sessions.end());
+      std::sort(then.begin(), then.end());
+      MT_CHECK(then.empty() || then == sessions,
+               "{}: the adaptation {}/ is of the sessions {}, this one of {}: they would share "
+               "the name '{}'; name this one with --label NAME",
+               command, dir_, fmt::join(then, ", "), fmt::join(sessions, ", "), label);
+    }
+  }
+  ~AdaptationFolder() {
+    std::error_code ignored;
+    if (!done_ && created_) fs::remove_all(partial_, ignored);
+  }
+  AdaptationFolder(const AdaptationFolder&) = delete;
+  AdaptationFolder& operator=(const AdaptationFolder&) = delete;
+
+  const std::string& dir() const { return dir_; }
+  // The work folder, made on first use: the adaptation's model files go there.
+  const std::string& partial() {
+    if (!created_) fs::create_directories(partial_);
+    created_ = true;
+    return partial_;
+  }
+  // Writes adapt.json into the work folder and puts it in place of {run}/adapt/<label>/.
+  void put_in_place(const json& adapt) {
+    cli::write_file_atomic(partial() + "/adapt.json", adapt.dump(2) + "\n");
+    const bool replaces = fs::exists(dir_);
+    cli::replace_folder(partial_, dir_);
+    done_ = true;
+    std::printf("adaptation '%s' written to %s/%s\n", label_.c_str(), dir_.c_str(),
+                replaces ? " (replacing the earlier one of that name)" : "");
+  }
+
+ private:
+  std::string label_, dir_, partial_;
+  bool created_ = false, done_ = false;
+};
+
 // Adapts the run's model to the held-out sessions: AdamW fine-tuning per adapt.modes and, for a
 // meta-learned run, the inner loop it was meta-learned for. `trained_on` / `trained_sizes`: the
 // training sessions (names, neuron counts) of the run.
@@ -741,38 +812,9 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                 c.train.method.c_str());
   // One writer of the run folder at a time (train, resume, adapt): taken before the model is
   // read, so the model and its CRC-32 below are of the same file.
-  const cli::FolderLock lock(run_dir, ".train.lock", "--run", "metatape train or adapt");
-  const std::string top = adaptations_dir(run_dir);
-  MT_CHECK(!fs::exists(top) || fs::is_directory(top),
-           "adapt: {} is not a folder: adapt keeps its adaptations there; move that file away",
-           top);
-  fs::create_directories(top);
-  for (const auto& restored : cli::tidy_adaptations(run_dir))
-    std::printf("note: put back the adaptation '%s', which an adapt stopped while replacing it "
-                "had left aside\n",
-                restored.c_str());
-  if (const std::string moved = cli::move_earlier_adaptation(run_dir); !moved.empty())
-    std::printf("note: moved the adaptation an earlier metatape wrote into %s (adapt.json and its "
-                "models) to %s/%s/\n",
-                run_dir.c_str(), top.c_str(), moved.c_str());
-  const std::string dir = top + "/" + label, partial = top + "/." + label + ".partial";
-  // Only an adaptation is replaced: a user's file or folder of that name is left alone.
-  MT_CHECK(!fs::exists(dir) || (fs::is_directory(dir) && fs::exists(dir + "/adapt.json")),
-           "adapt: {} is there and is not an adaptation (no adapt.json in it); {}", dir,
-           given_label.empty() ? "name this adaptation with --label NAME"
-                               : "give another --label, or move it away");
-  if (given_label.empty() && fs::exists(dir)) {
-    // The same default name for other sessions (a session name holding '+').
-    std::vector<std::string> now = d.holdout.names(), then;
-    for (const auto& a : cli::find_adaptations(run_dir))
-      if (a.label == label) then = a.sessions;
-    std::sort(now.begin(), now.end());
-    std::sort(then.begin(), then.end());
-    MT_CHECK(then.empty() || then == now,
-             "adapt: the adaptation {}/ is of the sessions {}, this one of {}: they would share "
-             "the name '{}'; name this one with --label NAME",
-             dir, fmt::join(then, ", "), fmt::join(now, ", "), label);
-  }
+  const cli::FolderLock lock(run_dir, ".train.lock", "--run", "metatape train, adapt or online");
+  AdaptationFolder folder(run_dir, label, !given_label.empty(), d.holdout.names(), "adapt");
+  const std::string& dir = folder.dir();
   // The trained model, with its own session tables: every adapted model starts from its weights,
   // the held-out sessions' embedding rows set by adapt.new_session_init.
   Generator g_trained(0);
@@ -814,15 +856,7 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     }
   }
   // This adaptation is written into a work folder and takes its place once complete.
-  fs::create_directories(partial);
-  struct RemoveUnlessDone {
-    std::string path;
-    bool done = false;
-    ~RemoveUnlessDone() {
-      std::error_code ignored;
-      if (!done) fs::remove_all(path, ignored);
-    }
-  } cleanup{partial};
+  const std::string partial = folder.partial();
   // An adapted model's metadata: what predict needs to rebuild it (its session tables are the
   // held-out sessions', with their recordings' CRC-32) and how it was adapted.
   const json holdout_sessions = session_json(d.holdout);  // CRC-32 of each recording, once
@@ -1073,12 +1107,7 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   // A stop the training loops did not see (during the last step, the last inner-loop session
   // or the saving) still abandons the adaptation, as the handler said, up to this point.
   if (stop_signal.load() != 0) throw AdaptationStopped();
-  cli::write_file_atomic(partial + "/adapt.json", out.dump(2) + "\n");
-  const bool replaces = fs::exists(dir);
-  cli::replace_folder(partial, dir);
-  cleanup.done = true;
-  std::printf("adaptation '%s' written to %s/%s\n", label.c_str(), dir.c_str(),
-              replaces ? " (replacing the earlier one of that name)" : "");
+  folder.put_in_place(out);
   if (stop_signal.load() != 0)
     std::fprintf(stderr, "note: the stop came as the finished adaptation was being put in place: "
                          "it is kept\n");
@@ -1131,6 +1160,9 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
   std::vector<std::string> names, crcs;
   std::string model_path;
   json read_with_then;  // how adapt read the recordings (adapted models)
+  // A model online kept: the frames whose statistics z-scored its stream ([begin, end), or null:
+  // not z-scored); absent for the others, whose sessions are z-scored with their training split.
+  std::optional<json> stream_zscore_frames;
   const auto trained_at = std::find(run.trained_on.begin(), run.trained_on.end(), session_name);
   bool has_parameters = false;
   {
@@ -1257,6 +1289,8 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
              "predict: {} is not an adapted model written by metatape adapt", model_path);
     if (meta["adapted"].contains("read_with"))
       read_with_then = meta["adapted"]["read_with"];
+    if (meta["adapted"].contains("zscore_frames"))
+      stream_zscore_frames = meta["adapted"]["zscore_frames"];
     for (const auto& s : meta["adapted"]["sessions"]) {
       names.push_back(s.at("name").get<std::string>());
       sizes.push_back(s.at("neurons").get<int64_t>());
@@ -1304,10 +1338,28 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
   f->to(device);
   if (model_path.empty()) model_path = "(no parameters)";
 
-  // The session alone, normalised as in training (its own train-split statistics).
+  // The session alone, normalised as in training (its own train-split statistics), or as the
+  // stream of an online-adapted model was (the statistics of the frames before its first scored
+  // forecast).
   data::Dataset one;
   one.sessions.push_back(*session);
-  const data::PreparedData prepared(std::move(one), c.data.prep);
+  data::PrepConfig prep = c.data.prep;
+  std::optional<data::NormStats> stream_stats;
+  if (stream_zscore_frames) {
+    const json& z = *stream_zscore_frames;
+    if (z.is_array()) {
+      MT_CHECK(z.size() == 2 && z[0].is_number_integer() && z[1].is_number_integer() &&
+                   z[0].get<int64_t>() >= 0 && z[0].get<int64_t>() < z[1].get<int64_t>() &&
+                   z[1].get<int64_t>() <= session->num_frames,
+               "predict: {}: zscore_frames {} are not frames of session '{}' ({} frames); keep "
+               "the model again (metatape online --label)",
+               model_path, z.dump(), session_name, session->num_frames);
+      stream_stats = data::compute_stats(*session, {{z[0].get<int64_t>(), z[1].get<int64_t>()}});
+      data::apply_zscore(one.sessions[0], *stream_stats);
+    }
+    prep.zscore = false;  // done here (or not at all, as online did)
+  }
+  const data::PreparedData prepared(std::move(one), prep);
   const data::WindowConfig& w = c.data.prep.window;
   const int64_t L = w.context_length(), H = w.pred_length, N = session->num_neurons,
                 T = session->num_frames;
@@ -1332,8 +1384,8 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
       fmt::format("predict: {} windows x {} neurons x {} frames (--split {})", W, N, H, split),
       "use a shorter split (--split test or val are about 15% of the recording each)");
 
-  const data::NormStats& stats = prepared.stats(0);
-  const bool zscored = c.data.prep.zscore;
+  const bool zscored = stream_zscore_frames ? stream_stats.has_value() : prep.zscore;
+  const data::NormStats& stats = stream_stats ? *stream_stats : prepared.stats(0);
   std::vector<float> pred(static_cast<size_t>(W * N * H)), target;
   std::vector<int64_t> first(static_cast<size_t>(W));  // each window's first forecast frame
   std::vector<double> times(static_cast<size_t>(W * H));
@@ -1418,13 +1470,19 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
   if (split != "next") {
     std::string as;
     if (split != "all")
-      as = method != "trained" && has_parameters ? ", as adapt computes it"
+      as = stream_zscore_frames                 ? ""
+           : method != "trained" && has_parameters ? ", as adapt computes it"
            : c.train.method == "standard"     ? ", as eval computes it"
                                               : ", as eval --unadapted computes it";
     std::printf("score %.4f on these windows (1 - MSE / MSE of repeating the last frame%s%s)\n",
                 copy_sse > 0 ? 1.0 - sse / copy_sse : 0.0, zscored ? ", on normalised values" : "",
                 as.c_str());
-    if (has_parameters && (split == "all" || split == "train"))
+    if (stream_zscore_frames)
+      std::printf("note: the online-adapted model learned from every window of the recording: "
+                  "these frames are ones it was fit on (online scored each window with the "
+                  "model as it was before that window's step); --split next forecasts the frames "
+                  "after the last one\n");
+    else if (has_parameters && (split == "all" || split == "train"))
       std::printf("note: %s windows of the training split, which the model was fit on: "
                   "--split test scores frames it did not see\n",
                   split == "all" ? "these include the" : "these are the");
@@ -1440,9 +1498,13 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
 // embedding rows set by adapt.new_session_init, as adapt starts): the stream is the whole
 // recording from its first frame, the start of it the calibration segment, as a new recording
 // session would arrive. Frozen, offline and online scores of each. With `drifts` (synthetic data
-// only), the data are regenerated with each drift magnitude.
+// only), the data are regenerated with each drift magnitude. With a `label`, the model each
+// held-out session's online adaptation leaves behind is kept as the adaptation {run}/adapt/<label>/
+// (predict --adapted <label>), with the frames whose statistics z-scored its stream.
 json run_online_cmd(const std::string& run_dir, const std::vector<double>& drifts,
-                    const std::vector<std::string>& sets, Device device) {
+                    const std::vector<std::string>& sets, Device device,
+                    const std::string& label) {
+  if (!label.empty()) cli::check_adaptation_label(label, /*given=*/true, "online");
   Run run = read_run(run_dir);
   cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
   resolve_run_data_path(run_dir, c, sets, "online");
@@ -1481,6 +1543,24 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
         return x.rfind("data.synthetic.", 0) == 0;
       });
   const bool synthetic = c.data.path.empty();  // drift is a property of synthetic data only
+  // Kept models are of the recordings themselves, held out: taken with the run's lock (one
+  // writer of the run folder) before its model is read.
+  std::unique_ptr<cli::FolderLock> lock;
+  if (!label.empty()) {
+    MT_CHECK(!c.data.holdout.empty(),
+             "online --label {}: keeps the online-adapted model of each held-out session, and "
+             "data.holdout is empty; hold sessions out (--set 'data.holdout=[\"<session>\"]') or "
+             "drop --label",
+             label);
+    MT_CHECK(!regenerated,
+             "online --label {}: keeps models of the recordings as they are, and {} regenerates "
+             "them; drop --label, or the drift sweep and the data.synthetic.* overrides",
+             label, drifts.empty() ? "a data.synthetic.* override" : "--drift");
+    lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run",
+                                             "metatape train, adapt or online");
+  }
+  std::unique_ptr<AdaptationFolder> folder;  // where the kept models go
+  json kept_models = json::object(), kept_rows = json::array(), holdout_sessions;
   const models::PocoConfig pc = c.model.poco_config();
   const meta::NewSessionInit init = meta::parse_new_session_init(c.adapt.new_session_init);
   json rows = json::array();
@@ -1649,7 +1729,34 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
           data::apply_zscore(session, stats);
         }
         scores.push_back(score_session(*fresh, session, s, 0, session.num_frames, cap, true));
-        rows.back()["zscore_frames"] = cd.data.prep.zscore ? json::array({0, seen}) : json();
+        const json zscore_frames = cd.data.prep.zscore ? json::array({0, seen}) : json();
+        rows.back()["zscore_frames"] = zscore_frames;
+        if (!label.empty()) {
+          // The model the stream leaves behind, and how predict reproduces its inputs: the
+          // recording z-scored with the statistics of zscore_frames (null: not z-scored).
+          if (!folder) {
+            folder = std::make_unique<AdaptationFolder>(run_dir, label, /*label_given=*/true,
+                                                        d.holdout.names(), "online");
+            holdout_sessions = session_json(d.holdout);
+          }
+          const meta::OnlineScores& r = scores.back();
+          const std::string file = fmt::format("adapted_online_{}.safetensors", session.name);
+          json metadata = {{"adapted", {{"method", "online"},
+                                        {"session", session.name},
+                                        {"sessions", holdout_sessions},
+                                        {"read_with", recordings_read_with(cd)},
+                                        {"new_session_init", cd.adapt.new_session_init},
+                                        {"online", cd.to_json()["online"]},
+                                        {"stream_frames", json::array({0, session.num_frames})},
+                                        {"zscore_frames", zscore_frames},
+                                        {"scores", {{"frozen", r.frozen},
+                                                    {"offline", r.offline},
+                                                    {"online", r.online}}}}}};
+          save_adapted_model(folder->partial() + "/" + file, *fresh, &r.online_parameters,
+                             metadata);
+          kept_models[session.name] = file;
+          kept_rows.push_back(rows.back());
+        }
       }
       print_mean("mean (new sessions)", scores);
     }
@@ -1705,6 +1812,26 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   if (stop_signal.load() != 0) throw meta::OnlineStopped();  // asked during the last session
   cli::write_file_atomic(run_dir + "/online.json", out.dump(2) + "\n");
   std::printf("wrote %s/online.json\n", run_dir.c_str());
+  if (folder) {
+    const json adapt = {
+        {"label", label},
+        {"made_by", "online"},
+        {"trained_model_crc32", out["model_crc32"]},
+        {"sessions", holdout_sessions},
+        {"new_session_init", c.adapt.new_session_init},
+        {"online", c.to_json()["online"]},
+        {"methods", json::array({{{"method", "online"},
+                                  {"models", kept_models},
+                                  {"sessions", kept_rows}}})},
+        {"best_method", "online"}};
+    folder->put_in_place(adapt);
+    std::printf("predict --adapted %s forecasts with these models; each learned from every "
+                "window of its recording\n",
+                label.c_str());
+  } else if (any_held_out) {
+    std::printf("(the online-adapted models of the held-out sessions are not kept: --label NAME "
+                "keeps them, for metatape predict --adapted NAME)\n");
+  }
   return out;
 }
 
@@ -1892,7 +2019,8 @@ int main(int argc, char** argv) {
                       "inner-loop (default: adapt.json's best_method)");
   std::string predict_adapted;
   predict->add_option("--adapted", predict_adapted,
-                      "held-out sessions: the adaptation (adapt --label) whose model to use; "
+                      "held-out sessions: the adaptation (adapt --label, online --label) whose "
+                      "model to use; "
                       "needed only where several adaptations of the run cover the session ('.': "
                       "the one an earlier metatape wrote into the run folder itself)");
   predict->add_option("--split", predict_split,
@@ -1919,6 +2047,11 @@ int main(int argc, char** argv) {
   online->add_option("--device", device_name,
                      "cpu, cuda or cuda:<index> (default cpu): where the model runs, and whose "
                      "update and forecast milliseconds are reported");
+  std::string online_label;
+  online->add_option("--label", online_label,
+                     "keep the model each held-out session's online adaptation leaves behind, as "
+                     "the adaptation {run}/adapt/NAME/ (metatape predict --adapted NAME; the "
+                     "session z-scored as its stream was); again under a name replaces it");
 
   auto* bench = app.add_subcommand("bench", "benchmarks: adaptation (the experiment plan), memory");
   bench->require_subcommand(1);
@@ -2056,7 +2189,7 @@ int main(int argc, char** argv) {
     if (online->parsed()) {
       stop_context.store(3);
       StopOnSignal on_signal;
-      run_online_cmd(run_dir, drifts, sets, parse_device(device_name));
+      run_online_cmd(run_dir, drifts, sets, parse_device(device_name), online_label);
       return 0;
     }
     if (adapt->parsed()) {
