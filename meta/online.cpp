@@ -161,8 +161,20 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
   Adapted online = copy_params(f, opt.params);
   std::vector<double> update_ms, forecast_ms, cycle_ms;
   const Device device = f.device();
-  const auto start = std::chrono::steady_clock::now();
   const int64_t first = begin + context;
+  {
+    // The first prediction time at or after scored_from must leave a horizon in the stream.
+    const int64_t scored_first =
+        first + (scored_from - first + opt.stride - 1) / opt.stride * opt.stride;
+    MT_CHECK(scored_first + horizon <= end,
+             "online: online.stride {} leaves no prediction time to score in session '{}' (its "
+             "predictions start at frame {}, scored from frame {}, the last one possible at "
+             "frame {}); lower online.stride",
+             opt.stride, session.name, first, scored_from, end - horizon);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  int64_t learned = first - opt.stride;  // the last predicted window learned from
+  int64_t last_predicted = first - opt.stride;
   for (int64_t t = first; t + horizon <= end; t += opt.stride) {
     stop_if_asked();
     // Learn first from the window whose frames completed since the previous prediction: the
@@ -177,7 +189,9 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
       cycle = ms_since(step_start);
       update_ms.push_back(cycle);
       ++out.online_steps;
+      learned = done;
     }
+    last_predicted = t;
     if (t < scored_from) continue;
     NoGradGuard no_grad;
     const auto forecast_start = std::chrono::steady_clock::now();
@@ -195,6 +209,13 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
   out.cycle_ms = summarize_latency(std::move(cycle_ms));
   out.online_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // The windows predicted last complete when the stream ends: the parameters left behind learn
+  // from them too (after the scores, which they cannot change).
+  for (int64_t t = learned + opt.stride; t <= last_predicted; t += opt.stride) {
+    stop_if_asked();
+    sgd_step(f, online, window(f, session, model_session, t, context, horizon), opt.lr);
+    ++out.final_steps;
+  }
   for (size_t i = 0; i < online.names.size(); ++i)
     out.online_parameters[online.names[i]] = online.leaves[i].detach();
   out.frozen = frozen.value();

@@ -39,6 +39,9 @@ struct OnlineScores {
   double frozen = 0, offline = 0, online = 0;  // 1 - MSE / MSE of copy-last, same predictions
   int64_t predictions = 0;                     // windows scored per method
   int64_t online_steps = 0;  // the online method's SGD steps, the calibration segment's included
+  // Its steps after the last prediction time, on the windows whose frames completed only then:
+  // they change online_parameters, not the scores. Every predicted window is learned from once.
+  int64_t final_steps = 0;
   double online_seconds = 0;                   // wall time of the online pass
   // What a live system would wait for, on the forecaster's device (each waited for):
   // update: one online SGD step (the arrived window to tensors, forward, backward, step);

@@ -138,6 +138,10 @@ assert [s["name"] for s in a["sessions"]] == ["synth_002"], a
 (m,) = a["methods"]
 assert m["models"] == {"synth_002": "adapted_online_synth_002.safetensors"}, m
 assert m["sessions"][0]["zscore_frames"] == [0, 200], m
+# every window predicted (at 12, 16, ..., 396: the context is 12 frames) learned from once, the
+# last after the stream ended
+assert m["sessions"][0]["online_steps"] + m["sessions"][0]["final_steps"] == 97, m
+assert m["sessions"][0]["final_steps"] == 1, m
 assert os.path.getsize(os.path.join(sys.argv[1], m["models"]["synth_002"])) > 0' \
   "$work/poco_live/adapt/live"
 check "online keeps the unmoved model under another label" "$bin" online \
@@ -163,8 +167,10 @@ assert abs(score - row["frozen"]) < 1e-4, (score, row["frozen"])' "$work/zero.np
 check "predict with the online-adapted model" "$bin" predict --run "$work/poco_live" \
   --session synth_002 --adapted live --split all --out "$work/live.npz"
 cp "$work/out.txt" "$work/predict_live.txt"
-check "... notes that it learned from every window" grep -q "learned from every window" \
-  "$work/predict_live.txt"
+check "... notes that it learned from the recording's windows" grep -q \
+  "learned from the recording's windows up to its end" "$work/predict_live.txt"
+check "... scored as its stream was normalised" grep -q \
+  "z-scored with frames \[0, 200) as its online stream was" "$work/predict_live.txt"
 check "... whose forecasts are another model's" "$py" -c '
 import sys
 import numpy as np
@@ -179,6 +185,21 @@ fails_with "online --label of a drift sweep" "drop --label" "$bin" online \
   --run "$work/poco_live" --label drift --drift 0.1
 fails_with "online --label without held-out sessions" "data.holdout is empty" "$bin" online \
   --run "$work/poco_live" --label none --set 'data.holdout=[]'
+fails_with "online --label with other preprocessing" "online --label: data.zscore is false now" \
+  "$bin" online --run "$work/poco_live" --label raw --set data.zscore=false
+fails_with "online --label of an empty name" "the adaptation's name '' is 0 bytes long" "$bin" \
+  online --run "$work/poco_live" --label ""
+# adapt's fine-tuned models and online's kept ones are not replaced by the other command.
+fails_with "online --label naming adapt's adaptation" "made by metatape adapt" "$bin" online \
+  --run "$work/poco_live" --label synth_002
+fails_with "adapt --label naming online's adaptation" "made by metatape online" "$bin" adapt \
+  --run "$work/poco_live" --label live
+# A user's folder of the label's name is refused before any stream runs; nothing is left behind.
+mkdir "$work/poco_live/adapt/mine"
+fails_with "online --label naming a user's folder" "is there and is not an adaptation" "$bin" \
+  online --run "$work/poco_live" --label mine
+check "... before any stream ran" test "$(grep -c '^online: ' "$work/out.txt")" -eq 0
+check "... leaving no work folder" test ! -e "$work/poco_live/adapt/.mine.partial"
 fails_with "online holding out a trained session" "a session the model was trained on" "$bin" \
   online --run "$work/poco" --drift 0.1 --set 'data.holdout=["synth_000"]'
 check "train nlinear on the npz folder" "$bin" train --run "$work/nl" "${small[@]}" \

@@ -53,6 +53,8 @@ TEST_CASE("online adaptation follows a level shift better than frozen or calibra
           "[meta][online]") {
   auto f = small_mlp();
   meta::OnlineOptions opt = every_parameter(0.02);
+  nn::ParamMap before;
+  for (const auto& [name, value] : f->module()->parameter_map()) before[name] = value.clone();
   auto r = meta::run_online(*f, drifting_session(), 0, 0, 600, 16, 4, opt);
   WARN("scores: frozen " << r.frozen << ", offline " << r.offline << ", online " << r.online);
   CHECK(r.offline > r.frozen);
@@ -70,15 +72,21 @@ TEST_CASE("online adaptation follows a level shift better than frozen or calibra
   }
   CHECK(r.cycle_ms.median > r.forecast_ms.median);
   // The online parameters it leaves behind: every parameter of the model (every_parameter),
-  // moved away from the forecaster's own (which run_online does not modify).
-  const nn::ParamMap before = f->module()->parameter_map();
+  // moved away from the forecaster's own, which run_online leaves as they were.
   CHECK(r.online_parameters.size() == before.size());
-  double moved = 0;
-  for (const auto& [name, value] : r.online_parameters)
+  double moved = 0, changed = 0;
+  for (const auto& [name, value] : r.online_parameters) {
     moved += max(abs(value - before.at(name))).item<double>();
+    changed += max(abs(f->module()->parameter_map().at(name) - before.at(name))).item<double>();
+  }
   CHECK(moved > 0);
+  CHECK(changed == 0);
   CHECK_THROWS_WITH(meta::run_online(*f, drifting_session(), 0, 0, 150, 16, 4, opt),
                     Catch::Contains("too short") && Catch::Contains("drift"));
+  // A stride that jumps over every scorable prediction time (16, 416, ...: 416 + 4 > 400).
+  opt.stride = 400;
+  CHECK_THROWS_WITH(meta::run_online(*f, drifting_session(), 0, 0, 400, 16, 4, opt),
+                    Catch::Contains("online.stride 400 leaves no prediction time"));
 }
 
 // Predictions every `stride` frames: each predicted window is learned from once its frames have
@@ -96,6 +104,10 @@ TEST_CASE("online adaptation learns from every predicted window at any stride",
     // the completion of one earlier window.
     auto r = meta::run_online(*f, drifting_session(), 0, 0, 600, 16, 4, opt);
     CHECK(r.online_steps == steps);
+    // Every predicted window is learned from once: those whose frames arrive after the last
+    // prediction time in final_steps.
+    CHECK(r.online_steps + r.final_steps == (600 - 4 - 16) / stride + 1);
+    CHECK(r.final_steps == (stride == 8 ? 1 : stride == 3 ? 2 : 1));
     CHECK(r.online > r.frozen);
     CHECK(r.offline == r.frozen);
   }

@@ -220,7 +220,8 @@ if [[ -x "$CLI" ]]; then
     for device in cuda cpu; do
       "$1" online --run "$run" --device "$device" || exit 1
       cp "$run/online.json" "$2/online_latency_${device}.json"
-    done' _ "$CLI" "$OUT_DIR"
+    done
+    rm -rf "$(dirname "$run")"' _ "$CLI" "$OUT_DIR"
 else
   missing online_latency
 fi

@@ -737,6 +737,25 @@ class AdaptationFolder {
              "{}: {} is there and is not an adaptation (no adapt.json in it); {}", command, dir_,
              label_given ? "give another --label, or move it away"
                          : "name this adaptation with --label NAME");
+    if (fs::exists(dir_)) {
+      // adapt's fine-tuned models and online's kept ones are not replaced by the other command.
+      json then;
+      try {
+        then = cli::read_json_file(dir_ + "/adapt.json");
+      } catch (const std::exception&) {
+        // unreadable: replaced, as before
+      }
+      const std::string made_by =
+          then.is_object() ? then.value("made_by", std::string("adapt")) : std::string(command);
+      if (made_by != command) {
+        std::vector<std::string> methods;
+        for (const auto& m : then.value("methods", json::array()))
+          if (m.is_object() && m.contains("method")) methods.push_back(m["method"].dump());
+        MT_FAIL("{}: {} holds an adaptation made by metatape {} (methods {}); {} would replace "
+                "it: give another --label, or remove that folder first",
+                command, dir_, made_by, fmt::join(methods, ", "), command);
+      }
+    }
     if (!label_given && fs::exists(dir_)) {
       // The same default name for other sessions (a session name holding '+').
       std::vector<std::string> then;
@@ -1072,8 +1091,16 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
               {"methods", results}};
   if (!best_method.empty()) {
     out["best_method"] = best_method;
-    std::printf("best: %s (validation score %.4f); metatape predict uses its model by default\n",
-                best_method.c_str(), best_final);
+    // predict needs --adapted where other adaptations cover one of these sessions too.
+    bool shared = false;
+    const std::vector<std::string> these = d.holdout.names();
+    for (const auto& a : cli::find_adaptations(run_dir))
+      for (const auto& name : a.sessions)
+        shared = shared || (a.label != label &&
+                            std::find(these.begin(), these.end(), name) != these.end());
+    std::printf("best: %s (validation score %.4f); metatape predict%s uses its model by default\n",
+                best_method.c_str(), best_final,
+                shared ? (" --adapted " + cli::shell_quote(label)).c_str() : "");
     if (improved == 0 && c.adapt.train.steps > 0)
       std::fprintf(stderr,
                    "note: no adaptation step improved the validation score of any method: every "
@@ -1163,6 +1190,7 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
   // A model online kept: the frames whose statistics z-scored its stream ([begin, end), or null:
   // not z-scored); absent for the others, whose sessions are z-scored with their training split.
   std::optional<json> stream_zscore_frames;
+  std::string redo_adapted = "adapt the run to it again";  // the fix for a stale adapted model
   const auto trained_at = std::find(run.trained_on.begin(), run.trained_on.end(), session_name);
   bool has_parameters = false;
   {
@@ -1286,11 +1314,14 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
              model_path, adapt_path, readapt);
     const json meta = io::read_checkpoint_metadata(model_path);
     MT_CHECK(meta.is_object() && meta.contains("adapted") && meta["adapted"].contains("sessions"),
-             "predict: {} is not an adapted model written by metatape adapt", model_path);
+             "predict: {} is not an adapted model written by metatape adapt or online",
+             model_path);
     if (meta["adapted"].contains("read_with"))
       read_with_then = meta["adapted"]["read_with"];
-    if (meta["adapted"].contains("zscore_frames"))
+    if (meta["adapted"].contains("zscore_frames")) {
       stream_zscore_frames = meta["adapted"]["zscore_frames"];
+      redo_adapted = "keep it again: " + readapt;  // kept by online --label
+    }
     for (const auto& s : meta["adapted"]["sessions"]) {
       names.push_back(s.at("name").get<std::string>());
       sizes.push_back(s.at("neurons").get<int64_t>());
@@ -1308,7 +1339,7 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
            "options?); read it as then, or {}",
            session_name, session->num_neurons, sizes[index], model_path,
            method == "trained" ? "trained" : "adapted",
-           method == "trained" ? "train a new run on it" : "adapt the run to it again");
+           method == "trained" ? "train a new run on it" : redo_adapted);
   const std::string crc = cli::recording_crc32(*session);
   if (method == "trained") read_with_then = recordings_read_with(run.config);  // the run's own
   if (!crcs[index].empty() && crcs[index] != crc && read_with_then.is_object()) {
@@ -1323,15 +1354,16 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
              "{}: {}; read it as then (--set), or {}",
              session_name, session->source, model_path,
              method == "trained" ? "trained" : "adapted", read_differs,
-             method == "trained" ? "train a new run on it" : "adapt the run to it again");
+             method == "trained" ? "train a new run on it" : redo_adapted);
   }
   MT_CHECK(crcs[index].empty() || crcs[index] == crc,
            "predict: the recording of session '{}' ({}) is not the one {} was {} on (CRC-32 {} "
            "now, {} then); restore it, or {}",
            session_name, session->source, model_path,
            method == "trained" ? "trained" : "adapted", crc, crcs[index],
-           method == "trained" ? "train a new run on it"
-                               : "adapt the run to it again (metatape adapt)");
+           method == "trained"    ? "train a new run on it"
+           : stream_zscore_frames ? redo_adapted
+                                  : "adapt the run to it again (metatape adapt)");
   Generator gen(0);
   auto f = meta::make_forecaster(c.model, sizes, gen);
   if (f->module() != nullptr) io::load_parameters(*f->module(), model_path);
@@ -1469,19 +1501,23 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
               split == "next" ? ", after the last frame" : "");
   if (split != "next") {
     std::string as;
-    if (split != "all")
-      as = stream_zscore_frames                 ? ""
-           : method != "trained" && has_parameters ? ", as adapt computes it"
+    if (stream_zscore_frames)
+      as = stream_stats ? fmt::format(", z-scored with frames [{}, {}) as its online stream was",
+                                      (*stream_zscore_frames)[0].get<int64_t>(),
+                                      (*stream_zscore_frames)[1].get<int64_t>())
+                        : ", not z-scored, as its online stream was not";
+    else if (split != "all")
+      as = method != "trained" && has_parameters ? ", as adapt computes it"
            : c.train.method == "standard"     ? ", as eval computes it"
                                               : ", as eval --unadapted computes it";
     std::printf("score %.4f on these windows (1 - MSE / MSE of repeating the last frame%s%s)\n",
                 copy_sse > 0 ? 1.0 - sse / copy_sse : 0.0, zscored ? ", on normalised values" : "",
                 as.c_str());
     if (stream_zscore_frames)
-      std::printf("note: the online-adapted model learned from every window of the recording: "
-                  "these frames are ones it was fit on (online scored each window with the "
-                  "model as it was before that window's step); --split next forecasts the frames "
-                  "after the last one\n");
+      std::printf("note: the online-adapted model learned from the recording's windows up to its "
+                  "end (one every online.stride frames): these frames include ones it was fit on "
+                  "(online scored each window with the model as it was when the window was "
+                  "predicted); --split next forecasts the frames after the last one\n");
     else if (has_parameters && (split == "all" || split == "train"))
       std::printf("note: %s windows of the training split, which the model was fit on: "
                   "--split test scores frames it did not see\n",
@@ -1543,6 +1579,9 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
         return x.rfind("data.synthetic.", 0) == 0;
       });
   const bool synthetic = c.data.path.empty();  // drift is a property of synthetic data only
+  if (regenerated && drifts.empty())
+    std::fprintf(stderr, "note: the data.synthetic.* overrides regenerate the recordings: these "
+                         "scores are of data the run was not trained on\n");
   // Kept models are of the recordings themselves, held out: taken with the run's lock (one
   // writer of the run folder) before its model is read.
   std::unique_ptr<cli::FolderLock> lock;
@@ -1556,10 +1595,20 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
              "online --label {}: keeps models of the recordings as they are, and {} regenerates "
              "them; drop --label, or the drift sweep and the data.synthetic.* overrides",
              label, drifts.empty() ? "a data.synthetic.* override" : "--drift");
+    // The kept models are fed their inputs as the run prepares them (predict refuses others).
+    check_model_settings_kept(run, c, "online --label");
     lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run",
                                              "metatape train, adapt or online");
   }
-  std::unique_ptr<AdaptationFolder> folder;  // where the kept models go
+  // The model scored: its CRC-32 before it is read, compared again before anything is written
+  // (a train --overwrite of the run meanwhile would make online.json describe another model).
+  const std::string model_crc32 =
+      cli::checkpoint_data_crc32(run_dir + "/model.safetensors");
+  // Where the kept models go: checked before any stream runs (its work folder made on first use).
+  std::unique_ptr<AdaptationFolder> folder;
+  if (!label.empty())
+    folder = std::make_unique<AdaptationFolder>(run_dir, label, /*label_given=*/true,
+                                                c.data.holdout, "online");
   json kept_models = json::object(), kept_rows = json::array(), holdout_sessions;
   const models::PocoConfig pc = c.model.poco_config();
   const meta::NewSessionInit init = meta::parse_new_session_init(c.adapt.new_session_init);
@@ -1626,6 +1675,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
       meta::OnlineScores r =
           meta::run_online(model, session, s, begin, end, pc.context(), pc.pred_length, opt,
                            [] { return stop_signal.load() != 0; });
+      if (!held_out || label.empty()) r.online_parameters.clear();  // kept only to be saved
       if (!r.offline_calibrated && opt.calibration_steps > 0 && drift == sweep.front())
         std::fprintf(stderr,
                      "note: session '%s': the offline method took no calibration step: %lld "
@@ -1652,8 +1702,9 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
       {
         behind.push_back(fmt::format("{} ({:.3g} ms of {:.3g} ms)", name, r.cycle_ms.p95,
                                      interval_ms));
-        stride_that_fits = std::max(
-            stride_that_fits, int64_t(std::ceil(r.cycle_ms.p95 / (1000.0 * frame_interval_s))));
+        stride_that_fits =
+            std::max(stride_that_fits,
+                     int64_t(std::ceil(1.25 * r.cycle_ms.p95 / (1000.0 * frame_interval_s))));
       }
       auto latency = [](const meta::LatencyMs& l) {
         return json{{"median", l.median}, {"p95", l.p95}, {"max", l.max}, {"count", l.count}};
@@ -1667,6 +1718,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                   {"online", r.online},
                   {"online_seconds", r.online_seconds},
                   {"online_steps", r.online_steps},
+                  {"final_steps", r.final_steps},
                   {"latency_ms", {{"update", latency(r.update_ms)},
                                   {"forecast", latency(r.forecast_ms)},
                                   {"cycle", latency(r.cycle_ms)}}},
@@ -1734,11 +1786,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
         if (!label.empty()) {
           // The model the stream leaves behind, and how predict reproduces its inputs: the
           // recording z-scored with the statistics of zscore_frames (null: not z-scored).
-          if (!folder) {
-            folder = std::make_unique<AdaptationFolder>(run_dir, label, /*label_given=*/true,
-                                                        d.holdout.names(), "online");
-            holdout_sessions = session_json(d.holdout);
-          }
+          if (holdout_sessions.is_null()) holdout_sessions = session_json(d.holdout);
           const meta::OnlineScores& r = scores.back();
           const std::string file = fmt::format("adapted_online_{}.safetensors", session.name);
           json metadata = {{"adapted", {{"method", "online"},
@@ -1778,16 +1826,19 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                              "zscore_frames)"
                            : "");
   std::printf("update_ms, fcst_ms: median milliseconds of the online method's SGD step and of its "
-              "forecast of one window on %s (online.json: latency_ms, with p95 and max)\n",
+              "forecast of one window on %s (online.json: latency_ms, with p95 and max); "
+              "online_s: the whole pass, the three methods' forecasts included\n",
               device.str().c_str());
   if (!behind.empty())
     std::fprintf(stderr,
                  "note: the online method would fall behind a live recording of %s: the 95th "
                  "percentile of an update + forecast cycle is longer than the time between two "
                  "prediction times (online.stride x the frame interval); online.stride=%lld would "
-                 "fit%s\n",
+                 "leave a quarter of headroom%s\n",
                  fmt::format("{}", fmt::join(behind, ", ")).c_str(), (long long)stride_that_fits,
-                 device.is_cpu() && built_with_cuda() ? ", or run on a GPU (--device cuda)" : "");
+                 device.is_cpu() && built_with_cuda() && cuda_device_count() > 0
+                     ? ", or run on a GPU (--device cuda)"
+                     : "");
   if (!below_copy_last.empty()) {
     std::sort(below_copy_last.begin(), below_copy_last.end());
     below_copy_last.erase(std::unique(below_copy_last.begin(), below_copy_last.end()),
@@ -1807,10 +1858,14 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
               {"rows", rows},
               {"options", c.to_json()["online"]},
               {"new_session_init", c.adapt.new_session_init}};
-  if (c.model.kind != "copy_last")
-    out["model_crc32"] = cli::checkpoint_data_crc32(run_dir + "/model.safetensors");
+  out["model_crc32"] = model_crc32;
+  MT_CHECK(cli::checkpoint_data_crc32(run_dir + "/model.safetensors") == model_crc32,
+           "online: {}/model.safetensors changed while online ran (the run was trained again?): "
+           "these scores are of the model it replaced; nothing was written, run online again",
+           run_dir);
   if (stop_signal.load() != 0) throw meta::OnlineStopped();  // asked during the last session
   cli::write_file_atomic(run_dir + "/online.json", out.dump(2) + "\n");
+  const bool stopped_while_writing = stop_signal.load() != 0;
   std::printf("wrote %s/online.json\n", run_dir.c_str());
   if (folder) {
     const json adapt = {
@@ -1825,13 +1880,16 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                                   {"sessions", kept_rows}}})},
         {"best_method", "online"}};
     folder->put_in_place(adapt);
-    std::printf("predict --adapted %s forecasts with these models; each learned from every "
-                "window of its recording\n",
+    std::printf("predict --adapted %s forecasts with these models, each as online adaptation left "
+                "it at the end of its recording\n",
                 label.c_str());
-  } else if (any_held_out) {
+  } else if (any_held_out && !regenerated) {
     std::printf("(the online-adapted models of the held-out sessions are not kept: --label NAME "
                 "keeps them, for metatape predict --adapted NAME)\n");
   }
+  if (stopped_while_writing || stop_signal.load() != 0)
+    std::fprintf(stderr, "note: the stop came as the finished results were being written: they "
+                         "are kept\n");
   return out;
 }
 
@@ -2189,6 +2247,8 @@ int main(int argc, char** argv) {
     if (online->parsed()) {
       stop_context.store(3);
       StopOnSignal on_signal;
+      if (online->count("--label") > 0)  // (an empty --label "" too)
+        cli::check_adaptation_label(online_label, /*given=*/true, "online");
       run_online_cmd(run_dir, drifts, sets, parse_device(device_name), online_label);
       return 0;
     }
