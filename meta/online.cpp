@@ -163,14 +163,18 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
   const Device device = f.device();
   const int64_t first = begin + context;
   {
-    // The first prediction time at or after scored_from must leave a horizon in the stream.
+    // The first prediction time at or after scored_from must leave a horizon in the stream; any
+    // stride up to the length of the scored range does.
+    const int64_t scorable = end - horizon - scored_from + 1;
     const int64_t scored_first =
-        first + (scored_from - first + opt.stride - 1) / opt.stride * opt.stride;
+        opt.stride > scorable
+            ? end  // (beyond every frame; and no overflow for a huge stride)
+            : first + (scored_from - first + opt.stride - 1) / opt.stride * opt.stride;
     MT_CHECK(scored_first + horizon <= end,
              "online: online.stride {} leaves no prediction time to score in session '{}' (its "
              "predictions start at frame {}, scored from frame {}, the last one possible at "
-             "frame {}); lower online.stride",
-             opt.stride, session.name, first, scored_from, end - horizon);
+             "frame {}); an online.stride of at most {} leaves at least one",
+             opt.stride, session.name, first, scored_from, end - horizon, scorable);
   }
   const auto start = std::chrono::steady_clock::now();
   int64_t learned = first - opt.stride;  // the last predicted window learned from

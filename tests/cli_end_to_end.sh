@@ -179,8 +179,11 @@ assert (a["mean"] == b["mean"]).all() and abs(a["pred"] - b["pred"]).max() > 1e-
   "$work/live.npz" "$work/zero.npz"
 rm "$work/poco_live/adapt/live/adapted_online_synth_002.safetensors"
 fails_with "predict with a kept model deleted: online keeps it again" \
-  "metatape online --run $work/poco_live --label live" "$bin" predict --run "$work/poco_live" \
-  --session synth_002 --adapted live --out "$work/live.npz"
+  "keep it again: metatape online --run $work/poco_live --label live" "$bin" predict \
+  --run "$work/poco_live" --session synth_002 --adapted live --out "$work/live.npz"
+cp "$work/out.txt" "$work/predict_deleted.txt"
+check "... with the online settings it was kept with" grep -q \
+  "online.calibration_steps=2.*online.lr=0.05.*online.stride=4" "$work/predict_deleted.txt"
 fails_with "online --label of a drift sweep" "drop --label" "$bin" online \
   --run "$work/poco_live" --label drift --drift 0.1
 fails_with "online --label without held-out sessions" "data.holdout is empty" "$bin" online \
@@ -199,7 +202,10 @@ mkdir "$work/poco_live/adapt/mine"
 fails_with "online --label naming a user's folder" "is there and is not an adaptation" "$bin" \
   online --run "$work/poco_live" --label mine
 check "... before any stream ran" test "$(grep -c '^online: ' "$work/out.txt")" -eq 0
-check "... leaving no work folder" test ! -e "$work/poco_live/adapt/.mine.partial"
+# A stride that leaves a stream nothing to score is refused, naming one that would.
+fails_with "online with a stride longer than the scored range" \
+  "online.stride 1000000 leaves no prediction time to score" "$bin" online --run "$work/poco" \
+  --set online.stride=1000000
 fails_with "online holding out a trained session" "a session the model was trained on" "$bin" \
   online --run "$work/poco" --drift 0.1 --set 'data.holdout=["synth_000"]'
 check "train nlinear on the npz folder" "$bin" train --run "$work/nl" "${small[@]}" \

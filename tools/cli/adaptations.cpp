@@ -158,10 +158,16 @@ std::string adapt_command(const std::string& run_dir, const std::string& label,
 }
 
 std::string readapt_command(const std::string& run_dir, const Adaptation& a) {
-  if (a.adapt.is_object() && a.adapt.value("made_by", std::string()) == "online") {
-    // online keeps models under the --label it was given, of data.holdout's sessions.
+  if (a.adapt.is_object() && a.adapt.contains("made_by") && a.adapt["made_by"] == "online") {
+    // online keeps models under the --label it was given, of data.holdout's sessions, with the
+    // online.* settings it recorded where they are not the defaults.
     std::string command = adapt_command(run_dir, a.label, a.sessions);
     command.replace(0, std::string("metatape adapt").size(), "metatape online");
+    const json defaults = RunConfig{}.to_json()["online"];
+    if (a.adapt.contains("online") && a.adapt["online"].is_object())
+      for (const auto& [key, value] : a.adapt["online"].items())
+        if (!defaults.contains(key) || defaults[key] != value)
+          command += " --set " + shell_quote("online." + key + "=" + value.dump());
     return command;
   }
   return adapt_command(run_dir, a.label, a.sessions);

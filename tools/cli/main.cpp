@@ -717,11 +717,12 @@ class AdaptationFolder {
   AdaptationFolder(const std::string& run_dir, const std::string& label, bool label_given,
                    std::vector<std::string> sessions, const char* command)
       : label_(label) {
-    const std::string top = adaptations_dir(run_dir);
+    top_ = adaptations_dir(run_dir);
+    const std::string& top = top_;
     MT_CHECK(!fs::exists(top) || fs::is_directory(top),
              "{}: {} is not a folder: adaptations are kept there; move that file away", command,
              top);
-    fs::create_directories(top);
+    created_top_ = fs::create_directories(top);
     for (const auto& restored : cli::tidy_adaptations(run_dir))
       std::printf("note: put back the adaptation '%s', which an adapt stopped while replacing "
                   "it had left aside\n",
@@ -745,15 +746,21 @@ class AdaptationFolder {
       } catch (const std::exception&) {
         // unreadable: replaced, as before
       }
-      const std::string made_by =
-          then.is_object() ? then.value("made_by", std::string("adapt")) : std::string(command);
+      std::string made_by = command;  // unreadable: replaced, as before
+      if (then.is_object())
+        made_by = then.contains("made_by") && then["made_by"].is_string()
+                      ? then["made_by"].get<std::string>()
+                      : std::string("adapt");
       if (made_by != command) {
         std::vector<std::string> methods;
-        for (const auto& m : then.value("methods", json::array()))
-          if (m.is_object() && m.contains("method")) methods.push_back(m["method"].dump());
-        MT_FAIL("{}: {} holds an adaptation made by metatape {} (methods {}); {} would replace "
-                "it: give another --label, or remove that folder first",
-                command, dir_, made_by, fmt::join(methods, ", "), command);
+        if (then.contains("methods") && then["methods"].is_array())
+          for (const auto& m : then["methods"])
+            if (m.is_object() && m.contains("method")) methods.push_back(m["method"].dump());
+        MT_FAIL("{}: {} holds an adaptation made by metatape {}{}; {} would replace it: give "
+                "another --label, or remove that folder first",
+                command, dir_, made_by,
+                methods.empty() ? "" : fmt::format(" (methods {})", fmt::join(methods, ", ")),
+                command);
       }
     }
     if (!label_given && fs::exists(dir_)) {
@@ -772,6 +779,7 @@ class AdaptationFolder {
   ~AdaptationFolder() {
     std::error_code ignored;
     if (!done_ && created_) fs::remove_all(partial_, ignored);
+    if (!done_ && created_top_) fs::remove(top_, ignored);  // only if still empty
   }
   AdaptationFolder(const AdaptationFolder&) = delete;
   AdaptationFolder& operator=(const AdaptationFolder&) = delete;
@@ -794,8 +802,8 @@ class AdaptationFolder {
   }
 
  private:
-  std::string label_, dir_, partial_;
-  bool created_ = false, done_ = false;
+  std::string label_, top_, dir_, partial_;
+  bool created_ = false, created_top_ = false, done_ = false;
 };
 
 // Adapts the run's model to the held-out sessions: AdamW fine-tuning per adapt.modes and, for a
@@ -1276,20 +1284,25 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
     const std::string adapt_path = chosen.dir + "/adapt.json";
     const std::string readapt = cli::readapt_command(run_dir, chosen);
     const json& adapt = chosen.adapt;
+    // The fix for a stale adaptation: made again by the command that made it.
+    const std::string again =
+        (adapt.value("made_by", std::string()) == "online" ? "keep it again: "
+                                                           : "adapt the run again: ") +
+        readapt;
     // Adapted from the model the run holds now? (Recorded since adaptations have folders.)
     if (adapt.contains("trained_model_crc32") && adapt["trained_model_crc32"].is_string()) {
       const std::string then = adapt["trained_model_crc32"].get<std::string>(),
                         now = cli::checkpoint_data_crc32(run_dir + "/model.safetensors");
       MT_CHECK(then == now,
                "predict: the adaptation {} started from another model than {}/model.safetensors "
-               "(CRC-32 {} then, {} now: the run was trained again since); adapt it again: {}",
-               adapt_path, run_dir, then, now, readapt);
+               "(CRC-32 {} then, {} now: the run was trained again since); {}",
+               adapt_path, run_dir, then, now, again);
     }
     if (method.empty()) {
       MT_CHECK(adapt.contains("best_method") && adapt["best_method"].is_string(),
                "predict: {} names no best_method: it is from an earlier metatape, which saved "
-               "no adapted models, or every adaptation diverged; adapt the run again: {}",
-               adapt_path, readapt);
+               "no adapted models, or every adaptation diverged; {}",
+               adapt_path, again);
       method = adapt["best_method"].get<std::string>();
     }
     std::vector<std::string> known;
@@ -1307,11 +1320,11 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
                adapt_path, method, session_name);
     }
     MT_CHECK(!file.empty(), "predict: {} has no model of method '{}'; {}", adapt_path, method,
-             known.empty() ? fmt::format("it has none (adapt the run again: {})", readapt)
+             known.empty() ? fmt::format("it has none ({})", again)
                            : fmt::format("its methods with a model: {}", fmt::join(known, ", ")));
     model_path = chosen.dir + "/" + file;
-    MT_CHECK(fs::exists(model_path), "predict: {} is missing ({} names it); adapt the run again: {}",
-             model_path, adapt_path, readapt);
+    MT_CHECK(fs::exists(model_path), "predict: {} is missing ({} names it); {}", model_path,
+             adapt_path, again);
     const json meta = io::read_checkpoint_metadata(model_path);
     MT_CHECK(meta.is_object() && meta.contains("adapted") && meta["adapted"].contains("sessions"),
              "predict: {} is not an adapted model written by metatape adapt or online",
@@ -1320,7 +1333,7 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
       read_with_then = meta["adapted"]["read_with"];
     if (meta["adapted"].contains("zscore_frames")) {
       stream_zscore_frames = meta["adapted"]["zscore_frames"];
-      redo_adapted = "keep it again: " + readapt;  // kept by online --label
+      redo_adapted = again;  // kept by online --label
     }
     for (const auto& s : meta["adapted"]["sessions"]) {
       names.push_back(s.at("name").get<std::string>());
@@ -1579,9 +1592,6 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
         return x.rfind("data.synthetic.", 0) == 0;
       });
   const bool synthetic = c.data.path.empty();  // drift is a property of synthetic data only
-  if (regenerated && drifts.empty())
-    std::fprintf(stderr, "note: the data.synthetic.* overrides regenerate the recordings: these "
-                         "scores are of data the run was not trained on\n");
   // Kept models are of the recordings themselves, held out: taken with the run's lock (one
   // writer of the run folder) before its model is read.
   std::unique_ptr<cli::FolderLock> lock;
@@ -1600,6 +1610,9 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
     lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run",
                                              "metatape train, adapt or online");
   }
+  if (regenerated && drifts.empty())
+    std::fprintf(stderr, "note: the data.synthetic.* overrides regenerate the recordings: these "
+                         "scores are of data the run was not trained on\n");
   // The model scored: its CRC-32 before it is read, compared again before anything is written
   // (a train --overwrite of the run meanwhile would make online.json describe another model).
   const std::string model_crc32 =
@@ -1834,7 +1847,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                  "note: the online method would fall behind a live recording of %s: the 95th "
                  "percentile of an update + forecast cycle is longer than the time between two "
                  "prediction times (online.stride x the frame interval); online.stride=%lld would "
-                 "leave a quarter of headroom%s\n",
+                 "keep the cycle within 80%% of that time%s\n",
                  fmt::format("{}", fmt::join(behind, ", ")).c_str(), (long long)stride_that_fits,
                  device.is_cpu() && built_with_cuda() && cuda_device_count() > 0
                      ? ", or run on a GPU (--device cuda)"
