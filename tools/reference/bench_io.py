@@ -21,6 +21,18 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+def torch_environment(torch):
+    """What a PyTorch timing ran on: versions, platform, cores and torch's thread count (torch
+    passed in, so that this module imports no third-party package)."""
+    return {
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+    }
+
+
 def write_json_atomic(path, obj, sort_keys=True):
     """Writes obj as JSON to path through a temporary file in the same folder and a rename, so a
     reader never sees half a file; creates the folder; leaves nothing behind on failure."""

@@ -31,7 +31,6 @@ Usage:
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,7 +42,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import poco_reference as ref  # noqa: E402
-from bench_io import cpu_model, write_json_atomic  # noqa: E402
+from bench_io import cpu_model, torch_environment, write_json_atomic  # noqa: E402
 
 INNER_PARAMS = ("unit_emb.weight", "session_emb.weight")
 
@@ -197,11 +196,7 @@ def main(argv=None) -> int:
     result = {
         "engine": "pytorch",
         "benchmark": "e2e_ttt_meta_step",
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
+        **torch_environment(torch),
         "dtype": "float32",
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if on_cuda else cpu_model(),

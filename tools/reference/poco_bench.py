@@ -25,7 +25,6 @@ Usage:
 import argparse
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import poco_reference as ref  # noqa: E402
-from bench_io import write_json_atomic  # noqa: E402
+from bench_io import torch_environment, write_json_atomic  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -114,22 +113,9 @@ def main(argv=None) -> int:
     n_params = ref.count_parameters(model)
     n_body = ref.count_parameters(model, ref.EMBEDDING_TABLES)
     result = {
-        "benchmark": "poco_train_step",
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
+        **setup(args, cfg, "poco_train_step"),
         "interop_threads": torch.get_num_interop_threads(),
-        "dtype": "float32",
-        "device": "cpu",
-        "config_name": args.config,
-        "config": cfg,
-        "batch": args.batch,
-        "neurons_per_sample": args.neurons,
-        "sessions": args.sessions,
         "tokens": n_total * (tin // cfg["patch"]),
-        "attention": args.attention,
         "mode": "eval (no dropout)" if args.eval else "train (dropout on)",
         "optimizer": {"name": "AdamW", "lr": args.lr, "weight_decay": args.weight_decay},
         "parameters": n_params,
@@ -163,6 +149,22 @@ def main(argv=None) -> int:
     return 0
 
 
+def setup(args, cfg, benchmark):
+    """The JSON fields both timings share: what ran, on what, with which shapes."""
+    return {
+        "benchmark": benchmark,
+        **torch_environment(torch),
+        "dtype": "float32",
+        "device": "cpu",
+        "config_name": args.config,
+        "config": cfg,
+        "batch": args.batch,
+        "neurons_per_sample": args.neurons,
+        "sessions": args.sessions,
+        "attention": args.attention,
+    }
+
+
 def online(args, model, cfg, x_all, unit_index, session_index, sizes, targets):
     model.eval()
     fast = {name: p.detach().clone().requires_grad_(True)
@@ -194,20 +196,7 @@ def online(args, model, cfg, x_all, unit_index, session_index, sizes, targets):
     if not math.isfinite(first):
         sys.exit(f"error: the forecast is not finite ({first})")
     result = {
-        "benchmark": "poco_online_step",
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "dtype": "float32",
-        "device": "cpu",
-        "config_name": args.config,
-        "config": cfg,
-        "batch": args.batch,
-        "neurons_per_sample": args.neurons,
-        "sessions": args.sessions,
-        "attention": args.attention,
+        **setup(args, cfg, "poco_online_step"),
         "lr": args.lr,
         "warmup": args.warmup,
         "repeats": args.repeats,
