@@ -111,6 +111,20 @@ TEST_CASE("online adaptation learns from every predicted window at any stride",
     CHECK(r.online > r.frozen);
     CHECK(r.offline == r.frozen);
   }
+  // One prediction time (16; the next, 24, leaves no horizon in frames [0, 24)): no step inside
+  // the stream, so every score is the frozen model's, and one step after it for the parameters
+  // left behind.
+  opt.stride = 8;
+  opt.calibration_frames = 0;
+  auto r = meta::run_online(*f, drifting_session(), 0, 0, 24, 16, 4, opt);
+  CHECK(r.predictions == 1);
+  CHECK(r.online_steps == 0);
+  CHECK(r.final_steps == 1);
+  CHECK(r.online == r.frozen);
+  double moved = 0;
+  for (const auto& [name, value] : r.online_parameters)
+    moved += max(abs(value - f->module()->parameter_map().at(name))).item<double>();
+  CHECK(moved > 0);
 }
 
 // Nearest-rank percentiles: the 95th of 20 values is the 19th smallest.
