@@ -162,14 +162,14 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
   std::vector<double> update_ms, forecast_ms, cycle_ms;
   const Device device = f.device();
   const int64_t first = begin + context;
+  // A stride longer than the stream predicts once, at its start, as any longer one does (and
+  // keeps the frame arithmetic below far from overflow).
+  const int64_t stride = std::min<int64_t>(opt.stride, end - begin + 1);
   {
     // The first prediction time at or after scored_from must leave a horizon in the stream; any
     // stride up to the length of the scored range does.
     const int64_t scorable = end - horizon - scored_from + 1;
-    const int64_t scored_first =
-        opt.stride > scorable
-            ? end  // (beyond every frame; and no overflow for a huge stride)
-            : first + (scored_from - first + opt.stride - 1) / opt.stride * opt.stride;
+    const int64_t scored_first = first + (scored_from - first + stride - 1) / stride * stride;
     MT_CHECK(scored_first + horizon <= end,
              "online: online.stride {} leaves no prediction time to score in session '{}' (its "
              "predictions start at frame {}, scored from frame {}, the last one possible at "
@@ -177,9 +177,9 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
              opt.stride, session.name, first, scored_from, end - horizon, scorable);
   }
   const auto start = std::chrono::steady_clock::now();
-  int64_t learned = first - opt.stride;  // the last predicted window learned from
-  int64_t last_predicted = first - opt.stride;
-  for (int64_t t = first; t + horizon <= end; t += opt.stride) {
+  int64_t learned = first - stride;  // the last predicted window learned from
+  int64_t last_predicted = first - stride;
+  for (int64_t t = first; t + horizon <= end; t += stride) {
     stop_if_asked();
     // Learn first from the window whose frames completed since the previous prediction: the
     // last one predicted at or before t - horizon (one per stride, whether or not the stride
@@ -187,7 +187,7 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
     double cycle = 0;
     if (const int64_t ready = t - horizon; ready >= first) {
       const auto step_start = std::chrono::steady_clock::now();
-      const int64_t done = ready - (ready - first) % opt.stride;
+      const int64_t done = ready - (ready - first) % stride;
       sgd_step(f, online, window(f, session, model_session, done, context, horizon), opt.lr);
       synchronize(device);
       cycle = ms_since(step_start);
@@ -215,7 +215,7 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   // The windows predicted last complete when the stream ends: the parameters left behind learn
   // from them too (after the scores, which they cannot change).
-  for (int64_t t = learned + opt.stride; t <= last_predicted; t += opt.stride) {
+  for (int64_t t = learned + stride; t <= last_predicted; t += stride) {
     stop_if_asked();
     sgd_step(f, online, window(f, session, model_session, t, context, horizon), opt.lr);
     ++out.final_steps;
