@@ -1630,6 +1630,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   size_t name_width = 24;       // the session column: its longest name, "(new)" included
   std::vector<std::string> below_copy_last;  // sessions where every method scores below 0
   std::vector<std::string> behind;           // sessions whose cycles outlast their frames
+  std::vector<std::string> calibration_hurt;  // new sessions calibrated below the frozen model
   int64_t stride_that_fits = 0;              // the smallest stride that fits all of them
   bool new_below_copy_last = false;          // held-out ones among them
   bool any_held_out = false;
@@ -1698,6 +1699,10 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                      name.c_str(), (long long)opt.calibration_frames, (long long)pc.context(),
                      (long long)pc.pred_length, cap_name);
       any_held_out = any_held_out || held_out;
+      if (held_out && r.offline_calibrated && r.offline < r.frozen && drift == sweep.front())
+        calibration_hurt.push_back(fmt::format("{} (offline {:.4f}, frozen {:.4f}, {} frames)",
+                                               name, r.offline, r.frozen,
+                                               opt.calibration_frames));
       if (std::max({r.frozen, r.offline, r.online}) < 0) {
         below_copy_last.push_back(name);
         new_below_copy_last = new_below_copy_last || held_out;
@@ -1852,6 +1857,14 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                  device.is_cpu() && built_with_cuda() && cuda_device_count() > 0
                      ? ", or run on a GPU (--device cuda)"
                      : "");
+  if (!calibration_hurt.empty())
+    std::fprintf(stderr,
+                 "note: on the new session(s) %s, calibrating on the first frames made the "
+                 "forecasts worse than the uncalibrated model: that segment does not resemble the "
+                 "rest of the recording, or it is too short to fit; try a longer "
+                 "online.calibration_frames (capped by the first training-split range) or fewer "
+                 "online.calibration_steps\n",
+                 fmt::format("{}", fmt::join(calibration_hurt, ", ")).c_str());
   if (!below_copy_last.empty()) {
     std::sort(below_copy_last.begin(), below_copy_last.end());
     below_copy_last.erase(std::unique(below_copy_last.begin(), below_copy_last.end()),
@@ -2080,10 +2093,12 @@ int main(int argc, char** argv) {
 
   auto* predict = app.add_subcommand(
       "predict", "forecasts of one session from a run's trained or adapted model, as an .npz");
-  predict->add_option("--run", run_dir, "run folder written by train (and adapt)")->required();
+  predict->add_option("--run", run_dir, "run folder written by train (and adapt, online --label)")
+      ->required();
   std::string predict_session, predict_method, predict_split = "test";
   predict->add_option("--session", predict_session,
-                      "a training session of the run, or a held-out one adapt adapted")
+                      "a training session of the run, or a held-out one adapted by adapt or kept "
+                      "by online --label")
       ->required();
   predict->add_option("--method", predict_method,
                       "held-out sessions: the adapted model to use, e.g. finetune:embeddings or "
