@@ -142,8 +142,9 @@ assert m["sessions"][0]["zscore_frames"] == [0, 200], m
 # last after the stream ended
 assert m["sessions"][0]["online_steps"] + m["sessions"][0]["final_steps"] == 97, m
 assert m["sessions"][0]["final_steps"] == 1, m
-assert os.path.getsize(os.path.join(sys.argv[1], m["models"]["synth_002"])) > 0' \
-  "$work/poco_live/adapt/live"
+assert os.path.getsize(os.path.join(sys.argv[1], m["models"]["synth_002"])) > 0
+assert json.load(open(sys.argv[2]))["label"] == "live"' \
+  "$work/poco_live/adapt/live" "$work/poco_live/online.json"
 check "online keeps the unmoved model under another label" "$bin" online \
   --run "$work/poco_live" --label zero --set online.lr=0 --set online.calibration_steps=0
 fails_with "predict with two adaptations of the session" "choose one with --adapted NAME" \

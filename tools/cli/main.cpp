@@ -1882,6 +1882,8 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   }
   json out = {{"run", fs::absolute(run_dir).lexically_normal().string()},
               {"device", device.str()},
+              // the adaptation --label kept the held-out sessions' models in (null: none)
+              {"label", label.empty() ? json() : json(label)},
               {"legend", legend},
               {"rows", rows},
               {"options", c.to_json()["online"]},
