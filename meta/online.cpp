@@ -159,12 +159,18 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
   }
   Score frozen, offline_score, online_score;
   Adapted online = copy_params(f, opt.params);
+  struct SegmentScores {
+    Score frozen, offline, online;
+    OnlineSegment segment;
+  };
+  std::vector<SegmentScores> segments;
   std::vector<double> update_ms, forecast_ms, cycle_ms;
   const Device device = f.device();
   const int64_t first = begin + context;
   // A stride longer than the stream predicts once, at its start, as any longer one does (and
   // keeps the frame arithmetic below far from overflow).
   const int64_t stride = std::min<int64_t>(opt.stride, end - begin + 1);
+  int64_t scored_count = 0;  // prediction times scored
   {
     // The first prediction time at or after scored_from must leave a horizon in the stream; any
     // stride up to the length of the scored range does.
@@ -175,6 +181,8 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
              "predictions start at frame {}, scored from frame {}, the last one possible at "
              "frame {}); an online.stride of at most {} leaves at least one",
              opt.stride, session.name, first, scored_from, end - horizon, scorable);
+    scored_count = (end - horizon - scored_first) / stride + 1;
+    segments.resize(size_t(std::min(scored_count, OnlineScores::kSegments)));
   }
   const auto start = std::chrono::steady_clock::now();
   int64_t learned = first - stride;  // the last predicted window learned from
@@ -203,9 +211,19 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
     const std::vector<double> online_pred = f.predict(b, &online.overrides).to_vector<double>();
     forecast_ms.push_back(ms_since(forecast_start));
     cycle_ms.push_back(cycle + forecast_ms.back());
+    const std::vector<double> offline_pred = f.predict(b, &offline.overrides).to_vector<double>(),
+                              frozen_pred = f.predict(b).to_vector<double>();
     online_score.add(online_pred, session, t, horizon);
-    offline_score.add(f.predict(b, &offline.overrides).to_vector<double>(), session, t, horizon);
-    frozen.add(f.predict(b).to_vector<double>(), session, t, horizon);
+    offline_score.add(offline_pred, session, t, horizon);
+    frozen.add(frozen_pred, session, t, horizon);
+    // Scored window i of n falls in segment i * segments / n.
+    SegmentScores& seg =
+        segments[size_t(out.predictions * int64_t(segments.size()) / scored_count)];
+    if (seg.segment.windows++ == 0) seg.segment.first_frame = t;
+    seg.segment.last_frame = t;
+    seg.online.add(online_pred, session, t, horizon);
+    seg.offline.add(offline_pred, session, t, horizon);
+    seg.frozen.add(frozen_pred, session, t, horizon);
     ++out.predictions;
   }
   out.update_ms = summarize_latency(std::move(update_ms));
@@ -222,6 +240,12 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
   }
   for (size_t i = 0; i < online.names.size(); ++i)
     out.online_parameters[online.names[i]] = online.leaves[i].detach();
+  for (SegmentScores& seg : segments) {
+    seg.segment.frozen = seg.frozen.value();
+    seg.segment.offline = seg.offline.value();
+    seg.segment.online = seg.online.value();
+    out.segments.push_back(seg.segment);
+  }
   out.frozen = frozen.value();
   out.offline = offline_score.value();
   out.online = online_score.value();

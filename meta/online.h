@@ -35,6 +35,13 @@ struct LatencyMs {
 };
 LatencyMs summarize_latency(std::vector<double> ms);
 
+// The scores of one stretch of the scored stream: how they change as the stream goes on.
+struct OnlineSegment {
+  int64_t first_frame = 0, last_frame = 0;  // prediction times of its first and last window
+  int64_t windows = 0;
+  double frozen = 0, offline = 0, online = 0;
+};
+
 struct OnlineScores {
   double frozen = 0, offline = 0, online = 0;  // 1 - MSE / MSE of copy-last, same predictions
   int64_t predictions = 0;                     // windows scored per method
@@ -48,6 +55,10 @@ struct OnlineScores {
   // forecast: the online method's forecast of one window (to tensors, forward, to the host);
   // cycle: one scored prediction time, its update (if one was due) and its forecast.
   LatencyMs update_ms, forecast_ms, cycle_ms;
+  // The scored windows in kSegments consecutive stretches of (nearly) equal counts (fewer when
+  // there are fewer windows), each scored on its own.
+  static constexpr int64_t kSegments = 10;
+  std::vector<OnlineSegment> segments;
   // Whether the offline method took its calibration steps: false when the calibration segment
   // holds no complete window (context + horizon frames) or calibration_steps is 0; its scores are
   // then the frozen model's.

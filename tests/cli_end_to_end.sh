@@ -115,7 +115,16 @@ for r in out["rows"]:
         assert 0 < l[kind]["median"] <= l[kind]["p95"] <= l[kind]["max"], r
     assert l["cycle"]["median"] > l["forecast"]["median"], r
     assert abs(r["frame_interval_s"] - 0.1) < 1e-9, r
-    assert abs(r["prediction_interval_ms"] - 400) < 1e-6, r' "$work/poco/online.json"
+    assert abs(r["prediction_interval_ms"] - 400) < 1e-6, r
+    seg = r["segments"]
+    assert len(seg) == min(10, r["windows"]), r
+    assert sum(s["windows"] for s in seg) == r["windows"], r
+    # consecutive stretches of the prediction grid (stride 4)
+    for a, b in zip(seg, seg[1:]):
+        assert b["frames"][0] == a["frames"][1] + 4, seg
+    for s in seg:
+        assert s["frames"][1] - s["frames"][0] == 4 * (s["windows"] - 1), seg' \
+  "$work/poco/online.json"
 # Frames 1 us apart (data.synthetic.dt, regenerated): no cycle fits between two of them.
 check "online of a recording faster than its cycles" "$bin" online --run "$work/poco" \
   --set data.synthetic.dt=1e-6 --set online.stride=4 --set online.calibration_steps=2

@@ -47,6 +47,19 @@ TEST_CASE("online adaptation: zero step size changes nothing", "[meta][online]")
   CHECK(r.predictions == 600 - 200 - 4 + 1);
   CHECK(r.online == r.frozen);
   CHECK(r.offline == r.frozen);
+  // Ten consecutive segments of the 397 scored windows (39 or 40 each), each scored alone.
+  REQUIRE(r.segments.size() == 10);
+  int64_t windows = 0, next = 200;
+  for (const auto& seg : r.segments) {
+    CHECK(seg.first_frame == next);
+    CHECK(seg.last_frame == seg.first_frame + seg.windows - 1);
+    CHECK((seg.windows == 39 || seg.windows == 40));
+    CHECK(seg.online == seg.frozen);
+    windows += seg.windows;
+    next = seg.last_frame + 1;
+  }
+  CHECK(windows == r.predictions);
+  CHECK(next == 597);
 }
 
 TEST_CASE("online adaptation follows a level shift better than frozen or calibrated models",
@@ -59,6 +72,9 @@ TEST_CASE("online adaptation follows a level shift better than frozen or calibra
   WARN("scores: frozen " << r.frozen << ", offline " << r.offline << ", online " << r.online);
   CHECK(r.offline > r.frozen);
   CHECK(r.online > r.offline);
+  // After the shift (frame 300) the online method has caught up by the last segment.
+  CHECK(r.segments.back().online > r.segments.back().frozen);
+  CHECK(r.segments.back().online > r.segments.back().offline);
   CHECK(r.online_steps == 600 - 16 - 4 - 4 + 1);  // windows at 16..592 learned at 20..596
   // One timed update per step, one timed forecast and cycle per scored window; every scored
   // prediction time (from 200 on) follows an update, so a cycle outlasts its forecast.
@@ -118,6 +134,7 @@ TEST_CASE("online adaptation learns from every predicted window at any stride",
   opt.calibration_frames = 0;
   auto r = meta::run_online(*f, drifting_session(), 0, 0, 24, 16, 4, opt);
   CHECK(r.predictions == 1);
+  CHECK(r.segments.size() == 1);
   CHECK(r.online_steps == 0);
   CHECK(r.final_steps == 1);
   CHECK(r.online == r.frozen);

@@ -1726,6 +1726,16 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
             std::max(stride_that_fits,
                      int64_t(std::ceil(1.25 * r.cycle_ms.p95 / (1000.0 * frame_interval_s))));
       }
+      auto segments_json = [](const std::vector<meta::OnlineSegment>& segments) {
+        json out = json::array();
+        for (const auto& seg : segments)
+          out.push_back({{"frames", json::array({seg.first_frame, seg.last_frame})},
+                         {"windows", seg.windows},
+                         {"frozen", seg.frozen},
+                         {"offline", seg.offline},
+                         {"online", seg.online}});
+        return out;
+      };
       auto latency = [](const meta::LatencyMs& l) {
         return json{{"median", l.median}, {"p95", l.p95}, {"max", l.max}, {"count", l.count}};
       };
@@ -1742,6 +1752,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                   {"latency_ms", {{"update", latency(r.update_ms)},
                                   {"forecast", latency(r.forecast_ms)},
                                   {"cycle", latency(r.cycle_ms)}}},
+                  {"segments", segments_json(r.segments)},
                   {"frame_interval_s", frame_interval_s},
                   {"prediction_interval_ms", interval_ms},
                   {"calibration_frames", opt.calibration_frames},
@@ -1836,7 +1847,9 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
       "Trained sessions: their validation + test frames. (new): held-out sessions, their whole "
       "recording, embedding rows as adapt.new_session_init sets them, z-scored with the frames "
       "before their first scored forecast (zscore_frames), not with their training split as "
-      "adapt does. latency_ms (on device): update, the online method's SGD step on one arrived "
+      "adapt does. segments: the scored windows in ten consecutive stretches, each scored "
+      "alone (frames: the prediction times of its first and last window), how the scores "
+      "change along the stream. latency_ms (on device): update, the online method's SGD step on one arrived "
       "window; forecast, its forecast of one window, to the host; cycle, a scored prediction "
       "time's update and forecast, which a live recording allows prediction_interval_ms "
       "(online.stride x frame_interval_s) for";
