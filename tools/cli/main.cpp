@@ -1818,7 +1818,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
           // The model the stream leaves behind, and how predict reproduces its inputs: the
           // recording z-scored with the statistics of zscore_frames (null: not z-scored).
           if (holdout_sessions.is_null()) holdout_sessions = session_json(d.holdout);
-          const meta::OnlineScores& r = scores.back();
+          meta::OnlineScores& r = scores.back();
           const std::string file = fmt::format("adapted_online_{}.safetensors", session.name);
           json metadata = {{"adapted", {{"method", "online"},
                                         {"session", session.name},
@@ -1833,6 +1833,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                                                     {"online", r.online}}}}}};
           save_adapted_model(folder->partial() + "/" + file, *fresh, &r.online_parameters,
                              metadata);
+          r.online_parameters.clear();  // saved: no need to hold them (on the device) any longer
           kept_models[session.name] = file;
           kept_rows.push_back(rows.back());
         }
