@@ -105,6 +105,49 @@ void check_online_options(const OnlineOptions& o) {
   MT_CHECK(o.calibration_batch > 0,
            "online.calibration_batch must be positive (windows per calibration step), got {}",
            o.calibration_batch);
+  MT_CHECK(o.unseen_frames >= 0,
+           "online.unseen_frames must be >= 0 (frames at the end of each stream held back from "
+           "adaptation, 0: none), got {}",
+           o.unseen_frames);
+}
+
+void check_online_stream(const std::string& name, int64_t num_frames, int64_t begin, int64_t end,
+                         int64_t context, int64_t horizon, const OnlineOptions& opt) {
+  check_online_options(opt);
+  MT_CHECK(begin >= 0 && end <= num_frames && begin < end,
+           "online: frames [{}, {}) are not inside session '{}' ({} frames)", begin, end, name,
+           num_frames);
+  const int64_t scored_from = begin + std::max(opt.calibration_frames, context);
+  // The unseen frames need one window; the streamed ones, the calibration segment, a context and
+  // one horizon.
+  if (opt.unseen_frames > 0) {
+    MT_CHECK(opt.unseen_frames >= horizon,
+             "online: online.unseen_frames {} holds no forecast of {} frames; hold back at least "
+             "{} (or 0: none)",
+             opt.unseen_frames, horizon, horizon);
+    MT_CHECK(scored_from + horizon <= end - opt.unseen_frames,
+             "online: session '{}' frames [{}, {}) less its {} unseen frames are too short for the "
+             "calibration segment ({}), the context ({}) and one horizon ({}); an "
+             "online.unseen_frames of at most {} leaves them",
+             name, begin, end, opt.unseen_frames, opt.calibration_frames, context, horizon,
+             std::max<int64_t>(0, end - scored_from - horizon));
+  }
+  const int64_t stream_end = end - opt.unseen_frames;
+  MT_CHECK(scored_from + horizon <= stream_end,
+           "online: session '{}' frames [{}, {}) are too short for the calibration segment ({}), "
+           "the context ({}) and one horizon ({})",
+           name, begin, stream_end, opt.calibration_frames, context, horizon);
+  // The first prediction time at or after scored_from must leave a horizon in the stream; any
+  // stride up to the length of the scored range does.
+  const int64_t first = begin + context;
+  const int64_t stride = std::min<int64_t>(opt.stride, stream_end - begin + 1);
+  const int64_t scorable = stream_end - horizon - scored_from + 1;
+  const int64_t scored_first = first + (scored_from - first + stride - 1) / stride * stride;
+  MT_CHECK(scored_first + horizon <= stream_end,
+           "online: online.stride {} leaves no prediction time to score in session '{}' (its "
+           "predictions start at frame {}, scored from frame {}, the last one possible at "
+           "frame {}); an online.stride of at most {} leaves at least one",
+           opt.stride, name, first, scored_from, stream_end - horizon, scorable);
 }
 
 OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t model_session,
@@ -113,16 +156,12 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
   auto stop_if_asked = [&] {
     if (stop_requested && stop_requested()) throw OnlineStopped();
   };
-  check_online_options(opt);
+  check_online_stream(session.name, session.num_frames, begin, end, context, horizon, opt);
   check_prefixes(f, opt.params, "online.params");
-  MT_CHECK(begin >= 0 && end <= session.num_frames && begin < end,
-           "online: frames [{}, {}) are not inside session '{}' ({} frames)", begin, end,
-           session.name, session.num_frames);
   const int64_t scored_from = begin + std::max(opt.calibration_frames, context);
-  MT_CHECK(scored_from + horizon <= end,
-           "online: session '{}' frames [{}, {}) are too short for the calibration segment ({}), "
-           "the context ({}) and one horizon ({})",
-           session.name, begin, end, opt.calibration_frames, context, horizon);
+  // The unseen frames: after the stream, scored without updates.
+  const int64_t unseen_end = end;
+  end -= opt.unseen_frames;
   OnlineScores out;
 
   // Frozen and offline: the same predictions, with the initial or the calibrated parameters.
@@ -170,17 +209,9 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
   // A stride longer than the stream predicts once, at its start, as any longer one does (and
   // keeps the frame arithmetic below far from overflow).
   const int64_t stride = std::min<int64_t>(opt.stride, end - begin + 1);
-  int64_t scored_count = 0;  // prediction times scored
+  int64_t scored_count = 0;  // prediction times scored (check_online_stream: at least one)
   {
-    // The first prediction time at or after scored_from must leave a horizon in the stream; any
-    // stride up to the length of the scored range does.
-    const int64_t scorable = end - horizon - scored_from + 1;
     const int64_t scored_first = first + (scored_from - first + stride - 1) / stride * stride;
-    MT_CHECK(scored_first + horizon <= end,
-             "online: online.stride {} leaves no prediction time to score in session '{}' (its "
-             "predictions start at frame {}, scored from frame {}, the last one possible at "
-             "frame {}); an online.stride of at most {} leaves at least one",
-             opt.stride, session.name, first, scored_from, end - horizon, scorable);
     scored_count = (end - horizon - scored_first) / stride + 1;
     segments.resize(size_t(std::min(scored_count, OnlineScores::kSegments)));
   }
@@ -237,6 +268,27 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
     stop_if_asked();
     sgd_step(f, online, window(f, session, model_session, t, context, horizon), opt.lr);
     ++out.final_steps;
+  }
+  // The held-back frames: each method's model as the stream left it, no update (the online one
+  // after its final steps: all it learned from the stream), every stride frames from its end.
+  if (end < unseen_end) {
+    NoGradGuard no_grad;
+    Score unseen_frozen, unseen_offline, unseen_online;
+    // (A stride longer than the unseen frames predicts once, and keeps t from overflowing.)
+    const int64_t unseen_stride = std::min<int64_t>(opt.stride, unseen_end - end + 1);
+    for (int64_t t = end; t + horizon <= unseen_end; t += unseen_stride) {
+      stop_if_asked();
+      models::PocoBatch b = window(f, session, model_session, t, context, horizon);
+      unseen_online.add(f.predict(b, &online.overrides).to_vector<double>(), session, t, horizon);
+      unseen_offline.add(f.predict(b, &offline.overrides).to_vector<double>(), session, t,
+                         horizon);
+      unseen_frozen.add(f.predict(b).to_vector<double>(), session, t, horizon);
+      if (out.unseen.windows++ == 0) out.unseen.first_frame = t;
+      out.unseen.last_frame = t;
+    }
+    out.unseen.frozen = unseen_frozen.value();
+    out.unseen.offline = unseen_offline.value();
+    out.unseen.online = unseen_online.value();
   }
   for (size_t i = 0; i < online.names.size(); ++i)
     out.online_parameters[online.names[i]] = online.leaves[i].detach();

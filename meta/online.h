@@ -22,10 +22,22 @@ struct OnlineOptions {
   int64_t calibration_steps = 50;   // its SGD steps (batches of windows of the segment)
   int64_t calibration_batch = 8;
   uint64_t seed = 0;
+  // The last frames of each stream that are not streamed: no method learns from them. After the
+  // stream, each method's final model forecasts them (every `stride` frames from the stream's
+  // end, no update): how each would do if adaptation stopped there (OnlineScores::unseen).
+  int64_t unseen_frames = 0;
 };
 
 // Positive rates and sizes; errors name the config fields (online.*) and the fix.
 void check_online_options(const OnlineOptions& options);
+
+// Whether frames [begin, end) of a session of `num_frames` hold a stream run_online can score
+// with these options: the calibration segment, a context and a horizon before the held-back
+// (unseen) frames, a prediction time the stride reaches, and a window in the unseen frames.
+// Errors name the session, the setting (online.*) and a value that works.
+void check_online_stream(const std::string& session, int64_t num_frames, int64_t begin,
+                         int64_t end, int64_t context, int64_t horizon,
+                         const OnlineOptions& options);
 
 // Milliseconds one kind of event took, over a stream: the median, the 95th percentile (nearest
 // rank) and the slowest (the first events include one-time allocations).
@@ -59,6 +71,9 @@ struct OnlineScores {
   // there are fewer windows), each scored on its own.
   static constexpr int64_t kSegments = 10;
   std::vector<OnlineSegment> segments;
+  // The options' unseen frames (windows 0 when there are none): each method's model as the
+  // stream left it forecasts them, without updates; frames: the first and last prediction time.
+  OnlineSegment unseen;
   // Whether the offline method took its calibration steps: false when the calibration segment
   // holds no complete window (context + horizon frames) or calibration_steps is 0; its scores are
   // then the frozen model's.
@@ -73,7 +88,8 @@ struct OnlineStopped : Error {
   OnlineStopped() : Error("online adaptation stopped") {}
 };
 
-// `session` is the (z-scored) recording; frames [begin, end) form the stream; `model_session` is
+// `session` is the (z-scored) recording; frames [begin, end) form the stream, its last
+// options.unseen_frames held back (scored in `unseen`, never learned from); `model_session` is
 // the forecaster's session index for it (POCO's embedding rows). The forecaster's own parameters
 // are not modified: every method adapts copies. `stop_requested`, when given, is asked before
 // every calibration step and every prediction time.

@@ -178,7 +178,13 @@ check "predict with the online-adapted model" "$bin" predict --run "$work/poco_l
   --session synth_002 --adapted live --split all --out "$work/live.npz"
 cp "$work/out.txt" "$work/predict_live.txt"
 check "... notes that it learned from the recording's windows" grep -q \
-  "learned from the recording's windows up to its end" "$work/predict_live.txt"
+  "learned from the recording's windows up to frame 400, its end" "$work/predict_live.txt"
+fails_with "predict --split unseen of a model that streamed the whole recording" \
+  "holds no unseen frame; keep a model that leaves some with --set online.unseen_frames=N" \
+  "$bin" predict --run "$work/poco_live" --session synth_002 --adapted live --split unseen \
+  --out "$work/live.npz"
+fails_with "predict --split unseen of a trained session" "is not such a model" "$bin" predict \
+  --run "$work/poco_live" --session synth_000 --split unseen --out "$work/live.npz"
 check "... scored as its stream was normalised" grep -q \
   "z-scored with frames \[0, 200) as its online stream was" "$work/predict_live.txt"
 check "... whose forecasts are another model's" "$py" -c '
@@ -194,6 +200,55 @@ fails_with "predict with a kept model deleted: online keeps it again" \
 cp "$work/out.txt" "$work/predict_deleted.txt"
 check "... with the online settings it was kept with" grep -q \
   "online.calibration_steps=2.*online.lr=0.05.*online.stride=4" "$work/predict_deleted.txt"
+# online.unseen_frames holds the last frames of each stream back: no method learns from them, and
+# each method's final model forecasts them without updates; the kept model's forecasts of them
+# (predict --split unseen) score what online.json says.
+check "online holding back the last 100 frames" "$bin" online --run "$work/poco_live" \
+  --label tail --set online.unseen_frames=100 --set online.stride=4 \
+  --set online.calibration_steps=2 --set online.lr=0.05
+cp "$work/out.txt" "$work/online_tail.txt"
+check "... prints their scores" grep -q \
+  "its 100 held-back frames (online.unseen_frames), forecast without updates" \
+  "$work/online_tail.txt"
+check "... in a table of the new session alone" test \
+  "$(grep -A2 'held-back frames' "$work/online_tail.txt" | grep -c 'synth_00[0-2]')" -eq 1
+check "... and writes them" "$py" -c '
+import json, sys
+rows = json.load(open(sys.argv[1]))["rows"]
+# a trained session streams its validation + test frames whole
+assert all(r["unseen"] is None for r in rows if not r["held_out"]), rows
+for r in (r for r in rows if r["held_out"]):
+    u = r["unseen"]
+    end = r["stream_frames"][1]
+    assert u["stream_frames"] == [end, end + 100], r
+    # prediction times end, end + 4, ... while t + 4 <= end + 100
+    assert u["windows"] == 25 and u["frames"] == [end, end + 96], u
+new = next(r for r in rows if r["held_out"])
+assert new["stream_frames"] == [0, 300], new
+kept = json.load(open(sys.argv[2]))["methods"][0]["sessions"][0]
+assert kept["unseen"] == new["unseen"], kept' "$work/poco_live/online.json" \
+  "$work/poco_live/adapt/tail/adapt.json"
+check "predict --split unseen with the model kept" "$bin" predict --run "$work/poco_live" \
+  --session synth_002 --adapted tail --split unseen --out "$work/tail.npz"
+cp "$work/out.txt" "$work/predict_tail.txt"
+check "... notes that it never learned from them" grep -q \
+  "frames \[300, 400), after the model's online stream: it never learned" \
+  "$work/predict_tail.txt"
+check "... scores them as online did" "$py" -c '
+import json, re, sys
+row = next(r for r in json.load(open(sys.argv[1]))["rows"] if r["held_out"])
+text = open(sys.argv[2]).read()
+score = float(re.search(r"score (-?[0-9.]+) on these windows", text).group(1))
+assert "25 forecast(s)" in text, text
+assert abs(score - row["unseen"]["online"]) < 1e-4, (score, row["unseen"])' \
+  "$work/poco_live/online.json" "$work/predict_tail.txt"
+fails_with "online holding back more frames than a stream can spare" \
+  "an online.unseen_frames of at most" "$bin" online --run "$work/poco_live" \
+  --set online.unseen_frames=390
+check "... before any stream ran" test "$(grep -c '^online: ' "$work/out.txt")" -eq 0
+fails_with "online holding back frames without held-out sessions" \
+  "online.unseen_frames (100) holds the last frames of each held-out session" "$bin" online \
+  --run "$work/poco_live" --set online.unseen_frames=100 --set 'data.holdout=[]'
 fails_with "online --label of a drift sweep" "drop --label" "$bin" online \
   --run "$work/poco_live" --label drift --drift 0.1
 fails_with "online --label without held-out sessions" "data.holdout is empty" "$bin" online \
@@ -216,6 +271,7 @@ check "... before any stream ran" test "$(grep -c '^online: ' "$work/out.txt")" 
 fails_with "online with a stride longer than the scored range" \
   "online.stride 1000000 leaves no prediction time to score" "$bin" online --run "$work/poco" \
   --set online.stride=1000000
+check "... before any stream ran" test "$(grep -c '^online: ' "$work/out.txt")" -eq 0
 fails_with "online holding out a trained session" "a session the model was trained on" "$bin" \
   online --run "$work/poco" --drift 0.1 --set 'data.holdout=["synth_000"]'
 check "train nlinear on the npz folder" "$bin" train --run "$work/nl" "${small[@]}" \
@@ -276,6 +332,19 @@ check "eval after the inner loop" grep -q '"procedure": "after the 2-step inner 
 check "eval --unadapted" "$bin" eval --run "$work/fomaml" --split val --unadapted
 check "eval --unadapted wrote its own file" grep -q '"procedure": "initial weights' \
   "$work/fomaml/eval_val_unadapted.json"
+# eval of a meta-learned run also gives the initial weights' score (what the inner loop adds),
+# and notes an inner loop at the default step size that barely moves the model.
+check "eval gives the inner loop's gain" "$bin" eval --run "$work/fomaml" --split val
+cp "$work/out.txt" "$work/eval_gain.txt"
+check "... printed" grep -q "^the inner loop: [-+][0-9.]* over the initial weights" \
+  "$work/eval_gain.txt"
+check "... noted at train.meta.inner_lr 0.001" grep -q \
+  "inner loop barely changes the score (.*train.meta.inner_lr 0.001" "$work/eval_gain.txt"
+check "... the same as eval --unadapted's score" "$py" -c '
+import json, sys
+a, u = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+assert a["unadapted_score"] == u["score"], (a["unadapted_score"], u["score"])' \
+  "$work/fomaml/eval_val.json" "$work/fomaml/eval_val_unadapted.json"
 check "adapt of a meta-learned run" "$bin" adapt --run "$work/e2e" --set 'adapt.modes=["embeddings"]'
 check "adapt ran its inner loop" grep -q '"method": "inner-loop"' \
   "$work/e2e/adapt/synth_002/adapt.json"
@@ -752,6 +821,10 @@ json.dump(a, open(sys.argv[1], "w"), indent=2)
 ' "$work/pandas_run/adapt/animal_3/adapt.json"
 fails_with "predict from an adaptation of another model" "started from another model" "$bin" \
   predict --run "$work/pandas_run" --session animal_3 --adapted animal_3 --out "$work/p.npz"
+cp "$work/out.txt" "$work/predict_other_model.txt"
+check "... whose fix gives the adapt settings it was made with, and no others" grep -qF \
+  "'data.holdout=[\"animal_3\"]' --set adapt.lr_by_mode.all=1e+30 --set adapt.train.eval_every=2 --set adapt.train.steps=4 [" \
+  "$work/predict_other_model.txt"
 # Adaptations whose run was removed by hand are not taken over by a new training.
 check "train a run to adapt" "$bin" train --run "$work/stale" "${small[@]}"
 check "adapt it" "$bin" adapt --run "$work/stale" --set 'adapt.modes=["embeddings"]' \

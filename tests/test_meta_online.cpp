@@ -156,3 +156,58 @@ TEST_CASE("online latency summary: median, nearest-rank 95th percentile, max", "
   CHECK(meta::summarize_latency({3.0, 1.0, 2.0}).median == 2.0);
   CHECK(meta::summarize_latency({}).count == 0);
 }
+
+// Held-back frames: the stream stops online.unseen_frames before the end, so everything learned
+// is what a stream of the earlier frames alone learns; each method's final model then forecasts
+// the held-back frames without updates.
+TEST_CASE("online adaptation: unseen frames are held back and scored without updates",
+          "[meta][online]") {
+  auto f = small_mlp();
+  meta::OnlineOptions opt = every_parameter(0.02);
+  meta::OnlineOptions held_back = opt;
+  held_back.unseen_frames = 100;
+  const auto shorter = meta::run_online(*f, drifting_session(), 0, 0, 500, 16, 4, opt);
+  const auto r = meta::run_online(*f, drifting_session(), 0, 0, 600, 16, 4, held_back);
+  // The stream part: the same scores, steps and final parameters as the stream of [0, 500).
+  CHECK(r.predictions == shorter.predictions);
+  CHECK(r.frozen == shorter.frozen);
+  CHECK(r.offline == shorter.offline);
+  CHECK(r.online == shorter.online);
+  CHECK(r.online_steps == shorter.online_steps);
+  CHECK(r.final_steps == shorter.final_steps);
+  REQUIRE(r.online_parameters.size() == shorter.online_parameters.size());
+  for (const auto& [name, value] : r.online_parameters)
+    CHECK(max(abs(value - shorter.online_parameters.at(name))).item<double>() == 0);
+  CHECK(shorter.unseen.windows == 0);
+  // Prediction times 500 .. 596, every frame; after the level shift at 300 the online model has
+  // followed it, the frozen and the calibrated ones have not.
+  CHECK(r.unseen.windows == 97);
+  CHECK(r.unseen.first_frame == 500);
+  CHECK(r.unseen.last_frame == 596);
+  WARN("unseen: frozen " << r.unseen.frozen << ", offline " << r.unseen.offline << ", online "
+                         << r.unseen.online);
+  CHECK(r.unseen.online > r.unseen.frozen);
+  CHECK(r.unseen.online > r.unseen.offline);
+  // With a zero step size the three final models are the same one.
+  held_back.lr = 0;
+  const auto still = meta::run_online(*f, drifting_session(), 0, 0, 600, 16, 4, held_back);
+  CHECK(still.unseen.online == still.unseen.frozen);
+  CHECK(still.unseen.offline == still.unseen.frozen);
+  // A stride of 40: prediction times 500, 540, 580 (596 + 4 > 600 for the next).
+  held_back.stride = 40;
+  CHECK(meta::run_online(*f, drifting_session(), 0, 0, 600, 16, 4, held_back).unseen.windows ==
+        3);
+  // Fewer unseen frames than one horizon, or too many to leave a stream: refused, naming the
+  // setting and a value that works.
+  held_back.stride = 1;
+  held_back.unseen_frames = 3;
+  CHECK_THROWS_WITH(meta::run_online(*f, drifting_session(), 0, 0, 600, 16, 4, held_back),
+                    Catch::Contains("online.unseen_frames 3 holds no forecast") &&
+                        Catch::Contains("at least 4"));
+  held_back.unseen_frames = 450;
+  CHECK_THROWS_WITH(meta::run_online(*f, drifting_session(), 0, 0, 600, 16, 4, held_back),
+                    Catch::Contains("online.unseen_frames of at most 396"));
+  held_back.unseen_frames = -1;
+  CHECK_THROWS_WITH(meta::run_online(*f, drifting_session(), 0, 0, 600, 16, 4, held_back),
+                    Catch::Contains("online.unseen_frames must be >= 0"));
+}

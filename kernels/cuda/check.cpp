@@ -10,4 +10,8 @@ void fail(const char* file, int line, const char* call, cudaError_t status) {
                                  cudaGetErrorString(status), call));
 }
 
+void refuse(const char* file, int line, const char* message) {
+  ::mt::detail::fail(file, line, message);
+}
+
 }  // namespace mt::gpu

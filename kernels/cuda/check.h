@@ -6,6 +6,8 @@
 
 namespace mt::gpu {
 [[noreturn]] void fail(const char* file, int line, const char* call, cudaError_t status);
+// A refusal that is not a CUDA call's error (an mt::Error with the message and file:line).
+[[noreturn]] void refuse(const char* file, int line, const char* message);
 }  // namespace mt::gpu
 
 #define MT_CUDA_CHECK(call)                                                  \

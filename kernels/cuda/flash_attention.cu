@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
+#include <string>
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"
@@ -1750,13 +1751,33 @@ __global__ void __launch_bounds__(kThreads)
 // Launches kernel on a (blocks, heads, splits) grid with `bytes` of dynamic shared memory,
 // opting in past the 48 KiB default (a host-side attribute of the function: no stream
 // operation, nothing waits).
+// A kernel needing more than the GPU's opt-in limit (the f64 kernels at head dim 128 on GPUs
+// before Hopper: sm_80 allows 163 KiB a block, sm_86/89 99 KiB) is refused with the sizes and
+// the fix, not with the attribute call's bare error.
 template <class Kernel, class... Ts>
 void launch(Kernel kernel, int64_t blocks, int64_t heads, int splits, size_t bytes,
             cudaStream_t stream, Ts... args) {
   if (blocks == 0 || heads == 0) return;
-  if (bytes > 48 * 1024)
+  if (bytes > 48 * 1024) {
+    thread_local int cached_device = -1, cached_limit = 0;  // the attribute, once per device
+    int device = 0;
+    MT_CUDA_CHECK(cudaGetDevice(&device));
+    if (device != cached_device) {
+      MT_CUDA_CHECK(
+          cudaDeviceGetAttribute(&cached_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+      cached_device = device;
+    }
+    if (bytes > size_t(cached_limit))
+      refuse(__FILE__, __LINE__,
+             ("fused attention: this kernel needs " + std::to_string(bytes) +
+              " bytes of shared memory per block and GPU " + std::to_string(device) +
+              " allows " + std::to_string(cached_limit) +
+              " (f64 at head dim 128 needs a Hopper GPU); use f32 (or a head dim of 64 or "
+              "less) for this attention")
+                 .c_str());
     MT_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  }
   kernel<<<dim3(unsigned(blocks), unsigned(heads), unsigned(splits)), kThreads, bytes, stream>>>(
       args...);
   MT_CUDA_CHECK(cudaGetLastError());

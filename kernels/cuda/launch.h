@@ -297,7 +297,8 @@ inline int64_t flash_double_backward_workspace(const FlashDesc& d) {  // D, r, E
   return 3 * nh + (d.kv_splits > 1 ? d.kv_splits * nh * (3 + 2 * d.dh) : 0);
 }
 // o and lse from q, k, v (online softmax over key tiles). True when the tensor-core kernels ran
-// (as flash_double_backward's, dh up to 128 for f32 too), false for the SIMT kernels.
+// (head dims 32, 64 and 128 in every dtype; flash_double_backward's take f32 up to 64), false
+// for the SIMT kernels.
 bool flash_forward(ScalarType t, const FlashDesc& d, const void* q, const void* k, const void* v,
                    void* o, void* lse, void* workspace, cudaStream_t stream);
 // dq (query-side kernel, which also writes D = rowsum(dO o) to workspace (Nq, heads)), then dk

@@ -157,20 +157,34 @@ std::string adapt_command(const std::string& run_dir, const std::string& label,
   return command;
 }
 
-std::string readapt_command(const std::string& run_dir, const Adaptation& a) {
-  if (a.adapt.is_object() && a.adapt.contains("made_by") && a.adapt["made_by"] == "online") {
-    // online keeps models under the --label it was given, of data.holdout's sessions, with the
-    // online.* settings it recorded where they are not the defaults.
-    std::string command = adapt_command(run_dir, a.label, a.sessions);
-    command.replace(0, std::string("metatape adapt").size(), "metatape online");
-    const json defaults = RunConfig{}.to_json()["online"];
-    if (a.adapt.contains("online") && a.adapt["online"].is_object())
-      for (const auto& [key, value] : a.adapt["online"].items())
-        if (!defaults.contains(key) || defaults[key] != value)
-          command += " --set " + shell_quote("online." + key + "=" + value.dump());
-    return command;
+namespace {
+// " --set 'path=value'" for each setting of `recorded` (a config section as adapt.json holds it)
+// that is not the default's, nested objects by their leaves (adapt.train.steps=...).
+void append_non_default(std::string& command, const std::string& path, const json& recorded,
+                        const json& defaults) {
+  if (recorded.is_object()) {
+    for (const auto& [key, value] : recorded.items())
+      append_non_default(command, path + "." + key, value,
+                         defaults.is_object() && defaults.contains(key) ? defaults[key] : json());
+    return;
   }
-  return adapt_command(run_dir, a.label, a.sessions);
+  if (recorded != defaults) command += " --set " + shell_quote(path + "=" + recorded.dump());
+}
+}  // namespace
+
+std::string readapt_command(const std::string& run_dir, const Adaptation& a) {
+  // Each command records its own section's settings (online.*, adapt.*; adaptations of earlier
+  // metatapes, none): those not the defaults are given again.
+  const bool by_online =
+      a.adapt.is_object() && a.adapt.contains("made_by") && a.adapt["made_by"] == "online";
+  const std::string section = by_online ? "online" : "adapt";
+  std::string command = adapt_command(run_dir, a.label, a.sessions);
+  // online keeps models under the --label it was given, of data.holdout's sessions.
+  if (by_online) command.replace(0, std::string("metatape adapt").size(), "metatape online");
+  if (a.adapt.is_object() && a.adapt.contains(section) && a.adapt[section].is_object())
+    append_non_default(command, section, a.adapt[section],
+                       config_from_json(json::object()).to_json()[section]);
+  return command;
 }
 
 void replace_folder(const fs::path& ready, const fs::path& dir, bool exchange) {

@@ -65,7 +65,8 @@ std::string adapt_command(const std::string& run_dir, const std::string& label,
                           const std::vector<std::string>& sessions);
 
 // The command that adapts the run to `a`'s sessions again under its label: adapt's, or online's
-// for an adaptation online kept (adapt.json's made_by).
+// for an adaptation online kept (adapt.json's made_by), with the adapt.* or online.* settings it
+// recorded where they are not the defaults.
 std::string readapt_command(const std::string& run_dir, const Adaptation& a);
 
 // Puts the complete folder `ready` at `dir`. A folder already there is exchanged with it in one

@@ -199,6 +199,7 @@ void visit(meta::OnlineOptions& o, Fn&& fn) {
   fn("calibration_steps", o.calibration_steps);
   fn("calibration_batch", o.calibration_batch);
   fn("seed", o.seed);
+  fn("unseen_frames", o.unseen_frames);
 }
 
 template <class Fn>

@@ -1098,6 +1098,8 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
               {"trained_model_crc32", model_crc32.empty() ? json() : json(model_crc32)},
               {"sessions", holdout_sessions},
               {"new_session_init", c.adapt.new_session_init},
+              // its settings, for the command that makes it again (cli::readapt_command)
+              {"adapt", c.to_json()["adapt"]},
               {"methods", results}};
   if (!best_method.empty()) {
     out["best_method"] = best_method;
@@ -1162,8 +1164,8 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
                  const std::string& out_path, const std::vector<std::string>& sets,
                  Device device) {
   MT_CHECK(split == "train" || split == "val" || split == "test" || split == "all" ||
-               split == "next",
-           "predict: --split {} is not known; use train, val, test, all or next", split);
+               split == "next" || split == "unseen",
+           "predict: --split {} is not known; use train, val, test, all, next or unseen", split);
   MT_CHECK(fs::path(out_path).extension() == ".npz",
            "predict: --out {}: the forecasts are written as a NumPy .npz archive; name the file "
            "*.npz",
@@ -1200,6 +1202,9 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
   // A model online kept: the frames whose statistics z-scored its stream ([begin, end), or null:
   // not z-scored); absent for the others, whose sessions are z-scored with their training split.
   std::optional<json> stream_zscore_frames;
+  // Its stream's frames [0, stream_end) and stride: the frames after them were held back
+  // (online.unseen_frames), forecast by --split unseen as online scored them.
+  int64_t stream_end = -1, stream_stride = 1;
   std::string redo_adapted = "adapt the run to it again";  // the fix for a stale adapted model
   const auto trained_at = std::find(run.trained_on.begin(), run.trained_on.end(), session_name);
   bool has_parameters = false;
@@ -1336,6 +1341,18 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
     if (meta["adapted"].contains("zscore_frames")) {
       stream_zscore_frames = meta["adapted"]["zscore_frames"];
       redo_adapted = again;  // kept by online --label
+      const json& adapted = meta["adapted"];
+      const json frames = adapted.value("stream_frames", json());
+      const json stride = adapted.contains("online") && adapted["online"].is_object()
+                              ? adapted["online"].value("stride", json())
+                              : json();
+      MT_CHECK(frames.is_array() && frames.size() == 2 && frames[1].is_number_integer() &&
+                   stride.is_number_integer() && stride.get<int64_t>() > 0,
+               "predict: {}: its stream_frames or online.stride are missing or not frame counts; "
+               "{}",
+               model_path, again);
+      stream_end = frames[1].get<int64_t>();
+      stream_stride = stride.get<int64_t>();
     }
     for (const auto& s : meta["adapted"]["sessions"]) {
       names.push_back(s.at("name").get<std::string>());
@@ -1411,7 +1428,23 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
   const int64_t L = w.context_length(), H = w.pred_length, N = session->num_neurons,
                 T = session->num_frames;
   std::vector<int64_t> starts;  // window starts (context begins there)
-  if (split == "next") {
+  if (split == "unseen") {
+    MT_CHECK(stream_end >= 0,
+             "predict: --split unseen forecasts the frames a model online --label kept never "
+             "streamed; {} is not such a model (--split test scores frames it did not see)",
+             model_path);
+    MT_CHECK(stream_end < T,
+             "predict: --split unseen: the online stream of {} ran to the recording's last frame "
+             "({}): it holds no unseen frame; keep a model that leaves some with --set "
+             "online.unseen_frames=N ({})",
+             model_path, T, redo_adapted);
+    MT_CHECK(stream_end >= L,
+             "predict: {}: its stream ends at frame {}, before one context ({}); {}", model_path,
+             stream_end, L, redo_adapted);
+    // As online scored them: a prediction every online.stride frames from the stream's end.
+    for (int64_t t = stream_end; t + H <= T; t += std::min<int64_t>(stream_stride, T))
+      starts.push_back(t - L);
+  } else if (split == "next") {
     MT_CHECK(T >= L, "predict: session '{}' has {} frames, fewer than one context ({})",
              session_name, T, L);
   } else if (split == "all") {
@@ -1528,11 +1561,22 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
     std::printf("score %.4f on these windows (1 - MSE / MSE of repeating the last frame%s%s)\n",
                 copy_sse > 0 ? 1.0 - sse / copy_sse : 0.0, zscored ? ", on normalised values" : "",
                 as.c_str());
-    if (stream_zscore_frames)
-      std::printf("note: the online-adapted model learned from the recording's windows up to its "
-                  "end (one every online.stride frames): these frames include ones it was fit on "
-                  "(online scored each window with the model as it was when the window was "
-                  "predicted); --split next forecasts the frames after the last one\n");
+    if (split == "unseen")
+      std::printf("note: frames [%lld, %lld), after the model's online stream: it never learned "
+                  "from them (online.json's unseen scores, column online, are of these "
+                  "windows)\n",
+                  (long long)stream_end, (long long)T);
+    else if (stream_zscore_frames)
+      std::printf("note: the online-adapted model learned from the recording's windows up to "
+                  "frame %lld%s (one every online.stride frames): these frames include ones it "
+                  "was fit on (online scored each window with the model as it was when the "
+                  "window was predicted); %s\n",
+                  (long long)stream_end, stream_end == T ? ", its end" : "",
+                  stream_end < T ? "--split unseen scores the frames after them, which it never "
+                                   "learned from"
+                                 : "--split next forecasts the frames after the last one; "
+                                   "online --label with --set online.unseen_frames=N keeps "
+                                   "the last N frames from it, for --split unseen");
     else if (has_parameters && (split == "all" || split == "train"))
       std::printf("note: %s windows of the training split, which the model was fit on: "
                   "--split test scores frames it did not see\n",
@@ -1612,6 +1656,11 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
     lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run",
                                              "metatape train, adapt or online");
   }
+  MT_CHECK(c.online.unseen_frames == 0 || !c.data.holdout.empty(),
+           "online: online.unseen_frames ({}) holds the last frames of each held-out session's "
+           "recording back, and data.holdout is empty; hold sessions out (--set "
+           "'data.holdout=[\"<session>\"]') or drop online.unseen_frames",
+           c.online.unseen_frames);
   if (regenerated && drifts.empty())
     std::fprintf(stderr, "note: the data.synthetic.* overrides regenerate the recordings: these "
                          "scores are of data the run was not trained on\n");
@@ -1634,6 +1683,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   std::vector<std::string> behind;           // sessions whose cycles outlast their frames
   std::vector<std::string> calibration_hurt;  // new sessions calibrated below the frozen model
   int64_t stride_that_fits = 0;              // the smallest stride that fits all of them
+  std::vector<std::string> unseen_rows;      // the table of the unseen frames' scores
   bool new_below_copy_last = false;          // held-out ones among them
   bool any_held_out = false;
   for (double drift : sweep) {
@@ -1661,6 +1711,45 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
       fresh->to(device);
     }
     f->to(device);
+    // The options of a stream whose first `calibration_cap` frames at most are the offline
+    // method's calibration segment; frames are held back (online.unseen_frames) from a held-out
+    // session's whole recording only (a trained session's stream is its short validation + test
+    // part).
+    auto stream_options = [&](int64_t calibration_cap, bool held_out) {
+      meta::OnlineOptions opt = cd.online;
+      opt.calibration_frames = std::min<int64_t>(cd.online.calibration_frames, calibration_cap);
+      if (!held_out) opt.unseen_frames = 0;
+      return opt;
+    };
+    // Each session's stream: a trained one's validation + test frames (the validation split
+    // caps its calibration segment), a held-out one's whole recording (its first training-split
+    // range caps it).
+    struct Stream {
+      int64_t begin = 0, end = 0, calibration_cap = 0;
+    };
+    auto trained_stream = [&](const data::Session& session) {
+      const data::SessionSplits splits = data::split_frames(session.num_frames,
+                                                            cd.data.prep.split);
+      MT_CHECK(!splits.val.empty() && !splits.test.empty(),
+               "online: session '{}' has no validation or test frames", session.name);
+      return Stream{splits.val.front().begin, splits.test.back().end,
+                    data::SessionSplits::frames(splits.val)};
+    };
+    auto held_out_stream = [&](const data::Session& session) {
+      const data::SessionSplits splits = data::split_frames(session.num_frames,
+                                                            cd.data.prep.split);
+      return Stream{0, session.num_frames,
+                    splits.train.empty() ? 0 : splits.train.front().length()};
+    };
+    // Every stream checked before the first runs (a refusal after minutes of streams wastes
+    // them).
+    for (const auto* set : {&d.train, &d.holdout})
+      for (const auto& session : set->sessions) {
+        const Stream st = set == &d.train ? trained_stream(session) : held_out_stream(session);
+        meta::check_online_stream(session.name, session.num_frames, st.begin, st.end,
+                                  pc.context(), pc.pred_length,
+                                  stream_options(st.calibration_cap, set == &d.holdout));
+      }
     // One session's stream, [begin, end) of its frames, the first `calibration_cap` of them at
     // most the offline method's calibration segment; a row of the table and of online.json.
     auto score_session = [&](meta::Forecaster& model, const data::Session& session, int64_t s,
@@ -1670,8 +1759,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                     cli::padded("session", name_width).c_str(), "windows", "frozen", "offline",
                     "online", "online_s", "update_ms", "fcst_ms");
       header_printed = true;
-      meta::OnlineOptions opt = cd.online;
-      opt.calibration_frames = std::min<int64_t>(cd.online.calibration_frames, calibration_cap);
+      const meta::OnlineOptions opt = stream_options(calibration_cap, held_out);
       const std::string& name = session.name;
       const char* cap_name =
           held_out ? "the session's first training-split range" : "its validation split";
@@ -1684,8 +1772,12 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                      "%s\n",
                      name.c_str(), (long long)cd.online.calibration_frames,
                      (long long)opt.calibration_frames, cap_name);
-      std::fprintf(stderr, "online: %s%s: frames [%lld, %lld)%s\n", name.c_str(),
-                   held_out ? " (new)" : "", (long long)begin, (long long)end,
+      const int64_t stream_end = end - opt.unseen_frames;
+      std::fprintf(stderr, "online: %s%s: frames [%lld, %lld)%s%s\n", name.c_str(),
+                   held_out ? " (new)" : "", (long long)begin, (long long)stream_end,
+                   opt.unseen_frames > 0
+                       ? fmt::format(", then [{}, {}) unseen", stream_end, end).c_str()
+                       : "",
                    synthetic && sweep.size() > 1 ? fmt::format(", drift {}", drift).c_str()
                                                  : "");
       meta::OnlineScores r =
@@ -1741,7 +1833,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
       };
       json row = {{"session", name},
                   {"held_out", held_out},
-                  {"stream_frames", json::array({begin, end})},
+                  {"stream_frames", json::array({begin, stream_end})},
                   {"windows", r.predictions},
                   {"frozen", r.frozen},
                   {"offline", r.offline},
@@ -1757,6 +1849,16 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                   {"prediction_interval_ms", interval_ms},
                   {"calibration_frames", opt.calibration_frames},
                   {"offline_calibrated", r.offline_calibrated}};
+      // The held-back frames, scored by each method's model as the stream left it (null: none).
+      row["unseen"] = json();
+      if (opt.unseen_frames > 0) {
+        row["unseen"] = segments_json({r.unseen})[0];
+        row["unseen"]["stream_frames"] = json::array({stream_end, end});
+        unseen_rows.push_back(fmt::format(
+            "{:>8} {} {:8} {:10.4f} {:10.4f} {:10.4f}", drift_text,
+            cli::padded(name + (held_out ? " (new)" : ""), name_width), r.unseen.windows,
+            r.unseen.frozen, r.unseen.offline, r.unseen.online));
+      }
       if (synthetic) row["drift"] = drift;
       rows.push_back(row);
       return r;
@@ -1777,13 +1879,9 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
       data::PreparedData prepared(d.train, cd.data.prep);
       std::vector<meta::OnlineScores> scores;
       for (int64_t s = 0; s < prepared.num_sessions(); ++s) {
-        const auto& splits = prepared.splits(s);
-        MT_CHECK(!splits.val.empty() && !splits.test.empty(),
-                 "online: session '{}' has no validation or test frames",
-                 prepared.session(s).name);
-        scores.push_back(score_session(*f, prepared.session(s), s, splits.val.front().begin,
-                                       splits.test.back().end,
-                                       data::SessionSplits::frames(splits.val), false));
+        const Stream st = trained_stream(prepared.session(s));
+        scores.push_back(score_session(*f, prepared.session(s), s, st.begin, st.end,
+                                       st.calibration_cap, false));
       }
       print_mean(d.holdout.empty() ? "mean" : "mean (trained)", scores);
     }
@@ -1794,9 +1892,8 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
         // of the frames before its first scored forecast (the calibration segment, at least one
         // context), not with those of its training split as adapt does.
         data::Session session = d.holdout[s];
-        const data::SessionSplits splits = data::split_frames(session.num_frames,
-                                                              cd.data.prep.split);
-        const int64_t cap = splits.train.empty() ? 0 : splits.train.front().length();
+        const Stream st = held_out_stream(session);
+        const int64_t cap = st.calibration_cap;
         const int64_t seen = std::min(session.num_frames,
                                       std::max(std::min(cd.online.calibration_frames, cap),
                                                pc.context()));
@@ -1811,7 +1908,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                          (long long)session.num_neurons, (long long)seen);
           data::apply_zscore(session, stats);
         }
-        scores.push_back(score_session(*fresh, session, s, 0, session.num_frames, cap, true));
+        scores.push_back(score_session(*fresh, session, s, st.begin, st.end, cap, true));
         const json zscore_frames = cd.data.prep.zscore ? json::array({0, seen}) : json();
         rows.back()["zscore_frames"] = zscore_frames;
         if (!label.empty()) {
@@ -1826,11 +1923,12 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                                         {"read_with", recordings_read_with(cd)},
                                         {"new_session_init", cd.adapt.new_session_init},
                                         {"online", cd.to_json()["online"]},
-                                        {"stream_frames", json::array({0, session.num_frames})},
+                                        {"stream_frames", rows.back()["stream_frames"]},
                                         {"zscore_frames", zscore_frames},
                                         {"scores", {{"frozen", r.frozen},
                                                     {"offline", r.offline},
-                                                    {"online", r.online}}}}}};
+                                                    {"online", r.online}}},
+                                        {"unseen", rows.back()["unseen"]}}}};
           save_adapted_model(folder->partial() + "/" + file, *fresh, &r.online_parameters,
                              metadata);
           r.online_parameters.clear();  // saved: no need to hold them (on the device) any longer
@@ -1853,7 +1951,20 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
       "change along the stream. latency_ms (on device): update, the online method's SGD step on one arrived "
       "window; forecast, its forecast of one window, to the host; cycle, a scored prediction "
       "time's update and forecast, which a live recording allows prediction_interval_ms "
-      "(online.stride x frame_interval_s) for";
+      "(online.stride x frame_interval_s) for. unseen: the last online.unseen_frames frames of "
+      "a held-out session's recording (stream_frames), held back from every method, forecast "
+      "every online.stride frames from the stream's end by each method's model as the stream "
+      "left it, without updates (null: none held back)";
+  if (!unseen_rows.empty()) {
+    std::printf("after each new session's stream, its %lld held-back frames "
+                "(online.unseen_frames), forecast without updates by each method's model as the "
+                "stream left it:\n",
+                (long long)c.online.unseen_frames);
+    std::printf("%8s %s %8s %10s %10s %10s\n", "drift",
+                cli::padded("session", name_width).c_str(), "windows", "frozen", "offline",
+                "online");
+    for (const std::string& line : unseen_rows) std::printf("%s\n", line.c_str());
+  }
   std::printf("scores: 1 - MSE / MSE of copy-last, after each stream's calibration segment%s\n",
               any_held_out ? "; (new): a held-out session from its first frame, z-scored with "
                              "the frames before its first scored forecast (online.json: legend, "
@@ -1924,8 +2035,11 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
         {"best_method", "online"}};
     folder->put_in_place(adapt);
     std::printf("predict --adapted %s forecasts with these models, each as online adaptation left "
-                "it at the end of its recording\n",
-                label.c_str());
+                "it at the end of its %s\n",
+                label.c_str(),
+                c.online.unseen_frames > 0
+                    ? "stream (--split unseen: the held-back frames, which it never learned from)"
+                    : "recording");
   } else if (any_held_out && !regenerated) {
     std::printf("(the online-adapted models of the held-out sessions are not kept: --label NAME "
                 "keeps them, for metatape predict --adapted NAME)\n");
@@ -2029,6 +2143,25 @@ int run_eval(const std::string& run_dir, const std::string& split_name, bool una
   json out = e.metrics.to_json();
   out["procedure"] = e.procedure;
   out["method"] = c.train.method;
+  if (c.train.method != "standard" && !unadapted) {
+    // What the inner loop adds: the initial weights' score on the same windows (one forward pass
+    // per window, little next to the inner loops).
+    const Evaluation initial = evaluate_run(c, *f, prepared, split, /*unadapted=*/true);
+    const double gain = e.metrics.score - initial.metrics.score;
+    std::printf("the inner loop: %+.4f over the initial weights (%.4f without it, eval "
+                "--unadapted)\n",
+                gain, initial.metrics.score);
+    out["unadapted_score"] = initial.metrics.score;
+    // Below a thousandth the inner loop is not what the run's score is made of.
+    if (std::abs(gain) < 1e-3)
+      std::fprintf(stderr,
+                   "note: the %lld-step inner loop barely changes the score (%+.5f): at "
+                   "train.meta.inner_lr %g its SGD steps hardly move the model, so this run is "
+                   "in effect its initial weights; a meta-learned run adapts when trained with a "
+                   "larger train.meta.inner_lr (bench/README's meta-learning results use 1.0 and "
+                   "0.1)\n",
+                   (long long)c.train.meta.inner_steps, gain, c.train.meta.inner_lr);
+  }
   const std::string name = unadapted ? "eval_" + split_name + "_unadapted.json"
                                      : "eval_" + split_name + ".json";
   cli::write_file_atomic(run_dir + "/" + name, out.dump(2) + "\n");
@@ -2127,8 +2260,9 @@ int main(int argc, char** argv) {
                       "needed only where several adaptations of the run cover the session ('.': "
                       "the one an earlier metatape wrote into the run folder itself)");
   predict->add_option("--split", predict_split,
-                      "windows to forecast: train, val, test, all (every window) or next (the "
-                      "frames after the recording's end)")
+                      "windows to forecast: train, val, test, all (every window), next (the "
+                      "frames after the recording's end) or unseen (a model online --label kept "
+                      "with online.unseen_frames: the frames after its stream)")
       ->capture_default_str();
   predict->add_option("--out", out_dir, "the .npz to write (pred, target, start, t, mean, std)")
       ->required();
