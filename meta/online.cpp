@@ -75,6 +75,15 @@ struct Score {
   double value() const { return copy_sse > 0 ? 1.0 - sse / copy_sse : 0.0; }
 };
 
+void keep_forecasts(OnlineForecasts& out, int64_t t, bool unseen, const std::vector<double>& frozen,
+                    const std::vector<double>& offline, const std::vector<double>& online) {
+  out.start.push_back(t);
+  out.unseen.push_back(unseen ? 1 : 0);
+  out.frozen.insert(out.frozen.end(), frozen.begin(), frozen.end());
+  out.offline.insert(out.offline.end(), offline.begin(), offline.end());
+  out.online.insert(out.online.end(), online.begin(), online.end());
+}
+
 double ms_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
       .count();
@@ -125,12 +134,21 @@ void check_online_stream(const std::string& name, int64_t num_frames, int64_t be
              "online: online.unseen_frames {} holds no forecast of {} frames; hold back at least "
              "{} (or 0: none)",
              opt.unseen_frames, horizon, horizon);
-    MT_CHECK(scored_from + horizon <= end - opt.unseen_frames,
-             "online: session '{}' frames [{}, {}) less its {} unseen frames are too short for the "
-             "calibration segment ({}), the context ({}) and one horizon ({}); an "
-             "online.unseen_frames of at most {} leaves them",
-             name, begin, end, opt.unseen_frames, opt.calibration_frames, context, horizon,
-             std::max<int64_t>(0, end - scored_from - horizon));
+    // The most frames that leave the stream a scored prediction time: its first at or after
+    // scored_from (on the stride's grid from begin + context) and a horizon after it.
+    const int64_t first = begin + context;
+    const int64_t stride = std::min<int64_t>(opt.stride, end - begin + 1);
+    const int64_t scored_first = first + (scored_from - first + stride - 1) / stride * stride;
+    const int64_t most = end - scored_first - horizon;
+    MT_CHECK(opt.unseen_frames <= most,
+             "online: session '{}' frames [{}, {}) less its {} unseen frames leave no prediction "
+             "time to score after the calibration segment ({}) and the context ({}) at "
+             "online.stride {}; {}",
+             name, begin, end, opt.unseen_frames, opt.calibration_frames, context, opt.stride,
+             most >= horizon
+                 ? fmt::format("an online.unseen_frames of at most {} leaves one", most)
+                 : std::string("the stream has no frames to spare: set online.unseen_frames to "
+                               "0 (or shorten online.calibration_frames or online.stride)"));
   }
   const int64_t stream_end = end - opt.unseen_frames;
   MT_CHECK(scored_from + horizon <= stream_end,
@@ -150,9 +168,25 @@ void check_online_stream(const std::string& name, int64_t num_frames, int64_t be
            opt.stride, name, first, scored_from, stream_end - horizon, scorable);
 }
 
+int64_t online_scored_windows(int64_t begin, int64_t end, int64_t context, int64_t horizon,
+                              const OnlineOptions& opt) {
+  const int64_t unseen_end = end;
+  end -= opt.unseen_frames;
+  const int64_t scored_from = begin + std::max(opt.calibration_frames, context);
+  const int64_t first = begin + context;
+  const int64_t stride = std::min<int64_t>(opt.stride, end - begin + 1);
+  const int64_t scored_first = first + (scored_from - first + stride - 1) / stride * stride;
+  int64_t windows = scored_first + horizon <= end ? (end - horizon - scored_first) / stride + 1 : 0;
+  if (opt.unseen_frames >= horizon)
+    windows +=
+        (unseen_end - horizon - end) / std::min<int64_t>(opt.stride, unseen_end - end + 1) + 1;
+  return windows;
+}
+
 OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t model_session,
                         int64_t begin, int64_t end, int64_t context, int64_t horizon,
-                        const OnlineOptions& opt, const std::function<bool()>& stop_requested) {
+                        const OnlineOptions& opt, const std::function<bool()>& stop_requested,
+                        OnlineForecasts* forecasts) {
   auto stop_if_asked = [&] {
     if (stop_requested && stop_requested()) throw OnlineStopped();
   };
@@ -247,6 +281,7 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
     online_score.add(online_pred, session, t, horizon);
     offline_score.add(offline_pred, session, t, horizon);
     frozen.add(frozen_pred, session, t, horizon);
+    if (forecasts) keep_forecasts(*forecasts, t, false, frozen_pred, offline_pred, online_pred);
     // Scored window i of n falls in segment i * segments / n.
     SegmentScores& seg =
         segments[size_t(out.predictions * int64_t(segments.size()) / scored_count)];
@@ -279,10 +314,13 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
     for (int64_t t = end; t + horizon <= unseen_end; t += unseen_stride) {
       stop_if_asked();
       models::PocoBatch b = window(f, session, model_session, t, context, horizon);
-      unseen_online.add(f.predict(b, &online.overrides).to_vector<double>(), session, t, horizon);
-      unseen_offline.add(f.predict(b, &offline.overrides).to_vector<double>(), session, t,
-                         horizon);
-      unseen_frozen.add(f.predict(b).to_vector<double>(), session, t, horizon);
+      const std::vector<double> online_pred = f.predict(b, &online.overrides).to_vector<double>(),
+                                offline_pred = f.predict(b, &offline.overrides).to_vector<double>(),
+                                frozen_pred = f.predict(b).to_vector<double>();
+      unseen_online.add(online_pred, session, t, horizon);
+      unseen_offline.add(offline_pred, session, t, horizon);
+      unseen_frozen.add(frozen_pred, session, t, horizon);
+      if (forecasts) keep_forecasts(*forecasts, t, true, frozen_pred, offline_pred, online_pred);
       if (out.unseen.windows++ == 0) out.unseen.first_frame = t;
       out.unseen.last_frame = t;
     }

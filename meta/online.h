@@ -15,11 +15,11 @@
 namespace mt::meta {
 
 struct OnlineOptions {
-  double lr = 1e-3;                 // SGD step size of the online and the offline updates
+  double lr = 1e-3;  // SGD step size of the online and the offline updates
   std::vector<std::string> params = {"unit_emb.", "session_emb."};  // test-time parameters
-  int64_t stride = 1;               // frames between predictions
-  int64_t calibration_frames = 200; // start of the stream used by the offline method
-  int64_t calibration_steps = 50;   // its SGD steps (batches of windows of the segment)
+  int64_t stride = 1;                                               // frames between predictions
+  int64_t calibration_frames = 200;  // start of the stream used by the offline method
+  int64_t calibration_steps = 50;    // its SGD steps (batches of windows of the segment)
   int64_t calibration_batch = 8;
   uint64_t seed = 0;
   // The last frames of each stream that are not streamed: no method learns from them. After the
@@ -35,9 +35,8 @@ void check_online_options(const OnlineOptions& options);
 // with these options: the calibration segment, a context and a horizon before the held-back
 // (unseen) frames, a prediction time the stride reaches, and a window in the unseen frames.
 // Errors name the session, the setting (online.*) and a value that works.
-void check_online_stream(const std::string& session, int64_t num_frames, int64_t begin,
-                         int64_t end, int64_t context, int64_t horizon,
-                         const OnlineOptions& options);
+void check_online_stream(const std::string& session, int64_t num_frames, int64_t begin, int64_t end,
+                         int64_t context, int64_t horizon, const OnlineOptions& options);
 
 // Milliseconds one kind of event took, over a stream: the median, the 95th percentile (nearest
 // rank) and the slowest (the first events include one-time allocations).
@@ -61,7 +60,7 @@ struct OnlineScores {
   // Its steps after the last prediction time, on the windows whose frames completed only then:
   // they change online_parameters, not the scores. Every predicted window is learned from once.
   int64_t final_steps = 0;
-  double online_seconds = 0;                   // wall time of the online pass
+  double online_seconds = 0;  // wall time of the online pass
   // What a live system would wait for, on the forecaster's device (each waited for):
   // update: one online SGD step (the arrived window to tensors, forward, backward, step);
   // forecast: the online method's forecast of one window (to tensors, forward, to the host);
@@ -83,6 +82,16 @@ struct OnlineScores {
   nn::ParamMap online_parameters;
 };
 
+// The forecasts run_online scored, for a caller that keeps them: per window (in time order: the
+// stream's scored prediction times, then the unseen ones), its first forecast frame and each
+// method's forecast of the session's N neurons x H frames (the values it was fed: z-scored
+// where the session was), N * H floats a window, neuron-major.
+struct OnlineForecasts {
+  std::vector<int64_t> start;
+  std::vector<int64_t> unseen;  // 1 for a held-back window (forecast without updates), else 0
+  std::vector<float> frozen, offline, online;
+};
+
 // Thrown by run_online when its `stop_requested` says so (Ctrl-C): no scores.
 struct OnlineStopped : Error {
   OnlineStopped() : Error("online adaptation stopped") {}
@@ -92,10 +101,17 @@ struct OnlineStopped : Error {
 // options.unseen_frames held back (scored in `unseen`, never learned from); `model_session` is
 // the forecaster's session index for it (POCO's embedding rows). The forecaster's own parameters
 // are not modified: every method adapts copies. `stop_requested`, when given, is asked before
-// every calibration step and every prediction time.
+// every calibration step and every prediction time. `forecasts`, when given, receives every
+// scored forecast (appended).
 OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t model_session,
                         int64_t begin, int64_t end, int64_t context, int64_t horizon,
                         const OnlineOptions& options,
-                        const std::function<bool()>& stop_requested = {});
+                        const std::function<bool()>& stop_requested = {},
+                        OnlineForecasts* forecasts = nullptr);
+
+// How many windows run_online scores on frames [begin, end) (check_online_stream's conditions
+// hold): the stream's and the unseen ones.
+int64_t online_scored_windows(int64_t begin, int64_t end, int64_t context, int64_t horizon,
+                              const OnlineOptions& options);
 
 }  // namespace mt::meta

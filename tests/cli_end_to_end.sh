@@ -205,7 +205,7 @@ check "... with the online settings it was kept with" grep -q \
 # (predict --split unseen) score what online.json says.
 check "online holding back the last 100 frames" "$bin" online --run "$work/poco_live" \
   --label tail --set online.unseen_frames=100 --set online.stride=4 \
-  --set online.calibration_steps=2 --set online.lr=0.05
+  --set online.calibration_steps=2 --set online.lr=0.05 --forecasts "$work/fc"
 cp "$work/out.txt" "$work/online_tail.txt"
 check "... prints their scores" grep -q \
   "its 100 held-back frames (online.unseen_frames), forecast without updates" \
@@ -242,6 +242,29 @@ score = float(re.search(r"score (-?[0-9.]+) on these windows", text).group(1))
 assert "25 forecast(s)" in text, text
 assert abs(score - row["unseen"]["online"]) < 1e-4, (score, row["unseen"])' \
   "$work/poco_live/online.json" "$work/predict_tail.txt"
+# online --forecasts: each session's forecasts as online made them, in the recording's units; the
+# kept model's forecasts of the held-back frames are the ones predict makes with it.
+check "online --forecasts wrote every session's, and nothing else" test \
+  "$(ls -A "$work/fc" | tr '\n' ' ')" = "synth_000.npz synth_001.npz synth_002.npz "
+check "... the held-back windows as predict forecasts them with the kept model" "$py" -c '
+import json, sys
+import numpy as np
+f, p = np.load(sys.argv[1]), np.load(sys.argv[2])
+row = next(r for r in json.load(open(sys.argv[3]))["rows"] if r["held_out"])
+unseen = f["unseen"] == 1
+assert len(f["start"]) == row["windows"] + row["unseen"]["windows"], (f["start"].shape, row)
+assert unseen.sum() == 25 and not unseen[:row["windows"]].any(), f["unseen"]
+assert (f["start"][unseen] == p["start"]).all(), (f["start"][unseen], p["start"])
+assert (f["target"][unseen] == p["target"]).all()
+assert np.abs(f["online"][unseen] - p["pred"]).max() <= 1e-4 * np.abs(p["pred"]).max()
+assert (f["mean"] == p["mean"]).all() and (f["std"] == p["std"]).all()
+# the stream windows: every 4 frames from the first scored one
+assert (np.diff(f["start"][~unseen]) == 4).all() and f["start"][~unseen][0] >= 200
+assert np.abs(f["online"] - f["frozen"]).max() > 1e-4' "$work/fc/synth_002.npz" \
+  "$work/tail.npz" "$work/poco_live/online.json"
+touch "$work/fc_file"
+fails_with "online --forecasts naming a file" "is a file, not a folder" "$bin" online \
+  --run "$work/poco_live" --forecasts "$work/fc_file"
 fails_with "online holding back more frames than a stream can spare" \
   "an online.unseen_frames of at most" "$bin" online --run "$work/poco_live" \
   --set online.unseen_frames=390
@@ -822,8 +845,11 @@ json.dump(a, open(sys.argv[1], "w"), indent=2)
 fails_with "predict from an adaptation of another model" "started from another model" "$bin" \
   predict --run "$work/pandas_run" --session animal_3 --adapted animal_3 --out "$work/p.npz"
 cp "$work/out.txt" "$work/predict_other_model.txt"
-check "... whose fix gives the adapt settings it was made with, and no others" grep -qF \
-  "'data.holdout=[\"animal_3\"]' --set adapt.lr_by_mode.all=1e+30 --set adapt.train.eval_every=2 --set adapt.train.steps=4 [" \
+check "... whose fix gives the adapt settings it was made with" grep -qF \
+  "'data.holdout=[\"animal_3\"]' --set 'adapt.lr_by_mode={\"all\":1e+30," \
+  "$work/predict_other_model.txt"
+check "... and no others" grep -qF \
+  "}' --set adapt.train.eval_every=2 --set adapt.train.steps=4 [" \
   "$work/predict_other_model.txt"
 # Adaptations whose run was removed by hand are not taken over by a new training.
 check "train a run to adapt" "$bin" train --run "$work/stale" "${small[@]}"

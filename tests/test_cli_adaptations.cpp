@@ -14,6 +14,7 @@
 #include "engine/core/tensor.h"
 #include "engine/io/safetensors.h"
 #include "tools/cli/adaptations.h"
+#include "tools/cli/config.h"
 
 namespace fs = std::filesystem;
 using namespace mt;
@@ -91,6 +92,49 @@ TEST_CASE("cli adaptations: found by label, unreadable ones listed as such", "[c
   CHECK(cli::readapt_command("r", all[2]) ==
         R"(metatape adapt --run r --label b --set 'data.holdout=["s2","s3"]')");
   CHECK(cli::readapt_command("r", all[0]) == R"(metatape adapt --run r --set 'data.holdout=["s4"]')");
+}
+
+// The command that makes an adaptation again gives the settings it was made with where they
+// differ from the run's own (config.json, which adapt and online start from).
+TEST_CASE("cli adaptations: the re-adapt command gives the recorded settings", "[cli][adapt]") {
+  RunFolder run("readapt");
+  // The run's config sets adapt.train.lr to 0.05; the adaptation set it back to 0.01 (the
+  // built-in default), emptied adapt.lr_by_mode (every mode at adapt.train.lr) and took 4 steps.
+  nlohmann::json config = cli::config_from_json(nlohmann::json::object()).to_json();
+  config["adapt"]["train"]["lr"] = 0.05;
+  config["sessions"] = nlohmann::json::array();  // train's descriptive fields
+  write(run.path / "config.json", config.dump());
+  nlohmann::json recorded = cli::config_from_json(nlohmann::json::object()).to_json()["adapt"];
+  recorded["train"]["steps"] = 4;
+  recorded["lr_by_mode"] = nlohmann::json::object();
+  cli::Adaptation a;
+  a.label = "x";
+  a.sessions = {"s1"};
+  a.adapt = {{"adapt", recorded}};
+  CHECK(cli::readapt_command(run.str(), a) ==
+        R"(metatape adapt --run )" + run.str() +
+            R"( --label x --set 'data.holdout=["s1"]' --set 'adapt.lr_by_mode={}')"
+            R"( --set adapt.train.lr=0.01 --set adapt.train.steps=4)");
+  // One mode's step size added: the map whole, as set_path replaces it.
+  recorded["lr_by_mode"] = {{"all", 1e30}};
+  recorded["train"]["lr"] = 0.05;
+  recorded["train"]["steps"] = config["adapt"]["train"]["steps"];
+  a.adapt = {{"adapt", recorded}};
+  CHECK(cli::readapt_command(run.str(), a) ==
+        R"(metatape adapt --run )" + run.str() +
+            R"( --label x --set 'data.holdout=["s1"]' --set 'adapt.lr_by_mode={"all":1e+30}')");
+  // online's: online.* and the two adapt.* settings it records.
+  a.adapt = {{"made_by", "online"},
+             {"adapt", {{"new_session_init", "random"}, {"train", {{"seed", 0}}}}},
+             {"online", {{"lr", 0.05}, {"stride", 1}}}};
+  CHECK(cli::readapt_command(run.str(), a) ==
+        R"(metatape online --run )" + run.str() +
+            R"( --label x --set 'data.holdout=["s1"]' --set 'adapt.new_session_init="random"')"
+            R"( --set online.lr=0.05)");
+  // An adaptation of an earlier metatape records none.
+  a.adapt = nlohmann::json::object();
+  CHECK(cli::readapt_command(run.str(), a) ==
+        R"(metatape adapt --run )" + run.str() + R"( --label x --set 'data.holdout=["s1"]')");
 }
 
 TEST_CASE("cli adaptations: suggested commands are quoted for a POSIX shell", "[cli][adapt]") {

@@ -190,13 +190,31 @@ TEST_CASE("online adaptation: unseen frames are held back and scored without upd
   CHECK(r.unseen.online > r.unseen.offline);
   // With a zero step size the three final models are the same one.
   held_back.lr = 0;
-  const auto still = meta::run_online(*f, drifting_session(), 0, 0, 600, 16, 4, held_back);
+  meta::OnlineForecasts kept;
+  const auto still =
+      meta::run_online(*f, drifting_session(), 0, 0, 600, 16, 4, held_back, {}, &kept);
   CHECK(still.unseen.online == still.unseen.frozen);
   CHECK(still.unseen.offline == still.unseen.frozen);
-  // A stride of 40: prediction times 500, 540, 580 (596 + 4 > 600 for the next).
+  // The forecasts it scored: the stream's windows (200 .. 496), then the unseen ones (500 ..
+  // 596), 6 neurons x 4 frames each; the same values from every method at a zero step size.
+  const int64_t windows = still.predictions + still.unseen.windows;
+  CHECK(meta::online_scored_windows(0, 600, 16, 4, held_back) == windows);
+  REQUIRE(int64_t(kept.start.size()) == windows);
+  CHECK(kept.start.front() == 200);
+  CHECK(kept.start[size_t(still.predictions)] == 500);
+  CHECK(kept.start.back() == 596);
+  for (size_t i = 0; i < kept.start.size(); ++i)
+    CHECK(kept.unseen[i] == (int64_t(i) >= still.predictions ? 1 : 0));
+  CHECK(kept.online.size() == size_t(windows * 6 * 4));
+  CHECK(kept.online == kept.frozen);
+  CHECK(kept.offline == kept.frozen);
+  // A stride of 40: prediction times 500, 540, 580 (596 + 4 > 600 for the next); on the stream
+  // 216, 256, ..., 496 (the first at or after 200 on the grid from 16; 496 + 4 = 500).
   held_back.stride = 40;
-  CHECK(meta::run_online(*f, drifting_session(), 0, 0, 600, 16, 4, held_back).unseen.windows ==
-        3);
+  const auto strided = meta::run_online(*f, drifting_session(), 0, 0, 600, 16, 4, held_back);
+  CHECK(strided.unseen.windows == 3);
+  CHECK(strided.predictions == 8);
+  CHECK(meta::online_scored_windows(0, 600, 16, 4, held_back) == 11);
   // Fewer unseen frames than one horizon, or too many to leave a stream: refused, naming the
   // setting and a value that works.
   held_back.stride = 1;
@@ -206,7 +224,19 @@ TEST_CASE("online adaptation: unseen frames are held back and scored without upd
                         Catch::Contains("at least 4"));
   held_back.unseen_frames = 450;
   CHECK_THROWS_WITH(meta::run_online(*f, drifting_session(), 0, 0, 600, 16, 4, held_back),
-                    Catch::Contains("online.unseen_frames of at most 396"));
+                    Catch::Contains("online.unseen_frames of at most 396 leaves one"));
+  // At a stride of 40 the first scored prediction time is 216: at most 600 - 216 - 4 = 380,
+  // which works.
+  held_back.stride = 40;
+  CHECK_THROWS_WITH(meta::run_online(*f, drifting_session(), 0, 0, 600, 16, 4, held_back),
+                    Catch::Contains("online.unseen_frames of at most 380 leaves one"));
+  held_back.unseen_frames = 380;
+  CHECK(meta::run_online(*f, drifting_session(), 0, 0, 600, 16, 4, held_back).predictions == 1);
+  held_back.stride = 1;
+  // A stream with no frame to spare: none can be held back.
+  held_back.unseen_frames = 4;
+  CHECK_THROWS_WITH(meta::run_online(*f, drifting_session(), 0, 0, 204, 16, 4, held_back),
+                    Catch::Contains("the stream has no frames to spare"));
   held_back.unseen_frames = -1;
   CHECK_THROWS_WITH(meta::run_online(*f, drifting_session(), 0, 0, 600, 16, 4, held_back),
                     Catch::Contains("online.unseen_frames must be >= 0"));

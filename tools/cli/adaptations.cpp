@@ -1,11 +1,11 @@
 #include "tools/cli/adaptations.h"
 
-#include <stdio.h>  // renameat2, RENAME_EXCHANGE
 #include <fcntl.h>  // AT_FDCWD
+#include <stdio.h>  // renameat2, RENAME_EXCHANGE
 
 #include <algorithm>
-#include <cerrno>
 #include <cctype>
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 
@@ -75,7 +75,9 @@ void link_or_copy(const fs::path& from, const fs::path& to) {
 
 }  // namespace
 
-std::string adaptations_dir(const std::string& run_dir) { return run_dir + "/adapt"; }
+std::string adaptations_dir(const std::string& run_dir) {
+  return run_dir + "/adapt";
+}
 
 bool is_adapted_model_file(const std::string& name) {
   return name.rfind("adapted_", 0) == 0 && name.size() > 20 && ends_with(name, ".safetensors");
@@ -159,31 +161,62 @@ std::string adapt_command(const std::string& run_dir, const std::string& label,
 
 namespace {
 // " --set 'path=value'" for each setting of `recorded` (a config section as adapt.json holds it)
-// that is not the default's, nested objects by their leaves (adapt.train.steps=...).
-void append_non_default(std::string& command, const std::string& path, const json& recorded,
-                        const json& defaults) {
-  if (recorded.is_object()) {
+// that differs from `reference` (the run's): a section by its leaves (adapt.train.steps=...;
+// one it lacks, recorded by an earlier metatape, left as the run has it), a map setting whole
+// (its entries added or removed: set_path replaces it).
+void append_changed(std::string& command, const std::string& path, const json& recorded,
+                    const json& reference) {
+  const bool map = path == "adapt.lr_by_mode";
+  if (!map && recorded.is_object() && reference.is_object()) {
     for (const auto& [key, value] : recorded.items())
-      append_non_default(command, path + "." + key, value,
-                         defaults.is_object() && defaults.contains(key) ? defaults[key] : json());
+      if (reference.contains(key)) append_changed(command, path + "." + key, value, reference[key]);
     return;
   }
-  if (recorded != defaults) command += " --set " + shell_quote(path + "=" + recorded.dump());
+  if (recorded != reference) command += " --set " + shell_quote(path + "=" + recorded.dump());
+}
+
+// The run's settings as adapt and online start from them (config.json); the defaults when it
+// cannot be read (predict refuses such a run before it needs this).
+json run_settings(const std::string& run_dir) {
+  try {
+    json j = read_json_file(run_dir + "/config.json");
+    j.erase("sessions");  // descriptive fields written by train
+    j.erase("holdout_sessions");
+    return config_from_json(j).to_json();
+  } catch (const std::exception&) {
+    return config_from_json(json::object()).to_json();
+  }
 }
 }  // namespace
 
 std::string readapt_command(const std::string& run_dir, const Adaptation& a) {
-  // Each command records its own section's settings (online.*, adapt.*; adaptations of earlier
-  // metatapes, none): those not the defaults are given again.
+  // Each command records its settings (adapt: adapt.*; online: online.* and the adapt.* that
+  // start a new session's rows; adaptations of earlier metatapes, none): those that differ from
+  // the run's are given again.
   const bool by_online =
       a.adapt.is_object() && a.adapt.contains("made_by") && a.adapt["made_by"] == "online";
-  const std::string section = by_online ? "online" : "adapt";
   std::string command = adapt_command(run_dir, a.label, a.sessions);
   // online keeps models under the --label it was given, of data.holdout's sessions.
   if (by_online) command.replace(0, std::string("metatape adapt").size(), "metatape online");
-  if (a.adapt.is_object() && a.adapt.contains(section) && a.adapt[section].is_object())
-    append_non_default(command, section, a.adapt[section],
-                       config_from_json(json::object()).to_json()[section]);
+  if (!a.adapt.is_object()) return command;
+  const json run = run_settings(run_dir);
+  if (a.adapt.contains("adapt") && a.adapt["adapt"].is_object()) {
+    const json& recorded = a.adapt["adapt"];
+    if (!by_online) {
+      append_changed(command, "adapt", recorded, run["adapt"]);
+    } else {
+      // online records the two adapt.* settings it uses: the new rows' start and its seed.
+      if (recorded.contains("new_session_init"))
+        append_changed(command, "adapt.new_session_init", recorded["new_session_init"],
+                       run["adapt"]["new_session_init"]);
+      if (recorded.contains("train") && recorded["train"].is_object() &&
+          recorded["train"].contains("seed"))
+        append_changed(command, "adapt.train.seed", recorded["train"]["seed"],
+                       run["adapt"]["train"]["seed"]);
+    }
+  }
+  if (by_online && a.adapt.contains("online") && a.adapt["online"].is_object())
+    append_changed(command, "online", a.adapt["online"], run["online"]);
   return command;
 }
 
@@ -210,7 +243,7 @@ void replace_folder(const fs::path& ready, const fs::path& dir, bool exchange) {
   try {
     fs::rename(ready, dir);
   } catch (...) {
-    std::error_code ignored;  // the first error is the one to report
+    std::error_code ignored;        // the first error is the one to report
     fs::rename(old, dir, ignored);  // the old folder back where it was
     throw;
   }

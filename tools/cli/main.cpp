@@ -1596,10 +1596,71 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
 // only), the data are regenerated with each drift magnitude. With a `label`, the model each
 // held-out session's online adaptation leaves behind is kept as the adaptation {run}/adapt/<label>/
 // (predict --adapted <label>), with the frames whose statistics z-scored its stream.
+// The forecasts of one session's stream as run_online scored them, in the recording's units
+// (`stats`, when the stream was z-scored), with their targets from the raw `recording`, as an
+// .npz for `online --forecasts`.
+void save_online_forecasts(const std::string& path, const meta::OnlineForecasts& fc,
+                           const data::Session& recording, const data::NormStats* stats,
+                           int64_t horizon) {
+  const int64_t W = int64_t(fc.start.size()), N = recording.num_neurons, H = horizon;
+  std::vector<float> target(size_t(W * N * H));
+  std::vector<double> times(size_t(W * H));
+  for (int64_t w = 0; w < W; ++w) {
+    const int64_t t0 = fc.start[size_t(w)];
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t h = 0; h < H; ++h) target[size_t((w * N + n) * H + h)] = recording.at(n, t0 + h);
+    for (int64_t h = 0; h < H; ++h) times[size_t(w * H + h)] = recording.timestamps[size_t(t0 + h)];
+  }
+  auto units = [&](std::vector<float> v) {
+    if (stats)
+      for (size_t k = 0; k < v.size(); ++k) {
+        const size_t n = (k / size_t(H)) % size_t(N);
+        v[k] = v[k] * stats->std[n] + stats->mean[n];
+      }
+    return v;
+  };
+  std::vector<data::NpzMember> members;
+  for (const auto& [name, values] : {std::pair<const char*, const std::vector<float>*>{
+                                         "frozen", &fc.frozen},
+                                     {"offline", &fc.offline},
+                                     {"online", &fc.online}}) {
+    const std::vector<float> v = units(*values);
+    members.push_back({name, data::make_npy_f32({W, N, H}, v.data())});
+  }
+  members.push_back({"target", data::make_npy_f32({W, N, H}, target.data())});
+  members.push_back({"start", data::make_npy_i64({W}, fc.start.data())});
+  members.push_back({"t", data::make_npy_f64({W, H}, times.data())});
+  members.push_back({"unseen", data::make_npy_i64({W}, fc.unseen.data())});
+  if (stats) {
+    members.push_back({"mean", data::make_npy_f32({N}, stats->mean.data())});
+    members.push_back({"std", data::make_npy_f32({N}, stats->std.data())});
+  }
+  data::save_npz_members(path, members, {}, "online --forecasts");
+}
+
 json run_online_cmd(const std::string& run_dir, const std::vector<double>& drifts,
                     const std::vector<std::string>& sets, Device device,
-                    const std::string& label) {
+                    const std::string& label, const std::string& forecasts_dir) {
   if (!label.empty()) cli::check_adaptation_label(label, /*given=*/true, "online");
+  // --forecasts: each session's file written into a work folder inside it, moved in place when
+  // every stream has run (a stop or an error leaves none of them).
+  fs::path forecasts_work;
+  struct RemoveWork {
+    fs::path* dir;
+    ~RemoveWork() {
+      std::error_code ignored;
+      if (!dir->empty()) fs::remove_all(*dir, ignored);
+    }
+  } remove_work{&forecasts_work};
+  if (!forecasts_dir.empty()) {
+    const fs::path dir(forecasts_dir);
+    const fs::path parent = dir.has_parent_path() ? dir.parent_path() : fs::path(".");
+    MT_CHECK(fs::is_directory(parent),
+             "online: --forecasts {}: folder {} does not exist; create it first", forecasts_dir,
+             parent.string());
+    MT_CHECK(!fs::exists(dir) || fs::is_directory(dir),
+             "online: --forecasts {} is a file, not a folder; name a folder", forecasts_dir);
+  }
   Run run = read_run(run_dir);
   cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
   resolve_run_data_path(run_dir, c, sets, "online");
@@ -1715,6 +1776,10 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
     // method's calibration segment; frames are held back (online.unseen_frames) from a held-out
     // session's whole recording only (a trained session's stream is its short validation + test
     // part).
+    // A session's --forecasts file (one per drift magnitude in a sweep).
+    auto forecasts_file = [&](const std::string& name, double magnitude) {
+      return drifts.empty() ? name + ".npz" : fmt::format("{}_drift{:.2f}.npz", name, magnitude);
+    };
     auto stream_options = [&](int64_t calibration_cap, bool held_out) {
       meta::OnlineOptions opt = cd.online;
       opt.calibration_frames = std::min<int64_t>(cd.online.calibration_frames, calibration_cap);
@@ -1753,7 +1818,8 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
     // One session's stream, [begin, end) of its frames, the first `calibration_cap` of them at
     // most the offline method's calibration segment; a row of the table and of online.json.
     auto score_session = [&](meta::Forecaster& model, const data::Session& session, int64_t s,
-                             int64_t begin, int64_t end, int64_t calibration_cap, bool held_out) {
+                             int64_t begin, int64_t end, int64_t calibration_cap, bool held_out,
+                             const data::Session& recording, const data::NormStats* stats) {
       if (!header_printed)
         std::printf("%8s %s %8s %10s %10s %10s %9s %9s %9s\n", "drift",
                     cli::padded("session", name_width).c_str(), "windows", "frozen", "offline",
@@ -1780,9 +1846,33 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                        : "",
                    synthetic && sweep.size() > 1 ? fmt::format(", drift {}", drift).c_str()
                                                  : "");
+      std::optional<meta::OnlineForecasts> forecasts;
+      if (!forecasts_dir.empty()) {
+        // Three methods' forecasts and the targets, each held twice (the array and its .npy).
+        const double windows = double(
+            meta::online_scored_windows(begin, end, pc.context(), pc.pred_length, opt));
+        data::detail::check_fits_in_memory(
+            8.0 * windows * double(session.num_neurons) * double(pc.pred_length) * sizeof(float),
+            fmt::format("online --forecasts: session '{}', {} windows x {} neurons x {} frames",
+                        name, windows, session.num_neurons, pc.pred_length),
+            "raise online.stride, or drop --forecasts");
+        forecasts.emplace();
+      }
       meta::OnlineScores r =
           meta::run_online(model, session, s, begin, end, pc.context(), pc.pred_length, opt,
-                           [] { return stop_signal.load() != 0; });
+                           [] { return stop_signal.load() != 0; },
+                           forecasts ? &*forecasts : nullptr);
+      if (forecasts) {
+        if (forecasts_work.empty()) {
+          fs::create_directories(forecasts_dir);
+          forecasts_work =
+              fs::path(forecasts_dir) / fmt::format(".online.{}.partial", ::getpid());
+          fs::remove_all(forecasts_work);
+          fs::create_directory(forecasts_work);
+        }
+        save_online_forecasts((forecasts_work / forecasts_file(name, drift)).string(),
+                              *forecasts, recording, stats, pc.pred_length);
+      }
       if (!held_out || label.empty()) r.online_parameters.clear();  // kept only to be saved
       if (!r.offline_calibrated && opt.calibration_steps > 0 && drift == sweep.front())
         std::fprintf(stderr,
@@ -1881,7 +1971,8 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
       for (int64_t s = 0; s < prepared.num_sessions(); ++s) {
         const Stream st = trained_stream(prepared.session(s));
         scores.push_back(score_session(*f, prepared.session(s), s, st.begin, st.end,
-                                       st.calibration_cap, false));
+                                       st.calibration_cap, false, d.train[s],
+                                       cd.data.prep.zscore ? &prepared.stats(s) : nullptr));
       }
       print_mean(d.holdout.empty() ? "mean" : "mean (trained)", scores);
     }
@@ -1897,8 +1988,10 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
         const int64_t seen = std::min(session.num_frames,
                                       std::max(std::min(cd.online.calibration_frames, cap),
                                                pc.context()));
+        std::optional<data::NormStats> stream_stats;
         if (cd.data.prep.zscore) {
-          const data::NormStats stats = data::compute_stats(session, {{0, seen}});
+          const data::NormStats& stats =
+              stream_stats.emplace(data::compute_stats(session, {{0, seen}}));
           if (!stats.constant_neurons.empty() && drift == sweep.front())
             std::fprintf(stderr,
                          "note: held-out session '%s': %zu of its %lld neurons are constant over "
@@ -1908,7 +2001,8 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                          (long long)session.num_neurons, (long long)seen);
           data::apply_zscore(session, stats);
         }
-        scores.push_back(score_session(*fresh, session, s, st.begin, st.end, cap, true));
+        scores.push_back(score_session(*fresh, session, s, st.begin, st.end, cap, true,
+                                       d.holdout[s], stream_stats ? &*stream_stats : nullptr));
         const json zscore_frames = cd.data.prep.zscore ? json::array({0, seen}) : json();
         rows.back()["zscore_frames"] = zscore_frames;
         if (!label.empty()) {
@@ -2021,6 +2115,18 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   if (stop_signal.load() != 0) throw meta::OnlineStopped();  // asked during the last session
   cli::write_file_atomic(run_dir + "/online.json", out.dump(2) + "\n");
   std::printf("wrote %s/online.json\n", run_dir.c_str());
+  if (!forecasts_work.empty()) {
+    int64_t files = 0;
+    for (const auto& entry : fs::directory_iterator(forecasts_work)) {
+      fs::rename(entry.path(), fs::path(forecasts_dir) / entry.path().filename());
+      ++files;
+    }
+    fs::remove(forecasts_work);
+    forecasts_work.clear();
+    std::printf("wrote %lld forecast file(s) to %s (frozen, offline, online: windows x neurons x "
+                "frames in the recording's units; unseen: held-back windows)\n",
+                (long long)files, forecasts_dir.c_str());
+  }
   if (folder) {
     const json adapt = {
         {"label", label},
@@ -2029,6 +2135,11 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
         {"sessions", holdout_sessions},
         {"new_session_init", c.adapt.new_session_init},
         {"online", c.to_json()["online"]},
+        // the adapt.* settings online uses (the new sessions' rows), for the command that keeps
+        // these models again (cli::readapt_command)
+        {"adapt",
+         {{"new_session_init", c.adapt.new_session_init},
+          {"train", {{"seed", c.adapt.train.seed}}}}},
         {"methods", json::array({{{"method", "online"},
                                   {"models", kept_models},
                                   {"sessions", kept_rows}}})},
@@ -2155,12 +2266,17 @@ int run_eval(const std::string& run_dir, const std::string& split_name, bool una
     // Below a thousandth the inner loop is not what the run's score is made of.
     if (std::abs(gain) < 1e-3)
       std::fprintf(stderr,
-                   "note: the %lld-step inner loop barely changes the score (%+.5f): at "
-                   "train.meta.inner_lr %g its SGD steps hardly move the model, so this run is "
-                   "in effect its initial weights; a meta-learned run adapts when trained with a "
-                   "larger train.meta.inner_lr (bench/README's meta-learning results use 1.0 and "
-                   "0.1)\n",
-                   (long long)c.train.meta.inner_steps, gain, c.train.meta.inner_lr);
+                   "note: the %lld-step inner loop barely changes the score (%+.5f): this run "
+                   "forecasts as its initial weights do%s\n",
+                   (long long)c.train.meta.inner_steps, gain,
+                   c.train.meta.inner_lr < 0.1
+                       ? fmt::format("; at train.meta.inner_lr {} its SGD steps hardly move the "
+                                     "model: a meta-learned run adapts when trained with a "
+                                     "larger one (bench/README's meta-learning results use 1.0 "
+                                     "and 0.1)",
+                                     c.train.meta.inner_lr)
+                             .c_str()
+                       : "");
   }
   const std::string name = unadapted ? "eval_" + split_name + "_unadapted.json"
                                      : "eval_" + split_name + ".json";
@@ -2284,6 +2400,12 @@ int main(int argc, char** argv) {
   online->add_option("--device", device_name,
                      "cpu, cuda or cuda:<index> (default cpu): where the model runs, and whose "
                      "update and forecast milliseconds are reported");
+  std::string online_forecasts;
+  online->add_option("--forecasts", online_forecasts,
+                     "a folder (made if missing; its parent must exist) for each session's "
+                     "forecasts as the three methods made them, SESSION.npz (frozen, offline, "
+                     "online: windows x neurons x frames in the recording's units; target, start, "
+                     "t, unseen, mean, std); written when the run ends, none if it stops");
   std::string online_label;
   online->add_option("--label", online_label,
                      "keep the model each held-out session's online adaptation leaves behind, as "
@@ -2428,7 +2550,8 @@ int main(int argc, char** argv) {
       StopOnSignal on_signal;
       if (online->count("--label") > 0)  // (an empty --label "" too)
         cli::check_adaptation_label(online_label, /*given=*/true, "online");
-      run_online_cmd(run_dir, drifts, sets, parse_device(device_name), online_label);
+      run_online_cmd(run_dir, drifts, sets, parse_device(device_name), online_label,
+                     online_forecasts);
       return 0;
     }
     if (adapt->parsed()) {
