@@ -192,6 +192,14 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
   };
   check_online_stream(session.name, session.num_frames, begin, end, context, horizon, opt);
   check_prefixes(f, opt.params, "online.params");
+  if (forecasts) {  // their exact size, not a doubling vector's
+    const size_t windows = size_t(online_scored_windows(begin, end, context, horizon, opt));
+    const size_t values = windows * size_t(session.num_neurons * horizon);
+    forecasts->start.reserve(forecasts->start.size() + windows);
+    forecasts->unseen.reserve(forecasts->unseen.size() + windows);
+    for (auto* v : {&forecasts->frozen, &forecasts->offline, &forecasts->online})
+      v->reserve(v->size() + values);
+  }
   const int64_t scored_from = begin + std::max(opt.calibration_frames, context);
   // The unseen frames: after the stream, scored without updates.
   const int64_t unseen_end = end;

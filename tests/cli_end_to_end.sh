@@ -205,7 +205,7 @@ check "... with the online settings it was kept with" grep -q \
 # (predict --split unseen) score what online.json says.
 check "online holding back the last 100 frames" "$bin" online --run "$work/poco_live" \
   --label tail --set online.unseen_frames=100 --set online.stride=4 \
-  --set online.calibration_steps=2 --set online.lr=0.05 --forecasts "$work/fc"
+  --set online.calibration_steps=2 --set online.lr=0.05 --forecasts "$work/fc/"
 cp "$work/out.txt" "$work/online_tail.txt"
 check "... prints their scores" grep -q \
   "its 100 held-back frames (online.unseen_frames), forecast without updates" \
@@ -245,7 +245,18 @@ assert abs(score - row["unseen"]["online"]) < 1e-4, (score, row["unseen"])' \
 # online --forecasts: each session's forecasts as online made them, in the recording's units; the
 # kept model's forecasts of the held-back frames are the ones predict makes with it.
 check "online --forecasts wrote every session's, and nothing else" test \
-  "$(ls -A "$work/fc" | tr '\n' ' ')" = "synth_000.npz synth_001.npz synth_002.npz "
+  "$(ls -A "$work/fc" | tr '\n' ' ')" = "forecasts.json synth_000.npz synth_001.npz synth_002.npz "
+check "... with forecasts.json saying what they are" "$py" -c '
+import json, sys
+m = json.load(open(sys.argv[1]))
+rows = {r["session"]: r for r in json.load(open(sys.argv[2]))["rows"]}
+assert m["label"] == "tail" and m["options"]["unseen_frames"] == 100, m
+assert [f["file"] for f in m["files"]] == ["synth_000.npz", "synth_001.npz", "synth_002.npz"], m
+for f in m["files"]:
+    r = rows[f["session"]]
+    assert f["windows"] == r["windows"] and f["held_out"] == r["held_out"], (f, r)
+    assert f["unseen_windows"] == (25 if r["held_out"] else 0) and f["zscored"], f' \
+  "$work/fc/forecasts.json" "$work/poco_live/online.json"
 check "... the held-back windows as predict forecasts them with the kept model" "$py" -c '
 import json, sys
 import numpy as np
@@ -265,6 +276,16 @@ assert np.abs(f["online"] - f["frozen"]).max() > 1e-4' "$work/fc/synth_002.npz" 
 touch "$work/fc_file"
 fails_with "online --forecasts naming a file" "is a file, not a folder" "$bin" online \
   --run "$work/poco_live" --forecasts "$work/fc_file"
+fails_with "online --forecasts into a folder holding files" \
+  "holds 4 entries (forecasts.json, synth_000.npz, synth_001.npz, ...)" "$bin" online \
+  --run "$work/poco_live" --forecasts "$work/fc"
+fails_with "online --forecasts inside the run folder" "is inside the run folder" "$bin" online \
+  --run "$work/poco_live" --forecasts "$work/poco_live/fc"
+fails_with "online --forecasts of an empty name" "names no folder" "$bin" online \
+  --run "$work/poco_live" --forecasts ""
+fails_with "online --forecasts refused later" "an online.unseen_frames of at most" "$bin" online \
+  --run "$work/poco_live" --forecasts "$work/fc_new" --set online.unseen_frames=390
+check "... leaves no folder behind" test ! -e "$work/fc_new"
 fails_with "online holding back more frames than a stream can spare" \
   "an online.unseen_frames of at most" "$bin" online --run "$work/poco_live" \
   --set online.unseen_frames=390

@@ -1640,27 +1640,65 @@ void save_online_forecasts(const std::string& path, const meta::OnlineForecasts&
 
 json run_online_cmd(const std::string& run_dir, const std::vector<double>& drifts,
                     const std::vector<std::string>& sets, Device device,
-                    const std::string& label, const std::string& forecasts_dir) {
+                    const std::string& label, const std::string& forecasts_given) {
   if (!label.empty()) cli::check_adaptation_label(label, /*given=*/true, "online");
-  // --forecasts: each session's file written into a work folder inside it, moved in place when
-  // every stream has run (a stop or an error leaves none of them).
-  fs::path forecasts_work;
-  struct RemoveWork {
-    fs::path* dir;
-    ~RemoveWork() {
-      std::error_code ignored;
-      if (!dir->empty()) fs::remove_all(*dir, ignored);
-    }
-  } remove_work{&forecasts_work};
-  if (!forecasts_dir.empty()) {
-    const fs::path dir(forecasts_dir);
-    const fs::path parent = dir.has_parent_path() ? dir.parent_path() : fs::path(".");
+  // --forecasts: a new or empty folder outside the run folder (nothing in it is replaced, and
+  // nothing the run's commands replace holds it); each session's file is written into a work
+  // folder inside it and moved in place when every stream has run: a stop or an error leaves
+  // none of them, and the folder itself is removed again if this run made it.
+  fs::path forecasts_dir;
+  if (!forecasts_given.empty()) {
+    forecasts_dir = fs::path(forecasts_given).lexically_normal();
+    if (forecasts_dir.filename().empty()) forecasts_dir = forecasts_dir.parent_path();  // "F/"
+    const fs::path parent =
+        forecasts_dir.has_parent_path() ? forecasts_dir.parent_path() : fs::path(".");
     MT_CHECK(fs::is_directory(parent),
-             "online: --forecasts {}: folder {} does not exist; create it first", forecasts_dir,
-             parent.string());
-    MT_CHECK(!fs::exists(dir) || fs::is_directory(dir),
-             "online: --forecasts {} is a file, not a folder; name a folder", forecasts_dir);
+             "online: --forecasts {}: folder {} does not exist; create it first",
+             forecasts_given, parent.string());
+    MT_CHECK(!fs::exists(forecasts_dir) || fs::is_directory(forecasts_dir),
+             "online: --forecasts {} is a file, not a folder; name a new or empty folder",
+             forecasts_given);
+    if (fs::exists(forecasts_dir)) {
+      std::vector<std::string> held;
+      for (const auto& entry : fs::directory_iterator(forecasts_dir))
+        held.push_back(entry.path().filename().string());
+      std::sort(held.begin(), held.end());
+      MT_CHECK(held.empty(),
+               "online: --forecasts {} holds {} entr{} ({}{}); the forecasts go into a new or "
+               "empty folder (nothing in it is replaced): name another, or empty this one",
+               forecasts_given, held.size(), held.size() == 1 ? "y" : "ies",
+               fmt::join(held.begin(), held.begin() + std::min<ptrdiff_t>(3, held.size()), ", "),
+               held.size() > 3 ? ", ..." : "");
+    }
+    const fs::path run_path = fs::weakly_canonical(run_dir),
+                   dir_path = fs::weakly_canonical(forecasts_dir);
+    const auto [r, d] = std::mismatch(run_path.begin(), run_path.end(), dir_path.begin(),
+                                      dir_path.end());
+    MT_CHECK(r != run_path.end(),
+             "online: --forecasts {} is inside the run folder {} (whose commands replace what "
+             "they write there); name a folder outside it",
+             forecasts_given, run_dir);
   }
+  struct ForecastsFolder {
+    fs::path work;          // the work folder, once made; cleared when its files are moved
+    fs::path made;          // the folder, when this run made it
+    ~ForecastsFolder() {
+      std::error_code ignored;
+      if (work.empty()) return;
+      fs::remove_all(work, ignored);
+      if (!made.empty()) fs::remove(made, ignored);  // (only if empty)
+    }
+  } forecasts_folder;
+  if (!forecasts_dir.empty()) {
+    if (!fs::exists(forecasts_dir)) {
+      fs::create_directory(forecasts_dir);
+      forecasts_folder.made = forecasts_dir;
+    }
+    forecasts_folder.work = forecasts_dir / fmt::format(".online.{}.partial", ::getpid());
+    fs::create_directory(forecasts_folder.work);
+  }
+  const fs::path& forecasts_work = forecasts_folder.work;
+  json forecast_files = json::array();  // forecasts.json's list
   Run run = read_run(run_dir);
   cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
   resolve_run_data_path(run_dir, c, sets, "online");
@@ -1691,6 +1729,9 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                  json(c.train.meta.params).dump().c_str());
   MT_CHECK(drifts.empty() || c.data.path.empty(),
            "online: --drift regenerates synthetic data; this run was trained on {}", c.data.path);
+  for (size_t i = 0; i < drifts.size(); ++i)
+    MT_CHECK(std::find(drifts.begin(), drifts.begin() + i, drifts[i]) == drifts.begin() + i,
+             "online: --drift gives {} twice; give each magnitude once", drifts[i]);
   std::vector<double> sweep = drifts.empty() ? std::vector<double>{c.data.synthetic.drift} : drifts;
   // A drift sweep (or a --set of data.synthetic.*) regenerates the recordings on purpose; any
   // other run is scored on the recordings it was trained on.
@@ -1776,9 +1817,10 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
     // method's calibration segment; frames are held back (online.unseen_frames) from a held-out
     // session's whole recording only (a trained session's stream is its short validation + test
     // part).
-    // A session's --forecasts file (one per drift magnitude in a sweep).
+    // A session's --forecasts file (one per drift magnitude in a sweep: the magnitude as given,
+    // shortest exact form).
     auto forecasts_file = [&](const std::string& name, double magnitude) {
-      return drifts.empty() ? name + ".npz" : fmt::format("{}_drift{:.2f}.npz", name, magnitude);
+      return drifts.empty() ? name + ".npz" : fmt::format("{}_drift{}.npz", name, magnitude);
     };
     auto stream_options = [&](int64_t calibration_cap, bool held_out) {
       meta::OnlineOptions opt = cd.online;
@@ -1811,9 +1853,20 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
     for (const auto* set : {&d.train, &d.holdout})
       for (const auto& session : set->sessions) {
         const Stream st = set == &d.train ? trained_stream(session) : held_out_stream(session);
+        const meta::OnlineOptions opt = stream_options(st.calibration_cap, set == &d.holdout);
         meta::check_online_stream(session.name, session.num_frames, st.begin, st.end,
-                                  pc.context(), pc.pred_length,
-                                  stream_options(st.calibration_cap, set == &d.holdout));
+                                  pc.context(), pc.pred_length, opt);
+        if (!forecasts_dir.empty()) {
+          // Three methods' forecasts and the targets, each held twice (the array and its .npy).
+          const int64_t windows =
+              meta::online_scored_windows(st.begin, st.end, pc.context(), pc.pred_length, opt);
+          data::detail::check_fits_in_memory(
+              8.0 * double(windows) * double(session.num_neurons) * double(pc.pred_length) *
+                  sizeof(float),
+              fmt::format("online --forecasts: session '{}', {} windows x {} neurons x {} frames",
+                          session.name, windows, session.num_neurons, pc.pred_length),
+              "raise online.stride, or drop --forecasts");
+        }
       }
     // One session's stream, [begin, end) of its frames, the first `calibration_cap` of them at
     // most the offline method's calibration segment; a row of the table and of online.json.
@@ -1847,31 +1900,24 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                    synthetic && sweep.size() > 1 ? fmt::format(", drift {}", drift).c_str()
                                                  : "");
       std::optional<meta::OnlineForecasts> forecasts;
-      if (!forecasts_dir.empty()) {
-        // Three methods' forecasts and the targets, each held twice (the array and its .npy).
-        const double windows = double(
-            meta::online_scored_windows(begin, end, pc.context(), pc.pred_length, opt));
-        data::detail::check_fits_in_memory(
-            8.0 * windows * double(session.num_neurons) * double(pc.pred_length) * sizeof(float),
-            fmt::format("online --forecasts: session '{}', {} windows x {} neurons x {} frames",
-                        name, windows, session.num_neurons, pc.pred_length),
-            "raise online.stride, or drop --forecasts");
-        forecasts.emplace();
-      }
+      if (!forecasts_dir.empty()) forecasts.emplace();  // (its size checked before any stream)
       meta::OnlineScores r =
           meta::run_online(model, session, s, begin, end, pc.context(), pc.pred_length, opt,
                            [] { return stop_signal.load() != 0; },
                            forecasts ? &*forecasts : nullptr);
       if (forecasts) {
-        if (forecasts_work.empty()) {
-          fs::create_directories(forecasts_dir);
-          forecasts_work =
-              fs::path(forecasts_dir) / fmt::format(".online.{}.partial", ::getpid());
-          fs::remove_all(forecasts_work);
-          fs::create_directory(forecasts_work);
-        }
-        save_online_forecasts((forecasts_work / forecasts_file(name, drift)).string(),
-                              *forecasts, recording, stats, pc.pred_length);
+        const std::string file = forecasts_file(name, drift);
+        save_online_forecasts((forecasts_work / file).string(), *forecasts, recording, stats,
+                              pc.pred_length);
+        forecasts.reset();
+        json entry = {{"file", file},
+                      {"session", name},
+                      {"held_out", held_out},
+                      {"windows", r.predictions},
+                      {"unseen_windows", r.unseen.windows},
+                      {"zscored", stats != nullptr}};
+        if (synthetic) entry["drift"] = drift;
+        forecast_files.push_back(entry);
       }
       if (!held_out || label.empty()) r.online_parameters.clear();  // kept only to be saved
       if (!r.offline_calibrated && opt.calibration_steps > 0 && drift == sweep.front())
@@ -2113,20 +2159,35 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
            "these scores are of the model it replaced; nothing was written, run online again",
            run_dir);
   if (stop_signal.load() != 0) throw meta::OnlineStopped();  // asked during the last session
+  if (!forecasts_work.empty()) {
+    // The forecasts first (into the folder this run checked empty, with forecasts.json saying
+    // what they are), then online.json and the kept models.
+    const json manifest = {
+        {"run", out["run"]},
+        {"model_crc32", model_crc32},
+        {"device", device.str()},
+        {"label", out["label"]},
+        {"options", out["options"]},
+        {"files", forecast_files},
+        {"legend",
+         "one file per session stream (and drift): frozen, offline, online (windows x neurons "
+         "x frames, the recording's units): each method's forecast of frames start .. start + "
+         "frames - 1 as online made it; target: those frames; t: their times; unseen: 1 for a "
+         "window of the held-back frames (online.unseen_frames), forecast without updates; "
+         "mean, std (when zscored): the normalisation the model saw; scores in online.json"}};
+    cli::write_file_atomic((forecasts_work / "forecasts.json").string(),
+                           manifest.dump(2) + "\n");
+    for (const auto& entry : fs::directory_iterator(forecasts_work))
+      fs::rename(entry.path(), forecasts_dir / entry.path().filename());
+    fs::remove(forecasts_work);
+    forecasts_folder.work.clear();
+    std::printf("wrote %zu forecast file(s) and forecasts.json to %s (frozen, offline, online: "
+                "windows x neurons x frames in the recording's units; unseen: held-back "
+                "windows)\n",
+                forecast_files.size(), forecasts_dir.c_str());
+  }
   cli::write_file_atomic(run_dir + "/online.json", out.dump(2) + "\n");
   std::printf("wrote %s/online.json\n", run_dir.c_str());
-  if (!forecasts_work.empty()) {
-    int64_t files = 0;
-    for (const auto& entry : fs::directory_iterator(forecasts_work)) {
-      fs::rename(entry.path(), fs::path(forecasts_dir) / entry.path().filename());
-      ++files;
-    }
-    fs::remove(forecasts_work);
-    forecasts_work.clear();
-    std::printf("wrote %lld forecast file(s) to %s (frozen, offline, online: windows x neurons x "
-                "frames in the recording's units; unseen: held-back windows)\n",
-                (long long)files, forecasts_dir.c_str());
-  }
   if (folder) {
     const json adapt = {
         {"label", label},
@@ -2402,10 +2463,11 @@ int main(int argc, char** argv) {
                      "update and forecast milliseconds are reported");
   std::string online_forecasts;
   online->add_option("--forecasts", online_forecasts,
-                     "a folder (made if missing; its parent must exist) for each session's "
-                     "forecasts as the three methods made them, SESSION.npz (frozen, offline, "
-                     "online: windows x neurons x frames in the recording's units; target, start, "
-                     "t, unseen, mean, std); written when the run ends, none if it stops");
+                     "a new or empty folder outside the run folder (made if missing; its parent "
+                     "must exist) for each session's forecasts as the three methods made them, "
+                     "SESSION.npz (frozen, offline, online: windows x neurons x frames in the "
+                     "recording's units; target, start, t, unseen; mean and std when z-scored) "
+                     "and forecasts.json; written when the run ends, none if it stops");
   std::string online_label;
   online->add_option("--label", online_label,
                      "keep the model each held-out session's online adaptation leaves behind, as "
@@ -2550,6 +2612,8 @@ int main(int argc, char** argv) {
       StopOnSignal on_signal;
       if (online->count("--label") > 0)  // (an empty --label "" too)
         cli::check_adaptation_label(online_label, /*given=*/true, "online");
+      MT_CHECK(online->count("--forecasts") == 0 || !online_forecasts.empty(),
+               "online: --forecasts \"\" names no folder; name one, or drop --forecasts");
       run_online_cmd(run_dir, drifts, sets, parse_device(device_name), online_label,
                      online_forecasts);
       return 0;
@@ -2639,7 +2703,7 @@ int main(int argc, char** argv) {
     }
   } catch (const meta::OnlineStopped&) {  // Ctrl-C during online
     std::fprintf(stderr, "online: stopped; online.json was not written (an earlier one is as it "
-                         "was)\n");
+                         "was), nor any --forecasts or --label files\n");
     const int signal_number = stop_signal.load();
     return 128 + (signal_number != 0 ? signal_number : SIGINT);
   } catch (const AdaptationStopped& e) {  // Ctrl-C during adapt
