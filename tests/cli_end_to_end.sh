@@ -286,6 +286,19 @@ fails_with "online --forecasts of an empty name" "names no folder" "$bin" online
 fails_with "online --forecasts refused later" "an online.unseen_frames of at most" "$bin" online \
   --run "$work/poco_live" --forecasts "$work/fc_new" --set online.unseen_frames=390
 check "... leaves no folder behind" test ! -e "$work/fc_new"
+# A failure after the forecasts were moved in (online.json cannot be written) takes them out again.
+cp -a "$work/poco" "$work/poco_fail"
+rm -f "$work/poco_fail/online.json"
+mkdir -p "$work/poco_fail/online.json/x"
+fails_with "online whose online.json cannot be written" "online.json" "$bin" online \
+  --run "$work/poco_fail" --forecasts "$work/fc_fail" --set online.stride=8 \
+  --set online.calibration_steps=2
+check "... leaves no forecasts" test ! -e "$work/fc_fail"
+rm -rf "$work/poco_fail"
+mkdir -p "$work/fc_stale/.online.99999.partial"
+fails_with "online --forecasts into a killed run's work folder" \
+  "is the work of an online run that was killed: remove it" "$bin" online \
+  --run "$work/poco_live" --forecasts "$work/fc_stale"
 fails_with "online holding back more frames than a stream can spare" \
   "an online.unseen_frames of at most" "$bin" online --run "$work/poco_live" \
   --set online.unseen_frames=390

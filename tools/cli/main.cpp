@@ -1658,17 +1658,27 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
     MT_CHECK(!fs::exists(forecasts_dir) || fs::is_directory(forecasts_dir),
              "online: --forecasts {} is a file, not a folder; name a new or empty folder",
              forecasts_given);
+    MT_CHECK(fs::exists(forecasts_dir) || !fs::is_symlink(forecasts_dir),
+             "online: --forecasts {} is a link to nothing; name a new or empty folder",
+             forecasts_given);
     if (fs::exists(forecasts_dir)) {
       std::vector<std::string> held;
       for (const auto& entry : fs::directory_iterator(forecasts_dir))
         held.push_back(entry.path().filename().string());
       std::sort(held.begin(), held.end());
+      const bool killed = std::any_of(held.begin(), held.end(), [](const std::string& name) {
+        return name.rfind(".online.", 0) == 0 && name.size() > 16 &&
+               name.compare(name.size() - 8, 8, ".partial") == 0;
+      });
       MT_CHECK(held.empty(),
                "online: --forecasts {} holds {} entr{} ({}{}); the forecasts go into a new or "
-               "empty folder (nothing in it is replaced): name another, or empty this one",
+               "empty folder (nothing in it is replaced): name another, or empty this one{}",
                forecasts_given, held.size(), held.size() == 1 ? "y" : "ies",
                fmt::join(held.begin(), held.begin() + std::min<ptrdiff_t>(3, held.size()), ", "),
-               held.size() > 3 ? ", ..." : "");
+               held.size() > 3 ? ", ..." : "",
+               killed ? " (a .online.<pid>.partial folder is the work of an online run that was "
+                        "killed: remove it)"
+                      : "");
     }
     const fs::path run_path = fs::weakly_canonical(run_dir),
                    dir_path = fs::weakly_canonical(forecasts_dir);
@@ -1679,21 +1689,24 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
              "they write there); name a folder outside it",
              forecasts_given, run_dir);
   }
+  // Until `kept` (once online.json and the kept models are written too), a stop or an error
+  // removes the work folder, the files already moved out of it, and the folder if this run made
+  // it.
   struct ForecastsFolder {
-    fs::path work;          // the work folder, once made; cleared when its files are moved
-    fs::path made;          // the folder, when this run made it
+    fs::path dir, work, made;        // made: dir, when this run made it
+    std::vector<std::string> moved;  // names moved from work into dir
+    bool kept = false;
     ~ForecastsFolder() {
+      if (kept || work.empty()) return;
       std::error_code ignored;
-      if (work.empty()) return;
+      for (const std::string& name : moved) fs::remove(dir / name, ignored);
       fs::remove_all(work, ignored);
       if (!made.empty()) fs::remove(made, ignored);  // (only if empty)
     }
   } forecasts_folder;
   if (!forecasts_dir.empty()) {
-    if (!fs::exists(forecasts_dir)) {
-      fs::create_directory(forecasts_dir);
-      forecasts_folder.made = forecasts_dir;
-    }
+    forecasts_folder.dir = forecasts_dir;
+    if (fs::create_directory(forecasts_dir)) forecasts_folder.made = forecasts_dir;
     forecasts_folder.work = forecasts_dir / fmt::format(".online.{}.partial", ::getpid());
     fs::create_directory(forecasts_folder.work);
   }
@@ -2174,13 +2187,17 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
          "x frames, the recording's units): each method's forecast of frames start .. start + "
          "frames - 1 as online made it; target: those frames; t: their times; unseen: 1 for a "
          "window of the held-back frames (online.unseen_frames), forecast without updates; "
-         "mean, std (when zscored): the normalisation the model saw; scores in online.json"}};
+         "mean, std (when zscored): the normalisation the model saw; scores in online.json. "
+         "files: windows, the stream's scored windows, then unseen_windows (a file holds "
+         "windows + unseen_windows)"}};
     cli::write_file_atomic((forecasts_work / "forecasts.json").string(),
                            manifest.dump(2) + "\n");
-    for (const auto& entry : fs::directory_iterator(forecasts_work))
-      fs::rename(entry.path(), forecasts_dir / entry.path().filename());
-    fs::remove(forecasts_work);
-    forecasts_folder.work.clear();
+    std::vector<std::string> names = {"forecasts.json"};
+    for (const auto& f : forecast_files) names.push_back(f["file"].get<std::string>());
+    for (const std::string& name : names) {
+      fs::rename(forecasts_work / name, forecasts_dir / name);
+      forecasts_folder.moved.push_back(name);
+    }
     std::printf("wrote %zu forecast file(s) and forecasts.json to %s (frozen, offline, online: "
                 "windows x neurons x frames in the recording's units; unseen: held-back "
                 "windows)\n",
@@ -2215,6 +2232,11 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   } else if (any_held_out && !regenerated) {
     std::printf("(the online-adapted models of the held-out sessions are not kept: --label NAME "
                 "keeps them, for metatape predict --adapted NAME)\n");
+  }
+  if (!forecasts_work.empty()) {  // everything written: the forecasts stay
+    forecasts_folder.kept = true;
+    std::error_code ignored;
+    fs::remove_all(forecasts_work, ignored);
   }
   if (stop_signal.load() != 0)  // (it is never cleared: asked any time since the check above)
     std::fprintf(stderr, "note: the stop came as the finished results were being written: they "
