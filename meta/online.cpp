@@ -84,6 +84,26 @@ void keep_forecasts(OnlineForecasts& out, int64_t t, bool unseen, const std::vec
   out.online.insert(out.online.end(), online.begin(), online.end());
 }
 
+// The prediction times of a stream of frames [begin, end): begin + context + k * stride, the
+// stride capped at the stream's length (a longer one predicts once, at the start, and keeps the
+// frame arithmetic far from overflow); scored from scored_from (after the calibration segment
+// and a context), the first of them at scored_first.
+struct StreamGrid {
+  int64_t first, stride, scored_from, scored_first;
+  // Scored prediction times with a horizon before `end`.
+  int64_t scored(int64_t end, int64_t horizon) const {
+    return scored_first + horizon <= end ? (end - horizon - scored_first) / stride + 1 : 0;
+  }
+};
+StreamGrid stream_grid(int64_t begin, int64_t end, int64_t context, const OnlineOptions& opt) {
+  StreamGrid g;
+  g.first = begin + context;
+  g.stride = std::min<int64_t>(opt.stride, end - begin + 1);
+  g.scored_from = begin + std::max(opt.calibration_frames, context);
+  g.scored_first = g.first + (g.scored_from - g.first + g.stride - 1) / g.stride * g.stride;
+  return g;
+}
+
 double ms_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
       .count();
@@ -126,7 +146,6 @@ void check_online_stream(const std::string& name, int64_t num_frames, int64_t be
   MT_CHECK(begin >= 0 && end <= num_frames && begin < end,
            "online: frames [{}, {}) are not inside session '{}' ({} frames)", begin, end, name,
            num_frames);
-  const int64_t scored_from = begin + std::max(opt.calibration_frames, context);
   // The unseen frames need one window; the streamed ones, the calibration segment, a context and
   // one horizon.
   if (opt.unseen_frames > 0) {
@@ -135,11 +154,8 @@ void check_online_stream(const std::string& name, int64_t num_frames, int64_t be
              "{} (or 0: none)",
              opt.unseen_frames, horizon, horizon);
     // The most frames that leave the stream a scored prediction time: its first at or after
-    // scored_from (on the stride's grid from begin + context) and a horizon after it.
-    const int64_t first = begin + context;
-    const int64_t stride = std::min<int64_t>(opt.stride, end - begin + 1);
-    const int64_t scored_first = first + (scored_from - first + stride - 1) / stride * stride;
-    const int64_t most = end - scored_first - horizon;
+    // the calibration segment and a context, and a horizon after it.
+    const int64_t most = end - stream_grid(begin, end, context, opt).scored_first - horizon;
     MT_CHECK(opt.unseen_frames <= most,
              "online: session '{}' frames [{}, {}) less its {} unseen frames leave no prediction "
              "time to score after the calibration segment ({}) and the context ({}) at "
@@ -151,32 +167,26 @@ void check_online_stream(const std::string& name, int64_t num_frames, int64_t be
                                "0 (or shorten online.calibration_frames or online.stride)"));
   }
   const int64_t stream_end = end - opt.unseen_frames;
-  MT_CHECK(scored_from + horizon <= stream_end,
+  const StreamGrid g = stream_grid(begin, stream_end, context, opt);
+  MT_CHECK(g.scored_from + horizon <= stream_end,
            "online: session '{}' frames [{}, {}) are too short for the calibration segment ({}), "
            "the context ({}) and one horizon ({})",
            name, begin, stream_end, opt.calibration_frames, context, horizon);
   // The first prediction time at or after scored_from must leave a horizon in the stream; any
   // stride up to the length of the scored range does.
-  const int64_t first = begin + context;
-  const int64_t stride = std::min<int64_t>(opt.stride, stream_end - begin + 1);
-  const int64_t scorable = stream_end - horizon - scored_from + 1;
-  const int64_t scored_first = first + (scored_from - first + stride - 1) / stride * stride;
-  MT_CHECK(scored_first + horizon <= stream_end,
+  MT_CHECK(g.scored(stream_end, horizon) > 0,
            "online: online.stride {} leaves no prediction time to score in session '{}' (its "
            "predictions start at frame {}, scored from frame {}, the last one possible at "
            "frame {}); an online.stride of at most {} leaves at least one",
-           opt.stride, name, first, scored_from, stream_end - horizon, scorable);
+           opt.stride, name, g.first, g.scored_from, stream_end - horizon,
+           stream_end - horizon - g.scored_from + 1);
 }
 
 int64_t online_scored_windows(int64_t begin, int64_t end, int64_t context, int64_t horizon,
                               const OnlineOptions& opt) {
   const int64_t unseen_end = end;
   end -= opt.unseen_frames;
-  const int64_t scored_from = begin + std::max(opt.calibration_frames, context);
-  const int64_t first = begin + context;
-  const int64_t stride = std::min<int64_t>(opt.stride, end - begin + 1);
-  const int64_t scored_first = first + (scored_from - first + stride - 1) / stride * stride;
-  int64_t windows = scored_first + horizon <= end ? (end - horizon - scored_first) / stride + 1 : 0;
+  int64_t windows = stream_grid(begin, end, context, opt).scored(end, horizon);
   if (opt.unseen_frames >= horizon)
     windows +=
         (unseen_end - horizon - end) / std::min<int64_t>(opt.stride, unseen_end - end + 1) + 1;
@@ -200,10 +210,11 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
     for (auto* v : {&forecasts->frozen, &forecasts->offline, &forecasts->online})
       v->reserve(v->size() + values);
   }
-  const int64_t scored_from = begin + std::max(opt.calibration_frames, context);
   // The unseen frames: after the stream, scored without updates.
   const int64_t unseen_end = end;
   end -= opt.unseen_frames;
+  const StreamGrid grid = stream_grid(begin, end, context, opt);
+  const int64_t scored_from = grid.scored_from;
   OnlineScores out;
 
   // Frozen and offline: the same predictions, with the initial or the calibrated parameters.
@@ -247,16 +258,10 @@ OnlineScores run_online(Forecaster& f, const data::Session& session, int64_t mod
   std::vector<SegmentScores> segments;
   std::vector<double> update_ms, forecast_ms, cycle_ms;
   const Device device = f.device();
-  const int64_t first = begin + context;
-  // A stride longer than the stream predicts once, at its start, as any longer one does (and
-  // keeps the frame arithmetic below far from overflow).
-  const int64_t stride = std::min<int64_t>(opt.stride, end - begin + 1);
-  int64_t scored_count = 0;  // prediction times scored (check_online_stream: at least one)
-  {
-    const int64_t scored_first = first + (scored_from - first + stride - 1) / stride * stride;
-    scored_count = (end - horizon - scored_first) / stride + 1;
-    segments.resize(size_t(std::min(scored_count, OnlineScores::kSegments)));
-  }
+  const int64_t first = grid.first, stride = grid.stride;
+  // Prediction times scored (check_online_stream: at least one).
+  const int64_t scored_count = grid.scored(end, horizon);
+  segments.resize(size_t(std::min(scored_count, OnlineScores::kSegments)));
   const auto start = std::chrono::steady_clock::now();
   int64_t learned = first - stride;  // the last predicted window learned from
   int64_t last_predicted = first - stride;
