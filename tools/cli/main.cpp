@@ -1588,14 +1588,6 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
 }
 
 // ---- online ----
-// For every training session: the stream is its validation + test frames (the validation part is
-// the offline method's calibration segment). For every held-out session (new to the model, its
-// embedding rows set by adapt.new_session_init, as adapt starts): the stream is the whole
-// recording from its first frame, the start of it the calibration segment, as a new recording
-// session would arrive. Frozen, offline and online scores of each. With `drifts` (synthetic data
-// only), the data are regenerated with each drift magnitude. With a `label`, the model each
-// held-out session's online adaptation leaves behind is kept as the adaptation {run}/adapt/<label>/
-// (predict --adapted <label>), with the frames whose statistics z-scored its stream.
 // The forecasts of one session's stream as run_online scored them, in the recording's units
 // (`stats`, when the stream was z-scored), with their targets from the raw `recording`, as an
 // .npz for `online --forecasts`.
@@ -1638,6 +1630,15 @@ void save_online_forecasts(const std::string& path, const meta::OnlineForecasts&
   data::save_npz_members(path, members, {}, "online --forecasts");
 }
 
+// For every training session: the stream is its validation + test frames (the validation part is
+// the offline method's calibration segment). For every held-out session (new to the model, its
+// embedding rows set by adapt.new_session_init, as adapt starts): the stream is the whole
+// recording from its first frame, the start of it the calibration segment, as a new recording
+// session would arrive. Frozen, offline and online scores of each. With `drifts` (synthetic data
+// only), the data are regenerated with each drift magnitude. With a `label`, the model each
+// held-out session's online adaptation leaves behind is kept as the adaptation {run}/adapt/<label>/
+// (predict --adapted <label>), with the frames whose statistics z-scored its stream. With
+// `forecasts_given`, each stream's forecasts go to that folder (save_online_forecasts).
 json run_online_cmd(const std::string& run_dir, const std::vector<double>& drifts,
                     const std::vector<std::string>& sets, Device device,
                     const std::string& label, const std::string& forecasts_given) {
