@@ -182,9 +182,34 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   // A UTF-8 byte order mark (Excel's "CSV UTF-8") is not part of the first cell.
   if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);
+  // UTF-16 and UTF-32 (Windows PowerShell 5's Out-File, Excel's "Unicode Text") hold a NUL byte
+  // in every ASCII character; said before a cell is read (a message would end at the first NUL).
+  const bool utf16_32_bom = text.rfind("\xFF\xFE", 0) == 0 || text.rfind("\xFE\xFF", 0) == 0 ||
+                            text.rfind(std::string("\0\0\xFE\xFF", 4), 0) == 0;
+  MT_DATA_CHECK(!utf16_32_bom,
+                "{}: the file is UTF-16 or UTF-32 text (it starts with that byte order mark); "
+                "save it as UTF-8 or ASCII text (Excel: 'CSV UTF-8'; PowerShell: Out-File "
+                "-Encoding utf8; Python: open(path, 'w', encoding='utf-8'))",
+                where);
+  if (const size_t nul = text.find('\0'); nul != std::string::npos)
+    MT_DATA_FAIL("{}: the file holds a NUL byte at offset {} (line {}): not a text file, or "
+                 "UTF-16 or UTF-32 text without a byte order mark; save it as UTF-8 or ASCII text",
+                 where, nul, 1 + std::count(text.begin(), text.begin() + std::ptrdiff_t(nul), '\n'));
 
-  // Classic Mac OS line ends (Excel's "CSV (Macintosh)"): a carriage return alone.
-  if (text.find('\n') == std::string::npos) std::replace(text.begin(), text.end(), '\r', '\n');
+  // Line ends: "\r\n" (Windows), "\n", and a carriage return alone (classic Mac OS, Excel's "CSV
+  // (Macintosh)"), also mixed in one file (lines appended by another program).
+  if (text.find('\r') != std::string::npos) {
+    std::string unified;
+    unified.reserve(text.size());
+    for (size_t i = 0; i < text.size(); ++i) {
+      if (text[i] != '\r') {
+        unified.push_back(text[i]);
+      } else if (i + 1 == text.size() || text[i + 1] != '\n') {
+        unified.push_back('\n');
+      }
+    }
+    text = std::move(unified);
+  }
 
   // Lines, with trailing blank lines dropped.
   std::vector<std::string_view> lines;
@@ -192,9 +217,7 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
     std::string_view rest(text);
     while (!rest.empty()) {
       const size_t nl = rest.find('\n');
-      std::string_view line = rest.substr(0, nl);
-      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-      lines.push_back(line);
+      lines.push_back(rest.substr(0, nl));
       if (nl == std::string_view::npos) break;
       rest.remove_prefix(nl + 1);
     }
@@ -333,18 +356,24 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
   // or more are labels, not a recording.
   auto evenly_spaced = [](auto value, size_t count) {
     if (count < 8) return false;
-    // Strictly increasing, each value within 5% of a step of the straight line from the first
-    // to the last: frame numbers, and times written with few decimals (30 Hz to 3 decimals is
-    // off the line by up to 1.5% of a step) or with acquisition jitter.
-    const double first = double(value(0));
-    const double mean_step = (double(value(count - 1)) - first) / double(count - 1);
-    if (!(mean_step > 0)) return false;
+    // Strictly increasing, with 90% of the steps within a factor of 1.5 of the median step:
+    // frame numbers, and times written with few decimals or with acquisition jitter (a
+    // microscope's frame times drift off a straight line by more than 5% of a step over a
+    // recording), dropped frames or pauses (a few long steps). A recorded trace does not rise
+    // at every one of 8 or more frames by steps that regular.
+    std::vector<double> steps(count - 1);
     for (size_t i = 1; i < count; ++i) {
-      if (!(double(value(i)) > double(value(i - 1)))) return false;
-      if (std::abs(double(value(i)) - (first + double(i) * mean_step)) > 0.05 * mean_step)
-        return false;
+      steps[i - 1] = double(value(i)) - double(value(i - 1));
+      if (!(steps[i - 1] > 0)) return false;
     }
-    return true;
+    std::vector<double> sorted = steps;
+    std::nth_element(sorted.begin(), sorted.begin() + std::ptrdiff_t(sorted.size() / 2),
+                     sorted.end());
+    const double median_step = sorted[sorted.size() / 2];
+    const auto regular = std::count_if(steps.begin(), steps.end(), [&](double d) {
+      return d <= 1.5 * median_step && d >= median_step / 1.5;
+    });
+    return double(regular) >= 0.9 * double(steps.size());
   };
   auto first_values = [](auto value, size_t count) {
     std::string out;

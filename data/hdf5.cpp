@@ -145,8 +145,16 @@ class File {
                   "{}: data set '{}' is not numeric (HDF5 type class {}); point the option at a "
                   "float or integer data set",
                   where_, info.path, static_cast<int>(info.type_class));
-    int64_t n = 1;
-    for (int64_t d : info.dims) n *= d;
+    // A file of a few KB may declare any shape: the size is checked before anything is allocated
+    // (counted in double, which does not overflow).
+    double elements = 1;
+    for (int64_t d : info.dims) elements *= double(d);
+    detail::check_fits_in_memory(
+        elements * double(sizeof(T)),
+        fmt::format("{}: data set '{}' {}", where_, info.path, dims_str(info.dims)),
+        "check that the file is the recording meant (a corrupt file can declare any shape), or "
+        "load it on a machine that holds it");
+    const auto n = static_cast<int64_t>(elements);
     std::vector<T> out(static_cast<size_t>(n));
     if (n == 0) return out;
     Handle ds(H5Dopen2(id(), info.path.c_str(), H5P_DEFAULT), H5Dclose);
@@ -159,12 +167,28 @@ class File {
     return out;
   }
 
+  // A numeric attribute holding one number; absent: nullopt. Any other form (a string, an
+  // array, a compound) is an error naming the attribute.
   std::optional<double> double_attribute(const std::string& object, const char* name) const {
     if (H5Aexists_by_name(id(), object.c_str(), name, H5P_DEFAULT) <= 0) return std::nullopt;
     Handle attr(H5Aopen_by_name(id(), object.c_str(), name, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-    if (!attr.valid()) return std::nullopt;
+    MT_DATA_CHECK(attr.valid(), "{}: cannot open the '{}' attribute of '{}'; the file is corrupt",
+                  where_, name, object);
+    Handle type(H5Aget_type(attr.get()), H5Tclose);
+    const H5T_class_t type_class = H5Tget_class(type.get());
+    Handle space(H5Aget_space(attr.get()), H5Sclose);
+    const hssize_t count = H5Sget_simple_extent_npoints(space.get());
+    MT_DATA_CHECK((type_class == H5T_FLOAT || type_class == H5T_INTEGER) && count == 1,
+                  "{}: the '{}' attribute of '{}' is {}; it must be one number (NWB: frames per "
+                  "second, a float)",
+                  where_, name, object,
+                  type_class == H5T_STRING ? std::string("a string")
+                  : count != 1 ? fmt::format("an array of {} values", count)
+                               : fmt::format("of HDF5 type class {}", int(type_class)));
     double v = 0;
-    if (H5Aread(attr.get(), H5T_NATIVE_DOUBLE, &v) < 0) return std::nullopt;
+    MT_DATA_CHECK(H5Aread(attr.get(), H5T_NATIVE_DOUBLE, &v) >= 0,
+                  "{}: cannot read the '{}' attribute of '{}'; the file is corrupt", where_, name,
+                  object);
     return v;
   }
 
@@ -230,6 +254,7 @@ std::vector<int64_t> read_frame_ranges(const File& f, const DatasetInfo& info, i
   const bool rows = info.dims[0] == 2;  // row 0 starts, row 1 stops
   const int64_t k = rows ? info.dims[1] : info.dims[0];
   std::vector<int64_t> frames;
+  double previous_stop = 0;
   for (int64_t r = 0; r < k; ++r) {
     const double a = rows ? v[static_cast<size_t>(r)] : v[static_cast<size_t>(2 * r)];
     const double b = rows ? v[static_cast<size_t>(k + r)] : v[static_cast<size_t>(2 * r + 1)];
@@ -238,6 +263,12 @@ std::vector<int64_t> read_frame_ranges(const File& f, const DatasetInfo& info, i
                   "{}: frame range {} of '{}' is [{}, {}], not within the {} timestamps (1-based, "
                   "inclusive); pass data.hdf5.time_axis and data.hdf5.timestamps explicitly",
                   where, r, info.path, a, b, num_times);
+    // In order and apart: each frame kept once (so at most num_times frames in all).
+    MT_DATA_CHECK(a > previous_stop,
+                  "{}: frame range {} of '{}' is [{}, {}], which starts at or before the end of "
+                  "the range before it ({}); the ranges must be in order and must not overlap",
+                  where, r, info.path, a, b, previous_stop);
+    previous_stop = b;
     for (auto i = static_cast<int64_t>(a); i <= static_cast<int64_t>(b); ++i)
       frames.push_back(i - 1);
   }
@@ -288,7 +319,10 @@ Session load_hdf5(const std::string& path, const Hdf5Options& options) {
                 "{}: data set '{}' has shape {}; the activity must be 2-D (neurons and frames, in "
                 "either order){}",
                 where, data_path, dims_str(data.dims),
-                data.dims.size() == 1 ? "; a single trace can be stored as a (1, T) array" : "");
+                data.dims.size() != 1 ? ""
+                : nwb ? "; a single trace is stored as a (T, 1) array in NWB (time first)"
+                      : "; a single trace can be stored as a (1, T) array (or set "
+                        "data.hdf5.time_axis for (T, 1))");
 
   // ---- frame times
   std::optional<DatasetInfo> ts_info;
@@ -442,6 +476,21 @@ Session load_hdf5(const std::string& path, const Hdf5Options& options) {
 
   // ---- activity, neuron-major
   std::vector<float> raw = f.read<float>(data);
+  if (data.type_class == H5T_FLOAT) {
+    // A finite float64 beyond the float32 range becomes inf in HDF5's conversion: say so, rather
+    // than let validate report an inf the file does not hold (as the npz loader does).
+    const auto inf = std::find_if(raw.begin(), raw.end(), [](float v) { return std::isinf(v); });
+    if (inf != raw.end()) {
+      const std::vector<double> wide = f.read<double>(data);
+      const auto at = static_cast<size_t>(inf - raw.begin());
+      const int64_t stored_row = int64_t(at) / d1, stored_col = int64_t(at) % d1;
+      MT_DATA_CHECK(std::isinf(wide[at]),
+                    "{}: data set '{}' holds {} at neuron {}, frame {}, beyond the float32 range "
+                    "the recordings are kept in (|x| <= 3.4e38); rescale the recording",
+                    where, data_path, wide[at], axis == 1 ? stored_row : stored_col,
+                    axis == 1 ? stored_col : stored_row);
+    }
+  }
   if (axis == 1) {
     s.activity = std::move(raw);  // stored (neurons, frames)
   } else {

@@ -414,10 +414,14 @@ NpyArray parse_npy(std::vector<char> bytes, const std::string& what) {
 
   NpyArray a;
   HeaderParser(header, what).parse(a.descr, a.fortran_order, a.shape);
-  MT_DATA_CHECK(a.descr == "<f4" || a.descr == "<f8",
-                "{}: dtype '{}' is not supported (little-endian float32 '<f4' or float64 '<f8' "
-                "are); convert before saving, e.g. M.astype(np.float32)",
-                what, a.descr);
+  if (a.descr != "<f4" && a.descr != "<f8") {
+    // The array's name in the fix: an archive's member (M, t), or the array of a .npy file.
+    const size_t member_at = what.rfind(", member ");
+    const std::string array = member_at == std::string::npos ? "x" : what.substr(member_at + 9);
+    MT_DATA_FAIL("{}: dtype '{}' is not supported (little-endian float32 '<f4' or float64 '<f8' "
+                 "are); convert before saving, e.g. {}.astype(np.{})",
+                 what, a.descr, array, array == "t" ? "float64" : "float32");
+  }
   const int64_t item = a.descr == "<f4" ? 4 : 8;
   int64_t n = 1;
   for (int64_t d : a.shape) {

@@ -43,7 +43,8 @@ SessionSplits split_frames(int64_t num_frames, const SplitConfig& c) {
   SessionSplits out;
   auto cut = [&](int64_t begin, int64_t end) {
     const auto len = static_cast<double>(end - begin);
-    const int64_t b1 = begin + static_cast<int64_t>(std::llround(len * c.train));
+    // Both clamped: fractions summing to 1 + 1e-6 must not reach past the recording.
+    const int64_t b1 = std::min(end, begin + static_cast<int64_t>(std::llround(len * c.train)));
     const int64_t b2 =
         std::min(end, begin + static_cast<int64_t>(std::llround(len * (c.train + c.val))));
     if (b1 > begin) out.train.push_back({begin, b1});

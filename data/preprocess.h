@@ -52,8 +52,9 @@ struct SessionSplits {
 SessionSplits split_frames(int64_t num_frames, const SplitConfig& config);
 
 // Per-neuron mean and std over the given frames (population std, accumulated in double).
-// A neuron whose std is <= 1e-6 x max(1, |mean|) is constant: its std is set to 1, so z-scoring
-// only centres it, and it is listed in constant_neurons.
+// A neuron whose std is <= 2^-24 x max(|mean|, FLT_MIN) (one f32 rounding step at its mean) is
+// constant: its std is set to 1, so z-scoring only centres it, and it is listed in
+// constant_neurons.
 struct NormStats {
   std::vector<float> mean;
   std::vector<float> std;

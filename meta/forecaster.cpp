@@ -202,9 +202,12 @@ Metrics evaluate(const Forecaster& f, const data::PreparedData& data, data::Spli
     MT_CHECK(!starts.empty(), "evaluate: session '{}' has no {} windows", sm.name,
              data::split_name(split));
     double sse = 0, sae = 0, copy_sse = 0, count = 0;
-    // R^2 against each neuron's mean target over the split: accumulate sums per neuron.
+    // R^2 against each neuron's mean target over the split: sums per neuron of d = y - y_ref
+    // (y_ref: the neuron's first target), whose spread is y's but without y's offset, so that
+    // sum d^2 - (sum d)^2 / n does not cancel to a rounding residue (a flat neuron gives 0).
     const int64_t N = data.session(s).num_neurons;
-    std::vector<double> y_sum(size_t(N), 0), y_sq(size_t(N), 0), y_n(size_t(N), 0);
+    std::vector<double> y_ref(size_t(N), 0), d_sum(size_t(N), 0), d_sq(size_t(N), 0),
+        y_n(size_t(N), 0);
     for (size_t first = 0; first < starts.size(); first += size_t(batch_size)) {
       std::vector<data::WindowRef> refs;
       for (size_t i = first; i < std::min(starts.size(), first + size_t(batch_size)); ++i)
@@ -222,8 +225,10 @@ Metrics evaluate(const Forecaster& f, const data::PreparedData& data, data::Spli
           sse += e * e;
           sae += std::abs(e);
           copy_sse += ec * ec;
-          y_sum[size_t(neuron)] += y;
-          y_sq[size_t(neuron)] += y * y;
+          if (y_n[size_t(neuron)] == 0) y_ref[size_t(neuron)] = y;
+          const double d = y - y_ref[size_t(neuron)];
+          d_sum[size_t(neuron)] += d;
+          d_sq[size_t(neuron)] += d * d;
           y_n[size_t(neuron)] += 1;
           count += 1;
         }
@@ -231,10 +236,13 @@ Metrics evaluate(const Forecaster& f, const data::PreparedData& data, data::Spli
     }
     double sst = 0;
     for (int64_t n = 0; n < N; ++n)
-      if (y_n[size_t(n)] > 0) sst += y_sq[size_t(n)] - y_sum[size_t(n)] * y_sum[size_t(n)] / y_n[size_t(n)];
+      if (y_n[size_t(n)] > 0)
+        sst += std::max(0.0, d_sq[size_t(n)] - d_sum[size_t(n)] * d_sum[size_t(n)] / y_n[size_t(n)]);
     sm.mse = sse / count;
     sm.mae = sae / count;
     sm.copy_mse = copy_sse / count;
+    // Undefined when the baseline is exact (every target frame repeats the last context frame:
+    // a flat recording) or no target varies: 0 by convention (eval notes such a session).
     sm.score = copy_sse > 0 ? 1.0 - sse / copy_sse : 0.0;
     sm.r2 = sst > 0 ? 1.0 - sse / sst : 0.0;
     m.sessions.push_back(sm);

@@ -73,8 +73,10 @@ struct SessionMetrics {
   std::string name;
   int64_t windows = 0;
   double mse = 0, mae = 0, copy_mse = 0;
-  double score = 0;  // 1 - mse / copy_mse
-  double r2 = 0;     // 1 - SSE / sum over neurons of (y - mean_y)^2
+  // All on the split's normalised (z-scored when data.zscore) targets, pooled over neurons and
+  // forecast frames.
+  double score = 0;  // 1 - mse / copy_mse; 0 when copy_mse is 0 (undefined)
+  double r2 = 0;     // 1 - SSE / sum over neurons of (y - mean_y)^2; 0 when that sum is 0
 };
 struct Metrics {
   std::vector<SessionMetrics> sessions;

@@ -207,6 +207,14 @@ void check_training(const Forecaster& f, const data::PreparedData& data,
   for (int64_t s : sessions) windows |= !data.windows(s, data::Split::Train).empty();
   MT_CHECK(windows, "{}: the sessions have no training windows (recordings shorter than a "
            "window of the model's seq_length + pred_length frames?)", where);
+  // Every evaluation scores each session's validation windows (the best model is chosen on
+  // them): said here, before a run's files are written, not at the first evaluation.
+  for (int64_t s : sessions)
+    MT_CHECK(!data.windows(s, data::Split::Val).empty(),
+             "{}: session '{}' has no validation windows, on which training scores its "
+             "evaluations and picks the best model; give the validation split a window "
+             "(data.val_fraction > 0, of at least a window's seq_length + pred_length frames)",
+             where, data.session(s).name);
   if (opt.method == "standard") return;
   MT_CHECK(const_cast<Forecaster&>(f).module() != nullptr,
            "{}.method {}: the {} model has no parameters to meta-learn", where, opt.method,

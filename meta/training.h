@@ -96,7 +96,8 @@ int64_t evaluations_since_best(const std::vector<EvalPoint>& curve, int64_t best
 // "adapt.train") and the fix.
 void check_train_options(const TrainOptions& options, const std::string& where = "train");
 // check_train_options, and what needs the model and the data: every name prefix selects a
-// parameter, the sessions have training windows, and for FOMAML / E2E-TTT at least meta_batch
+// parameter, the sessions have training windows, each has validation windows (every evaluation
+// scores them), and for FOMAML / E2E-TTT at least meta_batch
 // sessions have both support and query windows. train() starts with it; a caller that writes
 // files first (the CLI's run folder) calls it before.
 void check_training(const Forecaster& forecaster, const data::PreparedData& data,

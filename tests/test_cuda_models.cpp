@@ -373,6 +373,14 @@ TEST_CASE("CUDA: FOMAML and the meta-step's clip + AdamW equal the CPU's", "[cud
   const Tensor total_gpu = optim::clip_grad_norm_on_device(p_gpu, 0.1);
   CHECK(total_gpu.device() == gpu0());
   CHECK(total_gpu.item<double>() == Approx(total).epsilon(1e-12));
+  {
+    // Parameters without gradients: the zero total is on their device too.
+    Tensor bare = zeros(Shape{3}).to(gpu0());
+    bare.set_requires_grad(true);
+    const Tensor none = optim::clip_grad_norm_on_device(TensorList{bare}, 0.1);
+    CHECK(none.device() == gpu0());
+    CHECK(none.item<double>() == 0.0);
+  }
   adam_cpu.step();
   adam_gpu.step();
   for (size_t i = 0; i < p_cpu.size(); ++i)

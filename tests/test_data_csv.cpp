@@ -268,6 +268,28 @@ TEST_CASE("csv: index columns and label rows are not taken for activity", "[data
                                        Contains("data.csv.header=true"));
   // Fewer than 8 values along the row: no such guess.
   CHECK(load_csv(dir.write("short.csv", "0,1,2,3\n5,1,2,4\n")).num_neurons == 2);
+  // A microscope's frame times: 0.6 s steps with jitter that drifts off the straight line by
+  // more than 5% of a step, and a dropped frame (a step of 1.2 s); as a time column and as a
+  // first line of times over neuron rows. These were read as a neuron.
+  std::vector<double> clock = {0.0};
+  for (int t = 1; t < 60; ++t)
+    clock.push_back(clock.back() + (t == 30 ? 1.2 : 0.6 + 0.03 * std::sin(0.05 * t)));
+  std::string drifting, drifting_row;
+  for (int t = 0; t < 60; ++t) {
+    drifting += fmt::format("{:.4f},{:.3f},{:.3f}\n", clock[size_t(t)], std::sin(t), std::cos(t));
+    drifting_row += fmt::format("{}{:.4f}", t ? "," : "", clock[size_t(t)]);
+  }
+  REQUIRE_THROWS_WITH(load_csv(dir.write("drifting.csv", drifting), frames_of()),
+                      Contains("drifting.csv") && Contains("column 1 holds 0, 0.6") &&
+                          Contains("data.csv.time_column=1"));
+  REQUIRE_THROWS_WITH(load_csv(dir.write("drifting_row.csv", drifting_row + "\n" + drifting_row +
+                                                                 "\n")),
+                      Contains("line 1 holds 0, 0.6") && Contains("data.csv.header=true"));
+  // A trace that rises at every frame by irregular steps stays a neuron.
+  std::string rising;
+  for (int t = 0; t < 12; ++t) rising += fmt::format("{}{}", t ? "," : "", 0.1 * t * t * t);
+  CHECK(load_csv(dir.write("rising.csv", rising + "\n" + "1,2,1,2,1,2,1,2,1,2,1,2\n"))
+            .num_neurons == 2);
 }
 
 TEST_CASE("csv: Mac line ends, space-separated columns, hints for commas", "[data][csv]") {
@@ -275,6 +297,19 @@ TEST_CASE("csv: Mac line ends, space-separated columns, hints for commas", "[dat
   const Session mac = load_csv(dir.write("mac.csv", "1,2,3\r4,5,6\r"));
   CHECK(mac.num_neurons == 2);
   CHECK(mac.at(1, 2) == 6.0f);
+  // Mixed line ends (lines appended by another program) were one line with a '\r' inside.
+  const Session mixed = load_csv(dir.write("mixed.csv", "1,2,3\r4,5,6\r\n7,8,9\n10,11,12\r"));
+  CHECK(mixed.num_neurons == 4);
+  CHECK(mixed.at(3, 2) == 12.0f);
+  // UTF-16 (PowerShell 5's Out-File) and a NUL byte: said whole (a message ended at the NUL).
+  std::string utf16 = "\xFF\xFE";
+  for (const char ch : std::string("1,2\r\n3,4\r\n")) utf16 += std::string{ch, '\0'};
+  REQUIRE_THROWS_WITH(load_csv(dir.write("utf16.csv", utf16)),
+                      Contains("utf16.csv") && Contains("UTF-16 or UTF-32") &&
+                          Contains("save it as UTF-8"));
+  REQUIRE_THROWS_WITH(load_csv(dir.write("nul.csv", std::string("1,2\n3,4\n5,\0\n", 12))),
+                      Contains("nul.csv") && Contains("a NUL byte at offset 10 (line 3)") &&
+                          Contains("NUL byte"));
   CsvOptions spaces;
   spaces.delimiter = ' ';
   const Session aligned =

@@ -60,6 +60,43 @@ class H5Writer {
     H5Aclose(a);
     H5Sclose(space);
   }
+  // An attribute of `object` holding `values` as a 1-D array.
+  void array_attribute(const std::string& object, const char* name,
+                       const std::vector<double>& values) {
+    const hsize_t n = values.size();
+    hid_t space = H5Screate_simple(1, &n, nullptr);
+    hid_t a = H5Acreate_by_name(file_, object.c_str(), name, H5T_IEEE_F64LE, space, H5P_DEFAULT,
+                                H5P_DEFAULT, H5P_DEFAULT);
+    REQUIRE(a >= 0);
+    H5Awrite(a, H5T_NATIVE_DOUBLE, values.data());
+    H5Aclose(a);
+    H5Sclose(space);
+  }
+  void string_attribute_of(const std::string& object, const char* name, const std::string& v) {
+    hid_t type = H5Tcopy(H5T_C_S1);
+    H5Tset_size(type, v.size());
+    hid_t space = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate_by_name(file_, object.c_str(), name, type, space, H5P_DEFAULT,
+                                H5P_DEFAULT, H5P_DEFAULT);
+    REQUIRE(a >= 0);
+    H5Awrite(a, type, v.data());
+    H5Aclose(a);
+    H5Sclose(space);
+    H5Tclose(type);
+  }
+  // A chunked data set declared with `dims` and nothing written: a small file that claims any
+  // size.
+  void declared_dataset(const std::string& name, const std::vector<hsize_t>& dims) {
+    hid_t space = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    const std::vector<hsize_t> chunk(dims.size(), 2);
+    H5Pset_chunk(dcpl, static_cast<int>(chunk.size()), chunk.data());
+    hid_t ds = H5Dcreate2(file_, name.c_str(), H5T_IEEE_F64LE, space, lcpl_, dcpl, H5P_DEFAULT);
+    REQUIRE(ds >= 0);
+    H5Dclose(ds);
+    H5Pclose(dcpl);
+    H5Sclose(space);
+  }
   void string_attribute(const char* name, const std::string& v) {
     hid_t type = H5Tcopy(H5T_C_S1);
     H5Tset_size(type, v.size());
@@ -356,6 +393,80 @@ TEST_CASE("hdf5: unusable files and options are refused with the file and the fi
     dir.write("extra.csv", "1,2,3\n");
     REQUIRE_THROWS_WITH(load_folder(dir.path().string()),
                         Contains("mixes file kinds") && Contains(".csv") && Contains(".h5"));
+  }
+}
+
+TEST_CASE("hdf5: corrupt attributes, declared sizes, wide values and frame ranges are named",
+          "[data][hdf5]") {
+  TempDir dir("test_data_hdf5");
+  const int64_t N = 4, T = 10;
+  const std::string series = "processing/ophys/Fluorescence/RoiResponseSeries";
+  SECTION("an NWB rate that is not one number") {
+    // An array was read into one double (a 4096-element one crashed the loader); a string was
+    // ignored, giving 1 s per frame.
+    for (const std::string kind : {"array", "string"}) {
+      const std::string path = dir.file("rate_" + kind + ".nwb");
+      {
+        H5Writer w(path);
+        w.dataset(series + "/data", {h(T), h(N)}, time_major(N, T));
+        w.dataset(series + "/starting_time", {}, {0.0});
+        if (kind == "array")
+          w.array_attribute(series + "/starting_time", "rate", std::vector<double>(4096, 30.0));
+        else
+          w.string_attribute_of(series + "/starting_time", "rate", "30.0");
+      }
+      CHECK_THROWS_WITH(load_hdf5(path),
+                        Contains("rate_" + kind + ".nwb") && Contains("'rate' attribute") &&
+                            Contains(kind == "array" ? "an array of 4096 values" : "a string") &&
+                            Contains("must be one number"));
+    }
+  }
+  SECTION("a float64 beyond the float32 range is named as such, not as a missing value") {
+    const std::string path = dir.file("wide.h5");
+    std::vector<double> v = time_major(N, T);
+    v[static_cast<size_t>(7 * N + 3)] = 1e39;  // frame 7, neuron 3
+    {
+      H5Writer w(path);
+      w.dataset("gcamp/trace_array", {h(T), h(N)}, v);
+      w.dataset("timing/timestamp_confocal", {h(T)}, ramp(T));
+    }
+    CHECK_THROWS_WITH(load_hdf5(path), Contains("wide.h5") && Contains("1e+39") &&
+                                           Contains("neuron 3, frame 7") &&
+                                           Contains("float32 range") && Contains("rescale"));
+  }
+  SECTION("a declared size past memory is refused before anything is allocated") {
+    const std::string path = dir.file("huge_times.h5");
+    {
+      H5Writer w(path);
+      w.dataset("gcamp/trace_array", {h(T), h(N)}, time_major(N, T));
+      w.declared_dataset("timing/timestamp_confocal", {hsize_t(1) << 50});
+    }
+    CHECK(fs::file_size(path) < 100000);
+    CHECK_THROWS_WITH(load_hdf5(path), Contains("huge_times.h5") &&
+                                           Contains("'timing/timestamp_confocal'") &&
+                                           Contains("corrupt file can declare any shape"));
+  }
+  SECTION("frame ranges that overlap") {
+    const std::string path = dir.file("overlap.h5");
+    {
+      H5Writer w(path);
+      w.dataset("gcamp/trace_array", {h(T), h(N)}, time_major(N, T));
+      w.dataset("timing/timestamp_confocal", {20}, ramp(20));
+      w.dataset("gcamp/idx_splits", {2, 2}, {1, 5, 6, 10});  // [1, 6] and [5, 10]
+    }
+    CHECK_THROWS_WITH(load_hdf5(path), Contains("overlap.h5") && Contains("frame range 1") &&
+                                           Contains("must not overlap"));
+  }
+  SECTION("1-D NWB data: the hint gives NWB's orientation") {
+    const std::string path = dir.file("trace.nwb");
+    {
+      H5Writer w(path);
+      w.dataset(series + "/data", {h(T)}, ramp(T));
+    }
+    Hdf5Options o;
+    o.dataset = series + "/data";
+    CHECK_THROWS_WITH(load_hdf5(path, o), Contains("trace.nwb") && Contains("must be 2-D") &&
+                                           Contains("(T, 1) array in NWB"));
   }
 }
 

@@ -282,4 +282,11 @@ TEST_CASE("npy: header parsing edge cases", "[data][npz]") {
   std::vector<char> bad_version = npy;
   bad_version[6] = 9;
   REQUIRE_THROWS_WITH(parse_npy(bad_version, "mem"), Contains("version 9.0 is not supported"));
+  // An unsupported dtype: the fix names the array it is about (t = np.arange(T) is common).
+  const int64_t frames[3] = {0, 1, 2};
+  const std::vector<char> int_t = make_npy_i64({3}, frames);
+  REQUIRE_THROWS_WITH(parse_npy(int_t, "s.npz, member t"),
+                      Contains("'<i8' is not supported") && Contains("t.astype(np.float64)"));
+  REQUIRE_THROWS_WITH(parse_npy(int_t, "s.npz, member M"), Contains("M.astype(np.float32)"));
+  REQUIRE_THROWS_WITH(parse_npy(int_t, "x.npy"), Contains("x.astype(np.float32)"));
 }

@@ -81,6 +81,17 @@ TEST_CASE("preprocess: chronological and block splits", "[data][preprocess]") {
     c.train = 0.8;
     REQUIRE_THROWS_WITH(split_frames(100, c), Contains("sum to 1"));
   }
+  SECTION("fractions summing to 1 within the allowed 1e-6 stay inside the recording") {
+    SplitConfig c;
+    c.train = 1.0000009;  // the train end rounded to 600001 frames of 600000
+    c.val = 0;
+    c.test = 0;
+    const SessionSplits sp = split_frames(600000, c);
+    REQUIRE(sp.train.size() == 1);
+    CHECK(sp.train[0].end == 600000);
+    CHECK(sp.val.empty());
+    CHECK(sp.test.empty());
+  }
 }
 
 TEST_CASE("preprocess: windows, targets and batches", "[data][preprocess]") {

@@ -9,6 +9,7 @@
 #include "engine/autograd/grad_mode.h"
 #include "data/synth.h"
 #include "meta/adaptation.h"
+#include "meta/training.h"
 
 using namespace mt;
 
@@ -283,6 +284,61 @@ TEST_CASE("validation after the inner loop", "[meta][adaptation]") {
   // The same support batch at every call: the result is reproducible.
   meta::Metrics again = meta::evaluate_after_inner_loop(*f, data, {}, 3, 0.5, params, 8, 32, 0);
   CHECK(again.mse == adapted.mse);
+}
+
+TEST_CASE("a flat recording's metrics: score and R^2 are 0 by convention, not a rounding "
+          "residue", "[meta][adaptation]") {
+  // Sessions 1-5 hold every neuron at its frame-2799 value from frame 2800 on (their
+  // validation and test splits): the copy-last forecast is exact and no target varies. R^2's
+  // sums of y and y^2 cancelled to a residue of either sign there (an R^2 of -1e13 was
+  // reported); with over a thousand targets per neuron in each of ten flat splits, a positive
+  // residue is all but certain for that formula.
+  data::SynthConfig c;
+  c.seed = 5;
+  c.num_sessions = 6;
+  c.n_total = 48;
+  c.min_neurons = 6;
+  c.max_neurons = 9;
+  c.num_frames = 4000;
+  data::Dataset d = data::synthesize(c);
+  for (size_t s = 1; s < d.sessions.size(); ++s) {
+    data::Session& flat = d.sessions[s];
+    for (int64_t n = 0; n < flat.num_neurons; ++n)
+      for (int64_t t = 2800; t < flat.num_frames; ++t)
+        flat.activity[size_t(n * flat.num_frames + t)] = flat.at(n, 2799);
+  }
+  data::PreparedData data(d, tiny_prep());
+  Generator gen(8);
+  auto f = meta::make_forecaster(tiny_poco(), sizes(data.dataset()), gen);
+  for (const data::Split split : {data::Split::Val, data::Split::Test}) {
+    const meta::Metrics m = meta::evaluate(*f, data, split, {}, 32);
+    REQUIRE(m.sessions.size() == 6);
+    for (size_t s = 1; s < 6; ++s) {
+      INFO(m.sessions[s].name << " " << data::split_name(split));
+      CHECK(m.sessions[s].copy_mse == 0.0);
+      CHECK(m.sessions[s].mse > 0.0);
+      CHECK(m.sessions[s].score == 0.0);
+      CHECK(m.sessions[s].r2 == 0.0);
+    }
+    CHECK(m.sessions[0].r2 != 0.0);
+    CHECK(std::isfinite(m.r2));
+  }
+}
+
+TEST_CASE("training refuses sessions without validation windows before it starts",
+          "[meta][adaptation]") {
+  data::PrepConfig prep = tiny_prep();
+  prep.split.train = 1.0;
+  prep.split.val = 0.0;
+  prep.split.test = 0.0;
+  data::PreparedData data(tiny_sessions(2, 5), prep);
+  Generator gen(8);
+  auto f = meta::make_forecaster(tiny_poco(), sizes(data.dataset()), gen);
+  meta::TrainOptions o;
+  o.steps = 2;
+  CHECK_THROWS_WITH(meta::check_training(*f, data, {}, o),
+                    Catch::Contains("session '" + data.session(0).name + "' has no validation windows") &&
+                        Catch::Contains("data.val_fraction > 0"));
 }
 
 TEST_CASE("an adaptation result survives its JSON form, a diverged one included",

@@ -226,7 +226,8 @@ Tensor clip_on_device(const TensorList& params, double max_norm, bool error_if_n
     grads.push_back(g);
     with_grad.push_back(p);
   }
-  if (grads.empty()) return scalar_tensor(0.0, DType::f64);
+  // No gradient: a zero on the parameters' device (a fill, so a captured step stays capturable).
+  if (grads.empty()) return zeros(Shape{}, DType::f64, params.empty() ? kCPU : params[0].device());
   // The norm of the per-gradient norms (torch's definition) is the root of the summed squares,
   // summed over every gradient in one multi-tensor pass (engine/ops/foreach.cpp; the host path's
   // rounding differs by ~1e-16 relative).

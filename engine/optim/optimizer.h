@@ -105,8 +105,8 @@ double clip_grad_norm(const NamedParams& params, double max_norm, bool error_if_
 // The same clipping without any host read, for a step that must not wait for the device:
 // the norms, the factor min(1, max_norm / (total + 1e-6)) and the products all stay on the
 // gradients' device (each gradient is replaced by a scaled copy). Returns the total norm before
-// clipping as a 0-d f64 tensor there (a 0-d CPU zero when no parameter has a gradient). All
-// gradients must be on one device.
+// clipping as a 0-d f64 tensor there (a 0-d zero on the first parameter's device when no
+// parameter has a gradient; on the CPU for an empty list). All gradients must be on one device.
 Tensor clip_grad_norm_on_device(const TensorList& params, double max_norm);
 Tensor clip_grad_norm_on_device(const NamedParams& params, double max_norm);
 

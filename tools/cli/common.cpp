@@ -124,7 +124,7 @@ std::string padded(const std::string& text, size_t width) {
   return w >= width ? text : text + std::string(width - w, ' ');
 }
 
-void print_metrics(const char* title, const meta::Metrics& m) {
+void print_metrics(const char* title, const meta::Metrics& m, bool zscored) {
   std::printf("%s\n  %-28s %8s %10s %10s %8s %8s\n", title, "session", "windows", "mse", "mae",
               "score", "r2");
   for (const auto& s : m.sessions)
@@ -132,6 +132,19 @@ void print_metrics(const char* title, const meta::Metrics& m) {
                 (long long)s.windows, s.mse, s.mae, s.score, s.r2);
   std::printf("  %-28s %8s %10.4f %10.4f %8.4f %8.4f\n", "mean over sessions", "", m.mse, m.mae,
               m.score, m.r2);
+  std::printf("  (%s, pooled over neurons and forecast frames; score = 1 - mse / mse of the "
+              "copy-last forecast; r2 = 1 - SSE / sum over neurons of (y - mean y)^2; the mean "
+              "row is the unweighted mean of the sessions' values)\n",
+              zscored ? "on z-scored values: each neuron normalised with its training-split mean "
+                        "and std, as the model sees it"
+                      : "in the recording's units (data.zscore off)");
+  for (const auto& s : m.sessions)
+    if (!(s.copy_mse > 0))
+      std::fprintf(stderr,
+                   "note: session '%s': every forecast frame equals the last context frame (a "
+                   "flat stretch of the recording?), so the copy-last forecast is exact and the "
+                   "score is undefined: shown as 0\n",
+                   s.name.c_str());
 }
 
 namespace {

@@ -45,7 +45,9 @@ std::vector<int64_t> sizes_of(const data::Dataset& d);
 std::string recording_crc32(const data::Session& s);
 // name, neurons, frames and crc32 of each session (a run's config.json 'sessions').
 nlohmann::json session_json(const data::Dataset& d);
-void print_metrics(const char* title, const meta::Metrics& m);
+// The per-session table of meta::evaluate's metrics, a line on what they are computed on
+// (`zscored`: data.zscore), and a note for a session whose score is undefined.
+void print_metrics(const char* title, const meta::Metrics& m, bool zscored);
 // Columns of session names: the width of UTF-8 text in characters (code points), not bytes, so
 // that a name such as "Fisch-Ä" lines up; `padded` fills it to `width` with spaces (a longer
 // text is left whole).

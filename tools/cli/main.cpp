@@ -509,7 +509,7 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                          "(its test evaluation and summary)\n");
   const Evaluation test = evaluate_run(c, *f, prepared, data::Split::Test);
   print_metrics(("test split (best validation checkpoint, " + test.procedure + "):").c_str(),
-                test.metrics);
+                test.metrics, c.data.prep.zscore);
   std::printf("best validation score %.4f at step %lld%s%s; %.1f s of steps + %.1f s of "
               "validation; peak %.1f MiB\n",
               r.best_score, (long long)r.best_step,
@@ -2334,7 +2334,8 @@ int run_eval(const std::string& run_dir, const std::string& split_name, bool una
                       : split_name == "train" ? data::Split::Train
                                               : data::Split::Test;
   const Evaluation e = evaluate_run(c, *f, prepared, split, unadapted);
-  print_metrics(("split " + split_name + " (" + e.procedure + "):").c_str(), e.metrics);
+  print_metrics(("split " + split_name + " (" + e.procedure + "):").c_str(), e.metrics,
+                c.data.prep.zscore);
   json out = e.metrics.to_json();
   out["procedure"] = e.procedure;
   out["method"] = c.train.method;
