@@ -237,11 +237,11 @@ PreparedData::PreparedData(Dataset dataset, const PrepConfig& config)
                            config_.split.mode == SplitMode::Blocks ? ", a longer block_length"
                                                                    : "");
       }
-      if (s.num_neurons > s.num_frames)
-        fix += fmt::format(" (the session has more neurons, {}, than frames, {}: is its matrix "
-                           "transposed? recordings are (neurons, frames): see "
-                           "data.csv.time_axis / data.hdf5.time_axis)",
-                           s.num_neurons, s.num_frames);
+      if (s.num_neurons > s.num_frames)  // the likeliest cause: said first
+        fix = fmt::format("the session has more neurons, {}, than frames, {}: is its matrix "
+                          "transposed? recordings are read as (neurons, frames): see "
+                          "data.csv.time_axis / data.hdf5.time_axis; otherwise {}",
+                          s.num_neurons, s.num_frames, fix);
       if (config_.split.mode == SplitMode::Chronological) {
         const std::string span =
             ranges.empty() ? fmt::format("{} of {} frames, rounded", fractions[k], s.num_frames)

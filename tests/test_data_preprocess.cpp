@@ -285,4 +285,11 @@ TEST_CASE("preprocess: a split shorter than one window is an error", "[data][pre
                           Contains("the whole recording (30 frames) is shorter than one window") &&
                           Contains("at most 21 frames, this split's length") &&
                           !Contains("larger"));
+  // More neurons than frames: the transposition is named first, the other fixes after.
+  Dataset wide;
+  wide.sessions.push_back(ramp_session("wide", 300, 200));
+  REQUIRE_THROWS_WITH(PreparedData(wide, PrepConfig{{}, {40, 8, 1}}),
+                      Contains("seq_length 40; the session has more neurons, 300, than frames, "
+                               "200: is its matrix transposed?") &&
+                          Contains("otherwise use seq_length <= 30"));
 }

@@ -69,8 +69,10 @@ void note_default_csv_rate(const RunConfig& c, const Data& d) {
   if (timed > 0)
     std::fprintf(stderr,
                  "note: %lld CSV recording(s) are timed by data.csv.sampling_rate_hz, %g Hz by "
-                 "default (no data.csv.time_column): frame times enter the model; set it to the "
-                 "recordings' frame rate, e.g. --set data.csv.sampling_rate_hz=2.2\n",
+                 "default (no data.csv.time_column): the frame times of forecasts (t), the "
+                 "durations shown and online's time between predictions come from it (the model "
+                 "sees frame positions, not times); set it to the recordings' frame rate, e.g. "
+                 "--set data.csv.sampling_rate_hz=2.2\n",
                  (long long)timed, csv.sampling_rate_hz);
 }
 

@@ -816,7 +816,7 @@ class AdaptationFolder {
 json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& d, Device device,
                const std::vector<std::string>& trained_on,
                const std::vector<int64_t>& trained_sizes, bool overridden = false,
-               const std::string& given_label = "") {
+               const std::string& given_label = "", const std::string& run_data_path = "") {
   MT_CHECK(!d.holdout.empty(),
            "adapt: no held-out sessions: data.holdout is empty, and adaptation is to sessions "
            "the training never saw; put the new recordings beside the others (or point --set "
@@ -1064,8 +1064,8 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
               "model is kept; steps_to_95: the first evaluated step from which the validation "
               "score stays at or above 95%% of val_final, -1 when val_final is not positive; "
               "test@0: the starting point, test@best: the kept model, on the test split; "
-              "seconds: the adaptation steps alone, validation excluded; the inner loop's, a mean "
-              "per session)\n");
+              "seconds: the adaptation steps alone, validation excluded%s)\n",
+              inner_row ? "; the inner loop's, a mean per session" : "");
   // The method predict uses by default: the best validation score of the saved models (each
   // saved at its best validation point; the inner loop's per session, so its mean of bests is
   // the score of its models, each chosen on its own session). An inner loop that diverged on a
@@ -1113,6 +1113,18 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     std::printf("best: %s (validation score %.4f); metatape predict%s uses its model by default\n",
                 best_method.c_str(), best_final,
                 shared ? (" --adapted " + cli::shell_quote(label)).c_str() : "");
+    // Recordings read from elsewhere than the run's data.path (--set data.path): predict reads
+    // the run's, so its command needs the same setting.
+    auto normal = [](const std::string& p) {
+      return p.empty() ? p : fs::absolute(p).lexically_normal().string();
+    };
+    if (!run_data_path.empty() && normal(run_data_path) != normal(c.data.path))
+      std::printf("these recordings are not in the run's data.path (%s): predict them with "
+                  "metatape predict --run %s --session %s%s --set %s --out FILE.npz\n",
+                  run_data_path.c_str(), cli::shell_quote(run_dir).c_str(),
+                  cli::shell_quote(these.front()).c_str(),
+                  shared ? (" --adapted " + cli::shell_quote(label)).c_str() : "",
+                  cli::shell_quote("data.path=" + json(normal(c.data.path)).dump()).c_str());
     if (improved == 0 && c.adapt.train.steps > 0)
       std::fprintf(stderr,
                    "note: no adaptation step improved the validation score of any method: every "
@@ -1436,7 +1448,7 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
     MT_CHECK(stream_end < T,
              "predict: --split unseen: the online stream of {} ran to the recording's last frame "
              "({}): it holds no unseen frame; keep a model that leaves some with --set "
-             "online.unseen_frames=N ({})",
+             "online.unseen_frames=N ({} --set online.unseen_frames=N)",
              model_path, T, redo_adapted);
     MT_CHECK(stream_end >= L,
              "predict: {}: its stream ends at frame {}, before one context ({}); {}", model_path,
@@ -2366,6 +2378,14 @@ int run_eval(const std::string& run_dir, const std::string& split_name, bool una
   const std::string name = unadapted ? "eval_" + split_name + "_unadapted.json"
                                      : "eval_" + split_name + ".json";
   cli::write_file_atomic(run_dir + "/" + name, out.dump(2) + "\n");
+  if (!c.data.holdout.empty())
+    std::fprintf(stderr,
+                 "note: eval scores the sessions the run was trained on; the held-out %s (%s, "
+                 "data.holdout) %s scored by metatape adapt --run %s (then predict --session "
+                 "NAME)\n",
+                 c.data.holdout.size() == 1 ? "session" : "sessions",
+                 fmt::format("{}", fmt::join(c.data.holdout, ", ")).c_str(),
+                 c.data.holdout.size() == 1 ? "is" : "are", run_dir.c_str());
   return 0;
 }
 
@@ -2655,7 +2675,7 @@ int main(int argc, char** argv) {
       stop_context.store(2);
       StopOnSignal on_signal;
       run_adapt(c, run_dir, d, device, run.trained_on, run.trained_sizes,
-                !sets.empty(), adapt_label);
+                !sets.empty(), adapt_label, run.config.data.path);
       return 0;
     }
     if (bench_adapt->parsed()) {
