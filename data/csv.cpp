@@ -181,7 +181,8 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
   MT_DATA_CHECK(in.good(), "load_csv: {}: cannot open the file for reading", path);
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   // A UTF-8 byte order mark (Excel's "CSV UTF-8") is not part of the first cell.
-  if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);
+  const size_t bom = text.rfind("\xEF\xBB\xBF", 0) == 0 ? 3 : 0;
+  text.erase(0, bom);
   // UTF-16 and UTF-32 (Windows PowerShell 5's Out-File, Excel's "Unicode Text") hold a NUL byte
   // in every ASCII character; said before a cell is read (a message would end at the first NUL).
   const bool utf16_32_bom = text.rfind("\xFF\xFE", 0) == 0 || text.rfind("\xFE\xFF", 0) == 0 ||
@@ -194,18 +195,26 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
   if (const size_t nul = text.find('\0'); nul != std::string::npos)
     MT_DATA_FAIL("{}: the file holds a NUL byte at offset {} (line {}): not a text file, or "
                  "UTF-16 or UTF-32 text without a byte order mark; save it as UTF-8 or ASCII text",
-                 where, nul, 1 + std::count(text.begin(), text.begin() + std::ptrdiff_t(nul), '\n'));
+                 where, bom + nul,
+                 1 + std::count(text.begin(), text.begin() + std::ptrdiff_t(nul), '\n'));
 
-  // Line ends: "\r\n" (Windows), "\n", and a carriage return alone (classic Mac OS, Excel's "CSV
-  // (Macintosh)"), also mixed in one file (lines appended by another program).
+  // Line ends: "\r\n" (Windows), "\r\r\n" (Python's csv.writer on Windows without
+  // newline=''), "\n", and a carriage return alone (classic Mac OS, Excel's "CSV (Macintosh)"),
+  // also mixed in one file (lines appended by another program).
   if (text.find('\r') != std::string::npos) {
     std::string unified;
     unified.reserve(text.size());
     for (size_t i = 0; i < text.size(); ++i) {
       if (text[i] != '\r') {
         unified.push_back(text[i]);
-      } else if (i + 1 == text.size() || text[i + 1] != '\n') {
-        unified.push_back('\n');
+        continue;
+      }
+      size_t run_end = i;  // a run of carriage returns ...
+      while (run_end < text.size() && text[run_end] == '\r') ++run_end;
+      if (run_end < text.size() && text[run_end] == '\n') {
+        i = run_end - 1;  // ... before a line feed: part of that line end
+      } else {
+        unified.push_back('\n');  // ... alone: each one ends a line
       }
     }
     text = std::move(unified);
@@ -356,11 +365,12 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
   // or more are labels, not a recording.
   auto evenly_spaced = [](auto value, size_t count) {
     if (count < 8) return false;
-    // Strictly increasing, with 90% of the steps within a factor of 1.5 of the median step:
-    // frame numbers, and times written with few decimals or with acquisition jitter (a
-    // microscope's frame times drift off a straight line by more than 5% of a step over a
-    // recording), dropped frames or pauses (a few long steps). A recorded trace does not rise
-    // at every one of 8 or more frames by steps that regular.
+    // Strictly increasing, 90% of the steps within 15% of the median step and the others at
+    // least 1.7 times it: frame numbers, and times written with few decimals or with
+    // acquisition jitter (the C. elegans recordings' frame times: every step within 12.5% of
+    // the median, while they drift off a straight line by more than 5% of a step), dropped
+    // frames or pauses (long steps). A recorded trace does not rise at every one of 8 or more
+    // frames by steps that regular; a noise-free ramp does (move it off the first line/column).
     std::vector<double> steps(count - 1);
     for (size_t i = 1; i < count; ++i) {
       steps[i - 1] = double(value(i)) - double(value(i - 1));
@@ -370,9 +380,13 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
     std::nth_element(sorted.begin(), sorted.begin() + std::ptrdiff_t(sorted.size() / 2),
                      sorted.end());
     const double median_step = sorted[sorted.size() / 2];
-    const auto regular = std::count_if(steps.begin(), steps.end(), [&](double d) {
-      return d <= 1.5 * median_step && d >= median_step / 1.5;
-    });
+    size_t regular = 0;
+    for (const double d : steps) {
+      if (std::abs(d - median_step) <= 0.15 * median_step)
+        ++regular;
+      else if (d < 1.7 * median_step)
+        return false;  // neither a clock tick nor a gap of whole ticks
+    }
     return double(regular) >= 0.9 * double(steps.size());
   };
   auto first_values = [](auto value, size_t count) {
@@ -392,7 +406,8 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
     MT_DATA_CHECK(!evenly_spaced(column, rows),
                   "{}: column 1 holds {} (evenly spaced down {} rows): an index or time column, "
                   "not activity; set data.csv.label_column=true, or data.csv.time_column=1 when "
-                  "it holds times in seconds{}",
+                  "it holds times in seconds{} (a neuron whose trace is a noise-free ramp: put "
+                  "another neuron's column first)",
                   where, first_values(column, rows), rows,
                   options.time_axis == 1 ? " (and data.csv.time_axis=0 if rows are frames)" : "");
   }
@@ -400,7 +415,8 @@ Session load_csv(const std::string& path, const CsvOptions& options) {
     auto row = [&](size_t i) { return values[i]; };
     MT_DATA_CHECK(!evenly_spaced(row, activity_columns),
                   "{}: line 1 holds {} (evenly spaced along {} columns): labels or times, not "
-                  "activity; set data.csv.header=true",
+                  "activity; set data.csv.header=true (a neuron whose trace is a noise-free "
+                  "ramp: put another line first)",
                   where, first_values(row, activity_columns), activity_columns);
   }
 

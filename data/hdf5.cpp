@@ -169,6 +169,22 @@ class File {
 
   // A numeric attribute holding one number; absent: nullopt. Any other form (a string, an
   // array, a compound) is an error naming the attribute.
+  // One element of a 2-D numeric data set, as double (row-major position `at`).
+  double element(const DatasetInfo& info, int64_t at) const {
+    Handle ds(H5Dopen2(id(), info.path.c_str(), H5P_DEFAULT), H5Dclose);
+    Handle file_space(H5Dget_space(ds.get()), H5Sclose);
+    const hsize_t start[2] = {hsize_t(at / info.dims[1]), hsize_t(at % info.dims[1])};
+    const hsize_t count[2] = {1, 1};
+    H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start, nullptr, count, nullptr);
+    Handle mem_space(H5Screate_simple(2, count, nullptr), H5Sclose);
+    double v = 0;
+    MT_DATA_CHECK(H5Dread(ds.get(), H5T_NATIVE_DOUBLE, mem_space.get(), file_space.get(),
+                          H5P_DEFAULT, &v) >= 0,
+                  "{}: reading data set '{}' failed; the file is truncated or corrupt", where_,
+                  info.path);
+    return v;
+  }
+
   std::optional<double> double_attribute(const std::string& object, const char* name) const {
     if (H5Aexists_by_name(id(), object.c_str(), name, H5P_DEFAULT) <= 0) return std::nullopt;
     Handle attr(H5Aopen_by_name(id(), object.c_str(), name, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
@@ -183,6 +199,7 @@ class File {
                   "second, a float)",
                   where_, name, object,
                   type_class == H5T_STRING ? std::string("a string")
+                  : count <= 0 ? std::string("empty")
                   : count != 1 ? fmt::format("an array of {} values", count)
                                : fmt::format("of HDF5 type class {}", int(type_class)));
     double v = 0;
@@ -481,13 +498,13 @@ Session load_hdf5(const std::string& path, const Hdf5Options& options) {
     // than let validate report an inf the file does not hold (as the npz loader does).
     const auto inf = std::find_if(raw.begin(), raw.end(), [](float v) { return std::isinf(v); });
     if (inf != raw.end()) {
-      const std::vector<double> wide = f.read<double>(data);
-      const auto at = static_cast<size_t>(inf - raw.begin());
-      const int64_t stored_row = int64_t(at) / d1, stored_col = int64_t(at) % d1;
-      MT_DATA_CHECK(std::isinf(wide[at]),
+      const int64_t at = inf - raw.begin();
+      const double stored = f.element(data, at);  // that element alone, as stored
+      const int64_t stored_row = at / d1, stored_col = at % d1;
+      MT_DATA_CHECK(std::isinf(stored),
                     "{}: data set '{}' holds {} at neuron {}, frame {}, beyond the float32 range "
                     "the recordings are kept in (|x| <= 3.4e38); rescale the recording",
-                    where, data_path, wide[at], axis == 1 ? stored_row : stored_col,
+                    where, data_path, stored, axis == 1 ? stored_row : stored_col,
                     axis == 1 ? stored_col : stored_row);
     }
   }

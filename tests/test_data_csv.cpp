@@ -285,6 +285,13 @@ TEST_CASE("csv: index columns and label rows are not taken for activity", "[data
   REQUIRE_THROWS_WITH(load_csv(dir.write("drifting_row.csv", drifting_row + "\n" + drifting_row +
                                                                  "\n")),
                       Contains("line 1 holds 0, 0.6") && Contains("data.csv.header=true"));
+  // A noise-free saturating rise (1 - exp(-t/400) over 200 frames: steps from 1.27 to 0.82 of
+  // the median) stays a neuron.
+  std::string saturating;
+  for (int t = 0; t < 200; ++t)
+    saturating += fmt::format("{}{:.6f}", t ? "," : "", 1 - std::exp(-t / 400.0));
+  CHECK(load_csv(dir.write("saturating.csv", saturating + "\n" + saturating + "\n")).num_neurons ==
+        2);
   // A trace that rises at every frame by irregular steps stays a neuron.
   std::string rising;
   for (int t = 0; t < 12; ++t) rising += fmt::format("{}{}", t ? "," : "", 0.1 * t * t * t);
@@ -297,6 +304,10 @@ TEST_CASE("csv: Mac line ends, space-separated columns, hints for commas", "[dat
   const Session mac = load_csv(dir.write("mac.csv", "1,2,3\r4,5,6\r"));
   CHECK(mac.num_neurons == 2);
   CHECK(mac.at(1, 2) == 6.0f);
+  // "\r\r\n": Python's csv.writer on Windows without newline=''.
+  const Session doubled = load_csv(dir.write("doubled.csv", "1,2,3\r\r\n4,5,6\r\r\n"));
+  CHECK(doubled.num_neurons == 2);
+  CHECK(doubled.at(1, 2) == 6.0f);
   // Mixed line ends (lines appended by another program) were one line with a '\r' inside.
   const Session mixed = load_csv(dir.write("mixed.csv", "1,2,3\r4,5,6\r\n7,8,9\n10,11,12\r"));
   CHECK(mixed.num_neurons == 4);

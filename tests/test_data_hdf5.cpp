@@ -420,6 +420,15 @@ TEST_CASE("hdf5: corrupt attributes, declared sizes, wide values and frame range
                             Contains(kind == "array" ? "an array of 4096 values" : "a string") &&
                             Contains("must be one number"));
     }
+    // One number stored as a 1-element array is one number.
+    const std::string one = dir.file("rate_one.nwb");
+    {
+      H5Writer w(one);
+      w.dataset(series + "/data", {h(T), h(N)}, time_major(N, T));
+      w.dataset(series + "/starting_time", {}, {0.0});
+      w.array_attribute(series + "/starting_time", "rate", {4.0});
+    }
+    CHECK(load_hdf5(one).timestamps[1] == 0.25);
   }
   SECTION("a float64 beyond the float32 range is named as such, not as a missing value") {
     const std::string path = dir.file("wide.h5");

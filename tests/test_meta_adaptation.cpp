@@ -15,14 +15,14 @@ using namespace mt;
 
 namespace {
 
-data::Dataset tiny_sessions(int64_t num_sessions, uint64_t seed) {
+data::Dataset tiny_sessions(int64_t num_sessions, uint64_t seed, int64_t num_frames = 360) {
   data::SynthConfig c;
   c.seed = seed;
   c.num_sessions = num_sessions;
   c.n_total = 48;
   c.min_neurons = 6;
   c.max_neurons = 9;
-  c.num_frames = 360;
+  c.num_frames = num_frames;
   return data::synthesize(c);
 }
 
@@ -293,14 +293,7 @@ TEST_CASE("a flat recording's metrics: score and R^2 are 0 by convention, not a 
   // sums of y and y^2 cancelled to a residue of either sign there (an R^2 of -1e13 was
   // reported); with over a thousand targets per neuron in each of ten flat splits, a positive
   // residue is all but certain for that formula.
-  data::SynthConfig c;
-  c.seed = 5;
-  c.num_sessions = 6;
-  c.n_total = 48;
-  c.min_neurons = 6;
-  c.max_neurons = 9;
-  c.num_frames = 4000;
-  data::Dataset d = data::synthesize(c);
+  data::Dataset d = tiny_sessions(6, 5, 4000);
   for (size_t s = 1; s < d.sessions.size(); ++s) {
     data::Session& flat = d.sessions[s];
     for (int64_t n = 0; n < flat.num_neurons; ++n)

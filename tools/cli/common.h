@@ -31,8 +31,9 @@ Data load_data(const RunConfig& c, const LoadDataOptions& options = {});
 void make_data_path_absolute(RunConfig& c);
 
 // A note on stderr when CSV recordings without a time column are timed by the default
-// data.csv.sampling_rate_hz (1 Hz): frame times enter the model (its rotary time embedding),
-// and the default is rarely a recording's rate.
+// data.csv.sampling_rate_hz (1 Hz): the frame times of forecasts, durations and online's time
+// between predictions come from it (the model sees frame positions), and the default is rarely
+// a recording's rate.
 void note_default_csv_rate(const RunConfig& c, const Data& d);
 
 // A note on stderr when adapt.train.lr was changed from its default although adapt.lr_by_mode

@@ -816,7 +816,8 @@ class AdaptationFolder {
 json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& d, Device device,
                const std::vector<std::string>& trained_on,
                const std::vector<int64_t>& trained_sizes, bool overridden = false,
-               const std::string& given_label = "", const std::string& run_data_path = "") {
+               const std::string& given_label = "", const std::string& run_data_path = "",
+               const std::vector<std::string>& sets = {}) {
   MT_CHECK(!d.holdout.empty(),
            "adapt: no held-out sessions: data.holdout is empty, and adaptation is to sessions "
            "the training never saw; put the new recordings beside the others (or point --set "
@@ -1118,13 +1119,22 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
     auto normal = [](const std::string& p) {
       return p.empty() ? p : fs::absolute(p).lexically_normal().string();
     };
-    if (!run_data_path.empty() && normal(run_data_path) != normal(c.data.path))
+    if (!run_data_path.empty() && normal(run_data_path) != normal(c.data.path)) {
+      // With the other data.* settings given here (how the files are read), as predict needs
+      // them to read the recordings as adapt did.
+      std::string reading;
+      for (const std::string& s : sets)
+        if (s.rfind("data.", 0) == 0 && s.rfind("data.path=", 0) != 0 &&
+            s.rfind("data.holdout=", 0) != 0)
+          reading += " --set " + cli::shell_quote(s);
       std::printf("these recordings are not in the run's data.path (%s): predict them with "
-                  "metatape predict --run %s --session %s%s --set %s --out FILE.npz\n",
+                  "metatape predict --run %s --session %s%s --set %s%s --out FILE.npz\n",
                   run_data_path.c_str(), cli::shell_quote(run_dir).c_str(),
                   cli::shell_quote(these.front()).c_str(),
                   shared ? (" --adapted " + cli::shell_quote(label)).c_str() : "",
-                  cli::shell_quote("data.path=" + json(normal(c.data.path)).dump()).c_str());
+                  cli::shell_quote("data.path=" + json(normal(c.data.path)).dump()).c_str(),
+                  reading.c_str());
+    }
     if (improved == 0 && c.adapt.train.steps > 0)
       std::fprintf(stderr,
                    "note: no adaptation step improved the validation score of any method: every "
@@ -2385,7 +2395,7 @@ int run_eval(const std::string& run_dir, const std::string& split_name, bool una
                  "NAME)\n",
                  c.data.holdout.size() == 1 ? "session" : "sessions",
                  fmt::format("{}", fmt::join(c.data.holdout, ", ")).c_str(),
-                 c.data.holdout.size() == 1 ? "is" : "are", run_dir.c_str());
+                 c.data.holdout.size() == 1 ? "is" : "are", cli::shell_quote(run_dir).c_str());
   return 0;
 }
 
@@ -2675,7 +2685,7 @@ int main(int argc, char** argv) {
       stop_context.store(2);
       StopOnSignal on_signal;
       run_adapt(c, run_dir, d, device, run.trained_on, run.trained_sizes,
-                !sets.empty(), adapt_label, run.config.data.path);
+                !sets.empty(), adapt_label, run.config.data.path, sets);
       return 0;
     }
     if (bench_adapt->parsed()) {
