@@ -235,9 +235,8 @@ Metrics evaluate(const Forecaster& f, const data::PreparedData& data, data::Spli
       }
     }
     double sst = 0;
-    for (int64_t n = 0; n < N; ++n)
-      if (y_n[size_t(n)] > 0)
-        sst += std::max(0.0, d_sq[size_t(n)] - d_sum[size_t(n)] * d_sum[size_t(n)] / y_n[size_t(n)]);
+    for (size_t n = 0; n < size_t(N); ++n)
+      if (y_n[n] > 0) sst += std::max(0.0, d_sq[n] - d_sum[n] * d_sum[n] / y_n[n]);
     sm.mse = sse / count;
     sm.mae = sae / count;
     sm.copy_mse = copy_sse / count;

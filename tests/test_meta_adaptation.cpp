@@ -329,8 +329,9 @@ TEST_CASE("training refuses sessions without validation windows before it starts
   auto f = meta::make_forecaster(tiny_poco(), sizes(data.dataset()), gen);
   meta::TrainOptions o;
   o.steps = 2;
+  const std::string first = data.session(0).name;
   CHECK_THROWS_WITH(meta::check_training(*f, data, {}, o),
-                    Catch::Contains("session '" + data.session(0).name + "' has no validation windows") &&
+                    Catch::Contains("session '" + first + "' has no validation windows") &&
                         Catch::Contains("data.val_fraction > 0"));
 }
 

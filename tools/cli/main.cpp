@@ -1752,7 +1752,6 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
     c.online.params.clear();
   }
   apply_threads(c);
-  if (c.model.kind == "poco") cli::note_if_busy("online adaptation");
   if (c.train.method != "standard" && c.model.kind == "poco" &&
       (c.online.lr != c.train.meta.inner_lr || c.online.params != c.train.meta.params))
     std::fprintf(stderr,
@@ -1811,6 +1810,8 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   if (!label.empty())
     folder = std::make_unique<AdaptationFolder>(run_dir, label, /*label_given=*/true,
                                                 c.data.holdout, "online");
+  // After the options and the label are checked: a refusal is not buried under it.
+  if (c.model.kind == "poco") cli::note_if_busy("online adaptation");
   json kept_models = json::object(), kept_rows = json::array(), holdout_sessions;
   const models::PocoConfig pc = c.model.poco_config();
   const meta::NewSessionInit init = meta::parse_new_session_init(c.adapt.new_session_init);
