@@ -233,6 +233,38 @@ TEST_CASE("backward with create_graph leaves a differentiable .grad", "[autograd
   for (size_t i = 0; i < 2; ++i) CHECK(std::abs(ggv[i] - 6 * xv[i]) < kExactTol);
 }
 
+TEST_CASE("a .grad that create_graph stored is the leaf's own: later backwards add to it alone",
+          "[autograd][higher]") {
+  // add passes one gradient tensor to both inputs, backward's grad_output is the caller's, and
+  // sum's backward is a stride-0 view: each was stored as it was, and the next backward without
+  // create_graph added into it in place (into both leaves, into the caller's tensor, or refused
+  // "the tensor written to repeats elements").
+  Tensor x = leaf({1, 2, 3}, Shape{3}), w = leaf({4, 5, 6}, Shape{3});
+  const Tensor c = ones(Shape{3}, DType::f64);
+  sum(mul(add(x, w), c)).backward(Tensor(), std::nullopt, /*create_graph=*/true);
+  sum(mul(x, c)).backward();
+  CHECK(x.grad().to_vector<double>() == std::vector<double>{2, 2, 2});
+  CHECK(w.grad().to_vector<double>() == std::vector<double>{1, 1, 1});
+  Tensor u = leaf({1, 2, 3}, Shape{3});
+  const Tensor go = ones(Shape{3}, DType::f64);
+  clone(u).backward(go, std::nullopt, /*create_graph=*/true);
+  sum(mul(u, 3.0)).backward();
+  CHECK(go.to_vector<double>() == std::vector<double>{1, 1, 1});
+  CHECK(u.grad().to_vector<double>() == std::vector<double>{4, 4, 4});
+  Tensor v = leaf({1, 2, 3}, Shape{3});
+  sum(v).backward(Tensor(), std::nullopt, /*create_graph=*/true);
+  sum(mul(v, v)).backward();
+  CHECK(v.grad().to_vector<double>() == std::vector<double>{3, 5, 7});
+}
+
+TEST_CASE("grad() with an input listed twice returns its gradient twice", "[autograd]") {
+  Tensor x = leaf({1, -2}, Shape{2});
+  const TensorList g = autograd::grad({sum(mul(x, x))}, {x, x});
+  REQUIRE(g.size() == 2);
+  CHECK(g[0].to_vector<double>() == std::vector<double>{2, -4});
+  CHECK(g[1].to_vector<double>() == std::vector<double>{2, -4});
+}
+
 TEST_CASE("gradient accumulation: n incoming gradients are summed in arrival order, two per pass",
           "[autograd]") {
   // x feeds n products x * w_k; dL/dx = sum_k w_k arrives as n gradients. The engine adds them

@@ -226,6 +226,30 @@ TEST_CASE("pow: torch's gradients where the formulas meet 0 * inf", "[ops][binar
   const Tensor pa = random_tensor(Shape{5}, 0.5, 2.0, 41), pb = random_tensor(Shape{5}, -1, 2, 42);
   CHECK(check_gradients("pow", f, {pa, pb}) > 0);
   CHECK(check_second_order("pow", f, {pa, pb}) > 0);
+  // Higher orders at those points: the masked branches held pow(0, -1) = inf and log(0), whose
+  // derivatives made NaN through the mask (torch gives 0).
+  Tensor x = from_vector(std::vector<double>{0, 2}, Shape{2}, DType::f64).set_requires_grad(true);
+  const TensorList d1 = autograd::grad({sum(pow(x, 0.0))}, {x}, {}, true, true);
+  CHECK(autograd::grad({sum(d1[0])}, {x})[0].to_vector<double>() == std::vector<double>{0, 0});
+  const TensorList e1 = autograd::grad({sum(pow(x, 1.0))}, {x}, {}, true, true);
+  const TensorList e2 = autograd::grad({sum(e1[0])}, {x}, {}, true, true);
+  CHECK(autograd::grad({sum(e2[0])}, {x})[0].to_vector<double>() == std::vector<double>{0, 0});
+  Tensor e = from_vector(std::vector<double>{1, 2}, Shape{2}, DType::f64).set_requires_grad(true);
+  const TensorList db = autograd::grad({sum(pow(x, e))}, {e}, {}, true, true);  // 0 at x = 0
+  const TensorList dxdb = autograd::grad({sum(db[0])}, {x});
+  for (const double v : dxdb[0].to_vector<double>()) CHECK(std::isfinite(v));
+}
+
+TEST_CASE("clamp: the gradient where x was clamped is 0, even for an inf incoming gradient",
+          "[ops][unary][grad]") {
+  // sqrt(clamp(v, 0)): sqrt's gradient at 0 is inf, and the mask multiplied it into NaN.
+  Tensor x = from_vector(std::vector<double>{-1.0, 0.25}, Shape{2}, DType::f64)
+                 .set_requires_grad(true);
+  const TensorList g = autograd::grad({sum(sqrt(clamp(x, 0.0, std::nullopt)))}, {x});
+  CHECK(g[0].to_vector<double>() == std::vector<double>{0, 1});
+  auto f = [](const TensorList& in) { return clamp(in[0], -0.5, 0.5); };
+  const Tensor p = random_tensor(Shape{7}, -1, 1, 43);
+  CHECK(check_gradients("clamp", f, {p}) > 0);
 }
 
 TEST_CASE("scalar operators", "[ops][binary]") {

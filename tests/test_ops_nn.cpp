@@ -217,6 +217,23 @@ TEST_CASE("softmax and log_softmax: forward, stability, gradients", "[ops][softm
   };
   CHECK(close(softmax(masked, 1), softmax(m64, 1), 1e-6));
   CHECK(close(log_softmax(masked, 1), log_softmax(m64, 1), 1e-5));
+  // Large logits keep their log-probabilities' digits: (x - m) - log s, not x - (m + log s),
+  // whose rounding at 1e5 was 1.3e-3 in f32. Against the same logits without the offset (the
+  // result does not depend on it): within 2 f32 ulps of the values (<= 2.25), 5e-7.
+  const std::vector<float> base = {0.f, 0.5f, -1.25f};
+  const auto reference = log_softmax(from_vector(base, Shape{3}), 0).to_vector<double>();
+  for (const float offset : {1e4f, 1e5f}) {
+    INFO("offset " << offset);
+    std::vector<float> shifted = base;
+    for (float& v : shifted) v += offset;
+    const auto got = log_softmax(from_vector(shifted, Shape{3}), 0).to_vector<double>();
+    for (size_t i = 0; i < 3; ++i) CHECK(std::abs(got[i] - reference[i]) <= 5e-7);
+  }
+  // A 0-d tensor: softmax 1, log_softmax 0, gradients 0 (the backward reduced over dim 0).
+  Tensor scalar = scalar_tensor(0.7, DType::f64).set_requires_grad(true);
+  CHECK(softmax(scalar, 0).item<double>() == 1.0);
+  CHECK(autograd::grad({softmax(scalar, 0)}, {scalar})[0].item<double>() == 0.0);
+  CHECK(autograd::grad({log_softmax(scalar, 0)}, {scalar})[0].item<double>() == 0.0);
 }
 
 TEST_CASE("layer_norm: forward and gradients with and without affine", "[ops][layer_norm]") {

@@ -99,6 +99,19 @@ TEST_CASE("max splits the gradient evenly between ties", "[ops][reduce][grad]") 
   CHECK(g[0].to_vector<double>() == std::vector<double>{0, 0.5, 0.5, 0});
 }
 
+TEST_CASE("mean and var over a tensor with an empty kept dim are empty, not refused",
+          "[ops][reduce]") {
+  // Each output averages 2 elements; there are none (torch returns an empty tensor).
+  const Tensor x = zeros(Shape{2, 0}, DType::f64);
+  CHECK(mean(x, {0}).shape() == Shape{0});
+  CHECK(var(x, {0}).shape() == Shape{0});
+  CHECK_THROWS_WITH(mean(x, {1}), Catch::Contains("mean of nothing"));
+  // The count per output is the reduced dims' product, not numel / outputs.
+  const Tensor y = from_vector(std::vector<double>{1, 2, 3, 4, 5, 6}, Shape{2, 3}, DType::f64);
+  CHECK(mean(y, {1}).to_vector<double>() == std::vector<double>{2, 5});
+  CHECK(var(y, {0}).to_vector<double>() == std::vector<double>{4.5, 4.5, 4.5});
+}
+
 TEST_CASE("sum of f32 accumulates in double", "[ops][reduce]") {
   // 2^24 + 1 ones: an f32 running sum would stop at 2^24.
   const int64_t n = (1 << 24) + 8;

@@ -121,10 +121,12 @@ Tensor Node::saved(size_t i) const {
 }
 
 TensorList AccumulateGrad::apply(const Tensor& g) {
-  // Runs with grad mode = create_graph. Without create_graph the stored gradient is detached
-  // and owned by the leaf, so later accumulation may add in place.
+  // Runs with grad mode = create_graph. The stored gradient is always the leaf's own copy (with
+  // create_graph a recorded one): `g` may be another leaf's gradient too (add passes one tensor
+  // to both inputs), the caller's grad_output, or a stride-0 view (sum's backward), and a later
+  // backward without create_graph adds into the stored gradient in place.
   if (!leaf_->grad) {
-    leaf_->grad = GradMode::is_enabled() ? g.impl_ptr() : g.detach().clone().impl_ptr();
+    leaf_->grad = GradMode::is_enabled() ? clone(g).impl_ptr() : g.detach().clone().impl_ptr();
   } else if (GradMode::is_enabled()) {
     leaf_->grad = add(Tensor(leaf_->grad), g).impl_ptr();
   } else {
@@ -188,9 +190,10 @@ class GraphTask {
   // empty, records the gradient reaching each capture node instead of running it.
   void run(const std::vector<std::shared_ptr<Node>>& roots, const TensorList& root_grads,
            const std::vector<std::shared_ptr<Node>>& captures, TensorList* captured) {
-    std::unordered_map<Node*, int> capture_index;
+    // A node may be captured for several inputs (a tensor listed twice): each gets the gradient.
+    std::unordered_map<Node*, std::vector<int>> capture_index;
     for (size_t i = 0; i < captures.size(); ++i)
-      if (captures[i]) capture_index.emplace(captures[i].get(), int(i));
+      if (captures[i]) capture_index[captures[i].get()].push_back(int(i));
 
     // Pass 1: dependency counts and which nodes are needed (post-order DFS, no recursion).
     struct Frame {
@@ -245,7 +248,7 @@ class GraphTask {
       node->drop_recomputed();
       Tensor g = task.sum();
       if (auto it = capture_index.find(node); it != capture_index.end()) {
-        (*captured)[it->second] = g;
+        for (const int i : it->second) (*captured)[size_t(i)] = g;
       }
       if (!task.needed) continue;
       TensorList input_grads;

@@ -170,15 +170,20 @@ Tensor pow(const Tensor& a, const Tensor& b) {
       const Tensor zero = scalar_like(g, 0.0);
       // d(a^b)/da = b a^(b-1), and 0 where b = 0 (a^0 is constant, also at a = 0, where the
       // product would be 0 * inf); d(a^b)/db = a^b log(a), and 0 where a = 0 and b >= 0 (the
-      // limit of a^b log(a)). torch's rules; the masks carry no gradient.
-      return {n.needs_input_grad(0)
-                  ? where(eq(b, scalar_like(b, 0.0)), zero,
-                          mul(g, mul(b, pow(a, sub(b, scalar_like(b, 1.0))))))
-                  : Tensor(),
-              n.needs_input_grad(1)
-                  ? where(mul(eq(a, scalar_like(a, 0.0)), ge(b, scalar_like(b, 0.0))), zero,
-                          mul(g, mul(n.saved(2), log(a))))
-                  : Tensor()};
+      // limit of a^b log(a)). torch's rules; the masks carry no gradient. Inside a masked
+      // branch the operands are made harmless (exponent 1 where b = 0, log(1) where a = 0): the
+      // branch is differentiated too, and inf there would make its derivative inf * 0 = NaN.
+      const Tensor one = scalar_like(b, 1.0);
+      Tensor da, db;
+      if (n.needs_input_grad(0)) {
+        const Tensor b_zero = eq(b, scalar_like(b, 0.0));
+        da = where(b_zero, zero, mul(g, mul(b, pow(a, where(b_zero, one, sub(b, one))))));
+      }
+      if (n.needs_input_grad(1)) {
+        const Tensor limit = mul(eq(a, scalar_like(a, 0.0)), ge(b, scalar_like(b, 0.0)));
+        db = where(limit, zero, mul(g, mul(n.saved(2), log(where(limit, one, a)))));
+      }
+      return {da, db};
     });
     node.save(a);
     node.save(b);

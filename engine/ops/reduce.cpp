@@ -151,6 +151,15 @@ Tensor sum_keepdim(const Tensor& x, const Shape& out_shape) {
 
 }  // namespace
 
+// Elements reduced into each output: the product of the reduced dims' sizes (x's dims whose
+// keepdim size is 1 while x's is not; a kept dim of size 0 leaves no output, not 0 per output).
+static int64_t elements_per_output(const Tensor& x, const Shape& kept) {
+  int64_t count = 1;
+  for (int i = 0; i < x.dim(); ++i)
+    if (kept[i] != x.shape()[i]) count *= x.shape()[i];
+  return count;
+}
+
 Tensor sum(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
   Tensor y = sum_keepdim(x, reduced_shape(x, dims, "sum"));
   return keepdim ? y : drop_dims(y, x, dims);
@@ -158,7 +167,7 @@ Tensor sum(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
 
 Tensor mean(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
   Shape s = reduced_shape(x, dims, "mean");
-  int64_t count = s.numel() == 0 ? 0 : x.numel() / std::max<int64_t>(s.numel(), 1);
+  const int64_t count = elements_per_output(x, s);
   MT_CHECK(count > 0, "mean: reducing {} elements of shape {}; the mean of nothing is undefined",
            count, x.shape().str());
   Tensor y = mul(sum_keepdim(x, s), scalar_like(x, 1.0 / double(count)));
@@ -186,7 +195,7 @@ Tensor max(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
 
 Tensor var(const Tensor& x, std::vector<int64_t> dims, bool keepdim, int64_t correction) {
   Shape s = reduced_shape(x, dims, "var");
-  int64_t count = x.numel() / std::max<int64_t>(s.numel(), 1);
+  const int64_t count = elements_per_output(x, s);
   MT_CHECK(count - correction > 0,
            "var: {} elements per reduction with correction {} leaves no degrees of freedom", count,
            correction);

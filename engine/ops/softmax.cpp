@@ -42,8 +42,10 @@ void softmax_cpu(const Tensor& x, Tensor& out, bool log) {
           double s = 0;
           for (int64_t j = 0; j < D; ++j) s += double(yr[j]);
           if (log) {
-            const float lse = float(std::log(s)) + m;
-            for (int64_t j = 0; j < D; ++j) yr[j] = xr[j] - lse;
+            // (x - m) - log s, not x - (m + log s): the rounding of m + log s would land in
+            // every output (large logits lost digits; torch's order).
+            const float log_s = float(std::log(s));
+            for (int64_t j = 0; j < D; ++j) yr[j] = (xr[j] - m) - log_s;
           } else {
             y *= float(1.0 / s);
           }
@@ -51,8 +53,8 @@ void softmax_cpu(const Tensor& x, Tensor& out, bool log) {
           double s = 0;
           for (int64_t j = 0; j < D; ++j) s += std::exp(double(xr[j] - m));
           if (log) {
-            const T lse = T(std::log(s)) + m;
-            for (int64_t j = 0; j < D; ++j) yr[j] = xr[j] - lse;
+            const T log_s = T(std::log(s));  // (x - m) - log s, as for f32
+            for (int64_t j = 0; j < D; ++j) yr[j] = (xr[j] - m) - log_s;
           } else {
             const T inv = T(1.0 / s);
             for (int64_t j = 0; j < D; ++j) yr[j] = T(std::exp(xr[j] - m)) * inv;
@@ -83,10 +85,12 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
     y = contiguous(transpose(y, d, last));
   }
   if (any_requires_grad(x)) {
-    auto& node = record(name, y, {&x}, [d, log](const Node& n, const Tensor& g) -> TensorList {
+    // Over dim d (a 0-d tensor: over nothing, its one element).
+    const std::vector<int64_t> over = x.dim() == 0 ? std::vector<int64_t>{} : std::vector{int64_t(d)};
+    auto& node = record(name, y, {&x}, [over, log](const Node& n, const Tensor& g) -> TensorList {
       Tensor y = n.saved(0);
-      if (log) return {sub(g, mul(exp(y), sum(g, {d}, /*keepdim=*/true)))};
-      return {mul(y, sub(g, sum(mul(g, y), {d}, /*keepdim=*/true)))};
+      if (log) return {sub(g, mul(exp(y), sum(g, over, /*keepdim=*/true)))};
+      return {mul(y, sub(g, sum(mul(g, y), over, /*keepdim=*/true)))};
     });
     node.save_output(y);
   }

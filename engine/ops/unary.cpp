@@ -325,11 +325,14 @@ Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi
   clamp_kernel(x.device(), x, lo.value_or(nan), hi.value_or(nan), y);
   if (any_requires_grad(x)) {
     record_unary("clamp", x, y, Save::input, [lo, hi](const Tensor& g, const Tensor& x) {
-      // Gradient passes where lo <= x <= hi (torch's convention at the bounds).
-      Tensor pass = g;
-      if (lo) pass = mul(pass, ge(x, scalar_like(x, *lo)));
-      if (hi) pass = mul(pass, le(x, scalar_like(x, *hi)));
-      return pass;
+      // Gradient passes where lo <= x <= hi (torch's convention at the bounds), selected, not
+      // multiplied by the mask: an inf gradient where x was clamped is 0, not inf * 0 = NaN
+      // (sqrt(clamp(v, 0)) at v < 0).
+      Tensor inside;
+      if (lo) inside = ge(x, scalar_like(x, *lo));
+      if (hi) inside = inside.defined() ? mul(inside, le(x, scalar_like(x, *hi)))
+                                        : le(x, scalar_like(x, *hi));
+      return inside.defined() ? where(inside, g, scalar_like(g, 0.0)) : g;
     });
   }
   return y;

@@ -96,9 +96,9 @@ __global__ void __launch_bounds__(kBlock)
     for (int64_t j = threadIdx.x; j < D; j += blockDim.x) s += m_exp(load_acc(xr[j]) - m);
     s = block_allreduce<A, false>(s, shared);
     if (log) {
-      const A lse = m_log(s) + m;
+      const A log_s = m_log(s);  // (x - m) - log s: see the CPU kernel
       for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
-        yr[j] = store_acc<T>(load_acc(xr[j]) - lse);
+        yr[j] = store_acc<T>((load_acc(xr[j]) - m) - log_s);
     } else {
       const A inv = A(1) / s;
       for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
