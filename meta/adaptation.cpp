@@ -156,6 +156,16 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
   MT_CHECK(opt.steps == 0 || !starts.empty(), "adaptation: session '{}' has no training windows",
            r.session);
 
+  // Memory: the model itself, and what the adaptation allocates above what is held now.
+  const int64_t held_before = memory_stats(f.device()).allocated_bytes;
+  int64_t model_bytes = 0;
+  if (module) {
+    for (const auto& [name, t] : module->named_parameters())
+      model_bytes += t.numel() * int64_t(itemsize(t.dtype()));
+    for (const auto& [name, t] : module->named_buffers())
+      model_bytes += t.numel() * int64_t(itemsize(t.dtype()));
+  }
+
   // The adapted parameters: copies of the selected ones, as leaves of each step's graph.
   std::vector<std::string> names;
   TensorList leaves;
@@ -241,7 +251,8 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
       }
     }
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    r.peak_bytes = std::max(r.peak_bytes, memory_stats(f.device()).peak_allocated_bytes);
+    const int64_t step_peak = memory_stats(f.device()).peak_allocated_bytes;
+    r.peak_bytes = std::max(r.peak_bytes, model_bytes + step_peak - held_before);
     if (step % opt.eval_every == 0 || step == opt.steps ||
         std::find(opt.eval_steps.begin(), opt.eval_steps.end(), step) != opt.eval_steps.end())
       eval_point(step);

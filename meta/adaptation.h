@@ -84,7 +84,13 @@ struct AdaptResult {
   int64_t steps_to_95_gain = -1;
   double seconds = 0;         // wall time of the adaptation steps alone
   double ms_per_step = 0;
-  int64_t peak_bytes = 0;     // peak CPU tensor bytes during a step (model and data included)
+  // Peak tensor bytes of the adaptation on the model's device: the model's parameters and
+  // buffers, plus the most allocated during a step above what was held when adapt_session was
+  // called (the adapted copies, optimizer state, batch, graph and gradients). Other tensors the
+  // process holds (another model, a trained model's gradients) are not counted.
+  int64_t peak_bytes = 0;
+  // Elements of the selected parameter tensors; an embedding table counts all of its rows (those
+  // of every session the model was built for), of which a session's adaptation moves its own.
   int64_t adapted_parameters = 0;
   nlohmann::json to_json() const;
   // The inverse of to_json (null scores, those of a diverged run, read as NaN): a resumed

@@ -73,7 +73,8 @@ def plot_adaptation(result, out_dir):
                    color=COLORS[m])
         ax.set_xticks([i + width * (len(methods) - 1) / 2 for i in range(len(sets))])
         ax.set_xticklabels(sets, rotation=15, fontsize=8)
-        ax.set_ylabel("final validation score" if k == 0 else "steps to 95% of final (-1: never)")
+        ax.set_ylabel("final validation score" if k == 0
+                      else "steps to 95% of final (-1: final <= 0 or diverged)")
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"test-time parameter ablation\n{title_of(result)}", fontsize=9)
@@ -111,6 +112,7 @@ def plot_memory(result, out_dir):
     ax.set_xscale("log")
     ax.set_xticks(ks)
     ax.set_xticklabels([str(k) for k in ks])
+    ax.minorticks_off()  # the log axis' minor labels ("3x10^0") beside the K ticks
     ax.set_xlabel("inner steps K")
     ax.set_ylabel("peak memory of one E2E-TTT meta-gradient (MiB)")
     ax.set_title(f"{result.get('model', '')}, {result.get('neuron_rows', '')} neuron rows\n"

@@ -144,6 +144,11 @@ json adaptation_table(const std::vector<Row>& rows, const std::string& heading) 
                      {"peak_bytes", m.peak_bytes},
                      {"mean_curve", curve}});
   }
+  std::printf("(adapted: elements of the selected tensors, an embedding table with the rows of "
+              "every held-out session, of which each session's adaptation moves its own; "
+              "steps_to_95 -1: the final score is not positive, or a session diverged; "
+              "peak_MiB: the largest session's, the model's parameters plus the most a step "
+              "allocates above what was held when its adaptation started)\n");
   std::fflush(stdout);
   return table;
 }
