@@ -85,9 +85,11 @@ struct AdaptResult {
   double seconds = 0;         // wall time of the adaptation steps alone
   double ms_per_step = 0;
   // Peak tensor bytes of the adaptation on the model's device: the model's parameters and
-  // buffers, plus the most allocated during a step above what was held when adapt_session was
-  // called (the adapted copies, optimizer state, batch, graph and gradients). Other tensors the
-  // process holds (another model, a trained model's gradients) are not counted.
+  // buffers (numel x itemsize, without the allocator's rounding of large blocks), plus the most
+  // allocated (as the allocator counts it) during a step above what was held when
+  // adapt_session was called (the adapted copies, optimizer state, batch, graph and gradients).
+  // Other tensors the process holds (another model, a trained model's gradients) are not
+  // counted.
   int64_t peak_bytes = 0;
   // Elements of the selected parameter tensors; an embedding table counts all of its rows (those
   // of every session the model was built for), of which a session's adaptation moves its own.

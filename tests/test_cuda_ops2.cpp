@@ -283,6 +283,14 @@ TEST_CASE("CUDA softmax and log_softmax match the CPU (outputs, sentinels)", "[c
     check_close(log ? log_softmax(on_gpu(y), 1) : softmax(on_gpu(y), 1),
                 log ? log_softmax(y, 1) : softmax(y, 1), kRowF64, "rows with -inf");
   }
+  // Logits offset by 1e5 (f32), in the warp kernel (512) and the block kernel (5000): the log
+  // probabilities keep their digits ((x - m) - log s) and match the CPU's.
+  for (const Shape& s : {Shape{3, 512}, Shape{2, 5000}}) {
+    INFO("log_softmax, offset 1e5, " << s.str());
+    const Tensor x = add(random_tensor(s, -4, 4, 233), 1e5).to(DType::f32);
+    check_close(log_softmax(on_gpu(x), -1), log_softmax(x, -1), row_tol(DType::f32),
+                "offset log_softmax");
+  }
 }
 
 TEST_CASE("CUDA layer_norm matches the CPU (affine or not, sentinels)", "[cuda]") {

@@ -106,6 +106,7 @@ TEST_CASE("mean and var over a tensor with an empty kept dim are empty, not refu
   CHECK(mean(x, {0}).shape() == Shape{0});
   CHECK(var(x, {0}).shape() == Shape{0});
   CHECK_THROWS_WITH(mean(x, {1}), Catch::Contains("mean of nothing"));
+  CHECK(mean(zeros(Shape{0, 0}, DType::f64), {1}).shape() == Shape{0});  // no outputs at all
   // The count per output is the reduced dims' product, not numel / outputs.
   const Tensor y = from_vector(std::vector<double>{1, 2, 3, 4, 5, 6}, Shape{2, 3}, DType::f64);
   CHECK(mean(y, {1}).to_vector<double>() == std::vector<double>{2, 5});

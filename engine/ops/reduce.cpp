@@ -168,7 +168,7 @@ Tensor sum(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
 Tensor mean(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
   Shape s = reduced_shape(x, dims, "mean");
   const int64_t count = elements_per_output(x, s);
-  MT_CHECK(count > 0, "mean: reducing {} elements of shape {}; the mean of nothing is undefined",
+  MT_CHECK(count > 0 || s.numel() == 0, "mean: reducing {} elements of shape {}; the mean of nothing is undefined",
            count, x.shape().str());
   Tensor y = mul(sum_keepdim(x, s), scalar_like(x, 1.0 / double(count)));
   return keepdim ? y : drop_dims(y, x, dims);
@@ -196,7 +196,7 @@ Tensor max(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
 Tensor var(const Tensor& x, std::vector<int64_t> dims, bool keepdim, int64_t correction) {
   Shape s = reduced_shape(x, dims, "var");
   const int64_t count = elements_per_output(x, s);
-  MT_CHECK(count - correction > 0,
+  MT_CHECK(count - correction > 0 || s.numel() == 0,
            "var: {} elements per reduction with correction {} leaves no degrees of freedom", count,
            correction);
   Tensor centred = sub(x, mean(x, dims, /*keepdim=*/true));

@@ -85,8 +85,9 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
     y = contiguous(transpose(y, d, last));
   }
   if (any_requires_grad(x)) {
-    // Over dim d (a 0-d tensor: over nothing, its one element).
-    const std::vector<int64_t> over = x.dim() == 0 ? std::vector<int64_t>{} : std::vector{int64_t(d)};
+    // Over dim d (a 0-d tensor has none: {} reduces its one element).
+    const std::vector<int64_t> over =
+        x.dim() == 0 ? std::vector<int64_t>{} : std::vector<int64_t>{int64_t(d)};
     auto& node = record(name, y, {&x}, [over, log](const Node& n, const Tensor& g) -> TensorList {
       Tensor y = n.saved(0);
       if (log) return {sub(g, mul(exp(y), sum(g, over, /*keepdim=*/true)))};
