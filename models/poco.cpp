@@ -294,6 +294,11 @@ void Poco::check_batch(const PocoBatch& b) const {
            "POCO batch: sample_neurons ({}) and sample_sessions ({}) must be non-empty and equal "
            "in length",
            b.sample_neurons.size(), b.sample_sessions.size());
+  for (size_t i = 0; i < b.sample_neurons.size(); ++i)
+    MT_CHECK(b.sample_neurons[i] >= 1,
+             "POCO batch: sample {} has {} neurons; every sample holds at least one (leave an "
+             "empty one out of the batch)",
+             i, b.sample_neurons[i]);
   const int64_t total = std::accumulate(b.sample_neurons.begin(), b.sample_neurons.end(), int64_t(0));
   MT_CHECK(total == n, "POCO batch: sample_neurons add up to {} but x has {} rows", total, n);
   for (int64_t s : b.sample_sessions) unit_offset(s);  // range check

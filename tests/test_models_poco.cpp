@@ -141,6 +141,12 @@ TEST_CASE("POCO: samples do not see each other, batch errors are clear", "[model
   bad = b;
   bad.sample_sessions[0] = 9;
   CHECK_THROWS_WITH(L.model->forward(bad), Catch::Contains("session 9 does not exist"));
+  // An empty sample (it failed deep in the attention op: "queries but no keys").
+  bad = b;
+  bad.sample_neurons.push_back(0);
+  bad.sample_sessions.push_back(b.sample_sessions[0]);
+  CHECK_THROWS_WITH(L.model->forward(bad), Catch::Contains("has 0 neurons") &&
+                                               Catch::Contains("at least one"));
 }
 
 namespace {
