@@ -324,6 +324,24 @@ TEST_CASE("safetensors data carry a CRC-32: a changed byte is refused, not loade
   // The key is the writer's own.
   CHECK_THROWS_WITH(save_safetensors(path, tensors, {{"metatape.crc32", "0"}}),
                     Contains("reserved for the data checksum"));
+
+  // The checksum takes the tensors in name order: a file whose tensors another writer laid out
+  // in another order (safetensors' save_file sorts them by name) keeps it. Before, it covered
+  // the file order, and such a rewrite of unchanged weights was refused as corrupt.
+  const std::string reordered = dir.file("reordered.safetensors");
+  save_safetensors(path, tensors, {});
+  save_safetensors(reordered, {tensors[1], tensors[0]}, {});
+  CHECK(read_safetensors_header(path).data_crc32 == read_safetensors_header(reordered).data_crc32);
+  CHECK(load_safetensors(reordered).tensors[0].first == "b");
+  // A file of an earlier metatape, its checksum over the file order, still loads.
+  const uint32_t file_order = crc32_of_bytes(
+      tensors[1].second.raw_data(), 3 * sizeof(double),
+      crc32_of_bytes(tensors[0].second.raw_data(), 64 * sizeof(float)));
+  std::string earlier = read_bytes(path);
+  const size_t at = earlier.find("\"metatape.crc32\":\"") + 18;
+  earlier.replace(at, 8, fmt::format("{:08x}", file_order));
+  write_bytes(path, earlier);
+  CHECK(load_safetensors(path).tensors.size() == 2);
 }
 
 TEST_CASE("safetensors saves are atomic and check their inputs first", "[io]") {

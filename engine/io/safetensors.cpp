@@ -40,6 +40,26 @@ constexpr const char* kChecksumKey = "metatape.crc32";
 uint32_t crc32_of(uint32_t crc, const void* data, uint64_t n) {
   return uint32_t(crc32_z(crc, static_cast<const Bytef*>(data), size_t(n)));
 }
+
+// The data checksum: CRC-32 of every tensor's bytes, taken in name order (byte-wise, as Python
+// sorts ASCII names), so that a writer that lays the tensors out in another order (safetensors'
+// save_file sorts them) keeps it valid. `order` gives the tensors' positions in `tensors`.
+uint32_t crc32_in_order(const std::vector<std::pair<std::string, Tensor>>& tensors,
+                        const std::vector<size_t>& order) {
+  uint32_t crc = uint32_t(crc32_z(0, Z_NULL, 0));
+  for (const size_t i : order) {
+    const Tensor& t = tensors[i].second;
+    crc = crc32_of(crc, t.raw_data(), uint64_t(t.numel()) * itemsize(t.dtype()));
+  }
+  return crc;
+}
+std::vector<size_t> name_order(const std::vector<std::pair<std::string, Tensor>>& tensors) {
+  std::vector<size_t> order(tensors.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return tensors[a].first < tensors[b].first; });
+  return order;
+}
 constexpr const char* kReexport =
     "the file is corrupt or was not written by a safetensors writer; re-export it (in Python: "
     "safetensors.torch.save_file)";
@@ -410,7 +430,6 @@ SafetensorsContents load_safetensors(const std::string& path) {
   SafetensorsContents out;
   out.metadata = std::move(h.metadata);
   out.tensors.reserve(h.entries.size());
-  uint32_t crc = uint32_t(crc32_z(0, Z_NULL, 0));
   for (const SafetensorsEntry& e : h.entries) {  // file order: the buffer from start to end
     Tensor t = empty(e.shape, e.dtype);
     if (!read_at(fd.get(), t.raw_data(), e.end - e.begin, h.buffer_offset + e.begin)) {
@@ -419,15 +438,22 @@ SafetensorsContents load_safetensors(const std::string& path) {
                    "read?)",
                    e.name);
     }
-    if (h.has_data_crc32) crc = crc32_of(crc, t.raw_data(), e.end - e.begin);
     out.tensors.emplace_back(e.name, std::move(t));
   }
-  if (h.has_data_crc32 && crc != h.data_crc32) {
-    MT_FAIL_FILE(path,
-                 "the tensor data do not match the checksum written with them (CRC-32 {:08x}, "
-                 "written {:08x}): the file is corrupt (changed bytes, a bad disk or copy); "
-                 "restore it from a good copy or write it again",
-                 crc, h.data_crc32);
+  if (h.has_data_crc32) {
+    // In name order (see crc32_in_order); files written before 2026-12-07 took it in file
+    // order, which is accepted too.
+    const uint32_t crc = crc32_in_order(out.tensors, name_order(out.tensors));
+    std::vector<size_t> file_order(out.tensors.size());
+    for (size_t i = 0; i < file_order.size(); ++i) file_order[i] = i;
+    if (crc != h.data_crc32 && crc32_in_order(out.tensors, file_order) != h.data_crc32) {
+      MT_FAIL_FILE(path,
+                   "the tensor data do not match the checksum written with them (CRC-32 {:08x}, "
+                   "written {:08x}): the file is corrupt (changed bytes, a bad disk or copy); "
+                   "restore it from a good copy or write it again (a file another tool changed "
+                   "on purpose: remove the '{}' metadata entry)",
+                   crc, h.data_crc32, kChecksumKey);
+    }
   }
   return out;
 }
@@ -461,12 +487,13 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   NoGradGuard no_grad;  // contiguous() of a parameter must not be recorded
   std::vector<Tensor> data;
   data.reserve(tensors.size());
-  uint32_t crc = uint32_t(crc32_z(0, Z_NULL, 0));
+  std::vector<std::pair<std::string, Tensor>> written;
+  written.reserve(tensors.size());
   for (const auto& [name, t] : tensors) {
     data.push_back(t.contiguous());
-    crc = crc32_of(crc, data.back().raw_data(),
-                   uint64_t(data.back().numel()) * itemsize(data.back().dtype()));
+    written.emplace_back(name, data.back());
   }
+  const uint32_t crc = crc32_in_order(written, name_order(written));
   Json header = Json::object();
   {
     Json m = Json::object();
