@@ -158,13 +158,7 @@ AdaptResult adapt_session(const Forecaster& f, const data::PreparedData& data, i
 
   // Memory: the model itself, and what the adaptation allocates above what is held now.
   const int64_t held_before = memory_stats(f.device()).allocated_bytes;
-  int64_t model_bytes = 0;
-  if (module) {
-    for (const auto& [name, t] : module->named_parameters())
-      model_bytes += t.numel() * int64_t(itemsize(t.dtype()));
-    for (const auto& [name, t] : module->named_buffers())
-      model_bytes += t.numel() * int64_t(itemsize(t.dtype()));
-  }
+  const int64_t model_bytes = module ? module->parameter_bytes(/*with_buffers=*/true) : 0;
 
   // The adapted parameters: copies of the selected ones, as leaves of each step's graph.
   std::vector<std::string> names;

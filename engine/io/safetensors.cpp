@@ -444,9 +444,12 @@ SafetensorsContents load_safetensors(const std::string& path) {
     // In name order (see crc32_in_order); files written before 2026-12-07 took it in file
     // order, which is accepted too.
     const uint32_t crc = crc32_in_order(out.tensors, name_order(out.tensors));
-    std::vector<size_t> file_order(out.tensors.size());
-    for (size_t i = 0; i < file_order.size(); ++i) file_order[i] = i;
-    if (crc != h.data_crc32 && crc32_in_order(out.tensors, file_order) != h.data_crc32) {
+    auto in_file_order = [&] {
+      std::vector<size_t> order(out.tensors.size());
+      for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+      return crc32_in_order(out.tensors, order);
+    };
+    if (crc != h.data_crc32 && in_file_order() != h.data_crc32) {
       MT_FAIL_FILE(path,
                    "the tensor data do not match the checksum written with them (CRC-32 {:08x}, "
                    "written {:08x}): the file is corrupt (changed bytes, a bad disk or copy); "

@@ -20,6 +20,15 @@ void Module::collect(const std::string& prefix,
   for (const auto& [name, child] : children_) child->collect(prefix + name + ".", out);
 }
 
+int64_t Module::parameter_bytes(bool with_buffers) const {
+  auto bytes_of = [](const std::vector<std::pair<std::string, Tensor>>& named) {
+    int64_t bytes = 0;
+    for (const auto& [name, t] : named) bytes += t.numel() * int64_t(itemsize(t.dtype()));
+    return bytes;
+  };
+  return bytes_of(named_parameters()) + (with_buffers ? bytes_of(named_buffers()) : 0);
+}
+
 std::vector<std::pair<std::string, Tensor>> Module::named_buffers() const {
   std::vector<std::pair<std::string, Tensor>> out;
   collect_buffers("", out);

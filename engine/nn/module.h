@@ -41,6 +41,8 @@ class Module {
   void check_overrides(const ParamMap& overrides) const;
   // Every buffer of this module and its children, with full dotted names, in registration order.
   std::vector<std::pair<std::string, Tensor>> named_buffers() const;
+  // Bytes of the parameters' values (numel x itemsize), with the buffers' when `with_buffers`.
+  int64_t parameter_bytes(bool with_buffers = false) const;
   void zero_grad();
 
   // Moves every parameter (and its .grad) and every buffer to `device`, in place, as

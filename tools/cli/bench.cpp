@@ -693,8 +693,7 @@ json run_bench_memory(const RunConfig& c, const std::string& out_dir) {
     return meta::to_batch(prepared.batch(refs), *f);
   };
   models::PocoBatch support = sample(prepared.support(s)), query = sample(prepared.query(s));
-  int64_t param_bytes = 0;
-  for (auto& [name, t] : f->module()->named_parameters()) param_bytes += t.numel() * int64_t(itemsize(t.dtype()));
+  const int64_t param_bytes = f->module()->parameter_bytes();
   std::printf("bench memory: E2E-TTT meta-gradient of %s on session '%s', batch %lld windows "
               "(%lld neuron rows), test-time parameters %s%s; parameters %.1f MiB\n",
               c.model.preset.c_str(), prepared.session(s).name.c_str(),
