@@ -8,6 +8,8 @@
 
 #include <Eigen/Core>
 
+#include <nlohmann/json.hpp>
+
 #include "data/check.h"
 #include "data/npz.h"
 #include "data/random.h"
@@ -18,6 +20,8 @@ namespace {
 
 using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
 using Vector = Eigen::VectorXf;
+
+}  // namespace
 
 void check_config(const SynthConfig& c) {
   auto finite_pos = [](double v) { return std::isfinite(v) && v > 0; };
@@ -51,6 +55,26 @@ void check_config(const SynthConfig& c) {
                 c.drift);
   MT_DATA_CHECK(std::isfinite(c.obs_noise_std) && c.obs_noise_std >= 0,
                 "synthesize: obs_noise_std is {}; it must be >= 0", c.obs_noise_std);
+  // The sessions' file names start with it: a name the loaders read back (not hidden, no
+  // folder, UTF-8).
+  const std::string& prefix = c.name_prefix;
+  bool utf8 = true;
+  try {
+    (void)nlohmann::json(prefix).dump();
+  } catch (const nlohmann::json::exception&) {
+    utf8 = false;
+  }
+  MT_DATA_CHECK(!prefix.empty() && prefix[0] != '.' && utf8 &&
+                    std::none_of(prefix.begin(), prefix.end(),
+                                 [](char ch) {
+                                   return ch == '/' || ch == '\\' ||
+                                          static_cast<unsigned char>(ch) < 0x20;
+                                 }),
+                "synthesize: name_prefix {} cannot start the sessions' file names (<prefix>_000."
+                "npz): give UTF-8 text without '/' or '\\' that does not start with '.', e.g. "
+                "synth",
+                nlohmann::json(prefix).dump(-1, ' ', false,
+                                            nlohmann::json::error_handler_t::replace));
   // The template (n_total^2), then per session its connectivity (max_neurons^2), activity
   // (max_neurons x num_frames f32) and timestamps (num_frames f64), in doubles so huge settings
   // cannot wrap.
@@ -63,6 +87,8 @@ void check_config(const SynthConfig& c) {
                   c.num_sessions, c.max_neurons, c.num_frames, c.n_total),
       "lower data.synthetic.num_sessions, max_neurons, num_frames or n_total");
 }
+
+namespace {
 
 Matrix normal_matrix(int64_t n, Rng& rng) {
   Matrix m(n, n);

@@ -58,6 +58,9 @@ struct SynthTruth {
   std::vector<double> perturbation;         // per session: c
 };
 
+// Refuses a config synthesize() cannot run, naming the field and the allowed range.
+void check_config(const SynthConfig& config);
+
 // Validates the config (errors name the field and the allowed range) and simulates. Sessions run
 // in parallel (OpenMP); the result does not depend on the thread count.
 Dataset synthesize(const SynthConfig& config, SynthTruth* truth = nullptr);

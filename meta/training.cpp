@@ -186,6 +186,8 @@ void check_train_options(const TrainOptions& o, const std::string& where) {
            "{}.clip must be >= 0 (the largest gradient norm; 0 = no clipping), got {}", where,
            o.clip);
   const MetaOptions& m = o.meta;
+  MT_CHECK(std::isfinite(m.lr) && m.lr > 0, "{}.meta.lr must be a positive number, got {}", where,
+           m.lr);
   MT_CHECK(m.meta_batch > 0, "{}.meta.meta_batch must be positive, got {}", where, m.meta_batch);
   MT_CHECK(m.inner_steps >= 0, "{}.meta.inner_steps must be >= 0, got {}", where, m.inner_steps);
   MT_CHECK(std::isfinite(m.inner_lr) && m.inner_lr > 0,
@@ -256,7 +258,7 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
            "training: no parameter matches the trainable prefixes");
 
   optim::AdamWOptions ao;
-  ao.lr = opt.lr;
+  ao.lr = opt.method == "standard" ? opt.lr : opt.meta.lr;
   ao.weight_decay = opt.weight_decay;
   ao.amsgrad = opt.amsgrad;
   std::unique_ptr<optim::AdamW> adam;
@@ -516,9 +518,10 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
       }
       auto diverged = [&](const char* what, double value) {
         return TrainingDiverged(
-            fmt::format("training: the {} became {} at step {}; lower train.lr (now {}){} or "
+            fmt::format("training: the {} became {} at step {}; lower {} (now {}){} or "
                         "check the data",
-                        what, value, step, opt.lr,
+                        what, value, step, meta_method ? "train.meta.lr" : "train.lr",
+                        meta_method ? opt.meta.lr : opt.lr,
                         meta_method ? fmt::format(" (bench adaptation: bench.meta_lr) or "
                                                   "train.meta.inner_lr (now {})",
                                                   opt.meta.inner_lr)

@@ -18,6 +18,9 @@ namespace mt::meta {
 
 // Meta-learning settings used when TrainOptions::method is fomaml or e2e-ttt.
 struct MetaOptions {
+  // Outer (AdamW) step size of the initial weights, the experiment plan's meta_lr
+  // (TrainOptions::lr is standard training's; weight decay, amsgrad and clip are shared).
+  double lr = 1e-4;
   int64_t meta_batch = 2;    // distinct sessions per outer step (gradients averaged)
   int64_t inner_steps = 3;   // SGD steps on each session's support batch
   double inner_lr = 1e-3;
@@ -39,8 +42,10 @@ struct TrainOptions {
   std::string method = "standard";
   MetaOptions meta;
   int64_t steps = 2000;
-  int64_t batch_size = 32;       // windows per step, drawn from all training sessions
-  double lr = 1e-3;
+  // standard: windows per step, drawn from all training sessions; fomaml / e2e-ttt: windows of
+  // each support batch and of each query batch, per session of the meta-batch.
+  int64_t batch_size = 32;
+  double lr = 1e-3;  // AdamW step size of standard training (meta-learning: meta.lr)
   double weight_decay = 1e-4;
   bool amsgrad = false;
   double clip = 1.0;             // max gradient norm; 0 = no clipping

@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
+#include <numbers>
 #include <numeric>
 
 #include "engine/autograd/grad_mode.h"
@@ -31,7 +33,16 @@ void PocoConfig::validate() const {
            context(), patch);
   MT_CHECK(dim_head % 4 == 0, "POCO config: dim_head {} must be a multiple of 4 (rotary pairs)",
            dim_head);
-  MT_CHECK(rotary_t_max > 0, "POCO config: rotary_t_max must be positive, got {}", rotary_t_max);
+  // Its highest rotary frequency, 2 pi / (rotary_t_max / 1000), must be a finite f32.
+  MT_CHECK(std::isfinite(rotary_t_max) && rotary_t_max > 0 &&
+               std::isfinite(static_cast<float>(2000.0 * std::numbers::pi / rotary_t_max)),
+           "POCO config: rotary_t_max must be a positive number (a time span in frames; its "
+           "highest rotary frequency is 2 pi 1000 / rotary_t_max), got {}",
+           rotary_t_max);
+  MT_CHECK(std::isfinite(emb_init_std) && emb_init_std >= 0,
+           "POCO config: emb_init_std must be >= 0 (the embeddings' initial standard deviation), "
+           "got {}",
+           emb_init_std);
   MT_CHECK(dropout_ffn >= 0 && dropout_ffn < 1 && dropout_lin >= 0 && dropout_lin < 1,
            "POCO config: dropout rates must be in [0, 1) (dropout_ffn {}, dropout_lin {})",
            dropout_ffn, dropout_lin);

@@ -125,6 +125,60 @@ for r in out["rows"]:
     for s in seg:
         assert s["frames"][1] - s["frames"][0] == 4 * (s["windows"] - 1), seg' \
   "$work/poco/online.json"
+# A run's sessions are scored as they were split for its training: another split would put
+# trained frames into the streams.
+fails_with "online with another split than the run's" "data.test_fraction is 0.4 now, 0.15" \
+  "$bin" online --run "$work/poco" --set data.train_fraction=0.5 --set data.val_fraction=0.1 \
+  --set data.test_fraction=0.4
+# Under data.split=poco_blocks a trained session's stream is its last block's validation + test
+# frames, those after its last training frame (blocks of 150 of 400 frames: the last is
+# [300, 400), trained on [300, 360)); a session whose last block leaves too few is left out.
+check "train poco with block splits" "$bin" train --run "$work/poco_blocks" "${small[@]}" \
+  --set data.split=poco_blocks --set data.block_length=150
+check "online of a block-split run" "$bin" online --run "$work/poco_blocks" \
+  --set online.calibration_steps=2 --set online.stride=4
+check "... streams the frames after the last training frame" "$py" -c '
+import json, sys
+rows = json.load(open(sys.argv[1]))["rows"]
+trained = [r for r in rows if not r["held_out"]]
+assert len(trained) == 2, rows
+for r in trained:
+    assert r["stream_frames"] == [360, 400] and r["calibration_frames"] == 20, r' \
+  "$work/poco_blocks/online.json"
+check "train poco with a last block of 5 frames" "$bin" train --run "$work/poco_blocks5" \
+  "${small[@]}" --set data.split=poco_blocks --set data.block_length=395
+check "online leaves its trained sessions out" grep -q \
+  "trained session(s) synth_000 (2 frames), synth_001 (2 frames) left out" \
+  <("$bin" online --run "$work/poco_blocks5" --set online.calibration_steps=2 2>&1)
+fails_with "... and with no held-out session, has none to score" "online: no session to score" \
+  "$bin" online --run "$work/poco_blocks5" --set 'data.holdout=[]'
+# One writer of a run folder at a time, and no reader beside it (eval, predict and online
+# without --label read; train, adapt and online --label write); readers beside each other. The
+# lock is held here by flock(1) (-o: released when flock itself is killed).
+flock -o -x "$work/poco/.train.lock" sleep 60 &
+holder=$!
+sleep 1
+fails_with "eval while the run is written" "is writing this folder" "$bin" eval \
+  --run "$work/poco" --split test
+kill "$holder"; wait "$holder" 2>/dev/null
+flock -o -s "$work/poco/.train.lock" sleep 60 &
+holder=$!
+sleep 1
+check "eval beside another reader" "$bin" eval --run "$work/poco" --split test
+fails_with "adapt while the run is read" "is reading this folder" "$bin" adapt \
+  --run "$work/poco" --set 'adapt.modes=["embeddings"]'
+kill "$holder"; wait "$holder" 2>/dev/null
+# A writer killed mid-write leaves .<file>.tmp.<pid>.<n>; the next writer removes it once that
+# process is gone (4194305: above any pid).
+check "train a run of no steps" "$bin" train --run "$work/stale_tmp" "${small[@]}" \
+  --set train.steps=0
+head -c 1000 /dev/zero >"$work/stale_tmp/.model.safetensors.tmp.4194305.0"
+head -c 1000 /dev/zero >"$work/stale_tmp/.keep.tmp.x.0"
+check "train over it" "$bin" train --run "$work/stale_tmp" "${small[@]}" --set train.steps=0 \
+  --overwrite
+check "... removed the dead writer's temporary file" test ! -e \
+  "$work/stale_tmp/.model.safetensors.tmp.4194305.0"
+check "... and nothing else" test -e "$work/stale_tmp/.keep.tmp.x.0"
 # Frames 1 us apart (data.synthetic.dt, regenerated): no cycle fits between two of them.
 check "online of a recording faster than its cycles" "$bin" online --run "$work/poco" \
   --set data.synthetic.dt=1e-6 --set online.stride=4 --set online.calibration_steps=2
@@ -310,7 +364,7 @@ fails_with "online --label of a drift sweep" "drop --label" "$bin" online \
   --run "$work/poco_live" --label drift --drift 0.1
 fails_with "online --label without held-out sessions" "data.holdout is empty" "$bin" online \
   --run "$work/poco_live" --label none --set 'data.holdout=[]'
-fails_with "online --label with other preprocessing" "online --label: data.zscore is false now" \
+fails_with "online --label with other preprocessing" "online: data.zscore is false now" \
   "$bin" online --run "$work/poco_live" --label raw --set data.zscore=false
 fails_with "online --label of an empty name" "the adaptation's name '' is 0 bytes long" "$bin" \
   online --run "$work/poco_live" --label ""
@@ -943,6 +997,33 @@ fails_with "negative clip" "train.clip must be >= 0" "$bin" train --run "$work/x
 fails_with "a number out of range" "is not usable" "$bin" train --run "$work/x" --set train.lr=1e400
 fails_with "a number without a leading digit" "need a digit before the point" "$bin" train \
   --run "$work/x" --set train.lr=.001
+fails_with "a non-integer in a list of whole numbers" "holds 2.5: each entry must be an integer" \
+  "$bin" train --run "$work/x" --set 'bench.memory_inner_steps=[1, 2.5]'
+fails_with "a name given twice" "names \"synth_002\" twice" "$bin" train --run "$work/x" \
+  --set 'data.holdout=["synth_002","synth_002"]'
+fails_with "a thread count out of range" "config: threads is -1" "$bin" train --run "$work/x" \
+  --set threads=-1
+fails_with "a quoted number" "a number, not text: drop the quotes" "$bin" train --run "$work/x" \
+  --set 'train.lr="0.001"'
+fails_with "a hidden synthetic file name" "name_prefix \".hid\" cannot start" "$bin" data synth \
+  --out "$work/hidden" --set 'data.synthetic.name_prefix=".hid"'
+check "... wrote nothing" test ! -e "$work/hidden"
+fails_with "a split's fractions named by their keys" "data.train_fraction -0.5 + data.val_fraction" \
+  "$bin" train --run "$work/x" --set data.train_fraction=-0.5
+printf '{"train": {"lr": 1e-3}, "train": {"steps": 3}}' >"$work/twice.json"
+fails_with "a config file with a key twice" "the key 'train' is given twice" "$bin" train \
+  --run "$work/x" --config "$work/twice.json"
+check "no run folder after the config errors" test ! -e "$work/x"
+# One step size of adapt.lr_by_mode set: the other modes keep theirs.
+check "train with one mode's step size set" "$bin" train --run "$work/lr_one" "${small[@]}" \
+  --set train.steps=0 --set adapt.lr_by_mode.embeddings=0.005
+check "... the other modes keep their defaults" "$py" -c '
+import json, sys
+c = json.load(open(sys.argv[1]))
+assert c["adapt"]["lr_by_mode"]["embeddings"] == 0.005, c["adapt"]
+assert c["adapt"]["lr_by_mode"]["all"] == 3e-4, c["adapt"]
+assert c["train"]["meta"]["lr"] == 1e-4 and c["train"]["lr"] == 1e-3, c["train"]' \
+  "$work/lr_one/config.json"
 fails_with "online calibration batch 0" "online.calibration_batch must be positive" "$bin" online \
   --run "$work/poco" --set online.calibration_batch=0
 # adapt: the saved weights must fit, and the sessions must be new.

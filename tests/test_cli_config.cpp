@@ -124,3 +124,37 @@ TEST_CASE("cli config: a training identity from before a setting existed", "[cli
   CHECK(cli::describe_identity_difference(then_lr, now, "the benchmark") ==
         fmt::format("train.lr is {} now, 0.5 in the benchmark", now["train"]["lr"].dump()));
 }
+
+TEST_CASE("cli config: a run from before train.meta.lr existed keeps the outer step it took",
+          "[cli][config]") {
+  // A new config: the experiment plan's meta_lr, apart from standard training's train.lr.
+  const cli::RunConfig defaults = cli::config_from_json(json::object());
+  CHECK(defaults.train.meta.lr == 1e-4);
+  CHECK(defaults.train.lr == 1e-3);
+  // A run's config.json written before it existed: its FOMAML / E2E-TTT steps took train.lr.
+  json older = defaults.to_json();
+  REQUIRE(older["train"]["meta"].erase("lr") == 1);
+  older["train"]["method"] = "e2e-ttt";
+  older["train"]["lr"] = 2e-3;
+  json filled = older;
+  cli::fill_settings_of_older_runs(filled);
+  CHECK(cli::config_from_json(filled).train.meta.lr == 2e-3);
+  // Its training state's identity, filled in the same way, matches the run's config: the
+  // resumed run goes on at the step size it took (the default 1e-4 would be a difference).
+  json sessions = json::array({{{"name", "a"}, {"crc32", 1234}}});
+  json now_config = cli::config_from_json(filled).to_json();
+  now_config["sessions"] = sessions;
+  const json now = cli::training_identity(now_config);
+  json then_config = older;
+  then_config["sessions"] = sessions;
+  json then = cli::training_identity(then_config);
+  CHECK(cli::describe_identity_difference(cli::identity_with_defaults(then, now), now) ==
+        "train.meta.lr is 0.002 now, 0.0001 in the run");
+  cli::fill_settings_of_older_runs(then);
+  CHECK(cli::describe_identity_difference(cli::identity_with_defaults(then, now), now).empty());
+  // A run that has the setting keeps its own value.
+  json newer = defaults.to_json();
+  newer["train"]["meta"]["lr"] = 5e-5;
+  cli::fill_settings_of_older_runs(newer);
+  CHECK(newer["train"]["meta"]["lr"] == 5e-5);
+}

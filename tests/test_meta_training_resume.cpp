@@ -57,6 +57,7 @@ meta::TrainOptions options(const std::string& method) {
   o.batch_size = 4;
   o.eval_batch_size = 16;
   o.lr = 3e-3;
+  o.meta.lr = 3e-3;  // the outer step of the meta-learning methods
   o.seed = 5;
   o.dropout = true;
   o.log_progress = false;

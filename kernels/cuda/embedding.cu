@@ -102,7 +102,11 @@ IndexSort sort_by_index(int64_t n, int64_t V, const int64_t* indices, void* work
   iota<<<grid_for(n, sm_count), kBlock, 0, stream>>>(n, positions);
   MT_CUDA_CHECK(cudaGetLastError());
   // Indices as uint64: [0, V) sorts by its low bits_for(V) bits; anything outside (negative
-  // included) is caught by the kernel reading the runs, whatever its place in the order.
+  // included) is caught by the kernel reading the runs, whatever its place in the order. Such a
+  // key may land inside a run of an in-range row and split it in two, which two threads would
+  // then update at once: correct only because the kernels __trap() on it (the context is lost,
+  // nothing is written). A recoverable error flag instead would need keys sorted on
+  // bits_for(V + 1) with out-of-range ones mapped to V first.
   MT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
       temp, temp_bytes, reinterpret_cast<const uint64_t*>(indices), sorted_keys,
       static_cast<const int64_t*>(positions), sorted_positions, n, 0, bits_for(V), stream));

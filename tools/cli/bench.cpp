@@ -239,7 +239,7 @@ json run_bench_folds(const RunConfig& c, const std::string& out_dir, Device devi
            "bench.folds = {}: {} session(s) cannot make {} held-out groups of at least one "
            "session; lower bench.folds to at most {}",
            k_folds, n, k_folds, n);
-  fs::create_directories(out_dir);
+  make_folder(out_dir, "--out");
   const FolderLock lock(out_dir, ".bench.lock", "--out", "metatape bench adaptation");
   std::vector<std::vector<std::string>> groups;
   for (int64_t k = 0; k < k_folds; ++k) {
@@ -276,7 +276,8 @@ json run_bench_folds(const RunConfig& c, const std::string& out_dir, Device devi
     const std::string differs = describe_identity_difference(then, identity, "the benchmark");
     MT_CHECK(differs.empty(),
              "bench adaptation --resume --out {}: {}; a benchmark continues with the settings, "
-             "recordings and device it started with (only threads may change), or start it again "
+             "recordings and device it started with (only threads and train.log_progress may "
+             "change), or start it again "
              "with --overwrite instead of --resume",
              out_dir, differs);
     state["identity"] = saved.at("identity");
@@ -382,7 +383,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
   MT_CHECK(!fs::exists(out_dir) || fs::is_directory(out_dir), "--out {}: exists and is not a folder",
            out_dir);
   if (c.bench.folds > 0) return run_bench_folds(c, out_dir, device, control);
-  fs::create_directories(out_dir);
+  make_folder(out_dir, "--out");
   const FolderLock lock(out_dir, ".bench.lock", "--out", "metatape bench adaptation");
   Data d = load_data(c);
   MT_CHECK(!d.holdout.empty(),
@@ -444,7 +445,8 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
     const bool recordings = differs.find("recordings differ") != std::string::npos;
     MT_CHECK(differs.empty(),
              "bench adaptation --resume --out {}: {}; a benchmark continues with the settings "
-             "and recordings it started with (only threads may change): {}, or start it again "
+             "and recordings it started with (only threads and train.log_progress may change): "
+             "{}, or start it again "
              "with --overwrite instead of --resume",
              out_dir, differs,
              recordings ? "restore the recordings (data.path)" : "drop the --set that differs");
@@ -509,7 +511,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
     meta::TrainOptions t = c.train;
     t.method = method;
     if (method != "standard") {
-      t.lr = c.bench.meta_lr;
+      t.meta.lr = c.bench.meta_lr;
       t.weight_decay = c.bench.meta_weight_decay.value_or(t.weight_decay);
     }
     if (auto it = c.bench.train_steps.find(method); it != c.bench.train_steps.end())
@@ -561,7 +563,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
         std::printf("note: %s never improved the validation score of its starting point in "
                     "%lld steps; its model is that starting point (try another bench.meta_lr, now "
                     "%g, or more steps)\n",
-                    method.c_str(), (long long)tr.last_step, t.lr);
+                    method.c_str(), (long long)tr.last_step, t.meta.lr);
       std::fflush(stdout);
       // Back on the CPU for the checkpoint and the copies below (the models they copy into live
       // there); the held-out model moves to `device` once it is complete.
@@ -571,7 +573,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
       tj["method"] = method;
       tj["steps"] = t.steps;
       tj["from_standard"] = from_standard;
-      tj["lr"] = t.lr;
+      tj["lr"] = method == "standard" ? t.lr : t.meta.lr;
       tj["weight_decay"] = t.weight_decay;
       if (r.resume) tj["resumed"] = true;  // peak_bytes then covers the continued part only
       state["trainings"].push_back(tj);
@@ -675,7 +677,7 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
 }
 
 json run_bench_memory(const RunConfig& c, const std::string& out_dir) {
-  fs::create_directories(out_dir);
+  make_folder(out_dir, "--out");
   Data d = load_data(c);
   data::PreparedData prepared(d.train, c.data.prep);
   Generator gen(c.train.seed);

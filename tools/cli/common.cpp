@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -268,11 +269,16 @@ void apply_threads(const RunConfig& c) {
 }
 
 FolderLock::FolderLock(const std::string& dir, const std::string& file_name,
-                       const std::string& flag, const std::string& command) {
+                       const std::string& flag, const std::string& command, bool reader) {
   const std::string path = dir + "/" + file_name;
   fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  MT_CHECK(fd_ >= 0, "{}: cannot create the folder's lock file ({})", path, std::strerror(errno));
-  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+  // A lock file made read-only (copied from elsewhere) still locks: flock needs no write access.
+  if (fd_ < 0 && errno == EACCES) fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // A reader of a folder it may not write (another user's run) goes on without the lock.
+  if (fd_ < 0 && reader && (errno == EACCES || errno == EROFS)) return;
+  MT_CHECK(fd_ >= 0, "{}: cannot create the folder's lock file ({}); is {} writable?", path,
+           std::strerror(errno), dir);
+  if (::flock(fd_, (reader ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
     const int err = errno;
     if (err != EWOULDBLOCK) {
       ::close(fd_);
@@ -280,20 +286,66 @@ FolderLock::FolderLock(const std::string& dir, const std::string& file_name,
               "mounts) cannot hold it: use a local folder",
               path, std::strerror(err));
     }
+    // Held by readers only when a shared lock can be taken beside them.
+    const bool readers = !reader && ::flock(fd_, LOCK_SH | LOCK_NB) == 0;
     char owner[32] = {};
-    const ssize_t got = ::pread(fd_, owner, sizeof owner - 1, 0);
+    const ssize_t got = readers ? 0 : ::pread(fd_, owner, sizeof owner - 1, 0);
     ::close(fd_);
+    if (readers)
+      MT_FAIL("{} {}: a metatape eval, predict or online is reading this folder; wait for it to "
+              "end",
+              flag, dir);
     MT_FAIL("{} {}: another {}{} is writing this folder; wait for it to end (a train or bench "
             "stopped by Ctrl-C saves its state for --resume)",
             flag, dir, command,
             got > 0 ? fmt::format(" (process {})", std::string(owner, size_t(got))) : "");
   }
+  if (reader) return;
   const std::string pid = std::to_string(::getpid());
   if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, pid.data(), pid.size(), 0) < 0) {
     // The pid is only for messages: the lock holds without it.
   }
+  remove_stale_temp_files(dir);
 }
 
-FolderLock::~FolderLock() { ::close(fd_); }
+bool make_folder(const std::string& dir, const std::string& what) {
+  std::error_code ec;
+  const bool made = std::filesystem::create_directories(dir, ec);
+  MT_CHECK(!ec && std::filesystem::is_directory(dir),
+           "{} {}: cannot create the folder ({}); choose a folder you may write to", what, dir,
+           ec ? ec.message() : std::string("a file of that name is there"));
+  return made;
+}
+
+// The temporary files of writes that never finished (.<file>.tmp.<pid>.<n>, written by
+// write_file_atomic and save_safetensors) whose process is gone: a killed command's leftovers,
+// as large as the model or state they were to become.
+void remove_stale_temp_files(const std::string& dir) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() < 2 || name[0] != '.') continue;
+    const size_t counter_dot = name.rfind('.');
+    if (counter_dot == std::string::npos || counter_dot == 0) continue;
+    const size_t pid_dot = name.rfind('.', counter_dot - 1);
+    if (pid_dot == std::string::npos || pid_dot < 5 || name.compare(pid_dot - 4, 4, ".tmp") != 0)
+      continue;
+    const std::string pid_text = name.substr(pid_dot + 1, counter_dot - pid_dot - 1);
+    const std::string counter_text = name.substr(counter_dot + 1);
+    auto digits = [](const std::string& t) {
+      return !t.empty() && t.size() < 10 &&
+             std::all_of(t.begin(), t.end(), [](unsigned char c) { return std::isdigit(c); });
+    };
+    if (!digits(pid_text) || !digits(counter_text)) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
+    if (pid <= 0 || pid == ::getpid() || ::kill(pid, 0) == 0 || errno != ESRCH) continue;
+    std::error_code rm;
+    std::filesystem::remove(entry.path(), rm);
+  }
+}
+
+FolderLock::~FolderLock() {
+  if (fd_ >= 0) ::close(fd_);
+}
 
 }  // namespace mt::cli

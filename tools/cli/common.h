@@ -63,14 +63,24 @@ void note_if_busy(const std::string& what);
 // policy (this thread's).
 void apply_threads(const RunConfig& c);
 
+// Creates the folder (and its parents) for `what` (--run, --out, ...); an error names it, the
+// reason and the fix. Returns whether it made the folder itself.
+bool make_folder(const std::string& dir, const std::string& what);
+
+// Removes the temporary files (.<file>.tmp.<pid>.<n>) in dir of writes whose process is gone.
+void remove_stale_temp_files(const std::string& dir);
+
 // One writer per folder (a train run folder, a bench output folder): an exclusive flock(2) on
 // <dir>/<file_name>, held for the life of the object (the kernel releases it when the process
 // ends, however it ends). The file holds the owner's process id, for the refusal message, which
-// names `flag` (--run, --out) and `command`.
+// names `flag` (--run, --out) and `command`. A writer removes the temporary files of writes
+// killed before they finished. `reader`: a shared lock, which any number of readers hold at
+// once (eval, predict, online without --label) and a writer does not: results are not written
+// from a model a training is replacing.
 class FolderLock {
  public:
   FolderLock(const std::string& dir, const std::string& file_name, const std::string& flag,
-             const std::string& command);
+             const std::string& command, bool reader = false);
   ~FolderLock();
   FolderLock(const FolderLock&) = delete;
   FolderLock& operator=(const FolderLock&) = delete;

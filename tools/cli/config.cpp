@@ -1,6 +1,12 @@
 #include "tools/cli/config.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
@@ -8,6 +14,8 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
+#include <set>
 #include <sstream>
 
 #include <fmt/ranges.h>
@@ -34,6 +42,30 @@ bool looks_numeric(const std::string& text) {
   return !text.empty() && end != text.c_str() && *end == '\0';
 }
 
+// A value as a message shows it: text that is not UTF-8 (a --set of raw bytes) shown with
+// replacement characters instead of failing the message itself.
+std::string shown(const nlohmann::json& value) {
+  return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+// Why a value given for a whole number is not one ("" when it is), with how to write it.
+std::string not_whole_number(const nlohmann::json& v, int64_t lowest, int64_t highest) {
+  if (v.is_number_integer()) {
+    const bool fits = v.is_number_unsigned()
+                          ? v.get<uint64_t>() <= static_cast<uint64_t>(highest)
+                          : v.get<int64_t>() >= lowest && v.get<int64_t>() <= highest;
+    return fits ? std::string() : fmt::format("must be a whole number from {} to {}", lowest,
+                                              highest);
+  }
+  // JSON reads 1e10 and 3.0 as floating point: say how to write a whole number.
+  if (v.is_number_float() && std::isfinite(v.get<double>()) &&
+      v.get<double>() == std::floor(v.get<double>()) &&
+      std::abs(v.get<double>()) < 9.2e18)
+    return fmt::format("must be an integer written without a point or exponent, e.g. {:.0f}",
+                       v.get<double>());
+  return "must be an integer";
+}
+
 // Reads the fields of one JSON object; every key must be consumed, or finish() names it.
 class Reader {
  public:
@@ -50,13 +82,29 @@ class Reader {
         MT_CHECK(it->is_number_unsigned() || (it->is_number_integer() && it->get<int64_t>() >= 0),
                  "must be a non-negative integer");
       } else if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
-        // JSON reads 1e10 and 3.0 as floating point: say how to write a whole number.
-        MT_CHECK(it->is_number_integer(), "must be an integer{}",
-                 it->is_number_float() && std::isfinite(it->get<double>()) &&
-                         it->get<double>() == std::floor(it->get<double>())
-                     ? fmt::format(" written without a point or exponent, e.g. {:.0f}",
-                                   it->get<double>())
-                     : std::string());
+        const std::string why = not_whole_number(*it, std::numeric_limits<T>::min(),
+                                                 std::numeric_limits<T>::max());
+        MT_CHECK(why.empty(), "{}", why);
+      } else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
+        MT_CHECK(it->is_array(), "must be a list of whole numbers, e.g. [1, 3, 10]");
+        for (const auto& x : *it) {
+          const std::string why = not_whole_number(x, std::numeric_limits<int64_t>::min(),
+                                                   std::numeric_limits<int64_t>::max());
+          MT_CHECK(why.empty(), "holds {}: each entry {}", shown(x), why);
+        }
+      } else if constexpr (std::is_same_v<T, std::map<std::string, int64_t>>) {
+        MT_CHECK(it->is_object(),
+                 "must map names to whole numbers, e.g. {{\"fomaml\": 500}} (on the command "
+                 "line, one at a time: --set {}.{}.fomaml=500)",
+                 where_, key);
+        for (auto e = it->begin(); e != it->end(); ++e) {
+          const std::string why = not_whole_number(e.value(), std::numeric_limits<int64_t>::min(),
+                                                   std::numeric_limits<int64_t>::max());
+          MT_CHECK(why.empty(), "'{}' is {}: it {}", e.key(), shown(e.value()), why);
+        }
+      } else if constexpr (std::is_same_v<T, std::string>) {
+        MT_CHECK(it->is_string(), "must be text (on the command line, quoted: --set '{}{}=\"...\"')",
+                 where_ == "config" ? "" : where_ + ".", key);
       } else if constexpr (std::is_floating_point_v<T>) {
         MT_CHECK(it->is_number(), "must be a number");
       } else if constexpr (std::is_same_v<T, std::optional<double>>) {
@@ -69,6 +117,9 @@ class Reader {
                  "must be a list of names, e.g. [\"a\", \"b\"] (on the command line: --set "
                  "'{}.{}=[\"a\",\"b\"]')",
                  where_, key);
+        for (auto a = it->begin(); a != it->end(); ++a)
+          MT_CHECK(std::find(it->begin(), a, *a) == a, "names {} twice; give each once",
+                   shown(*a));
       } else if constexpr (std::is_same_v<T, std::map<std::string, double>>) {
         MT_CHECK(it->is_object(),
                  "must map names to numbers, e.g. {{\"embeddings\": 0.003}} (on the command "
@@ -76,19 +127,37 @@ class Reader {
                  where_, key);
         for (auto e = it->begin(); e != it->end(); ++e)
           MT_CHECK(e.value().is_number(), "'{}' is {}, not a number (--set {}.{}.{}=0.003)",
-                   e.key(), e.value().dump(), where_, key, e.key());
+                   e.key(), shown(e.value()), where_, key, e.key());
       }
-      out = it->get<T>();
+      if constexpr (std::is_same_v<T, std::map<std::string, double>> ||
+                    std::is_same_v<T, std::map<std::string, int64_t>>) {
+        // A map's entries are set one by one over its defaults (--set adapt.lr_by_mode.all=1e-4
+        // keeps the other modes' step sizes).
+        for (auto e = it->begin(); e != it->end(); ++e)
+          out[e.key()] = e.value().template get<typename T::mapped_type>();
+      } else {
+        out = it->get<T>();
+      }
     } catch (const std::exception& e) {
       // A number written so JSON does not read it (".001", "1e-3 ") came through --set as text.
       std::string hint;
       if constexpr ((std::is_arithmetic_v<T> && !std::is_same_v<T, bool>) ||
                     std::is_same_v<T, std::optional<double>>)
-        if (it->is_string() && looks_numeric(it->template get<std::string>()))
-          hint = " (JSON numbers need a digit before the point, e.g. 0.001)";
+        if (it->is_string()) {
+          std::string text = it->template get<std::string>();
+          std::string lower = text;
+          for (char& ch : lower) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+          if (lower.find("nan") != std::string::npos || lower.find("inf") != std::string::npos)
+            hint = " (JSON has no NaN or infinity: give a finite number)";
+          else if (looks_numeric(text) && (text[0] == '.' || text.rfind("-.", 0) == 0))
+            hint = " (JSON numbers need a digit before the point, e.g. 0.001)";
+          else if (looks_numeric(text))
+            hint = " (a number, not text: drop the quotes)";
+        }
       // The inner check's own source location is dropped: this message gets one.
       const std::string why = without_source_location(e);
-      MT_FAIL("config: '{}.{}' = {}: {}{}", where_, key, it->dump(), why, hint);
+      MT_FAIL("config: '{}{}' = {}: {}{}", where_ == "config" ? "" : where_ + ".", key,
+              shown(*it), why, hint);
     }
   }
   nlohmann::json child(const char* key) {
@@ -162,6 +231,7 @@ void visit(data::CsvOptions& o, Fn&& fn) {
 
 template <class Fn>
 void visit(meta::MetaOptions& m, Fn&& fn) {
+  fn("lr", m.lr);
   fn("meta_batch", m.meta_batch);
   fn("inner_steps", m.inner_steps);
   fn("inner_lr", m.inner_lr);
@@ -258,6 +328,14 @@ void set_path(nlohmann::json& j, const std::string& assignment) {
   MT_CHECK(eq != std::string::npos && eq > 0,
            "--set '{}': expected key=value, e.g. --set train.lr=1e-3", assignment);
   const std::string key = assignment.substr(0, eq), text = assignment.substr(eq + 1);
+  try {
+    (void)nlohmann::json(assignment).dump();  // throws on text that is not UTF-8
+  } catch (const nlohmann::json::exception&) {
+    MT_FAIL("--set {}: the text is not valid UTF-8 (a file name or value in another encoding?); "
+            "give it in UTF-8",
+            nlohmann::json(assignment).dump(-1, ' ', false,
+                                            nlohmann::json::error_handler_t::replace));
+  }
   nlohmann::json value;
   try {
     value = nlohmann::json::parse(text);
@@ -432,6 +510,37 @@ RunConfig config_from_json(const nlohmann::json& j) {
   (void)top.child("sessions");
   (void)top.child("holdout_sessions");
   top.finish();
+  MT_CHECK(c.threads >= 0 && c.threads <= 4096,
+           "config: threads is {}: the CPU threads to use, from 1 (0: the runtime's default, "
+           "OMP_NUM_THREADS or every core)",
+           c.threads);
+  // The data's own checks, said before anything is read or written and named by their keys.
+  const data::SplitConfig& split = c.data.prep.split;
+  MT_CHECK(std::isfinite(split.train) && std::isfinite(split.val) && std::isfinite(split.test) &&
+               split.train >= 0 && split.val >= 0 && split.test >= 0 &&
+               std::abs(split.train + split.val + split.test - 1.0) < 1e-6,
+           "config: data.train_fraction {} + data.val_fraction {} + data.test_fraction {}: each "
+           "must be >= 0 and they must sum to 1",
+           split.train, split.val, split.test);
+  MT_CHECK(split.mode != data::SplitMode::Blocks || split.block_length >= 1,
+           "config: data.block_length is {}: the frames of each block of data.split=poco_blocks, "
+           ">= 1",
+           split.block_length);
+  MT_CHECK(c.data.prep.window.stride >= 1,
+           "config: data.stride is {}: frames between the starts of two windows, >= 1",
+           c.data.prep.window.stride);
+  MT_CHECK(std::isfinite(c.data.prep.support_fraction) && c.data.prep.support_fraction >= 0 &&
+               c.data.prep.support_fraction <= 1,
+           "config: data.support_fraction is {}: the share of each session's training windows "
+           "in its support set (meta-learning), in [0, 1]",
+           c.data.prep.support_fraction);
+  try {
+    data::check_config(c.data.synthetic);
+  } catch (const Error& e) {
+    std::string why = without_source_location(e);
+    if (why.rfind("synthesize: ", 0) == 0) why.erase(0, 12);
+    MT_FAIL("config: data.synthetic (the synthetic data's settings): {}", why);
+  }
   MT_CHECK(c.saved_recompute == "cuda" || c.saved_recompute == "always" ||
                c.saved_recompute == "never",
            "config: saved_recompute '{}' is not known; use cuda (recompute cheap saved outputs "
@@ -442,6 +551,15 @@ RunConfig config_from_json(const nlohmann::json& j) {
   MT_CHECK(c.adapt.train.patience == 0,
            "config: adapt.train.patience is {}: adaptation takes every step (its curves and steps "
            "to 95% are read off them); set it to 0", c.adapt.train.patience);
+  {  // adapt fine-tunes: adapt.train.meta is part of its settings' type, not read
+    const nlohmann::json given = fields_json(c.adapt.train.meta);
+    const nlohmann::json unread = fields_json(meta::MetaOptions{});
+    for (const auto& [key, value] : given.items())
+      MT_CHECK(value == unread.at(key),
+               "config: adapt.train.meta.{} is not read (adapt fine-tunes with AdamW; the inner "
+               "loop of a meta-learned run takes train.meta.{}): drop it",
+               key, key);
+  }
   MT_CHECK(c.adapt.train.method == "standard",
            "config: adapt.train.method is '{}': `metatape adapt` fine-tunes (standard); the "
            "meta-learned inner loop is set by train.meta.* and compared by `metatape bench "
@@ -453,6 +571,10 @@ RunConfig config_from_json(const nlohmann::json& j) {
   const std::string& kind = c.model.kind;
   MT_CHECK(kind == "poco" || kind == "nlinear" || kind == "mlp" || kind == "copy_last",
            "config: model.kind '{}' is not known; use poco, nlinear, mlp or copy_last", kind);
+  MT_CHECK(c.model.preset == "poco-paper" || c.model.preset == "poco-seed",
+           "config: model.preset '{}' is not known; use poco-paper or poco-seed (and model.poco "
+           "to change single settings)",
+           c.model.preset);
   models::PocoConfig pc;
   try {
     pc = c.model.poco_config();
@@ -464,6 +586,9 @@ RunConfig config_from_json(const nlohmann::json& j) {
   c.data.prep.window.seq_length = pc.seq_length;
   c.data.prep.window.pred_length = pc.pred_length;
   for (const auto& mode : c.adapt.modes) meta::finetune_prefixes(mode);
+  MT_CHECK(!c.bench.methods.empty(),
+           "config: bench.methods is empty: name the methods to compare, e.g. [\"standard\", "
+           "\"fomaml\", \"e2e-ttt\"]");
   for (const auto& m : c.bench.methods)
     MT_CHECK(m == "standard" || m == "fomaml" || m == "e2e-ttt",
              "config: bench.methods names '{}'; use standard, fomaml or e2e-ttt", m);
@@ -535,35 +660,84 @@ RunConfig load_config(const std::string& file, const std::vector<std::string>& o
 
 nlohmann::json read_json_file(const std::string& path) {
   MT_CHECK(std::filesystem::exists(path), "{}: file does not exist", path);
+  MT_CHECK(!std::filesystem::is_directory(path), "{}: is a folder, not a JSON file", path);
   std::ifstream in(path);
   MT_CHECK(in.good(), "{}: cannot be read", path);
   std::stringstream ss;
   ss << in.rdbuf();
+  // A key given twice in one object: JSON readers keep one of the two silently.
+  std::vector<std::set<std::string>> open_objects;
+  std::string twice;
+  auto note_keys = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    using Event = nlohmann::json::parse_event_t;
+    if (event == Event::object_start) {
+      open_objects.emplace_back();
+    } else if (event == Event::object_end) {
+      if (!open_objects.empty()) open_objects.pop_back();
+    } else if (event == Event::key && twice.empty() && !open_objects.empty() &&
+               !open_objects.back().insert(parsed.get<std::string>()).second) {
+      twice = parsed.get<std::string>();
+    }
+    return true;
+  };
   try {
-    return nlohmann::json::parse(ss.str());
+    nlohmann::json j = nlohmann::json::parse(ss.str(), note_keys);
+    MT_CHECK(twice.empty(),
+             "{}: the key '{}' is given twice in one object (only one would be read); keep one",
+             path, twice);
+    return j;
   } catch (const nlohmann::json::parse_error& e) {
     MT_FAIL("{}: invalid JSON ({}); fix the file or regenerate it", path, e.what());
+  } catch (const nlohmann::json::exception& e) {  // e.g. a number beyond double's range
+    MT_FAIL("{}: a value is not usable ({}); give numbers within double precision's range, "
+            "e.g. 1e-3",
+            path, e.what());
   }
 }
 
 void write_file_atomic(const std::string& path, const std::string& text) {
   namespace fs = std::filesystem;
   const fs::path target(path);
-  const fs::path tmp = target.parent_path() / fmt::format(".{}.tmp", target.filename().string());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    MT_CHECK(out.good(), "{}: cannot write (does the folder exist and is it writable?)",
-             tmp.string());
-    out << text;
-    out.flush();
-    MT_CHECK(out.good(), "{}: write failed (disk full?)", tmp.string());
+  fs::path dir = target.parent_path();
+  if (dir.empty()) dir = ".";
+  // A name of this process's own (two commands writing one file do not share it), removed
+  // unless it was renamed into place; a process killed meanwhile leaves it, named by its pid.
+  static std::atomic<uint64_t> counter{0};
+  const std::string tmp = (dir / fmt::format(".{}.tmp.{}.{}", target.filename().string(),
+                                             ::getpid(), counter++))
+                              .string();
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (fd < 0) {
+    const int err = errno;
+    MT_FAIL("{}: cannot write a file in {} ({}); does the folder exist, is it writable?", path,
+            dir.string(), std::strerror(err));
   }
-  std::error_code ec;
-  fs::rename(tmp, target, ec);
-  if (ec) {
-    fs::remove(tmp);
-    MT_FAIL("{}: cannot replace ({})", path, ec.message());
+  struct TempFile {
+    const std::string& name;
+    int fd;
+    bool keep = false;
+    ~TempFile() {
+      if (fd >= 0) ::close(fd);
+      if (!keep) ::unlink(name.c_str());
+    }
+  } guard{tmp, fd};
+  auto fail = [&](const char* what, int err) {
+    MT_FAIL("{}: {} failed ({}){}; the file is as it was", path, what, std::strerror(err),
+            err == ENOSPC || err == EDQUOT ? ": the disk is full, free some space" : "");
+  };
+  for (size_t done = 0; done < text.size();) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) fail("writing", n < 0 ? errno : EIO);
+    done += static_cast<size_t>(n);
   }
+  // On the disk before it replaces the file (a power cut leaves the old one or the new one).
+  if (::fsync(fd) != 0) fail("writing", errno);
+  const int closed = ::close(guard.fd);
+  guard.fd = -1;
+  if (closed != 0) fail("writing", errno);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) fail("replacing it", errno);
+  guard.keep = true;
 }
 
 // What a training state must match to be resumed: the run's data settings, sessions (with the
@@ -583,6 +757,13 @@ nlohmann::json training_identity(const nlohmann::json& config) {
   id["train"].erase("log_progress");
   id["data"].erase("path");
   return id;
+}
+
+void fill_settings_of_older_runs(nlohmann::json& j) {
+  if (!j.is_object() || !j.contains("train") || !j["train"].is_object()) return;
+  nlohmann::json& train = j["train"];
+  if (!train.contains("meta") || !train["meta"].is_object()) return;
+  if (!train["meta"].contains("lr") && train.contains("lr")) train["meta"]["lr"] = train["lr"];
 }
 
 // A training identity written by an earlier metatape lacks the settings added since (e.g.

@@ -129,6 +129,10 @@ void write_file_atomic(const std::string& path, const std::string& text);
 // describe_identity_difference: the first difference in a user's words ("train.lr is 0.5 now,
 // 0.001 in the run", `what` naming the run), or "" when there is none.
 nlohmann::json training_identity(const nlohmann::json& config);
+// A run's config.json, or a training state's identity, written before a setting existed whose
+// default is not what that run used, given what it used: train.meta.lr (before it existed,
+// FOMAML and E2E-TTT took their outer steps at train.lr).
+void fill_settings_of_older_runs(nlohmann::json& run_config);
 nlohmann::json identity_with_defaults(nlohmann::json then, const nlohmann::json& now);
 // `then` with every key of `base` it lacks (recursively, objects only) copied in.
 nlohmann::json with_missing_from(nlohmann::json then, const nlohmann::json& base);

@@ -26,11 +26,14 @@
 #include <atomic>
 #include <cctype>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
+#include <map>
 
 #include "data/files.h"
 #include "data/check.h"
@@ -174,7 +177,7 @@ std::vector<fs::path> run_files(const std::string& run_dir) {
 std::unique_ptr<cli::FolderLock> prepare_run_folder(const std::string& run_dir, bool overwrite) {
   MT_CHECK(!fs::exists(run_dir) || fs::is_directory(run_dir), "--run {}: exists and is not a folder",
            run_dir);
-  fs::create_directories(run_dir);
+  cli::make_folder(run_dir, "--run");
   auto lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run",
                                                 "metatape train, adapt or online");
   const bool holds_run = fs::exists(run_dir + "/config.json") ||
@@ -410,8 +413,10 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
              run_dir);
     // Every check before any file of the run changes.
     const json saved = meta::read_train_state_metadata(state.state_path);
+    json saved_identity = saved.at("identity");
+    cli::fill_settings_of_older_runs(saved_identity);
     const std::string differs = cli::describe_identity_difference(
-        cli::identity_with_defaults(saved.at("identity"), state.identity), state.identity);
+        cli::identity_with_defaults(saved_identity, state.identity), state.identity);
     MT_CHECK(differs.empty(),
              "--resume: {}: {}; a run continues with the settings it was trained with (only "
              "train.steps, train.patience, train.log_progress, threads, data.path and the adapt, online and bench "
@@ -481,6 +486,12 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   auto on_eval = [&](const meta::EvalPoint& p) {
     metrics << metrics_line(p).dump() << "\n";
     metrics.flush();
+    // A line lost (a full disk) would leave the curve short without a word: stop here; --resume
+    // continues from the state of the last evaluation point and rewrites the file whole.
+    MT_CHECK(metrics.good(),
+             "{}/metrics.jsonl: writing the evaluation of step {} failed (disk full?); free some "
+             "space and continue with metatape train --run {} --resume",
+             run_dir, p.step, run_dir);
   };
   auto on_best = [&](const meta::EvalPoint& p) {
     if (f->module())
@@ -564,8 +575,18 @@ Run read_run(const std::string& run_dir, bool note_unfinished = true) {
   }
   j.erase("sessions");  // descriptive fields written by train
   j.erase("holdout_sessions");
+  cli::fill_settings_of_older_runs(j);
   if (note_unfinished) note_if_unfinished(run_dir);
-  run.config = cli::config_from_json(j);
+  try {
+    run.config = cli::config_from_json(j);
+  } catch (const Error& e) {
+    std::string why = e.what();  // without the check's own " [file:line]"
+    if (const size_t at = why.rfind(" ["); at != std::string::npos && why.back() == ']')
+      why.erase(at);
+    MT_FAIL("{} (in {}): the run's settings do not read; restore the file (train writes it), or "
+            "train the run again",
+            why, path);
+  }
   run.config_json = j;
   return run;
 }
@@ -611,8 +632,9 @@ void check_model_settings_kept(const Run& run, const cli::RunConfig& c, const ch
       cli::describe_identity_difference(kept(run.config.to_json()), kept(c.to_json()));
   MT_CHECK(differs.empty(),
            "{}: {}; the model was trained with the run's model and preprocessing settings, and "
-           "its inputs must be prepared as they were: drop that --set (data.path, data.holdout "
-           "and how files are read may change)",
+           "its inputs must be prepared as they were: drop that --set (data.path, data.holdout, "
+           "how files are read, data.stride, data.support_fraction, data.seed and "
+           "data.synthetic may change)",
            command, differs);
 }
 
@@ -724,7 +746,7 @@ class AdaptationFolder {
     MT_CHECK(!fs::exists(top) || fs::is_directory(top),
              "{}: {} is not a folder: adaptations are kept there; move that file away", command,
              top);
-    created_top_ = fs::create_directories(top);
+    created_top_ = cli::make_folder(top, command);
     for (const auto& restored : cli::tidy_adaptations(run_dir))
       std::printf("note: put back the adaptation '%s', which an adapt stopped while replacing "
                   "it had left aside\n",
@@ -746,10 +768,19 @@ class AdaptationFolder {
       try {
         then = cli::read_json_file(dir_ + "/adapt.json");
       } catch (const std::exception&) {
-        // unreadable: replaced, as before
+        // unreadable: who made it is read off its models' names
       }
-      std::string made_by = command;  // unreadable: replaced, as before
-      if (then.is_object())
+      std::string made_by = command;
+      if (!then.is_object()) {
+        bool online_models = false, adapt_models = false;
+        std::error_code ec;
+        for (const auto& entry : fs::directory_iterator(dir_, ec)) {
+          const std::string name = entry.path().filename().string();
+          if (name.rfind("adapted_online_", 0) == 0) online_models = true;
+          else if (name.rfind("adapted_", 0) == 0) adapt_models = true;
+        }
+        if (online_models != adapt_models) made_by = online_models ? "online" : "adapt";
+      } else
         made_by = then.contains("made_by") && then["made_by"].is_string()
                       ? then["made_by"].get<std::string>()
                       : std::string("adapt");
@@ -1199,6 +1230,9 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
              out_path, parent.string());
   }
   Run run = read_run(run_dir);
+  // No training, adapt or online --label replaces the run's files meanwhile.
+  const cli::FolderLock reading(run_dir, ".train.lock", "--run", "metatape train, adapt or online",
+                                /*reader=*/true);
   cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
   check_model_settings_kept(run, c, "predict");
   resolve_run_data_path(run_dir, c, sets, "predict");
@@ -1279,9 +1313,11 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
                                         : std::vector<std::string>{session_name});
     const std::string listed =
         labels.empty() ? std::string("it has none")
-                       : fmt::format("its adaptations: {} ('.': the run folder itself, written by "
-                                     "an earlier metatape)",
-                                     fmt::join(labels, ", "));
+                       : fmt::format("its adaptations: {}{}", fmt::join(labels, ", "),
+                                     std::find(labels.begin(), labels.end(), ".") != labels.end()
+                                         ? " ('.': the run folder itself, written by an earlier "
+                                           "metatape)"
+                                         : "");
     if (!label.empty()) {
       const std::string where = label == "." ? run_dir + "/adapt.json"
                                              : adaptations_dir(run_dir) + "/" + label + "/adapt.json";
@@ -1729,7 +1765,8 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   } forecasts_folder;
   if (!forecasts_dir.empty()) {
     forecasts_folder.dir = forecasts_dir;
-    if (fs::create_directory(forecasts_dir)) forecasts_folder.made = forecasts_dir;
+    if (cli::make_folder(forecasts_dir.string(), "online --forecasts"))
+      forecasts_folder.made = forecasts_dir;
     forecasts_folder.work = forecasts_dir / fmt::format(".online.{}.partial", ::getpid());
     fs::create_directory(forecasts_folder.work);
   }
@@ -1778,6 +1815,11 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   // Kept models are of the recordings themselves, held out: taken with the run's lock (one
   // writer of the run folder) before its model is read.
   std::unique_ptr<cli::FolderLock> lock;
+  // The run's sessions are scored on frames it was not trained on, prepared as in its training
+  // (another split would put trained frames into the streams; the kept models are fed their
+  // inputs as the run prepares them, and predict refuses others): only how recordings are read,
+  // which are held out, and the synthetic data's settings may change.
+  check_model_settings_kept(run, c, "online");
   if (!label.empty()) {
     MT_CHECK(!c.data.holdout.empty(),
              "online --label {}: keeps the online-adapted model of each held-out session, and "
@@ -1788,10 +1830,11 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
              "online --label {}: keeps models of the recordings as they are, and {} regenerates "
              "them; drop --label, or the drift sweep and the data.synthetic.* overrides",
              label, drifts.empty() ? "a data.synthetic.* override" : "--drift");
-    // The kept models are fed their inputs as the run prepares them (predict refuses others).
-    check_model_settings_kept(run, c, "online --label");
     lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run",
                                              "metatape train, adapt or online");
+  } else {
+    lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run",
+                                             "metatape train, adapt or online", /*reader=*/true);
   }
   MT_CHECK(c.online.unseen_frames == 0 || !c.data.holdout.empty(),
            "online: online.unseen_frames ({}) holds the last frames of each held-out session's "
@@ -1819,12 +1862,17 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   bool header_printed = false;  // once the data passed their checks
   size_t name_width = 24;       // the session column: its longest name, "(new)" included
   std::vector<std::string> below_copy_last;  // sessions where every method scores below 0
+  std::vector<std::string> not_finite;       // methods whose forecasts were not finite
   std::vector<std::string> behind;           // sessions whose cycles outlast their frames
   std::vector<std::string> calibration_hurt;  // new sessions calibrated below the frozen model
   int64_t stride_that_fits = 0;              // the smallest stride that fits all of them
   std::vector<std::string> unseen_rows;      // the table of the unseen frames' scores
   bool new_below_copy_last = false;          // held-out ones among them
   bool any_held_out = false;
+  // Trained sessions left out under data.split=poco_blocks: their last block's validation + test
+  // frames (their stream) are too few for a scored window; with that number of frames.
+  std::map<std::string, int64_t> blocks_too_short;
+  const bool blocks = c.data.prep.split.mode == data::SplitMode::Blocks;
   for (double drift : sweep) {
     cli::RunConfig cd = c;
     cd.data.synthetic.drift = drift;
@@ -1865,9 +1913,12 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
       if (!held_out) opt.unseen_frames = 0;
       return opt;
     };
-    // Each session's stream: a trained one's validation + test frames (the validation split
-    // caps its calibration segment), a held-out one's whole recording (its first training-split
-    // range caps it).
+    // Each session's stream: a trained one's frames after its last training frame, its
+    // validation + test frames (under data.split=poco_blocks those of its last block: each
+    // earlier block's are followed by frames the model was trained on, and the z-score
+    // statistics, of every training range, would be of frames after the stream's start), its
+    // validation frames there capping the calibration segment; a held-out one's whole recording
+    // (its first training-split range caps it).
     struct Stream {
       int64_t begin = 0, end = 0, calibration_cap = 0;
     };
@@ -1876,8 +1927,12 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                                                             cd.data.prep.split);
       MT_CHECK(!splits.val.empty() && !splits.test.empty(),
                "online: session '{}' has no validation or test frames", session.name);
-      return Stream{splits.val.front().begin, splits.test.back().end,
-                    data::SessionSplits::frames(splits.val)};
+      const int64_t begin = splits.train.empty() ? splits.val.front().begin
+                                                 : splits.train.back().end;
+      int64_t cap = 0;  // the validation frames after `begin`
+      for (const data::FrameRange& r : splits.val)
+        cap += std::max<int64_t>(0, r.end - std::max(r.begin, begin));
+      return Stream{begin, session.num_frames, cap};
     };
     auto held_out_stream = [&](const data::Session& session) {
       const data::SessionSplits splits = data::split_frames(session.num_frames,
@@ -1891,6 +1946,11 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
       for (const auto& session : set->sessions) {
         const Stream st = set == &d.train ? trained_stream(session) : held_out_stream(session);
         const meta::OnlineOptions opt = stream_options(st.calibration_cap, set == &d.holdout);
+        if (set == &d.train && blocks &&
+            st.end - st.begin < std::max(opt.calibration_frames, pc.context()) + pc.pred_length) {
+          blocks_too_short[session.name] = st.end - st.begin;
+          continue;
+        }
         meta::check_online_stream(session.name, session.num_frames, st.begin, st.end,
                                   pc.context(), pc.pred_length, opt);
         if (!forecasts_dir.empty()) {
@@ -1905,6 +1965,24 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
               "raise online.stride, or drop --forecasts");
         }
       }
+    if (!blocks_too_short.empty() && drift == sweep.front()) {
+      std::vector<std::string> named;
+      for (const auto& [name, frames] : blocks_too_short)
+        named.push_back(fmt::format("{} ({} frames)", name, frames));
+      const std::string why = fmt::format(
+          "under data.split=poco_blocks a trained session's stream is its last block's "
+          "validation + test frames, those after its last training frame (each earlier block's "
+          "are followed by frames the model was trained on); {} too few for a calibration "
+          "segment or a context ({}) and one horizon ({})",
+          named.size() == 1 ? "this one has" : "these have", pc.context(), pc.pred_length);
+      MT_CHECK(blocks_too_short.size() < size_t(d.train.size()) || !d.holdout.empty(),
+               "online: no session to score: {}: {}; hold a session out (--set "
+               "'data.holdout=[\"<session>\"]'; it is scored as new over its whole recording) "
+               "or train with a data.block_length that leaves each last block longer",
+               why, fmt::join(named, ", "));
+      std::fprintf(stderr, "note: trained session(s) %s left out: %s\n",
+                   fmt::format("{}", fmt::join(named, ", ")).c_str(), why.c_str());
+    }
     // One session's stream, [begin, end) of its frames, the first `calibration_cap` of them at
     // most the offline method's calibration segment; a row of the table and of online.json.
     auto score_session = [&](meta::Forecaster& model, const data::Session& session, int64_t s,
@@ -1970,7 +2048,24 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
         calibration_hurt.push_back(fmt::format("{} (offline {:.4f}, frozen {:.4f}, {} frames)",
                                                name, r.offline, r.frozen,
                                                opt.calibration_frames));
-      if (std::max({r.frozen, r.offline, r.online}) < 0) {
+      // A diverged method's score is NaN (null in online.json): named, and not compared.
+      std::vector<std::string> diverged;
+      double best = -std::numeric_limits<double>::infinity();
+      for (const auto& [method, score] : {std::pair<const char*, double>{"frozen", r.frozen},
+                                          {"offline", r.offline},
+                                          {"online", r.online}}) {
+        if (std::isfinite(score))
+          best = std::max(best, score);
+        else
+          diverged.push_back(method);
+      }
+      if (!diverged.empty())
+        not_finite.push_back(fmt::format("{}{} ({}){}", name, held_out ? " (new)" : "",
+                                         fmt::join(diverged, ", "),
+                                         synthetic && sweep.size() > 1
+                                             ? fmt::format(" at drift {}", drift)
+                                             : std::string()));
+      if (best < 0) {
         below_copy_last.push_back(name);
         new_below_copy_last = new_below_copy_last || held_out;
       }
@@ -2052,12 +2147,13 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
       data::PreparedData prepared(d.train, cd.data.prep);
       std::vector<meta::OnlineScores> scores;
       for (int64_t s = 0; s < prepared.num_sessions(); ++s) {
+        if (blocks_too_short.count(prepared.session(s).name)) continue;
         const Stream st = trained_stream(prepared.session(s));
         scores.push_back(score_session(*f, prepared.session(s), s, st.begin, st.end,
                                        st.calibration_cap, false, d.train[s],
                                        cd.data.prep.zscore ? &prepared.stats(s) : nullptr));
       }
-      print_mean(d.holdout.empty() ? "mean" : "mean (trained)", scores);
+      if (!scores.empty()) print_mean(d.holdout.empty() ? "mean" : "mean (trained)", scores);
     }
     if (!d.holdout.empty()) {
       std::vector<meta::OnlineScores> scores;
@@ -2120,7 +2216,8 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
       "scores: 1 - MSE / MSE of repeating the last frame, on the windows after each stream's "
       "calibration segment; frozen: the model as it is; offline: SGD on the calibration "
       "segment, then frozen; online: one SGD step on each window once its frames have arrived. "
-      "Trained sessions: their validation + test frames. (new): held-out sessions, their whole "
+      "Trained sessions: the frames after their last training frame, their validation + "
+      "test frames (under data.split=poco_blocks, their last block's). (new): held-out sessions, their whole "
       "recording, embedding rows as adapt.new_session_init sets them, z-scored with the frames "
       "before their first scored forecast (zscore_frames), not with their training split as "
       "adapt does. segments: the scored windows in ten consecutive stretches, each scored "
@@ -2161,6 +2258,11 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                  device.is_cpu() && built_with_cuda() && cuda_device_count() > 0
                      ? ", or run on a GPU (--device cuda)"
                      : "");
+  if (!not_finite.empty())
+    std::fprintf(stderr,
+                 "note: forecasts that were not finite (their SGD steps diverged), scored nan "
+                 "(null in online.json): %s; lower online.lr (now %g)\n",
+                 fmt::format("{}", fmt::join(not_finite, ", ")).c_str(), c.online.lr);
   if (!calibration_hurt.empty())
     std::fprintf(stderr,
                  "note: on the new session(s) %s, calibrating on the first frames made the "
@@ -2198,7 +2300,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   if (stop_signal.load() != 0) throw meta::OnlineStopped();  // asked during the last session
   if (!forecasts_work.empty()) {
     // The forecasts first (into the folder this run checked empty, with forecasts.json saying
-    // what they are), then online.json and the kept models.
+    // what they are), then the kept models, then online.json.
     const json manifest = {
         {"run", out["run"]},
         {"model_crc32", model_crc32},
@@ -2216,8 +2318,10 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
          "windows + unseen_windows)"}};
     cli::write_file_atomic((forecasts_work / "forecasts.json").string(),
                            manifest.dump(2) + "\n");
-    std::vector<std::string> names = {"forecasts.json"};
+    // The data files first, forecasts.json (which lists them) last: a folder with it is whole.
+    std::vector<std::string> names;
     for (const auto& f : forecast_files) names.push_back(f["file"].get<std::string>());
+    names.push_back("forecasts.json");
     for (const std::string& name : names) {
       fs::rename(forecasts_work / name, forecasts_dir / name);
       forecasts_folder.moved.push_back(name);
@@ -2227,8 +2331,6 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                 "windows)\n",
                 forecast_files.size(), forecasts_dir.c_str());
   }
-  cli::write_file_atomic(run_dir + "/online.json", out.dump(2) + "\n");
-  std::printf("wrote %s/online.json\n", run_dir.c_str());
   if (folder) {
     const json adapt = {
         {"label", label},
@@ -2247,6 +2349,11 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                                   {"sessions", kept_rows}}})},
         {"best_method", "online"}};
     folder->put_in_place(adapt);
+  }
+  // Last: online.json names the adaptation --label kept, which is then in place.
+  cli::write_file_atomic(run_dir + "/online.json", out.dump(2) + "\n");
+  std::printf("wrote %s/online.json\n", run_dir.c_str());
+  if (folder) {
     std::printf("predict --adapted %s forecasts with these models, each as online adaptation left "
                 "it at the end of its %s\n",
                 label.c_str(),
@@ -2320,6 +2427,9 @@ int run_eval(const std::string& run_dir, const std::string& split_name, bool una
   MT_CHECK(split_name == "val" || split_name == "train" || split_name == "test",
            "eval: --split must be train, val or test, got '{}'", split_name);
   Run run = read_run(run_dir);
+  // No training, adapt or online --label replaces the run's files meanwhile.
+  const cli::FolderLock reading(run_dir, ".train.lock", "--run", "metatape train, adapt or online",
+                                /*reader=*/true);
   cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
   {  // the scores are of the run as trained and validated: only how recordings are read moves
     auto scored = [](json j) {
@@ -2336,7 +2446,9 @@ int run_eval(const std::string& run_dir, const std::string& split_name, bool una
         cli::describe_identity_difference(scored(run.config.to_json()), scored(c.to_json()));
     MT_CHECK(differs.empty(),
              "eval: {}; eval scores the run as it was trained and validated: drop that --set "
-             "(data.path, how files are read and threads may change)",
+             "(data.path, data.holdout, how files are read, train.eval_batch_size, "
+             "train.log_progress, threads, saved_recompute and the adapt, online and bench "
+             "sections may change)",
              differs);
   }
   resolve_run_data_path(run_dir, c, sets, "eval");
@@ -2599,8 +2711,41 @@ int main(int argc, char** argv) {
                out_dir, earlier.size(), fs::path(earlier.front()).filename().string(),
                earlier.size() > 1 ? ", ..." : "");
       data::Dataset d = data::synthesize(c.data.synthetic);
-      for (const auto& p : earlier) fs::remove(p);
-      data::write_dataset_npz(d, out_dir);
+      // All or nothing: the set is written into a work folder beside (hidden: no loader reads
+      // it), and only once every file is there does it replace the earlier set. A work folder
+      // left by a killed synth (its process gone) is removed.
+      const bool made_out_dir = !fs::exists(out_dir);
+      std::error_code ec;
+      fs::create_directories(out_dir, ec);
+      MT_CHECK(!ec && fs::is_directory(out_dir),
+               "data synth: --out {}: cannot create the folder ({}); check the path and "
+               "permissions",
+               out_dir, ec.message());
+      for (const auto& entry : fs::directory_iterator(out_dir, ec)) {
+        const std::string name = entry.path().filename().string();
+        int pid = 0;
+        if (std::sscanf(name.c_str(), ".synth.%d.partial", &pid) == 1 &&
+            name == fmt::format(".synth.{}.partial", pid) && pid > 0 && ::kill(pid, 0) != 0 &&
+            errno == ESRCH) {
+          std::error_code rm;
+          fs::remove_all(entry.path(), rm);
+        }
+      }
+      const fs::path work = fs::path(out_dir) / fmt::format(".synth.{}.partial", ::getpid());
+      try {
+        data::write_dataset_npz(d, work.string());
+        for (const auto& p : earlier) fs::remove(p);
+        for (const auto& session : d.sessions)
+          fs::rename(work / (session.name + ".npz"), fs::path(out_dir) / (session.name + ".npz"));
+        fs::remove(work);
+      } catch (const std::exception& e) {
+        std::error_code rm;
+        fs::remove_all(work, rm);
+        if (made_out_dir) fs::remove(out_dir, rm);  // (only while empty)
+        MT_FAIL("data synth: writing the set failed: {}; {} is as it was (nothing of the new set "
+                "was kept)",
+                e.what(), out_dir);
+      }
       for (const auto& s : d.sessions)
         std::printf("%s: %lld neurons x %lld frames\n", s.name.c_str(), (long long)s.num_neurons,
                     (long long)s.num_frames);
