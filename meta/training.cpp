@@ -9,6 +9,7 @@
 #include <set>
 #include <sstream>
 
+#include <omp.h>
 #include <unistd.h>
 
 #include "engine/autograd/engine.h"
@@ -336,6 +337,8 @@ TrainResult train(Forecaster& f, const data::PreparedData& data,
     const nlohmann::json state = {
         {"version", 1},
         {"device", f.device().str()},
+        // CPU threads: another count splits the parallel sums otherwise (last bits)
+        {"threads", omp_get_max_threads()},
         {"step", step},
         {"evaluated", evaluated},
         {"steps", opt.steps},

@@ -625,6 +625,10 @@ fails_with "eval on other recordings" "is not the one the run was trained on" "$
 check "resume from a moved data folder, with another thread count" "$bin" train \
   --run "$work/nl_resume" --resume --set train.steps=9 --set "data.path=\"$work/synth_moved\"" \
   --set threads=1
+cp "$work/out.txt" "$work/resume_threads.txt"
+check "... noted (on a machine of 2 cores or more)" bash -c '[ "$(nproc)" -lt 2 ] ||
+  [ -n "${OMP_NUM_THREADS:-}" ] || grep -q "trained with [0-9]* CPU threads and continues with 1" "$1"' _ \
+  "$work/resume_threads.txt"
 cp -r "$work/synth_moved" "$work/synth_plus"
 cp "$work/synth_other/synth_000.npz" "$work/synth_plus/synth_009.npz"
 check "resume with a later recording added to the folder" "$bin" train --run "$work/nl_resume" \

@@ -472,6 +472,13 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                    (long long)saved.at("step").get<int64_t>(),
                    saved.value("evaluated", true) ? "its last evaluation point" : "where it stopped",
                    (long long)c.train.steps);
+      const int threads_then = saved.value("threads", 0), threads_now = omp_get_max_threads();
+      if (f->device().is_cpu() && threads_then > 0 && threads_then != threads_now)
+        std::fprintf(stderr, "note: the run was trained with %d CPU threads and continues with "
+                             "%d: parallel sums are split otherwise, so the continuation differs "
+                             "from the run that did not stop in the last bits (--set threads=%d "
+                             "continues it bitwise)\n",
+                     threads_then, threads_now, threads_then);
       const std::string trained_on = saved.value("device", std::string("cpu"));
       if (trained_on != f->device().str())
         std::fprintf(stderr, "note: the run was trained on %s and continues on %s: the "
