@@ -13,6 +13,7 @@
 #include "engine/core/generator.h"
 #include "engine/core/profiler.h"
 #include "engine/optim/adamw.h"
+#include "engine/nn/module.h"
 #include "engine/optim/sgd.h"
 #include "support/cuda_compare.h"
 
@@ -452,4 +453,32 @@ TEST_CASE("kernel profiler: device times of CUDA kernels, credited to the engine
   profiler::enable(was_on);
   for (const auto& e : profiler::entries()) CHECK(e.device_launches == 0);
   profiler::reset();
+}
+
+TEST_CASE("an optimizer whose model moved to the GPU after its first step refuses to step, "
+          "before updating anything",
+          "[cuda][optim]") {
+  MT_SKIP_WITHOUT_CUDA();
+  Generator gen(5);
+  nn::Linear lin(3, 2, /*bias=*/true, gen);
+  optim::AdamW adam(lin.named_parameters());
+  optim::SGDOptions so;
+  so.momentum = 0.9;
+  optim::SGD sgd(lin.named_parameters(), so);
+  auto set_grads = [&] {
+    for (auto& [name, p] : lin.named_parameters()) p.set_grad(ones_like(p));
+  };
+  set_grads();
+  adam.step();
+  sgd.step();
+  lin.to(gpu0());  // the parameters move; the optimizers' state stays on the CPU
+  set_grads();
+  const std::vector<float> before = lin.weight().to(kCPU).to_vector<float>();
+  CHECK_THROWS_WITH(adam.step(), Catch::Contains("the model moved after the optimizer's first"));
+  CHECK_THROWS_WITH(sgd.step(), Catch::Contains("the model moved after the optimizer's first"));
+  CHECK(lin.weight().to(kCPU).to_vector<float>() == before);
+  // The remedy the message gives: the state copied onto the parameters' devices.
+  adam.load_state_dict(adam.state_dict());
+  adam.step();
+  CHECK(lin.weight().to(kCPU).to_vector<float>() != before);
 }

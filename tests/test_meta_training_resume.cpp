@@ -395,3 +395,33 @@ TEST_CASE("early stopping ends the run where `patience` evaluations did not impr
   auto f = tiny_poco(d);
   CHECK_THROWS_WITH(meta::train(*f, d, {}, negative), Catch::Contains("train.patience must be >= 0"));
 }
+
+TEST_CASE("the meta-learning methods step their initial weights at train.meta.lr, standard "
+          "training at train.lr",
+          "[meta][training]") {
+  const data::PreparedData d = tiny_data();
+  auto run = [&](const std::string& method, double lr, double meta_lr) {
+    meta::TrainOptions o = options(method);
+    o.steps = 2;
+    o.eval_every = 2;
+    o.lr = lr;
+    o.meta.lr = meta_lr;
+    auto f = tiny_poco(d);
+    return finish(*f, meta::train(*f, d, {}, o));
+  };
+  auto differs = [](const Finished& a, const Finished& b) {
+    bool any = false;
+    for (size_t i = 0; i < a.params.size(); ++i) any = any || a.params[i] != b.params[i];
+    return any;
+  };
+  for (const std::string method : {"fomaml", "e2e-ttt"}) {
+    DYNAMIC_SECTION(method) {
+      const Finished base = run(method, 1e-3, 1e-4);
+      require_same(base, run(method, 5e-2, 1e-4));    // train.lr is not theirs
+      CHECK(differs(base, run(method, 1e-3, 5e-2)));  // train.meta.lr is
+    }
+  }
+  const Finished standard = run("standard", 1e-3, 1e-4);
+  require_same(standard, run("standard", 1e-3, 5e-2));
+  CHECK(differs(standard, run("standard", 5e-2, 1e-4)));
+}

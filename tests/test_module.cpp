@@ -42,6 +42,40 @@ TEST_CASE("modules name their parameters with dotted paths", "[nn]") {
   CHECK(max(abs(named[0].second)).item<double>() <= 1.0 / std::sqrt(3.0));
 }
 
+// One tensor registered under two names (tied weights): clipping would count it twice and a
+// functional override of one name would leave the other at the original; refused, named.
+class Tied : public nn::Module {
+ public:
+  explicit Tied(const Tensor& w) {
+    register_parameter("a", w);
+    register_parameter("b", w);
+  }
+};
+
+// A forward that reads its parameter under a misspelt name: without a check every override of
+// it would be ignored.
+class Misspelt : public nn::Module {
+ public:
+  Misspelt() { w_ = register_parameter("weight", ones(Shape{2}, DType::f64)); }
+  Tensor forward(const nn::ParamMap* overrides) const { return param(overrides, "wieght", w_); }
+
+ private:
+  Tensor w_;
+};
+
+TEST_CASE("a parameter read under a name it was not registered with is an error", "[nn]") {
+  const Misspelt m;
+  nn::ParamMap fast = {{"weight", full(Shape{2}, 3.0, DType::f64)}};
+  CHECK_THROWS_WITH(m.forward(&fast), Catch::Contains("'wieght' is not a parameter"));
+  CHECK(m.forward(nullptr).to_vector<double>() == std::vector<double>{1, 1});
+}
+
+TEST_CASE("tied weights are refused, naming both", "[nn]") {
+  const Tied m(ones(Shape{2}, DType::f64));
+  CHECK_THROWS_WITH(m.named_parameters(), Catch::Contains("parameters 'a' and 'b' are one tensor"));
+  CHECK_THROWS_WITH(m.parameters(), Catch::Contains("tied weights"));
+}
+
 TEST_CASE("functional overrides substitute parameters without touching the module",
           "[nn][meta]") {
   Generator gen(2);

@@ -307,18 +307,30 @@ TEST_CASE("elementwise ops refuse mismatched dtypes and shapes with clear messag
   CHECK_THROWS_WITH(clamp(a, std::nullopt, std::nan("")), Catch::Contains("a bound is NaN"));
 }
 
-TEST_CASE("scalar operands are shared constants, replaced once written into", "[ops]") {
+TEST_CASE("scalar operands are shared constants, read-only", "[ops]") {
   Tensor x = zeros(Shape{3}, DType::f32);
   Tensor a = scalar_like(x, 0.25), b = scalar_like(x, 0.25);
   CHECK(a.raw_data() == b.raw_data());  // one constant per device, dtype and value
   CHECK(scalar_like(x, 0.5).raw_data() != a.raw_data());
   CHECK(scalar_like(zeros(Shape{3}, DType::f64), 0.25).dtype() == DType::f64);
-  // Somebody writes into the shared constant: the next request gets a fresh, correct one.
-  a.fill_(7.0);
-  Tensor c = scalar_like(x, 0.25);
-  CHECK(c.raw_data() != a.raw_data());
-  CHECK(c.item<double>() == 0.25);
+  // Every graph reading 0.25 shares it: writing into it, or making it learnable, is refused
+  // (a graph recorded before would change under its feet, or send gradients to it).
+  CHECK_THROWS_WITH(a.fill_(7.0), Catch::Contains("shared constant"));
+  CHECK_THROWS_WITH(a.unsqueeze(0).copy_(ones(Shape{1})), Catch::Contains("shared constant"));
+  CHECK_THROWS_WITH(a.set_requires_grad(), Catch::Contains("shared constant"));
+  CHECK(a.item<double>() == 0.25);
   CHECK(add(x, 0.25).to_vector<double>() == std::vector<double>{0.25, 0.25, 0.25});
+  // A learnable scalar from a clone: only the graph that reads it sends it a gradient (a
+  // learned inner step size), not one that multiplies by the same value.
+  Tensor w = ones(Shape{3}, DType::f64).set_requires_grad();
+  const Tensor y = sum(pow(mul(w, 0.5), 2.0));
+  Tensor alpha = scalar_like(w, 0.5).clone().set_requires_grad();
+  const Tensor g = autograd::grad({y}, {w}, {}, std::nullopt, /*create_graph=*/true)[0];
+  sum(g).backward();
+  CHECK_FALSE(alpha.grad().defined());
+  Tensor c = alpha.clone().detach();
+  c.fill_(3.0);  // a clone is the caller's own
+  CHECK(c.item<double>() == 3.0);
 }
 
 TEST_CASE("add3: (a + b) + c in one pass, broadcast, gradients of the first and second order",

@@ -51,6 +51,22 @@ TEST_CASE("in-place writes bump the version and are refused on tensors requiring
     y.add_(ones(Shape{3}, DType::f64), -1.0);
   }
   CHECK(y.to_vector<double>() == std::vector<double>{-1, 0, 1});
+  // An in-place write records no gradient: a source that requires grad is refused under grad
+  // mode (what is computed from the result would not be differentiated through it).
+  Tensor buffer = zeros(Shape{3}, DType::f64);
+  CHECK_THROWS_WITH(buffer.copy_(mul(y, 2.0)), Catch::Contains("records no gradient"));
+  CHECK_THROWS_WITH(buffer.add_(y), Catch::Contains("records no gradient"));
+  buffer.copy_(mul(y, 2.0).detach());  // the value, on purpose
+  CHECK(buffer.to_vector<double>() == std::vector<double>{-2, 0, 2});
+}
+
+TEST_CASE("an undefined tensor's autograd accessors throw instead of crashing", "[tensor]") {
+  Tensor none;
+  CHECK_THROWS_WITH(none.is_leaf(), Catch::Contains("undefined"));
+  CHECK_THROWS_WITH(none.grad(), Catch::Contains("undefined"));
+  CHECK_THROWS_WITH(none.grad_fn(), Catch::Contains("undefined"));
+  CHECK_THROWS_WITH(none.zero_grad(), Catch::Contains("undefined"));
+  CHECK_THROWS_WITH(none.set_requires_grad(), Catch::Contains("undefined"));
 }
 
 TEST_CASE("memory statistics track current and peak bytes", "[tensor][memory]") {

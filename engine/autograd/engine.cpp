@@ -316,7 +316,8 @@ TensorList make_root_grads(const TensorList& outputs, const TensorList& grad_out
     MT_CHECK(out.defined(), "outputs[{}] is an undefined tensor", i);
     MT_CHECK(out.requires_grad(),
              "outputs[{}] does not require grad and has no grad_fn: it was computed from tensors "
-             "that do not require grad, or under a no-grad guard",
+             "that do not require grad, under a no-grad guard, or by ops without a gradient "
+             "(sign, comparisons, detach()), whose result is a constant",
              i);
     Tensor g = grad_outputs.empty() ? Tensor() : grad_outputs[i];
     if (!g.defined()) {

@@ -56,12 +56,17 @@ class Storage {
   // Bumped by every in-place write; a saved tensor remembers the value it saw.
   uint32_t version() const { return version_; }
   void bump_version() { ++version_; }
+  // Shared constants (scalar_like) refuse in-place writes and requires_grad: graphs that read
+  // them are not theirs alone.
+  bool read_only() const { return read_only_; }
+  void set_read_only() { read_only_ = true; }
 
  private:
   void* data_ = nullptr;
   size_t nbytes_ = 0;
   Device device_;
   uint32_t version_ = 0;
+  bool read_only_ = false;
   Allocator* allocator_;
 };
 

@@ -72,6 +72,10 @@ Tensor& Tensor::set_requires_grad(bool requires_grad) {
            "set_requires_grad() is only for leaf tensors; this one was produced by {} (use "
            "detach() to make a new leaf)",
            impl_->grad_fn ? "an op" : "?");
+  MT_CHECK(!requires_grad || !storage().read_only(),
+           "set_requires_grad(): the tensor is a shared constant (scalar_like: the scalar "
+           "operands of ops, which every graph reading that value shares); make a learnable "
+           "scalar from a clone() of it");
   MT_CHECK(!requires_grad || is_floating(dtype()),
            "set_requires_grad(): only floating-point tensors can require grad (this one is {})",
            dtype_name(dtype()));
@@ -140,9 +144,23 @@ Tensor make_view(const Tensor& t, const Shape& shape, const Shape& strides, int6
 
 namespace {
 void check_inplace(const Tensor& t, const char* op) {
+  MT_CHECK(!t.storage().read_only(),
+           "{}: the tensor is a shared constant (scalar_like: the scalar operands of ops, which "
+           "every graph reading that value shares); write into a clone() of it",
+           op);
   MT_CHECK(!(GradMode::is_enabled() && t.requires_grad()),
            "{}: in-place write to a tensor that requires grad; do it under a NoGradGuard (as an "
            "optimizer step does) or on a detach()ed copy",
+           op);
+}
+
+// An in-place write records no gradient: a source that requires grad would silently not be
+// differentiated through.
+void check_source_untracked(const Tensor& src, const char* op) {
+  MT_CHECK(!(GradMode::is_enabled() && src.requires_grad()),
+           "{}: the source requires grad, and an in-place write records no gradient (what is "
+           "computed from the result would not be differentiated through it); build the result "
+           "with ops (cat, where, add), or write src.detach() to copy its value on purpose",
            op);
 }
 
@@ -245,6 +263,7 @@ void Tensor::set_grad(const Tensor& g) {
 
 Tensor& Tensor::copy_(const Tensor& src) {
   check_inplace(*this, "copy_");
+  check_source_untracked(src, "copy_");
   check_overlap(*this, &src, "copy_");
   MT_CHECK(broadcast_shapes(src.shape(), shape(), "copy_") == shape(),
            "copy_: source shape {} does not broadcast to destination shape {}", src.shape().str(),
@@ -264,6 +283,7 @@ Tensor& Tensor::fill_(double value) {
 
 Tensor& Tensor::add_(const Tensor& other, double alpha) {
   check_inplace(*this, "add_");
+  check_source_untracked(other, "add_");
   MT_CHECK(other.dtype() == dtype(), "add_: dtype {} added to {}; convert with .to()",
            dtype_name(other.dtype()), dtype_name(dtype()));
   MT_CHECK(other.device() == device(), "add_: a tensor on {} added to one on {}; copy it first",

@@ -77,12 +77,15 @@ class Tensor {
   // Autograd.
   bool requires_grad() const { return checked().requires_grad; }
   Tensor& set_requires_grad(bool requires_grad = true);
-  bool is_leaf() const { return impl_->grad_fn == nullptr; }
-  const std::shared_ptr<autograd::Node>& grad_fn() const { return impl_->grad_fn; }
-  Tensor grad() const { return Tensor(impl_->grad); }
+  bool is_leaf() const { return checked().grad_fn == nullptr; }
+  const std::shared_ptr<autograd::Node>& grad_fn() const { return checked().grad_fn; }
+  Tensor grad() const { return Tensor(checked().grad); }
   // Sets .grad (undefined clears it); a gradient has the tensor's shape, dtype and device.
   void set_grad(const Tensor& g);
-  void zero_grad() { impl_->grad.reset(); }
+  void zero_grad() {
+    (void)checked();
+    impl_->grad.reset();
+  }
   Tensor detach() const;  // same storage, no history
   void backward(const Tensor& grad_output = {}, std::optional<bool> retain_graph = std::nullopt,
                 bool create_graph = false) const;

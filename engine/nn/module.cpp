@@ -2,6 +2,7 @@
 
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/autograd/grad_mode.h"
@@ -11,6 +12,21 @@ namespace mt::nn {
 std::vector<std::pair<std::string, Tensor>> Module::named_parameters() const {
   std::vector<std::pair<std::string, Tensor>> out;
   collect("", out);
+  // One tensor under two names (tied weights) would be counted twice by clipping and the
+  // parameter count, saved twice, and a functional override of one name would leave the other
+  // at the original: refused, naming both.
+  if (out.size() > 1) {
+    std::vector<std::pair<const TensorImpl*, size_t>> seen;
+    seen.reserve(out.size());
+    for (size_t i = 0; i < out.size(); ++i) seen.emplace_back(out[i].second.impl(), i);
+    std::sort(seen.begin(), seen.end());
+    for (size_t i = 1; i < seen.size(); ++i)
+      MT_CHECK(seen[i].first != seen[i - 1].first,
+               "parameters '{}' and '{}' are one tensor (tied weights), which metatape does not "
+               "support: register it once, in one module, and read it from there in the other",
+               out[std::min(seen[i].second, seen[i - 1].second)].first,
+               out[std::max(seen[i].second, seen[i - 1].second)].first);
+  }
   return out;
 }
 
@@ -143,6 +159,14 @@ const Tensor& Module::param(const ParamMap* overrides, const std::string& name,
                own.shape().str());
       return it->second;
     }
+    // Not overridden: `name` must still be one of this module's own (a misspelt name in a
+    // forward would silently ignore every override of that parameter).
+    MT_CHECK(std::any_of(params_.begin(), params_.end(),
+                         [&](const auto& p) { return p.first == name; }),
+             "param(): '{}' is not a parameter of this module ({}); name it as it was registered",
+             name,
+             prefix_.empty() ? std::string("the top-level module")
+                             : "'" + prefix_.substr(0, prefix_.size() - 1) + "'");
   }
   return own;
 }

@@ -71,9 +71,9 @@ Tensor binary_forward(const DispatchStub<BinaryKernel>& kernel, const Tensor& a,
 }  // namespace
 
 // Scalar operands are shared 0-d constants, one per (device, dtype, value): on a GPU a fresh one
-// costs an allocation and a fill kernel per scalar op, as many launches as the op itself. A
-// constant somebody wrote into (its storage version moved) or marked as requiring grad is
-// replaced, never handed out again. Bounded: the table is emptied when it reaches kMaxEntries
+// costs an allocation and a fill kernel per scalar op, as many launches as the op itself. Read-
+// only: in-place writes and requires_grad are refused (Storage::read_only); one written into
+// by other means (a raw pointer: its storage version moved) is replaced, never handed out again. Bounded: the table is emptied when it reaches kMaxEntries
 // (values are mostly a model's few constants and learning rates). Nothing is added while the
 // device is capturing a CUDA graph.
 Tensor scalar_like(const Tensor& t, double value) {
@@ -102,9 +102,14 @@ Tensor scalar_like(const Tensor& t, double value) {
   }
   // Made during a CUDA-graph capture, a constant holds its value only once the graph has run:
   // it serves that capture alone and is not kept.
-  if (is_capturing(t.device())) return scalar_tensor(value, t.dtype(), t.device());
+  if (is_capturing(t.device())) {
+    Tensor s = scalar_tensor(value, t.dtype(), t.device());
+    s.storage().set_read_only();
+    return s;
+  }
   if (cache->size() >= kMaxEntries) cache->clear();
   Tensor s = scalar_tensor(value, t.dtype(), t.device());
+  s.storage().set_read_only();
   (*cache)[key] = Entry{s, s.storage().version()};
   return s;
 }

@@ -114,6 +114,9 @@ std::vector<std::tuple<uintptr_t, uintptr_t, size_t>> sorted_byte_ranges(const T
 
 void check_inplace_targets(const char* op, const TensorList& a) {
   for (size_t i = 0; i < a.size(); ++i)
+    MT_CHECK(!a[i].storage().read_only(),
+             "{}: entry {} is a shared constant (scalar_like); update a clone() of it", op, i);
+  for (size_t i = 0; i < a.size(); ++i)
     MT_CHECK(a[i].is_contiguous(),
              "{}: entry {} ({}) is not contiguous; an in-place foreach op needs contiguous "
              "tensors (use the out-of-place form)",

@@ -177,7 +177,7 @@ void Optimizer::load_state_dict(const NamedParams& state) {
     if (absent.empty() && problems.empty()) {
       for (size_t k = 0; k < names.size(); ++k) {
         Tensor s = names[k] == kStep ? empty(Shape{}, DType::i64) : empty_like(p);
-        s.copy_(*found[k]);
+        s.copy_(found[k]->detach());  // the saved values (a state records no gradient)
         if (names[k] == kStep) s = s.to(step_device(p));
         next[i].push_back(std::move(s));
       }

@@ -9,7 +9,10 @@
 // State as named tensors: state_dict() returns "<parameter name>.<state name>" tensors (e.g.
 // "fc1.weight.exp_avg"); a state called "step" is a 0-d i64 CPU tensor, every other state has
 // its parameter's shape, dtype and device. Saved with io::save_safetensors and loaded back with
-// load_state_dict(), a run resumes bitwise.
+// load_state_dict(), a run resumes bitwise, given the same hyperparameters: they are not part of
+// the state (construct the optimizer with the same options; hyperparameters() gives them as text
+// for the checkpoint's metadata). A model moved to another device after the first step needs its
+// state moved too (load_state_dict(state_dict()) copies it onto the parameters' devices).
 #pragma once
 
 #include <map>

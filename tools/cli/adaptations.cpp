@@ -163,7 +163,7 @@ namespace {
 // " --set 'path=value'" for each setting of `recorded` (a config section as adapt.json holds it)
 // that differs from `reference` (the run's): a section by its leaves (adapt.train.steps=...;
 // one it lacks, recorded by an earlier metatape, left as the run has it), a map setting whole
-// (its entries added or removed: set_path replaces it).
+// (every entry recorded: a --set of a map sets the entries it gives, over the defaults).
 void append_changed(std::string& command, const std::string& path, const json& recorded,
                     const json& reference) {
   const bool map = path == "adapt.lr_by_mode";
@@ -182,6 +182,7 @@ json run_settings(const std::string& run_dir) {
     json j = read_json_file(run_dir + "/config.json");
     j.erase("sessions");  // descriptive fields written by train
     j.erase("holdout_sessions");
+    fill_settings_of_older_runs(j);
     return config_from_json(j).to_json();
   } catch (const std::exception&) {
     return config_from_json(json::object()).to_json();

@@ -272,14 +272,26 @@ FolderLock::FolderLock(const std::string& dir, const std::string& file_name,
                        const std::string& flag, const std::string& command, bool reader) {
   const std::string path = dir + "/" + file_name;
   fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  int open_error = fd_ < 0 ? errno : 0;
   // A lock file made read-only (copied from elsewhere) still locks: flock needs no write access.
-  if (fd_ < 0 && errno == EACCES) fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  // A reader of a folder it may not write (another user's run) goes on without the lock.
-  if (fd_ < 0 && reader && (errno == EACCES || errno == EROFS)) return;
+  if (fd_ < 0 && open_error == EACCES) {
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0 && errno != ENOENT) open_error = errno;
+  }
+  // A reader goes on without the lock where it cannot take one: a folder it may not write
+  // (another user's run, a read-only copy), or one that is not there (read_run then says so).
+  if (fd_ < 0 && reader &&
+      (open_error == EACCES || open_error == EROFS || open_error == ENOENT))
+    return;
   MT_CHECK(fd_ >= 0, "{}: cannot create the folder's lock file ({}); is {} writable?", path,
-           std::strerror(errno), dir);
+           std::strerror(open_error), dir);
   if (::flock(fd_, (reader ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
     const int err = errno;
+    if (err != EWOULDBLOCK && reader) {  // (a file system without flock): as above
+      ::close(fd_);
+      fd_ = -1;
+      return;
+    }
     if (err != EWOULDBLOCK) {
       ::close(fd_);
       MT_FAIL("{}: cannot lock the folder ({}); a file system without flock (some network "

@@ -535,7 +535,7 @@ RunConfig config_from_json(const nlohmann::json& j) {
            "in its support set (meta-learning), in [0, 1]",
            c.data.prep.support_fraction);
   try {
-    data::check_config(c.data.synthetic);
+    if (c.data.path.empty()) data::check_config(c.data.synthetic);  // (unread otherwise)
   } catch (const Error& e) {
     std::string why = without_source_location(e);
     if (why.rfind("synthesize: ", 0) == 0) why.erase(0, 12);
@@ -641,6 +641,8 @@ RunConfig apply_overrides(nlohmann::json j, const std::vector<std::string>& over
 
 RunConfig load_config(const std::string& file, const std::vector<std::string>& overrides) {
   nlohmann::json j = file.empty() ? nlohmann::json::object() : read_json_file(file);
+  // A run's config.json given back (it lists the sessions train read): as the run read it.
+  if (j.is_object() && j.contains("sessions")) fill_settings_of_older_runs(j);
   try {
     return apply_overrides(j, overrides);
   } catch (const Error& e) {
@@ -702,11 +704,17 @@ void write_file_atomic(const std::string& path, const std::string& text) {
   if (dir.empty()) dir = ".";
   // A name of this process's own (two commands writing one file do not share it), removed
   // unless it was renamed into place; a process killed meanwhile leaves it, named by its pid.
+  // (A leftover of an earlier process that had this pid is passed over: the next number.)
   static std::atomic<uint64_t> counter{0};
-  const std::string tmp = (dir / fmt::format(".{}.tmp.{}.{}", target.filename().string(),
-                                             ::getpid(), counter++))
-                              .string();
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  std::string tmp;
+  int fd = -1;
+  for (int attempt = 0; attempt < 1000 && fd < 0; ++attempt) {
+    tmp = (dir / fmt::format(".{}.tmp.{}.{}", target.filename().string(), ::getpid(),
+                             counter++))
+              .string();
+    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0 && errno != EEXIST) break;
+  }
   if (fd < 0) {
     const int err = errno;
     MT_FAIL("{}: cannot write a file in {} ({}); does the folder exist, is it writable?", path,
@@ -760,10 +768,17 @@ nlohmann::json training_identity(const nlohmann::json& config) {
 }
 
 void fill_settings_of_older_runs(nlohmann::json& j) {
-  if (!j.is_object() || !j.contains("train") || !j["train"].is_object()) return;
+  if (!j.is_object()) return;
+  // adapt.train.meta: never read, and refused away from its defaults since: dropped.
+  if (j.contains("adapt") && j["adapt"].is_object() && j["adapt"].contains("train") &&
+      j["adapt"]["train"].is_object())
+    j["adapt"]["train"].erase("meta");
+  if (!j.contains("train") || !j["train"].is_object()) return;
   nlohmann::json& train = j["train"];
   if (!train.contains("meta") || !train["meta"].is_object()) return;
-  if (!train["meta"].contains("lr") && train.contains("lr")) train["meta"]["lr"] = train["lr"];
+  const std::string method = train.value("method", std::string("standard"));
+  if (!train["meta"].contains("lr") && train.contains("lr") && method != "standard")
+    train["meta"]["lr"] = train["lr"];
 }
 
 // A training identity written by an earlier metatape lacks the settings added since (e.g.

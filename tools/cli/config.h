@@ -131,7 +131,8 @@ void write_file_atomic(const std::string& path, const std::string& text);
 nlohmann::json training_identity(const nlohmann::json& config);
 // A run's config.json, or a training state's identity, written before a setting existed whose
 // default is not what that run used, given what it used: train.meta.lr (before it existed,
-// FOMAML and E2E-TTT took their outer steps at train.lr).
+// FOMAML and E2E-TTT took their outer steps at train.lr). adapt.train.meta, never read (and
+// now refused away from its defaults), is dropped.
 void fill_settings_of_older_runs(nlohmann::json& run_config);
 nlohmann::json identity_with_defaults(nlohmann::json then, const nlohmann::json& now);
 // `then` with every key of `base` it lacks (recursively, objects only) copied in.

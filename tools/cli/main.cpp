@@ -539,8 +539,9 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
               r.eval_seconds, double(r.peak_bytes) / (1 << 20));
   if (r.best_step == 0 && c.train.steps > 0 && has_parameters)
     std::printf("note: no step improved the validation score of the initial model; the saved "
-                "model is that initial model (lower train.lr, now %g%s, or train longer%s)\n",
-                c.train.lr,
+                "model is that initial model (lower %s, now %g%s, or train longer%s)\n",
+                c.train.method == "standard" ? "train.lr" : "train.meta.lr",
+                c.train.method == "standard" ? c.train.lr : c.train.meta.lr,
                 c.train.method == "standard"
                     ? ""
                     : fmt::format(", or train.meta.inner_lr, now {}", c.train.meta.inner_lr).c_str(),
@@ -1236,10 +1237,10 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
     MT_CHECK(fs::is_directory(parent), "predict: --out {}: folder {} does not exist; create it first",
              out_path, parent.string());
   }
-  Run run = read_run(run_dir);
   // No training, adapt or online --label replaces the run's files meanwhile.
   const cli::FolderLock reading(run_dir, ".train.lock", "--run", "metatape train, adapt or online",
                                 /*reader=*/true);
+  Run run = read_run(run_dir);
   cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
   check_model_settings_kept(run, c, "predict");
   resolve_run_data_path(run_dir, c, sets, "predict");
@@ -1936,9 +1937,9 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                "online: session '{}' has no validation or test frames", session.name);
       const int64_t begin = splits.train.empty() ? splits.val.front().begin
                                                  : splits.train.back().end;
-      int64_t cap = 0;  // the validation frames after `begin`
+      int64_t cap = 0;  // the validation frames from `begin` on, up to the first test frame
       for (const data::FrameRange& r : splits.val)
-        cap += std::max<int64_t>(0, r.end - std::max(r.begin, begin));
+        if (r.begin <= begin && begin < r.end) cap = r.end - begin;
       return Stream{begin, session.num_frames, cap};
     };
     auto held_out_stream = [&](const data::Session& session) {
@@ -2267,8 +2268,9 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                      : "");
   if (!not_finite.empty())
     std::fprintf(stderr,
-                 "note: forecasts that were not finite (their SGD steps diverged), scored nan "
-                 "(null in online.json): %s; lower online.lr (now %g)\n",
+                 "note: forecasts that were not finite, scored nan (null in online.json): %s; "
+                 "where the offline or online method's are, their SGD steps diverged: lower "
+                 "online.lr (now %g)\n",
                  fmt::format("{}", fmt::join(not_finite, ", ")).c_str(), c.online.lr);
   if (!calibration_hurt.empty())
     std::fprintf(stderr,
@@ -2433,10 +2435,10 @@ int run_eval(const std::string& run_dir, const std::string& split_name, bool una
              const std::vector<std::string>& sets, Device device) {
   MT_CHECK(split_name == "val" || split_name == "train" || split_name == "test",
            "eval: --split must be train, val or test, got '{}'", split_name);
-  Run run = read_run(run_dir);
   // No training, adapt or online --label replaces the run's files meanwhile.
   const cli::FolderLock reading(run_dir, ".train.lock", "--run", "metatape train, adapt or online",
                                 /*reader=*/true);
+  Run run = read_run(run_dir);
   cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
   {  // the scores are of the run as trained and validated: only how recordings are read moves
     auto scored = [](json j) {
@@ -2749,8 +2751,7 @@ int main(int argc, char** argv) {
         std::error_code rm;
         fs::remove_all(work, rm);
         if (made_out_dir) fs::remove(out_dir, rm);  // (only while empty)
-        MT_FAIL("data synth: writing the set failed: {}; {} is as it was (nothing of the new set "
-                "was kept)",
+        MT_FAIL("data synth: writing the set failed: {}; nothing of the new set was kept in {}",
                 e.what(), out_dir);
       }
       for (const auto& s : d.sessions)
@@ -2852,7 +2853,9 @@ int main(int argc, char** argv) {
                  "(in {}): drop --config",
                  cli::bench_state_path(out_dir));
         // (Its data.path as it started: a resumed benchmark matches its recorded settings.)
-        c = cli::apply_overrides(cli::read_bench_state(out_dir).at("config"), sets);
+        json started_with = cli::read_bench_state(out_dir).at("config");
+        cli::fill_settings_of_older_runs(started_with);
+        c = cli::apply_overrides(started_with, sets);
       } else {
         c = cli::load_config(config_file, sets);
         check_data_path(c, sets, "bench adaptation", config_file, kConfigPathCause);
