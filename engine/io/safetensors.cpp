@@ -1,4 +1,5 @@
 #include "engine/io/safetensors.h"
+#include "engine/io/temp_file.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -530,18 +531,8 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
            "save_safetensors '{}': the path names a folder; give a file name", path);
   std::filesystem::path dir = target.parent_path();
   if (dir.empty()) dir = ".";
-  // A leftover of an earlier process that had this pid is passed over: the next number.
-  static std::atomic<uint64_t> counter{0};
   std::string tmp;
-  int opened = -1;
-  for (int attempt = 0; attempt < 1000 && opened < 0; ++attempt) {
-    tmp = (dir / fmt::format(".{}.tmp.{}.{}", target.filename().string(), ::getpid(),
-                             counter++))
-              .string();
-    opened = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (opened < 0 && errno != EEXIST) break;
-  }
-  Fd fd(opened);
+  Fd fd(create_temp_beside(target, tmp));
   if (fd.get() < 0) {
     const int err = errno;
     if (err == ENOENT) {

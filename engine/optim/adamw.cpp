@@ -129,16 +129,7 @@ void AdamW::step() {
              "corrections of the capture's step; set AdamWOptions::capturable (the count and "
              "the corrections on the device)",
              params()[i].second.device().str(), params()[i].first);
-  // State left on another device than its parameter (the model moved after the first step):
-  // refused before any parameter is updated or counted.
-  for (size_t i = 0; i < params().size(); ++i)
-    if (!state(i).empty())
-      MT_CHECK(state(i)[1].device() == params()[i].second.device(),
-               "adamw: the state of parameter '{}' is on {} and the parameter on {} (the model "
-               "moved after the optimizer's first step); bring the state along: "
-               "load_state_dict(state_dict()) copies it onto the parameters' devices",
-               params()[i].first, state(i)[1].device().str(),
-               params()[i].second.device().str());
+  check_state_devices("adamw", 1, "state");  // (exp_avg; the step count may be on the host)
   // foreach: the parameters of each device in one call (a few kernels on CUDA), in order.
   std::vector<std::pair<Device, std::vector<AdamWEntry>>> lists;
   for (size_t i = 0; i < params().size(); ++i) {

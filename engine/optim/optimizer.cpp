@@ -56,6 +56,17 @@ void Optimizer::zero_grad() {
   for (auto& [name, p] : params_) p.zero_grad();
 }
 
+void Optimizer::check_state_devices(const char* optimizer, size_t entry, const char* what) {
+  for (size_t i = 0; i < params().size(); ++i)
+    if (state(i).size() > entry)
+      MT_CHECK(state(i)[entry].device() == params()[i].second.device(),
+               "{}: the {} of parameter '{}' is on {} and the parameter on {} (the model moved "
+               "after the optimizer's first step); bring the state along: "
+               "load_state_dict(state_dict()) copies it onto the parameters' devices",
+               optimizer, what, params()[i].first, state(i)[entry].device().str(),
+               params()[i].second.device().str());
+}
+
 std::vector<size_t> Optimizer::captured_parameters(bool needs_state) {
   std::vector<size_t> captured;
   std::vector<std::pair<Device, bool>> devices;  // capture status by device, queried once

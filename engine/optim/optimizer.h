@@ -82,6 +82,9 @@ class Optimizer {
   // one step before the capture): created in the capture, the zero-fill would be a kernel of the
   // graph and every replay would reset the state. One capture query per device.
   std::vector<size_t> captured_parameters(bool needs_state);
+  // Refuses state entry `entry` (named `what`) on another device than its parameter (a model
+  // moved after the first step), before step() updates anything; `optimizer` names the caller.
+  void check_state_devices(const char* optimizer, size_t entry, const char* what);
 
   // The gradient of parameter i to update it with: undefined when it has none, else checked
   // against the parameter (shape, dtype, device) and contiguous.

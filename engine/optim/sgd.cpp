@@ -88,16 +88,7 @@ void SGD::step() {
   const bool has_buffer = o.momentum != 0;
   // In a CUDA-graph capture: the momentum buffers must exist (refused before any update).
   (void)captured_parameters(/*needs_state=*/has_buffer);
-  // Momentum left on another device than its parameter (the model moved after the first
-  // step): refused before any parameter is updated.
-  for (size_t i = 0; i < params().size(); ++i)
-    if (has_buffer && !state(i).empty())
-      MT_CHECK(state(i)[0].device() == params()[i].second.device(),
-               "sgd: the momentum of parameter '{}' is on {} and the parameter on {} (the model "
-               "moved after the optimizer's first step); bring the state along: "
-               "load_state_dict(state_dict()) copies it onto the parameters' devices",
-               params()[i].first, state(i)[0].device().str(),
-               params()[i].second.device().str());
+  check_state_devices("sgd", 0, "momentum");
   for (size_t i = 0; i < params().size(); ++i) {
     const Tensor g = gradient(i);
     if (!g.defined()) continue;

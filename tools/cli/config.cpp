@@ -21,6 +21,7 @@
 #include <fmt/ranges.h>
 
 #include "engine/core/error.h"
+#include "engine/io/temp_file.h"
 #include "meta/adaptation.h"
 
 namespace mt::cli {
@@ -704,17 +705,8 @@ void write_file_atomic(const std::string& path, const std::string& text) {
   if (dir.empty()) dir = ".";
   // A name of this process's own (two commands writing one file do not share it), removed
   // unless it was renamed into place; a process killed meanwhile leaves it, named by its pid.
-  // (A leftover of an earlier process that had this pid is passed over: the next number.)
-  static std::atomic<uint64_t> counter{0};
   std::string tmp;
-  int fd = -1;
-  for (int attempt = 0; attempt < 1000 && fd < 0; ++attempt) {
-    tmp = (dir / fmt::format(".{}.tmp.{}.{}", target.filename().string(), ::getpid(),
-                             counter++))
-              .string();
-    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd < 0 && errno != EEXIST) break;
-  }
+  const int fd = io::create_temp_beside(target, tmp);
   if (fd < 0) {
     const int err = errno;
     MT_FAIL("{}: cannot write a file in {} ({}); does the folder exist, is it writable?", path,

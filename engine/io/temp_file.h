@@ -1,0 +1,16 @@
+// The temporary file of an atomic write: .<name>.tmp.<pid>.<n> in the target's folder, created
+// exclusively (O_EXCL), then written, synced and renamed over the target by the caller. The pid
+// lets a later writer remove the leftovers of a process that was killed meanwhile; a leftover of
+// an earlier process that had this pid is passed over (the next number).
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+namespace mt::io {
+
+// Opens a new temporary file for writing beside `target`; returns its descriptor and sets
+// `tmp_path`, or returns -1 with errno set (as open(2) left it).
+int create_temp_beside(const std::filesystem::path& target, std::string& tmp_path);
+
+}  // namespace mt::io
