@@ -68,7 +68,9 @@ struct TrainOptions {
 
 struct EvalPoint {
   int64_t step = 0;
-  double train_loss = 0;  // mean training loss since the previous point
+  // Mean training loss since the previous point: standard, the batch loss; FOMAML, the query
+  // loss; E2E-TTT, the meta-loss (query loss + mean inner loss with include_inner_losses).
+  double train_loss = 0;
   double seconds = 0;     // wall time since training started
   Metrics val;
   // {"step", "seconds", "train_loss" (null when not a number: the first point), "val"}; the

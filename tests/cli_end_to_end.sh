@@ -349,10 +349,18 @@ fails_with "online whose online.json cannot be written" "online.json" "$bin" onl
   --set online.calibration_steps=2
 check "... leaves no forecasts" test ! -e "$work/fc_fail"
 rm -rf "$work/poco_fail"
-mkdir -p "$work/fc_stale/.online.99999.partial"
-fails_with "online --forecasts into a killed run's work folder" \
-  "is the work of an online run that was killed: remove it" "$bin" online \
+# The work folder of another online run: refused while that process runs (this script's pid
+# stands for it), removed once it is gone (4194305: above any pid).
+mkdir -p "$work/fc_stale/.online.$$.partial"
+fails_with "online --forecasts into a running online's work folder" \
+  "is the work of another online run, still running: wait for it to end" "$bin" online \
   --run "$work/poco_live" --forecasts "$work/fc_stale"
+mv "$work/fc_stale/.online.$$.partial" "$work/fc_stale/.online.4194305.partial"
+check "online --forecasts into a killed online's work folder" "$bin" online \
+  --run "$work/poco_live" --forecasts "$work/fc_stale" --set online.stride=8 \
+  --set online.calibration_steps=2
+check "... removed it" test ! -e "$work/fc_stale/.online.4194305.partial" -a \
+  -e "$work/fc_stale/forecasts.json"
 fails_with "online holding back more frames than a stream can spare" \
   "an online.unseen_frames of at most" "$bin" online --run "$work/poco_live" \
   --set online.unseen_frames=390

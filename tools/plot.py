@@ -22,6 +22,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 COLORS = {"standard": "tab:blue", "fomaml": "tab:orange", "e2e-ttt": "tab:green"}
 
 
+def save(fig, path):
+    """Writes the figure beside `path` and renames it into place: a full disk or a stop leaves
+    the earlier plot (or none), never a truncated one."""
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, ".%s.tmp.%d.png" % (name, os.getpid()))
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def title_of(result):
     cfg = result.get("config", {})
     data = cfg.get("data", {}).get("path") or "synthetic"
@@ -51,7 +64,7 @@ def plot_adaptation(result, out_dir):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "adaptation_curves.png"), dpi=120)
+    save(fig, os.path.join(out_dir, "adaptation_curves.png"))
     plt.close(fig)
 
     own_rows = [r for r in table if r["procedure"] == own.get(r["method"])]
@@ -79,7 +92,7 @@ def plot_adaptation(result, out_dir):
     axes[0].legend(fontsize=8)
     fig.suptitle(f"test-time parameter ablation\n{title_of(result)}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "adaptation_ablation.png"), dpi=120)
+    save(fig, os.path.join(out_dir, "adaptation_ablation.png"))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -97,7 +110,7 @@ def plot_adaptation(result, out_dir):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "adaptation_training.png"), dpi=120)
+    save(fig, os.path.join(out_dir, "adaptation_training.png"))
     plt.close(fig)
 
 
@@ -120,7 +133,7 @@ def plot_memory(result, out_dir):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "memory.png"), dpi=120)
+    save(fig, os.path.join(out_dir, "memory.png"))
     plt.close(fig)
 
 

@@ -329,6 +329,21 @@ bool make_folder(const std::string& dir, const std::string& what) {
   return made;
 }
 
+bool left_by_dead_process(const std::string& name, const std::string& before,
+                          const std::string& after) {
+  if (name.size() <= before.size() + after.size() || name.rfind(before, 0) != 0 ||
+      name.compare(name.size() - after.size(), after.size(), after) != 0)
+    return false;
+  const std::string pid_text =
+      name.substr(before.size(), name.size() - before.size() - after.size());
+  if (pid_text.size() > 9 || !std::all_of(pid_text.begin(), pid_text.end(), [](unsigned char c) {
+        return std::isdigit(c) != 0;
+      }))
+    return false;
+  const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
+  return pid > 0 && pid != ::getpid() && ::kill(pid, 0) != 0 && errno == ESRCH;
+}
+
 // The temporary files of writes that never finished (.<file>.tmp.<pid>.<n>, written by
 // write_file_atomic and save_safetensors) whose process is gone: a killed command's leftovers,
 // as large as the model or state they were to become.

@@ -67,6 +67,11 @@ void apply_threads(const RunConfig& c);
 // reason and the fix. Returns whether it made the folder itself.
 bool make_folder(const std::string& dir, const std::string& what);
 
+// Whether `name` is `before` + a process id + `after` (a work folder's name) and that process
+// is gone: what it left is no one's.
+bool left_by_dead_process(const std::string& name, const std::string& before,
+                          const std::string& after);
+
 // Removes the temporary files (.<file>.tmp.<pid>.<n>) in dir of writes whose process is gone.
 void remove_stale_temp_files(const std::string& dir);
 

@@ -1729,6 +1729,14 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
              "online: --forecasts {} is a link to nothing; name a new or empty folder",
              forecasts_given);
     if (fs::exists(forecasts_dir)) {
+      // The work folder of an online run killed before it ended (its process gone): removed.
+      std::error_code ec;
+      for (const auto& entry : fs::directory_iterator(forecasts_dir, ec)) {
+        if (cli::left_by_dead_process(entry.path().filename().string(), ".online.", ".partial")) {
+          std::error_code rm;
+          fs::remove_all(entry.path(), rm);
+        }
+      }
       std::vector<std::string> held;
       for (const auto& entry : fs::directory_iterator(forecasts_dir))
         held.push_back(entry.path().filename().string());
@@ -1743,8 +1751,8 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
                forecasts_given, held.size(), held.size() == 1 ? "y" : "ies",
                fmt::join(held.begin(), held.begin() + std::min<ptrdiff_t>(3, held.size()), ", "),
                held.size() > 3 ? ", ..." : "",
-               killed ? " (a .online.<pid>.partial folder is the work of an online run that was "
-                        "killed: remove it)"
+               killed ? " (a .online.<pid>.partial folder is the work of another online run, "
+                        "still running: wait for it to end)"
                       : "");
     }
     const fs::path run_path = fs::weakly_canonical(run_dir),
@@ -2731,11 +2739,7 @@ int main(int argc, char** argv) {
                "permissions",
                out_dir, ec.message());
       for (const auto& entry : fs::directory_iterator(out_dir, ec)) {
-        const std::string name = entry.path().filename().string();
-        int pid = 0;
-        if (std::sscanf(name.c_str(), ".synth.%d.partial", &pid) == 1 &&
-            name == fmt::format(".synth.{}.partial", pid) && pid > 0 && ::kill(pid, 0) != 0 &&
-            errno == ESRCH) {
+        if (cli::left_by_dead_process(entry.path().filename().string(), ".synth.", ".partial")) {
           std::error_code rm;
           fs::remove_all(entry.path(), rm);
         }
