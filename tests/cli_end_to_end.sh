@@ -1258,10 +1258,12 @@ check "--unadapted on a standard run is noted" grep -q "has no inner loop" "$wor
 # Each fine-tuning mode takes its step size from adapt.lr_by_mode: a changed adapt.train.lr would
 # go unused, and is named; the step size a mode took is in adapt.json.
 check "adapt with adapt.train.lr changed" "$bin" adapt --run "$work/poco" --label lr_note \
-  --set 'adapt.modes=["embeddings"]' --set adapt.train.lr=1e-4
+  --set 'adapt.modes=["embeddings"]' --set adapt.train.lr=1e-4 --set train.lr=0.5
 cp "$work/out.txt" "$work/lr_note.txt"
 check "... is noted as unused, with the key that is" grep -q \
   "adapt.train.lr (0.0001) is not used.*adapt.lr_by_mode.embeddings=0.0001" "$work/lr_note.txt"
+check "... and so is the training's train.lr" grep -q \
+  "adapt does not read train.lr: training settings" "$work/lr_note.txt"
 check "adapt.json records each mode's step size and its key" "$py" -c '
 import json, sys
 m = next(x for x in json.load(open(sys.argv[1]))["methods"] if x["method"] == "finetune:embeddings")

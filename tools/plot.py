@@ -26,9 +26,10 @@ def save(fig, path):
     """Writes the figure beside `path` and renames it into place: a full disk or a stop leaves
     the earlier plot (or none), never a truncated one."""
     folder, name = os.path.split(path)
-    tmp = os.path.join(folder, ".%s.tmp.%d.png" % (name, os.getpid()))
+    # (.<name>.tmp.<pid>.0: the name metatape removes once this process is gone)
+    tmp = os.path.join(folder, ".%s.tmp.%d.0" % (name, os.getpid()))
     try:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=120, format="png")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -42,6 +42,12 @@ namespace mt::cli {
 
 namespace {
 
+// A config an earlier metatape recorded, read as the run or benchmark used it.
+json older_filled(json config) {
+  fill_settings_of_older_runs(config);
+  return config;
+}
+
 std::string cpu_name() {
   std::ifstream in("/proc/cpuinfo");
   std::string line;
@@ -271,8 +277,10 @@ json run_bench_folds(const RunConfig& c, const std::string& out_dir, Device devi
                 {"folds", groups},  {"trainings", json::array()}, {"runs", json::array()}};
   if (control.resume) {
     const json saved = read_bench_state(out_dir);
+    json saved_identity = saved.at("identity");
+    fill_settings_of_older_runs(saved_identity);  // (as the config it resumes with)
     const json then = with_missing_from(
-        saved.at("identity"), identity_of(config_from_json(json::object()).to_json()));
+        saved_identity, identity_of(config_from_json(json::object()).to_json()));
     const std::string differs = describe_identity_difference(then, identity, "the benchmark");
     MT_CHECK(differs.empty(),
              "bench adaptation --resume --out {}: {}; a benchmark continues with the settings, "
@@ -322,7 +330,7 @@ json run_bench_folds(const RunConfig& c, const std::string& out_dir, Device devi
       const json now =
           fold_identity(ck.to_json(), session_json(dk.train), session_json(dk.holdout));
       const json then = with_missing_from(
-          fold_identity(result.value("config", json::object()),
+          fold_identity(older_filled(result.value("config", json::object())),
                         result.value("train_sessions", json::array()),
                         result.value("holdout_sessions", json::array())),
           fold_identity(config_from_json(json::object()).to_json(), json::array(),
@@ -435,8 +443,10 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
   if (control.resume) {
     const json saved = read_bench_state(out_dir);
     // A state written before a setting existed lacks it: it held its default then.
+    json saved_identity = saved.at("identity");
+    fill_settings_of_older_runs(saved_identity);  // (as the config it resumes with)
     const json then = with_missing_from(
-        saved.at("identity"), identity_of(config_from_json(json::object()).to_json()));
+        saved_identity, identity_of(config_from_json(json::object()).to_json()));
     MT_CHECK(then.value("device", device_kind) == device_kind,
              "bench adaptation --resume --out {}: the benchmark ran on {}; resume it there "
              "(--device {})",

@@ -274,7 +274,7 @@ FolderLock::FolderLock(const std::string& dir, const std::string& file_name,
   fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   int open_error = fd_ < 0 ? errno : 0;
   // A lock file made read-only (copied from elsewhere) still locks: flock needs no write access.
-  if (fd_ < 0 && open_error == EACCES) {
+  if (fd_ < 0 && (open_error == EACCES || open_error == EROFS)) {
     fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd_ < 0 && errno != ENOENT) open_error = errno;
   }
@@ -341,7 +341,9 @@ bool left_by_dead_process(const std::string& name, const std::string& before,
       }))
     return false;
   const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
-  return pid > 0 && pid != ::getpid() && ::kill(pid, 0) != 0 && errno == ESRCH;
+  // (This process's own pid: an earlier process's leftover, as in a container where each run is
+  // process 1; callers ask before they make their own.)
+  return pid > 0 && (pid == ::getpid() || (::kill(pid, 0) != 0 && errno == ESRCH));
 }
 
 // The temporary files of writes that never finished (.<file>.tmp.<pid>.<n>, written by
@@ -365,7 +367,9 @@ void remove_stale_temp_files(const std::string& dir) {
     };
     if (!digits(pid_text) || !digits(counter_text)) continue;
     const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
-    if (pid <= 0 || pid == ::getpid() || ::kill(pid, 0) == 0 || errno != ESRCH) continue;
+    // (Taken with the folder's lock, before this process writes there: one of its own pid is an
+    // earlier process's leftover.)
+    if (pid <= 0 || (pid != ::getpid() && (::kill(pid, 0) == 0 || errno != ESRCH))) continue;
     std::error_code rm;
     std::filesystem::remove(entry.path(), rm);
   }

@@ -68,7 +68,8 @@ void apply_threads(const RunConfig& c);
 bool make_folder(const std::string& dir, const std::string& what);
 
 // Whether `name` is `before` + a process id + `after` (a work folder's name) and that process
-// is gone: what it left is no one's.
+// is gone, or is this one (asked before this process makes its own: an earlier process's): what
+// it left is no one's.
 bool left_by_dead_process(const std::string& name, const std::string& before,
                           const std::string& after);
 

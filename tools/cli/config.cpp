@@ -768,7 +768,9 @@ void fill_settings_of_older_runs(nlohmann::json& j) {
   if (!j.contains("train") || !j["train"].is_object()) return;
   nlohmann::json& train = j["train"];
   if (!train.contains("meta") || !train["meta"].is_object()) return;
-  const std::string method = train.value("method", std::string("standard"));
+  const std::string method =
+      train.contains("method") && train["method"].is_string() ? train["method"].get<std::string>()
+                                                               : std::string("standard");
   if (!train["meta"].contains("lr") && train.contains("lr") && method != "standard")
     train["meta"]["lr"] = train["lr"];
 }

@@ -564,6 +564,15 @@ struct Run {
   std::vector<int64_t> trained_sizes;
   std::vector<std::string> trained_crc32;  // "" where config.json has none (older runs)
 };
+// The run folder's lock as a reader (eval, predict, online): no training, adapt or online
+// --label replaces the run's files meanwhile. Only in a folder that holds a run: elsewhere
+// read_run says what is missing, and no lock file is left behind.
+std::unique_ptr<cli::FolderLock> lock_to_read(const std::string& run_dir) {
+  if (!fs::is_regular_file(run_dir + "/config.json")) return nullptr;
+  return std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run",
+                                           "metatape train, adapt or online", /*reader=*/true);
+}
+
 Run read_run(const std::string& run_dir, bool note_unfinished = true) {
   const std::string path = run_dir + "/config.json";
   json j = cli::read_json_file(path);
@@ -1237,9 +1246,7 @@ void run_predict(const std::string& run_dir, const std::string& session_name,
     MT_CHECK(fs::is_directory(parent), "predict: --out {}: folder {} does not exist; create it first",
              out_path, parent.string());
   }
-  // No training, adapt or online --label replaces the run's files meanwhile.
-  const cli::FolderLock reading(run_dir, ".train.lock", "--run", "metatape train, adapt or online",
-                                /*reader=*/true);
+  const auto reading = lock_to_read(run_dir);
   Run run = read_run(run_dir);
   cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
   check_model_settings_kept(run, c, "predict");
@@ -1849,8 +1856,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
     lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run",
                                              "metatape train, adapt or online");
   } else {
-    lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run",
-                                             "metatape train, adapt or online", /*reader=*/true);
+    lock = lock_to_read(run_dir);
   }
   MT_CHECK(c.online.unseen_frames == 0 || !c.data.holdout.empty(),
            "online: online.unseen_frames ({}) holds the last frames of each held-out session's "
@@ -2443,9 +2449,7 @@ int run_eval(const std::string& run_dir, const std::string& split_name, bool una
              const std::vector<std::string>& sets, Device device) {
   MT_CHECK(split_name == "val" || split_name == "train" || split_name == "test",
            "eval: --split must be train, val or test, got '{}'", split_name);
-  // No training, adapt or online --label replaces the run's files meanwhile.
-  const cli::FolderLock reading(run_dir, ".train.lock", "--run", "metatape train, adapt or online",
-                                /*reader=*/true);
+  const auto reading = lock_to_read(run_dir);
   Run run = read_run(run_dir);
   cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
   {  // the scores are of the run as trained and validated: only how recordings are read moves
@@ -2747,10 +2751,6 @@ int main(int argc, char** argv) {
       const fs::path work = fs::path(out_dir) / fmt::format(".synth.{}.partial", ::getpid());
       try {
         data::write_dataset_npz(d, work.string());
-        for (const auto& p : earlier) fs::remove(p);
-        for (const auto& session : d.sessions)
-          fs::rename(work / (session.name + ".npz"), fs::path(out_dir) / (session.name + ".npz"));
-        fs::remove(work);
       } catch (const std::exception& e) {
         std::error_code rm;
         fs::remove_all(work, rm);
@@ -2758,6 +2758,13 @@ int main(int argc, char** argv) {
         MT_FAIL("data synth: writing the set failed: {}; nothing of the new set was kept in {}",
                 e.what(), out_dir);
       }
+      // Every file written: the earlier set goes and the new one takes its place (renames in
+      // one folder).
+      for (const auto& p : earlier) fs::remove(p);
+      for (const auto& session : d.sessions)
+        fs::rename(work / (session.name + ".npz"), fs::path(out_dir) / (session.name + ".npz"));
+      std::error_code rm;
+      fs::remove_all(work, rm);
       for (const auto& s : d.sessions)
         std::printf("%s: %lld neurons x %lld frames\n", s.name.c_str(), (long long)s.num_neurons,
                     (long long)s.num_frames);
@@ -2836,6 +2843,21 @@ int main(int argc, char** argv) {
       cli::RunConfig c = run.config;
       if (!sets.empty()) c = cli::apply_overrides(run.config_json, sets);
       check_model_settings_kept(run, c, "adapt");
+      // The training's settings: adapt reads only the inner loop's (a meta-learned run's row);
+      // any other --set train.* would change nothing, without a word.
+      std::vector<std::string> unread;
+      for (const std::string& s : sets) {
+        const std::string key = s.substr(0, s.find('='));
+        if (key.rfind("train.", 0) == 0 && key != "train.meta.inner_lr" &&
+            key != "train.meta.inner_steps" && key != "train.meta.params")
+          unread.push_back(key);
+      }
+      if (!unread.empty())
+        std::fprintf(stderr,
+                     "note: adapt does not read %s: training settings (the fine-tuning's are "
+                     "adapt.train.*; of train.*, adapt reads only the inner loop's "
+                     "train.meta.inner_lr, inner_steps and params)\n",
+                     fmt::format("{}", fmt::join(unread, ", ")).c_str());
       resolve_run_data_path(run_dir, c, sets, "adapt");
       const Device device = parse_device(device_name);  // before the data is read
       apply_threads(c);
