@@ -70,6 +70,70 @@ TEST_CASE("checkpoint: values and gradients equal the plain graph, to second ord
   CHECK(check_second_order("checkpoint", checkpointed, {x, w}) > 0);
 }
 
+TEST_CASE("checkpoint: a captured parameter (a leaf read by the region) gets its gradient",
+          "[autograd][checkpoint]") {
+  Tensor x = random_tensor(Shape{3, 4}, -1, 1, 111), w = random_tensor(Shape{4, 2}, -1, 1, 112);
+  // The region receives x and reads w from its closure, as a layer reads its own weight.
+  auto captured = [](const TensorList& in) {
+    Tensor weight = in[1];
+    TensorList o = autograd::checkpoint(
+        [weight](const TensorList& xs) { return region({xs[0], weight}); }, {in[0]});
+    return add(sum(o[0], {1}), mul(o[1], o[1]));
+  };
+  auto plain = [](const TensorList& in) {
+    TensorList o = region(in);
+    return add(sum(o[0], {1}), mul(o[1], o[1]));
+  };
+  // Before captured leaves were found, w's gradient was silently undefined (lost).
+  CHECK(check_gradients("checkpoint, captured weight", captured, {x, w}) > 0);
+  CHECK(check_second_order("checkpoint, captured weight", captured, {x, w}) > 0);
+  Tensor xl = x.clone(), wl = w.clone();
+  xl.set_requires_grad(true);
+  wl.set_requires_grad(true);
+  TensorList a = autograd::grad({sum(captured({xl, wl}))}, {xl, wl});
+  TensorList b = autograd::grad({sum(plain({xl, wl}))}, {xl, wl});
+  CHECK(max_abs_diff(a[0], b[0]) <= kSameTol);
+  CHECK(max_abs_diff(a[1], b[1]) <= kSameTol);
+
+  SECTION("only a captured leaf requires grad: the region still records a node") {
+    Tensor xc = x.clone();  // a constant input
+    Tensor y = sum(captured({xc, wl}));
+    REQUIRE(y.requires_grad());
+    CHECK(max_abs_diff(autograd::grad({y}, {wl})[0],
+                       autograd::grad({sum(plain({xc, wl}))}, {wl})[0]) <= kSameTol);
+  }
+  SECTION("backward() accumulates into the captured leaf's .grad") {
+    sum(captured({xl, wl})).backward();
+    REQUIRE(wl.grad().defined());
+    CHECK(max_abs_diff(wl.grad(), b[1]) <= kSameTol);
+  }
+  SECTION("a captured leaf changed in place before the backward is refused") {
+    Tensor y = sum(captured({xl, wl}));
+    {
+      NoGradGuard no_grad;
+      wl.mul_(2.0);
+    }
+    CHECK_THROWS_WITH(autograd::grad({y}, {xl}), Catch::Contains("modified"));
+  }
+}
+
+TEST_CASE("checkpoint: a captured tensor that requires grad and is not a leaf is refused",
+          "[autograd][checkpoint][errors]") {
+  Tensor x = random_tensor(Shape{3, 4}, -1, 1, 113), w = random_tensor(Shape{4, 2}, -1, 1, 114);
+  x.set_requires_grad(true);
+  w.set_requires_grad(true);
+  Tensor scaled = mul(w, 2.0);  // computed before the region: its gradient could not reach w
+  auto reads_scaled = [scaled](const TensorList& xs) { return region({xs[0], scaled}); };
+  CHECK_THROWS_WITH(autograd::checkpoint(reads_scaled, {x}),
+                    Catch::Contains("not one of its inputs") && Catch::Contains("mul") &&
+                        Catch::Contains("Pass it in `inputs`"));
+  // As an input it is fine, and so is a detached copy read as a constant.
+  CHECK_NOTHROW(autograd::checkpoint(region, {x, scaled}));
+  Tensor constant = scaled.detach();
+  CHECK_NOTHROW(autograd::checkpoint(
+      [constant](const TensorList& xs) { return region({xs[0], constant}); }, {x}));
+}
+
 TEST_CASE("checkpoint keeps only its inputs in the forward", "[autograd][checkpoint][memory]") {
   Tensor x = random_tensor(Shape{256, 256}, -1, 1, 103);
   x.set_requires_grad(true);

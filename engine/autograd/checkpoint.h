@@ -12,9 +12,12 @@ namespace mt::autograd {
 
 using Region = std::function<TensorList(const TensorList&)>;
 
-// outputs = fn(inputs), with only `inputs` kept for the backward. `inputs` must hold every tensor
-// requiring grad that fn reads (fn must not capture other differentiable tensors: their gradient
-// would be lost; captured constants are fine). fn must be deterministic (dropout: reseed inside)
+// outputs = fn(inputs), with only `inputs` kept for the backward. fn may read leaves requiring
+// grad directly (captured parameters, as torch.utils.checkpoint allows): the first pass finds
+// them in its graph and their gradients are taken in the recomputation like the inputs'. Any
+// other tensor requiring grad that fn reads (the output of an op before the region) must be in
+// `inputs`: its gradient could not flow through the recomputation, so it is refused, naming its
+// op (detach() a tensor meant as a constant). fn must be deterministic (dropout: reseed inside)
 // and may call grad() on its inputs (they require grad inside fn when they do outside).
 TensorList checkpoint(const Region& fn, const TensorList& inputs);
 

@@ -171,6 +171,11 @@ class AccumulateGrad final : public Node {
   std::shared_ptr<TensorImpl> leaf_;
 };
 
+// The sequence number the next node will get: nodes numbered at or above a value read before a
+// computation were created after it began (single-threaded; checkpoint() uses it to tell its
+// region's nodes from the graph before it).
+uint64_t next_sequence_nr();
+
 // The node a gradient for t flows into: t's grad_fn, its accumulator (leaf), or null.
 std::shared_ptr<Node> gradient_edge(const Tensor& t);
 
