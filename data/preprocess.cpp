@@ -121,6 +121,23 @@ std::vector<int64_t> window_starts(const std::vector<FrameRange>& ranges, int64_
   return out;
 }
 
+std::pair<std::vector<FrameRange>, std::vector<FrameRange>> support_query_frames(
+    const std::vector<FrameRange>& train, double fraction) {
+  MT_DATA_CHECK(std::isfinite(fraction) && fraction >= 0 && fraction <= 1,
+                "support/query: support fraction {} must be in [0, 1]", fraction);
+  int64_t total = 0;
+  for (const auto& r : train) total += r.length();
+  int64_t left = std::llround(fraction * static_cast<double>(total));  // support frames to place
+  std::vector<FrameRange> support, query;
+  for (const auto& r : train) {
+    const int64_t take = std::min(left, r.length());
+    if (take > 0) support.push_back({r.begin, r.begin + take});
+    if (take < r.length()) query.push_back({r.begin + take, r.end});
+    left -= take;
+  }
+  return {std::move(support), std::move(query)};
+}
+
 std::pair<std::vector<int64_t>, std::vector<int64_t>> support_query_split(
     const std::vector<int64_t>& windows, double fraction, uint64_t seed) {
   MT_DATA_CHECK(std::isfinite(fraction) && fraction >= 0 && fraction <= 1,
@@ -280,10 +297,24 @@ PreparedData::PreparedData(Dataset dataset, const PrepConfig& config)
       }
       apply_zscore(s, p.stats);
     }
-    auto [sup, qry] = support_query_split(p.windows[0], config_.support_fraction,
-                                          mix_seed(config_.seed, static_cast<uint64_t>(si)));
-    p.support = std::move(sup);
-    p.query = std::move(qry);
+    if (config_.support_split == SupportSplit::Chronological) {
+      const auto [sup, qry] = support_query_frames(p.splits.train, config_.support_fraction);
+      p.support = window_starts(sup, w.seq_length, w.stride);
+      p.query = window_starts(qry, w.seq_length, w.stride);
+      if (!p.windows[0].empty() && config_.support_fraction > 0 &&
+          config_.support_fraction < 1 && (p.support.empty() || p.query.empty()))
+        notes_.push_back(fmt::format(
+            "{}: its {} training frames give {} support and {} query windows of {} frames "
+            "(support_fraction {}, chronological support split): meta-learning (fomaml, "
+            "e2e-ttt) leaves it out",
+            s.describe(), SessionSplits::frames(p.splits.train), p.support.size(),
+            p.query.size(), w.seq_length, config_.support_fraction));
+    } else {
+      auto [sup, qry] = support_query_split(p.windows[0], config_.support_fraction,
+                                            mix_seed(config_.seed, static_cast<uint64_t>(si)));
+      p.support = std::move(sup);
+      p.query = std::move(qry);
+    }
   }
 }
 

@@ -69,6 +69,25 @@ void apply_zscore(Session& session, const NormStats& stats);
 std::vector<int64_t> window_starts(const std::vector<FrameRange>& ranges, int64_t seq_length,
                                    int64_t stride);
 
+// How a session's training windows are divided into support and query sets (meta-learning: the
+// inner loop adapts on support windows, the outer loss is taken on query windows).
+enum class SupportSplit {
+  // The first `support_fraction` of the training frames hold the support windows, the rest the
+  // query windows; windows crossing the cut are in neither, so no frame is in both sets and the
+  // query frames follow the support frames, as a new session's validation and test frames follow
+  // the frames it is adapted on.
+  Chronological,
+  // A shuffled `support_fraction` of the training windows (support_query_split): neighbouring
+  // windows, which share all but one frame, fall in both sets. Runs written before
+  // data.support_split existed used it.
+  Shuffled,
+};
+
+// The training frames cut at the first round(fraction x frames) of them (counted through the
+// ranges in time order): (support frames, query frames), each a list of disjoint ranges.
+std::pair<std::vector<FrameRange>, std::vector<FrameRange>> support_query_frames(
+    const std::vector<FrameRange>& train, double fraction);
+
 // Shuffles `windows` with a Philox stream seeded by `seed`, puts the first
 // round(fraction x n) in the support set and the rest in the query set; both come back sorted.
 // With 0 < fraction < 1 and n >= 2, each set gets at least one window.
@@ -115,8 +134,9 @@ struct PrepConfig {
   SplitConfig split;
   WindowConfig window;
   bool zscore = true;             // z-score each session with its train split's statistics
-  double support_fraction = 0.7;  // of each session's training windows
-  uint64_t seed = 0;              // support/query shuffle; session s uses stream s
+  SupportSplit support_split = SupportSplit::Chronological;
+  double support_fraction = 0.7;  // of each session's training frames (Shuffled: windows)
+  uint64_t seed = 0;              // support/query shuffle (Shuffled); session s uses stream s
 };
 
 // A dataset ready for training: every session split, z-scored and cut into windows.

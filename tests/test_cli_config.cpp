@@ -158,3 +158,37 @@ TEST_CASE("cli config: a run from before train.meta.lr existed keeps the outer s
   cli::fill_settings_of_older_runs(newer);
   CHECK(newer["train"]["meta"]["lr"] == 5e-5);
 }
+
+TEST_CASE("cli config: data.support_split, and runs from before it kept shuffled",
+          "[cli][config]") {
+  const cli::RunConfig defaults = cli::config_from_json(json::object());
+  CHECK(defaults.data.prep.support_split == data::SupportSplit::Chronological);
+  CHECK(defaults.to_json()["data"]["support_split"] == "chronological");
+  json shuffled = {{"data", {{"support_split", "shuffled"}}}};
+  CHECK(cli::config_from_json(shuffled).data.prep.support_split == data::SupportSplit::Shuffled);
+  CHECK_THROWS_WITH(cli::config_from_json({{"data", {{"support_split", "random"}}}}),
+                    Catch::Contains("data.support_split 'random' is not known") &&
+                        Catch::Contains("chronological") && Catch::Contains("shuffled"));
+  // A run's config.json written before the key existed drew its support windows at random: it
+  // keeps that split, and its training identity matches a resumed run's.
+  json older = defaults.to_json();
+  REQUIRE(older["data"].erase("support_split") == 1);
+  json filled = older;
+  cli::fill_settings_of_older_runs(filled);
+  CHECK(cli::config_from_json(filled).data.prep.support_split == data::SupportSplit::Shuffled);
+  json sessions = json::array({{{"name", "a"}, {"crc32", 1234}}});
+  json now_config = cli::config_from_json(filled).to_json();
+  now_config["sessions"] = sessions;
+  const json now = cli::training_identity(now_config);
+  json then_config = older;
+  then_config["sessions"] = sessions;
+  json then = cli::training_identity(then_config);
+  CHECK(cli::describe_identity_difference(cli::identity_with_defaults(then, now), now) ==
+        "data.support_split is \"shuffled\" now, \"chronological\" in the run");
+  cli::fill_settings_of_older_runs(then);
+  CHECK(cli::describe_identity_difference(cli::identity_with_defaults(then, now), now).empty());
+  // A run that has the key keeps it.
+  json newer = defaults.to_json();
+  cli::fill_settings_of_older_runs(newer);
+  CHECK(newer["data"]["support_split"] == "chronological");
+}

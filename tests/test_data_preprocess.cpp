@@ -219,11 +219,74 @@ TEST_CASE("preprocess: z-scoring uses the train split's statistics", "[data][pre
   }
 }
 
+TEST_CASE("preprocess: the chronological support/query split shares no frame",
+          "[data][preprocess]") {
+  const Dataset d = synth_dataset();
+  PrepConfig cfg;  // support_split chronological by default
+  REQUIRE(cfg.support_split == SupportSplit::Chronological);
+  cfg.window = {32, 8, 1};
+  const PreparedData p(d, cfg);
+  for (int64_t s = 0; s < p.num_sessions(); ++s) {
+    // 600 frames: train 0..420; support frames 0..294 (0.7 x 420), query 294..420.
+    const auto& sup = p.support(s);
+    const auto& qry = p.query(s);
+    REQUIRE(!sup.empty());
+    REQUIRE(!qry.empty());
+    CHECK(sup.front() == 0);
+    CHECK(sup.back() + 32 == 294);  // the last support window ends at the cut
+    CHECK(qry.front() == 294);      // the first query window starts there
+    CHECK(qry.back() + 32 == 420);
+    CHECK(sup.size() == 294 - 32 + 1);
+    CHECK(qry.size() == 126 - 32 + 1);
+    // Every query frame comes after every support frame (the windows crossing the cut, which
+    // the shuffled split shares between both sets, are in neither).
+    CHECK(sup.back() + 32 <= qry.front());
+  }
+  // The seed does not enter: the split is the same for any seed.
+  PrepConfig other = cfg;
+  other.seed = 43;
+  CHECK(PreparedData(d, other).query(0) == p.query(0));
+
+  SECTION("blocks: the cut counts training frames through the blocks") {
+    // Blocks of 100 frames, 60 training frames each: 360 training frames in 6 blocks, 0.7 of
+    // them = 252, so the support frames are blocks 0-3 (240) and 12 frames of block 4.
+    const auto [sf, qf] = support_query_frames(
+        {{0, 60}, {100, 160}, {200, 260}, {300, 360}, {400, 460}, {500, 560}}, 0.7);
+    REQUIRE(sf.size() == 5);
+    CHECK(sf.back().begin == 400);
+    CHECK(sf.back().end == 412);
+    REQUIRE(qf.size() == 2);
+    CHECK(qf.front().begin == 412);
+    CHECK(qf.front().end == 460);
+    CHECK(qf.back().begin == 500);
+    const auto [all, none] = support_query_frames({{0, 60}, {100, 160}}, 1.0);
+    CHECK(all.size() == 2);
+    CHECK(none.empty());
+    CHECK_THROWS_WITH(support_query_frames({{0, 60}}, 1.5), Contains("support fraction 1.5"));
+  }
+  SECTION("a session whose query share holds no window is noted") {
+    Dataset d2;
+    d2.sessions.push_back(ramp_session("short", 4, 200));
+    PrepConfig c2;
+    c2.window = {48, 8, 1};
+    c2.split.train = 0.5;  // train 100 frames: support 70 (23 windows), query 30 (< 48: none)
+    c2.split.val = 0.25;
+    c2.split.test = 0.25;
+    const PreparedData p2(d2, c2);
+    CHECK(p2.query(0).empty());
+    CHECK(!p2.support(0).empty());
+    REQUIRE(p2.notes().size() == 1);
+    CHECK_THAT(p2.notes()[0], Contains("session 'short'") && Contains("23 support and 0 query") &&
+                                  Contains("leaves it out"));
+  }
+}
+
 TEST_CASE("preprocess: support and query split the training windows", "[data][preprocess]") {
   const Dataset d = synth_dataset();
   PrepConfig cfg;
   cfg.window = {32, 8, 1};
   cfg.seed = 42;
+  cfg.support_split = SupportSplit::Shuffled;
   const PreparedData p(d, cfg);
   for (int64_t s = 0; s < p.num_sessions(); ++s) {
     const auto& train = p.windows(s, Split::Train);

@@ -376,6 +376,9 @@ nlohmann::json RunConfig::to_json() const {
                       {"block_length", p.split.block_length},
                       {"stride", p.window.stride},
                       {"zscore", p.zscore},
+                      {"support_split", p.support_split == data::SupportSplit::Shuffled
+                                            ? "shuffled"
+                                            : "chronological"},
                       {"support_fraction", p.support_fraction},
                       {"seed", p.seed},
                       {"holdout", data.holdout}};
@@ -428,6 +431,16 @@ RunConfig config_from_json(const nlohmann::json& j) {
     r.get("block_length", c.data.prep.split.block_length);
     r.get("stride", c.data.prep.window.stride);
     r.get("zscore", c.data.prep.zscore);
+    std::string support_split = "chronological";
+    r.get("support_split", support_split);
+    MT_CHECK(support_split == "chronological" || support_split == "shuffled",
+             "config: data.support_split '{}' is not known; use chronological (support windows "
+             "from the first data.support_fraction of each session's training frames, query "
+             "windows from the rest) or shuffled (a random share of the training windows, as "
+             "runs before this setting)",
+             support_split);
+    c.data.prep.support_split = support_split == "shuffled" ? data::SupportSplit::Shuffled
+                                                            : data::SupportSplit::Chronological;
     r.get("support_fraction", c.data.prep.support_fraction);
     r.get("seed", c.data.prep.seed);
     r.get("holdout", c.data.holdout);
@@ -532,8 +545,9 @@ RunConfig config_from_json(const nlohmann::json& j) {
            c.data.prep.window.stride);
   MT_CHECK(std::isfinite(c.data.prep.support_fraction) && c.data.prep.support_fraction >= 0 &&
                c.data.prep.support_fraction <= 1,
-           "config: data.support_fraction is {}: the share of each session's training windows "
-           "in its support set (meta-learning), in [0, 1]",
+           "config: data.support_fraction is {}: the share of each session's training frames "
+           "(windows with data.support_split=shuffled) in its support set (meta-learning), in "
+           "[0, 1]",
            c.data.prep.support_fraction);
   try {
     if (c.data.path.empty()) data::check_config(c.data.synthetic);  // (unread otherwise)
@@ -761,6 +775,9 @@ nlohmann::json training_identity(const nlohmann::json& config) {
 
 void fill_settings_of_older_runs(nlohmann::json& j) {
   if (!j.is_object()) return;
+  // data.support_split: runs before it drew support and query windows at random.
+  if (j.contains("data") && j["data"].is_object() && !j["data"].contains("support_split"))
+    j["data"]["support_split"] = "shuffled";
   // adapt.train.meta: never read, and refused away from its defaults since: dropped.
   if (j.contains("adapt") && j["adapt"].is_object() && j["adapt"].contains("train") &&
       j["adapt"]["train"].is_object())

@@ -630,13 +630,13 @@ json reader_options_for(const json& read_with, const std::string& source) {
 // What a trained model needs unchanged: its architecture (model kind and resolved settings) and
 // the preprocessing its inputs went through (data: split, fractions, block length, z-scoring).
 // --set may change where and how recordings are read (data.path, data.holdout, the loaders'
-// options, data.synthetic), the window stride, support fraction and seed, and the adapt /
+// options, data.synthetic), the window stride, support split, fraction and seed, and the adapt /
 // online / bench sections.
 void check_model_settings_kept(const Run& run, const cli::RunConfig& c, const char* command) {
   auto kept = [](json j) {
     json data = j.at("data");
     for (const char* key : {"path", "holdout", "npz", "hdf5", "csv", "synthetic", "stride",
-                            "support_fraction", "seed"})
+                            "support_split", "support_fraction", "seed"})
       data.erase(key);
     const json& model = j.at("model");
     return json{{"data", data},
@@ -650,8 +650,8 @@ void check_model_settings_kept(const Run& run, const cli::RunConfig& c, const ch
   MT_CHECK(differs.empty(),
            "{}: {}; the model was trained with the run's model and preprocessing settings, and "
            "its inputs must be prepared as they were: drop that --set (data.path, data.holdout, "
-           "how files are read, data.stride, data.support_fraction, data.seed and "
-           "data.synthetic may change)",
+           "how files are read, data.stride, data.support_split, data.support_fraction, "
+           "data.seed and data.synthetic may change)",
            command, differs);
 }
 
