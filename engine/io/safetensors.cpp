@@ -570,12 +570,7 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   check_io(fd.close() == 0 ? 0 : errno, "closing the file");
   check_io(::rename(tmp.c_str(), path.c_str()) == 0 ? 0 : errno, "renaming into place");
   guard.keep = true;
-  // Make the rename itself durable; the file is complete either way, so errors are ignored.
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    [[maybe_unused]] int r = ::fsync(dfd);
-    ::close(dfd);
-  }
+  sync_folder_of(target);  // the rename itself, durable
 }
 
 uint32_t crc32_of_bytes(const void* data, size_t n, uint32_t crc) {

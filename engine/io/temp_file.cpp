@@ -26,4 +26,14 @@ int create_temp_beside(const std::filesystem::path& target, std::string& tmp_pat
   return fd;
 }
 
+void sync_folder_of(const std::filesystem::path& target) {
+  std::filesystem::path dir = target.parent_path();
+  if (dir.empty()) dir = ".";
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    [[maybe_unused]] const int r = ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
 }  // namespace mt::io

@@ -752,6 +752,7 @@ void write_file_atomic(const std::string& path, const std::string& text) {
   if (closed != 0) fail("writing", errno);
   if (::rename(tmp.c_str(), path.c_str()) != 0) fail("replacing it", errno);
   guard.keep = true;
+  io::sync_folder_of(target);  // the rename itself, durable
 }
 
 // What a training state must match to be resumed: the run's data settings, sessions (with the

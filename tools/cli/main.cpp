@@ -1795,6 +1795,13 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   }
   const fs::path& forecasts_work = forecasts_folder.work;
   json forecast_files = json::array();  // forecasts.json's list
+  // Kept models (--label) are of the recordings themselves, held out: taken with the run's lock
+  // (one writer of the run folder); otherwise a reader's lock. Either is taken before the run's
+  // config and model are read, so a training that replaces the run cannot come in between.
+  std::unique_ptr<cli::FolderLock> lock =
+      label.empty() ? lock_to_read(run_dir)
+                    : std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run",
+                                                        "metatape train, adapt or online");
   Run run = read_run(run_dir);
   cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
   resolve_run_data_path(run_dir, c, sets, "online");
@@ -1835,9 +1842,6 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
         return x.rfind("data.synthetic.", 0) == 0;
       });
   const bool synthetic = c.data.path.empty();  // drift is a property of synthetic data only
-  // Kept models are of the recordings themselves, held out: taken with the run's lock (one
-  // writer of the run folder) before its model is read.
-  std::unique_ptr<cli::FolderLock> lock;
   // The run's sessions are scored on frames it was not trained on, prepared as in its training
   // (another split would put trained frames into the streams; the kept models are fed their
   // inputs as the run prepares them, and predict refuses others): only how recordings are read,
@@ -1853,10 +1857,6 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
              "online --label {}: keeps models of the recordings as they are, and {} regenerates "
              "them; drop --label, or the drift sweep and the data.synthetic.* overrides",
              label, drifts.empty() ? "a data.synthetic.* override" : "--drift");
-    lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run",
-                                             "metatape train, adapt or online");
-  } else {
-    lock = lock_to_read(run_dir);
   }
   MT_CHECK(c.online.unseen_frames == 0 || !c.data.holdout.empty(),
            "online: online.unseen_frames ({}) holds the last frames of each held-out session's "
