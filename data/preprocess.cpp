@@ -301,17 +301,6 @@ PreparedData::PreparedData(Dataset dataset, const PrepConfig& config)
       const auto [sup, qry] = support_query_frames(p.splits.train, config_.support_fraction);
       p.support = window_starts(sup, w.seq_length, w.stride);
       p.query = window_starts(qry, w.seq_length, w.stride);
-      if (!p.windows[0].empty() && config_.support_fraction > 0 &&
-          config_.support_fraction < 1 && (p.support.empty() || p.query.empty()))
-        notes_.push_back(fmt::format(
-            "{}: its {} training frames give {} support and {} query windows of {} frames "
-            "(support_fraction {}, chronological support split): meta-learning (fomaml, "
-            "e2e-ttt) leaves it out{}",
-            s.describe(), SessionSplits::frames(p.splits.train), p.support.size(),
-            p.query.size(), w.seq_length, config_.support_fraction,
-            p.support.empty() ? ", and a meta-learned model is scored on it without its inner "
-                                "loop"
-                              : ""));
     } else {
       auto [sup, qry] = support_query_split(p.windows[0], config_.support_fraction,
                                             mix_seed(config_.seed, static_cast<uint64_t>(si)));

@@ -12,6 +12,8 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <fmt/ranges.h>
+
 #include "engine/autograd/engine.h"
 #include "engine/autograd/grad_mode.h"
 #include "engine/io/safetensors.h"
@@ -91,6 +93,37 @@ std::vector<int64_t> meta_sessions_of(const data::PreparedData& data,
     if (!data.support(s).empty() && !data.query(s).empty()) out.push_back(s);
   return out;
 }
+
+}  // namespace
+
+std::string meta_sessions_note(const data::PreparedData& data,
+                               const std::vector<int64_t>& sessions_in) {
+  std::vector<std::string> left_out;
+  bool without_support = false;
+  for (int64_t s : all_if_empty(sessions_in, data)) {
+    if (data.windows(s, data::Split::Train).empty() ||
+        (!data.support(s).empty() && !data.query(s).empty()))
+      continue;
+    without_support |= data.support(s).empty();
+    left_out.push_back(fmt::format("{} ({} support, {} query windows)", data.session(s).name,
+                                   data.support(s).size(), data.query(s).size()));
+  }
+  if (left_out.empty()) return "";
+  const data::PrepConfig& p = data.config();
+  return fmt::format(
+      "meta-learning leaves out {} training session(s) whose support or query share of the "
+      "training {} holds no whole window of {} frames: {}{}; a larger data.train_fraction, "
+      "another data.support_fraction (now {}) or shorter windows would keep them",
+      left_out.size(),
+      p.support_split == data::SupportSplit::Chronological ? "frames" : "windows",
+      p.window.seq_length, fmt::join(left_out, ", "),
+      without_support ? "; a meta-learned model is scored on those without support windows "
+                        "without its inner loop"
+                      : "",
+      p.support_fraction);
+}
+
+namespace {
 
 // ---- training state (ResumeOptions) ----
 constexpr const char* kStateKey = "metatape.train_state";  // metadata: the state's JSON

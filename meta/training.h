@@ -111,6 +111,13 @@ void check_training(const Forecaster& forecaster, const data::PreparedData& data
                     const std::vector<int64_t>& sessions, const TrainOptions& options,
                     const std::string& where = "train");
 
+// The training sessions (all when `sessions` is empty) that have training windows but no support
+// or no query window, so that FOMAML and E2E-TTT leave them out (and a meta-learned model is
+// scored on one without support windows without its inner loop): one note naming each with its
+// window counts and the fix, or "" when there is none.
+std::string meta_sessions_note(const data::PreparedData& data,
+                               const std::vector<int64_t>& sessions = {});
+
 // Scores `split` as a model trained with `options` is meant to be used: a meta-learned one
 // (fomaml, e2e-ttt) after its inner loop on each session's support windows
 // (evaluate_after_inner_loop), a standard one as it is (evaluate). Training validates with it.

@@ -117,21 +117,120 @@ TEST_CASE("checkpoint: a captured parameter (a leaf read by the region) gets its
   }
 }
 
-TEST_CASE("checkpoint: a captured tensor that requires grad and is not a leaf is refused",
-          "[autograd][checkpoint][errors]") {
+TEST_CASE("checkpoint: captured tensors that are not leaves, and inputs computed from captured "
+          "ones, get the plain graph's gradients, to second order",
+          "[autograd][checkpoint]") {
   Tensor x = random_tensor(Shape{3, 4}, -1, 1, 113), w = random_tensor(Shape{4, 2}, -1, 1, 114);
-  x.set_requires_grad(true);
+  auto plain = [](const TensorList& in) {
+    TensorList o = region({in[0], mul(in[1], 2.0)});
+    return add(sum(o[0], {1}), mul(o[1], o[1]));
+  };
+  // A tensor computed before the region (2w) read from the closure.
+  auto captured_product = [](const TensorList& in) {
+    Tensor scaled = mul(in[1], 2.0);
+    TensorList o = autograd::checkpoint(
+        [scaled](const TensorList& xs) { return region({xs[0], scaled}); }, {in[0]});
+    return add(sum(o[0], {1}), mul(o[1], o[1]));
+  };
+  CHECK(check_gradients("checkpoint, captured non-leaf", captured_product, {x, w}) > 0);
+  CHECK(check_second_order("checkpoint, captured non-leaf", captured_product, {x, w}) > 0);
+
+  // An input computed from a captured leaf: the region reads w itself and receives x + w[0, 0]
+  // (w reaches the output along two paths; the region's node gives each its partial and the
+  // engine adds them). Counted twice, or a backward through freed nodes, before grad_at_nodes.
+  auto tangled = [](const TensorList& in) {
+    Tensor weight = in[1];
+    Tensor shifted = add(in[0], weight.narrow(0, 0, 1).narrow(1, 0, 1));  // (3, 4)
+    TensorList o = autograd::checkpoint(
+        [weight](const TensorList& xs) { return region({xs[0], weight}); }, {shifted});
+    return add(sum(o[0], {1}), mul(o[1], o[1]));
+  };
+  auto tangled_plain = [](const TensorList& in) {
+    TensorList o = region({add(in[0], in[1].narrow(0, 0, 1).narrow(1, 0, 1)), in[1]});
+    return add(sum(o[0], {1}), mul(o[1], o[1]));
+  };
+  CHECK(check_gradients("checkpoint, input from a captured leaf", tangled, {x, w}) > 0);
+  CHECK(check_second_order("checkpoint, input from a captured leaf", tangled, {x, w}) > 0);
+  Tensor xl = x.clone(), wl = w.clone();
+  xl.set_requires_grad(true);
+  wl.set_requires_grad(true);
+  // First order without create_graph: one pass, nothing released twice.
+  TensorList a = autograd::grad({sum(tangled({xl, wl}))}, {xl, wl});
+  TensorList b = autograd::grad({sum(tangled_plain({xl, wl}))}, {xl, wl});
+  CHECK(max_abs_diff(a[0], b[0]) <= kSameTol);
+  CHECK(max_abs_diff(a[1], b[1]) <= kSameTol);
+  TensorList c = autograd::grad({sum(plain({xl, wl}))}, {xl, wl});
+  TensorList d = autograd::grad({sum(captured_product({xl, wl}))}, {xl, wl});
+  CHECK(max_abs_diff(c[1], d[1]) <= kSameTol);
+
+  SECTION("the captured leaf also given as an input") {
+    auto both = [](const TensorList& in) {
+      Tensor weight = in[1];
+      return sum(autograd::checkpoint(
+          [weight](const TensorList& xs) { return TensorList{mul(xs[0], weight)}; },
+          {weight})[0]);
+    };
+    // d/dw sum(w * w) = 2w (was 3w).
+    CHECK(max_abs_diff(autograd::grad({both({xl, wl})}, {wl})[0], mul(wl, 2.0).detach()) <=
+          kSameTol);
+    CHECK(check_second_order("checkpoint, captured and input", both, {x, w}) > 0);
+  }
+}
+
+TEST_CASE("checkpoint: a nested region may capture the enclosing region's inputs",
+          "[autograd][checkpoint]") {
+  Tensor x = random_tensor(Shape{3, 4}, -1, 1, 115), w = random_tensor(Shape{4, 2}, -1, 1, 116);
+  auto nested = [](const TensorList& in) {
+    auto outer = [](const TensorList& xs) {
+      Tensor weight = xs[1];  // the outer region's input, captured by the inner region
+      TensorList o = autograd::checkpoint(
+          [weight](const TensorList& ys) { return region({ys[0], weight}); }, {xs[0]});
+      return TensorList{add(sum(o[0], {1}), mul(o[1], o[1]))};
+    };
+    return autograd::checkpoint(outer, in)[0];
+  };
+  auto plain = [](const TensorList& in) {
+    TensorList o = region(in);
+    return add(sum(o[0], {1}), mul(o[1], o[1]));
+  };
+  CHECK(check_gradients("nested checkpoint, captured outer input", nested, {x, w}) > 0);
+  CHECK(check_second_order("nested checkpoint, captured outer input", nested, {x, w}) > 0);
+  Tensor xl = x.clone(), wl = w.clone();
+  xl.set_requires_grad(true);
+  wl.set_requires_grad(true);
+  TensorList a = autograd::grad({sum(nested({xl, wl}))}, {xl, wl});
+  TensorList b = autograd::grad({sum(plain({xl, wl}))}, {xl, wl});
+  CHECK(max_abs_diff(a[0], b[0]) <= kSameTol);
+  CHECK(max_abs_diff(a[1], b[1]) <= kSameTol);
+}
+
+TEST_CASE("checkpoint: a tensor reached only through a values-only inner gradient is refused",
+          "[autograd][checkpoint][errors]") {
+  Tensor w = random_tensor(Shape{4}, -1, 1, 117), phi = random_tensor(Shape{4}, 0.5, 1, 118);
   w.set_requires_grad(true);
-  Tensor scaled = mul(w, 2.0);  // computed before the region: its gradient could not reach w
-  auto reads_scaled = [scaled](const TensorList& xs) { return region({xs[0], scaled}); };
-  CHECK_THROWS_WITH(autograd::checkpoint(reads_scaled, {x}),
-                    Catch::Contains("not one of its inputs") && Catch::Contains("mul") &&
+  phi.set_requires_grad(true);
+  // One inner step on w whose gradient depends on phi; the first pass takes it without
+  // create_graph, so phi is not in that pass's graph.
+  auto step = [phi](const TensorList& xs) {
+    Tensor loss = sum(mul(mul(xs[0], xs[0]), phi));
+    Tensor g = autograd::grad({loss}, {xs[0]}, {}, std::nullopt,
+                              /*create_graph=*/!autograd::checkpoint_values_only())[0];
+    return TensorList{sub(xs[0], mul(g, 0.1))};
+  };
+  Tensor y = sum(autograd::checkpoint(step, {w})[0]);
+  CHECK_THROWS_WITH(autograd::grad({y}, {w, phi}),
+                    Catch::Contains("first pass did not reach") &&
+                        Catch::Contains("checkpoint_values_only()") &&
                         Catch::Contains("Pass it in `inputs`"));
-  // As an input it is fine, and so is a detached copy read as a constant.
-  CHECK_NOTHROW(autograd::checkpoint(region, {x, scaled}));
-  Tensor constant = scaled.detach();
-  CHECK_NOTHROW(autograd::checkpoint(
-      [constant](const TensorList& xs) { return region({xs[0], constant}); }, {x}));
+  // Passed as an input it works: d/dphi sum(w - 0.2 w phi) = -0.2 w.
+  auto step_in = [](const TensorList& xs) {
+    Tensor loss = sum(mul(mul(xs[0], xs[0]), xs[1]));
+    Tensor g = autograd::grad({loss}, {xs[0]}, {}, std::nullopt,
+                              /*create_graph=*/!autograd::checkpoint_values_only())[0];
+    return TensorList{sub(xs[0], mul(g, 0.1))};
+  };
+  Tensor y2 = sum(autograd::checkpoint(step_in, {w, phi})[0]);
+  CHECK(max_abs_diff(autograd::grad({y2}, {phi})[0], mul(w, -0.2).detach()) <= kSameTol);
 }
 
 TEST_CASE("checkpoint keeps only its inputs in the forward", "[autograd][checkpoint][memory]") {

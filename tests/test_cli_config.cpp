@@ -22,6 +22,26 @@ json identity_of(const cli::RunConfig& c) {
   return cli::training_identity(config);
 }
 
+// A run's config.json written before a setting existed (`older`), resumed: the difference
+// between its training state's identity and the identity of the config it resumes with (the
+// older config, filled by fill_settings_of_older_runs), without and with the same filling of the
+// saved identity.
+std::pair<std::string, std::string> older_identity_differences(const json& older) {
+  json filled = older;
+  cli::fill_settings_of_older_runs(filled);
+  json now_config = cli::config_from_json(filled).to_json();
+  now_config["sessions"] = json::array({{{"name", "a"}, {"crc32", 1234}}});
+  const json now = cli::training_identity(now_config);
+  json then_config = older;
+  then_config["sessions"] = now_config["sessions"];
+  json then = cli::training_identity(then_config);
+  std::string unfilled =
+      cli::describe_identity_difference(cli::identity_with_defaults(then, now), now);
+  cli::fill_settings_of_older_runs(then);
+  return {unfilled,
+          cli::describe_identity_difference(cli::identity_with_defaults(then, now), now)};
+}
+
 }  // namespace
 
 TEST_CASE("cli config: the CSV options are config keys", "[cli][config]") {
@@ -141,17 +161,9 @@ TEST_CASE("cli config: a run from before train.meta.lr existed keeps the outer s
   CHECK(cli::config_from_json(filled).train.meta.lr == 2e-3);
   // Its training state's identity, filled in the same way, matches the run's config: the
   // resumed run goes on at the step size it took (the default 1e-4 would be a difference).
-  json sessions = json::array({{{"name", "a"}, {"crc32", 1234}}});
-  json now_config = cli::config_from_json(filled).to_json();
-  now_config["sessions"] = sessions;
-  const json now = cli::training_identity(now_config);
-  json then_config = older;
-  then_config["sessions"] = sessions;
-  json then = cli::training_identity(then_config);
-  CHECK(cli::describe_identity_difference(cli::identity_with_defaults(then, now), now) ==
-        "train.meta.lr is 0.002 now, 0.0001 in the run");
-  cli::fill_settings_of_older_runs(then);
-  CHECK(cli::describe_identity_difference(cli::identity_with_defaults(then, now), now).empty());
+  const auto [unfilled, differences] = older_identity_differences(older);
+  CHECK(unfilled == "train.meta.lr is 0.002 now, 0.0001 in the run");
+  CHECK(differences.empty());
   // A run that has the setting keeps its own value.
   json newer = defaults.to_json();
   newer["train"]["meta"]["lr"] = 5e-5;
@@ -176,17 +188,9 @@ TEST_CASE("cli config: data.support_split, and runs from before it kept shuffled
   json filled = older;
   cli::fill_settings_of_older_runs(filled);
   CHECK(cli::config_from_json(filled).data.prep.support_split == data::SupportSplit::Shuffled);
-  json sessions = json::array({{{"name", "a"}, {"crc32", 1234}}});
-  json now_config = cli::config_from_json(filled).to_json();
-  now_config["sessions"] = sessions;
-  const json now = cli::training_identity(now_config);
-  json then_config = older;
-  then_config["sessions"] = sessions;
-  json then = cli::training_identity(then_config);
-  CHECK(cli::describe_identity_difference(cli::identity_with_defaults(then, now), now) ==
-        "data.support_split is \"shuffled\" now, \"chronological\" in the run");
-  cli::fill_settings_of_older_runs(then);
-  CHECK(cli::describe_identity_difference(cli::identity_with_defaults(then, now), now).empty());
+  const auto [unfilled, differences] = older_identity_differences(older);
+  CHECK(unfilled == "data.support_split is \"shuffled\" now, \"chronological\" in the run");
+  CHECK(differences.empty());
   // A run that has the key keeps it.
   json newer = defaults.to_json();
   cli::fill_settings_of_older_runs(newer);

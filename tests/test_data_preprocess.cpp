@@ -11,6 +11,7 @@
 
 #include "data/preprocess.h"
 #include "data/synth.h"
+#include "meta/training.h"
 
 using Catch::Contains;
 using namespace mt::data;
@@ -274,10 +275,13 @@ TEST_CASE("preprocess: the chronological support/query split shares no frame",
     c2.split.test = 0.25;
     const PreparedData p2(d2, c2);
     CHECK(p2.query(0).empty());
-    CHECK(!p2.support(0).empty());
-    REQUIRE(p2.notes().size() == 1);
-    CHECK_THAT(p2.notes()[0], Contains("session 'short'") && Contains("23 support and 0 query") &&
-                                  Contains("leaves it out"));
+    CHECK(p2.support(0).size() == 23);
+    CHECK(p2.notes().empty());  // noted by meta-learning only (standard training uses it all)
+    CHECK_THAT(mt::meta::meta_sessions_note(p2),
+               Contains("leaves out 1 training session") &&
+                   Contains("short (23 support, 0 query windows)") && Contains("48 frames") &&
+                   !Contains("without its inner loop"));
+    CHECK(mt::meta::meta_sessions_note(PreparedData(d, cfg)).empty());
   }
 }
 

@@ -36,46 +36,49 @@ Tensor pack(const TensorList& outs, std::vector<Shape>& shapes) {
   return flat.size() == 1 ? flat[0] : cat(flat, 0);
 }
 
-// The leaves requiring grad that a region read without receiving them in `inputs` (captured
-// parameters), found by walking the first pass's graph from its output down to where it leaves
-// the region: the region's own leaves (`own`, the detached inputs), other leaves (captured: their
-// gradient is taken in the recomputation like an input's), or a node made before the region
-// (`first_node`: sequence numbers below it). Such a node is a captured tensor that is not a leaf;
-// its gradient would have to flow through a graph the recomputation cannot reach, so it is
-// refused rather than lost.
-std::vector<std::shared_ptr<TensorImpl>> captured_leaves(const Tensor& out, const TensorList& own,
-                                                         uint64_t first_node) {
-  std::vector<std::shared_ptr<TensorImpl>> found;
+// A tensor requiring grad that a region read without receiving it in `inputs` (a captured
+// parameter, or the output of an op before the region): the node its gradient flows into and
+// the metadata of the edge that reached it.
+struct Captured {
+  std::shared_ptr<Node> node;
+  InputMeta meta;
+};
+
+// Walks the graph behind `out` (the nodes a region made: sequence number >= first_node) down to
+// where it leaves the region. `boundary` holds the nodes standing for the region's inputs (the
+// accumulators of the first pass's detached leaves, or the recomputation's views): the walk stops
+// there. Every other node it reaches outside the region, an accumulator of another leaf or a node
+// made before the region, is captured.
+std::vector<Captured> captured_by(const Tensor& out,
+                                  const std::unordered_set<const Node*>& boundary,
+                                  const std::unordered_set<const TensorImpl*>& own_leaves,
+                                  uint64_t first_node) {
+  std::vector<Captured> found;
   if (!out.requires_grad()) return found;
-  std::unordered_set<const TensorImpl*> own_leaves, seen_leaves;
-  for (const Tensor& t : own) own_leaves.insert(t.impl());
-  auto leaf = [&](const std::shared_ptr<TensorImpl>& impl) {
-    if (own_leaves.count(impl.get()) == 0 && seen_leaves.insert(impl.get()).second)
-      found.push_back(impl);
+  std::unordered_set<const Node*> seen;
+  std::vector<Node*> stack;
+  auto outside = [&](const Node* n) {
+    if (const auto* acc = dynamic_cast<const AccumulateGrad*>(n))
+      return own_leaves.count(acc->leaf().get()) == 0;
+    return n->sequence_nr() < first_node;
   };
-  if (out.impl()->grad_fn == nullptr) {  // the region returned a leaf itself
-    leaf(out.impl_ptr());
-    return found;
+  auto reach = [&](const std::shared_ptr<Node>& n, const InputMeta& meta) {
+    if (n == nullptr || boundary.count(n.get()) || !seen.insert(n.get()).second) return;
+    if (outside(n.get()))
+      found.push_back({n, meta});
+    else
+      stack.push_back(n.get());
+  };
+  if (out.impl()->grad_fn != nullptr) {
+    reach(out.impl()->grad_fn, InputMeta{out.shape(), out.dtype(), out.device()});
+  } else {  // the region returned a leaf itself (pack's reshape of a 1-D leaf is the leaf)
+    Tensor leaf = out;
+    reach(gradient_edge(leaf), InputMeta{out.shape(), out.dtype(), out.device()});
   }
-  std::unordered_set<const Node*> seen{out.impl()->grad_fn.get()};
-  std::vector<Node*> stack{out.impl()->grad_fn.get()};
   while (!stack.empty()) {
     Node* n = stack.back();
     stack.pop_back();
-    if (auto* acc = dynamic_cast<AccumulateGrad*>(n)) {
-      leaf(acc->leaf());
-      continue;
-    }
-    MT_CHECK(n->sequence_nr() >= first_node,
-             "checkpoint: the region reads a tensor that requires grad, is not one of its inputs "
-             "and is not a leaf (the output of {}, computed before the region); its gradient "
-             "cannot flow through the recomputation and would be lost. Pass it in `inputs`, or "
-             "detach() it if it is a constant (leaves such as parameters may be read directly)",
-             n->name());
-    for (size_t i = 0; i < n->num_inputs(); ++i) {
-      Node* next = n->edge(i).fn.get();
-      if (next != nullptr && seen.insert(next).second) stack.push_back(next);
-    }
+    for (size_t i = 0; i < n->num_inputs(); ++i) reach(n->edge(i).fn, n->edge(i).meta);
   }
   return found;
 }
@@ -86,7 +89,7 @@ bool checkpoint_values_only() { return values_only; }
 TensorList checkpoint(const Region& fn, const TensorList& inputs) {
   std::vector<Shape> shapes;
   Tensor packed;
-  TensorList captured;  // leaves requiring grad that fn reads directly (parameters)
+  std::vector<Captured> captured;
   {
     // The region runs on detached copies of the inputs (so it may itself take gradients, as an
     // inner optimisation step does) and its result is detached: every intermediate is freed
@@ -103,50 +106,77 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
       ValuesOnlyScope first_pass(true);
       out = pack(fn(leaves), shapes);
     }
-    for (auto& impl : captured_leaves(out, leaves, first_node)) captured.emplace_back(impl);
+    // What else the region read that requires grad (captured parameters, or tensors computed
+    // before it): edges of the node below, so their gradients are taken in the recomputation.
+    std::unordered_set<const TensorImpl*> own_leaves;
+    std::unordered_set<const Node*> own_accumulators;
+    for (const Tensor& d : leaves) {
+      own_leaves.insert(d.impl());
+      if (auto acc = d.impl()->grad_accumulator.lock()) own_accumulators.insert(acc.get());
+    }
+    if (GradMode::is_enabled())
+      captured = captured_by(out, own_accumulators, own_leaves, first_node);
     packed = make_view(out, out.shape(), out.strides(), out.offset());  // a fresh, detached impl
   }
   bool any = !captured.empty();
   for (const Tensor& t : inputs) any |= needs_grad(t);
   if (any && GradMode::is_enabled()) {
+    // Edges: the inputs, then the captured tensors. Saved: the inputs, then each captured leaf
+    // (only for the check that it was not changed in place before the backward).
+    std::vector<size_t> leaf_saved;  // for each captured entry, its saved index or SIZE_MAX
+    std::vector<Tensor> captured_leaves;
+    for (const Captured& c : captured) {
+      const auto* acc = dynamic_cast<const AccumulateGrad*>(c.node.get());
+      leaf_saved.push_back(acc ? inputs.size() + captured_leaves.size() : SIZE_MAX);
+      if (acc) captured_leaves.emplace_back(acc->leaf());
+    }
     auto node = std::make_shared<FunctionNode<std::function<TensorList(const Node&, const Tensor&)>>>(
         "checkpoint",
-        [fn, n = inputs.size(), m = captured.size(), shapes](const Node& self,
-                                                              const Tensor& g) -> TensorList {
+        [fn, n = inputs.size(), m = captured.size(), leaf_saved, shapes](
+            const Node& self, const Tensor& g) -> TensorList {
           TensorList saved;
           for (size_t i = 0; i < n; ++i) saved.push_back(self.saved(i));
-          // Recompute from fresh views of the saved inputs: each view is a new node with one edge
-          // to its input, so grad() below stops there (the partial derivative for each input,
-          // not a total derivative through inputs that depend on each other) while, with
-          // create_graph, the gradients stay attached to everything upstream of the inputs.
+          // A captured leaf changed in place since the forward would give other values.
+          for (size_t j = 0; j < m; ++j)
+            if (leaf_saved[j] != SIZE_MAX) (void)self.saved(leaf_saved[j]);
+          // Recompute from fresh views of the saved inputs: each view is a new node with one
+          // edge to its input, and the gradients are taken where the recomputed graph reaches a
+          // view or a captured tensor, without crossing it (grad_at_nodes): the partial
+          // derivative for each edge of this node (the engine adds the paths between them, e.g.
+          // an input computed from a captured parameter), while, with create_graph, the
+          // gradients stay attached to everything upstream.
           const bool create_graph = GradMode::is_enabled();
           std::vector<Shape> shapes_again;
           Tensor again;
-          TensorList views(n), wrt;
+          TensorList views(n);
+          std::vector<std::shared_ptr<Node>> targets;
           std::vector<size_t> index;
+          std::unordered_set<const Node*> boundary;
+          uint64_t first_node = 0;
           {
             GradModeGuard on(true);
             ValuesOnlyScope recompute(false);
             for (size_t i = 0; i < n; ++i) {
               views[i] = needs_grad(saved[i]) ? saved[i].unsqueeze(0).squeeze(0) : saved[i];
+              if (!needs_grad(saved[i])) continue;
+              boundary.insert(views[i].impl()->grad_fn.get());
               if (self.needs_input_grad(i)) {
-                wrt.push_back(views[i]);
+                targets.push_back(views[i].impl()->grad_fn);
                 index.push_back(i);
               }
             }
-            // Captured leaves: fn reads them itself; saved here only for the version check (a
-            // parameter changed in place since the forward would give other values).
-            for (size_t j = n; j < n + m; ++j) {
-              Tensor leaf = self.saved(j);
-              if (self.needs_input_grad(j)) {
-                wrt.push_back(leaf);
-                index.push_back(j);
+            for (size_t j = 0; j < m; ++j) {
+              boundary.insert(self.edge(n + j).fn.get());
+              if (self.needs_input_grad(n + j)) {
+                targets.push_back(self.edge(n + j).fn);
+                index.push_back(n + j);
               }
             }
+            first_node = next_sequence_nr();
             again = pack(fn(views), shapes_again);
           }
           // A region must compute the same thing twice; other shapes would otherwise surface
-          // as a shape error inside grad() that does not name the region.
+          // as a shape error inside the gradient that does not name the region.
           auto list = [](const std::vector<Shape>& v) {
             std::string s;
             for (const Shape& x : v) s += (s.empty() ? "" : ", ") + x.str();
@@ -160,20 +190,34 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
                    shapes_again.size(), list(shapes_again), shapes.size(), list(shapes));
           TensorList grads(n + m);
           if (!again.requires_grad()) return grads;  // the outputs do not depend on the inputs
-          TensorList got = grad({again}, wrt, {g}, /*retain_graph=*/create_graph, create_graph,
-                                /*allow_unused=*/true);
+          // A tensor requiring grad that the recomputation reads and the first pass did not
+          // reach: the region read it only through a gradient it took without create_graph in
+          // its first pass (checkpoint_values_only()). Its gradient has no edge here: refused
+          // rather than lost.
+          const std::vector<Captured> unexpected = captured_by(again, boundary, {}, first_node);
+          if (!unexpected.empty()) {
+            const Node* u = unexpected.front().node.get();
+            MT_FAIL("checkpoint: recomputed in the backward, the region reads a tensor that "
+                    "requires grad ({}, shape {}) that its first pass did not reach: it enters "
+                    "only through a gradient the region takes without create_graph while "
+                    "checkpoint_values_only() is true, so its gradient would be lost. Pass it in "
+                    "`inputs`, or take that gradient with create_graph in both passes",
+                    dynamic_cast<const AccumulateGrad*>(u) ? "a leaf" : u->name(),
+                    unexpected.front().meta.shape.str());
+          }
+          TensorList got = grad_at_nodes({again}, targets, {g}, create_graph);
           for (size_t k = 0; k < index.size(); ++k) grads[index[k]] = got[k];
           return grads;
         });
-    for (const TensorList* list : {&inputs, static_cast<const TensorList*>(&captured)}) {
-      for (const Tensor& t : *list) {
-        Edge e;
-        e.meta = InputMeta{t.shape(), t.dtype(), t.device()};
-        if (needs_grad(t)) e.fn = gradient_edge(t);
-        node->add_edge(std::move(e));
-        node->save(t);
-      }
+    for (const Tensor& t : inputs) {
+      Edge e;
+      e.meta = InputMeta{t.shape(), t.dtype(), t.device()};
+      if (needs_grad(t)) e.fn = gradient_edge(t);
+      node->add_edge(std::move(e));
+      node->save(t);
     }
+    for (const Captured& c : captured) node->add_edge(Edge{c.node, c.meta});
+    for (const Tensor& leaf : captured_leaves) node->save(leaf);
     packed.impl()->requires_grad = true;
     packed.impl()->grad_fn = node;
   }

@@ -12,13 +12,16 @@ namespace mt::autograd {
 
 using Region = std::function<TensorList(const TensorList&)>;
 
-// outputs = fn(inputs), with only `inputs` kept for the backward. fn may read leaves requiring
-// grad directly (captured parameters, as torch.utils.checkpoint allows): the first pass finds
-// them in its graph and their gradients are taken in the recomputation like the inputs'. Any
-// other tensor requiring grad that fn reads (the output of an op before the region) must be in
-// `inputs`: its gradient could not flow through the recomputation, so it is refused, naming its
-// op (detach() a tensor meant as a constant). fn must be deterministic (dropout: reseed inside)
-// and may call grad() on its inputs (they require grad inside fn when they do outside).
+// outputs = fn(inputs), with only `inputs` kept for the backward. fn may also read tensors
+// requiring grad that it does not receive (captured parameters, or tensors computed before the
+// region, as torch.utils.checkpoint allows): the first pass finds them in its graph, they become
+// edges of the region's node, and their gradients are taken in the recomputation with the
+// inputs'. Each edge gets its partial derivative through the region (the engine adds the paths
+// outside it, e.g. an input computed from a captured parameter), to any order. One limit: a
+// tensor that the first pass does not reach because it enters only through a gradient taken
+// without create_graph while checkpoint_values_only() is true is refused in the backward (pass it
+// in `inputs`). fn must be deterministic (dropout: reseed inside) and may call grad() on its
+// inputs (they require grad inside fn when they do outside).
 TensorList checkpoint(const Region& fn, const TensorList& inputs);
 
 // True while checkpoint() runs a region for its values only: the first pass, whose outputs are

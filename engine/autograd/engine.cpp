@@ -189,9 +189,11 @@ class GraphTask {
       : retain_graph_(retain_graph), accumulate_(accumulate) {}
 
   // Runs the backward pass from roots[i] seeded with root_grads[i]. When `captures` is not
-  // empty, records the gradient reaching each capture node instead of running it.
+  // empty, records the gradient reaching each capture node (running it only where it leads to
+  // another capture; never with stop_at_captures, where nothing past a capture is visited).
   void run(const std::vector<std::shared_ptr<Node>>& roots, const TensorList& root_grads,
-           const std::vector<std::shared_ptr<Node>>& captures, TensorList* captured) {
+           const std::vector<std::shared_ptr<Node>>& captures, TensorList* captured,
+           bool stop_at_captures = false) {
     // A node may be captured for several inputs (a tensor listed twice): each gets the gradient.
     std::unordered_map<Node*, std::vector<int>> capture_index;
     for (size_t i = 0; i < captures.size(); ++i)
@@ -210,7 +212,8 @@ class GraphTask {
       stack.push_back({r.get(), 0});
       while (!stack.empty()) {
         Frame& f = stack.back();
-        if (f.next_child < f.node->num_inputs()) {
+        const bool stop = stop_at_captures && capture_index.count(f.node) > 0;
+        if (!stop && f.next_child < f.node->num_inputs()) {
           Node* child = f.node->edge(f.next_child++).fn.get();
           if (!child) continue;
           NodeTask& ct = tasks_[child];
@@ -224,8 +227,9 @@ class GraphTask {
         NodeTask& nt = tasks_[f.node];
         nt.needed = accumulate_ ? dynamic_cast<AccumulateGrad*>(f.node) != nullptr
                                 : capture_index.count(f.node) > 0;
-        for (size_t i = 0; i < f.node->num_inputs(); ++i)
-          if (Node* c = f.node->edge(i).fn.get()) nt.propagate |= tasks_[c].needed;
+        if (!stop)
+          for (size_t i = 0; i < f.node->num_inputs(); ++i)
+            if (Node* c = f.node->edge(i).fn.get()) nt.propagate |= tasks_[c].needed;
         nt.needed |= nt.propagate;
         stack.pop_back();
       }
@@ -251,6 +255,7 @@ class GraphTask {
       Tensor g = task.sum();
       if (auto it = capture_index.find(node); it != capture_index.end()) {
         for (const int i : it->second) (*captured)[size_t(i)] = g;
+        if (stop_at_captures) continue;  // its inputs were not visited
       }
       if (!task.needed) continue;
       TensorList input_grads;
@@ -380,6 +385,19 @@ TensorList grad(const TensorList& outputs, const TensorList& inputs,
       captured[i] = sum_to(captured[i], inputs[i].shape());
     }
   }
+  return captured;
+}
+
+TensorList grad_at_nodes(const TensorList& outputs,
+                         const std::vector<std::shared_ptr<Node>>& targets,
+                         const TensorList& grad_outputs, bool create_graph) {
+  TensorList root_grads = make_root_grads(outputs, grad_outputs);
+  std::vector<std::shared_ptr<Node>> roots;
+  for (const auto& o : outputs) roots.push_back(gradient_edge(o));
+  TensorList captured(targets.size());
+  GradModeGuard mode(create_graph);
+  GraphTask task(/*retain_graph=*/create_graph, /*accumulate=*/false);
+  task.run(roots, root_grads, targets, &captured, /*stop_at_captures=*/true);
   return captured;
 }
 

@@ -2,6 +2,7 @@
 // torch.autograd.grad / torch.autograd.backward.
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -21,6 +22,17 @@ namespace mt::autograd {
 TensorList grad(const TensorList& outputs, const TensorList& inputs,
                 const TensorList& grad_outputs = {}, std::optional<bool> retain_graph = std::nullopt,
                 bool create_graph = false, bool allow_unused = false);
+
+class Node;
+
+// The gradient reaching each of `targets` (nodes of the graph behind `outputs`; the gradient
+// with respect to a node's output), where the pass stops: nothing past a target runs, so each
+// result is the partial derivative through the paths that do not cross another target (grad()
+// gives total derivatives). Undefined where a target is not reached. Checkpointing uses it to
+// take a recomputed region's gradients at its boundary. retain_graph = create_graph.
+TensorList grad_at_nodes(const TensorList& outputs,
+                         const std::vector<std::shared_ptr<Node>>& targets,
+                         const TensorList& grad_outputs, bool create_graph);
 
 // What the graph behind `roots` keeps for its backward pass: the storages its nodes saved, each
 // counted once and credited to the first node that saves it (walking from the roots, newest

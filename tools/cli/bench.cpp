@@ -403,6 +403,10 @@ json run_bench_adaptation(const RunConfig& c, const std::string& out_dir, Device
   data::PreparedData train_data(d.train, c.data.prep), held(d.holdout, c.data.prep);
   for (const auto& note : train_data.notes()) std::fprintf(stderr, "note: %s\n", note.c_str());
   for (const auto& note : held.notes()) std::fprintf(stderr, "note: %s\n", note.c_str());
+  if (std::any_of(c.bench.methods.begin(), c.bench.methods.end(),
+                  [](const std::string& m) { return m != "standard"; }))
+    if (const std::string note = meta::meta_sessions_note(train_data); !note.empty())
+      std::fprintf(stderr, "note: %s\n", note.c_str());
   {  // The parameter sets fine-tuned: every one for standard training, the first for the
      // meta-learned methods' control row (bench.cross_procedures).
     const bool standard = std::find(c.bench.methods.begin(), c.bench.methods.end(),

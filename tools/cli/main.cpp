@@ -366,6 +366,9 @@ json run_train(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   auto f = meta::make_forecaster(c.model, sizes_of(d.train), gen);
   // Everything that can be checked before training is, before the run folder is touched.
   meta::check_training(*f, prepared, {}, c.train);
+  if (c.train.method != "standard")
+    if (const std::string note = meta::meta_sessions_note(prepared); !note.empty())
+      std::fprintf(stderr, "note: %s\n", note.c_str());
   if (c.train.method == "fomaml" && c.train.meta.checkpoint_steps > 0)
     std::fprintf(stderr, "note: train.meta.checkpoint_steps has no effect with fomaml (its inner "
                          "steps keep no graph to recompute)\n");
@@ -865,7 +868,7 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
                const std::vector<std::string>& trained_on,
                const std::vector<int64_t>& trained_sizes, bool overridden = false,
                const std::string& given_label = "", const std::string& run_data_path = "",
-               const std::vector<std::string>& sets = {}) {
+               const std::vector<std::string>& sets = {}, const json* run_config_read = nullptr) {
   MT_CHECK(!d.holdout.empty(),
            "adapt: no held-out sessions: data.holdout is empty, and adaptation is to sessions "
            "the training never saw; put the new recordings beside the others (or point --set "
@@ -891,6 +894,16 @@ json run_adapt(const cli::RunConfig& c, const std::string& run_dir, const Data& 
   // One writer of the run folder at a time (train, resume, adapt): taken before the model is
   // read, so the model and its CRC-32 below are of the same file.
   const cli::FolderLock lock(run_dir, ".train.lock", "--run", "metatape train, adapt or online");
+  // The run's config.json was read before the lock: a training that replaced the run meanwhile
+  // would pair it with another model.
+  if (run_config_read != nullptr) {
+    const Run now = read_run(run_dir, /*note_unfinished=*/false);
+    MT_CHECK(now.config_json == *run_config_read && now.trained_on == trained_on &&
+                 now.trained_sizes == trained_sizes,
+             "adapt: {}/config.json changed while adapt started (a training replaced the run); "
+             "nothing was written: run adapt again",
+             run_dir);
+  }
   AdaptationFolder folder(run_dir, label, !given_label.empty(), d.holdout.names(), "adapt");
   const std::string& dir = folder.dir();
   // The trained model, with its own session tables: every adapted model starts from its weights,
@@ -1797,11 +1810,14 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
   json forecast_files = json::array();  // forecasts.json's list
   // Kept models (--label) are of the recordings themselves, held out: taken with the run's lock
   // (one writer of the run folder); otherwise a reader's lock. Either is taken before the run's
-  // config and model are read, so a training that replaces the run cannot come in between.
-  std::unique_ptr<cli::FolderLock> lock =
-      label.empty() ? lock_to_read(run_dir)
-                    : std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run",
-                                                        "metatape train, adapt or online");
+  // config and model are read, so a training that replaces the run cannot come in between, and
+  // only in a folder that holds a run (read_run names what is missing; no lock file is left).
+  std::unique_ptr<cli::FolderLock> lock;
+  if (label.empty())
+    lock = lock_to_read(run_dir);
+  else if (fs::is_regular_file(fs::path(run_dir) / "config.json"))
+    lock = std::make_unique<cli::FolderLock>(run_dir, ".train.lock", "--run",
+                                             "metatape train, adapt or online");
   Run run = read_run(run_dir);
   cli::RunConfig c = sets.empty() ? run.config : cli::apply_overrides(run.config_json, sets);
   resolve_run_data_path(run_dir, c, sets, "online");
@@ -2865,7 +2881,7 @@ int main(int argc, char** argv) {
       stop_context.store(2);
       StopOnSignal on_signal;
       run_adapt(c, run_dir, d, device, run.trained_on, run.trained_sizes,
-                !sets.empty(), adapt_label, run.config.data.path, sets);
+                !sets.empty(), adapt_label, run.config.data.path, sets, &run.config_json);
       return 0;
     }
     if (bench_adapt->parsed()) {
