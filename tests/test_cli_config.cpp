@@ -171,28 +171,31 @@ TEST_CASE("cli config: a run from before train.meta.lr existed keeps the outer s
   CHECK(newer["train"]["meta"]["lr"] == 5e-5);
 }
 
-TEST_CASE("cli config: data.support_split, and runs from before it kept shuffled",
+TEST_CASE("cli config: data.support_split, shuffled unless set (as before the key existed)",
           "[cli][config]") {
   const cli::RunConfig defaults = cli::config_from_json(json::object());
-  CHECK(defaults.data.prep.support_split == data::SupportSplit::Chronological);
-  CHECK(defaults.to_json()["data"]["support_split"] == "chronological");
-  json shuffled = {{"data", {{"support_split", "shuffled"}}}};
-  CHECK(cli::config_from_json(shuffled).data.prep.support_split == data::SupportSplit::Shuffled);
+  CHECK(defaults.data.prep.support_split == data::SupportSplit::Shuffled);
+  CHECK(defaults.to_json()["data"]["support_split"] == "shuffled");
+  json chronological = {{"data", {{"support_split", "chronological"}}}};
+  CHECK(cli::config_from_json(chronological).data.prep.support_split ==
+        data::SupportSplit::Chronological);
   CHECK_THROWS_WITH(cli::config_from_json({{"data", {{"support_split", "random"}}}}),
                     Catch::Contains("data.support_split 'random' is not known") &&
                         Catch::Contains("chronological") && Catch::Contains("shuffled"));
   // A run's config.json written before the key existed drew its support windows at random: it
-  // keeps that split, and its training identity matches a resumed run's.
+  // reads as shuffled, and its training identity matches a resumed run's.
   json older = defaults.to_json();
   REQUIRE(older["data"].erase("support_split") == 1);
-  json filled = older;
-  cli::fill_settings_of_older_runs(filled);
-  CHECK(cli::config_from_json(filled).data.prep.support_split == data::SupportSplit::Shuffled);
+  CHECK(cli::config_from_json(older).data.prep.support_split == data::SupportSplit::Shuffled);
   const auto [unfilled, differences] = older_identity_differences(older);
-  CHECK(unfilled == "data.support_split is \"shuffled\" now, \"chronological\" in the run");
+  CHECK(unfilled.empty());
   CHECK(differences.empty());
-  // A run that has the key keeps it.
-  json newer = defaults.to_json();
-  cli::fill_settings_of_older_runs(newer);
-  CHECK(newer["data"]["support_split"] == "chronological");
+  // A run trained with the chronological split resumes only with it.
+  json chrono_run = cli::config_from_json(chronological).to_json();
+  chrono_run["sessions"] = json::array({{{"name", "a"}, {"crc32", 1234}}});
+  json shuffled_run = defaults.to_json();
+  shuffled_run["sessions"] = chrono_run["sessions"];
+  CHECK(cli::describe_identity_difference(cli::training_identity(chrono_run),
+                                          cli::training_identity(shuffled_run)) ==
+        "data.support_split is \"shuffled\" now, \"chronological\" in the run");
 }

@@ -223,8 +223,9 @@ TEST_CASE("preprocess: z-scoring uses the train split's statistics", "[data][pre
 TEST_CASE("preprocess: the chronological support/query split shares no frame",
           "[data][preprocess]") {
   const Dataset d = synth_dataset();
-  PrepConfig cfg;  // support_split chronological by default
-  REQUIRE(cfg.support_split == SupportSplit::Chronological);
+  REQUIRE(PrepConfig{}.support_split == SupportSplit::Shuffled);  // the default
+  PrepConfig cfg;
+  cfg.support_split = SupportSplit::Chronological;
   cfg.window = {32, 8, 1};
   const PreparedData p(d, cfg);
   for (int64_t s = 0; s < p.num_sessions(); ++s) {
@@ -269,6 +270,7 @@ TEST_CASE("preprocess: the chronological support/query split shares no frame",
     Dataset d2;
     d2.sessions.push_back(ramp_session("short", 4, 200));
     PrepConfig c2;
+    c2.support_split = SupportSplit::Chronological;
     c2.window = {48, 8, 1};
     c2.split.train = 0.5;  // train 100 frames: support 70 (23 windows), query 30 (< 48: none)
     c2.split.val = 0.25;

@@ -36,51 +36,81 @@ Tensor pack(const TensorList& outs, std::vector<Shape>& shapes) {
   return flat.size() == 1 ? flat[0] : cat(flat, 0);
 }
 
-// A tensor requiring grad that a region read without receiving it in `inputs` (a captured
-// parameter, or the output of an op before the region): the node its gradient flows into and
-// the metadata of the edge that reached it.
+// A tensor requiring grad that a region read without receiving it in `inputs`: the node its
+// gradient flows into and the metadata of the edge that reached it.
 struct Captured {
   std::shared_ptr<Node> node;
   InputMeta meta;
 };
 
+// Leaves made to require grad while it lives, on this thread (Tensor::set_requires_grad): a
+// region's own new leaves, which are neither captured nor refused.
+class NewLeafLog {
+ public:
+  NewLeafLog() { detail::new_leaf_logs().push_back(&made_); }
+  ~NewLeafLog() { detail::new_leaf_logs().pop_back(); }
+  NewLeafLog(const NewLeafLog&) = delete;
+  NewLeafLog& operator=(const NewLeafLog&) = delete;
+  const std::vector<const TensorImpl*>& made() const { return made_; }
+
+ private:
+  std::vector<const TensorImpl*> made_;
+};
+
+// The view nodes standing for the inputs of the regions being recomputed on this thread (while
+// their fn runs): a region nested in one may capture them like leaves (the enclosing region's
+// node holds and checks the tensors behind them).
+thread_local std::vector<const std::unordered_set<const Node*>*> enclosing_views;
+
+struct Reached {
+  std::vector<Captured> captured;  // leaves, and views of enclosing regions
+  const Node* foreign = nullptr;   // a node made before the region otherwise (first one)
+  InputMeta foreign_meta;
+};
+
 // Walks the graph behind `out` (the nodes a region made: sequence number >= first_node) down to
 // where it leaves the region. `boundary` holds the nodes standing for the region's inputs (the
-// accumulators of the first pass's detached leaves, or the recomputation's views): the walk stops
-// there. Every other node it reaches outside the region, an accumulator of another leaf or a node
-// made before the region, is captured.
-std::vector<Captured> captured_by(const Tensor& out,
-                                  const std::unordered_set<const Node*>& boundary,
-                                  const std::unordered_set<const TensorImpl*>& own_leaves,
-                                  uint64_t first_node) {
-  std::vector<Captured> found;
-  if (!out.requires_grad()) return found;
+// accumulators of the first pass's detached leaves, or the recomputation's views and captured
+// nodes): the walk stops there, and at the accumulators of `own_leaves` (leaves the region made).
+// Other leaves' accumulators and views of enclosing regions are captured; any other node made
+// before the region is foreign.
+Reached reached_from(const Tensor& out, const std::unordered_set<const Node*>& boundary,
+                     const std::unordered_set<const TensorImpl*>& own_leaves, uint64_t first_node) {
+  Reached r;
+  if (!out.requires_grad()) return r;
   std::unordered_set<const Node*> seen;
   std::vector<Node*> stack;
-  auto outside = [&](const Node* n) {
-    if (const auto* acc = dynamic_cast<const AccumulateGrad*>(n))
-      return own_leaves.count(acc->leaf().get()) == 0;
-    return n->sequence_nr() < first_node;
+  auto enclosing_view = [](const Node* n) {
+    for (const auto* views : enclosing_views)
+      if (views->count(n)) return true;
+    return false;
   };
   auto reach = [&](const std::shared_ptr<Node>& n, const InputMeta& meta) {
     if (n == nullptr || boundary.count(n.get()) || !seen.insert(n.get()).second) return;
-    if (outside(n.get()))
-      found.push_back({n, meta});
-    else
+    if (const auto* acc = dynamic_cast<const AccumulateGrad*>(n.get())) {
+      if (own_leaves.count(acc->leaf().get()) == 0) r.captured.push_back({n, meta});
+    } else if (n->sequence_nr() >= first_node) {
       stack.push_back(n.get());
+    } else if (enclosing_view(n.get())) {
+      r.captured.push_back({n, meta});
+    } else if (r.foreign == nullptr) {
+      r.foreign = n.get();
+      r.foreign_meta = meta;
+    }
   };
+  const InputMeta out_meta{out.shape(), out.dtype(), out.device()};
   if (out.impl()->grad_fn != nullptr) {
-    reach(out.impl()->grad_fn, InputMeta{out.shape(), out.dtype(), out.device()});
+    reach(out.impl()->grad_fn, out_meta);
   } else {  // the region returned a leaf itself (pack's reshape of a 1-D leaf is the leaf)
     Tensor leaf = out;
-    reach(gradient_edge(leaf), InputMeta{out.shape(), out.dtype(), out.device()});
+    reach(gradient_edge(leaf), out_meta);
   }
   while (!stack.empty()) {
     Node* n = stack.back();
     stack.pop_back();
     for (size_t i = 0; i < n->num_inputs(); ++i) reach(n->edge(i).fn, n->edge(i).meta);
   }
-  return found;
+  return r;
 }
 }  // namespace
 
@@ -102,20 +132,27 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
     }
     Tensor out;
     const uint64_t first_node = next_sequence_nr();
+    std::unordered_set<const TensorImpl*> own_leaves;
     {
+      NewLeafLog made_here;
       ValuesOnlyScope first_pass(true);
       out = pack(fn(leaves), shapes);
+      own_leaves.insert(made_here.made().begin(), made_here.made().end());
     }
-    // What else the region read that requires grad (captured parameters, or tensors computed
-    // before it): edges of the node below, so their gradients are taken in the recomputation.
-    std::unordered_set<const TensorImpl*> own_leaves;
-    std::unordered_set<const Node*> own_accumulators;
-    for (const Tensor& d : leaves) {
-      own_leaves.insert(d.impl());
-      if (auto acc = d.impl()->grad_accumulator.lock()) own_accumulators.insert(acc.get());
+    // What else the region read that requires grad (captured parameters): edges of the node
+    // below, so their gradients are taken in the recomputation.
+    for (const Tensor& d : leaves) own_leaves.insert(d.impl());
+    if (GradMode::is_enabled()) {
+      Reached r = reached_from(out, {}, own_leaves, first_node);
+      MT_CHECK(r.foreign == nullptr,
+               "checkpoint: the region reads a tensor that requires grad, is not one of its "
+               "inputs and is not a leaf (the output of {}, shape {}, computed before the "
+               "region); the recomputation could not tell whether it changed since. Pass it in "
+               "`inputs`, or detach() it if it is a constant (leaves such as parameters may be "
+               "read directly)",
+               r.foreign == nullptr ? "" : r.foreign->name(), r.foreign_meta.shape.str());
+      captured = std::move(r.captured);
     }
-    if (GradMode::is_enabled())
-      captured = captured_by(out, own_accumulators, own_leaves, first_node);
     packed = make_view(out, out.shape(), out.strides(), out.offset());  // a fresh, detached impl
   }
   bool any = !captured.empty();
@@ -152,6 +189,7 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
           std::vector<std::shared_ptr<Node>> targets;
           std::vector<size_t> index;
           std::unordered_set<const Node*> boundary;
+          std::unordered_set<const TensorImpl*> made_again;
           uint64_t first_node = 0;
           {
             GradModeGuard on(true);
@@ -173,7 +211,13 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
               }
             }
             first_node = next_sequence_nr();
+            NewLeafLog made_here;
+            enclosing_views.push_back(&boundary);  // nested regions may capture the views
+            struct Pop {
+              ~Pop() { enclosing_views.pop_back(); }
+            } pop;
             again = pack(fn(views), shapes_again);
+            made_again.insert(made_here.made().begin(), made_here.made().end());
           }
           // A region must compute the same thing twice; other shapes would otherwise surface
           // as a shape error inside the gradient that does not name the region.
@@ -194,16 +238,19 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
           // reach: the region read it only through a gradient it took without create_graph in
           // its first pass (checkpoint_values_only()). Its gradient has no edge here: refused
           // rather than lost.
-          const std::vector<Captured> unexpected = captured_by(again, boundary, {}, first_node);
-          if (!unexpected.empty()) {
-            const Node* u = unexpected.front().node.get();
+          const Reached r = reached_from(again, boundary, made_again, first_node);
+          if (!r.captured.empty() || r.foreign != nullptr) {
+            const Node* u = r.foreign != nullptr ? r.foreign : r.captured.front().node.get();
+            const InputMeta& meta =
+                r.foreign != nullptr ? r.foreign_meta : r.captured.front().meta;
             MT_FAIL("checkpoint: recomputed in the backward, the region reads a tensor that "
                     "requires grad ({}, shape {}) that its first pass did not reach: it enters "
                     "only through a gradient the region takes without create_graph while "
-                    "checkpoint_values_only() is true, so its gradient would be lost. Pass it in "
-                    "`inputs`, or take that gradient with create_graph in both passes",
+                    "checkpoint_values_only() is true (or the region keeps state between its "
+                    "passes), so its gradient would be lost. Pass it in `inputs`, or take that "
+                    "gradient with create_graph in both passes",
                     dynamic_cast<const AccumulateGrad*>(u) ? "a leaf" : u->name(),
-                    unexpected.front().meta.shape.str());
+                    meta.shape.str());
           }
           TensorList got = grad_at_nodes({again}, targets, {g}, create_graph);
           for (size_t k = 0; k < index.size(); ++k) grads[index[k]] = got[k];

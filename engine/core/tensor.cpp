@@ -80,7 +80,14 @@ Tensor& Tensor::set_requires_grad(bool requires_grad) {
            "set_requires_grad(): only floating-point tensors can require grad (this one is {})",
            dtype_name(dtype()));
   impl_->requires_grad = requires_grad;
+  if (requires_grad)
+    for (auto* log : detail::new_leaf_logs()) log->push_back(impl_.get());
   return *this;
+}
+
+std::vector<std::vector<const TensorImpl*>*>& detail::new_leaf_logs() {
+  thread_local std::vector<std::vector<const TensorImpl*>*> logs;
+  return logs;
 }
 
 Tensor Tensor::detach() const {

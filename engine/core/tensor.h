@@ -21,6 +21,14 @@ namespace autograd {
 class Node;
 }
 
+struct TensorImpl;
+namespace detail {
+// Leaves made to require grad on this thread while a checkpointed region runs: set_requires_grad
+// adds each to every set on this stack (autograd::checkpoint pushes one per pass of a region, to
+// tell a region's own new leaves from the parameters it captures).
+std::vector<std::vector<const TensorImpl*>*>& new_leaf_logs();
+}  // namespace detail
+
 struct TensorImpl {
   std::shared_ptr<Storage> storage;
   int64_t offset = 0;  // in elements

@@ -431,13 +431,13 @@ RunConfig config_from_json(const nlohmann::json& j) {
     r.get("block_length", c.data.prep.split.block_length);
     r.get("stride", c.data.prep.window.stride);
     r.get("zscore", c.data.prep.zscore);
-    std::string support_split = "chronological";
+    std::string support_split = "shuffled";
     r.get("support_split", support_split);
     MT_CHECK(support_split == "chronological" || support_split == "shuffled",
-             "config: data.support_split '{}' is not known; use chronological (support windows "
-             "from the first data.support_fraction of each session's training frames, query "
-             "windows from the rest) or shuffled (a random share of the training windows, as "
-             "runs before this setting)",
+             "config: data.support_split '{}' is not known; use shuffled (a random share of the "
+             "training windows, the default) or chronological (support windows from the first "
+             "data.support_fraction of each session's training frames, query windows from the "
+             "rest)",
              support_split);
     c.data.prep.support_split = support_split == "shuffled" ? data::SupportSplit::Shuffled
                                                             : data::SupportSplit::Chronological;
@@ -776,9 +776,6 @@ nlohmann::json training_identity(const nlohmann::json& config) {
 
 void fill_settings_of_older_runs(nlohmann::json& j) {
   if (!j.is_object()) return;
-  // data.support_split: runs before it drew support and query windows at random.
-  if (j.contains("data") && j["data"].is_object() && !j["data"].contains("support_split"))
-    j["data"]["support_split"] = "shuffled";
   // adapt.train.meta: never read, and refused away from its defaults since: dropped.
   if (j.contains("adapt") && j["adapt"].is_object() && j["adapt"].contains("train") &&
       j["adapt"]["train"].is_object())
