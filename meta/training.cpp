@@ -259,9 +259,10 @@ void check_training(const Forecaster& f, const data::PreparedData& data,
   const size_t usable = meta_sessions_of(data, sessions).size();
   MT_CHECK(usable > 0,
            "{}: no session has both support and query windows for {}; data.support_fraction "
-           "(the support share of each session's training frames, or of its windows with "
-           "data.support_split=shuffled) must leave both, e.g. 0.7: with the chronological "
-           "split each share must hold a whole window (model.poco.seq_length frames)",
+           "(the support share of each session's training windows, or of its frames with "
+           "data.support_split=chronological) must leave both, e.g. 0.7: with the "
+           "chronological split each share must hold a whole window (model.poco.seq_length "
+           "frames)",
            where, opt.method);
   MT_CHECK(int64_t(usable) >= opt.meta.meta_batch,
            "{}.meta.meta_batch is {}, but only {} training session(s) have both support and "

@@ -545,9 +545,9 @@ RunConfig config_from_json(const nlohmann::json& j) {
            c.data.prep.window.stride);
   MT_CHECK(std::isfinite(c.data.prep.support_fraction) && c.data.prep.support_fraction >= 0 &&
                c.data.prep.support_fraction <= 1,
-           "config: data.support_fraction is {}: the share of each session's training frames "
-           "(windows with data.support_split=shuffled) in its support set (meta-learning), in "
-           "[0, 1]",
+           "config: data.support_fraction is {}: the share of each session's training windows "
+           "(frames with data.support_split=chronological) in its support set (meta-learning), "
+           "in [0, 1]",
            c.data.prep.support_fraction);
   try {
     if (c.data.path.empty()) data::check_config(c.data.synthetic);  // (unread otherwise)
