@@ -25,6 +25,9 @@ TensorList region(const TensorList& in) {
   return {mul(h, h), sum(h, {1})};
 }
 
+// A scalar-per-row function of region's two outputs, read after the region (the tests' loss).
+Tensor after_region(const TensorList& o) { return add(sum(o[0], {1}), mul(o[1], o[1])); }
+
 // The tiny POCO of the golden files (f64) with its support and query batches, and three inner
 // steps on the embeddings and the head.
 struct TinyMeta {
@@ -59,11 +62,11 @@ TEST_CASE("checkpoint: values and gradients equal the plain graph, to second ord
   Tensor x = random_tensor(Shape{3, 4}, -1, 1, 101), w = random_tensor(Shape{4, 2}, -1, 1, 102);
   auto plain = [](const TensorList& in) {
     TensorList o = region(in);
-    return add(sum(o[0], {1}), mul(o[1], o[1]));
+    return after_region(o);
   };
   auto checkpointed = [](const TensorList& in) {
     TensorList o = autograd::checkpoint(region, in);
-    return add(sum(o[0], {1}), mul(o[1], o[1]));
+    return after_region(o);
   };
   CHECK(max_abs_diff(plain({x, w}), checkpointed({x, w})) == 0);
   CHECK(check_gradients("checkpoint", checkpointed, {x, w}) > 0);
@@ -78,11 +81,11 @@ TEST_CASE("checkpoint: a captured parameter (a leaf read by the region) gets its
     Tensor weight = in[1];
     TensorList o = autograd::checkpoint(
         [weight](const TensorList& xs) { return region({xs[0], weight}); }, {in[0]});
-    return add(sum(o[0], {1}), mul(o[1], o[1]));
+    return after_region(o);
   };
   auto plain = [](const TensorList& in) {
     TensorList o = region(in);
-    return add(sum(o[0], {1}), mul(o[1], o[1]));
+    return after_region(o);
   };
   // Before captured leaves were found, w's gradient was silently undefined (lost).
   CHECK(check_gradients("checkpoint, captured weight", captured, {x, w}) > 0);
@@ -129,11 +132,11 @@ TEST_CASE("checkpoint: an input computed from a captured leaf gets the plain gra
     Tensor shifted = add(in[0], weight.narrow(0, 0, 1).narrow(1, 0, 1));  // (3, 4)
     TensorList o = autograd::checkpoint(
         [weight](const TensorList& xs) { return region({xs[0], weight}); }, {shifted});
-    return add(sum(o[0], {1}), mul(o[1], o[1]));
+    return after_region(o);
   };
   auto tangled_plain = [](const TensorList& in) {
     TensorList o = region({add(in[0], in[1].narrow(0, 0, 1).narrow(1, 0, 1)), in[1]});
-    return add(sum(o[0], {1}), mul(o[1], o[1]));
+    return after_region(o);
   };
   CHECK(check_gradients("checkpoint, input from a captured leaf", tangled, {x, w}) > 0);
   CHECK(check_second_order("checkpoint, input from a captured leaf", tangled, {x, w}) > 0);
@@ -204,13 +207,13 @@ TEST_CASE("checkpoint: a nested region may capture the enclosing region's inputs
       Tensor weight = xs[1];  // the outer region's input, captured by the inner region
       TensorList o = autograd::checkpoint(
           [weight](const TensorList& ys) { return region({ys[0], weight}); }, {xs[0]});
-      return TensorList{add(sum(o[0], {1}), mul(o[1], o[1]))};
+      return TensorList{after_region(o)};
     };
     return autograd::checkpoint(outer, in)[0];
   };
   auto plain = [](const TensorList& in) {
     TensorList o = region(in);
-    return add(sum(o[0], {1}), mul(o[1], o[1]));
+    return after_region(o);
   };
   CHECK(check_gradients("nested checkpoint, captured outer input", nested, {x, w}) > 0);
   CHECK(check_second_order("nested checkpoint, captured outer input", nested, {x, w}) > 0);
