@@ -163,23 +163,165 @@ TEST_CASE("checkpoint: an input computed from a captured leaf gets the plain gra
   }
 }
 
-TEST_CASE("checkpoint: a captured tensor that requires grad and is not a leaf is refused",
-          "[autograd][checkpoint][errors]") {
+TEST_CASE("checkpoint: a captured tensor computed before the region gets the plain graph's "
+          "gradients, to second order",
+          "[autograd][checkpoint]") {
   Tensor x = random_tensor(Shape{3, 4}, -1, 1, 119), w = random_tensor(Shape{4, 2}, -1, 1, 120);
-  x.set_requires_grad(true);
-  w.set_requires_grad(true);
-  // Computed before the region: changed in place before the backward, the recomputation would
-  // read other values, and nothing here could tell.
-  Tensor scaled = mul(w, 2.0);
-  auto reads_scaled = [scaled](const TensorList& xs) { return region({xs[0], scaled}); };
-  CHECK_THROWS_WITH(autograd::checkpoint(reads_scaled, {x}),
-                    Catch::Contains("not one of its inputs") && Catch::Contains("mul") &&
-                        Catch::Contains("Pass it in `inputs`"));
-  // As an input it is fine, and so is a detached copy read as a constant.
-  CHECK_NOTHROW(autograd::checkpoint(region, {x, scaled}));
-  Tensor constant = scaled.detach();
-  CHECK_NOTHROW(autograd::checkpoint(
-      [constant](const TensorList& xs) { return region({xs[0], constant}); }, {x}));
+  // The region reads tanh(2 w), computed before it (as a layer reads fast weights or a
+  // conditioning vector), from its closure; w reaches the output only through it.
+  auto captured = [](const TensorList& in) {
+    Tensor weight = tanh(mul(in[1], 2.0));
+    TensorList o = autograd::checkpoint(
+        [weight](const TensorList& xs) { return region({xs[0], weight}); }, {in[0]});
+    return after_region(o);
+  };
+  auto plain = [](const TensorList& in) {
+    TensorList o = region({in[0], tanh(mul(in[1], 2.0))});
+    return after_region(o);
+  };
+  // Refused before record() logged the region's reads ("not one of its inputs").
+  CHECK(check_gradients("checkpoint, captured non-leaf", captured, {x, w}) > 0);
+  CHECK(check_second_order("checkpoint, captured non-leaf", captured, {x, w}) > 0);
+  Tensor xl = x.clone(), wl = w.clone();
+  xl.set_requires_grad(true);
+  wl.set_requires_grad(true);
+  TensorList a = autograd::grad({sum(captured({xl, wl}))}, {xl, wl});
+  TensorList b = autograd::grad({sum(plain({xl, wl}))}, {xl, wl});
+  CHECK(max_abs_diff(a[0], b[0]) <= kSameTol);
+  CHECK(max_abs_diff(a[1], b[1]) <= kSameTol);
+
+  SECTION("captured and also the source of an input: each path counted once") {
+    // The region receives x * weight[0, 0] and reads weight itself.
+    auto tangled = [](const TensorList& in) {
+      Tensor weight = tanh(mul(in[1], 2.0));
+      Tensor shifted = mul(in[0], weight.narrow(0, 0, 1).narrow(1, 0, 1));
+      TensorList o = autograd::checkpoint(
+          [weight](const TensorList& xs) { return region({xs[0], weight}); }, {shifted});
+      return after_region(o);
+    };
+    CHECK(check_gradients("checkpoint, captured non-leaf and input", tangled, {x, w}) > 0);
+    CHECK(check_second_order("checkpoint, captured non-leaf and input", tangled, {x, w}) > 0);
+  }
+  SECTION("a view of it, and a second region reading the first region's output") {
+    auto chained = [](const TensorList& in) {
+      Tensor weight = tanh(mul(in[1], 2.0));
+      Tensor first = weight.narrow(1, 0, 1);  // (4, 1), a view made before the region
+      Tensor h = autograd::checkpoint(
+          [first](const TensorList& xs) { return TensorList{tanh(matmul(xs[0], first))}; },
+          {in[0]})[0];  // (3, 1)
+      // The second region reads h, the first region's output, from its closure.
+      Tensor y = autograd::checkpoint(
+          [h](const TensorList& xs) { return TensorList{mul(xs[0], h)}; }, {in[0]})[0];
+      return sum(mul(y, y), {1});
+    };
+    CHECK(check_gradients("checkpoint, chained regions", chained, {x, w}) > 0);
+    CHECK(check_second_order("checkpoint, chained regions", chained, {x, w}) > 0);
+  }
+  SECTION("changed in place before the backward: refused") {
+    Tensor weight = tanh(mul(wl, 2.0));
+    Tensor y = sum(autograd::checkpoint(
+        [weight](const TensorList& xs) { return region({xs[0], weight}); }, {xl})[1]);
+    {
+      NoGradGuard no_grad;
+      weight.mul_(2.0);
+    }
+    CHECK_THROWS_WITH(autograd::grad({y}, {xl, wl}), Catch::Contains("modified in place"));
+  }
+  SECTION("written in place by the region itself: refused in the forward") {
+    Tensor weight = tanh(mul(wl, 2.0));
+    auto writes = [weight](const TensorList& xs) {
+      TensorList o = region({xs[0], weight});
+      NoGradGuard no_grad;
+      Tensor alias = weight.detach();
+      alias.mul_(0.5);
+      return o;
+    };
+    CHECK_THROWS_WITH(autograd::checkpoint(writes, {xl}),
+                      Catch::Contains("writes in place into a tensor it reads from outside") &&
+                          Catch::Contains("tanh") && Catch::Contains("clone()"));
+  }
+}
+
+TEST_CASE("checkpoint: fast weights captured by checkpointed inner steps give the plain "
+          "second-order meta-gradient",
+          "[autograd][checkpoint]") {
+  // A MAML-like loop: two inner SGD steps on w whose loss reads the fast weights from the
+  // region's closure (non-leaves after the first step), then an outer loss; its gradient with
+  // respect to the initial w and the data scale phi goes through both inner gradients.
+  Tensor w = random_tensor(Shape{4, 3}, -1, 1, 123), x = random_tensor(Shape{5, 4}, -1, 1, 124);
+  Tensor phi = random_tensor(Shape{3}, 0.5, 1.5, 125);
+  auto meta_loss = [x](const TensorList& in, bool checkpointed) {
+    // The inner gradients need grad mode and weights requiring grad, also where the checks
+    // evaluate the loss on constants (finite differences, under a NoGradGuard).
+    GradModeGuard on(true);
+    Tensor fast = in[0];
+    if (!fast.requires_grad()) fast = fast.detach().set_requires_grad(true);
+    const Tensor& scale = in[1];
+    for (int k = 0; k < 2; ++k) {
+      auto step = [x, fast, scale](const TensorList&) {
+        Tensor loss = sum(mul(tanh(mul(matmul(x, fast), scale)), 1.0));
+        loss = mul(loss, loss);
+        Tensor g = autograd::grad({loss}, {fast}, {}, std::nullopt, /*create_graph=*/true)[0];
+        return TensorList{sub(fast, mul(g, 0.05))};
+      };
+      fast = checkpointed ? autograd::checkpoint(step, {})[0] : step({})[0];
+    }
+    Tensor out = tanh(matmul(x, fast));
+    return sum(mul(out, out), {1});
+  };
+  auto with = [&](const TensorList& in) { return meta_loss(in, true); };
+  auto without = [&](const TensorList& in) { return meta_loss(in, false); };
+  CHECK(check_gradients("checkpointed inner steps, captured fast weights", with, {w, phi}) > 0);
+  CHECK(check_second_order("checkpointed inner steps, captured fast weights", with, {w, phi}) >
+        0);
+  Tensor wl = w.clone(), pl = phi.clone();
+  wl.set_requires_grad(true);
+  pl.set_requires_grad(true);
+  TensorList a = autograd::grad({sum(with({wl, pl}))}, {wl, pl});
+  TensorList b = autograd::grad({sum(without({wl, pl}))}, {wl, pl});
+  CHECK(max_abs_diff(a[0], b[0]) <= kSameTol);
+  CHECK(max_abs_diff(a[1], b[1]) <= kSameTol);
+}
+
+TEST_CASE("checkpoint: a nested region may capture the enclosing region's intermediates",
+          "[autograd][checkpoint]") {
+  Tensor x = random_tensor(Shape{3, 4}, -1, 1, 126), w = random_tensor(Shape{4, 2}, -1, 1, 127);
+  auto nested = [](const TensorList& in) {
+    auto outer = [](const TensorList& xs) {
+      Tensor weight = tanh(xs[1]);  // made in the outer region, captured by the inner one
+      TensorList o = autograd::checkpoint(
+          [weight](const TensorList& ys) { return region({ys[0], weight}); }, {xs[0]});
+      return TensorList{after_region(o)};
+    };
+    return autograd::checkpoint(outer, in)[0];
+  };
+  auto plain = [](const TensorList& in) {
+    TensorList o = region({in[0], tanh(in[1])});
+    return after_region(o);
+  };
+  CHECK(check_gradients("nested checkpoint, captured intermediate", nested, {x, w}) > 0);
+  CHECK(check_second_order("nested checkpoint, captured intermediate", nested, {x, w}) > 0);
+  Tensor xl = x.clone(), wl = w.clone();
+  xl.set_requires_grad(true);
+  wl.set_requires_grad(true);
+  TensorList a = autograd::grad({sum(nested({xl, wl}))}, {xl, wl});
+  TensorList b = autograd::grad({sum(plain({xl, wl}))}, {xl, wl});
+  CHECK(max_abs_diff(a[0], b[0]) <= kSameTol);
+  CHECK(max_abs_diff(a[1], b[1]) <= kSameTol);
+
+  SECTION("and a tensor computed before the outer region") {
+    auto outside = [](const TensorList& in) {
+      Tensor weight = tanh(in[1]);  // before both regions
+      auto outer = [weight](const TensorList& xs) {
+        TensorList o = autograd::checkpoint(
+            [weight](const TensorList& ys) { return region({ys[0], weight}); }, {xs[0]});
+        return TensorList{after_region(o)};
+      };
+      return autograd::checkpoint(outer, {in[0]})[0];
+    };
+    CHECK(check_gradients("nested checkpoint, captured from outside", outside, {x, w}) > 0);
+    CHECK(check_second_order("nested checkpoint, captured from outside", outside, {x, w}) > 0);
+  }
 }
 
 TEST_CASE("checkpoint: leaves the region makes itself are its own", "[autograd][checkpoint]") {

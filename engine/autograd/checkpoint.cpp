@@ -1,5 +1,6 @@
 #include "engine/autograd/checkpoint.h"
 
+#include <unordered_map>
 #include <unordered_set>
 
 #include "engine/autograd/engine.h"
@@ -8,8 +9,41 @@
 
 namespace mt::autograd {
 
+namespace detail {
+struct ReadLog {
+  struct Read {
+    Tensor tensor;
+    uint32_t version = 0;  // of its storage when first read
+  };
+  uint64_t first_node = 0;  // nodes numbered below it were made before the region
+  std::unordered_map<const Node*, Read> reads;  // by the tensor's node
+};
+
+thread_local constinit ReadLog* read_log = nullptr;
+
+void log_read(const Tensor& t) {
+  const Node* fn = t.impl()->grad_fn.get();
+  if (fn == nullptr || fn->sequence_nr() >= read_log->first_node) return;  // a leaf, or made here
+  read_log->reads.try_emplace(fn, ReadLog::Read{t, t.storage().version()});
+}
+}  // namespace detail
+
 namespace {
 thread_local bool values_only = false;
+
+// Sets detail::read_log to `log` while it lives, restoring the enclosing region's log after.
+class ReadLogScope {
+ public:
+  explicit ReadLogScope(detail::ReadLog* log) : previous_(detail::read_log) {
+    detail::read_log = log;
+  }
+  ~ReadLogScope() { detail::read_log = previous_; }
+  ReadLogScope(const ReadLogScope&) = delete;
+  ReadLogScope& operator=(const ReadLogScope&) = delete;
+
+ private:
+  detail::ReadLog* previous_;
+};
 
 // Sets values_only for a scope and restores the previous value (regions may nest).
 class ValuesOnlyScope {
@@ -37,18 +71,20 @@ Tensor pack(const TensorList& outs, std::vector<Shape>& shapes) {
 }
 
 // A tensor requiring grad that a region read without receiving it in `inputs`: the node its
-// gradient flows into and the metadata of the edge that reached it.
+// gradient flows into, the metadata of the edge that reached it, and the tensor itself when it
+// is not a leaf (an op's output made before the region) or an enclosing region's view.
 struct Captured {
   std::shared_ptr<Node> node;
   InputMeta meta;
+  Tensor tensor;
 };
 
 // Leaves made to require grad while it lives, on this thread (Tensor::set_requires_grad): a
 // region's own new leaves, which are neither captured nor refused.
 class NewLeafLog {
  public:
-  NewLeafLog() { detail::new_leaf_logs().push_back(&made_); }
-  ~NewLeafLog() { detail::new_leaf_logs().pop_back(); }
+  NewLeafLog() { mt::detail::new_leaf_logs().push_back(&made_); }
+  ~NewLeafLog() { mt::detail::new_leaf_logs().pop_back(); }
   NewLeafLog(const NewLeafLog&) = delete;
   NewLeafLog& operator=(const NewLeafLog&) = delete;
   const std::vector<const TensorImpl*>& made() const { return made_; }
@@ -63,7 +99,7 @@ class NewLeafLog {
 thread_local std::vector<const std::unordered_set<const Node*>*> enclosing_views;
 
 struct Reached {
-  std::vector<Captured> captured;  // leaves, and views of enclosing regions
+  std::vector<Captured> captured;  // leaves, tensors the region read, enclosing regions' views
   const Node* foreign = nullptr;   // a node made before the region otherwise (first one)
   InputMeta foreign_meta;
 };
@@ -72,10 +108,12 @@ struct Reached {
 // where it leaves the region. `boundary` holds the nodes standing for the region's inputs (the
 // accumulators of the first pass's detached leaves, or the recomputation's views and captured
 // nodes): the walk stops there, and at the accumulators of `own_leaves` (leaves the region made).
-// Other leaves' accumulators and views of enclosing regions are captured; any other node made
-// before the region is foreign.
+// Other leaves' accumulators, views of enclosing regions and the nodes of tensors in `reads`
+// (those the first pass read from outside) are captured; any other node made before the region
+// is foreign.
 Reached reached_from(const Tensor& out, const std::unordered_set<const Node*>& boundary,
-                     const std::unordered_set<const TensorImpl*>& own_leaves, uint64_t first_node) {
+                     const std::unordered_set<const TensorImpl*>& own_leaves, uint64_t first_node,
+                     const detail::ReadLog* reads = nullptr) {
   Reached r;
   if (!out.requires_grad()) return r;
   std::unordered_set<const Node*> seen;
@@ -85,14 +123,21 @@ Reached reached_from(const Tensor& out, const std::unordered_set<const Node*>& b
       if (views->count(n)) return true;
     return false;
   };
+  auto read_of = [reads](const Node* n) -> const detail::ReadLog::Read* {
+    if (reads == nullptr) return nullptr;
+    auto it = reads->reads.find(n);
+    return it == reads->reads.end() ? nullptr : &it->second;
+  };
   auto reach = [&](const std::shared_ptr<Node>& n, const InputMeta& meta) {
     if (n == nullptr || boundary.count(n.get()) || !seen.insert(n.get()).second) return;
     if (const auto* acc = dynamic_cast<const AccumulateGrad*>(n.get())) {
-      if (own_leaves.count(acc->leaf().get()) == 0) r.captured.push_back({n, meta});
+      if (own_leaves.count(acc->leaf().get()) == 0) r.captured.push_back({n, meta, Tensor()});
     } else if (n->sequence_nr() >= first_node) {
       stack.push_back(n.get());
     } else if (enclosing_view(n.get())) {
-      r.captured.push_back({n, meta});
+      r.captured.push_back({n, meta, Tensor()});
+    } else if (const detail::ReadLog::Read* read = read_of(n.get())) {
+      r.captured.push_back({n, meta, read->tensor});
     } else if (r.foreign == nullptr) {
       r.foreign = n.get();
       r.foreign_meta = meta;
@@ -133,24 +178,39 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
     Tensor out;
     const uint64_t first_node = next_sequence_nr();
     std::unordered_set<const TensorImpl*> own_leaves;
+    detail::ReadLog reads;  // tensors requiring grad made before the region that it reads
+    reads.first_node = first_node;
     {
       NewLeafLog made_here;
+      ReadLogScope log_reads(GradMode::is_enabled() ? &reads : nullptr);
       ValuesOnlyScope first_pass(true);
       out = pack(fn(leaves), shapes);
       own_leaves.insert(made_here.made().begin(), made_here.made().end());
     }
-    // What else the region read that requires grad (captured parameters): edges of the node
-    // below, so their gradients are taken in the recomputation.
+    // What else the region read that requires grad (captured parameters, tensors computed before
+    // it): edges of the node below, so their gradients are taken in the recomputation.
     for (const Tensor& d : leaves) own_leaves.insert(d.impl());
     if (GradMode::is_enabled()) {
-      Reached r = reached_from(out, {}, own_leaves, first_node);
+      Reached r = reached_from(out, {}, own_leaves, first_node, &reads);
+      // Only ops record edges, and record() logs what they read: a node reached otherwise is
+      // not the region's doing (an edge built by hand), and its tensor cannot be checked.
       MT_CHECK(r.foreign == nullptr,
-               "checkpoint: the region reads a tensor that requires grad, is not one of its "
-               "inputs and is not a leaf (the output of {}, shape {}, computed before the "
-               "region); the recomputation could not tell whether it changed since. Pass it in "
-               "`inputs`, or detach() it if it is a constant (leaves such as parameters may be "
-               "read directly)",
+               "checkpoint: the region's graph reaches {} (shape {}), made before the region, "
+               "through no op the region recorded, so the recomputation could not tell whether "
+               "its tensor changed since. Pass that tensor in `inputs`, or detach() it if it is "
+               "a constant",
                r.foreign == nullptr ? "" : r.foreign->name(), r.foreign_meta.shape.str());
+      // The recomputation reads a captured tensor again: written in place by the region itself
+      // (under a NoGradGuard, or through a detach()ed alias), it would hold other values then.
+      for (const Captured& c : r.captured) {
+        if (!c.tensor.defined()) continue;
+        const detail::ReadLog::Read& read = reads.reads.at(c.node.get());
+        MT_CHECK(c.tensor.storage().version() == read.version,
+                 "checkpoint: the region writes in place into a tensor it reads from outside "
+                 "(the output of {}, shape {}); recomputed in the backward, it would read the "
+                 "written values. Write into a clone() of it inside the region",
+                 c.node->name(), c.meta.shape.str());
+      }
       captured = std::move(r.captured);
     }
     packed = make_view(out, out.shape(), out.strides(), out.offset());  // a fresh, detached impl
@@ -159,23 +219,26 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
   for (const Tensor& t : inputs) any |= needs_grad(t);
   if (any && GradMode::is_enabled()) {
     // Edges: the inputs, then the captured tensors. Saved: the inputs, then each captured leaf
-    // (only for the check that it was not changed in place before the backward).
-    std::vector<size_t> leaf_saved;  // for each captured entry, its saved index or SIZE_MAX
-    std::vector<Tensor> captured_leaves;
+    // or tensor computed before the region (only for the check that it was not changed in place
+    // before the backward; the region reads it from its closure).
+    std::vector<size_t> tensor_saved;  // for each captured entry, its saved index or SIZE_MAX
+    std::vector<Tensor> captured_tensors;
     for (const Captured& c : captured) {
       const auto* acc = dynamic_cast<const AccumulateGrad*>(c.node.get());
-      leaf_saved.push_back(acc ? inputs.size() + captured_leaves.size() : SIZE_MAX);
-      if (acc) captured_leaves.emplace_back(acc->leaf());
+      const bool kept = acc != nullptr || c.tensor.defined();
+      tensor_saved.push_back(kept ? inputs.size() + captured_tensors.size() : SIZE_MAX);
+      if (acc) captured_tensors.emplace_back(acc->leaf());
+      else if (c.tensor.defined()) captured_tensors.push_back(c.tensor);
     }
     auto node = std::make_shared<FunctionNode<std::function<TensorList(const Node&, const Tensor&)>>>(
         "checkpoint",
-        [fn, n = inputs.size(), m = captured.size(), leaf_saved, shapes](
+        [fn, n = inputs.size(), m = captured.size(), tensor_saved, shapes](
             const Node& self, const Tensor& g) -> TensorList {
           TensorList saved;
           for (size_t i = 0; i < n; ++i) saved.push_back(self.saved(i));
-          // A captured leaf changed in place since the forward would give other values.
+          // A captured tensor changed in place since the forward would give other values.
           for (size_t j = 0; j < m; ++j)
-            if (leaf_saved[j] != SIZE_MAX) (void)self.saved(leaf_saved[j]);
+            if (tensor_saved[j] != SIZE_MAX) (void)self.saved(tensor_saved[j]);
           // Recompute from fresh views of the saved inputs: each view is a new node with one
           // edge to its input, and the gradients are taken where the recomputed graph reaches a
           // view or a captured tensor, without crossing it (grad_at_nodes): the partial
@@ -264,9 +327,16 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
       node->save(t);
     }
     for (const Captured& c : captured) node->add_edge(Edge{c.node, c.meta});
-    for (const Tensor& leaf : captured_leaves) node->save(leaf);
+    for (const Tensor& t : captured_tensors) node->save(t);
     packed.impl()->requires_grad = true;
     packed.impl()->grad_fn = node;
+    // Nested in another region's first pass: this node's edges are reads of that region too.
+    if (detail::read_log != nullptr) {
+      for (const Tensor& t : inputs)
+        if (needs_grad(t)) detail::log_read(t);
+      for (const Captured& c : captured)
+        if (c.tensor.defined()) detail::log_read(c.tensor);
+    }
   }
   TensorList outs;
   int64_t offset = 0;

@@ -12,19 +12,21 @@ namespace mt::autograd {
 
 using Region = std::function<TensorList(const TensorList&)>;
 
-// outputs = fn(inputs), with only `inputs` kept for the backward. fn may also read leaves
-// requiring grad that it does not receive (captured parameters, as torch.utils.checkpoint
-// allows; a nested region also the enclosing region's inputs): the first pass finds them in its
-// graph, they become edges of the region's node (a parameter changed in place before the
-// backward is refused), and their gradients are taken in the recomputation with the inputs'.
-// Each edge gets its partial derivative through the region (the engine adds the paths outside
-// it, e.g. an input computed from a captured parameter), to any order. Leaves fn makes itself
-// are its own. Refused: a captured tensor that requires grad and is not a leaf (the output of an
-// op before the region: pass it in `inputs`, or detach() a constant), and, in the backward, a
-// tensor the first pass did not reach because it enters only through a gradient taken without
-// create_graph while checkpoint_values_only() is true (pass it in `inputs`). fn must be
-// deterministic (dropout: reseed inside) and may call grad() on its inputs (they require grad
-// inside fn when they do outside).
+// outputs = fn(inputs), with only `inputs` kept for the backward. fn may also read tensors
+// requiring grad that it does not receive: leaves (captured parameters, as
+// torch.utils.checkpoint allows), outputs of ops run before the region (the fast weights of an
+// inner loop, a conditioning vector) and, in a nested region, the enclosing region's inputs and
+// intermediates. The first pass finds them in its graph (record() logs what the region's ops read
+// from outside it); they become edges of the region's node, which holds each tensor to refuse
+// the backward if it was changed in place since, and their gradients are taken in the
+// recomputation with the inputs'. Each edge gets its partial derivative through the region (the
+// engine adds the paths outside it, e.g. an input computed from a captured parameter), to any
+// order. Leaves fn makes itself are its own. Refused: a region that writes in place into a
+// tensor it reads from outside (write into a clone()), and, in the backward, a tensor the first
+// pass did not reach because it enters only through a gradient taken without create_graph while
+// checkpoint_values_only() is true (pass it in `inputs`). fn must be deterministic (dropout:
+// reseed inside) and may call grad() on its inputs (they require grad inside fn when they do
+// outside).
 TensorList checkpoint(const Region& fn, const TensorList& inputs);
 
 // True while checkpoint() runs a region for its values only: the first pass, whose outputs are

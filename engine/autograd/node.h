@@ -180,6 +180,16 @@ uint64_t next_sequence_nr();
 std::shared_ptr<Node> gradient_edge(const Tensor& t);
 
 inline bool needs_grad(const Tensor& t) { return t.defined() && t.requires_grad(); }
+
+namespace detail {
+// The non-leaf tensors a checkpointed region's first pass reads from outside it (checkpoint.cpp):
+// while one is set on this thread, record() passes each input requiring grad to log_read, which
+// keeps those made before the region (with their storage version), so the region's node can hold
+// the tensor where its graph only links to the tensor's node.
+struct ReadLog;
+extern thread_local constinit ReadLog* read_log;
+void log_read(const Tensor& t);  // only while read_log is set
+}  // namespace detail
 template <class... Ts>
 bool any_requires_grad(const Ts&... ts) {
   return GradMode::is_enabled() && (needs_grad(ts) || ...);
@@ -195,7 +205,11 @@ Node& record(const char* name, Tensor& output, std::initializer_list<const Tenso
     Edge e;
     if (in->defined()) {
       e.meta = InputMeta{in->shape(), in->dtype(), in->device()};
-      if (in->requires_grad()) e.fn = gradient_edge(*in);
+      if (in->requires_grad()) {
+        e.fn = gradient_edge(*in);
+        if (detail::read_log != nullptr) [[unlikely]]
+          detail::log_read(*in);
+      }
     }
     node->add_edge(std::move(e));
   }
@@ -212,7 +226,11 @@ Node& record_list(const char* name, Tensor& output, const TensorList& inputs, Ru
   for (const Tensor& in : inputs) {
     Edge e;
     e.meta = InputMeta{in.shape(), in.dtype(), in.device()};
-    if (in.requires_grad()) e.fn = gradient_edge(in);
+    if (in.requires_grad()) {
+      e.fn = gradient_edge(in);
+      if (detail::read_log != nullptr) [[unlikely]]
+        detail::log_read(in);
+    }
     node->add_edge(std::move(e));
   }
   output.impl()->requires_grad = true;
