@@ -14,6 +14,7 @@
 
 #include "data/check.h"
 #include "data/files.h"
+#include "engine/io/temp_file.h"
 
 namespace mt::data {
 
@@ -599,8 +600,12 @@ void save_npz_members(const std::string& path, const std::vector<NpzMember>& mem
     zip_discard(za);
     fail(fmt::format("writing the archive failed ({})", why));
   }
+  // libzip closes without syncing: the data first, then the name, then the folder's entry.
+  if (!io::sync_file(tmp))
+    fail(fmt::format("cannot sync {} to disk ({})", tmp.string(), std::strerror(errno)));
   fs::rename(tmp, target, ec);
   if (ec) fail(fmt::format("cannot rename {} to {} ({})", tmp.string(), path, ec.message()));
+  io::sync_folder_of(target);
 }
 
 void save_npz(const Session& session, const std::string& path, const NpzWriteOptions& options) {

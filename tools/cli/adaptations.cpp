@@ -14,6 +14,7 @@
 
 #include "engine/core/error.h"
 #include "engine/io/safetensors.h"
+#include "engine/io/temp_file.h"
 #include "tools/cli/config.h"
 
 namespace fs = std::filesystem;
@@ -222,12 +223,16 @@ std::string readapt_command(const std::string& run_dir, const Adaptation& a) {
 }
 
 void replace_folder(const fs::path& ready, const fs::path& dir, bool exchange) {
+  // The files in `ready` are synced as written (write_file_atomic, safetensors); after each
+  // rename below, the folder holding `dir` is too, so the new name survives a power cut.
   if (!fs::exists(dir)) {
     fs::rename(ready, dir);
+    io::sync_folder_of(dir);
     return;
   }
   if (exchange) {
     if (::renameat2(AT_FDCWD, ready.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0) {
+      io::sync_folder_of(dir);
       fs::remove_all(ready);  // the replaced folder, now here
       return;
     }
@@ -248,6 +253,7 @@ void replace_folder(const fs::path& ready, const fs::path& dir, bool exchange) {
     fs::rename(old, dir, ignored);  // the old folder back where it was
     throw;
   }
+  io::sync_folder_of(dir);
   fs::remove_all(old);
 }
 
@@ -356,6 +362,7 @@ std::string move_earlier_adaptation(const std::string& run_dir) {
   for (const auto& f : files) link_or_copy(f, moving / f.filename());
   link_or_copy(legacy, moving / "adapt.json");
   fs::rename(moving, top + "/" + label);
+  io::sync_folder_of(top + "/" + label);
   for (const auto& f : files) fs::remove(f);
   fs::remove(legacy);
   return label;

@@ -42,6 +42,7 @@
 #include "engine/autograd/grad_mode.h"
 #include "engine/core/backend.h"
 #include "engine/io/checkpoint.h"
+#include "engine/io/temp_file.h"
 #include "meta/adaptation.h"
 #include "tools/cli/adaptations.h"
 #include "tools/cli/bench.h"
@@ -2365,6 +2366,7 @@ json run_online_cmd(const std::string& run_dir, const std::vector<double>& drift
       fs::rename(forecasts_work / name, forecasts_dir / name);
       forecasts_folder.moved.push_back(name);
     }
+    io::sync_folder_of(forecasts_dir / "forecasts.json");
     std::printf("wrote %zu forecast file(s) and forecasts.json to %s (frozen, offline, online: "
                 "windows x neurons x frames in the recording's units; unseen: held-back "
                 "windows)\n",
@@ -2779,6 +2781,8 @@ int main(int argc, char** argv) {
       for (const auto& p : earlier) fs::remove(p);
       for (const auto& session : d.sessions)
         fs::rename(work / (session.name + ".npz"), fs::path(out_dir) / (session.name + ".npz"));
+      if (!d.sessions.empty())  // the renames above, durable
+        io::sync_folder_of(fs::path(out_dir) / (d.sessions.front().name + ".npz"));
       std::error_code rm;
       fs::remove_all(work, rm);
       for (const auto& s : d.sessions)
