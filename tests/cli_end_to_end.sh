@@ -1007,6 +1007,12 @@ fails_with "e2e-ttt without inner steps" "inner_steps is 0" "$bin" train --run "
   "${small[@]}" --method e2e-ttt --set train.meta.inner_steps=0
 fails_with "negative clip" "train.clip must be >= 0" "$bin" train --run "$work/x" --set train.clip=-1
 fails_with "a number out of range" "is not usable" "$bin" train --run "$work/x" --set train.lr=1e400
+# A training that diverges says how to go on: its folder keeps the last evaluation point, but a
+# run resumes only with its own settings.
+fails_with "a diverging training names its setting" "lower train.lr (now 1e+300)" "$bin" train \
+  --run "$work/diverged" "${small[@]}" --set train.lr=1e300
+check "and says how to train it again" grep -q "train it again with the lower value and --overwrite" \
+  "$work/out.txt"
 fails_with "a number without a leading digit" "need a digit before the point" "$bin" train \
   --run "$work/x" --set train.lr=.001
 fails_with "a non-integer in a list of whole numbers" "holds 2.5: each entry must be an integer" \

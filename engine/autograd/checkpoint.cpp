@@ -71,8 +71,9 @@ Tensor pack(const TensorList& outs, std::vector<Shape>& shapes) {
 }
 
 // A tensor requiring grad that a region read without receiving it in `inputs`: the node its
-// gradient flows into, the metadata of the edge that reached it, and the tensor itself when it
-// is not a leaf (an op's output made before the region) or an enclosing region's view.
+// gradient flows into, the metadata of the edge that reached it, and, for an op's output made
+// before the region, the tensor itself (undefined for a leaf, which its accumulator holds, and for
+// an enclosing region's view, which that region's node holds).
 struct Captured {
   std::shared_ptr<Node> node;
   InputMeta meta;

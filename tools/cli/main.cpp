@@ -2980,11 +2980,29 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "stopped after step %lld\n", (long long)e.step);
     const int signal_number = stop_signal.load();
     return 128 + (signal_number != 0 ? signal_number : SIGINT);  // as the signal would have
+  } catch (const meta::TrainingDiverged& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    // The run folder keeps its last evaluation point, but a run resumes only with the settings
+    // it was trained with: the way on is a new run.
+    if (train->parsed())
+      std::fprintf(stderr,
+                   "note: %s keeps the model and state of the last evaluation point before step "
+                   "%lld; a run resumes only with the settings it was trained with, so train it "
+                   "again with the lower value and --overwrite (or in another folder)\n",
+                   run_dir.c_str(), (long long)e.step);
+    return 1;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr,
                  "error: out of memory: what this command was asked to hold (data, model, batch) "
                  "does not fit in this machine's memory; use fewer or shorter sessions, a smaller "
                  "model or batch, or a machine with more memory\n");
+    if (train->parsed() && fs::exists(run_dir + "/train_state.safetensors"))
+      std::fprintf(stderr,
+                   "note: %s keeps the state of its last evaluation point: with the memory freed "
+                   "elsewhere, metatape train --resume --run '%s' continues it; with a smaller "
+                   "batch or model, train it again with --overwrite (a run resumes only with the "
+                   "settings it was trained with)\n",
+                   run_dir.c_str(), run_dir.c_str());
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
