@@ -368,25 +368,58 @@ TEST_CASE("checkpoint: a nested region may capture the enclosing region's inputs
   CHECK(max_abs_diff(a[1], b[1]) <= kSameTol);
 }
 
-TEST_CASE("checkpoint: a tensor reached only through a values-only inner gradient is refused",
+TEST_CASE("checkpoint: a tensor reached only through a values-only inner gradient gets its "
+          "gradient, to second order",
+          "[autograd][checkpoint]") {
+  Tensor w = random_tensor(Shape{4}, -1, 1, 117), phi = random_tensor(Shape{4}, 0.5, 1, 118);
+  // One inner step on w whose gradient depends on phi (captured) and on phi2 = phi * phi
+  // (captured, computed before the region); the first pass takes it without create_graph, so
+  // neither is in that pass's graph: they are edges because the region's ops read them.
+  // Refused before (a lost gradient otherwise), and before that, phi2's graph was freed by the
+  // first pass's inner gradient.
+  auto stepped = [](const TensorList& in, bool checkpointed) {
+    GradModeGuard on(true);
+    Tensor w0 = in[0];
+    if (!w0.requires_grad()) w0 = w0.detach().set_requires_grad(true);
+    Tensor scale = in[1], scale2 = mul(in[1], in[1]);
+    auto step = [scale, scale2](const TensorList& xs) {
+      Tensor loss = sum(mul(mul(mul(xs[0], xs[0]), scale), scale2));
+      Tensor g = autograd::grad({loss}, {xs[0]}, {}, std::nullopt,
+                                /*create_graph=*/!autograd::checkpoint_values_only())[0];
+      return TensorList{sub(xs[0], mul(g, 0.1))};
+    };
+    Tensor out = checkpointed ? autograd::checkpoint(step, {w0})[0] : step({w0})[0];
+    return mul(out, out);
+  };
+  auto with = [&](const TensorList& in) { return stepped(in, true); };
+  auto without = [&](const TensorList& in) { return stepped(in, false); };
+  CHECK(check_gradients("checkpoint, values-only inner gradient", with, {w, phi}) > 0);
+  CHECK(check_second_order("checkpoint, values-only inner gradient", with, {w, phi}) > 0);
+  Tensor wl = w.clone(), pl = phi.clone();
+  wl.set_requires_grad(true);
+  pl.set_requires_grad(true);
+  TensorList a = autograd::grad({sum(with({wl, pl}))}, {wl, pl});
+  TensorList b = autograd::grad({sum(without({wl, pl}))}, {wl, pl});
+  CHECK(max_abs_diff(a[0], b[0]) <= kSameTol);
+  CHECK(max_abs_diff(a[1], b[1]) <= kSameTol);
+}
+
+TEST_CASE("checkpoint: a region that reads other tensors when recomputed is refused",
           "[autograd][checkpoint][errors]") {
   Tensor w = random_tensor(Shape{4}, -1, 1, 117), phi = random_tensor(Shape{4}, 0.5, 1, 118);
   w.set_requires_grad(true);
   phi.set_requires_grad(true);
-  // One inner step on w whose gradient depends on phi; the first pass takes it without
-  // create_graph, so phi is not in that pass's graph.
-  auto step = [phi](const TensorList& xs) {
-    Tensor loss = sum(mul(mul(xs[0], xs[0]), phi));
-    Tensor g = autograd::grad({loss}, {xs[0]}, {}, std::nullopt,
-                              /*create_graph=*/!autograd::checkpoint_values_only())[0];
-    return TensorList{sub(xs[0], mul(g, 0.1))};
+  // State kept between the passes: the first pass reads nothing but its input, the
+  // recomputation also phi, whose gradient would have no edge.
+  auto runs = std::make_shared<int>(0);
+  auto changing = [runs, phi](const TensorList& xs) {
+    return TensorList{(*runs)++ == 0 ? mul(xs[0], 2.0) : mul(xs[0], phi)};
   };
-  Tensor y = sum(autograd::checkpoint(step, {w})[0]);
+  Tensor y = sum(autograd::checkpoint(changing, {w})[0]);
   CHECK_THROWS_WITH(autograd::grad({y}, {w, phi}),
-                    Catch::Contains("first pass did not reach") &&
-                        Catch::Contains("checkpoint_values_only()") &&
-                        Catch::Contains("Pass it in `inputs`"));
-  // Passed as an input it works: d/dphi sum(w - 0.2 w phi) = -0.2 w.
+                    Catch::Contains("first pass did not read") &&
+                        Catch::Contains("no state kept between them"));
+  // Passed as an input, phi is read in both passes: d/dphi sum(w - 0.2 w phi) = -0.2 w.
   auto step_in = [](const TensorList& xs) {
     Tensor loss = sum(mul(mul(xs[0], xs[0]), xs[1]));
     Tensor g = autograd::grad({loss}, {xs[0]}, {}, std::nullopt,
@@ -395,6 +428,83 @@ TEST_CASE("checkpoint: a tensor reached only through a values-only inner gradien
   };
   Tensor y2 = sum(autograd::checkpoint(step_in, {w, phi})[0]);
   CHECK(max_abs_diff(autograd::grad({y2}, {phi})[0], mul(w, -0.2).detach()) <= kSameTol);
+}
+
+TEST_CASE("checkpoint: a first pass's inner gradient leaves the graph before the region intact",
+          "[autograd][checkpoint]") {
+  Tensor w = random_tensor(Shape{4}, -1, 1, 128), x = random_tensor(Shape{4}, -1, 1, 129);
+  // Fast weights f and f2 = f * f, both computed before the region; its values-only inner
+  // gradient with respect to f runs f2's node (a path to f). Without create_graph that pass
+  // would free it, and the outer backward then failed ("backward through the graph a second
+  // time").
+  auto stepped = [](const TensorList& in, bool checkpointed) {
+    GradModeGuard on(true);
+    Tensor w0 = in[0];
+    if (!w0.requires_grad()) w0 = w0.detach().set_requires_grad(true);
+    Tensor f = sin(w0), f2 = mul(f, f);
+    Tensor data = in[1];
+    auto step = [f, f2, data](const TensorList&) {
+      Tensor loss = sum(tanh(add(mul(data, f), f2)));
+      Tensor g = autograd::grad({loss}, {f}, {}, std::nullopt,
+                                /*create_graph=*/!autograd::checkpoint_values_only())[0];
+      return TensorList{sub(f, mul(g, 0.1))};
+    };
+    Tensor out = checkpointed ? autograd::checkpoint(step, {})[0] : step({})[0];
+    return mul(out, f2);
+  };
+  auto with = [&](const TensorList& in) { return stepped(in, true); };
+  CHECK(check_gradients("checkpoint, inner gradient through the graph before", with, {w, x}) > 0);
+  CHECK(check_second_order("checkpoint, inner gradient through the graph before", with, {w, x}) >
+        0);
+  Tensor wl = w.clone(), xl = x.clone();
+  wl.set_requires_grad(true);
+  xl.set_requires_grad(true);
+  TensorList a = autograd::grad({sum(with({wl, xl}))}, {wl, xl});
+  TensorList b = autograd::grad({sum(stepped({wl, xl}, false))}, {wl, xl});
+  CHECK(max_abs_diff(a[0], b[0]) <= kSameTol);
+  CHECK(max_abs_diff(a[1], b[1]) <= kSameTol);
+}
+
+TEST_CASE("checkpoint: in-place writes into what a region reads from outside are refused",
+          "[autograd][checkpoint][errors]") {
+  Tensor x = random_tensor(Shape{2}, -1, 1, 130), w = random_tensor(Shape{2}, -1, 1, 131);
+  x.set_requires_grad(true);
+  w.set_requires_grad(true);
+  Tensor c = mul(w, 1.5);
+  SECTION("a leaf written after the region read it: refused in the forward") {
+    auto writes = [w](const TensorList& xs) {
+      Tensor y = add(xs[0], w);
+      NoGradGuard no_grad;
+      Tensor alias = w.detach();
+      alias.mul_(2.0);
+      return TensorList{mul(y, y)};
+    };
+    CHECK_THROWS_WITH(autograd::checkpoint(writes, {x}),
+                      Catch::Contains("writes in place into a tensor it reads from outside") &&
+                          Catch::Contains("a leaf"));
+  }
+  SECTION("a tensor written before the region reads it: refused in the backward") {
+    // The first pass reads the written values, the recomputation would write again (dx = c + 2
+    // instead of c + 1): nothing in the first pass can tell.
+    auto writes_first = [c](const TensorList& xs) {
+      {
+        NoGradGuard no_grad;
+        Tensor alias = c.detach();
+        alias.add_(ones_like(alias));
+      }
+      return TensorList{mul(xs[0], c)};
+    };
+    Tensor y = sum(autograd::checkpoint(writes_first, {x})[0]);
+    CHECK_THROWS_WITH(autograd::grad({y}, {x}),
+                      Catch::Contains("the region wrote in place into a tensor") &&
+                          Catch::Contains("clone()"));
+  }
+  SECTION("a 1-D tensor from outside returned as it is works") {
+    Tensor y = mul(autograd::checkpoint([c](const TensorList&) { return TensorList{c}; }, {x})[0],
+                   x);
+    // d/dw sum(1.5 w * x) = 1.5 x
+    CHECK(max_abs_diff(autograd::grad({sum(y)}, {w})[0], mul(x, 1.5).detach()) <= kSameTol);
+  }
 }
 
 TEST_CASE("checkpoint keeps only its inputs in the forward", "[autograd][checkpoint][memory]") {

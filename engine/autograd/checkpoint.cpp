@@ -3,6 +3,8 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include <fmt/format.h>
+
 #include "engine/autograd/engine.h"
 #include "engine/autograd/node.h"
 #include "engine/ops.h"
@@ -13,18 +15,25 @@ namespace detail {
 struct ReadLog {
   struct Read {
     Tensor tensor;
-    uint32_t version = 0;  // of its storage when first read
+    std::shared_ptr<Node> node;  // where its gradient goes (kept alive: the map's key)
+    uint32_t version = 0;        // of its storage when first read
   };
   uint64_t first_node = 0;  // nodes numbered below it were made before the region
-  std::unordered_map<const Node*, Read> reads;  // by the tensor's node
+  // By the node the tensor's gradient goes to: its grad_fn, or a leaf's accumulator.
+  std::unordered_map<const Node*, Read> reads;
+  std::vector<const Node*> order;  // the keys in the order of the first reads (deterministic)
 };
 
 thread_local constinit ReadLog* read_log = nullptr;
 
-void log_read(const Tensor& t) {
+void log_read(const Tensor& t, const std::shared_ptr<Node>& gradient_node) {
   const Node* fn = t.impl()->grad_fn.get();
-  if (fn == nullptr || fn->sequence_nr() >= read_log->first_node) return;  // a leaf, or made here
-  read_log->reads.try_emplace(fn, ReadLog::Read{t, t.storage().version()});
+  if (gradient_node == nullptr) return;
+  if (fn != nullptr && fn->sequence_nr() >= read_log->first_node) return;  // made in the region
+  if (read_log->reads.count(gradient_node.get())) return;                   // read before
+  read_log->reads.emplace(gradient_node.get(),
+                          ReadLog::Read{t, gradient_node, t.storage().version()});
+  read_log->order.push_back(gradient_node.get());
 }
 }  // namespace detail
 
@@ -185,7 +194,15 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
       NewLeafLog made_here;
       ReadLogScope log_reads(GradMode::is_enabled() ? &reads : nullptr);
       ValuesOnlyScope first_pass(true);
-      out = pack(fn(leaves), shapes);
+      // Its inner gradients (without create_graph here) may run nodes of the graph before it,
+      // which that graph still needs.
+      KeepGraphBefore keep(first_node);
+      TensorList result = fn(leaves);
+      // A tensor from outside returned as it is was read by no op.
+      if (detail::read_log != nullptr)
+        for (const Tensor& t : result)
+          if (needs_grad(t)) detail::log_read(t, gradient_edge(t));
+      out = pack(result, shapes);
       own_leaves.insert(made_here.made().begin(), made_here.made().end());
     }
     // What else the region read that requires grad (captured parameters, tensors computed before
@@ -201,18 +218,34 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
                "its tensor changed since. Pass that tensor in `inputs`, or detach() it if it is "
                "a constant",
                r.foreign == nullptr ? "" : r.foreign->name(), r.foreign_meta.shape.str());
-      // The recomputation reads a captured tensor again: written in place by the region itself
-      // (under a NoGradGuard, or through a detach()ed alias), it would hold other values then.
-      for (const Captured& c : r.captured) {
-        if (!c.tensor.defined()) continue;
-        const detail::ReadLog::Read& read = reads.reads.at(c.node.get());
-        MT_CHECK(c.tensor.storage().version() == read.version,
-                 "checkpoint: the region writes in place into a tensor it reads from outside "
-                 "(the output of {}, shape {}); recomputed in the backward, it would read the "
-                 "written values. Write into a clone() of it inside the region",
-                 c.node->name(), c.meta.shape.str());
-      }
       captured = std::move(r.captured);
+      // Read by the region's ops but not reached from its output: through a gradient the first
+      // pass took without create_graph (checkpoint_values_only()), which the recomputation takes
+      // with it. Edges as well (a gradient that turns out undefined costs nothing).
+      std::unordered_set<const Node*> have;
+      for (const Captured& c : captured) have.insert(c.node.get());
+      for (const Node* key : reads.order) {
+        const detail::ReadLog::Read& read = reads.reads.at(key);
+        if (have.count(key) || (read.tensor.is_leaf() && own_leaves.count(read.tensor.impl())))
+          continue;
+        captured.push_back(
+            {read.node, InputMeta{read.tensor.shape(), read.tensor.dtype(), read.tensor.device()},
+             read.tensor.is_leaf() ? Tensor() : read.tensor});
+      }
+      // The recomputation reads a captured tensor again: written in place by the region itself
+      // after reading it (under a NoGradGuard, or through a detach()ed alias), it would hold
+      // other values then. (Written before the first read: the recomputation finds it.)
+      for (const Captured& c : captured) {
+        auto it = reads.reads.find(c.node.get());
+        if (it == reads.reads.end()) continue;  // an enclosing region's view: that region checks
+        const detail::ReadLog::Read& read = it->second;
+        MT_CHECK(read.tensor.storage().version() == read.version,
+                 "checkpoint: the region writes in place into a tensor it reads from outside "
+                 "({}, shape {}); recomputed in the backward, it would read the written values. "
+                 "Write into a clone() of it inside the region",
+                 c.tensor.defined() ? "the output of " + std::string(c.node->name()) : "a leaf",
+                 c.meta.shape.str());
+      }
     }
     packed = make_view(out, out.shape(), out.strides(), out.offset());  // a fresh, detached impl
   }
@@ -238,8 +271,11 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
           TensorList saved;
           for (size_t i = 0; i < n; ++i) saved.push_back(self.saved(i));
           // A captured tensor changed in place since the forward would give other values.
+          TensorList kept = saved;
           for (size_t j = 0; j < m; ++j)
-            if (tensor_saved[j] != SIZE_MAX) (void)self.saved(tensor_saved[j]);
+            if (tensor_saved[j] != SIZE_MAX) kept.push_back(self.saved(tensor_saved[j]));
+          std::vector<uint32_t> versions;
+          for (const Tensor& t : kept) versions.push_back(t.defined() ? t.storage().version() : 0);
           // Recompute from fresh views of the saved inputs: each view is a new node with one
           // edge to its input, and the gradients are taken where the recomputed graph reaches a
           // view or a captured tensor, without crossing it (grad_at_nodes): the partial
@@ -250,7 +286,7 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
           std::vector<Shape> shapes_again;
           Tensor again;
           TensorList views(n);
-          std::vector<std::shared_ptr<Node>> targets;
+          std::vector<std::shared_ptr<Node>> targets, stops;  // stops: not wanted, not crossed
           std::vector<size_t> index;
           std::unordered_set<const Node*> boundary;
           std::unordered_set<const TensorImpl*> made_again;
@@ -265,6 +301,8 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
               if (self.needs_input_grad(i)) {
                 targets.push_back(views[i].impl()->grad_fn);
                 index.push_back(i);
+              } else {
+                stops.push_back(views[i].impl()->grad_fn);
               }
             }
             for (size_t j = 0; j < m; ++j) {
@@ -272,6 +310,8 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
               if (self.needs_input_grad(n + j)) {
                 targets.push_back(self.edge(n + j).fn);
                 index.push_back(n + j);
+              } else {
+                stops.push_back(self.edge(n + j).fn);
               }
             }
             first_node = next_sequence_nr();
@@ -280,9 +320,19 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
             struct Pop {
               ~Pop() { enclosing_views.pop_back(); }
             } pop;
+            KeepGraphBefore keep(first_node);  // as in the first pass
             again = pack(fn(views), shapes_again);
             made_again.insert(made_here.made().begin(), made_here.made().end());
           }
+          // A region that writes into what it reads from outside (or its inputs) before reading
+          // it: the first pass read the written values, and this one wrote again.
+          for (size_t k = 0; k < kept.size(); ++k)
+            MT_CHECK(!kept[k].defined() || kept[k].storage().version() == versions[k],
+                     "checkpoint: recomputed in the backward, the region wrote in place into {} "
+                     "(shape {}), which it reads from outside; its two passes read other values. "
+                     "Write into a clone() of it inside the region",
+                     k < n ? fmt::format("its input #{}", k) : std::string("a tensor"),
+                     kept[k].shape().str());
           // A region must compute the same thing twice; other shapes would otherwise surface
           // as a shape error inside the gradient that does not name the region.
           auto list = [](const std::vector<Shape>& v) {
@@ -298,25 +348,23 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
                    shapes_again.size(), list(shapes_again), shapes.size(), list(shapes));
           TensorList grads(n + m);
           if (!again.requires_grad()) return grads;  // the outputs do not depend on the inputs
-          // A tensor requiring grad that the recomputation reads and the first pass did not
-          // reach: the region read it only through a gradient it took without create_graph in
-          // its first pass (checkpoint_values_only()). Its gradient has no edge here: refused
-          // rather than lost.
+          // A tensor requiring grad that the recomputation reaches and the first pass did not
+          // read (a region keeping state between its passes, or one whose first pass read it
+          // only with grad mode off): its gradient has no edge here, so it is refused rather
+          // than lost.
           const Reached r = reached_from(again, boundary, made_again, first_node);
           if (!r.captured.empty() || r.foreign != nullptr) {
             const Node* u = r.foreign != nullptr ? r.foreign : r.captured.front().node.get();
             const InputMeta& meta =
                 r.foreign != nullptr ? r.foreign_meta : r.captured.front().meta;
             MT_FAIL("checkpoint: recomputed in the backward, the region reads a tensor that "
-                    "requires grad ({}, shape {}) that its first pass did not reach: it enters "
-                    "only through a gradient the region takes without create_graph while "
-                    "checkpoint_values_only() is true (or the region keeps state between its "
-                    "passes), so its gradient would be lost. Pass it in `inputs`, or take that "
-                    "gradient with create_graph in both passes",
+                    "requires grad ({}, shape {}) that its first pass did not read (with grad "
+                    "mode on), so its gradient would be lost; a region must read the same "
+                    "tensors in both passes (no state kept between them). Pass it in `inputs`",
                     dynamic_cast<const AccumulateGrad*>(u) ? "a leaf" : u->name(),
                     meta.shape.str());
           }
-          TensorList got = grad_at_nodes({again}, targets, {g}, create_graph);
+          TensorList got = grad_at_nodes({again}, targets, {g}, create_graph, stops);
           for (size_t k = 0; k < index.size(); ++k) grads[index[k]] = got[k];
           return grads;
         });
@@ -333,10 +381,11 @@ TensorList checkpoint(const Region& fn, const TensorList& inputs) {
     packed.impl()->grad_fn = node;
     // Nested in another region's first pass: this node's edges are reads of that region too.
     if (detail::read_log != nullptr) {
-      for (const Tensor& t : inputs)
-        if (needs_grad(t)) detail::log_read(t);
-      for (const Captured& c : captured)
-        if (c.tensor.defined()) detail::log_read(c.tensor);
+      for (size_t i = 0; i < inputs.size(); ++i)
+        if (needs_grad(inputs[i])) detail::log_read(inputs[i], node->edge(i).fn);
+      for (size_t j = 0; j < captured.size(); ++j)
+        if (tensor_saved[j] != SIZE_MAX)
+          detail::log_read(captured_tensors[tensor_saved[j] - inputs.size()], captured[j].node);
     }
   }
   TensorList outs;

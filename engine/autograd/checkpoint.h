@@ -16,17 +16,19 @@ using Region = std::function<TensorList(const TensorList&)>;
 // requiring grad that it does not receive: leaves (captured parameters, as
 // torch.utils.checkpoint allows), outputs of ops run before the region (the fast weights of an
 // inner loop, a conditioning vector) and, in a nested region, the enclosing region's inputs and
-// intermediates. The first pass finds them in its graph (record() logs what the region's ops read
-// from outside it); they become edges of the region's node, which holds each tensor to refuse
-// the backward if it was changed in place since, and their gradients are taken in the
-// recomputation with the inputs'. Each edge gets its partial derivative through the region (the
-// engine adds the paths outside it, e.g. an input computed from a captured parameter), to any
-// order. Leaves fn makes itself are its own. Refused: a region that writes in place into a
-// tensor it reads from outside (write into a clone()), and, in the backward, a tensor the first
-// pass did not reach because it enters only through a gradient taken without create_graph while
-// checkpoint_values_only() is true (pass it in `inputs`). fn must be deterministic (dropout:
-// reseed inside) and may call grad() on its inputs (they require grad inside fn when they do
-// outside).
+// intermediates. The first pass logs what its ops read from outside it (record()); each such
+// tensor, reached from the outputs or only through an inner gradient taken without
+// create_graph, becomes an edge of the region's node, which holds it to refuse the backward if
+// it was changed in place since, and its gradient is taken in the recomputation with the
+// inputs'. Each edge gets its partial derivative through the region (the engine adds the paths
+// outside it, e.g. an input computed from a captured parameter), to any order. Leaves fn makes
+// itself are its own. While either pass runs, a backward inside it without retain_graph keeps
+// the saved tensors of the graph before the region (KeepGraphBefore). Refused: a region that
+// writes in place into a tensor it reads from outside (in the forward when it writes after
+// reading, in the backward when before: write into a clone()), and, in the backward, a tensor
+// the recomputation reads that the first pass did not (state kept between the passes). fn must
+// be deterministic (dropout: reseed inside) and may call grad() on its inputs (they require
+// grad inside fn when they do outside).
 TensorList checkpoint(const Region& fn, const TensorList& inputs);
 
 // True while checkpoint() runs a region for its values only: the first pass, whose outputs are

@@ -182,6 +182,10 @@ Tensor conform(const Node& node, size_t i, Tensor g) {
   return g;
 }
 
+// Nodes numbered below it keep their saved tensors in passes without retain_graph
+// (KeepGraphBefore); 0: none are kept.
+thread_local constinit uint64_t keep_graph_before = 0;
+
 class GraphTask {
  public:
   // create_graph reaches the rules through grad mode (set by the caller), not through the task.
@@ -193,11 +197,14 @@ class GraphTask {
   // another capture; never with stop_at_captures, where nothing past a capture is visited).
   void run(const std::vector<std::shared_ptr<Node>>& roots, const TensorList& root_grads,
            const std::vector<std::shared_ptr<Node>>& captures, TensorList* captured,
-           bool stop_at_captures = false) {
+           bool stop_at_captures = false, const std::vector<std::shared_ptr<Node>>& stops = {}) {
     // A node may be captured for several inputs (a tensor listed twice): each gets the gradient.
     std::unordered_map<Node*, std::vector<int>> capture_index;
     for (size_t i = 0; i < captures.size(); ++i)
       if (captures[i]) capture_index[captures[i].get()].push_back(int(i));
+    std::unordered_set<Node*> stop_set;  // also not crossed, and not needed
+    for (const auto& s : stops)
+      if (s) stop_set.insert(s.get());
 
     // Pass 1: dependency counts and which nodes are needed (post-order DFS, no recursion).
     struct Frame {
@@ -212,7 +219,8 @@ class GraphTask {
       stack.push_back({r.get(), 0});
       while (!stack.empty()) {
         Frame& f = stack.back();
-        const bool stop = stop_at_captures && capture_index.count(f.node) > 0;
+        const bool stop = stop_at_captures &&
+                          (capture_index.count(f.node) > 0 || stop_set.count(f.node) > 0);
         if (!stop && f.next_child < f.node->num_inputs()) {
           Node* child = f.node->edge(f.next_child++).fn.get();
           if (!child) continue;
@@ -257,6 +265,7 @@ class GraphTask {
         for (const int i : it->second) (*captured)[size_t(i)] = g;
         if (stop_at_captures) continue;  // its inputs were not visited
       }
+      if (stop_set.count(node)) continue;
       if (!task.needed) continue;
       TensorList input_grads;
       bool is_accumulator = dynamic_cast<AccumulateGrad*>(node) != nullptr;
@@ -278,7 +287,8 @@ class GraphTask {
                  node->name(), input_grads.size(), node->num_inputs());
         // Only a node that ran frees its saved tensors: a node where the pass only captured a
         // gradient (an intermediate `input` of grad()) still belongs to a graph others may use.
-        if (!retain_graph_ && !is_accumulator) node->release_saved();
+        if (!retain_graph_ && !is_accumulator && node->sequence_nr() >= keep_graph_before)
+          node->release_saved();
       }
       for (size_t i = 0; i < node->num_inputs(); ++i) {
         Node* child = node->edge(i).fn.get();
@@ -390,16 +400,22 @@ TensorList grad(const TensorList& outputs, const TensorList& inputs,
 
 TensorList grad_at_nodes(const TensorList& outputs,
                          const std::vector<std::shared_ptr<Node>>& targets,
-                         const TensorList& grad_outputs, bool create_graph) {
+                         const TensorList& grad_outputs, bool create_graph,
+                         const std::vector<std::shared_ptr<Node>>& stops) {
   TensorList root_grads = make_root_grads(outputs, grad_outputs);
   std::vector<std::shared_ptr<Node>> roots;
   for (const auto& o : outputs) roots.push_back(gradient_edge(o));
   TensorList captured(targets.size());
   GradModeGuard mode(create_graph);
   GraphTask task(/*retain_graph=*/create_graph, /*accumulate=*/false);
-  task.run(roots, root_grads, targets, &captured, /*stop_at_captures=*/true);
+  task.run(roots, root_grads, targets, &captured, /*stop_at_captures=*/true, stops);
   return captured;
 }
+
+KeepGraphBefore::KeepGraphBefore(uint64_t first_kept) : previous_(keep_graph_before) {
+  keep_graph_before = std::max(previous_, first_kept);
+}
+KeepGraphBefore::~KeepGraphBefore() { keep_graph_before = previous_; }
 
 void backward(const TensorList& outputs, const TensorList& grad_outputs,
               std::optional<bool> retain_graph, bool create_graph) {

@@ -29,10 +29,28 @@ class Node;
 // with respect to a node's output), where the pass stops: nothing past a target runs, so each
 // result is the partial derivative through the paths that do not cross another target (grad()
 // gives total derivatives). Undefined where a target is not reached. Checkpointing uses it to
-// take a recomputed region's gradients at its boundary. retain_graph = create_graph.
+// take a recomputed region's gradients at its boundary. retain_graph = create_graph. The pass
+// also stops at `stops` (boundary nodes whose gradient is not wanted) without computing
+// anything for them.
 TensorList grad_at_nodes(const TensorList& outputs,
                          const std::vector<std::shared_ptr<Node>>& targets,
-                         const TensorList& grad_outputs, bool create_graph);
+                         const TensorList& grad_outputs, bool create_graph,
+                         const std::vector<std::shared_ptr<Node>>& stops = {});
+
+// While it lives on this thread, backward passes without retain_graph keep the saved tensors of
+// nodes numbered below `first_kept` (made before it): a checkpointed region's passes, whose
+// inner gradients (taken without create_graph in the first pass) may run nodes of the graph
+// before the region, which that graph still needs. Nests (the higher floor holds inside).
+class KeepGraphBefore {
+ public:
+  explicit KeepGraphBefore(uint64_t first_kept);
+  ~KeepGraphBefore();
+  KeepGraphBefore(const KeepGraphBefore&) = delete;
+  KeepGraphBefore& operator=(const KeepGraphBefore&) = delete;
+
+ private:
+  uint64_t previous_;
+};
 
 // What the graph behind `roots` keeps for its backward pass: the storages its nodes saved, each
 // counted once and credited to the first node that saves it (walking from the roots, newest

@@ -182,13 +182,14 @@ std::shared_ptr<Node> gradient_edge(const Tensor& t);
 inline bool needs_grad(const Tensor& t) { return t.defined() && t.requires_grad(); }
 
 namespace detail {
-// The non-leaf tensors a checkpointed region's first pass reads from outside it (checkpoint.cpp):
-// while one is set on this thread, record() passes each input requiring grad to log_read, which
-// keeps those made before the region (with their storage version), so the region's node can hold
-// the tensor where its graph only links to the tensor's node.
+// The tensors a checkpointed region's first pass reads from outside it (checkpoint.cpp): while
+// one is set on this thread, record() passes each input requiring grad, with the node its
+// gradient goes to, to log_read, which keeps the leaves and the tensors made before the region
+// with their storage versions: the region's node holds a non-leaf where its graph only links to
+// the tensor's node, and a read tensor written in place during the region is refused.
 struct ReadLog;
 extern thread_local constinit ReadLog* read_log;
-void log_read(const Tensor& t);  // only while read_log is set
+void log_read(const Tensor& t, const std::shared_ptr<Node>& gradient_node);  // while read_log is set
 }  // namespace detail
 template <class... Ts>
 bool any_requires_grad(const Ts&... ts) {
@@ -208,7 +209,7 @@ Node& record(const char* name, Tensor& output, std::initializer_list<const Tenso
       if (in->requires_grad()) {
         e.fn = gradient_edge(*in);
         if (detail::read_log != nullptr) [[unlikely]]
-          detail::log_read(*in);
+          detail::log_read(*in, e.fn);
       }
     }
     node->add_edge(std::move(e));
@@ -229,7 +230,7 @@ Node& record_list(const char* name, Tensor& output, const TensorList& inputs, Ru
     if (in.requires_grad()) {
       e.fn = gradient_edge(in);
       if (detail::read_log != nullptr) [[unlikely]]
-        detail::log_read(in);
+        detail::log_read(in, e.fn);
     }
     node->add_edge(std::move(e));
   }
