@@ -1011,8 +1011,9 @@ fails_with "a number out of range" "is not usable" "$bin" train --run "$work/x" 
 # run resumes only with its own settings.
 fails_with "a diverging training names its setting" "lower train.lr (now 1e+300)" "$bin" train \
   --run "$work/diverged" "${small[@]}" --set train.lr=1e300
+cp "$work/out.txt" "$work/diverged.txt"
 check "and says how to train it again" grep -q "train it again with the lower value and --overwrite" \
-  "$work/out.txt"
+  "$work/diverged.txt"
 fails_with "a number without a leading digit" "need a digit before the point" "$bin" train \
   --run "$work/x" --set train.lr=.001
 fails_with "a non-integer in a list of whole numbers" "holds 2.5: each entry must be an integer" \

@@ -465,6 +465,60 @@ TEST_CASE("checkpoint: a first pass's inner gradient leaves the graph before the
   CHECK(max_abs_diff(a[1], b[1]) <= kSameTol);
 }
 
+TEST_CASE("checkpoint: a tensor a values-only inner gradient reads from a node before the region "
+          "gets its gradient",
+          "[autograd][checkpoint]") {
+  Tensor p = random_tensor(Shape{3}, -1, 1, 132), q = random_tensor(Shape{3}, -1, 1, 133);
+  Tensor x = random_tensor(Shape{3}, -1, 1, 134);
+  // fw = p * q before the region; the region's inner gradient with respect to p runs fw's node,
+  // whose rule reads the saved q: without create_graph (the first pass) no op records that read,
+  // yet the recomputation's gradient depends on q (refused before: "did not read").
+  auto stepped = [](const TensorList& in, bool checkpointed) {
+    GradModeGuard on(true);
+    TensorList l = in;
+    for (Tensor& t : l)
+      if (!t.requires_grad()) t = t.detach().set_requires_grad(true);
+    Tensor p0 = l[0], fw = mul(l[0], l[1]);
+    auto step = [fw, p0](const TensorList& xs) {
+      Tensor g = autograd::grad({sum(mul(fw, xs[0]))}, {p0}, {}, std::nullopt,
+                                /*create_graph=*/!autograd::checkpoint_values_only())[0];
+      return TensorList{mul(xs[0], g)};
+    };
+    Tensor o = checkpointed ? autograd::checkpoint(step, {l[2]})[0] : step({l[2]})[0];
+    return mul(o, o);
+  };
+  auto with = [&](const TensorList& in) { return stepped(in, true); };
+  CHECK(check_gradients("checkpoint, saved tensor read by a values-only gradient", with,
+                        {p, q, x}) > 0);
+  CHECK(check_second_order("checkpoint, saved tensor read by a values-only gradient", with,
+                           {p, q, x}) > 0);
+}
+
+TEST_CASE("checkpoint: backward() inside a region into a leaf it did not make is refused",
+          "[autograd][checkpoint][errors]") {
+  Tensor x = random_tensor(Shape{3}, -1, 1, 135), p = random_tensor(Shape{3}, -1, 1, 136);
+  x.set_requires_grad(true);
+  p.set_requires_grad(true);
+  // Each pass would add to p.grad (3x instead of 2x after an outer backward()).
+  auto accumulates = [p](const TensorList& xs) {
+    Tensor y = mul(xs[0], p);
+    autograd::backward({sum(y)}, {}, /*retain_graph=*/true);
+    return TensorList{y};
+  };
+  CHECK_THROWS_WITH(autograd::checkpoint(accumulates, {x}),
+                    Catch::Contains("calls backward()") && Catch::Contains("grad()"));
+  // Into a leaf the region makes itself, backward() is fine.
+  auto own = [](const TensorList& xs) {
+    Tensor z = random_tensor(Shape{3}, -1, 1, 137);
+    z.set_requires_grad(true);
+    autograd::backward({sum(mul(z, z))});
+    return TensorList{mul(xs[0], z.grad())};  // 2 z
+  };
+  Tensor y = sum(autograd::checkpoint(own, {x})[0]);
+  Tensor z = random_tensor(Shape{3}, -1, 1, 137);
+  CHECK(max_abs_diff(autograd::grad({y}, {x})[0], mul(z, 2.0)) <= kSameTol);
+}
+
 TEST_CASE("checkpoint: in-place writes into what a region reads from outside are refused",
           "[autograd][checkpoint][errors]") {
   Tensor x = random_tensor(Shape{2}, -1, 1, 130), w = random_tensor(Shape{2}, -1, 1, 131);

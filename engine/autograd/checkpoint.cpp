@@ -1,5 +1,6 @@
 #include "engine/autograd/checkpoint.h"
 
+#include <algorithm>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -25,6 +26,7 @@ struct ReadLog {
 };
 
 thread_local constinit ReadLog* read_log = nullptr;
+thread_local constinit const AccumulateFilter* accumulate_filter = nullptr;
 
 void log_read(const Tensor& t, const std::shared_ptr<Node>& gradient_node) {
   const Node* fn = t.impl()->grad_fn.get();
@@ -90,17 +92,28 @@ struct Captured {
 };
 
 // Leaves made to require grad while it lives, on this thread (Tensor::set_requires_grad): a
-// region's own new leaves, which are neither captured nor refused.
-class NewLeafLog {
+// region's own new leaves, which are neither captured nor refused, and the only ones backward()
+// may accumulate into while it lives (detail::accumulate_filter).
+class NewLeafLog final : detail::AccumulateFilter {
  public:
-  NewLeafLog() { mt::detail::new_leaf_logs().push_back(&made_); }
-  ~NewLeafLog() { mt::detail::new_leaf_logs().pop_back(); }
+  NewLeafLog() : previous_filter_(detail::accumulate_filter) {
+    mt::detail::new_leaf_logs().push_back(&made_);
+    detail::accumulate_filter = this;
+  }
+  ~NewLeafLog() override {
+    mt::detail::new_leaf_logs().pop_back();
+    detail::accumulate_filter = previous_filter_;
+  }
   NewLeafLog(const NewLeafLog&) = delete;
   NewLeafLog& operator=(const NewLeafLog&) = delete;
   const std::vector<const TensorImpl*>& made() const { return made_; }
+  bool allows(const TensorImpl* leaf) const override {
+    return std::find(made_.begin(), made_.end(), leaf) != made_.end();
+  }
 
  private:
   std::vector<const TensorImpl*> made_;
+  const detail::AccumulateFilter* previous_filter_;
 };
 
 // The view nodes standing for the inputs of the regions being recomputed on this thread (while

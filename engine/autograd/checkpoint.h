@@ -16,14 +16,17 @@ using Region = std::function<TensorList(const TensorList&)>;
 // requiring grad that it does not receive: leaves (captured parameters, as
 // torch.utils.checkpoint allows), outputs of ops run before the region (the fast weights of an
 // inner loop, a conditioning vector) and, in a nested region, the enclosing region's inputs and
-// intermediates. The first pass logs what its ops read from outside it (record()); each such
-// tensor, reached from the outputs or only through an inner gradient taken without
-// create_graph, becomes an edge of the region's node, which holds it to refuse the backward if
+// intermediates. The first pass logs what its ops and backward rules read from outside it
+// (record(), Node::saved()); each such tensor, reached from the outputs or only through an inner
+// gradient taken without create_graph, becomes an edge of the region's node, which holds it to refuse the backward if
 // it was changed in place since, and its gradient is taken in the recomputation with the
 // inputs'. Each edge gets its partial derivative through the region (the engine adds the paths
 // outside it, e.g. an input computed from a captured parameter), to any order. Leaves fn makes
 // itself are its own. While either pass runs, a backward inside it without retain_graph keeps
-// the saved tensors of the graph before the region (KeepGraphBefore). Refused: a region that
+// the saved tensors of the graph before the region (KeepGraphBefore: the outer backward may
+// need them; they live as long as that graph, where a plain run that needed none of them would
+// free them at once). Refused: backward() inside a region into a leaf it did not make (each
+// pass would accumulate again: use grad()), a region that
 // writes in place into a tensor it reads from outside (in the forward when it writes after
 // reading, in the backward when before: write into a clone()), and, in the backward, a tensor
 // the recomputation reads that the first pass did not (state kept between the passes). fn must

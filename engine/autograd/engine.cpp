@@ -119,10 +119,21 @@ Tensor Node::saved(size_t i) const {
            "by the first backward); pass retain_graph=true to the first grad()/backward() call",
            name());
   MT_CHECK(i < saved_.size(), "{}: saved tensor #{} does not exist (internal error)", name(), i);
-  return saved_[i].unpack(*this, i);
+  Tensor t = saved_[i].unpack(*this, i);
+  // A checkpointed region's first pass reads it through a backward rule (its inner gradient,
+  // taken without create_graph, records nothing): a read of the region all the same.
+  if (detail::read_log != nullptr && t.defined() && t.requires_grad()) [[unlikely]]
+    detail::log_read(t, gradient_edge(t));
+  return t;
 }
 
 TensorList AccumulateGrad::apply(const Tensor& g) {
+  MT_CHECK(detail::accumulate_filter == nullptr || detail::accumulate_filter->allows(leaf_.get()),
+           "checkpoint: the region calls backward(), which accumulates into the .grad of a leaf "
+           "it did not make (shape {}); each pass of the region (the forward's and the "
+           "backward's recomputation) would add to it again. Take that gradient with grad() "
+           "inside a checkpointed region",
+           leaf_->shape.str());
   // Runs with grad mode = create_graph. The stored gradient is always the leaf's own copy (with
   // create_graph a recorded one): `g` may be another leaf's gradient too (add passes one tensor
   // to both inputs), the caller's grad_output, or a stride-0 view (sum's backward), and a later

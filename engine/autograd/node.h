@@ -190,6 +190,15 @@ namespace detail {
 struct ReadLog;
 extern thread_local constinit ReadLog* read_log;
 void log_read(const Tensor& t, const std::shared_ptr<Node>& gradient_node);  // while read_log is set
+
+// While a checkpointed region's pass runs on this thread: the leaves backward() may accumulate
+// into (those the pass made itself; AccumulateGrad refuses others, whose .grad each pass of the
+// region would add to again).
+struct AccumulateFilter {
+  virtual bool allows(const TensorImpl* leaf) const = 0;
+  virtual ~AccumulateFilter() = default;
+};
+extern thread_local constinit const AccumulateFilter* accumulate_filter;
 }  // namespace detail
 template <class... Ts>
 bool any_requires_grad(const Ts&... ts) {
