@@ -188,7 +188,13 @@ TEST_CASE("no-grad guard and detach stop recording", "[autograd]") {
   Tensor y = sum(mul(x, x.detach()));
   auto g = autograd::grad({y}, {x});
   CHECK(g[0].to_vector<double>() == std::vector<double>{1, 2});  // detached factor is a constant
-  CHECK_THROWS_WITH(mul(x, x).set_requires_grad(true), Catch::Contains("leaf"));
+  // Only a leaf may change; asking an op's output that requires grad to require it does
+  // nothing (as torch's requires_grad_()).
+  CHECK_THROWS_WITH(mul(x, x).set_requires_grad(false), Catch::Contains("leaf"));
+  Tensor product = mul(x, x);
+  const autograd::Node* node = product.grad_fn().get();
+  CHECK_NOTHROW(product.set_requires_grad(true));
+  CHECK(product.grad_fn().get() == node);
 }
 
 TEST_CASE("create_graph gradients of a whole expression match finite differences",

@@ -318,6 +318,32 @@ TEST_CASE("checkpoint: a nested region may capture the enclosing region's interm
   }
 }
 
+TEST_CASE("checkpoint: set_requires_grad(true) inside a region on what already requires grad "
+          "changes nothing",
+          "[autograd][checkpoint]") {
+  Tensor x = random_tensor(Shape{4}, -1, 1, 138), p = random_tensor(Shape{4}, -1, 1, 139);
+  x.set_requires_grad(true);
+  p.set_requires_grad(true);
+  // A parameter from outside: still captured (its gradient was lost when the call counted it
+  // as the region's own new leaf).
+  auto reads = [p](const TensorList& xs) {
+    Tensor q = p;
+    q.set_requires_grad(true);
+    return TensorList{mul(xs[0], q)};
+  };
+  CHECK(max_abs_diff(autograd::grad({sum(autograd::checkpoint(reads, {x})[0])}, {p})[0],
+                     x.detach()) <= kSameTol);
+  // The region's input: a leaf in the first pass, a view in the recomputation (refused there as
+  // not a leaf before).
+  auto own_input = [](const TensorList& xs) {
+    Tensor a = xs[0];
+    a.set_requires_grad(true);
+    return TensorList{mul(a, a)};
+  };
+  CHECK(max_abs_diff(autograd::grad({sum(autograd::checkpoint(own_input, {x})[0])}, {x})[0],
+                     mul(x, 2.0).detach()) <= kSameTol);
+}
+
 TEST_CASE("checkpoint: leaves the region makes itself are its own", "[autograd][checkpoint]") {
   Tensor x = random_tensor(Shape{4}, -1, 1, 121);
   x.set_requires_grad(true);

@@ -130,7 +130,7 @@ Tensor Node::saved(size_t i) const {
 TensorList AccumulateGrad::apply(const Tensor& g) {
   MT_CHECK(detail::accumulate_filter == nullptr || detail::accumulate_filter->allows(leaf_.get()),
            "checkpoint: the region calls backward(), which accumulates into the .grad of a leaf "
-           "it did not make (shape {}); each pass of the region (the forward's and the "
+           "it did not make or of its input (shape {}); each pass of the region (the forward's and the "
            "backward's recomputation) would add to it again. Take that gradient with grad() "
            "inside a checkpointed region",
            leaf_->shape.str());

@@ -68,6 +68,10 @@ template std::vector<double> Tensor::to_vector<double>() const;
 template std::vector<int64_t> Tensor::to_vector<int64_t>() const;
 
 Tensor& Tensor::set_requires_grad(bool requires_grad) {
+  // Already requiring grad (a leaf, or an op's output): nothing changes, as in torch; a
+  // checkpointed region's recomputation, whose inputs are views, runs the same code as its first
+  // pass, whose inputs are leaves.
+  if (requires_grad && this->requires_grad()) return *this;  // (an undefined tensor throws)
   MT_CHECK(is_leaf(),
            "set_requires_grad() is only for leaf tensors; this one was produced by {} (use "
            "detach() to make a new leaf)",
@@ -80,6 +84,7 @@ Tensor& Tensor::set_requires_grad(bool requires_grad) {
            "set_requires_grad(): only floating-point tensors can require grad (this one is {})",
            dtype_name(dtype()));
   impl_->requires_grad = requires_grad;
+  // Only a leaf that starts requiring grad here is new (not one made before that already did).
   if (requires_grad)
     for (auto* log : detail::new_leaf_logs()) log->push_back(impl_.get());
   return *this;

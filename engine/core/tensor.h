@@ -84,6 +84,8 @@ class Tensor {
 
   // Autograd.
   bool requires_grad() const { return checked().requires_grad; }
+  // Only a leaf may change; true on a tensor that already requires grad (an op's output too) does
+  // nothing.
   Tensor& set_requires_grad(bool requires_grad = true);
   bool is_leaf() const { return checked().grad_fn == nullptr; }
   const std::shared_ptr<autograd::Node>& grad_fn() const { return checked().grad_fn; }
