@@ -108,6 +108,13 @@ Tensor Node::recompute_output() const {
            name());
   if (!recomputed_.defined()) {
     NoGradGuard no_grad;
+    // The kernel's own operands are not what a checkpointed region reads (the recomputed output
+    // is, logged by the saved() that asked for it): no log while it runs.
+    struct NoReadLog {
+      detail::ReadLog* previous = detail::read_log;
+      NoReadLog() { detail::read_log = nullptr; }
+      ~NoReadLog() { detail::read_log = previous; }
+    } no_read_log;
     recomputed_ = recompute_(*this, recompute_a_, recompute_b_);
   }
   return recomputed_;
